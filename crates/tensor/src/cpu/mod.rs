@@ -1,0 +1,145 @@
+//! The CPU backend: f32 arithmetic (half types widened per element), rayon across rows,
+//! the `gemm` crate for matrix products.
+
+pub(crate) mod elementwise;
+pub(crate) mod index;
+pub(crate) mod matmul;
+pub(crate) mod nn;
+pub(crate) mod reduce;
+
+use std::borrow::Cow;
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::layout::RowPlan;
+use crate::{DType, Layout, WithDType};
+
+/// Runs `$body` with `$v` bound to the typed vector of any dtype.
+macro_rules! dispatch_all {
+    ($s:expr, |$v:ident| $body:expr) => {
+        match $s {
+            $crate::cpu::CpuStorage::U8($v) => $body,
+            $crate::cpu::CpuStorage::U32($v) => $body,
+            $crate::cpu::CpuStorage::F16($v) => $body,
+            $crate::cpu::CpuStorage::BF16($v) => $body,
+            $crate::cpu::CpuStorage::F32($v) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$v` bound to the typed vector of a float dtype; integer dtypes
+/// return `UnsupportedDType` from the enclosing function.
+macro_rules! dispatch_float {
+    ($op:expr, $s:expr, |$v:ident| $body:expr) => {
+        match $s {
+            $crate::cpu::CpuStorage::F16($v) => $body,
+            $crate::cpu::CpuStorage::BF16($v) => $body,
+            $crate::cpu::CpuStorage::F32($v) => $body,
+            other => {
+                return Err($crate::Error::UnsupportedDType { op: $op, dtype: other.dtype() });
+            }
+        }
+    };
+}
+pub(crate) use {dispatch_all, dispatch_float};
+
+#[derive(Debug, Clone)]
+pub enum CpuStorage {
+    U8(Vec<u8>),
+    U32(Vec<u32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    F32(Vec<f32>),
+}
+
+impl CpuStorage {
+    pub fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::U8(_) => DType::U8,
+            CpuStorage::U32(_) => DType::U32,
+            CpuStorage::F16(_) => DType::F16,
+            CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::F32(_) => DType::F32,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        dispatch_all!(self, |v| v.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn zeros(dtype: DType, n: usize) -> Self {
+        match dtype {
+            DType::U8 => CpuStorage::U8(vec![0; n]),
+            DType::U32 => CpuStorage::U32(vec![0; n]),
+            DType::F16 => CpuStorage::F16(vec![f16::ZERO; n]),
+            DType::BF16 => CpuStorage::BF16(vec![bf16::ZERO; n]),
+            DType::F32 => CpuStorage::F32(vec![0.0; n]),
+        }
+    }
+
+    /// The raw bytes, little-endian as in memory (what safetensors stores).
+    pub fn as_bytes(&self) -> &[u8] {
+        dispatch_all!(self, |v| bytemuck::cast_slice(v))
+    }
+}
+
+impl<T: WithDType> From<Vec<T>> for CpuStorage {
+    fn from(v: Vec<T>) -> Self {
+        T::into_storage(v)
+    }
+}
+
+
+/// Work below this many elements runs on the calling thread; above, rows (or pieces of
+/// long rows) of about this size become rayon tasks.
+pub(crate) const GRAIN: usize = 1 << 15;
+
+/// Fills a contiguous `out` row by row. `f(out_piece, offsets)` gets a piece of an output
+/// row and the storage offsets of its first element for each operand; within the piece,
+/// operand `k` advances by `plan.inner_strides[k]`.
+pub(crate) fn for_each_row<T: Send, const N: usize>(
+    plan: &RowPlan<N>,
+    out: &mut [T],
+    f: impl Fn(&mut [T], [usize; N]) + Sync,
+) {
+    let inner = plan.inner;
+    if plan.rows == 0 || inner == 0 {
+        return;
+    }
+    if out.len() <= GRAIN {
+        for (r, row) in out.chunks_mut(inner).enumerate() {
+            f(row, plan.offsets(r));
+        }
+        return;
+    }
+    out.par_chunks_mut(inner).with_min_len((GRAIN / inner).max(1)).enumerate().for_each(|(r, row)| {
+        let offs = plan.offsets(r);
+        if inner <= GRAIN {
+            f(row, offs);
+        } else {
+            row.par_chunks_mut(GRAIN).enumerate().for_each(|(p, piece)| {
+                let skip = p * GRAIN;
+                f(piece, std::array::from_fn(|k| offs[k] + skip * plan.inner_strides[k]));
+            });
+        }
+    });
+}
+
+/// The elements of `layout` in row-major order: borrowed when already contiguous.
+pub(crate) fn contiguous<'a, T: WithDType>(data: &'a [T], layout: &Layout) -> Cow<'a, [T]> {
+    match layout.contiguous_range() {
+        Some(r) => Cow::Borrowed(&data[r]),
+        None => Cow::Owned(elementwise::map_strided(data, layout, |x| x)),
+    }
+}
+
+/// Splits `n` items into rayon tasks of about `GRAIN` elements when each item is `item_len`
+/// elements long: the minimum number of items per task.
+pub(crate) fn min_items(item_len: usize) -> usize {
+    (GRAIN / item_len.max(1)).max(1)
+}

@@ -1,0 +1,136 @@
+//! Row kernels of the transformer: softmax, log-softmax, RMSNorm, RoPE, SiLU.
+//! Each row is reduced in f32 whatever the storage type.
+
+use rayon::prelude::*;
+
+use super::min_items;
+use super::reduce::{row_max, row_sum};
+use crate::WithDType;
+
+/// `exp(x)` to about 2 ulp for `x <= 88`, written so that loops over it vectorise (libm's
+/// `expf` does not). Underflows to 0 below -87.3. Used where arguments are bounded above:
+/// softmax (`x - max <= 0`) and the sigmoid of SiLU.
+#[inline(always)]
+pub(crate) fn fast_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let xc = x.clamp(-87.336_55, 88.0);
+    let n = (xc * LOG2E + 0.5).floor();
+    let r = xc - n * C1 - n * C2;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 5.000_000_1e-1);
+    let y = (p * r).mul_add(r, r) + 1.0;
+    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    if x < -87.336_55 { 0.0 } else { y * scale }
+}
+
+#[inline(always)]
+pub(crate) fn silu(x: f32) -> f32 {
+    x / (1.0 + fast_exp(-x))
+}
+
+/// Softmax (or log-softmax) of each contiguous row of `cols` elements.
+pub(crate) fn softmax_rows<T: WithDType>(data: &[T], cols: usize, log: bool) -> Vec<T> {
+    let mut out = vec![T::default(); data.len()];
+    if cols == 0 {
+        return out;
+    }
+    out.par_chunks_mut(cols)
+        .zip(data.par_chunks(cols))
+        .with_min_len(min_items(cols))
+        .for_each_init(Vec::new, |scratch: &mut Vec<f32>, (out, row)| {
+            let m = row_max(row);
+            if m == f32::NEG_INFINITY || m.is_nan() {
+                // All -inf (a fully masked row) or NaN: torch gives NaN everywhere.
+                out.fill(T::from_f32(f32::NAN));
+                return;
+            }
+            scratch.clear();
+            scratch.extend(row.iter().map(|&x| fast_exp(x.to_f32() - m)));
+            let sum = row_sum(scratch, |e| e);
+            if log {
+                let lse = m + sum.ln();
+                for (o, &x) in out.iter_mut().zip(row) {
+                    *o = T::from_f32(x.to_f32() - lse);
+                }
+            } else {
+                let inv = 1.0 / sum;
+                for (o, &e) in out.iter_mut().zip(scratch.iter()) {
+                    *o = T::from_f32(e * inv);
+                }
+            }
+        });
+    out
+}
+
+/// Hugging Face `Qwen2RMSNorm`: `weight * (x * rsqrt(mean(x^2) + eps))`, statistics in
+/// f32, the normalised value rounded to the input type before the weight multiplies it.
+pub(crate) fn rms_norm_rows<T: WithDType>(data: &[T], weight: &[T], eps: f32) -> Vec<T> {
+    let cols = weight.len();
+    let mut out = vec![T::default(); data.len()];
+    if cols == 0 {
+        return out;
+    }
+    out.par_chunks_mut(cols).zip(data.par_chunks(cols)).with_min_len(min_items(cols)).for_each(|(out, row)| {
+        let ms = row_sum(row, |x| x * x) / cols as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        for ((o, &x), &w) in out.iter_mut().zip(row).zip(weight) {
+            *o = T::from_f32(w.to_f32() * T::from_f32(x.to_f32() * r).to_f32());
+        }
+    });
+    out
+}
+
+/// Rotate-half RoPE (Hugging Face Qwen2) on contiguous `x: [b, t, h, d]` with
+/// `cos`, `sin: [cb, t, d/2]` where `cb` is 1 (shared positions) or `b`:
+/// `out[i] = x[i] cos[i] - x[i+d/2] sin[i]`, `out[i+d/2] = x[i+d/2] cos[i] + x[i] sin[i]`.
+pub(crate) fn rope<T: WithDType>(x: &[T], cos: &[f32], sin: &[f32], dims: [usize; 4], cb: usize) -> Vec<T> {
+    let [_, t, h, d] = dims;
+    let half = d / 2;
+    let mut out = vec![T::default(); x.len()];
+    if d == 0 {
+        return out;
+    }
+    // One task item = all heads of one (batch, position).
+    out.par_chunks_mut(h * d).zip(x.par_chunks(h * d)).with_min_len(min_items(h * d)).enumerate().for_each(
+        |(bt, (out, x))| {
+            let (bi, ti) = (bt / t, bt % t);
+            let row = (if cb == 1 { 0 } else { bi }) * t + ti;
+            let (c, s) = (&cos[row * half..(row + 1) * half], &sin[row * half..(row + 1) * half]);
+            for (out, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                let (x1, x2) = x.split_at(half);
+                let (o1, o2) = out.split_at_mut(half);
+                for i in 0..half {
+                    let (a, b) = (x1[i].to_f32(), x2[i].to_f32());
+                    o1[i] = T::from_f32(a * c[i] - b * s[i]);
+                    o2[i] = T::from_f32(b * c[i] + a * s[i]);
+                }
+            }
+        },
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_is_within_two_ulp_of_libm() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (got, want) = (fast_exp(x), (x as f64).exp());
+            let rel = ((got as f64 - want) / want).abs();
+            assert!(rel < 2.5e-7, "exp({x}) = {got}, want {want}, rel {rel}");
+            x += 0.0137;
+        }
+        assert_eq!(fast_exp(-100.0), 0.0);
+        assert_eq!(fast_exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(fast_exp(0.0), 1.0);
+    }
+}

@@ -1,0 +1,97 @@
+//! Matrix products: `[.., m, k] @ [.., k, n]` with broadcast batch dimensions, and `linear`.
+
+use crate::cpu::matmul::{Operand, matmul};
+use crate::tensor::check_cpu;
+use crate::{DType, Error, Layout, Result, Shape, Tensor};
+
+impl Tensor {
+    /// Matrix product over the last two dimensions; leading (batch) dimensions broadcast.
+    /// Transposed or sliced operands are read through their strides, without a copy.
+    /// Half-precision operands are widened to f32, multiplied, and rounded back.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        const OP: &str = "matmul";
+        check_cpu(OP, self.device())?;
+        if self.device() != rhs.device() {
+            return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: rhs.device() });
+        }
+        if self.dtype() != rhs.dtype() {
+            return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: rhs.dtype() });
+        }
+        if !self.dtype().is_float() {
+            return Err(Error::UnsupportedDType { op: OP, dtype: self.dtype() });
+        }
+        let mismatch = || Error::ShapeMismatch { op: OP, lhs: self.shape().clone(), rhs: rhs.shape().clone() };
+        if self.rank() < 2 || rhs.rank() < 2 {
+            return Err(mismatch());
+        }
+        let (ld, rd) = (self.dims(), rhs.dims());
+        let (m, k, k2, n) = (ld[ld.len() - 2], ld[ld.len() - 1], rd[rd.len() - 2], rd[rd.len() - 1]);
+        if k != k2 {
+            return Err(mismatch());
+        }
+        let lb = Shape::from(&ld[..ld.len() - 2]);
+        let rb = Shape::from(&rd[..rd.len() - 2]);
+        let batch = lb.broadcast_with(OP, &rb).map_err(|_| mismatch())?;
+        let full = |b: &Shape, r: usize, c: usize| Shape::from([b.dims(), &[r, c]].concat());
+        let (lhs, rhs) = if self.dtype() == DType::F32 {
+            (self.clone(), rhs.clone())
+        } else {
+            (self.to_dtype(DType::F32)?, rhs.to_dtype(DType::F32)?)
+        };
+        let ll = lhs.layout().broadcast_as(&full(&batch, m, k))?;
+        let rl = rhs.layout().broadcast_as(&full(&batch, k, n))?;
+        let (lo, ro) = (batch_offsets(&ll), batch_offsets(&rl));
+        let (ls, rs) = (lhs.cpu(), rhs.cpu());
+        let r = ll.rank();
+        let a = Operand {
+            data: f32_slice(&ls),
+            batch_offsets: &lo,
+            row_stride: ll.strides()[r - 2],
+            col_stride: ll.strides()[r - 1],
+        };
+        let b = Operand {
+            data: f32_slice(&rs),
+            batch_offsets: &ro,
+            row_stride: rl.strides()[r - 2],
+            col_stride: rl.strides()[r - 1],
+        };
+        let out = Tensor::from_storage(matmul(&a, &b, m, k, n).into(), full(&batch, m, n));
+        out.to_dtype(self.dtype())
+    }
+
+    /// `self @ weight^T + bias`, a PyTorch `nn.Linear` with `weight: [out, in]`.
+    pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let y = self.matmul(&weight.t()?)?;
+        match bias {
+            Some(b) => y.add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+fn f32_slice(s: &crate::cpu::CpuStorage) -> &[f32] {
+    match s {
+        crate::cpu::CpuStorage::F32(v) => v,
+        _ => unreachable!("matmul widens its operands to f32 first"),
+    }
+}
+
+/// Storage offset of each matrix of a `[batch.., r, c]` layout, batches in row-major order.
+fn batch_offsets(l: &Layout) -> Vec<usize> {
+    let r = l.rank() - 2;
+    let (dims, strides) = (&l.dims()[..r], &l.strides()[..r]);
+    let count: usize = dims.iter().product();
+    let mut out = Vec::with_capacity(count);
+    let mut idx = vec![0usize; r];
+    for _ in 0..count {
+        out.push(l.start() + idx.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>());
+        for d in (0..r).rev() {
+            idx[d] += 1;
+            if idx[d] < dims[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
+}

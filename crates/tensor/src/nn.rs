@@ -1,0 +1,127 @@
+//! Transformer building blocks with Hugging Face Qwen2 semantics: softmax, log-softmax,
+//! RMSNorm, rotary embeddings, SwiGLU, causal masks, embedding lookup.
+
+use crate::cpu::{CpuStorage, contiguous, dispatch_float, nn};
+use crate::tensor::check_cpu;
+use crate::{Device, Error, Result, Tensor, WithDType};
+
+impl Tensor {
+    fn softmax_impl(&self, op: &'static str, dim: isize, log: bool) -> Result<Tensor> {
+        check_cpu(op, self.device())?;
+        let d = self.shape().dim(op, dim)?;
+        let last = self.rank() - 1;
+        // Bring `dim` last, run rows, and view the result back in the original order.
+        let x = if d == last { self.clone() } else { self.transpose(d as isize, -1)? };
+        let cols = x.dims()[last];
+        let s = x.cpu();
+        let out = dispatch_float!(op, &*s, |v| CpuStorage::from(nn::softmax_rows(&contiguous(v, x.layout()), cols, log)));
+        let y = Tensor::from_storage(out, x.shape().clone());
+        if d == last { Ok(y) } else { y.transpose(d as isize, -1) }
+    }
+
+    /// `exp(x - max) / sum(exp(x - max))` along `dim`, stable for any input; a row that is
+    /// all -inf gives NaN, as in torch.
+    pub fn softmax(&self, dim: isize) -> Result<Tensor> {
+        self.softmax_impl("softmax", dim, false)
+    }
+
+    /// `x - max - log(sum(exp(x - max)))` along `dim`.
+    pub fn log_softmax(&self, dim: isize) -> Result<Tensor> {
+        self.softmax_impl("log_softmax", dim, true)
+    }
+
+    /// RMSNorm over the last dimension with a per-feature `weight` of the same dtype.
+    pub fn rms_norm(&self, weight: &Tensor, eps: f32) -> Result<Tensor> {
+        const OP: &str = "rms_norm";
+        check_cpu(OP, self.device())?;
+        let h = self.dim(-1)?;
+        if weight.dims() != [h] {
+            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().clone(), rhs: weight.shape().clone() });
+        }
+        if weight.dtype() != self.dtype() {
+            return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: weight.dtype() });
+        }
+        let (s, w) = (self.cpu(), weight.cpu());
+        let out = dispatch_float!(OP, &*s, |v| {
+            let wv = contiguous(WithDType::slice(&w).expect("dtype checked"), weight.layout());
+            CpuStorage::from(nn::rms_norm_rows(&contiguous(v, self.layout()), &wv, eps))
+        });
+        Ok(Tensor::from_storage(out, self.shape().clone()))
+    }
+
+    /// Rotary position embedding, rotate-half form (Hugging Face Qwen2/Llama), on
+    /// `self: [b, t, heads, head_dim]` with `cos`, `sin: [t, head_dim/2]` (positions shared by
+    /// the batch) or `[b, t, head_dim/2]` (a position per sequence), from [`rope_tables`].
+    pub fn rope(&self, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        const OP: &str = "rope";
+        check_cpu(OP, self.device())?;
+        let [b, t, h, d] = self.dims_n(OP)?;
+        if d % 2 != 0 {
+            return Err(crate::invalid!(OP, "head_dim {d} is odd"));
+        }
+        let shape_ok = |c: &Tensor| c.dims() == [t, d / 2] || c.dims() == [b, t, d / 2] || c.dims() == [1, t, d / 2];
+        if !shape_ok(cos) || cos.shape() != sin.shape() {
+            return Err(crate::invalid!(
+                OP,
+                "cos {} and sin {} must both be [{t}, {}] or [{b}, {t}, {}] for x {}",
+                cos.shape(),
+                sin.shape(),
+                d / 2,
+                d / 2,
+                self.shape()
+            ));
+        }
+        let cb = if cos.rank() == 3 { cos.dims()[0] } else { 1 };
+        let (c, sn) = (cos.to_f32_vec()?, sin.to_f32_vec()?);
+        let s = self.cpu();
+        let out = dispatch_float!(OP, &*s, |v| CpuStorage::from(nn::rope(&contiguous(v, self.layout()), &c, &sn, [b, t, h, d], cb)));
+        Ok(Tensor::from_storage(out, self.shape().clone()))
+    }
+
+    /// `silu(self) * up`, the SwiGLU gate of Qwen2's MLP, in one pass.
+    pub fn silu_mul(&self, up: &Tensor) -> Result<Tensor> {
+        self.zip_f32("silu_mul", up, |g, u| nn::silu(g) * u)
+    }
+
+    /// Rows of `weight: [vocab, hidden]` picked by the U32 `ids` of any shape:
+    /// the result has shape `ids.shape + [hidden]`.
+    pub fn embedding(ids: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let mut dims = ids.dims().to_vec();
+        dims.push(weight.dim(-1)?);
+        weight.index_select(&ids.flatten_all()?, 0)?.reshape(dims)
+    }
+
+    /// U8 `[q_len, kv_len]` with 1 where key `j` lies in the future of query `i`, the
+    /// queries being the last `q_len` of `kv_len` positions (`j > i + kv_len - q_len`):
+    /// the entries `masked_fill(.., -inf)` hides before a softmax.
+    pub fn causal_mask(q_len: usize, kv_len: usize, device: Device) -> Result<Tensor> {
+        if q_len > kv_len {
+            return Err(crate::invalid!("causal_mask", "{q_len} queries cannot follow from {kv_len} keys"));
+        }
+        let off = kv_len - q_len;
+        let v: Vec<u8> = (0..q_len).flat_map(|i| (0..kv_len).map(move |j| (j > i + off) as u8)).collect();
+        Tensor::from_vec(v, (q_len, kv_len), device)
+    }
+}
+
+/// `(cos, sin)`, each `[positions, head_dim/2]` in f32, for Hugging Face's default RoPE:
+/// `inv_freq[i] = 1 / theta^(2i / head_dim)` computed in f32, angle = position * inv_freq.
+pub fn rope_tables(positions: &[u32], head_dim: usize, theta: f32, device: Device) -> Result<(Tensor, Tensor)> {
+    if head_dim % 2 != 0 || head_dim == 0 {
+        return Err(crate::invalid!("rope_tables", "head_dim {head_dim} must be even and positive"));
+    }
+    let half = head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+    let mut cos = Vec::with_capacity(positions.len() * half);
+    let mut sin = Vec::with_capacity(positions.len() * half);
+    for &p in positions {
+        for &f in &inv_freq {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    let n = positions.len();
+    Ok((Tensor::from_vec(cos, (n, half), device)?, Tensor::from_vec(sin, (n, half), device)?))
+}
+
