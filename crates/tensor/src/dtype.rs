@@ -56,10 +56,7 @@ impl std::str::FromStr for DType {
             "bf16" | "bfloat16" => DType::BF16,
             "f32" | "float32" | "float" => DType::F32,
             _ => {
-                return Err(crate::invalid!(
-                    "dtype",
-                    "unknown dtype {s:?} (expected one of u8, u32, f16, bf16, f32)"
-                ));
+                return Err(crate::invalid!("dtype", "unknown dtype {s:?} (expected one of u8, u32, f16, bf16, f32)"));
             }
         })
     }
@@ -67,9 +64,7 @@ impl std::str::FromStr for DType {
 
 /// A Rust type that can be a tensor element. `to_f32`/`from_f32` are exact for f32, and
 /// round-to-nearest-even for the half types.
-pub trait WithDType:
-    Copy + Send + Sync + 'static + bytemuck::Pod + PartialOrd + std::fmt::Debug + Default
-{
+pub trait WithDType: Copy + Send + Sync + 'static + bytemuck::Pod + PartialOrd + std::fmt::Debug + Default {
     const DTYPE: DType;
     fn to_f32(self) -> f32;
     fn from_f32(v: f32) -> Self;

@@ -151,7 +151,9 @@ impl Tensor {
             if p.dtype() != first.dtype() {
                 return Err(Error::DTypeMismatch { op: OP, lhs: first.dtype(), rhs: p.dtype() });
             }
-            if p.rank() != first.rank() || p.dims().iter().zip(first.dims()).enumerate().any(|(i, (a, b))| i != d && a != b) {
+            if p.rank() != first.rank()
+                || p.dims().iter().zip(first.dims()).enumerate().any(|(i, (a, b))| i != d && a != b)
+            {
                 return Err(Error::ShapeMismatch { op: OP, lhs: first.shape().clone(), rhs: p.shape().clone() });
             }
         }

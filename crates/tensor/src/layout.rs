@@ -69,11 +69,7 @@ impl Layout {
         }
         let mut dims = self.dims().to_vec();
         dims[d] = len;
-        Ok(Layout {
-            shape: dims.into(),
-            strides: self.strides.clone(),
-            start: self.start + start * self.strides[d],
-        })
+        Ok(Layout { shape: dims.into(), strides: self.strides.clone(), start: self.start + start * self.strides[d] })
     }
 
     pub fn permute(&self, order: &[usize]) -> Result<Layout> {
@@ -103,11 +99,7 @@ impl Layout {
 
     /// Broadcast to `shape` by giving new or size-1 dimensions a stride of 0.
     pub fn broadcast_as(&self, shape: &Shape) -> Result<Layout> {
-        let err = || Error::BroadcastIncompatible {
-            op: "broadcast_as",
-            lhs: self.shape.clone(),
-            rhs: shape.clone(),
-        };
+        let err = || Error::BroadcastIncompatible { op: "broadcast_as", lhs: self.shape.clone(), rhs: shape.clone() };
         let (rank, own) = (shape.rank(), self.shape.rank());
         if own > rank {
             return Err(err());
@@ -191,8 +183,8 @@ impl<const N: usize> RowPlan<N> {
             if d == 1 {
                 continue;
             }
-            let mergeable = !dims.is_empty()
-                && (0..N).all(|k| *strides[k].last().unwrap() == layouts[k].strides[i] * d);
+            let mergeable =
+                !dims.is_empty() && (0..N).all(|k| *strides[k].last().unwrap() == layouts[k].strides[i] * d);
             if mergeable {
                 *dims.last_mut().unwrap() *= d;
                 for k in 0..N {

@@ -14,7 +14,8 @@ impl Tensor {
         let x = if d == last { self.clone() } else { self.transpose(d as isize, -1)? };
         let cols = x.dims()[last];
         let s = x.cpu();
-        let out = dispatch_float!(op, &*s, |v| CpuStorage::from(nn::softmax_rows(&contiguous(v, x.layout()), cols, log)));
+        let out =
+            dispatch_float!(op, &*s, |v| CpuStorage::from(nn::softmax_rows(&contiguous(v, x.layout()), cols, log)));
         let y = Tensor::from_storage(out, x.shape().clone());
         if d == last { Ok(y) } else { y.transpose(d as isize, -1) }
     }
@@ -74,7 +75,13 @@ impl Tensor {
         let cb = if cos.rank() == 3 { cos.dims()[0] } else { 1 };
         let (c, sn) = (cos.to_f32_vec()?, sin.to_f32_vec()?);
         let s = self.cpu();
-        let out = dispatch_float!(OP, &*s, |v| CpuStorage::from(nn::rope(&contiguous(v, self.layout()), &c, &sn, [b, t, h, d], cb)));
+        let out = dispatch_float!(OP, &*s, |v| CpuStorage::from(nn::rope(
+            &contiguous(v, self.layout()),
+            &c,
+            &sn,
+            [b, t, h, d],
+            cb
+        )));
         Ok(Tensor::from_storage(out, self.shape().clone()))
     }
 
@@ -124,4 +131,3 @@ pub fn rope_tables(positions: &[u32], head_dim: usize, theta: f32, device: Devic
     let n = positions.len();
     Ok((Tensor::from_vec(cos, (n, half), device)?, Tensor::from_vec(sin, (n, half), device)?))
 }
-

@@ -200,7 +200,11 @@ impl Tensor {
     pub fn masked_fill(&self, mask: &Tensor, value: f32) -> Result<Tensor> {
         let fill = Tensor::full(value, (), self.dtype(), self.device())?;
         mask.broadcast_as(self.shape())
-            .map_err(|_| Error::ShapeMismatch { op: "masked_fill", lhs: self.shape().clone(), rhs: mask.shape().clone() })?
+            .map_err(|_| Error::ShapeMismatch {
+                op: "masked_fill",
+                lhs: self.shape().clone(),
+                rhs: mask.shape().clone(),
+            })?
             .where_cond(&fill, self)
     }
 }
@@ -231,6 +235,12 @@ macro_rules! operator {
             type Output = Result<Tensor>;
             fn $method(self, rhs: &Tensor) -> Result<Tensor> {
                 Tensor::$method(self, rhs)
+            }
+        }
+        impl std::ops::$trait<&Tensor> for Tensor {
+            type Output = Result<Tensor>;
+            fn $method(self, rhs: &Tensor) -> Result<Tensor> {
+                Tensor::$method(&self, rhs)
             }
         }
         impl std::ops::$trait<f32> for &Tensor {

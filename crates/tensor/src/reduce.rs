@@ -114,4 +114,3 @@ impl Tensor {
         x.reshape(shape)
     }
 }
-

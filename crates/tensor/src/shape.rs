@@ -51,11 +51,7 @@ impl Shape {
                 (1, b) => b,
                 (a, 1) => a,
                 _ => {
-                    return Err(Error::BroadcastIncompatible {
-                        op,
-                        lhs: self.clone(),
-                        rhs: rhs.clone(),
-                    });
+                    return Err(Error::BroadcastIncompatible { op, lhs: self.clone(), rhs: rhs.clone() });
                 }
             };
         }

@@ -60,12 +60,7 @@ impl Tensor {
         check_cpu("from_vec", device)?;
         let shape = shape.into();
         if shape.elem_count() != data.len() {
-            return Err(Error::ElementCount {
-                op: "from_vec",
-                expected: shape.elem_count(),
-                got: data.len(),
-                shape,
-            });
+            return Err(Error::ElementCount { op: "from_vec", expected: shape.elem_count(), got: data.len(), shape });
         }
         Ok(Tensor::from_storage(T::into_storage(data), shape))
     }

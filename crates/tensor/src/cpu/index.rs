@@ -21,7 +21,14 @@ pub(crate) fn index_select<T: WithDType>(data: &[T], ids: &[u32], outer: usize, 
 }
 
 /// `out[o, j, i] = data[o, index[o, j, i], i]` for `index: [outer, k, inner]`.
-pub(crate) fn gather<T: WithDType>(data: &[T], index: &[u32], outer: usize, size: usize, k: usize, inner: usize) -> Vec<T> {
+pub(crate) fn gather<T: WithDType>(
+    data: &[T],
+    index: &[u32],
+    outer: usize,
+    size: usize,
+    k: usize,
+    inner: usize,
+) -> Vec<T> {
     let mut out = vec![T::default(); outer * k * inner];
     out.par_iter_mut().with_min_len(1 << 12).enumerate().for_each(|(idx, out)| {
         let (o, i) = (idx / (k * inner), idx % inner);

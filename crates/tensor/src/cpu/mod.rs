@@ -94,7 +94,6 @@ impl<T: WithDType> From<Vec<T>> for CpuStorage {
     }
 }
 
-
 /// Work below this many elements runs on the calling thread; above, rows (or pieces of
 /// long rows) of about this size become rayon tasks.
 pub(crate) const GRAIN: usize = 1 << 15;

@@ -40,10 +40,9 @@ pub(crate) fn softmax_rows<T: WithDType>(data: &[T], cols: usize, log: bool) -> 
     if cols == 0 {
         return out;
     }
-    out.par_chunks_mut(cols)
-        .zip(data.par_chunks(cols))
-        .with_min_len(min_items(cols))
-        .for_each_init(Vec::new, |scratch: &mut Vec<f32>, (out, row)| {
+    out.par_chunks_mut(cols).zip(data.par_chunks(cols)).with_min_len(min_items(cols)).for_each_init(
+        Vec::new,
+        |scratch: &mut Vec<f32>, (out, row)| {
             let m = row_max(row);
             if m == f32::NEG_INFINITY || m.is_nan() {
                 // All -inf (a fully masked row) or NaN: torch gives NaN everywhere.
@@ -64,7 +63,8 @@ pub(crate) fn softmax_rows<T: WithDType>(data: &[T], cols: usize, log: bool) -> 
                     *o = T::from_f32(e * inv);
                 }
             }
-        });
+        },
+    );
     out
 }
 

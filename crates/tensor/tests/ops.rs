@@ -1,0 +1,628 @@
+//! Every op against the plain reference in `common`: contiguous inputs, strided views
+//! (transposed, narrowed, broadcast) and bf16.
+
+mod common;
+
+use artist_tensor::{CmpOp, DType, Device, Error, Tensor, rope_tables};
+use common::{BF16_TOL, Nd, assert_close};
+
+const CPU: Device = Device::Cpu;
+
+/// An input three ways: contiguous, as a transposed view of a contiguous buffer, and as a
+/// narrowed view; the reference is the same values in each case.
+fn variants(shape: &[usize], seed: u64) -> Vec<(String, Tensor, Nd)> {
+    let x = Nd::random(shape, seed);
+    let r = shape.len();
+    let mut out = vec![("contiguous".to_string(), x.tensor(DType::F32), x.clone())];
+    if r >= 2 {
+        // Store the transpose, view it back: same values, non-contiguous strides.
+        let t = x.transpose(r - 2, r - 1).tensor(DType::F32).transpose(-2, -1).unwrap();
+        assert!(!t.is_contiguous() || shape[r - 1] == 1 || shape[r - 2] == 1);
+        out.push(("transposed view".into(), t, x.clone()));
+    }
+    // A wider buffer narrowed to `shape` along the last dim.
+    let mut wide = shape.to_vec();
+    wide[r - 1] += 3;
+    let w = Nd::random(&wide, seed + 1);
+    out.push((
+        "narrowed view".into(),
+        w.tensor(DType::F32).narrow(-1, 1, shape[r - 1]).unwrap(),
+        w.narrow(r - 1, 1, shape[r - 1]),
+    ));
+    out
+}
+
+#[test]
+fn construction_and_readback() {
+    let t = Tensor::from_vec(vec![1f32, 2., 3., 4., 5., 6.], (2, 3), CPU).unwrap();
+    assert_eq!(t.to_vec2::<f32>().unwrap(), vec![vec![1., 2., 3.], vec![4., 5., 6.]]);
+    assert!(matches!(Tensor::from_vec(vec![1f32; 5], (2, 3), CPU), Err(Error::ElementCount { .. })));
+    assert!(matches!(t.to_vec::<u32>(), Err(Error::DTypeMismatch { .. })));
+    assert_eq!(Tensor::zeros((2, 2), DType::BF16, CPU).unwrap().to_f32_vec().unwrap(), vec![0.0; 4]);
+    assert_eq!(Tensor::full(2.5, 3, DType::F16, CPU).unwrap().to_f32_vec().unwrap(), vec![2.5; 3]);
+    assert_eq!(Tensor::arange(4, DType::U32, CPU).unwrap().to_vec1::<u32>().unwrap(), vec![0, 1, 2, 3]);
+    let b = Tensor::from_bytes(&t.to_bytes(), DType::F32, (3, 2), CPU).unwrap();
+    assert_eq!(b.to_vec::<f32>().unwrap(), t.to_vec::<f32>().unwrap());
+    assert!(Tensor::from_bytes(&[0u8; 7], DType::F32, 2, CPU).is_err());
+    assert_eq!(t.to_vec3::<f32>().is_err(), true);
+    assert_eq!(t.dims_n::<2>("t").unwrap(), [2, 3]);
+}
+
+#[test]
+fn views_read_the_right_elements() {
+    let x = Nd::random(&[2, 3, 4], 1);
+    let t = x.tensor(DType::F32);
+    assert_close(&t.transpose(0, 2).unwrap(), &x.transpose(0, 2), 0.0, 0.0);
+    assert_close(&t.permute(&[1, 2, 0]).unwrap(), &x.permute(&[1, 2, 0]), 0.0, 0.0);
+    assert_close(&t.narrow(1, 1, 2).unwrap(), &x.narrow(1, 1, 2), 0.0, 0.0);
+    assert_close(&t.transpose(0, 1).unwrap().narrow(2, 1, 3).unwrap(), &x.transpose(0, 1).narrow(2, 1, 3), 0.0, 0.0);
+    // Reshape of a contiguous tensor is a view; of a strided one, a copy with the same order.
+    assert!(t.reshape((6, 4)).unwrap().same_storage(&t));
+    let tt = t.transpose(1, 2).unwrap();
+    let r = tt.reshape((2, 12)).unwrap();
+    assert!(!r.same_storage(&t));
+    assert_close(&r, &Nd::new(&[2, 12], x.transpose(1, 2).data), 0.0, 0.0);
+    assert_close(&t.get(1).unwrap(), &Nd::new(&[3, 4], x.data[12..].to_vec()), 0.0, 0.0);
+    assert_eq!(t.flatten(0, 1).unwrap().dims(), &[6, 4]);
+    assert_eq!(t.unsqueeze(1).unwrap().dims(), &[2, 1, 3, 4]);
+    let b = x.narrow(2, 0, 1).tensor(DType::F32).broadcast_as((5, 2, 3, 4)).unwrap();
+    assert_close(&b, &Nd::from_fn(&[5, 2, 3, 4], |i| x.at(&[i[1], i[2], 0])), 0.0, 0.0);
+    assert!(t.narrow(2, 3, 2).is_err());
+    assert!(t.transpose(0, 3).is_err());
+    assert!(t.squeeze(0).is_err());
+    assert!(t.reshape((5, 5)).is_err());
+    assert!(!t.copy().same_storage(&t));
+}
+
+#[test]
+fn unary_ops_match_reference() {
+    type F = fn(&Tensor) -> artist_tensor::Result<Tensor>;
+    let ops: Vec<(&str, F, fn(f64) -> f64)> = vec![
+        ("neg", Tensor::neg, |x| -x),
+        ("abs", Tensor::abs, f64::abs),
+        ("exp", Tensor::exp, f64::exp),
+        ("log", |t| t.abs()?.log(), |x| x.abs().ln()),
+        ("sqrt", |t| t.abs()?.sqrt(), |x| x.abs().sqrt()),
+        ("rsqrt", |t| t.abs()?.rsqrt(), |x| 1.0 / x.abs().sqrt()),
+        ("recip", Tensor::recip, |x| 1.0 / x),
+        ("sqr", Tensor::sqr, |x| x * x),
+        ("sin", Tensor::sin, f64::sin),
+        ("cos", Tensor::cos, f64::cos),
+        ("tanh", Tensor::tanh, f64::tanh),
+        ("relu", Tensor::relu, |x| x.max(0.0)),
+        ("sigmoid", Tensor::sigmoid, |x| 1.0 / (1.0 + (-x).exp())),
+        ("silu", Tensor::silu, |x| x / (1.0 + (-x).exp())),
+        ("gelu", Tensor::gelu, |x| 0.5 * x * (1.0 + (0.7978845608 * (x + 0.044715 * x * x * x)).tanh())),
+        ("affine", |t| t.affine(1.5, -0.25), |x| 1.5 * x - 0.25),
+        ("add_scalar", |t| t.add_scalar(3.0), |x| x + 3.0),
+        ("mul_scalar", |t| t.mul_scalar(-2.0), |x| -2.0 * x),
+        ("powf", |t| t.abs()?.powf(1.7), |x| x.abs().powf(1.7)),
+        ("clamp", |t| t.clamp(-0.5, 0.75), |x| x.clamp(-0.5, 0.75)),
+    ];
+    for (name, op, f) in ops {
+        for (how, t, x) in variants(&[3, 5, 7], 2) {
+            let got = op(&t).unwrap_or_else(|e| panic!("{name} {how}: {e}"));
+            let want = x.map(f);
+            let g = got.to_f32_vec().unwrap();
+            for (i, (&a, &b)) in g.iter().zip(&want.data).enumerate() {
+                let ok = (a as f64 - b).abs() <= 1e-5 * b.abs().max(1.0) || (a.is_infinite() && b.is_infinite());
+                assert!(ok, "{name} ({how}) element {i}: got {a}, want {b}");
+            }
+        }
+        // bf16: inputs are bf16 values, the result is one rounding away from exact.
+        let x = Nd::random(&[4, 9], 3).round_bf16();
+        let got = op(&x.tensor(DType::BF16)).unwrap();
+        assert_eq!(got.dtype(), DType::BF16, "{name}");
+        let want = x.map(f);
+        for (&a, &b) in got.to_f32_vec().unwrap().iter().zip(&want.data) {
+            assert!(
+                (a as f64 - b).abs() <= 8e-3 * b.abs().max(1e-2) || (a.is_infinite() && b.is_infinite()),
+                "{name} bf16: {a} vs {b}"
+            );
+        }
+    }
+    let u = Tensor::arange(3, DType::U32, CPU).unwrap();
+    assert!(matches!(u.exp(), Err(Error::UnsupportedDType { op: "exp", .. })));
+}
+
+#[test]
+fn binary_ops_broadcast_like_numpy() {
+    type F = fn(&Tensor, &Tensor) -> artist_tensor::Result<Tensor>;
+    let ops: Vec<(&str, F, fn(f64, f64) -> f64)> = vec![
+        ("add", Tensor::add, |a, b| a + b),
+        ("sub", Tensor::sub, |a, b| a - b),
+        ("mul", Tensor::mul, |a, b| a * b),
+        ("div", Tensor::div, |a, b| a / b),
+        ("maximum", Tensor::maximum, f64::max),
+        ("minimum", Tensor::minimum, f64::min),
+        ("pow", |a, b| a.abs()?.pow(b), |a, b| a.abs().powf(b)),
+        ("silu_mul", Tensor::silu_mul, |a, b| a / (1.0 + (-a).exp()) * b),
+    ];
+    let pairs: &[(&[usize], &[usize])] =
+        &[(&[4, 5], &[4, 5]), (&[4, 5], &[5]), (&[4, 1], &[1, 5]), (&[2, 3, 4], &[3, 1]), (&[1], &[2, 3]), (&[], &[3])];
+    for (_name, op, f) in &ops {
+        for (i, &(sa, sb)) in pairs.iter().enumerate() {
+            let (a, b) = (Nd::random(sa, 10 + i as u64), Nd::random(sb, 20 + i as u64));
+            let want = a.zip(&b, f);
+            assert_close(&op(&a.tensor(DType::F32), &b.tensor(DType::F32)).unwrap(), &want, 2e-5, 1e-6);
+            assert_close(&op(&b.tensor(DType::F32), &a.tensor(DType::F32)).unwrap(), &b.zip(&a, f), 2e-5, 1e-6);
+            let (a16, b16) = (a.round_bf16(), b.round_bf16());
+            let got = op(&a16.tensor(DType::BF16), &b16.tensor(DType::BF16)).unwrap();
+            assert_close(&got, &a16.zip(&b16, f), BF16_TOL.0, BF16_TOL.1);
+        }
+        // Strided operands.
+        for ((how, ta, a), (_, tb, b)) in variants(&[3, 6], 30).into_iter().zip(variants(&[3, 6], 31)) {
+            let got = op(&ta, &tb.transpose(0, 1).unwrap().contiguous().transpose(0, 1).unwrap()).unwrap();
+            assert_close(&got, &a.zip(&b, f), 2e-5, 1e-6);
+            let _ = how;
+        }
+    }
+    let (a, b) = (Tensor::zeros((3, 2), DType::F32, CPU).unwrap(), Tensor::zeros((3,), DType::F32, CPU).unwrap());
+    let err = a.add(&b).unwrap_err().to_string();
+    assert!(err.contains("add") && err.contains("[3, 2]") && err.contains("[3]"), "{err}");
+    assert!(matches!(a.add(&a.to_dtype(DType::BF16).unwrap()), Err(Error::DTypeMismatch { .. })));
+    // Operators read like math.
+    let x = Nd::random(&[2, 3], 40).tensor(DType::F32);
+    let y = ((&x * 2.0).unwrap() - &x).unwrap();
+    assert_eq!(y.to_vec::<f32>().unwrap(), x.to_vec::<f32>().unwrap());
+}
+
+#[test]
+fn comparisons_where_and_masked_fill() {
+    let a = Tensor::from_vec(vec![1f32, 2., 3., 4.], (2, 2), CPU).unwrap();
+    let b = Tensor::from_vec(vec![2f32, 2.], 2, CPU).unwrap();
+    let cases = [
+        (CmpOp::Eq, vec![0u8, 1, 0, 0]),
+        (CmpOp::Ne, vec![1, 0, 1, 1]),
+        (CmpOp::Lt, vec![1, 0, 0, 0]),
+        (CmpOp::Le, vec![1, 1, 0, 0]),
+        (CmpOp::Gt, vec![0, 0, 1, 1]),
+        (CmpOp::Ge, vec![0, 1, 1, 1]),
+    ];
+    for (op, want) in cases {
+        assert_eq!(a.cmp(op, &b).unwrap().to_vec::<u8>().unwrap(), want, "{op:?}");
+    }
+    let ids = Tensor::from_vec(vec![5u32, 7, 5], 3, CPU).unwrap();
+    let five = Tensor::from_vec(vec![5u32], 1, CPU).unwrap();
+    assert_eq!(ids.eq(&five).unwrap().to_vec::<u8>().unwrap(), vec![1, 0, 1]);
+
+    let cond = Tensor::from_vec(vec![1u8, 0], (2, 1), CPU).unwrap();
+    let t = Tensor::from_vec(vec![10f32, 20., 30.], 3, CPU).unwrap();
+    let f = Tensor::from_vec(vec![-1f32, -2., -3., -4., -5., -6.], (2, 3), CPU).unwrap();
+    assert_eq!(cond.where_cond(&t, &f).unwrap().to_vec::<f32>().unwrap(), vec![10., 20., 30., -4., -5., -6.]);
+    assert!(t.where_cond(&t, &f).is_err(), "the condition must be U8");
+
+    let mask = Tensor::causal_mask(2, 3, CPU).unwrap();
+    assert_eq!(mask.to_vec2::<u8>().unwrap(), vec![vec![0, 0, 1], vec![0, 0, 0]]);
+    let scores = Tensor::zeros((4, 2, 3), DType::F32, CPU).unwrap();
+    let m = scores.masked_fill(&mask, f32::NEG_INFINITY).unwrap();
+    let v = m.to_vec3::<f32>().unwrap();
+    assert_eq!(v[3][0], vec![0.0, 0.0, f32::NEG_INFINITY]);
+    assert_eq!(v[3][1], vec![0.0, 0.0, 0.0]);
+    assert_eq!(
+        Tensor::causal_mask(3, 3, CPU).unwrap().to_vec2::<u8>().unwrap(),
+        vec![vec![0, 1, 1], vec![0, 0, 1], vec![0, 0, 0]]
+    );
+    assert!(Tensor::causal_mask(4, 3, CPU).is_err());
+}
+
+#[test]
+fn reductions_along_every_dim() {
+    let shape = [3, 4, 5];
+    for (how, t, x) in variants(&shape, 50) {
+        for d in 0..3 {
+            let di = d as isize;
+            let ctx = format!("{how}, dim {d}");
+            let sum = x.fold(d, |l| l.iter().sum());
+            let keep = |r: Nd| r;
+            assert_close(&t.sum_keepdim(di).unwrap(), &keep(sum.clone()), 1e-5, 1e-5);
+            let mut squeezed = sum.clone();
+            squeezed.shape.remove(d);
+            assert_close(&t.sum(di).unwrap(), &squeezed, 1e-5, 1e-5);
+            assert_close(&t.mean_keepdim(di).unwrap(), &sum.map(|s| s / shape[d] as f64), 1e-5, 1e-5);
+            assert_close(
+                &t.max_keepdim(di).unwrap(),
+                &x.fold(d, |l| l.iter().cloned().fold(f64::MIN, f64::max)),
+                0.0,
+                0.0,
+            );
+            assert_close(
+                &t.min_keepdim(di).unwrap(),
+                &x.fold(d, |l| l.iter().cloned().fold(f64::MAX, f64::min)),
+                0.0,
+                0.0,
+            );
+            let argmax = x.fold(d, |l| (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b }) as f64);
+            let argmin = x.fold(d, |l| (0..l.len()).fold(0, |b, i| if l[i] < l[b] { i } else { b }) as f64);
+            assert_close(&t.argmax_keepdim(di).unwrap(), &argmax, 0.0, 0.0);
+            assert_close(&t.argmin_keepdim(di).unwrap(), &argmin, 0.0, 0.0);
+            assert_eq!(t.argmax(di).unwrap().dtype(), DType::U32, "{ctx}");
+        }
+        let total: f64 = x.data.iter().sum();
+        assert!((t.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64 - total).abs() < 1e-4);
+    }
+    // Long rows (the vectorised path) and bf16.
+    let x = Nd::random(&[3, 1000], 51).round_bf16();
+    assert_close(&x.tensor(DType::BF16).sum_keepdim(1).unwrap(), &x.fold(1, |l| l.iter().sum()), 1e-2, 1e-1);
+    assert_close(&x.tensor(DType::F32).sum_keepdim(0).unwrap(), &x.fold(0, |l| l.iter().sum()), 1e-5, 1e-5);
+    // Ties pick the first index; NaN wins max and argmax.
+    let t = Tensor::from_vec(vec![1f32, 3., 3., f32::NAN, 0.], (1, 5), CPU).unwrap();
+    assert_eq!(t.narrow(1, 0, 3).unwrap().argmax(1).unwrap().to_vec::<u32>().unwrap(), vec![1]);
+    assert_eq!(t.argmax(1).unwrap().to_vec::<u32>().unwrap(), vec![3]);
+    assert!(t.max(1).unwrap().to_vec::<f32>().unwrap()[0].is_nan());
+    assert!(Tensor::zeros((2, 0), DType::F32, CPU).unwrap().argmax(1).is_err());
+    // sum_to undoes broadcasting.
+    let g = Nd::random(&[2, 3, 4], 52);
+    let want = Nd::from_fn(&[3, 1], |i| {
+        (0..2).flat_map(|a| (0..4).map(move |c| (a, c))).map(|(a, c)| g.at(&[a, i[0], c])).sum()
+    });
+    assert_close(&g.tensor(DType::F32).sum_to((3, 1)).unwrap(), &want, 1e-5, 1e-5);
+    assert!(g.tensor(DType::F32).sum_to((2, 4)).is_err());
+}
+
+fn softmax_ref(l: &[f64]) -> Vec<f64> {
+    let m = l.iter().cloned().fold(f64::MIN, f64::max);
+    let s: f64 = l.iter().map(|x| (x - m).exp()).sum();
+    l.iter().map(|x| (x - m).exp() / s).collect()
+}
+
+#[test]
+fn softmax_and_log_softmax() {
+    for (how, t, x) in variants(&[3, 4, 6], 60) {
+        for d in 0..3 {
+            let want = x.lines(d, softmax_ref);
+            assert_close(&t.softmax(d as isize).unwrap(), &want, 1e-5, 1e-7);
+            let got = t.log_softmax(d as isize).unwrap();
+            assert_close(&got, &want.map(f64::ln), 1e-5, 1e-6);
+            let _ = &how;
+        }
+    }
+    // Stable for large logits, masked entries get exactly 0, bf16 rounds once.
+    let x = Nd::new(&[2, 3], vec![1000.0, 1001.0, 999.0, -1e4, 0.0, -1e4]);
+    assert_close(&x.tensor(DType::F32).softmax(-1).unwrap(), &x.lines(1, softmax_ref), 1e-6, 1e-7);
+    let m = Tensor::from_vec(vec![0.5f32, f32::NEG_INFINITY, 1.0], (1, 3), CPU).unwrap().softmax(-1).unwrap();
+    assert_eq!(m.to_vec::<f32>().unwrap()[1], 0.0);
+    let v = Nd::random(&[5, 151], 61).map(|x| 8.0 * x).round_bf16();
+    assert_close(&v.tensor(DType::BF16).softmax(-1).unwrap(), &v.lines(1, softmax_ref), 8e-3, 1e-5);
+    // A long row as over a vocabulary.
+    let v = Nd::random(&[2, 151_936], 62).map(|x| 10.0 * x);
+    let ls = v.lines(1, |l| softmax_ref(l).into_iter().map(f64::ln).collect());
+    assert_close(&v.tensor(DType::F32).log_softmax(-1).unwrap(), &ls, 2e-6, 2e-5);
+}
+
+#[test]
+fn rms_norm_matches_hugging_face() {
+    let eps = 1e-6;
+    let w = Nd::random(&[8], 70);
+    let rms = |x: &Nd| {
+        x.lines(1, |l| {
+            let ms = l.iter().map(|v| v * v).sum::<f64>() / l.len() as f64;
+            l.iter().zip(&w.data).map(|(v, g)| g * v / (ms + eps).sqrt()).collect()
+        })
+    };
+    for (how, t, x) in variants(&[5, 8], 71) {
+        assert_close(&t.rms_norm(&w.tensor(DType::F32), eps as f32).unwrap(), &rms(&x), 1e-5, 1e-6);
+        let _ = how;
+    }
+    // bf16: Hugging Face rounds the normalised value to bf16 before the weight multiplies it.
+    let (x, w16) = (Nd::random(&[4, 8], 72).round_bf16(), w.round_bf16());
+    let want = x.lines(1, |l| {
+        let ms = l.iter().map(|v| v * v).sum::<f64>() / l.len() as f64;
+        l.iter()
+            .zip(&w16.data)
+            .map(|(v, g)| {
+                let n = artist_tensor::bf16::from_f64(v / (ms + eps).sqrt()).to_f64();
+                artist_tensor::bf16::from_f64(g * n).to_f64()
+            })
+            .collect()
+    });
+    assert_close(&x.tensor(DType::BF16).rms_norm(&w16.tensor(DType::BF16), eps as f32).unwrap(), &want, 0.0, 1e-6);
+    assert!(x.tensor(DType::F32).rms_norm(&Tensor::ones(7, DType::F32, CPU).unwrap(), 1e-6).is_err());
+}
+
+#[test]
+fn rope_is_rotate_half() {
+    let (b, t, h, d) = (2, 5, 3, 8);
+    let theta = 10_000f64;
+    let positions: Vec<u32> = vec![3, 4, 5, 6, 7];
+    let (cos, sin) = rope_tables(&positions, d, theta as f32, CPU).unwrap();
+    let angle = |p: usize, i: usize| positions[p] as f64 / theta.powf((2 * (i % (d / 2))) as f64 / d as f64);
+    assert_close(&cos, &Nd::from_fn(&[t, d / 2], |i| angle(i[0], i[1]).cos()), 1e-5, 1e-6);
+    assert_close(&sin, &Nd::from_fn(&[t, d / 2], |i| angle(i[0], i[1]).sin()), 1e-5, 1e-6);
+    // q * cat(cos, cos) + rotate_half(q) * cat(sin, sin), rotate_half(q) = cat(-q2, q1).
+    let x = Nd::random(&[b, t, h, d], 80);
+    let want = Nd::from_fn(&[b, t, h, d], |i| {
+        let (pi, j) = (i[1], i[3]);
+        let rot = if j < d / 2 { -x.at(&[i[0], i[1], i[2], j + d / 2]) } else { x.at(&[i[0], i[1], i[2], j - d / 2]) };
+        x.at(i) * angle(pi, j).cos() + rot * angle(pi, j).sin()
+    });
+    assert_close(&x.tensor(DType::F32).rope(&cos, &sin).unwrap(), &want, 1e-5, 1e-5);
+    // The same through a strided view: [b, h, t, d] stored, viewed as [b, t, h, d].
+    let strided = x.permute(&[0, 2, 1, 3]).tensor(DType::F32).transpose(1, 2).unwrap();
+    assert_close(&strided.rope(&cos, &sin).unwrap(), &want, 1e-5, 1e-5);
+    // Per-sequence tables: sequence 1 uses positions shifted by 2.
+    let (c2, s2) = rope_tables(&[3, 4, 5, 6, 7, 5, 6, 7, 8, 9], d, theta as f32, CPU).unwrap();
+    let (c2, s2) = (c2.reshape((b, t, d / 2)).unwrap(), s2.reshape((b, t, d / 2)).unwrap());
+    let got = x.tensor(DType::F32).rope(&c2, &s2).unwrap();
+    assert_close(&got.narrow(0, 0, 1).unwrap(), &want.narrow(0, 0, 1), 1e-5, 1e-5);
+    let shifted = Nd::from_fn(&[1, t, h, d], |i| {
+        let (p, j) = (positions[i[1]] as f64 + 2.0, i[3]);
+        let a = p / theta.powf((2 * (j % (d / 2))) as f64 / d as f64);
+        let xi = [1, i[1], i[2], j];
+        let rot = if j < d / 2 { -x.at(&[1, i[1], i[2], j + d / 2]) } else { x.at(&[1, i[1], i[2], j - d / 2]) };
+        x.at(&xi) * a.cos() + rot * a.sin()
+    });
+    assert_close(&got.narrow(0, 1, 1).unwrap(), &shifted, 1e-5, 1e-5);
+    assert!(x.tensor(DType::F32).rope(&cos.narrow(0, 0, 4).unwrap(), &sin).is_err());
+}
+
+#[test]
+fn index_select_gather_scatter_and_index_add() {
+    let x = Nd::random(&[4, 3, 5], 90);
+    let t = x.tensor(DType::F32);
+    let ids = Tensor::from_vec(vec![2u32, 0, 2], 3, CPU).unwrap();
+    let idv = [2usize, 0, 2];
+    for d in 0..3usize {
+        let mut shape = x.shape.clone();
+        shape[d] = 3;
+        let want = Nd::from_fn(&shape, |i| {
+            let mut s = i.to_vec();
+            s[d] = idv[i[d]];
+            x.at(&s)
+        });
+        assert_close(&t.index_select(&ids, d as isize).unwrap(), &want, 0.0, 0.0);
+        assert_close(
+            &t.transpose(0, 2).unwrap().contiguous().transpose(0, 2).unwrap().index_select(&ids, d as isize).unwrap(),
+            &want,
+            0.0,
+            0.0,
+        );
+    }
+    let bad = Tensor::from_vec(vec![4u32], 1, CPU).unwrap();
+    assert!(matches!(t.index_select(&bad, 0), Err(Error::IndexOutOfRange { index: 4, size: 4, .. })));
+    // Embedding: ids of any shape pick rows.
+    let emb = Nd::random(&[10, 4], 91);
+    let tok = Tensor::from_vec(vec![9u32, 0, 3, 3, 7, 1], (2, 3), CPU).unwrap();
+    let e = Tensor::embedding(&tok, &emb.tensor(DType::BF16)).unwrap();
+    assert_eq!((e.dims(), e.dtype()), (&[2usize, 3, 4][..], DType::BF16));
+    let tv = [9usize, 0, 3, 3, 7, 1];
+    assert_close(&e, &Nd::from_fn(&[2, 3, 4], |i| emb.at(&[tv[i[0] * 3 + i[1]], i[2]])).round_bf16(), 0.0, 0.0);
+
+    // gather along the last dim: the token logprob pattern.
+    let logits = Nd::random(&[3, 6], 92);
+    let pick = Tensor::from_vec(vec![5u32, 0, 2, 2, 1, 4], (3, 2), CPU).unwrap();
+    let pv = [5usize, 0, 2, 2, 1, 4];
+    let g = logits.tensor(DType::F32).gather(1, &pick).unwrap();
+    assert_close(&g, &Nd::from_fn(&[3, 2], |i| logits.at(&[i[0], pv[i[0] * 2 + i[1]]])), 0.0, 0.0);
+    let g0 = logits
+        .tensor(DType::F32)
+        .gather(0, &Tensor::from_vec(vec![2u32, 1, 0, 0, 1, 2], (1, 6), CPU).unwrap())
+        .unwrap();
+    assert_eq!(
+        g0.to_f32_vec().unwrap(),
+        (0..6).map(|j| logits.at(&[[2, 1, 0, 0, 1, 2][j], j]) as f32).collect::<Vec<_>>()
+    );
+    assert!(logits.tensor(DType::F32).gather(1, &Tensor::zeros((2, 2), DType::U32, CPU).unwrap()).is_err());
+
+    // scatter_add with repeated indices accumulates.
+    let base = Nd::random(&[3, 6], 93);
+    let src = Nd::random(&[3, 2], 94);
+    let mut want = base.clone();
+    for r in 0..3 {
+        for k in 0..2 {
+            want.data[r * 6 + pv[r * 2 + k]] += src.at(&[r, k]);
+        }
+    }
+    let got = base.tensor(DType::F32).scatter_add(1, &pick, &src.tensor(DType::F32)).unwrap();
+    assert_close(&got, &want, 1e-6, 1e-6);
+    assert_eq!(
+        Tensor::zeros(3, DType::F32, CPU)
+            .unwrap()
+            .scatter_add(
+                0,
+                &Tensor::from_vec(vec![1u32, 1, 1], 3, CPU).unwrap(),
+                &Tensor::ones(3, DType::F32, CPU).unwrap()
+            )
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap(),
+        vec![0., 3., 0.]
+    );
+
+    // index_add is the backward of index_select: <index_select(x), g> = <x, index_add(0, g)>.
+    let gsel = Nd::random(&[4, 3, 3], 95);
+    let got = Tensor::zeros((4, 3, 5), DType::F32, CPU).unwrap().index_add(2, &ids, &gsel.tensor(DType::F32)).unwrap();
+    let want = Nd::from_fn(&[4, 3, 5], |i| (0..3).filter(|&j| idv[j] == i[2]).map(|j| gsel.at(&[i[0], i[1], j])).sum());
+    assert_close(&got, &want, 1e-6, 1e-6);
+    assert!(t.index_add(0, &ids, &t).is_err());
+}
+
+#[test]
+fn cat_along_each_dim() {
+    let a = Nd::random(&[2, 3, 4], 100);
+    for d in 0..3 {
+        let mut shape = a.shape.clone();
+        shape[d] = 2;
+        let b = Nd::random(&shape, 101 + d as u64);
+        let got = Tensor::cat(
+            &[
+                &a.tensor(DType::F32),
+                &b.tensor(DType::F32).transpose(0, 2).unwrap().contiguous().transpose(0, 2).unwrap(),
+            ],
+            d as isize,
+        )
+        .unwrap();
+        let mut out_shape = a.shape.clone();
+        out_shape[d] += 2;
+        let want = Nd::from_fn(&out_shape, |i| {
+            if i[d] < a.shape[d] {
+                a.at(i)
+            } else {
+                let mut j = i.to_vec();
+                j[d] -= a.shape[d];
+                b.at(&j)
+            }
+        });
+        assert_close(&got, &want, 0.0, 0.0);
+    }
+    let c = Tensor::zeros((2, 3, 5), DType::F32, CPU).unwrap();
+    assert!(Tensor::cat(&[&a.tensor(DType::F32), &c], 0).is_err());
+    assert!(Tensor::cat(&[], 0).is_err());
+}
+
+#[test]
+fn copy_from_writes_into_a_preallocated_cache() {
+    // A KV cache [batch, max_len, heads, dim], filled a step at a time.
+    let cache = Tensor::zeros((2, 6, 2, 3), DType::BF16, CPU).unwrap();
+    let step1 = Nd::random(&[2, 4, 2, 3], 110).round_bf16();
+    let step2 = Nd::random(&[2, 1, 2, 3], 111).round_bf16();
+    cache.narrow(1, 0, 4).unwrap().copy_from(&step1.tensor(DType::BF16)).unwrap();
+    let view = cache.clone();
+    cache.narrow(1, 4, 1).unwrap().copy_from(&step2.tensor(DType::BF16)).unwrap();
+    let want = Nd::from_fn(&[2, 6, 2, 3], |i| match i[1] {
+        0..4 => step1.at(i),
+        4 => step2.at(&[i[0], 0, i[2], i[3]]),
+        _ => 0.0,
+    });
+    assert_close(&view, &want, 0.0, 0.0);
+    // Into a transposed view, from a broadcast source, and from the same storage.
+    let m = Tensor::zeros((3, 2), DType::F32, CPU).unwrap();
+    m.t().unwrap().copy_from(&Tensor::from_vec(vec![1f32, 2., 3.], (1, 3), CPU).unwrap()).unwrap();
+    assert_eq!(m.to_vec2::<f32>().unwrap(), vec![vec![1., 1.], vec![2., 2.], vec![3., 3.]]);
+    m.narrow(0, 1, 2).unwrap().copy_from(&m.narrow(0, 0, 2).unwrap()).unwrap();
+    assert_eq!(m.to_vec2::<f32>().unwrap(), vec![vec![1., 1.], vec![1., 1.], vec![2., 2.]]);
+    assert!(m.copy_from(&Tensor::zeros((2, 3), DType::F32, CPU).unwrap()).is_err());
+    assert!(m.copy_from(&Tensor::zeros((3, 2), DType::BF16, CPU).unwrap()).is_err());
+    let b = Tensor::zeros(1, DType::F32, CPU).unwrap().broadcast_as(4).unwrap();
+    assert!(b.copy_from(&Tensor::zeros(4, DType::F32, CPU).unwrap()).is_err());
+}
+
+#[test]
+fn casts_round_to_nearest_even() {
+    let v = vec![1.0f32, 1.00390625, 1.01171875, -3.14159, 65504.0, 1e-3, 0.5];
+    let t = Tensor::from_vec(v.clone(), v.len(), CPU).unwrap();
+    let bf: Vec<f32> = v.iter().map(|&x| artist_tensor::bf16::from_f32(x).to_f32()).collect();
+    let hf: Vec<f32> = v.iter().map(|&x| artist_tensor::f16::from_f32(x).to_f32()).collect();
+    assert_eq!(t.to_dtype(DType::BF16).unwrap().to_f32_vec().unwrap(), bf);
+    assert_eq!(t.to_dtype(DType::F16).unwrap().to_f32_vec().unwrap(), hf);
+    // 1 + 2^-8 is a tie in bf16: rounds to even (1.0); 1 + 3*2^-8 rounds up.
+    assert_eq!(bf[1], 1.0);
+    assert_eq!(bf[2], 1.015625);
+    assert_eq!(t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F16).unwrap().to_f32_vec().unwrap()[3], -3.140625);
+    let u = Tensor::from_vec(vec![2.7f32, -1.0, 300.0], 3, CPU).unwrap();
+    assert_eq!(u.to_dtype(DType::U32).unwrap().to_vec::<u32>().unwrap(), vec![2, 0, 300]);
+    assert_eq!(u.to_dtype(DType::U8).unwrap().to_vec::<u8>().unwrap(), vec![2, 0, 255]);
+    let tt = Nd::random(&[3, 4], 120);
+    assert_close(
+        &tt.tensor(DType::F32).t().unwrap().to_dtype(DType::BF16).unwrap(),
+        &tt.transpose(0, 1).round_bf16(),
+        0.0,
+        0.0,
+    );
+}
+
+#[test]
+fn topk_matches_a_sort() {
+    let x = Nd::random(&[4, 50], 130);
+    let (vals, idx) = x.tensor(DType::F32).topk(7).unwrap();
+    for r in 0..4 {
+        let mut order: Vec<usize> = (0..50).collect();
+        order.sort_by(|&a, &b| x.at(&[r, b]).partial_cmp(&x.at(&[r, a])).unwrap());
+        let want: Vec<u32> = order[..7].iter().map(|&i| i as u32).collect();
+        assert_eq!(idx.get(r).unwrap().to_vec::<u32>().unwrap(), want);
+        let wv: Vec<f32> = order[..7].iter().map(|&i| x.at(&[r, i]) as f32).collect();
+        assert_eq!(vals.get(r).unwrap().to_vec::<f32>().unwrap(), wv);
+    }
+    let t = Tensor::from_vec(vec![1f32, 5., 5., f32::NAN, 2.], 5, CPU).unwrap();
+    let (v, i) = t.topk(3).unwrap();
+    assert_eq!(i.to_vec::<u32>().unwrap(), vec![3, 1, 2]);
+    assert!(v.to_vec::<f32>().unwrap()[0].is_nan());
+    assert_eq!(t.topk(5).unwrap().1.to_vec::<u32>().unwrap(), vec![3, 1, 2, 4, 0]);
+    assert!(t.topk(6).is_err());
+    assert_eq!(t.topk(0).unwrap().0.dims(), &[0]);
+}
+
+#[test]
+fn matmul_plain_transposed_batched_and_bf16() {
+    let a = Nd::random(&[5, 7], 140);
+    let b = Nd::random(&[7, 3], 141);
+    assert_close(&a.tensor(DType::F32).matmul(&b.tensor(DType::F32)).unwrap(), &a.matmul(&b), 1e-5, 1e-5);
+    // Operands given as transposed views of their stored transposes: read through strides.
+    let at = a.transpose(0, 1).tensor(DType::F32).t().unwrap();
+    let bt = b.transpose(0, 1).tensor(DType::F32).t().unwrap();
+    assert!(!at.is_contiguous() && !bt.is_contiguous());
+    assert_close(&at.matmul(&bt).unwrap(), &a.matmul(&b), 1e-5, 1e-5);
+    // Batched attention scores: [b, h, t, d] @ [b, h, d, s], and a broadcast weight.
+    let q = Nd::random(&[2, 3, 4, 8], 142);
+    let k = Nd::random(&[2, 3, 5, 8], 143);
+    let kt = k.transpose(2, 3);
+    let got = q.tensor(DType::F32).matmul(&k.tensor(DType::F32).t().unwrap()).unwrap();
+    assert_close(&got, &q.matmul(&kt), 1e-5, 1e-5);
+    let w = Nd::random(&[8, 6], 144);
+    assert_close(&q.tensor(DType::F32).matmul(&w.tensor(DType::F32)).unwrap(), &q.matmul(&w), 1e-5, 1e-5);
+    let wb = Nd::random(&[3, 8, 2], 145);
+    assert_close(&q.tensor(DType::F32).matmul(&wb.tensor(DType::F32)).unwrap(), &q.matmul(&wb), 1e-5, 1e-5);
+    // A large product, so gemm's own threading is exercised.
+    let (x, y) = (Nd::random(&[130, 260], 146), Nd::random(&[260, 129], 147));
+    assert_close(&x.tensor(DType::F32).matmul(&y.tensor(DType::F32)).unwrap(), &x.matmul(&y), 1e-4, 1e-4);
+    // bf16 in, bf16 out, f32 accumulation.
+    let (a16, b16) = (a.round_bf16(), b.round_bf16());
+    let got = a16.tensor(DType::BF16).matmul(&b16.tensor(DType::BF16)).unwrap();
+    assert_eq!(got.dtype(), DType::BF16);
+    assert_close(&got, &a16.matmul(&b16).round_bf16(), 0.0, 1e-6);
+    // linear = x @ W^T + b.
+    let (wl, bias) = (Nd::random(&[4, 7], 148), Nd::random(&[4], 149));
+    let want = a.matmul(&wl.transpose(0, 1)).zip(&bias, |p, q| p + q);
+    assert_close(
+        &a.tensor(DType::F32).linear(&wl.tensor(DType::F32), Some(&bias.tensor(DType::F32))).unwrap(),
+        &want,
+        1e-5,
+        1e-5,
+    );
+    // Errors name the shapes; empty inner dimension gives zeros.
+    let err = a.tensor(DType::F32).matmul(&a.tensor(DType::F32)).unwrap_err().to_string();
+    assert!(err.contains("matmul") && err.contains("[5, 7]"), "{err}");
+    let z = Tensor::zeros((3, 0), DType::F32, CPU)
+        .unwrap()
+        .matmul(&Tensor::zeros((0, 2), DType::F32, CPU).unwrap())
+        .unwrap();
+    assert_eq!(z.to_vec::<f32>().unwrap(), vec![0.0; 6]);
+    assert!(
+        Tensor::zeros(3, DType::U32, CPU)
+            .unwrap()
+            .reshape((1, 3))
+            .unwrap()
+            .matmul(&Tensor::zeros((3, 1), DType::U32, CPU).unwrap())
+            .is_err()
+    );
+}
+
+#[test]
+fn random_init_is_seeded() {
+    use rand::SeedableRng;
+    let mut r1 = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut r2 = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let a = Tensor::randn((100, 100), 0.0, 0.02, DType::F32, CPU, &mut r1).unwrap();
+    let b = Tensor::randn((100, 100), 0.0, 0.02, DType::F32, CPU, &mut r2).unwrap();
+    assert_eq!(a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
+    let v = a.to_vec::<f32>().unwrap();
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+    let std = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+    assert!(mean.abs() < 1e-3 && (std - 0.02).abs() < 1e-3, "mean {mean} std {std}");
+    let u = Tensor::rand_uniform(1000, -1.0, 1.0, DType::BF16, CPU, &mut r1).unwrap().to_f32_vec().unwrap();
+    assert!(u.iter().all(|&x| (-1.0..=1.0).contains(&x)));
+}
+
+#[test]
+fn cuda_without_a_driver_is_an_error_not_a_panic() {
+    let r = Device::cuda(0);
+    assert!(r.is_err());
+    let msg = r.unwrap_err().to_string();
+    assert!(msg.contains("CUDA"), "{msg}");
+    assert_eq!(Device::parse("cpu").unwrap(), Device::Cpu);
+    assert!(Device::parse("tpu").is_err());
+    assert!(Device::parse("cuda:1").is_err());
+    assert_eq!(Device::best(), Device::Cpu);
+    // A Cuda device value made by hand is refused by every constructor.
+    assert!(matches!(Tensor::zeros(2, DType::F32, Device::Cuda(0)), Err(Error::CudaNotBuilt(_))));
+}
