@@ -6,9 +6,8 @@ use std::{env, fs, path::Path};
 
 fn main() {
     println!("cargo::rerun-if-changed=kernels");
-    let mut entries: Vec<_> = fs::read_dir("kernels")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let mut entries: Vec<_> =
+        fs::read_dir("kernels").map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
     entries.retain(|p| p.extension().is_some_and(|e| e == "cu"));
     entries.sort();
     let mut out = String::from("/// `(file stem, CUDA C source)` of every `kernels/*.cu`, sorted by name.\n");

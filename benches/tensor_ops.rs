@@ -1,1 +1,292 @@
-fn main() {}
+//! CPU throughput of the tensor ops the Qwen2.5-0.5B forward and backward passes lean on.
+//!
+//! `cargo bench --bench tensor_ops`. Two kinds of groups:
+//!
+//! * `matmul_*`: matrix products at Qwen2.5-0.5B shapes (hidden 896, intermediate 4864,
+//!   14 query heads and 2 KV heads of 64, vocab 151936). Throughput is declared as
+//!   `Throughput::Elements(2*m*n*k)`, so criterion's "elem/s" reads as FLOP/s ("Gelem/s" =
+//!   GFLOP/s). Every shape is measured twice in the same group: `ours` (the `Tensor` API,
+//!   allocating its output on every call, as it does in a model) and `gemm` (the `gemm`
+//!   crate called directly with the same strides into a preallocated output), so the ratio
+//!   ours/gemm is the overhead of the wrapper.
+//! * `mem_*`: memory-bound ops. Throughput is `Throughput::BytesDecimal(bytes read + bytes
+//!   written)` counting each operand once (the compulsory traffic), so "GB/s" compares
+//!   directly with `copy_ref`, a `copy_from_slice` between two preallocated `Vec<f32>` of
+//!   the same element count in the same group. `alloc_copy_ref` (`to_vec`: allocate, copy,
+//!   free) shows what a fresh output buffer costs on its own, since every op here allocates.
+//!
+//! Settings keep the whole run to a few minutes on a 2-core machine: 10 samples, 1 s warm-up,
+//! 2 s measurement per benchmark.
+
+use std::hint::black_box;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use artist::tensor::{DType, Device, Tensor, rope_tables};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use gemm::Parallelism;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+const HIDDEN: usize = 896;
+const INTERMEDIATE: usize = 4864;
+const HEADS: usize = 14;
+const KV_HEADS: usize = 2;
+const HEAD_DIM: usize = 64;
+const VOCAB: usize = 151_936;
+const ROPE_THETA: f32 = 1_000_000.0;
+
+/// Element count of the large memory-bound benchmarks: 16 Mi f32 = 64 MiB per operand.
+const BIG_ROWS: usize = 16_384;
+const BIG_COLS: usize = 1024;
+const BIG: usize = BIG_ROWS * BIG_COLS;
+
+const F32: usize = size_of::<f32>();
+const BF16: usize = 2;
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn randn(dims: &[usize], seed: u64) -> Tensor {
+    Tensor::randn(dims.to_vec(), 0.0, 1.0, DType::F32, Device::Cpu, &mut rng(seed)).expect("randn")
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    t.to_vec::<f32>().expect("f32 tensor")
+}
+
+/// The embedding / LM-head matrix `[VOCAB, HIDDEN]` (544 MB), built once and shared by the
+/// LM-head matmul and the embedding lookup.
+fn vocab_matrix() -> &'static (Tensor, Vec<f32>) {
+    static E: OnceLock<(Tensor, Vec<f32>)> = OnceLock::new();
+    E.get_or_init(|| {
+        let e = Tensor::randn((VOCAB, HIDDEN), 0.0, 0.02, DType::F32, Device::Cpu, &mut rng(7)).expect("randn");
+        let raw = f32s(&e);
+        (e, raw)
+    })
+}
+
+/// `dst[m, n] = lhs[m, k] @ w[n, k]^T` through `gemm` directly, every operand row-major:
+/// `w^T` is read as a transposed view (column stride `k`, row stride 1), as `linear` does.
+fn gemm_nt(dst: &mut [f32], lhs: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), par: Parallelism) {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && w.len() >= n * k);
+    // SAFETY: the asserts above keep every index the strides reach inside its slice:
+    // dst (i, j) at i*n + j, lhs (i, p) at i*k + p, rhs (p, j) at j*k + p.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+fn rayon_all() -> Parallelism {
+    Parallelism::Rayon(rayon::current_num_threads())
+}
+
+fn assert_close(ours: &Tensor, reference: &[f32], what: &str) {
+    let got = f32s(ours);
+    assert_eq!(got.len(), reference.len(), "{what}: length");
+    let worst = got.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-3, "{what}: ours and gemm differ by {worst}");
+}
+
+/// `x[t, k] @ w[n, k]^T` for each `t` in `ts`: `linear` against `gemm` called directly.
+fn bench_linear(c: &mut Criterion, group: &str, (k, n): (usize, usize), ts: &[usize], w: &Tensor, w_raw: &[f32]) {
+    let mut g = c.benchmark_group(group);
+    for &t in ts {
+        let x = randn(&[t, k], 1 + t as u64);
+        let x_raw = f32s(&x);
+        let mut dst = vec![0f32; t * n];
+        gemm_nt(&mut dst, &x_raw, w_raw, (t, k, n), rayon_all());
+        assert_close(&x.linear(w, None).unwrap(), &dst, group);
+
+        // 2*m*n*k FLOP per call: criterion's "elem/s" below is FLOP/s.
+        g.throughput(Throughput::Elements((2 * t * n * k) as u64));
+        g.bench_function(format!("ours/T={t}"), |b| b.iter(|| x.linear(w, None).unwrap()));
+        g.bench_function(format!("gemm/T={t}"), |b| {
+            b.iter(|| gemm_nt(black_box(&mut dst), &x_raw, w_raw, (t, k, n), rayon_all()))
+        });
+    }
+    g.finish();
+}
+
+fn matmul_mlp(c: &mut Criterion) {
+    // Qwen2 MLP: gate/up project 896 -> 4864, down projects 4864 -> 896; weights [out, in].
+    let w_up = randn(&[INTERMEDIATE, HIDDEN], 11);
+    let w_up_raw = f32s(&w_up);
+    bench_linear(c, "matmul_mlp_up_896x4864", (HIDDEN, INTERMEDIATE), &[128, 512], &w_up, &w_up_raw);
+    drop((w_up, w_up_raw));
+    let w_down = randn(&[HIDDEN, INTERMEDIATE], 12);
+    let w_down_raw = f32s(&w_down);
+    bench_linear(c, "matmul_mlp_down_4864x896", (INTERMEDIATE, HIDDEN), &[128, 512], &w_down, &w_down_raw);
+}
+
+fn matmul_lm_head(c: &mut Criterion) {
+    // Logits = h[T, 896] @ E^T with the tied embedding E [151936, 896]: 544 MB of weight
+    // streamed per call, 8.7 GFLOP at T = 32.
+    let (e, e_raw) = vocab_matrix();
+    bench_linear(c, "matmul_lm_head_896x151936", (HIDDEN, VOCAB), &[32, 128], e, e_raw);
+}
+
+fn matmul_attention_scores(c: &mut Criterion) {
+    // q [1, 14, T, 64] @ k^T with grouped-query attention: the 14 query heads are viewed as
+    // [1, 2, 7, T, 64] and the 2 KV heads as [1, 2, 1, T, 64], so the batch dimension
+    // broadcasts k over its 7 query heads instead of copying it (repeat_kv as a view).
+    let group = HEADS / KV_HEADS;
+    let mut g = c.benchmark_group("matmul_attn_scores_14h_64d");
+    for t in [128usize, 512] {
+        let q = randn(&[1, HEADS, t, HEAD_DIM], 21);
+        let k = randn(&[1, KV_HEADS, t, HEAD_DIM], 22);
+        let (q_raw, k_raw) = (f32s(&q), f32s(&k));
+        let scores = |q: &Tensor, k: &Tensor| -> Tensor {
+            let q5 = q.reshape((1, KV_HEADS, group, t, HEAD_DIM)).unwrap();
+            let k5 = k.unsqueeze(2).unwrap();
+            q5.matmul(&k5.t().unwrap()).unwrap().reshape((1, HEADS, t, t)).unwrap()
+        };
+        let mut dst = vec![0f32; HEADS * t * t];
+        let (qs, ks) = (t * HEAD_DIM, t * t);
+        let one = |dst: &mut [f32], h: usize, par: Parallelism| {
+            let kv = h / group;
+            gemm_nt(dst, &q_raw[h * qs..(h + 1) * qs], &k_raw[kv * qs..(kv + 1) * qs], (t, HEAD_DIM, t), par);
+        };
+        for (h, d) in dst.chunks_mut(ks).enumerate() {
+            one(d, h, rayon_all());
+        }
+        assert_close(&scores(&q, &k), &dst, "attention scores");
+
+        // 2*m*n*k FLOP per head: criterion's "elem/s" below is FLOP/s.
+        g.throughput(Throughput::Elements((2 * HEADS * t * t * HEAD_DIM) as u64));
+        g.bench_function(format!("ours/T={t}"), |b| b.iter(|| scores(&q, &k)));
+        // The heads in turn, gemm spreading each product over the threads.
+        g.bench_function(format!("gemm/T={t}"), |b| {
+            b.iter(|| {
+                for (h, d) in black_box(&mut dst).chunks_mut(ks).enumerate() {
+                    one(d, h, rayon_all());
+                }
+            })
+        });
+        // The heads in parallel, each product on one thread.
+        g.bench_function(format!("gemm_par_heads/T={t}"), |b| {
+            b.iter(|| {
+                black_box(&mut dst).par_chunks_mut(ks).enumerate().for_each(|(h, d)| one(d, h, Parallelism::None));
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Adds the two reference copies of `n` f32 elements to `g`.
+fn copy_refs(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, n: usize) {
+    let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let mut dst = vec![0f32; n];
+    g.throughput(Throughput::BytesDecimal((2 * n * F32) as u64));
+    g.bench_function("copy_ref", |b| b.iter(|| black_box(&mut dst).copy_from_slice(black_box(&src))));
+    g.bench_function("alloc_copy_ref", |b| b.iter(|| black_box(&src).to_vec()));
+}
+
+fn mem_elementwise(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mem_16M_f32");
+    copy_refs(&mut g, BIG);
+    let bytes = |n: usize| Throughput::BytesDecimal(n as u64);
+
+    let x = randn(&[BIG_ROWS, BIG_COLS], 31);
+    let y = randn(&[BIG_ROWS, BIG_COLS], 32);
+    let bias = randn(&[BIG_COLS], 33);
+    let square = x.reshape((4096, 4096)).unwrap();
+    let x_bf16 = x.to_dtype(DType::BF16).unwrap();
+
+    g.throughput(bytes(2 * BIG * F32));
+    g.bench_function("copy_contiguous", |b| b.iter(|| x.copy()));
+    let xt = square.t().unwrap();
+    g.bench_function("contiguous_of_transpose_4096x4096", |b| b.iter(|| xt.contiguous()));
+
+    g.throughput(bytes(3 * BIG * F32));
+    g.bench_function("add", |b| b.iter(|| x.add(&y).unwrap()));
+    g.bench_function("mul", |b| b.iter(|| x.mul(&y).unwrap()));
+    g.bench_function("silu_mul", |b| b.iter(|| x.silu_mul(&y).unwrap()));
+
+    g.throughput(bytes((2 * BIG + BIG_COLS) * F32));
+    g.bench_function("add_bias_row_16384x1024", |b| b.iter(|| x.add(&bias).unwrap()));
+
+    g.throughput(bytes(BIG * (F32 + BF16)));
+    g.bench_function("cast_f32_to_bf16", |b| b.iter(|| x.to_dtype(DType::BF16).unwrap()));
+    g.bench_function("cast_bf16_to_f32", |b| b.iter(|| x_bf16.to_dtype(DType::F32).unwrap()));
+
+    g.throughput(bytes((BIG + BIG_ROWS) * F32));
+    g.bench_function("sum_keepdim_last_16384x1024", |b| b.iter(|| x.sum_keepdim(-1).unwrap()));
+    g.finish();
+}
+
+fn mem_softmax(c: &mut Criterion) {
+    // Log-probabilities over the vocabulary, 32 rows of 151936 (19 MB).
+    let (rows, n) = (32, 32 * VOCAB);
+    let mut g = c.benchmark_group("mem_softmax_32x151936");
+    copy_refs(&mut g, n);
+    let x = randn(&[rows, VOCAB], 41).mul_scalar(4.0).unwrap();
+    g.throughput(Throughput::BytesDecimal((2 * n * F32) as u64));
+    g.bench_function("softmax", |b| b.iter(|| x.softmax(-1).unwrap()));
+    g.bench_function("log_softmax", |b| b.iter(|| x.log_softmax(-1).unwrap()));
+    g.finish();
+}
+
+fn mem_rows_4096x896(c: &mut Criterion) {
+    // RMSNorm of 4096 token states, and the embedding lookup that makes them (15 MB out).
+    let (rows, n) = (4096, 4096 * HIDDEN);
+    let mut g = c.benchmark_group("mem_4096x896");
+    copy_refs(&mut g, n);
+    let x = randn(&[rows, HIDDEN], 51);
+    let w = Tensor::rand_uniform(HIDDEN, 0.5, 1.5, DType::F32, Device::Cpu, &mut rng(52)).unwrap();
+    g.throughput(Throughput::BytesDecimal(((2 * n + HIDDEN) * F32) as u64));
+    g.bench_function("rms_norm", |b| b.iter(|| x.rms_norm(&w, 1e-6).unwrap()));
+
+    let (e, _) = vocab_matrix();
+    let ids: Vec<u32> = (0..rows as u32).map(|i| i.wrapping_mul(2_654_435_761) % VOCAB as u32).collect();
+    let ids = Tensor::from_vec(ids, rows, Device::Cpu).unwrap();
+    g.throughput(Throughput::BytesDecimal((2 * n * F32 + rows * 4) as u64));
+    g.bench_function("embedding_index_select", |b| b.iter(|| e.index_select(&ids, 0).unwrap()));
+    g.finish();
+}
+
+fn mem_rope(c: &mut Criterion) {
+    // RoPE on the queries of a 2048-token sequence: [1, 2048, 14, 64] (7.3 MB).
+    let (t, n) = (2048, 2048 * HEADS * HEAD_DIM);
+    let mut g = c.benchmark_group("mem_rope_1x2048x14x64");
+    copy_refs(&mut g, n);
+    let x = randn(&[1, t, HEADS, HEAD_DIM], 61);
+    let positions: Vec<u32> = (0..t as u32).collect();
+    let (cos, sin) = rope_tables(&positions, HEAD_DIM, ROPE_THETA, Device::Cpu).unwrap();
+    g.throughput(Throughput::BytesDecimal(((2 * n + 2 * t * HEAD_DIM / 2) * F32) as u64));
+    g.bench_function("rope", |b| b.iter(|| x.rope(&cos, &sin).unwrap()));
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    targets = matmul_mlp, matmul_lm_head, matmul_attention_scores, mem_elementwise, mem_softmax,
+        mem_rows_4096x896, mem_rope
+}
+criterion_main!(benches);

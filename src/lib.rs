@@ -2,6 +2,18 @@
 //!
 //! The workspace crates do the work; this crate holds the binaries (`train`, and later
 //! `generate`, `score`, `eval`), the end-to-end tests and the benchmarks.
+//!
+//! ```
+//! use artist::tensor::{rope_tables, DType, Device, Tensor};
+//! let x = Tensor::from_vec(vec![0.5f32; 2 * 4 * 2 * 8], (2, 4, 2, 8), Device::Cpu)?; // [b, t, heads, head_dim]
+//! let (cos, sin) = rope_tables(&[0, 1, 2, 3], 8, 1e6, Device::Cpu)?;
+//! let q = x.rope(&cos, &sin)?.transpose(1, 2)?; // [b, heads, t, head_dim], a view
+//! let scores = q.matmul(&q.t()?)?.mul_scalar(8f32.powf(-0.5))?;
+//! let mask = Tensor::causal_mask(4, 4, Device::Cpu)?;
+//! let probs = scores.masked_fill(&mask, f32::NEG_INFINITY)?.softmax(-1)?;
+//! assert_eq!(probs.to_dtype(DType::BF16)?.dims(), &[2, 2, 4, 4]);
+//! # Ok::<(), artist::tensor::Error>(())
+//! ```
 
 pub use artist_tensor as tensor;
 

@@ -214,8 +214,8 @@ impl<const N: usize> RowPlan<N> {
         for (i, &d) in self.outer_dims.iter().enumerate().rev() {
             let idx = row % d;
             row /= d;
-            for k in 0..N {
-                off[k] += idx * self.outer_strides[k][i];
+            for (o, s) in off.iter_mut().zip(&self.outer_strides) {
+                *o += idx * s[i];
             }
         }
         off

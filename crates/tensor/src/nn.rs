@@ -57,7 +57,7 @@ impl Tensor {
         const OP: &str = "rope";
         check_cpu(OP, self.device())?;
         let [b, t, h, d] = self.dims_n(OP)?;
-        if d % 2 != 0 {
+        if !d.is_multiple_of(2) {
             return Err(crate::invalid!(OP, "head_dim {d} is odd"));
         }
         let shape_ok = |c: &Tensor| c.dims() == [t, d / 2] || c.dims() == [b, t, d / 2] || c.dims() == [1, t, d / 2];
@@ -114,7 +114,7 @@ impl Tensor {
 /// `(cos, sin)`, each `[positions, head_dim/2]` in f32, for Hugging Face's default RoPE:
 /// `inv_freq[i] = 1 / theta^(2i / head_dim)` computed in f32, angle = position * inv_freq.
 pub fn rope_tables(positions: &[u32], head_dim: usize, theta: f32, device: Device) -> Result<(Tensor, Tensor)> {
-    if head_dim % 2 != 0 || head_dim == 0 {
+    if !head_dim.is_multiple_of(2) || head_dim == 0 {
         return Err(crate::invalid!("rope_tables", "head_dim {head_dim} must be even and positive"));
     }
     let half = head_dim / 2;
