@@ -1,6 +1,7 @@
 //! Matrix products: `[.., m, k] @ [.., k, n]` with broadcast batch dimensions, and `linear`.
 
-use crate::cpu::matmul::{Operand, matmul};
+use crate::cpu::dispatch_float;
+use crate::cpu::matmul::{GEMV_MAX_ROWS, Operand, gemv, linear_widening, matmul};
 use crate::tensor::check_cpu;
 use crate::{DType, Error, Layout, Result, Shape, Tensor};
 
@@ -60,9 +61,37 @@ impl Tensor {
     }
 
     /// `self @ weight^T + bias`, a PyTorch `nn.Linear` with `weight: [out, in]`.
+    ///
+    /// f32 activations may meet weights of any float type: they are widened on the fly, so a
+    /// bf16 checkpoint stays bf16 in memory and computes exactly as its f32 widening would.
+    /// Up to 16 rows (decoding) take a matrix-vector path that reads each weight once.
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let y = self.matmul(&weight.t()?)?;
+        const OP: &str = "linear";
+        let [n, k] = weight.dims_n(OP)?;
+        if self.dim(-1)? != k {
+            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().clone(), rhs: weight.shape().clone() });
+        }
+        let m = self.elem_count() / k.max(1);
+        let mixed = self.dtype() == DType::F32 && weight.dtype().is_float() && weight.dtype() != DType::F32;
+        let y = if k > 0 && self.dtype() == DType::F32 && (mixed || m <= GEMV_MAX_ROWS) {
+            check_cpu(OP, self.device())?;
+            let x = self.contiguous();
+            let w = weight.contiguous();
+            let (xs, ws) = (x.cpu(), w.cpu());
+            let xv = &f32_slice(&xs)[x.layout().contiguous_range().expect("contiguous")];
+            let wr = w.layout().contiguous_range().expect("contiguous");
+            let out = dispatch_float!(OP, &*ws, |wv| {
+                let wv = &wv[wr.clone()];
+                if m <= GEMV_MAX_ROWS { gemv(xv, wv, m, k, n) } else { linear_widening(xv, wv, m, k, n) }
+            });
+            let mut dims = self.dims().to_vec();
+            *dims.last_mut().expect("rank >= 1") = n;
+            Tensor::from_storage(out.into(), dims)
+        } else {
+            self.matmul(&weight.t()?)?
+        };
         match bias {
+            Some(b) if b.dtype() != y.dtype() => y.add(&b.to_dtype(y.dtype())?),
             Some(b) => y.add(b),
             None => Ok(y),
         }

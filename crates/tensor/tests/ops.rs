@@ -629,3 +629,34 @@ fn cuda_without_a_driver_is_an_error_not_a_panic() {
     // A Cuda device value made by hand is refused by every constructor.
     assert!(matches!(Tensor::zeros(2, DType::F32, Device::Cuda(0)), Err(Error::CudaNotBuilt(_))));
 }
+
+#[test]
+fn linear_widens_half_weights_on_the_fly() {
+    // Decode-sized (matrix-vector path) and prefill-sized (blocked widening + gemm) inputs,
+    // weights in every float type: the result is the f32 product over the widened weights.
+    let (n, k) = (37, 70);
+    let w = Nd::random(&[n, k], 150).round_bf16();
+    let bias = Nd::random(&[n], 151).round_bf16();
+    for m in [1usize, 3, 16, 17, 40] {
+        let x = Nd::random(&[m, k], 152 + m as u64);
+        let want = x.matmul(&w.transpose(0, 1)).zip(&bias, |p, q| p + q);
+        for dt in [DType::F32, DType::BF16, DType::F16] {
+            let got = x.tensor(DType::F32).linear(&w.tensor(dt), Some(&bias.tensor(dt))).unwrap();
+            assert_eq!(got.dtype(), DType::F32);
+            assert_close(&got, &want, 1e-5, 1e-5);
+        }
+        // Leading batch dimensions are flattened into rows.
+        let x3 = x.tensor(DType::F32).reshape((1, m, k)).unwrap();
+        assert_eq!(x3.linear(&w.tensor(DType::BF16), None).unwrap().dims(), &[1, m, n]);
+    }
+    // A long reduction (4864, as Qwen2.5-0.5B's down projection) in the vectorised dot.
+    let (w, x) = (Nd::random(&[5, 4864], 160).round_bf16(), Nd::random(&[2, 4864], 161));
+    assert_close(
+        &x.tensor(DType::F32).linear(&w.tensor(DType::BF16), None).unwrap(),
+        &x.matmul(&w.transpose(0, 1)),
+        1e-4,
+        1e-4,
+    );
+    let err = x.tensor(DType::F32).linear(&w.tensor(DType::BF16).t().unwrap(), None).unwrap_err().to_string();
+    assert!(err.contains("linear"), "{err}");
+}

@@ -4,6 +4,9 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::GRAIN;
+use crate::WithDType;
+
 /// One operand: data, per-batch start offsets, and (row, column) strides in elements.
 pub(crate) struct Operand<'a> {
     pub data: &'a [f32],
@@ -60,6 +63,116 @@ pub(crate) fn matmul(lhs: &Operand, rhs: &Operand, m: usize, k: usize, n: usize)
         let par = Parallelism::Rayon(rayon::current_num_threads());
         for (b, dst) in out.chunks_mut(m * n).enumerate() {
             one(dst, b, par);
+        }
+    }
+    out
+}
+
+/// Rows of `x` below which `linear` reads each weight row once for all of them (a
+/// matrix-vector product: decoding) instead of calling gemm.
+pub(crate) const GEMV_MAX_ROWS: usize = 16;
+
+/// `x @ w^T` for `x: [m, k]` f32 and `w: [n, k]` of any float type, both contiguous, with
+/// `m <= GEMV_MAX_ROWS`. Memory-bound on `w`: each weight row is read once, widened in
+/// registers, and dotted with every row of `x`; weight rows are split across threads.
+pub(crate) fn gemv<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usize) -> Vec<f32> {
+    // Computed as [n, m] so each task owns a contiguous block, then transposed (m is small).
+    let mut out_t = vec![0f32; n * m];
+    if k == 0 || m == 0 {
+        return out_t;
+    }
+    let rows_per_task = (GRAIN / k).clamp(4, 1024);
+    out_t.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(b, out)| {
+        let j0 = b * rows_per_task;
+        for (jj, out_row) in out.chunks_mut(m).enumerate() {
+            let wr = &w[(j0 + jj) * k..(j0 + jj + 1) * k];
+            for (i, o) in out_row.iter_mut().enumerate() {
+                *o = dot(&x[i * k..(i + 1) * k], wr);
+            }
+        }
+    });
+    if m == 1 {
+        return out_t;
+    }
+    let mut out = vec![0f32; m * n];
+    for (j, row) in out_t.chunks(m).enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            out[i * n + j] = v;
+        }
+    }
+    out
+}
+
+/// f32 dot product with 32 independent lanes (four AVX registers), widening `b` on the fly.
+#[inline(always)]
+fn dot<T: WithDType>(a: &[f32], b: &[T]) -> f32 {
+    const L: usize = 32;
+    let mut acc = [0f32; L];
+    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..L {
+            acc[l] = x[l].mul_add(y[l].to_f32(), acc[l]);
+        }
+    }
+    let mut s = 0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        s = x.mul_add(y.to_f32(), s);
+    }
+    let mut w = L;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+    }
+    acc[0] + s
+}
+
+/// `x @ w^T` for `x: [m, k]` f32 and `w: [n, k]` of a half type, both contiguous: blocks of
+/// weight rows are widened to f32 (small enough to stay in cache) and multiplied by gemm,
+/// so no f32 copy of the whole weight is ever made.
+pub(crate) fn linear_widening<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    if k == 0 || m == 0 || n == 0 {
+        return out;
+    }
+    let block = ((1 << 20) / k).clamp(16, n);
+    let mut wide = vec![0f32; block * k];
+    let par = Parallelism::Rayon(rayon::current_num_threads());
+    for j0 in (0..n).step_by(block) {
+        let rows = block.min(n - j0);
+        let wide = &mut wide[..rows * k];
+        wide.par_chunks_mut(GRAIN).zip(w[j0 * k..(j0 + rows) * k].par_chunks(GRAIN)).for_each(|(d, s)| {
+            for (d, &s) in d.iter_mut().zip(s) {
+                *d = s.to_f32();
+            }
+        });
+        // SAFETY: out is [m, n] row-major; the block writes columns j0..j0+rows of every
+        // row (dst strides (1, n)). x is [m, k] (strides (1, k)); `wide` is [rows, k] read as
+        // its transpose [k, rows] (column stride k, row stride 1). All in bounds.
+        unsafe {
+            gemm::gemm(
+                m,
+                rows,
+                k,
+                out.as_mut_ptr().add(j0),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                wide.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            )
         }
     }
     out
