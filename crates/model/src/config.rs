@@ -1,0 +1,200 @@
+//! `config.json` of a Qwen2 / Qwen2.5 checkpoint, with Hugging Face's field names. Both the
+//! classic keys (`rope_theta`, `torch_dtype`) and transformers 5's (`rope_parameters`,
+//! `dtype`) are accepted.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Qwen2Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// The dtype the checkpoint says its weights are in (`"bfloat16"`, ...), if it says.
+    pub dtype: Option<String>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// The file as written: optional fields, both naming styles.
+#[derive(Deserialize)]
+struct Raw {
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: f64,
+    rope_theta: Option<f64>,
+    rope_parameters: Option<RopeParameters>,
+    rope_scaling: Option<serde_json::Value>,
+    #[serde(default = "default_max_pos")]
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
+    hidden_act: Option<String>,
+    #[serde(default)]
+    use_sliding_window: bool,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<OneOrMany>,
+}
+
+#[derive(Deserialize)]
+struct RopeParameters {
+    rope_theta: Option<f64>,
+    rope_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+fn default_max_pos() -> usize {
+    32768
+}
+
+impl Qwen2Config {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        Self::from_json(&text, path)
+    }
+
+    /// Parses and checks a config; `path` only names the source in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
+        let raw: Raw = serde_json::from_str(text).map_err(|source| Error::Json { path: path.into(), source })?;
+        let bad = |msg: String| Error::Config { path: path.into(), msg };
+        match raw.model_type.as_deref() {
+            Some("qwen2") => {}
+            Some(other) => return Err(bad(format!("model_type {other:?} is not supported (expected \"qwen2\")"))),
+            None => return Err(bad("model_type is missing (expected \"qwen2\")".into())),
+        }
+        if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
+            return Err(bad(format!("hidden_act {act:?} is not supported (Qwen2 uses \"silu\")")));
+        }
+        if raw.use_sliding_window {
+            return Err(bad("use_sliding_window = true is not supported".into()));
+        }
+        let rope_type = raw.rope_parameters.as_ref().and_then(|r| r.rope_type.clone()).or_else(|| {
+            raw.rope_scaling.as_ref().filter(|v| !v.is_null()).map(|v| {
+                v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("unknown").to_string()
+            })
+        });
+        if let Some(t) = rope_type.filter(|t| t != "default") {
+            return Err(bad(format!("rope type {t:?} is not supported (only the default RoPE)")));
+        }
+        let heads = raw.num_attention_heads;
+        let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(bad(format!(
+                "num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kv_heads})"
+            )));
+        }
+        let head_dim = match raw.head_dim {
+            Some(d) => d,
+            None if raw.hidden_size % heads == 0 => raw.hidden_size / heads,
+            None => return Err(bad(format!("hidden_size {} is not divisible by {heads} heads", raw.hidden_size))),
+        };
+        if head_dim % 2 != 0 {
+            return Err(bad(format!("head_dim {head_dim} must be even for RoPE")));
+        }
+        for (name, v) in [
+            ("vocab_size", raw.vocab_size),
+            ("hidden_size", raw.hidden_size),
+            ("intermediate_size", raw.intermediate_size),
+            ("num_hidden_layers", raw.num_hidden_layers),
+        ] {
+            if v == 0 {
+                return Err(bad(format!("{name} must be positive")));
+            }
+        }
+        let rope_theta = raw.rope_parameters.and_then(|r| r.rope_theta).or(raw.rope_theta).unwrap_or(10_000.0);
+        Ok(Qwen2Config {
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_hidden_layers: raw.num_hidden_layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
+            rms_norm_eps: raw.rms_norm_eps,
+            rope_theta,
+            max_position_embeddings: raw.max_position_embeddings,
+            tie_word_embeddings: raw.tie_word_embeddings,
+            dtype: raw.dtype.or(raw.torch_dtype),
+            bos_token_id: raw.bos_token_id,
+            eos_token_ids: match raw.eos_token_id {
+                Some(OneOrMany::One(i)) => vec![i],
+                Some(OneOrMany::Many(v)) => v,
+                None => vec![],
+            },
+        })
+    }
+
+    /// Parameters in the model (embedding counted once when tied).
+    pub fn num_parameters(&self) -> usize {
+        let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let (q, kv) = (self.num_attention_heads * d, self.num_key_value_heads * d);
+        let attn = h * q + q + 2 * (h * kv + kv) + q * h;
+        let layer = attn + 3 * h * i + 2 * h;
+        let embed = self.vocab_size * h;
+        embed + self.num_hidden_layers * layer + h + if self.tie_word_embeddings { 0 } else { embed }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"{"model_type":"qwen2","vocab_size":151936,"hidden_size":896,"intermediate_size":4864,
+        "num_hidden_layers":24,"num_attention_heads":14,"num_key_value_heads":2,"rms_norm_eps":1e-6,
+        "tie_word_embeddings":true,"eos_token_id":151645"#;
+
+    fn parse(extra: &str) -> Result<Qwen2Config> {
+        Qwen2Config::from_json(&format!("{BASE}{extra}}}"), Path::new("config.json"))
+    }
+
+    #[test]
+    fn both_key_styles() {
+        let a = parse(r#","rope_theta":1000000.0,"torch_dtype":"bfloat16""#).unwrap();
+        let b =
+            parse(r#","rope_parameters":{"rope_theta":1000000.0,"rope_type":"default"},"dtype":"bfloat16""#).unwrap();
+        assert_eq!(a, b);
+        assert_eq!((a.head_dim, a.rope_theta, a.eos_token_ids.clone()), (64, 1e6, vec![151645]));
+        // Qwen2.5-0.5B has 494M parameters.
+        assert_eq!(a.num_parameters() / 1_000_000, 494);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_run() {
+        let e =
+            Qwen2Config::from_json(r#"{"model_type":"llama"}"#, Path::new("x/config.json")).unwrap_err().to_string();
+        assert!(e.contains("x/config.json"), "{e}");
+        let llama = format!("{}}}", BASE.replace("qwen2", "llama"));
+        let e = Qwen2Config::from_json(&llama, Path::new("config.json")).unwrap_err().to_string();
+        assert!(e.contains("llama") && e.contains("not supported"), "{e}");
+        assert!(parse(r#","rope_scaling":{"type":"yarn","factor":4.0}"#).unwrap_err().to_string().contains("yarn"));
+        assert!(parse(r#","rope_scaling":null"#).is_ok());
+        assert!(parse(r#","num_key_value_heads":3"#).is_err());
+        assert!(parse(r#","use_sliding_window":true"#).is_err());
+        assert!(Qwen2Config::from_json("{", Path::new("c.json")).unwrap_err().to_string().contains("invalid JSON"));
+    }
+}

@@ -1,0 +1,98 @@
+//! Safetensors checkpoints, single-file or sharded through `model.safetensors.index.json`,
+//! memory-mapped: each tensor is copied out of the mapping once, in its stored dtype, and
+//! no file is ever read whole into memory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use artist_tensor::{DType, Device, Tensor};
+use memmap2::Mmap;
+use safetensors::SafeTensors;
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// The tensors of a checkpoint directory, by name.
+pub struct Weights {
+    files: Vec<(PathBuf, Mmap)>,
+    /// Tensor name -> index into `files`.
+    index: HashMap<String, usize>,
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+impl Weights {
+    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Weights> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let names: Vec<PathBuf> = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path)
+                .map_err(|source| Error::Io { path: index_path.clone(), source })?;
+            let idx: ShardIndex =
+                serde_json::from_str(&text).map_err(|source| Error::Json { path: index_path.clone(), source })?;
+            let mut files: Vec<String> = idx.weight_map.into_values().collect();
+            files.sort();
+            files.dedup();
+            files.into_iter().map(|f| dir.join(f)).collect()
+        } else if single.exists() {
+            vec![single]
+        } else {
+            return Err(Error::Config {
+                path: dir.into(),
+                msg: "no model.safetensors or model.safetensors.index.json in this directory".into(),
+            });
+        };
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for (i, path) in names.into_iter().enumerate() {
+            let file = File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            // SAFETY: the mapping is read-only and private to this process. A checkpoint
+            // modified by another process while loaded would change what we read; that is
+            // the same contract every safetensors loader works under.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io { path: path.clone(), source })?;
+            let st = SafeTensors::deserialize(&mmap)
+                .map_err(|e| Error::Safetensors { path: path.clone(), msg: e.to_string() })?;
+            for name in st.names() {
+                index.insert(name.to_string(), i);
+            }
+            files.push((path, mmap));
+        }
+        Ok(Weights { files, index })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    /// The tensor `name` in its stored dtype, checked to have shape `expected`.
+    pub fn get(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        let &i = self.index.get(name).ok_or_else(|| Error::MissingTensor { name: name.into() })?;
+        let (path, mmap) = &self.files[i];
+        let st = SafeTensors::deserialize(mmap)
+            .map_err(|e| Error::Safetensors { path: path.clone(), msg: e.to_string() })?;
+        let view = st.tensor(name).map_err(|e| Error::Safetensors { path: path.clone(), msg: e.to_string() })?;
+        if view.shape() != expected {
+            return Err(Error::TensorShape {
+                name: name.into(),
+                expected: expected.to_vec(),
+                got: view.shape().to_vec(),
+            });
+        }
+        let dtype = match view.dtype() {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::BF16 => DType::BF16,
+            safetensors::Dtype::F16 => DType::F16,
+            other => return Err(Error::TensorDType { name: name.into(), dtype: format!("{other:?}") }),
+        };
+        Ok(Tensor::from_bytes(view.data(), dtype, expected, Device::Cpu)?)
+    }
+}
