@@ -1,0 +1,209 @@
+//! Turning one row of logits into a token: greedy, or temperature with top-k, top-p and
+//! min-p filtering, from a seeded generator so runs repeat exactly.
+//!
+//! The logprob returned with a token is `log_softmax(logits / temperature)[token]` over the
+//! whole vocabulary (plain `log_softmax(logits)` when greedy): the filters choose which
+//! tokens may be drawn, but the logprob is the policy's, which is what the GRPO ratio
+//! compares against the trainer's recomputation.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// Keep the k most likely tokens; 0 = off.
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability reaches p; 1 = off.
+    pub top_p: f32,
+    /// Keep tokens at least `min_p` times as likely as the most likely one; 0 = off.
+    pub min_p: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 0 }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        SamplingParams { temperature: 0.0, ..Default::default() }
+    }
+
+    /// Rejects settings that have no meaning.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(format!("temperature must be a finite number >= 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(format!("min_p must be in [0, 1], got {}", self.min_p));
+        }
+        Ok(())
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: ChaCha8Rng,
+    scratch: Vec<(f32, u32)>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Sampler {
+        let rng = ChaCha8Rng::seed_from_u64(params.seed);
+        Sampler { params, rng, scratch: Vec::new() }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Picks a token from `logits` and returns it with its logprob (see the module doc).
+    pub fn sample(&mut self, logits: &[f32]) -> (u32, f32) {
+        let p = &self.params;
+        let greedy = p.temperature == 0.0;
+        let inv_t = if greedy { 1.0 } else { 1.0 / p.temperature };
+        // log_softmax(logits * inv_t) pieces, in f64 for the normaliser.
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = max as f64 * inv_t as f64
+            + logits.iter().map(|&l| ((l - max) as f64 * inv_t as f64).exp()).sum::<f64>().ln();
+        let logprob = |id: u32| (logits[id as usize] as f64 * inv_t as f64 - lse) as f32;
+        if greedy {
+            let id = argmax(logits);
+            return (id, logprob(id));
+        }
+        // Candidates by probability, most likely first. Tokens below 1e-12 of the top one
+        // cannot change a draw at f32 precision; dropping them keeps the sort short.
+        let floor = max as f64 * inv_t as f64 + (1e-12f64).ln();
+        let c = &mut self.scratch;
+        c.clear();
+        c.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|&(_, &l)| l as f64 * inv_t as f64 >= floor)
+                .map(|(i, &l)| (((l as f64 * inv_t as f64) - lse).exp() as f32, i as u32)),
+        );
+        c.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut keep = c.len();
+        if p.top_k > 0 {
+            keep = keep.min(p.top_k);
+        }
+        if p.min_p > 0.0 {
+            let bar = c[0].0 * p.min_p;
+            keep = keep.min(c.iter().take_while(|x| x.0 >= bar).count().max(1));
+        }
+        if p.top_p < 1.0 {
+            let mut acc = 0f64;
+            let mut n = 0;
+            for x in c.iter().take(keep) {
+                acc += x.0 as f64;
+                n += 1;
+                if acc >= p.top_p as f64 {
+                    break;
+                }
+            }
+            keep = n.max(1);
+        }
+        let total: f64 = c[..keep].iter().map(|x| x.0 as f64).sum();
+        let mut u = self.rng.random::<f64>() * total;
+        let mut id = c[keep - 1].1;
+        for x in &c[..keep] {
+            u -= x.0 as f64;
+            if u < 0.0 {
+                id = x.1;
+                break;
+            }
+        }
+        (id, logprob(id))
+    }
+}
+
+/// Index of the largest logit; the lowest index on ties.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draw(params: SamplingParams, logits: &[f32], n: usize) -> Vec<usize> {
+        let mut s = Sampler::new(params);
+        let mut counts = vec![0; logits.len()];
+        for _ in 0..n {
+            counts[s.sample(logits).0 as usize] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax_with_its_logprob() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0];
+        let (id, lp) = Sampler::new(SamplingParams::greedy()).sample(&logits);
+        assert_eq!(id, 1);
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        assert!((lp as f64 - (3.0 - z.ln())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn temperature_sampling_follows_the_distribution() {
+        let logits = [0.0f32, (2.0f32).ln(), (3.0f32).ln(), -30.0];
+        let n = 60_000;
+        let c = draw(SamplingParams { seed: 1, ..Default::default() }, &logits, n);
+        for (i, want) in [1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0].iter().enumerate() {
+            let got = c[i] as f64 / n as f64;
+            assert!((got - want).abs() < 0.01, "token {i}: {got} vs {want}");
+        }
+        // Temperature 0.5 squares the odds: 1:4:9.
+        let c = draw(SamplingParams { temperature: 0.5, seed: 2, ..Default::default() }, &logits, n);
+        assert!((c[2] as f64 / n as f64 - 9.0 / 14.0).abs() < 0.01);
+        // The logprob is that of the tempered distribution over the whole vocabulary.
+        let (id, lp) =
+            Sampler::new(SamplingParams { temperature: 0.5, top_k: 1, ..Default::default() }).sample(&logits);
+        assert_eq!(id, 2);
+        assert!((lp as f64 - (9.0f64 / 14.0).ln()).abs() < 1e-4, "{lp}");
+    }
+
+    #[test]
+    fn filters_restrict_the_support() {
+        let logits = [0.0f32, (2.0f32).ln(), (3.0f32).ln(), (4.0f32).ln()]; // p = .1 .2 .3 .4
+        let n = 20_000;
+        let only = |c: &[usize], allowed: &[usize]| (0..4).all(|i| allowed.contains(&i) || c[i] == 0);
+        let c = draw(SamplingParams { top_k: 2, seed: 3, ..Default::default() }, &logits, n);
+        assert!(only(&c, &[2, 3]) && c[2] > 0 && c[3] > 0, "{c:?}");
+        let c = draw(SamplingParams { top_p: 0.65, seed: 4, ..Default::default() }, &logits, n);
+        assert!(only(&c, &[2, 3]) && c[2] > 0, "{c:?}"); // .4 + .3 reaches .65
+        let c = draw(SamplingParams { top_p: 0.4, seed: 5, ..Default::default() }, &logits, n);
+        assert!(only(&c, &[3]), "{c:?}");
+        let c = draw(SamplingParams { min_p: 0.5, seed: 6, ..Default::default() }, &logits, n);
+        assert!(only(&c, &[1, 2, 3]) && c[1] > 0, "{c:?}"); // .2 >= .5 * .4
+        // Renormalised within the kept set: top-k 2 gives 3:4.
+        let c = draw(SamplingParams { top_k: 2, seed: 7, ..Default::default() }, &logits, n);
+        assert!((c[3] as f64 / n as f64 - 4.0 / 7.0).abs() < 0.015, "{c:?}");
+    }
+
+    #[test]
+    fn seeds_repeat() {
+        let logits: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect();
+        let p = SamplingParams { temperature: 0.9, top_p: 0.95, seed: 42, ..Default::default() };
+        let (mut a, mut b) = (Sampler::new(p.clone()), Sampler::new(p));
+        let xa: Vec<u32> = (0..50).map(|_| a.sample(&logits).0).collect();
+        let xb: Vec<u32> = (0..50).map(|_| b.sample(&logits).0).collect();
+        assert_eq!(xa, xb);
+        assert!(SamplingParams { temperature: -1.0, ..Default::default() }.validate().is_err());
+        assert!(SamplingParams { top_p: 0.0, ..Default::default() }.validate().is_err());
+    }
+}
