@@ -17,6 +17,8 @@
 
 pub use artist_tensor as tensor;
 
+pub mod cli;
+
 /// CUDA C sources under `kernels/`, embedded at build time.
 pub mod kernels {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));

@@ -149,6 +149,27 @@ impl Qwen2Config {
         })
     }
 
+    /// The shape of Qwen2.5-0.5B(-Instruct): 24 layers, hidden 896, 14 heads over 2 KV
+    /// heads, vocab 151,936, tied embeddings.
+    pub fn qwen2_5_0_5b() -> Qwen2Config {
+        Qwen2Config {
+            vocab_size: 151_936,
+            hidden_size: 896,
+            intermediate_size: 4864,
+            num_hidden_layers: 24,
+            num_attention_heads: 14,
+            num_key_value_heads: 2,
+            head_dim: 64,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1_000_000.0,
+            max_position_embeddings: 32_768,
+            tie_word_embeddings: true,
+            dtype: Some("bfloat16".into()),
+            bos_token_id: Some(151_643),
+            eos_token_ids: vec![151_645, 151_643],
+        }
+    }
+
     /// Parameters in the model (embedding counted once when tied).
     pub fn num_parameters(&self) -> usize {
         let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
@@ -178,6 +199,13 @@ mod tests {
         let b =
             parse(r#","rope_parameters":{"rope_theta":1000000.0,"rope_type":"default"},"dtype":"bfloat16""#).unwrap();
         assert_eq!(a, b);
+        let preset = Qwen2Config {
+            eos_token_ids: vec![151645],
+            bos_token_id: None,
+            max_position_embeddings: 32768,
+            ..Qwen2Config::qwen2_5_0_5b()
+        };
+        assert_eq!(a, preset);
         assert_eq!((a.head_dim, a.rope_theta, a.eos_token_ids.clone()), (64, 1e6, vec![151645]));
         // Qwen2.5-0.5B has 494M parameters.
         assert_eq!(a.num_parameters() / 1_000_000, 494);

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use artist_tensor::{DType, Device, Tensor, rope_tables};
 
-use crate::{Error, KvCache, Qwen2Config, Result, Weights};
+use crate::{Error, KvCache, Qwen2Config, Result, WeightSource, Weights};
 
 /// Tokens appended to the sequence held in cache slot `slot`.
 #[derive(Debug, Clone, Copy)]
@@ -68,7 +68,8 @@ impl Qwen2 {
         Qwen2::from_weights(config, &weights)
     }
 
-    pub fn from_weights(config: Qwen2Config, w: &Weights) -> Result<Qwen2> {
+    /// Builds the model from any source of named tensors (a checkpoint, random init).
+    pub fn from_weights(config: Qwen2Config, w: &impl WeightSource) -> Result<Qwen2> {
         let c = &config;
         let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);

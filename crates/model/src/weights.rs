@@ -8,10 +8,44 @@ use std::path::{Path, PathBuf};
 
 use artist_tensor::{DType, Device, Tensor};
 use memmap2::Mmap;
+use rand::SeedableRng;
 use safetensors::SafeTensors;
 use serde::Deserialize;
 
 use crate::{Error, Result};
+
+/// Where a model's parameters come from: a checkpoint, or a seeded random initialisation.
+pub trait WeightSource {
+    /// The tensor `name`, which must have shape `shape`.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+}
+
+impl WeightSource for Weights {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Weights::get(self, name, shape)
+    }
+}
+
+/// Random parameters in the layout of a checkpoint: matrices and biases from N(0, std^2),
+/// norm weights 1. Each tensor is drawn from a generator seeded by `seed` and its name, so
+/// the values do not depend on the order tensors are asked for.
+pub struct RandomWeights {
+    pub dtype: DType,
+    pub std: f32,
+    pub seed: u64,
+}
+
+impl WeightSource for RandomWeights {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if name.ends_with("norm.weight") {
+            return Ok(Tensor::ones(shape, self.dtype, Device::Cpu)?);
+        }
+        // FNV-1a of the name, mixed with the seed.
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(h ^ self.seed);
+        Ok(Tensor::randn(shape, 0.0, self.std, self.dtype, Device::Cpu, &mut rng)?)
+    }
+}
 
 /// The tensors of a checkpoint directory, by name.
 pub struct Weights {

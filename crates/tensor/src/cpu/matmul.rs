@@ -81,7 +81,9 @@ pub(crate) fn gemv<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usiz
     if k == 0 || m == 0 {
         return out_t;
     }
-    let rows_per_task = (GRAIN / k).clamp(4, 1024);
+    // Few large tasks: the work is a stream through `w`, and rayon's per-task cost would
+    // show at the 150k rows of an LM head with 36-row tasks.
+    let rows_per_task = n.div_ceil(16 * rayon::current_num_threads()).max(4);
     out_t.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(b, out)| {
         let j0 = b * rows_per_task;
         for (jj, out_row) in out.chunks_mut(m).enumerate() {

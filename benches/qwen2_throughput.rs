@@ -1,0 +1,74 @@
+//! Prefill and decode throughput of a Qwen2.5-0.5B-shaped model with random weights.
+//!
+//!     cargo bench --bench qwen2_throughput -- [--dtype bf16|f32] [--prompt 512] [--decode 32]
+//!
+//! Prints one JSON line; `scripts/bench_qwen2_cpu.py` runs it beside PyTorch on the same
+//! shapes and thread count. Decode is memory-bound: every token reads every weight once,
+//! so the bound printed beside it is (weight bytes) / (copy bandwidth measured here).
+
+use std::time::Instant;
+
+use artist_model::{Qwen2, Qwen2Config, RandomWeights, Rows, SeqInput};
+use artist_tensor::DType;
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.into())
+}
+
+/// Read + write bandwidth of a plain copy of 256 MiB, best of 5, in bytes/s.
+fn copy_bandwidth() -> f64 {
+    let n = 64 << 20;
+    let src = vec![1f32; n];
+    let mut dst = vec![0f32; n];
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&mut dst);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (2 * n * 4) as f64 / best
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dtype: DType = arg("--dtype", "bf16").parse()?;
+    let prompt: usize = arg("--prompt", "512").parse()?;
+    let decode: usize = arg("--decode", "32").parse()?;
+    let config = Qwen2Config::qwen2_5_0_5b();
+    let weight_bytes = config.num_parameters() * dtype.size_in_bytes();
+    let t = Instant::now();
+    let model = Qwen2::from_weights(config.clone(), &RandomWeights { dtype, std: 0.02, seed: 0 })?;
+    let build_s = t.elapsed().as_secs_f64();
+    let mut cache = model.new_cache(1, prompt + decode)?;
+    let tokens: Vec<u32> = (0..prompt as u32).map(|i| (i * 7919) % 151_000).collect();
+
+    let t = Instant::now();
+    let logits = model.forward(&[SeqInput { slot: 0, tokens: &tokens }], &mut cache, Rows::Last)?;
+    let prefill_s = t.elapsed().as_secs_f64();
+    let mut next = artist_engine::argmax(&logits.to_vec::<f32>()?);
+    let t = Instant::now();
+    for _ in 0..decode {
+        let logits = model.forward(&[SeqInput { slot: 0, tokens: &[next] }], &mut cache, Rows::Last)?;
+        next = artist_engine::argmax(&logits.to_vec::<f32>()?);
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+    let bw = copy_bandwidth();
+    println!(
+        "{}",
+        serde_json::json!({
+            "engine": "artist",
+            "dtype": dtype.to_string(),
+            "threads": rayon::current_num_threads(),
+            "prompt_tokens": prompt,
+            "decode_tokens": decode,
+            "build_s": build_s,
+            "prefill_tokens_per_s": prompt as f64 / prefill_s,
+            "decode_tokens_per_s": decode as f64 / decode_s,
+            "weight_bytes": weight_bytes,
+            "copy_bandwidth_gb_s": bw / 1e9,
+            "decode_bound_tokens_per_s": bw / weight_bytes as f64,
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! `generate`: continue a prompt with a Hugging Face Qwen2 / Qwen2.5 checkpoint.
+//!
+//!     cargo run --release --bin generate -- --model DIR --prompt "2+2=" [--chat] [--json]
+//!
+//! With `--json`, prints one object (a stable interface):
+//! `{"prompt_ids", "token_ids", "text", "logprobs", "finish_reason", "prompt_tokens",
+//!   "new_tokens", "seconds", "tokens_per_s"}`; `token_ids` are the new tokens only,
+//! `logprobs[i]` is the log-probability `token_ids[i]` was sampled with (after temperature,
+//! before top-k/top-p/min-p), `finish_reason` is "eos", "stop" or "length", and `text` is
+//! the decoded new tokens (special tokens skipped; null without a tokenizer). Temperature 0
+//! (the default) is greedy decoding.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use artist::cli;
+use artist_engine::{GenerateOptions, SamplingParams, generate};
+use artist_tokenizer::{ChatTemplate, Message};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Generate text with a Qwen2 / Qwen2.5 checkpoint")]
+struct Args {
+    /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt text (needs the model's tokenizer.json).
+    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    prompt: Option<String>,
+    /// Prompt as token ids: 1,2,3.
+    #[arg(long)]
+    prompt_ids: Option<String>,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long, requires = "prompt")]
+    chat: bool,
+    /// System message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// 1 = off.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop once the generated text contains this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Do not stop at the model's EOS tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    cli::device(&args.device)?;
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        seed: args.seed,
+    };
+    sampling.validate().map_err(anyhow::Error::msg)?;
+    let (model, tokenizer) = cli::open_model(&args.model)?;
+    let prompt_ids = match (&args.prompt, &args.prompt_ids) {
+        (Some(text), _) => {
+            let tok = tokenizer.as_ref().with_context(|| {
+                format!("--prompt needs {}/tokenizer.json (or pass --prompt-ids)", args.model.display())
+            })?;
+            let text = if args.chat {
+                let template = ChatTemplate::from_dir(&args.model)?;
+                let mut messages = vec![];
+                if let Some(s) = &args.system {
+                    messages.push(Message::system(s.clone()));
+                }
+                messages.push(Message::user(text.clone()));
+                template.render(&messages, None, true)?
+            } else {
+                text.clone()
+            };
+            tok.encode(&text)?
+        }
+        (None, Some(ids)) => cli::parse_ids(ids)?,
+        (None, None) => unreachable!("clap requires one of --prompt, --prompt-ids"),
+    };
+    if prompt_ids.is_empty() {
+        bail!("the prompt is empty: it encodes to no tokens");
+    }
+    cli::check_ids(&prompt_ids, model.config.vocab_size)?;
+    let eos_ids = if args.ignore_eos { vec![] } else { cli::eos_ids(&args.model, &model)? };
+    let opts = GenerateOptions { max_new_tokens: args.max_new_tokens, sampling, eos_ids };
+
+    let mut stream = tokenizer.as_ref().map(|t| t.stream_decoder(true));
+    let mut text = String::new();
+    let mut stdout = std::io::stdout();
+    let start = Instant::now();
+    let out = generate(&model, &prompt_ids, &opts, |id| {
+        let Some(s) = stream.as_mut() else { return false };
+        let piece = s.step(id).unwrap_or_default();
+        if !args.json {
+            print!("{piece}");
+            let _ = stdout.flush();
+        }
+        text.push_str(&piece);
+        args.stop.iter().any(|stop| text.contains(stop.as_str()))
+    })?;
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(s) = stream.as_mut() {
+        let rest = s.finish()?;
+        if !args.json {
+            println!("{rest}");
+        }
+    }
+    let text = match &tokenizer {
+        Some(t) => Some(t.decode(&out.token_ids, true)?),
+        None => None,
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "prompt_ids": prompt_ids,
+                "token_ids": out.token_ids,
+                "text": text,
+                "logprobs": out.logprobs,
+                "finish_reason": out.finish.as_str(),
+                "prompt_tokens": prompt_ids.len(),
+                "new_tokens": out.token_ids.len(),
+                "seconds": seconds,
+                "tokens_per_s": out.token_ids.len() as f64 / seconds.max(1e-9),
+            })
+        );
+    } else if tokenizer.is_none() {
+        println!("{:?}", out.token_ids);
+    }
+    Ok(())
+}

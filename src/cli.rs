@@ -1,0 +1,73 @@
+//! Pieces the binaries share: parsing token-id lists, opening a model directory, the
+//! `--device` flag.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use artist_model::Qwen2;
+use artist_tensor::Device;
+use artist_tokenizer::Tokenizer;
+
+/// `"1,2, 3"` -> `[1, 2, 3]`.
+pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
+    let ids = s
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<u32>().with_context(|| format!("{t:?} is not a token id (expected e.g. 1,2,3)")))
+        .collect::<Result<Vec<_>>>()?;
+    if ids.is_empty() {
+        bail!("no token ids given");
+    }
+    Ok(ids)
+}
+
+/// The device named by `--device`; only the CPU runs models for now.
+pub fn device(name: &str) -> Result<Device> {
+    let d = Device::parse(name)?;
+    if !d.is_cpu() {
+        bail!("device {d}: models run on the CPU until the CUDA backend lands");
+    }
+    Ok(d)
+}
+
+/// The model and, when the directory has one, its tokenizer.
+pub fn open_model(dir: &Path) -> Result<(Qwen2, Option<Tokenizer>)> {
+    if !dir.is_dir() {
+        bail!("{}: not a model directory", dir.display());
+    }
+    let model = Qwen2::load(dir).with_context(|| format!("loading the model in {}", dir.display()))?;
+    let tokenizer = if dir.join(artist_tokenizer::TOKENIZER_FILE).exists() {
+        Some(Tokenizer::from_dir(dir).with_context(|| format!("loading the tokenizer in {}", dir.display()))?)
+    } else {
+        None
+    };
+    Ok((model, tokenizer))
+}
+
+/// Checks ids against the model's vocabulary before anything runs.
+pub fn check_ids(ids: &[u32], vocab_size: usize) -> Result<()> {
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab_size) {
+        bail!("token id {bad} is out of range: the model's vocab_size is {vocab_size}");
+    }
+    Ok(())
+}
+
+/// EOS ids from `config.json` and, when present, `generation_config.json`.
+pub fn eos_ids(dir: &Path, model: &Qwen2) -> Result<Vec<u32>> {
+    let mut ids = model.config.eos_token_ids.clone();
+    let path = dir.join("generation_config.json");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+        match v.get("eos_token_id") {
+            Some(serde_json::Value::Number(n)) => ids.extend(n.as_u64().map(|x| x as u32)),
+            Some(serde_json::Value::Array(a)) => ids.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
+            _ => {}
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}

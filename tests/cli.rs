@@ -1,0 +1,163 @@
+//! The `generate` and `score` binaries as a user runs them: their JSON output against the
+//! transformers references, and clean non-zero exits on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2").join(name)
+}
+
+fn run(bin: &str, args: &[&str]) -> Output {
+    Command::new(bin).args(args).output().expect("the binary runs")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
+#[track_caller]
+fn fails_cleanly(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should have failed");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+}
+
+fn reference(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+}
+
+#[test]
+fn generate_greedy_matches_transformers() {
+    let generate_bin = env!("CARGO_BIN_EXE_generate");
+    for name in ["tiny-gqa", "tiny-bf16"] {
+        let r = reference(name);
+        let g = &r["greedy"][0];
+        let prompt: Vec<String> = ids(&g["prompt_ids"]).iter().map(u64::to_string).collect();
+        let dir = fixture(name);
+        let out = run(
+            generate_bin,
+            &[
+                "--model",
+                dir.to_str().unwrap(),
+                "--prompt-ids",
+                &prompt.join(","),
+                "--max-new-tokens",
+                "32",
+                "--ignore-eos",
+                "--json",
+            ],
+        );
+        let v = json(&out);
+        assert_eq!(ids(&v["token_ids"]), ids(&g["new_ids"]), "{name}");
+        assert_eq!(v["finish_reason"], "length");
+        assert_eq!(v["logprobs"].as_array().unwrap().len(), 32);
+        assert!(v["logprobs"].as_array().unwrap().iter().all(|l| l.as_f64().unwrap() <= 0.0));
+        assert!(v["text"].is_string());
+    }
+}
+
+#[test]
+fn generate_from_text_with_the_chat_template_and_sampling() {
+    let generate_bin = env!("CARGO_BIN_EXE_generate");
+    let dir = fixture("tiny-gqa");
+    let d = dir.to_str().unwrap();
+    let args = [
+        "--model",
+        d,
+        "--prompt",
+        "Hello, world",
+        "--chat",
+        "--temperature",
+        "0.9",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "7",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ];
+    let (a, b) = (json(&run(generate_bin, &args)), json(&run(generate_bin, &args)));
+    assert_eq!(a["token_ids"], b["token_ids"], "a seed repeats");
+    // The chat prompt starts with <|im_start|> (id 289 in the fixture tokenizer).
+    assert_eq!(a["prompt_ids"][0], 289);
+    let n = a["token_ids"].as_array().unwrap().len();
+    assert!((1..=12).contains(&n));
+    // Stop strings end generation early.
+    let plain = json(&run(
+        generate_bin,
+        &["--model", d, "--prompt", "abc", "--max-new-tokens", "20", "--ignore-eos", "--json"],
+    ));
+    let text = plain["text"].as_str().unwrap().to_string();
+    if let Some(c) = text.chars().nth(2) {
+        let stopped = json(&run(
+            generate_bin,
+            &[
+                "--model",
+                d,
+                "--prompt",
+                "abc",
+                "--max-new-tokens",
+                "20",
+                "--ignore-eos",
+                "--stop",
+                &c.to_string(),
+                "--json",
+            ],
+        ));
+        assert_eq!(stopped["finish_reason"], "stop");
+        assert!(stopped["text"].as_str().unwrap().contains(c));
+    }
+}
+
+#[test]
+fn score_matches_transformers() {
+    let score = env!("CARGO_BIN_EXE_score");
+    let r = reference("tiny-mha-odd");
+    let case = &r["cases"][2];
+    let tokens: Vec<String> = ids(&case["input_ids"]).iter().map(u64::to_string).collect();
+    let dir = fixture("tiny-mha-odd");
+    let v = json(&run(score, &["--model", dir.to_str().unwrap(), "--token-ids", &tokens.join(","), "--json"]));
+    let got: Vec<f64> = v["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let want: Vec<f64> = case["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4));
+    let ppl = (-want.iter().sum::<f64>() / want.len() as f64).exp();
+    assert!((v["perplexity"].as_f64().unwrap() - ppl).abs() < 1e-3 * ppl);
+    // A text file through the tokenizer.
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), "the cat sat on the mat").unwrap();
+    let v =
+        json(&run(score, &["--model", dir.to_str().unwrap(), "--text-file", tmp.path().to_str().unwrap(), "--json"]));
+    assert_eq!(v["num_tokens"].as_u64().unwrap() as usize, v["logprobs"].as_array().unwrap().len() + 1);
+}
+
+#[test]
+fn bad_input_exits_non_zero_with_a_message() {
+    let (generate_bin, score) = (env!("CARGO_BIN_EXE_generate"), env!("CARGO_BIN_EXE_score"));
+    let dir = fixture("tiny-gqa");
+    let d = dir.to_str().unwrap();
+    fails_cleanly(&run(generate_bin, &["--model", "/nonexistent/model", "--prompt-ids", "1"]), "not a model directory");
+    fails_cleanly(&run(generate_bin, &["--model", d, "--prompt-ids", "1,311"]), "token id 311 is out of range");
+    fails_cleanly(&run(generate_bin, &["--model", d, "--prompt", ""]), "empty");
+    fails_cleanly(&run(generate_bin, &["--model", d, "--prompt-ids", "1,x"]), "\"x\" is not a token id");
+    fails_cleanly(&run(generate_bin, &["--model", d, "--prompt-ids", "1", "--top-p", "0"]), "top_p");
+    fails_cleanly(&run(generate_bin, &["--model", d, "--prompt-ids", "1", "--device", "cuda"]), "CUDA");
+    fails_cleanly(&run(score, &["--model", d, "--token-ids", "5"]), "at least 2 tokens");
+    fails_cleanly(&run(score, &["--model", d, "--text-file", "/nonexistent.txt"]), "/nonexistent.txt");
+    // A model directory with a truncated checkpoint.
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(dir.join(f), tmp.path().join(f)).unwrap();
+    }
+    let w = std::fs::read(dir.join("model.safetensors")).unwrap();
+    std::fs::write(tmp.path().join("model.safetensors"), &w[..w.len() - 100]).unwrap();
+    fails_cleanly(&run(score, &["--model", tmp.path().to_str().unwrap(), "--token-ids", "1,2"]), "model.safetensors");
+}
