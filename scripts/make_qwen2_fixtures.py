@@ -31,6 +31,8 @@ Fixtures:
                      cover the tokenizer's.)
 * ``tiny-bf16``      tiny-gqa's shape, weights stored as BF16; reference computed in f32
                      over the widened BF16 weights; classic config keys.
+* ``tiny-f16``       tiny-mha-odd's widths, 2 layers, 6 heads / 2 KV heads, tied, weights
+                     stored as F16; reference in f32 over the widened F16 weights.
 * ``tiny-sharded``   tiny-tied-mqa's shape but untied, saved in 2 safetensors shards;
                      classic config keys.
 
@@ -217,6 +219,17 @@ FIXTURES = [
         style="classic",
         classic_sliding_window=131072,
         classic_max_window_layers=2,
+        shards=1,
+    ),
+    dict(
+        name="tiny-f16",
+        base_seed=6000,
+        config=dict(
+            vocab_size=293, hidden_size=72, intermediate_size=90, num_hidden_layers=2,
+            num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=500000.0,
+        ),
+        save_dtype=torch.float16,
+        style="v5",
         shards=1,
     ),
     dict(
@@ -654,7 +667,7 @@ def verify_fixture(fx: dict, tok: Tokenizer) -> float:
         with safe_open(str(f), "pt") as sf:
             for k in sf.keys():
                 names.add(k)
-                assert sf.get_slice(k).get_dtype() == ("BF16" if fx["save_dtype"] == torch.bfloat16 else "F32")
+                assert sf.get_slice(k).get_dtype() == {torch.bfloat16: "BF16", torch.float16: "F16"}.get(fx["save_dtype"], "F32")
     assert ("lm_head.weight" in names) == (not fx["config"]["tie_word_embeddings"]), names
     assert any(k.endswith("self_attn.q_proj.bias") for k in names)
     worst = 0.0

@@ -10,7 +10,7 @@ use artist_engine::{GenerateOptions, SamplingParams, generate};
 use artist_model::{Qwen2, Rows, SeqInput};
 use serde::Deserialize;
 
-const FIXTURES: [&str; 5] = ["tiny-gqa", "tiny-tied-mqa", "tiny-mha-odd", "tiny-bf16", "tiny-sharded"];
+const FIXTURES: [&str; 6] = ["tiny-gqa", "tiny-tied-mqa", "tiny-mha-odd", "tiny-bf16", "tiny-f16", "tiny-sharded"];
 const TOL: f32 = 1e-4;
 
 #[derive(Deserialize)]
