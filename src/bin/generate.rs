@@ -108,13 +108,13 @@ fn main() -> Result<()> {
     let eos_ids = if args.ignore_eos { vec![] } else { cli::eos_ids(&args.model, &model)? };
     let opts = GenerateOptions { max_new_tokens: args.max_new_tokens, sampling, eos_ids };
 
-    let mut stream = tokenizer.as_ref().map(|t| t.stream_decoder(true));
+    let mut stream = tokenizer.as_ref().map(|t| (t, t.stream_decoder(true)));
     let mut text = String::new();
     let mut stdout = std::io::stdout();
     let start = Instant::now();
     let out = generate(&model, &prompt_ids, &opts, |id| {
-        let Some(s) = stream.as_mut() else { return false };
-        let piece = s.step(id).unwrap_or_default();
+        let Some((tok, s)) = stream.as_mut() else { return false };
+        let piece = if cli::known(tok, id) { s.step(id).unwrap_or_default() } else { String::new() };
         if !args.json {
             print!("{piece}");
             let _ = stdout.flush();
@@ -123,14 +123,14 @@ fn main() -> Result<()> {
         args.stop.iter().any(|stop| text.contains(stop.as_str()))
     })?;
     let seconds = start.elapsed().as_secs_f64();
-    if let Some(s) = stream.as_mut() {
+    if let Some((_, s)) = stream.as_mut() {
         let rest = s.finish()?;
         if !args.json {
             println!("{rest}");
         }
     }
     let text = match &tokenizer {
-        Some(t) => Some(t.decode(&out.token_ids, true)?),
+        Some(t) => Some(cli::decode_known(t, &out.token_ids, true)?),
         None => None,
     };
     if args.json {
