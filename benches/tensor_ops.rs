@@ -5,18 +5,23 @@
 //! * `matmul_*`: matrix products at Qwen2.5-0.5B shapes (hidden 896, intermediate 4864,
 //!   14 query heads and 2 KV heads of 64, vocab 151936). Throughput is declared as
 //!   `Throughput::Elements(2*m*n*k)`, so criterion's "elem/s" reads as FLOP/s ("Gelem/s" =
-//!   GFLOP/s). Every shape is measured twice in the same group: `ours` (the `Tensor` API,
-//!   allocating its output on every call, as it does in a model) and `gemm` (the `gemm`
-//!   crate called directly with the same strides into a preallocated output), so the ratio
-//!   ours/gemm is the overhead of the wrapper.
+//!   GFLOP/s). Every shape has, in the same group, `ours` (the `Tensor` API, allocating its
+//!   output on every call, as it does in a model) and `gemm` (the `gemm` crate called
+//!   directly with the same strides into a preallocated output), so the ratio ours/gemm is
+//!   the overhead of the wrapper; `gemm_alloc` (the same call into a fresh zeroed `Vec` each
+//!   time) splits that overhead into allocation and the rest. The attention group adds
+//!   `gemm_par_heads` (heads in parallel, one thread each), the strategy `ours` picks for
+//!   small per-head products.
 //! * `mem_*`: memory-bound ops. Throughput is `Throughput::BytesDecimal(bytes read + bytes
 //!   written)` counting each operand once (the compulsory traffic), so "GB/s" compares
 //!   directly with `copy_ref`, a `copy_from_slice` between two preallocated `Vec<f32>` of
-//!   the same element count in the same group. `alloc_copy_ref` (`to_vec`: allocate, copy,
-//!   free) shows what a fresh output buffer costs on its own, since every op here allocates.
+//!   the same element count in the same group (`par_copy_ref`: the same on every rayon
+//!   thread). `alloc_copy_ref` (`to_vec`: allocate, copy, free) shows what a fresh output
+//!   buffer costs on its own, since every op here allocates its output.
 //!
-//! Settings keep the whole run to a few minutes on a 2-core machine: 10 samples, 1 s warm-up,
-//! 2 s measurement per benchmark.
+//! Settings keep the whole run to about 3.5 minutes on a 2-core machine (plus the build):
+//! 10 samples, 1 s warm-up, 2 s measurement per benchmark. The machine must be otherwise
+//! idle: a concurrent build halves every number here.
 
 use std::hint::black_box;
 use std::sync::OnceLock;
@@ -126,6 +131,15 @@ fn bench_linear(c: &mut Criterion, group: &str, (k, n): (usize, usize), ts: &[us
         g.bench_function(format!("gemm/T={t}"), |b| {
             b.iter(|| gemm_nt(black_box(&mut dst), &x_raw, w_raw, (t, k, n), rayon_all()))
         });
+        // The same with a fresh zeroed output per call, as `ours` allocates: the difference
+        // from `gemm` is the allocation, the rest of the gap to `ours` is the wrapper.
+        g.bench_function(format!("gemm_alloc/T={t}"), |b| {
+            b.iter(|| {
+                let mut dst = vec![0f32; t * n];
+                gemm_nt(&mut dst, &x_raw, w_raw, (t, k, n), rayon_all());
+                dst
+            })
+        });
     }
     g.finish();
 }
@@ -185,6 +199,16 @@ fn matmul_attention_scores(c: &mut Criterion) {
                 }
             })
         });
+        // The same with a fresh zeroed output per call, as `ours` allocates.
+        g.bench_function(format!("gemm_alloc/T={t}"), |b| {
+            b.iter(|| {
+                let mut dst = vec![0f32; HEADS * t * t];
+                for (h, d) in dst.chunks_mut(ks).enumerate() {
+                    one(d, h, rayon_all());
+                }
+                dst
+            })
+        });
         // The heads in parallel, each product on one thread.
         g.bench_function(format!("gemm_par_heads/T={t}"), |b| {
             b.iter(|| {
@@ -195,12 +219,20 @@ fn matmul_attention_scores(c: &mut Criterion) {
     g.finish();
 }
 
-/// Adds the two reference copies of `n` f32 elements to `g`.
+/// Adds the reference copies of `n` f32 elements to `g`: into a preallocated buffer on one
+/// thread and on all of them, and into a fresh allocation.
 fn copy_refs(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, n: usize) {
     let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
     let mut dst = vec![0f32; n];
     g.throughput(Throughput::BytesDecimal((2 * n * F32) as u64));
     g.bench_function("copy_ref", |b| b.iter(|| black_box(&mut dst).copy_from_slice(black_box(&src))));
+    // The same copy spread over the rayon threads, as the ops below are.
+    g.bench_function("par_copy_ref", |b| {
+        b.iter(|| {
+            let chunks = black_box(&mut dst).par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16));
+            chunks.for_each(|(d, s)| d.copy_from_slice(s))
+        })
+    });
     g.bench_function("alloc_copy_ref", |b| b.iter(|| black_box(&src).to_vec()));
 }
 
