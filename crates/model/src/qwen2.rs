@@ -38,18 +38,27 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.linear(&self.weight, self.bias.as_ref())?)
     }
+
+    /// One projection computing all of `parts` (their outputs side by side).
+    fn stack(parts: &[Linear]) -> Result<Linear> {
+        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let bias = match parts.iter().map(|p| p.bias.as_ref()).collect::<Option<Vec<_>>>() {
+            Some(b) => Some(Tensor::cat(&b, 0)?),
+            None => None,
+        };
+        Ok(Linear { weight: Tensor::cat(&weights, 0)?, bias })
+    }
 }
 
+/// One decoder layer. q/k/v and gate/up are stored fused (their weight rows stacked), so
+/// each pair or triple is one pass over the activations and one matrix product.
 struct Layer {
     input_layernorm: Tensor, // [hidden] f32
-    q_proj: Linear,          // [heads * head_dim, hidden] + bias
-    k_proj: Linear,          // [kv_heads * head_dim, hidden] + bias
-    v_proj: Linear,          // [kv_heads * head_dim, hidden] + bias
+    qkv_proj: Linear,        // [(heads + 2 kv_heads) * head_dim, hidden] + bias: q, k, v rows
     o_proj: Linear,          // [hidden, heads * head_dim], no bias
     post_attention_layernorm: Tensor,
-    gate_proj: Linear, // [intermediate, hidden]
-    up_proj: Linear,   // [intermediate, hidden]
-    down_proj: Linear, // [hidden, intermediate]
+    gate_up_proj: Linear, // [2 * intermediate, hidden]: gate rows, then up rows
+    down_proj: Linear,    // [hidden, intermediate]
 }
 
 pub struct Qwen2 {
@@ -85,15 +94,21 @@ impl Qwen2 {
         let layers = (0..c.num_hidden_layers)
             .map(|l| {
                 let p = format!("model.layers.{l}");
+                let (q_proj, k_proj, v_proj) = (
+                    linear(&format!("{p}.self_attn.q_proj"), q, h, true)?,
+                    linear(&format!("{p}.self_attn.k_proj"), kv, h, true)?,
+                    linear(&format!("{p}.self_attn.v_proj"), kv, h, true)?,
+                );
+                let (gate, up) = (
+                    linear(&format!("{p}.mlp.gate_proj"), i, h, false)?,
+                    linear(&format!("{p}.mlp.up_proj"), i, h, false)?,
+                );
                 Ok(Layer {
                     input_layernorm: f32_param(&format!("{p}.input_layernorm.weight"), &[h])?,
-                    q_proj: linear(&format!("{p}.self_attn.q_proj"), q, h, true)?,
-                    k_proj: linear(&format!("{p}.self_attn.k_proj"), kv, h, true)?,
-                    v_proj: linear(&format!("{p}.self_attn.v_proj"), kv, h, true)?,
+                    qkv_proj: Linear::stack(&[q_proj, k_proj, v_proj])?,
                     o_proj: linear(&format!("{p}.self_attn.o_proj"), h, q, false)?,
                     post_attention_layernorm: f32_param(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                    gate_proj: linear(&format!("{p}.mlp.gate_proj"), i, h, false)?,
-                    up_proj: linear(&format!("{p}.mlp.up_proj"), i, h, false)?,
+                    gate_up_proj: Linear::stack(&[gate, up])?,
                     down_proj: linear(&format!("{p}.mlp.down_proj"), h, i, false)?,
                 })
             })
@@ -168,9 +183,10 @@ impl Qwen2 {
         let mut x = Tensor::embedding(&ids, &self.embed_tokens)?.to_dtype(DType::F32)?; // [total, hidden]
         for (l, layer) in self.layers.iter().enumerate() {
             let h = x.rms_norm(&layer.input_layernorm, eps)?;
-            let q = layer.q_proj.forward(&h)?; // [total, heads * d]
-            let k = layer.k_proj.forward(&h)?; // [total, kv_heads * d]
-            let v = layer.v_proj.forward(&h)?;
+            let qkv = layer.qkv_proj.forward(&h)?; // [total, (heads + 2 kv_heads) * d]
+            let q = qkv.narrow(1, 0, heads * d)?;
+            let k = qkv.narrow(1, heads * d, kv_heads * d)?;
+            let v = qkv.narrow(1, (heads + kv_heads) * d, kv_heads * d)?;
             let mut outs = Vec::with_capacity(inputs.len());
             let mut row = 0;
             for ((s, &start), (cos, sin)) in inputs.iter().zip(&starts).zip(&ropes) {
@@ -192,9 +208,10 @@ impl Qwen2 {
             };
             x = x.add(&layer.o_proj.forward(&attn)?)?;
             let h = x.rms_norm(&layer.post_attention_layernorm, eps)?;
-            let gate = layer.gate_proj.forward(&h)?;
-            let up = layer.up_proj.forward(&h)?;
-            x = x.add(&layer.down_proj.forward(&gate.silu_mul(&up)?)?)?;
+            let gate_up = layer.gate_up_proj.forward(&h)?; // [total, 2 * intermediate]
+            let i = c.intermediate_size;
+            let act = gate_up.narrow(1, 0, i)?.silu_mul(&gate_up.narrow(1, i, i)?)?;
+            x = x.add(&layer.down_proj.forward(&act)?)?;
         }
         for s in inputs {
             cache.advance(s.slot, s.tokens.len());

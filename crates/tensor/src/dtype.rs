@@ -105,7 +105,9 @@ macro_rules! with_dtype {
 }
 
 with_dtype!(f32, F32, |v| v, |v| v);
-with_dtype!(bf16, BF16, bf16::to_f32, bf16::from_f32);
+// bf16 is the top half of an f32: widening is a shift (exact, NaNs stay NaN), which
+// vectorises to two instructions where `half`'s version also quiets signalling NaNs.
+with_dtype!(bf16, BF16, |v: bf16| f32::from_bits((v.to_bits() as u32) << 16), bf16::from_f32);
 with_dtype!(f16, F16, f16::to_f32, f16::from_f32);
 // Integer types convert to f32 exactly up to 2^24; casts from floats truncate toward zero
 // and saturate, as `as` does.

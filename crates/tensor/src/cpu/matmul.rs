@@ -5,6 +5,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::GRAIN;
+use super::simd::dot;
 use crate::WithDType;
 
 /// One operand: data, per-batch start offsets, and (row, column) strides in elements.
@@ -81,9 +82,9 @@ pub(crate) fn gemv<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usiz
     if k == 0 || m == 0 {
         return out_t;
     }
-    // Few large tasks: the work is a stream through `w`, and rayon's per-task cost would
-    // show at the 150k rows of an LM head with 36-row tasks.
-    let rows_per_task = n.div_ceil(16 * rayon::current_num_threads()).max(4);
+    // Tasks of about 32k weights: small enough to balance, large enough that rayon's cost
+    // per task stays far below the time to stream the rows.
+    let rows_per_task = (GRAIN / k).max(4);
     out_t.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(b, out)| {
         let j0 = b * rows_per_task;
         for (jj, out_row) in out.chunks_mut(m).enumerate() {
@@ -103,32 +104,6 @@ pub(crate) fn gemv<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usiz
         }
     }
     out
-}
-
-/// f32 dot product with 32 independent lanes (four AVX registers), widening `b` on the fly.
-#[inline(always)]
-fn dot<T: WithDType>(a: &[f32], b: &[T]) -> f32 {
-    const L: usize = 32;
-    let mut acc = [0f32; L];
-    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..L {
-            acc[l] = x[l].mul_add(y[l].to_f32(), acc[l]);
-        }
-    }
-    let mut s = 0f32;
-    for (x, y) in ra.iter().zip(rb) {
-        s = x.mul_add(y.to_f32(), s);
-    }
-    let mut w = L;
-    while w > 1 {
-        w /= 2;
-        for l in 0..w {
-            acc[l] += acc[l + w];
-        }
-    }
-    acc[0] + s
 }
 
 /// `x @ w^T` for `x: [m, k]` f32 and `w: [n, k]` of a half type, both contiguous: blocks of

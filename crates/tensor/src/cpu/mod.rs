@@ -6,6 +6,7 @@ pub(crate) mod index;
 pub(crate) mod matmul;
 pub(crate) mod nn;
 pub(crate) mod reduce;
+pub(crate) mod simd;
 
 use std::borrow::Cow;
 

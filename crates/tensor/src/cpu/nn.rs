@@ -25,8 +25,18 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     p = p.mul_add(r, 1.666_666_5e-1);
     p = p.mul_add(r, 0.5);
     let y = (p * r).mul_add(r, r) + 1.0;
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
-    if x < -87.336_55 { 0.0 } else { y * scale }
+    // SAFETY: `n` is finite and within [-126, 128) because `xc` is clamped (NaN excepted,
+    // whose result is discarded below). The unchecked conversion vectorises; `as` does not.
+    let n_ok = if n.is_nan() { 0.0 } else { n };
+    let ni: i32 = unsafe { n_ok.to_int_unchecked() };
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
+    if x < -87.336_55 {
+        0.0
+    } else if x.is_nan() {
+        x
+    } else {
+        y * scale
+    }
 }
 
 #[inline(always)]

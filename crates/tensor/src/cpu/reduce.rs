@@ -55,9 +55,27 @@ pub(crate) fn row_sum<T: WithDType>(row: &[T], f: impl Fn(f32) -> f32) -> f32 {
     s
 }
 
+/// Largest element of a row (NaN if any is NaN), with eight accumulators so it vectorises.
 #[inline]
 pub(crate) fn row_max<T: WithDType>(row: &[T]) -> f32 {
-    row.iter().fold(f32::NEG_INFINITY, |m, &x| ReduceOp::Max.combine(m, x.to_f32()))
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut nan = false;
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            let x = x.to_f32();
+            nan |= x.is_nan();
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    let mut m = acc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for &x in tail {
+        let x = x.to_f32();
+        nan |= x.is_nan();
+        m = if x > m { x } else { m };
+    }
+    if nan { f32::NAN } else { m }
 }
 
 /// Reduces `data` (`[outer, k, inner]`, contiguous) over `k`, giving `[outer, inner]`.
