@@ -32,6 +32,7 @@ fn copy_bandwidth() -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    artist_tensor::cpu::retain_freed_memory();
     let dtype: DType = arg("--dtype", "bf16").parse()?;
     let prompt: usize = arg("--prompt", "512").parse()?;
     let decode: usize = arg("--decode", "32").parse()?;

@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use artist::tensor::{DType, Device, Tensor, rope_tables};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use gemm::Parallelism;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -321,4 +321,9 @@ criterion_group! {
     targets = matmul_mlp, matmul_lm_head, matmul_attention_scores, mem_elementwise, mem_softmax,
         mem_rows_4096x896, mem_rope
 }
-criterion_main!(benches);
+// criterion_main!, with freed memory kept for reuse as the binaries do.
+fn main() {
+    artist_tensor::cpu::retain_freed_memory();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -70,6 +70,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    artist::tensor::cpu::retain_freed_memory();
     cli::device(&args.device)?;
     let sampling = SamplingParams {
         temperature: args.temperature,

@@ -35,6 +35,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    artist::tensor::cpu::retain_freed_memory();
     cli::device(&args.device)?;
     let (model, tokenizer) = cli::open_model(&args.model)?;
     let ids = match (&args.text_file, &args.token_ids) {

@@ -18,6 +18,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    artist::tensor::cpu::retain_freed_memory();
     let device = artist::tensor::Device::parse(&args.device)?;
     eprintln!(
         "artist train: not built yet. The tensor core ({device} backend) is ready; the Qwen2.5 model, \

@@ -207,6 +207,11 @@ impl<const N: usize> RowPlan<N> {
         RowPlan { outer_dims: dims, outer_strides: strides, starts, inner, inner_strides, rows }
     }
 
+    /// The innermost outer dimension and operand `k`'s stride along it, if any.
+    pub fn last_outer(&self, k: usize) -> Option<(usize, usize)> {
+        Some((*self.outer_dims.last()?, *self.outer_strides[k].last()?))
+    }
+
     /// Storage offsets of the first element of `row` for each operand.
     #[inline]
     pub fn offsets(&self, mut row: usize) -> [usize; N] {

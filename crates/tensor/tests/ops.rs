@@ -660,3 +660,17 @@ fn linear_widens_half_weights_on_the_fly() {
     let err = x.tensor(DType::F32).linear(&w.tensor(DType::BF16).t().unwrap(), None).unwrap_err().to_string();
     assert!(err.contains("linear"), "{err}");
 }
+
+#[test]
+fn large_transposes_copy_in_tiles() {
+    // Big enough for the tiled path (both sides >= 32), with ragged edge tiles and a batch.
+    for shape in [[1usize, 70, 45], [3, 40, 33], [2, 64, 96]] {
+        let x = Nd::random(&shape, 170);
+        let t = x.tensor(DType::F32).transpose(1, 2).unwrap();
+        assert_close(&t.contiguous(), &x.transpose(1, 2), 0.0, 0.0);
+        assert_close(&t.to_dtype(DType::BF16).unwrap(), &x.transpose(1, 2).round_bf16(), 0.0, 0.0);
+        assert_close(&t.exp().unwrap(), &x.transpose(1, 2).map(f64::exp), 1e-6, 1e-7);
+        let p = x.tensor(DType::F32).permute(&[2, 0, 1]).unwrap();
+        assert_close(&p.contiguous(), &x.permute(&[2, 0, 1]), 0.0, 0.0);
+    }
+}

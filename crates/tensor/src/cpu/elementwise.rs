@@ -1,9 +1,33 @@
 //! Strided element-wise kernels: one operand (map, copy, cast), two (binary ops and
 //! comparisons, broadcast by stride 0), three (`where`), and writes into a view.
 
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
 use super::for_each_row;
 use crate::layout::RowPlan;
 use crate::{Layout, Shape, WithDType};
+
+/// A vector of `n` elements to be written before it is read.
+fn uninit<T>(n: usize) -> Vec<MaybeUninit<T>> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: MaybeUninit needs no initialisation; the capacity is n.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// # Safety
+/// Every element of `v` has been written.
+unsafe fn assume_init<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: MaybeUninit<T> has T's layout; the caller guarantees initialisation; the
+    // allocation is handed over whole (pointer, length, capacity).
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut T, v.len(), v.capacity()) }
+}
+
+/// Side of the square tiles a transposing copy moves at a time (32 x 32 f32 = 4 KiB).
+const TILE: usize = 32;
 
 /// `f` applied to every element of `layout`, written contiguously.
 pub(crate) fn map_strided<T: WithDType, U: WithDType>(
@@ -11,22 +35,43 @@ pub(crate) fn map_strided<T: WithDType, U: WithDType>(
     layout: &Layout,
     f: impl Fn(T) -> U + Sync,
 ) -> Vec<U> {
-    let mut out = vec![U::default(); layout.shape().elem_count()];
+    let n = layout.shape().elem_count();
+    let mut out = uninit::<U>(n);
     let plan = RowPlan::new(layout.shape(), [layout]);
     let stride = plan.inner_strides[0];
-    for_each_row(&plan, &mut out, |o, [off]| {
-        if stride == 1 {
-            let n = o.len();
-            for (o, &x) in o.iter_mut().zip(&data[off..off + n]) {
-                *o = f(x);
-            }
-        } else {
-            for (i, o) in o.iter_mut().enumerate() {
-                *o = f(data[off + i * stride]);
-            }
+    match plan.last_outer(0) {
+        // A transpose: output rows run along a strided input dimension while the next one out
+        // is contiguous in the input. Copy in square tiles so both sides stay in cache.
+        Some((r, 1)) if stride != 1 && r >= TILE && plan.inner >= TILE => {
+            let c = plan.inner;
+            out.par_chunks_mut(r * c).enumerate().for_each(|(b, block)| {
+                let base = plan.offsets(b * r)[0];
+                for i0 in (0..r).step_by(TILE) {
+                    for j0 in (0..c).step_by(TILE) {
+                        for j in j0..(j0 + TILE).min(c) {
+                            for i in i0..(i0 + TILE).min(r) {
+                                block[i * c + j].write(f(data[base + i + j * stride]));
+                            }
+                        }
+                    }
+                }
+            });
         }
-    });
-    out
+        _ => for_each_row(&plan, &mut out, |o, [off]| {
+            if stride == 1 {
+                let len = o.len();
+                for (o, &x) in o.iter_mut().zip(&data[off..off + len]) {
+                    o.write(f(x));
+                }
+            } else {
+                for (i, o) in o.iter_mut().enumerate() {
+                    o.write(f(data[off + i * stride]));
+                }
+            }
+        }),
+    }
+    // SAFETY: both paths write every one of the n elements (all rows of the plan).
+    unsafe { assume_init(out) }
 }
 
 /// `f(lhs, rhs)` over `shape`; both layouts are already broadcast to `shape`.
@@ -37,7 +82,7 @@ pub(crate) fn zip_strided<T: WithDType, U: WithDType>(
     f: impl Fn(T, T) -> U + Sync,
 ) -> Vec<U> {
     let (a, b) = (lhs.0, rhs.0);
-    let mut out = vec![U::default(); shape.elem_count()];
+    let mut out = uninit::<U>(shape.elem_count());
     let plan = RowPlan::new(shape, [lhs.1, rhs.1]);
     let [sa, sb] = plan.inner_strides;
     for_each_row(&plan, &mut out, |o, [oa, ob]| {
@@ -45,29 +90,30 @@ pub(crate) fn zip_strided<T: WithDType, U: WithDType>(
         match (sa, sb) {
             (1, 1) => {
                 for ((o, &x), &y) in o.iter_mut().zip(&a[oa..oa + n]).zip(&b[ob..ob + n]) {
-                    *o = f(x, y);
+                    o.write(f(x, y));
                 }
             }
             (1, 0) => {
                 let y = b[ob];
                 for (o, &x) in o.iter_mut().zip(&a[oa..oa + n]) {
-                    *o = f(x, y);
+                    o.write(f(x, y));
                 }
             }
             (0, 1) => {
                 let x = a[oa];
                 for (o, &y) in o.iter_mut().zip(&b[ob..ob + n]) {
-                    *o = f(x, y);
+                    o.write(f(x, y));
                 }
             }
             _ => {
                 for (i, o) in o.iter_mut().enumerate() {
-                    *o = f(a[oa + i * sa], b[ob + i * sb]);
+                    o.write(f(a[oa + i * sa], b[ob + i * sb]));
                 }
             }
         }
     });
-    out
+    // SAFETY: for_each_row writes every element of every row.
+    unsafe { assume_init(out) }
 }
 
 /// `cond != 0 ? on_true : on_false` over `shape`; all layouts broadcast to `shape`.

@@ -95,6 +95,21 @@ impl<T: WithDType> From<Vec<T>> for CpuStorage {
     }
 }
 
+/// Keeps freed memory in the process for reuse instead of returning it to the OS.
+///
+/// glibc hands allocations above 32 MiB straight to `mmap` and unmaps them on free, so every
+/// large tensor (a `[512, 151936]` logits matrix is 311 MB) is page-faulted in afresh, which
+/// costs more than the op that fills it. Binaries call this once at startup; it raises the
+/// `mmap` threshold to 1 GiB and stops heap trimming (`mallopt`). No effect off glibc.
+pub fn retain_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning parameters; it is safe to call at any time.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 /// Work below this many elements runs on the calling thread; above, rows (or pieces of
 /// long rows) of about this size become rayon tasks.
 pub(crate) const GRAIN: usize = 1 << 15;
