@@ -1,6 +1,8 @@
 //! Matrix products on the `gemm` crate. Operands are read through their strides, so
 //! transposed and sliced views cost no copy; batch dimensions broadcast.
 
+use std::mem::MaybeUninit;
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -16,8 +18,9 @@ pub(crate) struct Operand<'a> {
     pub col_stride: usize,
 }
 
-/// Below this many multiply-adds per matrix, batches run in parallel, each product on one
-/// thread; above it, batches run in turn and gemm spreads each product over the threads.
+/// Batches run in parallel, each product on one thread, when there are at least as many as
+/// threads or each is below this many multiply-adds; otherwise they run in turn and gemm
+/// spreads each product over the threads.
 const PER_MATRIX_PARALLEL: usize = 1 << 21;
 
 /// `out[b] = lhs[b] @ rhs[b]` for every batch `b`, with `lhs[b]: [m, k]`, `rhs[b]: [k, n]`
@@ -25,21 +28,23 @@ const PER_MATRIX_PARALLEL: usize = 1 << 21;
 pub(crate) fn matmul(lhs: &Operand, rhs: &Operand, m: usize, k: usize, n: usize) -> Vec<f32> {
     let batch = lhs.batch_offsets.len();
     debug_assert_eq!(batch, rhs.batch_offsets.len());
-    let mut out = vec![0f32; batch * m * n];
+    let total = batch * m * n;
     if m * n == 0 || k == 0 {
-        return out;
+        return vec![0f32; total];
     }
-    let one = |dst: &mut [f32], b: usize, par: Parallelism| {
-        // SAFETY: `dst` holds m*n elements written row-major with strides (1, n). The
-        // operand views were validated against their storage when the tensors' layouts were
-        // built: for every i < m, j < n, p < k, offset + i*rs + p*cs (and the rhs analogue)
-        // lies inside `data`, which outlives the call.
+    // gemm overwrites the output (beta = 0, read_dst = false): no need to zero it first.
+    let mut out: Vec<f32> = Vec::with_capacity(total);
+    let one = |dst: &mut [MaybeUninit<f32>], b: usize, par: Parallelism| {
+        // SAFETY: `dst` holds m*n elements written row-major with strides (1, n), never read.
+        // The operand views were validated against their storage when the tensors' layouts
+        // were built: for every i < m, j < n, p < k, offset + i*rs + p*cs (and the rhs
+        // analogue) lies inside `data`, which outlives the call.
         unsafe {
             gemm::gemm(
                 m,
                 n,
                 k,
-                dst.as_mut_ptr(),
+                dst.as_mut_ptr() as *mut f32,
                 1,
                 n as isize,
                 false,
@@ -58,14 +63,17 @@ pub(crate) fn matmul(lhs: &Operand, rhs: &Operand, m: usize, k: usize, n: usize)
             )
         }
     };
-    if batch > 1 && m * n * k < PER_MATRIX_PARALLEL {
-        out.par_chunks_mut(m * n).enumerate().for_each(|(b, dst)| one(dst, b, Parallelism::None));
+    let spare = &mut out.spare_capacity_mut()[..total];
+    if batch > 1 && (batch >= rayon::current_num_threads() || m * n * k < PER_MATRIX_PARALLEL) {
+        spare.par_chunks_mut(m * n).enumerate().for_each(|(b, dst)| one(dst, b, Parallelism::None));
     } else {
         let par = Parallelism::Rayon(rayon::current_num_threads());
-        for (b, dst) in out.chunks_mut(m * n).enumerate() {
+        for (b, dst) in spare.chunks_mut(m * n).enumerate() {
             one(dst, b, par);
         }
     }
+    // SAFETY: every batch's m*n block was written by gemm above.
+    unsafe { out.set_len(total) };
     out
 }
 
