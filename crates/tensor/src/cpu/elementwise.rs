@@ -26,8 +26,10 @@ unsafe fn assume_init<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
     unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut T, v.len(), v.capacity()) }
 }
 
-/// Side of the square tiles a transposing copy moves at a time (32 x 32 f32 = 4 KiB).
-const TILE: usize = 32;
+/// Tiles of a transposing copy: TILE_I elements along each input run (four cache lines of
+/// f32), TILE_J along each output run (one cache line).
+const TILE_I: usize = 64;
+const TILE_J: usize = 16;
 
 /// `f` applied to every element of `layout`, written contiguously.
 pub(crate) fn map_strided<T: WithDType, U: WithDType>(
@@ -42,19 +44,34 @@ pub(crate) fn map_strided<T: WithDType, U: WithDType>(
     match plan.last_outer(0) {
         // A transpose: output rows run along a strided input dimension while the next one out
         // is contiguous in the input. Copy in square tiles so both sides stay in cache.
-        Some((r, 1)) if stride != 1 && r >= TILE && plan.inner >= TILE => {
+        Some((r, 1)) if stride != 1 && r >= TILE_J && plan.inner >= TILE_J => {
             let c = plan.inner;
+            // Each block (one matrix of the batch) is cut into stripes of TILE_I output rows,
+            // the parallel tasks. A tile is read a whole input run at a time into a buffer,
+            // then written a whole output line at a time: with power-of-two strides every
+            // line of a tile falls in the same cache set, so none may be left half-used, and
+            // reading TILE_I elements per input row amortises its TLB miss.
             out.par_chunks_mut(r * c).enumerate().for_each(|(b, block)| {
-                let base = plan.offsets(b * r)[0];
-                for i0 in (0..r).step_by(TILE) {
-                    for j0 in (0..c).step_by(TILE) {
-                        for j in j0..(j0 + TILE).min(c) {
-                            for i in i0..(i0 + TILE).min(r) {
-                                block[i * c + j].write(f(data[base + i + j * stride]));
+                let start = plan.offsets(b * r)[0];
+                block.par_chunks_mut(TILE_I * c).enumerate().for_each(|(s, stripe)| {
+                    let rows = stripe.len() / c;
+                    let base = start + s * TILE_I;
+                    let mut tile = [[U::default(); TILE_I]; TILE_J];
+                    for j0 in (0..c).step_by(TILE_J) {
+                        let cols = TILE_J.min(c - j0);
+                        for (j, t) in tile.iter_mut().enumerate().take(cols) {
+                            let src = &data[base + (j0 + j) * stride..];
+                            for (i, v) in t.iter_mut().enumerate().take(rows) {
+                                *v = f(src[i]);
+                            }
+                        }
+                        for i in 0..rows {
+                            for (j, t) in tile.iter().enumerate().take(cols) {
+                                stripe[i * c + j0 + j].write(t[i]);
                             }
                         }
                     }
-                }
+                });
             });
         }
         _ => for_each_row(&plan, &mut out, |o, [off]| {
