@@ -59,8 +59,10 @@ pub(crate) fn softmax_rows<T: WithDType>(data: &[T], cols: usize, log: bool) -> 
                 out.fill(T::from_f32(f32::NAN));
                 return;
             }
-            scratch.clear();
-            scratch.extend(row.iter().map(|&x| fast_exp(x.to_f32() - m)));
+            scratch.resize(cols, 0.0);
+            for (e, &x) in scratch.iter_mut().zip(row) {
+                *e = fast_exp(x.to_f32() - m);
+            }
             let sum = row_sum(scratch, |e| e);
             if log {
                 let lse = m + sum.ln();
