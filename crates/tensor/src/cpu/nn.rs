@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use super::min_items;
 use super::reduce::{row_max, row_sum};
+use super::simd::exp_shifted;
 use crate::WithDType;
 
 /// `exp(x)` to about 2 ulp for `x <= 88`, written so that loops over it vectorise (libm's
@@ -60,10 +61,7 @@ pub(crate) fn softmax_rows<T: WithDType>(data: &[T], cols: usize, log: bool) -> 
                 return;
             }
             scratch.resize(cols, 0.0);
-            for (e, &x) in scratch.iter_mut().zip(row) {
-                *e = fast_exp(x.to_f32() - m);
-            }
-            let sum = row_sum(scratch, |e| e);
+            let sum = exp_shifted(scratch, row, m);
             if log {
                 let lse = m + sum.ln();
                 for (o, &x) in out.iter_mut().zip(row) {

@@ -27,6 +27,20 @@ pub(crate) fn dot<T: WithDType>(a: &[f32], b: &[T]) -> f32 {
     dot_portable(a, b)
 }
 
+/// `dst[i] = exp(src[i] - shift)` (as `nn::fast_exp`), returning the sum of `dst`.
+pub(crate) fn exp_shifted<T: WithDType>(dst: &mut [f32], src: &[T], shift: f32) -> f32 {
+    debug_assert_eq!(dst.len(), src.len());
+    #[cfg(target_arch = "x86_64")]
+    if T::DTYPE == DType::F32 && avx2_fma() {
+        // SAFETY: AVX2 and FMA are present; T is f32.
+        return unsafe { x86::exp_shifted(dst, bytemuck::cast_slice(src), shift) };
+    }
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = super::nn::fast_exp(x.to_f32() - shift);
+    }
+    super::reduce::row_sum(dst, |e| e)
+}
+
 #[cfg(target_arch = "x86_64")]
 fn avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -75,6 +89,55 @@ mod x86 {
             let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
             let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
             (_mm_cvtss_f32(h), i)
+        }
+    }
+
+    /// `nn::fast_exp` on 8 lanes: the same clamp, reduction and polynomial.
+    #[inline(always)]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        unsafe {
+            let lo = _mm256_set1_ps(-87.336_55);
+            let xc = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.0));
+            let n = _mm256_floor_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(0.5)));
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), xc);
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+            let mut p = _mm256_set1_ps(1.987_569_1e-4);
+            for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+            }
+            let y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0));
+            let scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+            let e = _mm256_mul_ps(y, _mm256_castsi256_ps(scale));
+            let e = _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), e);
+            _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q))
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_shifted(dst: &mut [f32], src: &[f32], shift: f32) -> f32 {
+        let n = dst.len().min(src.len());
+        let mut i = 0;
+        // SAFETY: every access is to 8 elements starting below n - 7.
+        unsafe {
+            let m = _mm256_set1_ps(shift);
+            let mut acc = [_mm256_setzero_ps(); 2];
+            while i + 16 <= n {
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(src.as_ptr().add(i + 8 * j)), m));
+                    _mm256_storeu_ps(dst.as_mut_ptr().add(i + 8 * j), e);
+                    *acc = _mm256_add_ps(*acc, e);
+                }
+                i += 16;
+            }
+            let s = _mm256_add_ps(acc[0], acc[1]);
+            let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            let mut sum = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+            for k in i..n {
+                dst[k] = super::super::nn::fast_exp(src[k] - shift);
+                sum += dst[k];
+            }
+            sum
         }
     }
 
@@ -127,6 +190,20 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vector_exp_matches_the_scalar_one() {
+        let src: Vec<f32> = (0..1003).map(|i| (i as f32 - 900.0) * 0.11).chain([f32::NEG_INFINITY, -90.0]).collect();
+        let mut dst = vec![0f32; src.len()];
+        let sum = exp_shifted(&mut dst, &src, 1.5);
+        let mut want_sum = 0f64;
+        for (&x, &d) in src.iter().zip(&dst) {
+            let want = super::super::nn::fast_exp(x - 1.5);
+            want_sum += want as f64;
+            assert!((d - want).abs() <= 3e-7 * want.abs().max(1e-30), "exp({x} - 1.5): {d} vs {want}");
+        }
+        assert!(((sum as f64) - want_sum).abs() <= 1e-5 * want_sum);
+    }
 
     #[test]
     fn kernels_agree_with_f64() {
