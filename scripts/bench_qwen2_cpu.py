@@ -22,6 +22,12 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# transformers 5.x renamed `past_key_values` to `cache` (inputs and outputs).
+CACHE_KW = "cache" if "cache" in Qwen2ForCausalLM.forward.__code__.co_varnames else "past_key_values"
+
+
+def cache_of(out):
+    return getattr(out, "cache", None) if CACHE_KW == "cache" else out.past_key_values
 
 
 def torch_run(dtype, prompt, decode, threads):
@@ -39,11 +45,11 @@ def torch_run(dtype, prompt, decode, threads):
         t = time.perf_counter()
         out = model(ids, use_cache=True)
         prefill = time.perf_counter() - t
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        past, nxt = cache_of(out), out.logits[:, -1:].argmax(-1)
         t = time.perf_counter()
         for _ in range(decode):
-            out = model(nxt, past_key_values=past, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            out = model(nxt, use_cache=True, **{CACHE_KW: past})
+            past, nxt = cache_of(out), out.logits[:, -1:].argmax(-1)
         dec = time.perf_counter() - t
     return prompt / prefill, decode / dec
 

@@ -1,7 +1,8 @@
 //! `cargo run --release --bin train`: GRPO training with tools.
 //!
-//! The tensor core is in place; the model, the rollout engine and the GRPO trainer are
-//! the next pieces of work. Until they land, this binary says so and exits.
+//! The tensor core and the Qwen2.5 model (loading, KV-cache decoding, sampling) are in
+//! place; autograd, the rollout engine and the GRPO trainer are the next pieces of work.
+//! Until they land, this binary says so and exits.
 
 use clap::Parser;
 
@@ -21,8 +22,9 @@ fn main() -> anyhow::Result<()> {
     artist::tensor::cpu::retain_freed_memory();
     let device = artist::tensor::Device::parse(&args.device)?;
     eprintln!(
-        "artist train: not built yet. The tensor core ({device} backend) is ready; the Qwen2.5 model, \
-         autograd, rollout engine and GRPO trainer come next (see README.md, \"Status\")."
+        "artist train: not built yet. The tensor core ({device} backend) and the Qwen2.5 model \
+         (`generate`, `score`) are ready; autograd, the rollout engine and the GRPO trainer come next \
+         (see README.md, \"Status\")."
     );
     if let Some(c) = args.config {
         eprintln!("(the config {} was not read)", c.display());

@@ -135,8 +135,7 @@ impl Tensor {
         if src.dtype() != self.dtype() {
             return Err(Error::DTypeMismatch { op, lhs: self.dtype(), rhs: src.dtype() });
         }
-        let out = self.copy();
-        let mut data = out.cpu().clone();
+        let mut data = self.copy().into_cpu_storage();
         f(&mut data, &src.cpu())?;
         Ok(Tensor::from_storage(data, self.shape().clone()))
     }

@@ -200,6 +200,22 @@ impl Tensor {
         })
     }
 
+    /// The storage of a tensor that owns all of it contiguously (a fresh op result or
+    /// `copy()`), taken without copying when no other view shares it.
+    pub(crate) fn into_cpu_storage(self) -> CpuStorage {
+        debug_assert!(self.layout.start() == 0 && self.is_contiguous());
+        match Arc::try_unwrap(self.storage) {
+            Ok(lock) => match lock.into_inner() {
+                Storage::Cpu(c) => c,
+                Storage::Cuda(c) => match c {},
+            },
+            Err(shared) => match &*shared.read() {
+                Storage::Cpu(c) => c.clone(),
+                Storage::Cuda(c) => match *c {},
+            },
+        }
+    }
+
     /// A tensor sharing this one's storage with another layout.
     fn view(&self, layout: Layout) -> Tensor {
         Tensor { storage: self.storage.clone(), layout, dtype: self.dtype, device: self.device }
