@@ -10,7 +10,7 @@ use crate::layout::RowPlan;
 use crate::{Layout, Shape, WithDType};
 
 /// A vector of `n` elements to be written before it is read.
-fn uninit<T>(n: usize) -> Vec<MaybeUninit<T>> {
+pub(crate) fn uninit<T>(n: usize) -> Vec<MaybeUninit<T>> {
     let mut v = Vec::with_capacity(n);
     // SAFETY: MaybeUninit needs no initialisation; the capacity is n.
     unsafe { v.set_len(n) };
@@ -19,7 +19,7 @@ fn uninit<T>(n: usize) -> Vec<MaybeUninit<T>> {
 
 /// # Safety
 /// Every element of `v` has been written.
-unsafe fn assume_init<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
+pub(crate) unsafe fn assume_init<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
     let mut v = std::mem::ManuallyDrop::new(v);
     // SAFETY: MaybeUninit<T> has T's layout; the caller guarantees initialisation; the
     // allocation is handed over whole (pointer, length, capacity).

@@ -3,6 +3,9 @@
 
 use rayon::prelude::*;
 
+use std::mem::MaybeUninit;
+
+use super::elementwise::{assume_init, uninit};
 use super::min_items;
 use super::reduce::{row_max, row_sum};
 use super::simd::exp_shifted;
@@ -47,17 +50,17 @@ pub(crate) fn silu(x: f32) -> f32 {
 
 /// Softmax (or log-softmax) of each contiguous row of `cols` elements.
 pub(crate) fn softmax_rows<T: WithDType>(data: &[T], cols: usize, log: bool) -> Vec<T> {
-    let mut out = vec![T::default(); data.len()];
     if cols == 0 {
-        return out;
+        return vec![T::default(); data.len()];
     }
+    let mut out = uninit::<T>(data.len());
     out.par_chunks_mut(cols).zip(data.par_chunks(cols)).with_min_len(min_items(cols)).for_each_init(
         Vec::new,
         |scratch: &mut Vec<f32>, (out, row)| {
             let m = row_max(row);
             if m == f32::NEG_INFINITY || m.is_nan() {
                 // All -inf (a fully masked row) or NaN: torch gives NaN everywhere.
-                out.fill(T::from_f32(f32::NAN));
+                out.fill(MaybeUninit::new(T::from_f32(f32::NAN)));
                 return;
             }
             scratch.resize(cols, 0.0);
@@ -65,17 +68,18 @@ pub(crate) fn softmax_rows<T: WithDType>(data: &[T], cols: usize, log: bool) -> 
             if log {
                 let lse = m + sum.ln();
                 for (o, &x) in out.iter_mut().zip(row) {
-                    *o = T::from_f32(x.to_f32() - lse);
+                    o.write(T::from_f32(x.to_f32() - lse));
                 }
             } else {
                 let inv = 1.0 / sum;
                 for (o, &e) in out.iter_mut().zip(scratch.iter()) {
-                    *o = T::from_f32(e * inv);
+                    o.write(T::from_f32(e * inv));
                 }
             }
         },
     );
-    out
+    // SAFETY: every row was written by one of the branches above.
+    unsafe { assume_init(out) }
 }
 
 /// Hugging Face `Qwen2RMSNorm`: `weight * (x * rsqrt(mean(x^2) + eps))`, statistics in
