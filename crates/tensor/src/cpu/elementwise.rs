@@ -26,10 +26,11 @@ pub(crate) unsafe fn assume_init<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
     unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut T, v.len(), v.capacity()) }
 }
 
-/// Tiles of a transposing copy: TILE_I elements along each input run (four cache lines of
-/// f32), TILE_J along each output run (one cache line).
-const TILE_I: usize = 64;
-const TILE_J: usize = 16;
+/// Tiles of a transposing copy: TILE_I elements along each input run (sixteen cache lines of
+/// f32, so each page visited at a large stride is used for 1 KiB), TILE_J along each output
+/// run (two cache lines). Measured best of 64-256 x 16-64 on 4096 x 4096 f32.
+const TILE_I: usize = 256;
+const TILE_J: usize = 32;
 
 /// `f` applied to every element of `layout`, written contiguously.
 pub(crate) fn map_strided<T: WithDType, U: WithDType>(
