@@ -40,25 +40,12 @@ pub(crate) fn matmul(lhs: &Operand, rhs: &Operand, m: usize, k: usize, n: usize)
         // were built: for every i < m, j < n, p < k, offset + i*rs + p*cs (and the rhs
         // analogue) lies inside `data`, which outlives the call.
         unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
+            gemm_overwrite(
+                (m, n, k),
                 dst.as_mut_ptr() as *mut f32,
-                1,
-                n as isize,
-                false,
-                lhs.data.as_ptr().add(lhs.batch_offsets[b]),
-                lhs.col_stride as isize,
-                lhs.row_stride as isize,
-                rhs.data.as_ptr().add(rhs.batch_offsets[b]),
-                rhs.col_stride as isize,
-                rhs.row_stride as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
+                n,
+                (lhs.data.as_ptr().add(lhs.batch_offsets[b]), lhs.row_stride, lhs.col_stride),
+                (rhs.data.as_ptr().add(rhs.batch_offsets[b]), rhs.row_stride, rhs.col_stride),
                 par,
             )
         }
@@ -137,28 +124,47 @@ pub(crate) fn linear_widening<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usi
         // row (dst strides (1, n)). x is [m, k] (strides (1, k)); `wide` is [rows, k] read as
         // its transpose [k, rows] (column stride k, row stride 1). All in bounds.
         unsafe {
-            gemm::gemm(
-                m,
-                rows,
-                k,
-                out.as_mut_ptr().add(j0),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                wide.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            )
+            gemm_overwrite((m, rows, k), out.as_mut_ptr().add(j0), n, (x.as_ptr(), k, 1), (wide.as_ptr(), 1, k), par)
         }
     }
     out
+}
+
+/// `dst = lhs @ rhs` for `lhs: [m, k]`, `rhs: [k, n]` given as (pointer, row stride, column
+/// stride), into a row-major `dst` with row stride `dst_rs`, which is written and never read.
+///
+/// # Safety
+/// Every element the strides address must lie inside its allocation, for `dst` writable.
+unsafe fn gemm_overwrite(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    par: Parallelism,
+) {
+    // SAFETY: forwarded from the caller. alpha = 0 and read_dst = false: dst is only written.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            lhs.0,
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0,
+            rhs.2 as isize,
+            rhs.1 as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
 }
