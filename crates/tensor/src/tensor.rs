@@ -438,3 +438,41 @@ impl Tensor {
         Ok(())
     }
 }
+
+impl Tensor {
+    /// Runs `f` on the f32 elements of a contiguous F32 tensor, in place: how an
+    /// optimiser updates its parameters and moments and how gradients accumulate without
+    /// a new allocation per step. The change is seen through every view of the storage.
+    pub fn update_f32<R>(&self, f: impl FnOnce(&mut [f32]) -> R) -> Result<R> {
+        if self.dtype != DType::F32 {
+            return Err(Error::DTypeMismatch { op: "update_f32", lhs: self.dtype, rhs: DType::F32 });
+        }
+        let range = self
+            .layout
+            .contiguous_range()
+            .ok_or_else(|| crate::invalid!("update_f32", "the tensor {} is not contiguous", self.shape()))?;
+        let mut guard = self.storage.write();
+        match &mut *guard {
+            Storage::Cpu(CpuStorage::F32(v)) => Ok(f(&mut v[range])),
+            Storage::Cpu(_) => unreachable!("dtype was checked"),
+            Storage::Cuda(c) => match *c {},
+        }
+    }
+
+    /// `self += other` in place (both F32, same shape; `self` contiguous).
+    pub fn add_assign(&self, other: &Tensor) -> Result<()> {
+        if other.shape() != self.shape() {
+            return Err(Error::ShapeMismatch { op: "add_assign", lhs: self.shape().clone(), rhs: other.shape().clone() });
+        }
+        let src = if self.same_storage(other) { other.copy() } else { other.contiguous() };
+        let from = src.to_f32_vec()?;
+        self.update_f32(|dst| {
+            use rayon::prelude::*;
+            dst.par_chunks_mut(1 << 14).zip(from.par_chunks(1 << 14)).for_each(|(d, s)| {
+                for (a, b) in d.iter_mut().zip(s) {
+                    *a += b;
+                }
+            })
+        })
+    }
+}

@@ -109,7 +109,7 @@ pub(crate) fn linear_widening<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usi
     if k == 0 || m == 0 || n == 0 {
         return out;
     }
-    let block = ((1 << 20) / k).clamp(16, n);
+    let block = ((1 << 20) / k).max(16).min(n);
     let mut wide = vec![0f32; block * k];
     let par = Parallelism::Rayon(rayon::current_num_threads());
     for j0 in (0..n).step_by(block) {

@@ -1,0 +1,77 @@
+//! Log-probabilities of chosen tokens over a large vocabulary, without ever holding
+//! `[tokens x vocab]` for the whole batch: the projection, log-softmax and gather run
+//! over chunks of rows, and backward recomputes each chunk's softmax instead of saving it.
+
+use artist_tensor::{DType, Device, Result, Tensor, invalid};
+
+use crate::tape::Var;
+
+/// Rows per chunk: about 16M logits (64 MiB of f32) at a time.
+fn default_chunk(vocab: usize) -> usize {
+    ((1usize << 24) / vocab.max(1)).max(1)
+}
+
+/// `log softmax(scale * hidden @ weight^T)[i, targets[i]]` for each row `i`: shape `[n]`.
+///
+/// `hidden: [n, h]` (f32), `weight: [vocab, h]` (any float dtype, e.g. a bf16 LM head).
+/// `scale` is `1 / temperature` when the tokens were sampled at a temperature. `chunk`
+/// rows go through the vocabulary at a time (`None`: about 16M logits per chunk).
+pub fn token_logprobs(hidden: &Var, weight: &Var, targets: &[u32], scale: f32, chunk: Option<usize>) -> Result<Var> {
+    const OP: &str = "token_logprobs";
+    let [n, h] = hidden.value().dims_n(OP)?;
+    let [vocab, wh] = weight.value().dims_n(OP)?;
+    if h != wh {
+        return Err(invalid!(OP, "hidden {} and weight {} disagree on the hidden size", hidden.shape(), weight.shape()));
+    }
+    if targets.len() != n {
+        return Err(invalid!(OP, "{} targets for {n} rows", targets.len()));
+    }
+    if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        return Err(invalid!(OP, "target {t} is outside the vocabulary of {vocab}"));
+    }
+    let chunk = chunk.unwrap_or_else(|| default_chunk(vocab)).max(1);
+    let device = hidden.value().device();
+    let targets = Tensor::from_vec(targets.to_vec(), (n, 1), device)?;
+    let (hv, wv) = (hidden.value().clone(), weight.value().clone());
+
+    let logits_of = move |h: &Tensor, w: &Tensor| -> Result<Tensor> {
+        let z = h.linear(w, None)?;
+        if scale == 1.0 { Ok(z) } else { z.mul_scalar(scale) }
+    };
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(chunk) {
+        let len = chunk.min(n - start);
+        let z = logits_of(&hv.narrow(0, start, len)?, &wv)?;
+        out.extend(z.log_softmax(-1)?.gather(1, &targets.narrow(0, start, len)?)?.to_vec::<f32>()?);
+    }
+    let value = Tensor::from_vec(out, n, device)?;
+
+    Var::record(OP, &[hidden, weight], value, move |g, needs| {
+        let g = g.to_dtype(DType::F32)?.reshape((n, 1))?;
+        // dh = dz @ W needs W as f32 rows of an [h, vocab] linear; widen half weights once.
+        let w_t = if needs[0] && wv.dtype() != DType::F32 { Some(wv.t()?.contiguous()) } else { None };
+        let dw = if needs[1] { Some(Tensor::zeros((vocab, h), DType::F32, Device::Cpu)?) } else { None };
+        let mut dh_parts = Vec::new();
+        for start in (0..n).step_by(chunk) {
+            let len = chunk.min(n - start);
+            let (hc, gc, tc) = (hv.narrow(0, start, len)?, g.narrow(0, start, len)?, targets.narrow(0, start, len)?);
+            // d lp_i / d z_ij = scale * (onehot_ij - p_ij)
+            let p = logits_of(&hc, &wv)?.softmax(-1)?;
+            let mut dz = p.mul(&gc.neg()?)?.scatter_add(1, &tc, &gc)?;
+            if scale != 1.0 {
+                dz = dz.mul_scalar(scale)?;
+            }
+            if needs[0] {
+                dh_parts.push(match &w_t {
+                    None => dz.matmul(&wv)?,
+                    Some(wt) => dz.linear(wt, None)?,
+                });
+            }
+            if let Some(dw) = &dw {
+                dw.add_assign(&dz.t()?.matmul(&hc.to_dtype(DType::F32)?)?)?;
+            }
+        }
+        let dh = if needs[0] { Some(Tensor::cat(&dh_parts.iter().collect::<Vec<_>>(), 0)?) } else { None };
+        Ok(vec![dh, dw])
+    })
+}

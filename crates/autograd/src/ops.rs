@@ -1,0 +1,336 @@
+//! Differentiable ops: each computes its value with the tensor op and records the
+//! gradient rule, capturing only what that rule reads.
+
+use artist_tensor::{DType, Result, Shape, Tensor, invalid};
+
+use crate::tape::Var;
+
+/// `d/dx silu(x) = s (1 + x (1 - s))`, `s = sigmoid(x)`.
+fn dsilu(x: f32) -> f32 {
+    let s = 1.0 / (1.0 + (-x).exp());
+    s * (1.0 + x * (1.0 - s))
+}
+
+fn zeros_f32(shape: &Shape, like: &Tensor) -> Result<Tensor> {
+    Tensor::zeros(shape.clone(), DType::F32, like.device())
+}
+
+/// `g` broadcast back to `shape` (the inverse of a sum over the broadcast axes).
+fn expand(g: &Tensor, shape: &Shape) -> Result<Tensor> {
+    g.broadcast_as(shape.clone())
+}
+
+macro_rules! unary {
+    ($($(#[$doc:meta])* $name:ident($saved:ident = $which:ident) |$g:ident| $grad:expr;)*) => {
+        impl Var {
+            $($(#[$doc])* pub fn $name(&self) -> Result<Var> {
+                let value = self.value.$name()?;
+                let $saved = unary!(@pick $which, self, value);
+                Var::record(stringify!($name), &[self], value, move |$g, _| Ok(vec![Some($grad)]))
+            })*
+        }
+    };
+    (@pick input, $s:ident, $v:ident) => { $s.value.clone() };
+    (@pick output, $s:ident, $v:ident) => { $v.clone() };
+}
+
+unary! {
+    exp(y = output) |g| g.mul(&y)?;
+    /// Natural logarithm.
+    log(x = input) |g| g.div(&x)?;
+    sqr(x = input) |g| g.mul(&x)?.mul_scalar(2.0)?;
+    sqrt(y = output) |g| g.div(&y)?.mul_scalar(0.5)?;
+    silu(x = input) |g| g.zip_f32("silu_backward", &x, |g, x| g * dsilu(x))?;
+    sigmoid(y = output) |g| g.zip_f32("sigmoid_backward", &y, |g, s| g * s * (1.0 - s))?;
+    tanh(y = output) |g| g.zip_f32("tanh_backward", &y, |g, t| g * (1.0 - t * t))?;
+}
+
+macro_rules! binary {
+    ($($(#[$doc:meta])* $name:ident, |$g:ident, $a:ident, $b:ident| ($da:expr, $db:expr);)*) => {
+        impl Var {
+            $($(#[$doc])* pub fn $name(&self, rhs: &Var) -> Result<Var> {
+                let value = self.value.$name(&rhs.value)?;
+                let ($a, $b) = (self.value.clone(), rhs.value.clone());
+                Var::record(stringify!($name), &[self, rhs], value, move |$g, needs| {
+                    let (sa, sb) = ($a.shape().clone(), $b.shape().clone());
+                    let da = if needs[0] { Some(($da).sum_to(sa)?) } else { None };
+                    let db = if needs[1] { Some(($db).sum_to(sb)?) } else { None };
+                    Ok(vec![da, db])
+                })
+            })*
+        }
+    };
+}
+
+binary! {
+    /// `self + rhs`, broadcasting.
+    add, |g, a, b| (g.clone(), g.clone());
+    sub, |g, a, b| (g.clone(), g.neg()?);
+    mul, |g, a, b| (g.mul(&b)?, g.mul(&a)?);
+    div, |g, a, b| (g.div(&b)?, g.mul(&a)?.div(&b.sqr()?)?.neg()?);
+    /// Element-wise minimum; the gradient goes to the smaller input (to `self` on ties).
+    minimum, |g, a, b| (a.le(&b)?.where_cond(&g, &g.zeros_like()?)?, a.le(&b)?.where_cond(&g.zeros_like()?, &g)?);
+    /// Element-wise maximum; the gradient goes to the larger input (to `self` on ties).
+    maximum, |g, a, b| (a.ge(&b)?.where_cond(&g, &g.zeros_like()?)?, a.ge(&b)?.where_cond(&g.zeros_like()?, &g)?);
+}
+
+trait ZerosLike {
+    fn zeros_like(&self) -> Result<Tensor>;
+}
+
+impl ZerosLike for Tensor {
+    fn zeros_like(&self) -> Result<Tensor> {
+        Tensor::zeros(self.shape().clone(), DType::F32, self.device())
+    }
+}
+
+impl Var {
+    pub fn neg(&self) -> Result<Var> {
+        self.affine(-1.0, 0.0)
+    }
+
+    /// `self * mul + add`.
+    pub fn affine(&self, mul: f32, add: f32) -> Result<Var> {
+        let value = self.value.affine(mul, add)?;
+        Var::record("affine", &[self], value, move |g, _| Ok(vec![Some(g.mul_scalar(mul)?)]))
+    }
+
+    pub fn mul_scalar(&self, v: f32) -> Result<Var> {
+        self.affine(v, 0.0)
+    }
+
+    pub fn add_scalar(&self, v: f32) -> Result<Var> {
+        self.affine(1.0, v)
+    }
+
+    /// Clamped into `[lo, hi]`; the gradient passes where the input lies inside (ends
+    /// included), as in PyTorch.
+    pub fn clamp(&self, lo: f32, hi: f32) -> Result<Var> {
+        let value = self.value.clamp(lo, hi)?;
+        let x = self.value.clone();
+        Var::record("clamp", &[self], value, move |g, _| {
+            Ok(vec![Some(g.zip_f32("clamp_backward", &x, move |g, x| if x >= lo && x <= hi { g } else { 0.0 })?)])
+        })
+    }
+
+    /// Sum of every element: a one-element tensor of shape `[]`.
+    pub fn sum_all(&self) -> Result<Var> {
+        let value = self.value.sum_all()?;
+        let shape = self.value.shape().clone();
+        Var::record("sum_all", &[self], value, move |g, _| {
+            let ones = vec![1; shape.rank()];
+            Ok(vec![Some(expand(&g.reshape(ones)?, &shape)?)])
+        })
+    }
+
+    pub fn mean_all(&self) -> Result<Var> {
+        let n = self.value.elem_count().max(1);
+        self.sum_all()?.mul_scalar(1.0 / n as f32)
+    }
+
+    /// Sum over `dim`, kept with size 1.
+    pub fn sum_keepdim(&self, dim: isize) -> Result<Var> {
+        let value = self.value.sum_keepdim(dim)?;
+        let shape = self.value.shape().clone();
+        Var::record("sum_keepdim", &[self], value, move |g, _| Ok(vec![Some(expand(&g, &shape)?)]))
+    }
+
+    /// Batched matrix product with broadcast batch dimensions.
+    pub fn matmul(&self, rhs: &Var) -> Result<Var> {
+        let value = self.value.matmul(&rhs.value)?;
+        let (a, b) = (self.value.clone(), rhs.value.clone());
+        Var::record("matmul", &[self, rhs], value, move |g, needs| {
+            let da = if needs[0] { Some(g.matmul(&b.transpose(-2, -1)?)?.sum_to(a.shape().clone())?) } else { None };
+            let db = if needs[1] { Some(a.transpose(-2, -1)?.matmul(&g)?.sum_to(b.shape().clone())?) } else { None };
+            Ok(vec![da, db])
+        })
+    }
+
+    /// `self @ weight^T + bias` (PyTorch's `nn.Linear`); `weight` may be bf16 or f16 while
+    /// `self` is f32: its gradient is f32 all the same.
+    pub fn linear(&self, weight: &Var, bias: Option<&Var>) -> Result<Var> {
+        let value = self.value.linear(&weight.value, bias.map(|b| &b.value))?;
+        let (x, w) = (self.value.clone(), weight.value.clone());
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        Var::record("linear", &inputs, value, move |g, needs| {
+            let [n, k] = w.dims_n("linear backward")?;
+            let g2 = g.reshape((g.elem_count() / n.max(1), n))?;
+            let dx = if needs[0] {
+                let dx = if w.dtype() == DType::F32 { g2.matmul(&w)? } else { g2.linear(&w.t()?, None)? };
+                Some(dx.reshape(x.shape().clone())?)
+            } else {
+                None
+            };
+            let dw = if needs[1] {
+                let x2 = x.reshape((x.elem_count() / k.max(1), k))?;
+                Some(g2.t()?.matmul(&x2.to_dtype(DType::F32)?)?)
+            } else {
+                None
+            };
+            let mut out = vec![dx, dw];
+            if needs.len() == 3 {
+                out.push(if needs[2] { Some(g2.sum(0)?) } else { None });
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Var> {
+        let value = self.value.reshape(shape)?;
+        let shape = self.value.shape().clone();
+        Var::record("reshape", &[self], value, move |g, _| Ok(vec![Some(g.reshape(shape)?)]))
+    }
+
+    pub fn permute(&self, order: &[usize]) -> Result<Var> {
+        let value = self.value.permute(order)?;
+        let mut inverse = vec![0; order.len()];
+        for (i, &o) in order.iter().enumerate() {
+            inverse[o] = i;
+        }
+        Var::record("permute", &[self], value, move |g, _| Ok(vec![Some(g.permute(&inverse)?)]))
+    }
+
+    pub fn transpose(&self, a: isize, b: isize) -> Result<Var> {
+        let value = self.value.transpose(a, b)?;
+        Var::record("transpose", &[self], value, move |g, _| Ok(vec![Some(g.transpose(a, b)?)]))
+    }
+
+    /// `len` entries of `dim` from `start`, as a view.
+    pub fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Var> {
+        let value = self.value.narrow(dim, start, len)?;
+        let shape = self.value.shape().clone();
+        Var::record("narrow", &[self], value, move |g, _| {
+            let full = zeros_f32(&shape, &g)?;
+            full.narrow(dim, start, len)?.copy_from(&g.to_dtype(DType::F32)?)?;
+            Ok(vec![Some(full)])
+        })
+    }
+
+    /// Concatenation along `dim`.
+    pub fn cat(parts: &[&Var], dim: isize) -> Result<Var> {
+        if parts.len() == 1 {
+            return Ok(parts[0].clone());
+        }
+        let values: Vec<&Tensor> = parts.iter().map(|p| &p.value).collect();
+        let value = Tensor::cat(&values, dim)?;
+        let sizes = parts.iter().map(|p| p.value.dim(dim)).collect::<Result<Vec<_>>>()?;
+        Var::record("cat", parts, value, move |g, needs| {
+            let mut start = 0;
+            let mut out = Vec::with_capacity(sizes.len());
+            for (&len, &need) in sizes.iter().zip(needs) {
+                out.push(if need { Some(g.narrow(dim, start, len)?) } else { None });
+                start += len;
+            }
+            Ok(out)
+        })
+    }
+
+    /// Entries of `dim` picked by the U32 `ids` (repeats allowed; their gradients add).
+    pub fn index_select(&self, ids: &Tensor, dim: isize) -> Result<Var> {
+        let value = self.value.index_select(ids, dim)?;
+        let (shape, ids) = (self.value.shape().clone(), ids.clone());
+        Var::record("index_select", &[self], value, move |g, _| {
+            Ok(vec![Some(zeros_f32(&shape, &g)?.index_add(dim, &ids, &g.to_dtype(DType::F32)?)?)])
+        })
+    }
+
+    /// Rows of `weight: [vocab, hidden]` for the U32 `ids`: shape `ids.shape + [hidden]`.
+    pub fn embedding(ids: &Tensor, weight: &Var) -> Result<Var> {
+        let mut dims = ids.dims().to_vec();
+        dims.push(weight.value.dim(-1)?);
+        weight.index_select(&ids.flatten_all()?, 0)?.reshape(dims)
+    }
+
+    /// A dtype conversion. Gradients stay f32.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Var> {
+        if dtype == self.value.dtype() {
+            return Ok(self.clone());
+        }
+        let value = self.value.to_dtype(dtype)?;
+        Var::record("to_dtype", &[self], value, move |g, _| Ok(vec![Some(g)]))
+    }
+
+    /// Entries where the U8 `mask` is 1 replaced by `value`; no gradient flows to them.
+    pub fn masked_fill(&self, mask: &Tensor, value: f32) -> Result<Var> {
+        let out = self.value.masked_fill(mask, value)?;
+        let mask = mask.clone();
+        Var::record("masked_fill", &[self], out, move |g, _| Ok(vec![Some(g.masked_fill(&mask, 0.0)?)]))
+    }
+
+    pub fn softmax(&self, dim: isize) -> Result<Var> {
+        let y = self.value.softmax(dim)?;
+        let saved = y.clone();
+        Var::record("softmax", &[self], y, move |g, _| {
+            // dx = y * (g - sum(g * y))
+            let gy = g.mul(&saved)?;
+            Ok(vec![Some(gy.sub(&saved.mul(&gy.sum_keepdim(dim)?)?)?)])
+        })
+    }
+
+    pub fn log_softmax(&self, dim: isize) -> Result<Var> {
+        let y = self.value.log_softmax(dim)?;
+        let saved = y.clone();
+        Var::record("log_softmax", &[self], y, move |g, _| {
+            // dx = g - softmax * sum(g)
+            Ok(vec![Some(g.sub(&saved.exp()?.mul(&g.sum_keepdim(dim)?)?)?)])
+        })
+    }
+
+    /// RMSNorm over the last dimension, scaled by `weight`.
+    pub fn rms_norm(&self, weight: &Var, eps: f32) -> Result<Var> {
+        let value = self.value.rms_norm(&weight.value, eps)?;
+        let (x, w) = (self.value.clone(), weight.value.clone());
+        Var::record("rms_norm", &[self, weight], value, move |g, needs| {
+            let x = x.to_dtype(DType::F32)?;
+            // r = 1 / sqrt(mean(x^2) + eps), xhat = x r, y = w xhat.
+            let r = x.sqr()?.mean_keepdim(-1)?.add_scalar(eps)?.rsqrt()?;
+            let xhat = x.mul(&r)?;
+            let dw = if needs[1] {
+                let h = xhat.dim(-1)?;
+                Some(g.mul(&xhat)?.reshape((g.elem_count() / h.max(1), h))?.sum(0)?.to_dtype(DType::F32)?)
+            } else {
+                None
+            };
+            let dx = if needs[0] {
+                // dx = r (gw - xhat mean(gw xhat))
+                let gw = g.mul(&w.to_dtype(DType::F32)?)?;
+                Some(r.mul(&gw.sub(&xhat.mul(&gw.mul(&xhat)?.mean_keepdim(-1)?)?)?)?)
+            } else {
+                None
+            };
+            Ok(vec![dx, dw])
+        })
+    }
+
+    /// Rotary embedding of `[b, t, heads, d]` (see `Tensor::rope`); `cos`/`sin` are
+    /// constants. Its backward is the inverse rotation.
+    pub fn rope(&self, cos: &Tensor, sin: &Tensor) -> Result<Var> {
+        let value = self.value.rope(cos, sin)?;
+        let (cos, neg_sin) = (cos.clone(), sin.neg()?);
+        Var::record("rope", &[self], value, move |g, _| Ok(vec![Some(g.rope(&cos, &neg_sin)?)]))
+    }
+
+    /// `silu(self) * up` (the SwiGLU gate).
+    pub fn silu_mul(&self, up: &Var) -> Result<Var> {
+        let value = self.value.silu_mul(&up.value)?;
+        let (gate, upv) = (self.value.clone(), up.value.clone());
+        Var::record("silu_mul", &[self, up], value, move |g, needs| {
+            let dgate = if needs[0] {
+                Some(g.mul(&upv)?.zip_f32("silu_mul_backward", &gate, |a, x| a * dsilu(x))?.sum_to(gate.shape().clone())?)
+            } else {
+                None
+            };
+            let dup = if needs[1] { Some(g.mul(&gate.silu()?)?.sum_to(upv.shape().clone())?) } else { None };
+            Ok(vec![dgate, dup])
+        })
+    }
+
+    /// `self.value` with a single element, as f32.
+    pub fn to_scalar(&self) -> Result<f32> {
+        if self.value.elem_count() != 1 {
+            return Err(invalid!("to_scalar", "shape {} is not a scalar", self.value.shape()));
+        }
+        Ok(self.value.to_f32_vec()?[0])
+    }
+}

@@ -1,0 +1,449 @@
+//! The tape, the values it tracks, parameters, gradients and gradient checkpointing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use artist_tensor::{DType, Result, Shape, Tensor, invalid};
+use parking_lot::Mutex;
+
+/// Identifies a parameter for the whole process: gradients and optimiser state are keyed
+/// by it, so a frozen reference model and the policy never mix theirs up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParamId(u64);
+
+static NEXT_PARAM: AtomicU64 = AtomicU64::new(0);
+
+/// A named trainable tensor. Clones share the tensor, so an optimiser that writes into
+/// `value()` in place updates every model holding the parameter.
+#[derive(Debug, Clone)]
+pub struct Param {
+    id: ParamId,
+    name: Arc<str>,
+    value: Tensor,
+    trainable: bool,
+}
+
+impl Param {
+    pub fn new(name: impl Into<Arc<str>>, value: Tensor) -> Param {
+        Param { id: ParamId(NEXT_PARAM.fetch_add(1, Ordering::Relaxed)), name: name.into(), value, trainable: true }
+    }
+    pub fn id(&self) -> ParamId {
+        self.id
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn value(&self) -> &Tensor {
+        &self.value
+    }
+    pub fn trainable(&self) -> bool {
+        self.trainable
+    }
+    /// Frozen parameters enter a training forward as constants and get no gradient.
+    pub fn set_trainable(&mut self, trainable: bool) {
+        self.trainable = trainable;
+    }
+}
+
+/// Where a value came from, for backward.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Origin {
+    /// Not differentiated: inputs, masks, anything computed without a tape.
+    Const,
+    /// The output of the tape's node with this index.
+    Node(usize),
+    /// A parameter: its gradient goes to [`Gradients`].
+    Param(ParamId),
+    /// The k-th input of a recomputed block (see [`checkpoint`]).
+    Input(usize),
+}
+
+/// Given the gradient of a node's output, the gradients of its inputs (`None` where an
+/// input needs none; `needs[i]` says which do). Gets the parameter gradients too, for
+/// nodes that run a backward of their own ([`checkpoint`]).
+pub(crate) type BackwardFn = Box<dyn FnOnce(Tensor, &[bool], &mut Gradients) -> Result<Vec<Option<Tensor>>> + Send>;
+
+struct Node {
+    op: &'static str,
+    /// Runs even when no input needs a gradient: a recomputed block has parameters inside.
+    always: bool,
+    inputs: Vec<(Origin, Shape)>,
+    backward: BackwardFn,
+}
+
+#[derive(Default)]
+struct TapeInner {
+    nodes: Vec<Node>,
+}
+
+/// A record of differentiable ops, shared by the `Var`s computed on it.
+#[derive(Clone, Default)]
+pub struct Tape(Arc<Mutex<TapeInner>>);
+
+impl std::fmt::Debug for Tape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tape({} nodes)", self.0.lock().nodes.len())
+    }
+}
+
+impl Tape {
+    pub fn new() -> Tape {
+        Tape::default()
+    }
+
+    /// The number of ops recorded so far.
+    pub fn len(&self) -> usize {
+        self.0.lock().nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A parameter as a tracked leaf (a constant when it is frozen).
+    pub fn param(&self, p: &Param) -> Var {
+        if !p.trainable {
+            return Var::constant(p.value.clone());
+        }
+        Var { value: p.value.clone(), origin: Origin::Param(p.id), tape: Some(self.clone()) }
+    }
+
+    pub(crate) fn input(&self, k: usize, value: Tensor) -> Var {
+        Var { value, origin: Origin::Input(k), tape: Some(self.clone()) }
+    }
+
+    fn same(&self, other: &Tape) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    fn push(&self, node: Node) -> usize {
+        let mut t = self.0.lock();
+        t.nodes.push(node);
+        t.nodes.len() - 1
+    }
+
+    /// Gradients of the scalar `loss` with respect to every trainable parameter it
+    /// depends on. Consumes the tape's record (a tape serves one backward).
+    pub fn backward(&self, loss: &Var) -> Result<Gradients> {
+        if loss.value.elem_count() != 1 {
+            return Err(invalid!("backward", "the loss must have one element, not shape {}", loss.value.shape()));
+        }
+        let seed = Tensor::ones(loss.value.shape().clone(), DType::F32, loss.value.device())?;
+        let mut grads = Gradients::default();
+        self.backward_from(loss, seed, &mut grads, 0)?;
+        Ok(grads)
+    }
+
+    /// Backpropagates `seed` (the gradient of `out`) through the record, adding parameter
+    /// gradients to `grads`; returns the gradients of the first `n_inputs` input leaves.
+    pub(crate) fn backward_from(
+        &self,
+        out: &Var,
+        seed: Tensor,
+        grads: &mut Gradients,
+        n_inputs: usize,
+    ) -> Result<Vec<Option<Tensor>>> {
+        if let Some(t) = &out.tape
+            && !t.same(self)
+        {
+            return Err(invalid!("backward", "the value was recorded on another tape"));
+        }
+        let mut nodes = std::mem::take(&mut self.0.lock().nodes);
+        let mut inputs: Vec<Option<Tensor>> = vec![None; n_inputs];
+        let last = match out.origin {
+            Origin::Node(i) => i,
+            origin => {
+                route(origin, seed, &mut [], &mut inputs, grads)?;
+                return Ok(inputs);
+            }
+        };
+        nodes.truncate(last + 1);
+        let mut node_grads: Vec<Option<Tensor>> = Vec::new();
+        node_grads.resize_with(last + 1, || None);
+        node_grads[last] = Some(seed);
+        while let Some(node) = nodes.pop() {
+            let i = nodes.len();
+            // Dropping a node without a gradient frees what it saved, too.
+            let Some(g) = node_grads[i].take() else { continue };
+            let needs: Vec<bool> = node.inputs.iter().map(|(o, _)| !matches!(o, Origin::Const)).collect();
+            if !node.always && !needs.iter().any(|&n| n) {
+                continue;
+            }
+            let outs = (node.backward)(g, &needs, grads)?;
+            if outs.len() != node.inputs.len() {
+                return Err(invalid!("backward", "{} returned {} gradients for {} inputs", node.op, outs.len(), node.inputs.len()));
+            }
+            for ((origin, shape), g) in node.inputs.iter().zip(outs) {
+                let Some(g) = g else { continue };
+                if g.shape() != shape {
+                    return Err(invalid!(
+                        "backward",
+                        "{} gave a gradient of shape {} for an input of shape {shape}",
+                        node.op,
+                        g.shape()
+                    ));
+                }
+                route(*origin, g, &mut node_grads, &mut inputs, grads)?;
+            }
+        }
+        Ok(inputs)
+    }
+}
+
+fn accumulate(slot: &mut Option<Tensor>, g: Tensor) -> Result<()> {
+    *slot = Some(match slot.take() {
+        None => g,
+        Some(acc) => acc.add(&g)?,
+    });
+    Ok(())
+}
+
+fn route(
+    origin: Origin,
+    g: Tensor,
+    nodes: &mut [Option<Tensor>],
+    inputs: &mut [Option<Tensor>],
+    grads: &mut Gradients,
+) -> Result<()> {
+    let g = if g.dtype() == DType::F32 { g } else { g.to_dtype(DType::F32)? };
+    match origin {
+        Origin::Const => Ok(()),
+        Origin::Node(j) => accumulate(&mut nodes[j], g),
+        Origin::Input(k) => match inputs.get_mut(k) {
+            Some(slot) => accumulate(slot, g),
+            None => Err(invalid!("backward", "input leaf {k} does not belong to this backward")),
+        },
+        Origin::Param(id) => grads.add(id, g),
+    }
+}
+
+/// A tensor and where it came from. Cloning is cheap (the tensor is shared).
+#[derive(Clone)]
+pub struct Var {
+    pub(crate) value: Tensor,
+    pub(crate) origin: Origin,
+    pub(crate) tape: Option<Tape>,
+}
+
+impl std::fmt::Debug for Var {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Var({:?}, {:?})", self.value, self.origin)
+    }
+}
+
+impl Var {
+    /// A value that is not differentiated.
+    pub fn constant(value: Tensor) -> Var {
+        Var { value, origin: Origin::Const, tape: None }
+    }
+
+    pub fn value(&self) -> &Tensor {
+        &self.value
+    }
+
+    pub fn into_value(self) -> Tensor {
+        self.value
+    }
+
+    /// Whether gradients flow back through this value.
+    pub fn is_tracked(&self) -> bool {
+        self.tape.is_some()
+    }
+
+    /// The same value, cut from the tape.
+    pub fn detach(&self) -> Var {
+        Var::constant(self.value.clone())
+    }
+
+    pub fn shape(&self) -> &Shape {
+        self.value.shape()
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        self.value.dims()
+    }
+
+    /// The tape shared by the tracked ones among `inputs` (an error if two tapes meet).
+    fn tape_of(inputs: &[&Var]) -> Result<Option<Tape>> {
+        let mut found: Option<&Tape> = None;
+        for v in inputs {
+            if let Some(t) = &v.tape {
+                match found {
+                    Some(f) if !f.same(t) => return Err(invalid!("autograd", "values from two different tapes meet")),
+                    _ => found = Some(t),
+                }
+            }
+        }
+        Ok(found.cloned())
+    }
+
+    /// The result of an op: `value`, recorded with `backward` when an input is tracked.
+    /// Without a tape, `backward` is dropped unused (never boxed).
+    pub(crate) fn record<F>(op: &'static str, inputs: &[&Var], value: Tensor, backward: F) -> Result<Var>
+    where
+        F: FnOnce(Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send + 'static,
+    {
+        match Var::tape_of(inputs)? {
+            None => Ok(Var::constant(value)),
+            Some(tape) => {
+                let b: BackwardFn = Box::new(move |g, needs, _| backward(g, needs));
+                Ok(Var::push(op, false, tape, inputs, value, b))
+            }
+        }
+    }
+
+    fn push(op: &'static str, always: bool, tape: Tape, inputs: &[&Var], value: Tensor, backward: BackwardFn) -> Var {
+        let inputs = inputs
+            .iter()
+            .map(|v| (if v.tape.is_some() { v.origin } else { Origin::Const }, v.value.shape().clone()))
+            .collect();
+        let i = tape.push(Node { op, always, inputs, backward });
+        Var { value, origin: Origin::Node(i), tape: Some(tape) }
+    }
+}
+
+/// Parameter gradients, f32, keyed by [`ParamId`].
+#[derive(Debug, Default)]
+pub struct Gradients {
+    map: HashMap<ParamId, Tensor>,
+}
+
+impl Gradients {
+    pub fn get(&self, id: ParamId) -> Option<&Tensor> {
+        self.map.get(&id)
+    }
+
+    pub fn remove(&mut self, id: ParamId) -> Option<Tensor> {
+        self.map.remove(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (ParamId, &Tensor)> {
+        self.map.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// Adds `g` to the gradient of `id` (in place when one is already held).
+    pub fn add(&mut self, id: ParamId, g: Tensor) -> Result<()> {
+        match self.map.get(&id) {
+            Some(acc) => acc.add_assign(&g),
+            None => {
+                // Own the storage: later accumulation writes into it.
+                let g = if g.is_contiguous() && g.layout().start() == 0 { g.copy() } else { g.contiguous().copy() };
+                self.map.insert(id, g);
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds every gradient of `other` (gradient accumulation over micro-batches).
+    pub fn merge(&mut self, other: Gradients) -> Result<()> {
+        for (id, g) in other.map {
+            self.add(id, g)?;
+        }
+        Ok(())
+    }
+
+    /// Multiplies every gradient by `s`, in place.
+    pub fn scale(&mut self, s: f32) -> Result<()> {
+        for g in self.map.values() {
+            g.update_f32(|v| v.iter_mut().for_each(|x| *x *= s))?;
+        }
+        Ok(())
+    }
+
+    /// The L2 norm of all gradients together (accumulated in f64).
+    pub fn global_norm(&self) -> Result<f64> {
+        let mut ids: Vec<&ParamId> = self.map.keys().collect();
+        ids.sort(); // a fixed summation order: the same gradients give the same norm bits
+        let mut sum = 0f64;
+        for id in ids {
+            sum += self.map[id].update_f32(|v| v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())?;
+        }
+        Ok(sum.sqrt())
+    }
+}
+
+/// How model code gets its parameters: tracked on a tape when training, constants when
+/// not. `checkpointing` asks blocks to recompute their activations in backward.
+#[derive(Debug, Clone, Default)]
+pub struct Ctx {
+    tape: Option<Tape>,
+    checkpointing: bool,
+}
+
+impl Ctx {
+    /// No tape: ops cost what the tensor ops cost.
+    pub fn inference() -> Ctx {
+        Ctx::default()
+    }
+
+    pub fn training(tape: &Tape) -> Ctx {
+        Ctx { tape: Some(tape.clone()), checkpointing: false }
+    }
+
+    pub fn with_checkpointing(mut self, on: bool) -> Ctx {
+        self.checkpointing = on;
+        self
+    }
+
+    pub fn tape(&self) -> Option<&Tape> {
+        self.tape.as_ref()
+    }
+
+    pub fn is_training(&self) -> bool {
+        self.tape.is_some()
+    }
+
+    pub fn checkpointing(&self) -> bool {
+        self.checkpointing && self.tape.is_some()
+    }
+
+    pub fn param(&self, p: &Param) -> Var {
+        match &self.tape {
+            Some(t) => t.param(p),
+            None => Var::constant(p.value.clone()),
+        }
+    }
+}
+
+/// Runs `block` on `inputs` keeping only the inputs for backward, where the block runs
+/// again on a tape of its own and is differentiated then (gradient checkpointing: one
+/// saved tensor per block instead of every activation inside it).
+///
+/// `block` must compute the same function each time it runs (no sampling inside); its
+/// parameters come from the `Ctx` it is given.
+pub fn checkpoint<F>(ctx: &Ctx, inputs: &[&Var], block: F) -> Result<Var>
+where
+    F: Fn(&Ctx, &[Var]) -> Result<Var> + Send + 'static,
+{
+    let Some(tape) = ctx.tape() else {
+        let vars: Vec<Var> = inputs.iter().map(|v| (*v).clone()).collect();
+        return block(ctx, &vars);
+    };
+    let saved: Vec<Tensor> = inputs.iter().map(|v| v.value.clone()).collect();
+    let consts: Vec<Var> = saved.iter().map(|t| Var::constant(t.clone())).collect();
+    let value = block(&Ctx::inference(), &consts)?.value;
+    drop(consts);
+    let backward: BackwardFn = Box::new(move |g, needs, grads| {
+        let sub = Tape::new();
+        let leaves: Vec<Var> = saved
+            .into_iter()
+            .zip(needs)
+            .enumerate()
+            .map(|(k, (t, &need))| if need { sub.input(k, t) } else { Var::constant(t) })
+            .collect();
+        let out = block(&Ctx::training(&sub), &leaves)?;
+        drop(leaves);
+        let n = needs.len();
+        sub.backward_from(&out, g, grads, n)
+    });
+    Ok(Var::push("checkpoint", true, tape.clone(), inputs, value, backward))
+}

@@ -1,0 +1,283 @@
+//! Every op's backward against central finite differences.
+//!
+//! Each check builds `L = sum(f(inputs) * R)` with a fixed random `R`, takes the analytic
+//! gradient from the tape, and compares it on sampled elements with
+//! `(L(x + h) - L(x - h)) / 2h`, `L` summed in f64. The ops compute in f32, so the
+//! tolerance is `|fd - analytic| <= 2e-3 * max(1, max |analytic|)`, with h = 1e-2
+//! (truncation error ~h^2, rounding ~1e-7 |L| / h). A wrong sign, a missing term or a
+//! transposed gradient is off by O(1) and fails.
+
+use artist_autograd::{Ctx, Param, Tape, Var, checkpoint, token_logprobs};
+use artist_tensor::{DType, Device, Result, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const H: f32 = 1e-2;
+const TOL: f64 = 2e-3;
+
+fn rand_tensor(rng: &mut ChaCha8Rng, dims: &[usize], lo: f32, hi: f32) -> Tensor {
+    let n: usize = dims.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+    Tensor::from_vec(v, dims.to_vec(), Device::Cpu).unwrap()
+}
+
+/// `sum(out * r)` in f64.
+fn weighted_sum(out: &Tensor, r: &[f32]) -> f64 {
+    let v = out.to_f32_vec().unwrap();
+    v.iter().zip(r).map(|(&a, &b)| a as f64 * b as f64).sum()
+}
+
+/// Checks the gradients of `f` with respect to every input.
+fn check(name: &str, inputs: Vec<Tensor>, f: impl Fn(&[Var]) -> Result<Var>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(name.len() as u64 * 7919);
+    let params: Vec<Param> = inputs.iter().enumerate().map(|(i, t)| Param::new(format!("x{i}"), t.copy())).collect();
+    let tape = Tape::new();
+    let vars: Vec<Var> = params.iter().map(|p| tape.param(p)).collect();
+    let out = f(&vars).unwrap();
+    let r: Vec<f32> = (0..out.value().elem_count()).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let rt = Tensor::from_vec(r.clone(), out.shape().clone(), Device::Cpu).unwrap();
+    let loss = out.mul(&Var::constant(rt)).unwrap().sum_all().unwrap();
+    let grads = tape.backward(&loss).unwrap();
+
+    let eval = |vals: &[Tensor]| -> f64 {
+        let vars: Vec<Var> = vals.iter().map(|t| Var::constant(t.clone())).collect();
+        weighted_sum(f(&vars).unwrap().value(), &r)
+    };
+    for (i, p) in params.iter().enumerate() {
+        let an = match grads.get(p.id()) {
+            Some(g) => g.to_f32_vec().unwrap(),
+            None => vec![0.0; inputs[i].elem_count()],
+        };
+        assert_eq!(an.len(), inputs[i].elem_count(), "{name}: gradient {i} has the wrong size");
+        let gmax = an.iter().fold(0f64, |m, &g| m.max(g.abs() as f64));
+        let base = inputs[i].to_f32_vec().unwrap();
+        let n = base.len();
+        let picks: Vec<usize> = if n <= 48 { (0..n).collect() } else { (0..48).map(|_| rng.random_range(0..n)).collect() };
+        for j in picks {
+            let at = |delta: f32| {
+                let mut v = base.clone();
+                v[j] += delta;
+                let mut vals: Vec<Tensor> = inputs.iter().map(|t| t.copy()).collect();
+                vals[i] = Tensor::from_vec(v, inputs[i].shape().clone(), Device::Cpu).unwrap();
+                eval(&vals)
+            };
+            let fd = (at(H) - at(-H)) / (2.0 * H as f64);
+            let err = (fd - an[j] as f64).abs();
+            assert!(
+                err <= TOL * gmax.max(1.0),
+                "{name}: d/dx{i}[{j}] analytic {} vs finite difference {fd} (max |grad| {gmax})",
+                an[j]
+            );
+        }
+    }
+}
+
+fn rng() -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(17)
+}
+
+#[test]
+fn elementwise_binary_with_broadcasting() {
+    let mut g = rng();
+    let (a, b) = (rand_tensor(&mut g, &[3, 4], -1.0, 1.0), rand_tensor(&mut g, &[1, 4], 0.5, 1.5));
+    check("add", vec![a.clone(), b.clone()], |x| x[0].add(&x[1]));
+    check("sub", vec![a.clone(), b.clone()], |x| x[0].sub(&x[1]));
+    check("mul", vec![a.clone(), b.clone()], |x| x[0].mul(&x[1]));
+    check("div", vec![a.clone(), b.clone()], |x| x[0].div(&x[1]));
+    // Inputs kept apart so no perturbation crosses a tie.
+    let c = rand_tensor(&mut g, &[3, 4], 2.0, 3.0);
+    check("minimum", vec![a.clone(), c.clone()], |x| x[0].minimum(&x[1]));
+    check("maximum", vec![c.clone(), a.clone()], |x| x[0].maximum(&x[1]));
+}
+
+#[test]
+fn elementwise_unary() {
+    let mut g = rng();
+    let x = rand_tensor(&mut g, &[5, 6], -2.0, 2.0);
+    let pos = rand_tensor(&mut g, &[5, 6], 0.5, 2.0);
+    check("exp", vec![x.clone()], |v| v[0].exp());
+    check("log", vec![pos.clone()], |v| v[0].log());
+    check("sqr", vec![x.clone()], |v| v[0].sqr());
+    check("sqrt", vec![pos.clone()], |v| v[0].sqrt());
+    check("silu", vec![x.clone()], |v| v[0].silu());
+    check("sigmoid", vec![x.clone()], |v| v[0].sigmoid());
+    check("tanh", vec![x.clone()], |v| v[0].tanh());
+    check("neg", vec![x.clone()], |v| v[0].neg());
+    check("affine", vec![x.clone()], |v| v[0].affine(-1.5, 0.25));
+    // Values between the bounds and beyond them, none within h of a bound.
+    let c = Tensor::from_vec(vec![-3.0f32, -0.5, 0.2, 0.7, 2.5, -1.7], 6, Device::Cpu).unwrap();
+    check("clamp", vec![c], |v| v[0].clamp(-1.0, 1.0));
+}
+
+#[test]
+fn reductions() {
+    let mut g = rng();
+    let x = rand_tensor(&mut g, &[3, 4, 5], -1.0, 1.0);
+    check("sum_all", vec![x.clone()], |v| v[0].sum_all());
+    check("mean_all", vec![x.clone()], |v| v[0].mean_all());
+    check("sum_keepdim(1)", vec![x.clone()], |v| v[0].sum_keepdim(1));
+    check("sum_keepdim(-1)", vec![x.clone()], |v| v[0].sum_keepdim(-1));
+}
+
+#[test]
+fn matrix_products() {
+    let mut g = rng();
+    let (a, b) = (rand_tensor(&mut g, &[2, 3, 4], -1.0, 1.0), rand_tensor(&mut g, &[2, 4, 5], -1.0, 1.0));
+    check("matmul batched", vec![a.clone(), b], |v| v[0].matmul(&v[1]));
+    let b2 = rand_tensor(&mut g, &[4, 5], -1.0, 1.0);
+    check("matmul broadcast rhs", vec![a.clone(), b2], |v| v[0].matmul(&v[1]));
+    let bt = rand_tensor(&mut g, &[2, 5, 4], -1.0, 1.0);
+    check("matmul transposed view", vec![a.clone(), bt], |v| v[0].matmul(&v[1].transpose(-2, -1)?));
+    let (x, w, bias) =
+        (rand_tensor(&mut g, &[2, 3, 6], -1.0, 1.0), rand_tensor(&mut g, &[5, 6], -1.0, 1.0), rand_tensor(&mut g, &[5], -1.0, 1.0));
+    check("linear with bias", vec![x.clone(), w.clone(), bias], |v| v[0].linear(&v[1], Some(&v[2])));
+    // Many rows: the gemm path rather than the matrix-vector one.
+    let xl = rand_tensor(&mut g, &[40, 6], -1.0, 1.0);
+    check("linear 40 rows", vec![xl, w.clone()], |v| v[0].linear(&v[1], None));
+}
+
+/// A bf16 weight: the gradients equal those of its f32 widening.
+#[test]
+fn linear_with_bf16_weight_matches_its_f32_widening() {
+    let mut g = rng();
+    let x = rand_tensor(&mut g, &[20, 8], -1.0, 1.0);
+    let w16 = rand_tensor(&mut g, &[6, 8], -1.0, 1.0).to_dtype(DType::BF16).unwrap();
+    let w32 = w16.to_dtype(DType::F32).unwrap();
+    let grads = |w: &Tensor| {
+        let (px, pw) = (Param::new("x", x.clone()), Param::new("w", w.clone()));
+        let tape = Tape::new();
+        let y = tape.param(&px).linear(&tape.param(&pw), None).unwrap();
+        let loss = y.sqr().unwrap().sum_all().unwrap();
+        let gr = tape.backward(&loss).unwrap();
+        (gr.get(px.id()).unwrap().to_f32_vec().unwrap(), gr.get(pw.id()).unwrap().clone())
+    };
+    let (dx16, dw16) = grads(&w16);
+    let (dx32, dw32) = grads(&w32);
+    assert_eq!(dw16.dtype(), DType::F32);
+    for (a, b) in dx16.iter().zip(&dx32) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "dx {a} vs {b}");
+    }
+    for (a, b) in dw16.to_f32_vec().unwrap().iter().zip(dw32.to_f32_vec().unwrap()) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "dw {a} vs {b}");
+    }
+}
+
+#[test]
+fn views_and_indexing() {
+    let mut g = rng();
+    let x = rand_tensor(&mut g, &[3, 4, 5], -1.0, 1.0);
+    check("reshape", vec![x.clone()], |v| v[0].reshape((12, 5)));
+    check("permute", vec![x.clone()], |v| v[0].permute(&[2, 0, 1]));
+    check("permute then reshape", vec![x.clone()], |v| v[0].permute(&[1, 0, 2])?.reshape((4, 15)));
+    check("transpose", vec![x.clone()], |v| v[0].transpose(0, 2));
+    check("narrow", vec![x.clone()], |v| v[0].narrow(1, 1, 2));
+    let y = rand_tensor(&mut g, &[3, 2, 5], -1.0, 1.0);
+    check("cat", vec![x.clone(), y], |v| Var::cat(&[&v[0], &v[1]], 1));
+    let ids = Tensor::from_vec(vec![2u32, 0, 2, 1], 4, Device::Cpu).unwrap();
+    check("index_select repeated", vec![x.clone()], |v| v[0].index_select(&ids, 1));
+    let table = rand_tensor(&mut g, &[7, 3], -1.0, 1.0);
+    let tok = Tensor::from_vec(vec![6u32, 1, 1, 3, 0, 6], (2, 3), Device::Cpu).unwrap();
+    check("embedding", vec![table], |v| Var::embedding(&tok, &v[0]));
+    check("to_dtype round trip", vec![x.clone()], |v| v[0].to_dtype(DType::F32)?.mul_scalar(2.0));
+}
+
+#[test]
+fn normalisation_and_attention_pieces() {
+    let mut g = rng();
+    let s = rand_tensor(&mut g, &[2, 3, 6], -2.0, 2.0);
+    check("softmax(-1)", vec![s.clone()], |v| v[0].softmax(-1));
+    check("softmax(1)", vec![s.clone()], |v| v[0].softmax(1));
+    check("log_softmax(-1)", vec![s.clone()], |v| v[0].log_softmax(-1));
+    let mask = Tensor::causal_mask(3, 6, Device::Cpu).unwrap();
+    check("masked_fill + softmax", vec![s.clone()], |v| v[0].masked_fill(&mask, f32::NEG_INFINITY)?.softmax(-1));
+    let (x, w) = (rand_tensor(&mut g, &[4, 8], -2.0, 2.0), rand_tensor(&mut g, &[8], 0.5, 1.5));
+    check("rms_norm", vec![x.clone(), w], |v| v[0].rms_norm(&v[1], 1e-6));
+    let q = rand_tensor(&mut g, &[2, 3, 2, 8], -1.0, 1.0);
+    let pos: Vec<u32> = vec![0, 5, 9];
+    let (cos, sin) = artist_tensor::rope_tables(&pos, 8, 100.0, Device::Cpu).unwrap();
+    check("rope", vec![q], |v| v[0].rope(&cos, &sin));
+    let (gate, up) = (rand_tensor(&mut g, &[4, 5], -3.0, 3.0), rand_tensor(&mut g, &[4, 5], -1.0, 1.0));
+    check("silu_mul", vec![gate, up], |v| v[0].silu_mul(&v[1]));
+}
+
+#[test]
+fn chunked_token_logprobs() {
+    let mut g = rng();
+    let (h, w) = (rand_tensor(&mut g, &[7, 6], -1.0, 1.0), rand_tensor(&mut g, &[11, 6], -1.0, 1.0));
+    let targets = vec![3u32, 0, 10, 3, 7, 1, 5];
+    for chunk in [1, 3, 100] {
+        let t = targets.clone();
+        check(&format!("token_logprobs chunk {chunk}"), vec![h.clone(), w.clone()], move |v| {
+            token_logprobs(&v[0], &v[1], &t, 0.7, Some(chunk))
+        });
+    }
+    // Value: the same as log_softmax + gather over the whole matrix.
+    let lp = token_logprobs(&Var::constant(h.clone()), &Var::constant(w.clone()), &targets, 1.0, Some(2)).unwrap();
+    let full = h.linear(&w, None).unwrap().log_softmax(-1).unwrap();
+    let idx = Tensor::from_vec(targets.clone(), (7, 1), Device::Cpu).unwrap();
+    let want = full.gather(1, &idx).unwrap().to_f32_vec().unwrap();
+    for (a, b) in lp.value().to_f32_vec().unwrap().iter().zip(&want) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    assert!(token_logprobs(&Var::constant(h), &Var::constant(w), &[11, 0, 0, 0, 0, 0, 0], 1.0, None).is_err());
+}
+
+/// A block run under `checkpoint` gives the gradients of the same block run straight,
+/// for its input and for the parameters inside it.
+#[test]
+fn checkpointed_block_gives_the_same_gradients() {
+    let mut g = rng();
+    let x0 = rand_tensor(&mut g, &[5, 8], -1.0, 1.0);
+    let w1 = Param::new("w1", rand_tensor(&mut g, &[8, 8], -0.5, 0.5));
+    let norm = Param::new("norm", rand_tensor(&mut g, &[8], 0.5, 1.5));
+    let block = {
+        let (w1, norm) = (w1.clone(), norm.clone());
+        move |ctx: &Ctx, xs: &[Var]| -> Result<Var> {
+            let h = xs[0].rms_norm(&ctx.param(&norm), 1e-6)?;
+            xs[0].add(&h.linear(&ctx.param(&w1), None)?.silu()?)
+        }
+    };
+    let run = |ckpt: bool| {
+        let px = Param::new("x", x0.clone());
+        let tape = Tape::new();
+        let ctx = Ctx::training(&tape).with_checkpointing(ckpt);
+        let x = tape.param(&px);
+        let mut y = x.clone();
+        for _ in 0..2 {
+            y = if ctx.checkpointing() { checkpoint(&ctx, &[&y], block.clone()).unwrap() } else { block(&ctx, &[y]).unwrap() };
+        }
+        let loss = y.sqr().unwrap().mean_all().unwrap();
+        let nodes = tape.len();
+        let gr = tape.backward(&loss).unwrap();
+        let get = |p: &Param| gr.get(p.id()).unwrap().to_f32_vec().unwrap();
+        (nodes, loss.to_scalar().unwrap(), get(&px), get(&w1), get(&norm))
+    };
+    let (n_plain, l_plain, dx, dw, dn) = run(false);
+    let (n_ckpt, l_ckpt, dx_c, dw_c, dn_c) = run(true);
+    assert!(n_ckpt < n_plain, "checkpointing records {n_ckpt} nodes, straight {n_plain}");
+    assert_eq!(l_plain, l_ckpt);
+    for (a, b) in [(dx, dx_c), (dw, dw_c), (dn, dn_c)] {
+        assert_eq!(a.len(), b.len());
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p - q).abs() <= 1e-6 * p.abs().max(1.0), "{p} vs {q}");
+        }
+    }
+}
+
+#[test]
+fn frozen_params_and_inference_record_nothing() {
+    let mut w = Param::new("w", Tensor::ones((3, 3), DType::F32, Device::Cpu).unwrap());
+    let x = Var::constant(Tensor::ones((2, 3), DType::F32, Device::Cpu).unwrap());
+    let ctx = Ctx::inference();
+    let y = x.linear(&ctx.param(&w), None).unwrap().softmax(-1).unwrap();
+    assert!(!y.is_tracked());
+    w.set_trainable(false);
+    let tape = Tape::new();
+    let y = x.linear(&tape.param(&w), None).unwrap();
+    assert!(!y.is_tracked());
+    assert!(tape.is_empty());
+    // A non-scalar loss is an error, not a panic.
+    let p = Param::new("p", Tensor::ones(3, DType::F32, Device::Cpu).unwrap());
+    let t = Tape::new();
+    assert!(t.backward(&t.param(&p).exp().unwrap()).is_err());
+}
