@@ -8,7 +8,9 @@
 //! lengths need no padding.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use artist_autograd::{Ctx, Param, Var, checkpoint};
 use artist_tensor::{DType, Device, Tensor, rope_tables};
 
 use crate::{Error, KvCache, Qwen2Config, Result, WeightSource, Weights};
@@ -29,44 +31,126 @@ pub enum Rows {
     Last,
 }
 
+#[derive(Clone)]
 struct Linear {
-    weight: Tensor, // [out, in], stored dtype
-    bias: Option<Tensor>,
+    weight: Param,       // [out, in], stored dtype
+    bias: Option<Param>, // [out], stored dtype
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.linear(&self.weight, self.bias.as_ref())?)
+    fn forward(&self, ctx: &Ctx, x: &Var) -> Result<Var> {
+        let bias = self.bias.as_ref().map(|b| ctx.param(b).to_dtype(DType::F32)).transpose()?;
+        Ok(x.linear(&ctx.param(&self.weight), bias.as_ref())?)
     }
 
-    /// One projection computing all of `parts` (their outputs side by side).
-    fn stack(parts: &[Linear]) -> Result<Linear> {
-        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
-        let bias = match parts.iter().map(|p| p.bias.as_ref()).collect::<Option<Vec<_>>>() {
-            Some(b) => Some(Tensor::cat(&b, 0)?),
+    /// One projection computing all of `parts` (their outputs side by side), named `name`.
+    fn stack(name: &str, parts: &[(Tensor, Option<Tensor>)]) -> Result<Linear> {
+        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.0).collect();
+        let bias = match parts.iter().map(|p| p.1.as_ref()).collect::<Option<Vec<_>>>() {
+            Some(b) => Some(Param::new(format!("{name}.bias"), Tensor::cat(&b, 0)?)),
             None => None,
         };
-        Ok(Linear { weight: Tensor::cat(&weights, 0)?, bias })
+        Ok(Linear { weight: Param::new(format!("{name}.weight"), Tensor::cat(&weights, 0)?), bias })
     }
+}
+
+/// The sizes a layer needs.
+#[derive(Clone, Copy)]
+struct Dims {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    intermediate: usize,
+    eps: f32,
+}
+
+/// One sequence of a packed forward: its rows in the batch, where it starts in its
+/// sequence (its cache length), and its RoPE tables.
+struct Span {
+    row: usize,
+    len: usize,
+    start: usize,
+    slot: usize,
+    cos: Tensor,
+    sin: Tensor,
 }
 
 /// One decoder layer. q/k/v and gate/up are stored fused (their weight rows stacked), so
 /// each pair or triple is one pass over the activations and one matrix product.
+#[derive(Clone)]
 struct Layer {
-    input_layernorm: Tensor, // [hidden] f32
-    qkv_proj: Linear,        // [(heads + 2 kv_heads) * head_dim, hidden] + bias: q, k, v rows
-    o_proj: Linear,          // [hidden, heads * head_dim], no bias
-    post_attention_layernorm: Tensor,
+    dims: Dims,
+    input_layernorm: Param, // [hidden]
+    qkv_proj: Linear,       // [(heads + 2 kv_heads) * head_dim, hidden] + bias: q, k, v rows
+    o_proj: Linear,         // [hidden, heads * head_dim], no bias
+    post_attention_layernorm: Param,
     gate_up_proj: Linear, // [2 * intermediate, hidden]: gate rows, then up rows
     down_proj: Linear,    // [hidden, intermediate]
 }
 
+/// A norm weight as f32 (it may be stored in a half type).
+fn norm_weight(ctx: &Ctx, p: &Param) -> Result<Var> {
+    Ok(ctx.param(p).to_dtype(DType::F32)?)
+}
+
+impl Layer {
+    /// `x: [total, hidden]` -> `[total, hidden]`. With a cache (inference), each sequence's
+    /// keys and values are appended to its slot and attention reads the slot; without one
+    /// (training), attention reads the sequence's own keys and values.
+    fn forward(&self, ctx: &Ctx, x: &Var, spans: &[Span], mut cache: Option<(&mut KvCache, usize)>) -> Result<Var> {
+        let Dims { heads, kv_heads, head_dim: d, intermediate: i, eps } = self.dims;
+        let h = x.rms_norm(&norm_weight(ctx, &self.input_layernorm)?, eps)?;
+        let qkv = self.qkv_proj.forward(ctx, &h)?; // [total, (heads + 2 kv_heads) * d]
+        let q = qkv.narrow(1, 0, heads * d)?;
+        let k = qkv.narrow(1, heads * d, kv_heads * d)?;
+        let v = qkv.narrow(1, (heads + kv_heads) * d, kv_heads * d)?;
+        let mut outs = Vec::with_capacity(spans.len());
+        for s in spans {
+            let t = s.len;
+            let qi = q.narrow(0, s.row, t)?.reshape((1, t, heads, d))?.rope(&s.cos, &s.sin)?;
+            let ki = k.narrow(0, s.row, t)?.reshape((1, t, kv_heads, d))?.rope(&s.cos, &s.sin)?.reshape((t, kv_heads, d))?;
+            let vi = v.narrow(0, s.row, t)?.reshape((t, kv_heads, d))?;
+            let (keys, values) = match cache.as_mut() {
+                Some((cache, l)) => {
+                    let (kc, vc) = (cache.k[*l].get(s.slot)?, cache.v[*l].get(s.slot)?); // [max_len, kv_heads, d]
+                    kc.narrow(0, s.start, t)?.copy_from(ki.value())?;
+                    vc.narrow(0, s.start, t)?.copy_from(&vi.value().contiguous())?;
+                    let len = s.start + t;
+                    (Var::constant(kc.narrow(0, 0, len)?), Var::constant(vc.narrow(0, 0, len)?))
+                }
+                None => (ki, vi),
+            };
+            outs.push(attention(&qi.reshape((t, heads, d))?, &keys, &values)?);
+        }
+        let attn = Var::cat(&outs.iter().collect::<Vec<_>>(), 0)?;
+        let x = x.add(&self.o_proj.forward(ctx, &attn)?)?;
+        let h = x.rms_norm(&norm_weight(ctx, &self.post_attention_layernorm)?, eps)?;
+        let gate_up = self.gate_up_proj.forward(ctx, &h)?; // [total, 2 * intermediate]
+        let act = gate_up.narrow(1, 0, i)?.silu_mul(&gate_up.narrow(1, i, i)?)?;
+        Ok(x.add(&self.down_proj.forward(ctx, &act)?)?)
+    }
+
+    fn params(&self) -> Vec<&Param> {
+        let mut out = vec![&self.input_layernorm];
+        for l in [&self.qkv_proj, &self.o_proj] {
+            out.push(&l.weight);
+            out.extend(&l.bias);
+        }
+        out.push(&self.post_attention_layernorm);
+        for l in [&self.gate_up_proj, &self.down_proj] {
+            out.push(&l.weight);
+            out.extend(&l.bias);
+        }
+        out
+    }
+}
+
 pub struct Qwen2 {
     pub config: Qwen2Config,
-    embed_tokens: Tensor, // [vocab, hidden], stored dtype
+    embed_tokens: Param, // [vocab, hidden], stored dtype
     layers: Vec<Layer>,
-    norm: Tensor,            // [hidden] f32
-    lm_head: Option<Tensor>, // [vocab, hidden]; None when tied to the embedding
+    norm: Param,            // [hidden]
+    lm_head: Option<Param>, // [vocab, hidden]; None when tied to the embedding
 }
 
 impl Qwen2 {
@@ -78,51 +162,110 @@ impl Qwen2 {
     }
 
     /// Builds the model from any source of named tensors (a checkpoint, random init).
+    /// Every tensor keeps its stored dtype; norm weights and biases are widened to f32
+    /// where they are used.
     pub fn from_weights(config: Qwen2Config, w: &impl WeightSource) -> Result<Qwen2> {
         let c = &config;
         let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
-        // Norm weights and biases are small: keep them in f32 so they meet f32 activations.
-        let f32_param =
-            |name: &str, shape: &[usize]| -> Result<Tensor> { Ok(w.get(name, shape)?.to_dtype(DType::F32)?) };
-        let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-            Ok(Linear {
-                weight: w.get(&format!("{name}.weight"), &[out, inp])?,
-                bias: if bias { Some(f32_param(&format!("{name}.bias"), &[out])?) } else { None },
-            })
+        let dims =
+            Dims { heads: c.num_attention_heads, kv_heads: c.num_key_value_heads, head_dim: d, intermediate: i, eps: c.rms_norm_eps as f32 };
+        let param = |name: String, shape: &[usize]| -> Result<Param> {
+            let t = w.get(&name, shape)?;
+            Ok(Param::new(name, t))
+        };
+        let part = |name: &str, out: usize, inp: usize, bias: bool| -> Result<(Tensor, Option<Tensor>)> {
+            Ok((
+                w.get(&format!("{name}.weight"), &[out, inp])?,
+                if bias { Some(w.get(&format!("{name}.bias"), &[out])?) } else { None },
+            ))
         };
         let layers = (0..c.num_hidden_layers)
             .map(|l| {
                 let p = format!("model.layers.{l}");
-                let (q_proj, k_proj, v_proj) = (
-                    linear(&format!("{p}.self_attn.q_proj"), q, h, true)?,
-                    linear(&format!("{p}.self_attn.k_proj"), kv, h, true)?,
-                    linear(&format!("{p}.self_attn.v_proj"), kv, h, true)?,
-                );
-                let (gate, up) = (
-                    linear(&format!("{p}.mlp.gate_proj"), i, h, false)?,
-                    linear(&format!("{p}.mlp.up_proj"), i, h, false)?,
-                );
+                let qkv = [
+                    part(&format!("{p}.self_attn.q_proj"), q, h, true)?,
+                    part(&format!("{p}.self_attn.k_proj"), kv, h, true)?,
+                    part(&format!("{p}.self_attn.v_proj"), kv, h, true)?,
+                ];
+                let gate_up = [part(&format!("{p}.mlp.gate_proj"), i, h, false)?, part(&format!("{p}.mlp.up_proj"), i, h, false)?];
                 Ok(Layer {
-                    input_layernorm: f32_param(&format!("{p}.input_layernorm.weight"), &[h])?,
-                    qkv_proj: Linear::stack(&[q_proj, k_proj, v_proj])?,
-                    o_proj: linear(&format!("{p}.self_attn.o_proj"), h, q, false)?,
-                    post_attention_layernorm: f32_param(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                    gate_up_proj: Linear::stack(&[gate, up])?,
-                    down_proj: linear(&format!("{p}.mlp.down_proj"), h, i, false)?,
+                    dims,
+                    input_layernorm: param(format!("{p}.input_layernorm.weight"), &[h])?,
+                    qkv_proj: Linear::stack(&format!("{p}.self_attn.qkv_proj"), &qkv)?,
+                    o_proj: Linear { weight: param(format!("{p}.self_attn.o_proj.weight"), &[h, q])?, bias: None },
+                    post_attention_layernorm: param(format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                    gate_up_proj: Linear::stack(&format!("{p}.mlp.gate_up_proj"), &gate_up)?,
+                    down_proj: Linear { weight: param(format!("{p}.mlp.down_proj.weight"), &[h, i])?, bias: None },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let embed_tokens = w.get("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let embed_tokens = param("model.embed_tokens.weight".into(), &[c.vocab_size, h])?;
         // Some tied checkpoints still carry lm_head.weight; tying means the embedding is used.
-        let lm_head = if c.tie_word_embeddings { None } else { Some(w.get("lm_head.weight", &[c.vocab_size, h])?) };
-        let norm = f32_param("model.norm.weight", &[h])?;
+        let lm_head = if c.tie_word_embeddings { None } else { Some(param("lm_head.weight".into(), &[c.vocab_size, h])?) };
+        let norm = param("model.norm.weight".into(), &[h])?;
         Ok(Qwen2 { config, embed_tokens, layers, norm, lm_head })
+    }
+
+    /// Every parameter once (the tied embedding once), in a fixed order. Names are the
+    /// model's own: q/k/v appear fused as `self_attn.qkv_proj`, gate/up as `mlp.gate_up_proj`.
+    pub fn params(&self) -> Vec<&Param> {
+        let mut out = vec![&self.embed_tokens];
+        for l in &self.layers {
+            out.extend(l.params());
+        }
+        out.push(&self.norm);
+        out.extend(&self.lm_head);
+        out
+    }
+
+    /// The parameters as Hugging Face stores them: fused projections split back into
+    /// q/k/v and gate/up, each tensor in its stored dtype. What `save` writes.
+    pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let c = &self.config;
+        let d = c.head_dim;
+        let (q, kv, i) = (c.num_attention_heads * d, c.num_key_value_heads * d, c.intermediate_size);
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.value().clone())];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            out.push((format!("{p}.input_layernorm.weight"), layer.input_layernorm.value().clone()));
+            let split = |lin: &Linear, names: &[(&str, usize)], out: &mut Vec<(String, Tensor)>| -> Result<()> {
+                let mut row = 0;
+                for &(name, rows) in names {
+                    out.push((format!("{p}.{name}.weight"), lin.weight.value().narrow(0, row, rows)?));
+                    if let Some(b) = &lin.bias {
+                        out.push((format!("{p}.{name}.bias"), b.value().narrow(0, row, rows)?));
+                    }
+                    row += rows;
+                }
+                Ok(())
+            };
+            split(&layer.qkv_proj, &[("self_attn.q_proj", q), ("self_attn.k_proj", kv), ("self_attn.v_proj", kv)], &mut out)?;
+            out.push((format!("{p}.self_attn.o_proj.weight"), layer.o_proj.weight.value().clone()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), layer.post_attention_layernorm.value().clone()));
+            split(&layer.gate_up_proj, &[("mlp.gate_proj", i), ("mlp.up_proj", i)], &mut out)?;
+            out.push((format!("{p}.mlp.down_proj.weight"), layer.down_proj.weight.value().clone()));
+        }
+        out.push(("model.norm.weight".into(), self.norm.value().clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".into(), h.value().clone()));
+        }
+        Ok(out)
+    }
+
+    /// Writes the weights as one Hugging Face `model.safetensors` at `path`.
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        crate::weights::save_safetensors(&self.hf_tensors()?, path)
+    }
+
+    /// The output projection as a parameter (the embedding when tied).
+    pub fn lm_head_param(&self) -> &Param {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
     /// The output projection `[vocab, hidden]`.
     pub fn lm_head_weight(&self) -> &Tensor {
-        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+        self.lm_head_param().value()
     }
 
     /// A cache sized for this model.
@@ -158,61 +301,54 @@ impl Qwen2 {
         Ok(())
     }
 
+    /// The decoder over packed `ids`, before the final norm: `[total, hidden]` f32.
+    fn decode(&self, ctx: &Ctx, ids: Vec<u32>, spans: Arc<Vec<Span>>, mut cache: Option<&mut KvCache>) -> Result<Var> {
+        if ctx.is_training() && cache.is_some() {
+            return Err(Error::Input("a training forward reads no KV cache".into()));
+        }
+        let total = ids.len();
+        let ids = Tensor::from_vec(ids, total, Device::Cpu)?;
+        let mut x = Var::embedding(&ids, &ctx.param(&self.embed_tokens))?.to_dtype(DType::F32)?; // [total, hidden]
+        for (l, layer) in self.layers.iter().enumerate() {
+            x = match cache.as_deref_mut() {
+                Some(c) => layer.forward(ctx, &x, &spans, Some((c, l)))?,
+                None if ctx.checkpointing() => {
+                    let (layer, spans) = (layer.clone(), spans.clone());
+                    checkpoint(ctx, &[&x], move |ctx, xs| {
+                        layer.forward(ctx, &xs[0], &spans, None).map_err(|e| match e {
+                            Error::Tensor(t) => t,
+                            other => artist_tensor::Error::Invalid { op: "decoder layer", msg: other.to_string() },
+                        })
+                    })?
+                }
+                None => layer.forward(ctx, &x, &spans, None)?,
+            };
+        }
+        Ok(x)
+    }
+
+    fn spans(&self, seqs: impl Iterator<Item = (usize, usize, usize)>) -> Result<Vec<Span>> {
+        let c = &self.config;
+        let mut row = 0;
+        seqs.map(|(slot, start, len)| {
+            let pos: Vec<u32> = (start..start + len).map(|p| p as u32).collect();
+            let (cos, sin) = rope_tables(&pos, c.head_dim, c.rope_theta as f32, Device::Cpu)?;
+            let s = Span { row, len, start, slot, cos, sin };
+            row += len;
+            Ok(s)
+        })
+        .collect()
+    }
+
     /// Runs the decoder over `inputs`, appending their keys and values to `cache`, and
     /// returns the final hidden states (after the last RMSNorm) of the requested rows:
     /// `[rows, hidden]` f32.
     pub fn forward_hidden(&self, inputs: &[SeqInput], cache: &mut KvCache, rows: Rows) -> Result<Tensor> {
         self.check_inputs(inputs, cache)?;
-        let c = &self.config;
-        let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let eps = c.rms_norm_eps as f32;
-        let starts: Vec<usize> = inputs.iter().map(|s| cache.len(s.slot)).collect();
+        let spans = self.spans(inputs.iter().map(|s| (s.slot, cache.len(s.slot), s.tokens.len())))?;
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
-        let total = ids.len();
-        // RoPE tables per sequence: positions start..start + t.
-        let ropes = inputs
-            .iter()
-            .zip(&starts)
-            .map(|(s, &start)| {
-                let pos: Vec<u32> = (start..start + s.tokens.len()).map(|p| p as u32).collect();
-                Ok(rope_tables(&pos, d, c.rope_theta as f32, Device::Cpu)?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-
-        let ids = Tensor::from_vec(ids, total, Device::Cpu)?;
-        let mut x = Tensor::embedding(&ids, &self.embed_tokens)?.to_dtype(DType::F32)?; // [total, hidden]
-        for (l, layer) in self.layers.iter().enumerate() {
-            let h = x.rms_norm(&layer.input_layernorm, eps)?;
-            let qkv = layer.qkv_proj.forward(&h)?; // [total, (heads + 2 kv_heads) * d]
-            let q = qkv.narrow(1, 0, heads * d)?;
-            let k = qkv.narrow(1, heads * d, kv_heads * d)?;
-            let v = qkv.narrow(1, (heads + kv_heads) * d, kv_heads * d)?;
-            let mut outs = Vec::with_capacity(inputs.len());
-            let mut row = 0;
-            for ((s, &start), (cos, sin)) in inputs.iter().zip(&starts).zip(&ropes) {
-                let t = s.tokens.len();
-                let qi = q.narrow(0, row, t)?.reshape((1, t, heads, d))?.rope(cos, sin)?;
-                let ki = k.narrow(0, row, t)?.reshape((1, t, kv_heads, d))?.rope(cos, sin)?;
-                let vi = v.narrow(0, row, t)?.reshape((t, kv_heads, d))?;
-                let (kc, vc) = (cache.k[l].get(s.slot)?, cache.v[l].get(s.slot)?); // [max_len, kv_heads, d]
-                kc.narrow(0, start, t)?.copy_from(&ki.reshape((t, kv_heads, d))?)?;
-                vc.narrow(0, start, t)?.copy_from(&vi)?;
-                let len = start + t;
-                outs.push(attention(&qi.reshape((t, heads, d))?, &kc.narrow(0, 0, len)?, &vc.narrow(0, 0, len)?)?);
-                row += t;
-            }
-            let attn = if outs.len() == 1 {
-                outs.pop().expect("one")
-            } else {
-                Tensor::cat(&outs.iter().collect::<Vec<_>>(), 0)?
-            };
-            x = x.add(&layer.o_proj.forward(&attn)?)?;
-            let h = x.rms_norm(&layer.post_attention_layernorm, eps)?;
-            let gate_up = layer.gate_up_proj.forward(&h)?; // [total, 2 * intermediate]
-            let i = c.intermediate_size;
-            let act = gate_up.narrow(1, 0, i)?.silu_mul(&gate_up.narrow(1, i, i)?)?;
-            x = x.add(&layer.down_proj.forward(&act)?)?;
-        }
+        let ctx = Ctx::inference();
+        let x = self.decode(&ctx, ids, Arc::new(spans), Some(cache))?;
         for s in inputs {
             cache.advance(s.slot, s.tokens.len());
         }
@@ -230,7 +366,35 @@ impl Qwen2 {
                 x.index_select(&Tensor::from_vec(last, inputs.len(), Device::Cpu)?, 0)?
             }
         };
-        Ok(x.rms_norm(&self.norm, eps)?)
+        Ok(x.rms_norm(&norm_weight(&ctx, &self.norm)?, self.config.rms_norm_eps as f32)?.into_value())
+    }
+
+    /// The training forward: whole sequences packed into one batch (no padding, no cache),
+    /// recorded on `ctx`'s tape. Returns the final hidden states `[rows, hidden]` of the
+    /// packed positions `rows` (indices into the concatenated sequences; all when `None`).
+    /// With `ctx.checkpointing()`, each decoder layer keeps only its input and recomputes
+    /// the rest in backward.
+    pub fn hidden_states(&self, ctx: &Ctx, seqs: &[&[u32]], rows: Option<&[u32]>) -> Result<Var> {
+        if seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
+            return Err(Error::Input("a training forward needs at least one non-empty sequence".into()));
+        }
+        let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+            return Err(Error::TokenOutOfRange { id, vocab_size: self.config.vocab_size });
+        }
+        let total = ids.len();
+        let spans = self.spans(seqs.iter().map(|s| (0, 0, s.len())))?;
+        let x = self.decode(ctx, ids, Arc::new(spans), None)?;
+        let x = match rows {
+            None => x,
+            Some(r) => {
+                if let Some(&bad) = r.iter().find(|&&r| r as usize >= total) {
+                    return Err(Error::Input(format!("row {bad} is outside the {total} packed positions")));
+                }
+                x.index_select(&Tensor::from_vec(r.to_vec(), r.len(), Device::Cpu)?, 0)?
+            }
+        };
+        Ok(x.rms_norm(&norm_weight(ctx, &self.norm)?, self.config.rms_norm_eps as f32)?)
     }
 
     /// Logits `[rows, vocab]` (f32) for the requested rows of a forward call.
@@ -272,20 +436,16 @@ impl Qwen2 {
 /// `len` cached ones; `k`, `v: [len, kv_heads, d]`. Head `h` reads KV head `h / (heads /
 /// kv_heads)` (transformers' `repeat_kv`), computed here without repeating K or V.
 /// Returns `[t, heads * d]`.
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let [t, heads, d] = q.dims_n("attention")?;
-    let [len, kv_heads, _] = k.dims_n("attention")?;
+fn attention(q: &Var, k: &Var, v: &Var) -> Result<Var> {
+    let [t, heads, d] = q.value().dims_n("attention")?;
+    let [len, kv_heads, _] = k.value().dims_n("attention")?;
     let rep = heads / kv_heads;
     // [t, kv, rep, d] -> [kv, rep * t, d]: each KV head's queries as one matrix.
     let q = q.reshape((t, kv_heads, rep, d))?.permute(&[1, 2, 0, 3])?.reshape((kv_heads, rep * t, d))?;
     let scores = q.matmul(&k.permute(&[1, 2, 0])?)?.mul_scalar((d as f32).powf(-0.5))?; // [kv, rep*t, len]
     let scores = if t > 1 {
         let mask = Tensor::causal_mask(t, len, Device::Cpu)?;
-        scores.reshape((kv_heads, rep, t, len))?.masked_fill(&mask, f32::NEG_INFINITY)?.reshape((
-            kv_heads,
-            rep * t,
-            len,
-        ))?
+        scores.reshape((kv_heads, rep, t, len))?.masked_fill(&mask, f32::NEG_INFINITY)?.reshape((kv_heads, rep * t, len))?
     } else {
         scores
     };

@@ -130,3 +130,28 @@ impl Weights {
         Ok(Tensor::from_bytes(view.data(), dtype, expected, Device::Cpu)?)
     }
 }
+
+/// Writes `tensors` (name, tensor; any dtype, views allowed) as one safetensors file, with
+/// the `{"format": "pt"}` metadata transformers writes.
+pub fn save_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let bytes: Vec<(String, DType, Vec<usize>, Vec<u8>)> =
+        tensors.iter().map(|(n, t)| (n.clone(), t.dtype(), t.dims().to_vec(), t.to_bytes())).collect();
+    let views = bytes
+        .iter()
+        .map(|(n, dt, shape, data)| {
+            let dtype = match dt {
+                DType::F32 => safetensors::Dtype::F32,
+                DType::BF16 => safetensors::Dtype::BF16,
+                DType::F16 => safetensors::Dtype::F16,
+                DType::U32 => safetensors::Dtype::U32,
+                DType::U8 => safetensors::Dtype::U8,
+            };
+            let view = safetensors::tensor::TensorView::new(dtype, shape.clone(), data)
+                .map_err(|e| Error::Safetensors { path: path.into(), msg: format!("{n}: {e}") })?;
+            Ok((n.clone(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    safetensors::serialize_to_file(views, Some(metadata), path)
+        .map_err(|e| Error::Safetensors { path: path.into(), msg: e.to_string() })
+}
