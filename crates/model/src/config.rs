@@ -170,6 +170,49 @@ impl Qwen2Config {
         }
     }
 
+    /// A `config.json` transformers loads (`Qwen2ForCausalLM`, classic key names), for
+    /// models that were not loaded from one (random initialisation).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": null,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "use_sliding_window": false,
+            "sliding_window": null,
+            "attention_dropout": 0.0,
+            "use_cache": true,
+        });
+        let o = v.as_object_mut().expect("an object");
+        if let Some(d) = &self.dtype {
+            o.insert("torch_dtype".into(), d.clone().into());
+        }
+        if let Some(b) = self.bos_token_id {
+            o.insert("bos_token_id".into(), b.into());
+        }
+        match self.eos_token_ids.as_slice() {
+            [] => {}
+            [one] => {
+                o.insert("eos_token_id".into(), (*one).into());
+            }
+            many => {
+                o.insert("eos_token_id".into(), many.to_vec().into());
+            }
+        }
+        v
+    }
+
     /// Parameters in the model (embedding counted once when tied).
     pub fn num_parameters(&self) -> usize {
         let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
@@ -209,6 +252,13 @@ mod tests {
         assert_eq!((a.head_dim, a.rope_theta, a.eos_token_ids.clone()), (64, 1e6, vec![151645]));
         // Qwen2.5-0.5B has 494M parameters.
         assert_eq!(a.num_parameters() / 1_000_000, 494);
+    }
+
+    #[test]
+    fn hf_json_round_trips() {
+        let c = Qwen2Config::qwen2_5_0_5b();
+        let back = Qwen2Config::from_json(&c.to_hf_json().to_string(), Path::new("config.json")).unwrap();
+        assert_eq!(back, c);
     }
 
     #[test]

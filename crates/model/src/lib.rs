@@ -13,4 +13,4 @@ pub use config::Qwen2Config;
 pub use error::{Error, Result};
 pub use kv_cache::KvCache;
 pub use qwen2::{Qwen2, Rows, SeqInput};
-pub use weights::{RandomWeights, WeightSource, Weights};
+pub use weights::{RandomWeights, WeightSource, Weights, save_safetensors};

@@ -54,6 +54,18 @@ impl Linear {
     }
 }
 
+/// Hugging Face entries of a fused projection: each part's weight (and bias) rows.
+fn split<'a>(out: &mut Vec<(String, &'a Param, Option<(usize, usize)>)>, prefix: &str, lin: &'a Linear, parts: &[(&str, usize)]) {
+    let mut row = 0;
+    for &(name, rows) in parts {
+        out.push((format!("{prefix}.{name}.weight"), &lin.weight, Some((row, rows))));
+        if let Some(b) = &lin.bias {
+            out.push((format!("{prefix}.{name}.bias"), b, Some((row, rows))));
+        }
+        row += rows;
+    }
+}
+
 /// The sizes a layer needs.
 #[derive(Clone, Copy)]
 struct Dims {
@@ -222,35 +234,45 @@ impl Qwen2 {
     /// The parameters as Hugging Face stores them: fused projections split back into
     /// q/k/v and gate/up, each tensor in its stored dtype. What `save` writes.
     pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        self.hf_named(|p| Some(p.value().clone()))
+    }
+
+    /// `f` of each parameter (its gradient, its optimiser state, ...) under Hugging Face's
+    /// names, fused tensors split by rows. Parameters where `f` gives `None` are left out.
+    pub fn hf_named(&self, f: impl Fn(&Param) -> Option<Tensor>) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for (name, p, rows) in self.hf_layout() {
+            if let Some(t) = f(p) {
+                out.push((name, match rows {
+                    Some((start, len)) => t.narrow(0, start, len)?,
+                    None => t,
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Each Hugging Face tensor name with the parameter holding it and, for fused
+    /// parameters, its rows there.
+    fn hf_layout(&self) -> Vec<(String, &Param, Option<(usize, usize)>)> {
         let c = &self.config;
         let d = c.head_dim;
         let (q, kv, i) = (c.num_attention_heads * d, c.num_key_value_heads * d, c.intermediate_size);
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.value().clone())];
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens, None)];
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}");
-            out.push((format!("{p}.input_layernorm.weight"), layer.input_layernorm.value().clone()));
-            let split = |lin: &Linear, names: &[(&str, usize)], out: &mut Vec<(String, Tensor)>| -> Result<()> {
-                let mut row = 0;
-                for &(name, rows) in names {
-                    out.push((format!("{p}.{name}.weight"), lin.weight.value().narrow(0, row, rows)?));
-                    if let Some(b) = &lin.bias {
-                        out.push((format!("{p}.{name}.bias"), b.value().narrow(0, row, rows)?));
-                    }
-                    row += rows;
-                }
-                Ok(())
-            };
-            split(&layer.qkv_proj, &[("self_attn.q_proj", q), ("self_attn.k_proj", kv), ("self_attn.v_proj", kv)], &mut out)?;
-            out.push((format!("{p}.self_attn.o_proj.weight"), layer.o_proj.weight.value().clone()));
-            out.push((format!("{p}.post_attention_layernorm.weight"), layer.post_attention_layernorm.value().clone()));
-            split(&layer.gate_up_proj, &[("mlp.gate_proj", i), ("mlp.up_proj", i)], &mut out)?;
-            out.push((format!("{p}.mlp.down_proj.weight"), layer.down_proj.weight.value().clone()));
+            out.push((format!("{p}.input_layernorm.weight"), &layer.input_layernorm, None));
+            split(&mut out, &p, &layer.qkv_proj, &[("self_attn.q_proj", q), ("self_attn.k_proj", kv), ("self_attn.v_proj", kv)]);
+            out.push((format!("{p}.self_attn.o_proj.weight"), &layer.o_proj.weight, None));
+            out.push((format!("{p}.post_attention_layernorm.weight"), &layer.post_attention_layernorm, None));
+            split(&mut out, &p, &layer.gate_up_proj, &[("mlp.gate_proj", i), ("mlp.up_proj", i)]);
+            out.push((format!("{p}.mlp.down_proj.weight"), &layer.down_proj.weight, None));
         }
-        out.push(("model.norm.weight".into(), self.norm.value().clone()));
+        out.push(("model.norm.weight".into(), &self.norm, None));
         if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".into(), h.value().clone()));
+            out.push(("lm_head.weight".into(), h, None));
         }
-        Ok(out)
+        out
     }
 
     /// Writes the weights as one Hugging Face `model.safetensors` at `path`.

@@ -81,6 +81,15 @@ impl Weights {
                 msg: "no model.safetensors or model.safetensors.index.json in this directory".into(),
             });
         };
+        Weights::open_files(names)
+    }
+
+    /// Opens one safetensors file of any name (gradients, optimiser state, a fixture).
+    pub fn open_file(path: &Path) -> Result<Weights> {
+        Weights::open_files(vec![path.to_path_buf()])
+    }
+
+    fn open_files(names: Vec<PathBuf>) -> Result<Weights> {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for (i, path) in names.into_iter().enumerate() {
@@ -105,6 +114,15 @@ impl Weights {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(String::as_str)
+    }
+
+    /// The stored shape of tensor `name`.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        let &i = self.index.get(name).ok_or_else(|| Error::MissingTensor { name: name.into() })?;
+        let (path, mmap) = &self.files[i];
+        let st = SafeTensors::deserialize(mmap).map_err(|e| Error::Safetensors { path: path.clone(), msg: e.to_string() })?;
+        let view = st.tensor(name).map_err(|e| Error::Safetensors { path: path.clone(), msg: e.to_string() })?;
+        Ok(view.shape().to_vec())
     }
 
     /// The tensor `name` in its stored dtype, checked to have shape `expected`.

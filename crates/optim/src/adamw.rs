@@ -1,0 +1,178 @@
+//! AdamW (decoupled weight decay), element for element as `torch.optim.AdamW` computes it
+//! with `foreach=False`: scalars in f64, elements in f32, the same operation order.
+//! Half-precision parameters get f32 master weights; moments are always f32.
+
+use std::collections::BTreeMap;
+
+use artist_autograd::{Gradients, Param};
+use artist_tensor::{DType, Result, Tensor, invalid};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Decay only parameters with two or more dimensions (not norms and biases), the
+    /// usual two-group setup; off by default, as with a single torch parameter group.
+    pub decay_matrices_only: bool,
+}
+
+impl Default for AdamWConfig {
+    /// `torch.optim.AdamW`'s defaults.
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, decay_matrices_only: false }
+    }
+}
+
+struct Slot {
+    param: Param,
+    exp_avg: Tensor,    // f32, the parameter's shape
+    exp_avg_sq: Tensor, // f32
+    /// The f32 weights a half-precision parameter is rounded from.
+    master: Option<Tensor>,
+    step: u64,
+}
+
+pub struct AdamW {
+    pub config: AdamWConfig,
+    slots: Vec<Slot>,
+}
+
+const CHUNK: usize = 1 << 14;
+
+impl AdamW {
+    /// State for `params` (frozen ones are left out).
+    pub fn new(params: &[&Param], config: AdamWConfig) -> Result<AdamW> {
+        let mut slots = Vec::new();
+        for p in params.iter().filter(|p| p.trainable()) {
+            let v = p.value();
+            if !v.dtype().is_float() {
+                return Err(invalid!("AdamW", "parameter {} has dtype {:?}", p.name(), v.dtype()));
+            }
+            let zeros = || Tensor::zeros(v.shape().clone(), DType::F32, v.device());
+            let master = if v.dtype() == DType::F32 {
+                if !v.is_contiguous() {
+                    return Err(invalid!("AdamW", "parameter {} is not contiguous", p.name()));
+                }
+                None
+            } else {
+                Some(v.to_dtype(DType::F32)?.copy())
+            };
+            slots.push(Slot { param: (*p).clone(), exp_avg: zeros()?, exp_avg_sq: zeros()?, master, step: 0 });
+        }
+        Ok(AdamW { config, slots })
+    }
+
+    /// One update at learning rate `lr` from `grads`. Parameters without a gradient are
+    /// left alone and their step count does not advance (as in torch).
+    pub fn step(&mut self, grads: &Gradients, lr: f64) -> Result<()> {
+        let c = self.config;
+        for s in &mut self.slots {
+            let Some(g) = grads.get(s.param.id()) else { continue };
+            if g.shape() != s.param.value().shape() {
+                return Err(invalid!("AdamW", "gradient {} for parameter {} of shape {}", g.shape(), s.param.name(), s.param.value().shape()));
+            }
+            s.step += 1;
+            let wd = if c.decay_matrices_only && s.param.value().rank() < 2 { 0.0 } else { c.weight_decay };
+            let decay = (1.0 - lr * wd) as f32;
+            let bc1 = 1.0 - c.beta1.powi(s.step as i32);
+            let bc2 = 1.0 - c.beta2.powi(s.step as i32);
+            let step_size = -(lr / bc1) as f32;
+            let bc2_sqrt = bc2.sqrt() as f32;
+            let (w1, b2, c2, eps) = ((1.0 - c.beta1) as f32, c.beta2 as f32, (1.0 - c.beta2) as f32, c.eps as f32);
+            let weights = s.master.as_ref().unwrap_or(s.param.value());
+            let g = g.contiguous();
+            g.update_f32(|g| {
+                s.exp_avg.update_f32(|m| {
+                    s.exp_avg_sq.update_f32(|v| {
+                        weights.update_f32(|p| {
+                            p.par_chunks_mut(CHUNK)
+                                .zip(m.par_chunks_mut(CHUNK))
+                                .zip(v.par_chunks_mut(CHUNK))
+                                .zip(g.par_chunks(CHUNK))
+                                .for_each(|(((p, m), v), g)| {
+                                    for i in 0..p.len() {
+                                        let gi = g[i];
+                                        p[i] *= decay;
+                                        m[i] += w1 * (gi - m[i]);
+                                        v[i] = v[i] * b2 + c2 * gi * gi;
+                                        let denom = v[i].sqrt() / bc2_sqrt + eps;
+                                        p[i] += step_size * (m[i] / denom);
+                                    }
+                                })
+                        })
+                    })
+                })
+            })????;
+            if let Some(master) = &s.master {
+                s.param.value().copy_from(&master.to_dtype(s.param.value().dtype())?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The optimiser state as named tensors (`<param>.exp_avg`, `<param>.exp_avg_sq`,
+    /// `<param>.master`) and each parameter's step count.
+    pub fn state(&self) -> (Vec<(String, Tensor)>, BTreeMap<String, u64>) {
+        let mut tensors = Vec::new();
+        let mut steps = BTreeMap::new();
+        for s in &self.slots {
+            let n = s.param.name();
+            tensors.push((format!("{n}.exp_avg"), s.exp_avg.clone()));
+            tensors.push((format!("{n}.exp_avg_sq"), s.exp_avg_sq.clone()));
+            if let Some(m) = &s.master {
+                tensors.push((format!("{n}.master"), m.clone()));
+            }
+            steps.insert(n.to_string(), s.step);
+        }
+        (tensors, steps)
+    }
+
+    /// Restores what [`AdamW::state`] gave; `get` looks a tensor up by name. Every
+    /// parameter must be present with its own shape.
+    pub fn load_state(&mut self, get: impl Fn(&str) -> Option<Tensor>, steps: &BTreeMap<String, u64>) -> Result<()> {
+        for s in &mut self.slots {
+            let n = s.param.name().to_string();
+            let shape = s.param.value().shape().clone();
+            let fetch = |key: String| -> Result<Tensor> {
+                let t = get(&key).ok_or_else(|| invalid!("AdamW", "the saved state has no {key}"))?;
+                if t.shape() != &shape || t.dtype() != DType::F32 {
+                    return Err(invalid!("AdamW", "{key} is {:?} {}, expected F32 {shape}", t.dtype(), t.shape()));
+                }
+                Ok(t.copy())
+            };
+            s.exp_avg = fetch(format!("{n}.exp_avg"))?;
+            s.exp_avg_sq = fetch(format!("{n}.exp_avg_sq"))?;
+            if s.master.is_some() {
+                let m = fetch(format!("{n}.master"))?;
+                s.param.value().copy_from(&m.to_dtype(s.param.value().dtype())?)?;
+                s.master = Some(m);
+            }
+            s.step = *steps.get(&n).ok_or_else(|| invalid!("AdamW", "the saved state has no step count for {n}"))?;
+        }
+        Ok(())
+    }
+
+    /// The f32 weights of every parameter (masters for half-precision ones): what a
+    /// checkpoint must hold for a resumed run to continue bit for bit.
+    pub fn master_weights(&self) -> impl Iterator<Item = (&Param, &Tensor)> {
+        self.slots.iter().map(|s| (&s.param, s.master.as_ref().unwrap_or(s.param.value())))
+    }
+}
+
+/// Scales all gradients so their global L2 norm is at most `max_norm` (when `max_norm >
+/// 0`), as `clip_grad_norm_` does (`coef = max_norm / (norm + 1e-6)`, capped at 1).
+/// Returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut Gradients, max_norm: f64) -> Result<f64> {
+    let norm = grads.global_norm()?;
+    if max_norm > 0.0 {
+        let coef = (max_norm / (norm + 1e-6)).min(1.0);
+        if coef < 1.0 {
+            grads.scale(coef as f32)?;
+        }
+    }
+    Ok(norm)
+}

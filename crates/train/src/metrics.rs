@@ -1,0 +1,58 @@
+//! `metrics.jsonl`: one JSON object per optimiser step, flushed as it is written, so a
+//! run that dies loses no line it reported.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::io;
+use crate::Result;
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+pub struct Metrics {
+    path: PathBuf,
+    file: File,
+}
+
+impl Metrics {
+    /// Opens `RUN_DIR/metrics.jsonl`. A run resumed from step `s` keeps the lines of
+    /// steps up to `s` and drops later ones (they are about to be redone).
+    pub fn open(run_dir: &Path, resumed_at: Option<u64>) -> Result<Metrics> {
+        let path = run_dir.join(METRICS_FILE);
+        if let Some(s) = resumed_at
+            && path.exists()
+        {
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v.get("step").and_then(|x| x.as_u64()))
+                        .is_some_and(|step| step <= s)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(&path, kept).map_err(io(&path))?;
+        }
+        let mut opts = OpenOptions::new();
+        opts.create(true);
+        if resumed_at.is_some() { opts.append(true) } else { opts.write(true).truncate(true) };
+        let file = opts.open(&path).map_err(io(&path))?;
+        Ok(Metrics { path, file })
+    }
+
+    pub fn write(&mut self, line: &serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{line}").and_then(|_| self.file.flush()).map_err(io(&self.path))
+    }
+}
+
+/// Every line of a metrics file.
+pub fn read(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).map_err(|source| crate::Error::Json { path: path.into(), source }))
+        .collect()
+}

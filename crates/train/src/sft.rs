@@ -1,0 +1,313 @@
+//! Supervised fine-tuning: mean cross-entropy over the target tokens of each batch,
+//! AdamW, global-norm clipping, a warmup schedule, checkpoints and metrics.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use artist_autograd::{Ctx, Gradients, Tape, Var, token_logprobs};
+use artist_model::Qwen2;
+use artist_optim::{AdamW, AdamWConfig, LrSchedule, Schedule, clip_grad_norm};
+use artist_tokenizer::{ChatTemplate, Tokenizer};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, TrainerState};
+use crate::data::{self, ChatFormat, DataOrder, DataStats, Example, Overlong};
+use crate::error::io;
+use crate::metrics::Metrics;
+use crate::{Error, Result};
+
+/// The settings of an SFT run (also what `run_config.json` holds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftConfig {
+    /// The Hugging Face model directory training starts from.
+    pub model: PathBuf,
+    /// The JSONL training data.
+    pub data: PathBuf,
+    /// Optimiser steps of the whole run (a resumed run continues up to it).
+    pub steps: u64,
+    /// Examples per optimiser step.
+    pub batch_size: usize,
+    /// Examples per forward/backward pass (gradients accumulate over a batch); 0 = the
+    /// whole batch at once.
+    pub micro_batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Clip gradients to this global L2 norm; 0 turns clipping off.
+    pub grad_clip: f64,
+    pub warmup_steps: u64,
+    pub lr_schedule: Schedule,
+    /// Leave norm weights and biases out of weight decay.
+    pub decay_matrices_only: bool,
+    pub seed: u64,
+    /// Visit examples in a fresh random order each epoch (else in file order).
+    pub shuffle: bool,
+    /// Save a checkpoint every this many steps (0: only at the end).
+    pub save_every: u64,
+    /// Complete checkpoints kept (0: all).
+    pub keep_last: usize,
+    /// Longest sequence trained on, in tokens.
+    pub max_seq_len: usize,
+    /// Longer sequences are truncated or skipped.
+    pub overlong: Overlong,
+    /// Recompute each decoder layer's activations in backward instead of storing them.
+    pub grad_checkpointing: bool,
+    /// Give up after this many steps in a row whose loss or gradient was not finite.
+    pub max_bad_steps: u32,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        SftConfig {
+            model: PathBuf::new(),
+            data: PathBuf::new(),
+            steps: 100,
+            batch_size: 8,
+            micro_batch_size: 0,
+            lr: 1e-5,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            warmup_steps: 0,
+            lr_schedule: Schedule::Constant,
+            decay_matrices_only: false,
+            seed: 0,
+            shuffle: true,
+            save_every: 0,
+            keep_last: 2,
+            max_seq_len: 4096,
+            overlong: Overlong::Truncate,
+            grad_checkpointing: false,
+            max_bad_steps: 10,
+        }
+    }
+}
+
+pub const RUN_CONFIG_FILE: &str = "run_config.json";
+
+/// The settings a run directory was started with.
+pub fn saved_config(run_dir: &Path) -> Result<SftConfig> {
+    let path = run_dir.join(RUN_CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
+}
+
+/// `-(sum of log p(target)) / denominator` over the target tokens of `batch`, packed into
+/// one forward pass, and the number of targets. The vocabulary projection runs in chunks
+/// ([`token_logprobs`]), so `[targets x vocab]` is never held at once.
+pub fn sft_loss(model: &Qwen2, ctx: &Ctx, batch: &[&Example], denominator: usize) -> Result<(Var, usize)> {
+    let (mut rows, mut targets) = (Vec::new(), Vec::new());
+    let mut offset = 0u32;
+    for ex in batch {
+        for i in 1..ex.ids.len() {
+            if ex.mask[i] == 1 {
+                rows.push(offset + i as u32 - 1);
+                targets.push(ex.ids[i]);
+            }
+        }
+        offset += ex.ids.len() as u32;
+    }
+    if targets.is_empty() {
+        return Err(Error::Config("a batch has no target tokens".into()));
+    }
+    let seqs: Vec<&[u32]> = batch.iter().map(|e| e.ids.as_slice()).collect();
+    let hidden = model.hidden_states(ctx, &seqs, Some(&rows))?;
+    let lp = token_logprobs(&hidden, &ctx.param(model.lm_head_param()), &targets, 1.0, None)?;
+    let loss = lp.sum_all()?.mul_scalar(-1.0 / denominator.max(1) as f32)?;
+    Ok((loss, targets.len()))
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct SftSummary {
+    pub run_dir: PathBuf,
+    pub start_step: u64,
+    pub steps: u64,
+    pub last_loss: Option<f64>,
+    pub refused_steps: u64,
+    pub data: DataStats,
+    pub final_model: PathBuf,
+}
+
+/// Runs (or, with `resume`, continues) SFT into `run_dir`. `progress` draws a progress
+/// bar on the terminal.
+pub fn train(run_dir: &Path, config: SftConfig, resume: bool, progress: bool) -> Result<SftSummary> {
+    let c = &config;
+    if c.steps == 0 || c.batch_size == 0 {
+        return Err(Error::Config("steps and batch_size must be at least 1".into()));
+    }
+    for (name, v) in [("lr", c.lr), ("eps", c.eps), ("weight_decay", c.weight_decay), ("grad_clip", c.grad_clip)] {
+        if !v.is_finite() || v < 0.0 {
+            return Err(Error::Config(format!("{name} must be a finite number >= 0, not {v}")));
+        }
+    }
+    for (name, v) in [("beta1", c.beta1), ("beta2", c.beta2)] {
+        if !(0.0..1.0).contains(&v) {
+            return Err(Error::Config(format!("{name} must lie in [0, 1), not {v}")));
+        }
+    }
+    let resume_from = if resume {
+        Some(checkpoint::latest(run_dir)?.ok_or_else(|| {
+            Error::Config(format!("{}: no complete checkpoint to resume from", run_dir.display()))
+        })?)
+    } else {
+        if checkpoint::latest(run_dir)?.is_some() {
+            return Err(Error::Config(format!(
+                "{} already holds a run with checkpoints: resume it with --resume, or choose another --out",
+                run_dir.display()
+            )));
+        }
+        None
+    };
+    std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+    checkpoint::write_atomic(&run_dir.join(RUN_CONFIG_FILE), serde_json::to_string_pretty(c).expect("JSON").as_bytes())?;
+
+    let source = c.model.clone();
+    let model = match &resume_from {
+        Some(dir) => Qwen2::load(dir)?,
+        None => Qwen2::load(&source)?,
+    };
+    let tokenizer_dir = if source.join(artist_tokenizer::TOKENIZER_FILE).exists() { Some(source.clone()) } else { None };
+    let tokenizer = tokenizer_dir.as_ref().map(Tokenizer::from_dir).transpose()?;
+    let template = tokenizer_dir.as_ref().map(ChatTemplate::from_dir).transpose()?;
+    let chat = tokenizer.as_ref().zip(template.as_ref()).map(|(tokenizer, template)| ChatFormat { tokenizer, template });
+    let (examples, stats) = data::load_jsonl(&c.data, chat.as_ref(), model.config.vocab_size, c.max_seq_len, c.overlong)?;
+    let fingerprint = format!("{:016x}", data::fingerprint(&examples));
+
+    let params = model.params();
+    let mut optimizer = AdamW::new(
+        &params,
+        AdamWConfig {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            decay_matrices_only: c.decay_matrices_only,
+        },
+    )?;
+    let mut start = 0;
+    if let Some(dir) = &resume_from {
+        let state = checkpoint::read_state(dir)?;
+        if state.data_fingerprint != fingerprint {
+            return Err(Error::Checkpoint {
+                path: dir.clone(),
+                msg: format!("the training data changed since this checkpoint ({} then, {fingerprint} now)", state.data_fingerprint),
+            });
+        }
+        if state.seed != c.seed {
+            return Err(Error::Checkpoint { path: dir.clone(), msg: format!("seed {} was saved, {} given", state.seed, c.seed) });
+        }
+        checkpoint::load_optimizer(dir, &mut optimizer, &state)?;
+        start = state.step;
+    }
+    let schedule = LrSchedule { base_lr: c.lr, schedule: c.lr_schedule, warmup_steps: c.warmup_steps, total_steps: c.steps };
+    let order = DataOrder { n: examples.len(), batch_size: c.batch_size, shuffle: c.shuffle, seed: c.seed };
+    let mut metrics = Metrics::open(run_dir, resume_from.as_ref().map(|_| start))?;
+    let bar = progress_bar(progress, start, c.steps);
+    let save = |step: u64, epoch: u64, optimizer: &AdamW| -> Result<PathBuf> {
+        let state = TrainerState {
+            step,
+            epoch,
+            seed: c.seed,
+            data_fingerprint: fingerprint.clone(),
+            optimizer_steps: Default::default(),
+            config: serde_json::to_value(c).expect("JSON"),
+        };
+        checkpoint::save(run_dir, &model, optimizer, &state, Some(&source), c.keep_last)
+    };
+
+    let (mut last_loss, mut refused, mut bad_run) = (None, 0u64, 0u32);
+    for step in start..c.steps {
+        let t0 = Instant::now();
+        let (epoch, idx) = order.step(step);
+        let batch: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
+        let n_targets: usize = batch.iter().map(|e| e.targets()).sum();
+        let tokens: usize = batch.iter().map(|e| e.ids.len()).sum();
+        let micro = if c.micro_batch_size == 0 { batch.len() } else { c.micro_batch_size };
+        let mut grads = Gradients::default();
+        let mut loss = 0f64;
+        for mb in batch.chunks(micro) {
+            let tape = Tape::new();
+            let ctx = Ctx::training(&tape).with_checkpointing(c.grad_checkpointing);
+            let (l, _) = sft_loss(&model, &ctx, mb, n_targets)?;
+            loss += l.to_scalar()? as f64;
+            grads.merge(tape.backward(&l)?)?;
+        }
+        let grad_norm = clip_grad_norm(&mut grads, c.grad_clip)?;
+        let lr = schedule.lr(step);
+        let ok = loss.is_finite() && grad_norm.is_finite();
+        if ok {
+            optimizer.step(&grads, lr)?;
+            last_loss = Some(loss);
+            bad_run = 0;
+        } else {
+            refused += 1;
+            bad_run += 1;
+            bar.suspend(|| {
+                eprintln!("step {}: loss {loss} / gradient norm {grad_norm} is not finite; the update was refused", step + 1)
+            });
+            if bad_run >= c.max_bad_steps.max(1) {
+                return Err(Error::NonFinite(format!(
+                    "{bad_run} steps in a row had a non-finite loss or gradient (last: step {}); stopping. \
+                     The last checkpoint holds finite weights.",
+                    step + 1
+                )));
+            }
+        }
+        drop(grads);
+        let secs = t0.elapsed().as_secs_f64();
+        let finite = |x: f64| if x.is_finite() { serde_json::json!(x) } else { serde_json::json!(x.to_string()) };
+        metrics.write(&serde_json::json!({
+            "step": step + 1,
+            "epoch": epoch,
+            "loss": finite(loss),
+            "grad_norm": finite(grad_norm),
+            "lr": lr,
+            "tokens": tokens,
+            "target_tokens": n_targets,
+            "tokens_per_s": tokens as f64 / secs.max(1e-9),
+            "step_s": secs,
+            "refused": !ok,
+        }))?;
+        bar.set_position(step + 1);
+        bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {:.0} tok/s", tokens as f64 / secs.max(1e-9)));
+        let done = step + 1;
+        if c.save_every > 0 && done % c.save_every == 0 && done < c.steps {
+            let next_epoch = order.step(done).0;
+            bar.suspend(|| save(done, next_epoch, &optimizer))?;
+        }
+    }
+    bar.finish_and_clear();
+    if start < c.steps || resume_from.is_none() {
+        save(c.steps, order.step(c.steps).0, &optimizer)?;
+    }
+    let final_model = checkpoint::export_atomic(run_dir, "final", &model, Some(&source))?;
+    Ok(SftSummary {
+        run_dir: run_dir.into(),
+        start_step: start,
+        steps: c.steps,
+        last_loss,
+        refused_steps: refused,
+        data: stats,
+        final_model,
+    })
+}
+
+fn progress_bar(show: bool, start: u64, total: u64) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(start);
+    bar
+}
