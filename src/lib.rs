@@ -15,7 +15,11 @@
 //! # Ok::<(), artist::tensor::Error>(())
 //! ```
 
+pub use artist_autograd as autograd;
+pub use artist_model as model;
+pub use artist_optim as optim;
 pub use artist_tensor as tensor;
+pub use artist_train as train;
 
 pub mod cli;
 

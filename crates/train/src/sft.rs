@@ -128,16 +128,31 @@ pub struct SftSummary {
     pub run_dir: PathBuf,
     pub start_step: u64,
     pub steps: u64,
+    /// The step this invocation stopped at (`steps` unless `stop_after` cut it short).
+    pub end_step: u64,
     pub last_loss: Option<f64>,
     pub refused_steps: u64,
     pub data: DataStats,
+    /// `RUN_DIR/final`, or the checkpoint written when the run stopped early.
     pub final_model: PathBuf,
 }
 
-/// Runs (or, with `resume`, continues) SFT into `run_dir`. `progress` draws a progress
-/// bar on the terminal.
-pub fn train(run_dir: &Path, config: SftConfig, resume: bool, progress: bool) -> Result<SftSummary> {
+/// How a run is driven (not part of its settings).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue the run in `run_dir` from its newest complete checkpoint.
+    pub resume: bool,
+    /// Draw a progress bar on the terminal.
+    pub progress: bool,
+    /// Stop after this many steps of the run (saving a checkpoint there) without
+    /// finishing it: a time-limited job that a later `resume` continues.
+    pub stop_after: Option<u64>,
+}
+
+/// Runs (or continues) SFT into `run_dir`.
+pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<SftSummary> {
     let c = &config;
+    let resume = opts.resume;
     if c.steps == 0 || c.batch_size == 0 {
         return Err(Error::Config("steps and batch_size must be at least 1".into()));
     }
@@ -208,7 +223,8 @@ pub fn train(run_dir: &Path, config: SftConfig, resume: bool, progress: bool) ->
     let schedule = LrSchedule { base_lr: c.lr, schedule: c.lr_schedule, warmup_steps: c.warmup_steps, total_steps: c.steps };
     let order = DataOrder { n: examples.len(), batch_size: c.batch_size, shuffle: c.shuffle, seed: c.seed };
     let mut metrics = Metrics::open(run_dir, resume_from.as_ref().map(|_| start))?;
-    let bar = progress_bar(progress, start, c.steps);
+    let bar = progress_bar(opts.progress, start, c.steps);
+    let end = opts.stop_after.map_or(c.steps, |s| s.min(c.steps));
     let save = |step: u64, epoch: u64, optimizer: &AdamW| -> Result<PathBuf> {
         let state = TrainerState {
             step,
@@ -222,7 +238,7 @@ pub fn train(run_dir: &Path, config: SftConfig, resume: bool, progress: bool) ->
     };
 
     let (mut last_loss, mut refused, mut bad_run) = (None, 0u64, 0u32);
-    for step in start..c.steps {
+    for step in start..end {
         let t0 = Instant::now();
         let (epoch, idx) = order.step(step);
         let batch: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
@@ -283,14 +299,20 @@ pub fn train(run_dir: &Path, config: SftConfig, resume: bool, progress: bool) ->
         }
     }
     bar.finish_and_clear();
-    if start < c.steps || resume_from.is_none() {
-        save(c.steps, order.step(c.steps).0, &optimizer)?;
+    let saved_at_end = c.save_every > 0 && end.is_multiple_of(c.save_every) && end < c.steps;
+    if (start < end || resume_from.is_none()) && !saved_at_end {
+        save(end, order.step(end).0, &optimizer)?;
     }
-    let final_model = checkpoint::export_atomic(run_dir, "final", &model, Some(&source))?;
+    let final_model = if end == c.steps {
+        checkpoint::export_atomic(run_dir, "final", &model, Some(&source))?
+    } else {
+        checkpoint::latest(run_dir)?.expect("a checkpoint was just saved")
+    };
     Ok(SftSummary {
         run_dir: run_dir.into(),
         start_step: start,
         steps: c.steps,
+        end_step: end,
         last_loss,
         refused_steps: refused,
         data: stats,

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use artist_autograd::{Ctx, Tape};
 use artist_model::{Qwen2, Weights};
 use artist_train::data::{Example, Overlong, load_jsonl};
-use artist_train::sft::{SftConfig, sft_loss, train};
+use artist_train::sft::{RunOptions, SftConfig, sft_loss, train};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -103,7 +103,7 @@ fn sft_case(case: &str, tweak: impl Fn(&mut SftConfig)) -> (Vec<(String, Vec<f32
     };
     tweak(&mut config);
     let out = tempfile::tempdir().unwrap();
-    let summary = train(out.path(), config, false, false).unwrap();
+    let summary = train(out.path(), config, &RunOptions::default()).unwrap();
     assert_eq!(summary.refused_steps, 0);
     let lines = artist_train::metrics::read(&out.path().join("metrics.jsonl")).unwrap();
     assert_eq!(lines.len(), 10);

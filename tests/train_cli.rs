@@ -1,0 +1,176 @@
+//! `train --mode sft` as a user runs it: a resumed run equals a straight one bit for bit,
+//! a run killed in the middle of a save leaves the previous checkpoint whole, the export
+//! scores like the trained weights, and bad input ends in a clear error.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use artist::train::checkpoint;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A bf16 model (so f32 master weights are in play), six examples, batches of four that
+/// straddle epochs, shuffled, two micro-batches per step, a warmup + cosine schedule.
+fn sft_args(out: &Path) -> Vec<String> {
+    let model = fixtures().join("qwen2/tiny-bf16");
+    let data = fixtures().join("training/sft/gqa-cosine/data.jsonl");
+    [
+        "--mode", "sft", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out",
+        out.to_str().unwrap(), "--steps", "6", "--batch-size", "4", "--micro-batch-size", "2", "--lr", "3e-3",
+        "--warmup-steps", "2", "--lr-schedule", "cosine", "--seed", "7", "--save-every", "2", "--keep-last", "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn train(args: &[String], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_train"));
+    cmd.args(args).arg("--no-progress");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("train runs")
+}
+
+#[track_caller]
+fn ok(out: &Output) {
+    assert!(out.status.success(), "train failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[track_caller]
+fn fails_cleanly(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should have failed");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+}
+
+fn bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn resume(dir: &Path) -> Output {
+    train(&["--resume".into(), dir.to_str().unwrap().into()], &[])
+}
+
+#[test]
+fn stopped_and_resumed_equals_straight_bitwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("straight"), tmp.path().join("resumed"));
+    ok(&train(&sft_args(&a), &[]));
+    let mut first = sft_args(&b);
+    first.extend(["--stop-after".into(), "3".into()]);
+    ok(&train(&first, &[]));
+    assert!(!b.join("final").exists(), "a stopped run exports no final model");
+    let latest = checkpoint::latest(&b).unwrap().unwrap();
+    assert!(latest.ends_with("step-00000003"), "{}", latest.display());
+    ok(&resume(&b));
+    assert_eq!(bytes(&a.join("final/model.safetensors")), bytes(&b.join("final/model.safetensors")));
+    let ck = "checkpoints/step-00000006";
+    assert_eq!(bytes(&a.join(ck).join("optimizer.safetensors")), bytes(&b.join(ck).join("optimizer.safetensors")));
+    let (ma, mb) = (artist::train::metrics::read(&a.join("metrics.jsonl")).unwrap(), artist::train::metrics::read(&b.join("metrics.jsonl")).unwrap());
+    assert_eq!(mb.len(), 6);
+    for (x, y) in ma.iter().zip(&mb) {
+        assert_eq!((&x["step"], &x["loss"], &x["grad_norm"], &x["lr"]), (&y["step"], &y["loss"], &y["grad_norm"], &y["lr"]));
+    }
+    // The export is a Hugging Face model directory our loader (and `score`) reads back.
+    let exported = artist::train::checkpoint::read_state(&a.join(ck)).unwrap();
+    assert_eq!(exported.step, 6);
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"] {
+        assert!(a.join("final").join(f).exists(), "final/{f}");
+    }
+}
+
+#[test]
+fn killed_mid_save_keeps_the_previous_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, c) = (tmp.path().join("straight"), tmp.path().join("killed"));
+    ok(&train(&sft_args(&a), &[]));
+    let out = train(&sft_args(&c), &[("ARTIST_FAULT_ABORT_IN_SAVE", "4")]);
+    assert!(!out.status.success(), "the run should have died");
+    let root = c.join("checkpoints");
+    let partial: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(".tmp-step-00000004"))
+        .collect();
+    assert_eq!(partial.len(), 1, "the half-written checkpoint is left under a temporary name");
+    assert!(root.join(&partial[0]).join("model.safetensors").exists());
+    assert!(!root.join(&partial[0]).join(checkpoint::STATE_FILE).exists());
+    let latest = checkpoint::latest(&c).unwrap().unwrap();
+    assert!(latest.ends_with("step-00000002"), "{}", latest.display());
+    // The previous checkpoint loads: model, trainer state, optimiser state.
+    let model = artist::model::Qwen2::load(&latest).unwrap();
+    let state = checkpoint::read_state(&latest).unwrap();
+    assert_eq!(state.step, 2);
+    let params = model.params();
+    let mut opt = artist::optim::AdamW::new(&params, Default::default()).unwrap();
+    checkpoint::load_optimizer(&latest, &mut opt, &state).unwrap();
+    // Resuming finishes the run exactly as if nothing had happened.
+    ok(&resume(&c));
+    assert_eq!(bytes(&a.join("final/model.safetensors")), bytes(&c.join("final/model.safetensors")));
+    assert!(!root.read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(".tmp-")));
+}
+
+#[test]
+fn exported_model_scores_like_the_trained_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let model = fixtures().join("qwen2/tiny-gqa");
+    let data = fixtures().join("training/sft/gqa-cosine/data.jsonl");
+    let args: Vec<String> = ["--mode", "sft", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()]
+        .into_iter()
+        .chain(["--out", run.to_str().unwrap(), "--steps", "3", "--lr", "1e-2", "--no-shuffle"])
+        .map(String::from)
+        .collect();
+    ok(&train(&args, &[]));
+    let ids = "19,137,256,180,158,28,50,253";
+    let score = |dir: &Path| -> Vec<f64> {
+        let out = Command::new(env!("CARGO_BIN_EXE_score"))
+            .args(["--model", dir.to_str().unwrap(), "--token-ids", ids, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let (before, after, ckpt) = (score(&model), score(&run.join("final")), score(&run.join("checkpoints/step-00000003")));
+    assert_eq!(after, ckpt, "the final export and the last checkpoint hold the same weights");
+    assert_ne!(before, after, "three steps at lr 1e-2 change the model");
+    // The same logprobs as the weights in memory at the end of training.
+    let trained = artist::model::Qwen2::load(&run.join("final")).unwrap();
+    let ids: Vec<u32> = artist::cli::parse_ids(ids).unwrap();
+    let lp = trained.token_logprobs(&ids).unwrap();
+    for (a, b) in lp.iter().zip(&after) {
+        assert!((*a as f64 - b).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("qwen2/tiny-gqa");
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"input_ids\":[1,2,3]}\n{\"input_ids\": [1, 2,\n").unwrap();
+    let base = |data: &Path, out: &Path| -> Vec<String> {
+        ["--mode", "sft", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()]
+            .into_iter()
+            .chain(["--out", out.to_str().unwrap(), "--steps", "2"])
+            .map(String::from)
+            .collect()
+    };
+    fails_cleanly(&train(&base(&bad, &tmp.path().join("r1")), &[]), "bad.jsonl:2");
+    std::fs::write(&bad, "{\"input_ids\":[1,2,3,400]}\n").unwrap();
+    fails_cleanly(&train(&base(&bad, &tmp.path().join("r2")), &[]), "vocabulary of 311");
+    fails_cleanly(&resume(&tmp.path().join("nothing-here")), "run_config.json");
+    let good = fixtures().join("training/sft/gqa-cosine/data.jsonl");
+    let out = tmp.path().join("r3");
+    ok(&train(&base(&good, &out), &[]));
+    fails_cleanly(&train(&base(&good, &out), &[]), "--resume");
+    fails_cleanly(&train(&["--mode".into(), "sft".into(), "--out".into(), "x".into()], &[]), "--model");
+    fails_cleanly(&train(&base(&good, &tmp.path().join("r4")).into_iter().chain(["--lr-schedule".into(), "cos".into()]).collect::<Vec<_>>(), &[]), "cos");
+}
