@@ -52,6 +52,11 @@ fn bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
+#[track_caller]
+fn same_bytes(a: &Path, b: &Path) {
+    assert!(bytes(a) == bytes(b), "{} and {} differ", a.display(), b.display());
+}
+
 fn resume(dir: &Path) -> Output {
     train(&["--resume".into(), dir.to_str().unwrap().into()], &[])
 }
@@ -68,9 +73,9 @@ fn stopped_and_resumed_equals_straight_bitwise() {
     let latest = checkpoint::latest(&b).unwrap().unwrap();
     assert!(latest.ends_with("step-00000003"), "{}", latest.display());
     ok(&resume(&b));
-    assert_eq!(bytes(&a.join("final/model.safetensors")), bytes(&b.join("final/model.safetensors")));
+    same_bytes(&a.join("final/model.safetensors"), &b.join("final/model.safetensors"));
     let ck = "checkpoints/step-00000006";
-    assert_eq!(bytes(&a.join(ck).join("optimizer.safetensors")), bytes(&b.join(ck).join("optimizer.safetensors")));
+    same_bytes(&a.join(ck).join("optimizer.safetensors"), &b.join(ck).join("optimizer.safetensors"));
     let (ma, mb) = (artist::train::metrics::read(&a.join("metrics.jsonl")).unwrap(), artist::train::metrics::read(&b.join("metrics.jsonl")).unwrap());
     assert_eq!(mb.len(), 6);
     for (x, y) in ma.iter().zip(&mb) {
@@ -112,7 +117,7 @@ fn killed_mid_save_keeps_the_previous_checkpoint() {
     checkpoint::load_optimizer(&latest, &mut opt, &state).unwrap();
     // Resuming finishes the run exactly as if nothing had happened.
     ok(&resume(&c));
-    assert_eq!(bytes(&a.join("final/model.safetensors")), bytes(&c.join("final/model.safetensors")));
+    same_bytes(&a.join("final/model.safetensors"), &c.join("final/model.safetensors"));
     assert!(!root.read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(".tmp-")));
 }
 

@@ -267,13 +267,6 @@ pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<Sft
             bar.suspend(|| {
                 eprintln!("step {}: loss {loss} / gradient norm {grad_norm} is not finite; the update was refused", step + 1)
             });
-            if bad_run >= c.max_bad_steps.max(1) {
-                return Err(Error::NonFinite(format!(
-                    "{bad_run} steps in a row had a non-finite loss or gradient (last: step {}); stopping. \
-                     The last checkpoint holds finite weights.",
-                    step + 1
-                )));
-            }
         }
         drop(grads);
         let secs = t0.elapsed().as_secs_f64();
@@ -291,6 +284,13 @@ pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<Sft
             "refused": !ok,
         }))?;
         bar.set_position(step + 1);
+        if !ok && bad_run >= c.max_bad_steps.max(1) {
+            return Err(Error::NonFinite(format!(
+                "{bad_run} steps in a row had a loss or gradient that is not finite (last: step {}); \
+                 stopping. No update from such a step was applied; checkpoints hold finite weights only.",
+                step + 1
+            )));
+        }
         bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {:.0} tok/s", tokens as f64 / secs.max(1e-9)));
         let done = step + 1;
         if c.save_every > 0 && done % c.save_every == 0 && done < c.steps {
