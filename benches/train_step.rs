@@ -1,0 +1,105 @@
+//! One supervised training step (forward, backward, AdamW) of a small Qwen2 shape with
+//! random f32 weights: 8 layers, hidden 512, 8 heads over 2 KV heads, MLP 1408, vocab
+//! 32768 (56M parameters), a batch of 4 sequences of 128 tokens, loss on every token.
+//!
+//!     cargo bench --bench train_step -- [--batch 4] [--seq 128] [--steps 3] [--checkpointing]
+//!
+//! Prints one JSON line; `scripts/bench_train_step.py` runs it beside PyTorch on the same
+//! shape, batch and thread count. Model FLOPs per step are counted as 6 x parameters x
+//! tokens (matrix products, forward and backward) plus attention's 6 x 2 x layers x
+//! sum(t^2/2) x hidden.
+
+use std::time::Instant;
+
+use artist_autograd::{Ctx, Tape};
+use artist_model::{Qwen2, Qwen2Config, RandomWeights};
+use artist_optim::{AdamW, AdamWConfig, clip_grad_norm};
+use artist_tensor::DType;
+use artist_train::data::Example;
+use artist_train::sft::sft_loss;
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.into())
+}
+
+pub fn small_config() -> Qwen2Config {
+    Qwen2Config {
+        vocab_size: 32_768,
+        hidden_size: 512,
+        intermediate_size: 1408,
+        num_hidden_layers: 8,
+        num_attention_heads: 8,
+        num_key_value_heads: 2,
+        head_dim: 64,
+        tie_word_embeddings: false,
+        dtype: Some("float32".into()),
+        ..Qwen2Config::qwen2_5_0_5b()
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    artist_tensor::cpu::retain_freed_memory();
+    let batch: usize = arg("--batch", "4").parse()?;
+    let seq: usize = arg("--seq", "128").parse()?;
+    let steps: usize = arg("--steps", "3").parse()?;
+    let checkpointing = std::env::args().any(|a| a == "--checkpointing");
+    let config = small_config();
+    let model = Qwen2::from_weights(config.clone(), &RandomWeights { dtype: DType::F32, std: 0.02, seed: 0 })?;
+    let examples: Vec<Example> = (0..batch)
+        .map(|b| Example {
+            ids: (0..seq).map(|i| ((i * 7919 + b * 104_729) % config.vocab_size) as u32).collect(),
+            mask: (0..seq).map(|i| (i > 0) as u8).collect(),
+            line: b + 1,
+        })
+        .collect();
+    let refs: Vec<&Example> = examples.iter().collect();
+    let n_targets: usize = examples.iter().map(|e| e.targets()).sum();
+    let params = model.params();
+    let mut opt = AdamW::new(&params, AdamWConfig::default())?;
+    let mut times = Vec::new();
+    let mut phases = (0.0, 0.0, 0.0);
+    let mut loss = 0.0;
+    for i in 0..steps + 1 {
+        let t0 = Instant::now();
+        let tape = Tape::new();
+        let ctx = Ctx::training(&tape).with_checkpointing(checkpointing);
+        let (l, _) = sft_loss(&model, &ctx, &refs, n_targets)?;
+        loss = l.to_scalar()?;
+        let t1 = Instant::now();
+        let mut grads = tape.backward(&l)?;
+        let t2 = Instant::now();
+        clip_grad_norm(&mut grads, 1.0)?;
+        opt.step(&grads, 1e-4)?;
+        let t3 = Instant::now();
+        if i > 0 {
+            // The first step warms up allocations and thread pools.
+            times.push((t3 - t0).as_secs_f64());
+            phases.0 += (t1 - t0).as_secs_f64() / steps as f64;
+            phases.1 += (t2 - t1).as_secs_f64() / steps as f64;
+            phases.2 += (t3 - t2).as_secs_f64() / steps as f64;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let step_s = times[times.len() / 2];
+    let tokens = batch * seq;
+    let c = &config;
+    let attn = 6.0 * 2.0 * c.num_hidden_layers as f64 * batch as f64 * (seq * seq) as f64 / 2.0 * (c.num_attention_heads * c.head_dim) as f64;
+    let flops = 6.0 * c.num_parameters() as f64 * tokens as f64 + attn;
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "artist",
+            "threads": rayon::current_num_threads(),
+            "params": c.num_parameters(),
+            "batch": batch, "seq": seq, "tokens": tokens,
+            "checkpointing": checkpointing,
+            "step_s": step_s,
+            "forward_s": phases.0, "backward_s": phases.1, "optimizer_s": phases.2,
+            "tokens_per_s": tokens as f64 / step_s,
+            "gflops": flops / step_s / 1e9,
+            "loss": loss,
+        })
+    );
+    Ok(())
+}
