@@ -2,7 +2,7 @@
 //! `[tokens x vocab]` for the whole batch: the projection, log-softmax and gather run
 //! over chunks of rows, and backward recomputes each chunk's softmax instead of saving it.
 
-use artist_tensor::{DType, Device, Result, Tensor, invalid};
+use artist_tensor::{DType, Result, Tensor, invalid};
 
 use crate::tape::Var;
 
@@ -38,37 +38,56 @@ pub fn token_logprobs(hidden: &Var, weight: &Var, targets: &[u32], scale: f32, c
         let z = h.linear(w, None)?;
         if scale == 1.0 { Ok(z) } else { z.mul_scalar(scale) }
     };
-    let mut out = Vec::with_capacity(n);
+    // Forward keeps only log-sum-exp per row: backward rebuilds the softmax from it in the
+    // same pass that forms the logit gradient.
+    let (mut out, mut lse) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for start in (0..n).step_by(chunk) {
         let len = chunk.min(n - start);
+        let t = targets.narrow(0, start, len)?;
         let z = logits_of(&hv.narrow(0, start, len)?, &wv)?;
-        out.extend(z.log_softmax(-1)?.gather(1, &targets.narrow(0, start, len)?)?.to_vec::<f32>()?);
+        let lp = z.log_softmax(-1)?.gather(1, &t)?.to_vec::<f32>()?;
+        let zt = z.gather(1, &t)?.to_vec::<f32>()?;
+        lse.extend(zt.iter().zip(&lp).map(|(z, l)| z - l));
+        out.extend(lp);
     }
     let value = Tensor::from_vec(out, n, device)?;
+    let target_ids: Vec<u32> = targets.to_vec()?;
 
     Var::record(OP, &[hidden, weight], value, move |g, needs| {
-        let g = g.to_dtype(DType::F32)?.reshape((n, 1))?;
+        let g = g.to_dtype(DType::F32)?.to_vec::<f32>()?;
         // dh = dz @ W needs W as f32 rows of an [h, vocab] linear; widen half weights once.
         let w_t = if needs[0] && wv.dtype() != DType::F32 { Some(wv.t()?.contiguous()) } else { None };
-        let dw = if needs[1] { Some(Tensor::zeros((vocab, h), DType::F32, Device::Cpu)?) } else { None };
+        let mut dw: Option<Tensor> = None;
         let mut dh_parts = Vec::new();
         for start in (0..n).step_by(chunk) {
             let len = chunk.min(n - start);
-            let (hc, gc, tc) = (hv.narrow(0, start, len)?, g.narrow(0, start, len)?, targets.narrow(0, start, len)?);
-            // d lp_i / d z_ij = scale * (onehot_ij - p_ij)
-            let p = logits_of(&hc, &wv)?.softmax(-1)?;
-            let mut dz = p.mul(&gc.neg()?)?.scatter_add(1, &tc, &gc)?;
-            if scale != 1.0 {
-                dz = dz.mul_scalar(scale)?;
-            }
+            let hc = hv.narrow(0, start, len)?;
+            // d lp_i / d z_ij = scale * (onehot_ij - p_ij), p_ij = exp(scale z_ij - lse_i);
+            // the unscaled logits' buffer is overwritten with the gradient row by row.
+            let dz = hc.linear(&wv, None)?;
+            let (gc, lc, tc) = (&g[start..start + len], &lse[start..start + len], &target_ids[start..start + len]);
+            dz.update_f32(|v| {
+                use rayon::prelude::*;
+                v.par_chunks_mut(vocab).enumerate().for_each(|(i, row)| {
+                    let (gi, li) = (gc[i] * scale, lc[i]);
+                    for x in row.iter_mut() {
+                        *x = -gi * (*x * scale - li).exp();
+                    }
+                    row[tc[i] as usize] += gi;
+                })
+            })?;
             if needs[0] {
                 dh_parts.push(match &w_t {
                     None => dz.matmul(&wv)?,
                     Some(wt) => dz.linear(wt, None)?,
                 });
             }
-            if let Some(dw) = &dw {
-                dw.add_assign(&dz.t()?.matmul(&hc.to_dtype(DType::F32)?)?)?;
+            if needs[1] {
+                let part = dz.t()?.matmul(&hc.to_dtype(DType::F32)?)?;
+                match &dw {
+                    None => dw = Some(part),
+                    Some(acc) => acc.add_assign(&part)?,
+                }
             }
         }
         let dh = if needs[0] { Some(Tensor::cat(&dh_parts.iter().collect::<Vec<_>>(), 0)?) } else { None };

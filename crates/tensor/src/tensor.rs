@@ -464,8 +464,13 @@ impl Tensor {
         if other.shape() != self.shape() {
             return Err(Error::ShapeMismatch { op: "add_assign", lhs: self.shape().clone(), rhs: other.shape().clone() });
         }
-        let src = if self.same_storage(other) { other.copy() } else { other.contiguous() };
-        let from = src.to_f32_vec()?;
+        let src = if self.same_storage(other) { other.copy() } else { other.to_dtype(DType::F32)?.contiguous() };
+        let range = src.layout.contiguous_range().expect("contiguous");
+        let guard = src.cpu();
+        let from = match &*guard {
+            CpuStorage::F32(v) => &v[range],
+            _ => unreachable!("converted to f32"),
+        };
         self.update_f32(|dst| {
             use rayon::prelude::*;
             dst.par_chunks_mut(1 << 14).zip(from.par_chunks(1 << 14)).for_each(|(d, s)| {
