@@ -38,6 +38,13 @@ pub fn small_config() -> Qwen2Config {
     }
 }
 
+/// The process's peak resident memory (VmHWM), MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     artist_tensor::cpu::retain_freed_memory();
     let batch: usize = arg("--batch", "4").parse()?;
@@ -99,6 +106,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "tokens_per_s": tokens as f64 / step_s,
             "gflops": flops / step_s / 1e9,
             "loss": loss,
+            "peak_rss_mib": peak_rss_mib(),
         })
     );
     Ok(())

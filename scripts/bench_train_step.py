@@ -17,6 +17,7 @@ Both time one warm-up step, then report the median of ``steps`` steps.
 import argparse
 import json
 import os
+import resource
 import subprocess
 import time
 
@@ -57,13 +58,16 @@ def torch_run(threads, batch, seq, steps):
     step_s = times[len(times) // 2]
     return {"impl": "pytorch", "step_s": step_s, "forward_s": phases[0], "backward_s": phases[1],
             "optimizer_s": phases[2], "tokens_per_s": batch * seq / step_s, "loss": loss.item(),
-            "torch": torch.__version__}
+            "torch": torch.__version__,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def artist_run(threads, batch, seq, steps):
+def artist_run(threads, batch, seq, steps, checkpointing=False):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     cmd = ["cargo", "bench", "-q", "--bench", "train_step", "--",
            "--batch", str(batch), "--seq", str(seq), "--steps", str(steps)]
+    if checkpointing:
+        cmd.append("--checkpointing")
     out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads([l for l in out.splitlines() if l.startswith("{")][-1])
 
@@ -77,8 +81,9 @@ def main():
     a = ap.parse_args()
     subprocess.run(["cargo", "bench", "--no-run", "-q", "--bench", "train_step"], cwd=ROOT, check=True)
     ours = artist_run(a.threads, a.batch, a.seq, a.steps)
+    ckpt = artist_run(a.threads, a.batch, a.seq, a.steps, checkpointing=True)
     theirs = torch_run(a.threads, a.batch, a.seq, a.steps)
-    print(json.dumps({"artist": ours, "pytorch": theirs}))
+    print(json.dumps({"artist": ours, "artist_checkpointing": ckpt, "pytorch": theirs}))
     print()
     print(f"| {a.batch} x {a.seq} tokens, {a.threads} threads | artist | PyTorch {theirs['torch']} | artist / PyTorch |")
     print("| --- | --- | --- | --- |")
@@ -86,7 +91,9 @@ def main():
                        ("optimizer_s", "clip + AdamW (s)"), ("tokens_per_s", "tokens/s")]:
         ratio = theirs[key] / ours[key] if key != "tokens_per_s" else ours[key] / theirs[key]
         print(f"| {label} | {ours[key]:.3f} | {theirs[key]:.3f} | {ratio:.2f}x |")
-    print(f"\nartist model FLOP rate: {ours['gflops']:.0f} GFLOP/s")
+    print(f"| peak RSS (MiB) | {ours['peak_rss_mib']:.0f} | {theirs['peak_rss_mib']:.0f} | |")
+    print(f"\nartist model FLOP rate: {ours['gflops']:.0f} GFLOP/s; with gradient checkpointing: "
+          f"step {ckpt['step_s']:.3f} s, peak RSS {ckpt['peak_rss_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":
