@@ -91,7 +91,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let step_s = times[times.len() / 2];
     let tokens = batch * seq;
     let c = &config;
-    let attn = 6.0 * 2.0 * c.num_hidden_layers as f64 * batch as f64 * (seq * seq) as f64 / 2.0 * (c.num_attention_heads * c.head_dim) as f64;
+    let attn = 6.0 * 2.0 * c.num_hidden_layers as f64 * batch as f64 * (seq * seq) as f64 / 2.0
+        * (c.num_attention_heads * c.head_dim) as f64;
     let flops = 6.0 * c.num_parameters() as f64 * tokens as f64 + attn;
     println!(
         "{}",

@@ -17,9 +17,32 @@ fn sft_args(out: &Path) -> Vec<String> {
     let model = fixtures().join("qwen2/tiny-bf16");
     let data = fixtures().join("training/sft/gqa-cosine/data.jsonl");
     [
-        "--mode", "sft", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out",
-        out.to_str().unwrap(), "--steps", "6", "--batch-size", "4", "--micro-batch-size", "2", "--lr", "3e-3",
-        "--warmup-steps", "2", "--lr-schedule", "cosine", "--seed", "7", "--save-every", "2", "--keep-last", "0",
+        "--mode",
+        "sft",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "6",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "2",
+        "--lr-schedule",
+        "cosine",
+        "--seed",
+        "7",
+        "--save-every",
+        "2",
+        "--keep-last",
+        "0",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -76,10 +99,16 @@ fn stopped_and_resumed_equals_straight_bitwise() {
     same_bytes(&a.join("final/model.safetensors"), &b.join("final/model.safetensors"));
     let ck = "checkpoints/step-00000006";
     same_bytes(&a.join(ck).join("optimizer.safetensors"), &b.join(ck).join("optimizer.safetensors"));
-    let (ma, mb) = (artist::train::metrics::read(&a.join("metrics.jsonl")).unwrap(), artist::train::metrics::read(&b.join("metrics.jsonl")).unwrap());
+    let (ma, mb) = (
+        artist::train::metrics::read(&a.join("metrics.jsonl")).unwrap(),
+        artist::train::metrics::read(&b.join("metrics.jsonl")).unwrap(),
+    );
     assert_eq!(mb.len(), 6);
     for (x, y) in ma.iter().zip(&mb) {
-        assert_eq!((&x["step"], &x["loss"], &x["grad_norm"], &x["lr"]), (&y["step"], &y["loss"], &y["grad_norm"], &y["lr"]));
+        assert_eq!(
+            (&x["step"], &x["loss"], &x["grad_norm"], &x["lr"]),
+            (&y["step"], &y["loss"], &y["grad_norm"], &y["lr"])
+        );
     }
     // The export is a Hugging Face model directory our loader (and `score`) reads back.
     let exported = artist::train::checkpoint::read_state(&a.join(ck)).unwrap();
@@ -143,7 +172,8 @@ fn exported_model_scores_like_the_trained_weights() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
     };
-    let (before, after, ckpt) = (score(&model), score(&run.join("final")), score(&run.join("checkpoints/step-00000003")));
+    let (before, after, ckpt) =
+        (score(&model), score(&run.join("final")), score(&run.join("checkpoints/step-00000003")));
     assert_eq!(after, ckpt, "the final export and the last checkpoint hold the same weights");
     assert_ne!(before, after, "three steps at lr 1e-2 change the model");
     // The same logprobs as the weights in memory at the end of training.
@@ -177,5 +207,14 @@ fn bad_input_is_a_clear_error() {
     ok(&train(&base(&good, &out), &[]));
     fails_cleanly(&train(&base(&good, &out), &[]), "--resume");
     fails_cleanly(&train(&["--mode".into(), "sft".into(), "--out".into(), "x".into()], &[]), "--model");
-    fails_cleanly(&train(&base(&good, &tmp.path().join("r4")).into_iter().chain(["--lr-schedule".into(), "cos".into()]).collect::<Vec<_>>(), &[]), "cos");
+    fails_cleanly(
+        &train(
+            &base(&good, &tmp.path().join("r4"))
+                .into_iter()
+                .chain(["--lr-schedule".into(), "cos".into()])
+                .collect::<Vec<_>>(),
+            &[],
+        ),
+        "cos",
+    );
 }

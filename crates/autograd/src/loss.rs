@@ -21,7 +21,12 @@ pub fn token_logprobs(hidden: &Var, weight: &Var, targets: &[u32], scale: f32, c
     let [n, h] = hidden.value().dims_n(OP)?;
     let [vocab, wh] = weight.value().dims_n(OP)?;
     if h != wh {
-        return Err(invalid!(OP, "hidden {} and weight {} disagree on the hidden size", hidden.shape(), weight.shape()));
+        return Err(invalid!(
+            OP,
+            "hidden {} and weight {} disagree on the hidden size",
+            hidden.shape(),
+            weight.shape()
+        ));
     }
     if targets.len() != n {
         return Err(invalid!(OP, "{} targets for {n} rows", targets.len()));

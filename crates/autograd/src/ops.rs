@@ -317,7 +317,11 @@ impl Var {
         let (gate, upv) = (self.value.clone(), up.value.clone());
         Var::record("silu_mul", &[self, up], value, move |g, needs| {
             let dgate = if needs[0] {
-                Some(g.mul(&upv)?.zip_f32("silu_mul_backward", &gate, |a, x| a * dsilu(x))?.sum_to(gate.shape().clone())?)
+                Some(
+                    g.mul(&upv)?
+                        .zip_f32("silu_mul_backward", &gate, |a, x| a * dsilu(x))?
+                        .sum_to(gate.shape().clone())?,
+                )
             } else {
                 None
             };

@@ -172,7 +172,13 @@ impl Tape {
             }
             let outs = (node.backward)(g, &needs, grads)?;
             if outs.len() != node.inputs.len() {
-                return Err(invalid!("backward", "{} returned {} gradients for {} inputs", node.op, outs.len(), node.inputs.len()));
+                return Err(invalid!(
+                    "backward",
+                    "{} returned {} gradients for {} inputs",
+                    node.op,
+                    outs.len(),
+                    node.inputs.len()
+                ));
             }
             for ((origin, shape), g) in node.inputs.iter().zip(outs) {
                 let Some(g) = g else { continue };

@@ -52,7 +52,8 @@ fn check(name: &str, inputs: Vec<Tensor>, f: impl Fn(&[Var]) -> Result<Var>) {
         let gmax = an.iter().fold(0f64, |m, &g| m.max(g.abs() as f64));
         let base = inputs[i].to_f32_vec().unwrap();
         let n = base.len();
-        let picks: Vec<usize> = if n <= 48 { (0..n).collect() } else { (0..48).map(|_| rng.random_range(0..n)).collect() };
+        let picks: Vec<usize> =
+            if n <= 48 { (0..n).collect() } else { (0..48).map(|_| rng.random_range(0..n)).collect() };
         for j in picks {
             let at = |delta: f32| {
                 let mut v = base.clone();
@@ -128,8 +129,11 @@ fn matrix_products() {
     check("matmul broadcast rhs", vec![a.clone(), b2], |v| v[0].matmul(&v[1]));
     let bt = rand_tensor(&mut g, &[2, 5, 4], -1.0, 1.0);
     check("matmul transposed view", vec![a.clone(), bt], |v| v[0].matmul(&v[1].transpose(-2, -1)?));
-    let (x, w, bias) =
-        (rand_tensor(&mut g, &[2, 3, 6], -1.0, 1.0), rand_tensor(&mut g, &[5, 6], -1.0, 1.0), rand_tensor(&mut g, &[5], -1.0, 1.0));
+    let (x, w, bias) = (
+        rand_tensor(&mut g, &[2, 3, 6], -1.0, 1.0),
+        rand_tensor(&mut g, &[5, 6], -1.0, 1.0),
+        rand_tensor(&mut g, &[5], -1.0, 1.0),
+    );
     check("linear with bias", vec![x.clone(), w.clone(), bias], |v| v[0].linear(&v[1], Some(&v[2])));
     // Many rows: the gemm path rather than the matrix-vector one.
     let xl = rand_tensor(&mut g, &[40, 6], -1.0, 1.0);
@@ -244,7 +248,11 @@ fn checkpointed_block_gives_the_same_gradients() {
         let x = tape.param(&px);
         let mut y = x.clone();
         for _ in 0..2 {
-            y = if ctx.checkpointing() { checkpoint(&ctx, &[&y], block.clone()).unwrap() } else { block(&ctx, &[y]).unwrap() };
+            y = if ctx.checkpointing() {
+                checkpoint(&ctx, &[&y], block.clone()).unwrap()
+            } else {
+                block(&ctx, &[y]).unwrap()
+            };
         }
         let loss = y.sqr().unwrap().mean_all().unwrap();
         let nodes = tape.len();

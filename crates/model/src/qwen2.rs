@@ -54,8 +54,11 @@ impl Linear {
     }
 }
 
+/// A Hugging Face tensor name, the parameter holding it, and its rows there when fused.
+type HfEntry<'a> = (String, &'a Param, Option<(usize, usize)>);
+
 /// Hugging Face entries of a fused projection: each part's weight (and bias) rows.
-fn split<'a>(out: &mut Vec<(String, &'a Param, Option<(usize, usize)>)>, prefix: &str, lin: &'a Linear, parts: &[(&str, usize)]) {
+fn split<'a>(out: &mut Vec<HfEntry<'a>>, prefix: &str, lin: &'a Linear, parts: &[(&str, usize)]) {
     let mut row = 0;
     for &(name, rows) in parts {
         out.push((format!("{prefix}.{name}.weight"), &lin.weight, Some((row, rows))));
@@ -120,7 +123,8 @@ impl Layer {
         for s in spans {
             let t = s.len;
             let qi = q.narrow(0, s.row, t)?.reshape((1, t, heads, d))?.rope(&s.cos, &s.sin)?;
-            let ki = k.narrow(0, s.row, t)?.reshape((1, t, kv_heads, d))?.rope(&s.cos, &s.sin)?.reshape((t, kv_heads, d))?;
+            let ki =
+                k.narrow(0, s.row, t)?.reshape((1, t, kv_heads, d))?.rope(&s.cos, &s.sin)?.reshape((t, kv_heads, d))?;
             let vi = v.narrow(0, s.row, t)?.reshape((t, kv_heads, d))?;
             let (keys, values) = match cache.as_mut() {
                 Some((cache, l)) => {
@@ -180,8 +184,13 @@ impl Qwen2 {
         let c = &config;
         let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
-        let dims =
-            Dims { heads: c.num_attention_heads, kv_heads: c.num_key_value_heads, head_dim: d, intermediate: i, eps: c.rms_norm_eps as f32 };
+        let dims = Dims {
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: d,
+            intermediate: i,
+            eps: c.rms_norm_eps as f32,
+        };
         let param = |name: String, shape: &[usize]| -> Result<Param> {
             let t = w.get(&name, shape)?;
             Ok(Param::new(name, t))
@@ -200,7 +209,10 @@ impl Qwen2 {
                     part(&format!("{p}.self_attn.k_proj"), kv, h, true)?,
                     part(&format!("{p}.self_attn.v_proj"), kv, h, true)?,
                 ];
-                let gate_up = [part(&format!("{p}.mlp.gate_proj"), i, h, false)?, part(&format!("{p}.mlp.up_proj"), i, h, false)?];
+                let gate_up = [
+                    part(&format!("{p}.mlp.gate_proj"), i, h, false)?,
+                    part(&format!("{p}.mlp.up_proj"), i, h, false)?,
+                ];
                 Ok(Layer {
                     dims,
                     input_layernorm: param(format!("{p}.input_layernorm.weight"), &[h])?,
@@ -214,7 +226,8 @@ impl Qwen2 {
             .collect::<Result<Vec<_>>>()?;
         let embed_tokens = param("model.embed_tokens.weight".into(), &[c.vocab_size, h])?;
         // Some tied checkpoints still carry lm_head.weight; tying means the embedding is used.
-        let lm_head = if c.tie_word_embeddings { None } else { Some(param("lm_head.weight".into(), &[c.vocab_size, h])?) };
+        let lm_head =
+            if c.tie_word_embeddings { None } else { Some(param("lm_head.weight".into(), &[c.vocab_size, h])?) };
         let norm = param("model.norm.weight".into(), &[h])?;
         Ok(Qwen2 { config, embed_tokens, layers, norm, lm_head })
     }
@@ -243,10 +256,13 @@ impl Qwen2 {
         let mut out = Vec::new();
         for (name, p, rows) in self.hf_layout() {
             if let Some(t) = f(p) {
-                out.push((name, match rows {
-                    Some((start, len)) => t.narrow(0, start, len)?,
-                    None => t,
-                }));
+                out.push((
+                    name,
+                    match rows {
+                        Some((start, len)) => t.narrow(0, start, len)?,
+                        None => t,
+                    },
+                ));
             }
         }
         Ok(out)
@@ -254,7 +270,7 @@ impl Qwen2 {
 
     /// Each Hugging Face tensor name with the parameter holding it and, for fused
     /// parameters, its rows there.
-    fn hf_layout(&self) -> Vec<(String, &Param, Option<(usize, usize)>)> {
+    fn hf_layout(&self) -> Vec<HfEntry<'_>> {
         let c = &self.config;
         let d = c.head_dim;
         let (q, kv, i) = (c.num_attention_heads * d, c.num_key_value_heads * d, c.intermediate_size);
@@ -262,7 +278,12 @@ impl Qwen2 {
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}");
             out.push((format!("{p}.input_layernorm.weight"), &layer.input_layernorm, None));
-            split(&mut out, &p, &layer.qkv_proj, &[("self_attn.q_proj", q), ("self_attn.k_proj", kv), ("self_attn.v_proj", kv)]);
+            split(
+                &mut out,
+                &p,
+                &layer.qkv_proj,
+                &[("self_attn.q_proj", q), ("self_attn.k_proj", kv), ("self_attn.v_proj", kv)],
+            );
             out.push((format!("{p}.self_attn.o_proj.weight"), &layer.o_proj.weight, None));
             out.push((format!("{p}.post_attention_layernorm.weight"), &layer.post_attention_layernorm, None));
             split(&mut out, &p, &layer.gate_up_proj, &[("mlp.gate_proj", i), ("mlp.up_proj", i)]);
@@ -467,7 +488,11 @@ fn attention(q: &Var, k: &Var, v: &Var) -> Result<Var> {
     let scores = q.matmul(&k.permute(&[1, 2, 0])?)?.mul_scalar((d as f32).powf(-0.5))?; // [kv, rep*t, len]
     let scores = if t > 1 {
         let mask = Tensor::causal_mask(t, len, Device::Cpu)?;
-        scores.reshape((kv_heads, rep, t, len))?.masked_fill(&mask, f32::NEG_INFINITY)?.reshape((kv_heads, rep * t, len))?
+        scores.reshape((kv_heads, rep, t, len))?.masked_fill(&mask, f32::NEG_INFINITY)?.reshape((
+            kv_heads,
+            rep * t,
+            len,
+        ))?
     } else {
         scores
     };

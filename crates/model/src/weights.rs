@@ -120,7 +120,8 @@ impl Weights {
     pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
         let &i = self.index.get(name).ok_or_else(|| Error::MissingTensor { name: name.into() })?;
         let (path, mmap) = &self.files[i];
-        let st = SafeTensors::deserialize(mmap).map_err(|e| Error::Safetensors { path: path.clone(), msg: e.to_string() })?;
+        let st = SafeTensors::deserialize(mmap)
+            .map_err(|e| Error::Safetensors { path: path.clone(), msg: e.to_string() })?;
         let view = st.tensor(name).map_err(|e| Error::Safetensors { path: path.clone(), msg: e.to_string() })?;
         Ok(view.shape().to_vec())
     }

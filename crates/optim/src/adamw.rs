@@ -73,7 +73,13 @@ impl AdamW {
         for s in &mut self.slots {
             let Some(g) = grads.get(s.param.id()) else { continue };
             if g.shape() != s.param.value().shape() {
-                return Err(invalid!("AdamW", "gradient {} for parameter {} of shape {}", g.shape(), s.param.name(), s.param.value().shape()));
+                return Err(invalid!(
+                    "AdamW",
+                    "gradient {} for parameter {} of shape {}",
+                    g.shape(),
+                    s.param.name(),
+                    s.param.value().shape()
+                ));
             }
             s.step += 1;
             let wd = if c.decay_matrices_only && s.param.value().rank() < 2 { 0.0 } else { c.weight_decay };

@@ -88,7 +88,10 @@ mod tests {
             assert!((a - b).abs() < 1e-12, "{lin:?}");
         }
         let cos: Vec<f64> = (0..10).map(|s| sched(Schedule::Cosine).lr(s)).collect();
-        assert!((cos[3] - 1.0).abs() < 1e-12 && (cos[9] - 0.5 * (1.0 + (std::f64::consts::PI * 6.0 / 7.0).cos())).abs() < 1e-12);
+        assert!(
+            (cos[3] - 1.0).abs() < 1e-12
+                && (cos[9] - 0.5 * (1.0 + (std::f64::consts::PI * 6.0 / 7.0).cos())).abs() < 1e-12
+        );
         assert_eq!(sched(Schedule::Constant).lr(0), 0.0);
         assert_eq!(sched(Schedule::Constant).lr(7), 1.0);
         let no_warmup = LrSchedule { warmup_steps: 0, ..sched(Schedule::Linear) };

@@ -462,7 +462,11 @@ impl Tensor {
     /// `self += other` in place (both F32, same shape; `self` contiguous).
     pub fn add_assign(&self, other: &Tensor) -> Result<()> {
         if other.shape() != self.shape() {
-            return Err(Error::ShapeMismatch { op: "add_assign", lhs: self.shape().clone(), rhs: other.shape().clone() });
+            return Err(Error::ShapeMismatch {
+                op: "add_assign",
+                lhs: self.shape().clone(),
+                rhs: other.shape().clone(),
+            });
         }
         let src = if self.same_storage(other) { other.copy() } else { other.to_dtype(DType::F32)?.contiguous() };
         let range = src.layout.contiguous_range().expect("contiguous");

@@ -70,7 +70,11 @@ fn sync_dir(path: &Path) -> Result<()> {
 /// Writes `bytes` to `path` by way of a temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".tmp-{}-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file"), std::process::id()));
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
     std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
     sync_file(&tmp)?;
     std::fs::rename(&tmp, path).map_err(io(path))?;
@@ -131,7 +135,11 @@ fn fresh_dir(dir: &Path) -> Result<()> {
 /// Renames `tmp` to `dst`, moving an existing `dst` out of the way first.
 fn replace_dir(tmp: &Path, dst: &Path) -> Result<()> {
     if dst.exists() {
-        let old = dst.with_file_name(format!(".old-{}-{}", dst.file_name().and_then(|n| n.to_str()).unwrap_or("dir"), std::process::id()));
+        let old = dst.with_file_name(format!(
+            ".old-{}-{}",
+            dst.file_name().and_then(|n| n.to_str()).unwrap_or("dir"),
+            std::process::id()
+        ));
         std::fs::rename(dst, &old).map_err(io(dst))?;
         std::fs::rename(tmp, dst).map_err(io(dst))?;
         std::fs::remove_dir_all(&old).map_err(io(&old))?;

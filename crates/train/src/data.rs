@@ -149,7 +149,9 @@ pub fn parse_jsonl(
             (None, None, Some(_)) => return Err(bad("loss_mask without input_ids".into())),
             (Some(_), None, Some(_)) => return Err(bad("loss_mask goes with input_ids, not messages".into())),
             (None, None, None) => {
-                return Err(bad("expected {\"messages\": [...]} or {\"input_ids\": [...], \"loss_mask\": [...]}".into()));
+                return Err(bad(
+                    "expected {\"messages\": [...]} or {\"input_ids\": [...], \"loss_mask\": [...]}".into()
+                ));
             }
         };
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
@@ -183,11 +185,14 @@ pub fn parse_jsonl(
     Ok((out, stats))
 }
 
+/// Token ids and their loss mask.
+type Tokens = (Vec<u32>, Vec<u8>);
+
 /// Token ids and the assistant mask of a conversation, `None` when it has no assistant
 /// turn. Each assistant turn is what the template adds between the conversation before it
 /// (with the generation prompt) and the conversation through it: the content and the
 /// end-of-turn tokens, the part the model must learn to produce.
-fn tokenize_chat(messages: &[Message], chat: &ChatFormat) -> std::result::Result<Option<(Vec<u32>, Vec<u8>)>, String> {
+fn tokenize_chat(messages: &[Message], chat: &ChatFormat) -> std::result::Result<Option<Tokens>, String> {
     if !messages.iter().any(|m| m.role == "assistant") {
         return Ok(None);
     }
@@ -307,7 +312,10 @@ mod tests {
             ("{\"input_ids\":[1,2],\"loss_mask\":[1]}", "1 entries for 2"),
             ("{\"input_ids\":[1,200]}", "outside the model's vocabulary"),
             ("{\"input_ids\":[1,2],\"loss_mask\":[0,2]}", "0 or 1"),
-            ("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"yo\"}]}", "tokenizer"),
+            (
+                "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"yo\"}]}",
+                "tokenizer",
+            ),
             ("{\"text\":\"hello\"}", "unknown field"),
             ("{}", "expected"),
             ("[1,2]", "d.jsonl:1"),
@@ -315,7 +323,12 @@ mod tests {
             let e = parse(text, 10, Overlong::Truncate).unwrap_err().to_string();
             assert!(e.contains(want), "{text}: {e}");
         }
-        assert!(parse("{\"input_ids\":[1,2],\"loss_mask\":[1,0]}", 10, Overlong::Truncate).unwrap_err().to_string().contains("no usable"));
+        assert!(
+            parse("{\"input_ids\":[1,2],\"loss_mask\":[1,0]}", 10, Overlong::Truncate)
+                .unwrap_err()
+                .to_string()
+                .contains("no usable")
+        );
     }
 
     #[test]

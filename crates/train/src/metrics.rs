@@ -5,8 +5,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::error::io;
 use crate::Result;
+use crate::error::io;
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
@@ -38,7 +38,11 @@ impl Metrics {
         }
         let mut opts = OpenOptions::new();
         opts.create(true);
-        if resumed_at.is_some() { opts.append(true) } else { opts.write(true).truncate(true) };
+        if resumed_at.is_some() {
+            opts.append(true)
+        } else {
+            opts.write(true).truncate(true)
+        };
         let file = opts.open(&path).map_err(io(&path))?;
         Ok(Metrics { path, file })
     }

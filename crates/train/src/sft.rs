@@ -166,32 +166,39 @@ pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<Sft
             return Err(Error::Config(format!("{name} must lie in [0, 1), not {v}")));
         }
     }
-    let resume_from = if resume {
-        Some(checkpoint::latest(run_dir)?.ok_or_else(|| {
-            Error::Config(format!("{}: no complete checkpoint to resume from", run_dir.display()))
-        })?)
-    } else {
-        if checkpoint::latest(run_dir)?.is_some() {
-            return Err(Error::Config(format!(
-                "{} already holds a run with checkpoints: resume it with --resume, or choose another --out",
-                run_dir.display()
-            )));
-        }
-        None
-    };
+    let resume_from =
+        if resume {
+            Some(checkpoint::latest(run_dir)?.ok_or_else(|| {
+                Error::Config(format!("{}: no complete checkpoint to resume from", run_dir.display()))
+            })?)
+        } else {
+            if checkpoint::latest(run_dir)?.is_some() {
+                return Err(Error::Config(format!(
+                    "{} already holds a run with checkpoints: resume it with --resume, or choose another --out",
+                    run_dir.display()
+                )));
+            }
+            None
+        };
     std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
-    checkpoint::write_atomic(&run_dir.join(RUN_CONFIG_FILE), serde_json::to_string_pretty(c).expect("JSON").as_bytes())?;
+    checkpoint::write_atomic(
+        &run_dir.join(RUN_CONFIG_FILE),
+        serde_json::to_string_pretty(c).expect("JSON").as_bytes(),
+    )?;
 
     let source = c.model.clone();
     let model = match &resume_from {
         Some(dir) => Qwen2::load(dir)?,
         None => Qwen2::load(&source)?,
     };
-    let tokenizer_dir = if source.join(artist_tokenizer::TOKENIZER_FILE).exists() { Some(source.clone()) } else { None };
+    let tokenizer_dir =
+        if source.join(artist_tokenizer::TOKENIZER_FILE).exists() { Some(source.clone()) } else { None };
     let tokenizer = tokenizer_dir.as_ref().map(Tokenizer::from_dir).transpose()?;
     let template = tokenizer_dir.as_ref().map(ChatTemplate::from_dir).transpose()?;
-    let chat = tokenizer.as_ref().zip(template.as_ref()).map(|(tokenizer, template)| ChatFormat { tokenizer, template });
-    let (examples, stats) = data::load_jsonl(&c.data, chat.as_ref(), model.config.vocab_size, c.max_seq_len, c.overlong)?;
+    let chat =
+        tokenizer.as_ref().zip(template.as_ref()).map(|(tokenizer, template)| ChatFormat { tokenizer, template });
+    let (examples, stats) =
+        data::load_jsonl(&c.data, chat.as_ref(), model.config.vocab_size, c.max_seq_len, c.overlong)?;
     let fingerprint = format!("{:016x}", data::fingerprint(&examples));
 
     let params = model.params();
@@ -211,16 +218,23 @@ pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<Sft
         if state.data_fingerprint != fingerprint {
             return Err(Error::Checkpoint {
                 path: dir.clone(),
-                msg: format!("the training data changed since this checkpoint ({} then, {fingerprint} now)", state.data_fingerprint),
+                msg: format!(
+                    "the training data changed since this checkpoint ({} then, {fingerprint} now)",
+                    state.data_fingerprint
+                ),
             });
         }
         if state.seed != c.seed {
-            return Err(Error::Checkpoint { path: dir.clone(), msg: format!("seed {} was saved, {} given", state.seed, c.seed) });
+            return Err(Error::Checkpoint {
+                path: dir.clone(),
+                msg: format!("seed {} was saved, {} given", state.seed, c.seed),
+            });
         }
         checkpoint::load_optimizer(dir, &mut optimizer, &state)?;
         start = state.step;
     }
-    let schedule = LrSchedule { base_lr: c.lr, schedule: c.lr_schedule, warmup_steps: c.warmup_steps, total_steps: c.steps };
+    let schedule =
+        LrSchedule { base_lr: c.lr, schedule: c.lr_schedule, warmup_steps: c.warmup_steps, total_steps: c.steps };
     let order = DataOrder { n: examples.len(), batch_size: c.batch_size, shuffle: c.shuffle, seed: c.seed };
     let mut metrics = Metrics::open(run_dir, resume_from.as_ref().map(|_| start))?;
     let bar = progress_bar(opts.progress, start, c.steps);
@@ -265,7 +279,10 @@ pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<Sft
             refused += 1;
             bad_run += 1;
             bar.suspend(|| {
-                eprintln!("step {}: loss {loss} / gradient norm {grad_norm} is not finite; the update was refused", step + 1)
+                eprintln!(
+                    "step {}: loss {loss} / gradient norm {grad_norm} is not finite; the update was refused",
+                    step + 1
+                )
             });
         }
         drop(grads);
