@@ -95,7 +95,7 @@ How to run
 ----------
 From the repository root, in the Python environment of ``make_qwen2_fixtures.py``::
 
-    /tmp/fxenv/bin/python scripts/make_training_fixtures.py
+    pip install torch transformers safetensors && python3 scripts/make_training_fixtures.py
 
 It runs on the CPU with two threads and takes a few seconds. Output is deterministic
 for a given set of library versions (re-running rewrites the same bytes).

@@ -72,8 +72,8 @@ pub struct ChatFormat<'a> {
     pub template: &'a ChatTemplate,
 }
 
+/// Other keys (an `id`, a `source` column of a Hugging Face export) are ignored.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Line {
     messages: Option<Vec<Message>>,
     input_ids: Option<Vec<u32>>,
@@ -316,7 +316,7 @@ mod tests {
                 "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"yo\"}]}",
                 "tokenizer",
             ),
-            ("{\"text\":\"hello\"}", "unknown field"),
+            ("{\"text\":\"hello\"}", "expected {\"messages\""),
             ("{}", "expected"),
             ("[1,2]", "d.jsonl:1"),
         ] {
