@@ -1,0 +1,41 @@
+//! Tools a model calls in the middle of generation.
+//!
+//! The rollout engine stops a sequence when it closes a tool's tag (`</python>`), hands
+//! the text between the tags to the tool as a [`ToolCall`], and forces the tool's output
+//! back into the sequence (loss mask 0). Tools run on their own threads, so one slow call
+//! does not stall the batch: implementations must be `Send + Sync`, and `execute` may
+//! block.
+
+use serde::{Deserialize, Serialize};
+
+/// One call: the text between the opening and closing tag, and the rollout it came from
+/// (so a tool can keep per-rollout state, as ARTIST's Python sessions do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub text: String,
+    pub rollout: u64,
+}
+
+/// What a call gave back. `output` is what the model will read (an error is explained
+/// there in words, never raised); `success` feeds the tool-execution reward.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ToolResult {
+    pub output: String,
+    pub success: bool,
+    /// The wall-clock limit ended the call.
+    pub timed_out: bool,
+    /// The output was longer than the cap and was cut (a marker in `output` says so).
+    pub truncated: bool,
+    pub elapsed_ms: u64,
+}
+
+pub trait Tool: Send + Sync {
+    /// A short name (`python`, `calculator`).
+    fn name(&self) -> &str;
+    /// The tag whose contents are calls to this tool: `python` answers `<python>...</python>`.
+    fn tag(&self) -> &str;
+    /// Runs one call. Never panics on any input.
+    fn execute(&self, call: &ToolCall) -> ToolResult;
+    /// The rollout is over: release anything kept for it.
+    fn end_rollout(&self, _rollout: u64) {}
+}
