@@ -1,10 +1,14 @@
-//! Sampling and generation. Today: the seeded sampler and a single-sequence decoding loop;
-//! the rollout engine with continuous batching and tool calls grows here.
+//! Sampling and generation: the seeded sampler, a single-sequence decoding loop, and the
+//! rollout engine (many sequences at once, shared prompt prefill, tools in the loop).
 
 mod generate;
+mod policy;
+mod rollout;
 mod sampler;
 
 pub use generate::{FinishReason, GenerateOptions, Generation, generate};
+pub use policy::{Policy, ScriptedCache, ScriptedPolicy};
+pub use rollout::{Finish, Rollout, RolloutConfig, RolloutEngine, RolloutStats, ToolCallRecord};
 pub use sampler::{Sampler, SamplingParams, argmax};
 
 #[derive(Debug, thiserror::Error)]

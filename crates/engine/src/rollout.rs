@@ -1,0 +1,486 @@
+//! The rollout engine: many sequences decoding together, tools called in the middle.
+//!
+//! Each prompt becomes a group of G rollouts. The prompt is prefilled once and its KV
+//! cache forked into the G slots (or, with `share_prefix` off, prefilled G times), and
+//! each rollout draws its first token from the prompt's logits with its own seeded
+//! sampler. Then every step runs one forward over the rollouts that are decoding; a
+//! rollout that closes a tool's tag (`</python>`) leaves the batch while its call runs on
+//! a thread of its own, and comes back with the tool's output forced into it (mask 0).
+//! Finished rollouts free their slot at once, and the next group takes it.
+//!
+//! Token ids flow end to end: what the model sampled is kept as sampled (never decoded and
+//! re-encoded); only the tool's output is tokenized. Every response token carries the
+//! logprob it was sampled with (0 for forced tokens) and its mask.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use artist_model::SeqInput;
+use artist_tokenizer::{StreamDecoder, Tokenizer};
+use artist_tools::{Tool, ToolCall, ToolResult};
+use serde::Serialize;
+
+use crate::policy::Policy;
+use crate::{Error, Result, Sampler, SamplingParams};
+
+#[derive(Debug, Clone)]
+pub struct RolloutConfig {
+    /// Rollouts per prompt (G).
+    pub group_size: usize,
+    /// Sampling; rollout `k` of prompt `p` uses seed `seed + p * G + k`.
+    pub sampling: SamplingParams,
+    /// Model tokens in one turn (from the start, or from the last tool output).
+    pub max_turn_tokens: usize,
+    /// Response tokens in all, model and forced.
+    pub max_response_tokens: usize,
+    /// Tool calls per rollout; the call past it ends the rollout instead of running.
+    pub max_tool_calls: usize,
+    /// Prompt plus response.
+    pub max_context: usize,
+    /// Rollouts decoding at once (KV-cache slots); at least `group_size`.
+    pub max_batch: usize,
+    /// Prefill each prompt once and fork it into its group's slots.
+    pub share_prefix: bool,
+    /// Token ids that end a rollout (kept in it).
+    pub eos_ids: Vec<u32>,
+    /// Text that ends a rollout once generated (`</answer>`), kept in it.
+    pub stop_text: Option<String>,
+    /// How a tool's output is forced into the sequence; `{output}` is replaced.
+    pub output_template: String,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            group_size: 1,
+            sampling: SamplingParams::default(),
+            max_turn_tokens: 1024,
+            max_response_tokens: 8000,
+            max_tool_calls: 8,
+            max_context: 16_384,
+            max_batch: 16,
+            share_prefix: true,
+            eos_ids: vec![],
+            stop_text: Some("</answer>".into()),
+            output_template: "<output>\n{output}\n</output>\n".into(),
+        }
+    }
+}
+
+/// Why a rollout ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// An EOS id was sampled.
+    Eos,
+    /// The stop text (`</answer>`) was generated.
+    Stop,
+    /// `max_turn_tokens` model tokens in one turn.
+    TurnTokens,
+    /// `max_response_tokens` in all.
+    ResponseTokens,
+    /// A tool call past `max_tool_calls`.
+    ToolCalls,
+    /// `max_context` tokens of prompt and response.
+    Context,
+}
+
+/// One tool call of a rollout: the call text, the result, and where the forced output
+/// sits in the response (`output_start..output_start + output_len`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallRecord {
+    pub tool: String,
+    pub call: String,
+    pub result: ToolResult,
+    pub output_start: usize,
+    pub output_len: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rollout {
+    /// Index of the prompt, and of this rollout in the prompt's group.
+    pub prompt_index: usize,
+    pub sample_index: usize,
+    pub prompt_ids: Vec<u32>,
+    /// The response: sampled and forced tokens in order.
+    pub ids: Vec<u32>,
+    /// The logprob each sampled token was drawn with; 0 for forced tokens.
+    pub logprobs: Vec<f32>,
+    /// 1 = sampled by the model (trained on), 0 = forced (tool output).
+    pub mask: Vec<u8>,
+    pub finish: Finish,
+    pub tool_calls: Vec<ToolCallRecord>,
+}
+
+impl Rollout {
+    /// Tokens the model sampled.
+    pub fn sampled_tokens(&self) -> usize {
+        self.mask.iter().filter(|&&m| m == 1).count()
+    }
+}
+
+/// What a call of [`RolloutEngine::run`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RolloutStats {
+    pub rollouts: usize,
+    pub sampled_tokens: usize,
+    pub forced_tokens: usize,
+    pub prefill_tokens: usize,
+    pub forward_calls: usize,
+    pub tool_calls: usize,
+    /// Seconds the engine had nothing to decode and waited on tools.
+    pub tool_wait_s: f64,
+    /// Seconds inside tool calls, summed over calls (they overlap).
+    pub tool_busy_s: f64,
+    pub wall_s: f64,
+}
+
+static NEXT_ROLLOUT_ID: AtomicU64 = AtomicU64::new(1);
+
+enum State {
+    /// Feeds `pending` at the next step.
+    Decode,
+    /// A tool call is running.
+    Tool,
+}
+
+struct Seq<'t> {
+    out: Rollout,
+    id: u64,
+    slot: usize,
+    sampler: Sampler,
+    decoder: StreamDecoder<'t>,
+    /// The response's text as decoded so far, and where to look for tags from.
+    text: String,
+    scan_from: usize,
+    turn_tokens: usize,
+    pending: Vec<u32>,
+    state: State,
+}
+
+struct ToolDone {
+    seq: usize,
+    tool: String,
+    call: String,
+    result: ToolResult,
+}
+
+pub struct RolloutEngine<'a, P: Policy> {
+    pub policy: &'a P,
+    pub tokenizer: &'a Tokenizer,
+    pub tools: Vec<Arc<dyn Tool>>,
+    pub config: RolloutConfig,
+}
+
+impl<'a, P: Policy> RolloutEngine<'a, P> {
+    fn check(&self, prompts: &[Vec<u32>]) -> Result<()> {
+        let c = &self.config;
+        c.sampling.validate().map_err(Error::Input)?;
+        if c.group_size == 0 || c.max_batch < c.group_size {
+            return Err(Error::Input(format!(
+                "max_batch ({}) must hold at least one group of group_size ({}) rollouts",
+                c.max_batch, c.group_size
+            )));
+        }
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() {
+                return Err(Error::Input(format!("prompt {i} is empty")));
+            }
+            if p.len() >= c.max_context {
+                return Err(Error::Input(format!(
+                    "prompt {i} has {} tokens, leaving no room under max_context {}",
+                    p.len(),
+                    c.max_context
+                )));
+            }
+            if let Some(&t) = p.iter().find(|&&t| t as usize >= self.policy.vocab_size()) {
+                return Err(Error::Input(format!("prompt {i} has token {t}, outside the vocabulary")));
+            }
+        }
+        Ok(())
+    }
+
+    /// G rollouts of every prompt, in prompt order (`prompt_index * G + sample_index`).
+    pub fn run(&self, prompts: &[Vec<u32>]) -> Result<(Vec<Rollout>, RolloutStats)> {
+        self.check(prompts)?;
+        let c = &self.config;
+        let g = c.group_size;
+        let t0 = Instant::now();
+        let mut stats = RolloutStats::default();
+        let mut cache = self.policy.new_cache(c.max_batch, c.max_context)?;
+        let mut free: Vec<usize> = (0..c.max_batch).rev().collect();
+        let mut queue: VecDeque<usize> = (0..prompts.len()).collect();
+        let mut seqs: Vec<Option<Seq>> = Vec::new();
+        let mut done: Vec<Option<Rollout>> = (0..prompts.len() * g).map(|_| None).collect();
+        let (tx, rx) = mpsc::channel::<ToolDone>();
+        let mut in_tool = 0usize;
+
+        loop {
+            // Admit whole groups while their slots are free.
+            while free.len() >= g
+                && let Some(p) = queue.pop_front()
+            {
+                let slots: Vec<usize> = (0..g).map(|_| free.pop().expect("checked")).collect();
+                let logits = self.prefill(&prompts[p], &slots, &mut cache, &mut stats)?;
+                for (k, &slot) in slots.iter().enumerate() {
+                    let mut params = c.sampling.clone();
+                    params.seed = params.seed.wrapping_add((p * g + k) as u64);
+                    let mut seq = Seq {
+                        out: Rollout {
+                            prompt_index: p,
+                            sample_index: k,
+                            prompt_ids: prompts[p].clone(),
+                            ids: vec![],
+                            logprobs: vec![],
+                            mask: vec![],
+                            finish: Finish::Eos,
+                            tool_calls: vec![],
+                        },
+                        id: NEXT_ROLLOUT_ID.fetch_add(1, Ordering::Relaxed),
+                        slot,
+                        sampler: Sampler::new(params),
+                        decoder: self.tokenizer.stream_decoder(false),
+                        text: String::new(),
+                        scan_from: 0,
+                        turn_tokens: 0,
+                        pending: vec![],
+                        state: State::Decode,
+                    };
+                    let row = if logits.len() == 1 { &logits[0] } else { &logits[k] };
+                    let finished = self.take_sample(&mut seq, row, seqs.len(), &tx, &mut stats)?;
+                    if matches!(seq.state, State::Tool) {
+                        in_tool += 1;
+                    }
+                    seqs.push(Some(seq));
+                    if finished {
+                        let at = seqs.len() - 1;
+                        self.retire(&mut seqs, at, &mut cache, &mut free, &mut done);
+                    }
+                }
+            }
+
+            // Tool results that are back rejoin the batch.
+            let mut results: Vec<ToolDone> = rx.try_iter().collect();
+            let decoding = seqs.iter().flatten().filter(|s| matches!(s.state, State::Decode)).count();
+            if decoding == 0 && results.is_empty() {
+                if in_tool == 0 {
+                    if queue.is_empty() {
+                        break;
+                    }
+                    continue;
+                }
+                let w = Instant::now();
+                results.push(rx.recv().map_err(|_| Error::Input("a tool thread vanished".into()))?);
+                stats.tool_wait_s += w.elapsed().as_secs_f64();
+            }
+            for r in results {
+                in_tool -= 1;
+                stats.tool_busy_s += r.result.elapsed_ms as f64 / 1e3;
+                let i = r.seq;
+                let seq = seqs[i].as_mut().expect("a sequence waiting on a tool is live");
+                if self.force_output(seq, r, &mut stats)? {
+                    self.retire(&mut seqs, i, &mut cache, &mut free, &mut done);
+                }
+            }
+
+            // One step for everything that is decoding.
+            let live: Vec<usize> = seqs
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.as_ref().is_some_and(|s| matches!(s.state, State::Decode) && !s.pending.is_empty()))
+                .map(|(i, _)| i)
+                .collect();
+            if live.is_empty() {
+                continue;
+            }
+            let inputs: Vec<SeqInput> = live
+                .iter()
+                .map(|&i| {
+                    let s = seqs[i].as_ref().expect("live");
+                    SeqInput { slot: s.slot, tokens: &s.pending }
+                })
+                .collect();
+            let logits = self.policy.step(&inputs, &mut cache)?;
+            stats.forward_calls += 1;
+            for (&i, row) in live.iter().zip(&logits) {
+                let seq = seqs[i].as_mut().expect("live");
+                seq.pending.clear();
+                let finished = self.take_sample(seq, row, i, &tx, &mut stats)?;
+                if matches!(seq.state, State::Tool) {
+                    in_tool += 1;
+                }
+                if finished {
+                    self.retire(&mut seqs, i, &mut cache, &mut free, &mut done);
+                }
+            }
+        }
+        let rollouts: Vec<Rollout> = done.into_iter().map(|r| r.expect("every rollout finished")).collect();
+        stats.rollouts = rollouts.len();
+        stats.wall_s = t0.elapsed().as_secs_f64();
+        Ok((rollouts, stats))
+    }
+
+    /// Prefills `prompt` for the slots of one group; the logits after the prompt, once
+    /// (shared) or per slot.
+    fn prefill(&self, prompt: &[u32], slots: &[usize], cache: &mut P::Cache, stats: &mut RolloutStats) -> Result<Vec<Vec<f32>>> {
+        for &s in slots {
+            self.policy.clear(cache, s);
+        }
+        stats.forward_calls += 1;
+        if self.config.share_prefix {
+            let logits = self.policy.step(&[SeqInput { slot: slots[0], tokens: prompt }], cache)?;
+            for &s in &slots[1..] {
+                self.policy.fork(cache, slots[0], s)?;
+            }
+            stats.prefill_tokens += prompt.len();
+            Ok(logits)
+        } else {
+            let inputs: Vec<SeqInput> = slots.iter().map(|&slot| SeqInput { slot, tokens: prompt }).collect();
+            stats.prefill_tokens += prompt.len() * slots.len();
+            self.policy.step(&inputs, cache)
+        }
+    }
+
+    /// Samples the next token of `seq` from `logits` and acts on it: ends the rollout
+    /// (returns true), starts a tool call, or queues the token for the next step.
+    fn take_sample(
+        &self,
+        seq: &mut Seq<'a>,
+        logits: &[f32],
+        index: usize,
+        tx: &mpsc::Sender<ToolDone>,
+        stats: &mut RolloutStats,
+    ) -> Result<bool> {
+        let c = &self.config;
+        let (id, lp) = seq.sampler.sample(logits);
+        seq.out.ids.push(id);
+        seq.out.logprobs.push(lp);
+        seq.out.mask.push(1);
+        seq.turn_tokens += 1;
+        stats.sampled_tokens += 1;
+        // Text is only looked at, never re-encoded; ids the tokenizer lacks add no text.
+        seq.text.push_str(&seq.decoder.step(id).unwrap_or_default());
+        let finish = |seq: &mut Seq, f: Finish| {
+            seq.out.finish = f;
+            Ok(true)
+        };
+        if c.eos_ids.contains(&id) {
+            return finish(seq, Finish::Eos);
+        }
+        let fresh = &seq.text[seq.scan_from.min(seq.text.len())..];
+        if let Some(stop) = &c.stop_text
+            && fresh.contains(stop.as_str())
+        {
+            return finish(seq, Finish::Stop);
+        }
+        if let Some((tool, call, end)) = self.find_call(fresh) {
+            if seq.out.tool_calls.len() >= c.max_tool_calls {
+                return finish(seq, Finish::ToolCalls);
+            }
+            seq.scan_from += end;
+            seq.state = State::Tool;
+            // The closing token goes into the cache with the output that follows it.
+            seq.pending.push(id);
+            stats.tool_calls += 1;
+            let (tx, rollout) = (tx.clone(), seq.id);
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    tool.execute(&ToolCall { text: call.clone(), rollout })
+                }))
+                .unwrap_or_else(|_| ToolResult {
+                    output: "the tool failed internally".into(),
+                    success: false,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    ..Default::default()
+                });
+                let _ = tx.send(ToolDone { seq: index, tool: tool.name().to_string(), call, result });
+            });
+            return Ok(false);
+        }
+        if let Some(f) = self.limit(seq) {
+            return finish(seq, f);
+        }
+        seq.pending.push(id);
+        Ok(false)
+    }
+
+    /// The limit `seq` has reached, if any.
+    fn limit(&self, seq: &Seq) -> Option<Finish> {
+        let c = &self.config;
+        let n = seq.out.ids.len();
+        if seq.out.prompt_ids.len() + n >= c.max_context {
+            Some(Finish::Context)
+        } else if n >= c.max_response_tokens {
+            Some(Finish::ResponseTokens)
+        } else if seq.turn_tokens >= c.max_turn_tokens {
+            Some(Finish::TurnTokens)
+        } else {
+            None
+        }
+    }
+
+    /// The first complete call in `text`: its tool, the text inside the tags, and the byte
+    /// just past the closing tag.
+    fn find_call(&self, text: &str) -> Option<(Arc<dyn Tool>, String, usize)> {
+        self.tools
+            .iter()
+            .filter_map(|t| {
+                let close = format!("</{}>", t.tag());
+                let end = text.find(&close)?;
+                let open = format!("<{}>", t.tag());
+                let start = text[..end].rfind(&open).map_or(0, |i| i + open.len());
+                Some((t.clone(), text[start..end].to_string(), end + close.len()))
+            })
+            .min_by_key(|(_, _, end)| *end)
+    }
+
+    /// Forces a tool's output into `seq` (mask 0), cut to the limits; returns true when a
+    /// limit ends the rollout there.
+    fn force_output(&self, seq: &mut Seq<'a>, r: ToolDone, stats: &mut RolloutStats) -> Result<bool> {
+        let c = &self.config;
+        let text = c.output_template.replace("{output}", &r.result.output);
+        let mut ids = self.tokenizer.encode(&text).map_err(|e| Error::Input(format!("tokenizing a tool output: {e}")))?;
+        let room = (c.max_context - seq.out.prompt_ids.len() - seq.out.ids.len())
+            .min(c.max_response_tokens.saturating_sub(seq.out.ids.len()));
+        let cut = ids.len() > room || ids.len() == room;
+        ids.truncate(room);
+        seq.out.tool_calls.push(ToolCallRecord {
+            tool: r.tool,
+            call: r.call,
+            result: r.result,
+            output_start: seq.out.ids.len(),
+            output_len: ids.len(),
+        });
+        stats.forced_tokens += ids.len();
+        seq.out.ids.extend_from_slice(&ids);
+        seq.out.logprobs.extend(std::iter::repeat_n(0.0, ids.len()));
+        seq.out.mask.extend(std::iter::repeat_n(0, ids.len()));
+        // The output's text is not searched for tags: only what the model writes next is.
+        seq.text.push_str(&seq.decoder.step_all(&ids).unwrap_or_default());
+        seq.scan_from = seq.text.len();
+        seq.turn_tokens = 0;
+        if cut {
+            seq.out.finish = self.limit(seq).unwrap_or(Finish::Context);
+            return Ok(true);
+        }
+        seq.pending.extend_from_slice(&ids);
+        seq.state = State::Decode;
+        Ok(false)
+    }
+
+    /// Moves a finished rollout out, frees its slot and tells the tools it is over.
+    fn retire(&self, seqs: &mut [Option<Seq<'a>>], i: usize, cache: &mut P::Cache, free: &mut Vec<usize>, done: &mut [Option<Rollout>]) {
+        let seq = seqs[i].take().expect("retired once");
+        self.policy.clear(cache, seq.slot);
+        free.push(seq.slot);
+        for t in &self.tools {
+            t.end_rollout(seq.id);
+        }
+        let at = seq.out.prompt_index * self.config.group_size + seq.out.sample_index;
+        done[at] = Some(seq.out);
+    }
+}

@@ -1,0 +1,297 @@
+//! The rollout engine against a scripted stand-in model (tool stops, forced outputs and
+//! their masks, every limit, batching) and a tiny seeded Qwen2 (prefix sharing changes no
+//! logprob; sampled logprobs equal a full recomputation).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use artist_engine::{Finish, RolloutConfig, RolloutEngine, SamplingParams, ScriptedPolicy};
+use artist_model::Qwen2;
+use artist_tokenizer::Tokenizer;
+use artist_tools::{Tool, ToolCall, ToolResult};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen2").join(name)
+}
+
+fn tokenizer() -> Tokenizer {
+    Tokenizer::from_dir(fixture("tiny-gqa")).unwrap()
+}
+
+const EOS: u32 = 290; // <|im_end|> of the fixture tokenizer
+
+/// Answers `<python>` calls with a fixed output after an optional delay; counts calls.
+struct FakePython {
+    output: String,
+    delay: Duration,
+    calls: AtomicUsize,
+    ended: AtomicUsize,
+}
+
+impl FakePython {
+    fn new(output: &str, delay_ms: u64) -> Arc<FakePython> {
+        Arc::new(FakePython {
+            output: output.into(),
+            delay: Duration::from_millis(delay_ms),
+            calls: AtomicUsize::new(0),
+            ended: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Tool for FakePython {
+    fn name(&self) -> &str {
+        "python"
+    }
+    fn tag(&self) -> &str {
+        "python"
+    }
+    fn execute(&self, call: &ToolCall) -> ToolResult {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        ToolResult {
+            output: if call.text.contains("fail") { "Traceback: boom".into() } else { self.output.clone() },
+            success: !call.text.contains("fail"),
+            elapsed_ms: self.delay.as_millis() as u64,
+            ..Default::default()
+        }
+    }
+    fn end_rollout(&self, _rollout: u64) {
+        self.ended.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A scripted policy: prompt `[key, ...]` makes the model write `script` (text, encoded).
+fn scripted(tok: &Tokenizer, scripts: &[(u32, &str)]) -> ScriptedPolicy {
+    let scripts: HashMap<u32, Vec<u32>> = scripts.iter().map(|(k, text)| (*k, tok.encode(text).unwrap())).collect();
+    ScriptedPolicy { vocab_size: 311, eos: EOS, scripts }
+}
+
+fn config(g: usize) -> RolloutConfig {
+    RolloutConfig {
+        group_size: g,
+        sampling: SamplingParams { temperature: 1.0, seed: 5, ..Default::default() },
+        max_batch: 8,
+        eos_ids: vec![EOS],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn tool_call_output_is_forced_with_mask_zero() {
+    let tok = tokenizer();
+    let before = "<think>six sevens</think><python>print(6*7)</python>";
+    let after = "<answer>42</answer>";
+    let policy = scripted(&tok, &[(7, &format!("{before}{after}"))]);
+    let py = FakePython::new("42", 0);
+    let engine = RolloutEngine { policy: &policy, tokenizer: &tok, tools: vec![py.clone()], config: config(2) };
+    let (rollouts, stats) = engine.run(&[vec![7, 1, 2]]).unwrap();
+    assert_eq!(rollouts.len(), 2);
+    let forced = tok.encode("<output>\n42\n</output>\n").unwrap();
+    let (a, b) = (tok.encode(before).unwrap(), tok.encode(after).unwrap());
+    for r in &rollouts {
+        assert_eq!(r.finish, Finish::Stop);
+        let want: Vec<u32> = a.iter().chain(&forced).chain(&b).copied().collect();
+        assert_eq!(r.ids, want);
+        let mask: Vec<u8> = [vec![1; a.len()], vec![0; forced.len()], vec![1; b.len()]].concat();
+        assert_eq!(r.mask, mask);
+        assert!(r.logprobs.iter().zip(&r.mask).all(|(lp, m)| if *m == 0 { *lp == 0.0 } else { lp.abs() < 1e-6 }));
+        assert_eq!(r.tool_calls.len(), 1);
+        let c = &r.tool_calls[0];
+        assert_eq!((c.call.as_str(), c.output_start, c.output_len, c.result.success), ("print(6*7)", a.len(), forced.len(), true));
+        assert!(tok.decode(&r.ids, false).unwrap().contains("</python><output>\n42\n</output>\n<answer>"));
+    }
+    assert_eq!((rollouts[0].sample_index, rollouts[1].sample_index), (0, 1));
+    assert_eq!(py.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(py.ended.load(Ordering::SeqCst), 2, "each rollout's end is announced to the tools");
+    assert_eq!((stats.tool_calls, stats.forced_tokens, stats.prefill_tokens), (2, 2 * forced.len(), 3));
+}
+
+#[test]
+fn every_limit_ends_a_rollout_and_is_recorded() {
+    let tok = tokenizer();
+    let long = "one two three four five six seven eight nine ten eleven twelve";
+    let two_calls = "<python>a=1</python>then<python>b=2</python><answer>x</answer>";
+    let policy = scripted(&tok, &[(1, long), (2, two_calls), (3, "done")]);
+    let py = FakePython::new("ok", 0);
+    let run = |cfg: RolloutConfig, prompt: Vec<u32>| {
+        let engine = RolloutEngine { policy: &policy, tokenizer: &tok, tools: vec![py.clone()], config: cfg };
+        engine.run(&[prompt]).unwrap().0.remove(0)
+    };
+    let r = run(RolloutConfig { max_turn_tokens: 5, ..config(1) }, vec![1]);
+    assert_eq!((r.finish, r.ids.len()), (Finish::TurnTokens, 5));
+    let r = run(RolloutConfig { max_response_tokens: 7, ..config(1) }, vec![1]);
+    assert_eq!((r.finish, r.ids.len()), (Finish::ResponseTokens, 7));
+    let r = run(RolloutConfig { max_context: 10, ..config(1) }, vec![1, 5, 6]);
+    assert_eq!((r.finish, r.prompt_ids.len() + r.ids.len()), (Finish::Context, 10));
+    let r = run(RolloutConfig { max_tool_calls: 1, ..config(1) }, vec![2]);
+    assert_eq!((r.finish, r.tool_calls.len()), (Finish::ToolCalls, 1));
+    assert!(tok.decode(&r.ids, false).unwrap().ends_with("<python>b=2</python>"));
+    let r = run(config(1), vec![2]);
+    assert_eq!((r.finish, r.tool_calls.len()), (Finish::Stop, 2));
+    // The model's EOS (the scripted model emits it when its script runs out).
+    let r = run(config(1), vec![3]);
+    assert_eq!((r.finish, *r.ids.last().unwrap()), (Finish::Eos, EOS));
+    // A tool output longer than the room left is cut there, and the limit recorded.
+    let budget = tok.encode("<python>a=1</python>").unwrap().len() + 4;
+    let r = run(RolloutConfig { max_response_tokens: budget, ..config(1) }, vec![2]);
+    assert_eq!((r.finish, r.ids.len(), r.tool_calls[0].output_len), (Finish::ResponseTokens, budget, 4));
+    assert_eq!(r.mask.iter().filter(|&&m| m == 0).count(), 4);
+}
+
+/// More prompts than slots, tools that take time: every rollout comes back in order, the
+/// batch keeps decoding while calls run, and calls overlap.
+#[test]
+fn continuous_batching_with_slow_tools() {
+    let tok = tokenizer();
+    let policy = scripted(
+        &tok,
+        &[(1, "<python>slow</python><answer>1</answer>"), (2, "a b c d e f g h i j k l m n o p<answer>2</answer>"), (3, "<python>fail</python><answer>3</answer>")],
+    );
+    let py = FakePython::new("done", 300);
+    let cfg = RolloutConfig { max_batch: 4, ..config(2) };
+    let engine = RolloutEngine { policy: &policy, tokenizer: &tok, tools: vec![py.clone()], config: cfg };
+    let prompts: Vec<Vec<u32>> = vec![vec![1], vec![2], vec![1], vec![3], vec![2]];
+    let t = Instant::now();
+    let (rollouts, stats) = engine.run(&prompts).unwrap();
+    let wall = t.elapsed().as_secs_f64();
+    assert_eq!(rollouts.len(), 10);
+    for (i, r) in rollouts.iter().enumerate() {
+        assert_eq!((r.prompt_index, r.sample_index), (i / 2, i % 2));
+        assert_eq!(r.finish, Finish::Stop);
+    }
+    assert!(!rollouts[6].tool_calls[0].result.success, "a failing call is reported, not raised");
+    assert!(tok.decode(&rollouts[6].ids, false).unwrap().contains("Traceback: boom"));
+    // 6 calls of 0.3 s, at most 4 rollouts at once: overlapping calls finish well under 1.8 s.
+    assert_eq!(py.calls.load(Ordering::SeqCst), 6);
+    assert!(wall < 1.5, "tool calls did not overlap: {wall:.2} s");
+    assert!(stats.tool_wait_s < stats.tool_busy_s, "{stats:?}");
+}
+
+#[test]
+fn bad_settings_are_errors() {
+    let tok = tokenizer();
+    let policy = scripted(&tok, &[]);
+    let engine = |cfg| RolloutEngine { policy: &policy, tokenizer: &tok, tools: vec![], config: cfg };
+    assert!(engine(RolloutConfig { max_batch: 1, ..config(2) }).run(&[vec![1]]).is_err());
+    assert!(engine(config(1)).run(&[vec![]]).is_err());
+    assert!(engine(config(1)).run(&[vec![400]]).is_err());
+    assert!(engine(RolloutConfig { max_context: 3, ..config(1) }).run(&[vec![1, 2, 3]]).is_err());
+}
+
+/// A real model: sharing the prompt's prefill changes no token and no logprob, and every
+/// sampled logprob equals the model's own log-probability of that token given everything
+/// before it, recomputed in one forward over the whole sequence.
+#[test]
+fn prefix_sharing_changes_no_logprob() {
+    let tok = tokenizer();
+    let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
+    let prompts: Vec<Vec<u32>> = vec![tok.encode("Once upon a time").unwrap(), tok.encode("The cat").unwrap()];
+    let cfg = RolloutConfig { max_turn_tokens: 24, max_batch: 8, ..config(4) };
+    let run = |share: bool| {
+        let engine = RolloutEngine {
+            policy: &model,
+            tokenizer: &tok,
+            tools: vec![],
+            config: RolloutConfig { share_prefix: share, ..cfg.clone() },
+        };
+        engine.run(&prompts).unwrap()
+    };
+    let ((shared, s1), (separate, s2)) = (run(true), run(false));
+    assert_eq!((s1.prefill_tokens * 4, s2.prefill_tokens), (s2.prefill_tokens, s2.prefill_tokens));
+    for (a, b) in shared.iter().zip(&separate) {
+        assert_eq!(a.ids, b.ids);
+        for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+            assert!((x - y).abs() <= 1e-5, "{x} vs {y}");
+        }
+    }
+    let distinct: std::collections::HashSet<&Vec<u32>> = shared.iter().map(|r| &r.ids).collect();
+    assert!(distinct.len() > 2, "the seeds give different rollouts");
+    for r in &shared {
+        let full: Vec<u32> = r.prompt_ids.iter().chain(&r.ids).copied().collect();
+        let lp = model.token_logprobs(&full).unwrap();
+        let p = r.prompt_ids.len();
+        for (i, &sampled) in r.logprobs.iter().enumerate() {
+            let want = lp[p + i - 1];
+            assert!((sampled - want).abs() <= 1e-4, "token {i}: sampled with {sampled}, recomputed {want}");
+        }
+    }
+}
+
+/// Qwen2 steered along a script (a large bonus on the script's next token), recording the
+/// model's own logits at every step: what a real model sees through tool calls.
+struct Guided<'m> {
+    model: &'m Qwen2,
+    script: Vec<u32>,
+    calls: std::sync::Mutex<HashMap<usize, usize>>,
+    seen: std::sync::Mutex<Vec<Vec<f32>>>,
+}
+
+impl artist_engine::Policy for Guided<'_> {
+    type Cache = artist_model::KvCache;
+    fn vocab_size(&self) -> usize {
+        self.model.config.vocab_size
+    }
+    fn new_cache(&self, slots: usize, max_len: usize) -> artist_engine::Result<Self::Cache> {
+        artist_engine::Policy::new_cache(self.model, slots, max_len)
+    }
+    fn step(&self, inputs: &[artist_model::SeqInput], cache: &mut Self::Cache) -> artist_engine::Result<Vec<Vec<f32>>> {
+        let mut rows = self.model.step(inputs, cache)?;
+        let mut calls = self.calls.lock().unwrap();
+        for (s, row) in inputs.iter().zip(&mut rows) {
+            self.seen.lock().unwrap().push(row.clone());
+            let n = calls.entry(s.slot).or_insert(0);
+            if let Some(&t) = self.script.get(*n) {
+                row[t as usize] += 1e4;
+            }
+            *n += 1;
+        }
+        Ok(rows)
+    }
+    fn fork(&self, cache: &mut Self::Cache, from: usize, to: usize) -> artist_engine::Result<()> {
+        let mut calls = self.calls.lock().unwrap();
+        let n = calls.get(&from).copied().unwrap_or(0);
+        calls.insert(to, n);
+        self.model.fork(cache, from, to)
+    }
+    fn clear(&self, cache: &mut Self::Cache, slot: usize) {
+        self.calls.lock().unwrap().remove(&slot);
+        self.model.clear(cache, slot);
+    }
+}
+
+/// Through a tool call, the KV cache holds exactly the rollout's tokens: the logits the
+/// model produced at every step equal those of one forward over the finished sequence.
+#[test]
+fn cache_through_tool_calls_equals_a_full_forward() {
+    use artist_engine::Policy;
+    let tok = tokenizer();
+    let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
+    let script = tok.encode("<python>x = 2</python> so <answer>1</answer>").unwrap();
+    let guided = Guided { model: &model, script, calls: Default::default(), seen: Default::default() };
+    let engine = RolloutEngine {
+        policy: &guided,
+        tokenizer: &tok,
+        tools: vec![FakePython::new("42", 0)],
+        config: RolloutConfig { max_batch: 1, ..config(1) },
+    };
+    let prompt = tok.encode("Compute:").unwrap();
+    let (r, _) = engine.run(&[prompt.clone()]).unwrap();
+    let r = &r[0];
+    assert_eq!((r.finish, r.tool_calls.len()), (Finish::Stop, 1));
+    assert!(r.mask.contains(&0));
+    let full: Vec<u32> = prompt.iter().chain(&r.ids).copied().collect();
+    let logits = model.logits(&full).unwrap().to_vec2::<f32>().unwrap();
+    let seen = guided.seen.lock().unwrap();
+    let sampled: Vec<usize> = (0..r.ids.len()).filter(|&j| r.mask[j] == 1).collect();
+    assert_eq!(seen.len(), sampled.len(), "one step per sampled token");
+    for (row, &j) in seen.iter().zip(&sampled) {
+        let want = &logits[prompt.len() + j - 1];
+        let worst = row.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-4, "response token {j}: logits differ by {worst}");
+    }
+    let _ = guided.vocab_size();
+}
