@@ -325,7 +325,13 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
 
     /// Prefills `prompt` for the slots of one group; the logits after the prompt, once
     /// (shared) or per slot.
-    fn prefill(&self, prompt: &[u32], slots: &[usize], cache: &mut P::Cache, stats: &mut RolloutStats) -> Result<Vec<Vec<f32>>> {
+    fn prefill(
+        &self,
+        prompt: &[u32],
+        slots: &[usize],
+        cache: &mut P::Cache,
+        stats: &mut RolloutStats,
+    ) -> Result<Vec<Vec<f32>>> {
         for &s in slots {
             self.policy.clear(cache, s);
         }
@@ -443,7 +449,8 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
     fn force_output(&self, seq: &mut Seq<'a>, r: ToolDone, stats: &mut RolloutStats) -> Result<bool> {
         let c = &self.config;
         let text = c.output_template.replace("{output}", &r.result.output);
-        let mut ids = self.tokenizer.encode(&text).map_err(|e| Error::Input(format!("tokenizing a tool output: {e}")))?;
+        let mut ids =
+            self.tokenizer.encode(&text).map_err(|e| Error::Input(format!("tokenizing a tool output: {e}")))?;
         let room = (c.max_context - seq.out.prompt_ids.len() - seq.out.ids.len())
             .min(c.max_response_tokens.saturating_sub(seq.out.ids.len()));
         let cut = ids.len() > room || ids.len() == room;
@@ -473,7 +480,14 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
     }
 
     /// Moves a finished rollout out, frees its slot and tells the tools it is over.
-    fn retire(&self, seqs: &mut [Option<Seq<'a>>], i: usize, cache: &mut P::Cache, free: &mut Vec<usize>, done: &mut [Option<Rollout>]) {
+    fn retire(
+        &self,
+        seqs: &mut [Option<Seq<'a>>],
+        i: usize,
+        cache: &mut P::Cache,
+        free: &mut Vec<usize>,
+        done: &mut [Option<Rollout>],
+    ) {
         let seq = seqs[i].take().expect("retired once");
         self.policy.clear(cache, seq.slot);
         free.push(seq.slot);

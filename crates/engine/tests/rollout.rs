@@ -101,7 +101,10 @@ fn tool_call_output_is_forced_with_mask_zero() {
         assert!(r.logprobs.iter().zip(&r.mask).all(|(lp, m)| if *m == 0 { *lp == 0.0 } else { lp.abs() < 1e-6 }));
         assert_eq!(r.tool_calls.len(), 1);
         let c = &r.tool_calls[0];
-        assert_eq!((c.call.as_str(), c.output_start, c.output_len, c.result.success), ("print(6*7)", a.len(), forced.len(), true));
+        assert_eq!(
+            (c.call.as_str(), c.output_start, c.output_len, c.result.success),
+            ("print(6*7)", a.len(), forced.len(), true)
+        );
         assert!(tok.decode(&r.ids, false).unwrap().contains("</python><output>\n42\n</output>\n<answer>"));
     }
     assert_eq!((rollouts[0].sample_index, rollouts[1].sample_index), (0, 1));
@@ -149,7 +152,11 @@ fn continuous_batching_with_slow_tools() {
     let tok = tokenizer();
     let policy = scripted(
         &tok,
-        &[(1, "<python>slow</python><answer>1</answer>"), (2, "a b c d e f g h i j k l m n o p<answer>2</answer>"), (3, "<python>fail</python><answer>3</answer>")],
+        &[
+            (1, "<python>slow</python><answer>1</answer>"),
+            (2, "a b c d e f g h i j k l m n o p<answer>2</answer>"),
+            (3, "<python>fail</python><answer>3</answer>"),
+        ],
     );
     let py = FakePython::new("done", 300);
     let cfg = RolloutConfig { max_batch: 4, ..config(2) };

@@ -7,7 +7,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::GRAIN;
-use super::simd::dot;
+use super::simd::{dot, dot4};
 use crate::WithDType;
 
 /// One operand: data, per-batch start offsets, and (row, column) strides in elements.
@@ -84,8 +84,15 @@ pub(crate) fn gemv<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usiz
         let j0 = b * rows_per_task;
         for (jj, out_row) in out.chunks_mut(m).enumerate() {
             let wr = &w[(j0 + jj) * k..(j0 + jj + 1) * k];
-            for (i, o) in out_row.iter_mut().enumerate() {
-                *o = dot(&x[i * k..(i + 1) * k], wr);
+            // Rows of x four at a time: each chunk of the weight row is widened once for four.
+            let mut i = 0;
+            while i + 4 <= m {
+                let xs = [0, 1, 2, 3].map(|r| &x[(i + r) * k..(i + r + 1) * k]);
+                out_row[i..i + 4].copy_from_slice(&dot4(xs, wr));
+                i += 4;
+            }
+            for (ii, o) in out_row.iter_mut().enumerate().skip(i) {
+                *o = dot(&x[ii * k..(ii + 1) * k], wr);
             }
         }
     });
