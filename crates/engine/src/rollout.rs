@@ -368,7 +368,8 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
         seq.turn_tokens += 1;
         stats.sampled_tokens += 1;
         // Text is only looked at, never re-encoded; ids the tokenizer lacks add no text.
-        seq.text.push_str(&seq.decoder.step(id).unwrap_or_default());
+        let piece = seq.decoder.step(id).unwrap_or_default();
+        seq.text.push_str(&piece);
         let finish = |seq: &mut Seq, f: Finish| {
             seq.out.finish = f;
             Ok(true)
@@ -376,17 +377,22 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
         if c.eos_ids.contains(&id) {
             return finish(seq, Finish::Eos);
         }
-        let fresh = &seq.text[seq.scan_from.min(seq.text.len())..];
+        // A tag can only have been completed by this token: look at the new text and the
+        // few bytes before it, not the whole turn again.
+        let mut tail = seq.text.len().saturating_sub(piece.len() + self.longest_marker()).max(seq.scan_from);
+        while !seq.text.is_char_boundary(tail) {
+            tail -= 1;
+        }
         if let Some(stop) = &c.stop_text
-            && fresh.contains(stop.as_str())
+            && seq.text[tail..].contains(stop.as_str())
         {
             return finish(seq, Finish::Stop);
         }
-        if let Some((tool, call, end)) = self.find_call(fresh) {
+        if let Some((tool, call, end)) = self.find_call(&seq.text, seq.scan_from, tail) {
             if seq.out.tool_calls.len() >= c.max_tool_calls {
                 return finish(seq, Finish::ToolCalls);
             }
-            seq.scan_from += end;
+            seq.scan_from = end;
             seq.state = State::Tool;
             // The closing token goes into the cache with the output that follows it.
             seq.pending.push(id);
@@ -429,16 +435,22 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
         }
     }
 
-    /// The first complete call in `text`: its tool, the text inside the tags, and the byte
-    /// just past the closing tag.
-    fn find_call(&self, text: &str) -> Option<(Arc<dyn Tool>, String, usize)> {
+    /// The longest text the engine looks for (a closing tag, the stop text), in bytes.
+    fn longest_marker(&self) -> usize {
+        let tags = self.tools.iter().map(|t| t.tag().len() + 3);
+        tags.chain(self.config.stop_text.as_ref().map(String::len)).max().unwrap_or(0)
+    }
+
+    /// A call completed in `text[tail..]`: its tool, the text after the last opening tag
+    /// (at or after `from`), and the byte just past the closing tag.
+    fn find_call(&self, text: &str, from: usize, tail: usize) -> Option<(Arc<dyn Tool>, String, usize)> {
         self.tools
             .iter()
             .filter_map(|t| {
                 let close = format!("</{}>", t.tag());
-                let end = text.find(&close)?;
+                let end = tail + text[tail..].find(&close)?;
                 let open = format!("<{}>", t.tag());
-                let start = text[..end].rfind(&open).map_or(0, |i| i + open.len());
+                let start = text[from..end].rfind(&open).map_or(from, |i| from + i + open.len());
                 Some((t.clone(), text[start..end].to_string(), end + close.len()))
             })
             .min_by_key(|(_, _, end)| *end)
