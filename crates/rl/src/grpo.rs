@@ -1,0 +1,228 @@
+//! The GRPO loss: a clipped policy-gradient term per generated token, an optional KL
+//! term against a frozen reference, aggregated in one of three ways. Forced tokens (mask
+//! 0) and the prompt never enter it.
+//!
+//! Per generated token `t` of rollout `i`, with `rho = exp(lp_t - lp_old_t)`:
+//! `l_t = -min(rho A_i, clip(rho, 1 - eps_low, 1 + eps_high) A_i) + beta KL_t`, where
+//! `KL_t` is `k3 = exp(ref - lp) - (ref - lp) - 1` or `k1 = lp - ref`. `lp` is computed
+//! the way the sampler sampled: logits divided by the sampling temperature.
+//!
+//! Aggregation is a weighted sum `sum_t w_t l_t` with constant weights from
+//! [`token_weights`] over the whole batch, so micro-batches add up to the full loss:
+//! * `seq_mean_token_mean` (GRPO): `w = 1 / (n_i S)`, `n_i` the rollout's generated
+//!   tokens, `S` the rollouts that have any;
+//! * `token_mean` (DAPO): `w = 1 / N`, `N` all generated tokens of the batch;
+//! * `seq_mean_token_sum_norm` (Dr. GRPO): `w = 1 / (S L)`, `L` a constant (the maximum
+//!   response length).
+
+use artist_autograd::{Ctx, Var, token_logprobs};
+use artist_model::Qwen2;
+use artist_tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    #[default]
+    SeqMeanTokenMean,
+    TokenMean,
+    SeqMeanTokenSumNorm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KlEstimator {
+    K1,
+    #[default]
+    K3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoConfig {
+    pub clip_low: f64,
+    /// Clip-higher (DAPO) when above `clip_low`.
+    pub clip_high: f64,
+    /// KL coefficient; 0 needs no reference model.
+    pub beta: f64,
+    pub kl: KlEstimator,
+    pub aggregation: Aggregation,
+    /// `L` of `seq_mean_token_sum_norm`.
+    pub norm_length: usize,
+    /// The temperature the rollouts were sampled at.
+    pub temperature: f32,
+}
+
+impl Default for GrpoConfig {
+    fn default() -> Self {
+        GrpoConfig {
+            clip_low: 0.2,
+            clip_high: 0.2,
+            beta: 0.0,
+            kl: KlEstimator::K3,
+            aggregation: Aggregation::SeqMeanTokenMean,
+            norm_length: 8000,
+            temperature: 1.0,
+        }
+    }
+}
+
+/// A rollout as the trainer sees it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TrainRollout {
+    pub prompt_ids: Vec<u32>,
+    pub ids: Vec<u32>,
+    /// 1 = generated (trained on), 0 = forced.
+    pub mask: Vec<u8>,
+    /// The logprobs the sampler drew `ids` with (pi_old).
+    pub old_logprobs: Vec<f32>,
+    /// The reference model's logprobs of `ids` (needed when beta > 0).
+    pub ref_logprobs: Option<Vec<f32>>,
+    pub advantage: f32,
+}
+
+impl TrainRollout {
+    pub fn generated(&self) -> usize {
+        self.mask.iter().filter(|&&m| m == 1).count()
+    }
+}
+
+/// The aggregation weight of every response token of every rollout (0 where masked),
+/// computed over the whole batch.
+pub fn token_weights(batch: &[&TrainRollout], agg: Aggregation, norm_length: usize) -> Vec<Vec<f32>> {
+    let seqs = batch.iter().filter(|r| r.generated() > 0).count().max(1) as f64;
+    let total: usize = batch.iter().map(|r| r.generated()).sum();
+    batch
+        .iter()
+        .map(|r| {
+            let w = match agg {
+                Aggregation::SeqMeanTokenMean => 1.0 / (r.generated().max(1) as f64 * seqs),
+                Aggregation::TokenMean => 1.0 / total.max(1) as f64,
+                Aggregation::SeqMeanTokenSumNorm => 1.0 / (seqs * norm_length.max(1) as f64),
+            };
+            r.mask.iter().map(|&m| if m == 1 { w as f32 } else { 0.0 }).collect()
+        })
+        .collect()
+}
+
+/// What one loss evaluation saw.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GrpoStats {
+    pub tokens: usize,
+    /// Tokens whose ratio lay outside the clip range on the side that clips.
+    pub clipped: usize,
+    pub ratio_mean: f64,
+    pub kl_mean: f64,
+    /// Largest |lp - lp_old|: 0 up to float noise at the first step of a batch.
+    pub max_abs_log_ratio: f64,
+    /// The new logprobs, per rollout (masked positions hold the old ones).
+    #[serde(skip)]
+    pub logprobs: Vec<Vec<f32>>,
+}
+
+/// The GRPO loss of `batch` (any subset of the batch `weights` were computed over).
+pub fn grpo_loss(
+    model: &Qwen2,
+    ctx: &Ctx,
+    batch: &[&TrainRollout],
+    weights: &[&[f32]],
+    c: &GrpoConfig,
+) -> artist_model::Result<(Var, GrpoStats)> {
+    let bad = |m: String| artist_model::Error::Input(m);
+    let (mut rows, mut targets, mut old, mut adv, mut w, mut reference) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut offset = 0u32;
+    for (r, wr) in batch.iter().zip(weights) {
+        let n = r.ids.len();
+        if r.mask.len() != n || r.old_logprobs.len() != n || wr.len() != n || r.prompt_ids.is_empty() {
+            return Err(bad(format!(
+                "a rollout's ids ({n}), mask, logprobs and weights must have one entry per token"
+            )));
+        }
+        if c.beta > 0.0 && r.ref_logprobs.as_ref().is_none_or(|v| v.len() != n) {
+            return Err(bad("beta > 0 needs the reference logprobs of every rollout".into()));
+        }
+        let p = r.prompt_ids.len() as u32;
+        for j in 0..n {
+            if r.mask[j] == 1 {
+                rows.push(offset + p + j as u32 - 1);
+                targets.push(r.ids[j]);
+                old.push(r.old_logprobs[j]);
+                adv.push(r.advantage);
+                w.push(wr[j]);
+                if let Some(rf) = &r.ref_logprobs {
+                    reference.push(rf[j]);
+                }
+            }
+        }
+        offset += p + n as u32;
+    }
+    let n = targets.len();
+    if n == 0 {
+        return Err(bad("no generated token in this batch".into()));
+    }
+    let seqs: Vec<Vec<u32>> = batch.iter().map(|r| r.prompt_ids.iter().chain(&r.ids).copied().collect()).collect();
+    let seq_refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let hidden = model.hidden_states(ctx, &seq_refs, Some(&rows))?;
+    let scale = if c.temperature > 0.0 { 1.0 / c.temperature } else { 1.0 };
+    let lp = token_logprobs(&hidden, &ctx.param(model.lm_head_param()), &targets, scale, None)?;
+    let konst = |v: &[f32]| -> artist_model::Result<Var> {
+        Ok(Var::constant(Tensor::from_vec(v.to_vec(), v.len(), Device::Cpu)?))
+    };
+    let (old_v, adv_v, w_v) = (konst(&old)?, konst(&adv)?, konst(&w)?);
+    let ratio = lp.sub(&old_v)?.exp()?;
+    let unclipped = ratio.mul(&adv_v)?;
+    let clipped = ratio.clamp((1.0 - c.clip_low) as f32, (1.0 + c.clip_high) as f32)?.mul(&adv_v)?;
+    let mut per_token = unclipped.minimum(&clipped)?.neg()?;
+    let mut kl_values = vec![0f32; n];
+    if c.beta > 0.0 {
+        let ref_v = konst(&reference)?;
+        let kl = match c.kl {
+            KlEstimator::K3 => {
+                let d = ref_v.sub(&lp)?;
+                d.exp()?.sub(&d)?.add_scalar(-1.0)?
+            }
+            KlEstimator::K1 => lp.sub(&ref_v)?,
+        };
+        kl_values = kl.value().to_vec::<f32>()?;
+        per_token = per_token.add(&kl.mul_scalar(c.beta as f32)?)?;
+    }
+    let loss = per_token.mul(&w_v)?.sum_all()?;
+
+    // Statistics from the values.
+    let (lpv, rv) = (lp.value().to_vec::<f32>()?, ratio.value().to_vec::<f32>()?);
+    let clipped_n = rv
+        .iter()
+        .zip(&adv)
+        .filter(|(r, a)| {
+            (**a > 0.0 && **r > (1.0 + c.clip_high) as f32) || (**a < 0.0 && **r < (1.0 - c.clip_low) as f32)
+        })
+        .count();
+    let mut logprobs = Vec::with_capacity(batch.len());
+    let mut k = 0;
+    for r in batch {
+        logprobs.push(
+            r.mask
+                .iter()
+                .zip(&r.old_logprobs)
+                .map(|(&m, &o)| {
+                    if m == 1 {
+                        k += 1;
+                        lpv[k - 1]
+                    } else {
+                        o
+                    }
+                })
+                .collect(),
+        );
+    }
+    let stats = GrpoStats {
+        tokens: n,
+        clipped: clipped_n,
+        ratio_mean: rv.iter().map(|&x| x as f64).sum::<f64>() / n as f64,
+        kl_mean: kl_values.iter().map(|&x| x as f64).sum::<f64>() / n as f64,
+        max_abs_log_ratio: lpv.iter().zip(&old).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max),
+        logprobs,
+    };
+    Ok((loss, stats))
+}

@@ -1,0 +1,13 @@
+//! Reinforcement learning for ARTIST: the rewards of the paper (answer, format, tool
+//! execution; state and function matching for function calling), advantages normalised
+//! within each prompt's group, and the clipped, masked GRPO loss with its variants.
+
+pub mod advantages;
+pub mod format;
+pub mod grpo;
+pub mod rewards;
+
+pub use advantages::{AdvantageConfig, group_advantages};
+pub use format::{Segment, TagEvent};
+pub use grpo::{Aggregation, GrpoConfig, GrpoStats, KlEstimator, TrainRollout, grpo_loss, token_weights};
+pub use rewards::{FcRewardWeights, FcRewards, MathRewardWeights, MathRewards, fc_format_rewards, math_rewards};

@@ -1,0 +1,172 @@
+//! ARTIST's rewards, with the paper's weights as defaults (see shared ARTIST.md).
+//!
+//! Math: answer (+2 when correct), relaxed format (0.125 for each of `<think>`,
+//! `<python>`, `<output>`, `<answer>` present as a complete block), strict format (0.5
+//! when the whole response is a well-formed sequence of blocks: a `<think>` first, every
+//! `<python>` followed at once by its `<output>`, one `<answer>` last, all four present,
+//! no tag inside another, nothing but whitespace outside the blocks), tool execution
+//! (successful calls / calls; 0 with no call).
+//!
+//! Function calling: state and function matching (0..0.5 each, fractions given by the
+//! environment), relaxed format (0.025 for each complete `<reasoning>` or `<tool>` block,
+//! at most 0.1), strict format (0.1 when every block is well formed, a `<reasoning>`
+//! comes first and every `<tool>` directly follows a `<reasoning>`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::{Segment, blocks, events, has_block};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MathRewardWeights {
+    pub answer: f64,
+    /// Per tag present.
+    pub relaxed_format: f64,
+    pub strict_format: f64,
+    /// Multiplies the fraction of successful tool calls.
+    pub tool_execution: f64,
+}
+
+impl Default for MathRewardWeights {
+    fn default() -> Self {
+        MathRewardWeights { answer: 2.0, relaxed_format: 0.125, strict_format: 0.5, tool_execution: 1.0 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct MathRewards {
+    pub answer: f64,
+    pub relaxed_format: f64,
+    pub strict_format: f64,
+    pub tool_execution: f64,
+    pub total: f64,
+}
+
+const MATH_TAGS: [&str; 4] = ["think", "python", "output", "answer"];
+
+/// The math rewards of one rollout: its segments, whether each tool call succeeded, and
+/// whether its answer is correct.
+pub fn math_rewards(segments: &[Segment], tool_success: &[bool], correct: bool, w: &MathRewardWeights) -> MathRewards {
+    let ev = events(segments, &MATH_TAGS);
+    let relaxed = MATH_TAGS.iter().filter(|t| has_block(&ev, t)).count() as f64 * w.relaxed_format;
+    let strict = match blocks(&ev) {
+        Some(b) if strict_math(&b) => w.strict_format,
+        _ => 0.0,
+    };
+    let tool = if tool_success.is_empty() {
+        0.0
+    } else {
+        tool_success.iter().filter(|&&s| s).count() as f64 / tool_success.len() as f64 * w.tool_execution
+    };
+    let answer = if correct { w.answer } else { 0.0 };
+    MathRewards {
+        answer,
+        relaxed_format: relaxed,
+        strict_format: strict,
+        tool_execution: tool,
+        total: answer + relaxed + strict + tool,
+    }
+}
+
+fn strict_math(b: &[String]) -> bool {
+    let all = MATH_TAGS.iter().all(|t| b.iter().any(|x| x == t));
+    let think_first = b.first().is_some_and(|x| x == "think");
+    let one_answer_last = b.last().is_some_and(|x| x == "answer") && b.iter().filter(|x| *x == "answer").count() == 1;
+    let paired = b.iter().enumerate().all(|(i, x)| match x.as_str() {
+        "python" => b.get(i + 1).is_some_and(|n| n == "output"),
+        "output" => i > 0 && b[i - 1] == "python",
+        _ => true,
+    });
+    all && think_first && one_answer_last && paired
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FcRewardWeights {
+    /// Multiplies the fraction of turns after which the state is correct.
+    pub state: f64,
+    /// Multiplies the fraction of expected calls matched.
+    pub function: f64,
+    /// Per complete `<reasoning>` or `<tool>` block.
+    pub relaxed_format: f64,
+    pub relaxed_format_max: f64,
+    pub strict_format: f64,
+}
+
+impl Default for FcRewardWeights {
+    fn default() -> Self {
+        FcRewardWeights {
+            state: 0.5,
+            function: 0.5,
+            relaxed_format: 0.025,
+            relaxed_format_max: 0.1,
+            strict_format: 0.1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct FcRewards {
+    pub state: f64,
+    pub function: f64,
+    pub relaxed_format: f64,
+    pub strict_format: f64,
+    pub total: f64,
+}
+
+const FC_TAGS: [&str; 2] = ["reasoning", "tool"];
+
+/// Function-calling rewards from the model's turns and the environment's fractions of
+/// correct states and matched calls (both in 0..=1).
+pub fn fc_format_rewards(
+    segments: &[Segment],
+    state_fraction: f64,
+    function_fraction: f64,
+    w: &FcRewardWeights,
+) -> FcRewards {
+    let ev = events(segments, &FC_TAGS);
+    let complete = blocks_loose(&ev);
+    let relaxed = (complete as f64 * w.relaxed_format).min(w.relaxed_format_max);
+    let strict = match blocks(&ev) {
+        Some(b) if strict_fc(&b) => w.strict_format,
+        _ => 0.0,
+    };
+    let state = state_fraction.clamp(0.0, 1.0) * w.state;
+    let function = function_fraction.clamp(0.0, 1.0) * w.function;
+    FcRewards {
+        state,
+        function,
+        relaxed_format: relaxed,
+        strict_format: strict,
+        total: state + function + relaxed + strict,
+    }
+}
+
+/// Complete `<reasoning>` / `<tool>` blocks, counted even when the rest is malformed.
+fn blocks_loose(ev: &[crate::format::TagEvent]) -> usize {
+    use crate::format::TagEvent;
+    let mut open: Option<&str> = None;
+    let mut n = 0;
+    for e in ev {
+        match e {
+            TagEvent::Open(t) => open = Some(t),
+            TagEvent::Close(t) if open == Some(t.as_str()) => {
+                n += 1;
+                open = None;
+            }
+            _ => {}
+        }
+    }
+    n
+}
+
+fn strict_fc(b: &[String]) -> bool {
+    let all = FC_TAGS.iter().all(|t| b.iter().any(|x| x == t));
+    let first = b.first().is_some_and(|x| x == "reasoning");
+    let ordered = b.iter().enumerate().all(|(i, x)| match x.as_str() {
+        "tool" => i > 0 && b[i - 1] == "reasoning",
+        "output" => i > 0 && b[i - 1] == "tool",
+        _ => true,
+    });
+    all && first && ordered
+}

@@ -1,0 +1,223 @@
+//! ARTIST's rewards on hand-written rollouts, one row per case.
+
+use artist_rl::{FcRewardWeights, MathRewardWeights, Segment, fc_format_rewards, math_rewards};
+
+fn m(s: &str) -> Segment {
+    Segment::Model(s.into())
+}
+fn f(s: &str) -> Segment {
+    Segment::Forced(format!("<output>\n{s}\n</output>\n"))
+}
+
+#[test]
+fn math_rewards_table() {
+    let w = MathRewardWeights::default();
+    // (case, segments, tool successes, correct, answer, relaxed, strict, tool)
+    let cases: Vec<(&str, Vec<Segment>, Vec<bool>, bool, f64, f64, f64, f64)> = vec![
+        (
+            "well formed, correct",
+            vec![
+                m("<think>compute</think>\n<python>print(6*7)</python>"),
+                f("42"),
+                m("<think>so</think><answer>42</answer>"),
+            ],
+            vec![true],
+            true,
+            2.0,
+            0.5,
+            0.5,
+            1.0,
+        ),
+        (
+            "well formed, wrong answer",
+            vec![m("<think>a</think><python>x</python>"), f("1"), m("<answer>3</answer>")],
+            vec![true],
+            false,
+            0.0,
+            0.5,
+            0.5,
+            1.0,
+        ),
+        (
+            "think missing",
+            vec![m("<python>x</python>"), f("1"), m("<answer>1</answer>")],
+            vec![true],
+            true,
+            2.0,
+            0.375,
+            0.0,
+            1.0,
+        ),
+        (
+            "unclosed think",
+            vec![m("<think>a<python>x</python>"), f("1"), m("<answer>1</answer>")],
+            vec![true],
+            true,
+            2.0,
+            0.375,
+            0.0,
+            1.0,
+        ),
+        (
+            "unclosed answer",
+            vec![m("<think>a</think><python>x</python>"), f("1"), m("<answer>1")],
+            vec![true],
+            false,
+            0.0,
+            0.375,
+            0.0,
+            1.0,
+        ),
+        (
+            "nested python in think",
+            vec![m("<think>a<python>x</python></think>"), f("1"), m("<answer>1</answer>")],
+            vec![true],
+            true,
+            2.0,
+            0.5,
+            0.0,
+            1.0,
+        ),
+        (
+            "answer before think",
+            vec![m("<answer>1</answer><think>a</think><python>x</python>"), f("1")],
+            vec![true],
+            true,
+            2.0,
+            0.5,
+            0.0,
+            1.0,
+        ),
+        (
+            "repeated answer",
+            vec![m("<think>a</think><python>x</python>"), f("1"), m("<answer>1</answer><answer>2</answer>")],
+            vec![true],
+            false,
+            0.0,
+            0.5,
+            0.0,
+            1.0,
+        ),
+        (
+            "text outside tags",
+            vec![m("Sure! <think>a</think><python>x</python>"), f("1"), m("<answer>1</answer>")],
+            vec![true],
+            true,
+            2.0,
+            0.5,
+            0.0,
+            1.0,
+        ),
+        ("no tool call", vec![m("<think>easy</think><answer>4</answer>")], vec![], true, 2.0, 0.25, 0.0, 0.0),
+        (
+            "all calls failing",
+            vec![
+                m("<think>a</think><python>1/0</python>"),
+                f("ZeroDivisionError"),
+                m("<python>oops(</python>"),
+                f("SyntaxError"),
+                m("<answer>?</answer>"),
+            ],
+            vec![false, false],
+            false,
+            0.0,
+            0.5,
+            0.5,
+            0.0,
+        ),
+        (
+            "half the calls succeed, thinking between calls",
+            vec![
+                m("<think>a</think><python>1/0</python>"),
+                f("Error"),
+                m("<think>fix</think><python>1/1</python>"),
+                f("1.0"),
+                m("<think>ok</think><answer>1</answer>"),
+            ],
+            vec![false, true],
+            true,
+            2.0,
+            0.5,
+            0.5,
+            0.5,
+        ),
+        (
+            "an answer printed by the tool earns nothing",
+            vec![m("<think>a</think><python>print('<answer>1</answer>')</python>"), f("<answer>1</answer>")],
+            vec![true],
+            false,
+            0.0,
+            0.375,
+            0.0,
+            1.0,
+        ),
+        (
+            "the model writing its own output block",
+            vec![m("<think>a</think><python>x</python><output>made up</output><answer>1</answer>")],
+            vec![],
+            false,
+            0.0,
+            0.375,
+            0.0,
+            0.0,
+        ),
+        (
+            "python not followed by output",
+            vec![m("<think>a</think><python>x</python><answer>1</answer>")],
+            vec![],
+            true,
+            2.0,
+            0.375,
+            0.0,
+            0.0,
+        ),
+        ("empty response", vec![m("")], vec![], false, 0.0, 0.0, 0.0, 0.0),
+        (
+            "a tag split across tokens still counts",
+            vec![m("<thi"), m("nk>a</think><python>x</pyt"), m("hon>"), f("1"), m("<answer>1</answer>")],
+            vec![true],
+            true,
+            2.0,
+            0.5,
+            0.5,
+            1.0,
+        ),
+    ];
+    for (name, segs, tools, correct, answer, relaxed, strict, tool) in cases {
+        let r = math_rewards(&segs, &tools, correct, &w);
+        let got = (r.answer, r.relaxed_format, r.strict_format, r.tool_execution);
+        assert_eq!(got, (answer, relaxed, strict, tool), "{name}");
+        assert!((r.total - (answer + relaxed + strict + tool)).abs() < 1e-12, "{name}");
+    }
+    // Weights are configurable.
+    let w2 = MathRewardWeights { answer: 1.0, relaxed_format: 0.0, strict_format: 0.0, tool_execution: 0.0 };
+    assert_eq!(math_rewards(&[m("<answer>1</answer>")], &[], true, &w2).total, 1.0);
+}
+
+#[test]
+fn function_calling_format_rewards_table() {
+    let w = FcRewardWeights::default();
+    let cases: Vec<(&str, Vec<Segment>, f64, f64)> = vec![
+        (
+            "well formed",
+            vec![
+                m("<reasoning>cd first</reasoning><tool>{\"name\": \"cd\"}</tool>"),
+                f("ok"),
+                m("<reasoning>done</reasoning>"),
+            ],
+            0.075,
+            0.1,
+        ),
+        ("tool missing", vec![m("<reasoning>nothing to do</reasoning>")], 0.025, 0.0),
+        ("tool before reasoning", vec![m("<tool>x</tool><reasoning>r</reasoning>")], 0.05, 0.0),
+        ("unclosed reasoning", vec![m("<reasoning>r<tool>x</tool>")], 0.025, 0.0),
+        ("capped at 0.1", vec![m(&"<reasoning>r</reasoning><tool>x</tool>".repeat(4))], 0.1, 0.1),
+        ("text outside tags", vec![m("ok <reasoning>r</reasoning><tool>x</tool>")], 0.05, 0.0),
+    ];
+    for (name, segs, relaxed, strict) in cases {
+        let r = fc_format_rewards(&segs, 1.0, 0.5, &w);
+        assert!((r.relaxed_format - relaxed).abs() < 1e-12, "{name}: relaxed {}", r.relaxed_format);
+        assert_eq!(r.strict_format, strict, "{name}");
+        assert_eq!((r.state, r.function), (0.5, 0.25), "{name}");
+    }
+}
