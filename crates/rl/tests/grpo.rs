@@ -1,0 +1,176 @@
+//! The GRPO loss on a tiny Qwen2: its value against the formula computed in f64 from the
+//! model's logits, masked tokens contributing nothing (not even a NaN), micro-batches
+//! adding up to the batch, and the weights of each aggregation.
+
+use std::path::{Path, PathBuf};
+
+use artist_autograd::{Ctx, Gradients, Tape};
+use artist_model::Qwen2;
+use artist_rl::{Aggregation, GrpoConfig, KlEstimator, TrainRollout, grpo_loss, token_weights};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen2").join(name)
+}
+
+/// Rollouts with forced stretches, old logprobs near the model's (so some ratios clip),
+/// advantages of both signs and reference logprobs.
+fn batch(model: &Qwen2, temperature: f32) -> Vec<TrainRollout> {
+    let specs: [(&[u32], usize, f32); 3] = [(&[5, 17, 42], 9, 1.3), (&[7, 8], 14, -0.6), (&[100, 3, 9, 11], 6, 0.4)];
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, &(prompt, n, adv))| {
+            let ids: Vec<u32> = (0..n).map(|j| ((i * 31 + j * 17 + 3) % 300) as u32).collect();
+            let mask: Vec<u8> = (0..n).map(|j| if (3..6).contains(&j) && i != 2 { 0 } else { 1 }).collect();
+            let lp = exact_logprobs(model, prompt, &ids, temperature);
+            let old = lp.iter().enumerate().map(|(j, &x)| (x + 0.3 * ((j % 5) as f64 - 2.0) / 2.0) as f32).collect();
+            let reference = lp.iter().enumerate().map(|(j, &x)| (x - 0.05 * (j % 3) as f64) as f32).collect();
+            TrainRollout {
+                prompt_ids: prompt.to_vec(),
+                ids,
+                mask,
+                old_logprobs: old,
+                ref_logprobs: Some(reference),
+                advantage: adv,
+            }
+        })
+        .collect()
+}
+
+/// log softmax(logits / T)[token] of every response token, in f64 from the logits.
+fn exact_logprobs(model: &Qwen2, prompt: &[u32], ids: &[u32], t: f32) -> Vec<f64> {
+    let full: Vec<u32> = prompt.iter().chain(ids).copied().collect();
+    let logits = model.logits(&full).unwrap().to_vec2::<f32>().unwrap();
+    (0..ids.len())
+        .map(|j| {
+            let row: Vec<f64> = logits[prompt.len() + j - 1].iter().map(|&z| z as f64 / t as f64).collect();
+            let max = row.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = max + row.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
+            row[ids[j] as usize] - lse
+        })
+        .collect()
+}
+
+/// The loss in f64, straight from the formula.
+fn reference_loss(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig) -> f64 {
+    let refs: Vec<&TrainRollout> = b.iter().collect();
+    let w = token_weights(&refs, c.aggregation, c.norm_length);
+    let mut loss = 0.0;
+    for (r, w) in b.iter().zip(&w) {
+        let lp = exact_logprobs(model, &r.prompt_ids, &r.ids, c.temperature);
+        for j in 0..r.ids.len() {
+            if r.mask[j] == 0 {
+                continue;
+            }
+            let ratio = (lp[j] - r.old_logprobs[j] as f64).exp();
+            let a = r.advantage as f64;
+            let clipped = ratio.clamp(1.0 - c.clip_low, 1.0 + c.clip_high);
+            let mut l = -(ratio * a).min(clipped * a);
+            if c.beta > 0.0 {
+                let rf = r.ref_logprobs.as_ref().unwrap()[j] as f64;
+                let kl = match c.kl {
+                    KlEstimator::K3 => (rf - lp[j]).exp() - (rf - lp[j]) - 1.0,
+                    KlEstimator::K1 => lp[j] - rf,
+                };
+                l += c.beta * kl;
+            }
+            loss += w[j] as f64 * l;
+        }
+    }
+    loss
+}
+
+fn run(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig, micro: usize) -> (f64, Gradients, usize) {
+    let refs: Vec<&TrainRollout> = b.iter().collect();
+    let w = token_weights(&refs, c.aggregation, c.norm_length);
+    let mut grads = Gradients::default();
+    let (mut loss, mut clipped) = (0.0, 0);
+    for (rs, ws) in refs.chunks(micro).zip(w.chunks(micro)) {
+        let tape = Tape::new();
+        let ws: Vec<&[f32]> = ws.iter().map(Vec::as_slice).collect();
+        let (l, stats) = grpo_loss(model, &Ctx::training(&tape), rs, &ws, c).unwrap();
+        loss += l.to_scalar().unwrap() as f64;
+        clipped += stats.clipped;
+        grads.merge(tape.backward(&l).unwrap()).unwrap();
+    }
+    (loss, grads, clipped)
+}
+
+#[test]
+fn loss_matches_the_formula_in_every_mode() {
+    let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
+    for (agg, beta, kl, t, clip_high) in [
+        (Aggregation::SeqMeanTokenMean, 0.0, KlEstimator::K3, 1.0, 0.2),
+        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, 0.28),
+        (Aggregation::SeqMeanTokenSumNorm, 0.1, KlEstimator::K1, 1.0, 0.2),
+    ] {
+        let c =
+            GrpoConfig { aggregation: agg, beta, kl, temperature: t, clip_high, norm_length: 32, ..Default::default() };
+        let b = batch(&model, t);
+        let want = reference_loss(&model, &b, &c);
+        let (got, grads, clipped) = run(&model, &b, &c, usize::MAX);
+        assert!((got - want).abs() <= 1e-4 * want.abs().max(1e-3), "{agg:?}: loss {got} vs {want}");
+        assert!(clipped > 0, "{agg:?}: the batch should clip some tokens");
+        // Micro-batches add up to the batch: the same loss and gradients.
+        let (got2, grads2, _) = run(&model, &b, &c, 1);
+        assert!((got - got2).abs() <= 1e-6, "{agg:?}: {got} vs {got2} in micro-batches");
+        for p in model.params() {
+            let (a, b) =
+                (grads.get(p.id()).unwrap().to_f32_vec().unwrap(), grads2.get(p.id()).unwrap().to_f32_vec().unwrap());
+            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst <= 1e-4 * scale, "{agg:?} {}: micro-batch gradients differ by {worst}", p.name());
+        }
+    }
+}
+
+/// Forced tokens take no part: garbage (NaN) in their logprobs, advantages or reference
+/// values changes neither the loss nor any gradient by a single bit.
+#[test]
+fn masked_tokens_get_exactly_zero_gradient() {
+    let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
+    let c = GrpoConfig { beta: 0.04, ..Default::default() };
+    let clean = batch(&model, 1.0);
+    let mut dirty = clean.clone();
+    for r in &mut dirty {
+        for j in 0..r.ids.len() {
+            if r.mask[j] == 0 {
+                r.old_logprobs[j] = f32::NAN;
+                r.ref_logprobs.as_mut().unwrap()[j] = f32::INFINITY;
+            }
+        }
+    }
+    let ((l1, g1, _), (l2, g2, _)) = (run(&model, &clean, &c, usize::MAX), run(&model, &dirty, &c, usize::MAX));
+    assert_eq!(l1.to_bits(), l2.to_bits());
+    for p in model.params() {
+        let (a, b) = (g1.get(p.id()).unwrap().to_f32_vec().unwrap(), g2.get(p.id()).unwrap().to_f32_vec().unwrap());
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{}", p.name());
+    }
+    // And a rollout whose every token is forced has zero weight.
+    let all_forced = TrainRollout { mask: vec![0; clean[0].ids.len()], ..clean[0].clone() };
+    let refs = [&all_forced, &clean[1]];
+    let w = token_weights(&refs, Aggregation::SeqMeanTokenMean, 1);
+    assert!(w[0].iter().all(|&x| x == 0.0));
+    assert!((w[1].iter().sum::<f32>() - 1.0).abs() < 1e-6, "one rollout with tokens: its mean");
+}
+
+#[test]
+fn aggregation_weights() {
+    let r = |n: usize, forced: usize| TrainRollout {
+        prompt_ids: vec![1],
+        ids: vec![1; n],
+        mask: (0..n).map(|j| (j >= forced) as u8).collect(),
+        old_logprobs: vec![0.0; n],
+        ..Default::default()
+    };
+    let (a, b) = (r(4, 0), r(10, 2));
+    let refs = [&a, &b];
+    let sum = |w: &Vec<Vec<f32>>| w.iter().flatten().map(|&x| x as f64).sum::<f64>();
+    let seq = token_weights(&refs, Aggregation::SeqMeanTokenMean, 0);
+    assert!((seq[0][0] - 1.0 / 8.0).abs() < 1e-7 && (seq[1][5] - 1.0 / 16.0).abs() < 1e-7 && seq[1][0] == 0.0);
+    assert!((sum(&seq) - 1.0).abs() < 1e-6);
+    let tok = token_weights(&refs, Aggregation::TokenMean, 0);
+    assert!((tok[0][0] - 1.0 / 12.0).abs() < 1e-7 && (sum(&tok) - 1.0).abs() < 1e-6);
+    let dr = token_weights(&refs, Aggregation::SeqMeanTokenSumNorm, 100);
+    assert!((dr[1][9] - 1.0 / 200.0).abs() < 1e-9 && (sum(&dr) - 12.0 / 200.0).abs() < 1e-6);
+}
