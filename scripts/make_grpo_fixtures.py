@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Reference values of the GRPO loss for artist's tests, computed by PyTorch.
+
+What it makes
+-------------
+``tests/fixtures/training/grpo/``:
+
+* ``batch.json``: a fixed batch of four rollouts for the tiny ``tiny-gqa`` model: prompt
+  ids, response ids, the loss mask (0 on forced tool-output tokens), the "old" logprobs
+  (the model's own, perturbed so some ratios leave the clip range), reference-model
+  logprobs, and one advantage per rollout (both signs).
+* ``reference.json``: for each case (an aggregation mode with its clip range, KL
+  estimator, beta and temperature) the loss.
+* ``grads-<case>.safetensors``: d loss / d parameter, keyed by Hugging Face name.
+
+The loss (the same formula artist implements, written here from its definition)::
+
+    lp_t  = log_softmax(logits / T)[token t]         (response tokens with mask 1 only)
+    rho_t = exp(lp_t - old_t)
+    l_t   = -min(rho_t A_i, clamp(rho_t, 1 - eps_low, 1 + eps_high) A_i) + beta KL_t
+    KL_t  = exp(ref_t - lp_t) - (ref_t - lp_t) - 1   (k3)   or   lp_t - ref_t   (k1)
+    loss  = sum_t w_t l_t, with
+      seq_mean_token_mean:      w_t = 1 / (n_i * S)    n_i generated tokens of rollout i,
+                                                       S rollouts with any
+      token_mean:               w_t = 1 / N            N generated tokens in the batch
+      seq_mean_token_sum_norm:  w_t = 1 / (S * L)      L a constant
+
+Run from the repository root (float32, CPU, deterministic)::
+
+    pip install torch transformers safetensors && python3 scripts/make_grpo_fixtures.py
+"""
+import json
+import os
+
+import torch
+from safetensors.torch import save_file
+from transformers import Qwen2ForCausalLM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = os.path.join(ROOT, "tests/fixtures/qwen2/tiny-gqa")
+OUT = os.path.join(ROOT, "tests/fixtures/training/grpo")
+
+CASES = [
+    {"name": "grpo", "aggregation": "seq_mean_token_mean", "clip_low": 0.2, "clip_high": 0.2, "beta": 0.0,
+     "kl": "k3", "temperature": 1.0, "norm_length": 64},
+    {"name": "dapo", "aggregation": "token_mean", "clip_low": 0.2, "clip_high": 0.28, "beta": 0.04,
+     "kl": "k3", "temperature": 0.7, "norm_length": 64},
+    {"name": "dr_grpo", "aggregation": "seq_mean_token_sum_norm", "clip_low": 0.2, "clip_high": 0.2, "beta": 0.1,
+     "kl": "k1", "temperature": 1.0, "norm_length": 64},
+]
+
+
+def response_logprobs(model, prompt, ids, temperature):
+    full = torch.tensor([prompt + ids])
+    logits = model(full).logits[0].float() / temperature
+    logp = torch.log_softmax(logits, dim=-1)
+    p = len(prompt)
+    return torch.stack([logp[p + j - 1, ids[j]] for j in range(len(ids))])
+
+
+def make_batch(model):
+    g = torch.Generator().manual_seed(11)
+    specs = [([5, 17, 42], 12, 1.3), ([7, 8], 20, -0.6), ([100, 3, 9, 11], 7, 0.4), ([250, 1], 15, -1.1)]
+    batch = []
+    for i, (prompt, n, adv) in enumerate(specs):
+        ids = torch.randint(0, 311, (n,), generator=g).tolist()
+        mask = [0 if (i % 2 == 0 and 3 <= j < 7) else 1 for j in range(n)]
+        with torch.no_grad():
+            lp = response_logprobs(model, prompt, ids, 1.0)
+        old = (lp + 0.35 * torch.randn(n, generator=g)).tolist()
+        ref = (lp - 0.1 * torch.rand(n, generator=g)).tolist()
+        batch.append({"prompt_ids": prompt, "ids": ids, "mask": mask, "old_logprobs": old,
+                      "ref_logprobs": ref, "advantage": adv})
+    return batch
+
+
+def weights(batch, aggregation, norm_length):
+    gen = [sum(r["mask"]) for r in batch]
+    s = max(1, sum(1 for n in gen if n > 0))
+    total = max(1, sum(gen))
+    out = []
+    for r, n in zip(batch, gen):
+        if aggregation == "seq_mean_token_mean":
+            w = 1.0 / (max(n, 1) * s)
+        elif aggregation == "token_mean":
+            w = 1.0 / total
+        else:
+            w = 1.0 / (s * norm_length)
+        out.append([w if m == 1 else 0.0 for m in r["mask"]])
+    return out
+
+
+def loss_of(model, batch, case):
+    w = weights(batch, case["aggregation"], case["norm_length"])
+    loss = torch.zeros((), dtype=torch.float32)
+    for r, wr in zip(batch, w):
+        lp = response_logprobs(model, r["prompt_ids"], r["ids"], case["temperature"])
+        m = torch.tensor(r["mask"], dtype=torch.bool)
+        old = torch.tensor(r["old_logprobs"])
+        ref = torch.tensor(r["ref_logprobs"])
+        a = float(r["advantage"])
+        ratio = torch.exp(lp - old)
+        per = -torch.min(ratio * a, torch.clamp(ratio, 1 - case["clip_low"], 1 + case["clip_high"]) * a)
+        if case["beta"] > 0:
+            if case["kl"] == "k3":
+                d = ref - lp
+                kl = torch.exp(d) - d - 1
+            else:
+                kl = lp - ref
+            per = per + case["beta"] * kl
+        loss = loss + (per[m] * torch.tensor(wr)[m]).sum()
+    return loss
+
+
+def main():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    model = Qwen2ForCausalLM.from_pretrained(MODEL, dtype=torch.float32, attn_implementation="eager")
+    model.train()
+    batch = make_batch(model)
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "batch.json"), "w") as f:
+        json.dump({"model": "tiny-gqa", "rollouts": batch}, f)
+    ref = {"model": "tiny-gqa", "cases": []}
+    for case in CASES:
+        model.zero_grad(set_to_none=True)
+        loss = loss_of(model, batch, case)
+        loss.backward()
+        grads = {n: p.grad.detach().contiguous() for n, p in model.named_parameters() if p.grad is not None}
+        save_file(grads, os.path.join(OUT, f"grads-{case['name']}.safetensors"), metadata={"format": "pt"})
+        ref["cases"].append({**case, "loss": loss.item()})
+        print(case["name"], loss.item())
+    with open(os.path.join(OUT, "reference.json"), "w") as f:
+        json.dump(ref, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
