@@ -5,6 +5,7 @@
 pub mod advantages;
 pub mod format;
 pub mod grpo;
+pub mod prompts;
 pub mod rewards;
 
 pub use advantages::{AdvantageConfig, group_advantages};
