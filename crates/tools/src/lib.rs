@@ -8,6 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 
+mod calculator;
+
+pub use calculator::Calculator;
+
 /// One call: the text between the opening and closing tag, and the rollout it came from
 /// (so a tool can keep per-rollout state, as ARTIST's Python sessions do).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
