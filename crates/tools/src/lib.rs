@@ -9,8 +9,12 @@
 use serde::{Deserialize, Serialize};
 
 mod calculator;
+mod python;
+pub mod sandbox;
 
 pub use calculator::Calculator;
+pub use python::PythonTool;
+pub use sandbox::{Isolation, SandboxConfig, SandboxError, SandboxKind};
 
 /// One call: the text between the opening and closing tag, and the rollout it came from
 /// (so a tool can keep per-rollout state, as ARTIST's Python sessions do).
