@@ -66,6 +66,18 @@ struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Run with a tool live, in ARTIST's format: `python` (the sandboxed interpreter) or
+    /// `calculator`. Generation pauses at the tool's closing tag, the call runs, and its
+    /// output is forced in as `<output>...</output>`. With --chat and no --system, the
+    /// system prompt asks for ARTIST's format.
+    #[arg(long, value_parser = ["python", "calculator"])]
+    tools: Option<String>,
+    /// Most tool calls with --tools.
+    #[arg(long, default_value_t = 8)]
+    max_tool_calls: usize,
+    /// Wall-clock limit of one Python call in seconds, with --tools python.
+    #[arg(long, default_value_t = 10.0)]
+    tool_timeout_s: f64,
 }
 
 fn main() -> Result<()> {
@@ -89,8 +101,10 @@ fn main() -> Result<()> {
             let text = if args.chat {
                 let template = ChatTemplate::from_dir(&args.model)?;
                 let mut messages = vec![];
-                if let Some(s) = &args.system {
-                    messages.push(Message::system(s.clone()));
+                let system =
+                    args.system.clone().or_else(|| args.tools.as_deref().map(artist_rl::prompts::math_system_prompt));
+                if let Some(s) = system {
+                    messages.push(Message::system(s));
                 }
                 messages.push(Message::user(text.clone()));
                 template.render(&messages, None, true)?
@@ -107,6 +121,10 @@ fn main() -> Result<()> {
     }
     cli::check_ids(&prompt_ids, model.config.vocab_size)?;
     let eos_ids = if args.ignore_eos { vec![] } else { cli::eos_ids(&args.model, &model)? };
+    if let Some(tool) = &args.tools {
+        let tok = tokenizer.as_ref().context("--tools needs the model's tokenizer.json")?;
+        return run_with_tool(&args, tool, &model, tok, prompt_ids, sampling, eos_ids);
+    }
     let opts = GenerateOptions { max_new_tokens: args.max_new_tokens, sampling, eos_ids };
 
     let mut stream = tokenizer.as_ref().map(|t| (t, t.stream_decoder(true)));
@@ -151,6 +169,77 @@ fn main() -> Result<()> {
         );
     } else if tokenizer.is_none() {
         println!("{:?}", out.token_ids);
+    }
+    Ok(())
+}
+
+/// One rollout through the rollout engine with `tool` live.
+fn run_with_tool(
+    args: &Args,
+    tool: &str,
+    model: &artist::model::Qwen2,
+    tok: &artist_tokenizer::Tokenizer,
+    prompt_ids: Vec<u32>,
+    sampling: SamplingParams,
+    eos_ids: Vec<u32>,
+) -> Result<()> {
+    use std::sync::Arc;
+
+    use artist_engine::{RolloutConfig, RolloutEngine};
+    use artist_tools::Tool;
+
+    let tool: Arc<dyn Tool> = match tool {
+        "python" => {
+            let config = artist_tools::SandboxConfig { timeout_s: args.tool_timeout_s, ..Default::default() };
+            Arc::new(artist_tools::PythonTool::new(config).context("starting the Python sandbox")?)
+        }
+        _ => Arc::new(artist_tools::Calculator),
+    };
+    let stop_text = args.stop.first().cloned().or_else(|| Some("</answer>".into()));
+    let engine = RolloutEngine {
+        policy: model,
+        tokenizer: tok,
+        tools: vec![tool],
+        config: RolloutConfig {
+            group_size: 1,
+            sampling,
+            max_turn_tokens: args.max_new_tokens,
+            max_response_tokens: args.max_new_tokens * (args.max_tool_calls + 1) * 2,
+            max_tool_calls: args.max_tool_calls,
+            max_context: model
+                .config
+                .max_position_embeddings
+                .min(prompt_ids.len() + args.max_new_tokens * (args.max_tool_calls + 1) * 2 + 1),
+            max_batch: 1,
+            eos_ids,
+            stop_text,
+            ..Default::default()
+        },
+    };
+    let start = Instant::now();
+    let (mut rollouts, stats) = engine.run(std::slice::from_ref(&prompt_ids))?;
+    let r = rollouts.remove(0);
+    let text = cli::decode_known(tok, &r.ids, true)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "prompt_ids": prompt_ids,
+                "token_ids": r.ids,
+                "text": text,
+                "logprobs": r.logprobs,
+                "mask": r.mask,
+                "finish_reason": r.finish,
+                "tool_calls": r.tool_calls,
+                "prompt_tokens": prompt_ids.len(),
+                "new_tokens": r.ids.len(),
+                "seconds": start.elapsed().as_secs_f64(),
+                "tool_wait_s": stats.tool_wait_s,
+            })
+        );
+    } else {
+        println!("{text}");
+        eprintln!("[{} tokens, {} tool calls, finish: {:?}]", r.ids.len(), r.tool_calls.len(), r.finish);
     }
     Ok(())
 }

@@ -1,0 +1,66 @@
+//! The pieces together, as a user runs them: a tiny model fine-tuned (`train --mode sft`)
+//! on one ARTIST-format trace learns to open a `<python>` call; `generate --tools python`
+//! then pauses at the closing tag, runs the code in the sandbox, forces the output in with
+//! mask 0, and carries on.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use artist_tokenizer::Tokenizer;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2").join(name)
+}
+
+fn python_available() -> bool {
+    Command::new("python3").arg("-c").arg("pass").status().is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_fine_tuned_model_calls_python_through_generate() {
+    if !python_available() {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let base = fixture("tiny-gqa");
+    let tok = Tokenizer::from_dir(&base).unwrap();
+    let (prompt, call, output, answer) =
+        ("Q: 6*7? A:", "<python>print(6*7)</python>", "<output>\n42\n</output>\n", "<answer>42</answer>");
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    for (text, m) in [(prompt, 0u8), (call, 1), (output, 0), (answer, 1)] {
+        let t = tok.encode(text).unwrap();
+        mask.extend(std::iter::repeat_n(m, t.len()));
+        ids.extend(t);
+    }
+    let data = tmp.path().join("trace.jsonl");
+    std::fs::write(&data, serde_json::json!({"input_ids": ids, "loss_mask": mask}).to_string()).unwrap();
+    let run = tmp.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(["--mode", "sft", "--model", base.to_str().unwrap(), "--data", data.to_str().unwrap()])
+        .args(["--out", run.to_str().unwrap(), "--steps", "40", "--lr", "1e-2", "--weight-decay", "0", "--no-progress"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "train: {}", String::from_utf8_lossy(&out.stderr));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_generate"))
+        .args(["--model", run.join("final").to_str().unwrap(), "--prompt", prompt, "--tools", "python"])
+        .args(["--max-new-tokens", "40", "--tool-timeout-s", "10", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "generate: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let calls = v["tool_calls"].as_array().unwrap();
+    assert!(!calls.is_empty(), "no tool call: {}", v["text"]);
+    assert_eq!(calls[0]["call"], "print(6*7)");
+    assert_eq!(calls[0]["result"]["success"], true, "{}", calls[0]);
+    assert_eq!(calls[0]["result"]["output"].as_str().unwrap().trim(), "42");
+    // The forced output has mask 0, exactly where the call record says.
+    let (start, len) =
+        (calls[0]["output_start"].as_u64().unwrap() as usize, calls[0]["output_len"].as_u64().unwrap() as usize);
+    let mask: Vec<u64> = v["mask"].as_array().unwrap().iter().map(|m| m.as_u64().unwrap()).collect();
+    assert!(mask[start..start + len].iter().all(|&m| m == 0) && mask[..start].iter().all(|&m| m == 1));
+    let text = v["text"].as_str().unwrap();
+    assert!(text.starts_with("<python>print(6*7)</python><output>\n42"), "{text}");
+}
