@@ -15,7 +15,9 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod demo;
 mod error;
+pub mod grpo;
 pub mod metrics;
 pub mod sft;
 

@@ -194,7 +194,12 @@ pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<Sft
     let tokenizer_dir =
         if source.join(artist_tokenizer::TOKENIZER_FILE).exists() { Some(source.clone()) } else { None };
     let tokenizer = tokenizer_dir.as_ref().map(Tokenizer::from_dir).transpose()?;
-    let template = tokenizer_dir.as_ref().map(ChatTemplate::from_dir).transpose()?;
+    // A model without tokenizer_config.json gets ChatML, as transformers' old default.
+    let template = match &tokenizer_dir {
+        Some(d) if d.join(artist_tokenizer::TOKENIZER_CONFIG_FILE).exists() => Some(ChatTemplate::from_dir(d)?),
+        Some(_) => Some(ChatTemplate::chatml()),
+        None => None,
+    };
     let chat =
         tokenizer.as_ref().zip(template.as_ref()).map(|(tokenizer, template)| ChatFormat { tokenizer, template });
     let (examples, stats) =

@@ -1,0 +1,286 @@
+//! The embedded default run of `train`: ARTIST in miniature, on a CPU, in minutes.
+//!
+//! The task is multiplying two two-digit numbers: hard to do in the head for a small
+//! model, easy with the calculator. A Qwen2.5-architecture model of about a million
+//! parameters starts from random weights and is warmed up with SFT on synthetic traces
+//! in ARTIST's format. Half of the traces use the tool
+//! (`<think>..</think><calculator>a*b</calculator><output>..</output><answer>..</answer>`)
+//! and half answer from the head, wrongly, so the warmed-up model has learned the format
+//! and how to call the tool but not *when* to: it answers from the head about half of the
+//! time. GRPO with ARTIST's rewards then has to teach it that calling the tool pays, which
+//! is the paper's claim in small. Accuracy on held-out problems is measured (greedily)
+//! before and after GRPO.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use artist_model::{Qwen2, Qwen2Config, RandomWeights};
+use artist_tensor::DType;
+use artist_tokenizer::{ChatTemplate, Tokenizer};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::error::io;
+use crate::grpo::{self, Evaluation, GrpoRunConfig, GrpoTrainer, Problem};
+use crate::sft::{self, RunOptions, SftConfig};
+use crate::{Error, Result};
+
+const TOKENIZER: &str = include_str!("../assets/demo-tokenizer.json");
+const SYSTEM: &str = "";
+
+/// The demo's sizes and schedule.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoConfig {
+    pub seed: u64,
+    pub sft_steps: u64,
+    pub sft_batch: usize,
+    pub sft_lr: f64,
+    pub grpo_steps: u64,
+    pub prompts_per_step: usize,
+    pub group_size: usize,
+    pub grpo_lr: f64,
+    pub eval_problems: usize,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            seed: 0,
+            sft_steps: 150,
+            sft_batch: 16,
+            sft_lr: 5e-3,
+            grpo_steps: 40,
+            prompts_per_step: 8,
+            group_size: 6,
+            grpo_lr: 5e-4,
+            eval_problems: 100,
+        }
+    }
+}
+
+/// What the demo reports (`summary.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoSummary {
+    /// Held-out accuracy (greedy) after SFT, before GRPO, and after GRPO.
+    pub accuracy_start: f64,
+    pub accuracy_end: f64,
+    /// Mean reward (greedy, held out) before and after GRPO.
+    pub reward_start: f64,
+    pub reward_end: f64,
+    /// Fraction of held-out answers that called the tool, before and after GRPO.
+    pub tool_use_start: f64,
+    pub tool_use_end: f64,
+    pub steps: u64,
+    pub sft_s: f64,
+    pub grpo_s: f64,
+    pub wall_s: f64,
+    pub config: DemoConfig,
+}
+
+fn problems(rng: &mut ChaCha8Rng, n: usize) -> Vec<(u32, u32)> {
+    (0..n).map(|_| (rng.random_range(10..100), rng.random_range(10..100))).collect()
+}
+
+fn problem((a, b): (u32, u32)) -> Problem {
+    Problem { problem: format!("{a}*{b}"), answer: (a * b).to_string() }
+}
+
+/// The model: Qwen2.5's architecture at a size a CPU trains in minutes.
+pub fn model_config() -> Qwen2Config {
+    Qwen2Config {
+        vocab_size: 296,
+        hidden_size: 128,
+        intermediate_size: 384,
+        num_hidden_layers: 4,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 32,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 512,
+        tie_word_embeddings: true,
+        dtype: Some("float32".into()),
+        bos_token_id: None,
+        eos_token_ids: vec![290],
+    }
+}
+
+/// The answer inside the last `<answer>` block.
+pub fn answer_of(text: &str) -> Option<&str> {
+    let start = text.rfind("<answer>")? + "<answer>".len();
+    let end = start + text[start..].find("</answer>")?;
+    Some(text[start..end].trim())
+}
+
+fn verify(completion: &str, gold: &str) -> bool {
+    answer_of(completion) == Some(gold)
+}
+
+/// Writes a random-init model directory (config, weights, tokenizer).
+fn write_base(dir: &Path, seed: u64) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let model = Qwen2::from_weights(model_config(), &RandomWeights { dtype: DType::F32, std: 0.05, seed })?;
+    crate::checkpoint::write_hf_model(dir, &model, None)?;
+    let tok = dir.join("tokenizer.json");
+    std::fs::write(&tok, TOKENIZER).map_err(io(&tok))
+}
+
+/// SFT traces: the prompt (mask 0), then either a tool call with its output (mask 0 on
+/// the output) and the answer, or an answer from the head that is wrong.
+fn write_warmup(path: &Path, trainer: &GrpoTrainer, pairs: &[(u32, u32)], rng: &mut ChaCha8Rng) -> Result<()> {
+    let tok = &trainer.tokenizer;
+    let enc = |s: &str| -> Result<Vec<u32>> { Ok(tok.encode(s)?) };
+    let mut lines = String::new();
+    for &(a, b) in pairs {
+        let prompt = trainer.prompt_ids(&format!("{a}*{b}"))?;
+        let c = a * b;
+        let parts: Vec<(String, u8)> = if rng.random_bool(0.5) {
+            vec![
+                (format!("<think>tool</think><calculator>{a}*{b}</calculator>"), 1),
+                (format!("<output>\n{c}\n</output>\n"), 0),
+                (format!("<answer>{c}</answer><|im_end|>"), 1),
+            ]
+        } else {
+            let guess = c + rng.random_range(1..200) * if rng.random_bool(0.5) { 1 } else { 3 };
+            vec![(format!("<think>head</think><answer>{guess}</answer><|im_end|>"), 1)]
+        };
+        let mut ids = prompt.clone();
+        let mut mask = vec![0u8; prompt.len()];
+        for (text, m) in parts {
+            let t = enc(&text)?;
+            mask.extend(std::iter::repeat_n(m, t.len()));
+            ids.extend(t);
+        }
+        lines.push_str(&serde_json::json!({"input_ids": ids, "loss_mask": mask}).to_string());
+        lines.push('\n');
+    }
+    std::fs::write(path, lines).map_err(io(path))
+}
+
+fn grpo_config(base: &Path, cfg: &DemoConfig) -> GrpoRunConfig {
+    let mut c = GrpoRunConfig {
+        model: base.to_path_buf(),
+        tool: "calculator".into(),
+        system_prompt: Some(SYSTEM.into()),
+        steps: cfg.grpo_steps,
+        prompts_per_step: cfg.prompts_per_step,
+        seed: cfg.seed,
+        save_every: 10,
+        ..Default::default()
+    };
+    c.rollout.group_size = cfg.group_size;
+    c.rollout.temperature = 1.0;
+    c.rollout.max_turn_tokens = 48;
+    c.rollout.max_response_tokens = 96;
+    c.rollout.max_tool_calls = 2;
+    c.rollout.max_context = 160;
+    c.rollout.max_batch = cfg.group_size * cfg.prompts_per_step;
+    c.optim.lr = cfg.grpo_lr;
+    c.optim.grad_clip = 1.0;
+    c
+}
+
+fn trainer_for(dir: &Path, config: GrpoRunConfig, train: Vec<Problem>) -> Result<GrpoTrainer<'static>> {
+    Ok(GrpoTrainer {
+        model: Qwen2::load(dir)?,
+        tokenizer: Tokenizer::from_dir(dir)?,
+        template: ChatTemplate::from_dir(dir).unwrap_or_else(|_| ChatTemplate::chatml()),
+        tool: Some(Arc::new(artist_tools::Calculator)),
+        train,
+        verify: &verify,
+        config,
+    })
+}
+
+/// Runs the whole demo into `out` and writes `out/summary.json`.
+pub fn run(out: &Path, cfg: &DemoConfig, progress: bool) -> Result<DemoSummary> {
+    let t0 = Instant::now();
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let held_out: Vec<Problem> = problems(&mut rng, cfg.eval_problems).into_iter().map(problem).collect();
+    let train_pairs = problems(&mut rng, 2000);
+    let say = |s: String| {
+        if progress {
+            eprintln!("{s}");
+        }
+    };
+
+    let base = out.join("base");
+    write_base(&base, cfg.seed)?;
+    let probe = trainer_for(&base, grpo_config(&base, cfg), vec![])?;
+    let warmup = out.join("warmup.jsonl");
+    write_warmup(&warmup, &probe, &train_pairs[..1000], &mut rng)?;
+    drop(probe);
+
+    say(format!(
+        "SFT warm-up: {} steps on synthetic traces (half with the calculator, half from the head)",
+        cfg.sft_steps
+    ));
+    let t = Instant::now();
+    let sft_dir = out.join("sft");
+    let sft = SftConfig {
+        model: base.clone(),
+        data: warmup,
+        steps: cfg.sft_steps,
+        batch_size: cfg.sft_batch,
+        lr: cfg.sft_lr,
+        weight_decay: 0.0,
+        warmup_steps: 10,
+        lr_schedule: artist_optim::Schedule::Cosine,
+        seed: cfg.seed,
+        ..SftConfig::default()
+    };
+    if sft_dir.exists() {
+        std::fs::remove_dir_all(&sft_dir).map_err(io(&sft_dir))?;
+    }
+    let s = sft::train(&sft_dir, sft, &RunOptions { resume: false, progress, stop_after: None })?;
+    let sft_s = t.elapsed().as_secs_f64();
+    let warmed: PathBuf = s.final_model;
+
+    let problems_train: Vec<Problem> = train_pairs[1000..].iter().copied().map(problem).collect();
+    let mut trainer = trainer_for(&warmed, grpo_config(&warmed, cfg), problems_train)?;
+    let before: Evaluation = trainer.evaluate(&held_out, 0.0, 7)?;
+    say(format!(
+        "after SFT: held-out accuracy {:.1}%, tool used in {:.0}% of answers",
+        100.0 * before.accuracy,
+        100.0 * before.tool_use
+    ));
+    say(format!(
+        "GRPO: {} steps, {} problems x {} rollouts per step",
+        cfg.grpo_steps, cfg.prompts_per_step, cfg.group_size
+    ));
+    let t = Instant::now();
+    let grpo_dir = out.join("grpo");
+    if grpo_dir.exists() {
+        std::fs::remove_dir_all(&grpo_dir).map_err(io(&grpo_dir))?;
+    }
+    let steps = grpo::train(&grpo_dir, &mut trainer, false)?;
+    let grpo_s = t.elapsed().as_secs_f64();
+    let after = trainer.evaluate(&held_out, 0.0, 7)?;
+    say(format!(
+        "after GRPO: held-out accuracy {:.1}%, tool used in {:.0}% of answers",
+        100.0 * after.accuracy,
+        100.0 * after.tool_use
+    ));
+    let summary = DemoSummary {
+        accuracy_start: before.accuracy,
+        accuracy_end: after.accuracy,
+        reward_start: before.reward,
+        reward_end: after.reward,
+        tool_use_start: before.tool_use,
+        tool_use_end: after.tool_use,
+        steps: steps.len() as u64,
+        sft_s,
+        grpo_s,
+        wall_s: t0.elapsed().as_secs_f64(),
+        config: cfg.clone(),
+    };
+    let path = out.join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("JSON")).map_err(io(&path))?;
+    if summary.accuracy_end.is_nan() {
+        return Err(Error::NonFinite("accuracy is not a number".into()));
+    }
+    Ok(summary)
+}

@@ -1,0 +1,518 @@
+//! The GRPO trainer for ARTIST on math: rollouts with a tool in the loop, ARTIST's
+//! rewards, group advantages, the clipped masked loss, AdamW; repeat. Settings come from
+//! TOML ([`GrpoRunConfig`]), every field documented and overridable with `--set`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use artist_autograd::{Ctx, Gradients, Tape};
+use artist_engine::{Rollout, RolloutConfig, RolloutEngine, SamplingParams};
+use artist_model::Qwen2;
+use artist_optim::{AdamW, AdamWConfig, LrSchedule, Schedule, clip_grad_norm};
+use artist_rl::{
+    AdvantageConfig, GrpoConfig, MathRewardWeights, MathRewards, Segment, TrainRollout, group_advantages, grpo_loss,
+    math_rewards, token_weights,
+};
+use artist_tokenizer::{ChatTemplate, Message, Tokenizer};
+use artist_tools::{SandboxConfig, Tool};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, TrainerState};
+use crate::error::io;
+use crate::metrics::Metrics;
+use crate::{Error, Result};
+
+/// One problem: the text the user asks, and the gold answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    pub problem: String,
+    pub answer: String,
+}
+
+/// Judges a completion (the decoded response) against a gold answer.
+pub type Verifier = dyn Fn(&str, &str) -> bool + Sync;
+
+/// How rollouts are sampled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutSettings {
+    /// Rollouts per prompt (G).
+    pub group_size: usize,
+    pub temperature: f32,
+    /// 1 = off.
+    pub top_p: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    /// Model tokens per turn (between tool outputs).
+    pub max_turn_tokens: usize,
+    /// Response tokens in all, model and tool.
+    pub max_response_tokens: usize,
+    pub max_tool_calls: usize,
+    /// Prompt plus response.
+    pub max_context: usize,
+    /// Rollouts decoding at once.
+    pub max_batch: usize,
+    /// Prefill each prompt once for its whole group.
+    pub share_prefix: bool,
+}
+
+impl Default for RolloutSettings {
+    fn default() -> Self {
+        RolloutSettings {
+            group_size: 6,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_turn_tokens: 1024,
+            max_response_tokens: 8000,
+            max_tool_calls: 8,
+            max_context: 10_000,
+            max_batch: 48,
+            share_prefix: true,
+        }
+    }
+}
+
+/// AdamW and its schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimSettings {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Global gradient-norm clip; 0 = off.
+    pub grad_clip: f64,
+    pub warmup_steps: u64,
+    pub lr_schedule: Schedule,
+}
+
+impl Default for OptimSettings {
+    fn default() -> Self {
+        OptimSettings {
+            lr: 1e-6,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            warmup_steps: 0,
+            lr_schedule: Schedule::Constant,
+        }
+    }
+}
+
+/// A GRPO run on math problems.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoRunConfig {
+    /// The Hugging Face model directory training starts from.
+    pub model: PathBuf,
+    /// Training problems (JSONL; see `data_preset`).
+    pub data: PathBuf,
+    /// Field names of `data`: numina, math500, aime, amc, olympiad, or a field map
+    /// `problem=question,answer=final_answer`.
+    pub data_preset: String,
+    /// The tool in the loop: python, calculator, or none.
+    pub tool: String,
+    /// The Python sandbox (with `tool = "python"`).
+    pub sandbox: SandboxConfig,
+    /// Overrides ARTIST's system prompt for the tool.
+    pub system_prompt: Option<String>,
+    /// Optimiser steps of the whole run.
+    pub steps: u64,
+    /// Prompts per rollout batch (each gives `group_size` rollouts).
+    pub prompts_per_step: usize,
+    /// Optimiser steps on each rollout batch (pi_old stays the sampler's).
+    pub optimizer_steps_per_batch: usize,
+    /// Rollouts per forward/backward pass; gradients accumulate over the batch (0: all).
+    pub micro_batch_rollouts: usize,
+    /// Leave out groups whose rewards are all equal (their advantage is 0).
+    pub filter_flat_groups: bool,
+    pub rollout: RolloutSettings,
+    pub grpo: GrpoConfig,
+    pub advantages: AdvantageConfig,
+    pub rewards: MathRewardWeights,
+    pub optim: OptimSettings,
+    pub seed: u64,
+    /// Checkpoint every N steps (0: only at the end).
+    pub save_every: u64,
+    pub keep_last: usize,
+}
+
+impl Default for GrpoRunConfig {
+    fn default() -> Self {
+        GrpoRunConfig {
+            model: PathBuf::new(),
+            data: PathBuf::new(),
+            data_preset: "math500".into(),
+            tool: "python".into(),
+            sandbox: SandboxConfig::default(),
+            system_prompt: None,
+            steps: 100,
+            prompts_per_step: 8,
+            optimizer_steps_per_batch: 1,
+            micro_batch_rollouts: 0,
+            filter_flat_groups: false,
+            rollout: RolloutSettings::default(),
+            grpo: GrpoConfig::default(),
+            advantages: AdvantageConfig::default(),
+            rewards: MathRewardWeights::default(),
+            optim: OptimSettings::default(),
+            seed: 0,
+            save_every: 0,
+            keep_last: 2,
+        }
+    }
+}
+
+impl GrpoRunConfig {
+    /// Parses TOML; an unknown key is an error that names it.
+    pub fn from_toml(text: &str, source: &Path) -> Result<GrpoRunConfig> {
+        toml::from_str(text).map_err(|e| Error::Config(format!("{}: {e}", source.display())))
+    }
+
+    /// Applies `key.path=value` overrides (the value in TOML syntax; a bare word is a
+    /// string), each checked against the schema.
+    pub fn with_overrides(self, sets: &[String]) -> Result<GrpoRunConfig> {
+        let mut doc = toml::Value::try_from(&self).map_err(|e| Error::Config(e.to_string()))?;
+        for s in sets {
+            let (key, raw) =
+                s.split_once('=').ok_or_else(|| Error::Config(format!("--set {s:?}: expected key=value")))?;
+            let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+            let mut node = &mut doc;
+            let parts: Vec<&str> = key.split('.').collect();
+            for (i, p) in parts.iter().enumerate() {
+                let table =
+                    node.as_table_mut().ok_or_else(|| Error::Config(format!("--set {key}: {p} is not a table")))?;
+                if i + 1 == parts.len() {
+                    table.insert(p.to_string(), value.clone());
+                    break;
+                }
+                node = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+            }
+        }
+        doc.try_into().map_err(|e: toml::de::Error| Error::Config(format!("--set: {e}")))
+    }
+
+    fn validate(&self) -> Result<()> {
+        let r = &self.rollout;
+        if self.steps == 0 || self.prompts_per_step == 0 || r.group_size == 0 || self.optimizer_steps_per_batch == 0 {
+            return Err(Error::Config(
+                "steps, prompts_per_step, rollout.group_size and optimizer_steps_per_batch must be >= 1".into(),
+            ));
+        }
+        if r.max_batch < r.group_size {
+            return Err(Error::Config(format!(
+                "rollout.max_batch ({}) must hold a group of {}",
+                r.max_batch, r.group_size
+            )));
+        }
+        if !["python", "calculator", "none"].contains(&self.tool.as_str()) {
+            return Err(Error::Config(format!("tool {:?}: expected python, calculator or none", self.tool)));
+        }
+        Ok(())
+    }
+}
+
+/// What one rollout batch and its updates measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub reward: f64,
+    pub reward_answer: f64,
+    pub reward_relaxed_format: f64,
+    pub reward_strict_format: f64,
+    pub reward_tool_execution: f64,
+    pub accuracy: f64,
+    pub response_tokens: f64,
+    pub tool_calls_per_rollout: f64,
+    pub tool_success: f64,
+    pub kl: f64,
+    pub clip_fraction: f64,
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub flat_groups: usize,
+    pub truncated: usize,
+    pub rollout_s: f64,
+    pub train_s: f64,
+    pub tokens_per_s: f64,
+}
+
+/// The segments of a rollout for reward parsing: model text and forced outputs.
+pub fn segments(tok: &Tokenizer, r: &Rollout) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for j in 1..=r.ids.len() {
+        if j == r.ids.len() || r.mask[j] != r.mask[start] {
+            let text = tok.decode(&r.ids[start..j], true).unwrap_or_default();
+            out.push(if r.mask[start] == 1 { Segment::Model(text) } else { Segment::Forced(text) });
+            start = j;
+        }
+    }
+    out
+}
+
+/// The trainer: a model, its tokenizer and template, the tool, the data.
+pub struct GrpoTrainer<'a> {
+    pub config: GrpoRunConfig,
+    pub model: Qwen2,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    pub tool: Option<Arc<dyn Tool>>,
+    pub train: Vec<Problem>,
+    pub verify: &'a Verifier,
+}
+
+impl GrpoTrainer<'_> {
+    /// The prompt of `problem`: the system prompt and the problem as a user turn, in the
+    /// model's chat template, ready for the assistant's answer.
+    pub fn prompt_ids(&self, problem: &str) -> Result<Vec<u32>> {
+        let tag = self.tool.as_ref().map_or("python", |t| t.tag());
+        let system = self.config.system_prompt.clone().unwrap_or_else(|| artist_rl::prompts::math_system_prompt(tag));
+        // An empty system prompt means none.
+        let mut messages = vec![Message::user(problem)];
+        if !system.is_empty() {
+            messages.insert(0, Message::system(system));
+        }
+        let text = self.template.render(&messages, None, true)?;
+        Ok(self.tokenizer.encode(&text)?)
+    }
+
+    /// Rollouts of `problems` at `seed`, with their rewards and correctness.
+    pub fn rollouts(
+        &self,
+        problems: &[&Problem],
+        seed: u64,
+    ) -> Result<(Vec<Rollout>, Vec<MathRewards>, Vec<bool>, f64)> {
+        self.rollouts_with(problems, seed, self.config.rollout.temperature, self.config.rollout.group_size)
+    }
+
+    fn rollouts_with(
+        &self,
+        problems: &[&Problem],
+        seed: u64,
+        temperature: f32,
+        group_size: usize,
+    ) -> Result<(Vec<Rollout>, Vec<MathRewards>, Vec<bool>, f64)> {
+        let c = &self.config;
+        let r = &c.rollout;
+        let prompts = problems.iter().map(|p| self.prompt_ids(&p.problem)).collect::<Result<Vec<_>>>()?;
+        let engine = RolloutEngine {
+            policy: &self.model,
+            tokenizer: &self.tokenizer,
+            tools: self.tool.iter().cloned().collect(),
+            config: RolloutConfig {
+                group_size,
+                sampling: SamplingParams { temperature, top_p: r.top_p, top_k: r.top_k, min_p: 0.0, seed },
+                max_turn_tokens: r.max_turn_tokens,
+                max_response_tokens: r.max_response_tokens,
+                max_tool_calls: r.max_tool_calls,
+                max_context: r.max_context,
+                max_batch: r.max_batch.max(group_size),
+                share_prefix: r.share_prefix,
+                eos_ids: self.model.config.eos_token_ids.clone(),
+                stop_text: Some("</answer>".into()),
+                ..Default::default()
+            },
+        };
+        let t = Instant::now();
+        let (rollouts, _) = engine.run(&prompts).map_err(|e| Error::Config(format!("rollouts: {e}")))?;
+        let secs = t.elapsed().as_secs_f64();
+        let mut rewards = Vec::with_capacity(rollouts.len());
+        let mut correct = Vec::with_capacity(rollouts.len());
+        for ro in &rollouts {
+            let gold = &problems[ro.prompt_index].answer;
+            let text = self.tokenizer.decode(&ro.ids, true).unwrap_or_default();
+            let ok = (self.verify)(&text, gold);
+            let successes: Vec<bool> = ro.tool_calls.iter().map(|t| t.result.success).collect();
+            rewards.push(math_rewards(&segments(&self.tokenizer, ro), &successes, ok, &c.rewards));
+            correct.push(ok);
+        }
+        Ok((rollouts, rewards, correct, secs))
+    }
+
+    /// One GRPO step on `problems`: rollouts, rewards, advantages, updates.
+    pub fn step(&mut self, step: u64, problems: &[&Problem], optimizer: &mut AdamW, lr: f64) -> Result<StepMetrics> {
+        let c = self.config.clone();
+        let g = c.rollout.group_size;
+        let (rollouts, rewards, correct, rollout_s) =
+            self.rollouts(problems, c.seed.wrapping_add(step.wrapping_mul(1_000_003)))?;
+        let totals: Vec<f64> = rewards.iter().map(|r| r.total).collect();
+        let adv = group_advantages(&totals, g, &c.advantages);
+        let t = Instant::now();
+        let mut flat = 0;
+        let mut train: Vec<TrainRollout> = Vec::new();
+        for (k, group) in rollouts.chunks(g).enumerate() {
+            if c.filter_flat_groups && artist_rl::advantages::group_is_flat(&totals[k * g..(k + 1) * g]) {
+                flat += 1;
+                continue;
+            }
+            for (i, ro) in group.iter().enumerate() {
+                if ro.sampled_tokens() == 0 {
+                    continue;
+                }
+                train.push(TrainRollout {
+                    prompt_ids: ro.prompt_ids.clone(),
+                    ids: ro.ids.clone(),
+                    mask: ro.mask.clone(),
+                    old_logprobs: ro.logprobs.clone(),
+                    ref_logprobs: None,
+                    advantage: adv[k * g + i] as f32,
+                });
+            }
+        }
+        let mut m = StepMetrics { step: step + 1, flat_groups: flat, lr, rollout_s, ..Default::default() };
+        let n = rollouts.len() as f64;
+        m.reward = totals.iter().sum::<f64>() / n;
+        m.reward_answer = rewards.iter().map(|r| r.answer).sum::<f64>() / n;
+        m.reward_relaxed_format = rewards.iter().map(|r| r.relaxed_format).sum::<f64>() / n;
+        m.reward_strict_format = rewards.iter().map(|r| r.strict_format).sum::<f64>() / n;
+        m.reward_tool_execution = rewards.iter().map(|r| r.tool_execution).sum::<f64>() / n;
+        m.accuracy = correct.iter().filter(|&&x| x).count() as f64 / n;
+        m.response_tokens = rollouts.iter().map(|r| r.ids.len()).sum::<usize>() as f64 / n;
+        let calls: usize = rollouts.iter().map(|r| r.tool_calls.len()).sum();
+        m.tool_calls_per_rollout = calls as f64 / n;
+        m.tool_success = if calls == 0 {
+            0.0
+        } else {
+            rollouts.iter().flat_map(|r| &r.tool_calls).filter(|t| t.result.success).count() as f64 / calls as f64
+        };
+        m.truncated = rollouts
+            .iter()
+            .filter(|r| !matches!(r.finish, artist_engine::Finish::Eos | artist_engine::Finish::Stop))
+            .count();
+        if train.is_empty() {
+            m.train_s = t.elapsed().as_secs_f64();
+            return Ok(m);
+        }
+        let refs: Vec<&TrainRollout> = train.iter().collect();
+        let mut grpo = c.grpo;
+        grpo.temperature = c.rollout.temperature;
+        let weights = token_weights(&refs, grpo.aggregation, grpo.norm_length);
+        let micro = if c.micro_batch_rollouts == 0 { refs.len() } else { c.micro_batch_rollouts };
+        let (mut clipped, mut tokens, mut kl) = (0usize, 0usize, 0f64);
+        for _ in 0..c.optimizer_steps_per_batch {
+            let mut grads = Gradients::default();
+            let mut loss = 0f64;
+            for (rs, ws) in refs.chunks(micro).zip(weights.chunks(micro)) {
+                let tape = Tape::new();
+                let ws: Vec<&[f32]> = ws.iter().map(Vec::as_slice).collect();
+                let (l, stats) = grpo_loss(&self.model, &Ctx::training(&tape), rs, &ws, &grpo)?;
+                loss += l.to_scalar()? as f64;
+                clipped += stats.clipped;
+                tokens += stats.tokens;
+                kl += stats.kl_mean * stats.tokens as f64;
+                grads.merge(tape.backward(&l)?)?;
+            }
+            let norm = clip_grad_norm(&mut grads, c.optim.grad_clip)?;
+            if !(loss.is_finite() && norm.is_finite()) {
+                return Err(Error::NonFinite(format!(
+                    "step {}: loss {loss} / gradient norm {norm}; update refused",
+                    step + 1
+                )));
+            }
+            optimizer.step(&grads, lr)?;
+            m.loss = loss;
+            m.grad_norm = norm;
+        }
+        m.clip_fraction = clipped as f64 / tokens.max(1) as f64;
+        m.kl = kl / tokens.max(1) as f64;
+        m.train_s = t.elapsed().as_secs_f64();
+        m.tokens_per_s = rollouts.iter().map(|r| r.sampled_tokens()).sum::<usize>() as f64 / rollout_s.max(1e-9);
+        Ok(m)
+    }
+
+    /// One rollout per problem at `temperature` (0: greedy): accuracy, mean reward, and
+    /// the fraction of rollouts that called the tool.
+    pub fn evaluate(&self, problems: &[Problem], temperature: f32, seed: u64) -> Result<Evaluation> {
+        let refs: Vec<&Problem> = problems.iter().collect();
+        let (rollouts, rewards, correct, _) = self.rollouts_with(&refs, seed, temperature, 1)?;
+        let n = correct.len().max(1) as f64;
+        Ok(Evaluation {
+            accuracy: correct.iter().filter(|&&x| x).count() as f64 / n,
+            reward: rewards.iter().map(|r| r.total).sum::<f64>() / n,
+            tool_use: rollouts.iter().filter(|r| !r.tool_calls.is_empty()).count() as f64 / n,
+        })
+    }
+}
+
+/// What [`GrpoTrainer::evaluate`] measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Evaluation {
+    pub accuracy: f64,
+    pub reward: f64,
+    pub tool_use: f64,
+}
+
+/// Runs GRPO into `run_dir` (`resume`: from its newest checkpoint).
+pub fn train(run_dir: &Path, trainer: &mut GrpoTrainer, resume: bool) -> Result<Vec<StepMetrics>> {
+    let c = trainer.config.clone();
+    c.validate()?;
+    std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+    let params = trainer.model.params();
+    let mut optimizer = AdamW::new(
+        &params,
+        AdamWConfig {
+            beta1: c.optim.beta1,
+            beta2: c.optim.beta2,
+            eps: c.optim.eps,
+            weight_decay: c.optim.weight_decay,
+            decay_matrices_only: false,
+        },
+    )?;
+    let mut start = 0;
+    if resume {
+        let dir = checkpoint::latest(run_dir)?
+            .ok_or_else(|| Error::Config(format!("{}: no checkpoint to resume from", run_dir.display())))?;
+        let state = checkpoint::read_state(&dir)?;
+        let saved = Qwen2::load(&dir)?;
+        for (p, s) in trainer.model.params().iter().zip(saved.params()) {
+            p.value().copy_from(s.value())?;
+        }
+        checkpoint::load_optimizer(&dir, &mut optimizer, &state)?;
+        start = state.step;
+    }
+    let schedule = LrSchedule {
+        base_lr: c.optim.lr,
+        schedule: c.optim.lr_schedule,
+        warmup_steps: c.optim.warmup_steps,
+        total_steps: c.steps,
+    };
+    let order =
+        crate::data::DataOrder { n: trainer.train.len(), batch_size: c.prompts_per_step, shuffle: true, seed: c.seed };
+    let mut metrics = Metrics::open(run_dir, resume.then_some(start))?;
+    let mut all = Vec::new();
+    let save = |trainer: &GrpoTrainer, optimizer: &AdamW, step: u64| -> Result<PathBuf> {
+        let state = TrainerState {
+            step,
+            epoch: order.step(step).0,
+            seed: c.seed,
+            data_fingerprint: String::new(),
+            optimizer_steps: Default::default(),
+            config: serde_json::to_value(&c).expect("JSON"),
+        };
+        checkpoint::save(run_dir, &trainer.model, optimizer, &state, Some(&c.model), c.keep_last)
+    };
+    for step in start..c.steps {
+        let (_, idx) = order.step(step);
+        let problems: Vec<Problem> = idx.iter().map(|&i| trainer.train[i].clone()).collect();
+        let refs: Vec<&Problem> = problems.iter().collect();
+        let m = trainer.step(step, &refs, &mut optimizer, schedule.lr(step))?;
+        metrics.write(&serde_json::to_value(&m).expect("JSON"))?;
+        all.push(m);
+        if c.save_every > 0 && (step + 1) % c.save_every == 0 {
+            save(trainer, &optimizer, step + 1)?;
+        }
+    }
+    if start < c.steps {
+        save(trainer, &optimizer, c.steps)?;
+    }
+    Ok(all)
+}
