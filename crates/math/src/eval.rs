@@ -129,7 +129,9 @@ pub fn eval(node: &Node, env: Env, budget: &mut Budget) -> Result<Value, EvalErr
             call(*func, &vals)
         }
         Node::Factorial(a) => factorial(eval(a, env, budget)?),
-        Node::Percent(a) => binary(eval(a, env, budget)?, Value::Exact(hundred()), Rational::checked_div, |a, b| a / b),
+        Node::Percent(a) => {
+            binary(eval(a, env, budget)?, Value::Exact(Rational::HUNDRED), Rational::checked_div, |a, b| a / b)
+        }
         Node::PlusMinus(..) => Err(EvalError::NotScalar("a \\pm expression inside a function")),
         Node::Tuple { .. } => Err(EvalError::NotScalar("a tuple")),
         Node::Set(_) | Node::List(_) | Node::Union(_) => Err(EvalError::NotScalar("a set")),
@@ -137,10 +139,6 @@ pub fn eval(node: &Node, env: Env, budget: &mut Budget) -> Result<Value, EvalErr
         Node::Relation { .. } => Err(EvalError::NotScalar("a relation")),
         Node::Choice(_) | Node::Text(_) => Err(EvalError::NotScalar("text")),
     }
-}
-
-fn hundred() -> Rational {
-    Rational::int(100).unwrap_or(Rational::ONE)
 }
 
 /// A float result: NaN is undefined, and infinity is an overflow unless an operand was
@@ -254,9 +252,8 @@ fn call(func: Func, args: &[Value]) -> Result<Value, EvalError> {
     let arg = |i: usize| args.get(i).copied().ok_or(EvalError::Undefined);
     let x = arg(0)?;
     let xf = x.to_f64();
-    let half = Rational::new(1, 2).ok_or(EvalError::Undefined)?;
     let r = match func {
-        Func::Sqrt => return power(x, Value::Exact(half)),
+        Func::Sqrt => return power(x, Value::Exact(Rational::HALF)),
         Func::Root => {
             let n = arg(1)?;
             let inv = match n.exact() {

@@ -165,16 +165,14 @@ pub fn normalize(s: &str) -> Result<String, AnswerError> {
     if s.len() > MAX_ANSWER_BYTES {
         return Err(AnswerError::TooLong { len: s.len(), max: MAX_ANSWER_BYTES });
     }
-    let mut t = s.trim().replace("\\$", "").replace(['$', '°'], "");
+    let mut t = s.trim().replace("\\$", "").replace('$', "");
     for name in SIZING {
         t = remove_command(&t, name, true);
     }
     t = remove_math_delimiters(&t);
     // Thousands separators LaTeX-style: 1{,}000 and 10,\!000.
     t = t.replace("{,}", "").replace(",\\!", "");
-    for deg in ["^{\\circ}", "^\\circ", "^{\\degree}", "\\circ", "\\degree"] {
-        t = t.replace(deg, "");
-    }
+    t = remove_degrees(&t);
     t = unwrap_wrappers(&t);
     t = replace_spacing(&t);
     for name in ["qquad", "quad"] {
@@ -273,6 +271,29 @@ fn remove_math_delimiters(t: &str) -> String {
             _ => out.push('\\'),
         }
     }
+    out
+}
+
+/// Degree signs (`^\circ`, `^{\circ}`, `\degree`, `°`) go, with a Celsius or Fahrenheit
+/// letter after them (`30^\circ C`, `30°\text{F}`).
+fn remove_degrees(t: &str) -> String {
+    const MARKS: [&str; 6] = ["^{\\circ}", "^\\circ", "^{\\degree}", "\\circ", "\\degree", "°"];
+    const SCALES: [&str; 6] = ["\\text{C}", "\\text{F}", "\\mathrm{C}", "\\mathrm{F}", "C", "F"];
+    let mut out = String::with_capacity(t.len());
+    let mut rest = t;
+    while let Some((i, mark)) =
+        MARKS.iter().filter_map(|m| rest.find(m).map(|i| (i, *m))).min_by_key(|(i, m)| (*i, usize::MAX - m.len()))
+    {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + mark.len()..];
+        let after = rest.trim_start();
+        if let Some(scale) = SCALES.iter().find(|sc| after.starts_with(**sc))
+            && !is_letter_at(after, scale.len())
+        {
+            rest = &after[scale.len()..];
+        }
+    }
+    out.push_str(rest);
     out
 }
 

@@ -1,4 +1,4 @@
-//! Recursive-descent parser from the tokens of [`crate::lex`] to a [`Node`].
+//! Recursive-descent parser from answer tokens (see `lex.rs`) to a [`Node`].
 //!
 //! Grammar, loosest first:
 //!

@@ -24,6 +24,8 @@ fn gcd(mut a: u128, mut b: u128) -> u128 {
 impl Rational {
     pub const ZERO: Rational = Rational { num: 0, den: 1 };
     pub const ONE: Rational = Rational { num: 1, den: 1 };
+    pub const HALF: Rational = Rational { num: 1, den: 2 };
+    pub const HUNDRED: Rational = Rational { num: 100, den: 1 };
 
     /// `num / den` reduced; `None` for a zero denominator or an `i128::MIN` operand.
     pub fn new(num: i128, den: i128) -> Option<Rational> {

@@ -119,3 +119,102 @@ fn hostile_completions_extract_quickly() {
     }
     assert_eq!(extract_answer(&nested("\\boxed{", "7", "}", 10_000)).as_deref(), Some("7"));
 }
+
+/// Random strings of answer fragments: whatever they make, the verdict comes back without
+/// a panic (a fixed seed, so a failure reproduces).
+#[test]
+fn random_fragment_soup_never_panics() {
+    const FRAGMENTS: &[&str] = &[
+        "\\frac",
+        "\\dfrac",
+        "\\sqrt",
+        "\\sqrt[",
+        "\\binom",
+        "\\text{",
+        "\\boxed{",
+        "\\left(",
+        "\\right)",
+        "\\{",
+        "\\}",
+        "{",
+        "}",
+        "(",
+        ")",
+        "[",
+        "]",
+        "|",
+        "^",
+        "_",
+        "1",
+        "23",
+        "0",
+        ".",
+        "5.5",
+        "e",
+        "E",
+        "x",
+        "y",
+        "\\pi",
+        "\\infty",
+        "\\pm",
+        "+",
+        "-",
+        "*",
+        "/",
+        "=",
+        "<",
+        "\\le",
+        "\\in",
+        "\\cup",
+        ",",
+        ";",
+        "&",
+        "\\\\",
+        "\\begin{pmatrix}",
+        "\\end{pmatrix}",
+        "%",
+        "\\%",
+        "!",
+        "$",
+        "\\$",
+        " ",
+        "~",
+        "\\,",
+        "\\!",
+        "°",
+        "^\\circ",
+        "cm",
+        " and ",
+        "(A)",
+        "\\sin",
+        "\\log_",
+        "é",
+        "√",
+        "π",
+        "−",
+        "\u{0}",
+        "\\",
+        "{,}",
+        "1,000",
+        "e-",
+        "1e",
+        "\\emptyset",
+        "\\langle",
+        "\\rangle",
+        "\\cdot",
+    ];
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let golds = ["1", "x + 1", "(1, 2]", "\\{1, 2\\}", "x = 2", "50\\%", "(A)"];
+    for _ in 0..3_000 {
+        let len = 1 + next(24);
+        let s: String = (0..len).map(|_| FRAGMENTS[next(FRAGMENTS.len())]).collect();
+        let gold = golds[next(golds.len())];
+        timed(&s, || (equivalent(gold, &s), equivalent(&s, gold), equivalent(&s, &s), extract_answer(&s)));
+    }
+}
