@@ -286,7 +286,7 @@ fn cache_through_tool_calls_equals_a_full_forward() {
         config: RolloutConfig { max_batch: 1, ..config(1) },
     };
     let prompt = tok.encode("Compute:").unwrap();
-    let (r, _) = engine.run(&[prompt.clone()]).unwrap();
+    let (r, _) = engine.run(std::slice::from_ref(&prompt)).unwrap();
     let r = &r[0];
     assert_eq!((r.finish, r.tool_calls.len()), (Finish::Stop, 1));
     assert!(r.mask.contains(&0));

@@ -9,11 +9,14 @@ fn f(s: &str) -> Segment {
     Segment::Forced(format!("<output>\n{s}\n</output>\n"))
 }
 
+/// (case, segments, tool successes, correct, then the expected answer, relaxed format,
+/// strict format and tool execution rewards)
+type Case = (&'static str, Vec<Segment>, Vec<bool>, bool, f64, f64, f64, f64);
+
 #[test]
 fn math_rewards_table() {
     let w = MathRewardWeights::default();
-    // (case, segments, tool successes, correct, answer, relaxed, strict, tool)
-    let cases: Vec<(&str, Vec<Segment>, Vec<bool>, bool, f64, f64, f64, f64)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "well formed, correct",
             vec![

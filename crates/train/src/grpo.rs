@@ -286,11 +286,7 @@ impl GrpoTrainer<'_> {
     }
 
     /// Rollouts of `problems` at `seed`, with their rewards and correctness.
-    pub fn rollouts(
-        &self,
-        problems: &[&Problem],
-        seed: u64,
-    ) -> Result<(Vec<Rollout>, Vec<MathRewards>, Vec<bool>, f64)> {
+    pub fn rollouts(&self, problems: &[&Problem], seed: u64) -> Result<RolloutBatch> {
         self.rollouts_with(problems, seed, self.config.rollout.temperature, self.config.rollout.group_size)
     }
 
@@ -300,7 +296,7 @@ impl GrpoTrainer<'_> {
         seed: u64,
         temperature: f32,
         group_size: usize,
-    ) -> Result<(Vec<Rollout>, Vec<MathRewards>, Vec<bool>, f64)> {
+    ) -> Result<RolloutBatch> {
         let c = &self.config;
         let r = &c.rollout;
         let prompts = problems.iter().map(|p| self.prompt_ids(&p.problem)).collect::<Result<Vec<_>>>()?;
@@ -335,14 +331,14 @@ impl GrpoTrainer<'_> {
             rewards.push(math_rewards(&segments(&self.tokenizer, ro), &successes, ok, &c.rewards));
             correct.push(ok);
         }
-        Ok((rollouts, rewards, correct, secs))
+        Ok(RolloutBatch { rollouts, rewards, correct, seconds: secs })
     }
 
     /// One GRPO step on `problems`: rollouts, rewards, advantages, updates.
     pub fn step(&mut self, step: u64, problems: &[&Problem], optimizer: &mut AdamW, lr: f64) -> Result<StepMetrics> {
         let c = self.config.clone();
         let g = c.rollout.group_size;
-        let (rollouts, rewards, correct, rollout_s) =
+        let RolloutBatch { rollouts, rewards, correct, seconds: rollout_s } =
             self.rollouts(problems, c.seed.wrapping_add(step.wrapping_mul(1_000_003)))?;
         let totals: Vec<f64> = rewards.iter().map(|r| r.total).collect();
         let adv = group_advantages(&totals, g, &c.advantages);
@@ -433,7 +429,7 @@ impl GrpoTrainer<'_> {
     /// the fraction of rollouts that called the tool.
     pub fn evaluate(&self, problems: &[Problem], temperature: f32, seed: u64) -> Result<Evaluation> {
         let refs: Vec<&Problem> = problems.iter().collect();
-        let (rollouts, rewards, correct, _) = self.rollouts_with(&refs, seed, temperature, 1)?;
+        let RolloutBatch { rollouts, rewards, correct, .. } = self.rollouts_with(&refs, seed, temperature, 1)?;
         let n = correct.len().max(1) as f64;
         Ok(Evaluation {
             accuracy: correct.iter().filter(|&&x| x).count() as f64 / n,
@@ -441,6 +437,14 @@ impl GrpoTrainer<'_> {
             tool_use: rollouts.iter().filter(|r| !r.tool_calls.is_empty()).count() as f64 / n,
         })
     }
+}
+
+/// Rollouts with their rewards, whether each answer is correct, and the seconds taken.
+pub struct RolloutBatch {
+    pub rollouts: Vec<Rollout>,
+    pub rewards: Vec<MathRewards>,
+    pub correct: Vec<bool>,
+    pub seconds: f64,
 }
 
 /// What [`GrpoTrainer::evaluate`] measured.

@@ -187,19 +187,19 @@ mod x86 {
             while i + 16 <= n {
                 for h in 0..2 {
                     let w = load(i + 8 * h);
-                    for r in 0..4 {
-                        acc[r][h] = _mm256_fmadd_ps(_mm256_loadu_ps(a[r].as_ptr().add(i + 8 * h)), w, acc[r][h]);
+                    for (row, acc) in a.iter().zip(acc.iter_mut()) {
+                        acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(row.as_ptr().add(i + 8 * h)), w, acc[h]);
                     }
                 }
                 i += 16;
             }
             let mut out = [0f32; 4];
-            for r in 0..4 {
-                let s = _mm256_add_ps(acc[r][0], acc[r][1]);
+            for (o, acc) in out.iter_mut().zip(&acc) {
+                let s = _mm256_add_ps(acc[0], acc[1]);
                 let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
                 let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
                 let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-                out[r] = _mm_cvtss_f32(h);
+                *o = _mm_cvtss_f32(h);
             }
             (out, i)
         }
