@@ -17,8 +17,17 @@
 //! * Exit status 0 once the input has been read, whatever the verdicts; non-zero (with a
 //!   message on stderr) when the input cannot be opened or read, or stdout is closed.
 //!
-//! `eval --model DIR --dataset FILE [--format F]` will generate answers with a model and
-//! grade them; it is not built yet and says so.
+//! `eval --model DIR --dataset FILE [--preset NAME | --field-map problem=..,answer=..]
+//! [--k K] [--samples N] [--temperature T] [--tools python|calculator|none] [--out FILE.jsonl]
+//! [--json]` generates `N` answers per problem (default `K`) with the model in ARTIST's
+//! format, the tool live, and grades them. It prints pass@1 (the mean fraction correct),
+//! the unbiased pass@k (`1 - C(n-c, k) / C(n, k)` averaged over problems), the mean
+//! response length in tokens and the tool calls per answer; with `--json`, one object
+//! `{"pass_at_1", "pass_at_k", "k", "samples", "problems", "bad_rows", "mean_response_tokens",
+//! "tool_calls_per_answer", "seconds"}`. `--out` gets one JSON line per sample:
+//! `{"problem_index", "problem", "gold", "sample", "completion", "extracted", "correct",
+//! "response_tokens", "tool_calls", "finish"}`. Malformed dataset rows are counted and
+//! named (file:line) on stderr.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
@@ -30,21 +39,53 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Grade math answers (verify); evaluate a model on a math dataset (not built yet)")]
+#[command(version, about = "Evaluate a model on a math dataset (pass@k, tools live); grade written answers (verify)")]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// [model evaluation, not built yet] Hugging Face model directory.
+    /// Hugging Face model directory.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// [model evaluation, not built yet] Math problems with gold answers (JSONL).
+    /// Math problems with gold answers (JSONL).
     #[arg(long)]
     dataset: Option<PathBuf>,
-    /// [model evaluation, not built yet] Dataset fields: numina, math500, aime, amc,
-    /// olympiad, or a map like problem=question,answer=final_answer.
-    #[arg(long, default_value = "math500")]
-    format: String,
+    /// Dataset fields: numina, math500, aime, amc, olympiad.
+    #[arg(long, alias = "format", default_value = "math500")]
+    preset: String,
+    /// Dataset fields for anything else: problem=question,answer=final_answer.
+    #[arg(long, conflicts_with = "preset")]
+    field_map: Option<String>,
+    /// The k of pass@k.
+    #[arg(long, default_value_t = 1)]
+    k: usize,
+    /// Samples per problem (at least k; default k).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.6)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// The tool in the loop.
+    #[arg(long, default_value = "python", value_parser = ["python", "calculator", "none"])]
+    tools: String,
+    /// Model tokens per turn.
+    #[arg(long, default_value_t = 1024)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 8)]
+    max_tool_calls: usize,
+    /// Sequences decoding at once.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// One JSON line per sample.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,22 +109,140 @@ fn main() -> Result<()> {
     }
 }
 
-/// The model-evaluation path: generate an answer per problem, grade it, report accuracy.
+/// The model-evaluation path: `samples` answers per problem, graded; pass@1 and pass@k.
 fn evaluate_model(cli: &Cli) -> Result<()> {
-    let (Some(model), Some(dataset)) = (&cli.model, &cli.dataset) else {
+    use std::sync::Arc;
+
+    use artist_engine::{RolloutConfig, RolloutEngine, SamplingParams};
+    use artist_tokenizer::{ChatTemplate, Message};
+    use artist_tools::Tool;
+
+    let (Some(model_dir), Some(dataset)) = (&cli.model, &cli.dataset) else {
         bail!(
             "nothing to do: `eval verify --jsonl PAIRS.jsonl` grades written answers; \
-             `eval --model DIR --dataset FILE` will evaluate a model (not built yet)"
+             `eval --model DIR --dataset FILE` evaluates a model"
         );
     };
-    // Checked now, so that a bad flag is reported before the missing feature.
-    cli.format.parse::<artist_math::DatasetFormat>()?;
-    bail!(
-        "model evaluation is not built yet (--model {}, --dataset {}); \
-         grade answers you already have with `eval verify --jsonl PAIRS.jsonl`",
-        model.display(),
-        dataset.display()
-    )
+    let format: artist_math::DatasetFormat = cli.field_map.as_deref().unwrap_or(&cli.preset).parse()?;
+    let samples = cli.samples.unwrap_or(cli.k);
+    if cli.k == 0 || samples < cli.k {
+        bail!("--k must be at least 1 and --samples ({samples}) at least --k ({})", cli.k);
+    }
+    let data = artist_math::MathDataset::load(dataset, &format)?;
+    for bad in &data.bad_rows {
+        eprintln!("{}:{}: skipped: {}", dataset.display(), bad.line, bad.reason);
+    }
+    if data.problems.is_empty() {
+        bail!("{}: no usable problem", dataset.display());
+    }
+    let (model, tokenizer) = artist::cli::open_model(model_dir)?;
+    let tok = tokenizer.with_context(|| format!("{}: evaluation needs tokenizer.json", model_dir.display()))?;
+    let template = ChatTemplate::from_dir(model_dir).unwrap_or_else(|_| ChatTemplate::chatml());
+    let tool: Option<Arc<dyn Tool>> = match cli.tools.as_str() {
+        "python" => {
+            Some(Arc::new(artist_tools::PythonTool::new(Default::default()).context("starting the Python sandbox")?))
+        }
+        "calculator" => Some(Arc::new(artist_tools::Calculator)),
+        _ => None,
+    };
+    let system = match &tool {
+        Some(t) => artist_rl::prompts::math_system_prompt(t.tag()),
+        None => "Think step by step inside <think>...</think>, then give the final answer inside <answer>...</answer>."
+            .into(),
+    };
+    let prompts = data
+        .problems
+        .iter()
+        .map(|p| -> Result<Vec<u32>> {
+            let text =
+                template.render(&[Message::system(system.clone()), Message::user(p.problem.clone())], None, true)?;
+            Ok(tok.encode(&text)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let response = cli.max_new_tokens * (cli.max_tool_calls + 1);
+    let engine = RolloutEngine {
+        policy: &model,
+        tokenizer: &tok,
+        tools: tool.into_iter().collect(),
+        config: RolloutConfig {
+            group_size: samples,
+            sampling: SamplingParams {
+                temperature: cli.temperature,
+                top_p: cli.top_p,
+                seed: cli.seed,
+                ..Default::default()
+            },
+            max_turn_tokens: cli.max_new_tokens,
+            max_response_tokens: response,
+            max_tool_calls: cli.max_tool_calls,
+            max_context: longest + response + 1,
+            max_batch: cli.batch.max(samples),
+            eos_ids: artist::cli::eos_ids(model_dir, &model)?,
+            ..Default::default()
+        },
+    };
+    let start = std::time::Instant::now();
+    let (rollouts, _) = engine.run(&prompts)?;
+    let mut out = match &cli.out {
+        Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        None => None,
+    };
+    let mut correct_per_problem = vec![0usize; prompts.len()];
+    let (mut tokens, mut calls) = (0usize, 0usize);
+    for r in &rollouts {
+        let p = &data.problems[r.prompt_index];
+        let completion = artist::cli::decode_known(&tok, &r.ids, true)?;
+        let extracted = artist_math::extract_answer(&completion);
+        let correct = extracted.as_deref().is_some_and(|a| artist_math::equivalent(&p.answer, a));
+        correct_per_problem[r.prompt_index] += correct as usize;
+        tokens += r.ids.len();
+        calls += r.tool_calls.len();
+        if let Some(w) = out.as_mut() {
+            let line = json!({
+                "problem_index": r.prompt_index, "problem": p.problem, "gold": p.answer, "sample": r.sample_index,
+                "completion": completion, "extracted": extracted, "correct": correct,
+                "response_tokens": r.ids.len(), "tool_calls": r.tool_calls.len(), "finish": r.finish,
+            });
+            writeln!(w, "{line}").context("writing --out")?;
+        }
+    }
+    if let Some(mut w) = out {
+        w.flush().context("writing --out")?;
+    }
+    let n = rollouts.len().max(1) as f64;
+    let problems = prompts.len() as f64;
+    let pass_at_1 = correct_per_problem.iter().map(|&c| c as f64 / samples as f64).sum::<f64>() / problems;
+    let pass_at_k = correct_per_problem.iter().map(|&c| pass_at(samples, c, cli.k)).sum::<f64>() / problems;
+    let summary = json!({
+        "pass_at_1": pass_at_1, "pass_at_k": pass_at_k, "k": cli.k, "samples": samples,
+        "problems": prompts.len(), "bad_rows": data.bad_rows.len(),
+        "mean_response_tokens": tokens as f64 / n, "tool_calls_per_answer": calls as f64 / n,
+        "seconds": start.elapsed().as_secs_f64(),
+    });
+    if cli.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "{} problems x {samples} samples: pass@1 {:.1}%, pass@{} {:.1}%, {:.0} tokens and {:.2} tool calls per answer",
+            prompts.len(),
+            100.0 * pass_at_1,
+            cli.k,
+            100.0 * pass_at_k,
+            tokens as f64 / n,
+            calls as f64 / n
+        );
+    }
+    Ok(())
+}
+
+/// The unbiased pass@k of a problem with `c` correct among `n` samples:
+/// `1 - C(n - c, k) / C(n, k)`, computed as a product to stay in range.
+fn pass_at(n: usize, c: usize, k: usize) -> f64 {
+    if n - c < k {
+        return 1.0;
+    }
+    1.0 - ((n - c + 1)..=n).map(|i| 1.0 - k as f64 / i as f64).product::<f64>()
 }
 
 fn verify(path: &Path) -> Result<()> {
@@ -140,4 +299,25 @@ fn judge_line(text: &str) -> Result<Value, String> {
     };
     let shown = |a: &Result<artist_math::Node, artist_math::AnswerError>| a.as_ref().ok().map(ToString::to_string);
     Ok(json!({"equal": equal, "gold_normalized": shown(&g), "pred_normalized": shown(&p)}))
+}
+
+#[cfg(test)]
+mod pass_at_tests {
+    /// Against `1 - C(n - c, k) / C(n, k)` computed with binomials.
+    #[test]
+    fn matches_the_binomial_form() {
+        fn choose(n: usize, k: usize) -> f64 {
+            (0..k).map(|i| (n - i) as f64 / (i + 1) as f64).product()
+        }
+        for n in 1..9 {
+            for c in 0..=n {
+                for k in 1..=n {
+                    let want = if n - c < k { 1.0 } else { 1.0 - choose(n - c, k) / choose(n, k) };
+                    assert!((super::pass_at(n, c, k) - want).abs() < 1e-12, "n {n} c {c} k {k}");
+                }
+            }
+        }
+        assert_eq!(super::pass_at(5, 0, 1), 0.0);
+        assert!((super::pass_at(5, 2, 2) - 0.7).abs() < 1e-12);
+    }
 }
