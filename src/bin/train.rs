@@ -2,8 +2,12 @@
 //!
 //! `--mode sft` fine-tunes a Hugging Face checkpoint on JSONL data (chat messages or token
 //! ids with a loss mask) and writes metrics, resumable checkpoints and a Hugging Face
-//! export into the run directory. GRPO with tools (the default mode) is the next piece of
-//! work; until it lands, the default mode says so and exits.
+//! export into the run directory.
+//!
+//! `--config FILE.toml [--set key.path=value ...] --out RUN_DIR` runs GRPO with a tool in
+//! the loop (ARTIST on math; `configs/artist-math.toml` is the paper's setup), and
+//! `--resume RUN_DIR` continues either kind of run. The embedded default demo (no
+//! arguments) is not built yet and says so.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -27,9 +31,13 @@ struct Args {
     /// What to train (default grpo; with --resume, the mode of the run being resumed).
     #[arg(long, value_enum)]
     mode: Option<Mode>,
-    /// TOML configuration of a GRPO run; without one, the embedded default demo runs.
+    /// TOML configuration of a GRPO run (see configs/artist-math.toml).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// [grpo] Override one configuration key: `--set rollout.group_size=4` (repeatable;
+    /// values in TOML syntax, a bare word is a string).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
     /// Device to run on: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -169,20 +177,88 @@ fn main() -> Result<()> {
     let args = Args::parse();
     artist::tensor::cpu::retain_freed_memory();
     let device = artist::cli::device(&args.device)?;
-    // Only SFT runs write run directories so far, so a resumed run is an SFT run.
-    let mode = args.mode.unwrap_or(if args.resume.is_some() { Mode::Sft } else { Mode::Grpo });
+    // A resumed run is of the kind its directory holds.
+    let grpo_dir = args.resume.as_ref().is_some_and(|d| d.join(GRPO_CONFIG_FILE).exists());
+    let mode = args.mode.unwrap_or(if args.resume.is_some() && !grpo_dir { Mode::Sft } else { Mode::Grpo });
     match mode {
         Mode::Sft => run_sft(&args),
+        Mode::Grpo if args.config.is_some() || grpo_dir => run_grpo(&args),
         Mode::Grpo => {
             eprintln!(
-                "artist train: GRPO is not built yet. Ready: the {device} tensor backend, Qwen2.5 \
-                 (`generate`, `score`), autograd and supervised fine-tuning (`train --mode sft`); the \
-                 rollout engine and the GRPO trainer come next (see README.md, \"Status\")."
+                "artist train: the embedded default demo is not built yet. Ready on the {device}: GRPO with \
+                 tools (`train --config configs/artist-math.toml --set model=... --set data=... --out RUN_DIR`), \
+                 supervised fine-tuning (`train --mode sft`), `generate --tools python`, `eval` (see README.md)."
             );
-            if let Some(c) = &args.config {
-                eprintln!("(the config {} was not read)", c.display());
-            }
             Ok(())
         }
     }
+}
+
+const GRPO_CONFIG_FILE: &str = "grpo_config.toml";
+
+fn run_grpo(args: &Args) -> Result<()> {
+    use artist_train::grpo::{self, GrpoRunConfig, GrpoTrainer, Problem};
+
+    let (run_dir, base, resume) = match (&args.resume, &args.config) {
+        (Some(dir), _) => {
+            let path = dir.join(GRPO_CONFIG_FILE);
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            (dir.clone(), GrpoRunConfig::from_toml(&text, &path)?, true)
+        }
+        (None, Some(file)) => {
+            let Some(out) = &args.out else { bail!("a GRPO run needs --out RUN_DIR (or --resume RUN_DIR)") };
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            (out.clone(), GrpoRunConfig::from_toml(&text, file)?, false)
+        }
+        (None, None) => bail!("a GRPO run needs --config FILE.toml"),
+    };
+    let config = base.with_overrides(&args.sets)?;
+    if !resume && artist_train::checkpoint::latest(&run_dir)?.is_some() {
+        bail!(
+            "{} already holds a run with checkpoints: resume it with --resume, or choose another --out",
+            run_dir.display()
+        );
+    }
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let saved = toml::to_string_pretty(&config).context("writing the configuration")?;
+    artist_train::checkpoint::write_atomic(&run_dir.join(GRPO_CONFIG_FILE), saved.as_bytes())?;
+
+    let format: artist_math::DatasetFormat = config.data_preset.parse()?;
+    let data = artist_math::MathDataset::load(&config.data, &format)?;
+    for bad in &data.bad_rows {
+        eprintln!("{}:{}: skipped: {}", config.data.display(), bad.line, bad.reason);
+    }
+    if data.problems.is_empty() {
+        bail!("{}: no usable problem", config.data.display());
+    }
+    let (model, tokenizer) = artist::cli::open_model(&config.model)?;
+    let tokenizer = tokenizer.with_context(|| format!("{}: GRPO needs tokenizer.json", config.model.display()))?;
+    let template = artist_tokenizer::ChatTemplate::from_dir(&config.model)
+        .unwrap_or_else(|_| artist_tokenizer::ChatTemplate::chatml());
+    let tool: Option<std::sync::Arc<dyn artist_tools::Tool>> = match config.tool.as_str() {
+        "python" => Some(std::sync::Arc::new(
+            artist_tools::PythonTool::new(config.sandbox.clone()).context("starting the Python sandbox")?,
+        )),
+        "calculator" => Some(std::sync::Arc::new(artist_tools::Calculator)),
+        _ => None,
+    };
+    let verify = |completion: &str, gold: &str| {
+        artist_math::extract_answer(completion).is_some_and(|a| artist_math::equivalent(gold, &a))
+    };
+    let train: Vec<Problem> =
+        data.problems.iter().map(|p| Problem { problem: p.problem.clone(), answer: p.answer.clone() }).collect();
+    let mut trainer = GrpoTrainer { config, model, tokenizer, template, tool, train, verify: &verify };
+    let steps = grpo::train(&run_dir, &mut trainer, resume)?;
+    let last = steps.last();
+    println!(
+        "{}",
+        serde_json::json!({
+            "run_dir": run_dir,
+            "steps_run": steps.len(),
+            "reward": last.map(|m| m.reward),
+            "accuracy": last.map(|m| m.accuracy),
+            "bad_rows": data.bad_rows.len(),
+        })
+    );
+    Ok(())
 }
