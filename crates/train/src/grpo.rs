@@ -202,6 +202,11 @@ impl GrpoRunConfig {
 
     fn validate(&self) -> Result<()> {
         let r = &self.rollout;
+        if self.grpo.beta > 0.0 {
+            return Err(Error::Config(
+                "grpo.beta > 0 needs a reference model, which the trainer does not load yet; set grpo.beta = 0".into(),
+            ));
+        }
         if self.steps == 0 || self.prompts_per_step == 0 || r.group_size == 0 || self.optimizer_steps_per_batch == 0 {
             return Err(Error::Config(
                 "steps, prompts_per_step, rollout.group_size and optimizer_steps_per_batch must be >= 1".into(),
