@@ -1,4 +1,6 @@
-//! Math problems with gold answers, from JSONL files (one JSON object per line).
+//! Math problems with gold answers, from JSONL files (one JSON object per line) or Parquet
+//! files as Hugging Face `datasets` exports them (a `.parquet` extension; each row is read
+//! as the JSON object of its columns, and "line" in error reports is the row number).
 //!
 //! Field names differ between datasets; a [`DatasetFormat`] says where the problem and the
 //! gold answer are. Presets:
@@ -42,6 +44,8 @@ pub enum DatasetError {
          problem=question,answer=final_answer"
     )]
     Format(String),
+    #[error("reading {path}: not a Parquet file we can read: {msg}")]
+    Parquet { path: String, msg: String },
     #[error("{dataset}: no usable rows ({bad} malformed{})", first_note(.first))]
     NoUsableRows { dataset: String, bad: usize, first: Option<BadRow> },
 }
@@ -155,12 +159,42 @@ pub struct MathDataset {
 }
 
 impl MathDataset {
-    /// Reads a JSONL file. Parquet is not read here: convert it first with the
-    /// `datasets` library (`load_dataset(...)["test"].to_json("out.jsonl")`).
+    /// Reads a JSONL file, or a Parquet file when the name ends in `.parquet`.
     pub fn load(path: &Path, format: &DatasetFormat) -> Result<MathDataset, DatasetError> {
         let io = |source| DatasetError::Io { path: path.display().to_string(), source };
         let file = File::open(path).map_err(io)?;
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet")) {
+            return MathDataset::from_parquet(file, &path.display().to_string(), format);
+        }
         MathDataset::from_reader(BufReader::new(file), &path.display().to_string(), format)
+    }
+
+    /// Reads a Parquet file's rows (any compression the `parquet` crate is built with:
+    /// Snappy, what `datasets` writes, and none).
+    pub fn from_parquet(file: File, source: &str, format: &DatasetFormat) -> Result<MathDataset, DatasetError> {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let bad =
+            |e: parquet::errors::ParquetError| DatasetError::Parquet { path: source.to_string(), msg: e.to_string() };
+        let reader = SerializedFileReader::new(file).map_err(bad)?;
+        let mut out = MathDataset::default();
+        for (i, r) in reader.get_row_iter(None).map_err(bad)?.enumerate() {
+            let line = i + 1;
+            match r {
+                Ok(r) => match row_value(&r.to_json_value(), format) {
+                    Ok((problem, answer)) => out.problems.push(MathProblem { line, problem, answer }),
+                    Err(reason) => out.bad_rows.push(BadRow { line, reason }),
+                },
+                Err(e) => out.bad_rows.push(BadRow { line, reason: e.to_string() }),
+            }
+        }
+        if out.problems.is_empty() {
+            return Err(DatasetError::NoUsableRows {
+                dataset: source.to_string(),
+                bad: out.bad_rows.len(),
+                first: out.bad_rows.first().cloned(),
+            });
+        }
+        Ok(out)
     }
 
     /// Reads JSONL from any reader; `source` names it in errors.
@@ -219,8 +253,13 @@ fn type_name(v: &Value) -> &'static str {
 /// One row's problem and gold answer, or why the row is unusable.
 fn row(text: &str, format: &DatasetFormat) -> Result<(String, String), String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    let Value::Object(obj) = &value else {
-        return Err(format!("expected a JSON object, found {}", type_name(&value)));
+    row_value(&value, format)
+}
+
+/// [`row`] for a value already parsed (a JSONL line or a Parquet row).
+fn row_value(value: &Value, format: &DatasetFormat) -> Result<(String, String), String> {
+    let Value::Object(obj) = value else {
+        return Err(format!("expected a JSON object, found {}", type_name(value)));
     };
     let Some((pname, pvalue)) = format.problem.iter().find_map(|k| obj.get(k).map(|v| (k, v))) else {
         return Err(format!("missing field {}", quoted_fields(&format.problem)));

@@ -139,3 +139,26 @@ fn loads_files_and_names_missing_ones() {
     assert!(matches!(err, DatasetError::Io { .. }));
     assert!(err.to_string().contains(&missing.display().to_string()), "{err}");
 }
+
+/// A Parquet file as `datasets` writes it (Snappy, list-valued `final_answer`), made by
+/// pyarrow: rows read as objects of their columns; a row with a null problem is counted
+/// and named by its row number.
+#[test]
+fn parquet_rows_are_read_like_json_lines() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/math/mini-olympiad.parquet");
+    let ds = artist_math::MathDataset::load(&path, &"olympiad".parse().unwrap()).unwrap();
+    let got: Vec<(usize, &str, &str)> =
+        ds.problems.iter().map(|p| (p.line, p.problem.as_str(), p.answer.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![(1, "What is $3^4$?", "81"), (2, "Solve $x+2=5$.", "3"), (4, "Find all $x$ with $x^2=4$.", "-2, 2")]
+    );
+    assert_eq!(ds.bad_rows.len(), 1);
+    assert_eq!(ds.bad_rows[0].line, 3);
+    // A file that is not Parquet is an error naming it.
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("x.parquet");
+    std::fs::write(&fake, b"not parquet").unwrap();
+    let e = artist_math::MathDataset::load(&fake, &"olympiad".parse().unwrap()).unwrap_err().to_string();
+    assert!(e.contains("x.parquet") && e.contains("Parquet"), "{e}");
+}
