@@ -6,8 +6,12 @@
 //!
 //! `--config FILE.toml [--set key.path=value ...] --out RUN_DIR` runs GRPO with a tool in
 //! the loop (ARTIST on math; `configs/artist-math.toml` is the paper's setup), and
-//! `--resume RUN_DIR` continues either kind of run. The embedded default demo (no
-//! arguments) is not built yet and says so.
+//! `--resume RUN_DIR` continues either kind of run.
+//!
+//! With no arguments, the embedded demo runs: ARTIST in miniature on the CPU (a
+//! Qwen2.5-architecture model of a million parameters, an SFT warm-up on synthetic
+//! calculator traces, then GRPO; see crates/train/src/demo.rs), into `runs/demo` (or
+//! `--out`), ending with `summary.json`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -115,6 +119,9 @@ struct Args {
     /// [sft] No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// [demo] A few steps of each phase only: checks the demo runs end to end.
+    #[arg(long, hide = true)]
+    demo_quick: bool,
 }
 
 impl Args {
@@ -183,14 +190,7 @@ fn main() -> Result<()> {
     match mode {
         Mode::Sft => run_sft(&args),
         Mode::Grpo if args.config.is_some() || grpo_dir => run_grpo(&args),
-        Mode::Grpo => {
-            eprintln!(
-                "artist train: the embedded default demo is not built yet. Ready on the {device}: GRPO with \
-                 tools (`train --config configs/artist-math.toml --set model=... --set data=... --out RUN_DIR`), \
-                 supervised fine-tuning (`train --mode sft`), `generate --tools python`, `eval` (see README.md)."
-            );
-            Ok(())
-        }
+        Mode::Grpo => run_demo(&args, device),
     }
 }
 
@@ -260,5 +260,26 @@ fn run_grpo(args: &Args) -> Result<()> {
             "bad_rows": data.bad_rows.len(),
         })
     );
+    Ok(())
+}
+
+/// The embedded default: SFT warm-up then GRPO on the calculator task.
+fn run_demo(args: &Args, device: artist::tensor::Device) -> Result<()> {
+    use artist_train::demo::{self, DemoConfig};
+
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs/demo"));
+    let mut config = DemoConfig::default();
+    if args.demo_quick {
+        config =
+            DemoConfig { sft_steps: 4, grpo_steps: 2, prompts_per_step: 2, group_size: 2, eval_problems: 4, ..config };
+    }
+    eprintln!(
+        "artist train: the embedded demo on the {device}: a Qwen2.5-architecture model of about a million \
+         parameters learns to multiply two-digit numbers with the calculator (SFT warm-up, then GRPO); \
+         writing {}",
+        out.display()
+    );
+    let summary = demo::run(&out, &config, !args.no_progress)?;
+    println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }

@@ -42,7 +42,7 @@ pub fn events(segments: &[Segment], tags: &[&str]) -> Vec<TagEvent> {
 }
 
 /// Blocks whose contents are code, never scanned for tags.
-const OPAQUE: [&str; 2] = ["python", "tool"];
+const OPAQUE: [&str; 3] = ["python", "calculator", "tool"];
 
 fn scan(text: &str, tags: &[&str], out: &mut Vec<TagEvent>) {
     let mut rest = text;

@@ -42,15 +42,26 @@ pub struct MathRewards {
     pub total: f64,
 }
 
-const MATH_TAGS: [&str; 4] = ["think", "python", "output", "answer"];
-
 /// The math rewards of one rollout: its segments, whether each tool call succeeded, and
-/// whether its answer is correct.
+/// whether its answer is correct. The tool is Python (`<python>`); see
+/// [`math_rewards_with_tool`] for another tag.
 pub fn math_rewards(segments: &[Segment], tool_success: &[bool], correct: bool, w: &MathRewardWeights) -> MathRewards {
-    let ev = events(segments, &MATH_TAGS);
-    let relaxed = MATH_TAGS.iter().filter(|t| has_block(&ev, t)).count() as f64 * w.relaxed_format;
+    math_rewards_with_tool("python", segments, tool_success, correct, w)
+}
+
+/// [`math_rewards`] with the tool's calls in `<tool_tag>` blocks (`calculator`, ...).
+pub fn math_rewards_with_tool(
+    tool_tag: &str,
+    segments: &[Segment],
+    tool_success: &[bool],
+    correct: bool,
+    w: &MathRewardWeights,
+) -> MathRewards {
+    let tags = ["think", tool_tag, "output", "answer"];
+    let ev = events(segments, &tags);
+    let relaxed = tags.iter().filter(|t| has_block(&ev, t)).count() as f64 * w.relaxed_format;
     let strict = match blocks(&ev) {
-        Some(b) if strict_math(&b) => w.strict_format,
+        Some(b) if strict_math(&b, tool_tag) => w.strict_format,
         _ => 0.0,
     };
     let tool = if tool_success.is_empty() {
@@ -68,13 +79,13 @@ pub fn math_rewards(segments: &[Segment], tool_success: &[bool], correct: bool, 
     }
 }
 
-fn strict_math(b: &[String]) -> bool {
-    let all = MATH_TAGS.iter().all(|t| b.iter().any(|x| x == t));
+fn strict_math(b: &[String], tool: &str) -> bool {
+    let all = ["think", tool, "output", "answer"].iter().all(|t| b.iter().any(|x| x == t));
     let think_first = b.first().is_some_and(|x| x == "think");
     let one_answer_last = b.last().is_some_and(|x| x == "answer") && b.iter().filter(|x| *x == "answer").count() == 1;
     let paired = b.iter().enumerate().all(|(i, x)| match x.as_str() {
-        "python" => b.get(i + 1).is_some_and(|n| n == "output"),
-        "output" => i > 0 && b[i - 1] == "python",
+        t if t == tool => b.get(i + 1).is_some_and(|n| n == "output"),
+        "output" => i > 0 && b[i - 1] == tool,
         _ => true,
     });
     all && think_first && one_answer_last && paired

@@ -224,3 +224,14 @@ fn function_calling_format_rewards_table() {
         assert_eq!((r.state, r.function), (0.5, 0.25), "{name}");
     }
 }
+
+#[test]
+fn another_tool_tag() {
+    let w = MathRewardWeights::default();
+    let segs = vec![m("<think>a</think><calculator>6*7</calculator>"), f("42"), m("<answer>42</answer>")];
+    let r = artist_rl::math_rewards_with_tool("calculator", &segs, &[true], true, &w);
+    assert_eq!((r.relaxed_format, r.strict_format, r.tool_execution), (0.5, 0.5, 1.0));
+    // Read as a Python rollout, the calculator block is not a tool call.
+    let p = math_rewards(&segs, &[true], true, &w);
+    assert_eq!((p.relaxed_format, p.strict_format), (0.375, 0.0));
+}

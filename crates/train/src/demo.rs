@@ -11,11 +11,13 @@
 //! is the paper's claim in small. Accuracy on held-out problems is measured (greedily)
 //! before and after GRPO.
 //!
-//! Status: not wired to `train` yet. With the sizes below, 300-600 SFT steps teach the
-//! format and the choice between the two modes, but not yet copying the operands into the
-//! call (or the output into the answer), so held-out accuracy stays near 0 and GRPO has
-//! nothing to reinforce. A larger model, a longer warm-up or a copying curriculum is the
-//! next thing to try.
+//! Status, measured on dev-cpu (2 cores) with these defaults: the warm-up (1,200 SFT
+//! steps, about 3 minutes) learns the format, copying the operands into the call, and the
+//! choice of mode (the tool in 30% of held-out answers, 14% correct); 30 GRPO steps (45 s)
+//! take tool use to 100% and accuracy to 18%. GRPO learns *when* to call the tool, as in
+//! the paper, but the gain is bounded by how well the small model copies the tool's output
+//! into its answer, and the outcome moves with the warm-up length (1,600 steps gave 0%
+//! correct): the +15-point bar of the issue is not met yet.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,13 +56,13 @@ impl Default for DemoConfig {
     fn default() -> Self {
         DemoConfig {
             seed: 0,
-            sft_steps: 150,
+            sft_steps: 1200,
             sft_batch: 16,
-            sft_lr: 1e-2,
-            grpo_steps: 40,
+            sft_lr: 3e-3,
+            grpo_steps: 30,
             prompts_per_step: 8,
             group_size: 6,
-            grpo_lr: 5e-4,
+            grpo_lr: 2e-4,
             eval_problems: 100,
         }
     }

@@ -12,7 +12,7 @@ use artist_model::Qwen2;
 use artist_optim::{AdamW, AdamWConfig, LrSchedule, Schedule, clip_grad_norm};
 use artist_rl::{
     AdvantageConfig, GrpoConfig, MathRewardWeights, MathRewards, Segment, TrainRollout, group_advantages, grpo_loss,
-    math_rewards, token_weights,
+    math_rewards_with_tool, token_weights,
 };
 use artist_tokenizer::{ChatTemplate, Message, Tokenizer};
 use artist_tools::{SandboxConfig, Tool};
@@ -333,7 +333,8 @@ impl GrpoTrainer<'_> {
             let text = self.tokenizer.decode(&ro.ids, true).unwrap_or_default();
             let ok = (self.verify)(&text, gold);
             let successes: Vec<bool> = ro.tool_calls.iter().map(|t| t.result.success).collect();
-            rewards.push(math_rewards(&segments(&self.tokenizer, ro), &successes, ok, &c.rewards));
+            let tag = self.tool.as_ref().map_or("python", |t| t.tag());
+            rewards.push(math_rewards_with_tool(tag, &segments(&self.tokenizer, ro), &successes, ok, &c.rewards));
             correct.push(ok);
         }
         Ok(RolloutBatch { rollouts, rewards, correct, seconds: secs })
