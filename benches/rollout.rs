@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use artist_engine::{Policy, RolloutConfig, RolloutEngine, SamplingParams};
-use artist_model::{KvCache, Qwen2, Qwen2Config, RandomWeights, SeqInput};
+use artist_engine::{RolloutConfig, RolloutEngine, SamplingParams, SteeredPolicy};
+use artist_model::{Qwen2, Qwen2Config, RandomWeights};
 use artist_tensor::DType;
 use artist_tokenizer::Tokenizer;
 use artist_tools::{Tool, ToolCall, ToolResult};
@@ -39,45 +39,6 @@ impl Tool for SleepTool {
     }
 }
 
-/// The model, with a bonus on the next token of `script` for each slot's first steps.
-struct Steered<'m> {
-    model: &'m Qwen2,
-    script: Vec<u32>,
-    calls: std::sync::Mutex<std::collections::HashMap<usize, usize>>,
-}
-
-impl Policy for Steered<'_> {
-    type Cache = KvCache;
-    fn vocab_size(&self) -> usize {
-        self.model.config.vocab_size
-    }
-    fn new_cache(&self, slots: usize, max_len: usize) -> artist_engine::Result<KvCache> {
-        Policy::new_cache(self.model, slots, max_len)
-    }
-    fn step(&self, inputs: &[SeqInput], cache: &mut KvCache) -> artist_engine::Result<Vec<Vec<f32>>> {
-        let mut rows = self.model.step(inputs, cache)?;
-        let mut calls = self.calls.lock().expect("not poisoned");
-        for (s, row) in inputs.iter().zip(&mut rows) {
-            let n = calls.entry(s.slot).or_insert(0);
-            if let Some(&t) = self.script.get(*n) {
-                row[t as usize] += 1e4;
-            }
-            *n += 1;
-        }
-        Ok(rows)
-    }
-    fn fork(&self, cache: &mut KvCache, from: usize, to: usize) -> artist_engine::Result<()> {
-        let mut calls = self.calls.lock().expect("not poisoned");
-        let n = calls.get(&from).copied().unwrap_or(0);
-        calls.insert(to, n);
-        self.model.fork(cache, from, to)
-    }
-    fn clear(&self, cache: &mut KvCache, slot: usize) {
-        self.calls.lock().expect("not poisoned").remove(&slot);
-        self.model.clear(cache, slot);
-    }
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     artist_tensor::cpu::retain_freed_memory();
     let prompts: usize = arg("--prompts", "1").parse()?;
@@ -93,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batch: Vec<Vec<u32>> =
         (0..prompts).map(|p| (0..prompt_len).map(|i| ((i * 7919 + p * 104_729) % 150_000) as u32).collect()).collect();
     let script = if tool_ms > 0 { tokenizer.encode("<python>print(1+1)</python>")? } else { vec![] };
-    let policy = Steered { model: &model, script, calls: Default::default() };
+    let policy = SteeredPolicy::new(&model, script, 1e4, false);
     let tools: Vec<Arc<dyn Tool>> = vec![Arc::new(SleepTool(Duration::from_millis(tool_ms)))];
     for share in [true, false] {
         let engine = RolloutEngine {

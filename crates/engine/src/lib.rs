@@ -7,7 +7,7 @@ mod rollout;
 mod sampler;
 
 pub use generate::{FinishReason, GenerateOptions, Generation, generate};
-pub use policy::{Policy, ScriptedCache, ScriptedPolicy};
+pub use policy::{Policy, ScriptedCache, ScriptedPolicy, SteeredPolicy};
 pub use rollout::{Finish, Rollout, RolloutConfig, RolloutEngine, RolloutStats, ToolCallRecord};
 pub use sampler::{Sampler, SamplingParams, argmax};
 

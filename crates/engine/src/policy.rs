@@ -112,3 +112,68 @@ impl Policy for ScriptedPolicy {
         }
     }
 }
+
+/// A policy steered along a script: each slot's first steps get `bonus` added to the
+/// logit of the script's next token, the inner model's numbers otherwise. Benchmarks use
+/// it to make a random-weight model call a tool; tests use it (with `record`) to compare
+/// the model's own logits at every step with a full forward.
+pub struct SteeredPolicy<'m, P: Policy> {
+    pub inner: &'m P,
+    pub script: Vec<u32>,
+    pub bonus: f32,
+    /// Keep a copy of the inner model's logits of every row, in step order.
+    pub record: bool,
+    calls: std::sync::Mutex<HashMap<usize, usize>>,
+    seen: std::sync::Mutex<Vec<Vec<f32>>>,
+}
+
+impl<'m, P: Policy> SteeredPolicy<'m, P> {
+    pub fn new(inner: &'m P, script: Vec<u32>, bonus: f32, record: bool) -> Self {
+        SteeredPolicy { inner, script, bonus, record, calls: Default::default(), seen: Default::default() }
+    }
+
+    /// The inner model's logits of every row so far (with `record`).
+    pub fn seen(&self) -> Vec<Vec<f32>> {
+        self.seen.lock().expect("not poisoned").clone()
+    }
+}
+
+impl<P: Policy> Policy for SteeredPolicy<'_, P> {
+    type Cache = P::Cache;
+
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+
+    fn new_cache(&self, slots: usize, max_len: usize) -> Result<P::Cache> {
+        self.inner.new_cache(slots, max_len)
+    }
+
+    fn step(&self, inputs: &[SeqInput], cache: &mut P::Cache) -> Result<Vec<Vec<f32>>> {
+        let mut rows = self.inner.step(inputs, cache)?;
+        let mut calls = self.calls.lock().expect("not poisoned");
+        for (s, row) in inputs.iter().zip(&mut rows) {
+            if self.record {
+                self.seen.lock().expect("not poisoned").push(row.clone());
+            }
+            let n = calls.entry(s.slot).or_insert(0);
+            if let Some(&t) = self.script.get(*n) {
+                row[t as usize] += self.bonus;
+            }
+            *n += 1;
+        }
+        Ok(rows)
+    }
+
+    fn fork(&self, cache: &mut P::Cache, from: usize, to: usize) -> Result<()> {
+        let mut calls = self.calls.lock().expect("not poisoned");
+        let n = calls.get(&from).copied().unwrap_or(0);
+        calls.insert(to, n);
+        self.inner.fork(cache, from, to)
+    }
+
+    fn clear(&self, cache: &mut P::Cache, slot: usize) {
+        self.calls.lock().expect("not poisoned").remove(&slot);
+        self.inner.clear(cache, slot);
+    }
+}

@@ -228,57 +228,14 @@ fn prefix_sharing_changes_no_logprob() {
     }
 }
 
-/// Qwen2 steered along a script (a large bonus on the script's next token), recording the
-/// model's own logits at every step: what a real model sees through tool calls.
-struct Guided<'m> {
-    model: &'m Qwen2,
-    script: Vec<u32>,
-    calls: std::sync::Mutex<HashMap<usize, usize>>,
-    seen: std::sync::Mutex<Vec<Vec<f32>>>,
-}
-
-impl artist_engine::Policy for Guided<'_> {
-    type Cache = artist_model::KvCache;
-    fn vocab_size(&self) -> usize {
-        self.model.config.vocab_size
-    }
-    fn new_cache(&self, slots: usize, max_len: usize) -> artist_engine::Result<Self::Cache> {
-        artist_engine::Policy::new_cache(self.model, slots, max_len)
-    }
-    fn step(&self, inputs: &[artist_model::SeqInput], cache: &mut Self::Cache) -> artist_engine::Result<Vec<Vec<f32>>> {
-        let mut rows = self.model.step(inputs, cache)?;
-        let mut calls = self.calls.lock().unwrap();
-        for (s, row) in inputs.iter().zip(&mut rows) {
-            self.seen.lock().unwrap().push(row.clone());
-            let n = calls.entry(s.slot).or_insert(0);
-            if let Some(&t) = self.script.get(*n) {
-                row[t as usize] += 1e4;
-            }
-            *n += 1;
-        }
-        Ok(rows)
-    }
-    fn fork(&self, cache: &mut Self::Cache, from: usize, to: usize) -> artist_engine::Result<()> {
-        let mut calls = self.calls.lock().unwrap();
-        let n = calls.get(&from).copied().unwrap_or(0);
-        calls.insert(to, n);
-        self.model.fork(cache, from, to)
-    }
-    fn clear(&self, cache: &mut Self::Cache, slot: usize) {
-        self.calls.lock().unwrap().remove(&slot);
-        self.model.clear(cache, slot);
-    }
-}
-
 /// Through a tool call, the KV cache holds exactly the rollout's tokens: the logits the
 /// model produced at every step equal those of one forward over the finished sequence.
 #[test]
 fn cache_through_tool_calls_equals_a_full_forward() {
-    use artist_engine::Policy;
     let tok = tokenizer();
     let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
     let script = tok.encode("<python>x = 2</python> so <answer>1</answer>").unwrap();
-    let guided = Guided { model: &model, script, calls: Default::default(), seen: Default::default() };
+    let guided = artist_engine::SteeredPolicy::new(&model, script, 1e4, true);
     let engine = RolloutEngine {
         policy: &guided,
         tokenizer: &tok,
@@ -292,7 +249,7 @@ fn cache_through_tool_calls_equals_a_full_forward() {
     assert!(r.mask.contains(&0));
     let full: Vec<u32> = prompt.iter().chain(&r.ids).copied().collect();
     let logits = model.logits(&full).unwrap().to_vec2::<f32>().unwrap();
-    let seen = guided.seen.lock().unwrap();
+    let seen = guided.seen();
     let sampled: Vec<usize> = (0..r.ids.len()).filter(|&j| r.mask[j] == 1).collect();
     assert_eq!(seen.len(), sampled.len(), "one step per sampled token");
     for (row, &j) in seen.iter().zip(&sampled) {
@@ -300,5 +257,4 @@ fn cache_through_tool_calls_equals_a_full_forward() {
         let worst = row.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst <= 1e-4, "response token {j}: logits differ by {worst}");
     }
-    let _ = guided.vocab_size();
 }

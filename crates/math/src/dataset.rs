@@ -187,14 +187,7 @@ impl MathDataset {
                 Err(e) => out.bad_rows.push(BadRow { line, reason: e.to_string() }),
             }
         }
-        if out.problems.is_empty() {
-            return Err(DatasetError::NoUsableRows {
-                dataset: source.to_string(),
-                bad: out.bad_rows.len(),
-                first: out.bad_rows.first().cloned(),
-            });
-        }
-        Ok(out)
+        out.usable(source)
     }
 
     /// Reads JSONL from any reader; `source` names it in errors.
@@ -223,14 +216,19 @@ impl MathDataset {
                 Err(reason) => out.bad_rows.push(BadRow { line, reason }),
             }
         }
-        if out.problems.is_empty() {
+        out.usable(source)
+    }
+
+    /// This dataset, or an error when no row was usable.
+    fn usable(self, source: &str) -> Result<MathDataset, DatasetError> {
+        if self.problems.is_empty() {
             return Err(DatasetError::NoUsableRows {
                 dataset: source.to_string(),
-                bad: out.bad_rows.len(),
-                first: out.bad_rows.first().cloned(),
+                bad: self.bad_rows.len(),
+                first: self.bad_rows.first().cloned(),
             });
         }
-        Ok(out)
+        Ok(self)
     }
 
     /// Reads JSONL text.

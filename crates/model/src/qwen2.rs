@@ -462,16 +462,15 @@ impl Qwen2 {
         let mut cache = self.new_cache(1, tokens.len())?;
         let h = self.forward_hidden(&[SeqInput { slot: 0, tokens }], &mut cache, Rows::All)?;
         let n = tokens.len() - 1;
-        let targets = Tensor::from_vec(tokens[1..].to_vec(), (n, 1), Device::Cpu)?;
-        let mut out = Vec::with_capacity(n);
-        const CHUNK: usize = 64;
-        for start in (0..n).step_by(CHUNK) {
-            let len = CHUNK.min(n - start);
-            let logits = h.narrow(0, start, len)?.linear(self.lm_head_weight(), None)?;
-            let lp = logits.log_softmax(-1)?.gather(1, &targets.narrow(0, start, len)?)?;
-            out.extend(lp.to_vec::<f32>()?);
-        }
-        Ok(out)
+        // The same chunked projection the trainer uses, with nothing recorded.
+        let lp = artist_autograd::token_logprobs(
+            &Var::constant(h.narrow(0, 0, n)?),
+            &Var::constant(self.lm_head_weight().clone()),
+            &tokens[1..],
+            1.0,
+            Some(64),
+        )?;
+        Ok(lp.into_value().to_vec::<f32>()?)
     }
 }
 
