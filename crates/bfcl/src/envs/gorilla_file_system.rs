@@ -1,0 +1,8 @@
+//! `GorillaFileSystem`: not ported yet.
+
+use crate::env::Environment;
+
+/// A fresh `GorillaFileSystem`; `None` until the class is ported.
+pub fn new() -> Option<Box<dyn Environment>> {
+    None
+}

@@ -1,0 +1,8 @@
+//! `MessageAPI`: not ported yet.
+
+use crate::env::Environment;
+
+/// A fresh `MessageAPI`; `None` until the class is ported.
+pub fn new() -> Option<Box<dyn Environment>> {
+    None
+}

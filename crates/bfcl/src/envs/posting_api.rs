@@ -1,0 +1,8 @@
+//! `TwitterAPI`: not ported yet.
+
+use crate::env::Environment;
+
+/// A fresh `TwitterAPI`; `None` until the class is ported.
+pub fn new() -> Option<Box<dyn Environment>> {
+    None
+}

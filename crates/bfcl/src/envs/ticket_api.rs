@@ -1,0 +1,8 @@
+//! `TicketAPI`: not ported yet.
+
+use crate::env::Environment;
+
+/// A fresh `TicketAPI`; `None` until the class is ported.
+pub fn new() -> Option<Box<dyn Environment>> {
+    None
+}

@@ -1,0 +1,8 @@
+//! `VehicleControlAPI`: not ported yet.
+
+use crate::env::Environment;
+
+/// A fresh `VehicleControlAPI`; `None` until the class is ported.
+pub fn new() -> Option<Box<dyn Environment>> {
+    None
+}
