@@ -113,7 +113,8 @@ struct Args {
     /// [sft] Recompute decoder layers in backward instead of storing their activations.
     #[arg(long)]
     grad_checkpointing: bool,
-    /// [sft] Stop after this step (checkpointing it) without finishing; --resume continues.
+    /// Stop after this step (checkpointing it) without finishing; --resume continues. For the
+    /// demo, counts GRPO steps.
     #[arg(long)]
     stop_after: Option<u64>,
     /// [sft] No progress bar.
@@ -186,7 +187,9 @@ fn main() -> Result<()> {
     let device = artist::cli::device(&args.device)?;
     // A resumed run is of the kind its directory holds.
     let grpo_dir = args.resume.as_ref().is_some_and(|d| d.join(GRPO_CONFIG_FILE).exists());
-    let mode = args.mode.unwrap_or(if args.resume.is_some() && !grpo_dir { Mode::Sft } else { Mode::Grpo });
+    let demo_dir = args.resume.as_ref().is_some_and(|d| artist_train::demo::is_demo_run(d));
+    let mode =
+        args.mode.unwrap_or(if args.resume.is_some() && !grpo_dir && !demo_dir { Mode::Sft } else { Mode::Grpo });
     match mode {
         Mode::Sft => run_sft(&args),
         Mode::Grpo if args.config.is_some() || grpo_dir => run_grpo(&args),
@@ -247,8 +250,13 @@ fn run_grpo(args: &Args) -> Result<()> {
     };
     let train: Vec<Problem> =
         data.problems.iter().map(|p| Problem { problem: p.problem.clone(), answer: p.answer.clone() }).collect();
-    let mut trainer = GrpoTrainer { config, model, tokenizer, template, tool, train, verify: &verify };
-    let steps = grpo::train(&run_dir, &mut trainer, resume)?;
+    let mut trainer = GrpoTrainer { config, model, reference: None, tokenizer, template, tool, train, verify: &verify };
+    let opts = RunOptions {
+        resume,
+        progress: !args.no_progress && std::io::stderr().is_terminal(),
+        stop_after: args.stop_after,
+    };
+    let steps = grpo::train(&run_dir, &mut trainer, &opts)?;
     let last = steps.last();
     println!(
         "{}",
@@ -267,7 +275,7 @@ fn run_grpo(args: &Args) -> Result<()> {
 fn run_demo(args: &Args, device: artist::tensor::Device) -> Result<()> {
     use artist_train::demo::{self, DemoConfig};
 
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs/demo"));
+    let out = args.resume.clone().or_else(|| args.out.clone()).unwrap_or_else(|| PathBuf::from("runs/demo"));
     let mut config = DemoConfig::default();
     if args.demo_quick {
         config =
@@ -279,7 +287,8 @@ fn run_demo(args: &Args, device: artist::tensor::Device) -> Result<()> {
          writing {}",
         out.display()
     );
-    let summary = demo::run(&out, &config, !args.no_progress)?;
+    let opts = RunOptions { resume: args.resume.is_some(), progress: !args.no_progress, stop_after: args.stop_after };
+    let summary = demo::run(&out, &config, &opts)?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }

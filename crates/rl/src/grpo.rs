@@ -226,3 +226,60 @@ pub fn grpo_loss(
     };
     Ok((loss, stats))
 }
+
+/// The frozen reference model's logprobs of every rollout's generated tokens (what
+/// [`TrainRollout::ref_logprobs`] holds when `beta > 0`), at the sampling temperature as
+/// the policy's are, with nothing recorded for backward. Masked positions hold 0.
+pub fn reference_logprobs(
+    reference: &Qwen2,
+    batch: &[&TrainRollout],
+    temperature: f32,
+    micro_batch: usize,
+) -> artist_model::Result<Vec<Vec<f32>>> {
+    let ctx = Ctx::inference();
+    let scale = if temperature > 0.0 { 1.0 / temperature } else { 1.0 };
+    let mut out = Vec::with_capacity(batch.len());
+    for chunk in batch.chunks(micro_batch.max(1)) {
+        let (mut rows, mut targets) = (vec![], vec![]);
+        let mut offset = 0u32;
+        for r in chunk {
+            let p = r.prompt_ids.len() as u32;
+            if p == 0 || r.mask.len() != r.ids.len() {
+                return Err(artist_model::Error::Input("a rollout needs a prompt and one mask entry per token".into()));
+            }
+            for (j, (&m, &id)) in r.mask.iter().zip(&r.ids).enumerate() {
+                if m == 1 {
+                    rows.push(offset + p + j as u32 - 1);
+                    targets.push(id);
+                }
+            }
+            offset += p + r.ids.len() as u32;
+        }
+        if targets.is_empty() {
+            out.extend(chunk.iter().map(|r| vec![0.0; r.ids.len()]));
+            continue;
+        }
+        let seqs: Vec<Vec<u32>> = chunk.iter().map(|r| r.prompt_ids.iter().chain(&r.ids).copied().collect()).collect();
+        let seq_refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let hidden = reference.hidden_states(&ctx, &seq_refs, Some(&rows))?;
+        let lp = token_logprobs(&hidden, &ctx.param(reference.lm_head_param()), &targets, scale, None)?;
+        let lp = lp.value().to_vec::<f32>()?;
+        let mut k = 0;
+        for r in chunk {
+            out.push(
+                r.mask
+                    .iter()
+                    .map(|&m| {
+                        if m == 1 {
+                            k += 1;
+                            lp[k - 1]
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
+}

@@ -30,7 +30,7 @@ use artist_tensor::DType;
 use artist_tokenizer::{ChatTemplate, Tokenizer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::io;
 use crate::grpo::{self, Evaluation, GrpoRunConfig, GrpoTrainer, Problem};
@@ -41,7 +41,10 @@ const TOKENIZER: &str = include_str!("../assets/demo-tokenizer.json");
 const SYSTEM: &str = "";
 
 /// The demo's sizes and schedule.
-#[derive(Debug, Clone, Serialize)]
+/// The demo's settings, saved as `RUN_DIR/demo.json` so `train --resume RUN_DIR`
+/// continues with them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct DemoConfig {
     pub seed: u64,
     pub sft_steps: u64,
@@ -83,6 +86,10 @@ pub struct DemoSummary {
     pub tool_use_start: f64,
     pub tool_use_end: f64,
     pub steps: u64,
+    /// GRPO ran all its steps (not cut short by `stop_after`).
+    pub complete: bool,
+    /// This invocation continued an earlier one.
+    pub resumed: bool,
     pub sft_s: f64,
     pub grpo_s: f64,
     pub wall_s: f64,
@@ -195,6 +202,7 @@ fn grpo_config(base: &Path, cfg: &DemoConfig) -> GrpoRunConfig {
 fn trainer_for(dir: &Path, config: GrpoRunConfig, train: Vec<Problem>) -> Result<GrpoTrainer<'static>> {
     Ok(GrpoTrainer {
         model: Qwen2::load(dir)?,
+        reference: None,
         tokenizer: Tokenizer::from_dir(dir)?,
         template: ChatTemplate::from_dir(dir).unwrap_or_else(|_| ChatTemplate::chatml()),
         tool: Some(Arc::new(artist_tools::Calculator)),
@@ -205,9 +213,32 @@ fn trainer_for(dir: &Path, config: GrpoRunConfig, train: Vec<Problem>) -> Result
 }
 
 /// Runs the whole demo into `out` and writes `out/summary.json`.
-pub fn run(out: &Path, cfg: &DemoConfig, progress: bool) -> Result<DemoSummary> {
+/// The file in a demo run directory that holds its [`DemoConfig`].
+pub const DEMO_FILE: &str = "demo.json";
+
+/// Whether `dir` holds a demo run.
+pub fn is_demo_run(dir: &Path) -> bool {
+    dir.join(DEMO_FILE).is_file()
+}
+
+/// The settings a demo run was started with.
+pub fn saved_config(dir: &Path) -> Result<DemoConfig> {
+    let path = dir.join(DEMO_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
+}
+
+/// Runs the demo into `out`. With `opts.resume`, continues the run there with its saved
+/// settings: a finished SFT phase is kept, an unfinished one and the GRPO phase resume
+/// from their newest checkpoints, so the result equals an uninterrupted run's.
+/// `opts.stop_after` stops GRPO after that many of its steps (with a checkpoint).
+pub fn run(out: &Path, cfg: &DemoConfig, opts: &RunOptions) -> Result<DemoSummary> {
     let t0 = Instant::now();
+    let progress = opts.progress;
+    let resume = opts.resume;
+    let cfg = &if resume { saved_config(out)? } else { cfg.clone() };
     std::fs::create_dir_all(out).map_err(io(out))?;
+    crate::checkpoint::write_atomic(&out.join(DEMO_FILE), serde_json::to_string_pretty(cfg).expect("JSON").as_bytes())?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let held_out: Vec<Problem> = problems(&mut rng, cfg.eval_problems).into_iter().map(problem).collect();
     let train_pairs = problems(&mut rng, 2000);
@@ -230,6 +261,7 @@ pub fn run(out: &Path, cfg: &DemoConfig, progress: bool) -> Result<DemoSummary> 
     ));
     let t = Instant::now();
     let sft_dir = out.join("sft");
+    let sft_final = sft_dir.join("final");
     let sft = SftConfig {
         model: base.clone(),
         data: warmup,
@@ -242,12 +274,17 @@ pub fn run(out: &Path, cfg: &DemoConfig, progress: bool) -> Result<DemoSummary> 
         seed: cfg.seed,
         ..SftConfig::default()
     };
-    if sft_dir.exists() {
-        std::fs::remove_dir_all(&sft_dir).map_err(io(&sft_dir))?;
-    }
-    let s = sft::train(&sft_dir, sft, &RunOptions { resume: false, progress, stop_after: None })?;
+    let warmed: PathBuf = if resume && sft_final.join("config.json").is_file() {
+        say("SFT warm-up: done earlier, kept".into());
+        sft_final
+    } else {
+        let resume_sft = resume && crate::checkpoint::latest(&sft_dir)?.is_some();
+        if !resume_sft && sft_dir.exists() {
+            std::fs::remove_dir_all(&sft_dir).map_err(io(&sft_dir))?;
+        }
+        sft::train(&sft_dir, sft, &RunOptions { resume: resume_sft, progress, stop_after: None })?.final_model
+    };
     let sft_s = t.elapsed().as_secs_f64();
-    let warmed: PathBuf = s.final_model;
 
     let problems_train: Vec<Problem> = train_pairs[1000..].iter().copied().map(problem).collect();
     let mut trainer = trainer_for(&warmed, grpo_config(&warmed, cfg), problems_train)?;
@@ -263,10 +300,13 @@ pub fn run(out: &Path, cfg: &DemoConfig, progress: bool) -> Result<DemoSummary> 
     ));
     let t = Instant::now();
     let grpo_dir = out.join("grpo");
-    if grpo_dir.exists() {
+    let resume_grpo = resume && crate::checkpoint::latest(&grpo_dir)?.is_some();
+    if !resume_grpo && grpo_dir.exists() {
         std::fs::remove_dir_all(&grpo_dir).map_err(io(&grpo_dir))?;
     }
-    let steps = grpo::train(&grpo_dir, &mut trainer, false)?;
+    grpo::train(&grpo_dir, &mut trainer, &RunOptions { resume: resume_grpo, progress, stop_after: opts.stop_after })?;
+    let done = crate::checkpoint::latest(&grpo_dir)?.map(|d| crate::checkpoint::read_state(&d)).transpose()?;
+    let steps = done.map_or(0, |s| s.step);
     let grpo_s = t.elapsed().as_secs_f64();
     let after = trainer.evaluate(&held_out, 0.0, 7)?;
     say(format!(
@@ -281,7 +321,9 @@ pub fn run(out: &Path, cfg: &DemoConfig, progress: bool) -> Result<DemoSummary> 
         reward_end: after.reward,
         tool_use_start: before.tool_use,
         tool_use_end: after.tool_use,
-        steps: steps.len() as u64,
+        steps,
+        complete: steps == cfg.grpo_steps,
+        resumed: resume,
         sft_s,
         grpo_s,
         wall_s: t0.elapsed().as_secs_f64(),

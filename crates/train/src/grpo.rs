@@ -10,6 +10,7 @@ use artist_autograd::{Ctx, Gradients, Tape};
 use artist_engine::{Rollout, RolloutConfig, RolloutEngine, SamplingParams};
 use artist_model::Qwen2;
 use artist_optim::{AdamW, AdamWConfig, LrSchedule, Schedule, clip_grad_norm};
+use artist_rl::grpo::reference_logprobs;
 use artist_rl::{
     AdvantageConfig, GrpoConfig, MathRewardWeights, MathRewards, Segment, TrainRollout, group_advantages, grpo_loss,
     math_rewards_with_tool, token_weights,
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, TrainerState};
 use crate::error::io;
 use crate::metrics::Metrics;
+use crate::sft::RunOptions;
 use crate::{Error, Result};
 
 /// One problem: the text the user asks, and the gold answer.
@@ -110,6 +112,9 @@ impl Default for OptimSettings {
 pub struct GrpoRunConfig {
     /// The Hugging Face model directory training starts from.
     pub model: PathBuf,
+    /// The frozen reference model of the KL term (only loaded when `grpo.beta > 0`);
+    /// unset: `model`, the policy as it starts.
+    pub reference_model: Option<PathBuf>,
     /// Training problems (JSONL; see `data_preset`).
     pub data: PathBuf,
     /// Field names of `data`: numina, math500, aime, amc, olympiad, or a field map
@@ -146,6 +151,7 @@ impl Default for GrpoRunConfig {
     fn default() -> Self {
         GrpoRunConfig {
             model: PathBuf::new(),
+            reference_model: None,
             data: PathBuf::new(),
             data_preset: "math500".into(),
             tool: "python".into(),
@@ -202,10 +208,8 @@ impl GrpoRunConfig {
 
     fn validate(&self) -> Result<()> {
         let r = &self.rollout;
-        if self.grpo.beta > 0.0 {
-            return Err(Error::Config(
-                "grpo.beta > 0 needs a reference model, which the trainer does not load yet; set grpo.beta = 0".into(),
-            ));
+        if !(self.grpo.beta >= 0.0 && self.grpo.beta.is_finite()) {
+            return Err(Error::Config(format!("grpo.beta must be a finite number >= 0, got {}", self.grpo.beta)));
         }
         if self.steps == 0 || self.prompts_per_step == 0 || r.group_size == 0 || self.optimizer_steps_per_batch == 0 {
             return Err(Error::Config(
@@ -268,6 +272,9 @@ pub fn segments(tok: &Tokenizer, r: &Rollout) -> Vec<Segment> {
 pub struct GrpoTrainer<'a> {
     pub config: GrpoRunConfig,
     pub model: Qwen2,
+    /// The frozen reference of the KL term. [`train`] loads it when `grpo.beta > 0` and
+    /// it is unset.
+    pub reference: Option<Qwen2>,
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
     pub tool: Option<Arc<dyn Tool>>,
@@ -394,11 +401,21 @@ impl GrpoTrainer<'_> {
             m.train_s = t.elapsed().as_secs_f64();
             return Ok(m);
         }
+        let micro = if c.micro_batch_rollouts == 0 { train.len() } else { c.micro_batch_rollouts };
+        if c.grpo.beta > 0.0 {
+            let reference = self.reference.as_ref().ok_or_else(|| {
+                Error::Config("grpo.beta > 0 but no reference model is loaded (grpo::train loads one)".into())
+            })?;
+            let refs: Vec<&TrainRollout> = train.iter().collect();
+            let lps = reference_logprobs(reference, &refs, c.rollout.temperature, micro)?;
+            for (r, lp) in train.iter_mut().zip(lps) {
+                r.ref_logprobs = Some(lp);
+            }
+        }
         let refs: Vec<&TrainRollout> = train.iter().collect();
         let mut grpo = c.grpo;
         grpo.temperature = c.rollout.temperature;
         let weights = token_weights(&refs, grpo.aggregation, grpo.norm_length);
-        let micro = if c.micro_batch_rollouts == 0 { refs.len() } else { c.micro_batch_rollouts };
         let (mut clipped, mut tokens, mut kl) = (0usize, 0usize, 0f64);
         for _ in 0..c.optimizer_steps_per_batch {
             let mut grads = Gradients::default();
@@ -461,11 +478,21 @@ pub struct Evaluation {
     pub tool_use: f64,
 }
 
-/// Runs GRPO into `run_dir` (`resume`: from its newest checkpoint).
-pub fn train(run_dir: &Path, trainer: &mut GrpoTrainer, resume: bool) -> Result<Vec<StepMetrics>> {
+/// Runs GRPO into `run_dir`: `opts.resume` continues from its newest checkpoint,
+/// `opts.stop_after` ends early with a checkpoint a later resume continues from. Writes
+/// `metrics.jsonl`, checkpoints, and `curves.svg` (the metrics plotted).
+pub fn train(run_dir: &Path, trainer: &mut GrpoTrainer, opts: &RunOptions) -> Result<Vec<StepMetrics>> {
     let c = trainer.config.clone();
+    let resume = opts.resume;
     c.validate()?;
     std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+    if c.grpo.beta > 0.0 && trainer.reference.is_none() {
+        let path = c.reference_model.as_ref().unwrap_or(&c.model);
+        if path.as_os_str().is_empty() {
+            return Err(Error::Config("grpo.beta > 0 needs a reference model: set reference_model (or model)".into()));
+        }
+        trainer.reference = Some(Qwen2::load(path)?);
+    }
     let params = trainer.model.params();
     let mut optimizer = AdamW::new(
         &params,
@@ -510,19 +537,32 @@ pub fn train(run_dir: &Path, trainer: &mut GrpoTrainer, resume: bool) -> Result<
         };
         checkpoint::save(run_dir, &trainer.model, optimizer, &state, Some(&c.model), c.keep_last)
     };
-    for step in start..c.steps {
+    let end = opts.stop_after.map_or(c.steps, |s| s.min(c.steps));
+    let bar = crate::sft::progress_bar(opts.progress, start, c.steps);
+    for step in start..end {
         let (_, idx) = order.step(step);
         let problems: Vec<Problem> = idx.iter().map(|&i| trainer.train[i].clone()).collect();
         let refs: Vec<&Problem> = problems.iter().collect();
         let m = trainer.step(step, &refs, &mut optimizer, schedule.lr(step))?;
         metrics.write(&serde_json::to_value(&m).expect("JSON"))?;
+        bar.set_position(step + 1);
+        bar.set_message(format!(
+            "reward {:.2} acc {:.0}% tools/rollout {:.1} kl {:.4}",
+            m.reward,
+            100.0 * m.accuracy,
+            m.tool_calls_per_rollout,
+            m.kl
+        ));
         all.push(m);
-        if c.save_every > 0 && (step + 1) % c.save_every == 0 {
+        if c.save_every > 0 && (step + 1) % c.save_every == 0 && step + 1 < end {
             save(trainer, &optimizer, step + 1)?;
+            crate::plots::write_curves(run_dir)?;
         }
     }
-    if start < c.steps {
-        save(trainer, &optimizer, c.steps)?;
+    bar.finish_and_clear();
+    if start < end {
+        save(trainer, &optimizer, end)?;
     }
+    crate::plots::write_curves(run_dir)?;
     Ok(all)
 }

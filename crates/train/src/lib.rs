@@ -19,6 +19,7 @@ pub mod demo;
 mod error;
 pub mod grpo;
 pub mod metrics;
+pub mod plots;
 pub mod sft;
 
 pub use error::{Error, Result};

@@ -342,7 +342,7 @@ pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<Sft
     })
 }
 
-fn progress_bar(show: bool, start: u64, total: u64) -> indicatif::ProgressBar {
+pub(crate) fn progress_bar(show: bool, start: u64, total: u64) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }

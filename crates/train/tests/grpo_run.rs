@@ -8,6 +8,11 @@ use std::sync::Arc;
 use artist_model::Qwen2;
 use artist_tokenizer::{ChatTemplate, Tokenizer};
 use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, Problem, train};
+use artist_train::sft::RunOptions;
+
+fn fresh() -> RunOptions {
+    RunOptions { resume: false, progress: false, stop_after: None }
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -29,6 +34,7 @@ fn trainer(config: GrpoRunConfig) -> GrpoTrainer<'static> {
         (0..6).map(|i| Problem { problem: format!("{i}+{i}?"), answer: (2 * i).to_string() }).collect();
     GrpoTrainer {
         model: Qwen2::load(dir).unwrap(),
+        reference: None,
         tokenizer: Tokenizer::from_dir(dir).unwrap(),
         template: ChatTemplate::from_dir(dir).unwrap(),
         tool: Some(Arc::new(artist_tools::Calculator)),
@@ -66,7 +72,7 @@ fn two_steps_then_resume() {
     let run = tmp.path().join("run");
     let mut t = trainer(tiny_config());
     let before: Vec<f32> = t.model.params()[1].value().to_f32_vec().unwrap();
-    let m = train(&run, &mut t, false).unwrap();
+    let m = train(&run, &mut t, &fresh()).unwrap();
     assert_eq!(m.len(), 2);
     for s in &m {
         assert!(s.reward.is_finite() && s.response_tokens > 0.0);
@@ -90,10 +96,57 @@ fn two_steps_then_resume() {
     assert!(artist_train::checkpoint::latest(&run).unwrap().unwrap().ends_with("step-00000002"));
     // Resume to step 3.
     let mut t2 = trainer(GrpoRunConfig { steps: 3, ..tiny_config() });
-    let m2 = train(&run, &mut t2, true).unwrap();
+    let m2 = train(&run, &mut t2, &RunOptions { resume: true, ..fresh() }).unwrap();
     assert_eq!(m2.len(), 1);
     assert_eq!(m2[0].step, 3);
     assert_eq!(artist_train::metrics::read(&run.join("metrics.jsonl")).unwrap().len(), 3);
+    // The curves are drawn from the whole run's metrics.
+    let svg = std::fs::read_to_string(run.join("curves.svg")).unwrap();
+    assert!(svg.contains("reward (mean)") && svg.contains("KL to reference"));
+}
+
+/// beta > 0 loads the starting model as the frozen reference: the KL term is exactly 0
+/// before the first update (policy and reference are the same weights, computed the same
+/// way). Against a reference that differs, the KL is positive from the first step and its
+/// gradient moves the policy, while the reference stays put.
+#[test]
+fn kl_to_a_frozen_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tiny_config().with_overrides(&["grpo.beta=0.04".into(), "grpo.kl=\"k3\"".into()]).unwrap();
+    let mut t = trainer(c.clone());
+    let m = train(&tmp.path().join("run"), &mut t, &fresh()).unwrap();
+    assert_eq!(m[0].kl, 0.0, "KL before any update");
+
+    // A reference with perturbed weights.
+    let reference_dir = tmp.path().join("reference");
+    let perturbed = Qwen2::load(&c.model).unwrap();
+    for (i, p) in perturbed.params().iter().enumerate() {
+        let v: Vec<f32> = p.value().to_f32_vec().unwrap();
+        let v: Vec<f32> =
+            v.iter().enumerate().map(|(j, x)| x + 0.05 * (((i * 31 + j * 17) % 13) as f32 / 6.0 - 1.0)).collect();
+        let t = artist_tensor::Tensor::from_vec(v, p.value().dims().to_vec(), artist_tensor::Device::Cpu).unwrap();
+        p.value().copy_from(&t.to_dtype(p.value().dtype()).unwrap()).unwrap();
+    }
+    std::fs::create_dir_all(&reference_dir).unwrap();
+    artist_train::checkpoint::write_hf_model(&reference_dir, &perturbed, Some(&c.model)).unwrap();
+    let reference_start: Vec<f32> = perturbed.params()[1].value().to_f32_vec().unwrap();
+    let c2 = c.with_overrides(&[format!("reference_model={:?}", reference_dir.to_str().unwrap())]).unwrap();
+    let mut t = trainer(c2);
+    let start: Vec<f32> = t.model.params()[1].value().to_f32_vec().unwrap();
+    let m = train(&tmp.path().join("run-perturbed"), &mut t, &fresh()).unwrap();
+    assert!(m[0].kl > 0.0 && m[1].kl > 0.0, "KL to a different reference: {} {}", m[0].kl, m[1].kl);
+    let reference = t.reference.as_ref().expect("the reference was loaded");
+    assert_eq!(reference.params()[1].value().to_f32_vec().unwrap(), reference_start, "the reference moved");
+    assert_ne!(t.model.params()[1].value().to_f32_vec().unwrap(), start, "the KL gradient moved nothing");
+
+    // A missing reference path is a clear error.
+    let c =
+        tiny_config().with_overrides(&["grpo.beta=0.1".into(), "reference_model=\"/nonexistent/ref\"".into()]).unwrap();
+    let e = train(&tmp.path().join("run2"), &mut trainer(c), &fresh()).unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/ref"), "{e}");
+    let c = tiny_config().with_overrides(&["grpo.beta=-1".into()]).unwrap();
+    let e = train(&tmp.path().join("run3"), &mut trainer(c), &fresh()).unwrap_err().to_string();
+    assert!(e.contains("grpo.beta"), "{e}");
 }
 
 #[test]
