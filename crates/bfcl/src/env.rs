@@ -102,14 +102,8 @@ pub const fn opt(name: &'static str, default: Default) -> Param {
 /// messages for a missing, unexpected, repeated or surplus argument.
 pub fn bind(class: &str, call: &Call, params: &[Param]) -> Result<Bound, String> {
     let qual = format!("{class}.{}()", call.name);
-    if call.args.len() > params.len() {
-        let takes = params.len() + 1;
-        return Err(format!(
-            "{qual} takes {takes} positional argument{} but {} were given",
-            if takes == 1 { "" } else { "s" },
-            call.args.len() + 1
-        ));
-    }
+    // CPython's order: positional arguments fill their slots, then keyword arguments are
+    // checked (unexpected, repeated), then surplus positional ones, then missing ones.
     let mut values: Vec<Option<Value>> = vec![None; params.len()];
     for (slot, v) in values.iter_mut().zip(&call.args) {
         *slot = Some(v.clone());
@@ -122,6 +116,17 @@ pub fn bind(class: &str, call: &Call, params: &[Param]) -> Result<Bound, String>
             return Err(format!("{qual} got multiple values for argument '{k}'"));
         }
         values[i] = Some(v.clone());
+    }
+    if call.args.len() > params.len() {
+        // Counts include `self`, as Python's do.
+        let most = params.len() + 1;
+        let least = params.iter().filter(|p| p.default.is_none()).count() + 1;
+        let takes = if least == most { format!("{most}") } else { format!("from {least} to {most}") };
+        return Err(format!(
+            "{qual} takes {takes} positional argument{} but {} were given",
+            if most == 1 { "" } else { "s" },
+            call.args.len() + 1
+        ));
     }
     let missing: Vec<&str> =
         params.iter().zip(&values).filter(|(p, v)| v.is_none() && p.default.is_none()).map(|(p, _)| p.name).collect();
@@ -261,7 +266,13 @@ mod tests {
         );
         assert_eq!(
             bind("FS", &call("cd(1, 2, 3, 4)"), SIG).unwrap_err(),
-            "FS.cd() takes 4 positional arguments but 5 were given"
+            "FS.cd() takes from 2 to 4 positional arguments but 5 were given"
+        );
+        assert_eq!(bind("FS", &call("pwd(1)"), &[]).unwrap_err(), "FS.pwd() takes 1 positional argument but 2 were given");
+        // Keyword problems are reported before surplus positional arguments.
+        assert_eq!(
+            bind("FS", &call("cd(1, 2, 3, 4, x=1)"), SIG).unwrap_err(),
+            "FS.cd() got an unexpected keyword argument 'x'"
         );
         const TWO: &[Param] = &[req("a"), req("b"), req("c")];
         assert_eq!(
