@@ -11,6 +11,7 @@
 //! - [`pyrandom`]: CPython's Mersenne Twister, for the IDs the environments draw.
 
 pub mod call;
+pub mod docs;
 pub mod env;
 pub mod envs;
 pub mod pyrandom;
@@ -18,6 +19,7 @@ pub mod session;
 pub mod value;
 
 pub use call::{Call, ParseError, parse_calls};
+pub use docs::{CallError, DocError, FunctionDoc, ToolSet};
 pub use env::{Environment, LongContext};
 pub use envs::new_environment;
 pub use session::Session;
