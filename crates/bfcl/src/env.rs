@@ -134,7 +134,8 @@ pub fn bind(class: &str, call: &Call, params: &[Param]) -> Result<Bound, String>
         let names: Vec<String> = missing.iter().map(|m| format!("'{m}'")).collect();
         let list = match names.len() {
             1 => names[0].clone(),
-            n => format!("{} and {}", names[..n - 1].join(", "), names[n - 1]),
+            2 => format!("{} and {}", names[0], names[1]),
+            n => format!("{}, and {}", names[..n - 1].join(", "), names[n - 1]),
         };
         return Err(format!(
             "{qual} missing {} required positional argument{}: {list}",
@@ -277,7 +278,7 @@ mod tests {
         const TWO: &[Param] = &[req("a"), req("b"), req("c")];
         assert_eq!(
             bind("M", &call("f()"), TWO).unwrap_err(),
-            "M.f() missing 3 required positional arguments: 'a', 'b' and 'c'"
+            "M.f() missing 3 required positional arguments: 'a', 'b', and 'c'"
         );
     }
 }
