@@ -21,6 +21,7 @@ pub use artist_optim as optim;
 pub use artist_tensor as tensor;
 pub use artist_train as train;
 
+pub mod bfcl_eval;
 pub mod cli;
 
 /// CUDA C sources under `kernels/`, embedded at build time.

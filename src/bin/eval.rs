@@ -1,4 +1,5 @@
-//! `eval`: grading math answers, and later evaluating a model on a math dataset.
+//! `eval`: grading math answers, evaluating a model on a math dataset, and BFCL
+//! multi-turn scoring.
 //!
 //!     cargo run --release --bin eval -- verify --jsonl PAIRS.jsonl
 //!
@@ -28,6 +29,10 @@
 //! `{"problem_index", "problem", "gold", "sample", "completion", "extracted", "correct",
 //! "response_tokens", "tool_calls", "finish"}`. Malformed dataset rows are counted and
 //! named (file:line) on stderr.
+//!
+//! `eval --dataset QUESTIONS.json --answers POSSIBLE_ANSWER.json (--replay-ground-truth
+//! [--replay-from FILE] | --model DIR) [--json]` scores BFCL multi-turn entries as BFCL
+//! does; the interface is documented in `artist::bfcl_eval` and docs/BFCL.md.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
@@ -86,6 +91,26 @@ struct Cli {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+
+    /// BFCL: the possible_answer file of `--dataset` (a BFCL multi-turn questions file).
+    #[arg(long)]
+    answers: Option<PathBuf>,
+    /// BFCL: score the ground truth's own calls (or, with --replay-from, a file's).
+    #[arg(long, requires = "answers")]
+    replay_ground_truth: bool,
+    /// BFCL: a file in possible_answer format whose calls are scored against --answers.
+    #[arg(long, requires = "replay_ground_truth")]
+    replay_from: Option<PathBuf>,
+    /// BFCL: the func_doc directory (default: func_doc beside the questions' directory).
+    #[arg(long, requires = "answers")]
+    func_doc: Option<PathBuf>,
+    /// BFCL: the long-context filler (JSON from scripts/make_bfcl_long_context.py;
+    /// default: $ARTIST_BFCL_LONG_CONTEXT).
+    #[arg(long, requires = "answers")]
+    long_context_data: Option<PathBuf>,
+    /// BFCL: fail a turn whose ground truth is empty when the model calls anything.
+    #[arg(long, requires = "answers")]
+    irrelevance: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,8 +130,32 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Verify(args)) => verify(&args.jsonl),
+        None if cli.answers.is_some() => evaluate_bfcl(&cli),
         None => evaluate_model(&cli),
     }
+}
+
+/// BFCL multi-turn scoring (`--answers`).
+fn evaluate_bfcl(cli: &Cli) -> Result<()> {
+    use artist::bfcl_eval::{self, BfclPaths};
+
+    let (Some(questions), Some(answers)) = (&cli.dataset, &cli.answers) else {
+        bail!("BFCL scoring needs --dataset QUESTIONS.json and --answers POSSIBLE_ANSWER.json");
+    };
+    let paths = BfclPaths {
+        questions: questions.clone(),
+        answers: answers.clone(),
+        func_doc: cli.func_doc.clone(),
+        long_context: cli.long_context_data.clone(),
+    };
+    let opts = artist_bfcl::checker::CheckOptions { irrelevance: cli.irrelevance };
+    let out = if cli.replay_ground_truth {
+        bfcl_eval::replay(&paths, cli.replay_from.as_deref(), opts, cli.json)?
+    } else {
+        bail!("BFCL scoring needs --replay-ground-truth (or --model DIR to run episodes)")
+    };
+    println!("{}", out.trim_end());
+    Ok(())
 }
 
 /// The model-evaluation path: `samples` answers per problem, graded; pass@1 and pass@k.

@@ -11,6 +11,7 @@
 //! - [`pyrandom`]: CPython's Mersenne Twister, for the IDs the environments draw.
 
 pub mod call;
+pub mod checker;
 pub mod docs;
 pub mod env;
 pub mod envs;

@@ -1,0 +1,193 @@
+//! `eval --dataset QUESTIONS --answers POSSIBLE_ANSWER ...`: BFCL multi-turn scoring.
+//!
+//! The calls scored come from one of:
+//! * `--replay-ground-truth`: the ground truth itself (each turn's calls as one step);
+//! * `--replay-ground-truth --replay-from FILE`: the calls of FILE, a file in
+//!   possible_answer format (`{"id", "ground_truth": [[call, ..], ..]}` per line), scored
+//!   against `--answers`; an entry FILE lacks is scored as a model that made no call, and a
+//!   call string that does not parse is dropped as BFCL drops undecodable steps;
+//! * `--model DIR`: episodes run with the model (see `artist_train::fc`).
+//!
+//! Output: a table of accuracy per category, or with `--json` one object:
+//! `{"accuracy": 0..1, "correct": N, "total": N, "categories": {cat: {"accuracy",
+//! "correct", "total"}}, "entries": [{"id", "correct", "error_type", "error",
+//! "state_fraction", "function_fraction"}], "source": "ground_truth"|"file"|"model",
+//! "long_context_filler": bool}`. `accuracy` and `entries[].{id, correct}` are a stable
+//! interface.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use artist_bfcl::checker::{self, CheckOptions, CheckResult, Entry, GroundTruth, ModelCalls, as_model_calls};
+use artist_bfcl::{LongContext, ToolSet, parse_calls};
+use serde_json::json;
+
+/// Where BFCL's data and the long-context filler are.
+pub struct BfclPaths {
+    pub questions: PathBuf,
+    pub answers: PathBuf,
+    /// The func_doc directory (default: `func_doc` beside the questions' directory).
+    pub func_doc: Option<PathBuf>,
+    /// JSON from `scripts/make_bfcl_long_context.py` (default: `ARTIST_BFCL_LONG_CONTEXT`).
+    pub long_context: Option<PathBuf>,
+}
+
+impl BfclPaths {
+    pub fn func_doc_dir(&self) -> PathBuf {
+        self.func_doc.clone().unwrap_or_else(|| {
+            self.questions.parent().and_then(Path::parent).unwrap_or(Path::new(".")).join("func_doc")
+        })
+    }
+
+    pub fn load_long_context(&self) -> Result<Option<LongContext>> {
+        let path = self.long_context.clone().or_else(|| std::env::var_os("ARTIST_BFCL_LONG_CONTEXT").map(PathBuf::from));
+        let Some(path) = path else { return Ok(None) };
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Some(LongContext::from_json_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?))
+    }
+}
+
+/// The entries and ground truth of a questions/answers pair, checked to line up by id.
+pub fn load(paths: &BfclPaths) -> Result<(Vec<Entry>, Vec<GroundTruth>)> {
+    let entries = checker::load_questions(&paths.questions)?;
+    let truths = checker::load_answers(&paths.answers)?;
+    let by_id: BTreeMap<&str, &GroundTruth> = truths.iter().map(|t| (t.id.as_str(), t)).collect();
+    let mut ordered = Vec::with_capacity(entries.len());
+    for e in &entries {
+        let t = by_id.get(e.id.as_str()).with_context(|| {
+            format!("{}: no ground truth for {} in {}", paths.questions.display(), e.id, paths.answers.display())
+        })?;
+        if t.turns.len() != e.turns.len() {
+            bail!("{}: {} turns in the questions, {} in the ground truth", e.id, e.turns.len(), t.turns.len());
+        }
+        ordered.push((*t).clone());
+    }
+    Ok((entries, ordered))
+}
+
+/// Reads a possible_answer-format file of model calls: per entry id, per turn, one step
+/// per call string that parses (the others are counted and dropped).
+pub fn load_replay(path: &Path) -> Result<(BTreeMap<String, ModelCalls>, usize)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = BTreeMap::new();
+    let mut undecodable = 0;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |m: &str| anyhow::anyhow!("{}:{}: {m}", path.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
+        let id = v.get("id").and_then(|x| x.as_str()).ok_or_else(|| bad("no string \"id\""))?;
+        let turns = v.get("ground_truth").and_then(|g| g.as_array()).ok_or_else(|| bad("no \"ground_truth\" list"))?;
+        let mut calls: ModelCalls = Vec::with_capacity(turns.len());
+        for turn in turns {
+            let strings = turn.as_array().ok_or_else(|| bad("a turn is not a list of call strings"))?;
+            let mut steps = Vec::new();
+            for s in strings {
+                match s.as_str().map(parse_calls) {
+                    Some(Ok(c)) if !c.is_empty() => steps.push(c),
+                    _ => undecodable += 1,
+                }
+            }
+            calls.push(steps);
+        }
+        out.insert(id.to_owned(), calls);
+    }
+    Ok((out, undecodable))
+}
+
+/// Scores every entry; `calls_for` gives the model calls of an entry.
+pub fn score(
+    paths: &BfclPaths,
+    entries: &[Entry],
+    truths: &[GroundTruth],
+    mut calls_for: impl FnMut(&Entry, &GroundTruth) -> ModelCalls,
+    opts: CheckOptions,
+) -> Result<(Vec<CheckResult>, bool)> {
+    let lc = paths.load_long_context()?;
+    let docs_dir = paths.func_doc_dir();
+    let needs_filler = entries.iter().any(Entry::long_context);
+    if needs_filler && lc.is_none() {
+        eprintln!(
+            "warning: long-context entries are scored without the long-context filler (give --long-context-data, \
+             made by scripts/make_bfcl_long_context.py); results can differ from BFCL's where the filler matters"
+        );
+    }
+    let mut results = Vec::with_capacity(entries.len());
+    for (e, t) in entries.iter().zip(truths) {
+        let docs = ToolSet::for_entry(&docs_dir, &e.raw).with_context(|| format!("{}: loading its function docs", e.id))?;
+        let calls = calls_for(e, t);
+        let r = checker::check_entry(e, t, &calls, lc.as_ref(), Some(&docs), opts)
+            .map_err(|m| anyhow::anyhow!("{}: {m}", e.id))?;
+        results.push(r);
+    }
+    Ok((results, lc.is_some()))
+}
+
+/// The report: JSON (the stable interface) or a table.
+pub fn report(results: &[CheckResult], source: &str, filler: bool, as_json: bool) -> String {
+    let mut cats: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for r in results {
+        let c = cats.entry(checker::category_of(&r.id)).or_default();
+        c.1 += 1;
+        if r.valid {
+            c.0 += 1;
+        }
+    }
+    let correct = results.iter().filter(|r| r.valid).count();
+    let total = results.len();
+    let accuracy = if total == 0 { 0.0 } else { correct as f64 / total as f64 };
+    if as_json {
+        let categories: serde_json::Map<String, serde_json::Value> = cats
+            .iter()
+            .map(|(c, (ok, n))| (c.to_string(), json!({"accuracy": *ok as f64 / *n as f64, "correct": ok, "total": n})))
+            .collect();
+        let entries: Vec<serde_json::Value> = results
+            .iter()
+            .map(|r| {
+                json!({"id": r.id, "correct": r.valid, "error_type": r.error_type, "error": r.error,
+                       "state_fraction": r.state_fraction, "function_fraction": r.function_fraction})
+            })
+            .collect();
+        return json!({"accuracy": accuracy, "correct": correct, "total": total, "categories": categories,
+                      "entries": entries, "source": source, "long_context_filler": filler})
+        .to_string();
+    }
+    let mut out = format!("{:<32} {:>8} {:>7} {:>7}\n", "category", "accuracy", "correct", "total");
+    for (c, (ok, n)) in &cats {
+        out.push_str(&format!("{c:<32} {:>7.1}% {ok:>7} {n:>7}\n", 100.0 * *ok as f64 / *n as f64));
+    }
+    out.push_str(&format!("{:<32} {:>7.1}% {correct:>7} {total:>7}\n", "all", 100.0 * accuracy));
+    out
+}
+
+/// `--replay-ground-truth [--replay-from FILE]`.
+pub fn replay(paths: &BfclPaths, from: Option<&Path>, opts: CheckOptions, as_json: bool) -> Result<String> {
+    let (entries, truths) = load(paths)?;
+    let (source, results, filler) = match from {
+        None => {
+            let (r, f) = score(paths, &entries, &truths, |_, t| as_model_calls(t), opts)?;
+            ("ground_truth", r, f)
+        }
+        Some(file) => {
+            let (calls, undecodable) = load_replay(file)?;
+            if undecodable > 0 {
+                eprintln!("{}: {undecodable} call strings did not parse and were dropped", file.display());
+            }
+            let missing = entries.iter().filter(|e| !calls.contains_key(&e.id)).count();
+            if missing > 0 {
+                eprintln!("{}: {missing} entries have no calls there (scored as no calls)", file.display());
+            }
+            let (r, f) = score(
+                paths,
+                &entries,
+                &truths,
+                |e, _| calls.get(&e.id).cloned().unwrap_or_else(|| vec![vec![]; e.turns.len()]),
+                opts,
+            )?;
+            ("file", r, f)
+        }
+    };
+    Ok(report(&results, source, filler, as_json))
+}
