@@ -1,8 +1,0 @@
-//! `MathAPI`: not ported yet.
-
-use crate::env::Environment;
-
-/// A fresh `MathAPI`; `None` until the class is ported.
-pub fn new() -> Option<Box<dyn Environment>> {
-    None
-}
