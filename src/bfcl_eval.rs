@@ -41,7 +41,8 @@ impl BfclPaths {
     }
 
     pub fn load_long_context(&self) -> Result<Option<LongContext>> {
-        let path = self.long_context.clone().or_else(|| std::env::var_os("ARTIST_BFCL_LONG_CONTEXT").map(PathBuf::from));
+        let path =
+            self.long_context.clone().or_else(|| std::env::var_os("ARTIST_BFCL_LONG_CONTEXT").map(PathBuf::from));
         let Some(path) = path else { return Ok(None) };
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         Ok(Some(LongContext::from_json_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?))
@@ -116,7 +117,8 @@ pub fn score(
     }
     let mut results = Vec::with_capacity(entries.len());
     for (e, t) in entries.iter().zip(truths) {
-        let docs = ToolSet::for_entry(&docs_dir, &e.raw).with_context(|| format!("{}: loading its function docs", e.id))?;
+        let docs =
+            ToolSet::for_entry(&docs_dir, &e.raw).with_context(|| format!("{}: loading its function docs", e.id))?;
         let calls = calls_for(e, t);
         let r = checker::check_entry(e, t, &calls, lc.as_ref(), Some(&docs), opts)
             .map_err(|m| anyhow::anyhow!("{}: {m}", e.id))?;

@@ -175,3 +175,62 @@ fn greedy_pass_at_k_equals_pass_at_1() {
     let s = &lines(&out)[0];
     assert_eq!(s["pass_at_1"], s["pass_at_k"]);
 }
+
+/// The BFCL data beside the repository, or `None` (skipped) unless CI requires it.
+fn bfcl_dir() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bfcl");
+    if dir.join("questions").is_dir() {
+        return Some(dir);
+    }
+    assert!(std::env::var("ARTIST_REQUIRE_SHARED").is_err(), "ARTIST_REQUIRE_SHARED=1 but no {}", dir.display());
+    eprintln!("skipped: no BFCL data at {}", dir.display());
+    None
+}
+
+/// `eval --dataset Q --answers A --replay-ground-truth --json`: the stable interface
+/// (`accuracy`, `entries[].{id, correct}`); `--replay-from` scores another file's calls.
+#[test]
+fn bfcl_replay_interface() {
+    let Some(bfcl) = bfcl_dir() else { return };
+    let q = bfcl.join("questions/BFCL_v4_multi_turn_miss_func.json");
+    let a = bfcl.join("possible_answer/BFCL_v4_multi_turn_miss_func.json");
+    let (q, a) = (q.to_str().unwrap(), a.to_str().unwrap());
+    let out = lines(&eval(&["--dataset", q, "--answers", a, "--replay-ground-truth", "--json"]));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0]["accuracy"], 1.0);
+    let entries = out[0]["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 200);
+    assert!(
+        entries.iter().all(|e| e["correct"] == true && e["id"].as_str().unwrap().starts_with("multi_turn_miss_func_"))
+    );
+
+    // The same calls from a file, with one argument changed in entry 0 and entry 1 left out.
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(a).unwrap();
+    let mut lines_out: Vec<String> = text.lines().map(str::to_owned).collect();
+    let first: Value = serde_json::from_str(&lines_out[0]).unwrap();
+    let changed = first.to_string().replacen("='", "='x", 1);
+    assert_ne!(changed, first.to_string());
+    lines_out[0] = changed;
+    lines_out.remove(1);
+    let file = tmp.path().join("calls.json");
+    std::fs::write(&file, lines_out.join("\n")).unwrap();
+    let out = lines(&eval(&[
+        "--dataset",
+        q,
+        "--answers",
+        a,
+        "--replay-ground-truth",
+        "--replay-from",
+        file.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(out[0]["correct"], 198);
+    assert_eq!(out[0]["entries"][0]["correct"], false);
+    assert_eq!(out[0]["entries"][1]["correct"], false);
+
+    // A malformed line is named.
+    std::fs::write(&file, "{\"id\": \"multi_turn_miss_func_0\", \"ground_truth\": [[\"ls()\"]]}\n{bad\n").unwrap();
+    let out = eval(&["--dataset", q, "--answers", a, "--replay-ground-truth", "--replay-from", file.to_str().unwrap()]);
+    fails_cleanly(&out, "calls.json:2: invalid JSON");
+}

@@ -269,7 +269,10 @@ mod tests {
             bind("FS", &call("cd(1, 2, 3, 4)"), SIG).unwrap_err(),
             "FS.cd() takes from 2 to 4 positional arguments but 5 were given"
         );
-        assert_eq!(bind("FS", &call("pwd(1)"), &[]).unwrap_err(), "FS.pwd() takes 1 positional argument but 2 were given");
+        assert_eq!(
+            bind("FS", &call("pwd(1)"), &[]).unwrap_err(),
+            "FS.pwd() takes 1 positional argument but 2 were given"
+        );
         // Keyword problems are reported before surplus positional arguments.
         assert_eq!(
             bind("FS", &call("cd(1, 2, 3, 4, x=1)"), SIG).unwrap_err(),

@@ -392,8 +392,13 @@ pub fn float_repr(x: f64) -> String {
     if x == 0.0 {
         return if x.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
     }
-    // Rust's `{:e}` gives the shortest round-trip digits: "-1.2345e-5".
-    let sci = format!("{x:e}");
+    // Rust's `{:e}` gives the shortest round-trip digit count: "-1.2345e-5". Where two
+    // strings of that length are equally close, Python takes the even one; formatting to
+    // that many digits rounds the exact value half-to-even, so prefer it when it reads back.
+    let shortest = format!("{x:e}");
+    let digits_len = shortest.split_once('e').map_or(1, |(m, _)| m.chars().filter(char::is_ascii_digit).count());
+    let exact = format!("{:.*e}", digits_len.saturating_sub(1), x);
+    let sci = if exact.parse::<f64>().ok() == Some(x) { exact } else { shortest };
     let (mantissa, exp) = sci.split_once('e').expect("`{:e}` always has an exponent");
     let exp: i32 = exp.parse().expect("`{:e}` exponent is an integer");
     let (sign, mantissa) = match mantissa.strip_prefix('-') {
@@ -653,6 +658,9 @@ mod tests {
             (123456.789, "123456.789"),
             (0.30000000000000004, "0.30000000000000004"),
             (2.0 / 3.0, "0.6666666666666666"),
+            // Ties between two shortest strings go to the even digit, as in CPython.
+            (2.9802322387695312e-08, "2.9802322387695312e-08"),
+            (821268519255032.0 + 0.25, "821268519255032.2"),
             (-0.0, "-0.0"),
             (f64::INFINITY, "inf"),
         ];

@@ -32,7 +32,12 @@ fn replay_all(stem: &str, lc: Option<&LongContext>) {
             failed.push(format!("{}: {:?} {:?}", e.id, r.error_type, r.error));
         }
     }
-    assert!(failed.is_empty(), "{stem}: {} of {} entries fail on their own ground truth: {failed:?}", failed.len(), q.len());
+    assert!(
+        failed.is_empty(),
+        "{stem}: {} of {} entries fail on their own ground truth: {failed:?}",
+        failed.len(),
+        q.len()
+    );
 }
 
 #[test]
@@ -55,9 +60,11 @@ fn mutate(truth: &GroundTruth) -> Option<GroundTruth> {
     let mut t = truth.clone();
     for turn in &mut t.turns {
         for call in turn.iter_mut() {
-            let slot = call.kwargs.values_mut().chain(call.args.iter_mut()).find(|v| {
-                matches!(v, Value::Str(_) | Value::Int(_) | Value::Float(_))
-            });
+            let slot = call
+                .kwargs
+                .values_mut()
+                .chain(call.args.iter_mut())
+                .find(|v| matches!(v, Value::Str(_) | Value::Int(_) | Value::Float(_)));
             if let Some(v) = slot {
                 *v = match v {
                     Value::Str(s) => Value::Str(format!("{s}_changed")),
@@ -117,11 +124,18 @@ fn turn_structure_rules() {
     let mut extra = full.clone();
     extra[0].insert(0, vec![Call::new("pwd")]);
     assert!(check_entry(e, t, &extra, None, None, opts).unwrap().valid);
-    // The fractions: half of a turn's calls missing.
+    // The fractions: the first turn's calls missing. That turn only reads (ls), so the
+    // state stays right while the response check fails.
     let r = check_entry(e, t, &empty, None, None, opts).unwrap();
     let total: usize = t.turns.iter().map(Vec::len).sum();
     assert!((r.function_fraction - (total - t.turns[0].len()) as f64 / total as f64).abs() < 1e-12);
-    assert!(r.state_fraction < 1.0);
+    assert_eq!((r.turns[0].state_ok, r.turns[0].response_ok), (Some(true), Some(false)));
+    assert_eq!(r.state_fraction, 1.0);
+    // Skipping a turn that changes the state (turn 1: cd, mv) lowers the state fraction.
+    let mut skip = full.clone();
+    skip[1].clear();
+    let r = check_entry(e, t, &skip, None, None, opts).unwrap();
+    assert!(r.state_fraction < 1.0 && r.turns[1].state_ok == Some(false), "{:?}", r.turns[1]);
     // Empty ground-truth turns: calls there are not checked unless irrelevance is on.
     let Some((e, t)) = q.iter().zip(&a).find(|(_, t)| t.turns.iter().any(Vec::is_empty)) else { panic!() };
     let k = t.turns.iter().position(Vec::is_empty).unwrap();
