@@ -48,10 +48,9 @@ pub fn long_context() -> Option<LongContext> {
     match std::fs::read_to_string(&path) {
         Ok(text) => Some(LongContext::from_json_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))),
         Err(_) => {
-            eprintln!(
-                "skipped long-context entries: no filler at {} (see scripts/make_bfcl_long_context.py)",
-                path.display()
-            );
+            let msg = format!("no long-context filler at {} (run scripts/bfcl_long_context.sh)", path.display());
+            assert!(!require_shared(), "ARTIST_REQUIRE_SHARED=1 but {msg}");
+            eprintln!("skipped long-context entries: {msg}");
             None
         }
     }
