@@ -140,7 +140,7 @@ fn python(args: PythonArgs) -> Result<()> {
     let tool = PythonTool::new(config).context("starting the python tool")?;
     let mut last = ToolResult::default();
     for cell in cells {
-        last = tool.execute(&ToolCall { text: cell, rollout: 0 });
+        last = tool.execute(&ToolCall { text: cell, rollout: 0, prompt: 0 });
     }
     tool.end_rollout(0);
     print(&last, tool.sandbox_kind().as_str())
@@ -150,7 +150,7 @@ fn main() -> Result<()> {
     match Args::parse().tool {
         Which::Python(args) => python(args),
         Which::Calculator => {
-            let result = Calculator.execute(&ToolCall { text: read_stdin()?, rollout: 0 });
+            let result = Calculator.execute(&ToolCall { text: read_stdin()?, rollout: 0, prompt: 0 });
             print(&result, "none")
         }
     }

@@ -226,6 +226,14 @@ fn run_grpo(args: &Args) -> Result<()> {
     let saved = toml::to_string_pretty(&config).context("writing the configuration")?;
     artist_train::checkpoint::write_atomic(&run_dir.join(GRPO_CONFIG_FILE), saved.as_bytes())?;
 
+    let opts = RunOptions {
+        resume,
+        progress: !args.no_progress && std::io::stderr().is_terminal(),
+        stop_after: args.stop_after,
+    };
+    if config.task == grpo::Task::Bfcl {
+        return run_fc(&run_dir, config, &opts);
+    }
     let format: artist_math::DatasetFormat = config.data_preset.parse()?;
     let data = artist_math::MathDataset::load(&config.data, &format)?;
     for bad in &data.bad_rows {
@@ -251,11 +259,6 @@ fn run_grpo(args: &Args) -> Result<()> {
     let train: Vec<Problem> =
         data.problems.iter().map(|p| Problem { problem: p.problem.clone(), answer: p.answer.clone() }).collect();
     let mut trainer = GrpoTrainer { config, model, reference: None, tokenizer, template, tool, train, verify: &verify };
-    let opts = RunOptions {
-        resume,
-        progress: !args.no_progress && std::io::stderr().is_terminal(),
-        stop_after: args.stop_after,
-    };
     let steps = grpo::train(&run_dir, &mut trainer, &opts)?;
     let last = steps.last();
     println!(
@@ -272,6 +275,34 @@ fn run_grpo(args: &Args) -> Result<()> {
 }
 
 /// The embedded default: SFT warm-up then GRPO on the calculator task.
+/// GRPO on BFCL multi-turn episodes (`task = "bfcl"`).
+fn run_fc(run_dir: &std::path::Path, config: artist_train::grpo::GrpoRunConfig, opts: &RunOptions) -> Result<()> {
+    use artist_train::fc::{FcData, FcTrainer};
+
+    config.validate()?;
+    let data = FcData::load(&config.bfcl)?;
+    let (model, tokenizer) = artist::cli::open_model(&config.model)?;
+    let tokenizer = tokenizer.with_context(|| format!("{}: GRPO needs tokenizer.json", config.model.display()))?;
+    let template = artist_tokenizer::ChatTemplate::from_dir(&config.model)
+        .unwrap_or_else(|_| artist_tokenizer::ChatTemplate::chatml());
+    let entries = data.entries.len();
+    let mut trainer = FcTrainer { config, model, reference: None, tokenizer, template, data };
+    let steps = artist_train::grpo::train(run_dir, &mut trainer, opts)?;
+    let last = steps.last();
+    println!(
+        "{}",
+        serde_json::json!({
+            "run_dir": run_dir,
+            "task": "bfcl",
+            "entries": entries,
+            "steps_run": steps.len(),
+            "reward": last.map(|m| m.reward),
+            "accuracy": last.map(|m| m.accuracy),
+        })
+    );
+    Ok(())
+}
+
 fn run_demo(args: &Args, device: artist::tensor::Device) -> Result<()> {
     use artist_train::demo::{self, DemoConfig};
 

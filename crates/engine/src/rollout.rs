@@ -397,11 +397,11 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
             // The closing token goes into the cache with the output that follows it.
             seq.pending.push(id);
             stats.tool_calls += 1;
-            let (tx, rollout) = (tx.clone(), seq.id);
+            let (tx, rollout, prompt) = (tx.clone(), seq.id, seq.out.prompt_index);
             std::thread::spawn(move || {
                 let started = Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    tool.execute(&ToolCall { text: call.clone(), rollout })
+                    tool.execute(&ToolCall { text: call.clone(), rollout, prompt })
                 }))
                 .unwrap_or_else(|_| ToolResult {
                     output: "the tool failed internally".into(),

@@ -16,8 +16,30 @@ pub fn math_system_prompt(tag: &str) -> String {
     )
 }
 
+/// The system prompt for multi-turn function calling: plan in `<reasoning>`, call
+/// functions in `<tool>` as JSON, read results in `<output>`, and answer the user in plain
+/// text when a request is done. `tools_json` lists the functions (JSON schemas).
+pub fn fc_system_prompt(tools_json: &str) -> String {
+    format!(
+        "You help a user by calling functions. Before acting, plan inside <reasoning>...</reasoning>. \
+         To call functions, write a JSON list inside <tool>...</tool>, for example \
+         <tool>[{{\"name\": \"cd\", \"arguments\": {{\"folder\": \"docs\"}}}}]</tool>; the results will \
+         appear inside <output>...</output>, and you may reason and call again. When the request is done, or \
+         cannot be done with these functions, reply to the user in plain text without calling anything.\n\n\
+         The functions:\n{tools_json}"
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fc_prompt_names_the_tags_and_the_functions() {
+        let p = super::fc_system_prompt("[{\"name\": \"ls\"}]");
+        for t in ["<reasoning>", "<tool>", "<output>", "\"ls\""] {
+            assert!(p.contains(t), "{t}");
+        }
+    }
+
     #[test]
     fn names_the_tags() {
         let p = super::math_system_prompt("python");

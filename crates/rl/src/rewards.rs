@@ -138,10 +138,7 @@ pub fn fc_format_rewards(
     let ev = events(segments, &FC_TAGS);
     let complete = blocks_loose(&ev);
     let relaxed = (complete as f64 * w.relaxed_format).min(w.relaxed_format_max);
-    let strict = match blocks(&ev) {
-        Some(b) if strict_fc(&b) => w.strict_format,
-        _ => 0.0,
-    };
+    let strict = if strict_fc(&ev) { w.strict_format } else { 0.0 };
     let state = state_fraction.clamp(0.0, 1.0) * w.state;
     let function = function_fraction.clamp(0.0, 1.0) * w.function;
     FcRewards {
@@ -171,13 +168,44 @@ fn blocks_loose(ev: &[crate::format::TagEvent]) -> usize {
     n
 }
 
-fn strict_fc(b: &[String]) -> bool {
-    let all = FC_TAGS.iter().all(|t| b.iter().any(|x| x == t));
-    let first = b.first().is_some_and(|x| x == "reasoning");
-    let ordered = b.iter().enumerate().all(|(i, x)| match x.as_str() {
-        "tool" => i > 0 && b[i - 1] == "reasoning",
-        "output" => i > 0 && b[i - 1] == "tool",
-        _ => true,
-    });
-    all && first && ordered
+/// The strict function-calling format over a whole episode: every tag closed, no
+/// `<output>` written by the model, the first block `<reasoning>`, every `<tool>` right
+/// after a `<reasoning>`, and plain text (the reply to the user) only where a turn ends,
+/// that is right before forced text (a tool's output or the next user turn) or at the end.
+fn strict_fc(ev: &[crate::format::TagEvent]) -> bool {
+    use crate::format::TagEvent;
+    let mut open: Option<&str> = None;
+    let mut last: Option<&str> = None;
+    let (mut reasoning, mut tool) = (false, false);
+    for e in ev {
+        match e {
+            TagEvent::Open(t) => {
+                if t == "output" || open.is_some() || last == Some("text") {
+                    return false;
+                }
+                open = Some(t);
+            }
+            TagEvent::Close(t) => {
+                if open != Some(t.as_str()) {
+                    return false;
+                }
+                match t.as_str() {
+                    "reasoning" => reasoning = true,
+                    "tool" if last == Some("reasoning") => tool = true,
+                    "tool" => return false,
+                    _ => {}
+                }
+                if last.is_none() && t != "reasoning" {
+                    return false;
+                }
+                last = Some(if t == "reasoning" { "reasoning" } else { "tool" });
+                open = None;
+            }
+            TagEvent::Text if open.is_some() => {}
+            TagEvent::Text => last = Some("text"),
+            TagEvent::Output if open.is_some() => return false,
+            TagEvent::Output => last = Some("output"),
+        }
+    }
+    open.is_none() && reasoning && tool
 }

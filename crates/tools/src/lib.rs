@@ -18,10 +18,15 @@ pub use sandbox::{Isolation, SandboxConfig, SandboxError, SandboxKind};
 
 /// One call: the text between the opening and closing tag, and the rollout it came from
 /// (so a tool can keep per-rollout state, as ARTIST's Python sessions do).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ToolCall {
     pub text: String,
+    /// Unique per rollout for the life of the process.
     pub rollout: u64,
+    /// The rollout's prompt: its index in the prompts of the engine run that made it (a
+    /// tool whose state belongs to a prompt, such as a BFCL episode, looks it up here).
+    #[serde(default)]
+    pub prompt: usize,
 }
 
 /// What a call gave back. `output` is what the model will read (an error is explained

@@ -106,10 +106,22 @@ impl Default for OptimSettings {
     }
 }
 
-/// A GRPO run on math problems.
+/// What a GRPO run trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    #[default]
+    Math,
+    Bfcl,
+}
+
+/// A GRPO run: math problems with a tool, or BFCL function-calling episodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpoRunConfig {
+    /// What is trained: `math` (problems from `data`, `tool` in the loop) or `bfcl`
+    /// (multi-turn function-calling episodes from `[bfcl]`, rewarded by `[fc_rewards]`).
+    pub task: Task,
     /// The Hugging Face model directory training starts from.
     pub model: PathBuf,
     /// The frozen reference model of the KL term (only loaded when `grpo.beta > 0`);
@@ -139,7 +151,12 @@ pub struct GrpoRunConfig {
     pub rollout: RolloutSettings,
     pub grpo: GrpoConfig,
     pub advantages: AdvantageConfig,
+    /// Math rewards (`task = "math"`).
     pub rewards: MathRewardWeights,
+    /// BFCL episodes (`task = "bfcl"`).
+    pub bfcl: crate::fc::BfclSettings,
+    /// Function-calling rewards (`task = "bfcl"`).
+    pub fc_rewards: artist_rl::FcRewardWeights,
     pub optim: OptimSettings,
     pub seed: u64,
     /// Checkpoint every N steps (0: only at the end).
@@ -150,6 +167,7 @@ pub struct GrpoRunConfig {
 impl Default for GrpoRunConfig {
     fn default() -> Self {
         GrpoRunConfig {
+            task: Task::Math,
             model: PathBuf::new(),
             reference_model: None,
             data: PathBuf::new(),
@@ -166,6 +184,8 @@ impl Default for GrpoRunConfig {
             grpo: GrpoConfig::default(),
             advantages: AdvantageConfig::default(),
             rewards: MathRewardWeights::default(),
+            bfcl: Default::default(),
+            fc_rewards: Default::default(),
             optim: OptimSettings::default(),
             seed: 0,
             save_every: 0,
@@ -206,7 +226,7 @@ impl GrpoRunConfig {
         doc.try_into().map_err(|e: toml::de::Error| Error::Config(format!("--set: {e}")))
     }
 
-    fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         let r = &self.rollout;
         if !(self.grpo.beta >= 0.0 && self.grpo.beta.is_finite()) {
             return Err(Error::Config(format!("grpo.beta must be a finite number >= 0, got {}", self.grpo.beta)));
@@ -222,7 +242,14 @@ impl GrpoRunConfig {
                 r.max_batch, r.group_size
             )));
         }
-        if !["python", "calculator", "none"].contains(&self.tool.as_str()) {
+        if self.task == Task::Bfcl {
+            if self.bfcl.questions.is_empty() {
+                return Err(Error::Config("task = \"bfcl\" needs bfcl.questions (BFCL multi-turn files)".into()));
+            }
+            if self.bfcl.max_steps_per_turn == 0 {
+                return Err(Error::Config("bfcl.max_steps_per_turn must be >= 1".into()));
+            }
+        } else if !["python", "calculator", "none"].contains(&self.tool.as_str()) {
             return Err(Error::Config(format!("tool {:?}: expected python, calculator or none", self.tool)));
         }
         Ok(())
@@ -234,10 +261,18 @@ impl GrpoRunConfig {
 pub struct StepMetrics {
     pub step: u64,
     pub reward: f64,
-    pub reward_answer: f64,
+    /// Math: the answer reward.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward_answer: Option<f64>,
+    /// Function calling: the state and function rewards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward_state: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward_function: Option<f64>,
     pub reward_relaxed_format: f64,
     pub reward_strict_format: f64,
-    pub reward_tool_execution: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward_tool_execution: Option<f64>,
     pub accuracy: f64,
     pub response_tokens: f64,
     pub tool_calls_per_rollout: f64,
@@ -256,12 +291,17 @@ pub struct StepMetrics {
 
 /// The segments of a rollout for reward parsing: model text and forced outputs.
 pub fn segments(tok: &Tokenizer, r: &Rollout) -> Vec<Segment> {
+    segments_of(tok, &r.ids, &r.mask)
+}
+
+/// The runs of `ids` with the same mask, decoded: model text (1) and forced text (0).
+pub fn segments_of(tok: &Tokenizer, ids: &[u32], mask: &[u8]) -> Vec<Segment> {
     let mut out = Vec::new();
     let mut start = 0;
-    for j in 1..=r.ids.len() {
-        if j == r.ids.len() || r.mask[j] != r.mask[start] {
-            let text = tok.decode(&r.ids[start..j], true).unwrap_or_default();
-            out.push(if r.mask[start] == 1 { Segment::Model(text) } else { Segment::Forced(text) });
+    for j in 1..=ids.len() {
+        if j == ids.len() || mask[j] != mask[start] {
+            let text = tok.decode(&ids[start..j], true).unwrap_or_default();
+            out.push(if mask[start] == 1 { Segment::Model(text) } else { Segment::Forced(text) });
             start = j;
         }
     }
@@ -380,10 +420,10 @@ impl GrpoTrainer<'_> {
         let mut m = StepMetrics { step: step + 1, flat_groups: flat, lr, rollout_s, ..Default::default() };
         let n = rollouts.len() as f64;
         m.reward = totals.iter().sum::<f64>() / n;
-        m.reward_answer = rewards.iter().map(|r| r.answer).sum::<f64>() / n;
+        m.reward_answer = Some(rewards.iter().map(|r| r.answer).sum::<f64>() / n);
         m.reward_relaxed_format = rewards.iter().map(|r| r.relaxed_format).sum::<f64>() / n;
         m.reward_strict_format = rewards.iter().map(|r| r.strict_format).sum::<f64>() / n;
-        m.reward_tool_execution = rewards.iter().map(|r| r.tool_execution).sum::<f64>() / n;
+        m.reward_tool_execution = Some(rewards.iter().map(|r| r.tool_execution).sum::<f64>() / n);
         m.accuracy = correct.iter().filter(|&&x| x).count() as f64 / n;
         m.response_tokens = rollouts.iter().map(|r| r.ids.len()).sum::<usize>() as f64 / n;
         let calls: usize = rollouts.iter().map(|r| r.tool_calls.len()).sum();
@@ -401,48 +441,8 @@ impl GrpoTrainer<'_> {
             m.train_s = t.elapsed().as_secs_f64();
             return Ok(m);
         }
-        let micro = if c.micro_batch_rollouts == 0 { train.len() } else { c.micro_batch_rollouts };
-        if c.grpo.beta > 0.0 {
-            let reference = self.reference.as_ref().ok_or_else(|| {
-                Error::Config("grpo.beta > 0 but no reference model is loaded (grpo::train loads one)".into())
-            })?;
-            let refs: Vec<&TrainRollout> = train.iter().collect();
-            let lps = reference_logprobs(reference, &refs, c.rollout.temperature, micro)?;
-            for (r, lp) in train.iter_mut().zip(lps) {
-                r.ref_logprobs = Some(lp);
-            }
-        }
-        let refs: Vec<&TrainRollout> = train.iter().collect();
-        let mut grpo = c.grpo;
-        grpo.temperature = c.rollout.temperature;
-        let weights = token_weights(&refs, grpo.aggregation, grpo.norm_length);
-        let (mut clipped, mut tokens, mut kl) = (0usize, 0usize, 0f64);
-        for _ in 0..c.optimizer_steps_per_batch {
-            let mut grads = Gradients::default();
-            let mut loss = 0f64;
-            for (rs, ws) in refs.chunks(micro).zip(weights.chunks(micro)) {
-                let tape = Tape::new();
-                let ws: Vec<&[f32]> = ws.iter().map(Vec::as_slice).collect();
-                let (l, stats) = grpo_loss(&self.model, &Ctx::training(&tape), rs, &ws, &grpo)?;
-                loss += l.to_scalar()? as f64;
-                clipped += stats.clipped;
-                tokens += stats.tokens;
-                kl += stats.kl_mean * stats.tokens as f64;
-                grads.merge(tape.backward(&l)?)?;
-            }
-            let norm = clip_grad_norm(&mut grads, c.optim.grad_clip)?;
-            if !(loss.is_finite() && norm.is_finite()) {
-                return Err(Error::NonFinite(format!(
-                    "step {}: loss {loss} / gradient norm {norm}; update refused",
-                    step + 1
-                )));
-            }
-            optimizer.step(&grads, lr)?;
-            m.loss = loss;
-            m.grad_norm = norm;
-        }
-        m.clip_fraction = clipped as f64 / tokens.max(1) as f64;
-        m.kl = kl / tokens.max(1) as f64;
+        let u = update(&self.model, self.reference.as_ref(), train, &c, optimizer, lr, step)?;
+        (m.loss, m.grad_norm, m.clip_fraction, m.kl) = (u.loss, u.grad_norm, u.clip_fraction, u.kl);
         m.train_s = t.elapsed().as_secs_f64();
         m.tokens_per_s = rollouts.iter().map(|r| r.sampled_tokens()).sum::<usize>() as f64 / rollout_s.max(1e-9);
         Ok(m)
@@ -462,6 +462,77 @@ impl GrpoTrainer<'_> {
     }
 }
 
+/// What the updates on one rollout batch measured (the last update's loss and norm).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpdateStats {
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub clip_fraction: f64,
+    pub kl: f64,
+}
+
+/// The updates on one rollout batch: reference logprobs when `grpo.beta > 0`, then
+/// `optimizer_steps_per_batch` AdamW steps on the masked GRPO loss, gradients accumulated
+/// over micro-batches of `micro_batch_rollouts`. A non-finite loss or norm refuses the
+/// update. Shared by the math and the function-calling trainers.
+pub fn update(
+    model: &Qwen2,
+    reference: Option<&Qwen2>,
+    mut train: Vec<TrainRollout>,
+    c: &GrpoRunConfig,
+    optimizer: &mut AdamW,
+    lr: f64,
+    step: u64,
+) -> Result<UpdateStats> {
+    let mut out = UpdateStats::default();
+    if train.is_empty() {
+        return Ok(out);
+    }
+    let micro = if c.micro_batch_rollouts == 0 { train.len() } else { c.micro_batch_rollouts };
+    if c.grpo.beta > 0.0 {
+        let reference = reference.ok_or_else(|| {
+            Error::Config("grpo.beta > 0 but no reference model is loaded (grpo::train loads one)".into())
+        })?;
+        let refs: Vec<&TrainRollout> = train.iter().collect();
+        let lps = reference_logprobs(reference, &refs, c.rollout.temperature, micro)?;
+        for (r, lp) in train.iter_mut().zip(lps) {
+            r.ref_logprobs = Some(lp);
+        }
+    }
+    let refs: Vec<&TrainRollout> = train.iter().collect();
+    let mut grpo = c.grpo;
+    grpo.temperature = c.rollout.temperature;
+    let weights = token_weights(&refs, grpo.aggregation, grpo.norm_length);
+    let (mut clipped, mut tokens, mut kl) = (0usize, 0usize, 0f64);
+    for _ in 0..c.optimizer_steps_per_batch {
+        let mut grads = Gradients::default();
+        let mut loss = 0f64;
+        for (rs, ws) in refs.chunks(micro).zip(weights.chunks(micro)) {
+            let tape = Tape::new();
+            let ws: Vec<&[f32]> = ws.iter().map(Vec::as_slice).collect();
+            let (l, stats) = grpo_loss(model, &Ctx::training(&tape), rs, &ws, &grpo)?;
+            loss += l.to_scalar()? as f64;
+            clipped += stats.clipped;
+            tokens += stats.tokens;
+            kl += stats.kl_mean * stats.tokens as f64;
+            grads.merge(tape.backward(&l)?)?;
+        }
+        let norm = clip_grad_norm(&mut grads, c.optim.grad_clip)?;
+        if !(loss.is_finite() && norm.is_finite()) {
+            return Err(Error::NonFinite(format!(
+                "step {}: loss {loss} / gradient norm {norm}; update refused",
+                step + 1
+            )));
+        }
+        optimizer.step(&grads, lr)?;
+        out.loss = loss;
+        out.grad_norm = norm;
+    }
+    out.clip_fraction = clipped as f64 / tokens.max(1) as f64;
+    out.kl = kl / tokens.max(1) as f64;
+    Ok(out)
+}
+
 /// Rollouts with their rewards, whether each answer is correct, and the seconds taken.
 pub struct RolloutBatch {
     pub rollouts: Vec<Rollout>,
@@ -478,22 +549,54 @@ pub struct Evaluation {
     pub tool_use: f64,
 }
 
+/// What [`train`] drives: a policy, its frozen reference, the run's settings, and one
+/// GRPO step on a batch of training items (math problems, BFCL entries).
+pub trait GrpoTask {
+    fn config(&self) -> &GrpoRunConfig;
+    fn model(&self) -> &Qwen2;
+    fn reference_mut(&mut self) -> &mut Option<Qwen2>;
+    /// How many training items there are.
+    fn items(&self) -> usize;
+    /// One step (rollouts, rewards, advantages, updates) on the items `batch` indexes.
+    fn step(&mut self, step: u64, batch: &[usize], optimizer: &mut AdamW, lr: f64) -> Result<StepMetrics>;
+}
+
+impl GrpoTask for GrpoTrainer<'_> {
+    fn config(&self) -> &GrpoRunConfig {
+        &self.config
+    }
+    fn model(&self) -> &Qwen2 {
+        &self.model
+    }
+    fn reference_mut(&mut self) -> &mut Option<Qwen2> {
+        &mut self.reference
+    }
+    fn items(&self) -> usize {
+        self.train.len()
+    }
+    fn step(&mut self, step: u64, batch: &[usize], optimizer: &mut AdamW, lr: f64) -> Result<StepMetrics> {
+        let problems: Vec<Problem> = batch.iter().map(|&i| self.train[i].clone()).collect();
+        let refs: Vec<&Problem> = problems.iter().collect();
+        GrpoTrainer::step(self, step, &refs, optimizer, lr)
+    }
+}
+
 /// Runs GRPO into `run_dir`: `opts.resume` continues from its newest checkpoint,
 /// `opts.stop_after` ends early with a checkpoint a later resume continues from. Writes
 /// `metrics.jsonl`, checkpoints, and `curves.svg` (the metrics plotted).
-pub fn train(run_dir: &Path, trainer: &mut GrpoTrainer, opts: &RunOptions) -> Result<Vec<StepMetrics>> {
-    let c = trainer.config.clone();
+pub fn train<T: GrpoTask>(run_dir: &Path, trainer: &mut T, opts: &RunOptions) -> Result<Vec<StepMetrics>> {
+    let c = trainer.config().clone();
     let resume = opts.resume;
     c.validate()?;
     std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
-    if c.grpo.beta > 0.0 && trainer.reference.is_none() {
+    if c.grpo.beta > 0.0 && trainer.reference_mut().is_none() {
         let path = c.reference_model.as_ref().unwrap_or(&c.model);
         if path.as_os_str().is_empty() {
             return Err(Error::Config("grpo.beta > 0 needs a reference model: set reference_model (or model)".into()));
         }
-        trainer.reference = Some(Qwen2::load(path)?);
+        *trainer.reference_mut() = Some(Qwen2::load(path)?);
     }
-    let params = trainer.model.params();
+    let params = trainer.model().params();
     let mut optimizer = AdamW::new(
         &params,
         AdamWConfig {
@@ -510,7 +613,7 @@ pub fn train(run_dir: &Path, trainer: &mut GrpoTrainer, opts: &RunOptions) -> Re
             .ok_or_else(|| Error::Config(format!("{}: no checkpoint to resume from", run_dir.display())))?;
         let state = checkpoint::read_state(&dir)?;
         let saved = Qwen2::load(&dir)?;
-        for (p, s) in trainer.model.params().iter().zip(saved.params()) {
+        for (p, s) in trainer.model().params().iter().zip(saved.params()) {
             p.value().copy_from(s.value())?;
         }
         checkpoint::load_optimizer(&dir, &mut optimizer, &state)?;
@@ -523,10 +626,10 @@ pub fn train(run_dir: &Path, trainer: &mut GrpoTrainer, opts: &RunOptions) -> Re
         total_steps: c.steps,
     };
     let order =
-        crate::data::DataOrder { n: trainer.train.len(), batch_size: c.prompts_per_step, shuffle: true, seed: c.seed };
+        crate::data::DataOrder { n: trainer.items(), batch_size: c.prompts_per_step, shuffle: true, seed: c.seed };
     let mut metrics = Metrics::open(run_dir, resume.then_some(start))?;
     let mut all = Vec::new();
-    let save = |trainer: &GrpoTrainer, optimizer: &AdamW, step: u64| -> Result<PathBuf> {
+    let save = |trainer: &T, optimizer: &AdamW, step: u64| -> Result<PathBuf> {
         let state = TrainerState {
             step,
             epoch: order.step(step).0,
@@ -535,15 +638,13 @@ pub fn train(run_dir: &Path, trainer: &mut GrpoTrainer, opts: &RunOptions) -> Re
             optimizer_steps: Default::default(),
             config: serde_json::to_value(&c).expect("JSON"),
         };
-        checkpoint::save(run_dir, &trainer.model, optimizer, &state, Some(&c.model), c.keep_last)
+        checkpoint::save(run_dir, trainer.model(), optimizer, &state, Some(&c.model), c.keep_last)
     };
     let end = opts.stop_after.map_or(c.steps, |s| s.min(c.steps));
     let bar = crate::sft::progress_bar(opts.progress, start, c.steps);
     for step in start..end {
         let (_, idx) = order.step(step);
-        let problems: Vec<Problem> = idx.iter().map(|&i| trainer.train[i].clone()).collect();
-        let refs: Vec<&Problem> = problems.iter().collect();
-        let m = trainer.step(step, &refs, &mut optimizer, schedule.lr(step))?;
+        let m = trainer.step(step, &idx, &mut optimizer, schedule.lr(step))?;
         metrics.write(&serde_json::to_value(&m).expect("JSON"))?;
         bar.set_position(step + 1);
         bar.set_message(format!(

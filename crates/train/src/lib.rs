@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod demo;
 mod error;
+pub mod fc;
 pub mod grpo;
 pub mod metrics;
 pub mod plots;

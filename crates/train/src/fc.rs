@@ -1,0 +1,609 @@
+//! Multi-turn function calling (ARTIST on BFCL): episodes, their rewards, and GRPO on them.
+//!
+//! An episode is one BFCL entry played by the model. The system prompt lists the entry's
+//! functions; each user turn is appended in ChatML after the model's previous turn, and
+//! within a turn the model plans in `<reasoning>`, calls functions in `<tool>` (a JSON
+//! list or BFCL's call syntax), and reads their results in `<output>` (forced, mask 0),
+//! up to `max_steps_per_turn` calls; the turn ends when it stops without a call. The
+//! entry's environments live across all turns. At miss_func's hand-over turn the held-back
+//! functions are released and their docs shown in that user message.
+//!
+//! Only calls that parse and pass the schema run; each tool block that ran becomes one
+//! "step" of the model's calls, which [`artist_bfcl::checker::check_entry`] replays on fresh
+//! instances to score the episode as BFCL does. The rewards are ARTIST's: state (fraction
+//! of checked turns with the right state) and function (fraction of expected calls
+//! matched), 0.5 each, plus `<reasoning>`/`<tool>` format rewards.
+//!
+//! Every turn's prompt holds the whole conversation so far and is prefilled again (the
+//! model's own tokens are never re-tokenized: the conversation is kept as ids).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use artist_bfcl::checker::{self, CheckOptions, CheckResult, Entry, GroundTruth, ModelCalls};
+use artist_bfcl::{LongContext, Session, ToolSet, parse_calls};
+use artist_engine::{Policy, RolloutConfig, RolloutEngine, SamplingParams};
+use artist_model::Qwen2;
+use artist_optim::AdamW;
+use artist_rl::{FcRewardWeights, FcRewards, Segment, TrainRollout, fc_format_rewards, group_advantages};
+use artist_tokenizer::{ChatTemplate, Message, Tokenizer};
+use artist_tools::{Tool, ToolCall, ToolResult};
+use serde::{Deserialize, Serialize};
+
+use crate::grpo::{GrpoRunConfig, GrpoTask, StepMetrics, update};
+use crate::{Error, Result};
+
+/// What BFCL sends at miss_func's hand-over turn (its question turn is empty).
+pub const HANDOVER_MESSAGE: &str = "I have updated some more functions you can choose from. What about now?";
+
+/// The `[bfcl]` section of a run configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BfclSettings {
+    /// BFCL multi-turn questions files (JSON Lines).
+    pub questions: Vec<PathBuf>,
+    /// Their possible_answer files, in the same order (default: the same file name in
+    /// `possible_answer` beside each questions directory).
+    pub answers: Vec<PathBuf>,
+    /// The func_doc directory (default: `func_doc` beside the first questions directory).
+    pub func_doc: Option<PathBuf>,
+    /// Long-context filler (scripts/bfcl_long_context.sh); without it long-context
+    /// entries run on their plain scenario.
+    pub long_context: Option<PathBuf>,
+    /// Entries taken from the start of each file (0: all); ARTIST trains on 100 tasks.
+    pub first: usize,
+    /// Entries skipped at the start of each file before `first` are taken (a held-out
+    /// split takes the entries a training run skipped).
+    pub skip: usize,
+    /// Tool calls per user turn (BFCL's step limit is 20).
+    pub max_steps_per_turn: usize,
+    /// Calls where the ground truth expects none fail the turn.
+    pub irrelevance: bool,
+}
+
+impl Default for BfclSettings {
+    fn default() -> Self {
+        BfclSettings {
+            questions: vec![],
+            answers: vec![],
+            func_doc: None,
+            long_context: None,
+            first: 0,
+            skip: 0,
+            max_steps_per_turn: 20,
+            irrelevance: false,
+        }
+    }
+}
+
+/// Entries with their ground truth and docs, ready to play.
+pub struct FcData {
+    pub entries: Vec<Entry>,
+    pub truths: Vec<GroundTruth>,
+    pub func_doc: PathBuf,
+    pub long_context: Option<LongContext>,
+}
+
+impl FcData {
+    pub fn load(s: &BfclSettings) -> Result<FcData> {
+        if s.questions.is_empty() {
+            return Err(Error::Config("bfcl.questions: no questions file given".into()));
+        }
+        if !s.answers.is_empty() && s.answers.len() != s.questions.len() {
+            return Err(Error::Config(format!(
+                "bfcl.answers: {} files for {} questions files",
+                s.answers.len(),
+                s.questions.len()
+            )));
+        }
+        let data_err = |e: checker::DataError| Error::Config(e.to_string());
+        let (mut entries, mut truths) = (vec![], vec![]);
+        for (i, q) in s.questions.iter().enumerate() {
+            let a = s.answers.get(i).cloned().unwrap_or_else(|| sibling(q, "possible_answer"));
+            let es = checker::load_questions(q).map_err(data_err)?;
+            let ts = checker::load_answers(&a).map_err(data_err)?;
+            let take = if s.first == 0 { usize::MAX } else { s.first };
+            for e in es.into_iter().skip(s.skip).take(take) {
+                let t = ts.iter().find(|t| t.id == e.id).ok_or_else(|| {
+                    Error::Config(format!("{}: no ground truth for {} in {}", q.display(), e.id, a.display()))
+                })?;
+                if t.turns.len() != e.turns.len() {
+                    return Err(Error::Config(format!("{}: turn counts differ in {}", e.id, a.display())));
+                }
+                truths.push(t.clone());
+                entries.push(e);
+            }
+        }
+        if entries.is_empty() {
+            return Err(Error::Config("bfcl: no entries selected (check first/skip)".into()));
+        }
+        let func_doc = s.func_doc.clone().unwrap_or_else(|| sibling(&s.questions[0], "func_doc"));
+        let long_context = match &s.long_context {
+            None => None,
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(crate::error::io(p))?;
+                Some(LongContext::from_json_str(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?)
+            }
+        };
+        Ok(FcData { entries, truths, func_doc, long_context })
+    }
+
+    fn tools(&self, entry: &Entry) -> Result<ToolSet> {
+        ToolSet::for_entry(&self.func_doc, &entry.raw).map_err(|e| Error::Config(format!("{}: {e}", entry.id)))
+    }
+}
+
+/// `DIR/questions/X.json` -> `DIR/<name>/X.json` (or `DIR/<name>` for a directory name).
+fn sibling(questions: &Path, name: &str) -> PathBuf {
+    let root = questions.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+    if name == "func_doc" { root.join(name) } else { root.join(name).join(questions.file_name().unwrap_or_default()) }
+}
+
+/// How episodes are sampled.
+#[derive(Debug, Clone)]
+pub struct EpisodeSettings {
+    pub group_size: usize,
+    pub sampling: SamplingParams,
+    pub max_turn_tokens: usize,
+    /// The whole conversation.
+    pub max_context: usize,
+    pub max_steps_per_turn: usize,
+    pub max_batch: usize,
+    pub eos_ids: Vec<u32>,
+}
+
+/// One played episode.
+#[derive(Debug, Clone)]
+pub struct Episode {
+    /// Index into the data's entries, and of the sample in its group.
+    pub entry: usize,
+    pub sample: usize,
+    /// The system prompt and the first user turn.
+    pub prompt_ids: Vec<u32>,
+    /// Everything after: the model's turns (mask 1), tool outputs and later user turns (0).
+    pub ids: Vec<u32>,
+    pub mask: Vec<u8>,
+    /// The sampler's logprobs of `ids` (0 where forced).
+    pub logprobs: Vec<f32>,
+    /// The calls that ran, per turn and step.
+    pub calls: ModelCalls,
+    /// Turns the model played before the episode ended.
+    pub turns_played: usize,
+    /// The context limit ended the episode early.
+    pub truncated: bool,
+    pub tool_calls: usize,
+    /// Calls refused (unparsable, unknown, bad arguments) or that raised.
+    pub tool_errors: usize,
+}
+
+/// The live state of one episode's environments and tools.
+struct Live {
+    session: Session,
+    tools: ToolSet,
+    steps: Vec<Vec<artist_bfcl::Call>>,
+    calls: usize,
+    errors: usize,
+}
+
+/// The `<tool>` tool: per prompt of the current engine run, the episode it belongs to.
+struct BfclTool {
+    live: Mutex<Vec<Option<Live>>>,
+}
+
+impl Tool for BfclTool {
+    fn name(&self) -> &str {
+        "bfcl"
+    }
+    fn tag(&self) -> &str {
+        "tool"
+    }
+    fn execute(&self, call: &ToolCall) -> ToolResult {
+        let started = Instant::now();
+        let mut guard = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(Some(live)) = guard.get_mut(call.prompt) else {
+            return ToolResult { output: "no environment for this rollout".into(), ..Default::default() };
+        };
+        let (output, success) = run_block(live, &call.text);
+        ToolResult { output, success, elapsed_ms: started.elapsed().as_millis() as u64, ..Default::default() }
+    }
+}
+
+/// Runs one `<tool>` block: the text the model reads, and whether every call ran cleanly.
+fn run_block(live: &mut Live, text: &str) -> (String, bool) {
+    let calls = match parse_calls(text) {
+        Ok(c) if !c.is_empty() => c,
+        Ok(_) => {
+            live.errors += 1;
+            return ("Error: no function call found; write a JSON list of calls".into(), false);
+        }
+        Err(e) => {
+            live.errors += 1;
+            return (
+                format!(
+                    "Error: could not read the call ({e}); write [{{\"name\": ..., \"arguments\": {{...}}}}] \
+                     or name(arg=value)"
+                ),
+                false,
+            );
+        }
+    };
+    let mut lines = Vec::with_capacity(calls.len());
+    let mut ran = Vec::new();
+    let mut ok = true;
+    for c in &calls {
+        live.calls += 1;
+        let result = match live.tools.validate_shown(c) {
+            Err(e) => {
+                ok = false;
+                live.errors += 1;
+                format!("Error: {e}")
+            }
+            Ok(normal) => {
+                let r = live.session.execute(&normal);
+                if r.starts_with("Error during execution") || r.starts_with("{\"error\"") {
+                    ok = false;
+                    live.errors += 1;
+                }
+                ran.push(normal);
+                r
+            }
+        };
+        lines.push(if calls.len() == 1 { result } else { format!("{}: {result}", c.name) });
+    }
+    if !ran.is_empty() {
+        live.steps.push(ran);
+    }
+    (lines.join("\n"), ok)
+}
+
+/// Function schemas as the model reads them: one compact JSON object per line (as
+/// Qwen2.5's template lists tools).
+fn tool_lines(tools: &serde_json::Value) -> String {
+    tools.as_array().map_or(&[][..], Vec::as_slice).iter().map(|t| t.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+/// The ChatML text that closes the model's turn and opens the next user turn.
+fn user_turn_text(content: &str) -> String {
+    format!("\n<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n")
+}
+
+/// The user text of turn `t` of `entry`, releasing held-back functions at the hand-over.
+fn user_message(entry: &Entry, t: usize, tools: &mut ToolSet) -> Result<String> {
+    let mut text = entry.turns[t].join("\n");
+    if let Some(names) = entry.missed_function.get(&t) {
+        tools.release(names).map_err(|e| Error::Config(format!("{}: missed_function: {e}", entry.id)))?;
+        let docs: Vec<serde_json::Value> = names.iter().filter_map(|n| tools.get(n)).map(|d| d.tool_json()).collect();
+        if text.is_empty() {
+            text = HANDOVER_MESSAGE.into();
+        }
+        text.push_str(&format!("\n\nNew functions:\n{}", tool_lines(&serde_json::Value::Array(docs))));
+    }
+    Ok(text)
+}
+
+struct Playing {
+    entry: usize,
+    sample: usize,
+    prompt_ids: Vec<u32>,
+    ids: Vec<u32>,
+    mask: Vec<u8>,
+    logprobs: Vec<f32>,
+    calls: ModelCalls,
+    live: Option<Live>,
+    done: bool,
+    truncated: bool,
+}
+
+impl Playing {
+    fn context(&self) -> usize {
+        self.prompt_ids.len() + self.ids.len()
+    }
+    fn force(&mut self, ids: &[u32]) {
+        self.ids.extend_from_slice(ids);
+        self.mask.extend(std::iter::repeat_n(0, ids.len()));
+        self.logprobs.extend(std::iter::repeat_n(0.0, ids.len()));
+    }
+}
+
+/// Plays `group_size` episodes of each of `entries` (indexes into `data`).
+pub fn run_episodes<P: Policy>(
+    policy: &P,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    data: &FcData,
+    entries: &[usize],
+    s: &EpisodeSettings,
+) -> Result<Vec<Episode>> {
+    let im_end = tokenizer
+        .token_to_id("<|im_end|>")
+        .ok_or_else(|| Error::Config("multi-turn episodes need a ChatML tokenizer (no <|im_end|> token)".into()))?;
+    let mut playing = Vec::with_capacity(entries.len() * s.group_size);
+    for &i in entries {
+        let entry = data.entries.get(i).ok_or_else(|| Error::Config(format!("no entry {i}")))?;
+        let session = Session::new(
+            &entry.involved_classes,
+            &entry.initial_config,
+            if entry.long_context() { data.long_context.as_ref() } else { None },
+        )
+        .map_err(|e| Error::Config(format!("{}: {e}", entry.id)))?;
+        let tools = data.tools(entry)?;
+        let tools_json = tool_lines(&tools.tools_json());
+        let system = artist_rl::prompts::fc_system_prompt(&tools_json);
+        let mut first_tools = tools.clone();
+        let first = user_message(entry, 0, &mut first_tools)?;
+        let text = template.render(&[Message::system(system), Message::user(first)], None, true)?;
+        if !text.contains("<|im_start|>") {
+            return Err(Error::Config("multi-turn episodes need a ChatML chat template".into()));
+        }
+        let prompt_ids = tokenizer.encode(&text)?;
+        for sample in 0..s.group_size {
+            playing.push(Playing {
+                entry: i,
+                sample,
+                prompt_ids: prompt_ids.clone(),
+                ids: vec![],
+                mask: vec![],
+                logprobs: vec![],
+                calls: vec![],
+                live: Some(Live {
+                    session: session.clone(),
+                    tools: first_tools.clone(),
+                    steps: vec![],
+                    calls: 0,
+                    errors: 0,
+                }),
+                done: false,
+                truncated: false,
+            });
+        }
+    }
+    let (mut tool_calls, mut tool_errors) = (vec![0usize; playing.len()], vec![0usize; playing.len()]);
+    let turns = |p: &Playing| data.entries[p.entry].turns.len();
+    let max_turns = playing.iter().map(turns).max().unwrap_or(0);
+    for t in 0..max_turns {
+        // The prompts of this turn: the conversation so far and the new user message.
+        let mut active = Vec::new();
+        let mut prompts = Vec::new();
+        for (k, p) in playing.iter_mut().enumerate() {
+            if p.done || t >= turns(p) {
+                continue;
+            }
+            if t > 0 {
+                if p.ids.last() != Some(&im_end) {
+                    p.force(&[im_end]);
+                }
+                let live = p.live.as_mut().expect("live while playing");
+                let msg = user_message(&data.entries[p.entry], t, &mut live.tools)?;
+                let ids = tokenizer.encode(&user_turn_text(&msg))?;
+                if p.context() + ids.len() + 8 > s.max_context {
+                    p.done = true;
+                    p.truncated = true;
+                    continue;
+                }
+                p.force(&ids);
+            }
+            let mut full = p.prompt_ids.clone();
+            full.extend_from_slice(&p.ids);
+            prompts.push(full);
+            active.push(k);
+        }
+        if active.is_empty() {
+            break;
+        }
+        let tool = Arc::new(BfclTool { live: Mutex::new(active.iter().map(|&k| playing[k].live.take()).collect()) });
+        let engine = RolloutEngine {
+            policy,
+            tokenizer,
+            tools: vec![tool.clone() as Arc<dyn Tool>],
+            config: RolloutConfig {
+                group_size: 1,
+                sampling: SamplingParams {
+                    seed: s.sampling.seed.wrapping_add((t as u64).wrapping_mul(1_000_003)),
+                    ..s.sampling
+                },
+                max_turn_tokens: s.max_turn_tokens,
+                max_response_tokens: s.max_context,
+                max_tool_calls: s.max_steps_per_turn,
+                max_context: s.max_context,
+                max_batch: s.max_batch.max(1),
+                share_prefix: false,
+                eos_ids: s.eos_ids.clone(),
+                stop_text: None,
+                ..Default::default()
+            },
+        };
+        let (rollouts, _) = engine.run(&prompts).map_err(|e| Error::Config(format!("episode turn {t}: {e}")))?;
+        let mut lives = std::mem::take(&mut *tool.live.lock().unwrap_or_else(|p| p.into_inner()));
+        for r in rollouts {
+            let k = active[r.prompt_index];
+            let p = &mut playing[k];
+            p.ids.extend_from_slice(&r.ids);
+            p.mask.extend_from_slice(&r.mask);
+            p.logprobs.extend(r.mask.iter().zip(&r.logprobs).map(|(&m, &l)| if m == 1 { l } else { 0.0 }));
+            let mut live = lives[r.prompt_index].take().expect("each prompt's state comes back once");
+            p.calls.push(std::mem::take(&mut live.steps));
+            (tool_calls[k], tool_errors[k]) = (live.calls, live.errors);
+            p.live = Some(live);
+            if matches!(r.finish, artist_engine::Finish::Context | artist_engine::Finish::ResponseTokens) {
+                p.done = true;
+                p.truncated = true;
+            }
+        }
+    }
+    Ok(playing
+        .into_iter()
+        .enumerate()
+        .map(|(k, p)| {
+            let played = p.calls.len();
+            let mut calls = p.calls;
+            calls.resize(data.entries[p.entry].turns.len(), vec![]);
+            Episode {
+                entry: p.entry,
+                sample: p.sample,
+                prompt_ids: p.prompt_ids,
+                ids: p.ids,
+                mask: p.mask,
+                logprobs: p.logprobs,
+                calls,
+                turns_played: played,
+                truncated: p.truncated,
+                tool_calls: tool_calls[k],
+                tool_errors: tool_errors[k],
+            }
+        })
+        .collect())
+}
+
+/// An episode scored: BFCL's verdict and ARTIST's rewards.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub check: CheckResult,
+    pub rewards: FcRewards,
+}
+
+/// Scores an episode as BFCL does and computes ARTIST's function-calling rewards.
+pub fn score_episode(
+    tokenizer: &Tokenizer,
+    data: &FcData,
+    ep: &Episode,
+    weights: &FcRewardWeights,
+    opts: CheckOptions,
+) -> Result<Scored> {
+    let entry = &data.entries[ep.entry];
+    let docs = data.tools(entry)?;
+    let check =
+        checker::check_entry(entry, &data.truths[ep.entry], &ep.calls, data.long_context.as_ref(), Some(&docs), opts)
+            .map_err(|e| Error::Config(format!("{}: {e}", entry.id)))?;
+    let segments = crate::grpo::segments_of(tokenizer, &ep.ids, &ep.mask);
+    let rewards = fc_format_rewards(&segments, check.state_fraction, check.function_fraction, weights);
+    Ok(Scored { check, rewards })
+}
+
+/// The segments of an episode, for tests and logs.
+pub fn episode_segments(tokenizer: &Tokenizer, ep: &Episode) -> Vec<Segment> {
+    crate::grpo::segments_of(tokenizer, &ep.ids, &ep.mask)
+}
+
+/// GRPO on BFCL episodes: the function-calling counterpart of
+/// [`GrpoTrainer`](crate::grpo::GrpoTrainer), driven by [`crate::grpo::train`].
+pub struct FcTrainer {
+    pub config: GrpoRunConfig,
+    pub model: Qwen2,
+    pub reference: Option<Qwen2>,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    pub data: FcData,
+}
+
+impl FcTrainer {
+    pub fn episode_settings(&self, group_size: usize, temperature: f32, seed: u64) -> EpisodeSettings {
+        let r = &self.config.rollout;
+        EpisodeSettings {
+            group_size,
+            sampling: SamplingParams { temperature, top_p: r.top_p, top_k: r.top_k, min_p: 0.0, seed },
+            max_turn_tokens: r.max_turn_tokens,
+            max_context: r.max_context,
+            max_steps_per_turn: self.config.bfcl.max_steps_per_turn,
+            max_batch: r.max_batch,
+            eos_ids: self.model.config.eos_token_ids.clone(),
+        }
+    }
+
+    /// Plays and scores one episode per entry (greedy at temperature 0): BFCL accuracy
+    /// and the mean reward.
+    pub fn evaluate(&self, entries: &[usize], temperature: f32, seed: u64) -> Result<(f64, f64)> {
+        let s = self.episode_settings(1, temperature, seed);
+        let eps = run_episodes(&self.model, &self.tokenizer, &self.template, &self.data, entries, &s)?;
+        let opts = CheckOptions { irrelevance: self.config.bfcl.irrelevance };
+        let (mut ok, mut reward) = (0usize, 0f64);
+        for ep in &eps {
+            let sc = score_episode(&self.tokenizer, &self.data, ep, &self.config.fc_rewards, opts)?;
+            ok += sc.check.valid as usize;
+            reward += sc.rewards.total;
+        }
+        let n = eps.len().max(1) as f64;
+        Ok((ok as f64 / n, reward / n))
+    }
+}
+
+impl GrpoTask for FcTrainer {
+    fn config(&self) -> &GrpoRunConfig {
+        &self.config
+    }
+    fn model(&self) -> &Qwen2 {
+        &self.model
+    }
+    fn reference_mut(&mut self) -> &mut Option<Qwen2> {
+        &mut self.reference
+    }
+    fn items(&self) -> usize {
+        self.data.entries.len()
+    }
+
+    fn step(&mut self, step: u64, batch: &[usize], optimizer: &mut AdamW, lr: f64) -> Result<StepMetrics> {
+        let c = self.config.clone();
+        let g = c.rollout.group_size;
+        let t0 = Instant::now();
+        let seed = c.seed.wrapping_add(step.wrapping_mul(1_000_003));
+        let s = self.episode_settings(g, c.rollout.temperature, seed);
+        let eps = run_episodes(&self.model, &self.tokenizer, &self.template, &self.data, batch, &s)?;
+        let rollout_s = t0.elapsed().as_secs_f64();
+        let opts = CheckOptions { irrelevance: c.bfcl.irrelevance };
+        let scored: Vec<Scored> = eps
+            .iter()
+            .map(|ep| score_episode(&self.tokenizer, &self.data, ep, &c.fc_rewards, opts))
+            .collect::<Result<_>>()?;
+        let totals: Vec<f64> = scored.iter().map(|x| x.rewards.total).collect();
+        let adv = group_advantages(&totals, g, &c.advantages);
+        let t = Instant::now();
+        let mut flat = 0;
+        let mut train = Vec::new();
+        for (k, group) in eps.chunks(g).enumerate() {
+            if c.filter_flat_groups && artist_rl::advantages::group_is_flat(&totals[k * g..(k + 1) * g]) {
+                flat += 1;
+                continue;
+            }
+            for (i, ep) in group.iter().enumerate() {
+                if ep.mask.iter().all(|&m| m == 0) {
+                    continue;
+                }
+                train.push(TrainRollout {
+                    prompt_ids: ep.prompt_ids.clone(),
+                    ids: ep.ids.clone(),
+                    mask: ep.mask.clone(),
+                    old_logprobs: ep.logprobs.clone(),
+                    ref_logprobs: None,
+                    advantage: adv[k * g + i] as f32,
+                });
+            }
+        }
+        let n = eps.len().max(1) as f64;
+        let mean = |f: &dyn Fn(&Scored) -> f64| scored.iter().map(f).sum::<f64>() / n;
+        let calls: usize = eps.iter().map(|e| e.tool_calls).sum();
+        let errors: usize = eps.iter().map(|e| e.tool_errors).sum();
+        let mut m = StepMetrics {
+            step: step + 1,
+            reward: mean(&|x| x.rewards.total),
+            reward_state: Some(mean(&|x| x.rewards.state)),
+            reward_function: Some(mean(&|x| x.rewards.function)),
+            reward_relaxed_format: mean(&|x| x.rewards.relaxed_format),
+            reward_strict_format: mean(&|x| x.rewards.strict_format),
+            accuracy: mean(&|x| x.check.valid as u8 as f64),
+            response_tokens: eps.iter().map(|e| e.ids.len()).sum::<usize>() as f64 / n,
+            tool_calls_per_rollout: calls as f64 / n,
+            tool_success: if calls == 0 { 0.0 } else { (calls - errors) as f64 / calls as f64 },
+            flat_groups: flat,
+            truncated: eps.iter().filter(|e| e.truncated).count(),
+            lr,
+            rollout_s,
+            tokens_per_s: eps.iter().map(|e| e.mask.iter().filter(|&&x| x == 1).count()).sum::<usize>() as f64
+                / rollout_s.max(1e-9),
+            ..Default::default()
+        };
+        let u = update(&self.model, self.reference.as_ref(), train, &c, optimizer, lr, step)?;
+        (m.loss, m.grad_norm, m.clip_fraction, m.kl) = (u.loss, u.grad_norm, u.clip_fraction, u.kl);
+        m.train_s = t.elapsed().as_secs_f64();
+        Ok(m)
+    }
+}
