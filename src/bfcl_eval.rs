@@ -193,3 +193,80 @@ pub fn replay(paths: &BfclPaths, from: Option<&Path>, opts: CheckOptions, as_jso
     };
     Ok(report(&results, source, filler, as_json))
 }
+
+/// How `--model` plays the entries.
+pub struct ModelRun<'a> {
+    pub model_dir: &'a Path,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_turn_tokens: usize,
+    pub max_context: usize,
+    pub max_steps_per_turn: usize,
+    pub batch: usize,
+    pub seed: u64,
+    /// Entries skipped, then taken, from the file (0: all).
+    pub skip: usize,
+    pub first: usize,
+    /// One JSON line per entry: id, verdict, fractions, and the calls that ran.
+    pub out: Option<&'a Path>,
+}
+
+/// `--model DIR`: plays every selected entry once with the model and scores it.
+pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json: bool) -> Result<String> {
+    use artist_train::fc::{BfclSettings, EpisodeSettings, FcData, run_episodes};
+    use std::io::Write;
+
+    let settings = BfclSettings {
+        questions: vec![paths.questions.clone()],
+        answers: vec![paths.answers.clone()],
+        func_doc: Some(paths.func_doc_dir()),
+        long_context: paths
+            .long_context
+            .clone()
+            .or_else(|| std::env::var_os("ARTIST_BFCL_LONG_CONTEXT").map(PathBuf::from)),
+        first: run.first,
+        skip: run.skip,
+        max_steps_per_turn: run.max_steps_per_turn,
+        irrelevance: opts.irrelevance,
+    };
+    let data = FcData::load(&settings)?;
+    let (model, tokenizer) = crate::cli::open_model(run.model_dir)?;
+    let tokenizer = tokenizer.with_context(|| format!("{}: no tokenizer.json", run.model_dir.display()))?;
+    let template = artist_tokenizer::ChatTemplate::from_dir(run.model_dir)
+        .unwrap_or_else(|_| artist_tokenizer::ChatTemplate::chatml());
+    let s = EpisodeSettings {
+        group_size: 1,
+        sampling: artist_engine::SamplingParams {
+            temperature: run.temperature,
+            top_p: run.top_p,
+            top_k: 0,
+            min_p: 0.0,
+            seed: run.seed,
+        },
+        max_turn_tokens: run.max_turn_tokens,
+        max_context: run.max_context,
+        max_steps_per_turn: run.max_steps_per_turn,
+        max_batch: run.batch,
+        eos_ids: model.config.eos_token_ids.clone(),
+    };
+    let indices: Vec<usize> = (0..data.entries.len()).collect();
+    let episodes = run_episodes(&model, &tokenizer, &template, &data, &indices, &s)?;
+    let calls: BTreeMap<String, ModelCalls> =
+        episodes.iter().map(|e| (data.entries[e.entry].id.clone(), e.calls.clone())).collect();
+    let (results, filler) =
+        score(paths, &data.entries, &data.truths, |e, _| calls.get(&e.id).cloned().unwrap_or_default(), opts)?;
+    if let Some(out) = run.out {
+        let mut f =
+            std::io::BufWriter::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?);
+        for (r, e) in results.iter().zip(&episodes) {
+            let turns: Vec<Vec<String>> =
+                e.calls.iter().map(|steps| steps.iter().flatten().map(|c| c.to_python()).collect()).collect();
+            let line = json!({"id": r.id, "correct": r.valid, "error_type": r.error_type,
+                              "state_fraction": r.state_fraction, "function_fraction": r.function_fraction,
+                              "turns_played": e.turns_played, "truncated": e.truncated,
+                              "tool_calls": e.tool_calls, "tool_errors": e.tool_errors, "calls": turns});
+            writeln!(f, "{line}")?;
+        }
+    }
+    Ok(report(&results, "model", filler, as_json))
+}

@@ -229,6 +229,9 @@ fn bfcl_replay_interface() {
     assert_eq!(out[0]["entries"][0]["correct"], false);
     assert_eq!(out[0]["entries"][1]["correct"], false);
 
+    // No source of calls is a clear error.
+    fails_cleanly(&eval(&["--dataset", q, "--answers", a]), "--replay-ground-truth");
+
     // A malformed line is named.
     std::fs::write(&file, "{\"id\": \"multi_turn_miss_func_0\", \"ground_truth\": [[\"ls()\"]]}\n{bad\n").unwrap();
     let out = eval(&["--dataset", q, "--answers", a, "--replay-ground-truth", "--replay-from", file.to_str().unwrap()]);

@@ -265,3 +265,28 @@ fn grpo_with_the_paper_preset_on_a_tiny_model() {
     bad[3] = tmp.path().join("other").to_str().unwrap().into();
     fails_cleanly(&train(&bad, &[]), "group_sise");
 }
+
+/// `train --config configs/artist-fc.toml`: a BFCL run without data, or with a file that
+/// is not there, is a clear error naming what is wrong.
+#[test]
+fn function_calling_config_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = fixtures().join("../../configs/artist-fc.toml");
+    let model = fixtures().join("qwen2/tiny-gqa");
+    let base = |extra: &str| -> Vec<String> {
+        vec![
+            "--config".into(),
+            config.to_str().unwrap().into(),
+            "--set".into(),
+            format!("model={:?}", model.to_str().unwrap()),
+            "--set".into(),
+            extra.into(),
+            "--out".into(),
+            tmp.path().join(format!("run{}", extra.len())).to_str().unwrap().into(),
+        ]
+    };
+    fails_cleanly(&train(&base("bfcl.questions=[]"), &[]), "bfcl.questions");
+    fails_cleanly(&train(&base("bfcl.questions=[\"/nonexistent/q.json\"]"), &[]), "/nonexistent/q.json");
+    fails_cleanly(&train(&base("bfcl.max_steps_per_turn=0"), &[]), "max_steps_per_turn");
+    fails_cleanly(&train(&base("bfcl.firsst=3"), &[]), "firsst");
+}

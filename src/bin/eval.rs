@@ -111,6 +111,18 @@ struct Cli {
     /// BFCL: fail a turn whose ground truth is empty when the model calls anything.
     #[arg(long, requires = "answers")]
     irrelevance: bool,
+    /// BFCL with --model: entries skipped at the start of the file.
+    #[arg(long, default_value_t = 0, requires = "answers")]
+    skip: usize,
+    /// BFCL with --model: entries taken after --skip (0: all).
+    #[arg(long, default_value_t = 0, requires = "answers")]
+    first: usize,
+    /// BFCL with --model: tokens of a whole conversation.
+    #[arg(long, default_value_t = 16_384)]
+    max_context: usize,
+    /// BFCL with --model: tool calls per user turn (BFCL's step limit).
+    #[arg(long, default_value_t = 20)]
+    max_steps_per_turn: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -151,8 +163,23 @@ fn evaluate_bfcl(cli: &Cli) -> Result<()> {
     let opts = artist_bfcl::checker::CheckOptions { irrelevance: cli.irrelevance };
     let out = if cli.replay_ground_truth {
         bfcl_eval::replay(&paths, cli.replay_from.as_deref(), opts, cli.json)?
+    } else if let Some(model_dir) = &cli.model {
+        let run = bfcl_eval::ModelRun {
+            model_dir,
+            temperature: cli.temperature,
+            top_p: cli.top_p,
+            max_turn_tokens: cli.max_new_tokens,
+            max_context: cli.max_context,
+            max_steps_per_turn: cli.max_steps_per_turn,
+            batch: cli.batch,
+            seed: cli.seed,
+            skip: cli.skip,
+            first: cli.first,
+            out: cli.out.as_deref(),
+        };
+        bfcl_eval::run_model(&paths, &run, opts, cli.json)?
     } else {
-        bail!("BFCL scoring needs --replay-ground-truth (or --model DIR to run episodes)")
+        bail!("BFCL scoring needs --replay-ground-truth (or --model DIR to play the entries)")
     };
     println!("{}", out.trim_end());
     Ok(())

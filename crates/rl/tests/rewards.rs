@@ -216,6 +216,27 @@ fn function_calling_format_rewards_table() {
         ("unclosed reasoning", vec![m("<reasoning>r<tool>x</tool>")], 0.025, 0.0),
         ("capped at 0.1", vec![m(&"<reasoning>r</reasoning><tool>x</tool>".repeat(4))], 0.1, 0.1),
         ("text outside tags", vec![m("ok <reasoning>r</reasoning><tool>x</tool>")], 0.05, 0.0),
+        (
+            "a reply to the user ends each turn",
+            vec![
+                m("<reasoning>r</reasoning><tool>x</tool>"),
+                f("<output>1</output>"),
+                m("Done, the file is moved."),
+                f("<|im_start|>user\nnext<|im_end|>"),
+                m("<reasoning>r</reasoning><tool>y</tool>"),
+                f("<output>2</output>"),
+                m("Done."),
+            ],
+            0.1,
+            0.1,
+        ),
+        ("text between blocks", vec![m("<reasoning>r</reasoning> so <tool>x</tool>")], 0.05, 0.0),
+        (
+            "a second call without reasoning",
+            vec![m("<reasoning>r</reasoning><tool>x</tool>"), f("o"), m("<tool>y</tool>")],
+            0.075,
+            0.0,
+        ),
     ];
     for (name, segs, relaxed, strict) in cases {
         let r = fc_format_rewards(&segs, 1.0, 0.5, &w);
