@@ -13,7 +13,7 @@ use indexmap::IndexMap;
 
 use crate::call::Call;
 use crate::dict;
-use crate::env::{Bound, Default, Environment, LongContext, Param, bind, opt, req};
+use crate::env::{Default, Environment, LongContext, Param, bind, opt, req};
 use crate::value::{Dict, Key, Value};
 
 const CLASS: &str = "GorillaFileSystem";
@@ -648,32 +648,6 @@ impl LcFiller {
     }
 }
 
-/// [`bind`], with CPython's order and wording when there are too many positional
-/// arguments: a bad keyword argument is reported first, and a signature with defaults
-/// "takes from N to M positional arguments".
-fn bind_args(call: &Call, params: &[Param]) -> Result<Bound, String> {
-    if call.args.len() > params.len() {
-        let qual = format!("{CLASS}.{}()", call.name);
-        // Every parameter is already filled positionally, so the first keyword is wrong.
-        if let Some(k) = call.kwargs.keys().next() {
-            return Err(if params.iter().any(|p| p.name == k) {
-                format!("{qual} got multiple values for argument '{k}'")
-            } else {
-                format!("{qual} got an unexpected keyword argument '{k}'")
-            });
-        }
-        let min = params.iter().filter(|p| p.default.is_none()).count() + 1;
-        let max = params.len() + 1;
-        let given = call.args.len() + 1;
-        return Err(if min == max {
-            format!("{qual} takes {max} positional argument{} but {given} were given", if max == 1 { "" } else { "s" })
-        } else {
-            format!("{qual} takes from {min} to {max} positional arguments but {given} were given")
-        });
-    }
-    bind(CLASS, call, params)
-}
-
 const SIG_NONE: &[Param] = &[];
 const SIG_LS: &[Param] = &[opt("a", Default::Bool(false))];
 const SIG_CD: &[Param] = &[req("folder")];
@@ -735,7 +709,7 @@ impl Environment for GorillaFileSystem {
             "mv" | "cp" => SIG_MOVE,
             other => return Err(format!("'{CLASS}' object has no attribute '{other}'")),
         };
-        let b = bind_args(call, sig)?;
+        let b = bind(CLASS, call, sig)?;
         match call.name.as_str() {
             "pwd" => Ok(self.pwd()),
             "ls" => Ok(self.ls(b.get("a").truthy())),

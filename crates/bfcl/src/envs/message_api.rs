@@ -7,7 +7,7 @@
 //! workspace (four users, three messages).
 
 use crate::call::Call;
-use crate::env::{Bound, Environment, LongContext, Param, req, scenario_field};
+use crate::env::{Environment, LongContext, Param, req, scenario_field};
 use crate::pyrandom::PyRandom;
 use crate::value::{Dict, Key, Value};
 use crate::{dict, vdict};
@@ -72,32 +72,6 @@ fn default_inbox() -> Vec<Value> {
         vdict! { "USR003" => "Could you upload the file?" },
         vdict! { "USR004" => "Could you upload the file?" },
     ]
-}
-
-/// `env::bind`, with Python's handling of surplus positional arguments: keyword problems
-/// are reported first (every keyword then either is unknown or repeats a positional), and
-/// a signature with defaults "takes from N to M positional arguments".
-pub(crate) fn bind_args(class: &str, call: &Call, params: &[Param]) -> Result<Bound, String> {
-    if call.args.len() > params.len() {
-        let qual = format!("{class}.{}()", call.name);
-        if let Some(k) = call.kwargs.keys().next() {
-            return Err(if params.iter().any(|p| p.name == k) {
-                format!("{qual} got multiple values for argument '{k}'")
-            } else {
-                format!("{qual} got an unexpected keyword argument '{k}'")
-            });
-        }
-        let required = params.iter().filter(|p| p.default.is_none()).count();
-        if required < params.len() {
-            return Err(format!(
-                "{qual} takes from {} to {} positional arguments but {} were given",
-                required + 1,
-                params.len() + 1,
-                call.args.len() + 1
-            ));
-        }
-    }
-    crate::env::bind(class, call, params)
 }
 
 /// The dict key Python would look `v` up by: `Ok(None)` when `v` is hashable but can equal
@@ -370,43 +344,43 @@ impl Environment for MessageApi {
     fn call(&mut self, call: &Call) -> Result<Value, String> {
         match call.name.as_str() {
             "list_users" => {
-                bind_args(CLASS, call, NO_ARGS)?;
+                crate::env::bind(CLASS, call, NO_ARGS)?;
                 Ok(self.list_users())
             }
             "get_user_id" => {
-                let b = bind_args(CLASS, call, SIG_USER)?;
+                let b = crate::env::bind(CLASS, call, SIG_USER)?;
                 self.get_user_id(b.get("user"))
             }
             "message_login" => {
-                let b = bind_args(CLASS, call, SIG_USER_ID)?;
+                let b = crate::env::bind(CLASS, call, SIG_USER_ID)?;
                 Ok(self.message_login(b.get("user_id")))
             }
             "message_get_login_status" => {
-                bind_args(CLASS, call, NO_ARGS)?;
+                crate::env::bind(CLASS, call, NO_ARGS)?;
                 Ok(vdict! { "login_status" => self.logged_in() })
             }
             "send_message" => {
-                let b = bind_args(CLASS, call, SIG_SEND)?;
+                let b = crate::env::bind(CLASS, call, SIG_SEND)?;
                 self.send_message(b.get("receiver_id"), b.get("message"))
             }
             "delete_message" => {
-                let b = bind_args(CLASS, call, SIG_RECEIVER)?;
+                let b = crate::env::bind(CLASS, call, SIG_RECEIVER)?;
                 self.delete_message(b.get("receiver_id"))
             }
             "view_messages_sent" => {
-                bind_args(CLASS, call, NO_ARGS)?;
+                crate::env::bind(CLASS, call, NO_ARGS)?;
                 self.view_messages_sent()
             }
             "add_contact" => {
-                let b = bind_args(CLASS, call, SIG_USER_NAME)?;
+                let b = crate::env::bind(CLASS, call, SIG_USER_NAME)?;
                 self.add_contact(b.get("user_name"))
             }
             "search_messages" => {
-                let b = bind_args(CLASS, call, SIG_KEYWORD)?;
+                let b = crate::env::bind(CLASS, call, SIG_KEYWORD)?;
                 self.search_messages(b.get("keyword"))
             }
             "get_message_stats" => {
-                bind_args(CLASS, call, NO_ARGS)?;
+                crate::env::bind(CLASS, call, NO_ARGS)?;
                 self.get_message_stats()
             }
             other => Err(format!("'{CLASS}' object has no attribute '{other}'")),

@@ -12,7 +12,7 @@
 
 use crate::call::Call;
 use crate::env::{Default, Environment, LongContext, Param, opt, req, scenario_field};
-use crate::envs::message_api::{bind_args, py_contains, py_increment, py_key, py_lower, py_store_key};
+use crate::envs::message_api::{py_contains, py_increment, py_key, py_lower, py_store_key};
 use crate::value::{Dict, Key, Value};
 use crate::{dict, vdict};
 
@@ -378,61 +378,61 @@ impl Environment for TwitterApi {
     fn call(&mut self, call: &Call) -> Result<Value, String> {
         match call.name.as_str() {
             "authenticate_twitter" => {
-                let b = bind_args(CLASS, call, SIG_AUTH)?;
+                let b = crate::env::bind(CLASS, call, SIG_AUTH)?;
                 Ok(self.authenticate_twitter(b.get("username"), b.get("password")))
             }
             "posting_get_login_status" => {
-                bind_args(CLASS, call, NO_ARGS)?;
+                crate::env::bind(CLASS, call, NO_ARGS)?;
                 Ok(vdict! { "login_status" => self.authenticated() })
             }
             "post_tweet" => {
-                let b = bind_args(CLASS, call, SIG_POST)?;
+                let b = crate::env::bind(CLASS, call, SIG_POST)?;
                 let tags = passed(call, 1, "tags").then(|| b.get("tags"));
                 let mentions = passed(call, 2, "mentions").then(|| b.get("mentions"));
                 self.post_tweet(b.get("content"), tags, mentions)
             }
             "retweet" => {
-                let b = bind_args(CLASS, call, SIG_TWEET)?;
+                let b = crate::env::bind(CLASS, call, SIG_TWEET)?;
                 self.retweet(b.get("tweet_id"))
             }
             "comment" => {
-                let b = bind_args(CLASS, call, SIG_COMMENT)?;
+                let b = crate::env::bind(CLASS, call, SIG_COMMENT)?;
                 self.comment(b.get("tweet_id"), b.get("comment_content"))
             }
             "mention" => {
-                let b = bind_args(CLASS, call, SIG_MENTION)?;
+                let b = crate::env::bind(CLASS, call, SIG_MENTION)?;
                 self.mention(b.get("tweet_id"), b.get("mentioned_usernames"))
             }
             "follow_user" => {
-                let b = bind_args(CLASS, call, SIG_FOLLOW)?;
+                let b = crate::env::bind(CLASS, call, SIG_FOLLOW)?;
                 Ok(self.follow_user(b.get("username_to_follow")))
             }
             "list_all_following" => {
-                bind_args(CLASS, call, NO_ARGS)?;
+                crate::env::bind(CLASS, call, NO_ARGS)?;
                 Ok(self.list_all_following())
             }
             "unfollow_user" => {
-                let b = bind_args(CLASS, call, SIG_UNFOLLOW)?;
+                let b = crate::env::bind(CLASS, call, SIG_UNFOLLOW)?;
                 Ok(self.unfollow_user(b.get("username_to_unfollow")))
             }
             "get_tweet" => {
-                let b = bind_args(CLASS, call, SIG_TWEET)?;
+                let b = crate::env::bind(CLASS, call, SIG_TWEET)?;
                 self.get_tweet(b.get("tweet_id"))
             }
             "get_user_tweets" => {
-                let b = bind_args(CLASS, call, SIG_USERNAME)?;
+                let b = crate::env::bind(CLASS, call, SIG_USERNAME)?;
                 self.tweets_by(b.get("username")).map(Value::List)
             }
             "search_tweets" => {
-                let b = bind_args(CLASS, call, SIG_KEYWORD)?;
+                let b = crate::env::bind(CLASS, call, SIG_KEYWORD)?;
                 self.search_tweets(b.get("keyword"))
             }
             "get_tweet_comments" => {
-                let b = bind_args(CLASS, call, SIG_TWEET)?;
+                let b = crate::env::bind(CLASS, call, SIG_TWEET)?;
                 self.get_tweet_comments(b.get("tweet_id"))
             }
             "get_user_stats" => {
-                let b = bind_args(CLASS, call, SIG_USERNAME)?;
+                let b = crate::env::bind(CLASS, call, SIG_USERNAME)?;
                 self.get_user_stats(b.get("username"))
             }
             other => Err(format!("'{CLASS}' object has no attribute '{other}'")),

@@ -10,7 +10,7 @@
 //! process's hash seed; they are listed here in the order given.
 
 use crate::call::Call;
-use crate::env::{Bound, Default, Environment, LongContext, Param, bind, opt, req, scenario_field};
+use crate::env::{Default, Environment, LongContext, Param, bind, opt, req, scenario_field};
 use crate::value::{Dict, Key, Value};
 use crate::{dict, vdict};
 
@@ -49,23 +49,6 @@ impl std::default::Default for TicketApi {
     fn default() -> Self {
         TicketApi { ticket_queue: Value::List(Vec::new()), ticket_counter: Value::Int(1), current_user: Value::None }
     }
-}
-
-/// [`bind`], with Python's message for surplus positional arguments to a method that has
-/// defaults ("takes from 2 to 4 positional arguments"), which `bind` words as if every
-/// parameter were required.
-fn bind_args(call: &Call, params: &[Param]) -> Result<Bound, String> {
-    let required = params.iter().filter(|p| p.default.is_none()).count();
-    if call.args.len() > params.len() && required < params.len() {
-        return Err(format!(
-            "{CLASS}.{}() takes from {} to {} positional arguments but {} were given",
-            call.name,
-            required + 1,
-            params.len() + 1,
-            call.args.len() + 1
-        ));
-    }
-    bind(CLASS, call, params)
 }
 
 fn error(msg: String) -> Value {
@@ -137,7 +120,7 @@ impl TicketApi {
 
     fn create_ticket(&mut self, call: &Call) -> Result<Value, String> {
         const SIG: &[Param] = &[req("title"), opt("description", Default::Str("")), opt("priority", Default::Int(1))];
-        let b = bind_args(call, SIG)?;
+        let b = bind(CLASS, call, SIG)?;
         if !self.current_user.truthy() {
             return Ok(error("User not authenticated. Please log in to create a ticket.".into()));
         }
@@ -169,7 +152,7 @@ impl TicketApi {
     }
 
     fn get_ticket(&mut self, call: &Call) -> Result<Value, String> {
-        let b = bind_args(call, &[req("ticket_id")])?;
+        let b = bind(CLASS, call, &[req("ticket_id")])?;
         let id = b.get("ticket_id");
         Ok(match self.find(id)? {
             Some(i) => self.queue()?[i].clone(),
@@ -181,9 +164,9 @@ impl TicketApi {
     fn set_status(&mut self, call: &Call, status: &str) -> Result<Value, String> {
         let resolving = status == "Resolved";
         let b = if resolving {
-            bind_args(call, &[req("ticket_id"), req("resolution")])?
+            bind(CLASS, call, &[req("ticket_id"), req("resolution")])?
         } else {
-            bind_args(call, &[req("ticket_id")])?
+            bind(CLASS, call, &[req("ticket_id")])?
         };
         let id = b.get("ticket_id");
         let Some(i) = self.find(id)? else {
@@ -202,7 +185,7 @@ impl TicketApi {
     }
 
     fn edit_ticket(&mut self, call: &Call) -> Result<Value, String> {
-        let b = bind_args(call, &[req("ticket_id"), req("updates")])?;
+        let b = bind(CLASS, call, &[req("ticket_id"), req("updates")])?;
         let id = b.get("ticket_id");
         let Some(i) = self.find(id)? else {
             return Ok(Self::not_found(id));
@@ -233,7 +216,7 @@ impl TicketApi {
     }
 
     fn ticket_login(&mut self, call: &Call) -> Result<Value, String> {
-        let b = bind_args(call, &[req("username"), req("password")])?;
+        let b = bind(CLASS, call, &[req("username"), req("password")])?;
         if b.get("username").truthy() && b.get("password").truthy() {
             self.current_user = b.get("username").clone();
             return Ok(vdict! { "success" => true });
@@ -242,12 +225,12 @@ impl TicketApi {
     }
 
     fn ticket_get_login_status(&mut self, call: &Call) -> Result<Value, String> {
-        bind_args(call, &[])?;
+        bind(CLASS, call, &[])?;
         Ok(vdict! { "login_status" => self.current_user.truthy() })
     }
 
     fn logout(&mut self, call: &Call) -> Result<Value, String> {
-        bind_args(call, &[])?;
+        bind(CLASS, call, &[])?;
         if self.current_user.truthy() {
             self.current_user = Value::None;
             return Ok(vdict! { "success" => true });
@@ -256,7 +239,7 @@ impl TicketApi {
     }
 
     fn get_user_tickets(&mut self, call: &Call) -> Result<Value, String> {
-        let b = bind_args(call, &[opt("status", Default::None)])?;
+        let b = bind(CLASS, call, &[opt("status", Default::None)])?;
         if !self.current_user.truthy() {
             return Ok(Value::List(vec![vdict! {
                 "error" => "User not authenticated. Please log in to view tickets."

@@ -11,7 +11,7 @@ mod tables;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::call::Call;
-use crate::env::{Bound, Default, Environment, LongContext, Param, opt, req};
+use crate::env::{Default, Environment, LongContext, Param, bind, opt, req};
 use crate::pyrandom::PyRandom;
 use crate::value::{Dict, Key, Value, str_repr};
 use crate::{dict, vdict};
@@ -589,23 +589,6 @@ impl Environment for TravelApi {
     fn box_clone(&self) -> Box<dyn Environment> {
         Box::new(self.clone())
     }
-}
-
-/// Binds a call as Python does. Python lists three or more missing arguments as
-/// `'a', 'b', and 'c'`; the shared binder writes `'a', 'b' and 'c'`, so that case is
-/// rewritten here.
-fn bind(class: &str, call: &Call, params: &[Param]) -> Result<Bound, String> {
-    crate::env::bind(class, call, params).map_err(|msg| {
-        let Some((head, list)) = msg.split_once(" required positional arguments: ") else {
-            return msg;
-        };
-        match list.rsplit_once("' and '") {
-            Some((first, last)) if first.contains("', '") => {
-                format!("{head} required positional arguments: {first}', and '{last}")
-            }
-            _ => msg,
-        }
-    })
 }
 
 fn error(msg: &str) -> Value {

@@ -338,23 +338,6 @@ const SIG_CITIES: &[Param] = &[req("cityA"), req("cityB")];
 const SIG_CITY: &[Param] = &[req("city")];
 const SIG_DESTINATION: &[Param] = &[req("destination")];
 
-/// [`bind`], with Python's wording for too many positional arguments to a signature with
-/// defaults (`takes from 2 to 5 positional arguments`), which `bind` words as if all
-/// parameters were required.
-fn bind_args(call: &Call, sig: &[Param]) -> Result<Bound, String> {
-    let required = sig.iter().filter(|p| p.default.is_none()).count();
-    if call.args.len() > sig.len() && required < sig.len() {
-        return Err(format!(
-            "{CLASS}.{}() takes from {} to {} positional arguments but {} were given",
-            call.name,
-            required + 1,
-            sig.len() + 1,
-            call.args.len() + 1
-        ));
-    }
-    bind(CLASS, call, sig)
-}
-
 fn error(msg: &str) -> Value {
     vdict! { "error" => msg }
 }
@@ -680,7 +663,7 @@ impl Environment for VehicleControlAPI {
     }
 
     fn call(&mut self, call: &Call) -> Result<Value, String> {
-        let args = |sig: &[Param]| bind_args(call, sig);
+        let args = |sig: &[Param]| bind(CLASS, call, sig);
         match call.name.as_str() {
             "startEngine" => self.start_engine(&args(SIG_START_ENGINE)?),
             "fillFuelTank" => self.fill_fuel_tank(&args(SIG_FILL_FUEL)?),

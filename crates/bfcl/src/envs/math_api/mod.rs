@@ -21,7 +21,7 @@ mod nat;
 use std::cmp::Ordering;
 
 use crate::call::Call;
-use crate::env::{Bound, Default, Environment, LongContext, Param, bind, opt, req};
+use crate::env::{Default, Environment, LongContext, Param, bind, opt, req};
 use crate::value::{Dict, Value, float_repr};
 use crate::vdict;
 
@@ -166,14 +166,7 @@ fn result(n: Num) -> Value {
             Ok(i) => vdict! { "result" => i },
             Err(_) => Value::Str(format!("{{\"result\": {i}}}")),
         },
-        Num::Float(x) => {
-            let repr = py_float_repr(x);
-            if repr == float_repr(x) {
-                vdict! { "result" => x }
-            } else {
-                Value::Str(format!("{{\"result\": {repr}}}"))
-            }
-        }
+        Num::Float(x) => vdict! { "result" => x },
     }
 }
 
@@ -183,57 +176,6 @@ fn result_value(v: &Value) -> Value {
         Value::Float(x) => result(Num::Float(*x)),
         other => vdict! { "result" => other.clone() },
     }
-}
-
-/// Python's `repr(float)`. Where two shortest strings are equally near the value Python
-/// writes the even one; [`float_repr`]'s shortest digits take the upper, so values are
-/// written here from their correctly rounded (half to even) shortest-length digits.
-fn py_float_repr(x: f64) -> String {
-    if !x.is_finite() || x == 0.0 {
-        return float_repr(x);
-    }
-    let shortest = format!("{:e}", x.abs());
-    let len = shortest.split('e').next().unwrap_or("").bytes().filter(u8::is_ascii_digit).count();
-    let exact = format!("{:.*e}", len - 1, x.abs());
-    if exact.parse::<f64>() != Ok(x.abs()) {
-        return float_repr(x);
-    }
-    let (mantissa, exp) = exact.split_once('e').expect("`{:e}` has an exponent");
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
-    let n = digits.len() as i32;
-    let decpt = exp.parse::<i32>().expect("an integer exponent") + 1;
-    let sign = if x < 0.0 { "-" } else { "" };
-    if (-3..=16).contains(&decpt) {
-        let body = if decpt <= 0 {
-            format!("0.{}{digits}", "0".repeat((-decpt) as usize))
-        } else if decpt >= n {
-            format!("{digits}{}.0", "0".repeat((decpt - n) as usize))
-        } else {
-            format!("{}.{}", &digits[..decpt as usize], &digits[decpt as usize..])
-        };
-        format!("{sign}{body}")
-    } else {
-        let m = if n > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits };
-        let e = decpt - 1;
-        format!("{sign}{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
-    }
-}
-
-/// [`bind`], with Python's message for surplus positional arguments to a method that has
-/// defaults ("takes from 2 to 4 positional arguments"), which `bind` words as if every
-/// parameter were required.
-fn bind_args(call: &Call, params: &[Param]) -> Result<Bound, String> {
-    let required = params.iter().filter(|p| p.default.is_none()).count();
-    if call.args.len() > params.len() && required < params.len() {
-        return Err(format!(
-            "{CLASS}.{}() takes from {} to {} positional arguments but {} were given",
-            call.name,
-            required + 1,
-            params.len() + 1,
-            call.args.len() + 1
-        ));
-    }
-    bind(CLASS, call, params)
 }
 
 fn error(msg: &str) -> Value {
@@ -282,7 +224,7 @@ fn numbers_arg(v: &Value) -> Result<&[Value], bool> {
 impl MathApi {
     fn logarithm(&self, call: &Call) -> Result<Value, String> {
         const SIG: &[Param] = &[req("value"), req("base"), req("precision")];
-        let b = bind_args(call, SIG)?;
+        let b = bind(CLASS, call, SIG)?;
         let dps = match b.get("precision") {
             Value::Bool(v) => *v as i64,
             Value::Int(i) => *i,
@@ -321,7 +263,7 @@ impl MathApi {
     }
 
     fn mean(&self, call: &Call) -> Result<Value, String> {
-        let b = bind_args(call, &[req("numbers")])?;
+        let b = bind(CLASS, call, &[req("numbers")])?;
         let items = match numbers_arg(b.get("numbers")) {
             Ok(items) if !items.is_empty() => items,
             Err(true) => return Ok(error("All elements in the list must be numbers")),
@@ -334,7 +276,7 @@ impl MathApi {
     }
 
     fn standard_deviation(&self, call: &Call) -> Result<Value, String> {
-        let b = bind_args(call, &[req("numbers")])?;
+        let b = bind(CLASS, call, &[req("numbers")])?;
         let items = match numbers_arg(b.get("numbers")) {
             Ok(items) if !items.is_empty() => items,
             Err(true) => return Ok(error("All elements in the list must be numbers")),
@@ -358,7 +300,7 @@ impl MathApi {
 
     fn si_unit_conversion(&self, call: &Call) -> Result<Value, String> {
         const SIG: &[Param] = &[req("value"), req("unit_in"), req("unit_out")];
-        let b = bind_args(call, SIG)?;
+        let b = bind(CLASS, call, SIG)?;
         let Some(value) = Num::of(b.get("value")) else {
             return Ok(error("Value must be a number"));
         };
@@ -387,7 +329,7 @@ impl MathApi {
 
     fn imperial_si_conversion(&self, call: &Call) -> Result<Value, String> {
         const SIG: &[Param] = &[req("value"), req("unit_in"), req("unit_out")];
-        let b = bind_args(call, SIG)?;
+        let b = bind(CLASS, call, SIG)?;
         let Some(value) = Num::of(b.get("value")) else {
             return Ok(error("Value must be a number"));
         };
@@ -426,7 +368,7 @@ impl MathApi {
     }
 
     fn binary(&self, call: &Call) -> Result<Value, String> {
-        let b = bind_args(call, &[req("a"), req("b")])?;
+        let b = bind(CLASS, call, &[req("a"), req("b")])?;
         let (va, vb) = (b.get("a"), b.get("b"));
         let both = Num::of(va).zip(Num::of(vb));
         let numbers = "Both inputs must be numbers";
@@ -451,7 +393,7 @@ impl MathApi {
     }
 
     fn power(&self, call: &Call) -> Result<Value, String> {
-        let b = bind_args(call, &[req("base"), req("exponent")])?;
+        let b = bind(CLASS, call, &[req("base"), req("exponent")])?;
         let (Some(base), Some(exp)) = (Num::of(b.get("base")), Num::of(b.get("exponent"))) else {
             return Ok(error("Both inputs must be numbers"));
         };
@@ -462,7 +404,7 @@ impl MathApi {
     }
 
     fn square_root(&self, call: &Call) -> Result<Value, String> {
-        let b = bind_args(call, &[req("number"), req("precision")])?;
+        let b = bind(CLASS, call, &[req("number"), req("precision")])?;
         let invalid = "Input must be a number or computation resulted in an invalid operation";
         let Some(number) = Num::of(b.get("number")) else {
             return Ok(error(invalid));
@@ -493,7 +435,7 @@ impl MathApi {
     }
 
     fn absolute_value(&self, call: &Call) -> Result<Value, String> {
-        let b = bind_args(call, &[req("number")])?;
+        let b = bind(CLASS, call, &[req("number")])?;
         Ok(match Num::of(b.get("number")) {
             Some(Num::Int(i)) => result(Num::Int(i.abs())),
             Some(Num::Float(x)) => result(Num::Float(x.abs())),
@@ -503,7 +445,7 @@ impl MathApi {
 
     fn round_number(&self, call: &Call) -> Result<Value, String> {
         const SIG: &[Param] = &[req("number"), opt("decimal_places", Default::Int(0))];
-        let b = bind_args(call, SIG)?;
+        let b = bind(CLASS, call, SIG)?;
         let types = "First input must be a number, second input must be an integer";
         let Some(number) = Num::of(b.get("number")) else {
             return Ok(error(types));
@@ -524,7 +466,7 @@ impl MathApi {
     }
 
     fn percentage(&self, call: &Call) -> Result<Value, String> {
-        let b = bind_args(call, &[req("part"), req("whole")])?;
+        let b = bind(CLASS, call, &[req("part"), req("whole")])?;
         if Num::of(b.get("whole")).is_some_and(Num::is_zero) {
             return Ok(error("Whole value cannot be zero"));
         }
@@ -535,7 +477,7 @@ impl MathApi {
     }
 
     fn extremum(&self, call: &Call, want: Ordering, what: &str) -> Result<Value, String> {
-        let b = bind_args(call, &[req("numbers")])?;
+        let b = bind(CLASS, call, &[req("numbers")])?;
         let items = match numbers_arg(b.get("numbers")) {
             Ok(items) if !items.is_empty() => items,
             Err(true) => return Ok(error("All elements in the list must be numbers")),
@@ -556,7 +498,7 @@ impl MathApi {
     }
 
     fn sum_values(&self, call: &Call) -> Result<Value, String> {
-        let b = bind_args(call, &[req("numbers")])?;
+        let b = bind(CLASS, call, &[req("numbers")])?;
         let items = match numbers_arg(b.get("numbers")) {
             Ok(items) if !items.is_empty() => items,
             Err(true) => return Ok(error("All elements in the list must be numbers")),
@@ -675,7 +617,7 @@ fn complex_pow(a: f64, b: f64) -> Result<Value, String> {
     }
     // `repr(complex)` writes each part with `repr` but without a trailing `.0`.
     let part = |x: f64| {
-        let r = py_float_repr(x);
+        let r = float_repr(x);
         r.strip_suffix(".0").map(str::to_owned).unwrap_or(r)
     };
     let text = if re == 0.0 && re.is_sign_positive() {
