@@ -265,3 +265,29 @@ fn strip(v: &mut serde_json::Value) {
         }
     }
 }
+
+/// Calling a held-back function before the hand-over is refused with a message; the
+/// episode goes on, and after the hand-over the same call runs.
+#[test]
+fn held_back_functions_are_refused_until_released() {
+    let Some(bfcl) = bfcl_dir() else { return };
+    let q = artist_bfcl::checker::load_questions(&bfcl.join("questions/BFCL_v4_multi_turn_miss_func.json")).unwrap();
+    let (k, name) = {
+        let (k, names) = q[0].missed_function.iter().next().unwrap();
+        (*k, names[0].clone())
+    };
+    let early =
+        format!("<reasoning>try</reasoning><tool>[{{\"name\": \"{name}\", \"arguments\": {{}}}}]</tool>Hm.<|im_end|>");
+    let Some((_, eps, tok)) =
+        play("BFCL_v4_multi_turn_miss_func.json", 0, |t, c| if t == 0 { early.clone() } else { oracle_text(c) })
+    else {
+        return;
+    };
+    let ep = &eps[0];
+    let text = tok.decode(&ep.ids, false).unwrap();
+    let first_output = &text[text.find("<output>").unwrap()..text.find("</output>").unwrap()];
+    assert!(first_output.contains("Error:") && first_output.contains(&name), "{first_output}");
+    assert!(ep.calls[0].is_empty(), "a refused call was recorded as run");
+    assert_eq!(ep.turns_played, q[0].turns.len());
+    assert!(k > 0 && ep.calls[k].iter().flatten().count() > 0, "the calls after the hand-over ran");
+}
