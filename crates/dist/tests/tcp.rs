@@ -1,0 +1,143 @@
+//! The TCP rendezvous and collectives across real processes on localhost: this test
+//! binary starts copies of itself, each running only `worker` as one rank.
+
+use std::net::TcpListener;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use artist_dist::{Communicator, DistEnv, TcpComm};
+
+const BLOB: &[u8] = b"a 128-byte NCCL unique id travels like this";
+
+/// One rank, when started by `launch` (a no-op in a normal test run).
+#[test]
+fn worker() {
+    let Ok(mode) = std::env::var("ARTIST_DIST_TEST_MODE") else { return };
+    let timeout = Duration::from_millis(std::env::var("ARTIST_DIST_TEST_TIMEOUT_MS").unwrap().parse().unwrap());
+    let env = DistEnv::from_env().unwrap();
+    let mut c = TcpComm::connect(&env, timeout).unwrap();
+    let (rank, n) = (c.rank(), c.world_size());
+    let blob = c.share_blob(if rank == 0 { BLOB } else { b"ignored" }).unwrap();
+    println!("BLOB {}", String::from_utf8(blob).unwrap());
+    match mode.as_str() {
+        "ok" => {
+            let mut v = vec![rank as f32 + 1.0, 0.1 * rank as f32, 1e8 * (rank % 2) as f32 - 0.5e8];
+            c.all_reduce_sum(&mut v).unwrap();
+            println!("SUM {}", bits(&v));
+            let mut m = vec![rank as f32; 2];
+            c.all_reduce_mean(&mut m).unwrap();
+            println!("MEAN {}", bits(&m));
+            let mut b = vec![rank as f32; 3];
+            c.broadcast(&mut b, n - 1).unwrap();
+            println!("BCAST {}", bits(&b));
+            let g = c.all_gather(&[rank as f32, -(rank as f32)]).unwrap();
+            println!("GATHER {}", bits(&g));
+            c.barrier().unwrap();
+        }
+        "hang" | "die" => {
+            let culprit = n - 1;
+            if rank == culprit {
+                if mode == "die" {
+                    std::process::exit(3);
+                }
+                std::thread::sleep(timeout * 3);
+                return;
+            }
+            let t0 = Instant::now();
+            let e = c.all_reduce_sum(&mut [1.0]).unwrap_err();
+            println!("ERR {} {} {}", e.rank().map_or(-1, |r| r as i64), t0.elapsed().as_millis(), e);
+        }
+        m => panic!("unknown mode {m}"),
+    }
+}
+
+fn bits(v: &[f32]) -> String {
+    v.iter().map(|x| format!("{:08x}", x.to_bits())).collect::<Vec<_>>().join(",")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `n` ranks of `worker` and returns each one's output, in rank order.
+fn launch(n: usize, mode: &str, timeout_ms: u64) -> Vec<Output> {
+    let port = free_port();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..n)
+        .map(|rank| {
+            Command::new(&exe)
+                .args(["--exact", "worker", "--nocapture", "--test-threads=1"])
+                .env("ARTIST_DIST_TEST_MODE", mode)
+                .env("ARTIST_DIST_TEST_TIMEOUT_MS", timeout_ms.to_string())
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", n.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
+}
+
+fn line<'a>(out: &'a Output, tag: &str) -> &'a str {
+    let text = std::str::from_utf8(&out.stdout).unwrap();
+    text.lines()
+        .find_map(|l| l.split_once(&format!("{tag} ")).map(|(_, rest)| rest)) // may follow "test worker ... "
+        .unwrap_or_else(|| panic!("no {tag} line in {text}\n{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn rendezvous_and_all_reduce_across_processes() {
+    for n in [2usize, 3] {
+        let outs = launch(n, "ok", 20_000);
+        let mut sum = vec![0f32; 3];
+        let mut mean = [0f32; 2];
+        for r in 0..n {
+            let v = [r as f32 + 1.0, 0.1 * r as f32, 1e8 * (r % 2) as f32 - 0.5e8];
+            sum.iter_mut().zip(v).for_each(|(s, x)| *s += x); // rank order
+            mean.iter_mut().for_each(|m| *m += r as f32);
+        }
+        mean.iter_mut().for_each(|m| *m /= n as f32);
+        let gather: Vec<f32> = (0..n).flat_map(|r| [r as f32, -(r as f32)]).collect();
+        for (r, out) in outs.iter().enumerate() {
+            assert!(out.status.success(), "rank {r}: {}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(line(out, "BLOB").as_bytes(), BLOB);
+            assert_eq!(line(out, "SUM"), bits(&sum), "rank {r}");
+            assert_eq!(line(out, "MEAN"), bits(&mean), "rank {r}");
+            assert_eq!(line(out, "BCAST"), bits(&[(n - 1) as f32; 3]), "rank {r}");
+            assert_eq!(line(out, "GATHER"), bits(&gather), "rank {r}");
+        }
+    }
+}
+
+/// Checks that every rank but the culprit (the last) failed naming it, in time.
+fn check_blamed(outs: &[Output], within_ms: u128) {
+    let culprit = outs.len() - 1;
+    for (r, out) in outs[..culprit].iter().enumerate() {
+        let l = line(out, "ERR");
+        let mut it = l.splitn(3, ' ');
+        let (blamed, ms, msg) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        assert_eq!(blamed, culprit.to_string(), "rank {r}: {l}");
+        assert!(msg.contains(&format!("rank {culprit}")), "rank {r}: {msg}");
+        assert!(ms.parse::<u128>().unwrap() <= within_ms, "rank {r} took {ms} ms: {msg}");
+    }
+}
+
+#[test]
+fn a_hung_process_is_named_within_the_timeout() {
+    let outs = launch(3, "hang", 1000);
+    // Rank 0 gives up after its 1 s and tells rank 1 at once.
+    check_blamed(&outs, 1800);
+    assert!(line(&outs[0], "ERR").contains("rank 2 did not join all_reduce"));
+}
+
+#[test]
+fn a_dead_process_is_named_at_once() {
+    let outs = launch(3, "die", 10_000);
+    check_blamed(&outs, 3000);
+    assert!(line(&outs[0], "ERR").contains("rank 2 left the group"));
+}
