@@ -86,7 +86,7 @@ fn a_rank_that_never_arrives_is_named_within_the_timeout() {
         assert_eq!(e.rank(), Some(2));
         assert!(e.to_string().contains("rank 2 did not join all_reduce"), "{e}");
         assert_eq!(again.to_string(), e.to_string());
-        assert!(after < timeout + Duration::from_millis(250), "failed after {after:?}");
+        assert!(after < timeout + Duration::from_millis(700), "failed after {after:?}");
     }
 }
 

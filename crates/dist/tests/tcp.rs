@@ -141,3 +141,38 @@ fn a_dead_process_is_named_at_once() {
     check_blamed(&outs, 3000);
     assert!(line(&outs[0], "ERR").contains("rank 2 left the group"));
 }
+
+fn env(rank: usize, world_size: usize, port: u16) -> DistEnv {
+    DistEnv { rank, world_size, local_rank: rank, master_port: port, ..DistEnv::single() }
+}
+
+#[test]
+fn a_rank_that_never_connects_is_named() {
+    let timeout = Duration::from_millis(300);
+    let t0 = Instant::now();
+    // Rank 0 waits for ranks 1 and 2; only rank 1 comes.
+    let port = free_port();
+    let (root, one) = std::thread::scope(|s| {
+        let root = s.spawn(|| TcpComm::connect(&env(0, 3, port), timeout).err().unwrap());
+        let one = s.spawn(|| TcpComm::connect(&env(1, 3, port), timeout).err().unwrap());
+        (root.join().unwrap(), one.join().unwrap())
+    });
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(root.rank(), Some(2), "{root}");
+    assert!(root.to_string().contains("rank 2 did not join rendezvous"), "{root}");
+    assert_eq!(one.rank(), Some(2), "{one}");
+    // A rank whose rank 0 never listens names rank 0.
+    let e = TcpComm::connect(&env(1, 2, free_port()), timeout).err().unwrap();
+    assert_eq!(e.rank(), Some(0), "{e}");
+}
+
+#[test]
+fn one_process_needs_no_connection() {
+    let mut c = TcpComm::connect(&DistEnv::single(), Duration::from_secs(1)).unwrap();
+    let mut v = [1.0f32, 2.0];
+    c.all_reduce_mean(&mut v).unwrap();
+    assert_eq!(v, [1.0, 2.0]);
+    assert_eq!(c.share_blob(b"id").unwrap(), b"id");
+    assert_eq!(c.all_gather(&[3.0]).unwrap(), vec![3.0]);
+    c.barrier().unwrap();
+}
