@@ -383,6 +383,12 @@ pub fn run_episodes<P: Policy>(
                 }
                 p.force(&ids);
             }
+            if t == 0 && p.context() + 8 > s.max_context {
+                // The system prompt and first turn alone fill the context: nothing to play.
+                p.done = true;
+                p.truncated = true;
+                continue;
+            }
             let mut full = p.prompt_ids.clone();
             full.extend_from_slice(&p.ids);
             prompts.push(full);

@@ -1,5 +1,7 @@
-//! The GRPO trainer for ARTIST on math: rollouts with a tool in the loop, ARTIST's
-//! rewards, group advantages, the clipped masked loss, AdamW; repeat. Settings come from
+//! The GRPO trainer for ARTIST: rollouts with a tool in the loop, ARTIST's rewards, group
+//! advantages, the clipped masked loss (with a KL term to a frozen reference when
+//! `grpo.beta > 0`), AdamW; repeat. [`GrpoTrainer`] trains on math problems, and
+//! [`crate::fc::FcTrainer`] on BFCL episodes, both through [`train`]. Settings come from
 //! TOML ([`GrpoRunConfig`]), every field documented and overridable with `--set`.
 
 use std::path::{Path, PathBuf};

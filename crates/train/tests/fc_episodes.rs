@@ -101,11 +101,18 @@ fn oracle_text(calls: &[Call]) -> String {
     format!("<reasoning>Plan.</reasoning><tool>[{}]</tool>Done.<|im_end|>", list.join(", "))
 }
 
-fn play(
+type Played = (FcData, Vec<artist_train::fc::Episode>, Tokenizer);
+
+fn play(file: &str, index: usize, turn_text: impl Fn(usize, &[Call]) -> String) -> Option<Played> {
+    play_within(file, index, 200_000, turn_text)
+}
+
+fn play_within(
     file: &str,
     index: usize,
+    max_context: usize,
     turn_text: impl Fn(usize, &[Call]) -> String,
-) -> Option<(FcData, Vec<artist_train::fc::Episode>, Tokenizer)> {
+) -> Option<Played> {
     let bfcl = bfcl_dir()?;
     let data = FcData::load(&BfclSettings {
         questions: vec![bfcl.join("questions").join(file)],
@@ -120,7 +127,8 @@ fn play(
     let turns: Vec<Vec<u32>> =
         data.truths[0].turns.iter().enumerate().map(|(t, c)| tok.encode(&turn_text(t, c)).unwrap()).collect();
     let policy = TurnScripted { vocab: 311, eos, im_start: tok.token_to_id("<|im_start|>").unwrap(), turns };
-    let eps = run_episodes(&policy, &tok, &template, &data, &[0], &settings(eos)).unwrap();
+    let eps =
+        run_episodes(&policy, &tok, &template, &data, &[0], &EpisodeSettings { max_context, ..settings(eos) }).unwrap();
     Some((data, eps, tok))
 }
 
@@ -290,4 +298,21 @@ fn held_back_functions_are_refused_until_released() {
     assert!(ep.calls[0].is_empty(), "a refused call was recorded as run");
     assert_eq!(ep.turns_played, q[0].turns.len());
     assert!(k > 0 && ep.calls[k].iter().flatten().count() > 0, "the calls after the hand-over ran");
+}
+
+/// A conversation that outgrows the context ends there, marked truncated, without an
+/// error; one whose first prompt does not fit is not played at all.
+#[test]
+fn the_context_limit_ends_an_episode() {
+    let Some((data, eps, tok)) = play("BFCL_v4_multi_turn_base.json", 1, |_, c| oracle_text(c)) else { return };
+    let full = eps[0].prompt_ids.len() + eps[0].ids.len();
+    let half = eps[0].prompt_ids.len() + eps[0].ids.len() / 2;
+    let (_, cut, _) = play_within("BFCL_v4_multi_turn_base.json", 1, half, |_, c| oracle_text(c)).unwrap();
+    let c = &cut[0];
+    assert!(c.truncated && (1..4).contains(&c.turns_played), "{}", c.turns_played);
+    assert!(c.prompt_ids.len() + c.ids.len() <= half && half < full);
+    let (_, none, _) = play_within("BFCL_v4_multi_turn_base.json", 1, 100, |_, c| oracle_text(c)).unwrap();
+    assert!(none[0].truncated && none[0].turns_played == 0 && none[0].ids.is_empty());
+    let s = score_episode(&tok, &data, &none[0], &Default::default(), Default::default()).unwrap();
+    assert!(!s.check.valid);
 }
