@@ -73,7 +73,13 @@ fn draw(path: &Path, panels: &[(&str, Vec<(f64, f64)>)]) -> std::result::Result<
             .x_label_area_size(24)
             .y_label_area_size(48)
             .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))?;
-        chart.configure_mesh().x_desc("step").label_style(("sans-serif", 11)).light_line_style(WHITE).draw()?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .label_style(("sans-serif", 11))
+            .light_line_style(WHITE)
+            .draw()?;
         chart.draw_series(LineSeries::new(points.iter().copied(), BLUE.stroke_width(2)))?;
         if points.len() >= 8 {
             // A moving average over a tenth of the run, for noisy RL curves.
