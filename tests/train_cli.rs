@@ -290,3 +290,88 @@ fn function_calling_config_errors() {
     fails_cleanly(&train(&base("bfcl.max_steps_per_turn=0"), &[]), "max_steps_per_turn");
     fails_cleanly(&train(&base("bfcl.firsst=3"), &[]), "firsst");
 }
+
+/// `sft_args` on the f32 model for 3 steps (checkpoints at steps 2 and 3).
+fn dp_args(out: &Path) -> Vec<String> {
+    let mut args = sft_args(out);
+    let set = |args: &mut Vec<String>, flag: &str, value: &str| {
+        let i = args.iter().position(|a| a == flag).unwrap();
+        args[i + 1] = value.into();
+    };
+    set(&mut args, "--model", fixtures().join("qwen2/tiny-gqa").to_str().unwrap());
+    set(&mut args, "--steps", "3");
+    args
+}
+
+fn final_weights(run: &Path) -> Vec<Vec<f32>> {
+    let model = artist::model::Qwen2::load(&run.join("final")).unwrap();
+    model.params().iter().map(|p| p.value().to_vec::<f32>().unwrap()).collect()
+}
+
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    names.sort();
+    names
+}
+
+/// Two ranks started by `--nproc-per-node 2` reach the single process's weights (the
+/// batches of four split two and two); rank 0 alone printed the summary and wrote the
+/// metrics and checkpoints.
+#[test]
+fn nproc_per_node_equals_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("single"), tmp.path().join("ranks"));
+    ok(&train(&dp_args(&a), &[]));
+    let mut args = dp_args(&b);
+    args.extend(["--nproc-per-node", "2", "--dist-timeout", "60"].map(String::from));
+    let out = train(&args, &[]);
+    ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "one summary, rank 0's: {stdout}");
+    let diff = final_weights(&a)
+        .iter()
+        .flatten()
+        .zip(final_weights(&b).iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    eprintln!("2 processes vs one: max |weight difference| {diff:e}");
+    assert!(diff <= 1e-5, "max weight difference {diff:e}");
+    let (ma, mb) = (
+        artist::train::metrics::read(&a.join("metrics.jsonl")).unwrap(),
+        artist::train::metrics::read(&b.join("metrics.jsonl")).unwrap(),
+    );
+    assert_eq!(mb.len(), 3, "one line per step");
+    for (x, y) in ma.iter().zip(&mb) {
+        assert_eq!((&x["step"], &x["target_tokens"], &x["lr"]), (&y["step"], &y["target_tokens"], &y["lr"]));
+        let (gx, gy) = (x["grad_norm"].as_f64().unwrap(), y["grad_norm"].as_f64().unwrap());
+        assert!((gx - gy).abs() <= 1e-5 * gx, "gradient norms {gx} vs {gy}");
+    }
+    let names = dir_names(&b.join("checkpoints"));
+    assert_eq!(names, dir_names(&a.join("checkpoints")));
+    assert_eq!(names, ["latest", "step-00000002", "step-00000003"]);
+}
+
+/// A rank that fails once the group has formed stops the others, and the launcher exits
+/// non-zero naming it (not the ranks that stopped because of it).
+#[test]
+fn a_failing_rank_is_named_by_the_launcher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = dp_args(&tmp.path().join("run"));
+    args.extend(["--nproc-per-node", "2", "--dist-timeout", "60"].map(String::from));
+    let t0 = std::time::Instant::now();
+    let out = train(&args, &[("ARTIST_FAULT_FAIL_RANK", "1")]);
+    fails_cleanly(&out, "rank 1 of 2 failed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ranks also stopped: 0"), "{err}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(50), "took {:?}", t0.elapsed());
+}
+
+/// A rank started by an outside launcher with an incomplete environment says which
+/// variable is missing.
+#[test]
+fn an_incomplete_rank_environment_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = train(&dp_args(&tmp.path().join("run")), &[("RANK", "1"), ("WORLD_SIZE", "2")]);
+    fails_cleanly(&out, "LOCAL_RANK");
+}

@@ -8,6 +8,11 @@
 //! the loop (ARTIST on math; `configs/artist-math.toml` is the paper's setup), and
 //! `--resume RUN_DIR` continues either kind of run.
 //!
+//! `--mode sft --nproc-per-node N` trains data parallel on this node: the program starts
+//! itself N times as ranks 0..N-1 (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`,
+//! `MASTER_PORT`, as torchrun sets them) and waits for them. A process started with those
+//! variables already set (by torchrun, `srun`, or by hand on several nodes) is one rank.
+//!
 //! With no arguments, the embedded demo runs: ARTIST in miniature on the CPU (a
 //! Qwen2.5-architecture model of a million parameters, an SFT warm-up on synthetic
 //! calculator traces, then GRPO; see crates/train/src/demo.rs), into `runs/demo` (or
@@ -15,8 +20,11 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use artist_dist::{DistEnv, EnvSource, TcpComm};
 use artist_train::data::Overlong;
 use artist_train::sft::{self, RunOptions, SftConfig};
 use clap::{Parser, ValueEnum};
@@ -120,6 +128,13 @@ struct Args {
     /// [sft] No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// [sft] Data parallel on this node: run N processes (ranks) that split each batch.
+    #[arg(long, value_name = "N")]
+    nproc_per_node: Option<usize>,
+    /// [sft] Seconds a rank waits for the others (rendezvous, each collective) before it
+    /// gives up, naming the rank it waited for.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    dist_timeout: u64,
     /// [demo] A few steps of each phase only: checks the demo runs end to end.
     #[arg(long, hide = true)]
     demo_quick: bool,
@@ -147,7 +162,7 @@ impl Args {
     }
 }
 
-fn run_sft(args: &Args) -> Result<()> {
+fn run_sft(args: &Args, env: &DistEnv) -> Result<()> {
     let (run_dir, base) = match (&args.resume, &args.out) {
         (Some(dir), _) => (dir.clone(), sft::saved_config(dir).with_context(|| format!("resuming {}", dir.display()))?),
         (None, Some(out)) => (out.clone(), SftConfig::default()),
@@ -165,7 +180,20 @@ fn run_sft(args: &Args) -> Result<()> {
         progress: !args.no_progress && std::io::stderr().is_terminal(),
         stop_after: args.stop_after,
     };
-    let summary = sft::train(&run_dir, config, &opts)?;
+    let summary = if env.world_size > 1 {
+        let mut comm = TcpComm::connect(env, Duration::from_secs(args.dist_timeout))
+            .with_context(|| format!("rank {} joining {}:{}", env.rank, env.master_addr, env.master_port))?;
+        // Test hook: this rank fails once the group has formed.
+        if std::env::var("ARTIST_FAULT_FAIL_RANK").ok().and_then(|v| v.parse::<usize>().ok()) == Some(env.rank) {
+            bail!("ARTIST_FAULT_FAIL_RANK: rank {} fails on purpose", env.rank);
+        }
+        sft::train_data_parallel(&run_dir, config, &opts, &mut comm)?
+    } else {
+        sft::train(&run_dir, config, &opts)?
+    };
+    if env.rank != 0 {
+        return Ok(());
+    }
     let d = &summary.data;
     eprintln!(
         "data: {} examples from {} lines ({} target tokens; truncated {}, skipped: {} too long, {} without targets, {} without an assistant turn)",
@@ -181,8 +209,39 @@ fn run_sft(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+/// The exit status of a rank that stopped because another rank failed (the launcher
+/// blames the rank that failed by itself).
+const PEER_FAILED_EXIT: i32 = 3;
+
+fn main() {
+    let result = run();
+    if let Err(e) = &result {
+        let env = DistEnv::from_env().ok().filter(|env| env.world_size > 1);
+        let own_rank = env.as_ref().map_or(0, |env| env.rank);
+        let who = env.map_or_else(String::new, |env| format!("rank {}: ", env.rank));
+        eprintln!("{who}Error: {e:?}");
+        let blamed = e.chain().find_map(|c| {
+            c.downcast_ref::<artist_dist::Error>().or(match c.downcast_ref::<artist_train::Error>() {
+                Some(artist_train::Error::Dist(d)) => Some(d),
+                _ => None,
+            })
+        });
+        let code = match blamed.and_then(|d| d.rank()) {
+            Some(r) if r != own_rank => PEER_FAILED_EXIT,
+            _ => 1,
+        };
+        std::process::exit(code);
+    }
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
+    let env = DistEnv::from_env().context("reading the data-parallel environment")?;
+    if let Some(n) = args.nproc_per_node
+        && env.source == EnvSource::Single
+    {
+        return launch(n, Duration::from_secs(args.dist_timeout));
+    }
     artist::tensor::cpu::retain_freed_memory();
     let device = artist::cli::device(&args.device)?;
     // A resumed run is of the kind its directory holds.
@@ -190,8 +249,11 @@ fn main() -> Result<()> {
     let demo_dir = args.resume.as_ref().is_some_and(|d| artist_train::demo::is_demo_run(d));
     let mode =
         args.mode.unwrap_or(if args.resume.is_some() && !grpo_dir && !demo_dir { Mode::Sft } else { Mode::Grpo });
+    if env.world_size > 1 && mode != Mode::Sft {
+        bail!("data parallel ({} ranks) is implemented for --mode sft only", env.world_size);
+    }
     match mode {
-        Mode::Sft => run_sft(&args),
+        Mode::Sft => run_sft(&args, &env),
         Mode::Grpo if args.config.is_some() || grpo_dir => run_grpo(&args),
         Mode::Grpo => run_demo(&args, device),
     }
@@ -322,4 +384,95 @@ fn run_demo(args: &Args, device: artist::tensor::Device) -> Result<()> {
     let summary = demo::run(&out, &config, &opts)?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
+}
+
+/// This program's arguments without `--nproc-per-node`: what each rank runs.
+fn rank_args() -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--nproc-per-node" {
+            args.next();
+        } else if !a.to_string_lossy().starts_with("--nproc-per-node=") {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// Runs `n` ranks of this program on this node (rank 0 listening on a free local port)
+/// and waits for all of them. When one fails, the others stop by themselves (their next
+/// collective fails); any still running `timeout` later are killed. The error names the
+/// rank that failed by itself, not those that stopped because of it.
+fn launch(n: usize, timeout: Duration) -> Result<()> {
+    if n == 0 {
+        bail!("--nproc-per-node must be at least 1");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port for rank 0")?
+        .port();
+    let exe = std::env::current_exe().context("finding this program")?;
+    let args = rank_args();
+    let mut children: Vec<Child> = Vec::with_capacity(n);
+    for rank in 0..n {
+        let spawned = Command::new(&exe)
+            .args(&args)
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("LOCAL_WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .spawn();
+        match spawned {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                for c in &mut children {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return Err(e).with_context(|| format!("starting rank {rank} ({})", exe.display()));
+            }
+        }
+    }
+    let mut status: Vec<Option<ExitStatus>> = vec![None; n];
+    // Failed ranks in the order their exits were seen.
+    let mut failed: Vec<usize> = Vec::new();
+    let mut first_failure: Option<Instant> = None;
+    let mut killed = false;
+    while status.iter().any(Option::is_none) {
+        for (rank, child) in children.iter_mut().enumerate() {
+            if status[rank].is_none()
+                && let Some(s) = child.try_wait().with_context(|| format!("waiting for rank {rank}"))?
+            {
+                status[rank] = Some(s);
+                if !s.success() {
+                    failed.push(rank);
+                    first_failure.get_or_insert_with(Instant::now);
+                }
+            }
+        }
+        if !killed && first_failure.is_some_and(|t| t.elapsed() > timeout) {
+            for (rank, child) in children.iter_mut().enumerate() {
+                if status[rank].is_none() {
+                    eprintln!("rank {rank} still runs {timeout:?} after a rank failed: killing it");
+                    let _ = child.kill();
+                }
+            }
+            killed = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let peer_failed = |r: &usize| status[*r].and_then(|s| s.code()) == Some(PEER_FAILED_EXIT);
+    let culprit = failed.iter().copied().find(|r| !peer_failed(r)).unwrap_or(failed[0]);
+    let others: Vec<String> = failed.iter().filter(|&&r| r != culprit).map(|r| r.to_string()).collect();
+    let also = if others.is_empty() { String::new() } else { format!("; ranks also stopped: {}", others.join(", ")) };
+    bail!(
+        "rank {culprit} of {n} failed ({}){also}",
+        status[culprit].map_or_else(|| "no status".to_string(), |s| s.to_string())
+    )
 }

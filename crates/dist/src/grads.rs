@@ -30,6 +30,29 @@ pub fn all_reduce_gradients<C: Communicator + ?Sized>(
     grads: &mut Gradients,
     bucket_elems: usize,
 ) -> Result<()> {
+    reduce_gradients(comm, params, grads, bucket_elems, true)
+}
+
+/// Replaces every rank's gradients by their sum over ranks: [`all_reduce_gradients`]
+/// without the division by the world size. The sum is the global batch's gradient when
+/// each rank's loss is its shard's part of the global loss (a sum over the shard's
+/// tokens divided by the global token count), with no rescaling on either side.
+pub fn all_reduce_gradients_sum<C: Communicator + ?Sized>(
+    comm: &mut C,
+    params: &[&Param],
+    grads: &mut Gradients,
+    bucket_elems: usize,
+) -> Result<()> {
+    reduce_gradients(comm, params, grads, bucket_elems, false)
+}
+
+fn reduce_gradients<C: Communicator + ?Sized>(
+    comm: &mut C,
+    params: &[&Param],
+    grads: &mut Gradients,
+    bucket_elems: usize,
+    mean: bool,
+) -> Result<()> {
     let params: Vec<&Param> = params.iter().copied().filter(|p| p.trainable()).collect();
     let mut present: Vec<f32> = params.iter().map(|p| if grads.get(p.id()).is_some() { 1.0 } else { 0.0 }).collect();
     comm.all_reduce_sum(&mut present)?;
@@ -58,7 +81,11 @@ pub fn all_reduce_gradients<C: Communicator + ?Sized>(
         for t in &bucket {
             buf.extend_from_slice(&t.to_vec::<f32>()?);
         }
-        comm.all_reduce_mean(&mut buf)?;
+        if mean {
+            comm.all_reduce_mean(&mut buf)?;
+        } else {
+            comm.all_reduce_sum(&mut buf)?;
+        }
         let mut at = 0;
         for t in &bucket {
             let n = t.elem_count();

@@ -149,7 +149,7 @@ fn replace_dir(tmp: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-fn step_name(step: u64) -> String {
+pub(crate) fn step_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 

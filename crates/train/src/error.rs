@@ -28,6 +28,10 @@ pub enum Error {
 
     #[error(transparent)]
     Tokenizer(#[from] artist_tokenizer::Error),
+
+    /// A collective of a data-parallel run failed (the message names the rank at fault).
+    #[error("data parallel: {0}")]
+    Dist(#[from] artist_dist::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

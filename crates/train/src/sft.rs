@@ -1,10 +1,16 @@
 //! Supervised fine-tuning: mean cross-entropy over the target tokens of each batch,
 //! AdamW, global-norm clipping, a warmup schedule, checkpoints and metrics.
+//!
+//! [`train_data_parallel`] runs the same training on several ranks: every rank holds the
+//! whole model, takes its contiguous share ([`shard_range`]) of each step's global batch,
+//! and the gradients are summed over ranks, so each step applies the gradient of the
+//! whole global batch, as one process would.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use artist_autograd::{Ctx, Gradients, Tape, Var, token_logprobs};
+use artist_dist::{Communicator, DEFAULT_BUCKET_ELEMS, all_reduce_gradients_sum, broadcast_params, shard_range};
 use artist_model::Qwen2;
 use artist_optim::{AdamW, AdamWConfig, LrSchedule, Schedule, clip_grad_norm};
 use artist_tokenizer::{ChatTemplate, Tokenizer};
@@ -151,6 +157,70 @@ pub struct RunOptions {
 
 /// Runs (or continues) SFT into `run_dir`.
 pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<SftSummary> {
+    run(run_dir, config, opts, None)
+}
+
+/// Runs (or continues) SFT into `run_dir` as one rank of `comm`'s group; every rank calls
+/// it with the same `run_dir`, `config` and `opts`.
+///
+/// * Rank 0's weights are broadcast to every rank before the optimiser starts, so the
+///   ranks begin identical whatever each loaded.
+/// * Each step's global batch is the one a single process draws (`batch_size` examples,
+///   a function of the seed and the step); rank `r` takes `shard_range(batch_size, r, W)`
+///   of it, in micro-batches of `micro_batch_size`. Its loss is its shard's sum of target
+///   log-probabilities divided by the global batch's target count, so the gradients
+///   summed over ranks are the global batch's gradient. Clipping and AdamW then run on
+///   identical gradients on every rank, which stay bit-identical.
+/// * The reported loss is summed over ranks too, so whether a step is refused as not
+///   finite is decided on the same numbers everywhere.
+/// * Rank 0 alone writes `run_config.json`, metrics, checkpoints and the export; the run
+///   directory must be visible to every rank at the same path for `opts.resume` (each
+///   rank reads the optimiser state from the checkpoint).
+/// * Every rank checks that the others loaded the same training data and settings.
+///
+/// A rank that fails or hangs makes the others fail within the communicator's timeout,
+/// with an error naming it.
+pub fn train_data_parallel(
+    run_dir: &Path,
+    config: SftConfig,
+    opts: &RunOptions,
+    comm: &mut dyn Communicator,
+) -> Result<SftSummary> {
+    run(run_dir, config, opts, Some(comm))
+}
+
+/// FNV-1a, 64 bits: a fingerprint of the settings that must agree across ranks.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// Fails unless every rank holds the same `values` (each exact in f32 as 16-bit pieces).
+fn check_agreement(comm: &mut dyn Communicator, what: &[(&str, u64)]) -> Result<()> {
+    let mine: Vec<f32> =
+        what.iter().flat_map(|&(_, v)| (0..4).map(move |i| ((v >> (16 * i)) & 0xffff) as f32)).collect();
+    let all = comm.all_gather(&mine)?;
+    for (r, theirs) in all.chunks(mine.len()).enumerate() {
+        for (k, (name, _)) in what.iter().enumerate() {
+            if theirs[4 * k..4 * k + 4] != mine[4 * k..4 * k + 4] {
+                return Err(Error::Config(format!(
+                    "rank {r} has other {name} than rank {}: every rank must train on the same",
+                    comm.rank()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run(
+    run_dir: &Path,
+    config: SftConfig,
+    opts: &RunOptions,
+    comm: Option<&mut dyn Communicator>,
+) -> Result<SftSummary> {
+    let mut dist = comm.filter(|c| c.world_size() > 1);
+    let (rank, world) = dist.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
+    let lead = rank == 0;
     let c = &config;
     let resume = opts.resume;
     if c.steps == 0 || c.batch_size == 0 {
@@ -180,11 +250,11 @@ pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<Sft
             }
             None
         };
-    std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
-    checkpoint::write_atomic(
-        &run_dir.join(RUN_CONFIG_FILE),
-        serde_json::to_string_pretty(c).expect("JSON").as_bytes(),
-    )?;
+    let config_json = serde_json::to_string_pretty(c).expect("JSON");
+    if lead {
+        std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+        checkpoint::write_atomic(&run_dir.join(RUN_CONFIG_FILE), config_json.as_bytes())?;
+    }
 
     let source = c.model.clone();
     let model = match &resume_from {
@@ -207,6 +277,18 @@ pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<Sft
     let fingerprint = format!("{:016x}", data::fingerprint(&examples));
 
     let params = model.params();
+    if let Some(comm) = dist.as_deref_mut() {
+        check_agreement(
+            comm,
+            &[
+                ("settings", fnv1a(config_json.as_bytes())),
+                ("training data", data::fingerprint(&examples)),
+                ("resume checkpoint", fnv1a(format!("{resume_from:?}").as_bytes())),
+            ],
+        )?;
+        // Before the optimiser copies the weights into its f32 master weights.
+        broadcast_params(comm, &params, 0)?;
+    }
     let mut optimizer = AdamW::new(
         &params,
         AdamWConfig {
@@ -241,8 +323,8 @@ pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<Sft
     let schedule =
         LrSchedule { base_lr: c.lr, schedule: c.lr_schedule, warmup_steps: c.warmup_steps, total_steps: c.steps };
     let order = DataOrder { n: examples.len(), batch_size: c.batch_size, shuffle: c.shuffle, seed: c.seed };
-    let mut metrics = Metrics::open(run_dir, resume_from.as_ref().map(|_| start))?;
-    let bar = progress_bar(opts.progress, start, c.steps);
+    let mut metrics = if lead { Some(Metrics::open(run_dir, resume_from.as_ref().map(|_| start))?) } else { None };
+    let bar = progress_bar(opts.progress && lead, start, c.steps);
     let end = opts.stop_after.map_or(c.steps, |s| s.min(c.steps));
     let save = |step: u64, epoch: u64, optimizer: &AdamW| -> Result<PathBuf> {
         let state = TrainerState {
@@ -264,14 +346,21 @@ pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<Sft
         let n_targets: usize = batch.iter().map(|e| e.targets()).sum();
         let tokens: usize = batch.iter().map(|e| e.ids.len()).sum();
         let micro = if c.micro_batch_size == 0 { batch.len() } else { c.micro_batch_size };
+        let mine = &batch[shard_range(batch.len(), rank, world)];
         let mut grads = Gradients::default();
         let mut loss = 0f64;
-        for mb in batch.chunks(micro) {
+        for mb in mine.chunks(micro) {
             let tape = Tape::new();
             let ctx = Ctx::training(&tape).with_checkpointing(c.grad_checkpointing);
             let (l, _) = sft_loss(&model, &ctx, mb, n_targets)?;
             loss += l.to_scalar()? as f64;
             grads.merge(tape.backward(&l)?)?;
+        }
+        if let Some(comm) = dist.as_deref_mut() {
+            all_reduce_gradients_sum(comm, &params, &mut grads, DEFAULT_BUCKET_ELEMS)?;
+            let mut total = [loss as f32];
+            comm.all_reduce_sum(&mut total)?;
+            loss = f64::from(total[0]);
         }
         let grad_norm = clip_grad_norm(&mut grads, c.grad_clip)?;
         let lr = schedule.lr(step);
@@ -283,17 +372,20 @@ pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<Sft
         } else {
             refused += 1;
             bad_run += 1;
-            bar.suspend(|| {
-                eprintln!(
-                    "step {}: loss {loss} / gradient norm {grad_norm} is not finite; the update was refused",
-                    step + 1
-                )
-            });
+            if lead {
+                bar.suspend(|| {
+                    eprintln!(
+                        "step {}: loss {loss} / gradient norm {grad_norm} is not finite; the update was refused",
+                        step + 1
+                    )
+                });
+            }
         }
         drop(grads);
         let secs = t0.elapsed().as_secs_f64();
         let finite = |x: f64| if x.is_finite() { serde_json::json!(x) } else { serde_json::json!(x.to_string()) };
-        metrics.write(&serde_json::json!({
+        if let Some(metrics) = metrics.as_mut() {
+            metrics.write(&serde_json::json!({
             "step": step + 1,
             "epoch": epoch,
             "loss": finite(loss),
@@ -304,7 +396,8 @@ pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<Sft
             "tokens_per_s": tokens as f64 / secs.max(1e-9),
             "step_s": secs,
             "refused": !ok,
-        }))?;
+            }))?;
+        }
         bar.set_position(step + 1);
         if !ok && bad_run >= c.max_bad_steps.max(1) {
             return Err(Error::NonFinite(format!(
@@ -315,21 +408,31 @@ pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<Sft
         }
         bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {:.0} tok/s", tokens as f64 / secs.max(1e-9)));
         let done = step + 1;
-        if c.save_every > 0 && done % c.save_every == 0 && done < c.steps {
+        if lead && c.save_every > 0 && done % c.save_every == 0 && done < c.steps {
             let next_epoch = order.step(done).0;
             bar.suspend(|| save(done, next_epoch, &optimizer))?;
         }
     }
     bar.finish_and_clear();
     let saved_at_end = c.save_every > 0 && end.is_multiple_of(c.save_every) && end < c.steps;
-    if (start < end || resume_from.is_none()) && !saved_at_end {
-        save(end, order.step(end).0, &optimizer)?;
-    }
-    let final_model = if end == c.steps {
-        checkpoint::export_atomic(run_dir, "final", &model, Some(&source))?
+    let final_model = if lead {
+        if (start < end || resume_from.is_none()) && !saved_at_end {
+            save(end, order.step(end).0, &optimizer)?;
+        }
+        if end == c.steps {
+            checkpoint::export_atomic(run_dir, "final", &model, Some(&source))?
+        } else {
+            checkpoint::latest(run_dir)?.expect("a checkpoint was just saved")
+        }
+    } else if end == c.steps {
+        run_dir.join("final")
     } else {
-        checkpoint::latest(run_dir)?.expect("a checkpoint was just saved")
+        run_dir.join("checkpoints").join(checkpoint::step_name(end))
     };
+    // Every rank returns once rank 0's files are written (or learns that they were not).
+    if let Some(comm) = dist {
+        comm.barrier()?;
+    }
     Ok(SftSummary {
         run_dir: run_dir.into(),
         start_step: start,

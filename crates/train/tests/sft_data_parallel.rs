@@ -1,0 +1,165 @@
+//! Data-parallel SFT equals one process on the same global batches: 2, 3 and 4 in-process
+//! ranks (threads) train 3 steps and end with the weights, losses and gradient norms of a
+//! single-process run; a data-parallel run stopped and resumed equals a straight one.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use artist_dist::InProcess;
+use artist_model::Qwen2;
+use artist_train::sft::{RunOptions, SftConfig, SftSummary, train, train_data_parallel};
+
+/// Largest difference allowed between a data-parallel weight and the single-process one.
+/// The runs differ only in the order floats are added (per-shard forward passes, the sum
+/// of the shards' gradients over ranks): about 1e-7 relative in a gradient, 1e-6 in its
+/// norm. AdamW's first steps move a weight by about lr * sign(gradient) however small the
+/// gradient, so where a gradient is near zero that noise moves a weight by up to ~1e-4
+/// after three steps of lr 3e-3. A single process shows the same: the whole batch in one
+/// forward pass against one example per pass ends 1.3e-4 apart (checked below).
+const TOLERANCE: f32 = 2e-4;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// Six examples, shuffled batches of four (the second step straddles an epoch), single
+/// examples per forward pass, clipping active.
+fn config() -> SftConfig {
+    micro_config(1)
+}
+
+fn micro_config(micro_batch_size: usize) -> SftConfig {
+    SftConfig {
+        model: fixtures().join("qwen2/tiny-gqa"),
+        data: fixtures().join("training/sft/gqa-cosine/data.jsonl"),
+        steps: 3,
+        batch_size: 4,
+        micro_batch_size,
+        lr: 3e-3,
+        grad_clip: 1.0,
+        weight_decay: 0.1,
+        seed: 7,
+        ..SftConfig::default()
+    }
+}
+
+fn quiet() -> RunOptions {
+    RunOptions { resume: false, progress: false, stop_after: None }
+}
+
+/// `world` ranks as threads training into one run directory; every rank's summary.
+fn run_ranks(dir: &Path, world: usize, opts: &RunOptions) -> Vec<SftSummary> {
+    run_ranks_with(dir, world, opts, &config())
+}
+
+fn run_ranks_with(dir: &Path, world: usize, opts: &RunOptions, config: &SftConfig) -> Vec<SftSummary> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = InProcess::group_with_timeout(world, Duration::from_secs(120))
+            .into_iter()
+            .map(|mut comm| s.spawn(move || train_data_parallel(dir, config.clone(), opts, &mut comm).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn weights(dir: &Path) -> Vec<Vec<f32>> {
+    Qwen2::load(dir).unwrap().params().iter().map(|p| p.value().to_vec::<f32>().unwrap()).collect()
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn metric(dir: &Path, key: &str) -> Vec<f64> {
+    artist_train::metrics::read(&dir.join("metrics.jsonl")).unwrap().iter().map(|l| l[key].as_f64().unwrap()).collect()
+}
+
+fn max_rel(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| ((x - y) / y).abs()).fold(0.0, f64::max)
+}
+
+/// Both with one example per forward pass (each rank's shard in several) and with the
+/// whole batch or shard in one packed forward pass.
+#[test]
+fn ranks_equal_one_process_on_the_global_batch() {
+    for micro in [1, 0] {
+        ranks_equal_one_process(micro);
+    }
+    // The tolerance is the noise of packing the same batch differently in one process.
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = train(&tmp.path().join("whole"), micro_config(0), &quiet()).unwrap();
+    let single = train(&tmp.path().join("single"), micro_config(1), &quiet()).unwrap();
+    let noise = max_diff(&weights(&whole.final_model), &weights(&single.final_model));
+    eprintln!("one process, whole batch vs one example per pass: max |weight difference| {noise:e}");
+    assert!(noise <= TOLERANCE, "{noise:e}");
+}
+
+fn ranks_equal_one_process(micro: usize) {
+    let config = || micro_config(micro);
+    let tmp = tempfile::tempdir().unwrap();
+    let single_dir = tmp.path().join("single");
+    let single = train(&single_dir, config(), &quiet()).unwrap();
+    let (w1, norms1, losses1) =
+        (weights(&single.final_model), metric(&single_dir, "grad_norm"), metric(&single_dir, "loss"));
+    assert!(norms1.iter().all(|&n| n > 1.0), "clipping should be active: {norms1:?}");
+    let moved = max_diff(&w1, &weights(&config().model));
+    assert!(moved > 1e-3, "training moved the weights by only {moved}");
+    for world in [2, 3, 4] {
+        let dir = tmp.path().join(format!("ranks-{world}"));
+        let summaries = run_ranks_with(&dir, world, &quiet(), &config());
+        for s in &summaries {
+            assert_eq!((s.end_step, s.refused_steps, &s.final_model), (3, 0, &dir.join("final")));
+            assert_eq!(s.last_loss, summaries[0].last_loss, "every rank sees the global loss");
+        }
+        let w = weights(&dir.join("final"));
+        let diff = max_diff(&w, &w1);
+        let (norm_diff, loss_diff) =
+            (max_rel(&metric(&dir, "grad_norm"), &norms1), max_rel(&metric(&dir, "loss"), &losses1));
+        eprintln!(
+            "micro-batch {micro}, {world} ranks vs one process: max |weight difference| {diff:e} (weights moved up to {moved:e}); \
+             max relative difference of gradient norms {norm_diff:e}, of losses {loss_diff:e}"
+        );
+        assert!(diff <= TOLERANCE, "{world} ranks: max weight difference {diff:e} > {TOLERANCE:e}");
+        assert!(norm_diff < 1e-5 && loss_diff < 1e-5, "{world} ranks: {norm_diff:e} {loss_diff:e}");
+        // Rank 0 alone wrote: one line per step, one final checkpoint.
+        assert_eq!(metric(&dir, "step"), vec![1.0, 2.0, 3.0]);
+        let ck = artist_train::checkpoint::latest(&dir).unwrap().unwrap();
+        assert!(ck.ends_with("step-00000003"), "{}", ck.display());
+    }
+}
+
+#[test]
+fn stopped_and_resumed_ranks_equal_a_straight_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("straight"), tmp.path().join("resumed"));
+    run_ranks(&a, 2, &quiet());
+    let stopped = run_ranks(&b, 2, &RunOptions { stop_after: Some(2), ..quiet() });
+    assert!(stopped.iter().all(|s| s.end_step == 2 && s.final_model.ends_with("step-00000002")));
+    assert!(!b.join("final").exists());
+    run_ranks(&b, 2, &RunOptions { resume: true, ..quiet() });
+    assert_eq!(max_diff(&weights(&a.join("final")), &weights(&b.join("final"))), 0.0);
+    assert_eq!(metric(&a, "loss"), metric(&b, "loss"));
+}
+
+#[test]
+fn ranks_with_other_settings_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = InProcess::group_with_timeout(2, Duration::from_secs(60))
+            .into_iter()
+            .enumerate()
+            .map(|(r, mut comm)| {
+                let dir = &dir;
+                s.spawn(move || {
+                    let c = SftConfig { seed: 7 + r as u64, ..config() };
+                    train_data_parallel(dir, c, &quiet(), &mut comm).unwrap_err().to_string()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(errors[0].contains("rank 1 has other settings than rank 0"), "{}", errors[0]);
+    assert!(errors[1].contains("rank 0 has other settings than rank 1"), "{}", errors[1]);
+}
