@@ -90,8 +90,22 @@ impl TrainRollout {
 /// The aggregation weight of every response token of every rollout (0 where masked),
 /// computed over the whole batch.
 pub fn token_weights(batch: &[&TrainRollout], agg: Aggregation, norm_length: usize) -> Vec<Vec<f32>> {
-    let seqs = batch.iter().filter(|r| r.generated() > 0).count().max(1) as f64;
+    let seqs = batch.iter().filter(|r| r.generated() > 0).count();
     let total: usize = batch.iter().map(|r| r.generated()).sum();
+    token_weights_global(batch, agg, norm_length, seqs, total)
+}
+
+/// [`token_weights`] for a shard of a batch split over ranks: `seqs` (rollouts with
+/// generated tokens) and `total` (generated tokens) count the whole batch, so the
+/// shards' weighted losses add up to the loss of the whole batch.
+pub fn token_weights_global(
+    batch: &[&TrainRollout],
+    agg: Aggregation,
+    norm_length: usize,
+    seqs: usize,
+    total: usize,
+) -> Vec<Vec<f32>> {
+    let seqs = seqs.max(1) as f64;
     batch
         .iter()
         .map(|r| {

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use artist_autograd::{Ctx, Gradients, Tape};
+use artist_dist::{Communicator, DEFAULT_BUCKET_ELEMS, all_reduce_gradients_sum, broadcast_params, shard_range};
 use artist_engine::{Rollout, RolloutConfig, RolloutEngine, SamplingParams};
 use artist_model::Qwen2;
 use artist_optim::{AdamW, AdamWConfig, LrSchedule, Schedule, clip_grad_norm};
 use artist_rl::grpo::reference_logprobs;
 use artist_rl::{
     AdvantageConfig, GrpoConfig, MathRewardWeights, MathRewards, Segment, TrainRollout, group_advantages, grpo_loss,
-    math_rewards_with_tool, token_weights,
+    math_rewards_with_tool, token_weights_global,
 };
 use artist_tokenizer::{ChatTemplate, Message, Tokenizer};
 use artist_tools::{SandboxConfig, Tool};
@@ -391,10 +392,30 @@ impl GrpoTrainer<'_> {
 
     /// One GRPO step on `problems`: rollouts, rewards, advantages, updates.
     pub fn step(&mut self, step: u64, problems: &[&Problem], optimizer: &mut AdamW, lr: f64) -> Result<StepMetrics> {
+        self.step_sharded(step, problems, optimizer, lr, None)
+    }
+
+    /// [`GrpoTrainer::step`] with `problems` the global batch split over the ranks of
+    /// `comm` ([`shard_range`]; a prompt's whole group on one rank). Each rank samples its
+    /// prompts with the seeds one process would give them, normalises the loss over the
+    /// global batch and sums gradients over ranks; the metrics are those of the global
+    /// batch (`rollout_s` the mean over ranks).
+    pub fn step_sharded(
+        &mut self,
+        step: u64,
+        problems: &[&Problem],
+        optimizer: &mut AdamW,
+        lr: f64,
+        mut comm: Option<&mut (dyn Communicator + '_)>,
+    ) -> Result<StepMetrics> {
         let c = self.config.clone();
         let g = c.rollout.group_size;
-        let RolloutBatch { rollouts, rewards, correct, seconds: rollout_s } =
-            self.rollouts(problems, c.seed.wrapping_add(step.wrapping_mul(1_000_003)))?;
+        let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
+        let shard = shard_range(problems.len(), rank, world);
+        // Rollout k of prompt p samples with seed `seed + p * G + k`: offset by the shard's
+        // first global prompt.
+        let seed = c.seed.wrapping_add(step.wrapping_mul(1_000_003)).wrapping_add((shard.start * g) as u64);
+        let RolloutBatch { rollouts, rewards, correct, seconds: rollout_s } = self.rollouts(&problems[shard], seed)?;
         let totals: Vec<f64> = rewards.iter().map(|r| r.total).collect();
         let adv = group_advantages(&totals, g, &c.advantages);
         let t = Instant::now();
@@ -419,34 +440,70 @@ impl GrpoTrainer<'_> {
                 });
             }
         }
-        let mut m = StepMetrics { step: step + 1, flat_groups: flat, lr, rollout_s, ..Default::default() };
-        let n = rollouts.len() as f64;
-        m.reward = totals.iter().sum::<f64>() / n;
-        m.reward_answer = Some(rewards.iter().map(|r| r.answer).sum::<f64>() / n);
-        m.reward_relaxed_format = rewards.iter().map(|r| r.relaxed_format).sum::<f64>() / n;
-        m.reward_strict_format = rewards.iter().map(|r| r.strict_format).sum::<f64>() / n;
-        m.reward_tool_execution = Some(rewards.iter().map(|r| r.tool_execution).sum::<f64>() / n);
-        m.accuracy = correct.iter().filter(|&&x| x).count() as f64 / n;
-        m.response_tokens = rollouts.iter().map(|r| r.ids.len()).sum::<usize>() as f64 / n;
         let calls: usize = rollouts.iter().map(|r| r.tool_calls.len()).sum();
-        m.tool_calls_per_rollout = calls as f64 / n;
-        m.tool_success = if calls == 0 {
-            0.0
-        } else {
-            rollouts.iter().flat_map(|r| &r.tool_calls).filter(|t| t.result.success).count() as f64 / calls as f64
-        };
-        m.truncated = rollouts
-            .iter()
-            .filter(|r| !matches!(r.finish, artist_engine::Finish::Eos | artist_engine::Finish::Stop))
-            .count();
-        if train.is_empty() {
+        // Sums over the batch, combined over ranks.
+        let mut sums = [
+            rollouts.len() as f64,
+            totals.iter().sum::<f64>(),
+            rewards.iter().map(|r| r.answer).sum::<f64>(),
+            rewards.iter().map(|r| r.relaxed_format).sum::<f64>(),
+            rewards.iter().map(|r| r.strict_format).sum::<f64>(),
+            rewards.iter().map(|r| r.tool_execution).sum::<f64>(),
+            correct.iter().filter(|&&x| x).count() as f64,
+            rollouts.iter().map(|r| r.ids.len()).sum::<usize>() as f64,
+            calls as f64,
+            rollouts.iter().flat_map(|r| &r.tool_calls).filter(|t| t.result.success).count() as f64,
+            rollouts
+                .iter()
+                .filter(|r| !matches!(r.finish, artist_engine::Finish::Eos | artist_engine::Finish::Stop))
+                .count() as f64,
+            flat as f64,
+            rollouts.iter().map(|r| r.sampled_tokens()).sum::<usize>() as f64,
+            rollout_s,
+        ];
+        if let Some(comm) = comm.as_deref_mut() {
+            let mut buf: Vec<f32> = sums.iter().map(|&x| x as f32).collect();
+            comm.all_reduce_sum(&mut buf)?;
+            sums.iter_mut().zip(buf).for_each(|(s, b)| *s = f64::from(b));
+            sums[13] /= world as f64;
+        }
+        let [
+            n,
+            reward,
+            answer,
+            relaxed,
+            strict,
+            tool_execution,
+            correct,
+            response,
+            calls,
+            successes,
+            truncated,
+            flat,
+            sampled,
+            rollout_s,
+        ] = sums;
+        let mut m = StepMetrics { step: step + 1, flat_groups: flat as usize, lr, rollout_s, ..Default::default() };
+        m.reward = reward / n;
+        m.reward_answer = Some(answer / n);
+        m.reward_relaxed_format = relaxed / n;
+        m.reward_strict_format = strict / n;
+        m.reward_tool_execution = Some(tool_execution / n);
+        m.accuracy = correct / n;
+        m.response_tokens = response / n;
+        m.tool_calls_per_rollout = calls / n;
+        m.tool_success = if calls == 0.0 { 0.0 } else { successes / calls };
+        m.truncated = truncated as usize;
+        if train.is_empty() && comm.is_none() {
             m.train_s = t.elapsed().as_secs_f64();
             return Ok(m);
         }
-        let u = update(&self.model, self.reference.as_ref(), train, &c, optimizer, lr, step)?;
+        let u = update_sharded(&self.model, self.reference.as_ref(), train, &c, optimizer, lr, step, comm)?;
         (m.loss, m.grad_norm, m.clip_fraction, m.kl) = (u.loss, u.grad_norm, u.clip_fraction, u.kl);
         m.train_s = t.elapsed().as_secs_f64();
-        m.tokens_per_s = rollouts.iter().map(|r| r.sampled_tokens()).sum::<usize>() as f64 / rollout_s.max(1e-9);
+        if u.trained {
+            m.tokens_per_s = sampled / rollout_s.max(1e-9);
+        }
         Ok(m)
     }
 
@@ -471,6 +528,8 @@ pub struct UpdateStats {
     pub grad_norm: f64,
     pub clip_fraction: f64,
     pub kl: f64,
+    /// Whether any rollout was trained on.
+    pub trained: bool,
 }
 
 /// The updates on one rollout batch: reference logprobs when `grpo.beta > 0`, then
@@ -480,18 +539,46 @@ pub struct UpdateStats {
 pub fn update(
     model: &Qwen2,
     reference: Option<&Qwen2>,
-    mut train: Vec<TrainRollout>,
+    train: Vec<TrainRollout>,
     c: &GrpoRunConfig,
     optimizer: &mut AdamW,
     lr: f64,
     step: u64,
 ) -> Result<UpdateStats> {
+    update_sharded(model, reference, train, c, optimizer, lr, step, None)
+}
+
+/// [`update`] on this rank's shard of a batch split over the ranks of `comm`: the loss
+/// weights count the whole batch, gradients, loss and statistics are summed over ranks,
+/// so every rank clips and steps identically. A rank with an empty shard still takes
+/// part; nothing is updated when the whole batch is empty.
+#[allow(clippy::too_many_arguments)]
+pub fn update_sharded(
+    model: &Qwen2,
+    reference: Option<&Qwen2>,
+    mut train: Vec<TrainRollout>,
+    c: &GrpoRunConfig,
+    optimizer: &mut AdamW,
+    lr: f64,
+    step: u64,
+    mut comm: Option<&mut (dyn Communicator + '_)>,
+) -> Result<UpdateStats> {
     let mut out = UpdateStats::default();
-    if train.is_empty() {
+    let mut counts = [
+        train.iter().filter(|r| r.generated() > 0).count() as f32,
+        train.iter().map(|r| r.generated()).sum::<usize>() as f32,
+        train.len() as f32,
+    ];
+    if let Some(comm) = comm.as_deref_mut() {
+        comm.all_reduce_sum(&mut counts)?;
+    }
+    if counts[2] == 0.0 {
         return Ok(out);
     }
-    let micro = if c.micro_batch_rollouts == 0 { train.len() } else { c.micro_batch_rollouts };
-    if c.grpo.beta > 0.0 {
+    out.trained = true;
+    let (seqs, total) = (counts[0] as usize, counts[1] as usize);
+    let micro = if c.micro_batch_rollouts == 0 { train.len().max(1) } else { c.micro_batch_rollouts };
+    if c.grpo.beta > 0.0 && !train.is_empty() {
         let reference = reference.ok_or_else(|| {
             Error::Config("grpo.beta > 0 but no reference model is loaded (grpo::train loads one)".into())
         })?;
@@ -504,7 +591,8 @@ pub fn update(
     let refs: Vec<&TrainRollout> = train.iter().collect();
     let mut grpo = c.grpo;
     grpo.temperature = c.rollout.temperature;
-    let weights = token_weights(&refs, grpo.aggregation, grpo.norm_length);
+    let weights = token_weights_global(&refs, grpo.aggregation, grpo.norm_length, seqs, total);
+    let params = model.params();
     let (mut clipped, mut tokens, mut kl) = (0usize, 0usize, 0f64);
     for _ in 0..c.optimizer_steps_per_batch {
         let mut grads = Gradients::default();
@@ -519,6 +607,12 @@ pub fn update(
             kl += stats.kl_mean * stats.tokens as f64;
             grads.merge(tape.backward(&l)?)?;
         }
+        if let Some(comm) = comm.as_deref_mut() {
+            all_reduce_gradients_sum(comm, &params, &mut grads, DEFAULT_BUCKET_ELEMS)?;
+            let mut total = [loss as f32];
+            comm.all_reduce_sum(&mut total)?;
+            loss = f64::from(total[0]);
+        }
         let norm = clip_grad_norm(&mut grads, c.optim.grad_clip)?;
         if !(loss.is_finite() && norm.is_finite()) {
             return Err(Error::NonFinite(format!(
@@ -529,6 +623,11 @@ pub fn update(
         optimizer.step(&grads, lr)?;
         out.loss = loss;
         out.grad_norm = norm;
+    }
+    if let Some(comm) = comm {
+        let mut buf = [clipped as f32, tokens as f32, kl as f32];
+        comm.all_reduce_sum(&mut buf)?;
+        (clipped, tokens, kl) = (buf[0] as usize, buf[1] as usize, f64::from(buf[2]));
     }
     out.clip_fraction = clipped as f64 / tokens.max(1) as f64;
     out.kl = kl / tokens.max(1) as f64;
@@ -561,6 +660,25 @@ pub trait GrpoTask {
     fn items(&self) -> usize;
     /// One step (rollouts, rewards, advantages, updates) on the items `batch` indexes.
     fn step(&mut self, step: u64, batch: &[usize], optimizer: &mut AdamW, lr: f64) -> Result<StepMetrics>;
+    /// [`GrpoTask::step`] on the global batch `batch`, split over the ranks of `comm`.
+    /// Tasks that do not train data-parallel refuse more than one rank.
+    fn step_sharded(
+        &mut self,
+        step: u64,
+        batch: &[usize],
+        optimizer: &mut AdamW,
+        lr: f64,
+        comm: Option<&mut (dyn Communicator + '_)>,
+    ) -> Result<StepMetrics> {
+        match comm {
+            Some(c) if c.world_size() > 1 => Err(Error::Config("this task does not train data-parallel".into())),
+            _ => self.step(step, batch, optimizer, lr),
+        }
+    }
+    /// A fingerprint of the training items, which every rank must share.
+    fn items_fingerprint(&self) -> u64 {
+        self.items() as u64
+    }
 }
 
 impl GrpoTask for GrpoTrainer<'_> {
@@ -581,16 +699,59 @@ impl GrpoTask for GrpoTrainer<'_> {
         let refs: Vec<&Problem> = problems.iter().collect();
         GrpoTrainer::step(self, step, &refs, optimizer, lr)
     }
+    fn step_sharded(
+        &mut self,
+        step: u64,
+        batch: &[usize],
+        optimizer: &mut AdamW,
+        lr: f64,
+        comm: Option<&mut (dyn Communicator + '_)>,
+    ) -> Result<StepMetrics> {
+        let problems: Vec<Problem> = batch.iter().map(|&i| self.train[i].clone()).collect();
+        let refs: Vec<&Problem> = problems.iter().collect();
+        GrpoTrainer::step_sharded(self, step, &refs, optimizer, lr, comm)
+    }
+    fn items_fingerprint(&self) -> u64 {
+        crate::sft::fnv1a(serde_json::to_string(&self.train).expect("JSON").as_bytes())
+    }
 }
 
 /// Runs GRPO into `run_dir`: `opts.resume` continues from its newest checkpoint,
 /// `opts.stop_after` ends early with a checkpoint a later resume continues from. Writes
 /// `metrics.jsonl`, checkpoints, and `curves.svg` (the metrics plotted).
 pub fn train<T: GrpoTask>(run_dir: &Path, trainer: &mut T, opts: &RunOptions) -> Result<Vec<StepMetrics>> {
+    run(run_dir, trainer, opts, None)
+}
+
+/// [`train`] as one rank of a data-parallel group, equal to one process on the same
+/// global batches: every rank holds the same trainer (settings and training items are
+/// checked), the weights are broadcast from rank 0, each step's `prompts_per_step`
+/// prompts are split over the ranks ([`GrpoTask::step_sharded`]), gradients are summed
+/// and every rank clips and steps identically. Every rank returns the global metrics;
+/// rank 0 alone writes metrics, checkpoints and curves.
+pub fn train_data_parallel<T: GrpoTask>(
+    run_dir: &Path,
+    trainer: &mut T,
+    opts: &RunOptions,
+    comm: &mut dyn Communicator,
+) -> Result<Vec<StepMetrics>> {
+    run(run_dir, trainer, opts, Some(comm))
+}
+
+fn run<T: GrpoTask>(
+    run_dir: &Path,
+    trainer: &mut T,
+    opts: &RunOptions,
+    comm: Option<&mut (dyn Communicator + '_)>,
+) -> Result<Vec<StepMetrics>> {
+    let mut dist = comm.filter(|c| c.world_size() > 1);
+    let lead = dist.as_ref().is_none_or(|c| c.rank() == 0);
     let c = trainer.config().clone();
     let resume = opts.resume;
     c.validate()?;
-    std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+    if lead {
+        std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+    }
     if c.grpo.beta > 0.0 && trainer.reference_mut().is_none() {
         let path = c.reference_model.as_ref().unwrap_or(&c.model);
         if path.as_os_str().is_empty() {
@@ -599,6 +760,17 @@ pub fn train<T: GrpoTask>(run_dir: &Path, trainer: &mut T, opts: &RunOptions) ->
         *trainer.reference_mut() = Some(Qwen2::load(path)?);
     }
     let params = trainer.model().params();
+    if let Some(comm) = dist.as_deref_mut() {
+        crate::sft::check_agreement(
+            comm,
+            &[
+                ("settings", crate::sft::fnv1a(serde_json::to_string(&c).expect("JSON").as_bytes())),
+                ("training data", trainer.items_fingerprint()),
+            ],
+        )?;
+        // Before the optimiser copies the weights into its f32 master weights.
+        broadcast_params(comm, &params, 0)?;
+    }
     let mut optimizer = AdamW::new(
         &params,
         AdamWConfig {
@@ -629,7 +801,7 @@ pub fn train<T: GrpoTask>(run_dir: &Path, trainer: &mut T, opts: &RunOptions) ->
     };
     let order =
         crate::data::DataOrder { n: trainer.items(), batch_size: c.prompts_per_step, shuffle: true, seed: c.seed };
-    let mut metrics = Metrics::open(run_dir, resume.then_some(start))?;
+    let mut metrics = if lead { Some(Metrics::open(run_dir, resume.then_some(start))?) } else { None };
     let mut all = Vec::new();
     let save = |trainer: &T, optimizer: &AdamW, step: u64| -> Result<PathBuf> {
         let state = TrainerState {
@@ -643,11 +815,13 @@ pub fn train<T: GrpoTask>(run_dir: &Path, trainer: &mut T, opts: &RunOptions) ->
         checkpoint::save(run_dir, trainer.model(), optimizer, &state, Some(&c.model), c.keep_last)
     };
     let end = opts.stop_after.map_or(c.steps, |s| s.min(c.steps));
-    let bar = crate::sft::progress_bar(opts.progress, start, c.steps);
+    let bar = crate::sft::progress_bar(opts.progress && lead, start, c.steps);
     for step in start..end {
         let (_, idx) = order.step(step);
-        let m = trainer.step(step, &idx, &mut optimizer, schedule.lr(step))?;
-        metrics.write(&serde_json::to_value(&m).expect("JSON"))?;
+        let m = trainer.step_sharded(step, &idx, &mut optimizer, schedule.lr(step), dist.as_deref_mut())?;
+        if let Some(metrics) = metrics.as_mut() {
+            metrics.write(&serde_json::to_value(&m).expect("JSON"))?;
+        }
         bar.set_position(step + 1);
         bar.set_message(format!(
             "reward {:.2} acc {:.0}% tools/rollout {:.1} kl {:.4}",
@@ -657,15 +831,21 @@ pub fn train<T: GrpoTask>(run_dir: &Path, trainer: &mut T, opts: &RunOptions) ->
             m.kl
         ));
         all.push(m);
-        if c.save_every > 0 && (step + 1) % c.save_every == 0 && step + 1 < end {
+        if lead && c.save_every > 0 && (step + 1) % c.save_every == 0 && step + 1 < end {
             save(trainer, &optimizer, step + 1)?;
             crate::plots::write_curves(run_dir)?;
         }
     }
     bar.finish_and_clear();
-    if start < end {
-        save(trainer, &optimizer, end)?;
+    if lead {
+        if start < end {
+            save(trainer, &optimizer, end)?;
+        }
+        crate::plots::write_curves(run_dir)?;
     }
-    crate::plots::write_curves(run_dir)?;
+    // Every rank returns once rank 0's files are written.
+    if let Some(comm) = dist {
+        comm.barrier()?;
+    }
     Ok(all)
 }

@@ -190,12 +190,12 @@ pub fn train_data_parallel(
 }
 
 /// FNV-1a, 64 bits: a fingerprint of the settings that must agree across ranks.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// Fails unless every rank holds the same `values` (each exact in f32 as 16-bit pieces).
-fn check_agreement(comm: &mut dyn Communicator, what: &[(&str, u64)]) -> Result<()> {
+pub(crate) fn check_agreement(comm: &mut dyn Communicator, what: &[(&str, u64)]) -> Result<()> {
     let mine: Vec<f32> =
         what.iter().flat_map(|&(_, v)| (0..4).map(move |i| ((v >> (16 * i)) & 0xffff) as f32)).collect();
     let all = comm.all_gather(&mine)?;

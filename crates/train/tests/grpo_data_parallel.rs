@@ -1,0 +1,129 @@
+//! Data-parallel GRPO equals one process on the same global batches: 2 in-process ranks
+//! (threads), each sampling its share of the prompts, end 3 steps with the weights and the
+//! per-step metrics of a single-process run on the tiny model with the calculator.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use artist_dist::InProcess;
+use artist_model::Qwen2;
+use artist_tokenizer::{ChatTemplate, Tokenizer};
+use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, Problem, StepMetrics, train, train_data_parallel};
+use artist_train::sft::RunOptions;
+
+/// Largest difference allowed between a data-parallel weight and the single-process one.
+/// The rollouts are the same tokens (same seeds); the runs differ only in the order floats
+/// are added (per-rank forward passes and micro-batches, the ranks' gradients summed), and
+/// AdamW's first steps move a weight by about lr * sign(gradient) however small the
+/// gradient, so near-zero gradients turn that noise into up to ~lr per step.
+const TOLERANCE: f32 = 1e-4;
+
+fn quiet() -> RunOptions {
+    RunOptions { resume: false, progress: false, stop_after: None }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Random tiny-model text never holds the answer, and equal rewards in a group train
+/// nothing: this judge passes about half the completions, so groups differ.
+fn verify(completion: &str, _gold: &str) -> bool {
+    completion.len().is_multiple_of(2)
+}
+
+fn trainer(config: GrpoRunConfig) -> GrpoTrainer<'static> {
+    let dir = &config.model;
+    let train: Vec<Problem> =
+        (0..6).map(|i| Problem { problem: format!("{i}+{i}?"), answer: (2 * i).to_string() }).collect();
+    GrpoTrainer {
+        model: Qwen2::load(dir).unwrap(),
+        reference: None,
+        tokenizer: Tokenizer::from_dir(dir).unwrap(),
+        template: ChatTemplate::from_dir(dir).unwrap(),
+        tool: Some(Arc::new(artist_tools::Calculator)),
+        train,
+        verify: &verify,
+        config,
+    }
+}
+
+/// Three prompts a step (ranks of 2 and 1 prompts), groups of 3, two rollouts a pass.
+fn config() -> GrpoRunConfig {
+    let text = std::fs::read_to_string(root().join("configs/artist-math.toml")).unwrap();
+    let c = GrpoRunConfig::from_toml(&text, Path::new("configs/artist-math.toml")).unwrap();
+    let model = root().join("tests/fixtures/qwen2/tiny-gqa");
+    c.with_overrides(&[
+        format!("model={:?}", model.to_str().unwrap()),
+        "tool=calculator".into(),
+        "system_prompt=\"Use <calculator>.\"".into(),
+        "steps=3".into(),
+        "prompts_per_step=3".into(),
+        "rollout.group_size=3".into(),
+        "rollout.max_turn_tokens=12".into(),
+        "rollout.max_response_tokens=24".into(),
+        "rollout.max_context=120".into(),
+        "rollout.max_batch=6".into(),
+        "micro_batch_rollouts=2".into(),
+        "optim.lr=1e-3".into(),
+    ])
+    .unwrap()
+}
+
+fn weights(model: &Qwen2) -> Vec<Vec<f32>> {
+    model.params().iter().map(|p| p.value().to_f32_vec().unwrap()).collect()
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn two_ranks_equal_one_process_on_the_global_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut single = trainer(config());
+    let start = weights(&single.model);
+    let m1 = train(&tmp.path().join("single"), &mut single, &quiet()).unwrap();
+    let w1 = weights(&single.model);
+    let moved = max_diff(&w1, &start);
+    assert!(moved > 1e-4, "training moved the weights by only {moved:e}");
+    assert!(m1.iter().any(|m| m.loss != 0.0), "no step trained");
+
+    let dir = tmp.path().join("ranks");
+    let runs: Vec<(Vec<StepMetrics>, Vec<Vec<f32>>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = InProcess::group_with_timeout(2, Duration::from_secs(300))
+            .into_iter()
+            .map(|mut comm| {
+                let dir = &dir;
+                s.spawn(move || {
+                    let mut t = trainer(config());
+                    let m = train_data_parallel(dir, &mut t, &quiet(), &mut comm).unwrap();
+                    (m, weights(&t.model))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(runs[0].1, runs[1].1, "the ranks' weights diverged");
+    let diff = max_diff(&runs[0].1, &w1);
+    eprintln!("2 ranks vs one process: max |weight difference| {diff:e} (weights moved up to {moved:e})");
+    assert!(diff <= TOLERANCE, "max weight difference {diff:e} > {TOLERANCE:e}");
+    for (m, (a, b)) in m1.iter().zip(runs[0].0.iter().zip(&runs[1].0)) {
+        eprintln!(
+            "step {}: reward {} / {}, accuracy {} / {}, loss {} / {}, grad norm {} / {}",
+            m.step, m.reward, a.reward, m.accuracy, a.accuracy, m.loss, a.loss, m.grad_norm, a.grad_norm
+        );
+        for x in [a, b] {
+            assert_eq!(x.step, m.step);
+            assert!((x.reward - m.reward).abs() < 1e-6, "step {}: reward {} vs {}", m.step, x.reward, m.reward);
+            assert!((x.accuracy - m.accuracy).abs() < 1e-9 && (x.response_tokens - m.response_tokens).abs() < 1e-6);
+            assert!((x.tool_calls_per_rollout - m.tool_calls_per_rollout).abs() < 1e-6);
+            assert!((x.loss - m.loss).abs() <= 1e-6, "loss {} vs {}", x.loss, m.loss);
+            assert!((x.grad_norm - m.grad_norm).abs() <= 1e-4 * m.grad_norm.max(1e-3));
+        }
+    }
+    // Rank 0 alone wrote: one metrics line per step, the final checkpoint.
+    assert_eq!(artist_train::metrics::read(&dir.join("metrics.jsonl")).unwrap().len(), 3);
+    assert!(artist_train::checkpoint::latest(&dir).unwrap().unwrap().ends_with("step-00000003"));
+}
