@@ -11,7 +11,7 @@
 //!   a JSON string, as OpenAI-style APIs send it, or be called `parameters`), or a list
 //!   of such objects.
 
-use crate::value::{Dict, Key, Value, str_repr};
+use crate::value::{Dict, Key, Value};
 use indexmap::IndexMap;
 
 /// One call: a bare function name (a `Class.` prefix is dropped), positional and keyword
@@ -281,13 +281,13 @@ impl Parser<'_> {
         };
         match c {
             '\'' | '"' => {
-                let mut s = self.string()?;
+                let mut s = self.string(false)?;
                 // Adjacent literals concatenate: 'a' 'b'.
                 loop {
                     let save = self.pos;
                     self.skip_ws();
                     if matches!(self.peek(), Some('\'' | '"')) {
-                        s.push_str(&self.string()?);
+                        s.push_str(&self.string(false)?);
                     } else {
                         self.pos = save;
                         break;
@@ -323,7 +323,7 @@ impl Parser<'_> {
                     Some("None") => Ok(Value::None),
                     Some(id) if matches!(id, "r" | "R" | "u" | "U") && quote_next => {
                         let raw = id.eq_ignore_ascii_case("r");
-                        if raw { Ok(Value::Str(self.raw_string()?)) } else { Ok(Value::Str(self.string()?)) }
+                        Ok(Value::Str(self.string(raw)?))
                     }
                     Some(id) => {
                         let id = id.to_owned();
@@ -454,27 +454,8 @@ impl Parser<'_> {
         if triple { self.src[self.pos..].starts_with(&format!("{q}{q}{q}")) } else { self.peek() == Some(q) }
     }
 
-    fn raw_string(&mut self) -> Result<String, ParseError> {
-        let start = self.pos;
-        let (q, triple) = self.quote()?;
-        let mut out = String::new();
-        loop {
-            if self.closes(q, triple) {
-                self.pos += if triple { 3 } else { 1 };
-                return Ok(out);
-            }
-            match self.bump() {
-                None => return Err(ParseError { message: "unterminated string".into(), offset: start }),
-                Some('\\') if matches!(self.peek(), Some(c) if c == q || c == '\\') => {
-                    out.push('\\');
-                    out.push(self.bump().expect("peeked"));
-                }
-                Some(c) => out.push(c),
-            }
-        }
-    }
-
-    fn string(&mut self) -> Result<String, ParseError> {
+    /// A quoted string; `raw` (an `r'...'` literal) keeps backslashes as written.
+    fn string(&mut self, raw: bool) -> Result<String, ParseError> {
         let start = self.pos;
         let (q, triple) = self.quote()?;
         let mut out = String::new();
@@ -491,6 +472,14 @@ impl Parser<'_> {
             }
             if c != '\\' {
                 out.push(c);
+                continue;
+            }
+            if raw {
+                // A backslash keeps the next character, which then cannot close the string.
+                out.push('\\');
+                if let Some(n) = self.bump() {
+                    out.push(n);
+                }
                 continue;
             }
             let esc_pos = self.pos - 1;
@@ -555,11 +544,6 @@ impl Parser<'_> {
             }
         }
     }
-}
-
-/// Formats a string as a Python literal (for building call strings in tests and logs).
-pub fn py_literal(s: &str) -> String {
-    str_repr(s)
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use artist_bfcl::{LongContext, Session, ToolSet, parse_calls};
 use artist_engine::{Policy, RolloutConfig, RolloutEngine, SamplingParams};
 use artist_model::Qwen2;
 use artist_optim::AdamW;
-use artist_rl::{FcRewardWeights, FcRewards, Segment, TrainRollout, fc_format_rewards, group_advantages};
+use artist_rl::{FcRewardWeights, FcRewards, TrainRollout, fc_format_rewards, group_advantages};
 use artist_tokenizer::{ChatTemplate, Message, Tokenizer};
 use artist_tools::{Tool, ToolCall, ToolResult};
 use serde::{Deserialize, Serialize};
@@ -81,6 +81,8 @@ impl Default for BfclSettings {
 pub struct FcData {
     pub entries: Vec<Entry>,
     pub truths: Vec<GroundTruth>,
+    /// Each entry's functions (held-back ones hidden), read from `func_doc` once at load.
+    pub tools: Vec<ToolSet>,
     pub func_doc: PathBuf,
     pub long_context: Option<LongContext>,
 }
@@ -126,11 +128,11 @@ impl FcData {
                 Some(LongContext::from_json_str(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?)
             }
         };
-        Ok(FcData { entries, truths, func_doc, long_context })
-    }
-
-    fn tools(&self, entry: &Entry) -> Result<ToolSet> {
-        ToolSet::for_entry(&self.func_doc, &entry.raw).map_err(|e| Error::Config(format!("{}: {e}", entry.id)))
+        let tools = entries
+            .iter()
+            .map(|e| ToolSet::for_entry(&func_doc, &e.raw).map_err(|err| Error::Config(format!("{}: {err}", e.id))))
+            .collect::<Result<_>>()?;
+        Ok(FcData { entries, truths, tools, func_doc, long_context })
     }
 }
 
@@ -327,7 +329,7 @@ pub fn run_episodes<P: Policy>(
             if entry.long_context() { data.long_context.as_ref() } else { None },
         )
         .map_err(|e| Error::Config(format!("{}: {e}", entry.id)))?;
-        let tools = data.tools(entry)?;
+        let tools = data.tools[i].clone();
         let tools_json = tool_lines(&tools.tools_json());
         let system = artist_rl::prompts::fc_system_prompt(&tools_json);
         let mut first_tools = tools.clone();
@@ -477,18 +479,13 @@ pub fn score_episode(
     opts: CheckOptions,
 ) -> Result<Scored> {
     let entry = &data.entries[ep.entry];
-    let docs = data.tools(entry)?;
+    let docs = &data.tools[ep.entry];
     let check =
-        checker::check_entry(entry, &data.truths[ep.entry], &ep.calls, data.long_context.as_ref(), Some(&docs), opts)
+        checker::check_entry(entry, &data.truths[ep.entry], &ep.calls, data.long_context.as_ref(), Some(docs), opts)
             .map_err(|e| Error::Config(format!("{}: {e}", entry.id)))?;
     let segments = crate::grpo::segments_of(tokenizer, &ep.ids, &ep.mask);
     let rewards = fc_format_rewards(&segments, check.state_fraction, check.function_fraction, weights);
     Ok(Scored { check, rewards })
-}
-
-/// The segments of an episode, for tests and logs.
-pub fn episode_segments(tokenizer: &Tokenizer, ep: &Episode) -> Vec<Segment> {
-    crate::grpo::segments_of(tokenizer, &ep.ids, &ep.mask)
 }
 
 /// GRPO on BFCL episodes: the function-calling counterpart of
@@ -514,22 +511,6 @@ impl FcTrainer {
             max_batch: r.max_batch,
             eos_ids: self.model.config.eos_token_ids.clone(),
         }
-    }
-
-    /// Plays and scores one episode per entry (greedy at temperature 0): BFCL accuracy
-    /// and the mean reward.
-    pub fn evaluate(&self, entries: &[usize], temperature: f32, seed: u64) -> Result<(f64, f64)> {
-        let s = self.episode_settings(1, temperature, seed);
-        let eps = run_episodes(&self.model, &self.tokenizer, &self.template, &self.data, entries, &s)?;
-        let opts = CheckOptions { irrelevance: self.config.bfcl.irrelevance };
-        let (mut ok, mut reward) = (0usize, 0f64);
-        for ep in &eps {
-            let sc = score_episode(&self.tokenizer, &self.data, ep, &self.config.fc_rewards, opts)?;
-            ok += sc.check.valid as usize;
-            reward += sc.rewards.total;
-        }
-        let n = eps.len().max(1) as f64;
-        Ok((ok as f64 / n, reward / n))
     }
 }
 

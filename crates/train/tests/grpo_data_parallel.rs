@@ -2,14 +2,11 @@
 //! (threads), each sampling its share of the prompts, end 3 steps with the weights and the
 //! per-step metrics of a single-process run on the tiny model with the calculator.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use artist_dist::InProcess;
 use artist_model::Qwen2;
-use artist_tokenizer::{ChatTemplate, Tokenizer};
-use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, Problem, StepMetrics, train, train_data_parallel};
+use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, StepMetrics, train, train_data_parallel};
 use artist_train::sft::RunOptions;
 
 /// Largest difference allowed between a data-parallel weight and the single-process one.
@@ -23,9 +20,7 @@ fn quiet() -> RunOptions {
     RunOptions { resume: false, progress: false, stop_after: None }
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
 
 /// Random tiny-model text never holds the answer, and equal rewards in a group train
 /// nothing: this judge passes about half the completions, so groups differ.
@@ -34,41 +29,22 @@ fn verify(completion: &str, _gold: &str) -> bool {
 }
 
 fn trainer(config: GrpoRunConfig) -> GrpoTrainer<'static> {
-    let dir = &config.model;
-    let train: Vec<Problem> =
-        (0..6).map(|i| Problem { problem: format!("{i}+{i}?"), answer: (2 * i).to_string() }).collect();
-    GrpoTrainer {
-        model: Qwen2::load(dir).unwrap(),
-        reference: None,
-        tokenizer: Tokenizer::from_dir(dir).unwrap(),
-        template: ChatTemplate::from_dir(dir).unwrap(),
-        tool: Some(Arc::new(artist_tools::Calculator)),
-        train,
-        verify: &verify,
-        config,
-    }
+    common::math_trainer(config, &verify)
 }
 
 /// Three prompts a step (ranks of 2 and 1 prompts), groups of 3, two rollouts a pass.
 fn config() -> GrpoRunConfig {
-    let text = std::fs::read_to_string(root().join("configs/artist-math.toml")).unwrap();
-    let c = GrpoRunConfig::from_toml(&text, Path::new("configs/artist-math.toml")).unwrap();
-    let model = root().join("tests/fixtures/qwen2/tiny-gqa");
-    c.with_overrides(&[
-        format!("model={:?}", model.to_str().unwrap()),
-        "tool=calculator".into(),
-        "system_prompt=\"Use <calculator>.\"".into(),
-        "steps=3".into(),
-        "prompts_per_step=3".into(),
-        "rollout.group_size=3".into(),
-        "rollout.max_turn_tokens=12".into(),
-        "rollout.max_response_tokens=24".into(),
-        "rollout.max_context=120".into(),
-        "rollout.max_batch=6".into(),
-        "micro_batch_rollouts=2".into(),
-        "optim.lr=1e-3".into(),
+    common::tiny_math_config(&[
+        "steps=3",
+        "prompts_per_step=3",
+        "rollout.group_size=3",
+        "rollout.max_turn_tokens=12",
+        "rollout.max_response_tokens=24",
+        "rollout.max_context=120",
+        "rollout.max_batch=6",
+        "micro_batch_rollouts=2",
+        "optim.lr=1e-3",
     ])
-    .unwrap()
 }
 
 fn weights(model: &Qwen2) -> Vec<Vec<f32>> {

@@ -2,21 +2,17 @@
 //! write metrics and a checkpoint, a resumed run continues from it, and the paper's
 //! preset parses; configuration errors name the key.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use artist_model::Qwen2;
-use artist_tokenizer::{ChatTemplate, Tokenizer};
-use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, Problem, train};
+use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, train};
 use artist_train::sft::RunOptions;
 
 fn fresh() -> RunOptions {
     RunOptions { resume: false, progress: false, stop_after: None }
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
 
 fn answer_of(text: &str) -> Option<&str> {
     let start = text.rfind("<answer>")? + "<answer>".len();
@@ -29,41 +25,22 @@ fn verify(completion: &str, gold: &str) -> bool {
 }
 
 fn trainer(config: GrpoRunConfig) -> GrpoTrainer<'static> {
-    let dir = &config.model;
-    let train: Vec<Problem> =
-        (0..6).map(|i| Problem { problem: format!("{i}+{i}?"), answer: (2 * i).to_string() }).collect();
-    GrpoTrainer {
-        model: Qwen2::load(dir).unwrap(),
-        reference: None,
-        tokenizer: Tokenizer::from_dir(dir).unwrap(),
-        template: ChatTemplate::from_dir(dir).unwrap(),
-        tool: Some(Arc::new(artist_tools::Calculator)),
-        train,
-        verify: &verify,
-        config,
-    }
+    common::math_trainer(config, &verify)
 }
 
 fn tiny_config() -> GrpoRunConfig {
-    let text = std::fs::read_to_string(root().join("configs/artist-math.toml")).unwrap();
-    let c = GrpoRunConfig::from_toml(&text, Path::new("configs/artist-math.toml")).unwrap();
-    let model = root().join("tests/fixtures/qwen2/tiny-gqa");
-    c.with_overrides(&[
-        format!("model={:?}", model.to_str().unwrap()),
-        "tool=calculator".into(),
-        "system_prompt=\"Use <calculator>.\"".into(),
-        "steps=2".into(),
-        "prompts_per_step=2".into(),
-        "rollout.group_size=3".into(),
-        "rollout.max_turn_tokens=12".into(),
-        "rollout.max_response_tokens=24".into(),
-        "rollout.max_context=120".into(),
-        "rollout.max_batch=6".into(),
-        "micro_batch_rollouts=2".into(),
-        "optim.lr=1e-3".into(),
-        "save_every=1".into(),
+    common::tiny_math_config(&[
+        "steps=2",
+        "prompts_per_step=2",
+        "rollout.group_size=3",
+        "rollout.max_turn_tokens=12",
+        "rollout.max_response_tokens=24",
+        "rollout.max_context=120",
+        "rollout.max_batch=6",
+        "micro_batch_rollouts=2",
+        "optim.lr=1e-3",
+        "save_every=1",
     ])
-    .unwrap()
 }
 
 #[test]
