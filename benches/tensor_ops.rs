@@ -248,9 +248,9 @@ fn mem_elementwise(c: &mut Criterion) {
     let x_bf16 = x.to_dtype(DType::BF16).unwrap();
 
     g.throughput(bytes(2 * BIG * F32));
-    g.bench_function("copy_contiguous", |b| b.iter(|| x.copy()));
+    g.bench_function("copy_contiguous", |b| b.iter(|| x.copy().unwrap()));
     let xt = square.t().unwrap();
-    g.bench_function("contiguous_of_transpose_4096x4096", |b| b.iter(|| xt.contiguous()));
+    g.bench_function("contiguous_of_transpose_4096x4096", |b| b.iter(|| xt.contiguous().unwrap()));
 
     g.throughput(bytes(3 * BIG * F32));
     g.bench_function("add", |b| b.iter(|| x.add(&y).unwrap()));

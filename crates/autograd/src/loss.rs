@@ -61,7 +61,7 @@ pub fn token_logprobs(hidden: &Var, weight: &Var, targets: &[u32], scale: f32, c
     Var::record(OP, &[hidden, weight], value, move |g, needs| {
         let g = g.to_dtype(DType::F32)?.to_vec::<f32>()?;
         // dh = dz @ W needs W as f32 rows of an [h, vocab] linear; widen half weights once.
-        let w_t = if needs[0] && wv.dtype() != DType::F32 { Some(wv.t()?.contiguous()) } else { None };
+        let w_t = if needs[0] && wv.dtype() != DType::F32 { Some(wv.t()?.contiguous()?) } else { None };
         let mut dw: Option<Tensor> = None;
         let mut dh_parts = Vec::new();
         for start in (0..n).step_by(chunk) {
@@ -70,17 +70,12 @@ pub fn token_logprobs(hidden: &Var, weight: &Var, targets: &[u32], scale: f32, c
             // d lp_i / d z_ij = scale * (onehot_ij - p_ij), p_ij = exp(scale z_ij - lse_i);
             // the unscaled logits' buffer is overwritten with the gradient row by row.
             let dz = hc.linear(&wv, None)?;
-            let (gc, lc, tc) = (&g[start..start + len], &lse[start..start + len], &target_ids[start..start + len]);
-            dz.update_f32(|v| {
-                use rayon::prelude::*;
-                v.par_chunks_mut(vocab).enumerate().for_each(|(i, row)| {
-                    let (gi, li) = (gc[i] * scale, lc[i]);
-                    for x in row.iter_mut() {
-                        *x = -gi * (*x * scale - li).exp();
-                    }
-                    row[tc[i] as usize] += gi;
-                })
-            })?;
+            dz.token_logprob_grad_in_place(
+                &g[start..start + len],
+                &lse[start..start + len],
+                &target_ids[start..start + len],
+                scale,
+            )?;
             if needs[0] {
                 dh_parts.push(match &w_t {
                     None => dz.matmul(&wv)?,

@@ -5,12 +5,6 @@ use artist_tensor::{DType, Result, Shape, Tensor, invalid};
 
 use crate::tape::Var;
 
-/// `d/dx silu(x) = s (1 + x (1 - s))`, `s = sigmoid(x)`.
-fn dsilu(x: f32) -> f32 {
-    let s = 1.0 / (1.0 + (-x).exp());
-    s * (1.0 + x * (1.0 - s))
-}
-
 fn zeros_f32(shape: &Shape, like: &Tensor) -> Result<Tensor> {
     Tensor::zeros(shape.clone(), DType::F32, like.device())
 }
@@ -40,9 +34,9 @@ unary! {
     log(x = input) |g| g.div(&x)?;
     sqr(x = input) |g| g.mul(&x)?.mul_scalar(2.0)?;
     sqrt(y = output) |g| g.div(&y)?.mul_scalar(0.5)?;
-    silu(x = input) |g| g.zip_f32("silu_backward", &x, |g, x| g * dsilu(x))?;
-    sigmoid(y = output) |g| g.zip_f32("sigmoid_backward", &y, |g, s| g * s * (1.0 - s))?;
-    tanh(y = output) |g| g.zip_f32("tanh_backward", &y, |g, t| g * (1.0 - t * t))?;
+    silu(x = input) |g| g.silu_backward(&x)?;
+    sigmoid(y = output) |g| g.sigmoid_backward(&y)?;
+    tanh(y = output) |g| g.tanh_backward(&y)?;
 }
 
 macro_rules! binary {
@@ -108,9 +102,7 @@ impl Var {
     pub fn clamp(&self, lo: f32, hi: f32) -> Result<Var> {
         let value = self.value.clamp(lo, hi)?;
         let x = self.value.clone();
-        Var::record("clamp", &[self], value, move |g, _| {
-            Ok(vec![Some(g.zip_f32("clamp_backward", &x, move |g, x| if x >= lo && x <= hi { g } else { 0.0 })?)])
-        })
+        Var::record("clamp", &[self], value, move |g, _| Ok(vec![Some(g.clamp_backward(&x, lo, hi)?)]))
     }
 
     /// Sum of every element: a one-element tensor of shape `[]`.
@@ -316,15 +308,8 @@ impl Var {
         let value = self.value.silu_mul(&up.value)?;
         let (gate, upv) = (self.value.clone(), up.value.clone());
         Var::record("silu_mul", &[self, up], value, move |g, needs| {
-            let dgate = if needs[0] {
-                Some(
-                    g.mul(&upv)?
-                        .zip_f32("silu_mul_backward", &gate, |a, x| a * dsilu(x))?
-                        .sum_to(gate.shape().clone())?,
-                )
-            } else {
-                None
-            };
+            let dgate =
+                if needs[0] { Some(g.mul(&upv)?.silu_backward(&gate)?.sum_to(gate.shape().clone())?) } else { None };
             let dup = if needs[1] { Some(g.mul(&gate.silu()?)?.sum_to(upv.shape().clone())?) } else { None };
             Ok(vec![dgate, dup])
         })

@@ -342,7 +342,7 @@ impl Gradients {
             Some(acc) => acc.add_assign(&g),
             None => {
                 // Own the storage: later accumulation writes into it.
-                let g = if g.is_contiguous() && g.layout().start() == 0 { g.copy() } else { g.contiguous().copy() };
+                let g = g.copy()?;
                 self.map.insert(id, g);
                 Ok(())
             }
@@ -360,7 +360,7 @@ impl Gradients {
     /// Multiplies every gradient by `s`, in place.
     pub fn scale(&mut self, s: f32) -> Result<()> {
         for g in self.map.values() {
-            g.update_f32(|v| v.iter_mut().for_each(|x| *x *= s))?;
+            g.scale_in_place(s)?;
         }
         Ok(())
     }
@@ -371,7 +371,7 @@ impl Gradients {
         ids.sort(); // a fixed summation order: the same gradients give the same norm bits
         let mut sum = 0f64;
         for id in ids {
-            sum += self.map[id].update_f32(|v| v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())?;
+            sum += self.map[id].sum_squares_f64()?;
         }
         Ok(sum.sqrt())
     }

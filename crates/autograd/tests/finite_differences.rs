@@ -30,7 +30,8 @@ fn weighted_sum(out: &Tensor, r: &[f32]) -> f64 {
 /// Checks the gradients of `f` with respect to every input.
 fn check(name: &str, inputs: Vec<Tensor>, f: impl Fn(&[Var]) -> Result<Var>) {
     let mut rng = ChaCha8Rng::seed_from_u64(name.len() as u64 * 7919);
-    let params: Vec<Param> = inputs.iter().enumerate().map(|(i, t)| Param::new(format!("x{i}"), t.copy())).collect();
+    let params: Vec<Param> =
+        inputs.iter().enumerate().map(|(i, t)| Param::new(format!("x{i}"), t.copy().unwrap())).collect();
     let tape = Tape::new();
     let vars: Vec<Var> = params.iter().map(|p| tape.param(p)).collect();
     let out = f(&vars).unwrap();
@@ -58,7 +59,7 @@ fn check(name: &str, inputs: Vec<Tensor>, f: impl Fn(&[Var]) -> Result<Var>) {
             let at = |delta: f32| {
                 let mut v = base.clone();
                 v[j] += delta;
-                let mut vals: Vec<Tensor> = inputs.iter().map(|t| t.copy()).collect();
+                let mut vals: Vec<Tensor> = inputs.iter().map(|t| t.copy().unwrap()).collect();
                 vals[i] = Tensor::from_vec(v, inputs[i].shape().clone(), Device::Cpu).unwrap();
                 eval(&vals)
             };

@@ -130,7 +130,7 @@ impl Layer {
                 Some((cache, l)) => {
                     let (kc, vc) = (cache.k[*l].get(s.slot)?, cache.v[*l].get(s.slot)?); // [max_len, kv_heads, d]
                     kc.narrow(0, s.start, t)?.copy_from(ki.value())?;
-                    vc.narrow(0, s.start, t)?.copy_from(&vi.value().contiguous())?;
+                    vc.narrow(0, s.start, t)?.copy_from(&vi.value().contiguous()?)?;
                     let len = s.start + t;
                     (Var::constant(kc.narrow(0, 0, len)?), Var::constant(vc.narrow(0, 0, len)?))
                 }

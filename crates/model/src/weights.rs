@@ -153,8 +153,10 @@ impl Weights {
 /// Writes `tensors` (name, tensor; any dtype, views allowed) as one safetensors file, with
 /// the `{"format": "pt"}` metadata transformers writes.
 pub fn save_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let bytes: Vec<(String, DType, Vec<usize>, Vec<u8>)> =
-        tensors.iter().map(|(n, t)| (n.clone(), t.dtype(), t.dims().to_vec(), t.to_bytes())).collect();
+    let bytes: Vec<(String, DType, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.dtype(), t.dims().to_vec(), t.to_bytes()?)))
+        .collect::<Result<_>>()?;
     let views = bytes
         .iter()
         .map(|(n, dt, shape, data)| {

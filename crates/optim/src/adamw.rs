@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 
 use artist_autograd::{Gradients, Param};
-use artist_tensor::{DType, Result, Tensor, invalid};
-use rayon::prelude::*;
+use artist_tensor::{AdamWScalars, DType, Result, Tensor, invalid};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -41,8 +40,6 @@ pub struct AdamW {
     slots: Vec<Slot>,
 }
 
-const CHUNK: usize = 1 << 14;
-
 impl AdamW {
     /// State for `params` (frozen ones are left out).
     pub fn new(params: &[&Param], config: AdamWConfig) -> Result<AdamW> {
@@ -59,7 +56,7 @@ impl AdamW {
                 }
                 None
             } else {
-                Some(v.to_dtype(DType::F32)?.copy())
+                Some(v.to_dtype(DType::F32)?.copy()?)
             };
             slots.push(Slot { param: (*p).clone(), exp_avg: zeros()?, exp_avg_sq: zeros()?, master, step: 0 });
         }
@@ -83,36 +80,19 @@ impl AdamW {
             }
             s.step += 1;
             let wd = if c.decay_matrices_only && s.param.value().rank() < 2 { 0.0 } else { c.weight_decay };
-            let decay = (1.0 - lr * wd) as f32;
             let bc1 = 1.0 - c.beta1.powi(s.step as i32);
             let bc2 = 1.0 - c.beta2.powi(s.step as i32);
-            let step_size = -(lr / bc1) as f32;
-            let bc2_sqrt = bc2.sqrt() as f32;
-            let (w1, b2, c2, eps) = ((1.0 - c.beta1) as f32, c.beta2 as f32, (1.0 - c.beta2) as f32, c.eps as f32);
+            let scalars = AdamWScalars {
+                decay: (1.0 - lr * wd) as f32,
+                beta1_complement: (1.0 - c.beta1) as f32,
+                beta2: c.beta2 as f32,
+                beta2_complement: (1.0 - c.beta2) as f32,
+                eps: c.eps as f32,
+                bias_correction2_sqrt: bc2.sqrt() as f32,
+                step_size: -(lr / bc1) as f32,
+            };
             let weights = s.master.as_ref().unwrap_or(s.param.value());
-            let g = g.contiguous();
-            g.update_f32(|g| {
-                s.exp_avg.update_f32(|m| {
-                    s.exp_avg_sq.update_f32(|v| {
-                        weights.update_f32(|p| {
-                            p.par_chunks_mut(CHUNK)
-                                .zip(m.par_chunks_mut(CHUNK))
-                                .zip(v.par_chunks_mut(CHUNK))
-                                .zip(g.par_chunks(CHUNK))
-                                .for_each(|(((p, m), v), g)| {
-                                    for i in 0..p.len() {
-                                        let gi = g[i];
-                                        p[i] *= decay;
-                                        m[i] += w1 * (gi - m[i]);
-                                        v[i] = v[i] * b2 + c2 * gi * gi;
-                                        let denom = v[i].sqrt() / bc2_sqrt + eps;
-                                        p[i] += step_size * (m[i] / denom);
-                                    }
-                                })
-                        })
-                    })
-                })
-            })????;
+            weights.adamw_step(&s.exp_avg, &s.exp_avg_sq, &g.contiguous()?, &scalars)?;
             if let Some(master) = &s.master {
                 s.param.value().copy_from(&master.to_dtype(s.param.value().dtype())?)?;
             }
@@ -148,7 +128,7 @@ impl AdamW {
                 if t.shape() != &shape || t.dtype() != DType::F32 {
                     return Err(invalid!("AdamW", "{key} is {:?} {}, expected F32 {shape}", t.dtype(), t.shape()));
                 }
-                Ok(t.copy())
+                t.to_device(s.param.value().device())?.copy()
             };
             s.exp_avg = fetch(format!("{n}.exp_avg"))?;
             s.exp_avg_sq = fetch(format!("{n}.exp_avg_sq"))?;

@@ -1,7 +1,7 @@
 //! Where a tensor lives. CUDA is probed before anything touches the driver, so a machine
 //! with no GPU gets an error value, never a panic from the dynamic loader.
 
-use crate::{Error, Result};
+use crate::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Device {
@@ -10,11 +10,11 @@ pub enum Device {
 }
 
 impl Device {
-    /// The CUDA device `ordinal`, or why it cannot be had: no driver, no such device, or
-    /// (until the CUDA backend lands) a backend that is not built yet.
+    /// The CUDA device `ordinal`, opened (once per process), or why it cannot be had: no
+    /// driver, no such device, or a failure to create its context.
     pub fn cuda(ordinal: usize) -> Result<Device> {
         crate::cuda::probe(ordinal)?;
-        Err(Error::CudaNotBuilt("tensor storage"))
+        Ok(Device::Cuda(ordinal))
     }
 
     /// CUDA device 0 when it can be used, else the CPU.
@@ -36,6 +36,10 @@ impl Device {
 
     pub fn is_cpu(self) -> bool {
         self == Device::Cpu
+    }
+
+    pub fn is_cuda(self) -> bool {
+        matches!(self, Device::Cuda(_))
     }
 }
 

@@ -37,8 +37,11 @@ pub enum Error {
     #[error("CUDA device {ordinal} is not available: {msg}")]
     CudaDevice { ordinal: usize, msg: String },
 
-    #[error("the CUDA backend is not built yet: {0} runs on the CPU only for now")]
-    CudaNotBuilt(&'static str),
+    #[error("{op} (CUDA): {msg}")]
+    Cuda { op: &'static str, msg: String },
+
+    #[error("{0} runs on the CPU only (it takes a Rust closure); use a named op on GPU tensors")]
+    CpuOnly(&'static str),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

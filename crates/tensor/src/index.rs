@@ -1,7 +1,6 @@
 //! Indexing: index-select, gather, scatter-add, index-add, concatenation, top-k.
 
 use crate::cpu::{CpuStorage, contiguous, dispatch_all, dispatch_float, index};
-use crate::tensor::check_cpu;
 use crate::{DType, Error, Result, Tensor, WithDType};
 
 impl Tensor {
@@ -26,13 +25,15 @@ impl Tensor {
     /// Entries of dimension `dim` picked by the 1-D U32 `ids` (repeats allowed).
     pub fn index_select(&self, ids: &Tensor, dim: isize) -> Result<Tensor> {
         const OP: &str = "index_select";
-        check_cpu(OP, self.device())?;
         ids.expect_rank(OP, 1)?;
         let d = self.shape().dim(OP, dim)?;
         let (outer, size, inner) = self.around(d);
         let ids = ids.indices(OP, size)?;
         let mut dims = self.dims().to_vec();
         dims[d] = ids.len();
+        if self.device().is_cuda() {
+            return crate::cuda::ops::index_select(self, &ids, outer, size, inner, dims);
+        }
         let s = self.cpu();
         let out = dispatch_all!(&*s, |v| CpuStorage::from(index::index_select(
             &contiguous(v, self.layout()),
@@ -62,12 +63,14 @@ impl Tensor {
     /// has this tensor's shape except in `dim`.
     pub fn gather(&self, dim: isize, index: &Tensor) -> Result<Tensor> {
         const OP: &str = "gather";
-        check_cpu(OP, self.device())?;
         let d = self.shape().dim(OP, dim)?;
         self.check_index_shape(OP, index, d)?;
         let (outer, size, inner) = self.around(d);
         let k = index.dims()[d];
         let ids = index.indices(OP, size)?;
+        if self.device().is_cuda() {
+            return crate::cuda::ops::gather(self, &ids, outer, size, k, inner, index.shape().clone());
+        }
         let s = self.cpu();
         let out = dispatch_all!(&*s, |v| CpuStorage::from(index::gather(
             &contiguous(v, self.layout()),
@@ -85,11 +88,16 @@ impl Tensor {
     /// equal to this one's except in `dim`. Repeated indices accumulate.
     pub fn scatter_add(&self, dim: isize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
         const OP: &str = "scatter_add";
-        check_cpu(OP, self.device())?;
         let d = self.shape().dim(OP, dim)?;
         self.check_index_shape(OP, index, d)?;
         if src.shape() != index.shape() {
             return Err(Error::ShapeMismatch { op: OP, lhs: index.shape().clone(), rhs: src.shape().clone() });
+        }
+        if self.device().is_cuda() {
+            self.check_accumulate(OP, src)?;
+            let (outer, size, inner) = self.around(d);
+            let ids = index.indices(OP, size)?;
+            return crate::cuda::ops::accumulate(self, src, &ids, true, outer, size, index.dims()[d], inner);
         }
         self.accumulate(OP, src, |dst, s| {
             let (_, size, inner) = self.around(d);
@@ -106,13 +114,18 @@ impl Tensor {
     /// `ids` (1-D U32): the backward of [`Tensor::index_select`] and of embedding.
     pub fn index_add(&self, dim: isize, ids: &Tensor, src: &Tensor) -> Result<Tensor> {
         const OP: &str = "index_add";
-        check_cpu(OP, self.device())?;
         ids.expect_rank(OP, 1)?;
         let d = self.shape().dim(OP, dim)?;
         let mut want = self.dims().to_vec();
         want[d] = ids.elem_count();
         if src.dims() != want {
             return Err(crate::invalid!(OP, "src has shape {}, expected {want:?}", src.shape()));
+        }
+        if self.device().is_cuda() {
+            self.check_accumulate(OP, src)?;
+            let (outer, size, inner) = self.around(d);
+            let ids = ids.indices(OP, size)?;
+            return crate::cuda::ops::accumulate(self, src, &ids, false, outer, size, ids.len(), inner);
         }
         self.accumulate(OP, src, |dst, s| {
             let (_, size, inner) = self.around(d);
@@ -125,6 +138,20 @@ impl Tensor {
         })
     }
 
+    /// What both accumulating ops need of `src`: this tensor's dtype and device, a float type.
+    fn check_accumulate(&self, op: &'static str, src: &Tensor) -> Result<()> {
+        if src.dtype() != self.dtype() {
+            return Err(Error::DTypeMismatch { op, lhs: self.dtype(), rhs: src.dtype() });
+        }
+        if src.device() != self.device() {
+            return Err(Error::DeviceMismatch { op, lhs: self.device(), rhs: src.device() });
+        }
+        if !self.dtype().is_float() {
+            return Err(Error::UnsupportedDType { op, dtype: self.dtype() });
+        }
+        Ok(())
+    }
+
     /// Copies this tensor and lets `f` add `src`'s storage into the copy.
     fn accumulate(
         &self,
@@ -135,7 +162,7 @@ impl Tensor {
         if src.dtype() != self.dtype() {
             return Err(Error::DTypeMismatch { op, lhs: self.dtype(), rhs: src.dtype() });
         }
-        let mut data = self.copy().into_cpu_storage();
+        let mut data = self.copy()?.into_cpu_storage();
         f(&mut data, &src.cpu())?;
         Ok(Tensor::from_storage(data, self.shape().clone()))
     }
@@ -144,11 +171,13 @@ impl Tensor {
     pub fn cat(parts: &[&Tensor], dim: isize) -> Result<Tensor> {
         const OP: &str = "cat";
         let first = parts.first().ok_or_else(|| crate::invalid!(OP, "no tensors to concatenate"))?;
-        check_cpu(OP, first.device())?;
         let d = first.shape().dim(OP, dim)?;
         for p in parts {
             if p.dtype() != first.dtype() {
                 return Err(Error::DTypeMismatch { op: OP, lhs: first.dtype(), rhs: p.dtype() });
+            }
+            if p.device() != first.device() {
+                return Err(Error::DeviceMismatch { op: OP, lhs: first.device(), rhs: p.device() });
             }
             if p.rank() != first.rank()
                 || p.dims().iter().zip(first.dims()).enumerate().any(|(i, (a, b))| i != d && a != b)
@@ -159,7 +188,20 @@ impl Tensor {
         let (outer, _, inner) = first.around(d);
         let mut dims = first.dims().to_vec();
         dims[d] = parts.iter().map(|p| p.dims()[d]).sum();
-        let guards: Vec<_> = parts.iter().map(|p| p.contiguous()).collect();
+        if first.device().is_cuda() {
+            // Each part written through a narrowed view of the output.
+            let out = Tensor::zeros(dims, first.dtype(), first.device())?;
+            let mut at = 0;
+            for p in parts {
+                let len = p.dims()[d];
+                if len > 0 {
+                    out.narrow(d as isize, at, len)?.copy_from(p)?;
+                }
+                at += len;
+            }
+            return Ok(out);
+        }
+        let guards: Vec<_> = parts.iter().map(|p| p.contiguous()).collect::<Result<_>>()?;
         let storages: Vec<_> = guards.iter().map(|g| g.cpu()).collect();
         macro_rules! join {
             ($($v:ident),*) => {
@@ -182,13 +224,18 @@ impl Tensor {
     /// U32 indices. Ties keep the lower index first; NaN counts as the largest.
     pub fn topk(&self, k: usize) -> Result<(Tensor, Tensor)> {
         const OP: &str = "topk";
-        check_cpu(OP, self.device())?;
         let cols = self.dim(-1)?;
         if k > cols {
             return Err(crate::invalid!(OP, "k = {k} exceeds the last dimension of {}", self.shape()));
         }
         let mut dims = self.dims().to_vec();
         *dims.last_mut().expect("rank >= 1") = k;
+        if self.device().is_cuda() {
+            if !self.dtype().is_float() {
+                return Err(Error::UnsupportedDType { op: OP, dtype: self.dtype() });
+            }
+            return crate::cuda::ops::topk(self, k, dims);
+        }
         let s = self.cpu();
         let (values, indices) = dispatch_float!(OP, &*s, |v| {
             let (vals, idx) = index::topk(&contiguous(v, self.layout()), cols, k);

@@ -2,9 +2,10 @@
 //!
 //! A [`Tensor`] is shared storage plus a [`Layout`] (shape, strides, offset), so transpose,
 //! narrow, permute, broadcast and reshape of contiguous data are views. Elements are f32,
-//! bf16 or f16 (U32 for indices, U8 for masks). On the CPU every float op computes in f32
-//! and rounds once when it writes; matrix products run on the `gemm` crate and everything
-//! row-shaped spreads over rayon. Every failure is an [`Error`] value naming the op.
+//! bf16 or f16 (U32 for indices, U8 for masks). Every float op computes in f32 and rounds
+//! once when it writes. On the CPU matrix products run on the `gemm` crate and everything
+//! row-shaped spreads over rayon; on NVIDIA GPUs ([`cuda`]) our own kernels and cuBLAS do
+//! the same work. Every failure is an [`Error`] value naming the op.
 //!
 //! ```
 //! use artist_tensor::{DType, Device, Tensor};
@@ -20,6 +21,7 @@ pub mod cuda;
 mod device;
 mod dtype;
 mod error;
+mod fused;
 mod index;
 mod layout;
 mod matmul;
@@ -32,6 +34,7 @@ mod tensor;
 pub use device::Device;
 pub use dtype::{DType, WithDType};
 pub use error::{Error, Result};
+pub use fused::AdamWScalars;
 pub use layout::Layout;
 pub use nn::rope_tables;
 pub use ops::CmpOp;

@@ -11,7 +11,6 @@ impl Tensor {
     /// Half-precision operands are widened to f32, multiplied, and rounded back.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         const OP: &str = "matmul";
-        check_cpu(OP, self.device())?;
         if self.device() != rhs.device() {
             return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: rhs.device() });
         }
@@ -34,6 +33,11 @@ impl Tensor {
         let rb = Shape::from(&rd[..rd.len() - 2]);
         let batch = lb.broadcast_with(OP, &rb).map_err(|_| mismatch())?;
         let full = |b: &Shape, r: usize, c: usize| Shape::from([b.dims(), &[r, c]].concat());
+        if self.device().is_cuda() {
+            let ll = self.layout().broadcast_as(&full(&batch, m, k))?;
+            let rl = rhs.layout().broadcast_as(&full(&batch, k, n))?;
+            return crate::cuda::ops::matmul(self, rhs, &ll, &rl, full(&batch, m, n));
+        }
         let (lhs, rhs) = if self.dtype() == DType::F32 {
             (self.clone(), rhs.clone())
         } else {
@@ -72,11 +76,28 @@ impl Tensor {
             return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().clone(), rhs: weight.shape().clone() });
         }
         let m = self.elem_count() / k.max(1);
+        if weight.device() != self.device() {
+            return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: weight.device() });
+        }
+        if self.device().is_cuda() {
+            let mut dims = self.dims().to_vec();
+            *dims.last_mut().expect("rank >= 1") = n;
+            let y = if self.dtype() == DType::F32 && weight.dtype().is_float() && weight.dtype() != DType::F32 {
+                crate::cuda::ops::linear_widening(self, weight, m, k, n, dims)?
+            } else {
+                self.reshape((m, k))?.matmul(&weight.t()?)?.reshape(dims)?
+            };
+            return match bias {
+                Some(b) if b.dtype() != y.dtype() => y.add(&b.to_dtype(y.dtype())?),
+                Some(b) => y.add(b),
+                None => Ok(y),
+            };
+        }
         let mixed = self.dtype() == DType::F32 && weight.dtype().is_float() && weight.dtype() != DType::F32;
         let y = if k > 0 && self.dtype() == DType::F32 && (mixed || m <= GEMV_MAX_ROWS) {
             check_cpu(OP, self.device())?;
-            let x = self.contiguous();
-            let w = weight.contiguous();
+            let x = self.contiguous()?;
+            let w = weight.contiguous()?;
             let (xs, ws) = (x.cpu(), w.cpu());
             let xv = &f32_slice(&xs)[x.layout().contiguous_range().expect("contiguous")];
             let wr = w.layout().contiguous_range().expect("contiguous");

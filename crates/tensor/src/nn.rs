@@ -2,16 +2,21 @@
 //! RMSNorm, rotary embeddings, SwiGLU, causal masks, embedding lookup.
 
 use crate::cpu::{CpuStorage, contiguous, dispatch_float, nn};
-use crate::tensor::check_cpu;
 use crate::{Device, Error, Result, Tensor, WithDType};
 
 impl Tensor {
     fn softmax_impl(&self, op: &'static str, dim: isize, log: bool) -> Result<Tensor> {
-        check_cpu(op, self.device())?;
         let d = self.shape().dim(op, dim)?;
         let last = self.rank() - 1;
         // Bring `dim` last, run rows, and view the result back in the original order.
         let x = if d == last { self.clone() } else { self.transpose(d as isize, -1)? };
+        if !self.dtype().is_float() {
+            return Err(Error::UnsupportedDType { op, dtype: self.dtype() });
+        }
+        if self.device().is_cuda() {
+            let y = crate::cuda::ops::softmax_last(&x, log)?;
+            return if d == last { Ok(y) } else { y.transpose(d as isize, -1) };
+        }
         let cols = x.dims()[last];
         let s = x.cpu();
         let out =
@@ -34,13 +39,21 @@ impl Tensor {
     /// RMSNorm over the last dimension with a per-feature `weight` of the same dtype.
     pub fn rms_norm(&self, weight: &Tensor, eps: f32) -> Result<Tensor> {
         const OP: &str = "rms_norm";
-        check_cpu(OP, self.device())?;
         let h = self.dim(-1)?;
         if weight.dims() != [h] {
             return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().clone(), rhs: weight.shape().clone() });
         }
         if weight.dtype() != self.dtype() {
             return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: weight.dtype() });
+        }
+        if weight.device() != self.device() {
+            return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: weight.device() });
+        }
+        if !self.dtype().is_float() {
+            return Err(Error::UnsupportedDType { op: OP, dtype: self.dtype() });
+        }
+        if self.device().is_cuda() {
+            return crate::cuda::ops::rms_norm(self, weight, eps);
         }
         let (s, w) = (self.cpu(), weight.cpu());
         let out = dispatch_float!(OP, &*s, |v| {
@@ -55,7 +68,6 @@ impl Tensor {
     /// the batch) or `[b, t, head_dim/2]` (a position per sequence), from [`rope_tables`].
     pub fn rope(&self, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         const OP: &str = "rope";
-        check_cpu(OP, self.device())?;
         let [b, t, h, d] = self.dims_n(OP)?;
         if !d.is_multiple_of(2) {
             return Err(crate::invalid!(OP, "head_dim {d} is odd"));
@@ -73,6 +85,12 @@ impl Tensor {
             ));
         }
         let cb = if cos.rank() == 3 { cos.dims()[0] } else { 1 };
+        if !self.dtype().is_float() {
+            return Err(Error::UnsupportedDType { op: OP, dtype: self.dtype() });
+        }
+        if self.device().is_cuda() {
+            return crate::cuda::ops::rope(self, cos, sin, [b, t, h, d], cb);
+        }
         let (c, sn) = (cos.to_f32_vec()?, sin.to_f32_vec()?);
         let s = self.cpu();
         let out = dispatch_float!(OP, &*s, |v| CpuStorage::from(nn::rope(
@@ -83,11 +101,6 @@ impl Tensor {
             cb
         )));
         Ok(Tensor::from_storage(out, self.shape().clone()))
-    }
-
-    /// `silu(self) * up`, the SwiGLU gate of Qwen2's MLP, in one pass.
-    pub fn silu_mul(&self, up: &Tensor) -> Result<Tensor> {
-        self.zip_f32("silu_mul", up, |g, u| nn::silu(g) * u)
     }
 
     /// Rows of `weight: [vocab, hidden]` picked by the U32 `ids` of any shape:

@@ -16,8 +16,26 @@ impl Tensor {
     }
 
     fn reduce_keepdim(&self, op: &'static str, dim: isize, kind: ReduceOp) -> Result<Tensor> {
-        crate::tensor::check_cpu(op, self.device())?;
         let (outer, k, inner, kept) = self.split_at_dim(op, dim)?;
+        if self.device().is_cuda() {
+            if !self.dtype().is_float() {
+                return Err(crate::Error::UnsupportedDType { op, dtype: self.dtype() });
+            }
+            let code = match kind {
+                ReduceOp::Sum => crate::cuda::ops::Reduce::Sum,
+                ReduceOp::Max => crate::cuda::ops::Reduce::Max,
+                ReduceOp::Min => crate::cuda::ops::Reduce::Min,
+            };
+            if k == 0 {
+                let empty = match kind {
+                    ReduceOp::Sum => 0.0,
+                    ReduceOp::Max => f32::NEG_INFINITY,
+                    ReduceOp::Min => f32::INFINITY,
+                };
+                return Tensor::full(empty, kept, self.dtype(), self.device());
+            }
+            return crate::cuda::ops::reduce(self, outer, k, inner, code, kept);
+        }
         let s = self.cpu();
         let out = dispatch_float!(op, &*s, |v| {
             let data = contiguous(v, self.layout());
@@ -61,10 +79,15 @@ impl Tensor {
     }
 
     fn arg_keepdim(&self, op: &'static str, dim: isize, max: bool) -> Result<Tensor> {
-        crate::tensor::check_cpu(op, self.device())?;
         let (outer, k, inner, kept) = self.split_at_dim(op, dim)?;
         if k == 0 {
             return Err(crate::invalid!(op, "dimension {dim} of {} is empty", self.shape()));
+        }
+        if self.device().is_cuda() {
+            if !self.dtype().is_float() {
+                return Err(crate::Error::UnsupportedDType { op, dtype: self.dtype() });
+            }
+            return crate::cuda::ops::arg_reduce(self, outer, k, inner, max, kept);
         }
         let s = self.cpu();
         let out = dispatch_float!(op, &*s, |v| arg_reduce(&contiguous(v, self.layout()), outer, k, inner, max));

@@ -10,7 +10,7 @@ use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::cpu::{CpuStorage, dispatch_all, elementwise};
-use crate::cuda::CudaStorage;
+use crate::cuda::{self, CudaStorage};
 use crate::{DType, Device, Error, Layout, Result, Shape, WithDType};
 
 #[derive(Debug)]
@@ -33,11 +33,11 @@ impl std::fmt::Debug for Tensor {
     }
 }
 
-/// Refuses anything but the CPU until the CUDA backend lands.
+/// Refuses CUDA tensors, for the ops that run on the CPU only (those taking Rust closures).
 pub(crate) fn check_cpu(op: &'static str, device: Device) -> Result<()> {
     match device {
         Device::Cpu => Ok(()),
-        Device::Cuda(_) => Err(Error::CudaNotBuilt(op)),
+        Device::Cuda(_) => Err(Error::CpuOnly(op)),
     }
 }
 
@@ -56,13 +56,32 @@ impl Tensor {
         }
     }
 
+    /// A contiguous tensor over CUDA storage.
+    pub(crate) fn from_cuda(storage: CudaStorage, shape: impl Into<Shape>) -> Tensor {
+        let layout = Layout::contiguous(shape);
+        debug_assert_eq!(layout.shape().elem_count(), storage.len());
+        Tensor {
+            dtype: storage.dtype(),
+            device: Device::Cuda(storage.ordinal()),
+            storage: Arc::new(RwLock::new(Storage::Cuda(storage))),
+            layout,
+        }
+    }
+
+    /// Host storage as a tensor on `device` (uploaded when that is a GPU).
+    fn from_host(storage: CpuStorage, shape: Shape, device: Device) -> Result<Tensor> {
+        match device {
+            Device::Cpu => Ok(Tensor::from_storage(storage, shape)),
+            Device::Cuda(n) => cuda::ops::upload(&storage, shape, n),
+        }
+    }
+
     pub fn from_vec<T: WithDType>(data: Vec<T>, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
-        check_cpu("from_vec", device)?;
         let shape = shape.into();
         if shape.elem_count() != data.len() {
             return Err(Error::ElementCount { op: "from_vec", expected: shape.elem_count(), got: data.len(), shape });
         }
-        Ok(Tensor::from_storage(T::into_storage(data), shape))
+        Tensor::from_host(T::into_storage(data), shape, device)
     }
 
     pub fn from_slice<T: WithDType>(data: &[T], shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
@@ -91,19 +110,22 @@ impl Tensor {
             DType::BF16 => CpuStorage::BF16(cast(bytes)),
             DType::F32 => CpuStorage::F32(cast(bytes)),
         };
-        check_cpu("from_bytes", device)?;
-        Ok(Tensor::from_storage(storage, shape))
+        Tensor::from_host(storage, shape, device)
     }
 
     pub fn zeros(shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
-        check_cpu("zeros", device)?;
         let shape = shape.into();
+        if device.is_cuda() {
+            return cuda::ops::zeros(shape, dtype, device);
+        }
         Ok(Tensor::from_storage(CpuStorage::zeros(dtype, shape.elem_count()), shape))
     }
 
     pub fn full(value: f32, shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
-        check_cpu("full", device)?;
         let shape = shape.into();
+        if device.is_cuda() {
+            return cuda::ops::full(value, shape, dtype, device);
+        }
         let mut s = CpuStorage::zeros(dtype, shape.elem_count());
         dispatch_all!(&mut s, |v| v.fill(WithDType::from_f32(value)));
         Ok(Tensor::from_storage(s, shape))
@@ -193,11 +215,28 @@ impl Tensor {
         Arc::ptr_eq(&self.storage, &other.storage)
     }
 
+    /// The CPU storage. Callers route CUDA tensors elsewhere first; reaching here with one
+    /// is a bug in this crate.
     pub(crate) fn cpu(&self) -> MappedRwLockReadGuard<'_, CpuStorage> {
         RwLockReadGuard::map(self.storage.read(), |s| match s {
             Storage::Cpu(c) => c,
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(_) => unreachable!("CPU storage expected: CUDA tensors take the cuda::ops path"),
         })
+    }
+
+    /// The CUDA storage (see [`Tensor::cpu`]).
+    pub(crate) fn cuda_storage(&self) -> MappedRwLockReadGuard<'_, CudaStorage> {
+        RwLockReadGuard::map(self.storage.read(), |s| match s {
+            Storage::Cuda(c) => c,
+            Storage::Cpu(_) => unreachable!("CUDA storage expected"),
+        })
+    }
+
+    /// The elements of a contiguous CPU tensor, as storage of their own.
+    pub(crate) fn cpu_range_storage(&self) -> CpuStorage {
+        let range = self.layout.contiguous_range().expect("contiguous");
+        let s = self.cpu();
+        dispatch_all!(&*s, |v| CpuStorage::from(v[range.clone()].to_vec()))
     }
 
     /// The storage of a tensor that owns all of it contiguously (a fresh op result or
@@ -207,11 +246,11 @@ impl Tensor {
         match Arc::try_unwrap(self.storage) {
             Ok(lock) => match lock.into_inner() {
                 Storage::Cpu(c) => c,
-                Storage::Cuda(c) => match c {},
+                Storage::Cuda(_) => unreachable!("CPU storage expected"),
             },
             Err(shared) => match &*shared.read() {
                 Storage::Cpu(c) => c.clone(),
-                Storage::Cuda(c) => match *c {},
+                Storage::Cuda(_) => unreachable!("CPU storage expected"),
             },
         }
     }
@@ -221,12 +260,33 @@ impl Tensor {
         Tensor { storage: self.storage.clone(), layout, dtype: self.dtype, device: self.device }
     }
 
+    /// A view with `layout`, which must lie within the storage (broadcast layouts included).
+    pub(crate) fn view_with(&self, layout: Layout) -> Tensor {
+        self.view(layout)
+    }
+
+    /// The same elements on `device`: a copy across the bus, or this tensor when it is
+    /// already there.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device {
+            return Ok(self.clone());
+        }
+        if let Device::Cuda(n) = device {
+            crate::cuda::probe(n)?;
+        }
+        cuda::ops::to_device(self, device)
+    }
+
     // ---- reading data out ---------------------------------------------------------------
 
     /// All elements in row-major order; `T` must be the tensor's dtype.
     pub fn to_vec<T: WithDType>(&self) -> Result<Vec<T>> {
         if T::DTYPE != self.dtype {
             return Err(Error::DTypeMismatch { op: "to_vec", lhs: self.dtype, rhs: T::DTYPE });
+        }
+        if self.device.is_cuda() {
+            let host = cuda::ops::download(self)?;
+            return Ok(T::slice(&host).expect("storage dtype matches the tensor's").to_vec());
         }
         let s = self.cpu();
         let data = T::slice(&s).expect("storage dtype matches the tensor's");
@@ -264,12 +324,15 @@ impl Tensor {
     }
 
     /// The raw little-endian bytes of the elements in row-major order.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let c = self.contiguous();
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        if self.device.is_cuda() {
+            return Ok(cuda::ops::download(self)?.as_bytes().to_vec());
+        }
+        let c = self.contiguous()?;
         let s = c.cpu();
         let range = c.layout.contiguous_range().expect("contiguous");
         let size = c.dtype.size_in_bytes();
-        s.as_bytes()[range.start * size..range.end * size].to_vec()
+        Ok(s.as_bytes()[range.start * size..range.end * size].to_vec())
     }
 
     pub(crate) fn expect_rank(&self, op: &'static str, rank: usize) -> Result<()> {
@@ -335,7 +398,7 @@ impl Tensor {
         }
         match self.layout.reshape(&shape) {
             Some(l) => Ok(self.view(l)),
-            None => Ok(self.contiguous().view(Layout::contiguous(shape))),
+            None => Ok(self.contiguous()?.view(Layout::contiguous(shape))),
         }
     }
 
@@ -357,18 +420,21 @@ impl Tensor {
     }
 
     /// This tensor when already contiguous (sharing storage), else a contiguous copy.
-    pub fn contiguous(&self) -> Tensor {
+    pub fn contiguous(&self) -> Result<Tensor> {
         if self.is_contiguous() {
-            return self.clone();
+            return Ok(self.clone());
         }
         self.copy()
     }
 
     /// A contiguous copy with storage of its own.
-    pub fn copy(&self) -> Tensor {
+    pub fn copy(&self) -> Result<Tensor> {
+        if self.device.is_cuda() {
+            return cuda::ops::copy(self);
+        }
         let s = self.cpu();
         let out = dispatch_all!(&*s, |v| CpuStorage::from(elementwise::map_strided(v, &self.layout, |x| x)));
-        Tensor::from_storage(out, self.shape().clone())
+        Ok(Tensor::from_storage(out, self.shape().clone()))
     }
 
     /// Element type conversion (round to nearest even into half types; floats into
@@ -376,6 +442,9 @@ impl Tensor {
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype {
             return Ok(self.clone());
+        }
+        if self.device.is_cuda() {
+            return cuda::ops::cast(self, dtype);
         }
         fn cast_to<A: WithDType>(v: &[A], l: &Layout, dtype: DType) -> CpuStorage {
             use elementwise::{convert, map_strided};
@@ -414,17 +483,20 @@ impl Tensor {
         })?;
         // Reading and writing the same storage would need both locks at once: copy first.
         let (src, src_layout) = if self.same_storage(src) {
-            let c = src.copy();
+            let c = src.copy()?;
             let l = c.layout.broadcast_as(self.shape())?;
             (c, l)
         } else {
             (src.clone(), src_layout)
         };
+        if self.device.is_cuda() {
+            return cuda::ops::write_strided(self, &src, &src_layout);
+        }
         let from = src.cpu();
         let mut guard = self.storage.write();
         let dst = match &mut *guard {
             Storage::Cpu(d) => d,
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(_) => unreachable!("CUDA tensors were routed above"),
         };
         macro_rules! write {
             ($($v:ident),*) => {
@@ -440,9 +512,10 @@ impl Tensor {
 }
 
 impl Tensor {
-    /// Runs `f` on the f32 elements of a contiguous F32 tensor, in place: how an
-    /// optimiser updates its parameters and moments and how gradients accumulate without
-    /// a new allocation per step. The change is seen through every view of the storage.
+    /// Runs `f` on the f32 elements of a contiguous F32 tensor, in place, and the change is
+    /// seen through every view of the storage. On a GPU the elements make a round trip
+    /// through host memory (a copy each way), which suits checks and tests, not hot loops:
+    /// those have GPU ops of their own (`add_assign`, `scale_in_place`, `adamw_step`, ...).
     pub fn update_f32<R>(&self, f: impl FnOnce(&mut [f32]) -> R) -> Result<R> {
         if self.dtype != DType::F32 {
             return Err(Error::DTypeMismatch { op: "update_f32", lhs: self.dtype, rhs: DType::F32 });
@@ -451,11 +524,21 @@ impl Tensor {
             .layout
             .contiguous_range()
             .ok_or_else(|| crate::invalid!("update_f32", "the tensor {} is not contiguous", self.shape()))?;
+        if self.device.is_cuda() {
+            let mut host = match cuda::ops::download(self)? {
+                CpuStorage::F32(v) => v,
+                _ => unreachable!("dtype was checked"),
+            };
+            let r = f(&mut host);
+            let back = Tensor::from_vec(host, self.shape().clone(), self.device)?;
+            cuda::ops::write_strided(self, &back, back.layout())?;
+            return Ok(r);
+        }
         let mut guard = self.storage.write();
         match &mut *guard {
             Storage::Cpu(CpuStorage::F32(v)) => Ok(f(&mut v[range])),
             Storage::Cpu(_) => unreachable!("dtype was checked"),
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(_) => unreachable!("CUDA tensors were routed above"),
         }
     }
 
@@ -468,7 +551,19 @@ impl Tensor {
                 rhs: other.shape().clone(),
             });
         }
-        let src = if self.same_storage(other) { other.copy() } else { other.to_dtype(DType::F32)?.contiguous() };
+        if other.device() != self.device {
+            return Err(Error::DeviceMismatch { op: "add_assign", lhs: self.device, rhs: other.device() });
+        }
+        if self.dtype != DType::F32 {
+            return Err(Error::DTypeMismatch { op: "add_assign", lhs: self.dtype, rhs: DType::F32 });
+        }
+        if self.layout.contiguous_range().is_none() {
+            return Err(crate::invalid!("add_assign", "the tensor {} is not contiguous", self.shape()));
+        }
+        let src = if self.same_storage(other) { other.copy()? } else { other.to_dtype(DType::F32)?.contiguous()? };
+        if self.device.is_cuda() {
+            return cuda::ops::add_assign(self, &src);
+        }
         let range = src.layout.contiguous_range().expect("contiguous");
         let guard = src.cpu();
         let from = match &*guard {

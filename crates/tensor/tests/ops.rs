@@ -44,7 +44,7 @@ fn construction_and_readback() {
     assert_eq!(Tensor::zeros((2, 2), DType::BF16, CPU).unwrap().to_f32_vec().unwrap(), vec![0.0; 4]);
     assert_eq!(Tensor::full(2.5, 3, DType::F16, CPU).unwrap().to_f32_vec().unwrap(), vec![2.5; 3]);
     assert_eq!(Tensor::arange(4, DType::U32, CPU).unwrap().to_vec1::<u32>().unwrap(), vec![0, 1, 2, 3]);
-    let b = Tensor::from_bytes(&t.to_bytes(), DType::F32, (3, 2), CPU).unwrap();
+    let b = Tensor::from_bytes(&t.to_bytes().unwrap(), DType::F32, (3, 2), CPU).unwrap();
     assert_eq!(b.to_vec::<f32>().unwrap(), t.to_vec::<f32>().unwrap());
     assert!(Tensor::from_bytes(&[0u8; 7], DType::F32, 2, CPU).is_err());
     assert!(t.to_vec3::<f32>().is_err());
@@ -74,7 +74,7 @@ fn views_read_the_right_elements() {
     assert!(t.transpose(0, 3).is_err());
     assert!(t.squeeze(0).is_err());
     assert!(t.reshape((5, 5)).is_err());
-    assert!(!t.copy().same_storage(&t));
+    assert!(!t.copy().unwrap().same_storage(&t));
 }
 
 #[test]
@@ -155,7 +155,7 @@ fn binary_ops_broadcast_like_numpy() {
         }
         // Strided operands.
         for ((how, ta, a), (_, tb, b)) in variants(&[3, 6], 30).into_iter().zip(variants(&[3, 6], 31)) {
-            let got = op(&ta, &tb.transpose(0, 1).unwrap().contiguous().transpose(0, 1).unwrap()).unwrap();
+            let got = op(&ta, &tb.transpose(0, 1).unwrap().contiguous().unwrap().transpose(0, 1).unwrap()).unwrap();
             assert_close(&got, &a.zip(&b, f), 2e-5, 1e-6);
             let _ = how;
         }
@@ -375,7 +375,14 @@ fn index_select_gather_scatter_and_index_add() {
         });
         assert_close(&t.index_select(&ids, d as isize).unwrap(), &want, 0.0, 0.0);
         assert_close(
-            &t.transpose(0, 2).unwrap().contiguous().transpose(0, 2).unwrap().index_select(&ids, d as isize).unwrap(),
+            &t.transpose(0, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .transpose(0, 2)
+                .unwrap()
+                .index_select(&ids, d as isize)
+                .unwrap(),
             &want,
             0.0,
             0.0,
@@ -450,7 +457,7 @@ fn cat_along_each_dim() {
         let got = Tensor::cat(
             &[
                 &a.tensor(DType::F32),
-                &b.tensor(DType::F32).transpose(0, 2).unwrap().contiguous().transpose(0, 2).unwrap(),
+                &b.tensor(DType::F32).transpose(0, 2).unwrap().contiguous().unwrap().transpose(0, 2).unwrap(),
             ],
             d as isize,
         )
@@ -618,6 +625,10 @@ fn random_init_is_seeded() {
 
 #[test]
 fn cuda_without_a_driver_is_an_error_not_a_panic() {
+    if artist_tensor::cuda::driver_present() {
+        eprintln!("a CUDA driver is present: nothing to test here");
+        return;
+    }
     let r = Device::cuda(0);
     assert!(r.is_err());
     let msg = r.unwrap_err().to_string();
@@ -626,8 +637,9 @@ fn cuda_without_a_driver_is_an_error_not_a_panic() {
     assert!(Device::parse("tpu").is_err());
     assert!(Device::parse("cuda:1").is_err());
     assert_eq!(Device::best(), Device::Cpu);
-    // A Cuda device value made by hand is refused by every constructor.
-    assert!(matches!(Tensor::zeros(2, DType::F32, Device::Cuda(0)), Err(Error::CudaNotBuilt(_))));
+    // A Cuda device value made by hand is refused by every constructor, with the reason.
+    let err = Tensor::zeros(2, DType::F32, Device::Cuda(0)).unwrap_err();
+    assert!(matches!(err, Error::NoCudaDriver(_)), "{err}");
 }
 
 #[test]
@@ -667,10 +679,10 @@ fn large_transposes_copy_in_tiles() {
     for shape in [[1usize, 70, 45], [3, 40, 33], [2, 64, 96]] {
         let x = Nd::random(&shape, 170);
         let t = x.tensor(DType::F32).transpose(1, 2).unwrap();
-        assert_close(&t.contiguous(), &x.transpose(1, 2), 0.0, 0.0);
+        assert_close(&t.contiguous().unwrap(), &x.transpose(1, 2), 0.0, 0.0);
         assert_close(&t.to_dtype(DType::BF16).unwrap(), &x.transpose(1, 2).round_bf16(), 0.0, 0.0);
         assert_close(&t.exp().unwrap(), &x.transpose(1, 2).map(f64::exp), 1e-6, 1e-7);
         let p = x.tensor(DType::F32).permute(&[2, 0, 1]).unwrap();
-        assert_close(&p.contiguous(), &x.permute(&[2, 0, 1]), 0.0, 0.0);
+        assert_close(&p.contiguous().unwrap(), &x.permute(&[2, 0, 1]), 0.0, 0.0);
     }
 }

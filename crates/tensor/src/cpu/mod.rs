@@ -87,6 +87,10 @@ impl CpuStorage {
     pub fn as_bytes(&self) -> &[u8] {
         dispatch_all!(self, |v| bytemuck::cast_slice(v))
     }
+
+    pub(crate) fn as_bytes_mut(&mut self) -> &mut [u8] {
+        dispatch_all!(self, |v| bytemuck::cast_slice_mut(v))
+    }
 }
 
 impl<T: WithDType> From<Vec<T>> for CpuStorage {

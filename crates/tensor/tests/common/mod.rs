@@ -54,9 +54,11 @@ impl Nd {
         self.data[flat]
     }
 
-    /// The same values rounded through bf16, as a bf16 tensor would hold them.
+    /// The same values rounded through bf16, as a bf16 tensor would hold them: through f32,
+    /// as `tensor()` builds one. (`half`'s direct f64 -> bf16 rounding is not round-to-nearest
+    /// for every input: 0xbfd28004 as an f64 rounds down there, up through f32.)
     pub fn round_bf16(&self) -> Nd {
-        Nd::new(&self.shape, self.data.iter().map(|&x| artist_tensor::bf16::from_f64(x).to_f64()).collect())
+        Nd::new(&self.shape, self.data.iter().map(|&x| artist_tensor::bf16::from_f32(x as f32).to_f64()).collect())
     }
 
     pub fn tensor(&self, dtype: DType) -> Tensor {

@@ -1,0 +1,234 @@
+// The CUDA kernel emulator: just enough of CUDA C++ for our kernels (kernels/*.cu) to compile
+// as ordinary C++17 and run on the CPU, so that their logic (indexing, reductions, barriers,
+// warp shuffles, boundary cases) is tested against the CPU backend on machines without a GPU.
+//
+// Each thread of a block is a fiber (ucontext) with a stack of its own; the block's fibers
+// run on one OS thread, each until it reaches a barrier (__syncthreads, or the warp-wide
+// exchange behind a shuffle), so the memory semantics are those of a GPU whose threads
+// interleave only at barriers. Blocks run one after another. A barrier that not every live
+// thread of the block (or warp) reaches is reported as an error instead of hanging.
+//
+// `__shared__` becomes `static thread_local`: one copy per OS thread, which is all the
+// fibers of the block being run, so launches on different OS threads do not interfere.
+#pragma once
+
+#include <math.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+struct uint3 {
+    unsigned int x, y, z;
+};
+struct dim3 {
+    unsigned int x, y, z;
+};
+
+namespace emu {
+
+struct Block {
+    uint3 idx;
+    dim3 dim;
+    dim3 grid;
+    unsigned char* dyn_smem;
+    unsigned long long* slots;  // warp exchange: 32 slots per warp
+};
+
+struct Fiber;
+extern thread_local Fiber* current;
+extern thread_local Block* block;
+
+const uint3& thread_idx();
+unsigned linear_tid();
+void syncthreads();
+void warp_barrier();
+unsigned char* dynamic_smem();
+
+inline unsigned lane() { return linear_tid() & 31u; }
+inline unsigned warp() { return linear_tid() >> 5; }
+
+// Every lane publishes `v`, then reads lane `src(lane)`'s value (its own when src is out
+// of range). Two barriers: nobody overwrites a slot before everyone has read it.
+template <class T, class F>
+inline T exchange(T v, F src) {
+    static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
+    unsigned long long* s = block->slots + 32 * warp();
+    unsigned long long bits = 0;
+    std::memcpy(&bits, &v, sizeof(T));
+    s[lane()] = bits;
+    warp_barrier();
+    int from = src((int)lane());
+    unsigned long long got = (from >= 0 && from < 32) ? s[from] : bits;
+    warp_barrier();
+    T r;
+    std::memcpy(&r, &got, sizeof(T));
+    return r;
+}
+
+// A kernel with its parameter types, callable from an array of pointers to argument values
+// (what cuLaunchKernel takes).
+struct Entry {
+    void* fn;
+    void (*invoke)(void* fn, void** args);
+    std::vector<size_t> sizes;
+};
+
+std::map<std::string, Entry>& registry();
+
+template <class... A>
+struct Invoker {
+    template <size_t... I>
+    static void call(void (*f)(A...), void** a, std::index_sequence<I...>) {
+        f(*static_cast<std::decay_t<A>*>(a[I])...);
+    }
+    static void invoke(void* fn, void** a) {
+        call(reinterpret_cast<void (*)(A...)>(fn), a, std::index_sequence_for<A...>{});
+    }
+};
+
+struct Registrar {
+    template <class... A>
+    Registrar(const char* name, void (*f)(A...)) {
+        registry()[name] = Entry{reinterpret_cast<void*>(f), &Invoker<A...>::invoke, {sizeof(std::decay_t<A>)...}};
+    }
+};
+
+}  // namespace emu
+
+// ---- CUDA C++ surface ------------------------------------------------------------------
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+#define __shared__ static thread_local
+#define __restrict__ __restrict
+#define threadIdx (::emu::thread_idx())
+#define blockIdx (::emu::block->idx)
+#define blockDim (::emu::block->dim)
+#define gridDim (::emu::block->grid)
+#define warpSize 32
+
+inline void __syncthreads() { emu::syncthreads(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barrier(); }
+
+template <class T>
+inline T __shfl_xor_sync(unsigned, T v, int mask, int width = 32) {
+    return emu::exchange(v, [=](int l) {
+        int s = l ^ mask;
+        return (s / width == l / width) ? s : l;
+    });
+}
+template <class T>
+inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
+    return emu::exchange(v, [=](int l) {
+        int s = l + (int)delta;
+        return (s / width == l / width) ? s : l;
+    });
+}
+template <class T>
+inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
+    return emu::exchange(v, [=](int l) {
+        int s = l - (int)delta;
+        return (s >= 0 && s / width == l / width) ? s : l;
+    });
+}
+template <class T>
+inline T __shfl_sync(unsigned, T v, int src, int width = 32) {
+    return emu::exchange(v, [=](int l) { return (l / width) * width + (src % width); });
+}
+inline unsigned __ballot_sync(unsigned, int pred) {
+    unsigned out = 0;
+    for (int o = 0; o < 32; ++o) {
+        int p = emu::exchange(pred ? 1 : 0, [=](int) { return o; });
+        if (p) out |= 1u << o;
+    }
+    return out;
+}
+inline int __any_sync(unsigned m, int pred) { return __ballot_sync(m, pred) != 0; }
+inline int __all_sync(unsigned m, int pred) {
+    unsigned live = __ballot_sync(m, 1);
+    return __ballot_sync(m, pred) == live;
+}
+
+// Fibers of one block share an OS thread and switch only at barriers: atomics are plain
+// read-modify-writes.
+template <class T>
+inline T atomicAdd(T* p, T v) {
+    T old = *p;
+    *p = old + v;
+    return old;
+}
+template <class T>
+inline T atomicMax(T* p, T v) {
+    T old = *p;
+    *p = std::max(old, v);
+    return old;
+}
+template <class T>
+inline T atomicMin(T* p, T v) {
+    T old = *p;
+    *p = std::min(old, v);
+    return old;
+}
+template <class T>
+inline T atomicCAS(T* p, T cmp, T v) {
+    T old = *p;
+    if (old == cmp) *p = v;
+    return old;
+}
+template <class T>
+inline T atomicExch(T* p, T v) {
+    T old = *p;
+    *p = v;
+    return old;
+}
+inline void __threadfence() {}
+inline void __threadfence_block() {}
+
+inline float __uint_as_float(unsigned x) {
+    float f;
+    std::memcpy(&f, &x, 4);
+    return f;
+}
+inline unsigned __float_as_uint(float f) {
+    unsigned x;
+    std::memcpy(&x, &f, 4);
+    return x;
+}
+inline float __int_as_float(int x) {
+    float f;
+    std::memcpy(&f, &x, 4);
+    return f;
+}
+inline int __float_as_int(float f) {
+    int x;
+    std::memcpy(&x, &f, 4);
+    return x;
+}
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return sqrtf(a); }
+inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+template <class T>
+inline T __ldg(const T* p) {
+    return *p;
+}

@@ -1,0 +1,327 @@
+// The emulator's scheduler and its C entry points (see emu.hpp). Compiled in the same
+// translation unit as the kernels, so the kernels' registrations are linked in whenever the
+// entry points are.
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+// Switching fibers. On x86-64 a hand-written switch saves the callee-saved registers and the
+// floating-point control words and swaps stacks: no system call, unlike swapcontext (which
+// saves the signal mask each time), so barrier-heavy kernels run tens of times faster.
+// Elsewhere, ucontext.
+#if defined(__x86_64__)
+extern "C" void artist_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .globl artist_emu_switch
+    .type artist_emu_switch, @function
+artist_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size artist_emu_switch, .-artist_emu_switch
+)");
+#define ARTIST_EMU_ASM_SWITCH 1
+#endif
+
+namespace emu {
+
+enum State { READY, AT_BLOCK, AT_WARP, DONE };
+
+struct Fiber {
+#ifdef ARTIST_EMU_ASM_SWITCH
+    void* sp;
+#else
+    ucontext_t ctx;
+#endif
+    uint3 idx;
+    unsigned linear;
+    State state;
+};
+
+thread_local Fiber* current = nullptr;
+thread_local Block* block = nullptr;
+
+std::map<std::string, Entry>& registry() {
+    static std::map<std::string, Entry> r;
+    return r;
+}
+
+namespace {
+
+constexpr size_t kStack = 64 * 1024;
+constexpr size_t kGuard = 4096;
+constexpr unsigned kMaxThreads = 1024;
+
+struct Launch {
+    const Entry* entry;
+    void** args;
+};
+
+struct Stacks {
+    unsigned char* base = nullptr;
+    size_t count = 0;
+    ~Stacks() {
+        if (base) munmap(base, count * (kStack + kGuard));
+    }
+    // Stacks for `n` fibers, each above a guard page, so an overflow faults instead of
+    // silently writing into the neighbour's stack.
+    bool ensure(size_t n) {
+        if (n <= count) return true;
+        if (base) munmap(base, count * (kStack + kGuard));
+        size_t bytes = n * (kStack + kGuard);
+        void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            base = nullptr;
+            count = 0;
+            return false;
+        }
+        base = static_cast<unsigned char*>(p);
+        count = n;
+        for (size_t i = 0; i < n; ++i) mprotect(base + i * (kStack + kGuard), kGuard, PROT_NONE);
+        return true;
+    }
+    unsigned char* stack(size_t i) { return base + i * (kStack + kGuard) + kGuard; }
+};
+
+thread_local const Launch* running = nullptr;
+thread_local std::vector<Fiber> fibers;
+thread_local Stacks stacks;
+
+#ifdef ARTIST_EMU_ASM_SWITCH
+thread_local void* scheduler_sp = nullptr;
+
+void yield(State s) {
+    current->state = s;
+    artist_emu_switch(&current->sp, scheduler_sp);
+}
+
+void run_fiber(Fiber& f) { artist_emu_switch(&scheduler_sp, f.sp); }
+
+[[noreturn]] void fiber_main() {
+    running->entry->invoke(running->entry->fn, running->args);
+    current->state = DONE;
+    artist_emu_switch(&current->sp, scheduler_sp);  // never resumed
+    __builtin_unreachable();
+}
+
+// A fresh stack that `artist_emu_switch` "returns" into fiber_main from: the saved control
+// words and six callee-saved registers, then fiber_main's address and a dummy return
+// address above it (so fiber_main starts with the stack aligned as after a call).
+void start_fiber(Fiber& f, unsigned char* stack, size_t size) {
+    uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t(15);
+    void** sp = reinterpret_cast<void**>(top);
+    *--sp = nullptr;                                         // fiber_main's return address
+    *--sp = reinterpret_cast<void*>(&fiber_main);            // popped by `ret`
+    for (int i = 0; i < 6; ++i) *--sp = nullptr;             // rbp rbx r12 r13 r14 r15
+    unsigned control[2] = {0x1f80u, 0x037fu};                // MXCSR, x87 control word
+    asm volatile("stmxcsr %0" : "=m"(control[0]));
+    asm volatile("fnstcw %0" : "=m"(control[1]));
+    *--sp = nullptr;
+    std::memcpy(sp, &control[0], 4);
+    std::memcpy(reinterpret_cast<unsigned char*>(sp) + 4, &control[1], 2);
+    f.sp = sp;
+}
+#else
+thread_local ucontext_t scheduler;
+
+void yield(State s) {
+    current->state = s;
+    swapcontext(&current->ctx, &scheduler);
+}
+
+void run_fiber(Fiber& f) { swapcontext(&scheduler, &f.ctx); }
+
+void fiber_main() {
+    running->entry->invoke(running->entry->fn, running->args);
+    current->state = DONE;
+    swapcontext(&current->ctx, &scheduler);  // never resumed
+}
+
+void start_fiber(Fiber& f, unsigned char* stack, size_t size) {
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = stack;
+    f.ctx.uc_stack.ss_size = size;
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, fiber_main, 0);
+}
+#endif
+
+// Runs every thread of the current block to completion. False (with `err` set) when the
+// threads wait at barriers that cannot all be reached.
+bool run_block(unsigned n, std::string& err) {
+    const dim3 d = block->dim;
+    for (unsigned t = 0; t < n; ++t) {
+        Fiber& f = fibers[t];
+        f.linear = t;
+        f.idx = uint3{t % d.x, (t / d.x) % d.y, t / (d.x * d.y)};
+        f.state = READY;
+        start_fiber(f, stacks.stack(t), kStack);
+    }
+    const unsigned warps = (n + 31) / 32;
+    for (;;) {
+        for (unsigned t = 0; t < n; ++t) {
+            if (fibers[t].state == READY) {
+                current = &fibers[t];
+                run_fiber(fibers[t]);
+            }
+        }
+        current = nullptr;
+        bool released = false;
+        unsigned live = 0, at_block = 0;
+        for (unsigned w = 0; w < warps; ++w) {
+            unsigned wl = 0, ww = 0;
+            for (unsigned t = w * 32; t < std::min(n, w * 32 + 32); ++t) {
+                State s = fibers[t].state;
+                if (s != DONE) ++wl;
+                if (s == AT_WARP) ++ww;
+                if (s == AT_BLOCK) ++at_block;
+            }
+            live += wl;
+            if (wl > 0 && ww == wl) {
+                for (unsigned t = w * 32; t < std::min(n, w * 32 + 32); ++t) fibers[t].state = READY;
+                released = true;
+            }
+        }
+        if (released) continue;
+        if (live == 0) return true;
+        if (at_block == live) {
+            for (unsigned t = 0; t < n; ++t)
+                if (fibers[t].state == AT_BLOCK) fibers[t].state = READY;
+            continue;
+        }
+        char buf[256];
+        snprintf(buf, sizeof buf,
+                 "block (%u, %u, %u): %u live threads, %u at __syncthreads, the rest at a warp-level "
+                 "barrier: a barrier not reached by every thread (divergent __syncthreads or shuffle)",
+                 block->idx.x, block->idx.y, block->idx.z, live, at_block);
+        err = buf;
+        return false;
+    }
+}
+
+void set_err(char* err, size_t len, const std::string& msg) {
+    if (err && len) {
+        size_t n = std::min(len - 1, msg.size());
+        std::memcpy(err, msg.data(), n);
+        err[n] = 0;
+    }
+}
+
+}  // namespace
+
+const uint3& thread_idx() { return current->idx; }
+unsigned linear_tid() { return current->linear; }
+void syncthreads() { yield(AT_BLOCK); }
+void warp_barrier() { yield(AT_WARP); }
+unsigned char* dynamic_smem() { return block->dyn_smem; }
+
+}  // namespace emu
+
+extern "C" {
+
+// Runs kernel `name` over `grid` blocks of `block_dim` threads with `smem` bytes of dynamic
+// shared memory. `args[i]` points at the i-th argument's value, which is `sizes[i]` bytes:
+// each is checked against the kernel's own parameter sizes. Returns 0, or -1 with `err`.
+int artist_emu_launch(const char* name, const unsigned* grid, const unsigned* block_dim, unsigned smem,
+                      void** args, const size_t* sizes, size_t nargs, char* err, size_t err_len) {
+    auto& reg = emu::registry();
+    auto it = reg.find(name);
+    if (it == reg.end()) {
+        emu::set_err(err, err_len, std::string("no kernel named ") + name);
+        return -1;
+    }
+    const emu::Entry& e = it->second;
+    if (nargs != e.sizes.size()) {
+        emu::set_err(err, err_len,
+                     std::string(name) + " takes " + std::to_string(e.sizes.size()) + " arguments, " +
+                         std::to_string(nargs) + " given");
+        return -1;
+    }
+    for (size_t i = 0; i < nargs; ++i) {
+        if (sizes[i] != e.sizes[i]) {
+            emu::set_err(err, err_len,
+                         std::string(name) + ": argument " + std::to_string(i) + " is " +
+                             std::to_string(e.sizes[i]) + " bytes in the kernel, " + std::to_string(sizes[i]) +
+                             " bytes given");
+            return -1;
+        }
+    }
+    unsigned n = block_dim[0] * block_dim[1] * block_dim[2];
+    if (n == 0 || n > emu::kMaxThreads) {
+        emu::set_err(err, err_len, std::string(name) + ": " + std::to_string(n) + " threads per block");
+        return -1;
+    }
+    if (grid[0] == 0 || grid[1] == 0 || grid[2] == 0) {
+        emu::set_err(err, err_len, std::string(name) + ": empty grid");
+        return -1;
+    }
+    if (emu::running != nullptr) {
+        emu::set_err(err, err_len, std::string(name) + ": launched from inside a kernel");
+        return -1;
+    }
+    if (!emu::stacks.ensure(n)) {
+        emu::set_err(err, err_len, "could not map fiber stacks");
+        return -1;
+    }
+    if (emu::fibers.size() < n) emu::fibers.resize(n);
+    // Dynamic shared memory starts as all-ones bytes (NaN for floats), as unpredictable as
+    // a GPU's: a kernel that reads what it did not write shows it.
+    std::vector<unsigned char> dyn(smem + 16, 0xff);
+    std::vector<unsigned long long> slots(32 * ((n + 31) / 32), 0);
+    emu::Launch launch{&e, args};
+    emu::Block b;
+    b.dim = dim3{block_dim[0], block_dim[1], block_dim[2]};
+    b.grid = dim3{grid[0], grid[1], grid[2]};
+    b.dyn_smem = dyn.data();
+    b.slots = slots.data();
+    emu::running = &launch;
+    emu::block = &b;
+    std::string msg;
+    bool ok = true;
+    for (unsigned z = 0; ok && z < grid[2]; ++z)
+        for (unsigned y = 0; ok && y < grid[1]; ++y)
+            for (unsigned x = 0; ok && x < grid[0]; ++x) {
+                b.idx = uint3{x, y, z};
+                std::fill(dyn.begin(), dyn.end(), 0xff);
+                ok = emu::run_block(n, msg);
+            }
+    emu::running = nullptr;
+    emu::block = nullptr;
+    if (!ok) {
+        emu::set_err(err, err_len, std::string(name) + ": " + msg);
+        return -1;
+    }
+    return 0;
+}
+
+size_t artist_emu_kernel_count() { return emu::registry().size(); }
+
+// The name of the i-th registered kernel (sorted), or null.
+const char* artist_emu_kernel_name(size_t i) {
+    auto& reg = emu::registry();
+    if (i >= reg.size()) return nullptr;
+    auto it = reg.begin();
+    std::advance(it, i);
+    return it->first.c_str();
+}
+
+}  // extern "C"

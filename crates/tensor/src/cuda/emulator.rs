@@ -1,0 +1,238 @@
+//! The CPU emulator as a runtime: "device memory" is host memory, kernels are the same
+//! `kernels/*.cu` sources compiled as C++ at build time (crates/tensor/emulator/) and run by
+//! its fiber scheduler, and matrix products follow cuBLAS's column-major definition in plain
+//! Rust. Every CUDA op's host code (launch configurations, argument lists, strides, the
+//! mapping of row-major tensors onto cuBLAS) and kernel logic is exercised this way on
+//! machines without a GPU; only the GPU's own compiler and hardware are left for a GPU run.
+
+use std::alloc::{Layout, alloc, dealloc};
+use std::collections::BTreeMap;
+use std::ffi::{CStr, CString, c_char, c_void};
+use std::sync::Mutex;
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::cuda::runtime::{Args, DeviceInfo, Gemm, Kernel, LaunchCfg, Runtime};
+use crate::{DType, Error, Result};
+
+unsafe extern "C" {
+    fn artist_emu_launch(
+        name: *const c_char,
+        grid: *const u32,
+        block: *const u32,
+        smem: u32,
+        args: *mut *mut c_void,
+        sizes: *const usize,
+        nargs: usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn artist_emu_kernel_count() -> usize;
+    fn artist_emu_kernel_name(i: usize) -> *const c_char;
+}
+
+/// Every kernel the emulator build holds, sorted by name.
+pub fn kernel_names() -> Vec<String> {
+    // SAFETY: the registry is filled by static initialisers before main and never changes;
+    // names are NUL-terminated strings it owns.
+    unsafe {
+        (0..artist_emu_kernel_count())
+            .filter_map(|i| {
+                let p = artist_emu_kernel_name(i);
+                (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+            })
+            .collect()
+    }
+}
+
+const ALIGN: usize = 256;
+
+pub(crate) struct Emulator {
+    info: DeviceInfo,
+    /// Live allocations: pointer -> size, to free them with the right layout and to catch
+    /// copies through pointers that were never allocated.
+    blocks: Mutex<BTreeMap<u64, usize>>,
+}
+
+impl Emulator {
+    pub fn new(ordinal: usize) -> Emulator {
+        Emulator {
+            info: DeviceInfo {
+                name: format!("CPU emulator {ordinal}"),
+                compute_capability: (9, 0),
+                multiprocessors: 4,
+                total_memory: 16 << 30,
+                emulated: true,
+                toolchain: "kernels compiled as C++ for the emulator".into(),
+            },
+            blocks: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Checks that `[ptr, ptr + bytes)` lies inside one live allocation.
+    fn check(&self, what: &'static str, ptr: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        let inside =
+            blocks.range(..=ptr).next_back().is_some_and(|(&base, &size)| ptr + bytes as u64 <= base + size as u64);
+        if inside {
+            Ok(())
+        } else {
+            Err(Error::Cuda { op: what, msg: format!("{bytes} bytes at {ptr:#x} are not inside any allocation") })
+        }
+    }
+}
+
+impl Runtime for Emulator {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn malloc(&self, bytes: usize) -> Result<u64> {
+        let layout = Layout::from_size_align(bytes.max(1), ALIGN)
+            .map_err(|e| Error::Cuda { op: "malloc", msg: e.to_string() })?;
+        // SAFETY: a non-zero size with a valid alignment.
+        let p = unsafe { alloc(layout) };
+        if p.is_null() {
+            return Err(Error::Cuda { op: "malloc", msg: format!("out of memory for {bytes} bytes") });
+        }
+        self.blocks.lock().unwrap_or_else(|e| e.into_inner()).insert(p as u64, bytes.max(1));
+        Ok(p as u64)
+    }
+
+    fn free(&self, ptr: u64) {
+        if let Some(size) = self.blocks.lock().unwrap_or_else(|e| e.into_inner()).remove(&ptr) {
+            // SAFETY: allocated above with this size and alignment.
+            unsafe { dealloc(ptr as *mut u8, Layout::from_size_align_unchecked(size, ALIGN)) };
+        }
+    }
+
+    fn htod(&self, src: &[u8], dst: u64) -> Result<()> {
+        self.check("copy to device", dst, src.len())?;
+        // SAFETY: `dst` is inside a live allocation of at least `src.len()` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+        Ok(())
+    }
+
+    fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        self.check("copy to host", src, dst.len())?;
+        // SAFETY: as above.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    fn dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        self.check("copy on device", src, bytes)?;
+        self.check("copy on device", dst, bytes)?;
+        // SAFETY: both ranges are inside live allocations; `copy` allows overlap.
+        unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
+        Ok(())
+    }
+
+    fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        self.check("memset", dst, bytes)?;
+        // SAFETY: inside a live allocation.
+        unsafe { std::ptr::write_bytes(dst as *mut u8, 0, bytes) };
+        Ok(())
+    }
+
+    fn launch(&self, kernel: &Kernel, cfg: LaunchCfg, mut args: Args) -> Result<()> {
+        let name = CString::new(kernel.name.as_str()).expect("kernel names have no NUL");
+        let sizes = args.sizes().to_vec();
+        let mut ptrs = args.pointers();
+        let mut err = vec![0 as c_char; 512];
+        // SAFETY: the argument pointers stay valid for the call; the emulator checks their
+        // number and sizes against the kernel's parameters before running it.
+        let r = unsafe {
+            artist_emu_launch(
+                name.as_ptr(),
+                cfg.grid.as_ptr(),
+                cfg.block.as_ptr(),
+                cfg.smem,
+                ptrs.as_mut_ptr(),
+                sizes.as_ptr(),
+                sizes.len(),
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        if r != 0 {
+            // SAFETY: the emulator wrote a NUL-terminated message into `err`.
+            let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
+            return Err(Error::Cuda { op: "launch (emulator)", msg });
+        }
+        Ok(())
+    }
+
+    fn gemm(&self, g: &Gemm) -> Result<()> {
+        let span = |ld: usize, rows: usize, cols: usize, stride: usize| {
+            if rows == 0 || cols == 0 || g.batch == 0 { 0 } else { (g.batch - 1) * stride + (cols - 1) * ld + rows }
+        };
+        let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+        let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        let es = g.ab_dtype.size_in_bytes();
+        self.check("gemm A", g.a, span(g.lda, ar, ac, g.stride_a) * es)?;
+        self.check("gemm B", g.b, span(g.ldb, br, bc, g.stride_b) * es)?;
+        self.check("gemm C", g.c, span(g.ldc, g.m, g.n, g.stride_c) * g.c_dtype.size_in_bytes())?;
+        if g.lda < ar.max(1) || g.ldb < br.max(1) || g.ldc < g.m.max(1) {
+            return Err(Error::Cuda { op: "gemm (emulator)", msg: format!("leading dimension too small: {g:?}") });
+        }
+        reference_gemm(g)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn read(ptr: u64, dtype: DType, i: usize) -> f32 {
+    // SAFETY (callers): `ptr` plus `i` elements lies inside an allocation checked in `gemm`.
+    unsafe {
+        match dtype {
+            DType::F32 => *(ptr as *const f32).add(i),
+            DType::BF16 => (*(ptr as *const bf16).add(i)).to_f32(),
+            DType::F16 => (*(ptr as *const f16).add(i)).to_f32(),
+            _ => f32::NAN,
+        }
+    }
+}
+
+/// cuBLAS's `gemmStridedBatchedEx` as its documentation defines it, column-major, f32
+/// accumulation: the reference the CUDA backend's row-major mapping is tested against.
+fn reference_gemm(g: &Gemm) -> Result<()> {
+    if !matches!(g.ab_dtype, DType::F32 | DType::BF16 | DType::F16) || !g.c_dtype.is_float() {
+        return Err(Error::UnsupportedDType { op: "gemm (emulator)", dtype: g.ab_dtype });
+    }
+    let g = *g;
+    // Each (batch, column of C) is independent; C's pointer is shared but every task writes
+    // its own column.
+    let c_addr = g.c as usize;
+    (0..g.batch * g.n).into_par_iter().for_each(|bj| {
+        let (b, j) = (bj / g.n, bj % g.n);
+        let (a0, b0, c0) = (b * g.stride_a, b * g.stride_b, b * g.stride_c);
+        for i in 0..g.m {
+            let mut acc = 0f32;
+            for p in 0..g.k {
+                let a = read(g.a, g.ab_dtype, a0 + if g.trans_a { p + i * g.lda } else { i + p * g.lda });
+                let bv = read(g.b, g.ab_dtype, b0 + if g.trans_b { j + p * g.ldb } else { p + j * g.ldb });
+                acc += a * bv;
+            }
+            let at = c0 + i + j * g.ldc;
+            let old = if g.beta != 0.0 { read(c_addr as u64, g.c_dtype, at) } else { 0.0 };
+            let v = g.alpha * acc + if g.beta != 0.0 { g.beta * old } else { 0.0 };
+            // SAFETY: inside C (checked in `gemm`); no other task writes this element.
+            unsafe {
+                match g.c_dtype {
+                    DType::F32 => *(c_addr as *mut f32).add(at) = v,
+                    DType::BF16 => *(c_addr as *mut bf16).add(at) = bf16::from_f32(v),
+                    DType::F16 => *(c_addr as *mut f16).add(at) = f16::from_f32(v),
+                    _ => {}
+                }
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! The kernel sources (embedded from `kernels/` by build.rs) and the host side of their
+//! calling conventions: the `Strided` operand description and the name suffixes by dtype.
+
+use crate::{DType, Error, Layout, Result, Shape};
+
+include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+
+/// Host mirror of `struct Strided` in kernels/common.cuh: up to three operands over one
+/// coalesced index space.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Strided {
+    rank: i32,
+    contiguous: i32,
+    dims: [i64; 8],
+    strides: [[i64; 8]; 3],
+    start: [i64; 3],
+}
+
+impl Strided {
+    /// `layouts` (at most three, each already broadcast to `shape`) over `shape`, dimensions
+    /// merged wherever every operand is contiguous across them.
+    pub fn new(op: &'static str, shape: &Shape, layouts: &[&Layout]) -> Result<Strided> {
+        debug_assert!(layouts.len() <= 3);
+        let n = layouts.len();
+        let mut dims: Vec<usize> = Vec::new();
+        let mut strides: [Vec<usize>; 3] = Default::default();
+        for (i, &d) in shape.dims().iter().enumerate() {
+            if d == 1 {
+                continue;
+            }
+            let mergeable =
+                !dims.is_empty() && (0..n).all(|k| *strides[k].last().unwrap() == layouts[k].strides()[i] * d);
+            if mergeable {
+                *dims.last_mut().unwrap() *= d;
+                for (k, l) in layouts.iter().enumerate() {
+                    *strides[k].last_mut().unwrap() = l.strides()[i];
+                }
+            } else {
+                dims.push(d);
+                for (k, l) in layouts.iter().enumerate() {
+                    strides[k].push(l.strides()[i]);
+                }
+            }
+        }
+        if dims.len() > 8 {
+            return Err(Error::Cuda { op, msg: format!("shape {shape} has more than 8 dimensions after merging") });
+        }
+        let mut s =
+            Strided { rank: dims.len() as i32, contiguous: 0, dims: [1; 8], strides: [[0; 8]; 3], start: [0; 3] };
+        for (d, &v) in dims.iter().enumerate() {
+            s.dims[d] = v as i64;
+        }
+        for (k, l) in layouts.iter().enumerate() {
+            s.start[k] = l.start() as i64;
+            for (d, &v) in strides[k].iter().enumerate() {
+                s.strides[k][d] = v as i64;
+            }
+        }
+        let unit = dims.len() <= 1 && (0..n).all(|k| strides[k].first().is_none_or(|&st| st == 1));
+        s.contiguous = unit as i32;
+        Ok(s)
+    }
+}
+
+/// The kernel-name suffix of a dtype: `f32`, `bf16`, `f16`, `u32`, `u8`.
+pub(crate) fn suffix(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        DType::U32 => "u32",
+        DType::U8 => "u8",
+    }
+}
+
+/// The suffix of kernels that only move elements of a size: `b1`, `b2`, `b4`.
+pub(crate) fn bytes_suffix(d: DType) -> &'static str {
+    match d.size_in_bytes() {
+        1 => "b1",
+        2 => "b2",
+        _ => "b4",
+    }
+}
+
+/// Every `(file, kernel)` the backend launches; the CI test checks each against NVRTC's
+/// output and the emulator's registry.
+pub fn inventory() -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let floats = ["f32", "bf16", "f16"];
+    let all = ["f32", "bf16", "f16", "u32", "u8"];
+    let sizes = ["b1", "b2", "b4"];
+    for s in floats {
+        for k in ["unary", "binary"] {
+            out.push(("elementwise", format!("{k}_{s}")));
+        }
+        for k in ["reduce_rows", "reduce_cols", "arg_rows", "arg_cols"] {
+            out.push(("reduce", format!("{k}_{s}")));
+        }
+        out.push(("softmax", format!("softmax_{s}")));
+        out.push(("rmsnorm", format!("rms_norm_{s}")));
+        out.push(("rope", format!("rope_{s}")));
+        for k in ["scatter_add", "index_add", "topk"] {
+            out.push(("index", format!("{k}_{s}")));
+        }
+    }
+    for s in all {
+        out.push(("elementwise", format!("cmp_{s}")));
+        for d in all {
+            out.push(("elementwise", format!("cast_{s}_{d}")));
+        }
+    }
+    for s in sizes {
+        for k in ["where", "copy", "fill"] {
+            out.push(("elementwise", format!("{k}_{s}")));
+        }
+        for k in ["index_select", "gather"] {
+            out.push(("index", format!("{k}_{s}")));
+        }
+    }
+    out.push(("reduce", "sum_squares_f32".into()));
+    out.push(("adamw", "adamw_f32".into()));
+    out.push(("logprob", "logprob_grad_f32".into()));
+    out
+}

@@ -1,0 +1,324 @@
+//! The CUDA backend: tensor storage on NVIDIA GPUs, our own kernels (`kernels/*.cu`, compiled
+//! with NVRTC for the GPU found at run time), cuBLAS for matrix products, and a caching
+//! allocator, all on one stream per device.
+//!
+//! A device is served by one of two runtimes. The **driver** runtime talks to a real GPU
+//! through cudarc (loaded at run time: the workspace builds, and binaries start, on machines
+//! with no CUDA at all; asking for a GPU there is an error value, never a panic). The
+//! **emulator** runtime (cargo feature `emulator`) runs the same kernel sources as C++ on
+//! the CPU and follows cuBLAS's definition in Rust, so every GPU code path is tested in CI;
+//! `ARTIST_CUDA=emulator` selects it for a whole process (`--device cuda` then runs on it).
+
+mod alloc;
+mod driver;
+#[cfg(feature = "emulator")]
+mod emulator;
+pub(crate) mod kernels;
+mod libs;
+pub mod nvrtc;
+pub(crate) mod ops;
+mod runtime;
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::CudaContext;
+
+pub use alloc::MemoryStats;
+pub use runtime::DeviceInfo;
+
+use crate::cpu::CpuStorage;
+use crate::{DType, Error, Result};
+use alloc::Pool;
+pub(crate) use runtime::{Args, Gemm, Kernel, LaunchCfg, Runtime};
+
+/// Which runtime serves `Device::Cuda(_)` in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Real GPUs through the CUDA driver.
+    Driver,
+    /// The CPU emulator (tests, and debugging kernels without a GPU).
+    Emulator,
+}
+
+static BACKEND: OnceLock<Backend> = OnceLock::new();
+
+/// The runtime of this process: `ARTIST_CUDA=emulator` selects the emulator; otherwise the
+/// driver, unless [`use_backend`] chose first.
+pub fn backend() -> Backend {
+    *BACKEND.get_or_init(|| match std::env::var("ARTIST_CUDA").as_deref() {
+        Ok("emulator") | Ok("emulate") => Backend::Emulator,
+        _ => Backend::Driver,
+    })
+}
+
+/// Chooses the runtime for this process; an error once another was chosen or used.
+pub fn use_backend(b: Backend) -> Result<()> {
+    if b == Backend::Emulator && !emulator_available() {
+        return Err(Error::Cuda {
+            op: "emulator",
+            msg: "this build has no emulator (cargo feature `emulator`)".into(),
+        });
+    }
+    let chosen = *BACKEND.get_or_init(|| b);
+    if chosen != b {
+        return Err(Error::Cuda { op: "backend", msg: format!("this process already uses the {chosen:?} runtime") });
+    }
+    Ok(())
+}
+
+/// Whether this build carries the CPU emulator.
+pub fn emulator_available() -> bool {
+    cfg!(feature = "emulator")
+}
+
+/// For test suites: a real GPU when the driver sees one (or `ARTIST_CUDA` already chose),
+/// else the emulator when built in; `None` (with the reason) when neither can run.
+pub fn test_backend() -> std::result::Result<Backend, String> {
+    if let Ok(v) = std::env::var("ARTIST_CUDA") {
+        let b = backend();
+        return if b == Backend::Emulator && !emulator_available() {
+            Err(format!("ARTIST_CUDA={v} but this build has no emulator"))
+        } else {
+            Ok(b)
+        };
+    }
+    if let Some(&b) = BACKEND.get() {
+        return Ok(b);
+    }
+    let gpu = driver_present() && CudaContext::device_count().map(|n| n > 0).unwrap_or(false);
+    let want = if gpu {
+        Backend::Driver
+    } else if emulator_available() {
+        Backend::Emulator
+    } else {
+        return Err("no CUDA driver or GPU on this machine, and this build has no emulator".into());
+    };
+    use_backend(want).map_err(|e| e.to_string())?;
+    Ok(backend())
+}
+
+/// Whether `libcuda` can be loaded. cudarc's dynamic loader panics on first use when it
+/// cannot, so everything goes through here first.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the driver library under its usual names and drops it.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// The number of CUDA devices (emulated ones under the emulator), or why there are none.
+pub fn device_count() -> Result<usize> {
+    if backend() == Backend::Emulator {
+        return Ok(EMULATED_DEVICES);
+    }
+    if !driver_present() {
+        return Err(Error::NoCudaDriver("libcuda.so was not found by the dynamic loader".into()));
+    }
+    let n = CudaContext::device_count().map_err(|e| Error::NoCudaDriver(format!("{e:?}")))?;
+    Ok(n.max(0) as usize)
+}
+
+/// Emulated devices a process may use (data-parallel tests give each rank one).
+const EMULATED_DEVICES: usize = 8;
+
+/// Opens device `ordinal` (once per process) or says why it cannot be had.
+pub fn probe(ordinal: usize) -> Result<()> {
+    device(ordinal).map(|_| ())
+}
+
+/// Name, architecture and memory of device `ordinal`, and how its kernels are built.
+pub fn info(ordinal: usize) -> Result<DeviceInfo> {
+    Ok(device(ordinal)?.rt.info().clone())
+}
+
+/// Bytes allocated and cached on device `ordinal`.
+pub fn memory_stats(ordinal: usize) -> Result<MemoryStats> {
+    Ok(device(ordinal)?.pool().stats())
+}
+
+/// Returns every cached block of device `ordinal` to the driver.
+pub fn empty_cache(ordinal: usize) -> Result<()> {
+    let d = device(ordinal)?;
+    d.pool().release_cached(d.rt.as_ref());
+    Ok(())
+}
+
+/// Waits for all work queued on device `ordinal`, reporting any error it raised.
+pub fn synchronize(ordinal: usize) -> Result<()> {
+    device(ordinal)?.rt.synchronize()
+}
+
+/// Opens a named profiler range (NVTX, seen by Nsight Systems) on device `ordinal`; close it
+/// with [`range_pop`]. No cost beyond a call when no profiler listens.
+pub fn range_push(ordinal: usize, name: &str) {
+    if let Ok(d) = device(ordinal) {
+        d.rt.range_push(name);
+    }
+}
+
+pub fn range_pop(ordinal: usize) {
+    if let Ok(d) = device(ordinal) {
+        d.rt.range_pop();
+    }
+}
+
+/// Every `(kernels/<file>.cu, kernel name)` the backend launches.
+pub fn kernel_inventory() -> Vec<(&'static str, String)> {
+    kernels::inventory()
+}
+
+/// Every kernel the emulator build holds (tests compare it with what the backend launches).
+#[cfg(feature = "emulator")]
+pub fn emulator_kernels() -> Vec<String> {
+    emulator::kernel_names()
+}
+
+// ---- devices ----------------------------------------------------------------------------
+
+pub(crate) struct GpuDevice {
+    pub ordinal: usize,
+    pub rt: Box<dyn Runtime>,
+    pool: Mutex<Pool>,
+}
+
+impl GpuDevice {
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<DeviceBuffer> {
+        if bytes == 0 {
+            return Ok(DeviceBuffer { ptr: 0, size: 0, dev: self.clone() });
+        }
+        let (ptr, size) = self.pool().alloc(self.rt.as_ref(), bytes)?;
+        Ok(DeviceBuffer { ptr, size, dev: self.clone() })
+    }
+
+    pub fn launch(&self, module: &'static str, name: String, cfg: LaunchCfg, args: Args) -> Result<()> {
+        self.rt.launch(&Kernel { module, name }, cfg, args)
+    }
+
+    /// Blocks for a grid-stride loop over `n` items with `threads` per block: enough to fill
+    /// the GPU several times over, no more.
+    pub fn blocks_for(&self, n: usize, threads: u32) -> u32 {
+        let cap = self.rt.info().multiprocessors.max(1) as usize * 32;
+        n.div_ceil(threads as usize).clamp(1, cap) as u32
+    }
+}
+
+static DEVICES: Mutex<Vec<Option<Arc<GpuDevice>>>> = Mutex::new(Vec::new());
+
+pub(crate) fn device(ordinal: usize) -> Result<Arc<GpuDevice>> {
+    let mut devs = DEVICES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(Some(d)) = devs.get(ordinal) {
+        return Ok(d.clone());
+    }
+    let count = device_count()?;
+    if ordinal >= count {
+        return Err(Error::CudaDevice { ordinal, msg: format!("this machine has {count} CUDA device(s)") });
+    }
+    let rt: Box<dyn Runtime> = match backend() {
+        Backend::Driver => Box::new(driver::Driver::new(ordinal)?),
+        #[cfg(feature = "emulator")]
+        Backend::Emulator => Box::new(emulator::Emulator::new(ordinal)),
+        #[cfg(not(feature = "emulator"))]
+        Backend::Emulator => {
+            return Err(Error::Cuda {
+                op: "emulator",
+                msg: "this build has no emulator (cargo feature `emulator`)".into(),
+            });
+        }
+    };
+    let d = Arc::new(GpuDevice { ordinal, rt, pool: Mutex::new(Pool::default()) });
+    if devs.len() <= ordinal {
+        devs.resize(ordinal + 1, None);
+    }
+    devs[ordinal] = Some(d.clone());
+    Ok(d)
+}
+
+/// A block of device memory from the pool; returned to it on drop.
+pub(crate) struct DeviceBuffer {
+    pub ptr: u64,
+    size: usize,
+    pub dev: Arc<GpuDevice>,
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        if self.size > 0 {
+            self.dev.pool().release(self.ptr, self.size);
+        }
+    }
+}
+
+// ---- storage ----------------------------------------------------------------------------
+
+/// Tensor elements in GPU memory: `len` elements of `dtype`, contiguous from the buffer's
+/// start (views are layouts over it, as on the CPU).
+pub struct CudaStorage {
+    pub(crate) buf: DeviceBuffer,
+    dtype: DType,
+    len: usize,
+}
+
+impl std::fmt::Debug for CudaStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaStorage[cuda:{}, {} x {}]", self.buf.dev.ordinal, self.len, self.dtype)
+    }
+}
+
+impl CudaStorage {
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.buf.dev.ordinal
+    }
+
+    pub(crate) fn ptr(&self) -> u64 {
+        self.buf.ptr
+    }
+
+    pub(crate) fn dev(&self) -> &Arc<GpuDevice> {
+        &self.buf.dev
+    }
+
+    /// Uninitialised storage for `len` elements.
+    pub(crate) fn alloc(dev: &Arc<GpuDevice>, dtype: DType, len: usize) -> Result<CudaStorage> {
+        Ok(CudaStorage { buf: dev.alloc(len * dtype.size_in_bytes())?, dtype, len })
+    }
+
+    pub(crate) fn zeros(dev: &Arc<GpuDevice>, dtype: DType, len: usize) -> Result<CudaStorage> {
+        let s = CudaStorage::alloc(dev, dtype, len)?;
+        if len > 0 {
+            dev.rt.memset_zero(s.ptr(), len * dtype.size_in_bytes())?;
+        }
+        Ok(s)
+    }
+
+    pub(crate) fn from_host(dev: &Arc<GpuDevice>, host: &CpuStorage) -> Result<CudaStorage> {
+        let s = CudaStorage::alloc(dev, host.dtype(), host.len())?;
+        if !host.is_empty() {
+            dev.rt.htod(host.as_bytes(), s.ptr())?;
+        }
+        Ok(s)
+    }
+
+    /// Elements `range` (in elements) copied to the host.
+    pub(crate) fn to_host(&self, range: std::ops::Range<usize>) -> Result<CpuStorage> {
+        let mut host = CpuStorage::zeros(self.dtype, range.len());
+        if !range.is_empty() {
+            let es = self.dtype.size_in_bytes();
+            self.buf.dev.rt.dtoh(self.ptr() + (range.start * es) as u64, host.as_bytes_mut())?;
+        }
+        Ok(host)
+    }
+}

@@ -1,0 +1,735 @@
+//! Tensor ops on CUDA storage. The public `Tensor` methods check shapes, dtypes and
+//! devices and then call in here with validated operands; each function picks the kernel by
+//! dtype, describes strided operands, and launches on the tensor's device.
+
+use std::sync::Arc;
+
+use crate::cpu::CpuStorage;
+use crate::cuda::kernels::{Strided, bytes_suffix, suffix};
+use crate::cuda::{Args, CudaStorage, Gemm, GpuDevice, LaunchCfg, device};
+use crate::ops::{BinaryOp, CmpOp, UnaryOp};
+use crate::{DType, Device, Layout, Result, Shape, Tensor};
+
+/// Threads per block of the grid-stride element-wise kernels.
+const THREADS: u32 = 256;
+
+/// The device and base pointer of a CUDA tensor's storage (elements start at the layout's
+/// `start`). Work is queued on the device's one stream, so the storage may be dropped as soon
+/// as the launch returns: its block is reused only by work queued after this.
+fn raw(t: &Tensor) -> (Arc<GpuDevice>, u64) {
+    let s = t.cuda_storage();
+    (s.dev().clone(), s.ptr())
+}
+
+/// Pointer to element `start` of a tensor of dtype `d` at base `ptr`.
+fn at(ptr: u64, d: DType, start: usize) -> u64 {
+    ptr + (start * d.size_in_bytes()) as u64
+}
+
+/// A contiguous version of `t` (itself when already contiguous) and the pointer to its
+/// first element.
+fn contiguous(t: &Tensor) -> Result<(Tensor, u64)> {
+    let c = if t.is_contiguous() { t.clone() } else { copy(t)? };
+    let (_, ptr) = raw(&c);
+    let p = at(ptr, c.dtype(), c.layout().start());
+    Ok((c, p))
+}
+
+/// A fresh, uninitialised contiguous tensor.
+fn empty(dev: &Arc<GpuDevice>, dtype: DType, shape: impl Into<Shape>) -> Result<(Tensor, u64)> {
+    let shape = shape.into();
+    let s = CudaStorage::alloc(dev, dtype, shape.elem_count())?;
+    let ptr = s.ptr();
+    Ok((Tensor::from_cuda(s, shape), ptr))
+}
+
+fn linear_cfg(dev: &GpuDevice, n: usize) -> LaunchCfg {
+    LaunchCfg::linear(dev.blocks_for(n, THREADS), THREADS)
+}
+
+/// Threads for a one-block-per-row kernel over rows of `cols`: a multiple of 32, at most 1024.
+fn row_threads(cols: usize) -> u32 {
+    (cols.div_ceil(32) * 32).clamp(32, 1024) as u32
+}
+
+fn row_cfg(dev: &GpuDevice, rows: usize, cols: usize) -> LaunchCfg {
+    let cap = dev.rt.info().multiprocessors.max(1) as usize * 64;
+    LaunchCfg::linear(rows.clamp(1, cap) as u32, row_threads(cols))
+}
+
+fn ordinal_of(device: Device) -> usize {
+    match device {
+        Device::Cuda(n) => n,
+        Device::Cpu => 0,
+    }
+}
+
+// ---- moving data ----------------------------------------------------------------------
+
+/// Host storage onto device `ordinal` as a contiguous tensor.
+pub(crate) fn upload(host: &CpuStorage, shape: Shape, ordinal: usize) -> Result<Tensor> {
+    let dev = device(ordinal)?;
+    Ok(Tensor::from_cuda(CudaStorage::from_host(&dev, host)?, shape))
+}
+
+/// The elements of a CUDA tensor, contiguous, in host memory.
+pub(crate) fn download(t: &Tensor) -> Result<CpuStorage> {
+    let c = if t.is_contiguous() { t.clone() } else { copy(t)? };
+    let start = c.layout().start();
+    let s = c.cuda_storage();
+    s.to_host(start..start + c.elem_count())
+}
+
+pub(crate) fn zeros(shape: Shape, dtype: DType, device: Device) -> Result<Tensor> {
+    let dev = self::device(ordinal_of(device))?;
+    let n = shape.elem_count();
+    Ok(Tensor::from_cuda(CudaStorage::zeros(&dev, dtype, n)?, shape))
+}
+
+pub(crate) fn full(value: f32, shape: Shape, dtype: DType, device: Device) -> Result<Tensor> {
+    let dev = self::device(ordinal_of(device))?;
+    let n = shape.elem_count();
+    let (t, ptr) = empty(&dev, dtype, shape)?;
+    if n == 0 {
+        return Ok(t);
+    }
+    // The value's bit pattern in the dtype, rounded as the CPU rounds it.
+    let host = Tensor::full(value, (), dtype, Device::Cpu)?.to_bytes()?;
+    let mut bits = [0u8; 4];
+    bits[..host.len()].copy_from_slice(&host);
+    let name = format!("fill_{}", bytes_suffix(dtype));
+    let args = Args::new().arg(n as i64);
+    let args = match dtype.size_in_bytes() {
+        1 => args.arg(bits[0]),
+        2 => args.arg(u16::from_le_bytes([bits[0], bits[1]])),
+        _ => args.arg(u32::from_le_bytes(bits)),
+    };
+    dev.launch("elementwise", name, linear_cfg(&dev, n), args.arg(ptr))?;
+    Ok(t)
+}
+
+/// A contiguous copy of any view.
+pub(crate) fn copy(t: &Tensor) -> Result<Tensor> {
+    let (dev, src) = raw(t);
+    let n = t.elem_count();
+    let (out, dst) = empty(&dev, t.dtype(), t.shape().clone())?;
+    if n > 0 && t.is_contiguous() {
+        let es = t.dtype().size_in_bytes();
+        dev.rt.dtod(at(src, t.dtype(), t.layout().start()), dst, n * es)?;
+    } else if n > 0 {
+        let dst_layout = Layout::contiguous(t.shape().clone());
+        let s = Strided::new("copy", t.shape(), &[&dst_layout, t.layout()])?;
+        let name = format!("copy_{}", bytes_suffix(t.dtype()));
+        dev.launch("elementwise", name, linear_cfg(&dev, n), Args::new().arg(n as i64).arg(s).arg(src).arg(dst))?;
+    }
+    Ok(out)
+}
+
+/// `dst[dst_layout] = src[src_layout]` (both over dst's shape; src broadcast already).
+pub(crate) fn write_strided(dst: &Tensor, src: &Tensor, src_layout: &Layout) -> Result<()> {
+    let (dev, dptr) = raw(dst);
+    let (_, sptr) = raw(src);
+    let n = dst.elem_count();
+    if n == 0 {
+        return Ok(());
+    }
+    let s = Strided::new("copy_from", dst.shape(), &[dst.layout(), src_layout])?;
+    let name = format!("copy_{}", bytes_suffix(dst.dtype()));
+    dev.launch("elementwise", name, linear_cfg(&dev, n), Args::new().arg(n as i64).arg(s).arg(sptr).arg(dptr))
+}
+
+/// Element type conversion into a new contiguous tensor.
+pub(crate) fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (dev, src) = raw(t);
+    let n = t.elem_count();
+    let (out, dst) = empty(&dev, dtype, t.shape().clone())?;
+    if n > 0 {
+        let dst_layout = Layout::contiguous(t.shape().clone());
+        let s = Strided::new("to_dtype", t.shape(), &[&dst_layout, t.layout()])?;
+        let name = format!("cast_{}_{}", suffix(t.dtype()), suffix(dtype));
+        dev.launch("elementwise", name, linear_cfg(&dev, n), Args::new().arg(n as i64).arg(s).arg(src).arg(dst))?;
+    }
+    Ok(out)
+}
+
+/// A tensor on `device` with the same elements: a copy across the bus, or between GPUs
+/// through the host.
+pub(crate) fn to_device(t: &Tensor, device: Device) -> Result<Tensor> {
+    match (t.device(), device) {
+        (Device::Cuda(_), Device::Cpu) => {
+            let host = download(t)?;
+            Ok(Tensor::from_storage(host, t.shape().clone()))
+        }
+        (Device::Cpu, Device::Cuda(n)) => {
+            let c = t.contiguous()?;
+            let host = c.cpu_range_storage();
+            upload(&host, t.shape().clone(), n)
+        }
+        (Device::Cuda(_), Device::Cuda(n)) => {
+            let host = download(t)?;
+            upload(&host, t.shape().clone(), n)
+        }
+        (Device::Cpu, Device::Cpu) => Ok(t.clone()),
+    }
+}
+
+// ---- element-wise ---------------------------------------------------------------------
+
+pub(crate) fn unary(t: &Tensor, op: UnaryOp, a: f32, b: f32) -> Result<Tensor> {
+    let (dev, src) = raw(t);
+    let n = t.elem_count();
+    let (out, dst) = empty(&dev, t.dtype(), t.shape().clone())?;
+    if n > 0 {
+        let s = Strided::new(op.name(), t.shape(), &[t.layout()])?;
+        let name = format!("unary_{}", suffix(t.dtype()));
+        let args = Args::new().arg(n as i64).arg(op as i32).arg(a).arg(b).arg(s).arg(src).arg(dst);
+        dev.launch("elementwise", name, linear_cfg(&dev, n), args)?;
+    }
+    Ok(out)
+}
+
+/// `op(x, y)` over `shape` with both operands' layouts broadcast to it, written to `out`
+/// (a contiguous buffer of `shape`'s size; may be one of the inputs for in-place updates).
+#[allow(clippy::too_many_arguments)]
+fn binary_into(
+    dev: &Arc<GpuDevice>,
+    op: BinaryOp,
+    p: (f32, f32),
+    shape: &Shape,
+    x: (u64, &Layout),
+    y: (u64, &Layout),
+    dtype: DType,
+    out: u64,
+) -> Result<()> {
+    let n = shape.elem_count();
+    if n == 0 {
+        return Ok(());
+    }
+    let s = Strided::new(op.name(), shape, &[x.1, y.1])?;
+    let name = format!("binary_{}", suffix(dtype));
+    let args = Args::new().arg(n as i64).arg(op as i32).arg(p.0).arg(p.1).arg(s).arg(x.0).arg(y.0).arg(out);
+    dev.launch("elementwise", name, linear_cfg(dev, n), args)
+}
+
+pub(crate) fn binary(
+    x: &Tensor,
+    y: &Tensor,
+    op: BinaryOp,
+    p: (f32, f32),
+    shape: &Shape,
+    xl: &Layout,
+    yl: &Layout,
+) -> Result<Tensor> {
+    let (dev, xp) = raw(x);
+    let (_, yp) = raw(y);
+    let (out, dst) = empty(&dev, x.dtype(), shape.clone())?;
+    binary_into(&dev, op, p, shape, (xp, xl), (yp, yl), x.dtype(), dst)?;
+    Ok(out)
+}
+
+/// `dst += src` in place (dst f32 and contiguous, src f32 of the same shape).
+pub(crate) fn add_assign(dst: &Tensor, src: &Tensor) -> Result<()> {
+    let (dev, dp) = raw(dst);
+    let (_, sp) = raw(src);
+    let out = at(dp, DType::F32, dst.layout().start());
+    binary_into(&dev, BinaryOp::Add, (0.0, 0.0), dst.shape(), (dp, dst.layout()), (sp, src.layout()), DType::F32, out)
+}
+
+/// `dst *= s` in place (dst f32 and contiguous).
+pub(crate) fn scale_in_place(dst: &Tensor, s: f32) -> Result<()> {
+    let (dev, dp) = raw(dst);
+    let n = dst.elem_count();
+    if n == 0 {
+        return Ok(());
+    }
+    let st = Strided::new("scale", dst.shape(), &[dst.layout()])?;
+    let out = at(dp, DType::F32, dst.layout().start());
+    let args = Args::new().arg(n as i64).arg(UnaryOp::Affine as i32).arg(s).arg(-0.0f32).arg(st).arg(dp).arg(out);
+    dev.launch("elementwise", "unary_f32".into(), linear_cfg(&dev, n), args)
+}
+
+pub(crate) fn cmp(x: &Tensor, y: &Tensor, op: CmpOp, shape: &Shape, xl: &Layout, yl: &Layout) -> Result<Tensor> {
+    let (dev, xp) = raw(x);
+    let (_, yp) = raw(y);
+    let n = shape.elem_count();
+    let (out, dst) = empty(&dev, DType::U8, shape.clone())?;
+    if n > 0 {
+        let s = Strided::new("cmp", shape, &[xl, yl])?;
+        let name = format!("cmp_{}", suffix(x.dtype()));
+        let args = Args::new().arg(n as i64).arg(op as i32).arg(s).arg(xp).arg(yp).arg(dst);
+        dev.launch("elementwise", name, linear_cfg(&dev, n), args)?;
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn where_cond(
+    cond: &Tensor,
+    t: &Tensor,
+    f: &Tensor,
+    shape: &Shape,
+    cl: &Layout,
+    tl: &Layout,
+    fl: &Layout,
+) -> Result<Tensor> {
+    let (dev, cp) = raw(cond);
+    let (_, tp) = raw(t);
+    let (_, fp) = raw(f);
+    let n = shape.elem_count();
+    let (out, dst) = empty(&dev, t.dtype(), shape.clone())?;
+    if n > 0 {
+        let s = Strided::new("where_cond", shape, &[cl, tl, fl])?;
+        let name = format!("where_{}", bytes_suffix(t.dtype()));
+        let args = Args::new().arg(n as i64).arg(s).arg(cp).arg(tp).arg(fp).arg(dst);
+        dev.launch("elementwise", name, linear_cfg(&dev, n), args)?;
+    }
+    Ok(out)
+}
+
+// ---- row kernels ----------------------------------------------------------------------
+
+/// Softmax or log-softmax over the last dimension of `x`.
+pub(crate) fn softmax_last(x: &Tensor, log: bool) -> Result<Tensor> {
+    let (x, xp) = contiguous(x)?;
+    let (dev, _) = raw(&x);
+    let cols = x.dims().last().copied().unwrap_or(1);
+    let rows = x.elem_count().checked_div(cols).unwrap_or(0);
+    let (out, dst) = empty(&dev, x.dtype(), x.shape().clone())?;
+    if rows > 0 && cols > 0 {
+        let name = format!("softmax_{}", suffix(x.dtype()));
+        let args = Args::new().arg(rows as i64).arg(cols as i64).arg(log as i32).arg(xp).arg(dst);
+        dev.launch("softmax", name, row_cfg(&dev, rows, cols), args)?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    let (x, xp) = contiguous(x)?;
+    let (w, wp) = contiguous(w)?;
+    let (dev, _) = raw(&x);
+    let cols = w.elem_count();
+    let rows = x.elem_count().checked_div(cols).unwrap_or(0);
+    let (out, dst) = empty(&dev, x.dtype(), x.shape().clone())?;
+    if rows > 0 && cols > 0 {
+        let name = format!("rms_norm_{}", suffix(x.dtype()));
+        let args = Args::new().arg(rows as i64).arg(cols as i64).arg(eps).arg(xp).arg(wp).arg(dst);
+        dev.launch("rmsnorm", name, row_cfg(&dev, rows, cols), args)?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, dims: [usize; 4], cb: usize) -> Result<Tensor> {
+    let (x, xp) = contiguous(x)?;
+    let (dev, _) = raw(&x);
+    let cos = cos.to_dtype(DType::F32)?.to_device(x.device())?;
+    let sin = sin.to_dtype(DType::F32)?.to_device(x.device())?;
+    let (cos, cp) = contiguous(&cos)?;
+    let (sin, sp) = contiguous(&sin)?;
+    let [b, t, h, d] = dims;
+    let (out, dst) = empty(&dev, x.dtype(), x.shape().clone())?;
+    let n = b * t * h * (d / 2);
+    if n > 0 {
+        let name = format!("rope_{}", suffix(x.dtype()));
+        let args = Args::new()
+            .arg(b as i64)
+            .arg(t as i64)
+            .arg(h as i64)
+            .arg(d as i64)
+            .arg(cb as i64)
+            .arg(xp)
+            .arg(cp)
+            .arg(sp)
+            .arg(dst);
+        dev.launch("rope", name, linear_cfg(&dev, n), args)?;
+    }
+    drop((cos, sin));
+    Ok(out)
+}
+
+// ---- reductions -----------------------------------------------------------------------
+
+/// Reduction codes shared with kernels/reduce.cu.
+#[derive(Clone, Copy)]
+pub(crate) enum Reduce {
+    Sum = 0,
+    Max = 1,
+    Min = 2,
+}
+
+pub(crate) fn reduce(x: &Tensor, outer: usize, k: usize, inner: usize, op: Reduce, kept: Shape) -> Result<Tensor> {
+    let (x, xp) = contiguous(x)?;
+    let (dev, _) = raw(&x);
+    let (out, dst) = empty(&dev, x.dtype(), kept)?;
+    let n = outer * inner;
+    if n == 0 {
+        return Ok(out);
+    }
+    let s = suffix(x.dtype());
+    if inner == 1 {
+        let args = Args::new().arg(op as i32).arg(outer as i64).arg(k as i64).arg(xp).arg(dst);
+        dev.launch("reduce", format!("reduce_rows_{s}"), row_cfg(&dev, outer, k), args)?;
+    } else {
+        let args = Args::new().arg(op as i32).arg(outer as i64).arg(k as i64).arg(inner as i64).arg(xp).arg(dst);
+        dev.launch("reduce", format!("reduce_cols_{s}"), linear_cfg(&dev, n), args)?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn arg_reduce(x: &Tensor, outer: usize, k: usize, inner: usize, max: bool, kept: Shape) -> Result<Tensor> {
+    let (x, xp) = contiguous(x)?;
+    let (dev, _) = raw(&x);
+    let (out, dst) = empty(&dev, DType::U32, kept)?;
+    let n = outer * inner;
+    if n == 0 {
+        return Ok(out);
+    }
+    let s = suffix(x.dtype());
+    if inner == 1 {
+        let args = Args::new().arg(max as i32).arg(outer as i64).arg(k as i64).arg(xp).arg(dst);
+        dev.launch("reduce", format!("arg_rows_{s}"), row_cfg(&dev, outer, k), args)?;
+    } else {
+        let args = Args::new().arg(max as i32).arg(outer as i64).arg(k as i64).arg(inner as i64).arg(xp).arg(dst);
+        dev.launch("reduce", format!("arg_cols_{s}"), linear_cfg(&dev, n), args)?;
+    }
+    Ok(out)
+}
+
+/// The sum of squares of an f32 tensor, accumulated in f64: per-block partial sums on the
+/// GPU, added on the host in block order (the same tensor always gives the same bits).
+pub(crate) fn sum_squares(x: &Tensor) -> Result<f64> {
+    let (x, xp) = contiguous(x)?;
+    let (dev, _) = raw(&x);
+    let n = x.elem_count();
+    if n == 0 {
+        return Ok(0.0);
+    }
+    let cfg = linear_cfg(&dev, n);
+    let blocks = cfg.grid[0] as usize;
+    let partial = CudaStorage::alloc(&dev, DType::U32, blocks * 2)?; // f64 slots
+    dev.launch("reduce", "sum_squares_f32".into(), cfg, Args::new().arg(n as i64).arg(xp).arg(partial.ptr()))?;
+    let mut bytes = vec![0u8; blocks * 8];
+    dev.rt.dtoh(partial.ptr(), &mut bytes)?;
+    Ok(bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).sum())
+}
+
+// ---- indexing -------------------------------------------------------------------------
+
+fn upload_ids(dev: &Arc<GpuDevice>, ids: &[u32]) -> Result<CudaStorage> {
+    CudaStorage::from_host(dev, &CpuStorage::U32(ids.to_vec()))
+}
+
+pub(crate) fn index_select(
+    x: &Tensor,
+    ids: &[u32],
+    outer: usize,
+    size: usize,
+    inner: usize,
+    dims: Vec<usize>,
+) -> Result<Tensor> {
+    let (x, xp) = contiguous(x)?;
+    let (dev, _) = raw(&x);
+    let (out, dst) = empty(&dev, x.dtype(), dims)?;
+    let n = outer * ids.len() * inner;
+    if n > 0 {
+        let idv = upload_ids(&dev, ids)?;
+        let args = Args::new()
+            .arg(outer as i64)
+            .arg(ids.len() as i64)
+            .arg(size as i64)
+            .arg(inner as i64)
+            .arg(idv.ptr())
+            .arg(xp)
+            .arg(dst);
+        dev.launch("index", format!("index_select_{}", bytes_suffix(x.dtype())), linear_cfg(&dev, n), args)?;
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gather(
+    x: &Tensor,
+    index: &[u32],
+    outer: usize,
+    size: usize,
+    k: usize,
+    inner: usize,
+    shape: Shape,
+) -> Result<Tensor> {
+    let (x, xp) = contiguous(x)?;
+    let (dev, _) = raw(&x);
+    let (out, dst) = empty(&dev, x.dtype(), shape)?;
+    let n = outer * k * inner;
+    if n > 0 {
+        let idv = upload_ids(&dev, index)?;
+        let args = Args::new()
+            .arg(outer as i64)
+            .arg(k as i64)
+            .arg(size as i64)
+            .arg(inner as i64)
+            .arg(idv.ptr())
+            .arg(xp)
+            .arg(dst);
+        dev.launch("index", format!("gather_{}", bytes_suffix(x.dtype())), linear_cfg(&dev, n), args)?;
+    }
+    Ok(out)
+}
+
+/// A copy of `base` with `src` accumulated at `index` (scatter-add, `k` entries per (o, i))
+/// or at `ids` rows (index-add, `k` = ids.len()).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn accumulate(
+    base: &Tensor,
+    src: &Tensor,
+    index: &[u32],
+    scatter: bool,
+    outer: usize,
+    size: usize,
+    k: usize,
+    inner: usize,
+) -> Result<Tensor> {
+    let out = copy(base)?;
+    let (dev, dst) = raw(&out);
+    let (src, sp) = contiguous(src)?;
+    let n = outer * inner;
+    if n > 0 && k > 0 {
+        let idv = upload_ids(&dev, index)?;
+        let kernel = if scatter { "scatter_add" } else { "index_add" };
+        let args = Args::new()
+            .arg(outer as i64)
+            .arg(k as i64)
+            .arg(size as i64)
+            .arg(inner as i64)
+            .arg(idv.ptr())
+            .arg(sp)
+            .arg(dst);
+        dev.launch("index", format!("{kernel}_{}", suffix(out.dtype())), linear_cfg(&dev, n), args)?;
+    }
+    drop(src);
+    Ok(out)
+}
+
+pub(crate) fn topk(x: &Tensor, k: usize, dims: Vec<usize>) -> Result<(Tensor, Tensor)> {
+    let (x, xp) = contiguous(x)?;
+    let (dev, _) = raw(&x);
+    let cols = x.dims().last().copied().unwrap_or(1);
+    let rows = x.elem_count().checked_div(cols).unwrap_or(0);
+    let (values, vp) = empty(&dev, x.dtype(), dims.clone())?;
+    let (indices, ip) = empty(&dev, DType::U32, dims)?;
+    if rows > 0 && k > 0 {
+        let args = Args::new().arg(rows as i64).arg(cols as i64).arg(k as i64).arg(xp).arg(vp).arg(ip);
+        dev.launch("index", format!("topk_{}", suffix(x.dtype())), row_cfg(&dev, rows, cols), args)?;
+    }
+    Ok((values, indices))
+}
+
+// ---- matrix products ------------------------------------------------------------------
+
+/// A matrix operand for cuBLAS: `ptr` to batch 0, leading dimension, whether its elements
+/// run down columns (a transposed view), and the stride between batches.
+#[derive(Clone, Copy, Debug)]
+struct Mat {
+    ptr: u64,
+    ld: usize,
+    col_major: bool,
+    batch_stride: usize,
+}
+
+/// Describes `[batch.., rows, cols]` (broadcast layout `l` over storage at `base`) as a
+/// cuBLAS operand, or `None` when its strides cannot be (the caller copies it first).
+fn as_mat(base: u64, dtype: DType, l: &Layout) -> Option<Mat> {
+    let r = l.rank();
+    let (rows, cols) = (l.dims()[r - 2], l.dims()[r - 1]);
+    let (rs, cs) = (l.strides()[r - 2], l.strides()[r - 1]);
+    let (row_major, ld) = if (cs == 1 || cols == 1) && (rs >= cols.max(1) || rows == 1) {
+        (true, if rows == 1 { cols.max(1) } else { rs })
+    } else if (rs == 1 || rows == 1) && (cs >= rows.max(1) || cols == 1) {
+        (false, if cols == 1 { rows.max(1) } else { cs })
+    } else {
+        return None;
+    };
+    // Batch offsets must form one arithmetic progression.
+    let bd = &l.dims()[..r - 2];
+    let bs = &l.strides()[..r - 2];
+    let count: usize = bd.iter().product();
+    let mut stride = None;
+    let mut ok = true;
+    let mut idx = vec![0usize; bd.len()];
+    let mut prev = 0usize;
+    for i in 0..count {
+        let off: usize = idx.iter().zip(bs).map(|(a, b)| a * b).sum();
+        if i == 1 {
+            stride = Some(off.wrapping_sub(prev));
+        } else if i > 1 && Some(off.wrapping_sub(prev)) != stride {
+            ok = false;
+            break;
+        }
+        prev = off;
+        for d in (0..bd.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < bd[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    if !ok || stride.is_some_and(|s| s > isize::MAX as usize) {
+        return None;
+    }
+    Some(Mat { ptr: at(base, dtype, l.start()), ld, col_major: !row_major, batch_stride: stride.unwrap_or(0) })
+}
+
+/// `C[b] = A[b] @ B[b]` for row-major `C` (`[batch, m, n]`, contiguous at `c`, row stride
+/// `ldc`, batch stride `stride_c`): in cuBLAS's column-major terms `C^T = B^T A^T`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_rows(
+    dev: &GpuDevice,
+    a: Mat,
+    b: Mat,
+    (m, k, n): (usize, usize, usize),
+    batch: usize,
+    c: u64,
+    ldc: usize,
+    stride_c: usize,
+    ab: DType,
+    cd: DType,
+) -> Result<()> {
+    if m == 0 || n == 0 || batch == 0 {
+        return Ok(());
+    }
+    let g = Gemm {
+        // cuBLAS's A is our B: row-major B [k, n] is B^T [n, k] column-major (no transpose);
+        // a transposed view of B needs cuBLAS to transpose it.
+        trans_a: b.col_major,
+        trans_b: a.col_major,
+        m: n,
+        n: m,
+        k,
+        alpha: 1.0,
+        a: b.ptr,
+        lda: b.ld,
+        stride_a: b.batch_stride,
+        b: a.ptr,
+        ldb: a.ld,
+        stride_b: a.batch_stride,
+        beta: 0.0,
+        c,
+        ldc,
+        stride_c,
+        batch,
+        ab_dtype: ab,
+        c_dtype: cd,
+    };
+    if k == 0 {
+        // An empty sum: cuBLAS would leave C alone; zero it ourselves.
+        return dev.rt.memset_zero(c, batch * m * n * cd.size_in_bytes());
+    }
+    dev.rt.gemm(&g)
+}
+
+/// `lhs @ rhs` with both already broadcast to `[batch.., m, k]` and `[batch.., k, n]`
+/// layouts `ll`, `rl`; same float dtype.
+pub(crate) fn matmul(lhs: &Tensor, rhs: &Tensor, ll: &Layout, rl: &Layout, out_shape: Shape) -> Result<Tensor> {
+    let dtype = lhs.dtype();
+    let r = ll.rank();
+    let (m, k, n) = (ll.dims()[r - 2], ll.dims()[r - 1], rl.dims()[r - 1]);
+    let batch: usize = ll.dims()[..r - 2].iter().product();
+    let (dev, _) = raw(lhs);
+    if m * n * batch == 0 || k == 0 {
+        return zeros(out_shape, dtype, lhs.device());
+    }
+    // Operands cuBLAS cannot read through their strides are copied (materialising any
+    // broadcast) into contiguous form first.
+    let operand = |t: &Tensor, l: &Layout| -> Result<(Option<Tensor>, Mat)> {
+        let (_, base) = raw(t);
+        if let Some(mat) = as_mat(base, dtype, l) {
+            return Ok((None, mat));
+        }
+        let view = t.view_with(l.clone());
+        let c = copy(&view)?;
+        let (_, cb) = raw(&c);
+        let mat = as_mat(cb, dtype, c.layout()).expect("a contiguous tensor is a row-major operand");
+        Ok((Some(c), mat))
+    };
+    let (_keep_a, a) = operand(lhs, ll)?;
+    let (_keep_b, b) = operand(rhs, rl)?;
+    let (out, c) = empty(&dev, dtype, out_shape)?;
+    gemm_rows(&dev, a, b, (m, k, n), batch, c, n, m * n, dtype, dtype)?;
+    Ok(out)
+}
+
+/// `x @ w^T` for f32 `x: [rows, k]` and a half-precision `w: [n, k]`, exactly as the
+/// weights' f32 widening would give: the weights are widened block by block into an f32
+/// scratch (never all at once) and multiplied in f32.
+pub(crate) fn linear_widening(
+    x: &Tensor,
+    w: &Tensor,
+    rows: usize,
+    k: usize,
+    n: usize,
+    out_dims: Vec<usize>,
+) -> Result<Tensor> {
+    let (x, xp) = contiguous(x)?;
+    let (dev, _) = raw(&x);
+    let (out, c) = empty(&dev, DType::F32, out_dims)?;
+    if rows == 0 || n == 0 {
+        return Ok(out);
+    }
+    let block = ((32usize << 20) / k.max(1)).clamp(1, n);
+    let a = Mat { ptr: xp, ld: k.max(1), col_major: false, batch_stride: 0 };
+    for start in (0..n).step_by(block) {
+        let len = block.min(n - start);
+        let wide = cast(&w.narrow(0, start, len)?, DType::F32)?; // [len, k]
+        let (_, wp) = raw(&wide);
+        // w_block^T [k, len] is the transposed view of a row-major [len, k].
+        let b = Mat { ptr: wp, ld: k.max(1), col_major: true, batch_stride: 0 };
+        gemm_rows(&dev, a, b, (rows, k, len), 1, at(c, DType::F32, start), n, 0, DType::F32, DType::F32)?;
+    }
+    Ok(out)
+}
+
+// ---- fused training ops -----------------------------------------------------------------
+
+/// One AdamW update of f32 `p`, `m`, `v` with gradient `g` (all contiguous, same length).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn adamw(p: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, s: &crate::fused::AdamWScalars) -> Result<()> {
+    let n = p.elem_count();
+    if n == 0 {
+        return Ok(());
+    }
+    let (dev, pp) = raw(p);
+    let ptr = |t: &Tensor| at(raw(t).1, DType::F32, t.layout().start());
+    let args = Args::new()
+        .arg(n as i64)
+        .arg(at(pp, DType::F32, p.layout().start()))
+        .arg(ptr(m))
+        .arg(ptr(v))
+        .arg(ptr(g))
+        .arg(s.decay)
+        .arg(s.beta1_complement)
+        .arg(s.beta2)
+        .arg(s.beta2_complement)
+        .arg(s.eps)
+        .arg(s.bias_correction2_sqrt)
+        .arg(s.step_size);
+    dev.launch("adamw", "adamw_f32".into(), linear_cfg(&dev, n), args)
+}
+
+/// In place over f32 logits `z: [rows, vocab]`: the gradient of the chosen tokens'
+/// log-probabilities (see kernels/logprob.cu).
+pub(crate) fn logprob_grad(z: &Tensor, g: &[f32], lse: &[f32], targets: &[u32], scale: f32) -> Result<()> {
+    let [rows, vocab] = z.dims_n("token_logprob_grad")?;
+    let (dev, zp) = raw(z);
+    if rows * vocab == 0 {
+        return Ok(());
+    }
+    let gv = CudaStorage::from_host(&dev, &CpuStorage::F32(g.to_vec()))?;
+    let lv = CudaStorage::from_host(&dev, &CpuStorage::F32(lse.to_vec()))?;
+    let tv = upload_ids(&dev, targets)?;
+    let args =
+        Args::new().arg(rows as i64).arg(vocab as i64).arg(scale).arg(gv.ptr()).arg(lv.ptr()).arg(tv.ptr()).arg(at(
+            zp,
+            DType::F32,
+            z.layout().start(),
+        ));
+    dev.launch("logprob", "logprob_grad_f32".into(), linear_cfg(&dev, rows * vocab), args)
+}

@@ -1,0 +1,125 @@
+//! What the CUDA backend asks of a GPU: memory, copies, kernel launches and cuBLAS-style
+//! matrix products on one stream. Two runtimes implement it: the driver (cudarc: CUDA
+//! driver API, NVRTC, cuBLAS) and, with the `emulator` feature, the CPU emulator, which runs
+//! the very same kernel sources on the host so that every op's GPU path is tested in CI.
+
+use std::ffi::c_void;
+
+use crate::{DType, Result};
+
+/// What the backend knows about a device.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub name: String,
+    /// `(major, minor)`, e.g. `(9, 0)` for Hopper.
+    pub compute_capability: (u32, u32),
+    pub multiprocessors: u32,
+    pub total_memory: usize,
+    /// The CPU emulator rather than a GPU.
+    pub emulated: bool,
+    /// How kernels were built for it, e.g. "NVRTC 12.9, sm_90 CUBIN".
+    pub toolchain: String,
+}
+
+/// Grid, block and dynamic shared memory of a launch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LaunchCfg {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub smem: u32,
+}
+
+impl LaunchCfg {
+    pub fn linear(blocks: u32, threads: u32) -> LaunchCfg {
+        LaunchCfg { grid: [blocks.max(1), 1, 1], block: [threads, 1, 1], smem: 0 }
+    }
+}
+
+/// A kernel: the file it lives in (`kernels/<module>.cu`) and its exported name.
+#[derive(Debug, Clone)]
+pub(crate) struct Kernel {
+    pub module: &'static str,
+    pub name: String,
+}
+
+/// Kernel arguments as cuLaunchKernel takes them: each value in 8-byte aligned storage of
+/// its own, with its size (the emulator checks sizes against the kernel's parameters).
+#[derive(Default)]
+pub(crate) struct Args {
+    vals: Vec<Vec<u64>>,
+    sizes: Vec<usize>,
+}
+
+impl Args {
+    pub fn new() -> Args {
+        Args::default()
+    }
+
+    /// Appends one argument by value (`Copy` data only: numbers, device pointers as `u64`,
+    /// `#[repr(C)]` structs).
+    pub fn arg<T: Copy + 'static>(mut self, v: T) -> Args {
+        let size = std::mem::size_of::<T>();
+        let mut buf = vec![0u64; size.div_ceil(8).max(1)];
+        // SAFETY: `buf` holds at least `size` bytes and is 8-byte aligned; T is Copy.
+        unsafe { std::ptr::copy_nonoverlapping(&v as *const T as *const u8, buf.as_mut_ptr() as *mut u8, size) };
+        self.vals.push(buf);
+        self.sizes.push(size);
+        self
+    }
+
+    #[cfg_attr(not(feature = "emulator"), allow(dead_code))]
+    pub fn sizes(&self) -> &[usize] {
+        &self.sizes
+    }
+
+    /// Pointers to each argument's value, valid while `self` lives unmoved.
+    pub fn pointers(&mut self) -> Vec<*mut c_void> {
+        self.vals.iter_mut().map(|v| v.as_mut_ptr() as *mut c_void).collect()
+    }
+}
+
+/// One strided batched matrix product in cuBLAS's terms (column-major):
+/// `C_i = alpha op(A_i) op(B_i) + beta C_i` for `i < batch`, `op(A)` being `m x k`,
+/// `op(B)` `k x n`, `C` `m x n`, leading dimensions and batch strides in elements.
+/// A and B share `ab_dtype`; accumulation is f32 whatever the types (no TF32).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Gemm {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub a: u64,
+    pub lda: usize,
+    pub stride_a: usize,
+    pub b: u64,
+    pub ldb: usize,
+    pub stride_b: usize,
+    pub beta: f32,
+    pub c: u64,
+    pub ldc: usize,
+    pub stride_c: usize,
+    pub batch: usize,
+    pub ab_dtype: DType,
+    pub c_dtype: DType,
+}
+
+pub(crate) trait Runtime: Send + Sync {
+    fn info(&self) -> &DeviceInfo;
+    /// Raw device memory (the caching pool sits above this).
+    fn malloc(&self, bytes: usize) -> Result<u64>;
+    fn free(&self, ptr: u64);
+    fn htod(&self, src: &[u8], dst: u64) -> Result<()>;
+    /// Copies to the host and waits for everything queued before it.
+    fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()>;
+    fn dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()>;
+    fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()>;
+    fn launch(&self, kernel: &Kernel, cfg: LaunchCfg, args: Args) -> Result<()>;
+    fn gemm(&self, g: &Gemm) -> Result<()>;
+    /// Waits for all queued work and reports any error it raised.
+    fn synchronize(&self) -> Result<()>;
+    /// Opens a named range for profilers (NVTX); the emulator ignores it.
+    fn range_push(&self, _name: &str) {}
+    fn range_pop(&self) {}
+}

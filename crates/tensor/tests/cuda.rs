@@ -1,0 +1,777 @@
+//! The CUDA backend against the CPU backend, op by op, forward and backward ops alike, on
+//! random inputs: contiguous, transposed, narrowed and broadcast views, every float dtype.
+//!
+//! Runs on a real GPU when the driver finds one; otherwise on the CPU emulator of the CUDA
+//! backend (the same kernel sources compiled as C++), so it runs in CI too. Without either
+//! it says why and passes. Tolerances: f32 within 1e-5 relative (the GPU contracts
+//! multiply-adds and sums in another order), half types within one or two units of their
+//! last place; data movement, comparisons, indexing, argmax/top-k and AdamW exactly.
+
+#![allow(clippy::needless_range_loop)]
+
+use artist_tensor::{AdamWScalars, CmpOp, DType, Device, Tensor, cuda, rope_tables};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn gpu() -> Option<Device> {
+    match cuda::test_backend() {
+        Ok(b) => {
+            let d = Device::cuda(0).expect("the chosen CUDA runtime opens device 0");
+            if std::env::var("ARTIST_GPU_VERBOSE").is_ok() {
+                eprintln!("CUDA tests on {:?}: {:?}", b, cuda::info(0).unwrap());
+            }
+            Some(d)
+        }
+        Err(why) => {
+            eprintln!("skipping the CUDA tests: {why}");
+            None
+        }
+    }
+}
+
+macro_rules! gpu_or_skip {
+    () => {
+        match gpu() {
+            Some(d) => d,
+            None => return,
+        }
+    };
+}
+
+fn rand_vec(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| r.random_range(lo..hi)).collect()
+}
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(rand_vec(n, seed, -2.0, 2.0), shape.to_vec(), Device::Cpu).unwrap()
+}
+
+/// Tolerances by dtype: (relative, absolute).
+fn tol(d: DType) -> (f32, f32) {
+    match d {
+        DType::F32 => (1e-5, 1e-6),
+        DType::BF16 => (1.6e-2, 1e-3),
+        DType::F16 => (2e-3, 1e-4),
+        _ => (0.0, 0.0),
+    }
+}
+
+/// `got` (any device) equals `want` (CPU) in shape and dtype, and element-wise within
+/// `rtol`/`atol`; NaN must meet NaN.
+fn close(what: &str, got: &Tensor, want: &Tensor, rtol: f32, atol: f32) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
+    let (g, w) = (got.to_f32_vec().unwrap(), want.to_f32_vec().unwrap());
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        let ok = if b.is_nan() {
+            a.is_nan()
+        } else if b.is_infinite() {
+            a == b
+        } else {
+            (a - b).abs() <= atol + rtol * b.abs()
+        };
+        assert!(ok, "{what}: element {i}: got {a}, want {b} (rtol {rtol}, atol {atol})");
+    }
+}
+
+fn same(what: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
+    assert_eq!(got.to_bytes().unwrap(), want.to_bytes().unwrap(), "{what}: bytes");
+}
+
+/// The same value three ways: contiguous, a transposed view, a narrowed view (for inputs
+/// of rank 2 or more), on both devices.
+fn views(shape: &[usize], seed: u64, dev: Device) -> Vec<(String, Tensor, Tensor)> {
+    let r = shape.len();
+    let x = randn(shape, seed);
+    let mut out = vec![("contiguous".to_string(), x.to_device(dev).unwrap(), x.clone())];
+    if r >= 2 {
+        let mut ts = shape.to_vec();
+        ts.swap(r - 2, r - 1);
+        let t = randn(&ts, seed + 1);
+        let (tc, tg) = (t.transpose(-2, -1).unwrap(), t.to_device(dev).unwrap().transpose(-2, -1).unwrap());
+        out.push(("transposed".into(), tg, tc));
+    }
+    let mut wide = shape.to_vec();
+    wide[r - 1] += 3;
+    let w = randn(&wide, seed + 2);
+    let (wc, wg) =
+        (w.narrow(-1, 1, shape[r - 1]).unwrap(), w.to_device(dev).unwrap().narrow(-1, 1, shape[r - 1]).unwrap());
+    out.push(("narrowed".into(), wg, wc));
+    out
+}
+
+#[test]
+fn storage_round_trips_and_constructors() {
+    let dev = gpu_or_skip!();
+    let x = randn(&[3, 5, 7], 1);
+    for d in [DType::F32, DType::BF16, DType::F16, DType::U32, DType::U8] {
+        let c = x.abs().unwrap().mul_scalar(40.0).unwrap().to_dtype(d).unwrap();
+        let g = c.to_device(dev).unwrap();
+        assert_eq!(g.device(), dev);
+        same(&format!("round trip {d}"), &g.to_device(Device::Cpu).unwrap(), &c);
+        same(&format!("to_vec {d}"), &g, &c);
+        same(
+            &format!("zeros {d}"),
+            &Tensor::zeros((4, 3), d, dev).unwrap(),
+            &Tensor::zeros((4, 3), d, Device::Cpu).unwrap(),
+        );
+        for v in [1.5f32, -3.25, 1e-3, 300.7] {
+            let want = Tensor::full(v, (2, 129), d, Device::Cpu).unwrap();
+            same(&format!("full({v}) {d}"), &Tensor::full(v, (2, 129), d, dev).unwrap(), &want);
+        }
+    }
+    let a = Tensor::arange(1000, DType::F32, dev).unwrap();
+    same("arange", &a, &Tensor::arange(1000, DType::F32, Device::Cpu).unwrap());
+    // Empty tensors move too.
+    let e = Tensor::zeros((0, 4), DType::F32, dev).unwrap();
+    assert_eq!(e.to_vec::<f32>().unwrap(), Vec::<f32>::new());
+    assert_eq!(Tensor::from_vec(vec![7u32], (), dev).unwrap().to_scalar::<u32>().unwrap(), 7);
+}
+
+#[test]
+fn views_copy_and_cast_exactly() {
+    let dev = gpu_or_skip!();
+    let x = randn(&[4, 6, 10], 2);
+    let g = x.to_device(dev).unwrap();
+    let cases: Vec<(&str, Box<dyn Fn(&Tensor) -> Tensor>)> = vec![
+        ("transpose", Box::new(|t: &Tensor| t.transpose(0, 2).unwrap())),
+        ("permute", Box::new(|t: &Tensor| t.permute(&[1, 2, 0]).unwrap())),
+        ("narrow", Box::new(|t: &Tensor| t.narrow(2, 3, 5).unwrap().narrow(0, 1, 2).unwrap())),
+        ("broadcast", Box::new(|t: &Tensor| t.narrow(1, 2, 1).unwrap().broadcast_as((2, 4, 6, 10)).unwrap())),
+        ("reshape of a view", Box::new(|t: &Tensor| t.transpose(1, 2).unwrap().reshape((4, 60)).unwrap())),
+    ];
+    for (name, f) in &cases {
+        same(name, &f(&g).contiguous().unwrap(), &f(&x).contiguous().unwrap());
+        for d in [DType::BF16, DType::F16, DType::U32, DType::U8] {
+            same(&format!("{name} to {d}"), &f(&g).to_dtype(d).unwrap(), &f(&x).to_dtype(d).unwrap());
+        }
+    }
+    // Rounding and saturation of special values, every pair of types.
+    let special = Tensor::from_vec(
+        vec![
+            0.0f32,
+            -0.0,
+            1.0,
+            -1.5,
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 512.0,
+            65504.0,
+            65520.0,
+            1e-8,
+            -1e-8,
+            6.1e-5,
+            3e-7,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            255.6,
+            256.0,
+            4.3e9,
+            -7.0,
+            16777217.0,
+        ],
+        20,
+        Device::Cpu,
+    )
+    .unwrap();
+    let all = [DType::F32, DType::BF16, DType::F16, DType::U32, DType::U8];
+    for a in all {
+        let src = special.to_dtype(a).unwrap();
+        for b in all {
+            let (got, want) = (src.to_device(dev).unwrap().to_dtype(b).unwrap(), src.to_dtype(b).unwrap());
+            let (gb, wb) = (got.to_f32_vec().unwrap(), want.to_f32_vec().unwrap());
+            for (i, (p, q)) in gb.iter().zip(&wb).enumerate() {
+                assert!(p == q || (p.is_nan() && q.is_nan()), "cast {a} -> {b} of element {i}: got {p}, want {q}");
+            }
+        }
+    }
+}
+
+#[test]
+fn copy_from_writes_through_views() {
+    let dev = gpu_or_skip!();
+    // A KV cache: [slots, max_len, heads, d], written a few positions at a time.
+    let mut cache_c = Tensor::zeros((3, 16, 2, 8), DType::F32, Device::Cpu).unwrap();
+    let mut cache_g = Tensor::zeros((3, 16, 2, 8), DType::F32, dev).unwrap();
+    for (step, (slot, pos, len)) in [(0usize, 0usize, 5usize), (2, 0, 1), (0, 5, 3), (1, 7, 9)].into_iter().enumerate()
+    {
+        let kv = randn(&[len, 2, 8], 10 + step as u64);
+        cache_c.get(slot).unwrap().narrow(0, pos, len).unwrap().copy_from(&kv).unwrap();
+        cache_g.get(slot).unwrap().narrow(0, pos, len).unwrap().copy_from(&kv.to_device(dev).unwrap()).unwrap();
+    }
+    same("kv cache writes", &cache_g, &cache_c);
+    // Broadcast source, transposed destination, and a copy within one storage.
+    let row = randn(&[8], 20);
+    cache_c.get(1).unwrap().narrow(0, 0, 4).unwrap().transpose(0, 1).unwrap().copy_from(&row).unwrap();
+    cache_g
+        .get(1)
+        .unwrap()
+        .narrow(0, 0, 4)
+        .unwrap()
+        .transpose(0, 1)
+        .unwrap()
+        .copy_from(&row.to_device(dev).unwrap())
+        .unwrap();
+    same("broadcast into a transposed view", &cache_g, &cache_c);
+    let (fc, fg) = (cache_c.get(0).unwrap(), cache_g.get(0).unwrap());
+    cache_c.get(2).unwrap().copy_from(&fc).unwrap();
+    cache_g.get(2).unwrap().copy_from(&fg).unwrap();
+    same("slot fork", &cache_g, &cache_c);
+    // In-place updates.
+    let acc_c = randn(&[5, 7], 21);
+    let acc_g = acc_c.to_device(dev).unwrap();
+    let inc = randn(&[5, 7], 22);
+    acc_c.add_assign(&inc).unwrap();
+    acc_g.add_assign(&inc.to_device(dev).unwrap()).unwrap();
+    same("add_assign", &acc_g, &acc_c);
+    acc_c.scale_in_place(-0.37).unwrap();
+    acc_g.scale_in_place(-0.37).unwrap();
+    same("scale_in_place", &acc_g, &acc_c);
+    let sum = acc_g.update_f32(|v| {
+        v[3] = 42.0;
+        v.iter().sum::<f32>()
+    });
+    assert!(sum.unwrap().is_finite());
+    assert_eq!(acc_g.to_vec::<f32>().unwrap()[3], 42.0);
+    let (sc, sg) = (acc_c.sum_squares_f64().unwrap(), acc_g.sum_squares_f64().unwrap());
+    let want: f64 = acc_g.to_vec::<f32>().unwrap().iter().map(|&x| x as f64 * x as f64).sum();
+    assert!((sg - want).abs() <= 1e-12 * want, "sum of squares {sg} vs {want} (cpu before the write {sc})");
+    _ = (&mut cache_c, &mut cache_g);
+}
+
+#[test]
+fn unary_ops_match() {
+    let dev = gpu_or_skip!();
+    type Op = fn(&Tensor) -> artist_tensor::Result<Tensor>;
+    let ops: Vec<(&str, Op)> = vec![
+        ("neg", Tensor::neg),
+        ("abs", Tensor::abs),
+        ("exp", Tensor::exp),
+        ("log(|x|)", |t| t.abs()?.log()),
+        ("sqrt(|x|)", |t| t.abs()?.sqrt()),
+        ("rsqrt(|x|+.1)", |t| t.abs()?.add_scalar(0.1)?.rsqrt()),
+        ("recip", Tensor::recip),
+        ("sqr", Tensor::sqr),
+        ("sin", Tensor::sin),
+        ("cos", Tensor::cos),
+        ("tanh", Tensor::tanh),
+        ("relu", Tensor::relu),
+        ("sigmoid", Tensor::sigmoid),
+        ("silu", Tensor::silu),
+        ("gelu", Tensor::gelu),
+        ("affine", |t| t.affine(0.75, -0.125)),
+        ("mul_scalar", |t| t.mul_scalar(3.0)),
+        ("powf", |t| t.abs()?.powf(1.7)),
+        ("clamp", |t| t.clamp(-0.5, 0.75)),
+    ];
+    for (name, f) in &ops {
+        for d in [DType::F32, DType::BF16, DType::F16] {
+            for (view, g, c) in views(&[6, 33], 3, dev) {
+                let (g, c) = (g.to_dtype(d).unwrap(), c.to_dtype(d).unwrap());
+                let (rt, at) = tol(d);
+                close(&format!("{name} {d} {view}"), &f(&g).unwrap(), &f(&c).unwrap(), rt * 4.0, at * 4.0);
+            }
+        }
+    }
+    // NaN and infinities pass through as on the CPU.
+    let s = Tensor::from_vec(vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0], 4, Device::Cpu).unwrap();
+    for (name, f) in &ops {
+        close(&format!("{name} of specials"), &f(&s.to_device(dev).unwrap()).unwrap(), &f(&s).unwrap(), 1e-6, 1e-6);
+    }
+}
+
+#[test]
+fn binary_ops_broadcast_and_match() {
+    let dev = gpu_or_skip!();
+    type Op = fn(&Tensor, &Tensor) -> artist_tensor::Result<Tensor>;
+    let ops: Vec<(&str, Op)> = vec![
+        ("add", Tensor::add),
+        ("sub", Tensor::sub),
+        ("mul", Tensor::mul),
+        ("div", Tensor::div),
+        ("maximum", Tensor::maximum),
+        ("minimum", Tensor::minimum),
+        ("pow", |a, b| a.abs()?.pow(b)),
+        ("silu_mul", Tensor::silu_mul),
+        ("silu_backward", Tensor::silu_backward),
+        ("sigmoid_backward", Tensor::sigmoid_backward),
+        ("tanh_backward", Tensor::tanh_backward),
+        ("clamp_backward", |g, x| g.clamp_backward(x, -0.5, 0.5)),
+    ];
+    let shapes: [(&[usize], &[usize]); 4] =
+        [(&[4, 9], &[4, 9]), (&[4, 9], &[9]), (&[3, 1, 9], &[4, 1]), (&[2, 3, 4, 5], &[3, 1, 5])];
+    for (name, f) in &ops {
+        for (i, (sa, sb)) in shapes.iter().enumerate() {
+            for d in [DType::F32, DType::BF16] {
+                let (a, b) =
+                    (randn(sa, 30 + i as u64).to_dtype(d).unwrap(), randn(sb, 40 + i as u64).to_dtype(d).unwrap());
+                let (ga, gb) = (a.to_device(dev).unwrap(), b.to_device(dev).unwrap());
+                let (rt, at) = tol(d);
+                close(
+                    &format!("{name} {sa:?} {sb:?} {d}"),
+                    &f(&ga, &gb).unwrap(),
+                    &f(&a, &b).unwrap(),
+                    rt * 2.0,
+                    at * 2.0,
+                );
+            }
+        }
+        for ((va, ga, ca), (_, gb, cb)) in views(&[5, 12], 50, dev).into_iter().zip(views(&[5, 12], 60, dev)) {
+            close(&format!("{name} {va}"), &f(&ga, &gb).unwrap(), &f(&ca, &cb).unwrap(), 2e-5, 2e-6);
+        }
+    }
+    // Operator sugar with a scalar, and a device mismatch is an error.
+    let a = randn(&[3, 4], 70);
+    close("a * 2.5", &(&a.to_device(dev).unwrap() * 2.5).unwrap(), &(&a * 2.5).unwrap(), 0.0, 0.0);
+    assert!(a.add(&a.to_device(dev).unwrap()).is_err());
+    // Closures run on the CPU only, with an error naming the op.
+    let err = a.to_device(dev).unwrap().map_f32("my_op", |x| x).unwrap_err().to_string();
+    assert!(err.contains("my_op") && err.contains("CPU"), "{err}");
+}
+
+#[test]
+fn comparisons_and_where() {
+    let dev = gpu_or_skip!();
+    let a = randn(&[6, 10], 80).mul_scalar(3.0).unwrap().round_to_halves();
+    let b = randn(&[10], 81).mul_scalar(3.0).unwrap().round_to_halves();
+    for d in [DType::F32, DType::BF16, DType::F16, DType::U32, DType::U8] {
+        let (ac, bc) = (a.abs().unwrap().to_dtype(d).unwrap(), b.abs().unwrap().to_dtype(d).unwrap());
+        let (ag, bg) = (ac.to_device(dev).unwrap(), bc.to_device(dev).unwrap());
+        for op in [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge] {
+            same(&format!("{op:?} {d}"), &ag.cmp(op, &bg).unwrap(), &ac.cmp(op, &bc).unwrap());
+        }
+    }
+    // Big u32 values compare as integers, not through f32.
+    let big = Tensor::from_vec(vec![16777216u32, 16777217, 4_000_000_000], 3, Device::Cpu).unwrap();
+    let big2 = Tensor::from_vec(vec![16777217u32, 16777217, 3_999_999_999], 3, Device::Cpu).unwrap();
+    same("u32 lt", &big.to_device(dev).unwrap().lt(&big2.to_device(dev).unwrap()).unwrap(), &big.lt(&big2).unwrap());
+    let cond = a.gt(&b).unwrap();
+    for d in [DType::F32, DType::BF16, DType::U8] {
+        let (t, f) = (a.to_dtype(d).unwrap(), b.neg().unwrap().to_dtype(d).unwrap());
+        let want = cond.where_cond(&t, &f).unwrap();
+        let got =
+            cond.to_device(dev).unwrap().where_cond(&t.to_device(dev).unwrap(), &f.to_device(dev).unwrap()).unwrap();
+        same(&format!("where {d}"), &got, &want);
+    }
+    let mask = Tensor::causal_mask(5, 8, Device::Cpu).unwrap();
+    let x = randn(&[2, 5, 8], 82);
+    same(
+        "masked_fill",
+        &x.to_device(dev).unwrap().masked_fill(&mask.to_device(dev).unwrap(), f32::NEG_INFINITY).unwrap(),
+        &x.masked_fill(&mask, f32::NEG_INFINITY).unwrap(),
+    );
+    same("causal_mask on the GPU", &Tensor::causal_mask(5, 8, dev).unwrap(), &mask);
+}
+
+trait Halves {
+    fn round_to_halves(&self) -> Tensor;
+}
+
+impl Halves for Tensor {
+    /// Values rounded to multiples of 0.5, so comparisons see ties.
+    fn round_to_halves(&self) -> Tensor {
+        let v: Vec<f32> = self.to_vec::<f32>().unwrap().iter().map(|x| (x * 2.0).round() / 2.0).collect();
+        Tensor::from_vec(v, self.shape().clone(), Device::Cpu).unwrap()
+    }
+}
+
+#[test]
+fn reductions_match() {
+    let dev = gpu_or_skip!();
+    for d in [DType::F32, DType::BF16] {
+        for (view, g, c) in views(&[5, 6, 70], 90, dev) {
+            let (g, c) = (g.to_dtype(d).unwrap(), c.to_dtype(d).unwrap());
+            for dim in [0isize, 1, 2, -1] {
+                let (rt, at) = tol(d);
+                let what = |op: &str| format!("{op} dim {dim} {d} {view}");
+                close(&what("sum"), &g.sum_keepdim(dim).unwrap(), &c.sum_keepdim(dim).unwrap(), rt * 4.0, 1e-4);
+                close(&what("mean"), &g.mean(dim).unwrap(), &c.mean(dim).unwrap(), rt * 4.0, 1e-5);
+                same(&what("max"), &g.max_keepdim(dim).unwrap(), &c.max_keepdim(dim).unwrap());
+                same(&what("min"), &g.min(dim).unwrap(), &c.min(dim).unwrap());
+                same(&what("argmax"), &g.argmax_keepdim(dim).unwrap(), &c.argmax_keepdim(dim).unwrap());
+                same(&what("argmin"), &g.argmin(dim).unwrap(), &c.argmin(dim).unwrap());
+                let _ = at;
+            }
+        }
+    }
+    // Ties, NaN and a long row (the vocabulary case, one block per row).
+    let mut v = rand_vec(3 * 5000, 91, -1.0, 1.0);
+    v[17] = 5.0;
+    v[4000] = 5.0;
+    v[5000 + 123] = f32::NAN;
+    v[5000 + 4321] = f32::NAN;
+    v[10000 + 9] = -7.0;
+    v[10000 + 99] = -7.0;
+    let t = Tensor::from_vec(v, (3, 5000), Device::Cpu).unwrap();
+    let g = t.to_device(dev).unwrap();
+    same("argmax ties and NaN", &g.argmax(-1).unwrap(), &t.argmax(-1).unwrap());
+    same("argmin ties and NaN", &g.argmin(-1).unwrap(), &t.argmin(-1).unwrap());
+    same("max with NaN", &g.max(-1).unwrap(), &t.max(-1).unwrap());
+    close("sum of a long row", &g.sum(-1).unwrap(), &t.sum(-1).unwrap(), 1e-4, 1e-3);
+    close("sum_all", &g.sum_all().unwrap(), &t.sum_all().unwrap(), 1e-4, 1e-3);
+    close("sum_to", &g.sum_to((3, 1)).unwrap(), &t.sum_to((3, 1)).unwrap(), 1e-4, 1e-3);
+    let e = Tensor::zeros((4, 0), DType::F32, Device::Cpu).unwrap();
+    same("max of nothing", &e.to_device(dev).unwrap().max(-1).unwrap(), &e.max(-1).unwrap());
+}
+
+#[test]
+fn softmax_rmsnorm_rope_match() {
+    let dev = gpu_or_skip!();
+    for d in [DType::F32, DType::BF16, DType::F16] {
+        let (rt, at) = tol(d);
+        for (view, g, c) in views(&[7, 300], 100, dev) {
+            let (g, c) = (g.to_dtype(d).unwrap(), c.to_dtype(d).unwrap());
+            close(&format!("softmax {d} {view}"), &g.softmax(-1).unwrap(), &c.softmax(-1).unwrap(), rt * 2.0, at);
+            close(
+                &format!("log_softmax {d} {view}"),
+                &g.log_softmax(-1).unwrap(),
+                &c.log_softmax(-1).unwrap(),
+                rt * 2.0,
+                at * 4.0,
+            );
+            close(&format!("softmax dim 0 {d} {view}"), &g.softmax(0).unwrap(), &c.softmax(0).unwrap(), rt * 2.0, at);
+            let w = randn(&[300], 101).to_dtype(d).unwrap();
+            close(
+                &format!("rms_norm {d} {view}"),
+                &g.rms_norm(&w.to_device(dev).unwrap(), 1e-6).unwrap(),
+                &c.rms_norm(&w, 1e-6).unwrap(),
+                rt * 2.0,
+                at * 2.0,
+            );
+        }
+        // Fully masked rows give NaN; a vocabulary-sized row.
+        let mut m = randn(&[3, 151_936 / 8], 102);
+        m = m.masked_fill(&Tensor::from_vec(vec![0u8, 1, 0], (3, 1), Device::Cpu).unwrap(), f32::NEG_INFINITY).unwrap();
+        let m = m.to_dtype(d).unwrap();
+        close(
+            &format!("masked softmax {d}"),
+            &m.to_device(dev).unwrap().softmax(-1).unwrap(),
+            &m.softmax(-1).unwrap(),
+            rt * 2.0,
+            at,
+        );
+        // RoPE with positions shared by the batch and per sequence.
+        let x = randn(&[2, 5, 3, 16], 103).to_dtype(d).unwrap();
+        let (cos, sin) = rope_tables(&[3, 4, 5, 6, 7], 16, 10000.0, Device::Cpu).unwrap();
+        close(
+            &format!("rope {d}"),
+            &x.to_device(dev).unwrap().rope(&cos.to_device(dev).unwrap(), &sin.to_device(dev).unwrap()).unwrap(),
+            &x.rope(&cos, &sin).unwrap(),
+            rt,
+            at,
+        );
+        let (c2, s2) = rope_tables(&[0, 1, 2, 3, 4, 9, 10, 11, 12, 13], 16, 1e6, Device::Cpu).unwrap();
+        let (c2, s2) = (c2.reshape((2, 5, 8)).unwrap(), s2.reshape((2, 5, 8)).unwrap());
+        close(
+            &format!("rope per sequence {d}"),
+            &x.to_device(dev).unwrap().rope(&c2, &s2).unwrap(),
+            &x.rope(&c2, &s2).unwrap(),
+            rt,
+            at,
+        );
+    }
+}
+
+#[test]
+fn indexing_matches_exactly() {
+    let dev = gpu_or_skip!();
+    let x = randn(&[11, 6, 5], 110);
+    let ids = Tensor::from_vec(vec![3u32, 0, 10, 3, 3, 7], 6, Device::Cpu).unwrap();
+    for d in [DType::F32, DType::BF16, DType::U32] {
+        let xc = x.abs().unwrap().mul_scalar(10.0).unwrap().to_dtype(d).unwrap();
+        let xg = xc.to_device(dev).unwrap();
+        for dim in [0isize, 1, 2] {
+            let size = x.dims()[dim as usize] as u32;
+            let ids =
+                Tensor::from_vec(ids.to_vec::<u32>().unwrap().iter().map(|&i| i % size).collect(), 6, Device::Cpu)
+                    .unwrap();
+            same(
+                &format!("index_select dim {dim} {d}"),
+                &xg.index_select(&ids.to_device(dev).unwrap(), dim).unwrap(),
+                &xc.index_select(&ids, dim).unwrap(),
+            );
+        }
+        let w = xc.get(0).unwrap(); // [6, 5]
+        let tok = Tensor::from_vec(vec![3u32, 0, 5, 3, 3, 1], (2, 3), Device::Cpu).unwrap();
+        same(
+            &format!("embedding {d}"),
+            &Tensor::embedding(&tok, &w.to_device(dev).unwrap()).unwrap(),
+            &Tensor::embedding(&tok, &w).unwrap(),
+        );
+        // gather along each dimension
+        for dim in 0..3usize {
+            let mut shape = x.dims().to_vec();
+            shape[dim] = 4;
+            let n: usize = shape.iter().product();
+            let mut r = ChaCha8Rng::seed_from_u64(111 + dim as u64);
+            let idx: Vec<u32> = (0..n).map(|_| r.random_range(0..x.dims()[dim] as u32)).collect();
+            let index = Tensor::from_vec(idx, shape, Device::Cpu).unwrap();
+            same(
+                &format!("gather dim {dim} {d}"),
+                &xg.gather(dim as isize, &index.to_device(dev).unwrap()).unwrap(),
+                &xc.gather(dim as isize, &index).unwrap(),
+            );
+        }
+    }
+    // Accumulation with repeated indices: the same order, so the same bits.
+    for d in [DType::F32, DType::BF16] {
+        let base = randn(&[9, 4, 6], 120).to_dtype(d).unwrap();
+        let src = randn(&[9, 8, 6], 121).to_dtype(d).unwrap();
+        let ids = Tensor::from_vec(vec![1u32, 3, 1, 0, 1, 2, 3, 3], 8, Device::Cpu).unwrap();
+        same(
+            &format!("index_add {d}"),
+            &base.to_device(dev).unwrap().index_add(1, &ids, &src.to_device(dev).unwrap()).unwrap(),
+            &base.index_add(1, &ids, &src).unwrap(),
+        );
+        let mut r = ChaCha8Rng::seed_from_u64(122);
+        let index: Vec<u32> = (0..9 * 8 * 6).map(|_| r.random_range(0..4u32)).collect();
+        let index = Tensor::from_vec(index, (9, 8, 6), Device::Cpu).unwrap();
+        same(
+            &format!("scatter_add {d}"),
+            &base.to_device(dev).unwrap().scatter_add(1, &index, &src.to_device(dev).unwrap()).unwrap(),
+            &base.scatter_add(1, &index, &src).unwrap(),
+        );
+        let emb_grad = Tensor::zeros((50, 6), d, Device::Cpu).unwrap();
+        let tok = Tensor::from_vec(vec![5u32, 9, 5, 5, 49, 0, 9], 7, Device::Cpu).unwrap();
+        let g = randn(&[7, 6], 123).to_dtype(d).unwrap();
+        same(
+            &format!("embedding backward {d}"),
+            &emb_grad.to_device(dev).unwrap().index_add(0, &tok, &g.to_device(dev).unwrap()).unwrap(),
+            &emb_grad.index_add(0, &tok, &g).unwrap(),
+        );
+    }
+    // Out-of-range indices are refused before anything runs.
+    let bad = Tensor::from_vec(vec![0u32, 11], 2, Device::Cpu).unwrap();
+    assert!(x.to_device(dev).unwrap().index_select(&bad, 0).is_err());
+    // cat along each dimension, with an empty part.
+    let parts: Vec<Tensor> = [2usize, 0, 3].iter().map(|&n| randn(&[4, n, 5], 130 + n as u64)).collect();
+    let gp: Vec<Tensor> = parts.iter().map(|p| p.to_device(dev).unwrap()).collect();
+    same(
+        "cat dim 1",
+        &Tensor::cat(&gp.iter().collect::<Vec<_>>(), 1).unwrap(),
+        &Tensor::cat(&parts.iter().collect::<Vec<_>>(), 1).unwrap(),
+    );
+    let (a, b) = (randn(&[2, 3], 131), randn(&[5, 3], 132));
+    same(
+        "cat dim 0",
+        &Tensor::cat(&[&a.to_device(dev).unwrap(), &b.to_device(dev).unwrap()], 0).unwrap(),
+        &Tensor::cat(&[&a, &b], 0).unwrap(),
+    );
+}
+
+#[test]
+fn topk_matches_with_ties_and_nan() {
+    let dev = gpu_or_skip!();
+    let cols = 300;
+    let mut v = rand_vec(4 * cols, 140, -3.0, 3.0);
+    for i in 0..cols {
+        if i % 7 == 0 {
+            v[i] = 1.0; // ties in row 0
+        }
+    }
+    v[cols + 5] = f32::NAN;
+    v[cols + 6] = f32::INFINITY;
+    v[cols + 200] = f32::NAN;
+    let t = Tensor::from_vec(v, (4, cols), Device::Cpu).unwrap();
+    for d in [DType::F32, DType::BF16] {
+        let t = t.to_dtype(d).unwrap();
+        for k in [1usize, 5, 50, cols] {
+            let (vc, ic) = t.topk(k).unwrap();
+            let (vg, ig) = t.to_device(dev).unwrap().topk(k).unwrap();
+            same(&format!("topk {k} values {d}"), &vg, &vc);
+            same(&format!("topk {k} indices {d}"), &ig, &ic);
+        }
+    }
+}
+
+/// Matrix products over every layout cuBLAS is handed: plain, transposed either side,
+/// broadcast batches, batches whose offsets are not one stride (copied first), empty sums.
+#[test]
+fn matmul_matches_across_layouts() {
+    let dev = gpu_or_skip!();
+    let cases: Vec<(&str, Vec<usize>, Vec<usize>, bool, bool)> = vec![
+        ("square", vec![8, 8], vec![8, 8], false, false),
+        ("rect", vec![5, 7], vec![7, 3], false, false),
+        ("lhs transposed", vec![5, 7], vec![7, 3], true, false),
+        ("rhs transposed", vec![5, 7], vec![7, 3], false, true),
+        ("both transposed", vec![5, 7], vec![7, 3], true, true),
+        ("batched", vec![4, 5, 7], vec![4, 7, 3], false, false),
+        ("broadcast rhs", vec![4, 5, 7], vec![7, 3], false, true),
+        ("broadcast batch dims", vec![2, 1, 5, 7], vec![3, 7, 6], false, false),
+        ("vector", vec![1, 7], vec![7, 1], false, false),
+        ("one column", vec![6, 1], vec![1, 4], false, false),
+    ];
+    for (name, sa, sb, ta, tb) in &cases {
+        for d in [DType::F32, DType::BF16, DType::F16] {
+            let make = |shape: &Vec<usize>, t: bool, seed: u64| -> (Tensor, Tensor) {
+                let r = shape.len();
+                if t {
+                    let mut s = shape.clone();
+                    s.swap(r - 2, r - 1);
+                    let x = randn(&s, seed).to_dtype(d).unwrap();
+                    (x.transpose(-2, -1).unwrap(), x.to_device(dev).unwrap().transpose(-2, -1).unwrap())
+                } else {
+                    let x = randn(shape, seed).to_dtype(d).unwrap();
+                    (x.clone(), x.to_device(dev).unwrap())
+                }
+            };
+            let (ac, ag) = make(sa, *ta, 150);
+            let (bc, bg) = make(sb, *tb, 151);
+            let (rt, at) = tol(d);
+            close(
+                &format!("matmul {name} {d}"),
+                &ag.matmul(&bg).unwrap(),
+                &ac.matmul(&bc).unwrap(),
+                rt * 2.0,
+                at * 4.0,
+            );
+        }
+    }
+    // Attention-shaped: per-head queries against a permuted cache view (batch offsets that
+    // are not one arithmetic progression after the permute are copied first).
+    let q = randn(&[2, 6, 16], 160);
+    let k = randn(&[9, 2, 16], 161);
+    let want = q.matmul(&k.permute(&[1, 2, 0]).unwrap()).unwrap();
+    let got = q.to_device(dev).unwrap().matmul(&k.to_device(dev).unwrap().permute(&[1, 2, 0]).unwrap()).unwrap();
+    close("scores against a permuted cache", &got, &want, 1e-5, 1e-5);
+    let k4 = randn(&[3, 4, 5, 2], 162);
+    let v4 = k4.permute(&[2, 0, 3, 1]).unwrap(); // [5, 3, 2, 4], irregular batch offsets
+    let l4 = randn(&[5, 3, 6, 2], 163);
+    close(
+        "irregular batches",
+        &l4.to_device(dev).unwrap().matmul(&k4.to_device(dev).unwrap().permute(&[2, 0, 3, 1]).unwrap()).unwrap(),
+        &l4.matmul(&v4).unwrap(),
+        1e-5,
+        1e-5,
+    );
+    // An empty sum gives zeros.
+    let (a, b) = (
+        Tensor::zeros((3, 0), DType::F32, Device::Cpu).unwrap(),
+        Tensor::zeros((0, 4), DType::F32, Device::Cpu).unwrap(),
+    );
+    same("k = 0", &a.to_device(dev).unwrap().matmul(&b.to_device(dev).unwrap()).unwrap(), &a.matmul(&b).unwrap());
+}
+
+#[test]
+fn linear_matches_in_every_weight_dtype() {
+    let dev = gpu_or_skip!();
+    let (n, k) = (37, 70);
+    let w = randn(&[n, k], 170);
+    let bias = randn(&[n], 171);
+    for m in [1usize, 3, 17, 40] {
+        let x = randn(&[m, k], 172 + m as u64);
+        for wd in [DType::F32, DType::BF16, DType::F16] {
+            let (wc, bc) = (w.to_dtype(wd).unwrap(), bias.to_dtype(wd).unwrap());
+            let want = x.linear(&wc, Some(&bc)).unwrap();
+            let got = x
+                .to_device(dev)
+                .unwrap()
+                .linear(&wc.to_device(dev).unwrap(), Some(&bc.to_device(dev).unwrap()))
+                .unwrap();
+            close(&format!("linear m {m}, f32 x, {wd} w"), &got, &want, 2e-5, 2e-5);
+            // Activations in the weights' type too (the GPU's bf16 path).
+            let xd = x.to_dtype(wd).unwrap();
+            let want = xd.linear(&wc, None).unwrap();
+            let got = xd.to_device(dev).unwrap().linear(&wc.to_device(dev).unwrap(), None).unwrap();
+            let (rt, at) = tol(wd);
+            close(&format!("linear m {m}, {wd} x and w"), &got, &want, rt * 2.0, at * 8.0);
+        }
+        let x3 = x.reshape((1, m, k)).unwrap().to_device(dev).unwrap();
+        assert_eq!(
+            x3.linear(&w.to_dtype(DType::BF16).unwrap().to_device(dev).unwrap(), None).unwrap().dims(),
+            &[1, m, n]
+        );
+    }
+}
+
+#[test]
+fn adamw_step_gives_the_cpu_bits() {
+    let dev = gpu_or_skip!();
+    let n = 3000;
+    let p = randn(&[n], 180);
+    let m = randn(&[n], 181).mul_scalar(0.01).unwrap();
+    let v = randn(&[n], 182).sqr().unwrap().mul_scalar(1e-4).unwrap();
+    let (pg, mg, vg) = (p.to_device(dev).unwrap(), m.to_device(dev).unwrap(), v.to_device(dev).unwrap());
+    let (pc, mc, vc) = (p.copy().unwrap(), m.copy().unwrap(), v.copy().unwrap());
+    for step in 1..=3u64 {
+        let g = randn(&[n], 190 + step);
+        let (lr, b1, b2, eps, wd) = (1e-3f64, 0.9f64, 0.999f64, 1e-8f64, 0.01f64);
+        let s = AdamWScalars {
+            decay: (1.0 - lr * wd) as f32,
+            beta1_complement: (1.0 - b1) as f32,
+            beta2: b2 as f32,
+            beta2_complement: (1.0 - b2) as f32,
+            eps: eps as f32,
+            bias_correction2_sqrt: (1.0 - b2.powi(step as i32)).sqrt() as f32,
+            step_size: -(lr / (1.0 - b1.powi(step as i32))) as f32,
+        };
+        pc.adamw_step(&mc, &vc, &g, &s).unwrap();
+        pg.adamw_step(&mg, &vg, &g.to_device(dev).unwrap(), &s).unwrap();
+    }
+    same("adamw weights", &pg, &pc);
+    same("adamw first moment", &mg, &mc);
+    same("adamw second moment", &vg, &vc);
+}
+
+#[test]
+fn token_logprob_gradient_matches() {
+    let dev = gpu_or_skip!();
+    let (rows, vocab) = (5, 1000);
+    let z = randn(&[rows, vocab], 200);
+    let scale = 1.0 / 0.7;
+    let lse: Vec<f32> = z
+        .mul_scalar(scale)
+        .unwrap()
+        .log_softmax(-1)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
+        .iter()
+        .zip(z.to_vec2::<f32>().unwrap())
+        .map(|(lp, zr)| zr[0] * scale - lp[0])
+        .collect();
+    let g = rand_vec(rows, 201, -1.0, 1.0);
+    let targets = vec![3u32, 999, 0, 500, 3];
+    let (zc, zg) = (z.copy().unwrap(), z.to_device(dev).unwrap());
+    zc.token_logprob_grad_in_place(&g, &lse, &targets, scale).unwrap();
+    zg.token_logprob_grad_in_place(&g, &lse, &targets, scale).unwrap();
+    close("token logprob gradient", &zg, &zc, 1e-5, 1e-7);
+    assert!(zg.token_logprob_grad_in_place(&g, &lse, &[0, 0, 0, 0, 1000], scale).is_err());
+}
+
+#[test]
+fn the_pool_reuses_memory() {
+    let dev = gpu_or_skip!();
+    let Device::Cuda(ord) = dev else { unreachable!() };
+    // Warm the pool with a size no other test uses, then allocate it again and again.
+    let shape = (1237, 333);
+    drop(Tensor::zeros(shape, DType::F32, dev).unwrap());
+    let before = cuda::memory_stats(ord).unwrap();
+    for _ in 0..20 {
+        let t = Tensor::zeros(shape, DType::F32, dev).unwrap();
+        drop(t);
+    }
+    let after = cuda::memory_stats(ord).unwrap();
+    assert!(
+        after.runtime_allocations <= before.runtime_allocations + 2,
+        "20 allocations of a cached size took {} new blocks from the runtime",
+        after.runtime_allocations - before.runtime_allocations
+    );
+    assert!(after.peak_allocated >= 1237 * 333 * 4);
+}
+
+#[test]
+fn every_kernel_the_backend_launches_exists() {
+    let _ = gpu_or_skip!();
+    #[cfg(feature = "emulator")]
+    if cuda::backend() == cuda::Backend::Emulator {
+        let mut want: Vec<String> = cuda::kernel_inventory().into_iter().map(|(_, k)| k).collect();
+        want.sort();
+        let have = cuda::emulator_kernels();
+        assert_eq!(have, want, "the kernels exported by kernels/*.cu and the backend's inventory differ");
+    }
+}

@@ -1,0 +1,242 @@
+// Shared by every kernel file: element types, conversions that round exactly as the CPU
+// backend does, block reductions and strided indexing.
+//
+// The loader puts this text in front of each `*.cu` file before NVRTC compiles it, so the
+// kernel files do not include it themselves. The same sources also compile as C++17 for
+// the CPU emulator (`ARTIST_EMULATOR`, crates/tensor/emulator/), which runs the kernels on
+// the host so that their logic is tested on machines without a GPU. Hence: no CUDA headers
+// (`cuda_bf16.h` is not needed: bf16 and f16 are our own 16-bit structs), inline PTX only
+// behind `#ifndef ARTIST_EMULATOR`, dynamic shared memory only through DYNAMIC_SMEM, and
+// every exported kernel named once with ARTIST_EXPORT.
+#ifndef ARTIST_COMMON_CUH
+#define ARTIST_COMMON_CUH
+
+#ifdef ARTIST_EMULATOR
+#define ARTIST_EXPORT(name) static ::emu::Registrar artist_register_##name(#name, name);
+#define DYNAMIC_SMEM(T, name) T* name = reinterpret_cast<T*>(::emu::dynamic_smem())
+#else
+#define ARTIST_EXPORT(name)
+#define DYNAMIC_SMEM(T, name)                                   \
+    extern __shared__ __align__(16) unsigned char artist_smem_[]; \
+    T* name = reinterpret_cast<T*>(artist_smem_)
+#endif
+
+typedef long long i64;
+typedef unsigned long long u64;
+typedef int i32;
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned char u8;
+
+#define FULL_MASK 0xffffffffu
+#define MAX_DIMS 8
+
+// ---- element types ---------------------------------------------------------------------
+
+struct bf16 {
+    u16 bits;
+};
+struct f16 {
+    u16 bits;
+};
+
+__device__ __forceinline__ float bits_f32(u32 b) { return __uint_as_float(b); }
+__device__ __forceinline__ u32 f32_bits(float f) { return __float_as_uint(f); }
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(bf16 x) { return bits_f32(((u32)x.bits) << 16); }
+__device__ __forceinline__ float to_f32(u32 x) { return (float)x; }
+__device__ __forceinline__ float to_f32(u8 x) { return (float)x; }
+
+__device__ __forceinline__ float to_f32(f16 x) {
+#ifdef ARTIST_EMULATOR
+    u32 h = x.bits;
+    u32 sign = (h & 0x8000u) << 16;
+    u32 exp = (h >> 10) & 0x1fu;
+    u32 man = h & 0x3ffu;
+    if (exp == 0) {
+        // zero or subnormal: man * 2^-24, exact in f32
+        float v = (float)man * 5.9604644775390625e-8f;
+        return bits_f32(f32_bits(v) | sign);
+    }
+    if (exp == 31) return bits_f32(sign | 0x7f800000u | (man << 13));
+    return bits_f32(sign | ((exp + 112) << 23) | (man << 13));
+#else
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+    return f;
+#endif
+}
+
+template <class T>
+__device__ __forceinline__ T from_f32(float x);
+
+template <>
+__device__ __forceinline__ float from_f32<float>(float x) {
+    return x;
+}
+
+// Round to nearest even, NaN kept quiet: what `half::bf16::from_f32` does.
+template <>
+__device__ __forceinline__ bf16 from_f32<bf16>(float f) {
+    u32 x = f32_bits(f);
+    bf16 r;
+    if ((x & 0x7fffffffu) > 0x7f800000u) {
+        r.bits = (u16)((x >> 16) | 0x0040u);
+        return r;
+    }
+    const u32 round_bit = 0x00008000u;
+    if ((x & round_bit) != 0 && (x & (3 * round_bit - 1)) != 0)
+        r.bits = (u16)((x >> 16) + 1);
+    else
+        r.bits = (u16)(x >> 16);
+    return r;
+}
+
+template <>
+__device__ __forceinline__ f16 from_f32<f16>(float f) {
+    f16 r;
+#ifdef ARTIST_EMULATOR
+    // Round to nearest even, as `half::f16::from_f32`.
+    u32 x = f32_bits(f);
+    u32 sign = (x & 0x80000000u) >> 16;
+    u32 exp = x & 0x7f800000u;
+    u32 man = x & 0x007fffffu;
+    if (exp == 0x7f800000u) {
+        u32 nan_bit = man == 0 ? 0 : 0x0200u;
+        r.bits = (u16)(sign | 0x7c00u | nan_bit | (man >> 13));
+        return r;
+    }
+    i32 half_exp = (i32)(exp >> 23) - 127 + 15;
+    if (half_exp >= 0x1f) {
+        r.bits = (u16)(sign | 0x7c00u);
+        return r;
+    }
+    if (half_exp <= 0) {
+        if (14 - half_exp > 24) {
+            r.bits = (u16)sign;
+            return r;
+        }
+        man |= 0x00800000u;
+        u32 half_man = man >> (14 - half_exp);
+        u32 round_bit = 1u << (13 - half_exp);
+        if ((man & round_bit) != 0 && (man & (3 * round_bit - 1)) != 0) half_man += 1;
+        r.bits = (u16)(sign | half_man);
+        return r;
+    }
+    u32 half_exp_bits = (u32)half_exp << 10;
+    u32 half_man = man >> 13;
+    const u32 round_bit = 0x00001000u;
+    if ((man & round_bit) != 0 && (man & (3 * round_bit - 1)) != 0)
+        r.bits = (u16)((sign | half_exp_bits | half_man) + 1);
+    else
+        r.bits = (u16)(sign | half_exp_bits | half_man);
+#else
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(f));
+#endif
+    return r;
+}
+
+// Floats into integers truncate toward zero and saturate (NaN gives 0), as Rust's `as`.
+template <>
+__device__ __forceinline__ u32 from_f32<u32>(float x) {
+    if (!(x > 0.0f)) return 0u;
+    if (x >= 4294967295.0f) return 4294967295u;
+    return (u32)x;
+}
+
+template <>
+__device__ __forceinline__ u8 from_f32<u8>(float x) {
+    if (!(x > 0.0f)) return (u8)0;
+    if (x >= 255.0f) return (u8)255;
+    return (u8)x;
+}
+
+__device__ __forceinline__ bool is_nan(float x) { return x != x; }
+__device__ __forceinline__ float inf_f32() { return bits_f32(0x7f800000u); }
+__device__ __forceinline__ float nan_f32() { return bits_f32(0x7fc00000u); }
+
+// ---- reductions --------------------------------------------------------------------------
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ double warp_sum_f64(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+// Largest value, NaN wins.
+__device__ __forceinline__ float max_nan(float a, float b) { return (is_nan(a) || a > b) ? a : b; }
+__device__ __forceinline__ float min_nan(float a, float b) { return (is_nan(a) || a < b) ? a : b; }
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+__device__ __forceinline__ float warp_min(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = min_nan(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// Block-wide reductions for blocks of a multiple of 32 threads (at most 1024). Every thread
+// gets the result. Safe to call repeatedly: the scratch is fenced on both sides.
+#define BLOCK_REDUCE(NAME, T, WARP_OP, IDENTITY)                       \
+    __device__ __forceinline__ T NAME(T v) {                           \
+        __shared__ T scratch[32];                                      \
+        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;          \
+        int warps = (blockDim.x + 31) >> 5;                            \
+        v = WARP_OP(v);                                                \
+        __syncthreads();                                               \
+        if (lane == 0) scratch[warp] = v;                              \
+        __syncthreads();                                               \
+        v = lane < warps ? scratch[lane] : (T)(IDENTITY);             \
+        v = WARP_OP(v);                                                \
+        return v;                                                      \
+    }
+
+BLOCK_REDUCE(block_sum, float, warp_sum, 0.0f)
+BLOCK_REDUCE(block_sum_f64, double, warp_sum_f64, 0.0)
+BLOCK_REDUCE(block_max, float, warp_max, -inf_f32())
+BLOCK_REDUCE(block_min, float, warp_min, inf_f32())
+
+// ---- strided indexing ------------------------------------------------------------------
+
+// Up to three operands over one index space of `rank` dimensions (already coalesced on the
+// host): operand k's element for linear index i sits at start[k] + sum(idx[d] * strides[k][d]).
+// The host mirror is `Strided` in crates/tensor/src/cuda/kernels.rs.
+struct Strided {
+    i32 rank;
+    i32 contiguous;  // 1 when every operand is contiguous from its start: offset = start + i
+    i64 dims[MAX_DIMS];
+    i64 strides[3][MAX_DIMS];
+    i64 start[3];
+};
+
+__device__ __forceinline__ i64 strided_offset(const Strided& s, int k, i64 i) {
+    if (s.contiguous) return s.start[k] + i;
+    i64 off = s.start[k];
+    for (int d = s.rank - 1; d >= 0; --d) {
+        i64 dim = s.dims[d];
+        i64 q = i / dim;
+        off += (i - q * dim) * s.strides[k][d];
+        i = q;
+    }
+    return off;
+}
+
+__device__ __forceinline__ i64 global_thread() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ i64 global_threads() { return (i64)gridDim.x * blockDim.x; }
+
+#define GRID_STRIDE(i, n) for (i64 i = global_thread(); i < (n); i += global_threads())
+
+// ---- instantiation helpers ---------------------------------------------------------------
+
+// FLOAT_TYPES(M) expands M(type, suffix) for the three float element types.
+#define FLOAT_TYPES(M) M(float, f32) M(bf16, bf16) M(f16, f16)
+#define ALL_TYPES(M) M(float, f32) M(bf16, bf16) M(f16, f16) M(u32, u32) M(u8, u8)
+
+#endif  // ARTIST_COMMON_CUH

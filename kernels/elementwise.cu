@@ -1,0 +1,197 @@
+// Element-wise kernels: unary and binary maps with broadcasting over strided operands,
+// comparisons, where, dtype casts, strided copies and fills. Floats compute in f32 and round
+// once on write, as the CPU backend does; operand offsets come from a `Strided` description
+// (operand 0 is the first input, or the destination of a copy).
+
+// Unary op codes; the host mirror is `UnaryOp` in crates/tensor/src/ops.rs.
+#define U_NEG 0
+#define U_ABS 1
+#define U_EXP 2
+#define U_LOG 3
+#define U_SQRT 4
+#define U_RSQRT 5
+#define U_RECIP 6
+#define U_SQR 7
+#define U_SIN 8
+#define U_COS 9
+#define U_TANH 10
+#define U_RELU 11
+#define U_SIGMOID 12
+#define U_SILU 13
+#define U_GELU 14
+#define U_AFFINE 15
+#define U_POWF 16
+#define U_CLAMP 17
+
+// exp(-x) with the argument capped at 88, as the CPU's exp in sigmoid and SiLU: silu(-inf)
+// is then -inf rather than NaN. NaN stays NaN.
+__device__ __forceinline__ float exp_neg_capped(float x) {
+    float e = -x;
+    return expf(e > 88.0f ? 88.0f : e);
+}
+
+__device__ __forceinline__ float unary_apply(int op, float x, float a, float b) {
+    switch (op) {
+        case U_NEG: return -x;
+        case U_ABS: return fabsf(x);
+        case U_EXP: return expf(x);
+        case U_LOG: return logf(x);
+        case U_SQRT: return sqrtf(x);
+        case U_RSQRT: return 1.0f / sqrtf(x);
+        case U_RECIP: return 1.0f / x;
+        case U_SQR: return __fmul_rn(x, x);
+        case U_SIN: return sinf(x);
+        case U_COS: return cosf(x);
+        case U_TANH: return tanhf(x);
+        case U_RELU: return fmaxf(x, 0.0f);
+        case U_SIGMOID: return 1.0f / (1.0f + exp_neg_capped(x));
+        case U_SILU: return x / (1.0f + exp_neg_capped(x));
+        case U_GELU: {
+            float inner = 0.7978846f * (x + 0.044715f * x * x * x);
+            return 0.5f * x * (1.0f + tanhf(inner));
+        }
+        case U_AFFINE: return fmaf(x, a, b);
+        case U_POWF: return powf(x, a);
+        case U_CLAMP: return x < a ? a : (x > b ? b : x);
+        default: return nan_f32();
+    }
+}
+
+// Binary op codes; the host mirror is `BinaryOp` in crates/tensor/src/ops.rs.
+#define B_ADD 0
+#define B_SUB 1
+#define B_MUL 2
+#define B_DIV 3
+#define B_MAX 4
+#define B_MIN 5
+#define B_POW 6
+#define B_SILU_MUL 7
+#define B_SILU_BACKWARD 8
+#define B_SIGMOID_BACKWARD 9
+#define B_TANH_BACKWARD 10
+#define B_CLAMP_BACKWARD 11
+
+__device__ __forceinline__ float binary_apply(int op, float x, float y, float a, float b) {
+    switch (op) {
+        case B_ADD: return __fadd_rn(x, y);
+        case B_SUB: return __fsub_rn(x, y);
+        case B_MUL: return __fmul_rn(x, y);
+        case B_DIV: return x / y;
+        case B_MAX: return max_nan(x, y);
+        case B_MIN: return min_nan(x, y);
+        case B_POW: return powf(x, y);
+        case B_SILU_MUL: return (x / (1.0f + exp_neg_capped(x))) * y;
+        case B_SILU_BACKWARD: {
+            // x = gradient, y = the input: g * s * (1 + y (1 - s)), s = sigmoid(y)
+            float s = 1.0f / (1.0f + expf(-y));
+            return x * (s * (1.0f + y * (1.0f - s)));
+        }
+        case B_SIGMOID_BACKWARD: return x * y * (1.0f - y);
+        case B_TANH_BACKWARD: return x * (1.0f - y * y);
+        case B_CLAMP_BACKWARD: return (y >= a && y <= b) ? x : 0.0f;
+        default: return nan_f32();
+    }
+}
+
+template <class T>
+__device__ void unary_impl(i64 n, int op, float a, float b, Strided s, const T* x, T* y) {
+    GRID_STRIDE(i, n) { y[i] = from_f32<T>(unary_apply(op, to_f32(x[strided_offset(s, 0, i)]), a, b)); }
+}
+
+template <class T>
+__device__ void binary_impl(i64 n, int op, float a, float b, Strided s, const T* x, const T* y, T* out) {
+    GRID_STRIDE(i, n) {
+        float u = to_f32(x[strided_offset(s, 0, i)]);
+        float v = to_f32(y[strided_offset(s, 1, i)]);
+        out[i] = from_f32<T>(binary_apply(op, u, v, a, b));
+    }
+}
+
+#define ELEMENTWISE_FLOAT(T, S)                                                                          \
+    extern "C" __global__ void unary_##S(i64 n, int op, float a, float b, Strided s, const T* x, T* y) { \
+        unary_impl<T>(n, op, a, b, s, x, y);                                                             \
+    }                                                                                                    \
+    ARTIST_EXPORT(unary_##S)                                                                             \
+    extern "C" __global__ void binary_##S(i64 n, int op, float a, float b, Strided s, const T* x,       \
+                                          const T* y, T* out) {                                          \
+        binary_impl<T>(n, op, a, b, s, x, y, out);                                                       \
+    }                                                                                                    \
+    ARTIST_EXPORT(binary_##S)
+FLOAT_TYPES(ELEMENTWISE_FLOAT)
+
+// ---- comparisons: U8 of 0 and 1, in the element type's own order ------------------------
+
+#define C_EQ 0
+#define C_NE 1
+#define C_LT 2
+#define C_LE 3
+#define C_GT 4
+#define C_GE 5
+
+template <class V>
+__device__ __forceinline__ u8 cmp_apply(int op, V x, V y) {
+    switch (op) {
+        case C_EQ: return x == y;
+        case C_NE: return x != y;
+        case C_LT: return x < y;
+        case C_LE: return x <= y;
+        case C_GT: return x > y;
+        case C_GE: return x >= y;
+        default: return 0;
+    }
+}
+
+__device__ __forceinline__ float cmp_value(float x) { return x; }
+__device__ __forceinline__ float cmp_value(bf16 x) { return to_f32(x); }
+__device__ __forceinline__ float cmp_value(f16 x) { return to_f32(x); }
+__device__ __forceinline__ u32 cmp_value(u32 x) { return x; }
+__device__ __forceinline__ u32 cmp_value(u8 x) { return x; }
+
+#define CMP(T, S)                                                                                          \
+    extern "C" __global__ void cmp_##S(i64 n, int op, Strided s, const T* x, const T* y, u8* out) {      \
+        GRID_STRIDE(i, n) {                                                                                \
+            out[i] = cmp_apply(op, cmp_value(x[strided_offset(s, 0, i)]), cmp_value(y[strided_offset(s, 1, i)])); \
+        }                                                                                                  \
+    }                                                                                                      \
+    ARTIST_EXPORT(cmp_##S)
+ALL_TYPES(CMP)
+
+// ---- moving bytes: where, strided copy, fill, by element size ----------------------------
+
+#define BY_SIZE(M) M(u8, b1) M(u16, b2) M(u32, b4)
+
+// out[i] = cond[op0] ? t[op1] : f[op2]; out is contiguous.
+#define WHERE(T, S)                                                                                  \
+    extern "C" __global__ void where_##S(i64 n, Strided s, const u8* cond, const T* t, const T* f,   \
+                                         T* out) {                                                   \
+        GRID_STRIDE(i, n) {                                                                          \
+            out[i] = cond[strided_offset(s, 0, i)] ? t[strided_offset(s, 1, i)] : f[strided_offset(s, 2, i)]; \
+        }                                                                                            \
+    }                                                                                                \
+    ARTIST_EXPORT(where_##S)
+BY_SIZE(WHERE)
+
+// dst[op0] = src[op1]: a contiguous copy of a view, or a write through a view (KV cache).
+#define COPY(T, S)                                                                           \
+    extern "C" __global__ void copy_##S(i64 n, Strided s, const T* src, T* dst) {            \
+        GRID_STRIDE(i, n) { dst[strided_offset(s, 0, i)] = src[strided_offset(s, 1, i)]; }   \
+    }                                                                                        \
+    ARTIST_EXPORT(copy_##S)
+BY_SIZE(COPY)
+
+#define FILL(T, S)                                                  \
+    extern "C" __global__ void fill_##S(i64 n, T value, T* dst) {   \
+        GRID_STRIDE(i, n) { dst[i] = value; }                       \
+    }                                                               \
+    ARTIST_EXPORT(fill_##S)
+BY_SIZE(FILL)
+
+// dst[op0] = convert(src[op1]) through f32, as the CPU's `to_dtype`.
+#define CAST(A, SA, B, SB)                                                                      \
+    extern "C" __global__ void cast_##SA##_##SB(i64 n, Strided s, const A* src, B* dst) {       \
+        GRID_STRIDE(i, n) { dst[strided_offset(s, 0, i)] = from_f32<B>(to_f32(src[strided_offset(s, 1, i)])); } \
+    }                                                                                           \
+    ARTIST_EXPORT(cast_##SA##_##SB)
+#define CAST_FROM(A, SA) \
+    CAST(A, SA, float, f32) CAST(A, SA, bf16, bf16) CAST(A, SA, f16, f16) CAST(A, SA, u32, u32) CAST(A, SA, u8, u8)
+ALL_TYPES(CAST_FROM)
