@@ -89,7 +89,11 @@ fn reduce_gradients<C: Communicator + ?Sized>(
         let mut at = 0;
         for t in &bucket {
             let n = t.elem_count();
-            t.update_f32(|v| v.copy_from_slice(&buf[at..at + n]))?;
+            if t.device().is_cpu() {
+                t.update_f32(|v| v.copy_from_slice(&buf[at..at + n]))?;
+            } else {
+                t.copy_from(&Tensor::from_vec(buf[at..at + n].to_vec(), t.shape().clone(), t.device())?)?;
+            }
             at += n;
         }
     }
@@ -111,7 +115,7 @@ pub fn broadcast_params<C: Communicator + ?Sized>(comm: &mut C, params: &[&Param
         let mut at = 0;
         for t in &bucket {
             let n = t.elem_count();
-            let src = Tensor::from_vec(buf[at..at + n].to_vec(), t.shape().clone(), artist_tensor::Device::Cpu)?;
+            let src = Tensor::from_vec(buf[at..at + n].to_vec(), t.shape().clone(), t.device())?;
             t.copy_from(&src.to_dtype(t.dtype())?)?;
             at += n;
         }

@@ -14,10 +14,15 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// Room for `slots` sequences of up to `max_len` tokens each.
+    /// Room for `slots` sequences of up to `max_len` tokens each, on the CPU.
     pub fn new(config: &Qwen2Config, slots: usize, max_len: usize) -> Result<KvCache> {
+        KvCache::new_on(config, slots, max_len, Device::Cpu)
+    }
+
+    /// Room for `slots` sequences of up to `max_len` tokens each, on `device`.
+    pub fn new_on(config: &Qwen2Config, slots: usize, max_len: usize, device: Device) -> Result<KvCache> {
         let shape = (slots, max_len, config.num_key_value_heads, config.head_dim);
-        let alloc = || Tensor::zeros(shape, DType::F32, Device::Cpu);
+        let alloc = || Tensor::zeros(shape, DType::F32, device);
         let layers = config.num_hidden_layers;
         Ok(KvCache {
             k: (0..layers).map(|_| alloc()).collect::<std::result::Result<_, _>>()?,

@@ -163,6 +163,8 @@ impl Layer {
 
 pub struct Qwen2 {
     pub config: Qwen2Config,
+    /// Where every parameter, activation and KV cache of this model lives.
+    device: Device,
     embed_tokens: Param, // [vocab, hidden], stored dtype
     layers: Vec<Layer>,
     norm: Param,            // [hidden]
@@ -170,17 +172,28 @@ pub struct Qwen2 {
 }
 
 impl Qwen2 {
-    /// Loads a Hugging Face model directory (`config.json` + safetensors).
+    /// Loads a Hugging Face model directory (`config.json` + safetensors) onto the CPU.
     pub fn load(dir: &Path) -> Result<Qwen2> {
-        let config = Qwen2Config::from_file(&dir.join("config.json"))?;
-        let weights = Weights::open(dir)?;
-        Qwen2::from_weights(config, &weights)
+        Qwen2::load_on(dir, Device::Cpu)
     }
 
-    /// Builds the model from any source of named tensors (a checkpoint, random init).
-    /// Every tensor keeps its stored dtype; norm weights and biases are widened to f32
-    /// where they are used.
+    /// Loads a Hugging Face model directory onto `device`: each tensor goes from the
+    /// memory-mapped file to the device as it is read.
+    pub fn load_on(dir: &Path, device: Device) -> Result<Qwen2> {
+        let config = Qwen2Config::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open(dir)?;
+        Qwen2::from_weights_on(config, &weights, device)
+    }
+
+    /// Builds the model on the CPU from any source of named tensors (a checkpoint, random
+    /// init). Every tensor keeps its stored dtype; norm weights and biases are widened to
+    /// f32 where they are used.
     pub fn from_weights(config: Qwen2Config, w: &impl WeightSource) -> Result<Qwen2> {
+        Qwen2::from_weights_on(config, w, Device::Cpu)
+    }
+
+    /// [`Qwen2::from_weights`] with every parameter on `device`.
+    pub fn from_weights_on(config: Qwen2Config, w: &impl WeightSource, device: Device) -> Result<Qwen2> {
         let c = &config;
         let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
@@ -191,14 +204,15 @@ impl Qwen2 {
             intermediate: i,
             eps: c.rms_norm_eps as f32,
         };
+        let get = |name: &str, shape: &[usize]| -> Result<Tensor> { Ok(w.get(name, shape)?.to_device(device)?) };
         let param = |name: String, shape: &[usize]| -> Result<Param> {
-            let t = w.get(&name, shape)?;
+            let t = get(&name, shape)?;
             Ok(Param::new(name, t))
         };
         let part = |name: &str, out: usize, inp: usize, bias: bool| -> Result<(Tensor, Option<Tensor>)> {
             Ok((
-                w.get(&format!("{name}.weight"), &[out, inp])?,
-                if bias { Some(w.get(&format!("{name}.bias"), &[out])?) } else { None },
+                get(&format!("{name}.weight"), &[out, inp])?,
+                if bias { Some(get(&format!("{name}.bias"), &[out])?) } else { None },
             ))
         };
         let layers = (0..c.num_hidden_layers)
@@ -229,7 +243,12 @@ impl Qwen2 {
         let lm_head =
             if c.tie_word_embeddings { None } else { Some(param("lm_head.weight".into(), &[c.vocab_size, h])?) };
         let norm = param("model.norm.weight".into(), &[h])?;
-        Ok(Qwen2 { config, embed_tokens, layers, norm, lm_head })
+        Ok(Qwen2 { config, device, embed_tokens, layers, norm, lm_head })
+    }
+
+    /// The device this model's parameters live on.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// Every parameter once (the tied embedding once), in a fixed order. Names are the
@@ -311,9 +330,9 @@ impl Qwen2 {
         self.lm_head_param().value()
     }
 
-    /// A cache sized for this model.
+    /// A cache sized for this model, on its device.
     pub fn new_cache(&self, slots: usize, max_len: usize) -> Result<KvCache> {
-        KvCache::new(&self.config, slots, max_len)
+        KvCache::new_on(&self.config, slots, max_len, self.device)
     }
 
     fn check_inputs(&self, inputs: &[SeqInput], cache: &KvCache) -> Result<()> {
@@ -350,7 +369,7 @@ impl Qwen2 {
             return Err(Error::Input("a training forward reads no KV cache".into()));
         }
         let total = ids.len();
-        let ids = Tensor::from_vec(ids, total, Device::Cpu)?;
+        let ids = Tensor::from_vec(ids, total, self.device)?;
         let mut x = Var::embedding(&ids, &ctx.param(&self.embed_tokens))?.to_dtype(DType::F32)?; // [total, hidden]
         for (l, layer) in self.layers.iter().enumerate() {
             x = match cache.as_deref_mut() {
@@ -375,7 +394,7 @@ impl Qwen2 {
         let mut row = 0;
         seqs.map(|(slot, start, len)| {
             let pos: Vec<u32> = (start..start + len).map(|p| p as u32).collect();
-            let (cos, sin) = rope_tables(&pos, c.head_dim, c.rope_theta as f32, Device::Cpu)?;
+            let (cos, sin) = rope_tables(&pos, c.head_dim, c.rope_theta as f32, self.device)?;
             let s = Span { row, len, start, slot, cos, sin };
             row += len;
             Ok(s)
@@ -406,7 +425,7 @@ impl Qwen2 {
                         end - 1
                     })
                     .collect();
-                x.index_select(&Tensor::from_vec(last, inputs.len(), Device::Cpu)?, 0)?
+                x.index_select(&Tensor::from_vec(last, inputs.len(), self.device)?, 0)?
             }
         };
         Ok(x.rms_norm(&norm_weight(&ctx, &self.norm)?, self.config.rms_norm_eps as f32)?.into_value())
@@ -434,7 +453,7 @@ impl Qwen2 {
                 if let Some(&bad) = r.iter().find(|&&r| r as usize >= total) {
                     return Err(Error::Input(format!("row {bad} is outside the {total} packed positions")));
                 }
-                x.index_select(&Tensor::from_vec(r.to_vec(), r.len(), Device::Cpu)?, 0)?
+                x.index_select(&Tensor::from_vec(r.to_vec(), r.len(), self.device)?, 0)?
             }
         };
         Ok(x.rms_norm(&norm_weight(ctx, &self.norm)?, self.config.rms_norm_eps as f32)?)
@@ -486,7 +505,7 @@ fn attention(q: &Var, k: &Var, v: &Var) -> Result<Var> {
     let q = q.reshape((t, kv_heads, rep, d))?.permute(&[1, 2, 0, 3])?.reshape((kv_heads, rep * t, d))?;
     let scores = q.matmul(&k.permute(&[1, 2, 0])?)?.mul_scalar((d as f32).powf(-0.5))?; // [kv, rep*t, len]
     let scores = if t > 1 {
-        let mask = Tensor::causal_mask(t, len, Device::Cpu)?;
+        let mask = Tensor::causal_mask(t, len, q.value().device())?;
         scores.reshape((kv_heads, rep, t, len))?.masked_fill(&mask, f32::NEG_INFINITY)?.reshape((
             kv_heads,
             rep * t,

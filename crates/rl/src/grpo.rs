@@ -17,7 +17,7 @@
 
 use artist_autograd::{Ctx, Var, token_logprobs};
 use artist_model::Qwen2;
-use artist_tensor::{Device, Tensor};
+use artist_tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -181,7 +181,7 @@ pub fn grpo_loss(
     let scale = if c.temperature > 0.0 { 1.0 / c.temperature } else { 1.0 };
     let lp = token_logprobs(&hidden, &ctx.param(model.lm_head_param()), &targets, scale, None)?;
     let konst = |v: &[f32]| -> artist_model::Result<Var> {
-        Ok(Var::constant(Tensor::from_vec(v.to_vec(), v.len(), Device::Cpu)?))
+        Ok(Var::constant(Tensor::from_vec(v.to_vec(), v.len(), model.device())?))
     };
     let (old_v, adv_v, w_v) = (konst(&old)?, konst(&adv)?, konst(&w)?);
     let ratio = lp.sub(&old_v)?.exp()?;

@@ -160,6 +160,11 @@ pub fn range_pop(ordinal: usize) {
     }
 }
 
+/// The kernel files (`kernels/<name>.cu`) built into this binary, by name.
+pub fn kernel_files() -> Vec<&'static str> {
+    kernels::SOURCES.iter().map(|(name, _)| *name).collect()
+}
+
 /// Every `(kernels/<file>.cu, kernel name)` the backend launches.
 pub fn kernel_inventory() -> Vec<(&'static str, String)> {
     kernels::inventory()

@@ -1,0 +1,193 @@
+//! Whole models on the CUDA backend: Qwen2 logprobs and logits of the tiny checkpoints
+//! against transformers' recorded values (the CPU parity test's fixtures and tolerance),
+//! greedy continuations, KV-cache decoding, and training: whole-model gradients against
+//! PyTorch's, and AdamW steps on the GPU against the same steps on the CPU.
+//!
+//! Runs on a GPU when the driver finds one, else on the CPU emulator of the CUDA backend;
+//! without either it says why and passes.
+
+use std::path::{Path, PathBuf};
+
+use artist_autograd::{Ctx, Gradients, Tape};
+use artist_engine::{GenerateOptions, SamplingParams, generate};
+use artist_model::{Qwen2, Rows, SeqInput, Weights};
+use artist_optim::{AdamW, AdamWConfig};
+use artist_tensor::{Device, cuda};
+use artist_train::data::{Example, Overlong, load_jsonl};
+use artist_train::sft::sft_loss;
+use serde::Deserialize;
+
+const FIXTURES: [&str; 6] = ["tiny-gqa", "tiny-tied-mqa", "tiny-mha-odd", "tiny-bf16", "tiny-f16", "tiny-sharded"];
+const TOL: f32 = 1e-4;
+
+fn gpu() -> Option<Device> {
+    match cuda::test_backend() {
+        Ok(_) => Some(Device::cuda(0).expect("the chosen CUDA runtime opens device 0")),
+        Err(why) => {
+            eprintln!("skipping the CUDA model tests: {why}");
+            None
+        }
+    }
+}
+
+macro_rules! gpu_or_skip {
+    () => {
+        match gpu() {
+            Some(d) => d,
+            None => return,
+        }
+    };
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    cases: Vec<Case>,
+    greedy: Vec<Greedy>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    input_ids: Vec<u32>,
+    logprobs: Vec<f32>,
+    last_logits: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct Greedy {
+    prompt_ids: Vec<u32>,
+    new_ids: Vec<u32>,
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn load(name: &str, device: Device) -> (Qwen2, Reference) {
+    let dir = fixtures().join("qwen2").join(name);
+    let model = Qwen2::load_on(&dir, device).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
+    (model, serde_json::from_str(&text).unwrap())
+}
+
+#[track_caller]
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst <= tol, "{what}: max abs difference {worst} > {tol}");
+}
+
+#[test]
+fn logprobs_and_logits_match_transformers_on_the_gpu() {
+    let dev = gpu_or_skip!();
+    for name in FIXTURES {
+        let (model, r) = load(name, dev);
+        assert_eq!(model.device(), dev);
+        for (i, case) in r.cases.iter().enumerate() {
+            let lp = model.token_logprobs(&case.input_ids).unwrap();
+            assert_close(&format!("{name} case {i} logprobs"), &lp, &case.logprobs, TOL);
+            let logits = model.logits(&case.input_ids).unwrap();
+            assert_eq!(logits.device(), dev);
+            let n = case.input_ids.len();
+            let last = logits.narrow(0, n - 1, 1).unwrap().to_vec::<f32>().unwrap();
+            assert_close(&format!("{name} case {i} last logits"), &last, &case.last_logits, TOL);
+        }
+    }
+}
+
+#[test]
+fn greedy_decoding_and_the_kv_cache_on_the_gpu() {
+    let dev = gpu_or_skip!();
+    for name in ["tiny-gqa", "tiny-bf16"] {
+        let (model, r) = load(name, dev);
+        for (i, g) in r.greedy.iter().enumerate() {
+            let opts = GenerateOptions { max_new_tokens: 32, sampling: SamplingParams::greedy(), eos_ids: vec![] };
+            let out = generate(&model, &g.prompt_ids, &opts, |_| false).unwrap();
+            assert_eq!(out.token_ids, g.new_ids, "{name} greedy {i}");
+        }
+        // One token at a time through the cache equals one full forward.
+        let tokens = &r.cases.iter().max_by_key(|c| c.input_ids.len()).unwrap().input_ids;
+        let full = model.logits(tokens).unwrap().to_vec2::<f32>().unwrap();
+        let mut cache = model.new_cache(2, tokens.len() + 1).unwrap();
+        for (p, t) in tokens.iter().enumerate() {
+            let row = model.forward(&[SeqInput { slot: 1, tokens: &[*t] }], &mut cache, Rows::Last).unwrap();
+            assert_close(&format!("{name} step {p}"), &row.to_vec::<f32>().unwrap(), &full[p], TOL);
+        }
+        // A forked slot continues as the original would.
+        cache.fork(1, 0).unwrap();
+        let a = model.forward(&[SeqInput { slot: 0, tokens: &[1] }], &mut cache, Rows::Last).unwrap();
+        let b = model.forward(&[SeqInput { slot: 1, tokens: &[1] }], &mut cache, Rows::Last).unwrap();
+        assert_close(&format!("{name} forked slot"), &a.to_vec::<f32>().unwrap(), &b.to_vec::<f32>().unwrap(), 0.0);
+    }
+}
+
+fn batch(name: &str, model: &Qwen2) -> Vec<Example> {
+    let dir = fixtures().join("training/grads").join(name);
+    load_jsonl(&dir.join("batch.jsonl"), None, model.config.vocab_size, 1 << 20, Overlong::Truncate).unwrap().0
+}
+
+fn loss_and_grads(model: &Qwen2, examples: &[Example], checkpointing: bool) -> (f64, Gradients) {
+    let batch: Vec<&Example> = examples.iter().collect();
+    let n: usize = batch.iter().map(|e| e.targets()).sum();
+    let tape = Tape::new();
+    let ctx = Ctx::training(&tape).with_checkpointing(checkpointing);
+    let (l, _) = sft_loss(model, &ctx, &batch, n).unwrap();
+    let loss = l.to_scalar().unwrap() as f64;
+    (loss, tape.backward(&l).unwrap())
+}
+
+/// The PyTorch parity test of crates/train, with the model on the GPU: the loss within
+/// 1e-5 relative, each gradient within 1e-4 of its largest element.
+#[test]
+fn whole_model_gradients_match_pytorch_on_the_gpu() {
+    let dev = gpu_or_skip!();
+    for (name, checkpointing) in [("tiny-gqa", false), ("tiny-tied-mqa", true), ("tiny-mha-odd", false)] {
+        let dir = fixtures().join("training/grads").join(name);
+        let model = Qwen2::load_on(&fixtures().join("qwen2").join(name), dev).unwrap();
+        let reference: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let (loss, grads) = loss_and_grads(&model, &batch(name, &model), checkpointing);
+        let want_loss = reference["loss"].as_f64().unwrap();
+        assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs(), "{name}: loss {loss} vs {want_loss}");
+        let ours = model.hf_named(|p| grads.get(p.id()).cloned()).unwrap();
+        let torch = Weights::open_file(&dir.join("grads.safetensors")).unwrap();
+        assert_eq!(ours.len(), torch.names().count(), "{name}: gradient count");
+        for (n, g) in &ours {
+            assert_eq!(g.device(), dev, "{name} {n}: gradient device");
+            let want = torch.get(n, g.dims()).unwrap().to_f32_vec().unwrap();
+            let got = g.to_f32_vec().unwrap();
+            let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+            assert_close(&format!("{name} {n}"), &got, &want, 1e-4 * scale);
+        }
+    }
+}
+
+/// Five AdamW steps with clipping, on the GPU and on the CPU from the same weights: the
+/// same losses and final weights within f32 reassociation (the GPU sums in another order).
+#[test]
+fn training_steps_on_the_gpu_follow_the_cpu() {
+    let dev = gpu_or_skip!();
+    let name = "tiny-gqa";
+    let path = fixtures().join("qwen2").join(name);
+    let (cpu, gpu) = (Qwen2::load(&path).unwrap(), Qwen2::load_on(&path, dev).unwrap());
+    let examples = batch(name, &cpu);
+    let config = AdamWConfig::default();
+    let mut opt_c = AdamW::new(&cpu.params(), config).unwrap();
+    let mut opt_g = AdamW::new(&gpu.params(), config).unwrap();
+    for step in 0..5 {
+        let (lc, mut gc) = loss_and_grads(&cpu, &examples, false);
+        let (lg, mut gg) = loss_and_grads(&gpu, &examples, false);
+        assert!((lc - lg).abs() <= 1e-5 * lc.abs(), "step {step}: loss cpu {lc} gpu {lg}");
+        let (nc, ng) = (
+            artist_optim::clip_grad_norm(&mut gc, 0.5).unwrap(),
+            artist_optim::clip_grad_norm(&mut gg, 0.5).unwrap(),
+        );
+        assert!((nc - ng).abs() <= 1e-5 * nc, "step {step}: grad norm cpu {nc} gpu {ng}");
+        opt_c.step(&gc, 1e-3).unwrap();
+        opt_g.step(&gg, 1e-3).unwrap();
+    }
+    for (pc, pg) in cpu.params().iter().zip(gpu.params()) {
+        assert_eq!(pg.value().device(), dev);
+        let (c, g) = (pc.value().to_f32_vec().unwrap(), pg.value().to_f32_vec().unwrap());
+        assert_close(&format!("weights {}", pc.name()), &g, &c, 2e-5);
+    }
+}
