@@ -197,6 +197,7 @@ pub fn replay(paths: &BfclPaths, from: Option<&Path>, opts: CheckOptions, as_jso
 /// How `--model` plays the entries.
 pub struct ModelRun<'a> {
     pub model_dir: &'a Path,
+    pub device: artist_tensor::Device,
     pub temperature: f32,
     pub top_p: f32,
     pub max_turn_tokens: usize,
@@ -230,7 +231,7 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
         irrelevance: opts.irrelevance,
     };
     let data = FcData::load(&settings)?;
-    let (model, tokenizer) = crate::cli::open_model(run.model_dir)?;
+    let (model, tokenizer) = crate::cli::open_model(run.model_dir, run.device)?;
     let tokenizer = tokenizer.with_context(|| format!("{}: no tokenizer.json", run.model_dir.display()))?;
     let template = artist_tokenizer::ChatTemplate::from_dir(run.model_dir)
         .unwrap_or_else(|_| artist_tokenizer::ChatTemplate::chatml());

@@ -22,21 +22,32 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-/// The device named by `--device`; only the CPU runs models for now.
+/// The device named by `--device` (`auto`, `cpu`, `cuda`, `cuda:N`), opened; a GPU is
+/// described on stderr. Asking for CUDA where none can be used is an error naming why.
 pub fn device(name: &str) -> Result<Device> {
-    let d = Device::parse(name)?;
-    if !d.is_cpu() {
-        bail!("device {d}: models run on the CPU until the CUDA backend lands");
+    let d = Device::parse(name).with_context(|| format!("--device {name}"))?;
+    if let Device::Cuda(n) = d {
+        let info = artist_tensor::cuda::info(n)?;
+        eprintln!(
+            "device cuda:{n}: {} (sm_{}{}, {} multiprocessors, {:.1} GiB; {})",
+            info.name,
+            info.compute_capability.0,
+            info.compute_capability.1,
+            info.multiprocessors,
+            info.total_memory as f64 / (1u64 << 30) as f64,
+            info.toolchain
+        );
     }
     Ok(d)
 }
 
-/// The model and, when the directory has one, its tokenizer.
-pub fn open_model(dir: &Path) -> Result<(Qwen2, Option<Tokenizer>)> {
+/// The model on `device` and, when the directory has one, its tokenizer.
+pub fn open_model(dir: &Path, device: Device) -> Result<(Qwen2, Option<Tokenizer>)> {
     if !dir.is_dir() {
         bail!("{}: not a model directory", dir.display());
     }
-    let model = Qwen2::load(dir).with_context(|| format!("loading the model in {}", dir.display()))?;
+    let model =
+        Qwen2::load_on(dir, device).with_context(|| format!("loading the model in {} onto {device}", dir.display()))?;
     let tokenizer = if dir.join(artist_tokenizer::TOKENIZER_FILE).exists() {
         Some(Tokenizer::from_dir(dir).with_context(|| format!("loading the tokenizer in {}", dir.display()))?)
     } else {

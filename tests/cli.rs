@@ -149,7 +149,10 @@ fn bad_input_exits_non_zero_with_a_message() {
     fails_cleanly(&run(generate_bin, &["--model", d, "--prompt", ""]), "empty");
     fails_cleanly(&run(generate_bin, &["--model", d, "--prompt-ids", "1,x"]), "\"x\" is not a token id");
     fails_cleanly(&run(generate_bin, &["--model", d, "--prompt-ids", "1", "--top-p", "0"]), "top_p");
-    fails_cleanly(&run(generate_bin, &["--model", d, "--prompt-ids", "1", "--device", "cuda"]), "CUDA");
+    if !artist_tensor::cuda::driver_present() {
+        fails_cleanly(&run(generate_bin, &["--model", d, "--prompt-ids", "1", "--device", "cuda"]), "CUDA driver");
+    }
+    fails_cleanly(&run(generate_bin, &["--model", d, "--prompt-ids", "1", "--device", "tpu"]), "unknown device");
     fails_cleanly(&run(score, &["--model", d, "--token-ids", "5"]), "at least 2 tokens");
     fails_cleanly(&run(score, &["--model", d, "--text-file", "/nonexistent.txt"]), "/nonexistent.txt");
     // A model directory with a truncated checkpoint.
@@ -160,4 +163,39 @@ fn bad_input_exits_non_zero_with_a_message() {
     let w = std::fs::read(dir.join("model.safetensors")).unwrap();
     std::fs::write(tmp.path().join("model.safetensors"), &w[..w.len() - 100]).unwrap();
     fails_cleanly(&run(score, &["--model", tmp.path().to_str().unwrap(), "--token-ids", "1,2"]), "model.safetensors");
+}
+
+/// `--device cuda` runs the same computation on the GPU: on the CPU emulator of the CUDA
+/// backend here (`ARTIST_CUDA=emulator`), on a GPU where the suite runs on one.
+#[test]
+fn generate_and_score_on_the_cuda_backend() {
+    let (generate_bin, score) = (env!("CARGO_BIN_EXE_generate"), env!("CARGO_BIN_EXE_score"));
+    let on_cuda = |bin: &str, args: &[&str]| -> Output {
+        let mut c = Command::new(bin);
+        c.args(args).args(["--device", "cuda"]);
+        if !artist_tensor::cuda::driver_present() {
+            c.env("ARTIST_CUDA", "emulator");
+        }
+        c.output().expect("the binary runs")
+    };
+    let r = reference("tiny-gqa");
+    let g = &r["greedy"][0];
+    let prompt: Vec<String> = ids(&g["prompt_ids"]).iter().map(u64::to_string).collect();
+    let dir = fixture("tiny-gqa");
+    let d = dir.to_str().unwrap();
+    let args = ["--model", d, "--prompt-ids", &prompt.join(","), "--max-new-tokens", "32", "--ignore-eos", "--json"];
+    let out = on_cuda(generate_bin, &args);
+    let v = json(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("device cuda:0"), "the device is named on stderr");
+    assert_eq!(ids(&v["token_ids"]), ids(&g["new_ids"]));
+    let cpu = json(&run(generate_bin, &[&args[..], &["--device", "cpu"]].concat()));
+    for (a, b) in v["logprobs"].as_array().unwrap().iter().zip(cpu["logprobs"].as_array().unwrap()) {
+        assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-4, "logprob {a} on CUDA, {b} on the CPU");
+    }
+    let case = &r["cases"][2];
+    let tokens: Vec<String> = ids(&case["input_ids"]).iter().map(u64::to_string).collect();
+    let s = json(&on_cuda(score, &["--model", d, "--token-ids", &tokens.join(","), "--json"]));
+    for (a, b) in s["logprobs"].as_array().unwrap().iter().zip(case["logprobs"].as_array().unwrap()) {
+        assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-4, "score {a} vs transformers {b}");
+    }
 }

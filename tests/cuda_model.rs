@@ -177,10 +177,8 @@ fn training_steps_on_the_gpu_follow_the_cpu() {
         let (lc, mut gc) = loss_and_grads(&cpu, &examples, false);
         let (lg, mut gg) = loss_and_grads(&gpu, &examples, false);
         assert!((lc - lg).abs() <= 1e-5 * lc.abs(), "step {step}: loss cpu {lc} gpu {lg}");
-        let (nc, ng) = (
-            artist_optim::clip_grad_norm(&mut gc, 0.5).unwrap(),
-            artist_optim::clip_grad_norm(&mut gg, 0.5).unwrap(),
-        );
+        let (nc, ng) =
+            (artist_optim::clip_grad_norm(&mut gc, 0.5).unwrap(), artist_optim::clip_grad_norm(&mut gg, 0.5).unwrap());
         assert!((nc - ng).abs() <= 1e-5 * nc, "step {step}: grad norm cpu {nc} gpu {ng}");
         opt_c.step(&gc, 1e-3).unwrap();
         opt_g.step(&gg, 1e-3).unwrap();

@@ -375,3 +375,41 @@ fn an_incomplete_rank_environment_is_named() {
     let out = train(&dp_args(&tmp.path().join("run")), &[("RANK", "1"), ("WORLD_SIZE", "2")]);
     fails_cleanly(&out, "LOCAL_RANK");
 }
+
+/// `--device cuda`: the same SFT run on the CUDA backend (the CPU emulator of it here, a GPU
+/// where the suite runs on one) follows the CPU run: per-step losses and gradient norms
+/// within 1e-4 relative, final weights within 1e-4.
+#[test]
+fn sft_on_the_cuda_backend_follows_the_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("cpu"), tmp.path().join("cuda"));
+    let mut cpu = dp_args(&a);
+    cpu.extend(["--device".into(), "cpu".into()]);
+    ok(&train(&cpu, &[]));
+    let mut gpu = dp_args(&b);
+    gpu.extend(["--device".into(), "cuda".into()]);
+    let env: &[(&str, &str)] =
+        if artist::tensor::cuda::driver_present() { &[] } else { &[("ARTIST_CUDA", "emulator")] };
+    let out = train(&gpu, env);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("device cuda:0"));
+    let (ma, mb) = (
+        artist::train::metrics::read(&a.join("metrics.jsonl")).unwrap(),
+        artist::train::metrics::read(&b.join("metrics.jsonl")).unwrap(),
+    );
+    assert_eq!(mb.len(), 3);
+    for (x, y) in ma.iter().zip(&mb) {
+        for key in ["loss", "grad_norm"] {
+            let (p, q) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+            assert!((p - q).abs() <= 1e-4 * p.abs(), "step {}: {key} {p} on the CPU, {q} on CUDA", x["step"]);
+        }
+    }
+    let diff = final_weights(&a)
+        .iter()
+        .flatten()
+        .zip(final_weights(&b).iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    eprintln!("CUDA vs CPU after 3 SFT steps: max |weight difference| {diff:e}");
+    assert!(diff <= 1e-4, "max weight difference {diff:e}");
+}

@@ -52,6 +52,10 @@ struct Cli {
     /// Hugging Face model directory.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Device to run the model on: auto (a GPU when there is one, else the CPU), cpu, cuda
+    /// or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// Math problems with gold answers (JSONL).
     #[arg(long)]
     dataset: Option<PathBuf>,
@@ -166,6 +170,7 @@ fn evaluate_bfcl(cli: &Cli) -> Result<()> {
     } else if let Some(model_dir) = &cli.model {
         let run = bfcl_eval::ModelRun {
             model_dir,
+            device: artist::cli::device(&cli.device)?,
             temperature: cli.temperature,
             top_p: cli.top_p,
             max_turn_tokens: cli.max_new_tokens,
@@ -211,7 +216,7 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
     if data.problems.is_empty() {
         bail!("{}: no usable problem", dataset.display());
     }
-    let (model, tokenizer) = artist::cli::open_model(model_dir)?;
+    let (model, tokenizer) = artist::cli::open_model(model_dir, artist::cli::device(&cli.device)?)?;
     let tok = tokenizer.with_context(|| format!("{}: evaluation needs tokenizer.json", model_dir.display()))?;
     let template = ChatTemplate::from_dir(model_dir).unwrap_or_else(|_| ChatTemplate::chatml());
     let tool: Option<Arc<dyn Tool>> = match cli.tools.as_str() {

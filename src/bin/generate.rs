@@ -63,8 +63,8 @@ struct Args {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// auto (a GPU when there is one, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
     device: String,
     /// Run with a tool live, in ARTIST's format: `python` (the sandboxed interpreter) or
     /// `calculator`. Generation pauses at the tool's closing tag, the call runs, and its
@@ -83,7 +83,7 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     artist::tensor::cpu::retain_freed_memory();
-    cli::device(&args.device)?;
+    let device = cli::device(&args.device)?;
     let sampling = SamplingParams {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -92,7 +92,7 @@ fn main() -> Result<()> {
         seed: args.seed,
     };
     sampling.validate().map_err(anyhow::Error::msg)?;
-    let (model, tokenizer) = cli::open_model(&args.model)?;
+    let (model, tokenizer) = cli::open_model(&args.model, device)?;
     let prompt_ids = match (&args.prompt, &args.prompt_ids) {
         (Some(text), _) => {
             let tok = tokenizer.as_ref().with_context(|| {

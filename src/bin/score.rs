@@ -28,16 +28,16 @@ struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// auto (a GPU when there is one, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
     device: String,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     artist::tensor::cpu::retain_freed_memory();
-    cli::device(&args.device)?;
-    let (model, tokenizer) = cli::open_model(&args.model)?;
+    let device = cli::device(&args.device)?;
+    let (model, tokenizer) = cli::open_model(&args.model, device)?;
     let ids = match (&args.text_file, &args.token_ids) {
         (Some(path), _) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -50,8 +50,8 @@ struct Args {
     /// values in TOML syntax, a bare word is a string).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
-    /// Device to run on: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// Device to train on: auto (a GPU when there is one, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
     device: String,
 
     /// [sft] The Hugging Face model directory to start from.
@@ -162,7 +162,7 @@ impl Args {
     }
 }
 
-fn run_sft(args: &Args, env: &DistEnv) -> Result<()> {
+fn run_sft(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Result<()> {
     let (run_dir, base) = match (&args.resume, &args.out) {
         (Some(dir), _) => (dir.clone(), sft::saved_config(dir).with_context(|| format!("resuming {}", dir.display()))?),
         (None, Some(out)) => (out.clone(), SftConfig::default()),
@@ -179,6 +179,7 @@ fn run_sft(args: &Args, env: &DistEnv) -> Result<()> {
         resume: args.resume.is_some(),
         progress: !args.no_progress && std::io::stderr().is_terminal(),
         stop_after: args.stop_after,
+        device,
     };
     let summary = if env.world_size > 1 {
         let mut comm = TcpComm::connect(env, Duration::from_secs(args.dist_timeout))
@@ -253,15 +254,15 @@ fn run() -> Result<()> {
         bail!("data parallel ({} ranks) is implemented for --mode sft only", env.world_size);
     }
     match mode {
-        Mode::Sft => run_sft(&args, &env),
-        Mode::Grpo if args.config.is_some() || grpo_dir => run_grpo(&args),
+        Mode::Sft => run_sft(&args, &env, device),
+        Mode::Grpo if args.config.is_some() || grpo_dir => run_grpo(&args, device),
         Mode::Grpo => run_demo(&args, device),
     }
 }
 
 const GRPO_CONFIG_FILE: &str = "grpo_config.toml";
 
-fn run_grpo(args: &Args) -> Result<()> {
+fn run_grpo(args: &Args, device: artist::tensor::Device) -> Result<()> {
     use artist_train::grpo::{self, GrpoRunConfig, GrpoTrainer, Problem};
 
     let (run_dir, base, resume) = match (&args.resume, &args.config) {
@@ -292,6 +293,7 @@ fn run_grpo(args: &Args) -> Result<()> {
         resume,
         progress: !args.no_progress && std::io::stderr().is_terminal(),
         stop_after: args.stop_after,
+        device,
     };
     if config.task == grpo::Task::Bfcl {
         return run_fc(&run_dir, config, &opts);
@@ -304,7 +306,7 @@ fn run_grpo(args: &Args) -> Result<()> {
     if data.problems.is_empty() {
         bail!("{}: no usable problem", config.data.display());
     }
-    let (model, tokenizer) = artist::cli::open_model(&config.model)?;
+    let (model, tokenizer) = artist::cli::open_model(&config.model, device)?;
     let tokenizer = tokenizer.with_context(|| format!("{}: GRPO needs tokenizer.json", config.model.display()))?;
     let template = artist_tokenizer::ChatTemplate::from_dir(&config.model)
         .unwrap_or_else(|_| artist_tokenizer::ChatTemplate::chatml());
@@ -343,7 +345,7 @@ fn run_fc(run_dir: &std::path::Path, config: artist_train::grpo::GrpoRunConfig, 
 
     config.validate()?;
     let data = FcData::load(&config.bfcl)?;
-    let (model, tokenizer) = artist::cli::open_model(&config.model)?;
+    let (model, tokenizer) = artist::cli::open_model(&config.model, opts.device)?;
     let tokenizer = tokenizer.with_context(|| format!("{}: GRPO needs tokenizer.json", config.model.display()))?;
     let template = artist_tokenizer::ChatTemplate::from_dir(&config.model)
         .unwrap_or_else(|_| artist_tokenizer::ChatTemplate::chatml());
@@ -380,7 +382,8 @@ fn run_demo(args: &Args, device: artist::tensor::Device) -> Result<()> {
          writing {}",
         out.display()
     );
-    let opts = RunOptions { resume: args.resume.is_some(), progress: !args.no_progress, stop_after: args.stop_after };
+    let opts =
+        RunOptions { resume: args.resume.is_some(), progress: !args.no_progress, stop_after: args.stop_after, device };
     let summary = demo::run(&out, &config, &opts)?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())

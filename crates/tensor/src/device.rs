@@ -3,8 +3,9 @@
 
 use crate::Result;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Device {
+    #[default]
     Cpu,
     Cuda(usize),
 }
@@ -22,14 +23,16 @@ impl Device {
         Device::cuda(0).unwrap_or(Device::Cpu)
     }
 
-    /// Parses the `--device` flag of every binary: `cpu`, `cuda` or `cuda:N`.
+    /// Parses the `--device` flag of every binary: `auto` (CUDA device 0 when one can be
+    /// used, else the CPU), `cpu`, `cuda` or `cuda:N`.
     pub fn parse(s: &str) -> Result<Device> {
         match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Device::best()),
             "cpu" => Ok(Device::Cpu),
             "cuda" | "gpu" => Device::cuda(0),
             other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(n)) => Device::cuda(n),
-                _ => Err(crate::invalid!("device", "unknown device {s:?} (expected cpu, cuda or cuda:N)")),
+                _ => Err(crate::invalid!("device", "unknown device {s:?} (expected auto, cpu, cuda or cuda:N)")),
             },
         }
     }

@@ -7,7 +7,7 @@
 //! multiply-adds and sums in another order), half types within one or two units of their
 //! last place; data movement, comparisons, indexing, argmax/top-k and AdamW exactly.
 
-#![allow(clippy::needless_range_loop)]
+#![allow(clippy::needless_range_loop, clippy::type_complexity)]
 
 use artist_tensor::{AdamWScalars, CmpOp, DType, Device, Tensor, cuda, rope_tables};
 use rand::{Rng, SeedableRng};

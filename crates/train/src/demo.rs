@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use artist_model::{Qwen2, Qwen2Config, RandomWeights};
-use artist_tensor::DType;
+use artist_tensor::{DType, Device};
 use artist_tokenizer::{ChatTemplate, Tokenizer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -198,9 +198,9 @@ fn grpo_config(base: &Path, cfg: &DemoConfig) -> GrpoRunConfig {
     c
 }
 
-fn trainer_for(dir: &Path, config: GrpoRunConfig, train: Vec<Problem>) -> Result<GrpoTrainer<'static>> {
+fn trainer_for(dir: &Path, config: GrpoRunConfig, train: Vec<Problem>, device: Device) -> Result<GrpoTrainer<'static>> {
     Ok(GrpoTrainer {
-        model: Qwen2::load(dir)?,
+        model: Qwen2::load_on(dir, device)?,
         reference: None,
         tokenizer: Tokenizer::from_dir(dir)?,
         template: ChatTemplate::from_dir(dir).unwrap_or_else(|_| ChatTemplate::chatml()),
@@ -248,7 +248,7 @@ pub fn run(out: &Path, cfg: &DemoConfig, opts: &RunOptions) -> Result<DemoSummar
 
     let base = out.join("base");
     write_base(&base, cfg.seed)?;
-    let probe = trainer_for(&base, grpo_config(&base, cfg), vec![])?;
+    let probe = trainer_for(&base, grpo_config(&base, cfg), vec![], opts.device)?;
     let warmup = out.join("warmup.jsonl");
     write_warmup(&warmup, &probe, &train_pairs[..1000], &mut rng)?;
     drop(probe);
@@ -280,12 +280,13 @@ pub fn run(out: &Path, cfg: &DemoConfig, opts: &RunOptions) -> Result<DemoSummar
         if !resume_sft && sft_dir.exists() {
             std::fs::remove_dir_all(&sft_dir).map_err(io(&sft_dir))?;
         }
-        sft::train(&sft_dir, sft, &RunOptions { resume: resume_sft, progress, stop_after: None })?.final_model
+        sft::train(&sft_dir, sft, &RunOptions { resume: resume_sft, progress, stop_after: None, device: opts.device })?
+            .final_model
     };
     let sft_s = t.elapsed().as_secs_f64();
 
     let problems_train: Vec<Problem> = train_pairs[1000..].iter().copied().map(problem).collect();
-    let mut trainer = trainer_for(&warmed, grpo_config(&warmed, cfg), problems_train)?;
+    let mut trainer = trainer_for(&warmed, grpo_config(&warmed, cfg), problems_train, opts.device)?;
     let before: Evaluation = trainer.evaluate(&held_out, 0.0, 7)?;
     say(format!(
         "after SFT: held-out accuracy {:.1}%, tool used in {:.0}% of answers",
@@ -302,7 +303,8 @@ pub fn run(out: &Path, cfg: &DemoConfig, opts: &RunOptions) -> Result<DemoSummar
     if !resume_grpo && grpo_dir.exists() {
         std::fs::remove_dir_all(&grpo_dir).map_err(io(&grpo_dir))?;
     }
-    grpo::train(&grpo_dir, &mut trainer, &RunOptions { resume: resume_grpo, progress, stop_after: opts.stop_after })?;
+    let grpo_opts = RunOptions { resume: resume_grpo, progress, stop_after: opts.stop_after, device: opts.device };
+    grpo::train(&grpo_dir, &mut trainer, &grpo_opts)?;
     let done = crate::checkpoint::latest(&grpo_dir)?.map(|d| crate::checkpoint::read_state(&d)).transpose()?;
     let steps = done.map_or(0, |s| s.step);
     let grpo_s = t.elapsed().as_secs_f64();

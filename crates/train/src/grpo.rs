@@ -757,7 +757,7 @@ fn run<T: GrpoTask>(
         if path.as_os_str().is_empty() {
             return Err(Error::Config("grpo.beta > 0 needs a reference model: set reference_model (or model)".into()));
         }
-        *trainer.reference_mut() = Some(Qwen2::load(path)?);
+        *trainer.reference_mut() = Some(Qwen2::load_on(path, trainer.model().device())?);
     }
     let params = trainer.model().params();
     if let Some(comm) = dist.as_deref_mut() {
@@ -786,7 +786,7 @@ fn run<T: GrpoTask>(
         let dir = checkpoint::latest(run_dir)?
             .ok_or_else(|| Error::Config(format!("{}: no checkpoint to resume from", run_dir.display())))?;
         let state = checkpoint::read_state(&dir)?;
-        let saved = Qwen2::load(&dir)?;
+        let saved = Qwen2::load_on(&dir, trainer.model().device())?;
         for (p, s) in trainer.model().params().iter().zip(saved.params()) {
             p.value().copy_from(s.value())?;
         }

@@ -13,6 +13,7 @@ use artist_autograd::{Ctx, Gradients, Tape, Var, token_logprobs};
 use artist_dist::{Communicator, DEFAULT_BUCKET_ELEMS, all_reduce_gradients_sum, broadcast_params, shard_range};
 use artist_model::Qwen2;
 use artist_optim::{AdamW, AdamWConfig, LrSchedule, Schedule, clip_grad_norm};
+use artist_tensor::Device;
 use artist_tokenizer::{ChatTemplate, Tokenizer};
 use serde::{Deserialize, Serialize};
 
@@ -153,6 +154,9 @@ pub struct RunOptions {
     /// Stop after this many steps of the run (saving a checkpoint there) without
     /// finishing it: a time-limited job that a later `resume` continues.
     pub stop_after: Option<u64>,
+    /// Where the model is trained. Checkpoints are the same on every device, so a run may
+    /// be resumed on another.
+    pub device: Device,
 }
 
 /// Runs (or continues) SFT into `run_dir`.
@@ -258,8 +262,8 @@ fn run(
 
     let source = c.model.clone();
     let model = match &resume_from {
-        Some(dir) => Qwen2::load(dir)?,
-        None => Qwen2::load(&source)?,
+        Some(dir) => Qwen2::load_on(dir, opts.device)?,
+        None => Qwen2::load_on(&source, opts.device)?,
     };
     let tokenizer_dir =
         if source.join(artist_tokenizer::TOKENIZER_FILE).exists() { Some(source.clone()) } else { None };

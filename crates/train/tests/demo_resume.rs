@@ -32,7 +32,7 @@ fn learning_curve(dir: &std::path::Path) -> Vec<Vec<f64>> {
 fn stopped_and_resumed_equals_straight() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("straight"), tmp.path().join("resumed"));
-    let quiet = RunOptions { resume: false, progress: false, stop_after: None };
+    let quiet = RunOptions { resume: false, progress: false, stop_after: None, device: Default::default() };
     let straight = demo::run(&a, &config(), &quiet).unwrap();
     assert!(straight.complete && straight.steps == 4);
 

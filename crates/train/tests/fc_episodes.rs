@@ -255,7 +255,12 @@ fn two_grpo_steps_on_episodes() {
         config: c,
     };
     let run = tmp.path().join("run");
-    let m = train(&run, &mut t, &RunOptions { resume: false, progress: false, stop_after: None }).unwrap();
+    let m = train(
+        &run,
+        &mut t,
+        &RunOptions { resume: false, progress: false, stop_after: None, device: Default::default() },
+    )
+    .unwrap();
     assert_eq!(m.len(), 2);
     for s in &m {
         assert!(s.reward.is_finite() && s.response_tokens > 0.0 && s.reward_state.is_some());

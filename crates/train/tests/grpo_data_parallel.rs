@@ -17,7 +17,7 @@ use artist_train::sft::RunOptions;
 const TOLERANCE: f32 = 1e-4;
 
 fn quiet() -> RunOptions {
-    RunOptions { resume: false, progress: false, stop_after: None }
+    RunOptions { resume: false, progress: false, stop_after: None, device: Default::default() }
 }
 
 mod common;

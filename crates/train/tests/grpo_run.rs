@@ -9,7 +9,7 @@ use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, train};
 use artist_train::sft::RunOptions;
 
 fn fresh() -> RunOptions {
-    RunOptions { resume: false, progress: false, stop_after: None }
+    RunOptions { resume: false, progress: false, stop_after: None, device: Default::default() }
 }
 
 mod common;

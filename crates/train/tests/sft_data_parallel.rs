@@ -44,7 +44,7 @@ fn micro_config(micro_batch_size: usize) -> SftConfig {
 }
 
 fn quiet() -> RunOptions {
-    RunOptions { resume: false, progress: false, stop_after: None }
+    RunOptions { resume: false, progress: false, stop_after: None, device: Default::default() }
 }
 
 /// `world` ranks as threads training into one run directory; every rank's summary.

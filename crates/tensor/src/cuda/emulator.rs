@@ -11,7 +11,6 @@ use std::ffi::{CStr, CString, c_char, c_void};
 use std::sync::Mutex;
 
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 use crate::cuda::runtime::{Args, DeviceInfo, Gemm, Kernel, LaunchCfg, Runtime};
 use crate::{DType, Error, Result};
@@ -61,7 +60,7 @@ impl Emulator {
             info: DeviceInfo {
                 name: format!("CPU emulator {ordinal}"),
                 compute_capability: (9, 0),
-                multiprocessors: 4,
+                multiprocessors: 1,
                 total_memory: 16 << 30,
                 emulated: true,
                 toolchain: "kernels compiled as C++ for the emulator".into(),
@@ -200,39 +199,81 @@ fn read(ptr: u64, dtype: DType, i: usize) -> f32 {
     }
 }
 
+/// `len` elements from `ptr` as f32 (widened when half precision).
+fn widen(ptr: u64, dtype: DType, len: usize) -> Vec<f32> {
+    (0..len).map(|i| read(ptr, dtype, i)).collect()
+}
+
 /// cuBLAS's `gemmStridedBatchedEx` as its documentation defines it, column-major, f32
 /// accumulation: the reference the CUDA backend's row-major mapping is tested against.
+/// Each matrix is handed to the `gemm` crate with the strides the column-major definition
+/// gives it (op(A)(i, p) = A[i + p lda], or A[p + i lda] when transposed; likewise B; C(i, j)
+/// = C[i + j ldc]), so only cuBLAS's conventions, not our mapping onto them, are assumed.
 fn reference_gemm(g: &Gemm) -> Result<()> {
     if !matches!(g.ab_dtype, DType::F32 | DType::BF16 | DType::F16) || !g.c_dtype.is_float() {
         return Err(Error::UnsupportedDType { op: "gemm (emulator)", dtype: g.ab_dtype });
     }
     let g = *g;
-    // Each (batch, column of C) is independent; C's pointer is shared but every task writes
-    // its own column.
-    let c_addr = g.c as usize;
-    (0..g.batch * g.n).into_par_iter().for_each(|bj| {
-        let (b, j) = (bj / g.n, bj % g.n);
-        let (a0, b0, c0) = (b * g.stride_a, b * g.stride_b, b * g.stride_c);
-        for i in 0..g.m {
-            let mut acc = 0f32;
-            for p in 0..g.k {
-                let a = read(g.a, g.ab_dtype, a0 + if g.trans_a { p + i * g.lda } else { i + p * g.lda });
-                let bv = read(g.b, g.ab_dtype, b0 + if g.trans_b { j + p * g.ldb } else { p + j * g.ldb });
-                acc += a * bv;
-            }
-            let at = c0 + i + j * g.ldc;
-            let old = if g.beta != 0.0 { read(c_addr as u64, g.c_dtype, at) } else { 0.0 };
-            let v = g.alpha * acc + if g.beta != 0.0 { g.beta * old } else { 0.0 };
-            // SAFETY: inside C (checked in `gemm`); no other task writes this element.
+    let span = |ld: usize, rows: usize, cols: usize, stride: usize| {
+        if rows == 0 || cols == 0 || g.batch == 0 { 0 } else { (g.batch - 1) * stride + (cols - 1) * ld + rows }
+    };
+    let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+    let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+    let a = widen(g.a, g.ab_dtype, span(g.lda, ar, ac, g.stride_a));
+    let b = widen(g.b, g.ab_dtype, span(g.ldb, br, bc, g.stride_b));
+    // (row stride, column stride) of op(A) [m, k] and op(B) [k, n].
+    let (a_rs, a_cs) = if g.trans_a { (g.lda, 1) } else { (1, g.lda) };
+    let (b_rs, b_cs) = if g.trans_b { (g.ldb, 1) } else { (1, g.ldb) };
+    let mut prod = vec![0f32; g.m * g.n]; // column-major [m, n]
+    for batch in 0..g.batch {
+        if g.k > 0 && g.m > 0 && g.n > 0 {
+            // SAFETY: every index the product reads lies inside `a` and `b` (their spans
+            // were computed from the same description), and `prod` holds m x n.
             unsafe {
-                match g.c_dtype {
-                    DType::F32 => *(c_addr as *mut f32).add(at) = v,
-                    DType::BF16 => *(c_addr as *mut bf16).add(at) = bf16::from_f32(v),
-                    DType::F16 => *(c_addr as *mut f16).add(at) = f16::from_f32(v),
-                    _ => {}
+                gemm::gemm(
+                    g.m,
+                    g.n,
+                    g.k,
+                    prod.as_mut_ptr(),
+                    g.m as isize,
+                    1,
+                    false,
+                    a.as_ptr().add(batch * g.stride_a),
+                    a_cs as isize,
+                    a_rs as isize,
+                    b.as_ptr().add(batch * g.stride_b),
+                    b_cs as isize,
+                    b_rs as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                );
+            }
+        } else {
+            prod.fill(0.0);
+        }
+        let c0 = batch * g.stride_c;
+        for j in 0..g.n {
+            for i in 0..g.m {
+                let at = c0 + i + j * g.ldc;
+                let mut v = g.alpha * prod[i + j * g.m];
+                if g.beta != 0.0 {
+                    v += g.beta * read(g.c, g.c_dtype, at);
+                }
+                // SAFETY: inside C (checked in `gemm`).
+                unsafe {
+                    match g.c_dtype {
+                        DType::F32 => *(g.c as *mut f32).add(at) = v,
+                        DType::BF16 => *(g.c as *mut bf16).add(at) = bf16::from_f32(v),
+                        DType::F16 => *(g.c as *mut f16).add(at) = f16::from_f32(v),
+                        _ => {}
+                    }
                 }
             }
         }
-    });
+    }
     Ok(())
 }

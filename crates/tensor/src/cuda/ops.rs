@@ -47,9 +47,11 @@ fn linear_cfg(dev: &GpuDevice, n: usize) -> LaunchCfg {
     LaunchCfg::linear(dev.blocks_for(n, THREADS), THREADS)
 }
 
-/// Threads for a one-block-per-row kernel over rows of `cols`: a multiple of 32, at most 1024.
+/// Threads for a one-block-per-row kernel over rows of `cols`: about eight elements each
+/// (so short rows do not leave most of a block idle at its reductions), a multiple of 32,
+/// at most 1024.
 fn row_threads(cols: usize) -> u32 {
-    (cols.div_ceil(32) * 32).clamp(32, 1024) as u32
+    (cols.div_ceil(8).div_ceil(32) * 32).clamp(32, 1024) as u32
 }
 
 fn row_cfg(dev: &GpuDevice, rows: usize, cols: usize) -> LaunchCfg {
