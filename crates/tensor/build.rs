@@ -65,6 +65,7 @@ fn emulator(manifest: &Path, common: &Path, files: &[PathBuf], out_dir: &Path) {
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-unused-function")
         .flag_if_supported("-Wno-unused-variable")
+        .flag_if_supported("-Wno-unknown-pragmas")
         .opt_level(2)
         .compile("artist_cuda_emulator");
 }

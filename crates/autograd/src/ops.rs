@@ -315,6 +315,19 @@ impl Var {
         })
     }
 
+    /// Causal attention with grouped-query heads (see `Tensor::causal_attention`):
+    /// `q: [t, heads, d]` holds the last `t` of `len` positions, `k`, `v: [len, kv_heads,
+    /// d]`. Returns `[t, heads, d]`. Backward recomputes the probabilities from the saved
+    /// log-sum-exp instead of keeping the `[heads, t, len]` matrix.
+    pub fn causal_attention(q: &Var, k: &Var, v: &Var, scale: f32) -> Result<Var> {
+        let (out, lse) = q.value.causal_attention(&k.value, &v.value, scale)?;
+        let (qv, kv, vv, ov) = (q.value.clone(), k.value.clone(), v.value.clone(), out.clone());
+        Var::record("causal_attention", &[q, k, v], out, move |g, needs| {
+            let (dq, dk, dv) = qv.causal_attention_backward(&kv, &vv, &ov, &lse, &g, scale)?;
+            Ok(vec![needs[0].then_some(dq), needs[1].then_some(dk), needs[2].then_some(dv)])
+        })
+    }
+
     /// `self.value` with a single element, as f32.
     pub fn to_scalar(&self) -> Result<f32> {
         if self.value.elem_count() != 1 {

@@ -203,6 +203,14 @@ fn normalisation_and_attention_pieces() {
     check("rope", vec![q], |v| v[0].rope(&cos, &sin));
     let (gate, up) = (rand_tensor(&mut g, &[4, 5], -3.0, 3.0), rand_tensor(&mut g, &[4, 5], -1.0, 1.0));
     check("silu_mul", vec![gate, up], |v| v[0].silu_mul(&v[1]));
+    // Fused causal attention: GQA (4 query heads over 2 KV heads), the queries being the
+    // last 3 of 5 positions.
+    let (q, k, v) = (
+        rand_tensor(&mut g, &[3, 4, 6], -1.0, 1.0),
+        rand_tensor(&mut g, &[5, 2, 6], -1.0, 1.0),
+        rand_tensor(&mut g, &[5, 2, 6], -1.0, 1.0),
+    );
+    check("causal_attention", vec![q, k, v], |v| Var::causal_attention(&v[0], &v[1], &v[2], 0.4));
 }
 
 #[test]

@@ -495,25 +495,10 @@ impl Qwen2 {
 
 /// Causal attention of one sequence. `q: [t, heads, d]` holds the last `t` positions of the
 /// `len` cached ones; `k`, `v: [len, kv_heads, d]`. Head `h` reads KV head `h / (heads /
-/// kv_heads)` (transformers' `repeat_kv`), computed here without repeating K or V.
-/// Returns `[t, heads * d]`.
+/// kv_heads)` (transformers' `repeat_kv`), without repeating K or V: one fused op on either
+/// device (`Tensor::causal_attention`). Returns `[t, heads * d]`.
 fn attention(q: &Var, k: &Var, v: &Var) -> Result<Var> {
     let [t, heads, d] = q.value().dims_n("attention")?;
-    let [len, kv_heads, _] = k.value().dims_n("attention")?;
-    let rep = heads / kv_heads;
-    // [t, kv, rep, d] -> [kv, rep * t, d]: each KV head's queries as one matrix.
-    let q = q.reshape((t, kv_heads, rep, d))?.permute(&[1, 2, 0, 3])?.reshape((kv_heads, rep * t, d))?;
-    let scores = q.matmul(&k.permute(&[1, 2, 0])?)?.mul_scalar((d as f32).powf(-0.5))?; // [kv, rep*t, len]
-    let scores = if t > 1 {
-        let mask = Tensor::causal_mask(t, len, q.value().device())?;
-        scores.reshape((kv_heads, rep, t, len))?.masked_fill(&mask, f32::NEG_INFINITY)?.reshape((
-            kv_heads,
-            rep * t,
-            len,
-        ))?
-    } else {
-        scores
-    };
-    let out = scores.softmax(-1)?.matmul(&v.permute(&[1, 0, 2])?)?; // [kv, rep*t, d]
-    Ok(out.reshape((kv_heads, rep, t, d))?.permute(&[2, 0, 1, 3])?.reshape((t, heads * d))?)
+    let out = Var::causal_attention(q, k, v, (d as f32).powf(-0.5))?;
+    Ok(out.reshape((t, heads * d))?)
 }

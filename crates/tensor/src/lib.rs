@@ -16,6 +16,7 @@
 //! # Ok::<(), artist_tensor::Error>(())
 //! ```
 
+mod attention;
 pub mod cpu;
 pub mod cuda;
 mod device;

@@ -775,3 +775,63 @@ fn every_kernel_the_backend_launches_exists() {
         assert_eq!(have, want, "the kernels exported by kernels/*.cu and the backend's inventory differ");
     }
 }
+
+/// Fused causal attention against the CPU's (matrix products), forward and backward:
+/// GQA, MQA and MHA, a prefill, a decode step against a strided cache view, f32 and bf16.
+#[test]
+fn causal_attention_matches() {
+    let dev = gpu_or_skip!();
+    // (t, len, heads, kv_heads, d)
+    for (t, len, h, kv, d) in [(5, 5, 4, 2, 16), (1, 9, 4, 1, 32), (3, 7, 2, 2, 40), (6, 6, 6, 3, 8)] {
+        for dt in [DType::F32, DType::BF16] {
+            let q = randn(&[t, h, d], 210).to_dtype(dt).unwrap();
+            // k and v as views into a wider cache [len + 2, kv, d] (as the model reads them).
+            let kc = randn(&[len + 2, kv, d], 211).to_dtype(dt).unwrap();
+            let vc = randn(&[len + 2, kv, d], 212).to_dtype(dt).unwrap();
+            let (k, v) = (kc.narrow(0, 0, len).unwrap(), vc.narrow(0, 0, len).unwrap());
+            let (kg, vg) = (kc.to_device(dev).unwrap().narrow(0, 0, len).unwrap(), vc.to_device(dev).unwrap().narrow(0, 0, len).unwrap());
+            let qg = q.to_device(dev).unwrap();
+            let scale = (d as f32).powf(-0.5);
+            let what = format!("attention t {t} len {len} heads {h}/{kv} d {d} {dt}");
+            let (oc, lc) = q.causal_attention(&k, &v, scale).unwrap();
+            let (og, lg) = qg.causal_attention(&kg, &vg, scale).unwrap();
+            let (rt, at) = tol(dt);
+            close(&format!("{what}: out"), &og, &oc, rt * 2.0, at * 2.0);
+            close(&format!("{what}: lse"), &lg, &lc, 1e-5, 1e-5);
+            let dout = randn(&[t, h, d], 213);
+            let (dqc, dkc, dvc) = q.causal_attention_backward(&k, &v, &oc, &lc, &dout, scale).unwrap();
+            let (dqg, dkg, dvg) =
+                qg.causal_attention_backward(&kg, &vg, &og, &lg, &dout.to_device(dev).unwrap(), scale).unwrap();
+            let gt = if dt == DType::F32 { 2e-5 } else { 2e-2 };
+            close(&format!("{what}: dq"), &dqg, &dqc, gt, gt);
+            close(&format!("{what}: dk"), &dkg, &dkc, gt, gt);
+            close(&format!("{what}: dv"), &dvg, &dvc, gt, gt);
+        }
+    }
+}
+
+/// The CPU attention equals the textbook formula: softmax of masked scores times values.
+#[test]
+fn causal_attention_is_softmax_attention() {
+    let (t, len, h, kv, d) = (4, 6, 4, 2, 8);
+    let q = randn(&[t, h, d], 220);
+    let k = randn(&[len, kv, d], 221);
+    let v = randn(&[len, kv, d], 222);
+    let scale = 0.3;
+    let (out, lse) = q.causal_attention(&k, &v, scale).unwrap();
+    let (qv, kv_, vv, ov, lv) = (q.to_vec3::<f32>().unwrap(), k.to_vec3::<f32>().unwrap(), v.to_vec3::<f32>().unwrap(), out.to_vec3::<f32>().unwrap(), lse.to_vec2::<f32>().unwrap());
+    for i in 0..t {
+        for hh in 0..h {
+            let g = hh / (h / kv);
+            let last = i + len - t;
+            let s: Vec<f64> = (0..=last).map(|j| (0..d).map(|e| qv[i][hh][e] as f64 * kv_[j][g][e] as f64).sum::<f64>() * scale as f64).collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+            assert!((lv[hh][i] as f64 - (m + z.ln())).abs() < 1e-5, "lse ({i}, {hh})");
+            for e in 0..d {
+                let want: f64 = s.iter().enumerate().map(|(j, x)| (x - m).exp() / z * vv[j][g][e] as f64).sum();
+                assert!((ov[i][hh][e] as f64 - want).abs() < 1e-5, "out ({i}, {hh}, {e}): {} vs {want}", ov[i][hh][e]);
+            }
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::attention::AttnDims;
 use crate::cpu::CpuStorage;
 use crate::cuda::kernels::{Strided, bytes_suffix, suffix};
 use crate::cuda::{Args, CudaStorage, Gemm, GpuDevice, LaunchCfg, device};
@@ -687,6 +688,115 @@ pub(crate) fn linear_widening(
         gemm_rows(&dev, a, b, (rows, k, len), 1, at(c, DType::F32, start), n, 0, DType::F32, DType::F32)?;
     }
     Ok(out)
+}
+
+// ---- attention --------------------------------------------------------------------------
+
+/// Host mirror of `struct AttnShape` in kernels/attention.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct AttnShape {
+    t: i64,
+    len: i64,
+    heads: i32,
+    kv_heads: i32,
+    d: i32,
+    scale: f32,
+    k_row: i64,
+    k_head: i64,
+    v_row: i64,
+    v_head: i64,
+}
+
+/// `x` as `[rows, heads, d]` whose last dimension is contiguous (copied when it is not):
+/// the tensor kept alive, the pointer to its first element, its row and head strides.
+fn rows_view(x: &Tensor) -> Result<(Tensor, u64, i64, i64)> {
+    let x = if x.layout().strides()[2] == 1 || x.dims()[2] <= 1 { x.clone() } else { copy(x)? };
+    let (_, base) = raw(&x);
+    let st = x.layout().strides();
+    let p = at(base, x.dtype(), x.layout().start());
+    Ok((x.clone(), p, st[0] as i64, st[1] as i64))
+}
+
+fn attn_shape(a: AttnDims, scale: f32, k: (i64, i64), v: (i64, i64)) -> AttnShape {
+    AttnShape {
+        t: a.t as i64,
+        len: a.len as i64,
+        heads: a.heads as i32,
+        kv_heads: a.kv_heads as i32,
+        d: a.d as i32,
+        scale,
+        k_row: k.0,
+        k_head: k.1,
+        v_row: v.0,
+        v_head: v.1,
+    }
+}
+
+/// One warp per item, four warps per block.
+fn warp_cfg(items: usize) -> LaunchCfg {
+    LaunchCfg::linear(items.div_ceil(4).max(1) as u32, 128)
+}
+
+pub(crate) fn attention_fwd(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, scale: f32) -> Result<(Tensor, Tensor)> {
+    if a.d > 256 {
+        return Err(crate::invalid!("causal_attention", "head_dim {} exceeds the kernel's 256", a.d));
+    }
+    let (q, qp) = contiguous(q)?;
+    let (_k, kp, kr, kh) = rows_view(k)?;
+    let (_v, vp, vr, vh) = rows_view(v)?;
+    let (dev, _) = raw(&q);
+    let (out, op) = empty(&dev, q.dtype(), (a.t, a.heads, a.d))?;
+    let (lse, lp) = empty(&dev, DType::F32, (a.heads, a.t))?;
+    if a.t * a.heads > 0 && a.d > 0 {
+        let shape = attn_shape(a, scale, (kr, kh), (vr, vh));
+        let args = Args::new().arg(shape).arg(qp).arg(kp).arg(vp).arg(op).arg(lp);
+        dev.launch("attention", format!("attn_fwd_{}", suffix(q.dtype())), warp_cfg(a.t * a.heads), args)?;
+    }
+    Ok((out, lse))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_bwd(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    a: AttnDims,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if a.d > 256 {
+        return Err(crate::invalid!("causal_attention_backward", "head_dim {} exceeds the kernel's 256", a.d));
+    }
+    let (q, qp) = contiguous(q)?;
+    let (_k, kp, kr, kh) = rows_view(k)?;
+    let (_v, vp, vr, vh) = rows_view(v)?;
+    let (out, outp) = contiguous(&out.to_dtype(q.dtype())?)?;
+    let (lse, lp) = contiguous(&lse.to_dtype(DType::F32)?)?;
+    let (dout, dp) = contiguous(&dout.to_dtype(DType::F32)?)?;
+    let (dev, _) = raw(&q);
+    let (dq, dqp) = empty(&dev, DType::F32, (a.t, a.heads, a.d))?;
+    let (dk, dkp) = empty(&dev, DType::F32, (a.len, a.kv_heads, a.d))?;
+    let (dv, dvp) = empty(&dev, DType::F32, (a.len, a.kv_heads, a.d))?;
+    let delta = CudaStorage::alloc(&dev, DType::F32, a.heads * a.t)?;
+    if a.d > 0 {
+        let shape = attn_shape(a, scale, (kr, kh), (vr, vh));
+        let s = suffix(q.dtype());
+        if a.t * a.heads > 0 {
+            let args =
+                Args::new().arg(shape).arg(qp).arg(kp).arg(vp).arg(outp).arg(dp).arg(lp).arg(delta.ptr()).arg(dqp);
+            dev.launch("attention", format!("attn_bwd_dq_{s}"), warp_cfg(a.t * a.heads), args)?;
+        }
+        if a.len * a.kv_heads > 0 {
+            let args =
+                Args::new().arg(shape).arg(qp).arg(kp).arg(vp).arg(dp).arg(lp).arg(delta.ptr()).arg(dkp).arg(dvp);
+            dev.launch("attention", format!("attn_bwd_dkv_{s}"), warp_cfg(a.len * a.kv_heads), args)?;
+        }
+    }
+    drop((out, lse, dout));
+    Ok((dq, dk, dv))
 }
 
 // ---- fused training ops -----------------------------------------------------------------

@@ -1,0 +1,132 @@
+//! Causal attention with grouped-query heads as one op, forward and backward: on a GPU the
+//! fused kernels of kernels/attention.cu (no `[queries x keys]` matrix in memory); on the CPU
+//! the same function through matrix products, which is also the reference the GPU is
+//! tested against.
+
+use crate::{DType, Error, Result, Tensor};
+
+/// The checked sizes of an attention call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttnDims {
+    pub t: usize,
+    pub len: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub d: usize,
+}
+
+fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttnDims> {
+    const OP: &str = "causal_attention";
+    let [t, heads, d] = q.dims_n(OP)?;
+    let [len, kv_heads, dk] = k.dims_n(OP)?;
+    if v.dims() != k.dims() || dk != d {
+        return Err(crate::invalid!(OP, "q {}, k {}, v {}: expected [t, heads, d], [len, kv_heads, d] twice", q.shape(), k.shape(), v.shape()));
+    }
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+        return Err(crate::invalid!(OP, "{heads} query heads do not share {kv_heads} KV heads evenly"));
+    }
+    if t > len {
+        return Err(crate::invalid!(OP, "{t} queries cannot be the last of {len} positions"));
+    }
+    for x in [k, v] {
+        if x.dtype() != q.dtype() {
+            return Err(Error::DTypeMismatch { op: OP, lhs: q.dtype(), rhs: x.dtype() });
+        }
+        if x.device() != q.device() {
+            return Err(Error::DeviceMismatch { op: OP, lhs: q.device(), rhs: x.device() });
+        }
+    }
+    if !q.dtype().is_float() {
+        return Err(Error::UnsupportedDType { op: OP, dtype: q.dtype() });
+    }
+    Ok(AttnDims { t, len, heads, kv_heads, d })
+}
+
+/// `[t, heads, d]` -> `[kv_heads, rep * t, d]` in f32: each KV head's queries as one matrix.
+fn group(x: &Tensor, a: AttnDims) -> Result<Tensor> {
+    let rep = a.heads / a.kv_heads;
+    x.to_dtype(DType::F32)?.reshape((a.t, a.kv_heads, rep, a.d))?.permute(&[1, 2, 0, 3])?.reshape((a.kv_heads, rep * a.t, a.d))
+}
+
+/// The inverse of [`group`].
+fn ungroup(x: &Tensor, a: AttnDims) -> Result<Tensor> {
+    let rep = a.heads / a.kv_heads;
+    x.reshape((a.kv_heads, rep, a.t, a.d))?.permute(&[2, 0, 1, 3])?.reshape((a.t, a.heads, a.d))
+}
+
+/// Masked, scaled scores `[kv_heads, rep * t, len]` in f32.
+fn scores(qg: &Tensor, k: &Tensor, a: AttnDims, scale: f32) -> Result<Tensor> {
+    let rep = a.heads / a.kv_heads;
+    let s = qg.matmul(&k.to_dtype(DType::F32)?.permute(&[1, 2, 0])?)?.mul_scalar(scale)?;
+    if a.t == 1 && a.len >= 1 {
+        return Ok(s); // a single last query sees every key
+    }
+    let mask = Tensor::causal_mask(a.t, a.len, qg.device())?;
+    s.reshape((a.kv_heads, rep, a.t, a.len))?.masked_fill(&mask, f32::NEG_INFINITY)?.reshape((a.kv_heads, rep * a.t, a.len))
+}
+
+impl Tensor {
+    /// Causal attention of one sequence: `self = q: [t, heads, d]` holds the last `t` of
+    /// `len` positions, `k`, `v: [len, kv_heads, d]` (any strides, e.g. a KV-cache view);
+    /// head `h` reads KV head `h / (heads / kv_heads)`. Returns the output `[t, heads, d]`
+    /// in q's dtype and each (head, query)'s log-sum-exp of the scaled scores, `[heads, t]`
+    /// f32, which the backward needs.
+    pub fn causal_attention(&self, k: &Tensor, v: &Tensor, scale: f32) -> Result<(Tensor, Tensor)> {
+        let a = dims(self, k, v)?;
+        if self.device().is_cuda() {
+            return crate::cuda::ops::attention_fwd(self, k, v, a, scale);
+        }
+        let qg = group(self, a)?;
+        let s = scores(&qg, k, a, scale)?;
+        let m = s.max_keepdim(-1)?;
+        let lse = s.sub(&m)?.exp()?.sum_keepdim(-1)?.log()?.add(&m)?; // [kv, rep t, 1]
+        // The probabilities as torch's eager attention forms them (softmax, then the product
+        // with the values), so the CPU keeps its agreement with transformers to the ulp.
+        let out = s.softmax(-1)?.matmul(&v.to_dtype(DType::F32)?.permute(&[1, 0, 2])?)?;
+        let out = ungroup(&out, a)?.to_dtype(self.dtype())?;
+        Ok((out, lse.reshape((a.heads, a.t))?))
+    }
+
+    /// The gradients `(dq, dk, dv)` (f32, shaped as q, k, v) of [`Tensor::causal_attention`]
+    /// given its output `out`, its log-sum-exp `lse` and the output's gradient `dout`. The
+    /// GPU recomputes the probabilities from `lse` and uses `sum(dout * out)` for the
+    /// softmax term (flash-attention's form); the CPU recomputes them as the forward did
+    /// and follows torch's autograd order, so `out` and `lse` are read on the GPU only.
+    pub fn causal_attention_backward(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        scale: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        const OP: &str = "causal_attention_backward";
+        let a = dims(self, k, v)?;
+        if out.dims() != self.dims() || dout.dims() != self.dims() || lse.dims() != [a.heads, a.t] {
+            return Err(crate::invalid!(OP, "out {}, dout {} and lse {} do not fit q {}", out.shape(), dout.shape(), lse.shape(), self.shape()));
+        }
+        for x in [out, lse, dout] {
+            if x.device() != self.device() {
+                return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: x.device() });
+            }
+        }
+        if self.device().is_cuda() {
+            return crate::cuda::ops::attention_bwd(self, k, v, out, lse, dout, a, scale);
+        }
+        // In the order of torch's autograd through eager attention: the softmax recomputed
+        // as the forward formed it, its backward `dP * P - P * sum(dP * P)`, then the scale
+        // and the two products.
+        let qg = group(self, a)?;
+        let p = scores(&qg, k, a, scale)?.softmax(-1)?;
+        let dog = group(dout, a)?;
+        let vf = v.to_dtype(DType::F32)?.permute(&[1, 0, 2])?; // [kv, len, d]
+        let kf = k.to_dtype(DType::F32)?.permute(&[1, 0, 2])?;
+        let dv = p.t()?.matmul(&dog)?; // [kv, len, d]
+        let gp = dog.matmul(&vf.t()?)?.mul(&p)?; // dP * P, [kv, rep t, len]
+        let ds = gp.sub(&p.mul(&gp.sum_keepdim(-1)?)?)?.mul_scalar(scale)?;
+        let dq = ungroup(&ds.matmul(&kf)?, a)?;
+        let dk = qg.t()?.matmul(&ds)?.permute(&[2, 0, 1])?.contiguous()?; // [kv, d, len] -> [len, kv, d]
+        Ok((dq, dk, dv.permute(&[1, 0, 2])?.contiguous()?))
+    }
+}
