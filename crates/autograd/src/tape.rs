@@ -126,6 +126,7 @@ impl Tape {
     /// Gradients of the scalar `loss` with respect to every trainable parameter it
     /// depends on. Consumes the tape's record (a tape serves one backward).
     pub fn backward(&self, loss: &Var) -> Result<Gradients> {
+        let _range = artist_tensor::nvtx::range("backward");
         if loss.value.elem_count() != 1 {
             return Err(invalid!("backward", "the loss must have one element, not shape {}", loss.value.shape()));
         }

@@ -205,6 +205,7 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
 
     /// G rollouts of every prompt, in prompt order (`prompt_index * G + sample_index`).
     pub fn run(&self, prompts: &[Vec<u32>]) -> Result<(Vec<Rollout>, RolloutStats)> {
+        let _range = artist_tensor::nvtx::range("rollout");
         self.check(prompts)?;
         let c = &self.config;
         let g = c.group_size;
@@ -303,7 +304,10 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
                     SeqInput { slot: s.slot, tokens: &s.pending }
                 })
                 .collect();
-            let logits = self.policy.step(&inputs, &mut cache)?;
+            let logits = {
+                let _range = artist_tensor::nvtx::range("decode step");
+                self.policy.step(&inputs, &mut cache)?
+            };
             stats.forward_calls += 1;
             for (&i, row) in live.iter().zip(&logits) {
                 let seq = seqs[i].as_mut().expect("live");
@@ -399,6 +403,7 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
             stats.tool_calls += 1;
             let (tx, rollout, prompt) = (tx.clone(), seq.id, seq.out.prompt_index);
             std::thread::spawn(move || {
+                let _range = artist_tensor::nvtx::range("tool call");
                 let started = Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     tool.execute(&ToolCall { text: call.clone(), rollout, prompt })

@@ -406,6 +406,7 @@ impl Qwen2 {
     /// returns the final hidden states (after the last RMSNorm) of the requested rows:
     /// `[rows, hidden]` f32.
     pub fn forward_hidden(&self, inputs: &[SeqInput], cache: &mut KvCache, rows: Rows) -> Result<Tensor> {
+        let _range = artist_tensor::nvtx::range("forward");
         self.check_inputs(inputs, cache)?;
         let spans = self.spans(inputs.iter().map(|s| (s.slot, cache.len(s.slot), s.tokens.len())))?;
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
@@ -437,6 +438,7 @@ impl Qwen2 {
     /// With `ctx.checkpointing()`, each decoder layer keeps only its input and recomputes
     /// the rest in backward.
     pub fn hidden_states(&self, ctx: &Ctx, seqs: &[&[u32]], rows: Option<&[u32]>) -> Result<Var> {
+        let _range = artist_tensor::nvtx::range("forward (training)");
         if seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
             return Err(Error::Input("a training forward needs at least one non-empty sequence".into()));
         }

@@ -66,6 +66,7 @@ impl AdamW {
     /// One update at learning rate `lr` from `grads`. Parameters without a gradient are
     /// left alone and their step count does not advance (as in torch).
     pub fn step(&mut self, grads: &Gradients, lr: f64) -> Result<()> {
+        let _range = artist_tensor::nvtx::range("optimizer step");
         let c = self.config;
         for s in &mut self.slots {
             let Some(g) = grads.get(s.param.id()) else { continue };

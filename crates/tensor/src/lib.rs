@@ -27,6 +27,7 @@ mod index;
 mod layout;
 mod matmul;
 mod nn;
+pub mod nvtx;
 mod ops;
 mod reduce;
 mod shape;

@@ -563,6 +563,7 @@ pub fn update_sharded(
     step: u64,
     mut comm: Option<&mut (dyn Communicator + '_)>,
 ) -> Result<UpdateStats> {
+    let _range = artist_tensor::nvtx::range("policy update");
     let mut out = UpdateStats::default();
     let mut counts = [
         train.iter().filter(|r| r.generated() > 0).count() as f32,
@@ -812,6 +813,7 @@ fn run<T: GrpoTask>(
             optimizer_steps: Default::default(),
             config: serde_json::to_value(&c).expect("JSON"),
         };
+        let _range = artist_tensor::nvtx::range("checkpoint");
         checkpoint::save(run_dir, trainer.model(), optimizer, &state, Some(&c.model), c.keep_last)
     };
     let end = opts.stop_after.map_or(c.steps, |s| s.min(c.steps));

@@ -339,6 +339,7 @@ fn run(
             optimizer_steps: Default::default(),
             config: serde_json::to_value(c).expect("JSON"),
         };
+        let _range = artist_tensor::nvtx::range("checkpoint");
         checkpoint::save(run_dir, &model, optimizer, &state, Some(&source), c.keep_last)
     };
 

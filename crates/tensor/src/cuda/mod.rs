@@ -14,7 +14,7 @@ mod driver;
 #[cfg(feature = "emulator")]
 mod emulator;
 pub(crate) mod kernels;
-mod libs;
+pub(crate) mod libs;
 pub mod nvrtc;
 pub(crate) mod ops;
 mod runtime;
@@ -144,20 +144,6 @@ pub fn empty_cache(ordinal: usize) -> Result<()> {
 /// Waits for all work queued on device `ordinal`, reporting any error it raised.
 pub fn synchronize(ordinal: usize) -> Result<()> {
     device(ordinal)?.rt.synchronize()
-}
-
-/// Opens a named profiler range (NVTX, seen by Nsight Systems) on device `ordinal`; close it
-/// with [`range_pop`]. No cost beyond a call when no profiler listens.
-pub fn range_push(ordinal: usize, name: &str) {
-    if let Ok(d) = device(ordinal) {
-        d.rt.range_push(name);
-    }
-}
-
-pub fn range_pop(ordinal: usize) {
-    if let Ok(d) = device(ordinal) {
-        d.rt.range_pop();
-    }
 }
 
 /// The kernel files (`kernels/<name>.cu`) built into this binary, by name.

@@ -119,7 +119,4 @@ pub(crate) trait Runtime: Send + Sync {
     fn gemm(&self, g: &Gemm) -> Result<()>;
     /// Waits for all queued work and reports any error it raised.
     fn synchronize(&self) -> Result<()>;
-    /// Opens a named range for profilers (NVTX); the emulator ignores it.
-    fn range_push(&self, _name: &str) {}
-    fn range_pop(&self) {}
 }
