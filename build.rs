@@ -1,23 +1,23 @@
-//! Embeds the CUDA C sources under `kernels/` into the binary (`artist::kernels::SOURCES`),
-//! so a binary built on a machine without CUDA carries every kernel to a GPU machine, where
-//! NVRTC compiles them for the device it finds (see docs/ARCHITECTURE.md, "Kernels").
+//! Records which commit a binary was built from, for `--version`: binaries are built on one
+//! machine and carried to GPU machines that have no checkout, and their output should say
+//! what code produced it. ("unknown" outside a git checkout.)
 
-use std::{env, fs, path::Path};
+use std::process::Command;
 
 fn main() {
-    println!("cargo::rerun-if-changed=kernels");
-    let mut entries: Vec<_> =
-        fs::read_dir("kernels").map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
-    entries.retain(|p| p.extension().is_some_and(|e| e == "cu"));
-    entries.sort();
-    let mut out = String::from("/// `(file stem, CUDA C source)` of every `kernels/*.cu`, sorted by name.\n");
-    out.push_str("pub const SOURCES: &[(&str, &str)] = &[\n");
-    for p in &entries {
-        let stem = p.file_stem().and_then(|s| s.to_str()).expect("kernel file names are UTF-8");
-        let abs = fs::canonicalize(p).expect("kernel file exists");
-        out.push_str(&format!("    ({stem:?}, include_str!({:?})),\n", abs.display().to_string()));
+    // The commit moves when HEAD or a branch does (not on every edit: that would rebuild the
+    // binaries each time the index changes).
+    for p in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
+        println!("cargo::rerun-if-changed={p}");
     }
-    out.push_str("];\n");
-    let dest = Path::new(&env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("kernels.rs");
-    fs::write(dest, out).expect("OUT_DIR is writable");
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo::rustc-env=ARTIST_GIT_COMMIT={commit}");
 }

@@ -1,7 +1,7 @@
 //! artist: agentic reasoning and tool integration trained with GRPO, in Rust.
 //!
-//! The workspace crates do the work; this crate holds the binaries (`train`, and later
-//! `generate`, `score`, `eval`), the end-to-end tests and the benchmarks.
+//! The workspace crates do the work; this crate holds the binaries (`train`, `generate`,
+//! `score`, `eval`, `tool`), the end-to-end tests and the benchmarks.
 //!
 //! ```
 //! use artist::tensor::{rope_tables, DType, Device, Tensor};
@@ -24,7 +24,5 @@ pub use artist_train as train;
 pub mod bfcl_eval;
 pub mod cli;
 
-/// CUDA C sources under `kernels/`, embedded at build time.
-pub mod kernels {
-    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
-}
+/// `--version` of every binary: the package version and the commit it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ARTIST_GIT_COMMIT"), ")");

@@ -44,7 +44,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Evaluate a model on a math dataset (pass@k, tools live); grade written answers (verify)")]
+#[command(version = artist::VERSION, about = "Evaluate a model on a math dataset (pass@k, tools live); grade written answers (verify)")]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]

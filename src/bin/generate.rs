@@ -21,7 +21,7 @@ use artist_tokenizer::{ChatTemplate, Message};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Generate text with a Qwen2 / Qwen2.5 checkpoint")]
+#[command(version = artist::VERSION, about = "Generate text with a Qwen2 / Qwen2.5 checkpoint")]
 struct Args {
     /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
     #[arg(long)]

@@ -14,7 +14,7 @@ use artist::cli;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Score a text with a Qwen2 / Qwen2.5 checkpoint: logprobs and perplexity")]
+#[command(version = artist::VERSION, about = "Score a text with a Qwen2 / Qwen2.5 checkpoint: logprobs and perplexity")]
 struct Args {
     /// Hugging Face model directory.
     #[arg(long)]

@@ -20,7 +20,7 @@ use artist_tools::{Calculator, Isolation, PythonTool, SandboxConfig, Tool, ToolC
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Run one tool call (code or expression on stdin) and print the result as JSON")]
+#[command(version = artist::VERSION, about = "Run one tool call (code or expression on stdin) and print the result as JSON")]
 struct Args {
     #[command(subcommand)]
     tool: Which,

@@ -38,7 +38,7 @@ enum Mode {
 }
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Train a model to reason with tools (ARTIST): supervised fine-tuning and GRPO")]
+#[command(version = artist::VERSION, about = "Train a model to reason with tools (ARTIST): supervised fine-tuning and GRPO")]
 struct Args {
     /// What to train (default grpo; with --resume, the mode of the run being resumed).
     #[arg(long, value_enum)]

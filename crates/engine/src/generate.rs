@@ -3,7 +3,7 @@
 
 use artist_model::{KvCache, Qwen2, Rows, SeqInput};
 
-use crate::{Error, Result, Sampler, SamplingParams};
+use crate::{Error, Logits, Result, Sampler, SamplingParams};
 
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
@@ -61,7 +61,7 @@ pub fn generate(
     let mut next: Vec<u32> = prompt.to_vec();
     for _ in 0..opts.max_new_tokens {
         let logits = model.forward(&[SeqInput { slot: 0, tokens: &next }], &mut cache, Rows::Last)?;
-        let (id, lp) = sampler.sample(&logits.to_vec::<f32>()?);
+        let (id, lp) = Logits::Tensor(logits).sample(&mut [(0, &mut sampler)])?[0];
         out.token_ids.push(id);
         out.logprobs.push(lp);
         if opts.eos_ids.contains(&id) {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use artist_model::{KvCache, Qwen2, Rows, SeqInput};
 
-use crate::{Error, Result};
+use crate::{Error, Logits, Result};
 
 pub trait Policy {
     type Cache;
@@ -17,7 +17,7 @@ pub trait Policy {
 
     /// Appends each input's tokens to its slot and returns the logits after each input's
     /// last token, in input order.
-    fn step(&self, inputs: &[SeqInput], cache: &mut Self::Cache) -> Result<Vec<Vec<f32>>>;
+    fn step(&self, inputs: &[SeqInput], cache: &mut Self::Cache) -> Result<Logits>;
 
     /// Makes slot `to` hold what slot `from` holds (a shared prompt, prefilled once).
     fn fork(&self, cache: &mut Self::Cache, from: usize, to: usize) -> Result<()>;
@@ -37,10 +37,9 @@ impl Policy for Qwen2 {
         Ok(Qwen2::new_cache(self, slots, max_len)?)
     }
 
-    fn step(&self, inputs: &[SeqInput], cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
-        let logits = self.forward(inputs, cache, Rows::Last)?.to_vec::<f32>()?;
-        let v = self.config.vocab_size;
-        Ok(logits.chunks(v).map(<[f32]>::to_vec).collect())
+    fn step(&self, inputs: &[SeqInput], cache: &mut KvCache) -> Result<Logits> {
+        // Left where the model ran: on a GPU the sampler draws there.
+        Ok(Logits::Tensor(self.forward(inputs, cache, Rows::Last)?))
     }
 
     fn fork(&self, cache: &mut KvCache, from: usize, to: usize) -> Result<()> {
@@ -81,7 +80,7 @@ impl Policy for ScriptedPolicy {
         Ok(ScriptedCache { slots: vec![None; slots], max_len })
     }
 
-    fn step(&self, inputs: &[SeqInput], cache: &mut ScriptedCache) -> Result<Vec<Vec<f32>>> {
+    fn step(&self, inputs: &[SeqInput], cache: &mut ScriptedCache) -> Result<Logits> {
         let mut out = Vec::with_capacity(inputs.len());
         for s in inputs {
             let max_len = cache.max_len;
@@ -97,7 +96,7 @@ impl Policy for ScriptedPolicy {
             logits[next as usize] = 0.0;
             out.push(logits);
         }
-        Ok(out)
+        Ok(Logits::Host(out))
     }
 
     fn fork(&self, cache: &mut ScriptedCache, from: usize, to: usize) -> Result<()> {
@@ -149,8 +148,8 @@ impl<P: Policy> Policy for SteeredPolicy<'_, P> {
         self.inner.new_cache(slots, max_len)
     }
 
-    fn step(&self, inputs: &[SeqInput], cache: &mut P::Cache) -> Result<Vec<Vec<f32>>> {
-        let mut rows = self.inner.step(inputs, cache)?;
+    fn step(&self, inputs: &[SeqInput], cache: &mut P::Cache) -> Result<Logits> {
+        let mut rows = self.inner.step(inputs, cache)?.into_rows()?;
         let mut calls = self.calls.lock().expect("not poisoned");
         for (s, row) in inputs.iter().zip(&mut rows) {
             if self.record {
@@ -162,7 +161,7 @@ impl<P: Policy> Policy for SteeredPolicy<'_, P> {
             }
             *n += 1;
         }
-        Ok(rows)
+        Ok(Logits::Host(rows))
     }
 
     fn fork(&self, cache: &mut P::Cache, from: usize, to: usize) -> Result<()> {

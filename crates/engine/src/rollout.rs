@@ -24,7 +24,7 @@ use artist_tools::{Tool, ToolCall, ToolResult};
 use serde::Serialize;
 
 use crate::policy::Policy;
-use crate::{Error, Result, Sampler, SamplingParams};
+use crate::{Error, Logits, Result, Sampler, SamplingParams};
 
 #[derive(Debug, Clone)]
 pub struct RolloutConfig {
@@ -226,10 +226,11 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
             {
                 let slots: Vec<usize> = (0..g).map(|_| free.pop().expect("checked")).collect();
                 let logits = self.prefill(&prompts[p], &slots, &mut cache, &mut stats)?;
+                let mut group: Vec<Seq> = Vec::with_capacity(g);
                 for (k, &slot) in slots.iter().enumerate() {
                     let mut params = c.sampling.clone();
                     params.seed = params.seed.wrapping_add((p * g + k) as u64);
-                    let mut seq = Seq {
+                    group.push(Seq {
                         out: Rollout {
                             prompt_index: p,
                             sample_index: k,
@@ -249,9 +250,16 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
                         turn_tokens: 0,
                         pending: vec![],
                         state: State::Decode,
-                    };
-                    let row = if logits.len() == 1 { &logits[0] } else { &logits[k] };
-                    let finished = self.take_sample(&mut seq, row, seqs.len(), &tx, &mut stats)?;
+                    });
+                }
+                // All G draw their first tokens from the prompt's logits (one row when the
+                // prefill was shared) in one call.
+                let shared = logits.rows() == 1;
+                let mut picks: Vec<(usize, &mut Sampler)> =
+                    group.iter_mut().enumerate().map(|(k, s)| (if shared { 0 } else { k }, &mut s.sampler)).collect();
+                let drawn = logits.sample(&mut picks)?;
+                for (mut seq, (id, lp)) in group.into_iter().zip(drawn) {
+                    let finished = self.take_sample(&mut seq, id, lp, seqs.len(), &tx, &mut stats)?;
                     if matches!(seq.state, State::Tool) {
                         in_tool += 1;
                     }
@@ -309,10 +317,23 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
                 self.policy.step(&inputs, &mut cache)?
             };
             stats.forward_calls += 1;
-            for (&i, row) in live.iter().zip(&logits) {
+            let drawn = {
+                let mut picks: Vec<(usize, &mut Sampler)> = Vec::with_capacity(live.len());
+                let mut rest: &mut [Option<Seq>] = &mut seqs;
+                let mut base = 0;
+                for (row, &i) in live.iter().enumerate() {
+                    let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - base);
+                    let (head, tail) = tail.split_first_mut().expect("live index in range");
+                    picks.push((row, &mut head.as_mut().expect("live").sampler));
+                    rest = tail;
+                    base = i + 1;
+                }
+                logits.sample(&mut picks)?
+            };
+            for (&i, (id, lp)) in live.iter().zip(drawn) {
                 let seq = seqs[i].as_mut().expect("live");
                 seq.pending.clear();
-                let finished = self.take_sample(seq, row, i, &tx, &mut stats)?;
+                let finished = self.take_sample(seq, id, lp, i, &tx, &mut stats)?;
                 if matches!(seq.state, State::Tool) {
                     in_tool += 1;
                 }
@@ -335,7 +356,7 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
         slots: &[usize],
         cache: &mut P::Cache,
         stats: &mut RolloutStats,
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<Logits> {
         for &s in slots {
             self.policy.clear(cache, s);
         }
@@ -354,18 +375,19 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
         }
     }
 
-    /// Samples the next token of `seq` from `logits` and acts on it: ends the rollout
-    /// (returns true), starts a tool call, or queues the token for the next step.
+    /// Records the token `id` just sampled for `seq` (with its logprob `lp`) and acts on it:
+    /// ends the rollout (returns true), starts a tool call, or queues the token for the next
+    /// step.
     fn take_sample(
         &self,
         seq: &mut Seq<'a>,
-        logits: &[f32],
+        id: u32,
+        lp: f32,
         index: usize,
         tx: &mpsc::Sender<ToolDone>,
         stats: &mut RolloutStats,
     ) -> Result<bool> {
         let c = &self.config;
-        let (id, lp) = seq.sampler.sample(logits);
         seq.out.ids.push(id);
         seq.out.logprobs.push(lp);
         seq.out.mask.push(1);

@@ -6,6 +6,7 @@
 //! tokens may be drawn, but the logprob is the policy's, which is what the GRPO ratio
 //! compares against the trainer's recomputation.
 
+use artist_tensor::{SamplePick, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -62,6 +63,14 @@ impl Sampler {
 
     pub fn params(&self) -> &SamplingParams {
         &self.params
+    }
+
+    /// What the GPU needs to make this sampler's next draw: its settings and the uniform
+    /// number [`Sampler::sample`] would draw (none when greedy, as there).
+    fn pick(&mut self, row: usize) -> SamplePick {
+        let u = if self.params.temperature == 0.0 { 0.0 } else { self.rng.random::<f64>() };
+        let p = &self.params;
+        SamplePick { row, temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, min_p: p.min_p, u }
     }
 
     /// Picks a token from `logits` and returns it with its logprob (see the module doc).
@@ -122,6 +131,55 @@ impl Sampler {
             }
         }
         (id, logprob(id))
+    }
+}
+
+/// The logits of one decoding step, `[rows, vocab]`: rows on the host, or a tensor wherever
+/// the model ran. On a GPU, [`Logits::sample`] draws there and brings back only ids and
+/// logprobs (the same choices as on the host, given the same generators).
+pub enum Logits {
+    Host(Vec<Vec<f32>>),
+    Tensor(Tensor),
+}
+
+impl Logits {
+    pub fn rows(&self) -> usize {
+        match self {
+            Logits::Host(r) => r.len(),
+            Logits::Tensor(t) => t.dims().first().copied().unwrap_or(0),
+        }
+    }
+
+    /// Every row on the host (tests, steering; decoding uses [`Logits::sample`]).
+    pub fn into_rows(self) -> crate::Result<Vec<Vec<f32>>> {
+        match self {
+            Logits::Host(r) => Ok(r),
+            Logits::Tensor(t) => {
+                let v = t.dim(-1)?;
+                Ok(t.to_dtype(artist_tensor::DType::F32)?
+                    .to_vec::<f32>()?
+                    .chunks(v.max(1))
+                    .map(<[f32]>::to_vec)
+                    .collect())
+            }
+        }
+    }
+
+    /// One draw for each `(row, sampler)`; a row may serve several samplers (the G rollouts
+    /// of a prompt draw their first tokens from its one prefill).
+    pub fn sample(&self, picks: &mut [(usize, &mut Sampler)]) -> crate::Result<Vec<(u32, f32)>> {
+        match self {
+            Logits::Tensor(t) if t.device().is_cuda() => {
+                let t = t.to_dtype(artist_tensor::DType::F32)?.contiguous()?;
+                let ps: Vec<SamplePick> = picks.iter_mut().map(|(row, s)| s.pick(*row)).collect();
+                Ok(t.sample_rows(&ps)?)
+            }
+            Logits::Tensor(t) => {
+                let rows = Logits::Tensor(t.clone()).into_rows()?;
+                Ok(picks.iter_mut().map(|(row, s)| s.sample(&rows[*row])).collect())
+            }
+            Logits::Host(rows) => Ok(picks.iter_mut().map(|(row, s)| s.sample(&rows[*row])).collect()),
+        }
     }
 }
 

@@ -258,3 +258,42 @@ fn cache_through_tool_calls_equals_a_full_forward() {
         assert!(worst <= 1e-4, "response token {j}: logits differ by {worst}");
     }
 }
+
+/// The rollout engine with the model on the CUDA backend (the CPU emulator of it where no GPU
+/// is present): sampling on the device draws the tokens the CPU run draws, with the same
+/// logprobs, and a tool call in the middle keeps the cache exact.
+#[test]
+fn rollouts_on_the_cuda_backend_equal_the_cpu() {
+    let dev = match artist_tensor::cuda::test_backend() {
+        Ok(_) => artist_tensor::Device::cuda(0).unwrap(),
+        Err(why) => {
+            eprintln!("skipping: {why}");
+            return;
+        }
+    };
+    let tok = tokenizer();
+    let cpu = Qwen2::load(&fixture("tiny-gqa")).unwrap();
+    let gpu = Qwen2::load_on(&fixture("tiny-gqa"), dev).unwrap();
+    let prompts: Vec<Vec<u32>> = vec![tok.encode("Once upon a time").unwrap(), tok.encode("The cat").unwrap()];
+    let cfg = RolloutConfig {
+        max_turn_tokens: 16,
+        max_batch: 8,
+        sampling: SamplingParams { temperature: 0.9, top_p: 0.95, seed: 11, ..Default::default() },
+        ..config(3)
+    };
+    let run = |model: &Qwen2| {
+        RolloutEngine { policy: model, tokenizer: &tok, tools: vec![FakePython::new("42", 0)], config: cfg.clone() }
+            .run(&prompts)
+            .unwrap()
+            .0
+    };
+    let (a, b) = (run(&cpu), run(&gpu));
+    assert_eq!(a.len(), 6);
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x.ids, y.ids, "rollout {i}: tokens");
+        assert_eq!(x.finish, y.finish);
+        for (p, q) in x.logprobs.iter().zip(&y.logprobs) {
+            assert!((p - q).abs() <= 1e-4, "rollout {i}: logprob {p} on the CPU, {q} on CUDA");
+        }
+    }
+}

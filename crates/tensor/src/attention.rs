@@ -20,7 +20,13 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttnDims> {
     let [t, heads, d] = q.dims_n(OP)?;
     let [len, kv_heads, dk] = k.dims_n(OP)?;
     if v.dims() != k.dims() || dk != d {
-        return Err(crate::invalid!(OP, "q {}, k {}, v {}: expected [t, heads, d], [len, kv_heads, d] twice", q.shape(), k.shape(), v.shape()));
+        return Err(crate::invalid!(
+            OP,
+            "q {}, k {}, v {}: expected [t, heads, d], [len, kv_heads, d] twice",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        ));
     }
     if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         return Err(crate::invalid!(OP, "{heads} query heads do not share {kv_heads} KV heads evenly"));
@@ -45,7 +51,11 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttnDims> {
 /// `[t, heads, d]` -> `[kv_heads, rep * t, d]` in f32: each KV head's queries as one matrix.
 fn group(x: &Tensor, a: AttnDims) -> Result<Tensor> {
     let rep = a.heads / a.kv_heads;
-    x.to_dtype(DType::F32)?.reshape((a.t, a.kv_heads, rep, a.d))?.permute(&[1, 2, 0, 3])?.reshape((a.kv_heads, rep * a.t, a.d))
+    x.to_dtype(DType::F32)?.reshape((a.t, a.kv_heads, rep, a.d))?.permute(&[1, 2, 0, 3])?.reshape((
+        a.kv_heads,
+        rep * a.t,
+        a.d,
+    ))
 }
 
 /// The inverse of [`group`].
@@ -62,7 +72,11 @@ fn scores(qg: &Tensor, k: &Tensor, a: AttnDims, scale: f32) -> Result<Tensor> {
         return Ok(s); // a single last query sees every key
     }
     let mask = Tensor::causal_mask(a.t, a.len, qg.device())?;
-    s.reshape((a.kv_heads, rep, a.t, a.len))?.masked_fill(&mask, f32::NEG_INFINITY)?.reshape((a.kv_heads, rep * a.t, a.len))
+    s.reshape((a.kv_heads, rep, a.t, a.len))?.masked_fill(&mask, f32::NEG_INFINITY)?.reshape((
+        a.kv_heads,
+        rep * a.t,
+        a.len,
+    ))
 }
 
 impl Tensor {
@@ -104,7 +118,14 @@ impl Tensor {
         const OP: &str = "causal_attention_backward";
         let a = dims(self, k, v)?;
         if out.dims() != self.dims() || dout.dims() != self.dims() || lse.dims() != [a.heads, a.t] {
-            return Err(crate::invalid!(OP, "out {}, dout {} and lse {} do not fit q {}", out.shape(), dout.shape(), lse.shape(), self.shape()));
+            return Err(crate::invalid!(
+                OP,
+                "out {}, dout {} and lse {} do not fit q {}",
+                out.shape(),
+                dout.shape(),
+                lse.shape(),
+                self.shape()
+            ));
         }
         for x in [out, lse, dout] {
             if x.device() != self.device() {

@@ -25,6 +25,22 @@ pub struct AdamWScalars {
     pub step_size: f32,
 }
 
+/// One draw of [`Tensor::sample_rows`]: which row of logits, the sampler's settings, and the
+/// uniform number in [0, 1) the sampler drew from its own seeded generator.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplePick {
+    pub row: usize,
+    /// 0: greedy.
+    pub temperature: f32,
+    /// 0: off.
+    pub top_k: usize,
+    /// 1: off.
+    pub top_p: f32,
+    /// 0: off.
+    pub min_p: f32,
+    pub u: f64,
+}
+
 const CHUNK: usize = 1 << 14;
 
 fn f32_contiguous(op: &'static str, t: &Tensor) -> Result<()> {
@@ -109,6 +125,27 @@ impl Tensor {
         }
         let c = self.contiguous()?;
         c.update_f32(|v| v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+    }
+
+    /// One token and its logprob for each pick from the f32 logits `self: [rows, vocab]` on a
+    /// GPU, with the host sampler's rules (engine's `Sampler`: temperature, top-k, min-p,
+    /// top-p, inverse-CDF draw in probability order, logprob of the tempered distribution)
+    /// given the same uniform number: only the ids and logprobs leave the GPU. On the CPU
+    /// the engine samples rows directly, so this is for CUDA tensors.
+    pub fn sample_rows(&self, picks: &[SamplePick]) -> Result<Vec<(u32, f32)>> {
+        const OP: &str = "sample_rows";
+        f32_contiguous(OP, self)?;
+        let [rows, vocab] = self.dims_n(OP)?;
+        if let Some(p) = picks.iter().find(|p| p.row >= rows) {
+            return Err(Error::IndexOutOfRange { op: OP, index: p.row, size: rows });
+        }
+        if vocab == 0 || vocab >= 1 << 24 {
+            return Err(crate::invalid!(OP, "a vocabulary of {vocab} (1 to 2^24 - 1 supported)"));
+        }
+        if !self.device().is_cuda() {
+            return Err(crate::invalid!(OP, "CUDA tensors only: on the CPU the engine's sampler reads rows directly"));
+        }
+        crate::cuda::ops::sample_rows(self, picks, vocab)
     }
 
     /// In place over f32 logits `self: [rows, vocab]` (the unscaled projection of each row):

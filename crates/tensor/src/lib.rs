@@ -36,7 +36,7 @@ mod tensor;
 pub use device::Device;
 pub use dtype::{DType, WithDType};
 pub use error::{Error, Result};
-pub use fused::AdamWScalars;
+pub use fused::{AdamWScalars, SamplePick};
 pub use layout::Layout;
 pub use nn::rope_tables;
 pub use ops::CmpOp;

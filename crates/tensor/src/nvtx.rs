@@ -22,8 +22,8 @@ struct Nvtx {
 fn nvtx() -> Option<&'static Nvtx> {
     static NVTX: OnceLock<Option<Nvtx>> = OnceLock::new();
     NVTX.get_or_init(|| {
-        let wanted = std::env::var_os("NVTX_INJECTION64_PATH").is_some()
-            || std::env::var("ARTIST_NVTX").is_ok_and(|v| v == "1");
+        let wanted =
+            std::env::var_os("NVTX_INJECTION64_PATH").is_some() || std::env::var("ARTIST_NVTX").is_ok_and(|v| v == "1");
         if !wanted {
             return None;
         }

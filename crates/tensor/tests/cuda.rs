@@ -789,7 +789,10 @@ fn causal_attention_matches() {
             let kc = randn(&[len + 2, kv, d], 211).to_dtype(dt).unwrap();
             let vc = randn(&[len + 2, kv, d], 212).to_dtype(dt).unwrap();
             let (k, v) = (kc.narrow(0, 0, len).unwrap(), vc.narrow(0, 0, len).unwrap());
-            let (kg, vg) = (kc.to_device(dev).unwrap().narrow(0, 0, len).unwrap(), vc.to_device(dev).unwrap().narrow(0, 0, len).unwrap());
+            let (kg, vg) = (
+                kc.to_device(dev).unwrap().narrow(0, 0, len).unwrap(),
+                vc.to_device(dev).unwrap().narrow(0, 0, len).unwrap(),
+            );
             let qg = q.to_device(dev).unwrap();
             let scale = (d as f32).powf(-0.5);
             let what = format!("attention t {t} len {len} heads {h}/{kv} d {d} {dt}");
@@ -819,12 +822,20 @@ fn causal_attention_is_softmax_attention() {
     let v = randn(&[len, kv, d], 222);
     let scale = 0.3;
     let (out, lse) = q.causal_attention(&k, &v, scale).unwrap();
-    let (qv, kv_, vv, ov, lv) = (q.to_vec3::<f32>().unwrap(), k.to_vec3::<f32>().unwrap(), v.to_vec3::<f32>().unwrap(), out.to_vec3::<f32>().unwrap(), lse.to_vec2::<f32>().unwrap());
+    let (qv, kv_, vv, ov, lv) = (
+        q.to_vec3::<f32>().unwrap(),
+        k.to_vec3::<f32>().unwrap(),
+        v.to_vec3::<f32>().unwrap(),
+        out.to_vec3::<f32>().unwrap(),
+        lse.to_vec2::<f32>().unwrap(),
+    );
     for i in 0..t {
         for hh in 0..h {
             let g = hh / (h / kv);
             let last = i + len - t;
-            let s: Vec<f64> = (0..=last).map(|j| (0..d).map(|e| qv[i][hh][e] as f64 * kv_[j][g][e] as f64).sum::<f64>() * scale as f64).collect();
+            let s: Vec<f64> = (0..=last)
+                .map(|j| (0..d).map(|e| qv[i][hh][e] as f64 * kv_[j][g][e] as f64).sum::<f64>() * scale as f64)
+                .collect();
             let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
             assert!((lv[hh][i] as f64 - (m + z.ln())).abs() < 1e-5, "lse ({i}, {hh})");

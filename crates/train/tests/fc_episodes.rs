@@ -56,19 +56,21 @@ impl Policy for TurnScripted {
     fn new_cache(&self, _: usize, _: usize) -> artist_engine::Result<Slots> {
         Ok(Slots::default())
     }
-    fn step(&self, inputs: &[SeqInput], cache: &mut Slots) -> artist_engine::Result<Vec<Vec<f32>>> {
-        Ok(inputs
-            .iter()
-            .map(|s| {
-                let starts = s.tokens.iter().filter(|&&t| t == self.im_start).count();
-                let (turn, calls) = cache.0.entry(s.slot).or_insert(((starts.max(3) - 3) / 2, 0));
-                let next = self.turns.get(*turn).and_then(|t| t.get(*calls)).copied().unwrap_or(self.eos);
-                *calls += 1;
-                let mut logits = vec![-1e9f32; self.vocab];
-                logits[next as usize] = 0.0;
-                logits
-            })
-            .collect())
+    fn step(&self, inputs: &[SeqInput], cache: &mut Slots) -> artist_engine::Result<artist_engine::Logits> {
+        Ok(artist_engine::Logits::Host(
+            inputs
+                .iter()
+                .map(|s| {
+                    let starts = s.tokens.iter().filter(|&&t| t == self.im_start).count();
+                    let (turn, calls) = cache.0.entry(s.slot).or_insert(((starts.max(3) - 3) / 2, 0));
+                    let next = self.turns.get(*turn).and_then(|t| t.get(*calls)).copied().unwrap_or(self.eos);
+                    *calls += 1;
+                    let mut logits = vec![-1e9f32; self.vocab];
+                    logits[next as usize] = 0.0;
+                    logits
+                })
+                .collect(),
+        ))
     }
     fn fork(&self, cache: &mut Slots, from: usize, to: usize) -> artist_engine::Result<()> {
         let v = cache.0.get(&from).copied().unwrap_or_default();

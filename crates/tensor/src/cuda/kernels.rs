@@ -124,5 +124,6 @@ pub fn inventory() -> Vec<(&'static str, String)> {
     out.push(("reduce", "sum_squares_f32".into()));
     out.push(("adamw", "adamw_f32".into()));
     out.push(("logprob", "logprob_grad_f32".into()));
+    out.push(("sampling", "sample_f32".into()));
     out
 }

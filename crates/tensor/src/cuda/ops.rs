@@ -799,6 +799,59 @@ pub(crate) fn attention_bwd(
     Ok((dq, dk, dv))
 }
 
+// ---- sampling ---------------------------------------------------------------------------
+
+/// Host mirror of `struct SamplePick` in kernels/sampling.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SamplePickRaw {
+    row: i64,
+    inv_t: f32,
+    greedy: i32,
+    top_k: i32,
+    top_p: f32,
+    min_p: f32,
+    pad: i32,
+    u: f64,
+}
+
+pub(crate) fn sample_rows(logits: &Tensor, picks: &[crate::SamplePick], vocab: usize) -> Result<Vec<(u32, f32)>> {
+    if picks.is_empty() {
+        return Ok(vec![]);
+    }
+    let (dev, lp) = raw(logits);
+    let lp = at(lp, DType::F32, logits.layout().start());
+    let mut bytes = Vec::with_capacity(picks.len() * std::mem::size_of::<SamplePickRaw>());
+    for p in picks {
+        let greedy = p.temperature == 0.0;
+        let raw = SamplePickRaw {
+            row: p.row as i64,
+            inv_t: if greedy { 1.0 } else { 1.0 / p.temperature },
+            greedy: greedy as i32,
+            top_k: p.top_k.min(i32::MAX as usize) as i32,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            pad: 0,
+            u: p.u,
+        };
+        // SAFETY: a plain repr(C) value viewed as its bytes.
+        bytes.extend_from_slice(unsafe {
+            std::slice::from_raw_parts(&raw as *const SamplePickRaw as *const u8, std::mem::size_of::<SamplePickRaw>())
+        });
+    }
+    let pk = CudaStorage::from_host(&dev, &CpuStorage::U8(bytes))?;
+    let probs = CudaStorage::alloc(&dev, DType::F32, picks.len() * vocab)?;
+    let ids = CudaStorage::alloc(&dev, DType::U32, picks.len())?;
+    let lps = CudaStorage::alloc(&dev, DType::F32, picks.len())?;
+    let cfg = LaunchCfg::linear(picks.len() as u32, row_threads(vocab));
+    let args = Args::new().arg(vocab as i64).arg(lp).arg(pk.ptr()).arg(probs.ptr()).arg(ids.ptr()).arg(lps.ptr());
+    dev.launch("sampling", "sample_f32".into(), cfg, args)?;
+    let (CpuStorage::U32(i), CpuStorage::F32(l)) = (ids.to_host(0..picks.len())?, lps.to_host(0..picks.len())?) else {
+        unreachable!("dtypes fixed above")
+    };
+    Ok(i.into_iter().zip(l).collect())
+}
+
 // ---- fused training ops -----------------------------------------------------------------
 
 /// One AdamW update of f32 `p`, `m`, `v` with gradient `g` (all contiguous, same length).

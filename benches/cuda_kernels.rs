@@ -1,0 +1,254 @@
+//! GPU throughput of the CUDA backend's kernels at Qwen2.5-7B shapes (hidden 3584,
+//! intermediate 18944, 28 query heads and 4 KV heads of 128, vocab 152064; 4096 tokens).
+//!
+//!     cargo bench --bench cuda_kernels                  # on a machine with an NVIDIA GPU
+//!     python3 scripts/bench_cuda.py                     # the same, beside PyTorch, as a table
+//!
+//! Groups `mem_*` declare `Throughput::BytesDecimal(bytes read + bytes written)`, each
+//! operand counted once, so criterion's GB/s compares with the copy in `mem_copy` and the
+//! GPU's memory bandwidth (H100 SXM 3.35 TB/s, H200 4.8 TB/s). Groups `flops_*` declare
+//! `Throughput::Elements(FLOPs)`, so "Gelem/s" reads as GFLOP/s (H100/H200 dense bf16:
+//! 989 TFLOP/s). Each sample queues its iterations and waits once for the GPU
+//! (`iter_custom`), so launch latency is counted only as the GPU sees it.
+//!
+//! Without a GPU it says so and exits; `ARTIST_CUDA=emulator` runs it on the CPU emulator at
+//! tiny sizes (a smoke test of the harness, not a measurement).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use artist::tensor::{AdamWScalars, DType, Device, Tensor, cuda, rope_tables};
+use criterion::{Criterion, Throughput, criterion_group};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// Sizes: Qwen2.5-7B on a GPU, divided down on the emulator.
+struct Sizes {
+    tokens: usize,
+    hidden: usize,
+    intermediate: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    vocab: usize,
+    logit_rows: usize,
+    adam: usize,
+    attn_len: usize,
+}
+
+fn sizes() -> Sizes {
+    if cuda::backend() == cuda::Backend::Emulator {
+        Sizes {
+            tokens: 64,
+            hidden: 256,
+            intermediate: 512,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 64,
+            vocab: 2048,
+            logit_rows: 4,
+            adam: 1 << 16,
+            attn_len: 64,
+        }
+    } else {
+        Sizes {
+            tokens: 4096,
+            hidden: 3584,
+            intermediate: 18944,
+            heads: 28,
+            kv_heads: 4,
+            head_dim: 128,
+            vocab: 152_064,
+            logit_rows: 1024,
+            adam: 1 << 28,
+            attn_len: 4096,
+        }
+    }
+}
+
+fn device() -> Option<Device> {
+    match Device::cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("cuda_kernels: no GPU to measure ({e}); run on a machine with an NVIDIA GPU");
+            None
+        }
+    }
+}
+
+fn randn(dims: &[usize], dtype: DType, dev: Device, seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    Tensor::randn(dims.to_vec(), 0.0, 1.0, DType::F32, Device::Cpu, &mut rng)
+        .and_then(|t| t.to_dtype(dtype))
+        .and_then(|t| t.to_device(dev))
+        .expect("input tensor")
+}
+
+/// Times `iters` runs of `f` queued back to back, waiting for the GPU once at the end.
+fn timed(iters: u64, f: &mut dyn FnMut()) -> Duration {
+    cuda::synchronize(0).expect("synchronize");
+    let t = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    cuda::synchronize(0).expect("synchronize");
+    t.elapsed()
+}
+
+fn bench_mem(c: &mut Criterion, dev: Device) {
+    let s = sizes();
+    let (t, h, i) = (s.tokens, s.hidden, s.intermediate);
+    let bf = DType::BF16;
+    let mut g = c.benchmark_group("mem");
+    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+
+    let x = randn(&[t * 16, h], bf, dev, 1); // 470 MB bf16 on a GPU
+    g.throughput(Throughput::BytesDecimal((2 * x.elem_count() * 2) as u64));
+    g.bench_function("copy_bf16", |b| b.iter_custom(|n| timed(n, &mut || drop(black_box(x.copy().unwrap())))));
+
+    let (a, bb) = (randn(&[t, h], bf, dev, 2), randn(&[t, h], bf, dev, 3));
+    g.throughput(Throughput::BytesDecimal((3 * t * h * 2) as u64));
+    g.bench_function("add_bf16", |b| b.iter_custom(|n| timed(n, &mut || drop(black_box(a.add(&bb).unwrap())))));
+
+    let af = randn(&[t, h], DType::F32, dev, 4);
+    g.throughput(Throughput::BytesDecimal((t * h * 6) as u64));
+    g.bench_function("cast_f32_bf16", |b| {
+        b.iter_custom(|n| timed(n, &mut || drop(black_box(af.to_dtype(bf).unwrap()))))
+    });
+
+    let w = randn(&[h], bf, dev, 5);
+    g.throughput(Throughput::BytesDecimal((2 * t * h * 2 + h * 2) as u64));
+    g.bench_function("rms_norm_bf16", |b| {
+        b.iter_custom(|n| timed(n, &mut || drop(black_box(a.rms_norm(&w, 1e-6).unwrap()))))
+    });
+
+    let q = randn(&[1, t, s.heads, s.head_dim], bf, dev, 6);
+    let pos: Vec<u32> = (0..t as u32).collect();
+    let (cos, sin) = rope_tables(&pos, s.head_dim, 1e6, dev).unwrap();
+    g.throughput(Throughput::BytesDecimal((2 * q.elem_count() * 2 + 2 * cos.elem_count() * 4) as u64));
+    g.bench_function("rope_bf16", |b| {
+        b.iter_custom(|n| timed(n, &mut || drop(black_box(q.rope(&cos, &sin).unwrap()))))
+    });
+
+    // The gate and up halves of a fused projection's output, as the model reads them.
+    let gu = randn(&[t, 2 * i], bf, dev, 7);
+    let (gate, up) = (gu.narrow(1, 0, i).unwrap(), gu.narrow(1, i, i).unwrap());
+    g.throughput(Throughput::BytesDecimal((3 * t * i * 2) as u64));
+    g.bench_function("silu_mul_bf16", |b| {
+        b.iter_custom(|n| timed(n, &mut || drop(black_box(gate.silu_mul(&up).unwrap()))))
+    });
+
+    let logits = randn(&[s.logit_rows, s.vocab], DType::F32, dev, 8);
+    g.throughput(Throughput::BytesDecimal((2 * logits.elem_count() * 4) as u64));
+    g.bench_function("softmax_f32_vocab", |b| {
+        b.iter_custom(|n| timed(n, &mut || drop(black_box(logits.softmax(-1).unwrap()))))
+    });
+    g.bench_function("log_softmax_f32_vocab", |b| {
+        b.iter_custom(|n| timed(n, &mut || drop(black_box(logits.log_softmax(-1).unwrap()))))
+    });
+
+    let table = randn(&[s.vocab, h], bf, dev, 9);
+    let ids = Tensor::from_vec((0..t as u32).map(|k| (k * 7919) % s.vocab as u32).collect(), t, Device::Cpu).unwrap();
+    g.throughput(Throughput::BytesDecimal((2 * t * h * 2 + t * 4) as u64));
+    g.bench_function("embedding_bf16", |b| {
+        b.iter_custom(|n| timed(n, &mut || drop(black_box(Tensor::embedding(&ids, &table).unwrap()))))
+    });
+
+    let rows = s.logit_rows;
+    let gvals = vec![0.5f32; rows];
+    let lse = vec![10.0f32; rows];
+    let targets: Vec<u32> = (0..rows as u32).map(|k| k * 31 % s.vocab as u32).collect();
+    let z = randn(&[rows, s.vocab], DType::F32, dev, 10);
+    g.throughput(Throughput::BytesDecimal((2 * z.elem_count() * 4) as u64));
+    g.bench_function("token_logprob_grad_f32", |b| {
+        b.iter_custom(|n| timed(n, &mut || z.token_logprob_grad_in_place(&gvals, &lse, &targets, 1.0).unwrap()))
+    });
+
+    let n = s.adam;
+    let (p, m, v, gr) = (
+        randn(&[n], DType::F32, dev, 11),
+        Tensor::zeros(n, DType::F32, dev).unwrap(),
+        Tensor::zeros(n, DType::F32, dev).unwrap(),
+        randn(&[n], DType::F32, dev, 12),
+    );
+    let sc = AdamWScalars {
+        decay: 1.0 - 1e-6,
+        beta1_complement: 0.1,
+        beta2: 0.999,
+        beta2_complement: 1e-3,
+        eps: 1e-8,
+        bias_correction2_sqrt: 0.03,
+        step_size: -1e-5,
+    };
+    g.throughput(Throughput::BytesDecimal((n * 4 * 7) as u64)); // read p m v g, write p m v
+    g.bench_function("adamw_f32", |b| b.iter_custom(|k| timed(k, &mut || p.adamw_step(&m, &v, &gr, &sc).unwrap())));
+    g.throughput(Throughput::BytesDecimal((n * 4) as u64));
+    g.bench_function("sum_squares_f32", |b| {
+        b.iter_custom(|k| timed(k, &mut || _ = black_box(gr.sum_squares_f64().unwrap())))
+    });
+    g.finish();
+}
+
+fn bench_flops(c: &mut Criterion, dev: Device) {
+    let s = sizes();
+    let (t, h, i) = (s.tokens, s.hidden, s.intermediate);
+    let mut g = c.benchmark_group("flops");
+    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    let qkv = (s.heads + 2 * s.kv_heads) * s.head_dim;
+    for (name, (m, k, n)) in [("linear_qkv", (t, h, qkv)), ("linear_up", (t, h, 2 * i)), ("linear_down", (t, i, h))] {
+        let x = randn(&[m, k], DType::BF16, dev, 20);
+        let w = randn(&[n, k], DType::BF16, dev, 21);
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.bench_function(format!("{name}_bf16"), |b| {
+            b.iter_custom(|it| timed(it, &mut || drop(black_box(x.linear(&w, None).unwrap()))))
+        });
+    }
+    // f32 without TF32, the CPU-exact path.
+    let (m, k, n) = (t, h, h);
+    let (x, w) = (randn(&[m, k], DType::F32, dev, 22), randn(&[n, k], DType::F32, dev, 23));
+    g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+    g.bench_function("linear_square_f32", |b| {
+        b.iter_custom(|it| timed(it, &mut || drop(black_box(x.linear(&w, None).unwrap()))))
+    });
+
+    // Causal attention of one sequence of attn_len tokens: 2 t^2 d heads multiply-adds for
+    // the scores and as many for the values, halved by the mask.
+    let (len, d) = (s.attn_len, s.head_dim);
+    let q = randn(&[len, s.heads, d], DType::BF16, dev, 24);
+    let kk = randn(&[len, s.kv_heads, d], DType::BF16, dev, 25);
+    let vv = randn(&[len, s.kv_heads, d], DType::BF16, dev, 26);
+    let scale = (d as f32).powf(-0.5);
+    let fwd_flops = 2 * len * len * d * s.heads; // (2 products x 2 FLOPs) x half the matrix
+    g.throughput(Throughput::Elements(fwd_flops as u64));
+    g.bench_function("attention_fwd_bf16", |b| {
+        b.iter_custom(|it| timed(it, &mut || drop(black_box(q.causal_attention(&kk, &vv, scale).unwrap()))))
+    });
+    let (out, lse) = q.causal_attention(&kk, &vv, scale).unwrap();
+    let dout = randn(&[len, s.heads, d], DType::F32, dev, 27);
+    g.throughput(Throughput::Elements((2 * fwd_flops + fwd_flops / 2 * 3) as u64)); // recompute + 4 products
+    g.bench_function("attention_bwd_bf16", |b| {
+        b.iter_custom(|it| {
+            timed(it, &mut || drop(black_box(q.causal_attention_backward(&kk, &vv, &out, &lse, &dout, scale).unwrap())))
+        })
+    });
+    g.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let Some(dev) = device() else { return };
+    if let Ok(info) = cuda::info(0) {
+        eprintln!(
+            "cuda_kernels on {} (sm_{}{}; {})",
+            info.name, info.compute_capability.0, info.compute_capability.1, info.toolchain
+        );
+    }
+    bench_mem(c, dev);
+    bench_flops(c, dev);
+}
+
+criterion_group!(group, benches);
+
+fn main() {
+    group();
+    Criterion::default().configure_from_args().final_summary();
+}

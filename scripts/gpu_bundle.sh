@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Builds, here, everything the GPU suite runs on a lent GPU machine (which has no Rust and
+# no network): the release test binaries that exercise the CUDA backend, the binaries those
+# tests call, and the kernel benchmark, stripped, into gpu-bundle/ (ignored by git).
+#
+#     bash scripts/gpu_bundle.sh                 # then, on the GPU machine:
+#     bash scripts/gpu_suite.sh                  # (the device tool: carry ["gpu-bundle"])
+#
+# The suite itself is scripts/gpu_suite.sh; docs/CUDA.md describes both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+out=gpu-bundle
+rm -rf "$out"
+mkdir -p "$out/tests" "$out/bin"
+
+# Each test target's executable, from cargo's JSON messages.
+executables() {
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["target"]["name"], m["executable"])
+'
+}
+
+cargo test --release --no-run --message-format=json -p artist-tensor --test cuda --test nvrtc | executables > "$out/targets.txt"
+cargo test --release --no-run --message-format=json --test cuda_model --test cli --test train_cli | executables >> "$out/targets.txt"
+cargo bench --no-run --message-format=json --bench cuda_kernels | executables > "$out/bench.txt"
+while read -r name exe; do
+    cp "$exe" "$out/tests/$name"
+done < "$out/targets.txt"
+read -r _ bench < "$out/bench.txt"
+cp "$bench" "$out/cuda_kernels"
+for b in generate score train; do
+    cp "target/release/$b" "$out/bin/$b"
+done
+strip --strip-debug "$out"/tests/* "$out"/bin/* "$out/cuda_kernels"
+# The test binaries name fixtures and the binaries above by this checkout's absolute path.
+echo "$PWD" > "$out/BUILD_ROOT"
+git rev-parse HEAD > "$out/COMMIT" 2>/dev/null || true
+rm -f "$out/targets.txt" "$out/bench.txt"
+du -sh "$out"

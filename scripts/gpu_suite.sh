@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The GPU suite, on a machine with an NVIDIA GPU and no Rust: runs what
+# scripts/gpu_bundle.sh built (carried as gpu-bundle/) and writes logs and figures to $OUT
+# (the device tool's output folder; gpu-results/ otherwise).
+#
+#   1. which GPU, driver and CUDA libraries the binaries find;
+#   2. every kernel compiled by this machine's NVRTC (tests/nvrtc.rs);
+#   3. every CUDA op against the CPU backend (crates/tensor/tests/cuda.rs);
+#   4. whole models against transformers and PyTorch, and training steps (tests/cuda_model.rs);
+#   5. the binaries with --device cuda (generate, score, three SFT steps through train);
+#   6. the kernel benchmark beside PyTorch (scripts/bench_cuda.py), a markdown table last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root="$PWD"
+out="${OUT:-$root/gpu-results}"
+mkdir -p "$out"
+b="$root/gpu-bundle"
+test -d "$b" || { echo "no gpu-bundle/: run scripts/gpu_bundle.sh on the build machine and carry it"; exit 2; }
+status=0
+step() { echo; echo "== $*"; }
+
+step "device"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/device.txt"
+echo "commit $(cat "$b/COMMIT" 2>/dev/null)" | tee -a "$out/device.txt"
+ldconfig -p | grep -E "libcuda\.so|libnvrtc|libcublas" | tee -a "$out/device.txt"
+ls -d /opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib /usr/local/cuda/lib64 2>/dev/null | tee -a "$out/device.txt"
+
+# The tests open fixtures and binaries under the build machine's checkout path.
+build_root="$(cat "$b/BUILD_ROOT")"
+if [ "$build_root" != "$root" ] && [ ! -e "$build_root" ]; then
+    mkdir -p "$(dirname "$build_root")" && ln -s "$root" "$build_root"
+fi
+mkdir -p target/release
+cp "$b"/bin/* target/release/
+export ARTIST_KERNEL_CACHE="$out/kernel-cache" ARTIST_GPU_VERBOSE=1 RUST_BACKTRACE=1
+
+run() { # name, then the test binary's arguments
+    local name="$1"
+    shift
+    step "$name"
+    if ! "$b/tests/$name" "$@" 2>&1 | tee "$out/$name.log"; then
+        echo "FAILED: $name"
+        status=1
+    fi
+}
+run nvrtc --test-threads=1 --nocapture
+run cuda --test-threads=1
+run cuda_model --test-threads=1
+run cli generate_and_score_on_the_cuda_backend --test-threads=1
+run train_cli sft_on_the_cuda_backend --test-threads=1 --nocapture
+
+step "kernel benchmark beside PyTorch"
+if ! python3 scripts/bench_cuda.py --bench "$b/cuda_kernels" --out "$out" 2>&1 | tee "$out/bench.log"; then
+    echo "FAILED: bench_cuda.py"
+    status=1
+fi
+grep -E "^\||ceilings" "$out/bench.log" > "$out/bench.md" 2>/dev/null
+step "summary"
+grep -hE "^test result|FAILED" "$out"/*.log
+cat "$out/bench.md" 2>/dev/null
+exit $status
