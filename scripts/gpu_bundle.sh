@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, here, everything the GPU suite runs on a lent GPU machine (which has no Rust and
 # no network): the release test binaries that exercise the CUDA backend, the binaries those
-# tests call, and the kernel benchmark, stripped, into gpu-bundle/ (ignored by git).
+# tests call, and the kernel benchmark, stripped and xz-compressed, into gpu-bundle/
+# (ignored by git; about 25 MB).
 #
 #     bash scripts/gpu_bundle.sh                 # then, on the GPU machine:
 #     bash scripts/gpu_suite.sh                  # (the device tool: carry ["gpu-bundle"])
@@ -23,7 +24,7 @@ for line in sys.stdin:
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         print(m["target"]["name"], m["executable"])
 '
 }
@@ -39,7 +40,9 @@ cp "$bench" "$out/cuda_kernels"
 for b in generate score train; do
     cp "target/release/$b" "$out/bin/$b"
 done
-strip --strip-debug "$out"/tests/* "$out"/bin/* "$out/cuda_kernels"
+# Symbols and debug info out, then xz: the device tool carries 64 MiB in all, checkout included.
+strip "$out"/tests/* "$out"/bin/* "$out/cuda_kernels"
+xz -T0 -6 "$out"/tests/* "$out"/bin/* "$out/cuda_kernels"
 # The test binaries name fixtures and the binaries above by this checkout's absolute path.
 echo "$PWD" > "$out/BUILD_ROOT"
 git rev-parse HEAD > "$out/COMMIT" 2>/dev/null || true

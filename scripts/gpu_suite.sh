@@ -30,15 +30,24 @@ build_root="$(cat "$b/BUILD_ROOT")"
 if [ "$build_root" != "$root" ] && [ ! -e "$build_root" ]; then
     mkdir -p "$(dirname "$build_root")" && ln -s "$root" "$build_root"
 fi
-mkdir -p target/release
-cp "$b"/bin/* target/release/
+# Unpack (scripts/gpu_bundle.sh compressed everything) into a scratch copy.
+u="$(mktemp -d)"
+mkdir -p "$u/tests" "$u/bin" target/release
+for f in "$b"/tests/*.xz "$b"/bin/*.xz "$b"/cuda_kernels.xz; do
+    rel="${f#"$b"/}"
+    # python3's lzma, in case the image has no xz
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+        "$f" "$u/${rel%.xz}"
+    chmod +x "$u/${rel%.xz}"
+done
+cp "$u"/bin/* target/release/
 export ARTIST_KERNEL_CACHE="$out/kernel-cache" ARTIST_GPU_VERBOSE=1 RUST_BACKTRACE=1
 
 run() { # name, then the test binary's arguments
     local name="$1"
     shift
     step "$name"
-    if ! "$b/tests/$name" "$@" 2>&1 | tee "$out/$name.log"; then
+    if ! "$u/tests/$name" "$@" 2>&1 | tee "$out/$name.log"; then
         echo "FAILED: $name"
         status=1
     fi
@@ -50,7 +59,7 @@ run cli generate_and_score_on_the_cuda_backend --test-threads=1
 run train_cli sft_on_the_cuda_backend --test-threads=1 --nocapture
 
 step "kernel benchmark beside PyTorch"
-if ! python3 scripts/bench_cuda.py --bench "$b/cuda_kernels" --out "$out" 2>&1 | tee "$out/bench.log"; then
+if ! python3 scripts/bench_cuda.py --bench "$u/cuda_kernels" --out "$out" 2>&1 | tee "$out/bench.log"; then
     echo "FAILED: bench_cuda.py"
     status=1
 fi
