@@ -208,16 +208,29 @@ BLOCK_REDUCE(block_min, float, warp_min, inf_f32())
 // Up to three operands over one index space of `rank` dimensions (already coalesced on the
 // host): operand k's element for linear index i sits at start[k] + sum(idx[d] * strides[k][d]).
 // The host mirror is `Strided` in crates/tensor/src/cuda/kernels.rs.
+#define STRIDED_WIDE 0        // 64-bit index arithmetic
+#define STRIDED_CONTIGUOUS 1  // every operand contiguous from its start: offset = start + i
+#define STRIDED_NARROW 2      // every index and offset fits 32 bits: cheaper divisions
 struct Strided {
     i32 rank;
-    i32 contiguous;  // 1 when every operand is contiguous from its start: offset = start + i
+    i32 mode;
     i64 dims[MAX_DIMS];
     i64 strides[3][MAX_DIMS];
     i64 start[3];
 };
 
 __device__ __forceinline__ i64 strided_offset(const Strided& s, int k, i64 i) {
-    if (s.contiguous) return s.start[k] + i;
+    if (s.mode == STRIDED_CONTIGUOUS) return s.start[k] + i;
+    if (s.mode == STRIDED_NARROW) {
+        u32 j = (u32)i, off = (u32)s.start[k];
+        for (int d = s.rank - 1; d >= 0; --d) {
+            u32 dim = (u32)s.dims[d];
+            u32 q = j / dim;
+            off += (j - q * dim) * (u32)s.strides[k][d];
+            j = q;
+        }
+        return (i64)off;
+    }
     i64 off = s.start[k];
     for (int d = s.rank - 1; d >= 0; --d) {
         i64 dim = s.dims[d];

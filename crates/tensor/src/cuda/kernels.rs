@@ -11,7 +11,8 @@ include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Strided {
     rank: i32,
-    contiguous: i32,
+    /// 0: 64-bit index arithmetic; 1: contiguous; 2: everything fits 32 bits.
+    mode: i32,
     dims: [i64; 8],
     strides: [[i64; 8]; 3],
     start: [i64; 3],
@@ -47,7 +48,7 @@ impl Strided {
             return Err(Error::Cuda { op, msg: format!("shape {shape} has more than 8 dimensions after merging") });
         }
         let mut s =
-            Strided { rank: dims.len() as i32, contiguous: 0, dims: [1; 8], strides: [[0; 8]; 3], start: [0; 3] };
+            Strided { rank: dims.len() as i32, mode: 0, dims: [1; 8], strides: [[0; 8]; 3], start: [0; 3] };
         for (d, &v) in dims.iter().enumerate() {
             s.dims[d] = v as i64;
         }
@@ -58,8 +59,31 @@ impl Strided {
             }
         }
         let unit = dims.len() <= 1 && (0..n).all(|k| strides[k].first().is_none_or(|&st| st == 1));
-        s.contiguous = unit as i32;
+        // The largest linear index and each operand's largest offset, for 32-bit arithmetic.
+        let count: usize = dims.iter().product();
+        let fits = count <= u32::MAX as usize
+            && layouts.iter().enumerate().all(|(k, l)| {
+                let reach: usize = dims.iter().zip(&strides[k]).map(|(&d, &st)| (d - 1) * st).sum();
+                l.start() + reach <= u32::MAX as usize
+            });
+        s.mode = if unit { 1 } else if fits { 2 } else { 0 };
         Ok(s)
+    }
+}
+
+impl Strided {
+    /// The same description with 64-bit index arithmetic forced (tests of that path).
+    #[cfg(test)]
+    pub fn wide(mut self) -> Strided {
+        if self.mode == 2 {
+            self.mode = 0;
+        }
+        self
+    }
+
+    #[cfg(test)]
+    pub fn mode(&self) -> i32 {
+        self.mode
     }
 }
 

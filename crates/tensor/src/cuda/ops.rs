@@ -898,3 +898,31 @@ pub(crate) fn logprob_grad(z: &Tensor, g: &[f32], lse: &[f32], targets: &[u32], 
         ));
     dev.launch("logprob", "logprob_grad_f32".into(), linear_cfg(&dev, rows * vocab), args)
 }
+
+#[cfg(all(test, feature = "emulator"))]
+mod tests {
+    use super::*;
+
+    /// The strided copy through 64-bit and 32-bit index arithmetic gives the CPU's result.
+    #[test]
+    fn wide_and_narrow_indexing_agree() {
+        crate::cuda::test_backend().expect("the emulator is built in for tests");
+        let dev = Device::cuda(0).unwrap();
+        let v: Vec<f32> = (0..4 * 6 * 5).map(|i| i as f32).collect();
+        let x = Tensor::from_vec(v, (4, 6, 5), Device::Cpu).unwrap();
+        let view = x.permute(&[2, 0, 1]).unwrap().narrow(1, 1, 2).unwrap();
+        let want = view.contiguous().unwrap().to_vec::<f32>().unwrap();
+        let g = x.to_device(dev).unwrap().permute(&[2, 0, 1]).unwrap().narrow(1, 1, 2).unwrap();
+        let dst = Layout::contiguous(g.shape().clone());
+        let narrow = Strided::new("copy", g.shape(), &[&dst, g.layout()]).unwrap();
+        assert_eq!(narrow.mode(), 2);
+        for s in [narrow, narrow.wide()] {
+            let (devc, src) = raw(&g);
+            let (out, p) = empty(&devc, DType::F32, g.shape().clone()).unwrap();
+            let n = g.elem_count();
+            let args = Args::new().arg(n as i64).arg(s).arg(src).arg(p);
+            devc.launch("elementwise", "copy_b4".into(), linear_cfg(&devc, n), args).unwrap();
+            assert_eq!(out.to_vec::<f32>().unwrap(), want, "mode {}", s.mode());
+        }
+    }
+}
