@@ -219,12 +219,9 @@ fn bad_input_is_a_clear_error() {
     );
 }
 
-/// The paper's math preset, pointed at the tiny fixture and the bundled MATH-style file:
-/// two GRPO steps with the Python sandbox live, then a resumed third step.
-#[test]
-fn grpo_with_the_paper_preset_on_a_tiny_model() {
-    let tmp = tempfile::tempdir().unwrap();
-    let run = tmp.path().join("grpo");
+/// `--config configs/artist-math.toml` on the tiny fixture and the bundled MATH-style file,
+/// with `--set` overrides, into `run`.
+fn grpo_args(run: &Path, extra: &[&str]) -> Vec<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let model = fixtures().join("qwen2/tiny-gqa");
     let data = fixtures().join("math/mini-math500.jsonl");
@@ -251,6 +248,20 @@ fn grpo_with_the_paper_preset_on_a_tiny_model() {
     ] {
         args.extend(set(kv));
     }
+    for kv in extra {
+        args.extend(set(kv.to_string()));
+    }
+    args
+}
+
+/// The paper's math preset, pointed at the tiny fixture and the bundled MATH-style file:
+/// two GRPO steps with the Python sandbox live, then a resumed third step.
+#[test]
+fn grpo_with_the_paper_preset_on_a_tiny_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("grpo");
+    let set = |kv: String| ["--set".to_string(), kv];
+    let args = grpo_args(&run, &[]);
     ok(&train(&args, &[]));
     let lines = artist::train::metrics::read(&run.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.len(), 2);
@@ -412,4 +423,65 @@ fn sft_on_the_cuda_backend_follows_the_cpu() {
         .fold(0f32, f32::max);
     eprintln!("CUDA vs CPU after 3 SFT steps: max |weight difference| {diff:e}");
     assert!(diff <= 1e-4, "max weight difference {diff:e}");
+}
+
+/// Math GRPO over two ranks started by `--nproc-per-node 2` reaches one process's weights on
+/// the same global batches (each rank plays one prompt's group of the two per step). The
+/// tiny model earns no reward, so gradients come from a KL term against a perturbed copy of
+/// itself: the ranks must agree on real updates, not only on weight decay.
+#[test]
+fn grpo_nproc_per_node_equals_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("single"), tmp.path().join("ranks"));
+    let reference = tmp.path().join("reference");
+    std::fs::create_dir_all(&reference).unwrap();
+    let src = fixtures().join("qwen2/tiny-gqa");
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        if src.join(f).exists() {
+            std::fs::copy(src.join(f), reference.join(f)).unwrap();
+        }
+    }
+    let m = artist::model::Qwen2::load(&src).unwrap();
+    for p in m.params() {
+        p.value()
+            .update_f32(|v| v.iter_mut().enumerate().for_each(|(i, x)| *x += 0.05 * ((i % 7) as f32 - 3.0)))
+            .unwrap();
+    }
+    m.save_safetensors(&reference.join("model.safetensors")).unwrap();
+    let extra = [
+        "tool=\"calculator\"".to_string(),
+        "grpo.beta=0.5".into(),
+        format!("reference_model={:?}", reference.to_str().unwrap()),
+    ];
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    ok(&train(&grpo_args(&a, &extra), &[]));
+    let mut args = grpo_args(&b, &extra);
+    args.extend(["--nproc-per-node", "2", "--dist-timeout", "120"].map(String::from));
+    let out = train(&args, &[]);
+    ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1, "rank 0 alone prints the summary");
+    let last = |run: &Path| -> Vec<Vec<f32>> {
+        let dir = checkpoint::latest(run).unwrap().expect("a checkpoint");
+        let model = artist::model::Qwen2::load(&dir).unwrap();
+        model
+            .params()
+            .iter()
+            .map(|p| p.value().to_dtype(artist::tensor::DType::F32).unwrap().to_vec::<f32>().unwrap())
+            .collect()
+    };
+    let diff =
+        last(&a).iter().flatten().zip(last(&b).iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    eprintln!("GRPO on 2 processes vs one: max |weight difference| {diff:e}");
+    assert!(diff <= 1e-5, "max weight difference {diff:e}");
+    let (ma, mb) = (
+        artist::train::metrics::read(&a.join("metrics.jsonl")).unwrap(),
+        artist::train::metrics::read(&b.join("metrics.jsonl")).unwrap(),
+    );
+    assert_eq!(mb.len(), 2);
+    for (x, y) in ma.iter().zip(&mb) {
+        assert_eq!(x["reward"], y["reward"], "step {}", x["step"]);
+        assert!(x["grad_norm"].as_f64().unwrap() > 0.0, "step {}: gradients flow", x["step"]);
+        let (p, q) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
+        assert!((p - q).abs() <= 1e-5 * p.abs().max(1e-6), "step {}: loss {p} vs {q}", x["step"]);
+    }
 }

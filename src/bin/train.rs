@@ -244,25 +244,46 @@ fn run() -> Result<()> {
         return launch(n, Duration::from_secs(args.dist_timeout));
     }
     artist::tensor::cpu::retain_freed_memory();
-    let device = artist::cli::device(&args.device)?;
+    let device = rank_device(artist::cli::device(&args.device)?, &env)?;
     // A resumed run is of the kind its directory holds.
     let grpo_dir = args.resume.as_ref().is_some_and(|d| d.join(GRPO_CONFIG_FILE).exists());
     let demo_dir = args.resume.as_ref().is_some_and(|d| artist_train::demo::is_demo_run(d));
     let mode =
         args.mode.unwrap_or(if args.resume.is_some() && !grpo_dir && !demo_dir { Mode::Sft } else { Mode::Grpo });
-    if env.world_size > 1 && mode != Mode::Sft {
-        bail!("data parallel ({} ranks) is implemented for --mode sft only", env.world_size);
+    let grpo_run = mode == Mode::Grpo && (args.config.is_some() || grpo_dir);
+    if env.world_size > 1 && mode != Mode::Sft && !grpo_run {
+        bail!("data parallel ({} ranks) runs SFT and GRPO runs (--config), not the embedded demo", env.world_size);
     }
     match mode {
         Mode::Sft => run_sft(&args, &env, device),
-        Mode::Grpo if args.config.is_some() || grpo_dir => run_grpo(&args, device),
+        Mode::Grpo if grpo_run => run_grpo(&args, &env, device),
         Mode::Grpo => run_demo(&args, device),
+    }
+}
+
+/// Each rank of a data-parallel job on a GPU machine takes the GPU of its local rank (as
+/// torchrun's `LOCAL_RANK` convention has it); a single process keeps the device asked for.
+fn rank_device(device: artist::tensor::Device, env: &DistEnv) -> Result<artist::tensor::Device> {
+    match device {
+        artist::tensor::Device::Cuda(n) if env.world_size > 1 => {
+            let count = artist::tensor::cuda::device_count()?;
+            let ordinal = n + env.local_rank;
+            if ordinal >= count {
+                bail!(
+                    "rank {} (local rank {}) needs cuda:{ordinal}, and this machine has {count} GPU(s)",
+                    env.rank,
+                    env.local_rank
+                );
+            }
+            Ok(artist::tensor::Device::cuda(ordinal)?)
+        }
+        d => Ok(d),
     }
 }
 
 const GRPO_CONFIG_FILE: &str = "grpo_config.toml";
 
-fn run_grpo(args: &Args, device: artist::tensor::Device) -> Result<()> {
+fn run_grpo(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Result<()> {
     use artist_train::grpo::{self, GrpoRunConfig, GrpoTrainer, Problem};
 
     let (run_dir, base, resume) = match (&args.resume, &args.config) {
@@ -296,6 +317,9 @@ fn run_grpo(args: &Args, device: artist::tensor::Device) -> Result<()> {
         device,
     };
     if config.task == grpo::Task::Bfcl {
+        if env.world_size > 1 {
+            bail!("BFCL episodes train in one process for now (data parallel covers math GRPO and SFT)");
+        }
         return run_fc(&run_dir, config, &opts);
     }
     let format: artist_math::DatasetFormat = config.data_preset.parse()?;
@@ -323,7 +347,16 @@ fn run_grpo(args: &Args, device: artist::tensor::Device) -> Result<()> {
     let train: Vec<Problem> =
         data.problems.iter().map(|p| Problem { problem: p.problem.clone(), answer: p.answer.clone() }).collect();
     let mut trainer = GrpoTrainer { config, model, reference: None, tokenizer, template, tool, train, verify: &verify };
-    let steps = grpo::train(&run_dir, &mut trainer, &opts)?;
+    let steps = if env.world_size > 1 {
+        let mut comm = TcpComm::connect(env, Duration::from_secs(args.dist_timeout))
+            .with_context(|| format!("rank {} joining {}:{}", env.rank, env.master_addr, env.master_port))?;
+        grpo::train_data_parallel(&run_dir, &mut trainer, &opts, &mut comm)?
+    } else {
+        grpo::train(&run_dir, &mut trainer, &opts)?
+    };
+    if env.rank != 0 {
+        return Ok(());
+    }
     let last = steps.last();
     println!(
         "{}",

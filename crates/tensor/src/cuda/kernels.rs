@@ -47,8 +47,7 @@ impl Strided {
         if dims.len() > 8 {
             return Err(Error::Cuda { op, msg: format!("shape {shape} has more than 8 dimensions after merging") });
         }
-        let mut s =
-            Strided { rank: dims.len() as i32, mode: 0, dims: [1; 8], strides: [[0; 8]; 3], start: [0; 3] };
+        let mut s = Strided { rank: dims.len() as i32, mode: 0, dims: [1; 8], strides: [[0; 8]; 3], start: [0; 3] };
         for (d, &v) in dims.iter().enumerate() {
             s.dims[d] = v as i64;
         }
@@ -66,7 +65,13 @@ impl Strided {
                 let reach: usize = dims.iter().zip(&strides[k]).map(|(&d, &st)| (d - 1) * st).sum();
                 l.start() + reach <= u32::MAX as usize
             });
-        s.mode = if unit { 1 } else if fits { 2 } else { 0 };
+        s.mode = if unit {
+            1
+        } else if fits {
+            2
+        } else {
+            0
+        };
         Ok(s)
     }
 }
