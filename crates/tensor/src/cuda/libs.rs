@@ -41,12 +41,29 @@ fn locate(lib: &str) -> Option<String> {
     for dir in search_dirs() {
         for major in MAJORS {
             let p = dir.join(format!("lib{lib}.so.{major}"));
-            if p.is_file() && dlopen(&p.to_string_lossy()) {
-                return Some(p.to_string_lossy().into_owned());
+            if p.is_file() {
+                preload_companions(&dir, lib);
+                if dlopen(&p.to_string_lossy()) {
+                    return Some(p.to_string_lossy().into_owned());
+                }
             }
         }
     }
     None
+}
+
+/// Libraries that `lib` itself opens by name at run time, loaded from `dir` first: NVRTC
+/// opens `libnvrtc-builtins.so.<major>.<minor>` on its first compile, which the loader finds
+/// only if `dir` is on its path or in NVRTC's RUNPATH (some wheels have none).
+fn preload_companions(dir: &Path, lib: &str) {
+    let prefix = format!("lib{lib}-builtins.so");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) {
+            dlopen(&e.path().to_string_lossy());
+        }
+    }
 }
 
 fn dlopen(name: &str) -> bool {
