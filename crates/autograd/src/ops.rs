@@ -319,13 +319,46 @@ impl Var {
     /// `q: [t, heads, d]` holds the last `t` of `len` positions, `k`, `v: [len, kv_heads,
     /// d]`. Returns `[t, heads, d]`. Backward recomputes the probabilities from the saved
     /// log-sum-exp instead of keeping the `[heads, t, len]` matrix.
+    ///
+    /// On the GPU this is the fused op with its own backward. On the CPU it is recorded as
+    /// its pieces (products, mask, softmax), as torch's eager attention runs, so backward
+    /// reuses the saved probabilities instead of recomputing them: the CPU's fastest form,
+    /// and the one whose numbers match transformers and PyTorch to the ulp.
     pub fn causal_attention(q: &Var, k: &Var, v: &Var, scale: f32) -> Result<Var> {
+        if !q.value.device().is_cuda() {
+            return Var::causal_attention_composed(q, k, v, scale);
+        }
         let (out, lse) = q.value.causal_attention(&k.value, &v.value, scale)?;
         let (qv, kv, vv, ov) = (q.value.clone(), k.value.clone(), v.value.clone(), out.clone());
         Var::record("causal_attention", &[q, k, v], out, move |g, needs| {
             let (dq, dk, dv) = qv.causal_attention_backward(&kv, &vv, &ov, &lse, &g, scale)?;
             Ok(vec![needs[0].then_some(dq), needs[1].then_some(dk), needs[2].then_some(dv)])
         })
+    }
+
+    fn causal_attention_composed(q: &Var, k: &Var, v: &Var, scale: f32) -> Result<Var> {
+        let [t, heads, d] = q.value.dims_n("causal_attention")?;
+        let [len, kv_heads, _] = k.value.dims_n("causal_attention")?;
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || t > len {
+            // The fused op names what is wrong with the shapes.
+            q.value.causal_attention(&k.value, &v.value, scale)?;
+        }
+        let rep = heads / kv_heads;
+        // [t, kv, rep, d] -> [kv, rep * t, d]: each KV head's queries as one matrix.
+        let qg = q.reshape((t, kv_heads, rep, d))?.permute(&[1, 2, 0, 3])?.reshape((kv_heads, rep * t, d))?;
+        let scores = qg.matmul(&k.permute(&[1, 2, 0])?)?.mul_scalar(scale)?; // [kv, rep*t, len]
+        let scores = if t > 1 {
+            let mask = Tensor::causal_mask(t, len, q.value.device())?;
+            scores.reshape((kv_heads, rep, t, len))?.masked_fill(&mask, f32::NEG_INFINITY)?.reshape((
+                kv_heads,
+                rep * t,
+                len,
+            ))?
+        } else {
+            scores
+        };
+        let out = scores.softmax(-1)?.matmul(&v.permute(&[1, 0, 2])?)?; // [kv, rep*t, d]
+        out.reshape((kv_heads, rep, t, d))?.permute(&[2, 0, 1, 3])?.reshape((t, heads, d))
     }
 
     /// `self.value` with a single element, as f32.

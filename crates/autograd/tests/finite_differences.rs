@@ -298,3 +298,31 @@ fn frozen_params_and_inference_record_nothing() {
     let t = Tape::new();
     assert!(t.backward(&t.param(&p).exp().unwrap()).is_err());
 }
+
+/// The fused attention backward (`Tensor::causal_attention_backward`, the CPU reference the
+/// GPU kernels are tested against) equals autograd through the composed attention, which the
+/// finite differences above check.
+#[test]
+fn fused_attention_backward_equals_the_tape() {
+    let mut g = rng();
+    let (q, k, v) = (
+        rand_tensor(&mut g, &[3, 4, 6], -1.0, 1.0),
+        rand_tensor(&mut g, &[5, 2, 6], -1.0, 1.0),
+        rand_tensor(&mut g, &[5, 2, 6], -1.0, 1.0),
+    );
+    let dout = rand_tensor(&mut g, &[3, 4, 6], -1.0, 1.0);
+    let ps: Vec<Param> =
+        [&q, &k, &v].iter().enumerate().map(|(i, t)| Param::new(format!("p{i}"), (*t).clone())).collect();
+    let tape = Tape::new();
+    let vars: Vec<Var> = ps.iter().map(|p| tape.param(p)).collect();
+    let out = Var::causal_attention(&vars[0], &vars[1], &vars[2], 0.4).unwrap();
+    let loss = out.mul(&Var::constant(dout.clone())).unwrap().sum_all().unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    let (o, lse) = q.causal_attention(&k, &v, 0.4).unwrap();
+    let (dq, dk, dv) = q.causal_attention_backward(&k, &v, &o, &lse, &dout, 0.4).unwrap();
+    for (p, fused) in ps.iter().zip([dq, dk, dv]) {
+        let (a, b) = (grads.get(p.id()).unwrap().to_f32_vec().unwrap(), fused.to_f32_vec().unwrap());
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{}: {worst}", p.name());
+    }
+}
