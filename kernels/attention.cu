@@ -3,7 +3,8 @@
 // backward recomputes the probabilities from the saved log-sum-exp (flash-attention style).
 //
 // Shapes: q: [t, heads, d] contiguous, k and v: [len, kv_heads, d] through row and head
-// strides (a view of a KV cache), the queries being the last t of len positions: query i
+// strides (a view of a KV cache), or, for attn_fwd_paged, a paged KV cache's pools
+// [blocks, block_size, kv_heads, d] read through a sequence's block table; the queries being the last t of len positions: query i
 // sees keys j <= i + (len - t). Head h reads KV head h / (heads / kv_heads). One warp per
 // (query, head) or (key, kv head); each lane holds d/32 of a row in registers (d <= 256).
 // Statistics, accumulation and gradients in f32.
@@ -42,8 +43,22 @@ __device__ __forceinline__ float dot_row(const float* a, const T* p, int d, int 
     return warp_sum(s);
 }
 
-template <class T>
-__device__ void attn_fwd_impl(AttnShape s, const T* q, const T* k, const T* v, T* out, float* lse) {
+// Where position j of the keys and values sits: row j of a dense view, or row j % bs of
+// block table[j / bs] of a paged KV cache's pool.
+struct DenseRows {
+    __device__ __forceinline__ i64 operator()(i64 j) const { return j; }
+};
+struct PagedRows {
+    const u32* table;
+    i64 block_size;
+    __device__ __forceinline__ i64 operator()(i64 j) const {
+        i64 b = j / block_size;
+        return (i64)table[b] * block_size + (j - b * block_size);
+    }
+};
+
+template <class T, class Rows>
+__device__ void attn_fwd_impl(AttnShape s, const T* q, const T* k, const T* v, T* out, float* lse, Rows rows) {
     int lane = threadIdx.x & 31;
     i64 warp = (i64)blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
     i64 pairs = s.t * s.heads;
@@ -58,12 +73,13 @@ __device__ void attn_fwd_impl(AttnShape s, const T* q, const T* k, const T* v, T
     float m = -inf_f32(), l = 0.0f;
     i64 last = i + (s.len - s.t);
     for (i64 j = 0; j <= last; ++j) {
-        float sc = dot_row(qr, k + j * s.k_row + g * s.k_head, s.d, lane) * s.scale;
+        i64 r = rows(j);
+        float sc = dot_row(qr, k + r * s.k_row + g * s.k_head, s.d, lane) * s.scale;
         float m_new = fmaxf(m, sc);
         float corr = expf(m - m_new);  // 0 on the first key (m = -inf)
         float p = expf(sc - m_new);
         l = l * corr + p;
-        const T* vr = v + j * s.v_row + g * s.v_head;
+        const T* vr = v + r * s.v_row + g * s.v_head;
 #pragma unroll
         for (int c = 0; c < ATTN_MAX_CHUNKS; ++c) {
             int e = lane + 32 * c;
@@ -171,9 +187,14 @@ __device__ void attn_bwd_dkv_impl(AttnShape s, const T* q, const T* k, const T* 
 #define ATTENTION(T, S)                                                                                   \
     extern "C" __global__ void attn_fwd_##S(AttnShape s, const T* q, const T* k, const T* v, T* out,       \
                                             float* lse) {                                                 \
-        attn_fwd_impl<T>(s, q, k, v, out, lse);                                                           \
+        attn_fwd_impl<T>(s, q, k, v, out, lse, DenseRows{});                                              \
     }                                                                                                     \
     ARTIST_EXPORT(attn_fwd_##S)                                                                           \
+    extern "C" __global__ void attn_fwd_paged_##S(AttnShape s, const T* q, const T* k, const T* v,        \
+                                                  const u32* table, i64 block_size, T* out, float* lse) { \
+        attn_fwd_impl<T>(s, q, k, v, out, lse, PagedRows{table, block_size});                             \
+    }                                                                                                     \
+    ARTIST_EXPORT(attn_fwd_paged_##S)                                                                     \
     extern "C" __global__ void attn_bwd_dq_##S(AttnShape s, const T* q, const T* k, const T* v,           \
                                                const T* out, const float* dout, const float* lse,         \
                                                float* delta, float* dq) {                                 \

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use artist_model::{KvCache, Qwen2, Rows, SeqInput};
+use artist_model::{KvCache, KvUsage, Qwen2, Rows, SeqInput};
 
 use crate::{Error, Logits, Result};
 
@@ -24,6 +24,11 @@ pub trait Policy {
 
     /// Empties `slot` for the next sequence.
     fn clear(&self, cache: &mut Self::Cache, slot: usize);
+
+    /// What the cache holds and has held, where it keeps count (a paged KV cache does).
+    fn cache_usage(&self, _cache: &Self::Cache) -> Option<KvUsage> {
+        None
+    }
 }
 
 impl Policy for Qwen2 {
@@ -48,6 +53,10 @@ impl Policy for Qwen2 {
 
     fn clear(&self, cache: &mut KvCache, slot: usize) {
         cache.clear(slot);
+    }
+
+    fn cache_usage(&self, cache: &KvCache) -> Option<KvUsage> {
+        Some(cache.usage())
     }
 }
 
@@ -174,5 +183,9 @@ impl<P: Policy> Policy for SteeredPolicy<'_, P> {
     fn clear(&self, cache: &mut P::Cache, slot: usize) {
         self.calls.lock().expect("not poisoned").remove(&slot);
         self.inner.clear(cache, slot);
+    }
+
+    fn cache_usage(&self, cache: &P::Cache) -> Option<KvUsage> {
+        self.inner.cache_usage(cache)
     }
 }

@@ -136,6 +136,11 @@ pub struct RolloutStats {
     /// Seconds inside tool calls, summed over calls (they overlap).
     pub tool_busy_s: f64,
     pub wall_s: f64,
+    /// The paged KV cache: positions per block, the most bytes held at once, and shared
+    /// blocks copied on write (0 where the policy keeps no such count).
+    pub kv_block_size: usize,
+    pub kv_peak_bytes: usize,
+    pub kv_cow_copies: usize,
 }
 
 static NEXT_ROLLOUT_ID: AtomicU64 = AtomicU64::new(1);
@@ -344,6 +349,10 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
         }
         let rollouts: Vec<Rollout> = done.into_iter().map(|r| r.expect("every rollout finished")).collect();
         stats.rollouts = rollouts.len();
+        if let Some(u) = self.policy.cache_usage(&cache) {
+            (stats.kv_block_size, stats.kv_peak_bytes, stats.kv_cow_copies) =
+                (u.block_size, u.peak_bytes(), u.cow_copies);
+        }
         stats.wall_s = t0.elapsed().as_secs_f64();
         Ok((rollouts, stats))
     }

@@ -1,6 +1,6 @@
 //! The rollout engine against a scripted stand-in model (tool stops, forced outputs and
-//! their masks, every limit, batching) and a tiny seeded Qwen2 (prefix sharing changes no
-//! logprob; sampled logprobs equal a full recomputation).
+//! their masks, every limit, batching) and a tiny seeded Qwen2 (prefix sharing and the paged
+//! cache's block size change no logprob; sampled logprobs equal a full recomputation).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use artist_engine::{Finish, RolloutConfig, RolloutEngine, SamplingParams, ScriptedPolicy};
-use artist_model::Qwen2;
+use artist_engine::{Finish, Logits, Policy, RolloutConfig, RolloutEngine, SamplingParams, ScriptedPolicy};
+use artist_model::{KvCache, KvUsage, Qwen2, SeqInput};
 use artist_tokenizer::Tokenizer;
 use artist_tools::{Tool, ToolCall, ToolResult};
 
@@ -294,6 +294,97 @@ fn rollouts_on_the_cuda_backend_equal_the_cpu() {
         assert_eq!(x.finish, y.finish);
         for (p, q) in x.logprobs.iter().zip(&y.logprobs) {
             assert!((p - q).abs() <= 1e-4, "rollout {i}: logprob {p} on the CPU, {q} on CUDA");
+        }
+    }
+}
+
+/// Qwen2 with a paged cache of a chosen block size.
+struct Paged<'m> {
+    model: &'m Qwen2,
+    block: usize,
+}
+
+impl Policy for Paged<'_> {
+    type Cache = KvCache;
+    fn vocab_size(&self) -> usize {
+        self.model.vocab_size()
+    }
+    fn new_cache(&self, slots: usize, max_len: usize) -> artist_engine::Result<KvCache> {
+        Ok(KvCache::paged(&self.model.config, slots, max_len, self.block, self.model.device())?)
+    }
+    fn step(&self, inputs: &[SeqInput], cache: &mut KvCache) -> artist_engine::Result<Logits> {
+        self.model.step(inputs, cache)
+    }
+    fn fork(&self, cache: &mut KvCache, from: usize, to: usize) -> artist_engine::Result<()> {
+        self.model.fork(cache, from, to)
+    }
+    fn clear(&self, cache: &mut KvCache, slot: usize) {
+        Policy::clear(self.model, cache, slot)
+    }
+    fn cache_usage(&self, cache: &KvCache) -> Option<KvUsage> {
+        Some(cache.usage())
+    }
+}
+
+/// The paged cache's layout is invisible in the numbers: blocks of 1, 3, 16 positions give
+/// the tokens and, to the bit, the logprobs of one block per sequence, with and without
+/// prefix sharing, through tool calls (which free and refill slots). Sharing holds
+/// fewer blocks at its peak and copies the prompt's partly filled last block on write.
+#[test]
+fn paged_cache_block_size_and_sharing_change_no_logprob() {
+    let tok = tokenizer();
+    let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
+    let prompts: Vec<Vec<u32>> =
+        vec![tok.encode("Once upon a time there was").unwrap(), tok.encode("The cat sat").unwrap()];
+    let cfg = RolloutConfig {
+        max_turn_tokens: 20,
+        max_batch: 4,
+        max_context: 96,
+        sampling: SamplingParams { temperature: 0.9, seed: 3, ..Default::default() },
+        ..config(3)
+    };
+    let run = |block: usize, share: bool| {
+        let policy = Paged { model: &model, block };
+        let engine = RolloutEngine {
+            policy: &policy,
+            tokenizer: &tok,
+            tools: vec![FakePython::new("42", 0)],
+            config: RolloutConfig { share_prefix: share, ..cfg.clone() },
+        };
+        engine.run(&prompts).unwrap()
+    };
+    // One block per sequence (the unpaged layout) is the reference, shared and not.
+    let (want_shared, _) = run(96, true);
+    let (want_separate, _) = run(96, false);
+    assert!(want_shared.iter().map(|r| &r.ids).collect::<std::collections::HashSet<_>>().len() > 2);
+    let bits = |r: &artist_engine::Rollout| r.logprobs.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (a, b) in want_shared.iter().zip(&want_separate) {
+        // A prompt prefilled once or batched G times may differ in the last bits (other
+        // matrix shapes), never in a token.
+        assert_eq!(a.ids, b.ids);
+        for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+            assert!((x - y).abs() <= 1e-5, "{x} vs {y}");
+        }
+    }
+    for block in [1, 3, 16, 96] {
+        let (shared, s) = run(block, true);
+        let (separate, n) = run(block, false);
+        for (what, got, want) in [("shared", &shared, &want_shared), ("separate", &separate, &want_separate)] {
+            for (i, (a, b)) in got.iter().zip(want).enumerate() {
+                assert_eq!(a.ids, b.ids, "block {block}, {what}: rollout {i} tokens");
+                assert_eq!(bits(a), bits(b), "block {block}, {what}: rollout {i} logprobs");
+            }
+        }
+        assert_eq!(s.kv_block_size, block);
+        assert_eq!(n.kv_cow_copies, 0);
+        if block < 96 {
+            // One block per sequence can hold nothing shared past the first write.
+            let (a, b) = (s.kv_peak_bytes, n.kv_peak_bytes);
+            assert!(a < b, "block {block}: shared peak {a} bytes vs {b}");
+        }
+        if block == 16 {
+            // Both prompts end inside their first block, which every rollout then writes.
+            assert!(s.kv_cow_copies > 0, "block {block}: no shared block was copied");
         }
     }
 }

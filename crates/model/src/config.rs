@@ -170,6 +170,20 @@ impl Qwen2Config {
         }
     }
 
+    /// The shape of Qwen2.5-1.5B(-Instruct): 28 layers, hidden 1536, 12 heads over 2 KV
+    /// heads of 128, vocab 151,936, tied embeddings.
+    pub fn qwen2_5_1_5b() -> Qwen2Config {
+        Qwen2Config {
+            hidden_size: 1536,
+            intermediate_size: 8960,
+            num_hidden_layers: 28,
+            num_attention_heads: 12,
+            num_key_value_heads: 2,
+            head_dim: 128,
+            ..Qwen2Config::qwen2_5_0_5b()
+        }
+    }
+
     /// A `config.json` transformers loads (`Qwen2ForCausalLM`, classic key names), for
     /// models that were not loaded from one (random initialisation).
     pub fn to_hf_json(&self) -> serde_json::Value {

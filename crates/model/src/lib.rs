@@ -1,7 +1,8 @@
 //! Qwen2 / Qwen2.5, exact to Hugging Face transformers, loaded from a checkpoint directory
 //! as downloaded: `config.json` and safetensors weights (bf16, f16 or f32; single file or
 //! sharded). Activations are f32; weights stay in their stored dtype and are widened on the
-//! fly. The KV cache belongs to the caller and is preallocated.
+//! fly. The KV cache belongs to the caller and is paged: fixed-size blocks shared
+//! copy-on-write between the rollouts of a prompt.
 
 mod config;
 mod error;
@@ -11,6 +12,6 @@ mod weights;
 
 pub use config::Qwen2Config;
 pub use error::{Error, Result};
-pub use kv_cache::KvCache;
+pub use kv_cache::{DEFAULT_BLOCK_SIZE, KvCache, KvUsage};
 pub use qwen2::{Qwen2, Rows, SeqInput};
 pub use weights::{RandomWeights, WeightSource, Weights, save_safetensors};

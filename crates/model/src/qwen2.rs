@@ -126,17 +126,25 @@ impl Layer {
             let ki =
                 k.narrow(0, s.row, t)?.reshape((1, t, kv_heads, d))?.rope(&s.cos, &s.sin)?.reshape((t, kv_heads, d))?;
             let vi = v.narrow(0, s.row, t)?.reshape((t, kv_heads, d))?;
+            let qi = qi.reshape((t, heads, d))?;
             let (keys, values) = match cache.as_mut() {
                 Some((cache, l)) => {
-                    let (kc, vc) = (cache.k[*l].get(s.slot)?, cache.v[*l].get(s.slot)?); // [max_len, kv_heads, d]
-                    kc.narrow(0, s.start, t)?.copy_from(ki.value())?;
-                    vc.narrow(0, s.start, t)?.copy_from(&vi.value().contiguous()?)?;
+                    cache.write(*l, s.slot, s.start, ki.value(), &vi.value().contiguous()?)?;
                     let len = s.start + t;
-                    (Var::constant(kc.narrow(0, 0, len)?), Var::constant(vc.narrow(0, 0, len)?))
+                    if cache.device().is_cuda() {
+                        // One kernel reads the blocks in place. The CPU gathers them and runs
+                        // the composition training uses, keeping its agreement with
+                        // transformers to the ulp.
+                        let out = cache.attend(*l, s.slot, len, qi.value(), (d as f32).powf(-0.5))?;
+                        outs.push(Var::constant(out.reshape((t, heads * d))?));
+                        continue;
+                    }
+                    let (kc, vc) = cache.read(*l, s.slot, len)?; // [len, kv_heads, d]
+                    (Var::constant(kc), Var::constant(vc))
                 }
                 None => (ki, vi),
             };
-            outs.push(attention(&qi.reshape((t, heads, d))?, &keys, &values)?);
+            outs.push(attention(&qi, &keys, &values)?);
         }
         let attn = Var::cat(&outs.iter().collect::<Vec<_>>(), 0)?;
         let x = x.add(&self.o_proj.forward(ctx, &attn)?)?;
@@ -408,6 +416,9 @@ impl Qwen2 {
     pub fn forward_hidden(&self, inputs: &[SeqInput], cache: &mut KvCache, rows: Rows) -> Result<Tensor> {
         let _range = artist_tensor::nvtx::range("forward");
         self.check_inputs(inputs, cache)?;
+        for s in inputs {
+            cache.reserve(s.slot, cache.len(s.slot) + s.tokens.len())?;
+        }
         let spans = self.spans(inputs.iter().map(|s| (s.slot, cache.len(s.slot), s.tokens.len())))?;
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let ctx = Ctx::inference();

@@ -79,6 +79,23 @@ fn scores(qg: &Tensor, k: &Tensor, a: AttnDims, scale: f32) -> Result<Tensor> {
     ))
 }
 
+/// Checks a paged pool `[blocks, block_size, kv_heads, d]` and a block table for `len`
+/// positions; returns the block size and the blocks `len` needs.
+fn paged_dims(pool: &Tensor, table: &[u32], len: usize, op: &'static str) -> Result<(usize, usize)> {
+    let [blocks, bs, _, _] = pool.dims_n(op)?;
+    if bs == 0 {
+        return Err(crate::invalid!(op, "a pool {} has blocks of no positions", pool.shape()));
+    }
+    let nb = len.div_ceil(bs);
+    if table.len() < nb {
+        return Err(crate::invalid!(op, "{len} positions need {nb} blocks of {bs}; the table has {}", table.len()));
+    }
+    if let Some(&b) = table[..nb].iter().find(|&&b| b as usize >= blocks) {
+        return Err(crate::invalid!(op, "block {b} is outside the pool's {blocks}"));
+    }
+    Ok((bs, nb))
+}
+
 impl Tensor {
     /// Causal attention of one sequence: `self = q: [t, heads, d]` holds the last `t` of
     /// `len` positions, `k`, `v: [len, kv_heads, d]` (any strides, e.g. a KV-cache view);
@@ -99,6 +116,56 @@ impl Tensor {
         let out = s.softmax(-1)?.matmul(&v.to_dtype(DType::F32)?.permute(&[1, 0, 2])?)?;
         let out = ungroup(&out, a)?.to_dtype(self.dtype())?;
         Ok((out, lse.reshape((a.heads, a.t))?))
+    }
+
+    /// Positions `0..len` of a paged KV cache's pool `self: [blocks, block_size, kv_heads, d]`
+    /// whose blocks are `table` (position `p` at row `p % block_size` of block `table[p /
+    /// block_size]`), as `[len, kv_heads, d]`: a view when the blocks are consecutive, one
+    /// gather otherwise.
+    pub fn gather_blocks(&self, table: &[u32], len: usize) -> Result<Tensor> {
+        let (bs, nb) = paged_dims(self, table, len, "gather_blocks")?;
+        let [_, _, kv_heads, d] = self.dims_n("gather_blocks")?;
+        let table = &table[..nb];
+        let blocks = if nb > 0 && table.windows(2).all(|w| w[1] == w[0] + 1) {
+            self.narrow(0, table[0] as usize, nb)?
+        } else {
+            self.index_select(&Tensor::from_vec(table.to_vec(), nb, self.device())?, 0)?
+        };
+        blocks.reshape((nb * bs, kv_heads, d))?.narrow(0, 0, len)
+    }
+
+    /// [`Tensor::causal_attention`] of one sequence whose keys and values sit in a paged KV
+    /// cache: `k_pool`, `v_pool: [blocks, block_size, kv_heads, d]`, positions `0..len` in
+    /// the blocks of `table`, the queries `self: [t, heads, d]` being the last `t`. For
+    /// inference (no backward): on a GPU one kernel reads the pools through the table; on the
+    /// CPU the blocks are gathered ([`Tensor::gather_blocks`]) and the dense op runs.
+    pub fn paged_attention(
+        &self,
+        k_pool: &Tensor,
+        v_pool: &Tensor,
+        table: &[u32],
+        len: usize,
+        scale: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "paged_attention";
+        if v_pool.dims() != k_pool.dims() {
+            return Err(crate::invalid!(OP, "k pool {} and v pool {} differ", k_pool.shape(), v_pool.shape()));
+        }
+        let (_, nb) = paged_dims(k_pool, table, len, OP)?;
+        if !self.device().is_cuda() {
+            let (k, v) = (k_pool.gather_blocks(table, len)?, v_pool.gather_blocks(table, len)?);
+            return self.causal_attention(&k, &v, scale);
+        }
+        // The dense checks on the pools seen as `[blocks * block_size, kv_heads, d]`.
+        let flat = |p: &Tensor| -> Result<Tensor> {
+            let [b, bs, kv, d] = p.dims_n(OP)?;
+            p.contiguous()?.reshape((b * bs, kv, d))
+        };
+        let a = AttnDims { len, ..dims(self, &flat(k_pool)?, &flat(v_pool)?)? };
+        if a.t > len {
+            return Err(crate::invalid!(OP, "{} queries cannot be the last of {len} positions", a.t));
+        }
+        crate::cuda::ops::attention_fwd_paged(self, k_pool, v_pool, &table[..nb], a, scale)
     }
 
     /// The gradients `(dq, dk, dv)` (f32, shaped as q, k, v) of [`Tensor::causal_attention`]

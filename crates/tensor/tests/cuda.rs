@@ -813,6 +813,48 @@ fn causal_attention_matches() {
     }
 }
 
+/// Attention over a paged KV cache: the GPU kernel reads the pools through a shuffled block
+/// table and gives what the CPU gives after gathering the blocks, and the same bits as the
+/// dense GPU kernel over those gathered keys and values; `gather_blocks` is exact on both.
+#[test]
+fn paged_attention_matches() {
+    let dev = gpu_or_skip!();
+    // (t, len, heads, kv_heads, d, block_size)
+    for (t, len, h, kv, d, bs) in [
+        (1, 10usize, 4, 2, 16, 3usize),
+        (4, 9, 4, 1, 32, 4),
+        (7, 7, 2, 2, 8, 16),
+        (6, 11, 4, 2, 8, 2),
+        (1, 1, 2, 1, 8, 1),
+    ] {
+        for dt in [DType::F32, DType::BF16] {
+            let blocks = len.div_ceil(bs) + 3;
+            let q = randn(&[t, h, d], 220).to_dtype(dt).unwrap();
+            let kp = randn(&[blocks, bs, kv, d], 221).to_dtype(dt).unwrap();
+            let vp = randn(&[blocks, bs, kv, d], 222).to_dtype(dt).unwrap();
+            // Every other block, from the top: never consecutive (one case of one block).
+            let table: Vec<u32> = (0..len.div_ceil(bs)).map(|i| (blocks - 1 - 2 * i % blocks) as u32).collect();
+            let (qg, kg, vg) = (q.to_device(dev).unwrap(), kp.to_device(dev).unwrap(), vp.to_device(dev).unwrap());
+            let what = format!("paged attention t {t} len {len} heads {h}/{kv} d {d} blocks of {bs} {dt}");
+            let (kc, vc) = (kp.gather_blocks(&table, len).unwrap(), vp.gather_blocks(&table, len).unwrap());
+            same(&format!("{what}: gathered keys"), &kg.gather_blocks(&table, len).unwrap(), &kc);
+            let scale = (d as f32).powf(-0.5);
+            let (oc, lc) = q.paged_attention(&kp, &vp, &table, len, scale).unwrap();
+            let (og, lg) = qg.paged_attention(&kg, &vg, &table, len, scale).unwrap();
+            let (rt, at) = tol(dt);
+            close(&format!("{what}: out"), &og, &oc, rt * 2.0, at * 2.0);
+            close(&format!("{what}: lse"), &lg, &lc, 1e-5, 1e-5);
+            let dense = qg.causal_attention(&kc.to_device(dev).unwrap(), &vc.to_device(dev).unwrap(), scale).unwrap();
+            same(&format!("{what}: against the dense kernel"), &og, &dense.0);
+        }
+    }
+    // A table too short for `len`, or naming a block the pool lacks, is an error.
+    let kp = randn(&[2, 4, 1, 8], 1).to_device(dev).unwrap();
+    let q = randn(&[1, 2, 8], 2).to_device(dev).unwrap();
+    assert!(q.paged_attention(&kp, &kp, &[0], 5, 1.0).unwrap_err().to_string().contains("need 2 blocks"));
+    assert!(q.paged_attention(&kp, &kp, &[0, 7], 5, 1.0).unwrap_err().to_string().contains("block 7"));
+}
+
 /// The CPU attention equals the textbook formula: softmax of masked scores times values.
 #[test]
 fn causal_attention_is_softmax_attention() {

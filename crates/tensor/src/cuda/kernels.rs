@@ -132,7 +132,7 @@ pub fn inventory() -> Vec<(&'static str, String)> {
         for k in ["scatter_add", "index_add", "topk"] {
             out.push(("index", format!("{k}_{s}")));
         }
-        for k in ["attn_fwd", "attn_bwd_dq", "attn_bwd_dkv"] {
+        for k in ["attn_fwd", "attn_fwd_paged", "attn_bwd_dq", "attn_bwd_dkv"] {
             out.push(("attention", format!("{k}_{s}")));
         }
     }

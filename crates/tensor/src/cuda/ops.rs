@@ -756,6 +756,37 @@ pub(crate) fn attention_fwd(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, sca
     Ok((out, lse))
 }
 
+/// Attention of `q` over a paged KV cache's pools `[blocks, block_size, kv_heads, d]` through
+/// the block `table` of positions `0..a.len`.
+pub(crate) fn attention_fwd_paged(
+    q: &Tensor,
+    k_pool: &Tensor,
+    v_pool: &Tensor,
+    table: &[u32],
+    a: AttnDims,
+    scale: f32,
+) -> Result<(Tensor, Tensor)> {
+    if a.d > 256 {
+        return Err(crate::invalid!("paged_attention", "head_dim {} exceeds the kernel's 256", a.d));
+    }
+    let block_size = k_pool.dims()[1] as i64;
+    let (q, qp) = contiguous(q)?;
+    let (_k, kp) = contiguous(k_pool)?;
+    let (_v, vp) = contiguous(v_pool)?;
+    let (dev, _) = raw(&q);
+    let table = Tensor::from_vec(table.to_vec(), table.len(), q.device())?;
+    let (_table, tp) = contiguous(&table)?;
+    let (out, op) = empty(&dev, q.dtype(), (a.t, a.heads, a.d))?;
+    let (lse, lp) = empty(&dev, DType::F32, (a.heads, a.t))?;
+    if a.t * a.heads > 0 && a.d > 0 {
+        let row = (a.kv_heads * a.d) as i64;
+        let shape = attn_shape(a, scale, (row, a.d as i64), (row, a.d as i64));
+        let args = Args::new().arg(shape).arg(qp).arg(kp).arg(vp).arg(tp).arg(block_size).arg(op).arg(lp);
+        dev.launch("attention", format!("attn_fwd_paged_{}", suffix(q.dtype())), warp_cfg(a.t * a.heads), args)?;
+    }
+    Ok((out, lse))
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_bwd(
     q: &Tensor,
