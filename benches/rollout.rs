@@ -1,20 +1,25 @@
-//! Rollout throughput of a GRPO-shaped workload on the CPU: B prompts x G rollouts of a
-//! Qwen2.5-0.5B-shaped model (random bf16 weights), a prompt of P tokens, up to N new
-//! tokens each, with and without sharing each prompt's prefill across its group.
+//! Rollout throughput of a GRPO-shaped workload: B prompts x G rollouts of a Qwen2.5-shaped
+//! model (random bf16 weights), a prompt of P tokens, up to N new tokens each, with and
+//! without sharing each prompt's prefill (and its KV blocks) across its group; then
+//! batch-1 decode against the memory-bandwidth bound (every weight read once per token).
 //!
-//!     cargo bench --bench rollout -- [--prompts 1] [--group 8] [--prompt-len 256] [--new 32] [--tool-ms 0]
+//!     cargo bench --bench rollout -- [--device cpu|cuda[:N]] [--model 0.5b|1.5b]
+//!         [--prompts 1] [--group 8] [--prompt-len 256] [--new 32] [--tool-ms 0]
+//!         [--decode 32] [--bandwidth-gbs B]
 //!
 //! With `--tool-ms T`, every rollout is steered (a logit bonus, the model's own numbers
 //! otherwise) to open with a `<python>...</python>` call that a stand-in tool answers after
 //! T ms, so the time the engine spends waiting on tools is measured too. Prints one JSON
-//! line per setting.
+//! line per setting; `scripts/bench_rollout_hf.py` runs transformers' `generate` on the
+//! same shapes. The bandwidth bound uses `--bandwidth-gbs`, or the GPU's datasheet figure
+//! when its name is known (H100 SXM 3,350 GB/s, H200 4,800 GB/s).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use artist_engine::{RolloutConfig, RolloutEngine, SamplingParams, SteeredPolicy};
-use artist_model::{Qwen2, Qwen2Config, RandomWeights};
-use artist_tensor::DType;
+use artist_engine::{Logits, RolloutConfig, RolloutEngine, Sampler, SamplingParams, SteeredPolicy};
+use artist_model::{Qwen2, Qwen2Config, RandomWeights, Rows, SeqInput};
+use artist_tensor::{DType, Device};
 use artist_tokenizer::Tokenizer;
 use artist_tools::{Tool, ToolCall, ToolResult};
 
@@ -46,11 +51,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prompt_len: usize = arg("--prompt-len", "256").parse()?;
     let new: usize = arg("--new", "32").parse()?;
     let tool_ms: u64 = arg("--tool-ms", "0").parse()?;
-    let tok_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tokenizers/qwen2.5/tokenizer.json");
-    let tokenizer = Tokenizer::from_file(&tok_path)
-        .map_err(|e| format!("{}: {e} (the Qwen2.5 tokenizer from the shared data)", tok_path.display()))?;
-    let config = Qwen2Config::qwen2_5_0_5b();
-    let model = Qwen2::from_weights(config.clone(), &RandomWeights { dtype: DType::BF16, std: 0.02, seed: 0 })?;
+    // The Qwen2.5 tokenizer from the shared data; where that is absent (a GPU machine given
+    // only the checkout) the fixture's, which only changes the text the engine looks at.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/tokenizers/qwen2.5/tokenizer.json");
+    let tokenizer = match Tokenizer::from_file(&shared) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: {e}; using the test fixture's tokenizer", shared.display());
+            Tokenizer::from_dir(root.join("tests/fixtures/qwen2/tiny-gqa"))?
+        }
+    };
+    let device = Device::parse(&arg("--device", "cpu"))?;
+    let config = match arg("--model", "0.5b").as_str() {
+        "0.5b" => Qwen2Config::qwen2_5_0_5b(),
+        "1.5b" => Qwen2Config::qwen2_5_1_5b(),
+        other => return Err(format!("--model {other}: expected 0.5b or 1.5b").into()),
+    };
+    let decode: usize = arg("--decode", "32").parse()?;
+    let bandwidth: Option<f64> = match arg("--bandwidth-gbs", "").as_str() {
+        "" => datasheet_bandwidth(device),
+        b => Some(b.parse()?),
+    };
+    let model = Qwen2::from_weights_on(config.clone(), &RandomWeights { dtype: DType::BF16, std: 0.02, seed: 0 }, device)?;
     let batch: Vec<Vec<u32>> =
         (0..prompts).map(|p| (0..prompt_len).map(|i| ((i * 7919 + p * 104_729) % 150_000) as u32).collect()).collect();
     let script = if tool_ms > 0 { tokenizer.encode("<python>print(1+1)</python>")? } else { vec![] };
@@ -91,8 +114,70 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "tool_calls": stats.tool_calls,
                 "tool_wait_s": stats.tool_wait_s,
                 "tool_busy_s": stats.tool_busy_s,
+                "kv_block_size": stats.kv_block_size,
+                "kv_peak_mib": stats.kv_peak_bytes as f64 / (1 << 20) as f64,
+                "kv_cow_copies": stats.kv_cow_copies,
+                "device": device.to_string(),
             })
         );
     }
+    if decode > 0 {
+        batch1_decode(&model, &batch[0], decode, bandwidth, device)?;
+    }
+    Ok(())
+}
+
+/// Datasheet memory bandwidth (GB/s) of a GPU known by name.
+fn datasheet_bandwidth(device: Device) -> Option<f64> {
+    let Device::Cuda(i) = device else { return None };
+    let name = artist_tensor::cuda::info(i).ok()?.name;
+    [("H200", 4800.0), ("H100", 3350.0), ("A100-SXM4-80GB", 2039.0), ("A100", 1555.0)]
+        .iter()
+        .find(|(k, _)| name.contains(k))
+        .map(|&(_, b)| b)
+}
+
+/// One sequence: the prompt prefilled, then `n` tokens decoded one at a time, sampled on
+/// the model's device. Decode reads every weight once per token (the tied embedding as the
+/// output projection), so tokens/s x weight bytes is the bandwidth it sustains.
+fn batch1_decode(
+    model: &Qwen2,
+    prompt: &[u32],
+    n: usize,
+    bandwidth: Option<f64>,
+    device: Device,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut cache = model.new_cache(1, prompt.len() + n + 1)?;
+    let mut sampler = Sampler::new(SamplingParams { temperature: 1.0, seed: 3, ..Default::default() });
+    let mut next = prompt.to_vec();
+    let mut step = |next: &mut Vec<u32>| -> Result<(), Box<dyn std::error::Error>> {
+        let logits = model.forward(&[SeqInput { slot: 0, tokens: next }], &mut cache, Rows::Last)?;
+        let (id, _) = Logits::Tensor(logits).sample(&mut [(0, &mut sampler)])?[0];
+        *next = vec![id];
+        Ok(())
+    };
+    step(&mut next)?; // the prefill
+    let t0 = std::time::Instant::now();
+    for _ in 0..n {
+        step(&mut next)?;
+    }
+    let s = t0.elapsed().as_secs_f64();
+    let weight_bytes = model.config.num_parameters() as f64 * 2.0; // bf16
+    let tps = n as f64 / s;
+    let gbs = tps * weight_bytes / 1e9;
+    println!(
+        "{}",
+        serde_json::json!({
+            "batch1_decode_tokens": n,
+            "prompt_len": prompt.len(),
+            "tokens_per_s": tps,
+            "ms_per_token": 1e3 / tps,
+            "weight_gb": weight_bytes / 1e9,
+            "weight_gbs": gbs,
+            "bandwidth_gbs": bandwidth,
+            "fraction_of_bandwidth_bound": bandwidth.map(|b| gbs / b),
+            "device": device.to_string(),
+        })
+    );
     Ok(())
 }

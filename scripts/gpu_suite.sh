@@ -8,7 +8,9 @@
 #   3. every CUDA op against the CPU backend (crates/tensor/tests/cuda.rs);
 #   4. whole models against transformers and PyTorch, and training steps (tests/cuda_model.rs);
 #   5. the binaries with --device cuda (generate, score, three SFT steps through train);
-#   6. the kernel benchmark beside PyTorch (scripts/bench_cuda.py), a markdown table last.
+#   6. the kernel benchmark beside PyTorch (scripts/bench_cuda.py), a markdown table;
+#   7. GRPO-shaped rollouts and batch-1 decode of a Qwen2.5-1.5B shape beside transformers'
+#      generate (benches/rollout.rs, scripts/bench_rollout_hf.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -33,7 +35,7 @@ fi
 # Unpack (scripts/gpu_bundle.sh compressed everything) into a scratch copy.
 u="$(mktemp -d)"
 mkdir -p "$u/tests" "$u/bin" target/release
-for f in "$b"/tests/*.xz "$b"/bin/*.xz "$b"/cuda_kernels.xz; do
+for f in "$b"/tests/*.xz "$b"/bin/*.xz "$b"/cuda_kernels.xz "$b"/rollout.xz; do
     rel="${f#"$b"/}"
     # python3's lzma, in case the image has no xz
     python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
@@ -64,7 +66,16 @@ if ! python3 scripts/bench_cuda.py --bench "$u/cuda_kernels" --out "$out" 2>&1 |
     status=1
 fi
 grep -E "^\||ceilings" "$out/bench.log" > "$out/bench.md" 2>/dev/null
+
+step "rollouts beside transformers' generate"
+shape=(--model 1.5b --prompts "${ROLLOUT_PROMPTS:-4}" --group 8 --prompt-len 512 --new "${ROLLOUT_NEW:-128}" --decode 64)
+if ! "$u/rollout" --device cuda "${shape[@]}" 2>&1 | tee "$out/rollout.jsonl"; then
+    echo "FAILED: rollout bench"
+    status=1
+fi
+python3 scripts/bench_rollout_hf.py --device cuda "${shape[@]}" --ours "$out/rollout.jsonl" 2>&1 | tee "$out/rollout_hf.log"
 step "summary"
 grep -hE "^test result|FAILED" "$out"/*.log
 cat "$out/bench.md" 2>/dev/null
+grep -E "x$" "$out/rollout_hf.log" 2>/dev/null
 exit $status
