@@ -100,7 +100,8 @@ struct Args {
     /// [sft] constant, linear or cosine (after warmup; default constant).
     #[arg(long)]
     lr_schedule: Option<artist_optim::Schedule>,
-    /// [sft] Seed of the data order (default 0).
+    /// [sft] Seed of the data order (default 0); [demo] seed of the weights, the warm-up
+    /// traces and the problems (default 0).
     #[arg(long)]
     seed: Option<u64>,
     /// [sft] Visit the data in file order every epoch.
@@ -404,7 +405,7 @@ fn run_demo(args: &Args, device: artist::tensor::Device) -> Result<()> {
     use artist_train::demo::{self, DemoConfig};
 
     let out = args.resume.clone().or_else(|| args.out.clone()).unwrap_or_else(|| PathBuf::from("runs/demo"));
-    let mut config = DemoConfig::default();
+    let mut config = DemoConfig { seed: args.seed.unwrap_or(0), ..DemoConfig::default() };
     if args.demo_quick {
         config =
             DemoConfig { sft_steps: 4, grpo_steps: 2, prompts_per_step: 2, group_size: 2, eval_problems: 4, ..config };

@@ -8,7 +8,7 @@ mod sampler;
 
 pub use generate::{FinishReason, GenerateOptions, Generation, generate};
 pub use policy::{Policy, ScriptedCache, ScriptedPolicy, SteeredPolicy};
-pub use rollout::{Finish, Rollout, RolloutConfig, RolloutEngine, RolloutStats, ToolCallRecord};
+pub use rollout::{Finish, KeptCache, Rollout, RolloutConfig, RolloutEngine, RolloutStats, ToolCallRecord};
 pub use sampler::{Logits, Sampler, SamplingParams, argmax};
 
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,12 @@ pub trait Policy {
     fn cache_usage(&self, _cache: &Self::Cache) -> Option<KvUsage> {
         None
     }
+
+    /// Keeps the first `len` tokens of `slot`; false when this policy cannot (the engine
+    /// then prefills from scratch).
+    fn truncate(&self, _cache: &mut Self::Cache, _slot: usize, _len: usize) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 impl Policy for Qwen2 {
@@ -57,6 +63,11 @@ impl Policy for Qwen2 {
 
     fn cache_usage(&self, cache: &KvCache) -> Option<KvUsage> {
         Some(cache.usage())
+    }
+
+    fn truncate(&self, cache: &mut KvCache, slot: usize, len: usize) -> Result<bool> {
+        cache.truncate(slot, len);
+        Ok(cache.len(slot) == len)
     }
 }
 
@@ -187,5 +198,9 @@ impl<P: Policy> Policy for SteeredPolicy<'_, P> {
 
     fn cache_usage(&self, cache: &P::Cache) -> Option<KvUsage> {
         self.inner.cache_usage(cache)
+    }
+
+    fn truncate(&self, cache: &mut P::Cache, slot: usize, len: usize) -> Result<bool> {
+        self.inner.truncate(cache, slot, len)
     }
 }

@@ -141,6 +141,66 @@ pub struct RolloutStats {
     pub kv_block_size: usize,
     pub kv_peak_bytes: usize,
     pub kv_cow_copies: usize,
+    /// Prompt tokens not prefilled because a kept slot held them ([`RolloutEngine::run_keeping`]).
+    pub reused_tokens: usize,
+}
+
+/// The cache [`RolloutEngine::run_keeping`] keeps between calls, and what each slot holds.
+pub struct KeptCache<C> {
+    cache: Option<C>,
+    /// `(slots, max_len)` the cache was made for; another shape starts afresh.
+    shape: (usize, usize),
+    /// Per slot: the tokens its cache holds since its last rollout ended.
+    resident: Vec<Vec<u32>>,
+    /// Per slot: when it was last handed out (for least-recently-used eviction).
+    last_used: Vec<u64>,
+    clock: u64,
+}
+
+impl<C> Default for KeptCache<C> {
+    fn default() -> Self {
+        KeptCache { cache: None, shape: (0, 0), resident: vec![], last_used: vec![], clock: 0 }
+    }
+}
+
+impl<C> KeptCache<C> {
+    /// The cache itself, if a call has made one.
+    pub fn cache(&self) -> Option<&C> {
+        self.cache.as_ref()
+    }
+
+    /// Takes `g` free slots for `prompt`: first the one whose kept tokens share the longest
+    /// prefix with it (how many of them to reuse, short of the prompt's last token, which
+    /// must be fed for its logits), then empty slots, then the least recently used.
+    fn take_slots(&mut self, free: &mut Vec<usize>, prompt: &[u32], g: usize, keep: bool) -> (Vec<usize>, usize) {
+        let common = |held: &[u32]| held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let mut best: Option<(usize, usize)> = None; // (index in free, reuse)
+        if keep {
+            for (i, &s) in free.iter().enumerate() {
+                let n = common(&self.resident[s]).min(prompt.len() - 1);
+                if n > 0 && best.is_none_or(|(_, b)| n > b) {
+                    best = Some((i, n));
+                }
+            }
+        }
+        let mut slots = Vec::with_capacity(g);
+        let mut reuse = 0;
+        if let Some((i, n)) = best {
+            slots.push(free.swap_remove(i));
+            reuse = n;
+        }
+        // Empty slots first, then the longest unused; the lowest-numbered among equals.
+        free.sort_by_key(|&s| std::cmp::Reverse((!self.resident[s].is_empty(), self.last_used[s], s)));
+        while slots.len() < g {
+            slots.push(free.pop().expect("admitted with g free slots"));
+        }
+        for &s in &slots {
+            self.clock += 1;
+            self.last_used[s] = self.clock;
+            self.resident[s].clear();
+        }
+        (slots, reuse)
+    }
 }
 
 static NEXT_ROLLOUT_ID: AtomicU64 = AtomicU64::new(1);
@@ -163,6 +223,8 @@ struct Seq<'t> {
     scan_from: usize,
     turn_tokens: usize,
     pending: Vec<u32>,
+    /// Response tokens fed to the model so far (`out.ids[..fed]` are in the cache).
+    fed: usize,
     state: State,
 }
 
@@ -208,15 +270,45 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
         Ok(())
     }
 
-    /// G rollouts of every prompt, in prompt order (`prompt_index * G + sample_index`).
+    /// G rollouts of every prompt, in prompt order (`prompt_index * G + sample_index`). Each
+    /// rollout's cache blocks are handed back the moment it ends.
     pub fn run(&self, prompts: &[Vec<u32>]) -> Result<(Vec<Rollout>, RolloutStats)> {
+        self.run_inner(prompts, &mut KeptCache::default(), false)
+    }
+
+    /// As [`RolloutEngine::run`], keeping the cache in `kept` between calls: a finished
+    /// rollout's slot keeps the keys and values of its prompt and response, and a later
+    /// prompt that starts with those tokens (the next turn of a conversation) prefills only
+    /// what follows them. The caller holds the memory until `kept` is dropped.
+    pub fn run_keeping(
+        &self,
+        prompts: &[Vec<u32>],
+        kept: &mut KeptCache<P::Cache>,
+    ) -> Result<(Vec<Rollout>, RolloutStats)> {
+        self.run_inner(prompts, kept, true)
+    }
+
+    fn run_inner(
+        &self,
+        prompts: &[Vec<u32>],
+        kept: &mut KeptCache<P::Cache>,
+        keep: bool,
+    ) -> Result<(Vec<Rollout>, RolloutStats)> {
         let _range = artist_tensor::nvtx::range("rollout");
         self.check(prompts)?;
         let c = &self.config;
         let g = c.group_size;
         let t0 = Instant::now();
         let mut stats = RolloutStats::default();
-        let mut cache = self.policy.new_cache(c.max_batch, c.max_context)?;
+        let mut cache = match kept.cache.take() {
+            Some(cache) if kept.shape == (c.max_batch, c.max_context) => cache,
+            _ => {
+                kept.resident = vec![vec![]; c.max_batch];
+                kept.last_used = vec![0; c.max_batch];
+                kept.shape = (c.max_batch, c.max_context);
+                self.policy.new_cache(c.max_batch, c.max_context)?
+            }
+        };
         let mut free: Vec<usize> = (0..c.max_batch).rev().collect();
         let mut queue: VecDeque<usize> = (0..prompts.len()).collect();
         let mut seqs: Vec<Option<Seq>> = Vec::new();
@@ -229,8 +321,8 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
             while free.len() >= g
                 && let Some(p) = queue.pop_front()
             {
-                let slots: Vec<usize> = (0..g).map(|_| free.pop().expect("checked")).collect();
-                let logits = self.prefill(&prompts[p], &slots, &mut cache, &mut stats)?;
+                let (slots, reuse) = kept.take_slots(&mut free, &prompts[p], g, keep);
+                let logits = self.prefill(&prompts[p], &slots, reuse, &mut cache, &mut stats)?;
                 let mut group: Vec<Seq> = Vec::with_capacity(g);
                 for (k, &slot) in slots.iter().enumerate() {
                     let mut params = c.sampling.clone();
@@ -254,6 +346,7 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
                         scan_from: 0,
                         turn_tokens: 0,
                         pending: vec![],
+                        fed: 0,
                         state: State::Decode,
                     });
                 }
@@ -271,7 +364,7 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
                     seqs.push(Some(seq));
                     if finished {
                         let at = seqs.len() - 1;
-                        self.retire(&mut seqs, at, &mut cache, &mut free, &mut done);
+                        self.retire(&mut seqs, at, &mut cache, &mut free, &mut done, kept, keep);
                     }
                 }
             }
@@ -296,7 +389,7 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
                 let i = r.seq;
                 let seq = seqs[i].as_mut().expect("a sequence waiting on a tool is live");
                 if self.force_output(seq, r, &mut stats)? {
-                    self.retire(&mut seqs, i, &mut cache, &mut free, &mut done);
+                    self.retire(&mut seqs, i, &mut cache, &mut free, &mut done, kept, keep);
                 }
             }
 
@@ -337,49 +430,62 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
             };
             for (&i, (id, lp)) in live.iter().zip(drawn) {
                 let seq = seqs[i].as_mut().expect("live");
+                seq.fed += seq.pending.len();
                 seq.pending.clear();
                 let finished = self.take_sample(seq, id, lp, i, &tx, &mut stats)?;
                 if matches!(seq.state, State::Tool) {
                     in_tool += 1;
                 }
                 if finished {
-                    self.retire(&mut seqs, i, &mut cache, &mut free, &mut done);
+                    self.retire(&mut seqs, i, &mut cache, &mut free, &mut done, kept, keep);
                 }
             }
         }
         let rollouts: Vec<Rollout> = done.into_iter().map(|r| r.expect("every rollout finished")).collect();
         stats.rollouts = rollouts.len();
         if let Some(u) = self.policy.cache_usage(&cache) {
-            (stats.kv_block_size, stats.kv_peak_bytes, stats.kv_cow_copies) =
-                (u.block_size, u.peak_bytes(), u.cow_copies);
+            (stats.kv_block_size, stats.kv_peak_bytes, stats.kv_cow_copies) = (u.block_size, u.peak_bytes(), u.cow_copies);
+        }
+        if keep {
+            kept.cache = Some(cache);
         }
         stats.wall_s = t0.elapsed().as_secs_f64();
         Ok((rollouts, stats))
     }
 
     /// Prefills `prompt` for the slots of one group; the logits after the prompt, once
-    /// (shared) or per slot.
+    /// (shared) or per slot. The first slot already holds the prompt's first `reuse` tokens
+    /// (kept from an earlier call) when the policy can cut its cache back to them.
     fn prefill(
         &self,
         prompt: &[u32],
         slots: &[usize],
+        reuse: usize,
         cache: &mut P::Cache,
         stats: &mut RolloutStats,
     ) -> Result<Logits> {
-        for &s in slots {
-            self.policy.clear(cache, s);
+        let reuse = if reuse > 0 && self.policy.truncate(cache, slots[0], reuse)? { reuse } else { 0 };
+        for (k, &s) in slots.iter().enumerate() {
+            if k > 0 || reuse == 0 {
+                self.policy.clear(cache, s);
+            }
         }
         stats.forward_calls += 1;
+        stats.reused_tokens += reuse;
         if self.config.share_prefix {
-            let logits = self.policy.step(&[SeqInput { slot: slots[0], tokens: prompt }], cache)?;
+            let logits = self.policy.step(&[SeqInput { slot: slots[0], tokens: &prompt[reuse..] }], cache)?;
             for &s in &slots[1..] {
                 self.policy.fork(cache, slots[0], s)?;
             }
-            stats.prefill_tokens += prompt.len();
+            stats.prefill_tokens += prompt.len() - reuse;
             Ok(logits)
         } else {
-            let inputs: Vec<SeqInput> = slots.iter().map(|&slot| SeqInput { slot, tokens: prompt }).collect();
-            stats.prefill_tokens += prompt.len() * slots.len();
+            let inputs: Vec<SeqInput> = slots
+                .iter()
+                .enumerate()
+                .map(|(k, &slot)| SeqInput { slot, tokens: if k == 0 { &prompt[reuse..] } else { prompt } })
+                .collect();
+            stats.prefill_tokens += prompt.len() * slots.len() - reuse;
             self.policy.step(&inputs, cache)
         }
     }
@@ -528,6 +634,7 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
     }
 
     /// Moves a finished rollout out, frees its slot and tells the tools it is over.
+    #[allow(clippy::too_many_arguments)]
     fn retire(
         &self,
         seqs: &mut [Option<Seq<'a>>],
@@ -535,9 +642,19 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
         cache: &mut P::Cache,
         free: &mut Vec<usize>,
         done: &mut [Option<Rollout>],
+        kept: &mut KeptCache<P::Cache>,
+        keep: bool,
     ) {
         let seq = seqs[i].take().expect("retired once");
-        self.policy.clear(cache, seq.slot);
+        if keep {
+            // What the slot's cache now holds: the prompt and the response tokens fed.
+            let held = &mut kept.resident[seq.slot];
+            held.clear();
+            held.extend_from_slice(&seq.out.prompt_ids);
+            held.extend_from_slice(&seq.out.ids[..seq.fed]);
+        } else {
+            self.policy.clear(cache, seq.slot);
+        }
         free.push(seq.slot);
         for t in &self.tools {
             t.end_rollout(seq.id);

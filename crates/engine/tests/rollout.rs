@@ -388,3 +388,59 @@ fn paged_cache_block_size_and_sharing_change_no_logprob() {
         }
     }
 }
+
+/// Multi-turn conversations through a kept cache: each turn's prompt is the previous turn's
+/// prompt and response plus a new user message, and the slot that ended the previous turn
+/// already holds all but the message. Reusing it prefills only the new tokens and changes
+/// no sampled token; logprobs agree with prefilling everything within float reassociation.
+/// More conversations than slots evict kept slots, least recently used first, and stay
+/// exact.
+#[test]
+fn kept_cache_reuses_earlier_turns() {
+    let tok = tokenizer();
+    let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
+    for (conversations, max_batch) in [(3, 4), (5, 2)] {
+        let cfg = RolloutConfig {
+            max_turn_tokens: 12,
+            max_batch,
+            max_context: 160,
+            sampling: SamplingParams { temperature: 0.8, seed: 9, ..Default::default() },
+            ..config(1)
+        };
+        let engine = RolloutEngine { policy: &model, tokenizer: &tok, tools: vec![], config: cfg };
+        let mut kept = artist_engine::KeptCache::default();
+        let mut fresh: Vec<Vec<u32>> =
+            (0..conversations).map(|i| tok.encode(&format!("Story {i}: once upon a time")).unwrap()).collect();
+        let mut reusing = fresh.clone();
+        for turn in 0..3 {
+            let (a, sa) = engine.run(&fresh).unwrap();
+            let (b, sb) = engine.run_keeping(&reusing, &mut kept).unwrap();
+            let what = format!("{conversations} conversations in {max_batch} slots, turn {turn}");
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x.ids, y.ids, "{what}: tokens");
+                for (p, q) in x.logprobs.iter().zip(&y.logprobs) {
+                    assert!((p - q).abs() <= 1e-4, "{what}: logprob {p} fresh, {q} reusing");
+                }
+            }
+            assert_eq!(sa.reused_tokens, 0);
+            assert_eq!(sb.prefill_tokens + sb.reused_tokens, sa.prefill_tokens, "{what}");
+            if turn > 0 && conversations <= max_batch {
+                // Every conversation found its slot: only the last sampled token (never fed)
+                // and the new message were prefilled.
+                let message = tok.encode(&format!(" And then, part {}:", turn + 1)).unwrap().len();
+                assert_eq!(sb.prefill_tokens, conversations * (1 + message), "{what}");
+            }
+            if turn > 0 && conversations > max_batch {
+                assert!(sb.reused_tokens > 0, "{what}: the slots still held two conversations");
+            }
+            let next = |prompts: &mut Vec<Vec<u32>>, rollouts: &[artist_engine::Rollout]| {
+                for (p, r) in prompts.iter_mut().zip(rollouts) {
+                    p.extend_from_slice(&r.ids);
+                    p.extend(tok.encode(&format!(" And then, part {}:", turn + 2)).unwrap());
+                }
+            };
+            next(&mut fresh, &a);
+            next(&mut reusing, &b);
+        }
+    }
+}

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use artist_bfcl::checker::{self, CheckOptions, CheckResult, Entry, GroundTruth, ModelCalls};
 use artist_bfcl::{LongContext, Session, ToolSet, parse_calls};
-use artist_engine::{Policy, RolloutConfig, RolloutEngine, SamplingParams};
+use artist_engine::{KeptCache, Policy, RolloutConfig, RolloutEngine, SamplingParams};
 use artist_model::Qwen2;
 use artist_optim::AdamW;
 use artist_rl::{FcRewardWeights, FcRewards, TrainRollout, fc_format_rewards, group_advantages};
@@ -363,6 +363,9 @@ pub fn run_episodes<P: Policy>(
     let (mut tool_calls, mut tool_errors) = (vec![0usize; playing.len()], vec![0usize; playing.len()]);
     let turns = |p: &Playing| data.entries[p.entry].turns.len();
     let max_turns = playing.iter().map(turns).max().unwrap_or(0);
+    // Across turns the cache keeps each conversation: a turn prefills only the new user
+    // message (and the token that ended the last turn), not the whole conversation again.
+    let mut kept = KeptCache::default();
     for t in 0..max_turns {
         // The prompts of this turn: the conversation so far and the new user message.
         let mut active = Vec::new();
@@ -421,7 +424,8 @@ pub fn run_episodes<P: Policy>(
                 ..Default::default()
             },
         };
-        let (rollouts, _) = engine.run(&prompts).map_err(|e| Error::Config(format!("episode turn {t}: {e}")))?;
+        let (rollouts, _) =
+            engine.run_keeping(&prompts, &mut kept).map_err(|e| Error::Config(format!("episode turn {t}: {e}")))?;
         let mut lives = std::mem::take(&mut *tool.live.lock().unwrap_or_else(|p| p.into_inner()));
         for r in rollouts {
             let k = active[r.prompt_index];
