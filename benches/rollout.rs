@@ -73,7 +73,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "" => datasheet_bandwidth(device),
         b => Some(b.parse()?),
     };
-    let model = Qwen2::from_weights_on(config.clone(), &RandomWeights { dtype: DType::BF16, std: 0.02, seed: 0 }, device)?;
+    let model =
+        Qwen2::from_weights_on(config.clone(), &RandomWeights { dtype: DType::BF16, std: 0.02, seed: 0 }, device)?;
     let batch: Vec<Vec<u32>> =
         (0..prompts).map(|p| (0..prompt_len).map(|i| ((i * 7919 + p * 104_729) % 150_000) as u32).collect()).collect();
     let script = if tool_ms > 0 { tokenizer.encode("<python>print(1+1)</python>")? } else { vec![] };

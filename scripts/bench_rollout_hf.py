@@ -45,6 +45,8 @@ def main():
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--bandwidth-gbs", type=float, default=None)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                    help="weights and compute (ours: bf16 weights, f32 activations)")
     ap.add_argument("--ours", default=None, help="our bench's JSON lines, for ratios")
     a = ap.parse_args()
 
@@ -52,7 +54,7 @@ def main():
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=151_936, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
                          max_position_embeddings=32_768, **SHAPES[a.model])
-    model = Qwen2ForCausalLM(config).to(torch.bfloat16).to(device).eval()
+    model = Qwen2ForCausalLM(config).to(getattr(torch, a.dtype)).to(device).eval()
     params = sum(p.numel() for p in model.parameters())
     # The prompts our bench uses.
     prompts = torch.tensor([[(i * 7919 + p * 104_729) % 150_000 for i in range(a.prompt_len)]
@@ -69,7 +71,8 @@ def main():
         sync(device)
         wall = time.perf_counter() - t0
         sampled = (out.shape[1] - a.prompt_len) * out.shape[0]
-        rollout = {"peer": "transformers.generate", "device": str(device), "model": a.model, "threads": threads,
+        rollout = {"peer": "transformers.generate", "device": str(device), "model": a.model, "dtype": a.dtype,
+                   "threads": threads,
                    "prompts": a.prompts, "group": a.group, "prompt_len": a.prompt_len, "max_new": a.new,
                    "sampled_tokens": sampled, "wall_s": wall, "sampled_tokens_per_s": sampled / wall}
         print(json.dumps(rollout))
@@ -90,9 +93,9 @@ def main():
             if bw is None and device.type == "cuda":
                 name = torch.cuda.get_device_name(device)
                 bw = next((b for k, b in BANDWIDTH if k in name), None)
-            gbs = tps * params * 2 / 1e9
+            gbs = tps * params * model.dtype.itemsize / 1e9
             decode = {"peer": "transformers.generate", "batch1_decode_tokens": a.decode, "tokens_per_s": tps,
-                      "ms_per_token": 1e3 / tps, "weight_gb": params * 2 / 1e9, "weight_gbs": gbs,
+                      "ms_per_token": 1e3 / tps, "weight_gb": params * model.dtype.itemsize / 1e9, "weight_gbs": gbs,
                       "bandwidth_gbs": bw, "fraction_of_bandwidth_bound": gbs / bw if bw else None,
                       "device": str(device)}
             print(json.dumps(decode))

@@ -136,3 +136,22 @@ fn packed_batches_of_different_lengths_match_single_sequences() {
     let want = model.logits(&ext).unwrap().to_vec2::<f32>().unwrap();
     assert_close("fork", &a.to_vec::<f32>().unwrap(), want.last().unwrap());
 }
+
+/// A prefill longer than the cache path's query chunk (512), starting mid-block after an
+/// earlier piece, gives the logits of the training forward (one attention call over the
+/// whole sequence, no cache) at every position.
+#[test]
+fn long_prefills_in_query_chunks_equal_one_attention_call() {
+    let (model, _) = load("tiny-gqa");
+    let tokens: Vec<u32> = (0..1300u32).map(|i| (i * 7 + i / 13) % 300).collect();
+    let ctx = artist_autograd::Ctx::inference();
+    let h = model.hidden_states(&ctx, &[&tokens], None).unwrap();
+    let want = h.value().linear(model.lm_head_weight(), None).unwrap().to_vec2::<f32>().unwrap();
+    let mut cache = model.new_cache(1, tokens.len()).unwrap();
+    let first = model.forward(&[SeqInput { slot: 0, tokens: &tokens[..100] }], &mut cache, Rows::All).unwrap();
+    let rest = model.forward(&[SeqInput { slot: 0, tokens: &tokens[100..] }], &mut cache, Rows::All).unwrap();
+    let got: Vec<Vec<f32>> = [first, rest].iter().flat_map(|t| t.to_vec2::<f32>().unwrap()).collect();
+    for (p, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_close(&format!("position {p}"), g, w);
+    }
+}

@@ -318,10 +318,7 @@ fn run_grpo(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Resul
         device,
     };
     if config.task == grpo::Task::Bfcl {
-        if env.world_size > 1 {
-            bail!("BFCL episodes train in one process for now (data parallel covers math GRPO and SFT)");
-        }
-        return run_fc(&run_dir, config, &opts);
+        return run_fc(&run_dir, config, &opts, env, Duration::from_secs(args.dist_timeout));
     }
     let format: artist_math::DatasetFormat = config.data_preset.parse()?;
     let data = artist_math::MathDataset::load(&config.data, &format)?;
@@ -372,9 +369,15 @@ fn run_grpo(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Resul
     Ok(())
 }
 
-/// The embedded default: SFT warm-up then GRPO on the calculator task.
-/// GRPO on BFCL multi-turn episodes (`task = "bfcl"`).
-fn run_fc(run_dir: &std::path::Path, config: artist_train::grpo::GrpoRunConfig, opts: &RunOptions) -> Result<()> {
+/// GRPO on BFCL multi-turn episodes (`task = "bfcl"`), in one process or as one rank of a
+/// data-parallel group (each rank plays its share of the entries).
+fn run_fc(
+    run_dir: &std::path::Path,
+    config: artist_train::grpo::GrpoRunConfig,
+    opts: &RunOptions,
+    env: &DistEnv,
+    timeout: Duration,
+) -> Result<()> {
     use artist_train::fc::{FcData, FcTrainer};
 
     config.validate()?;
@@ -385,7 +388,16 @@ fn run_fc(run_dir: &std::path::Path, config: artist_train::grpo::GrpoRunConfig, 
         .unwrap_or_else(|_| artist_tokenizer::ChatTemplate::chatml());
     let entries = data.entries.len();
     let mut trainer = FcTrainer { config, model, reference: None, tokenizer, template, data };
-    let steps = artist_train::grpo::train(run_dir, &mut trainer, opts)?;
+    let steps = if env.world_size > 1 {
+        let mut comm = TcpComm::connect(env, timeout)
+            .with_context(|| format!("rank {} joining {}:{}", env.rank, env.master_addr, env.master_port))?;
+        artist_train::grpo::train_data_parallel(run_dir, &mut trainer, opts, &mut comm)?
+    } else {
+        artist_train::grpo::train(run_dir, &mut trainer, opts)?
+    };
+    if env.rank != 0 {
+        return Ok(());
+    }
     let last = steps.last();
     println!(
         "{}",

@@ -273,7 +273,7 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
     /// G rollouts of every prompt, in prompt order (`prompt_index * G + sample_index`). Each
     /// rollout's cache blocks are handed back the moment it ends.
     pub fn run(&self, prompts: &[Vec<u32>]) -> Result<(Vec<Rollout>, RolloutStats)> {
-        self.run_inner(prompts, &mut KeptCache::default(), false)
+        self.run_inner(prompts, None, &mut KeptCache::default(), false)
     }
 
     /// As [`RolloutEngine::run`], keeping the cache in `kept` between calls: a finished
@@ -285,12 +285,29 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
         prompts: &[Vec<u32>],
         kept: &mut KeptCache<P::Cache>,
     ) -> Result<(Vec<Rollout>, RolloutStats)> {
-        self.run_inner(prompts, kept, true)
+        self.run_inner(prompts, None, kept, true)
+    }
+
+    /// [`RolloutEngine::run_keeping`] with each prompt's own seed: rollout `k` of prompt `p`
+    /// samples with `seeds[p] + k` instead of `sampling.seed + p * G + k`, so a prompt draws
+    /// the same tokens whatever else is in the batch (episodes that end early, a batch split
+    /// over ranks).
+    pub fn run_keeping_seeded(
+        &self,
+        prompts: &[Vec<u32>],
+        seeds: &[u64],
+        kept: &mut KeptCache<P::Cache>,
+    ) -> Result<(Vec<Rollout>, RolloutStats)> {
+        if seeds.len() != prompts.len() {
+            return Err(Error::Input(format!("{} seeds for {} prompts", seeds.len(), prompts.len())));
+        }
+        self.run_inner(prompts, Some(seeds), kept, true)
     }
 
     fn run_inner(
         &self,
         prompts: &[Vec<u32>],
+        seeds: Option<&[u64]>,
         kept: &mut KeptCache<P::Cache>,
         keep: bool,
     ) -> Result<(Vec<Rollout>, RolloutStats)> {
@@ -326,7 +343,10 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
                 let mut group: Vec<Seq> = Vec::with_capacity(g);
                 for (k, &slot) in slots.iter().enumerate() {
                     let mut params = c.sampling.clone();
-                    params.seed = params.seed.wrapping_add((p * g + k) as u64);
+                    params.seed = match seeds {
+                        Some(seeds) => seeds[p].wrapping_add(k as u64),
+                        None => params.seed.wrapping_add((p * g + k) as u64),
+                    };
                     group.push(Seq {
                         out: Rollout {
                             prompt_index: p,
@@ -444,7 +464,8 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
         let rollouts: Vec<Rollout> = done.into_iter().map(|r| r.expect("every rollout finished")).collect();
         stats.rollouts = rollouts.len();
         if let Some(u) = self.policy.cache_usage(&cache) {
-            (stats.kv_block_size, stats.kv_peak_bytes, stats.kv_cow_copies) = (u.block_size, u.peak_bytes(), u.cow_copies);
+            (stats.kv_block_size, stats.kv_peak_bytes, stats.kv_cow_copies) =
+                (u.block_size, u.peak_bytes(), u.cow_copies);
         }
         if keep {
             kept.cache = Some(cache);

@@ -139,8 +139,20 @@ impl Layer {
                         outs.push(Var::constant(out.reshape((t, heads * d))?));
                         continue;
                     }
-                    let (kc, vc) = cache.read(*l, s.slot, len)?; // [len, kv_heads, d]
-                    (Var::constant(kc), Var::constant(vc))
+                    // Queries a chunk at a time, so a long prefill never holds all its
+                    // `[heads, t, len]` scores at once; each row's numbers are unchanged.
+                    let mut parts = Vec::with_capacity(t.div_ceil(QUERY_CHUNK));
+                    for a in (0..t).step_by(QUERY_CHUNK) {
+                        let b = (a + QUERY_CHUNK).min(t);
+                        let (kc, vc) = cache.read(*l, s.slot, s.start + b)?; // [start + b, kv_heads, d]
+                        parts.push(attention(&qi.narrow(0, a, b - a)?, &Var::constant(kc), &Var::constant(vc))?);
+                    }
+                    outs.push(if parts.len() == 1 {
+                        parts.pop().expect("one part")
+                    } else {
+                        Var::cat(&parts.iter().collect::<Vec<_>>(), 0)?
+                    });
+                    continue;
                 }
                 None => (ki, vi),
             };
@@ -505,6 +517,10 @@ impl Qwen2 {
         Ok(lp.into_value().to_vec::<f32>()?)
     }
 }
+
+/// Queries per attention call when decoding against the CPU cache: a 12k-token prefill of
+/// a 4-head model then peaks at 4 x 512 x 12k f32 scores (0.1 GB) rather than 2.3 GB.
+const QUERY_CHUNK: usize = 512;
 
 /// Causal attention of one sequence. `q: [t, heads, d]` holds the last `t` positions of the
 /// `len` cached ones; `k`, `v: [len, kv_heads, d]`. Head `h` reads KV head `h / (heads /

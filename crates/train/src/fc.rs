@@ -31,8 +31,9 @@ use artist_tokenizer::{ChatTemplate, Message, Tokenizer};
 use artist_tools::{Tool, ToolCall, ToolResult};
 use serde::{Deserialize, Serialize};
 
-use crate::grpo::{GrpoRunConfig, GrpoTask, StepMetrics, update};
+use crate::grpo::{GrpoRunConfig, GrpoTask, StepMetrics, update_sharded};
 use crate::{Error, Result};
+use artist_dist::{Communicator, shard_range};
 
 /// What BFCL sends at miss_func's hand-over turn (its question turn is empty).
 pub const HANDOVER_MESSAGE: &str = "I have updated some more functions you can choose from. What about now?";
@@ -153,6 +154,10 @@ pub struct EpisodeSettings {
     pub max_steps_per_turn: usize,
     pub max_batch: usize,
     pub eos_ids: Vec<u32>,
+    /// The global index of the first episode played (its entry's position in the whole
+    /// batch times `group_size`): episode `i` samples every turn with a seed made from
+    /// `first_episode + i`, so a batch split over ranks plays what one process would.
+    pub first_episode: usize,
 }
 
 /// One played episode.
@@ -370,6 +375,7 @@ pub fn run_episodes<P: Policy>(
         // The prompts of this turn: the conversation so far and the new user message.
         let mut active = Vec::new();
         let mut prompts = Vec::new();
+        let mut seeds = Vec::new();
         for (k, p) in playing.iter_mut().enumerate() {
             if p.done || t >= turns(p) {
                 continue;
@@ -397,6 +403,12 @@ pub fn run_episodes<P: Policy>(
             let mut full = p.prompt_ids.clone();
             full.extend_from_slice(&p.ids);
             prompts.push(full);
+            seeds.push(
+                s.sampling
+                    .seed
+                    .wrapping_add((t as u64).wrapping_mul(1_000_003))
+                    .wrapping_add((s.first_episode + k) as u64),
+            );
             active.push(k);
         }
         if active.is_empty() {
@@ -409,10 +421,7 @@ pub fn run_episodes<P: Policy>(
             tools: vec![tool.clone() as Arc<dyn Tool>],
             config: RolloutConfig {
                 group_size: 1,
-                sampling: SamplingParams {
-                    seed: s.sampling.seed.wrapping_add((t as u64).wrapping_mul(1_000_003)),
-                    ..s.sampling
-                },
+                sampling: s.sampling.clone(),
                 max_turn_tokens: s.max_turn_tokens,
                 max_response_tokens: s.max_context,
                 max_tool_calls: s.max_steps_per_turn,
@@ -424,8 +433,9 @@ pub fn run_episodes<P: Policy>(
                 ..Default::default()
             },
         };
-        let (rollouts, _) =
-            engine.run_keeping(&prompts, &mut kept).map_err(|e| Error::Config(format!("episode turn {t}: {e}")))?;
+        let (rollouts, _) = engine
+            .run_keeping_seeded(&prompts, &seeds, &mut kept)
+            .map_err(|e| Error::Config(format!("episode turn {t}: {e}")))?;
         let mut lives = std::mem::take(&mut *tool.live.lock().unwrap_or_else(|p| p.into_inner()));
         for r in rollouts {
             let k = active[r.prompt_index];
@@ -514,6 +524,7 @@ impl FcTrainer {
             max_steps_per_turn: self.config.bfcl.max_steps_per_turn,
             max_batch: r.max_batch,
             eos_ids: self.model.config.eos_token_ids.clone(),
+            first_episode: 0,
         }
     }
 }
@@ -532,13 +543,35 @@ impl GrpoTask for FcTrainer {
         self.data.entries.len()
     }
 
+    fn items_fingerprint(&self) -> u64 {
+        let ids: Vec<&str> = self.data.entries.iter().map(|e| e.id.as_str()).collect();
+        crate::sft::fnv1a(ids.join("\n").as_bytes())
+    }
+
     fn step(&mut self, step: u64, batch: &[usize], optimizer: &mut AdamW, lr: f64) -> Result<StepMetrics> {
+        self.step_sharded(step, batch, optimizer, lr, None)
+    }
+
+    /// The entries of `batch` split over the ranks of `comm` (an entry's whole group on one
+    /// rank), each episode sampled as one process would (`first_episode`); the loss is
+    /// normalised over the global batch, gradients and statistics are summed over ranks.
+    fn step_sharded(
+        &mut self,
+        step: u64,
+        batch: &[usize],
+        optimizer: &mut AdamW,
+        lr: f64,
+        mut comm: Option<&mut (dyn Communicator + '_)>,
+    ) -> Result<StepMetrics> {
         let c = self.config.clone();
         let g = c.rollout.group_size;
+        let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
+        let shard = shard_range(batch.len(), rank, world);
         let t0 = Instant::now();
         let seed = c.seed.wrapping_add(step.wrapping_mul(1_000_003));
-        let s = self.episode_settings(g, c.rollout.temperature, seed);
-        let eps = run_episodes(&self.model, &self.tokenizer, &self.template, &self.data, batch, &s)?;
+        let s =
+            EpisodeSettings { first_episode: shard.start * g, ..self.episode_settings(g, c.rollout.temperature, seed) };
+        let eps = run_episodes(&self.model, &self.tokenizer, &self.template, &self.data, &batch[shard], &s)?;
         let rollout_s = t0.elapsed().as_secs_f64();
         let opts = CheckOptions { irrelevance: c.bfcl.irrelevance };
         let scored: Vec<Scored> = eps
@@ -569,30 +602,68 @@ impl GrpoTask for FcTrainer {
                 });
             }
         }
-        let n = eps.len().max(1) as f64;
-        let mean = |f: &dyn Fn(&Scored) -> f64| scored.iter().map(f).sum::<f64>() / n;
+        let sum = |f: &dyn Fn(&Scored) -> f64| scored.iter().map(f).sum::<f64>();
         let calls: usize = eps.iter().map(|e| e.tool_calls).sum();
         let errors: usize = eps.iter().map(|e| e.tool_errors).sum();
+        // Sums over the batch, combined over ranks.
+        let mut sums = [
+            eps.len() as f64,
+            sum(&|x| x.rewards.total),
+            sum(&|x| x.rewards.state),
+            sum(&|x| x.rewards.function),
+            sum(&|x| x.rewards.relaxed_format),
+            sum(&|x| x.rewards.strict_format),
+            sum(&|x| x.check.valid as u8 as f64),
+            eps.iter().map(|e| e.ids.len()).sum::<usize>() as f64,
+            calls as f64,
+            (calls - errors) as f64,
+            eps.iter().filter(|e| e.truncated).count() as f64,
+            flat as f64,
+            eps.iter().map(|e| e.mask.iter().filter(|&&x| x == 1).count()).sum::<usize>() as f64,
+            rollout_s,
+        ];
+        if let Some(comm) = comm.as_deref_mut() {
+            let mut buf: Vec<f32> = sums.iter().map(|&x| x as f32).collect();
+            comm.all_reduce_sum(&mut buf)?;
+            sums.iter_mut().zip(buf).for_each(|(s, b)| *s = f64::from(b));
+            sums[13] /= world as f64;
+        }
+        let [
+            n,
+            total,
+            state,
+            function,
+            relaxed,
+            strict,
+            valid,
+            response,
+            calls,
+            successes,
+            truncated,
+            flat,
+            sampled,
+            rollout_s,
+        ] = sums;
+        let n = n.max(1.0);
         let mut m = StepMetrics {
             step: step + 1,
-            reward: mean(&|x| x.rewards.total),
-            reward_state: Some(mean(&|x| x.rewards.state)),
-            reward_function: Some(mean(&|x| x.rewards.function)),
-            reward_relaxed_format: mean(&|x| x.rewards.relaxed_format),
-            reward_strict_format: mean(&|x| x.rewards.strict_format),
-            accuracy: mean(&|x| x.check.valid as u8 as f64),
-            response_tokens: eps.iter().map(|e| e.ids.len()).sum::<usize>() as f64 / n,
-            tool_calls_per_rollout: calls as f64 / n,
-            tool_success: if calls == 0 { 0.0 } else { (calls - errors) as f64 / calls as f64 },
-            flat_groups: flat,
-            truncated: eps.iter().filter(|e| e.truncated).count(),
+            reward: total / n,
+            reward_state: Some(state / n),
+            reward_function: Some(function / n),
+            reward_relaxed_format: relaxed / n,
+            reward_strict_format: strict / n,
+            accuracy: valid / n,
+            response_tokens: response / n,
+            tool_calls_per_rollout: calls / n,
+            tool_success: if calls == 0.0 { 0.0 } else { successes / calls },
+            flat_groups: flat as usize,
+            truncated: truncated as usize,
             lr,
             rollout_s,
-            tokens_per_s: eps.iter().map(|e| e.mask.iter().filter(|&&x| x == 1).count()).sum::<usize>() as f64
-                / rollout_s.max(1e-9),
+            tokens_per_s: sampled / rollout_s.max(1e-9),
             ..Default::default()
         };
-        let u = update(&self.model, self.reference.as_ref(), train, &c, optimizer, lr, step)?;
+        let u = update_sharded(&self.model, self.reference.as_ref(), train, &c, optimizer, lr, step, comm)?;
         (m.loss, m.grad_norm, m.clip_fraction, m.kl) = (u.loss, u.grad_norm, u.clip_fraction, u.kl);
         m.train_s = t.elapsed().as_secs_f64();
         Ok(m)

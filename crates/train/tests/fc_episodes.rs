@@ -4,7 +4,8 @@
 //! user turns are appended in ChatML, held-back functions appear at miss_func's
 //! hand-over, and BFCL's checker passes the episode with full state and function rewards.
 //! A bad call gives the model an error and the episode goes on. Then two GRPO steps of a
-//! tiny Qwen2 on `configs/artist-fc.toml` write metrics and a checkpoint.
+//! tiny Qwen2 on `configs/artist-fc.toml` write metrics and a checkpoint, and two ranks
+//! training data-parallel end where one process does.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -91,6 +92,7 @@ fn settings(eos: u32) -> EpisodeSettings {
         max_steps_per_turn: 20,
         max_batch: 4,
         eos_ids: vec![eos],
+        first_episode: 0,
     }
 }
 
@@ -200,17 +202,16 @@ fn held_back_functions_appear_at_the_handover() {
     assert!(s.check.valid, "{} (hand-over at turn {k}): {:?}", entry.id, s.check.error);
 }
 
-/// `configs/artist-fc.toml` on a tiny Qwen2 with shortened function docs (its context
-/// is small): two GRPO steps on BFCL episodes.
-#[test]
-fn two_grpo_steps_on_episodes() {
-    let Some(bfcl) = bfcl_dir() else { return };
-    let tmp = tempfile::tempdir().unwrap();
+/// `configs/artist-fc.toml` on a tiny Qwen2 with shortened function docs (its context is
+/// small), on the first `entries` base entries, with `sets` on top.
+fn fc_trainer(bfcl: &Path, tmp: &Path, entries: usize, sets: &[&str]) -> FcTrainer {
     // Four functions per class, without descriptions, keep the prompt short for the tiny
     // model (calls to the others are refused as unknown, which is fine here).
-    let docs = tmp.path().join("func_doc");
+    // (Written once per folder: data-parallel ranks share the first trainer's.)
+    let docs = tmp.join("func_doc");
+    let written = docs.is_dir();
     std::fs::create_dir_all(&docs).unwrap();
-    for f in std::fs::read_dir(bfcl.join("func_doc")).unwrap() {
+    for f in std::fs::read_dir(bfcl.join("func_doc")).unwrap().filter(|_| !written) {
         let f = f.unwrap().path();
         let lines: Vec<String> = std::fs::read_to_string(&f)
             .unwrap()
@@ -229,40 +230,44 @@ fn two_grpo_steps_on_episodes() {
     let text = std::fs::read_to_string(root().join("configs/artist-fc.toml")).unwrap();
     let c = GrpoRunConfig::from_toml(&text, Path::new("configs/artist-fc.toml")).unwrap();
     let q = bfcl.join("questions/BFCL_v4_multi_turn_base.json");
-    let c = c
-        .with_overrides(&[
-            format!("model={:?}", tiny().to_str().unwrap()),
-            format!("bfcl.questions=[{:?}]", q.to_str().unwrap()),
-            format!("bfcl.func_doc={:?}", docs.to_str().unwrap()),
-            "bfcl.first=2".into(),
-            "bfcl.max_steps_per_turn=2".into(),
-            "steps=2".into(),
-            "prompts_per_step=1".into(),
-            "rollout.group_size=2".into(),
-            "rollout.max_turn_tokens=6".into(),
-            "rollout.max_context=6000".into(),
-            "micro_batch_rollouts=1".into(),
-            "optim.lr=1e-3".into(),
-            "save_every=1".into(),
-        ])
-        .unwrap();
+    let mut all = vec![
+        format!("model={:?}", tiny().to_str().unwrap()),
+        format!("bfcl.questions=[{:?}]", q.to_str().unwrap()),
+        format!("bfcl.func_doc={:?}", docs.to_str().unwrap()),
+        format!("bfcl.first={entries}"),
+        "bfcl.max_steps_per_turn=2".into(),
+        "rollout.group_size=2".into(),
+        "rollout.max_turn_tokens=6".into(),
+        "rollout.max_context=6000".into(),
+        "micro_batch_rollouts=1".into(),
+        "optim.lr=1e-3".into(),
+    ];
+    all.extend(sets.iter().map(|s| s.to_string()));
+    let c = c.with_overrides(&all).unwrap();
     let data = FcData::load(&c.bfcl).unwrap();
-    assert_eq!(data.entries.len(), 2);
-    let mut t = FcTrainer {
+    assert_eq!(data.entries.len(), entries);
+    FcTrainer {
         model: Qwen2::load(&tiny()).unwrap(),
         reference: None,
         tokenizer: Tokenizer::from_dir(tiny()).unwrap(),
         template: ChatTemplate::from_dir(tiny()).unwrap(),
         data,
         config: c,
-    };
+    }
+}
+
+fn quiet() -> RunOptions {
+    RunOptions { resume: false, progress: false, stop_after: None, device: Default::default() }
+}
+
+/// Two GRPO steps on BFCL episodes write metrics and checkpoints.
+#[test]
+fn two_grpo_steps_on_episodes() {
+    let Some(bfcl) = bfcl_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = fc_trainer(&bfcl, tmp.path(), 2, &["steps=2", "prompts_per_step=1", "save_every=1"]);
     let run = tmp.path().join("run");
-    let m = train(
-        &run,
-        &mut t,
-        &RunOptions { resume: false, progress: false, stop_after: None, device: Default::default() },
-    )
-    .unwrap();
+    let m = train(&run, &mut t, &quiet()).unwrap();
     assert_eq!(m.len(), 2);
     for s in &m {
         assert!(s.reward.is_finite() && s.response_tokens > 0.0 && s.reward_state.is_some());
@@ -270,6 +275,58 @@ fn two_grpo_steps_on_episodes() {
     let lines = artist_train::metrics::read(&run.join("metrics.jsonl")).unwrap();
     assert!(lines[1].get("reward_state").is_some() && lines[1].get("reward_answer").is_none());
     assert!(artist_train::checkpoint::latest(&run).unwrap().unwrap().ends_with("step-00000002"));
+}
+
+/// Data-parallel GRPO on episodes: 2 in-process ranks, each playing one of a step's two
+/// entries (its whole group), end 2 steps with the weights (within float reassociation;
+/// see grpo_data_parallel.rs) and the per-step metrics of one process on the same batches.
+/// The tiny model's episodes all score alike, so the advantages are 0: a KL term to another
+/// tiny model (tiny-bf16, same vocabulary) is what moves the weights, through the same
+/// sharded loss and gradient sums.
+#[test]
+fn two_ranks_play_and_train_as_one_process() {
+    let Some(bfcl) = bfcl_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = format!("reference_model={:?}", root().join("tests/fixtures/qwen2/tiny-bf16").to_str().unwrap());
+    let sets = ["steps=2", "prompts_per_step=2", "grpo.beta=0.5", reference.as_str()];
+    let weights = |m: &Qwen2| -> Vec<Vec<f32>> { m.params().iter().map(|p| p.value().to_f32_vec().unwrap()).collect() };
+    let max_diff = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+        a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+    };
+    let mut single = fc_trainer(&bfcl, tmp.path(), 4, &sets);
+    let start = weights(&single.model);
+    let m1 = train(&tmp.path().join("single"), &mut single, &quiet()).unwrap();
+    let w1 = weights(&single.model);
+    let moved = max_diff(&w1, &start);
+    assert!(moved > 1e-4, "training moved the weights by only {moved:e}");
+    let dir = tmp.path().join("ranks");
+    let runs: Vec<(Vec<artist_train::grpo::StepMetrics>, Vec<Vec<f32>>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = artist_dist::InProcess::group_with_timeout(2, std::time::Duration::from_secs(300))
+            .into_iter()
+            .map(|mut comm| {
+                let (dir, bfcl, tmp) = (&dir, &bfcl, tmp.path());
+                s.spawn(move || {
+                    let mut t = fc_trainer(bfcl, tmp, 4, &sets);
+                    let m = artist_train::grpo::train_data_parallel(dir, &mut t, &quiet(), &mut comm).unwrap();
+                    (m, weights(&t.model))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(runs[0].1, runs[1].1, "the ranks' weights diverged");
+    let diff = max_diff(&runs[0].1, &w1);
+    eprintln!("2 ranks vs one process on episodes: max |weight difference| {diff:e} (moved {moved:e})");
+    assert!(diff <= 1e-4, "max weight difference {diff:e}");
+    for (m, x) in m1.iter().zip(&runs[0].0) {
+        assert_eq!(x.step, m.step);
+        assert!((x.reward - m.reward).abs() < 1e-5, "step {}: reward {} vs {}", m.step, x.reward, m.reward);
+        assert!((x.response_tokens - m.response_tokens).abs() < 1e-3);
+        assert!((x.tool_calls_per_rollout - m.tool_calls_per_rollout).abs() < 1e-6);
+        assert!((x.loss - m.loss).abs() <= 1e-6 * m.loss.abs().max(1.0), "loss {} vs {}", x.loss, m.loss);
+        assert!(x.kl > 0.0 && (x.kl - m.kl).abs() <= 1e-6 * m.kl.abs().max(1.0), "kl {} vs {}", x.kl, m.kl);
+    }
+    assert_eq!(artist_train::metrics::read(&dir.join("metrics.jsonl")).unwrap().len(), 2);
 }
 
 fn strip(v: &mut serde_json::Value) {
