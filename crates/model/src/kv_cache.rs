@@ -18,7 +18,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use artist_tensor::{DType, Device, Tensor};
+use artist_tensor::{BlockTable, DType, Device, Tensor};
 
 use crate::{Error, Qwen2Config, Result};
 
@@ -70,6 +70,8 @@ pub struct KvCache {
     refs: Vec<u32>,
     /// Free blocks, lowest first (so a lone sequence gets consecutive blocks).
     free: BinaryHeap<Reverse<u32>>,
+    /// Blocks with a reference.
+    in_use: usize,
     tables: Vec<Vec<u32>>,
     lens: Vec<usize>,
     max_len: usize,
@@ -125,6 +127,7 @@ impl KvCache {
             max_blocks,
             refs: vec![],
             free: BinaryHeap::new(),
+            in_use: 0,
             tables: vec![vec![]; slots],
             lens: vec![0; slots],
             max_len,
@@ -171,7 +174,7 @@ impl KvCache {
     }
 
     pub fn usage(&self) -> KvUsage {
-        let in_use = self.refs.iter().filter(|&&r| r > 0).count();
+        let in_use = self.in_use;
         let refs: usize = self.tables.iter().map(Vec::len).sum();
         let per_layer = self.block_size * self.kv_heads * self.head_dim * 4;
         KvUsage {
@@ -232,6 +235,7 @@ impl KvCache {
         *r -= 1;
         if *r == 0 {
             self.free.push(Reverse(b));
+            self.in_use -= 1;
         }
     }
 
@@ -241,8 +245,8 @@ impl KvCache {
         }
         let Reverse(b) = self.free.pop().ok_or_else(|| Error::Input("the KV cache is out of blocks".into()))?;
         self.refs[b as usize] = 1;
-        let in_use = self.refs.iter().filter(|&&r| r > 0).count();
-        self.peak_blocks = self.peak_blocks.max(in_use);
+        self.in_use += 1;
+        self.peak_blocks = self.peak_blocks.max(self.in_use);
         Ok(b)
     }
 
@@ -329,11 +333,23 @@ impl KvCache {
         Ok((self.k[layer].gather_blocks(table, len)?, self.v[layer].gather_blocks(table, len)?))
     }
 
-    /// Attention of `q: [t, heads, head_dim]`, the last `t` of `slot`'s first `len` positions,
-    /// over layer `layer`'s keys and values, read in place through the block table (no
-    /// gather): `[t, heads, head_dim]`.
-    pub(crate) fn attend(&self, layer: usize, slot: usize, len: usize, q: &Tensor, scale: f32) -> Result<Tensor> {
-        let table = &self.tables[slot];
+    /// `slot`'s block table as [`Tensor::paged_attention`] reads it (on the cache's device):
+    /// made once per forward pass, after [`KvCache::reserve`], and shared by the layers.
+    pub(crate) fn device_table(&self, slot: usize) -> Result<BlockTable> {
+        Ok(BlockTable::new(self.tables[slot].clone(), self.device)?)
+    }
+
+    /// Attention of `q: [t, heads, head_dim]`, the last `t` of the first `len` positions of
+    /// the slot whose table is `table`, over layer `layer`'s keys and values, read in place
+    /// through the table (no gather): `[t, heads, head_dim]`.
+    pub(crate) fn attend(
+        &self,
+        layer: usize,
+        table: &BlockTable,
+        len: usize,
+        q: &Tensor,
+        scale: f32,
+    ) -> Result<Tensor> {
         Ok(q.paged_attention(&self.k[layer], &self.v[layer], table, len, scale)?.0)
     }
 

@@ -88,6 +88,8 @@ struct Span {
     slot: usize,
     cos: Tensor,
     sin: Tensor,
+    /// The slot's block table on the GPU, for paged attention (decoding on CUDA only).
+    table: Option<Arc<artist_tensor::BlockTable>>,
 }
 
 /// One decoder layer. q/k/v and gate/up are stored fused (their weight rows stacked), so
@@ -131,11 +133,11 @@ impl Layer {
                 Some((cache, l)) => {
                     cache.write(*l, s.slot, s.start, ki.value(), &vi.value().contiguous()?)?;
                     let len = s.start + t;
-                    if cache.device().is_cuda() {
+                    if let Some(table) = &s.table {
                         // One kernel reads the blocks in place. The CPU gathers them and runs
                         // the composition training uses, keeping its agreement with
                         // transformers to the ulp.
-                        let out = cache.attend(*l, s.slot, len, qi.value(), (d as f32).powf(-0.5))?;
+                        let out = cache.attend(*l, table, len, qi.value(), (d as f32).powf(-0.5))?;
                         outs.push(Var::constant(out.reshape((t, heads * d))?));
                         continue;
                     }
@@ -415,7 +417,7 @@ impl Qwen2 {
         seqs.map(|(slot, start, len)| {
             let pos: Vec<u32> = (start..start + len).map(|p| p as u32).collect();
             let (cos, sin) = rope_tables(&pos, c.head_dim, c.rope_theta as f32, self.device)?;
-            let s = Span { row, len, start, slot, cos, sin };
+            let s = Span { row, len, start, slot, cos, sin, table: None };
             row += len;
             Ok(s)
         })
@@ -431,7 +433,12 @@ impl Qwen2 {
         for s in inputs {
             cache.reserve(s.slot, cache.len(s.slot) + s.tokens.len())?;
         }
-        let spans = self.spans(inputs.iter().map(|s| (s.slot, cache.len(s.slot), s.tokens.len())))?;
+        let mut spans = self.spans(inputs.iter().map(|s| (s.slot, cache.len(s.slot), s.tokens.len())))?;
+        if cache.device().is_cuda() {
+            for s in &mut spans {
+                s.table = Some(Arc::new(cache.device_table(s.slot)?));
+            }
+        }
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let ctx = Ctx::inference();
         let x = self.decode(&ctx, ids, Arc::new(spans), Some(cache))?;

@@ -79,6 +79,26 @@ fn scores(qg: &Tensor, k: &Tensor, a: AttnDims, scale: f32) -> Result<Tensor> {
     ))
 }
 
+/// A sequence's block table for [`Tensor::paged_attention`]: the block ids on the host (for
+/// checks and the CPU) and, for a GPU, a copy on the device made once, so the layers of a
+/// forward pass share one upload.
+#[derive(Debug, Clone)]
+pub struct BlockTable {
+    ids: Vec<u32>,
+    on_device: Option<Tensor>,
+}
+
+impl BlockTable {
+    pub fn new(ids: Vec<u32>, device: crate::Device) -> Result<BlockTable> {
+        let on_device = if device.is_cuda() { Some(Tensor::from_vec(ids.clone(), ids.len(), device)?) } else { None };
+        Ok(BlockTable { ids, on_device })
+    }
+
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+}
+
 /// Checks a paged pool `[blocks, block_size, kv_heads, d]` and a block table for `len`
 /// positions; returns the block size and the blocks `len` needs.
 fn paged_dims(pool: &Tensor, table: &[u32], len: usize, op: &'static str) -> Result<(usize, usize)> {
@@ -143,17 +163,18 @@ impl Tensor {
         &self,
         k_pool: &Tensor,
         v_pool: &Tensor,
-        table: &[u32],
+        table: &BlockTable,
         len: usize,
         scale: f32,
     ) -> Result<(Tensor, Tensor)> {
         const OP: &str = "paged_attention";
+        let ids = table.ids();
         if v_pool.dims() != k_pool.dims() {
             return Err(crate::invalid!(OP, "k pool {} and v pool {} differ", k_pool.shape(), v_pool.shape()));
         }
-        let (_, nb) = paged_dims(k_pool, table, len, OP)?;
+        let (_, nb) = paged_dims(k_pool, ids, len, OP)?;
         if !self.device().is_cuda() {
-            let (k, v) = (k_pool.gather_blocks(table, len)?, v_pool.gather_blocks(table, len)?);
+            let (k, v) = (k_pool.gather_blocks(ids, len)?, v_pool.gather_blocks(ids, len)?);
             return self.causal_attention(&k, &v, scale);
         }
         // The dense checks on the pools seen as `[blocks * block_size, kv_heads, d]`.
@@ -165,7 +186,11 @@ impl Tensor {
         if a.t > len {
             return Err(crate::invalid!(OP, "{} queries cannot be the last of {len} positions", a.t));
         }
-        crate::cuda::ops::attention_fwd_paged(self, k_pool, v_pool, &table[..nb], a, scale)
+        let on_device = match &table.on_device {
+            Some(t) if t.device() == self.device() => t.narrow(0, 0, nb)?,
+            _ => Tensor::from_vec(ids[..nb].to_vec(), nb, self.device())?,
+        };
+        crate::cuda::ops::attention_fwd_paged(self, k_pool, v_pool, &on_device, a, scale)
     }
 
     /// The gradients `(dq, dk, dv)` (f32, shaped as q, k, v) of [`Tensor::causal_attention`]

@@ -33,6 +33,7 @@ mod reduce;
 mod shape;
 mod tensor;
 
+pub use attention::BlockTable;
 pub use device::Device;
 pub use dtype::{DType, WithDType};
 pub use error::{Error, Result};

@@ -9,7 +9,7 @@
 
 #![allow(clippy::needless_range_loop, clippy::type_complexity)]
 
-use artist_tensor::{AdamWScalars, CmpOp, DType, Device, Tensor, cuda, rope_tables};
+use artist_tensor::{AdamWScalars, BlockTable, CmpOp, DType, Device, Tensor, cuda, rope_tables};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -839,8 +839,15 @@ fn paged_attention_matches() {
             let (kc, vc) = (kp.gather_blocks(&table, len).unwrap(), vp.gather_blocks(&table, len).unwrap());
             same(&format!("{what}: gathered keys"), &kg.gather_blocks(&table, len).unwrap(), &kc);
             let scale = (d as f32).powf(-0.5);
-            let (oc, lc) = q.paged_attention(&kp, &vp, &table, len, scale).unwrap();
-            let (og, lg) = qg.paged_attention(&kg, &vg, &table, len, scale).unwrap();
+            let (oc, lc) =
+                q.paged_attention(&kp, &vp, &BlockTable::new(table.clone(), Device::Cpu).unwrap(), len, scale).unwrap();
+            // The table uploaded once, and from the host (uploaded by the call).
+            let (og, lg) =
+                qg.paged_attention(&kg, &vg, &BlockTable::new(table.clone(), dev).unwrap(), len, scale).unwrap();
+            let (og2, _) = qg
+                .paged_attention(&kg, &vg, &BlockTable::new(table.clone(), Device::Cpu).unwrap(), len, scale)
+                .unwrap();
+            same(&format!("{what}: table uploaded by the call"), &og2, &og);
             let (rt, at) = tol(dt);
             close(&format!("{what}: out"), &og, &oc, rt * 2.0, at * 2.0);
             close(&format!("{what}: lse"), &lg, &lc, 1e-5, 1e-5);
@@ -851,8 +858,9 @@ fn paged_attention_matches() {
     // A table too short for `len`, or naming a block the pool lacks, is an error.
     let kp = randn(&[2, 4, 1, 8], 1).to_device(dev).unwrap();
     let q = randn(&[1, 2, 8], 2).to_device(dev).unwrap();
-    assert!(q.paged_attention(&kp, &kp, &[0], 5, 1.0).unwrap_err().to_string().contains("need 2 blocks"));
-    assert!(q.paged_attention(&kp, &kp, &[0, 7], 5, 1.0).unwrap_err().to_string().contains("block 7"));
+    let t = |ids: &[u32]| BlockTable::new(ids.to_vec(), dev).unwrap();
+    assert!(q.paged_attention(&kp, &kp, &t(&[0]), 5, 1.0).unwrap_err().to_string().contains("need 2 blocks"));
+    assert!(q.paged_attention(&kp, &kp, &t(&[0, 7]), 5, 1.0).unwrap_err().to_string().contains("block 7"));
 }
 
 /// The CPU attention equals the textbook formula: softmax of masked scores times values.

@@ -762,7 +762,7 @@ pub(crate) fn attention_fwd_paged(
     q: &Tensor,
     k_pool: &Tensor,
     v_pool: &Tensor,
-    table: &[u32],
+    table: &Tensor,
     a: AttnDims,
     scale: f32,
 ) -> Result<(Tensor, Tensor)> {
@@ -774,8 +774,7 @@ pub(crate) fn attention_fwd_paged(
     let (_k, kp) = contiguous(k_pool)?;
     let (_v, vp) = contiguous(v_pool)?;
     let (dev, _) = raw(&q);
-    let table = Tensor::from_vec(table.to_vec(), table.len(), q.device())?;
-    let (_table, tp) = contiguous(&table)?;
+    let (_table, tp) = contiguous(table)?;
     let (out, op) = empty(&dev, q.dtype(), (a.t, a.heads, a.d))?;
     let (lse, lp) = empty(&dev, DType::F32, (a.heads, a.t))?;
     if a.t * a.heads > 0 && a.d > 0 {
