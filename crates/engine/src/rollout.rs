@@ -44,6 +44,12 @@ pub struct RolloutConfig {
     pub max_batch: usize,
     /// Prefill each prompt once and fork it into its group's slots.
     pub share_prefix: bool,
+    /// Every run forms the same batches: a rollout that calls a tool rejoins at the very
+    /// next step (the engine waits for the call). A row's logits can change in the last bits
+    /// with the rows batched beside it, so without this a tool's timing can nudge logprobs
+    /// (and, over a long RL run, which tokens are drawn); with it, runs repeat to the bit
+    /// and tools no longer overlap decoding.
+    pub deterministic: bool,
     /// Token ids that end a rollout (kept in it).
     pub eos_ids: Vec<u32>,
     /// Text that ends a rollout once generated (`</answer>`), kept in it.
@@ -63,6 +69,7 @@ impl Default for RolloutConfig {
             max_context: 16_384,
             max_batch: 16,
             share_prefix: true,
+            deterministic: false,
             eos_ids: vec![],
             stop_text: Some("</answer>".into()),
             output_template: "<output>\n{output}\n</output>\n".into(),
@@ -389,8 +396,19 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
                 }
             }
 
-            // Tool results that are back rejoin the batch.
+            // Tool results that are back rejoin the batch (all of them, in order, when
+            // deterministic).
             let mut results: Vec<ToolDone> = rx.try_iter().collect();
+            if c.deterministic && results.len() < in_tool {
+                let w = Instant::now();
+                while results.len() < in_tool {
+                    results.push(rx.recv().map_err(|_| Error::Input("a tool thread vanished".into()))?);
+                }
+                stats.tool_wait_s += w.elapsed().as_secs_f64();
+            }
+            if c.deterministic {
+                results.sort_by_key(|r| r.seq);
+            }
             let decoding = seqs.iter().flatten().filter(|s| matches!(s.state, State::Decode)).count();
             if decoding == 0 && results.is_empty() {
                 if in_tool == 0 {

@@ -60,6 +60,9 @@ pub struct RolloutSettings {
     pub max_batch: usize,
     /// Prefill each prompt once for its whole group.
     pub share_prefix: bool,
+    /// Runs repeat to the bit: a rollout that calls a tool rejoins the batch at the next
+    /// step (the engine waits for the call; see `RolloutConfig::deterministic`).
+    pub deterministic: bool,
 }
 
 impl Default for RolloutSettings {
@@ -75,6 +78,7 @@ impl Default for RolloutSettings {
             max_context: 10_000,
             max_batch: 48,
             share_prefix: true,
+            deterministic: false,
         }
     }
 }
@@ -368,6 +372,7 @@ impl GrpoTrainer<'_> {
                 max_context: r.max_context,
                 max_batch: r.max_batch.max(group_size),
                 share_prefix: r.share_prefix,
+                deterministic: r.deterministic,
                 eos_ids: self.model.config.eos_token_ids.clone(),
                 stop_text: Some("</answer>".into()),
                 ..Default::default()
