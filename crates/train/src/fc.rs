@@ -428,6 +428,9 @@ pub fn run_episodes<P: Policy>(
                 max_context: s.max_context,
                 max_batch: s.max_batch.max(1),
                 share_prefix: false,
+                // BFCL's environments answer in microseconds: waiting for them costs
+                // nothing and makes episodes repeat to the bit.
+                deterministic: true,
                 eos_ids: s.eos_ids.clone(),
                 stop_text: None,
                 ..Default::default()
