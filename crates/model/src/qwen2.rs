@@ -143,11 +143,12 @@ impl Layer {
                     }
                     // Queries a chunk at a time, so a long prefill never holds all its
                     // `[heads, t, len]` scores at once; each row's numbers are unchanged.
+                    let (kc, vc) = cache.read(*l, s.slot, len)?; // [len, kv_heads, d], gathered once
                     let mut parts = Vec::with_capacity(t.div_ceil(QUERY_CHUNK));
                     for a in (0..t).step_by(QUERY_CHUNK) {
                         let b = (a + QUERY_CHUNK).min(t);
-                        let (kc, vc) = cache.read(*l, s.slot, s.start + b)?; // [start + b, kv_heads, d]
-                        parts.push(attention(&qi.narrow(0, a, b - a)?, &Var::constant(kc), &Var::constant(vc))?);
+                        let (kb, vb) = (kc.narrow(0, 0, s.start + b)?, vc.narrow(0, 0, s.start + b)?);
+                        parts.push(attention(&qi.narrow(0, a, b - a)?, &Var::constant(kb), &Var::constant(vb))?);
                     }
                     outs.push(if parts.len() == 1 {
                         parts.pop().expect("one part")

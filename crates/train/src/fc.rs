@@ -31,7 +31,7 @@ use artist_tokenizer::{ChatTemplate, Message, Tokenizer};
 use artist_tools::{Tool, ToolCall, ToolResult};
 use serde::{Deserialize, Serialize};
 
-use crate::grpo::{GrpoRunConfig, GrpoTask, StepMetrics, update_sharded};
+use crate::grpo::{GrpoRunConfig, GrpoTask, StepMetrics, combine_step_sums, update_sharded};
 use crate::{Error, Result};
 use artist_dist::{Communicator, shard_range};
 
@@ -625,12 +625,7 @@ impl GrpoTask for FcTrainer {
             eps.iter().map(|e| e.mask.iter().filter(|&&x| x == 1).count()).sum::<usize>() as f64,
             rollout_s,
         ];
-        if let Some(comm) = comm.as_deref_mut() {
-            let mut buf: Vec<f32> = sums.iter().map(|&x| x as f32).collect();
-            comm.all_reduce_sum(&mut buf)?;
-            sums.iter_mut().zip(buf).for_each(|(s, b)| *s = f64::from(b));
-            sums[13] /= world as f64;
-        }
+        combine_step_sums(&mut sums, comm.as_deref_mut())?;
         let [
             n,
             total,

@@ -466,12 +466,7 @@ impl GrpoTrainer<'_> {
             rollouts.iter().map(|r| r.sampled_tokens()).sum::<usize>() as f64,
             rollout_s,
         ];
-        if let Some(comm) = comm.as_deref_mut() {
-            let mut buf: Vec<f32> = sums.iter().map(|&x| x as f32).collect();
-            comm.all_reduce_sum(&mut buf)?;
-            sums.iter_mut().zip(buf).for_each(|(s, b)| *s = f64::from(b));
-            sums[13] /= world as f64;
-        }
+        combine_step_sums(&mut sums, comm.as_deref_mut())?;
         let [
             n,
             reward,
@@ -538,6 +533,21 @@ pub struct UpdateStats {
 }
 
 /// The updates on one rollout batch: reference logprobs when `grpo.beta > 0`, then
+/// A step's per-rank sums (counts, reward sums, ..., and last the rollout seconds) made
+/// global: summed over the ranks of `comm` (carried as f32), the seconds then averaged.
+/// Nothing changes without a communicator.
+pub(crate) fn combine_step_sums<const N: usize>(
+    sums: &mut [f64; N],
+    comm: Option<&mut (dyn Communicator + '_)>,
+) -> Result<()> {
+    let Some(comm) = comm else { return Ok(()) };
+    let mut buf: Vec<f32> = sums.iter().map(|&x| x as f32).collect();
+    comm.all_reduce_sum(&mut buf)?;
+    sums.iter_mut().zip(buf).for_each(|(s, b)| *s = f64::from(b));
+    sums[N - 1] /= comm.world_size() as f64;
+    Ok(())
+}
+
 /// `optimizer_steps_per_batch` AdamW steps on the masked GRPO loss, gradients accumulated
 /// over micro-batches of `micro_batch_rollouts`. A non-finite loss or norm refuses the
 /// update. Shared by the math and the function-calling trainers.
