@@ -64,6 +64,28 @@ fn sums_in_rank_order() {
 }
 
 #[test]
+fn long_sums_split_over_ranks_keep_rank_order_to_the_bit() {
+    // Each rank sums a slice of every buffer: lengths that do not divide evenly, shorter
+    // than the ranks, and longer than a tile, each against a plain sum in rank order.
+    for n in [2, 3, 4] {
+        for len in [0, 1, 3, 17, 4_099, 100_003] {
+            let value =
+                |r: usize, i: usize| ((i * 7919 + r * 104_729) % 1_000_003) as f32 * 1e-3 - 500.0 + r as f32 * 1e5;
+            let out = run(n, T, |mut c| {
+                let r = c.rank();
+                let mut v: Vec<f32> = (0..len).map(|i| value(r, i)).collect();
+                c.all_reduce_sum(&mut v).unwrap();
+                v
+            });
+            let want: Vec<f32> = (0..len).map(|i| (1..n).fold(value(0, i), |acc, r| acc + value(r, i))).collect();
+            for v in out {
+                assert!(v.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "n {n} len {len}");
+            }
+        }
+    }
+}
+
+#[test]
 fn a_rank_that_never_arrives_is_named_within_the_timeout() {
     let timeout = Duration::from_millis(300);
     let t0 = Instant::now();
