@@ -3,6 +3,12 @@
 //! 32768 (56M parameters), a batch of 4 sequences of 128 tokens, loss on every token.
 //!
 //!     cargo bench --bench train_step -- [--batch 4] [--seq 128] [--steps 3] [--checkpointing]
+//!         [--ranks N]
+//!
+//! With `--ranks N` (N > 1) it runs N in-process data-parallel ranks instead, each with
+//! `--batch` sequences, and times a step with the gradient all-reduce after backward and
+//! with it overlapped with backward (`all_reduce_gradients_overlapped`), plus the
+//! all-reduce of a step's gradients alone; one JSON line from rank 0.
 //!
 //! Prints one JSON line; `scripts/bench_train_step.py` runs it beside PyTorch on the same
 //! shape, batch and thread count. Model FLOPs per step are counted as 6 x parameters x
@@ -12,6 +18,7 @@
 use std::time::Instant;
 
 use artist_autograd::{Ctx, Tape};
+use artist_dist::{Communicator, InProcess, Reduce, all_reduce_gradients_overlapped, all_reduce_gradients_sum};
 use artist_model::{Qwen2, Qwen2Config, RandomWeights};
 use artist_optim::{AdamW, AdamWConfig, clip_grad_norm};
 use artist_tensor::DType;
@@ -51,6 +58,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seq: usize = arg("--seq", "128").parse()?;
     let steps: usize = arg("--steps", "3").parse()?;
     let checkpointing = std::env::args().any(|a| a == "--checkpointing");
+    let ranks: usize = arg("--ranks", "1").parse()?;
+    if ranks > 1 {
+        return data_parallel(ranks, batch, seq, steps, checkpointing);
+    }
     let config = small_config();
     let model = Qwen2::from_weights(config.clone(), &RandomWeights { dtype: DType::F32, std: 0.02, seed: 0 })?;
     let examples: Vec<Example> = (0..batch)
@@ -110,5 +121,126 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "peak_rss_mib": peak_rss_mib(),
         })
     );
+    Ok(())
+}
+
+fn examples(config: &Qwen2Config, batch: usize, seq: usize, salt: usize) -> Vec<Example> {
+    (0..batch)
+        .map(|b| Example {
+            ids: (0..seq).map(|i| ((i * 7919 + (b + salt) * 104_729) % config.vocab_size) as u32).collect(),
+            mask: (0..seq).map(|i| (i > 0) as u8).collect(),
+            line: b + 1,
+        })
+        .collect()
+}
+
+/// Seconds of one data-parallel step on this rank: forward, backward and the all-reduce
+/// (after backward, or during it), clipping and AdamW.
+fn dp_step(
+    comm: &mut InProcess,
+    model: &Qwen2,
+    opt: &mut AdamW,
+    refs: &[&Example],
+    n_targets: usize,
+    overlap: bool,
+    checkpointing: bool,
+) -> Result<(f64, (usize, usize)), Box<dyn std::error::Error + Send + Sync>> {
+    let params = model.params();
+    comm.barrier()?;
+    let t0 = Instant::now();
+    let tape = Tape::new();
+    let ctx = Ctx::training(&tape).with_checkpointing(checkpointing);
+    let (l, _) = sft_loss(model, &ctx, refs, n_targets)?;
+    let mut grads = artist_autograd::Gradients::default();
+    let mut early = (0, 0);
+    if overlap {
+        let stats = all_reduce_gradients_overlapped(
+            comm,
+            &params,
+            &mut grads,
+            artist_dist::DEFAULT_BUCKET_ELEMS,
+            Reduce::Sum,
+            |g, ready| tape.backward_with(&l, g, ready).map_err(artist_dist::Error::from),
+        )?;
+        early = (stats.during_backward, stats.buckets);
+    } else {
+        grads = tape.backward(&l)?;
+        all_reduce_gradients_sum(comm, &params, &mut grads, artist_dist::DEFAULT_BUCKET_ELEMS)?;
+    }
+    clip_grad_norm(&mut grads, 1.0)?;
+    opt.step(&grads, 1e-4)?;
+    Ok((t0.elapsed().as_secs_f64(), early))
+}
+
+fn data_parallel(
+    ranks: usize,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    checkpointing: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let config = small_config();
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = InProcess::group(ranks)
+            .into_iter()
+            .map(|mut comm| {
+                let config = config.clone();
+                s.spawn(move || -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
+                    let model =
+                        Qwen2::from_weights(config.clone(), &RandomWeights { dtype: DType::F32, std: 0.02, seed: 0 })?;
+                    let mine = examples(&config, batch, seq, comm.rank() * batch);
+                    let refs: Vec<&Example> = mine.iter().collect();
+                    let n_targets = ranks * mine.iter().map(|e| e.targets()).sum::<usize>();
+                    let params = model.params();
+                    let mut opt = AdamW::new(&params, AdamWConfig::default())?;
+                    let median = |mut v: Vec<f64>| {
+                        v.sort_by(f64::total_cmp);
+                        v[v.len() / 2]
+                    };
+                    let (mut after, mut during, mut early) = (Vec::new(), Vec::new(), (0, 0));
+                    for i in 0..steps + 1 {
+                        // Alternate, so that drift in the machine's speed hits both alike.
+                        let (a, _) = dp_step(&mut comm, &model, &mut opt, &refs, n_targets, false, checkpointing)?;
+                        let (d, e) = dp_step(&mut comm, &model, &mut opt, &refs, n_targets, true, checkpointing)?;
+                        if i > 0 {
+                            after.push(a);
+                            during.push(d);
+                            early = e;
+                        }
+                    }
+                    // The all-reduce alone, on a step's worth of gradients.
+                    let tape = Tape::new();
+                    let (l, _) = sft_loss(&model, &Ctx::training(&tape), &refs, n_targets)?;
+                    let mut grads = tape.backward(&l)?;
+                    let mut alone = Vec::new();
+                    for _ in 0..steps {
+                        comm.barrier()?;
+                        let t = Instant::now();
+                        all_reduce_gradients_sum(&mut comm, &params, &mut grads, artist_dist::DEFAULT_BUCKET_ELEMS)?;
+                        alone.push(t.elapsed().as_secs_f64());
+                    }
+                    let (after, during, alone) = (median(after), median(during), median(alone));
+                    Ok(serde_json::json!({
+                        "impl": "artist", "communicator": "in-process", "ranks": ranks,
+                        "threads": rayon::current_num_threads(),
+                        "params": config.num_parameters(), "batch_per_rank": batch, "seq": seq,
+                        "checkpointing": checkpointing,
+                        "step_allreduce_after_s": after, "step_allreduce_overlapped_s": during,
+                        "allreduce_alone_s": alone,
+                        "hidden_s": after - during, "hidden_fraction": (after - during) / alone,
+                        "buckets": early.1, "buckets_sent_during_backward": early.0,
+                    }))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("rank thread")).collect::<Vec<_>>()
+    });
+    for r in results {
+        let v = r.map_err(|e| e.to_string())?;
+        if v.is_object() {
+            println!("{v}");
+            break;
+        }
+    }
     Ok(())
 }

@@ -69,8 +69,17 @@ struct Node {
     /// Runs even when no input needs a gradient: a recomputed block has parameters inside.
     always: bool,
     inputs: Vec<(Origin, Shape)>,
+    /// Parameters whose gradients this node's backward adds without their being inputs
+    /// (the parameters inside a recomputed block).
+    inner_params: Vec<ParamId>,
     backward: BackwardFn,
 }
+
+/// Told, during [`Tape::backward_with`], that a parameter's gradient is final.
+pub type ReadyHook<'a> = dyn FnMut(ParamId, &Gradients) + 'a;
+
+/// Called by `backward_from` with the tape's own gradients when a parameter's is final.
+type LocalHook<'a> = dyn FnMut(ParamId, &mut Gradients) -> Result<()> + 'a;
 
 #[derive(Default)]
 struct TapeInner {
@@ -132,8 +141,36 @@ impl Tape {
         }
         let seed = Tensor::ones(loss.value.shape().clone(), DType::F32, loss.value.device())?;
         let mut grads = Gradients::default();
-        self.backward_from(loss, seed, &mut grads, 0)?;
+        self.backward_from(loss, seed, &mut grads, 0, None)?;
         Ok(grads)
+    }
+
+    /// [`backward`](Tape::backward) added into `total` (gradient accumulation: the same
+    /// bits as `total.merge(tape.backward(loss)?)`), telling `on_ready` about each
+    /// trainable parameter recorded on this tape as soon as no op still to be
+    /// differentiated can change its gradient: `total.get(id)` then holds its final value
+    /// (none when no gradient reached it). A data-parallel trainer starts all-reducing a
+    /// bucket of gradients from there while backward goes on through the layers below.
+    ///
+    /// Parameters reach `on_ready` in the order their first use is undone (the last
+    /// layer's first), each once; ones recorded only after `loss` are not reported.
+    pub fn backward_with(&self, loss: &Var, total: &mut Gradients, on_ready: &mut ReadyHook<'_>) -> Result<()> {
+        let _range = artist_tensor::nvtx::range("backward");
+        if loss.value.elem_count() != 1 {
+            return Err(invalid!("backward", "the loss must have one element, not shape {}", loss.value.shape()));
+        }
+        let seed = Tensor::ones(loss.value.shape().clone(), DType::F32, loss.value.device())?;
+        let mut local = Gradients::default();
+        let mut ready = |id: ParamId, local: &mut Gradients| -> Result<()> {
+            if let Some(g) = local.remove(id) {
+                total.add(id, g)?;
+            }
+            on_ready(id, total);
+            Ok(())
+        };
+        self.backward_from(loss, seed, &mut local, 0, Some(&mut ready))?;
+        // Only when the loss is itself a parameter does a gradient arrive without a hook.
+        total.merge(local)
     }
 
     /// Backpropagates `seed` (the gradient of `out`) through the record, adding parameter
@@ -144,6 +181,7 @@ impl Tape {
         seed: Tensor,
         grads: &mut Gradients,
         n_inputs: usize,
+        mut on_ready: Option<&mut LocalHook<'_>>,
     ) -> Result<Vec<Option<Tensor>>> {
         if let Some(t) = &out.tape
             && !t.same(self)
@@ -160,16 +198,53 @@ impl Tape {
             }
         };
         nodes.truncate(last + 1);
+        // A parameter's gradient is final once the backward passes the first node that
+        // uses it (the sweep runs from the last node down).
+        let mut ready_at: Vec<Vec<ParamId>> = Vec::new();
+        if on_ready.is_some() {
+            ready_at.resize_with(last + 1, Vec::new);
+            let mut seen = std::collections::HashSet::new();
+            for (i, node) in nodes.iter().enumerate() {
+                let direct = node.inputs.iter().filter_map(|(o, _)| match o {
+                    Origin::Param(id) => Some(*id),
+                    _ => None,
+                });
+                for id in direct.chain(node.inner_params.iter().copied()) {
+                    if seen.insert(id) {
+                        ready_at[i].push(id);
+                    }
+                }
+            }
+        }
         let mut node_grads: Vec<Option<Tensor>> = Vec::new();
         node_grads.resize_with(last + 1, || None);
         node_grads[last] = Some(seed);
         while let Some(node) = nodes.pop() {
             let i = nodes.len();
+            Tape::backward_node(node, i, &mut node_grads, &mut inputs, grads)?;
+            if let Some(hook) = on_ready.as_deref_mut() {
+                for id in std::mem::take(&mut ready_at[i]) {
+                    hook(id, grads)?;
+                }
+            }
+        }
+        Ok(inputs)
+    }
+
+    /// Differentiates node `i`, routing its inputs' gradients.
+    fn backward_node(
+        node: Node,
+        i: usize,
+        node_grads: &mut [Option<Tensor>],
+        inputs: &mut [Option<Tensor>],
+        grads: &mut Gradients,
+    ) -> Result<()> {
+        {
             // Dropping a node without a gradient frees what it saved, too.
-            let Some(g) = node_grads[i].take() else { continue };
+            let Some(g) = node_grads[i].take() else { return Ok(()) };
             let needs: Vec<bool> = node.inputs.iter().map(|(o, _)| !matches!(o, Origin::Const)).collect();
             if !node.always && !needs.iter().any(|&n| n) {
-                continue;
+                return Ok(());
             }
             let outs = (node.backward)(g, &needs, grads)?;
             if outs.len() != node.inputs.len() {
@@ -191,10 +266,10 @@ impl Tape {
                         g.shape()
                     ));
                 }
-                route(*origin, g, &mut node_grads, &mut inputs, grads)?;
+                route(*origin, g, node_grads, inputs, grads)?;
             }
         }
-        Ok(inputs)
+        Ok(())
     }
 }
 
@@ -295,17 +370,25 @@ impl Var {
             None => Ok(Var::constant(value)),
             Some(tape) => {
                 let b: BackwardFn = Box::new(move |g, needs, _| backward(g, needs));
-                Ok(Var::push(op, false, tape, inputs, value, b))
+                Ok(Var::push(op, false, tape, inputs, value, Vec::new(), b))
             }
         }
     }
 
-    fn push(op: &'static str, always: bool, tape: Tape, inputs: &[&Var], value: Tensor, backward: BackwardFn) -> Var {
+    fn push(
+        op: &'static str,
+        always: bool,
+        tape: Tape,
+        inputs: &[&Var],
+        value: Tensor,
+        inner_params: Vec<ParamId>,
+        backward: BackwardFn,
+    ) -> Var {
         let inputs = inputs
             .iter()
             .map(|v| (if v.tape.is_some() { v.origin } else { Origin::Const }, v.value.shape().clone()))
             .collect();
-        let i = tape.push(Node { op, always, inputs, backward });
+        let i = tape.push(Node { op, always, inputs, inner_params, backward });
         Var { value, origin: Origin::Node(i), tape: Some(tape) }
     }
 }
@@ -384,6 +467,9 @@ impl Gradients {
 pub struct Ctx {
     tape: Option<Tape>,
     checkpointing: bool,
+    /// Without a tape: collects the trainable parameters the model asks for (a
+    /// checkpointed block's forward, so that backward knows which gradients it adds).
+    used: Option<Arc<Mutex<Vec<ParamId>>>>,
 }
 
 impl Ctx {
@@ -393,7 +479,7 @@ impl Ctx {
     }
 
     pub fn training(tape: &Tape) -> Ctx {
-        Ctx { tape: Some(tape.clone()), checkpointing: false }
+        Ctx { tape: Some(tape.clone()), checkpointing: false, used: None }
     }
 
     pub fn with_checkpointing(mut self, on: bool) -> Ctx {
@@ -416,7 +502,14 @@ impl Ctx {
     pub fn param(&self, p: &Param) -> Var {
         match &self.tape {
             Some(t) => t.param(p),
-            None => Var::constant(p.value.clone()),
+            None => {
+                if let Some(used) = &self.used
+                    && p.trainable
+                {
+                    used.lock().push(p.id);
+                }
+                Var::constant(p.value.clone())
+            }
         }
     }
 }
@@ -437,8 +530,13 @@ where
     };
     let saved: Vec<Tensor> = inputs.iter().map(|v| v.value.clone()).collect();
     let consts: Vec<Var> = saved.iter().map(|t| Var::constant(t.clone())).collect();
-    let value = block(&Ctx::inference(), &consts)?.value;
+    let used = Arc::new(Mutex::new(Vec::new()));
+    let recording = Ctx { used: Some(used.clone()), ..Ctx::inference() };
+    let value = block(&recording, &consts)?.value;
     drop(consts);
+    let mut inner_params = std::mem::take(&mut *used.lock());
+    inner_params.sort();
+    inner_params.dedup();
     let backward: BackwardFn = Box::new(move |g, needs, grads| {
         let sub = Tape::new();
         let leaves: Vec<Var> = saved
@@ -450,7 +548,7 @@ where
         let out = block(&Ctx::training(&sub), &leaves)?;
         drop(leaves);
         let n = needs.len();
-        sub.backward_from(&out, g, grads, n)
+        sub.backward_from(&out, g, grads, n, None)
     });
-    Ok(Var::push("checkpoint", true, tape.clone(), inputs, value, backward))
+    Ok(Var::push("checkpoint", true, tape.clone(), inputs, value, inner_params, backward))
 }

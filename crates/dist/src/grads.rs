@@ -1,8 +1,10 @@
 //! The collectives of a data-parallel step: identical initial weights, mean gradients.
 
+use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::mpsc;
 
-use artist_autograd::{Gradients, Param};
+use artist_autograd::{Gradients, Param, ParamId};
 use artist_tensor::{DType, Tensor};
 
 use crate::{Communicator, Error, Result};
@@ -16,21 +18,24 @@ pub const DEFAULT_BUCKET_ELEMS: usize = 25 * (1 << 20) / 4;
 /// `params` are the model's parameters in the model's order, the same order on every
 /// rank (`Qwen2::params()`); frozen ones are skipped. Gradients travel packed into
 /// buckets of about `bucket_elems` values (a larger parameter gets a bucket of its own),
-/// in that order, so every rank adds the same values in the same order and ends with the
-/// same bits. A parameter that has a gradient on some rank but not on this one gets a
-/// zero gradient here first (rank 0 to `n-1` agree on which parameters take part by a
-/// small all-reduce of flags); one without a gradient anywhere stays without.
+/// the same buckets on every rank, so every rank adds the same values in the same order
+/// and ends with the same bits. A parameter that has a gradient on some rank but not on
+/// this one gets one here (the others' sum); one without a gradient anywhere stays
+/// without (each bucket carries a flag per parameter saying which ranks had one).
 ///
 /// For the result to be the gradient of the global batch, each rank's loss must be its
 /// shard's part of the global loss times the world size: with a loss normalised by a
 /// count (target tokens), divide the shard's sum by `global_count / world_size`.
+///
+/// [`all_reduce_gradients_overlapped`] does the same while backward runs.
 pub fn all_reduce_gradients<C: Communicator + ?Sized>(
     comm: &mut C,
     params: &[&Param],
     grads: &mut Gradients,
     bucket_elems: usize,
 ) -> Result<()> {
-    reduce_gradients(comm, params, grads, bucket_elems, true)
+    all_reduce_gradients_overlapped(comm, params, grads, bucket_elems, Reduce::Mean, |_, _| Ok::<(), Error>(()))
+        .map(drop)
 }
 
 /// Replaces every rank's gradients by their sum over ranks: [`all_reduce_gradients`]
@@ -43,61 +48,193 @@ pub fn all_reduce_gradients_sum<C: Communicator + ?Sized>(
     grads: &mut Gradients,
     bucket_elems: usize,
 ) -> Result<()> {
-    reduce_gradients(comm, params, grads, bucket_elems, false)
+    all_reduce_gradients_overlapped(comm, params, grads, bucket_elems, Reduce::Sum, |_, _| Ok::<(), Error>(()))
+        .map(drop)
 }
 
-fn reduce_gradients<C: Communicator + ?Sized>(
+/// What [`all_reduce_gradients_overlapped`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReduceStats {
+    /// Buckets all-reduced.
+    pub buckets: usize,
+    /// Of those, the ones handed to the communication thread while backward was still
+    /// running (the rest went after it returned).
+    pub during_backward: usize,
+}
+
+/// How gradients combine over ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduce {
+    Sum,
+    Mean,
+}
+
+/// [`all_reduce_gradients`] (or its sum) overlapped with the backward pass, as DDP
+/// overlaps them: `backward` runs the last micro-batch's backward into the gradients it
+/// is given, calling the hook it is given as each parameter's gradient becomes final
+/// (`Tape::backward_with` does exactly that); a bucket whose gradients are all final is
+/// handed to a communication thread and all-reduced while backward computes the layers
+/// below. Buckets are filled in the reverse of the model's order, the order backward
+/// finishes them, and are all-reduced strictly in bucket order on every rank. After
+/// `backward` returns, parameters never reported (no gradient on this rank, or computed
+/// without a hook) complete their buckets, and the sums are written back.
+///
+/// The result is the bits [`all_reduce_gradients`] gives after a plain backward: the
+/// collectives add the same values in rank order, only sooner. An error from `backward`
+/// is returned as it is (the other ranks then fail at the next collective, or at their
+/// timeout, naming this rank).
+pub fn all_reduce_gradients_overlapped<C, E, F>(
     comm: &mut C,
     params: &[&Param],
     grads: &mut Gradients,
     bucket_elems: usize,
-    mean: bool,
-) -> Result<()> {
-    let params: Vec<&Param> = params.iter().copied().filter(|p| p.trainable()).collect();
-    let mut present: Vec<f32> = params.iter().map(|p| if grads.get(p.id()).is_some() { 1.0 } else { 0.0 }).collect();
-    comm.all_reduce_sum(&mut present)?;
-    let mut taking = Vec::new();
-    for (p, &flag) in params.iter().zip(&present) {
+    reduce: Reduce,
+    backward: F,
+) -> std::result::Result<ReduceStats, E>
+where
+    C: Communicator + ?Sized,
+    E: From<Error>,
+    F: FnOnce(&mut Gradients, &mut dyn FnMut(ParamId, &Gradients)) -> std::result::Result<(), E>,
+{
+    let params: Vec<&Param> = params.iter().copied().filter(|p| p.trainable()).rev().collect();
+    let sizes: Vec<usize> = params.iter().map(|p| p.value().elem_count()).collect();
+    let buckets = bucket_ranges(&sizes, bucket_elems);
+    let index: HashMap<ParamId, usize> = params.iter().enumerate().map(|(i, p)| (p.id(), i)).collect();
+    let mut bucket_of = vec![0; params.len()];
+    for (k, r) in buckets.iter().enumerate() {
+        bucket_of[r.clone()].iter_mut().for_each(|b| *b = k);
+    }
+    let mut pending: Vec<usize> = buckets.iter().map(|r| r.len()).collect();
+    let mut ready = vec![false; params.len()];
+    // The next bucket to send (a cell: read between the hook's calls).
+    let next = std::cell::Cell::new(0);
+    let mut during_backward = 0;
+
+    let (results, outcome) = std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel::<(usize, Vec<Option<Tensor>>)>();
+        let comm = &mut *comm;
+        let (sizes, buckets) = (&sizes, &buckets);
+        let worker = s.spawn(move || -> Vec<Result<Vec<f32>>> {
+            let _range = artist_tensor::nvtx::range("all-reduce gradients");
+            let mut out = Vec::new();
+            for (k, tensors) in rx {
+                let r = pack(&tensors, &sizes[buckets[k].clone()]).and_then(|mut buf| {
+                    match reduce {
+                        Reduce::Sum => comm.all_reduce_sum(&mut buf)?,
+                        Reduce::Mean => comm.all_reduce_mean(&mut buf)?,
+                    }
+                    Ok(buf)
+                });
+                let failed = r.is_err();
+                out.push(r);
+                if failed {
+                    break;
+                }
+            }
+            out
+        });
+        // Marks parameter `i` final and sends every bucket now complete, in order.
+        let mut mark = |i: usize, grads: &Gradients| {
+            if std::mem::replace(&mut ready[i], true) {
+                return;
+            }
+            pending[bucket_of[i]] -= 1;
+            while next.get() < buckets.len() && pending[next.get()] == 0 {
+                let k = next.get();
+                let tensors = buckets[k].clone().map(|j| grads.get(params[j].id()).cloned()).collect();
+                // The worker only stops early after a failed collective, reported below.
+                let _ = tx.send((k, tensors));
+                next.set(k + 1);
+            }
+        };
+        let outcome = backward(grads, &mut |id, grads| {
+            if let Some(&i) = index.get(&id) {
+                mark(i, grads);
+            }
+        });
+        during_backward = next.get();
+        if outcome.is_ok() {
+            for i in 0..params.len() {
+                mark(i, grads);
+            }
+        }
+        drop(mark);
+        drop(tx);
+        let results =
+            worker.join().unwrap_or_else(|_| vec![Err(Error::Invalid("the all-reduce thread panicked".into()))]);
+        (results, outcome)
+    });
+    outcome?;
+    for (k, r) in results.into_iter().enumerate() {
+        let buf = r?;
+        unpack(&params[buckets[k].clone()], &buf, grads)?;
+    }
+    Ok(ReduceStats { buckets: buckets.len(), during_backward })
+}
+
+/// A bucket's gradients (zeros where this rank has none) followed by one flag per
+/// parameter: 1 where this rank has a gradient.
+fn pack(tensors: &[Option<Tensor>], sizes: &[usize]) -> Result<Vec<f32>> {
+    let total: usize = sizes.iter().sum();
+    let mut buf = Vec::with_capacity(total + sizes.len());
+    for (t, &n) in tensors.iter().zip(sizes) {
+        match t {
+            Some(t) if t.elem_count() != n => {
+                return Err(Error::Invalid(format!(
+                    "a gradient has shape {} where its parameter has {n} values",
+                    t.shape()
+                )));
+            }
+            // One copy, straight out of host storage.
+            Some(t) if t.device().is_cpu() && t.is_contiguous() => t.update_f32(|v| buf.extend_from_slice(v))?,
+            Some(t) => buf.extend_from_slice(&t.to_vec::<f32>()?),
+            None => buf.resize(buf.len() + n, 0.0),
+        }
+    }
+    buf.extend(tensors.iter().map(|t| if t.is_some() { 1.0 } else { 0.0 }));
+    Ok(buf)
+}
+
+/// Writes an all-reduced bucket back: into the gradients held, as new gradients where
+/// only other ranks had one, nowhere where no rank had one.
+fn unpack(params: &[&Param], buf: &[f32], grads: &mut Gradients) -> Result<()> {
+    let flags = &buf[buf.len() - params.len()..];
+    let mut at = 0;
+    for (p, &flag) in params.iter().zip(flags) {
+        let n = p.value().elem_count();
+        let values = &buf[at..at + n];
+        at += n;
         if flag == 0.0 {
             continue;
         }
         match grads.get(p.id()) {
-            Some(g) if g.elem_count() != p.value().elem_count() => {
-                return Err(Error::Invalid(format!(
-                    "the gradient of {} has shape {}, the parameter {}",
-                    p.name(),
-                    g.shape(),
-                    p.value().shape()
-                )));
+            Some(t) if t.device().is_cpu() => t.update_f32(|v| v.copy_from_slice(values))?,
+            Some(t) => t.copy_from(&Tensor::from_vec(values.to_vec(), t.shape().clone(), t.device())?)?,
+            None => {
+                grads.add(p.id(), Tensor::from_vec(values.to_vec(), p.value().shape().clone(), p.value().device())?)?
             }
-            Some(_) => {}
-            None => grads.add(p.id(), Tensor::zeros(p.value().shape().clone(), DType::F32, p.value().device())?)?,
-        }
-        taking.push(*p);
-    }
-    let tensors: Vec<&Tensor> = taking.iter().map(|p| grads.get(p.id()).expect("added above")).collect();
-    for bucket in buckets(&tensors, bucket_elems) {
-        let mut buf = Vec::with_capacity(bucket.iter().map(|t| t.elem_count()).sum());
-        for t in &bucket {
-            buf.extend_from_slice(&t.to_vec::<f32>()?);
-        }
-        if mean {
-            comm.all_reduce_mean(&mut buf)?;
-        } else {
-            comm.all_reduce_sum(&mut buf)?;
-        }
-        let mut at = 0;
-        for t in &bucket {
-            let n = t.elem_count();
-            if t.device().is_cpu() {
-                t.update_f32(|v| v.copy_from_slice(&buf[at..at + n]))?;
-            } else {
-                t.copy_from(&Tensor::from_vec(buf[at..at + n].to_vec(), t.shape().clone(), t.device())?)?;
-            }
-            at += n;
         }
     }
     Ok(())
+}
+
+/// Consecutive ranges of `sizes` holding about `cap` values each (at least one each).
+fn bucket_ranges(sizes: &[usize], cap: usize) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    let mut size = 0;
+    for (i, &n) in sizes.iter().enumerate() {
+        match out.last_mut() {
+            Some(r) if size == 0 || size + n <= cap.max(1) => {
+                r.end = i + 1;
+                size += n;
+            }
+            _ => {
+                out.push(i..i + 1);
+                size = n;
+            }
+        }
+    }
+    out
 }
 
 /// Makes every rank's parameters equal to rank `root`'s (rank 0 at the start of a run:
@@ -106,14 +243,16 @@ fn reduce_gradients<C: Communicator + ?Sized>(
 /// too). Half-precision weights travel widened to f32, which is exact.
 pub fn broadcast_params<C: Communicator + ?Sized>(comm: &mut C, params: &[&Param], root: usize) -> Result<()> {
     let values: Vec<&Tensor> = params.iter().map(|p| p.value()).collect();
-    for bucket in buckets(&values, DEFAULT_BUCKET_ELEMS) {
+    let sizes: Vec<usize> = values.iter().map(|t| t.elem_count()).collect();
+    for range in bucket_ranges(&sizes, DEFAULT_BUCKET_ELEMS) {
+        let bucket = &values[range];
         let mut buf = Vec::with_capacity(bucket.iter().map(|t| t.elem_count()).sum());
-        for t in &bucket {
+        for t in bucket {
             buf.extend_from_slice(&t.to_dtype(DType::F32)?.to_vec::<f32>()?);
         }
         comm.broadcast(&mut buf, root)?;
         let mut at = 0;
-        for t in &bucket {
+        for t in bucket {
             let n = t.elem_count();
             let src = Tensor::from_vec(buf[at..at + n].to_vec(), t.shape().clone(), t.device())?;
             t.copy_from(&src.to_dtype(t.dtype())?)?;
@@ -121,21 +260,6 @@ pub fn broadcast_params<C: Communicator + ?Sized>(comm: &mut C, params: &[&Param
         }
     }
     Ok(())
-}
-
-/// Consecutive runs of `tensors` holding about `cap` values each (at least one tensor).
-fn buckets<'a>(tensors: &[&'a Tensor], cap: usize) -> Vec<Vec<&'a Tensor>> {
-    let mut out: Vec<Vec<&Tensor>> = Vec::new();
-    let mut size = 0;
-    for &t in tensors {
-        if out.is_empty() || (size > 0 && size + t.elem_count() > cap.max(1)) {
-            out.push(Vec::new());
-            size = 0;
-        }
-        out.last_mut().expect("pushed").push(t);
-        size += t.elem_count();
-    }
-    out
 }
 
 /// The part of `0..len` that `rank` of `world_size` takes: contiguous, the first

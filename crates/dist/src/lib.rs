@@ -40,7 +40,10 @@ mod tcp;
 
 pub use env::{DistEnv, EnvSource};
 pub use error::{Error, Result};
-pub use grads::{DEFAULT_BUCKET_ELEMS, all_reduce_gradients, all_reduce_gradients_sum, broadcast_params, shard_range};
+pub use grads::{
+    DEFAULT_BUCKET_ELEMS, Reduce, ReduceStats, all_reduce_gradients, all_reduce_gradients_overlapped,
+    all_reduce_gradients_sum, broadcast_params, shard_range,
+};
 pub use inprocess::InProcess;
 pub use tcp::TcpComm;
 

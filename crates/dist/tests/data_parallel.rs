@@ -1,12 +1,16 @@
 //! Data parallel equals one big batch: 2 and 4 in-process ranks, each training a tiny
 //! Qwen2 on its shard of every global batch (gradients averaged over ranks, clipped,
-//! AdamW), end 3 steps with the weights one rank reaches on the whole global batches.
+//! AdamW), end 3 steps with the weights one rank reaches on the whole global batches;
+//! with the all-reduce overlapped with backward they end with the very same bits.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use artist_autograd::{Ctx, Tape, Var, token_logprobs};
-use artist_dist::{Communicator, InProcess, all_reduce_gradients, broadcast_params, shard_range};
+use artist_autograd::{Ctx, Gradients, Tape, Var, token_logprobs};
+use artist_dist::{
+    Communicator, InProcess, Reduce, all_reduce_gradients, all_reduce_gradients_overlapped, broadcast_params,
+    shard_range,
+};
 use artist_model::Qwen2;
 use artist_optim::{AdamW, AdamWConfig, clip_grad_norm};
 
@@ -75,10 +79,22 @@ fn loss(model: &Qwen2, ctx: &Ctx, seqs: &[Seq], scale: f32) -> Var {
     lp.sum_all().unwrap().mul_scalar(-scale).unwrap()
 }
 
-/// One rank's run: load, take rank 0's weights, then per step its shard's gradient,
-/// averaged over ranks, clipped, AdamW. Returns the final weights and each step's
-/// gradient norm before clipping.
-fn train(mut comm: InProcess) -> (Vec<Vec<f32>>, Vec<f64>) {
+/// How a rank computes and all-reduces its gradients.
+#[derive(Clone, Copy)]
+struct Mode {
+    /// Micro-batches per rank and step (gradient accumulation).
+    micro_batches: usize,
+    /// The all-reduce overlapped with the last micro-batch's backward.
+    overlap: bool,
+    checkpointing: bool,
+}
+
+const PLAIN: Mode = Mode { micro_batches: 1, overlap: false, checkpointing: false };
+
+/// One rank's run: load, take rank 0's weights, then per step its shard's gradient
+/// (accumulated over micro-batches), averaged over ranks, clipped, AdamW. Returns
+/// the final weights and each step's gradient norm before clipping.
+fn train(mut comm: InProcess, mode: Mode) -> (Vec<Vec<f32>>, Vec<f64>) {
     let (rank, world) = (comm.rank(), comm.world_size());
     let model = Qwen2::load(&fixture()).unwrap();
     let params = model.params();
@@ -97,22 +113,45 @@ fn train(mut comm: InProcess) -> (Vec<Vec<f32>>, Vec<f64>) {
         comm.all_reduce_sum(&mut count).unwrap();
         // The mean over ranks must be the global loss: each rank's share, times the world size.
         let scale = world as f32 / count[0];
-        let tape = Tape::new();
-        let ctx = Ctx::training(&tape);
-        let l = loss(&model, &ctx, shard, scale);
-        let mut grads = tape.backward(&l).unwrap();
-        all_reduce_gradients(&mut comm, &params, &mut grads, BUCKET).unwrap();
+        let mut grads = Gradients::default();
+        let micro = shard.len().div_ceil(mode.micro_batches).max(1);
+        let chunks: Vec<&[Seq]> = shard.chunks(micro).collect();
+        for (i, mb) in chunks.iter().enumerate() {
+            let tape = Tape::new();
+            let ctx = Ctx::training(&tape).with_checkpointing(mode.checkpointing);
+            let l = loss(&model, &ctx, mb, scale);
+            if mode.overlap && i + 1 == chunks.len() {
+                let stats = all_reduce_gradients_overlapped(
+                    &mut comm,
+                    &params,
+                    &mut grads,
+                    BUCKET,
+                    Reduce::Mean,
+                    |g, ready| tape.backward_with(&l, g, ready).map_err(artist_dist::Error::from),
+                )
+                .unwrap();
+                // Every bucket left while backward ran: the last one (the tied embedding,
+                // used first in the forward) as backward undid that first use.
+                assert!(stats.buckets > 5, "{stats:?}");
+                assert_eq!(stats.during_backward, stats.buckets, "{stats:?}");
+            } else {
+                grads.merge(tape.backward(&l).unwrap()).unwrap();
+            }
+        }
+        if !mode.overlap || chunks.is_empty() {
+            all_reduce_gradients(&mut comm, &params, &mut grads, BUCKET).unwrap();
+        }
         norms.push(clip_grad_norm(&mut grads, 1.0).unwrap());
         opt.step(&grads, LR).unwrap();
     }
     (params.iter().map(|p| p.value().to_vec::<f32>().unwrap()).collect(), norms)
 }
 
-fn run(world: usize) -> Vec<(Vec<Vec<f32>>, Vec<f64>)> {
+fn run(world: usize, mode: Mode) -> Vec<(Vec<Vec<f32>>, Vec<f64>)> {
     std::thread::scope(|s| {
         let handles: Vec<_> = InProcess::group_with_timeout(world, Duration::from_secs(60))
             .into_iter()
-            .map(|c| s.spawn(move || train(c)))
+            .map(|c| s.spawn(move || train(c, mode)))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
@@ -126,14 +165,14 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 fn data_parallel_equals_one_big_batch() {
     let initial: Vec<Vec<f32>> =
         Qwen2::load(&fixture()).unwrap().params().iter().map(|p| p.value().to_vec::<f32>().unwrap()).collect();
-    let (single, single_norms) = run(1).pop().unwrap();
+    let (single, single_norms) = run(1, PLAIN).pop().unwrap();
     // Clipping (max norm 1) is active, so a gradient off by a constant factor would hardly
     // change AdamW's steps: the norms are compared as well.
     assert!(single_norms.iter().all(|&n| n > 1.0), "{single_norms:?}");
     let moved = max_diff(&single, &initial);
     assert!(moved > 1e-3, "training moved the weights by only {moved}");
     for world in [2, 4] {
-        let ranks = run(world);
+        let ranks = run(world, PLAIN);
         for (r, (w, norms)) in ranks.iter().enumerate() {
             // Every rank applied the same averaged gradient: identical bits.
             assert_eq!(max_diff(w, &ranks[0].0), 0.0, "{world} ranks: rank {r} differs from rank 0");
@@ -148,5 +187,22 @@ fn data_parallel_equals_one_big_batch() {
              gradient norms {norms:?} vs {single_norms:?} (max relative difference {norm_diff:e})"
         );
         assert!(diff <= TOLERANCE, "{world} ranks: max weight difference {diff:e} > {TOLERANCE:e}");
+    }
+}
+
+/// All-reducing buckets while backward runs changes when the sums happen, not what they
+/// add: the same bits as all-reducing after backward, with and without checkpointed
+/// layers (whose parameters are known only inside their recomputed block).
+#[test]
+fn overlapping_the_all_reduce_with_backward_changes_no_bit() {
+    for checkpointing in [false, true] {
+        for world in [1, 2, 3] {
+            let after = run(world, Mode { micro_batches: 2, overlap: false, checkpointing });
+            let during = run(world, Mode { micro_batches: 2, overlap: true, checkpointing });
+            for (r, ((wa, na), (wd, nd))) in after.iter().zip(&during).enumerate() {
+                assert_eq!(na, nd, "{world} ranks, checkpointing {checkpointing}: rank {r}'s gradient norms");
+                assert_eq!(max_diff(wa, wd), 0.0, "{world} ranks, checkpointing {checkpointing}: rank {r}'s weights");
+            }
+        }
     }
 }

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use artist_autograd::{Ctx, Gradients, Tape};
-use artist_dist::{Communicator, DEFAULT_BUCKET_ELEMS, all_reduce_gradients_sum, broadcast_params, shard_range};
+use artist_autograd::{Ctx, Tape};
+use artist_dist::{Communicator, broadcast_params, shard_range};
+
+use crate::dp::StepGrads;
 use artist_engine::{Rollout, RolloutConfig, RolloutEngine, SamplingParams};
 use artist_model::Qwen2;
 use artist_optim::{AdamW, AdamWConfig, LrSchedule, Schedule, clip_grad_norm};
@@ -153,6 +155,9 @@ pub struct GrpoRunConfig {
     pub optimizer_steps_per_batch: usize,
     /// Rollouts per forward/backward pass; gradients accumulate over the batch (0: all).
     pub micro_batch_rollouts: usize,
+    /// Data parallel: all-reduce gradient buckets during the last micro-batch's backward
+    /// (true) or after it (false); unset, overlapped on a GPU and not on a CPU (as SFT's).
+    pub overlap_allreduce: Option<bool>,
     /// Leave out groups whose rewards are all equal (their advantage is 0).
     pub filter_flat_groups: bool,
     pub rollout: RolloutSettings,
@@ -186,6 +191,7 @@ impl Default for GrpoRunConfig {
             prompts_per_step: 8,
             optimizer_steps_per_batch: 1,
             micro_batch_rollouts: 0,
+            overlap_allreduce: None,
             filter_flat_groups: false,
             rollout: RolloutSettings::default(),
             grpo: GrpoConfig::default(),
@@ -611,9 +617,11 @@ pub fn update_sharded(
     let params = model.params();
     let (mut clipped, mut tokens, mut kl) = (0usize, 0usize, 0f64);
     for _ in 0..c.optimizer_steps_per_batch {
-        let mut grads = Gradients::default();
+        let mut step_grads =
+            StepGrads::new(comm.as_deref_mut().map(|c| c as &mut dyn Communicator), &params, c.overlap_allreduce);
         let mut loss = 0f64;
-        for (rs, ws) in refs.chunks(micro).zip(weights.chunks(micro)) {
+        let n_micro = refs.len().div_ceil(micro);
+        for (j, (rs, ws)) in refs.chunks(micro).zip(weights.chunks(micro)).enumerate() {
             let tape = Tape::new();
             let ws: Vec<&[f32]> = ws.iter().map(Vec::as_slice).collect();
             let (l, stats) = grpo_loss(model, &Ctx::training(&tape), rs, &ws, &grpo)?;
@@ -621,10 +629,10 @@ pub fn update_sharded(
             clipped += stats.clipped;
             tokens += stats.tokens;
             kl += stats.kl_mean * stats.tokens as f64;
-            grads.merge(tape.backward(&l)?)?;
+            step_grads.backward(&tape, &l, j + 1 == n_micro)?;
         }
+        let mut grads = step_grads.finish()?;
         if let Some(comm) = comm.as_deref_mut() {
-            all_reduce_gradients_sum(comm, &params, &mut grads, DEFAULT_BUCKET_ELEMS)?;
             let mut total = [loss as f32];
             comm.all_reduce_sum(&mut total)?;
             loss = f64::from(total[0]);

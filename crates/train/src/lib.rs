@@ -16,6 +16,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod demo;
+mod dp;
 mod error;
 pub mod fc;
 pub mod grpo;

@@ -9,8 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use artist_autograd::{Ctx, Gradients, Tape, Var, token_logprobs};
-use artist_dist::{Communicator, DEFAULT_BUCKET_ELEMS, all_reduce_gradients_sum, broadcast_params, shard_range};
+use artist_autograd::{Ctx, Tape, Var, token_logprobs};
+use artist_dist::{Communicator, broadcast_params, shard_range};
+
+use crate::dp::StepGrads;
 use artist_model::Qwen2;
 use artist_optim::{AdamW, AdamWConfig, LrSchedule, Schedule, clip_grad_norm};
 use artist_tensor::Device;
@@ -64,6 +66,11 @@ pub struct SftConfig {
     pub grad_checkpointing: bool,
     /// Give up after this many steps in a row whose loss or gradient was not finite.
     pub max_bad_steps: u32,
+    /// Data parallel: all-reduce gradient buckets while the last micro-batch's backward
+    /// still runs (true), or after it (false). Unset: overlapped when the model is on a
+    /// GPU; after backward on a CPU, whose cores backward already keeps busy (measured
+    /// in docs/BENCHMARKS.md). The bits are the same either way.
+    pub overlap_allreduce: Option<bool>,
 }
 
 impl Default for SftConfig {
@@ -91,6 +98,7 @@ impl Default for SftConfig {
             overlong: Overlong::Truncate,
             grad_checkpointing: false,
             max_bad_steps: 10,
+            overlap_allreduce: None,
         }
     }
 }
@@ -352,17 +360,19 @@ fn run(
         let tokens: usize = batch.iter().map(|e| e.ids.len()).sum();
         let micro = if c.micro_batch_size == 0 { batch.len() } else { c.micro_batch_size };
         let mine = &batch[shard_range(batch.len(), rank, world)];
-        let mut grads = Gradients::default();
+        let mut step_grads =
+            StepGrads::new(dist.as_deref_mut().map(|c| c as &mut dyn Communicator), &params, c.overlap_allreduce);
         let mut loss = 0f64;
-        for mb in mine.chunks(micro) {
+        let n_micro = mine.len().div_ceil(micro);
+        for (j, mb) in mine.chunks(micro).enumerate() {
             let tape = Tape::new();
             let ctx = Ctx::training(&tape).with_checkpointing(c.grad_checkpointing);
             let (l, _) = sft_loss(&model, &ctx, mb, n_targets)?;
             loss += l.to_scalar()? as f64;
-            grads.merge(tape.backward(&l)?)?;
+            step_grads.backward(&tape, &l, j + 1 == n_micro)?;
         }
+        let mut grads = step_grads.finish()?;
         if let Some(comm) = dist.as_deref_mut() {
-            all_reduce_gradients_sum(comm, &params, &mut grads, DEFAULT_BUCKET_ELEMS)?;
             let mut total = [loss as f32];
             comm.all_reduce_sum(&mut total)?;
             loss = f64::from(total[0]);

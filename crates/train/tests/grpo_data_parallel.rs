@@ -2,6 +2,7 @@
 //! (threads), each sampling its share of the prompts, end 3 steps with the weights and the
 //! per-step metrics of a single-process run on the tiny model with the calculator.
 
+use std::path::Path;
 use std::time::Duration;
 
 use artist_dist::InProcess;
@@ -66,22 +67,27 @@ fn two_ranks_equal_one_process_on_the_global_batch() {
     assert!(moved > 1e-4, "training moved the weights by only {moved:e}");
     assert!(m1.iter().any(|m| m.loss != 0.0), "no step trained");
 
-    let dir = tmp.path().join("ranks");
-    let runs: Vec<(Vec<StepMetrics>, Vec<Vec<f32>>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = InProcess::group_with_timeout(2, Duration::from_secs(300))
-            .into_iter()
-            .map(|mut comm| {
-                let dir = &dir;
-                s.spawn(move || {
-                    let mut t = trainer(config());
-                    let m = train_data_parallel(dir, &mut t, &quiet(), &mut comm).unwrap();
-                    (m, weights(&t.model))
+    let ranks = |dir: &Path, overlap: bool| -> Vec<(Vec<StepMetrics>, Vec<Vec<f32>>)> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = InProcess::group_with_timeout(2, Duration::from_secs(300))
+                .into_iter()
+                .map(|mut comm| {
+                    s.spawn(move || {
+                        let mut t = trainer(GrpoRunConfig { overlap_allreduce: Some(overlap), ..config() });
+                        let m = train_data_parallel(dir, &mut t, &quiet(), &mut comm).unwrap();
+                        (m, weights(&t.model))
+                    })
                 })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let dir = tmp.path().join("ranks");
+    let runs = ranks(&dir, false);
     assert_eq!(runs[0].1, runs[1].1, "the ranks' weights diverged");
+    // The all-reduce overlapped with the last micro-batch's backward: the same bits.
+    let overlapped = ranks(&tmp.path().join("overlapped"), true);
+    assert_eq!(overlapped[0].1, runs[0].1, "overlapping the all-reduce changed the weights");
     let diff = max_diff(&runs[0].1, &w1);
     eprintln!("2 ranks vs one process: max |weight difference| {diff:e} (weights moved up to {moved:e})");
     assert!(diff <= TOLERANCE, "max weight difference {diff:e} > {TOLERANCE:e}");
