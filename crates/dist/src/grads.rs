@@ -158,7 +158,6 @@ where
                 mark(i, grads);
             }
         }
-        drop(mark);
         drop(tx);
         let results =
             worker.join().unwrap_or_else(|_| vec![Err(Error::Invalid("the all-reduce thread panicked".into()))]);
