@@ -4,7 +4,9 @@
 //
 // Shapes: q: [t, heads, d] contiguous, k and v: [len, kv_heads, d] through row and head
 // strides (a view of a KV cache), or, for attn_fwd_paged, a paged KV cache's pools
-// [blocks, block_size, kv_heads, d] read through a sequence's block table; the queries being the last t of len positions: query i
+// [blocks, block_size, kv_heads, d] read through a sequence's block table (attn_fwd_paged_batch:
+// many sequences, each through its own table, in one launch); the queries being the last t of
+// len positions: query i
 // sees keys j <= i + (len - t). Head h reads KV head h / (heads / kv_heads). One warp per
 // (query, head) or (key, kv head); each lane holds d/32 of a row in registers (d <= 256).
 // Statistics, accumulation and gradients in f32.
@@ -57,21 +59,16 @@ struct PagedRows {
     }
 };
 
+// One warp's (query, head): the query row at q_row attends to positions 0..=last of KV head
+// g (rows(j) locates position j); writes the output row and the log-sum-exp.
 template <class T, class Rows>
-__device__ void attn_fwd_impl(AttnShape s, const T* q, const T* k, const T* v, T* out, float* lse, Rows rows) {
-    int lane = threadIdx.x & 31;
-    i64 warp = (i64)blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
-    i64 pairs = s.t * s.heads;
-    if (warp >= pairs) return;  // whole warps leave together
-    i64 i = warp / s.heads;
-    int h = (int)(warp - i * s.heads);
-    int g = h / (s.heads / s.kv_heads);
+__device__ __forceinline__ void attn_fwd_one(const AttnShape& s, const T* q_row, const T* k, const T* v, int g,
+                                             i64 last, Rows rows, T* o, float* lse_at, int lane) {
     float qr[ATTN_MAX_CHUNKS], acc[ATTN_MAX_CHUNKS];
-    load_row(q + (i * s.heads + h) * s.d, s.d, lane, qr);
+    load_row(q_row, s.d, lane, qr);
 #pragma unroll
     for (int c = 0; c < ATTN_MAX_CHUNKS; ++c) acc[c] = 0.0f;
     float m = -inf_f32(), l = 0.0f;
-    i64 last = i + (s.len - s.t);
     for (i64 j = 0; j <= last; ++j) {
         i64 r = rows(j);
         float sc = dot_row(qr, k + r * s.k_row + g * s.k_head, s.d, lane) * s.scale;
@@ -88,13 +85,46 @@ __device__ void attn_fwd_impl(AttnShape s, const T* q, const T* k, const T* v, T
         m = m_new;
     }
     float inv = 1.0f / l;
-    T* o = out + (i * s.heads + h) * s.d;
 #pragma unroll
     for (int c = 0; c < ATTN_MAX_CHUNKS; ++c) {
         int e = lane + 32 * c;
         if (e < s.d) o[e] = from_f32<T>(acc[c] * inv);
     }
-    if (lane == 0) lse[(i64)h * s.t + i] = m + logf(l);
+    if (lane == 0) *lse_at = m + logf(l);
+}
+
+template <class T, class Rows>
+__device__ void attn_fwd_impl(AttnShape s, const T* q, const T* k, const T* v, T* out, float* lse, Rows rows) {
+    int lane = threadIdx.x & 31;
+    i64 warp = (i64)blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+    i64 pairs = s.t * s.heads;
+    if (warp >= pairs) return;  // whole warps leave together
+    i64 i = warp / s.heads;
+    int h = (int)(warp - i * s.heads);
+    int g = h / (s.heads / s.kv_heads);
+    i64 at = (i * s.heads + h) * s.d;
+    attn_fwd_one<T>(s, q + at, k, v, g, i + (s.len - s.t), rows, out + at, lse + (i64)h * s.t + i, lane);
+}
+
+// Many sequences of a paged KV cache in one launch (a decode step, or prefills beside it):
+// s.t is the total of the sequences' query rows, packed in q; row i belongs to sequence
+// seq_of[i], whose meta[4 * seq ..] are (first row, rows, positions, offset of its block
+// table in tables). Each (row, head) computes exactly what attn_fwd_paged computes for it.
+template <class T>
+__device__ void attn_fwd_paged_batch_impl(AttnShape s, const T* q, const T* k, const T* v, const u32* meta,
+                                          const u32* seq_of, const u32* tables, i64 block_size, T* out,
+                                          float* lse) {
+    int lane = threadIdx.x & 31;
+    i64 warp = (i64)blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+    if (warp >= s.t * s.heads) return;
+    i64 i = warp / s.heads;
+    int h = (int)(warp - i * s.heads);
+    int g = h / (s.heads / s.kv_heads);
+    const u32* m = meta + 4 * (i64)seq_of[i];
+    i64 local = i - (i64)m[0], t = (i64)m[1], len = (i64)m[2];
+    i64 at = (i * s.heads + h) * s.d;
+    attn_fwd_one<T>(s, q + at, k, v, g, local + (len - t), PagedRows{tables + m[3], block_size}, out + at,
+                    lse + (i64)h * s.t + i, lane);
 }
 
 // dq for each (query, head), and delta = sum(dout * out) per (query, head) for the dk/dv
@@ -195,6 +225,13 @@ __device__ void attn_bwd_dkv_impl(AttnShape s, const T* q, const T* k, const T* 
         attn_fwd_impl<T>(s, q, k, v, out, lse, PagedRows{table, block_size});                             \
     }                                                                                                     \
     ARTIST_EXPORT(attn_fwd_paged_##S)                                                                     \
+    extern "C" __global__ void attn_fwd_paged_batch_##S(AttnShape s, const T* q, const T* k, const T* v,  \
+                                                        const u32* meta, const u32* seq_of,               \
+                                                        const u32* tables, i64 block_size, T* out,        \
+                                                        float* lse) {                                     \
+        attn_fwd_paged_batch_impl<T>(s, q, k, v, meta, seq_of, tables, block_size, out, lse);             \
+    }                                                                                                     \
+    ARTIST_EXPORT(attn_fwd_paged_batch_##S)                                                               \
     extern "C" __global__ void attn_bwd_dq_##S(AttnShape s, const T* q, const T* k, const T* v,           \
                                                const T* out, const float* dout, const float* lse,         \
                                                float* delta, float* dq) {                                 \

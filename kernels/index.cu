@@ -27,9 +27,21 @@
     }                                                                                                 \
     ARTIST_EXPORT(gather_##S)
 
+// dst[rows[r], c] = src[r, c]: rows written in place (a paged KV cache's new positions).
+// The rows are distinct, so every element has one writer.
+#define COPY_ROWS(T, S)                                                                              \
+    extern "C" __global__ void copy_rows_##S(i64 n, i64 inner, const u32* rows, const T* src, T* dst) { \
+        GRID_STRIDE(idx, n * inner) {                                                                 \
+            i64 r = idx / inner, c = idx - r * inner;                                                 \
+            dst[(i64)rows[r] * inner + c] = src[idx];                                                 \
+        }                                                                                             \
+    }                                                                                                 \
+    ARTIST_EXPORT(copy_rows_##S)
+
 #define BYTES(M) M(u8, b1) M(u16, b2) M(u32, b4)
 BYTES(INDEX_SELECT)
 BYTES(GATHER)
+BYTES(COPY_ROWS)
 
 // dst[o, index[o, j, i], i] += src[o, j, i]; one thread per (o, i), j in order.
 template <class T>

@@ -72,7 +72,9 @@ fn load(name: &str, device: Device) -> (Qwen2, Reference) {
 #[track_caller]
 fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    // NaN-propagating, so a NaN anywhere fails (`f32::max` would skip it).
+    let worst =
+        got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, |m, x| if x.is_nan() || x > m { x } else { m });
     assert!(worst <= tol, "{what}: max abs difference {worst} > {tol}");
 }
 
@@ -117,6 +119,58 @@ fn greedy_decoding_and_the_kv_cache_on_the_gpu() {
         let a = model.forward(&[SeqInput { slot: 0, tokens: &[1] }], &mut cache, Rows::Last).unwrap();
         let b = model.forward(&[SeqInput { slot: 1, tokens: &[1] }], &mut cache, Rows::Last).unwrap();
         assert_close(&format!("{name} forked slot"), &a.to_vec::<f32>().unwrap(), &b.to_vec::<f32>().unwrap(), 0.0);
+    }
+}
+
+/// `(from, to)` slot forks before a call, and the call's `(slot, tokens)`.
+type Forks = Vec<(usize, usize)>;
+type Inputs = Vec<(usize, Vec<u32>)>;
+
+/// Many sequences per forward call, as rollouts run them: prompts of different lengths
+/// prefilled together, decode steps of every slot at once, a prefill beside decoding
+/// slots, and forked slots sharing blocks. The GPU (one cache write and one attention
+/// launch per layer for all of them) gives the CPU's logits.
+#[test]
+fn batched_prefill_and_decode_on_the_gpu_follow_the_cpu() {
+    let dev = gpu_or_skip!();
+    for name in ["tiny-gqa", "tiny-bf16", "tiny-tied-mqa"] {
+        let (gpu_model, _) = load(name, dev);
+        let (cpu_model, _) = load(name, Device::Cpu);
+        let mut caches = [cpu_model.new_cache(5, 64).unwrap(), gpu_model.new_cache(5, 64).unwrap()];
+        let prompts: [&[u32]; 3] =
+            [&[3, 17, 5, 9, 22, 40, 1, 8, 13, 2, 7, 30, 11, 4, 6, 19, 25, 27], &[5, 6], &[9, 1, 2, 3, 4, 5, 6]];
+        // Each call: (slot, tokens); forks before some calls.
+        let calls: Vec<(Forks, Inputs)> = vec![
+            (vec![], (0..3).map(|s| (s, prompts[s].to_vec())).collect()),
+            (vec![(0, 3)], (0..4).map(|s| (s, vec![10 + s as u32])).collect()),
+            (vec![], (0..4).map(|s| (s, vec![20 + s as u32])).collect()),
+            (vec![], vec![(0, vec![31]), (4, vec![2, 4, 6, 8, 10, 12, 14, 16, 18]), (2, vec![32]), (3, vec![33])]),
+            (vec![(4, 1)], (0..5).map(|s| (s, vec![40 + s as u32])).collect()),
+        ];
+        for (step, (forks, inputs)) in calls.iter().enumerate() {
+            let mut logits = Vec::new();
+            for (model, cache) in [&cpu_model, &gpu_model].into_iter().zip(caches.iter_mut()) {
+                for &(from, to) in forks {
+                    cache.fork(from, to).unwrap();
+                }
+                let seqs: Vec<SeqInput> = inputs.iter().map(|(slot, t)| SeqInput { slot: *slot, tokens: t }).collect();
+                logits.push(model.forward(&seqs, cache, Rows::All).unwrap().to_vec::<f32>().unwrap());
+            }
+            assert_close(&format!("{name} call {step}"), &logits[1], &logits[0], TOL);
+        }
+        // A decode step costs the same launches for two sequences as for five: each layer
+        // writes every sequence's keys and values and attends for all of them at once.
+        let Device::Cuda(ordinal) = dev else { unreachable!() };
+        let mut launches = Vec::new();
+        for slots in [2usize, 5] {
+            let seqs: Vec<SeqInput> = (0..slots).map(|slot| SeqInput { slot, tokens: &[7] }).collect();
+            let before = cuda::launch_count(ordinal).unwrap();
+            gpu_model.forward(&seqs, &mut caches[1], Rows::All).unwrap();
+            launches.push(cuda::launch_count(ordinal).unwrap() - before);
+        }
+        assert_eq!(launches[0], launches[1], "{name}: launches for a decode step of 2 and of 5 sequences");
+        let per_layer = launches[0] as f64 / gpu_model.config.num_hidden_layers as f64;
+        eprintln!("{name}: {} launches per decode step ({per_layer:.1} per layer), for 2 or 5 sequences", launches[0]);
     }
 }
 

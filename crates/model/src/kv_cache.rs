@@ -18,7 +18,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use artist_tensor::{BlockTable, DType, Device, Tensor};
+use artist_tensor::{DType, Device, PagedBatch, Tensor};
 
 use crate::{Error, Qwen2Config, Result};
 
@@ -333,24 +333,24 @@ impl KvCache {
         Ok((self.k[layer].gather_blocks(table, len)?, self.v[layer].gather_blocks(table, len)?))
     }
 
-    /// `slot`'s block table as [`Tensor::paged_attention`] reads it (on the cache's device):
-    /// made once per forward pass, after [`KvCache::reserve`], and shared by the layers.
-    pub(crate) fn device_table(&self, slot: usize) -> Result<BlockTable> {
-        Ok(BlockTable::new(self.tables[slot].clone(), self.device)?)
+    /// `slot`'s block ids (covering its reserved positions).
+    pub(crate) fn table(&self, slot: usize) -> &[u32] {
+        &self.tables[slot]
     }
 
-    /// Attention of `q: [t, heads, head_dim]`, the last `t` of the first `len` positions of
-    /// the slot whose table is `table`, over layer `layer`'s keys and values, read in place
-    /// through the table (no gather): `[t, heads, head_dim]`.
-    pub(crate) fn attend(
-        &self,
-        layer: usize,
-        table: &BlockTable,
-        len: usize,
-        q: &Tensor,
-        scale: f32,
-    ) -> Result<Tensor> {
-        Ok(q.paged_attention(&self.k[layer], &self.v[layer], table, len, scale)?.0)
+    /// Writes the keys and values `[rows, kv_heads, head_dim]` of every sequence of `batch`
+    /// (after [`KvCache::reserve`]) into layer `layer`: one launch each on a GPU.
+    pub(crate) fn write_batch(&self, layer: usize, batch: &PagedBatch, k: &Tensor, v: &Tensor) -> Result<()> {
+        self.k[layer].write_paged(batch, k)?;
+        self.v[layer].write_paged(batch, v)?;
+        Ok(())
+    }
+
+    /// Attention of every sequence of `batch`, `q: [rows, heads, head_dim]`, over layer
+    /// `layer`'s keys and values read in place through the block tables: `[rows, heads,
+    /// head_dim]`.
+    pub(crate) fn attend_batch(&self, layer: usize, batch: &PagedBatch, q: &Tensor, scale: f32) -> Result<Tensor> {
+        Ok(q.paged_attention_batch(&self.k[layer], &self.v[layer], batch, scale)?.0)
     }
 
     pub fn device(&self) -> Device {

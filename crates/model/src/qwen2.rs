@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use artist_autograd::{Ctx, Param, Var, checkpoint};
-use artist_tensor::{DType, Device, Tensor, rope_tables};
+use artist_tensor::{DType, Device, PagedBatch, Tensor, rope_tables};
 
 use crate::{Error, KvCache, Qwen2Config, Result, WeightSource, Weights};
 
@@ -88,8 +88,15 @@ struct Span {
     slot: usize,
     cos: Tensor,
     sin: Tensor,
-    /// The slot's block table on the GPU, for paged attention (decoding on CUDA only).
-    table: Option<Arc<artist_tensor::BlockTable>>,
+}
+
+/// A cached forward pass on a GPU: every sequence's cache writes and attention go through
+/// one [`PagedBatch`] (one launch per layer for all of them), and RoPE runs over all rows
+/// at once with these tables (`[total, head_dim / 2]`).
+struct Paged {
+    batch: PagedBatch,
+    cos: Tensor,
+    sin: Tensor,
 }
 
 /// One decoder layer. q/k/v and gate/up are stored fused (their weight rows stacked), so
@@ -114,13 +121,32 @@ impl Layer {
     /// `x: [total, hidden]` -> `[total, hidden]`. With a cache (inference), each sequence's
     /// keys and values are appended to its slot and attention reads the slot; without one
     /// (training), attention reads the sequence's own keys and values.
-    fn forward(&self, ctx: &Ctx, x: &Var, spans: &[Span], mut cache: Option<(&mut KvCache, usize)>) -> Result<Var> {
-        let Dims { heads, kv_heads, head_dim: d, intermediate: i, eps } = self.dims;
+    fn forward(
+        &self,
+        ctx: &Ctx,
+        x: &Var,
+        spans: &[Span],
+        mut cache: Option<(&mut KvCache, usize)>,
+        paged: Option<&Paged>,
+    ) -> Result<Var> {
+        let Dims { heads, kv_heads, head_dim: d, eps, .. } = self.dims;
         let h = x.rms_norm(&norm_weight(ctx, &self.input_layernorm)?, eps)?;
         let qkv = self.qkv_proj.forward(ctx, &h)?; // [total, (heads + 2 kv_heads) * d]
         let q = qkv.narrow(1, 0, heads * d)?;
         let k = qkv.narrow(1, heads * d, kv_heads * d)?;
         let v = qkv.narrow(1, (heads + kv_heads) * d, kv_heads * d)?;
+        if let (Some(p), Some((cache, l))) = (paged, cache.as_mut()) {
+            // Every sequence at once: RoPE over all rows, one write of the new keys and
+            // values, one attention launch through every sequence's block table.
+            let total = p.batch.rows();
+            let q = q.value().reshape((1, total, heads, d))?.rope(&p.cos, &p.sin)?.reshape((total, heads, d))?;
+            let k = k.value().reshape((1, total, kv_heads, d))?.rope(&p.cos, &p.sin)?.reshape((total, kv_heads, d))?;
+            let v = v.value().reshape((total, kv_heads, d))?;
+            cache.write_batch(*l, &p.batch, &k, &v)?;
+            let out = cache.attend_batch(*l, &p.batch, &q, (d as f32).powf(-0.5))?;
+            let attn = Var::constant(out.reshape((total, heads * d))?);
+            return self.mlp_half(ctx, x, &attn);
+        }
         let mut outs = Vec::with_capacity(spans.len());
         for s in spans {
             let t = s.len;
@@ -133,15 +159,8 @@ impl Layer {
                 Some((cache, l)) => {
                     cache.write(*l, s.slot, s.start, ki.value(), &vi.value().contiguous()?)?;
                     let len = s.start + t;
-                    if let Some(table) = &s.table {
-                        // One kernel reads the blocks in place. The CPU gathers them and runs
-                        // the composition training uses, keeping its agreement with
-                        // transformers to the ulp.
-                        let out = cache.attend(*l, table, len, qi.value(), (d as f32).powf(-0.5))?;
-                        outs.push(Var::constant(out.reshape((t, heads * d))?));
-                        continue;
-                    }
-                    // Queries a chunk at a time, so a long prefill never holds all its
+                    // The CPU gathers the slot's blocks and runs the composition training
+                    // uses, keeping its agreement with transformers to the ulp. Queries a chunk at a time, so a long prefill never holds all its
                     // `[heads, t, len]` scores at once; each row's numbers are unchanged.
                     let (kc, vc) = cache.read(*l, s.slot, len)?; // [len, kv_heads, d], gathered once
                     let mut parts = Vec::with_capacity(t.div_ceil(QUERY_CHUNK));
@@ -162,7 +181,14 @@ impl Layer {
             outs.push(attention(&qi, &keys, &values)?);
         }
         let attn = Var::cat(&outs.iter().collect::<Vec<_>>(), 0)?;
-        let x = x.add(&self.o_proj.forward(ctx, &attn)?)?;
+        self.mlp_half(ctx, x, &attn)
+    }
+
+    /// The rest of the layer after attention: the output projection, the residual, the
+    /// MLP and its residual.
+    fn mlp_half(&self, ctx: &Ctx, x: &Var, attn: &Var) -> Result<Var> {
+        let Dims { intermediate: i, eps, .. } = self.dims;
+        let x = x.add(&self.o_proj.forward(ctx, attn)?)?;
         let h = x.rms_norm(&norm_weight(ctx, &self.post_attention_layernorm)?, eps)?;
         let gate_up = self.gate_up_proj.forward(ctx, &h)?; // [total, 2 * intermediate]
         let act = gate_up.narrow(1, 0, i)?.silu_mul(&gate_up.narrow(1, i, i)?)?;
@@ -387,7 +413,14 @@ impl Qwen2 {
     }
 
     /// The decoder over packed `ids`, before the final norm: `[total, hidden]` f32.
-    fn decode(&self, ctx: &Ctx, ids: Vec<u32>, spans: Arc<Vec<Span>>, mut cache: Option<&mut KvCache>) -> Result<Var> {
+    fn decode(
+        &self,
+        ctx: &Ctx,
+        ids: Vec<u32>,
+        spans: Arc<Vec<Span>>,
+        mut cache: Option<&mut KvCache>,
+        paged: Option<&Paged>,
+    ) -> Result<Var> {
         if ctx.is_training() && cache.is_some() {
             return Err(Error::Input("a training forward reads no KV cache".into()));
         }
@@ -396,33 +429,38 @@ impl Qwen2 {
         let mut x = Var::embedding(&ids, &ctx.param(&self.embed_tokens))?.to_dtype(DType::F32)?; // [total, hidden]
         for (l, layer) in self.layers.iter().enumerate() {
             x = match cache.as_deref_mut() {
-                Some(c) => layer.forward(ctx, &x, &spans, Some((c, l)))?,
+                Some(c) => layer.forward(ctx, &x, &spans, Some((c, l)), paged)?,
                 None if ctx.checkpointing() => {
                     let (layer, spans) = (layer.clone(), spans.clone());
                     checkpoint(ctx, &[&x], move |ctx, xs| {
-                        layer.forward(ctx, &xs[0], &spans, None).map_err(|e| match e {
+                        layer.forward(ctx, &xs[0], &spans, None, None).map_err(|e| match e {
                             Error::Tensor(t) => t,
                             other => artist_tensor::Error::Invalid { op: "decoder layer", msg: other.to_string() },
                         })
                     })?
                 }
-                None => layer.forward(ctx, &x, &spans, None)?,
+                None => layer.forward(ctx, &x, &spans, None, None)?,
             };
         }
         Ok(x)
     }
 
-    fn spans(&self, seqs: impl Iterator<Item = (usize, usize, usize)>) -> Result<Vec<Span>> {
+    /// The spans of packed sequences `(slot, start, len)`, and the RoPE tables of all their
+    /// rows, `[total, head_dim / 2]` (each span's tables are views of them: one upload).
+    fn spans(&self, seqs: &[(usize, usize, usize)]) -> Result<(Vec<Span>, Tensor, Tensor)> {
         let c = &self.config;
+        let pos: Vec<u32> = seqs.iter().flat_map(|&(_, start, len)| (start..start + len).map(|p| p as u32)).collect();
+        let (cos, sin) = rope_tables(&pos, c.head_dim, c.rope_theta as f32, self.device)?;
         let mut row = 0;
-        seqs.map(|(slot, start, len)| {
-            let pos: Vec<u32> = (start..start + len).map(|p| p as u32).collect();
-            let (cos, sin) = rope_tables(&pos, c.head_dim, c.rope_theta as f32, self.device)?;
-            let s = Span { row, len, start, slot, cos, sin, table: None };
-            row += len;
-            Ok(s)
-        })
-        .collect()
+        let spans = seqs
+            .iter()
+            .map(|&(slot, start, len)| {
+                let s = Span { row, len, start, slot, cos: cos.narrow(0, row, len)?, sin: sin.narrow(0, row, len)? };
+                row += len;
+                Ok(s)
+            })
+            .collect::<Result<Vec<Span>>>()?;
+        Ok((spans, cos, sin))
     }
 
     /// Runs the decoder over `inputs`, appending their keys and values to `cache`, and
@@ -434,15 +472,21 @@ impl Qwen2 {
         for s in inputs {
             cache.reserve(s.slot, cache.len(s.slot) + s.tokens.len())?;
         }
-        let mut spans = self.spans(inputs.iter().map(|s| (s.slot, cache.len(s.slot), s.tokens.len())))?;
-        if cache.device().is_cuda() {
-            for s in &mut spans {
-                s.table = Some(Arc::new(cache.device_table(s.slot)?));
-            }
-        }
+        let seqs: Vec<(usize, usize, usize)> =
+            inputs.iter().map(|s| (s.slot, cache.len(s.slot), s.tokens.len())).collect();
+        let (spans, cos, sin) = self.spans(&seqs)?;
+        // On a GPU the layers take all sequences at once; the CPU keeps the per-sequence
+        // composition that matches transformers to the ulp.
+        let paged = if cache.device().is_cuda() {
+            let batch: Vec<(usize, usize, &[u32])> =
+                seqs.iter().map(|&(slot, start, len)| (start, len, cache.table(slot))).collect();
+            Some(Paged { batch: PagedBatch::new(&batch, cache.block_size(), self.device)?, cos, sin })
+        } else {
+            None
+        };
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let ctx = Ctx::inference();
-        let x = self.decode(&ctx, ids, Arc::new(spans), Some(cache))?;
+        let x = self.decode(&ctx, ids, Arc::new(spans), Some(cache), paged.as_ref())?;
         for s in inputs {
             cache.advance(s.slot, s.tokens.len());
         }
@@ -478,8 +522,8 @@ impl Qwen2 {
             return Err(Error::TokenOutOfRange { id, vocab_size: self.config.vocab_size });
         }
         let total = ids.len();
-        let spans = self.spans(seqs.iter().map(|s| (0, 0, s.len())))?;
-        let x = self.decode(ctx, ids, Arc::new(spans), None)?;
+        let (spans, _, _) = self.spans(&seqs.iter().map(|s| (0, 0, s.len())).collect::<Vec<_>>())?;
+        let x = self.decode(ctx, ids, Arc::new(spans), None, None)?;
         let x = match rows {
             None => x,
             Some(r) => {

@@ -235,7 +235,11 @@ pub fn grpo_loss(
         clipped: clipped_n,
         ratio_mean: rv.iter().map(|&x| x as f64).sum::<f64>() / n as f64,
         kl_mean: kl_values.iter().map(|&x| x as f64).sum::<f64>() / n as f64,
-        max_abs_log_ratio: lpv.iter().zip(&old).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max),
+        max_abs_log_ratio: lpv
+            .iter()
+            .zip(&old)
+            .map(|(a, b)| (a - b).abs() as f64)
+            .fold(0.0, |m, x| if x.is_nan() || x > m { x } else { m }),
         logprobs,
     };
     Ok((loss, stats))

@@ -99,6 +99,118 @@ impl BlockTable {
     }
 }
 
+/// Sequences of a paged KV cache that one forward pass runs together (a decode step's
+/// rollouts, or prefills beside them), for [`Tensor::write_paged`] and
+/// [`Tensor::paged_attention_batch`]: their query rows packed in order, each sequence's
+/// block table, and for a GPU everything uploaded once, so a layer's cache writes and
+/// attention are one launch each whatever the number of sequences.
+#[derive(Debug, Clone)]
+pub struct PagedBatch {
+    block_size: usize,
+    /// Per sequence: (first row, rows, positions after the step, offset of its table).
+    meta: Vec<[u32; 4]>,
+    tables: Vec<u32>,
+    /// The pool row (`block * block_size + offset`) each query row's position goes to.
+    slots: Vec<u32>,
+    on_device: Option<PagedBatchDevice>,
+}
+
+#[derive(Debug, Clone)]
+struct PagedBatchDevice {
+    meta: Tensor,
+    seq_of: Tensor,
+    tables: Tensor,
+    slots: Tensor,
+}
+
+impl PagedBatch {
+    /// `seqs`: per sequence `(start, t, table)`: it holds `start` positions and adds `t`
+    /// (its query rows, packed in this order), and `table` lists the blocks of its
+    /// `start + t` positions (at least).
+    pub fn new(seqs: &[(usize, usize, &[u32])], block_size: usize, device: crate::Device) -> Result<PagedBatch> {
+        const OP: &str = "PagedBatch";
+        if block_size == 0 {
+            return Err(crate::invalid!(OP, "blocks of no positions"));
+        }
+        let (mut meta, mut tables, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+        let mut row = 0usize;
+        for (n, &(start, t, table)) in seqs.iter().enumerate() {
+            let len = start + t;
+            let nb = len.div_ceil(block_size);
+            if table.len() < nb {
+                return Err(crate::invalid!(
+                    OP,
+                    "sequence {n}: {len} positions need {nb} blocks of {block_size}; its table has {}",
+                    table.len()
+                ));
+            }
+            let as_u32 = |x: usize, what: &str| {
+                u32::try_from(x).map_err(|_| crate::invalid!(OP, "sequence {n}: {what} {x} does not fit 32 bits"))
+            };
+            meta.push([
+                as_u32(row, "row")?,
+                as_u32(t, "rows")?,
+                as_u32(len, "length")?,
+                as_u32(tables.len(), "table offset")?,
+            ]);
+            for p in start..len {
+                slots.push(as_u32(table[p / block_size] as usize * block_size + p % block_size, "pool row")?);
+            }
+            tables.extend_from_slice(&table[..nb]);
+            row += t;
+        }
+        let on_device = if device.is_cuda() {
+            let seq_of: Vec<u32> =
+                meta.iter().enumerate().flat_map(|(n, m)| std::iter::repeat_n(n as u32, m[1] as usize)).collect();
+            let flat: Vec<u32> = meta.iter().flatten().copied().collect();
+            let up = |v: Vec<u32>| Tensor::from_vec(v.clone(), v.len(), device);
+            Some(PagedBatchDevice {
+                meta: up(flat)?,
+                seq_of: up(seq_of)?,
+                tables: up(tables.clone())?,
+                slots: up(slots.clone())?,
+            })
+        } else {
+            None
+        };
+        Ok(PagedBatch { block_size, meta, tables, slots, on_device })
+    }
+
+    /// The query rows of all sequences together.
+    pub fn rows(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Sequence `n`'s block ids.
+    fn table(&self, n: usize) -> &[u32] {
+        let from = self.meta[n][3] as usize;
+        let to = self.meta.get(n + 1).map_or(self.tables.len(), |m| m[3] as usize);
+        &self.tables[from..to]
+    }
+
+    /// Checks a pool `[blocks, block_size, kv_heads, d]` against the batch.
+    fn check_pool(&self, pool: &Tensor, op: &'static str) -> Result<[usize; 4]> {
+        let dims = pool.dims_n::<4>(op)?;
+        if dims[1] != self.block_size {
+            return Err(crate::invalid!(
+                op,
+                "the pool {} has blocks of {}, the batch {}",
+                pool.shape(),
+                dims[1],
+                self.block_size
+            ));
+        }
+        if let Some(&b) = self.tables.iter().find(|&&b| b as usize >= dims[0]) {
+            return Err(crate::invalid!(op, "block {b} is outside the pool's {}", dims[0]));
+        }
+        Ok(dims)
+    }
+}
+
 /// Checks a paged pool `[blocks, block_size, kv_heads, d]` and a block table for `len`
 /// positions; returns the block size and the blocks `len` needs.
 fn paged_dims(pool: &Tensor, table: &[u32], len: usize, op: &'static str) -> Result<(usize, usize)> {
@@ -191,6 +303,104 @@ impl Tensor {
             _ => Tensor::from_vec(ids[..nb].to_vec(), nb, self.device())?,
         };
         crate::cuda::ops::attention_fwd_paged(self, k_pool, v_pool, &on_device, a, scale)
+    }
+
+    /// Writes `src: [rows, kv_heads, d]`, the keys (or values) of a [`PagedBatch`]'s new
+    /// positions in row order, into this pool `[blocks, block_size, kv_heads, d]` in place:
+    /// one launch on a GPU.
+    pub fn write_paged(&self, batch: &PagedBatch, src: &Tensor) -> Result<()> {
+        const OP: &str = "write_paged";
+        let [blocks, bs, kv_heads, d] = batch.check_pool(self, OP)?;
+        if src.dims() != [batch.rows(), kv_heads, d] {
+            return Err(crate::invalid!(OP, "src {} should be [{}, {kv_heads}, {d}]", src.shape(), batch.rows()));
+        }
+        if src.dtype() != self.dtype() {
+            return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: src.dtype() });
+        }
+        if src.device() != self.device() {
+            return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: src.device() });
+        }
+        if !self.is_contiguous() {
+            return Err(crate::invalid!(OP, "the pool {} is not contiguous", self.shape()));
+        }
+        if let Some(dev) = &batch.on_device
+            && self.device().is_cuda()
+        {
+            return crate::cuda::ops::copy_rows(self, &dev.slots, src, kv_heads * d);
+        }
+        // Runs of consecutive pool rows, one copy each.
+        let flat = self.reshape((blocks * bs, kv_heads, d))?;
+        let mut r = 0;
+        while r < batch.slots.len() {
+            let mut n = 1;
+            while r + n < batch.slots.len() && batch.slots[r + n] == batch.slots[r] + n as u32 {
+                n += 1;
+            }
+            flat.narrow(0, batch.slots[r] as usize, n)?.copy_from(&src.narrow(0, r, n)?)?;
+            r += n;
+        }
+        Ok(())
+    }
+
+    /// [`Tensor::paged_attention`] of every sequence of `batch` at once: `self = q: [rows,
+    /// heads, d]` holds their query rows packed in order. Returns `[rows, heads, d]` and the
+    /// log-sum-exp `[heads, rows]`, each row's as `paged_attention` of its own sequence gives
+    /// it. On a GPU one kernel reads the pools through every sequence's table; on the CPU
+    /// the sequences run one by one.
+    pub fn paged_attention_batch(
+        &self,
+        k_pool: &Tensor,
+        v_pool: &Tensor,
+        batch: &PagedBatch,
+        scale: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "paged_attention_batch";
+        let [rows, heads, d] = self.dims_n(OP)?;
+        if v_pool.dims() != k_pool.dims() {
+            return Err(crate::invalid!(OP, "k pool {} and v pool {} differ", k_pool.shape(), v_pool.shape()));
+        }
+        let [blocks, bs, kv_heads, dk] = batch.check_pool(k_pool, OP)?;
+        if rows != batch.rows() || dk != d {
+            return Err(crate::invalid!(
+                OP,
+                "q {} does not fit the batch's {} rows of head dim {dk}",
+                self.shape(),
+                batch.rows()
+            ));
+        }
+        match &batch.on_device {
+            Some(dev) if self.device().is_cuda() => {
+                // The dense checks (dtypes, devices, heads) on the pools seen as rows.
+                let flat = |p: &Tensor| p.reshape((blocks * bs, kv_heads, d));
+                let a = dims(&self.narrow(0, 0, 0)?, &flat(k_pool)?, &flat(v_pool)?)?;
+                let a = AttnDims { t: rows, len: blocks * bs, heads, ..a };
+                crate::cuda::ops::attention_fwd_paged_batch(
+                    self,
+                    k_pool,
+                    v_pool,
+                    (&dev.meta, &dev.seq_of, &dev.tables),
+                    bs,
+                    a,
+                    scale,
+                )
+            }
+            _ => {
+                let (mut outs, mut lses) = (Vec::new(), Vec::new());
+                for (n, m) in batch.meta.iter().enumerate() {
+                    let (row, t, len) = (m[0] as usize, m[1] as usize, m[2] as usize);
+                    let table = BlockTable::new(batch.table(n).to_vec(), crate::Device::Cpu)?;
+                    let (o, l) = self.narrow(0, row, t)?.paged_attention(k_pool, v_pool, &table, len, scale)?;
+                    outs.push(o);
+                    lses.push(l);
+                }
+                if outs.is_empty() {
+                    return Ok((self.copy()?, Tensor::zeros((heads, 0), DType::F32, self.device())?));
+                }
+                let outs: Vec<&Tensor> = outs.iter().collect();
+                let lses: Vec<&Tensor> = lses.iter().collect();
+                Ok((Tensor::cat(&outs, 0)?, Tensor::cat(&lses, 1)?))
+            }
+        }
     }
 
     /// The gradients `(dq, dk, dv)` (f32, shaped as q, k, v) of [`Tensor::causal_attention`]

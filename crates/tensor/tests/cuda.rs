@@ -9,7 +9,7 @@
 
 #![allow(clippy::needless_range_loop, clippy::type_complexity)]
 
-use artist_tensor::{AdamWScalars, BlockTable, CmpOp, DType, Device, Tensor, cuda, rope_tables};
+use artist_tensor::{AdamWScalars, BlockTable, CmpOp, DType, Device, PagedBatch, Tensor, cuda, rope_tables};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -861,6 +861,79 @@ fn paged_attention_matches() {
     let t = |ids: &[u32]| BlockTable::new(ids.to_vec(), dev).unwrap();
     assert!(q.paged_attention(&kp, &kp, &t(&[0]), 5, 1.0).unwrap_err().to_string().contains("need 2 blocks"));
     assert!(q.paged_attention(&kp, &kp, &t(&[0, 7]), 5, 1.0).unwrap_err().to_string().contains("block 7"));
+}
+
+/// Many sequences in one launch: `paged_attention_batch` gives each sequence's rows the
+/// bits `paged_attention` gives them alone (a decode step of 1-row sequences, and decode
+/// rows beside prefills, with shared and shuffled blocks), on the GPU and on the CPU;
+/// `write_paged` puts each new position where the table says, on both, and refuses a bad
+/// batch.
+#[test]
+fn paged_attention_batch_equals_one_sequence_at_a_time() {
+    let dev = gpu_or_skip!();
+    let (h, kv, d, bs, blocks) = (4usize, 2usize, 16usize, 4usize, 24usize);
+    // (start, t, table): positions already cached, new rows, blocks.
+    let decode: Vec<(usize, usize, Vec<u32>)> =
+        vec![(9, 1, vec![3, 7, 1]), (0, 1, vec![5]), (4, 1, vec![3, 9]), (15, 1, vec![20, 2, 11, 4])];
+    let mixed: Vec<(usize, usize, Vec<u32>)> =
+        vec![(0, 6, vec![12, 13]), (9, 1, vec![3, 7, 1]), (2, 9, vec![6, 0, 22]), (7, 1, vec![14, 15])];
+    for (name, seqs) in [("decode", decode), ("decode beside prefills", mixed)] {
+        for dt in [DType::F32, DType::BF16] {
+            let what = format!("{name} {dt}");
+            let rows: usize = seqs.iter().map(|s| s.1).sum();
+            let q = randn(&[rows, h, d], 230).to_dtype(dt).unwrap();
+            let kp = randn(&[blocks, bs, kv, d], 231).to_dtype(dt).unwrap();
+            let vp = randn(&[blocks, bs, kv, d], 232).to_dtype(dt).unwrap();
+            let knew = randn(&[rows, kv, d], 233).to_dtype(dt).unwrap();
+            let vnew = randn(&[rows, kv, d], 234).to_dtype(dt).unwrap();
+            let spec: Vec<(usize, usize, &[u32])> = seqs.iter().map(|(a, t, b)| (*a, *t, b.as_slice())).collect();
+            let scale = (d as f32).powf(-0.5);
+            let mut results = Vec::new();
+            for device in [Device::Cpu, dev] {
+                let (q, kp, vp) = (q.to_device(device).unwrap(), kp.copy().unwrap(), vp.copy().unwrap());
+                let (kp, vp) = (kp.to_device(device).unwrap(), vp.to_device(device).unwrap());
+                let batch = PagedBatch::new(&spec, bs, device).unwrap();
+                kp.write_paged(&batch, &knew.to_device(device).unwrap()).unwrap();
+                vp.write_paged(&batch, &vnew.to_device(device).unwrap()).unwrap();
+                let (out, lse) = q.paged_attention_batch(&kp, &vp, &batch, scale).unwrap();
+                // One sequence at a time, with its rows written by position.
+                let mut row = 0;
+                for (n, (start, t, table)) in seqs.iter().enumerate() {
+                    let len = start + t;
+                    for i in 0..*t {
+                        let p = start + i;
+                        let b = table[p / bs] as usize;
+                        let got = kp.narrow(0, b, 1).unwrap().narrow(1, p % bs, 1).unwrap().reshape((kv, d)).unwrap();
+                        same(
+                            &format!("{what} on {device:?}: key of sequence {n} position {p}"),
+                            &got,
+                            &knew.narrow(0, row + i, 1).unwrap().reshape((kv, d)).unwrap(),
+                        );
+                    }
+                    let bt = BlockTable::new(table.clone(), device).unwrap();
+                    let (o1, l1) = q.narrow(0, row, *t).unwrap().paged_attention(&kp, &vp, &bt, len, scale).unwrap();
+                    same(&format!("{what} on {device:?}: sequence {n} out"), &out.narrow(0, row, *t).unwrap(), &o1);
+                    same(&format!("{what} on {device:?}: sequence {n} lse"), &lse.narrow(1, row, *t).unwrap(), &l1);
+                    row += t;
+                }
+                results.push((out, lse, kp));
+            }
+            let (rt, at) = tol(dt);
+            close(&format!("{what}: GPU against CPU"), &results[1].0, &results[0].0, rt * 2.0, at * 2.0);
+            same(&format!("{what}: pools written alike"), &results[1].2, &results[0].2);
+        }
+    }
+    // Bad batches: a table too short, a block outside the pool, a pool of other blocks, src
+    // of the wrong shape.
+    let pool = randn(&[2, 4, 1, 8], 1).to_device(dev).unwrap();
+    assert!(PagedBatch::new(&[(3, 2, &[0][..])], 4, dev).unwrap_err().to_string().contains("need 2 blocks"));
+    let far = PagedBatch::new(&[(0, 1, &[7][..])], 4, dev).unwrap();
+    let src = randn(&[1, 1, 8], 2).to_device(dev).unwrap();
+    assert!(pool.write_paged(&far, &src).unwrap_err().to_string().contains("block 7"));
+    let other = PagedBatch::new(&[(0, 1, &[0][..])], 2, dev).unwrap();
+    assert!(pool.write_paged(&other, &src).unwrap_err().to_string().contains("blocks of 4"));
+    let ok = PagedBatch::new(&[(0, 1, &[1][..])], 4, dev).unwrap();
+    assert!(pool.write_paged(&ok, &randn(&[2, 1, 8], 3).to_device(dev).unwrap()).is_err());
 }
 
 /// The CPU attention equals the textbook formula: softmax of masked scores times values.

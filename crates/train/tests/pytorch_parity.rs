@@ -31,7 +31,8 @@ fn json(path: &Path) -> serde_json::Value {
 fn compare(what: &str, ours: &[f32], want: &[f32], tol_of_max: f32) {
     assert_eq!(ours.len(), want.len(), "{what}: sizes");
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
-    let worst = ours.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let worst =
+        ours.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, |m, x| if x.is_nan() || x > m { x } else { m });
     assert!(worst <= tol_of_max * scale, "{what}: max |diff| {worst:e} > {tol_of_max:e} * max |ref| {scale:e}");
 }
 
@@ -124,7 +125,11 @@ fn sft_case(case: &str, tweak: impl Fn(&mut SftConfig)) -> (Vec<(String, Vec<f32
     for n in torch.names() {
         let want = torch.get(n, &trained.shape(n).unwrap()).unwrap().to_f32_vec().unwrap();
         let ours = trained.get(n, &trained.shape(n).unwrap()).unwrap().to_f32_vec().unwrap();
-        worst = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+        worst = ours
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(worst, |m, x| if x.is_nan() || x > m { x } else { m });
         weights.push((n.to_string(), ours));
     }
     weights.sort_by(|a, b| a.0.cmp(&b.0));
@@ -132,7 +137,10 @@ fn sft_case(case: &str, tweak: impl Fn(&mut SftConfig)) -> (Vec<(String, Vec<f32
 }
 
 fn max_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
-    a.iter().zip(b).flat_map(|(x, y)| x.1.iter().zip(&y.1).map(|(p, q)| (p - q).abs())).fold(0f32, f32::max)
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.1.iter().zip(&y.1).map(|(p, q)| (p - q).abs()))
+        .fold(0f32, |m, x| if x.is_nan() || x > m { x } else { m })
 }
 
 #[test]

@@ -67,7 +67,11 @@ fn weights(dir: &Path) -> Vec<Vec<f32>> {
 }
 
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, |m, x| if x.is_nan() || x > m { x } else { m })
 }
 
 fn metric(dir: &Path, key: &str) -> Vec<f64> {
@@ -76,7 +80,7 @@ fn metric(dir: &Path, key: &str) -> Vec<f64> {
 
 fn max_rel(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| ((x - y) / y).abs()).fold(0.0, f64::max)
+    a.iter().zip(b).map(|(x, y)| ((x - y) / y).abs()).fold(0.0, |m, x| if x.is_nan() || x > m { x } else { m })
 }
 
 /// Both with one example per forward pass (each rank's shard in several) and with the

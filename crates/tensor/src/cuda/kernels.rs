@@ -132,7 +132,7 @@ pub fn inventory() -> Vec<(&'static str, String)> {
         for k in ["scatter_add", "index_add", "topk"] {
             out.push(("index", format!("{k}_{s}")));
         }
-        for k in ["attn_fwd", "attn_fwd_paged", "attn_bwd_dq", "attn_bwd_dkv"] {
+        for k in ["attn_fwd", "attn_fwd_paged", "attn_fwd_paged_batch", "attn_bwd_dq", "attn_bwd_dkv"] {
             out.push(("attention", format!("{k}_{s}")));
         }
     }
@@ -146,7 +146,7 @@ pub fn inventory() -> Vec<(&'static str, String)> {
         for k in ["where", "copy", "fill"] {
             out.push(("elementwise", format!("{k}_{s}")));
         }
-        for k in ["index_select", "gather"] {
+        for k in ["index_select", "gather", "copy_rows"] {
             out.push(("index", format!("{k}_{s}")));
         }
     }

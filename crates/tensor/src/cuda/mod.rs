@@ -141,6 +141,12 @@ pub fn empty_cache(ordinal: usize) -> Result<()> {
     Ok(())
 }
 
+/// Kernels and matrix products queued on device `ordinal` so far in this process: what a
+/// step costs the CPU in launches (CUDA graphs or batching lower it).
+pub fn launch_count(ordinal: usize) -> Result<u64> {
+    Ok(device(ordinal)?.launches.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// Waits for all work queued on device `ordinal`, reporting any error it raised.
 pub fn synchronize(ordinal: usize) -> Result<()> {
     device(ordinal)?.rt.synchronize()
@@ -168,6 +174,8 @@ pub(crate) struct GpuDevice {
     pub ordinal: usize,
     pub rt: Box<dyn Runtime>,
     pool: Mutex<Pool>,
+    /// Kernels and matrix products queued so far.
+    launches: std::sync::atomic::AtomicU64,
 }
 
 impl GpuDevice {
@@ -184,7 +192,12 @@ impl GpuDevice {
     }
 
     pub fn launch(&self, module: &'static str, name: String, cfg: LaunchCfg, args: Args) -> Result<()> {
+        self.count_launch();
         self.rt.launch(&Kernel { module, name }, cfg, args)
+    }
+
+    pub fn count_launch(&self) {
+        self.launches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Blocks for a grid-stride loop over `n` items with `threads` per block: enough to fill
@@ -218,7 +231,7 @@ pub(crate) fn device(ordinal: usize) -> Result<Arc<GpuDevice>> {
             });
         }
     };
-    let d = Arc::new(GpuDevice { ordinal, rt, pool: Mutex::new(Pool::default()) });
+    let d = Arc::new(GpuDevice { ordinal, rt, pool: Mutex::new(Pool::default()), launches: Default::default() });
     if devs.len() <= ordinal {
         devs.resize(ordinal + 1, None);
     }

@@ -626,6 +626,7 @@ fn gemm_rows(
         // An empty sum: cuBLAS would leave C alone; zero it ourselves.
         return dev.rt.memset_zero(c, batch * m * n * cd.size_in_bytes());
     }
+    dev.count_launch();
     dev.rt.gemm(&g)
 }
 
@@ -784,6 +785,63 @@ pub(crate) fn attention_fwd_paged(
         dev.launch("attention", format!("attn_fwd_paged_{}", suffix(q.dtype())), warp_cfg(a.t * a.heads), args)?;
     }
     Ok((out, lse))
+}
+
+/// Attention of many sequences' query rows over a paged KV cache, one launch:
+/// `meta`, `seq_of`, `tables` as [`crate::PagedBatch`] uploads them; `a.t` is the rows.
+pub(crate) fn attention_fwd_paged_batch(
+    q: &Tensor,
+    k_pool: &Tensor,
+    v_pool: &Tensor,
+    (meta, seq_of, tables): (&Tensor, &Tensor, &Tensor),
+    block_size: usize,
+    a: AttnDims,
+    scale: f32,
+) -> Result<(Tensor, Tensor)> {
+    if a.d > 256 {
+        return Err(crate::invalid!("paged_attention_batch", "head_dim {} exceeds the kernel's 256", a.d));
+    }
+    let (q, qp) = contiguous(q)?;
+    let (_k, kp) = contiguous(k_pool)?;
+    let (_v, vp) = contiguous(v_pool)?;
+    let (dev, _) = raw(&q);
+    let (_m, mp) = contiguous(meta)?;
+    let (_s, sp) = contiguous(seq_of)?;
+    let (_t, tp) = contiguous(tables)?;
+    let (out, op) = empty(&dev, q.dtype(), (a.t, a.heads, a.d))?;
+    let (lse, lp) = empty(&dev, DType::F32, (a.heads, a.t))?;
+    if a.t * a.heads > 0 && a.d > 0 {
+        let row = (a.kv_heads * a.d) as i64;
+        let shape = attn_shape(a, scale, (row, a.d as i64), (row, a.d as i64));
+        let args = Args::new()
+            .arg(shape)
+            .arg(qp)
+            .arg(kp)
+            .arg(vp)
+            .arg(mp)
+            .arg(sp)
+            .arg(tp)
+            .arg(block_size as i64)
+            .arg(op)
+            .arg(lp);
+        dev.launch("attention", format!("attn_fwd_paged_batch_{}", suffix(q.dtype())), warp_cfg(a.t * a.heads), args)?;
+    }
+    Ok((out, lse))
+}
+
+/// `dst` viewed as rows of `inner` elements: row `rows[r]` becomes `src`'s row `r`, in place.
+pub(crate) fn copy_rows(dst: &Tensor, rows: &Tensor, src: &Tensor, inner: usize) -> Result<()> {
+    let (dev, dbase) = raw(dst);
+    let dp = at(dbase, dst.dtype(), dst.layout().start());
+    let (src, sp) = contiguous(src)?;
+    let (_r, rp) = contiguous(rows)?;
+    let n = rows.elem_count();
+    if n * inner > 0 {
+        let args = Args::new().arg(n as i64).arg(inner as i64).arg(rp).arg(sp).arg(dp);
+        dev.launch("index", format!("copy_rows_{}", bytes_suffix(dst.dtype())), linear_cfg(&dev, n * inner), args)?;
+    }
+    drop(src);
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
