@@ -98,7 +98,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ..Default::default()
             },
         };
+        let launches_before = launches(device);
         let (rollouts, stats) = engine.run(&batch)?;
+        let launched = launches(device).zip(launches_before).map(|(a, b)| a - b);
         let sampled: usize = rollouts.iter().map(|r| r.sampled_tokens()).sum();
         println!(
             "{}",
@@ -118,6 +120,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "kv_block_size": stats.kv_block_size,
                 "kv_peak_mib": stats.kv_peak_bytes as f64 / (1 << 20) as f64,
                 "kv_cow_copies": stats.kv_cow_copies,
+                "gpu_launches": launched,
+                "gpu_launches_per_forward": launched.map(|n| n as f64 / stats.forward_calls.max(1) as f64),
                 "device": device.to_string(),
             })
         );
@@ -126,6 +130,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         batch1_decode(&model, &batch[0], decode, bandwidth, device)?;
     }
     Ok(())
+}
+
+/// Kernels and matrix products queued so far on a GPU (none on the CPU).
+fn launches(device: Device) -> Option<u64> {
+    let Device::Cuda(i) = device else { return None };
+    artist_tensor::cuda::launch_count(i).ok()
 }
 
 /// Datasheet memory bandwidth (GB/s) of a GPU known by name.
