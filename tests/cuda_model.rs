@@ -160,13 +160,12 @@ fn batched_prefill_and_decode_on_the_gpu_follow_the_cpu() {
         }
         // A decode step costs the same launches for two sequences as for five: each layer
         // writes every sequence's keys and values and attends for all of them at once.
-        let Device::Cuda(ordinal) = dev else { unreachable!() };
         let mut launches = Vec::new();
         for slots in [2usize, 5] {
             let seqs: Vec<SeqInput> = (0..slots).map(|slot| SeqInput { slot, tokens: &[7] }).collect();
-            let before = cuda::launch_count(ordinal).unwrap();
+            let before = cuda::thread_launch_count();
             gpu_model.forward(&seqs, &mut caches[1], Rows::All).unwrap();
-            launches.push(cuda::launch_count(ordinal).unwrap() - before);
+            launches.push(cuda::thread_launch_count() - before);
         }
         assert_eq!(launches[0], launches[1], "{name}: launches for a decode step of 2 and of 5 sequences");
         let per_layer = launches[0] as f64 / gpu_model.config.num_hidden_layers as f64;

@@ -338,12 +338,20 @@ impl KvCache {
         &self.tables[slot]
     }
 
-    /// Writes the keys and values `[rows, kv_heads, head_dim]` of every sequence of `batch`
-    /// (after [`KvCache::reserve`]) into layer `layer`: one launch each on a GPU.
-    pub(crate) fn write_batch(&self, layer: usize, batch: &PagedBatch, k: &Tensor, v: &Tensor) -> Result<()> {
-        self.k[layer].write_paged(batch, k)?;
-        self.v[layer].write_paged(batch, v)?;
-        Ok(())
+    /// From the fused projection `qkv: [rows, (heads + 2 kv_heads) * head_dim]` of every
+    /// sequence of `batch` (after [`KvCache::reserve`]): RoPE on queries and keys, the keys
+    /// and values written into layer `layer` (one launch on a GPU); returns the queries
+    /// `[rows, heads, head_dim]`.
+    pub(crate) fn write_qkv_batch(
+        &self,
+        layer: usize,
+        batch: &PagedBatch,
+        qkv: &Tensor,
+        heads: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
+        Ok(qkv.qkv_rope_paged(heads, self.kv_heads, cos, sin, &self.k[layer], &self.v[layer], batch)?)
     }
 
     /// Attention of every sequence of `batch`, `q: [rows, heads, head_dim]`, over layer

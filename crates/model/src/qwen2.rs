@@ -132,21 +132,19 @@ impl Layer {
         let Dims { heads, kv_heads, head_dim: d, eps, .. } = self.dims;
         let h = x.rms_norm(&norm_weight(ctx, &self.input_layernorm)?, eps)?;
         let qkv = self.qkv_proj.forward(ctx, &h)?; // [total, (heads + 2 kv_heads) * d]
-        let q = qkv.narrow(1, 0, heads * d)?;
-        let k = qkv.narrow(1, heads * d, kv_heads * d)?;
-        let v = qkv.narrow(1, (heads + kv_heads) * d, kv_heads * d)?;
         if let (Some(p), Some((cache, l))) = (paged, cache.as_mut()) {
-            // Every sequence at once: RoPE over all rows, one write of the new keys and
-            // values, one attention launch through every sequence's block table.
+            // Every sequence at once: one launch splits the projection, applies RoPE and
+            // writes the new keys and values into the cache, one attends for all of them
+            // through their block tables.
             let total = p.batch.rows();
-            let q = q.value().reshape((1, total, heads, d))?.rope(&p.cos, &p.sin)?.reshape((total, heads, d))?;
-            let k = k.value().reshape((1, total, kv_heads, d))?.rope(&p.cos, &p.sin)?.reshape((total, kv_heads, d))?;
-            let v = v.value().reshape((total, kv_heads, d))?;
-            cache.write_batch(*l, &p.batch, &k, &v)?;
+            let q = cache.write_qkv_batch(*l, &p.batch, qkv.value(), heads, &p.cos, &p.sin)?;
             let out = cache.attend_batch(*l, &p.batch, &q, (d as f32).powf(-0.5))?;
             let attn = Var::constant(out.reshape((total, heads * d))?);
             return self.mlp_half(ctx, x, &attn);
         }
+        let q = qkv.narrow(1, 0, heads * d)?;
+        let k = qkv.narrow(1, heads * d, kv_heads * d)?;
+        let v = qkv.narrow(1, (heads + kv_heads) * d, kv_heads * d)?;
         let mut outs = Vec::with_capacity(spans.len());
         for s in spans {
             let t = s.len;

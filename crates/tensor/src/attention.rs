@@ -342,6 +342,73 @@ impl Tensor {
         Ok(())
     }
 
+    /// A cached forward pass's attention inputs from the fused projection `self = qkv:
+    /// [rows, (heads + 2 kv_heads) * d]` (queries, keys, values side by side, as
+    /// `batch`'s rows): RoPE with `cos`, `sin: [rows, d / 2]` on the queries and keys, the
+    /// keys and values written into the pools at the batch's new positions
+    /// ([`Tensor::write_paged`]); returns the queries `[rows, heads, d]`. On a GPU one
+    /// launch does it all; the CPU composes [`Tensor::rope`] and `write_paged`, with the
+    /// same bits.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_rope_paged(
+        &self,
+        heads: usize,
+        kv_heads: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        k_pool: &Tensor,
+        v_pool: &Tensor,
+        batch: &PagedBatch,
+    ) -> Result<Tensor> {
+        const OP: &str = "qkv_rope_paged";
+        let [rows, width] = self.dims_n(OP)?;
+        let [_, _, kv, d] = batch.check_pool(k_pool, OP)?;
+        if kv != kv_heads || width != (heads + 2 * kv_heads) * d || rows != batch.rows() || !d.is_multiple_of(2) {
+            return Err(crate::invalid!(
+                OP,
+                "qkv {} does not hold {heads} query and {kv_heads} KV heads of the pools' {} for {} rows",
+                self.shape(),
+                k_pool.shape(),
+                batch.rows()
+            ));
+        }
+        if v_pool.dims() != k_pool.dims() {
+            return Err(crate::invalid!(OP, "k pool {} and v pool {} differ", k_pool.shape(), v_pool.shape()));
+        }
+        if cos.dims() != [rows, d / 2] || sin.dims() != cos.dims() {
+            return Err(crate::invalid!(
+                OP,
+                "cos {} and sin {} should be [{rows}, {}]",
+                cos.shape(),
+                sin.shape(),
+                d / 2
+            ));
+        }
+        for p in [k_pool, v_pool] {
+            if p.dtype() != self.dtype() {
+                return Err(Error::DTypeMismatch { op: OP, lhs: p.dtype(), rhs: self.dtype() });
+            }
+            if p.device() != self.device() {
+                return Err(Error::DeviceMismatch { op: OP, lhs: p.device(), rhs: self.device() });
+            }
+            if !p.is_contiguous() {
+                return Err(crate::invalid!(OP, "the pool {} is not contiguous", p.shape()));
+            }
+        }
+        if let Some(dev) = &batch.on_device
+            && self.device().is_cuda()
+        {
+            return crate::cuda::ops::qkv_rope_cache(self, [heads, kv_heads, d], cos, sin, &dev.slots, k_pool, v_pool);
+        }
+        let part = |from: usize, n: usize| self.narrow(1, from * d, n * d);
+        let q = part(0, heads)?.reshape((1, rows, heads, d))?.rope(cos, sin)?.reshape((rows, heads, d))?;
+        let k = part(heads, kv_heads)?.reshape((1, rows, kv_heads, d))?.rope(cos, sin)?.reshape((rows, kv_heads, d))?;
+        let v = part(heads + kv_heads, kv_heads)?.reshape((rows, kv_heads, d))?;
+        k_pool.write_paged(batch, &k)?;
+        v_pool.write_paged(batch, &v)?;
+        Ok(q)
+    }
+
     /// [`Tensor::paged_attention`] of every sequence of `batch` at once: `self = q: [rows,
     /// heads, d]` holds their query rows packed in order. Returns `[rows, heads, d]` and the
     /// log-sum-exp `[heads, rows]`, each row's as `paged_attention` of its own sequence gives

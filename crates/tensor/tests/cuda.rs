@@ -936,6 +936,49 @@ fn paged_attention_batch_equals_one_sequence_at_a_time() {
     assert!(pool.write_paged(&ok, &randn(&[2, 1, 8], 3).to_device(dev).unwrap()).is_err());
 }
 
+/// The fused projection's split, RoPE and cache writes in one launch give the bits of the
+/// composition (`narrow`, `rope`, `write_paged`) the CPU runs.
+#[test]
+fn qkv_rope_paged_equals_rope_and_cache_writes() {
+    let dev = gpu_or_skip!();
+    let (h, kv, d, bs, blocks) = (4usize, 2usize, 16usize, 4usize, 12usize);
+    let seqs: Vec<(usize, usize, Vec<u32>)> = vec![(0, 5, vec![4, 9]), (9, 1, vec![3, 7, 1]), (2, 3, vec![6, 0])];
+    let spec: Vec<(usize, usize, &[u32])> = seqs.iter().map(|(a, t, b)| (*a, *t, b.as_slice())).collect();
+    let rows: usize = seqs.iter().map(|s| s.1).sum();
+    let pos: Vec<u32> = seqs.iter().flat_map(|(a, t, _)| (*a..a + t).map(|p| p as u32)).collect();
+    let (cos, sin) = rope_tables(&pos, d, 10_000.0, Device::Cpu).unwrap();
+    for dt in [DType::F32, DType::BF16] {
+        let qkv = randn(&[rows, (h + 2 * kv) * d], 240).to_dtype(dt).unwrap();
+        let pools = [
+            randn(&[blocks, bs, kv, d], 241).to_dtype(dt).unwrap(),
+            randn(&[blocks, bs, kv, d], 242).to_dtype(dt).unwrap(),
+        ];
+        let mut out = Vec::new();
+        for device in [Device::Cpu, dev] {
+            let (kp, vp) = (
+                pools[0].copy().unwrap().to_device(device).unwrap(),
+                pools[1].copy().unwrap().to_device(device).unwrap(),
+            );
+            let batch = PagedBatch::new(&spec, bs, device).unwrap();
+            let (c, s) = (cos.to_device(device).unwrap(), sin.to_device(device).unwrap());
+            let q = qkv.to_device(device).unwrap().qkv_rope_paged(h, kv, &c, &s, &kp, &vp, &batch).unwrap();
+            out.push((q, kp, vp));
+        }
+        for (i, what) in ["queries", "key pool", "value pool"].iter().enumerate() {
+            let pick = |o: &(Tensor, Tensor, Tensor)| [o.0.clone(), o.1.clone(), o.2.clone()][i].clone();
+            same(&format!("{dt} {what}"), &pick(&out[1]), &pick(&out[0]));
+        }
+        // The queries are the rotated first `heads` blocks of columns.
+        let want = qkv.narrow(1, 0, h * d).unwrap().reshape((1, rows, h, d)).unwrap().rope(&cos, &sin).unwrap();
+        same(&format!("{dt} queries against rope"), &out[0].0, &want.reshape((rows, h, d)).unwrap());
+    }
+    let batch = PagedBatch::new(&spec, bs, dev).unwrap();
+    let pool = randn(&[blocks, bs, kv, d], 1).to_device(dev).unwrap();
+    let bad = randn(&[rows, h * d], 2).to_device(dev).unwrap();
+    let (c, s) = (cos.to_device(dev).unwrap(), sin.to_device(dev).unwrap());
+    assert!(bad.qkv_rope_paged(h, kv, &c, &s, &pool, &pool, &batch).unwrap_err().to_string().contains("does not hold"));
+}
+
 /// The CPU attention equals the textbook formula: softmax of masked scores times values.
 #[test]
 fn causal_attention_is_softmax_attention() {

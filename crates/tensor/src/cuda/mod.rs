@@ -147,6 +147,16 @@ pub fn launch_count(ordinal: usize) -> Result<u64> {
     Ok(device(ordinal)?.launches.load(std::sync::atomic::Ordering::Relaxed))
 }
 
+thread_local! {
+    static THREAD_LAUNCHES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Kernels and matrix products this thread has queued so far, on any device: unlike
+/// [`launch_count`], not disturbed by other threads using the GPU meanwhile.
+pub fn thread_launch_count() -> u64 {
+    THREAD_LAUNCHES.with(|n| n.get())
+}
+
 /// Waits for all work queued on device `ordinal`, reporting any error it raised.
 pub fn synchronize(ordinal: usize) -> Result<()> {
     device(ordinal)?.rt.synchronize()
@@ -198,6 +208,7 @@ impl GpuDevice {
 
     pub fn count_launch(&self) {
         self.launches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        THREAD_LAUNCHES.with(|n| n.set(n.get() + 1));
     }
 
     /// Blocks for a grid-stride loop over `n` items with `threads` per block: enough to fill

@@ -829,6 +829,49 @@ pub(crate) fn attention_fwd_paged_batch(
     Ok((out, lse))
 }
 
+/// RoPE on the queries and keys of `qkv: [rows, (heads + 2 kv_heads) * d]`; the keys and
+/// values written into rows `slots` of the pools; the queries returned `[rows, heads, d]`.
+pub(crate) fn qkv_rope_cache(
+    qkv: &Tensor,
+    [heads, kv_heads, d]: [usize; 3],
+    cos: &Tensor,
+    sin: &Tensor,
+    slots: &Tensor,
+    k_pool: &Tensor,
+    v_pool: &Tensor,
+) -> Result<Tensor> {
+    let (qkv, xp) = contiguous(qkv)?;
+    let (dev, _) = raw(&qkv);
+    let rows = qkv.dims()[0];
+    let cos = cos.to_dtype(DType::F32)?.to_device(qkv.device())?;
+    let sin = sin.to_dtype(DType::F32)?.to_device(qkv.device())?;
+    let (cos, cp) = contiguous(&cos)?;
+    let (sin, sp) = contiguous(&sin)?;
+    let (_s, slp) = contiguous(slots)?;
+    let (kb, vb) = (raw(k_pool).1, raw(v_pool).1);
+    let kp = at(kb, k_pool.dtype(), k_pool.layout().start());
+    let vp = at(vb, v_pool.dtype(), v_pool.layout().start());
+    let (q, qp) = empty(&dev, qkv.dtype(), (rows, heads, d))?;
+    let n = rows * (heads + kv_heads) * (d / 2).max(1);
+    if rows > 0 && d > 0 {
+        let args = Args::new()
+            .arg(rows as i64)
+            .arg(heads as i64)
+            .arg(kv_heads as i64)
+            .arg(d as i64)
+            .arg(xp)
+            .arg(cp)
+            .arg(sp)
+            .arg(slp)
+            .arg(qp)
+            .arg(kp)
+            .arg(vp);
+        dev.launch("rope", format!("qkv_rope_cache_{}", suffix(qkv.dtype())), linear_cfg(&dev, n), args)?;
+    }
+    drop((cos, sin));
+    Ok(q)
+}
+
 /// `dst` viewed as rows of `inner` elements: row `rows[r]` becomes `src`'s row `r`, in place.
 pub(crate) fn copy_rows(dst: &Tensor, rows: &Tensor, src: &Tensor, inner: usize) -> Result<()> {
     let (dev, dbase) = raw(dst);
