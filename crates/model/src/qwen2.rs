@@ -121,27 +121,44 @@ impl Layer {
     /// `x: [total, hidden]` -> `[total, hidden]`. With a cache (inference), each sequence's
     /// keys and values are appended to its slot and attention reads the slot; without one
     /// (training), attention reads the sequence's own keys and values.
-    fn forward(
+    /// A cached forward pass on a GPU, every sequence at once: `x` is the residual stream
+    /// before this layer and `delta` what the previous layer's MLP adds to it (fused here
+    /// with the input norm); returns the stream after attention and this layer's MLP
+    /// output. Per layer: one launch splits the projection, applies RoPE and writes the
+    /// new keys and values into the cache, one attends for every sequence through its
+    /// block table, and each residual add shares a pass with the norm after it.
+    fn forward_paged(
         &self,
-        ctx: &Ctx,
-        x: &Var,
-        spans: &[Span],
-        mut cache: Option<(&mut KvCache, usize)>,
-        paged: Option<&Paged>,
-    ) -> Result<Var> {
-        let Dims { heads, kv_heads, head_dim: d, eps, .. } = self.dims;
+        x: &Tensor,
+        delta: Option<&Tensor>,
+        cache: &mut KvCache,
+        l: usize,
+        p: &Paged,
+    ) -> Result<(Tensor, Tensor)> {
+        let Dims { heads, head_dim: d, intermediate: i, eps, .. } = self.dims;
+        let ctx = Ctx::inference();
+        let total = p.batch.rows();
+        let w_in = norm_weight(&ctx, &self.input_layernorm)?.into_value();
+        let (x, h) = match delta {
+            Some(delta) => x.add_rms_norm(delta, &w_in, eps)?,
+            None => (x.clone(), x.rms_norm(&w_in, eps)?),
+        };
+        let qkv = self.qkv_proj.forward(&ctx, &Var::constant(h))?.into_value();
+        let q = cache.write_qkv_batch(l, &p.batch, &qkv, heads, &p.cos, &p.sin)?;
+        let attn = cache.attend_batch(l, &p.batch, &q, (d as f32).powf(-0.5))?.reshape((total, heads * d))?;
+        let o = self.o_proj.forward(&ctx, &Var::constant(attn))?.into_value();
+        let w_post = norm_weight(&ctx, &self.post_attention_layernorm)?.into_value();
+        let (x, h) = x.add_rms_norm(&o, &w_post, eps)?;
+        let gate_up = self.gate_up_proj.forward(&ctx, &Var::constant(h))?.into_value();
+        let act = gate_up.narrow(1, 0, i)?.silu_mul(&gate_up.narrow(1, i, i)?)?;
+        let down = self.down_proj.forward(&ctx, &Var::constant(act))?.into_value();
+        Ok((x, down))
+    }
+
+    fn forward(&self, ctx: &Ctx, x: &Var, spans: &[Span], mut cache: Option<(&mut KvCache, usize)>) -> Result<Var> {
+        let Dims { heads, kv_heads, head_dim: d, intermediate: i, eps } = self.dims;
         let h = x.rms_norm(&norm_weight(ctx, &self.input_layernorm)?, eps)?;
         let qkv = self.qkv_proj.forward(ctx, &h)?; // [total, (heads + 2 kv_heads) * d]
-        if let (Some(p), Some((cache, l))) = (paged, cache.as_mut()) {
-            // Every sequence at once: one launch splits the projection, applies RoPE and
-            // writes the new keys and values into the cache, one attends for all of them
-            // through their block tables.
-            let total = p.batch.rows();
-            let q = cache.write_qkv_batch(*l, &p.batch, qkv.value(), heads, &p.cos, &p.sin)?;
-            let out = cache.attend_batch(*l, &p.batch, &q, (d as f32).powf(-0.5))?;
-            let attn = Var::constant(out.reshape((total, heads * d))?);
-            return self.mlp_half(ctx, x, &attn);
-        }
         let q = qkv.narrow(1, 0, heads * d)?;
         let k = qkv.narrow(1, heads * d, kv_heads * d)?;
         let v = qkv.narrow(1, (heads + kv_heads) * d, kv_heads * d)?;
@@ -179,14 +196,7 @@ impl Layer {
             outs.push(attention(&qi, &keys, &values)?);
         }
         let attn = Var::cat(&outs.iter().collect::<Vec<_>>(), 0)?;
-        self.mlp_half(ctx, x, &attn)
-    }
-
-    /// The rest of the layer after attention: the output projection, the residual, the
-    /// MLP and its residual.
-    fn mlp_half(&self, ctx: &Ctx, x: &Var, attn: &Var) -> Result<Var> {
-        let Dims { intermediate: i, eps, .. } = self.dims;
-        let x = x.add(&self.o_proj.forward(ctx, attn)?)?;
+        let x = x.add(&self.o_proj.forward(ctx, &attn)?)?;
         let h = x.rms_norm(&norm_weight(ctx, &self.post_attention_layernorm)?, eps)?;
         let gate_up = self.gate_up_proj.forward(ctx, &h)?; // [total, 2 * intermediate]
         let act = gate_up.narrow(1, 0, i)?.silu_mul(&gate_up.narrow(1, i, i)?)?;
@@ -425,19 +435,30 @@ impl Qwen2 {
         let total = ids.len();
         let ids = Tensor::from_vec(ids, total, self.device)?;
         let mut x = Var::embedding(&ids, &ctx.param(&self.embed_tokens))?.to_dtype(DType::F32)?; // [total, hidden]
+        if let (Some(p), Some(cache)) = (paged, cache.as_deref_mut()) {
+            let (mut stream, mut delta) = (x.into_value(), None);
+            for (l, layer) in self.layers.iter().enumerate() {
+                let (s, d) = layer.forward_paged(&stream, delta.as_ref(), cache, l, p)?;
+                (stream, delta) = (s, Some(d));
+            }
+            return Ok(Var::constant(match delta {
+                Some(d) => stream.add(&d)?,
+                None => stream,
+            }));
+        }
         for (l, layer) in self.layers.iter().enumerate() {
             x = match cache.as_deref_mut() {
-                Some(c) => layer.forward(ctx, &x, &spans, Some((c, l)), paged)?,
+                Some(c) => layer.forward(ctx, &x, &spans, Some((c, l)))?,
                 None if ctx.checkpointing() => {
                     let (layer, spans) = (layer.clone(), spans.clone());
                     checkpoint(ctx, &[&x], move |ctx, xs| {
-                        layer.forward(ctx, &xs[0], &spans, None, None).map_err(|e| match e {
+                        layer.forward(ctx, &xs[0], &spans, None).map_err(|e| match e {
                             Error::Tensor(t) => t,
                             other => artist_tensor::Error::Invalid { op: "decoder layer", msg: other.to_string() },
                         })
                     })?
                 }
-                None => layer.forward(ctx, &x, &spans, None, None)?,
+                None => layer.forward(ctx, &x, &spans, None)?,
             };
         }
         Ok(x)

@@ -36,6 +36,32 @@ impl Tensor {
         self.softmax_impl("log_softmax", dim, true)
     }
 
+    /// `self + residual` and the RMSNorm of that sum, `(sum, normed)`: a layer's residual
+    /// add and the norm after it, one pass on a GPU (the bits of `add` then `rms_norm`).
+    pub fn add_rms_norm(&self, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "add_rms_norm";
+        if residual.dims() != self.dims() {
+            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().clone(), rhs: residual.shape().clone() });
+        }
+        if residual.dtype() != self.dtype() {
+            return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: residual.dtype() });
+        }
+        if residual.device() != self.device() {
+            return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: residual.device() });
+        }
+        if self.device().is_cuda()
+            && self.dtype().is_float()
+            && weight.dims() == [self.dim(-1)?]
+            && weight.dtype() == self.dtype()
+            && weight.device() == self.device()
+        {
+            return crate::cuda::ops::add_rms_norm(self, residual, weight, eps);
+        }
+        let sum = self.add(residual)?;
+        let normed = sum.rms_norm(weight, eps)?;
+        Ok((sum, normed))
+    }
+
     /// RMSNorm over the last dimension with a per-feature `weight` of the same dtype.
     pub fn rms_norm(&self, weight: &Tensor, eps: f32) -> Result<Tensor> {
         const OP: &str = "rms_norm";

@@ -979,6 +979,35 @@ fn qkv_rope_paged_equals_rope_and_cache_writes() {
     assert!(bad.qkv_rope_paged(h, kv, &c, &s, &pool, &pool, &batch).unwrap_err().to_string().contains("does not hold"));
 }
 
+/// The fused residual add and RMSNorm gives the bits of `add` then `rms_norm` on the GPU,
+/// and the CPU's values within the norm's tolerance.
+#[test]
+fn add_rms_norm_equals_add_then_rms_norm() {
+    let dev = gpu_or_skip!();
+    for (rows, cols) in [(1usize, 64usize), (5, 896), (3, 1000), (7, 33)] {
+        for dt in [DType::F32, DType::BF16] {
+            let what = format!("add_rms_norm {rows}x{cols} {dt}");
+            let x = randn(&[rows, cols], 250).to_dtype(dt).unwrap();
+            let r = randn(&[rows, cols], 251).to_dtype(dt).unwrap();
+            let w = randn(&[cols], 252).to_dtype(dt).unwrap();
+            let (xg, rg, wg) = (x.to_device(dev).unwrap(), r.to_device(dev).unwrap(), w.to_device(dev).unwrap());
+            let (sum, normed) = xg.add_rms_norm(&rg, &wg, 1e-6).unwrap();
+            let sum2 = xg.add(&rg).unwrap();
+            same(&format!("{what}: sum"), &sum, &sum2);
+            same(&format!("{what}: normed"), &normed, &sum2.rms_norm(&wg, 1e-6).unwrap());
+            let (sc, nc) = x.add_rms_norm(&r, &w, 1e-6).unwrap();
+            same(&format!("{what}: sum against the CPU"), &sum, &sc);
+            let (rt, at) = tol(dt);
+            close(&format!("{what}: normed against the CPU"), &normed, &nc, rt * 4.0, at * 4.0);
+        }
+    }
+    let x = randn(&[2, 8], 1).to_device(dev).unwrap();
+    assert!(
+        x.add_rms_norm(&randn(&[2, 7], 2).to_device(dev).unwrap(), &randn(&[8], 3).to_device(dev).unwrap(), 1e-6)
+            .is_err()
+    );
+}
+
 /// The CPU attention equals the textbook formula: softmax of masked scores times values.
 #[test]
 fn causal_attention_is_softmax_attention() {

@@ -128,6 +128,7 @@ pub fn inventory() -> Vec<(&'static str, String)> {
         }
         out.push(("softmax", format!("softmax_{s}")));
         out.push(("rmsnorm", format!("rms_norm_{s}")));
+        out.push(("rmsnorm", format!("add_rms_norm_{s}")));
         out.push(("rope", format!("rope_{s}")));
         out.push(("rope", format!("qkv_rope_cache_{s}")));
         for k in ["scatter_add", "index_add", "topk"] {

@@ -321,6 +321,24 @@ pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     Ok(out)
 }
 
+pub(crate) fn add_rms_norm(x: &Tensor, res: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    let (x, xp) = contiguous(x)?;
+    let (res, rp) = contiguous(res)?;
+    let (w, wp) = contiguous(w)?;
+    let (dev, _) = raw(&x);
+    let cols = w.elem_count();
+    let rows = x.elem_count().checked_div(cols).unwrap_or(0);
+    let (sum, sp) = empty(&dev, x.dtype(), x.shape().clone())?;
+    let (out, dst) = empty(&dev, x.dtype(), x.shape().clone())?;
+    if rows > 0 && cols > 0 {
+        let name = format!("add_rms_norm_{}", suffix(x.dtype()));
+        let args = Args::new().arg(rows as i64).arg(cols as i64).arg(eps).arg(xp).arg(rp).arg(wp).arg(sp).arg(dst);
+        dev.launch("rmsnorm", name, row_cfg(&dev, rows, cols), args)?;
+    }
+    drop(res);
+    Ok((sum, out))
+}
+
 pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, dims: [usize; 4], cb: usize) -> Result<Tensor> {
     let (x, xp) = contiguous(x)?;
     let (dev, _) = raw(&x);
