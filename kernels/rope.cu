@@ -30,37 +30,46 @@ __device__ void rope_impl(i64 b, i64 t, i64 h, i64 d, i64 cb, const T* x, const 
 FLOAT_TYPES(ROPE)
 
 // A cached forward pass's attention inputs from the fused projection, in one launch:
-// qkv: [rows, (heads + 2 kv_heads) * d] contiguous, cos, sin: [rows, d/2] f32. The queries
+// qkv: [rows, (heads + 2 kv_heads) * d] contiguous, plus its bias [(heads + 2 kv_heads) * d]
+// when not null (added and rounded to T as the add kernel does), cos, sin: [rows, d/2] f32. The queries
 // get RoPE into q_out [rows, heads, d]; the keys get RoPE and the values are copied into row
 // slots[r] of the pools [pool_rows, kv_heads, d] (a paged KV cache's new positions). The
 // rotation is rope_impl's, operation for operation.
 template <class T>
-__device__ void qkv_rope_cache_impl(i64 rows, i64 heads, i64 kv_heads, i64 d, const T* qkv, const float* cosv,
-                                    const float* sinv, const u32* slots, T* q_out, T* k_pool, T* v_pool) {
+__device__ __forceinline__ float with_bias(const T* x, const T* bias, i64 col, i64 at) {
+    return bias ? to_f32(from_f32<T>(__fadd_rn(to_f32(x[at]), to_f32(bias[col])))) : to_f32(x[at]);
+}
+
+template <class T>
+__device__ void qkv_rope_cache_impl(i64 rows, i64 heads, i64 kv_heads, i64 d, const T* qkv, const T* bias,
+                                    const float* cosv, const float* sinv, const u32* slots, T* q_out, T* k_pool,
+                                    T* v_pool) {
     i64 half = d / 2, width = (heads + 2 * kv_heads) * d;
     GRID_STRIDE(idx, rows * (heads + kv_heads) * half) {
         i64 i = idx % half;
         i64 rest = idx / half;  // r * (heads + kv_heads) + hh
         i64 r = rest / (heads + kv_heads), hh = rest - r * (heads + kv_heads);
         float c = cosv[r * half + i], s = sinv[r * half + i];
-        const T* x = qkv + r * width + hh * d;
         T* y = hh < heads ? q_out + (r * heads + hh) * d : k_pool + ((i64)slots[r] * kv_heads + (hh - heads)) * d;
-        float a = to_f32(x[i]), bb = to_f32(x[i + half]);
+        float a = with_bias(qkv, bias, hh * d + i, r * width + hh * d + i);
+        float bb = with_bias(qkv, bias, hh * d + i + half, r * width + hh * d + i + half);
         y[i] = from_f32<T>(__fsub_rn(__fmul_rn(a, c), __fmul_rn(bb, s)));
         y[i + half] = from_f32<T>(__fadd_rn(__fmul_rn(bb, c), __fmul_rn(a, s)));
     }
     GRID_STRIDE(idx, rows * kv_heads * d) {
         i64 e = idx % d, rg = idx / d;
         i64 r = rg / kv_heads, g = rg - r * kv_heads;
-        v_pool[((i64)slots[r] * kv_heads + g) * d + e] = qkv[r * width + (heads + kv_heads + g) * d + e];
+        i64 col = (heads + kv_heads + g) * d + e;
+        v_pool[((i64)slots[r] * kv_heads + g) * d + e] = from_f32<T>(with_bias(qkv, bias, col, r * width + col));
     }
 }
 
 #define QKV_ROPE_CACHE(T, S)                                                                              \
     extern "C" __global__ void qkv_rope_cache_##S(i64 rows, i64 heads, i64 kv_heads, i64 d, const T* qkv, \
-                                                  const float* cosv, const float* sinv, const u32* slots, \
-                                                  T* q_out, T* k_pool, T* v_pool) {                       \
-        qkv_rope_cache_impl<T>(rows, heads, kv_heads, d, qkv, cosv, sinv, slots, q_out, k_pool, v_pool);  \
+                                                  const T* bias, const float* cosv, const float* sinv,    \
+                                                  const u32* slots, T* q_out, T* k_pool, T* v_pool) {     \
+        qkv_rope_cache_impl<T>(rows, heads, kv_heads, d, qkv, bias, cosv, sinv, slots, q_out, k_pool,     \
+                               v_pool);                                                                   \
     }                                                                                                     \
     ARTIST_EXPORT(qkv_rope_cache_##S)
 FLOAT_TYPES(QKV_ROPE_CACHE)

@@ -338,8 +338,8 @@ impl KvCache {
         &self.tables[slot]
     }
 
-    /// From the fused projection `qkv: [rows, (heads + 2 kv_heads) * head_dim]` of every
-    /// sequence of `batch` (after [`KvCache::reserve`]): RoPE on queries and keys, the keys
+    /// From the fused projection `qkv: [rows, (heads + 2 kv_heads) * head_dim]` (before
+    /// its `bias`) of every sequence of `batch` (after [`KvCache::reserve`]): RoPE on queries and keys, the keys
     /// and values written into layer `layer` (one launch on a GPU); returns the queries
     /// `[rows, heads, head_dim]`.
     pub(crate) fn write_qkv_batch(
@@ -347,11 +347,12 @@ impl KvCache {
         layer: usize,
         batch: &PagedBatch,
         qkv: &Tensor,
+        bias: Option<&Tensor>,
         heads: usize,
         cos: &Tensor,
         sin: &Tensor,
     ) -> Result<Tensor> {
-        Ok(qkv.qkv_rope_paged(heads, self.kv_heads, cos, sin, &self.k[layer], &self.v[layer], batch)?)
+        Ok(qkv.qkv_rope_paged(bias, heads, self.kv_heads, cos, sin, &self.k[layer], &self.v[layer], batch)?)
     }
 
     /// Attention of every sequence of `batch`, `q: [rows, heads, head_dim]`, over layer

@@ -143,8 +143,10 @@ impl Layer {
             Some(delta) => x.add_rms_norm(delta, &w_in, eps)?,
             None => (x.clone(), x.rms_norm(&w_in, eps)?),
         };
-        let qkv = self.qkv_proj.forward(&ctx, &Var::constant(h))?.into_value();
-        let q = cache.write_qkv_batch(l, &p.batch, &qkv, heads, &p.cos, &p.sin)?;
+        // The projection's bias is added inside the fused split/RoPE/cache write.
+        let qkv = h.linear(self.qkv_proj.weight.value(), None)?;
+        let bias = self.qkv_proj.bias.as_ref().map(|b| b.value().to_dtype(DType::F32)).transpose()?;
+        let q = cache.write_qkv_batch(l, &p.batch, &qkv, bias.as_ref(), heads, &p.cos, &p.sin)?;
         let attn = cache.attend_batch(l, &p.batch, &q, (d as f32).powf(-0.5))?.reshape((total, heads * d))?;
         let o = self.o_proj.forward(&ctx, &Var::constant(attn))?.into_value();
         let w_post = norm_weight(&ctx, &self.post_attention_layernorm)?.into_value();

@@ -344,7 +344,7 @@ impl Tensor {
 
     /// A cached forward pass's attention inputs from the fused projection `self = qkv:
     /// [rows, (heads + 2 kv_heads) * d]` (queries, keys, values side by side, as
-    /// `batch`'s rows): RoPE with `cos`, `sin: [rows, d / 2]` on the queries and keys, the
+    /// `batch`'s rows) plus its `bias` (`[(heads + 2 kv_heads) * d]`, if any): RoPE with `cos`, `sin: [rows, d / 2]` on the queries and keys, the
     /// keys and values written into the pools at the batch's new positions
     /// ([`Tensor::write_paged`]); returns the queries `[rows, heads, d]`. On a GPU one
     /// launch does it all; the CPU composes [`Tensor::rope`] and `write_paged`, with the
@@ -352,6 +352,7 @@ impl Tensor {
     #[allow(clippy::too_many_arguments)]
     pub fn qkv_rope_paged(
         &self,
+        bias: Option<&Tensor>,
         heads: usize,
         kv_heads: usize,
         cos: &Tensor,
@@ -374,6 +375,17 @@ impl Tensor {
         }
         if v_pool.dims() != k_pool.dims() {
             return Err(crate::invalid!(OP, "k pool {} and v pool {} differ", k_pool.shape(), v_pool.shape()));
+        }
+        if let Some(b) = bias
+            && (b.dims() != [width] || b.dtype() != self.dtype() || b.device() != self.device())
+        {
+            return Err(crate::invalid!(
+                OP,
+                "the bias {} {} should be [{width}] {}",
+                b.shape(),
+                b.dtype(),
+                self.dtype()
+            ));
         }
         if cos.dims() != [rows, d / 2] || sin.dims() != cos.dims() {
             return Err(crate::invalid!(
@@ -398,9 +410,22 @@ impl Tensor {
         if let Some(dev) = &batch.on_device
             && self.device().is_cuda()
         {
-            return crate::cuda::ops::qkv_rope_cache(self, [heads, kv_heads, d], cos, sin, &dev.slots, k_pool, v_pool);
+            return crate::cuda::ops::qkv_rope_cache(
+                self,
+                bias,
+                [heads, kv_heads, d],
+                cos,
+                sin,
+                &dev.slots,
+                k_pool,
+                v_pool,
+            );
         }
-        let part = |from: usize, n: usize| self.narrow(1, from * d, n * d);
+        let qkv = match bias {
+            Some(b) => self.add(b)?,
+            None => self.clone(),
+        };
+        let part = |from: usize, n: usize| qkv.narrow(1, from * d, n * d);
         let q = part(0, heads)?.reshape((1, rows, heads, d))?.rope(cos, sin)?.reshape((rows, heads, d))?;
         let k = part(heads, kv_heads)?.reshape((1, rows, kv_heads, d))?.rope(cos, sin)?.reshape((rows, kv_heads, d))?;
         let v = part(heads + kv_heads, kv_heads)?.reshape((rows, kv_heads, d))?;

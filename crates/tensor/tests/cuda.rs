@@ -936,8 +936,8 @@ fn paged_attention_batch_equals_one_sequence_at_a_time() {
     assert!(pool.write_paged(&ok, &randn(&[2, 1, 8], 3).to_device(dev).unwrap()).is_err());
 }
 
-/// The fused projection's split, RoPE and cache writes in one launch give the bits of the
-/// composition (`narrow`, `rope`, `write_paged`) the CPU runs.
+/// The fused projection's bias, split, RoPE and cache writes in one launch give the bits of
+/// the composition (`add`, `narrow`, `rope`, `write_paged`) the CPU runs.
 #[test]
 fn qkv_rope_paged_equals_rope_and_cache_writes() {
     let dev = gpu_or_skip!();
@@ -947,6 +947,7 @@ fn qkv_rope_paged_equals_rope_and_cache_writes() {
     let rows: usize = seqs.iter().map(|s| s.1).sum();
     let pos: Vec<u32> = seqs.iter().flat_map(|(a, t, _)| (*a..a + t).map(|p| p as u32)).collect();
     let (cos, sin) = rope_tables(&pos, d, 10_000.0, Device::Cpu).unwrap();
+    let bias = randn(&[(h + 2 * kv) * d], 243);
     for dt in [DType::F32, DType::BF16] {
         let qkv = randn(&[rows, (h + 2 * kv) * d], 240).to_dtype(dt).unwrap();
         let pools = [
@@ -961,22 +962,29 @@ fn qkv_rope_paged_equals_rope_and_cache_writes() {
             );
             let batch = PagedBatch::new(&spec, bs, device).unwrap();
             let (c, s) = (cos.to_device(device).unwrap(), sin.to_device(device).unwrap());
-            let q = qkv.to_device(device).unwrap().qkv_rope_paged(h, kv, &c, &s, &kp, &vp, &batch).unwrap();
+            let b = bias.to_dtype(dt).unwrap().to_device(device).unwrap();
+            let q = qkv.to_device(device).unwrap().qkv_rope_paged(Some(&b), h, kv, &c, &s, &kp, &vp, &batch).unwrap();
             out.push((q, kp, vp));
         }
         for (i, what) in ["queries", "key pool", "value pool"].iter().enumerate() {
             let pick = |o: &(Tensor, Tensor, Tensor)| [o.0.clone(), o.1.clone(), o.2.clone()][i].clone();
             same(&format!("{dt} {what}"), &pick(&out[1]), &pick(&out[0]));
         }
-        // The queries are the rotated first `heads` blocks of columns.
-        let want = qkv.narrow(1, 0, h * d).unwrap().reshape((1, rows, h, d)).unwrap().rope(&cos, &sin).unwrap();
+        // The queries are the rotated first `heads` blocks of columns, after the bias.
+        let biased = qkv.add(&bias.to_dtype(dt).unwrap()).unwrap();
+        let want = biased.narrow(1, 0, h * d).unwrap().reshape((1, rows, h, d)).unwrap().rope(&cos, &sin).unwrap();
         same(&format!("{dt} queries against rope"), &out[0].0, &want.reshape((rows, h, d)).unwrap());
     }
     let batch = PagedBatch::new(&spec, bs, dev).unwrap();
     let pool = randn(&[blocks, bs, kv, d], 1).to_device(dev).unwrap();
     let bad = randn(&[rows, h * d], 2).to_device(dev).unwrap();
     let (c, s) = (cos.to_device(dev).unwrap(), sin.to_device(dev).unwrap());
-    assert!(bad.qkv_rope_paged(h, kv, &c, &s, &pool, &pool, &batch).unwrap_err().to_string().contains("does not hold"));
+    assert!(
+        bad.qkv_rope_paged(None, h, kv, &c, &s, &pool, &pool, &batch)
+            .unwrap_err()
+            .to_string()
+            .contains("does not hold")
+    );
 }
 
 /// The fused residual add and RMSNorm gives the bits of `add` then `rms_norm` on the GPU,

@@ -849,8 +849,10 @@ pub(crate) fn attention_fwd_paged_batch(
 
 /// RoPE on the queries and keys of `qkv: [rows, (heads + 2 kv_heads) * d]`; the keys and
 /// values written into rows `slots` of the pools; the queries returned `[rows, heads, d]`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn qkv_rope_cache(
     qkv: &Tensor,
+    bias: Option<&Tensor>,
     [heads, kv_heads, d]: [usize; 3],
     cos: &Tensor,
     sin: &Tensor,
@@ -866,6 +868,8 @@ pub(crate) fn qkv_rope_cache(
     let (cos, cp) = contiguous(&cos)?;
     let (sin, sp) = contiguous(&sin)?;
     let (_s, slp) = contiguous(slots)?;
+    let bias = bias.map(contiguous).transpose()?;
+    let bp = bias.as_ref().map_or(0, |b| b.1);
     let (kb, vb) = (raw(k_pool).1, raw(v_pool).1);
     let kp = at(kb, k_pool.dtype(), k_pool.layout().start());
     let vp = at(vb, v_pool.dtype(), v_pool.layout().start());
@@ -878,6 +882,7 @@ pub(crate) fn qkv_rope_cache(
             .arg(kv_heads as i64)
             .arg(d as i64)
             .arg(xp)
+            .arg(bp)
             .arg(cp)
             .arg(sp)
             .arg(slp)
