@@ -342,6 +342,7 @@ impl KvCache {
     /// its `bias`) of every sequence of `batch` (after [`KvCache::reserve`]): RoPE on queries and keys, the keys
     /// and values written into layer `layer` (one launch on a GPU); returns the queries
     /// `[rows, heads, head_dim]`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn write_qkv_batch(
         &self,
         layer: usize,
