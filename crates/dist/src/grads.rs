@@ -16,12 +16,13 @@ pub const DEFAULT_BUCKET_ELEMS: usize = 25 * (1 << 20) / 4;
 /// Replaces every rank's gradients by their mean over ranks, as DDP does.
 ///
 /// `params` are the model's parameters in the model's order, the same order on every
-/// rank (`Qwen2::params()`); frozen ones are skipped. Gradients travel packed into
-/// buckets of about `bucket_elems` values (a larger parameter gets a bucket of its own),
-/// the same buckets on every rank, so every rank adds the same values in the same order
-/// and ends with the same bits. A parameter that has a gradient on some rank but not on
-/// this one gets one here (the others' sum); one without a gradient anywhere stays
-/// without (each bucket carries a flag per parameter saying which ranks had one).
+/// rank (`Qwen2::params()`); frozen ones are skipped. Gradients are grouped into buckets
+/// of about `bucket_elems` values (a larger parameter gets a bucket of its own), the same
+/// buckets on every rank, and summed in place, parameter by parameter, so every rank adds
+/// the same values in the same order and ends with the same bits. A parameter that has a
+/// gradient on some rank but not on this one gets one here (the others' sum); one without
+/// a gradient anywhere stays without (each bucket first sums one flag per parameter
+/// saying which ranks have one).
 ///
 /// For the result to be the gradient of the global batch, each rank's loss must be its
 /// shard's part of the global loss times the world size: with a loss normalised by a
@@ -113,18 +114,13 @@ where
     let (results, outcome) = std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel::<(usize, Vec<Option<Tensor>>)>();
         let comm = &mut *comm;
-        let (sizes, buckets) = (&sizes, &buckets);
-        let worker = s.spawn(move || -> Vec<Result<Vec<f32>>> {
+        let buckets = &buckets;
+        let params_ref = &params;
+        let worker = s.spawn(move || -> Vec<Result<Vec<Option<Tensor>>>> {
             let _range = artist_tensor::nvtx::range("all-reduce gradients");
             let mut out = Vec::new();
             for (k, tensors) in rx {
-                let r = pack(&tensors, &sizes[buckets[k].clone()]).and_then(|mut buf| {
-                    match reduce {
-                        Reduce::Sum => comm.all_reduce_sum(&mut buf)?,
-                        Reduce::Mean => comm.all_reduce_mean(&mut buf)?,
-                    }
-                    Ok(buf)
-                });
+                let r = reduce_bucket(comm, &params_ref[buckets[k].clone()], &tensors, reduce);
                 let failed = r.is_err();
                 out.push(r);
                 if failed {
@@ -165,56 +161,69 @@ where
     });
     outcome?;
     for (k, r) in results.into_iter().enumerate() {
-        let buf = r?;
-        unpack(&params[buckets[k].clone()], &buf, grads)?;
+        // Gradients this rank lacked and others had arrive as new tensors.
+        for (p, new) in params[buckets[k].clone()].iter().zip(r?) {
+            if let Some(t) = new {
+                grads.add(p.id(), t).map_err(Error::from)?;
+            }
+        }
     }
     Ok(ReduceStats { buckets: buckets.len(), during_backward })
 }
 
-/// A bucket's gradients (zeros where this rank has none) followed by one flag per
-/// parameter: 1 where this rank has a gradient.
-fn pack(tensors: &[Option<Tensor>], sizes: &[usize]) -> Result<Vec<f32>> {
-    let total: usize = sizes.iter().sum();
-    let mut buf = Vec::with_capacity(total + sizes.len());
-    for (t, &n) in tensors.iter().zip(sizes) {
-        match t {
-            Some(t) if t.elem_count() != n => {
-                return Err(Error::Invalid(format!(
-                    "a gradient has shape {} where its parameter has {n} values",
-                    t.shape()
-                )));
-            }
-            // One copy, straight out of host storage.
-            Some(t) if t.device().is_cpu() && t.is_contiguous() => t.update_f32(|v| buf.extend_from_slice(v))?,
-            Some(t) => buf.extend_from_slice(&t.to_vec::<f32>()?),
-            None => buf.resize(buf.len() + n, 0.0),
+/// All-reduces one bucket: first which ranks have each parameter's gradient (one small
+/// collective), then each gradient some rank has, in place where it sits in host memory
+/// (no packing: the sum goes straight into the gradient's storage), through host memory
+/// otherwise. Returns, per parameter, the summed gradient where this rank had none.
+fn reduce_bucket<C: Communicator + ?Sized>(
+    comm: &mut C,
+    params: &[&Param],
+    tensors: &[Option<Tensor>],
+    reduce: Reduce,
+) -> Result<Vec<Option<Tensor>>> {
+    let all = |comm: &mut C, buf: &mut [f32]| match reduce {
+        Reduce::Sum => comm.all_reduce_sum(buf),
+        Reduce::Mean => comm.all_reduce_mean(buf),
+    };
+    for (p, t) in params.iter().zip(tensors) {
+        if let Some(t) = t
+            && t.elem_count() != p.value().elem_count()
+        {
+            return Err(Error::Invalid(format!(
+                "the gradient of {} has shape {}, the parameter {}",
+                p.name(),
+                t.shape(),
+                p.value().shape()
+            )));
         }
     }
-    buf.extend(tensors.iter().map(|t| if t.is_some() { 1.0 } else { 0.0 }));
-    Ok(buf)
-}
-
-/// Writes an all-reduced bucket back: into the gradients held, as new gradients where
-/// only other ranks had one, nowhere where no rank had one.
-fn unpack(params: &[&Param], buf: &[f32], grads: &mut Gradients) -> Result<()> {
-    let flags = &buf[buf.len() - params.len()..];
-    let mut at = 0;
-    for (p, &flag) in params.iter().zip(flags) {
-        let n = p.value().elem_count();
-        let values = &buf[at..at + n];
-        at += n;
+    let mut flags: Vec<f32> = tensors.iter().map(|t| if t.is_some() { 1.0 } else { 0.0 }).collect();
+    comm.all_reduce_sum(&mut flags)?;
+    let mut out = Vec::with_capacity(params.len());
+    for ((p, t), &flag) in params.iter().zip(tensors).zip(&flags) {
         if flag == 0.0 {
+            out.push(None); // no rank has a gradient for it
             continue;
         }
-        match grads.get(p.id()) {
-            Some(t) if t.device().is_cpu() => t.update_f32(|v| v.copy_from_slice(values))?,
-            Some(t) => t.copy_from(&Tensor::from_vec(values.to_vec(), t.shape().clone(), t.device())?)?,
+        match t {
+            Some(t) if t.device().is_cpu() && t.is_contiguous() => {
+                t.update_f32(|v| all(comm, v))??;
+                out.push(None);
+            }
+            Some(t) => {
+                let mut buf = t.to_vec::<f32>()?;
+                all(comm, &mut buf)?;
+                t.copy_from(&Tensor::from_vec(buf, t.shape().clone(), t.device())?)?;
+                out.push(None);
+            }
             None => {
-                grads.add(p.id(), Tensor::from_vec(values.to_vec(), p.value().shape().clone(), p.value().device())?)?
+                let mut buf = vec![0.0; p.value().elem_count()];
+                all(comm, &mut buf)?;
+                out.push(Some(Tensor::from_vec(buf, p.value().shape().clone(), p.value().device())?));
             }
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Consecutive ranges of `sizes` holding about `cap` values each (at least one each).
