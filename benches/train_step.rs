@@ -64,13 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let config = small_config();
     let model = Qwen2::from_weights(config.clone(), &RandomWeights { dtype: DType::F32, std: 0.02, seed: 0 })?;
-    let examples: Vec<Example> = (0..batch)
-        .map(|b| Example {
-            ids: (0..seq).map(|i| ((i * 7919 + b * 104_729) % config.vocab_size) as u32).collect(),
-            mask: (0..seq).map(|i| (i > 0) as u8).collect(),
-            line: b + 1,
-        })
-        .collect();
+    let examples = examples(&config, batch, seq, 0);
     let refs: Vec<&Example> = examples.iter().collect();
     let n_targets: usize = examples.iter().map(|e| e.targets()).sum();
     let params = model.params();

@@ -239,35 +239,33 @@ impl Tape {
         inputs: &mut [Option<Tensor>],
         grads: &mut Gradients,
     ) -> Result<()> {
-        {
-            // Dropping a node without a gradient frees what it saved, too.
-            let Some(g) = node_grads[i].take() else { return Ok(()) };
-            let needs: Vec<bool> = node.inputs.iter().map(|(o, _)| !matches!(o, Origin::Const)).collect();
-            if !node.always && !needs.iter().any(|&n| n) {
-                return Ok(());
-            }
-            let outs = (node.backward)(g, &needs, grads)?;
-            if outs.len() != node.inputs.len() {
+        // Dropping a node without a gradient frees what it saved, too.
+        let Some(g) = node_grads[i].take() else { return Ok(()) };
+        let needs: Vec<bool> = node.inputs.iter().map(|(o, _)| !matches!(o, Origin::Const)).collect();
+        if !node.always && !needs.iter().any(|&n| n) {
+            return Ok(());
+        }
+        let outs = (node.backward)(g, &needs, grads)?;
+        if outs.len() != node.inputs.len() {
+            return Err(invalid!(
+                "backward",
+                "{} returned {} gradients for {} inputs",
+                node.op,
+                outs.len(),
+                node.inputs.len()
+            ));
+        }
+        for ((origin, shape), g) in node.inputs.iter().zip(outs) {
+            let Some(g) = g else { continue };
+            if g.shape() != shape {
                 return Err(invalid!(
                     "backward",
-                    "{} returned {} gradients for {} inputs",
+                    "{} gave a gradient of shape {} for an input of shape {shape}",
                     node.op,
-                    outs.len(),
-                    node.inputs.len()
+                    g.shape()
                 ));
             }
-            for ((origin, shape), g) in node.inputs.iter().zip(outs) {
-                let Some(g) = g else { continue };
-                if g.shape() != shape {
-                    return Err(invalid!(
-                        "backward",
-                        "{} gave a gradient of shape {} for an input of shape {shape}",
-                        node.op,
-                        g.shape()
-                    ));
-                }
-                route(*origin, g, node_grads, inputs, grads)?;
-            }
+            route(*origin, g, node_grads, inputs, grads)?;
         }
         Ok(())
     }

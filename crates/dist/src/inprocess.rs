@@ -119,24 +119,33 @@ impl InProcess {
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Locks the group and opens (or finds) round `seq` for `op`: fails with the group's
+    /// earlier failure, or ends the group when the ranks before called another op.
+    fn join(&self, op: Op, seq: u64) -> Result<MutexGuard<'_, State>> {
+        let mut st = self.lock();
+        if let Some(e) = &st.aborted {
+            return Err(e.clone());
+        }
+        let n = self.shared.n;
+        let first = st.rounds.entry(seq).or_insert_with(|| Round::new(op, n)).op;
+        if first != op {
+            let e = Error::Mismatch {
+                rank: self.rank,
+                op: format!("{op} (collective #{seq})"),
+                detail: format!("it called {op} where the ranks before it called {first}"),
+            };
+            return Err(self.abort(st, e));
+        }
+        Ok(st)
+    }
+
     fn collective(&mut self, op: Op, data: Vec<f32>) -> Result<Vec<f32>> {
         let (n, rank, seq) = (self.shared.n, self.rank, self.seq);
         self.seq += 1;
         let deadline = Instant::now() + self.shared.timeout;
         let what = || format!("{op} (collective #{seq})");
-        let mut st = self.lock();
-        if let Some(e) = &st.aborted {
-            return Err(e.clone());
-        }
-        let round = st.rounds.entry(seq).or_insert_with(|| Round::new(op, n));
-        if round.op != op {
-            let e = Error::Mismatch {
-                rank,
-                op: what(),
-                detail: format!("it called {op} where the ranks before it called {}", round.op),
-            };
-            return Err(self.abort(st, e));
-        }
+        let mut st = self.join(op, seq)?;
+        let round = st.rounds.get_mut(&seq).expect("join opened the round");
         round.parts[rank] = Some(data);
         round.arrived += 1;
         if round.arrived == n {
@@ -184,19 +193,8 @@ impl InProcess {
         let op = Op::Sum;
         let deadline = Instant::now() + self.shared.timeout;
         let what = || format!("{op} (collective #{seq})");
-        let mut st = self.lock();
-        if let Some(e) = &st.aborted {
-            return Err(e.clone());
-        }
-        let round = st.rounds.entry(seq).or_insert_with(|| Round::new(op, n));
-        if round.op != op {
-            let e = Error::Mismatch {
-                rank,
-                op: what(),
-                detail: format!("it called {op} where the ranks before it called {}", round.op),
-            };
-            return Err(self.abort(st, e));
-        }
+        let mut st = self.join(op, seq)?;
+        let round = st.rounds.get_mut(&seq).expect("join opened the round");
         round.bufs[rank] = Some((buf.as_mut_ptr() as usize, buf.len()));
         round.arrived += 1;
         if round.arrived == n {

@@ -211,6 +211,20 @@ impl PagedBatch {
     }
 }
 
+/// A pool written in place from `src`: the same dtype and device, and contiguous.
+fn check_writable_pool(pool: &Tensor, src: &Tensor, op: &'static str) -> Result<()> {
+    if src.dtype() != pool.dtype() {
+        return Err(Error::DTypeMismatch { op, lhs: pool.dtype(), rhs: src.dtype() });
+    }
+    if src.device() != pool.device() {
+        return Err(Error::DeviceMismatch { op, lhs: pool.device(), rhs: src.device() });
+    }
+    if !pool.is_contiguous() {
+        return Err(crate::invalid!(op, "the pool {} is not contiguous", pool.shape()));
+    }
+    Ok(())
+}
+
 /// Checks a paged pool `[blocks, block_size, kv_heads, d]` and a block table for `len`
 /// positions; returns the block size and the blocks `len` needs.
 fn paged_dims(pool: &Tensor, table: &[u32], len: usize, op: &'static str) -> Result<(usize, usize)> {
@@ -314,15 +328,7 @@ impl Tensor {
         if src.dims() != [batch.rows(), kv_heads, d] {
             return Err(crate::invalid!(OP, "src {} should be [{}, {kv_heads}, {d}]", src.shape(), batch.rows()));
         }
-        if src.dtype() != self.dtype() {
-            return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: src.dtype() });
-        }
-        if src.device() != self.device() {
-            return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: src.device() });
-        }
-        if !self.is_contiguous() {
-            return Err(crate::invalid!(OP, "the pool {} is not contiguous", self.shape()));
-        }
+        check_writable_pool(self, src, OP)?;
         if let Some(dev) = &batch.on_device
             && self.device().is_cuda()
         {
@@ -397,15 +403,7 @@ impl Tensor {
             ));
         }
         for p in [k_pool, v_pool] {
-            if p.dtype() != self.dtype() {
-                return Err(Error::DTypeMismatch { op: OP, lhs: p.dtype(), rhs: self.dtype() });
-            }
-            if p.device() != self.device() {
-                return Err(Error::DeviceMismatch { op: OP, lhs: p.device(), rhs: self.device() });
-            }
-            if !p.is_contiguous() {
-                return Err(crate::invalid!(OP, "the pool {} is not contiguous", p.shape()));
-            }
+            check_writable_pool(p, self, OP)?;
         }
         if let Some(dev) = &batch.on_device
             && self.device().is_cuda()
