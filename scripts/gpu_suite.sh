@@ -8,6 +8,7 @@
 #   3. every CUDA op against the CPU backend (crates/tensor/tests/cuda.rs);
 #   4. whole models against transformers and PyTorch, and training steps (tests/cuda_model.rs);
 #   5. the binaries with --device cuda (generate, score, three SFT steps through train);
+#      NCCL: every collective, a one-rank SFT run against the in-process one (tests/nccl.rs);
 #   6. the kernel benchmark beside PyTorch (scripts/bench_cuda.py), a markdown table;
 #   7. GRPO-shaped rollouts and batch-1 decode of a Qwen2.5-1.5B shape beside transformers'
 #      generate (benches/rollout.rs, scripts/bench_rollout_hf.py).
@@ -24,7 +25,7 @@ step() { echo; echo "== $*"; }
 step "device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/device.txt"
 echo "commit $(cat "$b/COMMIT" 2>/dev/null)" | tee -a "$out/device.txt"
-ldconfig -p | grep -E "libcuda\.so|libnvrtc|libcublas" | tee -a "$out/device.txt"
+ldconfig -p | grep -E "libcuda\.so|libnvrtc|libcublas|libnccl" | tee -a "$out/device.txt"
 ls -d /opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib /usr/local/cuda/lib64 2>/dev/null | tee -a "$out/device.txt"
 
 # The tests open fixtures and binaries under the build machine's checkout path.
@@ -59,6 +60,7 @@ run cuda --test-threads=1
 run cuda_model --test-threads=1
 run cli generate_and_score_on_the_cuda_backend --test-threads=1
 run train_cli sft_on_the_cuda_backend --test-threads=1 --nocapture
+run nccl --test-threads=1 --nocapture
 
 step "kernel benchmark beside PyTorch"
 if ! python3 scripts/bench_cuda.py --bench "$u/cuda_kernels" --out "$out" 2>&1 | tee "$out/bench.log"; then

@@ -378,6 +378,20 @@ fn a_failing_rank_is_named_by_the_launcher() {
     assert!(t0.elapsed() < std::time::Duration::from_secs(50), "took {:?}", t0.elapsed());
 }
 
+/// `--comm nccl` where the ranks cannot use NCCL (CPU ranks) is refused by every rank,
+/// naming the ranks and why, instead of training over TCP or hanging.
+#[test]
+fn comm_nccl_on_ranks_without_it_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = dp_args(&tmp.path().join("run"));
+    args.extend(
+        ["--nproc-per-node", "2", "--dist-timeout", "60", "--device", "cpu", "--comm", "nccl"].map(String::from),
+    );
+    let out = train(&args, &[]);
+    fails_cleanly(&out, "--comm nccl: rank(s) [0, 1] cannot use NCCL (here: the rank runs on the CPU)");
+    assert!(!tmp.path().join("run/final").exists());
+}
+
 /// A rank started by an outside launcher with an incomplete environment says which
 /// variable is missing.
 #[test]

@@ -24,7 +24,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use artist_dist::{DistEnv, EnvSource, TcpComm};
+use artist_dist::{Communicator, DistEnv, EnvSource, Nccl, TcpComm};
 use artist_train::data::Overlong;
 use artist_train::sft::{self, RunOptions, SftConfig};
 use clap::{Parser, ValueEnum};
@@ -136,6 +136,10 @@ struct Args {
     /// gives up, naming the rank it waited for.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     dist_timeout: u64,
+    /// [sft, grpo] The data-parallel communicator: nccl (GPU ranks), tcp (through rank 0's
+    /// host memory), or auto: NCCL when every rank is on a GPU and finds libnccl.
+    #[arg(long, value_enum, default_value_t = CommKind::Auto)]
+    comm: CommKind,
     /// [demo] A few steps of each phase only: checks the demo runs end to end.
     #[arg(long, hide = true)]
     demo_quick: bool,
@@ -163,6 +167,70 @@ impl Args {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CommKind {
+    Auto,
+    Nccl,
+    Tcp,
+}
+
+/// This rank's communicator for a group of `env.world_size` ranks: the TCP rendezvous
+/// first, then NCCL over it where chosen (`--comm`). Ranks agree on the choice: with
+/// `auto`, NCCL only when every rank can use it; with `nccl`, an error naming the ranks
+/// that cannot.
+fn join_group(
+    env: &DistEnv,
+    device: artist::tensor::Device,
+    kind: CommKind,
+    timeout: Duration,
+) -> Result<Box<dyn Communicator>> {
+    let mut tcp = TcpComm::connect(env, timeout)
+        .with_context(|| format!("rank {} joining {}:{}", env.rank, env.master_addr, env.master_port))?;
+    // Test hook: this rank fails once the group has formed.
+    if std::env::var("ARTIST_FAULT_FAIL_RANK").ok().and_then(|v| v.parse::<usize>().ok()) == Some(env.rank) {
+        bail!("ARTIST_FAULT_FAIL_RANK: rank {} fails on purpose", env.rank);
+    }
+    if kind == CommKind::Tcp {
+        return Ok(Box::new(tcp));
+    }
+    let usable = Nccl::usable(device);
+    let lacking: Vec<usize> = tcp
+        .all_gather(&[if usable { 1.0 } else { 0.0 }])?
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| **u == 0.0)
+        .map(|(r, _)| r)
+        .collect();
+    if !lacking.is_empty() {
+        if kind == CommKind::Nccl {
+            let why = if usable { String::new() } else { format!(" (here: {})", nccl_unusable_reason(device)) };
+            bail!("--comm nccl: rank(s) {lacking:?} cannot use NCCL{why}");
+        }
+        return Ok(Box::new(tcp));
+    }
+    let ordinal = match device {
+        artist::tensor::Device::Cuda(n) => n,
+        artist::tensor::Device::Cpu => unreachable!("NCCL is usable only on a GPU"),
+    };
+    let comm =
+        Nccl::connect(tcp, ordinal).with_context(|| format!("rank {} starting NCCL on cuda:{ordinal}", env.rank))?;
+    if env.rank == 0 {
+        eprintln!("data parallel: {} ranks on {}", env.world_size, Nccl::library()?);
+    }
+    Ok(Box::new(comm))
+}
+
+fn nccl_unusable_reason(device: artist::tensor::Device) -> String {
+    match device {
+        artist::tensor::Device::Cpu => "the rank runs on the CPU".into(),
+        artist::tensor::Device::Cuda(n) => match (artist::tensor::cuda::raw_stream(n), Nccl::library()) {
+            (Err(e), _) => e.to_string(),
+            (_, Err(e)) => e.to_string(),
+            _ => "unknown".into(),
+        },
+    }
+}
+
 fn run_sft(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Result<()> {
     let (run_dir, base) = match (&args.resume, &args.out) {
         (Some(dir), _) => (dir.clone(), sft::saved_config(dir).with_context(|| format!("resuming {}", dir.display()))?),
@@ -183,13 +251,8 @@ fn run_sft(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Result
         device,
     };
     let summary = if env.world_size > 1 {
-        let mut comm = TcpComm::connect(env, Duration::from_secs(args.dist_timeout))
-            .with_context(|| format!("rank {} joining {}:{}", env.rank, env.master_addr, env.master_port))?;
-        // Test hook: this rank fails once the group has formed.
-        if std::env::var("ARTIST_FAULT_FAIL_RANK").ok().and_then(|v| v.parse::<usize>().ok()) == Some(env.rank) {
-            bail!("ARTIST_FAULT_FAIL_RANK: rank {} fails on purpose", env.rank);
-        }
-        sft::train_data_parallel(&run_dir, config, &opts, &mut comm)?
+        let mut comm = join_group(env, device, args.comm, Duration::from_secs(args.dist_timeout))?;
+        sft::train_data_parallel(&run_dir, config, &opts, &mut *comm)?
     } else {
         sft::train(&run_dir, config, &opts)?
     };
@@ -318,7 +381,7 @@ fn run_grpo(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Resul
         device,
     };
     if config.task == grpo::Task::Bfcl {
-        return run_fc(&run_dir, config, &opts, env, Duration::from_secs(args.dist_timeout));
+        return run_fc(&run_dir, config, &opts, env, args.comm, Duration::from_secs(args.dist_timeout));
     }
     let format: artist_math::DatasetFormat = config.data_preset.parse()?;
     let data = artist_math::MathDataset::load(&config.data, &format)?;
@@ -346,9 +409,8 @@ fn run_grpo(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Resul
         data.problems.iter().map(|p| Problem { problem: p.problem.clone(), answer: p.answer.clone() }).collect();
     let mut trainer = GrpoTrainer { config, model, reference: None, tokenizer, template, tool, train, verify: &verify };
     let steps = if env.world_size > 1 {
-        let mut comm = TcpComm::connect(env, Duration::from_secs(args.dist_timeout))
-            .with_context(|| format!("rank {} joining {}:{}", env.rank, env.master_addr, env.master_port))?;
-        grpo::train_data_parallel(&run_dir, &mut trainer, &opts, &mut comm)?
+        let mut comm = join_group(env, device, args.comm, Duration::from_secs(args.dist_timeout))?;
+        grpo::train_data_parallel(&run_dir, &mut trainer, &opts, &mut *comm)?
     } else {
         grpo::train(&run_dir, &mut trainer, &opts)?
     };
@@ -376,6 +438,7 @@ fn run_fc(
     config: artist_train::grpo::GrpoRunConfig,
     opts: &RunOptions,
     env: &DistEnv,
+    comm: CommKind,
     timeout: Duration,
 ) -> Result<()> {
     use artist_train::fc::{FcData, FcTrainer};
@@ -389,9 +452,8 @@ fn run_fc(
     let entries = data.entries.len();
     let mut trainer = FcTrainer { config, model, reference: None, tokenizer, template, data };
     let steps = if env.world_size > 1 {
-        let mut comm = TcpComm::connect(env, timeout)
-            .with_context(|| format!("rank {} joining {}:{}", env.rank, env.master_addr, env.master_port))?;
-        artist_train::grpo::train_data_parallel(run_dir, &mut trainer, opts, &mut comm)?
+        let mut comm = join_group(env, opts.device, comm, timeout)?;
+        artist_train::grpo::train_data_parallel(run_dir, &mut trainer, opts, &mut *comm)?
     } else {
         artist_train::grpo::train(run_dir, &mut trainer, opts)?
     };

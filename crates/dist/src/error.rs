@@ -39,6 +39,11 @@ pub enum Error {
     #[error("tensor: {0}")]
     Tensor(String),
 
+    /// NCCL failed or timed out in `op`; `rank` is the rank that did not come back to the
+    /// rendezvous connection afterwards, when one did not (NCCL itself cannot tell).
+    #[error("{op}: {msg}")]
+    Nccl { op: String, msg: String, rank: Option<usize> },
+
     /// A socket operation failed for a reason not attributable to a peer.
     #[error("{context}: {msg}")]
     Io { context: String, msg: String },
@@ -50,7 +55,7 @@ impl Error {
         match self {
             Error::Timeout { ranks, .. } => ranks.first().copied(),
             Error::PeerGone { rank, .. } | Error::Mismatch { rank, .. } => Some(*rank),
-            Error::Remote { rank, .. } => *rank,
+            Error::Remote { rank, .. } | Error::Nccl { rank, .. } => *rank,
             _ => None,
         }
     }

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use artist_autograd::{Gradients, Param, ParamId};
 use artist_tensor::{DType, Tensor};
 
-use crate::{Communicator, Error, Result};
+use crate::{Communicator, Error, Reduce, Result};
 
 /// Gradient values per all-reduce bucket by default: 25 MiB of f32, as PyTorch DDP's
 /// `bucket_cap_mb`.
@@ -61,13 +61,6 @@ pub struct ReduceStats {
     /// Of those, the ones handed to the communication thread while backward was still
     /// running (the rest went after it returned).
     pub during_backward: usize,
-}
-
-/// How gradients combine over ranks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reduce {
-    Sum,
-    Mean,
 }
 
 /// [`all_reduce_gradients`] (or its sum) overlapped with the backward pass, as DDP
@@ -168,23 +161,23 @@ where
             }
         }
     }
+    // GPU communicators queue the sums on the device's stream: wait for them here, where
+    // a dead or hung rank can still be reported within the timeout.
+    comm.synchronize()?;
     Ok(ReduceStats { buckets: buckets.len(), during_backward })
 }
 
 /// All-reduces one bucket: first which ranks have each parameter's gradient (one small
-/// collective), then each gradient some rank has, in place where it sits in host memory
-/// (no packing: the sum goes straight into the gradient's storage), through host memory
-/// otherwise. Returns, per parameter, the summed gradient where this rank had none.
+/// collective), then each gradient some rank has, in place in its own storage (no
+/// packing: [`Communicator::all_reduce_tensor`] sums host gradients where they sit, and
+/// NCCL sums GPU ones on the device). Returns, per parameter, the summed gradient where
+/// this rank had none.
 fn reduce_bucket<C: Communicator + ?Sized>(
     comm: &mut C,
     params: &[&Param],
     tensors: &[Option<Tensor>],
     reduce: Reduce,
 ) -> Result<Vec<Option<Tensor>>> {
-    let all = |comm: &mut C, buf: &mut [f32]| match reduce {
-        Reduce::Sum => comm.all_reduce_sum(buf),
-        Reduce::Mean => comm.all_reduce_mean(buf),
-    };
     for (p, t) in params.iter().zip(tensors) {
         if let Some(t) = t
             && t.elem_count() != p.value().elem_count()
@@ -206,20 +199,14 @@ fn reduce_bucket<C: Communicator + ?Sized>(
             continue;
         }
         match t {
-            Some(t) if t.device().is_cpu() && t.is_contiguous() => {
-                t.update_f32(|v| all(comm, v))??;
-                out.push(None);
-            }
             Some(t) => {
-                let mut buf = t.to_vec::<f32>()?;
-                all(comm, &mut buf)?;
-                t.copy_from(&Tensor::from_vec(buf, t.shape().clone(), t.device())?)?;
+                comm.all_reduce_tensor(t, reduce)?;
                 out.push(None);
             }
             None => {
-                let mut buf = vec![0.0; p.value().elem_count()];
-                all(comm, &mut buf)?;
-                out.push(Some(Tensor::from_vec(buf, p.value().shape().clone(), p.value().device())?));
+                let t = Tensor::zeros(p.value().shape().clone(), DType::F32, p.value().device())?;
+                comm.all_reduce_tensor(&t, reduce)?;
+                out.push(Some(t));
             }
         }
     }
@@ -251,6 +238,17 @@ fn bucket_ranges(sizes: &[usize], cap: usize) -> Vec<Range<usize>> {
 /// too). Half-precision weights travel widened to f32, which is exact.
 pub fn broadcast_params<C: Communicator + ?Sized>(comm: &mut C, params: &[&Param], root: usize) -> Result<()> {
     let values: Vec<&Tensor> = params.iter().map(|p| p.value()).collect();
+    comm.broadcast_tensors(&values, root)?;
+    comm.synchronize()
+}
+
+/// [`Communicator::broadcast_tensors`] through host memory: buckets of about
+/// [`DEFAULT_BUCKET_ELEMS`] values widened to f32, one broadcast each.
+pub(crate) fn broadcast_through_host<C: Communicator + ?Sized>(
+    comm: &mut C,
+    values: &[&Tensor],
+    root: usize,
+) -> Result<()> {
     let sizes: Vec<usize> = values.iter().map(|t| t.elem_count()).collect();
     for range in bucket_ranges(&sizes, DEFAULT_BUCKET_ELEMS) {
         let bucket = &values[range];

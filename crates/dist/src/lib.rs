@@ -10,44 +10,39 @@
 //!   opaque blob from rank 0 to everyone ([`TcpComm::share_blob`]) and CPU collectives
 //!   through rank 0 (a star: fine for rendezvous, barriers and small CPU runs, not for
 //!   large gradients).
+//! * [`Nccl`]: GPU ranks, one process per GPU, on NCCL: found through a [`TcpComm`]
+//!   (rank 0's unique id travels over it), collectives queued on the tensor crate's stream,
+//!   gradients summed where they are on the GPU ([`Communicator::all_reduce_tensor`]).
+//!   Non-blocking, so a dead or hung rank is an error within the timeout, with the
+//!   communicator aborted, and the failed rank named.
 //!
-//! Every collective sums in rank order (`((r0 + r1) + r2) + ...`), so a run gives the
-//! same bits every time, and [`InProcess`] and [`TcpComm`] give the same bits as each
-//! other. Every call returns within its timeout: a rank that dies or hangs makes the
-//! others fail with an [`Error`] that names it ([`Error::rank`]); after a failure a
-//! group refuses further work ([`Error::Aborted`]) instead of hanging.
-//!
-//! # NCCL (GPU ranks)
-//!
-//! The GPU communicator is not here yet. It will implement [`Communicator`] over
-//! `cudarc`'s `nccl` module (the `nccl` feature of the workspace's `cudarc`, loaded at
-//! run time like its CUDA libraries, so a build without NCCL still works and a missing
-//! `libnccl.so` becomes a clean error): rank 0 calls `ncclGetUniqueId`, the 128-byte id
-//! travels to the other ranks through [`TcpComm::share_blob`], every rank calls
-//! `ncclCommInitRank(world_size, id, rank)` on the device `LOCAL_RANK`, and the
-//! collectives map to `ncclAllReduce` (sum; mean as sum then a scale, or `ncclAvg`),
-//! `ncclBroadcast`, `ncclAllGather`, with a barrier as a one-element all-reduce. Timeouts
-//! need a non-blocking communicator (`ncclCommInitRankConfig` with `blocking = 0`),
-//! polling `ncclCommGetAsyncError` until a deadline and then `ncclCommAbort` (not
-//! `ncclCommDestroy`, which waits for the hung peer); the TCP connection stays open
-//! beside it so a survivor can learn, and report, which rank went away.
+//! Every collective of the host communicators sums in rank order (`((r0 + r1) + r2) + ...`),
+//! so a run gives the same bits every time, and [`InProcess`] and [`TcpComm`] give the
+//! same bits as each other; NCCL adds in an order of its own. Every call returns within its
+//! timeout: a rank that dies or hangs makes the others fail with an [`Error`] that names it
+//! ([`Error::rank`]); after a failure a group refuses further work ([`Error::Aborted`])
+//! instead of hanging.
 
 mod env;
 mod error;
 mod grads;
 mod inprocess;
+mod nccl;
 mod tcp;
 
 pub use env::{DistEnv, EnvSource};
 pub use error::{Error, Result};
 pub use grads::{
-    DEFAULT_BUCKET_ELEMS, Reduce, ReduceStats, all_reduce_gradients, all_reduce_gradients_overlapped,
-    all_reduce_gradients_sum, broadcast_params, shard_range,
+    DEFAULT_BUCKET_ELEMS, ReduceStats, all_reduce_gradients, all_reduce_gradients_overlapped, all_reduce_gradients_sum,
+    broadcast_params, shard_range,
 };
 pub use inprocess::InProcess;
+pub use nccl::Nccl;
 pub use tcp::TcpComm;
 
 use std::time::Duration;
+
+use artist_tensor::Tensor;
 
 /// How long a collective waits for the other ranks unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -83,6 +78,56 @@ pub trait Communicator: Send {
 
     /// Returns once every rank has called it.
     fn barrier(&mut self) -> Result<()>;
+
+    /// `t` (F32, contiguous, on any device) becomes its sum or mean over ranks, in place,
+    /// as [`Communicator::all_reduce_sum`] / [`Communicator::all_reduce_mean`] make a host
+    /// buffer. The default goes through host memory; [`Nccl`] reduces GPU tensors where
+    /// they are, queued on the device's stream (finished by
+    /// [`Communicator::synchronize`]).
+    fn all_reduce_tensor(&mut self, t: &Tensor, reduce: Reduce) -> Result<()> {
+        all_reduce_through_host(self, t, reduce)
+    }
+
+    /// Every tensor of `ts` becomes `root`'s, whatever its dtype and device. The default
+    /// packs them into host buffers of about [`DEFAULT_BUCKET_ELEMS`] values, widened to
+    /// f32 (exact for bf16 and f16), one broadcast per buffer.
+    fn broadcast_tensors(&mut self, ts: &[&Tensor], root: usize) -> Result<()> {
+        grads::broadcast_through_host(self, ts, root)
+    }
+
+    /// Waits until every collective queued so far has finished, within the timeout. Host
+    /// collectives finish before they return, so by default there is nothing to wait for;
+    /// [`Nccl`] waits for the device's stream and aborts the group at the deadline.
+    fn synchronize(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// How values combine over ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduce {
+    Sum,
+    Mean,
+}
+
+/// [`Communicator::all_reduce_tensor`] through host memory: a contiguous host tensor is
+/// summed where it sits, any other makes a round trip through a host buffer.
+pub(crate) fn all_reduce_through_host<C: Communicator + ?Sized>(
+    comm: &mut C,
+    t: &Tensor,
+    reduce: Reduce,
+) -> Result<()> {
+    let all = |comm: &mut C, buf: &mut [f32]| match reduce {
+        Reduce::Sum => comm.all_reduce_sum(buf),
+        Reduce::Mean => comm.all_reduce_mean(buf),
+    };
+    if t.device().is_cpu() && t.is_contiguous() {
+        return t.update_f32(|v| all(comm, v))?;
+    }
+    let mut buf = t.to_vec::<f32>()?;
+    all(comm, &mut buf)?;
+    t.copy_from(&Tensor::from_vec(buf, t.shape().clone(), t.device())?)?;
+    Ok(())
 }
 
 /// Checks a root rank against the group size.

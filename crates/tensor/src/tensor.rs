@@ -210,6 +210,21 @@ impl Tensor {
         self.layout.is_contiguous()
     }
 
+    /// The device address of the first element of a contiguous CUDA tensor, for handing to
+    /// other CUDA libraries (NCCL). The memory stays valid while any view of the storage
+    /// lives; work on it must be queued on [`cuda::raw_stream`] to stay ordered with this
+    /// crate's. An error for a CPU or non-contiguous tensor.
+    pub fn cuda_ptr(&self) -> Result<u64> {
+        let range = self
+            .layout
+            .contiguous_range()
+            .ok_or_else(|| crate::invalid!("cuda_ptr", "the tensor {} is not contiguous", self.shape()))?;
+        if !self.device.is_cuda() {
+            return Err(crate::invalid!("cuda_ptr", "the tensor {} is on the CPU", self.shape()));
+        }
+        Ok(self.cuda_storage().ptr() + (range.start * self.dtype.size_in_bytes()) as u64)
+    }
+
     /// Whether both tensors are views of the same storage.
     pub fn same_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.storage, &other.storage)

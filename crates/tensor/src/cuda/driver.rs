@@ -260,4 +260,19 @@ impl Runtime for Driver {
         self.bind()?;
         self.stream.synchronize().map_err(|e| cuda_err("synchronize", e))
     }
+
+    fn raw_stream(&self) -> Option<Result<u64>> {
+        Some(self.bind().map(|()| self.stream.cu_stream() as u64))
+    }
+
+    fn stream_idle(&self) -> Result<bool> {
+        use cudarc::driver::sys::{CUresult, cuStreamQuery};
+        self.bind()?;
+        // SAFETY: a live stream of the bound context.
+        match unsafe { cuStreamQuery(self.stream.cu_stream()) } {
+            CUresult::CUDA_SUCCESS => Ok(true),
+            CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            e => Err(cuda_err("query stream", e)),
+        }
+    }
 }

@@ -162,6 +162,34 @@ pub fn synchronize(ordinal: usize) -> Result<()> {
     device(ordinal)?.rt.synchronize()
 }
 
+/// The stream (a raw `CUstream`) this crate queues all work for device `ordinal` on, with
+/// the device's context made current on the calling thread: for other CUDA libraries
+/// (NCCL) working on this crate's tensors, whose work must go on this stream to stay
+/// ordered with ours (the caching allocator reuses freed memory in stream order). An
+/// error under the emulator, which has no stream to share.
+pub fn raw_stream(ordinal: usize) -> Result<u64> {
+    device(ordinal)?.rt.raw_stream().unwrap_or_else(|| {
+        Err(Error::Cuda {
+            op: "raw stream",
+            msg: "the CUDA emulator has no stream to share with other libraries".into(),
+        })
+    })
+}
+
+/// Whether all work queued on device `ordinal` so far has finished, without waiting (to
+/// wait with a deadline); an error queued work raised is reported.
+pub fn stream_idle(ordinal: usize) -> Result<bool> {
+    device(ordinal)?.rt.stream_idle()
+}
+
+/// Where CUDA libraries are looked for when the dynamic loader cannot find them by name,
+/// most specific first (`ARTIST_CUDA_LIBS`, `CUDA_HOME`, `/usr/local/cuda`, the
+/// `nvidia/*/lib` folders of Python environments): other crates find their libraries
+/// (NCCL) where this crate finds cuBLAS and NVRTC.
+pub fn library_dirs() -> Vec<std::path::PathBuf> {
+    libs::search_dirs()
+}
+
 /// The kernel files (`kernels/<name>.cu`) built into this binary, by name.
 pub fn kernel_files() -> Vec<&'static str> {
     kernels::SOURCES.iter().map(|(name, _)| *name).collect()

@@ -119,4 +119,14 @@ pub(crate) trait Runtime: Send + Sync {
     fn gemm(&self, g: &Gemm) -> Result<()>;
     /// Waits for all queued work and reports any error it raised.
     fn synchronize(&self) -> Result<()>;
+    /// The stream all work is queued on (a `CUstream`), with the context made current on
+    /// the calling thread, for other CUDA libraries; `None` where there is no real stream.
+    fn raw_stream(&self) -> Option<Result<u64>> {
+        None
+    }
+    /// Whether all queued work has finished, without waiting; errors it raised are
+    /// reported.
+    fn stream_idle(&self) -> Result<bool> {
+        self.synchronize().map(|()| true)
+    }
 }
