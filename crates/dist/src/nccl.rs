@@ -194,9 +194,9 @@ impl Nccl {
     /// rank initialises NCCL within the TCP communicator's timeout. The connection is kept
     /// to name a failed rank later.
     pub fn connect(mut tcp: TcpComm, ordinal: usize) -> Result<Nccl> {
+        // Rank 0 failing here drops its connections, and the others' exchange then fails
+        // naming it.
         let id = if tcp.rank() == 0 { Nccl::unique_id()?.to_vec() } else { Vec::new() };
-        // Every rank takes part in the exchange, even one whose NCCL is missing, so the
-        // others fail with its error instead of a timeout.
         let id = tcp.share_blob(&id)?;
         let (rank, world_size, timeout) = (tcp.rank(), tcp.world_size(), tcp.timeout());
         let mut comm = Nccl::with_id(&id, rank, world_size, ordinal, timeout)?;
