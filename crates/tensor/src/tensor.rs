@@ -225,6 +225,38 @@ impl Tensor {
         Ok(self.cuda_storage().ptr() + (range.start * self.dtype.size_in_bytes()) as u64)
     }
 
+    /// Writes `data` over the elements of a contiguous tensor of the same dtype and element
+    /// count, in place (seen through every view of the storage): on a GPU one copy from the
+    /// host straight into the tensor's memory, which is how inputs reach a captured
+    /// [`cuda::Graph`] between replays.
+    pub fn write_host<T: crate::WithDType>(&self, data: &[T]) -> Result<()> {
+        if T::DTYPE != self.dtype {
+            return Err(Error::DTypeMismatch { op: "write_host", lhs: self.dtype, rhs: T::DTYPE });
+        }
+        if data.len() != self.elem_count() {
+            return Err(crate::invalid!(
+                "write_host",
+                "{} values for the {} elements of {}",
+                data.len(),
+                self.elem_count(),
+                self.shape()
+            ));
+        }
+        let range = self
+            .layout
+            .contiguous_range()
+            .ok_or_else(|| crate::invalid!("write_host", "the tensor {} is not contiguous", self.shape()))?;
+        if self.device.is_cuda() {
+            if data.is_empty() {
+                return Ok(());
+            }
+            let s = self.cuda_storage();
+            let at = s.ptr() + (range.start * self.dtype.size_in_bytes()) as u64;
+            return s.dev().rt.htod(bytemuck::cast_slice(data), at);
+        }
+        self.copy_from(&Tensor::from_vec(data.to_vec(), self.shape().clone(), Device::Cpu)?)
+    }
+
     /// Whether both tensors are views of the same storage.
     pub fn same_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.storage, &other.storage)

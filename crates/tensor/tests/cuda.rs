@@ -1049,3 +1049,50 @@ fn causal_attention_is_softmax_attention() {
         }
     }
 }
+
+/// A captured graph replays the recorded kernels with one launch: new inputs written into
+/// the tensors it reads give the eager results (the same bits: the same kernels run); the
+/// capture itself runs nothing, refuses host copies, and its memory outlives the graph
+/// while a tensor in it does.
+#[test]
+fn captured_graphs_replay_with_one_launch() {
+    let dev = gpu_or_skip!();
+    let (n, k) = (6usize, 40usize);
+    let x = Tensor::from_vec(rand_vec(n * k, 1, -2.0, 2.0), (n, k), dev).unwrap();
+    let w = Tensor::from_vec(rand_vec(k * k, 2, -0.5, 0.5), (k, k), dev).unwrap();
+    let b = Tensor::from_vec(rand_vec(k, 3, -0.5, 0.5), k, dev).unwrap();
+    let run = |x: &Tensor| -> artist_tensor::Result<Tensor> {
+        let h = x.matmul(&w.t()?)?.add(&b)?.silu()?;
+        h.rms_norm(&b, 1e-6)?.softmax(-1)
+    };
+    run(&x).unwrap(); // every kernel loaded before the capture
+    let before = cuda::launch_count(0).unwrap();
+    let (graph, out) = cuda::capture(0, || run(&x)).unwrap();
+    let queued = cuda::launch_count(0).unwrap() - before;
+    assert!(queued >= 5, "the capture queued {queued} operations");
+    for step in 0..3u64 {
+        let input = rand_vec(n * k, 10 + step, -2.0, 2.0);
+        x.write_host(&input).unwrap();
+        let before = cuda::launch_count(0).unwrap();
+        graph.replay().unwrap();
+        assert_eq!(cuda::launch_count(0).unwrap() - before, 1, "one launch per replay");
+        let want = run(&Tensor::from_vec(input, (n, k), dev).unwrap()).unwrap();
+        same(&format!("replay {step}"), &out, &want);
+    }
+    // Host copies are refused inside a capture, and the failed capture leaves the device usable.
+    let err = cuda::capture(0, || Tensor::from_vec(vec![1f32; 4], 4, dev)).unwrap_err().to_string();
+    assert!(err.contains("captur"), "{err}");
+    let err = cuda::capture(0, || run(&x)?.to_vec::<f32>()).unwrap_err().to_string();
+    assert!(err.contains("captur"), "{err}");
+    // The output's memory stays the graph's while the output lives, after the graph is gone.
+    let kept = out.to_vec::<f32>().unwrap();
+    drop(graph);
+    let noise: Vec<Tensor> =
+        (0..8).map(|i| Tensor::from_vec(rand_vec(n * k, 50 + i, 5.0, 9.0), (n, k), dev).unwrap()).collect();
+    assert_eq!(out.to_vec::<f32>().unwrap(), kept);
+    drop(noise);
+    // write_host checks what it is given.
+    assert!(x.write_host(&[1f32; 3]).is_err());
+    assert!(x.write_host(&vec![half::bf16::ONE; n * k]).is_err());
+    assert!(x.t().unwrap().write_host(&vec![0f32; n * k]).is_err());
+}

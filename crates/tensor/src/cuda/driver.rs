@@ -19,6 +19,12 @@ fn cuda_err(op: &'static str, e: impl std::fmt::Debug) -> Error {
     Error::Cuda { op, msg: format!("{e:?}") }
 }
 
+/// An instantiated CUDA graph; the driver's graph objects are not internally synchronised.
+struct DriverGraph(Mutex<cudarc::driver::CudaGraph>);
+// SAFETY: the graph is only touched under its mutex, with the context bound by cudarc.
+unsafe impl Send for DriverGraph {}
+unsafe impl Sync for DriverGraph {}
+
 struct Blas(blas::cublasHandle_t);
 // SAFETY: the handle is only used under the runtime's mutex, on the runtime's stream.
 unsafe impl Send for Blas {}
@@ -263,6 +269,32 @@ impl Runtime for Driver {
 
     fn raw_stream(&self) -> Option<Result<u64>> {
         Some(self.bind().map(|()| self.stream.cu_stream() as u64))
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        use cudarc::driver::sys::CUstreamCaptureMode;
+        // Thread-local mode: other threads may keep using the driver meanwhile (their work
+        // must not go to this stream: it would be captured).
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| cuda_err("begin graph capture", e))
+    }
+
+    fn end_capture(&self) -> Result<Box<dyn std::any::Any + Send + Sync>> {
+        use cudarc::driver::sys::CUgraphInstantiate_flags;
+        let graph = self
+            .stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .map_err(|e| cuda_err("end graph capture", e))?
+            .ok_or_else(|| cuda_err("end graph capture", "nothing was captured"))?;
+        Ok(Box::new(DriverGraph(Mutex::new(graph))))
+    }
+
+    fn launch_graph(&self, graph: &(dyn std::any::Any + Send + Sync)) -> Result<()> {
+        let g = graph
+            .downcast_ref::<DriverGraph>()
+            .ok_or_else(|| cuda_err("launch graph", "the graph was recorded by another runtime"))?;
+        g.0.lock().unwrap_or_else(|e| e.into_inner()).launch().map_err(|e| cuda_err("launch graph", e))
     }
 
     fn stream_idle(&self) -> Result<bool> {

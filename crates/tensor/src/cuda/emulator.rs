@@ -52,7 +52,22 @@ pub(crate) struct Emulator {
     /// Live allocations: pointer -> size, to free them with the right layout and to catch
     /// copies through pointers that were never allocated.
     blocks: Mutex<BTreeMap<u64, usize>>,
+    /// The operations recorded while a graph is being captured (then nothing runs).
+    capture: Mutex<Option<Vec<EmuOp>>>,
 }
+
+/// One recorded operation of an emulated graph.
+#[derive(Clone)]
+enum EmuOp {
+    Launch(Kernel, LaunchCfg, Args),
+    Gemm(Gemm),
+    Memset(u64, usize),
+    Dtod(u64, u64, usize),
+}
+
+/// A captured graph: its operations, run again in order at each replay (with the same
+/// checks as when run directly, so a replay through freed memory is an error).
+struct EmuGraph(Vec<EmuOp>);
 
 impl Emulator {
     pub fn new(ordinal: usize) -> Emulator {
@@ -66,6 +81,35 @@ impl Emulator {
                 toolchain: "kernels compiled as C++ for the emulator".into(),
             },
             blocks: Mutex::new(BTreeMap::new()),
+            capture: Mutex::new(None),
+        }
+    }
+
+    /// Records `op` when a capture is under way (and says so); otherwise leaves it to run.
+    fn recorded(&self, op: impl FnOnce() -> EmuOp) -> bool {
+        match &mut *self.capture.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(ops) => {
+                ops.push(op());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// CUDA refuses host copies and waits on a capturing stream; so does the emulator.
+    fn refuse_while_capturing(&self, what: &'static str) -> Result<()> {
+        if self.capture.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            return Err(Error::Cuda { op: what, msg: "not permitted while a graph is being captured".into() });
+        }
+        Ok(())
+    }
+
+    fn run(&self, op: &EmuOp) -> Result<()> {
+        match op {
+            EmuOp::Launch(k, cfg, args) => self.run_launch(k, *cfg, args.clone()),
+            EmuOp::Gemm(g) => self.run_gemm(g),
+            EmuOp::Memset(dst, bytes) => self.run_memset(*dst, *bytes),
+            EmuOp::Dtod(src, dst, bytes) => self.run_dtod(*src, *dst, *bytes),
         }
     }
 
@@ -110,6 +154,7 @@ impl Runtime for Emulator {
     }
 
     fn htod(&self, src: &[u8], dst: u64) -> Result<()> {
+        self.refuse_while_capturing("copy to device")?;
         self.check("copy to device", dst, src.len())?;
         // SAFETY: `dst` is inside a live allocation of at least `src.len()` bytes.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
@@ -117,6 +162,7 @@ impl Runtime for Emulator {
     }
 
     fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        self.refuse_while_capturing("copy to host")?;
         self.check("copy to host", src, dst.len())?;
         // SAFETY: as above.
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
@@ -124,6 +170,72 @@ impl Runtime for Emulator {
     }
 
     fn dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        if self.recorded(|| EmuOp::Dtod(src, dst, bytes)) {
+            return Ok(());
+        }
+        self.run_dtod(src, dst, bytes)
+    }
+
+    fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        if self.recorded(|| EmuOp::Memset(dst, bytes)) {
+            return Ok(());
+        }
+        self.run_memset(dst, bytes)
+    }
+
+    fn launch(&self, kernel: &Kernel, cfg: LaunchCfg, args: Args) -> Result<()> {
+        if self.recorded(|| EmuOp::Launch(kernel.clone(), cfg, args.clone())) {
+            return Ok(());
+        }
+        self.run_launch(kernel, cfg, args)
+    }
+
+    fn gemm(&self, g: &Gemm) -> Result<()> {
+        if self.recorded(|| EmuOp::Gemm(*g)) {
+            return Ok(());
+        }
+        self.run_gemm(g)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.refuse_while_capturing("synchronize")
+    }
+
+    fn stream_idle(&self) -> Result<bool> {
+        self.refuse_while_capturing("query stream").map(|()| true)
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        let mut c = self.capture.lock().unwrap_or_else(|e| e.into_inner());
+        if c.is_some() {
+            return Err(Error::Cuda { op: "begin graph capture", msg: "a capture is already under way".into() });
+        }
+        *c = Some(Vec::new());
+        Ok(())
+    }
+
+    fn end_capture(&self) -> Result<Box<dyn std::any::Any + Send + Sync>> {
+        let ops = self
+            .capture
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| Error::Cuda { op: "end graph capture", msg: "no capture is under way".into() })?;
+        Ok(Box::new(EmuGraph(ops)))
+    }
+
+    fn launch_graph(&self, graph: &(dyn std::any::Any + Send + Sync)) -> Result<()> {
+        self.refuse_while_capturing("launch graph")?;
+        let g = graph.downcast_ref::<EmuGraph>().ok_or_else(|| Error::Cuda {
+            op: "launch graph",
+            msg: "the graph was recorded by another runtime".into(),
+        })?;
+        g.0.iter().try_for_each(|op| self.run(op))
+    }
+}
+
+impl Emulator {
+    fn run_dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
         self.check("copy on device", src, bytes)?;
         self.check("copy on device", dst, bytes)?;
         // SAFETY: both ranges are inside live allocations; `copy` allows overlap.
@@ -131,14 +243,14 @@ impl Runtime for Emulator {
         Ok(())
     }
 
-    fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
+    fn run_memset(&self, dst: u64, bytes: usize) -> Result<()> {
         self.check("memset", dst, bytes)?;
         // SAFETY: inside a live allocation.
         unsafe { std::ptr::write_bytes(dst as *mut u8, 0, bytes) };
         Ok(())
     }
 
-    fn launch(&self, kernel: &Kernel, cfg: LaunchCfg, mut args: Args) -> Result<()> {
+    fn run_launch(&self, kernel: &Kernel, cfg: LaunchCfg, mut args: Args) -> Result<()> {
         let name = CString::new(kernel.name.as_str()).expect("kernel names have no NUL");
         let sizes = args.sizes().to_vec();
         let mut ptrs = args.pointers();
@@ -166,7 +278,7 @@ impl Runtime for Emulator {
         Ok(())
     }
 
-    fn gemm(&self, g: &Gemm) -> Result<()> {
+    fn run_gemm(&self, g: &Gemm) -> Result<()> {
         let span = |ld: usize, rows: usize, cols: usize, stride: usize| {
             if rows == 0 || cols == 0 || g.batch == 0 { 0 } else { (g.batch - 1) * stride + (cols - 1) * ld + rows }
         };
@@ -180,10 +292,6 @@ impl Runtime for Emulator {
             return Err(Error::Cuda { op: "gemm (emulator)", msg: format!("leading dimension too small: {g:?}") });
         }
         reference_gemm(g)
-    }
-
-    fn synchronize(&self) -> Result<()> {
-        Ok(())
     }
 }
 

@@ -214,6 +214,8 @@ pub(crate) struct GpuDevice {
     pool: Mutex<Pool>,
     /// Kernels and matrix products queued so far.
     launches: std::sync::atomic::AtomicU64,
+    /// The memory of the graph being captured on this device, if one is.
+    capturing: Mutex<Option<Arc<GraphMemory>>>,
 }
 
 impl GpuDevice {
@@ -223,10 +225,25 @@ impl GpuDevice {
 
     pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<DeviceBuffer> {
         if bytes == 0 {
-            return Ok(DeviceBuffer { ptr: 0, size: 0, dev: self.clone() });
+            return Ok(DeviceBuffer { ptr: 0, size: 0, dev: self.clone(), graph: None });
+        }
+        let capturing = self.capturing.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(g) = capturing {
+            // A graph's blocks are its own: reused only within it, and back in the pool
+            // once the graph and every tensor in them are gone.
+            let size = alloc::rounded(bytes);
+            let ptr = match g.take(size) {
+                Some(ptr) => ptr,
+                None => {
+                    let (ptr, size) = self.pool().alloc(self.rt.as_ref(), bytes)?;
+                    g.own(ptr, size);
+                    return Ok(DeviceBuffer { ptr, size, dev: self.clone(), graph: Some(g) });
+                }
+            };
+            return Ok(DeviceBuffer { ptr, size, dev: self.clone(), graph: Some(g) });
         }
         let (ptr, size) = self.pool().alloc(self.rt.as_ref(), bytes)?;
-        Ok(DeviceBuffer { ptr, size, dev: self.clone() })
+        Ok(DeviceBuffer { ptr, size, dev: self.clone(), graph: None })
     }
 
     pub fn launch(&self, module: &'static str, name: String, cfg: LaunchCfg, args: Args) -> Result<()> {
@@ -270,7 +287,13 @@ pub(crate) fn device(ordinal: usize) -> Result<Arc<GpuDevice>> {
             });
         }
     };
-    let d = Arc::new(GpuDevice { ordinal, rt, pool: Mutex::new(Pool::default()), launches: Default::default() });
+    let d = Arc::new(GpuDevice {
+        ordinal,
+        rt,
+        pool: Mutex::new(Pool::default()),
+        launches: Default::default(),
+        capturing: Mutex::new(None),
+    });
     if devs.len() <= ordinal {
         devs.resize(ordinal + 1, None);
     }
@@ -278,19 +301,137 @@ pub(crate) fn device(ordinal: usize) -> Result<Arc<GpuDevice>> {
     Ok(d)
 }
 
-/// A block of device memory from the pool; returned to it on drop.
+/// A block of device memory from the pool; returned to it on drop (or to the graph whose
+/// capture allocated it).
 pub(crate) struct DeviceBuffer {
     pub ptr: u64,
     size: usize,
     pub dev: Arc<GpuDevice>,
+    graph: Option<Arc<GraphMemory>>,
 }
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        if self.size > 0 {
-            self.dev.pool().release(self.ptr, self.size);
+        if self.size == 0 {
+            return;
+        }
+        match &self.graph {
+            Some(g) => g.give_back(self.ptr, self.size),
+            None => self.dev.pool().release(self.ptr, self.size),
         }
     }
+}
+
+// ---- graphs -----------------------------------------------------------------------------
+
+/// The device memory a graph's capture allocated. The graph's kernels read and write these
+/// addresses at every replay, so no block goes back to the device's pool while the graph,
+/// or a tensor in one of its blocks, lives; a block freed during the capture is reused by
+/// later allocations of the same capture only (the graph orders those uses as the stream
+/// did).
+pub(crate) struct GraphMemory {
+    dev: Arc<GpuDevice>,
+    blocks: Mutex<GraphBlocks>,
+}
+
+#[derive(Default)]
+struct GraphBlocks {
+    owned: Vec<(u64, usize)>,
+    free: std::collections::BTreeMap<usize, Vec<u64>>,
+    /// Whether the capture still runs (blocks freed after it stay unused).
+    open: bool,
+}
+
+impl GraphMemory {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GraphBlocks> {
+        self.blocks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(&self, size: usize) -> Option<u64> {
+        let mut b = self.lock();
+        let list = b.free.get_mut(&size)?;
+        let ptr = list.pop();
+        if list.is_empty() {
+            b.free.remove(&size);
+        }
+        ptr
+    }
+
+    fn own(&self, ptr: u64, size: usize) {
+        self.lock().owned.push((ptr, size));
+    }
+
+    fn give_back(&self, ptr: u64, size: usize) {
+        let mut b = self.lock();
+        if b.open {
+            b.free.entry(size).or_default().push(ptr);
+        }
+    }
+}
+
+impl Drop for GraphMemory {
+    fn drop(&mut self) {
+        let owned = std::mem::take(&mut self.lock().owned);
+        let mut pool = self.dev.pool();
+        for (ptr, size) in owned {
+            pool.release(ptr, size);
+        }
+    }
+}
+
+/// Device work recorded once and replayed with one launch: a CUDA graph (the emulator
+/// records the same operations and runs them again). Made by [`capture`].
+pub struct Graph {
+    dev: Arc<GpuDevice>,
+    // Dropped before the memory it uses goes back to the pool (fields drop in order).
+    exec: Box<dyn std::any::Any + Send + Sync>,
+    _memory: Arc<GraphMemory>,
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Graph[cuda:{}]", self.dev.ordinal)
+    }
+}
+
+impl Graph {
+    /// Queues the recorded work once more: the same kernels on the same addresses, so new
+    /// inputs must be written into the tensors the capture read (e.g. with
+    /// [`crate::Tensor::write_host`]), and results read from the tensors it wrote, before
+    /// the next replay overwrites them. One launch, whatever the graph holds.
+    pub fn replay(&self) -> Result<()> {
+        self.dev.count_launch();
+        self.dev.rt.launch_graph(self.exec.as_ref())
+    }
+}
+
+/// Records the work `f` queues on device `ordinal` into a [`Graph`] instead of running it:
+/// nothing `f` queues has run when this returns (replay the graph once for the results).
+/// While `f` runs, copies between host and device and waits are errors (CUDA's capture
+/// rules), and no other thread may use the device. Tensors `f` allocates live in the
+/// graph's own memory; everything else the graph reads or writes must outlive it. Every
+/// kernel `f` uses should have run once before, outside a capture (modules are loaded on
+/// first use).
+pub fn capture<R>(ordinal: usize, f: impl FnOnce() -> Result<R>) -> Result<(Graph, R)> {
+    let dev = device(ordinal)?;
+    let memory = Arc::new(GraphMemory {
+        dev: dev.clone(),
+        blocks: Mutex::new(GraphBlocks { open: true, ..Default::default() }),
+    });
+    {
+        let mut c = dev.capturing.lock().unwrap_or_else(|e| e.into_inner());
+        if c.is_some() {
+            return Err(Error::Cuda { op: "capture", msg: format!("cuda:{ordinal} is already capturing a graph") });
+        }
+        dev.rt.begin_capture()?;
+        *c = Some(memory.clone());
+    }
+    let out = f();
+    dev.capturing.lock().unwrap_or_else(|e| e.into_inner()).take();
+    memory.lock().open = false;
+    let exec = dev.rt.end_capture();
+    let out = out?;
+    Ok((Graph { dev, exec: exec?, _memory: memory }, out))
 }
 
 // ---- storage ----------------------------------------------------------------------------

@@ -44,7 +44,7 @@ pub(crate) struct Kernel {
 
 /// Kernel arguments as cuLaunchKernel takes them: each value in 8-byte aligned storage of
 /// its own, with its size (the emulator checks sizes against the kernel's parameters).
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct Args {
     vals: Vec<Vec<u64>>,
     sizes: Vec<usize>,
@@ -129,4 +129,12 @@ pub(crate) trait Runtime: Send + Sync {
     fn stream_idle(&self) -> Result<bool> {
         self.synchronize().map(|()| true)
     }
+    /// Starts recording the stream's work into a graph instead of running it: until
+    /// [`Runtime::end_capture`], launches, matrix products, memsets and device copies are
+    /// recorded; host copies and waits are errors (CUDA's stream capture rules).
+    fn begin_capture(&self) -> Result<()>;
+    /// Ends the recording and returns the graph, ready to replay.
+    fn end_capture(&self) -> Result<Box<dyn std::any::Any + Send + Sync>>;
+    /// Queues one replay of a graph this runtime recorded.
+    fn launch_graph(&self, graph: &(dyn std::any::Any + Send + Sync)) -> Result<()>;
 }
