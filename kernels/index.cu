@@ -1,6 +1,8 @@
 // Indexing on contiguous data viewed as [outer, size, inner] around one dimension:
 // index-select (embedding), gather, scatter-add, index-add (embedding backward) and top-k.
-// Indices are U32 and were checked against `size` by the host. The accumulating kernels give
+// Indices are U32 and were checked against `size` by the host, except index-select's when they
+// already live on the device (checking them would wait for the GPU): an index out of range
+// there selects zeros instead of reading outside `src`. The accumulating kernels give
 // each output element to one thread, which adds its contributions in index order: the same
 // order as the CPU backend, so repeated indices sum to the same bits, with no atomics.
 
@@ -11,7 +13,8 @@
         GRID_STRIDE(idx, outer * n * inner) {                                                        \
             i64 c = idx % inner, oj = idx / inner;                                                   \
             i64 o = oj / n, j = oj - o * n;                                                          \
-            out[idx] = src[(o * size + (i64)ids[j]) * inner + c];                                    \
+            i64 id = (i64)ids[j];                                                                    \
+            out[idx] = id < size ? src[(o * size + id) * inner + c] : (T)0;                          \
         }                                                                                            \
     }                                                                                                \
     ARTIST_EXPORT(index_select_##S)

@@ -45,7 +45,11 @@ impl Policy for Qwen2 {
     }
 
     fn new_cache(&self, slots: usize, max_len: usize) -> Result<KvCache> {
-        Ok(Qwen2::new_cache(self, slots, max_len)?)
+        let mut cache = Qwen2::new_cache(self, slots, max_len)?;
+        // Decode steps on a GPU replay captured CUDA graphs (one launch for the decoder);
+        // `ARTIST_CUDA_GRAPHS=0` keeps them eager.
+        cache.set_cuda_graphs(std::env::var("ARTIST_CUDA_GRAPHS").as_deref() != Ok("0"));
+        Ok(cache)
     }
 
     fn step(&self, inputs: &[SeqInput], cache: &mut KvCache) -> Result<Logits> {

@@ -299,6 +299,95 @@ fn rollouts_on_the_cuda_backend_equal_the_cpu() {
     }
 }
 
+/// Qwen2 with decode steps as CUDA graphs or eager, counting the graphs' captures and
+/// replays.
+struct Graphed<'m> {
+    model: &'m Qwen2,
+    on: bool,
+    counts: std::cell::Cell<(u64, u64)>,
+    /// GPU launches of the latest step whose inputs were one token each.
+    decode_launches: std::cell::Cell<u64>,
+}
+
+impl Policy for Graphed<'_> {
+    type Cache = KvCache;
+    fn vocab_size(&self) -> usize {
+        self.model.vocab_size()
+    }
+    fn new_cache(&self, slots: usize, max_len: usize) -> artist_engine::Result<KvCache> {
+        let mut c = Policy::new_cache(self.model, slots, max_len)?;
+        c.set_cuda_graphs(self.on);
+        Ok(c)
+    }
+    fn step(&self, inputs: &[SeqInput], cache: &mut KvCache) -> artist_engine::Result<Logits> {
+        let before = artist_tensor::cuda::thread_launch_count();
+        let out = self.model.step(inputs, cache);
+        if inputs.iter().all(|s| s.tokens.len() == 1) {
+            self.decode_launches.set(artist_tensor::cuda::thread_launch_count() - before);
+        }
+        self.counts.set(cache.graph_counts());
+        out
+    }
+    fn fork(&self, cache: &mut KvCache, from: usize, to: usize) -> artist_engine::Result<()> {
+        self.model.fork(cache, from, to)
+    }
+    fn clear(&self, cache: &mut KvCache, slot: usize) {
+        Policy::clear(self.model, cache, slot)
+    }
+}
+
+/// Decode steps replayed from captured CUDA graphs give the eager steps' tokens and
+/// logprobs to the bit (the same kernels on the same inputs), through tool calls, finished
+/// rollouts (fewer sequences: a new graph) and prefix sharing; and the graphs are used:
+/// each decoding shape is captured once and replayed from then on.
+#[test]
+fn cuda_graph_decode_steps_equal_eager_ones_to_the_bit() {
+    let dev = match artist_tensor::cuda::test_backend() {
+        Ok(_) => artist_tensor::Device::cuda(0).unwrap(),
+        Err(why) => {
+            eprintln!("skipping: {why}");
+            return;
+        }
+    };
+    let tok = tokenizer();
+    let gpu = Qwen2::load_on(&fixture("tiny-gqa"), dev).unwrap();
+    let prompts: Vec<Vec<u32>> = vec![tok.encode("Once upon a time").unwrap(), tok.encode("The cat").unwrap()];
+    let cfg = RolloutConfig {
+        max_turn_tokens: 24,
+        max_batch: 8,
+        sampling: SamplingParams { temperature: 0.9, top_p: 0.95, seed: 3, ..Default::default() },
+        ..config(3)
+    };
+    let run = |on: bool| {
+        let policy = Graphed { model: &gpu, on, counts: Default::default(), decode_launches: Default::default() };
+        let out = RolloutEngine {
+            policy: &policy,
+            tokenizer: &tok,
+            tools: vec![FakePython::new("42", 0)],
+            config: cfg.clone(),
+        }
+        .run(&prompts)
+        .unwrap()
+        .0;
+        (out, policy.counts.get(), policy.decode_launches.get())
+    };
+    let ((eager, none, eager_launches), (graphed, (captures, replays), graph_launches)) = (run(false), run(true));
+    eprintln!(
+        "graphs: {captures} captured, {replays} replays; launches per decode step (model only): eager \
+         {eager_launches}, graphed {graph_launches}"
+    );
+    assert!(graph_launches < eager_launches / 3, "{graph_launches} launches graphed, {eager_launches} eager");
+    assert_eq!(none, (0, 0));
+    assert!(captures >= 1 && replays > captures, "{captures} captures, {replays} replays");
+    assert_eq!(eager.len(), graphed.len());
+    for (i, (x, y)) in eager.iter().zip(&graphed).enumerate() {
+        assert_eq!(x.ids, y.ids, "rollout {i}: tokens");
+        assert_eq!(x.finish, y.finish);
+        let bits = |v: &[f32]| v.iter().map(|l| l.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&x.logprobs), bits(&y.logprobs), "rollout {i}: logprobs");
+    }
+}
+
 /// Qwen2 with a paged cache of a chosen block size.
 struct Paged<'m> {
     model: &'m Qwen2,

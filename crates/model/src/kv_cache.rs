@@ -77,6 +77,8 @@ pub struct KvCache {
     max_len: usize,
     peak_blocks: usize,
     cow_copies: usize,
+    /// Decode steps captured as CUDA graphs (on a GPU).
+    pub(crate) graphs: crate::qwen2::DecodeGraphs,
 }
 
 fn blocks_for(len: usize, block_size: usize) -> usize {
@@ -133,6 +135,7 @@ impl KvCache {
             max_len,
             peak_blocks: 0,
             cow_copies: 0,
+            graphs: Default::default(),
         };
         let alloc = || cache.pool(initial);
         let k = (0..config.num_hidden_layers).map(|_| alloc()).collect::<Result<Vec<_>>>()?;
@@ -361,6 +364,34 @@ impl KvCache {
     /// head_dim]`.
     pub(crate) fn attend_batch(&self, layer: usize, batch: &PagedBatch, q: &Tensor, scale: f32) -> Result<Tensor> {
         Ok(q.paged_attention_batch(&self.k[layer], &self.v[layer], batch, scale)?.0)
+    }
+
+    /// Whether decode steps (one token per sequence) on a GPU run as captured CUDA graphs
+    /// (off unless set; the rollout engine sets it). The results are the same bits either
+    /// way. While a graph is captured no other thread may use the device: its work would
+    /// join the graph (CUDA's rule for a capturing stream, and all work on a device goes
+    /// through one stream).
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        self.graphs.enabled = on && self.device.is_cuda();
+        if !self.graphs.enabled {
+            self.graphs.captured.clear();
+        }
+    }
+
+    /// Decode-step graphs captured, and replays of them, so far.
+    pub fn graph_counts(&self) -> (u64, u64) {
+        (self.graphs.captures, self.graphs.replays)
+    }
+
+    /// The device addresses of every layer's key and value pool (a captured graph is valid
+    /// for these only).
+    pub(crate) fn pool_addresses(&self) -> Result<Vec<u64>> {
+        Ok(self.k.iter().chain(&self.v).map(|t| t.cuda_ptr()).collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
+    /// Blocks one slot's `max_len` positions take.
+    pub(crate) fn max_blocks_per_slot(&self) -> usize {
+        blocks_for(self.max_len, self.block_size)
     }
 
     pub fn device(&self) -> Device {

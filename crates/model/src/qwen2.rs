@@ -99,6 +99,33 @@ struct Paged {
     sin: Tensor,
 }
 
+/// Decode steps captured as a CUDA graph, kept by the KV cache whose pools they write (a
+/// graph reads and writes fixed addresses: it lives no longer than the cache's pools and
+/// the model's weights do within one rollout).
+#[derive(Default)]
+pub(crate) struct DecodeGraphs {
+    pub enabled: bool,
+    /// Shapes run once eagerly (the next step of one captures it).
+    pub seen: std::collections::HashSet<GraphKey>,
+    /// The graphs captured, by shape.
+    pub captured: std::collections::HashMap<GraphKey, CapturedDecode>,
+    pub captures: u64,
+    pub replays: u64,
+}
+
+/// The number of sequences and the KV pools' addresses.
+pub(crate) type GraphKey = (usize, Vec<u64>);
+
+/// Graphs a cache keeps at most (one per number of sequences decoding together).
+const MAX_DECODE_GRAPHS: usize = 16;
+
+pub(crate) struct CapturedDecode {
+    graph: artist_tensor::cuda::Graph,
+    ids: Tensor,
+    paged: Paged,
+    out: Tensor,
+}
+
 /// One decoder layer. q/k/v and gate/up are stored fused (their weight rows stacked), so
 /// each pair or triple is one pass over the activations and one matrix product.
 #[derive(Clone)]
@@ -426,7 +453,7 @@ impl Qwen2 {
     fn decode(
         &self,
         ctx: &Ctx,
-        ids: Vec<u32>,
+        ids: &Tensor,
         spans: Arc<Vec<Span>>,
         mut cache: Option<&mut KvCache>,
         paged: Option<&Paged>,
@@ -434,9 +461,7 @@ impl Qwen2 {
         if ctx.is_training() && cache.is_some() {
             return Err(Error::Input("a training forward reads no KV cache".into()));
         }
-        let total = ids.len();
-        let ids = Tensor::from_vec(ids, total, self.device)?;
-        let mut x = Var::embedding(&ids, &ctx.param(&self.embed_tokens))?.to_dtype(DType::F32)?; // [total, hidden]
+        let mut x = Var::embedding(ids, &ctx.param(&self.embed_tokens))?.to_dtype(DType::F32)?; // [total, hidden]
         if let (Some(p), Some(cache)) = (paged, cache.as_deref_mut()) {
             let (mut stream, mut delta) = (x.into_value(), None);
             for (l, layer) in self.layers.iter().enumerate() {
@@ -490,6 +515,86 @@ impl Qwen2 {
     pub fn forward_hidden(&self, inputs: &[SeqInput], cache: &mut KvCache, rows: Rows) -> Result<Tensor> {
         let _range = artist_tensor::nvtx::range("forward");
         self.check_inputs(inputs, cache)?;
+        if cache.graphs.enabled && inputs.iter().all(|s| s.tokens.len() == 1) {
+            return self.decode_step_graphed(inputs, cache);
+        }
+        self.forward_hidden_eager(inputs, cache, rows)
+    }
+
+    /// A decode step (one token per sequence) on a GPU through a captured CUDA graph: the
+    /// whole decoder, final norm included, is one launch. The first step of a shape (the
+    /// number of sequences, and the KV pools' addresses) runs eagerly, loading every kernel;
+    /// the second captures the graph; later ones write their inputs (token ids, RoPE tables,
+    /// the batch's block tables) into the graph's input tensors and replay it. The kernels
+    /// are those of the eager path, so the results are the same bits.
+    fn decode_step_graphed(&self, inputs: &[SeqInput], cache: &mut KvCache) -> Result<Tensor> {
+        let Device::Cuda(ordinal) = cache.device() else {
+            return self.forward_hidden_eager(inputs, cache, Rows::Last);
+        };
+        // Reserving may grow the pools (new addresses): the key is taken after it.
+        for s in inputs {
+            cache.reserve(s.slot, cache.len(s.slot) + 1)?;
+        }
+        let key = (inputs.len(), cache.pool_addresses()?);
+        let ready = cache.graphs.captured.contains_key(&key);
+        if !ready && !cache.graphs.seen.contains(&key) {
+            cache.graphs.seen.insert(key);
+            return self.forward_hidden_eager(inputs, cache, Rows::Last);
+        }
+        let c = &self.config;
+        let pos: Vec<u32> = inputs.iter().map(|s| cache.len(s.slot) as u32).collect();
+        let ids: Vec<u32> = inputs.iter().map(|s| s.tokens[0]).collect();
+        let capacity = inputs.len() * cache.max_blocks_per_slot();
+        let tables: Vec<(usize, usize, &[u32])> =
+            inputs.iter().map(|s| (cache.len(s.slot), 1, cache.table(s.slot))).collect();
+        let out = if ready {
+            let batch = PagedBatch::with_table_capacity(&tables, cache.block_size(), Device::Cpu, capacity)?;
+            let (cos, sin) = rope_tables(&pos, c.head_dim, c.rope_theta as f32, Device::Cpu)?;
+            let g = &cache.graphs.captured[&key];
+            g.ids.write_host(&ids)?;
+            g.paged.cos.write_host(&cos.to_vec::<f32>()?)?;
+            g.paged.sin.write_host(&sin.to_vec::<f32>()?)?;
+            batch.write_into(&g.paged.batch)?;
+            g.graph.replay()?;
+            cache.graphs.replays += 1;
+            g.out.copy()?
+        } else {
+            let batch = PagedBatch::with_table_capacity(&tables, cache.block_size(), self.device, capacity)?;
+            let (cos, sin) = rope_tables(&pos, c.head_dim, c.rope_theta as f32, self.device)?;
+            let paged = Paged { batch, cos, sin };
+            let ids = Tensor::from_vec(ids, inputs.len(), self.device)?;
+            // Graphs of pools that are gone, or too many, give their memory back first.
+            let pools = &key.1;
+            cache.graphs.captured.retain(|k, _| &k.1 == pools);
+            if cache.graphs.captured.len() >= MAX_DECODE_GRAPHS {
+                cache.graphs.captured.clear();
+            }
+            let mut result = None;
+            let (graph, ()) = artist_tensor::cuda::capture(ordinal, || {
+                result = Some(self.decode_final(&ids, cache, &paged));
+                Ok(())
+            })?;
+            let out = result.expect("the capture ran its closure")?;
+            graph.replay()?;
+            cache.graphs.captures += 1;
+            let copy = out.copy()?;
+            cache.graphs.captured.insert(key, CapturedDecode { graph, ids, paged, out });
+            copy
+        };
+        for s in inputs {
+            cache.advance(s.slot, 1);
+        }
+        Ok(out)
+    }
+
+    /// The cached decoder on a GPU and the final norm: `[rows, hidden]`.
+    fn decode_final(&self, ids: &Tensor, cache: &mut KvCache, paged: &Paged) -> Result<Tensor> {
+        let ctx = Ctx::inference();
+        let x = self.decode(&ctx, ids, Arc::new(Vec::new()), Some(cache), Some(paged))?;
+        Ok(x.rms_norm(&norm_weight(&ctx, &self.norm)?, self.config.rms_norm_eps as f32)?.into_value())
+    }
+
+    fn forward_hidden_eager(&self, inputs: &[SeqInput], cache: &mut KvCache, rows: Rows) -> Result<Tensor> {
         for s in inputs {
             cache.reserve(s.slot, cache.len(s.slot) + s.tokens.len())?;
         }
@@ -506,8 +611,10 @@ impl Qwen2 {
             None
         };
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let total_tokens = ids.len();
         let ctx = Ctx::inference();
-        let x = self.decode(&ctx, ids, Arc::new(spans), Some(cache), paged.as_ref())?;
+        let ids = Tensor::from_vec(ids, total_tokens, self.device)?;
+        let x = self.decode(&ctx, &ids, Arc::new(spans), Some(cache), paged.as_ref())?;
         for s in inputs {
             cache.advance(s.slot, s.tokens.len());
         }
@@ -544,7 +651,8 @@ impl Qwen2 {
         }
         let total = ids.len();
         let (spans, _, _) = self.spans(&seqs.iter().map(|s| (0, 0, s.len())).collect::<Vec<_>>())?;
-        let x = self.decode(ctx, ids, Arc::new(spans), None, None)?;
+        let ids = Tensor::from_vec(ids, total, self.device)?;
+        let x = self.decode(ctx, &ids, Arc::new(spans), None, None)?;
         let x = match rows {
             None => x,
             Some(r) => {

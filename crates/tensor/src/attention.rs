@@ -128,6 +128,57 @@ impl PagedBatch {
     /// (its query rows, packed in this order), and `table` lists the blocks of its
     /// `start + t` positions (at least).
     pub fn new(seqs: &[(usize, usize, &[u32])], block_size: usize, device: crate::Device) -> Result<PagedBatch> {
+        PagedBatch::build(seqs, block_size, device, None)
+    }
+
+    /// [`PagedBatch::new`] with the block-table array padded with block 0 to `capacity`
+    /// ids: batches of the same sequences and rows then have arrays of one size whatever
+    /// their lengths, so a captured graph's kernels can read each step's batch from the same
+    /// addresses ([`PagedBatch::write_into`]). An error when the tables need more.
+    pub fn with_table_capacity(
+        seqs: &[(usize, usize, &[u32])],
+        block_size: usize,
+        device: crate::Device,
+        capacity: usize,
+    ) -> Result<PagedBatch> {
+        PagedBatch::build(seqs, block_size, device, Some(capacity))
+    }
+
+    /// Writes this batch's arrays over `dst`'s on the device, in place: the same number of
+    /// sequences, rows of each, and table capacity (both made by
+    /// [`PagedBatch::with_table_capacity`]).
+    pub fn write_into(&self, dst: &PagedBatch) -> Result<()> {
+        const OP: &str = "PagedBatch::write_into";
+        let d = dst.on_device.as_ref().ok_or_else(|| crate::invalid!(OP, "the destination is not on a GPU"))?;
+        if self.block_size != dst.block_size
+            || self.tables.len() != dst.tables.len()
+            || self.slots.len() != dst.slots.len()
+            || self.meta.len() != dst.meta.len()
+            || self.meta.iter().zip(&dst.meta).any(|(a, b)| a[0] != b[0] || a[1] != b[1])
+        {
+            return Err(crate::invalid!(
+                OP,
+                "a batch of {} sequences, {} rows and {} table ids does not fit one of {}, {} and {}",
+                self.meta.len(),
+                self.slots.len(),
+                self.tables.len(),
+                dst.meta.len(),
+                dst.slots.len(),
+                dst.tables.len()
+            ));
+        }
+        let flat: Vec<u32> = self.meta.iter().flatten().copied().collect();
+        d.meta.write_host(&flat)?;
+        d.tables.write_host(&self.tables)?;
+        d.slots.write_host(&self.slots)
+    }
+
+    fn build(
+        seqs: &[(usize, usize, &[u32])],
+        block_size: usize,
+        device: crate::Device,
+        capacity: Option<usize>,
+    ) -> Result<PagedBatch> {
         const OP: &str = "PagedBatch";
         if block_size == 0 {
             return Err(crate::invalid!(OP, "blocks of no positions"));
@@ -158,6 +209,16 @@ impl PagedBatch {
             }
             tables.extend_from_slice(&table[..nb]);
             row += t;
+        }
+        if let Some(cap) = capacity {
+            if tables.len() > cap {
+                return Err(crate::invalid!(
+                    OP,
+                    "the tables need {} block ids, more than the capacity {cap}",
+                    tables.len()
+                ));
+            }
+            tables.resize(cap, 0);
         }
         let on_device = if device.is_cuda() {
             let seq_of: Vec<u32> =

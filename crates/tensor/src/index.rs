@@ -22,12 +22,23 @@ impl Tensor {
         (dims[..d].iter().product(), dims[d], dims[d + 1..].iter().product())
     }
 
-    /// Entries of dimension `dim` picked by the 1-D U32 `ids` (repeats allowed).
+    /// Entries of dimension `dim` picked by the 1-D U32 `ids` (repeats allowed). Indices
+    /// out of range are an error, except for a GPU tensor indexed by ids on its own GPU:
+    /// those are read by the kernel where they are (no copy to the host, which would wait
+    /// for the GPU, and none inside a captured graph), and an id out of range selects zeros.
     pub fn index_select(&self, ids: &Tensor, dim: isize) -> Result<Tensor> {
         const OP: &str = "index_select";
         ids.expect_rank(OP, 1)?;
         let d = self.shape().dim(OP, dim)?;
         let (outer, size, inner) = self.around(d);
+        if self.device().is_cuda() && ids.device() == self.device() {
+            if ids.dtype() != DType::U32 {
+                return Err(crate::invalid!(OP, "indices must be U32, got {}", ids.dtype()));
+            }
+            let mut dims = self.dims().to_vec();
+            dims[d] = ids.elem_count();
+            return crate::cuda::ops::index_select_device(self, ids, outer, size, inner, dims);
+        }
         let ids = ids.indices(OP, size)?;
         let mut dims = self.dims().to_vec();
         dims[d] = ids.len();

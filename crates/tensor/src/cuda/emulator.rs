@@ -52,8 +52,10 @@ pub(crate) struct Emulator {
     /// Live allocations: pointer -> size, to free them with the right layout and to catch
     /// copies through pointers that were never allocated.
     blocks: Mutex<BTreeMap<u64, usize>>,
-    /// The operations recorded while a graph is being captured (then nothing runs).
-    capture: Mutex<Option<Vec<EmuOp>>>,
+    /// The thread capturing a graph and the operations it has queued so far (which do not
+    /// run). Other threads' work runs as usual, as on a stream of their own: tests share the
+    /// emulated device across threads, where a GPU run keeps to one thread while capturing.
+    capture: Mutex<Option<(std::thread::ThreadId, Vec<EmuOp>)>>,
 }
 
 /// One recorded operation of an emulated graph.
@@ -88,17 +90,18 @@ impl Emulator {
     /// Records `op` when a capture is under way (and says so); otherwise leaves it to run.
     fn recorded(&self, op: impl FnOnce() -> EmuOp) -> bool {
         match &mut *self.capture.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(ops) => {
+            Some((thread, ops)) if *thread == std::thread::current().id() => {
                 ops.push(op());
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
     /// CUDA refuses host copies and waits on a capturing stream; so does the emulator.
     fn refuse_while_capturing(&self, what: &'static str) -> Result<()> {
-        if self.capture.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+        let capturing = self.capture.lock().unwrap_or_else(|e| e.into_inner());
+        if capturing.as_ref().is_some_and(|(thread, _)| *thread == std::thread::current().id()) {
             return Err(Error::Cuda { op: what, msg: "not permitted while a graph is being captured".into() });
         }
         Ok(())
@@ -210,7 +213,7 @@ impl Runtime for Emulator {
         if c.is_some() {
             return Err(Error::Cuda { op: "begin graph capture", msg: "a capture is already under way".into() });
         }
-        *c = Some(Vec::new());
+        *c = Some((std::thread::current().id(), Vec::new()));
         Ok(())
     }
 
@@ -220,7 +223,8 @@ impl Runtime for Emulator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .ok_or_else(|| Error::Cuda { op: "end graph capture", msg: "no capture is under way".into() })?;
+            .ok_or_else(|| Error::Cuda { op: "end graph capture", msg: "no capture is under way".into() })?
+            .1;
         Ok(Box::new(EmuGraph(ops)))
     }
 

@@ -214,8 +214,8 @@ pub(crate) struct GpuDevice {
     pool: Mutex<Pool>,
     /// Kernels and matrix products queued so far.
     launches: std::sync::atomic::AtomicU64,
-    /// The memory of the graph being captured on this device, if one is.
-    capturing: Mutex<Option<Arc<GraphMemory>>>,
+    /// The thread capturing a graph on this device and the graph's memory, if one is.
+    capturing: Mutex<Option<(std::thread::ThreadId, Arc<GraphMemory>)>>,
 }
 
 impl GpuDevice {
@@ -228,7 +228,9 @@ impl GpuDevice {
             return Ok(DeviceBuffer { ptr: 0, size: 0, dev: self.clone(), graph: None });
         }
         let capturing = self.capturing.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(g) = capturing {
+        if let Some((thread, g)) = capturing
+            && thread == std::thread::current().id()
+        {
             // A graph's blocks are its own: reused only within it, and back in the pool
             // once the graph and every tensor in them are gone.
             let size = alloc::rounded(bytes);
@@ -424,7 +426,7 @@ pub fn capture<R>(ordinal: usize, f: impl FnOnce() -> Result<R>) -> Result<(Grap
             return Err(Error::Cuda { op: "capture", msg: format!("cuda:{ordinal} is already capturing a graph") });
         }
         dev.rt.begin_capture()?;
-        *c = Some(memory.clone());
+        *c = Some((std::thread::current().id(), memory.clone()));
     }
     let out = f();
     dev.capturing.lock().unwrap_or_else(|e| e.into_inner()).take();
