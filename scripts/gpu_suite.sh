@@ -9,6 +9,8 @@
 #   4. whole models against transformers and PyTorch, and training steps (tests/cuda_model.rs);
 #   5. the binaries with --device cuda (generate, score, three SFT steps through train);
 #      NCCL: every collective, a one-rank SFT run against the in-process one (tests/nccl.rs);
+#      rollouts on the GPU against the CPU, and decode steps as CUDA graphs against eager
+#      ones (crates/engine/tests/rollout.rs);
 #   6. the kernel benchmark beside PyTorch (scripts/bench_cuda.py), a markdown table;
 #   7. GRPO-shaped rollouts and batch-1 decode of a Qwen2.5-1.5B shape beside transformers'
 #      generate (benches/rollout.rs, scripts/bench_rollout_hf.py).
@@ -61,6 +63,7 @@ run cuda_model --test-threads=1
 run cli generate_and_score_on_the_cuda_backend --test-threads=1
 run train_cli sft_on_the_cuda_backend --test-threads=1 --nocapture
 run nccl --test-threads=1 --nocapture
+run rollout cuda --test-threads=1 --nocapture
 
 step "kernel benchmark beside PyTorch"
 if ! python3 scripts/bench_cuda.py --bench "$u/cuda_kernels" --out "$out" 2>&1 | tee "$out/bench.log"; then

@@ -137,6 +137,17 @@ impl Driver {
             // SAFETY: a fresh handle and this runtime's live stream.
             unsafe { cudarc::cublas::result::set_stream(h, self.stream.cu_stream() as _) }
                 .map_err(|e| cuda_err("cublas", e))?;
+            // A workspace of our own (32 MiB, what cuBLAS recommends on Hopper), so that a
+            // product inside a CUDA graph capture never makes cuBLAS allocate. It lives as
+            // long as the handle: the runtime's.
+            const WORKSPACE: usize = 32 << 20;
+            // SAFETY: a plain device allocation, handed to the handle for its lifetime.
+            let ws = unsafe { result::malloc_sync(WORKSPACE) }.map_err(|e| cuda_err("cublas workspace", e))?;
+            // SAFETY: a live handle and a 256-byte-aligned block of WORKSPACE bytes.
+            let status = unsafe { blas::cublasSetWorkspace_v2(h, ws as *mut c_void, WORKSPACE) };
+            if status != blas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(cuda_err("cublasSetWorkspace", status));
+            }
             *guard = Some(Blas(h));
         }
         Ok(guard)
