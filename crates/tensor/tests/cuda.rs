@@ -1096,3 +1096,20 @@ fn captured_graphs_replay_with_one_launch() {
     assert!(x.write_host(&vec![half::bf16::ONE; n * k]).is_err());
     assert!(x.t().unwrap().write_host(&vec![0f32; n * k]).is_err());
 }
+
+/// Ids already on the GPU are read there by index-select (no copy to the host, which would
+/// wait for the GPU and is refused inside a graph): an id out of range selects zeros there,
+/// and is an error when the ids come from the host.
+#[test]
+fn index_select_reads_device_ids_in_place() {
+    let dev = gpu_or_skip!();
+    let t = Tensor::from_vec((1..=6).map(|v| v as f32).collect::<Vec<_>>(), (3, 2), dev).unwrap();
+    let ids = Tensor::from_vec(vec![2u32, 7, 0], 3, dev).unwrap();
+    let before = cuda::thread_launch_count();
+    let (_, got) = cuda::capture(0, || t.index_select(&ids, 0)).unwrap();
+    assert_eq!(cuda::thread_launch_count() - before, 1, "one kernel, no copy");
+    drop(got);
+    assert_eq!(t.index_select(&ids, 0).unwrap().to_vec::<f32>().unwrap(), vec![5.0, 6.0, 0.0, 0.0, 1.0, 2.0]);
+    let host_ids = Tensor::from_vec(vec![2u32, 7, 0], 3, Device::Cpu).unwrap();
+    assert!(t.index_select(&host_ids, 0).is_err());
+}
