@@ -121,8 +121,11 @@ const MAX_DECODE_GRAPHS: usize = 16;
 
 pub(crate) struct CapturedDecode {
     graph: artist_tensor::cuda::Graph,
-    ids: Tensor,
-    paged: Paged,
+    /// Token ids, then the batch's arrays ([`PagedBatch::device_arrays`]).
+    ints: Tensor,
+    /// RoPE tables `[2, rows, head_dim / 2]`: cos, then sin.
+    rope: Tensor,
+    _paged: Paged,
     out: Tensor,
 }
 
@@ -541,28 +544,38 @@ impl Qwen2 {
             cache.graphs.seen.insert(key);
             return self.forward_hidden_eager(inputs, cache, Rows::Last);
         }
+        // Every input a replay reads, in two host buffers, so that a step costs two copies
+        // to the GPU and one launch: token ids and the batch's arrays (u32), and the RoPE
+        // tables (f32, cos then sin).
         let c = &self.config;
+        let n = inputs.len();
         let pos: Vec<u32> = inputs.iter().map(|s| cache.len(s.slot) as u32).collect();
-        let ids: Vec<u32> = inputs.iter().map(|s| s.tokens[0]).collect();
-        let capacity = inputs.len() * cache.max_blocks_per_slot();
         let tables: Vec<(usize, usize, &[u32])> =
             inputs.iter().map(|s| (cache.len(s.slot), 1, cache.table(s.slot))).collect();
+        let capacity = n * cache.max_blocks_per_slot();
+        let batch = PagedBatch::with_table_capacity(&tables, cache.block_size(), Device::Cpu, capacity)?;
+        let mut ints: Vec<u32> = inputs.iter().map(|s| s.tokens[0]).collect();
+        ints.extend(batch.device_arrays());
+        let (cos, sin) = rope_tables(&pos, c.head_dim, c.rope_theta as f32, Device::Cpu)?;
+        let mut rope = cos.to_vec::<f32>()?;
+        rope.extend(sin.to_vec::<f32>()?);
         let out = if ready {
-            let batch = PagedBatch::with_table_capacity(&tables, cache.block_size(), Device::Cpu, capacity)?;
-            let (cos, sin) = rope_tables(&pos, c.head_dim, c.rope_theta as f32, Device::Cpu)?;
             let g = &cache.graphs.captured[&key];
-            g.ids.write_host(&ids)?;
-            g.paged.cos.write_host(&cos.to_vec::<f32>()?)?;
-            g.paged.sin.write_host(&sin.to_vec::<f32>()?)?;
-            batch.write_into(&g.paged.batch)?;
+            g.ints.write_host(&ints)?;
+            g.rope.write_host(&rope)?;
             g.graph.replay()?;
             cache.graphs.replays += 1;
             g.out.copy()?
         } else {
-            let batch = PagedBatch::with_table_capacity(&tables, cache.block_size(), self.device, capacity)?;
-            let (cos, sin) = rope_tables(&pos, c.head_dim, c.rope_theta as f32, self.device)?;
-            let paged = Paged { batch, cos, sin };
-            let ids = Tensor::from_vec(ids, inputs.len(), self.device)?;
+            let len = ints.len();
+            let ints_dev = Tensor::from_vec(ints, len, self.device)?;
+            let rope_dev = Tensor::from_vec(rope, (2, n, c.head_dim / 2), self.device)?;
+            let paged = Paged {
+                batch: batch.on_device_in(&ints_dev, n)?,
+                cos: rope_dev.narrow(0, 0, 1)?.reshape((n, c.head_dim / 2))?,
+                sin: rope_dev.narrow(0, 1, 1)?.reshape((n, c.head_dim / 2))?,
+            };
+            let ids = ints_dev.narrow(0, 0, n)?;
             // Graphs of pools that are gone, or too many, give their memory back first.
             let pools = &key.1;
             cache.graphs.captured.retain(|k, _| &k.1 == pools);
@@ -578,7 +591,11 @@ impl Qwen2 {
             graph.replay()?;
             cache.graphs.captures += 1;
             let copy = out.copy()?;
-            cache.graphs.captured.insert(key, CapturedDecode { graph, ids, paged, out });
+            // `paged` holds views of the two buffers: kept, they keep the graph's inputs alive.
+            cache
+                .graphs
+                .captured
+                .insert(key, CapturedDecode { graph, ints: ints_dev, rope: rope_dev, _paged: paged, out });
             copy
         };
         for s in inputs {

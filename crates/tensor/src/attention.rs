@@ -134,7 +134,7 @@ impl PagedBatch {
     /// [`PagedBatch::new`] with the block-table array padded with block 0 to `capacity`
     /// ids: batches of the same sequences and rows then have arrays of one size whatever
     /// their lengths, so a captured graph's kernels can read each step's batch from the same
-    /// addresses ([`PagedBatch::write_into`]). An error when the tables need more.
+    /// addresses ([`PagedBatch::on_device_in`]). An error when the tables need more.
     pub fn with_table_capacity(
         seqs: &[(usize, usize, &[u32])],
         block_size: usize,
@@ -144,33 +144,45 @@ impl PagedBatch {
         PagedBatch::build(seqs, block_size, device, Some(capacity))
     }
 
-    /// Writes this batch's arrays over `dst`'s on the device, in place: the same number of
-    /// sequences, rows of each, and table capacity (both made by
-    /// [`PagedBatch::with_table_capacity`]).
-    pub fn write_into(&self, dst: &PagedBatch) -> Result<()> {
-        const OP: &str = "PagedBatch::write_into";
-        let d = dst.on_device.as_ref().ok_or_else(|| crate::invalid!(OP, "the destination is not on a GPU"))?;
-        if self.block_size != dst.block_size
-            || self.tables.len() != dst.tables.len()
-            || self.slots.len() != dst.slots.len()
-            || self.meta.len() != dst.meta.len()
-            || self.meta.iter().zip(&dst.meta).any(|(a, b)| a[0] != b[0] || a[1] != b[1])
-        {
-            return Err(crate::invalid!(
-                OP,
-                "a batch of {} sequences, {} rows and {} table ids does not fit one of {}, {} and {}",
-                self.meta.len(),
-                self.slots.len(),
-                self.tables.len(),
-                dst.meta.len(),
-                dst.slots.len(),
-                dst.tables.len()
-            ));
+    /// The arrays the GPU kernels read, concatenated: the sequences' `[first row, rows,
+    /// length, table offset]`, each row's sequence, the block tables, each row's pool row.
+    /// With [`PagedBatch::on_device_in`] over a buffer holding them, a step's whole batch
+    /// (and whatever else shares the buffer) reaches the GPU in one copy.
+    pub fn device_arrays(&self) -> Vec<u32> {
+        let mut out = Vec::with_capacity(self.meta.len() * 5 + self.tables.len() + self.slots.len());
+        out.extend(self.meta.iter().flatten());
+        for (n, m) in self.meta.iter().enumerate() {
+            out.extend(std::iter::repeat_n(n as u32, m[1] as usize));
         }
-        let flat: Vec<u32> = self.meta.iter().flatten().copied().collect();
-        d.meta.write_host(&flat)?;
-        d.tables.write_host(&self.tables)?;
-        d.slots.write_host(&self.slots)
+        out.extend(&self.tables);
+        out.extend(&self.slots);
+        out
+    }
+
+    /// This batch with its device arrays read from `buf[at..]` (a U32 tensor on a GPU that
+    /// holds [`PagedBatch::device_arrays`] there, or will before the kernels run): views,
+    /// no copy. A captured graph reads them at these addresses, so writing the next step's
+    /// arrays into `buf` is all a replay needs.
+    pub fn on_device_in(mut self, buf: &Tensor, at: usize) -> Result<PagedBatch> {
+        const OP: &str = "PagedBatch::on_device_in";
+        if buf.dtype() != crate::DType::U32 || !buf.device().is_cuda() || buf.rank() != 1 {
+            return Err(crate::invalid!(OP, "the buffer must be a 1-D U32 tensor on a GPU, not {:?}", buf));
+        }
+        let lens = [self.meta.len() * 4, self.slots.len(), self.tables.len(), self.slots.len()];
+        let total: usize = lens.iter().sum();
+        if at + total > buf.elem_count() {
+            return Err(crate::invalid!(OP, "{total} values from {at} do not fit a buffer of {}", buf.elem_count()));
+        }
+        let mut views = Vec::with_capacity(4);
+        let mut from = at;
+        for n in lens {
+            views.push(buf.narrow(0, from, n)?);
+            from += n;
+        }
+        let mut v = views.into_iter();
+        let mut next = || v.next().expect("four views");
+        self.on_device = Some(PagedBatchDevice { meta: next(), seq_of: next(), tables: next(), slots: next() });
+        Ok(self)
     }
 
     fn build(
