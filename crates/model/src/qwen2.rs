@@ -583,11 +583,22 @@ impl Qwen2 {
                 cache.graphs.captured.clear();
             }
             let mut result = None;
-            let (graph, ()) = artist_tensor::cuda::capture(ordinal, || {
+            let captured = artist_tensor::cuda::capture(ordinal, || {
                 result = Some(self.decode_final(&ids, cache, &paged));
                 Ok(())
-            })?;
-            let out = result.expect("the capture ran its closure")?;
+            });
+            let (graph, out) = match (captured, result) {
+                (Ok((graph, ())), Some(Ok(out))) => (graph, out),
+                // A capture the driver refuses must not stop the rollouts: this cache
+                // decodes eagerly from now on (nothing of the step ran: it was recorded).
+                (Err(e), _) | (_, Some(Err(Error::Tensor(e)))) => {
+                    eprintln!("CUDA graph capture failed ({e}); decode steps run eagerly");
+                    cache.set_cuda_graphs(false);
+                    return self.forward_hidden_eager(inputs, cache, Rows::Last);
+                }
+                (_, Some(Err(e))) => return Err(e),
+                (Ok(_), None) => return Err(Error::Input("the graph capture did not run the decode step".into())),
+            };
             graph.replay()?;
             cache.graphs.captures += 1;
             let copy = out.copy()?;
