@@ -260,18 +260,24 @@ fn cache_through_tool_calls_equals_a_full_forward() {
     }
 }
 
+/// Device `cuda:0`: a GPU, or the CPU emulator of the CUDA backend where none is present;
+/// `None` (saying why) where neither can run.
+fn cuda_or_skip() -> Option<artist_tensor::Device> {
+    match artist_tensor::cuda::test_backend() {
+        Ok(_) => Some(artist_tensor::Device::cuda(0).unwrap()),
+        Err(why) => {
+            eprintln!("skipping: {why}");
+            None
+        }
+    }
+}
+
 /// The rollout engine with the model on the CUDA backend (the CPU emulator of it where no GPU
 /// is present): sampling on the device draws the tokens the CPU run draws, with the same
 /// logprobs, and a tool call in the middle keeps the cache exact.
 #[test]
 fn rollouts_on_the_cuda_backend_equal_the_cpu() {
-    let dev = match artist_tensor::cuda::test_backend() {
-        Ok(_) => artist_tensor::Device::cuda(0).unwrap(),
-        Err(why) => {
-            eprintln!("skipping: {why}");
-            return;
-        }
-    };
+    let Some(dev) = cuda_or_skip() else { return };
     let tok = tokenizer();
     let cpu = Qwen2::load(&fixture("tiny-gqa")).unwrap();
     let gpu = Qwen2::load_on(&fixture("tiny-gqa"), dev).unwrap();
@@ -342,13 +348,7 @@ impl Policy for Graphed<'_> {
 /// each decoding shape is captured once and replayed from then on.
 #[test]
 fn cuda_graph_decode_steps_equal_eager_ones_to_the_bit() {
-    let dev = match artist_tensor::cuda::test_backend() {
-        Ok(_) => artist_tensor::Device::cuda(0).unwrap(),
-        Err(why) => {
-            eprintln!("skipping: {why}");
-            return;
-        }
-    };
+    let Some(dev) = cuda_or_skip() else { return };
     let tok = tokenizer();
     let gpu = Qwen2::load_on(&fixture("tiny-gqa"), dev).unwrap();
     let prompts: Vec<Vec<u32>> = vec![tok.encode("Once upon a time").unwrap(), tok.encode("The cat").unwrap()];

@@ -232,21 +232,14 @@ impl PagedBatch {
             }
             tables.resize(cap, 0);
         }
-        let on_device = if device.is_cuda() {
-            let seq_of: Vec<u32> =
-                meta.iter().enumerate().flat_map(|(n, m)| std::iter::repeat_n(n as u32, m[1] as usize)).collect();
-            let flat: Vec<u32> = meta.iter().flatten().copied().collect();
-            let up = |v: Vec<u32>| Tensor::from_vec(v.clone(), v.len(), device);
-            Some(PagedBatchDevice {
-                meta: up(flat)?,
-                seq_of: up(seq_of)?,
-                tables: up(tables.clone())?,
-                slots: up(slots.clone())?,
-            })
-        } else {
-            None
-        };
-        Ok(PagedBatch { block_size, meta, tables, slots, on_device })
+        let batch = PagedBatch { block_size, meta, tables, slots, on_device: None };
+        if !device.is_cuda() {
+            return Ok(batch);
+        }
+        // Every array in one copy to the GPU; the batch reads views of it.
+        let arrays = batch.device_arrays();
+        let len = arrays.len();
+        batch.on_device_in(&Tensor::from_vec(arrays, len, device)?, 0)
     }
 
     /// The query rows of all sequences together.

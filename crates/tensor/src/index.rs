@@ -43,7 +43,8 @@ impl Tensor {
         let mut dims = self.dims().to_vec();
         dims[d] = ids.len();
         if self.device().is_cuda() {
-            return crate::cuda::ops::index_select(self, &ids, outer, size, inner, dims);
+            let ids = Tensor::from_vec(ids, dims[d], self.device())?;
+            return crate::cuda::ops::index_select_device(self, &ids, outer, size, inner, dims);
         }
         let s = self.cpu();
         let out = dispatch_all!(&*s, |v| CpuStorage::from(index::index_select(

@@ -439,8 +439,9 @@ fn upload_ids(dev: &Arc<GpuDevice>, ids: &[u32]) -> Result<CudaStorage> {
     CudaStorage::from_host(dev, &CpuStorage::U32(ids.to_vec()))
 }
 
-/// [`index_select`] with the ids already on the device (unchecked there: the kernel
-/// selects zeros for an id out of range).
+/// `out[o, j, c] = x[o, ids[j], c]` with the ids on the device (not checked against `size`
+/// there: the kernel selects zeros for an id out of range; host ids are checked before
+/// they are uploaded).
 pub(crate) fn index_select_device(
     x: &Tensor,
     ids: &Tensor,
@@ -461,33 +462,6 @@ pub(crate) fn index_select_device(
             .arg(size as i64)
             .arg(inner as i64)
             .arg(ip)
-            .arg(xp)
-            .arg(dst);
-        dev.launch("index", format!("index_select_{}", bytes_suffix(x.dtype())), linear_cfg(&dev, n), args)?;
-    }
-    Ok(out)
-}
-
-pub(crate) fn index_select(
-    x: &Tensor,
-    ids: &[u32],
-    outer: usize,
-    size: usize,
-    inner: usize,
-    dims: Vec<usize>,
-) -> Result<Tensor> {
-    let (x, xp) = contiguous(x)?;
-    let (dev, _) = raw(&x);
-    let (out, dst) = empty(&dev, x.dtype(), dims)?;
-    let n = outer * ids.len() * inner;
-    if n > 0 {
-        let idv = upload_ids(&dev, ids)?;
-        let args = Args::new()
-            .arg(outer as i64)
-            .arg(ids.len() as i64)
-            .arg(size as i64)
-            .arg(inner as i64)
-            .arg(idv.ptr())
             .arg(xp)
             .arg(dst);
         dev.launch("index", format!("index_select_{}", bytes_suffix(x.dtype())), linear_cfg(&dev, n), args)?;
