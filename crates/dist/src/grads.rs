@@ -21,8 +21,10 @@ pub const DEFAULT_BUCKET_ELEMS: usize = 25 * (1 << 20) / 4;
 /// buckets on every rank, and summed in place, parameter by parameter, so every rank adds
 /// the same values in the same order and ends with the same bits. A parameter that has a
 /// gradient on some rank but not on this one gets one here (the others' sum); one without
-/// a gradient anywhere stays without (each bucket first sums one flag per parameter
-/// saying which ranks have one).
+/// a gradient anywhere stays without. Which ranks have which gradients is agreed once per
+/// call, by one small collective after the last bucket, not once per bucket: a bucket is
+/// summed with zeros standing for the gradients this rank lacks, and those sums are
+/// dropped afterwards where no rank had the gradient.
 ///
 /// For the result to be the gradient of the global batch, each rank's loss must be its
 /// shard's part of the global loss times the world size: with a loss normalised by a
@@ -153,12 +155,23 @@ where
         (results, outcome)
     });
     outcome?;
-    for (k, r) in results.into_iter().enumerate() {
-        // Gradients this rank lacked and others had arrive as new tensors.
-        for (p, new) in params[buckets[k].clone()].iter().zip(r?) {
-            if let Some(t) = new {
-                grads.add(p.id(), t).map_err(Error::from)?;
-            }
+    let mut sums: Vec<Option<Tensor>> = Vec::with_capacity(params.len());
+    for r in results {
+        sums.extend(r?);
+    }
+    if sums.len() != params.len() {
+        return Err(Error::Invalid("the all-reduce thread stopped before the last bucket".into()).into());
+    }
+    // Which parameters have a gradient on some rank: one collective for the whole call.
+    let mut present: Vec<f32> = sums.iter().map(|sum| if sum.is_none() { 1.0 } else { 0.0 }).collect();
+    comm.all_reduce_sum(&mut present)?;
+    for ((p, sum), &anywhere) in params.iter().zip(sums).zip(&present) {
+        // A gradient this rank lacked arrives as a new tensor: others' sum, or zeros
+        // where no rank had one, which stays without.
+        if let Some(t) = sum
+            && anywhere > 0.0
+        {
+            grads.add(p.id(), t).map_err(Error::from)?;
         }
     }
     // GPU communicators queue the sums on the device's stream: wait for them here, where
@@ -167,11 +180,10 @@ where
     Ok(ReduceStats { buckets: buckets.len(), during_backward })
 }
 
-/// All-reduces one bucket: first which ranks have each parameter's gradient (one small
-/// collective), then each gradient some rank has, in place in its own storage (no
+/// All-reduces one bucket, gradient by gradient, in place in their own storage (no
 /// packing: [`Communicator::all_reduce_tensor`] sums host gradients where they sit, and
-/// NCCL sums GPU ones on the device). Returns, per parameter, the summed gradient where
-/// this rank had none.
+/// NCCL sums GPU ones on the device). A gradient this rank lacks takes part as zeros; the
+/// result holds, per parameter, that sum (`None` where this rank had the gradient).
 fn reduce_bucket<C: Communicator + ?Sized>(
     comm: &mut C,
     params: &[&Param],
@@ -190,14 +202,8 @@ fn reduce_bucket<C: Communicator + ?Sized>(
             )));
         }
     }
-    let mut flags: Vec<f32> = tensors.iter().map(|t| if t.is_some() { 1.0 } else { 0.0 }).collect();
-    comm.all_reduce_sum(&mut flags)?;
     let mut out = Vec::with_capacity(params.len());
-    for ((p, t), &flag) in params.iter().zip(tensors).zip(&flags) {
-        if flag == 0.0 {
-            out.push(None); // no rank has a gradient for it
-            continue;
-        }
+    for (p, t) in params.iter().zip(tensors) {
         match t {
             Some(t) => {
                 comm.all_reduce_tensor(t, reduce)?;

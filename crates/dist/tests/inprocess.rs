@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use artist_autograd::{Gradients, Param};
-use artist_dist::{Communicator, Error, InProcess, all_reduce_gradients, broadcast_params, shard_range};
+use artist_dist::{Communicator, Error, InProcess, Reduce, all_reduce_gradients, broadcast_params, shard_range};
 use artist_tensor::{Device, Tensor};
 
 /// Runs `f` on every rank of a fresh group, each in its own thread; results in rank order.
@@ -154,10 +154,44 @@ fn param(name: &str, v: Vec<f32>) -> Param {
     Param::new(name, Tensor::from_vec(v, n, Device::Cpu).unwrap())
 }
 
+/// An [`InProcess`] rank that counts its host collectives and its tensor all-reduces.
+struct Counting {
+    inner: InProcess,
+    host_sums: usize,
+    tensor_sums: usize,
+}
+
+impl Communicator for Counting {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.inner.world_size()
+    }
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> artist_dist::Result<()> {
+        self.host_sums += 1;
+        self.inner.all_reduce_sum(buf)
+    }
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> artist_dist::Result<()> {
+        self.inner.broadcast(buf, root)
+    }
+    fn all_gather(&mut self, buf: &[f32]) -> artist_dist::Result<Vec<f32>> {
+        self.inner.all_gather(buf)
+    }
+    fn barrier(&mut self) -> artist_dist::Result<()> {
+        self.inner.barrier()
+    }
+    fn all_reduce_tensor(&mut self, t: &Tensor, reduce: Reduce) -> artist_dist::Result<()> {
+        self.tensor_sums += 1;
+        self.inner.all_reduce_tensor(t, reduce)
+    }
+}
+
 #[test]
 fn gradients_are_averaged_in_buckets_and_params_broadcast() {
     for bucket in [1, 3, 1000] {
-        let out = run(4, T, |mut c| {
+        let out = run(4, T, |c| {
+            let mut c = Counting { inner: c, host_sums: 0, tensor_sums: 0 };
             let r = c.rank() as f32;
             let params = [param("a", vec![r; 2]), param("b", vec![r; 3]), param("c", vec![0.0; 4]), {
                 let mut p = param("frozen", vec![r; 1]);
@@ -172,12 +206,16 @@ fn gradients_are_averaged_in_buckets_and_params_broadcast() {
             if c.rank() == 3 {
                 grads.add(params[1].id(), Tensor::from_vec(vec![4.0, 8.0, 12.0], 3, Device::Cpu).unwrap()).unwrap();
             }
+            c.host_sums = 0;
             all_reduce_gradients(&mut c, &refs, &mut grads, bucket).unwrap();
             let values: Vec<Vec<f32>> = params.iter().map(|p| p.value().to_vec::<f32>().unwrap()).collect();
             let g = |i: usize| grads.get(params[i].id()).map(|t| t.to_vec::<f32>().unwrap());
-            (values, g(0), g(1), g(2))
+            (values, g(0), g(1), g(2), c.host_sums, c.tensor_sums)
         });
-        for (values, a, b, c) in out {
+        for (values, a, b, c, host_sums, tensor_sums) in out {
+            // One small collective agrees on which gradients exist, whatever the number of
+            // buckets; then one sum per trainable parameter, where the gradients are.
+            assert_eq!((host_sums, tensor_sums), (1, 3), "bucket {bucket}");
             assert_eq!(values, vec![vec![0.0; 2], vec![0.0; 3], vec![0.0; 4], vec![0.0]]);
             assert_eq!(a, Some(vec![1.5, 1.0]));
             assert_eq!(b, Some(vec![1.0, 2.0, 3.0]));

@@ -25,6 +25,40 @@ use crate::{Error, Qwen2Config, Result};
 /// Positions per block unless asked otherwise (vLLM's default).
 pub const DEFAULT_BLOCK_SIZE: usize = 16;
 
+/// How a cache's decode steps (one new token for every sequence of the step) run on a GPU.
+/// On the CPU they always run as [`DecodeSteps::Eager`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DecodeSteps {
+    /// Each step's kernels are launched for its own number of sequences.
+    #[default]
+    Eager,
+    /// Each step is padded to a capture size ([`graph_batch_size`]) with rows that write
+    /// and read only a spare block of the cache, and launched eagerly: the shapes and bits
+    /// of [`DecodeSteps::Graphed`], without graphs.
+    Padded,
+    /// Padded as [`DecodeSteps::Padded`], and captured as one CUDA graph per capture size
+    /// (the first step of a size runs eagerly, the second is captured, later ones replay
+    /// it), so that a step is one launch whatever the model's depth.
+    Graphed,
+}
+
+/// The largest number of sequences a decode step is captured for; larger steps run eagerly
+/// (their kernels keep the GPU busy enough that launching them costs little).
+pub const MAX_GRAPH_BATCH: usize = 256;
+
+/// The number of rows a decode step of `n` sequences is padded to, as vLLM pads: 1, 2, 4,
+/// then multiples of 8 up to [`MAX_GRAPH_BATCH`] (35 sizes in all), so that a rollout whose
+/// sequences finish one by one replays a few graphs instead of capturing one per count.
+/// `None` for 0 and above [`MAX_GRAPH_BATCH`].
+pub fn graph_batch_size(n: usize) -> Option<usize> {
+    match n {
+        0 => None,
+        1..=4 => Some(n.next_power_of_two()),
+        _ if n <= MAX_GRAPH_BATCH => Some(n.div_ceil(8) * 8),
+        _ => None,
+    }
+}
+
 /// What a cache holds and has held, for logs and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KvUsage {
@@ -77,6 +111,9 @@ pub struct KvCache {
     max_len: usize,
     peak_blocks: usize,
     cow_copies: usize,
+    /// A block in no table, allocated on first use: the padding rows of decode steps write
+    /// their keys and values there and attend to them, touching no sequence.
+    pad: Option<u32>,
     /// Decode steps captured as CUDA graphs (on a GPU).
     pub(crate) graphs: crate::qwen2::DecodeGraphs,
 }
@@ -113,8 +150,10 @@ impl KvCache {
                 "a KV cache needs at least one slot and one position (got {slots} x {max_len})"
             )));
         }
+        // One block more than the slots can fill: the padding rows' block.
         let max_blocks = slots
             .checked_mul(blocks_for(max_len, block_size))
+            .and_then(|b| b.checked_add(1))
             .filter(|&b| b <= u32::MAX as usize)
             .ok_or_else(|| Error::Input(format!("a KV cache of {slots} slots x {max_len} positions is too large")))?;
         // Room for every slot's first 256 positions at the start; more as needed.
@@ -135,6 +174,7 @@ impl KvCache {
             max_len,
             peak_blocks: 0,
             cow_copies: 0,
+            pad: None,
             graphs: Default::default(),
         };
         let alloc = || cache.pool(initial);
@@ -278,6 +318,20 @@ impl KvCache {
         Ok(())
     }
 
+    /// The block padding rows use (see [`DecodeSteps::Padded`]), allocated on the first call
+    /// and kept: it is in no table, and is not counted as in use.
+    pub(crate) fn pad_block(&mut self) -> Result<u32> {
+        if let Some(b) = self.pad {
+            return Ok(b);
+        }
+        let peak = self.peak_blocks;
+        let b = self.allocate()?;
+        self.in_use -= 1;
+        self.peak_blocks = peak;
+        self.pad = Some(b);
+        Ok(b)
+    }
+
     /// Makes room for `slot` to grow to `new_len` positions: allocates the blocks it lacks and
     /// gives it its own copy of a shared block it is about to write into. Called before the
     /// model writes positions `len(slot)..new_len`.
@@ -366,16 +420,26 @@ impl KvCache {
         Ok(q.paged_attention_batch(&self.k[layer], &self.v[layer], batch, scale)?.0)
     }
 
-    /// Whether decode steps (one token per sequence) on a GPU run as captured CUDA graphs
-    /// (off unless set; the rollout engine sets it). The results are the same bits either
-    /// way. While a graph is captured no other thread may use the device: its work would
-    /// join the graph (CUDA's rule for a capturing stream, and all work on a device goes
-    /// through one stream).
+    /// Whether decode steps on a GPU run as captured CUDA graphs ([`DecodeSteps::Graphed`])
+    /// or eagerly ([`DecodeSteps::Eager`], the default; the rollout engine turns graphs on).
     pub fn set_cuda_graphs(&mut self, on: bool) {
-        self.graphs.enabled = on && self.device.is_cuda();
-        if !self.graphs.enabled {
+        self.set_decode_steps(if on { DecodeSteps::Graphed } else { DecodeSteps::Eager });
+    }
+
+    /// How decode steps run on a GPU (ignored on the CPU). Graphed steps give the bits of
+    /// padded eager ones; whether padding changes a bit depends on the kernels (cuBLAS may
+    /// pick another algorithm for another number of rows). While a graph is captured no
+    /// other thread may use the device: its work would join the graph (CUDA's rule for a
+    /// capturing stream, and all work on a device goes through one stream).
+    pub fn set_decode_steps(&mut self, steps: DecodeSteps) {
+        self.graphs.steps = if self.device.is_cuda() { steps } else { DecodeSteps::Eager };
+        if self.graphs.steps != DecodeSteps::Graphed {
             self.graphs.captured.clear();
         }
+    }
+
+    pub fn decode_steps(&self) -> DecodeSteps {
+        self.graphs.steps
     }
 
     /// Decode-step graphs captured, and replays of them, so far.
@@ -500,6 +564,49 @@ mod tests {
         assert_eq!(u.blocks_in_use, 150 + 75);
         assert_eq!(keys(&c, 0), (0..600).map(|p| p as f32).collect::<Vec<_>>());
         assert_eq!(keys(&c, 1), (0..300).map(|p| 5000.0 + p as f32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn decode_steps_pad_to_vllm_capture_sizes() {
+        let padded: Vec<Option<usize>> = [0, 1, 2, 3, 4, 5, 8, 9, 17, 255, 256, 257].map(graph_batch_size).to_vec();
+        let want = [
+            None,
+            Some(1),
+            Some(2),
+            Some(4),
+            Some(4),
+            Some(8),
+            Some(8),
+            Some(16),
+            Some(24),
+            Some(256),
+            Some(256),
+            None,
+        ];
+        assert_eq!(padded, want);
+        let sizes: std::collections::BTreeSet<usize> = (1..=MAX_GRAPH_BATCH).filter_map(graph_batch_size).collect();
+        assert_eq!(sizes.len(), 35);
+        assert!((1..=MAX_GRAPH_BATCH).all(|n| graph_batch_size(n).is_some_and(|b| b >= n)));
+    }
+
+    #[test]
+    fn the_padding_block_is_in_no_table_and_not_counted() {
+        // Two slots of two blocks each fill the pools; the padding block is one more.
+        let mut c = KvCache::paged(&config(), 2, 8, 4, Device::Cpu).unwrap();
+        fill(&mut c, 0, 8, 0.0);
+        fill(&mut c, 1, 8, 100.0);
+        let pad = c.pad_block().unwrap();
+        assert_eq!(c.pad_block().unwrap(), pad, "allocated once");
+        let u = c.usage();
+        assert_eq!((u.blocks_in_use, u.peak_blocks, u.capacity_blocks), (4, 4, 5));
+        assert!(!c.block_table(0).contains(&pad) && !c.block_table(1).contains(&pad));
+        c.clear(0);
+        c.clear(1);
+        assert_eq!(c.usage().blocks_in_use, 0);
+        fill(&mut c, 0, 8, 7.0);
+        fill(&mut c, 1, 8, 9.0);
+        assert!(!c.block_table(0).contains(&pad) && !c.block_table(1).contains(&pad));
+        assert!(c.reserve(0, 9).is_err());
     }
 
     #[test]

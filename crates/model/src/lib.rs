@@ -12,6 +12,6 @@ mod weights;
 
 pub use config::Qwen2Config;
 pub use error::{Error, Result};
-pub use kv_cache::{DEFAULT_BLOCK_SIZE, KvCache, KvUsage};
+pub use kv_cache::{DEFAULT_BLOCK_SIZE, DecodeSteps, KvCache, KvUsage, MAX_GRAPH_BATCH, graph_batch_size};
 pub use qwen2::{Qwen2, Rows, SeqInput};
 pub use weights::{RandomWeights, WeightSource, Weights, save_safetensors};

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use artist_autograd::{Ctx, Param, Var, checkpoint};
 use artist_tensor::{DType, Device, PagedBatch, Tensor, rope_tables};
 
-use crate::{Error, KvCache, Qwen2Config, Result, WeightSource, Weights};
+use crate::{DecodeSteps, Error, KvCache, Qwen2Config, Result, WeightSource, Weights, graph_batch_size};
 
 /// Tokens appended to the sequence held in cache slot `slot`.
 #[derive(Debug, Clone, Copy)]
@@ -104,7 +104,7 @@ struct Paged {
 /// the model's weights do within one rollout).
 #[derive(Default)]
 pub(crate) struct DecodeGraphs {
-    pub enabled: bool,
+    pub steps: DecodeSteps,
     /// Shapes run once eagerly (the next step of one captures it).
     pub seen: std::collections::HashSet<GraphKey>,
     /// The graphs captured, by shape.
@@ -113,11 +113,11 @@ pub(crate) struct DecodeGraphs {
     pub replays: u64,
 }
 
-/// The number of sequences and the KV pools' addresses.
+/// The padded number of rows and the KV pools' addresses.
 pub(crate) type GraphKey = (usize, Vec<u64>);
 
-/// Graphs a cache keeps at most (one per number of sequences decoding together).
-const MAX_DECODE_GRAPHS: usize = 16;
+/// Graphs a cache keeps at most: one per capture size ([`graph_batch_size`]).
+const MAX_DECODE_GRAPHS: usize = 35;
 
 pub(crate) struct CapturedDecode {
     graph: artist_tensor::cuda::Graph,
@@ -518,43 +518,49 @@ impl Qwen2 {
     pub fn forward_hidden(&self, inputs: &[SeqInput], cache: &mut KvCache, rows: Rows) -> Result<Tensor> {
         let _range = artist_tensor::nvtx::range("forward");
         self.check_inputs(inputs, cache)?;
-        if cache.graphs.enabled && inputs.iter().all(|s| s.tokens.len() == 1) {
-            return self.decode_step_graphed(inputs, cache);
+        if cache.graphs.steps != DecodeSteps::Eager && inputs.iter().all(|s| s.tokens.len() == 1) {
+            return self.decode_step_padded(inputs, cache);
         }
         self.forward_hidden_eager(inputs, cache, rows)
     }
 
-    /// A decode step (one token per sequence) on a GPU through a captured CUDA graph: the
-    /// whole decoder, final norm included, is one launch. The first step of a shape (the
-    /// number of sequences, and the KV pools' addresses) runs eagerly, loading every kernel;
-    /// the second captures the graph; later ones write their inputs (token ids, RoPE tables,
-    /// the batch's block tables) into the graph's input tensors and replay it. The kernels
-    /// are those of the eager path, so the results are the same bits.
-    fn decode_step_graphed(&self, inputs: &[SeqInput], cache: &mut KvCache) -> Result<Tensor> {
-        let Device::Cuda(ordinal) = cache.device() else {
+    /// A decode step (one token per sequence) on a GPU, padded to a capture size
+    /// ([`graph_batch_size`]) and, for [`DecodeSteps::Graphed`], run as a captured CUDA
+    /// graph: the whole decoder, final norm included, is one launch. The first step of a
+    /// shape (the padded number of rows, and the KV pools' addresses) runs eagerly, loading
+    /// every kernel; the second captures the graph; later ones write their inputs (token
+    /// ids, RoPE tables, the batch's block tables) into the graph's input tensors and replay
+    /// it. The kernels are those of the eager padded step, so the results are the same bits.
+    /// Padding rows decode token 0 at position 0 into the cache's spare block
+    /// ([`KvCache::pad_block`]), which no sequence reads.
+    fn decode_step_padded(&self, inputs: &[SeqInput], cache: &mut KvCache) -> Result<Tensor> {
+        let (Device::Cuda(ordinal), Some(rows)) = (cache.device(), graph_batch_size(inputs.len())) else {
             return self.forward_hidden_eager(inputs, cache, Rows::Last);
         };
-        // Reserving may grow the pools (new addresses): the key is taken after it.
+        // Allocating and reserving may grow the pools (new addresses): the key comes after.
+        let pad = cache.pad_block()?;
         for s in inputs {
             cache.reserve(s.slot, cache.len(s.slot) + 1)?;
         }
-        let key = (inputs.len(), cache.pool_addresses()?);
-        let ready = cache.graphs.captured.contains_key(&key);
-        if !ready && !cache.graphs.seen.contains(&key) {
-            cache.graphs.seen.insert(key);
-            return self.forward_hidden_eager(inputs, cache, Rows::Last);
-        }
+        let graphed = cache.graphs.steps == DecodeSteps::Graphed;
+        let key = (rows, cache.pool_addresses()?);
+        let ready = graphed && cache.graphs.captured.contains_key(&key);
+        let eager = !graphed || (!ready && cache.graphs.seen.insert(key.clone()));
         // Every input a replay reads, in two host buffers, so that a step costs two copies
         // to the GPU and one launch: token ids and the batch's arrays (u32), and the RoPE
         // tables (f32, cos then sin).
         let c = &self.config;
         let n = inputs.len();
-        let pos: Vec<u32> = inputs.iter().map(|s| cache.len(s.slot) as u32).collect();
-        let tables: Vec<(usize, usize, &[u32])> =
+        let pad_table = [pad];
+        let mut pos: Vec<u32> = inputs.iter().map(|s| cache.len(s.slot) as u32).collect();
+        pos.resize(rows, 0);
+        let mut tables: Vec<(usize, usize, &[u32])> =
             inputs.iter().map(|s| (cache.len(s.slot), 1, cache.table(s.slot))).collect();
-        let capacity = n * cache.max_blocks_per_slot();
+        tables.resize(rows, (0, 1, &pad_table[..]));
+        let capacity = rows * cache.max_blocks_per_slot();
         let batch = PagedBatch::with_table_capacity(&tables, cache.block_size(), Device::Cpu, capacity)?;
         let mut ints: Vec<u32> = inputs.iter().map(|s| s.tokens[0]).collect();
+        ints.resize(rows, 0);
         ints.extend(batch.device_arrays());
         let (cos, sin) = rope_tables(&pos, c.head_dim, c.rope_theta as f32, Device::Cpu)?;
         let mut rope = cos.to_vec::<f32>()?;
@@ -565,49 +571,55 @@ impl Qwen2 {
             g.rope.write_host(&rope)?;
             g.graph.replay()?;
             cache.graphs.replays += 1;
-            g.out.copy()?
+            g.out.narrow(0, 0, n)?.copy()?
         } else {
             let len = ints.len();
             let ints_dev = Tensor::from_vec(ints, len, self.device)?;
-            let rope_dev = Tensor::from_vec(rope, (2, n, c.head_dim / 2), self.device)?;
+            let rope_dev = Tensor::from_vec(rope, (2, rows, c.head_dim / 2), self.device)?;
             let paged = Paged {
-                batch: batch.on_device_in(&ints_dev, n)?,
-                cos: rope_dev.narrow(0, 0, 1)?.reshape((n, c.head_dim / 2))?,
-                sin: rope_dev.narrow(0, 1, 1)?.reshape((n, c.head_dim / 2))?,
+                batch: batch.on_device_in(&ints_dev, rows)?,
+                cos: rope_dev.narrow(0, 0, 1)?.reshape((rows, c.head_dim / 2))?,
+                sin: rope_dev.narrow(0, 1, 1)?.reshape((rows, c.head_dim / 2))?,
             };
-            let ids = ints_dev.narrow(0, 0, n)?;
-            // Graphs of pools that are gone, or too many, give their memory back first.
-            let pools = &key.1;
-            cache.graphs.captured.retain(|k, _| &k.1 == pools);
-            if cache.graphs.captured.len() >= MAX_DECODE_GRAPHS {
-                cache.graphs.captured.clear();
-            }
-            let mut result = None;
-            let captured = artist_tensor::cuda::capture(ordinal, || {
-                result = Some(self.decode_final(&ids, cache, &paged));
-                Ok(())
-            });
-            let (graph, out) = match (captured, result) {
-                (Ok((graph, ())), Some(Ok(out))) => (graph, out),
-                // A capture the driver refuses must not stop the rollouts: this cache
-                // decodes eagerly from now on (nothing of the step ran: it was recorded).
-                (Err(e), _) | (_, Some(Err(Error::Tensor(e)))) => {
-                    eprintln!("CUDA graph capture failed ({e}); decode steps run eagerly");
-                    cache.set_cuda_graphs(false);
-                    return self.forward_hidden_eager(inputs, cache, Rows::Last);
+            let ids = ints_dev.narrow(0, 0, rows)?;
+            if eager {
+                self.decode_final(&ids, cache, &paged)?.narrow(0, 0, n)?.copy()?
+            } else {
+                // Graphs of pools that are gone, or too many, give their memory back first.
+                let pools = &key.1;
+                cache.graphs.captured.retain(|k, _| &k.1 == pools);
+                if cache.graphs.captured.len() >= MAX_DECODE_GRAPHS {
+                    cache.graphs.captured.clear();
                 }
-                (_, Some(Err(e))) => return Err(e),
-                (Ok(_), None) => return Err(Error::Input("the graph capture did not run the decode step".into())),
-            };
-            graph.replay()?;
-            cache.graphs.captures += 1;
-            let copy = out.copy()?;
-            // `paged` holds views of the two buffers: kept, they keep the graph's inputs alive.
-            cache
-                .graphs
-                .captured
-                .insert(key, CapturedDecode { graph, ints: ints_dev, rope: rope_dev, _paged: paged, out });
-            copy
+                let mut result = None;
+                let captured = artist_tensor::cuda::capture(ordinal, || {
+                    result = Some(self.decode_final(&ids, cache, &paged));
+                    Ok(())
+                });
+                let (graph, out) = match (captured, result) {
+                    (Ok((graph, ())), Some(Ok(out))) => (graph, out),
+                    // A capture the driver refuses must not stop the rollouts: this cache
+                    // decodes eagerly from now on (nothing of the step ran: it was recorded).
+                    (Err(e), _) | (_, Some(Err(Error::Tensor(e)))) => {
+                        eprintln!("CUDA graph capture failed ({e}); decode steps run eagerly");
+                        cache.set_decode_steps(DecodeSteps::Eager);
+                        return self.forward_hidden_eager(inputs, cache, Rows::Last);
+                    }
+                    (_, Some(Err(e))) => return Err(e),
+                    (Ok(_), None) => {
+                        return Err(Error::Input("the graph capture did not run the decode step".into()));
+                    }
+                };
+                graph.replay()?;
+                cache.graphs.captures += 1;
+                let copy = out.narrow(0, 0, n)?.copy()?;
+                // `paged` holds views of the two buffers: kept, they keep the graph's inputs alive.
+                cache
+                    .graphs
+                    .captured
+                    .insert(key, CapturedDecode { graph, ints: ints_dev, rope: rope_dev, _paged: paged, out });
+                copy
+            }
         };
         for s in inputs {
             cache.advance(s.slot, 1);
