@@ -162,6 +162,10 @@ where
     if sums.len() != params.len() {
         return Err(Error::Invalid("the all-reduce thread stopped before the last bucket".into()).into());
     }
+    // GPU communicators queue the sums on a stream of their own: wait for them here, where a
+    // dead or hung rank can still be reported within the timeout, and before any of the
+    // tensors they read is dropped.
+    comm.synchronize()?;
     // Which parameters have a gradient on some rank: one collective for the whole call.
     let mut present: Vec<f32> = sums.iter().map(|sum| if sum.is_none() { 1.0 } else { 0.0 }).collect();
     comm.all_reduce_sum(&mut present)?;
@@ -174,9 +178,6 @@ where
             grads.add(p.id(), t).map_err(Error::from)?;
         }
     }
-    // GPU communicators queue the sums on the device's stream: wait for them here, where
-    // a dead or hung rank can still be reported within the timeout.
-    comm.synchronize()?;
     Ok(ReduceStats { buckets: buckets.len(), during_backward })
 }
 

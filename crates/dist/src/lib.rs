@@ -82,15 +82,18 @@ pub trait Communicator: Send {
     /// `t` (F32, contiguous, on any device) becomes its sum or mean over ranks, in place,
     /// as [`Communicator::all_reduce_sum`] / [`Communicator::all_reduce_mean`] make a host
     /// buffer. The default goes through host memory; [`Nccl`] reduces GPU tensors where
-    /// they are, queued on the device's stream (finished by
-    /// [`Communicator::synchronize`]).
+    /// they are, queued on a stream of its own and finished by
+    /// [`Communicator::synchronize`]: until then `t` must stay alive, and no other work
+    /// may read or write it.
     fn all_reduce_tensor(&mut self, t: &Tensor, reduce: Reduce) -> Result<()> {
         all_reduce_through_host(self, t, reduce)
     }
 
     /// Every tensor of `ts` becomes `root`'s, whatever its dtype and device. The default
     /// packs them into host buffers of about [`DEFAULT_BUCKET_ELEMS`] values, widened to
-    /// f32 (exact for bf16 and f16), one broadcast per buffer.
+    /// f32 (exact for bf16 and f16), one broadcast per buffer. As with
+    /// [`Communicator::all_reduce_tensor`], GPU communicators finish the broadcasts only
+    /// at [`Communicator::synchronize`], and the tensors must live and rest until then.
     fn broadcast_tensors(&mut self, ts: &[&Tensor], root: usize) -> Result<()> {
         grads::broadcast_through_host(self, ts, root)
     }

@@ -131,7 +131,14 @@ fn nccl_dtype(d: DType) -> Option<c_int> {
 }
 
 /// One GPU rank's NCCL communicator: one process per GPU, collectives queued on the
-/// tensor crate's stream for the device ([`cuda::raw_stream`]).
+/// tensor crate's side stream for the device ([`cuda::side_stream`]), so that they run
+/// beside backward's kernels on the main stream rather than taking turns with them.
+///
+/// Each collective first makes the side stream wait for everything queued on the main
+/// stream so far (an event: the gradients it sums are final), and
+/// [`Communicator::synchronize`] makes the main stream wait for the side stream before it
+/// waits for both. Until then the tensors handed over must stay alive and untouched by
+/// other work, as [`crate::all_reduce_gradients_overlapped`] keeps them.
 ///
 /// `libnccl` is loaded at run time (a build needs no NCCL, and a machine without it gets
 /// an error naming where it was looked for); its types and constants are cudarc's
@@ -288,13 +295,15 @@ impl Nccl {
         }
     }
 
-    /// Queues one collective on the device's stream: `call` gets the stream.
+    /// Queues one collective on the device's side stream, after all the work queued on the
+    /// main stream so far: `call` gets the stream.
     fn queue(&mut self, what: &str, call: impl FnOnce(&Api, Stream) -> c_int) -> Result<()> {
         if let Some(e) = &self.failed {
             return Err(Error::Aborted(e.to_string()));
         }
         let a = api()?;
-        let stream = cuda::raw_stream(self.ordinal)? as Stream;
+        let stream = cuda::side_stream(self.ordinal)? as Stream;
+        cuda::side_waits_for_main(self.ordinal)?;
         let what = format!("NCCL {what} (collective #{})", self.seq);
         self.seq += 1;
         match call(a, stream) {
@@ -355,17 +364,23 @@ impl Nccl {
         t.cuda_ptr().ok().map(|p| (p, dtype))
     }
 
-    fn all_reduce_device(&mut self, t: &Tensor, ptr: u64, dtype: c_int) -> Result<()> {
+    fn all_reduce_device(&mut self, t: &Tensor, ptr: u64, dtype: c_int, reduce: Reduce) -> Result<()> {
         let n = t.elem_count();
         if n == 0 {
             return Ok(()); // nothing to sum (and no device address to hand over)
         }
         let comm = self.comm;
-        let sum = ncclRedOp_t::ncclSum as c_int;
-        // SAFETY: `ptr` holds `n` elements of `dtype` on this rank's GPU and `t` outlives
-        // the call; the sum is queued on the stream that orders all work on it.
+        // A mean is NCCL's own (`ncclAvg`, NCCL 2.10 and later): divided on the side stream,
+        // with no kernel of ours queued behind the sum.
+        let op = match reduce {
+            Reduce::Sum => ncclRedOp_t::ncclSum,
+            Reduce::Mean => ncclRedOp_t::ncclAvg,
+        } as c_int;
+        // SAFETY: `ptr` holds `n` elements of `dtype` on this rank's GPU; `t` stays alive
+        // and untouched until `synchronize` (the contract of `all_reduce_tensor`), and the
+        // side stream waits for the main one's work on it first.
         self.queue("all_reduce", |a, s| unsafe {
-            (a.all_reduce)(ptr as *const c_void, ptr as *mut c_void, n, dtype, sum, comm, s)
+            (a.all_reduce)(ptr as *const c_void, ptr as *mut c_void, n, dtype, op, comm, s)
         })
     }
 
@@ -440,7 +455,7 @@ impl Communicator for Nccl {
         let comm = self.comm;
         let f32_ = ncclDataType_t::ncclFloat32 as c_int;
         // SAFETY: `src` holds `n` and `dst` `n * world_size` f32 on this GPU; both live
-        // until the wait below.
+        // until the wait below (the side stream waits for the upload first).
         self.queue("all_gather", |a, st| unsafe {
             (a.all_gather)(s as *const c_void, d as *mut c_void, n, f32_, comm, st)
         })?;
@@ -452,20 +467,14 @@ impl Communicator for Nccl {
         self.all_reduce_sum(&mut [0.0])
     }
 
-    /// Sums on the GPU, in place, when `t` is on this rank's GPU (then divides by the
-    /// world size for a mean, as a multiplication by its inverse: the same bits as the
-    /// host's division when the world size is a power of two); through host memory
-    /// otherwise. NCCL's ring and tree sums add in an order of their own, so more than two
-    /// ranks agree with [`crate::InProcess`] to float reassociation, not to the bit.
+    /// Sums (or averages, with NCCL's `ncclAvg`: exact scaling when the world size is a
+    /// power of two) on the GPU, in place, on the side stream, when `t` is on this rank's
+    /// GPU; through host memory otherwise. NCCL's ring and tree sums add in an order of
+    /// their own, so more than two ranks agree with [`crate::InProcess`] to float
+    /// reassociation, not to the bit.
     fn all_reduce_tensor(&mut self, t: &Tensor, reduce: Reduce) -> Result<()> {
         match self.on_device(t) {
-            Some((ptr, dtype)) if t.dtype() == DType::F32 => {
-                self.all_reduce_device(t, ptr, dtype)?;
-                if reduce == Reduce::Mean && self.world_size > 1 {
-                    t.scale_in_place(1.0 / self.world_size as f32)?;
-                }
-                Ok(())
-            }
+            Some((ptr, dtype)) if t.dtype() == DType::F32 => self.all_reduce_device(t, ptr, dtype, reduce),
             _ => crate::all_reduce_through_host(self, t, reduce),
         }
     }
@@ -484,12 +493,14 @@ impl Communicator for Nccl {
         Ok(())
     }
 
-    /// Polls the device's stream until everything queued on it, the collectives included,
-    /// has finished; aborts the group at the timeout.
+    /// Makes the device's main stream wait for the collectives on the side stream, then
+    /// polls it until everything queued on it has finished; aborts the group at the
+    /// timeout.
     fn synchronize(&mut self) -> Result<()> {
         if let Some(e) = &self.failed {
             return Err(Error::Aborted(e.to_string()));
         }
+        cuda::main_waits_for_side(self.ordinal)?;
         let deadline = Instant::now() + self.timeout;
         let mut nap = Duration::from_micros(20);
         loop {

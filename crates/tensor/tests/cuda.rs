@@ -1113,3 +1113,40 @@ fn index_select_reads_device_ids_in_place() {
     let host_ids = Tensor::from_vec(vec![2u32, 7, 0], 3, Device::Cpu).unwrap();
     assert!(t.index_select(&host_ids, 0).is_err());
 }
+
+/// Work on the side stream (NCCL's) is ordered with the main stream by the two waits only:
+/// a copy queued there after `side_waits_for_main` reads what a long matrix product on the
+/// main stream wrote, and the main stream reads the copy after `main_waits_for_side`.
+#[test]
+fn side_stream_work_is_ordered_with_the_main_stream_by_events() {
+    let dev = gpu_or_skip!();
+    if cuda::backend() == cuda::Backend::Emulator {
+        // Every operation runs as it is queued: there is no stream to share, nothing to order.
+        let e = cuda::side_stream(0).unwrap_err().to_string();
+        assert!(e.contains("no stream to share"), "{e}");
+        cuda::side_waits_for_main(0).unwrap();
+        cuda::main_waits_for_side(0).unwrap();
+        return;
+    }
+    let n = 2048;
+    let a = Tensor::from_vec(rand_vec(n * n, 11, -1.0, 1.0), (n, n), dev).unwrap();
+    for round in 0..3 {
+        let c = a.matmul(&a).unwrap().matmul(&a).unwrap(); // milliseconds of main-stream work
+        let copy = Tensor::zeros((n, n), DType::F32, dev).unwrap();
+        let side = cuda::side_stream(0).unwrap();
+        cuda::side_waits_for_main(0).unwrap();
+        // SAFETY: both hold n * n f32 on device 0 and live until the reads below.
+        let r = unsafe {
+            cudarc::driver::sys::cuMemcpyDtoDAsync_v2(
+                copy.cuda_ptr().unwrap(),
+                c.cuda_ptr().unwrap(),
+                n * n * 4,
+                side as cudarc::driver::sys::CUstream,
+            )
+        };
+        assert_eq!(r, cudarc::driver::sys::CUresult::CUDA_SUCCESS);
+        cuda::main_waits_for_side(0).unwrap();
+        let (want, got) = (c.to_vec::<f32>().unwrap(), copy.to_vec::<f32>().unwrap());
+        assert!(want == got, "round {round}: the side stream's copy differs from what it copied");
+    }
+}

@@ -45,9 +45,23 @@ pub(crate) struct Driver {
     target: Mutex<Option<String>>,
     loaded: Mutex<Loaded>,
     blas: Mutex<Option<Blas>>,
+    /// The side stream ([`Runtime::side_stream`]), made on first use.
+    side: Mutex<Option<Arc<CudaStream>>>,
 }
 
 impl Driver {
+    /// The side stream, made on first use, with the context bound.
+    fn side(&self) -> Result<Arc<CudaStream>> {
+        self.bind()?;
+        let mut side = self.side.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = side.as_ref() {
+            return Ok(s.clone());
+        }
+        let s = self.ctx.new_stream().map_err(|e| cuda_err("side stream", e))?;
+        *side = Some(s.clone());
+        Ok(s)
+    }
+
     pub fn new(ordinal: usize) -> Result<Driver> {
         let ctx = CudaContext::new(ordinal).map_err(|e| Error::CudaDevice { ordinal, msg: format!("{e:?}") })?;
         let attr = |a| ctx.attribute(a).map_err(|e| cuda_err("device attribute", e));
@@ -76,6 +90,7 @@ impl Driver {
             target: Mutex::new(None),
             loaded: Mutex::new(Loaded::default()),
             blas: Mutex::new(None),
+            side: Mutex::new(None),
         })
     }
 
@@ -280,6 +295,25 @@ impl Runtime for Driver {
 
     fn raw_stream(&self) -> Option<Result<u64>> {
         Some(self.bind().map(|()| self.stream.cu_stream() as u64))
+    }
+
+    fn side_stream(&self) -> Option<Result<u64>> {
+        Some(self.side().map(|s| s.cu_stream() as u64))
+    }
+
+    fn side_waits_for_main(&self) -> Result<()> {
+        self.side()?.join(&self.stream).map_err(|e| cuda_err("side stream waits for the main one", e))
+    }
+
+    fn main_waits_for_side(&self) -> Result<()> {
+        let side = self.side.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match side {
+            Some(side) => {
+                self.bind()?;
+                self.stream.join(&side).map_err(|e| cuda_err("main stream waits for the side one", e))
+            }
+            None => Ok(()), // nothing was ever queued beside the main stream
+        }
     }
 
     fn begin_capture(&self) -> Result<()> {

@@ -176,6 +176,36 @@ pub fn raw_stream(ordinal: usize) -> Result<u64> {
     })
 }
 
+/// A second stream on device `ordinal` (a raw `CUstream`, made on first use), with the
+/// device's context made current on the calling thread: other libraries' work (NCCL's
+/// collectives) runs there beside this crate's kernels instead of taking turns with them.
+/// It is ordered with the main stream only by [`side_waits_for_main`] and
+/// [`main_waits_for_side`]. Memory a side-stream operation uses must stay alive, and
+/// untouched by other work, until the main stream waits for it: the caching allocator
+/// reuses freed memory in the main stream's order. An error under the emulator.
+pub fn side_stream(ordinal: usize) -> Result<u64> {
+    device(ordinal)?.rt.side_stream().unwrap_or_else(|| {
+        Err(Error::Cuda {
+            op: "side stream",
+            msg: "the CUDA emulator has no stream to share with other libraries".into(),
+        })
+    })
+}
+
+/// Work queued on device `ordinal`'s side stream from now on waits for all the work queued
+/// on its main stream so far (an event: the host does not wait). Nothing to do on the
+/// emulator, which runs every operation as it is queued.
+pub fn side_waits_for_main(ordinal: usize) -> Result<()> {
+    device(ordinal)?.rt.side_waits_for_main()
+}
+
+/// Work queued on device `ordinal`'s main stream from now on waits for all the work queued
+/// on its side stream so far (an event: the host does not wait). After it,
+/// [`stream_idle`] and every wait on the main stream cover the side stream's work too.
+pub fn main_waits_for_side(ordinal: usize) -> Result<()> {
+    device(ordinal)?.rt.main_waits_for_side()
+}
+
 /// Whether all work queued on device `ordinal` so far has finished, without waiting (to
 /// wait with a deadline); an error queued work raised is reported.
 pub fn stream_idle(ordinal: usize) -> Result<bool> {

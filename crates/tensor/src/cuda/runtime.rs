@@ -124,6 +124,24 @@ pub(crate) trait Runtime: Send + Sync {
     fn raw_stream(&self) -> Option<Result<u64>> {
         None
     }
+    /// A second stream, created on first use, for another library's work beside ours
+    /// (NCCL's collectives beside backward), with the context made current on the calling
+    /// thread; `None` where there is no real stream. Work on it is ordered with the main
+    /// stream only through [`Runtime::side_waits_for_main`] and
+    /// [`Runtime::main_waits_for_side`].
+    fn side_stream(&self) -> Option<Result<u64>> {
+        None
+    }
+    /// Work queued on the side stream from now on waits for all work queued on the main
+    /// stream so far (an event, no host wait).
+    fn side_waits_for_main(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Work queued on the main stream from now on waits for all work queued on the side
+    /// stream so far (an event, no host wait).
+    fn main_waits_for_side(&self) -> Result<()> {
+        Ok(())
+    }
     /// Whether all queued work has finished, without waiting; errors it raised are
     /// reported.
     fn stream_idle(&self) -> Result<bool> {
