@@ -11,9 +11,10 @@
 // (query, head) or (key, kv head); each lane holds d/32 of a row in registers (d <= 256).
 // Statistics, accumulation and gradients in f32.
 //
-// This is the correct, simple version: no tiling through shared memory or tensor cores
-// yet (issue "fast attention" replaces it), but one launch per sequence and no atomics,
-// so results are deterministic.
+// These are the correct, simple versions: no tiling through shared memory or tensor cores,
+// but one launch per sequence and no atomics, so results are deterministic. For bf16 with
+// head dim 64 or 128 the forward has a tiled tensor-core version (attn_fwd_mma_*, at the
+// end of this file).
 
 #define ATTN_MAX_CHUNKS 8  // d <= 32 * 8
 
@@ -245,3 +246,169 @@ __device__ void attn_bwd_dkv_impl(AttnShape s, const T* q, const T* k, const T* 
     }                                                                                                     \
     ARTIST_EXPORT(attn_bwd_dkv_##S)
 FLOAT_TYPES(ATTENTION)
+
+// ---- the forward on tensor cores: bf16, head dim 64 or 128 ----------------------------------
+//
+// Flash-attention-2 style. A block of four warps takes 64 query rows of one head (16 rows per
+// warp, held as mma A fragments for the whole pass) and walks the keys its rows can see in
+// tiles of 64 keys and values, staged in shared memory. Per tile each warp computes its
+// 16 x 64 scores with `mma.sync` (Q K^T), masks them, updates the running row maximum and
+// sum (f32), rescales its f32 output accumulator, and adds P V with `mma.sync`, P rounded to
+// bf16 as the A operand. The output row is divided by the sum at the end, and the
+// log-sum-exp is written for the backward. The [t x len] scores never leave registers.
+//
+// Host conditions (ops.rs): q, k, v bf16; k and v rows at 16-byte aligned addresses (row and
+// head strides multiples of 8 elements); an sm_80 or later GPU.
+
+#define MMA_BQ 64  // query rows per block (16 per warp)
+#define MMA_BK 64  // keys per tile
+#define MMA_PAD 8  // bf16 of padding per shared row: rows land on different banks
+
+template <int D>
+__device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, const bf16* k, const bf16* v,
+                                                  bf16* out, float* lse) {
+    constexpr int KC = D / 16;        // k-steps of Q K^T (16 of the head dim each)
+    constexpr int NT = MMA_BK / 8;    // 8-key column tiles of the scores
+    constexpr int OT = D / 8;         // 8-wide column tiles of the output
+    constexpr int SR = D + MMA_PAD;   // shared row stride, in bf16
+    constexpr int CH = D / 8;         // 16-byte chunks per row
+    __align__(16) __shared__ u16 ks[MMA_BK * SR];
+    __align__(16) __shared__ u16 vs[MMA_BK * SR];
+    const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
+    const int h = (int)blockIdx.y, kvh = h / (s.heads / s.kv_heads);
+    const i64 q0 = (i64)blockIdx.x * MMA_BQ, r0 = q0 + warp * 16;
+    const i64 off = s.len - s.t;  // query i sees keys j <= i + off
+    const u16* qb = reinterpret_cast<const u16*>(q);
+    const u16* kb = reinterpret_cast<const u16*>(k) + kvh * s.k_head;
+    const u16* vb = reinterpret_cast<const u16*>(v) + kvh * s.v_head;
+
+    // The warp's rows r0 + g and r0 + g + 8 of Q as A fragments (zeros past t).
+    u32 qa[KC][4];
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            i64 row = r0 + g + 8 * (r & 1);
+            int col = kc * 16 + 2 * c + 8 * (r >> 1);
+            qa[kc][r] = row < s.t ? *reinterpret_cast<const u32*>(qb + (row * s.heads + h) * D + col) : 0u;
+        }
+    }
+    float o[OT][4];
+#pragma unroll
+    for (int ot = 0; ot < OT; ++ot) o[ot][0] = o[ot][1] = o[ot][2] = o[ot][3] = 0.0f;
+    float m[2] = {-inf_f32(), -inf_f32()}, l[2] = {0.0f, 0.0f};  // l: this lane's part of the sum
+
+    // The last key any row of the block sees.
+    i64 last_row = (q0 + MMA_BQ < s.t ? q0 + MMA_BQ : s.t) - 1;
+    i64 kmax = last_row + off < s.len - 1 ? last_row + off : s.len - 1;
+    for (i64 j0 = 0; j0 <= kmax; j0 += MMA_BK) {
+        __syncthreads();  // every warp is done with the previous tile
+        for (int i = tid; i < MMA_BK * CH; i += (int)blockDim.x) {
+            int r = i / CH, ch = i - r * CH;
+            i64 j = j0 + r;
+            u32x4 kx = {0u, 0u, 0u, 0u}, vx = {0u, 0u, 0u, 0u};
+            if (j < s.len) {
+                kx = *reinterpret_cast<const u32x4*>(kb + j * s.k_row + ch * 8);
+                vx = *reinterpret_cast<const u32x4*>(vb + j * s.v_row + ch * 8);
+            }
+            *reinterpret_cast<u32x4*>(ks + r * SR + ch * 8) = kx;
+            *reinterpret_cast<u32x4*>(vs + r * SR + ch * 8) = vx;
+        }
+        __syncthreads();
+
+        // Scores: sc[nt] is the 16 x 8 tile of keys j0 + 8 nt ...
+        float sc[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+            const u16* krow = ks + (nt * 8 + g) * SR + 2 * c;  // B[k][n] = K[n][k]
+#pragma unroll
+            for (int kc = 0; kc < KC; ++kc) {
+                u32 b[2] = {*reinterpret_cast<const u32*>(krow + kc * 16),
+                            *reinterpret_cast<const u32*>(krow + kc * 16 + 8)};
+                mma_bf16_16816(sc[nt], qa[kc], b);
+            }
+        }
+        // Scale, mask, and the running maximum of rows g (e < 2) and g + 8 (e >= 2).
+        float mx[2] = {-inf_f32(), -inf_f32()};
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                i64 row = r0 + g + 8 * (e >> 1), key = j0 + nt * 8 + 2 * c + (e & 1);
+                float x = key <= row + off && key < s.len ? sc[nt][e] * s.scale : -inf_f32();
+                sc[nt][e] = x;
+                mx[e >> 1] = fmaxf(mx[e >> 1], x);
+            }
+        }
+        float base[2], corr[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
+            float m_new = fmaxf(m[r], mx[r]);
+            base[r] = m_new == -inf_f32() ? 0.0f : m_new;  // a row with no key yet
+            corr[r] = expf(m[r] - base[r]);                // 0 while m is -inf
+            m[r] = m_new;
+            l[r] *= corr[r];
+        }
+#pragma unroll
+        for (int ot = 0; ot < OT; ++ot) {
+            o[ot][0] *= corr[0];
+            o[ot][1] *= corr[0];
+            o[ot][2] *= corr[1];
+            o[ot][3] *= corr[1];
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float p = expf(sc[nt][e] - base[e >> 1]);
+                sc[nt][e] = p;
+                l[e >> 1] += p;
+            }
+        }
+        // O += P V: the scores' C fragments of two key tiles are the A fragment of 16 keys.
+#pragma unroll
+        for (int kc = 0; kc < MMA_BK / 16; ++kc) {
+            u32 pa[4] = {pack_bf16(sc[2 * kc][0], sc[2 * kc][1]), pack_bf16(sc[2 * kc][2], sc[2 * kc][3]),
+                         pack_bf16(sc[2 * kc + 1][0], sc[2 * kc + 1][1]),
+                         pack_bf16(sc[2 * kc + 1][2], sc[2 * kc + 1][3])};
+            const u16* v0 = vs + (kc * 16 + 2 * c) * SR + g;  // B[k][n] = V[k][n]
+#pragma unroll
+            for (int ot = 0; ot < OT; ++ot) {
+                const u16* vp = v0 + ot * 8;
+                u32 b[2] = {(u32)vp[0] | ((u32)vp[SR] << 16), (u32)vp[8 * SR] | ((u32)vp[9 * SR] << 16)};
+                mma_bf16_16816(o[ot], pa, b);
+            }
+        }
+    }
+
+    // The whole row's sum, over the four lanes that share it; then the output and the
+    // log-sum-exp.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(FULL_MASK, l[r], 1);
+        l[r] += __shfl_xor_sync(FULL_MASK, l[r], 2);
+    }
+    u16* ob = reinterpret_cast<u16*>(out);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        i64 row = r0 + g + 8 * r;
+        if (row >= s.t) continue;
+        float inv = 1.0f / l[r];
+        u32* dst = reinterpret_cast<u32*>(ob + (row * s.heads + h) * D + 2 * c);
+#pragma unroll
+        for (int ot = 0; ot < OT; ++ot) dst[ot * 4] = pack_bf16(o[ot][2 * r] * inv, o[ot][2 * r + 1] * inv);
+        if (c == 0) lse[(i64)h * s.t + row] = m[r] + logf(l[r]);
+    }
+}
+
+#define ATTENTION_MMA(D)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) attn_fwd_mma_d##D##_bf16(                            \
+        AttnShape s, const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse) {                 \
+        attn_fwd_mma_impl<D>(s, q, k, v, out, lse);                                                        \
+    }                                                                                                      \
+    ARTIST_EXPORT(attn_fwd_mma_d##D##_bf16)
+ATTENTION_MMA(64)
+ATTENTION_MMA(128)

@@ -246,6 +246,69 @@ __device__ __forceinline__ i64 global_threads() { return (i64)gridDim.x * blockD
 
 #define GRID_STRIDE(i, n) for (i64 i = global_thread(); i < (n); i += global_threads())
 
+// ---- tensor cores ---------------------------------------------------------------------------
+
+// 16 bytes, for vector loads and stores (the address must be 16-byte aligned).
+struct __align__(16) u32x4 {
+    u32 x, y, z, w;
+};
+
+// Two bf16 in one register, `lo` in the low half (the lower index of a fragment pair).
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+    return (u32)from_f32<bf16>(lo).bits | ((u32)from_f32<bf16>(hi).bits << 16);
+}
+
+// d += A B for one warp on the tensor cores: A 16x16 bf16, B 16x8 bf16, d 16x8 f32 (PTX
+// `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`, sm_80 and later). Each lane holds
+// fragments, with g = lane / 4 and c = lane % 4 and two bf16 per register:
+//   a[0] = A[g][2c, 2c+1]   a[1] = A[g+8][2c, 2c+1]   a[2] = A[g][2c+8, 2c+9]   a[3] = A[g+8][2c+8, 2c+9]
+//   b[0] = B[2c, 2c+1][g]   b[1] = B[2c+8, 2c+9][g]
+//   d[0], d[1] = D[g][2c, 2c+1]   d[2], d[3] = D[g+8][2c, 2c+1]
+// The emulator gathers the whole of A's rows and B's columns a lane needs through warp
+// shuffles and computes the same products in f32 (bf16 products are exact in f32; the
+// order of the sum is the hardware's own, so results agree to f32 rounding).
+__device__ __forceinline__ void mma_bf16_16816(float d[4], const u32 a[4], const u32 b[2]) {
+#ifdef ARTIST_EMULATOR
+    const int lane = (int)(threadIdx.x & 31), g = lane >> 2, c = lane & 3;
+    float arow[2][16], bcol[2][16];  // A's rows g and g+8; B's columns 2c and 2c+1
+    for (int t = 0; t < 4; ++t) {
+        // Lane 4g + t holds A[g][2t..], A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..].
+        int src = (g << 2) | t;
+        for (int r = 0; r < 4; ++r) {
+            u32 v = __shfl_sync(FULL_MASK, a[r], src);
+            int row = r & 1, col = 2 * t + ((r >> 1) << 3);
+            arow[row][col] = bits_f32(v << 16);
+            arow[row][col + 1] = bits_f32(v & 0xffff0000u);
+        }
+    }
+    for (int j = 0; j < 2; ++j) {
+        for (int t = 0; t < 4; ++t) {
+            // Lane 4n + t holds B[2t, 2t+1][n] and B[2t+8, 2t+9][n], for column n = 2c + j.
+            int src = ((2 * c + j) << 2) | t;
+            for (int r = 0; r < 2; ++r) {
+                u32 v = __shfl_sync(FULL_MASK, b[r], src);
+                int k = 2 * t + (r << 3);
+                bcol[j][k] = bits_f32(v << 16);
+                bcol[j][k + 1] = bits_f32(v & 0xffff0000u);
+            }
+        }
+    }
+    for (int i = 0; i < 4; ++i) {
+        float acc = 0.0f;
+        for (int k = 0; k < 16; ++k) acc += arow[i >> 1][k] * bcol[i & 1][k];
+        d[i] += acc;
+    }
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();  // the host launches tensor-core kernels on sm_80 and later only
+#endif
+}
+
 // ---- instantiation helpers ---------------------------------------------------------------
 
 // FLOAT_TYPES(M) expands M(type, suffix) for the three float element types.

@@ -11,7 +11,8 @@
 #      NCCL: every collective, a one-rank SFT run against the in-process one (tests/nccl.rs);
 #      rollouts on the GPU against the CPU, and decode steps as CUDA graphs against eager
 #      ones (crates/engine/tests/rollout.rs);
-#   6. the kernel benchmark beside PyTorch (scripts/bench_cuda.py), a markdown table;
+#   6. the kernel benchmark beside PyTorch (scripts/bench_cuda.py), a markdown table, and
+#      the attention forward again off the tensor cores (ARTIST_ATTN_MMA=0);
 #   7. GRPO-shaped rollouts and batch-1 decode of a Qwen2.5-1.5B shape beside transformers'
 #      generate (benches/rollout.rs, scripts/bench_rollout_hf.py).
 set -uo pipefail
@@ -71,6 +72,9 @@ if ! python3 scripts/bench_cuda.py --bench "$u/cuda_kernels" --out "$out" 2>&1 |
     status=1
 fi
 grep -E "^\||ceilings" "$out/bench.log" > "$out/bench.md" 2>/dev/null
+
+step "attention forward off the tensor cores (ARTIST_ATTN_MMA=0), for the ratio"
+ARTIST_ATTN_MMA=0 "$u/cuda_kernels" --bench attention_fwd 2>&1 | tee "$out/attention_one_warp_per_row.log"
 
 step "rollouts beside transformers' generate"
 shape=(--model 1.5b --prompts "${ROLLOUT_PROMPTS:-4}" --group 8 --prompt-len 512 --new "${ROLLOUT_NEW:-128}" --decode 64)

@@ -1150,3 +1150,51 @@ fn side_stream_work_is_ordered_with_the_main_stream_by_events() {
         assert!(want == got, "round {round}: the side stream's copy differs from what it copied");
     }
 }
+
+/// The tensor-core forward (`attn_fwd_mma_d{64,128}_bf16`: bf16, head dim 64 or 128) against
+/// the CPU: prefills that are not multiples of the 64-row tiles, queries that are the last
+/// rows of a longer cache view (strided keys and values), GQA, MQA and MHA. Its
+/// probabilities are rounded to bf16 for the P V product (as flash attention does), so the
+/// output gets a bf16 tolerance; the log-sum-exp comes from f32 scores, and the backward
+/// run from both gives the CPU's gradients.
+#[test]
+fn tensor_core_attention_matches_the_cpu() {
+    let dev = gpu_or_skip!();
+    if std::env::var("ARTIST_ATTN_MMA").as_deref() == Ok("0") {
+        eprintln!("skipping: ARTIST_ATTN_MMA=0 keeps attention off the tensor cores");
+        return;
+    }
+    if cuda::info(0).unwrap().compute_capability < (8, 0) {
+        eprintln!("skipping: tensor-core attention needs compute capability 8.0");
+        return;
+    }
+    // (t, len, heads, kv_heads, d)
+    for (t, len, h, kv, d) in [(100, 100, 4, 2, 64), (37, 130, 2, 1, 128), (64, 64, 2, 2, 128), (1, 70, 4, 4, 64)] {
+        let dt = DType::BF16;
+        let q = randn(&[t, h, d], 310).to_dtype(dt).unwrap();
+        let kc = randn(&[len + 2, kv, d], 311).to_dtype(dt).unwrap();
+        let vc = randn(&[len + 2, kv, d], 312).to_dtype(dt).unwrap();
+        let (k, v) = (kc.narrow(0, 0, len).unwrap(), vc.narrow(0, 0, len).unwrap());
+        let (kg, vg) = (
+            kc.to_device(dev).unwrap().narrow(0, 0, len).unwrap(),
+            vc.to_device(dev).unwrap().narrow(0, 0, len).unwrap(),
+        );
+        let qg = q.to_device(dev).unwrap();
+        let scale = (d as f32).powf(-0.5);
+        let what = format!("tensor-core attention t {t} len {len} heads {h}/{kv} d {d}");
+        let kernel = format!("attn_fwd_mma_d{d}_bf16");
+        let before = cuda::thread_kernel_launches(&kernel);
+        let (og, lg) = qg.causal_attention(&kg, &vg, scale).unwrap();
+        assert_eq!(cuda::thread_kernel_launches(&kernel), before + 1, "{what}: {kernel} did not run");
+        let (oc, lc) = q.causal_attention(&k, &v, scale).unwrap();
+        close(&format!("{what}: out"), &og, &oc, 1.6e-2, 1e-2);
+        close(&format!("{what}: lse"), &lg, &lc, 1e-5, 1e-4);
+        let dout = randn(&[t, h, d], 313);
+        let (dqc, dkc, dvc) = q.causal_attention_backward(&k, &v, &oc, &lc, &dout, scale).unwrap();
+        let (dqg, dkg, dvg) =
+            qg.causal_attention_backward(&kg, &vg, &og, &lg, &dout.to_device(dev).unwrap(), scale).unwrap();
+        close(&format!("{what}: dq"), &dqg, &dqc, 3e-2, 3e-2);
+        close(&format!("{what}: dk"), &dkg, &dkc, 3e-2, 3e-2);
+        close(&format!("{what}: dv"), &dvg, &dvc, 3e-2, 3e-2);
+    }
+}

@@ -156,5 +156,8 @@ pub fn inventory() -> Vec<(&'static str, String)> {
     out.push(("adamw", "adamw_f32".into()));
     out.push(("logprob", "logprob_grad_f32".into()));
     out.push(("sampling", "sample_f32".into()));
+    for d in [64, 128] {
+        out.push(("attention", format!("attn_fwd_mma_d{d}_bf16")));
+    }
     out
 }

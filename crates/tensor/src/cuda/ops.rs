@@ -773,9 +773,29 @@ pub(crate) fn attention_fwd(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, sca
     if a.t * a.heads > 0 && a.d > 0 {
         let shape = attn_shape(a, scale, (kr, kh), (vr, vh));
         let args = Args::new().arg(shape).arg(qp).arg(kp).arg(vp).arg(op).arg(lp);
-        dev.launch("attention", format!("attn_fwd_{}", suffix(q.dtype())), warp_cfg(a.t * a.heads), args)?;
+        let dtypes = [q.dtype(), k.dtype(), v.dtype()];
+        if tensor_core_attention(&dev, dtypes, a.d, [kr, kh, vr, vh], [kp, vp]) {
+            let cfg = LaunchCfg { grid: [a.t.div_ceil(64) as u32, a.heads as u32, 1], block: [128, 1, 1], smem: 0 };
+            dev.launch("attention", format!("attn_fwd_mma_d{}_bf16", a.d), cfg, args)?;
+        } else {
+            dev.launch("attention", format!("attn_fwd_{}", suffix(q.dtype())), warp_cfg(a.t * a.heads), args)?;
+        }
     }
     Ok((out, lse))
+}
+
+/// Whether the forward runs on the tensor cores (`attn_fwd_mma_d{64,128}_bf16`): bf16 q, k
+/// and v, head dim 64 or 128, key and value rows at 16-byte aligned addresses, a GPU of
+/// compute capability 8.0 or later (the emulator runs it too), and `ARTIST_ATTN_MMA` not
+/// `0` (which keeps the one-warp-per-row kernel, for comparisons).
+fn tensor_core_attention(dev: &GpuDevice, dtypes: [DType; 3], d: usize, strides: [i64; 4], ptrs: [u64; 2]) -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("ARTIST_ATTN_MMA").as_deref() == Ok("0"));
+    !off && dtypes.iter().all(|&t| t == DType::BF16)
+        && (d == 64 || d == 128)
+        && strides.iter().all(|s| s % 8 == 0)
+        && ptrs.iter().all(|p| p % 16 == 0)
+        && dev.rt.info().compute_capability >= (8, 0)
 }
 
 /// Attention of `q` over a paged KV cache's pools `[blocks, block_size, kv_heads, d]` through
