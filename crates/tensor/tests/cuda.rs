@@ -688,6 +688,55 @@ fn linear_matches_in_every_weight_dtype() {
     }
 }
 
+/// Up to 8 rows of f32 activations meet a half-precision weight in `gemv_*` (the weights
+/// read once and widened in registers), not through a widened copy for cuBLAS: the CPU's
+/// values, and each row's bits independent of how many rows come with it (what padding a
+/// decode step relies on). Nine rows, a k that is not a multiple of 8, or a weight view that
+/// is not contiguous take the widening path.
+#[test]
+fn decode_sized_linear_reads_half_weights_in_place() {
+    let dev = gpu_or_skip!();
+    for (k, n) in [(64, 1), (64, 37), (1536, 300)] {
+        let w = randn(&[n, k], 180 + k as u64);
+        let bias = randn(&[n], 181);
+        for wd in [DType::BF16, DType::F16] {
+            let (wc, bc) = (w.to_dtype(wd).unwrap(), bias.to_dtype(wd).unwrap());
+            let (wg, bg) = (wc.to_device(dev).unwrap(), bc.to_device(dev).unwrap());
+            let kernel = format!("gemv_{}", if wd == DType::BF16 { "bf16" } else { "f16" });
+            let x = randn(&[9, k], 182);
+            let mut first_row = None;
+            for m in [1usize, 3, 8, 9] {
+                let xm = x.narrow(0, 0, m).unwrap().copy().unwrap();
+                let before = cuda::thread_kernel_launches(&kernel);
+                let got = xm.to_device(dev).unwrap().linear(&wg, Some(&bg)).unwrap();
+                let ran = cuda::thread_kernel_launches(&kernel) - before;
+                assert_eq!(ran, u64::from(m <= 8), "m {m}, k {k}, n {n}, {wd}: {kernel} launches");
+                let want = xm.linear(&wc, Some(&bc)).unwrap();
+                // f32 sums of k terms in another order: rounding grows with sqrt(k).
+                let at = 2e-5 * (k as f32 / 64.0).sqrt();
+                close(&format!("linear m {m}, k {k}, n {n}, {wd} w"), &got, &want, 2e-5, at);
+                let row0: Vec<u32> =
+                    got.narrow(0, 0, 1).unwrap().to_vec2::<f32>().unwrap()[0].iter().map(|v| v.to_bits()).collect();
+                if m <= 8 {
+                    let first = first_row.get_or_insert_with(|| row0.clone());
+                    assert_eq!(&row0, first, "k {k}, n {n}, {wd}: row 0 changed with {m} rows");
+                }
+            }
+        }
+    }
+    // Not a multiple of 8, and a transposed (non-contiguous) weight: the widening path.
+    let before = cuda::thread_kernel_launches("gemv_bf16");
+    let x = randn(&[2, 60], 183);
+    let w = randn(&[5, 60], 184).to_dtype(DType::BF16).unwrap();
+    let got = x.to_device(dev).unwrap().linear(&w.to_device(dev).unwrap(), None).unwrap();
+    close("linear k 60", &got, &x.linear(&w, None).unwrap(), 2e-5, 2e-5);
+    let wt = randn(&[64, 16], 185).to_dtype(DType::BF16).unwrap();
+    let x = randn(&[2, 64], 186);
+    let got = x.to_device(dev).unwrap().linear(&wt.to_device(dev).unwrap().t().unwrap(), None).unwrap();
+    close("linear, transposed weight", &got, &x.linear(&wt.t().unwrap(), None).unwrap(), 2e-5, 2e-5);
+    assert_eq!(cuda::thread_kernel_launches("gemv_bf16"), before);
+}
+
 #[test]
 fn adamw_step_gives_the_cpu_bits() {
     let dev = gpu_or_skip!();

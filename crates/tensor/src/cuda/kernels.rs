@@ -159,5 +159,8 @@ pub fn inventory() -> Vec<(&'static str, String)> {
     for d in [64, 128] {
         out.push(("attention", format!("attn_fwd_mma_d{d}_bf16")));
     }
+    for s in ["bf16", "f16"] {
+        out.push(("gemv", format!("gemv_{s}")));
+    }
     out
 }

@@ -682,9 +682,17 @@ pub(crate) fn matmul(lhs: &Tensor, rhs: &Tensor, ll: &Layout, rl: &Layout, out_s
     Ok(out)
 }
 
+/// Rows of activations up to which a half-precision weight is multiplied by `gemv_*`
+/// (kernels/gemv.cu) rather than widened for cuBLAS: decode steps of up to 8 sequences.
+/// A multiple of 8, so that a decode step padded to a CUDA graph's size
+/// (`graph_batch_size`) takes the kernel its unpadded step takes.
+pub(crate) const GEMV_MAX_ROWS: usize = 8;
+
 /// `x @ w^T` for f32 `x: [rows, k]` and a half-precision `w: [n, k]`, exactly as the
-/// weights' f32 widening would give: the weights are widened block by block into an f32
-/// scratch (never all at once) and multiplied in f32.
+/// weights' f32 widening would give (up to the order of the sums). Up to
+/// [`GEMV_MAX_ROWS`] rows, one kernel reads each weight once and widens it in registers;
+/// beyond, the weights are widened block by block into an f32 scratch (never all at once)
+/// and multiplied in f32 by cuBLAS.
 pub(crate) fn linear_widening(
     x: &Tensor,
     w: &Tensor,
@@ -698,6 +706,16 @@ pub(crate) fn linear_widening(
     let (out, c) = empty(&dev, DType::F32, out_dims)?;
     if rows == 0 || n == 0 {
         return Ok(out);
+    }
+    if rows <= GEMV_MAX_ROWS && k % 8 == 0 && matches!(w.dtype(), DType::BF16 | DType::F16) && w.is_contiguous() {
+        let (w, wp) = contiguous(w)?;
+        if xp % 16 == 0 && wp % 16 == 0 {
+            // Decode-sized: the weights read once, widened in registers (kernels/gemv.cu).
+            let cfg = LaunchCfg::linear(dev.blocks_for(n.div_ceil(4) * 32, 256), 256);
+            let args = Args::new().arg(rows as i64).arg(k as i64).arg(n as i64).arg(xp).arg(wp).arg(c);
+            dev.launch("gemv", format!("gemv_{}", suffix(w.dtype())), cfg, args)?;
+            return Ok(out);
+        }
     }
     let block = ((32usize << 20) / k.max(1)).clamp(1, n);
     let a = Mat { ptr: xp, ld: k.max(1), col_major: false, batch_stride: 0 };

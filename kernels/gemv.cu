@@ -1,0 +1,79 @@
+// Matrix-vector products for decode steps: out[r][j] = sum_k x[r][k] w[j][k] for f32 x
+// [m, k] with m <= GEMV_MAX_M, a half-precision weight w [n, k] and f32 out [m, n]. At decode
+// batch sizes the weights are the bytes that matter: each is read once, 16 bytes at a time,
+// and widened in registers (exactly, as the CPU widens it), instead of being widened into an
+// f32 copy for cuBLAS (read 2 bytes, write 4, read 4 again). A warp serves GEMV_NR weight
+// rows, so every load of x serves all of them; lanes split k into 8-element chunks; the
+// warp's partial sums are reduced by shuffles in a fixed order. Each output depends on its
+// own row of x alone, summed in the same order whatever m is (so padding a decode step with
+// rows changes no bit of the others).
+//
+// Host conditions (ops.rs): k a multiple of 8, x and w contiguous at 16-byte aligned
+// addresses.
+
+#define GEMV_MAX_M 8
+#define GEMV_NR 4
+
+template <class T>
+union Half8 {
+    u32x4 v;
+    T h[8];
+};
+union Float8 {
+    u32x4 v[2];
+    float f[8];
+};
+
+template <class T>
+__device__ void gemv_impl(i64 m, i64 k, i64 n, const float* x, const T* w, float* out) {
+    const int lane = (int)(threadIdx.x & 31);
+    const i64 warp = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const i64 warps = ((i64)gridDim.x * blockDim.x) >> 5;
+    const i64 chunks = k / 8;
+    for (i64 j0 = warp * GEMV_NR; j0 < n; j0 += warps * GEMV_NR) {  // whole warps, uniformly
+        float acc[GEMV_MAX_M][GEMV_NR];
+#pragma unroll
+        for (int r = 0; r < GEMV_MAX_M; ++r)
+#pragma unroll
+            for (int q = 0; q < GEMV_NR; ++q) acc[r][q] = 0.0f;
+        for (i64 c = lane; c < chunks; c += 32) {
+            float wv[GEMV_NR][8];
+#pragma unroll
+            for (int q = 0; q < GEMV_NR; ++q) {
+                Half8<T> hw;
+                hw.v = j0 + q < n ? *reinterpret_cast<const u32x4*>(w + (j0 + q) * k + c * 8) : u32x4{0u, 0u, 0u, 0u};
+#pragma unroll
+                for (int e = 0; e < 8; ++e) wv[q][e] = to_f32(hw.h[e]);
+            }
+#pragma unroll
+            for (int r = 0; r < GEMV_MAX_M; ++r) {
+                if (r >= m) break;
+                Float8 xv;
+                const u32x4* xp = reinterpret_cast<const u32x4*>(x + r * k + c * 8);
+                xv.v[0] = xp[0];
+                xv.v[1] = xp[1];
+#pragma unroll
+                for (int q = 0; q < GEMV_NR; ++q)
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) acc[r][q] += xv.f[e] * wv[q][e];
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < GEMV_MAX_M; ++r) {
+            if (r >= m) break;
+#pragma unroll
+            for (int q = 0; q < GEMV_NR; ++q) {
+                float s = warp_sum(acc[r][q]);
+                if (lane == 0 && j0 + q < n) out[r * n + j0 + q] = s;
+            }
+        }
+    }
+}
+
+#define GEMV(T, S)                                                                                      \
+    extern "C" __global__ void gemv_##S(i64 m, i64 k, i64 n, const float* x, const T* w, float* out) { \
+        gemv_impl<T>(m, k, n, x, w, out);                                                               \
+    }                                                                                                   \
+    ARTIST_EXPORT(gemv_##S)
+GEMV(bf16, bf16)
+GEMV(f16, f16)
