@@ -707,7 +707,11 @@ pub(crate) fn linear_widening(
     if rows == 0 || n == 0 {
         return Ok(out);
     }
-    if rows <= GEMV_MAX_ROWS && k % 8 == 0 && matches!(w.dtype(), DType::BF16 | DType::F16) && w.is_contiguous() {
+    if rows <= GEMV_MAX_ROWS
+        && k.is_multiple_of(8)
+        && matches!(w.dtype(), DType::BF16 | DType::F16)
+        && w.is_contiguous()
+    {
         let (w, wp) = contiguous(w)?;
         if xp % 16 == 0 && wp % 16 == 0 {
             // Decode-sized: the weights read once, widened in registers (kernels/gemv.cu).
