@@ -412,3 +412,286 @@ __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, co
     ARTIST_EXPORT(attn_fwd_mma_d##D##_bf16)
 ATTENTION_MMA(64)
 ATTENTION_MMA(128)
+
+// ---- the backward on tensor cores: bf16, head dim 64 or 128 ---------------------------------
+//
+// Flash-attention-2's backward in two deterministic passes (no atomics), from the forward's
+// log-sum-exp and delta = rowsum(dO * O) (attn_bwd_delta_bf16). dO is given in bf16 for the
+// products; P and dS are rounded to bf16 as A operands, as flash attention rounds them; all
+// accumulation is f32.
+//   attn_bwd_dq_mma: per 64 query rows of a head (16 per warp), over the key tiles they see:
+//     S = Q K^T, dP = dO V^T, dS = P (dP - delta), dQ += dS K.
+//   attn_bwd_dkv_mma: per 64 keys of a KV head (16 per warp), over every head of the group and
+//     every 32-query tile that sees them, in a fixed order:
+//     S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q.
+// Every operand comes from registers or from shared memory in the layouts the forward uses, so
+// nothing is transposed.
+
+#define MMA_BQ_DKV 32  // query rows per tile of the dk/dv pass
+
+extern "C" __global__ void attn_bwd_delta_bf16(AttnShape s, const bf16* out, const float* dout, float* delta) {
+    int lane = threadIdx.x & 31;
+    i64 warp = (i64)blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+    if (warp >= s.t * s.heads) return;
+    i64 i = warp / s.heads;
+    int h = (int)(warp - i * s.heads);
+    i64 row = (i * s.heads + h) * s.d;
+    float acc = 0.0f;
+    for (int e = lane; e < s.d; e += 32) acc += dout[row + e] * to_f32(out[row + e]);
+    acc = warp_sum(acc);
+    if (lane == 0) delta[(i64)h * s.t + i] = acc;
+}
+ARTIST_EXPORT(attn_bwd_delta_bf16)
+
+template <int D>
+__device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q, const bf16* k, const bf16* v,
+                                                     const bf16* dout, const float* lse, const float* delta,
+                                                     float* dq) {
+    constexpr int KC = D / 16, NT = MMA_BK / 8, OT = D / 8, SR = D + MMA_PAD, CH = D / 8;
+    __align__(16) __shared__ u16 ks[MMA_BK * SR];
+    __align__(16) __shared__ u16 vs[MMA_BK * SR];
+    const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
+    const int h = (int)blockIdx.y, kvh = h / (s.heads / s.kv_heads);
+    const i64 q0 = (i64)blockIdx.x * MMA_BQ, r0 = q0 + warp * 16;
+    const i64 off = s.len - s.t;
+    const u16* qb = reinterpret_cast<const u16*>(q);
+    const u16* db = reinterpret_cast<const u16*>(dout);
+    const u16* kb = reinterpret_cast<const u16*>(k) + kvh * s.k_head;
+    const u16* vb = reinterpret_cast<const u16*>(v) + kvh * s.v_head;
+
+    u32 qa[KC][4], da[KC][4];  // rows r0 + g and r0 + g + 8 of Q and dO as A fragments
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            i64 row = r0 + g + 8 * (r & 1);
+            i64 at = (row * s.heads + h) * D + kc * 16 + 2 * c + 8 * (r >> 1);
+            qa[kc][r] = row < s.t ? *reinterpret_cast<const u32*>(qb + at) : 0u;
+            da[kc][r] = row < s.t ? *reinterpret_cast<const u32*>(db + at) : 0u;
+        }
+    }
+    float lrow[2], drow[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        i64 row = r0 + g + 8 * r;
+        lrow[r] = row < s.t ? lse[(i64)h * s.t + row] : 0.0f;
+        drow[r] = row < s.t ? delta[(i64)h * s.t + row] : 0.0f;
+    }
+    float acc[OT][4];
+#pragma unroll
+    for (int ot = 0; ot < OT; ++ot) acc[ot][0] = acc[ot][1] = acc[ot][2] = acc[ot][3] = 0.0f;
+
+    i64 last_row = (q0 + MMA_BQ < s.t ? q0 + MMA_BQ : s.t) - 1;
+    i64 kmax = last_row + off < s.len - 1 ? last_row + off : s.len - 1;
+    for (i64 j0 = 0; j0 <= kmax; j0 += MMA_BK) {
+        __syncthreads();
+        for (int i = tid; i < MMA_BK * CH; i += (int)blockDim.x) {
+            int r = i / CH, ch = i - r * CH;
+            i64 j = j0 + r;
+            u32x4 kx = {0u, 0u, 0u, 0u}, vx = {0u, 0u, 0u, 0u};
+            if (j < s.len) {
+                kx = *reinterpret_cast<const u32x4*>(kb + j * s.k_row + ch * 8);
+                vx = *reinterpret_cast<const u32x4*>(vb + j * s.v_row + ch * 8);
+            }
+            *reinterpret_cast<u32x4*>(ks + r * SR + ch * 8) = kx;
+            *reinterpret_cast<u32x4*>(vs + r * SR + ch * 8) = vx;
+        }
+        __syncthreads();
+        float sc[NT][4], dp[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) sc[nt][e] = dp[nt][e] = 0.0f;
+            const u16* krow = ks + (nt * 8 + g) * SR + 2 * c;
+            const u16* vrow = vs + (nt * 8 + g) * SR + 2 * c;
+#pragma unroll
+            for (int kc = 0; kc < KC; ++kc) {
+                u32 bk[2] = {*reinterpret_cast<const u32*>(krow + kc * 16),
+                             *reinterpret_cast<const u32*>(krow + kc * 16 + 8)};
+                mma_bf16_16816(sc[nt], qa[kc], bk);
+                u32 bv[2] = {*reinterpret_cast<const u32*>(vrow + kc * 16),
+                             *reinterpret_cast<const u32*>(vrow + kc * 16 + 8)};
+                mma_bf16_16816(dp[nt], da[kc], bv);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                i64 row = r0 + g + 8 * (e >> 1), key = j0 + nt * 8 + 2 * c + (e & 1);
+                bool seen = row < s.t && key <= row + off && key < s.len;
+                float p = seen ? expf(sc[nt][e] * s.scale - lrow[e >> 1]) : 0.0f;
+                sc[nt][e] = p * (dp[nt][e] - drow[e >> 1]);  // dS
+            }
+        }
+        // dQ += dS K: B[k][n] = K[key k][n], two value rows per register as P V reads V.
+#pragma unroll
+        for (int kc = 0; kc < MMA_BK / 16; ++kc) {
+            u32 pa[4] = {pack_bf16(sc[2 * kc][0], sc[2 * kc][1]), pack_bf16(sc[2 * kc][2], sc[2 * kc][3]),
+                         pack_bf16(sc[2 * kc + 1][0], sc[2 * kc + 1][1]),
+                         pack_bf16(sc[2 * kc + 1][2], sc[2 * kc + 1][3])};
+            const u16* k0 = ks + (kc * 16 + 2 * c) * SR + g;
+#pragma unroll
+            for (int ot = 0; ot < OT; ++ot) {
+                const u16* kp = k0 + ot * 8;
+                u32 b[2] = {(u32)kp[0] | ((u32)kp[SR] << 16), (u32)kp[8 * SR] | ((u32)kp[9 * SR] << 16)};
+                mma_bf16_16816(acc[ot], pa, b);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        i64 row = r0 + g + 8 * r;
+        if (row >= s.t) continue;
+        float* dst = dq + (row * s.heads + h) * D + 2 * c;
+#pragma unroll
+        for (int ot = 0; ot < OT; ++ot) {
+            dst[ot * 8] = acc[ot][2 * r] * s.scale;
+            dst[ot * 8 + 1] = acc[ot][2 * r + 1] * s.scale;
+        }
+    }
+}
+
+template <int D>
+__device__ __forceinline__ void attn_bwd_dkv_mma_impl(AttnShape s, const bf16* q, const bf16* k, const bf16* v,
+                                                      const bf16* dout, const float* lse, const float* delta,
+                                                      float* dk, float* dv) {
+    constexpr int KC = D / 16, NQ = MMA_BQ_DKV / 8, OT = D / 8, SR = D + MMA_PAD, CH = D / 8;
+    __align__(16) __shared__ u16 qs[MMA_BQ_DKV * SR];
+    __align__(16) __shared__ u16 dos[MMA_BQ_DKV * SR];
+    __shared__ float ls[MMA_BQ_DKV], dls[MMA_BQ_DKV];
+    const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
+    const int kvh = (int)blockIdx.y, rep = s.heads / s.kv_heads;
+    const i64 kb0 = (i64)blockIdx.x * MMA_BK, k0 = kb0 + warp * 16;
+    const i64 off = s.len - s.t;
+    const u16* qb = reinterpret_cast<const u16*>(q);
+    const u16* db = reinterpret_cast<const u16*>(dout);
+    const u16* kb = reinterpret_cast<const u16*>(k) + kvh * s.k_head;
+    const u16* vb = reinterpret_cast<const u16*>(v) + kvh * s.v_head;
+
+    u32 ka[KC][4], va[KC][4];  // keys k0 + g and k0 + g + 8 of K and V as A fragments
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            i64 j = k0 + g + 8 * (r & 1);
+            int col = kc * 16 + 2 * c + 8 * (r >> 1);
+            ka[kc][r] = j < s.len ? *reinterpret_cast<const u32*>(kb + j * s.k_row + col) : 0u;
+            va[kc][r] = j < s.len ? *reinterpret_cast<const u32*>(vb + j * s.v_row + col) : 0u;
+        }
+    }
+    float dka[OT][4], dva[OT][4];
+#pragma unroll
+    for (int ot = 0; ot < OT; ++ot)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dka[ot][e] = dva[ot][e] = 0.0f;
+
+    // The first query that sees the block's first key, rounded down to a tile.
+    i64 first = kb0 - off > 0 ? kb0 - off : 0;
+    first -= first % MMA_BQ_DKV;
+    for (int rh = 0; rh < rep; ++rh) {
+        const int h = kvh * rep + rh;
+        for (i64 i0 = first; i0 < s.t; i0 += MMA_BQ_DKV) {
+            __syncthreads();
+            for (int i = tid; i < MMA_BQ_DKV * CH; i += (int)blockDim.x) {
+                int r = i / CH, ch = i - r * CH;
+                i64 row = i0 + r;
+                u32x4 qx = {0u, 0u, 0u, 0u}, dx = {0u, 0u, 0u, 0u};
+                if (row < s.t) {
+                    i64 at = (row * s.heads + h) * D + ch * 8;
+                    qx = *reinterpret_cast<const u32x4*>(qb + at);
+                    dx = *reinterpret_cast<const u32x4*>(db + at);
+                }
+                *reinterpret_cast<u32x4*>(qs + r * SR + ch * 8) = qx;
+                *reinterpret_cast<u32x4*>(dos + r * SR + ch * 8) = dx;
+            }
+            for (int r = tid; r < MMA_BQ_DKV; r += (int)blockDim.x) {
+                i64 row = i0 + r;
+                ls[r] = row < s.t ? lse[(i64)h * s.t + row] : 0.0f;
+                dls[r] = row < s.t ? delta[(i64)h * s.t + row] : 0.0f;
+            }
+            __syncthreads();
+            // S^T (16 keys x 32 queries) and dP^T: B[k][n] = Q[query n][k], dO[query n][k].
+            float st[NQ][4], dpt[NQ][4];
+#pragma unroll
+            for (int nq = 0; nq < NQ; ++nq) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) st[nq][e] = dpt[nq][e] = 0.0f;
+                const u16* qrow = qs + (nq * 8 + g) * SR + 2 * c;
+                const u16* drow = dos + (nq * 8 + g) * SR + 2 * c;
+#pragma unroll
+                for (int kc = 0; kc < KC; ++kc) {
+                    u32 bq[2] = {*reinterpret_cast<const u32*>(qrow + kc * 16),
+                                 *reinterpret_cast<const u32*>(qrow + kc * 16 + 8)};
+                    mma_bf16_16816(st[nq], ka[kc], bq);
+                    u32 bd[2] = {*reinterpret_cast<const u32*>(drow + kc * 16),
+                                 *reinterpret_cast<const u32*>(drow + kc * 16 + 8)};
+                    mma_bf16_16816(dpt[nq], va[kc], bd);
+                }
+            }
+#pragma unroll
+            for (int nq = 0; nq < NQ; ++nq) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    i64 key = k0 + g + 8 * (e >> 1);
+                    int qi = nq * 8 + 2 * c + (e & 1);
+                    i64 row = i0 + qi;
+                    bool seen = row < s.t && key <= row + off && key < s.len;
+                    float p = seen ? expf(st[nq][e] * s.scale - ls[qi]) : 0.0f;
+                    st[nq][e] = p;
+                    dpt[nq][e] = p * (dpt[nq][e] - dls[qi]);  // dS^T
+                }
+            }
+            // dV += P^T dO and dK += dS^T Q: B[k][n] = dO[query k][n], Q[query k][n].
+#pragma unroll
+            for (int kc = 0; kc < NQ / 2; ++kc) {
+                u32 pa[4] = {pack_bf16(st[2 * kc][0], st[2 * kc][1]), pack_bf16(st[2 * kc][2], st[2 * kc][3]),
+                             pack_bf16(st[2 * kc + 1][0], st[2 * kc + 1][1]),
+                             pack_bf16(st[2 * kc + 1][2], st[2 * kc + 1][3])};
+                u32 sa[4] = {pack_bf16(dpt[2 * kc][0], dpt[2 * kc][1]), pack_bf16(dpt[2 * kc][2], dpt[2 * kc][3]),
+                             pack_bf16(dpt[2 * kc + 1][0], dpt[2 * kc + 1][1]),
+                             pack_bf16(dpt[2 * kc + 1][2], dpt[2 * kc + 1][3])};
+                const u16* d0 = dos + (kc * 16 + 2 * c) * SR + g;
+                const u16* q0 = qs + (kc * 16 + 2 * c) * SR + g;
+#pragma unroll
+                for (int ot = 0; ot < OT; ++ot) {
+                    const u16* dp = d0 + ot * 8;
+                    u32 bd[2] = {(u32)dp[0] | ((u32)dp[SR] << 16), (u32)dp[8 * SR] | ((u32)dp[9 * SR] << 16)};
+                    mma_bf16_16816(dva[ot], pa, bd);
+                    const u16* qp = q0 + ot * 8;
+                    u32 bq[2] = {(u32)qp[0] | ((u32)qp[SR] << 16), (u32)qp[8 * SR] | ((u32)qp[9 * SR] << 16)};
+                    mma_bf16_16816(dka[ot], sa, bq);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        i64 j = k0 + g + 8 * r;
+        if (j >= s.len) continue;
+        i64 at = (j * s.kv_heads + kvh) * D + 2 * c;
+#pragma unroll
+        for (int ot = 0; ot < OT; ++ot) {
+            dk[at + ot * 8] = dka[ot][2 * r] * s.scale;
+            dk[at + ot * 8 + 1] = dka[ot][2 * r + 1] * s.scale;
+            dv[at + ot * 8] = dva[ot][2 * r];
+            dv[at + ot * 8 + 1] = dva[ot][2 * r + 1];
+        }
+    }
+}
+
+#define ATTENTION_MMA_BWD(D)                                                                               \
+    extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_mma_d##D##_bf16(                         \
+        AttnShape s, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,      \
+        const float* delta, float* dq) {                                                                   \
+        attn_bwd_dq_mma_impl<D>(s, q, k, v, dout, lse, delta, dq);                                         \
+    }                                                                                                      \
+    ARTIST_EXPORT(attn_bwd_dq_mma_d##D##_bf16)                                                             \
+    extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkv_mma_d##D##_bf16(                        \
+        AttnShape s, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,      \
+        const float* delta, float* dk, float* dv) {                                                        \
+        attn_bwd_dkv_mma_impl<D>(s, q, k, v, dout, lse, delta, dk, dv);                                    \
+    }                                                                                                      \
+    ARTIST_EXPORT(attn_bwd_dkv_mma_d##D##_bf16)
+ATTENTION_MMA_BWD(64)
+ATTENTION_MMA_BWD(128)

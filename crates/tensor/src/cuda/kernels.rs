@@ -157,8 +157,11 @@ pub fn inventory() -> Vec<(&'static str, String)> {
     out.push(("logprob", "logprob_grad_f32".into()));
     out.push(("sampling", "sample_f32".into()));
     for d in [64, 128] {
-        out.push(("attention", format!("attn_fwd_mma_d{d}_bf16")));
+        for k in ["attn_fwd_mma", "attn_bwd_dq_mma", "attn_bwd_dkv_mma"] {
+            out.push(("attention", format!("{k}_d{d}_bf16")));
+        }
     }
+    out.push(("attention", "attn_bwd_delta_bf16".into()));
     for s in ["bf16", "f16"] {
         out.push(("gemv", format!("gemv_{s}")));
     }

@@ -806,7 +806,8 @@ pub(crate) fn attention_fwd(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, sca
     Ok((out, lse))
 }
 
-/// Whether the forward runs on the tensor cores (`attn_fwd_mma_d{64,128}_bf16`): bf16 q, k
+/// Whether attention runs on the tensor cores (`attn_fwd_mma_d{64,128}_bf16` forward,
+/// `attn_bwd_{dq,dkv}_mma_d{64,128}_bf16` backward): bf16 q, k
 /// and v, head dim 64 or 128, key and value rows at 16-byte aligned addresses, a GPU of
 /// compute capability 8.0 or later (the emulator runs it too), and `ARTIST_ATTN_MMA` not
 /// `0` (which keeps the one-warp-per-row kernel, for comparisons).
@@ -980,6 +981,26 @@ pub(crate) fn attention_bwd(
     let (dk, dkp) = empty(&dev, DType::F32, (a.len, a.kv_heads, a.d))?;
     let (dv, dvp) = empty(&dev, DType::F32, (a.len, a.kv_heads, a.d))?;
     let delta = CudaStorage::alloc(&dev, DType::F32, a.heads * a.t)?;
+    let dtypes = [q.dtype(), k.dtype(), v.dtype()];
+    if a.t > 0 && a.len > 0 && tensor_core_attention(&dev, dtypes, a.d, [kr, kh, vr, vh], [kp, vp]) {
+        // The tensor-core passes (kernels/attention.cu): delta from the f32 dout, then dQ and
+        // dK/dV from dout rounded to bf16.
+        let shape = attn_shape(a, scale, (kr, kh), (vr, vh));
+        let args = Args::new().arg(shape).arg(outp).arg(dp).arg(delta.ptr());
+        dev.launch("attention", "attn_bwd_delta_bf16".into(), warp_cfg(a.t * a.heads), args)?;
+        let (dout16, d16) = contiguous(&dout.to_dtype(DType::BF16)?)?;
+        let block = |rows: usize, heads: usize| LaunchCfg {
+            grid: [rows.div_ceil(64) as u32, heads as u32, 1],
+            block: [128, 1, 1],
+            smem: 0,
+        };
+        let args = Args::new().arg(shape).arg(qp).arg(kp).arg(vp).arg(d16).arg(lp).arg(delta.ptr()).arg(dqp);
+        dev.launch("attention", format!("attn_bwd_dq_mma_d{}_bf16", a.d), block(a.t, a.heads), args)?;
+        let args = Args::new().arg(shape).arg(qp).arg(kp).arg(vp).arg(d16).arg(lp).arg(delta.ptr()).arg(dkp).arg(dvp);
+        dev.launch("attention", format!("attn_bwd_dkv_mma_d{}_bf16", a.d), block(a.len, a.kv_heads), args)?;
+        drop((out, lse, dout, dout16));
+        return Ok((dq, dk, dv));
+    }
     if a.d > 0 {
         let shape = attn_shape(a, scale, (kr, kh), (vr, vh));
         let s = suffix(q.dtype());
