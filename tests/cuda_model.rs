@@ -242,3 +242,61 @@ fn training_steps_on_the_gpu_follow_the_cpu() {
         assert_close(&format!("weights {}", pc.name()), &g, &c, 2e-5);
     }
 }
+
+/// Training with attention in bf16 (`attention_dtype = "bf16"`), on a model with head dim 64
+/// (random weights, two packed sequences longer than one 64-token tile): forward and backward
+/// run on the tensor-core kernels, with and without checkpointing, and the loss and
+/// gradients follow f32 attention to bf16 rounding (loss within 1e-3 relative, each
+/// gradient within 2e-2 of its largest element).
+#[test]
+fn bf16_attention_in_training_runs_on_the_tensor_cores() {
+    let dev = gpu_or_skip!();
+    if std::env::var("ARTIST_ATTN_MMA").as_deref() == Ok("0") || cuda::info(0).unwrap().compute_capability < (8, 0) {
+        eprintln!("skipping: tensor-core attention is off or needs compute capability 8.0");
+        return;
+    }
+    let config = artist_model::Qwen2Config {
+        vocab_size: 256,
+        hidden_size: 128,
+        intermediate_size: 256,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        num_key_value_heads: 1,
+        head_dim: 64,
+        tie_word_embeddings: true,
+        ..artist_model::Qwen2Config::qwen2_5_0_5b()
+    };
+    let weights = artist_model::RandomWeights { dtype: artist_tensor::DType::F32, std: 0.05, seed: 7 };
+    let model = Qwen2::from_weights_on(config, &weights, dev).unwrap();
+    let example = |len: usize, seed: u32| Example {
+        ids: (0..len as u32).map(|i| (i * 37 + seed * 11) % 256).collect(),
+        mask: vec![1; len],
+        line: 1,
+    };
+    let examples = [example(70, 1), example(100, 2)];
+    let batch: Vec<&Example> = examples.iter().collect();
+    let n: usize = batch.iter().map(|e| e.targets()).sum();
+    let run = |dtype: Option<artist_tensor::DType>, checkpointing: bool| {
+        let tape = Tape::new();
+        let ctx = Ctx::training(&tape).with_checkpointing(checkpointing).with_attention_dtype(dtype);
+        let (l, _) = sft_loss(&model, &ctx, &batch, n).unwrap();
+        (l.to_scalar().unwrap() as f64, tape.backward(&l).unwrap())
+    };
+    let (want_loss, want) = run(None, false);
+    let kernels = ["attn_fwd_mma_d64_bf16", "attn_bwd_dq_mma_d64_bf16", "attn_bwd_dkv_mma_d64_bf16"];
+    for checkpointing in [false, true] {
+        let before: Vec<u64> = kernels.iter().map(|k| cuda::thread_kernel_launches(k)).collect();
+        let (loss, grads) = run(Some(artist_tensor::DType::BF16), checkpointing);
+        for (k, b) in kernels.iter().zip(before) {
+            // Two layers, two sequences: four attention calls (a checkpointed forward runs twice).
+            assert!(cuda::thread_kernel_launches(k) >= b + 4, "checkpointing {checkpointing}: {k} did not run");
+        }
+        assert!((loss - want_loss).abs() <= 1e-3 * want_loss.abs(), "loss {loss} with bf16 attention, {want_loss} f32");
+        for p in model.params() {
+            let (g, w) =
+                (grads.get(p.id()).unwrap().to_f32_vec().unwrap(), want.get(p.id()).unwrap().to_f32_vec().unwrap());
+            let scale = w.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+            assert_close(&format!("{} (checkpointing {checkpointing})", p.name()), &g, &w, 2e-2 * scale);
+        }
+    }
+}

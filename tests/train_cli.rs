@@ -217,6 +217,9 @@ fn bad_input_is_a_clear_error() {
         ),
         "cos",
     );
+    let fp8: Vec<String> =
+        base(&good, &tmp.path().join("r5")).into_iter().chain(["--attention-dtype".into(), "fp8".into()]).collect();
+    fails_cleanly(&train(&fp8, &[]), "attention dtype \"fp8\" is neither f32 nor bf16");
 }
 
 /// `--config configs/artist-math.toml` on the tiny fixture and the bundled MATH-style file,

@@ -122,6 +122,11 @@ struct Args {
     /// [sft] Recompute decoder layers in backward instead of storing their activations.
     #[arg(long)]
     grad_checkpointing: bool,
+    /// [sft] The dtype attention computes in: f32 (the default, exact) or bf16 (rounded
+    /// inputs; on a GPU with head dim 64 or 128, the tensor-core kernels). GRPO: the config
+    /// key `attention_dtype`.
+    #[arg(long, value_name = "f32|bf16")]
+    attention_dtype: Option<artist_train::AttentionDtype>,
     /// Stop after this step (checkpointing it) without finishing; --resume continues. For the
     /// demo, counts GRPO steps.
     #[arg(long)]
@@ -153,7 +158,7 @@ impl Args {
             ($($f:ident),*) => { $(if let Some(v) = self.$f.clone() { c.$f = v; })* };
         }
         set!(model, data, steps, batch_size, micro_batch_size, lr, weight_decay, beta1, beta2, eps, grad_clip);
-        set!(warmup_steps, lr_schedule, seed, save_every, keep_last, max_seq_len, overlong);
+        set!(warmup_steps, lr_schedule, seed, save_every, keep_last, max_seq_len, overlong, attention_dtype);
         if self.no_shuffle {
             c.shuffle = false;
         }

@@ -465,6 +465,9 @@ impl Gradients {
 pub struct Ctx {
     tape: Option<Tape>,
     checkpointing: bool,
+    /// The dtype attention computes in, when not its inputs' own (see
+    /// [`Ctx::with_attention_dtype`]).
+    attention_dtype: Option<DType>,
     /// Without a tape: collects the trainable parameters the model asks for (a
     /// checkpointed block's forward, so that backward knows which gradients it adds).
     used: Option<Arc<Mutex<Vec<ParamId>>>>,
@@ -477,12 +480,25 @@ impl Ctx {
     }
 
     pub fn training(tape: &Tape) -> Ctx {
-        Ctx { tape: Some(tape.clone()), checkpointing: false, used: None }
+        Ctx { tape: Some(tape.clone()), checkpointing: false, attention_dtype: None, used: None }
     }
 
     pub fn with_checkpointing(mut self, on: bool) -> Ctx {
         self.checkpointing = on;
         self
+    }
+
+    /// Asks models to compute attention in `dtype` (`Some(BF16)`: queries, keys and values
+    /// rounded to bf16, which on a GPU runs the tensor-core kernels; the output widened back),
+    /// as autocast does; `None` (the default) keeps their own dtype. Checkpointed blocks
+    /// recompute with the same choice.
+    pub fn with_attention_dtype(mut self, dtype: Option<DType>) -> Ctx {
+        self.attention_dtype = dtype;
+        self
+    }
+
+    pub fn attention_dtype(&self) -> Option<DType> {
+        self.attention_dtype
     }
 
     pub fn tape(&self) -> Option<&Tape> {
@@ -529,7 +545,8 @@ where
     let saved: Vec<Tensor> = inputs.iter().map(|v| v.value.clone()).collect();
     let consts: Vec<Var> = saved.iter().map(|t| Var::constant(t.clone())).collect();
     let used = Arc::new(Mutex::new(Vec::new()));
-    let recording = Ctx { used: Some(used.clone()), ..Ctx::inference() };
+    let attention_dtype = ctx.attention_dtype;
+    let recording = Ctx { used: Some(used.clone()), attention_dtype, ..Ctx::inference() };
     let value = block(&recording, &consts)?.value;
     drop(consts);
     let mut inner_params = std::mem::take(&mut *used.lock());
@@ -543,7 +560,7 @@ where
             .enumerate()
             .map(|(k, (t, &need))| if need { sub.input(k, t) } else { Var::constant(t) })
             .collect();
-        let out = block(&Ctx::training(&sub), &leaves)?;
+        let out = block(&Ctx::training(&sub).with_attention_dtype(attention_dtype), &leaves)?;
         drop(leaves);
         let n = needs.len();
         sub.backward_from(&out, g, grads, n, None)

@@ -214,7 +214,7 @@ impl Layer {
                     for a in (0..t).step_by(QUERY_CHUNK) {
                         let b = (a + QUERY_CHUNK).min(t);
                         let (kb, vb) = (kc.narrow(0, 0, s.start + b)?, vc.narrow(0, 0, s.start + b)?);
-                        parts.push(attention(&qi.narrow(0, a, b - a)?, &Var::constant(kb), &Var::constant(vb))?);
+                        parts.push(attention(ctx, &qi.narrow(0, a, b - a)?, &Var::constant(kb), &Var::constant(vb))?);
                     }
                     outs.push(if parts.len() == 1 {
                         parts.pop().expect("one part")
@@ -225,7 +225,7 @@ impl Layer {
                 }
                 None => (ki, vi),
             };
-            outs.push(attention(&qi, &keys, &values)?);
+            outs.push(attention(ctx, &qi, &keys, &values)?);
         }
         let attn = Var::cat(&outs.iter().collect::<Vec<_>>(), 0)?;
         let x = x.add(&self.o_proj.forward(ctx, &attn)?)?;
@@ -747,8 +747,18 @@ const QUERY_CHUNK: usize = 512;
 /// `len` cached ones; `k`, `v: [len, kv_heads, d]`. Head `h` reads KV head `h / (heads /
 /// kv_heads)` (transformers' `repeat_kv`), without repeating K or V: one fused op on either
 /// device (`Tensor::causal_attention`). Returns `[t, heads * d]`.
-fn attention(q: &Var, k: &Var, v: &Var) -> Result<Var> {
+fn attention(ctx: &Ctx, q: &Var, k: &Var, v: &Var) -> Result<Var> {
     let [t, heads, d] = q.value().dims_n("attention")?;
-    let out = Var::causal_attention(q, k, v, (d as f32).powf(-0.5))?;
+    let scale = (d as f32).powf(-0.5);
+    let out = match ctx.attention_dtype() {
+        // Autocast-style: the inputs rounded to `dt` (bf16: the tensor cores on a GPU), the
+        // output widened back; gradients flow back through both casts.
+        Some(dt) if dt != q.value().dtype() => {
+            let own = q.value().dtype();
+            let (q, k, v) = (q.to_dtype(dt)?, k.to_dtype(dt)?, v.to_dtype(dt)?);
+            Var::causal_attention(&q, &k, &v, scale)?.to_dtype(own)?
+        }
+        _ => Var::causal_attention(q, k, v, scale)?,
+    };
     Ok(out.reshape((t, heads * d))?)
 }

@@ -160,6 +160,9 @@ pub struct GrpoRunConfig {
     pub overlap_allreduce: Option<bool>,
     /// Leave out groups whose rewards are all equal (their advantage is 0).
     pub filter_flat_groups: bool,
+    /// The dtype attention computes in for the loss's forward and backward (`f32` or
+    /// `bf16`; see [`crate::AttentionDtype`]).
+    pub attention_dtype: crate::AttentionDtype,
     pub rollout: RolloutSettings,
     pub grpo: GrpoConfig,
     pub advantages: AdvantageConfig,
@@ -193,6 +196,7 @@ impl Default for GrpoRunConfig {
             micro_batch_rollouts: 0,
             overlap_allreduce: None,
             filter_flat_groups: false,
+            attention_dtype: crate::AttentionDtype::F32,
             rollout: RolloutSettings::default(),
             grpo: GrpoConfig::default(),
             advantages: AdvantageConfig::default(),
@@ -624,7 +628,8 @@ pub fn update_sharded(
         for (j, (rs, ws)) in refs.chunks(micro).zip(weights.chunks(micro)).enumerate() {
             let tape = Tape::new();
             let ws: Vec<&[f32]> = ws.iter().map(Vec::as_slice).collect();
-            let (l, stats) = grpo_loss(model, &Ctx::training(&tape), rs, &ws, &grpo)?;
+            let ctx = Ctx::training(&tape).with_attention_dtype(c.attention_dtype.dtype());
+            let (l, stats) = grpo_loss(model, &ctx, rs, &ws, &grpo)?;
             loss += l.to_scalar()? as f64;
             clipped += stats.clipped;
             tokens += stats.tokens;

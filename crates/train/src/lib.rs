@@ -25,3 +25,38 @@ pub mod plots;
 pub mod sft;
 
 pub use error::{Error, Result};
+
+/// The dtype attention computes in during training (config key `attention_dtype`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionDtype {
+    /// The activations' own (f32): exact to transformers.
+    #[default]
+    F32,
+    /// Queries, keys and values rounded to bf16, the output widened back (autocast's
+    /// choice): on a GPU, with head dim 64 or 128, forward and backward run on the tensor
+    /// cores. Losses and gradients then agree with f32 attention to bf16 rounding, and the
+    /// policy's logprobs in the loss differ from the sampler's (f32) by as much.
+    Bf16,
+}
+
+impl std::str::FromStr for AttentionDtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(AttentionDtype::F32),
+            "bf16" => Ok(AttentionDtype::Bf16),
+            other => Err(format!("attention dtype {other:?} is neither f32 nor bf16")),
+        }
+    }
+}
+
+impl AttentionDtype {
+    /// What [`artist_autograd::Ctx::with_attention_dtype`] takes.
+    pub fn dtype(self) -> Option<artist_tensor::DType> {
+        match self {
+            AttentionDtype::F32 => None,
+            AttentionDtype::Bf16 => Some(artist_tensor::DType::BF16),
+        }
+    }
+}

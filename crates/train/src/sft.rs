@@ -64,6 +64,8 @@ pub struct SftConfig {
     pub overlong: Overlong,
     /// Recompute each decoder layer's activations in backward instead of storing them.
     pub grad_checkpointing: bool,
+    /// The dtype attention computes in (`f32` or `bf16`).
+    pub attention_dtype: crate::AttentionDtype,
     /// Give up after this many steps in a row whose loss or gradient was not finite.
     pub max_bad_steps: u32,
     /// Data parallel: all-reduce gradient buckets while the last micro-batch's backward
@@ -97,6 +99,7 @@ impl Default for SftConfig {
             max_seq_len: 4096,
             overlong: Overlong::Truncate,
             grad_checkpointing: false,
+            attention_dtype: crate::AttentionDtype::F32,
             max_bad_steps: 10,
             overlap_allreduce: None,
         }
@@ -366,7 +369,9 @@ fn run(
         let n_micro = mine.len().div_ceil(micro);
         for (j, mb) in mine.chunks(micro).enumerate() {
             let tape = Tape::new();
-            let ctx = Ctx::training(&tape).with_checkpointing(c.grad_checkpointing);
+            let ctx = Ctx::training(&tape)
+                .with_checkpointing(c.grad_checkpointing)
+                .with_attention_dtype(c.attention_dtype.dtype());
             let (l, _) = sft_loss(&model, &ctx, mb, n_targets)?;
             loss += l.to_scalar()? as f64;
             step_grads.backward(&tape, &l, j + 1 == n_micro)?;
