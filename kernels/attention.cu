@@ -215,6 +215,115 @@ __device__ void attn_bwd_dkv_impl(AttnShape s, const T* q, const T* k, const T* 
     }
 }
 
+// Split keys (flash decoding): with few (row, head) pairs, as in a decode step of a few
+// sequences, one warp per pair leaves the GPU almost idle and walks a long context alone.
+// attn_fwd_paged_batch_split gives each (row, head) `splits` warps, each over one contiguous
+// share of the positions the row sees, and writes its unnormalised partial output with its
+// running maximum and sum; attn_combine_splits merges the shares in order (the log-sum-exp
+// rule) into the output and the log-sum-exp. The split count is the host's and fixed for a
+// launch; the shares follow each row's current length, read on the device, so a captured
+// graph stays valid as sequences grow.
+template <class T>
+__device__ void attn_fwd_paged_split_impl(AttnShape s, const T* q, const T* k, const T* v, const u32* meta,
+                                          const u32* seq_of, const u32* tables, i64 block_size, int splits,
+                                          float* part_out, float* part_ml) {
+    int lane = threadIdx.x & 31;
+    i64 warp = (i64)blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+    if (warp >= s.t * s.heads * splits) return;
+    i64 pair = warp / splits;
+    int sp = (int)(warp - pair * splits);
+    i64 i = pair / s.heads;
+    int h = (int)(pair - i * s.heads);
+    int g = h / (s.heads / s.kv_heads);
+    const u32* m = meta + 4 * (i64)seq_of[i];
+    i64 local = i - (i64)m[0], t = (i64)m[1], len = (i64)m[2];
+    i64 n = local + (len - t) + 1;  // positions row i sees
+    i64 share = (n + splits - 1) / splits;
+    i64 j0 = sp * share, j1 = j0 + share < n ? j0 + share : n;
+    PagedRows rows{tables + m[3], block_size};
+    float qr[ATTN_MAX_CHUNKS], acc[ATTN_MAX_CHUNKS];
+    load_row(q + (i * s.heads + h) * s.d, s.d, lane, qr);
+#pragma unroll
+    for (int c = 0; c < ATTN_MAX_CHUNKS; ++c) acc[c] = 0.0f;
+    float mx = -inf_f32(), l = 0.0f;
+    for (i64 j = j0; j < j1; ++j) {
+        i64 r = rows(j);
+        float sc = dot_row(qr, k + r * s.k_row + g * s.k_head, s.d, lane) * s.scale;
+        float m_new = fmaxf(mx, sc);
+        float corr = expf(mx - m_new);
+        float p = expf(sc - m_new);
+        l = l * corr + p;
+        const T* vr = v + r * s.v_row + g * s.v_head;
+#pragma unroll
+        for (int c = 0; c < ATTN_MAX_CHUNKS; ++c) {
+            int e = lane + 32 * c;
+            acc[c] = acc[c] * corr + (e < s.d ? p * to_f32(vr[e]) : 0.0f);
+        }
+        mx = m_new;
+    }
+    i64 at = (i64)sp * s.t * s.heads + pair;
+#pragma unroll
+    for (int c = 0; c < ATTN_MAX_CHUNKS; ++c) {
+        int e = lane + 32 * c;
+        if (e < s.d) part_out[at * s.d + e] = acc[c];
+    }
+    if (lane == 0) {
+        part_ml[2 * at] = mx;  // -inf for an empty share
+        part_ml[2 * at + 1] = l;
+    }
+}
+
+template <class T>
+__device__ void attn_combine_splits_impl(AttnShape s, int splits, const float* part_out, const float* part_ml,
+                                         T* out, float* lse) {
+    int lane = threadIdx.x & 31;
+    i64 pair = (i64)blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+    if (pair >= s.t * s.heads) return;
+    i64 stride = s.t * s.heads;
+    float mx = -inf_f32();
+    for (int sp = 0; sp < splits; ++sp) mx = fmaxf(mx, part_ml[2 * (sp * stride + pair)]);
+    float l = 0.0f, acc[ATTN_MAX_CHUNKS];
+#pragma unroll
+    for (int c = 0; c < ATTN_MAX_CHUNKS; ++c) acc[c] = 0.0f;
+    for (int sp = 0; sp < splits; ++sp) {
+        i64 at = sp * stride + pair;
+        float m = part_ml[2 * at];
+        if (m == -inf_f32()) continue;  // an empty share
+        float w = expf(m - mx);
+        l += part_ml[2 * at + 1] * w;
+#pragma unroll
+        for (int c = 0; c < ATTN_MAX_CHUNKS; ++c) {
+            int e = lane + 32 * c;
+            if (e < s.d) acc[c] += part_out[at * s.d + e] * w;
+        }
+    }
+    float inv = 1.0f / l;
+    i64 i = pair / s.heads;
+    int h = (int)(pair - i * s.heads);
+#pragma unroll
+    for (int c = 0; c < ATTN_MAX_CHUNKS; ++c) {
+        int e = lane + 32 * c;
+        if (e < s.d) out[pair * s.d + e] = from_f32<T>(acc[c] * inv);
+    }
+    if (lane == 0) lse[(i64)h * s.t + i] = mx + logf(l);
+}
+
+#define ATTENTION_SPLIT(T, S)                                                                              \
+    extern "C" __global__ void attn_fwd_paged_split_##S(AttnShape s, const T* q, const T* k, const T* v,   \
+                                                        const u32* meta, const u32* seq_of,                \
+                                                        const u32* tables, i64 block_size, int splits,     \
+                                                        float* part_out, float* part_ml) {                 \
+        attn_fwd_paged_split_impl<T>(s, q, k, v, meta, seq_of, tables, block_size, splits, part_out,       \
+                                     part_ml);                                                             \
+    }                                                                                                      \
+    ARTIST_EXPORT(attn_fwd_paged_split_##S)                                                                \
+    extern "C" __global__ void attn_combine_splits_##S(AttnShape s, int splits, const float* part_out,     \
+                                                       const float* part_ml, T* out, float* lse) {         \
+        attn_combine_splits_impl<T>(s, splits, part_out, part_ml, out, lse);                               \
+    }                                                                                                      \
+    ARTIST_EXPORT(attn_combine_splits_##S)
+FLOAT_TYPES(ATTENTION_SPLIT)
+
 #define ATTENTION(T, S)                                                                                   \
     extern "C" __global__ void attn_fwd_##S(AttnShape s, const T* q, const T* k, const T* v, T* out,       \
                                             float* lse) {                                                 \

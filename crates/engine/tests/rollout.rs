@@ -274,7 +274,8 @@ fn cuda_or_skip() -> Option<artist_tensor::Device> {
 
 /// The rollout engine with the model on the CUDA backend (the CPU emulator of it where no GPU
 /// is present): sampling on the device draws the tokens the CPU run draws, with the same
-/// logprobs, and a tool call in the middle keeps the cache exact.
+/// logprobs, and a tool call in the middle keeps the cache exact; attention splits each row's
+/// keys over warps (flash decoding), as a long cache makes it.
 #[test]
 fn rollouts_on_the_cuda_backend_equal_the_cpu() {
     let Some(dev) = cuda_or_skip() else { return };
@@ -294,7 +295,11 @@ fn rollouts_on_the_cuda_backend_equal_the_cpu() {
             .unwrap()
             .0
     };
-    let (a, b) = (run(&cpu), run(&gpu));
+    let a = run(&cpu);
+    let before = artist_tensor::cuda::thread_kernel_launches("attn_fwd_paged_split_f32");
+    let b = run(&gpu);
+    // The default context (16,384 positions) splits each row's keys over 32 warps.
+    assert!(artist_tensor::cuda::thread_kernel_launches("attn_fwd_paged_split_f32") > before, "keys were not split");
     assert_eq!(a.len(), 6);
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         assert_eq!(x.ids, y.ids, "rollout {i}: tokens");

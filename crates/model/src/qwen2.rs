@@ -116,6 +116,17 @@ pub(crate) struct DecodeGraphs {
 /// The padded number of rows and the KV pools' addresses.
 pub(crate) type GraphKey = (usize, Vec<u64>);
 
+/// Warps per (row, head) of paged attention on a GPU (flash decoding,
+/// [`PagedBatch::with_key_splits`]): one per 128 positions the cache can hold, from 1 to 32,
+/// so that a decode step of a few sequences over a long context keeps the GPU busy. It
+/// depends on the cache alone, so eager, padded and graphed steps split alike (and give the
+/// same bits). `ARTIST_ATTN_SPLITS=N` sets it.
+fn key_splits(max_len: usize) -> usize {
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *FORCED.get_or_init(|| std::env::var("ARTIST_ATTN_SPLITS").ok().and_then(|v| v.parse().ok()));
+    forced.unwrap_or(max_len / 128).clamp(1, 32)
+}
+
 /// Graphs a cache keeps at most: one per capture size ([`graph_batch_size`]).
 const MAX_DECODE_GRAPHS: usize = 35;
 
@@ -558,7 +569,8 @@ impl Qwen2 {
             inputs.iter().map(|s| (cache.len(s.slot), 1, cache.table(s.slot))).collect();
         tables.resize(rows, (0, 1, &pad_table[..]));
         let capacity = rows * cache.max_blocks_per_slot();
-        let batch = PagedBatch::with_table_capacity(&tables, cache.block_size(), Device::Cpu, capacity)?;
+        let batch = PagedBatch::with_table_capacity(&tables, cache.block_size(), Device::Cpu, capacity)?
+            .with_key_splits(key_splits(cache.max_len()));
         let mut ints: Vec<u32> = inputs.iter().map(|s| s.tokens[0]).collect();
         ints.resize(rows, 0);
         ints.extend(batch.device_arrays());
@@ -646,7 +658,9 @@ impl Qwen2 {
         let paged = if cache.device().is_cuda() {
             let batch: Vec<(usize, usize, &[u32])> =
                 seqs.iter().map(|&(slot, start, len)| (start, len, cache.table(slot))).collect();
-            Some(Paged { batch: PagedBatch::new(&batch, cache.block_size(), self.device)?, cos, sin })
+            let batch =
+                PagedBatch::new(&batch, cache.block_size(), self.device)?.with_key_splits(key_splits(cache.max_len()));
+            Some(Paged { batch, cos, sin })
         } else {
             None
         };

@@ -112,6 +112,9 @@ pub struct PagedBatch {
     tables: Vec<u32>,
     /// The pool row (`block * block_size + offset`) each query row's position goes to.
     slots: Vec<u32>,
+    /// Warps per (row, head) on a GPU, each over a share of the positions the row sees
+    /// ([`PagedBatch::with_key_splits`]).
+    key_splits: usize,
     on_device: Option<PagedBatchDevice>,
 }
 
@@ -232,7 +235,7 @@ impl PagedBatch {
             }
             tables.resize(cap, 0);
         }
-        let batch = PagedBatch { block_size, meta, tables, slots, on_device: None };
+        let batch = PagedBatch { block_size, meta, tables, slots, key_splits: 1, on_device: None };
         if !device.is_cuda() {
             return Ok(batch);
         }
@@ -245,6 +248,21 @@ impl PagedBatch {
     /// The query rows of all sequences together.
     pub fn rows(&self) -> usize {
         self.slots.len()
+    }
+
+    /// This batch with GPU attention split over the keys, flash-decoding style: `n` warps
+    /// per (row, head), each over one contiguous share of the positions the row sees, then
+    /// one merge (1, the default: one warp per pair). Splitting fills the GPU when a step has
+    /// few rows and long contexts; it changes the order of the sums, not the maths. The
+    /// shares follow each row's current length, so one split count serves every step of a
+    /// captured graph. At most 64.
+    pub fn with_key_splits(mut self, n: usize) -> PagedBatch {
+        self.key_splits = n.clamp(1, 64);
+        self
+    }
+
+    pub fn key_splits(&self) -> usize {
+        self.key_splits
     }
 
     pub fn block_size(&self) -> usize {
@@ -535,7 +553,7 @@ impl Tensor {
                     k_pool,
                     v_pool,
                     (&dev.meta, &dev.seq_of, &dev.tables),
-                    bs,
+                    (bs, batch.key_splits),
                     a,
                     scale,
                 )

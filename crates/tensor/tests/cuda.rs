@@ -1253,3 +1253,47 @@ fn tensor_core_attention_matches_the_cpu() {
         close(&format!("{what}: dv"), &dvg, &dvc, 3e-2, 3e-2);
     }
 }
+
+/// Keys split across warps (flash decoding): 1, 3 and 16 shares per (row, head), over
+/// decode rows of 1 to 300 positions beside a prefill, give the one-warp-per-pair kernel's
+/// output and log-sum-exp within f32 reassociation (bf16: its rounding), with shares left
+/// empty where a row sees fewer positions than there are shares; the split kernel and the
+/// merge are what ran.
+#[test]
+fn paged_attention_split_over_keys_equals_one_warp_per_pair() {
+    let dev = gpu_or_skip!();
+    let (h, kv, d, bs) = (4usize, 2usize, 32usize, 16usize);
+    // (start, t): positions cached, new rows; each sequence gets its own run of blocks.
+    let shapes = [(0usize, 1usize), (299, 1), (40, 7), (130, 1)];
+    let mut next = 0u32;
+    let tables: Vec<Vec<u32>> = shapes
+        .iter()
+        .map(|&(a, t)| {
+            let n = (a + t).div_ceil(bs) as u32;
+            let table = (next..next + n).rev().collect(); // blocks in reverse: not a view
+            next += n;
+            table
+        })
+        .collect();
+    let blocks = next as usize;
+    let spec: Vec<(usize, usize, &[u32])> = shapes.iter().zip(&tables).map(|(&(a, t), b)| (a, t, &b[..])).collect();
+    let rows: usize = shapes.iter().map(|s| s.1).sum();
+    let scale = (d as f32).powf(-0.5);
+    for dt in [DType::F32, DType::BF16] {
+        let q = randn(&[rows, h, d], 240).to_dtype(dt).unwrap().to_device(dev).unwrap();
+        let kp = randn(&[blocks, bs, kv, d], 241).to_dtype(dt).unwrap().to_device(dev).unwrap();
+        let vp = randn(&[blocks, bs, kv, d], 242).to_dtype(dt).unwrap().to_device(dev).unwrap();
+        let one = PagedBatch::new(&spec, bs, dev).unwrap();
+        let (want_out, want_lse) = q.paged_attention_batch(&kp, &vp, &one, scale).unwrap();
+        let (rt, at) = if dt == DType::F32 { (1e-5, 1e-5) } else { tol(dt) };
+        for splits in [3usize, 16] {
+            let batch = PagedBatch::new(&spec, bs, dev).unwrap().with_key_splits(splits);
+            let kernel = format!("attn_fwd_paged_split_{}", if dt == DType::F32 { "f32" } else { "bf16" });
+            let before = cuda::thread_kernel_launches(&kernel);
+            let (out, lse) = q.paged_attention_batch(&kp, &vp, &batch, scale).unwrap();
+            assert_eq!(cuda::thread_kernel_launches(&kernel), before + 1, "{dt} splits {splits}: {kernel}");
+            close(&format!("{dt} splits {splits}: out"), &out, &want_out, rt * 2.0, at * 2.0);
+            close(&format!("{dt} splits {splits}: lse"), &lse, &want_lse, 1e-5, 1e-5);
+        }
+    }
+}

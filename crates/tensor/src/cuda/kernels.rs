@@ -134,7 +134,15 @@ pub fn inventory() -> Vec<(&'static str, String)> {
         for k in ["scatter_add", "index_add", "topk"] {
             out.push(("index", format!("{k}_{s}")));
         }
-        for k in ["attn_fwd", "attn_fwd_paged", "attn_fwd_paged_batch", "attn_bwd_dq", "attn_bwd_dkv"] {
+        for k in [
+            "attn_fwd",
+            "attn_fwd_paged",
+            "attn_fwd_paged_batch",
+            "attn_fwd_paged_split",
+            "attn_combine_splits",
+            "attn_bwd_dq",
+            "attn_bwd_dkv",
+        ] {
             out.push(("attention", format!("{k}_{s}")));
         }
     }

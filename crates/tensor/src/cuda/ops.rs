@@ -858,7 +858,7 @@ pub(crate) fn attention_fwd_paged_batch(
     k_pool: &Tensor,
     v_pool: &Tensor,
     (meta, seq_of, tables): (&Tensor, &Tensor, &Tensor),
-    block_size: usize,
+    (block_size, splits): (usize, usize),
     a: AttnDims,
     scale: f32,
 ) -> Result<(Tensor, Tensor)> {
@@ -877,18 +877,25 @@ pub(crate) fn attention_fwd_paged_batch(
     if a.t * a.heads > 0 && a.d > 0 {
         let row = (a.kv_heads * a.d) as i64;
         let shape = attn_shape(a, scale, (row, a.d as i64), (row, a.d as i64));
-        let args = Args::new()
-            .arg(shape)
-            .arg(qp)
-            .arg(kp)
-            .arg(vp)
-            .arg(mp)
-            .arg(sp)
-            .arg(tp)
-            .arg(block_size as i64)
-            .arg(op)
-            .arg(lp);
-        dev.launch("attention", format!("attn_fwd_paged_batch_{}", suffix(q.dtype())), warp_cfg(a.t * a.heads), args)?;
+        let args = Args::new().arg(shape).arg(qp).arg(kp).arg(vp).arg(mp).arg(sp).arg(tp).arg(block_size as i64);
+        let s = suffix(q.dtype());
+        if splits > 1 {
+            // Flash decoding: partial results per share of the keys, then one merge.
+            let pairs = a.t * a.heads;
+            let part_out = CudaStorage::alloc(&dev, DType::F32, splits * pairs * a.d)?;
+            let part_ml = CudaStorage::alloc(&dev, DType::F32, splits * pairs * 2)?;
+            let args = args.arg(splits as i32).arg(part_out.ptr()).arg(part_ml.ptr());
+            dev.launch("attention", format!("attn_fwd_paged_split_{s}"), warp_cfg(pairs * splits), args)?;
+            let args = Args::new().arg(shape).arg(splits as i32).arg(part_out.ptr()).arg(part_ml.ptr()).arg(op).arg(lp);
+            dev.launch("attention", format!("attn_combine_splits_{s}"), warp_cfg(pairs), args)?;
+        } else {
+            dev.launch(
+                "attention",
+                format!("attn_fwd_paged_batch_{s}"),
+                warp_cfg(a.t * a.heads),
+                args.arg(op).arg(lp),
+            )?;
+        }
     }
     Ok((out, lse))
 }
