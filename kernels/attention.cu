@@ -60,17 +60,20 @@ struct PagedRows {
     }
 };
 
-// One warp's (query, head): the query row at q_row attends to positions 0..=last of KV head
-// g (rows(j) locates position j); writes the output row and the log-sum-exp.
+// One warp's online softmax of the query row at q_row over positions j0 .. j1 - 1 of KV head g
+// (rows(j) locates position j): the unnormalised output in acc (the lane's share), the
+// running maximum m (-inf when the range is empty) and sum l.
 template <class T, class Rows>
-__device__ __forceinline__ void attn_fwd_one(const AttnShape& s, const T* q_row, const T* k, const T* v, int g,
-                                             i64 last, Rows rows, T* o, float* lse_at, int lane) {
-    float qr[ATTN_MAX_CHUNKS], acc[ATTN_MAX_CHUNKS];
+__device__ __forceinline__ void attn_accumulate(const AttnShape& s, const T* q_row, const T* k, const T* v, int g,
+                                                i64 j0, i64 j1, Rows rows, float* acc, float& m, float& l,
+                                                int lane) {
+    float qr[ATTN_MAX_CHUNKS];
     load_row(q_row, s.d, lane, qr);
 #pragma unroll
     for (int c = 0; c < ATTN_MAX_CHUNKS; ++c) acc[c] = 0.0f;
-    float m = -inf_f32(), l = 0.0f;
-    for (i64 j = 0; j <= last; ++j) {
+    m = -inf_f32();
+    l = 0.0f;
+    for (i64 j = j0; j < j1; ++j) {
         i64 r = rows(j);
         float sc = dot_row(qr, k + r * s.k_row + g * s.k_head, s.d, lane) * s.scale;
         float m_new = fmaxf(m, sc);
@@ -85,6 +88,15 @@ __device__ __forceinline__ void attn_fwd_one(const AttnShape& s, const T* q_row,
         }
         m = m_new;
     }
+}
+
+// One warp's (query, head): the query row at q_row attends to positions 0..=last of KV head
+// g (rows(j) locates position j); writes the output row and the log-sum-exp.
+template <class T, class Rows>
+__device__ __forceinline__ void attn_fwd_one(const AttnShape& s, const T* q_row, const T* k, const T* v, int g,
+                                             i64 last, Rows rows, T* o, float* lse_at, int lane) {
+    float acc[ATTN_MAX_CHUNKS], m, l;
+    attn_accumulate(s, q_row, k, v, g, 0, last + 1, rows, acc, m, l, lane);
     float inv = 1.0f / l;
 #pragma unroll
     for (int c = 0; c < ATTN_MAX_CHUNKS; ++c) {
@@ -240,27 +252,9 @@ __device__ void attn_fwd_paged_split_impl(AttnShape s, const T* q, const T* k, c
     i64 n = local + (len - t) + 1;  // positions row i sees
     i64 share = (n + splits - 1) / splits;
     i64 j0 = sp * share, j1 = j0 + share < n ? j0 + share : n;
-    PagedRows rows{tables + m[3], block_size};
-    float qr[ATTN_MAX_CHUNKS], acc[ATTN_MAX_CHUNKS];
-    load_row(q + (i * s.heads + h) * s.d, s.d, lane, qr);
-#pragma unroll
-    for (int c = 0; c < ATTN_MAX_CHUNKS; ++c) acc[c] = 0.0f;
-    float mx = -inf_f32(), l = 0.0f;
-    for (i64 j = j0; j < j1; ++j) {
-        i64 r = rows(j);
-        float sc = dot_row(qr, k + r * s.k_row + g * s.k_head, s.d, lane) * s.scale;
-        float m_new = fmaxf(mx, sc);
-        float corr = expf(mx - m_new);
-        float p = expf(sc - m_new);
-        l = l * corr + p;
-        const T* vr = v + r * s.v_row + g * s.v_head;
-#pragma unroll
-        for (int c = 0; c < ATTN_MAX_CHUNKS; ++c) {
-            int e = lane + 32 * c;
-            acc[c] = acc[c] * corr + (e < s.d ? p * to_f32(vr[e]) : 0.0f);
-        }
-        mx = m_new;
-    }
+    float acc[ATTN_MAX_CHUNKS], mx, l;
+    attn_accumulate(s, q + (i * s.heads + h) * s.d, k, v, g, j0, j1, PagedRows{tables + m[3], block_size}, acc, mx,
+                    l, lane);
     i64 at = (i64)sp * s.t * s.heads + pair;
 #pragma unroll
     for (int c = 0; c < ATTN_MAX_CHUNKS; ++c) {
@@ -373,6 +367,67 @@ FLOAT_TYPES(ATTENTION)
 #define MMA_BK 64  // keys per tile
 #define MMA_PAD 8  // bf16 of padding per shared row: rows land on different banks
 
+// The pieces the tensor-core kernels share (g = lane / 4, c = lane % 4, as mma_bf16_16816's
+// fragment layout; SR = D + MMA_PAD, the shared tiles' row stride).
+
+// A fragments of rows row0 + g and row0 + g + 8 of a bf16 matrix whose row r starts at
+// base + r * stride, for each 16-column step of D; zeros from row `rows` on.
+template <int D>
+__device__ __forceinline__ void load_a_rows(u32 (*a)[4], const u16* base, i64 stride, i64 row0, i64 rows, int g,
+                                            int c) {
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            i64 row = row0 + g + 8 * (r & 1);
+            int col = kc * 16 + 2 * c + 8 * (r >> 1);
+            a[kc][r] = row < rows ? *reinterpret_cast<const u32*>(base + row * stride + col) : 0u;
+        }
+    }
+}
+
+// Rows first .. first + ROWS of two bf16 matrices (row r at a + r * sa and b + r * sb) into
+// shared tiles `ta` and `tb`, 16 bytes at a time by the whole block; zeros from row `end` on.
+template <int D, int ROWS>
+__device__ __forceinline__ void stage_tiles(u16* ta, u16* tb, const u16* a, i64 sa, const u16* b, i64 sb, i64 first,
+                                            i64 end) {
+    constexpr int SR = D + MMA_PAD, CH = D / 8;
+    for (int i = (int)threadIdx.x; i < ROWS * CH; i += (int)blockDim.x) {
+        int r = i / CH, ch = i - r * CH;
+        i64 row = first + r;
+        u32x4 x = {0u, 0u, 0u, 0u}, y = {0u, 0u, 0u, 0u};
+        if (row < end) {
+            x = *reinterpret_cast<const u32x4*>(a + row * sa + ch * 8);
+            y = *reinterpret_cast<const u32x4*>(b + row * sb + ch * 8);
+        }
+        *reinterpret_cast<u32x4*>(ta + r * SR + ch * 8) = x;
+        *reinterpret_cast<u32x4*>(tb + r * SR + ch * 8) = y;
+    }
+}
+
+// The B fragment whose column g is a shared tile's row (B[k][n] = T[n][k]): `p` points at
+// T[n0 + g][k0 + 2c].
+__device__ __forceinline__ void b_from_row(u32 b[2], const u16* p) {
+    b[0] = *reinterpret_cast<const u32*>(p);
+    b[1] = *reinterpret_cast<const u32*>(p + 8);
+}
+
+// The B fragment whose rows are a shared tile's rows (B[k][n] = T[k][n]), two tile rows per
+// register: `p` points at T[k0 + 2c][n0 + g].
+template <int SR>
+__device__ __forceinline__ void b_from_rows(u32 b[2], const u16* p) {
+    b[0] = (u32)p[0] | ((u32)p[SR] << 16);
+    b[1] = (u32)p[8 * SR] | ((u32)p[9 * SR] << 16);
+}
+
+// The C fragments of two 8-column tiles, rounded to bf16: the A fragment of one 16-deep step.
+__device__ __forceinline__ void c_to_a(u32 a[4], const float* c0, const float* c1) {
+    a[0] = pack_bf16(c0[0], c0[1]);
+    a[1] = pack_bf16(c0[2], c0[3]);
+    a[2] = pack_bf16(c1[0], c1[1]);
+    a[3] = pack_bf16(c1[2], c1[3]);
+}
+
 template <int D>
 __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, const bf16* k, const bf16* v,
                                                   bf16* out, float* lse) {
@@ -380,7 +435,6 @@ __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, co
     constexpr int NT = MMA_BK / 8;    // 8-key column tiles of the scores
     constexpr int OT = D / 8;         // 8-wide column tiles of the output
     constexpr int SR = D + MMA_PAD;   // shared row stride, in bf16
-    constexpr int CH = D / 8;         // 16-byte chunks per row
     __align__(16) __shared__ u16 ks[MMA_BK * SR];
     __align__(16) __shared__ u16 vs[MMA_BK * SR];
     const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
@@ -393,15 +447,7 @@ __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, co
 
     // The warp's rows r0 + g and r0 + g + 8 of Q as A fragments (zeros past t).
     u32 qa[KC][4];
-#pragma unroll
-    for (int kc = 0; kc < KC; ++kc) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            i64 row = r0 + g + 8 * (r & 1);
-            int col = kc * 16 + 2 * c + 8 * (r >> 1);
-            qa[kc][r] = row < s.t ? *reinterpret_cast<const u32*>(qb + (row * s.heads + h) * D + col) : 0u;
-        }
-    }
+    load_a_rows<D>(qa, qb + h * D, (i64)s.heads * D, r0, s.t, g, c);
     float o[OT][4];
 #pragma unroll
     for (int ot = 0; ot < OT; ++ot) o[ot][0] = o[ot][1] = o[ot][2] = o[ot][3] = 0.0f;
@@ -412,17 +458,7 @@ __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, co
     i64 kmax = last_row + off < s.len - 1 ? last_row + off : s.len - 1;
     for (i64 j0 = 0; j0 <= kmax; j0 += MMA_BK) {
         __syncthreads();  // every warp is done with the previous tile
-        for (int i = tid; i < MMA_BK * CH; i += (int)blockDim.x) {
-            int r = i / CH, ch = i - r * CH;
-            i64 j = j0 + r;
-            u32x4 kx = {0u, 0u, 0u, 0u}, vx = {0u, 0u, 0u, 0u};
-            if (j < s.len) {
-                kx = *reinterpret_cast<const u32x4*>(kb + j * s.k_row + ch * 8);
-                vx = *reinterpret_cast<const u32x4*>(vb + j * s.v_row + ch * 8);
-            }
-            *reinterpret_cast<u32x4*>(ks + r * SR + ch * 8) = kx;
-            *reinterpret_cast<u32x4*>(vs + r * SR + ch * 8) = vx;
-        }
+        stage_tiles<D, MMA_BK>(ks, vs, kb, s.k_row, vb, s.v_row, j0, s.len);
         __syncthreads();
 
         // Scores: sc[nt] is the 16 x 8 tile of keys j0 + 8 nt ...
@@ -433,8 +469,8 @@ __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, co
             const u16* krow = ks + (nt * 8 + g) * SR + 2 * c;  // B[k][n] = K[n][k]
 #pragma unroll
             for (int kc = 0; kc < KC; ++kc) {
-                u32 b[2] = {*reinterpret_cast<const u32*>(krow + kc * 16),
-                            *reinterpret_cast<const u32*>(krow + kc * 16 + 8)};
+                u32 b[2];
+                b_from_row(b, krow + kc * 16);
                 mma_bf16_16816(sc[nt], qa[kc], b);
             }
         }
@@ -480,14 +516,13 @@ __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, co
         // O += P V: the scores' C fragments of two key tiles are the A fragment of 16 keys.
 #pragma unroll
         for (int kc = 0; kc < MMA_BK / 16; ++kc) {
-            u32 pa[4] = {pack_bf16(sc[2 * kc][0], sc[2 * kc][1]), pack_bf16(sc[2 * kc][2], sc[2 * kc][3]),
-                         pack_bf16(sc[2 * kc + 1][0], sc[2 * kc + 1][1]),
-                         pack_bf16(sc[2 * kc + 1][2], sc[2 * kc + 1][3])};
+            u32 pa[4];
+            c_to_a(pa, sc[2 * kc], sc[2 * kc + 1]);
             const u16* v0 = vs + (kc * 16 + 2 * c) * SR + g;  // B[k][n] = V[k][n]
 #pragma unroll
             for (int ot = 0; ot < OT; ++ot) {
-                const u16* vp = v0 + ot * 8;
-                u32 b[2] = {(u32)vp[0] | ((u32)vp[SR] << 16), (u32)vp[8 * SR] | ((u32)vp[9 * SR] << 16)};
+                u32 b[2];
+                b_from_rows<SR>(b, v0 + ot * 8);
                 mma_bf16_16816(o[ot], pa, b);
             }
         }
@@ -556,7 +591,7 @@ template <int D>
 __device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q, const bf16* k, const bf16* v,
                                                      const bf16* dout, const float* lse, const float* delta,
                                                      float* dq) {
-    constexpr int KC = D / 16, NT = MMA_BK / 8, OT = D / 8, SR = D + MMA_PAD, CH = D / 8;
+    constexpr int KC = D / 16, NT = MMA_BK / 8, OT = D / 8, SR = D + MMA_PAD;
     __align__(16) __shared__ u16 ks[MMA_BK * SR];
     __align__(16) __shared__ u16 vs[MMA_BK * SR];
     const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
@@ -569,16 +604,8 @@ __device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q,
     const u16* vb = reinterpret_cast<const u16*>(v) + kvh * s.v_head;
 
     u32 qa[KC][4], da[KC][4];  // rows r0 + g and r0 + g + 8 of Q and dO as A fragments
-#pragma unroll
-    for (int kc = 0; kc < KC; ++kc) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            i64 row = r0 + g + 8 * (r & 1);
-            i64 at = (row * s.heads + h) * D + kc * 16 + 2 * c + 8 * (r >> 1);
-            qa[kc][r] = row < s.t ? *reinterpret_cast<const u32*>(qb + at) : 0u;
-            da[kc][r] = row < s.t ? *reinterpret_cast<const u32*>(db + at) : 0u;
-        }
-    }
+    load_a_rows<D>(qa, qb + h * D, (i64)s.heads * D, r0, s.t, g, c);
+    load_a_rows<D>(da, db + h * D, (i64)s.heads * D, r0, s.t, g, c);
     float lrow[2], drow[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -594,17 +621,7 @@ __device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q,
     i64 kmax = last_row + off < s.len - 1 ? last_row + off : s.len - 1;
     for (i64 j0 = 0; j0 <= kmax; j0 += MMA_BK) {
         __syncthreads();
-        for (int i = tid; i < MMA_BK * CH; i += (int)blockDim.x) {
-            int r = i / CH, ch = i - r * CH;
-            i64 j = j0 + r;
-            u32x4 kx = {0u, 0u, 0u, 0u}, vx = {0u, 0u, 0u, 0u};
-            if (j < s.len) {
-                kx = *reinterpret_cast<const u32x4*>(kb + j * s.k_row + ch * 8);
-                vx = *reinterpret_cast<const u32x4*>(vb + j * s.v_row + ch * 8);
-            }
-            *reinterpret_cast<u32x4*>(ks + r * SR + ch * 8) = kx;
-            *reinterpret_cast<u32x4*>(vs + r * SR + ch * 8) = vx;
-        }
+        stage_tiles<D, MMA_BK>(ks, vs, kb, s.k_row, vb, s.v_row, j0, s.len);
         __syncthreads();
         float sc[NT][4], dp[NT][4];
 #pragma unroll
@@ -615,11 +632,10 @@ __device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q,
             const u16* vrow = vs + (nt * 8 + g) * SR + 2 * c;
 #pragma unroll
             for (int kc = 0; kc < KC; ++kc) {
-                u32 bk[2] = {*reinterpret_cast<const u32*>(krow + kc * 16),
-                             *reinterpret_cast<const u32*>(krow + kc * 16 + 8)};
+                u32 bk[2], bv[2];
+                b_from_row(bk, krow + kc * 16);
                 mma_bf16_16816(sc[nt], qa[kc], bk);
-                u32 bv[2] = {*reinterpret_cast<const u32*>(vrow + kc * 16),
-                             *reinterpret_cast<const u32*>(vrow + kc * 16 + 8)};
+                b_from_row(bv, vrow + kc * 16);
                 mma_bf16_16816(dp[nt], da[kc], bv);
             }
         }
@@ -636,14 +652,13 @@ __device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q,
         // dQ += dS K: B[k][n] = K[key k][n], two value rows per register as P V reads V.
 #pragma unroll
         for (int kc = 0; kc < MMA_BK / 16; ++kc) {
-            u32 pa[4] = {pack_bf16(sc[2 * kc][0], sc[2 * kc][1]), pack_bf16(sc[2 * kc][2], sc[2 * kc][3]),
-                         pack_bf16(sc[2 * kc + 1][0], sc[2 * kc + 1][1]),
-                         pack_bf16(sc[2 * kc + 1][2], sc[2 * kc + 1][3])};
+            u32 pa[4];
+            c_to_a(pa, sc[2 * kc], sc[2 * kc + 1]);
             const u16* k0 = ks + (kc * 16 + 2 * c) * SR + g;
 #pragma unroll
             for (int ot = 0; ot < OT; ++ot) {
-                const u16* kp = k0 + ot * 8;
-                u32 b[2] = {(u32)kp[0] | ((u32)kp[SR] << 16), (u32)kp[8 * SR] | ((u32)kp[9 * SR] << 16)};
+                u32 b[2];
+                b_from_rows<SR>(b, k0 + ot * 8);
                 mma_bf16_16816(acc[ot], pa, b);
             }
         }
@@ -665,7 +680,7 @@ template <int D>
 __device__ __forceinline__ void attn_bwd_dkv_mma_impl(AttnShape s, const bf16* q, const bf16* k, const bf16* v,
                                                       const bf16* dout, const float* lse, const float* delta,
                                                       float* dk, float* dv) {
-    constexpr int KC = D / 16, NQ = MMA_BQ_DKV / 8, OT = D / 8, SR = D + MMA_PAD, CH = D / 8;
+    constexpr int KC = D / 16, NQ = MMA_BQ_DKV / 8, OT = D / 8, SR = D + MMA_PAD;
     __align__(16) __shared__ u16 qs[MMA_BQ_DKV * SR];
     __align__(16) __shared__ u16 dos[MMA_BQ_DKV * SR];
     __shared__ float ls[MMA_BQ_DKV], dls[MMA_BQ_DKV];
@@ -679,16 +694,8 @@ __device__ __forceinline__ void attn_bwd_dkv_mma_impl(AttnShape s, const bf16* q
     const u16* vb = reinterpret_cast<const u16*>(v) + kvh * s.v_head;
 
     u32 ka[KC][4], va[KC][4];  // keys k0 + g and k0 + g + 8 of K and V as A fragments
-#pragma unroll
-    for (int kc = 0; kc < KC; ++kc) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            i64 j = k0 + g + 8 * (r & 1);
-            int col = kc * 16 + 2 * c + 8 * (r >> 1);
-            ka[kc][r] = j < s.len ? *reinterpret_cast<const u32*>(kb + j * s.k_row + col) : 0u;
-            va[kc][r] = j < s.len ? *reinterpret_cast<const u32*>(vb + j * s.v_row + col) : 0u;
-        }
-    }
+    load_a_rows<D>(ka, kb, s.k_row, k0, s.len, g, c);
+    load_a_rows<D>(va, vb, s.v_row, k0, s.len, g, c);
     float dka[OT][4], dva[OT][4];
 #pragma unroll
     for (int ot = 0; ot < OT; ++ot)
@@ -702,18 +709,7 @@ __device__ __forceinline__ void attn_bwd_dkv_mma_impl(AttnShape s, const bf16* q
         const int h = kvh * rep + rh;
         for (i64 i0 = first; i0 < s.t; i0 += MMA_BQ_DKV) {
             __syncthreads();
-            for (int i = tid; i < MMA_BQ_DKV * CH; i += (int)blockDim.x) {
-                int r = i / CH, ch = i - r * CH;
-                i64 row = i0 + r;
-                u32x4 qx = {0u, 0u, 0u, 0u}, dx = {0u, 0u, 0u, 0u};
-                if (row < s.t) {
-                    i64 at = (row * s.heads + h) * D + ch * 8;
-                    qx = *reinterpret_cast<const u32x4*>(qb + at);
-                    dx = *reinterpret_cast<const u32x4*>(db + at);
-                }
-                *reinterpret_cast<u32x4*>(qs + r * SR + ch * 8) = qx;
-                *reinterpret_cast<u32x4*>(dos + r * SR + ch * 8) = dx;
-            }
+            stage_tiles<D, MMA_BQ_DKV>(qs, dos, qb + h * D, (i64)s.heads * D, db + h * D, (i64)s.heads * D, i0, s.t);
             for (int r = tid; r < MMA_BQ_DKV; r += (int)blockDim.x) {
                 i64 row = i0 + r;
                 ls[r] = row < s.t ? lse[(i64)h * s.t + row] : 0.0f;
@@ -730,11 +726,10 @@ __device__ __forceinline__ void attn_bwd_dkv_mma_impl(AttnShape s, const bf16* q
                 const u16* drow = dos + (nq * 8 + g) * SR + 2 * c;
 #pragma unroll
                 for (int kc = 0; kc < KC; ++kc) {
-                    u32 bq[2] = {*reinterpret_cast<const u32*>(qrow + kc * 16),
-                                 *reinterpret_cast<const u32*>(qrow + kc * 16 + 8)};
+                    u32 bq[2], bd[2];
+                    b_from_row(bq, qrow + kc * 16);
                     mma_bf16_16816(st[nq], ka[kc], bq);
-                    u32 bd[2] = {*reinterpret_cast<const u32*>(drow + kc * 16),
-                                 *reinterpret_cast<const u32*>(drow + kc * 16 + 8)};
+                    b_from_row(bd, drow + kc * 16);
                     mma_bf16_16816(dpt[nq], va[kc], bd);
                 }
             }
@@ -754,21 +749,17 @@ __device__ __forceinline__ void attn_bwd_dkv_mma_impl(AttnShape s, const bf16* q
             // dV += P^T dO and dK += dS^T Q: B[k][n] = dO[query k][n], Q[query k][n].
 #pragma unroll
             for (int kc = 0; kc < NQ / 2; ++kc) {
-                u32 pa[4] = {pack_bf16(st[2 * kc][0], st[2 * kc][1]), pack_bf16(st[2 * kc][2], st[2 * kc][3]),
-                             pack_bf16(st[2 * kc + 1][0], st[2 * kc + 1][1]),
-                             pack_bf16(st[2 * kc + 1][2], st[2 * kc + 1][3])};
-                u32 sa[4] = {pack_bf16(dpt[2 * kc][0], dpt[2 * kc][1]), pack_bf16(dpt[2 * kc][2], dpt[2 * kc][3]),
-                             pack_bf16(dpt[2 * kc + 1][0], dpt[2 * kc + 1][1]),
-                             pack_bf16(dpt[2 * kc + 1][2], dpt[2 * kc + 1][3])};
+                u32 pa[4], sa[4];
+                c_to_a(pa, st[2 * kc], st[2 * kc + 1]);
+                c_to_a(sa, dpt[2 * kc], dpt[2 * kc + 1]);
                 const u16* d0 = dos + (kc * 16 + 2 * c) * SR + g;
                 const u16* q0 = qs + (kc * 16 + 2 * c) * SR + g;
 #pragma unroll
                 for (int ot = 0; ot < OT; ++ot) {
-                    const u16* dp = d0 + ot * 8;
-                    u32 bd[2] = {(u32)dp[0] | ((u32)dp[SR] << 16), (u32)dp[8 * SR] | ((u32)dp[9 * SR] << 16)};
+                    u32 bd[2], bq[2];
+                    b_from_rows<SR>(bd, d0 + ot * 8);
                     mma_bf16_16816(dva[ot], pa, bd);
-                    const u16* qp = q0 + ot * 8;
-                    u32 bq[2] = {(u32)qp[0] | ((u32)qp[SR] << 16), (u32)qp[8 * SR] | ((u32)qp[9 * SR] << 16)};
+                    b_from_rows<SR>(bq, q0 + ot * 8);
                     mma_bf16_16816(dka[ot], sa, bq);
                 }
             }

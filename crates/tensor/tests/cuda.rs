@@ -825,6 +825,19 @@ fn every_kernel_the_backend_launches_exists() {
     }
 }
 
+/// Random `q: [t, h, d]` and `k`, `v: [len, kv, d]` of dtype `dt` from seeds `seed..seed + 3`,
+/// on the CPU and on `dev`; k and v are views into a wider cache `[len + 2, kv, d]`, as the
+/// model reads them.
+fn attention_inputs([t, len, h, kv, d]: [usize; 5], dt: DType, seed: u64, dev: Device) -> ([Tensor; 3], [Tensor; 3]) {
+    let q = randn(&[t, h, d], seed).to_dtype(dt).unwrap();
+    let kc = randn(&[len + 2, kv, d], seed + 1).to_dtype(dt).unwrap();
+    let vc = randn(&[len + 2, kv, d], seed + 2).to_dtype(dt).unwrap();
+    let view = |c: &Tensor| c.narrow(0, 0, len).unwrap();
+    let on_dev = |c: &Tensor| view(&c.to_device(dev).unwrap());
+    let qg = q.to_device(dev).unwrap();
+    ([q, view(&kc), view(&vc)], [qg, on_dev(&kc), on_dev(&vc)])
+}
+
 /// Fused causal attention against the CPU's (matrix products), forward and backward:
 /// GQA, MQA and MHA, a prefill, a decode step against a strided cache view, f32 and bf16.
 #[test]
@@ -833,16 +846,7 @@ fn causal_attention_matches() {
     // (t, len, heads, kv_heads, d)
     for (t, len, h, kv, d) in [(5, 5, 4, 2, 16), (1, 9, 4, 1, 32), (3, 7, 2, 2, 40), (6, 6, 6, 3, 8)] {
         for dt in [DType::F32, DType::BF16] {
-            let q = randn(&[t, h, d], 210).to_dtype(dt).unwrap();
-            // k and v as views into a wider cache [len + 2, kv, d] (as the model reads them).
-            let kc = randn(&[len + 2, kv, d], 211).to_dtype(dt).unwrap();
-            let vc = randn(&[len + 2, kv, d], 212).to_dtype(dt).unwrap();
-            let (k, v) = (kc.narrow(0, 0, len).unwrap(), vc.narrow(0, 0, len).unwrap());
-            let (kg, vg) = (
-                kc.to_device(dev).unwrap().narrow(0, 0, len).unwrap(),
-                vc.to_device(dev).unwrap().narrow(0, 0, len).unwrap(),
-            );
-            let qg = q.to_device(dev).unwrap();
+            let ([q, k, v], [qg, kg, vg]) = attention_inputs([t, len, h, kv, d], dt, 210, dev);
             let scale = (d as f32).powf(-0.5);
             let what = format!("attention t {t} len {len} heads {h}/{kv} d {d} {dt}");
             let (oc, lc) = q.causal_attention(&k, &v, scale).unwrap();
@@ -1221,15 +1225,7 @@ fn tensor_core_attention_matches_the_cpu() {
     // (t, len, heads, kv_heads, d)
     for (t, len, h, kv, d) in [(100, 100, 4, 2, 64), (37, 130, 2, 1, 128), (64, 64, 2, 2, 128), (1, 70, 4, 4, 64)] {
         let dt = DType::BF16;
-        let q = randn(&[t, h, d], 310).to_dtype(dt).unwrap();
-        let kc = randn(&[len + 2, kv, d], 311).to_dtype(dt).unwrap();
-        let vc = randn(&[len + 2, kv, d], 312).to_dtype(dt).unwrap();
-        let (k, v) = (kc.narrow(0, 0, len).unwrap(), vc.narrow(0, 0, len).unwrap());
-        let (kg, vg) = (
-            kc.to_device(dev).unwrap().narrow(0, 0, len).unwrap(),
-            vc.to_device(dev).unwrap().narrow(0, 0, len).unwrap(),
-        );
-        let qg = q.to_device(dev).unwrap();
+        let ([q, k, v], [qg, kg, vg]) = attention_inputs([t, len, h, kv, d], dt, 310, dev);
         let scale = (d as f32).powf(-0.5);
         let what = format!("tensor-core attention t {t} len {len} heads {h}/{kv} d {d}");
         let kernel = format!("attn_fwd_mma_d{d}_bf16");

@@ -149,14 +149,17 @@ pub fn launch_count(ordinal: usize) -> Result<u64> {
 
 thread_local! {
     static THREAD_LAUNCHES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    static THREAD_KERNELS: std::cell::RefCell<std::collections::HashMap<String, u64>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
+    /// Launches by kernel name, once [`thread_kernel_launches`] has asked on this thread
+    /// (until then launches pay nothing for it).
+    static THREAD_KERNELS: std::cell::RefCell<Option<std::collections::HashMap<String, u64>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// How many times this thread has launched the kernel `name` (e.g. `attn_fwd_mma_d64_bf16`),
-/// on any device: which of an op's kernels ran.
+/// on any device, since its first call to this function: which of an op's kernels ran
+/// (read it before the op, and again after).
 pub fn thread_kernel_launches(name: &str) -> u64 {
-    THREAD_KERNELS.with(|k| k.borrow().get(name).copied().unwrap_or(0))
+    THREAD_KERNELS.with(|k| k.borrow_mut().get_or_insert_with(Default::default).get(name).copied().unwrap_or(0))
 }
 
 /// Kernels and matrix products this thread has queued so far, on any device: unlike
@@ -289,12 +292,8 @@ impl GpuDevice {
     pub fn launch(&self, module: &'static str, name: String, cfg: LaunchCfg, args: Args) -> Result<()> {
         self.count_launch();
         THREAD_KERNELS.with(|k| {
-            let mut k = k.borrow_mut();
-            match k.get_mut(&name) {
-                Some(n) => *n += 1,
-                None => {
-                    k.insert(name.clone(), 1);
-                }
+            if let Some(counts) = k.borrow_mut().as_mut() {
+                *counts.entry(name.clone()).or_insert(0) += 1;
             }
         });
         self.rt.launch(&Kernel { module, name }, cfg, args)
