@@ -8,6 +8,10 @@
 // own row of x alone, summed in the same order whatever m is (so padding a decode step with
 // rows changes no bit of the others).
 //
+// `round_x` != 0 rounds each activation to T before the product (a linear layer whose
+// products run in T, `Tensor::linear_in`): the values of T's GEMM into f32, with no pass
+// over x to round it first.
+//
 // Host conditions (ops.rs): k a multiple of 8, x and w contiguous at 16-byte aligned
 // addresses.
 
@@ -25,7 +29,7 @@ union Float8 {
 };
 
 template <class T>
-__device__ void gemv_impl(i64 m, i64 k, i64 n, const float* x, const T* w, float* out) {
+__device__ void gemv_impl(i64 m, i64 k, i64 n, const float* x, const T* w, float* out, int round_x) {
     const int lane = (int)(threadIdx.x & 31);
     const i64 warp = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const i64 warps = ((i64)gridDim.x * blockDim.x) >> 5;
@@ -52,6 +56,10 @@ __device__ void gemv_impl(i64 m, i64 k, i64 n, const float* x, const T* w, float
                 const u32x4* xp = reinterpret_cast<const u32x4*>(x + r * k + c * 8);
                 xv.v[0] = xp[0];
                 xv.v[1] = xp[1];
+                if (round_x) {
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) xv.f[e] = to_f32(from_f32<T>(xv.f[e]));
+                }
 #pragma unroll
                 for (int q = 0; q < GEMV_NR; ++q)
 #pragma unroll
@@ -70,10 +78,11 @@ __device__ void gemv_impl(i64 m, i64 k, i64 n, const float* x, const T* w, float
     }
 }
 
-#define GEMV(T, S)                                                                                      \
-    extern "C" __global__ void gemv_##S(i64 m, i64 k, i64 n, const float* x, const T* w, float* out) { \
-        gemv_impl<T>(m, k, n, x, w, out);                                                               \
-    }                                                                                                   \
+#define GEMV(T, S)                                                                            \
+    extern "C" __global__ void gemv_##S(i64 m, i64 k, i64 n, const float* x, const T* w, float* out, \
+                                        int round_x) {                                                \
+        gemv_impl<T>(m, k, n, x, w, out, round_x);                                                    \
+    }                                                                                                 \
     ARTIST_EXPORT(gemv_##S)
 GEMV(bf16, bf16)
 GEMV(f16, f16)

@@ -249,6 +249,7 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
         max_steps_per_turn: run.max_steps_per_turn,
         max_batch: run.batch,
         eos_ids: model.config.eos_token_ids.clone(),
+        matmul_dtype: None,
         first_episode: 0,
     };
     let indices: Vec<usize> = (0..data.entries.len()).collect();

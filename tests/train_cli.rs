@@ -219,7 +219,17 @@ fn bad_input_is_a_clear_error() {
     );
     let fp8: Vec<String> =
         base(&good, &tmp.path().join("r5")).into_iter().chain(["--attention-dtype".into(), "fp8".into()]).collect();
-    fails_cleanly(&train(&fp8, &[]), "attention dtype \"fp8\" is neither f32 nor bf16");
+    fails_cleanly(&train(&fp8, &[]), "compute dtype \"fp8\" is neither f32 nor bf16");
+    // bf16 products and attention: the run trains and its settings keep the choice.
+    let out = tmp.path().join("r6");
+    let bf16: Vec<String> = base(&good, &out)
+        .into_iter()
+        .chain(["--matmul-dtype", "bf16", "--attention-dtype", "bf16"].map(String::from))
+        .collect();
+    ok(&train(&bf16, &[]));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run_config.json")).unwrap()).unwrap();
+    assert_eq!((saved["matmul_dtype"].as_str(), saved["attention_dtype"].as_str()), (Some("bf16"), Some("bf16")));
 }
 
 /// `--config configs/artist-math.toml` on the tiny fixture and the bundled MATH-style file,

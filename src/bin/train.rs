@@ -126,7 +126,12 @@ struct Args {
     /// inputs; on a GPU with head dim 64 or 128, the tensor-core kernels). GRPO: the config
     /// key `attention_dtype`.
     #[arg(long, value_name = "f32|bf16")]
-    attention_dtype: Option<artist_train::AttentionDtype>,
+    attention_dtype: Option<artist_train::ComputeDtype>,
+    /// [sft] The dtype linear layers and the LM head multiply in: f32 (the default, exact)
+    /// or bf16 (activations, weights and output gradients rounded, f32 sums; on a GPU, the
+    /// tensor cores). GRPO: the config keys `matmul_dtype` and `[rollout] matmul_dtype`.
+    #[arg(long, value_name = "f32|bf16")]
+    matmul_dtype: Option<artist_train::ComputeDtype>,
     /// Stop after this step (checkpointing it) without finishing; --resume continues. For the
     /// demo, counts GRPO steps.
     #[arg(long)]
@@ -159,6 +164,7 @@ impl Args {
         }
         set!(model, data, steps, batch_size, micro_batch_size, lr, weight_decay, beta1, beta2, eps, grad_clip);
         set!(warmup_steps, lr_schedule, seed, save_every, keep_last, max_seq_len, overlong, attention_dtype);
+        set!(matmul_dtype);
         if self.no_shuffle {
             c.shuffle = false;
         }

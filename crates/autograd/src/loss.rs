@@ -17,6 +17,21 @@ fn default_chunk(vocab: usize) -> usize {
 /// `scale` is `1 / temperature` when the tokens were sampled at a temperature. `chunk`
 /// rows go through the vocabulary at a time (`None`: about 16M logits per chunk).
 pub fn token_logprobs(hidden: &Var, weight: &Var, targets: &[u32], scale: f32, chunk: Option<usize>) -> Result<Var> {
+    token_logprobs_in(hidden, weight, targets, scale, chunk, None)
+}
+
+/// [`token_logprobs`] with the projection's products (forward and backward) in `compute`
+/// (`Some(BF16)`: hidden states, weight and logit gradients rounded to bf16, sums in f32,
+/// as [`Var::linear_in`] does); the log-softmax and everything after it stay f32. The
+/// weight is rounded once per call, not once per chunk.
+pub fn token_logprobs_in(
+    hidden: &Var,
+    weight: &Var,
+    targets: &[u32],
+    scale: f32,
+    chunk: Option<usize>,
+    compute: Option<DType>,
+) -> Result<Var> {
     const OP: &str = "token_logprobs";
     let [n, h] = hidden.value().dims_n(OP)?;
     let [vocab, wh] = weight.value().dims_n(OP)?;
@@ -38,9 +53,21 @@ pub fn token_logprobs(hidden: &Var, weight: &Var, targets: &[u32], scale: f32, c
     let device = hidden.value().device();
     let targets = Tensor::from_vec(targets.to_vec(), (n, 1), device)?;
     let (hv, wv) = (hidden.value().clone(), weight.value().clone());
+    let compute = compute.filter(|&dt| dt != DType::F32);
+    // The weight as the products read it: rounded once when a compute dtype asks for it.
+    let wc = match compute {
+        Some(dt) => wv.to_dtype(dt)?,
+        None => wv.clone(),
+    };
 
+    let project = move |h: &Tensor, w: &Tensor| -> Result<Tensor> {
+        match compute {
+            Some(dt) => h.linear_in(w, None, dt),
+            None => h.linear(w, None),
+        }
+    };
     let logits_of = move |h: &Tensor, w: &Tensor| -> Result<Tensor> {
-        let z = h.linear(w, None)?;
+        let z = project(h, w)?;
         if scale == 1.0 { Ok(z) } else { z.mul_scalar(scale) }
     };
     // Forward keeps only log-sum-exp per row: backward rebuilds the softmax from it in the
@@ -49,7 +76,7 @@ pub fn token_logprobs(hidden: &Var, weight: &Var, targets: &[u32], scale: f32, c
     for start in (0..n).step_by(chunk) {
         let len = chunk.min(n - start);
         let t = targets.narrow(0, start, len)?;
-        let z = logits_of(&hv.narrow(0, start, len)?, &wv)?;
+        let z = logits_of(&hv.narrow(0, start, len)?, &wc)?;
         let lp = z.log_softmax(-1)?.gather(1, &t)?.to_vec::<f32>()?;
         let zt = z.gather(1, &t)?.to_vec::<f32>()?;
         lse.extend(zt.iter().zip(&lp).map(|(z, l)| z - l));
@@ -61,7 +88,8 @@ pub fn token_logprobs(hidden: &Var, weight: &Var, targets: &[u32], scale: f32, c
     Var::record(OP, &[hidden, weight], value, move |g, needs| {
         let g = g.to_dtype(DType::F32)?.to_vec::<f32>()?;
         // dh = dz @ W needs W as f32 rows of an [h, vocab] linear; widen half weights once.
-        let w_t = if needs[0] && wv.dtype() != DType::F32 { Some(wv.t()?.contiguous()?) } else { None };
+        let w_t =
+            if needs[0] && compute.is_none() && wv.dtype() != DType::F32 { Some(wv.t()?.contiguous()?) } else { None };
         let mut dw: Option<Tensor> = None;
         let mut dh_parts = Vec::new();
         for start in (0..n).step_by(chunk) {
@@ -69,21 +97,27 @@ pub fn token_logprobs(hidden: &Var, weight: &Var, targets: &[u32], scale: f32, c
             let hc = hv.narrow(0, start, len)?;
             // d lp_i / d z_ij = scale * (onehot_ij - p_ij), p_ij = exp(scale z_ij - lse_i);
             // the unscaled logits' buffer is overwritten with the gradient row by row.
-            let dz = hc.linear(&wv, None)?;
+            let dz = project(&hc, &wc)?;
             dz.token_logprob_grad_in_place(
                 &g[start..start + len],
                 &lse[start..start + len],
                 &target_ids[start..start + len],
                 scale,
             )?;
+            // Under a compute dtype both products read the logit gradient rounded to it.
+            let dzc = compute.map(|dt| dz.to_dtype(dt)).transpose()?;
             if needs[0] {
-                dh_parts.push(match &w_t {
-                    None => dz.matmul(&wv)?,
-                    Some(wt) => dz.linear(wt, None)?,
+                dh_parts.push(match (&dzc, &w_t) {
+                    (Some(dzc), _) => dzc.matmul_f32(&wc)?,
+                    (None, None) => dz.matmul(&wv)?,
+                    (None, Some(wt)) => dz.linear(wt, None)?,
                 });
             }
             if needs[1] {
-                let part = dz.t()?.matmul(&hc.to_dtype(DType::F32)?)?;
+                let part = match (&dzc, compute) {
+                    (Some(dzc), Some(dt)) => dzc.t()?.matmul_f32(&hc.to_dtype(dt)?)?,
+                    _ => dz.t()?.matmul(&hc.to_dtype(DType::F32)?)?,
+                };
                 match &dw {
                     None => dw = Some(part),
                     Some(acc) => acc.add_assign(&part)?,

@@ -132,6 +132,8 @@ impl Var {
         let value = self.value.matmul(&rhs.value)?;
         let (a, b) = (self.value.clone(), rhs.value.clone());
         Var::record("matmul", &[self, rhs], value, move |g, needs| {
+            // Half-precision operands meet the (f32) gradient widened.
+            let (a, b) = (a.to_dtype(g.dtype())?, b.to_dtype(g.dtype())?);
             let da = if needs[0] { Some(g.matmul(&b.transpose(-2, -1)?)?.sum_to(a.shape().clone())?) } else { None };
             let db = if needs[1] { Some(a.transpose(-2, -1)?.matmul(&g)?.sum_to(b.shape().clone())?) } else { None };
             Ok(vec![da, db])
@@ -163,6 +165,43 @@ impl Var {
             let mut out = vec![dx, dw];
             if needs.len() == 3 {
                 out.push(if needs[2] { Some(g2.sum(0)?) } else { None });
+            }
+            Ok(out)
+        })
+    }
+
+    /// [`Var::linear`] with the product in `compute` (`Tensor::linear_in`: activations and
+    /// weights rounded to a half type, sums in f32, an f32 result), as autocast runs
+    /// `nn.Linear`. Backward runs its two products the same way (the output gradient
+    /// rounded to `compute`, f32 sums) and returns f32 gradients, which autocast would
+    /// round to bf16. Saves the rounded activations (half the bytes of f32 ones) and the
+    /// weight as it is, rounding it again in backward rather than keeping a copy.
+    /// `compute = F32` is [`Var::linear`].
+    pub fn linear_in(&self, weight: &Var, bias: Option<&Var>, compute: DType) -> Result<Var> {
+        if compute == DType::F32 {
+            return self.linear(weight, bias);
+        }
+        let xh = self.value.to_dtype(compute)?;
+        let value = xh.linear_in(&weight.value, bias.map(|b| &b.value), compute)?;
+        let w = weight.value.clone();
+        let x_shape = self.value.shape().clone();
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        Var::record("linear_in", &inputs, value, move |g, needs| {
+            let [n, k] = w.dims_n("linear_in backward")?;
+            let g2 = g.reshape((g.elem_count() / n.max(1), n))?;
+            let gh = g2.to_dtype(compute)?;
+            let dx =
+                if needs[0] { Some(gh.matmul_f32(&w.to_dtype(compute)?)?.reshape(x_shape.clone())?) } else { None };
+            let dw = if needs[1] {
+                let x2 = xh.reshape((xh.elem_count() / k.max(1), k))?;
+                Some(gh.t()?.matmul_f32(&x2)?)
+            } else {
+                None
+            };
+            let mut out = vec![dx, dw];
+            if needs.len() == 3 {
+                out.push(if needs[2] { Some(g2.to_dtype(DType::F32)?.sum(0)?) } else { None });
             }
             Ok(out)
         })
@@ -326,6 +365,13 @@ impl Var {
     /// and the one whose numbers match transformers and PyTorch to the ulp.
     pub fn causal_attention(q: &Var, k: &Var, v: &Var, scale: f32) -> Result<Var> {
         if !q.value.device().is_cuda() {
+            let dt = q.value.dtype();
+            if dt != DType::F32 {
+                // Half inputs on the CPU: the composition in f32 over their exact widening
+                // (the GPU kernels' f32 scores and softmax), the output in the inputs' type.
+                let (q, k, v) = (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
+                return Var::causal_attention_composed(&q, &k, &v, scale)?.to_dtype(dt);
+            }
             return Var::causal_attention_composed(q, k, v, scale);
         }
         let (out, lse) = q.value.causal_attention(&k.value, &v.value, scale)?;

@@ -468,6 +468,8 @@ pub struct Ctx {
     /// The dtype attention computes in, when not its inputs' own (see
     /// [`Ctx::with_attention_dtype`]).
     attention_dtype: Option<DType>,
+    /// The dtype linear layers multiply in, when not f32 (see [`Ctx::with_matmul_dtype`]).
+    matmul_dtype: Option<DType>,
     /// Without a tape: collects the trainable parameters the model asks for (a
     /// checkpointed block's forward, so that backward knows which gradients it adds).
     used: Option<Arc<Mutex<Vec<ParamId>>>>,
@@ -480,7 +482,7 @@ impl Ctx {
     }
 
     pub fn training(tape: &Tape) -> Ctx {
-        Ctx { tape: Some(tape.clone()), checkpointing: false, attention_dtype: None, used: None }
+        Ctx { tape: Some(tape.clone()), ..Ctx::default() }
     }
 
     pub fn with_checkpointing(mut self, on: bool) -> Ctx {
@@ -499,6 +501,19 @@ impl Ctx {
 
     pub fn attention_dtype(&self) -> Option<DType> {
         self.attention_dtype
+    }
+
+    /// Asks models to run their linear layers in `dtype` (`Some(BF16)`: activations and
+    /// weights rounded to bf16, products summed in f32 into an f32 result, on a GPU a
+    /// tensor-core GEMM; [`Var::linear_in`]), as autocast does; `None` (the default)
+    /// multiplies in f32. Checkpointed blocks recompute with the same choice.
+    pub fn with_matmul_dtype(mut self, dtype: Option<DType>) -> Ctx {
+        self.matmul_dtype = dtype;
+        self
+    }
+
+    pub fn matmul_dtype(&self) -> Option<DType> {
+        self.matmul_dtype
     }
 
     pub fn tape(&self) -> Option<&Tape> {
@@ -545,8 +560,8 @@ where
     let saved: Vec<Tensor> = inputs.iter().map(|v| v.value.clone()).collect();
     let consts: Vec<Var> = saved.iter().map(|t| Var::constant(t.clone())).collect();
     let used = Arc::new(Mutex::new(Vec::new()));
-    let attention_dtype = ctx.attention_dtype;
-    let recording = Ctx { used: Some(used.clone()), attention_dtype, ..Ctx::inference() };
+    let (attention_dtype, matmul_dtype) = (ctx.attention_dtype, ctx.matmul_dtype);
+    let recording = Ctx { used: Some(used.clone()), attention_dtype, matmul_dtype, ..Ctx::inference() };
     let value = block(&recording, &consts)?.value;
     drop(consts);
     let mut inner_params = std::mem::take(&mut *used.lock());
@@ -560,7 +575,8 @@ where
             .enumerate()
             .map(|(k, (t, &need))| if need { sub.input(k, t) } else { Var::constant(t) })
             .collect();
-        let out = block(&Ctx::training(&sub).with_attention_dtype(attention_dtype), &leaves)?;
+        let ctx = Ctx::training(&sub).with_attention_dtype(attention_dtype).with_matmul_dtype(matmul_dtype);
+        let out = block(&ctx, &leaves)?;
         drop(leaves);
         let n = needs.len();
         sub.backward_from(&out, g, grads, n, None)

@@ -7,7 +7,7 @@
 //! (truncation error ~h^2, rounding ~1e-7 |L| / h). A wrong sign, a missing term or a
 //! transposed gradient is off by O(1) and fails.
 
-use artist_autograd::{Ctx, Param, Tape, Var, checkpoint, token_logprobs};
+use artist_autograd::{Ctx, Param, Tape, Var, checkpoint, token_logprobs, token_logprobs_in};
 use artist_tensor::{DType, Device, Result, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -167,6 +167,132 @@ fn linear_with_bf16_weight_matches_its_f32_widening() {
     }
 }
 
+/// `x @ w^T` rounded to `dt` first, in f64 from the rounded values: an independent
+/// reference for the bf16 products (`a: [m, k]`, `b: [n, k]`, both as f32 row-major).
+fn rounded_product(a: &Tensor, b: &Tensor, dt: DType) -> Vec<f64> {
+    let r = |t: &Tensor| t.to_dtype(dt).unwrap().to_f32_vec().unwrap();
+    let (av, bv) = (r(a), r(b));
+    let (m, k, n) = (a.dims()[0], a.dims()[1], b.dims()[0]);
+    let mut out = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[i * n + j] = (0..k).map(|p| av[i * k + p] as f64 * bv[j * k + p] as f64).sum();
+        }
+    }
+    out
+}
+
+/// A linear layer in bf16 (autocast's products): its value and gradients are the f32
+/// products of the rounded operands (activations and weight forward; output gradient
+/// and weight, output gradient and activations backward), against an f64 reference of
+/// the same rounded values (within 1e-5 of the largest term); and they are not the f32
+/// layer's (rounding happened) but within bf16's reach of it. Rounding makes finite
+/// differences meaningless here: the function is flat between bf16 neighbours.
+#[test]
+fn linear_in_bf16_multiplies_the_rounded_operands() {
+    let mut g = rng();
+    let (m, k, n) = (24, 40, 12);
+    let x = rand_tensor(&mut g, &[m, k], -1.0, 1.0);
+    let w = rand_tensor(&mut g, &[n, k], -1.0, 1.0);
+    let bias = rand_tensor(&mut g, &[n], -1.0, 1.0);
+    let r = rand_tensor(&mut g, &[m, n], -1.0, 1.0); // the output gradient
+    let run = |compute: Option<DType>| {
+        let (px, pw, pb) = (Param::new("x", x.clone()), Param::new("w", w.clone()), Param::new("b", bias.clone()));
+        let tape = Tape::new();
+        let (vx, vw, vb) = (tape.param(&px), tape.param(&pw), tape.param(&pb));
+        let y = match compute {
+            Some(dt) => vx.linear_in(&vw, Some(&vb), dt).unwrap(),
+            None => vx.linear(&vw, Some(&vb)).unwrap(),
+        };
+        let loss = y.mul(&Var::constant(r.clone())).unwrap().sum_all().unwrap();
+        let gr = tape.backward(&loss).unwrap();
+        let get = |p: &Param| gr.get(p.id()).unwrap().clone();
+        (y.value().to_f32_vec().unwrap(), get(&px), get(&pw), get(&pb))
+    };
+    let (y, dx, dw, db) = run(Some(DType::BF16));
+    assert_eq!((dx.dtype(), dw.dtype()), (DType::F32, DType::F32), "gradients stay f32");
+    let close = |what: &str, got: &[f32], want: &[f64]| {
+        let scale = want.iter().fold(1f64, |a, b| a.max(b.abs()));
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!((*a as f64 - b).abs() <= 1e-5 * scale, "{what}[{i}]: {a} vs {b}");
+        }
+    };
+    let bv = bias.to_f32_vec().unwrap();
+    let want_y: Vec<f64> =
+        rounded_product(&x, &w, DType::BF16).iter().enumerate().map(|(i, v)| v + bv[i % n] as f64).collect();
+    close("y", &y, &want_y);
+    // dx = r @ w: [m, n] x [n, k]; as rows of an `a @ b^T`, b = w^T.
+    close("dx", &dx.to_f32_vec().unwrap(), &rounded_product(&r, &w.t().unwrap().contiguous().unwrap(), DType::BF16));
+    // dw = r^T @ x.
+    let (rt, xt) = (r.t().unwrap().contiguous().unwrap(), x.t().unwrap().contiguous().unwrap());
+    close("dw", &dw.to_f32_vec().unwrap(), &rounded_product(&rt, &xt, DType::BF16));
+    let rv = r.to_f32_vec().unwrap();
+    let want_db: Vec<f64> = (0..n).map(|j| (0..m).map(|i| rv[i * n + j] as f64).sum()).collect();
+    close("db", &db.to_f32_vec().unwrap(), &want_db);
+
+    // Against the f32 layer: not equal, within bf16 rounding (2^-8 relative per operand).
+    let (y32, dx32, dw32, _) = run(None);
+    for (what, a, b) in [
+        ("y", y.clone(), y32),
+        ("dx", dx.to_f32_vec().unwrap(), dx32.to_f32_vec().unwrap()),
+        ("dw", dw.to_f32_vec().unwrap(), dw32.to_f32_vec().unwrap()),
+    ] {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = a.iter().zip(&b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(diff > 0.0, "{what}: bf16 products gave the f32 bits");
+        assert!(diff <= 2e-2 * scale, "{what}: {diff} from f32 (largest {scale})");
+    }
+    // f32 compute is the plain layer; a weight already in bf16 is used as it is.
+    let (y_same, ..) = run(Some(DType::F32));
+    assert_eq!(y_same, run(None).0);
+    let y16 = x.linear_in(&w.to_dtype(DType::BF16).unwrap(), Some(&bias), DType::BF16).unwrap();
+    assert_eq!(y16.to_f32_vec().unwrap(), y);
+    // Bad requests are errors, not panics.
+    assert!(x.linear_in(&w, None, DType::U32).is_err());
+    assert!(x.linear_in(&w.narrow(1, 0, 8).unwrap(), None, DType::BF16).is_err());
+}
+
+/// `token_logprobs_in` with bf16 products: the value of the rounded projection followed
+/// by an f32 log-softmax, and gradients equal to the same composition of differentiable
+/// ops (`linear_in`, `log_softmax`, a one-hot pick) on the tape, for any chunking.
+#[test]
+fn token_logprobs_in_bf16_equals_its_composition() {
+    let mut g = rng();
+    let (h, w) = (rand_tensor(&mut g, &[9, 16], -1.0, 1.0), rand_tensor(&mut g, &[13, 16], -1.0, 1.0));
+    let targets = vec![3u32, 0, 12, 3, 7, 1, 5, 9, 2];
+    let scale = 0.7;
+    let grads = |f: &dyn Fn(&Var, &Var) -> Var| {
+        let (ph, pw) = (Param::new("h", h.clone()), Param::new("w", w.clone()));
+        let tape = Tape::new();
+        let lp = f(&tape.param(&ph), &tape.param(&pw));
+        let weights = Tensor::from_vec((0..9).map(|i| 0.5 - i as f32 * 0.1).collect::<Vec<_>>(), 9, Device::Cpu);
+        let loss = lp.mul(&Var::constant(weights.unwrap())).unwrap().sum_all().unwrap();
+        let gr = tape.backward(&loss).unwrap();
+        let v = |p: &Param| gr.get(p.id()).unwrap().to_f32_vec().unwrap();
+        (lp.value().to_f32_vec().unwrap(), v(&ph), v(&pw))
+    };
+    let mut onehot = vec![0f32; 9 * 13];
+    for (i, &t) in targets.iter().enumerate() {
+        onehot[i * 13 + t as usize] = 1.0;
+    }
+    let onehot = Var::constant(Tensor::from_vec(onehot, (9, 13), Device::Cpu).unwrap());
+    let want = grads(&|h, w| {
+        let z = h.linear_in(w, None, DType::BF16).unwrap().mul_scalar(scale).unwrap();
+        z.log_softmax(-1).unwrap().mul(&onehot).unwrap().sum_keepdim(-1).unwrap().reshape(9).unwrap()
+    });
+    for chunk in [2, 100] {
+        let got = grads(&|h, w| token_logprobs_in(h, w, &targets, scale, Some(chunk), Some(DType::BF16)).unwrap());
+        for (what, a, b) in [("value", &got.0, &want.0), ("dh", &got.1, &want.1), ("dw", &got.2, &want.2)] {
+            for (x, y) in a.iter().zip(b.iter()) {
+                assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "chunk {chunk} {what}: {x} vs {y}");
+            }
+        }
+    }
+    // And not the f32 projection's values.
+    let f32v = token_logprobs(&Var::constant(h.clone()), &Var::constant(w.clone()), &targets, scale, None).unwrap();
+    assert_ne!(f32v.value().to_f32_vec().unwrap(), want.0);
+}
+
 #[test]
 fn views_and_indexing() {
     let mut g = rng();
@@ -324,6 +450,40 @@ fn fused_attention_backward_equals_the_tape() {
         let (a, b) = (grads.get(p.id()).unwrap().to_f32_vec().unwrap(), fused.to_f32_vec().unwrap());
         let worst =
             a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, |m, x| if x.is_nan() || x > m { x } else { m });
+        assert!(worst < 1e-5, "{}: {worst}", p.name());
+    }
+}
+
+/// bf16 queries, keys and values on the CPU (a model's `attention_dtype = "bf16"` there):
+/// attention runs in f32 over their exact widening and returns its output rounded to bf16;
+/// the gradients (f32) are those of f32 attention over the widened values (the fused f32
+/// backward's, within 1e-5).
+#[test]
+fn bf16_attention_on_the_cpu_differentiates_its_widening() {
+    let mut g = rng();
+    let round = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+    let (q, k, v) = (
+        round(rand_tensor(&mut g, &[4, 4, 8], -1.0, 1.0)),
+        round(rand_tensor(&mut g, &[6, 2, 8], -1.0, 1.0)),
+        round(rand_tensor(&mut g, &[6, 2, 8], -1.0, 1.0)),
+    );
+    let dout = rand_tensor(&mut g, &[4, 4, 8], -1.0, 1.0);
+    let ps: Vec<Param> =
+        [&q, &k, &v].iter().enumerate().map(|(i, t)| Param::new(format!("p{i}"), (*t).clone())).collect();
+    let tape = Tape::new();
+    let vars: Vec<Var> = ps.iter().map(|p| tape.param(p)).collect();
+    let out = Var::causal_attention(&vars[0], &vars[1], &vars[2], 0.35).unwrap();
+    assert_eq!(out.value().dtype(), DType::BF16);
+    let loss = out.to_dtype(DType::F32).unwrap().mul(&Var::constant(dout.clone())).unwrap().sum_all().unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    let wide = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let (qf, kf, vf) = (wide(&q), wide(&k), wide(&v));
+    let (o, lse) = qf.causal_attention(&kf, &vf, 0.35).unwrap();
+    let (dq, dk, dv) = qf.causal_attention_backward(&kf, &vf, &o, &lse, &dout, 0.35).unwrap();
+    assert_eq!(out.value().to_f32_vec().unwrap(), o.to_dtype(DType::BF16).unwrap().to_f32_vec().unwrap());
+    for (p, fused) in ps.iter().zip([dq, dk, dv]) {
+        let (a, b) = (grads.get(p.id()).unwrap().to_f32_vec().unwrap(), fused.to_f32_vec().unwrap());
+        let worst = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(worst < 1e-5, "{}: {worst}", p.name());
     }
 }

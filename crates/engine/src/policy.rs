@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use artist_model::{KvCache, KvUsage, Qwen2, Rows, SeqInput};
+use artist_tensor::DType;
 
 use crate::{Error, Logits, Result};
 
@@ -35,6 +36,10 @@ pub trait Policy {
     fn truncate(&self, _cache: &mut Self::Cache, _slot: usize, _len: usize) -> Result<bool> {
         Ok(false)
     }
+
+    /// Asks steps through `cache` to run their linear layers in `dtype` (see
+    /// [`KvCache::set_matmul_dtype`]); a policy without the choice ignores it.
+    fn set_matmul_dtype(&self, _cache: &mut Self::Cache, _dtype: Option<DType>) {}
 }
 
 impl Policy for Qwen2 {
@@ -72,6 +77,10 @@ impl Policy for Qwen2 {
     fn truncate(&self, cache: &mut KvCache, slot: usize, len: usize) -> Result<bool> {
         cache.truncate(slot, len);
         Ok(cache.len(slot) == len)
+    }
+
+    fn set_matmul_dtype(&self, cache: &mut KvCache, dtype: Option<DType>) {
+        cache.set_matmul_dtype(dtype);
     }
 }
 
@@ -170,6 +179,10 @@ impl<P: Policy> Policy for SteeredPolicy<'_, P> {
 
     fn new_cache(&self, slots: usize, max_len: usize) -> Result<P::Cache> {
         self.inner.new_cache(slots, max_len)
+    }
+
+    fn set_matmul_dtype(&self, cache: &mut P::Cache, dtype: Option<DType>) {
+        self.inner.set_matmul_dtype(cache, dtype);
     }
 
     fn step(&self, inputs: &[SeqInput], cache: &mut P::Cache) -> Result<Logits> {

@@ -19,6 +19,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use artist_model::SeqInput;
+use artist_tensor::DType;
 use artist_tokenizer::{StreamDecoder, Tokenizer};
 use artist_tools::{Tool, ToolCall, ToolResult};
 use serde::Serialize;
@@ -56,6 +57,10 @@ pub struct RolloutConfig {
     pub stop_text: Option<String>,
     /// How a tool's output is forced into the sequence; `{output}` is replaced.
     pub output_template: String,
+    /// The dtype the policy's linear layers multiply in while rolling out (`Some(BF16)`:
+    /// tensor-core GEMMs for prefills and large decode batches; see
+    /// `KvCache::set_matmul_dtype`); `None`: f32.
+    pub matmul_dtype: Option<DType>,
 }
 
 impl Default for RolloutConfig {
@@ -73,6 +78,7 @@ impl Default for RolloutConfig {
             eos_ids: vec![],
             stop_text: Some("</answer>".into()),
             output_template: "<output>\n{output}\n</output>\n".into(),
+            matmul_dtype: None,
         }
     }
 }
@@ -333,6 +339,7 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
                 self.policy.new_cache(c.max_batch, c.max_context)?
             }
         };
+        self.policy.set_matmul_dtype(&mut cache, c.matmul_dtype);
         let mut free: Vec<usize> = (0..c.max_batch).rev().collect();
         let mut queue: VecDeque<usize> = (0..prompts.len()).collect();
         let mut seqs: Vec<Option<Seq>> = Vec::new();

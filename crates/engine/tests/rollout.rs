@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use artist_engine::{Finish, Logits, Policy, RolloutConfig, RolloutEngine, SamplingParams, ScriptedPolicy};
+use artist_engine::{Finish, Logits, Policy, Rollout, RolloutConfig, RolloutEngine, SamplingParams, ScriptedPolicy};
 use artist_model::{DecodeSteps, KvCache, KvUsage, Qwen2, SeqInput};
 use artist_tokenizer::Tokenizer;
 use artist_tools::{Tool, ToolCall, ToolResult};
@@ -308,6 +308,66 @@ fn rollouts_on_the_cuda_backend_equal_the_cpu() {
             assert!((p - q).abs() <= 1e-4, "rollout {i}: logprob {p} on the CPU, {q} on CUDA");
         }
     }
+}
+
+/// Rollouts with bf16 products (`RolloutConfig::matmul_dtype`): every projection rounds
+/// its activations and weights to bf16 (tensor-core GEMMs for prefills and large decode
+/// batches, the rounding gemv kernel for small ones). Where the CUDA run draws the CPU
+/// run's tokens (at least 3 in 4), its logprobs are the CPU's to f32 reassociation (median
+/// difference under 1e-5), except where another order of f32 sums rounds an activation to
+/// the neighbouring bf16 value (all within 2e-2); and they are not the logprobs of f32
+/// products (median difference over 1e-3 where the tokens agree).
+#[test]
+fn rollouts_with_bf16_products_on_the_cuda_backend_equal_the_cpu() {
+    let Some(dev) = cuda_or_skip() else { return };
+    let tok = tokenizer();
+    let cpu = Qwen2::load(&fixture("tiny-gqa")).unwrap();
+    let gpu = Qwen2::load_on(&fixture("tiny-gqa"), dev).unwrap();
+    let prompts: Vec<Vec<u32>> = ["Once upon a time there was", "The cat sat on the mat and", "A", "It was late"]
+        .iter()
+        .map(|p| tok.encode(p).unwrap())
+        .collect();
+    let run = |model: &Qwen2, matmul_dtype| {
+        let config = RolloutConfig {
+            max_turn_tokens: 12,
+            max_batch: 12,
+            max_context: 256,
+            sampling: SamplingParams { temperature: 0.9, seed: 5, ..Default::default() },
+            matmul_dtype,
+            ..config(3)
+        };
+        RolloutEngine { policy: model, tokenizer: &tok, tools: vec![FakePython::new("42", 0)], config }
+            .run(&prompts)
+            .unwrap()
+            .0
+    };
+    // (median, largest) difference of the logprobs of the tokens two runs share, and the
+    // share of all tokens that the runs share.
+    let gaps = |x: &[Rollout], y: &[Rollout]| {
+        let mut all = vec![];
+        for (r, s) in x.iter().zip(y) {
+            let n = r.ids.iter().zip(&s.ids).take_while(|(p, q)| p == q).count();
+            all.extend(r.logprobs[..n].iter().zip(&s.logprobs[..n]).map(|(p, q)| (p - q).abs()));
+        }
+        let total: usize = x.iter().map(|r| r.ids.len()).sum();
+        all.sort_by(f32::total_cmp);
+        (all[all.len() / 2], all[all.len() - 1], all.len() as f64 / total as f64)
+    };
+    let bf16 = Some(artist_tensor::DType::BF16);
+    let (a, b, f) = (run(&cpu, bf16), run(&gpu, bf16), run(&cpu, None));
+    assert_eq!((a.len(), b.len()), (12, 12));
+    // A logprob that moves by a flipped rounding can move a draw near a boundary of the
+    // sampler's distribution: the runs may part after such a token, rarely.
+    let (median, largest, shared) = gaps(&a, &b);
+    eprintln!(
+        "bf16 products: CPU and CUDA logprobs differ by {median:.1e} (median), {largest:.1e} (largest); \
+         {:.0}% of the tokens shared",
+        shared * 100.0
+    );
+    assert!(shared >= 0.75, "CPU and CUDA runs share only {:.0}% of their tokens", shared * 100.0);
+    assert!(median <= 1e-5 && largest <= 2e-2, "CPU vs CUDA: median {median}, largest {largest}");
+    let (median, ..) = gaps(&a, &f);
+    assert!(median >= 1e-3, "bf16 products differ from f32 ones by only {median} (median)");
 }
 
 /// Qwen2 with decode steps as CUDA graphs or eager, counting the graphs' captures and

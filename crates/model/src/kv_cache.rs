@@ -116,6 +116,9 @@ pub struct KvCache {
     pad: Option<u32>,
     /// Decode steps captured as CUDA graphs (on a GPU).
     pub(crate) graphs: crate::qwen2::DecodeGraphs,
+    /// The dtype forward passes through this cache multiply in (see
+    /// [`KvCache::set_matmul_dtype`]).
+    matmul_dtype: Option<DType>,
 }
 
 fn blocks_for(len: usize, block_size: usize) -> usize {
@@ -176,6 +179,7 @@ impl KvCache {
             cow_copies: 0,
             pad: None,
             graphs: Default::default(),
+            matmul_dtype: None,
         };
         let alloc = || cache.pool(initial);
         let k = (0..config.num_hidden_layers).map(|_| alloc()).collect::<Result<Vec<_>>>()?;
@@ -440,6 +444,22 @@ impl KvCache {
 
     pub fn decode_steps(&self) -> DecodeSteps {
         self.graphs.steps
+    }
+
+    /// Asks forward passes through this cache to run their linear layers and LM head in
+    /// `dtype` (`Some(BF16)`: activations rounded to bf16 meet bf16 weights, products summed
+    /// in f32 into f32 results, as vLLM serves a bf16 model; `Tensor::linear_in`), `None`
+    /// (the default) in f32. On a GPU, steps of more than 8 rows run tensor-core GEMMs
+    /// that read half the weight bytes of f32 ones, and smaller (decode) steps the gemv
+    /// kernel, which rounds each activation as it loads it; either way a row's values do not
+    /// depend on the rows beside it beyond f32 reassociation. A rollout's logprobs then
+    /// differ from the trainer's f32 ones by bf16 rounding of the activations.
+    pub fn set_matmul_dtype(&mut self, dtype: Option<DType>) {
+        self.matmul_dtype = dtype.filter(|&d| d != DType::F32);
+    }
+
+    pub fn matmul_dtype(&self) -> Option<DType> {
+        self.matmul_dtype
     }
 
     /// Decode-step graphs captured, and replays of them, so far.

@@ -1,7 +1,9 @@
 //! Qwen2 / Qwen2.5, exact to Hugging Face transformers, loaded from a checkpoint directory
 //! as downloaded: `config.json` and safetensors weights (bf16, f16 or f32; single file or
 //! sharded). Activations are f32; weights stay in their stored dtype and are widened on the
-//! fly. The KV cache belongs to the caller and is paged: fixed-size blocks shared
+//! fly. Linear layers can multiply in bf16 instead (`Ctx::with_matmul_dtype` in training,
+//! `KvCache::set_matmul_dtype` in inference), as autocast and vLLM do. The KV cache belongs
+//! to the caller and is paged: fixed-size blocks shared
 //! copy-on-write between the rollouts of a prompt.
 
 mod config;

@@ -38,9 +38,14 @@ struct Linear {
 }
 
 impl Linear {
+    /// `x @ weight^T + bias`, in the dtype `ctx` asks linear layers to multiply in.
     fn forward(&self, ctx: &Ctx, x: &Var) -> Result<Var> {
         let bias = self.bias.as_ref().map(|b| ctx.param(b).to_dtype(DType::F32)).transpose()?;
-        Ok(x.linear(&ctx.param(&self.weight), bias.as_ref())?)
+        let w = ctx.param(&self.weight);
+        Ok(match ctx.matmul_dtype() {
+            Some(dt) => x.linear_in(&w, bias.as_ref(), dt)?,
+            None => x.linear(&w, bias.as_ref())?,
+        })
     }
 
     /// One projection computing all of `parts` (their outputs side by side), named `name`.
@@ -170,6 +175,7 @@ impl Layer {
     /// block table, and each residual add shares a pass with the norm after it.
     fn forward_paged(
         &self,
+        ctx: &Ctx,
         x: &Tensor,
         delta: Option<&Tensor>,
         cache: &mut KvCache,
@@ -177,24 +183,26 @@ impl Layer {
         p: &Paged,
     ) -> Result<(Tensor, Tensor)> {
         let Dims { heads, head_dim: d, intermediate: i, eps, .. } = self.dims;
-        let ctx = Ctx::inference();
         let total = p.batch.rows();
-        let w_in = norm_weight(&ctx, &self.input_layernorm)?.into_value();
+        let w_in = norm_weight(ctx, &self.input_layernorm)?.into_value();
         let (x, h) = match delta {
             Some(delta) => x.add_rms_norm(delta, &w_in, eps)?,
             None => (x.clone(), x.rms_norm(&w_in, eps)?),
         };
         // The projection's bias is added inside the fused split/RoPE/cache write.
-        let qkv = h.linear(self.qkv_proj.weight.value(), None)?;
+        let qkv = match ctx.matmul_dtype() {
+            Some(dt) => h.linear_in(self.qkv_proj.weight.value(), None, dt)?,
+            None => h.linear(self.qkv_proj.weight.value(), None)?,
+        };
         let bias = self.qkv_proj.bias.as_ref().map(|b| b.value().to_dtype(DType::F32)).transpose()?;
         let q = cache.write_qkv_batch(l, &p.batch, &qkv, bias.as_ref(), heads, &p.cos, &p.sin)?;
         let attn = cache.attend_batch(l, &p.batch, &q, (d as f32).powf(-0.5))?.reshape((total, heads * d))?;
-        let o = self.o_proj.forward(&ctx, &Var::constant(attn))?.into_value();
-        let w_post = norm_weight(&ctx, &self.post_attention_layernorm)?.into_value();
+        let o = self.o_proj.forward(ctx, &Var::constant(attn))?.into_value();
+        let w_post = norm_weight(ctx, &self.post_attention_layernorm)?.into_value();
         let (x, h) = x.add_rms_norm(&o, &w_post, eps)?;
-        let gate_up = self.gate_up_proj.forward(&ctx, &Var::constant(h))?.into_value();
+        let gate_up = self.gate_up_proj.forward(ctx, &Var::constant(h))?.into_value();
         let act = gate_up.narrow(1, 0, i)?.silu_mul(&gate_up.narrow(1, i, i)?)?;
-        let down = self.down_proj.forward(&ctx, &Var::constant(act))?.into_value();
+        let down = self.down_proj.forward(ctx, &Var::constant(act))?.into_value();
         Ok((x, down))
     }
 
@@ -479,7 +487,7 @@ impl Qwen2 {
         if let (Some(p), Some(cache)) = (paged, cache.as_deref_mut()) {
             let (mut stream, mut delta) = (x.into_value(), None);
             for (l, layer) in self.layers.iter().enumerate() {
-                let (s, d) = layer.forward_paged(&stream, delta.as_ref(), cache, l, p)?;
+                let (s, d) = layer.forward_paged(ctx, &stream, delta.as_ref(), cache, l, p)?;
                 (stream, delta) = (s, Some(d));
             }
             return Ok(Var::constant(match delta {
@@ -641,7 +649,7 @@ impl Qwen2 {
 
     /// The cached decoder on a GPU and the final norm: `[rows, hidden]`.
     fn decode_final(&self, ids: &Tensor, cache: &mut KvCache, paged: &Paged) -> Result<Tensor> {
-        let ctx = Ctx::inference();
+        let ctx = Ctx::inference().with_matmul_dtype(cache.matmul_dtype());
         let x = self.decode(&ctx, ids, Arc::new(Vec::new()), Some(cache), Some(paged))?;
         Ok(x.rms_norm(&norm_weight(&ctx, &self.norm)?, self.config.rms_norm_eps as f32)?.into_value())
     }
@@ -666,7 +674,7 @@ impl Qwen2 {
         };
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let total_tokens = ids.len();
-        let ctx = Ctx::inference();
+        let ctx = Ctx::inference().with_matmul_dtype(cache.matmul_dtype());
         let ids = Tensor::from_vec(ids, total_tokens, self.device)?;
         let x = self.decode(&ctx, &ids, Arc::new(spans), Some(cache), paged.as_ref())?;
         for s in inputs {
@@ -722,7 +730,10 @@ impl Qwen2 {
     /// Logits `[rows, vocab]` (f32) for the requested rows of a forward call.
     pub fn forward(&self, inputs: &[SeqInput], cache: &mut KvCache, rows: Rows) -> Result<Tensor> {
         let h = self.forward_hidden(inputs, cache, rows)?;
-        Ok(h.linear(self.lm_head_weight(), None)?)
+        Ok(match cache.matmul_dtype() {
+            Some(dt) => h.linear_in(self.lm_head_weight(), None, dt)?,
+            None => h.linear(self.lm_head_weight(), None)?,
+        })
     }
 
     /// Logits `[tokens.len(), vocab]` of one whole sequence, without a cache kept.

@@ -15,7 +15,7 @@
 //! * `seq_mean_token_sum_norm` (Dr. GRPO): `w = 1 / (S L)`, `L` a constant (the maximum
 //!   response length).
 
-use artist_autograd::{Ctx, Var, token_logprobs};
+use artist_autograd::{Ctx, Var, token_logprobs, token_logprobs_in};
 use artist_model::Qwen2;
 use artist_tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -179,7 +179,7 @@ pub fn grpo_loss(
     let seq_refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
     let hidden = model.hidden_states(ctx, &seq_refs, Some(&rows))?;
     let scale = if c.temperature > 0.0 { 1.0 / c.temperature } else { 1.0 };
-    let lp = token_logprobs(&hidden, &ctx.param(model.lm_head_param()), &targets, scale, None)?;
+    let lp = token_logprobs_in(&hidden, &ctx.param(model.lm_head_param()), &targets, scale, None, ctx.matmul_dtype())?;
     let konst = |v: &[f32]| -> artist_model::Result<Var> {
         Ok(Var::constant(Tensor::from_vec(v.to_vec(), v.len(), model.device())?))
     };

@@ -10,17 +10,67 @@ impl Tensor {
     /// Transposed or sliced operands are read through their strides, without a copy.
     /// Half-precision operands are widened to f32, multiplied, and rounded back.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
-        const OP: &str = "matmul";
+        self.matmul_into("matmul", rhs, self.dtype())
+    }
+
+    /// [`Tensor::matmul`] with an f32 result: half-precision operands (both of one dtype)
+    /// are multiplied exactly and summed in f32, and the sums are not rounded back to the
+    /// operands' type (cuBLAS's bf16-in, f32-out GEMM on the tensor cores). What a product
+    /// under autocast computes, less its output rounding. f32 operands: [`Tensor::matmul`].
+    pub fn matmul_f32(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.matmul_into("matmul_f32", rhs, DType::F32)
+    }
+
+    /// `self @ weight^T + bias` with `self` and `weight` rounded to `compute` first (a half
+    /// type: on a GPU, a tensor-core GEMM reading half the bytes), products summed in f32
+    /// and the result in f32, as `nn.Linear` under autocast computes it less the rounding
+    /// of its output. A weight already in `compute` is used as it is; `bias` is added in
+    /// f32. `compute = F32` is [`Tensor::linear`] on f32 activations.
+    pub fn linear_in(&self, weight: &Tensor, bias: Option<&Tensor>, compute: DType) -> Result<Tensor> {
+        const OP: &str = "linear_in";
+        if !compute.is_float() {
+            return Err(Error::UnsupportedDType { op: OP, dtype: compute });
+        }
+        if compute == DType::F32 {
+            return self.to_dtype(DType::F32)?.linear(weight, bias);
+        }
+        let [n, k] = weight.dims_n(OP)?;
+        if self.dim(-1)? != k {
+            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().clone(), rhs: weight.shape().clone() });
+        }
+        let m = self.elem_count() / k.max(1);
+        let mut dims = self.dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = n;
+        let w = weight.to_dtype(compute)?;
+        let y = if !self.device().is_cuda() {
+            // The rounded activations widened back exactly, and the half weights widened
+            // block by block as `linear` does (no f32 copy of them at once).
+            self.to_dtype(compute)?.to_dtype(DType::F32)?.linear(&w, None)?
+        } else if m <= crate::cuda::ops::GEMV_MAX_ROWS && self.dtype() == DType::F32 {
+            // Decode-sized: the gemv kernel rounds the activations as it reads them and
+            // reads each weight once; the same values as the GEMM below.
+            crate::cuda::ops::linear_widening(self, &w, m, k, n, dims, true)?
+        } else {
+            let x = self.to_dtype(compute)?.reshape((m, k))?;
+            x.matmul_f32(&w.t()?)?.reshape(dims)?
+        };
+        match bias {
+            Some(b) => y.add(&b.to_dtype(DType::F32)?),
+            None => Ok(y),
+        }
+    }
+
+    fn matmul_into(&self, op: &'static str, rhs: &Tensor, out: DType) -> Result<Tensor> {
         if self.device() != rhs.device() {
-            return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: rhs.device() });
+            return Err(Error::DeviceMismatch { op, lhs: self.device(), rhs: rhs.device() });
         }
         if self.dtype() != rhs.dtype() {
-            return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: rhs.dtype() });
+            return Err(Error::DTypeMismatch { op, lhs: self.dtype(), rhs: rhs.dtype() });
         }
         if !self.dtype().is_float() {
-            return Err(Error::UnsupportedDType { op: OP, dtype: self.dtype() });
+            return Err(Error::UnsupportedDType { op, dtype: self.dtype() });
         }
-        let mismatch = || Error::ShapeMismatch { op: OP, lhs: self.shape().clone(), rhs: rhs.shape().clone() };
+        let mismatch = || Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: rhs.shape().clone() };
         if self.rank() < 2 || rhs.rank() < 2 {
             return Err(mismatch());
         }
@@ -31,12 +81,12 @@ impl Tensor {
         }
         let lb = Shape::from(&ld[..ld.len() - 2]);
         let rb = Shape::from(&rd[..rd.len() - 2]);
-        let batch = lb.broadcast_with(OP, &rb).map_err(|_| mismatch())?;
+        let batch = lb.broadcast_with(op, &rb).map_err(|_| mismatch())?;
         let full = |b: &Shape, r: usize, c: usize| Shape::from([b.dims(), &[r, c]].concat());
         if self.device().is_cuda() {
             let ll = self.layout().broadcast_as(&full(&batch, m, k))?;
             let rl = rhs.layout().broadcast_as(&full(&batch, k, n))?;
-            return crate::cuda::ops::matmul(self, rhs, &ll, &rl, full(&batch, m, n));
+            return crate::cuda::ops::matmul(self, rhs, &ll, &rl, full(&batch, m, n), out);
         }
         let (lhs, rhs) = if self.dtype() == DType::F32 {
             (self.clone(), rhs.clone())
@@ -60,8 +110,7 @@ impl Tensor {
             row_stride: rl.strides()[r - 2],
             col_stride: rl.strides()[r - 1],
         };
-        let out = Tensor::from_storage(matmul(&a, &b, m, k, n).into(), full(&batch, m, n));
-        out.to_dtype(self.dtype())
+        Tensor::from_storage(matmul(&a, &b, m, k, n).into(), full(&batch, m, n)).to_dtype(out)
     }
 
     /// `self @ weight^T + bias`, a PyTorch `nn.Linear` with `weight: [out, in]`.
@@ -83,7 +132,7 @@ impl Tensor {
             let mut dims = self.dims().to_vec();
             *dims.last_mut().expect("rank >= 1") = n;
             let y = if self.dtype() == DType::F32 && weight.dtype().is_float() && weight.dtype() != DType::F32 {
-                crate::cuda::ops::linear_widening(self, weight, m, k, n, dims)?
+                crate::cuda::ops::linear_widening(self, weight, m, k, n, dims, false)?
             } else {
                 self.reshape((m, k))?.matmul(&weight.t()?)?.reshape(dims)?
             };

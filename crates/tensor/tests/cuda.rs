@@ -629,6 +629,11 @@ fn matmul_matches_across_layouts() {
                 rt * 2.0,
                 at * 4.0,
             );
+            // The f32-output GEMM: exact products of the half operands, f32 sums, f32 out
+            // (f32 operands: the plain product).
+            let got = ag.matmul_f32(&bg).unwrap();
+            assert_eq!(got.dtype(), DType::F32, "matmul_f32 {name} {d}");
+            close(&format!("matmul_f32 {name} {d}"), &got, &ac.matmul_f32(&bc).unwrap(), 1e-5, 1e-5);
         }
     }
     // Attention-shaped: per-head queries against a permuted cache view (batch offsets that
@@ -679,6 +684,17 @@ fn linear_matches_in_every_weight_dtype() {
             let got = xd.to_device(dev).unwrap().linear(&wc.to_device(dev).unwrap(), None).unwrap();
             let (rt, at) = tol(wd);
             close(&format!("linear m {m}, {wd} x and w"), &got, &want, rt * 2.0, at * 8.0);
+            // Rounded to a half type for the product (autocast's linear): the CPU's values
+            // to f32 reassociation, whatever the weight's own dtype.
+            for compute in [DType::BF16, DType::F16] {
+                let want = x.linear_in(&wc, Some(&bc), compute).unwrap();
+                let got = x
+                    .to_device(dev)
+                    .unwrap()
+                    .linear_in(&wc.to_device(dev).unwrap(), Some(&bc.to_device(dev).unwrap()), compute)
+                    .unwrap();
+                close(&format!("linear_in {compute}, m {m}, {wd} w"), &got, &want, 1e-5, 1e-5);
+            }
         }
         let x3 = x.reshape((1, m, k)).unwrap().to_device(dev).unwrap();
         assert_eq!(
@@ -721,6 +737,15 @@ fn decode_sized_linear_reads_half_weights_in_place() {
                     let first = first_row.get_or_insert_with(|| row0.clone());
                     assert_eq!(&row0, first, "k {k}, n {n}, {wd}: row 0 changed with {m} rows");
                 }
+                // Products in the weights' type (`linear_in`): the kernel rounds each
+                // activation as it loads it (up to 8 rows), a GEMM beyond; the CPU's values.
+                let before = cuda::thread_kernel_launches(&kernel);
+                let got = xm.to_device(dev).unwrap().linear_in(&wg, Some(&bg), wd).unwrap();
+                assert_eq!(cuda::thread_kernel_launches(&kernel) - before, u64::from(m <= 8), "linear_in m {m}");
+                let want = xm.linear_in(&wc, Some(&bc), wd).unwrap();
+                close(&format!("linear_in m {m}, k {k}, n {n}, {wd}"), &got, &want, 2e-5, at);
+                let unrounded = xm.linear(&wc, Some(&bc)).unwrap().to_f32_vec().unwrap();
+                assert_ne!(want.to_f32_vec().unwrap(), unrounded, "linear_in m {m}, {wd}: nothing was rounded");
             }
         }
     }

@@ -154,6 +154,8 @@ pub struct EpisodeSettings {
     pub max_steps_per_turn: usize,
     pub max_batch: usize,
     pub eos_ids: Vec<u32>,
+    /// The dtype the policy's linear layers multiply in (see `RolloutConfig::matmul_dtype`).
+    pub matmul_dtype: Option<artist_tensor::DType>,
     /// The global index of the first episode played (its entry's position in the whole
     /// batch times `group_size`): episode `i` samples every turn with a seed made from
     /// `first_episode + i`, so a batch split over ranks plays what one process would.
@@ -433,6 +435,7 @@ pub fn run_episodes<P: Policy>(
                 deterministic: true,
                 eos_ids: s.eos_ids.clone(),
                 stop_text: None,
+                matmul_dtype: s.matmul_dtype,
                 ..Default::default()
             },
         };
@@ -527,6 +530,7 @@ impl FcTrainer {
             max_steps_per_turn: self.config.bfcl.max_steps_per_turn,
             max_batch: r.max_batch,
             eos_ids: self.model.config.eos_token_ids.clone(),
+            matmul_dtype: r.matmul_dtype.dtype(),
             first_episode: 0,
         }
     }

@@ -65,6 +65,10 @@ pub struct RolloutSettings {
     /// Runs repeat to the bit: a rollout that calls a tool rejoins the batch at the next
     /// step (the engine waits for the call; see `RolloutConfig::deterministic`).
     pub deterministic: bool,
+    /// The dtype the policy's linear layers multiply in while sampling (`f32` or `bf16`:
+    /// tensor-core GEMMs for prefills and decode batches of more than 8 rollouts; see
+    /// `KvCache::set_matmul_dtype`).
+    pub matmul_dtype: crate::ComputeDtype,
 }
 
 impl Default for RolloutSettings {
@@ -81,6 +85,7 @@ impl Default for RolloutSettings {
             max_batch: 48,
             share_prefix: true,
             deterministic: false,
+            matmul_dtype: crate::ComputeDtype::F32,
         }
     }
 }
@@ -161,8 +166,11 @@ pub struct GrpoRunConfig {
     /// Leave out groups whose rewards are all equal (their advantage is 0).
     pub filter_flat_groups: bool,
     /// The dtype attention computes in for the loss's forward and backward (`f32` or
-    /// `bf16`; see [`crate::AttentionDtype`]).
-    pub attention_dtype: crate::AttentionDtype,
+    /// `bf16`; see [`crate::ComputeDtype`]).
+    pub attention_dtype: crate::ComputeDtype,
+    /// The dtype the loss's linear layers and LM head multiply in, forward and backward
+    /// (`f32` or `bf16`; the rollouts' own is `rollout.matmul_dtype`).
+    pub matmul_dtype: crate::ComputeDtype,
     pub rollout: RolloutSettings,
     pub grpo: GrpoConfig,
     pub advantages: AdvantageConfig,
@@ -196,7 +204,8 @@ impl Default for GrpoRunConfig {
             micro_batch_rollouts: 0,
             overlap_allreduce: None,
             filter_flat_groups: false,
-            attention_dtype: crate::AttentionDtype::F32,
+            attention_dtype: crate::ComputeDtype::F32,
+            matmul_dtype: crate::ComputeDtype::F32,
             rollout: RolloutSettings::default(),
             grpo: GrpoConfig::default(),
             advantages: AdvantageConfig::default(),
@@ -385,6 +394,7 @@ impl GrpoTrainer<'_> {
                 deterministic: r.deterministic,
                 eos_ids: self.model.config.eos_token_ids.clone(),
                 stop_text: Some("</answer>".into()),
+                matmul_dtype: r.matmul_dtype.dtype(),
                 ..Default::default()
             },
         };
@@ -628,7 +638,9 @@ pub fn update_sharded(
         for (j, (rs, ws)) in refs.chunks(micro).zip(weights.chunks(micro)).enumerate() {
             let tape = Tape::new();
             let ws: Vec<&[f32]> = ws.iter().map(Vec::as_slice).collect();
-            let ctx = Ctx::training(&tape).with_attention_dtype(c.attention_dtype.dtype());
+            let ctx = Ctx::training(&tape)
+                .with_attention_dtype(c.attention_dtype.dtype())
+                .with_matmul_dtype(c.matmul_dtype.dtype());
             let (l, stats) = grpo_loss(model, &ctx, rs, &ws, &grpo)?;
             loss += l.to_scalar()? as f64;
             clipped += stats.clipped;

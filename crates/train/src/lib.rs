@@ -26,37 +26,41 @@ pub mod sft;
 
 pub use error::{Error, Result};
 
-/// The dtype attention computes in during training (config key `attention_dtype`).
+/// The dtype a part of the model computes in (config keys `attention_dtype` and
+/// `matmul_dtype`, `[rollout] matmul_dtype`; flags `--attention-dtype`, `--matmul-dtype`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum AttentionDtype {
+pub enum ComputeDtype {
     /// The activations' own (f32): exact to transformers.
     #[default]
     F32,
-    /// Queries, keys and values rounded to bf16, the output widened back (autocast's
-    /// choice): on a GPU, with head dim 64 or 128, forward and backward run on the tensor
-    /// cores. Losses and gradients then agree with f32 attention to bf16 rounding, and the
-    /// policy's logprobs in the loss differ from the sampler's (f32) by as much.
+    /// Inputs rounded to bf16, sums and outputs in f32 (autocast's choice, less its output
+    /// rounding). Attention: queries, keys and values rounded; on a GPU with head dim 64 or
+    /// 128, forward and backward run on the tensor cores. Linear layers: activations,
+    /// weights and (in backward) output gradients rounded, on a GPU a tensor-core GEMM.
+    /// Losses and gradients then agree with f32 to bf16 rounding, and the policy's
+    /// logprobs in the loss differ from the sampler's by as much.
     Bf16,
 }
 
-impl std::str::FromStr for AttentionDtype {
+impl std::str::FromStr for ComputeDtype {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
-            "f32" => Ok(AttentionDtype::F32),
-            "bf16" => Ok(AttentionDtype::Bf16),
-            other => Err(format!("attention dtype {other:?} is neither f32 nor bf16")),
+            "f32" => Ok(ComputeDtype::F32),
+            "bf16" => Ok(ComputeDtype::Bf16),
+            other => Err(format!("compute dtype {other:?} is neither f32 nor bf16")),
         }
     }
 }
 
-impl AttentionDtype {
-    /// What [`artist_autograd::Ctx::with_attention_dtype`] takes.
+impl ComputeDtype {
+    /// What [`artist_autograd::Ctx::with_attention_dtype`] and
+    /// [`artist_autograd::Ctx::with_matmul_dtype`] take.
     pub fn dtype(self) -> Option<artist_tensor::DType> {
         match self {
-            AttentionDtype::F32 => None,
-            AttentionDtype::Bf16 => Some(artist_tensor::DType::BF16),
+            ComputeDtype::F32 => None,
+            ComputeDtype::Bf16 => Some(artist_tensor::DType::BF16),
         }
     }
 }

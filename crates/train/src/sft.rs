@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use artist_autograd::{Ctx, Tape, Var, token_logprobs};
+use artist_autograd::{Ctx, Tape, Var, token_logprobs_in};
 use artist_dist::{Communicator, broadcast_params, shard_range};
 
 use crate::dp::StepGrads;
@@ -65,7 +65,9 @@ pub struct SftConfig {
     /// Recompute each decoder layer's activations in backward instead of storing them.
     pub grad_checkpointing: bool,
     /// The dtype attention computes in (`f32` or `bf16`).
-    pub attention_dtype: crate::AttentionDtype,
+    pub attention_dtype: crate::ComputeDtype,
+    /// The dtype linear layers and the LM head multiply in (`f32` or `bf16`).
+    pub matmul_dtype: crate::ComputeDtype,
     /// Give up after this many steps in a row whose loss or gradient was not finite.
     pub max_bad_steps: u32,
     /// Data parallel: all-reduce gradient buckets while the last micro-batch's backward
@@ -99,7 +101,8 @@ impl Default for SftConfig {
             max_seq_len: 4096,
             overlong: Overlong::Truncate,
             grad_checkpointing: false,
-            attention_dtype: crate::AttentionDtype::F32,
+            attention_dtype: crate::ComputeDtype::F32,
+            matmul_dtype: crate::ComputeDtype::F32,
             max_bad_steps: 10,
             overlap_allreduce: None,
         }
@@ -117,7 +120,7 @@ pub fn saved_config(run_dir: &Path) -> Result<SftConfig> {
 
 /// `-(sum of log p(target)) / denominator` over the target tokens of `batch`, packed into
 /// one forward pass, and the number of targets. The vocabulary projection runs in chunks
-/// ([`token_logprobs`]), so `[targets x vocab]` is never held at once.
+/// ([`token_logprobs_in`]), so `[targets x vocab]` is never held at once.
 pub fn sft_loss(model: &Qwen2, ctx: &Ctx, batch: &[&Example], denominator: usize) -> Result<(Var, usize)> {
     let (mut rows, mut targets) = (Vec::new(), Vec::new());
     let mut offset = 0u32;
@@ -135,7 +138,7 @@ pub fn sft_loss(model: &Qwen2, ctx: &Ctx, batch: &[&Example], denominator: usize
     }
     let seqs: Vec<&[u32]> = batch.iter().map(|e| e.ids.as_slice()).collect();
     let hidden = model.hidden_states(ctx, &seqs, Some(&rows))?;
-    let lp = token_logprobs(&hidden, &ctx.param(model.lm_head_param()), &targets, 1.0, None)?;
+    let lp = token_logprobs_in(&hidden, &ctx.param(model.lm_head_param()), &targets, 1.0, None, ctx.matmul_dtype())?;
     let loss = lp.sum_all()?.mul_scalar(-1.0 / denominator.max(1) as f32)?;
     Ok((loss, targets.len()))
 }
@@ -371,7 +374,8 @@ fn run(
             let tape = Tape::new();
             let ctx = Ctx::training(&tape)
                 .with_checkpointing(c.grad_checkpointing)
-                .with_attention_dtype(c.attention_dtype.dtype());
+                .with_attention_dtype(c.attention_dtype.dtype())
+                .with_matmul_dtype(c.matmul_dtype.dtype());
             let (l, _) = sft_loss(&model, &ctx, mb, n_targets)?;
             loss += l.to_scalar()? as f64;
             step_grads.backward(&tape, &l, j + 1 == n_micro)?;

@@ -92,6 +92,7 @@ fn settings(eos: u32) -> EpisodeSettings {
         max_steps_per_turn: 20,
         max_batch: 4,
         eos_ids: vec![eos],
+        matmul_dtype: None,
         first_episode: 0,
     }
 }

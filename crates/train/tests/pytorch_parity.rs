@@ -28,20 +28,34 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn compare(what: &str, ours: &[f32], want: &[f32], tol_of_max: f32) {
+/// Returns the largest difference as a fraction of the reference's largest element.
+fn compare(what: &str, ours: &[f32], want: &[f32], tol_of_max: f32) -> f32 {
     assert_eq!(ours.len(), want.len(), "{what}: sizes");
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
     let worst =
         ours.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, |m, x| if x.is_nan() || x > m { x } else { m });
     assert!(worst <= tol_of_max * scale, "{what}: max |diff| {worst:e} > {tol_of_max:e} * max |ref| {scale:e}");
+    worst / scale
 }
 
 fn grads_case(name: &str, checkpointing: bool, micro: usize) {
+    grads_case_in(name, checkpointing, micro, None);
+}
+
+/// A gradient fixture's loss and gradients with linear layers multiplying in `matmul`:
+/// f32 against `reference.json` / `grads.safetensors` (loss within 1e-5 relative, each
+/// gradient within 1e-4 of its largest element); bf16 against `bf16_products.json` /
+/// `grads_bf16_products.safetensors` (below). Returns the largest gradient difference as
+/// a fraction of its tensor's largest element.
+fn grads_case_in(name: &str, checkpointing: bool, micro: usize, matmul: Option<artist_tensor::DType>) -> f32 {
     let dir = fixtures().join("training/grads").join(name);
     let model = Qwen2::load(&fixtures().join("qwen2").join(name)).unwrap();
     let (examples, _) =
         load_jsonl(&dir.join("batch.jsonl"), None, model.config.vocab_size, 1 << 20, Overlong::Truncate).unwrap();
-    let reference = json(&dir.join("reference.json"));
+    let (reference, grads_file, loss_tol, grad_tol) = match matmul {
+        None => (json(&dir.join("reference.json")), "grads.safetensors", 1e-5, 1e-4),
+        Some(_) => (json(&dir.join("bf16_products.json")), "grads_bf16_products.safetensors", 3e-5, 3e-2),
+    };
     let batch: Vec<&Example> = examples.iter().collect();
     let n: usize = batch.iter().map(|e| e.targets()).sum();
     assert_eq!(n as u64, reference["n_targets"].as_u64().unwrap());
@@ -49,27 +63,49 @@ fn grads_case(name: &str, checkpointing: bool, micro: usize) {
     let mut loss = 0f64;
     for mb in batch.chunks(micro) {
         let tape = Tape::new();
-        let ctx = Ctx::training(&tape).with_checkpointing(checkpointing);
+        let ctx = Ctx::training(&tape).with_checkpointing(checkpointing).with_matmul_dtype(matmul);
         let (l, _) = sft_loss(&model, &ctx, mb, n).unwrap();
         loss += l.to_scalar().unwrap() as f64;
         grads.merge(tape.backward(&l).unwrap()).unwrap();
     }
     let want_loss = reference["loss"].as_f64().unwrap();
-    assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs(), "{name}: loss {loss} vs {want_loss}");
+    eprintln!("{name}: loss {:.1e} relative from the reference", (loss - want_loss).abs() / want_loss.abs());
+    assert!((loss - want_loss).abs() <= loss_tol * want_loss.abs(), "{name}: loss {loss} vs {want_loss}");
     let ours = model.hf_named(|p| grads.get(p.id()).cloned()).unwrap();
-    let torch = Weights::open_file(&dir.join("grads.safetensors")).unwrap();
+    let torch = Weights::open_file(&dir.join(grads_file)).unwrap();
     let names: Vec<String> = torch.names().map(String::from).collect();
     assert_eq!(ours.len(), names.len(), "{name}: gradient count");
+    let mut worst = 0f32;
     for (n, g) in &ours {
         let want = torch.get(n, g.dims()).unwrap().to_f32_vec().unwrap();
-        compare(&format!("{name} {n}"), &g.to_f32_vec().unwrap(), &want, 1e-4);
+        worst = worst.max(compare(&format!("{name} {n}"), &g.to_f32_vec().unwrap(), &want, grad_tol));
     }
+    worst
 }
 
 #[test]
 fn whole_model_gradients_match_pytorch() {
     for name in ["tiny-gqa", "tiny-tied-mqa", "tiny-mha-odd"] {
         grads_case(name, false, usize::MAX);
+    }
+}
+
+/// Linear layers multiplying in bf16 (`matmul_dtype = "bf16"`), against PyTorch running
+/// transformers with every `nn.Linear` under the same rule (activations, weights and
+/// output gradients rounded to bf16, f32 sums; scripts/make_bf16_products_fixtures.py).
+/// An activation on a bf16 rounding boundary can round either way after f32 sums in
+/// another order, moving the gradients that flow through it by a bf16 step: so the loss
+/// within 3e-5 relative (measured: 3e-7 to 1.3e-5; the f32 losses of tiny-gqa and
+/// tiny-mha-odd are 6e-4 and 2e-4 away) and each gradient within 3e-2 of its largest
+/// element (measured: 3e-3 to 1.1e-2, printed), with and without checkpointing and
+/// micro-batches.
+#[test]
+fn bf16_product_gradients_match_pytorch_with_rounded_linears() {
+    for (name, checkpointing, micro) in
+        [("tiny-gqa", false, usize::MAX), ("tiny-tied-mqa", true, 3), ("tiny-mha-odd", false, 2)]
+    {
+        let worst = grads_case_in(name, checkpointing, micro, Some(artist_tensor::DType::BF16));
+        eprintln!("{name}: bf16-product gradients within {worst:.1e} of PyTorch's (of each tensor's largest)");
     }
 }
 

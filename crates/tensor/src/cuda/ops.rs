@@ -653,14 +653,22 @@ fn gemm_rows(
 
 /// `lhs @ rhs` with both already broadcast to `[batch.., m, k]` and `[batch.., k, n]`
 /// layouts `ll`, `rl`; same float dtype.
-pub(crate) fn matmul(lhs: &Tensor, rhs: &Tensor, ll: &Layout, rl: &Layout, out_shape: Shape) -> Result<Tensor> {
+/// The result is `out` (the operands' dtype, or f32 for sums never rounded to a half type).
+pub(crate) fn matmul(
+    lhs: &Tensor,
+    rhs: &Tensor,
+    ll: &Layout,
+    rl: &Layout,
+    out_shape: Shape,
+    out: DType,
+) -> Result<Tensor> {
     let dtype = lhs.dtype();
     let r = ll.rank();
     let (m, k, n) = (ll.dims()[r - 2], ll.dims()[r - 1], rl.dims()[r - 1]);
     let batch: usize = ll.dims()[..r - 2].iter().product();
     let (dev, _) = raw(lhs);
     if m * n * batch == 0 || k == 0 {
-        return zeros(out_shape, dtype, lhs.device());
+        return zeros(out_shape, out, lhs.device());
     }
     // Operands cuBLAS cannot read through their strides are copied (materialising any
     // broadcast) into contiguous form first.
@@ -677,9 +685,9 @@ pub(crate) fn matmul(lhs: &Tensor, rhs: &Tensor, ll: &Layout, rl: &Layout, out_s
     };
     let (_keep_a, a) = operand(lhs, ll)?;
     let (_keep_b, b) = operand(rhs, rl)?;
-    let (out, c) = empty(&dev, dtype, out_shape)?;
-    gemm_rows(&dev, a, b, (m, k, n), batch, c, n, m * n, dtype, dtype)?;
-    Ok(out)
+    let (y, c) = empty(&dev, out, out_shape)?;
+    gemm_rows(&dev, a, b, (m, k, n), batch, c, n, m * n, dtype, out)?;
+    Ok(y)
 }
 
 /// Rows of activations up to which a half-precision weight is multiplied by `gemv_*`
@@ -692,7 +700,9 @@ pub(crate) const GEMV_MAX_ROWS: usize = 8;
 /// weights' f32 widening would give (up to the order of the sums). Up to
 /// [`GEMV_MAX_ROWS`] rows, one kernel reads each weight once and widens it in registers;
 /// beyond, the weights are widened block by block into an f32 scratch (never all at once)
-/// and multiplied in f32 by cuBLAS.
+/// and multiplied in f32 by cuBLAS. `round_x` rounds the activations to the weights'
+/// dtype first (`Tensor::linear_in` of a decode-sized step: the gemv kernel rounds them as
+/// it loads them).
 pub(crate) fn linear_widening(
     x: &Tensor,
     w: &Tensor,
@@ -700,6 +710,7 @@ pub(crate) fn linear_widening(
     k: usize,
     n: usize,
     out_dims: Vec<usize>,
+    round_x: bool,
 ) -> Result<Tensor> {
     let (x, xp) = contiguous(x)?;
     let (dev, _) = raw(&x);
@@ -716,10 +727,15 @@ pub(crate) fn linear_widening(
         if xp % 16 == 0 && wp % 16 == 0 {
             // Decode-sized: the weights read once, widened in registers (kernels/gemv.cu).
             let cfg = LaunchCfg::linear(dev.blocks_for(n.div_ceil(4) * 32, 256), 256);
-            let args = Args::new().arg(rows as i64).arg(k as i64).arg(n as i64).arg(xp).arg(wp).arg(c);
+            let args =
+                Args::new().arg(rows as i64).arg(k as i64).arg(n as i64).arg(xp).arg(wp).arg(c).arg(round_x as i32);
             dev.launch("gemv", format!("gemv_{}", suffix(w.dtype())), cfg, args)?;
             return Ok(out);
         }
+    }
+    if round_x {
+        let rounded = cast(&cast(&x, w.dtype())?, DType::F32)?;
+        return linear_widening(&rounded, w, rows, k, n, out.dims().to_vec(), false);
     }
     let block = ((32usize << 20) / k.max(1)).clamp(1, n);
     let a = Mat { ptr: xp, ld: k.max(1), col_major: false, batch_stride: 0 };
