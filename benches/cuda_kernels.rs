@@ -203,6 +203,20 @@ fn bench_flops(c: &mut Criterion, dev: Device) {
             b.iter_custom(|it| timed(it, &mut || drop(black_box(x.linear(&w, None).unwrap()))))
         });
     }
+    // The model's products: f32 activations against bf16 weights, widened for an f32 GEMM
+    // (the default, CPU-exact) and rounded for a bf16 GEMM into f32 (`linear_in`,
+    // matmul_dtype = "bf16"; the rounding of the activations is timed with it).
+    for (name, (m, k, n)) in [("linear_up", (t, h, 2 * i)), ("linear_down", (t, i, h))] {
+        let x = randn(&[m, k], DType::F32, dev, 28);
+        let w = randn(&[n, k], DType::BF16, dev, 29);
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.bench_function(format!("{name}_f32x_bf16w_widened"), |b| {
+            b.iter_custom(|it| timed(it, &mut || drop(black_box(x.linear(&w, None).unwrap()))))
+        });
+        g.bench_function(format!("{name}_f32x_bf16w_linear_in"), |b| {
+            b.iter_custom(|it| timed(it, &mut || drop(black_box(x.linear_in(&w, None, DType::BF16).unwrap()))))
+        });
+    }
     // f32 without TF32, the CPU-exact path.
     let (m, k, n) = (t, h, h);
     let (x, w) = (randn(&[m, k], DType::F32, dev, 22), randn(&[n, k], DType::F32, dev, 23));

@@ -5,7 +5,11 @@
 //!
 //!     cargo bench --bench rollout -- [--device cpu|cuda[:N]] [--model 0.5b|1.5b]
 //!         [--prompts 1] [--group 8] [--prompt-len 256] [--new 32] [--tool-ms 0]
-//!         [--decode 32] [--bandwidth-gbs B]
+//!         [--decode 32] [--bandwidth-gbs B] [--matmul-dtype f32|bf16]
+//!
+//! `--matmul-dtype bf16` runs the projections as bf16 products into f32
+//! (`RolloutConfig::matmul_dtype`: tensor-core GEMMs for prefills and decode batches), as
+//! vLLM serves a bf16 model; the default f32 widens the bf16 weights for each product.
 //!
 //! With `--tool-ms T`, every rollout is steered (a logit bonus, the model's own numbers
 //! otherwise) to open with a `<python>...</python>` call that a stand-in tool answers after
@@ -69,6 +73,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => return Err(format!("--model {other}: expected 0.5b or 1.5b").into()),
     };
     let decode: usize = arg("--decode", "32").parse()?;
+    let matmul_dtype = match arg("--matmul-dtype", "f32").as_str() {
+        "f32" => None,
+        "bf16" => Some(DType::BF16),
+        other => return Err(format!("--matmul-dtype {other}: expected f32 or bf16").into()),
+    };
     let bandwidth: Option<f64> = match arg("--bandwidth-gbs", "").as_str() {
         "" => datasheet_bandwidth(device),
         b => Some(b.parse()?),
@@ -95,6 +104,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 share_prefix: share,
                 eos_ids: vec![],
                 stop_text: None,
+                matmul_dtype,
                 ..Default::default()
             },
         };
@@ -106,6 +116,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{}",
             serde_json::json!({
                 "share_prefix": share,
+                "matmul_dtype": arg("--matmul-dtype", "f32"),
                 "threads": rayon::current_num_threads(),
                 "prompts": prompts, "group": group, "prompt_len": prompt_len, "max_new": new, "tool_ms": tool_ms,
                 "sampled_tokens": sampled,

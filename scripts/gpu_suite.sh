@@ -14,7 +14,8 @@
 #   6. the kernel benchmark beside PyTorch (scripts/bench_cuda.py), a markdown table, and
 #      the attention forward again off the tensor cores (ARTIST_ATTN_MMA=0);
 #   7. GRPO-shaped rollouts and batch-1 decode of a Qwen2.5-1.5B shape beside transformers'
-#      generate (benches/rollout.rs, scripts/bench_rollout_hf.py).
+#      generate (benches/rollout.rs, scripts/bench_rollout_hf.py), then the rollouts again
+#      with bf16 products (--matmul-dtype bf16).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -83,8 +84,14 @@ if ! "$u/rollout" --device cuda "${shape[@]}" 2>&1 | tee "$out/rollout.jsonl"; t
     status=1
 fi
 python3 scripts/bench_rollout_hf.py --device cuda "${shape[@]}" --ours "$out/rollout.jsonl" 2>&1 | tee "$out/rollout_hf.log"
+step "rollouts with bf16 products (matmul_dtype = \"bf16\"), same shape"
+if ! "$u/rollout" --device cuda "${shape[@]}" --decode 0 --matmul-dtype bf16 2>&1 | tee "$out/rollout_bf16.jsonl"; then
+    echo "FAILED: rollout bench with bf16 products"
+    status=1
+fi
 step "summary"
 grep -hE "^test result|FAILED" "$out"/*.log
 cat "$out/bench.md" 2>/dev/null
 grep -E "x$" "$out/rollout_hf.log" 2>/dev/null
+grep -h "sampled_tokens_per_s" "$out"/rollout.jsonl "$out"/rollout_bf16.jsonl 2>/dev/null
 exit $status
