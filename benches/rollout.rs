@@ -5,11 +5,13 @@
 //!
 //!     cargo bench --bench rollout -- [--device cpu|cuda[:N]] [--model 0.5b|1.5b]
 //!         [--prompts 1] [--group 8] [--prompt-len 256] [--new 32] [--tool-ms 0]
-//!         [--decode 32] [--bandwidth-gbs B] [--matmul-dtype f32|bf16]
+//!         [--decode 32] [--bandwidth-gbs B] [--matmul-dtype f32|bf16] [--kv-dtype f32|bf16]
 //!
 //! `--matmul-dtype bf16` runs the projections as bf16 products into f32
 //! (`RolloutConfig::matmul_dtype`: tensor-core GEMMs for prefills and decode batches), as
 //! vLLM serves a bf16 model; the default f32 widens the bf16 weights for each product.
+//! `--kv-dtype bf16` stores the KV cache as bf16 (`RolloutConfig::kv_cache_dtype`): half the
+//! memory (`kv_peak_mib`) and half the bytes each decode step reads.
 //!
 //! With `--tool-ms T`, every rollout is steered (a logit bonus, the model's own numbers
 //! otherwise) to open with a `<python>...</python>` call that a stand-in tool answers after
@@ -78,6 +80,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "bf16" => Some(DType::BF16),
         other => return Err(format!("--matmul-dtype {other}: expected f32 or bf16").into()),
     };
+    let kv_cache_dtype = match arg("--kv-dtype", "f32").as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        other => return Err(format!("--kv-dtype {other}: expected f32 or bf16").into()),
+    };
     let bandwidth: Option<f64> = match arg("--bandwidth-gbs", "").as_str() {
         "" => datasheet_bandwidth(device),
         b => Some(b.parse()?),
@@ -105,6 +112,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 eos_ids: vec![],
                 stop_text: None,
                 matmul_dtype,
+                kv_cache_dtype,
                 ..Default::default()
             },
         };
@@ -117,6 +125,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             serde_json::json!({
                 "share_prefix": share,
                 "matmul_dtype": arg("--matmul-dtype", "f32"),
+                "kv_cache_dtype": arg("--kv-dtype", "f32"),
                 "threads": rayon::current_num_threads(),
                 "prompts": prompts, "group": group, "prompt_len": prompt_len, "max_new": new, "tool_ms": tool_ms,
                 "sampled_tokens": sampled,

@@ -62,9 +62,11 @@ struct PagedRows {
 
 // One warp's online softmax of the query row at q_row over positions j0 .. j1 - 1 of KV head g
 // (rows(j) locates position j): the unnormalised output in acc (the lane's share), the
-// running maximum m (-inf when the range is empty) and sum l.
-template <class T, class Rows>
-__device__ __forceinline__ void attn_accumulate(const AttnShape& s, const T* q_row, const T* k, const T* v, int g,
+// running maximum m (-inf when the range is empty) and sum l. Keys and values may be of
+// another float type than the queries (a bf16 KV cache under f32 activations): each
+// element is widened exactly as it is read.
+template <class T, class KV, class Rows>
+__device__ __forceinline__ void attn_accumulate(const AttnShape& s, const T* q_row, const KV* k, const KV* v, int g,
                                                 i64 j0, i64 j1, Rows rows, float* acc, float& m, float& l,
                                                 int lane) {
     float qr[ATTN_MAX_CHUNKS];
@@ -80,7 +82,7 @@ __device__ __forceinline__ void attn_accumulate(const AttnShape& s, const T* q_r
         float corr = expf(m - m_new);  // 0 on the first key (m = -inf)
         float p = expf(sc - m_new);
         l = l * corr + p;
-        const T* vr = v + r * s.v_row + g * s.v_head;
+        const KV* vr = v + r * s.v_row + g * s.v_head;
 #pragma unroll
         for (int c = 0; c < ATTN_MAX_CHUNKS; ++c) {
             int e = lane + 32 * c;
@@ -92,8 +94,8 @@ __device__ __forceinline__ void attn_accumulate(const AttnShape& s, const T* q_r
 
 // One warp's (query, head): the query row at q_row attends to positions 0..=last of KV head
 // g (rows(j) locates position j); writes the output row and the log-sum-exp.
-template <class T, class Rows>
-__device__ __forceinline__ void attn_fwd_one(const AttnShape& s, const T* q_row, const T* k, const T* v, int g,
+template <class T, class KV, class Rows>
+__device__ __forceinline__ void attn_fwd_one(const AttnShape& s, const T* q_row, const KV* k, const KV* v, int g,
                                              i64 last, Rows rows, T* o, float* lse_at, int lane) {
     float acc[ATTN_MAX_CHUNKS], m, l;
     attn_accumulate(s, q_row, k, v, g, 0, last + 1, rows, acc, m, l, lane);
@@ -123,8 +125,8 @@ __device__ void attn_fwd_impl(AttnShape s, const T* q, const T* k, const T* v, T
 // s.t is the total of the sequences' query rows, packed in q; row i belongs to sequence
 // seq_of[i], whose meta[4 * seq ..] are (first row, rows, positions, offset of its block
 // table in tables). Each (row, head) computes exactly what attn_fwd_paged computes for it.
-template <class T>
-__device__ void attn_fwd_paged_batch_impl(AttnShape s, const T* q, const T* k, const T* v, const u32* meta,
+template <class T, class KV>
+__device__ void attn_fwd_paged_batch_impl(AttnShape s, const T* q, const KV* k, const KV* v, const u32* meta,
                                           const u32* seq_of, const u32* tables, i64 block_size, T* out,
                                           float* lse) {
     int lane = threadIdx.x & 31;
@@ -235,8 +237,8 @@ __device__ void attn_bwd_dkv_impl(AttnShape s, const T* q, const T* k, const T* 
 // rule) into the output and the log-sum-exp. The split count is the host's and fixed for a
 // launch; the shares follow each row's current length, read on the device, so a captured
 // graph stays valid as sequences grow.
-template <class T>
-__device__ void attn_fwd_paged_split_impl(AttnShape s, const T* q, const T* k, const T* v, const u32* meta,
+template <class T, class KV>
+__device__ void attn_fwd_paged_split_impl(AttnShape s, const T* q, const KV* k, const KV* v, const u32* meta,
                                           const u32* seq_of, const u32* tables, i64 block_size, int splits,
                                           float* part_out, float* part_ml) {
     int lane = threadIdx.x & 31;
@@ -307,7 +309,7 @@ __device__ void attn_combine_splits_impl(AttnShape s, int splits, const float* p
                                                         const u32* meta, const u32* seq_of,                \
                                                         const u32* tables, i64 block_size, int splits,     \
                                                         float* part_out, float* part_ml) {                 \
-        attn_fwd_paged_split_impl<T>(s, q, k, v, meta, seq_of, tables, block_size, splits, part_out,       \
+        attn_fwd_paged_split_impl<T, T>(s, q, k, v, meta, seq_of, tables, block_size, splits, part_out,    \
                                      part_ml);                                                             \
     }                                                                                                      \
     ARTIST_EXPORT(attn_fwd_paged_split_##S)                                                                \
@@ -333,7 +335,7 @@ FLOAT_TYPES(ATTENTION_SPLIT)
                                                         const u32* meta, const u32* seq_of,               \
                                                         const u32* tables, i64 block_size, T* out,        \
                                                         float* lse) {                                     \
-        attn_fwd_paged_batch_impl<T>(s, q, k, v, meta, seq_of, tables, block_size, out, lse);             \
+        attn_fwd_paged_batch_impl<T, T>(s, q, k, v, meta, seq_of, tables, block_size, out, lse);          \
     }                                                                                                     \
     ARTIST_EXPORT(attn_fwd_paged_batch_##S)                                                               \
     extern "C" __global__ void attn_bwd_dq_##S(AttnShape s, const T* q, const T* k, const T* v,           \
@@ -349,6 +351,24 @@ FLOAT_TYPES(ATTENTION_SPLIT)
     }                                                                                                     \
     ARTIST_EXPORT(attn_bwd_dkv_##S)
 FLOAT_TYPES(ATTENTION)
+
+// f32 queries over a bf16 paged KV cache (KvCache's bf16 dtype): the decode kernels with
+// keys and values widened as they are read; the output and log-sum-exp as for f32 pools.
+#define ATTENTION_PAGED_KV(T, S, KV, SK)                                                                  \
+    extern "C" __global__ void attn_fwd_paged_batch_##S##_##SK##kv(                                       \
+        AttnShape s, const T* q, const KV* k, const KV* v, const u32* meta, const u32* seq_of,            \
+        const u32* tables, i64 block_size, T* out, float* lse) {                                          \
+        attn_fwd_paged_batch_impl<T, KV>(s, q, k, v, meta, seq_of, tables, block_size, out, lse);         \
+    }                                                                                                     \
+    ARTIST_EXPORT(attn_fwd_paged_batch_##S##_##SK##kv)                                                    \
+    extern "C" __global__ void attn_fwd_paged_split_##S##_##SK##kv(                                       \
+        AttnShape s, const T* q, const KV* k, const KV* v, const u32* meta, const u32* seq_of,            \
+        const u32* tables, i64 block_size, int splits, float* part_out, float* part_ml) {                 \
+        attn_fwd_paged_split_impl<T, KV>(s, q, k, v, meta, seq_of, tables, block_size, splits, part_out,  \
+                                         part_ml);                                                        \
+    }                                                                                                     \
+    ARTIST_EXPORT(attn_fwd_paged_split_##S##_##SK##kv)
+ATTENTION_PAGED_KV(float, f32, bf16, bf16)
 
 // ---- the forward on tensor cores: bf16, head dim 64 or 128 ----------------------------------
 //

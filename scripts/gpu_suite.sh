@@ -15,7 +15,7 @@
 #      the attention forward again off the tensor cores (ARTIST_ATTN_MMA=0);
 #   7. GRPO-shaped rollouts and batch-1 decode of a Qwen2.5-1.5B shape beside transformers'
 #      generate (benches/rollout.rs, scripts/bench_rollout_hf.py), then the rollouts again
-#      with bf16 products (--matmul-dtype bf16).
+#      with bf16 products and a bf16 KV cache (--matmul-dtype bf16 --kv-dtype bf16).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -84,8 +84,8 @@ if ! "$u/rollout" --device cuda "${shape[@]}" 2>&1 | tee "$out/rollout.jsonl"; t
     status=1
 fi
 python3 scripts/bench_rollout_hf.py --device cuda "${shape[@]}" --ours "$out/rollout.jsonl" 2>&1 | tee "$out/rollout_hf.log"
-step "rollouts with bf16 products (matmul_dtype = \"bf16\"), same shape"
-if ! "$u/rollout" --device cuda "${shape[@]}" --decode 0 --matmul-dtype bf16 2>&1 | tee "$out/rollout_bf16.jsonl"; then
+step "rollouts with bf16 products and a bf16 KV cache, same shape"
+if ! "$u/rollout" --device cuda "${shape[@]}" --decode 0 --matmul-dtype bf16 --kv-dtype bf16 2>&1 | tee "$out/rollout_bf16.jsonl"; then
     echo "FAILED: rollout bench with bf16 products"
     status=1
 fi

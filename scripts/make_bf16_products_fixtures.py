@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Reference values for linear layers that multiply in bf16 (artist's `matmul_dtype = "bf16"`).
+"""Reference values for linear layers that multiply in bf16 (artist's `matmul_dtype = "bf16"`)
+and for a KV cache that stores bf16 (`kv_cache_dtype = "bf16"`).
 
 What it makes
 -------------
@@ -20,6 +21,12 @@ f32 once (so the reference carries no summation-order error of its own):
 * ``tests/fixtures/training/grads/<name>/bf16_products.json`` (the batch loss) and
   ``grads_bf16_products.safetensors`` (d loss / d parameter, f32, Hugging Face names) for
   the gradient fixtures' models and batches (see make_training_fixtures.py for the loss).
+
+The bf16 KV cache: keys (after RoPE) and values rounded to bf16 before attention reads
+them, everything else f32 (transformers' eager attention function wrapped to round its
+key and value inputs):
+
+* ``tests/fixtures/qwen2/<name>/reference_bf16_kv.json``: per-token logprobs as above.
 
 Run from the repository root with torch, transformers and safetensors installed:
 ``python scripts/make_bf16_products_fixtures.py``. Deterministic on CPU.
@@ -101,6 +108,33 @@ def make_logprobs(name: str) -> None:
     mt.log(f"qwen2/{name}: {len(cases)} cases")
 
 
+def make_kv_logprobs(name: str) -> None:
+    from transformers.models.qwen2 import modeling_qwen2
+
+    eager = modeling_qwen2.eager_attention_forward
+
+    def rounded_kv(module, query, key, value, *args, **kwargs):
+        as_bf16 = lambda t: t.to(torch.bfloat16).to(t.dtype)  # noqa: E731
+        return eager(module, query, as_bf16(key), as_bf16(value), *args, **kwargs)
+
+    modeling_qwen2.eager_attention_forward = rounded_kv
+    try:
+        ref = json.loads((QWEN2 / name / "reference.json").read_text())
+        model = mt.load_model(name)
+        cases = []
+        with torch.no_grad():
+            for case in ref["cases"]:
+                ids = torch.tensor(case["input_ids"], dtype=torch.long)
+                logits = model(input_ids=ids[None], use_cache=False).logits[0]
+                lp = torch.log_softmax(logits[:-1], dim=-1).gather(1, ids[1:, None])[:, 0]
+                cases.append({"input_ids": case["input_ids"], "logprobs": [float(v) for v in lp]})
+    finally:
+        modeling_qwen2.eager_attention_forward = eager
+    note = "keys (after RoPE) and values rounded to bf16 before attention; all else f32"
+    (QWEN2 / name / "reference_bf16_kv.json").write_text(json.dumps({"note": note, "cases": cases}) + "\n")
+    mt.log(f"qwen2/{name}: {len(cases)} cases with a bf16 KV cache")
+
+
 def make_grads(name: str) -> None:
     out = GRADS / name
     lines = mt.read_jsonl(out / "batch.jsonl")
@@ -120,6 +154,7 @@ def main() -> None:
     torch.set_grad_enabled(True)
     for name in MODELS:
         make_logprobs(name)
+        make_kv_logprobs(name)
     for case in mt.GRAD_CASES:
         make_grads(case["model"])
 

@@ -250,6 +250,7 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
         max_batch: run.batch,
         eos_ids: model.config.eos_token_ids.clone(),
         matmul_dtype: None,
+        kv_cache_dtype: artist_tensor::DType::F32,
         first_episode: 0,
     };
     let indices: Vec<usize> = (0..data.entries.len()).collect();

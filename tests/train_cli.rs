@@ -290,10 +290,16 @@ fn grpo_with_the_paper_preset_on_a_tiny_model() {
     fails_cleanly(&train(&bad, &[]), "group_sise");
     // bf16 products in the loss and the rollouts, bf16 attention in the loss.
     let bf16_run = tmp.path().join("bf16");
-    let bf16 = ["steps=1", "matmul_dtype=\"bf16\"", "attention_dtype=\"bf16\"", "rollout.matmul_dtype=\"bf16\""];
+    let bf16 = [
+        "steps=1",
+        "matmul_dtype=\"bf16\"",
+        "attention_dtype=\"bf16\"",
+        "rollout.matmul_dtype=\"bf16\"",
+        "rollout.kv_cache_dtype=\"bf16\"",
+    ];
     ok(&train(&grpo_args(&bf16_run, &bf16), &[]));
     let saved = std::fs::read_to_string(bf16_run.join("grpo_config.toml")).unwrap();
-    for key in ["matmul_dtype = \"bf16\"", "attention_dtype = \"bf16\""] {
+    for key in ["matmul_dtype = \"bf16\"", "attention_dtype = \"bf16\"", "kv_cache_dtype = \"bf16\""] {
         assert!(saved.contains(key), "grpo_config.toml lacks {key}:\n{saved}");
     }
     assert_eq!(saved.matches("matmul_dtype = \"bf16\"").count(), 2, "{saved}");

@@ -16,6 +16,12 @@ pub trait Policy {
     /// A cache of `slots` sequences of up to `max_len` tokens each.
     fn new_cache(&self, slots: usize, max_len: usize) -> Result<Self::Cache>;
 
+    /// [`Policy::new_cache`] storing keys and values as `dtype` (f32 or bf16; see
+    /// `KvCache::paged_in`); a policy with one kind of cache ignores it.
+    fn new_cache_in(&self, slots: usize, max_len: usize, _dtype: DType) -> Result<Self::Cache> {
+        self.new_cache(slots, max_len)
+    }
+
     /// Appends each input's tokens to its slot and returns the logits after each input's
     /// last token, in input order.
     fn step(&self, inputs: &[SeqInput], cache: &mut Self::Cache) -> Result<Logits>;
@@ -50,7 +56,11 @@ impl Policy for Qwen2 {
     }
 
     fn new_cache(&self, slots: usize, max_len: usize) -> Result<KvCache> {
-        let mut cache = Qwen2::new_cache(self, slots, max_len)?;
+        Policy::new_cache_in(self, slots, max_len, DType::F32)
+    }
+
+    fn new_cache_in(&self, slots: usize, max_len: usize, dtype: DType) -> Result<KvCache> {
+        let mut cache = Qwen2::new_cache_in(self, slots, max_len, dtype)?;
         // Decode steps on a GPU replay captured CUDA graphs (one launch for the decoder);
         // `ARTIST_CUDA_GRAPHS=0` keeps them eager.
         cache.set_cuda_graphs(std::env::var("ARTIST_CUDA_GRAPHS").as_deref() != Ok("0"));
@@ -179,6 +189,10 @@ impl<P: Policy> Policy for SteeredPolicy<'_, P> {
 
     fn new_cache(&self, slots: usize, max_len: usize) -> Result<P::Cache> {
         self.inner.new_cache(slots, max_len)
+    }
+
+    fn new_cache_in(&self, slots: usize, max_len: usize, dtype: DType) -> Result<P::Cache> {
+        self.inner.new_cache_in(slots, max_len, dtype)
     }
 
     fn set_matmul_dtype(&self, cache: &mut P::Cache, dtype: Option<DType>) {

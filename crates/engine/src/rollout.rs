@@ -61,6 +61,9 @@ pub struct RolloutConfig {
     /// tensor-core GEMMs for prefills and large decode batches; see
     /// `KvCache::set_matmul_dtype`); `None`: f32.
     pub matmul_dtype: Option<DType>,
+    /// What the KV cache stores keys and values as: f32 (exact), or bf16 (half the memory
+    /// and the bytes each decode step reads; see `KvCache::paged_in`).
+    pub kv_cache_dtype: DType,
 }
 
 impl Default for RolloutConfig {
@@ -79,6 +82,7 @@ impl Default for RolloutConfig {
             stop_text: Some("</answer>".into()),
             output_template: "<output>\n{output}\n</output>\n".into(),
             matmul_dtype: None,
+            kv_cache_dtype: DType::F32,
         }
     }
 }
@@ -161,8 +165,8 @@ pub struct RolloutStats {
 /// The cache [`RolloutEngine::run_keeping`] keeps between calls, and what each slot holds.
 pub struct KeptCache<C> {
     cache: Option<C>,
-    /// `(slots, max_len)` the cache was made for; another shape starts afresh.
-    shape: (usize, usize),
+    /// `(slots, max_len, dtype)` the cache was made for; another shape starts afresh.
+    shape: (usize, usize, DType),
     /// Per slot: the tokens its cache holds since its last rollout ended.
     resident: Vec<Vec<u32>>,
     /// Per slot: when it was last handed out (for least-recently-used eviction).
@@ -172,7 +176,7 @@ pub struct KeptCache<C> {
 
 impl<C> Default for KeptCache<C> {
     fn default() -> Self {
-        KeptCache { cache: None, shape: (0, 0), resident: vec![], last_used: vec![], clock: 0 }
+        KeptCache { cache: None, shape: (0, 0, DType::F32), resident: vec![], last_used: vec![], clock: 0 }
     }
 }
 
@@ -331,12 +335,12 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
         let t0 = Instant::now();
         let mut stats = RolloutStats::default();
         let mut cache = match kept.cache.take() {
-            Some(cache) if kept.shape == (c.max_batch, c.max_context) => cache,
+            Some(cache) if kept.shape == (c.max_batch, c.max_context, c.kv_cache_dtype) => cache,
             _ => {
                 kept.resident = vec![vec![]; c.max_batch];
                 kept.last_used = vec![0; c.max_batch];
-                kept.shape = (c.max_batch, c.max_context);
-                self.policy.new_cache(c.max_batch, c.max_context)?
+                kept.shape = (c.max_batch, c.max_context, c.kv_cache_dtype);
+                self.policy.new_cache_in(c.max_batch, c.max_context, c.kv_cache_dtype)?
             }
         };
         self.policy.set_matmul_dtype(&mut cache, c.matmul_dtype);

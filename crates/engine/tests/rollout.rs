@@ -310,15 +310,17 @@ fn rollouts_on_the_cuda_backend_equal_the_cpu() {
     }
 }
 
-/// Rollouts with bf16 products (`RolloutConfig::matmul_dtype`): every projection rounds
-/// its activations and weights to bf16 (tensor-core GEMMs for prefills and large decode
-/// batches, the rounding gemv kernel for small ones). Where the CUDA run draws the CPU
+/// Rollouts with bf16 products and a bf16 KV cache (`RolloutConfig::matmul_dtype`,
+/// `kv_cache_dtype`): every projection rounds its activations and weights to bf16
+/// (tensor-core GEMMs for prefills and large decode batches, the rounding gemv kernel for
+/// small ones), and keys and values are stored as bf16 (the GPU's decode kernels read them
+/// as they are). Where the CUDA run draws the CPU
 /// run's tokens (at least 3 in 4), its logprobs are the CPU's to f32 reassociation (median
 /// difference under 1e-5), except where another order of f32 sums rounds an activation to
 /// the neighbouring bf16 value (all within 2e-2); and they are not the logprobs of f32
 /// products (median difference over 1e-3 where the tokens agree).
 #[test]
-fn rollouts_with_bf16_products_on_the_cuda_backend_equal_the_cpu() {
+fn rollouts_with_bf16_products_and_cache_on_the_cuda_backend_equal_the_cpu() {
     let Some(dev) = cuda_or_skip() else { return };
     let tok = tokenizer();
     let cpu = Qwen2::load(&fixture("tiny-gqa")).unwrap();
@@ -327,13 +329,14 @@ fn rollouts_with_bf16_products_on_the_cuda_backend_equal_the_cpu() {
         .iter()
         .map(|p| tok.encode(p).unwrap())
         .collect();
-    let run = |model: &Qwen2, matmul_dtype| {
+    let run = |model: &Qwen2, bf16: bool| {
         let config = RolloutConfig {
             max_turn_tokens: 12,
             max_batch: 12,
             max_context: 256,
             sampling: SamplingParams { temperature: 0.9, seed: 5, ..Default::default() },
-            matmul_dtype,
+            matmul_dtype: bf16.then_some(artist_tensor::DType::BF16),
+            kv_cache_dtype: if bf16 { artist_tensor::DType::BF16 } else { artist_tensor::DType::F32 },
             ..config(3)
         };
         RolloutEngine { policy: model, tokenizer: &tok, tools: vec![FakePython::new("42", 0)], config }
@@ -353,8 +356,10 @@ fn rollouts_with_bf16_products_on_the_cuda_backend_equal_the_cpu() {
         all.sort_by(f32::total_cmp);
         (all[all.len() / 2], all[all.len() - 1], all.len() as f64 / total as f64)
     };
-    let bf16 = Some(artist_tensor::DType::BF16);
-    let (a, b, f) = (run(&cpu, bf16), run(&gpu, bf16), run(&cpu, None));
+    let before = artist_tensor::cuda::thread_kernel_launches("attn_fwd_paged_split_f32_bf16kv");
+    let (a, b, f) = (run(&cpu, true), run(&gpu, true), run(&cpu, false));
+    let read = artist_tensor::cuda::thread_kernel_launches("attn_fwd_paged_split_f32_bf16kv") - before;
+    assert!(read > 0, "the GPU did not read a bf16 cache");
     assert_eq!((a.len(), b.len()), (12, 12));
     // A logprob that moves by a flipped rounding can move a draw near a boundary of the
     // sampler's distribution: the runs may part after such a token, rarely.

@@ -1,7 +1,7 @@
 //! A paged KV cache owned by the caller.
 //!
 //! Keys and values live in fixed-size blocks of `block_size` positions, one pool per layer
-//! (`[blocks, block_size, kv_heads, head_dim]` f32), and each sequence slot has a block
+//! (`[blocks, block_size, kv_heads, head_dim]`, f32 or bf16), and each sequence slot has a block
 //! table: position `p` of a slot sits at row `p % block_size` of block `table[p /
 //! block_size]`. Blocks are reference-counted, so [`KvCache::fork`] shares a prompt's
 //! blocks with the G rollouts of its group without copying anything; the first write into
@@ -91,7 +91,7 @@ impl KvUsage {
 }
 
 pub struct KvCache {
-    /// Per layer: `[capacity, block_size, kv_heads, head_dim]` f32.
+    /// Per layer: `[capacity, block_size, kv_heads, head_dim]` of `dtype`.
     k: Vec<Tensor>,
     v: Vec<Tensor>,
     block_size: usize,
@@ -119,6 +119,8 @@ pub struct KvCache {
     /// The dtype forward passes through this cache multiply in (see
     /// [`KvCache::set_matmul_dtype`]).
     matmul_dtype: Option<DType>,
+    /// What the pools hold: f32, or bf16 (see [`KvCache::paged_in`]).
+    dtype: DType,
 }
 
 fn blocks_for(len: usize, block_size: usize) -> usize {
@@ -145,6 +147,24 @@ impl KvCache {
         block_size: usize,
         device: Device,
     ) -> Result<KvCache> {
+        KvCache::paged_in(config, slots, max_len, block_size, device, DType::F32)
+    }
+
+    /// As [`KvCache::paged`], keys and values stored as `dtype`: f32 (exact), or bf16 (half
+    /// the memory and the bytes each decode step reads, as vLLM keeps a bf16 model's
+    /// cache): keys after RoPE and values are rounded to bf16 once, as they are stored, and
+    /// widened exactly as attention reads them; activations stay f32.
+    pub fn paged_in(
+        config: &Qwen2Config,
+        slots: usize,
+        max_len: usize,
+        block_size: usize,
+        device: Device,
+        dtype: DType,
+    ) -> Result<KvCache> {
+        if !matches!(dtype, DType::F32 | DType::BF16) {
+            return Err(Error::Input(format!("a KV cache holds f32 or bf16, not {dtype}")));
+        }
         if block_size == 0 {
             return Err(Error::Input("the KV cache's block size must be at least 1".into()));
         }
@@ -180,6 +200,7 @@ impl KvCache {
             pad: None,
             graphs: Default::default(),
             matmul_dtype: None,
+            dtype,
         };
         let alloc = || cache.pool(initial);
         let k = (0..config.num_hidden_layers).map(|_| alloc()).collect::<Result<Vec<_>>>()?;
@@ -191,7 +212,7 @@ impl KvCache {
     }
 
     fn pool(&self, blocks: usize) -> Result<Tensor> {
-        Ok(Tensor::zeros((blocks, self.block_size, self.kv_heads, self.head_dim), DType::F32, self.device)?)
+        Ok(Tensor::zeros((blocks, self.block_size, self.kv_heads, self.head_dim), self.dtype, self.device)?)
     }
 
     pub fn slots(&self) -> usize {
@@ -223,7 +244,7 @@ impl KvCache {
     pub fn usage(&self) -> KvUsage {
         let in_use = self.in_use;
         let refs: usize = self.tables.iter().map(Vec::len).sum();
-        let per_layer = self.block_size * self.kv_heads * self.head_dim * 4;
+        let per_layer = self.block_size * self.kv_heads * self.head_dim * self.dtype.size_in_bytes();
         KvUsage {
             block_size: self.block_size,
             blocks_in_use: in_use,
@@ -310,7 +331,7 @@ impl KvCache {
         for layer in 0..self.k.len() {
             for pools in [&mut self.k, &mut self.v] {
                 let grown =
-                    Tensor::zeros((new, self.block_size, self.kv_heads, self.head_dim), DType::F32, self.device)?;
+                    Tensor::zeros((new, self.block_size, self.kv_heads, self.head_dim), self.dtype, self.device)?;
                 if old > 0 {
                     grown.narrow(0, 0, old)?.copy_from(&pools[layer])?;
                 }
@@ -374,6 +395,7 @@ impl KvCache {
     /// t` into layer `layer` (after [`KvCache::reserve`]).
     pub(crate) fn write(&self, layer: usize, slot: usize, start: usize, k: &Tensor, v: &Tensor) -> Result<()> {
         let t = k.dims()[0];
+        let (k, v) = (k.to_dtype(self.dtype)?, v.to_dtype(self.dtype)?);
         let table = &self.tables[slot];
         let mut done = 0;
         while done < t {
@@ -388,10 +410,17 @@ impl KvCache {
     }
 
     /// Keys and values of `slot`'s first `len` positions in layer `layer`: `[len, kv_heads,
-    /// head_dim]` each, a view when its blocks are consecutive and a gather otherwise.
+    /// head_dim]` f32 each, a view when its blocks are consecutive and a gather otherwise (a
+    /// bf16 cache's widened).
     pub(crate) fn read(&self, layer: usize, slot: usize, len: usize) -> Result<(Tensor, Tensor)> {
         let table = &self.tables[slot];
-        Ok((self.k[layer].gather_blocks(table, len)?, self.v[layer].gather_blocks(table, len)?))
+        let (k, v) = (self.k[layer].gather_blocks(table, len)?, self.v[layer].gather_blocks(table, len)?);
+        Ok((k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?))
+    }
+
+    /// What the pools hold (see [`KvCache::paged_in`]).
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// `slot`'s block ids (covering its reserved positions).
@@ -538,6 +567,32 @@ mod tests {
         fill(&mut c, 0, 1, 300.0);
         assert_eq!(c.usage().cow_copies, 2);
         assert_eq!(keys(&c, 0), [prompt, vec![310.0]].concat());
+    }
+
+    /// A bf16 cache rounds keys and values as they are stored and widens them as they are
+    /// read; its blocks hold half the bytes; forks and copy-on-write work as for f32.
+    #[test]
+    fn a_bf16_cache_rounds_as_it_stores() {
+        let mut c = KvCache::paged_in(&config(), 2, 16, 4, Device::Cpu, DType::BF16).unwrap();
+        assert_eq!(c.dtype(), DType::BF16);
+        let f32_block = KvCache::paged(&config(), 2, 16, 4, Device::Cpu).unwrap().usage().bytes_per_block;
+        assert_eq!(c.usage().bytes_per_block * 2, f32_block);
+        fill(&mut c, 0, 6, 0.0);
+        c.fork(0, 1).unwrap();
+        c.reserve(1, 7).unwrap();
+        let (h, d) = (c.kv_heads, c.head_dim);
+        let x = 1.0 + 1.0 / 1024.0; // between two bf16 values: stored as 1.0
+        let t = Tensor::from_vec(vec![x; h * d], (1, h, d), Device::Cpu).unwrap();
+        for l in 0..c.k.len() {
+            c.write(l, 1, 6, &t, &t).unwrap();
+        }
+        c.advance(1, 1);
+        let (k, _) = c.read(0, 1, 7).unwrap();
+        assert_eq!(k.dtype(), DType::F32);
+        assert_eq!(keys(&c, 1), vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 1.0]);
+        assert_eq!(keys(&c, 0), vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "the fork's write copied the shared block");
+        assert_eq!(c.usage().cow_copies, 1);
+        assert!(KvCache::paged_in(&config(), 1, 4, 4, Device::Cpu, DType::U8).is_err());
     }
 
     #[test]

@@ -443,6 +443,12 @@ impl Qwen2 {
         KvCache::new_on(&self.config, slots, max_len, self.device)
     }
 
+    /// [`Qwen2::new_cache`] holding keys and values as `dtype` (f32 or bf16; see
+    /// [`KvCache::paged_in`]).
+    pub fn new_cache_in(&self, slots: usize, max_len: usize, dtype: DType) -> Result<KvCache> {
+        KvCache::paged_in(&self.config, slots, max_len, crate::DEFAULT_BLOCK_SIZE, self.device, dtype)
+    }
+
     fn check_inputs(&self, inputs: &[SeqInput], cache: &KvCache) -> Result<()> {
         if inputs.is_empty() {
             return Err(Error::Input("forward needs at least one sequence".into()));

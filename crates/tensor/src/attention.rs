@@ -295,6 +295,13 @@ impl PagedBatch {
     }
 }
 
+/// Whether a paged KV cache of `pool` dtype can serve activations of `act` dtype: its own
+/// dtype, or bf16 under f32 (keys and values rounded as they are stored, widened as they
+/// are read).
+fn cache_dtypes_fit(act: DType, pool: DType) -> bool {
+    act == pool || (act == DType::F32 && pool == DType::BF16)
+}
+
 /// A pool written in place from `src`: the same dtype and device, and contiguous.
 fn check_writable_pool(pool: &Tensor, src: &Tensor, op: &'static str) -> Result<()> {
     if src.dtype() != pool.dtype() {
@@ -384,7 +391,11 @@ impl Tensor {
         }
         let (_, nb) = paged_dims(k_pool, ids, len, OP)?;
         if !self.device().is_cuda() {
-            let (k, v) = (k_pool.gather_blocks(ids, len)?, v_pool.gather_blocks(ids, len)?);
+            let (mut k, mut v) = (k_pool.gather_blocks(ids, len)?, v_pool.gather_blocks(ids, len)?);
+            if cache_dtypes_fit(self.dtype(), k_pool.dtype()) && k.dtype() != self.dtype() {
+                // A bf16 cache under f32 queries: the keys and values widened exactly.
+                (k, v) = (k.to_dtype(self.dtype())?, v.to_dtype(self.dtype())?);
+            }
             return self.causal_attention(&k, &v, scale);
         }
         // The dense checks on the pools seen as `[blocks * block_size, kv_heads, d]`.
@@ -487,7 +498,13 @@ impl Tensor {
             ));
         }
         for p in [k_pool, v_pool] {
-            check_writable_pool(p, self, OP)?;
+            // The pools may be a bf16 cache under f32 activations: keys and values are rounded
+            // as they are stored.
+            if cache_dtypes_fit(self.dtype(), p.dtype()) && p.dtype() != self.dtype() {
+                check_writable_pool(p, &self.narrow(0, 0, 0)?.to_dtype(p.dtype())?, OP)?;
+            } else {
+                check_writable_pool(p, self, OP)?;
+            }
         }
         if let Some(dev) = &batch.on_device
             && self.device().is_cuda()
@@ -511,8 +528,8 @@ impl Tensor {
         let q = part(0, heads)?.reshape((1, rows, heads, d))?.rope(cos, sin)?.reshape((rows, heads, d))?;
         let k = part(heads, kv_heads)?.reshape((1, rows, kv_heads, d))?.rope(cos, sin)?.reshape((rows, kv_heads, d))?;
         let v = part(heads + kv_heads, kv_heads)?.reshape((rows, kv_heads, d))?;
-        k_pool.write_paged(batch, &k)?;
-        v_pool.write_paged(batch, &v)?;
+        k_pool.write_paged(batch, &k.to_dtype(k_pool.dtype())?)?;
+        v_pool.write_paged(batch, &v.to_dtype(v_pool.dtype())?)?;
         Ok(q)
     }
 
@@ -546,7 +563,11 @@ impl Tensor {
             Some(dev) if self.device().is_cuda() => {
                 // The dense checks (dtypes, devices, heads) on the pools seen as rows.
                 let flat = |p: &Tensor| p.reshape((blocks * bs, kv_heads, d));
-                let a = dims(&self.narrow(0, 0, 0)?, &flat(k_pool)?, &flat(v_pool)?)?;
+                let mut q0 = self.narrow(0, 0, 0)?;
+                if cache_dtypes_fit(self.dtype(), k_pool.dtype()) {
+                    q0 = q0.to_dtype(k_pool.dtype())?; // a bf16 cache under f32 queries
+                }
+                let a = dims(&q0, &flat(k_pool)?, &flat(v_pool)?)?;
                 let a = AttnDims { t: rows, len: blocks * bs, heads, ..a };
                 crate::cuda::ops::attention_fwd_paged_batch(
                     self,

@@ -1014,6 +1014,48 @@ fn paged_attention_batch_equals_one_sequence_at_a_time() {
     assert!(pool.write_paged(&ok, &randn(&[2, 1, 8], 3).to_device(dev).unwrap()).is_err());
 }
 
+/// f32 queries over a bf16 paged KV cache (`KvCache::paged_in`): the GPU's kernels widen
+/// keys and values as they read them and give the CPU's values (which attends over the
+/// widened blocks) to f32 reassociation, one warp per pair and split over keys alike; the
+/// output is f32; and a cache of another mix (f16 under f32) is a clear error.
+#[test]
+fn paged_attention_reads_a_bf16_cache_under_f32_queries() {
+    let dev = gpu_or_skip!();
+    let (h, kv, d, bs, blocks) = (4usize, 2usize, 32usize, 4usize, 24usize);
+    let seqs: Vec<(usize, usize, Vec<u32>)> =
+        vec![(0, 6, vec![12, 13]), (9, 1, vec![3, 7, 1]), (2, 9, vec![6, 0, 22]), (15, 1, vec![20, 2, 11, 4])];
+    let spec: Vec<(usize, usize, &[u32])> = seqs.iter().map(|(a, t, b)| (*a, *t, b.as_slice())).collect();
+    let rows: usize = seqs.iter().map(|s| s.1).sum();
+    let q = randn(&[rows, h, d], 250);
+    let kp = randn(&[blocks, bs, kv, d], 251).to_dtype(DType::BF16).unwrap();
+    let vp = randn(&[blocks, bs, kv, d], 252).to_dtype(DType::BF16).unwrap();
+    let scale = (d as f32).powf(-0.5);
+    let cpu_batch = PagedBatch::new(&spec, bs, Device::Cpu).unwrap();
+    let (want, want_lse) = q.paged_attention_batch(&kp, &vp, &cpu_batch, scale).unwrap();
+    assert_eq!(want.dtype(), DType::F32);
+    // The CPU's reference is attention over the widened pools.
+    let (kf, vf) = (kp.to_dtype(DType::F32).unwrap(), vp.to_dtype(DType::F32).unwrap());
+    same(
+        "CPU: a bf16 cache is its f32 widening",
+        &want,
+        &q.paged_attention_batch(&kf, &vf, &cpu_batch, scale).unwrap().0,
+    );
+    let (qg, kg, vg) = (q.to_device(dev).unwrap(), kp.to_device(dev).unwrap(), vp.to_device(dev).unwrap());
+    for splits in [1usize, 3] {
+        let kernel = if splits > 1 { "attn_fwd_paged_split_f32_bf16kv" } else { "attn_fwd_paged_batch_f32_bf16kv" };
+        let before = cuda::thread_kernel_launches(kernel);
+        let batch = PagedBatch::new(&spec, bs, dev).unwrap().with_key_splits(splits);
+        let (out, lse) = qg.paged_attention_batch(&kg, &vg, &batch, scale).unwrap();
+        assert_eq!(cuda::thread_kernel_launches(kernel), before + 1, "{kernel} did not run");
+        assert_eq!(out.dtype(), DType::F32);
+        close(&format!("{splits} shares: out"), &out, &want, 1e-5, 1e-5);
+        close(&format!("{splits} shares: lse"), &lse, &want_lse, 1e-5, 1e-5);
+    }
+    let f16 = randn(&[blocks, bs, kv, d], 253).to_dtype(DType::F16).unwrap().to_device(dev).unwrap();
+    let batch = PagedBatch::new(&spec, bs, dev).unwrap();
+    assert!(qg.paged_attention_batch(&f16, &f16, &batch, scale).is_err());
+}
+
 /// The fused projection's bias, split, RoPE and cache writes in one launch give the bits of
 /// the composition (`add`, `narrow`, `rope`, `write_paged`) the CPU runs.
 #[test]
@@ -1026,11 +1068,13 @@ fn qkv_rope_paged_equals_rope_and_cache_writes() {
     let pos: Vec<u32> = seqs.iter().flat_map(|(a, t, _)| (*a..a + t).map(|p| p as u32)).collect();
     let (cos, sin) = rope_tables(&pos, d, 10_000.0, Device::Cpu).unwrap();
     let bias = randn(&[(h + 2 * kv) * d], 243);
-    for dt in [DType::F32, DType::BF16] {
+    // Activations and pools of one dtype, and f32 activations into a bf16 cache (keys and
+    // values rounded as they are stored).
+    for (dt, pool_dt) in [(DType::F32, DType::F32), (DType::BF16, DType::BF16), (DType::F32, DType::BF16)] {
         let qkv = randn(&[rows, (h + 2 * kv) * d], 240).to_dtype(dt).unwrap();
         let pools = [
-            randn(&[blocks, bs, kv, d], 241).to_dtype(dt).unwrap(),
-            randn(&[blocks, bs, kv, d], 242).to_dtype(dt).unwrap(),
+            randn(&[blocks, bs, kv, d], 241).to_dtype(pool_dt).unwrap(),
+            randn(&[blocks, bs, kv, d], 242).to_dtype(pool_dt).unwrap(),
         ];
         let mut out = Vec::new();
         for device in [Device::Cpu, dev] {
@@ -1046,7 +1090,7 @@ fn qkv_rope_paged_equals_rope_and_cache_writes() {
         }
         for (i, what) in ["queries", "key pool", "value pool"].iter().enumerate() {
             let pick = |o: &(Tensor, Tensor, Tensor)| [o.0.clone(), o.1.clone(), o.2.clone()][i].clone();
-            same(&format!("{dt} {what}"), &pick(&out[1]), &pick(&out[0]));
+            same(&format!("{dt} into {pool_dt} pools: {what}"), &pick(&out[1]), &pick(&out[0]));
         }
         // The queries are the rotated first `heads` blocks of columns, after the bias.
         let biased = qkv.add(&bias.to_dtype(dt).unwrap()).unwrap();

@@ -156,6 +156,8 @@ pub struct EpisodeSettings {
     pub eos_ids: Vec<u32>,
     /// The dtype the policy's linear layers multiply in (see `RolloutConfig::matmul_dtype`).
     pub matmul_dtype: Option<artist_tensor::DType>,
+    /// What the KV cache stores (see `RolloutConfig::kv_cache_dtype`).
+    pub kv_cache_dtype: artist_tensor::DType,
     /// The global index of the first episode played (its entry's position in the whole
     /// batch times `group_size`): episode `i` samples every turn with a seed made from
     /// `first_episode + i`, so a batch split over ranks plays what one process would.
@@ -436,6 +438,7 @@ pub fn run_episodes<P: Policy>(
                 eos_ids: s.eos_ids.clone(),
                 stop_text: None,
                 matmul_dtype: s.matmul_dtype,
+                kv_cache_dtype: s.kv_cache_dtype,
                 ..Default::default()
             },
         };
@@ -531,6 +534,7 @@ impl FcTrainer {
             max_batch: r.max_batch,
             eos_ids: self.model.config.eos_token_ids.clone(),
             matmul_dtype: r.matmul_dtype.dtype(),
+            kv_cache_dtype: r.kv_cache_dtype.storage(),
             first_episode: 0,
         }
     }

@@ -69,6 +69,9 @@ pub struct RolloutSettings {
     /// tensor-core GEMMs for prefills and decode batches of more than 8 rollouts; see
     /// `KvCache::set_matmul_dtype`).
     pub matmul_dtype: crate::ComputeDtype,
+    /// What the rollouts' KV cache stores keys and values as (`f32`, or `bf16`: half the
+    /// memory and the bytes each decode step reads; see `KvCache::paged_in`).
+    pub kv_cache_dtype: crate::ComputeDtype,
 }
 
 impl Default for RolloutSettings {
@@ -86,6 +89,7 @@ impl Default for RolloutSettings {
             share_prefix: true,
             deterministic: false,
             matmul_dtype: crate::ComputeDtype::F32,
+            kv_cache_dtype: crate::ComputeDtype::F32,
         }
     }
 }
@@ -395,6 +399,7 @@ impl GrpoTrainer<'_> {
                 eos_ids: self.model.config.eos_token_ids.clone(),
                 stop_text: Some("</answer>".into()),
                 matmul_dtype: r.matmul_dtype.dtype(),
+                kv_cache_dtype: r.kv_cache_dtype.storage(),
                 ..Default::default()
             },
         };

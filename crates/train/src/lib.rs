@@ -27,7 +27,8 @@ pub mod sft;
 pub use error::{Error, Result};
 
 /// The dtype a part of the model computes in (config keys `attention_dtype` and
-/// `matmul_dtype`, `[rollout] matmul_dtype`; flags `--attention-dtype`, `--matmul-dtype`).
+/// `matmul_dtype`, `[rollout] matmul_dtype`; flags `--attention-dtype`, `--matmul-dtype`),
+/// or the rollouts' KV cache stores (`[rollout] kv_cache_dtype`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ComputeDtype {
@@ -57,6 +58,11 @@ impl std::str::FromStr for ComputeDtype {
 impl ComputeDtype {
     /// What [`artist_autograd::Ctx::with_attention_dtype`] and
     /// [`artist_autograd::Ctx::with_matmul_dtype`] take.
+    /// As a storage dtype (f32 or bf16).
+    pub fn storage(self) -> artist_tensor::DType {
+        self.dtype().unwrap_or(artist_tensor::DType::F32)
+    }
+
     pub fn dtype(self) -> Option<artist_tensor::DType> {
         match self {
             ComputeDtype::F32 => None,

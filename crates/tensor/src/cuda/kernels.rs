@@ -170,6 +170,10 @@ pub fn inventory() -> Vec<(&'static str, String)> {
         }
     }
     out.push(("attention", "attn_bwd_delta_bf16".into()));
+    for k in ["attn_fwd_paged_batch", "attn_fwd_paged_split"] {
+        out.push(("attention", format!("{k}_f32_bf16kv")));
+    }
+    out.push(("rope", "qkv_rope_cache_f32_bf16kv".into()));
     for s in ["bf16", "f16"] {
         out.push(("gemv", format!("gemv_{s}")));
     }

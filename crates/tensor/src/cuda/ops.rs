@@ -895,19 +895,21 @@ pub(crate) fn attention_fwd_paged_batch(
         let shape = attn_shape(a, scale, (row, a.d as i64), (row, a.d as i64));
         let args = Args::new().arg(shape).arg(qp).arg(kp).arg(vp).arg(mp).arg(sp).arg(tp).arg(block_size as i64);
         let s = suffix(q.dtype());
+        // The kernels reading the pools: `_bf16kv` variants for a bf16 cache under f32 queries.
+        let sk = if k_pool.dtype() == q.dtype() { s.to_string() } else { format!("{s}_{}kv", suffix(k_pool.dtype())) };
         if splits > 1 {
             // Flash decoding: partial results per share of the keys, then one merge.
             let pairs = a.t * a.heads;
             let part_out = CudaStorage::alloc(&dev, DType::F32, splits * pairs * a.d)?;
             let part_ml = CudaStorage::alloc(&dev, DType::F32, splits * pairs * 2)?;
             let args = args.arg(splits as i32).arg(part_out.ptr()).arg(part_ml.ptr());
-            dev.launch("attention", format!("attn_fwd_paged_split_{s}"), warp_cfg(pairs * splits), args)?;
+            dev.launch("attention", format!("attn_fwd_paged_split_{sk}"), warp_cfg(pairs * splits), args)?;
             let args = Args::new().arg(shape).arg(splits as i32).arg(part_out.ptr()).arg(part_ml.ptr()).arg(op).arg(lp);
             dev.launch("attention", format!("attn_combine_splits_{s}"), warp_cfg(pairs), args)?;
         } else {
             dev.launch(
                 "attention",
-                format!("attn_fwd_paged_batch_{s}"),
+                format!("attn_fwd_paged_batch_{sk}"),
                 warp_cfg(a.t * a.heads),
                 args.arg(op).arg(lp),
             )?;
@@ -958,7 +960,13 @@ pub(crate) fn qkv_rope_cache(
             .arg(qp)
             .arg(kp)
             .arg(vp);
-        dev.launch("rope", format!("qkv_rope_cache_{}", suffix(qkv.dtype())), linear_cfg(&dev, n), args)?;
+        let s = suffix(qkv.dtype());
+        let name = if k_pool.dtype() == qkv.dtype() {
+            format!("qkv_rope_cache_{s}")
+        } else {
+            format!("qkv_rope_cache_{s}_{}kv", suffix(k_pool.dtype()))
+        };
+        dev.launch("rope", name, linear_cfg(&dev, n), args)?;
     }
     drop((cos, sin));
     Ok(q)
