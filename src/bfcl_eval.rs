@@ -205,6 +205,10 @@ pub struct ModelRun<'a> {
     pub max_steps_per_turn: usize,
     pub batch: usize,
     pub seed: u64,
+    /// The dtype the projections multiply in (None: f32; see `RolloutConfig::matmul_dtype`).
+    pub matmul_dtype: Option<artist_tensor::DType>,
+    /// What the KV cache stores (see `RolloutConfig::kv_cache_dtype`).
+    pub kv_cache_dtype: artist_tensor::DType,
     /// Entries skipped, then taken, from the file (0: all).
     pub skip: usize,
     pub first: usize,
@@ -249,8 +253,8 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
         max_steps_per_turn: run.max_steps_per_turn,
         max_batch: run.batch,
         eos_ids: model.config.eos_token_ids.clone(),
-        matmul_dtype: None,
-        kv_cache_dtype: artist_tensor::DType::F32,
+        matmul_dtype: run.matmul_dtype,
+        kv_cache_dtype: run.kv_cache_dtype,
         first_episode: 0,
     };
     let indices: Vec<usize> = (0..data.entries.len()).collect();

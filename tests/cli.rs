@@ -63,6 +63,35 @@ fn generate_greedy_matches_transformers() {
     }
 }
 
+/// `--matmul-dtype bf16 --kv-dtype bf16` reach the model: the greedy run's logprobs move by
+/// bf16 rounding (not zero, not more than 0.05 nats on the first token, where both runs see
+/// the same prompt).
+#[test]
+fn generate_with_bf16_products_and_cache() {
+    let generate_bin = env!("CARGO_BIN_EXE_generate");
+    let r = reference("tiny-gqa");
+    let prompt: Vec<String> = ids(&r["greedy"][0]["prompt_ids"]).iter().map(u64::to_string).collect();
+    let dir = fixture("tiny-gqa");
+    let base = [
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt-ids",
+        &prompt.join(","),
+        "--max-new-tokens",
+        "8",
+        "--ignore-eos",
+        "--json",
+    ];
+    let f32_run = json(&run(generate_bin, &base));
+    let bf16_args = [&base[..], &["--matmul-dtype", "bf16", "--kv-dtype", "bf16"]].concat();
+    let bf16_run = json(&run(generate_bin, &bf16_args));
+    assert_eq!(bf16_run["token_ids"].as_array().unwrap().len(), 8);
+    let first = |v: &serde_json::Value| v["logprobs"][0].as_f64().unwrap();
+    let gap = (first(&f32_run) - first(&bf16_run)).abs();
+    assert!(gap > 0.0 && gap < 0.05, "first-token logprob moved by {gap}");
+    fails_cleanly(&run(generate_bin, &[&base[..], &["--kv-dtype", "f16"]].concat()), "neither f32 nor bf16");
+}
+
 #[test]
 fn generate_from_text_with_the_chat_template_and_sampling() {
     let generate_bin = env!("CARGO_BIN_EXE_generate");

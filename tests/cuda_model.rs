@@ -102,7 +102,7 @@ fn greedy_decoding_and_the_kv_cache_on_the_gpu() {
     for name in ["tiny-gqa", "tiny-bf16"] {
         let (model, r) = load(name, dev);
         for (i, g) in r.greedy.iter().enumerate() {
-            let opts = GenerateOptions { max_new_tokens: 32, sampling: SamplingParams::greedy(), eos_ids: vec![] };
+            let opts = GenerateOptions::new(32, SamplingParams::greedy(), vec![]);
             let out = generate(&model, &g.prompt_ids, &opts, |_| false).unwrap();
             assert_eq!(out.token_ids, g.new_ids, "{name} greedy {i}");
         }

@@ -101,6 +101,7 @@ fn bad_invocations_fail_cleanly() {
     fails_cleanly(&eval(&["--model", "m", "--dataset", "d.jsonl", "--format", "nope"]), "dataset format");
     fails_cleanly(&eval(&[]), "eval verify --jsonl");
     fails_cleanly(&eval(&["verify"]), "--jsonl");
+    fails_cleanly(&eval(&["--model", "m", "--dataset", "d.jsonl", "--kv-dtype", "fp8"]), "neither f32 nor bf16");
 }
 
 #[test]
@@ -174,6 +175,32 @@ fn greedy_pass_at_k_equals_pass_at_1() {
     ]);
     let s = &lines(&out)[0];
     assert_eq!(s["pass_at_1"], s["pass_at_k"]);
+}
+
+/// bf16 products and a bf16 KV cache (`--matmul-dtype bf16 --kv-dtype bf16`): the same
+/// evaluation runs and reports.
+#[test]
+fn evaluates_with_bf16_products_and_cache() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = eval(&[
+        "--model",
+        root.join("tests/fixtures/qwen2/tiny-gqa").to_str().unwrap(),
+        "--dataset",
+        root.join("tests/fixtures/math/mini-math500.jsonl").to_str().unwrap(),
+        "--temperature",
+        "0",
+        "--tools",
+        "none",
+        "--max-new-tokens",
+        "4",
+        "--matmul-dtype",
+        "bf16",
+        "--kv-dtype",
+        "bf16",
+        "--json",
+    ]);
+    let s = &lines(&out)[0];
+    assert_eq!(s["problems"].as_u64(), Some(8), "{s}");
 }
 
 /// The BFCL data beside the repository, or `None` (skipped) unless CI requires it.

@@ -70,7 +70,7 @@ fn greedy_continuations_are_identical() {
     for name in FIXTURES {
         let (model, r) = load(name);
         for (i, g) in r.greedy.iter().enumerate() {
-            let opts = GenerateOptions { max_new_tokens: 32, sampling: SamplingParams::greedy(), eos_ids: vec![] };
+            let opts = GenerateOptions::new(32, SamplingParams::greedy(), vec![]);
             let out = generate(&model, &g.prompt_ids, &opts, |_| false).unwrap();
             assert_eq!(out.token_ids, g.new_ids, "{name} greedy {i}");
         }

@@ -127,6 +127,13 @@ struct Cli {
     /// BFCL with --model: tool calls per user turn (BFCL's step limit).
     #[arg(long, default_value_t = 20)]
     max_steps_per_turn: usize,
+    /// The dtype the model's projections multiply in: f32 (exact) or bf16 (activations and
+    /// weights rounded, f32 sums: tensor-core GEMMs on a GPU, as vLLM serves).
+    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    matmul_dtype: artist::train::ComputeDtype,
+    /// What the KV cache stores: f32 (exact) or bf16 (half the memory and decode bytes).
+    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    kv_dtype: artist::train::ComputeDtype,
 }
 
 #[derive(Subcommand, Debug)]
@@ -178,6 +185,8 @@ fn evaluate_bfcl(cli: &Cli) -> Result<()> {
             max_steps_per_turn: cli.max_steps_per_turn,
             batch: cli.batch,
             seed: cli.seed,
+            matmul_dtype: cli.matmul_dtype.dtype(),
+            kv_cache_dtype: cli.kv_dtype.storage(),
             skip: cli.skip,
             first: cli.first,
             out: cli.out.as_deref(),
@@ -260,6 +269,8 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
             max_context: longest + response + 1,
             max_batch: cli.batch.max(samples),
             eos_ids: artist::cli::eos_ids(model_dir, &model)?,
+            matmul_dtype: cli.matmul_dtype.dtype(),
+            kv_cache_dtype: cli.kv_dtype.storage(),
             ..Default::default()
         },
     };

@@ -78,6 +78,13 @@ struct Args {
     /// Wall-clock limit of one Python call in seconds, with --tools python.
     #[arg(long, default_value_t = 10.0)]
     tool_timeout_s: f64,
+    /// The dtype the model's projections multiply in: f32 (exact) or bf16 (activations and
+    /// weights rounded, f32 sums: tensor-core GEMMs on a GPU, as vLLM serves).
+    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    matmul_dtype: artist::train::ComputeDtype,
+    /// What the KV cache stores: f32 (exact) or bf16 (half the memory and decode bytes).
+    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    kv_dtype: artist::train::ComputeDtype,
 }
 
 fn main() -> Result<()> {
@@ -125,7 +132,11 @@ fn main() -> Result<()> {
         let tok = tokenizer.as_ref().context("--tools needs the model's tokenizer.json")?;
         return run_with_tool(&args, tool, &model, tok, prompt_ids, sampling, eos_ids);
     }
-    let opts = GenerateOptions { max_new_tokens: args.max_new_tokens, sampling, eos_ids };
+    let opts = GenerateOptions {
+        matmul_dtype: args.matmul_dtype.dtype(),
+        kv_cache_dtype: args.kv_dtype.storage(),
+        ..GenerateOptions::new(args.max_new_tokens, sampling, eos_ids)
+    };
 
     let mut stream = tokenizer.as_ref().map(|t| (t, t.stream_decoder(true)));
     let mut text = String::new();
@@ -213,6 +224,8 @@ fn run_with_tool(
             max_batch: 1,
             eos_ids,
             stop_text,
+            matmul_dtype: args.matmul_dtype.dtype(),
+            kv_cache_dtype: args.kv_dtype.storage(),
             ..Default::default()
         },
     };

@@ -2,6 +2,7 @@
 //! The rollout engine (many sequences, tools in the loop) builds on the same pieces.
 
 use artist_model::{KvCache, Qwen2, Rows, SeqInput};
+use artist_tensor::DType;
 
 use crate::{Error, Logits, Result, Sampler, SamplingParams};
 
@@ -11,6 +12,17 @@ pub struct GenerateOptions {
     pub sampling: SamplingParams,
     /// Generation ends after any of these ids (the id itself is kept).
     pub eos_ids: Vec<u32>,
+    /// The dtype the projections multiply in (`KvCache::set_matmul_dtype`); `None`: f32.
+    pub matmul_dtype: Option<DType>,
+    /// What the KV cache stores: f32 or bf16 (`Qwen2::new_cache_in`).
+    pub kv_cache_dtype: DType,
+}
+
+impl GenerateOptions {
+    /// f32 products and cache: exact to the reference model.
+    pub fn new(max_new_tokens: usize, sampling: SamplingParams, eos_ids: Vec<u32>) -> GenerateOptions {
+        GenerateOptions { max_new_tokens, sampling, eos_ids, matmul_dtype: None, kv_cache_dtype: DType::F32 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +67,8 @@ pub fn generate(
         return Err(Error::Input("the prompt is empty".into()));
     }
     opts.sampling.validate().map_err(Error::Input)?;
-    let mut cache: KvCache = model.new_cache(1, prompt.len() + opts.max_new_tokens)?;
+    let mut cache: KvCache = model.new_cache_in(1, prompt.len() + opts.max_new_tokens, opts.kv_cache_dtype)?;
+    cache.set_matmul_dtype(opts.matmul_dtype);
     let mut sampler = Sampler::new(opts.sampling.clone());
     let mut out = Generation { token_ids: vec![], logprobs: vec![], finish: FinishReason::Length };
     let mut next: Vec<u32> = prompt.to_vec();

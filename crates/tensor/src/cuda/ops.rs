@@ -652,8 +652,8 @@ fn gemm_rows(
 }
 
 /// `lhs @ rhs` with both already broadcast to `[batch.., m, k]` and `[batch.., k, n]`
-/// layouts `ll`, `rl`; same float dtype.
-/// The result is `out` (the operands' dtype, or f32 for sums never rounded to a half type).
+/// layouts `ll`, `rl`; same float dtype. The result is of dtype `out`: the operands', or
+/// f32 for sums never rounded to a half type.
 pub(crate) fn matmul(
     lhs: &Tensor,
     rhs: &Tensor,
