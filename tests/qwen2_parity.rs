@@ -234,10 +234,14 @@ fn bf16_products_match_transformers_with_rounded_linears() {
 /// A bf16 KV cache (`Qwen2::new_cache_in(.., BF16)`): keys after RoPE and values rounded to
 /// bf16 as they are stored. Against transformers with its attention's key and value inputs
 /// rounded the same way (`scripts/make_bf16_products_fixtures.py`), for a prefill and for
-/// one token at a time: median within 1e-5 and worst within 1e-2 (measured: 1e-6 and
-/// 2.3e-3, where a key computed by f32 RoPE in another order rounds to the neighbouring
-/// bf16 value), and under a quarter of the f32 cache's distance from that reference at the
-/// median; the cache holds half the bytes of an f32 one.
+/// one token at a time: a prefill's median within 1e-5 (measured 5e-7 to 1e-6), a decode's
+/// within 1e-4, worst within 1e-2, and under a quarter of the f32 cache's distance from that
+/// reference at the median; the cache holds half the bytes of an f32 one. Decoding computes
+/// each key from a one-row product, whose f32 sums differ in the last bits from the
+/// prefill's; now and then that moves a key across a bf16 rounding boundary, and every later
+/// query sees the neighbouring value (measured decode medians: 1e-6 for tiny-gqa and
+/// tiny-tied-mqa, 4.5e-5 for tiny-mha-odd, whose six KV heads store the most keys; worst
+/// 1.1e-3; with an f32 cache the same decode is within 1.4e-6 of the prefill's reference).
 #[test]
 fn a_bf16_kv_cache_matches_transformers_with_rounded_keys_and_values() {
     use artist_tensor::{DType, Device, Tensor};
@@ -281,8 +285,8 @@ fn a_bf16_kv_cache_matches_transformers_with_rounded_keys_and_values() {
             "{name}: bf16 KV cache vs transformers' (median, worst): prefill ({pm:.1e}, {pw:.1e}), decode \
              ({dm:.1e}, {dw:.1e}); f32 cache ({em:.1e}, {ew:.1e})"
         );
-        for (what, m, w) in [("prefill", pm, pw), ("decode", dm, dw)] {
-            assert!(m <= 1e-5 && w <= 1e-2 && m < em / 4.0, "{name} {what}: median {m}, worst {w}; f32 {em}");
+        for (what, m, w, bound) in [("prefill", pm, pw, 1e-5), ("decode", dm, dw, 1e-4)] {
+            assert!(m <= bound && w <= 1e-2 && m < em / 4.0, "{name} {what}: median {m}, worst {w}; f32 {em}");
         }
     }
     assert!(Qwen2::load(&dir("tiny-gqa")).unwrap().new_cache_in(1, 8, DType::F16).is_err());
