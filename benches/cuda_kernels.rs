@@ -11,6 +11,9 @@
 //! 989 TFLOP/s). Each sample queues its iterations and waits once for the GPU
 //! (`iter_custom`), so launch latency is counted only as the GPU sees it.
 //!
+//! `mem/paged_decode_*` times one decode step's attention over a paged KV cache (32 sequences
+//! of 4096 positions): the heads grouped by KV head and one warp per head.
+//!
 //! Without a GPU it says so and exits; `ARTIST_CUDA=emulator` runs it on the CPU emulator at
 //! tiny sizes (a smoke test of the harness, not a measurement).
 
@@ -34,6 +37,9 @@ struct Sizes {
     logit_rows: usize,
     adam: usize,
     attn_len: usize,
+    /// A decode step's sequences and each one's context, for paged attention.
+    decode_rows: usize,
+    decode_len: usize,
 }
 
 fn sizes() -> Sizes {
@@ -49,6 +55,8 @@ fn sizes() -> Sizes {
             logit_rows: 4,
             adam: 1 << 16,
             attn_len: 64,
+            decode_rows: 4,
+            decode_len: 64,
         }
     } else {
         Sizes {
@@ -62,6 +70,8 @@ fn sizes() -> Sizes {
             logit_rows: 1024,
             adam: 1 << 28,
             attn_len: 4096,
+            decode_rows: 32,
+            decode_len: 4096,
         }
     }
 }
@@ -186,7 +196,45 @@ fn bench_mem(c: &mut Criterion, dev: Device) {
     g.bench_function("sum_squares_f32", |b| {
         b.iter_custom(|k| timed(k, &mut || _ = black_box(gr.sum_squares_f64().unwrap())))
     });
+    bench_paged_decode(&mut g, dev);
     g.finish();
+}
+
+/// Attention of one decode step over a paged KV cache: `decode_rows` sequences of
+/// `decode_len` positions in blocks of 16, each row's keys split as the model splits them
+/// (one share per 128 positions, at most 32). Bytes: the keys and values read once, the
+/// queries and outputs. bf16 queries and cache (PyTorch's peer: SDPA over a dense cache)
+/// and f32 queries over a bf16 cache (rollouts' `kv_cache_dtype = "bf16"`), each with
+/// the heads grouped by KV head (the default) and one warp per head (`_per_head`).
+fn bench_paged_decode(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, dev: Device) {
+    let s = sizes();
+    let (rows, len, bs, d) = (s.decode_rows, s.decode_len, 16usize, s.head_dim);
+    let per_seq = len.div_ceil(bs);
+    let tables: Vec<Vec<u32>> =
+        (0..rows).map(|r| ((r * per_seq) as u32..((r + 1) * per_seq) as u32).collect()).collect();
+    // Each sequence holds len - 1 positions and decodes one.
+    let spec: Vec<(usize, usize, &[u32])> = tables.iter().map(|t| (len - 1, 1, &t[..])).collect();
+    let splits = (len / 128).clamp(1, 32);
+    let scale = (d as f32).powf(-0.5);
+    for (name, qt, ct) in [("bf16", DType::BF16, DType::BF16), ("f32_bf16kv", DType::F32, DType::BF16)] {
+        let q = randn(&[rows, s.heads, d], qt, dev, 30);
+        let kp = randn(&[rows * per_seq, bs, s.kv_heads, d], ct, dev, 31);
+        let vp = randn(&[rows * per_seq, bs, s.kv_heads, d], ct, dev, 32);
+        let kv_bytes = 2 * rows * len * s.kv_heads * d * ct.size_in_bytes();
+        g.throughput(Throughput::BytesDecimal((kv_bytes + 2 * q.elem_count() * qt.size_in_bytes()) as u64));
+        for grouped in [true, false] {
+            let batch = artist::tensor::PagedBatch::new(&spec, bs, dev)
+                .expect("decode batch")
+                .with_key_splits(splits)
+                .with_grouped_heads(grouped);
+            let label = format!("paged_decode_{name}{}", if grouped { "" } else { "_per_head" });
+            g.bench_function(label, |b| {
+                b.iter_custom(|n| {
+                    timed(n, &mut || drop(black_box(q.paged_attention_batch(&kp, &vp, &batch, scale).unwrap())))
+                })
+            });
+        }
+    }
 }
 
 fn bench_flops(c: &mut Criterion, dev: Device) {

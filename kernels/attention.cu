@@ -370,6 +370,120 @@ FLOAT_TYPES(ATTENTION)
     ARTIST_EXPORT(attn_fwd_paged_split_##S##_##SK##kv)
 ATTENTION_PAGED_KV(float, f32, bf16, bf16)
 
+// Grouped-query decode: one warp per (row, KV head) serves the rep = heads / kv_heads query
+// heads that share the KV head, so each key and value row is read once per group rather
+// than once per head (Qwen2.5's groups are 5 to 8 heads). Each head's dot products, online
+// softmax and accumulation are the per-head kernels' (attn_accumulate), term for term and
+// in the same order, so the results are theirs to the bit. With splits > 1 a warp takes one
+// share of the positions (flash decoding) and writes partials for attn_combine_splits;
+// with 1 it writes the output and log-sum-exp. CH: d <= 32 * CH (2 or 4, head dim up to
+// 64 or 128: registers hold rep x CH query and accumulator values per lane).
+#define GROUP_MAX_REP 8
+
+template <class T, class KV, int CH>
+__device__ void attn_fwd_paged_group_impl(AttnShape s, const T* q, const KV* k, const KV* v, const u32* meta,
+                                          const u32* seq_of, const u32* tables, i64 block_size, int splits, T* out,
+                                          float* lse, float* part_out, float* part_ml) {
+    int lane = threadIdx.x & 31;
+    i64 warp = (i64)blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+    if (warp >= s.t * s.kv_heads * splits) return;
+    i64 unit = warp / splits;
+    int sp = (int)(warp - unit * splits);
+    i64 i = unit / s.kv_heads;
+    int g = (int)(unit - i * s.kv_heads);
+    int rep = s.heads / s.kv_heads;
+    const u32* m = meta + 4 * (i64)seq_of[i];
+    i64 local = i - (i64)m[0], t = (i64)m[1], len = (i64)m[2];
+    i64 n = local + (len - t) + 1;  // positions row i sees
+    i64 j0 = 0, j1 = n;
+    if (splits > 1) {
+        i64 share = (n + splits - 1) / splits;
+        j0 = sp * share;
+        j1 = j0 + share < n ? j0 + share : n;
+    }
+    PagedRows rows{tables + m[3], block_size};
+    float qr[GROUP_MAX_REP][CH], acc[GROUP_MAX_REP][CH], mx[GROUP_MAX_REP], l[GROUP_MAX_REP];
+#pragma unroll
+    for (int r = 0; r < GROUP_MAX_REP; ++r) {
+        const T* q_row = q + (i * s.heads + g * rep + r) * s.d;
+#pragma unroll
+        for (int c = 0; c < CH; ++c) {
+            int e = lane + 32 * c;
+            qr[r][c] = r < rep && e < s.d ? to_f32(q_row[e]) : 0.0f;
+            acc[r][c] = 0.0f;
+        }
+        mx[r] = -inf_f32();
+        l[r] = 0.0f;
+    }
+    for (i64 j = j0; j < j1; ++j) {
+        i64 row = rows(j);
+        const KV* kp = k + row * s.k_row + g * s.k_head;
+        const KV* vp = v + row * s.v_row + g * s.v_head;
+        float kr[CH], vr[CH];
+#pragma unroll
+        for (int c = 0; c < CH; ++c) {
+            int e = lane + 32 * c;
+            kr[c] = e < s.d ? to_f32(kp[e]) : 0.0f;
+            vr[c] = e < s.d ? to_f32(vp[e]) : 0.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < GROUP_MAX_REP; ++r) {
+            if (r >= rep) break;  // the same for every lane of the warp
+            float dot = 0.0f;
+#pragma unroll
+            for (int c = 0; c < CH; ++c)
+                if (lane + 32 * c < s.d) dot += qr[r][c] * kr[c];
+            float sc = warp_sum(dot) * s.scale;
+            float m_new = fmaxf(mx[r], sc);
+            float corr = expf(mx[r] - m_new);
+            float p = expf(sc - m_new);
+            l[r] = l[r] * corr + p;
+#pragma unroll
+            for (int c = 0; c < CH; ++c) acc[r][c] = acc[r][c] * corr + (lane + 32 * c < s.d ? p * vr[c] : 0.0f);
+            mx[r] = m_new;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GROUP_MAX_REP; ++r) {
+        if (r >= rep) break;
+        i64 pair = i * s.heads + g * rep + r;
+        int h = g * rep + r;
+        if (splits == 1) {
+            float inv = 1.0f / l[r];
+#pragma unroll
+            for (int c = 0; c < CH; ++c) {
+                int e = lane + 32 * c;
+                if (e < s.d) out[pair * s.d + e] = from_f32<T>(acc[r][c] * inv);
+            }
+            if (lane == 0) lse[(i64)h * s.t + i] = mx[r] + logf(l[r]);
+        } else {
+            i64 at = (i64)sp * s.t * s.heads + pair;
+#pragma unroll
+            for (int c = 0; c < CH; ++c) {
+                int e = lane + 32 * c;
+                if (e < s.d) part_out[at * s.d + e] = acc[r][c];
+            }
+            if (lane == 0) {
+                part_ml[2 * at] = mx[r];  // -inf for an empty share
+                part_ml[2 * at + 1] = l[r];
+            }
+        }
+    }
+}
+
+#define ATTENTION_GROUP(T, S, KV, SK, D, CH)                                                               \
+    extern "C" __global__ void attn_fwd_paged_group_d##D##_##S##SK(                                       \
+        AttnShape s, const T* q, const KV* k, const KV* v, const u32* meta, const u32* seq_of,            \
+        const u32* tables, i64 block_size, int splits, T* out, float* lse, float* part_out, float* part_ml) { \
+        attn_fwd_paged_group_impl<T, KV, CH>(s, q, k, v, meta, seq_of, tables, block_size, splits, out, lse, \
+                                             part_out, part_ml);                                          \
+    }                                                                                                     \
+    ARTIST_EXPORT(attn_fwd_paged_group_d##D##_##S##SK)
+#define ATTENTION_GROUPS(T, S) ATTENTION_GROUP(T, S, T, , 64, 2) ATTENTION_GROUP(T, S, T, , 128, 4)
+FLOAT_TYPES(ATTENTION_GROUPS)
+ATTENTION_GROUP(float, f32, bf16, _bf16kv, 64, 2)
+ATTENTION_GROUP(float, f32, bf16, _bf16kv, 128, 4)
+
 // ---- the forward on tensor cores: bf16, head dim 64 or 128 ----------------------------------
 //
 // Flash-attention-2 style. A block of four warps takes 64 query rows of one head (16 rows per

@@ -14,7 +14,8 @@ to DIR/bench_cuda.json.
 
 PyTorch's side is what a PyTorch trainer runs for the same step: eager ops for the element-
 wise and row kernels (Qwen2RMSNorm and rotate-half RoPE as transformers writes them),
-F.linear (cuBLAS) for the products, SDPA for attention, torch.optim.AdamW(fused=True).
+F.linear (cuBLAS) for the products, SDPA for attention (a decode step's over a dense cache:
+PyTorch has no paged one), torch.optim.AdamW(fused=True).
 """
 import argparse
 import glob
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T, H, I, HEADS, KV, D, V, ROWS, ADAM, ALEN = 4096, 3584, 18944, 28, 4, 128, 152064, 1024, 1 << 28, 4096
+DROWS, DLEN = 32, 4096  # a decode step: sequences, positions each
 DATASHEET = {  # (bytes/s, dense bf16 FLOP/s)
     "H100": (3.35e12, 989e12),
     "H200": (4.8e12, 989e12),
@@ -121,6 +123,16 @@ def torch_cases():
     o = sdpa()
     do = torch.randn_like(o)
     out["flops/attention_bwd_bf16"] = median_ms(lambda: torch.autograd.grad(o, (qa, ka, va), do, retain_graph=True))
+    # One decode step: each sequence's one query over its own dense cache (PyTorch has no paged
+    # cache; a dense one is the easier read).
+    qd = r(DROWS, HEADS, 1, D)
+    kd, vd = r(DROWS, KV, DLEN, D), r(DROWS, KV, DLEN, D)
+    try:
+        with torch.no_grad():
+            out["mem/paged_decode_bf16"] = median_ms(
+                lambda: F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=True))
+    except (RuntimeError, TypeError) as e:  # an older PyTorch without enable_gqa
+        print(f"PyTorch decode attention skipped: {e}", file=sys.stderr)
     return out
 
 

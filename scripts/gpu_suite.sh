@@ -15,7 +15,8 @@
 #      the attention forward again off the tensor cores (ARTIST_ATTN_MMA=0);
 #   7. GRPO-shaped rollouts and batch-1 decode of a Qwen2.5-1.5B shape beside transformers'
 #      generate (benches/rollout.rs, scripts/bench_rollout_hf.py), then the rollouts again
-#      with bf16 products and a bf16 KV cache (--matmul-dtype bf16 --kv-dtype bf16).
+#      with bf16 products and a bf16 KV cache (--matmul-dtype bf16 --kv-dtype bf16), and
+#      those with one warp per query head in decode attention (ARTIST_ATTN_GROUP=0).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -89,9 +90,12 @@ if ! "$u/rollout" --device cuda "${shape[@]}" --decode 0 --matmul-dtype bf16 --k
     echo "FAILED: rollout bench with bf16 products"
     status=1
 fi
+step "the same with one warp per query head (ARTIST_ATTN_GROUP=0), for the ratio"
+ARTIST_ATTN_GROUP=0 "$u/rollout" --device cuda "${shape[@]}" --decode 0 --matmul-dtype bf16 --kv-dtype bf16 2>&1 \
+    | tee "$out/rollout_bf16_per_head.jsonl"
 step "summary"
 grep -hE "^test result|FAILED" "$out"/*.log
 cat "$out/bench.md" 2>/dev/null
 grep -E "x$" "$out/rollout_hf.log" 2>/dev/null
-grep -h "sampled_tokens_per_s" "$out"/rollout.jsonl "$out"/rollout_bf16.jsonl 2>/dev/null
+grep -h "sampled_tokens_per_s" "$out"/rollout.jsonl "$out"/rollout_bf16*.jsonl 2>/dev/null
 exit $status

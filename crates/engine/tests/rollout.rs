@@ -296,10 +296,13 @@ fn rollouts_on_the_cuda_backend_equal_the_cpu() {
             .0
     };
     let a = run(&cpu);
-    let before = artist_tensor::cuda::thread_kernel_launches("attn_fwd_paged_split_f32");
+    let launches = |k: &str| artist_tensor::cuda::thread_kernel_launches(k);
+    let before = [launches("attn_combine_splits_f32"), launches("attn_fwd_paged_group_d64_f32")];
     let b = run(&gpu);
-    // The default context (16,384 positions) splits each row's keys over 32 warps.
-    assert!(artist_tensor::cuda::thread_kernel_launches("attn_fwd_paged_split_f32") > before, "keys were not split");
+    // The default context (16,384 positions) splits each row's keys over 32 shares, and
+    // the tiny model's pairs of heads share one warp per KV head.
+    assert!(launches("attn_combine_splits_f32") > before[0], "keys were not split");
+    assert!(launches("attn_fwd_paged_group_d64_f32") > before[1], "heads were not grouped");
     assert_eq!(a.len(), 6);
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         assert_eq!(x.ids, y.ids, "rollout {i}: tokens");
@@ -356,9 +359,9 @@ fn rollouts_with_bf16_products_and_cache_on_the_cuda_backend_equal_the_cpu() {
         all.sort_by(f32::total_cmp);
         (all[all.len() / 2], all[all.len() - 1], all.len() as f64 / total as f64)
     };
-    let before = artist_tensor::cuda::thread_kernel_launches("attn_fwd_paged_split_f32_bf16kv");
+    let before = artist_tensor::cuda::thread_kernel_launches("attn_fwd_paged_group_d64_f32_bf16kv");
     let (a, b, f) = (run(&cpu, true), run(&gpu, true), run(&cpu, false));
-    let read = artist_tensor::cuda::thread_kernel_launches("attn_fwd_paged_split_f32_bf16kv") - before;
+    let read = artist_tensor::cuda::thread_kernel_launches("attn_fwd_paged_group_d64_f32_bf16kv") - before;
     assert!(read > 0, "the GPU did not read a bf16 cache");
     assert_eq!((a.len(), b.len()), (12, 12));
     // A logprob that moves by a flipped rounding can move a draw near a boundary of the

@@ -115,6 +115,9 @@ pub struct PagedBatch {
     /// Warps per (row, head) on a GPU, each over a share of the positions the row sees
     /// ([`PagedBatch::with_key_splits`]).
     key_splits: usize,
+    /// One warp per (row, KV head) for all the query heads of its group, on a GPU
+    /// ([`PagedBatch::with_grouped_heads`]).
+    grouped_heads: bool,
     on_device: Option<PagedBatchDevice>,
 }
 
@@ -235,7 +238,8 @@ impl PagedBatch {
             }
             tables.resize(cap, 0);
         }
-        let batch = PagedBatch { block_size, meta, tables, slots, key_splits: 1, on_device: None };
+        let grouped_heads = grouped_heads_default();
+        let batch = PagedBatch { block_size, meta, tables, slots, key_splits: 1, grouped_heads, on_device: None };
         if !device.is_cuda() {
             return Ok(batch);
         }
@@ -263,6 +267,21 @@ impl PagedBatch {
 
     pub fn key_splits(&self) -> usize {
         self.key_splits
+    }
+
+    /// This batch with GPU attention grouped by KV head (`true`, the default unless
+    /// `ARTIST_ATTN_GROUP=0`): one warp per (row, KV head, share of the keys) serves every
+    /// query head of the group, so each key and value row is read once per group instead of
+    /// once per head. It applies to groups of 2 to 8 heads and head dims up to 128 (Qwen2.5's
+    /// shapes); other shapes, and `false`, run one warp per (row, head). Both give the same
+    /// bits: each head's sums are the same terms in the same order.
+    pub fn with_grouped_heads(mut self, on: bool) -> PagedBatch {
+        self.grouped_heads = on;
+        self
+    }
+
+    pub fn grouped_heads(&self) -> bool {
+        self.grouped_heads
     }
 
     pub fn block_size(&self) -> usize {
@@ -293,6 +312,13 @@ impl PagedBatch {
         }
         Ok(dims)
     }
+}
+
+/// [`PagedBatch::with_grouped_heads`]'s default: on, unless `ARTIST_ATTN_GROUP=0` (to time
+/// one warp per head against it).
+fn grouped_heads_default() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !*OFF.get_or_init(|| std::env::var("ARTIST_ATTN_GROUP").as_deref() == Ok("0"))
 }
 
 /// Whether a paged KV cache of `pool` dtype can serve activations of `act` dtype: its own
@@ -574,7 +600,7 @@ impl Tensor {
                     k_pool,
                     v_pool,
                     (&dev.meta, &dev.seq_of, &dev.tables),
-                    (bs, batch.key_splits),
+                    (bs, batch.key_splits, batch.grouped_heads),
                     a,
                     scale,
                 )

@@ -970,7 +970,9 @@ fn paged_attention_batch_equals_one_sequence_at_a_time() {
             for device in [Device::Cpu, dev] {
                 let (q, kp, vp) = (q.to_device(device).unwrap(), kp.copy().unwrap(), vp.copy().unwrap());
                 let (kp, vp) = (kp.to_device(device).unwrap(), vp.to_device(device).unwrap());
-                let batch = PagedBatch::new(&spec, bs, device).unwrap();
+                // One warp per (row, head), as the single-sequence kernel (grouped heads:
+                // grouped_decode_attention_equals_one_warp_per_head).
+                let batch = PagedBatch::new(&spec, bs, device).unwrap().with_grouped_heads(false);
                 kp.write_paged(&batch, &knew.to_device(device).unwrap()).unwrap();
                 vp.write_paged(&batch, &vnew.to_device(device).unwrap()).unwrap();
                 let (out, lse) = q.paged_attention_batch(&kp, &vp, &batch, scale).unwrap();
@@ -1044,7 +1046,7 @@ fn paged_attention_reads_a_bf16_cache_under_f32_queries() {
     for splits in [1usize, 3] {
         let kernel = if splits > 1 { "attn_fwd_paged_split_f32_bf16kv" } else { "attn_fwd_paged_batch_f32_bf16kv" };
         let before = cuda::thread_kernel_launches(kernel);
-        let batch = PagedBatch::new(&spec, bs, dev).unwrap().with_key_splits(splits);
+        let batch = PagedBatch::new(&spec, bs, dev).unwrap().with_key_splits(splits).with_grouped_heads(false);
         let (out, lse) = qg.paged_attention_batch(&kg, &vg, &batch, scale).unwrap();
         assert_eq!(cuda::thread_kernel_launches(kernel), before + 1, "{kernel} did not run");
         assert_eq!(out.dtype(), DType::F32);
@@ -1348,17 +1350,106 @@ fn paged_attention_split_over_keys_equals_one_warp_per_pair() {
         let q = randn(&[rows, h, d], 240).to_dtype(dt).unwrap().to_device(dev).unwrap();
         let kp = randn(&[blocks, bs, kv, d], 241).to_dtype(dt).unwrap().to_device(dev).unwrap();
         let vp = randn(&[blocks, bs, kv, d], 242).to_dtype(dt).unwrap().to_device(dev).unwrap();
-        let one = PagedBatch::new(&spec, bs, dev).unwrap();
+        let one = PagedBatch::new(&spec, bs, dev).unwrap().with_grouped_heads(false);
         let (want_out, want_lse) = q.paged_attention_batch(&kp, &vp, &one, scale).unwrap();
         let (rt, at) = if dt == DType::F32 { (1e-5, 1e-5) } else { tol(dt) };
         for splits in [3usize, 16] {
-            let batch = PagedBatch::new(&spec, bs, dev).unwrap().with_key_splits(splits);
+            let batch = PagedBatch::new(&spec, bs, dev).unwrap().with_key_splits(splits).with_grouped_heads(false);
             let kernel = format!("attn_fwd_paged_split_{}", if dt == DType::F32 { "f32" } else { "bf16" });
             let before = cuda::thread_kernel_launches(&kernel);
             let (out, lse) = q.paged_attention_batch(&kp, &vp, &batch, scale).unwrap();
             assert_eq!(cuda::thread_kernel_launches(&kernel), before + 1, "{dt} splits {splits}: {kernel}");
             close(&format!("{dt} splits {splits}: out"), &out, &want_out, rt * 2.0, at * 2.0);
             close(&format!("{dt} splits {splits}: lse"), &lse, &want_lse, 1e-5, 1e-5);
+        }
+    }
+}
+
+/// Grouped-query decode (`PagedBatch::with_grouped_heads`): one warp per (row, KV head)
+/// serving the whole head group gives the per-head kernels' output and log-sum-exp to the bit
+/// on the emulator (the same terms in the same order; within 1e-6 on a GPU, whose compiler
+/// may contract the two loops' multiply-adds differently), for groups of 2, 3, 6 and 8 heads
+/// (MQA), head dims 32 to 128 (96: a lane's last chunk half used), f32, bf16 and a bf16
+/// cache under f32 queries, one warp per row or split over 3 and 16 shares, decode rows
+/// beside a prefill; the grouped kernel is what ran. Groups of 1 or 9 heads and head dim 256
+/// keep the per-head kernels. Both agree with the CPU.
+#[test]
+fn grouped_decode_attention_equals_one_warp_per_head() {
+    let dev = gpu_or_skip!();
+    let exact = cuda::test_backend() == Ok(cuda::Backend::Emulator);
+    let bs = 16usize;
+    // (start, t): positions cached, new rows; blocks in reverse order per sequence.
+    let shapes = [(0usize, 1usize), (140, 1), (20, 5), (63, 1)];
+    let mut next = 0u32;
+    let tables: Vec<Vec<u32>> = shapes
+        .iter()
+        .map(|&(a, t)| {
+            let n = (a + t).div_ceil(bs) as u32;
+            let table = (next..next + n).rev().collect();
+            next += n;
+            table
+        })
+        .collect();
+    let blocks = next as usize;
+    let spec: Vec<(usize, usize, &[u32])> = shapes.iter().zip(&tables).map(|(&(a, t), b)| (a, t, &b[..])).collect();
+    let rows: usize = shapes.iter().map(|s| s.1).sum();
+    // (heads, kv heads, head dim, grouped kernel's dim or None, dtypes: (queries, cache)).
+    let f32_both = (DType::F32, DType::F32);
+    let cases: Vec<(usize, usize, usize, Option<usize>, Vec<(DType, DType)>)> = vec![
+        (12, 2, 128, Some(128), vec![f32_both, (DType::BF16, DType::BF16), (DType::F32, DType::BF16)]),
+        (8, 1, 64, Some(64), vec![f32_both, (DType::F32, DType::BF16)]),
+        (6, 2, 96, Some(128), vec![f32_both, (DType::F16, DType::F16)]),
+        (4, 2, 32, Some(64), vec![f32_both]),
+        (4, 4, 32, None, vec![f32_both]),
+        (9, 1, 32, None, vec![f32_both]),
+        (4, 2, 256, None, vec![f32_both]),
+    ];
+    for (h, kv, d, group_dim, dtypes) in cases {
+        for (qt, ct) in dtypes {
+            let scale = (d as f32).powf(-0.5);
+            let q = randn(&[rows, h, d], 260).to_dtype(qt).unwrap();
+            let kp = randn(&[blocks, bs, kv, d], 261).to_dtype(ct).unwrap();
+            let vp = randn(&[blocks, bs, kv, d], 262).to_dtype(ct).unwrap();
+            let cpu_batch = PagedBatch::new(&spec, bs, Device::Cpu).unwrap();
+            let (want, want_lse) = q.paged_attention_batch(&kp, &vp, &cpu_batch, scale).unwrap();
+            let (qg, kg, vg) = (q.to_device(dev).unwrap(), kp.to_device(dev).unwrap(), vp.to_device(dev).unwrap());
+            let sk = match (qt, ct) {
+                (DType::F32, DType::BF16) => "f32_bf16kv".to_string(),
+                _ => format!("{qt}").to_lowercase(),
+            };
+            for splits in [1usize, 3, 16] {
+                let what = format!("heads {h}/{kv}, d {d}, {qt} over {ct}, {splits} shares");
+                let run = |grouped: bool| {
+                    let batch = PagedBatch::new(&spec, bs, dev).unwrap().with_key_splits(splits);
+                    qg.paged_attention_batch(&kg, &vg, &batch.with_grouped_heads(grouped), scale).unwrap()
+                };
+                let kernel = match group_dim {
+                    Some(gd) => format!("attn_fwd_paged_group_d{gd}_{sk}"),
+                    None if splits > 1 => format!("attn_fwd_paged_split_{sk}"),
+                    None => format!("attn_fwd_paged_batch_{sk}"),
+                };
+                let before = cuda::thread_kernel_launches(&kernel);
+                let (out, lse) = run(true);
+                assert_eq!(cuda::thread_kernel_launches(&kernel), before + 1, "{what}: {kernel} did not run");
+                let (per_head, per_head_lse) = run(false);
+                if exact {
+                    same(&format!("{what}: out, grouped against per head"), &out, &per_head);
+                    same(&format!("{what}: lse, grouped against per head"), &lse, &per_head_lse);
+                } else {
+                    let t = if qt == DType::F32 { 1e-6 } else { tol(qt).0 };
+                    close(
+                        &format!("{what}: out, grouped against per head"),
+                        &out,
+                        &per_head.to_device(Device::Cpu).unwrap(),
+                        t,
+                        t,
+                    );
+                    close(&format!("{what}: lse"), &lse, &per_head_lse.to_device(Device::Cpu).unwrap(), 1e-6, 1e-6);
+                }
+                let (rt, at) = if qt == DType::F32 { (1e-5, 1e-5) } else { tol(qt) };
+                close(&format!("{what}: against the CPU"), &out, &want, rt * 2.0, at * 2.0);
+                close(&format!("{what}: lse against the CPU"), &lse, &want_lse, 1e-5, 1e-5);
+            }
         }
     }
 }

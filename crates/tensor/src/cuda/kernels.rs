@@ -173,6 +173,11 @@ pub fn inventory() -> Vec<(&'static str, String)> {
     for k in ["attn_fwd_paged_batch", "attn_fwd_paged_split"] {
         out.push(("attention", format!("{k}_f32_bf16kv")));
     }
+    for d in [64, 128] {
+        for s in floats.iter().copied().chain(["f32_bf16kv"]) {
+            out.push(("attention", format!("attn_fwd_paged_group_d{d}_{s}")));
+        }
+    }
     out.push(("rope", "qkv_rope_cache_f32_bf16kv".into()));
     for s in ["bf16", "f16"] {
         out.push(("gemv", format!("gemv_{s}")));

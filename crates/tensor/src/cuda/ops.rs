@@ -867,14 +867,17 @@ pub(crate) fn attention_fwd_paged(
     Ok((out, lse))
 }
 
-/// Attention of many sequences' query rows over a paged KV cache, one launch:
-/// `meta`, `seq_of`, `tables` as [`crate::PagedBatch`] uploads them; `a.t` is the rows.
+/// Attention of many sequences' query rows over a paged KV cache, one launch (two with
+/// `splits` > 1: the shares, then their merge): `meta`, `seq_of`, `tables` as
+/// [`crate::PagedBatch`] uploads them; `a.t` is the rows. `grouped`: one warp per (row, KV
+/// head) for the whole query-head group where the shape allows it
+/// ([`group_kernel_dim`]), else one per (row, head).
 pub(crate) fn attention_fwd_paged_batch(
     q: &Tensor,
     k_pool: &Tensor,
     v_pool: &Tensor,
     (meta, seq_of, tables): (&Tensor, &Tensor, &Tensor),
-    (block_size, splits): (usize, usize),
+    (block_size, splits, grouped): (usize, usize, bool),
     a: AttnDims,
     scale: f32,
 ) -> Result<(Tensor, Tensor)> {
@@ -897,9 +900,24 @@ pub(crate) fn attention_fwd_paged_batch(
         let s = suffix(q.dtype());
         // The kernels reading the pools: `_bf16kv` variants for a bf16 cache under f32 queries.
         let sk = if k_pool.dtype() == q.dtype() { s.to_string() } else { format!("{s}_{}kv", suffix(k_pool.dtype())) };
-        if splits > 1 {
+        let pairs = a.t * a.heads;
+        if let Some(dk) = group_kernel_dim(a).filter(|_| grouped) {
+            let units = a.t * a.kv_heads * splits;
+            let kernel = format!("attn_fwd_paged_group_d{dk}_{sk}");
+            if splits > 1 {
+                let part_out = CudaStorage::alloc(&dev, DType::F32, splits * pairs * a.d)?;
+                let part_ml = CudaStorage::alloc(&dev, DType::F32, splits * pairs * 2)?;
+                let args = args.arg(splits as i32).arg(0u64).arg(0u64).arg(part_out.ptr()).arg(part_ml.ptr());
+                dev.launch("attention", kernel, warp_cfg(units), args)?;
+                let args =
+                    Args::new().arg(shape).arg(splits as i32).arg(part_out.ptr()).arg(part_ml.ptr()).arg(op).arg(lp);
+                dev.launch("attention", format!("attn_combine_splits_{s}"), warp_cfg(pairs), args)?;
+            } else {
+                let args = args.arg(1i32).arg(op).arg(lp).arg(0u64).arg(0u64);
+                dev.launch("attention", kernel, warp_cfg(units), args)?;
+            }
+        } else if splits > 1 {
             // Flash decoding: partial results per share of the keys, then one merge.
-            let pairs = a.t * a.heads;
             let part_out = CudaStorage::alloc(&dev, DType::F32, splits * pairs * a.d)?;
             let part_ml = CudaStorage::alloc(&dev, DType::F32, splits * pairs * 2)?;
             let args = args.arg(splits as i32).arg(part_out.ptr()).arg(part_ml.ptr());
@@ -916,6 +934,20 @@ pub(crate) fn attention_fwd_paged_batch(
         }
     }
     Ok((out, lse))
+}
+
+/// The head dim of the grouped decode kernel for `a` (`attn_fwd_paged_group_d64`/`_d128`):
+/// groups of 2 to `GROUP_MAX_REP` (8) query heads per KV head, head dim up to 128.
+fn group_kernel_dim(a: AttnDims) -> Option<usize> {
+    let rep = a.heads / a.kv_heads.max(1);
+    if !(2..=8).contains(&rep) {
+        return None;
+    }
+    match a.d {
+        1..=64 => Some(64),
+        65..=128 => Some(128),
+        _ => None,
+    }
 }
 
 /// RoPE on the queries and keys of `qkv: [rows, (heads + 2 kv_heads) * d]`; the keys and
