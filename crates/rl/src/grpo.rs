@@ -7,6 +7,12 @@
 //! `KL_t` is `k3 = exp(ref - lp) - (ref - lp) - 1` or `k1 = lp - ref`. `lp` is computed
 //! the way the sampler sampled: logits divided by the sampling temperature.
 //!
+//! With `tis_cap > 0` (truncated importance sampling) the policy-gradient term of each
+//! token is weighted by `min(exp(lp_old_t - lp_sampler_t), tis_cap)`, a constant: pi_old
+//! recomputed by the trainer over the probability the sampler drew the token with, which
+//! corrects for a sampler whose numerics differ from the trainer's (bf16 products or KV
+//! cache) while the ratio still starts at 1.
+//!
 //! Aggregation is a weighted sum `sum_t w_t l_t` with constant weights from
 //! [`token_weights`] over the whole batch, so micro-batches add up to the full loss:
 //! * `seq_mean_token_mean` (GRPO): `w = 1 / (n_i S)`, `n_i` the rollout's generated
@@ -15,7 +21,7 @@
 //! * `seq_mean_token_sum_norm` (Dr. GRPO): `w = 1 / (S L)`, `L` a constant (the maximum
 //!   response length).
 
-use artist_autograd::{Ctx, Var, token_logprobs, token_logprobs_in};
+use artist_autograd::{Ctx, Var, token_logprobs_in};
 use artist_model::Qwen2;
 use artist_tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -51,6 +57,10 @@ pub struct GrpoConfig {
     pub norm_length: usize,
     /// The temperature the rollouts were sampled at.
     pub temperature: f32,
+    /// Truncated importance sampling: weight each token's policy-gradient term by
+    /// `min(pi_old / pi_sampler, tis_cap)` (0: off). Needs each rollout's
+    /// [`TrainRollout::sampler_logprobs`] (pi_old recomputed by the trainer).
+    pub tis_cap: f64,
 }
 
 impl Default for GrpoConfig {
@@ -63,6 +73,7 @@ impl Default for GrpoConfig {
             aggregation: Aggregation::SeqMeanTokenMean,
             norm_length: 8000,
             temperature: 1.0,
+            tis_cap: 0.0,
         }
     }
 }
@@ -74,8 +85,12 @@ pub struct TrainRollout {
     pub ids: Vec<u32>,
     /// 1 = generated (trained on), 0 = forced.
     pub mask: Vec<u8>,
-    /// The logprobs the sampler drew `ids` with (pi_old).
+    /// pi_old: the logprobs the sampler drew `ids` with, or the policy's recomputed by the
+    /// trainer before its updates ([`rollout_logprobs`]).
     pub old_logprobs: Vec<f32>,
+    /// The sampler's logprobs when `old_logprobs` were recomputed (truncated importance
+    /// sampling reads them; `None` otherwise).
+    pub sampler_logprobs: Option<Vec<f32>>,
     /// The reference model's logprobs of `ids` (needed when beta > 0).
     pub ref_logprobs: Option<Vec<f32>>,
     pub advantage: f32,
@@ -143,8 +158,8 @@ pub fn grpo_loss(
     c: &GrpoConfig,
 ) -> artist_model::Result<(Var, GrpoStats)> {
     let bad = |m: String| artist_model::Error::Input(m);
-    let (mut rows, mut targets, mut old, mut adv, mut w, mut reference) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut rows, mut targets, mut old, mut adv, mut w, mut reference, mut tis) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut offset = 0u32;
     for (r, wr) in batch.iter().zip(weights) {
         let n = r.ids.len();
@@ -156,6 +171,11 @@ pub fn grpo_loss(
         if c.beta > 0.0 && r.ref_logprobs.as_ref().is_none_or(|v| v.len() != n) {
             return Err(bad("beta > 0 needs the reference logprobs of every rollout".into()));
         }
+        if c.tis_cap > 0.0 && r.sampler_logprobs.as_ref().is_none_or(|v| v.len() != n) {
+            return Err(bad(
+                "tis_cap > 0 needs the sampler's logprobs of every rollout (pi_old recomputed by the trainer)".into(),
+            ));
+        }
         let p = r.prompt_ids.len() as u32;
         for j in 0..n {
             if r.mask[j] == 1 {
@@ -166,6 +186,9 @@ pub fn grpo_loss(
                 w.push(wr[j]);
                 if let Some(rf) = &r.ref_logprobs {
                     reference.push(rf[j]);
+                }
+                if let (true, Some(sampled)) = (c.tis_cap > 0.0, &r.sampler_logprobs) {
+                    tis.push((r.old_logprobs[j] - sampled[j]).exp().min(c.tis_cap as f32));
                 }
             }
         }
@@ -188,6 +211,9 @@ pub fn grpo_loss(
     let unclipped = ratio.mul(&adv_v)?;
     let clipped = ratio.clamp((1.0 - c.clip_low) as f32, (1.0 + c.clip_high) as f32)?.mul(&adv_v)?;
     let mut per_token = unclipped.minimum(&clipped)?.neg()?;
+    if c.tis_cap > 0.0 {
+        per_token = per_token.mul(&konst(&tis)?)?;
+    }
     let mut kl_values = vec![0f32; n];
     if c.beta > 0.0 {
         let ref_v = konst(&reference)?;
@@ -254,7 +280,21 @@ pub fn reference_logprobs(
     temperature: f32,
     micro_batch: usize,
 ) -> artist_model::Result<Vec<Vec<f32>>> {
-    let ctx = Ctx::inference();
+    rollout_logprobs(reference, &Ctx::inference(), batch, temperature, micro_batch)
+}
+
+/// `model`'s logprobs of every rollout's generated tokens at the sampling temperature,
+/// computed as `ctx` says (its attention and matmul dtypes; an inference context records
+/// nothing for backward), `micro_batch` rollouts per forward pass, packed as
+/// [`grpo_loss`] packs them. The reference's logprobs for the KL term, or pi_old
+/// recomputed by the trainer. Masked positions hold 0.
+pub fn rollout_logprobs(
+    model: &Qwen2,
+    ctx: &Ctx,
+    batch: &[&TrainRollout],
+    temperature: f32,
+    micro_batch: usize,
+) -> artist_model::Result<Vec<Vec<f32>>> {
     let scale = if temperature > 0.0 { 1.0 / temperature } else { 1.0 };
     let mut out = Vec::with_capacity(batch.len());
     for chunk in batch.chunks(micro_batch.max(1)) {
@@ -279,8 +319,9 @@ pub fn reference_logprobs(
         }
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|r| r.prompt_ids.iter().chain(&r.ids).copied().collect()).collect();
         let seq_refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-        let hidden = reference.hidden_states(&ctx, &seq_refs, Some(&rows))?;
-        let lp = token_logprobs(&hidden, &ctx.param(reference.lm_head_param()), &targets, scale, None)?;
+        let hidden = model.hidden_states(ctx, &seq_refs, Some(&rows))?;
+        let lp =
+            token_logprobs_in(&hidden, &ctx.param(model.lm_head_param()), &targets, scale, None, ctx.matmul_dtype())?;
         let lp = lp.value().to_vec::<f32>()?;
         let mut k = 0;
         for r in chunk {

@@ -30,6 +30,7 @@ fn batch(model: &Qwen2, temperature: f32) -> Vec<TrainRollout> {
                 ids,
                 mask,
                 old_logprobs: old,
+                sampler_logprobs: None,
                 ref_logprobs: Some(reference),
                 advantage: adv,
             }
@@ -66,6 +67,10 @@ fn reference_loss(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig) -> f64 {
             let a = r.advantage as f64;
             let clipped = ratio.clamp(1.0 - c.clip_low, 1.0 + c.clip_high);
             let mut l = -(ratio * a).min(clipped * a);
+            if c.tis_cap > 0.0 {
+                let sampled = r.sampler_logprobs.as_ref().unwrap()[j] as f64;
+                l *= (r.old_logprobs[j] as f64 - sampled).exp().min(c.tis_cap);
+            }
             if c.beta > 0.0 {
                 let rf = r.ref_logprobs.as_ref().unwrap()[j] as f64;
                 let kl = match c.kl {
@@ -99,14 +104,44 @@ fn run(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig, micro: usize) -> (f64,
 #[test]
 fn loss_matches_the_formula_in_every_mode() {
     let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
-    for (agg, beta, kl, t, clip_high) in [
-        (Aggregation::SeqMeanTokenMean, 0.0, KlEstimator::K3, 1.0, 0.2),
-        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, 0.28),
-        (Aggregation::SeqMeanTokenSumNorm, 0.1, KlEstimator::K1, 1.0, 0.2),
+    for (agg, beta, kl, t, clip_high, tis_cap) in [
+        (Aggregation::SeqMeanTokenMean, 0.0, KlEstimator::K3, 1.0, 0.2, 0.0),
+        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, 0.28, 0.0),
+        (Aggregation::SeqMeanTokenSumNorm, 0.1, KlEstimator::K1, 1.0, 0.2, 0.0),
+        // Truncated importance sampling: weights from 0.67 to 1.49, capped at 1.2.
+        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, 0.28, 1.2),
     ] {
-        let c =
-            GrpoConfig { aggregation: agg, beta, kl, temperature: t, clip_high, norm_length: 32, ..Default::default() };
-        let b = batch(&model, t);
+        let c = GrpoConfig {
+            aggregation: agg,
+            beta,
+            kl,
+            temperature: t,
+            clip_high,
+            norm_length: 32,
+            tis_cap,
+            ..Default::default()
+        };
+        let mut b = batch(&model, t);
+        if tis_cap > 0.0 {
+            let plain = GrpoConfig { tis_cap: 0.0, ..c };
+            let loss = |b: &[TrainRollout]| run(&model, b, &c, usize::MAX).0;
+            let refs: Vec<&TrainRollout> = b.iter().collect();
+            let w = token_weights(&refs, agg, 32);
+            let ws: Vec<&[f32]> = w.iter().map(Vec::as_slice).collect();
+            let err = grpo_loss(&model, &Ctx::inference(), &refs, &ws, &c).unwrap_err();
+            assert!(err.to_string().contains("sampler's logprobs"), "{err}");
+            for r in &mut b {
+                let sampled = r.old_logprobs.iter().enumerate().map(|(j, &o)| o - 0.4 * ((j % 4) as f32 - 1.5) / 1.5);
+                r.sampler_logprobs = Some(sampled.collect());
+            }
+            // Weights of 1 (sampler and trainer agree) give the plain loss.
+            let agree: Vec<TrainRollout> = b
+                .iter()
+                .map(|r| TrainRollout { sampler_logprobs: Some(r.old_logprobs.clone()), ..r.clone() })
+                .collect();
+            let (a, p) = (loss(&agree), run(&model, &agree, &plain, usize::MAX).0);
+            assert!((a - p).abs() <= 1e-6 * p.abs(), "TIS weights of 1: {a} vs {p}");
+        }
         let want = reference_loss(&model, &b, &c);
         let (got, grads, clipped) = run(&model, &b, &c, usize::MAX);
         assert!((got - want).abs() <= 1e-4 * want.abs().max(1e-3), "{agg:?}: loss {got} vs {want}");
@@ -162,6 +197,7 @@ fn aggregation_weights() {
         ids: vec![1; n],
         mask: (0..n).map(|j| (j >= forced) as u8).collect(),
         old_logprobs: vec![0.0; n],
+        sampler_logprobs: None,
         ..Default::default()
     };
     let (a, b) = (r(4, 0), r(10, 2));
@@ -198,6 +234,7 @@ fn loss_and_gradients_match_pytorch() {
             ids: nums(&r["ids"]).iter().map(|&x| x as u32).collect(),
             mask: nums(&r["mask"]).iter().map(|&x| x as u8).collect(),
             old_logprobs: nums(&r["old_logprobs"]).iter().map(|&x| x as f32).collect(),
+            sampler_logprobs: None,
             ref_logprobs: Some(nums(&r["ref_logprobs"]).iter().map(|&x| x as f32).collect()),
             advantage: r["advantage"].as_f64().unwrap() as f32,
         })
@@ -212,6 +249,7 @@ fn loss_and_gradients_match_pytorch() {
             kl: serde_json::from_value(case["kl"].clone()).unwrap(),
             temperature: case["temperature"].as_f64().unwrap() as f32,
             norm_length: case["norm_length"].as_u64().unwrap() as usize,
+            tis_cap: 0.0,
         };
         let (loss, grads, _) = run(&model, &batch, &c, usize::MAX);
         let want = case["loss"].as_f64().unwrap();

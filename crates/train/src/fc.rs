@@ -608,6 +608,7 @@ impl GrpoTask for FcTrainer {
                     ids: ep.ids.clone(),
                     mask: ep.mask.clone(),
                     old_logprobs: ep.logprobs.clone(),
+                    sampler_logprobs: None,
                     ref_logprobs: None,
                     advantage: adv[k * g + i] as f32,
                 });
@@ -671,6 +672,7 @@ impl GrpoTask for FcTrainer {
         };
         let u = update_sharded(&self.model, self.reference.as_ref(), train, &c, optimizer, lr, step, comm)?;
         (m.loss, m.grad_norm, m.clip_fraction, m.kl) = (u.loss, u.grad_norm, u.clip_fraction, u.kl);
+        m.sampler_logprob_gap = u.sampler_logprob_gap;
         m.train_s = t.elapsed().as_secs_f64();
         Ok(m)
     }

@@ -15,7 +15,7 @@ use crate::dp::StepGrads;
 use artist_engine::{Rollout, RolloutConfig, RolloutEngine, SamplingParams};
 use artist_model::Qwen2;
 use artist_optim::{AdamW, AdamWConfig, LrSchedule, Schedule, clip_grad_norm};
-use artist_rl::grpo::reference_logprobs;
+use artist_rl::grpo::rollout_logprobs;
 use artist_rl::{
     AdvantageConfig, GrpoConfig, MathRewardWeights, MathRewards, Segment, TrainRollout, group_advantages, grpo_loss,
     math_rewards_with_tool, token_weights_global,
@@ -160,8 +160,14 @@ pub struct GrpoRunConfig {
     pub steps: u64,
     /// Prompts per rollout batch (each gives `group_size` rollouts).
     pub prompts_per_step: usize,
-    /// Optimiser steps on each rollout batch (pi_old stays the sampler's).
+    /// Optimiser steps on each rollout batch (pi_old stays what it was before the first).
     pub optimizer_steps_per_batch: usize,
+    /// Where pi_old comes from: `sampler` (the logprobs the rollouts were drawn with),
+    /// `recompute` (one forward pass of the policy over the batch before the updates, with
+    /// the loss's attention and matmul dtypes, as veRL computes old_log_prob), or `auto`
+    /// (the default): recompute when the sampler's numerics differ from the loss's
+    /// ([`GrpoRunConfig::recomputes_old_logprobs`]).
+    pub old_logprobs: OldLogprobs,
     /// Rollouts per forward/backward pass; gradients accumulate over the batch (0: all).
     pub micro_batch_rollouts: usize,
     /// Data parallel: all-reduce gradient buckets during the last micro-batch's backward
@@ -205,6 +211,7 @@ impl Default for GrpoRunConfig {
             steps: 100,
             prompts_per_step: 8,
             optimizer_steps_per_batch: 1,
+            old_logprobs: OldLogprobs::Auto,
             micro_batch_rollouts: 0,
             overlap_allreduce: None,
             filter_flat_groups: false,
@@ -256,10 +263,36 @@ impl GrpoRunConfig {
         doc.try_into().map_err(|e: toml::de::Error| Error::Config(format!("--set: {e}")))
     }
 
+    /// Whether pi_old is recomputed by the trainer (see `old_logprobs`): always with
+    /// `recompute`, never with `sampler`; with `auto` when the sampler computes otherwise
+    /// than the loss: its products in another dtype, its keys and values stored as bf16, or
+    /// the loss's attention in bf16.
+    pub fn recomputes_old_logprobs(&self) -> bool {
+        match self.old_logprobs {
+            OldLogprobs::Sampler => false,
+            OldLogprobs::Recompute => true,
+            OldLogprobs::Auto => {
+                self.rollout.matmul_dtype != self.matmul_dtype
+                    || self.rollout.kv_cache_dtype != crate::ComputeDtype::F32
+                    || self.attention_dtype != crate::ComputeDtype::F32
+            }
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let r = &self.rollout;
         if !(self.grpo.beta >= 0.0 && self.grpo.beta.is_finite()) {
             return Err(Error::Config(format!("grpo.beta must be a finite number >= 0, got {}", self.grpo.beta)));
+        }
+        if !(self.grpo.tis_cap >= 0.0 && self.grpo.tis_cap.is_finite()) {
+            return Err(Error::Config(format!("grpo.tis_cap must be a finite number >= 0, got {}", self.grpo.tis_cap)));
+        }
+        if self.grpo.tis_cap > 0.0 && !self.recomputes_old_logprobs() {
+            return Err(Error::Config(
+                "grpo.tis_cap weighs pi_old recomputed by the trainer against the sampler's logprobs: \
+                 set old_logprobs = \"recompute\" (or \"auto\" with bf16 rollouts)"
+                    .into(),
+            ));
         }
         if self.steps == 0 || self.prompts_per_step == 0 || r.group_size == 0 || self.optimizer_steps_per_batch == 0 {
             return Err(Error::Config(
@@ -286,6 +319,19 @@ impl GrpoRunConfig {
     }
 }
 
+/// Where GRPO's pi_old comes from (`old_logprobs` in a config).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OldLogprobs {
+    /// Recompute when the sampler's numerics differ from the loss's.
+    #[default]
+    Auto,
+    /// The logprobs the sampler drew each token with.
+    Sampler,
+    /// The policy's, recomputed by the trainer before its updates.
+    Recompute,
+}
+
 /// What one rollout batch and its updates measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StepMetrics {
@@ -309,6 +355,10 @@ pub struct StepMetrics {
     pub tool_success: f64,
     pub kl: f64,
     pub clip_fraction: f64,
+    /// With pi_old recomputed: the mean |recomputed - sampler's| logprob of the generated
+    /// tokens (how far the sampler's numerics are from the trainer's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampler_logprob_gap: Option<f64>,
     pub loss: f64,
     pub grad_norm: f64,
     pub lr: f64,
@@ -465,6 +515,7 @@ impl GrpoTrainer<'_> {
                     ids: ro.ids.clone(),
                     mask: ro.mask.clone(),
                     old_logprobs: ro.logprobs.clone(),
+                    sampler_logprobs: None,
                     ref_logprobs: None,
                     advantage: adv[k * g + i] as f32,
                 });
@@ -525,6 +576,7 @@ impl GrpoTrainer<'_> {
         }
         let u = update_sharded(&self.model, self.reference.as_ref(), train, &c, optimizer, lr, step, comm)?;
         (m.loss, m.grad_norm, m.clip_fraction, m.kl) = (u.loss, u.grad_norm, u.clip_fraction, u.kl);
+        m.sampler_logprob_gap = u.sampler_logprob_gap;
         m.train_s = t.elapsed().as_secs_f64();
         if u.trained {
             m.tokens_per_s = sampled / rollout_s.max(1e-9);
@@ -553,6 +605,8 @@ pub struct UpdateStats {
     pub grad_norm: f64,
     pub clip_fraction: f64,
     pub kl: f64,
+    /// With pi_old recomputed: the mean |recomputed - sampler's| logprob.
+    pub sampler_logprob_gap: Option<f64>,
     /// Whether any rollout was trained on.
     pub trained: bool,
 }
@@ -619,12 +673,32 @@ pub fn update_sharded(
     out.trained = true;
     let (seqs, total) = (counts[0] as usize, counts[1] as usize);
     let micro = if c.micro_batch_rollouts == 0 { train.len().max(1) } else { c.micro_batch_rollouts };
+    // The loss's numerics, for everything it compares with: pi_old recomputed and the
+    // reference's logprobs.
+    let numerics =
+        |ctx: Ctx| ctx.with_attention_dtype(c.attention_dtype.dtype()).with_matmul_dtype(c.matmul_dtype.dtype());
+    // Summed |recomputed - sampler's| over generated tokens, and their count.
+    let mut gap = [0f32; 2];
+    if c.recomputes_old_logprobs() && !train.is_empty() {
+        let _range = artist_tensor::nvtx::range("pi_old recompute");
+        let refs: Vec<&TrainRollout> = train.iter().collect();
+        let lps = rollout_logprobs(model, &numerics(Ctx::inference()), &refs, c.rollout.temperature, micro)?;
+        for (r, lp) in train.iter_mut().zip(lps) {
+            for ((&m, a), b) in r.mask.iter().zip(&lp).zip(&r.old_logprobs) {
+                if m == 1 {
+                    gap[0] += (a - b).abs();
+                    gap[1] += 1.0;
+                }
+            }
+            r.sampler_logprobs = Some(std::mem::replace(&mut r.old_logprobs, lp));
+        }
+    }
     if c.grpo.beta > 0.0 && !train.is_empty() {
         let reference = reference.ok_or_else(|| {
             Error::Config("grpo.beta > 0 but no reference model is loaded (grpo::train loads one)".into())
         })?;
         let refs: Vec<&TrainRollout> = train.iter().collect();
-        let lps = reference_logprobs(reference, &refs, c.rollout.temperature, micro)?;
+        let lps = rollout_logprobs(reference, &numerics(Ctx::inference()), &refs, c.rollout.temperature, micro)?;
         for (r, lp) in train.iter_mut().zip(lps) {
             r.ref_logprobs = Some(lp);
         }
@@ -643,9 +717,7 @@ pub fn update_sharded(
         for (j, (rs, ws)) in refs.chunks(micro).zip(weights.chunks(micro)).enumerate() {
             let tape = Tape::new();
             let ws: Vec<&[f32]> = ws.iter().map(Vec::as_slice).collect();
-            let ctx = Ctx::training(&tape)
-                .with_attention_dtype(c.attention_dtype.dtype())
-                .with_matmul_dtype(c.matmul_dtype.dtype());
+            let ctx = numerics(Ctx::training(&tape));
             let (l, stats) = grpo_loss(model, &ctx, rs, &ws, &grpo)?;
             loss += l.to_scalar()? as f64;
             clipped += stats.clipped;
@@ -671,12 +743,16 @@ pub fn update_sharded(
         out.grad_norm = norm;
     }
     if let Some(comm) = comm {
-        let mut buf = [clipped as f32, tokens as f32, kl as f32];
+        let mut buf = [clipped as f32, tokens as f32, kl as f32, gap[0], gap[1]];
         comm.all_reduce_sum(&mut buf)?;
         (clipped, tokens, kl) = (buf[0] as usize, buf[1] as usize, f64::from(buf[2]));
+        gap = [buf[3], buf[4]];
     }
     out.clip_fraction = clipped as f64 / tokens.max(1) as f64;
     out.kl = kl / tokens.max(1) as f64;
+    if c.recomputes_old_logprobs() {
+        out.sampler_logprob_gap = Some(f64::from(gap[0]) / f64::from(gap[1]).max(1.0));
+    }
     Ok(out)
 }
 

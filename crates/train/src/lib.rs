@@ -40,7 +40,8 @@ pub enum ComputeDtype {
     /// 128, forward and backward run on the tensor cores. Linear layers: activations,
     /// weights and (in backward) output gradients rounded, on a GPU a tensor-core GEMM.
     /// Losses and gradients then agree with f32 to bf16 rounding, and the policy's
-    /// logprobs in the loss differ from the sampler's by as much.
+    /// logprobs in the loss differ from the sampler's by as much (GRPO's `old_logprobs =
+    /// "auto"` then recomputes pi_old).
     Bf16,
 }
 
@@ -56,13 +57,13 @@ impl std::str::FromStr for ComputeDtype {
 }
 
 impl ComputeDtype {
-    /// What [`artist_autograd::Ctx::with_attention_dtype`] and
-    /// [`artist_autograd::Ctx::with_matmul_dtype`] take.
     /// As a storage dtype (f32 or bf16).
     pub fn storage(self) -> artist_tensor::DType {
         self.dtype().unwrap_or(artist_tensor::DType::F32)
     }
 
+    /// What [`artist_autograd::Ctx::with_attention_dtype`] and
+    /// [`artist_autograd::Ctx::with_matmul_dtype`] take.
     pub fn dtype(self) -> Option<artist_tensor::DType> {
         match self {
             ComputeDtype::F32 => None,

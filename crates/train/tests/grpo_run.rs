@@ -126,6 +126,37 @@ fn kl_to_a_frozen_reference() {
     assert!(e.contains("grpo.beta"), "{e}");
 }
 
+/// bf16 rollouts under an f32 loss: `old_logprobs = "auto"` recomputes pi_old and reports
+/// how far the sampler was from it; `"sampler"` keeps the sampler's and reports nothing;
+/// truncated importance sampling trains on top of the recomputation and is refused without
+/// it.
+#[test]
+fn pi_old_is_recomputed_when_the_sampler_computes_in_bf16() {
+    let bf16 = |extra: &[&str]| {
+        let mut sets: Vec<String> =
+            ["steps=1", "rollout.matmul_dtype=\"bf16\"", "rollout.kv_cache_dtype=\"bf16\""].map(String::from).into();
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        tiny_config().with_overrides(&sets).unwrap()
+    };
+    assert!(!tiny_config().recomputes_old_logprobs(), "f32 sampling and loss need no recomputation");
+    let tmp = tempfile::tempdir().unwrap();
+    let auto = train(&tmp.path().join("auto"), &mut trainer(bf16(&[])), &fresh()).unwrap();
+    let gap = auto[0].sampler_logprob_gap.expect("auto recomputes pi_old under bf16 sampling");
+    assert!(gap > 0.0 && gap < 0.05, "mean |recomputed - sampler's| logprob {gap}");
+    let line = std::fs::read_to_string(tmp.path().join("auto/metrics.jsonl")).unwrap();
+    assert!(line.contains("sampler_logprob_gap"), "{line}");
+    let sampler = train(&tmp.path().join("s"), &mut trainer(bf16(&["old_logprobs=\"sampler\""])), &fresh()).unwrap();
+    assert_eq!(sampler[0].sampler_logprob_gap, None);
+    let tis = train(&tmp.path().join("tis"), &mut trainer(bf16(&["grpo.tis_cap=2.0"])), &fresh()).unwrap();
+    assert!(tis[0].loss.is_finite() && tis[0].sampler_logprob_gap.is_some());
+    let e = bf16(&["old_logprobs=\"sampler\"", "grpo.tis_cap=2.0"]).validate().unwrap_err().to_string();
+    assert!(e.contains("tis_cap") && e.contains("recompute"), "{e}");
+    let e = bf16(&["grpo.tis_cap=-1.0"]).validate().unwrap_err().to_string();
+    assert!(e.contains("tis_cap"), "{e}");
+    let e = tiny_config().with_overrides(&["old_logprobs=\"trainer\"".into()]).unwrap_err().to_string();
+    assert!(e.contains("trainer"), "{e}");
+}
+
 #[test]
 fn configuration_errors_name_the_key() {
     let e = GrpoRunConfig::from_toml("stepz = 3", Path::new("c.toml")).unwrap_err().to_string();
