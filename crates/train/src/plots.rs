@@ -23,6 +23,7 @@ const PANELS: &[(&str, &str)] = &[
     ("response_tokens", "response tokens"),
     ("kl", "KL to reference"),
     ("clip_fraction", "clip fraction"),
+    ("sampler_logprob_gap", "sampler vs trainer |logprob gap|"),
     ("loss", "loss"),
     ("grad_norm", "gradient norm"),
     ("tokens_per_s", "rollout tokens/s"),
