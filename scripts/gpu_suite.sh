@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # The GPU suite, on a machine with an NVIDIA GPU and no Rust: runs what
-# scripts/gpu_bundle.sh built (carried as gpu-bundle/) and writes logs and figures to $OUT
-# (the device tool's output folder; gpu-results/ otherwise).
+# scripts/gpu_bundle.sh built (carried as gpu-bundle/).
+#
+#     bash scripts/gpu_suite.sh [all|tests|bench]      # default all: steps 1-7; tests: 1-5; bench: 1, 6, 7
+#
+# Logs and figures are written to a scratch folder and packed after every step into
+# $OUT/results.tar.gz (gpu-results/ without $OUT), beside summary.txt and bench_cuda.json:
+# three files, since the device tool returns at most eight, two folders deep, and whatever
+# is there when a command is stopped at its limit. Each step has a time limit of its own
+# (STEP_TIMEOUT, default 240 s), so one hung step cannot take the whole call.
 #
 #   1. which GPU, driver and CUDA libraries the binaries find;
 #   2. every kernel compiled by this machine's NVRTC (tests/nvrtc.rs);
@@ -20,12 +27,22 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
-out="${OUT:-$root/gpu-results}"
-mkdir -p "$out"
+phase="${1:-all}"
+case "$phase" in all | tests | bench) ;; *) echo "usage: gpu_suite.sh [all|tests|bench]"; exit 2 ;; esac
+dest="${OUT:-$root/gpu-results}"
+mkdir -p "$dest"
+out="$(mktemp -d)" # every log; packed into $dest after each step
 b="$root/gpu-bundle"
 test -d "$b" || { echo "no gpu-bundle/: run scripts/gpu_bundle.sh on the build machine and carry it"; exit 2; }
 status=0
-step() { echo; echo "== $*"; }
+limit="${STEP_TIMEOUT:-240}"
+pack() {
+    tar -czf "$dest/results.tar.gz.tmp" -C "$out" --exclude kernel-cache --exclude criterion . 2>/dev/null &&
+        mv "$dest/results.tar.gz.tmp" "$dest/results.tar.gz"
+    cp "$out/bench_cuda.json" "$dest/" 2>/dev/null || true
+}
+step() { pack; echo; echo "== $*"; }
+wants() { [ "$phase" = all ] || [ "$phase" = "$1" ]; }
 
 step "device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/device.txt"
@@ -51,51 +68,59 @@ done
 cp "$u"/bin/* target/release/
 export ARTIST_KERNEL_CACHE="$out/kernel-cache" ARTIST_GPU_VERBOSE=1 RUST_BACKTRACE=1
 
+# A step: its log under $out, stopped after $limit seconds (a stop counts as a failure).
+guarded() { # log file, then the command
+    local log="$1"
+    shift
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$out/$log"
+    local rc=${PIPESTATUS[0]}
+    if [ "$rc" -ne 0 ]; then
+        echo "FAILED ($([ "$rc" -ge 124 ] && echo "stopped after ${limit}s" || echo "exit $rc")): $log" | tee -a "$out/failures.txt"
+        status=1
+    fi
+}
 run() { # name, then the test binary's arguments
     local name="$1"
     shift
     step "$name"
-    if ! "$u/tests/$name" "$@" 2>&1 | tee "$out/$name.log"; then
-        echo "FAILED: $name"
-        status=1
-    fi
+    guarded "$name.log" "$u/tests/$name" "$@"
 }
-run nvrtc --test-threads=1 --nocapture
-run cuda --test-threads=1
-run cuda_model --test-threads=1
-run cli generate_and_score_on_the_cuda_backend --test-threads=1
-run train_cli sft_on_the_cuda_backend --test-threads=1 --nocapture
-run nccl --test-threads=1 --nocapture
-run rollout cuda --test-threads=1 --nocapture
-
-step "kernel benchmark beside PyTorch"
-if ! python3 scripts/bench_cuda.py --bench "$u/cuda_kernels" --out "$out" 2>&1 | tee "$out/bench.log"; then
-    echo "FAILED: bench_cuda.py"
-    status=1
+if wants tests; then
+    run nvrtc --test-threads=1 --nocapture
+    run cuda --test-threads=1
+    run cuda_model --test-threads=1
+    run cli generate_and_score_on_the_cuda_backend --test-threads=1
+    run train_cli sft_on_the_cuda_backend --test-threads=1 --nocapture
+    run nccl --test-threads=1 --nocapture
+    run rollout cuda --test-threads=1 --nocapture
 fi
-grep -E "^\||ceilings" "$out/bench.log" > "$out/bench.md" 2>/dev/null
 
-step "attention forward off the tensor cores (ARTIST_ATTN_MMA=0), for the ratio"
-ARTIST_ATTN_MMA=0 "$u/cuda_kernels" --bench attention_fwd 2>&1 | tee "$out/attention_one_warp_per_row.log"
+if wants bench; then
+    step "kernel benchmark beside PyTorch"
+    guarded bench.log python3 scripts/bench_cuda.py --bench "$u/cuda_kernels" --out "$out"
+    grep -E "^\||ceilings" "$out/bench.log" > "$out/bench.md" 2>/dev/null
 
-step "rollouts beside transformers' generate"
-shape=(--model 1.5b --prompts "${ROLLOUT_PROMPTS:-4}" --group 8 --prompt-len 512 --new "${ROLLOUT_NEW:-128}" --decode 64)
-if ! "$u/rollout" --device cuda "${shape[@]}" 2>&1 | tee "$out/rollout.jsonl"; then
-    echo "FAILED: rollout bench"
-    status=1
+    step "attention forward off the tensor cores (ARTIST_ATTN_MMA=0), for the ratio"
+    guarded attention_one_warp_per_row.log env ARTIST_ATTN_MMA=0 "$u/cuda_kernels" --bench attention_fwd
+
+    step "rollouts beside transformers' generate"
+    shape=(--model 1.5b --prompts "${ROLLOUT_PROMPTS:-4}" --group 8 --prompt-len 512 --new "${ROLLOUT_NEW:-128}" --decode 64)
+    guarded rollout.jsonl "$u/rollout" --device cuda "${shape[@]}"
+    guarded rollout_hf.log python3 scripts/bench_rollout_hf.py --device cuda "${shape[@]}" --ours "$out/rollout.jsonl"
+    step "rollouts with bf16 products and a bf16 KV cache, same shape"
+    guarded rollout_bf16.jsonl "$u/rollout" --device cuda "${shape[@]}" --decode 0 --matmul-dtype bf16 --kv-dtype bf16
+    step "the same with one warp per query head (ARTIST_ATTN_GROUP=0), for the ratio"
+    guarded rollout_bf16_per_head.jsonl env ARTIST_ATTN_GROUP=0 \
+        "$u/rollout" --device cuda "${shape[@]}" --decode 0 --matmul-dtype bf16 --kv-dtype bf16
 fi
-python3 scripts/bench_rollout_hf.py --device cuda "${shape[@]}" --ours "$out/rollout.jsonl" 2>&1 | tee "$out/rollout_hf.log"
-step "rollouts with bf16 products and a bf16 KV cache, same shape"
-if ! "$u/rollout" --device cuda "${shape[@]}" --decode 0 --matmul-dtype bf16 --kv-dtype bf16 2>&1 | tee "$out/rollout_bf16.jsonl"; then
-    echo "FAILED: rollout bench with bf16 products"
-    status=1
-fi
-step "the same with one warp per query head (ARTIST_ATTN_GROUP=0), for the ratio"
-ARTIST_ATTN_GROUP=0 "$u/rollout" --device cuda "${shape[@]}" --decode 0 --matmul-dtype bf16 --kv-dtype bf16 2>&1 \
-    | tee "$out/rollout_bf16_per_head.jsonl"
+
 step "summary"
-grep -hE "^test result|FAILED" "$out"/*.log
-cat "$out/bench.md" 2>/dev/null
-grep -E "x$" "$out/rollout_hf.log" 2>/dev/null
-grep -h "sampled_tokens_per_s" "$out"/rollout.jsonl "$out"/rollout_bf16*.jsonl 2>/dev/null
+{
+    cat "$out/device.txt"
+    grep -hE "^test result|FAILED" "$out"/*.log "$out/failures.txt" 2>/dev/null
+    cat "$out/bench.md" 2>/dev/null
+    grep -E "x$" "$out/rollout_hf.log" 2>/dev/null
+    grep -h "sampled_tokens_per_s" "$out"/rollout.jsonl "$out"/rollout_bf16*.jsonl 2>/dev/null
+} | tee "$dest/summary.txt"
+pack
 exit $status
