@@ -539,19 +539,33 @@ __device__ __forceinline__ void stage_tiles(u16* ta, u16* tb, const u16* a, i64 
     }
 }
 
-// The B fragment whose column g is a shared tile's row (B[k][n] = T[n][k]): `p` points at
-// T[n0 + g][k0 + 2c].
-__device__ __forceinline__ void b_from_row(u32 b[2], const u16* p) {
-    b[0] = *reinterpret_cast<const u32*>(p);
-    b[1] = *reinterpret_cast<const u32*>(p + 8);
+// The B fragment (16 deep, 8 wide) whose columns are rows of a shared tile T of row stride
+// SR (B[k][n] = T[n0 + n][k0 + k]): `t` points at T[n0][k0]. One ldmatrix: lane l names
+// row l % 8 of the 8-column block l / 8.
+template <int SR>
+__device__ __forceinline__ void b_from_row(u32 b[2], const u16* t) {
+    const int lane = (int)(threadIdx.x & 31);
+    ldmatrix_x2(b, t + (lane & 7) * SR + 8 * ((lane >> 3) & 1));
 }
 
-// The B fragment whose rows are a shared tile's rows (B[k][n] = T[k][n]), two tile rows per
-// register: `p` points at T[k0 + 2c][n0 + g].
+// The B fragment whose rows are a shared tile's rows (B[k][n] = T[k0 + k][n0 + n]): `t`
+// points at T[k0][n0]. One transposing ldmatrix: lane l names tile row l % 16.
 template <int SR>
-__device__ __forceinline__ void b_from_rows(u32 b[2], const u16* p) {
-    b[0] = (u32)p[0] | ((u32)p[SR] << 16);
-    b[1] = (u32)p[8 * SR] | ((u32)p[9 * SR] << 16);
+__device__ __forceinline__ void b_from_rows(u32 b[2], const u16* t) {
+    const int lane = (int)(threadIdx.x & 31);
+    ldmatrix_x2_trans(b, t + (lane & 15) * SR);
+}
+
+// b_from_row by two plain 32-bit shared loads, for the dK/dV pass at head dim 128, which
+// sits at the register limit: there ldmatrix's per-lane addresses for these fragments cost
+// spills (ptxas, sm_90: 255 registers and 64 spilled bytes with ldmatrix for both kinds of
+// fragment, 4 with this one for the untransposed kind).
+template <int SR>
+__device__ __forceinline__ void b_from_row_lds(u32 b[2], const u16* t) {
+    const int lane = (int)(threadIdx.x & 31), g = lane >> 2, c = lane & 3;
+    const u16* p = t + g * SR + 2 * c;
+    b[0] = *reinterpret_cast<const u32*>(p);
+    b[1] = *reinterpret_cast<const u32*>(p + 8);
 }
 
 // The C fragments of two 8-column tiles, rounded to bf16: the A fragment of one 16-deep step.
@@ -600,11 +614,11 @@ __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, co
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
-            const u16* krow = ks + (nt * 8 + g) * SR + 2 * c;  // B[k][n] = K[n][k]
+            const u16* krow = ks + nt * 8 * SR;  // B[k][n] = K[n][k]
 #pragma unroll
             for (int kc = 0; kc < KC; ++kc) {
                 u32 b[2];
-                b_from_row(b, krow + kc * 16);
+                b_from_row<SR>(b, krow + kc * 16);
                 mma_bf16_16816(sc[nt], qa[kc], b);
             }
         }
@@ -652,7 +666,7 @@ __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, co
         for (int kc = 0; kc < MMA_BK / 16; ++kc) {
             u32 pa[4];
             c_to_a(pa, sc[2 * kc], sc[2 * kc + 1]);
-            const u16* v0 = vs + (kc * 16 + 2 * c) * SR + g;  // B[k][n] = V[k][n]
+            const u16* v0 = vs + kc * 16 * SR;  // B[k][n] = V[k][n]
 #pragma unroll
             for (int ot = 0; ot < OT; ++ot) {
                 u32 b[2];
@@ -762,14 +776,14 @@ __device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q,
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) sc[nt][e] = dp[nt][e] = 0.0f;
-            const u16* krow = ks + (nt * 8 + g) * SR + 2 * c;
-            const u16* vrow = vs + (nt * 8 + g) * SR + 2 * c;
+            const u16* krow = ks + nt * 8 * SR;
+            const u16* vrow = vs + nt * 8 * SR;
 #pragma unroll
             for (int kc = 0; kc < KC; ++kc) {
                 u32 bk[2], bv[2];
-                b_from_row(bk, krow + kc * 16);
+                b_from_row<SR>(bk, krow + kc * 16);
                 mma_bf16_16816(sc[nt], qa[kc], bk);
-                b_from_row(bv, vrow + kc * 16);
+                b_from_row<SR>(bv, vrow + kc * 16);
                 mma_bf16_16816(dp[nt], da[kc], bv);
             }
         }
@@ -788,7 +802,7 @@ __device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q,
         for (int kc = 0; kc < MMA_BK / 16; ++kc) {
             u32 pa[4];
             c_to_a(pa, sc[2 * kc], sc[2 * kc + 1]);
-            const u16* k0 = ks + (kc * 16 + 2 * c) * SR + g;
+            const u16* k0 = ks + kc * 16 * SR;
 #pragma unroll
             for (int ot = 0; ot < OT; ++ot) {
                 u32 b[2];
@@ -856,14 +870,14 @@ __device__ __forceinline__ void attn_bwd_dkv_mma_impl(AttnShape s, const bf16* q
             for (int nq = 0; nq < NQ; ++nq) {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) st[nq][e] = dpt[nq][e] = 0.0f;
-                const u16* qrow = qs + (nq * 8 + g) * SR + 2 * c;
-                const u16* drow = dos + (nq * 8 + g) * SR + 2 * c;
+                const u16* qrow = qs + nq * 8 * SR;
+                const u16* drow = dos + nq * 8 * SR;
 #pragma unroll
                 for (int kc = 0; kc < KC; ++kc) {
                     u32 bq[2], bd[2];
-                    b_from_row(bq, qrow + kc * 16);
+                    b_from_row_lds<SR>(bq, qrow + kc * 16);
                     mma_bf16_16816(st[nq], ka[kc], bq);
-                    b_from_row(bd, drow + kc * 16);
+                    b_from_row_lds<SR>(bd, drow + kc * 16);
                     mma_bf16_16816(dpt[nq], va[kc], bd);
                 }
             }
@@ -886,8 +900,8 @@ __device__ __forceinline__ void attn_bwd_dkv_mma_impl(AttnShape s, const bf16* q
                 u32 pa[4], sa[4];
                 c_to_a(pa, st[2 * kc], st[2 * kc + 1]);
                 c_to_a(sa, dpt[2 * kc], dpt[2 * kc + 1]);
-                const u16* d0 = dos + (kc * 16 + 2 * c) * SR + g;
-                const u16* q0 = qs + (kc * 16 + 2 * c) * SR + g;
+                const u16* d0 = dos + kc * 16 * SR;
+                const u16* q0 = qs + kc * 16 * SR;
 #pragma unroll
                 for (int ot = 0; ot < OT; ++ot) {
                     u32 bd[2], bq[2];
