@@ -119,6 +119,28 @@ __device__ void binary_impl(i64 n, int op, float a, float b, Strided s, const T*
     ARTIST_EXPORT(binary_##S)
 FLOAT_TYPES(ELEMENTWISE_FLOAT)
 
+// The gradients of silu(gate) * up from g, contiguous, in one pass: dgate = (g up) silu'(gate),
+// dup = g silu(gate), rounded to T where binary(MUL), binary(SILU_BACKWARD) and unary(SILU)
+// round, so the same values as those three launches.
+template <class T>
+__device__ void silu_mul_bwd_impl(i64 n, const T* gate, const T* up, const T* g, T* dgate, T* dup) {
+    GRID_STRIDE(i, n) {
+        float x = to_f32(gate[i]), u = to_f32(up[i]), gv = to_f32(g[i]);
+        float gu = to_f32(from_f32<T>(binary_apply(B_MUL, gv, u, 0.0f, 0.0f)));
+        dgate[i] = from_f32<T>(binary_apply(B_SILU_BACKWARD, gu, x, 0.0f, 0.0f));
+        float s = to_f32(from_f32<T>(unary_apply(U_SILU, x, 0.0f, 0.0f)));
+        dup[i] = from_f32<T>(binary_apply(B_MUL, gv, s, 0.0f, 0.0f));
+    }
+}
+
+#define SILU_MUL_BWD(T, S)                                                                               \
+    extern "C" __global__ void silu_mul_bwd_##S(i64 n, const T* gate, const T* up, const T* g, T* dgate,  \
+                                                T* dup) {                                                \
+        silu_mul_bwd_impl<T>(n, gate, up, g, dgate, dup);                                                \
+    }                                                                                                    \
+    ARTIST_EXPORT(silu_mul_bwd_##S)
+FLOAT_TYPES(SILU_MUL_BWD)
+
 // ---- comparisons: U8 of 0 and 1, in the element type's own order ------------------------
 
 #define C_EQ 0

@@ -61,3 +61,56 @@ __device__ void add_rms_norm_impl(i64 rows, i64 cols, float eps, const T* x, con
     }                                                                                                   \
     ARTIST_EXPORT(add_rms_norm_##S)
 FLOAT_TYPES(ADD_RMS_NORM)
+
+// The backward of rms_norm (its gradients from the output gradient g, f32): per row
+// r = 1 / sqrt(mean(x^2) + eps) as the forward computes it, xh = x r, gw = g w,
+// dx = r (gw - xh mean(gw xh)), one block per row; r is kept for dW. Then dW's partial sums
+// over chunks of `chunk` rows, one thread per column (coalesced), partial[chunk][col]; the
+// host adds the chunks in order.
+template <class T>
+__device__ void rms_norm_bwd_impl(i64 rows, i64 cols, float eps, const T* x, const T* w, const float* g, float* dx,
+                                  float* rinv) {
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        const T* xr = x + row * cols;
+        const float* gr = g + row * cols;
+        float* dr = dx + row * cols;
+        float ss = 0.0f;
+        for (i64 j = threadIdx.x; j < cols; j += blockDim.x) {
+            float v = to_f32(xr[j]);
+            ss += v * v;
+        }
+        ss = block_sum(ss);
+        float r = 1.0f / sqrtf(ss / (float)cols + eps);
+        float dot = 0.0f;
+        for (i64 j = threadIdx.x; j < cols; j += blockDim.x) dot += gr[j] * to_f32(w[j]) * (to_f32(xr[j]) * r);
+        dot = block_sum(dot);
+        float m = dot / (float)cols;
+        for (i64 j = threadIdx.x; j < cols; j += blockDim.x)
+            dr[j] = r * (gr[j] * to_f32(w[j]) - to_f32(xr[j]) * r * m);
+        if (threadIdx.x == 0) rinv[row] = r;
+    }
+}
+
+template <class T>
+__device__ void rms_norm_bwd_dw_impl(i64 rows, i64 cols, i64 chunk, const T* x, const float* g, const float* rinv,
+                                     float* partial) {
+    i64 col = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= cols) return;
+    i64 r0 = (i64)blockIdx.y * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+    float acc = 0.0f;
+    for (i64 row = r0; row < r1; ++row) acc += g[row * cols + col] * (to_f32(x[row * cols + col]) * rinv[row]);
+    partial[(i64)blockIdx.y * cols + col] = acc;
+}
+
+#define RMS_NORM_BWD(T, S)                                                                              \
+    extern "C" __global__ void rms_norm_bwd_##S(i64 rows, i64 cols, float eps, const T* x, const T* w,  \
+                                                const float* g, float* dx, float* rinv) {               \
+        rms_norm_bwd_impl<T>(rows, cols, eps, x, w, g, dx, rinv);                                       \
+    }                                                                                                   \
+    ARTIST_EXPORT(rms_norm_bwd_##S)                                                                     \
+    extern "C" __global__ void rms_norm_bwd_dw_##S(i64 rows, i64 cols, i64 chunk, const T* x,           \
+                                                   const float* g, const float* rinv, float* partial) { \
+        rms_norm_bwd_dw_impl<T>(rows, cols, chunk, x, g, rinv, partial);                                \
+    }                                                                                                   \
+    ARTIST_EXPORT(rms_norm_bwd_dw_##S)
+FLOAT_TYPES(RMS_NORM_BWD)

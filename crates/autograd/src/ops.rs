@@ -313,24 +313,10 @@ impl Var {
         let value = self.value.rms_norm(&weight.value, eps)?;
         let (x, w) = (self.value.clone(), weight.value.clone());
         Var::record("rms_norm", &[self, weight], value, move |g, needs| {
-            let x = x.to_dtype(DType::F32)?;
-            // r = 1 / sqrt(mean(x^2) + eps), xhat = x r, y = w xhat.
-            let r = x.sqr()?.mean_keepdim(-1)?.add_scalar(eps)?.rsqrt()?;
-            let xhat = x.mul(&r)?;
-            let dw = if needs[1] {
-                let h = xhat.dim(-1)?;
-                Some(g.mul(&xhat)?.reshape((g.elem_count() / h.max(1), h))?.sum(0)?.to_dtype(DType::F32)?)
-            } else {
-                None
-            };
-            let dx = if needs[0] {
-                // dx = r (gw - xhat mean(gw xhat))
-                let gw = g.mul(&w.to_dtype(DType::F32)?)?;
-                Some(r.mul(&gw.sub(&xhat.mul(&gw.mul(&xhat)?.mean_keepdim(-1)?)?)?)?)
-            } else {
-                None
-            };
-            Ok(vec![dx, dw])
+            // r = 1 / sqrt(mean(x^2) + eps), xhat = x r, y = w xhat: dx = r (g w - xhat
+            // mean(g w xhat)), dw = sum over rows of g xhat, fused (`rms_norm_backward`).
+            let (dx, dw) = x.rms_norm_backward(&w, &g, eps, needs[1])?;
+            Ok(vec![needs[0].then_some(dx), dw])
         })
     }
 
@@ -347,6 +333,15 @@ impl Var {
         let value = self.value.silu_mul(&up.value)?;
         let (gate, upv) = (self.value.clone(), up.value.clone());
         Var::record("silu_mul", &[self, up], value, move |g, needs| {
+            if gate.dims() == upv.dims()
+                && g.dims() == gate.dims()
+                && g.dtype() == gate.dtype()
+                && upv.dtype() == gate.dtype()
+            {
+                // The model's case: one fused pass, the composition's values.
+                let (dgate, dup) = gate.silu_mul_backward(&upv, &g)?;
+                return Ok(vec![needs[0].then_some(dgate), needs[1].then_some(dup)]);
+            }
             let dgate =
                 if needs[0] { Some(g.mul(&upv)?.silu_backward(&gate)?.sum_to(gate.shape().clone())?) } else { None };
             let dup = if needs[1] { Some(g.mul(&gate.silu()?)?.sum_to(upv.shape().clone())?) } else { None };

@@ -89,6 +89,91 @@ impl Tensor {
         Ok(Tensor::from_storage(out, self.shape().clone()))
     }
 
+    /// The gradients of [`Tensor::silu_mul`] (`self` is the gate) from the output gradient
+    /// `grad`: `(dgate, dup)` = `((grad up) silu'(gate), grad silu(gate))`, in one pass over
+    /// the three inputs where `mul`, `silu_backward` and `silu` take four, with the same
+    /// roundings, so the same values. All three of one shape, dtype and device.
+    pub fn silu_mul_backward(&self, up: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "silu_mul_backward";
+        for t in [up, grad] {
+            if t.dims() != self.dims() {
+                return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().clone(), rhs: t.shape().clone() });
+            }
+            if t.dtype() != self.dtype() {
+                return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: t.dtype() });
+            }
+            if t.device() != self.device() {
+                return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: t.device() });
+            }
+        }
+        if !self.dtype().is_float() {
+            return Err(Error::UnsupportedDType { op: OP, dtype: self.dtype() });
+        }
+        if self.device().is_cuda() {
+            return crate::cuda::ops::silu_mul_backward(self, up, grad);
+        }
+        let (gs, us, ds) = (self.cpu(), up.cpu(), grad.cpu());
+        let (dg, du) = dispatch_float!(OP, &*gs, |v| {
+            let u = contiguous(WithDType::slice(&us).expect("dtype checked"), up.layout());
+            let d = contiguous(WithDType::slice(&ds).expect("dtype checked"), grad.layout());
+            let (a, b) = nn::silu_mul_backward(&contiguous(v, self.layout()), &u, &d);
+            (CpuStorage::from(a), CpuStorage::from(b))
+        });
+        Ok((Tensor::from_storage(dg, self.shape().clone()), Tensor::from_storage(du, self.shape().clone())))
+    }
+
+    /// The gradients of [`Tensor::rms_norm`] (`self` is its input `x`) from the output
+    /// gradient `grad` (x's shape): `dx` (f32, x's shape) and, with `want_dw`, `dw` (f32,
+    /// `[h]`), fused: per row one pass for the statistics and one for `dx` (`r (g w - xh
+    /// mean(g w xh))`, `r = rsqrt(mean(x^2) + eps)`, `xh = x r`), and `dw = sum over rows
+    /// of g xh`. The composition of tensor ops it replaces reads and writes the activations
+    /// about a dozen times. On the CPU the sums run in that composition's order, so the
+    /// values are its own; the GPU sums dW over fixed chunks of rows, then the chunks in
+    /// order (no atomics: the same bits every run).
+    pub fn rms_norm_backward(
+        &self,
+        weight: &Tensor,
+        grad: &Tensor,
+        eps: f32,
+        want_dw: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        const OP: &str = "rms_norm_backward";
+        let h = self.dim(-1)?;
+        if weight.dims() != [h] || grad.dims() != self.dims() {
+            return Err(crate::invalid!(
+                OP,
+                "x {}, weight {} and grad {} do not fit",
+                self.shape(),
+                weight.shape(),
+                grad.shape()
+            ));
+        }
+        if weight.dtype() != self.dtype() {
+            return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: weight.dtype() });
+        }
+        if !self.dtype().is_float() {
+            return Err(Error::UnsupportedDType { op: OP, dtype: self.dtype() });
+        }
+        for t in [weight, grad] {
+            if t.device() != self.device() {
+                return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: t.device() });
+            }
+        }
+        let grad = grad.to_dtype(crate::DType::F32)?;
+        if self.device().is_cuda() {
+            return crate::cuda::ops::rms_norm_backward(self, weight, &grad, eps, want_dw);
+        }
+        let (s, w, gs) = (self.cpu(), weight.cpu(), grad.cpu());
+        let gv = contiguous(f32::slice(&gs).expect("f32 grad"), grad.layout());
+        let (dx, dw) = dispatch_float!(OP, &*s, |v| {
+            let wv = contiguous(WithDType::slice(&w).expect("dtype checked"), weight.layout());
+            nn::rms_norm_backward_rows(&contiguous(v, self.layout()), &wv, &gv, eps, want_dw)
+        });
+        let dx = Tensor::from_vec(dx, self.shape().clone(), Device::Cpu)?;
+        let dw = dw.map(|d| Tensor::from_vec(d, h, Device::Cpu)).transpose()?;
+        Ok((dx, dw))
+    }
+
     /// Rotary position embedding, rotate-half form (Hugging Face Qwen2/Llama), on
     /// `self: [b, t, heads, head_dim]` with `cos`, `sin: [t, head_dim/2]` (positions shared by
     /// the batch) or `[b, t, head_dim/2]` (a position per sequence), from [`rope_tables`].

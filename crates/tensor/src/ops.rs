@@ -106,7 +106,7 @@ impl BinaryOp {
 }
 
 /// `d/dx silu(x) = s (1 + x (1 - s))`, `s = sigmoid(x)`.
-fn dsilu(x: f32) -> f32 {
+pub(crate) fn dsilu(x: f32) -> f32 {
     let s = 1.0 / (1.0 + (-x).exp());
     s * (1.0 + x * (1.0 - s))
 }

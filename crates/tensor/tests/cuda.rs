@@ -1453,3 +1453,54 @@ fn grouped_decode_attention_equals_one_warp_per_head() {
         }
     }
 }
+
+/// The fused RMSNorm backward on the GPU against the CPU's: dx and dw within f32
+/// reassociation (dw is summed in the same chunks of 64 rows), for f32, bf16 and f16
+/// inputs, rows below, at and above a chunk, an odd width; without dw only dx.
+#[test]
+fn rms_norm_backward_matches_the_cpu() {
+    let dev = gpu_or_skip!();
+    for (rows, h) in [(3usize, 40usize), (64, 96), (150, 37)] {
+        for dt in [DType::F32, DType::BF16, DType::F16] {
+            let x = randn(&[rows, h], 300).to_dtype(dt).unwrap();
+            let w = randn(&[h], 301).to_dtype(dt).unwrap();
+            let g = randn(&[rows, h], 302);
+            let (want_dx, want_dw) = x.rms_norm_backward(&w, &g, 1e-6, true).unwrap();
+            let on = |t: &Tensor| t.to_device(dev).unwrap();
+            let (dx, dw) = on(&x).rms_norm_backward(&on(&w), &on(&g), 1e-6, true).unwrap();
+            let what = format!("{rows}x{h} {dt}");
+            close(&format!("{what}: dx"), &dx, &want_dx, 1e-5, 1e-5);
+            close(&format!("{what}: dw"), &dw.unwrap(), &want_dw.unwrap(), 1e-5, 1e-4);
+            let (dx2, none) = on(&x).rms_norm_backward(&on(&w), &on(&g), 1e-6, false).unwrap();
+            assert!(none.is_none());
+            same(&format!("{what}: dx without dw"), &dx2, &dx);
+        }
+    }
+}
+
+/// The fused SwiGLU backward on the GPU gives the bits of the GPU's own composition
+/// (`mul`, `silu_backward`, `silu`) on the emulator (within 1e-6 on a GPU, whose compiler
+/// may contract the two kernels differently) and the CPU's values within f32 or bf16
+/// tolerance.
+#[test]
+fn silu_mul_backward_matches_its_composition() {
+    let dev = gpu_or_skip!();
+    let exact = cuda::test_backend() == Ok(cuda::Backend::Emulator);
+    for dt in [DType::F32, DType::BF16, DType::F16] {
+        let gate = randn(&[37, 130], 310).affine(3.0, 0.0).unwrap().to_dtype(dt).unwrap();
+        let up = randn(&[37, 130], 311).to_dtype(dt).unwrap();
+        let g = randn(&[37, 130], 312).to_dtype(dt).unwrap();
+        let on = |t: &Tensor| t.to_device(dev).unwrap();
+        let (dgate, dup) = on(&gate).silu_mul_backward(&on(&up), &on(&g)).unwrap();
+        let composed_dgate = on(&g).mul(&on(&up)).unwrap().silu_backward(&on(&gate)).unwrap();
+        let composed_dup = on(&g).mul(&on(&gate).silu().unwrap()).unwrap();
+        if exact {
+            same(&format!("{dt}: dgate against the GPU's composition"), &dgate, &composed_dgate);
+            same(&format!("{dt}: dup against the GPU's composition"), &dup, &composed_dup);
+        }
+        let (cpu_dgate, cpu_dup) = gate.silu_mul_backward(&up, &g).unwrap();
+        let (rt, at) = tol(dt);
+        close(&format!("{dt}: dgate against the CPU"), &dgate, &cpu_dgate, rt * 2.0, at * 2.0);
+        close(&format!("{dt}: dup against the CPU"), &dup, &cpu_dup, rt * 2.0, at * 2.0);
+    }
+}

@@ -100,6 +100,95 @@ pub(crate) fn rms_norm_rows<T: WithDType>(data: &[T], weight: &[T], eps: f32) ->
     out
 }
 
+/// The gradients of `silu(gate) * up` from `g`, in one pass: `dgate = (g up) silu'(gate)`,
+/// `dup = g silu(gate)`, each intermediate rounded to `T` where the composition of `mul`,
+/// `silu_backward` and `silu` rounds it, so the values are that composition's.
+pub(crate) fn silu_mul_backward<T: WithDType>(gate: &[T], up: &[T], g: &[T]) -> (Vec<T>, Vec<T>) {
+    let mut dgate = vec![T::default(); gate.len()];
+    let mut dup = vec![T::default(); gate.len()];
+    const CHUNK: usize = 4096;
+    dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (dg, du))| {
+        let at = c * CHUNK;
+        for (i, (dg, du)) in dg.iter_mut().zip(du.iter_mut()).enumerate() {
+            let (x, u, gv) = (gate[at + i].to_f32(), up[at + i].to_f32(), g[at + i].to_f32());
+            let gu = T::from_f32(gv * u).to_f32();
+            *dg = T::from_f32(gu * crate::ops::dsilu(x));
+            *du = T::from_f32(gv * T::from_f32(silu(x)).to_f32());
+        }
+    });
+    (dgate, dup)
+}
+
+/// The gradients of [`rms_norm_rows`] from the output gradient `g` (f32): `dx` (f32) and,
+/// with `want_dw`, `dw` (f32, one per column). Per row, with `r = 1 / sqrt(mean(x^2) +
+/// eps)`, `xh = x r` and `gw = g w`: `dx = r (gw - xh mean(gw xh))`; `dw` sums `g xh` over
+/// the rows in order. Every sum runs in the order the composition of tensor ops runs it
+/// (means as eight-lane row sums times `1 / cols`, dW one column at a time from the first
+/// row), so the values are that composition's to the bit, in two passes instead of a dozen.
+pub(crate) fn rms_norm_backward_rows<T: WithDType>(
+    x: &[T],
+    weight: &[T],
+    g: &[f32],
+    eps: f32,
+    want_dw: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let cols = weight.len();
+    let mut dx = vec![0f32; x.len()];
+    if cols == 0 {
+        return (dx, want_dw.then(Vec::new));
+    }
+    let rows = x.len() / cols;
+    let inv_cols = 1.0 / cols as f32;
+    let mut rinv = vec![0f32; rows];
+    dx.par_chunks_mut(cols)
+        .zip(x.par_chunks(cols).zip(g.par_chunks(cols)))
+        .zip(rinv.par_iter_mut())
+        .with_min_len(min_items(cols))
+        .for_each(|((dx, (x, g)), r_out)| {
+            let r = 1.0 / (row_sum(x, |v| v * v) * inv_cols + eps).sqrt();
+            *r_out = r;
+            let gw = |i: usize| g[i] * weight[i].to_f32();
+            let xh = |i: usize| x[i].to_f32() * r;
+            let m = lane_sum(cols, |i| gw(i) * xh(i)) * inv_cols;
+            for (i, d) in dx.iter_mut().enumerate() {
+                *d = r * (gw(i) - xh(i) * m);
+            }
+        });
+    if !want_dw {
+        return (dx, None);
+    }
+    let mut dw = vec![0f32; cols];
+    let piece = 64;
+    dw.par_chunks_mut(piece).enumerate().for_each(|(p, dw)| {
+        let c0 = p * piece;
+        for (row, &r) in rinv.iter().enumerate() {
+            let (x, g) = (&x[row * cols + c0..], &g[row * cols + c0..]);
+            for (j, d) in dw.iter_mut().enumerate() {
+                let v = g[j] * (x[j].to_f32() * r);
+                *d = if row == 0 { v } else { *d + v };
+            }
+        }
+    });
+    (dx, Some(dw))
+}
+
+/// `row_sum` over `f(0) .. f(n - 1)`: the same eight lanes, the same order.
+#[inline]
+fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let full = n / 8 * 8;
+    for c in (0..full).step_by(8) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a += f(c + j);
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for i in full..n {
+        s += f(i);
+    }
+    s
+}
+
 /// Rotate-half RoPE (Hugging Face Qwen2) on contiguous `x: [b, t, h, d]` with
 /// `cos`, `sin: [cb, t, d/2]` where `cb` is 1 (shared positions) or `b`:
 /// `out[i] = x[i] cos[i] - x[i+d/2] sin[i]`, `out[i+d/2] = x[i+d/2] cos[i] + x[i] sin[i]`.

@@ -120,7 +120,7 @@ pub fn inventory() -> Vec<(&'static str, String)> {
     let all = ["f32", "bf16", "f16", "u32", "u8"];
     let sizes = ["b1", "b2", "b4"];
     for s in floats {
-        for k in ["unary", "binary"] {
+        for k in ["unary", "binary", "silu_mul_bwd"] {
             out.push(("elementwise", format!("{k}_{s}")));
         }
         for k in ["reduce_rows", "reduce_cols", "arg_rows", "arg_cols"] {
@@ -129,6 +129,8 @@ pub fn inventory() -> Vec<(&'static str, String)> {
         out.push(("softmax", format!("softmax_{s}")));
         out.push(("rmsnorm", format!("rms_norm_{s}")));
         out.push(("rmsnorm", format!("add_rms_norm_{s}")));
+        out.push(("rmsnorm", format!("rms_norm_bwd_{s}")));
+        out.push(("rmsnorm", format!("rms_norm_bwd_dw_{s}")));
         out.push(("rope", format!("rope_{s}")));
         out.push(("rope", format!("qkv_rope_cache_{s}")));
         for k in ["scatter_add", "index_add", "topk"] {

@@ -321,6 +321,60 @@ pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     Ok(out)
 }
 
+/// [`Tensor::silu_mul_backward`] on the GPU: one pass, the composition's roundings.
+pub(crate) fn silu_mul_backward(gate: &Tensor, up: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (gate, xp) = contiguous(gate)?;
+    let (_up, up_p) = contiguous(up)?;
+    let (_g, gp) = contiguous(g)?;
+    let (dev, _) = raw(&gate);
+    let n = gate.elem_count();
+    let (dgate, dgp) = empty(&dev, gate.dtype(), gate.shape().clone())?;
+    let (dup, dup_p) = empty(&dev, gate.dtype(), gate.shape().clone())?;
+    if n > 0 {
+        let args = Args::new().arg(n as i64).arg(xp).arg(up_p).arg(gp).arg(dgp).arg(dup_p);
+        dev.launch("elementwise", format!("silu_mul_bwd_{}", suffix(gate.dtype())), linear_cfg(&dev, n), args)?;
+    }
+    Ok((dgate, dup))
+}
+
+/// Rows per partial sum of the RMSNorm backward's dW.
+const RMS_DW_CHUNK: usize = 64;
+
+/// [`Tensor::rms_norm_backward`] on the GPU: one block per row for the statistics and `dx`
+/// (the row's `r` kept), then one thread per column and chunk of rows for dW's partial
+/// sums, added over the chunks in order by the column reduction.
+pub(crate) fn rms_norm_backward(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    eps: f32,
+    want_dw: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (x, xp) = contiguous(x)?;
+    let (w, wp) = contiguous(w)?;
+    let (_g, gp) = contiguous(g)?;
+    let (dev, _) = raw(&x);
+    let cols = w.elem_count();
+    let rows = x.elem_count().checked_div(cols).unwrap_or(0);
+    let (dx, dxp) = empty(&dev, DType::F32, x.shape().clone())?;
+    if rows == 0 || cols == 0 {
+        return Ok((dx, want_dw.then(|| Tensor::zeros(cols, DType::F32, x.device())).transpose()?));
+    }
+    let (_rinv, rp) = empty(&dev, DType::F32, rows)?;
+    let s = suffix(x.dtype());
+    let args = Args::new().arg(rows as i64).arg(cols as i64).arg(eps).arg(xp).arg(wp).arg(gp).arg(dxp).arg(rp);
+    dev.launch("rmsnorm", format!("rms_norm_bwd_{s}"), row_cfg(&dev, rows, cols), args)?;
+    if !want_dw {
+        return Ok((dx, None));
+    }
+    let chunks = rows.div_ceil(RMS_DW_CHUNK);
+    let (partial, pp) = empty(&dev, DType::F32, (chunks, cols))?;
+    let cfg = LaunchCfg { grid: [cols.div_ceil(256) as u32, chunks as u32, 1], block: [256, 1, 1], smem: 0 };
+    let args = Args::new().arg(rows as i64).arg(cols as i64).arg(RMS_DW_CHUNK as i64).arg(xp).arg(gp).arg(rp).arg(pp);
+    dev.launch("rmsnorm", format!("rms_norm_bwd_dw_{s}"), cfg, args)?;
+    Ok((dx, Some(partial.sum(0)?)))
+}
+
 pub(crate) fn add_rms_norm(x: &Tensor, res: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     let (x, xp) = contiguous(x)?;
     let (res, rp) = contiguous(res)?;
