@@ -237,6 +237,13 @@ __device__ void attn_bwd_dkv_impl(AttnShape s, const T* q, const T* k, const T* 
 // rule) into the output and the log-sum-exp. The split count is the host's and fixed for a
 // launch; the shares follow each row's current length, read on the device, so a captured
 // graph stays valid as sequences grow.
+// Share `sp` of `splits` contiguous shares of positions 0 .. n - 1: [*j0, *j1), empty past n.
+__device__ __forceinline__ void key_share(i64 n, int splits, int sp, i64* j0, i64* j1) {
+    i64 share = (n + splits - 1) / splits;
+    *j0 = sp * share;
+    *j1 = *j0 + share < n ? *j0 + share : n;
+}
+
 template <class T, class KV>
 __device__ void attn_fwd_paged_split_impl(AttnShape s, const T* q, const KV* k, const KV* v, const u32* meta,
                                           const u32* seq_of, const u32* tables, i64 block_size, int splits,
@@ -252,8 +259,8 @@ __device__ void attn_fwd_paged_split_impl(AttnShape s, const T* q, const KV* k, 
     const u32* m = meta + 4 * (i64)seq_of[i];
     i64 local = i - (i64)m[0], t = (i64)m[1], len = (i64)m[2];
     i64 n = local + (len - t) + 1;  // positions row i sees
-    i64 share = (n + splits - 1) / splits;
-    i64 j0 = sp * share, j1 = j0 + share < n ? j0 + share : n;
+    i64 j0, j1;
+    key_share(n, splits, sp, &j0, &j1);
     float acc[ATTN_MAX_CHUNKS], mx, l;
     attn_accumulate(s, q + (i * s.heads + h) * s.d, k, v, g, j0, j1, PagedRows{tables + m[3], block_size}, acc, mx,
                     l, lane);
@@ -395,12 +402,8 @@ __device__ void attn_fwd_paged_group_impl(AttnShape s, const T* q, const KV* k, 
     const u32* m = meta + 4 * (i64)seq_of[i];
     i64 local = i - (i64)m[0], t = (i64)m[1], len = (i64)m[2];
     i64 n = local + (len - t) + 1;  // positions row i sees
-    i64 j0 = 0, j1 = n;
-    if (splits > 1) {
-        i64 share = (n + splits - 1) / splits;
-        j0 = sp * share;
-        j1 = j0 + share < n ? j0 + share : n;
-    }
+    i64 j0, j1;
+    key_share(n, splits, sp, &j0, &j1);  // all of 0 .. n - 1 with one share
     PagedRows rows{tables + m[3], block_size};
     float qr[GROUP_MAX_REP][CH], acc[GROUP_MAX_REP][CH], mx[GROUP_MAX_REP], l[GROUP_MAX_REP];
 #pragma unroll

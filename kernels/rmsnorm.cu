@@ -2,18 +2,24 @@
 // f32, the normalised value rounded to the input type before the weight multiplies it.
 // One block per row.
 
+// 1 / sqrt(mean(x^2) + eps) of a row of `cols`, summed by the whole block.
+template <class T>
+__device__ __forceinline__ float row_rms_inv(const T* xr, i64 cols, float eps) {
+    float ss = 0.0f;
+    for (i64 j = threadIdx.x; j < cols; j += blockDim.x) {
+        float v = to_f32(xr[j]);
+        ss += v * v;
+    }
+    ss = block_sum(ss);
+    return 1.0f / sqrtf(ss / (float)cols + eps);
+}
+
 template <class T>
 __device__ void rms_norm_impl(i64 rows, i64 cols, float eps, const T* x, const T* w, T* y) {
     for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
         const T* xr = x + row * cols;
         T* yr = y + row * cols;
-        float ss = 0.0f;
-        for (i64 j = threadIdx.x; j < cols; j += blockDim.x) {
-            float v = to_f32(xr[j]);
-            ss += v * v;
-        }
-        ss = block_sum(ss);
-        float r = 1.0f / sqrtf(ss / (float)cols + eps);
+        float r = row_rms_inv(xr, cols, eps);
         for (i64 j = threadIdx.x; j < cols; j += blockDim.x) {
             float normed = to_f32(from_f32<T>(__fmul_rn(to_f32(xr[j]), r)));
             yr[j] = from_f32<T>(__fmul_rn(to_f32(w[j]), normed));
@@ -74,13 +80,7 @@ __device__ void rms_norm_bwd_impl(i64 rows, i64 cols, float eps, const T* x, con
         const T* xr = x + row * cols;
         const float* gr = g + row * cols;
         float* dr = dx + row * cols;
-        float ss = 0.0f;
-        for (i64 j = threadIdx.x; j < cols; j += blockDim.x) {
-            float v = to_f32(xr[j]);
-            ss += v * v;
-        }
-        ss = block_sum(ss);
-        float r = 1.0f / sqrtf(ss / (float)cols + eps);
+        float r = row_rms_inv(xr, cols, eps);
         float dot = 0.0f;
         for (i64 j = threadIdx.x; j < cols; j += blockDim.x) dot += gr[j] * to_f32(w[j]) * (to_f32(xr[j]) * r);
         dot = block_sum(dot);

@@ -35,18 +35,7 @@ fn first_step_ratios_are_one() {
         };
         let prompts = vec![tok.encode("Twelve times seven").unwrap(), tok.encode("A short story:").unwrap()];
         let (rollouts, _) = engine.run(&prompts).unwrap();
-        let train: Vec<TrainRollout> = rollouts
-            .iter()
-            .map(|r| TrainRollout {
-                prompt_ids: r.prompt_ids.clone(),
-                ids: r.ids.clone(),
-                mask: r.mask.clone(),
-                old_logprobs: r.logprobs.clone(),
-                sampler_logprobs: None,
-                ref_logprobs: None,
-                advantage: 1.0,
-            })
-            .collect();
+        let train = as_train(&rollouts);
         let refs: Vec<&TrainRollout> = train.iter().collect();
         let w = token_weights(&refs, Default::default(), 1);
         let ws: Vec<&[f32]> = w.iter().map(Vec::as_slice).collect();
@@ -85,18 +74,7 @@ fn recomputed_pi_old_closes_a_bf16_samplers_gap() {
     };
     let prompts = vec![tok.encode("Twelve times seven").unwrap(), tok.encode("A short story:").unwrap()];
     let (rollouts, _) = engine.run(&prompts).unwrap();
-    let mut train: Vec<TrainRollout> = rollouts
-        .iter()
-        .map(|r| TrainRollout {
-            prompt_ids: r.prompt_ids.clone(),
-            ids: r.ids.clone(),
-            mask: r.mask.clone(),
-            old_logprobs: r.logprobs.clone(),
-            sampler_logprobs: None,
-            ref_logprobs: None,
-            advantage: 1.0,
-        })
-        .collect();
+    let mut train = as_train(&rollouts);
     let refs: Vec<&TrainRollout> = train.iter().collect();
     let w = token_weights(&refs, Default::default(), 1);
     let ws: Vec<&[f32]> = w.iter().map(Vec::as_slice).collect();
@@ -135,4 +113,20 @@ fn recomputed_pi_old_closes_a_bf16_samplers_gap() {
     let got = f64::from(loss.to_scalar().unwrap());
     assert!(capped > 0, "no weight reached the cap");
     assert!((got - want).abs() <= 3e-5 * want.abs(), "TIS loss {got}, want {want}");
+}
+
+/// The engine's rollouts as the loss takes them: advantage 1, pi_old the sampler's.
+fn as_train(rollouts: &[artist_engine::Rollout]) -> Vec<TrainRollout> {
+    rollouts
+        .iter()
+        .map(|r| TrainRollout {
+            prompt_ids: r.prompt_ids.clone(),
+            ids: r.ids.clone(),
+            mask: r.mask.clone(),
+            old_logprobs: r.logprobs.clone(),
+            sampler_logprobs: None,
+            ref_logprobs: None,
+            advantage: 1.0,
+        })
+        .collect()
 }

@@ -271,23 +271,12 @@ pub fn grpo_loss(
     Ok((loss, stats))
 }
 
-/// The frozen reference model's logprobs of every rollout's generated tokens (what
-/// [`TrainRollout::ref_logprobs`] holds when `beta > 0`), at the sampling temperature as
-/// the policy's are, with nothing recorded for backward. Masked positions hold 0.
-pub fn reference_logprobs(
-    reference: &Qwen2,
-    batch: &[&TrainRollout],
-    temperature: f32,
-    micro_batch: usize,
-) -> artist_model::Result<Vec<Vec<f32>>> {
-    rollout_logprobs(reference, &Ctx::inference(), batch, temperature, micro_batch)
-}
-
 /// `model`'s logprobs of every rollout's generated tokens at the sampling temperature,
 /// computed as `ctx` says (its attention and matmul dtypes; an inference context records
 /// nothing for backward), `micro_batch` rollouts per forward pass, packed as
-/// [`grpo_loss`] packs them. The reference's logprobs for the KL term, or pi_old
-/// recomputed by the trainer. Masked positions hold 0.
+/// [`grpo_loss`] packs them. The frozen reference's logprobs for the KL term
+/// ([`TrainRollout::ref_logprobs`]), or pi_old recomputed by the trainer. Masked positions
+/// hold 0.
 pub fn rollout_logprobs(
     model: &Qwen2,
     ctx: &Ctx,

@@ -1332,17 +1332,7 @@ fn paged_attention_split_over_keys_equals_one_warp_per_pair() {
     let (h, kv, d, bs) = (4usize, 2usize, 32usize, 16usize);
     // (start, t): positions cached, new rows; each sequence gets its own run of blocks.
     let shapes = [(0usize, 1usize), (299, 1), (40, 7), (130, 1)];
-    let mut next = 0u32;
-    let tables: Vec<Vec<u32>> = shapes
-        .iter()
-        .map(|&(a, t)| {
-            let n = (a + t).div_ceil(bs) as u32;
-            let table = (next..next + n).rev().collect(); // blocks in reverse: not a view
-            next += n;
-            table
-        })
-        .collect();
-    let blocks = next as usize;
+    let (tables, blocks) = reversed_tables(&shapes, bs);
     let spec: Vec<(usize, usize, &[u32])> = shapes.iter().zip(&tables).map(|(&(a, t), b)| (a, t, &b[..])).collect();
     let rows: usize = shapes.iter().map(|s| s.1).sum();
     let scale = (d as f32).powf(-0.5);
@@ -1380,17 +1370,7 @@ fn grouped_decode_attention_equals_one_warp_per_head() {
     let bs = 16usize;
     // (start, t): positions cached, new rows; blocks in reverse order per sequence.
     let shapes = [(0usize, 1usize), (140, 1), (20, 5), (63, 1)];
-    let mut next = 0u32;
-    let tables: Vec<Vec<u32>> = shapes
-        .iter()
-        .map(|&(a, t)| {
-            let n = (a + t).div_ceil(bs) as u32;
-            let table = (next..next + n).rev().collect();
-            next += n;
-            table
-        })
-        .collect();
-    let blocks = next as usize;
+    let (tables, blocks) = reversed_tables(&shapes, bs);
     let spec: Vec<(usize, usize, &[u32])> = shapes.iter().zip(&tables).map(|(&(a, t), b)| (a, t, &b[..])).collect();
     let rows: usize = shapes.iter().map(|s| s.1).sum();
     // (heads, kv heads, head dim, grouped kernel's dim or None, dtypes: (queries, cache)).
@@ -1503,4 +1483,21 @@ fn silu_mul_backward_matches_its_composition() {
         close(&format!("{dt}: dgate against the CPU"), &dgate, &cpu_dgate, rt * 2.0, at * 2.0);
         close(&format!("{dt}: dup against the CPU"), &dup, &cpu_dup, rt * 2.0, at * 2.0);
     }
+}
+
+/// Block tables for sequences of `(cached, new)` positions: each sequence its own run of
+/// blocks, in reverse order (so no table is a view of consecutive blocks); and the blocks
+/// in all.
+fn reversed_tables(shapes: &[(usize, usize)], bs: usize) -> (Vec<Vec<u32>>, usize) {
+    let mut next = 0u32;
+    let tables = shapes
+        .iter()
+        .map(|&(a, t)| {
+            let n = (a + t).div_ceil(bs) as u32;
+            let table = (next..next + n).rev().collect();
+            next += n;
+            table
+        })
+        .collect();
+    (tables, next as usize)
 }
