@@ -211,6 +211,7 @@ BLOCK_REDUCE(block_min, float, warp_min, inf_f32())
 #define STRIDED_WIDE 0        // 64-bit index arithmetic
 #define STRIDED_CONTIGUOUS 1  // every operand contiguous from its start: offset = start + i
 #define STRIDED_NARROW 2      // every index and offset fits 32 bits: cheaper divisions
+#define STRIDED_VEC8 3        // contiguous, and every pointer aligned for whole vectors (Vec8)
 struct Strided {
     i32 rank;
     i32 mode;
@@ -220,7 +221,7 @@ struct Strided {
 };
 
 __device__ __forceinline__ i64 strided_offset(const Strided& s, int k, i64 i) {
-    if (s.mode == STRIDED_CONTIGUOUS) return s.start[k] + i;
+    if (s.mode == STRIDED_CONTIGUOUS || s.mode == STRIDED_VEC8) return s.start[k] + i;
     if (s.mode == STRIDED_NARROW) {
         u32 j = (u32)i, off = (u32)s.start[k];
         for (int d = s.rank - 1; d >= 0; --d) {
@@ -246,12 +247,54 @@ __device__ __forceinline__ i64 global_threads() { return (i64)gridDim.x * blockD
 
 #define GRID_STRIDE(i, n) for (i64 i = global_thread(); i < (n); i += global_threads())
 
-// ---- tensor cores ---------------------------------------------------------------------------
+// ---- whole vectors of eight elements --------------------------------------------------------
 
 // 16 bytes, for vector loads and stores (the address must be 16-byte aligned).
 struct __align__(16) u32x4 {
     u32 x, y, z, w;
 };
+
+// Memory-bound kernels over contiguous operands move eight elements per thread and step as
+// whole vectors: one 16-byte access for 16-bit types, two for 32-bit ones, one of 8 bytes
+// for u8. A thread then keeps eight times the bytes in flight that one element per access
+// gives, which is what it takes to fill the memory system (Little's law: bandwidth times
+// latency, roughly 15 KiB per SM on an H100, against 4 KiB from 2048 threads loading 2
+// bytes each). Each element is computed as the one-element loop computes it, so the results have
+// the same bits. The host chooses the path (`vec8` in crates/tensor/src/cuda/kernels.rs):
+// every operand contiguous and its first element aligned to min(16, 8 * sizeof(T)) bytes.
+template <class T>
+union Vec8 {
+    T e[8];
+    u64 b8;        // sizeof(T) == 1
+    u32x4 b16[2];  // sizeof(T) == 2: b16[0]; sizeof(T) == 4: both
+};
+
+template <class T>
+__device__ __forceinline__ void load8(Vec8<T>& r, const T* p) {
+    if (sizeof(T) == 1) {
+        r.b8 = *reinterpret_cast<const u64*>(p);
+    } else {
+        r.b16[0] = *reinterpret_cast<const u32x4*>(p);
+        if (sizeof(T) == 4) r.b16[1] = *reinterpret_cast<const u32x4*>(p + 4);
+    }
+}
+
+template <class T>
+__device__ __forceinline__ void store8(T* p, const Vec8<T>& r) {
+    if (sizeof(T) == 1) {
+        *reinterpret_cast<u64*>(p) = r.b8;
+    } else {
+        *reinterpret_cast<u32x4*>(p) = r.b16[0];
+        if (sizeof(T) == 4) *reinterpret_cast<u32x4*>(p + 4) = r.b16[1];
+    }
+}
+
+// Vector v (elements 8v .. 8v + 7) for v < n / 8 over the grid; then the n % 8 elements
+// left, one per thread.
+#define VEC8_STRIDE(v, n) for (i64 v = global_thread(); v < (n) / 8; v += global_threads())
+#define VEC8_TAIL(i, n) for (i64 i = (n) / 8 * 8 + global_thread(); i < (n); i += global_threads())
+
+// ---- tensor cores ---------------------------------------------------------------------------
 
 // Two bf16 in one register, `lo` in the low half (the lower index of a fragment pair).
 __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {

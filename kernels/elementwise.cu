@@ -95,11 +95,37 @@ __device__ __forceinline__ float binary_apply(int op, float x, float y, float a,
 
 template <class T>
 __device__ void unary_impl(i64 n, int op, float a, float b, Strided s, const T* x, T* y) {
+    if (s.mode == STRIDED_VEC8) {
+        const T* xs = x + s.start[0];
+        VEC8_STRIDE(v, n) {
+            Vec8<T> u, r;
+            load8(u, xs + 8 * v);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) r.e[e] = from_f32<T>(unary_apply(op, to_f32(u.e[e]), a, b));
+            store8(y + 8 * v, r);
+        }
+        VEC8_TAIL(i, n) { y[i] = from_f32<T>(unary_apply(op, to_f32(xs[i]), a, b)); }
+        return;
+    }
     GRID_STRIDE(i, n) { y[i] = from_f32<T>(unary_apply(op, to_f32(x[strided_offset(s, 0, i)]), a, b)); }
 }
 
 template <class T>
 __device__ void binary_impl(i64 n, int op, float a, float b, Strided s, const T* x, const T* y, T* out) {
+    if (s.mode == STRIDED_VEC8) {
+        const T* xs = x + s.start[0];
+        const T* ys = y + s.start[1];
+        VEC8_STRIDE(v, n) {
+            Vec8<T> u, w, r;
+            load8(u, xs + 8 * v);
+            load8(w, ys + 8 * v);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) r.e[e] = from_f32<T>(binary_apply(op, to_f32(u.e[e]), to_f32(w.e[e]), a, b));
+            store8(out + 8 * v, r);
+        }
+        VEC8_TAIL(i, n) { out[i] = from_f32<T>(binary_apply(op, to_f32(xs[i]), to_f32(ys[i]), a, b)); }
+        return;
+    }
     GRID_STRIDE(i, n) {
         float u = to_f32(x[strided_offset(s, 0, i)]);
         float v = to_f32(y[strided_offset(s, 1, i)]);
@@ -123,21 +149,40 @@ FLOAT_TYPES(ELEMENTWISE_FLOAT)
 // dup = g silu(gate), rounded to T where binary(MUL), binary(SILU_BACKWARD) and unary(SILU)
 // round, so the same values as those three launches.
 template <class T>
-__device__ void silu_mul_bwd_impl(i64 n, const T* gate, const T* up, const T* g, T* dgate, T* dup) {
-    GRID_STRIDE(i, n) {
-        float x = to_f32(gate[i]), u = to_f32(up[i]), gv = to_f32(g[i]);
-        float gu = to_f32(from_f32<T>(binary_apply(B_MUL, gv, u, 0.0f, 0.0f)));
-        dgate[i] = from_f32<T>(binary_apply(B_SILU_BACKWARD, gu, x, 0.0f, 0.0f));
-        float s = to_f32(from_f32<T>(unary_apply(U_SILU, x, 0.0f, 0.0f)));
-        dup[i] = from_f32<T>(binary_apply(B_MUL, gv, s, 0.0f, 0.0f));
-    }
+__device__ __forceinline__ void silu_mul_bwd_one(T gate, T up, T g, T* dgate, T* dup) {
+    float x = to_f32(gate), u = to_f32(up), gv = to_f32(g);
+    float gu = to_f32(from_f32<T>(binary_apply(B_MUL, gv, u, 0.0f, 0.0f)));
+    *dgate = from_f32<T>(binary_apply(B_SILU_BACKWARD, gu, x, 0.0f, 0.0f));
+    float s = to_f32(from_f32<T>(unary_apply(U_SILU, x, 0.0f, 0.0f)));
+    *dup = from_f32<T>(binary_apply(B_MUL, gv, s, 0.0f, 0.0f));
 }
 
-#define SILU_MUL_BWD(T, S)                                                                               \
-    extern "C" __global__ void silu_mul_bwd_##S(i64 n, const T* gate, const T* up, const T* g, T* dgate,  \
-                                                T* dup) {                                                \
-        silu_mul_bwd_impl<T>(n, gate, up, g, dgate, dup);                                                \
-    }                                                                                                    \
+// `vec` != 0: every pointer is aligned for Vec8 (the host's choice).
+template <class T>
+__device__ void silu_mul_bwd_impl(i64 n, int vec, const T* gate, const T* up, const T* g, T* dgate, T* dup) {
+    i64 done = 0;
+    if (vec) {
+        VEC8_STRIDE(v, n) {
+            Vec8<T> x, u, gv, dx, du;
+            load8(x, gate + 8 * v);
+            load8(u, up + 8 * v);
+            load8(gv, g + 8 * v);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) silu_mul_bwd_one(x.e[e], u.e[e], gv.e[e], &dx.e[e], &du.e[e]);
+            store8(dgate + 8 * v, dx);
+            store8(dup + 8 * v, du);
+        }
+        done = n / 8 * 8;
+    }
+    for (i64 i = done + global_thread(); i < n; i += global_threads())
+        silu_mul_bwd_one(gate[i], up[i], g[i], dgate + i, dup + i);
+}
+
+#define SILU_MUL_BWD(T, S)                                                                              \
+    extern "C" __global__ void silu_mul_bwd_##S(i64 n, int vec, const T* gate, const T* up, const T* g,  \
+                                                T* dgate, T* dup) {                                     \
+        silu_mul_bwd_impl<T>(n, vec, gate, up, g, dgate, dup);                                          \
+    }                                                                                                   \
     ARTIST_EXPORT(silu_mul_bwd_##S)
 FLOAT_TYPES(SILU_MUL_BWD)
 
@@ -193,26 +238,63 @@ ALL_TYPES(CMP)
     ARTIST_EXPORT(where_##S)
 BY_SIZE(WHERE)
 
-// dst[op0] = src[op1]: a contiguous copy of a view, or a write through a view (KV cache).
-#define COPY(T, S)                                                                           \
-    extern "C" __global__ void copy_##S(i64 n, Strided s, const T* src, T* dst) {            \
-        GRID_STRIDE(i, n) { dst[strided_offset(s, 0, i)] = src[strided_offset(s, 1, i)]; }   \
-    }                                                                                        \
+// dst[op0] = src[op1], converted through f32 as the CPU's `to_dtype` converts (a cast), or
+// bit for bit when RAW (a copy of a view, or a write through a view such as a KV cache's).
+template <class A, class B, bool RAW>
+__device__ __forceinline__ B convert(A x) {
+    if constexpr (RAW) {
+        return x;
+    } else {
+        return from_f32<B>(to_f32(x));
+    }
+}
+
+template <class A, class B, bool RAW>
+__device__ void convert_impl(i64 n, Strided s, const A* src, B* dst) {
+    if (s.mode == STRIDED_VEC8) {
+        const A* xs = src + s.start[1];
+        B* ys = dst + s.start[0];
+        VEC8_STRIDE(v, n) {
+            Vec8<A> x;
+            Vec8<B> y;
+            load8(x, xs + 8 * v);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) y.e[e] = convert<A, B, RAW>(x.e[e]);
+            store8(ys + 8 * v, y);
+        }
+        VEC8_TAIL(i, n) { ys[i] = convert<A, B, RAW>(xs[i]); }
+        return;
+    }
+    GRID_STRIDE(i, n) { dst[strided_offset(s, 0, i)] = convert<A, B, RAW>(src[strided_offset(s, 1, i)]); }
+}
+
+#define COPY(T, S)                                                                  \
+    extern "C" __global__ void copy_##S(i64 n, Strided s, const T* src, T* dst) {   \
+        convert_impl<T, T, true>(n, s, src, dst);                                   \
+    }                                                                               \
     ARTIST_EXPORT(copy_##S)
 BY_SIZE(COPY)
 
-#define FILL(T, S)                                                  \
-    extern "C" __global__ void fill_##S(i64 n, T value, T* dst) {   \
-        GRID_STRIDE(i, n) { dst[i] = value; }                       \
-    }                                                               \
+// `vec` != 0: dst is aligned for Vec8 (the host's choice).
+#define FILL(T, S)                                                           \
+    extern "C" __global__ void fill_##S(i64 n, int vec, T value, T* dst) {   \
+        i64 done = 0;                                                        \
+        if (vec) {                                                           \
+            Vec8<T> r;                                                       \
+            for (int e = 0; e < 8; ++e) r.e[e] = value;                      \
+            VEC8_STRIDE(v, n) { store8(dst + 8 * v, r); }                    \
+            done = n / 8 * 8;                                                \
+        }                                                                    \
+        for (i64 i = done + global_thread(); i < n; i += global_threads())   \
+            dst[i] = value;                                                  \
+    }                                                                        \
     ARTIST_EXPORT(fill_##S)
 BY_SIZE(FILL)
 
-// dst[op0] = convert(src[op1]) through f32, as the CPU's `to_dtype`.
-#define CAST(A, SA, B, SB)                                                                      \
-    extern "C" __global__ void cast_##SA##_##SB(i64 n, Strided s, const A* src, B* dst) {       \
-        GRID_STRIDE(i, n) { dst[strided_offset(s, 0, i)] = from_f32<B>(to_f32(src[strided_offset(s, 1, i)])); } \
-    }                                                                                           \
+#define CAST(A, SA, B, SB)                                                                  \
+    extern "C" __global__ void cast_##SA##_##SB(i64 n, Strided s, const A* src, B* dst) {   \
+        convert_impl<A, B, false>(n, s, src, dst);                                          \
+    }                                                                                       \
     ARTIST_EXPORT(cast_##SA##_##SB)
 #define CAST_FROM(A, SA) \
     CAST(A, SA, float, f32) CAST(A, SA, bf16, bf16) CAST(A, SA, f16, f16) CAST(A, SA, u32, u32) CAST(A, SA, u8, u8)

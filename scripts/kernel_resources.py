@@ -7,6 +7,7 @@ PyPI wheel that scripts/ci_nvrtc.sh fetches:
 
     python3 scripts/kernel_resources.py                 # every file, sm_90
     python3 scripts/kernel_resources.py attention gemv --arch sm_80
+    python3 scripts/kernel_resources.py elementwise --ptx   # the PTX instead (compute_90)
 """
 import argparse
 import ctypes
@@ -31,6 +32,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="*", help="kernel files by stem (default: all)")
     ap.add_argument("--arch", default="sm_90")
+    ap.add_argument("--ptx", action="store_true", help="print each file's PTX instead of the table")
     args = ap.parse_args()
     libdir = nvrtc_dir()
     # NVRTC opens its builtins library by name, so its folder must be on the search path.
@@ -40,13 +42,15 @@ def main():
     lib = ctypes.CDLL(os.path.join(libdir, "libnvrtc.so.13"))
     common = (ROOT / "kernels/common.cuh").read_text()
     files = args.files or sorted(p.stem for p in (ROOT / "kernels").glob("*.cu"))
-    print(f"{'kernel':<34} {'regs':>5} {'spill B':>8} {'smem B':>7}   ({args.arch})")
+    if not args.ptx:
+        print(f"{'kernel':<34} {'regs':>5} {'spill B':>8} {'smem B':>7}   ({args.arch})")
     for stem in files:
         src = common + "\n" + (ROOT / "kernels" / f"{stem}.cu").read_text()
         prog = ctypes.c_void_p()
         if lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), f"{stem}.cu".encode(), 0, None, None):
             sys.exit(f"{stem}: nvrtcCreateProgram failed")
-        opts = [f"--gpu-architecture={args.arch}".encode(), b"-std=c++17", b"-Xptxas=-v"]
+        arch = args.arch.replace("sm_", "compute_") if args.ptx else args.arch
+        opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17", b"-Xptxas=-v"]
         rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
         n = ctypes.c_size_t()
         lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
@@ -55,6 +59,12 @@ def main():
         text = log.value.decode(errors="replace")
         if rc:
             sys.exit(f"{stem}: compilation failed\n{text}")
+        if args.ptx:
+            lib.nvrtcGetPTXSize(prog, ctypes.byref(n))
+            ptx = ctypes.create_string_buffer(n.value)
+            lib.nvrtcGetPTX(prog, ptx)
+            print(ptx.value.decode(errors="replace"))
+            continue
         name = spill = None
         for line in text.splitlines():
             if m := re.search(r"Function properties for (\S+)", line):

@@ -76,7 +76,41 @@ impl Strided {
     }
 }
 
+/// Whether `addr`, the first element of an operand of `elem` bytes, is aligned for the
+/// kernels' whole vectors of eight elements (`Vec8` in kernels/common.cuh): one 16-byte
+/// access for 16-bit types, two for 32-bit ones, one of 8 bytes for u8.
+pub(crate) fn vec8_aligned(addr: u64, elem: usize) -> bool {
+    addr.is_multiple_of((8 * elem).min(16) as u64)
+}
+
 impl Strided {
+    /// The same description in mode 3 (STRIDED_VEC8: whole vectors of eight elements) when
+    /// it is contiguous and every pointer is aligned for them. `bases` are the operands'
+    /// storage pointers and element sizes, in operand order (their starts are added here);
+    /// `others` are further contiguous pointers of the launch, such as its output.
+    pub fn vectorized(mut self, bases: &[(u64, usize)], others: &[(u64, usize)]) -> Strided {
+        let operands = bases.iter().zip(self.start).all(|(&(p, e), st)| vec8_aligned(p + st as u64 * e as u64, e));
+        if self.mode == 1 && operands && others.iter().all(|&(p, e)| vec8_aligned(p, e)) {
+            self.mode = 3;
+        }
+        self
+    }
+
+    /// Threads that cover `n` elements: one per vector of eight in mode 3, one per element
+    /// otherwise.
+    pub fn work_items(&self, n: usize) -> usize {
+        if self.mode == 3 { n.div_ceil(8) } else { n }
+    }
+
+    /// The same description with the one-element loop forced (tests of the vector path).
+    #[cfg(test)]
+    pub fn scalar(mut self) -> Strided {
+        if self.mode == 3 {
+            self.mode = 1;
+        }
+        self
+    }
+
     /// The same description with 64-bit index arithmetic forced (tests of that path).
     #[cfg(test)]
     pub fn wide(mut self) -> Strided {

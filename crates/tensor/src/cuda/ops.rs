@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::attention::AttnDims;
 use crate::cpu::CpuStorage;
-use crate::cuda::kernels::{Strided, bytes_suffix, suffix};
+use crate::cuda::kernels::{Strided, bytes_suffix, suffix, vec8_aligned};
 use crate::cuda::{Args, CudaStorage, Gemm, GpuDevice, LaunchCfg, device};
 use crate::ops::{BinaryOp, CmpOp, UnaryOp};
 use crate::{DType, Device, Layout, Result, Shape, Tensor};
@@ -46,6 +46,11 @@ fn empty(dev: &Arc<GpuDevice>, dtype: DType, shape: impl Into<Shape>) -> Result<
 
 fn linear_cfg(dev: &GpuDevice, n: usize) -> LaunchCfg {
     LaunchCfg::linear(dev.blocks_for(n, THREADS), THREADS)
+}
+
+/// The launch of an element-wise kernel over `n` elements described by `s`.
+fn strided_cfg(dev: &GpuDevice, n: usize, s: &Strided) -> LaunchCfg {
+    linear_cfg(dev, s.work_items(n))
 }
 
 /// Threads for a one-block-per-row kernel over rows of `cols`: about eight elements each
@@ -101,13 +106,15 @@ pub(crate) fn full(value: f32, shape: Shape, dtype: DType, device: Device) -> Re
     let mut bits = [0u8; 4];
     bits[..host.len()].copy_from_slice(&host);
     let name = format!("fill_{}", bytes_suffix(dtype));
-    let args = Args::new().arg(n as i64);
+    let vec = vec8_aligned(ptr, dtype.size_in_bytes());
+    let items = if vec { n.div_ceil(8) } else { n };
+    let args = Args::new().arg(n as i64).arg(vec as i32);
     let args = match dtype.size_in_bytes() {
         1 => args.arg(bits[0]),
         2 => args.arg(u16::from_le_bytes([bits[0], bits[1]])),
         _ => args.arg(u32::from_le_bytes(bits)),
     };
-    dev.launch("elementwise", name, linear_cfg(&dev, n), args.arg(ptr))?;
+    dev.launch("elementwise", name, linear_cfg(&dev, items), args.arg(ptr))?;
     Ok(t)
 }
 
@@ -136,9 +143,11 @@ pub(crate) fn write_strided(dst: &Tensor, src: &Tensor, src_layout: &Layout) -> 
     if n == 0 {
         return Ok(());
     }
-    let s = Strided::new("copy_from", dst.shape(), &[dst.layout(), src_layout])?;
+    let es = dst.dtype().size_in_bytes();
+    let s =
+        Strided::new("copy_from", dst.shape(), &[dst.layout(), src_layout])?.vectorized(&[(dptr, es), (sptr, es)], &[]);
     let name = format!("copy_{}", bytes_suffix(dst.dtype()));
-    dev.launch("elementwise", name, linear_cfg(&dev, n), Args::new().arg(n as i64).arg(s).arg(sptr).arg(dptr))
+    dev.launch("elementwise", name, strided_cfg(&dev, n, &s), Args::new().arg(n as i64).arg(s).arg(sptr).arg(dptr))
 }
 
 /// Element type conversion into a new contiguous tensor.
@@ -148,9 +157,10 @@ pub(crate) fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
     let (out, dst) = empty(&dev, dtype, t.shape().clone())?;
     if n > 0 {
         let dst_layout = Layout::contiguous(t.shape().clone());
-        let s = Strided::new("to_dtype", t.shape(), &[&dst_layout, t.layout()])?;
+        let s = Strided::new("to_dtype", t.shape(), &[&dst_layout, t.layout()])?
+            .vectorized(&[(dst, dtype.size_in_bytes()), (src, t.dtype().size_in_bytes())], &[]);
         let name = format!("cast_{}_{}", suffix(t.dtype()), suffix(dtype));
-        dev.launch("elementwise", name, linear_cfg(&dev, n), Args::new().arg(n as i64).arg(s).arg(src).arg(dst))?;
+        dev.launch("elementwise", name, strided_cfg(&dev, n, &s), Args::new().arg(n as i64).arg(s).arg(src).arg(dst))?;
     }
     Ok(out)
 }
@@ -183,10 +193,11 @@ pub(crate) fn unary(t: &Tensor, op: UnaryOp, a: f32, b: f32) -> Result<Tensor> {
     let n = t.elem_count();
     let (out, dst) = empty(&dev, t.dtype(), t.shape().clone())?;
     if n > 0 {
-        let s = Strided::new(op.name(), t.shape(), &[t.layout()])?;
+        let es = t.dtype().size_in_bytes();
+        let s = Strided::new(op.name(), t.shape(), &[t.layout()])?.vectorized(&[(src, es)], &[(dst, es)]);
         let name = format!("unary_{}", suffix(t.dtype()));
         let args = Args::new().arg(n as i64).arg(op as i32).arg(a).arg(b).arg(s).arg(src).arg(dst);
-        dev.launch("elementwise", name, linear_cfg(&dev, n), args)?;
+        dev.launch("elementwise", name, strided_cfg(&dev, n, &s), args)?;
     }
     Ok(out)
 }
@@ -208,10 +219,11 @@ fn binary_into(
     if n == 0 {
         return Ok(());
     }
-    let s = Strided::new(op.name(), shape, &[x.1, y.1])?;
+    let es = dtype.size_in_bytes();
+    let s = Strided::new(op.name(), shape, &[x.1, y.1])?.vectorized(&[(x.0, es), (y.0, es)], &[(out, es)]);
     let name = format!("binary_{}", suffix(dtype));
     let args = Args::new().arg(n as i64).arg(op as i32).arg(p.0).arg(p.1).arg(s).arg(x.0).arg(y.0).arg(out);
-    dev.launch("elementwise", name, linear_cfg(dev, n), args)
+    dev.launch("elementwise", name, strided_cfg(dev, n, &s), args)
 }
 
 pub(crate) fn binary(
@@ -245,10 +257,10 @@ pub(crate) fn scale_in_place(dst: &Tensor, s: f32) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
-    let st = Strided::new("scale", dst.shape(), &[dst.layout()])?;
     let out = at(dp, DType::F32, dst.layout().start());
+    let st = Strided::new("scale", dst.shape(), &[dst.layout()])?.vectorized(&[(dp, 4)], &[(out, 4)]);
     let args = Args::new().arg(n as i64).arg(UnaryOp::Affine as i32).arg(s).arg(-0.0f32).arg(st).arg(dp).arg(out);
-    dev.launch("elementwise", "unary_f32".into(), linear_cfg(&dev, n), args)
+    dev.launch("elementwise", "unary_f32".into(), strided_cfg(&dev, n, &st), args)
 }
 
 pub(crate) fn cmp(x: &Tensor, y: &Tensor, op: CmpOp, shape: &Shape, xl: &Layout, yl: &Layout) -> Result<Tensor> {
@@ -331,8 +343,11 @@ pub(crate) fn silu_mul_backward(gate: &Tensor, up: &Tensor, g: &Tensor) -> Resul
     let (dgate, dgp) = empty(&dev, gate.dtype(), gate.shape().clone())?;
     let (dup, dup_p) = empty(&dev, gate.dtype(), gate.shape().clone())?;
     if n > 0 {
-        let args = Args::new().arg(n as i64).arg(xp).arg(up_p).arg(gp).arg(dgp).arg(dup_p);
-        dev.launch("elementwise", format!("silu_mul_bwd_{}", suffix(gate.dtype())), linear_cfg(&dev, n), args)?;
+        let es = gate.dtype().size_in_bytes();
+        let vec = [xp, up_p, gp, dgp, dup_p].iter().all(|&p| vec8_aligned(p, es));
+        let items = if vec { n.div_ceil(8) } else { n };
+        let args = Args::new().arg(n as i64).arg(vec as i32).arg(xp).arg(up_p).arg(gp).arg(dgp).arg(dup_p);
+        dev.launch("elementwise", format!("silu_mul_bwd_{}", suffix(gate.dtype())), linear_cfg(&dev, items), args)?;
     }
     Ok((dgate, dup))
 }
@@ -1261,5 +1276,96 @@ mod tests {
             devc.launch("elementwise", "copy_b4".into(), linear_cfg(&devc, n), args).unwrap();
             assert_eq!(out.to_vec::<f32>().unwrap(), want, "mode {}", s.mode());
         }
+    }
+
+    /// Whole vectors of eight elements (mode 3) give the one-element loop's bits, for every
+    /// length's remainder and element size; misaligned operands keep the one-element loop.
+    #[test]
+    fn vector_and_element_paths_agree() {
+        crate::cuda::test_backend().expect("the emulator is built in for tests");
+        let dev = Device::cuda(0).unwrap();
+        for n in [1usize, 7, 8, 9, 64, 203, 1029] {
+            let a =
+                Tensor::from_vec((0..n).map(|i| (i as f32 * 0.37).sin() * 3.0).collect::<Vec<_>>(), n, dev).unwrap();
+            let b = Tensor::from_vec((0..n).map(|i| (i as f32 * 0.11).cos() * 2.0 + 0.5).collect::<Vec<_>>(), n, dev)
+                .unwrap();
+            for d in [DType::F32, DType::BF16, DType::F16] {
+                let (x, y) = (a.to_dtype(d).unwrap(), b.to_dtype(d).unwrap());
+                let (dv, xp) = raw(&x);
+                let (_, yp) = raw(&y);
+                let es = d.size_in_bytes();
+                let run =
+                    |name: String, vec: bool, ops: &[(u64, &Layout, usize)], out_dtype: DType, op: Option<i32>| {
+                        let (out, op_ptr) = empty(&dv, out_dtype, n).unwrap();
+                        let layouts: Vec<&Layout> = ops.iter().map(|o| o.1).collect();
+                        let bases: Vec<(u64, usize)> = ops.iter().map(|o| (o.0, o.2)).collect();
+                        let (mut s, others) = if op.is_some() {
+                            (Strided::new("t", x.shape(), &layouts).unwrap(), vec![(op_ptr, out_dtype.size_in_bytes())])
+                        } else {
+                            // casts and copies: operand 0 is the destination
+                            let dst = Layout::contiguous(x.shape().clone());
+                            let mut all = vec![&dst];
+                            all.extend(layouts.iter().copied());
+                            (Strided::new("t", x.shape(), &all).unwrap(), vec![])
+                        };
+                        let mut all_bases = bases.clone();
+                        if op.is_none() {
+                            all_bases.insert(0, (op_ptr, out_dtype.size_in_bytes()));
+                        }
+                        s = s.vectorized(&all_bases, &others);
+                        assert_eq!(s.mode(), 3, "{name}: aligned contiguous operands take the vector path");
+                        if !vec {
+                            s = s.scalar();
+                        }
+                        let mut args = Args::new().arg(n as i64);
+                        if let Some(code) = op {
+                            args = args.arg(code).arg(0.75f32).arg(-0.25f32);
+                        }
+                        args = args.arg(s);
+                        for o in ops {
+                            args = args.arg(o.0);
+                        }
+                        dv.launch("elementwise", name, strided_cfg(&dv, n, &s), args.arg(op_ptr)).unwrap();
+                        out.to_bytes().unwrap()
+                    };
+                let sfx = suffix(d);
+                let cases: Vec<(String, Vec<(u64, &Layout, usize)>, DType, Option<i32>)> = vec![
+                    (format!("unary_{sfx}"), vec![(xp, x.layout(), es)], d, Some(UnaryOp::Silu as i32)),
+                    (format!("unary_{sfx}"), vec![(xp, x.layout(), es)], d, Some(UnaryOp::Affine as i32)),
+                    (
+                        format!("binary_{sfx}"),
+                        vec![(xp, x.layout(), es), (yp, y.layout(), es)],
+                        d,
+                        Some(BinaryOp::SiluMul as i32),
+                    ),
+                    (
+                        format!("binary_{sfx}"),
+                        vec![(xp, x.layout(), es), (yp, y.layout(), es)],
+                        d,
+                        Some(BinaryOp::Div as i32),
+                    ),
+                    (format!("copy_{}", bytes_suffix(d)), vec![(xp, x.layout(), es)], d, None),
+                ];
+                let mut cases = cases;
+                for to in [DType::F32, DType::BF16, DType::F16, DType::U32, DType::U8] {
+                    cases.push((format!("cast_{sfx}_{}", suffix(to)), vec![(xp, x.layout(), es)], to, None));
+                }
+                for (name, ops, out_dtype, op) in &cases {
+                    let (v, e) =
+                        (run(name.clone(), true, ops, *out_dtype, *op), run(name.clone(), false, ops, *out_dtype, *op));
+                    assert_eq!(v, e, "{name} (op {op:?}) over {n} {d}: the vector path changed bits");
+                }
+            }
+        }
+        // A view that starts one element in is not aligned for vectors of 16-bit elements.
+        let x = Tensor::zeros(64, DType::BF16, dev).unwrap();
+        let v = x.narrow(0, 1, 40).unwrap();
+        let (_, p) = raw(&v);
+        let s = Strided::new("t", v.shape(), &[v.layout()]).unwrap().vectorized(&[(p, 2)], &[]);
+        assert_eq!(s.mode(), 1);
+        let w = x.narrow(0, 8, 40).unwrap();
+        let s = Strided::new("t", w.shape(), &[w.layout()]).unwrap().vectorized(&[(p, 2)], &[]);
+        assert_eq!(s.mode(), 3);
+        assert!(vec8_aligned(8, 1) && !vec8_aligned(4, 1) && vec8_aligned(16, 4) && !vec8_aligned(8, 4));
     }
 }
