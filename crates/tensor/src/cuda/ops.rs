@@ -1329,7 +1329,8 @@ mod tests {
                         out.to_bytes().unwrap()
                     };
                 let sfx = suffix(d);
-                let cases: Vec<(String, Vec<(u64, &Layout, usize)>, DType, Option<i32>)> = vec![
+                type Case<'a> = (String, Vec<(u64, &'a Layout, usize)>, DType, Option<i32>);
+                let mut cases: Vec<Case> = vec![
                     (format!("unary_{sfx}"), vec![(xp, x.layout(), es)], d, Some(UnaryOp::Silu as i32)),
                     (format!("unary_{sfx}"), vec![(xp, x.layout(), es)], d, Some(UnaryOp::Affine as i32)),
                     (
@@ -1346,7 +1347,6 @@ mod tests {
                     ),
                     (format!("copy_{}", bytes_suffix(d)), vec![(xp, x.layout(), es)], d, None),
                 ];
-                let mut cases = cases;
                 for to in [DType::F32, DType::BF16, DType::F16, DType::U32, DType::U8] {
                     cases.push((format!("cast_{sfx}_{}", suffix(to)), vec![(xp, x.layout(), es)], to, None));
                 }
