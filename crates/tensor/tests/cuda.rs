@@ -1458,6 +1458,59 @@ fn rms_norm_backward_matches_the_cpu() {
     }
 }
 
+/// The row kernels (RMSNorm, its fused residual add, its backward) read aligned rows as whole
+/// vectors and misaligned ones element by element, in the same order: the same bits.
+#[test]
+fn row_kernels_give_the_same_bits_whatever_the_alignment() {
+    let dev = gpu_or_skip!();
+    // A contiguous tensor whose first element is one past an aligned address.
+    let shifted = |t: &Tensor| {
+        let flat = t.flatten_all().unwrap();
+        let n = flat.elem_count();
+        let padded = Tensor::cat(&[&flat.narrow(0, 0, 1).unwrap(), &flat], 0).unwrap().to_device(dev).unwrap();
+        let v = padded.narrow(0, 1, n).unwrap().reshape(t.dims()).unwrap();
+        assert!(v.is_contiguous() && v.layout().start() == 1);
+        v
+    };
+    for (rows, cols) in [(3usize, 64usize), (5, 896), (2, 8200)] {
+        for dt in [DType::F32, DType::BF16, DType::F16] {
+            let what = format!("{rows}x{cols} {dt}");
+            let x = randn(&[rows, cols], 320).to_dtype(dt).unwrap();
+            let r = randn(&[rows, cols], 321).to_dtype(dt).unwrap();
+            let w = randn(&[cols], 322).to_dtype(dt).unwrap();
+            let g = randn(&[rows, cols], 323);
+            let on = |t: &Tensor| t.to_device(dev).unwrap();
+            same(
+                &format!("rms_norm {what}"),
+                &shifted(&x).rms_norm(&on(&w), 1e-6).unwrap(),
+                &on(&x).rms_norm(&on(&w), 1e-6).unwrap(),
+            );
+            let (s1, n1) = shifted(&x).add_rms_norm(&on(&r), &on(&w), 1e-6).unwrap();
+            let (s2, n2) = on(&x).add_rms_norm(&on(&r), &on(&w), 1e-6).unwrap();
+            same(&format!("add_rms_norm sum {what}"), &s1, &s2);
+            same(&format!("add_rms_norm {what}"), &n1, &n2);
+            let (d1, _) = shifted(&x).rms_norm_backward(&on(&w), &shifted(&g), 1e-6, false).unwrap();
+            let (d2, _) = on(&x).rms_norm_backward(&on(&w), &on(&g), 1e-6, false).unwrap();
+            same(&format!("rms_norm_backward {what}"), &d1, &d2);
+            let (rt, at) = tol(dt);
+            close(
+                &format!("rms_norm {what} against the CPU"),
+                &d2,
+                &x.rms_norm_backward(&w, &g, 1e-6, false).unwrap().0,
+                1e-5,
+                1e-5,
+            );
+            close(
+                &format!("rms_norm {what} against the CPU"),
+                &n2,
+                &x.add_rms_norm(&r, &w, 1e-6).unwrap().1,
+                rt * 4.0,
+                at * 4.0,
+            );
+        }
+    }
+}
+
 /// The fused SwiGLU backward on the GPU gives the bits of the GPU's own composition
 /// (`mul`, `silu_backward`, `silu`) on the emulator (within 1e-6 on a GPU, whose compiler
 /// may contract the two kernels differently) and the CPU's values within f32 or bf16

@@ -60,6 +60,13 @@ fn row_threads(cols: usize) -> u32 {
     (cols.div_ceil(8).div_ceil(32) * 32).clamp(32, 1024) as u32
 }
 
+/// Whether the row kernels of kernels/rmsnorm.cu may read rows of `cols` elements as whole
+/// vectors: `cols` a multiple of 8 and every operand's first element (`ptrs`: address and
+/// element size) aligned for them. Either way they sum in the same order.
+fn rows_vec(cols: usize, ptrs: &[(u64, usize)]) -> i32 {
+    (cols.is_multiple_of(8) && ptrs.iter().all(|&(p, e)| vec8_aligned(p, e))) as i32
+}
+
 fn row_cfg(dev: &GpuDevice, rows: usize, cols: usize) -> LaunchCfg {
     let cap = dev.rt.info().multiprocessors.max(1) as usize * 64;
     LaunchCfg::linear(rows.clamp(1, cap) as u32, row_threads(cols))
@@ -327,7 +334,9 @@ pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     let (out, dst) = empty(&dev, x.dtype(), x.shape().clone())?;
     if rows > 0 && cols > 0 {
         let name = format!("rms_norm_{}", suffix(x.dtype()));
-        let args = Args::new().arg(rows as i64).arg(cols as i64).arg(eps).arg(xp).arg(wp).arg(dst);
+        let es = x.dtype().size_in_bytes();
+        let vec = rows_vec(cols, &[(xp, es), (wp, es), (dst, es)]);
+        let args = Args::new().arg(rows as i64).arg(cols as i64).arg(eps).arg(vec).arg(xp).arg(wp).arg(dst);
         dev.launch("rmsnorm", name, row_cfg(&dev, rows, cols), args)?;
     }
     Ok(out)
@@ -377,7 +386,9 @@ pub(crate) fn rms_norm_backward(
     }
     let (_rinv, rp) = empty(&dev, DType::F32, rows)?;
     let s = suffix(x.dtype());
-    let args = Args::new().arg(rows as i64).arg(cols as i64).arg(eps).arg(xp).arg(wp).arg(gp).arg(dxp).arg(rp);
+    let es = x.dtype().size_in_bytes();
+    let vec = rows_vec(cols, &[(xp, es), (wp, es), (gp, 4), (dxp, 4)]);
+    let args = Args::new().arg(rows as i64).arg(cols as i64).arg(eps).arg(vec).arg(xp).arg(wp).arg(gp).arg(dxp).arg(rp);
     dev.launch("rmsnorm", format!("rms_norm_bwd_{s}"), row_cfg(&dev, rows, cols), args)?;
     if !want_dw {
         return Ok((dx, None));
@@ -401,7 +412,10 @@ pub(crate) fn add_rms_norm(x: &Tensor, res: &Tensor, w: &Tensor, eps: f32) -> Re
     let (out, dst) = empty(&dev, x.dtype(), x.shape().clone())?;
     if rows > 0 && cols > 0 {
         let name = format!("add_rms_norm_{}", suffix(x.dtype()));
-        let args = Args::new().arg(rows as i64).arg(cols as i64).arg(eps).arg(xp).arg(rp).arg(wp).arg(sp).arg(dst);
+        let es = x.dtype().size_in_bytes();
+        let vec = rows_vec(cols, &[(xp, es), (rp, es), (wp, es), (sp, es), (dst, es)]);
+        let args =
+            Args::new().arg(rows as i64).arg(cols as i64).arg(eps).arg(vec).arg(xp).arg(rp).arg(wp).arg(sp).arg(dst);
         dev.launch("rmsnorm", name, row_cfg(&dev, rows, cols), args)?;
     }
     drop(res);
