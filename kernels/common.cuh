@@ -294,6 +294,35 @@ __device__ __forceinline__ void store8(T* p, const Vec8<T>& r) {
 #define VEC8_STRIDE(v, n) for (i64 v = global_thread(); v < (n) / 8; v += global_threads())
 #define VEC8_TAIL(i, n) for (i64 i = (n) / 8 * 8 + global_thread(); i < (n); i += global_threads())
 
+// Row kernels (one block per row: RMSNorm, softmax) walk a row in chunks of eight elements:
+// thread t takes chunks t, t + T, ... (T threads, each chunk's elements in order), then
+// element 8 (cols / 8) + t of the tail. When `vec` (the host's choice, `rows_vec` in
+// crates/tensor/src/cuda/ops.rs: cols a multiple of 8 and every pointer aligned for Vec8) a
+// chunk is one vector access per operand; otherwise eight single ones. The order of every
+// sum is the same either way, so alignment changes no bit.
+template <class T>
+__device__ __forceinline__ void chunk_load(Vec8<T>& r, const T* p, int vec) {
+    if (vec) {
+        load8(r, p);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) r.e[e] = p[e];
+    }
+}
+
+template <class T>
+__device__ __forceinline__ void chunk_store(T* p, const Vec8<T>& r, int vec) {
+    if (vec) {
+        store8(p, r);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) p[e] = r.e[e];
+    }
+}
+
+#define ROW_CHUNKS(c, cols) for (i64 c = threadIdx.x; c < (cols) / 8; c += blockDim.x)
+#define ROW_TAIL(j, cols) for (i64 j = (cols) / 8 * 8 + threadIdx.x; j < (cols); j += blockDim.x)
+
 // ---- tensor cores ---------------------------------------------------------------------------
 
 // Two bf16 in one register, `lo` in the low half (the lower index of a fragment pair).

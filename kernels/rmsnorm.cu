@@ -2,34 +2,6 @@
 // f32, the normalised value rounded to the input type before the weight multiplies it.
 // One block per row.
 
-// A row is walked in chunks of eight elements: thread t takes chunks t, t + T, ... (T threads,
-// each chunk's elements in order), then element 8 (cols / 8) + t of the tail. When `vec` (the
-// host's choice: cols a multiple of 8 and every pointer aligned for Vec8, common.cuh) a chunk
-// is one vector access per operand; otherwise eight single ones. The order of every sum is
-// the same either way, so alignment changes no bit.
-template <class T>
-__device__ __forceinline__ void chunk_load(Vec8<T>& r, const T* p, int vec) {
-    if (vec) {
-        load8(r, p);
-    } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) r.e[e] = p[e];
-    }
-}
-
-template <class T>
-__device__ __forceinline__ void chunk_store(T* p, const Vec8<T>& r, int vec) {
-    if (vec) {
-        store8(p, r);
-    } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) p[e] = r.e[e];
-    }
-}
-
-#define ROW_CHUNKS(c, cols) for (i64 c = threadIdx.x; c < (cols) / 8; c += blockDim.x)
-#define ROW_TAIL(j, cols) for (i64 j = (cols) / 8 * 8 + threadIdx.x; j < (cols); j += blockDim.x)
-
 // 1 / sqrt(mean(x^2) + eps) of a row of `cols`, summed by the whole block.
 template <class T>
 __device__ __forceinline__ float row_rms_inv(const T* xr, i64 cols, float eps, int vec) {

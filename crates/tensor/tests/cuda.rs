@@ -1458,8 +1458,9 @@ fn rms_norm_backward_matches_the_cpu() {
     }
 }
 
-/// The row kernels (RMSNorm, its fused residual add, its backward) read aligned rows as whole
-/// vectors and misaligned ones element by element, in the same order: the same bits.
+/// The row kernels (RMSNorm, its fused residual add, its backward, softmax and log-softmax)
+/// read aligned rows as whole vectors and misaligned ones element by element, in the same
+/// order: the same bits.
 #[test]
 fn row_kernels_give_the_same_bits_whatever_the_alignment() {
     let dev = gpu_or_skip!();
@@ -1475,6 +1476,7 @@ fn row_kernels_give_the_same_bits_whatever_the_alignment() {
     for (rows, cols) in [(3usize, 64usize), (5, 896), (2, 8200)] {
         for dt in [DType::F32, DType::BF16, DType::F16] {
             let what = format!("{rows}x{cols} {dt}");
+            let (rt, at) = tol(dt);
             let x = randn(&[rows, cols], 320).to_dtype(dt).unwrap();
             let r = randn(&[rows, cols], 321).to_dtype(dt).unwrap();
             let w = randn(&[cols], 322).to_dtype(dt).unwrap();
@@ -1492,16 +1494,19 @@ fn row_kernels_give_the_same_bits_whatever_the_alignment() {
             let (d1, _) = shifted(&x).rms_norm_backward(&on(&w), &shifted(&g), 1e-6, false).unwrap();
             let (d2, _) = on(&x).rms_norm_backward(&on(&w), &on(&g), 1e-6, false).unwrap();
             same(&format!("rms_norm_backward {what}"), &d1, &d2);
-            let (rt, at) = tol(dt);
+            same(&format!("softmax {what}"), &shifted(&x).softmax(-1).unwrap(), &on(&x).softmax(-1).unwrap());
+            let ls = on(&x).log_softmax(-1).unwrap();
+            same(&format!("log_softmax {what}"), &shifted(&x).log_softmax(-1).unwrap(), &ls);
+            close(&format!("log_softmax {what} against the CPU"), &ls, &x.log_softmax(-1).unwrap(), rt * 2.0, at * 4.0);
             close(
-                &format!("rms_norm {what} against the CPU"),
+                &format!("rms_norm_backward {what} against the CPU"),
                 &d2,
                 &x.rms_norm_backward(&w, &g, 1e-6, false).unwrap().0,
                 1e-5,
                 1e-5,
             );
             close(
-                &format!("rms_norm {what} against the CPU"),
+                &format!("add_rms_norm {what} against the CPU"),
                 &n2,
                 &x.add_rms_norm(&r, &w, 1e-6).unwrap().1,
                 rt * 4.0,

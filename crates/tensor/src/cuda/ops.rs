@@ -319,7 +319,9 @@ pub(crate) fn softmax_last(x: &Tensor, log: bool) -> Result<Tensor> {
     let (out, dst) = empty(&dev, x.dtype(), x.shape().clone())?;
     if rows > 0 && cols > 0 {
         let name = format!("softmax_{}", suffix(x.dtype()));
-        let args = Args::new().arg(rows as i64).arg(cols as i64).arg(log as i32).arg(xp).arg(dst);
+        let es = x.dtype().size_in_bytes();
+        let vec = rows_vec(cols, &[(xp, es), (dst, es)]);
+        let args = Args::new().arg(rows as i64).arg(cols as i64).arg(log as i32).arg(vec).arg(xp).arg(dst);
         dev.launch("softmax", name, row_cfg(&dev, rows, cols), args)?;
     }
     Ok(out)
