@@ -542,6 +542,20 @@ __device__ __forceinline__ void stage_tiles(u16* ta, u16* tb, const u16* a, i64 
     }
 }
 
+// Rows first .. first + ROWS of a bf16 matrix (row r at a + r * sa) into the shared tile t
+// with cp.async, 16 bytes per copy by the whole block; zeros from row `end` on. The caller
+// commits and waits.
+template <int D, int ROWS>
+__device__ __forceinline__ void stage_tile_async(u16* t, const u16* a, i64 sa, i64 first, i64 end) {
+    constexpr int SR = D + MMA_PAD, CH = D / 8;
+    for (int i = (int)threadIdx.x; i < ROWS * CH; i += (int)blockDim.x) {
+        int r = i / CH, ch = i - r * CH;
+        i64 row = first + r;
+        bool in = row < end;
+        cp_async_16(t + r * SR + ch * 8, a + (in ? row : 0) * sa + ch * 8, in ? 16 : 0);
+    }
+}
+
 // The B fragment (16 deep, 8 wide) whose columns are rows of a shared tile T of row stride
 // SR (B[k][n] = T[n0 + n][k0 + k]): `t` points at T[n0][k0]. One ldmatrix: lane l names
 // row l % 8 of the 8-column block l / 8.
@@ -607,10 +621,15 @@ __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, co
     // The last key any row of the block sees.
     i64 last_row = (q0 + MMA_BQ < s.t ? q0 + MMA_BQ : s.t) - 1;
     i64 kmax = last_row + off < s.len - 1 ? last_row + off : s.len - 1;
+    // Loads overlap the products, as flash attention 2 pipelines them: a tile's V is copied
+    // (cp.async) while its scores are computed from K, and the next tile's K while P V is.
+    stage_tile_async<D, MMA_BK>(ks, kb, s.k_row, 0, s.len);
+    cp_async_commit();
     for (i64 j0 = 0; j0 <= kmax; j0 += MMA_BK) {
-        __syncthreads();  // every warp is done with the previous tile
-        stage_tiles<D, MMA_BK>(ks, vs, kb, s.k_row, vb, s.v_row, j0, s.len);
-        __syncthreads();
+        cp_async_wait<0>();
+        __syncthreads();  // K of this tile is in; every warp is done with the previous V
+        stage_tile_async<D, MMA_BK>(vs, vb, s.v_row, j0, s.len);
+        cp_async_commit();
 
         // Scores: sc[nt] is the 16 x 8 tile of keys j0 + 8 nt ...
         float sc[NT][4];
@@ -664,6 +683,10 @@ __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, co
                 l[e >> 1] += p;
             }
         }
+        cp_async_wait<0>();
+        __syncthreads();  // V of this tile is in; every warp is done with K
+        if (j0 + MMA_BK <= kmax) stage_tile_async<D, MMA_BK>(ks, kb, s.k_row, j0 + MMA_BK, s.len);
+        cp_async_commit();
         // O += P V: the scores' C fragments of two key tiles are the A fragment of 16 keys.
 #pragma unroll
         for (int kc = 0; kc < MMA_BK / 16; ++kc) {

@@ -418,6 +418,45 @@ __device__ __forceinline__ void ldmatrix_x2_trans(u32 r[2], const u16* row) {
 #endif
 }
 
+// Asynchronous copies from global into shared memory (`cp.async`, sm_80 and later), for
+// tiles loaded while the warps compute on others. cp_async_16 starts a 16-byte copy (both
+// addresses 16-byte aligned; `src_bytes` 0 writes 16 zero bytes instead and reads nothing);
+// cp_async_commit closes the thread's group of copies started since the last commit;
+// cp_async_wait<N> waits until at most N of the thread's committed groups are in flight. A
+// thread's copies are visible to the other threads after its wait and a barrier. The
+// emulator lands each copy at the wait that covers it (crates/tensor/emulator), so a
+// missing wait or barrier shows as stale data in tests. Without sm_80 the copy is a plain
+// load and store.
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes) {
+#ifdef ARTIST_EMULATOR
+    ::emu::cp_async(smem, gmem, 16u, (unsigned)src_bytes);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    u32 a = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(a), "l"(gmem), "r"(src_bytes) : "memory");
+#else
+    u32x4 v = {0u, 0u, 0u, 0u};
+    if (src_bytes) v = *reinterpret_cast<const u32x4*>(gmem);
+    *reinterpret_cast<u32x4*>(smem) = v;
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef ARTIST_EMULATOR
+    ::emu::cp_async_commit();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef ARTIST_EMULATOR
+    ::emu::cp_async_wait((unsigned)N);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
 // ---- instantiation helpers ---------------------------------------------------------------
 
 // FLOAT_TYPES(M) expands M(type, suffix) for the three float element types.

@@ -52,6 +52,19 @@ void syncthreads();
 void warp_barrier();
 unsigned char* dynamic_smem();
 
+// cp.async from global into shared memory, per thread: a copy of `bytes` that takes the first
+// `src_bytes` from `src` and zeros after them. It lands only when the thread waits for its
+// group (cp_async_wait), so a kernel that reads a tile before waiting and meeting at a
+// barrier reads stale shared memory here, as it could on a GPU.
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    unsigned bytes, src_bytes;
+};
+void cp_async(void* dst, const void* src, unsigned bytes, unsigned src_bytes);
+void cp_async_commit();
+void cp_async_wait(unsigned pending);
+
 inline unsigned lane() { return linear_tid() & 31u; }
 inline unsigned warp() { return linear_tid() >> 5; }
 

@@ -55,6 +55,10 @@ struct Fiber {
     uint3 idx;
     unsigned linear;
     State state;
+    // cp.async: copies started and not yet landed, oldest first, and copies.size() at each
+    // commit (the ends of the committed groups), oldest first.
+    std::vector<AsyncCopy> copies;
+    std::vector<size_t> groups;
 };
 
 thread_local Fiber* current = nullptr;
@@ -174,6 +178,8 @@ bool run_block(unsigned n, std::string& err) {
         f.linear = t;
         f.idx = uint3{t % d.x, (t / d.x) % d.y, t / (d.x * d.y)};
         f.state = READY;
+        f.copies.clear();
+        f.groups.clear();
         start_fiber(f, stacks.stack(t), kStack);
     }
     const unsigned warps = (n + 31) / 32;
@@ -233,6 +239,28 @@ unsigned linear_tid() { return current->linear; }
 void syncthreads() { yield(AT_BLOCK); }
 void warp_barrier() { yield(AT_WARP); }
 unsigned char* dynamic_smem() { return block->dyn_smem; }
+
+void cp_async(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
+    current->copies.push_back(AsyncCopy{dst, src, bytes, std::min(src_bytes, bytes)});
+}
+
+void cp_async_commit() { current->groups.push_back(current->copies.size()); }
+
+// The copies of every committed group but the newest `pending` land now, in the order they
+// were started; the rest stay in flight.
+void cp_async_wait(unsigned pending) {
+    Fiber& f = *current;
+    if (f.groups.size() <= pending) return;
+    size_t land = f.groups[f.groups.size() - pending - 1];
+    for (size_t i = 0; i < land; ++i) {
+        const AsyncCopy& c = f.copies[i];
+        std::memcpy(c.dst, c.src, c.src_bytes);
+        std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
+    }
+    f.copies.erase(f.copies.begin(), f.copies.begin() + (std::ptrdiff_t)land);
+    f.groups.erase(f.groups.begin(), f.groups.end() - pending);
+    for (size_t& g : f.groups) g -= land;
+}
 
 }  // namespace emu
 
