@@ -1458,6 +1458,52 @@ fn rms_norm_backward_matches_the_cpu() {
     }
 }
 
+/// Rows moved whole (index-select, embeddings, paged-cache writes) go as 16-byte units when
+/// every row is a whole number of them and element by element otherwise: the same bytes.
+#[test]
+fn row_moves_in_16_byte_units_or_by_element() {
+    let dev = gpu_or_skip!();
+    for (dt, inner, units) in [
+        (DType::BF16, 64usize, true),
+        (DType::BF16, 12, false),
+        (DType::F32, 4, true),
+        (DType::F32, 5, false),
+        (DType::U8, 32, true),
+        (DType::U8, 24, false),
+    ] {
+        let what = format!("{dt} rows of {inner}");
+        let kind = if units { "b16".to_string() } else { format!("b{}", dt.size_in_bytes()) };
+        let w = randn(&[9, inner], 330).abs().unwrap().mul_scalar(10.0).unwrap().to_dtype(dt).unwrap();
+        let ids = Tensor::from_vec(vec![3u32, 0, 8, 3, 5], 5, Device::Cpu).unwrap();
+        let kernel = format!("index_select_{kind}");
+        let before = cuda::thread_kernel_launches(&kernel);
+        same(
+            &format!("index_select {what}"),
+            &w.to_device(dev).unwrap().index_select(&ids.to_device(dev).unwrap(), 0).unwrap(),
+            &w.index_select(&ids, 0).unwrap(),
+        );
+        assert_eq!(cuda::thread_kernel_launches(&kernel), before + 1, "{what}: {kernel} ran");
+        if dt == DType::U8 {
+            continue;
+        }
+        // Three new positions of one sequence into a pool of 4 blocks of 2.
+        let table = [2u32, 0];
+        let spec: Vec<(usize, usize, &[u32])> = vec![(0, 3, &table)];
+        let pool = randn(&[4, 2, 1, inner], 331).to_dtype(dt).unwrap();
+        let src = randn(&[3, 1, inner], 332).to_dtype(dt).unwrap();
+        let kernel = format!("copy_rows_{kind}");
+        let before = cuda::thread_kernel_launches(&kernel);
+        let mut pools = Vec::new();
+        for device in [Device::Cpu, dev] {
+            let p = pool.copy().unwrap().to_device(device).unwrap();
+            p.write_paged(&PagedBatch::new(&spec, 2, device).unwrap(), &src.to_device(device).unwrap()).unwrap();
+            pools.push(p);
+        }
+        same(&format!("write_paged {what}"), &pools[1], &pools[0]);
+        assert_eq!(cuda::thread_kernel_launches(&kernel), before + 1, "{what}: {kernel} ran");
+    }
+}
+
 /// The row kernels (RMSNorm, its fused residual add, its backward, softmax and log-softmax)
 /// read aligned rows as whole vectors and misaligned ones element by element, in the same
 /// order: the same bits.

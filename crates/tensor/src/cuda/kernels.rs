@@ -196,6 +196,9 @@ pub fn inventory() -> Vec<(&'static str, String)> {
             out.push(("index", format!("{k}_{s}")));
         }
     }
+    for k in ["index_select", "copy_rows"] {
+        out.push(("index", format!("{k}_b16")));
+    }
     out.push(("reduce", "sum_squares_f32".into()));
     out.push(("adamw", "adamw_f32".into()));
     out.push(("logprob", "logprob_grad_f32".into()));

@@ -67,6 +67,19 @@ fn rows_vec(cols: usize, ptrs: &[(u64, usize)]) -> i32 {
     (cols.is_multiple_of(8) && ptrs.iter().all(|&(p, e)| vec8_aligned(p, e))) as i32
 }
 
+/// How the row-moving kernels (`index_select`, `copy_rows`) move rows of `inner` elements:
+/// as 16-byte units (`b16`) when a row is a whole number of them and every pointer is
+/// 16-byte aligned, else element by element. The kernel suffix and the row's length in
+/// those units.
+fn row_units(inner: usize, dtype: DType, ptrs: &[u64]) -> (&'static str, usize) {
+    let bytes = inner * dtype.size_in_bytes();
+    if bytes.is_multiple_of(16) && ptrs.iter().all(|p| p.is_multiple_of(16)) {
+        ("b16", bytes / 16)
+    } else {
+        (bytes_suffix(dtype), inner)
+    }
+}
+
 fn row_cfg(dev: &GpuDevice, rows: usize, cols: usize) -> LaunchCfg {
     let cap = dev.rt.info().multiprocessors.max(1) as usize * 64;
     LaunchCfg::linear(rows.clamp(1, cap) as u32, row_threads(cols))
@@ -539,8 +552,8 @@ pub(crate) fn index_select_device(
     let (ids, ip) = contiguous(ids)?;
     let (dev, _) = raw(&x);
     let (out, dst) = empty(&dev, x.dtype(), dims)?;
-    let n = outer * ids.elem_count() * inner;
-    if n > 0 {
+    if outer * ids.elem_count() * inner > 0 {
+        let (kind, inner) = row_units(inner, x.dtype(), &[xp, dst]);
         let args = Args::new()
             .arg(outer as i64)
             .arg(ids.elem_count() as i64)
@@ -549,7 +562,8 @@ pub(crate) fn index_select_device(
             .arg(ip)
             .arg(xp)
             .arg(dst);
-        dev.launch("index", format!("index_select_{}", bytes_suffix(x.dtype())), linear_cfg(&dev, n), args)?;
+        let n = outer * ids.elem_count() * inner;
+        dev.launch("index", format!("index_select_{kind}"), linear_cfg(&dev, n), args)?;
     }
     Ok(out)
 }
@@ -1097,8 +1111,9 @@ pub(crate) fn copy_rows(dst: &Tensor, rows: &Tensor, src: &Tensor, inner: usize)
     let (_r, rp) = contiguous(rows)?;
     let n = rows.elem_count();
     if n * inner > 0 {
+        let (kind, inner) = row_units(inner, dst.dtype(), &[sp, dp]);
         let args = Args::new().arg(n as i64).arg(inner as i64).arg(rp).arg(sp).arg(dp);
-        dev.launch("index", format!("copy_rows_{}", bytes_suffix(dst.dtype())), linear_cfg(&dev, n * inner), args)?;
+        dev.launch("index", format!("copy_rows_{kind}"), linear_cfg(&dev, n * inner), args)?;
     }
     drop(src);
     Ok(())
