@@ -1,30 +1,58 @@
 // Rotate-half rotary embedding (Hugging Face Qwen2/Llama) on contiguous x: [b, t, h, d] with
 // f32 cos, sin: [cb, t, d/2], cb = 1 (positions shared by the batch) or b:
 //   out[i] = x[i] cos[i] - x[i + d/2] sin[i],  out[i + d/2] = x[i + d/2] cos[i] + x[i] sin[i].
-// One thread per rotated pair.
+// One thread per rotated pair, or per 8 consecutive pairs when `vec` (the host's choice: d / 2
+// a multiple of 8 and every pointer aligned for Vec8, common.cuh), the same arithmetic per
+// element either way.
+
+__device__ __forceinline__ void rotate(float a, float b, float c, float s, float* lo, float* hi) {
+    *lo = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+    *hi = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+}
 
 template <class T>
-__device__ void rope_impl(i64 b, i64 t, i64 h, i64 d, i64 cb, const T* x, const float* cosv, const float* sinv,
-                          T* y) {
-    i64 half = d / 2;
-    GRID_STRIDE(idx, b * t * h * half) {
-        i64 i = idx % half;
-        i64 rest = idx / half;  // (bi * t + ti) * h + hi
+__device__ void rope_impl(i64 b, i64 t, i64 h, i64 d, i64 cb, int vec, const T* x, const float* cosv,
+                          const float* sinv, T* y) {
+    const i64 half = d / 2, w = vec ? 8 : 1, per_row = half / w;
+    GRID_STRIDE(idx, b * t * h * per_row) {
+        i64 i = (idx % per_row) * w;
+        i64 rest = idx / per_row;  // (bi * t + ti) * h + hi
         i64 bt = rest / h;
         i64 bi = bt / t, ti = bt - bi * t;
         i64 row = (cb == 1 ? 0 : bi) * t + ti;
-        float c = cosv[row * half + i], s = sinv[row * half + i];
-        i64 base = rest * d;
-        float a = to_f32(x[base + i]), bb = to_f32(x[base + i + half]);
-        y[base + i] = from_f32<T>(__fsub_rn(__fmul_rn(a, c), __fmul_rn(bb, s)));
-        y[base + i + half] = from_f32<T>(__fadd_rn(__fmul_rn(bb, c), __fmul_rn(a, s)));
+        const float* cr = cosv + row * half + i;
+        const float* sr = sinv + row * half + i;
+        const T* xr = x + rest * d + i;
+        T* yr = y + rest * d + i;
+        if (vec) {
+            Vec8<T> a, bb, lo, hi;
+            Vec8<float> c, s;
+            load8(a, xr);
+            load8(bb, xr + half);
+            load8(c, cr);
+            load8(s, sr);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                float l, u;
+                rotate(to_f32(a.e[e]), to_f32(bb.e[e]), c.e[e], s.e[e], &l, &u);
+                lo.e[e] = from_f32<T>(l);
+                hi.e[e] = from_f32<T>(u);
+            }
+            store8(yr, lo);
+            store8(yr + half, hi);
+        } else {
+            float l, u;
+            rotate(to_f32(xr[0]), to_f32(xr[half]), cr[0], sr[0], &l, &u);
+            yr[0] = from_f32<T>(l);
+            yr[half] = from_f32<T>(u);
+        }
     }
 }
 
 #define ROPE(T, S)                                                                                  \
-    extern "C" __global__ void rope_##S(i64 b, i64 t, i64 h, i64 d, i64 cb, const T* x,            \
+    extern "C" __global__ void rope_##S(i64 b, i64 t, i64 h, i64 d, i64 cb, int vec, const T* x,   \
                                         const float* cosv, const float* sinv, T* y) {               \
-        rope_impl<T>(b, t, h, d, cb, x, cosv, sinv, y);                                             \
+        rope_impl<T>(b, t, h, d, cb, vec, x, cosv, sinv, y);                                        \
     }                                                                                               \
     ARTIST_EXPORT(rope_##S)
 FLOAT_TYPES(ROPE)
@@ -41,12 +69,75 @@ __device__ __forceinline__ float with_bias(const T* x, const T* bias, i64 col, i
 }
 
 // The pools may hold another float type C than the activations T (a bf16 KV cache under f32
-// activations): keys and values are rounded to C once, after RoPE, as they are stored.
+// activations): keys and values are rounded to C once, after RoPE, as they are stored. With
+// `vec`, a thread takes 8 consecutive pairs (and 8 consecutive values), as in rope_impl.
+// Eight consecutive inputs x[at ..] plus bias[col ..] (when not null), each sum rounded to T
+// as with_bias rounds it.
+template <class T>
+__device__ __forceinline__ void load_biased8(float r[8], const T* x, const T* bias, i64 col, i64 at) {
+    Vec8<T> xv, bv;
+    load8(xv, x + at);
+    if (bias) load8(bv, bias + col);
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+        r[e] = bias ? to_f32(from_f32<T>(__fadd_rn(to_f32(xv.e[e]), to_f32(bv.e[e])))) : to_f32(xv.e[e]);
+}
+
 template <class T, class C>
-__device__ void qkv_rope_cache_impl(i64 rows, i64 heads, i64 kv_heads, i64 d, const T* qkv, const T* bias,
+__device__ void qkv_rope_cache_impl(i64 rows, i64 heads, i64 kv_heads, i64 d, int vec, const T* qkv, const T* bias,
                                     const float* cosv, const float* sinv, const u32* slots, T* q_out, C* k_pool,
                                     C* v_pool) {
-    i64 half = d / 2, width = (heads + 2 * kv_heads) * d;
+    const i64 half = d / 2, width = (heads + 2 * kv_heads) * d;
+    if (vec) {
+        const i64 per_head = half / 8;
+        GRID_STRIDE(idx, rows * (heads + kv_heads) * per_head) {
+            i64 i = (idx % per_head) * 8;
+            i64 rest = idx / per_head;  // r * (heads + kv_heads) + hh
+            i64 r = rest / (heads + kv_heads), hh = rest - r * (heads + kv_heads);
+            float a[8], bb[8];
+            load_biased8(a, qkv, bias, hh * d + i, r * width + hh * d + i);
+            load_biased8(bb, qkv, bias, hh * d + i + half, r * width + hh * d + i + half);
+            Vec8<float> c, s;
+            load8(c, cosv + r * half + i);
+            load8(s, sinv + r * half + i);
+            float lo[8], hi[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) rotate(a[e], bb[e], c.e[e], s.e[e], &lo[e], &hi[e]);
+            if (hh < heads) {
+                Vec8<T> l, u;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    l.e[e] = from_f32<T>(lo[e]);
+                    u.e[e] = from_f32<T>(hi[e]);
+                }
+                T* y = q_out + (r * heads + hh) * d + i;
+                store8(y, l);
+                store8(y + half, u);
+            } else {
+                Vec8<C> l, u;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    l.e[e] = from_f32<C>(to_f32(from_f32<T>(lo[e])));
+                    u.e[e] = from_f32<C>(to_f32(from_f32<T>(hi[e])));
+                }
+                C* y = k_pool + ((i64)slots[r] * kv_heads + (hh - heads)) * d + i;
+                store8(y, l);
+                store8(y + half, u);
+            }
+        }
+        GRID_STRIDE(idx, rows * kv_heads * (d / 8)) {
+            i64 e0 = (idx % (d / 8)) * 8, rg = idx / (d / 8);
+            i64 r = rg / kv_heads, g = rg - r * kv_heads;
+            i64 col = (heads + kv_heads + g) * d + e0;
+            float xv[8];
+            load_biased8(xv, qkv, bias, col, r * width + col);
+            Vec8<C> out;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) out.e[e] = from_f32<C>(to_f32(from_f32<T>(xv[e])));
+            store8(v_pool + ((i64)slots[r] * kv_heads + g) * d + e0, out);
+        }
+        return;
+    }
     GRID_STRIDE(idx, rows * (heads + kv_heads) * half) {
         i64 i = idx % half;
         i64 rest = idx / half;  // r * (heads + kv_heads) + hh
@@ -54,8 +145,8 @@ __device__ void qkv_rope_cache_impl(i64 rows, i64 heads, i64 kv_heads, i64 d, co
         float c = cosv[r * half + i], s = sinv[r * half + i];
         float a = with_bias(qkv, bias, hh * d + i, r * width + hh * d + i);
         float bb = with_bias(qkv, bias, hh * d + i + half, r * width + hh * d + i + half);
-        float lo = __fsub_rn(__fmul_rn(a, c), __fmul_rn(bb, s));
-        float hi = __fadd_rn(__fmul_rn(bb, c), __fmul_rn(a, s));
+        float lo, hi;
+        rotate(a, bb, c, s, &lo, &hi);
         if (hh < heads) {
             T* y = q_out + (r * heads + hh) * d;
             y[i] = from_f32<T>(lo);
@@ -76,19 +167,22 @@ __device__ void qkv_rope_cache_impl(i64 rows, i64 heads, i64 kv_heads, i64 d, co
 }
 
 #define QKV_ROPE_CACHE(T, S)                                                                              \
-    extern "C" __global__ void qkv_rope_cache_##S(i64 rows, i64 heads, i64 kv_heads, i64 d, const T* qkv, \
-                                                  const T* bias, const float* cosv, const float* sinv,    \
-                                                  const u32* slots, T* q_out, T* k_pool, T* v_pool) {     \
-        qkv_rope_cache_impl<T, T>(rows, heads, kv_heads, d, qkv, bias, cosv, sinv, slots, q_out, k_pool,  \
-                                  v_pool);                                                                \
+    extern "C" __global__ void qkv_rope_cache_##S(i64 rows, i64 heads, i64 kv_heads, i64 d, int vec,      \
+                                                  const T* qkv, const T* bias, const float* cosv,         \
+                                                  const float* sinv, const u32* slots, T* q_out, T* k_pool,\
+                                                  T* v_pool) {                                            \
+        qkv_rope_cache_impl<T, T>(rows, heads, kv_heads, d, vec, qkv, bias, cosv, sinv, slots, q_out,     \
+                                  k_pool, v_pool);                                                        \
     }                                                                                                     \
     ARTIST_EXPORT(qkv_rope_cache_##S)
 FLOAT_TYPES(QKV_ROPE_CACHE)
 
 // f32 activations into a bf16 KV cache.
-extern "C" __global__ void qkv_rope_cache_f32_bf16kv(i64 rows, i64 heads, i64 kv_heads, i64 d, const float* qkv,
-                                                     const float* bias, const float* cosv, const float* sinv,
-                                                     const u32* slots, float* q_out, bf16* k_pool, bf16* v_pool) {
-    qkv_rope_cache_impl<float, bf16>(rows, heads, kv_heads, d, qkv, bias, cosv, sinv, slots, q_out, k_pool, v_pool);
+extern "C" __global__ void qkv_rope_cache_f32_bf16kv(i64 rows, i64 heads, i64 kv_heads, i64 d, int vec,
+                                                     const float* qkv, const float* bias, const float* cosv,
+                                                     const float* sinv, const u32* slots, float* q_out, bf16* k_pool,
+                                                     bf16* v_pool) {
+    qkv_rope_cache_impl<float, bf16>(rows, heads, kv_heads, d, vec, qkv, bias, cosv, sinv, slots, q_out, k_pool,
+                                     v_pool);
 }
 ARTIST_EXPORT(qkv_rope_cache_f32_bf16kv)

@@ -454,9 +454,17 @@ fn softmax_rmsnorm_rope_match() {
             rt * 2.0,
             at,
         );
-        // RoPE with positions shared by the batch and per sequence.
+        // RoPE with positions shared by the batch and per sequence; head dim 16 takes 8 pairs
+        // per thread, 12 one.
         let x = randn(&[2, 5, 3, 16], 103).to_dtype(d).unwrap();
         let (cos, sin) = rope_tables(&[3, 4, 5, 6, 7], 16, 10000.0, Device::Cpu).unwrap();
+        let x12 = randn(&[2, 5, 3, 12], 104).to_dtype(d).unwrap();
+        let (c12, s12) = rope_tables(&[3, 4, 5, 6, 7], 12, 10000.0, Device::Cpu).unwrap();
+        same(
+            &format!("rope head dim 12 {d}"),
+            &x12.to_device(dev).unwrap().rope(&c12.to_device(dev).unwrap(), &s12.to_device(dev).unwrap()).unwrap(),
+            &x12.rope(&c12, &s12).unwrap(),
+        );
         close(
             &format!("rope {d}"),
             &x.to_device(dev).unwrap().rope(&cos.to_device(dev).unwrap(), &sin.to_device(dev).unwrap()).unwrap(),
@@ -1063,52 +1071,56 @@ fn paged_attention_reads_a_bf16_cache_under_f32_queries() {
 #[test]
 fn qkv_rope_paged_equals_rope_and_cache_writes() {
     let dev = gpu_or_skip!();
-    let (h, kv, d, bs, blocks) = (4usize, 2usize, 16usize, 4usize, 12usize);
-    let seqs: Vec<(usize, usize, Vec<u32>)> = vec![(0, 5, vec![4, 9]), (9, 1, vec![3, 7, 1]), (2, 3, vec![6, 0])];
-    let spec: Vec<(usize, usize, &[u32])> = seqs.iter().map(|(a, t, b)| (*a, *t, b.as_slice())).collect();
-    let rows: usize = seqs.iter().map(|s| s.1).sum();
-    let pos: Vec<u32> = seqs.iter().flat_map(|(a, t, _)| (*a..a + t).map(|p| p as u32)).collect();
-    let (cos, sin) = rope_tables(&pos, d, 10_000.0, Device::Cpu).unwrap();
-    let bias = randn(&[(h + 2 * kv) * d], 243);
-    // Activations and pools of one dtype, and f32 activations into a bf16 cache (keys and
-    // values rounded as they are stored).
-    for (dt, pool_dt) in [(DType::F32, DType::F32), (DType::BF16, DType::BF16), (DType::F32, DType::BF16)] {
-        let qkv = randn(&[rows, (h + 2 * kv) * d], 240).to_dtype(dt).unwrap();
-        let pools = [
-            randn(&[blocks, bs, kv, d], 241).to_dtype(pool_dt).unwrap(),
-            randn(&[blocks, bs, kv, d], 242).to_dtype(pool_dt).unwrap(),
-        ];
-        let mut out = Vec::new();
-        for device in [Device::Cpu, dev] {
-            let (kp, vp) = (
-                pools[0].copy().unwrap().to_device(device).unwrap(),
-                pools[1].copy().unwrap().to_device(device).unwrap(),
-            );
-            let batch = PagedBatch::new(&spec, bs, device).unwrap();
-            let (c, s) = (cos.to_device(device).unwrap(), sin.to_device(device).unwrap());
-            let b = bias.to_dtype(dt).unwrap().to_device(device).unwrap();
-            let q = qkv.to_device(device).unwrap().qkv_rope_paged(Some(&b), h, kv, &c, &s, &kp, &vp, &batch).unwrap();
-            out.push((q, kp, vp));
+    let (h, kv, bs, blocks) = (4usize, 2usize, 4usize, 12usize);
+    // Head dim 16: 8 pairs per thread; 12: one pair per thread.
+    for d in [16usize, 12] {
+        let seqs: Vec<(usize, usize, Vec<u32>)> = vec![(0, 5, vec![4, 9]), (9, 1, vec![3, 7, 1]), (2, 3, vec![6, 0])];
+        let spec: Vec<(usize, usize, &[u32])> = seqs.iter().map(|(a, t, b)| (*a, *t, b.as_slice())).collect();
+        let rows: usize = seqs.iter().map(|s| s.1).sum();
+        let pos: Vec<u32> = seqs.iter().flat_map(|(a, t, _)| (*a..a + t).map(|p| p as u32)).collect();
+        let (cos, sin) = rope_tables(&pos, d, 10_000.0, Device::Cpu).unwrap();
+        let bias = randn(&[(h + 2 * kv) * d], 243);
+        // Activations and pools of one dtype, and f32 activations into a bf16 cache (keys and
+        // values rounded as they are stored).
+        for (dt, pool_dt) in [(DType::F32, DType::F32), (DType::BF16, DType::BF16), (DType::F32, DType::BF16)] {
+            let qkv = randn(&[rows, (h + 2 * kv) * d], 240).to_dtype(dt).unwrap();
+            let pools = [
+                randn(&[blocks, bs, kv, d], 241).to_dtype(pool_dt).unwrap(),
+                randn(&[blocks, bs, kv, d], 242).to_dtype(pool_dt).unwrap(),
+            ];
+            let mut out = Vec::new();
+            for device in [Device::Cpu, dev] {
+                let (kp, vp) = (
+                    pools[0].copy().unwrap().to_device(device).unwrap(),
+                    pools[1].copy().unwrap().to_device(device).unwrap(),
+                );
+                let batch = PagedBatch::new(&spec, bs, device).unwrap();
+                let (c, s) = (cos.to_device(device).unwrap(), sin.to_device(device).unwrap());
+                let b = bias.to_dtype(dt).unwrap().to_device(device).unwrap();
+                let q =
+                    qkv.to_device(device).unwrap().qkv_rope_paged(Some(&b), h, kv, &c, &s, &kp, &vp, &batch).unwrap();
+                out.push((q, kp, vp));
+            }
+            for (i, what) in ["queries", "key pool", "value pool"].iter().enumerate() {
+                let pick = |o: &(Tensor, Tensor, Tensor)| [o.0.clone(), o.1.clone(), o.2.clone()][i].clone();
+                same(&format!("{dt} into {pool_dt} pools: {what}"), &pick(&out[1]), &pick(&out[0]));
+            }
+            // The queries are the rotated first `heads` blocks of columns, after the bias.
+            let biased = qkv.add(&bias.to_dtype(dt).unwrap()).unwrap();
+            let want = biased.narrow(1, 0, h * d).unwrap().reshape((1, rows, h, d)).unwrap().rope(&cos, &sin).unwrap();
+            same(&format!("{dt} queries against rope"), &out[0].0, &want.reshape((rows, h, d)).unwrap());
         }
-        for (i, what) in ["queries", "key pool", "value pool"].iter().enumerate() {
-            let pick = |o: &(Tensor, Tensor, Tensor)| [o.0.clone(), o.1.clone(), o.2.clone()][i].clone();
-            same(&format!("{dt} into {pool_dt} pools: {what}"), &pick(&out[1]), &pick(&out[0]));
-        }
-        // The queries are the rotated first `heads` blocks of columns, after the bias.
-        let biased = qkv.add(&bias.to_dtype(dt).unwrap()).unwrap();
-        let want = biased.narrow(1, 0, h * d).unwrap().reshape((1, rows, h, d)).unwrap().rope(&cos, &sin).unwrap();
-        same(&format!("{dt} queries against rope"), &out[0].0, &want.reshape((rows, h, d)).unwrap());
+        let batch = PagedBatch::new(&spec, bs, dev).unwrap();
+        let pool = randn(&[blocks, bs, kv, d], 1).to_device(dev).unwrap();
+        let bad = randn(&[rows, h * d], 2).to_device(dev).unwrap();
+        let (c, s) = (cos.to_device(dev).unwrap(), sin.to_device(dev).unwrap());
+        assert!(
+            bad.qkv_rope_paged(None, h, kv, &c, &s, &pool, &pool, &batch)
+                .unwrap_err()
+                .to_string()
+                .contains("does not hold")
+        );
     }
-    let batch = PagedBatch::new(&spec, bs, dev).unwrap();
-    let pool = randn(&[blocks, bs, kv, d], 1).to_device(dev).unwrap();
-    let bad = randn(&[rows, h * d], 2).to_device(dev).unwrap();
-    let (c, s) = (cos.to_device(dev).unwrap(), sin.to_device(dev).unwrap());
-    assert!(
-        bad.qkv_rope_paged(None, h, kv, &c, &s, &pool, &pool, &batch)
-            .unwrap_err()
-            .to_string()
-            .contains("does not hold")
-    );
 }
 
 /// The fused residual add and RMSNorm gives the bits of `add` then `rms_norm` on the GPU,

@@ -80,6 +80,12 @@ fn row_units(inner: usize, dtype: DType, ptrs: &[u64]) -> (&'static str, usize) 
     }
 }
 
+/// Whether the RoPE kernels may take 8 consecutive pairs per thread: half the head dim a
+/// multiple of 8 and every pointer (address, element size) aligned for whole vectors.
+fn rope_vec(d: usize, ptrs: &[(u64, usize)]) -> i32 {
+    ((d / 2).is_multiple_of(8) && d > 0 && ptrs.iter().all(|&(p, e)| vec8_aligned(p, e))) as i32
+}
+
 fn row_cfg(dev: &GpuDevice, rows: usize, cols: usize) -> LaunchCfg {
     let cap = dev.rt.info().multiprocessors.max(1) as usize * 64;
     LaunchCfg::linear(rows.clamp(1, cap) as u32, row_threads(cols))
@@ -449,17 +455,20 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, dims: [usize; 4], cb:
     let n = b * t * h * (d / 2);
     if n > 0 {
         let name = format!("rope_{}", suffix(x.dtype()));
+        let es = x.dtype().size_in_bytes();
+        let vec = rope_vec(d, &[(xp, es), (dst, es), (cp, 4), (sp, 4)]);
         let args = Args::new()
             .arg(b as i64)
             .arg(t as i64)
             .arg(h as i64)
             .arg(d as i64)
             .arg(cb as i64)
+            .arg(vec)
             .arg(xp)
             .arg(cp)
             .arg(sp)
             .arg(dst);
-        dev.launch("rope", name, linear_cfg(&dev, n), args)?;
+        dev.launch("rope", name, linear_cfg(&dev, if vec == 1 { n / 8 } else { n }), args)?;
     }
     drop((cos, sin));
     Ok(out)
@@ -1078,11 +1087,18 @@ pub(crate) fn qkv_rope_cache(
     let (q, qp) = empty(&dev, qkv.dtype(), (rows, heads, d))?;
     let n = rows * (heads + kv_heads) * (d / 2).max(1);
     if rows > 0 && d > 0 {
+        let (es, ps) = (qkv.dtype().size_in_bytes(), k_pool.dtype().size_in_bytes());
+        let mut ptrs = vec![(xp, es), (cp, 4), (sp, 4), (qp, es), (kp, ps), (vp, ps)];
+        if bp != 0 {
+            ptrs.push((bp, es));
+        }
+        let vec = rope_vec(d, &ptrs);
         let args = Args::new()
             .arg(rows as i64)
             .arg(heads as i64)
             .arg(kv_heads as i64)
             .arg(d as i64)
+            .arg(vec)
             .arg(xp)
             .arg(bp)
             .arg(cp)
@@ -1097,7 +1113,7 @@ pub(crate) fn qkv_rope_cache(
         } else {
             format!("qkv_rope_cache_{s}_{}kv", suffix(k_pool.dtype()))
         };
-        dev.launch("rope", name, linear_cfg(&dev, n), args)?;
+        dev.launch("rope", name, linear_cfg(&dev, if vec == 1 { n / 8 } else { n }), args)?;
     }
     drop((cos, sin));
     Ok(q)
