@@ -773,56 +773,71 @@ fn decode_sized_linear_reads_half_weights_in_place() {
 #[test]
 fn adamw_step_gives_the_cpu_bits() {
     let dev = gpu_or_skip!();
-    let n = 3000;
-    let p = randn(&[n], 180);
-    let m = randn(&[n], 181).mul_scalar(0.01).unwrap();
-    let v = randn(&[n], 182).sqr().unwrap().mul_scalar(1e-4).unwrap();
-    let (pg, mg, vg) = (p.to_device(dev).unwrap(), m.to_device(dev).unwrap(), v.to_device(dev).unwrap());
-    let (pc, mc, vc) = (p.copy().unwrap(), m.copy().unwrap(), v.copy().unwrap());
-    for step in 1..=3u64 {
-        let g = randn(&[n], 190 + step);
-        let (lr, b1, b2, eps, wd) = (1e-3f64, 0.9f64, 0.999f64, 1e-8f64, 0.01f64);
-        let s = AdamWScalars {
-            decay: (1.0 - lr * wd) as f32,
-            beta1_complement: (1.0 - b1) as f32,
-            beta2: b2 as f32,
-            beta2_complement: (1.0 - b2) as f32,
-            eps: eps as f32,
-            bias_correction2_sqrt: (1.0 - b2.powi(step as i32)).sqrt() as f32,
-            step_size: -(lr / (1.0 - b1.powi(step as i32))) as f32,
+    // Whole vectors and a tail (3003 = 8 * 375 + 3), and element by element from a start
+    // one past an aligned address.
+    for shift in [0usize, 1] {
+        let n = 3003;
+        let shifted = |t: Tensor| {
+            if shift == 0 {
+                t
+            } else {
+                Tensor::cat(&[&t.narrow(0, 0, 1).unwrap(), &t], 0).unwrap().narrow(0, 1, n).unwrap()
+            }
         };
-        pc.adamw_step(&mc, &vc, &g, &s).unwrap();
-        pg.adamw_step(&mg, &vg, &g.to_device(dev).unwrap(), &s).unwrap();
+        let p = randn(&[n], 180);
+        let m = randn(&[n], 181).mul_scalar(0.01).unwrap();
+        let v = randn(&[n], 182).sqr().unwrap().mul_scalar(1e-4).unwrap();
+        let on = |t: &Tensor| shifted(t.to_device(dev).unwrap());
+        let (pg, mg, vg) = (on(&p), on(&m), on(&v));
+        let (pc, mc, vc) = (p.copy().unwrap(), m.copy().unwrap(), v.copy().unwrap());
+        for step in 1..=3u64 {
+            let g = randn(&[n], 190 + step);
+            let (lr, b1, b2, eps, wd) = (1e-3f64, 0.9f64, 0.999f64, 1e-8f64, 0.01f64);
+            let s = AdamWScalars {
+                decay: (1.0 - lr * wd) as f32,
+                beta1_complement: (1.0 - b1) as f32,
+                beta2: b2 as f32,
+                beta2_complement: (1.0 - b2) as f32,
+                eps: eps as f32,
+                bias_correction2_sqrt: (1.0 - b2.powi(step as i32)).sqrt() as f32,
+                step_size: -(lr / (1.0 - b1.powi(step as i32))) as f32,
+            };
+            pc.adamw_step(&mc, &vc, &g, &s).unwrap();
+            pg.adamw_step(&mg, &vg, &on(&g), &s).unwrap();
+        }
+        same(&format!("adamw weights (shift {shift})"), &pg, &pc);
+        same(&format!("adamw first moment (shift {shift})"), &mg, &mc);
+        same(&format!("adamw second moment (shift {shift})"), &vg, &vc);
     }
-    same("adamw weights", &pg, &pc);
-    same("adamw first moment", &mg, &mc);
-    same("adamw second moment", &vg, &vc);
 }
 
 #[test]
 fn token_logprob_gradient_matches() {
     let dev = gpu_or_skip!();
-    let (rows, vocab) = (5, 1000);
-    let z = randn(&[rows, vocab], 200);
-    let scale = 1.0 / 0.7;
-    let lse: Vec<f32> = z
-        .mul_scalar(scale)
-        .unwrap()
-        .log_softmax(-1)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap()
-        .iter()
-        .zip(z.to_vec2::<f32>().unwrap())
-        .map(|(lp, zr)| zr[0] * scale - lp[0])
-        .collect();
-    let g = rand_vec(rows, 201, -1.0, 1.0);
-    let targets = vec![3u32, 999, 0, 500, 3];
-    let (zc, zg) = (z.copy().unwrap(), z.to_device(dev).unwrap());
-    zc.token_logprob_grad_in_place(&g, &lse, &targets, scale).unwrap();
-    zg.token_logprob_grad_in_place(&g, &lse, &targets, scale).unwrap();
-    close("token logprob gradient", &zg, &zc, 1e-5, 1e-7);
-    assert!(zg.token_logprob_grad_in_place(&g, &lse, &[0, 0, 0, 0, 1000], scale).is_err());
+    // Eight logits per thread (1000) and one (1001).
+    for vocab in [1000usize, 1001] {
+        let rows = 5;
+        let z = randn(&[rows, vocab], 200);
+        let scale = 1.0 / 0.7;
+        let lse: Vec<f32> = z
+            .mul_scalar(scale)
+            .unwrap()
+            .log_softmax(-1)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+            .iter()
+            .zip(z.to_vec2::<f32>().unwrap())
+            .map(|(lp, zr)| zr[0] * scale - lp[0])
+            .collect();
+        let g = rand_vec(rows, 201, -1.0, 1.0);
+        let targets = vec![3u32, 999, 0, 500, 3];
+        let (zc, zg) = (z.copy().unwrap(), z.to_device(dev).unwrap());
+        zc.token_logprob_grad_in_place(&g, &lse, &targets, scale).unwrap();
+        zg.token_logprob_grad_in_place(&g, &lse, &targets, scale).unwrap();
+        close("token logprob gradient", &zg, &zc, 1e-5, 1e-7);
+        assert!(zg.token_logprob_grad_in_place(&g, &lse, &[0, 0, 0, 0, vocab as u32], scale).is_err());
+    }
 }
 
 #[test]

@@ -1262,12 +1262,15 @@ pub(crate) fn adamw(p: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, s: &crate::f
     }
     let (dev, pp) = raw(p);
     let ptr = |t: &Tensor| at(raw(t).1, DType::F32, t.layout().start());
+    let ptrs = [at(pp, DType::F32, p.layout().start()), ptr(m), ptr(v), ptr(g)];
+    let vec = ptrs.iter().all(|&q| vec8_aligned(q, 4));
     let args = Args::new()
         .arg(n as i64)
-        .arg(at(pp, DType::F32, p.layout().start()))
-        .arg(ptr(m))
-        .arg(ptr(v))
-        .arg(ptr(g))
+        .arg(vec as i32)
+        .arg(ptrs[0])
+        .arg(ptrs[1])
+        .arg(ptrs[2])
+        .arg(ptrs[3])
         .arg(s.decay)
         .arg(s.beta1_complement)
         .arg(s.beta2)
@@ -1275,7 +1278,7 @@ pub(crate) fn adamw(p: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, s: &crate::f
         .arg(s.eps)
         .arg(s.bias_correction2_sqrt)
         .arg(s.step_size);
-    dev.launch("adamw", "adamw_f32".into(), linear_cfg(&dev, n), args)
+    dev.launch("adamw", "adamw_f32".into(), linear_cfg(&dev, if vec { n.div_ceil(8) } else { n }), args)
 }
 
 /// In place over f32 logits `z: [rows, vocab]`: the gradient of the chosen tokens'
@@ -1289,13 +1292,19 @@ pub(crate) fn logprob_grad(z: &Tensor, g: &[f32], lse: &[f32], targets: &[u32], 
     let gv = CudaStorage::from_host(&dev, &CpuStorage::F32(g.to_vec()))?;
     let lv = CudaStorage::from_host(&dev, &CpuStorage::F32(lse.to_vec()))?;
     let tv = upload_ids(&dev, targets)?;
-    let args =
-        Args::new().arg(rows as i64).arg(vocab as i64).arg(scale).arg(gv.ptr()).arg(lv.ptr()).arg(tv.ptr()).arg(at(
-            zp,
-            DType::F32,
-            z.layout().start(),
-        ));
-    dev.launch("logprob", "logprob_grad_f32".into(), linear_cfg(&dev, rows * vocab), args)
+    let zp = at(zp, DType::F32, z.layout().start());
+    let vec = vocab.is_multiple_of(8) && vec8_aligned(zp, 4);
+    let args = Args::new()
+        .arg(rows as i64)
+        .arg(vocab as i64)
+        .arg(vec as i32)
+        .arg(scale)
+        .arg(gv.ptr())
+        .arg(lv.ptr())
+        .arg(tv.ptr())
+        .arg(zp);
+    let items = if vec { rows * vocab / 8 } else { rows * vocab };
+    dev.launch("logprob", "logprob_grad_f32".into(), linear_cfg(&dev, items), args)
 }
 
 #[cfg(all(test, feature = "emulator"))]
