@@ -19,7 +19,8 @@
 #      rollouts on the GPU against the CPU, and decode steps as CUDA graphs against eager
 #      ones (crates/engine/tests/rollout.rs);
 #   6. the kernel benchmark beside PyTorch (scripts/bench_cuda.py), a markdown table, and
-#      the attention forward again off the tensor cores (ARTIST_ATTN_MMA=0);
+#      the attention forward again off the tensor cores (ARTIST_ATTN_MMA=0), and the
+#      memory-bound kernels again without whole-vector accesses (ARTIST_VEC=0);
 #   7. GRPO-shaped rollouts and batch-1 decode of a Qwen2.5-1.5B shape beside transformers'
 #      generate (benches/rollout.rs, scripts/bench_rollout_hf.py), then the rollouts again
 #      with bf16 products and a bf16 KV cache (--matmul-dtype bf16 --kv-dtype bf16), and
@@ -102,6 +103,10 @@ if wants bench; then
 
     step "attention forward off the tensor cores (ARTIST_ATTN_MMA=0), for the ratio"
     guarded attention_one_warp_per_row.log env ARTIST_ATTN_MMA=0 "$u/cuda_kernels" --bench attention_fwd
+
+    step "memory-bound kernels element by element (ARTIST_VEC=0), for the ratio"
+    guarded mem_element_by_element.log env ARTIST_VEC=0 "$u/cuda_kernels" --bench \
+        'mem/(copy|add|cast|rms|rope|silu|softmax|log_softmax|embedding|token|adamw)'
 
     step "rollouts beside transformers' generate"
     shape=(--model 1.5b --prompts "${ROLLOUT_PROMPTS:-4}" --group 8 --prompt-len 512 --new "${ROLLOUT_NEW:-128}" --decode 64)

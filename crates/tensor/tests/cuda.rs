@@ -1499,6 +1499,7 @@ fn row_moves_in_16_byte_units_or_by_element() {
         (DType::U8, 24, false),
     ] {
         let what = format!("{dt} rows of {inner}");
+        let units = units && std::env::var("ARTIST_VEC").as_deref() != Ok("0");
         let kind = if units { "b16".to_string() } else { format!("b{}", dt.size_in_bytes()) };
         let w = randn(&[9, inner], 330).abs().unwrap().mul_scalar(10.0).unwrap().to_dtype(dt).unwrap();
         let ids = Tensor::from_vec(vec![3u32, 0, 8, 3, 5], 5, Device::Cpu).unwrap();

@@ -78,9 +78,17 @@ impl Strided {
 
 /// Whether `addr`, the first element of an operand of `elem` bytes, is aligned for the
 /// kernels' whole vectors of eight elements (`Vec8` in kernels/common.cuh): one 16-byte
-/// access for 16-bit types, two for 32-bit ones, one of 8 bytes for u8.
+/// access for 16-bit types, two for 32-bit ones, one of 8 bytes for u8. Never with
+/// `ARTIST_VEC=0`, which keeps every kernel on its element-by-element path (the GPU suite
+/// times both).
 pub(crate) fn vec8_aligned(addr: u64, elem: usize) -> bool {
-    addr.is_multiple_of((8 * elem).min(16) as u64)
+    vectors_enabled() && addr.is_multiple_of((8 * elem).min(16) as u64)
+}
+
+/// False when `ARTIST_VEC=0`.
+pub(crate) fn vectors_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("ARTIST_VEC").as_deref() != Ok("0"))
 }
 
 impl Strided {
