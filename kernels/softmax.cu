@@ -1,6 +1,22 @@
 // Softmax and log-softmax of contiguous rows, statistics in f32: one block per row, walked
-// in chunks of eight (ROW_CHUNKS, common.cuh: whole vectors when `vec`). A row whose maximum
-// is -inf (fully masked) or NaN gives NaN everywhere, as torch does.
+// in chunks of eight (ROW_CHUNKS, common.cuh: whole vectors when `vec`). Two passes over the
+// row, not three: each thread keeps a running maximum and a sum rescaled whenever the
+// maximum grows (the online softmax), and the block merges them, so a vocabulary-sized row
+// (600 KB of f32 logits, which the L2 cache does not keep for long) is read from memory
+// twice. A row whose maximum is -inf (fully masked) or NaN gives NaN everywhere, as torch
+// does.
+
+// x into a thread's running maximum m and sum s of exp(x - m); `any` is the maximum with
+// NaN winning, which decides a NaN row.
+__device__ __forceinline__ void online_add(float x, float& m, float& s, float& any) {
+    any = max_nan(any, x);
+    if (x > m) {
+        s = s * expf(m - x) + 1.0f;  // m = -inf: s is 0 and stays 0 before the 1
+        m = x;
+    } else if (x != -inf_f32()) {
+        s += expf(x - m);
+    }
+}
 
 template <class T>
 __device__ __forceinline__ T softmax_out(T x, int log, float m, float lse, float inv) {
@@ -12,28 +28,22 @@ __device__ void softmax_impl(i64 rows, i64 cols, int log, int vec, const T* x, T
     for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
         const T* xr = x + row * cols;
         T* yr = y + row * cols;
-        float m = -inf_f32();
+        float m = -inf_f32(), s = 0.0f, any = -inf_f32();
         ROW_CHUNKS(c, cols) {
             Vec8<T> xv;
             chunk_load(xv, xr + 8 * c, vec);
 #pragma unroll
-            for (int e = 0; e < 8; ++e) m = max_nan(m, to_f32(xv.e[e]));
+            for (int e = 0; e < 8; ++e) online_add(to_f32(xv.e[e]), m, s, any);
         }
-        ROW_TAIL(j, cols) { m = max_nan(m, to_f32(xr[j])); }
-        m = block_max(m);
-        if (m == -inf_f32() || is_nan(m)) {
+        ROW_TAIL(j, cols) { online_add(to_f32(xr[j]), m, s, any); }
+        any = block_max(any);
+        if (any == -inf_f32() || is_nan(any)) {
             for (i64 j = threadIdx.x; j < cols; j += blockDim.x) yr[j] = from_f32<T>(nan_f32());
             continue;
         }
-        float s = 0.0f;
-        ROW_CHUNKS(c, cols) {
-            Vec8<T> xv;
-            chunk_load(xv, xr + 8 * c, vec);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) s += expf(to_f32(xv.e[e]) - m);
-        }
-        ROW_TAIL(j, cols) { s += expf(to_f32(xr[j]) - m); }
-        s = block_sum(s);
+        // The row's maximum is `any` (no NaN in the row); each thread's sum moves onto it.
+        s = block_sum(m == -inf_f32() ? 0.0f : s * expf(m - any));
+        m = any;
         float lse = m + logf(s), inv = 1.0f / s;
         ROW_CHUNKS(c, cols) {
             Vec8<T> xv, yv;

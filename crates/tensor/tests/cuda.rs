@@ -454,6 +454,17 @@ fn softmax_rmsnorm_rope_match() {
             rt * 2.0,
             at,
         );
+        // Rows partly masked, the masked positions first, last and in between: the running
+        // maximum starts at -inf and must skip them.
+        let mut v = rand_vec(2 * 40, 105, -3.0, 3.0);
+        for j in [0usize, 1, 2, 17, 39, 40, 63, 79] {
+            v[j] = f32::NEG_INFINITY;
+        }
+        let pm = Tensor::from_vec(v, (2, 40), Device::Cpu).unwrap().to_dtype(d).unwrap();
+        for log in [false, true] {
+            let f = |t: &Tensor| if log { t.log_softmax(-1).unwrap() } else { t.softmax(-1).unwrap() };
+            close(&format!("partly masked (log {log}) {d}"), &f(&pm.to_device(dev).unwrap()), &f(&pm), rt * 2.0, at);
+        }
         // RoPE with positions shared by the batch and per sequence; head dim 16 takes 8 pairs
         // per thread, 12 one.
         let x = randn(&[2, 5, 3, 16], 103).to_dtype(d).unwrap();
