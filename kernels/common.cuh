@@ -259,9 +259,10 @@ struct __align__(16) u32x4 {
 // for u8. A thread then keeps eight times the bytes in flight that one element per access
 // gives, which is what it takes to fill the memory system (Little's law: bandwidth times
 // latency, roughly 15 KiB per SM on an H100, against 4 KiB from 2048 threads loading 2
-// bytes each). Each element is computed as the one-element loop computes it, so the results have
-// the same bits. The host chooses the path (`vec8` in crates/tensor/src/cuda/kernels.rs):
-// every operand contiguous and its first element aligned to min(16, 8 * sizeof(T)) bytes.
+// bytes each). Each element is computed as the one-element loop computes it, so the results
+// have the same bits. The host chooses the path (`Strided::vectorized` and `vec8_aligned` in
+// crates/tensor/src/cuda/kernels.rs): every operand contiguous and its first element aligned
+// to min(16, 8 * sizeof(T)) bytes.
 template <class T>
 union Vec8 {
     T e[8];
