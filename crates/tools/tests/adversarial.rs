@@ -155,8 +155,8 @@ fn setsid_child_outlives_its_parent() {
     let mark = marker("setsid");
     let body = format!(
         "import subprocess, time\n\
-         p = subprocess.Popen(['sh', '-c', 'sleep 300; : {mark}'], start_new_session=True)\n\
-         q = subprocess.Popen(['sleep', '300'], start_new_session=True)\n\
+         p = subprocess.Popen(['sh', '-c', 'sleep 3137; : {mark}'], start_new_session=True)\n\
+         q = subprocess.Popen(['sleep', '3137'], start_new_session=True)\n\
          if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(300)\n    os._exit(0)\n\
          time.sleep(0.3)\n\
          os.kill(p.pid, 0); os.kill(q.pid, 0)\n\
@@ -164,7 +164,8 @@ fn setsid_child_outlives_its_parent() {
     );
     let r = run_checked(&tool, "setsid", &body, limit());
     assert!(r.success && r.output.contains("children running"), "{}", r.output);
-    assert!(processes_named(&["sleep", "300"]).is_empty(), "a `sleep 300` survived");
+    // An unusual duration, so that no other process on the machine matches by chance.
+    assert!(processes_named(&["sleep", "3137"]).is_empty(), "a `sleep 3137` survived");
 }
 
 #[test]
