@@ -523,25 +523,6 @@ __device__ __forceinline__ void load_a_rows(u32 (*a)[4], const u16* base, i64 st
     }
 }
 
-// Rows first .. first + ROWS of two bf16 matrices (row r at a + r * sa and b + r * sb) into
-// shared tiles `ta` and `tb`, 16 bytes at a time by the whole block; zeros from row `end` on.
-template <int D, int ROWS>
-__device__ __forceinline__ void stage_tiles(u16* ta, u16* tb, const u16* a, i64 sa, const u16* b, i64 sb, i64 first,
-                                            i64 end) {
-    constexpr int SR = D + MMA_PAD, CH = D / 8;
-    for (int i = (int)threadIdx.x; i < ROWS * CH; i += (int)blockDim.x) {
-        int r = i / CH, ch = i - r * CH;
-        i64 row = first + r;
-        u32x4 x = {0u, 0u, 0u, 0u}, y = {0u, 0u, 0u, 0u};
-        if (row < end) {
-            x = *reinterpret_cast<const u32x4*>(a + row * sa + ch * 8);
-            y = *reinterpret_cast<const u32x4*>(b + row * sb + ch * 8);
-        }
-        *reinterpret_cast<u32x4*>(ta + r * SR + ch * 8) = x;
-        *reinterpret_cast<u32x4*>(tb + r * SR + ch * 8) = y;
-    }
-}
-
 // Rows first .. first + ROWS of a bf16 matrix (row r at a + r * sa) into the shared tile t
 // with cp.async, 16 bytes per copy by the whole block; zeros from row `end` on. The caller
 // commits and waits.
@@ -793,10 +774,17 @@ __device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q,
 
     i64 last_row = (q0 + MMA_BQ < s.t ? q0 + MMA_BQ : s.t) - 1;
     i64 kmax = last_row + off < s.len - 1 ? last_row + off : s.len - 1;
+    // The next tile's V is copied (cp.async) while dQ += dS K runs on this tile's K; K, which
+    // both halves of a tile read, is copied between them, its latency exposed (overlapping it
+    // too needs a second buffer: 69 KB of shared memory at head dim 128).
+    stage_tile_async<D, MMA_BK>(vs, vb, s.v_row, 0, s.len);
+    cp_async_commit();
     for (i64 j0 = 0; j0 <= kmax; j0 += MMA_BK) {
-        __syncthreads();
-        stage_tiles<D, MMA_BK>(ks, vs, kb, s.k_row, vb, s.v_row, j0, s.len);
-        __syncthreads();
+        __syncthreads();  // every warp is done with the previous tile's K
+        stage_tile_async<D, MMA_BK>(ks, kb, s.k_row, j0, s.len);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();  // this tile's K and V are in
         float sc[NT][4], dp[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
@@ -823,6 +811,9 @@ __device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q,
                 sc[nt][e] = p * (dp[nt][e] - drow[e >> 1]);  // dS
             }
         }
+        __syncthreads();  // every warp is done with V
+        if (j0 + MMA_BK <= kmax) stage_tile_async<D, MMA_BK>(vs, vb, s.v_row, j0 + MMA_BK, s.len);
+        cp_async_commit();
         // dQ += dS K: B[k][n] = K[key k][n], two value rows per register as P V reads V.
 #pragma unroll
         for (int kc = 0; kc < MMA_BK / 16; ++kc) {
@@ -855,9 +846,11 @@ __device__ __forceinline__ void attn_bwd_dkv_mma_impl(AttnShape s, const bf16* q
                                                       const bf16* dout, const float* lse, const float* delta,
                                                       float* dk, float* dv) {
     constexpr int KC = D / 16, NQ = MMA_BQ_DKV / 8, OT = D / 8, SR = D + MMA_PAD;
-    __align__(16) __shared__ u16 qs[MMA_BQ_DKV * SR];
-    __align__(16) __shared__ u16 dos[MMA_BQ_DKV * SR];
-    __shared__ float ls[MMA_BQ_DKV], dls[MMA_BQ_DKV];
+    // Two buffers of Q and dO tiles (and their rows' log-sum-exp and delta): the next tile is
+    // copied (cp.async) while the warps compute on this one.
+    __align__(16) __shared__ u16 qs2[2][MMA_BQ_DKV * SR];
+    __align__(16) __shared__ u16 dos2[2][MMA_BQ_DKV * SR];
+    __shared__ float ls2[2][MMA_BQ_DKV], dls2[2][MMA_BQ_DKV];
     const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
     const int kvh = (int)blockIdx.y, rep = s.heads / s.kv_heads;
     const i64 kb0 = (i64)blockIdx.x * MMA_BK, k0 = kb0 + warp * 16;
@@ -876,66 +869,81 @@ __device__ __forceinline__ void attn_bwd_dkv_mma_impl(AttnShape s, const bf16* q
 #pragma unroll
         for (int e = 0; e < 4; ++e) dka[ot][e] = dva[ot][e] = 0.0f;
 
-    // The first query that sees the block's first key, rounded down to a tile.
+    // The first query that sees the block's first key, rounded down to a tile. The block
+    // walks every head of the group and, per head, the query tiles from there: `tiles` in all.
     i64 first = kb0 - off > 0 ? kb0 - off : 0;
     first -= first % MMA_BQ_DKV;
-    for (int rh = 0; rh < rep; ++rh) {
-        const int h = kvh * rep + rh;
-        for (i64 i0 = first; i0 < s.t; i0 += MMA_BQ_DKV) {
-            __syncthreads();
-            stage_tiles<D, MMA_BQ_DKV>(qs, dos, qb + h * D, (i64)s.heads * D, db + h * D, (i64)s.heads * D, i0, s.t);
-            for (int r = tid; r < MMA_BQ_DKV; r += (int)blockDim.x) {
-                i64 row = i0 + r;
-                ls[r] = row < s.t ? lse[(i64)h * s.t + row] : 0.0f;
-                dls[r] = row < s.t ? delta[(i64)h * s.t + row] : 0.0f;
+    const i64 per_head = first < s.t ? (s.t - first + MMA_BQ_DKV - 1) / MMA_BQ_DKV : 0;
+    const i64 tiles = per_head * rep;
+    auto stage = [&](int buf, i64 tile) {
+        const int h = kvh * rep + (int)(tile / per_head);
+        const i64 i0 = first + (tile % per_head) * MMA_BQ_DKV;
+        stage_tile_async<D, MMA_BQ_DKV>(qs2[buf], qb + h * D, (i64)s.heads * D, i0, s.t);
+        stage_tile_async<D, MMA_BQ_DKV>(dos2[buf], db + h * D, (i64)s.heads * D, i0, s.t);
+        for (int r = tid; r < MMA_BQ_DKV; r += (int)blockDim.x) {
+            i64 row = i0 + r;
+            ls2[buf][r] = row < s.t ? lse[(i64)h * s.t + row] : 0.0f;
+            dls2[buf][r] = row < s.t ? delta[(i64)h * s.t + row] : 0.0f;
+        }
+    };
+    if (tiles > 0) stage(0, 0);
+    cp_async_commit();
+    for (i64 tile = 0; tile < tiles; ++tile) {
+        const int buf = (int)(tile & 1);
+        const i64 i0 = first + (tile % per_head) * MMA_BQ_DKV;
+        cp_async_wait<0>();
+        __syncthreads();  // this tile is in; every warp is done with the previous one's buffer
+        if (tile + 1 < tiles) stage(buf ^ 1, tile + 1);
+        cp_async_commit();
+        const u16* qs = qs2[buf];
+        const u16* dos = dos2[buf];
+        const float* ls = ls2[buf];
+        const float* dls = dls2[buf];
+        // S^T (16 keys x 32 queries) and dP^T: B[k][n] = Q[query n][k], dO[query n][k].
+        float st[NQ][4], dpt[NQ][4];
+#pragma unroll
+        for (int nq = 0; nq < NQ; ++nq) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) st[nq][e] = dpt[nq][e] = 0.0f;
+            const u16* qrow = qs + nq * 8 * SR;
+            const u16* drow = dos + nq * 8 * SR;
+#pragma unroll
+            for (int kc = 0; kc < KC; ++kc) {
+                u32 bq[2], bd[2];
+                b_from_row_lds<SR>(bq, qrow + kc * 16);
+                mma_bf16_16816(st[nq], ka[kc], bq);
+                b_from_row_lds<SR>(bd, drow + kc * 16);
+                mma_bf16_16816(dpt[nq], va[kc], bd);
             }
-            __syncthreads();
-            // S^T (16 keys x 32 queries) and dP^T: B[k][n] = Q[query n][k], dO[query n][k].
-            float st[NQ][4], dpt[NQ][4];
+        }
 #pragma unroll
-            for (int nq = 0; nq < NQ; ++nq) {
+        for (int nq = 0; nq < NQ; ++nq) {
 #pragma unroll
-                for (int e = 0; e < 4; ++e) st[nq][e] = dpt[nq][e] = 0.0f;
-                const u16* qrow = qs + nq * 8 * SR;
-                const u16* drow = dos + nq * 8 * SR;
-#pragma unroll
-                for (int kc = 0; kc < KC; ++kc) {
-                    u32 bq[2], bd[2];
-                    b_from_row_lds<SR>(bq, qrow + kc * 16);
-                    mma_bf16_16816(st[nq], ka[kc], bq);
-                    b_from_row_lds<SR>(bd, drow + kc * 16);
-                    mma_bf16_16816(dpt[nq], va[kc], bd);
-                }
+            for (int e = 0; e < 4; ++e) {
+                i64 key = k0 + g + 8 * (e >> 1);
+                int qi = nq * 8 + 2 * c + (e & 1);
+                i64 row = i0 + qi;
+                bool seen = row < s.t && key <= row + off && key < s.len;
+                float p = seen ? expf(st[nq][e] * s.scale - ls[qi]) : 0.0f;
+                st[nq][e] = p;
+                dpt[nq][e] = p * (dpt[nq][e] - dls[qi]);  // dS^T
             }
+        }
+        // dV += P^T dO and dK += dS^T Q: B[k][n] = dO[query k][n], Q[query k][n].
 #pragma unroll
-            for (int nq = 0; nq < NQ; ++nq) {
+        for (int kc = 0; kc < NQ / 2; ++kc) {
+            u32 pa[4], sa[4];
+            c_to_a(pa, st[2 * kc], st[2 * kc + 1]);
+            c_to_a(sa, dpt[2 * kc], dpt[2 * kc + 1]);
+            const u16* d0 = dos + kc * 16 * SR;
+            const u16* q0 = qs + kc * 16 * SR;
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    i64 key = k0 + g + 8 * (e >> 1);
-                    int qi = nq * 8 + 2 * c + (e & 1);
-                    i64 row = i0 + qi;
-                    bool seen = row < s.t && key <= row + off && key < s.len;
-                    float p = seen ? expf(st[nq][e] * s.scale - ls[qi]) : 0.0f;
-                    st[nq][e] = p;
-                    dpt[nq][e] = p * (dpt[nq][e] - dls[qi]);  // dS^T
-                }
-            }
-            // dV += P^T dO and dK += dS^T Q: B[k][n] = dO[query k][n], Q[query k][n].
-#pragma unroll
-            for (int kc = 0; kc < NQ / 2; ++kc) {
-                u32 pa[4], sa[4];
-                c_to_a(pa, st[2 * kc], st[2 * kc + 1]);
-                c_to_a(sa, dpt[2 * kc], dpt[2 * kc + 1]);
-                const u16* d0 = dos + kc * 16 * SR;
-                const u16* q0 = qs + kc * 16 * SR;
-#pragma unroll
-                for (int ot = 0; ot < OT; ++ot) {
-                    u32 bd[2], bq[2];
-                    b_from_rows<SR>(bd, d0 + ot * 8);
-                    mma_bf16_16816(dva[ot], pa, bd);
-                    b_from_rows<SR>(bq, q0 + ot * 8);
-                    mma_bf16_16816(dka[ot], sa, bq);
-                }
+            for (int ot = 0; ot < OT; ++ot) {
+                u32 bd[2], bq[2];
+                b_from_rows<SR>(bd, d0 + ot * 8);
+                mma_bf16_16816(dva[ot], pa, bd);
+                b_from_rows<SR>(bq, q0 + ot * 8);
+                mma_bf16_16816(dka[ot], sa, bq);
             }
         }
     }

@@ -5,7 +5,9 @@
 // Each thread of a block is a fiber (ucontext) with a stack of its own; the block's fibers
 // run on one OS thread, each until it reaches a barrier (__syncthreads, or the warp-wide
 // exchange behind a shuffle), so the memory semantics are those of a GPU whose threads
-// interleave only at barriers. Blocks run one after another. A barrier that not every live
+// interleave only at barriers. A warp runs as far as it can before the block's next
+// __syncthreads before the next warp starts (one warp ahead of the others, as a GPU may
+// run them). Blocks run one after another. A barrier that not every live
 // thread of the block (or warp) reaches is reported as an error instead of hanging.
 //
 // `__shared__` becomes `static thread_local`: one copy per OS thread, which is all the

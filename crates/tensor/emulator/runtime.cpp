@@ -184,30 +184,36 @@ bool run_block(unsigned n, std::string& err) {
     }
     const unsigned warps = (n + 31) / 32;
     for (;;) {
-        for (unsigned t = 0; t < n; ++t) {
-            if (fibers[t].state == READY) {
-                current = &fibers[t];
-                run_fiber(fibers[t]);
-            }
-        }
-        current = nullptr;
-        bool released = false;
+        // Warp by warp, each as far as it can go before the block's next barrier: its lanes
+        // run, are released at each warp-level barrier they all reach, and run again, until
+        // every live lane waits at __syncthreads (or is stuck). So one warp runs ahead of the
+        // others between block barriers, as it may on a GPU, and a kernel that overwrites
+        // shared memory another warp has yet to read, with no barrier between, shows it.
         unsigned live = 0, at_block = 0;
         for (unsigned w = 0; w < warps; ++w) {
-            unsigned wl = 0, ww = 0;
-            for (unsigned t = w * 32; t < std::min(n, w * 32 + 32); ++t) {
-                State s = fibers[t].state;
-                if (s != DONE) ++wl;
-                if (s == AT_WARP) ++ww;
-                if (s == AT_BLOCK) ++at_block;
+            const unsigned lo = w * 32, hi = std::min(n, w * 32 + 32);
+            for (;;) {
+                for (unsigned t = lo; t < hi; ++t) {
+                    if (fibers[t].state == READY) {
+                        current = &fibers[t];
+                        run_fiber(fibers[t]);
+                    }
+                }
+                current = nullptr;
+                unsigned wl = 0, ww = 0;
+                for (unsigned t = lo; t < hi; ++t) {
+                    if (fibers[t].state != DONE) ++wl;
+                    if (fibers[t].state == AT_WARP) ++ww;
+                }
+                if (wl == 0 || ww != wl) break;
+                for (unsigned t = lo; t < hi; ++t)
+                    if (fibers[t].state == AT_WARP) fibers[t].state = READY;
             }
-            live += wl;
-            if (wl > 0 && ww == wl) {
-                for (unsigned t = w * 32; t < std::min(n, w * 32 + 32); ++t) fibers[t].state = READY;
-                released = true;
+            for (unsigned t = lo; t < hi; ++t) {
+                if (fibers[t].state != DONE) ++live;
+                if (fibers[t].state == AT_BLOCK) ++at_block;
             }
         }
-        if (released) continue;
         if (live == 0) return true;
         if (at_block == live) {
             for (unsigned t = 0; t < n; ++t)
@@ -240,8 +246,20 @@ void syncthreads() { yield(AT_BLOCK); }
 void warp_barrier() { yield(AT_WARP); }
 unsigned char* dynamic_smem() { return block->dyn_smem; }
 
+// Where a cp.async copy lands: at the wait that covers it (false, the default: a tile read
+// before its wait holds stale data), or at once (true: a copy into a buffer that other
+// threads still read, issued before the barrier that says they are done, corrupts it).
+// A GPU lands it anywhere between the two, so the tests run kernels both ways.
+thread_local bool eager_copies = false;
+
 void cp_async(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
-    current->copies.push_back(AsyncCopy{dst, src, bytes, std::min(src_bytes, bytes)});
+    AsyncCopy c{dst, src, bytes, std::min(src_bytes, bytes)};
+    if (eager_copies) {
+        std::memcpy(c.dst, c.src, c.src_bytes);
+        std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
+        return;
+    }
+    current->copies.push_back(c);
 }
 
 void cp_async_commit() { current->groups.push_back(current->copies.size()); }
@@ -340,6 +358,9 @@ int artist_emu_launch(const char* name, const unsigned* grid, const unsigned* bl
     }
     return 0;
 }
+
+// cp.async copies launched from this thread land at once (nonzero) or at their wait (0).
+void artist_emu_set_eager_copies(int eager) { emu::eager_copies = eager != 0; }
 
 size_t artist_emu_kernel_count() { return emu::registry().size(); }
 

@@ -27,6 +27,7 @@ unsafe extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
+    fn artist_emu_set_eager_copies(eager: i32);
     fn artist_emu_kernel_count() -> usize;
     fn artist_emu_kernel_name(i: usize) -> *const c_char;
 }
@@ -43,6 +44,15 @@ pub fn kernel_names() -> Vec<String> {
             })
             .collect()
     }
+}
+
+/// Where the `cp.async` copies of kernels launched from this thread land: at once (`true`),
+/// or at the wait that covers them (`false`, the default). A GPU lands them anywhere between,
+/// so a pipelined kernel is right only if it is right both ways: the first catches a copy
+/// issued into a buffer other warps still read, the second a tile read before its wait.
+pub fn set_eager_copies(eager: bool) {
+    // SAFETY: sets a thread-local flag of the emulator runtime.
+    unsafe { artist_emu_set_eager_copies(eager as i32) }
 }
 
 const ALIGN: usize = 256;

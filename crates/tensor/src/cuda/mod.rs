@@ -247,6 +247,14 @@ pub fn emulator_kernels() -> Vec<String> {
     emulator::kernel_names()
 }
 
+/// On the emulator, whether the `cp.async` copies of kernels launched from this thread land
+/// at once (`true`) or at the wait that covers them (`false`, the default); see
+/// crates/tensor/emulator/runtime.cpp. No effect on a GPU.
+#[cfg(feature = "emulator")]
+pub fn emulator_eager_copies(eager: bool) {
+    emulator::set_eager_copies(eager)
+}
+
 // ---- devices ----------------------------------------------------------------------------
 
 pub(crate) struct GpuDevice {
