@@ -19,7 +19,7 @@
 #      rollouts on the GPU against the CPU, and decode steps as CUDA graphs against eager
 #      ones (crates/engine/tests/rollout.rs);
 #   6. the kernel benchmark beside PyTorch (scripts/bench_cuda.py), a markdown table, and
-#      the attention forward again off the tensor cores (ARTIST_ATTN_MMA=0), and the
+#      attention forward and backward again off the tensor cores (ARTIST_ATTN_MMA=0), and the
 #      memory-bound kernels again without whole-vector accesses (ARTIST_VEC=0);
 #   7. GRPO-shaped rollouts and batch-1 decode of a Qwen2.5-1.5B shape beside transformers'
 #      generate (benches/rollout.rs, scripts/bench_rollout_hf.py), then the rollouts again
@@ -101,8 +101,8 @@ if wants bench; then
     guarded bench.log python3 scripts/bench_cuda.py --bench "$u/cuda_kernels" --out "$out"
     grep -E "^\||ceilings" "$out/bench.log" > "$out/bench.md" 2>/dev/null
 
-    step "attention forward off the tensor cores (ARTIST_ATTN_MMA=0), for the ratio"
-    guarded attention_one_warp_per_row.log env ARTIST_ATTN_MMA=0 "$u/cuda_kernels" --bench attention_fwd
+    step "attention forward and backward off the tensor cores (ARTIST_ATTN_MMA=0), for the ratio"
+    guarded attention_one_warp_per_row.log env ARTIST_ATTN_MMA=0 "$u/cuda_kernels" --bench 'attention_(fwd|bwd)'
 
     step "memory-bound kernels element by element (ARTIST_VEC=0), for the ratio"
     guarded mem_element_by_element.log env ARTIST_VEC=0 "$u/cuda_kernels" --bench \
