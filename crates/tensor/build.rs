@@ -50,6 +50,11 @@ fn emulator(manifest: &Path, common: &Path, files: &[PathBuf], out_dir: &Path) {
         let abs = fs::canonicalize(p).expect("kernel file exists");
         tu.push_str(&format!("namespace artist_kernel_{stem} {{\n#include {:?}\n}}\n", abs.display().to_string()));
     }
+    // The emulator's own test kernels (`emu_selftest_*`).
+    tu.push_str(&format!(
+        "namespace artist_emulator_selftest {{\n#include {:?}\n}}\n",
+        emu.join("selftest.cuh").display().to_string()
+    ));
     tu.push_str(&format!("#include {:?}\n", emu.join("runtime.cpp").display().to_string()));
     let file = out_dir.join("artist_emulator.cpp");
     fs::write(&file, tu).expect("OUT_DIR is writable");

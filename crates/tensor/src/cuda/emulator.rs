@@ -32,7 +32,8 @@ unsafe extern "C" {
     fn artist_emu_kernel_name(i: usize) -> *const c_char;
 }
 
-/// Every kernel the emulator build holds, sorted by name.
+/// Every kernel of `kernels/*.cu` the emulator build holds, sorted by name (its own test
+/// kernels, `emu_selftest_*`, left out).
 pub fn kernel_names() -> Vec<String> {
     // SAFETY: the registry is filled by static initialisers before main and never changes;
     // names are NUL-terminated strings it owns.
@@ -42,6 +43,7 @@ pub fn kernel_names() -> Vec<String> {
                 let p = artist_emu_kernel_name(i);
                 (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
             })
+            .filter(|name| !name.starts_with("emu_selftest_"))
             .collect()
     }
 }
@@ -398,4 +400,71 @@ fn reference_gemm(g: &Gemm) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cuda::runtime::{Args, LaunchCfg};
+    use crate::{DType, Device, Tensor};
+
+    fn device() -> std::sync::Arc<crate::cuda::GpuDevice> {
+        crate::cuda::test_backend().expect("the emulator is built in for tests");
+        crate::cuda::device(0).unwrap()
+    }
+
+    fn ptr(t: &Tensor) -> u64 {
+        t.cuda_storage().ptr()
+    }
+
+    /// cp.async groups land in commit order at the waits that cover them (zeros for a copy
+    /// of no source bytes), or at once in eager mode.
+    #[test]
+    fn cp_async_groups_land_at_their_waits() {
+        let dev = device();
+        let src: Vec<u32> = (0..3 * 32 * 4).map(|i| 1000 + i).collect();
+        let fill = 0xdead_beefu32;
+        for eager in [false, true] {
+            super::set_eager_copies(eager);
+            let s = Tensor::from_vec(src.clone(), src.len(), Device::Cuda(0)).unwrap();
+            let out = Tensor::zeros(32 * 16, DType::U32, Device::Cuda(0)).unwrap();
+            let args = Args::new().arg(ptr(&s)).arg(fill).arg(ptr(&out));
+            dev.launch("selftest", "emu_selftest_cp_async".into(), LaunchCfg::linear(1, 32), args).unwrap();
+            let got = out.to_vec::<u32>().unwrap();
+            for t in 0..32 {
+                let at = |moment: usize| &got[(t * 4 + moment) * 4..(t * 4 + moment) * 4 + 4];
+                let row = |r: usize| &src[(r * 32 + t) * 4..(r * 32 + t) * 4 + 4];
+                assert_eq!(at(0), row(0), "eager {eager}: row 0 after wait<2>");
+                if eager {
+                    assert_eq!(at(1), row(1), "eager: row 1 landed at once");
+                } else {
+                    assert_eq!(at(1), [fill; 4], "row 1 is in flight after wait<2>");
+                }
+                assert_eq!(at(2), row(1), "eager {eager}: row 1 after wait<1>");
+                assert_eq!(at(3), [0; 4], "eager {eager}: a copy of no source bytes writes zeros");
+            }
+        }
+        super::set_eager_copies(false);
+    }
+
+    /// One warp runs ahead of another between block barriers.
+    #[test]
+    fn a_warp_runs_ahead_of_the_next_between_barriers() {
+        let dev = device();
+        let out = Tensor::full(7.0, 1, DType::U32, Device::Cuda(0)).unwrap();
+        let args = Args::new().arg(ptr(&out));
+        dev.launch("selftest", "emu_selftest_warp_ahead".into(), LaunchCfg::linear(1, 64), args).unwrap();
+        assert_eq!(out.to_vec::<u32>().unwrap(), [0], "warp 0 saw warp 1's write: the warps ran in lockstep");
+    }
+
+    /// A barrier that not every thread can reach is an error that says so, not a hang.
+    #[test]
+    fn a_divergent_barrier_is_an_error() {
+        let dev = device();
+        let out = Tensor::zeros(32, DType::U32, Device::Cuda(0)).unwrap();
+        let args = Args::new().arg(ptr(&out));
+        let err = dev
+            .launch("selftest", "emu_selftest_divergent_barrier".into(), LaunchCfg::linear(1, 32), args)
+            .unwrap_err();
+        assert!(err.to_string().contains("a barrier not reached by every thread"), "{err}");
+    }
 }

@@ -1,0 +1,62 @@
+// Kernels that test the emulator itself (crates/tensor/src/cuda/emulator.rs), not the
+// backend: compiled into the emulator build only, named `emu_selftest_*`, and left out of the
+// kernel list that CI compares with the backend's inventory.
+
+// cp.async: one block of 32 threads; each copies its 16 bytes of three rows of `src` into
+// three shared rows, one commit group per row, the third with src_bytes 0 (zeros). `out`
+// gets, per thread, 4 words at each of four moments (16 u32x4 per thread):
+//   0: row 0 right after wait<2> (its group has landed);
+//   1: row 1 at the same moment (in flight: still the shared row's old contents, unless the
+//      copies land at once);
+//   2: row 1 after wait<1>;
+//   3: row 2 after wait<0> (zeros).
+// The shared rows start as `fill` everywhere.
+extern "C" __global__ void emu_selftest_cp_async(const u32x4* src, u32 fill, u32x4* out) {
+    __align__(16) __shared__ u32x4 rows[3][32];
+    const int t = (int)threadIdx.x;
+    for (int r = 0; r < 3; ++r) rows[r][t] = u32x4{fill, fill, fill, fill};
+    __syncthreads();
+    for (int r = 0; r < 3; ++r) {
+        cp_async_16(&rows[r][t], &src[r * 32 + t], r == 2 ? 0 : 16);
+        cp_async_commit();
+    }
+    cp_async_wait<2>();
+    out[t * 4 + 0] = rows[0][t];
+    out[t * 4 + 1] = rows[1][t];
+    cp_async_wait<1>();
+    out[t * 4 + 2] = rows[1][t];
+    cp_async_wait<0>();
+    out[t * 4 + 3] = rows[2][t];
+}
+ARTIST_EXPORT(emu_selftest_cp_async)
+
+// Two warps and no barrier: warp 1 sets a shared flag at once, warp 0 reads it after three
+// shuffles. The emulator runs warp 0 to its end before warp 1 starts, so it reads 0 (a warp
+// that ran in lockstep with the other would read 1). out[0] = what warp 0 read.
+extern "C" __global__ void emu_selftest_warp_ahead(u32* out) {
+    __shared__ u32 flag;
+    const int t = (int)threadIdx.x;
+    if (t == 0) flag = 0;
+    __syncthreads();
+    if (t >= 32) {
+        flag = 1;
+        return;
+    }
+    u32 v = (u32)t;
+    for (int i = 0; i < 3; ++i) v = __shfl_xor_sync(FULL_MASK, v, 1);
+    if (t == 0) out[0] = flag;
+    (void)v;
+}
+ARTIST_EXPORT(emu_selftest_warp_ahead)
+
+// A barrier not every thread reaches: lanes 0-15 wait at __syncthreads while lanes 16-31
+// shuffle among themselves. The launch must fail with an error, not hang.
+extern "C" __global__ void emu_selftest_divergent_barrier(u32* out) {
+    const int t = (int)threadIdx.x;
+    if (t < 16) {
+        __syncthreads();
+    } else {
+        out[t] = __shfl_xor_sync(FULL_MASK, (u32)t, 1);
+    }
+}
+ARTIST_EXPORT(emu_selftest_divergent_barrier)
