@@ -30,21 +30,25 @@ __device__ __forceinline__ T rms_out(T x, T w, float r) {
     return from_f32<T>(__fmul_rn(to_f32(w), normed));
 }
 
+// The normalised row yr = w * round(xr r), in the row's chunks.
+template <class T>
+__device__ __forceinline__ void rms_write_row(const T* xr, const T* w, T* yr, i64 cols, float r, int vec) {
+    ROW_CHUNKS(c, cols) {
+        Vec8<T> xv, wv, yv;
+        chunk_load(xv, xr + 8 * c, vec);
+        chunk_load(wv, w + 8 * c, vec);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) yv.e[e] = rms_out(xv.e[e], wv.e[e], r);
+        chunk_store(yr + 8 * c, yv, vec);
+    }
+    ROW_TAIL(j, cols) { yr[j] = rms_out(xr[j], w[j], r); }
+}
+
 template <class T>
 __device__ void rms_norm_impl(i64 rows, i64 cols, float eps, int vec, const T* x, const T* w, T* y) {
     for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
         const T* xr = x + row * cols;
-        T* yr = y + row * cols;
-        float r = row_rms_inv(xr, cols, eps, vec);
-        ROW_CHUNKS(c, cols) {
-            Vec8<T> xv, wv, yv;
-            chunk_load(xv, xr + 8 * c, vec);
-            chunk_load(wv, w + 8 * c, vec);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) yv.e[e] = rms_out(xv.e[e], wv.e[e], r);
-            chunk_store(yr + 8 * c, yv, vec);
-        }
-        ROW_TAIL(j, cols) { yr[j] = rms_out(xr[j], w[j], r); }
+        rms_write_row(xr, w, y + row * cols, cols, row_rms_inv(xr, cols, eps, vec), vec);
     }
 }
 
@@ -87,16 +91,7 @@ __device__ void add_rms_norm_impl(i64 rows, i64 cols, float eps, int vec, const 
             ss += v * v;
         }
         ss = block_sum(ss);
-        float r = 1.0f / sqrtf(ss / (float)cols + eps);
-        ROW_CHUNKS(c, cols) {
-            Vec8<T> sv, wv, yv;
-            chunk_load(sv, sr + 8 * c, vec);
-            chunk_load(wv, w + 8 * c, vec);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) yv.e[e] = rms_out(sv.e[e], wv.e[e], r);
-            chunk_store(yr + 8 * c, yv, vec);
-        }
-        ROW_TAIL(j, cols) { yr[j] = rms_out(sr[j], w[j], r); }
+        rms_write_row(sr, w, yr, cols, 1.0f / sqrtf(ss / (float)cols + eps), vec);
     }
 }
 
