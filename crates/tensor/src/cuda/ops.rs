@@ -60,17 +60,18 @@ fn row_threads(cols: usize) -> u32 {
     (cols.div_ceil(8).div_ceil(32) * 32).clamp(32, 1024) as u32
 }
 
-/// Whether the row kernels of kernels/rmsnorm.cu may read rows of `cols` elements as whole
-/// vectors: `cols` a multiple of 8 and every operand's first element (`ptrs`: address and
-/// element size) aligned for them. Either way they sum in the same order.
+/// Whether the row kernels (kernels/rmsnorm.cu, softmax.cu) may read rows of `cols`
+/// elements as whole vectors: `cols` a multiple of 8 and every operand's first element
+/// (`ptrs`: address and element size) aligned for them. Either way they sum in the same
+/// order.
 fn rows_vec(cols: usize, ptrs: &[(u64, usize)]) -> i32 {
     (cols.is_multiple_of(8) && ptrs.iter().all(|&(p, e)| vec8_aligned(p, e))) as i32
 }
 
 /// How the row-moving kernels (`index_select`, `copy_rows`) move rows of `inner` elements:
 /// as 16-byte units (`b16`) when a row is a whole number of them and every pointer is
-/// 16-byte aligned (and `ARTIST_VEC` is not `0`), else element by element. The kernel suffix and the row's length in
-/// those units.
+/// 16-byte aligned (and `ARTIST_VEC` is not `0`), else element by element. The kernel
+/// suffix and the row's length in those units.
 fn row_units(inner: usize, dtype: DType, ptrs: &[u64]) -> (&'static str, usize) {
     let bytes = inner * dtype.size_in_bytes();
     if bytes.is_multiple_of(16) && ptrs.iter().all(|&p| vec8_aligned(p, 2)) {
