@@ -35,12 +35,7 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttnDims> {
         return Err(crate::invalid!(OP, "{t} queries cannot be the last of {len} positions"));
     }
     for x in [k, v] {
-        if x.dtype() != q.dtype() {
-            return Err(Error::DTypeMismatch { op: OP, lhs: q.dtype(), rhs: x.dtype() });
-        }
-        if x.device() != q.device() {
-            return Err(Error::DeviceMismatch { op: OP, lhs: q.device(), rhs: x.device() });
-        }
+        q.check_like(x, OP)?;
     }
     if !q.dtype().is_float() {
         return Err(Error::UnsupportedDType { op: OP, dtype: q.dtype() });

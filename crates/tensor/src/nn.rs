@@ -43,12 +43,7 @@ impl Tensor {
         if residual.dims() != self.dims() {
             return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().clone(), rhs: residual.shape().clone() });
         }
-        if residual.dtype() != self.dtype() {
-            return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: residual.dtype() });
-        }
-        if residual.device() != self.device() {
-            return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: residual.device() });
-        }
+        self.check_like(residual, OP)?;
         if self.device().is_cuda()
             && self.dtype().is_float()
             && weight.dims() == [self.dim(-1)?]
@@ -69,12 +64,7 @@ impl Tensor {
         if weight.dims() != [h] {
             return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().clone(), rhs: weight.shape().clone() });
         }
-        if weight.dtype() != self.dtype() {
-            return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: weight.dtype() });
-        }
-        if weight.device() != self.device() {
-            return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: weight.device() });
-        }
+        self.check_like(weight, OP)?;
         if !self.dtype().is_float() {
             return Err(Error::UnsupportedDType { op: OP, dtype: self.dtype() });
         }
@@ -99,12 +89,7 @@ impl Tensor {
             if t.dims() != self.dims() {
                 return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().clone(), rhs: t.shape().clone() });
             }
-            if t.dtype() != self.dtype() {
-                return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: t.dtype() });
-            }
-            if t.device() != self.device() {
-                return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: t.device() });
-            }
+            self.check_like(t, OP)?;
         }
         if !self.dtype().is_float() {
             return Err(Error::UnsupportedDType { op: OP, dtype: self.dtype() });

@@ -271,6 +271,17 @@ impl Tensor {
         })
     }
 
+    /// `other` has this tensor's dtype and device, or the error (dtype first) that names `op`.
+    pub(crate) fn check_like(&self, other: &Tensor, op: &'static str) -> Result<()> {
+        if other.dtype() != self.dtype() {
+            return Err(Error::DTypeMismatch { op, lhs: self.dtype(), rhs: other.dtype() });
+        }
+        if other.device() != self.device() {
+            return Err(Error::DeviceMismatch { op, lhs: self.device(), rhs: other.device() });
+        }
+        Ok(())
+    }
+
     /// The CUDA storage (see [`Tensor::cpu`]).
     pub(crate) fn cuda_storage(&self) -> MappedRwLockReadGuard<'_, CudaStorage> {
         RwLockReadGuard::map(self.storage.read(), |s| match s {

@@ -85,6 +85,17 @@ pub(crate) fn vec8_aligned(addr: u64, elem: usize) -> bool {
     vectors_enabled() && addr.is_multiple_of((8 * elem).min(16) as u64)
 }
 
+/// Whether every `(address, element size)` is aligned for whole vectors ([`vec8_aligned`]).
+pub(crate) fn vec8_all(ptrs: &[(u64, usize)]) -> bool {
+    ptrs.iter().all(|&(p, e)| vec8_aligned(p, e))
+}
+
+/// Threads that cover `n` elements: one per vector of eight with `vec`, one per element
+/// otherwise.
+pub(crate) fn vec_items(n: usize, vec: bool) -> usize {
+    if vec { n.div_ceil(8) } else { n }
+}
+
 /// False when `ARTIST_VEC=0`.
 pub(crate) fn vectors_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -98,7 +109,7 @@ impl Strided {
     /// `others` are further contiguous pointers of the launch, such as its output.
     pub fn vectorized(mut self, bases: &[(u64, usize)], others: &[(u64, usize)]) -> Strided {
         let operands = bases.iter().zip(self.start).all(|(&(p, e), st)| vec8_aligned(p + st as u64 * e as u64, e));
-        if self.mode == 1 && operands && others.iter().all(|&(p, e)| vec8_aligned(p, e)) {
+        if self.mode == 1 && operands && vec8_all(others) {
             self.mode = 3;
         }
         self
@@ -107,7 +118,7 @@ impl Strided {
     /// Threads that cover `n` elements: one per vector of eight in mode 3, one per element
     /// otherwise.
     pub fn work_items(&self, n: usize) -> usize {
-        if self.mode == 3 { n.div_ceil(8) } else { n }
+        vec_items(n, self.mode == 3)
     }
 
     /// The same description with the one-element loop forced (tests of the vector path).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::attention::AttnDims;
 use crate::cpu::CpuStorage;
-use crate::cuda::kernels::{Strided, bytes_suffix, suffix, vec8_aligned};
+use crate::cuda::kernels::{Strided, bytes_suffix, suffix, vec_items, vec8_aligned, vec8_all};
 use crate::cuda::{Args, CudaStorage, Gemm, GpuDevice, LaunchCfg, device};
 use crate::ops::{BinaryOp, CmpOp, UnaryOp};
 use crate::{DType, Device, Layout, Result, Shape, Tensor};
@@ -65,7 +65,7 @@ fn row_threads(cols: usize) -> u32 {
 /// (`ptrs`: address and element size) aligned for them. Either way they sum in the same
 /// order.
 fn rows_vec(cols: usize, ptrs: &[(u64, usize)]) -> i32 {
-    (cols.is_multiple_of(8) && ptrs.iter().all(|&(p, e)| vec8_aligned(p, e))) as i32
+    (cols.is_multiple_of(8) && vec8_all(ptrs)) as i32
 }
 
 /// How the row-moving kernels (`index_select`, `copy_rows`) move rows of `inner` elements:
@@ -84,7 +84,7 @@ fn row_units(inner: usize, dtype: DType, ptrs: &[u64]) -> (&'static str, usize) 
 /// Whether the RoPE kernels may take 8 consecutive pairs per thread: half the head dim a
 /// multiple of 8 and every pointer (address, element size) aligned for whole vectors.
 fn rope_vec(d: usize, ptrs: &[(u64, usize)]) -> i32 {
-    ((d / 2).is_multiple_of(8) && d > 0 && ptrs.iter().all(|&(p, e)| vec8_aligned(p, e))) as i32
+    ((d / 2).is_multiple_of(8) && d > 0 && vec8_all(ptrs)) as i32
 }
 
 fn row_cfg(dev: &GpuDevice, rows: usize, cols: usize) -> LaunchCfg {
@@ -134,14 +134,13 @@ pub(crate) fn full(value: f32, shape: Shape, dtype: DType, device: Device) -> Re
     bits[..host.len()].copy_from_slice(&host);
     let name = format!("fill_{}", bytes_suffix(dtype));
     let vec = vec8_aligned(ptr, dtype.size_in_bytes());
-    let items = if vec { n.div_ceil(8) } else { n };
     let args = Args::new().arg(n as i64).arg(vec as i32);
     let args = match dtype.size_in_bytes() {
         1 => args.arg(bits[0]),
         2 => args.arg(u16::from_le_bytes([bits[0], bits[1]])),
         _ => args.arg(u32::from_le_bytes(bits)),
     };
-    dev.launch("elementwise", name, linear_cfg(&dev, items), args.arg(ptr))?;
+    dev.launch("elementwise", name, linear_cfg(&dev, vec_items(n, vec)), args.arg(ptr))?;
     Ok(t)
 }
 
@@ -375,10 +374,10 @@ pub(crate) fn silu_mul_backward(gate: &Tensor, up: &Tensor, g: &Tensor) -> Resul
     let (dup, dup_p) = empty(&dev, gate.dtype(), gate.shape().clone())?;
     if n > 0 {
         let es = gate.dtype().size_in_bytes();
-        let vec = [xp, up_p, gp, dgp, dup_p].iter().all(|&p| vec8_aligned(p, es));
-        let items = if vec { n.div_ceil(8) } else { n };
+        let vec = vec8_all(&[(xp, es), (up_p, es), (gp, es), (dgp, es), (dup_p, es)]);
         let args = Args::new().arg(n as i64).arg(vec as i32).arg(xp).arg(up_p).arg(gp).arg(dgp).arg(dup_p);
-        dev.launch("elementwise", format!("silu_mul_bwd_{}", suffix(gate.dtype())), linear_cfg(&dev, items), args)?;
+        let cfg = linear_cfg(&dev, vec_items(n, vec));
+        dev.launch("elementwise", format!("silu_mul_bwd_{}", suffix(gate.dtype())), cfg, args)?;
     }
     Ok((dgate, dup))
 }
@@ -469,7 +468,7 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, dims: [usize; 4], cb:
             .arg(cp)
             .arg(sp)
             .arg(dst);
-        dev.launch("rope", name, linear_cfg(&dev, if vec == 1 { n / 8 } else { n }), args)?;
+        dev.launch("rope", name, linear_cfg(&dev, vec_items(n, vec == 1)), args)?;
     }
     drop((cos, sin));
     Ok(out)
@@ -1089,11 +1088,9 @@ pub(crate) fn qkv_rope_cache(
     let n = rows * (heads + kv_heads) * (d / 2).max(1);
     if rows > 0 && d > 0 {
         let (es, ps) = (qkv.dtype().size_in_bytes(), k_pool.dtype().size_in_bytes());
-        let mut ptrs = vec![(xp, es), (cp, 4), (sp, 4), (qp, es), (kp, ps), (vp, ps)];
-        if bp != 0 {
-            ptrs.push((bp, es));
-        }
-        let vec = rope_vec(d, &ptrs);
+        // A null bias is checked as the input's pointer (already in the list).
+        let bias = if bp != 0 { bp } else { xp };
+        let vec = rope_vec(d, &[(xp, es), (bias, es), (cp, 4), (sp, 4), (qp, es), (kp, ps), (vp, ps)]);
         let args = Args::new()
             .arg(rows as i64)
             .arg(heads as i64)
@@ -1114,7 +1111,7 @@ pub(crate) fn qkv_rope_cache(
         } else {
             format!("qkv_rope_cache_{s}_{}kv", suffix(k_pool.dtype()))
         };
-        dev.launch("rope", name, linear_cfg(&dev, if vec == 1 { n / 8 } else { n }), args)?;
+        dev.launch("rope", name, linear_cfg(&dev, vec_items(n, vec == 1)), args)?;
     }
     drop((cos, sin));
     Ok(q)
@@ -1264,7 +1261,7 @@ pub(crate) fn adamw(p: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, s: &crate::f
     let (dev, pp) = raw(p);
     let ptr = |t: &Tensor| at(raw(t).1, DType::F32, t.layout().start());
     let ptrs = [at(pp, DType::F32, p.layout().start()), ptr(m), ptr(v), ptr(g)];
-    let vec = ptrs.iter().all(|&q| vec8_aligned(q, 4));
+    let vec = vec8_all(&ptrs.map(|q| (q, 4)));
     let args = Args::new()
         .arg(n as i64)
         .arg(vec as i32)
@@ -1279,7 +1276,7 @@ pub(crate) fn adamw(p: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, s: &crate::f
         .arg(s.eps)
         .arg(s.bias_correction2_sqrt)
         .arg(s.step_size);
-    dev.launch("adamw", "adamw_f32".into(), linear_cfg(&dev, if vec { n.div_ceil(8) } else { n }), args)
+    dev.launch("adamw", "adamw_f32".into(), linear_cfg(&dev, vec_items(n, vec)), args)
 }
 
 /// In place over f32 logits `z: [rows, vocab]`: the gradient of the chosen tokens'
@@ -1304,8 +1301,7 @@ pub(crate) fn logprob_grad(z: &Tensor, g: &[f32], lse: &[f32], targets: &[u32], 
         .arg(lv.ptr())
         .arg(tv.ptr())
         .arg(zp);
-    let items = if vec { rows * vocab / 8 } else { rows * vocab };
-    dev.launch("logprob", "logprob_grad_f32".into(), linear_cfg(&dev, items), args)
+    dev.launch("logprob", "logprob_grad_f32".into(), linear_cfg(&dev, vec_items(rows * vocab, vec)), args)
 }
 
 #[cfg(all(test, feature = "emulator"))]
