@@ -1,5 +1,6 @@
 //! The gradient all-reduce: measured for the communicators that exist (threads in one
-//! process, TCP between ranks on localhost), and modelled for NCCL on 8 GPUs, where a 7B
+//! process, TCP between ranks on localhost through rank 0's star and around the ring),
+//! and modelled for NCCL on 8 GPUs, where a 7B
 //! model's gradients meet NCCL's published ring bus bandwidth and the backward pass that
 //! can hide them.
 //!
@@ -62,26 +63,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let comms: Vec<Box<dyn Communicator>> =
             InProcess::group(n).into_iter().map(|c| Box::new(c) as Box<dyn Communicator>).collect();
         report("in-process", n, bytes, time_ranks(comms, elems, iters));
-        let port = 29_611 + i as u16;
-        let comms: Vec<Box<dyn Communicator>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..n)
-                .map(|rank| {
-                    s.spawn(move || {
-                        let env = DistEnv {
-                            rank,
-                            world_size: n,
-                            local_rank: rank,
-                            master_addr: "127.0.0.1".into(),
-                            master_port: port,
-                            source: EnvSource::Torchrun,
-                        };
-                        TcpComm::connect(&env, Duration::from_secs(60)).map(|c| Box::new(c) as Box<dyn Communicator>)
+        for (j, ring) in [false, true].into_iter().enumerate() {
+            let port = 29_611 + (2 * i + j) as u16;
+            let comms: Vec<Box<dyn Communicator>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..n)
+                    .map(|rank| {
+                        s.spawn(move || {
+                            let env = DistEnv {
+                                rank,
+                                world_size: n,
+                                local_rank: rank,
+                                master_addr: "127.0.0.1".into(),
+                                master_port: port,
+                                source: EnvSource::Torchrun,
+                            };
+                            let mut c = TcpComm::connect(&env, Duration::from_secs(60))?;
+                            if !ring {
+                                c.set_ring_threshold(None);
+                            }
+                            Ok::<_, artist_dist::Error>(Box::new(c) as Box<dyn Communicator>)
+                        })
                     })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("rank thread")).collect::<Result<_, _>>()
-        })?;
-        report("tcp (star through rank 0, localhost)", n, bytes, time_ranks(comms, elems, iters));
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("rank thread")).collect::<Result<_, _>>()
+            })?;
+            let kind = if ring { "tcp (ring, localhost)" } else { "tcp (star through rank 0, localhost)" };
+            report(kind, n, bytes, time_ranks(comms, elems, iters));
+        }
     }
 
     // The model: ring all-reduce of a 7B model's gradients on NCCL, against its backward.

@@ -150,6 +150,11 @@ struct Args {
     /// host memory), or auto: NCCL when every rank is on a GPU and finds libnccl.
     #[arg(long, value_enum, default_value_t = CommKind::Auto)]
     comm: CommKind,
+    /// [sft, grpo] With the tcp communicator: all-reduces of at least N values go around a
+    /// ring of direct connections between the ranks (each listens on a port the system
+    /// picks), smaller ones through rank 0; 0 keeps everything on rank 0.
+    #[arg(long, value_name = "N", default_value_t = artist_dist::DEFAULT_RING_MIN_ELEMS)]
+    tcp_ring_min: usize,
     /// [demo] A few steps of each phase only: checks the demo runs end to end.
     #[arg(long, hide = true)]
     demo_quick: bool,
@@ -194,9 +199,11 @@ fn join_group(
     device: artist::tensor::Device,
     kind: CommKind,
     timeout: Duration,
+    ring_min: usize,
 ) -> Result<Box<dyn Communicator>> {
     let mut tcp = TcpComm::connect(env, timeout)
         .with_context(|| format!("rank {} joining {}:{}", env.rank, env.master_addr, env.master_port))?;
+    tcp.set_ring_threshold((ring_min > 0).then_some(ring_min));
     // Test hook: this rank fails once the group has formed.
     if std::env::var("ARTIST_FAULT_FAIL_RANK").ok().and_then(|v| v.parse::<usize>().ok()) == Some(env.rank) {
         bail!("ARTIST_FAULT_FAIL_RANK: rank {} fails on purpose", env.rank);
@@ -262,7 +269,7 @@ fn run_sft(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Result
         device,
     };
     let summary = if env.world_size > 1 {
-        let mut comm = join_group(env, device, args.comm, Duration::from_secs(args.dist_timeout))?;
+        let mut comm = join_group(env, device, args.comm, Duration::from_secs(args.dist_timeout), args.tcp_ring_min)?;
         sft::train_data_parallel(&run_dir, config, &opts, &mut *comm)?
     } else {
         sft::train(&run_dir, config, &opts)?
@@ -392,7 +399,13 @@ fn run_grpo(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Resul
         device,
     };
     if config.task == grpo::Task::Bfcl {
-        return run_fc(&run_dir, config, &opts, env, args.comm, Duration::from_secs(args.dist_timeout));
+        return run_fc(
+            &run_dir,
+            config,
+            &opts,
+            env,
+            (args.comm, Duration::from_secs(args.dist_timeout), args.tcp_ring_min),
+        );
     }
     let format: artist_math::DatasetFormat = config.data_preset.parse()?;
     let data = artist_math::MathDataset::load(&config.data, &format)?;
@@ -420,7 +433,7 @@ fn run_grpo(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Resul
         data.problems.iter().map(|p| Problem { problem: p.problem.clone(), answer: p.answer.clone() }).collect();
     let mut trainer = GrpoTrainer { config, model, reference: None, tokenizer, template, tool, train, verify: &verify };
     let steps = if env.world_size > 1 {
-        let mut comm = join_group(env, device, args.comm, Duration::from_secs(args.dist_timeout))?;
+        let mut comm = join_group(env, device, args.comm, Duration::from_secs(args.dist_timeout), args.tcp_ring_min)?;
         grpo::train_data_parallel(&run_dir, &mut trainer, &opts, &mut *comm)?
     } else {
         grpo::train(&run_dir, &mut trainer, &opts)?
@@ -449,8 +462,7 @@ fn run_fc(
     config: artist_train::grpo::GrpoRunConfig,
     opts: &RunOptions,
     env: &DistEnv,
-    comm: CommKind,
-    timeout: Duration,
+    (comm, timeout, ring_min): (CommKind, Duration, usize),
 ) -> Result<()> {
     use artist_train::fc::{FcData, FcTrainer};
 
@@ -463,7 +475,7 @@ fn run_fc(
     let entries = data.entries.len();
     let mut trainer = FcTrainer { config, model, reference: None, tokenizer, template, data };
     let steps = if env.world_size > 1 {
-        let mut comm = join_group(env, opts.device, comm, timeout)?;
+        let mut comm = join_group(env, opts.device, comm, timeout, ring_min)?;
         artist_train::grpo::train_data_parallel(run_dir, &mut trainer, opts, &mut *comm)?
     } else {
         artist_train::grpo::train(run_dir, &mut trainer, opts)?

@@ -8,8 +8,8 @@
 //!   `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`). Rank 0 listens on
 //!   `MASTER_ADDR:MASTER_PORT` and the others connect to it; the connection carries an
 //!   opaque blob from rank 0 to everyone ([`TcpComm::share_blob`]) and CPU collectives
-//!   through rank 0 (a star: fine for rendezvous, barriers and small CPU runs, not for
-//!   large gradients).
+//!   through rank 0 (a star), except large all-reduces, which go around a ring of direct
+//!   connections between the ranks ([`TcpComm::set_ring_threshold`]).
 //! * [`Nccl`]: GPU ranks, one process per GPU, on NCCL: found through a [`TcpComm`]
 //!   (rank 0's unique id travels over it), collectives queued on the tensor crate's stream,
 //!   gradients summed where they are on the GPU ([`Communicator::all_reduce_tensor`]).
@@ -28,6 +28,7 @@ mod error;
 mod grads;
 mod inprocess;
 mod nccl;
+mod ring;
 mod tcp;
 
 pub use env::{DistEnv, EnvSource};
@@ -38,7 +39,7 @@ pub use grads::{
 };
 pub use inprocess::InProcess;
 pub use nccl::Nccl;
-pub use tcp::TcpComm;
+pub use tcp::{DEFAULT_RING_MIN_ELEMS, TcpComm};
 
 use std::time::Duration;
 

@@ -16,7 +16,11 @@ fn worker() {
     let timeout = Duration::from_millis(std::env::var("ARTIST_DIST_TEST_TIMEOUT_MS").unwrap().parse().unwrap());
     let env = DistEnv::from_env().unwrap();
     let mut c = TcpComm::connect(&env, timeout).unwrap();
+    // Ring all-reduces from RING_MIN values on, in chunks of RING_CHUNK, 4 on their way at once.
+    c.set_ring_threshold(Some(RING_MIN));
+    c.set_ring_chunking(RING_CHUNK, 4);
     let (rank, n) = (c.rank(), c.world_size());
+    let culprit = std::env::var("ARTIST_DIST_TEST_CULPRIT").map_or(n - 1, |v| v.parse().unwrap());
     let blob = c.share_blob(if rank == 0 { BLOB } else { b"ignored" }).unwrap();
     println!("BLOB {}", String::from_utf8(blob).unwrap());
     match mode.as_str() {
@@ -33,22 +37,74 @@ fn worker() {
             let g = c.all_gather(&[rank as f32, -(rank as f32)]).unwrap();
             println!("GATHER {}", bits(&g));
             c.barrier().unwrap();
+            assert!(!c.has_ring(), "small collectives stay on the star");
+            // Around the ring: twice (the second reuses it), with star collectives between
+            // and after, which the last rank reaches while rank 0 is still in the ring.
+            // Back to back as well, where the last rank announces the next one early.
+            for round in 0..2 {
+                let mut v = big(rank, BIG + round);
+                c.all_reduce_sum(&mut v).unwrap();
+                println!("RING{round} {}", digest(&v));
+                assert!(c.has_ring());
+                if round == 0 {
+                    let mut b = vec![rank as f32; 3];
+                    c.broadcast(&mut b, 0).unwrap();
+                    println!("RBCAST {}", bits(&b));
+                }
+            }
+            let mut m = big(rank, RING_MIN);
+            c.all_reduce_mean(&mut m).unwrap();
+            println!("RMEAN {}", digest(&m));
+            c.barrier().unwrap();
         }
-        "hang" | "die" => {
-            let culprit = n - 1;
+        "hang" | "die" | "ring-hang" | "ring-die" => {
+            if mode.starts_with("ring") {
+                // The ring is up before anything goes wrong.
+                c.all_reduce_sum(&mut big(rank, BIG)).unwrap();
+                assert!(c.has_ring());
+                // Every rank is done with it (the last rank's writer may still be sending).
+                c.barrier().unwrap();
+            }
+            let mut v = if mode.starts_with("ring") { big(rank, BIG) } else { vec![1.0] };
             if rank == culprit {
-                if mode == "die" {
+                if mode.ends_with("die") {
                     std::process::exit(3);
                 }
                 std::thread::sleep(timeout * 3);
                 return;
             }
             let t0 = Instant::now();
-            let e = c.all_reduce_sum(&mut [1.0]).unwrap_err();
+            let e = c.all_reduce_sum(&mut v).unwrap_err();
             println!("ERR {} {} {}", e.rank().map_or(-1, |r| r as i64), t0.elapsed().as_millis(), e);
         }
         m => panic!("unknown mode {m}"),
     }
+}
+
+const RING_MIN: usize = 3000;
+const RING_CHUNK: usize = 700;
+/// A ring all-reduce's length: 15 chunks, the last one short.
+const BIG: usize = 10_007;
+
+/// Rank `r`'s values for a ring all-reduce: magnitudes that differ by rank, so that
+/// adding in another order than rank order would change bits.
+fn big(r: usize, len: usize) -> Vec<f32> {
+    (0..len).map(|i| ((i * 7 + r * 13) as f32 * 0.37).sin() * 10f32.powi((r % 3) as i32 * 3 - 3)).collect()
+}
+
+/// The rank-order sum over `n` ranks of `big`, as the in-process communicator adds.
+fn big_sum(n: usize, len: usize) -> Vec<f32> {
+    let mut s = big(0, len);
+    for r in 1..n {
+        s.iter_mut().zip(big(r, len)).for_each(|(a, b)| *a += b);
+    }
+    s
+}
+
+/// Every value's bits, hashed (FNV-1a), and the length.
+fn digest(v: &[f32]) -> String {
+    let h = v.iter().fold(0xcbf29ce484222325u64, |h, x| (h ^ x.to_bits() as u64).wrapping_mul(0x100000001b3));
+    format!("{}:{h:016x}", v.len())
 }
 
 fn bits(v: &[f32]) -> String {
@@ -61,6 +117,11 @@ fn free_port() -> u16 {
 
 /// Starts `n` ranks of `worker` and returns each one's output, in rank order.
 fn launch(n: usize, mode: &str, timeout_ms: u64) -> Vec<Output> {
+    launch_blaming(n, mode, timeout_ms, n - 1)
+}
+
+/// As `launch`, with `culprit` the rank that hangs or dies in those modes.
+fn launch_blaming(n: usize, mode: &str, timeout_ms: u64, culprit: usize) -> Vec<Output> {
     let port = free_port();
     let exe = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..n)
@@ -69,6 +130,7 @@ fn launch(n: usize, mode: &str, timeout_ms: u64) -> Vec<Output> {
                 .args(["--exact", "worker", "--nocapture", "--test-threads=1"])
                 .env("ARTIST_DIST_TEST_MODE", mode)
                 .env("ARTIST_DIST_TEST_TIMEOUT_MS", timeout_ms.to_string())
+                .env("ARTIST_DIST_TEST_CULPRIT", culprit.to_string())
                 .env("RANK", rank.to_string())
                 .env("WORLD_SIZE", n.to_string())
                 .env("LOCAL_RANK", rank.to_string())
@@ -110,14 +172,39 @@ fn rendezvous_and_all_reduce_across_processes() {
             assert_eq!(line(out, "MEAN"), bits(&mean), "rank {r}");
             assert_eq!(line(out, "BCAST"), bits(&[(n - 1) as f32; 3]), "rank {r}");
             assert_eq!(line(out, "GATHER"), bits(&gather), "rank {r}");
+            for round in 0..2 {
+                assert_eq!(line(out, &format!("RING{round}")), digest(&big_sum(n, BIG + round)), "rank {r}");
+            }
+            assert_eq!(line(out, "RBCAST"), bits(&[0.0; 3]), "rank {r}");
+            let mean: Vec<f32> = big_sum(n, RING_MIN).iter().map(|x| x / n as f32).collect();
+            assert_eq!(line(out, "RMEAN"), digest(&mean), "rank {r}");
         }
+    }
+}
+
+#[test]
+fn ring_all_reduce_sums_in_rank_order_across_four_processes() {
+    let n = 4;
+    let outs = launch(n, "ok", 20_000);
+    // Another order of the same sum gives other bits, so rank order is what is checked.
+    let mut other = big(n - 1, BIG);
+    for r in (0..n - 1).rev() {
+        other.iter_mut().zip(big(r, BIG)).for_each(|(a, b)| *a += b);
+    }
+    assert_ne!(digest(&other), digest(&big_sum(n, BIG)));
+    for (r, out) in outs.iter().enumerate() {
+        assert!(out.status.success(), "rank {r}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(line(out, "RING0"), digest(&big_sum(n, BIG)), "rank {r}");
     }
 }
 
 /// Checks that every rank but the culprit (the last) failed naming it, in time.
 fn check_blamed(outs: &[Output], within_ms: u128) {
-    let culprit = outs.len() - 1;
-    for (r, out) in outs[..culprit].iter().enumerate() {
+    check_blamed_rank(outs, within_ms, outs.len() - 1);
+}
+
+fn check_blamed_rank(outs: &[Output], within_ms: u128, culprit: usize) {
+    for (r, out) in outs.iter().enumerate().filter(|(r, _)| *r != culprit) {
         let l = line(out, "ERR");
         let mut it = l.splitn(3, ' ');
         let (blamed, ms, msg) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
@@ -140,6 +227,25 @@ fn a_dead_process_is_named_at_once() {
     let outs = launch(3, "die", 10_000);
     check_blamed(&outs, 3000);
     assert!(line(&outs[0], "ERR").contains("rank 2 left the group"));
+}
+
+#[test]
+fn a_rank_that_hangs_in_the_ring_is_named_within_the_timeout() {
+    // The last rank (rank 0's source of finished chunks) and a rank in the middle.
+    for (n, culprit) in [(3, 2), (4, 1)] {
+        let outs = launch_blaming(n, "ring-hang", 1000, culprit);
+        check_blamed_rank(&outs, 1800, culprit);
+        assert!(line(&outs[0], "ERR").contains(&format!("rank {culprit} did not join all_reduce")));
+    }
+}
+
+#[test]
+fn a_rank_that_dies_in_the_ring_is_named_at_once() {
+    for (n, culprit) in [(3, 2), (4, 1), (4, 2)] {
+        let outs = launch_blaming(n, "ring-die", 10_000, culprit);
+        check_blamed_rank(&outs, 3000, culprit);
+        assert!(line(&outs[0], "ERR").contains(&format!("rank {culprit} left the group")), "n {n}, culprit {culprit}");
+    }
 }
 
 fn env(rank: usize, world_size: usize, port: u16) -> DistEnv {
