@@ -12,7 +12,9 @@
 //! (`iter_custom`), so launch latency is counted only as the GPU sees it.
 //!
 //! `mem/paged_decode_*` times one decode step's attention over a paged KV cache (32 sequences
-//! of 4096 positions): the heads grouped by KV head and one warp per head.
+//! of 4096 positions): the heads grouped by KV head and one warp per head. `mem/gemv_1p5b_*`
+//! times batch-1 decode's products at Qwen2.5-1.5B shapes (`ARTIST_GEMV_SPLIT=1` turns off
+//! the split of k over several warps, for the ratio).
 //!
 //! Without a GPU it says so and exits; `ARTIST_CUDA=emulator` runs it on the CPU emulator at
 //! tiny sizes (a smoke test of the harness, not a measurement).
@@ -197,7 +199,26 @@ fn bench_mem(c: &mut Criterion, dev: Device) {
         b.iter_custom(|k| timed(k, &mut || _ = black_box(gr.sum_squares_f64().unwrap())))
     });
     bench_paged_decode(&mut g, dev);
+    bench_gemv(&mut g, dev);
     g.finish();
+}
+
+/// Batch-1 decode products of a Qwen2.5-1.5B shape (hidden 1536, intermediate 8960, 12 query
+/// and 2 KV heads of 128): f32 activations against a bf16 weight, the weight read once
+/// (kernels/gemv.cu). Bytes: the weight, the activations and the outputs. The sum of the
+/// four per layer is what batch-1 decode's bandwidth bound rests on. PyTorch's peer:
+/// `F.linear` of a bf16 row (cuBLAS's own gemv).
+fn bench_gemv(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, dev: Device) {
+    let div = if cuda::backend() == cuda::Backend::Emulator { 8 } else { 1 };
+    let (h, i, qkv) = (1536 / div, 8960 / div, (12 + 2 * 2) * 128 / div);
+    for (name, k, n) in [("qkv", h, qkv), ("o", h, h), ("gate_up", h, 2 * i), ("down", i, h)] {
+        let x = randn(&[1, k], DType::F32, dev, 40);
+        let w = randn(&[n, k], DType::BF16, dev, 41);
+        g.throughput(Throughput::BytesDecimal((n * k * 2 + k * 4 + n * 4) as u64));
+        g.bench_function(format!("gemv_1p5b_{name}"), |b| {
+            b.iter_custom(|it| timed(it, &mut || drop(black_box(x.linear(&w, None).unwrap()))))
+        });
+    }
 }
 
 /// Attention of one decode step over a paged KV cache: `decode_rows` sequences of

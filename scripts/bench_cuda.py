@@ -133,6 +133,12 @@ def torch_cases():
                 lambda: F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=True))
     except (RuntimeError, TypeError) as e:  # an older PyTorch without enable_gqa
         print(f"PyTorch decode attention skipped: {e}", file=sys.stderr)
+    # Batch-1 decode products of a Qwen2.5-1.5B shape: a bf16 row times a bf16 weight.
+    h, i, qkv = 1536, 8960, (12 + 2 * 2) * 128
+    for name, k, n in [("qkv", h, qkv), ("o", h, h), ("gate_up", h, 2 * i), ("down", i, h)]:
+        xg, wg = r(1, k), r(n, k)
+        with torch.no_grad():
+            out[f"mem/gemv_1p5b_{name}"] = median_ms(lambda: F.linear(xg, wg))
     return out
 
 

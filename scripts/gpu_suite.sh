@@ -108,6 +108,9 @@ if wants bench; then
     guarded mem_element_by_element.log env ARTIST_VEC=0 "$u/cuda_kernels" --bench \
         'mem/(copy|add|cast|rms|rope|silu|softmax|log_softmax|embedding|token|adamw)'
 
+    step "batch-1 decode products without the split of k (ARTIST_GEMV_SPLIT=1), for the ratio"
+    guarded gemv_unsplit.log env ARTIST_GEMV_SPLIT=1 "$u/cuda_kernels" --bench 'mem/gemv'
+
     step "rollouts beside transformers' generate"
     shape=(--model 1.5b --prompts "${ROLLOUT_PROMPTS:-4}" --group 8 --prompt-len 512 --new "${ROLLOUT_NEW:-128}" --decode 64)
     guarded rollout.jsonl "$u/rollout" --device cuda "${shape[@]}"

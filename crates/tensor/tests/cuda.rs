@@ -727,11 +727,12 @@ fn linear_matches_in_every_weight_dtype() {
 /// read once and widened in registers), not through a widened copy for cuBLAS: the CPU's
 /// values, and each row's bits independent of how many rows come with it (what padding a
 /// decode step relies on). Nine rows, a k that is not a multiple of 8, or a weight view that
-/// is not contiguous take the widening path.
+/// is not contiguous take the widening path. The shapes split k over 1 (k 64), 2 (512, 70),
+/// 4 (1536, 300) and 8 (2048, 40) warps per group of rows (`gemv_split`).
 #[test]
 fn decode_sized_linear_reads_half_weights_in_place() {
     let dev = gpu_or_skip!();
-    for (k, n) in [(64, 1), (64, 37), (1536, 300)] {
+    for (k, n) in [(64, 1), (64, 37), (512, 70), (1536, 300), (2048, 40)] {
         let w = randn(&[n, k], 180 + k as u64);
         let bias = randn(&[n], 181);
         for wd in [DType::BF16, DType::F16] {

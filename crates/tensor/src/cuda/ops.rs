@@ -804,6 +804,30 @@ pub(crate) fn matmul(
 /// (`graph_batch_size`) takes the kernel its unpadded step takes.
 pub(crate) const GEMV_MAX_ROWS: usize = 8;
 
+/// Warps that share each group of 4 weight rows in `gemv_*`, each taking a slice of k: 1,
+/// 2, 4 or 8. Doubled while the product would occupy fewer than 2048 warps (about 16 per SM
+/// of an H100, what keeps its memory busy) and each warp still has a full pass of its 32
+/// lanes over 8-element chunks. A function of the shape alone, so the sums' order does not
+/// depend on the GPU. Qwen2.5-1.5B: 8 for the down projection (n 1536, k 8960), 4 for the
+/// fused q, k, v projection (n 2048) and for o, 1 for the fused gate and up (n 17920) and
+/// the LM head. `ARTIST_GEMV_SPLIT=1` (or 2, 4, 8) forces it, for benchmarks.
+pub(crate) fn gemv_split(k: usize, n: usize) -> usize {
+    const TARGET_WARPS: usize = 2048;
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = FORCED.get_or_init(|| {
+        std::env::var("ARTIST_GEMV_SPLIT").ok().and_then(|v| v.parse().ok()).filter(|s| [1, 2, 4, 8].contains(s))
+    });
+    if let Some(s) = forced {
+        return *s;
+    }
+    let (groups, chunks) = (n.div_ceil(4), k / 8);
+    let mut split = 1;
+    while split < 8 && groups * split < TARGET_WARPS && chunks >= 32 * 2 * split {
+        split *= 2;
+    }
+    split
+}
+
 /// `x @ w^T` for f32 `x: [rows, k]` and a half-precision `w: [n, k]`, exactly as the
 /// weights' f32 widening would give (up to the order of the sums). Up to
 /// [`GEMV_MAX_ROWS`] rows, one kernel reads each weight once and widens it in registers;
@@ -834,9 +858,17 @@ pub(crate) fn linear_widening(
         let (w, wp) = contiguous(w)?;
         if xp % 16 == 0 && wp % 16 == 0 {
             // Decode-sized: the weights read once, widened in registers (kernels/gemv.cu).
-            let cfg = LaunchCfg::linear(dev.blocks_for(n.div_ceil(4) * 32, 256), 256);
-            let args =
-                Args::new().arg(rows as i64).arg(k as i64).arg(n as i64).arg(xp).arg(wp).arg(c).arg(round_x as i32);
+            let split = gemv_split(k, n);
+            let cfg = LaunchCfg::linear(dev.blocks_for(n.div_ceil(4) * split * 32, 256), 256);
+            let args = Args::new()
+                .arg(rows as i64)
+                .arg(k as i64)
+                .arg(n as i64)
+                .arg(xp)
+                .arg(wp)
+                .arg(c)
+                .arg(round_x as i32)
+                .arg(split as i32);
             dev.launch("gemv", format!("gemv_{}", suffix(w.dtype())), cfg, args)?;
             return Ok(out);
         }
@@ -1424,5 +1456,26 @@ mod tests {
         let s = Strided::new("t", w.shape(), &[w.layout()]).unwrap().vectorized(&[(p, 2)], &[]);
         assert_eq!(s.mode(), 3);
         assert!(vec8_aligned(8, 1) && !vec8_aligned(4, 1) && vec8_aligned(16, 4) && !vec8_aligned(8, 4));
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::gemv_split;
+
+    #[test]
+    fn gemv_splits_k_where_the_rows_are_few() {
+        if std::env::var_os("ARTIST_GEMV_SPLIT").is_some() {
+            return;
+        }
+        // Qwen2.5-1.5B's decode projections: fused qkv, o, fused gate and up, down, the LM head.
+        let got: Vec<usize> = [(1536, 2048), (1536, 1536), (1536, 17_920), (8960, 1536), (1536, 151_936)]
+            .map(|(k, n)| gemv_split(k, n))
+            .into();
+        assert_eq!(got, [4, 4, 1, 8, 1]);
+        // Never a slice shorter than one pass of the warp's lanes.
+        assert_eq!(gemv_split(256, 1), 1);
+        assert_eq!(gemv_split(512, 1), 2);
+        assert_eq!(gemv_split(64, 1), 1);
     }
 }
