@@ -321,6 +321,12 @@ __device__ __forceinline__ void chunk_store(T* p, const Vec8<T>& r, int vec) {
     }
 }
 
+// Kernels launched with one block per row take up to ROW_BLOCK_MAX threads (`row_threads`
+// in ops.rs: a vocabulary row gets 1024). `__launch_bounds__(ROW_BLOCK_MAX, 1)` makes ptxas keep
+// them within 64 registers, so such a launch can never fail for want of registers.
+#define ROW_BLOCK_MAX 1024
+#define ROW_KERNEL extern "C" __global__ void __launch_bounds__(ROW_BLOCK_MAX, 1)
+
 #define ROW_CHUNKS(c, cols) for (i64 c = threadIdx.x; c < (cols) / 8; c += blockDim.x)
 #define ROW_TAIL(j, cols) for (i64 j = (cols) / 8 * 8 + threadIdx.x; j < (cols); j += blockDim.x)
 

@@ -152,7 +152,7 @@ __device__ void topk_impl(i64 rows, i64 cols, i64 k, const T* x, T* values, u32*
         index_add_impl<T>(outer, n, size, inner, ids, src, dst);                                        \
     }                                                                                                   \
     ARTIST_EXPORT(index_add_##S)                                                                        \
-    extern "C" __global__ void topk_##S(i64 rows, i64 cols, i64 k, const T* x, T* values, u32* indices) { \
+    ROW_KERNEL topk_##S(i64 rows, i64 cols, i64 k, const T* x, T* values, u32* indices) {               \
         topk_impl<T>(rows, cols, k, x, values, indices);                                                \
     }                                                                                                   \
     ARTIST_EXPORT(topk_##S)

@@ -107,7 +107,7 @@ __device__ void arg_cols_impl(int max, i64 outer, i64 k, i64 inner, const T* x, 
 }
 
 #define REDUCE(T, S)                                                                                       \
-    extern "C" __global__ void reduce_rows_##S(int op, i64 rows, i64 k, const T* x, T* out) {             \
+    ROW_KERNEL reduce_rows_##S(int op, i64 rows, i64 k, const T* x, T* out) {                              \
         reduce_rows_impl<T>(op, rows, k, x, out);                                                          \
     }                                                                                                      \
     ARTIST_EXPORT(reduce_rows_##S)                                                                         \
@@ -115,7 +115,7 @@ __device__ void arg_cols_impl(int max, i64 outer, i64 k, i64 inner, const T* x, 
         reduce_cols_impl<T>(op, outer, k, inner, x, out);                                                  \
     }                                                                                                      \
     ARTIST_EXPORT(reduce_cols_##S)                                                                         \
-    extern "C" __global__ void arg_rows_##S(int max, i64 rows, i64 k, const T* x, u32* out) {             \
+    ROW_KERNEL arg_rows_##S(int max, i64 rows, i64 k, const T* x, u32* out) {                              \
         arg_rows_impl<T>(max, rows, k, x, out);                                                            \
     }                                                                                                      \
     ARTIST_EXPORT(arg_rows_##S)                                                                            \

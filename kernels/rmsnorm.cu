@@ -53,7 +53,7 @@ __device__ void rms_norm_impl(i64 rows, i64 cols, float eps, int vec, const T* x
 }
 
 #define RMS_NORM(T, S)                                                                                 \
-    extern "C" __global__ void rms_norm_##S(i64 rows, i64 cols, float eps, int vec, const T* x,        \
+    ROW_KERNEL rms_norm_##S(i64 rows, i64 cols, float eps, int vec, const T* x,                        \
                                             const T* w, T* y) {                                        \
         rms_norm_impl<T>(rows, cols, eps, vec, x, w, y);                                               \
     }                                                                                                  \
@@ -96,7 +96,7 @@ __device__ void add_rms_norm_impl(i64 rows, i64 cols, float eps, int vec, const 
 }
 
 #define ADD_RMS_NORM(T, S)                                                                              \
-    extern "C" __global__ void add_rms_norm_##S(i64 rows, i64 cols, float eps, int vec, const T* x,     \
+    ROW_KERNEL add_rms_norm_##S(i64 rows, i64 cols, float eps, int vec, const T* x,                     \
                                                 const T* res, const T* w, T* sum, T* y) {               \
         add_rms_norm_impl<T>(rows, cols, eps, vec, x, res, w, sum, y);                                  \
     }                                                                                                   \
@@ -156,7 +156,7 @@ __device__ void rms_norm_bwd_dw_impl(i64 rows, i64 cols, i64 chunk, const T* x, 
 }
 
 #define RMS_NORM_BWD(T, S)                                                                              \
-    extern "C" __global__ void rms_norm_bwd_##S(i64 rows, i64 cols, float eps, int vec, const T* x,     \
+    ROW_KERNEL rms_norm_bwd_##S(i64 rows, i64 cols, float eps, int vec, const T* x,                     \
                                                 const T* w, const float* g, float* dx, float* rinv) {   \
         rms_norm_bwd_impl<T>(rows, cols, eps, vec, x, w, g, dx, rinv);                                  \
     }                                                                                                   \

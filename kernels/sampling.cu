@@ -65,7 +65,7 @@ __device__ u64 search_key(const float* probs, i64 vocab, u64 lo, u64 hi, int mod
     return lo;
 }
 
-extern "C" __global__ void sample_f32(i64 vocab, const float* logits, const SamplePick* picks, float* probs,
+ROW_KERNEL sample_f32(i64 vocab, const float* logits, const SamplePick* picks, float* probs,
                                       u32* ids, float* logprobs) {
     const SamplePick pk = picks[blockIdx.x];
     const float* l = logits + pk.row * vocab;

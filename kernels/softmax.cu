@@ -57,7 +57,7 @@ __device__ void softmax_impl(i64 rows, i64 cols, int log, int vec, const T* x, T
 }
 
 #define SOFTMAX(T, S)                                                                                 \
-    extern "C" __global__ void softmax_##S(i64 rows, i64 cols, int log, int vec, const T* x, T* y) { \
+    ROW_KERNEL softmax_##S(i64 rows, i64 cols, int log, int vec, const T* x, T* y) {                  \
         softmax_impl<T>(rows, cols, log, vec, x, y);                                                  \
     }                                                                                                 \
     ARTIST_EXPORT(softmax_##S)
