@@ -212,6 +212,7 @@ BLOCK_REDUCE(block_min, float, warp_min, inf_f32())
 #define STRIDED_CONTIGUOUS 1  // every operand contiguous from its start: offset = start + i
 #define STRIDED_NARROW 2      // every index and offset fits 32 bits: cheaper divisions
 #define STRIDED_VEC8 3        // contiguous, and every pointer aligned for whole vectors (Vec8)
+#define STRIDED_ROWS_VEC8 4   // rows of whole vectors: see `vector_mode`
 struct Strided {
     i32 rank;
     i32 mode;
@@ -240,6 +241,17 @@ __device__ __forceinline__ i64 strided_offset(const Strided& s, int k, i64 i) {
         i = q;
     }
     return off;
+}
+
+// Whether a kernel may take elements 8v .. 8v + 7 as one vector at strided_offset(s, k, 8v)
+// of every operand. STRIDED_VEC8: everything contiguous. STRIDED_ROWS_VEC8: the innermost
+// dimension is contiguous in every operand and a multiple of 8 long, and every other stride
+// and every start is a multiple of 8 elements (row-strided views such as the gate and up
+// halves of a fused projection, a bias row broadcast over rows, a write into a column
+// slice): a vector never crosses a row, and its offset, in 64-bit arithmetic, is computed
+// once for its 8 elements.
+__device__ __forceinline__ bool vector_mode(const Strided& s) {
+    return s.mode == STRIDED_VEC8 || s.mode == STRIDED_ROWS_VEC8;
 }
 
 __device__ __forceinline__ i64 global_thread() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }

@@ -95,16 +95,15 @@ __device__ __forceinline__ float binary_apply(int op, float x, float y, float a,
 
 template <class T>
 __device__ void unary_impl(i64 n, int op, float a, float b, Strided s, const T* x, T* y) {
-    if (s.mode == STRIDED_VEC8) {
-        const T* xs = x + s.start[0];
+    if (vector_mode(s)) {
         VEC8_STRIDE(v, n) {
             Vec8<T> u, r;
-            load8(u, xs + 8 * v);
+            load8(u, x + strided_offset(s, 0, 8 * v));
 #pragma unroll
             for (int e = 0; e < 8; ++e) r.e[e] = from_f32<T>(unary_apply(op, to_f32(u.e[e]), a, b));
             store8(y + 8 * v, r);
         }
-        VEC8_TAIL(i, n) { y[i] = from_f32<T>(unary_apply(op, to_f32(xs[i]), a, b)); }
+        VEC8_TAIL(i, n) { y[i] = from_f32<T>(unary_apply(op, to_f32(x[strided_offset(s, 0, i)]), a, b)); }
         return;
     }
     GRID_STRIDE(i, n) { y[i] = from_f32<T>(unary_apply(op, to_f32(x[strided_offset(s, 0, i)]), a, b)); }
@@ -112,18 +111,19 @@ __device__ void unary_impl(i64 n, int op, float a, float b, Strided s, const T* 
 
 template <class T>
 __device__ void binary_impl(i64 n, int op, float a, float b, Strided s, const T* x, const T* y, T* out) {
-    if (s.mode == STRIDED_VEC8) {
-        const T* xs = x + s.start[0];
-        const T* ys = y + s.start[1];
+    if (vector_mode(s)) {
         VEC8_STRIDE(v, n) {
             Vec8<T> u, w, r;
-            load8(u, xs + 8 * v);
-            load8(w, ys + 8 * v);
+            load8(u, x + strided_offset(s, 0, 8 * v));
+            load8(w, y + strided_offset(s, 1, 8 * v));
 #pragma unroll
             for (int e = 0; e < 8; ++e) r.e[e] = from_f32<T>(binary_apply(op, to_f32(u.e[e]), to_f32(w.e[e]), a, b));
             store8(out + 8 * v, r);
         }
-        VEC8_TAIL(i, n) { out[i] = from_f32<T>(binary_apply(op, to_f32(xs[i]), to_f32(ys[i]), a, b)); }
+        VEC8_TAIL(i, n) {
+            float u = to_f32(x[strided_offset(s, 0, i)]);
+            out[i] = from_f32<T>(binary_apply(op, u, to_f32(y[strided_offset(s, 1, i)]), a, b));
+        }
         return;
     }
     GRID_STRIDE(i, n) {
@@ -251,18 +251,16 @@ __device__ __forceinline__ B convert(A x) {
 
 template <class A, class B, bool RAW>
 __device__ void convert_impl(i64 n, Strided s, const A* src, B* dst) {
-    if (s.mode == STRIDED_VEC8) {
-        const A* xs = src + s.start[1];
-        B* ys = dst + s.start[0];
+    if (vector_mode(s)) {
         VEC8_STRIDE(v, n) {
             Vec8<A> x;
             Vec8<B> y;
-            load8(x, xs + 8 * v);
+            load8(x, src + strided_offset(s, 1, 8 * v));
 #pragma unroll
             for (int e = 0; e < 8; ++e) y.e[e] = convert<A, B, RAW>(x.e[e]);
-            store8(ys + 8 * v, y);
+            store8(dst + strided_offset(s, 0, 8 * v), y);
         }
-        VEC8_TAIL(i, n) { ys[i] = convert<A, B, RAW>(xs[i]); }
+        VEC8_TAIL(i, n) { dst[strided_offset(s, 0, i)] = convert<A, B, RAW>(src[strided_offset(s, 1, i)]); }
         return;
     }
     GRID_STRIDE(i, n) { dst[strided_offset(s, 0, i)] = convert<A, B, RAW>(src[strided_offset(s, 1, i)]); }

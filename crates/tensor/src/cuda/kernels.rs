@@ -11,7 +11,8 @@ include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Strided {
     rank: i32,
-    /// 0: 64-bit index arithmetic; 1: contiguous; 2: everything fits 32 bits.
+    /// 0: 64-bit index arithmetic; 1: contiguous; 2: everything fits 32 bits; 3: contiguous
+    /// whole vectors; 4: rows of whole vectors ([`Strided::vectorized`]).
     mode: i32,
     dims: [i64; 8],
     strides: [[i64; 8]; 3],
@@ -103,29 +104,45 @@ pub(crate) fn vectors_enabled() -> bool {
 }
 
 impl Strided {
-    /// The same description in mode 3 (STRIDED_VEC8: whole vectors of eight elements) when
-    /// it is contiguous and every pointer is aligned for them. `bases` are the operands'
-    /// storage pointers and element sizes, in operand order (their starts are added here);
-    /// `others` are further contiguous pointers of the launch, such as its output.
+    /// The same description on whole vectors of eight elements where every pointer is
+    /// aligned for them: mode 3 (STRIDED_VEC8) when it is contiguous; mode 4
+    /// (STRIDED_ROWS_VEC8) when the innermost dimension is contiguous in every operand and a
+    /// multiple of 8 long, and every outer stride a multiple of 8 elements, so that a vector
+    /// never crosses a row and each one's first element is aligned (`vector_mode` in
+    /// kernels/common.cuh). `bases` are the operands' storage pointers and element sizes, in
+    /// operand order (their starts are added here); `others` are further contiguous pointers
+    /// of the launch, such as its output.
     pub fn vectorized(mut self, bases: &[(u64, usize)], others: &[(u64, usize)]) -> Strided {
         let operands = bases.iter().zip(self.start).all(|(&(p, e), st)| vec8_aligned(p + st as u64 * e as u64, e));
-        if self.mode == 1 && operands && vec8_all(others) {
+        if !operands || !vec8_all(others) {
+            return self;
+        }
+        let r = self.rank as usize;
+        let rows = r >= 1
+            && self.dims[r - 1] % 8 == 0
+            && (0..bases.len())
+                .all(|k| self.strides[k][r - 1] == 1 && self.strides[k][..r - 1].iter().all(|s| s % 8 == 0));
+        if self.mode == 1 {
             self.mode = 3;
+        } else if rows {
+            self.mode = 4;
         }
         self
     }
 
-    /// Threads that cover `n` elements: one per vector of eight in mode 3, one per element
-    /// otherwise.
+    /// Threads that cover `n` elements: one per vector of eight in modes 3 and 4, one per
+    /// element otherwise.
     pub fn work_items(&self, n: usize) -> usize {
-        vec_items(n, self.mode == 3)
+        vec_items(n, matches!(self.mode, 3 | 4))
     }
 
     /// The same description with the one-element loop forced (tests of the vector path).
     #[cfg(test)]
     pub fn scalar(mut self) -> Strided {
-        if self.mode == 3 {
-            self.mode = 1;
+        match self.mode {
+            3 => self.mode = 1,
+            4 => self.mode = 0,
+            _ => {}
         }
         self
     }

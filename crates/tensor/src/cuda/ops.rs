@@ -1457,6 +1457,95 @@ mod tests {
         assert_eq!(s.mode(), 3);
         assert!(vec8_aligned(8, 1) && !vec8_aligned(4, 1) && vec8_aligned(16, 4) && !vec8_aligned(8, 4));
     }
+
+    /// Row-strided operands (mode 4: the gate and up halves of a fused projection, a bias
+    /// row broadcast over the rows, a write into a column slice) move as whole vectors with
+    /// the one-element loop's bits; rows that a vector would cross, or that start off a
+    /// vector's alignment, keep the one-element loop.
+    #[test]
+    fn row_strided_views_take_whole_vectors() {
+        crate::cuda::test_backend().expect("the emulator is built in for tests");
+        if !crate::cuda::kernels::vectors_enabled() {
+            eprintln!("skipped: ARTIST_VEC=0 turns the vector paths off");
+            return;
+        }
+        let dev = Device::cuda(0).unwrap();
+        let values = |n: usize, f: f32| (0..n).map(|i| (i as f32 * f).sin() * 3.0 + 0.1).collect::<Vec<f32>>();
+        let (rows, cols) = (5usize, 24usize);
+        let shape = Shape::from(vec![rows, cols]);
+        for d in [DType::F32, DType::BF16, DType::F16] {
+            let es = d.size_in_bytes();
+            let fused = Tensor::from_vec(values(rows * 2 * cols, 0.37), vec![rows, 2 * cols], dev)
+                .unwrap()
+                .to_dtype(d)
+                .unwrap();
+            let (gate, up) = (fused.narrow(1, 0, cols).unwrap(), fused.narrow(1, cols, cols).unwrap());
+            let bias = Tensor::from_vec(values(cols, 0.11), cols, dev).unwrap().to_dtype(d).unwrap();
+            let bias_rows = bias.layout().broadcast_as(&shape).unwrap();
+            let (dv, fp) = raw(&fused);
+            let (_, bp) = raw(&bias);
+            // Returns the output's bytes, and the mode the aligned description took.
+            let binary = |op: BinaryOp, y: (u64, &Layout), vec: bool| {
+                let (out, o) = empty(&dv, d, shape.clone()).unwrap();
+                let mut s = Strided::new("t", &shape, &[gate.layout(), y.1])
+                    .unwrap()
+                    .vectorized(&[(fp, es), (y.0, es)], &[(o, es)]);
+                let mode = s.mode();
+                if !vec {
+                    s = s.scalar();
+                }
+                let args = Args::new()
+                    .arg((rows * cols) as i64)
+                    .arg(op as i32)
+                    .arg(0f32)
+                    .arg(0f32)
+                    .arg(s)
+                    .arg(fp)
+                    .arg(y.0)
+                    .arg(o);
+                dv.launch("elementwise", format!("binary_{}", suffix(d)), strided_cfg(&dv, rows * cols, &s), args)
+                    .unwrap();
+                (out.to_bytes().unwrap(), mode)
+            };
+            for (name, op, y) in
+                [("silu_mul", BinaryOp::SiluMul, (fp, up.layout())), ("bias add", BinaryOp::Add, (bp, &bias_rows))]
+            {
+                let ((v, mode), (e, _)) = (binary(op, y, true), binary(op, y, false));
+                assert_eq!(mode, 4, "{name} {d}: rows of whole vectors");
+                assert_eq!(v, e, "{name} {d}: the vector path changed bits");
+            }
+            // A cast out of a column slice, and a write into one (operand 0 the destination).
+            for vec in [true, false] {
+                let dst = Tensor::zeros(vec![rows, cols + 16], d, dev).unwrap();
+                let window = dst.narrow(1, 8, cols).unwrap();
+                let (_, dp) = raw(&dst);
+                let mut s = Strided::new("t", &shape, &[window.layout(), up.layout()])
+                    .unwrap()
+                    .vectorized(&[(dp, es), (fp, es)], &[]);
+                assert_eq!(s.mode(), 4, "copy into a column slice, {d}");
+                if !vec {
+                    s = s.scalar();
+                }
+                let args = Args::new().arg((rows * cols) as i64).arg(s).arg(fp).arg(dp);
+                dv.launch("elementwise", format!("copy_{}", bytes_suffix(d)), strided_cfg(&dv, rows * cols, &s), args)
+                    .unwrap();
+                assert_eq!(
+                    window.to_f32_vec().unwrap(),
+                    up.to_f32_vec().unwrap(),
+                    "copy into a column slice, {d}, vec {vec}"
+                );
+            }
+        }
+        // 20 columns: a vector would cross rows. A slice starting 4 elements in: misaligned
+        // for 16-bit vectors. Both keep the one-element loop.
+        let t = Tensor::zeros(vec![4, 48], DType::BF16, dev).unwrap();
+        let (_, p) = raw(&t);
+        for (start, len) in [(0, 20), (4, 24)] {
+            let v = t.narrow(1, start, len).unwrap();
+            let s = Strided::new("t", v.shape(), &[v.layout()]).unwrap().vectorized(&[(p, 2)], &[]);
+            assert!(!matches!(s.mode(), 3 | 4), "columns {start}..{}: mode {}", start + len, s.mode());
+        }
+    }
 }
 
 #[cfg(test)]
