@@ -186,6 +186,49 @@ __device__ void silu_mul_bwd_impl(i64 n, int vec, const T* gate, const T* up, co
     ARTIST_EXPORT(silu_mul_bwd_##S)
 FLOAT_TYPES(SILU_MUL_BWD)
 
+// The same gradients for the fused output of a gate-and-up projection: gu holds rows of
+// [gate | up] (2 cols wide, contiguous), g rows of cols; out gets f32 rows of [dgate | dup],
+// each rounded to T first, as silu_mul_bwd's. `vec` != 0: cols is a multiple of 8 and every
+// pointer is aligned for Vec8 (the host's choice), so a vector never crosses a row.
+template <class T>
+__device__ void swiglu_bwd_impl(i64 rows, i64 cols, int vec, const T* gu, const T* g, float* out) {
+    const i64 n = rows * cols;
+    if (vec) {
+        VEC8_STRIDE(v, n) {
+            const i64 r = 8 * v / cols, c = 8 * v - r * cols;
+            Vec8<T> x, u, gv, dx, du;
+            load8(x, gu + 2 * r * cols + c);
+            load8(u, gu + 2 * r * cols + cols + c);
+            load8(gv, g + 8 * v);
+            Vec8<float> fx, fu;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                silu_mul_bwd_one(x.e[e], u.e[e], gv.e[e], &dx.e[e], &du.e[e]);
+                fx.e[e] = to_f32(dx.e[e]);
+                fu.e[e] = to_f32(du.e[e]);
+            }
+            store8(out + 2 * r * cols + c, fx);
+            store8(out + 2 * r * cols + cols + c, fu);
+        }
+        return;
+    }
+    GRID_STRIDE(i, n) {
+        const i64 r = i / cols, c = i - r * cols;
+        T dx, du;
+        silu_mul_bwd_one(gu[2 * r * cols + c], gu[2 * r * cols + cols + c], g[i], &dx, &du);
+        out[2 * r * cols + c] = to_f32(dx);
+        out[2 * r * cols + cols + c] = to_f32(du);
+    }
+}
+
+#define SWIGLU_BWD(T, S)                                                                             \
+    extern "C" __global__ void swiglu_bwd_##S(i64 rows, i64 cols, int vec, const T* gu, const T* g,  \
+                                              float* out) {                                          \
+        swiglu_bwd_impl<T>(rows, cols, vec, gu, g, out);                                             \
+    }                                                                                                \
+    ARTIST_EXPORT(swiglu_bwd_##S)
+FLOAT_TYPES(SWIGLU_BWD)
+
 // ---- comparisons: U8 of 0 and 1, in the element type's own order ------------------------
 
 #define C_EQ 0

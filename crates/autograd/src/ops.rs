@@ -349,6 +349,29 @@ impl Var {
         })
     }
 
+    /// `silu(gate) * up` of the fused `self = [gate | up]` along the last dim (`[.., 2 i]`,
+    /// the output of a fused gate-and-up projection) : `[.., i]`. The same values and
+    /// gradients as `narrow`, `narrow` and [`Var::silu_mul`], but backward writes the fused
+    /// gradient in one pass ([`Tensor::swiglu_backward`]) instead of filling two zeroed
+    /// gradients of the whole width, copying into each and adding them.
+    pub fn swiglu(&self) -> Result<Var> {
+        let width = self.value.dims().last().copied().unwrap_or(0);
+        if width % 2 != 0 {
+            return Err(invalid!("swiglu", "the last dim ({width}) is not the two halves gate and up"));
+        }
+        let i = width / 2;
+        let value = self.value.narrow(-1, 0, i)?.silu_mul(&self.value.narrow(-1, i, i)?)?;
+        let gu = self.value.clone();
+        Var::record("swiglu", &[self], value, move |g, _| {
+            if g.dtype() == gu.dtype() {
+                return Ok(vec![Some(gu.swiglu_backward(&g)?)]);
+            }
+            // A gradient of another dtype (the tape passes an f32 gradient through a cast
+            // as it is): both widened to f32, as the composition over a widened input.
+            Ok(vec![Some(gu.to_dtype(DType::F32)?.swiglu_backward(&g.to_dtype(DType::F32)?)?)])
+        })
+    }
+
     /// Causal attention with grouped-query heads (see `Tensor::causal_attention`):
     /// `q: [t, heads, d]` holds the last `t` of `len` positions, `k`, `v: [len, kv_heads,
     /// d]`. Returns `[t, heads, d]`. Backward recomputes the probabilities from the saved

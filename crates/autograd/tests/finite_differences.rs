@@ -329,6 +329,8 @@ fn normalisation_and_attention_pieces() {
     check("rope", vec![q], |v| v[0].rope(&cos, &sin));
     let (gate, up) = (rand_tensor(&mut g, &[4, 5], -3.0, 3.0), rand_tensor(&mut g, &[4, 5], -1.0, 1.0));
     check("silu_mul", vec![gate, up], |v| v[0].silu_mul(&v[1]));
+    let gate_up = rand_tensor(&mut g, &[4, 10], -3.0, 3.0);
+    check("swiglu", vec![gate_up], |v| v[0].swiglu());
     // Fused causal attention: GQA (4 query heads over 2 KV heads), the queries being the
     // last 3 of 5 positions.
     let (q, k, v) = (
@@ -485,5 +487,39 @@ fn bf16_attention_on_the_cpu_differentiates_its_widening() {
         let (a, b) = (grads.get(p.id()).unwrap().to_f32_vec().unwrap(), fused.to_f32_vec().unwrap());
         let worst = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(worst < 1e-5, "{}: {worst}", p.name());
+    }
+}
+
+/// The fused SwiGLU gives the values and gradients of its composition (`narrow`, `narrow`,
+/// `silu_mul`) in f32. The f32 gradient of a bf16 output (the tape passes it through the
+/// cast as it is; the composition refuses it, multiplying f32 by bf16) gives the
+/// composition's gradient over the input widened to f32.
+#[test]
+fn swiglu_equals_narrow_narrow_silu_mul() {
+    let mut g = rng();
+    for dt in [DType::F32, DType::BF16] {
+        let x = rand_tensor(&mut g, &[6, 2 * 13], -3.0, 3.0).to_dtype(dt).unwrap();
+        let r = rand_tensor(&mut g, &[6, 13], -1.0, 1.0);
+        let run = |fused: bool| {
+            let p = Param::new("x", x.copy().unwrap());
+            let tape = Tape::new();
+            let v = tape.param(&p);
+            let out = if fused {
+                v.swiglu().unwrap()
+            } else {
+                let v = v.to_dtype(DType::F32).unwrap();
+                v.narrow(1, 0, 13).unwrap().silu_mul(&v.narrow(1, 13, 13).unwrap()).unwrap()
+            };
+            let value = out.value().to_f32_vec().unwrap();
+            let loss = out.to_dtype(DType::F32).unwrap().mul(&Var::constant(r.clone())).unwrap().sum_all().unwrap();
+            let grads = tape.backward(&loss).unwrap();
+            (value, grads.get(p.id()).unwrap().to_f32_vec().unwrap())
+        };
+        let ((v1, g1), (v2, g2)) = (run(true), run(false));
+        if dt == DType::F32 {
+            assert_eq!(v1, v2, "values");
+        }
+        // Equal as numbers: the composition adds a zero to each half, which turns -0 into +0.
+        assert_eq!(g1, g2, "{dt}: gradients");
     }
 }

@@ -207,7 +207,7 @@ impl Layer {
     }
 
     fn forward(&self, ctx: &Ctx, x: &Var, spans: &[Span], mut cache: Option<(&mut KvCache, usize)>) -> Result<Var> {
-        let Dims { heads, kv_heads, head_dim: d, intermediate: i, eps } = self.dims;
+        let Dims { heads, kv_heads, head_dim: d, eps, .. } = self.dims;
         let h = x.rms_norm(&norm_weight(ctx, &self.input_layernorm)?, eps)?;
         let qkv = self.qkv_proj.forward(ctx, &h)?; // [total, (heads + 2 kv_heads) * d]
         let q = qkv.narrow(1, 0, heads * d)?;
@@ -250,7 +250,7 @@ impl Layer {
         let x = x.add(&self.o_proj.forward(ctx, &attn)?)?;
         let h = x.rms_norm(&norm_weight(ctx, &self.post_attention_layernorm)?, eps)?;
         let gate_up = self.gate_up_proj.forward(ctx, &h)?; // [total, 2 * intermediate]
-        let act = gate_up.narrow(1, 0, i)?.silu_mul(&gate_up.narrow(1, i, i)?)?;
+        let act = gate_up.swiglu()?;
         Ok(x.add(&self.down_proj.forward(ctx, &act)?)?)
     }
 

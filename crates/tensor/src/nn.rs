@@ -107,6 +107,40 @@ impl Tensor {
         Ok((Tensor::from_storage(dg, self.shape().clone()), Tensor::from_storage(du, self.shape().clone())))
     }
 
+    /// The gradient of `silu(gate) * up` with respect to the fused `self = [gate | up]`
+    /// along the last dim (`[.., 2 i]`, the output of a fused gate-and-up projection) from
+    /// the output gradient `grad` (`[.., i]`, self's dtype and device): f32 `[.., 2 i]`
+    /// holding `dgate | dup`, each rounded to self's dtype as [`Tensor::silu_mul_backward`]
+    /// rounds it. One pass, where the backward of two `narrow`s and `silu_mul` fills two
+    /// zeroed gradients of the whole width, copies into each and adds them.
+    pub fn swiglu_backward(&self, grad: &Tensor) -> Result<Tensor> {
+        const OP: &str = "swiglu_backward";
+        self.check_like(grad, OP)?;
+        let dims = self.dims();
+        let last = dims.last().copied().unwrap_or(0);
+        let cols = last / 2;
+        let halves = !dims.is_empty()
+            && last % 2 == 0
+            && grad.rank() == dims.len()
+            && grad.dims()[..dims.len() - 1] == dims[..dims.len() - 1]
+            && grad.dims()[dims.len() - 1] == cols;
+        if !halves {
+            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().clone(), rhs: grad.shape().clone() });
+        }
+        if !self.dtype().is_float() {
+            return Err(Error::UnsupportedDType { op: OP, dtype: self.dtype() });
+        }
+        if self.device().is_cuda() {
+            return crate::cuda::ops::swiglu_backward(self, grad);
+        }
+        let (xs, gs) = (self.cpu(), grad.cpu());
+        let out = dispatch_float!(OP, &*xs, |v| {
+            let g = contiguous(WithDType::slice(&gs).expect("dtype checked"), grad.layout());
+            nn::swiglu_backward_rows(&contiguous(v, self.layout()), &g, cols)
+        });
+        Tensor::from_vec(out, self.shape().clone(), Device::Cpu)
+    }
+
     /// The gradients of [`Tensor::rms_norm`] (`self` is its input `x`) from the output
     /// gradient `grad` (x's shape): `dx` (f32, x's shape) and, with `want_dw`, `dw` (f32,
     /// `[h]`), fused: per row one pass for the statistics and one for `dx` (`r (g w - xh

@@ -1636,6 +1636,32 @@ fn silu_mul_backward_matches_its_composition() {
     }
 }
 
+/// The fused SwiGLU backward over `[gate | up]` on the GPU: the bits of the GPU's
+/// `silu_mul_backward` of the two halves side by side, on whole vectors (64 columns) and
+/// element by element (35 columns, and a gradient one element off alignment); the CPU's
+/// values within the dtype's tolerance.
+#[test]
+fn swiglu_backward_matches_the_halves_and_the_cpu() {
+    let dev = gpu_or_skip!();
+    for dt in [DType::F32, DType::BF16, DType::F16] {
+        for (cols, shift) in [(64usize, 0usize), (35, 0), (64, 1)] {
+            let gu = randn(&[9, 2 * cols], 320).affine(3.0, 0.0).unwrap().to_dtype(dt).unwrap();
+            let g_wide = randn(&[9 * cols + 1], 321).to_dtype(dt).unwrap();
+            let g = g_wide.narrow(0, shift, 9 * cols).unwrap().reshape((9, cols)).unwrap();
+            let (gd, gg) = (gu.to_device(dev).unwrap(), g.to_device(dev).unwrap());
+            let got = gd.swiglu_backward(&gg).unwrap();
+            let what = format!("{dt}, {cols} columns, gradient shifted by {shift}");
+            let (dgate, dup) =
+                gd.narrow(1, 0, cols).unwrap().silu_mul_backward(&gd.narrow(1, cols, cols).unwrap(), &gg).unwrap();
+            let halves =
+                Tensor::cat(&[&dgate.to_dtype(DType::F32).unwrap(), &dup.to_dtype(DType::F32).unwrap()], 1).unwrap();
+            assert!(got.to_bytes().unwrap() == halves.to_bytes().unwrap(), "{what}: not the bits of the halves");
+            let (rt, at) = tol(dt);
+            close(&what, &got, &gu.swiglu_backward(&g).unwrap(), rt * 2.0, at * 2.0);
+        }
+    }
+}
+
 /// Block tables for sequences of `(cached, new)` positions: each sequence its own run of
 /// blocks, in reverse order (so no table is a view of consecutive blocks); and the blocks
 /// in all.

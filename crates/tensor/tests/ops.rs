@@ -399,6 +399,32 @@ fn silu_mul_backward_is_its_composition() {
     assert!(xt.silu_mul_backward(&ones.to_dtype(DType::BF16).unwrap(), &ones).is_err());
 }
 
+/// The fused SwiGLU backward over `[gate | up]` gives, in f32, the bits of
+/// `silu_mul_backward` of its two halves side by side, whatever the input's layout; shapes
+/// that are not two halves and an odd width are errors.
+#[test]
+fn swiglu_backward_is_silu_mul_backward_of_the_halves() {
+    for dt in [DType::F32, DType::BF16, DType::F16] {
+        for (how, gu, _) in variants(&[9, 2 * 35], 95) {
+            let gu = gu.to_dtype(dt).unwrap().affine(3.0, 0.0).unwrap();
+            let g = Nd::random(&[9, 35], 96).tensor(dt);
+            let fused = gu.swiglu_backward(&g).unwrap();
+            assert_eq!((fused.dtype(), fused.dims()), (DType::F32, &[9usize, 70][..]));
+            let (dgate, dup) =
+                gu.narrow(-1, 0, 35).unwrap().silu_mul_backward(&gu.narrow(-1, 35, 35).unwrap(), &g).unwrap();
+            let want =
+                Tensor::cat(&[&dgate.to_dtype(DType::F32).unwrap(), &dup.to_dtype(DType::F32).unwrap()], -1).unwrap();
+            assert_eq!(fused.to_bytes().unwrap(), want.to_bytes().unwrap(), "{dt} {how}");
+        }
+    }
+    let gu = Tensor::ones((2, 6), DType::F32, CPU).unwrap();
+    assert!(gu.swiglu_backward(&Tensor::ones((2, 6), DType::F32, CPU).unwrap()).is_err());
+    assert!(gu.swiglu_backward(&Tensor::ones((3, 3), DType::F32, CPU).unwrap()).is_err());
+    assert!(gu.swiglu_backward(&Tensor::ones((2, 3), DType::BF16, CPU).unwrap()).is_err());
+    let odd = Tensor::ones((2, 5), DType::F32, CPU).unwrap();
+    assert!(odd.swiglu_backward(&Tensor::ones((2, 2), DType::F32, CPU).unwrap()).is_err());
+}
+
 /// dx and dw of `y = w x / sqrt(mean(x^2) + eps)` over the last dim, in f64.
 fn rms_norm_grads(x: &Nd, w: &Nd, g: &Nd, eps: f64) -> (Nd, Nd) {
     let h = w.data.len();

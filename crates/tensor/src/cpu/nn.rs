@@ -110,13 +110,41 @@ pub(crate) fn silu_mul_backward<T: WithDType>(gate: &[T], up: &[T], g: &[T]) -> 
     dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (dg, du))| {
         let at = c * CHUNK;
         for (i, (dg, du)) in dg.iter_mut().zip(du.iter_mut()).enumerate() {
-            let (x, u, gv) = (gate[at + i].to_f32(), up[at + i].to_f32(), g[at + i].to_f32());
-            let gu = T::from_f32(gv * u).to_f32();
-            *dg = T::from_f32(gu * crate::ops::dsilu(x));
-            *du = T::from_f32(gv * T::from_f32(silu(x)).to_f32());
+            (*dg, *du) = silu_mul_grad(gate[at + i], up[at + i], g[at + i]);
         }
     });
     (dgate, dup)
+}
+
+/// `(dgate, dup)` of one element of `silu(gate) * up` from its gradient `g`, rounded to `T`
+/// where the composition rounds.
+#[inline]
+fn silu_mul_grad<T: WithDType>(gate: T, up: T, g: T) -> (T, T) {
+    let (x, u, gv) = (gate.to_f32(), up.to_f32(), g.to_f32());
+    let gu = T::from_f32(gv * u).to_f32();
+    (T::from_f32(gu * crate::ops::dsilu(x)), T::from_f32(gv * T::from_f32(silu(x)).to_f32()))
+}
+
+/// [`silu_mul_backward`] of the fused `gu` (rows of `[gate | up]`, `2 cols` wide) from `g`
+/// (rows of `cols`), written as f32 rows of `[dgate | dup]`.
+pub(crate) fn swiglu_backward_rows<T: WithDType>(gu: &[T], g: &[T], cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; gu.len()];
+    if cols == 0 {
+        return out;
+    }
+    let rows_per = (4096 / cols).max(1);
+    out.par_chunks_mut(2 * cols * rows_per).enumerate().for_each(|(c, block)| {
+        for (r, row) in block.chunks_mut(2 * cols).enumerate() {
+            let at = (c * rows_per + r) * cols;
+            let (x, gr) = (&gu[2 * at..2 * at + 2 * cols], &g[at..at + cols]);
+            let (dg, du) = row.split_at_mut(cols);
+            for j in 0..cols {
+                let (a, b) = silu_mul_grad(x[j], x[cols + j], gr[j]);
+                (dg[j], du[j]) = (a.to_f32(), b.to_f32());
+            }
+        }
+    });
+    out
 }
 
 /// The gradients of [`rms_norm_rows`] from the output gradient `g` (f32): `dx` (f32) and,

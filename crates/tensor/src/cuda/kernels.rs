@@ -190,7 +190,7 @@ pub fn inventory() -> Vec<(&'static str, String)> {
     let all = ["f32", "bf16", "f16", "u32", "u8"];
     let sizes = ["b1", "b2", "b4"];
     for s in floats {
-        for k in ["unary", "binary", "silu_mul_bwd"] {
+        for k in ["unary", "binary", "silu_mul_bwd", "swiglu_bwd"] {
             out.push(("elementwise", format!("{k}_{s}")));
         }
         for k in ["reduce_rows", "reduce_cols", "arg_rows", "arg_cols"] {

@@ -382,6 +382,29 @@ pub(crate) fn silu_mul_backward(gate: &Tensor, up: &Tensor, g: &Tensor) -> Resul
     Ok((dgate, dup))
 }
 
+/// [`Tensor::swiglu_backward`] on the GPU: one pass over the fused `[gate | up]` rows and
+/// the output gradient, writing f32 rows of `[dgate | dup]`.
+pub(crate) fn swiglu_backward(gu: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let (gu, xp) = contiguous(gu)?;
+    let (_g, gp) = contiguous(g)?;
+    let (dev, _) = raw(&gu);
+    let n = g.elem_count();
+    let cols = g.dims().last().copied().unwrap_or(1);
+    let (out, op) = empty(&dev, DType::F32, gu.shape().clone())?;
+    if n > 0 {
+        let es = gu.dtype().size_in_bytes();
+        let vec = cols.is_multiple_of(8) && vec8_all(&[(xp, es), (gp, es), (op, 4)]);
+        let args = Args::new().arg((n / cols) as i64).arg(cols as i64).arg(vec as i32).arg(xp).arg(gp).arg(op);
+        dev.launch(
+            "elementwise",
+            format!("swiglu_bwd_{}", suffix(gu.dtype())),
+            linear_cfg(&dev, vec_items(n, vec)),
+            args,
+        )?;
+    }
+    Ok(out)
+}
+
 /// Rows per partial sum of the RMSNorm backward's dW.
 const RMS_DW_CHUNK: usize = 64;
 
