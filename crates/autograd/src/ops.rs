@@ -230,12 +230,9 @@ impl Var {
     /// `len` entries of `dim` from `start`, as a view.
     pub fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Var> {
         let value = self.value.narrow(dim, start, len)?;
-        let shape = self.value.shape().clone();
-        Var::record("narrow", &[self], value, move |g, _| {
-            let full = zeros_f32(&shape, &g)?;
-            full.narrow(dim, start, len)?.copy_from(&g.to_dtype(DType::F32)?)?;
-            Ok(vec![Some(full)])
-        })
+        let d = self.value.shape().dim("narrow", dim)?;
+        // The tape adds the gradient into the slice of the input's gradient.
+        Var::record_slice(self, value, d, start)
     }
 
     /// Concatenation along `dim`.

@@ -72,6 +72,9 @@ struct Node {
     /// Parameters whose gradients this node's backward adds without their being inputs
     /// (the parameters inside a recomputed block).
     inner_params: Vec<ParamId>,
+    /// A `narrow` of its one input along `(dim, start)`: the tape adds the output's gradient
+    /// into that slice of the input's gradient itself, and `backward` is not called.
+    slice: Option<(usize, usize)>,
     backward: BackwardFn,
 }
 
@@ -189,12 +192,14 @@ impl Tape {
             return Err(invalid!("backward", "the value was recorded on another tape"));
         }
         let mut nodes = std::mem::take(&mut self.0.lock().nodes);
-        let mut inputs: Vec<Option<Tensor>> = vec![None; n_inputs];
+        let mut inputs: Vec<Option<Acc>> = Vec::new();
+        inputs.resize_with(n_inputs, || None);
+        let into_tensors = |inputs: Vec<Option<Acc>>| inputs.into_iter().map(|a| a.map(|a| a.t)).collect();
         let last = match out.origin {
             Origin::Node(i) => i,
             origin => {
                 route(origin, seed, &mut [], &mut inputs, grads)?;
-                return Ok(inputs);
+                return Ok(into_tensors(inputs));
             }
         };
         nodes.truncate(last + 1);
@@ -216,9 +221,9 @@ impl Tape {
                 }
             }
         }
-        let mut node_grads: Vec<Option<Tensor>> = Vec::new();
+        let mut node_grads: Vec<Option<Acc>> = Vec::new();
         node_grads.resize_with(last + 1, || None);
-        node_grads[last] = Some(seed);
+        node_grads[last] = Some(Acc { t: seed, owned: false });
         while let Some(node) = nodes.pop() {
             let i = nodes.len();
             Tape::backward_node(node, i, &mut node_grads, &mut inputs, grads)?;
@@ -228,22 +233,25 @@ impl Tape {
                 }
             }
         }
-        Ok(inputs)
+        Ok(into_tensors(inputs))
     }
 
     /// Differentiates node `i`, routing its inputs' gradients.
     fn backward_node(
         node: Node,
         i: usize,
-        node_grads: &mut [Option<Tensor>],
-        inputs: &mut [Option<Tensor>],
+        node_grads: &mut [Option<Acc>],
+        inputs: &mut [Option<Acc>],
         grads: &mut Gradients,
     ) -> Result<()> {
         // Dropping a node without a gradient frees what it saved, too.
-        let Some(g) = node_grads[i].take() else { return Ok(()) };
+        let Some(Acc { t: g, .. }) = node_grads[i].take() else { return Ok(()) };
         let needs: Vec<bool> = node.inputs.iter().map(|(o, _)| !matches!(o, Origin::Const)).collect();
         if !node.always && !needs.iter().any(|&n| n) {
             return Ok(());
+        }
+        if let (Some((dim, start)), [(origin, shape)]) = (node.slice, &node.inputs[..]) {
+            return route_slice(*origin, g, shape, (dim, start), node_grads, inputs, grads);
         }
         let outs = (node.backward)(g, &needs, grads)?;
         if outs.len() != node.inputs.len() {
@@ -271,19 +279,51 @@ impl Tape {
     }
 }
 
-fn accumulate(slot: &mut Option<Tensor>, g: Tensor) -> Result<()> {
+/// A gradient being summed for one node or input. `owned` when the tape made its storage
+/// (a sum, a copy, a zero-filled slice's parent), so it may be written in place; an op's
+/// result may share storage with another gradient (a view of it), and is not.
+struct Acc {
+    t: Tensor,
+    owned: bool,
+}
+
+fn accumulate(slot: &mut Option<Acc>, g: Tensor) -> Result<()> {
     *slot = Some(match slot.take() {
-        None => g,
-        Some(acc) => acc.add(&g)?,
+        None => Acc { t: g, owned: false },
+        Some(acc) => Acc { t: acc.t.add(&g)?, owned: true },
     });
+    Ok(())
+}
+
+/// Adds `g` into the slice `(dim, start)` of the gradient in `slot` (of `shape`): the
+/// first slice zero-fills the gradient once, later ones add into their slice in place.
+/// The backward of `narrow` used to build a zero-filled gradient of the whole input for
+/// every slice and add them up: a pass over the whole input per slice, where a batch of
+/// sequences packed into one tensor takes one slice per sequence. The values are the
+/// same, up to the sign of zeros (0 + -0 is +0).
+fn accumulate_slice(slot: &mut Option<Acc>, g: Tensor, shape: &Shape, (dim, start): (usize, usize)) -> Result<()> {
+    let len = g.dims()[dim];
+    let acc = match slot.take() {
+        None => {
+            let full = Tensor::zeros(shape.clone(), DType::F32, g.device())?;
+            full.narrow(dim as isize, start, len)?.copy_from(&g)?;
+            *slot = Some(Acc { t: full, owned: true });
+            return Ok(());
+        }
+        Some(Acc { t, owned: true }) if t.is_contiguous() => t,
+        Some(Acc { t, .. }) => t.copy()?,
+    };
+    let part = acc.narrow(dim as isize, start, len)?;
+    part.copy_from(&part.add(&g)?)?;
+    *slot = Some(Acc { t: acc, owned: true });
     Ok(())
 }
 
 fn route(
     origin: Origin,
     g: Tensor,
-    nodes: &mut [Option<Tensor>],
-    inputs: &mut [Option<Tensor>],
+    nodes: &mut [Option<Acc>],
+    inputs: &mut [Option<Acc>],
     grads: &mut Gradients,
 ) -> Result<()> {
     let g = if g.dtype() == DType::F32 { g } else { g.to_dtype(DType::F32)? };
@@ -295,6 +335,32 @@ fn route(
             None => Err(invalid!("backward", "input leaf {k} does not belong to this backward")),
         },
         Origin::Param(id) => grads.add(id, g),
+    }
+}
+
+/// [`route`] for the gradient `g` of a slice `(dim, start)` of an input of `shape`.
+fn route_slice(
+    origin: Origin,
+    g: Tensor,
+    shape: &Shape,
+    slice: (usize, usize),
+    nodes: &mut [Option<Acc>],
+    inputs: &mut [Option<Acc>],
+    grads: &mut Gradients,
+) -> Result<()> {
+    let g = if g.dtype() == DType::F32 { g } else { g.to_dtype(DType::F32)? };
+    match origin {
+        Origin::Const => Ok(()),
+        Origin::Node(j) => accumulate_slice(&mut nodes[j], g, shape, slice),
+        Origin::Input(k) => match inputs.get_mut(k) {
+            Some(slot) => accumulate_slice(slot, g, shape, slice),
+            None => Err(invalid!("backward", "input leaf {k} does not belong to this backward")),
+        },
+        Origin::Param(id) => {
+            let mut full = None;
+            accumulate_slice(&mut full, g, shape, slice)?;
+            grads.add(id, full.expect("filled above").t)
+        }
     }
 }
 
@@ -386,8 +452,29 @@ impl Var {
             .iter()
             .map(|v| (if v.tape.is_some() { v.origin } else { Origin::Const }, v.value.shape().clone()))
             .collect();
-        let i = tape.push(Node { op, always, inputs, inner_params, backward });
+        let i = tape.push(Node { op, always, inputs, inner_params, slice: None, backward });
         Var { value, origin: Origin::Node(i), tape: Some(tape) }
+    }
+
+    /// `value`, the slice `(dim, start)` of `input` along `dim`: its gradient goes into that
+    /// slice of the input's gradient ([`accumulate_slice`]).
+    pub(crate) fn record_slice(input: &Var, value: Tensor, dim: usize, start: usize) -> Result<Var> {
+        match Var::tape_of(&[input])? {
+            None => Ok(Var::constant(value)),
+            Some(tape) => {
+                let origin = if input.tape.is_some() { input.origin } else { Origin::Const };
+                let node = Node {
+                    op: "narrow",
+                    always: false,
+                    inputs: vec![(origin, input.value.shape().clone())],
+                    inner_params: Vec::new(),
+                    slice: Some((dim, start)),
+                    backward: Box::new(|_, _, _| Err(invalid!("backward", "narrow's gradient is routed by the tape"))),
+                };
+                let i = tape.push(node);
+                Ok(Var { value, origin: Origin::Node(i), tape: Some(tape) })
+            }
+        }
     }
 }
 

@@ -302,6 +302,24 @@ fn views_and_indexing() {
     check("permute then reshape", vec![x.clone()], |v| v[0].permute(&[1, 0, 2])?.reshape((4, 15)));
     check("transpose", vec![x.clone()], |v| v[0].transpose(0, 2));
     check("narrow", vec![x.clone()], |v| v[0].narrow(1, 1, 2));
+    // Slices whose gradients the tape adds in place: several of one input, overlapping,
+    // beside a full gradient, and after a gradient that shares its storage with another
+    // input's (`add` hands both inputs the same tensor), which must not be written.
+    check("narrows, overlapping", vec![x.clone()], |v| {
+        let (a, b) = (v[0].narrow(1, 0, 3)?, v[0].narrow(1, 1, 3)?);
+        let ab = a.mul_scalar(2.0)?.add(&b.mul_scalar(-1.5)?)?;
+        Var::cat(&[&ab, &v[0].narrow(0, 1, 2)?.narrow(1, 0, 3)?], 0)
+    });
+    check("narrows beside a full gradient", vec![x.clone()], |v| {
+        let s = v[0].narrow(2, 1, 3)?.mul(&v[0].narrow(2, 0, 3)?)?;
+        Var::cat(&[&s, &v[0].mul_scalar(0.5)?], 2)
+    });
+    check("a slice after a shared gradient", vec![x.clone()], |v| {
+        let (a, b) = (v[0].mul_scalar(2.0)?, v[0].mul_scalar(3.0)?);
+        let e = a.narrow(1, 0, 2)?.mul_scalar(7.0)?; // recorded first, differentiated last
+        let sum = a.add(&b)?.mul_scalar(1.5)?; // add's inputs get the same contiguous tensor
+        Var::cat(&[&sum, &e], 1)
+    });
     let y = rand_tensor(&mut g, &[3, 2, 5], -1.0, 1.0);
     check("cat", vec![x.clone(), y], |v| Var::cat(&[&v[0], &v[1]], 1));
     let ids = Tensor::from_vec(vec![2u32, 0, 2, 1], 4, Device::Cpu).unwrap();
