@@ -198,7 +198,7 @@ impl Tape {
         let last = match out.origin {
             Origin::Node(i) => i,
             origin => {
-                route(origin, seed, &mut [], &mut inputs, grads)?;
+                route(origin, seed, None, &mut [], &mut inputs, grads)?;
                 return Ok(into_tensors(inputs));
             }
         };
@@ -251,7 +251,7 @@ impl Tape {
             return Ok(());
         }
         if let (Some((dim, start)), [(origin, shape)]) = (node.slice, &node.inputs[..]) {
-            return route_slice(*origin, g, shape, (dim, start), node_grads, inputs, grads);
+            return route(*origin, g, Some((shape, (dim, start))), node_grads, inputs, grads);
         }
         let outs = (node.backward)(g, &needs, grads)?;
         if outs.len() != node.inputs.len() {
@@ -273,7 +273,7 @@ impl Tape {
                     g.shape()
                 ));
             }
-            route(*origin, g, node_grads, inputs, grads)?;
+            route(*origin, g, None, node_grads, inputs, grads)?;
         }
         Ok(())
     }
@@ -319,46 +319,33 @@ fn accumulate_slice(slot: &mut Option<Acc>, g: Tensor, shape: &Shape, (dim, star
     Ok(())
 }
 
+/// Sends `g`, the gradient of an input with this `origin`, where it is summed: the whole
+/// input's gradient, or with `slice` the gradient of the slice `(dim, start)` of an input
+/// of that shape.
 fn route(
     origin: Origin,
     g: Tensor,
+    slice: Option<(&Shape, (usize, usize))>,
     nodes: &mut [Option<Acc>],
     inputs: &mut [Option<Acc>],
     grads: &mut Gradients,
 ) -> Result<()> {
     let g = if g.dtype() == DType::F32 { g } else { g.to_dtype(DType::F32)? };
+    let add = |slot: &mut Option<Acc>, g: Tensor| match slice {
+        None => accumulate(slot, g),
+        Some((shape, at)) => accumulate_slice(slot, g, shape, at),
+    };
     match origin {
         Origin::Const => Ok(()),
-        Origin::Node(j) => accumulate(&mut nodes[j], g),
+        Origin::Node(j) => add(&mut nodes[j], g),
         Origin::Input(k) => match inputs.get_mut(k) {
-            Some(slot) => accumulate(slot, g),
+            Some(slot) => add(slot, g),
             None => Err(invalid!("backward", "input leaf {k} does not belong to this backward")),
         },
-        Origin::Param(id) => grads.add(id, g),
-    }
-}
-
-/// [`route`] for the gradient `g` of a slice `(dim, start)` of an input of `shape`.
-fn route_slice(
-    origin: Origin,
-    g: Tensor,
-    shape: &Shape,
-    slice: (usize, usize),
-    nodes: &mut [Option<Acc>],
-    inputs: &mut [Option<Acc>],
-    grads: &mut Gradients,
-) -> Result<()> {
-    let g = if g.dtype() == DType::F32 { g } else { g.to_dtype(DType::F32)? };
-    match origin {
-        Origin::Const => Ok(()),
-        Origin::Node(j) => accumulate_slice(&mut nodes[j], g, shape, slice),
-        Origin::Input(k) => match inputs.get_mut(k) {
-            Some(slot) => accumulate_slice(slot, g, shape, slice),
-            None => Err(invalid!("backward", "input leaf {k} does not belong to this backward")),
-        },
+        Origin::Param(id) if slice.is_none() => grads.add(id, g),
         Origin::Param(id) => {
             let mut full = None;
-            accumulate_slice(&mut full, g, shape, slice)?;
+            add(&mut full, g)?;
             grads.add(id, full.expect("filled above").t)
         }
     }
