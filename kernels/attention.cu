@@ -554,6 +554,23 @@ __device__ __forceinline__ void b_from_rows(u32 b[2], const u16* t) {
     ldmatrix_x2_trans(b, t + (lane & 15) * SR);
 }
 
+// Two B fragments in one `ldmatrix.x4`, b[0..2] and b[2..4]:
+// - `b2_from_row`: b_from_row at `t` and at `t + 16` (the next 16 of the depth: two k-steps
+//   of Q K^T); lane l names row l % 8 of the 8-column block l / 8.
+// - `b2_from_rows`: b_from_rows at `t` and at `t + 8` (the next 8 columns: two output tiles
+//   of P V); lane l names tile row l % 16 of the 8-column block l / 16.
+template <int SR>
+__device__ __forceinline__ void b2_from_row(u32 b[4], const u16* t) {
+    const int lane = (int)(threadIdx.x & 31);
+    ldmatrix_x4(b, t + (lane & 7) * SR + 8 * (lane >> 3));
+}
+
+template <int SR>
+__device__ __forceinline__ void b2_from_rows(u32 b[4], const u16* t) {
+    const int lane = (int)(threadIdx.x & 31);
+    ldmatrix_x4_trans(b, t + (lane & 15) * SR + 8 * (lane >> 4));
+}
+
 // b_from_row by two plain 32-bit shared loads, for the dK/dV pass at head dim 128, which
 // sits at the register limit: there ldmatrix's per-lane addresses for these fragments cost
 // spills (ptxas, sm_90: 255 registers and 64 spilled bytes with ldmatrix for both kinds of
@@ -619,10 +636,11 @@ __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, co
             sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
             const u16* krow = ks + nt * 8 * SR;  // B[k][n] = K[n][k]
 #pragma unroll
-            for (int kc = 0; kc < KC; ++kc) {
-                u32 b[2];
-                b_from_row<SR>(b, krow + kc * 16);
+            for (int kc = 0; kc < KC; kc += 2) {
+                u32 b[4];
+                b2_from_row<SR>(b, krow + kc * 16);
                 mma_bf16_16816(sc[nt], qa[kc], b);
+                mma_bf16_16816(sc[nt], qa[kc + 1], b + 2);
             }
         }
         // Scale, mask, and the running maximum of rows g (e < 2) and g + 8 (e >= 2).
@@ -675,10 +693,11 @@ __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, co
             c_to_a(pa, sc[2 * kc], sc[2 * kc + 1]);
             const u16* v0 = vs + kc * 16 * SR;  // B[k][n] = V[k][n]
 #pragma unroll
-            for (int ot = 0; ot < OT; ++ot) {
-                u32 b[2];
-                b_from_rows<SR>(b, v0 + ot * 8);
+            for (int ot = 0; ot < OT; ot += 2) {
+                u32 b[4];
+                b2_from_rows<SR>(b, v0 + ot * 8);
                 mma_bf16_16816(o[ot], pa, b);
+                mma_bf16_16816(o[ot + 1], pa, b + 2);
             }
         }
     }
@@ -821,10 +840,11 @@ __device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q,
             c_to_a(pa, sc[2 * kc], sc[2 * kc + 1]);
             const u16* k0 = ks + kc * 16 * SR;
 #pragma unroll
-            for (int ot = 0; ot < OT; ++ot) {
-                u32 b[2];
-                b_from_rows<SR>(b, k0 + ot * 8);
+            for (int ot = 0; ot < OT; ot += 2) {
+                u32 b[4];
+                b2_from_rows<SR>(b, k0 + ot * 8);
                 mma_bf16_16816(acc[ot], pa, b);
+                mma_bf16_16816(acc[ot + 1], pa, b + 2);
             }
         }
     }

@@ -437,6 +437,44 @@ __device__ __forceinline__ void ldmatrix_x2_trans(u32 r[2], const u16* row) {
 #endif
 }
 
+// Four 8x8 matrices, as `ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16`: lane l gives the
+// address of row l % 8 of matrix l / 8, and r[i] holds matrix i's fragment as in
+// `ldmatrix_x2` (two B fragments, or one A fragment, per instruction).
+__device__ __forceinline__ void ldmatrix_x4(u32 r[4], const u16* row) {
+#ifdef ARTIST_EMULATOR
+    const int lane = (int)(threadIdx.x & 31), g = lane >> 2, c = lane & 3;
+    for (int i = 0; i < 4; ++i) {
+        const u16* p = __shfl_sync(FULL_MASK, row, 8 * i + g);
+        r[i] = (u32)p[2 * c] | ((u32)p[2 * c + 1] << 16);
+    }
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+    u32 a = (u32)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+#else
+    __trap();
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(u32 r[4], const u16* row) {
+#ifdef ARTIST_EMULATOR
+    const int lane = (int)(threadIdx.x & 31), g = lane >> 2, c = lane & 3;
+    for (int i = 0; i < 4; ++i) {
+        const u16* p0 = __shfl_sync(FULL_MASK, row, 8 * i + 2 * c);
+        const u16* p1 = __shfl_sync(FULL_MASK, row, 8 * i + 2 * c + 1);
+        r[i] = (u32)p0[g] | ((u32)p1[g] << 16);
+    }
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+    u32 a = (u32)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+#else
+    __trap();
+#endif
+}
+
 // Asynchronous copies from global into shared memory (`cp.async`, sm_80 and later), for
 // tiles loaded while the warps compute on others. cp_async_16 starts a 16-byte copy (both
 // addresses 16-byte aligned; `src_bytes` 0 writes 16 zero bytes instead and reads nothing);
