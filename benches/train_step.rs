@@ -3,7 +3,14 @@
 //! 32768 (56M parameters), a batch of 4 sequences of 128 tokens, loss on every token.
 //!
 //!     cargo bench --bench train_step -- [--batch 4] [--seq 128] [--steps 3] [--checkpointing]
-//!         [--ranks N]
+//!         [--ranks N] [--device cpu|cuda[:N]] [--model small|1.5b] [--weights f32|bf16]
+//!         [--matmul-dtype f32|bf16] [--attention-dtype f32|bf16]
+//!
+//! `--model 1.5b` is the Qwen2.5-1.5B shape (1.54B parameters, tied embeddings), for a GPU;
+//! `--weights bf16` keeps the parameters in bf16 (AdamW's f32 masters beside them), and the
+//! two dtypes choose the products' and attention's precision as the trainers'
+//! `matmul_dtype` and `attention_dtype` do. On a GPU each phase ends with a synchronize, and
+//! the JSON adds the device memory's peak.
 //!
 //! With `--ranks N` (N > 1) it runs N in-process data-parallel ranks instead, each with
 //! `--batch` sequences, and times a step with the gradient all-reduce after backward and
@@ -21,7 +28,7 @@ use artist_autograd::{Ctx, Tape};
 use artist_dist::{Communicator, InProcess, Reduce, all_reduce_gradients_overlapped, all_reduce_gradients_sum};
 use artist_model::{Qwen2, Qwen2Config, RandomWeights};
 use artist_optim::{AdamW, AdamWConfig, clip_grad_norm};
-use artist_tensor::DType;
+use artist_tensor::{DType, Device, cuda};
 use artist_train::data::Example;
 use artist_train::sft::sft_loss;
 
@@ -52,6 +59,15 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// A dtype flag: `f32` (none: the default precision) or `bf16`.
+fn dtype_arg(name: &str) -> Result<Option<DType>, Box<dyn std::error::Error>> {
+    match arg(name, "f32").as_str() {
+        "f32" => Ok(None),
+        "bf16" => Ok(Some(DType::BF16)),
+        other => Err(format!("{name} {other}: expected f32 or bf16").into()),
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     artist_tensor::cpu::retain_freed_memory();
     let batch: usize = arg("--batch", "4").parse()?;
@@ -62,8 +78,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if ranks > 1 {
         return data_parallel(ranks, batch, seq, steps, checkpointing);
     }
-    let config = small_config();
-    let model = Qwen2::from_weights(config.clone(), &RandomWeights { dtype: DType::F32, std: 0.02, seed: 0 })?;
+    let device = Device::parse(&arg("--device", "cpu"))?;
+    let config = match arg("--model", "small").as_str() {
+        "small" => small_config(),
+        "1.5b" => Qwen2Config { tie_word_embeddings: true, ..Qwen2Config::qwen2_5_1_5b() },
+        other => return Err(format!("--model {other}: expected small or 1.5b").into()),
+    };
+    let weights = dtype_arg("--weights")?.unwrap_or(DType::F32);
+    let (matmul_dtype, attention_dtype) = (dtype_arg("--matmul-dtype")?, dtype_arg("--attention-dtype")?);
+    // Queued GPU work has finished when a phase's clock stops.
+    let sync = || -> Result<(), Box<dyn std::error::Error>> {
+        if let Device::Cuda(n) = device {
+            cuda::synchronize(n)?;
+        }
+        Ok(())
+    };
+    let model = Qwen2::from_weights_on(config.clone(), &RandomWeights { dtype: weights, std: 0.02, seed: 0 }, device)?;
     let examples = examples(&config, batch, seq, 0);
     let refs: Vec<&Example> = examples.iter().collect();
     let n_targets: usize = examples.iter().map(|e| e.targets()).sum();
@@ -73,16 +103,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut phases = (0.0, 0.0, 0.0);
     let mut loss = 0.0;
     for i in 0..steps + 1 {
+        sync()?;
         let t0 = Instant::now();
         let tape = Tape::new();
-        let ctx = Ctx::training(&tape).with_checkpointing(checkpointing);
+        let ctx = Ctx::training(&tape)
+            .with_checkpointing(checkpointing)
+            .with_matmul_dtype(matmul_dtype)
+            .with_attention_dtype(attention_dtype);
         let (l, _) = sft_loss(&model, &ctx, &refs, n_targets)?;
         loss = l.to_scalar()?;
         let t1 = Instant::now();
         let mut grads = tape.backward(&l)?;
+        sync()?;
         let t2 = Instant::now();
         clip_grad_norm(&mut grads, 1.0)?;
         opt.step(&grads, 1e-4)?;
+        sync()?;
         let t3 = Instant::now();
         if i > 0 {
             // The first step warms up allocations and thread pools.
@@ -103,9 +139,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{}",
         serde_json::json!({
             "impl": "artist",
+            "device": device.to_string(),
             "threads": rayon::current_num_threads(),
             "params": c.num_parameters(),
             "batch": batch, "seq": seq, "tokens": tokens,
+            "weights": weights.to_string().to_lowercase(),
+            "matmul_dtype": matmul_dtype.unwrap_or(DType::F32).to_string().to_lowercase(),
+            "attention_dtype": attention_dtype.unwrap_or(DType::F32).to_string().to_lowercase(),
+            "peak_device_mib": match device {
+                Device::Cuda(n) => Some(cuda::memory_stats(n)?.peak_allocated as f64 / (1 << 20) as f64),
+                Device::Cpu => None,
+            },
             "checkpointing": checkpointing,
             "step_s": step_s,
             "forward_s": phases.0, "backward_s": phases.1, "optimizer_s": phases.2,

@@ -21,7 +21,9 @@
 #   6. the kernel benchmark beside PyTorch (scripts/bench_cuda.py), a markdown table, and
 #      attention forward and backward again off the tensor cores (ARTIST_ATTN_MMA=0), and the
 #      memory-bound kernels again without whole-vector accesses (ARTIST_VEC=0);
-#   7. GRPO-shaped rollouts and batch-1 decode of a Qwen2.5-1.5B shape beside transformers'
+#   7. a training step (forward, backward, AdamW) of a Qwen2.5-1.5B shape with bf16 products
+#      and attention beside PyTorch under autocast (scripts/bench_train_step.py); then
+#      GRPO-shaped rollouts and batch-1 decode of a Qwen2.5-1.5B shape beside transformers'
 #      generate (benches/rollout.rs, scripts/bench_rollout_hf.py), then the rollouts again
 #      with bf16 products and a bf16 KV cache (--matmul-dtype bf16 --kv-dtype bf16), and
 #      those with one warp per query head in decode attention (ARTIST_ATTN_GROUP=0).
@@ -59,7 +61,7 @@ fi
 # Unpack (scripts/gpu_bundle.sh compressed everything) into a scratch copy.
 u="$(mktemp -d)"
 mkdir -p "$u/tests" "$u/bin" target/release
-for f in "$b"/tests/*.xz "$b"/bin/*.xz "$b"/cuda_kernels.xz "$b"/rollout.xz; do
+for f in "$b"/tests/*.xz "$b"/bin/*.xz "$b"/cuda_kernels.xz "$b"/rollout.xz "$b"/train_step.xz; do
     rel="${f#"$b"/}"
     # python3's lzma, in case the image has no xz
     python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
@@ -111,6 +113,10 @@ if wants bench; then
     step "batch-1 decode products without the split of k (ARTIST_GEMV_SPLIT=1), for the ratio"
     guarded gemv_unsplit.log env ARTIST_GEMV_SPLIT=1 "$u/cuda_kernels" --bench 'mem/gemv'
 
+    step "a training step of a Qwen2.5-1.5B shape beside PyTorch (bf16 products and attention)"
+    guarded train_step.log python3 scripts/bench_train_step.py --bench "$u/train_step" --device cuda \
+        --model 1.5b --bf16 --batch "${TRAIN_BATCH:-4}" --seq "${TRAIN_SEQ:-1024}" --steps 3 --no-checkpointing
+
     step "rollouts beside transformers' generate"
     shape=(--model 1.5b --prompts "${ROLLOUT_PROMPTS:-4}" --group 8 --prompt-len 512 --new "${ROLLOUT_NEW:-128}" --decode 64)
     guarded rollout.jsonl "$u/rollout" --device cuda "${shape[@]}"
@@ -127,6 +133,7 @@ step "summary"
     cat "$out/device.txt"
     grep -hE "^test result|FAILED" "$out"/*.log "$out/failures.txt" 2>/dev/null
     cat "$out/bench.md" 2>/dev/null
+    grep -E "^\|" "$out/train_step.log" 2>/dev/null
     grep -E "x$" "$out/rollout_hf.log" 2>/dev/null
     grep -h "sampled_tokens_per_s" "$out"/rollout.jsonl "$out"/rollout_bf16*.jsonl 2>/dev/null
 } | tee "$dest/summary.txt"
