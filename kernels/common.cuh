@@ -400,19 +400,32 @@ __device__ __forceinline__ void mma_bf16_16816(float d[4], const u32 a[4], const
 #endif
 }
 
-// Two 8x8 matrices of b16 from shared memory, as `ldmatrix.sync.aligned.m8n8.x2[.trans]
-// .shared.b16`: lane l (l < 16) gives the address of row l % 8 of matrix l / 8 (16 bytes,
-// 16-byte aligned; lanes 16-31 give addresses that are not read). For lane (g = lane / 4,
-// c = lane % 4), r[i] holds matrix i's row g, columns 2c and 2c + 1 (`ldmatrix_x2`), or its
-// rows 2c and 2c + 1 of column g (`ldmatrix_x2_trans`), the first in the low half. The
-// emulator reads the rows through the addresses the other lanes hold.
+// N (2 or 4) 8x8 matrices of b16 from shared memory, as `ldmatrix.sync.aligned.m8n8.xN
+// [.trans].shared.b16`: lane l (l < 8 N) gives the address of row l % 8 of matrix l / 8 (16
+// bytes, 16-byte aligned; with N = 2, lanes 16-31 give addresses that are not read). For
+// lane (g = lane / 4, c = lane % 4), r[i] holds matrix i's row g, columns 2c and 2c + 1
+// (`ldmatrix_xN`), or its rows 2c and 2c + 1 of column g (`ldmatrix_xN_trans`), the first in
+// the low half. The emulator reads the rows through the addresses the other lanes hold.
+#ifdef ARTIST_EMULATOR
+template <int N, bool TRANS>
+__device__ __forceinline__ void ldmatrix_emulated(u32* r, const u16* row) {
+    const int lane = (int)(threadIdx.x & 31), g = lane >> 2, c = lane & 3;
+    for (int i = 0; i < N; ++i) {
+        if (TRANS) {
+            const u16* p0 = __shfl_sync(FULL_MASK, row, 8 * i + 2 * c);
+            const u16* p1 = __shfl_sync(FULL_MASK, row, 8 * i + 2 * c + 1);
+            r[i] = (u32)p0[g] | ((u32)p1[g] << 16);
+        } else {
+            const u16* p = __shfl_sync(FULL_MASK, row, 8 * i + g);
+            r[i] = (u32)p[2 * c] | ((u32)p[2 * c + 1] << 16);
+        }
+    }
+}
+#endif
+
 __device__ __forceinline__ void ldmatrix_x2(u32 r[2], const u16* row) {
 #ifdef ARTIST_EMULATOR
-    const int lane = (int)(threadIdx.x & 31), g = lane >> 2, c = lane & 3;
-    for (int i = 0; i < 2; ++i) {
-        const u16* p = __shfl_sync(FULL_MASK, row, 8 * i + g);
-        r[i] = (u32)p[2 * c] | ((u32)p[2 * c + 1] << 16);
-    }
+    ldmatrix_emulated<2, false>(r, row);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
     u32 a = (u32)__cvta_generic_to_shared(row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
@@ -423,12 +436,7 @@ __device__ __forceinline__ void ldmatrix_x2(u32 r[2], const u16* row) {
 
 __device__ __forceinline__ void ldmatrix_x2_trans(u32 r[2], const u16* row) {
 #ifdef ARTIST_EMULATOR
-    const int lane = (int)(threadIdx.x & 31), g = lane >> 2, c = lane & 3;
-    for (int i = 0; i < 2; ++i) {
-        const u16* p0 = __shfl_sync(FULL_MASK, row, 8 * i + 2 * c);
-        const u16* p1 = __shfl_sync(FULL_MASK, row, 8 * i + 2 * c + 1);
-        r[i] = (u32)p0[g] | ((u32)p1[g] << 16);
-    }
+    ldmatrix_emulated<2, true>(r, row);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
     u32 a = (u32)__cvta_generic_to_shared(row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
@@ -437,16 +445,9 @@ __device__ __forceinline__ void ldmatrix_x2_trans(u32 r[2], const u16* row) {
 #endif
 }
 
-// Four 8x8 matrices, as `ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16`: lane l gives the
-// address of row l % 8 of matrix l / 8, and r[i] holds matrix i's fragment as in
-// `ldmatrix_x2` (two B fragments, or one A fragment, per instruction).
 __device__ __forceinline__ void ldmatrix_x4(u32 r[4], const u16* row) {
 #ifdef ARTIST_EMULATOR
-    const int lane = (int)(threadIdx.x & 31), g = lane >> 2, c = lane & 3;
-    for (int i = 0; i < 4; ++i) {
-        const u16* p = __shfl_sync(FULL_MASK, row, 8 * i + g);
-        r[i] = (u32)p[2 * c] | ((u32)p[2 * c + 1] << 16);
-    }
+    ldmatrix_emulated<4, false>(r, row);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
     u32 a = (u32)__cvta_generic_to_shared(row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
@@ -459,12 +460,7 @@ __device__ __forceinline__ void ldmatrix_x4(u32 r[4], const u16* row) {
 
 __device__ __forceinline__ void ldmatrix_x4_trans(u32 r[4], const u16* row) {
 #ifdef ARTIST_EMULATOR
-    const int lane = (int)(threadIdx.x & 31), g = lane >> 2, c = lane & 3;
-    for (int i = 0; i < 4; ++i) {
-        const u16* p0 = __shfl_sync(FULL_MASK, row, 8 * i + 2 * c);
-        const u16* p1 = __shfl_sync(FULL_MASK, row, 8 * i + 2 * c + 1);
-        r[i] = (u32)p0[g] | ((u32)p1[g] << 16);
-    }
+    ldmatrix_emulated<4, true>(r, row);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
     u32 a = (u32)__cvta_generic_to_shared(row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
