@@ -232,7 +232,8 @@ impl Ring {
         let index = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
         let seq = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
         let bytes = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
-        if bytes % 4 != 0 || bytes > (u32::MAX as u64) * 4 {
+        // Never more than a chunk (every rank chunks alike): a larger header is not ours.
+        if bytes % 4 != 0 || bytes > self.chunk_elems as u64 * 4 {
             return Err(link(io::Error::new(io::ErrorKind::InvalidData, format!("a ring chunk of {bytes} bytes"))));
         }
         let mut data = vec![0f32; bytes as usize / 4];
