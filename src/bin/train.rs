@@ -150,8 +150,8 @@ struct Args {
     /// host memory), or auto: NCCL when every rank is on a GPU and finds libnccl.
     #[arg(long, value_enum, default_value_t = CommKind::Auto)]
     comm: CommKind,
-    /// [sft, grpo] With the tcp communicator: all-reduces of at least N values go around a
-    /// ring of direct connections between the ranks (each listens on a port the system
+    /// [sft, grpo] With the tcp communicator: all-reduces and broadcasts of at least N values
+    /// go around a ring of direct connections between the ranks (each listens on a port the system
     /// picks), smaller ones through rank 0; 0 keeps everything on rank 0.
     #[arg(long, value_name = "N", default_value_t = artist_dist::DEFAULT_RING_MIN_ELEMS)]
     tcp_ring_min: usize,

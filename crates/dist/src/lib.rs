@@ -8,8 +8,8 @@
 //!   `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`). Rank 0 listens on
 //!   `MASTER_ADDR:MASTER_PORT` and the others connect to it; the connection carries an
 //!   opaque blob from rank 0 to everyone ([`TcpComm::share_blob`]) and CPU collectives
-//!   through rank 0 (a star), except large all-reduces, which go around a ring of direct
-//!   connections between the ranks ([`TcpComm::set_ring_threshold`]).
+//!   through rank 0 (a star), except large all-reduces and broadcasts, which go around a
+//!   ring of direct connections between the ranks ([`TcpComm::set_ring_threshold`]).
 //! * [`Nccl`]: GPU ranks, one process per GPU, on NCCL: found through a [`TcpComm`]
 //!   (rank 0's unique id travels over it), collectives queued on the tensor crate's stream,
 //!   gradients summed where they are on the GPU ([`Communicator::all_reduce_tensor`]).

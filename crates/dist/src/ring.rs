@@ -1,4 +1,4 @@
-//! The ring behind [`crate::TcpComm`]'s large all-reduces.
+//! The ring behind [`crate::TcpComm`]'s large all-reduces and broadcasts.
 //!
 //! Each rank holds one connection from the rank before it and one to the rank after it
 //! (modulo the group size). A buffer travels in chunks, pipelined: rank 0 sends its chunk
@@ -28,6 +28,8 @@ const HEADER: usize = 24;
 pub(crate) const PART: u8 = 0x10;
 /// The finished sum on its way around.
 pub(crate) const FINAL: u8 = 0x11;
+/// A broadcast's chunk, from its root around the ring.
+pub(crate) const BROADCAST: u8 = 0x12;
 /// How long a read waits before the caller may look elsewhere.
 const SLICE: Duration = Duration::from_millis(50);
 
@@ -214,6 +216,50 @@ impl Ring {
                     self.send(Chunk { kind: PART, index: sent as u32, seq, data: buf[range(sent)].to_vec() })?;
                     sent += 1;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// `buf` becomes rank `root`'s, its chunks passed around the ring from the root (each
+    /// rank keeps them and passes them on, up to the rank before the root). The root only
+    /// queues its chunks; the others wait at most `wait` for each.
+    pub(crate) fn broadcast(
+        &mut self,
+        buf: &mut [f32],
+        root: usize,
+        seq: u64,
+        wait: Duration,
+        poll: &mut dyn FnMut() -> Result<(), crate::Error>,
+    ) -> Result<(), RingError> {
+        let ce = self.chunk_elems;
+        let (len, chunks) = (buf.len(), buf.len().div_ceil(ce));
+        let range = |c: usize| c * ce..((c + 1) * ce).min(len);
+        if self.rank == root {
+            for c in 0..chunks {
+                self.send(Chunk { kind: BROADCAST, index: c as u32, seq, data: buf[range(c)].to_vec() })?;
+            }
+            return Ok(());
+        }
+        let forward = self.next_rank() != root;
+        for c in 0..chunks {
+            self.check_writer()?;
+            let (kind, index, got_seq, data) = self.read_chunk(Instant::now() + wait, poll)?;
+            // The link keeps the root's order: chunk c comes c-th.
+            if kind != BROADCAST || got_seq != seq || index as usize != c || data.len() != range(c).len() {
+                return Err(RingError::Protocol {
+                    rank: self.prev_rank(),
+                    detail: format!(
+                        "it sent message {kind:#x} for chunk {index} of collective #{got_seq} ({} values) where \
+                         chunk {c} of broadcast #{seq} ({} values) was due",
+                        data.len(),
+                        range(c).len()
+                    ),
+                });
+            }
+            buf[range(c)].copy_from_slice(&data);
+            if forward {
+                self.send(Chunk { kind: BROADCAST, index, seq, data })?;
             }
         }
         Ok(())

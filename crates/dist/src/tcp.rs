@@ -8,10 +8,10 @@
 //! rank fail (closed connection, silence past the timeout, a different collective) it
 //! sends an abort frame naming that rank to all others before returning the error itself.
 //!
-//! Large all-reduces go around a ring instead (src/ring.rs), set up at the first one: it
-//! adds in the same order, and no rank moves more than twice the buffer, where the star's
-//! rank 0 moves it once per other rank. The star stays the control path: each rank
-//! announces its ring all-reduce to rank 0 there (so that rank 0 can name a rank that
+//! Large all-reduces and broadcasts go around a ring instead (src/ring.rs), set up at the
+//! first one: it adds in the same order, and no rank moves more than twice the buffer, where
+//! the star's rank 0 moves it once per other rank. The star stays the control path: each
+//! rank announces its ring collective to rank 0 there (so that rank 0 can name a rank that
 //! never came, or came to another collective), reports what broke its ring links there,
 //! and hears rank 0's verdict there.
 
@@ -39,6 +39,8 @@ const RING_ADDRS: u8 = 7;
 const RING_SUM: u8 = 8;
 /// "My ring link to rank `arg` failed": to rank 0, which then ends the group.
 const FAULT: u8 = 9;
+/// "I am in ring broadcast `seq` from rank `arg` with a buffer of `payload` values": to rank 0.
+const RING_BROADCAST: u8 = 10;
 const ABORT: u8 = 0xff;
 
 /// All-reduces of this many values or more go around the ring, unless told otherwise
@@ -138,8 +140,8 @@ impl TcpComm {
         self.timeout
     }
 
-    /// All-reduces of at least `min_elems` values go around a ring of direct connections
-    /// between the ranks (set up at the first such all-reduce), smaller ones and every
+    /// All-reduces and broadcasts of at least `min_elems` values go around a ring of direct
+    /// connections between the ranks (set up at the first of them), smaller ones and every
     /// other collective through rank 0; `None` keeps everything on rank 0's star. Every
     /// rank must set the same. Default: [`DEFAULT_RING_MIN_ELEMS`]. The ring needs each
     /// rank to accept one connection, on a port the system picks, at the address by which
@@ -156,6 +158,11 @@ impl TcpComm {
         if let Some(r) = &mut self.ring {
             r.set_chunking(elems, window);
         }
+    }
+
+    /// Whether a collective of `len` values goes around the ring.
+    fn uses_ring(&self, len: usize) -> bool {
+        self.world_size > 1 && self.ring_min.is_some_and(|m| len >= m)
     }
 
     /// Whether the ring has been set up.
@@ -214,8 +221,8 @@ impl TcpComm {
         }
     }
 
-    /// The sum of `buf` over the ranks, around the ring; rank 0's star watches.
-    fn ring_sum(&mut self, buf: &mut [f32]) -> Result<()> {
+    /// `op` (a sum or a broadcast) of `buf` around the ring; rank 0's star watches.
+    fn ring_collective(&mut self, op: Op, buf: &mut [f32]) -> Result<()> {
         if let Some(e) = &self.aborted {
             return Err(e.clone());
         }
@@ -224,19 +231,27 @@ impl TcpComm {
         }
         let seq = self.seq;
         self.seq += 1;
-        let what = format!("{} (collective #{seq})", Op::Sum);
+        let what = format!("{op} (collective #{seq})");
         let timeout = self.timeout;
         let len = buf.len() as u64;
+        let (kind, arg) = match op {
+            Op::Broadcast(root) => (RING_BROADCAST, root as u32),
+            _ => (RING_SUM, 0),
+        };
         let ring = self.ring.as_mut().expect("set up above");
+        let run = |ring: &mut Ring, buf: &mut [f32], wait, poll: &mut dyn FnMut() -> Result<()>| match op {
+            Op::Broadcast(root) => ring.broadcast(buf, root, seq, wait, poll),
+            _ => ring.all_reduce(buf, seq, wait, poll),
+        };
         let result = match &mut self.links {
             Links::Alone => Ok(()),
             Links::Peer(star) => {
-                let hello = Frame { kind: RING_SUM, arg: 0, seq, payload: len.to_le_bytes().to_vec() };
+                let hello = Frame { kind, arg, seq, payload: len.to_le_bytes().to_vec() };
                 match write_frame(star, &hello, Instant::now() + timeout) {
                     Err(e) => Err(link_err(e, 0, &what, timeout)),
                     Ok(()) => {
                         let mut poll = || watch_root(star, &what, timeout);
-                        match ring.all_reduce(buf, seq, 2 * timeout, &mut poll) {
+                        match run(ring, buf, 2 * timeout, &mut poll) {
                             Ok(()) => Ok(()),
                             Err(RingError::Poll(e)) => Err(e),
                             Err(re) => {
@@ -260,13 +275,14 @@ impl TcpComm {
                 }
             }
             Links::Root(peers) => {
-                let mut watch = RootWatch { seq, len, arrived: vec![false; peers.len()], what: &what, timeout };
+                let mut watch =
+                    RootWatch { kind, arg, seq, len, arrived: vec![false; peers.len()], what: &what, timeout };
                 let early = &mut self.early;
                 match watch.adopt(early) {
                     Err(e) => Err(e),
                     Ok(()) => {
                         let mut poll = || watch.poll(peers, early);
-                        match ring.all_reduce(buf, seq, timeout, &mut poll) {
+                        match run(ring, buf, timeout, &mut poll) {
                             Ok(()) => watch.finish(peers, early),
                             Err(RingError::Poll(e)) => Err(e),
                             Err(re) => Err(watch.verdict(peers, early, ring_err(re, &what, timeout))),
@@ -399,8 +415,8 @@ impl Communicator for TcpComm {
     }
 
     fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<()> {
-        if self.world_size > 1 && self.ring_min.is_some_and(|m| buf.len() >= m) {
-            return self.ring_sum(buf);
+        if self.uses_ring(buf.len()) {
+            return self.ring_collective(Op::Sum, buf);
         }
         let out = self.f32_collective(Op::Sum, buf)?;
         buf.copy_from_slice(&out);
@@ -409,6 +425,9 @@ impl Communicator for TcpComm {
 
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<()> {
         check_root(root, self.world_size)?;
+        if self.uses_ring(buf.len()) {
+            return self.ring_collective(Op::Broadcast(root), buf);
+        }
         let out = self.f32_collective(Op::Broadcast(root), buf)?;
         buf.copy_from_slice(&out);
         Ok(())
@@ -433,6 +452,7 @@ fn kind_name(kind: u8, arg: u32) -> String {
         BLOB => "share_blob".into(),
         RING_ADDRS => "ring setup".into(),
         RING_SUM => format!("{} (around the ring)", Op::Sum),
+        RING_BROADCAST => format!("{} (around the ring)", Op::Broadcast(arg as usize)),
         FAULT => "a failure report".into(),
         ABORT => "abort".into(),
         k => format!("unknown message {k}"),
@@ -470,6 +490,9 @@ fn from_bytes(b: &[u8]) -> Vec<f32> {
 
 /// Rank 0's view of the other ranks during a ring all-reduce, through the star.
 struct RootWatch<'a> {
+    /// The announcement this collective's ranks send.
+    kind: u8,
+    arg: u32,
     seq: u64,
     len: u64,
     /// Whether rank `i + 1` has announced this all-reduce.
@@ -512,7 +535,7 @@ impl RootWatch<'_> {
             early[i] = Some(f);
             return Ok(());
         }
-        if f.kind != RING_SUM || f.seq != self.seq {
+        if f.kind != self.kind || f.arg != self.arg || f.seq != self.seq {
             let detail = format!("it called {} (collective #{})", kind_name(f.kind, f.arg), f.seq);
             return Err(Error::Mismatch { rank: i + 1, op: self.what.to_string(), detail });
         }

@@ -55,6 +55,12 @@ fn worker() {
             let mut m = big(rank, RING_MIN);
             c.all_reduce_mean(&mut m).unwrap();
             println!("RMEAN {}", digest(&m));
+            // Broadcasts around the ring, from the last rank and from rank 0, back to back.
+            for root in [n - 1, 0] {
+                let mut b = big(rank, BIG);
+                c.broadcast(&mut b, root).unwrap();
+                println!("RBCAST{root} {}", digest(&b));
+            }
             c.barrier().unwrap();
         }
         "hang" | "die" | "ring-hang" | "ring-die" => {
@@ -178,6 +184,9 @@ fn rendezvous_and_all_reduce_across_processes() {
             assert_eq!(line(out, "RBCAST"), bits(&[0.0; 3]), "rank {r}");
             let mean: Vec<f32> = big_sum(n, RING_MIN).iter().map(|x| x / n as f32).collect();
             assert_eq!(line(out, "RMEAN"), digest(&mean), "rank {r}");
+            for root in [n - 1, 0] {
+                assert_eq!(line(out, &format!("RBCAST{root}")), digest(&big(root, BIG)), "rank {r}, root {root}");
+            }
         }
     }
 }
