@@ -7,9 +7,11 @@
 //!     cargo bench --bench allreduce -- [--mib 64] [--ranks 2,4] [--iters 5]
 //!         [--bus-gbs 370] [--gpus 8] [--params 7.62e9] [--tokens-per-gpu 16384] [--tflops 400]
 //!
-//! Prints one JSON line per measurement and one for the model. Bandwidths follow NCCL's
+//! Prints one JSON line per measurement (an all-reduce, then a broadcast from rank 0, each
+//! timed with a barrier after it) and one for the model. Bandwidths follow NCCL's
 //! convention: algorithm bandwidth = bytes / time, bus bandwidth = algorithm bandwidth x
-//! 2 (n - 1) / n (what each rank's links carry in a ring), so figures compare across n.
+//! 2 (n - 1) / n for an all-reduce (what each rank's links carry in a ring) and x 1 for a
+//! broadcast, so figures compare across n.
 
 use std::time::{Duration, Instant};
 
@@ -20,37 +22,51 @@ fn arg(name: &str, default: &str) -> String {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.into())
 }
 
-/// Seconds per all-reduce of `elems` f32 on each of the communicators, rank 0's view.
-fn time_ranks(comms: Vec<Box<dyn Communicator>>, elems: usize, iters: usize) -> f64 {
+/// Seconds per all-reduce (then per broadcast from rank 0) of `elems` f32 on each of the
+/// communicators, rank 0's view; each collective ends with a barrier, since a broadcast's
+/// root may return before the others have its values.
+fn time_ranks(comms: Vec<Box<dyn Communicator>>, elems: usize, iters: usize) -> (f64, f64) {
     std::thread::scope(|s| {
         let handles: Vec<_> = comms
             .into_iter()
             .map(|mut c| {
                 s.spawn(move || {
                     let mut buf = vec![1.0f32; elems];
-                    c.all_reduce_sum(&mut buf).expect("warm-up all-reduce");
-                    c.barrier().expect("barrier");
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        c.all_reduce_sum(&mut buf).expect("all-reduce");
-                    }
-                    t.elapsed().as_secs_f64() / iters as f64
+                    let mut time = |c: &mut Box<dyn Communicator>, broadcast: bool| {
+                        let mut run = |c: &mut Box<dyn Communicator>| {
+                            if broadcast { c.broadcast(&mut buf, 0) } else { c.all_reduce_sum(&mut buf) }
+                                .expect("collective");
+                            c.barrier().expect("barrier");
+                        };
+                        run(c); // warm-up
+                        let t = Instant::now();
+                        for _ in 0..iters {
+                            run(c);
+                        }
+                        t.elapsed().as_secs_f64() / iters as f64
+                    };
+                    (time(&mut c, false), time(&mut c, true))
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("rank thread")).next().unwrap_or(0.0)
+        handles.into_iter().map(|h| h.join().expect("rank thread")).next().unwrap_or((0.0, 0.0))
     })
 }
 
-fn report(kind: &str, n: usize, bytes: f64, s: f64) {
-    let alg = bytes / s / 1e9;
-    println!(
-        "{}",
-        serde_json::json!({
-            "communicator": kind, "ranks": n, "mib": bytes / (1 << 20) as f64, "seconds": s,
-            "algbw_gbs": alg, "busbw_gbs": alg * 2.0 * (n - 1) as f64 / n as f64,
-        })
-    );
+/// NCCL's convention: algorithm bandwidth = bytes / time; bus bandwidth = algorithm
+/// bandwidth x 2 (n - 1) / n for an all-reduce, x 1 for a broadcast.
+fn report(kind: &str, n: usize, bytes: f64, (reduce, bcast): (f64, f64)) {
+    for (collective, s, factor) in [("all_reduce", reduce, 2.0 * (n - 1) as f64 / n as f64), ("broadcast", bcast, 1.0)]
+    {
+        let alg = bytes / s / 1e9;
+        println!(
+            "{}",
+            serde_json::json!({
+                "communicator": kind, "collective": collective, "ranks": n, "mib": bytes / (1 << 20) as f64,
+                "seconds": s, "algbw_gbs": alg, "busbw_gbs": alg * factor,
+            })
+        );
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
