@@ -183,14 +183,14 @@ impl InProcess {
         }
     }
 
-    /// The all-reduce, without copies: every rank lends its buffer; once all have
-    /// arrived, rank `r` adds the `r`-th of `n` slices of all buffers (in rank order, so
-    /// the bits are those of [`combine`]) and writes the sum into every buffer, the ranks
-    /// working in parallel (a reduce-scatter and all-gather in shared memory).
-    fn all_reduce_in_place(&mut self, buf: &mut [f32]) -> Result<()> {
+    /// The all-reduce and the broadcast, without copies: every rank lends its buffer; once
+    /// all have arrived, for a sum rank `r` adds the `r`-th of `n` slices of all buffers
+    /// (in rank order, so the bits are those of [`combine`]) and writes the sum into every
+    /// buffer, the ranks working in parallel (a reduce-scatter and all-gather in shared
+    /// memory); for a broadcast every rank but the root copies the root's buffer.
+    fn in_place(&mut self, op: Op, buf: &mut [f32]) -> Result<()> {
         let (n, rank, seq) = (self.shared.n, self.rank, self.seq);
         self.seq += 1;
-        let op = Op::Sum;
         let deadline = Instant::now() + self.shared.timeout;
         let what = || format!("{op} (collective #{seq})");
         let mut st = self.join(op, seq)?;
@@ -242,14 +242,28 @@ impl InProcess {
         }
         let bufs: Vec<(usize, usize)> = st.rounds[&seq].bufs.iter().map(|b| b.expect("all arrived")).collect();
         drop(st);
-        // Slices start on 16-value boundaries so that no two ranks share a cache line.
-        let len = buf.len();
-        let per = len.div_ceil(n).div_ceil(16) * 16;
-        let range = (rank * per).min(len)..((rank + 1) * per).min(len);
-        // SAFETY: every buffer belongs to a rank blocked in this call until `done == n`
-        // below (that wait has no way out), the ranges of the ranks are disjoint, and this
-        // rank's own `buf` is not touched through its reference meanwhile.
-        unsafe { sum_range(&bufs, range) };
+        match op {
+            Op::Broadcast(root) => {
+                if rank != root {
+                    let (ptr, len) = bufs[root];
+                    // SAFETY: the root's buffer belongs to the root, blocked in this call until
+                    // `done == n` below (that wait has no way out), which only reads it; this
+                    // rank writes its own buffer, which no other rank touches in a broadcast.
+                    let src = unsafe { std::slice::from_raw_parts(ptr as *const f32, len) };
+                    buf.copy_from_slice(src);
+                }
+            }
+            _ => {
+                // Slices start on 16-value boundaries so that no two ranks share a cache line.
+                let len = buf.len();
+                let per = len.div_ceil(n).div_ceil(16) * 16;
+                let range = (rank * per).min(len)..((rank + 1) * per).min(len);
+                // SAFETY: every buffer belongs to a rank blocked in this call until `done == n`
+                // below (that wait has no way out), the ranges of the ranks are disjoint, and
+                // this rank's own `buf` is not touched through its reference meanwhile.
+                unsafe { sum_range(&bufs, range) };
+            }
+        }
         let mut st = self.lock();
         let round = st.rounds.get_mut(&seq).expect("a round lives until every rank has left it");
         round.done += 1;
@@ -297,14 +311,12 @@ impl Communicator for InProcess {
     }
 
     fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<()> {
-        self.all_reduce_in_place(buf)
+        self.in_place(Op::Sum, buf)
     }
 
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<()> {
         check_root(root, self.shared.n)?;
-        let out = self.collective(Op::Broadcast(root), buf.to_vec())?;
-        buf.copy_from_slice(&out);
-        Ok(())
+        self.in_place(Op::Broadcast(root), buf)
     }
 
     fn all_gather(&mut self, buf: &[f32]) -> Result<Vec<f32>> {
