@@ -133,12 +133,10 @@ impl Ring {
     }
 
     fn check_writer(&self) -> Result<(), RingError> {
-        let mut slot = self.write_error.lock().unwrap_or_else(|e| e.into_inner());
-        match slot.take() {
+        // The error stays in the slot: the link stays broken for the writer.
+        match &*self.write_error.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(err) => {
-                // Keep the link marked broken for the writer; report the error once.
-                *slot = Some(io::Error::new(err.kind(), err.to_string()));
-                Err(RingError::Link { rank: self.next_rank(), err })
+                Err(RingError::Link { rank: self.next_rank(), err: io::Error::new(err.kind(), err.to_string()) })
             }
             None => Ok(()),
         }

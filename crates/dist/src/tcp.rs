@@ -737,22 +737,7 @@ fn accept_all(
             abort_all(&mut peers, &e);
             return Err(e);
         }
-        let mut s = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            }
-            Err(e) => return Err(io_err("rank 0 accepting connections".into(), e)),
-        };
-        let hello = s
-            .set_nonblocking(false)
-            .and_then(|()| s.set_nodelay(true))
-            .and_then(|()| read_frame(&mut s, deadline.min(Instant::now() + Duration::from_secs(10))));
-        let f = match hello {
-            Ok(f) if f.kind == HELLO && f.payload == MAGIC => f,
-            _ => continue, // not one of ours
-        };
+        let Some((mut s, f)) = next_hello(listener, deadline, "rank 0 accepting connections")? else { continue };
         let r = f.arg as usize;
         let e = if f.seq != n as u64 {
             Some(format!("it was started with a world size of {}, rank 0 with {n}", f.seq))
@@ -793,25 +778,33 @@ fn accept_from(
         if Instant::now() >= deadline {
             return Err(Error::Timeout { ranks: vec![from], op: "ring setup".into(), timeout });
         }
-        let mut s = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(2));
-                continue;
-            }
-            Err(e) => return Err(io_err("accepting the ring connection".into(), e)),
-        };
-        let hello = s
-            .set_nonblocking(false)
-            .and_then(|()| s.set_nodelay(true))
-            .and_then(|()| read_frame(&mut s, deadline.min(Instant::now() + Duration::from_secs(10))));
-        match hello {
-            Ok(f) if f.kind == HELLO && f.payload == MAGIC && f.arg as usize == from && f.seq == n as u64 => {
-                return Ok(s);
-            }
-            _ => continue, // not the rank before
+        match next_hello(listener, deadline, "accepting the ring connection")? {
+            Some((s, f)) if f.arg as usize == from && f.seq == n as u64 => return Ok(s),
+            _ => continue, // none yet, or not the rank before
         }
     }
+}
+
+/// One try at a connection on the (non-blocking) `listener` that says our hello: `None`
+/// when none is waiting (after a short sleep) or the one that came does not speak the
+/// protocol (it is dropped).
+fn next_hello(listener: &TcpListener, deadline: Instant, what: &str) -> Result<Option<(TcpStream, Frame)>> {
+    let mut s = match listener.accept() {
+        Ok((s, _)) => s,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            std::thread::sleep(Duration::from_millis(2));
+            return Ok(None);
+        }
+        Err(e) => return Err(io_err(what.into(), e)),
+    };
+    let hello = s
+        .set_nonblocking(false)
+        .and_then(|()| s.set_nodelay(true))
+        .and_then(|()| read_frame(&mut s, deadline.min(Instant::now() + Duration::from_secs(10))));
+    Ok(match hello {
+        Ok(f) if f.kind == HELLO && f.payload == MAGIC => Some((s, f)),
+        _ => None,
+    })
 }
 
 fn abort_all(peers: &mut [Option<TcpStream>], e: &Error) {
