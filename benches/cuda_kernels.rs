@@ -306,6 +306,15 @@ fn bench_flops(c: &mut Criterion, dev: Device) {
     g.bench_function("attention_fwd_bf16", |b| {
         b.iter_custom(|it| timed(it, &mut || drop(black_box(q.causal_attention(&kk, &vv, scale).unwrap()))))
     });
+    // The same on Hopper's warpgroup MMA, where kernels are built for sm_90a (opt-in until
+    // timed: ARTIST_ATTN_WGMMA=1 makes it the default forward).
+    if cuda::info(0).is_ok_and(|i| i.wgmma && !i.emulated) {
+        cuda::set_thread_wgmma_attention(Some(true));
+        g.bench_function("attention_fwd_wgmma_bf16", |b| {
+            b.iter_custom(|it| timed(it, &mut || drop(black_box(q.causal_attention(&kk, &vv, scale).unwrap()))))
+        });
+        cuda::set_thread_wgmma_attention(None);
+    }
     let (out, lse) = q.causal_attention(&kk, &vv, scale).unwrap();
     let dout = randn(&[len, s.heads, d], DType::F32, dev, 27);
     g.throughput(Throughput::Elements((2 * fwd_flops + fwd_flops / 2 * 3) as u64)); // recompute + 4 products

@@ -591,6 +591,84 @@ __device__ __forceinline__ void c_to_a(u32 a[4], const float* c0, const float* c
     a[3] = pack_bf16(c1[2], c1[3]);
 }
 
+// One tile's step of the online softmax, for a warp's rows r0 + g (e < 2) and r0 + g + 8
+// (e >= 2) over keys j0 .. j0 + 8 NT: scales and masks the scores sc (C fragments), updates
+// the running maximum m and this lane's part of the sum l, leaves the unnormalised
+// probabilities in sc, and the factor corr by which the output accumulator's rows must be
+// rescaled (rescale_rows) before this tile's P V is added.
+template <int NT>
+__device__ __forceinline__ void online_softmax_tile(const AttnShape& s, float (*sc)[4], float* m, float* l,
+                                                    float* corr, i64 r0, i64 j0, int g, int c, i64 off) {
+    // Scale, mask, and the running maximum of rows g (e < 2) and g + 8 (e >= 2).
+    float mx[2] = {-inf_f32(), -inf_f32()};
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            i64 row = r0 + g + 8 * (e >> 1), key = j0 + nt * 8 + 2 * c + (e & 1);
+            float x = key <= row + off && key < s.len ? sc[nt][e] * s.scale : -inf_f32();
+            sc[nt][e] = x;
+            mx[e >> 1] = fmaxf(mx[e >> 1], x);
+        }
+    }
+    float base[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
+        float m_new = fmaxf(m[r], mx[r]);
+        base[r] = m_new == -inf_f32() ? 0.0f : m_new;  // a row with no key yet
+        corr[r] = expf(m[r] - base[r]);                // 0 while m is -inf
+        m[r] = m_new;
+        l[r] *= corr[r];
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            float p = expf(sc[nt][e] - base[e >> 1]);
+            sc[nt][e] = p;
+            l[e >> 1] += p;
+        }
+    }
+}
+
+// The output accumulator's rows g (corr[0]) and g + 8 (corr[1]) times their factors.
+template <int OT>
+__device__ __forceinline__ void rescale_rows(float (*o)[4], const float* corr) {
+#pragma unroll
+    for (int ot = 0; ot < OT; ++ot) {
+        o[ot][0] *= corr[0];
+        o[ot][1] *= corr[0];
+        o[ot][2] *= corr[1];
+        o[ot][3] *= corr[1];
+    }
+}
+
+// The output rows r0 + g and r0 + g + 8 of head h (o divided by the whole row's sum, over the
+// four lanes that share it), and their log-sum-exp.
+template <int D>
+__device__ __forceinline__ void write_output_rows(const AttnShape& s, bf16* out, float* lse, float (*o)[4],
+                                                  const float* m, float* l, i64 r0, int h, int g, int c) {
+    constexpr int OT = D / 8;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(FULL_MASK, l[r], 1);
+        l[r] += __shfl_xor_sync(FULL_MASK, l[r], 2);
+    }
+    u16* ob = reinterpret_cast<u16*>(out);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        i64 row = r0 + g + 8 * r;
+        if (row >= s.t) continue;
+        float inv = 1.0f / l[r];
+        u32* dst = reinterpret_cast<u32*>(ob + (row * s.heads + h) * D + 2 * c);
+#pragma unroll
+        for (int ot = 0; ot < OT; ++ot) dst[ot * 4] = pack_bf16(o[ot][2 * r] * inv, o[ot][2 * r + 1] * inv);
+        if (c == 0) lse[(i64)h * s.t + row] = m[r] + logf(l[r]);
+    }
+}
+
 template <int D>
 __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, const bf16* k, const bf16* v,
                                                   bf16* out, float* lse) {
@@ -643,45 +721,9 @@ __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, co
                 mma_bf16_16816(sc[nt], qa[kc + 1], b + 2);
             }
         }
-        // Scale, mask, and the running maximum of rows g (e < 2) and g + 8 (e >= 2).
-        float mx[2] = {-inf_f32(), -inf_f32()};
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                i64 row = r0 + g + 8 * (e >> 1), key = j0 + nt * 8 + 2 * c + (e & 1);
-                float x = key <= row + off && key < s.len ? sc[nt][e] * s.scale : -inf_f32();
-                sc[nt][e] = x;
-                mx[e >> 1] = fmaxf(mx[e >> 1], x);
-            }
-        }
-        float base[2], corr[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
-            float m_new = fmaxf(m[r], mx[r]);
-            base[r] = m_new == -inf_f32() ? 0.0f : m_new;  // a row with no key yet
-            corr[r] = expf(m[r] - base[r]);                // 0 while m is -inf
-            m[r] = m_new;
-            l[r] *= corr[r];
-        }
-#pragma unroll
-        for (int ot = 0; ot < OT; ++ot) {
-            o[ot][0] *= corr[0];
-            o[ot][1] *= corr[0];
-            o[ot][2] *= corr[1];
-            o[ot][3] *= corr[1];
-        }
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float p = expf(sc[nt][e] - base[e >> 1]);
-                sc[nt][e] = p;
-                l[e >> 1] += p;
-            }
-        }
+        float corr[2];
+        online_softmax_tile<NT>(s, sc, m, l, corr, r0, j0, g, c, off);
+        rescale_rows<OT>(o, corr);
         cp_async_wait<0>();
         __syncthreads();  // V of this tile is in; every warp is done with K
         if (j0 + MMA_BK <= kmax) stage_tile_async<D, MMA_BK>(ks, kb, s.k_row, j0 + MMA_BK, s.len);
@@ -702,24 +744,7 @@ __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, co
         }
     }
 
-    // The whole row's sum, over the four lanes that share it; then the output and the
-    // log-sum-exp.
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        l[r] += __shfl_xor_sync(FULL_MASK, l[r], 1);
-        l[r] += __shfl_xor_sync(FULL_MASK, l[r], 2);
-    }
-    u16* ob = reinterpret_cast<u16*>(out);
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        i64 row = r0 + g + 8 * r;
-        if (row >= s.t) continue;
-        float inv = 1.0f / l[r];
-        u32* dst = reinterpret_cast<u32*>(ob + (row * s.heads + h) * D + 2 * c);
-#pragma unroll
-        for (int ot = 0; ot < OT; ++ot) dst[ot * 4] = pack_bf16(o[ot][2 * r] * inv, o[ot][2 * r + 1] * inv);
-        if (c == 0) lse[(i64)h * s.t + row] = m[r] + logf(l[r]);
-    }
+    write_output_rows<D>(s, out, lse, o, m, l, r0, h, g, c);
 }
 
 #define ATTENTION_MMA(D)                                                                                   \
@@ -730,6 +755,165 @@ __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, co
     ARTIST_EXPORT(attn_fwd_mma_d##D##_bf16)
 ATTENTION_MMA(64)
 ATTENTION_MMA(128)
+
+// ---- the forward on Hopper's warpgroup MMA: bf16, head dim 64 or 128, sm_90a --------------
+//
+// attn_fwd_mma's pass on `wgmma.mma_async` (common.cuh) instead of `mma.sync`. A block of two
+// warpgroups (8 warps) takes 128 query rows of one head, 64 per warpgroup, 16 per warp. Each
+// product is one instruction per 16-deep step for a whole warpgroup, which reads its B
+// operand (K for the scores, V for P V) from shared memory once for 64 rows, where
+// `mma.sync` reads it once per warp of 16: a quarter of the shared-memory bytes per FLOP,
+// which bound the mma.sync forward (docs/CUDA.md). Q and P are A operands in registers in
+// the same fragments as there, and the accumulators have the C fragments' layout, so the
+// masking, the online softmax and the output are the mma kernel's, line for line.
+//
+// A tile of 64 keys (or values) sits in dynamic shared memory in the 128-byte swizzled layout
+// (common.cuh): each 64-column half of the head dimension is a block of 64 rows of 128
+// bytes (8 KB), its 16-byte chunk c of row r at chunk c ^ (r % 8). The scores read K as a
+// K-major B operand (K[j][e] = B[e][j]) 16 columns of the head dimension at a time: 32 bytes
+// into a half's rows, 1 KB between blocks of 8 keys. P V reads V as an N-major B operand
+// (V[j][e] = B[j][e]) 16 keys at a time: 2 KB into the tile, 1 KB between blocks of 8 keys,
+// 8 KB between the two halves. The same staging serves both.
+
+#define WG_BQ 128  // query rows per block (64 per warpgroup, 16 per warp)
+#define WG_BK 64   // keys per tile
+#define WG_HALF (WG_BK * 128)  // bytes of one 64-column half of a tile
+
+#ifdef ARTIST_WGMMA
+// Rows first .. first + WG_BK of a bf16 matrix (row r at a + r * sa) into the swizzled tile
+// at t (1024-byte aligned) with cp.async, zeros from row `end` on. The caller commits and
+// waits.
+template <int D>
+__device__ __forceinline__ void stage_tile_swizzled(unsigned char* t, const u16* a, i64 sa, i64 first, i64 end) {
+    constexpr int CH = D / 8;  // 16-byte chunks per row
+    for (int i = (int)threadIdx.x; i < WG_BK * CH; i += (int)blockDim.x) {
+        int r = i / CH, ch = i - r * CH;
+        i64 row = first + r;
+        bool in = row < end;
+        unsigned char* dst = t + (ch >> 3) * WG_HALF + r * 128 + (((ch & 7) ^ (r & 7)) << 4);
+        cp_async_16(dst, a + (in ? row : 0) * sa + ch * 8, in ? 16 : 0);
+    }
+}
+#endif
+
+template <int D>
+__device__ __forceinline__ void attn_fwd_wgmma_impl(AttnShape s, const bf16* q, const bf16* k, const bf16* v,
+                                                    bf16* out, float* lse) {
+#ifdef ARTIST_WGMMA
+    constexpr int KC = D / 16;                // k-steps of Q K^T (16 of the head dim each)
+    constexpr int NT = WG_BK / 8;             // 8-key column tiles of the scores
+    constexpr int OT = D / 8;                 // 8-wide column tiles of the output
+    constexpr int PC = WG_BK / 16;            // k-steps of P V (16 keys each)
+    constexpr u32 TILE = WG_HALF * (D / 64);  // bytes of one tile
+    // Two K tiles and two V tiles (K of tile t in buffer t % 2, V likewise), 1 KB to align.
+    DYNAMIC_SMEM(unsigned char, smem);
+    unsigned char* kbuf = smem + ((1024u - (smem_u32(smem) & 1023u)) & 1023u);
+    unsigned char* vbuf = kbuf + 2 * TILE;
+    const u32 ka = smem_u32(kbuf), va = smem_u32(vbuf);
+    const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
+    const int h = (int)blockIdx.y, kvh = h / (s.heads / s.kv_heads);
+    const i64 q0 = (i64)blockIdx.x * WG_BQ, r0 = q0 + warp * 16;
+    const i64 off = s.len - s.t;  // query i sees keys j <= i + off
+    const u16* qb = reinterpret_cast<const u16*>(q);
+    const u16* kb = reinterpret_cast<const u16*>(k) + kvh * s.k_head;
+    const u16* vb = reinterpret_cast<const u16*>(v) + kvh * s.v_head;
+    auto stage_k = [&](i64 t) { stage_tile_swizzled<D>(kbuf + (t & 1) * TILE, kb, s.k_row, t * WG_BK, s.len); };
+    auto stage_v = [&](i64 t) { stage_tile_swizzled<D>(vbuf + (t & 1) * TILE, vb, s.v_row, t * WG_BK, s.len); };
+    // sc = Q K^T for the keys of tile t (K-major B: 16 columns of the head dim per step).
+    auto issue_scores = [&](float (*sc)[4], const u32 (*qa)[4], i64 t) {
+#pragma unroll
+        for (int kc = 0; kc < KC; ++kc) {
+            u32 at = ka + (u32)(t & 1) * TILE + (u32)(kc >> 2) * WG_HALF + (u32)(kc & 3) * 32u;
+            wgmma_bf16_rs<WG_BK, 0>(&sc[0][0], qa[kc], wgmma_desc(at, 16, 1024), kc > 0);
+        }
+        wgmma_commit();
+    };
+    // o += P V for the values of tile t (N-major B: 16 keys per step).
+    auto issue_values = [&](float (*o)[4], const u32 (*pa)[4], i64 t) {
+#pragma unroll
+        for (int kc = 0; kc < PC; ++kc) {
+            u32 at = va + (u32)(t & 1) * TILE + (u32)kc * 2048u;
+            wgmma_bf16_rs<D, 1>(&o[0][0], pa[kc], wgmma_desc(at, WG_HALF, 1024), 1);
+        }
+        wgmma_commit();
+    };
+    // Each tile's copies land, every thread makes them visible to wgmma, and the barrier
+    // says every warpgroup is done with the buffers about to be refilled.
+    auto tiles_in = [&]() {
+        cp_async_wait<0>();
+        fence_proxy_async_shared();
+        __syncthreads();
+    };
+
+    // The warp's rows r0 + g and r0 + g + 8 of Q as A fragments (zeros past t).
+    u32 qa[KC][4];
+    load_a_rows<D>(qa, qb + h * D, (i64)s.heads * D, r0, s.t, g, c);
+    float o[OT][4], sc[NT][4], corr[2];
+#pragma unroll
+    for (int ot = 0; ot < OT; ++ot) o[ot][0] = o[ot][1] = o[ot][2] = o[ot][3] = 0.0f;
+    float m[2] = {-inf_f32(), -inf_f32()}, l[2] = {0.0f, 0.0f};  // l: this lane's part of the sum
+    u32 pa[PC][4];  // P of the tile whose P V is next, rounded to bf16 as A fragments
+
+    i64 last_row = (q0 + WG_BQ < s.t ? q0 + WG_BQ : s.t) - 1;
+    i64 kmax = last_row + off < s.len - 1 ? last_row + off : s.len - 1;
+    const i64 tiles = kmax / WG_BK + 1;
+
+    // Flash attention 3's overlap within a warpgroup: while the tensor cores run tile t's
+    // scores and tile t - 1's P V, the warps compute tile t's softmax once its scores are in,
+    // then wait for P V before rescaling the output. Copies run a tile ahead: K of t + 1
+    // and V of t while tile t computes.
+    stage_k(0);
+    stage_v(0);
+    cp_async_commit();
+    tiles_in();
+    if (tiles > 1) stage_k(1);
+    cp_async_commit();
+    wgmma_fence();
+    issue_scores(sc, qa, 0);  // the first step overwrites sc (scale-d 0)
+    wgmma_wait<0>();
+    wgmma_fence_operands(&sc[0][0], NT * 4);
+    online_softmax_tile<NT>(s, sc, m, l, corr, r0, 0, g, c, off);  // o is 0: nothing to rescale
+#pragma unroll
+    for (int kc = 0; kc < PC; ++kc) c_to_a(pa[kc], sc[2 * kc], sc[2 * kc + 1]);
+    for (i64 t = 1; t < tiles; ++t) {
+        tiles_in();  // K of t and V of t - 1 are in; every warpgroup is done with t - 1's K and t - 2's V
+        if (t + 1 < tiles) stage_k(t + 1);
+        stage_v(t);
+        cp_async_commit();
+        wgmma_fence_operands(&o[0][0], OT * 4);
+        wgmma_fence();
+        issue_scores(sc, qa, t);
+        issue_values(o, pa, t - 1);
+        wgmma_wait<1>();  // the scores; P V still runs
+        wgmma_fence_operands(&sc[0][0], NT * 4);
+        online_softmax_tile<NT>(s, sc, m, l, corr, r0, t * WG_BK, g, c, off);
+        wgmma_wait<0>();  // P V: its A registers are free, its sums are in o
+        wgmma_fence_operands(&o[0][0], OT * 4);
+        rescale_rows<OT>(o, corr);
+        // Packed only now: written while P V still read pa, ptxas would serialise the products.
+#pragma unroll
+        for (int kc = 0; kc < PC; ++kc) c_to_a(pa[kc], sc[2 * kc], sc[2 * kc + 1]);
+    }
+    tiles_in();  // V of the last tile is in
+    wgmma_fence_operands(&o[0][0], OT * 4);
+    wgmma_fence();
+    issue_values(o, pa, tiles - 1);
+    wgmma_wait<0>();
+    wgmma_fence_operands(&o[0][0], OT * 4);
+    write_output_rows<D>(s, out, lse, o, m, l, r0, h, g, c);
+#else
+    __trap();  // the host launches it only where kernels are built for sm_90a
+#endif
+}
+
+#define ATTENTION_WGMMA(D)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(256) attn_fwd_wgmma_d##D##_bf16(                          \
+        AttnShape s, const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse) {                 \
+        attn_fwd_wgmma_impl<D>(s, q, k, v, out, lse);                                                      \
+    }                                                                                                      \
+    ARTIST_EXPORT(attn_fwd_wgmma_d##D##_bf16)
+ATTENTION_WGMMA(64)
+ATTENTION_WGMMA(128)
 
 // ---- the backward on tensor cores: bf16, head dim 64 or 128 ---------------------------------
 //

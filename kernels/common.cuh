@@ -349,6 +349,25 @@ __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
     return (u32)from_f32<bf16>(lo).bits | ((u32)from_f32<bf16>(hi).bits << 16);
 }
 
+// The emulator's view of an A fragment (16 x 16 bf16, mma_bf16_16816's layout): the whole
+// of rows g and g + 8 that lane (g = lane / 4) needs, gathered from the four lanes that hold
+// them.
+#ifdef ARTIST_EMULATOR
+__device__ __forceinline__ void a_rows_emulated(float arow[2][16], const u32 a[4]) {
+    const int g = (int)(threadIdx.x & 31) >> 2;
+    for (int t = 0; t < 4; ++t) {
+        // Lane 4g + t holds A[g][2t..], A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..].
+        int src = (g << 2) | t;
+        for (int r = 0; r < 4; ++r) {
+            u32 v = __shfl_sync(FULL_MASK, a[r], src);
+            int row = r & 1, col = 2 * t + ((r >> 1) << 3);
+            arow[row][col] = bits_f32(v << 16);
+            arow[row][col + 1] = bits_f32(v & 0xffff0000u);
+        }
+    }
+}
+#endif
+
 // d += A B for one warp on the tensor cores: A 16x16 bf16, B 16x8 bf16, d 16x8 f32 (PTX
 // `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`, sm_80 and later). Each lane holds
 // fragments, with g = lane / 4 and c = lane % 4 and two bf16 per register:
@@ -360,18 +379,9 @@ __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
 // order of the sum is the hardware's own, so results agree to f32 rounding).
 __device__ __forceinline__ void mma_bf16_16816(float d[4], const u32 a[4], const u32 b[2]) {
 #ifdef ARTIST_EMULATOR
-    const int lane = (int)(threadIdx.x & 31), g = lane >> 2, c = lane & 3;
+    const int lane = (int)(threadIdx.x & 31), c = lane & 3;
     float arow[2][16], bcol[2][16];  // A's rows g and g+8; B's columns 2c and 2c+1
-    for (int t = 0; t < 4; ++t) {
-        // Lane 4g + t holds A[g][2t..], A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..].
-        int src = (g << 2) | t;
-        for (int r = 0; r < 4; ++r) {
-            u32 v = __shfl_sync(FULL_MASK, a[r], src);
-            int row = r & 1, col = 2 * t + ((r >> 1) << 3);
-            arow[row][col] = bits_f32(v << 16);
-            arow[row][col + 1] = bits_f32(v & 0xffff0000u);
-        }
-    }
+    a_rows_emulated(arow, a);
     for (int j = 0; j < 2; ++j) {
         for (int t = 0; t < 4; ++t) {
             // Lane 4n + t holds B[2t, 2t+1][n] and B[2t+8, 2t+9][n], for column n = 2c + j.
@@ -509,6 +519,177 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 #endif
 }
+
+// ---- Hopper: warpgroup MMA (wgmma, sm_90a) ------------------------------------------------
+//
+// `wgmma.mma_async` multiplies for a warpgroup (four consecutive warps, 128 threads) at once:
+// D (64 x N, f32) += A (64 x 16) B (16 x N). Warp w of the group holds rows 16w .. 16w + 15
+// of A and D in registers, in mma_bf16_16816's fragments (A: one 16 x 16 fragment per warp;
+// D: N / 8 of its 16 x 8 C fragments, d[4j ..] for columns 8j ..); B is read from shared
+// memory through a descriptor. The product runs asynchronously: its registers and its
+// shared-memory operand belong to it from the issue until a wgmma_wait that covers its
+// group (wgmma_commit closes a group), and wgmma_fence orders earlier register writes
+// before the next issue. ARTIST_WGMMA is defined where these exist: NVRTC's sm_90a target
+// (the host launches wgmma kernels only there, DeviceInfo::wgmma) and the emulator, which
+// runs each product at the wait that covers it (crates/tensor/emulator), so an operand
+// overwritten or an accumulator read too early shows in tests.
+//
+// Shared-memory operands here use the 128-byte swizzle: a B operand is stored in blocks of
+// 8 rows of 128 bytes (64 bf16), 1024-byte aligned, and the 16-byte chunk c of row r of a
+// block sits at chunk c ^ (r % 8) of that row (the hardware applies the XOR to bits 4-6 of
+// the address from bits 7-9, so a block must not straddle a 1024-byte boundary).
+#if defined(ARTIST_EMULATOR) || (defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
+#define ARTIST_WGMMA 1
+#endif
+
+#ifdef ARTIST_WGMMA
+// A shared-memory address as the hardware numbers it (the emulator: from the start of the
+// block's dynamic shared memory, which is where wgmma operands live).
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+#ifdef ARTIST_EMULATOR
+    return (u32)(static_cast<const unsigned char*>(p) - ::emu::dynamic_smem());
+#else
+    return (u32)__cvta_generic_to_shared(p);
+#endif
+}
+
+// A shared-memory matrix descriptor with the 128-byte swizzle: the start address, the
+// leading-dimension byte offset `lbo` and the stride-dimension byte offset `sbo` (all in
+// 16-byte units, 14 bits each, at bits 0, 16 and 32), swizzle mode 1 at bits 62-63. For a
+// K-major operand (B[k][n] in row n, k contiguous: imm-trans-b 0) `sbo` steps between
+// blocks of 8 rows and `lbo` is unused; for an N-major one (B[k][n] in row k, n contiguous:
+// imm-trans-b 1) `sbo` steps between blocks of 8 rows (k) and `lbo` between the 64-column
+// blocks of n.
+__device__ __forceinline__ u64 wgmma_desc(u32 addr, u32 lbo, u32 sbo) {
+    return (u64)((addr & 0x3ffffu) >> 4) | ((u64)((lbo >> 4) & 0x3fffu) << 16) |
+           ((u64)((sbo >> 4) & 0x3fffu) << 32) | (1ull << 62);
+}
+
+#ifdef ARTIST_EMULATOR
+// Element B[k][n] of the operand that `desc` describes, as the hardware addresses it.
+__device__ __forceinline__ float wgmma_b_emulated(u64 desc, int trans, int k, int n) {
+    u32 start = (u32)(desc & 0x3fffu) << 4, lbo = (u32)((desc >> 16) & 0x3fffu) << 4,
+        sbo = (u32)((desc >> 32) & 0x3fffu) << 4;
+    u32 addr = trans ? start + (u32)(n >> 6) * lbo + (u32)((n & 63) >> 3) * 16u + (u32)(n & 7) * 2u +
+                           (u32)(k >> 3) * sbo + (u32)(k & 7) * 128u
+                     : start + (u32)(n >> 3) * sbo + (u32)(n & 7) * 128u + (u32)k * 2u;
+    addr ^= ((addr >> 7) & 7u) << 4;
+    u16 bits;
+    std::memcpy(&bits, ::emu::dynamic_smem() + addr, 2);
+    return bits_f32((u32)bits << 16);
+}
+#else
+template <int TRANS>
+__device__ __forceinline__ void wgmma_m64n64k16_asm(float* d, const u32 a[4], u64 desc, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, "
+        "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+          "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),
+          "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc), "n"(TRANS));
+}
+
+template <int TRANS>
+__device__ __forceinline__ void wgmma_m64n128k16_asm(float* d, const u32 a[4], u64 desc, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, "
+        "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, "
+        "%34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, "
+        "%50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+          "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),
+          "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]),
+          "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
+          "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),
+          "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]),
+          "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc), "n"(TRANS));
+}
+#endif
+
+// d (the warp's N / 2 accumulators) = A (registers) B (descriptor `desc`; `TRANS` 0: K-major,
+// 1: N-major), plus d where `acc` is nonzero (scale-d: with 0, d's old values are not read),
+// PTX `wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16`, N 64 or 128.
+template <int N, int TRANS>
+__device__ __forceinline__ void wgmma_bf16_rs(float* d, const u32 a[4], u64 desc, int acc) {
+    static_assert(N == 64 || N == 128, "wgmma shapes instantiated here: n64 and n128");
+#ifdef ARTIST_EMULATOR
+    const int c = (int)(threadIdx.x & 31) & 3;
+    struct Rows {
+        float r[2][16];
+    } rows;
+    a_rows_emulated(rows.r, a);
+    ::emu::wgmma_defer([d, desc, c, rows, acc]() {
+        for (int j = 0; j < N / 8; ++j) {
+            for (int e = 0; e < 4; ++e) {
+                int col = 8 * j + 2 * c + (e & 1);
+                float sum = 0.0f;
+                for (int k = 0; k < 16; ++k) sum += rows.r[e >> 1][k] * wgmma_b_emulated(desc, TRANS, k, col);
+                d[4 * j + e] = acc ? d[4 * j + e] + sum : sum;
+            }
+        }
+    });
+#else
+    if constexpr (N == 64) {
+        wgmma_m64n64k16_asm<TRANS>(d, a, desc, acc);
+    } else {
+        wgmma_m64n128k16_asm<TRANS>(d, a, desc, acc);
+    }
+#endif
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+#ifndef ARTIST_EMULATOR
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wgmma_commit() {
+#ifdef ARTIST_EMULATOR
+    ::emu::wgmma_commit();
+#else
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+#ifdef ARTIST_EMULATOR
+    ::emu::wgmma_wait((unsigned)N);
+#else
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+#endif
+}
+
+// Keeps the compiler from moving reads or writes of accumulators across an issue or a wait
+// (the asm statements name them only at the issue).
+__device__ __forceinline__ void wgmma_fence_operands(float* d, int n) {
+#ifndef ARTIST_EMULATOR
+    for (int i = 0; i < n; ++i) asm volatile("" : "+f"(d[i])::"memory");
+#endif
+}
+
+// Makes this thread's generic writes to shared memory (plain stores, cp.async) visible to
+// wgmma's reads of its operands, which go through the async proxy; before the barrier.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+#ifndef ARTIST_EMULATOR
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+#endif  // ARTIST_WGMMA
 
 // ---- instantiation helpers ---------------------------------------------------------------
 

@@ -120,6 +120,7 @@ def torch_cases():
     ka, va = r(1, KV, ALEN, D).requires_grad_(True), r(1, KV, ALEN, D).requires_grad_(True)
     sdpa = lambda: F.scaled_dot_product_attention(qa, ka, va, is_causal=True, enable_gqa=True)
     out["flops/attention_fwd_bf16"] = median_ms(sdpa)
+    out["flops/attention_fwd_wgmma_bf16"] = out["flops/attention_fwd_bf16"]  # our Hopper forward, same peer
     o = sdpa()
     do = torch.randn_like(o)
     out["flops/attention_bwd_bf16"] = median_ms(lambda: torch.autograd.grad(o, (qa, ka, va), do, retain_graph=True))

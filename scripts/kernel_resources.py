@@ -67,6 +67,9 @@ def main():
             continue
         name = spill = None
         for line in text.splitlines():
+            # ptxas warnings, e.g. wgmma serialised ("Potential Performance Loss").
+            if re.search(r"(?i)warning|performance loss", line):
+                print(f"  {stem}: {line.strip()}")
             if m := re.search(r"Function properties for (\S+)", line):
                 name = m.group(1)
             elif m := re.search(r"(\d+) bytes spill stores", line):

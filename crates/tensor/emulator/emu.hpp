@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <string>
 #include <type_traits>
@@ -66,6 +67,15 @@ struct AsyncCopy {
 void cp_async(void* dst, const void* src, unsigned bytes, unsigned src_bytes);
 void cp_async_commit();
 void cp_async_wait(unsigned pending);
+
+// wgmma (Hopper's warpgroup MMA), per thread: an issued product is kept, with the operands it
+// took from registers, and runs only when the thread waits for its group (wgmma_wait). So
+// it reads its shared-memory operand at the wait and writes its accumulators there: a kernel
+// that overwrites the operand, or reads the accumulators, before waiting sees it in tests,
+// as it could on a GPU. A thread that ends with products not waited for is an error.
+void wgmma_defer(std::function<void()> op);
+void wgmma_commit();
+void wgmma_wait(unsigned pending);
 
 inline unsigned lane() { return linear_tid() & 31u; }
 inline unsigned warp() { return linear_tid() >> 5; }

@@ -59,6 +59,9 @@ struct Fiber {
     // commit (the ends of the committed groups), oldest first.
     std::vector<AsyncCopy> copies;
     std::vector<size_t> groups;
+    // wgmma: products issued and not yet run, oldest first, and their count at each commit.
+    std::vector<std::function<void()>> wgmma_ops;
+    std::vector<size_t> wgmma_groups;
 };
 
 thread_local Fiber* current = nullptr;
@@ -180,6 +183,8 @@ bool run_block(unsigned n, std::string& err) {
         f.state = READY;
         f.copies.clear();
         f.groups.clear();
+        f.wgmma_ops.clear();
+        f.wgmma_groups.clear();
         start_fiber(f, stacks.stack(t), kStack);
     }
     const unsigned warps = (n + 31) / 32;
@@ -214,7 +219,18 @@ bool run_block(unsigned n, std::string& err) {
                 if (fibers[t].state == AT_BLOCK) ++at_block;
             }
         }
-        if (live == 0) return true;
+        if (live == 0) {
+            for (unsigned t = 0; t < n; ++t) {
+                if (!fibers[t].wgmma_ops.empty()) {
+                    char buf[160];
+                    snprintf(buf, sizeof buf, "block (%u, %u, %u): thread %u ended with %zu wgmma products not waited for",
+                             block->idx.x, block->idx.y, block->idx.z, t, fibers[t].wgmma_ops.size());
+                    err = buf;
+                    return false;
+                }
+            }
+            return true;
+        }
         if (at_block == live) {
             for (unsigned t = 0; t < n; ++t)
                 if (fibers[t].state == AT_BLOCK) fibers[t].state = READY;
@@ -278,6 +294,24 @@ void cp_async_wait(unsigned pending) {
     f.copies.erase(f.copies.begin(), f.copies.begin() + (std::ptrdiff_t)land);
     f.groups.erase(f.groups.begin(), f.groups.end() - pending);
     for (size_t& g : f.groups) g -= land;
+}
+
+void wgmma_defer(std::function<void()> op) { current->wgmma_ops.push_back(std::move(op)); }
+
+void wgmma_commit() { current->wgmma_groups.push_back(current->wgmma_ops.size()); }
+
+// The products of every committed group but the newest `pending` run now, in issue order.
+void wgmma_wait(unsigned pending) {
+    Fiber& f = *current;
+    if (f.wgmma_groups.size() <= pending) return;
+    size_t run = f.wgmma_groups[f.wgmma_groups.size() - pending - 1];
+    // Taken out first: a product never issues another.
+    std::vector<std::function<void()>> ops(std::make_move_iterator(f.wgmma_ops.begin()),
+                                           std::make_move_iterator(f.wgmma_ops.begin() + (std::ptrdiff_t)run));
+    f.wgmma_ops.erase(f.wgmma_ops.begin(), f.wgmma_ops.begin() + (std::ptrdiff_t)run);
+    f.wgmma_groups.erase(f.wgmma_groups.begin(), f.wgmma_groups.end() - pending);
+    for (size_t& g : f.wgmma_groups) g -= run;
+    for (auto& op : ops) op();
 }
 
 }  // namespace emu

@@ -1367,6 +1367,58 @@ fn tensor_core_attention_matches_the_cpu() {
     cuda::emulator_eager_copies(false);
 }
 
+/// The Hopper forward (`attn_fwd_wgmma_d{64,128}_bf16`: warpgroup MMA, 128 query rows per
+/// block, tiles in the 128-byte swizzled layout) against the CPU with the tolerances of the
+/// `mma.sync` forward, and against that forward itself: on the emulator to the bit (the same
+/// 16-deep products summed in the same order; a product reading a wrong element of a
+/// swizzled tile, or running before its wait, changes bits), on a GPU within bf16 rounding.
+/// Prefills shorter and longer than a block, queries that are the last rows of a longer
+/// cache view, GQA, MQA and MHA; cp.async copies landing at their waits and at once.
+#[test]
+fn wgmma_attention_matches_the_cpu_and_mma() {
+    let dev = gpu_or_skip!();
+    if !cuda::info(0).unwrap().wgmma {
+        eprintln!("skipping: kernels are not built for sm_90a here (a Hopper GPU, NVRTC 12.0 or later)");
+        return;
+    }
+    let emulated = cuda::backend() == cuda::Backend::Emulator;
+    let modes: &[bool] = if emulated { &[false, true] } else { &[false] };
+    for &eager in modes {
+        cuda::emulator_eager_copies(eager);
+        // (t, len, heads, kv_heads, d)
+        for (t, len, h, kv, d) in
+            [(100, 100, 4, 2, 64), (37, 130, 2, 1, 128), (200, 200, 2, 2, 128), (130, 300, 3, 1, 64)]
+        {
+            let dt = DType::BF16;
+            let ([q, k, v], [qg, kg, vg]) = attention_inputs([t, len, h, kv, d], dt, 320, dev);
+            let scale = (d as f32).powf(-0.5);
+            let what = format!("wgmma attention t {t} len {len} heads {h}/{kv} d {d} (eager copies {eager})");
+            let run = |wgmma: bool| {
+                cuda::set_thread_wgmma_attention(Some(wgmma));
+                let kernel = format!("attn_fwd_{}_d{d}_bf16", if wgmma { "wgmma" } else { "mma" });
+                let before = cuda::thread_kernel_launches(&kernel);
+                let out = qg.causal_attention(&kg, &vg, scale).unwrap();
+                assert_eq!(cuda::thread_kernel_launches(&kernel), before + 1, "{what}: {kernel} did not run");
+                cuda::set_thread_wgmma_attention(None);
+                out
+            };
+            let (og, lg) = run(true);
+            let (om, lm) = run(false);
+            let (oc, lc) = q.causal_attention(&k, &v, scale).unwrap();
+            close(&format!("{what}: out"), &og, &oc, 1.6e-2, 1e-2);
+            close(&format!("{what}: lse"), &lg, &lc, 1e-5, 1e-4);
+            if emulated {
+                assert!(og.to_f32_vec().unwrap() == om.to_f32_vec().unwrap(), "{what}: out differs from mma.sync's");
+                assert!(lg.to_f32_vec().unwrap() == lm.to_f32_vec().unwrap(), "{what}: lse differs from mma.sync's");
+            } else {
+                close(&format!("{what}: out against mma.sync"), &og, &om, 1e-2, 1e-2);
+                close(&format!("{what}: lse against mma.sync"), &lg, &lm, 1e-5, 1e-5);
+            }
+        }
+    }
+    cuda::emulator_eager_copies(false);
+}
+
 /// Keys split across warps (flash decoding): 1, 3 and 16 shares per (row, head), over
 /// decode rows of 1 to 300 positions beside a prefill, give the one-warp-per-pair kernel's
 /// output and log-sum-exp within f32 reassociation (bf16: its rounding), with shares left

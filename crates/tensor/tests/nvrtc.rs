@@ -1,5 +1,5 @@
 //! Every kernel file compiles with NVRTC, with no warnings, to machine code for the GPUs we
-//! train on (sm_80: A100, sm_90: H100/H200), and exports every kernel the backend launches.
+//! train on (sm_80: A100, sm_90 and sm_90a: H100/H200), and exports every kernel the backend launches.
 //!
 //! Needs no GPU, only libnvrtc (CI installs it from pip and sets `ARTIST_REQUIRE_NVRTC=1`, so
 //! its absence fails there; elsewhere the test says why it skips).
@@ -25,7 +25,7 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         assert!(files.contains(file), "the backend launches from kernels/{file}.cu, which does not exist");
     }
     for file in files {
-        for target in ["sm_80", "sm_90"] {
+        for target in ["sm_80", "sm_90", "sm_90a"] {
             let image = nvrtc::compile(file, target).unwrap_or_else(|e| panic!("{e}"));
             assert!(image.cubin && !image.bytes.is_empty());
             assert!(image.log.is_empty(), "kernels/{file}.cu for {target} compiled with warnings:\n{}", image.log);
@@ -42,6 +42,36 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         let ptx = nvrtc::compile(file, "compute_80").unwrap_or_else(|e| panic!("{e}"));
         assert!(!ptx.cubin && ptx.bytes.starts_with(b"//"), "kernels/{file}.cu: PTX output expected");
     }
+}
+
+/// The Hopper attention kernels hold warpgroup MMAs where the backend builds for Hopper
+/// (sm_90a: both shapes, both operand layouts, with their fence, commit and wait), and only
+/// a trap elsewhere, where the backend never launches them.
+#[test]
+fn wgmma_is_built_for_sm90a_only() {
+    if !nvrtc::available() {
+        assert!(!std::env::var("ARTIST_REQUIRE_NVRTC").is_ok_and(|v| v == "1"), "libnvrtc was not found");
+        eprintln!("skipping: libnvrtc was not found");
+        return;
+    }
+    let ptx = |target: &str| {
+        let image = nvrtc::compile("attention", target).unwrap_or_else(|e| panic!("{e}"));
+        String::from_utf8(image.bytes).unwrap()
+    };
+    let hopper = ptx("compute_90a");
+    for needle in [
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16",
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16",
+        "wgmma.fence.sync.aligned",
+        "wgmma.commit_group.sync.aligned",
+        "wgmma.wait_group.sync.aligned",
+        "fence.proxy.async.shared::cta",
+    ] {
+        assert!(hopper.contains(needle), "attention.cu for compute_90a has no `{needle}`");
+    }
+    // Both layouts of B: imm-trans-b 0 (K for the scores) and 1 (V).
+    assert!(hopper.contains("p, 1, 1, 0;") && hopper.contains("p, 1, 1, 1;"), "one wgmma layout is missing");
+    assert!(!ptx("compute_90").contains("wgmma.mma_async"), "attention.cu for compute_90 holds wgmma");
 }
 
 #[test]

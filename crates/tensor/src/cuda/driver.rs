@@ -7,7 +7,7 @@ use std::ffi::{CString, c_void};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::sys as blas;
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction, CUmodule};
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction, CUfunction_attribute, CUmodule};
 use cudarc::driver::{CudaContext, CudaStream, result};
 
 use crate::cuda::libs;
@@ -33,6 +33,8 @@ unsafe impl Send for Blas {}
 struct Loaded {
     modules: HashMap<&'static str, CUmodule>,
     functions: HashMap<String, CUfunction>,
+    /// The dynamic shared memory each function has been allowed past the default 48 KB.
+    smem_opt_in: HashMap<String, u32>,
 }
 // SAFETY: module and function handles are plain driver handles, valid in any thread that
 // binds the context.
@@ -70,7 +72,9 @@ impl Driver {
             attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)? as u32,
         );
         let sms = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
-        let toolchain = match (nvrtc::version(), nvrtc::target_for(cc)) {
+        let target = nvrtc::target_for(cc);
+        let wgmma = target.as_deref().is_ok_and(|t| t == "sm_90a");
+        let toolchain = match (nvrtc::version(), target) {
             (Ok((major, minor)), Ok(t)) => format!("NVRTC {major}.{minor}, {t}"),
             (Err(e), _) | (_, Err(e)) => format!("kernels cannot be built: {e}"),
         };
@@ -80,6 +84,7 @@ impl Driver {
             multiprocessors: sms,
             total_memory: ctx.total_mem().map_err(|e| cuda_err("device memory", e))?,
             emulated: false,
+            wgmma,
             toolchain,
         };
         let stream = ctx.new_stream().map_err(|e| cuda_err("stream", e))?;
@@ -135,6 +140,21 @@ impl Driver {
             .map_err(|e| cuda_err("kernel lookup", format!("{} in kernels/{}.cu: {e:?}", k.name, k.module)))?;
         loaded.functions.insert(k.name.clone(), f);
         Ok(f)
+    }
+
+    /// Lets `f` take `bytes` of dynamic shared memory, past the 48 KB a launch gets without
+    /// asking (Hopper allows up to 227 KB per block), once per function and size.
+    fn allow_smem(&self, k: &Kernel, f: CUfunction, bytes: u32) -> Result<()> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if loaded.smem_opt_in.get(&k.name).is_some_and(|&b| b >= bytes) {
+            return Ok(());
+        }
+        let attr = CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        // SAFETY: `f` is a loaded function of this context.
+        unsafe { result::function::set_function_attribute(f, attr, bytes as i32) }
+            .map_err(|e| cuda_err("shared memory opt-in", format!("{}: {bytes} bytes: {e:?}", k.name)))?;
+        loaded.smem_opt_in.insert(k.name.clone(), bytes);
+        Ok(())
     }
 
     fn blas_handle(&self) -> Result<std::sync::MutexGuard<'_, Option<Blas>>> {
@@ -230,6 +250,9 @@ impl Runtime for Driver {
     fn launch(&self, kernel: &Kernel, cfg: LaunchCfg, mut args: Args) -> Result<()> {
         self.bind()?;
         let f = self.function(kernel)?;
+        if cfg.smem > 48 << 10 {
+            self.allow_smem(kernel, f, cfg.smem)?;
+        }
         let mut ptrs = args.pointers();
         let (g, b) = (cfg.grid, cfg.block);
         // SAFETY: the argument list matches the kernel's parameters (the emulator checks the

@@ -92,6 +92,7 @@ impl Emulator {
                 multiprocessors: 1,
                 total_memory: 16 << 30,
                 emulated: true,
+                wgmma: true,
                 toolchain: "kernels compiled as C++ for the emulator".into(),
             },
             blocks: Mutex::new(BTreeMap::new()),

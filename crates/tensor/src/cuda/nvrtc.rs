@@ -143,12 +143,17 @@ unsafe fn program_log(prog: sys::nvrtcProgram) -> String {
 }
 
 /// How to build kernels for a GPU of compute capability `cc`: CUBIN for it when NVRTC knows
-/// the architecture, else PTX for the newest one NVRTC knows below it.
+/// the architecture, else PTX for the newest one NVRTC knows below it. Compute capability
+/// 9.0 gets `sm_90a`, Hopper's architecture-specific target, which adds the warpgroup MMA
+/// (`wgmma`) the Hopper attention kernel uses; its CUBIN runs on 9.0 GPUs only, which is
+/// all it is built for.
 pub fn target_for(cc: (u32, u32)) -> Result<String> {
     let want = (cc.0 * 10 + cc.1) as i32;
     let archs = supported_archs()?;
     if archs.contains(&want) {
-        return Ok(format!("sm_{want}"));
+        // sm_90a came with NVRTC 12.0 (11.8 knows sm_90 only).
+        let hopper = want == 90 && version()?.0 >= 12;
+        return Ok(if hopper { "sm_90a".into() } else { format!("sm_{want}") });
     }
     match archs.iter().copied().filter(|&a| a <= want).max() {
         Some(a) => Ok(format!("compute_{a}")),

@@ -976,8 +976,16 @@ pub(crate) fn attention_fwd(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, sca
         let args = Args::new().arg(shape).arg(qp).arg(kp).arg(vp).arg(op).arg(lp);
         let dtypes = [q.dtype(), k.dtype(), v.dtype()];
         if tensor_core_attention(&dev, dtypes, a.d, [kr, kh, vr, vh], [kp, vp]) {
-            let cfg = LaunchCfg { grid: [a.t.div_ceil(64) as u32, a.heads as u32, 1], block: [128, 1, 1], smem: 0 };
-            dev.launch("attention", format!("attn_fwd_mma_d{}_bf16", a.d), cfg, args)?;
+            if wgmma_attention(&dev) {
+                // Two warpgroups per 128 rows; two K and two V tiles of 64 rows, 1024-byte
+                // aligned (65 KB at head dim 128: past 48 KB, which the launch opts into).
+                let smem = (4 * 64 * a.d * 2 + 1024) as u32;
+                let cfg = LaunchCfg { grid: [a.t.div_ceil(128) as u32, a.heads as u32, 1], block: [256, 1, 1], smem };
+                dev.launch("attention", format!("attn_fwd_wgmma_d{}_bf16", a.d), cfg, args)?;
+            } else {
+                let cfg = LaunchCfg { grid: [a.t.div_ceil(64) as u32, a.heads as u32, 1], block: [128, 1, 1], smem: 0 };
+                dev.launch("attention", format!("attn_fwd_mma_d{}_bf16", a.d), cfg, args)?;
+            }
         } else {
             dev.launch("attention", format!("attn_fwd_{}", suffix(q.dtype())), warp_cfg(a.t * a.heads), args)?;
         }
@@ -998,6 +1006,23 @@ fn tensor_core_attention(dev: &GpuDevice, dtypes: [DType; 3], d: usize, strides:
         && strides.iter().all(|s| s % 8 == 0)
         && ptrs.iter().all(|p| p % 16 == 0)
         && dev.rt.info().compute_capability >= (8, 0)
+}
+
+thread_local! {
+    /// This thread's choice of the Hopper forward over `attn_fwd_mma` ([`crate::cuda::set_thread_wgmma_attention`]).
+    pub(crate) static WGMMA_ATTENTION: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether the tensor-core forward runs on Hopper's warpgroup MMA (`attn_fwd_wgmma_d{64,128}_bf16`)
+/// rather than `mma.sync`: kernels built for sm_90a (or the emulator), and asked for, by
+/// `ARTIST_ATTN_WGMMA=1` or for this thread by [`crate::cuda::set_thread_wgmma_attention`].
+/// Off by default until it has been checked and timed on a Hopper GPU (docs/CUDA.md).
+fn wgmma_attention(dev: &GpuDevice) -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let asked = WGMMA_ATTENTION
+        .with(|w| w.get())
+        .unwrap_or_else(|| *ENV.get_or_init(|| std::env::var("ARTIST_ATTN_WGMMA").as_deref() == Ok("1")));
+    asked && dev.rt.info().wgmma
 }
 
 /// Attention of `q` over a paged KV cache's pools `[blocks, block_size, kv_heads, d]` through

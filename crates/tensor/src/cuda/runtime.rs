@@ -17,6 +17,9 @@ pub struct DeviceInfo {
     pub total_memory: usize,
     /// The CPU emulator rather than a GPU.
     pub emulated: bool,
+    /// Hopper's warpgroup MMA kernels can run: kernels are built for sm_90a (a compute
+    /// capability 9.0 GPU and NVRTC 12.0 or later), or this is the emulator.
+    pub wgmma: bool,
     /// How kernels were built for it, e.g. "NVRTC 12.9, sm_90 CUBIN".
     pub toolchain: String,
 }
