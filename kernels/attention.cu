@@ -950,8 +950,9 @@ __device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q,
                                                      const bf16* dout, const float* lse, const float* delta,
                                                      float* dq) {
     constexpr int KC = D / 16, NT = MMA_BK / 8, OT = D / 8, SR = D + MMA_PAD;
-    __align__(16) __shared__ u16 ks[MMA_BK * SR];
-    __align__(16) __shared__ u16 vs[MMA_BK * SR];
+    // Two buffers, each a K and a V tile of padded rows: 2 x 2 x MMA_BK x SR bf16 of dynamic
+    // shared memory (69 KB at head dim 128, past the 48 KB a launch gets without opting in).
+    DYNAMIC_SMEM(u16, smem);
     const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
     const int h = (int)blockIdx.y, kvh = h / (s.heads / s.kv_heads);
     const i64 q0 = (i64)blockIdx.x * MMA_BQ, r0 = q0 + warp * 16;
@@ -977,17 +978,22 @@ __device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q,
 
     i64 last_row = (q0 + MMA_BQ < s.t ? q0 + MMA_BQ : s.t) - 1;
     i64 kmax = last_row + off < s.len - 1 ? last_row + off : s.len - 1;
-    // The next tile's V is copied (cp.async) while dQ += dS K runs on this tile's K; K, which
-    // both halves of a tile read, is copied between them, its latency exposed (overlapping it
-    // too needs a second buffer: 69 KB of shared memory at head dim 128).
-    stage_tile_async<D, MMA_BK>(vs, vb, s.v_row, 0, s.len);
+    // The next tile's K and V are copied (cp.async) into the other buffer while the warps
+    // compute on this one: every load overlaps.
+    auto stage = [&](i64 j0) {
+        u16* ks = smem + ((j0 / MMA_BK) & 1) * 2 * MMA_BK * SR;
+        stage_tile_async<D, MMA_BK>(ks, kb, s.k_row, j0, s.len);
+        stage_tile_async<D, MMA_BK>(ks + MMA_BK * SR, vb, s.v_row, j0, s.len);
+    };
+    stage(0);
     cp_async_commit();
     for (i64 j0 = 0; j0 <= kmax; j0 += MMA_BK) {
-        __syncthreads();  // every warp is done with the previous tile's K
-        stage_tile_async<D, MMA_BK>(ks, kb, s.k_row, j0, s.len);
-        cp_async_commit();
         cp_async_wait<0>();
-        __syncthreads();  // this tile's K and V are in
+        __syncthreads();  // this tile's K and V are in; every warp is done with the other buffer
+        if (j0 + MMA_BK <= kmax) stage(j0 + MMA_BK);
+        cp_async_commit();
+        const u16* ks = smem + ((j0 / MMA_BK) & 1) * 2 * MMA_BK * SR;
+        const u16* vs = ks + MMA_BK * SR;
         float sc[NT][4], dp[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
@@ -1014,9 +1020,6 @@ __device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q,
                 sc[nt][e] = p * (dp[nt][e] - drow[e >> 1]);  // dS
             }
         }
-        __syncthreads();  // every warp is done with V
-        if (j0 + MMA_BK <= kmax) stage_tile_async<D, MMA_BK>(vs, vb, s.v_row, j0 + MMA_BK, s.len);
-        cp_async_commit();
         // dQ += dS K: B[k][n] = K[key k][n], two value rows per register as P V reads V.
 #pragma unroll
         for (int kc = 0; kc < MMA_BK / 16; ++kc) {

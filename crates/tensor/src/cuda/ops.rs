@@ -1252,7 +1252,9 @@ pub(crate) fn attention_bwd(
             smem: 0,
         };
         let args = Args::new().arg(shape).arg(qp).arg(kp).arg(vp).arg(d16).arg(lp).arg(delta.ptr()).arg(dqp);
-        dev.launch("attention", format!("attn_bwd_dq_mma_d{}_bf16", a.d), block(a.t, a.heads), args)?;
+        // Two buffers of a K and a V tile of 64 padded rows (MMA_DQ_SMEM: 69 KB at d128).
+        let dq_cfg = LaunchCfg { smem: (2 * 2 * 64 * (a.d + 8) * 2) as u32, ..block(a.t, a.heads) };
+        dev.launch("attention", format!("attn_bwd_dq_mma_d{}_bf16", a.d), dq_cfg, args)?;
         let args = Args::new().arg(shape).arg(qp).arg(kp).arg(vp).arg(d16).arg(lp).arg(delta.ptr()).arg(dkp).arg(dvp);
         dev.launch("attention", format!("attn_bwd_dkv_mma_d{}_bf16", a.d), block(a.len, a.kv_heads), args)?;
         drop((out, lse, dout, dout16));
