@@ -202,6 +202,10 @@ fn generate_and_score_on_the_cuda_backend() {
     let on_cuda = |bin: &str, args: &[&str]| -> Output {
         let mut c = Command::new(bin);
         c.args(args).args(["--device", "cuda"]);
+        if bin.ends_with("generate") {
+            // f32 products and KV cache, as on the CPU (a GPU's default, `auto`, is bf16).
+            c.args(["--matmul-dtype", "f32", "--kv-dtype", "f32"]);
+        }
         if !artist_tensor::cuda::driver_present() {
             c.env("ARTIST_CUDA", "emulator");
         }

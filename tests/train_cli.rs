@@ -441,7 +441,8 @@ fn sft_on_the_cuda_backend_follows_the_cpu() {
     cpu.extend(["--device".into(), "cpu".into()]);
     ok(&train(&cpu, &[]));
     let mut gpu = dp_args(&b);
-    gpu.extend(["--device".into(), "cuda".into()]);
+    // f32 products and attention, as on the CPU (a GPU's default, `auto`, is bf16).
+    gpu.extend(["--device", "cuda", "--matmul-dtype", "f32", "--attention-dtype", "f32"].map(Into::into));
     let env: &[(&str, &str)] =
         if artist::tensor::cuda::driver_present() { &[] } else { &[("ARTIST_CUDA", "emulator")] };
     let out = train(&gpu, env);

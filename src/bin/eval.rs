@@ -128,11 +128,13 @@ struct Cli {
     #[arg(long, default_value_t = 20)]
     max_steps_per_turn: usize,
     /// The dtype the model's projections multiply in: f32 (exact) or bf16 (activations and
-    /// weights rounded, f32 sums: tensor-core GEMMs on a GPU, as vLLM serves).
-    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    /// weights rounded, f32 sums: tensor-core GEMMs on a GPU, as vLLM serves); auto: bf16
+    /// on a GPU, f32 on the CPU.
+    #[arg(long, value_name = "auto|f32|bf16", default_value = "auto")]
     matmul_dtype: artist::train::ComputeDtype,
-    /// What the KV cache stores: f32 (exact) or bf16 (half the memory and decode bytes).
-    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    /// What the KV cache stores: f32 (exact) or bf16 (half the memory and decode bytes);
+    /// auto: bf16 on a GPU, f32 on the CPU.
+    #[arg(long, value_name = "auto|f32|bf16", default_value = "auto")]
     kv_dtype: artist::train::ComputeDtype,
 }
 
@@ -175,9 +177,10 @@ fn evaluate_bfcl(cli: &Cli) -> Result<()> {
     let out = if cli.replay_ground_truth {
         bfcl_eval::replay(&paths, cli.replay_from.as_deref(), opts, cli.json)?
     } else if let Some(model_dir) = &cli.model {
+        let device = artist::cli::device(&cli.device)?;
         let run = bfcl_eval::ModelRun {
             model_dir,
-            device: artist::cli::device(&cli.device)?,
+            device,
             temperature: cli.temperature,
             top_p: cli.top_p,
             max_turn_tokens: cli.max_new_tokens,
@@ -185,8 +188,8 @@ fn evaluate_bfcl(cli: &Cli) -> Result<()> {
             max_steps_per_turn: cli.max_steps_per_turn,
             batch: cli.batch,
             seed: cli.seed,
-            matmul_dtype: cli.matmul_dtype.dtype(),
-            kv_cache_dtype: cli.kv_dtype.storage(),
+            matmul_dtype: cli.matmul_dtype.dtype(device),
+            kv_cache_dtype: cli.kv_dtype.storage(device),
             skip: cli.skip,
             first: cli.first,
             out: cli.out.as_deref(),
@@ -269,8 +272,8 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
             max_context: longest + response + 1,
             max_batch: cli.batch.max(samples),
             eos_ids: artist::cli::eos_ids(model_dir, &model)?,
-            matmul_dtype: cli.matmul_dtype.dtype(),
-            kv_cache_dtype: cli.kv_dtype.storage(),
+            matmul_dtype: cli.matmul_dtype.dtype(model.device()),
+            kv_cache_dtype: cli.kv_dtype.storage(model.device()),
             ..Default::default()
         },
     };

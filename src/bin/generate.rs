@@ -79,11 +79,13 @@ struct Args {
     #[arg(long, default_value_t = 10.0)]
     tool_timeout_s: f64,
     /// The dtype the model's projections multiply in: f32 (exact) or bf16 (activations and
-    /// weights rounded, f32 sums: tensor-core GEMMs on a GPU, as vLLM serves).
-    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    /// weights rounded, f32 sums: tensor-core GEMMs on a GPU, as vLLM serves); auto: bf16
+    /// on a GPU, f32 on the CPU.
+    #[arg(long, value_name = "auto|f32|bf16", default_value = "auto")]
     matmul_dtype: artist::train::ComputeDtype,
-    /// What the KV cache stores: f32 (exact) or bf16 (half the memory and decode bytes).
-    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    /// What the KV cache stores: f32 (exact) or bf16 (half the memory and decode bytes);
+    /// auto: bf16 on a GPU, f32 on the CPU.
+    #[arg(long, value_name = "auto|f32|bf16", default_value = "auto")]
     kv_dtype: artist::train::ComputeDtype,
 }
 
@@ -133,8 +135,8 @@ fn main() -> Result<()> {
         return run_with_tool(&args, tool, &model, tok, prompt_ids, sampling, eos_ids);
     }
     let opts = GenerateOptions {
-        matmul_dtype: args.matmul_dtype.dtype(),
-        kv_cache_dtype: args.kv_dtype.storage(),
+        matmul_dtype: args.matmul_dtype.dtype(device),
+        kv_cache_dtype: args.kv_dtype.storage(device),
         ..GenerateOptions::new(args.max_new_tokens, sampling, eos_ids)
     };
 
@@ -224,8 +226,8 @@ fn run_with_tool(
             max_batch: 1,
             eos_ids,
             stop_text,
-            matmul_dtype: args.matmul_dtype.dtype(),
-            kv_cache_dtype: args.kv_dtype.storage(),
+            matmul_dtype: args.matmul_dtype.dtype(model.device()),
+            kv_cache_dtype: args.kv_dtype.storage(model.device()),
             ..Default::default()
         },
     };

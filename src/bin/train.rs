@@ -122,15 +122,16 @@ struct Args {
     /// [sft] Recompute decoder layers in backward instead of storing their activations.
     #[arg(long)]
     grad_checkpointing: bool,
-    /// [sft] The dtype attention computes in: f32 (the default, exact) or bf16 (rounded
-    /// inputs; on a GPU with head dim 64 or 128, the tensor-core kernels). GRPO: the config
-    /// key `attention_dtype`.
-    #[arg(long, value_name = "f32|bf16")]
+    /// [sft] The dtype attention computes in: f32 (exact) or bf16 (rounded inputs; on a GPU
+    /// with head dim 64 or 128, the tensor-core kernels); auto, the default: bf16 on a GPU,
+    /// f32 on the CPU. GRPO: the config key `attention_dtype`.
+    #[arg(long, value_name = "auto|f32|bf16")]
     attention_dtype: Option<artist_train::ComputeDtype>,
-    /// [sft] The dtype linear layers and the LM head multiply in: f32 (the default, exact)
-    /// or bf16 (activations, weights and output gradients rounded, f32 sums; on a GPU, the
-    /// tensor cores). GRPO: the config keys `matmul_dtype` and `[rollout] matmul_dtype`.
-    #[arg(long, value_name = "f32|bf16")]
+    /// [sft] The dtype linear layers and the LM head multiply in: f32 (exact) or bf16
+    /// (activations, weights and output gradients rounded, f32 sums; on a GPU, the tensor
+    /// cores); auto, the default: bf16 on a GPU, f32 on the CPU. GRPO: the config keys
+    /// `matmul_dtype` and `[rollout] matmul_dtype`.
+    #[arg(long, value_name = "auto|f32|bf16")]
     matmul_dtype: Option<artist_train::ComputeDtype>,
     /// Stop after this step (checkpointing it) without finishing; --resume continues. For the
     /// demo, counts GRPO steps.
@@ -466,7 +467,7 @@ fn run_fc(
 ) -> Result<()> {
     use artist_train::fc::{FcData, FcTrainer};
 
-    config.validate()?;
+    config.validate(opts.device)?;
     let data = FcData::load(&config.bfcl)?;
     let (model, tokenizer) = artist::cli::open_model(&config.model, opts.device)?;
     let tokenizer = tokenizer.with_context(|| format!("{}: GRPO needs tokenizer.json", config.model.display()))?;

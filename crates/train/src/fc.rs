@@ -533,8 +533,8 @@ impl FcTrainer {
             max_steps_per_turn: self.config.bfcl.max_steps_per_turn,
             max_batch: r.max_batch,
             eos_ids: self.model.config.eos_token_ids.clone(),
-            matmul_dtype: r.matmul_dtype.dtype(),
-            kv_cache_dtype: r.kv_cache_dtype.storage(),
+            matmul_dtype: r.matmul_dtype.dtype(self.model.device()),
+            kv_cache_dtype: r.kv_cache_dtype.storage(self.model.device()),
             first_episode: 0,
         }
     }

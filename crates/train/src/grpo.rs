@@ -65,12 +65,13 @@ pub struct RolloutSettings {
     /// Runs repeat to the bit: a rollout that calls a tool rejoins the batch at the next
     /// step (the engine waits for the call; see `RolloutConfig::deterministic`).
     pub deterministic: bool,
-    /// The dtype the policy's linear layers multiply in while sampling (`f32` or `bf16`:
-    /// tensor-core GEMMs for prefills and decode batches of more than 8 rollouts; see
-    /// `KvCache::set_matmul_dtype`).
+    /// The dtype the policy's linear layers multiply in while sampling (`auto`: bf16 on a
+    /// GPU, f32 on the CPU; `f32`; or `bf16`: tensor-core GEMMs for prefills and decode
+    /// batches of more than 8 rollouts; see `KvCache::set_matmul_dtype`).
     pub matmul_dtype: crate::ComputeDtype,
-    /// What the rollouts' KV cache stores keys and values as (`f32`, or `bf16`: half the
-    /// memory and the bytes each decode step reads; see `KvCache::paged_in`).
+    /// What the rollouts' KV cache stores keys and values as (`auto`: bf16 on a GPU, f32 on
+    /// the CPU; `f32`; or `bf16`: half the memory and the bytes each decode step reads; see
+    /// `KvCache::paged_in`).
     pub kv_cache_dtype: crate::ComputeDtype,
 }
 
@@ -88,8 +89,8 @@ impl Default for RolloutSettings {
             max_batch: 48,
             share_prefix: true,
             deterministic: false,
-            matmul_dtype: crate::ComputeDtype::F32,
-            kv_cache_dtype: crate::ComputeDtype::F32,
+            matmul_dtype: crate::ComputeDtype::Auto,
+            kv_cache_dtype: crate::ComputeDtype::Auto,
         }
     }
 }
@@ -175,11 +176,11 @@ pub struct GrpoRunConfig {
     pub overlap_allreduce: Option<bool>,
     /// Leave out groups whose rewards are all equal (their advantage is 0).
     pub filter_flat_groups: bool,
-    /// The dtype attention computes in for the loss's forward and backward (`f32` or
-    /// `bf16`; see [`crate::ComputeDtype`]).
+    /// The dtype attention computes in for the loss's forward and backward (`auto`, `f32`
+    /// or `bf16`; see [`crate::ComputeDtype`]).
     pub attention_dtype: crate::ComputeDtype,
     /// The dtype the loss's linear layers and LM head multiply in, forward and backward
-    /// (`f32` or `bf16`; the rollouts' own is `rollout.matmul_dtype`).
+    /// (`auto`, `f32` or `bf16`; the rollouts' own is `rollout.matmul_dtype`).
     pub matmul_dtype: crate::ComputeDtype,
     pub rollout: RolloutSettings,
     pub grpo: GrpoConfig,
@@ -215,8 +216,8 @@ impl Default for GrpoRunConfig {
             micro_batch_rollouts: 0,
             overlap_allreduce: None,
             filter_flat_groups: false,
-            attention_dtype: crate::ComputeDtype::F32,
-            matmul_dtype: crate::ComputeDtype::F32,
+            attention_dtype: crate::ComputeDtype::Auto,
+            matmul_dtype: crate::ComputeDtype::Auto,
             rollout: RolloutSettings::default(),
             grpo: GrpoConfig::default(),
             advantages: AdvantageConfig::default(),
@@ -263,23 +264,26 @@ impl GrpoRunConfig {
         doc.try_into().map_err(|e: toml::de::Error| Error::Config(format!("--set: {e}")))
     }
 
-    /// Whether pi_old is recomputed by the trainer (see `old_logprobs`): always with
-    /// `recompute`, never with `sampler`; with `auto` when the sampler computes otherwise
-    /// than the loss: its products in another dtype, its keys and values stored as bf16, or
-    /// the loss's attention in bf16.
-    pub fn recomputes_old_logprobs(&self) -> bool {
+    /// Whether pi_old is recomputed by the trainer (see `old_logprobs`) for a model on
+    /// `device`: always with `recompute`, never with `sampler`; with `auto` when the sampler
+    /// computes otherwise than the loss: its products in another dtype, its keys and values
+    /// stored as bf16, or the loss's attention in bf16 (so on a GPU, where `auto` dtypes
+    /// are bf16, it is recomputed).
+    pub fn recomputes_old_logprobs(&self, device: artist_tensor::Device) -> bool {
+        let f32 = crate::ComputeDtype::F32;
         match self.old_logprobs {
             OldLogprobs::Sampler => false,
             OldLogprobs::Recompute => true,
             OldLogprobs::Auto => {
-                self.rollout.matmul_dtype != self.matmul_dtype
-                    || self.rollout.kv_cache_dtype != crate::ComputeDtype::F32
-                    || self.attention_dtype != crate::ComputeDtype::F32
+                self.rollout.matmul_dtype.on(device) != self.matmul_dtype.on(device)
+                    || self.rollout.kv_cache_dtype.on(device) != f32
+                    || self.attention_dtype.on(device) != f32
             }
         }
     }
 
-    pub fn validate(&self) -> Result<()> {
+    /// Checks the settings for a model on `device`.
+    pub fn validate(&self, device: artist_tensor::Device) -> Result<()> {
         let r = &self.rollout;
         if !(self.grpo.beta >= 0.0 && self.grpo.beta.is_finite()) {
             return Err(Error::Config(format!("grpo.beta must be a finite number >= 0, got {}", self.grpo.beta)));
@@ -287,7 +291,7 @@ impl GrpoRunConfig {
         if !(self.grpo.tis_cap >= 0.0 && self.grpo.tis_cap.is_finite()) {
             return Err(Error::Config(format!("grpo.tis_cap must be a finite number >= 0, got {}", self.grpo.tis_cap)));
         }
-        if self.grpo.tis_cap > 0.0 && !self.recomputes_old_logprobs() {
+        if self.grpo.tis_cap > 0.0 && !self.recomputes_old_logprobs(device) {
             return Err(Error::Config(
                 "grpo.tis_cap weighs pi_old recomputed by the trainer against the sampler's logprobs: \
                  set old_logprobs = \"recompute\" (or \"auto\" with bf16 rollouts)"
@@ -448,8 +452,8 @@ impl GrpoTrainer<'_> {
                 deterministic: r.deterministic,
                 eos_ids: self.model.config.eos_token_ids.clone(),
                 stop_text: Some("</answer>".into()),
-                matmul_dtype: r.matmul_dtype.dtype(),
-                kv_cache_dtype: r.kv_cache_dtype.storage(),
+                matmul_dtype: r.matmul_dtype.dtype(self.model.device()),
+                kv_cache_dtype: r.kv_cache_dtype.storage(self.model.device()),
                 ..Default::default()
             },
         };
@@ -675,11 +679,12 @@ pub fn update_sharded(
     let micro = if c.micro_batch_rollouts == 0 { train.len().max(1) } else { c.micro_batch_rollouts };
     // The loss's numerics, for everything it compares with: pi_old recomputed and the
     // reference's logprobs.
+    let dev = model.device();
     let numerics =
-        |ctx: Ctx| ctx.with_attention_dtype(c.attention_dtype.dtype()).with_matmul_dtype(c.matmul_dtype.dtype());
+        |ctx: Ctx| ctx.with_attention_dtype(c.attention_dtype.dtype(dev)).with_matmul_dtype(c.matmul_dtype.dtype(dev));
     // Summed |recomputed - sampler's| over generated tokens, and their count.
     let mut gap = [0f32; 2];
-    if c.recomputes_old_logprobs() && !train.is_empty() {
+    if c.recomputes_old_logprobs(dev) && !train.is_empty() {
         let _range = artist_tensor::nvtx::range("pi_old recompute");
         let refs: Vec<&TrainRollout> = train.iter().collect();
         let lps = rollout_logprobs(model, &numerics(Ctx::inference()), &refs, c.rollout.temperature, micro)?;
@@ -750,7 +755,7 @@ pub fn update_sharded(
     }
     out.clip_fraction = clipped as f64 / tokens.max(1) as f64;
     out.kl = kl / tokens.max(1) as f64;
-    if c.recomputes_old_logprobs() {
+    if c.recomputes_old_logprobs(dev) {
         out.sampler_logprob_gap = Some(f64::from(gap[0]) / f64::from(gap[1]).max(1.0));
     }
     Ok(out)
@@ -870,7 +875,7 @@ fn run<T: GrpoTask>(
     let lead = dist.as_ref().is_none_or(|c| c.rank() == 0);
     let c = trainer.config().clone();
     let resume = opts.resume;
-    c.validate()?;
+    c.validate(trainer.model().device())?;
     if lead {
         std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
     }

@@ -64,9 +64,9 @@ pub struct SftConfig {
     pub overlong: Overlong,
     /// Recompute each decoder layer's activations in backward instead of storing them.
     pub grad_checkpointing: bool,
-    /// The dtype attention computes in (`f32` or `bf16`).
+    /// The dtype attention computes in (`auto`: bf16 on a GPU, f32 on the CPU; `f32`; `bf16`).
     pub attention_dtype: crate::ComputeDtype,
-    /// The dtype linear layers and the LM head multiply in (`f32` or `bf16`).
+    /// The dtype linear layers and the LM head multiply in (`auto`, `f32` or `bf16`).
     pub matmul_dtype: crate::ComputeDtype,
     /// Give up after this many steps in a row whose loss or gradient was not finite.
     pub max_bad_steps: u32,
@@ -101,8 +101,8 @@ impl Default for SftConfig {
             max_seq_len: 4096,
             overlong: Overlong::Truncate,
             grad_checkpointing: false,
-            attention_dtype: crate::ComputeDtype::F32,
-            matmul_dtype: crate::ComputeDtype::F32,
+            attention_dtype: crate::ComputeDtype::Auto,
+            matmul_dtype: crate::ComputeDtype::Auto,
             max_bad_steps: 10,
             overlap_allreduce: None,
         }
@@ -374,8 +374,8 @@ fn run(
             let tape = Tape::new();
             let ctx = Ctx::training(&tape)
                 .with_checkpointing(c.grad_checkpointing)
-                .with_attention_dtype(c.attention_dtype.dtype())
-                .with_matmul_dtype(c.matmul_dtype.dtype());
+                .with_attention_dtype(c.attention_dtype.dtype(model.device()))
+                .with_matmul_dtype(c.matmul_dtype.dtype(model.device()));
             let (l, _) = sft_loss(&model, &ctx, mb, n_targets)?;
             loss += l.to_scalar()? as f64;
             step_grads.backward(&tape, &l, j + 1 == n_micro)?;

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use artist_model::Qwen2;
+use artist_tensor::Device;
 use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, train};
 use artist_train::sft::RunOptions;
 
@@ -138,7 +139,9 @@ fn pi_old_is_recomputed_when_the_sampler_computes_in_bf16() {
         sets.extend(extra.iter().map(|s| s.to_string()));
         tiny_config().with_overrides(&sets).unwrap()
     };
-    assert!(!tiny_config().recomputes_old_logprobs(), "f32 sampling and loss need no recomputation");
+    assert!(!tiny_config().recomputes_old_logprobs(Device::Cpu), "f32 sampling and loss need no recomputation");
+    // On a GPU the auto dtypes are bf16 (products, attention, KV cache): pi_old is recomputed.
+    assert!(tiny_config().recomputes_old_logprobs(Device::Cuda(0)), "auto dtypes on a GPU recompute pi_old");
     let tmp = tempfile::tempdir().unwrap();
     let auto = train(&tmp.path().join("auto"), &mut trainer(bf16(&[])), &fresh()).unwrap();
     let gap = auto[0].sampler_logprob_gap.expect("auto recomputes pi_old under bf16 sampling");
@@ -149,9 +152,9 @@ fn pi_old_is_recomputed_when_the_sampler_computes_in_bf16() {
     assert_eq!(sampler[0].sampler_logprob_gap, None);
     let tis = train(&tmp.path().join("tis"), &mut trainer(bf16(&["grpo.tis_cap=2.0"])), &fresh()).unwrap();
     assert!(tis[0].loss.is_finite() && tis[0].sampler_logprob_gap.is_some());
-    let e = bf16(&["old_logprobs=\"sampler\"", "grpo.tis_cap=2.0"]).validate().unwrap_err().to_string();
+    let e = bf16(&["old_logprobs=\"sampler\"", "grpo.tis_cap=2.0"]).validate(Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("tis_cap") && e.contains("recompute"), "{e}");
-    let e = bf16(&["grpo.tis_cap=-1.0"]).validate().unwrap_err().to_string();
+    let e = bf16(&["grpo.tis_cap=-1.0"]).validate(Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("tis_cap"), "{e}");
     let e = tiny_config().with_overrides(&["old_logprobs=\"trainer\"".into()]).unwrap_err().to_string();
     assert!(e.contains("trainer"), "{e}");
