@@ -669,6 +669,42 @@ __device__ __forceinline__ void write_output_rows(const AttnShape& s, bf16* out,
     }
 }
 
+// dS = P (dP - delta) for a warp's rows r0 + g (e < 2) and r0 + g + 8 (e >= 2) over keys
+// j0 .. j0 + 8 NT, in place of the scores sc (C fragments): P recomputed from the scores and
+// the rows' log-sum-exp lrow, zero where the mask hides a key; drow holds the rows' delta.
+template <int NT>
+__device__ __forceinline__ void ds_tile(const AttnShape& s, float (*sc)[4], const float (*dp)[4], const float* lrow,
+                                        const float* drow, i64 r0, i64 j0, int g, int c, i64 off) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            i64 row = r0 + g + 8 * (e >> 1), key = j0 + nt * 8 + 2 * c + (e & 1);
+            bool seen = row < s.t && key <= row + off && key < s.len;
+            float p = seen ? expf(sc[nt][e] * s.scale - lrow[e >> 1]) : 0.0f;
+            sc[nt][e] = p * (dp[nt][e] - drow[e >> 1]);
+        }
+    }
+}
+
+// The dQ rows r0 + g and r0 + g + 8 of head h: the accumulated dS K times the scale.
+template <int D>
+__device__ __forceinline__ void write_dq_rows(const AttnShape& s, float* dq, const float (*acc)[4], i64 r0, int h,
+                                              int g, int c) {
+    constexpr int OT = D / 8;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        i64 row = r0 + g + 8 * r;
+        if (row >= s.t) continue;
+        float* dst = dq + (row * s.heads + h) * D + 2 * c;
+#pragma unroll
+        for (int ot = 0; ot < OT; ++ot) {
+            dst[ot * 8] = acc[ot][2 * r] * s.scale;
+            dst[ot * 8 + 1] = acc[ot][2 * r + 1] * s.scale;
+        }
+    }
+}
+
 template <int D>
 __device__ __forceinline__ void attn_fwd_mma_impl(AttnShape s, const bf16* q, const bf16* k, const bf16* v,
                                                   bf16* out, float* lse) {
@@ -906,12 +942,106 @@ __device__ __forceinline__ void attn_fwd_wgmma_impl(AttnShape s, const bf16* q, 
 #endif
 }
 
+// The dQ pass on Hopper's warpgroup MMA, for the same 128 rows per block as the forward:
+// S = Q K^T and dP = dO V^T as K-major products (K and V tiles in the forward's swizzled
+// layout), dS = P (dP - delta), and dQ += dS K with K as an N-major operand: every operand
+// in place, as the mma.sync pass reads them. Two buffers of a K and a V tile; the next pair
+// is copied while this one computes, and tile t's dS K product runs while the warps wait
+// for tile t + 1's copies.
+template <int D>
+__device__ __forceinline__ void attn_bwd_dq_wgmma_impl(AttnShape s, const bf16* q, const bf16* k, const bf16* v,
+                                                       const bf16* dout, const float* lse, const float* delta,
+                                                       float* dq) {
+#ifdef ARTIST_WGMMA
+    constexpr int KC = D / 16, NT = WG_BK / 8, OT = D / 8, PC = WG_BK / 16;
+    constexpr u32 TILE = WG_HALF * (D / 64);
+    // Buffer b holds K at 2b tiles in and V at 2b + 1, 1024-byte aligned.
+    DYNAMIC_SMEM(unsigned char, smem);
+    unsigned char* tiles0 = smem + ((1024u - (smem_u32(smem) & 1023u)) & 1023u);
+    const u32 ta = smem_u32(tiles0);
+    const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
+    const int h = (int)blockIdx.y, kvh = h / (s.heads / s.kv_heads);
+    const i64 q0 = (i64)blockIdx.x * WG_BQ, r0 = q0 + warp * 16;
+    const i64 off = s.len - s.t;
+    const u16* qb = reinterpret_cast<const u16*>(q);
+    const u16* db = reinterpret_cast<const u16*>(dout);
+    const u16* kb = reinterpret_cast<const u16*>(k) + kvh * s.k_head;
+    const u16* vb = reinterpret_cast<const u16*>(v) + kvh * s.v_head;
+    auto stage = [&](i64 t) {
+        unsigned char* at = tiles0 + 2 * (t & 1) * TILE;
+        stage_tile_swizzled<D>(at, kb, s.k_row, t * WG_BK, s.len);
+        stage_tile_swizzled<D>(at + TILE, vb, s.v_row, t * WG_BK, s.len);
+    };
+
+    u32 qa[KC][4], da[KC][4];  // rows r0 + g and r0 + g + 8 of Q and dO as A fragments
+    load_a_rows<D>(qa, qb + h * D, (i64)s.heads * D, r0, s.t, g, c);
+    load_a_rows<D>(da, db + h * D, (i64)s.heads * D, r0, s.t, g, c);
+    float lrow[2], drow[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        i64 row = r0 + g + 8 * r;
+        lrow[r] = row < s.t ? lse[(i64)h * s.t + row] : 0.0f;
+        drow[r] = row < s.t ? delta[(i64)h * s.t + row] : 0.0f;
+    }
+    float acc[OT][4], sc[NT][4], dp[NT][4];
+#pragma unroll
+    for (int ot = 0; ot < OT; ++ot) acc[ot][0] = acc[ot][1] = acc[ot][2] = acc[ot][3] = 0.0f;
+    u32 pa[PC][4];  // dS rounded to bf16 as the A fragments of dS K
+
+    i64 last_row = (q0 + WG_BQ < s.t ? q0 + WG_BQ : s.t) - 1;
+    i64 kmax = last_row + off < s.len - 1 ? last_row + off : s.len - 1;
+    const i64 tiles = kmax / WG_BK + 1;
+    stage(0);
+    cp_async_commit();
+    for (i64 t = 0; t < tiles; ++t) {
+        wgmma_wait<0>();  // the previous tile's dS K: its buffer and its A registers are free
+        wgmma_fence_operands(&acc[0][0], OT * 4);
+        cp_async_wait<0>();
+        fence_proxy_async_shared();
+        __syncthreads();  // this tile's K and V are in; every warpgroup is done with the other buffer
+        if (t + 1 < tiles) stage(t + 1);
+        cp_async_commit();
+        const u32 ka = ta + 2 * (u32)(t & 1) * TILE, va = ka + TILE;
+        wgmma_fence();
+#pragma unroll
+        for (int kc = 0; kc < KC; ++kc) {
+            u32 at = (u32)(kc >> 2) * WG_HALF + (u32)(kc & 3) * 32u;
+            wgmma_bf16_rs<WG_BK, 0>(&sc[0][0], qa[kc], wgmma_desc(ka + at, 16, 1024), kc > 0);
+            wgmma_bf16_rs<WG_BK, 0>(&dp[0][0], da[kc], wgmma_desc(va + at, 16, 1024), kc > 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operands(&sc[0][0], NT * 4);
+        wgmma_fence_operands(&dp[0][0], NT * 4);
+        ds_tile<NT>(s, sc, dp, lrow, drow, r0, t * WG_BK, g, c, off);
+#pragma unroll
+        for (int kc = 0; kc < PC; ++kc) c_to_a(pa[kc], sc[2 * kc], sc[2 * kc + 1]);
+        wgmma_fence();
+#pragma unroll
+        for (int kc = 0; kc < PC; ++kc)
+            wgmma_bf16_rs<D, 1>(&acc[0][0], pa[kc], wgmma_desc(ka + (u32)kc * 2048u, WG_HALF, 1024), 1);
+        wgmma_commit();
+    }
+    wgmma_wait<0>();
+    wgmma_fence_operands(&acc[0][0], OT * 4);
+    write_dq_rows<D>(s, dq, acc, r0, h, g, c);
+#else
+    __trap();  // the host launches it only where kernels are built for sm_90a
+#endif
+}
+
 #define ATTENTION_WGMMA(D)                                                                                 \
     extern "C" __global__ void __launch_bounds__(256) attn_fwd_wgmma_d##D##_bf16(                          \
         AttnShape s, const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse) {                 \
         attn_fwd_wgmma_impl<D>(s, q, k, v, out, lse);                                                      \
     }                                                                                                      \
-    ARTIST_EXPORT(attn_fwd_wgmma_d##D##_bf16)
+    ARTIST_EXPORT(attn_fwd_wgmma_d##D##_bf16)                                                              \
+    extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_wgmma_d##D##_bf16(                       \
+        AttnShape s, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,     \
+        const float* delta, float* dq) {                                                                   \
+        attn_bwd_dq_wgmma_impl<D>(s, q, k, v, dout, lse, delta, dq);                                       \
+    }                                                                                                      \
+    ARTIST_EXPORT(attn_bwd_dq_wgmma_d##D##_bf16)
 ATTENTION_WGMMA(64)
 ATTENTION_WGMMA(128)
 
@@ -1010,16 +1140,7 @@ __device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q,
                 mma_bf16_16816(dp[nt], da[kc], bv);
             }
         }
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                i64 row = r0 + g + 8 * (e >> 1), key = j0 + nt * 8 + 2 * c + (e & 1);
-                bool seen = row < s.t && key <= row + off && key < s.len;
-                float p = seen ? expf(sc[nt][e] * s.scale - lrow[e >> 1]) : 0.0f;
-                sc[nt][e] = p * (dp[nt][e] - drow[e >> 1]);  // dS
-            }
-        }
+        ds_tile<NT>(s, sc, dp, lrow, drow, r0, j0, g, c, off);
         // dQ += dS K: B[k][n] = K[key k][n], two value rows per register as P V reads V.
 #pragma unroll
         for (int kc = 0; kc < MMA_BK / 16; ++kc) {
@@ -1035,17 +1156,7 @@ __device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q,
             }
         }
     }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        i64 row = r0 + g + 8 * r;
-        if (row >= s.t) continue;
-        float* dst = dq + (row * s.heads + h) * D + 2 * c;
-#pragma unroll
-        for (int ot = 0; ot < OT; ++ot) {
-            dst[ot * 8] = acc[ot][2 * r] * s.scale;
-            dst[ot * 8 + 1] = acc[ot][2 * r + 1] * s.scale;
-        }
-    }
+    write_dq_rows<D>(s, dq, acc, r0, h, g, c);
 }
 
 template <int D>

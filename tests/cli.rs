@@ -81,6 +81,8 @@ fn generate_with_bf16_products_and_cache() {
         "8",
         "--ignore-eos",
         "--json",
+        "--device",
+        "cpu", // where the default, auto, is f32
     ];
     let f32_run = json(&run(generate_bin, &base));
     let bf16_args = [&base[..], &["--matmul-dtype", "bf16", "--kv-dtype", "bf16"]].concat();
@@ -89,7 +91,7 @@ fn generate_with_bf16_products_and_cache() {
     let first = |v: &serde_json::Value| v["logprobs"][0].as_f64().unwrap();
     let gap = (first(&f32_run) - first(&bf16_run)).abs();
     assert!(gap > 0.0 && gap < 0.05, "first-token logprob moved by {gap}");
-    fails_cleanly(&run(generate_bin, &[&base[..], &["--kv-dtype", "f16"]].concat()), "neither f32 nor bf16");
+    fails_cleanly(&run(generate_bin, &[&base[..], &["--kv-dtype", "f16"]].concat()), "none of auto, f32 and bf16");
 }
 
 #[test]

@@ -101,7 +101,7 @@ fn bad_invocations_fail_cleanly() {
     fails_cleanly(&eval(&["--model", "m", "--dataset", "d.jsonl", "--format", "nope"]), "dataset format");
     fails_cleanly(&eval(&[]), "eval verify --jsonl");
     fails_cleanly(&eval(&["verify"]), "--jsonl");
-    fails_cleanly(&eval(&["--model", "m", "--dataset", "d.jsonl", "--kv-dtype", "fp8"]), "neither f32 nor bf16");
+    fails_cleanly(&eval(&["--model", "m", "--dataset", "d.jsonl", "--kv-dtype", "fp8"]), "none of auto, f32 and bf16");
 }
 
 #[test]

@@ -1335,6 +1335,8 @@ fn tensor_core_attention_matches_the_cpu() {
     // On the emulator, cp.async copies land at their waits, then at once: a GPU lands them in
     // between, so the pipelined kernels must be right both ways (a GPU runs them once).
     let modes: &[bool] = if cuda::backend() == cuda::Backend::Emulator { &[false, true] } else { &[false] };
+    // The mma.sync forward, whatever ARTIST_ATTN_WGMMA says (the Hopper one has its own test).
+    cuda::set_thread_wgmma_attention(Some(false));
     for &eager in modes {
         cuda::emulator_eager_copies(eager);
         // (t, len, heads, kv_heads, d)
@@ -1365,13 +1367,15 @@ fn tensor_core_attention_matches_the_cpu() {
         }
     }
     cuda::emulator_eager_copies(false);
+    cuda::set_thread_wgmma_attention(None);
 }
 
-/// The Hopper forward (`attn_fwd_wgmma_d{64,128}_bf16`: warpgroup MMA, 128 query rows per
-/// block, tiles in the 128-byte swizzled layout) against the CPU with the tolerances of the
-/// `mma.sync` forward, and against that forward itself: on the emulator to the bit (the same
-/// 16-deep products summed in the same order; a product reading a wrong element of a
-/// swizzled tile, or running before its wait, changes bits), on a GPU within bf16 rounding.
+/// The Hopper forward and dQ pass (`attn_fwd_wgmma_d{64,128}_bf16`, `attn_bwd_dq_wgmma_*`:
+/// warpgroup MMA, 128 query rows per block, tiles in the 128-byte swizzled layout) against
+/// the CPU with the tolerances of the `mma.sync` kernels, and against those kernels: on the
+/// emulator to the bit (the same 16-deep products summed in the same order; a product reading
+/// a wrong element of a swizzled tile, or running before its wait, changes bits), on a GPU
+/// within bf16 rounding.
 /// Prefills shorter and longer than a block, queries that are the last rows of a longer
 /// cache view, GQA, MQA and MHA; cp.async copies landing at their waits and at once.
 #[test]
@@ -1407,12 +1411,32 @@ fn wgmma_attention_matches_the_cpu_and_mma() {
             let (oc, lc) = q.causal_attention(&k, &v, scale).unwrap();
             close(&format!("{what}: out"), &og, &oc, 1.6e-2, 1e-2);
             close(&format!("{what}: lse"), &lg, &lc, 1e-5, 1e-4);
-            if emulated {
-                assert!(og.to_f32_vec().unwrap() == om.to_f32_vec().unwrap(), "{what}: out differs from mma.sync's");
-                assert!(lg.to_f32_vec().unwrap() == lm.to_f32_vec().unwrap(), "{what}: lse differs from mma.sync's");
-            } else {
-                close(&format!("{what}: out against mma.sync"), &og, &om, 1e-2, 1e-2);
-                close(&format!("{what}: lse against mma.sync"), &lg, &lm, 1e-5, 1e-5);
+            // The backward from the same output: its dQ pass on wgmma, or on mma.sync.
+            let dout = randn(&[t, h, d], 323).to_device(dev).unwrap();
+            let backward = |wgmma: bool| {
+                cuda::set_thread_wgmma_attention(Some(wgmma));
+                let kernel = format!("attn_bwd_dq_{}_d{d}_bf16", if wgmma { "wgmma" } else { "mma" });
+                let before = cuda::thread_kernel_launches(&kernel);
+                let grads = qg.causal_attention_backward(&kg, &vg, &om, &lm, &dout, scale).unwrap();
+                assert_eq!(cuda::thread_kernel_launches(&kernel), before + 1, "{what}: {kernel} did not run");
+                cuda::set_thread_wgmma_attention(None);
+                grads
+            };
+            let (dqw, dkw, dvw) = backward(true);
+            let (dqm, dkm, dvm) = backward(false);
+            let (om_c, lm_c) = (om.to_device(Device::Cpu).unwrap(), lm.to_device(Device::Cpu).unwrap());
+            let dout_c = dout.to_device(Device::Cpu).unwrap();
+            let (dqc, _, _) = q.causal_attention_backward(&k, &v, &om_c, &lm_c, &dout_c, scale).unwrap();
+            close(&format!("{what}: dq"), &dqw, &dqc, 3e-2, 3e-2);
+            let pairs =
+                [("out", &og, &om), ("lse", &lg, &lm), ("dq", &dqw, &dqm), ("dk", &dkw, &dkm), ("dv", &dvw, &dvm)];
+            for (name, a, b) in pairs {
+                if emulated {
+                    let same = a.to_f32_vec().unwrap() == b.to_f32_vec().unwrap();
+                    assert!(same, "{what}: {name} differs from mma.sync's");
+                } else {
+                    close(&format!("{what}: {name} against mma.sync"), a, b, 1e-2, 1e-2);
+                }
             }
         }
     }

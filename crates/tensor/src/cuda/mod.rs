@@ -162,9 +162,9 @@ pub fn thread_kernel_launches(name: &str) -> u64 {
     THREAD_KERNELS.with(|k| k.borrow_mut().get_or_insert_with(Default::default).get(name).copied().unwrap_or(0))
 }
 
-/// For attention launched from this thread: `Some(true)` runs the bf16 tensor-core forward on
-/// Hopper's warpgroup MMA (`attn_fwd_wgmma_*`) where kernels are built for sm_90a or on the
-/// emulator, `Some(false)` keeps `mma.sync` (`attn_fwd_mma_*`), `None` follows
+/// For attention launched from this thread: `Some(true)` runs the bf16 tensor-core forward and
+/// the backward's dQ pass on Hopper's warpgroup MMA (`attn_fwd_wgmma_*`, `attn_bwd_dq_wgmma_*`)
+/// where kernels are built for sm_90a or on the emulator, `Some(false)` keeps `mma.sync`, `None` follows
 /// `ARTIST_ATTN_WGMMA` (`1`: on; off by default). For tests and comparisons.
 pub fn set_thread_wgmma_attention(on: Option<bool>) {
     ops::WGMMA_ATTENTION.with(|w| w.set(on));

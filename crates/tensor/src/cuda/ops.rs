@@ -1013,8 +1013,8 @@ thread_local! {
     pub(crate) static WGMMA_ATTENTION: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
-/// Whether the tensor-core forward runs on Hopper's warpgroup MMA (`attn_fwd_wgmma_d{64,128}_bf16`)
-/// rather than `mma.sync`: kernels built for sm_90a (or the emulator), and asked for, by
+/// Whether the tensor-core forward and the backward's dQ pass run on Hopper's warpgroup MMA
+/// (`attn_fwd_wgmma_d{64,128}_bf16`, `attn_bwd_dq_wgmma_*`) rather than `mma.sync`: kernels built for sm_90a (or the emulator), and asked for, by
 /// `ARTIST_ATTN_WGMMA=1` or for this thread by [`crate::cuda::set_thread_wgmma_attention`].
 /// Off by default until it has been checked and timed on a Hopper GPU (docs/CUDA.md).
 fn wgmma_attention(dev: &GpuDevice) -> bool {
@@ -1252,9 +1252,16 @@ pub(crate) fn attention_bwd(
             smem: 0,
         };
         let args = Args::new().arg(shape).arg(qp).arg(kp).arg(vp).arg(d16).arg(lp).arg(delta.ptr()).arg(dqp);
-        // Two buffers of a K and a V tile of 64 padded rows (MMA_DQ_SMEM: 69 KB at d128).
-        let dq_cfg = LaunchCfg { smem: (2 * 2 * 64 * (a.d + 8) * 2) as u32, ..block(a.t, a.heads) };
-        dev.launch("attention", format!("attn_bwd_dq_mma_d{}_bf16", a.d), dq_cfg, args)?;
+        if wgmma_attention(&dev) {
+            // As the Hopper forward: 128 rows, two buffers of a swizzled K and V tile.
+            let smem = (4 * 64 * a.d * 2 + 1024) as u32;
+            let cfg = LaunchCfg { grid: [a.t.div_ceil(128) as u32, a.heads as u32, 1], block: [256, 1, 1], smem };
+            dev.launch("attention", format!("attn_bwd_dq_wgmma_d{}_bf16", a.d), cfg, args)?;
+        } else {
+            // Two buffers of a K and a V tile of 64 padded rows (69 KB at d128).
+            let dq_cfg = LaunchCfg { smem: (2 * 2 * 64 * (a.d + 8) * 2) as u32, ..block(a.t, a.heads) };
+            dev.launch("attention", format!("attn_bwd_dq_mma_d{}_bf16", a.d), dq_cfg, args)?;
+        }
         let args = Args::new().arg(shape).arg(qp).arg(kp).arg(vp).arg(d16).arg(lp).arg(delta.ptr()).arg(dkp).arg(dvp);
         dev.launch("attention", format!("attn_bwd_dkv_mma_d{}_bf16", a.d), block(a.len, a.kv_heads), args)?;
         drop((out, lse, dout, dout16));
