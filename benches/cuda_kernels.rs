@@ -318,11 +318,14 @@ fn bench_flops(c: &mut Criterion, dev: Device) {
     let (out, lse) = q.causal_attention(&kk, &vv, scale).unwrap();
     let dout = randn(&[len, s.heads, d], DType::F32, dev, 27);
     g.throughput(Throughput::Elements((2 * fwd_flops + fwd_flops / 2 * 3) as u64)); // recompute + 4 products
-    g.bench_function("attention_bwd_bf16", |b| {
-        b.iter_custom(|it| {
-            timed(it, &mut || drop(black_box(q.causal_attention_backward(&kk, &vv, &out, &lse, &dout, scale).unwrap())))
-        })
-    });
+    let mut bwd = || drop(black_box(q.causal_attention_backward(&kk, &vv, &out, &lse, &dout, scale).unwrap()));
+    g.bench_function("attention_bwd_bf16", |b| b.iter_custom(|it| timed(it, &mut bwd)));
+    // Its dQ pass on Hopper's warpgroup MMA (opt-in as the forward above).
+    if cuda::info(0).is_ok_and(|i| i.wgmma && !i.emulated) {
+        cuda::set_thread_wgmma_attention(Some(true));
+        g.bench_function("attention_bwd_wgmma_bf16", |b| b.iter_custom(|it| timed(it, &mut bwd)));
+        cuda::set_thread_wgmma_attention(None);
+    }
     g.finish();
 }
 

@@ -669,6 +669,22 @@ __device__ __forceinline__ void write_output_rows(const AttnShape& s, bf16* out,
     }
 }
 
+// The dQ passes' inputs for a warp's rows r0 + g and r0 + g + 8 of head h: Q and dO as A
+// fragments, and the rows' log-sum-exp and delta (zeros past t).
+template <int D>
+__device__ __forceinline__ void load_dq_rows(const AttnShape& s, const u16* qb, const u16* db, const float* lse,
+                                             const float* delta, int h, i64 r0, int g, int c, u32 (*qa)[4],
+                                             u32 (*da)[4], float* lrow, float* drow) {
+    load_a_rows<D>(qa, qb + h * D, (i64)s.heads * D, r0, s.t, g, c);
+    load_a_rows<D>(da, db + h * D, (i64)s.heads * D, r0, s.t, g, c);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        i64 row = r0 + g + 8 * r;
+        lrow[r] = row < s.t ? lse[(i64)h * s.t + row] : 0.0f;
+        drow[r] = row < s.t ? delta[(i64)h * s.t + row] : 0.0f;
+    }
+}
+
 // dS = P (dP - delta) for a warp's rows r0 + g (e < 2) and r0 + g + 8 (e >= 2) over keys
 // j0 .. j0 + 8 NT, in place of the scores sc (C fragments): P recomputed from the scores and
 // the rows' log-sum-exp lrow, zero where the mask hides a key; drow holds the rows' delta.
@@ -974,15 +990,8 @@ __device__ __forceinline__ void attn_bwd_dq_wgmma_impl(AttnShape s, const bf16* 
     };
 
     u32 qa[KC][4], da[KC][4];  // rows r0 + g and r0 + g + 8 of Q and dO as A fragments
-    load_a_rows<D>(qa, qb + h * D, (i64)s.heads * D, r0, s.t, g, c);
-    load_a_rows<D>(da, db + h * D, (i64)s.heads * D, r0, s.t, g, c);
     float lrow[2], drow[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        i64 row = r0 + g + 8 * r;
-        lrow[r] = row < s.t ? lse[(i64)h * s.t + row] : 0.0f;
-        drow[r] = row < s.t ? delta[(i64)h * s.t + row] : 0.0f;
-    }
+    load_dq_rows<D>(s, qb, db, lse, delta, h, r0, g, c, qa, da, lrow, drow);
     float acc[OT][4], sc[NT][4], dp[NT][4];
 #pragma unroll
     for (int ot = 0; ot < OT; ++ot) acc[ot][0] = acc[ot][1] = acc[ot][2] = acc[ot][3] = 0.0f;
@@ -1093,15 +1102,8 @@ __device__ __forceinline__ void attn_bwd_dq_mma_impl(AttnShape s, const bf16* q,
     const u16* vb = reinterpret_cast<const u16*>(v) + kvh * s.v_head;
 
     u32 qa[KC][4], da[KC][4];  // rows r0 + g and r0 + g + 8 of Q and dO as A fragments
-    load_a_rows<D>(qa, qb + h * D, (i64)s.heads * D, r0, s.t, g, c);
-    load_a_rows<D>(da, db + h * D, (i64)s.heads * D, r0, s.t, g, c);
     float lrow[2], drow[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        i64 row = r0 + g + 8 * r;
-        lrow[r] = row < s.t ? lse[(i64)h * s.t + row] : 0.0f;
-        drow[r] = row < s.t ? delta[(i64)h * s.t + row] : 0.0f;
-    }
+    load_dq_rows<D>(s, qb, db, lse, delta, h, r0, g, c, qa, da, lrow, drow);
     float acc[OT][4];
 #pragma unroll
     for (int ot = 0; ot < OT; ++ot) acc[ot][0] = acc[ot][1] = acc[ot][2] = acc[ot][3] = 0.0f;

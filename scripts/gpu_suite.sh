@@ -20,7 +20,7 @@
 #      rollouts on the GPU against the CPU, and decode steps as CUDA graphs against eager
 #      ones (crates/engine/tests/rollout.rs);
 #   6. the kernel benchmark beside PyTorch (scripts/bench_cuda.py), a markdown table (on a
-#      Hopper GPU it times the forward on warpgroup MMA too, attention_fwd_wgmma_bf16), and
+#      Hopper GPU it times attention on warpgroup MMA too, attention_{fwd,bwd}_wgmma_bf16), and
 #      attention forward and backward again off the tensor cores (ARTIST_ATTN_MMA=0), and the
 #      memory-bound kernels again without whole-vector accesses (ARTIST_VEC=0);
 #   7. a training step (forward, backward, AdamW) of a Qwen2.5-1.5B shape with bf16 products
