@@ -13,10 +13,14 @@
 //
 // Without sorting: every element gets a 64-bit key (p's bits, then the inverted index), so
 // "the n-th element" and "the first element whose running sum reaches x" are searches for a
-// key threshold, each step one block-wide count or f64 sum over the row (64 steps at most).
-// One block per pick; `probs` is a scratch row per pick. Running sums add in another order
-// than the host's sequential walk, so a draw could differ only when u * total falls within
-// f64 rounding (about 1e-16 relative) of a boundary.
+// key threshold, each step one block-wide count or f64 sum over the row. A search first
+// finds the probability (a binary search over p's bits between the smallest and the largest
+// candidate's, some 30 steps for candidates spanning 1e-12 of the largest), then, only when
+// several candidates share it, the index (18 more). A draw without top-k, top-p or min-p
+// keeps every candidate and needs no search for the N-th: about 35 passes over the row in
+// all. One block per pick; `probs` is a scratch row per pick. Running sums add in another
+// order than the host's sequential walk, so a draw could differ only when u * total falls
+// within f64 rounding (about 1e-16 relative) of a boundary.
 
 struct SamplePick {
     i64 row;      // logits row
@@ -48,21 +52,49 @@ __device__ void keys_at_least(const float* probs, i64 vocab, u64 k, float* count
     *sum = block_sum_f64(s);
 }
 
-// The largest key threshold k in [lo, hi] for which `pred(count, sum)` holds (pred is true at
-// lo and monotone: true for small k). mode 0: count >= x; mode 1: sum >= x; mode 2: sum > x.
-__device__ u64 search_key(const float* probs, i64 vocab, u64 lo, u64 hi, int mode, double x) {
+// Whether pred holds for the candidates with key >= k. mode 0: count >= x; mode 1: sum >= x;
+// mode 2: sum > x. Monotone: true for small k.
+__device__ bool key_pred(const float* probs, i64 vocab, u64 k, int mode, double x) {
+    float c;
+    double s;
+    keys_at_least(probs, vocab, k, &c, &s);
+    return mode == 0 ? (double)c >= x : (mode == 1 ? s >= x : s > x);
+}
+
+// The largest key k for which `key_pred(k, mode, x)` holds, given that it holds at
+// key(p_lo, any index) and that every candidate's p lies in [p_lo, p_hi] (as f32 bits; a
+// positive float's bits order as its value). The answer is a candidate's key. First its
+// probability's bits b (the largest b whose keys b << 32 and up satisfy pred), then, if
+// several candidates have p bits b, its index (keys (b << 32) | ~j for j < vocab).
+__device__ u64 search_key(const float* probs, i64 vocab, u32 p_lo, u32 p_hi, int mode, double x) {
+    u32 lo = p_lo, hi = p_hi;
     while (lo < hi) {
-        u64 mid = lo + (hi - lo) / 2 + 1;
-        float c;
-        double s;
-        keys_at_least(probs, vocab, mid, &c, &s);
-        bool ok = mode == 0 ? (double)c >= x : (mode == 1 ? s >= x : s > x);
-        if (ok)
+        u32 mid = lo + (hi - lo) / 2 + 1;
+        if (key_pred(probs, vocab, (u64)mid << 32, mode, x))
             lo = mid;
         else
             hi = mid - 1;
     }
-    return lo;
+    // The candidates with p bits lo: one (the usual case) is the answer.
+    float c = 0.0f, js = 0.0f;
+    for (i64 j = threadIdx.x; j < vocab; j += blockDim.x) {
+        if (f32_bits(probs[j]) == lo) {
+            c += 1.0f;
+            js += (float)j;  // exact below 2^24
+        }
+    }
+    c = block_sum(c);
+    js = block_sum(js);
+    if (c == 1.0f) return ((u64)lo << 32) | (u64)(~(u32)js);
+    u32 ilo = (u32)(0u - (u32)vocab), ihi = 0xffffffffu;  // ~j for j = vocab - 1 .. 0
+    while (ilo < ihi) {
+        u32 mid = ilo + (ihi - ilo) / 2 + 1;
+        if (key_pred(probs, vocab, ((u64)lo << 32) | mid, mode, x))
+            ilo = mid;
+        else
+            ihi = mid - 1;
+    }
+    return ((u64)lo << 32) | ilo;
 }
 
 ROW_KERNEL sample_f32(i64 vocab, const float* logits, const SamplePick* picks, float* probs,
@@ -94,14 +126,17 @@ ROW_KERNEL sample_f32(i64 vocab, const float* logits, const SamplePick* picks, f
         id = (i64)first;
     } else {
         double floor = (double)bm * inv_t + log(1e-12);
-        float pmax = 0.0f;
+        float pmax = 0.0f, pmin = inf_f32();  // over the candidates (p > 0)
         for (i64 j = threadIdx.x; j < vocab; j += blockDim.x) {
             double z = (double)l[j] * inv_t;
             float p = z >= floor ? (float)exp(z - lse) : 0.0f;
             pr[j] = p;
             pmax = fmaxf(pmax, p);
+            if (p > 0.0f) pmin = fminf(pmin, p);
         }
         pmax = block_max(pmax);
+        pmin = block_min(pmin);
+        const u32 b_lo = f32_bits(pmin), b_hi = f32_bits(pmax);
         __syncthreads();  // every probability is written before anyone searches
         float c;
         double total_all;
@@ -120,7 +155,7 @@ ROW_KERNEL sample_f32(i64 vocab, const float* logits, const SamplePick* picks, f
         if (pk.top_p < 1.0f) {
             // The first n whose running sum reaches top_p; all n when it never does.
             if (total_all >= (double)pk.top_p) {
-                u64 kt = search_key(pr, vocab, 1, ~(u64)0, 1, (double)pk.top_p);
+                u64 kt = search_key(pr, vocab, b_lo, b_hi, 1, (double)pk.top_p);
                 float ct;
                 double st;
                 keys_at_least(pr, vocab, kt, &ct, &st);
@@ -129,13 +164,23 @@ ROW_KERNEL sample_f32(i64 vocab, const float* logits, const SamplePick* picks, f
             }
         }
         if (n < 1.0) n = 1.0;
-        // The N-th element's key, the kept total, then the draw.
-        u64 kn = search_key(pr, vocab, 1, ~(u64)0, 0, n);
-        float ck;
-        double total;
-        keys_at_least(pr, vocab, kn, &ck, &total);
+        // The N-th element's key and the kept total, then the draw among keys >= kn. When
+        // nothing truncates, every candidate is kept: kn stays 1, below every key.
+        u64 kn = 1;
+        double total = total_all;
+        if (n < (double)c) {
+            kn = search_key(pr, vocab, b_lo, b_hi, 0, n);
+            float ck;
+            keys_at_least(pr, vocab, kn, &ck, &total);
+        }
         double target = pk.u * total;
-        u64 pick = total > target ? search_key(pr, vocab, kn, ~(u64)0, 2, target) : kn;
+        // The first kept element whose running sum exceeds target, else the N-th (kn, found
+        // now if it was not needed above).
+        u64 pick;
+        if (total > target)
+            pick = search_key(pr, vocab, kn > 1 ? (u32)(kn >> 32) : b_lo, b_hi, 2, target);
+        else
+            pick = kn > 1 ? kn : search_key(pr, vocab, b_lo, b_hi, 0, n);
         id = (i64)(~(u32)(pick & 0xffffffffu));
     }
     if (threadIdx.x == 0) {

@@ -102,3 +102,42 @@ fn a_long_run_from_one_row_follows_the_distribution() {
         assert!((got - want).abs() < 0.1, "token {j}: {got} vs {want} ({counts:?})");
     }
 }
+
+/// A uniform number at the top of [0, 1), and 1 itself, where u * total is the total (no
+/// running sum exceeds it: the kernel's "else the N-th" branch): the draw is the last kept
+/// candidate (the smallest probability, the largest index among equals), with and without
+/// top-k and top-p truncating the candidates.
+#[test]
+fn a_draw_at_the_top_of_the_unit_interval_takes_the_last_kept_candidate() {
+    let Some(dev) = gpu() else { return };
+    let vocab = 300usize;
+    // The smallest logit at several indices, so the last candidate is decided by index.
+    let row: Vec<f32> = (0..vocab).map(|j| if j % 50 == 3 { -4.0 } else { ((j * 37) % 101) as f32 * 0.04 }).collect();
+    let t = Tensor::from_vec(row.clone(), (1, vocab), dev).unwrap();
+    for (u, top_k, top_p) in [1.0 - f64::EPSILON / 2.0, 1.0]
+        .into_iter()
+        .flat_map(|u| [(0usize, 1.0f32), (20, 1.0), (0, 0.9)].map(|(k, p)| (u, k, p)))
+    {
+        // The host's order and kept prefix (crates/engine/src/sampler.rs), temperature 1.
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = max as f64 + row.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln();
+        let mut c: Vec<(f32, u32)> =
+            row.iter().enumerate().map(|(i, &l)| (((l as f64) - lse).exp() as f32, i as u32)).collect();
+        c.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut keep = if top_k > 0 { top_k } else { c.len() };
+        if top_p < 1.0 {
+            let (mut acc, mut n) = (0f64, 0);
+            for x in c.iter().take(keep) {
+                acc += x.0 as f64;
+                n += 1;
+                if acc >= top_p as f64 {
+                    break;
+                }
+            }
+            keep = n;
+        }
+        let pick = artist_tensor::SamplePick { row: 0, temperature: 1.0, top_k, top_p, min_p: 0.0, u };
+        let (id, _) = t.sample_rows(&[pick]).unwrap()[0];
+        assert_eq!(id, c[keep - 1].1, "u {u}, top_k {top_k}, top_p {top_p}: the last kept candidate");
+    }
+}
