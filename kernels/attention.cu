@@ -1054,6 +1054,66 @@ __device__ __forceinline__ void attn_bwd_dq_wgmma_impl(AttnShape s, const bf16* 
 ATTENTION_WGMMA(64)
 ATTENTION_WGMMA(128)
 
+// A probe of how wgmma reads the swizzled tiles, for when the attention kernels disagree
+// with the CPU on a GPU (cuda::wgmma_probe; the GPU suite's tests print what it finds). One
+// warpgroup multiplies a one-hot A (A[m][k] = 1 where k = m % 16) by a B read from a tile T
+// of 64 rows and D columns, staged as the kernels stage K and V, whose every element holds
+// its row (what = 0) or its column (what = 1). So each output names the element of T the
+// hardware read: D[m][n] = T[n][16 step + m % 16] for the K-major operand (TRANS 0, as the
+// scores read K; n < 64), T[16 step + m % 16][n] for the N-major one (TRANS 1, as P V reads
+// V; n < D). Writes D[m][n] to out[m * N + n].
+template <int D, int TRANS>
+__device__ __forceinline__ void wgmma_probe_impl(int what, int step, float* out) {
+#ifdef ARTIST_WGMMA
+    constexpr int N = TRANS ? D : WG_BK;
+    DYNAMIC_SMEM(unsigned char, smem);
+    unsigned char* t = smem + ((1024u - (smem_u32(smem) & 1023u)) & 1023u);
+    const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
+    for (int i = tid; i < WG_BK * D; i += (int)blockDim.x) {
+        int r = i / D, col = i - r * D, ch = col >> 3;
+        u16* dst = reinterpret_cast<u16*>(t + (ch >> 3) * WG_HALF + r * 128 + (((ch & 7) ^ (r & 7)) << 4));
+        dst[col & 7] = from_f32<bf16>((float)(what ? col : r)).bits;
+    }
+    fence_proxy_async_shared();
+    __syncthreads();
+    // Rows g and g + 8 of the warp's 16 (m % 16 = g, g + 8): ones at columns g and g + 8.
+    const u32 one = (u32)from_f32<bf16>(1.0f).bits;
+    u32 a[4];
+    for (int r = 0; r < 4; ++r) {
+        int row = g + 8 * (r & 1), col = 2 * c + 8 * (r >> 1);
+        a[r] = (col == row ? one : 0u) | (col + 1 == row ? one << 16 : 0u);
+    }
+    float d[N / 2];
+    const u32 ta = smem_u32(t);
+    u64 desc = TRANS ? wgmma_desc(ta + (u32)step * 2048u, WG_HALF, 1024)
+                     : wgmma_desc(ta + (u32)(step >> 2) * WG_HALF + (u32)(step & 3) * 32u, 16, 1024);
+    wgmma_fence();
+    wgmma_bf16_rs<N, TRANS>(d, a, desc, 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(d, N / 2);
+    for (int j = 0; j < N / 8; ++j) {
+        for (int e = 0; e < 4; ++e) {
+            int m = warp * 16 + g + 8 * (e >> 1), n = 8 * j + 2 * c + (e & 1);
+            out[m * N + n] = d[4 * j + e];
+        }
+    }
+#else
+    __trap();  // the host launches it only where kernels are built for sm_90a
+#endif
+}
+
+#define WGMMA_PROBE(D, TRANS)                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) wgmma_probe_d##D##_t##TRANS(int what, int step,       \
+                                                                               float* out) {              \
+        wgmma_probe_impl<D, TRANS>(what, step, out);                                                       \
+    }                                                                                                      \
+    ARTIST_EXPORT(wgmma_probe_d##D##_t##TRANS)
+WGMMA_PROBE(64, 0)
+WGMMA_PROBE(64, 1)
+WGMMA_PROBE(128, 0)
+WGMMA_PROBE(128, 1)
+
 // ---- the backward on tensor cores: bf16, head dim 64 or 128 ---------------------------------
 //
 // Flash-attention-2's backward in two deterministic passes (no atomics), from the forward's

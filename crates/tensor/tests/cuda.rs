@@ -1443,6 +1443,49 @@ fn wgmma_attention_matches_the_cpu_and_mma() {
     cuda::emulator_eager_copies(false);
 }
 
+/// Hopper's warpgroup MMA reads the swizzled tiles where the attention kernels expect
+/// (`cuda::wgmma_probe`): for K as the scores read it and V as P V reads it, at head dims 64
+/// and 128 and every 16-deep step, each output element comes from the tile element the
+/// layout names. On the emulator this checks the probe against the emulator's reading; on a
+/// GPU it checks the hardware's, and a failure lists which element was read instead.
+#[test]
+fn wgmma_reads_the_swizzled_tiles_where_the_kernels_expect() {
+    let _dev = gpu_or_skip!();
+    if !cuda::info(0).unwrap().wgmma {
+        eprintln!("skipping: kernels are not built for sm_90a here (a Hopper GPU, NVRTC 12.0 or later)");
+        return;
+    }
+    let mut wrong = Vec::new();
+    for d in [64usize, 128] {
+        for trans in [false, true] {
+            let (n, steps) = if trans { (d, 4) } else { (64, d / 16) };
+            for step in 0..steps {
+                let rows = cuda::wgmma_probe(0, d, trans, 0, step).unwrap();
+                let cols = cuda::wgmma_probe(0, d, trans, 1, step).unwrap();
+                for m in 0..64 {
+                    for j in 0..n {
+                        let k = 16 * step + m % 16;
+                        let want = if trans { (k, j) } else { (j, k) };
+                        let got = (rows[m * n + j] as usize, cols[m * n + j] as usize);
+                        if got != want {
+                            wrong.push(format!(
+                                "d {d} {} step {step}: D[{m}][{j}] read tile[{}][{}], not tile[{}][{}]",
+                                if trans { "V (N-major)" } else { "K (K-major)" },
+                                got.0,
+                                got.1,
+                                want.0,
+                                want.1
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let shown: Vec<&String> = wrong.iter().take(24).collect();
+    assert!(wrong.is_empty(), "{} elements read elsewhere; the first:\n{shown:#?}", wrong.len());
+}
+
 /// Keys split across warps (flash decoding): 1, 3 and 16 shares per (row, head), over
 /// decode rows of 1 to 300 positions beside a prefill, give the one-warp-per-pair kernel's
 /// output and log-sum-exp within f32 reassociation (bf16: its rounding), with shares left

@@ -243,6 +243,9 @@ pub fn inventory() -> Vec<(&'static str, String)> {
         for k in ["attn_fwd_mma", "attn_fwd_wgmma", "attn_bwd_dq_mma", "attn_bwd_dq_wgmma", "attn_bwd_dkv_mma"] {
             out.push(("attention", format!("{k}_d{d}_bf16")));
         }
+        for t in [0, 1] {
+            out.push(("attention", format!("wgmma_probe_d{d}_t{t}")));
+        }
     }
     out.push(("attention", "attn_bwd_delta_bf16".into()));
     for k in ["attn_fwd_paged_batch", "attn_fwd_paged_split"] {

@@ -170,6 +170,18 @@ pub fn set_thread_wgmma_attention(on: Option<bool>) {
     ops::WGMMA_ATTENTION.with(|w| w.set(on));
 }
 
+/// A diagnostic of Hopper's warpgroup MMA on device `ordinal`: the 64 x N output (row-major)
+/// of a one-hot A (row m has its one at column m % 16) times a B read from a tile of 64 rows
+/// and `d` (64 or 128) columns staged and described as the attention kernels stage and
+/// describe K (`trans` false: N = 64, output [m][n] = tile[n][16 step + m % 16]) and V (`trans`
+/// true: N = d, output [m][n] = tile[16 step + m % 16][n]), the tile holding each element's
+/// row (`what` 0) or column (`what` 1). Where the attention kernels disagree with the CPU on a
+/// GPU, this shows which element the hardware read instead. Needs kernels built for sm_90a
+/// (or the emulator).
+pub fn wgmma_probe(ordinal: usize, d: usize, trans: bool, what: i32, step: usize) -> Result<Vec<f32>> {
+    ops::wgmma_probe(ordinal, d, trans, what, step)
+}
+
 /// Kernels and matrix products this thread has queued so far, on any device: unlike
 /// [`launch_count`], not disturbed by other threads using the GPU meanwhile.
 pub fn thread_launch_count() -> u64 {

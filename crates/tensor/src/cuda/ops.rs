@@ -1338,6 +1338,27 @@ pub(crate) fn sample_rows(logits: &Tensor, picks: &[crate::SamplePick], vocab: u
     Ok(i.into_iter().zip(l).collect())
 }
 
+/// What `wgmma` read from a swizzled tile (kernels/attention.cu, `wgmma_probe_*`): the 64 x N
+/// output of a one-hot A times a B described as the attention kernels describe K (`trans`
+/// false, N = 64) or V (`trans` true, N = d), over a tile whose elements hold their row
+/// (`what` 0) or column (`what` 1), at 16-deep step `step`.
+pub(crate) fn wgmma_probe(ordinal: usize, d: usize, trans: bool, what: i32, step: usize) -> Result<Vec<f32>> {
+    let dev = crate::cuda::device(ordinal)?;
+    if !dev.rt.info().wgmma {
+        return Err(crate::invalid!("wgmma_probe", "kernels are not built for sm_90a here"));
+    }
+    if !(d == 64 || d == 128) || step >= if trans { 4 } else { d / 16 } {
+        return Err(crate::invalid!("wgmma_probe", "head dim {d} (64 or 128), step {step}"));
+    }
+    let n = if trans { d } else { 64 };
+    let out = CudaStorage::alloc(&dev, DType::F32, 64 * n)?;
+    let cfg = LaunchCfg { grid: [1, 1, 1], block: [128, 1, 1], smem: (64 * d * 2 + 1024) as u32 };
+    let name = format!("wgmma_probe_d{d}_t{}", trans as u8);
+    dev.launch("attention", name, cfg, Args::new().arg(what).arg(step as i32).arg(out.ptr()))?;
+    let CpuStorage::F32(v) = out.to_host(0..64 * n)? else { unreachable!("allocated as f32") };
+    Ok(v)
+}
+
 // ---- fused training ops -----------------------------------------------------------------
 
 /// One AdamW update of f32 `p`, `m`, `v` with gradient `g` (all contiguous, same length).
