@@ -1009,14 +1009,16 @@ fn tensor_core_attention(dev: &GpuDevice, dtypes: [DType; 3], d: usize, strides:
 }
 
 thread_local! {
-    /// This thread's choice of the Hopper forward over `attn_fwd_mma` ([`crate::cuda::set_thread_wgmma_attention`]).
+    /// This thread's choice of the Hopper kernels over `mma.sync`
+    /// ([`crate::cuda::set_thread_wgmma_attention`]).
     pub(crate) static WGMMA_ATTENTION: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
 /// Whether the tensor-core forward and the backward's dQ pass run on Hopper's warpgroup MMA
-/// (`attn_fwd_wgmma_d{64,128}_bf16`, `attn_bwd_dq_wgmma_*`) rather than `mma.sync`: kernels built for sm_90a (or the emulator), and asked for, by
-/// `ARTIST_ATTN_WGMMA=1` or for this thread by [`crate::cuda::set_thread_wgmma_attention`].
-/// Off by default until it has been checked and timed on a Hopper GPU (docs/CUDA.md).
+/// (`attn_fwd_wgmma_d{64,128}_bf16`, `attn_bwd_dq_wgmma_*`) rather than `mma.sync`: kernels
+/// built for sm_90a (or the emulator), and asked for, by `ARTIST_ATTN_WGMMA=1` or for this
+/// thread by [`crate::cuda::set_thread_wgmma_attention`]. Off by default until they have been
+/// checked and timed on a Hopper GPU (docs/CUDA.md).
 fn wgmma_attention(dev: &GpuDevice) -> bool {
     static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let asked = WGMMA_ATTENTION
