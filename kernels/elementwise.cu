@@ -316,6 +316,26 @@ __device__ void convert_impl(i64 n, Strided s, const A* src, B* dst) {
     ARTIST_EXPORT(copy_##S)
 BY_SIZE(COPY)
 
+// dst[op0] += src[op1] in f32: a gradient added into its slice of a larger one (a view) in
+// one pass.
+extern "C" __global__ void accumulate_f32(i64 n, Strided s, const float* src, float* dst) {
+    if (vector_mode(s)) {
+        VEC8_STRIDE(v, n) {
+            Vec8<float> x, y;
+            float* d = dst + strided_offset(s, 0, 8 * v);
+            load8(x, src + strided_offset(s, 1, 8 * v));
+            load8(y, d);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) y.e[e] += x.e[e];
+            store8(d, y);
+        }
+        VEC8_TAIL(i, n) { dst[strided_offset(s, 0, i)] += src[strided_offset(s, 1, i)]; }
+        return;
+    }
+    GRID_STRIDE(i, n) { dst[strided_offset(s, 0, i)] += src[strided_offset(s, 1, i)]; }
+}
+ARTIST_EXPORT(accumulate_f32)
+
 // `vec` != 0: dst is aligned for Vec8 (the host's choice).
 #define FILL(T, S)                                                           \
     extern "C" __global__ void fill_##S(i64 n, int vec, T value, T* dst) {   \

@@ -313,8 +313,8 @@ fn accumulate_slice(slot: &mut Option<Acc>, g: Tensor, shape: &Shape, (dim, star
         Some(Acc { t, owned: true }) if t.is_contiguous() => t,
         Some(Acc { t, .. }) => t.copy()?,
     };
-    let part = acc.narrow(dim as isize, start, len)?;
-    part.copy_from(&part.add(&g)?)?;
+    // Added into the slice in place: one pass over it.
+    acc.narrow(dim as isize, start, len)?.add_assign(&g)?;
     *slot = Some(Acc { t: acc, owned: true });
     Ok(())
 }

@@ -600,7 +600,9 @@ impl Tensor {
         }
     }
 
-    /// `self += other` in place (both F32, same shape; `self` contiguous).
+    /// `self += other` in place (both F32, same shape). `self` may be a view, such as a slice
+    /// of a larger gradient (`narrow`), as long as its elements do not alias (no broadcast
+    /// view): the slice is added to in one pass.
     pub fn add_assign(&self, other: &Tensor) -> Result<()> {
         if other.shape() != self.shape() {
             return Err(Error::ShapeMismatch {
@@ -616,7 +618,7 @@ impl Tensor {
             return Err(Error::DTypeMismatch { op: "add_assign", lhs: self.dtype, rhs: DType::F32 });
         }
         if self.layout.contiguous_range().is_none() {
-            return Err(crate::invalid!("add_assign", "the tensor {} is not contiguous", self.shape()));
+            return self.add_assign_view(other);
         }
         let src = if self.same_storage(other) { other.copy()? } else { other.to_dtype(DType::F32)?.contiguous()? };
         if self.device.is_cuda() {
@@ -636,5 +638,24 @@ impl Tensor {
                 }
             })
         })
+    }
+
+    /// [`Tensor::add_assign`] into a view that is not contiguous (shape, device and dtype
+    /// checked by the caller).
+    fn add_assign_view(&self, other: &Tensor) -> Result<()> {
+        if self.layout.strides().iter().zip(self.dims()).any(|(&s, &d)| s == 0 && d > 1) {
+            return Err(crate::invalid!("add_assign", "the destination is a broadcast view: its elements alias"));
+        }
+        // Reading and writing the same storage would need both locks at once: copy first.
+        let src = if self.same_storage(other) { other.copy()? } else { other.to_dtype(DType::F32)? };
+        if self.device.is_cuda() {
+            return cuda::ops::add_into_view(self, &src, src.layout());
+        }
+        let from = src.cpu();
+        let CpuStorage::F32(s) = &*from else { unreachable!("converted to f32") };
+        let mut guard = self.storage.write();
+        let Storage::Cpu(CpuStorage::F32(d)) = &mut *guard else { unreachable!("an f32 tensor on the CPU") };
+        elementwise::add_strided(d, &self.layout, s, src.layout());
+        Ok(())
     }
 }

@@ -228,6 +228,28 @@ fn copy_from_writes_through_views() {
     acc_c.add_assign(&inc).unwrap();
     acc_g.add_assign(&inc.to_device(dev).unwrap()).unwrap();
     same("add_assign", &acc_g, &acc_c);
+    // Into views, in one pass (the tape's slice gradients): a column slice (whole vectors per
+    // row on the GPU), a transposed slice, a broadcast source; each against the same sum made
+    // in a fresh tensor and copied in, on both devices.
+    let parts: [(&str, fn(&Tensor) -> Tensor, Vec<usize>); 3] = [
+        ("a column slice", |t| t.narrow(1, 8, 16).unwrap(), vec![6, 16]),
+        ("a transposed slice", |t| t.narrow(0, 1, 4).unwrap().transpose(0, 1).unwrap(), vec![32, 4]),
+        ("a broadcast row into a slice", |t| t.narrow(0, 2, 3).unwrap(), vec![32]),
+    ];
+    for (k, (what, view, shape)) in parts.into_iter().enumerate() {
+        let big_c = randn(&[6, 32], 23 + k as u64);
+        let (big_g, want) = (big_c.to_device(dev).unwrap(), big_c.copy().unwrap());
+        let inc = randn(&shape, 26 + k as u64);
+        let w = view(&want);
+        w.copy_from(&w.add(&inc.broadcast_as(w.dims()).unwrap()).unwrap()).unwrap();
+        let inc = inc.broadcast_as(w.dims()).unwrap();
+        view(&big_c).add_assign(&inc).unwrap();
+        view(&big_g).add_assign(&inc.to_device(dev).unwrap()).unwrap();
+        same(&format!("add_assign into {what} (CPU)"), &big_c, &want);
+        same(&format!("add_assign into {what} (GPU)"), &big_g, &want);
+    }
+    let err = acc_c.narrow(0, 0, 1).unwrap().broadcast_as((3, 7)).unwrap().add_assign(&randn(&[3, 7], 29));
+    assert!(err.unwrap_err().to_string().contains("broadcast"), "adding into a broadcast view is refused");
     acc_c.scale_in_place(-0.37).unwrap();
     acc_g.scale_in_place(-0.37).unwrap();
     same("scale_in_place", &acc_g, &acc_c);

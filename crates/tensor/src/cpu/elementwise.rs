@@ -154,16 +154,35 @@ pub(crate) fn where_strided<T: WithDType>(
 
 /// Copies `src` (broadcast to the destination's shape) into the view `dst_layout` of `dst`.
 pub(crate) fn write_strided<T: WithDType>(dst: &mut [T], dst_layout: &Layout, src: &[T], src_layout: &Layout) {
+    update_strided(dst, dst_layout, src, src_layout, |d, s| *d = s, |d, s| d.copy_from_slice(s));
+}
+
+/// `dst += src` over the view `dst_layout` of `dst` (`src` broadcast to its shape).
+pub(crate) fn add_strided(dst: &mut [f32], dst_layout: &Layout, src: &[f32], src_layout: &Layout) {
+    let add_rows = |d: &mut [f32], s: &[f32]| d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+    update_strided(dst, dst_layout, src, src_layout, |d, s| *d += s, add_rows);
+}
+
+/// `f(d, s)` for each element d of the view `dst_layout` of `dst` and its element s of `src`
+/// (broadcast to the view's shape); `rows` does the same for a contiguous run of both.
+fn update_strided<T: WithDType>(
+    dst: &mut [T],
+    dst_layout: &Layout,
+    src: &[T],
+    src_layout: &Layout,
+    f: impl Fn(&mut T, T) + Sync,
+    rows: impl Fn(&mut [T], &[T]) + Sync,
+) {
     if let Some(range) = dst_layout.contiguous_range() {
         let plan = RowPlan::new(src_layout.shape(), [src_layout]);
         let stride = plan.inner_strides[0];
         for_each_row(&plan, &mut dst[range], |o, [off]| {
             if stride == 1 {
                 let n = o.len();
-                o.copy_from_slice(&src[off..off + n]);
+                rows(o, &src[off..off + n]);
             } else {
                 for (i, o) in o.iter_mut().enumerate() {
-                    *o = src[off + i * stride];
+                    f(o, src[off + i * stride]);
                 }
             }
         });
@@ -174,7 +193,7 @@ pub(crate) fn write_strided<T: WithDType>(dst: &mut [T], dst_layout: &Layout, sr
     for r in 0..plan.rows {
         let [od, os] = plan.offsets(r);
         for i in 0..plan.inner {
-            dst[od + i * sd] = src[os + i * ss];
+            f(&mut dst[od + i * sd], src[os + i * ss]);
         }
     }
 }

@@ -235,6 +235,7 @@ pub fn inventory() -> Vec<(&'static str, String)> {
     for k in ["index_select", "copy_rows"] {
         out.push(("index", format!("{k}_b16")));
     }
+    out.push(("elementwise", "accumulate_f32".into()));
     out.push(("reduce", "sum_squares_f32".into()));
     out.push(("adamw", "adamw_f32".into()));
     out.push(("logprob", "logprob_grad_f32".into()));

@@ -276,6 +276,20 @@ pub(crate) fn add_assign(dst: &Tensor, src: &Tensor) -> Result<()> {
     binary_into(&dev, BinaryOp::Add, (0.0, 0.0), dst.shape(), (dp, dst.layout()), (sp, src.layout()), DType::F32, out)
 }
 
+/// `dst += src` over the view `dst` (f32, any layout whose elements do not alias; `src` f32
+/// seen through `src_layout`, broadcast to dst's shape), in one pass.
+pub(crate) fn add_into_view(dst: &Tensor, src: &Tensor, src_layout: &Layout) -> Result<()> {
+    let (dev, dp) = raw(dst);
+    let (_, sp) = raw(src);
+    let n = dst.elem_count();
+    if n == 0 {
+        return Ok(());
+    }
+    let s = Strided::new("add_assign", dst.shape(), &[dst.layout(), src_layout])?.vectorized(&[(dp, 4), (sp, 4)], &[]);
+    let args = Args::new().arg(n as i64).arg(s).arg(sp).arg(dp);
+    dev.launch("elementwise", "accumulate_f32".into(), strided_cfg(&dev, n, &s), args)
+}
+
 /// `dst *= s` in place (dst f32 and contiguous).
 pub(crate) fn scale_in_place(dst: &Tensor, s: f32) -> Result<()> {
     let (dev, dp) = raw(dst);
