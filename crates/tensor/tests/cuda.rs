@@ -1392,6 +1392,15 @@ fn tensor_core_attention_matches_the_cpu() {
     cuda::set_thread_wgmma_attention(None);
 }
 
+/// Whether Hopper's warpgroup MMA is missing here (kernels not built for sm_90a), saying so.
+fn no_wgmma() -> bool {
+    let missing = !cuda::info(0).unwrap().wgmma;
+    if missing {
+        eprintln!("skipping: kernels are not built for sm_90a here (a Hopper GPU, NVRTC 12.0 or later)");
+    }
+    missing
+}
+
 /// The Hopper forward and dQ pass (`attn_fwd_wgmma_d{64,128}_bf16`, `attn_bwd_dq_wgmma_*`:
 /// warpgroup MMA, 128 query rows per block, tiles in the 128-byte swizzled layout) against
 /// the CPU with the tolerances of the `mma.sync` kernels, and against those kernels: on the
@@ -1403,8 +1412,7 @@ fn tensor_core_attention_matches_the_cpu() {
 #[test]
 fn wgmma_attention_matches_the_cpu_and_mma() {
     let dev = gpu_or_skip!();
-    if !cuda::info(0).unwrap().wgmma {
-        eprintln!("skipping: kernels are not built for sm_90a here (a Hopper GPU, NVRTC 12.0 or later)");
+    if no_wgmma() {
         return;
     }
     let emulated = cuda::backend() == cuda::Backend::Emulator;
@@ -1473,8 +1481,7 @@ fn wgmma_attention_matches_the_cpu_and_mma() {
 #[test]
 fn wgmma_reads_the_swizzled_tiles_where_the_kernels_expect() {
     let _dev = gpu_or_skip!();
-    if !cuda::info(0).unwrap().wgmma {
-        eprintln!("skipping: kernels are not built for sm_90a here (a Hopper GPU, NVRTC 12.0 or later)");
+    if no_wgmma() {
         return;
     }
     let mut wrong = Vec::new();
