@@ -846,6 +846,14 @@ __device__ __forceinline__ void stage_tile_swizzled(unsigned char* t, const u16*
         cp_async_16(dst, a + (in ? row : 0) * sa + ch * 8, in ? 16 : 0);
     }
 }
+
+// Every thread's tile copies land and are made visible to wgmma, and the barrier says every
+// warpgroup is done with the buffers about to be refilled.
+__device__ __forceinline__ void tiles_landed() {
+    cp_async_wait<0>();
+    fence_proxy_async_shared();
+    __syncthreads();
+}
 #endif
 
 template <int D>
@@ -889,13 +897,6 @@ __device__ __forceinline__ void attn_fwd_wgmma_impl(AttnShape s, const bf16* q, 
         }
         wgmma_commit();
     };
-    // Each tile's copies land, every thread makes them visible to wgmma, and the barrier
-    // says every warpgroup is done with the buffers about to be refilled.
-    auto tiles_in = [&]() {
-        cp_async_wait<0>();
-        fence_proxy_async_shared();
-        __syncthreads();
-    };
 
     // The warp's rows r0 + g and r0 + g + 8 of Q as A fragments (zeros past t).
     u32 qa[KC][4];
@@ -917,7 +918,7 @@ __device__ __forceinline__ void attn_fwd_wgmma_impl(AttnShape s, const bf16* q, 
     stage_k(0);
     stage_v(0);
     cp_async_commit();
-    tiles_in();
+    tiles_landed();
     if (tiles > 1) stage_k(1);
     cp_async_commit();
     wgmma_fence();
@@ -928,7 +929,7 @@ __device__ __forceinline__ void attn_fwd_wgmma_impl(AttnShape s, const bf16* q, 
 #pragma unroll
     for (int kc = 0; kc < PC; ++kc) c_to_a(pa[kc], sc[2 * kc], sc[2 * kc + 1]);
     for (i64 t = 1; t < tiles; ++t) {
-        tiles_in();  // K of t and V of t - 1 are in; every warpgroup is done with t - 1's K and t - 2's V
+        tiles_landed();  // K of t and V of t - 1 are in; every warpgroup is done with t - 1's K and t - 2's V
         if (t + 1 < tiles) stage_k(t + 1);
         stage_v(t);
         cp_async_commit();
@@ -946,7 +947,7 @@ __device__ __forceinline__ void attn_fwd_wgmma_impl(AttnShape s, const bf16* q, 
 #pragma unroll
         for (int kc = 0; kc < PC; ++kc) c_to_a(pa[kc], sc[2 * kc], sc[2 * kc + 1]);
     }
-    tiles_in();  // V of the last tile is in
+    tiles_landed();  // V of the last tile is in
     wgmma_fence_operands(&o[0][0], OT * 4);
     wgmma_fence();
     issue_values(o, pa, tiles - 1);
@@ -1005,9 +1006,7 @@ __device__ __forceinline__ void attn_bwd_dq_wgmma_impl(AttnShape s, const bf16* 
     for (i64 t = 0; t < tiles; ++t) {
         wgmma_wait<0>();  // the previous tile's dS K: its buffer and its A registers are free
         wgmma_fence_operands(&acc[0][0], OT * 4);
-        cp_async_wait<0>();
-        fence_proxy_async_shared();
-        __syncthreads();  // this tile's K and V are in; every warpgroup is done with the other buffer
+        tiles_landed();  // this tile's K and V are in; every warpgroup is done with the other buffer
         if (t + 1 < tiles) stage(t + 1);
         cp_async_commit();
         const u32 ka = ta + 2 * (u32)(t & 1) * TILE, va = ka + TILE;

@@ -416,9 +416,9 @@ __device__ __forceinline__ void mma_bf16_16816(float d[4], const u32 a[4], const
 // lane (g = lane / 4, c = lane % 4), r[i] holds matrix i's row g, columns 2c and 2c + 1
 // (`ldmatrix_xN`), or its rows 2c and 2c + 1 of column g (`ldmatrix_xN_trans`), the first in
 // the low half. The emulator reads the rows through the addresses the other lanes hold.
-#ifdef ARTIST_EMULATOR
 template <int N, bool TRANS>
-__device__ __forceinline__ void ldmatrix_emulated(u32* r, const u16* row) {
+__device__ __forceinline__ void ldmatrix(u32* r, const u16* row) {
+#ifdef ARTIST_EMULATOR
     const int lane = (int)(threadIdx.x & 31), g = lane >> 2, c = lane & 3;
     for (int i = 0; i < N; ++i) {
         if (TRANS) {
@@ -430,56 +430,32 @@ __device__ __forceinline__ void ldmatrix_emulated(u32* r, const u16* row) {
             r[i] = (u32)p[2 * c] | ((u32)p[2 * c + 1] << 16);
         }
     }
-}
-#endif
-
-__device__ __forceinline__ void ldmatrix_x2(u32 r[2], const u16* row) {
-#ifdef ARTIST_EMULATOR
-    ldmatrix_emulated<2, false>(r, row);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
     u32 a = (u32)__cvta_generic_to_shared(row);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+    if constexpr (N == 2 && !TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+    } else if constexpr (N == 2) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
+                     : "=r"(r[0]), "=r"(r[1])
+                     : "r"(a));
+    } else if constexpr (!TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    }
 #else
     __trap();
 #endif
 }
 
-__device__ __forceinline__ void ldmatrix_x2_trans(u32 r[2], const u16* row) {
-#ifdef ARTIST_EMULATOR
-    ldmatrix_emulated<2, true>(r, row);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
-    u32 a = (u32)__cvta_generic_to_shared(row);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
-#else
-    __trap();
-#endif
-}
-
-__device__ __forceinline__ void ldmatrix_x4(u32 r[4], const u16* row) {
-#ifdef ARTIST_EMULATOR
-    ldmatrix_emulated<4, false>(r, row);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
-    u32 a = (u32)__cvta_generic_to_shared(row);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-#else
-    __trap();
-#endif
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(u32 r[4], const u16* row) {
-#ifdef ARTIST_EMULATOR
-    ldmatrix_emulated<4, true>(r, row);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
-    u32 a = (u32)__cvta_generic_to_shared(row);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-#else
-    __trap();
-#endif
-}
+__device__ __forceinline__ void ldmatrix_x2(u32 r[2], const u16* row) { ldmatrix<2, false>(r, row); }
+__device__ __forceinline__ void ldmatrix_x2_trans(u32 r[2], const u16* row) { ldmatrix<2, true>(r, row); }
+__device__ __forceinline__ void ldmatrix_x4(u32 r[4], const u16* row) { ldmatrix<4, false>(r, row); }
+__device__ __forceinline__ void ldmatrix_x4_trans(u32 r[4], const u16* row) { ldmatrix<4, true>(r, row); }
 
 // Asynchronous copies from global into shared memory (`cp.async`, sm_80 and later), for
 // tiles loaded while the warps compute on others. cp_async_16 starts a 16-byte copy (both

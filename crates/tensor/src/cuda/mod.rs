@@ -164,8 +164,8 @@ pub fn thread_kernel_launches(name: &str) -> u64 {
 
 /// For attention launched from this thread: `Some(true)` runs the bf16 tensor-core forward and
 /// the backward's dQ pass on Hopper's warpgroup MMA (`attn_fwd_wgmma_*`, `attn_bwd_dq_wgmma_*`)
-/// where kernels are built for sm_90a or on the emulator, `Some(false)` keeps `mma.sync`, `None` follows
-/// `ARTIST_ATTN_WGMMA` (`1`: on; off by default). For tests and comparisons.
+/// where kernels are built for sm_90a or on the emulator, `Some(false)` keeps `mma.sync`,
+/// `None` follows `ARTIST_ATTN_WGMMA` (`1`: on; off by default). For tests and comparisons.
 pub fn set_thread_wgmma_attention(on: Option<bool>) {
     ops::WGMMA_ATTENTION.with(|w| w.set(on));
 }

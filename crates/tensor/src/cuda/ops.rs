@@ -991,11 +991,7 @@ pub(crate) fn attention_fwd(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, sca
         let dtypes = [q.dtype(), k.dtype(), v.dtype()];
         if tensor_core_attention(&dev, dtypes, a.d, [kr, kh, vr, vh], [kp, vp]) {
             if wgmma_attention(&dev) {
-                // Two warpgroups per 128 rows; two K and two V tiles of 64 rows, 1024-byte
-                // aligned (65 KB at head dim 128: past 48 KB, which the launch opts into).
-                let smem = (4 * 64 * a.d * 2 + 1024) as u32;
-                let cfg = LaunchCfg { grid: [a.t.div_ceil(128) as u32, a.heads as u32, 1], block: [256, 1, 1], smem };
-                dev.launch("attention", format!("attn_fwd_wgmma_d{}_bf16", a.d), cfg, args)?;
+                dev.launch("attention", format!("attn_fwd_wgmma_d{}_bf16", a.d), wgmma_cfg(a), args)?;
             } else {
                 let cfg = LaunchCfg { grid: [a.t.div_ceil(64) as u32, a.heads as u32, 1], block: [128, 1, 1], smem: 0 };
                 dev.launch("attention", format!("attn_fwd_mma_d{}_bf16", a.d), cfg, args)?;
@@ -1039,6 +1035,14 @@ fn wgmma_attention(dev: &GpuDevice) -> bool {
         .with(|w| w.get())
         .unwrap_or_else(|| *ENV.get_or_init(|| std::env::var("ARTIST_ATTN_WGMMA").as_deref() == Ok("1")));
     asked && dev.rt.info().wgmma
+}
+
+/// The launch of the Hopper kernels (forward and dQ pass): two warpgroups per 128 query rows
+/// of a head; two K and two V tiles of 64 rows in dynamic shared memory, 1024-byte aligned
+/// (65 KB at head dim 128: past 48 KB, which the launch opts into).
+fn wgmma_cfg(a: AttnDims) -> LaunchCfg {
+    let smem = (4 * 64 * a.d * 2 + 1024) as u32;
+    LaunchCfg { grid: [a.t.div_ceil(128) as u32, a.heads as u32, 1], block: [256, 1, 1], smem }
 }
 
 /// Attention of `q` over a paged KV cache's pools `[blocks, block_size, kv_heads, d]` through
@@ -1269,10 +1273,7 @@ pub(crate) fn attention_bwd(
         };
         let args = Args::new().arg(shape).arg(qp).arg(kp).arg(vp).arg(d16).arg(lp).arg(delta.ptr()).arg(dqp);
         if wgmma_attention(&dev) {
-            // As the Hopper forward: 128 rows, two buffers of a swizzled K and V tile.
-            let smem = (4 * 64 * a.d * 2 + 1024) as u32;
-            let cfg = LaunchCfg { grid: [a.t.div_ceil(128) as u32, a.heads as u32, 1], block: [256, 1, 1], smem };
-            dev.launch("attention", format!("attn_bwd_dq_wgmma_d{}_bf16", a.d), cfg, args)?;
+            dev.launch("attention", format!("attn_bwd_dq_wgmma_d{}_bf16", a.d), wgmma_cfg(a), args)?;
         } else {
             // Two buffers of a K and a V tile of 64 padded rows (69 KB at d128).
             let dq_cfg = LaunchCfg { smem: (2 * 2 * 64 * (a.d + 8) * 2) as u32, ..block(a.t, a.heads) };
