@@ -168,6 +168,28 @@ __device__ __forceinline__ double warp_sum_f64(double v) {
     return v;
 }
 
+// Integer reductions: exact, so the same in any order.
+__device__ __forceinline__ u64 warp_sum_u64(u64 v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ u64 warp_max_u64(u64 v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        u64 w = __shfl_xor_sync(FULL_MASK, v, o);
+        v = w > v ? w : v;
+    }
+    return v;
+}
+
+__device__ __forceinline__ u64 warp_min_u64(u64 v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        u64 w = __shfl_xor_sync(FULL_MASK, v, o);
+        v = w < v ? w : v;
+    }
+    return v;
+}
+
 // Largest value, NaN wins.
 __device__ __forceinline__ float max_nan(float a, float b) { return (is_nan(a) || a > b) ? a : b; }
 __device__ __forceinline__ float min_nan(float a, float b) { return (is_nan(a) || a < b) ? a : b; }
@@ -202,6 +224,9 @@ BLOCK_REDUCE(block_sum, float, warp_sum, 0.0f)
 BLOCK_REDUCE(block_sum_f64, double, warp_sum_f64, 0.0)
 BLOCK_REDUCE(block_max, float, warp_max, -inf_f32())
 BLOCK_REDUCE(block_min, float, warp_min, inf_f32())
+BLOCK_REDUCE(block_sum_u64, u64, warp_sum_u64, 0)
+BLOCK_REDUCE(block_max_u64, u64, warp_max_u64, 0)
+BLOCK_REDUCE(block_min_u64, u64, warp_min_u64, ~0ull)
 
 // ---- strided indexing ------------------------------------------------------------------
 

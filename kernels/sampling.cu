@@ -11,16 +11,23 @@
 //   total = sum of the kept; the first kept element whose running sum exceeds u * total,
 //   else the N-th; greedy: the first index of the largest logit.
 //
-// Without sorting: every element gets a 64-bit key (p's bits, then the inverted index), so
-// "the n-th element" and "the first element whose running sum reaches x" are searches for a
-// key threshold, each step one block-wide count or f64 sum over the row. A search first
-// finds the probability (a binary search over p's bits between the smallest and the largest
-// candidate's, some 30 steps for candidates spanning 1e-12 of the largest), then, only when
-// several candidates share it, the index (18 more). A draw without top-k, top-p or min-p
-// keeps every candidate and needs no search for the N-th: about 35 passes over the row in
-// all. One block per pick; `probs` is a scratch row per pick. Running sums add in another
-// order than the host's sequential walk, so a draw could differ only when u * total falls
-// within f64 rounding (about 1e-16 relative) of a boundary.
+// The sums are in fixed point, units of 2^-62 rounded down (`fixed_p`, the host's
+// `fixed_point`): integer sums are exact in any order, so the GPU's running sums are the
+// host's to the unit and no draw depends on the order of additions. The draw compares a
+// running sum with floor(u * total), u taken to 53 bits, computed exactly (`draw_target`).
+//
+// Without sorting: every candidate gets a 64-bit key (p's bits, then the inverted index), so
+// "the n-th element" and "the first element whose running sum reaches x" are searches for the
+// key where a count or a sum over the keys at or above it first reaches x. A search is a
+// radix select from the top bit where the range's keys differ: each pass over the row builds
+// a histogram of the next RADIX_BITS bits of the keys in range (count, fixed-point sum and
+// largest key per bucket, by shared-memory atomics, exact in any order), one warp walks it
+// from the top to the bucket where the running count or sum reaches x, and that bucket is
+// the next range. A bucket that holds one candidate ends the search: its largest key is the
+// answer. Candidates span about 40 octaves of probability, so a search takes one to four
+// passes (index bits only when candidates tie in probability). A draw at a temperature alone
+// reads the row three times (max, normaliser, probabilities) and searches once: some four to
+// seven passes. One block per pick; `probs` is a scratch row per pick.
 
 struct SamplePick {
     i64 row;      // logits row
@@ -37,64 +44,117 @@ __device__ __forceinline__ u64 sample_key(float p, i64 j) {
     return ((u64)f32_bits(p) << 32) | (u64)(~(u32)j);
 }
 
-// Count of candidates with key >= k, and the f64 sum of their probabilities.
-__device__ void keys_at_least(const float* probs, i64 vocab, u64 k, float* count, double* sum) {
-    float c = 0.0f;
-    double s = 0.0;
+// A probability in the draw's fixed point: units of 2^-62, rounded down (exact: scaling by a
+// power of two, then truncation). Below 2 (every p is at most 1), so sums fit in 63 bits.
+__device__ __forceinline__ u64 fixed_p(float p) { return (u64)((double)p * 4611686018427387904.0); }
+
+// floor(floor(u * 2^53) * total / 2^53), exactly: the running sum a draw must pass.
+__device__ __forceinline__ u64 draw_target(double u, u64 total) {
+    u64 u53 = (u64)(u * 9007199254740992.0);
+    return (__umul64hi(u53, total) << 11) | ((u53 * total) >> 53);
+}
+
+// The number of candidates with key >= k.
+__device__ u64 count_at_least(const float* probs, i64 vocab, u64 k) {
+    u64 c = 0;
     for (i64 j = threadIdx.x; j < vocab; j += blockDim.x) {
         float p = probs[j];
-        if (p > 0.0f && sample_key(p, j) >= k) {
-            c += 1.0f;
-            s += (double)p;
-        }
+        c += (p > 0.0f && sample_key(p, j) >= k) ? 1 : 0;
     }
-    *count = block_sum(c);
-    *sum = block_sum_f64(s);
+    return block_sum_u64(c);
 }
 
-// Whether pred holds for the candidates with key >= k. mode 0: count >= x; mode 1: sum >= x;
-// mode 2: sum > x. Monotone: true for small k.
-__device__ bool key_pred(const float* probs, i64 vocab, u64 k, int mode, double x) {
-    float c;
-    double s;
-    keys_at_least(probs, vocab, k, &c, &s);
-    return mode == 0 ? (double)c >= x : (mode == 1 ? s >= x : s > x);
-}
+#define RADIX_BITS 10
+#define RADIX (1 << RADIX_BITS)
 
-// The largest key k for which `key_pred(k, mode, x)` holds, given that it holds at
-// key(p_lo, any index) and that every candidate's p lies in [p_lo, p_hi] (as f32 bits; a
-// positive float's bits order as its value). The answer is a candidate's key. First its
-// probability's bits b (the largest b whose keys b << 32 and up satisfy pred), then, if
-// several candidates have p bits b, its index (keys (b << 32) | ~j for j < vocab).
-__device__ u64 search_key(const float* probs, i64 vocab, u32 p_lo, u32 p_hi, int mode, double x) {
-    u32 lo = p_lo, hi = p_hi;
-    while (lo < hi) {
-        u32 mid = lo + (hi - lo) / 2 + 1;
-        if (key_pred(probs, vocab, (u64)mid << 32, mode, x))
-            lo = mid;
-        else
-            hi = mid - 1;
-    }
-    // The candidates with p bits lo: one (the usual case) is the answer.
-    float c = 0.0f, js = 0.0f;
-    for (i64 j = threadIdx.x; j < vocab; j += blockDim.x) {
-        if (f32_bits(probs[j]) == lo) {
-            c += 1.0f;
-            js += (float)j;  // exact below 2^24
+// A search's answer: a candidate's key, and the count and fixed-point sum of the candidates
+// with keys at or above it.
+struct KeyAt {
+    u64 key, count, sum;
+};
+
+// The largest key k in [lo, hi] (both candidates' keys) at which the candidates with keys in
+// [k, hi] reach x: in count (`by_sum` false) or in fixed-point sum. They must reach it at lo.
+// Radix select (see the top of the file): each pass narrows [lo, hi] to the keys of one
+// bucket of the RADIX_BITS bits below the highest bit where lo and hi differ.
+__device__ KeyAt search_key(const float* probs, i64 vocab, u64 lo, u64 hi, bool by_sum, u64 x) {
+    __shared__ u32 count[RADIX];
+    __shared__ u64 sum[RADIX], top[RADIX], bottom[RADIX];
+    // The walk's verdict: bucket, the count and sum above it, and its own count, sum, largest
+    // and smallest key.
+    __shared__ u64 found[7];
+    u64 above_c = 0, above_s = 0;  // candidates in range above the current [lo, hi]
+    for (;;) {
+        if (lo == hi) return KeyAt{lo, above_c + 1, above_s + fixed_p(bits_f32((u32)(lo >> 32)))};
+        const int s = 63 - __clzll((long long)(lo ^ hi));
+        const int shift = s >= RADIX_BITS - 1 ? s - (RADIX_BITS - 1) : 0;
+        for (int b = threadIdx.x; b < RADIX; b += blockDim.x) {
+            count[b] = 0;
+            sum[b] = 0;
+            top[b] = 0;
+            bottom[b] = ~0ull;
         }
+        __syncthreads();
+        for (i64 j = threadIdx.x; j < vocab; j += blockDim.x) {
+            float p = probs[j];
+            if (!(p > 0.0f)) continue;
+            u64 k = sample_key(p, j);
+            if (k < lo || k > hi) continue;
+            u32 b = (u32)(k >> shift) & (RADIX - 1);
+            atomicAdd(&count[b], 1u);
+            atomicAdd(&sum[b], fixed_p(p));
+            atomicMax(&top[b], k);
+            atomicMin(&bottom[b], k);
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            // Lane l holds buckets RADIX - 1 - l * PER down to RADIX - (l + 1) * PER: its run's
+            // totals, the lanes above it by a scan, then its own buckets from the top.
+            const int PER = RADIX / 32, lane = threadIdx.x, first = RADIX - 1 - lane * PER;
+            u64 rc = 0, rs = 0;
+            for (int i = 0; i < PER; ++i) {
+                rc += count[first - i];
+                rs += sum[first - i];
+            }
+            u64 ic = rc, is = rs;
+            for (int o = 1; o < 32; o <<= 1) {
+                u64 uc = __shfl_up_sync(FULL_MASK, ic, o), us = __shfl_up_sync(FULL_MASK, is, o);
+                if (lane >= o) {
+                    ic += uc;
+                    is += us;
+                }
+            }
+            u64 c = above_c + ic - rc, sm = above_s + is - rs;
+            if (lane == 0) found[0] = RADIX;  // none: only if x is not reached at lo
+            __syncwarp();
+            for (int i = 0; i < PER; ++i) {
+                const int b = first - i;
+                u64 nc = c + count[b], ns = sm + sum[b];
+                if ((by_sum ? sm : c) < x && (by_sum ? ns : nc) >= x) {
+                    found[0] = b;
+                    found[1] = c;
+                    found[2] = sm;
+                    found[3] = count[b];
+                    found[4] = sum[b];
+                    found[5] = top[b];
+                    found[6] = bottom[b];
+                }
+                c = nc;
+                sm = ns;
+            }
+        }
+        __syncthreads();
+        const u64 b = found[0];
+        if (b == RADIX) return KeyAt{lo, above_c, above_s};  // not reached (see above)
+        if (found[3] == 1) return KeyAt{found[5], found[1] + 1, found[2] + found[4]};
+        above_c = found[1];
+        above_s = found[2];
+        // The bucket's smallest and largest keys: the next pass starts at the highest bit
+        // where they differ (index bits at once when the bucket's candidates tie in p).
+        lo = found[6];
+        hi = found[5];
+        __syncthreads();  // everyone has read `found` before the next walk rewrites it
     }
-    c = block_sum(c);
-    js = block_sum(js);
-    if (c == 1.0f) return ((u64)lo << 32) | (u64)(~(u32)js);
-    u32 ilo = (u32)(0u - (u32)vocab), ihi = 0xffffffffu;  // ~j for j = vocab - 1 .. 0
-    while (ilo < ihi) {
-        u32 mid = ilo + (ihi - ilo) / 2 + 1;
-        if (key_pred(probs, vocab, ((u64)lo << 32) | mid, mode, x))
-            ilo = mid;
-        else
-            ihi = mid - 1;
-    }
-    return ((u64)lo << 32) | ilo;
 }
 
 ROW_KERNEL sample_f32(i64 vocab, const float* logits, const SamplePick* picks, float* probs,
@@ -126,61 +186,56 @@ ROW_KERNEL sample_f32(i64 vocab, const float* logits, const SamplePick* picks, f
         id = (i64)first;
     } else {
         double floor = (double)bm * inv_t + log(1e-12);
-        float pmax = 0.0f, pmin = inf_f32();  // over the candidates (p > 0)
+        // The probabilities, and over the candidates (p > 0): their number, fixed-point sum,
+        // and smallest and largest keys.
+        u64 c = 0, total_all = 0, kmin = ~0ull, kmax = 0;
         for (i64 j = threadIdx.x; j < vocab; j += blockDim.x) {
             double z = (double)l[j] * inv_t;
             float p = z >= floor ? (float)exp(z - lse) : 0.0f;
             pr[j] = p;
-            pmax = fmaxf(pmax, p);
-            if (p > 0.0f) pmin = fminf(pmin, p);
-        }
-        pmax = block_max(pmax);
-        pmin = block_min(pmin);
-        const u32 b_lo = f32_bits(pmin), b_hi = f32_bits(pmax);
-        __syncthreads();  // every probability is written before anyone searches
-        float c;
-        double total_all;
-        keys_at_least(pr, vocab, 1, &c, &total_all);
-        double n = c;  // candidates
-        if (pk.top_k > 0 && (double)pk.top_k < n) n = pk.top_k;
-        if (pk.min_p > 0.0f) {
-            float bar = pmax * pk.min_p;
-            float cm;
-            double sm;
-            keys_at_least(pr, vocab, sample_key(bar, 0xffffffffLL), &cm, &sm);
-            // keys of p == bar with any index are >= key(bar, max index)
-            double k = cm < 1.0f ? 1.0 : (double)cm;
-            if (k < n) n = k;
-        }
-        if (pk.top_p < 1.0f) {
-            // The first n whose running sum reaches top_p; all n when it never does.
-            if (total_all >= (double)pk.top_p) {
-                u64 kt = search_key(pr, vocab, b_lo, b_hi, 1, (double)pk.top_p);
-                float ct;
-                double st;
-                keys_at_least(pr, vocab, kt, &ct, &st);
-                double k = ct < 1.0f ? 1.0 : (double)ct;
-                if (k < n) n = k;
+            if (p > 0.0f) {
+                u64 k = sample_key(p, j);
+                c += 1;
+                total_all += fixed_p(p);
+                kmin = k < kmin ? k : kmin;
+                kmax = k > kmax ? k : kmax;
             }
         }
-        if (n < 1.0) n = 1.0;
-        // The N-th element's key and the kept total, then the draw among keys >= kn. When
-        // nothing truncates, every candidate is kept: kn stays 1, below every key.
-        u64 kn = 1;
-        double total = total_all;
-        if (n < (double)c) {
-            kn = search_key(pr, vocab, b_lo, b_hi, 0, n);
-            float ck;
-            keys_at_least(pr, vocab, kn, &ck, &total);
+        // (the reductions' barriers also order the writes to pr before the searches)
+        c = block_sum_u64(c);
+        total_all = block_sum_u64(total_all);
+        kmin = block_min_u64(kmin);
+        kmax = block_max_u64(kmax);
+        u64 n = c;
+        if (pk.top_k > 0 && (u64)pk.top_k < n) n = (u64)pk.top_k;
+        if (pk.min_p > 0.0f) {
+            float bar = bits_f32((u32)(kmax >> 32)) * pk.min_p;
+            // keys of p == bar with any index are >= key(bar, max index)
+            u64 k = count_at_least(pr, vocab, sample_key(bar, 0xffffffffLL));
+            if (k < 1) k = 1;
+            if (k < n) n = k;
         }
-        double target = pk.u * total;
-        // The first kept element whose running sum exceeds target, else the N-th (kn, found
-        // now if it was not needed above).
-        u64 pick;
-        if (total > target)
-            pick = search_key(pr, vocab, kn > 1 ? (u32)(kn >> 32) : b_lo, b_hi, 2, target);
-        else
-            pick = kn > 1 ? kn : search_key(pr, vocab, b_lo, b_hi, 0, n);
+        KeyAt tp = KeyAt{0, 0, 0};
+        if (pk.top_p < 1.0f) {
+            // The first n whose running sum reaches top_p; all n when it never does.
+            u64 reach = (u64)ceil((double)pk.top_p * 4611686018427387904.0);
+            if (total_all >= reach) {
+                tp = search_key(pr, vocab, kmin, kmax, true, reach);
+                if (tp.count < n) n = tp.count;
+            }
+        }
+        if (n < 1) n = 1;
+        // The kept candidates are the keys >= the N-th's, kn; total, their sum. Nothing
+        // truncated: every candidate, no search.
+        u64 kn = kmin, total = total_all;
+        if (n < c) {
+            KeyAt nth = tp.count == n ? tp : search_key(pr, vocab, kmin, kmax, false, n);
+            kn = nth.key;
+            total = nth.sum;
+        }
+        // The first kept element whose running sum exceeds target, else the N-th (u = 1).
+        u64 target = draw_target(pk.u, total);
+        u64 pick = target < total ? search_key(pr, vocab, kn, kmax, true, target + 1).key : kn;
         id = (i64)(~(u32)(pick & 0xffffffffu));
     }
     if (threadIdx.x == 0) {

@@ -99,6 +99,10 @@ impl Sampler {
                 .filter(|&(_, &l)| l as f64 * inv_t as f64 >= floor)
                 .map(|(i, &l)| (((l as f64 * inv_t as f64) - lse).exp() as f32, i as u32)),
         );
+        if c.is_empty() {
+            // Only when every logit is NaN: token 0, as on the GPU, with a NaN logprob.
+            return (0, logprob(0));
+        }
         c.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut keep = c.len();
         if p.top_k > 0 {
@@ -109,29 +113,50 @@ impl Sampler {
             keep = keep.min(c.iter().take_while(|x| x.0 >= bar).count().max(1));
         }
         if p.top_p < 1.0 {
-            let mut acc = 0f64;
+            let reach = (p.top_p as f64 * FIXED_ONE).ceil() as u64;
+            let mut acc = 0u64;
             let mut n = 0;
             for x in c.iter().take(keep) {
-                acc += x.0 as f64;
+                acc += fixed_point(x.0);
                 n += 1;
-                if acc >= p.top_p as f64 {
+                if acc >= reach {
                     break;
                 }
             }
             keep = n.max(1);
         }
-        let total: f64 = c[..keep].iter().map(|x| x.0 as f64).sum();
-        let mut u = self.rng.random::<f64>() * total;
+        let total: u64 = c[..keep].iter().map(|x| fixed_point(x.0)).sum();
+        let target = draw_target(self.rng.random::<f64>(), total);
         let mut id = c[keep - 1].1;
+        let mut acc = 0u64;
         for x in &c[..keep] {
-            u -= x.0 as f64;
-            if u < 0.0 {
+            acc += fixed_point(x.0);
+            if acc > target {
                 id = x.1;
                 break;
             }
         }
         (id, logprob(id))
     }
+}
+
+/// The probabilities' fixed point in the top-p and draw sums: units of 2^-62, rounded down
+/// (a candidate's probability is at least 1e-12 / vocab, some 30 units at 152k tokens).
+/// Integer sums are exact, so a running sum does not depend on the order of its additions:
+/// the GPU (kernels/sampling.cu), which adds in any order, reaches the same sums to the unit.
+/// The rounding moves a boundary by less than vocab * 2^-62 (4e-14 at 152k tokens). The
+/// f32 probabilities sum to less than 2, so every sum fits in 63 bits.
+const FIXED_ONE: f64 = (1u64 << 62) as f64;
+
+fn fixed_point(p: f32) -> u64 {
+    (p as f64 * FIXED_ONE) as u64
+}
+
+/// The running sum a draw passes: floor(u * total), with u taken to 53 bits (the
+/// generator's values are multiples of 2^-53), computed exactly.
+fn draw_target(u: f64, total: u64) -> u64 {
+    let u53 = (u * (1u64 << 53) as f64) as u64;
+    ((u53 as u128 * total as u128) >> 53) as u64
 }
 
 /// The logits of one decoding step, `[rows, vocab]`: rows on the host, or a tensor wherever
@@ -251,6 +276,36 @@ mod tests {
         // Renormalised within the kept set: top-k 2 gives 3:4.
         let c = draw(SamplingParams { top_k: 2, seed: 7, ..Default::default() }, &logits, n);
         assert!((c[3] as f64 / n as f64 - 4.0 / 7.0).abs() < 0.015, "{c:?}");
+    }
+
+    #[test]
+    fn nan_logits_do_not_panic() {
+        let mut s = Sampler::new(SamplingParams { top_p: 0.9, min_p: 0.1, ..Default::default() });
+        let (id, lp) = s.sample(&[f32::NAN; 5]);
+        assert_eq!(id, 0);
+        assert!(lp.is_nan());
+    }
+
+    #[test]
+    fn the_draw_target_is_exact() {
+        assert_eq!(draw_target(0.0, 1 << 62), 0);
+        assert_eq!(draw_target(0.5, 10), 5);
+        assert_eq!(draw_target(0.5, 11), 5);
+        // u = 1 - 2^-53, the generator's largest value: floor((2^53 - 1) * 2^62 / 2^53).
+        assert_eq!(draw_target(1.0 - f64::EPSILON / 2.0, 1 << 62), (1 << 62) - (1 << 9));
+        // u = 1 reaches the total, which no running sum exceeds (the last kept is drawn).
+        assert_eq!(draw_target(1.0, 12345), 12345);
+        // A total whose product with u needs more than 64 bits.
+        let t = (1u64 << 62) + 12345;
+        let u = 0.7;
+        // 0.7 is a multiple of 2^-53, so the target is floor(u53 * t / 2^53) with u53 = 0.7 * 2^53.
+        let (u53, got) = ((u * (1u64 << 53) as f64) as u128, draw_target(u, t) as u128);
+        let exact = u53 * t as u128;
+        assert!(got << 53 <= exact && exact < (got + 1) << 53);
+        assert!((got as f64 - u * t as f64).abs() < 2048.0);
+        assert_eq!(fixed_point(1.0), 1 << 62);
+        assert_eq!(fixed_point(0.75), 3 << 60);
+        assert_eq!(fixed_point(1e-30), 0);
     }
 
     #[test]

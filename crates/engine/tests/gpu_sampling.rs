@@ -78,6 +78,57 @@ fn gpu_draws_equal_host_draws() {
     assert_eq!(compared, settings.len() * 12 * 2);
 }
 
+/// Rows shaped like a language model's: most of a wide vocabulary far below a few likely
+/// tokens, logits rounded to bf16 so that many probabilities tie (the searches then go down
+/// to index bits), one row flat. The searches take several passes here.
+/// `x` rounded to the nearest bf16 (ties to even), as a model computing in bf16 gives it.
+fn to_bf16(x: f32) -> f32 {
+    let b = x.to_bits();
+    f32::from_bits((b + 0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
+}
+
+#[test]
+fn gpu_draws_equal_host_draws_on_wide_tied_rows() {
+    let Some(dev) = gpu() else { return };
+    let vocab = 20_000;
+    let mut r = ChaCha8Rng::seed_from_u64(11);
+    let data: Vec<Vec<f32>> = (0..4)
+        .map(|k| {
+            (0..vocab)
+                .map(|j| {
+                    let base = r.random_range(-1.0..1.0f32) * [2.5f32, 0.3, 4.0, 0.0][k];
+                    let top = if j % 997 == 5 { [12.0f32, 3.0, 6.0, 0.0][k] } else { 0.0 };
+                    to_bf16(base + top)
+                })
+                .collect()
+        })
+        .collect();
+    let flat: Vec<f32> = data.iter().flatten().copied().collect();
+    let gpu_logits = Logits::Tensor(Tensor::from_vec(flat, (data.len(), vocab), dev).unwrap());
+    let host_logits = Logits::Host(data.clone());
+    let settings = [
+        SamplingParams { temperature: 1.0, ..Default::default() },
+        SamplingParams { temperature: 0.6, top_p: 0.8, ..Default::default() },
+        SamplingParams { temperature: 1.0, top_k: 300, ..Default::default() },
+        SamplingParams { temperature: 1.2, top_p: 0.97, min_p: 0.001, ..Default::default() },
+    ];
+    for (si, base) in settings.iter().enumerate() {
+        let mk = || (0..8).map(|k| Sampler::new(SamplingParams { seed: 77 + k, ..base.clone() })).collect::<Vec<_>>();
+        let (mut a, mut b) = (mk(), mk());
+        for round in 0..3 {
+            let mut pa: Vec<(usize, &mut Sampler)> =
+                a.iter_mut().enumerate().map(|(k, s)| ((k + round) % 4, s)).collect();
+            let mut pb: Vec<(usize, &mut Sampler)> =
+                b.iter_mut().enumerate().map(|(k, s)| ((k + round) % 4, s)).collect();
+            let got = gpu_logits.sample(&mut pa).unwrap();
+            let want = host_logits.sample(&mut pb).unwrap();
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.0, w.0, "setting {si} ({base:?}), round {round}, sampler {k}: token");
+            }
+        }
+    }
+}
+
 #[test]
 fn a_long_run_from_one_row_follows_the_distribution() {
     let Some(dev) = gpu() else { return };
@@ -126,11 +177,13 @@ fn a_draw_at_the_top_of_the_unit_interval_takes_the_last_kept_candidate() {
         c.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut keep = if top_k > 0 { top_k } else { c.len() };
         if top_p < 1.0 {
-            let (mut acc, mut n) = (0f64, 0);
+            // In the samplers' fixed point: units of 2^-62, rounded down.
+            let unit = (1u64 << 62) as f64;
+            let (mut acc, mut n) = (0u64, 0);
             for x in c.iter().take(keep) {
-                acc += x.0 as f64;
+                acc += (x.0 as f64 * unit) as u64;
                 n += 1;
-                if acc >= top_p as f64 {
+                if acc >= (top_p as f64 * unit).ceil() as u64 {
                     break;
                 }
             }
@@ -139,5 +192,86 @@ fn a_draw_at_the_top_of_the_unit_interval_takes_the_last_kept_candidate() {
         let pick = artist_tensor::SamplePick { row: 0, temperature: 1.0, top_k, top_p, min_p: 0.0, u };
         let (id, _) = t.sample_rows(&[pick]).unwrap()[0];
         assert_eq!(id, c[keep - 1].1, "u {u}, top_k {top_k}, top_p {top_p}: the last kept candidate");
+    }
+}
+
+/// Draws a hair either side of every boundary between kept candidates: u just below and
+/// just above the point where u * total reaches a running sum, with top-k keeping 3 to 6 of
+/// the 7 candidates (so the total is not a power of two). The kernel must draw what the exact
+/// rule draws (the host's: sums in units of 2^-62, the target floor(u * total) in integers),
+/// where f64 arithmetic on u * total would round across some of these boundaries (checked
+/// below, so the test can tell the two apart).
+#[test]
+fn draws_next_to_every_boundary_follow_the_exact_rule() {
+    let Some(dev) = gpu() else { return };
+    let vocab = 64usize;
+    let mut row = vec![-60.0f32; vocab]; // below 1e-12 of the top: not candidates
+    for (j, l) in [(3, 0.9f32), (10, 0.5), (17, 0.45), (30, 0.1), (41, -0.3), (60, -0.7), (62, 0.1)] {
+        row[j] = l;
+    }
+    let t = Tensor::from_vec(row.clone(), (1, vocab), dev).unwrap();
+    // The host's candidates, order and fixed-point sums (crates/engine/src/sampler.rs).
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max as f64 + row.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln();
+    let floor = max as f64 + (1e-12f64).ln();
+    let mut c: Vec<(f32, u32)> = row
+        .iter()
+        .enumerate()
+        .filter(|&(_, &l)| l as f64 >= floor)
+        .map(|(i, &l)| (((l as f64) - lse).exp() as f32, i as u32))
+        .collect();
+    c.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    assert_eq!(c.len(), 7);
+    let all: Vec<u64> = c.iter().map(|x| (x.0 as f64 * (1u64 << 62) as f64) as u64).collect();
+    let mut rounding_differs = 0;
+    for top_k in 3..=6 {
+        let q = &all[..top_k];
+        let total: u64 = q.iter().sum();
+        let exact = |u53: u64| {
+            let target = ((u53 as u128 * total as u128) >> 53) as u64;
+            let mut s = 0;
+            q.iter().position(|&x| {
+                s += x;
+                s > target
+            })
+        };
+        let rounded = |u: f64| {
+            let target = (u * total as f64) as u64;
+            let mut s = 0;
+            q.iter().position(|&x| {
+                s += x;
+                s > target
+            })
+        };
+        let mut s = 0u64;
+        for (k, &qk) in q[..q.len() - 1].iter().enumerate() {
+            s += qk;
+            // The largest u53 whose target stays below s: candidate k; one more: candidate k + 1.
+            let below = ((s as u128) << 53).div_ceil(total as u128) as u64 - 1;
+            for (u53, want) in [(below - 1, k), (below, k), (below + 1, k + 1), (below + 2, k + 1)] {
+                assert_eq!(exact(u53), Some(want));
+                let u = u53 as f64 / (1u64 << 53) as f64;
+                rounding_differs += (rounded(u) != Some(want)) as usize;
+                let pick = artist_tensor::SamplePick { row: 0, temperature: 1.0, top_k, top_p: 1.0, min_p: 0.0, u };
+                let (id, _) = t.sample_rows(&[pick]).unwrap()[0];
+                assert_eq!(id, c[want].1, "top-k {top_k}, boundary after candidate {k}, u = {u53} / 2^53");
+            }
+        }
+    }
+    assert!(rounding_differs > 0, "these boundaries do not tell exact from f64 arithmetic");
+}
+
+/// A row of NaN logits (a broken model) gives token 0 and a NaN logprob, on both sides,
+/// instead of a panic or a hang.
+#[test]
+fn a_nan_row_gives_token_zero() {
+    let Some(dev) = gpu() else { return };
+    let t = Logits::Tensor(Tensor::from_vec(vec![f32::NAN; 40], (1, 40), dev).unwrap());
+    let h = Logits::Host(vec![vec![f32::NAN; 40]]);
+    for params in [SamplingParams::default(), SamplingParams { top_p: 0.9, top_k: 3, ..Default::default() }] {
+        let (mut a, mut b) = (Sampler::new(params.clone()), Sampler::new(params));
+        let (g, w) = (t.sample(&mut [(0, &mut a)]).unwrap()[0], h.sample(&mut [(0, &mut b)]).unwrap()[0]);
+        assert_eq!((g.0, w.0), (0, 0));
+        assert!(g.1.is_nan() && w.1.is_nan());
     }
 }
