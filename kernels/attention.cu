@@ -1058,36 +1058,43 @@ ATTENTION_WGMMA(128)
 // warpgroup multiplies a one-hot A (A[m][k] = 1 where k = m % 16) by a B read from a tile T
 // of 64 rows and D columns, staged as the kernels stage K and V, whose every element holds
 // its row (what = 0) or its column (what = 1). So each output names the element of T the
-// hardware read: D[m][n] = T[n][16 step + m % 16] for the K-major operand (TRANS 0, as the
-// scores read K; n < 64), T[16 step + m % 16][n] for the N-major one (TRANS 1, as P V reads
-// V; n < D). Writes D[m][n] to out[m * N + n].
-template <int D, int TRANS>
+// hardware read: D[m][n] = T[n][16 step + m % 16] for the K-major operand (MODE 0, as the
+// scores read K; n < 64), T[16 step + m % 16][n] for the N-major one (MODE 1, as P V reads
+// V; n < D). MODE 2 is MODE 0 with A read from shared memory too, from a swizzled tile of 64
+// rows and D columns holding the one-hot at columns 16 step .. (as the dK/dV pass reads K
+// and V): a misread A scatters or loses the ones. Writes D[m][n] to out[m * N + n].
+template <int D, int MODE>
 __device__ __forceinline__ void wgmma_probe_impl(int what, int step, float* out) {
 #ifdef ARTIST_WGMMA
-    constexpr int N = TRANS ? D : WG_BK;
+    constexpr int TRANS = MODE == 1, N = TRANS ? D : WG_BK;
+    constexpr u32 TILE = WG_HALF * (D / 64);
     DYNAMIC_SMEM(unsigned char, smem);
     unsigned char* t = smem + ((1024u - (smem_u32(smem) & 1023u)) & 1023u);
     const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
+    const u16 one = from_f32<bf16>(1.0f).bits;
     for (int i = tid; i < WG_BK * D; i += (int)blockDim.x) {
         int r = i / D, col = i - r * D, ch = col >> 3;
-        u16* dst = reinterpret_cast<u16*>(t + (ch >> 3) * WG_HALF + r * 128 + (((ch & 7) ^ (r & 7)) << 4));
-        dst[col & 7] = from_f32<bf16>((float)(what ? col : r)).bits;
+        u32 at = (ch >> 3) * WG_HALF + r * 128 + (((ch & 7) ^ (r & 7)) << 4) + (col & 7) * 2;
+        *reinterpret_cast<u16*>(t + at) = from_f32<bf16>((float)(what ? col : r)).bits;
+        if (MODE == 2) *reinterpret_cast<u16*>(t + TILE + at) = col == 16 * step + r % 16 ? one : (u16)0;
     }
     fence_proxy_async_shared();
     __syncthreads();
-    // Rows g and g + 8 of the warp's 16 (m % 16 = g, g + 8): ones at columns g and g + 8.
-    const u32 one = (u32)from_f32<bf16>(1.0f).bits;
-    u32 a[4];
-    for (int r = 0; r < 4; ++r) {
-        int row = g + 8 * (r & 1), col = 2 * c + 8 * (r >> 1);
-        a[r] = (col == row ? one : 0u) | (col + 1 == row ? one << 16 : 0u);
-    }
+    const u32 ta = smem_u32(t), kstep = (u32)(step >> 2) * WG_HALF + (u32)(step & 3) * 32u;
     float d[N / 2];
-    const u32 ta = smem_u32(t);
-    u64 desc = TRANS ? wgmma_desc(ta + (u32)step * 2048u, WG_HALF, 1024)
-                     : wgmma_desc(ta + (u32)(step >> 2) * WG_HALF + (u32)(step & 3) * 32u, 16, 1024);
     wgmma_fence();
-    wgmma_bf16_rs<N, TRANS>(d, a, desc, 0);
+    if constexpr (MODE == 2) {
+        wgmma_bf16_ss_n64<0>(d, wgmma_desc(ta + TILE + kstep, 16, 1024), wgmma_desc(ta + kstep, 16, 1024), 0);
+    } else {
+        // Rows g and g + 8 of the warp's 16 (m % 16 = g, g + 8): ones at columns g and g + 8.
+        u32 a[4];
+        for (int r = 0; r < 4; ++r) {
+            int row = g + 8 * (r & 1), col = 2 * c + 8 * (r >> 1);
+            a[r] = (col == row ? (u32)one : 0u) | (col + 1 == row ? (u32)one << 16 : 0u);
+        }
+        u64 desc = TRANS ? wgmma_desc(ta + (u32)step * 2048u, WG_HALF, 1024) : wgmma_desc(ta + kstep, 16, 1024);
+        wgmma_bf16_rs<N, TRANS>(d, a, desc, 0);
+    }
     wgmma_commit();
     wgmma_wait<0>();
     wgmma_fence_operands(d, N / 2);
@@ -1102,16 +1109,18 @@ __device__ __forceinline__ void wgmma_probe_impl(int what, int step, float* out)
 #endif
 }
 
-#define WGMMA_PROBE(D, TRANS)                                                                              \
-    extern "C" __global__ void __launch_bounds__(128) wgmma_probe_d##D##_t##TRANS(int what, int step,       \
-                                                                               float* out) {              \
-        wgmma_probe_impl<D, TRANS>(what, step, out);                                                       \
+#define WGMMA_PROBE(D, MODE)                                                                               \
+    extern "C" __global__ void __launch_bounds__(128) wgmma_probe_d##D##_t##MODE(int what, int step,        \
+                                                                              float* out) {               \
+        wgmma_probe_impl<D, MODE>(what, step, out);                                                        \
     }                                                                                                      \
-    ARTIST_EXPORT(wgmma_probe_d##D##_t##TRANS)
+    ARTIST_EXPORT(wgmma_probe_d##D##_t##MODE)
 WGMMA_PROBE(64, 0)
 WGMMA_PROBE(64, 1)
+WGMMA_PROBE(64, 2)
 WGMMA_PROBE(128, 0)
 WGMMA_PROBE(128, 1)
+WGMMA_PROBE(128, 2)
 
 // ---- the backward on tensor cores: bf16, head dim 64 or 128 ---------------------------------
 //
@@ -1128,6 +1137,46 @@ WGMMA_PROBE(128, 1)
 // nothing is transposed.
 
 #define MMA_BQ_DKV 32  // query rows per tile of the dk/dv pass
+
+// P^T and dS^T of a tile in place, for the lane's keys k0 + g and k0 + g + 8 (rows of the
+// transposed scores st and dpt) and the tile's queries i0 + 8 nq + 2c (+1): st holds
+// S^T = K Q^T, dpt dP^T = V dO^T; ls and dls the tile's rows' log-sum-exp and delta.
+template <int NQ>
+__device__ __forceinline__ void pds_tile_t(const AttnShape& s, float (*st)[4], float (*dpt)[4], const float* ls,
+                                           const float* dls, i64 k0, i64 i0, int g, int c, i64 off) {
+#pragma unroll
+    for (int nq = 0; nq < NQ; ++nq) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            i64 key = k0 + g + 8 * (e >> 1);
+            int qi = nq * 8 + 2 * c + (e & 1);
+            i64 row = i0 + qi;
+            bool seen = row < s.t && key <= row + off && key < s.len;
+            float p = seen ? expf(st[nq][e] * s.scale - ls[qi]) : 0.0f;
+            st[nq][e] = p;
+            dpt[nq][e] = p * (dpt[nq][e] - dls[qi]);  // dS^T
+        }
+    }
+}
+
+// The lane's rows k0 + g and k0 + g + 8 of dK (scaled) and dV from their C fragments.
+template <int D>
+__device__ __forceinline__ void write_dkv_rows(const AttnShape& s, float* dk, float* dv, const float (*dka)[4],
+                                               const float (*dva)[4], i64 k0, int kvh, int g, int c) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        i64 j = k0 + g + 8 * r;
+        if (j >= s.len) continue;
+        i64 at = (j * s.kv_heads + kvh) * D + 2 * c;
+#pragma unroll
+        for (int ot = 0; ot < D / 8; ++ot) {
+            dk[at + ot * 8] = dka[ot][2 * r] * s.scale;
+            dk[at + ot * 8 + 1] = dka[ot][2 * r + 1] * s.scale;
+            dv[at + ot * 8] = dva[ot][2 * r];
+            dv[at + ot * 8 + 1] = dva[ot][2 * r + 1];
+        }
+    }
+}
 
 extern "C" __global__ void attn_bwd_delta_bf16(AttnShape s, const bf16* out, const float* dout, float* delta) {
     int lane = threadIdx.x & 31;
@@ -1295,19 +1344,7 @@ __device__ __forceinline__ void attn_bwd_dkv_mma_impl(AttnShape s, const bf16* q
                 mma_bf16_16816(dpt[nq], va[kc], bd);
             }
         }
-#pragma unroll
-        for (int nq = 0; nq < NQ; ++nq) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                i64 key = k0 + g + 8 * (e >> 1);
-                int qi = nq * 8 + 2 * c + (e & 1);
-                i64 row = i0 + qi;
-                bool seen = row < s.t && key <= row + off && key < s.len;
-                float p = seen ? expf(st[nq][e] * s.scale - ls[qi]) : 0.0f;
-                st[nq][e] = p;
-                dpt[nq][e] = p * (dpt[nq][e] - dls[qi]);  // dS^T
-            }
-        }
+        pds_tile_t<NQ>(s, st, dpt, ls, dls, k0, i0, g, c, off);
         // dV += P^T dO and dK += dS^T Q: B[k][n] = dO[query k][n], Q[query k][n].
 #pragma unroll
         for (int kc = 0; kc < NQ / 2; ++kc) {
@@ -1326,19 +1363,7 @@ __device__ __forceinline__ void attn_bwd_dkv_mma_impl(AttnShape s, const bf16* q
             }
         }
     }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        i64 j = k0 + g + 8 * r;
-        if (j >= s.len) continue;
-        i64 at = (j * s.kv_heads + kvh) * D + 2 * c;
-#pragma unroll
-        for (int ot = 0; ot < OT; ++ot) {
-            dk[at + ot * 8] = dka[ot][2 * r] * s.scale;
-            dk[at + ot * 8 + 1] = dka[ot][2 * r + 1] * s.scale;
-            dv[at + ot * 8] = dva[ot][2 * r];
-            dv[at + ot * 8 + 1] = dva[ot][2 * r + 1];
-        }
-    }
+    write_dkv_rows<D>(s, dk, dv, dka, dva, k0, kvh, g, c);
 }
 
 #define ATTENTION_MMA_BWD(D)                                                                               \
@@ -1356,3 +1381,121 @@ __device__ __forceinline__ void attn_bwd_dkv_mma_impl(AttnShape s, const bf16* q
     ARTIST_EXPORT(attn_bwd_dkv_mma_d##D##_bf16)
 ATTENTION_MMA_BWD(64)
 ATTENTION_MMA_BWD(128)
+
+// The dK/dV pass on Hopper's warpgroup MMA: a block of two warpgroups takes 128 keys of a KV
+// head, 64 per warpgroup (16 per warp, the rows of dK and dV), and walks the same query tiles
+// as attn_bwd_dkv_mma, 64 queries at a time. S^T = K Q^T and dP^T = V dO^T read both operands
+// from shared memory (K and V as K-major A operands, staged once; Q and dO as K-major B
+// operands), in the forward's swizzled tiles; dV += P^T dO and dK += dS^T Q take P^T and dS^T
+// from registers and read dO and Q as N-major B operands, as P V reads V. So K and V take no
+// registers, which the mma.sync pass spends on them (64 at head dim 128), and each B operand
+// is read once per 64 keys rather than per warp of 16. Two buffers of a Q and a dO tile; the
+// next pair is copied while this one computes, and tile t's dV and dK products run while the
+// warps wait for tile t + 1's copies.
+template <int D>
+__device__ __forceinline__ void attn_bwd_dkv_wgmma_impl(AttnShape s, const bf16* q, const bf16* k, const bf16* v,
+                                                        const bf16* dout, const float* lse, const float* delta,
+                                                        float* dk, float* dv) {
+#ifdef ARTIST_WGMMA
+    constexpr int KC = D / 16, NQ = WG_BK / 8, OT = D / 8, PC = WG_BK / 16;
+    constexpr u32 TILE = WG_HALF * (D / 64);
+    // K of warpgroup w's keys at tile w, V at 2 + w; buffer b's Q at 4 + 2b and dO at 5 + 2b.
+    DYNAMIC_SMEM(unsigned char, smem);
+    unsigned char* tiles0 = smem + ((1024u - (smem_u32(smem) & 1023u)) & 1023u);
+    const u32 ta = smem_u32(tiles0);
+    __shared__ float ls2[2][WG_BK], dls2[2][WG_BK];
+    const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
+    const int wg = warp >> 2, kvh = (int)blockIdx.y, rep = s.heads / s.kv_heads;
+    const i64 kb0 = (i64)blockIdx.x * (2 * WG_BK), k0 = kb0 + warp * 16;
+    const i64 off = s.len - s.t;
+    const u16* qb = reinterpret_cast<const u16*>(q);
+    const u16* db = reinterpret_cast<const u16*>(dout);
+    const u16* kb = reinterpret_cast<const u16*>(k) + kvh * s.k_head;
+    const u16* vb = reinterpret_cast<const u16*>(v) + kvh * s.v_head;
+
+    // The first query that sees the block's first key, rounded down to a tile; every head of
+    // the group, and per head the query tiles from there: `tiles` in all.
+    i64 first = kb0 - off > 0 ? kb0 - off : 0;
+    first -= first % WG_BK;
+    const i64 per_head = first < s.t ? (s.t - first + WG_BK - 1) / WG_BK : 0;
+    const i64 tiles = per_head * rep;
+    auto stage = [&](int buf, i64 tile) {
+        const int h = kvh * rep + (int)(tile / per_head);
+        const i64 i0 = first + (tile % per_head) * WG_BK;
+        unsigned char* at = tiles0 + (4 + 2 * buf) * TILE;
+        stage_tile_swizzled<D>(at, qb + h * D, (i64)s.heads * D, i0, s.t);
+        stage_tile_swizzled<D>(at + TILE, db + h * D, (i64)s.heads * D, i0, s.t);
+        for (int r = tid; r < WG_BK; r += (int)blockDim.x) {
+            i64 row = i0 + r;
+            ls2[buf][r] = row < s.t ? lse[(i64)h * s.t + row] : 0.0f;
+            dls2[buf][r] = row < s.t ? delta[(i64)h * s.t + row] : 0.0f;
+        }
+    };
+    for (int w = 0; w < 2; ++w) {
+        stage_tile_swizzled<D>(tiles0 + w * TILE, kb, s.k_row, kb0 + w * WG_BK, s.len);
+        stage_tile_swizzled<D>(tiles0 + (2 + w) * TILE, vb, s.v_row, kb0 + w * WG_BK, s.len);
+    }
+    if (tiles > 0) stage(0, 0);
+    cp_async_commit();
+
+    float dka[OT][4], dva[OT][4];
+#pragma unroll
+    for (int ot = 0; ot < OT; ++ot)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dka[ot][e] = dva[ot][e] = 0.0f;
+    float st[NQ][4], dpt[NQ][4];  // S^T and dP^T of a tile, then P^T and dS^T
+    u32 pa[PC][4], sa[PC][4];      // P^T and dS^T rounded to bf16 as A fragments
+    const u32 ka = ta + (u32)wg * TILE, va = ta + (u32)(2 + wg) * TILE;
+    for (i64 tile = 0; tile < tiles; ++tile) {
+        const int buf = (int)(tile & 1);
+        const i64 i0 = first + (tile % per_head) * WG_BK;
+        tiles_landed();  // this tile is in; every warpgroup is done with the other buffer
+        if (tile + 1 < tiles) stage(buf ^ 1, tile + 1);
+        cp_async_commit();
+        const u32 qa = ta + (u32)(4 + 2 * buf) * TILE, da = qa + TILE;
+        wgmma_fence();
+#pragma unroll
+        for (int kc = 0; kc < KC; ++kc) {
+            u32 at = (u32)(kc >> 2) * WG_HALF + (u32)(kc & 3) * 32u;
+            wgmma_bf16_ss_n64<0>(&st[0][0], wgmma_desc(ka + at, 16, 1024), wgmma_desc(qa + at, 16, 1024), kc > 0);
+            wgmma_bf16_ss_n64<0>(&dpt[0][0], wgmma_desc(va + at, 16, 1024), wgmma_desc(da + at, 16, 1024), kc > 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operands(&st[0][0], NQ * 4);
+        wgmma_fence_operands(&dpt[0][0], NQ * 4);
+        pds_tile_t<NQ>(s, st, dpt, ls2[buf], dls2[buf], k0, i0, g, c, off);
+#pragma unroll
+        for (int kc = 0; kc < PC; ++kc) {
+            c_to_a(pa[kc], st[2 * kc], st[2 * kc + 1]);
+            c_to_a(sa[kc], dpt[2 * kc], dpt[2 * kc + 1]);
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int kc = 0; kc < PC; ++kc) {
+            wgmma_bf16_rs<D, 1>(&dva[0][0], pa[kc], wgmma_desc(da + (u32)kc * 2048u, WG_HALF, 1024), 1);
+            wgmma_bf16_rs<D, 1>(&dka[0][0], sa[kc], wgmma_desc(qa + (u32)kc * 2048u, WG_HALF, 1024), 1);
+        }
+        wgmma_commit();
+        // Waited for here, not before the next tile's barrier (as the dQ pass does): across
+        // the loop, ptxas serialises the products (C7515). They run while the next tile's
+        // copies, issued above, land.
+        wgmma_wait<0>();
+        wgmma_fence_operands(&dka[0][0], OT * 4);
+        wgmma_fence_operands(&dva[0][0], OT * 4);
+    }
+    write_dkv_rows<D>(s, dk, dv, dka, dva, k0, kvh, g, c);
+#else
+    __trap();  // the host launches it only where kernels are built for sm_90a
+#endif
+}
+
+#define ATTENTION_WGMMA_DKV(D)                                                                             \
+    extern "C" __global__ void __launch_bounds__(256) attn_bwd_dkv_wgmma_d##D##_bf16(                      \
+        AttnShape s, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,     \
+        const float* delta, float* dk, float* dv) {                                                        \
+        attn_bwd_dkv_wgmma_impl<D>(s, q, k, v, dout, lse, delta, dk, dv);                                  \
+    }                                                                                                      \
+    ARTIST_EXPORT(attn_bwd_dkv_wgmma_d##D##_bf16)
+ATTENTION_WGMMA_DKV(64)
+ATTENTION_WGMMA_DKV(128)

@@ -611,6 +611,19 @@ __device__ __forceinline__ void wgmma_m64n128k16_asm(float* d, const u32 a[4], u
         : WGMMA_D32(0), WGMMA_D32(32)
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc), "n"(TRANS));
 }
+
+// Both operands from shared memory: A K-major (imm-trans-a 0), B as above.
+template <int TRANS>
+__device__ __forceinline__ void wgmma_m64n64k16_ss_asm(float* d, u64 adesc, u64 bdesc, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, "
+        "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, %32, %33, p, 1, 1, 0, %35;\n}\n"
+        : WGMMA_D32(0)
+        : "l"(adesc), "l"(bdesc), "r"(acc), "n"(TRANS));
+}
 #endif
 
 // d (the warp's N / 2 accumulators) = A (registers) B (descriptor `desc`; `TRANS` 0: K-major,
@@ -641,6 +654,31 @@ __device__ __forceinline__ void wgmma_bf16_rs(float* d, const u32 a[4], u64 desc
     } else {
         wgmma_m64n128k16_asm<TRANS>(d, a, desc, acc);
     }
+#endif
+}
+
+// d (the warp's 32 accumulators) = A B (+ d where `acc` is nonzero), both read from shared
+// memory: A (64 x 16) K-major through `adesc` (row m of the warpgroup's 64 at the address a
+// K-major B gives column n = m), B through `bdesc` as in wgmma_bf16_rs. N = 64.
+template <int TRANS>
+__device__ __forceinline__ void wgmma_bf16_ss_n64(float* d, u64 adesc, u64 bdesc, int acc) {
+#ifdef ARTIST_EMULATOR
+    const int c = (int)(threadIdx.x & 31) & 3, m0 = (int)((threadIdx.x >> 5) & 3) * 16 + ((int)(threadIdx.x & 31) >> 2);
+    ::emu::wgmma_defer([d, adesc, bdesc, c, m0, acc]() {
+        float arow[2][16];
+        for (int r = 0; r < 2; ++r)
+            for (int k = 0; k < 16; ++k) arow[r][k] = wgmma_b_emulated(adesc, 0, k, m0 + 8 * r);
+        for (int j = 0; j < 8; ++j) {
+            for (int e = 0; e < 4; ++e) {
+                int col = 8 * j + 2 * c + (e & 1);
+                float sum = 0.0f;
+                for (int k = 0; k < 16; ++k) sum += arow[e >> 1][k] * wgmma_b_emulated(bdesc, TRANS, k, col);
+                d[4 * j + e] = acc ? d[4 * j + e] + sum : sum;
+            }
+        }
+    });
+#else
+    wgmma_m64n64k16_ss_asm<TRANS>(d, adesc, bdesc, acc);
 #endif
 }
 

@@ -124,7 +124,7 @@ def torch_cases():
     o = sdpa()
     do = torch.randn_like(o)
     out["flops/attention_bwd_bf16"] = median_ms(lambda: torch.autograd.grad(o, (qa, ka, va), do, retain_graph=True))
-    out["flops/attention_bwd_wgmma_bf16"] = out["flops/attention_bwd_bf16"]  # its dQ pass on wgmma
+    out["flops/attention_bwd_wgmma_bf16"] = out["flops/attention_bwd_bf16"]  # both passes on wgmma
     # One decode step: each sequence's one query over its own dense cache (PyTorch has no paged
     # cache; a dense one is the easier read).
     qd = r(DROWS, HEADS, 1, D)

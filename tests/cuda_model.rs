@@ -293,11 +293,11 @@ fn bf16_attention_in_training_runs_on_the_tensor_cores() {
         (l.to_scalar().unwrap() as f64, tape.backward(&l).unwrap())
     };
     let (want_loss, want) = run(None, false);
-    // The forward on Hopper's wgmma where ARTIST_ATTN_WGMMA=1 asks for it (the GPU suite runs
-    // this test both ways on a Hopper GPU), else on mma.sync.
+    // The forward and both backward passes on Hopper's wgmma where ARTIST_ATTN_WGMMA=1 asks
+    // for it (the GPU suite runs this test both ways on a Hopper GPU), else on mma.sync.
     let wgmma = std::env::var("ARTIST_ATTN_WGMMA").as_deref() == Ok("1") && cuda::info(0).unwrap().wgmma;
-    let fwd = if wgmma { "attn_fwd_wgmma_d64_bf16" } else { "attn_fwd_mma_d64_bf16" };
-    let kernels = [fwd, "attn_bwd_dq_mma_d64_bf16", "attn_bwd_dkv_mma_d64_bf16"];
+    let kind = if wgmma { "wgmma" } else { "mma" };
+    let kernels = ["attn_fwd", "attn_bwd_dq", "attn_bwd_dkv"].map(|k| format!("{k}_{kind}_d64_bf16"));
     for checkpointing in [false, true] {
         let before: Vec<u64> = kernels.iter().map(|k| cuda::thread_kernel_launches(k)).collect();
         let (loss, grads) = run(Some(artist_tensor::DType::BF16), checkpointing);

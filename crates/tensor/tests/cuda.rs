@@ -1441,14 +1441,17 @@ fn wgmma_attention_matches_the_cpu_and_mma() {
             let (oc, lc) = q.causal_attention(&k, &v, scale).unwrap();
             close(&format!("{what}: out"), &og, &oc, 1.6e-2, 1e-2);
             close(&format!("{what}: lse"), &lg, &lc, 1e-5, 1e-4);
-            // The backward from the same output: its dQ pass on wgmma, or on mma.sync.
+            // The backward from the same output: its dQ and dK/dV passes on wgmma, or on mma.sync.
             let dout = randn(&[t, h, d], 323).to_device(dev).unwrap();
             let backward = |wgmma: bool| {
                 cuda::set_thread_wgmma_attention(Some(wgmma));
-                let kernel = format!("attn_bwd_dq_{}_d{d}_bf16", if wgmma { "wgmma" } else { "mma" });
-                let before = cuda::thread_kernel_launches(&kernel);
+                let kind = if wgmma { "wgmma" } else { "mma" };
+                let kernels = [format!("attn_bwd_dq_{kind}_d{d}_bf16"), format!("attn_bwd_dkv_{kind}_d{d}_bf16")];
+                let before = kernels.each_ref().map(|k| cuda::thread_kernel_launches(k));
                 let grads = qg.causal_attention_backward(&kg, &vg, &om, &lm, &dout, scale).unwrap();
-                assert_eq!(cuda::thread_kernel_launches(&kernel), before + 1, "{what}: {kernel} did not run");
+                for (kernel, n) in kernels.iter().zip(before) {
+                    assert_eq!(cuda::thread_kernel_launches(kernel), n + 1, "{what}: {kernel} did not run");
+                }
                 cuda::set_thread_wgmma_attention(None);
                 grads
             };
@@ -1456,8 +1459,10 @@ fn wgmma_attention_matches_the_cpu_and_mma() {
             let (dqm, dkm, dvm) = backward(false);
             let (om_c, lm_c) = (om.to_device(Device::Cpu).unwrap(), lm.to_device(Device::Cpu).unwrap());
             let dout_c = dout.to_device(Device::Cpu).unwrap();
-            let (dqc, _, _) = q.causal_attention_backward(&k, &v, &om_c, &lm_c, &dout_c, scale).unwrap();
+            let (dqc, dkc, dvc) = q.causal_attention_backward(&k, &v, &om_c, &lm_c, &dout_c, scale).unwrap();
             close(&format!("{what}: dq"), &dqw, &dqc, 3e-2, 3e-2);
+            close(&format!("{what}: dk"), &dkw, &dkc, 3e-2, 3e-2);
+            close(&format!("{what}: dv"), &dvw, &dvc, 3e-2, 3e-2);
             let pairs =
                 [("out", &og, &om), ("lse", &lg, &lm), ("dq", &dqw, &dqm), ("dk", &dkw, &dkm), ("dv", &dvw, &dvm)];
             for (name, a, b) in pairs {
@@ -1474,23 +1479,25 @@ fn wgmma_attention_matches_the_cpu_and_mma() {
 }
 
 /// Hopper's warpgroup MMA reads the swizzled tiles where the attention kernels expect
-/// (`cuda::wgmma_probe`): for K as the scores read it and V as P V reads it, at head dims 64
-/// and 128 and every 16-deep step, each output element comes from the tile element the
-/// layout names. On the emulator this checks the probe against the emulator's reading; on a
+/// (`cuda::wgmma_probe`): for K as the scores read it, V as P V reads it, and K and V as the
+/// dK/dV pass reads them (A from shared memory too), at head dims 64 and 128 and every
+/// 16-deep step, each output element comes from the tile element the layout names. On the emulator this checks the probe against the emulator's reading; on a
 /// GPU it checks the hardware's, and a failure lists which element was read instead.
 #[test]
 fn wgmma_reads_the_swizzled_tiles_where_the_kernels_expect() {
+    use cuda::ProbeLayout;
     let _dev = gpu_or_skip!();
     if no_wgmma() {
         return;
     }
     let mut wrong = Vec::new();
     for d in [64usize, 128] {
-        for trans in [false, true] {
+        for layout in [ProbeLayout::KMajor, ProbeLayout::NMajor, ProbeLayout::KMajorSharedA] {
+            let trans = layout == ProbeLayout::NMajor;
             let (n, steps) = if trans { (d, 4) } else { (64, d / 16) };
             for step in 0..steps {
-                let rows = cuda::wgmma_probe(0, d, trans, 0, step).unwrap();
-                let cols = cuda::wgmma_probe(0, d, trans, 1, step).unwrap();
+                let rows = cuda::wgmma_probe(0, d, layout, 0, step).unwrap();
+                let cols = cuda::wgmma_probe(0, d, layout, 1, step).unwrap();
                 for m in 0..64 {
                     for j in 0..n {
                         let k = 16 * step + m % 16;
@@ -1498,12 +1505,8 @@ fn wgmma_reads_the_swizzled_tiles_where_the_kernels_expect() {
                         let got = (rows[m * n + j] as usize, cols[m * n + j] as usize);
                         if got != want {
                             wrong.push(format!(
-                                "d {d} {} step {step}: D[{m}][{j}] read tile[{}][{}], not tile[{}][{}]",
-                                if trans { "V (N-major)" } else { "K (K-major)" },
-                                got.0,
-                                got.1,
-                                want.0,
-                                want.1
+                                "d {d} {layout:?} step {step}: D[{m}][{j}] read tile[{}][{}], not tile[{}][{}]",
+                                got.0, got.1, want.0, want.1
                             ));
                         }
                     }

@@ -45,7 +45,8 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
 }
 
 /// The Hopper attention kernels hold warpgroup MMAs where the backend builds for Hopper
-/// (sm_90a: both shapes, both operand layouts, with their fence, commit and wait), and only
+/// (sm_90a: both shapes, both operand layouts, A from registers and from shared memory, with
+/// their fence, commit and wait), and only
 /// a trap elsewhere, where the backend never launches them.
 #[test]
 fn wgmma_is_built_for_sm90a_only() {
@@ -71,6 +72,8 @@ fn wgmma_is_built_for_sm90a_only() {
     }
     // Both layouts of B: imm-trans-b 0 (K for the scores) and 1 (V).
     assert!(hopper.contains("p, 1, 1, 0;") && hopper.contains("p, 1, 1, 1;"), "one wgmma layout is missing");
+    // A from shared memory too, both operands K-major (K and V in the dK/dV pass).
+    assert!(hopper.contains("p, 1, 1, 0, 0;"), "the shared-memory A operand's wgmma is missing");
     assert!(!ptx("compute_90").contains("wgmma.mma_async"), "attention.cu for compute_90 holds wgmma");
 }
 

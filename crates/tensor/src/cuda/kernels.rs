@@ -241,10 +241,17 @@ pub fn inventory() -> Vec<(&'static str, String)> {
     out.push(("logprob", "logprob_grad_f32".into()));
     out.push(("sampling", "sample_f32".into()));
     for d in [64, 128] {
-        for k in ["attn_fwd_mma", "attn_fwd_wgmma", "attn_bwd_dq_mma", "attn_bwd_dq_wgmma", "attn_bwd_dkv_mma"] {
+        for k in [
+            "attn_fwd_mma",
+            "attn_fwd_wgmma",
+            "attn_bwd_dq_mma",
+            "attn_bwd_dq_wgmma",
+            "attn_bwd_dkv_mma",
+            "attn_bwd_dkv_wgmma",
+        ] {
             out.push(("attention", format!("{k}_d{d}_bf16")));
         }
-        for t in [0, 1] {
+        for t in [0, 1, 2] {
             out.push(("attention", format!("wgmma_probe_d{d}_t{t}")));
         }
     }

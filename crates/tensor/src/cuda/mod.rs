@@ -170,16 +170,29 @@ pub fn set_thread_wgmma_attention(on: Option<bool>) {
     ops::WGMMA_ATTENTION.with(|w| w.set(on));
 }
 
+/// How a [`wgmma_probe`] reads its tile: as one of the attention kernels' operands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeLayout {
+    /// A K-major B operand, A in registers: K in the scores, Q and dO in the dK/dV pass's
+    /// S^T and dP^T. Output [m][n] = tile[n][16 step + m % 16], n < 64.
+    KMajor,
+    /// An N-major B operand, A in registers: V in P V, K in the dQ pass's dS K, dO and Q in
+    /// the dK/dV pass's dV and dK. Output [m][n] = tile[16 step + m % 16][n], n < d.
+    NMajor,
+    /// `KMajor` with the one-hot A read from shared memory too, from a swizzled K-major tile:
+    /// K and V in the dK/dV pass's S^T and dP^T. The same output as `KMajor`.
+    KMajorSharedA,
+}
+
 /// A diagnostic of Hopper's warpgroup MMA on device `ordinal`: the 64 x N output (row-major)
 /// of a one-hot A (row m has its one at column m % 16) times a B read from a tile of 64 rows
 /// and `d` (64 or 128) columns staged and described as the attention kernels stage and
-/// describe K (`trans` false: N = 64, output [m][n] = tile[n][16 step + m % 16]) and V (`trans`
-/// true: N = d, output [m][n] = tile[16 step + m % 16][n]), the tile holding each element's
-/// row (`what` 0) or column (`what` 1). Where the attention kernels disagree with the CPU on a
-/// GPU, this shows which element the hardware read instead. Needs kernels built for sm_90a
-/// (or the emulator).
-pub fn wgmma_probe(ordinal: usize, d: usize, trans: bool, what: i32, step: usize) -> Result<Vec<f32>> {
-    ops::wgmma_probe(ordinal, d, trans, what, step)
+/// describe their operands (`layout`), the tile holding each element's row (`what` 0) or
+/// column (`what` 1), at 16-deep step `step` (d / 16 of them for the K-major layouts, 4 for
+/// the N-major one). Where the attention kernels disagree with the CPU on a GPU, this shows
+/// which element the hardware read instead. Needs kernels built for sm_90a (or the emulator).
+pub fn wgmma_probe(ordinal: usize, d: usize, layout: ProbeLayout, what: i32, step: usize) -> Result<Vec<f32>> {
+    ops::wgmma_probe(ordinal, d, layout, what, step)
 }
 
 /// Kernels and matrix products this thread has queued so far, on any device: unlike

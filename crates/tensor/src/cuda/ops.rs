@@ -1024,9 +1024,9 @@ thread_local! {
     pub(crate) static WGMMA_ATTENTION: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
-/// Whether the tensor-core forward and the backward's dQ pass run on Hopper's warpgroup MMA
-/// (`attn_fwd_wgmma_d{64,128}_bf16`, `attn_bwd_dq_wgmma_*`) rather than `mma.sync`: kernels
-/// built for sm_90a (or the emulator), and asked for, by `ARTIST_ATTN_WGMMA=1` or for this
+/// Whether the tensor-core forward and backward run on Hopper's warpgroup MMA
+/// (`attn_fwd_wgmma_d{64,128}_bf16`, `attn_bwd_dq_wgmma_*`, `attn_bwd_dkv_wgmma_*`) rather
+/// than `mma.sync`: kernels built for sm_90a (or the emulator), and asked for, by `ARTIST_ATTN_WGMMA=1` or for this
 /// thread by [`crate::cuda::set_thread_wgmma_attention`]. Off by default until they have been
 /// checked and timed on a Hopper GPU (docs/CUDA.md).
 fn wgmma_attention(dev: &GpuDevice) -> bool {
@@ -1280,7 +1280,18 @@ pub(crate) fn attention_bwd(
             dev.launch("attention", format!("attn_bwd_dq_mma_d{}_bf16", a.d), dq_cfg, args)?;
         }
         let args = Args::new().arg(shape).arg(qp).arg(kp).arg(vp).arg(d16).arg(lp).arg(delta.ptr()).arg(dkp).arg(dvp);
-        dev.launch("attention", format!("attn_bwd_dkv_mma_d{}_bf16", a.d), block(a.len, a.kv_heads), args)?;
+        if wgmma_attention(&dev) {
+            // Two warpgroups per 128 keys: their K and V tiles, and two buffers of a Q and a
+            // dO tile, 64 rows each, 1024-byte aligned (129 KB at head dim 128).
+            let cfg = LaunchCfg {
+                grid: [a.len.div_ceil(128) as u32, a.kv_heads as u32, 1],
+                block: [256, 1, 1],
+                smem: (8 * 64 * a.d * 2 + 1024) as u32,
+            };
+            dev.launch("attention", format!("attn_bwd_dkv_wgmma_d{}_bf16", a.d), cfg, args)?;
+        } else {
+            dev.launch("attention", format!("attn_bwd_dkv_mma_d{}_bf16", a.d), block(a.len, a.kv_heads), args)?;
+        }
         drop((out, lse, dout, dout16));
         return Ok((dq, dk, dv));
     }
@@ -1356,21 +1367,32 @@ pub(crate) fn sample_rows(logits: &Tensor, picks: &[crate::SamplePick], vocab: u
 }
 
 /// What `wgmma` read from a swizzled tile (kernels/attention.cu, `wgmma_probe_*`): the 64 x N
-/// output of a one-hot A times a B described as the attention kernels describe K (`trans`
-/// false, N = 64) or V (`trans` true, N = d), over a tile whose elements hold their row
-/// (`what` 0) or column (`what` 1), at 16-deep step `step`.
-pub(crate) fn wgmma_probe(ordinal: usize, d: usize, trans: bool, what: i32, step: usize) -> Result<Vec<f32>> {
+/// output of a one-hot A times a B described as the attention kernels describe it (`layout`),
+/// over a tile whose elements hold their row (`what` 0) or column (`what` 1), at 16-deep
+/// step `step`.
+pub(crate) fn wgmma_probe(
+    ordinal: usize,
+    d: usize,
+    layout: crate::cuda::ProbeLayout,
+    what: i32,
+    step: usize,
+) -> Result<Vec<f32>> {
+    use crate::cuda::ProbeLayout;
     let dev = crate::cuda::device(ordinal)?;
     if !dev.rt.info().wgmma {
         return Err(crate::invalid!("wgmma_probe", "kernels are not built for sm_90a here"));
     }
-    if !(d == 64 || d == 128) || step >= if trans { 4 } else { d / 16 } {
+    let (mode, n, steps) = match layout {
+        ProbeLayout::KMajor => (0, 64, d / 16),
+        ProbeLayout::NMajor => (1, d, 4),
+        ProbeLayout::KMajorSharedA => (2, 64, d / 16),
+    };
+    if !(d == 64 || d == 128) || step >= steps {
         return Err(crate::invalid!("wgmma_probe", "head dim {d} (64 or 128), step {step}"));
     }
-    let n = if trans { d } else { 64 };
     let out = CudaStorage::alloc(&dev, DType::F32, 64 * n)?;
-    let cfg = LaunchCfg { grid: [1, 1, 1], block: [128, 1, 1], smem: (64 * d * 2 + 1024) as u32 };
-    let name = format!("wgmma_probe_d{d}_t{}", trans as u8);
+    let cfg = LaunchCfg { grid: [1, 1, 1], block: [128, 1, 1], smem: (2 * 64 * d * 2 + 1024) as u32 };
+    let name = format!("wgmma_probe_d{d}_t{mode}");
     dev.launch("attention", name, cfg, Args::new().arg(what).arg(step as i32).arg(out.ptr()))?;
     let CpuStorage::F32(v) = out.to_host(0..64 * n)? else { unreachable!("allocated as f32") };
     Ok(v)
