@@ -1043,13 +1043,7 @@ __device__ __forceinline__ void attn_bwd_dq_wgmma_impl(AttnShape s, const bf16* 
         AttnShape s, const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse) {                 \
         attn_fwd_wgmma_impl<D>(s, q, k, v, out, lse);                                                      \
     }                                                                                                      \
-    ARTIST_EXPORT(attn_fwd_wgmma_d##D##_bf16)                                                              \
-    extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_wgmma_d##D##_bf16(                       \
-        AttnShape s, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,     \
-        const float* delta, float* dq) {                                                                   \
-        attn_bwd_dq_wgmma_impl<D>(s, q, k, v, dout, lse, delta, dq);                                       \
-    }                                                                                                      \
-    ARTIST_EXPORT(attn_bwd_dq_wgmma_d##D##_bf16)
+    ARTIST_EXPORT(attn_fwd_wgmma_d##D##_bf16)
 ATTENTION_WGMMA(64)
 ATTENTION_WGMMA(128)
 
@@ -1366,21 +1360,6 @@ __device__ __forceinline__ void attn_bwd_dkv_mma_impl(AttnShape s, const bf16* q
     write_dkv_rows<D>(s, dk, dv, dka, dva, k0, kvh, g, c);
 }
 
-#define ATTENTION_MMA_BWD(D)                                                                               \
-    extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_mma_d##D##_bf16(                         \
-        AttnShape s, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,      \
-        const float* delta, float* dq) {                                                                   \
-        attn_bwd_dq_mma_impl<D>(s, q, k, v, dout, lse, delta, dq);                                         \
-    }                                                                                                      \
-    ARTIST_EXPORT(attn_bwd_dq_mma_d##D##_bf16)                                                             \
-    extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkv_mma_d##D##_bf16(                        \
-        AttnShape s, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,      \
-        const float* delta, float* dk, float* dv) {                                                        \
-        attn_bwd_dkv_mma_impl<D>(s, q, k, v, dout, lse, delta, dk, dv);                                    \
-    }                                                                                                      \
-    ARTIST_EXPORT(attn_bwd_dkv_mma_d##D##_bf16)
-ATTENTION_MMA_BWD(64)
-ATTENTION_MMA_BWD(128)
 
 // The dK/dV pass on Hopper's warpgroup MMA: a block of two warpgroups takes 128 keys of a KV
 // head, 64 per warpgroup (16 per warp, the rows of dK and dV), and walks the same query tiles
@@ -1490,12 +1469,22 @@ __device__ __forceinline__ void attn_bwd_dkv_wgmma_impl(AttnShape s, const bf16*
 #endif
 }
 
-#define ATTENTION_WGMMA_DKV(D)                                                                             \
-    extern "C" __global__ void __launch_bounds__(256) attn_bwd_dkv_wgmma_d##D##_bf16(                      \
-        AttnShape s, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,     \
-        const float* delta, float* dk, float* dv) {                                                        \
-        attn_bwd_dkv_wgmma_impl<D>(s, q, k, v, dout, lse, delta, dk, dv);                                  \
+// The backward's entry points: a pass (dq or dkv) on KIND (mma: four warps per block;
+// wgmma: two warpgroups) at head dim D.
+#define ATTENTION_BWD(KIND, D, THREADS)                                                                    \
+    extern "C" __global__ void __launch_bounds__(THREADS) attn_bwd_dq_##KIND##_d##D##_bf16(                \
+        AttnShape s, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,      \
+        const float* delta, float* dq) {                                                                   \
+        attn_bwd_dq_##KIND##_impl<D>(s, q, k, v, dout, lse, delta, dq);                                    \
     }                                                                                                      \
-    ARTIST_EXPORT(attn_bwd_dkv_wgmma_d##D##_bf16)
-ATTENTION_WGMMA_DKV(64)
-ATTENTION_WGMMA_DKV(128)
+    ARTIST_EXPORT(attn_bwd_dq_##KIND##_d##D##_bf16)                                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS) attn_bwd_dkv_##KIND##_d##D##_bf16(               \
+        AttnShape s, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,      \
+        const float* delta, float* dk, float* dv) {                                                        \
+        attn_bwd_dkv_##KIND##_impl<D>(s, q, k, v, dout, lse, delta, dk, dv);                               \
+    }                                                                                                      \
+    ARTIST_EXPORT(attn_bwd_dkv_##KIND##_d##D##_bf16)
+ATTENTION_BWD(mma, 64, 128)
+ATTENTION_BWD(mma, 128, 128)
+ATTENTION_BWD(wgmma, 64, 256)
+ATTENTION_BWD(wgmma, 128, 256)

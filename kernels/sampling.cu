@@ -19,15 +19,18 @@
 // Without sorting: every candidate gets a 64-bit key (p's bits, then the inverted index), so
 // "the n-th element" and "the first element whose running sum reaches x" are searches for the
 // key where a count or a sum over the keys at or above it first reaches x. A search is a
-// radix select from the top bit where the range's keys differ: each pass over the row builds
-// a histogram of the next RADIX_BITS bits of the keys in range (count, fixed-point sum and
-// largest key per bucket, by shared-memory atomics, exact in any order), one warp walks it
-// from the top to the bucket where the running count or sum reaches x, and that bucket is
-// the next range. A bucket that holds one candidate ends the search: its largest key is the
-// answer. Candidates span about 40 octaves of probability, so a search takes one to four
-// passes (index bits only when candidates tie in probability). A draw at a temperature alone
-// reads the row three times (max, normaliser, probabilities) and searches once: some four to
-// seven passes. One block per pick; `probs` is a scratch row per pick.
+// radix select: per level, a histogram of the keys in range by the next bits (count,
+// fixed-point sum and largest and smallest key per bucket, by shared-memory atomics, exact in
+// any order), which one warp walks from the top to the bucket where the running count or sum
+// reaches x; that bucket's keys are the next range. A bucket that holds one candidate ends
+// the search: its largest key is the answer. The first level (the probability's exponent and
+// two mantissa bits) is built once, by the pass that computes the probabilities, for every
+// search; each further level is a pass over the row, RADIX_BITS bits below the highest bit
+// where the range's smallest and largest keys differ (index bits only when candidates tie in
+// probability). Passes over the row per draw: one for the largest logit and the normaliser
+// together (online: a running sum rescaled as the running largest grows), one for the
+// probabilities, and what the searches need beyond their first level, typically none to
+// three. Greedy: the first pass alone. One block per pick; `probs` is a scratch row per pick.
 
 struct SamplePick {
     i64 row;      // logits row
@@ -66,6 +69,36 @@ __device__ u64 count_at_least(const float* probs, i64 vocab, u64 k) {
 
 #define RADIX_BITS 10
 #define RADIX (1 << RADIX_BITS)
+// The first level of every search, built by the probabilities pass: the key bits 53-61, that
+// is the probability's bits 21-29 (exponent and two mantissa bits: quarter octaves), which
+// hold every p <= 1.
+#define L1_SHIFT 53
+#define L1_BUCKETS 512
+
+// A histogram of candidates' keys by bucket: count, fixed-point sum, largest and smallest key.
+template <int NB>
+struct Hist {
+    u32 count[NB];
+    u64 sum[NB], top[NB], bottom[NB];
+};
+
+template <int NB>
+__device__ void hist_clear(Hist<NB>& h) {
+    for (int b = threadIdx.x; b < NB; b += blockDim.x) {
+        h.count[b] = 0;
+        h.sum[b] = 0;
+        h.top[b] = 0;
+        h.bottom[b] = ~0ull;
+    }
+}
+
+template <int NB>
+__device__ __forceinline__ void hist_add(Hist<NB>& h, u32 b, u64 k, u64 q) {
+    atomicAdd(&h.count[b], 1u);
+    atomicAdd(&h.sum[b], q);
+    atomicMax(&h.top[b], k);
+    atomicMin(&h.bottom[b], k);
+}
 
 // A search's answer: a candidate's key, and the count and fixed-point sum of the candidates
 // with keys at or above it.
@@ -73,87 +106,92 @@ struct KeyAt {
     u64 key, count, sum;
 };
 
-// The largest key k in [lo, hi] (both candidates' keys) at which the candidates with keys in
-// [k, hi] reach x: in count (`by_sum` false) or in fixed-point sum. They must reach it at lo.
-// Radix select (see the top of the file): each pass narrows [lo, hi] to the keys of one
-// bucket of the RADIX_BITS bits below the highest bit where lo and hi differ.
-__device__ KeyAt search_key(const float* probs, i64 vocab, u64 lo, u64 hi, bool by_sum, u64 x) {
-    __shared__ u32 count[RADIX];
-    __shared__ u64 sum[RADIX], top[RADIX], bottom[RADIX];
-    // The walk's verdict: bucket, the count and sum above it, and its own count, sum, largest
-    // and smallest key.
-    __shared__ u64 found[7];
+// One warp walks the buckets from the top, from `above` (the count and sum of the keys above
+// the histogram's range), to the bucket where the running count (`by_sum` false) or sum
+// first reaches x: found = {bucket, count and sum above it, its count, sum, top, bottom},
+// found[0] = ~0 when x is not reached. Lane l holds buckets NB - 1 - l * PER down to
+// NB - (l + 1) * PER: its run's totals, the lanes above it by a scan, then its own buckets.
+template <int NB>
+__device__ void walk_buckets(const Hist<NB>& h, u64 above_c, u64 above_s, bool by_sum, u64 x, u64* found) {
+    if (threadIdx.x >= 32) return;
+    constexpr int PER = NB / 32;
+    const int lane = threadIdx.x, first = NB - 1 - lane * PER;
+    u64 rc = 0, rs = 0;
+    for (int i = 0; i < PER; ++i) {
+        rc += h.count[first - i];
+        rs += h.sum[first - i];
+    }
+    u64 ic = rc, is = rs;
+    for (int o = 1; o < 32; o <<= 1) {
+        u64 uc = __shfl_up_sync(FULL_MASK, ic, o), us = __shfl_up_sync(FULL_MASK, is, o);
+        if (lane >= o) {
+            ic += uc;
+            is += us;
+        }
+    }
+    u64 c = above_c + ic - rc, sm = above_s + is - rs;
+    if (lane == 0) found[0] = ~0ull;
+    __syncwarp();
+    for (int i = 0; i < PER; ++i) {
+        const int b = first - i;
+        u64 nc = c + h.count[b], ns = sm + h.sum[b];
+        if ((by_sum ? sm : c) < x && (by_sum ? ns : nc) >= x) {
+            found[0] = b;
+            found[1] = c;
+            found[2] = sm;
+            found[3] = h.count[b];
+            found[4] = h.sum[b];
+            found[5] = h.top[b];
+            found[6] = h.bottom[b];
+        }
+        c = nc;
+        sm = ns;
+    }
+}
+
+// The largest key k in [lo, kmax] (lo a candidate's key, kmax the largest) at which the
+// candidates with keys in [k, kmax] reach x: in count (`by_sum` false) or in fixed-point sum.
+// They must reach it at lo. Radix select (see the top of the file): the first level is `l1`,
+// the histogram of every candidate the probabilities pass built (its bucket holding lo may
+// hold keys below lo too: they only add to what the walk finds reached there, where x is
+// reached anyway, and the range is cut at lo after it); each further pass narrows the range
+// to the keys of one bucket of the RADIX_BITS bits below the highest bit where the range's
+// smallest and largest keys differ.
+__device__ KeyAt search_key(const float* probs, i64 vocab, const Hist<L1_BUCKETS>& l1, u64 lo, u64 hi, bool by_sum,
+                            u64 x) {
+    __shared__ Hist<RADIX> h;
+    __shared__ u64 found[7];  // the walk's verdict (walk_buckets)
     u64 above_c = 0, above_s = 0;  // candidates in range above the current [lo, hi]
+    __syncthreads();  // every thread has read the last search's `found`
+    walk_buckets(l1, 0, 0, by_sum, x, found);
+    __syncthreads();
     for (;;) {
+        const u64 b = found[0];
+        if (b == ~0ull) return KeyAt{lo, above_c, above_s};  // not reached (see above)
+        if (found[3] == 1) return KeyAt{found[5], found[1] + 1, found[2] + found[4]};
+        above_c = found[1];
+        above_s = found[2];
+        // The bucket's smallest and largest keys (the smallest in range): the next pass starts
+        // at the highest bit where they differ (index bits at once when the bucket's
+        // candidates tie in p).
+        lo = found[6] > lo ? found[6] : lo;
+        hi = found[5];
+        __syncthreads();  // everyone has read `found` before the next walk rewrites it
         if (lo == hi) return KeyAt{lo, above_c + 1, above_s + fixed_p(bits_f32((u32)(lo >> 32)))};
         const int s = 63 - __clzll((long long)(lo ^ hi));
         const int shift = s >= RADIX_BITS - 1 ? s - (RADIX_BITS - 1) : 0;
-        for (int b = threadIdx.x; b < RADIX; b += blockDim.x) {
-            count[b] = 0;
-            sum[b] = 0;
-            top[b] = 0;
-            bottom[b] = ~0ull;
-        }
+        hist_clear(h);
         __syncthreads();
         for (i64 j = threadIdx.x; j < vocab; j += blockDim.x) {
             float p = probs[j];
             if (!(p > 0.0f)) continue;
             u64 k = sample_key(p, j);
             if (k < lo || k > hi) continue;
-            u32 b = (u32)(k >> shift) & (RADIX - 1);
-            atomicAdd(&count[b], 1u);
-            atomicAdd(&sum[b], fixed_p(p));
-            atomicMax(&top[b], k);
-            atomicMin(&bottom[b], k);
+            hist_add(h, (u32)(k >> shift) & (RADIX - 1), k, fixed_p(p));
         }
         __syncthreads();
-        if (threadIdx.x < 32) {
-            // Lane l holds buckets RADIX - 1 - l * PER down to RADIX - (l + 1) * PER: its run's
-            // totals, the lanes above it by a scan, then its own buckets from the top.
-            const int PER = RADIX / 32, lane = threadIdx.x, first = RADIX - 1 - lane * PER;
-            u64 rc = 0, rs = 0;
-            for (int i = 0; i < PER; ++i) {
-                rc += count[first - i];
-                rs += sum[first - i];
-            }
-            u64 ic = rc, is = rs;
-            for (int o = 1; o < 32; o <<= 1) {
-                u64 uc = __shfl_up_sync(FULL_MASK, ic, o), us = __shfl_up_sync(FULL_MASK, is, o);
-                if (lane >= o) {
-                    ic += uc;
-                    is += us;
-                }
-            }
-            u64 c = above_c + ic - rc, sm = above_s + is - rs;
-            if (lane == 0) found[0] = RADIX;  // none: only if x is not reached at lo
-            __syncwarp();
-            for (int i = 0; i < PER; ++i) {
-                const int b = first - i;
-                u64 nc = c + count[b], ns = sm + sum[b];
-                if ((by_sum ? sm : c) < x && (by_sum ? ns : nc) >= x) {
-                    found[0] = b;
-                    found[1] = c;
-                    found[2] = sm;
-                    found[3] = count[b];
-                    found[4] = sum[b];
-                    found[5] = top[b];
-                    found[6] = bottom[b];
-                }
-                c = nc;
-                sm = ns;
-            }
-        }
+        walk_buckets(h, above_c, above_s, by_sum, x, found);
         __syncthreads();
-        const u64 b = found[0];
-        if (b == RADIX) return KeyAt{lo, above_c, above_s};  // not reached (see above)
-        if (found[3] == 1) return KeyAt{found[5], found[1] + 1, found[2] + found[4]};
-        above_c = found[1];
-        above_s = found[2];
-        // The bucket's smallest and largest keys: the next pass starts at the highest bit
-        // where they differ (index bits at once when the bucket's candidates tie in p).
-        lo = found[6];
-        hi = found[5];
-        __syncthreads();  // everyone has read `found` before the next walk rewrites it
     }
 }
 
@@ -162,46 +200,53 @@ ROW_KERNEL sample_f32(i64 vocab, const float* logits, const SamplePick* picks, f
     const SamplePick pk = picks[blockIdx.x];
     const float* l = logits + pk.row * vocab;
     float* pr = probs + (i64)blockIdx.x * vocab;
-    // Largest logit (the first index on ties, for greedy) and the log-sum-exp.
+    // Largest logit (the first index on ties, for greedy) and the log-sum-exp, in one pass:
+    // each thread sums exp((l - m) / T) against its running largest m, rescaling when m grows.
+    const double inv_t = (double)pk.inv_t;
     float m = -inf_f32();
     i64 arg = 0;
+    double s = 0.0;
     for (i64 j = threadIdx.x; j < vocab; j += blockDim.x) {
         float v = l[j];
         if (v > m) {
+            s = s * exp((double)(m - v) * inv_t) + 1.0;
             m = v;
             arg = j;
+        } else {
+            s += exp((double)(v - m) * inv_t);
         }
     }
-    // m ignores NaN (v > m is false for it), so NaN never enters the reduction.
+    // m ignores NaN (v > m is false for it), so NaN never enters the reduction (it does the sum).
     float bm = block_max(m);
     // The first index holding the largest logit (indices are exact in f32 below 2^24).
     float first = -block_max(m == bm ? -(float)arg : -3.0e38f);
-    double inv_t = (double)pk.inv_t;
-    double s = 0.0;
-    for (i64 j = threadIdx.x; j < vocab; j += blockDim.x) s += exp((double)(l[j] - bm) * inv_t);
-    s = block_sum_f64(s);
+    s = block_sum_f64(m == bm ? s : s * exp((double)(m - bm) * inv_t));
     double lse = (double)bm * inv_t + log(s);
     i64 id;
     if (pk.greedy) {
         id = (i64)first;
     } else {
-        double floor = (double)bm * inv_t + log(1e-12);
         // The probabilities, and over the candidates (p > 0): their number, fixed-point sum,
-        // and smallest and largest keys.
+        // smallest and largest keys, and the first level of the searches' histograms.
+        __shared__ Hist<L1_BUCKETS> l1;
+        hist_clear(l1);
+        __syncthreads();
+        double floor = (double)bm * inv_t + log(1e-12);
         u64 c = 0, total_all = 0, kmin = ~0ull, kmax = 0;
         for (i64 j = threadIdx.x; j < vocab; j += blockDim.x) {
             double z = (double)l[j] * inv_t;
             float p = z >= floor ? (float)exp(z - lse) : 0.0f;
             pr[j] = p;
             if (p > 0.0f) {
-                u64 k = sample_key(p, j);
+                u64 k = sample_key(p, j), q = fixed_p(p);
                 c += 1;
-                total_all += fixed_p(p);
+                total_all += q;
                 kmin = k < kmin ? k : kmin;
                 kmax = k > kmax ? k : kmax;
+                hist_add(l1, (u32)(k >> L1_SHIFT) & (L1_BUCKETS - 1), k, q);
             }
         }
-        // (the reductions' barriers also order the writes to pr before the searches)
+        // (the reductions' barriers also order the writes to pr and l1 before the searches)
         c = block_sum_u64(c);
         total_all = block_sum_u64(total_all);
         kmin = block_min_u64(kmin);
@@ -220,7 +265,7 @@ ROW_KERNEL sample_f32(i64 vocab, const float* logits, const SamplePick* picks, f
             // The first n whose running sum reaches top_p; all n when it never does.
             u64 reach = (u64)ceil((double)pk.top_p * 4611686018427387904.0);
             if (total_all >= reach) {
-                tp = search_key(pr, vocab, kmin, kmax, true, reach);
+                tp = search_key(pr, vocab, l1, kmin, kmax, true, reach);
                 if (tp.count < n) n = tp.count;
             }
         }
@@ -229,13 +274,13 @@ ROW_KERNEL sample_f32(i64 vocab, const float* logits, const SamplePick* picks, f
         // truncated: every candidate, no search.
         u64 kn = kmin, total = total_all;
         if (n < c) {
-            KeyAt nth = tp.count == n ? tp : search_key(pr, vocab, kmin, kmax, false, n);
+            KeyAt nth = tp.count == n ? tp : search_key(pr, vocab, l1, kmin, kmax, false, n);
             kn = nth.key;
             total = nth.sum;
         }
         // The first kept element whose running sum exceeds target, else the N-th (u = 1).
         u64 target = draw_target(pk.u, total);
-        u64 pick = target < total ? search_key(pr, vocab, kn, kmax, true, target + 1).key : kn;
+        u64 pick = target < total ? search_key(pr, vocab, l1, kn, kmax, true, target + 1).key : kn;
         id = (i64)(~(u32)(pick & 0xffffffffu));
     }
     if (threadIdx.x == 0) {
