@@ -14,7 +14,8 @@
 //! `mem/paged_decode_*` times one decode step's attention over a paged KV cache (32 sequences
 //! of 4096 positions): the heads grouped by KV head and one warp per head. `mem/gemv_1p5b_*`
 //! times batch-1 decode's products at Qwen2.5-1.5B shapes (`ARTIST_GEMV_SPLIT=1` turns off
-//! the split of k over several warps, for the ratio).
+//! the split of k over several warps, for the ratio). `mem/sample_*` times the GPU sampler
+//! over a vocabulary row, 1 and 64 rows, with and without top-p.
 //!
 //! Without a GPU it says so and exits; `ARTIST_CUDA=emulator` runs it on the CPU emulator at
 //! tiny sizes (a smoke test of the harness, not a measurement).
@@ -22,7 +23,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use artist::tensor::{AdamWScalars, DType, Device, Tensor, cuda, rope_tables};
+use artist::tensor::{AdamWScalars, DType, Device, SamplePick, Tensor, cuda, rope_tables};
 use criterion::{Criterion, Throughput, criterion_group};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -200,7 +201,30 @@ fn bench_mem(c: &mut Criterion, dev: Device) {
     });
     bench_paged_decode(&mut g, dev);
     bench_gemv(&mut g, dev);
+    bench_sampling(&mut g, dev);
     g.finish();
+}
+
+/// One decode step's draws from f32 logits on the GPU (`Tensor::sample_rows`, the rollout
+/// engine's sampler: ids and logprobs back on the host), at temperature 1 alone and with
+/// top-p 0.95, for 1 row (batch-1 decode) and 64. Bytes: the logits read once, the floor
+/// that any sampler pays. PyTorch's peers: softmax, `torch.multinomial` and the logprob
+/// gather; with top-p, a descending sort, cumulative sum and mask first (as vLLM's and
+/// transformers' top-p do).
+fn bench_sampling(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, dev: Device) {
+    let vocab = sizes().vocab;
+    for rows in [1usize, 64] {
+        let logits = randn(&[rows, vocab], DType::F32, dev, 50).affine(2.5, 0.0).unwrap();
+        g.throughput(Throughput::BytesDecimal((rows * vocab * 4) as u64));
+        for (name, top_p) in [("temperature", 1.0f32), ("top_p", 0.95)] {
+            let picks: Vec<SamplePick> = (0..rows)
+                .map(|row| SamplePick { row, temperature: 1.0, top_k: 0, top_p, min_p: 0.0, u: 0.37 })
+                .collect();
+            g.bench_function(format!("sample_{name}_{rows}"), |b| {
+                b.iter_custom(|it| timed(it, &mut || drop(black_box(logits.sample_rows(&picks).unwrap()))))
+            });
+        }
+    }
 }
 
 /// Batch-1 decode products of a Qwen2.5-1.5B shape (hidden 1536, intermediate 8960, 12 query

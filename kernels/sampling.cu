@@ -24,13 +24,17 @@
 // any order), which one warp walks from the top to the bucket where the running count or sum
 // reaches x; that bucket's keys are the next range. A bucket that holds one candidate ends
 // the search: its largest key is the answer. The first level (the probability's exponent and
-// two mantissa bits) is built once, by the pass that computes the probabilities, for every
-// search; each further level is a pass over the row, RADIX_BITS bits below the highest bit
-// where the range's smallest and largest keys differ (index bits only when candidates tie in
-// probability). Passes over the row per draw: one for the largest logit and the normaliser
-// together (online: a running sum rescaled as the running largest grows), one for the
-// probabilities, and what the searches need beyond their first level, typically none to
-// three. Greedy: the first pass alone. One block per pick; `probs` is a scratch row per pick.
+// two mantissa bits) is built once for every search of a draw; each further level is a pass
+// over the row, RADIX_BITS bits below the highest bit where the range's smallest and largest
+// keys differ (index bits only when candidates tie in probability).
+//
+// Three kernels: the largest logit and the normaliser together (online: a running sum
+// rescaled as the running largest grows), then the probabilities, each with a block per
+// chunk of the row, since their f64 exponentials on one SM would bound batch-1 decoding; then
+// a block per pick combines the chunks' shares in chunk order, builds the first level from
+// the probabilities (no exponentials) and searches. Passes over the row per draw: three, plus
+// what the searches need beyond their first level (typically none to three). Greedy: the
+// first. `probs` is a scratch row per pick.
 
 struct SamplePick {
     i64 row;      // logits row
@@ -195,18 +199,53 @@ __device__ KeyAt search_key(const float* probs, i64 vocab, const Hist<L1_BUCKETS
     }
 }
 
-ROW_KERNEL sample_f32(i64 vocab, const float* logits, const SamplePick* picks, float* probs,
-                                      u32* ids, float* logprobs) {
-    const SamplePick pk = picks[blockIdx.x];
+// The row is cut into chunks of SAMPLE_CHUNK logits, one block each for the two passes that
+// compute exponentials (f64, so the host's values: slow on one SM), so that a batch of one
+// row still spreads them over the GPU. The chunking depends on the vocabulary alone, so a
+// row's sums, and so its draw, do not depend on the batch around it.
+#define SAMPLE_CHUNK 8192
+
+// A chunk's share: its largest logit m and the first index holding it, the sum of
+// exp((l - m) / T) over it; then, over its candidates, their number, fixed-point sum and
+// smallest and largest keys.
+struct SampleChunk {
+    float m;
+    i32 first;
+    double s;
+    u64 c, total, kmin, kmax;
+};
+
+// The row's largest logit, the first index holding it, and the log-sum-exp, from its chunks'
+// shares, added in chunk order (the same bits wherever it is computed).
+__device__ void combine_chunks(const SampleChunk* ch, int chunks, double inv_t, float* bm, i64* first,
+                               double* lse) {
+    float m = -inf_f32();
+    i64 f = 0;
+    for (int i = 0; i < chunks; ++i) {
+        if (ch[i].m > m) {
+            m = ch[i].m;
+            f = ch[i].first;
+        }
+    }
+    double s = 0.0;
+    for (int i = 0; i < chunks; ++i) s += ch[i].m == m ? ch[i].s : ch[i].s * exp((double)(ch[i].m - m) * inv_t);
+    *bm = m;
+    *first = f;
+    *lse = (double)m * inv_t + log(s);
+}
+
+// Pass one, a block per (chunk, pick): the chunk's largest logit (the first index on ties)
+// and its sum of exp((l - m) / T), online: each thread sums against its running largest m,
+// rescaling when m grows.
+ROW_KERNEL sample_max_sum_f32(i64 vocab, const float* logits, const SamplePick* picks, SampleChunk* part) {
+    const SamplePick pk = picks[blockIdx.y];
     const float* l = logits + pk.row * vocab;
-    float* pr = probs + (i64)blockIdx.x * vocab;
-    // Largest logit (the first index on ties, for greedy) and the log-sum-exp, in one pass:
-    // each thread sums exp((l - m) / T) against its running largest m, rescaling when m grows.
+    const i64 j0 = (i64)blockIdx.x * SAMPLE_CHUNK, j1 = j0 + SAMPLE_CHUNK < vocab ? j0 + SAMPLE_CHUNK : vocab;
     const double inv_t = (double)pk.inv_t;
     float m = -inf_f32();
-    i64 arg = 0;
+    i64 arg = j0;
     double s = 0.0;
-    for (i64 j = threadIdx.x; j < vocab; j += blockDim.x) {
+    for (i64 j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
         float v = l[j];
         if (v > m) {
             s = s * exp((double)(m - v) * inv_t) + 1.0;
@@ -221,36 +260,90 @@ ROW_KERNEL sample_f32(i64 vocab, const float* logits, const SamplePick* picks, f
     // The first index holding the largest logit (indices are exact in f32 below 2^24).
     float first = -block_max(m == bm ? -(float)arg : -3.0e38f);
     s = block_sum_f64(m == bm ? s : s * exp((double)(m - bm) * inv_t));
-    double lse = (double)bm * inv_t + log(s);
-    i64 id;
+    if (threadIdx.x == 0) {
+        SampleChunk* out = part + (i64)blockIdx.y * gridDim.x + blockIdx.x;
+        out->m = bm;
+        out->first = (i32)first;
+        out->s = s;
+    }
+}
+ARTIST_EXPORT(sample_max_sum_f32)
+
+// Pass two, a block per (chunk, pick), for picks that draw: the chunk's probabilities, and
+// its candidates' (p > 0) number, fixed-point sum and smallest and largest keys.
+ROW_KERNEL sample_probs_f32(i64 vocab, const float* logits, const SamplePick* picks, SampleChunk* part, float* probs) {
+    const SamplePick pk = picks[blockIdx.y];
+    if (pk.greedy) return;
+    const float* l = logits + pk.row * vocab;
+    float* pr = probs + (i64)blockIdx.y * vocab;
+    SampleChunk* ch = part + (i64)blockIdx.y * gridDim.x;
+    const i64 j0 = (i64)blockIdx.x * SAMPLE_CHUNK, j1 = j0 + SAMPLE_CHUNK < vocab ? j0 + SAMPLE_CHUNK : vocab;
+    const double inv_t = (double)pk.inv_t;
+    float bm;
+    i64 first;
+    double lse;
+    combine_chunks(ch, (int)gridDim.x, inv_t, &bm, &first, &lse);
+    const double floor = (double)bm * inv_t + log(1e-12);
+    u64 c = 0, total = 0, kmin = ~0ull, kmax = 0;
+    for (i64 j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
+        double z = (double)l[j] * inv_t;
+        float p = z >= floor ? (float)exp(z - lse) : 0.0f;
+        pr[j] = p;
+        if (p > 0.0f) {
+            u64 k = sample_key(p, j);
+            c += 1;
+            total += fixed_p(p);
+            kmin = k < kmin ? k : kmin;
+            kmax = k > kmax ? k : kmax;
+        }
+    }
+    c = block_sum_u64(c);
+    total = block_sum_u64(total);
+    kmin = block_min_u64(kmin);
+    kmax = block_max_u64(kmax);
+    if (threadIdx.x == 0) {
+        ch[blockIdx.x].c = c;
+        ch[blockIdx.x].total = total;
+        ch[blockIdx.x].kmin = kmin;
+        ch[blockIdx.x].kmax = kmax;
+    }
+}
+ARTIST_EXPORT(sample_probs_f32)
+
+// Pass three, a block per pick: the draw, from the chunks' shares and the probabilities.
+ROW_KERNEL sample_pick_f32(i64 vocab, const float* logits, const SamplePick* picks, const SampleChunk* part,
+                           int chunks, const float* probs, u32* ids, float* logprobs) {
+    const SamplePick pk = picks[blockIdx.x];
+    const float* l = logits + pk.row * vocab;
+    const float* pr = probs + (i64)blockIdx.x * vocab;
+    const SampleChunk* ch = part + (i64)blockIdx.x * chunks;
+    const double inv_t = (double)pk.inv_t;
+    float bm;
+    i64 first, id;
+    double lse;
+    combine_chunks(ch, chunks, inv_t, &bm, &first, &lse);
     if (pk.greedy) {
-        id = (i64)first;
+        id = first;
     } else {
-        // The probabilities, and over the candidates (p > 0): their number, fixed-point sum,
-        // smallest and largest keys, and the first level of the searches' histograms.
+        u64 c = 0, total_all = 0, kmin = ~0ull, kmax = 0;
+        for (int i = 0; i < chunks; ++i) {
+            c += ch[i].c;
+            total_all += ch[i].total;
+            kmin = ch[i].kmin < kmin ? ch[i].kmin : kmin;
+            kmax = ch[i].kmax > kmax ? ch[i].kmax : kmax;
+        }
+        // The first level of the searches' histograms, over every candidate.
         __shared__ Hist<L1_BUCKETS> l1;
         hist_clear(l1);
         __syncthreads();
-        double floor = (double)bm * inv_t + log(1e-12);
-        u64 c = 0, total_all = 0, kmin = ~0ull, kmax = 0;
         for (i64 j = threadIdx.x; j < vocab; j += blockDim.x) {
-            double z = (double)l[j] * inv_t;
-            float p = z >= floor ? (float)exp(z - lse) : 0.0f;
-            pr[j] = p;
+            float p = pr[j];
             if (p > 0.0f) {
-                u64 k = sample_key(p, j), q = fixed_p(p);
-                c += 1;
-                total_all += q;
-                kmin = k < kmin ? k : kmin;
-                kmax = k > kmax ? k : kmax;
-                hist_add(l1, (u32)(k >> L1_SHIFT) & (L1_BUCKETS - 1), k, q);
+                u64 k = sample_key(p, j);
+                hist_add(l1, (u32)(k >> L1_SHIFT) & (L1_BUCKETS - 1), k, fixed_p(p));
             }
         }
-        // (the reductions' barriers also order the writes to pr and l1 before the searches)
-        c = block_sum_u64(c);
-        total_all = block_sum_u64(total_all);
-        kmin = block_min_u64(kmin);
-        kmax = block_max_u64(kmax);
+        // (search_key's barrier orders the histogram before its first walk)
         u64 n = c;
         if (pk.top_k > 0 && (u64)pk.top_k < n) n = (u64)pk.top_k;
         if (pk.min_p > 0.0f) {
@@ -288,4 +381,4 @@ ROW_KERNEL sample_f32(i64 vocab, const float* logits, const SamplePick* picks, f
         logprobs[blockIdx.x] = (float)((double)l[id] * inv_t - lse);
     }
 }
-ARTIST_EXPORT(sample_f32)
+ARTIST_EXPORT(sample_pick_f32)

@@ -141,6 +141,26 @@ def torch_cases():
         xg, wg = r(1, k), r(n, k)
         with torch.no_grad():
             out[f"mem/gemv_1p5b_{name}"] = median_ms(lambda: F.linear(xg, wg))
+    # The sampler (benches/cuda_kernels.rs, bench_sampling): a token and its logprob per row,
+    # brought back to the host as the rollout engine needs them.
+    for rows in [1, 64]:
+        lg = r(rows, V, dtype=torch.float32) * 2.5
+
+        def draw(lg=lg, top_p=1.0):
+            with torch.no_grad():
+                lp = torch.log_softmax(lg, -1)
+                if top_p < 1.0:
+                    sl, si = torch.sort(lg, -1, descending=True)
+                    sp = torch.softmax(sl, -1)
+                    drop = torch.cumsum(sp, -1) - sp > top_p
+                    sp = sp.masked_fill(drop, 0.0)
+                    tok = si.gather(-1, torch.multinomial(sp, 1, generator=g))
+                else:
+                    tok = torch.multinomial(lp.exp(), 1, generator=g)
+                return tok.cpu(), lp.gather(-1, tok).cpu()
+
+        out[f"mem/sample_temperature_{rows}"] = median_ms(draw)
+        out[f"mem/sample_top_p_{rows}"] = median_ms(lambda: draw(top_p=0.95))
     return out
 
 

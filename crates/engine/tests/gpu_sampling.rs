@@ -80,7 +80,8 @@ fn gpu_draws_equal_host_draws() {
 
 /// Rows shaped like a language model's: most of a wide vocabulary far below a few likely
 /// tokens, logits rounded to bf16 so that many probabilities tie (the searches then go down
-/// to index bits), one row flat. The searches take several passes here.
+/// to index bits), one row flat (all logits equal: greedy takes index 0 across the row's
+/// three chunks). The searches take several passes here.
 /// `x` rounded to the nearest bf16 (ties to even), as a model computing in bf16 gives it.
 fn to_bf16(x: f32) -> f32 {
     let b = x.to_bits();
@@ -107,6 +108,7 @@ fn gpu_draws_equal_host_draws_on_wide_tied_rows() {
     let gpu_logits = Logits::Tensor(Tensor::from_vec(flat, (data.len(), vocab), dev).unwrap());
     let host_logits = Logits::Host(data.clone());
     let settings = [
+        SamplingParams::greedy(),
         SamplingParams { temperature: 1.0, ..Default::default() },
         SamplingParams { temperature: 0.6, top_p: 0.8, ..Default::default() },
         SamplingParams { temperature: 1.0, top_k: 300, ..Default::default() },
@@ -124,6 +126,7 @@ fn gpu_draws_equal_host_draws_on_wide_tied_rows() {
             let want = host_logits.sample(&mut pb).unwrap();
             for (k, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(g.0, w.0, "setting {si} ({base:?}), round {round}, sampler {k}: token");
+                assert!((g.1 - w.1).abs() <= 1e-6 * w.1.abs().max(1.0), "setting {si}, sampler {k}: logprob");
             }
         }
     }
@@ -273,5 +276,26 @@ fn a_nan_row_gives_token_zero() {
         let (g, w) = (t.sample(&mut [(0, &mut a)]).unwrap()[0], h.sample(&mut [(0, &mut b)]).unwrap()[0]);
         assert_eq!((g.0, w.0), (0, 0));
         assert!(g.1.is_nan() && w.1.is_nan());
+    }
+}
+
+/// A row's draw and logprob do not depend on the rows drawn beside it: the same bits alone
+/// and in a batch of nine (the kernels' chunks follow the vocabulary, not the batch).
+#[test]
+fn a_draw_does_not_depend_on_the_batch() {
+    let Some(dev) = gpu() else { return };
+    let vocab = 20_000;
+    let data = rows(5, 9, vocab);
+    let flat: Vec<f32> = data.iter().flatten().copied().collect();
+    let all = Logits::Tensor(Tensor::from_vec(flat, (data.len(), vocab), dev).unwrap());
+    let params = SamplingParams { temperature: 0.8, top_p: 0.9, seed: 3, ..Default::default() };
+    for row in [0, 4, 8] {
+        let one = Logits::Tensor(Tensor::from_vec(data[row].clone(), (1, vocab), dev).unwrap());
+        let mut alone = Sampler::new(params.clone());
+        let got = one.sample(&mut [(0, &mut alone)]).unwrap()[0];
+        let mut batch: Vec<Sampler> = (0..data.len()).map(|_| Sampler::new(params.clone())).collect();
+        let mut picks: Vec<(usize, &mut Sampler)> = batch.iter_mut().enumerate().collect();
+        let want = all.sample(&mut picks).unwrap()[row];
+        assert_eq!((got.0, got.1.to_bits()), (want.0, want.1.to_bits()), "row {row}");
     }
 }

@@ -239,7 +239,9 @@ pub fn inventory() -> Vec<(&'static str, String)> {
     out.push(("reduce", "sum_squares_f32".into()));
     out.push(("adamw", "adamw_f32".into()));
     out.push(("logprob", "logprob_grad_f32".into()));
-    out.push(("sampling", "sample_f32".into()));
+    for k in ["sample_max_sum_f32", "sample_probs_f32", "sample_pick_f32"] {
+        out.push(("sampling", k.into()));
+    }
     for d in [64, 128] {
         for k in [
             "attn_fwd_mma",

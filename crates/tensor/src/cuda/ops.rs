@@ -1357,9 +1357,28 @@ pub(crate) fn sample_rows(logits: &Tensor, picks: &[crate::SamplePick], vocab: u
     let probs = CudaStorage::alloc(&dev, DType::F32, picks.len() * vocab)?;
     let ids = CudaStorage::alloc(&dev, DType::U32, picks.len())?;
     let lps = CudaStorage::alloc(&dev, DType::F32, picks.len())?;
+    // kernels/sampling.cu: the two passes that compute exponentials take a block per chunk of
+    // SAMPLE_CHUNK logits of each row, then a block per pick draws. `part`: each chunk's
+    // share (SampleChunk, 48 bytes).
+    const SAMPLE_CHUNK: usize = 8192;
+    let chunks = vocab.div_ceil(SAMPLE_CHUNK);
+    let part = CudaStorage::alloc(&dev, DType::U8, picks.len() * chunks * 48)?;
+    let per_chunk = LaunchCfg { grid: [chunks as u32, picks.len() as u32, 1], block: [256, 1, 1], smem: 0 };
+    let args = Args::new().arg(vocab as i64).arg(lp).arg(pk.ptr()).arg(part.ptr());
+    dev.launch("sampling", "sample_max_sum_f32".into(), per_chunk, args)?;
+    let args = Args::new().arg(vocab as i64).arg(lp).arg(pk.ptr()).arg(part.ptr()).arg(probs.ptr());
+    dev.launch("sampling", "sample_probs_f32".into(), per_chunk, args)?;
     let cfg = LaunchCfg::linear(picks.len() as u32, row_threads(vocab));
-    let args = Args::new().arg(vocab as i64).arg(lp).arg(pk.ptr()).arg(probs.ptr()).arg(ids.ptr()).arg(lps.ptr());
-    dev.launch("sampling", "sample_f32".into(), cfg, args)?;
+    let args = Args::new()
+        .arg(vocab as i64)
+        .arg(lp)
+        .arg(pk.ptr())
+        .arg(part.ptr())
+        .arg(chunks as i32)
+        .arg(probs.ptr())
+        .arg(ids.ptr())
+        .arg(lps.ptr());
+    dev.launch("sampling", "sample_pick_f32".into(), cfg, args)?;
     let (CpuStorage::U32(i), CpuStorage::F32(l)) = (ids.to_host(0..picks.len())?, lps.to_host(0..picks.len())?) else {
         unreachable!("dtypes fixed above")
     };
