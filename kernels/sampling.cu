@@ -73,9 +73,9 @@ __device__ u64 count_at_least(const float* probs, i64 vocab, u64 k) {
 
 #define RADIX_BITS 10
 #define RADIX (1 << RADIX_BITS)
-// The first level of every search, built by the probabilities pass: the key bits 53-61, that
-// is the probability's bits 21-29 (exponent and two mantissa bits: quarter octaves), which
-// hold every p <= 1.
+// The first level of every search of a draw, built once from the probabilities: the key bits
+// 53-61, that is the probability's bits 21-29 (exponent and two mantissa bits: quarter
+// octaves), which hold every p <= 1.
 #define L1_SHIFT 53
 #define L1_BUCKETS 512
 
@@ -156,8 +156,7 @@ __device__ void walk_buckets(const Hist<NB>& h, u64 above_c, u64 above_s, bool b
 // The largest key k in [lo, kmax] (lo a candidate's key, kmax the largest) at which the
 // candidates with keys in [k, kmax] reach x: in count (`by_sum` false) or in fixed-point sum.
 // They must reach it at lo. Radix select (see the top of the file): the first level is `l1`,
-// the histogram of every candidate the probabilities pass built (its bucket holding lo may
-// hold keys below lo too: they only add to what the walk finds reached there, where x is
+// the histogram of every candidate (its bucket holding lo may hold keys below lo too: they only add to what the walk finds reached there, where x is
 // reached anyway, and the range is cut at lo after it); each further pass narrows the range
 // to the keys of one bucket of the RADIX_BITS bits below the highest bit where the range's
 // smallest and largest keys differ.

@@ -1355,8 +1355,8 @@ pub(crate) fn sample_rows(logits: &Tensor, picks: &[crate::SamplePick], vocab: u
     }
     let pk = CudaStorage::from_host(&dev, &CpuStorage::U8(bytes))?;
     let probs = CudaStorage::alloc(&dev, DType::F32, picks.len() * vocab)?;
-    let ids = CudaStorage::alloc(&dev, DType::U32, picks.len())?;
-    let lps = CudaStorage::alloc(&dev, DType::F32, picks.len())?;
+    // The ids, then the logprobs' bits: one copy back per decoding step.
+    let out = CudaStorage::alloc(&dev, DType::U32, 2 * picks.len())?;
     // kernels/sampling.cu: the two passes that compute exponentials take a block per chunk of
     // SAMPLE_CHUNK logits of each row, then a block per pick draws. `part`: each chunk's
     // share (SampleChunk, 48 bytes).
@@ -1376,13 +1376,12 @@ pub(crate) fn sample_rows(logits: &Tensor, picks: &[crate::SamplePick], vocab: u
         .arg(part.ptr())
         .arg(chunks as i32)
         .arg(probs.ptr())
-        .arg(ids.ptr())
-        .arg(lps.ptr());
+        .arg(out.ptr())
+        .arg(at(out.ptr(), DType::U32, picks.len()));
     dev.launch("sampling", "sample_pick_f32".into(), cfg, args)?;
-    let (CpuStorage::U32(i), CpuStorage::F32(l)) = (ids.to_host(0..picks.len())?, lps.to_host(0..picks.len())?) else {
-        unreachable!("dtypes fixed above")
-    };
-    Ok(i.into_iter().zip(l).collect())
+    let CpuStorage::U32(v) = out.to_host(0..2 * picks.len())? else { unreachable!("allocated as u32") };
+    let (ids, lps) = v.split_at(picks.len());
+    Ok(ids.iter().zip(lps).map(|(&i, &l)| (i, f32::from_bits(l))).collect())
 }
 
 /// What `wgmma` read from a swizzled tile (kernels/attention.cu, `wgmma_probe_*`): the 64 x N
