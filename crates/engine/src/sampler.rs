@@ -144,7 +144,7 @@ impl Sampler {
 /// (a candidate's probability is at least 1e-12 / vocab, some 30 units at 152k tokens).
 /// Integer sums are exact, so a running sum does not depend on the order of its additions:
 /// the GPU (kernels/sampling.cu), which adds in any order, reaches the same sums to the unit.
-/// The rounding moves a boundary by less than vocab * 2^-62 (4e-14 at 152k tokens). The
+/// The rounding moves a boundary by less than vocab * 2^-62 (3.3e-14 at 152k tokens). The
 /// f32 probabilities sum to less than 2, so every sum fits in 63 bits.
 const FIXED_ONE: f64 = (1u64 << 62) as f64;
 

@@ -142,6 +142,9 @@ impl Tensor {
         if vocab == 0 || vocab >= 1 << 24 {
             return Err(crate::invalid!(OP, "a vocabulary of {vocab} (1 to 2^24 - 1 supported)"));
         }
+        if picks.len() > 65_535 {
+            return Err(crate::invalid!(OP, "{} picks in one call (at most 65,535: a grid dimension)", picks.len()));
+        }
         if !self.device().is_cuda() {
             return Err(crate::invalid!(OP, "CUDA tensors only: on the CPU the engine's sampler reads rows directly"));
         }

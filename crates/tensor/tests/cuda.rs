@@ -1481,8 +1481,10 @@ fn wgmma_attention_matches_the_cpu_and_mma() {
 /// Hopper's warpgroup MMA reads the swizzled tiles where the attention kernels expect
 /// (`cuda::wgmma_probe`): for K as the scores read it, V as P V reads it, and K and V as the
 /// dK/dV pass reads them (A from shared memory too), at head dims 64 and 128 and every
-/// 16-deep step, each output element comes from the tile element the layout names. On the emulator this checks the probe against the emulator's reading; on a
-/// GPU it checks the hardware's, and a failure lists which element was read instead.
+/// 16-deep step, each output element comes from the tile element the layout names. On the
+/// emulator this checks the probe against the emulator's reading; on a GPU it checks the
+/// hardware's, and a failure lists which element was read instead (a misread shared A shows
+/// as sums or zeros: the one-hot scattered or lost).
 #[test]
 fn wgmma_reads_the_swizzled_tiles_where_the_kernels_expect() {
     use cuda::ProbeLayout;

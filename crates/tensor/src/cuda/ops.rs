@@ -1026,9 +1026,9 @@ thread_local! {
 
 /// Whether the tensor-core forward and backward run on Hopper's warpgroup MMA
 /// (`attn_fwd_wgmma_d{64,128}_bf16`, `attn_bwd_dq_wgmma_*`, `attn_bwd_dkv_wgmma_*`) rather
-/// than `mma.sync`: kernels built for sm_90a (or the emulator), and asked for, by `ARTIST_ATTN_WGMMA=1` or for this
-/// thread by [`crate::cuda::set_thread_wgmma_attention`]. Off by default until they have been
-/// checked and timed on a Hopper GPU (docs/CUDA.md).
+/// than `mma.sync`: kernels built for sm_90a (or the emulator), and asked for, by
+/// `ARTIST_ATTN_WGMMA=1` or for this thread by [`crate::cuda::set_thread_wgmma_attention`].
+/// Off by default until they have been checked and timed on a Hopper GPU (docs/CUDA.md).
 fn wgmma_attention(dev: &GpuDevice) -> bool {
     static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let asked = WGMMA_ATTENTION
