@@ -158,51 +158,53 @@ __device__ __forceinline__ float nan_f32() { return bits_f32(0x7fc00000u); }
 
 // ---- reductions --------------------------------------------------------------------------
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+// v combined with every other lane's by the butterfly v = op(v, lane (l ^ o)'s v) for
+// o = 16, 8, 4, 2, 1. The emulator computes the same butterfly over one exchange of the 32
+// values rather than five shuffles (emu::butterfly): the same operands in the same order.
+template <class T, class Op>
+__device__ __forceinline__ T warp_butterfly(T v, Op op) {
+#ifdef ARTIST_EMULATOR
+    return ::emu::butterfly(v, op);
+#else
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(FULL_MASK, v, o));
     return v;
+#endif
 }
 
-__device__ __forceinline__ double warp_sum_f64(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-    return v;
-}
+struct AddOp {
+    template <class T>
+    __device__ __forceinline__ T operator()(T a, T b) const {
+        return a + b;
+    }
+};
+struct MaxU64Op {
+    __device__ __forceinline__ u64 operator()(u64 v, u64 w) const { return w > v ? w : v; }
+};
+struct MinU64Op {
+    __device__ __forceinline__ u64 operator()(u64 v, u64 w) const { return w < v ? w : v; }
+};
+
+__device__ __forceinline__ float warp_sum(float v) { return warp_butterfly(v, AddOp()); }
+__device__ __forceinline__ double warp_sum_f64(double v) { return warp_butterfly(v, AddOp()); }
 
 // Integer reductions: exact, so the same in any order.
-__device__ __forceinline__ u64 warp_sum_u64(u64 v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-    return v;
-}
-
-__device__ __forceinline__ u64 warp_max_u64(u64 v) {
-    for (int o = 16; o > 0; o >>= 1) {
-        u64 w = __shfl_xor_sync(FULL_MASK, v, o);
-        v = w > v ? w : v;
-    }
-    return v;
-}
-
-__device__ __forceinline__ u64 warp_min_u64(u64 v) {
-    for (int o = 16; o > 0; o >>= 1) {
-        u64 w = __shfl_xor_sync(FULL_MASK, v, o);
-        v = w < v ? w : v;
-    }
-    return v;
-}
+__device__ __forceinline__ u64 warp_sum_u64(u64 v) { return warp_butterfly(v, AddOp()); }
+__device__ __forceinline__ u64 warp_max_u64(u64 v) { return warp_butterfly(v, MaxU64Op()); }
+__device__ __forceinline__ u64 warp_min_u64(u64 v) { return warp_butterfly(v, MinU64Op()); }
 
 // Largest value, NaN wins.
 __device__ __forceinline__ float max_nan(float a, float b) { return (is_nan(a) || a > b) ? a : b; }
 __device__ __forceinline__ float min_nan(float a, float b) { return (is_nan(a) || a < b) ? a : b; }
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(FULL_MASK, v, o));
-    return v;
-}
+struct MaxNanOp {
+    __device__ __forceinline__ float operator()(float a, float b) const { return max_nan(a, b); }
+};
+struct MinNanOp {
+    __device__ __forceinline__ float operator()(float a, float b) const { return min_nan(a, b); }
+};
 
-__device__ __forceinline__ float warp_min(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = min_nan(v, __shfl_xor_sync(FULL_MASK, v, o));
-    return v;
-}
+__device__ __forceinline__ float warp_max(float v) { return warp_butterfly(v, MaxNanOp()); }
+__device__ __forceinline__ float warp_min(float v) { return warp_butterfly(v, MinNanOp()); }
 
 // Block-wide reductions for blocks of a multiple of 32 threads (at most 1024). Every thread
 // gets the result. Safe to call repeatedly: the scratch is fenced on both sides.

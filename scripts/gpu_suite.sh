@@ -15,7 +15,8 @@
 #   3. every CUDA op against the CPU backend (crates/tensor/tests/cuda.rs);
 #   4. whole models against transformers and PyTorch, and training steps (tests/cuda_model.rs),
 #      bf16 attention in training again on wgmma, forward and backward (ARTIST_ATTN_WGMMA=1);
-#   5. the binaries with --device cuda (generate, score, three SFT steps through train);
+#   5. the binaries with --device cuda (generate, score, three SFT steps and two GRPO steps
+#      through train, each against the CPU run);
 #      NCCL: every collective, a one-rank SFT run against the in-process one (tests/nccl.rs);
 #      rollouts on the GPU against the CPU, and decode steps as CUDA graphs against eager
 #      ones (crates/engine/tests/rollout.rs);
@@ -97,7 +98,7 @@ if wants tests; then
     step "training with bf16 attention on Hopper's wgmma, forward and backward (ARTIST_ATTN_WGMMA=1; mma.sync elsewhere)"
     guarded cuda_model_wgmma.log env ARTIST_ATTN_WGMMA=1 "$u/tests/cuda_model" bf16_attention --test-threads=1
     run cli generate_and_score_on_the_cuda_backend --test-threads=1
-    run train_cli sft_on_the_cuda_backend --test-threads=1 --nocapture
+    run train_cli on_the_cuda_backend --test-threads=1 --nocapture
     run nccl --test-threads=1 --nocapture
     run rollout cuda --test-threads=1 --nocapture
 fi

@@ -369,12 +369,7 @@ fn nproc_per_node_equals_one_process() {
     ok(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().count(), 1, "one summary, rank 0's: {stdout}");
-    let diff = final_weights(&a)
-        .iter()
-        .flatten()
-        .zip(final_weights(&b).iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, |m, x| if x.is_nan() || x > m { x } else { m });
+    let diff = max_abs_diff(&final_weights(&a), &final_weights(&b));
     eprintln!("2 processes vs one: max |weight difference| {diff:e}");
     assert!(diff <= 1e-5, "max weight difference {diff:e}");
     let (ma, mb) = (
@@ -459,25 +454,16 @@ fn sft_on_the_cuda_backend_follows_the_cpu() {
             assert!((p - q).abs() <= 1e-4 * p.abs(), "step {}: {key} {p} on the CPU, {q} on CUDA", x["step"]);
         }
     }
-    let diff = final_weights(&a)
-        .iter()
-        .flatten()
-        .zip(final_weights(&b).iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, |m, x| if x.is_nan() || x > m { x } else { m });
+    let diff = max_abs_diff(&final_weights(&a), &final_weights(&b));
     eprintln!("CUDA vs CPU after 3 SFT steps: max |weight difference| {diff:e}");
     assert!(diff <= 1e-4, "max weight difference {diff:e}");
 }
 
-/// Math GRPO over two ranks started by `--nproc-per-node 2` reaches one process's weights on
-/// the same global batches (each rank plays one prompt's group of the two per step). The
-/// tiny model earns no reward, so gradients come from a KL term against a perturbed copy of
-/// itself: the ranks must agree on real updates, not only on weight decay.
-#[test]
-fn grpo_nproc_per_node_equals_one_process() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("single"), tmp.path().join("ranks"));
-    let reference = tmp.path().join("reference");
+/// `--set` overrides for GRPO runs on the tiny model, which earns no reward: the calculator
+/// as the tool, and a KL term (beta 0.5) against a copy of the model perturbed by up to
+/// 0.15 per weight, written under `dir`, so that the runs make real updates to compare.
+fn kl_to_a_perturbed_copy(dir: &Path) -> Vec<String> {
+    let reference = dir.join("reference");
     std::fs::create_dir_all(&reference).unwrap();
     let src = fixtures().join("qwen2/tiny-gqa");
     for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
@@ -492,11 +478,43 @@ fn grpo_nproc_per_node_equals_one_process() {
             .unwrap();
     }
     m.save_safetensors(&reference.join("model.safetensors")).unwrap();
-    let extra = [
+    vec![
         "tool=\"calculator\"".to_string(),
         "grpo.beta=0.5".into(),
         format!("reference_model={:?}", reference.to_str().unwrap()),
-    ];
+    ]
+}
+
+/// The weights of a run's latest checkpoint, as f32.
+fn last_checkpoint_weights(run: &Path) -> Vec<Vec<f32>> {
+    let dir = checkpoint::latest(run).unwrap().expect("a checkpoint");
+    let model = artist::model::Qwen2::load(&dir).unwrap();
+    model
+        .params()
+        .iter()
+        .map(|p| p.value().to_dtype(artist::tensor::DType::F32).unwrap().to_vec::<f32>().unwrap())
+        .collect()
+}
+
+/// The largest |x - y| over two models' weights (NaN if any difference is NaN).
+fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.iter().map(Vec::len).collect::<Vec<_>>(), b.iter().map(Vec::len).collect::<Vec<_>>());
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, |m, x| if x.is_nan() || x > m { x } else { m })
+}
+
+/// Math GRPO over two ranks started by `--nproc-per-node 2` reaches one process's weights on
+/// the same global batches (each rank plays one prompt's group of the two per step). The
+/// tiny model earns no reward, so gradients come from a KL term against a perturbed copy of
+/// itself: the ranks must agree on real updates, not only on weight decay.
+#[test]
+fn grpo_nproc_per_node_equals_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("single"), tmp.path().join("ranks"));
+    let extra = kl_to_a_perturbed_copy(tmp.path());
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     ok(&train(&grpo_args(&a, &extra), &[]));
     let mut args = grpo_args(&b, &extra);
@@ -504,21 +522,7 @@ fn grpo_nproc_per_node_equals_one_process() {
     let out = train(&args, &[]);
     ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1, "rank 0 alone prints the summary");
-    let last = |run: &Path| -> Vec<Vec<f32>> {
-        let dir = checkpoint::latest(run).unwrap().expect("a checkpoint");
-        let model = artist::model::Qwen2::load(&dir).unwrap();
-        model
-            .params()
-            .iter()
-            .map(|p| p.value().to_dtype(artist::tensor::DType::F32).unwrap().to_vec::<f32>().unwrap())
-            .collect()
-    };
-    let diff = last(&a)
-        .iter()
-        .flatten()
-        .zip(last(&b).iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, |m, x| if x.is_nan() || x > m { x } else { m });
+    let diff = max_abs_diff(&last_checkpoint_weights(&a), &last_checkpoint_weights(&b));
     eprintln!("GRPO on 2 processes vs one: max |weight difference| {diff:e}");
     assert!(diff <= 1e-5, "max weight difference {diff:e}");
     let (ma, mb) = (
@@ -532,4 +536,50 @@ fn grpo_nproc_per_node_equals_one_process() {
         let (p, q) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
         assert!((p - q).abs() <= 1e-5 * p.abs().max(1e-6), "step {}: loss {p} vs {q}", x["step"]);
     }
+}
+
+/// `--device cuda` for GRPO: rollouts decoded and sampled on the CUDA backend (the CPU
+/// emulator of it here, a GPU where the suite runs on one), the loss, its backward and
+/// AdamW there too, all in f32, follow the CPU run. The GPU sampler draws as the host one
+/// does from the same logits, so the rollouts are the same tokens (same lengths, tool calls
+/// and rewards); the per-step KL, loss and gradient norm agree within 1e-4 relative, and the
+/// final weights within 1e-4.
+#[test]
+fn grpo_on_the_cuda_backend_follows_the_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("cpu"), tmp.path().join("cuda"));
+    let mut extra = kl_to_a_perturbed_copy(tmp.path());
+    extra.extend(
+        ["matmul_dtype", "attention_dtype", "rollout.matmul_dtype", "rollout.kv_cache_dtype"]
+            .map(|k| format!("{k}=\"f32\"")),
+    );
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut cpu = grpo_args(&a, &extra);
+    cpu.extend(["--device".into(), "cpu".into()]);
+    ok(&train(&cpu, &[]));
+    let mut gpu = grpo_args(&b, &extra);
+    gpu.extend(["--device".into(), "cuda".into()]);
+    let env: &[(&str, &str)] =
+        if artist::tensor::cuda::driver_present() { &[] } else { &[("ARTIST_CUDA", "emulator")] };
+    let out = train(&gpu, env);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("device cuda:0"));
+    let (ma, mb) = (
+        artist::train::metrics::read(&a.join("metrics.jsonl")).unwrap(),
+        artist::train::metrics::read(&b.join("metrics.jsonl")).unwrap(),
+    );
+    assert_eq!((ma.len(), mb.len()), (2, 2));
+    for (x, y) in ma.iter().zip(&mb) {
+        for key in ["reward", "response_tokens", "tool_calls_per_rollout", "truncated"] {
+            assert_eq!(x[key], y[key], "step {}: {key} on the CPU and on CUDA", x["step"]);
+        }
+        assert!(x["grad_norm"].as_f64().unwrap() > 0.0, "step {}: gradients flow", x["step"]);
+        for key in ["kl", "loss", "grad_norm"] {
+            let (p, q) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+            assert!((p - q).abs() <= 1e-4 * p.abs().max(1e-6), "step {}: {key} {p} on the CPU, {q} on CUDA", x["step"]);
+        }
+    }
+    let diff = max_abs_diff(&last_checkpoint_weights(&a), &last_checkpoint_weights(&b));
+    eprintln!("CUDA vs CPU after 2 GRPO steps: max |weight difference| {diff:e}");
+    assert!(diff <= 1e-4, "max weight difference {diff:e}");
 }

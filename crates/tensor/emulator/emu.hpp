@@ -2,7 +2,7 @@
 // as ordinary C++17 and run on the CPU, so that their logic (indexing, reductions, barriers,
 // warp shuffles, boundary cases) is tested against the CPU backend on machines without a GPU.
 //
-// Each thread of a block is a fiber (ucontext) with a stack of its own; the block's fibers
+// Each thread of a block is a fiber with a stack of its own; the block's fibers
 // run on one OS thread, each until it reaches a barrier (__syncthreads, or the warp-wide
 // exchange behind a shuffle), so the memory semantics are those of a GPU whose threads
 // interleave only at barriers. A warp runs as far as it can before the block's next
@@ -15,6 +15,14 @@
 #pragma once
 
 #include <math.h>
+
+// Fibers switch by a hand-written routine on x86-64 (runtime.cpp), by ucontext elsewhere.
+#if defined(__x86_64__)
+#define ARTIST_EMU_ASM_SWITCH 1
+#else
+#define ARTIST_EMU_ASM_SWITCH 0
+#include <ucontext.h>
+#endif
 
 #include <algorithm>
 #include <cstddef>
@@ -42,18 +50,10 @@ struct Block {
     dim3 dim;
     dim3 grid;
     unsigned char* dyn_smem;
-    unsigned long long* slots;  // warp exchange: 32 slots per warp
+    // Warp exchange, kSlotsPerWarp per warp: two rounds of 32 slots that shuffles use in
+    // turn, then a butterfly's 32 results and the exchange they are for (see butterfly).
+    unsigned long long* slots;
 };
-
-struct Fiber;
-extern thread_local Fiber* current;
-extern thread_local Block* block;
-
-const uint3& thread_idx();
-unsigned linear_tid();
-void syncthreads();
-void warp_barrier();
-unsigned char* dynamic_smem();
 
 // cp.async from global into shared memory, per thread: a copy of `bytes` that takes the first
 // `src_bytes` from `src` and zeros after them. It lands only when the thread waits for its
@@ -64,6 +64,42 @@ struct AsyncCopy {
     const void* src;
     unsigned bytes, src_bytes;
 };
+
+enum State { READY, AT_BLOCK, AT_WARP, DONE };
+
+// One thread of the block being run.
+struct Fiber {
+#if ARTIST_EMU_ASM_SWITCH
+    void* sp;
+#else
+    ucontext_t ctx;
+#endif
+    uint3 idx;
+    unsigned linear;
+    State state;
+    // Shuffles this thread has made in the block so far: its round of the warp's slots.
+    unsigned exchanges;
+    // cp.async: copies started and not yet landed, oldest first, and copies.size() at each
+    // commit (the ends of the committed groups), oldest first.
+    std::vector<AsyncCopy> copies;
+    std::vector<size_t> groups;
+    // wgmma: products issued and not yet run, oldest first, and their count at each commit.
+    std::vector<std::function<void()>> wgmma_ops;
+    std::vector<size_t> wgmma_groups;
+};
+
+constexpr unsigned kSlotsPerWarp = 128;
+constexpr unsigned kResults = 64, kResultsFor = 96;
+
+extern thread_local Fiber* current;
+extern thread_local Block* block;
+
+inline const uint3& thread_idx() { return current->idx; }
+inline unsigned linear_tid() { return current->linear; }
+void syncthreads();
+void warp_barrier();
+unsigned char* dynamic_smem();
+
 void cp_async(void* dst, const void* src, unsigned bytes, unsigned src_bytes);
 void cp_async_commit();
 void cp_async_wait(unsigned pending);
@@ -81,20 +117,59 @@ inline unsigned lane() { return linear_tid() & 31u; }
 inline unsigned warp() { return linear_tid() >> 5; }
 
 // Every lane publishes `v`, then reads lane `src(lane)`'s value (its own when src is out
-// of range). Two barriers: nobody overwrites a slot before everyone has read it.
+// of range). One barrier: consecutive shuffles use the warp's two rounds of slots in turn,
+// and a lane writes a round again only after the next shuffle's barrier, which every lane
+// reaches after its read of this one.
 template <class T, class F>
 inline T exchange(T v, F src) {
     static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
-    unsigned long long* s = block->slots + 32 * warp();
+    Fiber& me = *current;
+    const unsigned l = me.linear & 31u;
+    unsigned long long* s = block->slots + kSlotsPerWarp * (me.linear >> 5) + 32 * (me.exchanges++ & 1u);
     unsigned long long bits = 0;
     std::memcpy(&bits, &v, sizeof(T));
-    s[lane()] = bits;
+    s[l] = bits;
     warp_barrier();
-    int from = src((int)lane());
+    int from = src((int)l);
     unsigned long long got = (from >= 0 && from < 32) ? s[from] : bits;
-    warp_barrier();
     T r;
     std::memcpy(&r, &got, sizeof(T));
+    return r;
+}
+
+// The warp butterfly `for (o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(~0u, v, o))`
+// (common.cuh's warp_butterfly) over one exchange instead of five: every lane publishes v;
+// the first lane to run after the barrier computes the butterfly for all 32 lanes, with the
+// same operands in the same order as the shuffles, and every lane takes its own result: the
+// same values to the bit. (The next exchange's barrier comes after every lane's read.)
+template <class T, class Op>
+inline T butterfly(T v, Op op) {
+    static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
+    Fiber& me = *current;
+    const unsigned l = me.linear & 31u;
+    const unsigned round = me.exchanges++;
+    unsigned long long* w = block->slots + kSlotsPerWarp * (me.linear >> 5);
+    unsigned long long* s = w + 32 * (round & 1u);
+    unsigned long long bits = 0;
+    std::memcpy(&bits, &v, sizeof(T));
+    s[l] = bits;
+    warp_barrier();
+    if (w[kResultsFor] != round + 1ull) {  // 0: none yet in this block
+        T x[32], y[32];
+        for (unsigned i = 0; i < 32; ++i) std::memcpy(&x[i], &s[i], sizeof(T));
+        for (unsigned o = 16; o > 0; o >>= 1) {
+            for (unsigned i = 0; i < 32; ++i) y[i] = op(x[i], x[i ^ o]);
+            std::memcpy(x, y, sizeof x);
+        }
+        for (unsigned i = 0; i < 32; ++i) {
+            unsigned long long b = 0;
+            std::memcpy(&b, &x[i], sizeof(T));
+            w[kResults + i] = b;
+        }
+        w[kResultsFor] = round + 1ull;
+    }
+    T r;
+    std::memcpy(&r, &w[kResults + l], sizeof(T));
     return r;
 }
 

@@ -2,14 +2,13 @@
 // translation unit as the kernels, so the kernels' registrations are linked in whenever the
 // entry points are.
 #include <sys/mman.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 // Switching fibers. On x86-64 a hand-written switch saves the callee-saved registers and the
 // floating-point control words and swaps stacks: no system call, unlike swapcontext (which
 // saves the signal mask each time), so barrier-heavy kernels run tens of times faster.
 // Elsewhere, ucontext.
-#if defined(__x86_64__)
+#if ARTIST_EMU_ASM_SWITCH
 extern "C" void artist_emu_switch(void** save_sp, void* load_sp);
 asm(R"(
     .text
@@ -39,30 +38,9 @@ artist_emu_switch:
     ret
     .size artist_emu_switch, .-artist_emu_switch
 )");
-#define ARTIST_EMU_ASM_SWITCH 1
 #endif
 
 namespace emu {
-
-enum State { READY, AT_BLOCK, AT_WARP, DONE };
-
-struct Fiber {
-#ifdef ARTIST_EMU_ASM_SWITCH
-    void* sp;
-#else
-    ucontext_t ctx;
-#endif
-    uint3 idx;
-    unsigned linear;
-    State state;
-    // cp.async: copies started and not yet landed, oldest first, and copies.size() at each
-    // commit (the ends of the committed groups), oldest first.
-    std::vector<AsyncCopy> copies;
-    std::vector<size_t> groups;
-    // wgmma: products issued and not yet run, oldest first, and their count at each commit.
-    std::vector<std::function<void()>> wgmma_ops;
-    std::vector<size_t> wgmma_groups;
-};
 
 thread_local Fiber* current = nullptr;
 thread_local Block* block = nullptr;
@@ -111,25 +89,67 @@ struct Stacks {
 
 thread_local const Launch* running = nullptr;
 thread_local std::vector<Fiber> fibers;
+thread_local unsigned block_threads = 0;  // the threads of the block being run
 thread_local Stacks stacks;
 
-#ifdef ARTIST_EMU_ASM_SWITCH
-thread_local void* scheduler_sp = nullptr;
-
-void yield(State s) {
-    current->state = s;
-    artist_emu_switch(&current->sp, scheduler_sp);
+// The next thread to run when `me` stops in state `s`, without going back to the scheduler
+// when the scheduler would run it next: the next lane of `me`'s warp that has yet to reach
+// the barrier (lanes run in order), or, once every live lane of the warp waits at a warp
+// barrier, the first of them, all released. Null when the scheduler decides (the warp is
+// done or waits at __syncthreads, or its lanes are stuck at different barriers), or when
+// `me` itself runs on.
+Fiber* next_in_warp(Fiber* me, State s) {
+    const unsigned lo = me->linear & ~31u, hi = std::min(block_threads, lo + 32);
+    for (unsigned t = me->linear + 1; t < hi; ++t)
+        if (fibers[t].state == READY) return &fibers[t];
+    if (s != AT_WARP) return nullptr;
+    unsigned first = hi;
+    for (unsigned t = lo; t < hi; ++t) {
+        State st = fibers[t].state;
+        if (st == DONE) continue;
+        if (st != AT_WARP) return nullptr;
+        if (first == hi) first = t;
+    }
+    for (unsigned t = first; t < hi; ++t)
+        if (fibers[t].state == AT_WARP) fibers[t].state = READY;
+    return &fibers[first];
 }
 
+#if ARTIST_EMU_ASM_SWITCH
+thread_local void* scheduler_sp = nullptr;
+void switch_to(Fiber* me, Fiber* next) { artist_emu_switch(&me->sp, next->sp); }
+void to_scheduler(Fiber* me) { artist_emu_switch(&me->sp, scheduler_sp); }
 void run_fiber(Fiber& f) { artist_emu_switch(&scheduler_sp, f.sp); }
+#else
+thread_local ucontext_t scheduler;
+void switch_to(Fiber* me, Fiber* next) { swapcontext(&me->ctx, &next->ctx); }
+void to_scheduler(Fiber* me) { swapcontext(&me->ctx, &scheduler); }
+void run_fiber(Fiber& f) { swapcontext(&scheduler, &f.ctx); }
+#endif
+
+// Stops the current thread in state `s` and runs the next one: straight from lane to lane
+// within a warp (one switch per lane and barrier rather than two), through the scheduler
+// otherwise.
+void yield(State s) {
+    Fiber* me = current;
+    me->state = s;
+    Fiber* next = next_in_warp(me, s);
+    if (next == me) return;  // the only live lane of its warp, released: it runs on
+    if (next) {
+        current = next;
+        switch_to(me, next);
+    } else {
+        to_scheduler(me);
+    }
+}
 
 [[noreturn]] void fiber_main() {
     running->entry->invoke(running->entry->fn, running->args);
-    current->state = DONE;
-    artist_emu_switch(&current->sp, scheduler_sp);  // never resumed
+    yield(DONE);  // never resumed
     __builtin_unreachable();
 }
 
+#if ARTIST_EMU_ASM_SWITCH
 // A fresh stack that `artist_emu_switch` "returns" into fiber_main from: the saved control
 // words and six callee-saved registers, then fiber_main's address and a dummy return
 // address above it (so fiber_main starts with the stack aligned as after a call).
@@ -148,21 +168,6 @@ void start_fiber(Fiber& f, unsigned char* stack, size_t size) {
     f.sp = sp;
 }
 #else
-thread_local ucontext_t scheduler;
-
-void yield(State s) {
-    current->state = s;
-    swapcontext(&current->ctx, &scheduler);
-}
-
-void run_fiber(Fiber& f) { swapcontext(&scheduler, &f.ctx); }
-
-void fiber_main() {
-    running->entry->invoke(running->entry->fn, running->args);
-    current->state = DONE;
-    swapcontext(&current->ctx, &scheduler);  // never resumed
-}
-
 void start_fiber(Fiber& f, unsigned char* stack, size_t size) {
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = stack;
@@ -176,16 +181,22 @@ void start_fiber(Fiber& f, unsigned char* stack, size_t size) {
 // threads wait at barriers that cannot all be reached.
 bool run_block(unsigned n, std::string& err) {
     const dim3 d = block->dim;
+    block_threads = n;
     for (unsigned t = 0; t < n; ++t) {
         Fiber& f = fibers[t];
         f.linear = t;
         f.idx = uint3{t % d.x, (t / d.x) % d.y, t / (d.x * d.y)};
         f.state = READY;
+        f.exchanges = 0;
+        if (t % 32 == 0) block->slots[kSlotsPerWarp * (t / 32) + kResultsFor] = 0;  // no butterfly yet
         f.copies.clear();
         f.groups.clear();
         f.wgmma_ops.clear();
         f.wgmma_groups.clear();
-        start_fiber(f, stacks.stack(t), kStack);
+        // Each stack's top 128 bytes further down than the last lane's: the stacks are a
+        // multiple of 4 KiB apart, and tops at one page offset would share a set of the L1
+        // cache, evicting one another at every switch.
+        start_fiber(f, stacks.stack(t), kStack - 128 * (t % 32));
     }
     const unsigned warps = (n + 31) / 32;
     for (;;) {
@@ -256,8 +267,6 @@ void set_err(char* err, size_t len, const std::string& msg) {
 
 }  // namespace
 
-const uint3& thread_idx() { return current->idx; }
-unsigned linear_tid() { return current->linear; }
 void syncthreads() { yield(AT_BLOCK); }
 void warp_barrier() { yield(AT_WARP); }
 unsigned char* dynamic_smem() { return block->dyn_smem; }
@@ -366,7 +375,7 @@ int artist_emu_launch(const char* name, const unsigned* grid, const unsigned* bl
     // Dynamic shared memory starts as all-ones bytes (NaN for floats), as unpredictable as
     // a GPU's: a kernel that reads what it did not write shows it.
     std::vector<unsigned char> dyn(smem + 16, 0xff);
-    std::vector<unsigned long long> slots(32 * ((n + 31) / 32), 0);
+    std::vector<unsigned long long> slots(emu::kSlotsPerWarp * ((n + 31) / 32), 0);
     emu::Launch launch{&e, args};
     emu::Block b;
     b.dim = dim3{block_dim[0], block_dim[1], block_dim[2]};

@@ -60,3 +60,36 @@ extern "C" __global__ void emu_selftest_divergent_barrier(u32* out) {
     }
 }
 ARTIST_EXPORT(emu_selftest_divergent_barrier)
+
+// The emulator's one-exchange butterfly against five real shuffles, per lane, over several
+// blocks of 96 threads (three warps). Each thread reads one float and one u64 (two u32, low
+// first) and writes 8 words: warp_sum and the shuffled sum, warp_max and its shuffled form
+// (as bits), then warp_max_u64 and its shuffled form (low, high). Shuffles and butterflies
+// alternate, so the exchange's two rounds of slots and the butterfly's results are used in
+// every order.
+extern "C" __global__ void emu_selftest_butterfly(const float* xf, const u32* xu, u32* out) {
+    const int i = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+    const float f = xf[i];
+    const u64 u = (u64)xu[2 * i] | ((u64)xu[2 * i + 1] << 32);
+    float s = f, m = f;
+    u64 mu = u;
+    float bs = warp_sum(f);
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(FULL_MASK, s, o);
+    float bm = warp_max(f);
+    for (int o = 16; o > 0; o >>= 1) m = max_nan(m, __shfl_xor_sync(FULL_MASK, m, o));
+    u64 bu = warp_max_u64(u);
+    for (int o = 16; o > 0; o >>= 1) {
+        u64 w = __shfl_xor_sync(FULL_MASK, mu, o);
+        mu = w > mu ? w : mu;
+    }
+    u32* r = out + 8 * (i64)i;
+    r[0] = __float_as_uint(bs);
+    r[1] = __float_as_uint(s);
+    r[2] = __float_as_uint(bm);
+    r[3] = __float_as_uint(m);
+    r[4] = (u32)bu;
+    r[5] = (u32)(bu >> 32);
+    r[6] = (u32)mu;
+    r[7] = (u32)(mu >> 32);
+}
+ARTIST_EXPORT(emu_selftest_butterfly)

@@ -462,6 +462,47 @@ mod tests {
         assert_eq!(out.to_vec::<u32>().unwrap(), [0], "warp 0 saw warp 1's write: the warps ran in lockstep");
     }
 
+    /// The one-exchange butterfly behind `warp_sum`, `warp_max` and the u64 reductions gives
+    /// every lane what five shuffles give it, to the bit: sums of floats whose order matters,
+    /// a NaN among the maxima, over 4 blocks of 3 warps.
+    #[test]
+    fn the_butterfly_equals_five_shuffles() {
+        let Some(dev) = device() else { return };
+        let n = 4 * 96;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let xf: Vec<f32> = (0..n)
+            .map(|i| if i == 100 { f32::NAN } else { (next() % 2001) as f32 * 10f32.powi((i % 9) as i32 - 4) - 0.5 })
+            .collect();
+        let xu: Vec<u32> = (0..n)
+            .flat_map(|_| {
+                let x = next();
+                [x as u32, (x >> 32) as u32]
+            })
+            .collect();
+        let f = Tensor::from_vec(xf.clone(), n, Device::Cuda(0)).unwrap();
+        let u = Tensor::from_vec(xu, 2 * n, Device::Cuda(0)).unwrap();
+        let out = Tensor::zeros(8 * n, DType::U32, Device::Cuda(0)).unwrap();
+        let args = Args::new().arg(ptr(&f)).arg(ptr(&u)).arg(ptr(&out));
+        dev.launch("selftest", "emu_selftest_butterfly".into(), LaunchCfg::linear(4, 96), args).unwrap();
+        let got = out.to_vec::<u32>().unwrap();
+        for (t, r) in got.chunks(8).enumerate() {
+            assert_eq!(r[0], r[1], "thread {t}: warp_sum");
+            assert_eq!(r[2], r[3], "thread {t}: warp_max");
+            assert_eq!(r[4..6], r[6..8], "thread {t}: warp_max_u64");
+        }
+        // The warp holding thread 100 sees its NaN, the others do not; sums differ by warp.
+        let warp_of = |w: usize| &got[8 * 32 * w..8 * 32 * (w + 1)];
+        assert!(f32::from_bits(warp_of(3)[2]).is_nan());
+        assert!(!f32::from_bits(warp_of(2)[2]).is_nan());
+        assert_ne!(warp_of(0)[0], warp_of(1)[0]);
+    }
+
     /// A barrier that not every thread can reach is an error that says so, not a hang.
     #[test]
     fn a_divergent_barrier_is_an_error() {
