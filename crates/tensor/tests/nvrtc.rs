@@ -24,23 +24,46 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
     for (file, _) in &inventory {
         assert!(files.contains(file), "the backend launches from kernels/{file}.cu, which does not exist");
     }
-    for file in files {
-        for target in ["sm_80", "sm_90", "sm_90a"] {
-            let image = nvrtc::compile(file, target).unwrap_or_else(|e| panic!("{e}"));
-            assert!(image.cubin && !image.bytes.is_empty());
-            assert!(image.log.is_empty(), "kernels/{file}.cu for {target} compiled with warnings:\n{}", image.log);
-            // Each exported kernel's name is in the CUBIN's symbol table.
-            for (_, name) in inventory.iter().filter(|(f, _)| *f == file) {
-                let sym = format!("{name}\0");
-                assert!(
-                    image.bytes.windows(sym.len()).any(|w| w == sym.as_bytes()),
-                    "kernels/{file}.cu built for {target} has no kernel {name}"
-                );
-            }
+    // Every file for every target, and PTX (the fallback for GPUs newer than this NVRTC
+    // knows), compiled on all cores: separate NVRTC programs compile independently.
+    let jobs: Vec<(&str, &str)> =
+        files.iter().flat_map(|f| ["sm_80", "sm_90", "sm_90a", "compute_80"].map(|t| (*f, t))).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(jobs.len());
+    let images: Vec<Vec<_>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(file, target)) = jobs.get(i) else { return done };
+                        done.push((file, target, nvrtc::compile(file, target)));
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("a compile thread panicked")).collect()
+    });
+    let mut images: Vec<_> = images.into_iter().flatten().collect();
+    images.sort_by_key(|(file, target, _)| (*file, *target));
+    assert_eq!(images.len(), jobs.len());
+    for (file, target, image) in images {
+        let image = image.unwrap_or_else(|e| panic!("{e}"));
+        if target.starts_with("compute_") {
+            assert!(!image.cubin && image.bytes.starts_with(b"//"), "kernels/{file}.cu: PTX output expected");
+            continue;
         }
-        // And PTX, the fallback for GPUs newer than this NVRTC knows.
-        let ptx = nvrtc::compile(file, "compute_80").unwrap_or_else(|e| panic!("{e}"));
-        assert!(!ptx.cubin && ptx.bytes.starts_with(b"//"), "kernels/{file}.cu: PTX output expected");
+        assert!(image.cubin && !image.bytes.is_empty());
+        assert!(image.log.is_empty(), "kernels/{file}.cu for {target} compiled with warnings:\n{}", image.log);
+        // Each exported kernel's name is in the CUBIN's symbol table.
+        for (_, name) in inventory.iter().filter(|(f, _)| *f == file) {
+            let sym = format!("{name}\0");
+            assert!(
+                image.bytes.windows(sym.len()).any(|w| w == sym.as_bytes()),
+                "kernels/{file}.cu built for {target} has no kernel {name}"
+            );
+        }
     }
 }
 
