@@ -30,7 +30,7 @@ for line in sys.stdin:
 }
 
 cargo test --release --no-run --message-format=json -p artist-tensor --test cuda --test nvrtc | executables > "$out/targets.txt"
-cargo test --release --no-run --message-format=json -p artist-engine --test rollout | executables >> "$out/targets.txt"
+cargo test --release --no-run --message-format=json -p artist-engine --test rollout --test gpu_sampling | executables >> "$out/targets.txt"
 cargo test --release --no-run --message-format=json --test cuda_model --test cli --test train_cli --test nccl | executables >> "$out/targets.txt"
 cargo bench --no-run --message-format=json --bench cuda_kernels --bench rollout --bench train_step | executables > "$out/bench.txt"
 while read -r name exe; do

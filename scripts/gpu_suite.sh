@@ -19,7 +19,8 @@
 #      through train, each against the CPU run);
 #      NCCL: every collective, a one-rank SFT run against the in-process one (tests/nccl.rs);
 #      rollouts on the GPU against the CPU, and decode steps as CUDA graphs against eager
-#      ones (crates/engine/tests/rollout.rs);
+#      ones (crates/engine/tests/rollout.rs); the GPU sampler's draws against the host
+#      sampler's, to the token (crates/engine/tests/gpu_sampling.rs);
 #   6. the kernel benchmark beside PyTorch (scripts/bench_cuda.py), a markdown table (on a
 #      Hopper GPU it times attention on warpgroup MMA too, attention_{fwd,bwd}_wgmma_bf16), and
 #      attention forward and backward again off the tensor cores (ARTIST_ATTN_MMA=0), and the
@@ -101,6 +102,7 @@ if wants tests; then
     run train_cli on_the_cuda_backend --test-threads=1 --nocapture
     run nccl --test-threads=1 --nocapture
     run rollout cuda --test-threads=1 --nocapture
+    run gpu_sampling --test-threads=1
 fi
 
 if wants bench; then

@@ -99,10 +99,7 @@ fn stopped_and_resumed_equals_straight_bitwise() {
     same_bytes(&a.join("final/model.safetensors"), &b.join("final/model.safetensors"));
     let ck = "checkpoints/step-00000006";
     same_bytes(&a.join(ck).join("optimizer.safetensors"), &b.join(ck).join("optimizer.safetensors"));
-    let (ma, mb) = (
-        artist::train::metrics::read(&a.join("metrics.jsonl")).unwrap(),
-        artist::train::metrics::read(&b.join("metrics.jsonl")).unwrap(),
-    );
+    let (ma, mb) = metrics_of(&a, &b);
     assert_eq!(mb.len(), 6);
     for (x, y) in ma.iter().zip(&mb) {
         assert_eq!(
@@ -372,10 +369,7 @@ fn nproc_per_node_equals_one_process() {
     let diff = max_abs_diff(&final_weights(&a), &final_weights(&b));
     eprintln!("2 processes vs one: max |weight difference| {diff:e}");
     assert!(diff <= 1e-5, "max weight difference {diff:e}");
-    let (ma, mb) = (
-        artist::train::metrics::read(&a.join("metrics.jsonl")).unwrap(),
-        artist::train::metrics::read(&b.join("metrics.jsonl")).unwrap(),
-    );
+    let (ma, mb) = metrics_of(&a, &b);
     assert_eq!(mb.len(), 3, "one line per step");
     for (x, y) in ma.iter().zip(&mb) {
         assert_eq!((&x["step"], &x["target_tokens"], &x["lr"]), (&y["step"], &y["target_tokens"], &y["lr"]));
@@ -425,6 +419,23 @@ fn an_incomplete_rank_environment_is_named() {
     fails_cleanly(&out, "LOCAL_RANK");
 }
 
+/// Runs `train` with `args` and `--device cuda`: on the GPU where the driver finds one, else
+/// on the CPU emulator of the CUDA backend; it must succeed on that device.
+fn train_on_cuda(mut args: Vec<String>) {
+    args.extend(["--device".into(), "cuda".into()]);
+    let env: &[(&str, &str)] =
+        if artist::tensor::cuda::driver_present() { &[] } else { &[("ARTIST_CUDA", "emulator")] };
+    let out = train(&args, env);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("device cuda:0"));
+}
+
+/// The metrics lines of two runs.
+fn metrics_of(a: &Path, b: &Path) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let read = |run: &Path| artist::train::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    (read(a), read(b))
+}
+
 /// `--device cuda`: the same SFT run on the CUDA backend (the CPU emulator of it here, a GPU
 /// where the suite runs on one) follows the CPU run: per-step losses and gradient norms
 /// within 1e-4 relative, final weights within 1e-4.
@@ -437,16 +448,9 @@ fn sft_on_the_cuda_backend_follows_the_cpu() {
     ok(&train(&cpu, &[]));
     let mut gpu = dp_args(&b);
     // f32 products and attention, as on the CPU (a GPU's default, `auto`, is bf16).
-    gpu.extend(["--device", "cuda", "--matmul-dtype", "f32", "--attention-dtype", "f32"].map(Into::into));
-    let env: &[(&str, &str)] =
-        if artist::tensor::cuda::driver_present() { &[] } else { &[("ARTIST_CUDA", "emulator")] };
-    let out = train(&gpu, env);
-    ok(&out);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("device cuda:0"));
-    let (ma, mb) = (
-        artist::train::metrics::read(&a.join("metrics.jsonl")).unwrap(),
-        artist::train::metrics::read(&b.join("metrics.jsonl")).unwrap(),
-    );
+    gpu.extend(["--matmul-dtype", "f32", "--attention-dtype", "f32"].map(Into::into));
+    train_on_cuda(gpu);
+    let (ma, mb) = metrics_of(&a, &b);
     assert_eq!(mb.len(), 3);
     for (x, y) in ma.iter().zip(&mb) {
         for key in ["loss", "grad_norm"] {
@@ -525,10 +529,7 @@ fn grpo_nproc_per_node_equals_one_process() {
     let diff = max_abs_diff(&last_checkpoint_weights(&a), &last_checkpoint_weights(&b));
     eprintln!("GRPO on 2 processes vs one: max |weight difference| {diff:e}");
     assert!(diff <= 1e-5, "max weight difference {diff:e}");
-    let (ma, mb) = (
-        artist::train::metrics::read(&a.join("metrics.jsonl")).unwrap(),
-        artist::train::metrics::read(&b.join("metrics.jsonl")).unwrap(),
-    );
+    let (ma, mb) = metrics_of(&a, &b);
     assert_eq!(mb.len(), 2);
     for (x, y) in ma.iter().zip(&mb) {
         assert_eq!(x["reward"], y["reward"], "step {}", x["step"]);
@@ -557,17 +558,8 @@ fn grpo_on_the_cuda_backend_follows_the_cpu() {
     let mut cpu = grpo_args(&a, &extra);
     cpu.extend(["--device".into(), "cpu".into()]);
     ok(&train(&cpu, &[]));
-    let mut gpu = grpo_args(&b, &extra);
-    gpu.extend(["--device".into(), "cuda".into()]);
-    let env: &[(&str, &str)] =
-        if artist::tensor::cuda::driver_present() { &[] } else { &[("ARTIST_CUDA", "emulator")] };
-    let out = train(&gpu, env);
-    ok(&out);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("device cuda:0"));
-    let (ma, mb) = (
-        artist::train::metrics::read(&a.join("metrics.jsonl")).unwrap(),
-        artist::train::metrics::read(&b.join("metrics.jsonl")).unwrap(),
-    );
+    train_on_cuda(grpo_args(&b, &extra));
+    let (ma, mb) = metrics_of(&a, &b);
     assert_eq!((ma.len(), mb.len()), (2, 2));
     for (x, y) in ma.iter().zip(&mb) {
         for key in ["reward", "response_tokens", "tool_calls_per_rollout", "truncated"] {
