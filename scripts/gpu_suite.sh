@@ -8,7 +8,10 @@
 # $OUT/results.tar.gz (gpu-results/ without $OUT), beside summary.txt and bench_cuda.json:
 # three files, since the device tool returns at most eight, two folders deep, and whatever
 # is there when a command is stopped at its limit. Each step has a time limit of its own
-# (STEP_TIMEOUT, default 240 s), so one hung step cannot take the whole call.
+# (STEP_TIMEOUT, default 240 s), so one hung step cannot take the whole call, and the whole
+# run one too (SUITE_TIMEOUT, default 540 s, inside the device tool's 600 s per command):
+# a step gets at most what is left of it, and steps past it are skipped and listed, so the
+# summary is always written.
 #
 #   1. which GPU, driver and CUDA libraries the binaries find;
 #   2. every kernel compiled by this machine's NVRTC (tests/nvrtc.rs);
@@ -43,6 +46,7 @@ b="$root/gpu-bundle"
 test -d "$b" || { echo "no gpu-bundle/: run scripts/gpu_bundle.sh on the build machine and carry it"; exit 2; }
 status=0
 limit="${STEP_TIMEOUT:-240}"
+deadline=$((SECONDS + ${SUITE_TIMEOUT:-540} - 15)) # 15 s kept for the summary and packing
 pack() {
     tar -czf "$dest/results.tar.gz.tmp" -C "$out" --exclude kernel-cache --exclude criterion . 2>/dev/null &&
         mv "$dest/results.tar.gz.tmp" "$dest/results.tar.gz"
@@ -79,10 +83,17 @@ export ARTIST_KERNEL_CACHE="$out/kernel-cache" ARTIST_GPU_VERBOSE=1 RUST_BACKTRA
 guarded() { # log file, then the command
     local log="$1"
     shift
-    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$out/$log"
+    local left=$((deadline - SECONDS)) t="$limit"
+    if [ "$left" -lt 20 ]; then
+        echo "SKIPPED (SUITE_TIMEOUT reached): $log" | tee -a "$out/failures.txt"
+        status=1
+        return
+    fi
+    [ "$left" -lt "$t" ] && t=$((left - 10))
+    timeout --kill-after=10 "$t" "$@" 2>&1 | tee "$out/$log"
     local rc=${PIPESTATUS[0]}
     if [ "$rc" -ne 0 ]; then
-        echo "FAILED ($([ "$rc" -ge 124 ] && echo "stopped after ${limit}s" || echo "exit $rc")): $log" | tee -a "$out/failures.txt"
+        echo "FAILED ($([ "$rc" -ge 124 ] && echo "stopped after ${t}s" || echo "exit $rc")): $log" | tee -a "$out/failures.txt"
         status=1
     fi
 }
@@ -138,7 +149,7 @@ fi
 step "summary"
 {
     cat "$out/device.txt"
-    grep -hE "^test result|FAILED" "$out"/*.log "$out/failures.txt" 2>/dev/null
+    grep -hE "^test result|FAILED|SKIPPED" "$out"/*.log "$out/failures.txt" 2>/dev/null
     cat "$out/bench.md" 2>/dev/null
     grep -E "^\|" "$out/train_step.log" 2>/dev/null
     grep -E "x$" "$out/rollout_hf.log" 2>/dev/null
