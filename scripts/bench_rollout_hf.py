@@ -15,11 +15,16 @@ and transformers; CI does not run it.
 
 import argparse
 import json
+import os
 import sys
 import time
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+
+# Packages carried to a machine that lacks them (scripts/gpu_wheels.sh), after its own.
+if os.environ.get("ARTIST_EXTRA_SITE"):
+    sys.path.append(os.environ["ARTIST_EXTRA_SITE"])
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 SHAPES = {
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,

@@ -60,6 +60,22 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 echo "commit $(cat "$b/COMMIT" 2>/dev/null)" | tee -a "$out/device.txt"
 ldconfig -p | grep -E "libcuda\.so|libnvrtc|libcublas|libnccl" | tee -a "$out/device.txt"
 ls -d /opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib /usr/local/cuda/lib64 2>/dev/null | tee -a "$out/device.txt"
+# The benchmarks' peers need PyTorch and transformers. Wheels carried as gpu-wheels/
+# (scripts/gpu_wheels.sh) are installed only when transformers is missing, and searched
+# after the machine's own packages.
+peers() {
+    python3 -c 'import os, sys
+if os.environ.get("ARTIST_EXTRA_SITE"): sys.path.append(os.environ["ARTIST_EXTRA_SITE"])
+import torch, transformers
+print("torch", torch.__version__, "transformers", transformers.__version__)'
+}
+if ! peers >> "$out/device.txt" 2>&1 && [ -d gpu-wheels ]; then
+    site="$(mktemp -d)"
+    python3 -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile --no-cache-dir --target "$site" gpu-wheels/*.whl &&
+        export ARTIST_EXTRA_SITE="$site" &&
+        peers >> "$out/device.txt" 2>&1 && echo "(transformers from gpu-wheels/)" >> "$out/device.txt"
+fi
+tail -2 "$out/device.txt"
 
 # The tests open fixtures and binaries under the build machine's checkout path.
 build_root="$(cat "$b/BUILD_ROOT")"
@@ -70,13 +86,14 @@ fi
 u="$(mktemp -d)"
 mkdir -p "$u/tests" "$u/bin" target/release
 for f in "$b"/tests/*.xz "$b"/bin/*.xz "$b"/cuda_kernels.xz "$b"/rollout.xz "$b"/train_step.xz; do
+    [ -e "$f" ] || continue # a call may carry only the parts it runs
     rel="${f#"$b"/}"
     # python3's lzma, in case the image has no xz
     python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
         "$f" "$u/${rel%.xz}"
     chmod +x "$u/${rel%.xz}"
 done
-cp "$u"/bin/* target/release/
+cp "$u"/bin/* target/release/ 2>/dev/null || true
 export ARTIST_KERNEL_CACHE="$out/kernel-cache" ARTIST_GPU_VERBOSE=1 RUST_BACKTRACE=1
 
 # A step: its log under $out, stopped after $limit seconds (a stop counts as a failure).
