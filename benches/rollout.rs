@@ -18,7 +18,8 @@
 //! T ms, so the time the engine spends waiting on tools is measured too. Prints one JSON
 //! line per setting; `scripts/bench_rollout_hf.py` runs transformers' `generate` on the
 //! same shapes. The bandwidth bound uses `--bandwidth-gbs`, or the GPU's datasheet figure
-//! when its name is known (H100 SXM 3,350 GB/s, H200 4,800 GB/s).
+//! when its name is known (H100 SXM 3,350 GB/s, H200 4,800 GB/s). Last, the attention of
+//! one prompt's prefill alone, in TFLOP/s (f32, and bf16 on a GPU).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,7 +150,69 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if decode > 0 {
         batch1_decode(&model, &batch[0], decode, bandwidth, device)?;
     }
+    prefill_attention(&config, prompt_len, device)?;
     Ok(())
+}
+
+/// Waits for the GPU's queued work (nothing to wait for on the CPU).
+fn sync(device: Device) -> Result<(), Box<dyn std::error::Error>> {
+    if let Device::Cuda(i) = device {
+        artist_tensor::cuda::synchronize(i)?;
+    }
+    Ok(())
+}
+
+/// The attention of one prompt's prefill at the model's shape, alone: `[P, heads, d]`
+/// queries against the P keys of the KV heads, causal. TFLOP/s counts two products of d
+/// multiply-adds per score and P (P + 1) / 2 scores per head, against the dense bf16 peak
+/// where the GPU is known. f32, and on a GPU bf16 too (the tensor-core kernels;
+/// `ARTIST_ATTN_WGMMA=1` for Hopper's warpgroup MMA). The median of 5 runs after a warm-up.
+fn prefill_attention(config: &Qwen2Config, p: usize, device: Device) -> Result<(), Box<dyn std::error::Error>> {
+    use rand::SeedableRng;
+    let (heads, kv_heads, d) = (config.num_attention_heads, config.num_key_value_heads, config.head_dim);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let flops = 4.0 * (heads * d) as f64 * (p * (p + 1) / 2) as f64;
+    let dtypes: &[DType] = if device.is_cuda() { &[DType::F32, DType::BF16] } else { &[DType::F32] };
+    for &dt in dtypes {
+        let q = artist_tensor::Tensor::randn((p, heads, d), 0.0, 1.0, dt, device, &mut rng)?;
+        let k = artist_tensor::Tensor::randn((p, kv_heads, d), 0.0, 1.0, dt, device, &mut rng)?;
+        let v = artist_tensor::Tensor::randn((p, kv_heads, d), 0.0, 1.0, dt, device, &mut rng)?;
+        let scale = (d as f32).powf(-0.5);
+        let mut times = Vec::new();
+        for i in 0..6 {
+            sync(device)?;
+            let t0 = std::time::Instant::now();
+            drop(q.causal_attention(&k, &v, scale)?);
+            sync(device)?;
+            if i > 0 {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let s = times[times.len() / 2];
+        let peak = datasheet_bf16_tflops(device);
+        println!(
+            "{}",
+            serde_json::json!({
+                "prefill_attention_len": p,
+                "heads": heads, "kv_heads": kv_heads, "head_dim": d,
+                "dtype": format!("{dt:?}").to_lowercase(),
+                "seconds": s,
+                "attention_tflops": flops / s / 1e12,
+                "peak_bf16_tflops": peak,
+                "fraction_of_bf16_peak": peak.map(|pk| flops / s / 1e12 / pk),
+                "device": device.to_string(),
+            })
+        );
+    }
+    Ok(())
+}
+
+/// Dense bf16 tensor-core peak (TFLOP/s) of a GPU known by name.
+fn datasheet_bf16_tflops(device: Device) -> Option<f64> {
+    let Device::Cuda(i) = device else { return None };
+    let name = artist_tensor::cuda::info(i).ok()?.name;
+    [("H200", 989.0), ("H100", 989.0), ("A100", 312.0)].iter().find(|(k, _)| name.contains(k)).map(|&(_, t)| t)
 }
 
 /// Kernels and matrix products queued so far on a GPU (none on the CPU).

@@ -170,7 +170,7 @@ step "summary"
     cat "$out/bench.md" 2>/dev/null
     grep -E "^\|" "$out/train_step.log" 2>/dev/null
     grep -E "x$" "$out/rollout_hf.log" 2>/dev/null
-    grep -h "sampled_tokens_per_s" "$out"/rollout.jsonl "$out"/rollout_bf16*.jsonl 2>/dev/null
+    grep -hE "sampled_tokens_per_s|batch1_decode|attention_tflops" "$out"/rollout.jsonl "$out"/rollout_bf16*.jsonl 2>/dev/null
 } | tee "$dest/summary.txt"
 pack
 exit $status
