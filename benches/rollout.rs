@@ -87,7 +87,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => return Err(format!("--kv-dtype {other}: expected f32 or bf16").into()),
     };
     let bandwidth: Option<f64> = match arg("--bandwidth-gbs", "").as_str() {
-        "" => datasheet_bandwidth(device),
+        "" => datasheet(device).map(|(gbs, _)| gbs),
         b => Some(b.parse()?),
     };
     let model =
@@ -190,7 +190,7 @@ fn prefill_attention(config: &Qwen2Config, p: usize, device: Device) -> Result<(
         }
         times.sort_by(f64::total_cmp);
         let s = times[times.len() / 2];
-        let peak = datasheet_bf16_tflops(device);
+        let peak = datasheet(device).map(|(_, tflops)| tflops);
         println!(
             "{}",
             serde_json::json!({
@@ -208,27 +208,21 @@ fn prefill_attention(config: &Qwen2Config, p: usize, device: Device) -> Result<(
     Ok(())
 }
 
-/// Dense bf16 tensor-core peak (TFLOP/s) of a GPU known by name.
-fn datasheet_bf16_tflops(device: Device) -> Option<f64> {
-    let Device::Cuda(i) = device else { return None };
-    let name = artist_tensor::cuda::info(i).ok()?.name;
-    [("H200", 989.0), ("H100", 989.0), ("A100", 312.0)].iter().find(|(k, _)| name.contains(k)).map(|&(_, t)| t)
-}
-
 /// Kernels and matrix products queued so far on a GPU (none on the CPU).
 fn launches(device: Device) -> Option<u64> {
     let Device::Cuda(i) = device else { return None };
     artist_tensor::cuda::launch_count(i).ok()
 }
 
-/// Datasheet memory bandwidth (GB/s) of a GPU known by name.
-fn datasheet_bandwidth(device: Device) -> Option<f64> {
+/// Datasheet memory bandwidth (GB/s) and dense bf16 tensor-core peak (TFLOP/s) of a GPU
+/// known by name.
+fn datasheet(device: Device) -> Option<(f64, f64)> {
     let Device::Cuda(i) = device else { return None };
     let name = artist_tensor::cuda::info(i).ok()?.name;
-    [("H200", 4800.0), ("H100", 3350.0), ("A100-SXM4-80GB", 2039.0), ("A100", 1555.0)]
+    [("H200", 4800.0, 989.0), ("H100", 3350.0, 989.0), ("A100-SXM4-80GB", 2039.0, 312.0), ("A100", 1555.0, 312.0)]
         .iter()
-        .find(|(k, _)| name.contains(k))
-        .map(|&(_, b)| b)
+        .find(|(k, _, _)| name.contains(k))
+        .map(|&(_, gbs, tflops)| (gbs, tflops))
 }
 
 /// One sequence: the prompt prefilled, then `n` tokens decoded one at a time, sampled on

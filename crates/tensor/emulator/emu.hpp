@@ -113,25 +113,32 @@ void wgmma_defer(std::function<void()> op);
 void wgmma_commit();
 void wgmma_wait(unsigned pending);
 
-inline unsigned lane() { return linear_tid() & 31u; }
-inline unsigned warp() { return linear_tid() >> 5; }
-
 // Every lane publishes `v`, then reads lane `src(lane)`'s value (its own when src is out
 // of range). One barrier: consecutive shuffles use the warp's two rounds of slots in turn,
 // and a lane writes a round again only after the next shuffle's barrier, which every lane
 // reaches after its read of this one.
-template <class T, class F>
-inline T exchange(T v, F src) {
+// The current thread's part of an exchange: `v` written to its slot of this round, then the
+// warp barrier. Returns the warp's slots (kSlotsPerWarp of them) and this exchange's round.
+template <class T>
+inline std::pair<unsigned long long*, unsigned> publish(T v) {
     static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
     Fiber& me = *current;
-    const unsigned l = me.linear & 31u;
-    unsigned long long* s = block->slots + kSlotsPerWarp * (me.linear >> 5) + 32 * (me.exchanges++ & 1u);
+    const unsigned round = me.exchanges++;
+    unsigned long long* w = block->slots + kSlotsPerWarp * (me.linear >> 5);
     unsigned long long bits = 0;
     std::memcpy(&bits, &v, sizeof(T));
-    s[l] = bits;
+    w[32 * (round & 1u) + (me.linear & 31u)] = bits;
     warp_barrier();
-    int from = src((int)l);
-    unsigned long long got = (from >= 0 && from < 32) ? s[from] : bits;
+    return {w, round};
+}
+
+template <class T, class F>
+inline T exchange(T v, F src) {
+    const auto [w, round] = publish(v);
+    const unsigned long long* s = w + 32 * (round & 1u);
+    const int l = (int)(current->linear & 31u);
+    int from = src(l);
+    unsigned long long got = s[(from >= 0 && from < 32) ? from : l];
     T r;
     std::memcpy(&r, &got, sizeof(T));
     return r;
@@ -144,16 +151,8 @@ inline T exchange(T v, F src) {
 // same values to the bit. (The next exchange's barrier comes after every lane's read.)
 template <class T, class Op>
 inline T butterfly(T v, Op op) {
-    static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
-    Fiber& me = *current;
-    const unsigned l = me.linear & 31u;
-    const unsigned round = me.exchanges++;
-    unsigned long long* w = block->slots + kSlotsPerWarp * (me.linear >> 5);
-    unsigned long long* s = w + 32 * (round & 1u);
-    unsigned long long bits = 0;
-    std::memcpy(&bits, &v, sizeof(T));
-    s[l] = bits;
-    warp_barrier();
+    const auto [w, round] = publish(v);
+    const unsigned long long* s = w + 32 * (round & 1u);
     if (w[kResultsFor] != round + 1ull) {  // 0: none yet in this block
         T x[32], y[32];
         for (unsigned i = 0; i < 32; ++i) std::memcpy(&x[i], &s[i], sizeof(T));
@@ -169,7 +168,7 @@ inline T butterfly(T v, Op op) {
         w[kResultsFor] = round + 1ull;
     }
     T r;
-    std::memcpy(&r, &w[kResults + l], sizeof(T));
+    std::memcpy(&r, &w[kResults + (current->linear & 31u)], sizeof(T));
     return r;
 }
 

@@ -89,7 +89,6 @@ struct Stacks {
 
 thread_local const Launch* running = nullptr;
 thread_local std::vector<Fiber> fibers;
-thread_local unsigned block_threads = 0;  // the threads of the block being run
 thread_local Stacks stacks;
 
 // The next thread to run when `me` stops in state `s`, without going back to the scheduler
@@ -99,7 +98,8 @@ thread_local Stacks stacks;
 // done or waits at __syncthreads, or its lanes are stuck at different barriers), or when
 // `me` itself runs on.
 Fiber* next_in_warp(Fiber* me, State s) {
-    const unsigned lo = me->linear & ~31u, hi = std::min(block_threads, lo + 32);
+    const dim3 d = block->dim;
+    const unsigned lo = me->linear & ~31u, hi = std::min(d.x * d.y * d.z, lo + 32);
     for (unsigned t = me->linear + 1; t < hi; ++t)
         if (fibers[t].state == READY) return &fibers[t];
     if (s != AT_WARP) return nullptr;
@@ -181,7 +181,6 @@ void start_fiber(Fiber& f, unsigned char* stack, size_t size) {
 // threads wait at barriers that cannot all be reached.
 bool run_block(unsigned n, std::string& err) {
     const dim3 d = block->dim;
-    block_threads = n;
     for (unsigned t = 0; t < n; ++t) {
         Fiber& f = fibers[t];
         f.linear = t;
