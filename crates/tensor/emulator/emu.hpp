@@ -7,8 +7,10 @@
 // exchange behind a shuffle), so the memory semantics are those of a GPU whose threads
 // interleave only at barriers. A warp runs as far as it can before the block's next
 // __syncthreads before the next warp starts (one warp ahead of the others, as a GPU may
-// run them). Blocks run one after another. A barrier that not every live
-// thread of the block (or warp) reaches is reported as an error instead of hanging.
+// run them). Blocks run one after another. Blocks, warps and lanes go by ascending index,
+// or descending (a launch's `reverse`), so that a race the one order hides shows in the
+// other. A barrier that not every live thread of the block (or warp) reaches is reported
+// as an error instead of hanging, and so is a launch still running at its deadline.
 //
 // `__shared__` becomes `static thread_local`: one copy per OS thread, which is all the
 // fibers of the block being run, so launches on different OS threads do not interfere.

@@ -4,6 +4,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <chrono>
+
 // Switching fibers. On x86-64 a hand-written switch saves the callee-saved registers and the
 // floating-point control words and swaps stacks: no system call, unlike swapcontext (which
 // saves the signal mask each time), so barrier-heavy kernels run tens of times faster.
@@ -89,30 +91,53 @@ struct Stacks {
 
 thread_local const Launch* running = nullptr;
 thread_local std::vector<Fiber> fibers;
+// Whether the launch being run goes last first: its blocks, the warps of each block and the
+// lanes of each warp (see artist_emu_set_order).
+thread_local bool reversed = false;
+// When the launch being run must have ended, checked at every barrier (a kernel that loops
+// forever through barriers fails instead of hanging; one that spins without a barrier still
+// hangs).
+thread_local std::chrono::steady_clock::time_point deadline;
+thread_local bool has_deadline = false;
+
+thread_local unsigned deadline_ticks = 0;
+thread_local bool timed_out = false;
+
+// Whether the deadline has passed, looking at the clock every 16th call (a call per barrier)
+// and true from then on.
+bool past_deadline() {
+    if (timed_out) return true;
+    if (!has_deadline || (++deadline_ticks & 15u)) return false;
+    timed_out = std::chrono::steady_clock::now() > deadline;
+    return timed_out;
+}
 thread_local Stacks stacks;
 
 // The next thread to run when `me` stops in state `s`, without going back to the scheduler
 // when the scheduler would run it next: the next lane of `me`'s warp that has yet to reach
-// the barrier (lanes run in order), or, once every live lane of the warp waits at a warp
+// the barrier (lanes run in order: ascending, or descending when `reversed`), or, once every live lane of the warp waits at a warp
 // barrier, the first of them, all released. Null when the scheduler decides (the warp is
 // done or waits at __syncthreads, or its lanes are stuck at different barriers), or when
 // `me` itself runs on.
 Fiber* next_in_warp(Fiber* me, State s) {
     const dim3 d = block->dim;
     const unsigned lo = me->linear & ~31u, hi = std::min(d.x * d.y * d.z, lo + 32);
-    for (unsigned t = me->linear + 1; t < hi; ++t)
-        if (fibers[t].state == READY) return &fibers[t];
-    if (s != AT_WARP) return nullptr;
-    unsigned first = hi;
-    for (unsigned t = lo; t < hi; ++t) {
-        State st = fibers[t].state;
-        if (st == DONE) continue;
-        if (st != AT_WARP) return nullptr;
-        if (first == hi) first = t;
+    const unsigned lanes = hi - lo, at = me->linear - lo;
+    // The i-th lane to run of this warp.
+    auto lane = [&](unsigned i) -> Fiber& { return fibers[lo + (reversed ? lanes - 1 - i : i)]; };
+    const unsigned pos = reversed ? lanes - 1 - at : at;
+    for (unsigned i = pos + 1; i < lanes; ++i)
+        if (lane(i).state == READY) return &lane(i);
+    if (s != AT_WARP || past_deadline()) return nullptr;  // the scheduler reports a timeout
+    Fiber* first = nullptr;
+    for (unsigned i = 0; i < lanes; ++i) {
+        Fiber& f = lane(i);
+        if (f.state == DONE) continue;
+        if (f.state != AT_WARP) return nullptr;
+        if (!first) first = &f;
+        f.state = READY;
     }
-    for (unsigned t = first; t < hi; ++t)
-        if (fibers[t].state == AT_WARP) fibers[t].state = READY;
-    return &fibers[first];
+    return first;
 }
 
 #if ARTIST_EMU_ASM_SWITCH
@@ -204,14 +229,17 @@ bool run_block(unsigned n, std::string& err) {
         // every live lane waits at __syncthreads (or is stuck). So one warp runs ahead of the
         // others between block barriers, as it may on a GPU, and a kernel that overwrites
         // shared memory another warp has yet to read, with no barrier between, shows it.
+        // Reversed, the last warp runs first, and a race shows the other way round.
         unsigned live = 0, at_block = 0;
-        for (unsigned w = 0; w < warps; ++w) {
+        for (unsigned wi = 0; wi < warps; ++wi) {
+            const unsigned w = reversed ? warps - 1 - wi : wi;
             const unsigned lo = w * 32, hi = std::min(n, w * 32 + 32);
             for (;;) {
-                for (unsigned t = lo; t < hi; ++t) {
-                    if (fibers[t].state == READY) {
-                        current = &fibers[t];
-                        run_fiber(fibers[t]);
+                for (unsigned i = 0; i < hi - lo; ++i) {
+                    Fiber& f = fibers[reversed ? hi - 1 - i : lo + i];
+                    if (f.state == READY) {
+                        current = &f;
+                        run_fiber(f);
                     }
                 }
                 current = nullptr;
@@ -219,6 +247,15 @@ bool run_block(unsigned n, std::string& err) {
                 for (unsigned t = lo; t < hi; ++t) {
                     if (fibers[t].state != DONE) ++wl;
                     if (fibers[t].state == AT_WARP) ++ww;
+                }
+                if (past_deadline()) {
+                    char buf[200];
+                    snprintf(buf, sizeof buf,
+                             "block (%u, %u, %u) still running when the launch's time ran out "
+                             "(ARTIST_EMU_TIMEOUT): a kernel that does not end?",
+                             block->idx.x, block->idx.y, block->idx.z);
+                    err = buf;
+                    return false;
                 }
                 if (wl == 0 || ww != wl) break;
                 for (unsigned t = lo; t < hi; ++t)
@@ -328,9 +365,13 @@ extern "C" {
 
 // Runs kernel `name` over `grid` blocks of `block_dim` threads with `smem` bytes of dynamic
 // shared memory. `args[i]` points at the i-th argument's value, which is `sizes[i]` bytes:
-// each is checked against the kernel's own parameter sizes. Returns 0, or -1 with `err`.
+// each is checked against the kernel's own parameter sizes. Blocks, the warps of a block
+// and the lanes of a warp run by ascending index, or descending where `reverse` is nonzero.
+// A launch still running after `timeout_s` seconds (none when 0) fails at its next barrier.
+// Returns 0, or -1 with `err`.
 int artist_emu_launch(const char* name, const unsigned* grid, const unsigned* block_dim, unsigned smem,
-                      void** args, const size_t* sizes, size_t nargs, char* err, size_t err_len) {
+                      void** args, const size_t* sizes, size_t nargs, int reverse, double timeout_s, char* err,
+                      size_t err_len) {
     auto& reg = emu::registry();
     auto it = reg.find(name);
     if (it == reg.end()) {
@@ -385,13 +426,20 @@ int artist_emu_launch(const char* name, const unsigned* grid, const unsigned* bl
     emu::block = &b;
     std::string msg;
     bool ok = true;
-    for (unsigned z = 0; ok && z < grid[2]; ++z)
-        for (unsigned y = 0; ok && y < grid[1]; ++y)
-            for (unsigned x = 0; ok && x < grid[0]; ++x) {
-                b.idx = uint3{x, y, z};
-                std::fill(dyn.begin(), dyn.end(), 0xff);
-                ok = emu::run_block(n, msg);
-            }
+    const unsigned long long blocks = (unsigned long long)grid[0] * grid[1] * grid[2];
+    emu::reversed = reverse != 0;
+    emu::has_deadline = timeout_s > 0;
+    emu::timed_out = false;
+    if (emu::has_deadline)
+        emu::deadline = std::chrono::steady_clock::now() +
+                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                            std::chrono::duration<double>(std::min(timeout_s, 1e9)));
+    for (unsigned long long i = 0; ok && i < blocks; ++i) {
+        const unsigned long long k = emu::reversed ? blocks - 1 - i : i;
+        b.idx = uint3{(unsigned)(k % grid[0]), (unsigned)(k / grid[0] % grid[1]), (unsigned)(k / grid[0] / grid[1])};
+        std::fill(dyn.begin(), dyn.end(), 0xff);
+        ok = emu::run_block(n, msg);
+    }
     emu::running = nullptr;
     emu::block = nullptr;
     if (!ok) {

@@ -93,3 +93,39 @@ extern "C" __global__ void emu_selftest_butterfly(const float* xf, const u32* xu
     r[7] = (u32)(mu >> 32);
 }
 ARTIST_EXPORT(emu_selftest_butterfly)
+
+// Races, three ways, for the emulator's two orders: with no barrier between a thread's write
+// and another thread's read, each thread of 2 blocks of 64 reads the slot of the next lane of
+// its warp and of the same lane of the other warp in shared memory, and thread 0 of each
+// block reads the other block's flag in global memory. Slots and flags start at 0 and are
+// set to (thread + 1) and 1. out: per block 128 words (64 next-lane reads, 64 other-warp
+// reads), then the two blocks' flag reads. Which writes a read sees depends on the order.
+extern "C" __global__ void emu_selftest_race(u32* flags, u32* out) {
+    __shared__ u32 slot[64];
+    const int t = (int)threadIdx.x, b = (int)blockIdx.x;
+    slot[t] = 0;
+    __syncthreads();
+    slot[t] = (u32)t + 1;
+    out[b * 128 + t] = slot[(t & 32) + ((t + 1) & 31)];
+    out[b * 128 + 64 + t] = slot[t ^ 32];
+    if (t == 0) {
+        flags[b] = 1;
+        out[256 + b] = flags[b ^ 1];
+    }
+}
+ARTIST_EXPORT(emu_selftest_race)
+
+// A kernel that does not end: it loops until `*stop` is nonzero, which nobody sets, through a
+// block barrier (`mode` 0) or a shuffle (1). The launch must fail when its time runs out.
+extern "C" __global__ void emu_selftest_forever(const u32* stop, u32 mode) {
+    u32 v = threadIdx.x;
+    while (!*(volatile const u32*)stop) {
+        if (mode == 0) {
+            __syncthreads();
+        } else {
+            v = __shfl_xor_sync(FULL_MASK, v, 1);
+        }
+    }
+    (void)v;
+}
+ARTIST_EXPORT(emu_selftest_forever)

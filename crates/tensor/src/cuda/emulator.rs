@@ -24,6 +24,8 @@ unsafe extern "C" {
         args: *mut *mut c_void,
         sizes: *const usize,
         nargs: usize,
+        reverse: i32,
+        timeout_s: f64,
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
@@ -55,6 +57,80 @@ pub fn kernel_names() -> Vec<String> {
 pub fn set_eager_copies(eager: bool) {
     // SAFETY: sets a thread-local flag of the emulator runtime.
     unsafe { artist_emu_set_eager_copies(eager as i32) }
+}
+
+/// The order the emulator runs the blocks of a grid, the warps of a block (between block
+/// barriers) and the lanes of a warp (between warp barriers) in, one after another. A GPU
+/// runs them in any order, or at once, so a kernel with a race (a read of what another
+/// thread writes, or two writes to one place, with no barrier between) can give different
+/// results in different orders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// By ascending index (the default).
+    Forward,
+    /// By descending index.
+    Reverse,
+    /// Both: each launch runs forward, then again in reverse from the same memory, and the
+    /// two must leave every buffer its arguments point into with the same bits, or the
+    /// launch fails naming the kernel, the argument and the first byte that differs. Every
+    /// kernel of the backend is deterministic (integer atomics only), so any difference is
+    /// a race.
+    Both,
+}
+
+impl std::str::FromStr for Order {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Order, String> {
+        match s {
+            "forward" => Ok(Order::Forward),
+            "reverse" => Ok(Order::Reverse),
+            "both" => Ok(Order::Both),
+            other => Err(format!("ARTIST_EMU_ORDER is {other:?}: it must be \"forward\", \"reverse\" or \"both\"")),
+        }
+    }
+}
+
+thread_local! {
+    static THREAD_ORDER: std::cell::Cell<Option<Order>> = const { std::cell::Cell::new(None) };
+}
+
+/// The order of kernels launched from this thread, or `None` for the process's:
+/// `ARTIST_EMU_ORDER` (`forward`, the default, `reverse` or `both`), read once.
+pub fn set_order(order: Option<Order>) {
+    THREAD_ORDER.with(|o| o.set(order));
+}
+
+/// How long one launch may run, in seconds (0: no limit): `ARTIST_EMU_TIMEOUT`, 300 when
+/// unset. A kernel still running then (one that loops forever through barriers) fails at its
+/// next barrier, instead of hanging the process; one that spins without a barrier still hangs.
+fn launch_timeout() -> Result<f64> {
+    static PROCESS: std::sync::OnceLock<std::result::Result<f64, String>> = std::sync::OnceLock::new();
+    PROCESS
+        .get_or_init(|| match std::env::var("ARTIST_EMU_TIMEOUT") {
+            Ok(v) if !v.is_empty() => v
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .ok_or_else(|| format!("ARTIST_EMU_TIMEOUT is {v:?}: it must be a number of seconds (0: no limit)")),
+            _ => Ok(300.0),
+        })
+        .clone()
+        .map_err(|msg| Error::Cuda { op: "launch (emulator)", msg })
+}
+
+/// This thread's order, or the process's; an error for a bad `ARTIST_EMU_ORDER`.
+fn order() -> Result<Order> {
+    if let Some(o) = THREAD_ORDER.with(|o| o.get()) {
+        return Ok(o);
+    }
+    static PROCESS: std::sync::OnceLock<std::result::Result<Order, String>> = std::sync::OnceLock::new();
+    PROCESS
+        .get_or_init(|| match std::env::var("ARTIST_EMU_ORDER") {
+            Ok(v) if !v.is_empty() => v.parse(),
+            _ => Ok(Order::Forward),
+        })
+        .clone()
+        .map_err(|msg| Error::Cuda { op: "launch (emulator)", msg })
 }
 
 const ALIGN: usize = 256;
@@ -267,7 +343,68 @@ impl Emulator {
         Ok(())
     }
 
-    fn run_launch(&self, kernel: &Kernel, cfg: LaunchCfg, mut args: Args) -> Result<()> {
+    fn run_launch(&self, kernel: &Kernel, cfg: LaunchCfg, args: Args) -> Result<()> {
+        match order()? {
+            Order::Forward => self.run_launch_in(kernel, cfg, args, false),
+            Order::Reverse => self.run_launch_in(kernel, cfg, args, true),
+            Order::Both => self.run_launch_both_ways(kernel, cfg, args),
+        }
+    }
+
+    /// The live allocations the arguments point into: `(argument, base, size)`, each once.
+    fn reachable(&self, args: &Args) -> Vec<(usize, u64, usize)> {
+        let blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found: Vec<(usize, u64, usize)> = Vec::new();
+        for (i, w) in args.words() {
+            if let Some((&base, &size)) = blocks.range(..=w).next_back()
+                && w < base + size as u64
+                && !found.iter().any(|&(_, b, _)| b == base)
+            {
+                found.push((i, base, size));
+            }
+        }
+        found
+    }
+
+    /// [`Order::Both`]: forward, then reverse from the memory the launch started from, and
+    /// the same bits left in every buffer the arguments reach.
+    fn run_launch_both_ways(&self, kernel: &Kernel, cfg: LaunchCfg, args: Args) -> Result<()> {
+        let regions = self.reachable(&args);
+        // SAFETY (all three): each region is a live allocation of `size` bytes, which the
+        // launch's owner keeps alive for the launch; no other thread writes it meanwhile
+        // (a tensor's memory belongs to the thread launching on it).
+        let read = |&(_, base, size): &(usize, u64, usize)| unsafe {
+            std::slice::from_raw_parts(base as *const u8, size).to_vec()
+        };
+        let before: Vec<Vec<u8>> = regions.iter().map(read).collect();
+        self.run_launch_in(kernel, cfg, args.clone(), false)?;
+        let forward: Vec<Vec<u8>> = regions.iter().map(read).collect();
+        for ((_, base, size), (b, f)) in regions.iter().zip(before.iter().zip(&forward)) {
+            if b != f {
+                unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), *base as *mut u8, *size) };
+            }
+        }
+        self.run_launch_in(kernel, cfg, args, true)?;
+        for (region, f) in regions.iter().zip(&forward) {
+            let r = read(region);
+            if let Some(at) = r.iter().zip(f).position(|(a, b)| a != b) {
+                let differ = r.iter().zip(f).filter(|(a, b)| a != b).count();
+                return Err(Error::Cuda {
+                    op: "launch (emulator)",
+                    msg: format!(
+                        "{}: a race: the memory argument {} points into differs between blocks, warps and \
+                         lanes run forward and in reverse ({differ} of {} bytes, the first at byte {at}: \
+                         {:#04x} forward, {:#04x} reversed)",
+                        kernel.name, region.0, region.2, f[at], r[at]
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn run_launch_in(&self, kernel: &Kernel, cfg: LaunchCfg, mut args: Args, reverse: bool) -> Result<()> {
+        let timeout = launch_timeout()?;
         let name = CString::new(kernel.name.as_str()).expect("kernel names have no NUL");
         let sizes = args.sizes().to_vec();
         let mut ptrs = args.pointers();
@@ -283,6 +420,8 @@ impl Emulator {
                 ptrs.as_mut_ptr(),
                 sizes.as_ptr(),
                 sizes.len(),
+                reverse as i32,
+                timeout,
                 err.as_mut_ptr(),
                 err.len(),
             )
@@ -452,13 +591,15 @@ mod tests {
         super::set_eager_copies(false);
     }
 
-    /// One warp runs ahead of another between block barriers.
+    /// One warp runs ahead of another between block barriers (warp 0 first, forward).
     #[test]
     fn a_warp_runs_ahead_of_the_next_between_barriers() {
         let Some(dev) = device() else { return };
         let out = Tensor::full(7.0, 1, DType::U32, Device::Cuda(0)).unwrap();
         let args = Args::new().arg(ptr(&out));
+        super::set_order(Some(super::Order::Forward));
         dev.launch("selftest", "emu_selftest_warp_ahead".into(), LaunchCfg::linear(1, 64), args).unwrap();
+        super::set_order(None);
         assert_eq!(out.to_vec::<u32>().unwrap(), [0], "warp 0 saw warp 1's write: the warps ran in lockstep");
     }
 
@@ -501,6 +642,129 @@ mod tests {
         assert!(f32::from_bits(warp_of(3)[2]).is_nan());
         assert!(!f32::from_bits(warp_of(2)[2]).is_nan());
         assert_ne!(warp_of(0)[0], warp_of(1)[0]);
+    }
+
+    /// The two orders run blocks, warps and lanes as they say: a racy kernel's reads see the
+    /// writes of the threads (and the block) that ran before them, and only those.
+    #[test]
+    fn the_orders_show_a_race_both_ways() {
+        let Some(dev) = device() else { return };
+        let mut seen = Vec::new();
+        for order in [super::Order::Forward, super::Order::Reverse] {
+            super::set_order(Some(order));
+            let flags = Tensor::zeros(2, DType::U32, Device::Cuda(0)).unwrap();
+            let out = Tensor::zeros(258, DType::U32, Device::Cuda(0)).unwrap();
+            let args = Args::new().arg(ptr(&flags)).arg(ptr(&out));
+            dev.launch("selftest", "emu_selftest_race".into(), LaunchCfg::linear(2, 64), args).unwrap();
+            super::set_order(None);
+            let got = out.to_vec::<u32>().unwrap();
+            let rev = order == super::Order::Reverse;
+            for b in 0..2 {
+                for t in 0..64u32 {
+                    let next = (t & 32) + ((t + 1) & 31);
+                    // Forward, a lane sees the next lane's write only where it wraps to lane 0
+                    // (which ran first); reversed, everywhere but there.
+                    let ran_before = (next < t) != rev;
+                    let want = if ran_before { next + 1 } else { 0 };
+                    assert_eq!(got[b * 128 + t as usize], want, "{order:?}: block {b} thread {t}, next lane");
+                    let other = t ^ 32;
+                    let want = if (other < t) != rev { other + 1 } else { 0 };
+                    assert_eq!(got[b * 128 + 64 + t as usize], want, "{order:?}: block {b} thread {t}, other warp");
+                }
+            }
+            assert_eq!(got[256..], if rev { [1, 0] } else { [0, 1] }, "{order:?}: the blocks' flags");
+            seen.push(got);
+        }
+        assert_ne!(seen[0], seen[1]);
+    }
+
+    /// Run both ways, a racy launch fails naming the kernel and where its results differ; a
+    /// launch without a race (five shuffles and butterflies per warp, three warps per block)
+    /// runs, and leaves what it leaves run once.
+    #[test]
+    fn both_orders_catch_a_race_and_pass_a_clean_kernel() {
+        let Some(dev) = device() else { return };
+        super::set_order(Some(super::Order::Both));
+        let flags = Tensor::zeros(2, DType::U32, Device::Cuda(0)).unwrap();
+        let out = Tensor::zeros(258, DType::U32, Device::Cuda(0)).unwrap();
+        let args = Args::new().arg(ptr(&flags)).arg(ptr(&out));
+        let err = dev.launch("selftest", "emu_selftest_race".into(), LaunchCfg::linear(2, 64), args);
+        let n = 3 * 96;
+        let xf: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 10f32.powi(i as i32 % 7 - 3)).collect();
+        let xu: Vec<u32> = (0..2 * n as u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
+        let f = Tensor::from_vec(xf, n, Device::Cuda(0)).unwrap();
+        let u = Tensor::from_vec(xu, 2 * n, Device::Cuda(0)).unwrap();
+        let run = |order| {
+            super::set_order(Some(order));
+            let out = Tensor::full(7.0, 8 * n, DType::U32, Device::Cuda(0)).unwrap();
+            let args = Args::new().arg(ptr(&f)).arg(ptr(&u)).arg(ptr(&out));
+            let r = dev.launch("selftest", "emu_selftest_butterfly".into(), LaunchCfg::linear(3, 96), args);
+            super::set_order(None);
+            r.map(|()| out.to_vec::<u32>().unwrap())
+        };
+        let (both, forward) = (run(super::Order::Both), run(super::Order::Forward));
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains("emu_selftest_race: a race") && err.contains("argument 1"), "{err}");
+        assert_eq!(both.unwrap(), forward.unwrap());
+    }
+
+    /// Runs test `name` of this binary again in a child process with `env` set (the
+    /// emulator reads its variables once per process) and returns what the child printed,
+    /// after checking that it passed; `None` in the child itself.
+    fn in_child(name: &str, env: &[(&str, &str)]) -> Option<String> {
+        if std::env::var_os("ARTIST_EMU_TEST_CHILD").is_some() {
+            return None;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args(["--exact", &format!("cuda::emulator::tests::{name}"), "--nocapture", "--test-threads", "1"])
+            .env("ARTIST_EMU_TEST_CHILD", "1")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "the child ran no test: {text}");
+        Some(text)
+    }
+
+    /// An order other than `forward`, `reverse` or `both` in `ARTIST_EMU_ORDER` is refused by
+    /// name.
+    #[test]
+    fn a_bad_order_is_an_error() {
+        if in_child("a_bad_order_is_an_error", &[("ARTIST_EMU_ORDER", "sideways")]).is_some() {
+            return;
+        }
+        let Some(dev) = device() else { return };
+        let out = Tensor::zeros(32, DType::U32, Device::Cuda(0)).unwrap();
+        let args = Args::new().arg(ptr(&out));
+        let err = dev.launch("selftest", "emu_selftest_warp_ahead".into(), LaunchCfg::linear(1, 32), args).unwrap_err();
+        let want = "ARTIST_EMU_ORDER is \"sideways\": it must be \"forward\", \"reverse\" or \"both\"";
+        assert!(err.to_string().contains(want), "{err}");
+    }
+
+    /// A kernel that loops forever through block barriers, or through shuffles, fails when
+    /// `ARTIST_EMU_TIMEOUT` runs out instead of hanging; a bad value is refused by name.
+    #[test]
+    fn a_kernel_that_does_not_end_times_out() {
+        if in_child("a_kernel_that_does_not_end_times_out", &[("ARTIST_EMU_TIMEOUT", "0.2")]).is_some() {
+            in_child("a_kernel_that_does_not_end_times_out", &[("ARTIST_EMU_TIMEOUT", "soon")]);
+            return;
+        }
+        let Some(dev) = device() else { return };
+        let want = match std::env::var("ARTIST_EMU_TIMEOUT").as_deref() {
+            Ok("soon") => "ARTIST_EMU_TIMEOUT is \"soon\": it must be a number of seconds (0: no limit)",
+            _ => "emu_selftest_forever: block (0, 0, 0) still running when the launch's time ran out",
+        };
+        let stop = Tensor::zeros(1, DType::U32, Device::Cuda(0)).unwrap();
+        for mode in [0u32, 1] {
+            let args = Args::new().arg(ptr(&stop)).arg(mode);
+            let start = std::time::Instant::now();
+            let err =
+                dev.launch("selftest", "emu_selftest_forever".into(), LaunchCfg::linear(2, 64), args).unwrap_err();
+            assert!(start.elapsed().as_secs_f64() < 30.0, "mode {mode}: {:?}", start.elapsed());
+            assert!(err.to_string().contains(want), "mode {mode}: {err}");
+        }
     }
 
     /// A barrier that not every thread can reach is an error that says so, not a hang.

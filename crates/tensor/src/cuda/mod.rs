@@ -288,6 +288,17 @@ pub fn emulator_eager_copies(eager: bool) {
     emulator::set_eager_copies(eager)
 }
 
+/// On the emulator, the order kernels launched from this thread run their blocks, warps and
+/// lanes in (`None`: the process's, from `ARTIST_EMU_ORDER`); see the emulator's `set_order`.
+/// No effect on a GPU.
+#[cfg(feature = "emulator")]
+pub fn emulator_order(order: Option<EmulatorOrder>) {
+    emulator::set_order(order)
+}
+
+#[cfg(feature = "emulator")]
+pub use emulator::Order as EmulatorOrder;
+
 // ---- devices ----------------------------------------------------------------------------
 
 pub(crate) struct GpuDevice {

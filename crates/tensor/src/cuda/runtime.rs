@@ -75,6 +75,13 @@ impl Args {
         &self.sizes
     }
 
+    /// Each argument's value as 8-byte words (the last one zero-padded), with its position:
+    /// where a device pointer would be, in a scalar or a `#[repr(C)]` struct.
+    #[cfg(feature = "emulator")]
+    pub fn words(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.vals.iter().enumerate().flat_map(|(i, v)| v.iter().map(move |&w| (i, w)))
+    }
+
     /// Pointers to each argument's value, valid while `self` lives unmoved.
     pub fn pointers(&mut self) -> Vec<*mut c_void> {
         self.vals.iter_mut().map(|v| v.as_mut_ptr() as *mut c_void).collect()
