@@ -1,6 +1,7 @@
 // The emulator's scheduler and its C entry points (see emu.hpp). Compiled in the same
 // translation unit as the kernels, so the kernels' registrations are linked in whenever the
 // entry points are.
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -59,6 +60,7 @@ constexpr size_t kGuard = 4096;
 constexpr unsigned kMaxThreads = 1024;
 
 struct Launch {
+    const char* name;
     const Entry* entry;
     void** args;
 };
@@ -293,6 +295,40 @@ bool run_block(unsigned n, std::string& err) {
     }
 }
 
+// Faults. Device memory is host memory between guard pages (crates/tensor/src/cuda/
+// emulator.rs), and each fiber's stack sits above one, so a kernel's access past the end of
+// a buffer, or a too deep stack, faults. The handler names the kernel, block and thread
+// that faulted on standard error, then hands the fault on to the handler it replaced
+// (Rust's stack-overflow check, or the default), which ends the process.
+struct sigaction previous_segv, previous_bus;
+
+void on_fault(int sig, siginfo_t* info, void*) {
+    if (running && block && current) {
+        char buf[512];
+        int n = snprintf(buf, sizeof buf,
+                         "\nCUDA emulator: kernel %s, block (%u, %u, %u), thread %u: %s at %p, outside every "
+                         "buffer (an access past the end of one, or a fiber's stack overflowing)\n",
+                         running->name, block->idx.x, block->idx.y, block->idx.z, current->linear,
+                         sig == SIGSEGV ? "segmentation fault" : "bus error", info ? info->si_addr : nullptr);
+        if (n > 0) {
+            ssize_t w = write(2, buf, (size_t)std::min(n, (int)sizeof buf - 1));
+            (void)w;
+        }
+    }
+    sigaction(sig, sig == SIGSEGV ? &previous_segv : &previous_bus, nullptr);
+    // Returning runs the faulting access again, under the previous handler.
+}
+
+void install_fault_handler() {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;  // the thread's alternate stack, if it has one
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &previous_segv);
+    sigaction(SIGBUS, &sa, &previous_bus);
+}
+
 void set_err(char* err, size_t len, const std::string& msg) {
     if (err && len) {
         size_t n = std::min(len - 1, msg.size());
@@ -416,7 +452,9 @@ int artist_emu_launch(const char* name, const unsigned* grid, const unsigned* bl
     // a GPU's: a kernel that reads what it did not write shows it.
     std::vector<unsigned char> dyn(smem + 16, 0xff);
     std::vector<unsigned long long> slots(emu::kSlotsPerWarp * ((n + 31) / 32), 0);
-    emu::Launch launch{&e, args};
+    static const bool handler = (emu::install_fault_handler(), true);
+    (void)handler;
+    emu::Launch launch{name, &e, args};
     emu::Block b;
     b.dim = dim3{block_dim[0], block_dim[1], block_dim[2]};
     b.grid = dim3{grid[0], grid[1], grid[2]};

@@ -129,3 +129,7 @@ extern "C" __global__ void emu_selftest_forever(const u32* stop, u32 mode) {
     (void)v;
 }
 ARTIST_EXPORT(emu_selftest_forever)
+
+// One thread reads x[at] into out[0]: past the end of x's block when `at` is large enough.
+extern "C" __global__ void emu_selftest_read_at(const float* x, i64 at, float* out) { out[0] = x[at]; }
+ARTIST_EXPORT(emu_selftest_read_at)

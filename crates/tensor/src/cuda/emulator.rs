@@ -5,7 +5,6 @@
 //! mapping of row-major tensors onto cuBLAS) and kernel logic is exercised this way on
 //! machines without a GPU; only the GPU's own compiler and hardware are left for a GPU run.
 
-use std::alloc::{Layout, alloc, dealloc};
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::sync::Mutex;
@@ -135,6 +134,24 @@ fn order() -> Result<Order> {
 
 const ALIGN: usize = 256;
 
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as usize } else { 4096 }
+}
+
+/// Where a block of `size` bytes at `ptr` sits in its mapping: `(mapping start, mapping
+/// length, ptr)`. The mapping is a guard page, the block's pages, a guard page; the block
+/// (rounded up to 256 bytes) ends where the second guard page starts. With `ptr` 0, the
+/// offsets within a mapping at address 0.
+fn guarded_layout(size: usize, ptr: usize) -> (usize, usize, usize) {
+    let page = page_size();
+    let rounded = size.next_multiple_of(ALIGN);
+    let body = rounded.next_multiple_of(page);
+    let total = body + 2 * page;
+    if ptr == 0 { (0, total, page + body - rounded) } else { (ptr + rounded - body - page, total, ptr) }
+}
+
 pub(crate) struct Emulator {
     info: DeviceInfo,
     /// Live allocations: pointer -> size, to free them with the right layout and to catch
@@ -226,22 +243,56 @@ impl Runtime for Emulator {
         &self.info
     }
 
+    /// Each allocation has pages of its own between two inaccessible guard pages, and ends
+    /// where the second one starts (its start stays 256-byte aligned): a kernel that reads or
+    /// writes past either end of a block faults at once (the fault names the kernel, see
+    /// runtime.cpp), where on a GPU it would read or corrupt whatever lies there. New memory
+    /// is all-ones bytes (NaN as floats), as unpredictable as cudaMalloc's.
     fn malloc(&self, bytes: usize) -> Result<u64> {
-        let layout = Layout::from_size_align(bytes.max(1), ALIGN)
-            .map_err(|e| Error::Cuda { op: "malloc", msg: e.to_string() })?;
-        // SAFETY: a non-zero size with a valid alignment.
-        let p = unsafe { alloc(layout) };
-        if p.is_null() {
+        let size = bytes.max(1);
+        let (_, total, offset) = guarded_layout(size, 0);
+        // SAFETY: an anonymous private mapping; no address is given.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
             return Err(Error::Cuda { op: "malloc", msg: format!("out of memory for {bytes} bytes") });
         }
-        self.blocks.lock().unwrap_or_else(|e| e.into_inner()).insert(p as u64, bytes.max(1));
-        Ok(p as u64)
+        let ptr = p as usize + offset;
+        let page = page_size();
+        // SAFETY: the first and last pages of the mapping just made; then its body.
+        unsafe {
+            if libc::mprotect(p, page, libc::PROT_NONE) != 0
+                || libc::mprotect((p as usize + total - page) as *mut libc::c_void, page, libc::PROT_NONE) != 0
+            {
+                libc::munmap(p, total);
+                return Err(Error::Cuda { op: "malloc", msg: "could not protect the guard pages".into() });
+            }
+            std::ptr::write_bytes(ptr as *mut u8, 0xff, size);
+        }
+        self.blocks.lock().unwrap_or_else(|e| e.into_inner()).insert(ptr as u64, size);
+        Ok(ptr as u64)
     }
 
     fn free(&self, ptr: u64) {
         if let Some(size) = self.blocks.lock().unwrap_or_else(|e| e.into_inner()).remove(&ptr) {
-            // SAFETY: allocated above with this size and alignment.
-            unsafe { dealloc(ptr as *mut u8, Layout::from_size_align_unchecked(size, ALIGN)) };
+            let (base, total, _) = guarded_layout(size, ptr as usize);
+            // SAFETY: the mapping made for this block in `malloc`.
+            unsafe { libc::munmap(base as *mut libc::c_void, total) };
+        }
+    }
+
+    fn reused(&self, ptr: u64, bytes: usize) {
+        if self.check("poison", ptr, bytes).is_ok() {
+            // SAFETY: inside a live allocation, handed to its new owner and not yet used.
+            unsafe { std::ptr::write_bytes(ptr as *mut u8, 0xff, bytes) };
         }
     }
 
@@ -709,9 +760,9 @@ mod tests {
     }
 
     /// Runs test `name` of this binary again in a child process with `env` set (the
-    /// emulator reads its variables once per process) and returns what the child printed,
-    /// after checking that it passed; `None` in the child itself.
-    fn in_child(name: &str, env: &[(&str, &str)]) -> Option<String> {
+    /// emulator reads its variables once per process): whether it passed, and what it
+    /// printed; `None` in the child itself.
+    fn child(name: &str, env: &[(&str, &str)]) -> Option<(bool, String)> {
         if std::env::var_os("ARTIST_EMU_TEST_CHILD").is_some() {
             return None;
         }
@@ -723,9 +774,62 @@ mod tests {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{text}");
-        assert!(text.contains("1 passed"), "the child ran no test: {text}");
+        Some((out.status.success(), text))
+    }
+
+    /// [`child`], which must pass.
+    fn in_child(name: &str, env: &[(&str, &str)]) -> Option<String> {
+        let (ok, text) = child(name, env)?;
+        assert!(ok && text.contains("1 passed"), "{text}");
         Some(text)
+    }
+
+    /// A block the pool hands out again holds all-ones bytes, not its last tensor.
+    #[test]
+    fn a_reused_block_comes_back_as_all_ones() {
+        let Some(dev) = device() else { return };
+        let n = 3 * 1000 + 7;
+        let first = dev.alloc(n * 4).unwrap();
+        let ptr = first.ptr;
+        dev.rt.htod(&vec![0x5a; first.size], ptr).unwrap();
+        drop(first);
+        // The same block comes back (unless another test took it meanwhile: then a new one,
+        // which must be all ones too).
+        let again = dev.alloc(n * 4).unwrap();
+        let mut back = vec![0u8; again.size];
+        dev.rt.dtoh(again.ptr, &mut back).unwrap();
+        let reused = if again.ptr == ptr { "the reused block" } else { "a new block" };
+        assert!(back.iter().all(|&b| b == 0xff), "{reused} kept old bytes");
+    }
+
+    /// A read past the end of a buffer's block faults at once, and the process ends with a
+    /// message naming the kernel, block and thread (in a child process, which it kills);
+    /// reads inside the block, past the tensor's own end, see all-ones bytes.
+    #[test]
+    fn a_read_past_a_block_faults_and_names_the_kernel() {
+        if let Some((ok, text)) = child("a_read_past_a_block_faults_and_names_the_kernel", &[]) {
+            if text.contains("skipped") {
+                return;
+            }
+            assert!(!ok, "the child survived its read past the end: {text}");
+            let want = "CUDA emulator: kernel emu_selftest_read_at, block (0, 0, 0), thread 0: segmentation fault";
+            assert!(text.contains(want) && text.contains("outside every buffer"), "{text}");
+            assert!(text.contains("inside: ok"), "{text}");
+            return;
+        }
+        let Some(dev) = device() else { return };
+        let x = Tensor::from_vec(vec![1.5f32; 100], 100, Device::Cuda(0)).unwrap();
+        let read = |at: i64| {
+            let out = Tensor::zeros(1, DType::F32, Device::Cuda(0)).unwrap();
+            let args = Args::new().arg(ptr(&x)).arg(at).arg(ptr(&out));
+            dev.launch("selftest", "emu_selftest_read_at".into(), LaunchCfg::linear(1, 1), args).unwrap();
+            out.to_vec::<f32>().unwrap()[0]
+        };
+        assert_eq!(read(99), 1.5);
+        // The pool rounds the block to 512 bytes: floats 100..128 are its padding.
+        assert_eq!(read(127).to_bits(), u32::MAX);
+        eprintln!("inside: ok");
+        read(128);
     }
 
     /// An order other than `forward`, `reverse` or `both` in `ARTIST_EMU_ORDER` is refused by
