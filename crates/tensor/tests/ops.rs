@@ -764,12 +764,13 @@ fn cuda_without_a_driver_is_an_error_not_a_panic() {
 
 #[test]
 fn linear_widens_half_weights_on_the_fly() {
-    // Decode-sized (matrix-vector path) and prefill-sized (blocked widening + gemm) inputs,
-    // weights in every float type: the result is the f32 product over the widened weights.
+    // Decode-sized (matrix-vector path: up to 16 rows with f32 weights, 32 with half ones)
+    // and prefill-sized (blocked widening + gemm) inputs, weights in every float type: the
+    // result is the f32 product over the widened weights.
     let (n, k) = (37, 70);
     let w = Nd::random(&[n, k], 150).round_bf16();
     let bias = Nd::random(&[n], 151).round_bf16();
-    for m in [1usize, 3, 16, 17, 40] {
+    for m in [1usize, 3, 16, 17, 32, 33, 40] {
         let x = Nd::random(&[m, k], 152 + m as u64);
         let want = x.matmul(&w.transpose(0, 1)).zip(&bias, |p, q| p + q);
         for dt in [DType::F32, DType::BF16, DType::F16] {
@@ -781,6 +782,13 @@ fn linear_widens_half_weights_on_the_fly() {
         let x3 = x.tensor(DType::F32).reshape((1, m, k)).unwrap();
         assert_eq!(x3.linear(&w.tensor(DType::BF16), None).unwrap().dims(), &[1, m, n]);
     }
+    // Widened in blocks of 512 weight rows (at k = 4096): three blocks, the last one short,
+    // against gemm on the same weights in f32 (exact: bf16 widens without rounding).
+    let (w, x) = (Nd::random(&[1100, 4096], 162).round_bf16(), Nd::random(&[33, 4096], 163));
+    let x = x.tensor(DType::F32);
+    let want = x.linear(&w.tensor(DType::F32), None).unwrap().to_vec::<f32>().unwrap();
+    let want = Nd::new(&[33, 1100], want.into_iter().map(f64::from).collect());
+    assert_close(&x.linear(&w.tensor(DType::BF16), None).unwrap(), &want, 1e-4, 1e-4);
     // A long reduction (4864, as Qwen2.5-0.5B's down projection) in the vectorised dot.
     let (w, x) = (Nd::random(&[5, 4864], 160).round_bf16(), Nd::random(&[2, 4864], 161));
     assert_close(

@@ -64,12 +64,18 @@ pub(crate) fn matmul(lhs: &Operand, rhs: &Operand, m: usize, k: usize, n: usize)
     out
 }
 
-/// Rows of `x` below which `linear` reads each weight row once for all of them (a
-/// matrix-vector product: decoding) instead of calling gemm.
+/// Rows of `x` up to which `linear` with f32 weights reads each weight row once for all of
+/// them (a matrix-vector product: decoding) instead of calling gemm.
 pub(crate) const GEMV_MAX_ROWS: usize = 16;
 
+/// The same for half-precision weights, whose alternative ([`linear_widening`]) pays for
+/// widening every weight before gemm starts: on 2 cores at Qwen2.5-0.5B's shapes the
+/// matrix-vector path is as fast or faster up to 32 rows (the MLP's down projection, k =
+/// 4,864, 3.0 ms against 19.9 ms at 32 rows), and gemm wins from about 64 (docs/BENCHMARKS.md).
+pub(crate) const GEMV_MAX_ROWS_HALF: usize = 32;
+
 /// `x @ w^T` for `x: [m, k]` f32 and `w: [n, k]` of any float type, both contiguous, with
-/// `m <= GEMV_MAX_ROWS`. Memory-bound on `w`: each weight row is read once, widened in
+/// few rows (`GEMV_MAX_ROWS`, `GEMV_MAX_ROWS_HALF`). Memory-bound on `w`: each weight row is read once, widened in
 /// registers, and dotted with every row of `x`; weight rows are split across threads.
 pub(crate) fn gemv<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usize) -> Vec<f32> {
     // Computed as [n, m] so each task owns a contiguous block, then transposed (m is small).
@@ -116,7 +122,9 @@ pub(crate) fn linear_widening<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usi
     if k == 0 || m == 0 || n == 0 {
         return out;
     }
-    let block = ((1 << 20) / k).max(16).min(n);
+    // At least 512 weight rows per gemm call: fewer make a wide k (the down projection's
+    // 4,864) slow, 2x at 128 rows of x; 4 MiB of f32 at k = 896.
+    let block = ((1 << 20) / k).max(512).min(n);
     let mut wide = vec![0f32; block * k];
     let par = Parallelism::Rayon(rayon::current_num_threads());
     for j0 in (0..n).step_by(block) {
