@@ -88,7 +88,7 @@ impl Sampler {
             return (id, logprob(id));
         }
         // Candidates by probability, most likely first. Tokens below 1e-12 of the top one
-        // cannot change a draw at f32 precision; dropping them keeps the sort short.
+        // cannot change a draw at f32 precision; dropping them keeps the selection short.
         let floor = max as f64 * inv_t as f64 + (1e-12f64).ln();
         let c = &mut self.scratch;
         c.clear();
@@ -103,41 +103,104 @@ impl Sampler {
             // Only when every logit is NaN: token 0, as on the GPU, with a NaN logprob.
             return (0, logprob(0));
         }
-        c.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        // The rule is defined on the candidates in order (most likely first, the lower id
+        // first on ties): keep a prefix (top-k, min-p, top-p), then take the first candidate
+        // whose running sum passes the draw. Each prefix is found by selection, in time
+        // linear in the candidates, without sorting them.
         let mut keep = c.len();
-        if p.top_k > 0 {
-            keep = keep.min(p.top_k);
+        if p.top_k > 0 && p.top_k < keep {
+            c.select_nth_unstable_by(p.top_k - 1, before);
+            keep = p.top_k;
         }
         if p.min_p > 0.0 {
-            let bar = c[0].0 * p.min_p;
-            keep = keep.min(c.iter().take_while(|x| x.0 >= bar).count().max(1));
+            let top = c[..keep].iter().fold(0f32, |m, x| m.max(x.0));
+            let bar = top * p.min_p;
+            keep = partition_in_place(&mut c[..keep], |x| x.0 >= bar).max(1);
         }
         if p.top_p < 1.0 {
             let reach = (p.top_p as f64 * FIXED_ONE).ceil() as u64;
-            let mut acc = 0u64;
-            let mut n = 0;
-            for x in c.iter().take(keep) {
-                acc += fixed_point(x.0);
-                n += 1;
-                if acc >= reach {
-                    break;
-                }
+            if let Some(at) = first_passing(&mut c[..keep], reach, true) {
+                keep = at + 1;
             }
-            keep = n.max(1);
         }
         let total: u64 = c[..keep].iter().map(|x| fixed_point(x.0)).sum();
         let target = draw_target(self.rng.random::<f64>(), total);
-        let mut id = c[keep - 1].1;
-        let mut acc = 0u64;
-        for x in &c[..keep] {
-            acc += fixed_point(x.0);
-            if acc > target {
-                id = x.1;
-                break;
+        let id = match first_passing(&mut c[..keep], target, false) {
+            Some(at) => c[at].1,
+            // No running sum passes the target (only at u = 1): the last kept candidate.
+            None => {
+                c[..keep].iter().copied().reduce(|a, b| if before(&a, &b).is_lt() { b } else { a }).expect("one kept").1
             }
-        }
+        };
         (id, logprob(id))
     }
+}
+
+/// The candidates' order: the more likely first, the lower id first on ties (ids differ, so
+/// it is total).
+fn before(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+/// Moves the items that satisfy `keep` to the front, returning how many there are.
+fn partition_in_place<T>(v: &mut [T], keep: impl Fn(&T) -> bool) -> usize {
+    let mut n = 0;
+    for i in 0..v.len() {
+        if keep(&v[i]) {
+            v.swap(n, i);
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Sorting is cheaper than partitioning below this many candidates.
+const SELECT_SMALL: usize = 32;
+
+/// The first candidate, in [`before`]'s order, at which the running sum of fixed-point
+/// probabilities reaches `bound` (`reach`) or passes it (`!reach`): its index, with `v`
+/// reordered so that the candidates before it in that order are exactly `v[..index]`
+/// (unordered). `None` when the whole sum stays short, `v` then reordered in some way.
+/// Weighted quickselect: expected time linear in `v.len()`.
+fn first_passing(v: &mut [(f32, u32)], bound: u64, reach: bool) -> Option<usize> {
+    let passes = |acc: u64| if reach { acc >= bound } else { acc > bound };
+    // v[..lo] precede every candidate of v[lo..hi], and sum to `sum`; the answer, if any,
+    // lies in v[lo..hi].
+    let (mut lo, mut hi, mut sum) = (0usize, v.len(), 0u64);
+    while hi - lo > SELECT_SMALL {
+        // Median of three as the pivot, moved to the end of the range.
+        let (a, m, z) = (lo, lo + (hi - lo) / 2, hi - 1);
+        let mut three = [a, m, z];
+        three.sort_by(|&i, &j| before(&v[i], &v[j]));
+        v.swap(three[1], z);
+        let pivot = v[z];
+        let mut n = lo;
+        let mut part = 0u64;
+        for i in lo..z {
+            if before(&v[i], &pivot).is_lt() {
+                part += fixed_point(v[i].0);
+                v.swap(n, i);
+                n += 1;
+            }
+        }
+        v.swap(n, z);
+        if passes(sum + part) {
+            hi = n;
+        } else if passes(sum + part + fixed_point(pivot.0)) {
+            return Some(n);
+        } else {
+            sum += part + fixed_point(pivot.0);
+            lo = n + 1;
+        }
+    }
+    v[lo..hi].sort_unstable_by(before);
+    for (i, x) in v[lo..hi].iter().enumerate() {
+        sum += fixed_point(x.0);
+        if passes(sum) {
+            return Some(lo + i);
+        }
+    }
+    None
 }
 
 /// The probabilities' fixed point in the top-p and draw sums: units of 2^-62, rounded down
@@ -276,6 +339,111 @@ mod tests {
         // Renormalised within the kept set: top-k 2 gives 3:4.
         let c = draw(SamplingParams { top_k: 2, seed: 7, ..Default::default() }, &logits, n);
         assert!((c[3] as f64 / n as f64 - 4.0 / 7.0).abs() < 0.015, "{c:?}");
+    }
+
+    /// The rule as first written: sort every candidate, walk the prefixes.
+    fn sample_by_sorting(p: &SamplingParams, rng: &mut ChaCha8Rng, logits: &[f32]) -> u32 {
+        let inv_t = 1.0 / p.temperature as f64;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = max as f64 * inv_t + logits.iter().map(|&l| ((l - max) as f64 * inv_t).exp()).sum::<f64>().ln();
+        let floor = max as f64 * inv_t + (1e-12f64).ln();
+        let mut c: Vec<(f32, u32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|&(_, &l)| l as f64 * inv_t >= floor)
+            .map(|(i, &l)| ((l as f64 * inv_t - lse).exp() as f32, i as u32))
+            .collect();
+        c.sort_by(before);
+        let mut keep = c.len();
+        if p.top_k > 0 {
+            keep = keep.min(p.top_k);
+        }
+        if p.min_p > 0.0 {
+            let bar = c[0].0 * p.min_p;
+            keep = keep.min(c.iter().take_while(|x| x.0 >= bar).count().max(1));
+        }
+        if p.top_p < 1.0 {
+            let reach = (p.top_p as f64 * FIXED_ONE).ceil() as u64;
+            let (mut acc, mut n) = (0u64, 0);
+            for x in c.iter().take(keep) {
+                acc += fixed_point(x.0);
+                n += 1;
+                if acc >= reach {
+                    break;
+                }
+            }
+            keep = n.max(1);
+        }
+        let total: u64 = c[..keep].iter().map(|x| fixed_point(x.0)).sum();
+        let target = draw_target(rng.random::<f64>(), total);
+        let mut acc = 0u64;
+        for x in &c[..keep] {
+            acc += fixed_point(x.0);
+            if acc > target {
+                return x.1;
+            }
+        }
+        c[keep - 1].1
+    }
+
+    /// Selection gives the draws sorting gives, over rows long and short, flat and peaked,
+    /// with many tied probabilities, and every filter: the same token every time.
+    #[test]
+    fn selection_draws_what_sorting_draws() {
+        let mut values = ChaCha8Rng::seed_from_u64(99);
+        let mut draws = 0;
+        for case in 0..240 {
+            let vocab = [1usize, 2, 5, 33, 100, 1000, 5000][case % 7];
+            // Quantised logits tie often; the scale makes rows flat or peaked.
+            let scale = [0.05f32, 1.0, 8.0][case % 3];
+            let step = [0.0f32, 0.25, 1.0][(case / 3) % 3];
+            let logits: Vec<f32> = (0..vocab)
+                .map(|_| {
+                    let x = values.random::<f32>() * 4.0 - 2.0;
+                    scale * if step > 0.0 { (x / step).round() * step } else { x }
+                })
+                .collect();
+            let p = SamplingParams {
+                temperature: [1.0, 0.7, 1.3][case % 3],
+                top_k: [0, 0, 1, 3, 50][case % 5],
+                top_p: [1.0, 0.9, 0.5, 0.05, 1.0, 0.999][case % 6],
+                min_p: [0.0, 0.0, 0.1, 0.5][(case / 5) % 4],
+                seed: case as u64,
+            };
+            let mut ours = Sampler::new(p.clone());
+            let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+            for _ in 0..25 {
+                let want = sample_by_sorting(&p, &mut rng, &logits);
+                assert_eq!(ours.sample(&logits).0, want, "case {case}: {p:?}, vocab {vocab}");
+                draws += 1;
+            }
+        }
+        assert_eq!(draws, 6000);
+        // Bounds exactly at each running sum (tied probabilities among them): reaching it
+        // stops at that candidate, passing it at the next; past the total, none.
+        let probs = [0.2f32, 0.05, 0.1, 0.05, 0.3, 0.05, 0.15, 0.1];
+        for big in [false, true] {
+            // 40 copies of the probabilities, so the quickselect partitions before sorting.
+            let copies = if big { 40 } else { 1 };
+            let all: Vec<(f32, u32)> =
+                (0..copies * probs.len()).map(|i| (probs[i % 8] / copies as f32, i as u32)).collect();
+            let mut order = all.clone();
+            order.sort_by(before);
+            let mut acc = 0u64;
+            for (i, x) in order.iter().enumerate() {
+                acc += fixed_point(x.0);
+                let mut v = all.clone();
+                let at = first_passing(&mut v, acc, true).unwrap();
+                assert_eq!((at, v[at]), (i, *x), "reach {acc}");
+                assert!(v[..at].iter().all(|y| before(y, x).is_lt()));
+                let mut v = all.clone();
+                match first_passing(&mut v, acc, false) {
+                    Some(at) => assert_eq!(v[at], order[i + 1], "pass {acc}"),
+                    None => assert_eq!(i, order.len() - 1),
+                }
+            }
+            assert_eq!(first_passing(&mut all.clone(), acc + 1, true), None);
+        }
     }
 
     #[test]

@@ -245,9 +245,11 @@ impl Runtime for Emulator {
 
     /// Each allocation has pages of its own between two inaccessible guard pages, and ends
     /// where the second one starts (its start stays 256-byte aligned): a kernel that reads or
-    /// writes past either end of a block faults at once (the fault names the kernel, see
-    /// runtime.cpp), where on a GPU it would read or corrupt whatever lies there. New memory
-    /// is all-ones bytes (NaN as floats), as unpredictable as cudaMalloc's.
+    /// writes past the end of a block faults at once (the fault names the kernel, see
+    /// runtime.cpp), where on a GPU it would read or corrupt whatever lies there; before its
+    /// start, once past the rest of its first page. New memory is all-ones bytes (NaN as
+    /// floats), as unpredictable as cudaMalloc's. (Three memory mappings per block: the
+    /// kernel's limit, 65,530 by default, allows some 21,000 live blocks.)
     fn malloc(&self, bytes: usize) -> Result<u64> {
         let size = bytes.max(1);
         let (_, total, offset) = guarded_layout(size, 0);
