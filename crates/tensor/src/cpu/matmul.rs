@@ -78,8 +78,9 @@ pub(crate) const GEMV_MAX_ROWS_HALF: usize = 32;
 const GEMV_BLOCK_ROWS: usize = 8;
 
 /// `x @ w^T` for `x: [m, k]` f32 and `w: [n, k]` of any float type, both contiguous, with
-/// few rows (`GEMV_MAX_ROWS`, `GEMV_MAX_ROWS_HALF`). Memory-bound on `w`: each weight row is read once, widened in
-/// registers, and dotted with every row of `x`; weight rows are split across threads.
+/// few rows (`GEMV_MAX_ROWS`, `GEMV_MAX_ROWS_HALF`). Memory-bound on `w`: each weight row
+/// is read once, widened in registers, and dotted with every row of `x`; weight rows are
+/// split across threads.
 pub(crate) fn gemv<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usize) -> Vec<f32> {
     // Computed as [n, m] so each task owns a contiguous block, then transposed (m is small).
     let mut out_t = vec![0f32; n * m];
