@@ -91,7 +91,37 @@ struct Stacks {
     unsigned char* stack(size_t i) { return base + i * (kStack + kGuard) + kGuard; }
 };
 
+// Dynamic shared memory: a thread's buffer that ends where an inaccessible page starts, so
+// a kernel that reads or writes past the dynamic shared memory it was launched with faults
+// (as a GPU's would raise an illegal address), instead of touching the heap.
+struct GuardedSmem {
+    unsigned char* base = nullptr;
+    size_t capacity = 0;  // bytes before the guard page
+    size_t page = 0;
+    ~GuardedSmem() {
+        if (base) munmap(base, capacity + page);
+    }
+    // `bytes` of memory (at least 16, 16-byte aligned) ending at the guard page; null when
+    // no memory could be mapped.
+    unsigned char* get(size_t bytes) {
+        if (!page) page = (size_t)sysconf(_SC_PAGESIZE);
+        const size_t need = std::max<size_t>(16, (bytes + 15) & ~size_t(15));
+        if (need > capacity) {
+            if (base) munmap(base, capacity + page);
+            base = nullptr;
+            const size_t cap = (need + page - 1) / page * page;
+            void* p = mmap(nullptr, cap + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p == MAP_FAILED) return nullptr;
+            base = static_cast<unsigned char*>(p);
+            capacity = cap;
+            mprotect(base + capacity, page, PROT_NONE);
+        }
+        return base + capacity - need;
+    }
+};
+
 thread_local const Launch* running = nullptr;
+thread_local GuardedSmem guarded_smem;
 thread_local std::vector<Fiber> fibers;
 // Whether the launch being run goes last first: its blocks, the warps of each block and the
 // lanes of each warp (see artist_emu_set_order).
@@ -307,7 +337,8 @@ void on_fault(int sig, siginfo_t* info, void*) {
         char buf[512];
         int n = snprintf(buf, sizeof buf,
                          "\nCUDA emulator: kernel %s, block (%u, %u, %u), thread %u: %s at %p, outside every "
-                         "buffer (an access past the end of one, or a fiber's stack overflowing)\n",
+                         "buffer (an access past the end of one or of the dynamic shared memory, or a fiber's "
+                         "stack overflowing)\n",
                          running->name, block->idx.x, block->idx.y, block->idx.z, current->linear,
                          sig == SIGSEGV ? "segmentation fault" : "bus error", info ? info->si_addr : nullptr);
         if (n > 0) {
@@ -450,7 +481,12 @@ int artist_emu_launch(const char* name, const unsigned* grid, const unsigned* bl
     if (emu::fibers.size() < n) emu::fibers.resize(n);
     // Dynamic shared memory starts as all-ones bytes (NaN for floats), as unpredictable as
     // a GPU's: a kernel that reads what it did not write shows it.
-    std::vector<unsigned char> dyn(smem + 16, 0xff);
+    unsigned char* dyn = emu::guarded_smem.get(smem);
+    if (!dyn) {
+        emu::set_err(err, err_len, std::string(name) + ": could not map dynamic shared memory");
+        return -1;
+    }
+    const size_t dyn_bytes = std::max<size_t>(16, (smem + 15) & ~size_t(15));
     std::vector<unsigned long long> slots(emu::kSlotsPerWarp * ((n + 31) / 32), 0);
     static const bool handler = (emu::install_fault_handler(), true);
     (void)handler;
@@ -458,7 +494,7 @@ int artist_emu_launch(const char* name, const unsigned* grid, const unsigned* bl
     emu::Block b;
     b.dim = dim3{block_dim[0], block_dim[1], block_dim[2]};
     b.grid = dim3{grid[0], grid[1], grid[2]};
-    b.dyn_smem = dyn.data();
+    b.dyn_smem = dyn;
     b.slots = slots.data();
     emu::running = &launch;
     emu::block = &b;
@@ -475,7 +511,7 @@ int artist_emu_launch(const char* name, const unsigned* grid, const unsigned* bl
     for (unsigned long long i = 0; ok && i < blocks; ++i) {
         const unsigned long long k = emu::reversed ? blocks - 1 - i : i;
         b.idx = uint3{(unsigned)(k % grid[0]), (unsigned)(k / grid[0] % grid[1]), (unsigned)(k / grid[0] / grid[1])};
-        std::fill(dyn.begin(), dyn.end(), 0xff);
+        std::memset(dyn, 0xff, dyn_bytes);
         ok = emu::run_block(n, msg);
     }
     emu::running = nullptr;

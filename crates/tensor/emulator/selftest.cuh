@@ -133,3 +133,12 @@ ARTIST_EXPORT(emu_selftest_forever)
 // One thread reads x[at] into out[0]: past the end of x's block when `at` is large enough.
 extern "C" __global__ void emu_selftest_read_at(const float* x, i64 at, float* out) { out[0] = x[at]; }
 ARTIST_EXPORT(emu_selftest_read_at)
+
+// One thread writes 7 to word `at` of the dynamic shared memory and copies it to out[0]:
+// past its end when `at` is large enough.
+extern "C" __global__ void emu_selftest_smem_at(i64 at, u32* out) {
+    DYNAMIC_SMEM(u32, s);
+    s[at] = 7;
+    out[0] = s[at];
+}
+ARTIST_EXPORT(emu_selftest_smem_at)

@@ -804,6 +804,33 @@ mod tests {
         assert!(back.iter().all(|&b| b == 0xff), "{reused} kept old bytes");
     }
 
+    /// A write past the end of the dynamic shared memory a kernel was launched with faults
+    /// at once and names the kernel (in a child process, which it kills).
+    #[test]
+    fn a_write_past_dynamic_shared_memory_faults() {
+        if let Some((ok, text)) = child("a_write_past_dynamic_shared_memory_faults", &[]) {
+            if text.contains("skipped") {
+                return;
+            }
+            assert!(!ok, "the child survived its write past the end: {text}");
+            let want = "CUDA emulator: kernel emu_selftest_smem_at, block (0, 0, 0), thread 0: segmentation fault";
+            assert!(text.contains(want) && text.contains("inside: ok"), "{text}");
+            return;
+        }
+        let Some(dev) = device() else { return };
+        let write = |at: i64| {
+            let out = Tensor::zeros(1, DType::U32, Device::Cuda(0)).unwrap();
+            let args = Args::new().arg(at).arg(ptr(&out));
+            let cfg = LaunchCfg { smem: 64, ..LaunchCfg::linear(1, 1) };
+            dev.launch("selftest", "emu_selftest_smem_at".into(), cfg, args).unwrap();
+            out.to_vec::<u32>().unwrap()[0]
+        };
+        assert_eq!(write(0), 7);
+        assert_eq!(write(15), 7);
+        eprintln!("inside: ok");
+        write(16);
+    }
+
     /// A read past the end of a buffer's block faults at once, and the process ends with a
     /// message naming the kernel, block and thread (in a child process, which it kills);
     /// reads inside the block, past the tensor's own end, see all-ones bytes.
