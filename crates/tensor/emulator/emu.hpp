@@ -115,10 +115,6 @@ void wgmma_defer(std::function<void()> op);
 void wgmma_commit();
 void wgmma_wait(unsigned pending);
 
-// Every lane publishes `v`, then reads lane `src(lane)`'s value (its own when src is out
-// of range). One barrier: consecutive shuffles use the warp's two rounds of slots in turn,
-// and a lane writes a round again only after the next shuffle's barrier, which every lane
-// reaches after its read of this one.
 // The current thread's part of an exchange: `v` written to its slot of this round, then the
 // warp barrier. Returns the warp's slots (kSlotsPerWarp of them) and this exchange's round.
 template <class T>
@@ -134,6 +130,10 @@ inline std::pair<unsigned long long*, unsigned> publish(T v) {
     return {w, round};
 }
 
+// Every lane publishes `v`, then reads lane `src(lane)`'s value (its own when src is out
+// of range). One barrier: consecutive shuffles use the warp's two rounds of slots in turn,
+// and a lane writes a round again only after the next shuffle's barrier, which every lane
+// reaches after its read of this one.
 template <class T, class F>
 inline T exchange(T v, F src) {
     const auto [w, round] = publish(v);

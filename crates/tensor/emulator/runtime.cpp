@@ -101,11 +101,12 @@ struct GuardedSmem {
     ~GuardedSmem() {
         if (base) munmap(base, capacity + page);
     }
-    // `bytes` of memory (at least 16, 16-byte aligned) ending at the guard page; null when
-    // no memory could be mapped.
+    // What a launch asking for `bytes` gets: at least 16, a multiple of 16.
+    static size_t rounded(size_t bytes) { return std::max<size_t>(16, (bytes + 15) & ~size_t(15)); }
+    // rounded(bytes) of memory ending at the guard page; null when no memory could be mapped.
     unsigned char* get(size_t bytes) {
         if (!page) page = (size_t)sysconf(_SC_PAGESIZE);
-        const size_t need = std::max<size_t>(16, (bytes + 15) & ~size_t(15));
+        const size_t need = rounded(bytes);
         if (need > capacity) {
             if (base) munmap(base, capacity + page);
             base = nullptr;
@@ -123,32 +124,30 @@ struct GuardedSmem {
 thread_local const Launch* running = nullptr;
 thread_local GuardedSmem guarded_smem;
 thread_local std::vector<Fiber> fibers;
+thread_local Stacks stacks;
 // Whether the launch being run goes last first: its blocks, the warps of each block and the
-// lanes of each warp (see artist_emu_set_order).
+// lanes of each warp (artist_emu_launch's `reverse`).
 thread_local bool reversed = false;
-// When the launch being run must have ended, checked at every barrier (a kernel that loops
-// forever through barriers fails instead of hanging; one that spins without a barrier still
-// hangs).
+// When the launch being run must have ended (the clock's maximum for never): a kernel that
+// loops forever through barriers fails instead of hanging; one that spins without a barrier
+// still hangs.
 thread_local std::chrono::steady_clock::time_point deadline;
-thread_local bool has_deadline = false;
-
 thread_local unsigned deadline_ticks = 0;
 thread_local bool timed_out = false;
 
-// Whether the deadline has passed, looking at the clock every 16th call (a call per barrier)
-// and true from then on.
+// Whether the deadline has passed, looking at the clock every 16th call (a call per barrier
+// round) and true from then on.
 bool past_deadline() {
     if (timed_out) return true;
-    if (!has_deadline || (++deadline_ticks & 15u)) return false;
+    if (++deadline_ticks & 15u) return false;
     timed_out = std::chrono::steady_clock::now() > deadline;
     return timed_out;
 }
-thread_local Stacks stacks;
 
 // The next thread to run when `me` stops in state `s`, without going back to the scheduler
 // when the scheduler would run it next: the next lane of `me`'s warp that has yet to reach
-// the barrier (lanes run in order: ascending, or descending when `reversed`), or, once every live lane of the warp waits at a warp
-// barrier, the first of them, all released. Null when the scheduler decides (the warp is
+// the barrier (lanes run in order: ascending, or descending when `reversed`), or, once
+// every live lane of the warp waits at a warp barrier, the first of them, all released. Null when the scheduler decides (the warp is
 // done or waits at __syncthreads, or its lanes are stuck at different barriers), or when
 // `me` itself runs on.
 Fiber* next_in_warp(Fiber* me, State s) {
@@ -486,7 +485,7 @@ int artist_emu_launch(const char* name, const unsigned* grid, const unsigned* bl
         emu::set_err(err, err_len, std::string(name) + ": could not map dynamic shared memory");
         return -1;
     }
-    const size_t dyn_bytes = std::max<size_t>(16, (smem + 15) & ~size_t(15));
+    const size_t dyn_bytes = emu::GuardedSmem::rounded(smem);
     std::vector<unsigned long long> slots(emu::kSlotsPerWarp * ((n + 31) / 32), 0);
     static const bool handler = (emu::install_fault_handler(), true);
     (void)handler;
@@ -502,12 +501,11 @@ int artist_emu_launch(const char* name, const unsigned* grid, const unsigned* bl
     bool ok = true;
     const unsigned long long blocks = (unsigned long long)grid[0] * grid[1] * grid[2];
     emu::reversed = reverse != 0;
-    emu::has_deadline = timeout_s > 0;
     emu::timed_out = false;
-    if (emu::has_deadline)
-        emu::deadline = std::chrono::steady_clock::now() +
-                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                            std::chrono::duration<double>(std::min(timeout_s, 1e9)));
+    emu::deadline = timeout_s > 0 ? std::chrono::steady_clock::now() +
+                                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                            std::chrono::duration<double>(std::min(timeout_s, 1e9)))
+                                  : std::chrono::steady_clock::time_point::max();
     for (unsigned long long i = 0; ok && i < blocks; ++i) {
         const unsigned long long k = emu::reversed ? blocks - 1 - i : i;
         b.idx = uint3{(unsigned)(k % grid[0]), (unsigned)(k / grid[0] % grid[1]), (unsigned)(k / grid[0] / grid[1])};

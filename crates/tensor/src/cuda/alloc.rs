@@ -50,7 +50,10 @@ impl Pool {
     pub fn alloc(&mut self, rt: &dyn Runtime, bytes: usize) -> Result<(u64, usize)> {
         let size = rounded(bytes);
         let (ptr, size) = match self.take(size) {
-            Some(found) => found,
+            Some((ptr, size)) => {
+                rt.reused(ptr, size);
+                (ptr, size)
+            }
             None => {
                 let ptr = match rt.malloc(size) {
                     Ok(p) => p,

@@ -104,17 +104,12 @@ pub fn set_order(order: Option<Order>) {
 /// next barrier, instead of hanging the process; one that spins without a barrier still hangs.
 fn launch_timeout() -> Result<f64> {
     static PROCESS: std::sync::OnceLock<std::result::Result<f64, String>> = std::sync::OnceLock::new();
-    PROCESS
-        .get_or_init(|| match std::env::var("ARTIST_EMU_TIMEOUT") {
-            Ok(v) if !v.is_empty() => v
-                .parse::<f64>()
-                .ok()
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .ok_or_else(|| format!("ARTIST_EMU_TIMEOUT is {v:?}: it must be a number of seconds (0: no limit)")),
-            _ => Ok(300.0),
-        })
-        .clone()
-        .map_err(|msg| Error::Cuda { op: "launch (emulator)", msg })
+    from_env(&PROCESS, "ARTIST_EMU_TIMEOUT", 300.0, |v| {
+        v.parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| format!("ARTIST_EMU_TIMEOUT is {v:?}: it must be a number of seconds (0: no limit)"))
+    })
 }
 
 /// This thread's order, or the process's; an error for a bad `ARTIST_EMU_ORDER`.
@@ -123,16 +118,31 @@ fn order() -> Result<Order> {
         return Ok(o);
     }
     static PROCESS: std::sync::OnceLock<std::result::Result<Order, String>> = std::sync::OnceLock::new();
-    PROCESS
-        .get_or_init(|| match std::env::var("ARTIST_EMU_ORDER") {
-            Ok(v) if !v.is_empty() => v.parse(),
-            _ => Ok(Order::Forward),
-        })
-        .clone()
-        .map_err(|msg| Error::Cuda { op: "launch (emulator)", msg })
+    from_env(&PROCESS, "ARTIST_EMU_ORDER", Order::Forward, str::parse)
+}
+
+/// The process's setting from environment variable `var`, read and parsed once into `cell`
+/// (`default` when unset or empty); a value `parse` refuses is an error at every launch.
+fn from_env<T: Clone>(
+    cell: &'static std::sync::OnceLock<std::result::Result<T, String>>,
+    var: &str,
+    default: T,
+    parse: impl FnOnce(&str) -> std::result::Result<T, String>,
+) -> Result<T> {
+    cell.get_or_init(|| match std::env::var(var) {
+        Ok(v) if !v.is_empty() => parse(&v),
+        _ => Ok(default),
+    })
+    .clone()
+    .map_err(|msg| Error::Cuda { op: "launch (emulator)", msg })
 }
 
 const ALIGN: usize = 256;
+
+/// The live allocation `(base, size)` that address `ptr` falls in, if any.
+fn containing(blocks: &BTreeMap<u64, usize>, ptr: u64) -> Option<(u64, usize)> {
+    blocks.range(..=ptr).next_back().map(|(&base, &size)| (base, size)).filter(|&(base, size)| ptr < base + size as u64)
+}
 
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
@@ -228,8 +238,7 @@ impl Emulator {
             return Ok(());
         }
         let blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
-        let inside =
-            blocks.range(..=ptr).next_back().is_some_and(|(&base, &size)| ptr + bytes as u64 <= base + size as u64);
+        let inside = containing(&blocks, ptr).is_some_and(|(base, size)| ptr + bytes as u64 <= base + size as u64);
         if inside {
             Ok(())
         } else {
@@ -409,8 +418,7 @@ impl Emulator {
         let blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
         let mut found: Vec<(usize, u64, usize)> = Vec::new();
         for (i, w) in args.words() {
-            if let Some((&base, &size)) = blocks.range(..=w).next_back()
-                && w < base + size as u64
+            if let Some((base, size)) = containing(&blocks, w)
                 && !found.iter().any(|&(_, b, _)| b == base)
             {
                 found.push((i, base, size));
@@ -779,6 +787,21 @@ mod tests {
         Some((out.status.success(), text))
     }
 
+    /// Runs test `name` again in a child process, which must print "inside: ok" and then
+    /// die of a fault reported for thread 0 of block 0 of `kernel`: `true` once checked (or
+    /// where the child skipped), `false` in the child itself, which goes on to fault.
+    fn dies_naming(name: &str, kernel: &str) -> bool {
+        let Some((ok, text)) = child(name, &[]) else { return false };
+        if text.contains("skipped") {
+            return true;
+        }
+        assert!(!ok, "the child survived its access past the end: {text}");
+        let want = format!("CUDA emulator: kernel {kernel}, block (0, 0, 0), thread 0: segmentation fault");
+        assert!(text.contains(&want) && text.contains("outside every buffer"), "{text}");
+        assert!(text.contains("inside: ok"), "{text}");
+        true
+    }
+
     /// [`child`], which must pass.
     fn in_child(name: &str, env: &[(&str, &str)]) -> Option<String> {
         let (ok, text) = child(name, env)?;
@@ -808,13 +831,7 @@ mod tests {
     /// at once and names the kernel (in a child process, which it kills).
     #[test]
     fn a_write_past_dynamic_shared_memory_faults() {
-        if let Some((ok, text)) = child("a_write_past_dynamic_shared_memory_faults", &[]) {
-            if text.contains("skipped") {
-                return;
-            }
-            assert!(!ok, "the child survived its write past the end: {text}");
-            let want = "CUDA emulator: kernel emu_selftest_smem_at, block (0, 0, 0), thread 0: segmentation fault";
-            assert!(text.contains(want) && text.contains("inside: ok"), "{text}");
+        if dies_naming("a_write_past_dynamic_shared_memory_faults", "emu_selftest_smem_at") {
             return;
         }
         let Some(dev) = device() else { return };
@@ -836,14 +853,7 @@ mod tests {
     /// reads inside the block, past the tensor's own end, see all-ones bytes.
     #[test]
     fn a_read_past_a_block_faults_and_names_the_kernel() {
-        if let Some((ok, text)) = child("a_read_past_a_block_faults_and_names_the_kernel", &[]) {
-            if text.contains("skipped") {
-                return;
-            }
-            assert!(!ok, "the child survived its read past the end: {text}");
-            let want = "CUDA emulator: kernel emu_selftest_read_at, block (0, 0, 0), thread 0: segmentation fault";
-            assert!(text.contains(want) && text.contains("outside every buffer"), "{text}");
-            assert!(text.contains("inside: ok"), "{text}");
+        if dies_naming("a_read_past_a_block_faults_and_names_the_kernel", "emu_selftest_read_at") {
             return;
         }
         let Some(dev) = device() else { return };

@@ -338,7 +338,6 @@ impl GpuDevice {
             return Ok(DeviceBuffer { ptr, size, dev: self.clone(), graph: Some(g) });
         }
         let (ptr, size) = self.pool().alloc(self.rt.as_ref(), bytes)?;
-        self.rt.reused(ptr, size);
         Ok(DeviceBuffer { ptr, size, dev: self.clone(), graph: None })
     }
 

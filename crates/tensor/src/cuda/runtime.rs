@@ -120,10 +120,10 @@ pub(crate) trait Runtime: Send + Sync {
     /// Raw device memory (the caching pool sits above this).
     fn malloc(&self, bytes: usize) -> Result<u64>;
     fn free(&self, ptr: u64);
-    /// Called each time the pool hands out a block, new or used before: the emulator fills
-    /// it with all-ones bytes, so that a kernel leaving part of its output unwritten shows it
-    /// (instead of the block's last tensor, which a test may compare equal). Nothing on a
-    /// GPU.
+    /// Called when the pool hands out a block it kept from an earlier tensor: the emulator
+    /// fills it with all-ones bytes, as it does new memory in `malloc`, so that a kernel
+    /// leaving part of its output unwritten shows it (instead of the block's last tensor,
+    /// which a test may compare equal). Nothing on a GPU.
     fn reused(&self, _ptr: u64, _bytes: usize) {}
     fn htod(&self, src: &[u8], dst: u64) -> Result<()>;
     /// Copies to the host and waits for everything queued before it.
