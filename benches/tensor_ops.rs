@@ -19,7 +19,9 @@
 //!   thread). `alloc_copy_ref` (`to_vec`: allocate, copy, free) shows what a fresh output
 //!   buffer costs on its own, since every op here allocates its output.
 //!
-//! Settings keep the whole run to about 3.5 minutes on a 2-core machine (plus the build):
+//! * `linear_rows_bf16`: `linear` with bf16 weights at the row counts of batched decoding.
+//!
+//! Settings keep the whole run to about 4.5 minutes on a 2-core machine (plus the build):
 //! 10 samples, 1 s warm-up, 2 s measurement per benchmark. The machine must be otherwise
 //! idle: a concurrent build halves every number here.
 
@@ -164,6 +166,25 @@ fn matmul_lm_head(c: &mut Criterion) {
     // streamed per call, 8.7 GFLOP at T = 32.
     let (e, e_raw) = vocab_matrix();
     bench_linear(c, "matmul_lm_head_896x151936", (HIDDEN, VOCAB), &[32, 128], e, e_raw);
+}
+
+/// `linear` with bf16 weights (a bf16 checkpoint, decoding) at the row counts of batched
+/// decoding: the matrix-vector path (up to 8 rows) and the tasks of weight rows (9 to 128),
+/// at Qwen2.5-0.5B's fused gate + up, down and LM-head shapes. FLOP/s as above; no gemm
+/// peer (gemm has no bf16 operands: `matmul_*` above compares f32).
+fn linear_rows_bf16(c: &mut Criterion) {
+    let mut g = c.benchmark_group("linear_rows_bf16");
+    for (name, k, n) in
+        [("gate_up", HIDDEN, 2 * INTERMEDIATE), ("down", INTERMEDIATE, HIDDEN), ("lm_head", HIDDEN, VOCAB)]
+    {
+        let w = Tensor::randn((n, k), 0.0, 0.02, DType::BF16, Device::Cpu, &mut rng(31)).expect("randn");
+        for m in [8usize, 16, 32, 64, 128] {
+            let x = randn(&[m, k], 32 + m as u64);
+            g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+            g.bench_function(format!("{name}_{k}x{n}/T={m}"), |b| b.iter(|| x.linear(&w, None).unwrap()));
+        }
+    }
+    g.finish();
 }
 
 fn matmul_attention_scores(c: &mut Criterion) {
@@ -322,7 +343,7 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2));
-    targets = matmul_mlp, matmul_lm_head, matmul_attention_scores, mem_elementwise, mem_softmax,
+    targets = matmul_mlp, matmul_lm_head, linear_rows_bf16, matmul_attention_scores, mem_elementwise, mem_softmax,
         mem_rows_4096x896, mem_rope
 }
 // criterion_main!, with freed memory kept for reuse as the binaries do.

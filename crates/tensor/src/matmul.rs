@@ -1,7 +1,7 @@
 //! Matrix products: `[.., m, k] @ [.., k, n]` with broadcast batch dimensions, and `linear`.
 
 use crate::cpu::dispatch_float;
-use crate::cpu::matmul::{GEMV_MAX_ROWS, GEMV_MAX_ROWS_HALF, Operand, gemv, linear_widening, matmul};
+use crate::cpu::matmul::{GEMV_MAX_ROWS, Operand, TASKS_MAX_ROWS, gemv, linear_tasks, linear_widening, matmul};
 use crate::tensor::check_cpu;
 use crate::{DType, Error, Layout, Result, Shape, Tensor};
 
@@ -117,8 +117,9 @@ impl Tensor {
     ///
     /// f32 activations may meet weights of any float type: they are widened on the fly, so a
     /// bf16 checkpoint stays bf16 in memory and computes exactly as its f32 widening would.
-    /// Up to 16 rows (32 with half-precision weights: decoding) take a matrix-vector path
-    /// that reads each weight once.
+    /// On the CPU, up to 8 rows (decoding) take a matrix-vector path that reads each weight
+    /// once; up to 128, tasks of weight rows each multiplied by one thread; more, one gemm
+    /// (docs/ARCHITECTURE.md).
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         const OP: &str = "linear";
         let [n, k] = weight.dims_n(OP)?;
@@ -144,8 +145,7 @@ impl Tensor {
             };
         }
         let mixed = self.dtype() == DType::F32 && weight.dtype().is_float() && weight.dtype() != DType::F32;
-        let gemv_rows = if mixed { GEMV_MAX_ROWS_HALF } else { GEMV_MAX_ROWS };
-        let y = if k > 0 && self.dtype() == DType::F32 && (mixed || m <= gemv_rows) {
+        let y = if k > 0 && self.dtype() == DType::F32 && (mixed || m <= TASKS_MAX_ROWS) {
             check_cpu(OP, self.device())?;
             let x = self.contiguous()?;
             let w = weight.contiguous()?;
@@ -154,7 +154,13 @@ impl Tensor {
             let wr = w.layout().contiguous_range().expect("contiguous");
             let out = dispatch_float!(OP, &*ws, |wv| {
                 let wv = &wv[wr.clone()];
-                if m <= gemv_rows { gemv(xv, wv, m, k, n) } else { linear_widening(xv, wv, m, k, n) }
+                if m <= GEMV_MAX_ROWS {
+                    gemv(xv, wv, m, k, n)
+                } else if m <= TASKS_MAX_ROWS {
+                    linear_tasks(xv, wv, m, k, n)
+                } else {
+                    linear_widening(xv, wv, m, k, n)
+                }
             });
             let mut dims = self.dims().to_vec();
             *dims.last_mut().expect("rank >= 1") = n;

@@ -64,21 +64,25 @@ pub(crate) fn matmul(lhs: &Operand, rhs: &Operand, m: usize, k: usize, n: usize)
     out
 }
 
-/// Rows of `x` up to which `linear` with f32 weights reads each weight row once for all of
-/// them (a matrix-vector product: decoding) instead of calling gemm.
-pub(crate) const GEMV_MAX_ROWS: usize = 16;
+/// Rows of `x` up to which `linear` reads each weight row once for all of them (a
+/// matrix-vector product: [`gemv`]), memory-bound on the weights. Above it [`linear_tasks`]
+/// is faster: on 2 cores at Qwen2.5-0.5B's shapes, with bf16 weights, about equal at 12 rows
+/// and 1.2-1.7x faster at 16 (docs/BENCHMARKS.md).
+pub(crate) const GEMV_MAX_ROWS: usize = 8;
 
-/// The same for half-precision weights, whose alternative ([`linear_widening`]) pays for
-/// widening every weight before gemm starts: on 2 cores at Qwen2.5-0.5B's shapes the
-/// matrix-vector path is as fast or faster up to 32 rows (the MLP's down projection, k =
-/// 4,864, 3.0 ms against 19.9 ms at 32 rows), and gemm wins from about 64 (docs/BENCHMARKS.md).
-pub(crate) const GEMV_MAX_ROWS_HALF: usize = 32;
+/// Rows of `x` up to which `linear` runs [`linear_tasks`]; above it one gemm over all of the
+/// weights (widened block by block for half types: [`linear_widening`]) is as fast or
+/// faster, its threads sharing every block.
+pub(crate) const TASKS_MAX_ROWS: usize = 128;
+
+/// Weights per task of [`linear_tasks`]: 2 MiB of f32, what a core's L2 holds.
+const TASK_ELEMS: usize = 1 << 19;
 
 /// Weight rows [`gemv`] takes at a time through every row of `x`.
 const GEMV_BLOCK_ROWS: usize = 8;
 
 /// `x @ w^T` for `x: [m, k]` f32 and `w: [n, k]` of any float type, both contiguous, with
-/// few rows (`GEMV_MAX_ROWS`, `GEMV_MAX_ROWS_HALF`). Memory-bound on `w`: each weight row
+/// few rows ([`GEMV_MAX_ROWS`]). Memory-bound on `w`: each weight row
 /// is read once, widened in registers, and dotted with every row of `x`; weight rows are
 /// split across threads.
 pub(crate) fn gemv<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usize) -> Vec<f32> {
@@ -124,6 +128,105 @@ pub(crate) fn gemv<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usiz
         }
     }
     out
+}
+
+/// `x @ w^T` for `x: [m, k]` f32 and `w: [n, k]` of any float type, both contiguous, with a
+/// few dozen rows (batched decoding, short prompts): the weight rows are split into tasks of
+/// about [`TASK_ELEMS`], and each task widens its rows into a buffer of its thread's (f32
+/// weights are read in place) and runs a single-threaded gemm of all of `x` against them,
+/// writing its own columns of the output. Widened rows stay in the core's cache while gemm
+/// packs them, and the threads never wait on each other within a call, which a
+/// multi-threaded gemm per block of rows does at every block.
+pub(crate) fn linear_tasks<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    if k == 0 || m == 0 || n == 0 {
+        return out;
+    }
+    // At least four tasks per thread, so that threads finishing early find work.
+    let rows = (TASK_ELEMS / k).min(n.div_ceil(4 * rayon::current_num_threads())).max(16);
+    let dst = OutColumns(out.as_mut_ptr());
+    (0..n.div_ceil(rows)).into_par_iter().for_each(|t| {
+        let (j0, r) = (t * rows, rows.min(n - t * rows));
+        let ws = &w[j0 * k..(j0 + r) * k];
+        let product = |wide: &[f32]| {
+            SCRATCH.with_borrow_mut(|block| {
+                block.clear();
+                block.resize(r * m, 0.0);
+                // SAFETY: `block` is [r, m] row-major, written as the [m, r] product in column
+                // major (strides (m, 1)), which gemm writes faster than rows of `out`. x is
+                // [m, k] (strides (1, k)); `wide` is [r, k] read as its transpose [k, r]
+                // (column stride k, row stride 1). All in bounds.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        r,
+                        k,
+                        block.as_mut_ptr(),
+                        m as isize,
+                        1,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        wide.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    )
+                }
+                for i in 0..m {
+                    // SAFETY: row i's columns j0..j0+r of the [m, n] output, which this task
+                    // alone touches.
+                    let row = unsafe { dst.slice(i * n + j0, r) };
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = block[j * m + i];
+                    }
+                }
+            })
+        };
+        if T::DTYPE == crate::DType::F32 {
+            product(bytemuck::cast_slice(ws));
+        } else {
+            WIDE.with_borrow_mut(|wide| {
+                wide.clear();
+                wide.extend(ws.iter().map(|v| v.to_f32()));
+                product(wide);
+            });
+        }
+    });
+    out
+}
+
+thread_local! {
+    /// [`linear_tasks`]' widened weights, one buffer per thread, kept between calls: at most
+    /// [`TASK_ELEMS`] f32, or 16 weight rows where those are more.
+    static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// [`linear_tasks`]' product of a task, before it goes into its columns of the output.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The output of [`linear_tasks`], shared by tasks that write disjoint columns of it.
+struct OutColumns(*mut f32);
+
+// SAFETY: every task writes only its own columns, and the buffer outlives the parallel loop.
+unsafe impl Sync for OutColumns {}
+
+impl OutColumns {
+    /// `len` values of the buffer from `offset`.
+    ///
+    /// # Safety
+    /// The range lies inside the buffer, and nothing else reads or writes it while the slice
+    /// lives.
+    #[allow(clippy::mut_from_ref)] // disjoint ranges of a buffer shared by tasks
+    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
+        // SAFETY: forwarded from the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
+    }
 }
 
 /// `x @ w^T` for `x: [m, k]` f32 and `w: [n, k]` of a half type, both contiguous: blocks of
