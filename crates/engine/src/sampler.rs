@@ -263,12 +263,22 @@ impl Logits {
                 Ok(t.sample_rows(&ps)?)
             }
             Logits::Tensor(t) => {
-                let rows = Logits::Tensor(t.clone()).into_rows()?;
-                Ok(picks.iter_mut().map(|(row, s)| s.sample(&rows[*row])).collect())
+                let v = t.dim(-1)?;
+                let flat = t.to_dtype(artist_tensor::DType::F32)?.to_vec::<f32>()?;
+                Ok(sample_rows(picks, |row| &flat[row * v..(row + 1) * v]))
             }
-            Logits::Host(rows) => Ok(picks.iter_mut().map(|(row, s)| s.sample(&rows[*row])).collect()),
+            Logits::Host(rows) => Ok(sample_rows(picks, |row| &rows[row])),
         }
     }
+}
+
+/// The host's draws, the samplers in parallel: each has its own generator, so the draws are
+/// the same in any order. A flat row of Qwen2.5's 152k vocabulary costs two f64 exponentials
+/// per token and a selection over all of them (docs/BENCHMARKS.md has what drawing rows in
+/// parallel saved).
+fn sample_rows<'a>(picks: &mut [(usize, &mut Sampler)], row: impl Fn(usize) -> &'a [f32] + Sync) -> Vec<(u32, f32)> {
+    use rayon::prelude::*;
+    picks.par_iter_mut().map(|(r, s)| s.sample(row(*r))).collect()
 }
 
 /// Index of the largest logit; the lowest index on ties.
@@ -486,5 +496,34 @@ mod tests {
         assert_eq!(xa, xb);
         assert!(SamplingParams { temperature: -1.0, ..Default::default() }.validate().is_err());
         assert!(SamplingParams { top_p: 0.0, ..Default::default() }.validate().is_err());
+    }
+
+    #[test]
+    fn a_batch_draws_what_each_sampler_draws_alone() {
+        // Rows peaked at different tokens, six samplers (two sharing row 0, one greedy),
+        // drawn together (in parallel) from host rows and from a CPU tensor, five steps.
+        let vocab = 500;
+        let rows: Vec<Vec<f32>> =
+            (0..3).map(|r| (0..vocab).map(|i| -(((i + 97 * r) % vocab) as f32) / 4.0).collect()).collect();
+        let params = |i: u64| SamplingParams {
+            temperature: if i == 5 { 0.0 } else { 0.8 + 0.1 * i as f32 },
+            top_k: if i == 3 { 20 } else { 0 },
+            seed: 7 + i,
+            ..Default::default()
+        };
+        let on_row = [0usize, 1, 0, 2, 1, 2];
+        let fresh = || (0..6).map(|i| Sampler::new(params(i))).collect::<Vec<_>>();
+        let (mut alone, mut host, mut tensor) = (fresh(), fresh(), fresh());
+        let flat: Vec<f32> = rows.concat();
+        let t = Tensor::from_vec(flat, (3, vocab), artist_tensor::Device::Cpu).unwrap();
+        for _ in 0..5 {
+            let want: Vec<(u32, f32)> = alone.iter_mut().zip(on_row).map(|(s, r)| s.sample(&rows[r])).collect();
+            let mut picks: Vec<(usize, &mut Sampler)> = on_row.iter().copied().zip(host.iter_mut()).collect();
+            assert_eq!(Logits::Host(rows.clone()).sample(&mut picks).unwrap(), want);
+            let mut picks: Vec<(usize, &mut Sampler)> = on_row.iter().copied().zip(tensor.iter_mut()).collect();
+            assert_eq!(Logits::Tensor(t.clone()).sample(&mut picks).unwrap(), want);
+            // The rows' peaks differ, so a pick reading the wrong row would draw elsewhere.
+            assert!(want.iter().zip(on_row).all(|(&(id, _), r)| (id as usize + 97 * r) % vocab < 60));
+        }
     }
 }
