@@ -115,6 +115,18 @@ extern "C" __global__ void emu_selftest_race(u32* flags, u32* out) {
 }
 ARTIST_EXPORT(emu_selftest_race)
 
+// Static shared memory read before it is written: each thread of each block copies its slot
+// to out[block * 32 + thread], then sets it to (block * 32 + thread + 1). A GPU gives garbage;
+// the emulator keeps static `__shared__` arrays from one block to the next on a thread, so
+// which block's values a read sees depends on the order the blocks ran in.
+extern "C" __global__ void emu_selftest_stale_shared(u32* out) {
+    __shared__ u32 slot[32];
+    const int t = (int)threadIdx.x, b = (int)blockIdx.x;
+    out[b * 32 + t] = slot[t];
+    slot[t] = (u32)(b * 32 + t) + 1;
+}
+ARTIST_EXPORT(emu_selftest_stale_shared)
+
 // A kernel that does not end: it loops until `*stop` is nonzero, which nobody sets, through a
 // block barrier (`mode` 0) or a shuffle (1). The launch must fail when its time runs out.
 extern "C" __global__ void emu_selftest_forever(const u32* stop, u32 mode) {

@@ -769,6 +769,27 @@ mod tests {
         assert_eq!(both.unwrap(), forward.unwrap());
     }
 
+    /// Static `__shared__` arrays are neither guarded nor poisoned: they keep the values of
+    /// the block that ran before on the thread. A kernel that reads one before writing it
+    /// therefore reads other values in each order, and `both` reports it as a race.
+    #[test]
+    fn both_orders_catch_a_read_of_unwritten_static_shared_memory() {
+        let Some(dev) = device() else { return };
+        let run = |order| {
+            super::set_order(Some(order));
+            let out = Tensor::zeros(64, DType::U32, Device::Cuda(0)).unwrap();
+            let args = Args::new().arg(ptr(&out));
+            let r = dev.launch("selftest", "emu_selftest_stale_shared".into(), LaunchCfg::linear(2, 32), args);
+            super::set_order(None);
+            r.map(|()| out.to_vec::<u32>().unwrap())
+        };
+        // Forward, block 1 reads what block 0 wrote.
+        let forward = run(super::Order::Forward).unwrap();
+        assert_eq!(forward[32..], (1..=32).collect::<Vec<u32>>());
+        let err = run(super::Order::Both).unwrap_err().to_string();
+        assert!(err.contains("emu_selftest_stale_shared: a race") && err.contains("argument 0"), "{err}");
+    }
+
     /// Runs test `name` of this binary again in a child process with `env` set (the
     /// emulator reads its variables once per process): whether it passed, and what it
     /// printed; `None` in the child itself.
