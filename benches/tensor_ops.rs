@@ -168,17 +168,19 @@ fn matmul_lm_head(c: &mut Criterion) {
     bench_linear(c, "matmul_lm_head_896x151936", (HIDDEN, VOCAB), &[32, 128], e, e_raw);
 }
 
-/// `linear` with bf16 weights (a bf16 checkpoint, decoding) at the row counts of batched
-/// decoding: the matrix-vector path (up to 8 rows) and the tasks of weight rows (9 to 128),
-/// at Qwen2.5-0.5B's fused gate + up, down and LM-head shapes. FLOP/s as above; no gemm
-/// peer (gemm has no bf16 operands: `matmul_*` above compares f32).
+/// `linear` with bf16 weights (a bf16 checkpoint) at the row counts of batched decoding and
+/// short prompts: the matrix-vector path (up to 8 rows), the tasks of weight rows (9 to
+/// 256) and the blocked gemm (more), at Qwen2.5-0.5B's fused gate + up, down and LM-head
+/// shapes (the LM head only to 128: a prefill projects its last row alone). FLOP/s as
+/// above; no gemm peer (gemm has no bf16 operands: `matmul_*` above compares f32).
 fn linear_rows_bf16(c: &mut Criterion) {
     let mut g = c.benchmark_group("linear_rows_bf16");
     for (name, k, n) in
         [("gate_up", HIDDEN, 2 * INTERMEDIATE), ("down", INTERMEDIATE, HIDDEN), ("lm_head", HIDDEN, VOCAB)]
     {
         let w = Tensor::randn((n, k), 0.0, 0.02, DType::BF16, Device::Cpu, &mut rng(31)).expect("randn");
-        for m in [8usize, 16, 32, 64, 128] {
+        let most = if name == "lm_head" { 128 } else { 512 };
+        for m in [8usize, 16, 32, 64, 128, 192, 256, 512].into_iter().filter(|&m| m <= most) {
             let x = randn(&[m, k], 32 + m as u64);
             g.throughput(Throughput::Elements((2 * m * n * k) as u64));
             g.bench_function(format!("{name}_{k}x{n}/T={m}"), |b| b.iter(|| x.linear(&w, None).unwrap()));

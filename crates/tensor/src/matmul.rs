@@ -1,7 +1,9 @@
 //! Matrix products: `[.., m, k] @ [.., k, n]` with broadcast batch dimensions, and `linear`.
 
 use crate::cpu::dispatch_float;
-use crate::cpu::matmul::{GEMV_MAX_ROWS, Operand, TASKS_MAX_ROWS, gemv, linear_tasks, linear_widening, matmul};
+use crate::cpu::matmul::{
+    GEMV_MAX_ROWS, Operand, TASKS_MAX_ROWS, TASKS_MAX_ROWS_HALF, gemv, linear_tasks, linear_widening, matmul,
+};
 use crate::tensor::check_cpu;
 use crate::{DType, Error, Layout, Result, Shape, Tensor};
 
@@ -118,8 +120,8 @@ impl Tensor {
     /// f32 activations may meet weights of any float type: they are widened on the fly, so a
     /// bf16 checkpoint stays bf16 in memory and computes exactly as its f32 widening would.
     /// On the CPU, up to 8 rows (decoding) take a matrix-vector path that reads each weight
-    /// once; up to 128, tasks of weight rows each multiplied by one thread; more, one gemm
-    /// (docs/ARCHITECTURE.md).
+    /// once; up to 128 (256 with half-precision weights), tasks of weight rows each
+    /// multiplied by one thread; more, one gemm (docs/ARCHITECTURE.md).
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         const OP: &str = "linear";
         let [n, k] = weight.dims_n(OP)?;
@@ -145,7 +147,8 @@ impl Tensor {
             };
         }
         let mixed = self.dtype() == DType::F32 && weight.dtype().is_float() && weight.dtype() != DType::F32;
-        let y = if k > 0 && self.dtype() == DType::F32 && (mixed || m <= TASKS_MAX_ROWS) {
+        let tasks_rows = if mixed { TASKS_MAX_ROWS_HALF } else { TASKS_MAX_ROWS };
+        let y = if k > 0 && self.dtype() == DType::F32 && (mixed || m <= tasks_rows) {
             check_cpu(OP, self.device())?;
             let x = self.contiguous()?;
             let w = weight.contiguous()?;
@@ -156,7 +159,7 @@ impl Tensor {
                 let wv = &wv[wr.clone()];
                 if m <= GEMV_MAX_ROWS {
                     gemv(xv, wv, m, k, n)
-                } else if m <= TASKS_MAX_ROWS {
+                } else if m <= tasks_rows {
                     linear_tasks(xv, wv, m, k, n)
                 } else {
                     linear_widening(xv, wv, m, k, n)

@@ -765,13 +765,14 @@ fn cuda_without_a_driver_is_an_error_not_a_panic() {
 #[test]
 fn linear_widens_half_weights_on_the_fly() {
     // Every path of the CPU's `linear`: the matrix-vector product (up to 8 rows), tasks of
-    // weight rows (9 to 128; here tasks of 16 rows, the last one short) and gemm over blocks
-    // of widened weights (more), weights in every float type: the result is the f32
-    // product over the widened weights.
+    // weight rows (9 to 128 rows with f32 weights, to 256 with half ones; here tasks of 16
+    // weight rows, the last one short) and gemm (more; over blocks of widened weights for
+    // half ones), weights in every float type: the result is the f32 product over the
+    // widened weights.
     let (n, k) = (37, 70);
     let w = Nd::random(&[n, k], 150).round_bf16();
     let bias = Nd::random(&[n], 151).round_bf16();
-    for m in [1usize, 3, 8, 9, 16, 17, 33, 40, 128, 129, 200] {
+    for m in [1usize, 3, 8, 9, 16, 17, 33, 40, 128, 129, 200, 256, 257, 300] {
         let x = Nd::random(&[m, k], 152 + m as u64);
         let want = x.matmul(&w.transpose(0, 1)).zip(&bias, |p, q| p + q);
         for dt in [DType::F32, DType::BF16, DType::F16] {
@@ -784,7 +785,7 @@ fn linear_widens_half_weights_on_the_fly() {
         assert_eq!(x3.linear(&w.tensor(DType::BF16), None).unwrap().dims(), &[1, m, n]);
     }
     // Wide: at k = 4096, tasks of 128 weight rows (nine, the last one short), and blocks of
-    // 512 (three, the last one short) above 128 rows of x.
+    // 512 (three, the last one short) above 256 rows of x.
     let w = Nd::random(&[1100, 4096], 162).round_bf16();
     let x = Nd::random(&[33, 4096], 163);
     // x w^T by rows of both (Nd's matmul indexes element by element: too slow at this size).
@@ -793,10 +794,10 @@ fn linear_widens_half_weights_on_the_fly() {
     for dt in [DType::F32, DType::BF16] {
         assert_close(&x.tensor(DType::F32).linear(&w.tensor(dt), None).unwrap(), &want, 1e-4, 1e-4);
     }
-    // Above 128 rows, against gemm on the same weights in f32 (bf16 widens exactly).
-    let x = Nd::random(&[130, 4096], 164).tensor(DType::F32);
+    // Above 256 rows, against gemm on the same weights in f32 (bf16 widens exactly).
+    let x = Nd::random(&[260, 4096], 164).tensor(DType::F32);
     let want = x.linear(&w.tensor(DType::F32), None).unwrap().to_vec::<f32>().unwrap();
-    let want = Nd::new(&[130, 1100], want.into_iter().map(f64::from).collect());
+    let want = Nd::new(&[260, 1100], want.into_iter().map(f64::from).collect());
     assert_close(&x.linear(&w.tensor(DType::BF16), None).unwrap(), &want, 1e-4, 1e-4);
     // A long reduction (4864, as Qwen2.5-0.5B's down projection) in the vectorised dot.
     let (w, x) = (Nd::random(&[5, 4864], 160).round_bf16(), Nd::random(&[2, 4864], 161));

@@ -70,10 +70,13 @@ pub(crate) fn matmul(lhs: &Operand, rhs: &Operand, m: usize, k: usize, n: usize)
 /// and 1.2-1.7x faster at 16 (docs/BENCHMARKS.md).
 pub(crate) const GEMV_MAX_ROWS: usize = 8;
 
-/// Rows of `x` up to which `linear` runs [`linear_tasks`]; above it one gemm over all of the
-/// weights (widened block by block for half types: [`linear_widening`]) is as fast or
-/// faster, its threads sharing every block.
+/// Rows of `x` up to which `linear` with f32 weights runs [`linear_tasks`]; above it one
+/// gemm over all of the weights, its threads sharing the work, is as fast or faster.
 pub(crate) const TASKS_MAX_ROWS: usize = 128;
+
+/// The same for half-precision weights, whose alternative ([`linear_widening`]) also widens
+/// the weights block by block before each gemm: the tasks stay faster up to 256 rows.
+pub(crate) const TASKS_MAX_ROWS_HALF: usize = 256;
 
 /// Weights per task of [`linear_tasks`]: 2 MiB of f32, what a core's L2 holds.
 const TASK_ELEMS: usize = 1 << 19;
