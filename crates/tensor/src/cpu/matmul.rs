@@ -42,8 +42,7 @@ pub(crate) fn matmul(lhs: &Operand, rhs: &Operand, m: usize, k: usize, n: usize)
         unsafe {
             gemm_overwrite(
                 (m, n, k),
-                dst.as_mut_ptr() as *mut f32,
-                n,
+                (dst.as_mut_ptr() as *mut f32, n, 1),
                 (lhs.data.as_ptr().add(lhs.batch_offsets[b]), lhs.row_stride, lhs.col_stride),
                 (rhs.data.as_ptr().add(rhs.batch_offsets[b]), rhs.row_stride, rhs.col_stride),
                 par,
@@ -156,29 +155,15 @@ pub(crate) fn linear_tasks<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize,
                 block.clear();
                 block.resize(r * m, 0.0);
                 // SAFETY: `block` is [r, m] row-major, written as the [m, r] product in column
-                // major (strides (m, 1)), which gemm writes faster than rows of `out`. x is
-                // [m, k] (strides (1, k)); `wide` is [r, k] read as its transpose [k, r]
-                // (column stride k, row stride 1). All in bounds.
+                // major (strides (1, m)), which gemm writes faster than rows of `out`. x is
+                // [m, k] (strides (k, 1)); `wide` is [r, k] read as its transpose [k, r]
+                // (strides (1, k)). All in bounds.
                 unsafe {
-                    gemm::gemm(
-                        m,
-                        r,
-                        k,
-                        block.as_mut_ptr(),
-                        m as isize,
-                        1,
-                        false,
-                        x.as_ptr(),
-                        1,
-                        k as isize,
-                        wide.as_ptr(),
-                        k as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
+                    gemm_overwrite(
+                        (m, r, k),
+                        (block.as_mut_ptr(), 1, m),
+                        (x.as_ptr(), k, 1),
+                        (wide.as_ptr(), 1, k),
                         Parallelism::None,
                     )
                 }
@@ -254,24 +239,29 @@ pub(crate) fn linear_widening<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usi
             }
         });
         // SAFETY: out is [m, n] row-major; the block writes columns j0..j0+rows of every
-        // row (dst strides (1, n)). x is [m, k] (strides (1, k)); `wide` is [rows, k] read as
-        // its transpose [k, rows] (column stride k, row stride 1). All in bounds.
+        // row (strides (n, 1) from column j0). x is [m, k] (strides (k, 1)); `wide` is
+        // [rows, k] read as its transpose [k, rows] (strides (1, k)). All in bounds.
         unsafe {
-            gemm_overwrite((m, rows, k), out.as_mut_ptr().add(j0), n, (x.as_ptr(), k, 1), (wide.as_ptr(), 1, k), par)
+            gemm_overwrite(
+                (m, rows, k),
+                (out.as_mut_ptr().add(j0), n, 1),
+                (x.as_ptr(), k, 1),
+                (wide.as_ptr(), 1, k),
+                par,
+            )
         }
     }
     out
 }
 
-/// `dst = lhs @ rhs` for `lhs: [m, k]`, `rhs: [k, n]` given as (pointer, row stride, column
-/// stride), into a row-major `dst` with row stride `dst_rs`, which is written and never read.
+/// `dst = lhs @ rhs` for `dst: [m, n]`, `lhs: [m, k]` and `rhs: [k, n]`, each given as
+/// (pointer, row stride, column stride); `dst` is written and never read.
 ///
 /// # Safety
 /// Every element the strides address must lie inside its allocation, for `dst` writable.
 unsafe fn gemm_overwrite(
     (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
+    dst: (*mut f32, usize, usize),
     lhs: (*const f32, usize, usize),
     rhs: (*const f32, usize, usize),
     par: Parallelism,
@@ -282,9 +272,9 @@ unsafe fn gemm_overwrite(
             m,
             n,
             k,
-            dst,
-            1,
-            dst_rs as isize,
+            dst.0,
+            dst.2 as isize,
+            dst.1 as isize,
             false,
             lhs.0,
             lhs.2 as isize,
