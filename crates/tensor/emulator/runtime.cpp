@@ -147,9 +147,9 @@ bool past_deadline() {
 // The next thread to run when `me` stops in state `s`, without going back to the scheduler
 // when the scheduler would run it next: the next lane of `me`'s warp that has yet to reach
 // the barrier (lanes run in order: ascending, or descending when `reversed`), or, once
-// every live lane of the warp waits at a warp barrier, the first of them, all released. Null when the scheduler decides (the warp is
-// done or waits at __syncthreads, or its lanes are stuck at different barriers), or when
-// `me` itself runs on.
+// every live lane of the warp waits at a warp barrier, the first of them, all released.
+// Null when the scheduler decides (the warp is done or waits at __syncthreads, or its lanes
+// are stuck at different barriers), or when `me` itself runs on.
 Fiber* next_in_warp(Fiber* me, State s) {
     const dim3 d = block->dim;
     const unsigned lo = me->linear & ~31u, hi = std::min(d.x * d.y * d.z, lo + 32);

@@ -84,9 +84,8 @@ const TASK_ELEMS: usize = 1 << 19;
 const GEMV_BLOCK_ROWS: usize = 8;
 
 /// `x @ w^T` for `x: [m, k]` f32 and `w: [n, k]` of any float type, both contiguous, with
-/// few rows ([`GEMV_MAX_ROWS`]). Memory-bound on `w`: each weight row
-/// is read once, widened in registers, and dotted with every row of `x`; weight rows are
-/// split across threads.
+/// few rows ([`GEMV_MAX_ROWS`]). Memory-bound on `w`: each weight row is read once, widened
+/// in registers, and dotted with every row of `x`; weight rows are split across threads.
 pub(crate) fn gemv<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usize) -> Vec<f32> {
     // Computed as [n, m] so each task owns a contiguous block, then transposed (m is small).
     let mut out_t = vec![0f32; n * m];
@@ -140,13 +139,14 @@ pub(crate) fn gemv<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usiz
 /// packs them, and the threads never wait on each other within a call, which a
 /// multi-threaded gemm per block of rows does at every block.
 pub(crate) fn linear_tasks<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
     if k == 0 || m == 0 || n == 0 {
-        return out;
+        return vec![0f32; m * n];
     }
     // At least four tasks per thread, so that threads finishing early find work.
     let rows = (TASK_ELEMS / k).min(n.div_ceil(4 * rayon::current_num_threads())).max(16);
-    let dst = OutColumns(out.as_mut_ptr());
+    // Every element is written by exactly one task below, so the output is not zeroed first.
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let dst = OutColumns(out.spare_capacity_mut().as_mut_ptr());
     (0..n.div_ceil(rows)).into_par_iter().for_each(|t| {
         let (j0, r) = (t * rows, rows.min(n - t * rows));
         let ws = &w[j0 * k..(j0 + r) * k];
@@ -172,7 +172,7 @@ pub(crate) fn linear_tasks<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize,
                     // alone touches.
                     let row = unsafe { dst.slice(i * n + j0, r) };
                     for (j, v) in row.iter_mut().enumerate() {
-                        *v = block[j * m + i];
+                        v.write(block[j * m + i]);
                     }
                 }
             })
@@ -187,6 +187,8 @@ pub(crate) fn linear_tasks<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize,
             });
         }
     });
+    // SAFETY: the tasks cover columns 0..n of every row, so all m * n elements are written.
+    unsafe { out.set_len(m * n) };
     out
 }
 
@@ -199,7 +201,7 @@ thread_local! {
 }
 
 /// The output of [`linear_tasks`], shared by tasks that write disjoint columns of it.
-struct OutColumns(*mut f32);
+struct OutColumns(*mut MaybeUninit<f32>);
 
 // SAFETY: every task writes only its own columns, and the buffer outlives the parallel loop.
 unsafe impl Sync for OutColumns {}
@@ -211,7 +213,7 @@ impl OutColumns {
     /// The range lies inside the buffer, and nothing else reads or writes it while the slice
     /// lives.
     #[allow(clippy::mut_from_ref)] // disjoint ranges of a buffer shared by tasks
-    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
+    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [MaybeUninit<f32>] {
         // SAFETY: forwarded from the caller.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
     }
