@@ -21,7 +21,7 @@
 //!
 //! * `linear_rows_bf16`: `linear` with bf16 weights at the row counts of batched decoding.
 //!
-//! Settings keep the whole run to about 4.5 minutes on a 2-core machine (plus the build):
+//! Settings keep the whole run to about 5 minutes on a 2-core machine (plus the build):
 //! 10 samples, 1 s warm-up, 2 s measurement per benchmark. The machine must be otherwise
 //! idle: a concurrent build halves every number here.
 
