@@ -766,7 +766,8 @@ fn cuda_without_a_driver_is_an_error_not_a_panic() {
 fn linear_widens_half_weights_on_the_fly() {
     // Every path of the CPU's `linear`: the matrix-vector product (up to 8 rows), tasks of
     // weight rows (9 to 128 rows with f32 weights, to 256 with half ones; here tasks of 16
-    // weight rows, the last one short) and gemm (more; over blocks of widened weights for
+    // weight rows, the last one short; x's rows by 16 unpacked, the rest of them packed:
+    // 17, 33, 40 and 200 rows have both) and gemm (more; over blocks of widened weights for
     // half ones), weights in every float type: the result is the f32 product over the
     // widened weights.
     let (n, k) = (37, 70);
@@ -784,8 +785,9 @@ fn linear_widens_half_weights_on_the_fly() {
         let x3 = x.tensor(DType::F32).reshape((1, m, k)).unwrap();
         assert_eq!(x3.linear(&w.tensor(DType::BF16), None).unwrap().dims(), &[1, m, n]);
     }
-    // Wide: at k = 4096, tasks of 128 weight rows (nine, the last one short), and blocks of
-    // 512 (three, the last one short) above 256 rows of x.
+    // Wide: at k = 4096, tasks of 128 weight rows (nine, the last one short; on 2 threads),
+    // each in gemm calls of 43 of them on the 32 unpacked rows of x, and blocks of 512
+    // (three, the last one short) above 256 rows of x.
     let w = Nd::random(&[1100, 4096], 162).round_bf16();
     let x = Nd::random(&[33, 4096], 163);
     // x w^T by rows of both (Nd's matmul indexes element by element: too slow at this size).

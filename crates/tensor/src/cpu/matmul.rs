@@ -138,12 +138,21 @@ pub(crate) fn gemv<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usiz
 /// writing its own columns of the output. Widened rows stay in the core's cache while gemm
 /// packs them, and the threads never wait on each other within a call, which a
 /// multi-threaded gemm per block of rows does at every block.
+///
+/// gemm would pack all of `x` again in every task (nine times per call for the down
+/// projection's k = 4,864). So the first multiple of [`UNPACKED_ROWS`] rows of `x` is
+/// transposed once per call into the column-major layout gemm's kernel reads, and each task
+/// multiplies it by at most [`UNPACKED_COLS`] weight rows at a time, which gemm then takes
+/// as it is; the remaining rows (fewer than 16) go through gemm's packing, which is cheap
+/// for so few.
 pub(crate) fn linear_tasks<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usize) -> Vec<f32> {
     if k == 0 || m == 0 || n == 0 {
         return vec![0f32; m * n];
     }
     // At least four tasks per thread, so that threads finishing early find work.
     let rows = (TASK_ELEMS / k).min(n.div_ceil(4 * rayon::current_num_threads())).max(16);
+    let m16 = m - m % UNPACKED_ROWS;
+    let xt = transpose_rows(&x[..m16 * k], m16, k);
     // Every element is written by exactly one task below, so the output is not zeroed first.
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let dst = OutColumns(out.spare_capacity_mut().as_mut_ptr());
@@ -154,18 +163,37 @@ pub(crate) fn linear_tasks<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize,
             SCRATCH.with_borrow_mut(|block| {
                 block.clear();
                 block.resize(r * m, 0.0);
-                // SAFETY: `block` is [r, m] row-major, written as the [m, r] product in column
-                // major (strides (1, m)), which gemm writes faster than rows of `out`. x is
-                // [m, k] (strides (k, 1)); `wide` is [r, k] read as its transpose [k, r]
-                // (strides (1, k)). All in bounds.
-                unsafe {
-                    gemm_overwrite(
-                        (m, r, k),
-                        (block.as_mut_ptr(), 1, m),
-                        (x.as_ptr(), k, 1),
-                        (wide.as_ptr(), 1, k),
-                        Parallelism::None,
-                    )
+                // `block` is [r, m] row-major, written as the [m, r] product in column major
+                // (strides (1, m)), which gemm writes faster than rows of `out`. `wide` is
+                // [r, k] read as its transpose [k, r] (strides (1, k)).
+                let per = r.div_ceil(r.div_ceil(UNPACKED_COLS));
+                for c0 in (0..r).step_by(per).filter(|_| m16 > 0) {
+                    let c = per.min(r - c0);
+                    // SAFETY: rows 0..m16 of columns c0..c0+c of the [m, r] block; `xt` is
+                    // [m16, k] in column major (strides (1, m16)); weight rows c0..c0+c.
+                    // All in bounds.
+                    unsafe {
+                        gemm_overwrite(
+                            (m16, c, k),
+                            (block.as_mut_ptr().add(c0 * m), 1, m),
+                            (xt.as_ptr(), 1, m16),
+                            (wide.as_ptr().add(c0 * k), 1, k),
+                            Parallelism::None,
+                        )
+                    }
+                }
+                if m16 < m {
+                    // SAFETY: rows m16..m of the block; those rows of x, row-major (strides
+                    // (k, 1)). All in bounds.
+                    unsafe {
+                        gemm_overwrite(
+                            (m - m16, r, k),
+                            (block.as_mut_ptr().add(m16), 1, m),
+                            (x.as_ptr().add(m16 * k), k, 1),
+                            (wide.as_ptr(), 1, k),
+                            Parallelism::None,
+                        )
+                    }
                 }
                 for i in 0..m {
                     // SAFETY: row i's columns j0..j0+r of the [m, n] output, which this task
@@ -190,6 +218,37 @@ pub(crate) fn linear_tasks<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize,
     // SAFETY: the tasks cover columns 0..n of every row, so all m * n elements are written.
     unsafe { out.set_len(m * n) };
     out
+}
+
+/// Rows of `x` that [`linear_tasks`] hands gemm unpacked come in multiples of this: gemm
+/// packs a column-major operand whose row count is not a multiple of its vector width (8
+/// f32 with AVX2, 16 with AVX-512).
+const UNPACKED_ROWS: usize = 16;
+
+/// Columns (weight rows) per gemm call of [`linear_tasks`] on unpacked rows of `x`: gemm
+/// packs them anyway above 8 of its 6-column kernels' widths (AVX2 and AVX-512 alike).
+const UNPACKED_COLS: usize = 48;
+
+/// `x: [m, k]` row-major as `[m, k]` column-major (`xt[p * m + i] = x[i * k + p]`), in
+/// parallel over spans of `k`.
+fn transpose_rows(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let mut xt = vec![0f32; m * k];
+    if m == 0 {
+        return xt;
+    }
+    // Spans of 16 columns of x: each row's 16 values are one 64-byte line read, and each
+    // span's output is written in order.
+    const SPAN: usize = 16;
+    xt.par_chunks_mut(SPAN * m).with_min_len((GRAIN / (SPAN * m)).max(1)).enumerate().for_each(|(s, out)| {
+        let p0 = s * SPAN;
+        let width = out.len() / m;
+        for i in 0..m {
+            for (dp, &v) in x[i * k + p0..i * k + p0 + width].iter().enumerate() {
+                out[dp * m + i] = v;
+            }
+        }
+    });
+    xt
 }
 
 thread_local! {
