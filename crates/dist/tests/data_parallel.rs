@@ -176,7 +176,7 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 /// How many weights of `a` differ from `b`'s by more than [`CLOSE`] (NaN counts), of how many.
 fn count_far(a: &[Vec<f32>], b: &[Vec<f32>]) -> (usize, usize) {
     let pairs = || a.iter().flatten().zip(b.iter().flatten());
-    (pairs().filter(|&(x, y)| !((x - y).abs() <= CLOSE)).count(), pairs().count())
+    (pairs().filter(|&(x, y)| (x - y).is_nan() || (x - y).abs() > CLOSE).count(), pairs().count())
 }
 
 #[test]
