@@ -13,10 +13,21 @@ use artist_train::sft::{RunOptions, SftConfig, SftSummary, train, train_data_par
 /// The runs differ only in the order floats are added (per-shard forward passes, the sum
 /// of the shards' gradients over ranks): about 1e-7 relative in a gradient, 1e-6 in its
 /// norm. AdamW's first steps move a weight by about lr * sign(gradient) however small the
-/// gradient, so where a gradient is near zero that noise moves a weight by up to ~1e-4
-/// after three steps of lr 3e-3. A single process shows the same: the whole batch in one
-/// forward pass against one example per pass ends 1.3e-4 apart (checked below).
-const TOLERANCE: f32 = 2e-4;
+/// gradient, so where a gradient is near zero that noise moves a weight by up to a few
+/// 1e-4 after three steps of lr 3e-3 (measured: 2.5e-4 at 2 of 126,400 weights, 4 ranks of
+/// one example against the whole batch in one pass). A single process shows the same: the
+/// whole batch in one forward pass against one example per pass (checked below).
+const TOLERANCE: f32 = 5e-4;
+/// Weights that may differ from the single process's by more than [`CLOSE`]: 0.1% (measured:
+/// at most 10 of 126,400). A gradient wrong anywhere moves thousands by about a step.
+const FAR_FRACTION: f64 = 1e-3;
+const CLOSE: f32 = 1e-5;
+
+/// How many weights of `a` differ from `b`'s by more than [`CLOSE`] (NaN counts), of how many.
+fn count_far(a: &[Vec<f32>], b: &[Vec<f32>]) -> (usize, usize) {
+    let pairs = || a.iter().flatten().zip(b.iter().flatten());
+    (pairs().filter(|&(x, y)| (x - y).is_nan() || (x - y).abs() > CLOSE).count(), pairs().count())
+}
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -97,6 +108,8 @@ fn ranks_equal_one_process_on_the_global_batch() {
     let noise = max_diff(&weights(&whole.final_model), &weights(&single.final_model));
     eprintln!("one process, whole batch vs one example per pass: max |weight difference| {noise:e}");
     assert!(noise <= TOLERANCE, "{noise:e}");
+    let (far, total) = count_far(&weights(&whole.final_model), &weights(&single.final_model));
+    assert!(far as f64 <= FAR_FRACTION * total as f64, "{far} of {total} weights beyond {CLOSE:e}");
 }
 
 fn ranks_equal_one_process(micro: usize) {
@@ -125,6 +138,8 @@ fn ranks_equal_one_process(micro: usize) {
              max relative difference of gradient norms {norm_diff:e}, of losses {loss_diff:e}"
         );
         assert!(diff <= TOLERANCE, "{world} ranks: max weight difference {diff:e} > {TOLERANCE:e}");
+        let (far, total) = count_far(&w, &w1);
+        assert!(far as f64 <= FAR_FRACTION * total as f64, "{world} ranks: {far} of {total} weights beyond {CLOSE:e}");
         assert!(norm_diff < 1e-5 && loss_diff < 1e-5, "{world} ranks: {norm_diff:e} {loss_diff:e}");
         // Rank 0 alone wrote: one line per step, one final checkpoint.
         assert_eq!(metric(&dir, "step"), vec![1.0, 2.0, 3.0]);
