@@ -225,8 +225,9 @@ pub(crate) fn linear_tasks<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize,
 /// f32 with AVX2, 16 with AVX-512).
 const UNPACKED_ROWS: usize = 16;
 
-/// Columns (weight rows) per gemm call of [`linear_tasks`] on unpacked rows of `x`: gemm
-/// packs them anyway above 8 of its 6-column kernels' widths (AVX2 and AVX-512 alike).
+/// Weight rows (output columns) per gemm call of [`linear_tasks`] on the unpacked rows of
+/// `x`: above 8 widths of its 6-column kernels (48, AVX2 and AVX-512 alike) gemm packs the
+/// rows of `x` after all.
 const UNPACKED_COLS: usize = 48;
 
 /// `x: [m, k]` row-major as `[m, k]` column-major (`xt[p * m + i] = x[i * k + p]`), in
