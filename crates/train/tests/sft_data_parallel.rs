@@ -105,10 +105,11 @@ fn ranks_equal_one_process_on_the_global_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let whole = train(&tmp.path().join("whole"), micro_config(0), &quiet()).unwrap();
     let single = train(&tmp.path().join("single"), micro_config(1), &quiet()).unwrap();
-    let noise = max_diff(&weights(&whole.final_model), &weights(&single.final_model));
+    let (ww, ws) = (weights(&whole.final_model), weights(&single.final_model));
+    let noise = max_diff(&ww, &ws);
     eprintln!("one process, whole batch vs one example per pass: max |weight difference| {noise:e}");
     assert!(noise <= TOLERANCE, "{noise:e}");
-    let (far, total) = count_far(&weights(&whole.final_model), &weights(&single.final_model));
+    let (far, total) = count_far(&ww, &ws);
     assert!(far as f64 <= FAR_FRACTION * total as f64, "{far} of {total} weights beyond {CLOSE:e}");
 }
 

@@ -136,7 +136,7 @@ pub(crate) fn gemv<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize, n: usiz
 /// about [`TASK_ELEMS`], and each task widens its rows into a buffer of its thread's (f32
 /// weights are read in place) and runs a single-threaded gemm of all of `x` against them,
 /// writing its own columns of the output. Widened rows stay in the core's cache while gemm
-/// packs them, and the threads never wait on each other within a call, which a
+/// reads them, and the threads never wait on each other within a call, which a
 /// multi-threaded gemm per block of rows does at every block.
 ///
 /// gemm would pack all of `x` again in every task (nine times per call for the down
