@@ -173,6 +173,8 @@ fn matmul_lm_head(c: &mut Criterion) {
 /// 256) and the blocked gemm (more), at Qwen2.5-0.5B's fused gate + up, down and LM-head
 /// shapes (the LM head only to 128: a prefill projects its last row alone). FLOP/s as
 /// above; no gemm peer (gemm has no bf16 operands: `matmul_*` above compares f32).
+/// `in_bf16`: `linear_in` with `x` rounded to bf16, on the CPU's bf16 dot products where it
+/// has them (AVX512-BF16; `ARTIST_CPU_DPBF16=0` measures the widening path instead).
 fn linear_rows_bf16(c: &mut Criterion) {
     let mut g = c.benchmark_group("linear_rows_bf16");
     for (name, k, n) in
@@ -184,6 +186,12 @@ fn linear_rows_bf16(c: &mut Criterion) {
             let x = randn(&[m, k], 32 + m as u64);
             g.throughput(Throughput::Elements((2 * m * n * k) as u64));
             g.bench_function(format!("{name}_{k}x{n}/T={m}"), |b| b.iter(|| x.linear(&w, None).unwrap()));
+            if m > 8 {
+                // The same product with x rounded to bf16 (`matmul_dtype = "bf16"`).
+                g.bench_function(format!("{name}_{k}x{n}/in_bf16/T={m}"), |b| {
+                    b.iter(|| x.linear_in(&w, None, DType::BF16).unwrap())
+                });
+            }
         }
     }
     g.finish();

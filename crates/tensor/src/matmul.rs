@@ -45,9 +45,12 @@ impl Tensor {
         *dims.last_mut().expect("rank >= 1") = n;
         let w = weight.to_dtype(compute)?;
         let y = if !self.device().is_cuda() {
-            // The rounded activations widened back exactly, and the half weights widened
-            // block by block as `linear` does (no f32 copy of them at once).
-            self.to_dtype(compute)?.to_dtype(DType::F32)?.linear(&w, None)?
+            match linear_dpbf16(self, &w, m, k, n, &dims)? {
+                Some(y) => y,
+                // The rounded activations widened back exactly, and the half weights widened
+                // block by block as `linear` does (no f32 copy of them at once).
+                None => self.to_dtype(compute)?.to_dtype(DType::F32)?.linear(&w, None)?,
+            }
         } else if m <= crate::cuda::ops::GEMV_MAX_ROWS && self.dtype() == DType::F32 {
             // Decode-sized: the gemv kernel rounds the activations as it reads them and
             // reads each weight once; the same values as the GEMM below.
@@ -177,6 +180,28 @@ impl Tensor {
             None => Ok(y),
         }
     }
+}
+
+/// `linear_in` on the CPU's bf16 dot products (`cpu::dpbf16`), where they run: bf16
+/// weights, f32 or bf16 activations, more rows than the matrix-vector path takes (which
+/// reads each weight once and is bound by memory, not by multiply-adds). `None` elsewhere.
+fn linear_dpbf16(x: &Tensor, w: &Tensor, m: usize, k: usize, n: usize, dims: &[usize]) -> Result<Option<Tensor>> {
+    use crate::cpu::CpuStorage;
+    if m <= GEMV_MAX_ROWS || w.dtype() != DType::BF16 || !crate::cpu::dpbf16::available() {
+        return Ok(None);
+    }
+    check_cpu("linear_in", x.device())?;
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let (xs, ws) = (x.cpu(), w.cpu());
+    let (xr, wr) = (x.layout().contiguous_range().expect("contiguous"), w.layout().contiguous_range().expect("contiguous"));
+    let CpuStorage::BF16(wv) = &*ws else { return Ok(None) };
+    let wv = &wv[wr];
+    let out = match &*xs {
+        CpuStorage::F32(xv) => crate::cpu::dpbf16::linear(&xv[xr], wv, m, k, n),
+        CpuStorage::BF16(xv) => crate::cpu::dpbf16::linear(&xv[xr], wv, m, k, n),
+        _ => None,
+    };
+    Ok(out.map(|o| Tensor::from_storage(o.into(), dims.to_vec())))
 }
 
 fn f32_slice(s: &crate::cpu::CpuStorage) -> &[f32] {

@@ -261,7 +261,7 @@ thread_local! {
 }
 
 /// The output of [`linear_tasks`], shared by tasks that write disjoint columns of it.
-struct OutColumns(*mut MaybeUninit<f32>);
+pub(crate) struct OutColumns(pub(crate) *mut MaybeUninit<f32>);
 
 // SAFETY: every task writes only its own columns, and the buffer outlives the parallel loop.
 unsafe impl Sync for OutColumns {}
@@ -273,7 +273,7 @@ impl OutColumns {
     /// The range lies inside the buffer, and nothing else reads or writes it while the slice
     /// lives.
     #[allow(clippy::mut_from_ref)] // disjoint ranges of a buffer shared by tasks
-    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [MaybeUninit<f32>] {
+    pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [MaybeUninit<f32>] {
         // SAFETY: forwarded from the caller.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
     }

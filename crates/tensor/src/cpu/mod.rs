@@ -1,6 +1,7 @@
 //! The CPU backend: f32 arithmetic (half types widened per element), rayon across rows,
 //! the `gemm` crate for matrix products.
 
+pub(crate) mod dpbf16;
 pub(crate) mod elementwise;
 pub(crate) mod index;
 pub(crate) mod matmul;

@@ -1,0 +1,329 @@
+//! `x @ w^T` with bf16 weights and the activations rounded to bf16, products summed in f32
+//! (`Tensor::linear_in` with `compute = BF16`, what autocast runs), on the AVX512-BF16 dot
+//! products of recent x86 CPUs (Zen 4 and later, Cooper Lake, Sapphire Rapids and later).
+//!
+//! `vdpbf16ps` multiplies 16 pairs of bf16 by 16 pairs and adds both products to 16 f32
+//! accumulators: twice the multiply-adds of an f32 FMA per instruction, from half the
+//! bytes. The kernel keeps 32 rows of `x` in the lanes of two vectors and broadcasts one
+//! pair of a weight row at a time, read in place from the checkpoint's row-major `[n, k]`
+//! (no copy or packing of the weights); only `x` is rounded and packed, once per call, into
+//! blocks of 32 (or 16) rows laid out pair by pair.
+//!
+//! The products of bf16 values are exact in f32, so results differ from the rounded
+//! operands' f32 product (`linear` on the widened values) only in the order of the sums,
+//! except that `vdpbf16ps` reads subnormal inputs as zero and flushes subnormal results
+//! (below 1.2e-38).
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::matmul::OutColumns;
+
+/// Pairs of `k` per pass over a block of rows: a block's 128 pairs of 32 rows (16 KiB) and
+/// 12 weight rows' 128 pairs (6 KiB) stay in L1 while the kernel reads them.
+const KC: usize = 128;
+
+/// Weight rows (output columns) per kernel call: 12 x 2 accumulators of 16 lanes, two
+/// vectors of `x` and a broadcast, 27 of the 32 vector registers.
+const NR: usize = 12;
+
+/// Rows of `x` per block: two vectors of 16 lanes (one where 16 or fewer rows are left).
+const BLOCK_ROWS: usize = 32;
+
+/// At most this many weight rows per task (20 kernel calls' columns).
+const TASK_MAX_ROWS: usize = 20 * NR;
+
+/// Whether [`linear`] runs here: an x86-64 CPU with AVX-512F and AVX512-BF16, unless the
+/// environment sets `ARTIST_CPU_DPBF16=0` (to compare against the widening path).
+pub(crate) fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let wanted = std::env::var("ARTIST_CPU_DPBF16").map(|v| v != "0").unwrap_or(true);
+        wanted && detected()
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detected() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detected() -> bool {
+    false
+}
+
+/// An activation that [`linear`] rounds to bf16: f32 (rounded to nearest even, as
+/// `to_dtype` does) or bf16 (as it is).
+pub(crate) trait ToBf16Bits: Copy + Send + Sync {
+    fn bf16_bits(self) -> u16;
+}
+
+impl ToBf16Bits for f32 {
+    #[inline]
+    fn bf16_bits(self) -> u16 {
+        bf16::from_f32(self).to_bits()
+    }
+}
+
+impl ToBf16Bits for bf16 {
+    #[inline]
+    fn bf16_bits(self) -> u16 {
+        self.to_bits()
+    }
+}
+
+/// `x @ w^T` for `x: [m, k]` (rounded to bf16) and `w: [n, k]` bf16, both contiguous, into
+/// a row-major `[m, n]` f32. `None` where the kernel does not run: no AVX512-BF16 (see
+/// [`available`]) or an odd `k` (pairs of a weight row must not straddle two rows).
+pub(crate) fn linear<X: ToBf16Bits>(x: &[X], w: &[bf16], m: usize, k: usize, n: usize) -> Option<Vec<f32>> {
+    if !available() || !k.is_multiple_of(2) {
+        return None;
+    }
+    debug_assert!(x.len() >= m * k && w.len() >= n * k);
+    if m == 0 || n == 0 || k == 0 {
+        return Some(vec![0f32; m * n]);
+    }
+    let kp = k / 2;
+    let blocks = row_blocks(m, kp);
+    let m_pad: usize = blocks.iter().map(|b| b.width).sum();
+    let xa = pack_rows(x, m, k, &blocks);
+    // Tasks of whole kernel calls' columns, at least four per thread.
+    let per = n.div_ceil(4 * rayon::current_num_threads()).div_ceil(NR) * NR;
+    let rows = per.clamp(NR, TASK_MAX_ROWS);
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let dst = OutColumns(out.spare_capacity_mut().as_mut_ptr());
+    (0..n.div_ceil(rows)).into_par_iter().for_each(|t| {
+        // Pair p of weight row j is the u32 at j * kp + p (k is even, so rows start on pairs).
+        let wp = w.as_ptr() as *const u32;
+        let (j0, r) = (t * rows, rows.min(n - t * rows));
+        SCRATCH.with_borrow_mut(|ct| {
+            // `ct` is [r, m_pad]: column j of the task's output, all rows, contiguous.
+            ct.clear();
+            ct.resize(r * m_pad, 0.0);
+            for kb in (0..kp).step_by(KC) {
+                let steps = KC.min(kp - kb);
+                for jb in (0..r).step_by(NR) {
+                    let cols = NR.min(r - jb);
+                    // Columns past `cols` read the last real one again; never stored.
+                    // SAFETY: weight rows j0+jb..j0+jb+cols < n, pairs kb..kb+steps <= kp.
+                    let b: [*const u32; NR] =
+                        std::array::from_fn(|c| unsafe { wp.add((j0 + jb + c.min(cols - 1)) * kp + kb) });
+                    for blk in &blocks {
+                        // SAFETY: the block's pairs kb..kb+steps lie in `xa`; its columns
+                        // jb..jb+cols and rows row0..row0+width lie in `ct`; the CPU has
+                        // AVX-512F and AVX512-BF16 (`available`).
+                        unsafe {
+                            let a = xa.as_ptr().add(blk.offset + kb * blk.width);
+                            let c = ct.as_mut_ptr().add(jb * m_pad + blk.row0);
+                            kernel_for(blk.width, steps, a, b, c, m_pad, cols, kb > 0);
+                        }
+                    }
+                }
+            }
+            for i in 0..m {
+                // SAFETY: row i's columns j0..j0+r of the [m, n] output, this task's alone.
+                let row = unsafe { dst.slice(i * n + j0, r) };
+                for (j, v) in row.iter_mut().enumerate() {
+                    v.write(ct[j * m_pad + i]);
+                }
+            }
+        })
+    });
+    // SAFETY: the tasks cover columns 0..n of every row, so all m * n elements are written.
+    unsafe { out.set_len(m * n) };
+    Some(out)
+}
+
+thread_local! {
+    /// A task's output of [`linear`], column by column, kept between calls.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A block of rows of `x` as [`pack_rows`] lays it out.
+struct RowBlock {
+    /// Its first row.
+    row0: usize,
+    /// Lanes per pair: 32, or 16 for a last block of at most 16 rows.
+    width: usize,
+    /// Where its `[k / 2, width]` pairs start in the packed buffer.
+    offset: usize,
+}
+
+/// Blocks of 32 rows of `m`, the last of 16 where at most 16 are left, for `kp` pairs.
+fn row_blocks(m: usize, kp: usize) -> Vec<RowBlock> {
+    let mut blocks = Vec::with_capacity(m.div_ceil(BLOCK_ROWS));
+    let mut row0 = 0;
+    while row0 < m {
+        let width = if m - row0 <= 16 { 16 } else { BLOCK_ROWS };
+        blocks.push(RowBlock { row0, width, offset: row0 * kp });
+        row0 += width;
+    }
+    blocks
+}
+
+/// `x` rounded to bf16 and packed block by block: pair `p` of row `row0 + l` of a block at
+/// `offset + p * width + l`, as one `u32` (the even element in the low half, as `vdpbf16ps`
+/// pairs them); rows past `m` are zero.
+fn pack_rows<X: ToBf16Bits>(x: &[X], m: usize, k: usize, blocks: &[RowBlock]) -> Vec<u32> {
+    let kp = k / 2;
+    let mut xa = vec![0u32; blocks.iter().map(|b| b.width * kp).sum()];
+    let mut rest = &mut xa[..];
+    let mut parts = Vec::with_capacity(blocks.len());
+    for b in blocks {
+        let (part, tail) = rest.split_at_mut(b.width * kp);
+        parts.push((b, part));
+        rest = tail;
+    }
+    parts.into_par_iter().for_each(|(b, part)| {
+        for l in 0..b.width.min(m - b.row0) {
+            let row = &x[(b.row0 + l) * k..(b.row0 + l + 1) * k];
+            for (p, pair) in row.chunks_exact(2).enumerate() {
+                part[p * b.width + l] = pair[0].bf16_bits() as u32 | (pair[1].bf16_bits() as u32) << 16;
+            }
+        }
+    });
+    xa
+}
+
+/// [`kernel`] for a block of `width` rows (32 or 16).
+///
+/// # Safety
+/// As [`kernel`].
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn kernel_for(
+    width: usize,
+    steps: usize,
+    a: *const u32,
+    b: [*const u32; NR],
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if width == BLOCK_ROWS {
+            x86::kernel::<2>(steps, a, b, c, ldc, cols, accumulate)
+        } else {
+            x86::kernel::<1>(steps, a, b, c, ldc, cols, accumulate)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (width, steps, a, b, c, ldc, cols, accumulate);
+        unreachable!("`available` is false off x86-64");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::NR;
+
+    /// `c[j * ldc + l] (+)= sum over p < steps of a[p * 16V + l] . b[j][p]` for `j < cols`
+    /// and `l < 16V`, each term a pair of bf16 products (`vdpbf16ps`): `16V` rows of `x`
+    /// against `NR` weight rows, accumulators in registers. With `accumulate`, adds to what
+    /// `c` holds; otherwise overwrites it.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512-BF16; `a` holds `steps * 16V` values, each `b[j]`
+    /// `steps` (any alignment); `c` holds columns `0..cols` of `16V` values at stride `ldc`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn kernel<const V: usize>(
+        steps: usize,
+        a: *const u32,
+        b: [*const u32; NR],
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NR]; V];
+        // SAFETY: every read below is in the bounds the caller guarantees.
+        unsafe {
+            for p in 0..steps {
+                let mut av = [_mm512_setzero_si512(); V];
+                for (v, av) in av.iter_mut().enumerate() {
+                    *av = _mm512_loadu_si512(a.add((p * V + v) * 16) as *const _);
+                }
+                for j in 0..NR {
+                    let bv = _mm512_set1_epi32(b[j].add(p).read_unaligned() as i32);
+                    for v in 0..V {
+                        acc[v][j] = _mm512_dpbf16_ps(acc[v][j], bh(av[v]), bh(bv));
+                    }
+                }
+            }
+            for j in 0..cols.min(NR) {
+                for (v, acc) in acc.iter().enumerate() {
+                    let dst = c.add(j * ldc + v * 16);
+                    let sum = if accumulate { _mm512_add_ps(_mm512_loadu_ps(dst), acc[j]) } else { acc[j] };
+                    _mm512_storeu_ps(dst, sum);
+                }
+            }
+        }
+    }
+
+    /// The same 512 bits as 32 bf16.
+    #[inline(always)]
+    fn bh(v: __m512i) -> __m512bh {
+        // SAFETY: both are 64 bytes of plain data; every bit pattern is a valid bf16 vector.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::bf16;
+
+    /// A deterministic spread of values in about [-2, 2].
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Against f64 sums of the bf16-rounded operands: every result within the worst case of
+    /// `k` f32 additions of those products, `k * eps * sum |x_p w_p|`.
+    #[test]
+    fn products_of_rounded_operands_summed_in_f32() {
+        if !super::available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16 (or ARTIST_CPU_DPBF16=0)");
+            return;
+        }
+        // Rows across one and several blocks of 32 and a last block of 16; weight rows
+        // across one and several kernel calls and tasks; k across one and several passes.
+        for &(m, k, n) in &[(9, 2, 1), (16, 30, 13), (17, 256, 12), (33, 258, 25), (48, 896, 100), (70, 1000, 300)] {
+            let x = values(m * k, 1 + m as u64);
+            let w: Vec<bf16> = values(n * k, 2 + n as u64).into_iter().map(bf16::from_f32).collect();
+            let y = super::linear(&x, &w, m, k, n).expect("runs for even k");
+            let xb: Vec<f64> = x.iter().map(|&v| bf16::from_f32(v).to_f64()).collect();
+            for i in 0..m {
+                for j in 0..n {
+                    let (mut exact, mut abs) = (0f64, 0f64);
+                    for p in 0..k {
+                        let t = xb[i * k + p] * w[j * k + p].to_f64();
+                        exact += t;
+                        abs += t.abs();
+                    }
+                    let got = y[i * n + j] as f64;
+                    let bound = k as f64 * f32::EPSILON as f64 * abs + 1e-30;
+                    assert!((got - exact).abs() <= bound, "({m}, {k}, {n}) [{i}, {j}]: {got} vs {exact} (bound {bound})");
+                }
+            }
+            // bf16 activations give the same as the f32 ones they round.
+            let xh: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+            assert_eq!(super::linear(&xh, &w, m, k, n).unwrap(), y);
+        }
+        assert!(super::linear(&[0f32; 9 * 3], &[bf16::ZERO; 3], 9, 3, 1).is_none(), "odd k");
+    }
+}
