@@ -19,7 +19,10 @@
 //!   thread). `alloc_copy_ref` (`to_vec`: allocate, copy, free) shows what a fresh output
 //!   buffer costs on its own, since every op here allocates its output.
 //!
-//! * `linear_rows_bf16`: `linear` with bf16 weights at the row counts of batched decoding.
+//! * `linear_rows_bf16`: `linear` with bf16 weights at the row counts of batched decoding,
+//!   and `linear_in` with the activations rounded to bf16 (`in_bf16`).
+//! * `peak_cpu`: the multiply-add ceiling of the CPU (f32 FMA, bf16 dot products) on every
+//!   thread, operands in registers: what the FLOP/s of the products compare against.
 //!
 //! Settings keep the whole run to about 5 minutes on a 2-core machine (plus the build):
 //! 10 samples, 1 s warm-up, 2 s measurement per benchmark. The machine must be otherwise
@@ -197,6 +200,116 @@ fn linear_rows_bf16(c: &mut Criterion) {
     g.finish();
 }
 
+/// The CPU's multiply-add limit, the ceiling for the `matmul_*` and `linear_*` rates:
+/// independent f32 FMAs (`fma_f32`) and bf16 pair dot products (`dpbf16`, where the CPU
+/// has AVX512-BF16) on every rayon thread, operands in registers. FLOP/s as above.
+fn peak_cpu(c: &mut Criterion) {
+    const STEPS: usize = 1 << 18;
+    let mut g = c.benchmark_group("peak_cpu");
+    let threads = rayon::current_num_threads();
+    for (name, flops_per_op, available) in [("fma_f32", 32, peak::fma_available()), ("dpbf16", 64, peak::dpbf16_available())]
+    {
+        if !available {
+            eprintln!("peak_cpu/{name}: skipped, this CPU lacks the instructions");
+            continue;
+        }
+        g.throughput(Throughput::Elements((threads * STEPS * peak::CHAINS * flops_per_op) as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                rayon::broadcast(|_| if name == "fma_f32" { peak::fma(STEPS) } else { peak::dpbf16(STEPS) });
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Register-only instruction streams for [`peak_cpu`].
+mod peak {
+    /// Independent accumulators: enough to cover the instructions' latency at full rate.
+    pub const CHAINS: usize = 24;
+
+    #[cfg(target_arch = "x86_64")]
+    pub fn fma_available() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub fn dpbf16_available() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn fma_available() -> bool {
+        false
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn dpbf16_available() -> bool {
+        false
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub fn fma(steps: usize) -> f32 {
+        // SAFETY: called only where `fma_available`.
+        unsafe { x86::fma(steps) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub fn dpbf16(steps: usize) -> f32 {
+        // SAFETY: called only where `dpbf16_available`.
+        unsafe { x86::dpbf16(steps) }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn fma(_: usize) -> f32 {
+        unreachable!()
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn dpbf16(_: usize) -> f32 {
+        unreachable!()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod x86 {
+        use std::arch::x86_64::*;
+
+        use super::CHAINS;
+
+        #[target_feature(enable = "avx512f")]
+        pub unsafe fn fma(steps: usize) -> f32 {
+            let mut acc = [_mm512_setzero_ps(); CHAINS];
+            let (a, b) = (_mm512_set1_ps(1.0), _mm512_set1_ps(1e-30));
+            for _ in 0..steps {
+                for v in acc.iter_mut() {
+                    *v = _mm512_fmadd_ps(a, b, *v);
+                }
+                std::hint::black_box(());
+            }
+            acc.iter().fold(0.0, |s, v| s + _mm512_reduce_add_ps(*v))
+        }
+
+        #[target_feature(enable = "avx512f,avx512bf16")]
+        pub unsafe fn dpbf16(steps: usize) -> f32 {
+            let mut acc = [_mm512_setzero_ps(); CHAINS];
+            // SAFETY: 64 bytes of bf16 pairs reinterpreted.
+            let (a, b) = unsafe {
+                (
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3f80_3f80)),
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x0001_0001)),
+                )
+            };
+            for _ in 0..steps {
+                for v in acc.iter_mut() {
+                    *v = _mm512_dpbf16_ps(*v, a, b);
+                }
+                std::hint::black_box(());
+            }
+            acc.iter().fold(0.0, |s, v| s + _mm512_reduce_add_ps(*v))
+        }
+    }
+}
+
 fn matmul_attention_scores(c: &mut Criterion) {
     // q [1, 14, T, 64] @ k^T with grouped-query attention: the 14 query heads are viewed as
     // [1, 2, 7, T, 64] and the 2 KV heads as [1, 2, 1, T, 64], so the batch dimension
@@ -353,8 +466,8 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2));
-    targets = matmul_mlp, matmul_lm_head, linear_rows_bf16, matmul_attention_scores, mem_elementwise, mem_softmax,
-        mem_rows_4096x896, mem_rope
+    targets = peak_cpu, matmul_mlp, matmul_lm_head, linear_rows_bf16, matmul_attention_scores, mem_elementwise,
+        mem_softmax, mem_rows_4096x896, mem_rope
 }
 // criterion_main!, with freed memory kept for reuse as the binaries do.
 fn main() {

@@ -33,6 +33,10 @@ const BLOCK_ROWS: usize = 32;
 /// At most this many weight rows per task (20 kernel calls' columns).
 const TASK_MAX_ROWS: usize = 20 * NR;
 
+/// At most this many blocks of rows (256 rows) per task: its output, at most 240 KiB, stays
+/// in the core's L2 while the kernel adds to it pass after pass of `k`.
+const CHUNK_BLOCKS: usize = 8;
+
 /// Whether [`linear`] runs here: an x86-64 CPU with AVX-512F and AVX512-BF16, unless the
 /// environment sets `ARTIST_CPU_DPBF16=0` (to compare against the widening path).
 pub(crate) fn available() -> bool {
@@ -86,21 +90,28 @@ pub(crate) fn linear<X: ToBf16Bits>(x: &[X], w: &[bf16], m: usize, k: usize, n: 
     }
     let kp = k / 2;
     let blocks = row_blocks(m, kp);
-    let m_pad: usize = blocks.iter().map(|b| b.width).sum();
     let xa = pack_rows(x, m, k, &blocks);
-    // Tasks of whole kernel calls' columns, at least four per thread.
+    // Tasks of whole kernel calls' columns, at least four per thread, and of at most
+    // `CHUNK_BLOCKS` blocks of rows (so that a task's output stays in its core's L2).
     let per = n.div_ceil(4 * rayon::current_num_threads()).div_ceil(NR) * NR;
     let rows = per.clamp(NR, TASK_MAX_ROWS);
+    let chunks = blocks.len().div_ceil(CHUNK_BLOCKS);
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let dst = OutColumns(out.spare_capacity_mut().as_mut_ptr());
-    (0..n.div_ceil(rows)).into_par_iter().for_each(|t| {
+    // Task t: weight rows of column task t / chunks, blocks of chunk t % chunks; a thread's
+    // run of tasks goes through the row chunks of the same weight rows.
+    (0..n.div_ceil(rows) * chunks).into_par_iter().for_each(|t| {
+        let (j0, r) = (t / chunks * rows, rows.min(n - t / chunks * rows));
+        let chunk = &blocks[t % chunks * CHUNK_BLOCKS..((t % chunks + 1) * CHUNK_BLOCKS).min(blocks.len())];
+        let (row0, m_pad) = (chunk[0].row0, chunk.iter().map(|b| b.width).sum::<usize>());
         // Pair p of weight row j is the u32 at j * kp + p (k is even, so rows start on pairs).
         let wp = w.as_ptr() as *const u32;
-        let (j0, r) = (t * rows, rows.min(n - t * rows));
         SCRATCH.with_borrow_mut(|ct| {
-            // `ct` is [r, m_pad]: column j of the task's output, all rows, contiguous.
-            ct.clear();
-            ct.resize(r * m_pad, 0.0);
+            // `ct` is [r, m_pad]: column j of the task's output, all its rows, contiguous.
+            // Not cleared: the first pass over `k` overwrites every value the task reads.
+            if ct.len() < r * m_pad {
+                ct.resize(r * m_pad, 0.0);
+            }
             for kb in (0..kp).step_by(KC) {
                 let steps = KC.min(kp - kb);
                 for jb in (0..r).step_by(NR) {
@@ -109,23 +120,30 @@ pub(crate) fn linear<X: ToBf16Bits>(x: &[X], w: &[bf16], m: usize, k: usize, n: 
                     // SAFETY: weight rows j0+jb..j0+jb+cols < n, pairs kb..kb+steps <= kp.
                     let b: [*const u32; NR] =
                         std::array::from_fn(|c| unsafe { wp.add((j0 + jb + c.min(cols - 1)) * kp + kb) });
-                    for blk in &blocks {
+                    for blk in chunk {
                         // SAFETY: the block's pairs kb..kb+steps lie in `xa`; its columns
-                        // jb..jb+cols and rows row0..row0+width lie in `ct`; the CPU has
-                        // AVX-512F and AVX512-BF16 (`available`).
+                        // jb..jb+cols and rows lie in `ct`; the CPU has AVX-512F and
+                        // AVX512-BF16 (`available`).
                         unsafe {
                             let a = xa.as_ptr().add(blk.offset + kb * blk.width);
-                            let c = ct.as_mut_ptr().add(jb * m_pad + blk.row0);
+                            let c = ct.as_mut_ptr().add(jb * m_pad + blk.row0 - row0);
                             kernel_for(blk.width, steps, a, b, c, m_pad, cols, kb > 0);
                         }
                     }
                 }
             }
-            for i in 0..m {
-                // SAFETY: row i's columns j0..j0+r of the [m, n] output, this task's alone.
-                let row = unsafe { dst.slice(i * n + j0, r) };
-                for (j, v) in row.iter_mut().enumerate() {
-                    v.write(ct[j * m_pad + i]);
+            // Into the output 16 rows at a time: the lines of `ct` holding those rows of
+            // each column (r lines) stay in L1 while the 16 rows are written.
+            let rows_here = m_pad.min(m - row0);
+            for i0 in (0..rows_here).step_by(16) {
+                let tile = 16.min(rows_here - i0);
+                for ii in 0..tile {
+                    // SAFETY: row row0+i0+ii's columns j0..j0+r of the [m, n] output, this
+                    // task's alone.
+                    let row = unsafe { dst.slice((row0 + i0 + ii) * n + j0, r) };
+                    for (j, v) in row.iter_mut().enumerate() {
+                        v.write(ct[j * m_pad + i0 + ii]);
+                    }
                 }
             }
         })
@@ -301,8 +319,10 @@ mod tests {
             return;
         }
         // Rows across one and several blocks of 32 and a last block of 16; weight rows
-        // across one and several kernel calls and tasks; k across one and several passes.
-        for &(m, k, n) in &[(9, 2, 1), (16, 30, 13), (17, 256, 12), (33, 258, 25), (48, 896, 100), (70, 1000, 300)] {
+        // across one and several kernel calls and tasks; k across one and several passes;
+        // rows across two chunks of tasks (256 rows each).
+        let shapes = [(9, 2, 1), (16, 30, 13), (17, 256, 12), (33, 258, 25), (48, 896, 100), (70, 1000, 300), (300, 64, 30)];
+        for &(m, k, n) in &shapes {
             let x = values(m * k, 1 + m as u64);
             let w: Vec<bf16> = values(n * k, 2 + n as u64).into_iter().map(bf16::from_f32).collect();
             let y = super::linear(&x, &w, m, k, n).expect("runs for even k");
