@@ -207,7 +207,8 @@ fn peak_cpu(c: &mut Criterion) {
     const STEPS: usize = 1 << 18;
     let mut g = c.benchmark_group("peak_cpu");
     let threads = rayon::current_num_threads();
-    for (name, flops_per_op, available) in [("fma_f32", 32, peak::fma_available()), ("dpbf16", 64, peak::dpbf16_available())]
+    for (name, flops_per_op, available) in
+        [("fma_f32", 32, peak::fma_available()), ("dpbf16", 64, peak::dpbf16_available())]
     {
         if !available {
             eprintln!("peak_cpu/{name}: skipped, this CPU lacks the instructions");

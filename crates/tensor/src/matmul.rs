@@ -24,7 +24,8 @@ impl Tensor {
     }
 
     /// `self @ weight^T + bias` with `self` and `weight` rounded to `compute` first (a half
-    /// type: on a GPU, a tensor-core GEMM reading half the bytes), products summed in f32
+    /// type: on a GPU, a tensor-core GEMM reading half the bytes; on a CPU with
+    /// AVX512-BF16, bf16 weights and more than 8 rows, its bf16 dot products), products summed in f32
     /// and the result in f32, as `nn.Linear` under autocast computes it less the rounding
     /// of its output. A weight already in `compute` is used as it is; `bias` is added in
     /// f32. `compute = F32` is [`Tensor::linear`] on f32 activations.
@@ -193,7 +194,8 @@ fn linear_dpbf16(x: &Tensor, w: &Tensor, m: usize, k: usize, n: usize, dims: &[u
     check_cpu("linear_in", x.device())?;
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     let (xs, ws) = (x.cpu(), w.cpu());
-    let (xr, wr) = (x.layout().contiguous_range().expect("contiguous"), w.layout().contiguous_range().expect("contiguous"));
+    let (xr, wr) =
+        (x.layout().contiguous_range().expect("contiguous"), w.layout().contiguous_range().expect("contiguous"));
     let CpuStorage::BF16(wv) = &*ws else { return Ok(None) };
     let wv = &wv[wr];
     let out = match &*xs {

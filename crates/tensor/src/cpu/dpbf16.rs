@@ -132,18 +132,13 @@ pub(crate) fn linear<X: ToBf16Bits>(x: &[X], w: &[bf16], m: usize, k: usize, n: 
                     }
                 }
             }
-            // Into the output 16 rows at a time: the lines of `ct` holding those rows of
-            // each column (r lines) stay in L1 while the 16 rows are written.
-            let rows_here = m_pad.min(m - row0);
-            for i0 in (0..rows_here).step_by(16) {
-                let tile = 16.min(rows_here - i0);
-                for ii in 0..tile {
-                    // SAFETY: row row0+i0+ii's columns j0..j0+r of the [m, n] output, this
-                    // task's alone.
-                    let row = unsafe { dst.slice((row0 + i0 + ii) * n + j0, r) };
-                    for (j, v) in row.iter_mut().enumerate() {
-                        v.write(ct[j * m_pad + i0 + ii]);
-                    }
+            // Row by row into the output: the r lines of `ct` a row reads (one per column)
+            // hold the next 15 rows too, so they stay in L1 until those are written.
+            for i in 0..m_pad.min(m - row0) {
+                // SAFETY: row row0+i's columns j0..j0+r of the [m, n] output, this task's alone.
+                let row = unsafe { dst.slice((row0 + i) * n + j0, r) };
+                for (j, v) in row.iter_mut().enumerate() {
+                    v.write(ct[j * m_pad + i]);
                 }
             }
         })
@@ -204,10 +199,10 @@ fn pack_rows<X: ToBf16Bits>(x: &[X], m: usize, k: usize, blocks: &[RowBlock]) ->
     xa
 }
 
-/// [`kernel`] for a block of `width` rows (32 or 16).
+/// `x86::kernel` for a block of `width` rows (32 or 16).
 ///
 /// # Safety
-/// As [`kernel`].
+/// As `x86::kernel`'s.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn kernel_for(
@@ -321,7 +316,8 @@ mod tests {
         // Rows across one and several blocks of 32 and a last block of 16; weight rows
         // across one and several kernel calls and tasks; k across one and several passes;
         // rows across two chunks of tasks (256 rows each).
-        let shapes = [(9, 2, 1), (16, 30, 13), (17, 256, 12), (33, 258, 25), (48, 896, 100), (70, 1000, 300), (300, 64, 30)];
+        let shapes =
+            [(9, 2, 1), (16, 30, 13), (17, 256, 12), (33, 258, 25), (48, 896, 100), (70, 1000, 300), (300, 64, 30)];
         for &(m, k, n) in &shapes {
             let x = values(m * k, 1 + m as u64);
             let w: Vec<bf16> = values(n * k, 2 + n as u64).into_iter().map(bf16::from_f32).collect();
@@ -337,7 +333,10 @@ mod tests {
                     }
                     let got = y[i * n + j] as f64;
                     let bound = k as f64 * f32::EPSILON as f64 * abs + 1e-30;
-                    assert!((got - exact).abs() <= bound, "({m}, {k}, {n}) [{i}, {j}]: {got} vs {exact} (bound {bound})");
+                    assert!(
+                        (got - exact).abs() <= bound,
+                        "({m}, {k}, {n}) [{i}, {j}]: {got} vs {exact} (bound {bound})"
+                    );
                 }
             }
             // bf16 activations give the same as the f32 ones they round.

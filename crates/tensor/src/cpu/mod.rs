@@ -1,5 +1,6 @@
 //! The CPU backend: f32 arithmetic (half types widened per element), rayon across rows,
-//! the `gemm` crate for matrix products.
+//! the `gemm` crate for matrix products, and bf16 dot products (`dpbf16`) for
+//! `linear_in` in bf16 where the CPU has them.
 
 pub(crate) mod dpbf16;
 pub(crate) mod elementwise;
