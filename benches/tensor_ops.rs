@@ -21,6 +21,8 @@
 //!
 //! * `linear_rows_bf16`: `linear` with bf16 weights at the row counts of batched decoding,
 //!   and `linear_in` with the activations rounded to bf16 (`in_bf16`).
+//! * `matmul_f32_bf16`: the backward products of `linear_in` in bf16 (`matmul_f32` of bf16
+//!   operands) at the down projection's shape.
 //! * `peak_cpu`: the multiply-add ceiling of the CPU (f32 FMA, bf16 dot products) on every
 //!   thread, operands in registers: what the FLOP/s of the products compare against.
 //!
@@ -311,6 +313,24 @@ mod peak {
     }
 }
 
+/// The backward products of `linear_in` in bf16 at the down projection's shape: `dx = g @ w`
+/// (`g: [T, 896]`, `w: [896, 4864]`) and `dw = g^T @ x` (`x: [T, 4864]`), bf16 operands
+/// with f32 sums (`matmul_f32`), operands as backward has them (`w` the weight itself, `g^T`
+/// a transposed view). `ARTIST_CPU_DPBF16=0` measures the widening path.
+fn matmul_f32_bf16(c: &mut Criterion) {
+    let mut g = c.benchmark_group("matmul_f32_bf16");
+    let w = Tensor::randn((HIDDEN, INTERMEDIATE), 0.0, 0.02, DType::BF16, Device::Cpu, &mut rng(41)).expect("randn");
+    for t in [128usize, 512] {
+        let gr = randn(&[t, HIDDEN], 42).to_dtype(DType::BF16).unwrap();
+        let x = randn(&[t, INTERMEDIATE], 43).to_dtype(DType::BF16).unwrap();
+        g.throughput(Throughput::Elements((2 * t * HIDDEN * INTERMEDIATE) as u64));
+        g.bench_function(format!("dx_down/T={t}"), |b| b.iter(|| gr.matmul_f32(&w).unwrap()));
+        let gt = gr.t().unwrap();
+        g.bench_function(format!("dw_down/T={t}"), |b| b.iter(|| gt.matmul_f32(&x).unwrap()));
+    }
+    g.finish();
+}
+
 fn matmul_attention_scores(c: &mut Criterion) {
     // q [1, 14, T, 64] @ k^T with grouped-query attention: the 14 query heads are viewed as
     // [1, 2, 7, T, 64] and the 2 KV heads as [1, 2, 1, T, 64], so the batch dimension
@@ -467,8 +487,8 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2));
-    targets = peak_cpu, matmul_mlp, matmul_lm_head, linear_rows_bf16, matmul_attention_scores, mem_elementwise,
-        mem_softmax, mem_rows_4096x896, mem_rope
+    targets = peak_cpu, matmul_mlp, matmul_lm_head, linear_rows_bf16, matmul_f32_bf16, matmul_attention_scores,
+        mem_elementwise, mem_softmax, mem_rows_4096x896, mem_rope
 }
 // criterion_main!, with freed memory kept for reuse as the binaries do.
 fn main() {

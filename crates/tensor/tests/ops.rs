@@ -672,6 +672,53 @@ fn topk_matches_a_sort() {
     assert_eq!(t.topk(0).unwrap().0.dims(), &[0]);
 }
 
+/// The bf16 products at the sizes that take the CPU's bf16 dot products where it has them
+/// (more than 8 rows, at least 256 terms per sum for `matmul_f32`): `linear_in` forward and
+/// `matmul_f32` with each operand contiguous or a transposed view, as backward passes them
+/// (`g @ w`, `g^T @ x`), against f64 sums of the rounded operands. Each value within
+/// `k * eps_f32 * sum |terms|`, the worst case of `k` f32 additions; the same on a CPU
+/// without them (the widening path).
+#[test]
+fn bf16_products_are_f32_sums_of_the_rounded_operands() {
+    let check = |what: &str, got: &Tensor, a: &Nd, b: &Nd| {
+        // got = a @ b with a: [m, k], b: [k, n], both already bf16 values.
+        let (m, k, n) = (a.shape[0], a.shape[1], b.shape[1]);
+        assert_eq!((got.dims(), got.dtype()), (&[m, n][..], DType::F32), "{what}");
+        let v = got.to_vec::<f32>().unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                let terms = (0..k).map(|p| a.data[i * k + p] * b.data[p * n + j]);
+                let (exact, abs) = terms.fold((0f64, 0f64), |(s, t), x| (s + x, t + x.abs()));
+                let bound = k as f64 * f32::EPSILON as f64 * abs;
+                assert!((v[i * n + j] as f64 - exact).abs() <= bound, "{what} [{i}, {j}]: {} vs {exact}", v[i * n + j]);
+            }
+        }
+    };
+    // Forward: x f32 [40, 300] against a bf16 weight [70, 300].
+    let x = Nd::random(&[40, 300], 150);
+    let w = Nd::random(&[70, 300], 151).round_bf16();
+    let y = x.tensor(DType::F32).linear_in(&w.tensor(DType::BF16), None, DType::BF16).unwrap();
+    check("linear_in", &y, &x.round_bf16(), &w.transpose(0, 1));
+    // dx = g @ w: g [40, 260], w [260, 300] as stored (its transpose made for the kernel).
+    let g = Nd::random(&[40, 260], 152).round_bf16();
+    let w2 = Nd::random(&[260, 300], 153).round_bf16();
+    check("g @ w", &g.tensor(DType::BF16).matmul_f32(&w2.tensor(DType::BF16)).unwrap(), &g, &w2);
+    // The same with w as a transposed view of its stored transpose (read in place).
+    let w2t = w2.transpose(0, 1).tensor(DType::BF16).t().unwrap();
+    check("g @ (w^T)^T", &g.tensor(DType::BF16).matmul_f32(&w2t).unwrap(), &g, &w2);
+    // dw = g^T @ x: g [300, 20] viewed transposed, x [300, 50] as stored.
+    let (g3, x3) = (Nd::random(&[300, 20], 154).round_bf16(), Nd::random(&[300, 50], 155).round_bf16());
+    let got = g3.tensor(DType::BF16).t().unwrap().matmul_f32(&x3.tensor(DType::BF16)).unwrap();
+    check("g^T @ x", &got, &g3.transpose(0, 1), &x3);
+    // Odd k and a narrowed (neither contiguous nor transposed) operand.
+    let (a5, b5) = (Nd::random(&[12, 257], 156).round_bf16(), Nd::random(&[257, 9], 157).round_bf16());
+    check("odd k", &a5.tensor(DType::BF16).matmul_f32(&b5.tensor(DType::BF16)).unwrap(), &a5, &b5);
+    let wide = Nd::random(&[12, 300], 158).round_bf16();
+    let narrow = wide.tensor(DType::BF16).narrow(1, 10, 258).unwrap();
+    let b6 = Nd::random(&[258, 9], 159).round_bf16();
+    check("narrowed", &narrow.matmul_f32(&b6.tensor(DType::BF16)).unwrap(), &wide.narrow(1, 10, 258), &b6);
+}
+
 #[test]
 fn matmul_plain_transposed_batched_and_bf16() {
     let a = Nd::random(&[5, 7], 140);

@@ -148,6 +148,29 @@ pub(crate) fn linear<X: ToBf16Bits>(x: &[X], w: &[bf16], m: usize, k: usize, n: 
     Some(out)
 }
 
+/// `src` as `rows` rows of stride `stride` and `cols` used columns (`src[i * stride + j]`),
+/// transposed into a row-major `[cols, rows]`, in parallel bands of 32 destination rows:
+/// each source row gives a band 32 consecutive values, and each of the band's rows is
+/// written in order.
+pub(crate) fn transpose<T: Copy + Send + Sync + Default>(src: &[T], rows: usize, cols: usize, stride: usize) -> Vec<T> {
+    const BAND: usize = 32;
+    let mut out = vec![T::default(); rows * cols];
+    if rows == 0 || cols == 0 {
+        return out;
+    }
+    debug_assert!(src.len() >= (rows - 1) * stride + cols);
+    out.par_chunks_mut(BAND * rows).enumerate().for_each(|(b, band)| {
+        // Destination rows j0..j0+h are source columns j0..j0+h.
+        let (j0, h) = (b * BAND, band.len() / rows);
+        for i in 0..rows {
+            for (dj, &v) in src[i * stride + j0..i * stride + j0 + h].iter().enumerate() {
+                band[dj * rows + i] = v;
+            }
+        }
+    });
+    out
+}
+
 thread_local! {
     /// A task's output of [`linear`], column by column, kept between calls.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -344,5 +367,18 @@ mod tests {
             assert_eq!(super::linear(&xh, &w, m, k, n).unwrap(), y);
         }
         assert!(super::linear(&[0f32; 9 * 3], &[bf16::ZERO; 3], 9, 3, 1).is_none(), "odd k");
+    }
+
+    #[test]
+    fn transpose_of_a_strided_matrix() {
+        for &(rows, cols, stride) in &[(1, 1, 1), (3, 5, 7), (33, 70, 70), (64, 31, 40), (100, 65, 65)] {
+            let src: Vec<u32> = (0..(rows - 1) * stride + cols).map(|v| v as u32).collect();
+            let t = super::transpose(&src, rows, cols, stride);
+            for j in 0..cols {
+                for i in 0..rows {
+                    assert_eq!(t[j * rows + i], src[i * stride + j], "({rows}, {cols}, {stride}) [{j}, {i}]");
+                }
+            }
+        }
     }
 }
