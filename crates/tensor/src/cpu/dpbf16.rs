@@ -132,13 +132,32 @@ pub(crate) fn linear<X: ToBf16Bits>(x: &[X], w: &[bf16], m: usize, k: usize, n: 
                     }
                 }
             }
-            // Row by row into the output: the r lines of `ct` a row reads (one per column)
-            // hold the next 15 rows too, so they stay in L1 until those are written.
-            for i in 0..m_pad.min(m - row0) {
-                // SAFETY: row row0+i's columns j0..j0+r of the [m, n] output, this task's alone.
-                let row = unsafe { dst.slice((row0 + i) * n + j0, r) };
-                for (j, v) in row.iter_mut().enumerate() {
-                    v.write(ct[j * m_pad + i]);
+            // Into the output by tiles of 16 rows x 16 columns, transposed in registers;
+            // the edges value by value.
+            let rows_here = m_pad.min(m - row0);
+            for i0 in (0..rows_here).step_by(16) {
+                let h = 16.min(rows_here - i0);
+                for jc in (0..r).step_by(16) {
+                    let wdt = 16.min(r - jc);
+                    if h == 16 && wdt == 16 {
+                        // SAFETY: columns jc..jc+16 of `ct` hold rows i0..i0+16 at
+                        // j * m_pad + i0; the 16 output rows' columns j0+jc..j0+jc+16 are this
+                        // task's alone; AVX-512F is present (`available`).
+                        unsafe {
+                            let rows: [*mut f32; 16] = std::array::from_fn(|ii| {
+                                dst.slice((row0 + i0 + ii) * n + j0 + jc, 16).as_mut_ptr() as *mut f32
+                            });
+                            store_transposed(ct.as_ptr().add(jc * m_pad + i0), m_pad, rows);
+                        }
+                        continue;
+                    }
+                    for ii in 0..h {
+                        // SAFETY: as above, `wdt` columns.
+                        let row = unsafe { dst.slice((row0 + i0 + ii) * n + j0 + jc, wdt) };
+                        for (j, v) in row.iter_mut().enumerate() {
+                            v.write(ct[(jc + j) * m_pad + i0 + ii]);
+                        }
+                    }
                 }
             }
         })
@@ -254,6 +273,25 @@ unsafe fn kernel_for(
     }
 }
 
+/// `rows[i][j] = src[j * ld + i]` for a 16 x 16 tile.
+///
+/// # Safety
+/// AVX-512F is present; `src` holds 16 columns of 16 values at stride `ld`; each of `rows`
+/// 16 writable values.
+#[inline]
+unsafe fn store_transposed(src: *const f32, ld: usize, rows: [*mut f32; 16]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        x86::store_transposed(src, ld, rows)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (src, ld, rows);
+        unreachable!("`available` is false off x86-64");
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -301,6 +339,64 @@ mod x86 {
                 }
             }
         }
+    }
+
+    /// `rows[i][j] = src[j * ld + i]` for a 16 x 16 tile: 16 column vectors transposed in
+    /// registers (pairs, quads, then 128- and 256-bit lanes interleaved) into 16 row vectors.
+    ///
+    /// # Safety
+    /// As `super::store_transposed`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn store_transposed(src: *const f32, ld: usize, rows: [*mut f32; 16]) {
+        // SAFETY: the reads and writes are in the bounds the caller guarantees.
+        unsafe {
+            let mut c = [_mm512_setzero_ps(); 16];
+            for (j, c) in c.iter_mut().enumerate() {
+                *c = _mm512_loadu_ps(src.add(j * ld));
+            }
+            // Stage 1: 32-bit elements of column pairs (2j, 2j+1) interleaved.
+            let mut t = [_mm512_setzero_ps(); 16];
+            for j in 0..8 {
+                t[2 * j] = _mm512_unpacklo_ps(c[2 * j], c[2 * j + 1]);
+                t[2 * j + 1] = _mm512_unpackhi_ps(c[2 * j], c[2 * j + 1]);
+            }
+            // Stage 2: 64-bit elements of the pairs of pairs.
+            for q in 0..4 {
+                let (a, b, x, y) = (t[4 * q], t[4 * q + 2], t[4 * q + 1], t[4 * q + 3]);
+                c[4 * q] = pd(_mm512_unpacklo_pd(ps(a), ps(b)));
+                c[4 * q + 1] = pd(_mm512_unpackhi_pd(ps(a), ps(b)));
+                c[4 * q + 2] = pd(_mm512_unpacklo_pd(ps(x), ps(y)));
+                c[4 * q + 3] = pd(_mm512_unpackhi_pd(ps(x), ps(y)));
+            }
+            // Stages 3 and 4: 128-bit lanes across groups of four columns.
+            for q in 0..4 {
+                t[q] = _mm512_shuffle_f32x4::<0x88>(c[q], c[q + 4]);
+                t[q + 4] = _mm512_shuffle_f32x4::<0xdd>(c[q], c[q + 4]);
+                t[q + 8] = _mm512_shuffle_f32x4::<0x88>(c[q + 8], c[q + 12]);
+                t[q + 12] = _mm512_shuffle_f32x4::<0xdd>(c[q + 8], c[q + 12]);
+            }
+            for q in 0..8 {
+                c[q] = _mm512_shuffle_f32x4::<0x88>(t[q], t[q + 8]);
+                c[q + 8] = _mm512_shuffle_f32x4::<0xdd>(t[q], t[q + 8]);
+            }
+            for (i, row) in rows.iter().enumerate() {
+                _mm512_storeu_ps(*row, c[i]);
+            }
+        }
+    }
+
+    /// The same 512 bits as 8 f64.
+    #[inline(always)]
+    fn ps(v: __m512) -> __m512d {
+        // SAFETY: both are 64 bytes of plain data.
+        unsafe { std::mem::transmute::<__m512, __m512d>(v) }
+    }
+
+    /// The same 512 bits as 16 f32.
+    #[inline(always)]
+    fn pd(v: __m512d) -> __m512 {
+        // SAFETY: both are 64 bytes of plain data.
+        unsafe { std::mem::transmute::<__m512d, __m512>(v) }
     }
 
     /// The same 512 bits as 32 bf16.
@@ -367,6 +463,26 @@ mod tests {
             assert_eq!(super::linear(&xh, &w, m, k, n).unwrap(), y);
         }
         assert!(super::linear(&[0f32; 9 * 3], &[bf16::ZERO; 3], 9, 3, 1).is_none(), "odd k");
+    }
+
+    #[test]
+    fn a_tile_transposed_in_registers() {
+        if !super::available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16 (or ARTIST_CPU_DPBF16=0)");
+            return;
+        }
+        let ld = 19;
+        let src: Vec<f32> = (0..16 * ld).map(|v| v as f32).collect();
+        let mut out = vec![-1f32; 16 * 20];
+        let rows: [*mut f32; 16] = std::array::from_fn(|i| out[i * 20 + 2..].as_mut_ptr());
+        // SAFETY: 16 columns of 16 at stride 19 in `src`; 16 values from each row pointer.
+        unsafe { super::store_transposed(src.as_ptr(), ld, rows) };
+        for i in 0..16 {
+            for j in 0..20 {
+                let want = if (2..18).contains(&j) { src[(j - 2) * ld + i] } else { -1.0 };
+                assert_eq!(out[i * 20 + j], want, "[{i}, {j}]");
+            }
+        }
     }
 
     #[test]
