@@ -237,10 +237,10 @@ fn rows_contiguous(t: &Tensor) -> Result<Tensor> {
 /// free for the transposed view of a weight, as `x @ w^T`), each copied only if its layout
 /// is otherwise. The backward products of `linear_in` (`g @ w`, `g^T @ x`) come here.
 fn matmul_dpbf16(lhs: &Tensor, rhs: &Tensor, m: usize, k: usize, n: usize) -> Result<Option<Tensor>> {
-    // Below 256 terms per sum the outputs, written through the kernel's column-major
-    // scratch, cost more than the faster products save (dw of the down projection at 128
-    // rows: 6.3 ms against 5.6 widened; docs/BENCHMARKS.md).
-    if k < 256 {
+    // The outputs' share of the work grows as the sums shorten: at 128 terms (dw of the
+    // down projection at 128 rows) the kernel is 1.16-1.28x the widened path
+    // (docs/BENCHMARKS.md); shorter sums, not measured, stay widened.
+    if k < 128 {
         return Ok(None);
     }
     linear_dpbf16(lhs, &rhs.t()?, m, k, n, &[m, n])

@@ -673,7 +673,7 @@ fn topk_matches_a_sort() {
 }
 
 /// The bf16 products at the sizes that take the CPU's bf16 dot products where it has them
-/// (more than 8 rows, at least 256 terms per sum for `matmul_f32`): `linear_in` forward and
+/// (more than 8 rows, at least 128 terms per sum for `matmul_f32`): `linear_in` forward and
 /// `matmul_f32` with each operand contiguous or a transposed view, as backward passes them
 /// (`g @ w`, `g^T @ x`), against f64 sums of the rounded operands. Each value within
 /// `k * eps_f32 * sum |terms|`, the worst case of `k` f32 additions; the same on a CPU
