@@ -7,7 +7,10 @@
 //! bytes. The kernel keeps 32 rows of `x` in the lanes of two vectors and broadcasts one
 //! pair of a weight row at a time, read in place from the checkpoint's row-major `[n, k]`
 //! (no copy or packing of the weights); only `x` is rounded and packed, once per call, into
-//! blocks of 32 (or 16) rows laid out pair by pair.
+//! blocks of 32 (or 16) rows laid out pair by pair. The accumulators hold columns of the
+//! output; they reach its rows through 16 x 16 tiles transposed in registers. 2-D products
+//! of bf16 matrices (`matmul_f32`, the backward of `linear_in`) use the same kernel once
+//! their operands are in these layouts ([`transpose`]).
 //!
 //! The products of bf16 values are exact in f32, so results differ from the rounded
 //! operands' f32 product (`linear` on the widened values) only in the order of the sums,
@@ -144,10 +147,10 @@ pub(crate) fn linear<X: ToBf16Bits>(x: &[X], w: &[bf16], m: usize, k: usize, n: 
                         // j * m_pad + i0; the 16 output rows' columns j0+jc..j0+jc+16 are this
                         // task's alone; AVX-512F is present (`available`).
                         unsafe {
-                            let rows: [*mut f32; 16] = std::array::from_fn(|ii| {
+                            let out_rows: [*mut f32; 16] = std::array::from_fn(|ii| {
                                 dst.slice((row0 + i0 + ii) * n + j0 + jc, 16).as_mut_ptr() as *mut f32
                             });
-                            store_transposed(ct.as_ptr().add(jc * m_pad + i0), m_pad, rows);
+                            store_transposed(ct.as_ptr().add(jc * m_pad + i0), m_pad, out_rows);
                         }
                         continue;
                     }
