@@ -193,12 +193,12 @@ impl Tensor {
 /// `linear_in` on the CPU's bf16 dot products (`cpu::dpbf16`), where they run: bf16
 /// weights, f32 or bf16 activations, more rows than the matrix-vector path takes (which
 /// reads each weight once and is bound by memory, not by multiply-adds). `None` elsewhere.
+/// Both callers have already sent CUDA tensors elsewhere.
 fn linear_dpbf16(x: &Tensor, w: &Tensor, m: usize, k: usize, n: usize, dims: &[usize]) -> Result<Option<Tensor>> {
     use crate::cpu::CpuStorage;
     if m <= GEMV_MAX_ROWS || !k.is_multiple_of(2) || w.dtype() != DType::BF16 || !crate::cpu::dpbf16::available() {
         return Ok(None);
     }
-    check_cpu("linear_in", x.device())?;
     let (x, w) = (rows_contiguous(x)?, rows_contiguous(w)?);
     let (xs, ws) = (x.cpu(), w.cpu());
     let (xr, wr) =
@@ -227,7 +227,7 @@ fn rows_contiguous(t: &Tensor) -> Result<Tensor> {
         let st = t.cpu();
         let CpuStorage::BF16(v) = &*st else { unreachable!("dtype checked") };
         // t[i][j] = v[start + i + j * s]: the source is `cols` rows of `s`, `rows` of each used.
-        crate::cpu::dpbf16::transpose(&v[l.start()..], cols, rows, s)
+        crate::cpu::transpose(&v[l.start()..], cols, rows, s)
     };
     Ok(Tensor::from_storage(CpuStorage::BF16(out), [rows, cols]))
 }

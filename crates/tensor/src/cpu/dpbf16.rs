@@ -10,7 +10,7 @@
 //! blocks of 32 (or 16) rows laid out pair by pair. The accumulators hold columns of the
 //! output; they reach its rows through 16 x 16 tiles transposed in registers. 2-D products
 //! of bf16 matrices (`matmul_f32`, the backward of `linear_in`) use the same kernel once
-//! their operands are in these layouts ([`transpose`]).
+//! their operands are in these layouts (`cpu::transpose`).
 //!
 //! The products of bf16 values are exact in f32, so results differ from the rounded
 //! operands' f32 product (`linear` on the widened values) only in the order of the sums,
@@ -128,9 +128,16 @@ pub(crate) fn linear<X: ToBf16Bits>(x: &[X], w: &[bf16], m: usize, k: usize, n: 
                         // jb..jb+cols and rows lie in `ct`; the CPU has AVX-512F and
                         // AVX512-BF16 (`available`).
                         unsafe {
-                            let a = xa.as_ptr().add(blk.offset + kb * blk.width);
-                            let c = ct.as_mut_ptr().add(jb * m_pad + blk.row0 - row0);
-                            kernel_for(blk.width, steps, a, b, c, m_pad, cols, kb > 0);
+                            let call = KernelCall {
+                                steps,
+                                a: xa.as_ptr().add(blk.offset + kb * blk.width),
+                                b,
+                                c: ct.as_mut_ptr().add(jb * m_pad + blk.row0 - row0),
+                                ldc: m_pad,
+                                cols,
+                                accumulate: kb > 0,
+                            };
+                            kernel_for(blk.width, &call);
                         }
                     }
                 }
@@ -168,29 +175,6 @@ pub(crate) fn linear<X: ToBf16Bits>(x: &[X], w: &[bf16], m: usize, k: usize, n: 
     // SAFETY: the tasks cover columns 0..n of every row, so all m * n elements are written.
     unsafe { out.set_len(m * n) };
     Some(out)
-}
-
-/// `src` as `rows` rows of stride `stride` and `cols` used columns (`src[i * stride + j]`),
-/// transposed into a row-major `[cols, rows]`, in parallel bands of 32 destination rows:
-/// each source row gives a band 32 consecutive values, and each of the band's rows is
-/// written in order.
-pub(crate) fn transpose<T: Copy + Send + Sync + Default>(src: &[T], rows: usize, cols: usize, stride: usize) -> Vec<T> {
-    const BAND: usize = 32;
-    let mut out = vec![T::default(); rows * cols];
-    if rows == 0 || cols == 0 {
-        return out;
-    }
-    debug_assert!(src.len() >= (rows - 1) * stride + cols);
-    out.par_chunks_mut(BAND * rows).enumerate().for_each(|(b, band)| {
-        // Destination rows j0..j0+h are source columns j0..j0+h.
-        let (j0, h) = (b * BAND, band.len() / rows);
-        for i in 0..rows {
-            for (dj, &v) in src[i * stride + j0..i * stride + j0 + h].iter().enumerate() {
-                band[dj * rows + i] = v;
-            }
-        }
-    });
-    out
 }
 
 thread_local! {
@@ -244,34 +228,37 @@ fn pack_rows<X: ToBf16Bits>(x: &[X], m: usize, k: usize, blocks: &[RowBlock]) ->
     xa
 }
 
-/// `x86::kernel` for a block of `width` rows (32 or 16).
-///
-/// # Safety
-/// As `x86::kernel`'s.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-unsafe fn kernel_for(
-    width: usize,
+/// One call of the kernel: `c[j * ldc + l] (+)= sum over p < steps of a[p * 16V + l] .
+/// b[j][p]` for `j < cols` and `l < 16V` (`V` vectors of rows), each term a pair of bf16
+/// products. With `accumulate`, adds to what `c` holds; otherwise overwrites it.
+#[derive(Clone, Copy)]
+struct KernelCall {
     steps: usize,
+    /// `steps * 16V` packed pairs of `x`.
     a: *const u32,
+    /// `NR` weight rows' pairs, `steps` from each (any alignment).
     b: [*const u32; NR],
+    /// Columns `0..cols` of `16V` values at stride `ldc`.
     c: *mut f32,
     ldc: usize,
     cols: usize,
     accumulate: bool,
-) {
+}
+
+/// `call` for a block of `width` rows (32 or 16).
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX512-BF16, and `call`'s pointers hold what its fields say.
+#[inline]
+unsafe fn kernel_for(width: usize, call: &KernelCall) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: forwarded from the caller.
     unsafe {
-        if width == BLOCK_ROWS {
-            x86::kernel::<2>(steps, a, b, c, ldc, cols, accumulate)
-        } else {
-            x86::kernel::<1>(steps, a, b, c, ldc, cols, accumulate)
-        }
+        if width == BLOCK_ROWS { x86::kernel::<2>(call) } else { x86::kernel::<1>(call) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (width, steps, a, b, c, ldc, cols, accumulate);
+        let _ = (width, call);
         unreachable!("`available` is false off x86-64");
     }
 }
@@ -299,26 +286,16 @@ unsafe fn store_transposed(src: *const f32, ld: usize, rows: [*mut f32; 16]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::NR;
+    use super::{KernelCall, NR};
 
-    /// `c[j * ldc + l] (+)= sum over p < steps of a[p * 16V + l] . b[j][p]` for `j < cols`
-    /// and `l < 16V`, each term a pair of bf16 products (`vdpbf16ps`): `16V` rows of `x`
-    /// against `NR` weight rows, accumulators in registers. With `accumulate`, adds to what
-    /// `c` holds; otherwise overwrites it.
+    /// `call` with `V` vectors of 16 rows against `NR` weight rows (`vdpbf16ps`),
+    /// accumulators in registers.
     ///
     /// # Safety
-    /// The CPU has AVX-512F and AVX512-BF16; `a` holds `steps * 16V` values, each `b[j]`
-    /// `steps` (any alignment); `c` holds columns `0..cols` of `16V` values at stride `ldc`.
+    /// As `super::kernel_for`.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn kernel<const V: usize>(
-        steps: usize,
-        a: *const u32,
-        b: [*const u32; NR],
-        c: *mut f32,
-        ldc: usize,
-        cols: usize,
-        accumulate: bool,
-    ) {
+    pub(super) unsafe fn kernel<const V: usize>(call: &KernelCall) {
+        let KernelCall { steps, a, b, c, ldc, cols, accumulate } = *call;
         let mut acc = [[_mm512_setzero_ps(); NR]; V];
         // SAFETY: every read below is in the bounds the caller guarantees.
         unsafe {
@@ -492,7 +469,7 @@ mod tests {
     fn transpose_of_a_strided_matrix() {
         for &(rows, cols, stride) in &[(1, 1, 1), (3, 5, 7), (33, 70, 70), (64, 31, 40), (100, 65, 65)] {
             let src: Vec<u32> = (0..(rows - 1) * stride + cols).map(|v| v as u32).collect();
-            let t = super::transpose(&src, rows, cols, stride);
+            let t = crate::cpu::transpose(&src, rows, cols, stride);
             for j in 0..cols {
                 for i in 0..rows {
                     assert_eq!(t[j * rows + i], src[i * stride + j], "({rows}, {cols}, {stride}) [{j}, {i}]");

@@ -152,7 +152,7 @@ pub(crate) fn linear_tasks<T: WithDType>(x: &[f32], w: &[T], m: usize, k: usize,
     // At least four tasks per thread, so that threads finishing early find work.
     let rows = (TASK_ELEMS / k).min(n.div_ceil(4 * rayon::current_num_threads())).max(16);
     let m16 = m - m % UNPACKED_ROWS;
-    let xt = transpose_rows(&x[..m16 * k], m16, k);
+    let xt = super::transpose(&x[..m16 * k], m16, k, k); // [m16, k] in column major
     // Every element is written by exactly one task below, so the output is not zeroed first.
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let dst = OutColumns(out.spare_capacity_mut().as_mut_ptr());
@@ -230,28 +230,6 @@ const UNPACKED_ROWS: usize = 16;
 /// rows of `x` after all.
 const UNPACKED_COLS: usize = 48;
 
-/// `x: [m, k]` row-major as `[m, k]` column-major (`xt[p * m + i] = x[i * k + p]`), in
-/// parallel over spans of `k`.
-fn transpose_rows(x: &[f32], m: usize, k: usize) -> Vec<f32> {
-    let mut xt = vec![0f32; m * k];
-    if m == 0 {
-        return xt;
-    }
-    // Spans of 16 columns of x: each row's 16 values are one 64-byte line read, and each
-    // span's output is written in order.
-    const SPAN: usize = 16;
-    xt.par_chunks_mut(SPAN * m).with_min_len((GRAIN / (SPAN * m)).max(1)).enumerate().for_each(|(s, out)| {
-        let p0 = s * SPAN;
-        let width = out.len() / m;
-        for i in 0..m {
-            for (dp, &v) in x[i * k + p0..i * k + p0 + width].iter().enumerate() {
-                out[dp * m + i] = v;
-            }
-        }
-    });
-    xt
-}
-
 thread_local! {
     /// [`linear_tasks`]' widened weights, one buffer per thread, kept between calls: at most
     /// [`TASK_ELEMS`] f32, or 16 weight rows where those are more.
@@ -260,10 +238,11 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The output of [`linear_tasks`], shared by tasks that write disjoint columns of it.
+/// The output of [`linear_tasks`] (and of `dpbf16::linear`), shared by tasks that write
+/// disjoint blocks of it.
 pub(crate) struct OutColumns(pub(crate) *mut MaybeUninit<f32>);
 
-// SAFETY: every task writes only its own columns, and the buffer outlives the parallel loop.
+// SAFETY: every task writes only its own block, and the buffer outlives the parallel loop.
 unsafe impl Sync for OutColumns {}
 
 impl OutColumns {

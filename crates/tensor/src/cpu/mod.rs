@@ -120,6 +120,29 @@ pub fn retain_freed_memory() {
 /// long rows) of about this size become rayon tasks.
 pub(crate) const GRAIN: usize = 1 << 15;
 
+/// `src` as `rows` rows of stride `stride` with `cols` used columns (`src[i * stride + j]`),
+/// transposed into a row-major `[cols, rows]`, in parallel bands of destination rows: each
+/// source row gives a band one 64-byte line of consecutive values, and each of the band's
+/// rows is written in order.
+pub(crate) fn transpose<T: Copy + Send + Sync + Default>(src: &[T], rows: usize, cols: usize, stride: usize) -> Vec<T> {
+    let mut out = vec![T::default(); rows * cols];
+    if rows == 0 || cols == 0 {
+        return out;
+    }
+    debug_assert!(src.len() >= (rows - 1) * stride + cols);
+    let band = (64 / std::mem::size_of::<T>()).max(1);
+    out.par_chunks_mut(band * rows).with_min_len((GRAIN / (band * rows)).max(1)).enumerate().for_each(|(b, out)| {
+        // Destination rows j0..j0+h are source columns j0..j0+h.
+        let (j0, h) = (b * band, out.len() / rows);
+        for i in 0..rows {
+            for (dj, &v) in src[i * stride + j0..i * stride + j0 + h].iter().enumerate() {
+                out[dj * rows + i] = v;
+            }
+        }
+    });
+    out
+}
+
 /// Fills a contiguous `out` row by row. `f(out_piece, offsets)` gets a piece of an output
 /// row and the storage offsets of its first element for each operand; within the piece,
 /// operand `k` advances by `plan.inner_strides[k]`.
