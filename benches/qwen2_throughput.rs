@@ -31,8 +31,14 @@ fn copy_bandwidth() -> f64 {
     (2 * n * 4) as f64 / best
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn main() -> BenchResult<()> {
     artist_tensor::cpu::retain_freed_memory();
+    artist_tensor::cpu::on_worker(run)
+}
+
+fn run() -> BenchResult<()> {
     let dtype: DType = arg("--dtype", "bf16").parse()?;
     let prompt: usize = arg("--prompt", "512").parse()?;
     let decode: usize = arg("--decode", "32").parse()?;

@@ -51,8 +51,14 @@ impl Tool for SleepTool {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn main() -> BenchResult<()> {
     artist_tensor::cpu::retain_freed_memory();
+    artist_tensor::cpu::on_worker(run)
+}
+
+fn run() -> BenchResult<()> {
     let prompts: usize = arg("--prompts", "1").parse()?;
     let group: usize = arg("--group", "8").parse()?;
     let prompt_len: usize = arg("--prompt-len", "256").parse()?;
@@ -155,7 +161,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Waits for the GPU's queued work (nothing to wait for on the CPU).
-fn sync(device: Device) -> Result<(), Box<dyn std::error::Error>> {
+fn sync(device: Device) -> BenchResult<()> {
     if let Device::Cuda(i) = device {
         artist_tensor::cuda::synchronize(i)?;
     }
@@ -167,7 +173,7 @@ fn sync(device: Device) -> Result<(), Box<dyn std::error::Error>> {
 /// multiply-adds per score and P (P + 1) / 2 scores per head, against the dense bf16 peak
 /// where the GPU is known. f32, and on a GPU bf16 too (the tensor-core kernels;
 /// `ARTIST_ATTN_WGMMA=1` for Hopper's warpgroup MMA). The median of 5 runs after a warm-up.
-fn prefill_attention(config: &Qwen2Config, p: usize, device: Device) -> Result<(), Box<dyn std::error::Error>> {
+fn prefill_attention(config: &Qwen2Config, p: usize, device: Device) -> BenchResult<()> {
     use rand::SeedableRng;
     let (heads, kv_heads, d) = (config.num_attention_heads, config.num_key_value_heads, config.head_dim);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
@@ -228,17 +234,11 @@ fn datasheet(device: Device) -> Option<(f64, f64)> {
 /// One sequence: the prompt prefilled, then `n` tokens decoded one at a time, sampled on
 /// the model's device. Decode reads every weight once per token (the tied embedding as the
 /// output projection), so tokens/s x weight bytes is the bandwidth it sustains.
-fn batch1_decode(
-    model: &Qwen2,
-    prompt: &[u32],
-    n: usize,
-    bandwidth: Option<f64>,
-    device: Device,
-) -> Result<(), Box<dyn std::error::Error>> {
+fn batch1_decode(model: &Qwen2, prompt: &[u32], n: usize, bandwidth: Option<f64>, device: Device) -> BenchResult<()> {
     let mut cache = model.new_cache(1, prompt.len() + n + 1)?;
     let mut sampler = Sampler::new(SamplingParams { temperature: 1.0, seed: 3, ..Default::default() });
     let mut next = prompt.to_vec();
-    let mut step = |next: &mut Vec<u32>| -> Result<(), Box<dyn std::error::Error>> {
+    let mut step = |next: &mut Vec<u32>| -> BenchResult<()> {
         let logits = model.forward(&[SeqInput { slot: 0, tokens: next }], &mut cache, Rows::Last)?;
         let (id, _) = Logits::Tensor(logits).sample(&mut [(0, &mut sampler)])?[0];
         *next = vec![id];

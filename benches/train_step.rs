@@ -60,7 +60,7 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 /// A dtype flag: `f32` (none: the default precision) or `bf16`.
-fn dtype_arg(name: &str) -> Result<Option<DType>, Box<dyn std::error::Error>> {
+fn dtype_arg(name: &str) -> BenchResult<Option<DType>> {
     match arg(name, "f32").as_str() {
         "f32" => Ok(None),
         "bf16" => Ok(Some(DType::BF16)),
@@ -68,8 +68,16 @@ fn dtype_arg(name: &str) -> Result<Option<DType>, Box<dyn std::error::Error>> {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn main() -> BenchResult<()> {
     artist_tensor::cpu::retain_freed_memory();
+    // In-process ranks are threads of their own, each injecting its ops into the pool; a
+    // worker waiting on them would leave the pool a thread short.
+    if arg("--ranks", "1") != "1" { run() } else { artist_tensor::cpu::on_worker(run) }
+}
+
+fn run() -> BenchResult<()> {
     let batch: usize = arg("--batch", "4").parse()?;
     let seq: usize = arg("--seq", "128").parse()?;
     let steps: usize = arg("--steps", "3").parse()?;
@@ -87,7 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let weights = dtype_arg("--weights")?.unwrap_or(DType::F32);
     let (matmul_dtype, attention_dtype) = (dtype_arg("--matmul-dtype")?, dtype_arg("--attention-dtype")?);
     // Queued GPU work has finished when a phase's clock stops.
-    let sync = || -> Result<(), Box<dyn std::error::Error>> {
+    let sync = || -> BenchResult<()> {
         if let Device::Cuda(n) = device {
             cuda::synchronize(n)?;
         }
@@ -210,13 +218,7 @@ fn dp_step(
     Ok((t0.elapsed().as_secs_f64(), early))
 }
 
-fn data_parallel(
-    ranks: usize,
-    batch: usize,
-    seq: usize,
-    steps: usize,
-    checkpointing: bool,
-) -> Result<(), Box<dyn std::error::Error>> {
+fn data_parallel(ranks: usize, batch: usize, seq: usize, steps: usize, checkpointing: bool) -> BenchResult<()> {
     let config = small_config();
     let results = std::thread::scope(|s| {
         let handles: Vec<_> = InProcess::group(ranks)

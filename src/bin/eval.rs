@@ -152,6 +152,11 @@ struct VerifyArgs {
 }
 
 fn main() -> Result<()> {
+    artist::tensor::cpu::retain_freed_memory();
+    artist::tensor::cpu::on_worker(run)
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Verify(args)) => verify(&args.jsonl),

@@ -34,8 +34,12 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
     artist::tensor::cpu::retain_freed_memory();
+    artist::tensor::cpu::on_worker(run)
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
     let device = cli::device(&args.device)?;
     let (model, tokenizer) = cli::open_model(&args.model, device)?;
     let ids = match (&args.text_file, &args.token_ids) {

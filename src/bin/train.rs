@@ -298,7 +298,8 @@ fn run_sft(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Result
 const PEER_FAILED_EXIT: i32 = 3;
 
 fn main() {
-    let result = run();
+    artist::tensor::cpu::retain_freed_memory();
+    let result = artist::tensor::cpu::on_worker(run);
     if let Err(e) = &result {
         let env = DistEnv::from_env().ok().filter(|env| env.world_size > 1);
         let own_rank = env.as_ref().map_or(0, |env| env.rank);
@@ -326,7 +327,6 @@ fn run() -> Result<()> {
     {
         return launch(n, Duration::from_secs(args.dist_timeout));
     }
-    artist::tensor::cpu::retain_freed_memory();
     let device = rank_device(artist::cli::device(&args.device)?, &env)?;
     // A resumed run is of the kind its directory holds.
     let grpo_dir = args.resume.as_ref().is_some_and(|d| d.join(GRPO_CONFIG_FILE).exists());
