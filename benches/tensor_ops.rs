@@ -23,6 +23,12 @@
 //!   and `linear_in` with the activations rounded to bf16 (`in_bf16`).
 //! * `matmul_f32_bf16`: the backward products of `linear_in` in bf16 (`matmul_f32` of bf16
 //!   operands) at the down projection's shape.
+//! * `causal_attention_cpu`: one sequence's causal attention, forward and backward, through
+//!   the fused CPU kernels (`fused`) and through the composition of matrix products
+//!   (`reference`), at the embedded demo's shape (85 positions, 4 heads over 2 KV heads of
+//!   32) and Qwen2.5-0.5B's heads at 256 and 1024 positions. Throughput counts the causal
+//!   half's multiply-adds, 2 products of t (t + 1) / 2 scores x d per head forward and 4
+//!   backward (as FLOP: 2 per multiply-add), so "Gelem/s" is GFLOP/s done usefully.
 //! * `peak_cpu`: the multiply-add ceiling of the CPU (f32 FMA, bf16 dot products) on every
 //!   thread, operands in registers: what the FLOP/s of the products compare against.
 //!
@@ -388,6 +394,35 @@ fn matmul_attention_scores(c: &mut Criterion) {
     g.finish();
 }
 
+fn causal_attention_cpu(c: &mut Criterion) {
+    let mut g = c.benchmark_group("causal_attention_cpu");
+    for (t, heads, kv_heads, d) in
+        [(85usize, 4usize, 2usize, 32usize), (256, HEADS, KV_HEADS, HEAD_DIM), (1024, HEADS, KV_HEADS, HEAD_DIM)]
+    {
+        let (q, k, v) = (randn(&[t, heads, d], 31), randn(&[t, kv_heads, d], 32), randn(&[t, kv_heads, d], 33));
+        let dout = randn(&[t, heads, d], 34);
+        let scale = (d as f32).powf(-0.5);
+        let (out, lse) = q.causal_attention_fused(&k, &v, scale).unwrap();
+        let (reference, _) = q.causal_attention_reference(&k, &v, scale).unwrap();
+        assert_close(&out, &f32s(&reference), "fused attention");
+        let shape = format!("T={t}/{heads}h{kv_heads}kv/d={d}");
+        let flop = |products: usize| (2 * products * heads * t * (t + 1) / 2 * d) as u64;
+        g.throughput(Throughput::Elements(flop(2)));
+        g.bench_function(format!("fused_fwd/{shape}"), |b| b.iter(|| q.causal_attention_fused(&k, &v, scale).unwrap()));
+        g.bench_function(format!("reference_fwd/{shape}"), |b| {
+            b.iter(|| q.causal_attention_reference(&k, &v, scale).unwrap())
+        });
+        g.throughput(Throughput::Elements(flop(4)));
+        g.bench_function(format!("fused_bwd/{shape}"), |b| {
+            b.iter(|| q.causal_attention_backward_fused(&k, &v, &out, &lse, &dout, scale).unwrap())
+        });
+        g.bench_function(format!("reference_bwd/{shape}"), |b| {
+            b.iter(|| q.causal_attention_backward_reference(&k, &v, &dout, scale).unwrap())
+        });
+    }
+    g.finish();
+}
+
 /// Adds the reference copies of `n` f32 elements to `g`: into a preallocated buffer on one
 /// thread and on all of them, and into a fresh allocation.
 fn copy_refs(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, n: usize) {
@@ -488,6 +523,7 @@ criterion_group! {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2));
     targets = peak_cpu, matmul_mlp, matmul_lm_head, linear_rows_bf16, matmul_f32_bf16, matmul_attention_scores,
+        causal_attention_cpu,
         mem_elementwise, mem_softmax, mem_rows_4096x896, mem_rope
 }
 // criterion_main!, with freed memory kept for reuse as the binaries do.

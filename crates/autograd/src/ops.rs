@@ -374,20 +374,23 @@ impl Var {
     /// d]`. Returns `[t, heads, d]`. Backward recomputes the probabilities from the saved
     /// log-sum-exp instead of keeping the `[heads, t, len]` matrix.
     ///
-    /// On the GPU this is the fused op with its own backward. On the CPU it is recorded as
-    /// its pieces (products, mask, softmax), as torch's eager attention runs, so backward
-    /// reuses the saved probabilities instead of recomputing them: the CPU's fastest form,
-    /// and the one whose numbers match transformers and PyTorch to the ulp.
+    /// On the GPU this is the fused op with its own backward, and on the CPU from
+    /// `CPU_FUSED_MIN_KEYS` keys (cpu/attention.rs). Below that the CPU records it as its
+    /// pieces (products, mask, softmax), as torch's eager attention runs, so backward reuses
+    /// the saved probabilities: its numbers match transformers and PyTorch to the ulp.
     pub fn causal_attention(q: &Var, k: &Var, v: &Var, scale: f32) -> Result<Var> {
         if !q.value.device().is_cuda() {
             let dt = q.value.dtype();
             if dt != DType::F32 {
-                // Half inputs on the CPU: the composition in f32 over their exact widening
-                // (the GPU kernels' f32 scores and softmax), the output in the inputs' type.
+                // Half inputs: attention in f32 over their exact widening (the GPU kernels'
+                // f32 scores and softmax), so that the gradients are the widened values' and
+                // a fused backward reads the f32 output; the output in the inputs' type.
                 let (q, k, v) = (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
-                return Var::causal_attention_composed(&q, &k, &v, scale)?.to_dtype(dt);
+                return Var::causal_attention(&q, &k, &v, scale)?.to_dtype(dt);
             }
-            return Var::causal_attention_composed(q, k, v, scale);
+            if k.value.dims().first().is_some_and(|&len| len < artist_tensor::CPU_FUSED_MIN_KEYS) {
+                return Var::causal_attention_composed(q, k, v, scale);
+            }
         }
         let (out, lse) = q.value.causal_attention(&k.value, &v.value, scale)?;
         let (qv, kv, vv, ov) = (q.value.clone(), k.value.clone(), v.value.clone(), out.clone());

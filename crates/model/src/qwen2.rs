@@ -225,9 +225,11 @@ impl Layer {
                 Some((cache, l)) => {
                     cache.write(*l, s.slot, s.start, ki.value(), &vi.value().contiguous()?)?;
                     let len = s.start + t;
-                    // The CPU gathers the slot's blocks and runs the composition training
-                    // uses, keeping its agreement with transformers to the ulp. Queries a chunk at a time, so a long prefill never holds all its
-                    // `[heads, t, len]` scores at once; each row's numbers are unchanged.
+                    // The CPU gathers the slot's blocks and attends as training does (the
+                    // composition below CPU_FUSED_MIN_KEYS keys, keeping its agreement with
+                    // transformers to the ulp; the fused kernels from there). Queries a chunk
+                    // at a time, so a long prefill never holds all its `[heads, t, len]`
+                    // scores at once; each row's numbers are unchanged.
                     let (kc, vc) = cache.read(*l, s.slot, len)?; // [len, kv_heads, d], gathered once
                     let mut parts = Vec::with_capacity(t.div_ceil(QUERY_CHUNK));
                     for a in (0..t).step_by(QUERY_CHUNK) {

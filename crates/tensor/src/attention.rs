@@ -359,18 +359,40 @@ impl Tensor {
     /// `len` positions, `k`, `v: [len, kv_heads, d]` (any strides, e.g. a KV-cache view);
     /// head `h` reads KV head `h / (heads / kv_heads)`. Returns the output `[t, heads, d]`
     /// in q's dtype and each (head, query)'s log-sum-exp of the scaled scores, `[heads, t]`
-    /// f32, which the backward needs.
+    /// f32, which the backward needs. On a GPU the fused kernels (kernels/attention.cu); on
+    /// the CPU the fused kernels of cpu/attention.rs from [`CPU_FUSED_MIN_KEYS`] keys, below
+    /// it the composition in torch's order ([`Tensor::causal_attention_reference`]).
     pub fn causal_attention(&self, k: &Tensor, v: &Tensor, scale: f32) -> Result<(Tensor, Tensor)> {
+        if !self.device().is_cuda() && k.dims().first().is_some_and(|&len| len < CPU_FUSED_MIN_KEYS) {
+            return self.causal_attention_reference(k, v, scale);
+        }
+        self.causal_attention_fused(k, v, scale)
+    }
+
+    /// [`Tensor::causal_attention`] through the fused kernels at any length: on the CPU
+    /// those of cpu/attention.rs (one pass over the keys per block of queries, an online
+    /// softmax, no `[heads, t, len]` scores), in f32 whatever the inputs' dtype.
+    pub fn causal_attention_fused(&self, k: &Tensor, v: &Tensor, scale: f32) -> Result<(Tensor, Tensor)> {
         let a = dims(self, k, v)?;
         if self.device().is_cuda() {
             return crate::cuda::ops::attention_fwd(self, k, v, a, scale);
         }
+        let (q, k, v) = (host_f32(self)?, host_f32(k)?, host_f32(v)?);
+        let (out, lse) = crate::cpu::attention::forward(&f32_data(&q), &f32_data(&k), &f32_data(&v), a, scale);
+        let out = Tensor::from_vec(out, (a.t, a.heads, a.d), crate::Device::Cpu)?.to_dtype(self.dtype())?;
+        Ok((out, Tensor::from_vec(lse, (a.heads, a.t), crate::Device::Cpu)?))
+    }
+
+    /// [`Tensor::causal_attention`] through matrix products, in the order of torch's eager
+    /// attention (scores, mask, softmax, the product with the values): the reference the
+    /// fused kernels of both devices are tested against. Any device; `[heads, t, len]`
+    /// scores are held at once.
+    pub fn causal_attention_reference(&self, k: &Tensor, v: &Tensor, scale: f32) -> Result<(Tensor, Tensor)> {
+        let a = dims(self, k, v)?;
         let qg = group(self, a)?;
         let s = scores(&qg, k, a, scale)?;
         let m = s.max_keepdim(-1)?;
         let lse = s.sub(&m)?.exp()?.sum_keepdim(-1)?.log()?.add(&m)?; // [kv, rep t, 1]
-        // The probabilities as torch's eager attention forms them (softmax, then the product
-        // with the values), so the CPU keeps its agreement with transformers to the ulp.
         let out = s.softmax(-1)?.matmul(&v.to_dtype(DType::F32)?.permute(&[1, 0, 2])?)?;
         let out = ungroup(&out, a)?.to_dtype(self.dtype())?;
         Ok((out, lse.reshape((a.heads, a.t))?))
@@ -620,10 +642,9 @@ impl Tensor {
     }
 
     /// The gradients `(dq, dk, dv)` (f32, shaped as q, k, v) of [`Tensor::causal_attention`]
-    /// given its output `out`, its log-sum-exp `lse` and the output's gradient `dout`. The
-    /// GPU recomputes the probabilities from `lse` and uses `sum(dout * out)` for the
-    /// softmax term (flash-attention's form); the CPU recomputes them as the forward did
-    /// and follows torch's autograd order, so `out` and `lse` are read on the GPU only.
+    /// given its output `out`, its log-sum-exp `lse` and the output's gradient `dout`: the
+    /// fused kernels where the forward ran them, else the composition's backward (which
+    /// recomputes the probabilities from q and k and reads neither `out` nor `lse`).
     pub fn causal_attention_backward(
         &self,
         k: &Tensor,
@@ -633,29 +654,69 @@ impl Tensor {
         dout: &Tensor,
         scale: f32,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        const OP: &str = "causal_attention_backward";
-        let a = dims(self, k, v)?;
-        if out.dims() != self.dims() || dout.dims() != self.dims() || lse.dims() != [a.heads, a.t] {
-            return Err(crate::invalid!(
-                OP,
-                "out {}, dout {} and lse {} do not fit q {}",
-                out.shape(),
-                dout.shape(),
-                lse.shape(),
-                self.shape()
-            ));
+        if !self.device().is_cuda() && k.dims().first().is_some_and(|&len| len < CPU_FUSED_MIN_KEYS) {
+            // The same checks as the fused path, so both refuse the same inputs.
+            check_backward(self, k, v, out, lse, dout)?;
+            return self.causal_attention_backward_reference(k, v, dout, scale);
         }
-        for x in [out, lse, dout] {
-            if x.device() != self.device() {
-                return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: x.device() });
-            }
-        }
+        self.causal_attention_backward_fused(k, v, out, lse, dout, scale)
+    }
+
+    /// The fused kernels' gradients of [`Tensor::causal_attention_fused`] at any length:
+    /// both devices recompute the probabilities from `lse` and use `sum(dout * out)` for the
+    /// softmax term (flash attention's form); on the CPU the key gradients are summed per
+    /// block of keys and the query gradients per block of queries, each by one task.
+    pub fn causal_attention_backward_fused(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        scale: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let a = check_backward(self, k, v, out, lse, dout)?;
         if self.device().is_cuda() {
             return crate::cuda::ops::attention_bwd(self, k, v, out, lse, dout, a, scale);
         }
-        // In the order of torch's autograd through eager attention: the softmax recomputed
-        // as the forward formed it, its backward `dP * P - P * sum(dP * P)`, then the scale
-        // and the two products.
+        let (q, k, v) = (host_f32(self)?, host_f32(k)?, host_f32(v)?);
+        let (out, lse, dout) = (host_f32(out)?, host_f32(lse)?, host_f32(dout)?);
+        let (dq, dk, dv) = crate::cpu::attention::backward(
+            (&f32_data(&q), &f32_data(&k), &f32_data(&v)),
+            &f32_data(&out),
+            &f32_data(&lse),
+            &f32_data(&dout),
+            a,
+            scale,
+        );
+        let cpu = crate::Device::Cpu;
+        Ok((
+            Tensor::from_vec(dq, (a.t, a.heads, a.d), cpu)?,
+            Tensor::from_vec(dk, (a.len, a.kv_heads, a.d), cpu)?,
+            Tensor::from_vec(dv, (a.len, a.kv_heads, a.d), cpu)?,
+        ))
+    }
+
+    /// The gradients of [`Tensor::causal_attention_reference`] through matrix products, in
+    /// the order of torch's autograd through eager attention: the softmax recomputed as the
+    /// forward formed it, its backward `dP * P - P * sum(dP * P)`, then the scale and the two
+    /// products. The reference of the fused backward kernels; any device.
+    pub fn causal_attention_backward_reference(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        dout: &Tensor,
+        scale: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let a = dims(self, k, v)?;
+        if dout.dims() != self.dims() {
+            return Err(crate::invalid!(
+                "causal_attention_backward_reference",
+                "dout {} does not fit q {}",
+                dout.shape(),
+                self.shape()
+            ));
+        }
         let qg = group(self, a)?;
         let p = scores(&qg, k, a, scale)?.softmax(-1)?;
         let dog = group(dout, a)?;
@@ -668,4 +729,47 @@ impl Tensor {
         let dk = qg.t()?.matmul(&ds)?.permute(&[2, 0, 1])?.contiguous()?; // [kv, d, len] -> [len, kv, d]
         Ok((dq, dk, dv.permute(&[1, 0, 2])?.contiguous()?))
     }
+}
+
+/// Keys from which the CPU runs the fused attention kernels rather than the composition: a
+/// prompt's prefill or a long decode. Below, the composition in torch's order is cheap and
+/// keeps the CPU's numbers those of transformers and PyTorch's autograd to the ulp (the
+/// parity tests, the embedded demo's course); from here its `[heads, t, len]` scores and six
+/// passes over them cost about 3x the fused forward (docs/BENCHMARKS.md).
+pub const CPU_FUSED_MIN_KEYS: usize = 512;
+
+/// The checks of a backward call's operands; their sizes.
+fn check_backward(q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor) -> Result<AttnDims> {
+    const OP: &str = "causal_attention_backward";
+    let a = dims(q, k, v)?;
+    if out.dims() != q.dims() || dout.dims() != q.dims() || lse.dims() != [a.heads, a.t] {
+        return Err(crate::invalid!(
+            OP,
+            "out {}, dout {} and lse {} do not fit q {}",
+            out.shape(),
+            dout.shape(),
+            lse.shape(),
+            q.shape()
+        ));
+    }
+    for x in [out, lse, dout] {
+        if x.device() != q.device() {
+            return Err(Error::DeviceMismatch { op: OP, lhs: q.device(), rhs: x.device() });
+        }
+    }
+    Ok(a)
+}
+
+/// `x` as contiguous f32 on the host: itself when it already is, else a converted copy.
+fn host_f32(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() == DType::F32 && x.is_contiguous() { Ok(x.clone()) } else { x.to_dtype(DType::F32)?.contiguous() }
+}
+
+/// The elements of a contiguous f32 CPU tensor ([`host_f32`]'s result), borrowed.
+fn f32_data(x: &Tensor) -> parking_lot::MappedRwLockReadGuard<'_, [f32]> {
+    let range = x.layout().contiguous_range().expect("host_f32 made it contiguous");
+    parking_lot::MappedRwLockReadGuard::map(x.cpu(), |s| match s {
+        crate::cpu::CpuStorage::F32(v) => &v[range],
+        _ => unreachable!("host_f32 made it f32"),
+    })
 }

@@ -873,3 +873,106 @@ fn large_transposes_copy_in_tiles() {
         assert_close(&p.contiguous().unwrap(), &x.permute(&[2, 0, 1]), 0.0, 0.0);
     }
 }
+
+/// The CPU's fused causal attention (cpu/attention.rs) against its composition through
+/// matrix products (`causal_attention_reference`, torch's eager order), forward and
+/// backward: shapes that cross its blocks (64 keys, 16 queries a task) with GQA, queries that
+/// are the last of longer sequences, head sizes off its 64/32/8-column chunks, keys and
+/// values as strided views (a KV cache's narrowed rows, every other column), and bf16
+/// inputs. Within 2e-6 of each result's largest element in f32. The results do not depend
+/// on the number of threads: the same bits in pools of one and three.
+#[test]
+fn fused_causal_attention_matches_its_reference() {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(29);
+    let close = |what: &str, got: &Tensor, want: &Tensor, tol: f32| {
+        assert_eq!(got.dims(), want.dims(), "{what}: shape");
+        let (g, w) = (got.to_f32_vec().unwrap(), want.to_f32_vec().unwrap());
+        let top = w.iter().fold(1f32, |m, x| m.max(x.abs()));
+        let worst =
+            g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0f32, |m, x| if x.is_nan() || x > m { x } else { m });
+        assert!(worst <= tol * top, "{what}: {worst} (largest {top})");
+    };
+    for (t, len, heads, kv_heads, d) in [
+        (1, 1, 1, 1, 8),
+        (5, 5, 2, 2, 3),
+        (33, 40, 6, 3, 48),
+        (130, 300, 14, 2, 64),
+        (1, 257, 12, 2, 128),
+        (64, 64, 4, 4, 72),
+    ] {
+        let q = Tensor::randn((t, heads, d), 0.0, 1.0, DType::F32, CPU, &mut rng).unwrap();
+        // K and V: every other column of a wider buffer, rows of a longer one (a cache).
+        let wide = |rng: &mut rand_chacha::ChaCha8Rng| {
+            let buf = Tensor::randn((len + 3, kv_heads, d, 2), 0.0, 1.0, DType::F32, CPU, rng).unwrap();
+            buf.narrow(0, 0, len).unwrap().narrow(3, 1, 1).unwrap().reshape((len, kv_heads, d)).unwrap()
+        };
+        let (k, v) = (wide(&mut rng), wide(&mut rng));
+        let dout = Tensor::randn((t, heads, d), 0.0, 1.0, DType::F32, CPU, &mut rng).unwrap();
+        let scale = (d as f32).powf(-0.5);
+        let run = || {
+            let (out, lse) = q.causal_attention_fused(&k, &v, scale).unwrap();
+            let (dq, dk, dv) = q.causal_attention_backward_fused(&k, &v, &out, &lse, &dout, scale).unwrap();
+            [out, lse, dq, dk, dv]
+        };
+        let fused = run();
+        let (out, lse) = q.causal_attention_reference(&k, &v, scale).unwrap();
+        let (dq, dk, dv) = q.causal_attention_backward_reference(&k, &v, &dout, scale).unwrap();
+        let at = format!("t {t}, len {len}, heads {heads}/{kv_heads}, d {d}");
+        for (what, got, want) in [("out", &fused[0], &out), ("lse", &fused[1], &lse), ("dq", &fused[2], &dq)] {
+            close(&format!("{what} at {at}"), got, want, 2e-6);
+        }
+        for (what, got, want) in [("dk", &fused[3], &dk), ("dv", &fused[4], &dv)] {
+            close(&format!("{what} at {at}"), got, want, 2e-6);
+        }
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for (a, b) in pool.install(run).iter().zip(&fused) {
+                assert_eq!(a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap(), "{threads} threads at {at}");
+            }
+        }
+        // bf16 inputs: computed in f32 over their widening, the output rounded to bf16.
+        let half = |x: &Tensor| x.to_dtype(DType::BF16).unwrap();
+        let (o16, l16) = half(&q).causal_attention_fused(&half(&k), &half(&v), scale).unwrap();
+        let wide = |x: &Tensor| half(x).to_dtype(DType::F32).unwrap();
+        let (o32, l32) = wide(&q).causal_attention_reference(&wide(&k), &wide(&v), scale).unwrap();
+        assert_eq!(o16.dtype(), DType::BF16);
+        close(&format!("bf16 out at {at}"), &o16, &o32, 1e-2);
+        close(&format!("bf16 lse at {at}"), &l16, &l32, 2e-6);
+    }
+    // The dispatching entry points: the composition below CPU_FUSED_MIN_KEYS keys, the fused
+    // kernels from there, forward and backward, bit for bit.
+    for len in [artist_tensor::CPU_FUSED_MIN_KEYS - 1, artist_tensor::CPU_FUSED_MIN_KEYS] {
+        let q = Tensor::randn((3, 4, 8), 0.0, 1.0, DType::F32, CPU, &mut rng).unwrap();
+        let k = Tensor::randn((len, 2, 8), 0.0, 1.0, DType::F32, CPU, &mut rng).unwrap();
+        let v = Tensor::randn((len, 2, 8), 0.0, 1.0, DType::F32, CPU, &mut rng).unwrap();
+        let dout = Tensor::randn((3, 4, 8), 0.0, 1.0, DType::F32, CPU, &mut rng).unwrap();
+        let (o, l) = q.causal_attention(&k, &v, 0.3).unwrap();
+        let grads = q.causal_attention_backward(&k, &v, &o, &l, &dout, 0.3).unwrap();
+        let (want_o, want_l, want_g) = if len >= artist_tensor::CPU_FUSED_MIN_KEYS {
+            let (o, l) = q.causal_attention_fused(&k, &v, 0.3).unwrap();
+            let g = q.causal_attention_backward_fused(&k, &v, &o, &l, &dout, 0.3).unwrap();
+            (o, l, g)
+        } else {
+            let (o, l) = q.causal_attention_reference(&k, &v, 0.3).unwrap();
+            (o, l, q.causal_attention_backward_reference(&k, &v, &dout, 0.3).unwrap())
+        };
+        let bits = |x: &Tensor| x.to_f32_vec().unwrap();
+        assert_eq!((bits(&o), bits(&l)), (bits(&want_o), bits(&want_l)), "forward at {len} keys");
+        for (a, b) in [(&grads.0, &want_g.0), (&grads.1, &want_g.1), (&grads.2, &want_g.2)] {
+            assert_eq!(bits(a), bits(b), "backward at {len} keys");
+        }
+    }
+}
+
+/// `cpu::on_worker` runs its closure on one of the global pool's workers (where parallel ops
+/// split without waking the caller) when that pool has more than one thread, else on the
+/// calling thread, returning the closure's value either way. The test thread is outside
+/// the pool.
+#[test]
+fn on_worker_runs_inside_the_pool() {
+    assert_eq!(rayon::current_thread_index(), None, "the test starts outside the pool");
+    let (inside, value) = artist_tensor::cpu::on_worker(|| (rayon::current_thread_index().is_some(), 42));
+    assert_eq!(value, 42);
+    assert_eq!(inside, rayon::current_num_threads() > 1, "{} threads", rayon::current_num_threads());
+}

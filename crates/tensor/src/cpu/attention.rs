@@ -1,0 +1,333 @@
+//! Causal attention of one sequence on the CPU, forward and backward, in one pass over the
+//! keys per block of queries: the scores of a row against a block of keys live in a small
+//! buffer, the softmax runs online (a running maximum and sum per row, flash attention's
+//! rescaling), and keys past a query's position are never computed, where the composition
+//! through matrix products (`Tensor::causal_attention_reference`) computes every score,
+//! masks half of them and runs six ops over `[heads, t, len]` tensors.
+//!
+//! Heads sharing a KV head are one task's rows, so each block of keys and values is read
+//! once for all of them. Every inner loop is one primitive, [`mul_add_rows`]
+//! (`acc += w^T x` over rows of `x`), written so that the compiler keeps its accumulators in
+//! vector registers. Each output row is summed by one task in a fixed order, so results do
+//! not depend on the number of threads; the backward's key gradients are summed per block of
+//! keys (one task each), its query gradients per block of queries (flash attention 2's
+//! split), both recomputing the probabilities from the forward's log-sum-exp.
+
+use rayon::prelude::*;
+
+use super::nn::fast_exp;
+use super::simd::{dot, exp_shifted};
+use crate::attention::AttnDims;
+
+/// Keys per block: a row's scores against a block are 64 floats, eight AVX registers.
+const KEYS: usize = 64;
+
+/// Queries per task (times the heads that share a KV head).
+const QUERIES: usize = 16;
+
+/// `acc[c] += sum_i w[i] * x[i * stride + c]` for `c < acc.len()`: a weighted sum of rows of
+/// `x`. Columns are taken in chunks of 64, 32 and 8 held in registers across all the rows;
+/// the narrower chunks sum even and odd rows apart, so that eight chains of fused
+/// multiply-adds are in flight at once rather than waiting on each other.
+#[inline]
+fn mul_add_rows(acc: &mut [f32], w: &[f32], x: &[f32], stride: usize) {
+    let mut c = 0;
+    while c + 64 <= acc.len() {
+        let mut a: [f32; 64] = acc[c..c + 64].try_into().expect("64 columns");
+        for (i, &wi) in w.iter().enumerate() {
+            let xr: &[f32; 64] = x[i * stride + c..][..64].try_into().expect("64 columns");
+            for l in 0..64 {
+                a[l] = wi.mul_add(xr[l], a[l]);
+            }
+        }
+        acc[c..c + 64].copy_from_slice(&a);
+        c += 64;
+    }
+    c = paired::<32>(acc, w, x, stride, c);
+    c = paired::<8>(acc, w, x, stride, c);
+    for (cc, a) in acc.iter_mut().enumerate().skip(c) {
+        for (i, &wi) in w.iter().enumerate() {
+            *a = wi.mul_add(x[i * stride + cc], *a);
+        }
+    }
+}
+
+/// [`mul_add_rows`] for the columns `c..` in chunks of `W`, even and odd rows summed apart;
+/// returns the first column left.
+#[inline]
+fn paired<const W: usize>(acc: &mut [f32], w: &[f32], x: &[f32], stride: usize, mut c: usize) -> usize {
+    while c + W <= acc.len() {
+        let mut a: [f32; W] = acc[c..c + W].try_into().expect("W columns");
+        let mut b = [0f32; W];
+        let mut pairs = w.chunks_exact(2);
+        for (n, pair) in (&mut pairs).enumerate() {
+            let x0: &[f32; W] = x[2 * n * stride + c..][..W].try_into().expect("W columns");
+            let x1: &[f32; W] = x[(2 * n + 1) * stride + c..][..W].try_into().expect("W columns");
+            for l in 0..W {
+                a[l] = pair[0].mul_add(x0[l], a[l]);
+                b[l] = pair[1].mul_add(x1[l], b[l]);
+            }
+        }
+        if let [wl] = pairs.remainder() {
+            let xl: &[f32; W] = x[(w.len() - 1) * stride + c..][..W].try_into().expect("W columns");
+            for l in 0..W {
+                a[l] = wl.mul_add(xl[l], a[l]);
+            }
+        }
+        for l in 0..W {
+            acc[c + l] = a[l] + b[l];
+        }
+        c += W;
+    }
+    c
+}
+
+/// The largest of `x` (NaN ignored), in eight lanes: a chain of one comparison after
+/// another would take longer than the row's scores.
+#[inline]
+fn max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            lanes[l] = lanes[l].max(c[l]);
+        }
+    }
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &y| m.max(y));
+    lanes.iter().fold(tail, |m, &y| m.max(y))
+}
+
+/// Rows `j0..j0 + n` of KV head `g` of `x: [len, kv_heads, d]`, transposed into
+/// `out: [d, KEYS]` (columns from `n` on zero).
+fn transpose_block(x: &[f32], a: &AttnDims, g: usize, j0: usize, n: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for jj in 0..n {
+        let row = &x[((j0 + jj) * a.kv_heads + g) * a.d..][..a.d];
+        for (c, &v) in row.iter().enumerate() {
+            out[c * KEYS + jj] = v;
+        }
+    }
+}
+
+/// The rows of one task: queries `i0..i1` of the heads of KV head `g`, row `(i - i0) * rep +
+/// r` being query `i` of head `g * rep + r`, copied from `x: [t, heads, d]` (times `scale`).
+fn gather_rows(x: &[f32], a: &AttnDims, g: usize, (i0, i1): (usize, usize), scale: f32) -> Vec<f32> {
+    let rep = a.heads / a.kv_heads;
+    let mut out = Vec::with_capacity((i1 - i0) * rep * a.d);
+    for i in i0..i1 {
+        let heads = &x[(i * a.heads + g * rep) * a.d..][..rep * a.d];
+        out.extend(heads.iter().map(|&v| v * scale));
+    }
+    out
+}
+
+/// Copies a task's rows (as [`gather_rows`] orders them) into `dst: [t, heads, d]`.
+fn scatter_rows(dst: &mut [f32], rows: &[f32], a: &AttnDims, g: usize, i0: usize) {
+    let rep = a.heads / a.kv_heads;
+    for (n, src) in rows.chunks(rep * a.d).enumerate() {
+        dst[((i0 + n) * a.heads + g * rep) * a.d..][..rep * a.d].copy_from_slice(src);
+    }
+}
+
+/// The tasks over queries: `(kv head, first query, end)`.
+fn query_tasks(a: &AttnDims) -> Vec<(usize, usize, usize)> {
+    (0..a.kv_heads).flat_map(|g| (0..a.t).step_by(QUERIES).map(move |i0| (g, i0, (i0 + QUERIES).min(a.t)))).collect()
+}
+
+/// `softmax(scale q k^T, causal) v` of contiguous f32 `q: [t, heads, d]` (the last `t` of
+/// `len` positions), `k`, `v: [len, kv_heads, d]`: the output `[t, heads, d]` and each
+/// (head, query)'s log-sum-exp of the scaled scores, `[heads, t]`.
+pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], a: AttnDims, scale: f32) -> (Vec<f32>, Vec<f32>) {
+    let (rep, d, off) = (a.heads / a.kv_heads, a.d, a.len - a.t);
+    let tasks = query_tasks(&a);
+    let results: Vec<(Vec<f32>, Vec<f32>)> = tasks
+        .par_iter()
+        .map(|&(g, i0, i1)| {
+            let qs = gather_rows(q, &a, g, (i0, i1), scale);
+            let rows = (i1 - i0) * rep;
+            let mut acc = vec![0f32; rows * d];
+            let (mut m, mut l) = (vec![f32::NEG_INFINITY; rows], vec![0f32; rows]);
+            let mut kt = vec![0f32; d * KEYS];
+            let (mut s, mut p) = ([0f32; KEYS], [0f32; KEYS]);
+            let keys = off + i1; // the last query sees keys 0..keys
+            for j0 in (0..keys).step_by(KEYS) {
+                let n = KEYS.min(keys - j0);
+                transpose_block(k, &a, g, j0, n, &mut kt);
+                for row in 0..rows {
+                    let pos = off + i0 + row / rep;
+                    if pos < j0 {
+                        continue;
+                    }
+                    let valid = n.min(pos + 1 - j0);
+                    s.fill(0.0);
+                    mul_add_rows(&mut s, &qs[row * d..(row + 1) * d], &kt, KEYS);
+                    let top = max(&s[..valid]);
+                    let m_new = m[row].max(top);
+                    let sum = exp_shifted(&mut p[..valid], &s[..valid], m_new);
+                    let acc_row = &mut acc[row * d..(row + 1) * d];
+                    if m[row] != m_new {
+                        let corr = fast_exp(m[row] - m_new);
+                        l[row] *= corr;
+                        acc_row.iter_mut().for_each(|x| *x *= corr);
+                    }
+                    l[row] += sum;
+                    m[row] = m_new;
+                    mul_add_rows(acc_row, &p[..valid], &v[(j0 * a.kv_heads + g) * d..], a.kv_heads * d);
+                }
+            }
+            for (row, acc_row) in acc.chunks_mut(d).enumerate() {
+                let inv = 1.0 / l[row];
+                acc_row.iter_mut().for_each(|x| *x *= inv);
+                l[row] = m[row] + l[row].ln();
+            }
+            (acc, l)
+        })
+        .collect();
+    let mut out = vec![0f32; a.t * a.heads * d];
+    let mut lse = vec![0f32; a.heads * a.t];
+    for (&(g, i0, _), (o, l)) in tasks.iter().zip(results) {
+        scatter_rows(&mut out, &o, &a, g, i0);
+        for (n, &x) in l.iter().enumerate() {
+            lse[(g * rep + n % rep) * a.t + i0 + n / rep] = x;
+        }
+    }
+    (out, lse)
+}
+
+/// The gradients `(dq, dk, dv)` of [`forward`] given its output `out`, log-sum-exp `lse` and
+/// the output's gradient `dout`, all contiguous f32 as there.
+pub(crate) fn backward(
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    a: AttnDims,
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (rep, d, off, kvd) = (a.heads / a.kv_heads, a.d, a.len - a.t, a.kv_heads * a.d);
+    // delta = sum(dout * out) per (query, head), in [t, heads] order.
+    let delta: Vec<f32> = dout.par_chunks(d).zip(out.par_chunks(d)).map(|(x, y)| dot(x, y)).collect();
+    let lse_of = |g: usize, i: usize, r: usize| lse[(g * rep + r) * a.t + i];
+
+    // dk, dv: a task per (KV head, block of keys), over every query that sees the block.
+    let key_tasks: Vec<(usize, usize)> =
+        (0..a.kv_heads).flat_map(|g| (0..a.len).step_by(KEYS).map(move |j0| (g, j0))).collect();
+    let kv_grads: Vec<(Vec<f32>, Vec<f32>)> = key_tasks
+        .par_iter()
+        .map(|&(g, j0)| {
+            let n = KEYS.min(a.len - j0);
+            let (mut kt, mut vt) = (vec![0f32; d * KEYS], vec![0f32; d * KEYS]);
+            transpose_block(k, &a, g, j0, n, &mut kt);
+            transpose_block(v, &a, g, j0, n, &mut vt);
+            let (mut dk, mut dv) = (vec![0f32; n * d], vec![0f32; n * d]);
+            // Queries from the first that sees key j0, QUERIES at a time; their rows' P and
+            // dS kept transposed ([KEYS, rows]) so that each key's sums are rows of it. The
+            // queries carry the scale, so dk = dS^T (scale q) needs none of its own.
+            let first = j0.saturating_sub(off);
+            let mut s = [0f32; KEYS];
+            for i0 in (first..a.t).step_by(QUERIES) {
+                let i1 = (i0 + QUERIES).min(a.t);
+                let rows = (i1 - i0) * rep;
+                let qs = gather_rows(q, &a, g, (i0, i1), scale);
+                let dos = gather_rows(dout, &a, g, (i0, i1), 1.0);
+                let (mut pt, mut dst) = (vec![0f32; KEYS * rows], vec![0f32; KEYS * rows]);
+                for row in 0..rows {
+                    let (i, r) = (i0 + row / rep, row % rep);
+                    let valid = n.min(off + i + 1 - j0);
+                    let (p, ds) = probs_and_grads(
+                        &qs[row * d..(row + 1) * d],
+                        &dos[row * d..(row + 1) * d],
+                        (&kt, &vt),
+                        (lse_of(g, i, r), delta[i * a.heads + g * rep + r]),
+                        &mut s,
+                    );
+                    for jj in 0..valid {
+                        pt[jj * rows + row] = p[jj];
+                        dst[jj * rows + row] = ds[jj];
+                    }
+                }
+                for jj in 0..n {
+                    // Rows go by query, so those that see key j0 + jj are a suffix.
+                    let from = (j0 + jj).saturating_sub(off + i0).min(i1 - i0) * rep;
+                    let (p, ds) = (&pt[jj * rows + from..(jj + 1) * rows], &dst[jj * rows + from..(jj + 1) * rows]);
+                    mul_add_rows(&mut dv[jj * d..(jj + 1) * d], p, &dos[from * d..], d);
+                    mul_add_rows(&mut dk[jj * d..(jj + 1) * d], ds, &qs[from * d..], d);
+                }
+            }
+            (dk, dv)
+        })
+        .collect();
+    let (mut dk, mut dv) = (vec![0f32; a.len * kvd], vec![0f32; a.len * kvd]);
+    for (&(g, j0), (bk, bv)) in key_tasks.iter().zip(kv_grads) {
+        for (jj, (rk, rv)) in bk.chunks(d).zip(bv.chunks(d)).enumerate() {
+            dk[(j0 + jj) * kvd + g * d..][..d].copy_from_slice(rk);
+            dv[(j0 + jj) * kvd + g * d..][..d].copy_from_slice(rv);
+        }
+    }
+
+    // dq: a task per (KV head, block of queries), over the keys each query sees.
+    let tasks = query_tasks(&a);
+    let q_grads: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(g, i0, i1)| {
+            let qs = gather_rows(q, &a, g, (i0, i1), scale);
+            let dos = gather_rows(dout, &a, g, (i0, i1), 1.0);
+            let rows = (i1 - i0) * rep;
+            let mut dq = vec![0f32; rows * d];
+            let (mut kt, mut vt) = (vec![0f32; d * KEYS], vec![0f32; d * KEYS]);
+            let mut s = [0f32; KEYS];
+            let keys = off + i1;
+            for j0 in (0..keys).step_by(KEYS) {
+                let n = KEYS.min(keys - j0);
+                transpose_block(k, &a, g, j0, n, &mut kt);
+                transpose_block(v, &a, g, j0, n, &mut vt);
+                for row in 0..rows {
+                    let (i, r) = (i0 + row / rep, row % rep);
+                    if off + i < j0 {
+                        continue;
+                    }
+                    let valid = n.min(off + i + 1 - j0);
+                    let (_, ds) = probs_and_grads(
+                        &qs[row * d..(row + 1) * d],
+                        &dos[row * d..(row + 1) * d],
+                        (&kt, &vt),
+                        (lse_of(g, i, r), delta[i * a.heads + g * rep + r]),
+                        &mut s,
+                    );
+                    mul_add_rows(&mut dq[row * d..(row + 1) * d], &ds[..valid], &k[(j0 * a.kv_heads + g) * d..], kvd);
+                }
+            }
+            dq.iter_mut().for_each(|x| *x *= scale);
+            dq
+        })
+        .collect();
+    let mut dq = vec![0f32; a.t * a.heads * d];
+    for (&(g, i0, _), rows) in tasks.iter().zip(q_grads) {
+        scatter_rows(&mut dq, &rows, &a, g, i0);
+    }
+    (dq, dk, dv)
+}
+
+/// One row against one block of keys, the query `q` already times the scale: the
+/// probabilities `p = exp(q.k - lse)` and the scores' gradients `ds = p * (dout.v - delta)`,
+/// over all `KEYS` columns (the caller reads the valid ones). `s` is scratch.
+#[inline]
+fn probs_and_grads(
+    q: &[f32],
+    dout: &[f32],
+    (kt, vt): (&[f32], &[f32]),
+    (lse, delta): (f32, f32),
+    s: &mut [f32; KEYS],
+) -> ([f32; KEYS], [f32; KEYS]) {
+    s.fill(0.0);
+    mul_add_rows(s, q, kt, KEYS);
+    let mut p = [0f32; KEYS];
+    exp_shifted(&mut p, s, lse);
+    let mut dp = [0f32; KEYS];
+    mul_add_rows(&mut dp, dout, vt, KEYS);
+    let mut ds = [0f32; KEYS];
+    for ((dsj, &pj), &dpj) in ds.iter_mut().zip(&p).zip(&dp) {
+        *dsj = pj * (dpj - delta);
+    }
+    (p, ds)
+}
