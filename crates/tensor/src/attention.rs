@@ -377,6 +377,9 @@ impl Tensor {
         if self.device().is_cuda() {
             return crate::cuda::ops::attention_fwd(self, k, v, a, scale);
         }
+        if a.d == 0 {
+            return self.causal_attention_reference(k, v, scale); // nothing to fuse
+        }
         let (q, k, v) = (host_f32(self)?, host_f32(k)?, host_f32(v)?);
         let (out, lse) = crate::cpu::attention::forward(&f32_data(&q), &f32_data(&k), &f32_data(&v), a, scale);
         let out = Tensor::from_vec(out, (a.t, a.heads, a.d), crate::Device::Cpu)?.to_dtype(self.dtype())?;
@@ -678,6 +681,9 @@ impl Tensor {
         let a = check_backward(self, k, v, out, lse, dout)?;
         if self.device().is_cuda() {
             return crate::cuda::ops::attention_bwd(self, k, v, out, lse, dout, a, scale);
+        }
+        if a.d == 0 {
+            return self.causal_attention_backward_reference(k, v, dout, scale);
         }
         let (q, k, v) = (host_f32(self)?, host_f32(k)?, host_f32(v)?);
         let (out, lse, dout) = (host_f32(out)?, host_f32(lse)?, host_f32(dout)?);

@@ -940,6 +940,15 @@ fn fused_causal_attention_matches_its_reference() {
         close(&format!("bf16 out at {at}"), &o16, &o32, 1e-2);
         close(&format!("bf16 lse at {at}"), &l16, &l32, 2e-6);
     }
+    // Degenerate sizes give results, not panics: no queries, a head dimension of zero.
+    for (t, len, d) in [(0, 0, 8), (0, 5, 8), (3, 4, 0)] {
+        let q = Tensor::zeros((t, 2, d), DType::F32, CPU).unwrap();
+        let kv = Tensor::zeros((len, 1, d), DType::F32, CPU).unwrap();
+        let (o, l) = q.causal_attention_fused(&kv, &kv, 1.0).unwrap();
+        assert_eq!((o.dims(), l.dims()), (&[t, 2, d][..], &[2, t][..]));
+        let g = q.causal_attention_backward_fused(&kv, &kv, &o, &l, &q, 1.0).unwrap();
+        assert_eq!((g.0.dims(), g.1.dims()), (&[t, 2, d][..], &[len, 1, d][..]));
+    }
     // The dispatching entry points: the composition below CPU_FUSED_MIN_KEYS keys, the fused
     // kernels from there, forward and backward, bit for bit.
     for len in [artist_tensor::CPU_FUSED_MIN_KEYS - 1, artist_tensor::CPU_FUSED_MIN_KEYS] {
