@@ -388,7 +388,7 @@ impl Var {
                 let (q, k, v) = (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
                 return Var::causal_attention(&q, &k, &v, scale)?.to_dtype(dt);
             }
-            if k.value.dims().first().is_some_and(|&len| len < artist_tensor::CPU_FUSED_MIN_KEYS) {
+            if artist_tensor::attention_composes(&k.value) {
                 return Var::causal_attention_composed(q, k, v, scale);
             }
         }

@@ -363,7 +363,7 @@ impl Tensor {
     /// the CPU the fused kernels of cpu/attention.rs from [`CPU_FUSED_MIN_KEYS`] keys, below
     /// it the composition in torch's order ([`Tensor::causal_attention_reference`]).
     pub fn causal_attention(&self, k: &Tensor, v: &Tensor, scale: f32) -> Result<(Tensor, Tensor)> {
-        if !self.device().is_cuda() && k.dims().first().is_some_and(|&len| len < CPU_FUSED_MIN_KEYS) {
+        if attention_composes(k) {
             return self.causal_attention_reference(k, v, scale);
         }
         self.causal_attention_fused(k, v, scale)
@@ -381,7 +381,7 @@ impl Tensor {
             return self.causal_attention_reference(k, v, scale); // nothing to fuse
         }
         let (q, k, v) = (host_f32(self)?, host_f32(k)?, host_f32(v)?);
-        let (out, lse) = crate::cpu::attention::forward(&f32_data(&q), &f32_data(&k), &f32_data(&v), a, scale);
+        let (out, lse) = crate::cpu::attention::forward(&q.cpu_f32(), &k.cpu_f32(), &v.cpu_f32(), a, scale);
         let out = Tensor::from_vec(out, (a.t, a.heads, a.d), crate::Device::Cpu)?.to_dtype(self.dtype())?;
         Ok((out, Tensor::from_vec(lse, (a.heads, a.t), crate::Device::Cpu)?))
     }
@@ -657,7 +657,7 @@ impl Tensor {
         dout: &Tensor,
         scale: f32,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        if !self.device().is_cuda() && k.dims().first().is_some_and(|&len| len < CPU_FUSED_MIN_KEYS) {
+        if attention_composes(k) {
             // The same checks as the fused path, so both refuse the same inputs.
             check_backward(self, k, v, out, lse, dout)?;
             return self.causal_attention_backward_reference(k, v, dout, scale);
@@ -688,10 +688,10 @@ impl Tensor {
         let (q, k, v) = (host_f32(self)?, host_f32(k)?, host_f32(v)?);
         let (out, lse, dout) = (host_f32(out)?, host_f32(lse)?, host_f32(dout)?);
         let (dq, dk, dv) = crate::cpu::attention::backward(
-            (&f32_data(&q), &f32_data(&k), &f32_data(&v)),
-            &f32_data(&out),
-            &f32_data(&lse),
-            &f32_data(&dout),
+            (&q.cpu_f32(), &k.cpu_f32(), &v.cpu_f32()),
+            &out.cpu_f32(),
+            &lse.cpu_f32(),
+            &dout.cpu_f32(),
             a,
             scale,
         );
@@ -744,6 +744,13 @@ impl Tensor {
 /// passes over them cost about 3x the fused forward (docs/BENCHMARKS.md).
 pub const CPU_FUSED_MIN_KEYS: usize = 512;
 
+/// Whether causal attention over the keys `k: [len, kv_heads, d]` runs as the composition of
+/// matrix products ([`Tensor::causal_attention_reference`]): on the CPU, below
+/// [`CPU_FUSED_MIN_KEYS`] keys. `Var::causal_attention` records the same choice.
+pub fn attention_composes(k: &Tensor) -> bool {
+    !k.device().is_cuda() && k.dims().first().is_some_and(|&len| len < CPU_FUSED_MIN_KEYS)
+}
+
 /// The checks of a backward call's operands; their sizes.
 fn check_backward(q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor) -> Result<AttnDims> {
     const OP: &str = "causal_attention_backward";
@@ -769,13 +776,4 @@ fn check_backward(q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor
 /// `x` as contiguous f32 on the host: itself when it already is, else a converted copy.
 fn host_f32(x: &Tensor) -> Result<Tensor> {
     if x.dtype() == DType::F32 && x.is_contiguous() { Ok(x.clone()) } else { x.to_dtype(DType::F32)?.contiguous() }
-}
-
-/// The elements of a contiguous f32 CPU tensor ([`host_f32`]'s result), borrowed.
-fn f32_data(x: &Tensor) -> parking_lot::MappedRwLockReadGuard<'_, [f32]> {
-    let range = x.layout().contiguous_range().expect("host_f32 made it contiguous");
-    parking_lot::MappedRwLockReadGuard::map(x.cpu(), |s| match s {
-        crate::cpu::CpuStorage::F32(v) => &v[range],
-        _ => unreachable!("host_f32 made it f32"),
-    })
 }

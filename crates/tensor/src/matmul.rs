@@ -163,8 +163,8 @@ impl Tensor {
             check_cpu(OP, self.device())?;
             let x = self.contiguous()?;
             let w = weight.contiguous()?;
-            let (xs, ws) = (x.cpu(), w.cpu());
-            let xv = &f32_slice(&xs)[x.layout().contiguous_range().expect("contiguous")];
+            let (xv, ws) = (x.cpu_f32(), w.cpu());
+            let xv = &*xv;
             let wr = w.layout().contiguous_range().expect("contiguous");
             let out = dispatch_float!(OP, &*ws, |wv| {
                 let wv = &wv[wr.clone()];

@@ -271,6 +271,16 @@ impl Tensor {
         })
     }
 
+    /// The elements of a contiguous f32 CPU tensor, borrowed. Callers have made it so
+    /// (`to_dtype(F32)`, `contiguous()`); anything else is a bug in this crate.
+    pub(crate) fn cpu_f32(&self) -> MappedRwLockReadGuard<'_, [f32]> {
+        let range = self.layout.contiguous_range().expect("a contiguous tensor");
+        MappedRwLockReadGuard::map(self.cpu(), |s| match s {
+            CpuStorage::F32(v) => &v[range],
+            _ => unreachable!("an f32 tensor"),
+        })
+    }
+
     /// `other` has this tensor's dtype and device, or the error (dtype first) that names `op`.
     pub(crate) fn check_like(&self, other: &Tensor, op: &'static str) -> Result<()> {
         if other.dtype() != self.dtype() {

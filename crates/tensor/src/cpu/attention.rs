@@ -207,7 +207,8 @@ pub(crate) fn backward(
     let (rep, d, off, kvd) = (a.heads / a.kv_heads, a.d, a.len - a.t, a.kv_heads * a.d);
     // delta = sum(dout * out) per (query, head), in [t, heads] order.
     let delta: Vec<f32> = dout.par_chunks(d).zip(out.par_chunks(d)).map(|(x, y)| dot(x, y)).collect();
-    let lse_of = |g: usize, i: usize, r: usize| lse[(g * rep + r) * a.t + i];
+    // The log-sum-exp and delta of query `i` of head `g * rep + r`.
+    let stats = |g: usize, i: usize, r: usize| (lse[(g * rep + r) * a.t + i], delta[i * a.heads + g * rep + r]);
 
     // dk, dv: a task per (KV head, block of keys), over every query that sees the block.
     let key_tasks: Vec<(usize, usize)> =
@@ -224,13 +225,15 @@ pub(crate) fn backward(
             // dS kept transposed ([KEYS, rows]) so that each key's sums are rows of it. The
             // queries carry the scale, so dk = dS^T (scale q) needs none of its own.
             let first = j0.saturating_sub(off);
-            let mut s = [0f32; KEYS];
+            let (mut pt, mut dst) = (vec![0f32; KEYS * QUERIES * rep], vec![0f32; KEYS * QUERIES * rep]);
             for i0 in (first..a.t).step_by(QUERIES) {
                 let i1 = (i0 + QUERIES).min(a.t);
                 let rows = (i1 - i0) * rep;
                 let qs = gather_rows(q, &a, g, (i0, i1), scale);
                 let dos = gather_rows(dout, &a, g, (i0, i1), 1.0);
-                let (mut pt, mut dst) = (vec![0f32; KEYS * rows], vec![0f32; KEYS * rows]);
+                // Each key's sums below read only rows that see it, whose entries this chunk
+                // writes; the rest of the buffers is stale and never read.
+                let (pt, dst) = (&mut pt[..KEYS * rows], &mut dst[..KEYS * rows]);
                 for row in 0..rows {
                     let (i, r) = (i0 + row / rep, row % rep);
                     let valid = n.min(off + i + 1 - j0);
@@ -238,8 +241,7 @@ pub(crate) fn backward(
                         &qs[row * d..(row + 1) * d],
                         &dos[row * d..(row + 1) * d],
                         (&kt, &vt),
-                        (lse_of(g, i, r), delta[i * a.heads + g * rep + r]),
-                        &mut s,
+                        stats(g, i, r),
                     );
                     for jj in 0..valid {
                         pt[jj * rows + row] = p[jj];
@@ -275,7 +277,6 @@ pub(crate) fn backward(
             let rows = (i1 - i0) * rep;
             let mut dq = vec![0f32; rows * d];
             let (mut kt, mut vt) = (vec![0f32; d * KEYS], vec![0f32; d * KEYS]);
-            let mut s = [0f32; KEYS];
             let keys = off + i1;
             for j0 in (0..keys).step_by(KEYS) {
                 let n = KEYS.min(keys - j0);
@@ -291,8 +292,7 @@ pub(crate) fn backward(
                         &qs[row * d..(row + 1) * d],
                         &dos[row * d..(row + 1) * d],
                         (&kt, &vt),
-                        (lse_of(g, i, r), delta[i * a.heads + g * rep + r]),
-                        &mut s,
+                        stats(g, i, r),
                     );
                     mul_add_rows(&mut dq[row * d..(row + 1) * d], &ds[..valid], &k[(j0 * a.kv_heads + g) * d..], kvd);
                 }
@@ -310,19 +310,18 @@ pub(crate) fn backward(
 
 /// One row against one block of keys, the query `q` already times the scale: the
 /// probabilities `p = exp(q.k - lse)` and the scores' gradients `ds = p * (dout.v - delta)`,
-/// over all `KEYS` columns (the caller reads the valid ones). `s` is scratch.
+/// over all `KEYS` columns (the caller reads the valid ones).
 #[inline]
 fn probs_and_grads(
     q: &[f32],
     dout: &[f32],
     (kt, vt): (&[f32], &[f32]),
     (lse, delta): (f32, f32),
-    s: &mut [f32; KEYS],
 ) -> ([f32; KEYS], [f32; KEYS]) {
-    s.fill(0.0);
-    mul_add_rows(s, q, kt, KEYS);
+    let mut s = [0f32; KEYS];
+    mul_add_rows(&mut s, q, kt, KEYS);
     let mut p = [0f32; KEYS];
-    exp_shifted(&mut p, s, lse);
+    exp_shifted(&mut p, &s, lse);
     let mut dp = [0f32; KEYS];
     mul_add_rows(&mut dp, dout, vt, KEYS);
     let mut ds = [0f32; KEYS];
