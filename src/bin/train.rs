@@ -278,17 +278,7 @@ fn run_sft(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Result
     if env.rank != 0 {
         return Ok(());
     }
-    let d = &summary.data;
-    eprintln!(
-        "data: {} examples from {} lines ({} target tokens; truncated {}, skipped: {} too long, {} without targets, {} without an assistant turn)",
-        d.examples,
-        d.lines,
-        d.target_tokens,
-        d.truncated,
-        d.skipped_too_long,
-        d.skipped_no_targets,
-        d.skipped_no_assistant
-    );
+    eprintln!("data: {}", summary.data);
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }

@@ -66,6 +66,23 @@ pub struct DataStats {
     pub target_tokens: usize,
 }
 
+impl std::fmt::Display for DataStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} examples from {} lines ({} target tokens; {} blank, {} truncated; skipped: {} too long, {} without targets, {} without an assistant turn)",
+            self.examples,
+            self.lines,
+            self.target_tokens,
+            self.blank_lines,
+            self.truncated,
+            self.skipped_too_long,
+            self.skipped_no_targets,
+            self.skipped_no_assistant
+        )
+    }
+}
+
 /// How chat lines become tokens.
 pub struct ChatFormat<'a> {
     pub tokenizer: &'a Tokenizer,
@@ -180,7 +197,7 @@ pub fn parse_jsonl(
     }
     stats.examples = out.len();
     if out.is_empty() {
-        return Err(Error::Data { path: path.into(), line: 0, msg: format!("no usable example ({stats:?})") });
+        return Err(Error::Config(format!("{}: no usable example: {stats}", path.display())));
     }
     Ok((out, stats))
 }
