@@ -29,6 +29,11 @@
 //!   32) and Qwen2.5-0.5B's heads at 256 and 1024 positions. Throughput counts the causal
 //!   half's multiply-adds, 2 products of t (t + 1) / 2 scores x d per head forward and 4
 //!   backward (as FLOP: 2 per multiply-add), so "Gelem/s" is GFLOP/s done usefully.
+//! * `host_sampler`: one draw (`Sampler::sample`: log-sum-exp in f64, the candidates'
+//!   probabilities, the selection and the draw) from a row of Qwen2.5's 151,936 logits at
+//!   temperature 1 and with top-p 0.9: `flat` (random weights' logits, every token a
+//!   candidate) and `peaked` (one logit 30 above N(0, 2) noise, about a tenth of the tokens
+//!   within the 1e-12 floor). Throughput in logits per second.
 //! * `peak_cpu`: the multiply-add ceiling of the CPU (f32 FMA, bf16 dot products) on every
 //!   thread, operands in registers: what the FLOP/s of the products compare against.
 //!
@@ -423,6 +428,22 @@ fn causal_attention_cpu(c: &mut Criterion) {
     g.finish();
 }
 
+fn host_sampler(c: &mut Criterion) {
+    use artist_engine::{Sampler, SamplingParams};
+    let mut g = c.benchmark_group("host_sampler");
+    let flat: Vec<f32> = f32s(&randn(&[VOCAB], 41)).iter().map(|x| x * 0.05).collect();
+    let mut peaked: Vec<f32> = f32s(&randn(&[VOCAB], 42)).iter().map(|x| x * 2.0).collect();
+    peaked[1234] = 30.0;
+    g.throughput(Throughput::Elements(VOCAB as u64));
+    for (name, row) in [("flat", &flat), ("peaked", &peaked)] {
+        for (filter, top_p) in [("t1", 1.0), ("top_p0.9", 0.9)] {
+            let mut s = Sampler::new(SamplingParams { top_p, seed: 5, ..Default::default() });
+            g.bench_function(format!("{name}/{filter}"), |b| b.iter(|| s.sample(black_box(row))));
+        }
+    }
+    g.finish();
+}
+
 /// Adds the reference copies of `n` f32 elements to `g`: into a preallocated buffer on one
 /// thread and on all of them, and into a fresh allocation.
 fn copy_refs(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, n: usize) {
@@ -523,7 +544,7 @@ criterion_group! {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2));
     targets = peak_cpu, matmul_mlp, matmul_lm_head, linear_rows_bf16, matmul_f32_bf16, matmul_attention_scores,
-        causal_attention_cpu,
+        causal_attention_cpu, host_sampler,
         mem_elementwise, mem_softmax, mem_rows_4096x896, mem_rope
 }
 // criterion_main!, with freed memory kept for reuse as the binaries do.

@@ -1,6 +1,7 @@
 //! Sampling and generation: the seeded sampler, a single-sequence decoding loop, and the
 //! rollout engine (many sequences at once, shared prompt prefill, tools in the loop).
 
+mod exp64;
 mod generate;
 mod policy;
 mod rollout;

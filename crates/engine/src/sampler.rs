@@ -7,6 +7,8 @@
 //! compares against the trainer's recomputation.
 
 use artist_tensor::{SamplePick, Tensor};
+
+use crate::exp64;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -52,13 +54,15 @@ impl SamplingParams {
 pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha8Rng,
+    /// Candidates (probability, id) and their log-probabilities before exponentiation.
     scratch: Vec<(f32, u32)>,
+    exps: Vec<f64>,
 }
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Sampler {
         let rng = ChaCha8Rng::seed_from_u64(params.seed);
-        Sampler { params, rng, scratch: Vec::new() }
+        Sampler { params, rng, scratch: Vec::new(), exps: Vec::new() }
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -80,8 +84,7 @@ impl Sampler {
         let inv_t = if greedy { 1.0 } else { 1.0 / p.temperature };
         // log_softmax(logits * inv_t) pieces, in f64 for the normaliser.
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let lse = max as f64 * inv_t as f64
-            + logits.iter().map(|&l| ((l - max) as f64 * inv_t as f64).exp()).sum::<f64>().ln();
+        let lse = max as f64 * inv_t as f64 + exp64::sum_exp(logits, max, inv_t as f64).ln();
         let logprob = |id: u32| (logits[id as usize] as f64 * inv_t as f64 - lse) as f32;
         if greedy {
             let id = argmax(logits);
@@ -90,15 +93,27 @@ impl Sampler {
         // Candidates by probability, most likely first. Tokens below 1e-12 of the top one
         // cannot change a draw at f32 precision; dropping them keeps the selection short.
         let floor = max as f64 * inv_t as f64 + (1e-12f64).ln();
-        let c = &mut self.scratch;
-        c.clear();
-        c.extend(
-            logits
-                .iter()
-                .enumerate()
-                .filter(|&(_, &l)| l as f64 * inv_t as f64 >= floor)
-                .map(|(i, &l)| (((l as f64 * inv_t as f64) - lse).exp() as f32, i as u32)),
-        );
+        // Written without a branch per token (a tenth of a peaked row passes, at random):
+        // every token is stored in the next free slot, which only a candidate keeps.
+        // The buffers only grow: a row never writes past its own length.
+        let (c, xs) = (&mut self.scratch, &mut self.exps);
+        if c.len() < logits.len() {
+            c.resize(logits.len(), (0.0, 0));
+            xs.resize(logits.len(), 0.0);
+        }
+        let (cs, xss) = (&mut c[..logits.len()], &mut xs[..logits.len()]);
+        let mut n = 0;
+        for (i, &l) in logits.iter().enumerate() {
+            let x = l as f64 * inv_t as f64;
+            xss[n] = x - lse;
+            cs[n].1 = i as u32;
+            n += (x >= floor) as usize;
+        }
+        let (c, xs) = (&mut c[..n], &mut xs[..n]);
+        exp64::exp_in_place(xs);
+        for (c, &p) in c.iter_mut().zip(xs.iter()) {
+            c.0 = p as f32;
+        }
         if c.is_empty() {
             // Only when every logit is NaN: token 0, as on the GPU, with a NaN logprob.
             return (0, logprob(0));
@@ -274,8 +289,8 @@ impl Logits {
 
 /// The host's draws, the samplers in parallel: each has its own generator, so the draws are
 /// the same in any order. A flat row of Qwen2.5's 152k vocabulary costs two f64 exponentials
-/// per token and a selection over all of them (docs/BENCHMARKS.md has what drawing rows in
-/// parallel saved).
+/// per token (four at a time, `exp64`) and a selection over all of them (docs/BENCHMARKS.md
+/// has what drawing rows in parallel saved).
 fn sample_rows<'a>(picks: &mut [(usize, &mut Sampler)], row: impl Fn(usize) -> &'a [f32] + Sync) -> Vec<(u32, f32)> {
     use rayon::prelude::*;
     picks.par_iter_mut().map(|(r, s)| s.sample(row(*r))).collect()
