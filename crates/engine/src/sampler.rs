@@ -169,6 +169,13 @@ fn partition_in_place<T>(v: &mut [T], keep: impl Fn(&T) -> bool) -> usize {
     n
 }
 
+/// `f32::total_cmp`'s order as an unsigned integer's: `before(a, b)` is `a`'s key (then the
+/// larger `u32::MAX - id`) above `b`'s.
+fn total_order_key(p: f32) -> u32 {
+    let b = p.to_bits();
+    if b >> 31 == 1 { !b } else { b | 1 << 31 }
+}
+
 /// Sorting is cheaper than partitioning below this many candidates.
 const SELECT_SMALL: usize = 32;
 
@@ -189,14 +196,19 @@ fn first_passing(v: &mut [(f32, u32)], bound: u64, reach: bool) -> Option<usize>
         three.sort_by(|&i, &j| before(&v[i], &v[j]));
         v.swap(three[1], z);
         let pivot = v[z];
-        let mut n = lo;
-        let mut part = 0u64;
+        // Lomuto's partition without a branch per candidate (on a flat row each comparison
+        // is a coin toss): every candidate is swapped into slot n, which advances past it
+        // only if it precedes the pivot, so v[lo..n] precede it and v[n..=i] do not.
+        let key = |x: &(f32, u32)| (total_order_key(x.0), u32::MAX - x.1);
+        let pk = key(&pivot);
+        let (mut n, mut part) = (lo, 0u64);
         for i in lo..z {
-            if before(&v[i], &pivot).is_lt() {
-                part += fixed_point(v[i].0);
-                v.swap(n, i);
-                n += 1;
-            }
+            let t = v[i];
+            let lt = key(&t) > pk;
+            v[i] = v[n];
+            v[n] = t;
+            part += fixed_point(t.0) & 0u64.wrapping_sub(lt as u64);
+            n += lt as usize;
         }
         v.swap(n, z);
         if passes(sum + part) {
@@ -477,6 +489,21 @@ mod tests {
         let (id, lp) = s.sample(&[f32::NAN; 5]);
         assert_eq!(id, 0);
         assert!(lp.is_nan());
+    }
+
+    #[test]
+    fn the_partitions_key_orders_as_before_does() {
+        let ps =
+            [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e-45, -1e-45, 0.5, 0.25, -2.0, 1.0];
+        for &a in &ps {
+            for &b in &ps {
+                for (ia, ib) in [(3u32, 7u32), (7, 3), (0, u32::MAX)] {
+                    let (x, y) = ((a, ia), (b, ib));
+                    let keyed = (total_order_key(a), u32::MAX - ia) > (total_order_key(b), u32::MAX - ib);
+                    assert_eq!(keyed, before(&x, &y).is_lt(), "{x:?} {y:?}");
+                }
+            }
+        }
     }
 
     #[test]
