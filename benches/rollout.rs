@@ -18,7 +18,8 @@
 //! T ms, so the time the engine spends waiting on tools is measured too. Prints one JSON
 //! line per setting; `scripts/bench_rollout_hf.py` runs transformers' `generate` on the
 //! same shapes. The bandwidth bound uses `--bandwidth-gbs`, or the GPU's datasheet figure
-//! when its name is known (H100 SXM 3,350 GB/s, H200 4,800 GB/s). Last, the attention of
+//! when its name is known (H100 SXM 3,350 GB/s, H200 4,800 GB/s), or on the CPU a read of
+//! 1 GiB on every thread measured first (`bandwidth_source` says which). Last, the attention of
 //! one prompt's prefill alone, in TFLOP/s (f32, and bf16 on a GPU).
 
 use std::sync::Arc;
@@ -92,9 +93,10 @@ fn run() -> BenchResult<()> {
         "bf16" => DType::BF16,
         other => return Err(format!("--kv-dtype {other}: expected f32 or bf16").into()),
     };
-    let bandwidth: Option<f64> = match arg("--bandwidth-gbs", "").as_str() {
-        "" => datasheet(device).map(|(gbs, _)| gbs),
-        b => Some(b.parse()?),
+    let (bandwidth, bandwidth_source): (Option<f64>, &str) = match arg("--bandwidth-gbs", "").as_str() {
+        "" if device == Device::Cpu => (Some(cpu_read_bandwidth()), "measured: 1 GiB read on every thread"),
+        "" => (datasheet(device).map(|(gbs, _)| gbs), "datasheet"),
+        b => (Some(b.parse()?), "--bandwidth-gbs"),
     };
     let model =
         Qwen2::from_weights_on(config.clone(), &RandomWeights { dtype: DType::BF16, std: 0.02, seed: 0 }, device)?;
@@ -154,7 +156,7 @@ fn run() -> BenchResult<()> {
         );
     }
     if decode > 0 {
-        batch1_decode(&model, &batch[0], decode, bandwidth, device)?;
+        batch1_decode(&model, &batch[0], decode, (bandwidth, bandwidth_source), device)?;
     }
     prefill_attention(&config, prompt_len, device)?;
     Ok(())
@@ -220,6 +222,21 @@ fn launches(device: Device) -> Option<u64> {
     artist_tensor::cuda::launch_count(i).ok()
 }
 
+/// The CPU's bound for a decode step, which streams the weights once: the best of five
+/// reads of 1 GiB (far beyond any cache) summed in parallel on rayon's threads, in GB/s.
+fn cpu_read_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let data = vec![1u64; (1 << 30) / 8];
+    (0..5)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let sum: u64 = data.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).sum();
+            assert_eq!(sum, data.len() as u64);
+            (1u64 << 30) as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
+}
+
 /// Datasheet memory bandwidth (GB/s) and dense bf16 tensor-core peak (TFLOP/s) of a GPU
 /// known by name.
 fn datasheet(device: Device) -> Option<(f64, f64)> {
@@ -234,7 +251,13 @@ fn datasheet(device: Device) -> Option<(f64, f64)> {
 /// One sequence: the prompt prefilled, then `n` tokens decoded one at a time, sampled on
 /// the model's device. Decode reads every weight once per token (the tied embedding as the
 /// output projection), so tokens/s x weight bytes is the bandwidth it sustains.
-fn batch1_decode(model: &Qwen2, prompt: &[u32], n: usize, bandwidth: Option<f64>, device: Device) -> BenchResult<()> {
+fn batch1_decode(
+    model: &Qwen2,
+    prompt: &[u32],
+    n: usize,
+    (bandwidth, source): (Option<f64>, &str),
+    device: Device,
+) -> BenchResult<()> {
     let mut cache = model.new_cache(1, prompt.len() + n + 1)?;
     let mut sampler = Sampler::new(SamplingParams { temperature: 1.0, seed: 3, ..Default::default() });
     let mut next = prompt.to_vec();
@@ -263,6 +286,7 @@ fn batch1_decode(model: &Qwen2, prompt: &[u32], n: usize, bandwidth: Option<f64>
             "weight_gb": weight_bytes / 1e9,
             "weight_gbs": gbs,
             "bandwidth_gbs": bandwidth,
+            "bandwidth_source": bandwidth.map(|_| source),
             "fraction_of_bandwidth_bound": bandwidth.map(|b| gbs / b),
             "device": device.to_string(),
         })
