@@ -300,6 +300,16 @@ fn grpo_with_the_paper_preset_on_a_tiny_model() {
         assert!(saved.contains(key), "grpo_config.toml lacks {key}:\n{saved}");
     }
     assert_eq!(saved.matches("matmul_dtype = \"bf16\"").count(), 2, "{saved}");
+    // Held-out evaluation from a file: before the first step and after the last.
+    let eval_run = tmp.path().join("eval");
+    let data = fixtures().join("math/mini-math500.jsonl");
+    let eval = [format!("eval.data={:?}", data.to_str().unwrap()), "eval.limit=2".into(), "steps=1".into()];
+    ok(&train(&grpo_args(&eval_run, &eval.each_ref().map(String::as_str)), &[]));
+    let lines = artist::train::metrics::read(&eval_run.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|l| l["eval_accuracy"].is_number()), "{lines:?}");
+    let missing = ["eval.data=\"/nonexistent/held-out.jsonl\"", "steps=1"];
+    fails_cleanly(&train(&grpo_args(&tmp.path().join("eval2"), &missing), &[]), "/nonexistent/held-out.jsonl");
 }
 
 /// `train --config configs/artist-fc.toml`: a BFCL run without data, or with a file that

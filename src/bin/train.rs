@@ -406,6 +406,28 @@ fn run_grpo(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Resul
     if data.problems.is_empty() {
         bail!("{}: no usable problem", config.data.display());
     }
+    let held_out = match &config.eval.data {
+        None => Vec::new(),
+        Some(path) => {
+            let format: artist_math::DatasetFormat =
+                config.eval.data_preset.as_deref().unwrap_or(&config.data_preset).parse()?;
+            let set = artist_math::MathDataset::load(path, &format)?;
+            for bad in &set.bad_rows {
+                eprintln!("{}:{}: skipped: {}", path.display(), bad.line, bad.reason);
+            }
+            let limit = if config.eval.limit == 0 { usize::MAX } else { config.eval.limit };
+            let problems: Vec<Problem> = set
+                .problems
+                .iter()
+                .take(limit)
+                .map(|p| Problem { problem: p.problem.clone(), answer: p.answer.clone() })
+                .collect();
+            if problems.is_empty() {
+                bail!("{}: no usable problem for eval.data", path.display());
+            }
+            problems
+        }
+    };
     let (model, tokenizer) = artist::cli::open_model(&config.model, device)?;
     let tokenizer = tokenizer.with_context(|| format!("{}: GRPO needs tokenizer.json", config.model.display()))?;
     let template = artist_tokenizer::ChatTemplate::from_dir(&config.model)
@@ -422,7 +444,8 @@ fn run_grpo(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Resul
     };
     let train: Vec<Problem> =
         data.problems.iter().map(|p| Problem { problem: p.problem.clone(), answer: p.answer.clone() }).collect();
-    let mut trainer = GrpoTrainer { config, model, reference: None, tokenizer, template, tool, train, verify: &verify };
+    let mut trainer =
+        GrpoTrainer { config, model, reference: None, tokenizer, template, tool, train, held_out, verify: &verify };
     let steps = if env.world_size > 1 {
         let mut comm = join_group(env, device, args.comm, Duration::from_secs(args.dist_timeout), args.tcp_ring_min)?;
         grpo::train_data_parallel(&run_dir, &mut trainer, &opts, &mut *comm)?

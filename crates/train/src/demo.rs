@@ -211,6 +211,7 @@ fn trainer_for(dir: &Path, config: GrpoRunConfig, train: Vec<Problem>, device: D
         template: ChatTemplate::from_dir(dir).unwrap_or_else(|_| ChatTemplate::chatml()),
         tool: Some(Arc::new(artist_tools::Calculator)),
         train,
+        held_out: Vec::new(),
         verify: &verify,
         config,
     })

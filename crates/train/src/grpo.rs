@@ -95,6 +95,56 @@ impl Default for RolloutSettings {
     }
 }
 
+/// Held-out evaluation during a run (`[eval]`; math task): the policy answers each
+/// problem of `data` as the rollouts do, tool in the loop, and `metrics.jsonl` gets
+/// `eval_accuracy`, `eval_reward`, `eval_tool_use` (and `eval_s`), as veRL's validation
+/// every `test_freq` steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSettings {
+    /// Held-out problems (JSONL, the fields of `data_preset`); unset: no evaluation.
+    pub data: Option<PathBuf>,
+    /// Field names of `data` when they differ from the training data's `data_preset`.
+    pub data_preset: Option<String>,
+    /// Evaluate after every N steps, and after the run's last step; 0: only after the last.
+    pub every: u64,
+    /// Also evaluate the policy as it starts (a run that starts at step 0), in a metrics
+    /// line of step 0.
+    pub before_training: bool,
+    /// Only the first N problems of `data` (0: all of them).
+    pub limit: usize,
+    /// Sampling temperature (0: greedy, one answer per problem whatever `samples` says).
+    pub temperature: f32,
+    /// Answers per problem at a temperature above 0; the accuracy is their mean (pass@1).
+    pub samples: usize,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        EvalSettings {
+            data: None,
+            data_preset: None,
+            every: 0,
+            before_training: true,
+            limit: 0,
+            temperature: 0.0,
+            samples: 1,
+        }
+    }
+}
+
+impl EvalSettings {
+    /// Whether the policy is evaluated after step `done` (1-based) of a run of `steps`.
+    pub fn due_after(&self, done: u64, steps: u64) -> bool {
+        done == steps || (self.every > 0 && done.is_multiple_of(self.every))
+    }
+
+    /// Answers per problem: one when greedy.
+    pub fn answers_per_problem(&self) -> usize {
+        if self.temperature == 0.0 { 1 } else { self.samples }
+    }
+}
+
 /// AdamW and its schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -192,6 +242,8 @@ pub struct GrpoRunConfig {
     /// Function-calling rewards (`task = "bfcl"`).
     pub fc_rewards: artist_rl::FcRewardWeights,
     pub optim: OptimSettings,
+    /// Held-out evaluation during the run (math).
+    pub eval: EvalSettings,
     pub seed: u64,
     /// Checkpoint every N steps (0: only at the end).
     pub save_every: u64,
@@ -225,6 +277,7 @@ impl Default for GrpoRunConfig {
             bfcl: Default::default(),
             fc_rewards: Default::default(),
             optim: OptimSettings::default(),
+            eval: EvalSettings::default(),
             seed: 0,
             save_every: 0,
             keep_last: 2,
@@ -309,7 +362,19 @@ impl GrpoRunConfig {
                 r.max_batch, r.group_size
             )));
         }
+        let e = &self.eval;
+        if !(e.temperature >= 0.0 && e.temperature.is_finite()) || e.samples == 0 {
+            return Err(Error::Config(format!(
+                "eval.temperature must be a finite number >= 0 and eval.samples >= 1, got {} and {}",
+                e.temperature, e.samples
+            )));
+        }
         if self.task == Task::Bfcl {
+            if e.data.is_some() {
+                return Err(Error::Config(
+                    "eval.data is for task = \"math\"; score BFCL checkpoints with `eval --dataset`".into(),
+                ));
+            }
             if self.bfcl.questions.is_empty() {
                 return Err(Error::Config("task = \"bfcl\" needs bfcl.questions (BFCL multi-turn files)".into()));
             }
@@ -371,6 +436,25 @@ pub struct StepMetrics {
     pub rollout_s: f64,
     pub train_s: f64,
     pub tokens_per_s: f64,
+    /// Held-out evaluation after this step (`[eval]`): accuracy, mean reward, the fraction
+    /// of answers that called the tool, and its seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_reward: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_tool_use: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_s: Option<f64>,
+}
+
+impl StepMetrics {
+    fn set_eval(&mut self, e: &Evaluation, secs: f64) {
+        self.eval_accuracy = Some(e.accuracy);
+        self.eval_reward = Some(e.reward);
+        self.eval_tool_use = Some(e.tool_use);
+        self.eval_s = Some(secs);
+    }
 }
 
 /// The segments of a rollout for reward parsing: model text and forced outputs.
@@ -403,6 +487,8 @@ pub struct GrpoTrainer<'a> {
     pub template: ChatTemplate,
     pub tool: Option<Arc<dyn Tool>>,
     pub train: Vec<Problem>,
+    /// Held-out problems for `[eval]` (empty: no evaluation).
+    pub held_out: Vec<Problem>,
     pub verify: &'a Verifier,
 }
 
@@ -592,15 +678,53 @@ impl GrpoTrainer<'_> {
     /// the fraction of rollouts that called the tool.
     pub fn evaluate(&self, problems: &[Problem], temperature: f32, seed: u64) -> Result<Evaluation> {
         let refs: Vec<&Problem> = problems.iter().collect();
-        let RolloutBatch { rollouts, rewards, correct, .. } = self.rollouts_with(&refs, seed, temperature, 1)?;
-        let n = correct.len().max(1) as f64;
-        Ok(Evaluation {
-            accuracy: correct.iter().filter(|&&x| x).count() as f64 / n,
-            reward: rewards.iter().map(|r| r.total).sum::<f64>() / n,
-            tool_use: rollouts.iter().filter(|r| !r.tool_calls.is_empty()).count() as f64 / n,
-        })
+        let sums = self.evaluation_sums(&refs, temperature, seed, 1)?;
+        Ok(Evaluation::from_sums(sums))
+    }
+
+    /// `answers` rollouts of each problem (rollout k of problem p samples with seed
+    /// `seed + p * answers + k`): correct answers, the sum of rewards, answers that
+    /// called the tool, and how many answers.
+    fn evaluation_sums(&self, problems: &[&Problem], temperature: f32, seed: u64, answers: usize) -> Result<[f64; 4]> {
+        if problems.is_empty() {
+            return Ok([0.0; 4]);
+        }
+        let RolloutBatch { rollouts, rewards, correct, .. } =
+            self.rollouts_with(problems, seed, temperature, answers)?;
+        Ok([
+            correct.iter().filter(|&&x| x).count() as f64,
+            rewards.iter().map(|r| r.total).sum::<f64>(),
+            rollouts.iter().filter(|r| !r.tool_calls.is_empty()).count() as f64,
+            correct.len() as f64,
+        ])
+    }
+
+    /// [`GrpoTrainer::evaluate`] of the held-out problems with `[eval]`'s settings, split
+    /// over the ranks of `comm` as a step's prompts are (each problem's answers on one
+    /// rank, sampled with the seeds one process would use) and summed: every rank returns
+    /// the same figures, those of one process.
+    pub fn evaluate_held_out_sharded(&self, comm: Option<&mut (dyn Communicator + '_)>) -> Result<Evaluation> {
+        let e = &self.config.eval;
+        let answers = e.answers_per_problem();
+        let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
+        let shard = shard_range(self.held_out.len(), rank, world);
+        let refs: Vec<&Problem> = self.held_out[shard.clone()].iter().collect();
+        let seed = self.config.seed.wrapping_add(EVAL_SEED).wrapping_add((shard.start * answers) as u64);
+        let mut sums = self.evaluation_sums(&refs, e.temperature, seed, answers)?;
+        if let Some(comm) = comm {
+            // Counts are exact in f32 up to 2^24; the reward sum is rounded once per rank.
+            let mut buf: Vec<f32> = sums.iter().map(|&x| x as f32).collect();
+            comm.all_reduce_sum(&mut buf)?;
+            sums = [0, 1, 2, 3].map(|i| f64::from(buf[i]));
+        }
+        Ok(Evaluation::from_sums(sums))
     }
 }
+
+/// The held-out evaluation's seeds start here (plus the run's `seed`), apart from the
+/// steps' (`seed + step * 1_000_003`), and the same at every evaluation of a run, so that
+/// sampled evaluations compare the policies on the same draws.
+const EVAL_SEED: u64 = 0x5EED_0000_E7A1;
 
 /// What the updates on one rollout batch measured (the last update's loss and norm).
 #[derive(Debug, Clone, Copy, Default)]
@@ -777,6 +901,14 @@ pub struct Evaluation {
     pub tool_use: f64,
 }
 
+impl Evaluation {
+    /// From (correct answers, reward sum, answers with a tool call, answers).
+    fn from_sums([correct, reward, tool_use, n]: [f64; 4]) -> Evaluation {
+        let n = n.max(1.0);
+        Evaluation { accuracy: correct / n, reward: reward / n, tool_use: tool_use / n }
+    }
+}
+
 /// What [`train`] drives: a policy, its frozen reference, the run's settings, and one
 /// GRPO step on a batch of training items (math problems, BFCL entries).
 pub trait GrpoTask {
@@ -805,6 +937,12 @@ pub trait GrpoTask {
     /// A fingerprint of the training items, which every rank must share.
     fn items_fingerprint(&self) -> u64 {
         self.items() as u64
+    }
+    /// The held-out evaluation of `[eval]` (split over the ranks of `comm`, the same
+    /// figures on every rank); `None` where the task has nothing to evaluate.
+    fn evaluate_held_out(&mut self, comm: Option<&mut (dyn Communicator + '_)>) -> Result<Option<Evaluation>> {
+        let _ = comm;
+        Ok(None)
     }
 }
 
@@ -839,7 +977,17 @@ impl GrpoTask for GrpoTrainer<'_> {
         GrpoTrainer::step_sharded(self, step, &refs, optimizer, lr, comm)
     }
     fn items_fingerprint(&self) -> u64 {
-        crate::sft::fnv1a(serde_json::to_string(&self.train).expect("JSON").as_bytes())
+        let mut text = serde_json::to_string(&self.train).expect("JSON");
+        if !self.held_out.is_empty() {
+            text += &serde_json::to_string(&self.held_out).expect("JSON");
+        }
+        crate::sft::fnv1a(text.as_bytes())
+    }
+    fn evaluate_held_out(&mut self, comm: Option<&mut (dyn Communicator + '_)>) -> Result<Option<Evaluation>> {
+        if self.held_out.is_empty() {
+            return Ok(None);
+        }
+        self.evaluate_held_out_sharded(comm).map(Some)
     }
 }
 
@@ -944,9 +1092,46 @@ fn run<T: GrpoTask>(
     };
     let end = opts.stop_after.map_or(c.steps, |s| s.min(c.steps));
     let bar = crate::sft::progress_bar(opts.progress && lead, start, c.steps);
+    // Held-out evaluation: rank 0 reports it above the progress bar.
+    let evaluate = |trainer: &mut T, dist: Option<&mut (dyn Communicator + '_)>, done: u64| {
+        let t = Instant::now();
+        let e = trainer.evaluate_held_out(dist)?;
+        let secs = t.elapsed().as_secs_f64();
+        if let Some(e) = e.filter(|_| lead) {
+            bar.suspend(|| {
+                eprintln!(
+                    "held-out after step {done}: accuracy {:.1}%, reward {:.3}, tool use {:.0}% ({secs:.1} s)",
+                    100.0 * e.accuracy,
+                    e.reward,
+                    100.0 * e.tool_use
+                )
+            });
+        }
+        Result::Ok(e.map(|e| (e, secs)))
+    };
+    if start == 0
+        && start < end
+        && c.eval.before_training
+        && let Some((e, secs)) = evaluate(trainer, dist.as_deref_mut(), 0)?
+        && let Some(metrics) = metrics.as_mut()
+    {
+        let mut m = StepMetrics::default();
+        m.set_eval(&e, secs);
+        let mut line = serde_json::to_value(&m).expect("JSON");
+        // A line of the evaluation alone: keep its step and eval_* keys.
+        if let Some(o) = line.as_object_mut() {
+            o.retain(|k, _| k == "step" || k.starts_with("eval_"));
+        }
+        metrics.write(&line)?;
+    }
     for step in start..end {
         let (_, idx) = order.step(step);
-        let m = trainer.step_sharded(step, &idx, &mut optimizer, schedule.lr(step), dist.as_deref_mut())?;
+        let mut m = trainer.step_sharded(step, &idx, &mut optimizer, schedule.lr(step), dist.as_deref_mut())?;
+        if c.eval.due_after(step + 1, c.steps)
+            && let Some((e, secs)) = evaluate(trainer, dist.as_deref_mut(), step + 1)?
+        {
+            m.set_eval(&e, secs);
+        }
         if let Some(metrics) = metrics.as_mut() {
             metrics.write(&serde_json::to_value(&m).expect("JSON"))?;
         }

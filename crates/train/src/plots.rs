@@ -16,6 +16,8 @@ pub const CURVES_FILE: &str = "curves.svg";
 const PANELS: &[(&str, &str)] = &[
     ("reward", "reward (mean)"),
     ("accuracy", "accuracy"),
+    ("eval_accuracy", "held-out accuracy"),
+    ("eval_reward", "held-out reward"),
     ("reward_answer", "answer reward"),
     ("reward_tool_execution", "tool execution reward"),
     ("tool_calls_per_rollout", "tool calls per rollout"),
@@ -82,6 +84,10 @@ fn draw(path: &Path, panels: &[(&str, Vec<(f64, f64)>)]) -> std::result::Result<
             .light_line_style(WHITE)
             .draw()?;
         chart.draw_series(LineSeries::new(points.iter().copied(), BLUE.stroke_width(2)))?;
+        if points.len() <= 30 {
+            // Sparse series (a held-out evaluation every N steps): mark each point.
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, BLUE.filled())))?;
+        }
         if points.len() >= 8 {
             // A moving average over a tenth of the run, for noisy RL curves.
             let w = (points.len() / 10).max(3);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use artist_dist::InProcess;
 use artist_model::Qwen2;
-use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, StepMetrics, train, train_data_parallel};
+use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, Problem, StepMetrics, train, train_data_parallel};
 use artist_train::sft::RunOptions;
 
 /// Largest difference allowed between a data-parallel weight and the single-process one.
@@ -29,8 +29,11 @@ fn verify(completion: &str, _gold: &str) -> bool {
     completion.len().is_multiple_of(2)
 }
 
+/// With three held-out problems, two answers each at temperature 1 (ranks of 2 and 1).
 fn trainer(config: GrpoRunConfig) -> GrpoTrainer<'static> {
-    common::math_trainer(config, &verify)
+    let mut t = common::math_trainer(config, &verify);
+    t.held_out = (0..3).map(|i| Problem { problem: format!("{i}*5?"), answer: (5 * i).to_string() }).collect();
+    t
 }
 
 /// Three prompts a step (ranks of 2 and 1 prompts), groups of 3, two rollouts a pass.
@@ -45,6 +48,8 @@ fn config() -> GrpoRunConfig {
         "rollout.max_batch=6",
         "micro_batch_rollouts=2",
         "optim.lr=1e-3",
+        "eval.temperature=1.0",
+        "eval.samples=2",
     ])
 }
 
@@ -107,9 +112,22 @@ fn two_ranks_equal_one_process_on_the_global_batch() {
             assert!((x.tool_calls_per_rollout - m.tool_calls_per_rollout).abs() < 1e-6);
             assert!((x.loss - m.loss).abs() <= 1e-6, "loss {} vs {}", x.loss, m.loss);
             assert!((x.grad_norm - m.grad_norm).abs() <= 1e-4 * m.grad_norm.max(1e-3));
+            // The held-out evaluation after the last step, split over the ranks.
+            assert_eq!(x.eval_accuracy.is_some(), m.eval_accuracy.is_some());
+            if let (Some(a), Some(b)) = (x.eval_accuracy, m.eval_accuracy) {
+                assert!((a - b).abs() < 1e-9, "held-out accuracy {a} vs {b}");
+                assert!((x.eval_reward.unwrap() - m.eval_reward.unwrap()).abs() < 1e-6);
+            }
         }
     }
-    // Rank 0 alone wrote: one metrics line per step, the final checkpoint.
-    assert_eq!(artist_train::metrics::read(&dir.join("metrics.jsonl")).unwrap().len(), 3);
+    assert!(m1[2].eval_accuracy.is_some());
+    // Rank 0 alone wrote: the evaluation before training, one metrics line per step, the
+    // final checkpoint; its step-0 evaluation is the single process's.
+    let lines = artist_train::metrics::read(&dir.join("metrics.jsonl")).unwrap();
+    let single = artist_train::metrics::read(&tmp.path().join("single/metrics.jsonl")).unwrap();
+    assert_eq!(lines.len(), 4);
+    for key in ["step", "eval_accuracy", "eval_reward", "eval_tool_use"] {
+        assert_eq!(lines[0].get(key), single[0].get(key), "{key}");
+    }
     assert!(artist_train::checkpoint::latest(&dir).unwrap().unwrap().ends_with("step-00000003"));
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use artist_model::Qwen2;
 use artist_tensor::Device;
-use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, train};
+use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, Problem, train};
 use artist_train::sft::RunOptions;
 
 fn fresh() -> RunOptions {
@@ -158,6 +158,82 @@ fn pi_old_is_recomputed_when_the_sampler_computes_in_bf16() {
     assert!(e.contains("tis_cap"), "{e}");
     let e = tiny_config().with_overrides(&["old_logprobs=\"trainer\"".into()]).unwrap_err().to_string();
     assert!(e.contains("trainer"), "{e}");
+}
+
+/// Random tiny-model text never holds an answer: this judge passes about half the
+/// completions, so held-out figures differ from policy to policy.
+fn parity(completion: &str, _gold: &str) -> bool {
+    completion.len().is_multiple_of(2)
+}
+
+/// `[eval]` every 2 steps of 3: a line of step 0 with the starting policy's figures alone,
+/// none after step 1, and after steps 2 and 3 (the last) the figures merged into the step's
+/// line. The first and the last are what a separate greedy evaluation of those weights gives.
+#[test]
+fn held_out_evaluation_is_logged_as_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let config = tiny_config().with_overrides(&["steps=3".into(), "eval.every=2".into()]).unwrap();
+    let mut t = common::math_trainer(config, &parity);
+    t.held_out = (0..5).map(|i| Problem { problem: format!("{i}*3?"), answer: (3 * i).to_string() }).collect();
+    let held_out = t.held_out.clone();
+    let start = t.evaluate(&held_out, 0.0, 0).unwrap();
+    let m = train(&run, &mut t, &fresh()).unwrap();
+    let end = t.evaluate(&held_out, 0.0, 0).unwrap();
+    eprintln!("held out: start {start:?}, end {end:?}");
+    assert!(start.accuracy > 0.0 && start.accuracy < 1.0, "{start:?}: the judge should split the answers");
+    let lines = artist_train::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let get = |i: usize, key: &str| lines[i].get(key).and_then(|v| v.as_f64());
+    assert_eq!(get(0, "step"), Some(0.0));
+    assert_eq!(lines[0].get("reward"), None, "the step-0 line holds the evaluation alone");
+    assert_eq!((get(0, "eval_accuracy"), get(0, "eval_reward")), (Some(start.accuracy), Some(start.reward)));
+    assert_eq!(get(0, "eval_tool_use"), Some(start.tool_use));
+    assert_eq!(get(1, "eval_accuracy"), None);
+    assert!(get(2, "eval_accuracy").is_some() && get(2, "reward").is_some());
+    assert_eq!((get(3, "eval_accuracy"), get(3, "eval_reward")), (Some(end.accuracy), Some(end.reward)));
+    assert_eq!(m[2].eval_accuracy, Some(end.accuracy));
+    assert!(m[0].eval_accuracy.is_none() && m[1].eval_accuracy.is_some());
+    let svg = std::fs::read_to_string(run.join("curves.svg")).unwrap();
+    assert!(svg.contains("held-out accuracy"));
+
+    // Resuming at step 2 keeps the step-0 and step-2 evaluations and redoes step 3's.
+    let mut t2 = common::math_trainer(
+        tiny_config().with_overrides(&["steps=4".into(), "eval.every=2".into()]).unwrap(),
+        &parity,
+    );
+    t2.held_out = held_out.clone();
+    std::fs::remove_dir_all(run.join("checkpoints/step-00000003")).unwrap();
+    std::fs::write(run.join("checkpoints/latest"), "step-00000002").unwrap();
+    let m2 = train(&run, &mut t2, &RunOptions { resume: true, ..fresh() }).unwrap();
+    assert_eq!(m2.iter().map(|m| (m.step, m.eval_accuracy.is_some())).collect::<Vec<_>>(), [(3, false), (4, true)]);
+    let lines = artist_train::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let evals: Vec<f64> =
+        lines.iter().filter(|l| l.get("eval_accuracy").is_some()).map(|l| l["step"].as_f64().unwrap()).collect();
+    assert_eq!(evals, [0.0, 2.0, 4.0]);
+
+    // Sampled, two answers a problem: the starting and the trained policy draw differently,
+    // and each evaluation is what the trainer's own gives for those weights.
+    let sets = ["steps=3".into(), "eval.temperature=1.0".into(), "eval.samples=2".into()];
+    let mut t = common::math_trainer(tiny_config().with_overrides(&sets).unwrap(), &parity);
+    t.held_out = held_out.clone();
+    let start = t.evaluate_held_out_sharded(None).unwrap();
+    let m = train(&tmp.path().join("sampled"), &mut t, &fresh()).unwrap();
+    let end = t.evaluate_held_out_sharded(None).unwrap();
+    eprintln!("sampled held out: start {start:?}, end {end:?}");
+    assert_ne!(start, end, "training changed no sampled answer");
+    let lines = artist_train::metrics::read(&tmp.path().join("sampled/metrics.jsonl")).unwrap();
+    assert_eq!(lines[0].get("eval_reward").and_then(|v| v.as_f64()), Some(start.reward));
+    assert_eq!(
+        (m[2].eval_accuracy, m[2].eval_reward, m[2].eval_tool_use),
+        (Some(end.accuracy), Some(end.reward), Some(end.tool_use))
+    );
+
+    // Settings that mean nothing are refused.
+    for bad in ["eval.samples=0", "eval.temperature=-1.0"] {
+        let e = tiny_config().with_overrides(&[bad.into()]).unwrap().validate(Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("eval."), "{bad}: {e}");
+    }
 }
 
 #[test]

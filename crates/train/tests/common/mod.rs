@@ -26,6 +26,7 @@ pub fn math_trainer(config: GrpoRunConfig, verify: &'static Verifier) -> GrpoTra
         template: ChatTemplate::from_dir(dir).unwrap(),
         tool: Some(Arc::new(artist_tools::Calculator)),
         train,
+        held_out: Vec::new(),
         verify,
         config,
     }
