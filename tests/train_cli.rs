@@ -227,6 +227,24 @@ fn bad_input_is_a_clear_error() {
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run_config.json")).unwrap()).unwrap();
     assert_eq!((saved["matmul_dtype"].as_str(), saved["attention_dtype"].as_str()), (Some("bf16"), Some("bf16")));
+    // A held-out file: its loss before the first step and after the last, in the summary;
+    // a bad line of it is named like one of the training data.
+    let out = tmp.path().join("r7");
+    let eval: Vec<String> =
+        base(&good, &out).into_iter().chain(["--eval-data".into(), good.to_str().unwrap().into()]).collect();
+    let o = train(&eval, &[]);
+    ok(&o);
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let lines = artist::train::metrics::read(&out.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(summary["eval_loss"], lines[2]["eval_loss"]);
+    assert!(lines[0]["eval_loss"].as_f64().unwrap() > 0.0);
+    std::fs::write(&bad, "{\"input_ids\":[1,2,3]}\n{\"input_ids\": [1, 2,\n").unwrap();
+    let eval: Vec<String> = base(&good, &tmp.path().join("r8"))
+        .into_iter()
+        .chain(["--eval-data".into(), bad.to_str().unwrap().into()])
+        .collect();
+    fails_cleanly(&train(&eval, &[]), "bad.jsonl:2");
 }
 
 /// `--config configs/artist-math.toml` on the tiny fixture and the bundled MATH-style file,

@@ -133,6 +133,14 @@ struct Args {
     /// `matmul_dtype` and `[rollout] matmul_dtype`.
     #[arg(long, value_name = "auto|f32|bf16")]
     matmul_dtype: Option<artist_train::ComputeDtype>,
+    /// [sft] Held-out JSONL (the format of --data): its mean loss per target token,
+    /// `eval_loss` in metrics.jsonl, before the first step, every --eval-every steps and
+    /// after the last. GRPO: the config's `[eval]` table.
+    #[arg(long, value_name = "FILE")]
+    eval_data: Option<PathBuf>,
+    /// [sft] Steps between held-out evaluations (default 0: before the first and after the last only).
+    #[arg(long, value_name = "N")]
+    eval_every: Option<u64>,
     /// Stop after this step (checkpointing it) without finishing; --resume continues. For the
     /// demo, counts GRPO steps.
     #[arg(long)]
@@ -170,7 +178,10 @@ impl Args {
         }
         set!(model, data, steps, batch_size, micro_batch_size, lr, weight_decay, beta1, beta2, eps, grad_clip);
         set!(warmup_steps, lr_schedule, seed, save_every, keep_last, max_seq_len, overlong, attention_dtype);
-        set!(matmul_dtype);
+        set!(matmul_dtype, eval_every);
+        if let Some(path) = &self.eval_data {
+            c.eval_data = Some(path.clone());
+        }
         if self.no_shuffle {
             c.shuffle = false;
         }

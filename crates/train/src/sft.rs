@@ -75,6 +75,12 @@ pub struct SftConfig {
     /// GPU; after backward on a CPU, whose cores backward already keeps busy (measured
     /// in docs/BENCHMARKS.md). The bits are the same either way.
     pub overlap_allreduce: Option<bool>,
+    /// Held-out JSONL in the format of `data`: the mean loss of its target tokens is logged
+    /// as `eval_loss` before the first step, after every `eval_every` steps and after the
+    /// last (unset: none).
+    pub eval_data: Option<PathBuf>,
+    /// Steps between held-out evaluations (0: only before the first step and after the last).
+    pub eval_every: u64,
 }
 
 impl Default for SftConfig {
@@ -105,6 +111,8 @@ impl Default for SftConfig {
             matmul_dtype: crate::ComputeDtype::Auto,
             max_bad_steps: 10,
             overlap_allreduce: None,
+            eval_data: None,
+            eval_every: 0,
         }
     }
 }
@@ -143,6 +151,37 @@ pub fn sft_loss(model: &Qwen2, ctx: &Ctx, batch: &[&Example], denominator: usize
     Ok((loss, targets.len()))
 }
 
+/// The held-out loss: `-(sum of log p(target))` over the target tokens of `examples` and
+/// how many there are, in forward passes of `per_pass` examples with nothing recorded for
+/// backward, with the training's attention and matmul dtypes. With `comm`, each rank takes
+/// its share of the examples and the sums are combined (the count exactly, the loss in f32).
+fn held_out_nll(
+    model: &Qwen2,
+    c: &SftConfig,
+    examples: &[Example],
+    comm: Option<&mut (dyn Communicator + '_)>,
+) -> Result<(f64, usize)> {
+    let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
+    let mine: Vec<&Example> = examples[shard_range(examples.len(), rank, world)].iter().collect();
+    let per_pass = if c.micro_batch_size == 0 { c.batch_size } else { c.micro_batch_size };
+    let ctx = Ctx::inference()
+        .with_attention_dtype(c.attention_dtype.dtype(model.device()))
+        .with_matmul_dtype(c.matmul_dtype.dtype(model.device()));
+    let (mut nll, mut count) = (0f64, 0usize);
+    for chunk in mine.chunks(per_pass.max(1)) {
+        let (l, n) = sft_loss(model, &ctx, chunk, 1)?;
+        nll += l.to_scalar()? as f64;
+        count += n;
+    }
+    if let Some(comm) = comm {
+        let mut sums = [nll as f32, (count >> 24) as f32, (count & 0xff_ffff) as f32];
+        comm.all_reduce_sum(&mut sums)?;
+        nll = f64::from(sums[0]);
+        count = ((sums[1] as usize) << 24) + sums[2] as usize;
+    }
+    Ok((nll, count))
+}
+
 /// What a finished run reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct SftSummary {
@@ -153,6 +192,8 @@ pub struct SftSummary {
     pub end_step: u64,
     pub last_loss: Option<f64>,
     pub refused_steps: u64,
+    /// The last held-out loss measured (`eval_data`).
+    pub eval_loss: Option<f64>,
     pub data: DataStats,
     /// `RUN_DIR/final`, or the checkpoint written when the run stopped early.
     pub final_model: PathBuf,
@@ -293,6 +334,10 @@ fn run(
     let (examples, stats) =
         data::load_jsonl(&c.data, chat.as_ref(), model.config.vocab_size, c.max_seq_len, c.overlong)?;
     let fingerprint = format!("{:016x}", data::fingerprint(&examples));
+    let held_out = match &c.eval_data {
+        Some(path) => data::load_jsonl(path, chat.as_ref(), model.config.vocab_size, c.max_seq_len, c.overlong)?.0,
+        None => Vec::new(),
+    };
 
     let params = model.params();
     if let Some(comm) = dist.as_deref_mut() {
@@ -301,6 +346,7 @@ fn run(
             &[
                 ("settings", fnv1a(config_json.as_bytes())),
                 ("training data", data::fingerprint(&examples)),
+                ("held-out data", data::fingerprint(&held_out)),
                 ("resume checkpoint", fnv1a(format!("{resume_from:?}").as_bytes())),
             ],
         )?;
@@ -357,6 +403,27 @@ fn run(
         checkpoint::save(run_dir, &model, optimizer, &state, Some(&source), c.keep_last)
     };
 
+    // The held-out loss after step `done` (0: the starting weights), as metrics fields.
+    let evaluate = |dist: Option<&mut (dyn Communicator + '_)>, done: u64| -> Result<serde_json::Value> {
+        let t = Instant::now();
+        let (nll, count) = held_out_nll(&model, c, &held_out, dist)?;
+        let loss = nll / count.max(1) as f64;
+        let secs = t.elapsed().as_secs_f64();
+        if lead {
+            bar.suspend(|| eprintln!("held-out loss after step {done}: {loss:.4} ({count} tokens, {secs:.1} s)"));
+        }
+        Ok(serde_json::json!({ "eval_loss": loss, "eval_target_tokens": count, "eval_s": secs }))
+    };
+    let mut eval_loss = None;
+    if !held_out.is_empty() && start == 0 && start < end {
+        let e = evaluate(dist.as_deref_mut(), 0)?;
+        eval_loss = e["eval_loss"].as_f64();
+        if let Some(metrics) = metrics.as_mut() {
+            let mut line = serde_json::json!({ "step": 0 });
+            line.as_object_mut().expect("an object").extend(e.as_object().expect("an object").clone());
+            metrics.write(&line)?;
+        }
+    }
     let (mut last_loss, mut refused, mut bad_run) = (None, 0u64, 0u32);
     for step in start..end {
         let t0 = Instant::now();
@@ -408,8 +475,16 @@ fn run(
         drop(grads);
         let secs = t0.elapsed().as_secs_f64();
         let finite = |x: f64| if x.is_finite() { serde_json::json!(x) } else { serde_json::json!(x.to_string()) };
+        let done = step + 1;
+        let eval = if !held_out.is_empty() && (done == c.steps || (c.eval_every > 0 && done % c.eval_every == 0)) {
+            let e = evaluate(dist.as_deref_mut(), done)?;
+            eval_loss = e["eval_loss"].as_f64();
+            Some(e)
+        } else {
+            None
+        };
         if let Some(metrics) = metrics.as_mut() {
-            metrics.write(&serde_json::json!({
+            let mut line = serde_json::json!({
             "step": step + 1,
             "epoch": epoch,
             "loss": finite(loss),
@@ -420,7 +495,11 @@ fn run(
             "tokens_per_s": tokens as f64 / secs.max(1e-9),
             "step_s": secs,
             "refused": !ok,
-            }))?;
+            });
+            if let Some(e) = eval {
+                line.as_object_mut().expect("an object").extend(e.as_object().expect("an object").clone());
+            }
+            metrics.write(&line)?;
         }
         bar.set_position(step + 1);
         if !ok && bad_run >= c.max_bad_steps.max(1) {
@@ -431,7 +510,6 @@ fn run(
             )));
         }
         bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {:.0} tok/s", tokens as f64 / secs.max(1e-9)));
-        let done = step + 1;
         if lead && c.save_every > 0 && done % c.save_every == 0 && done < c.steps {
             let next_epoch = order.step(done).0;
             bar.suspend(|| save(done, next_epoch, &optimizer))?;
@@ -464,6 +542,7 @@ fn run(
         end_step: end,
         last_loss,
         refused_steps: refused,
+        eval_loss,
         data: stats,
         final_model,
     })

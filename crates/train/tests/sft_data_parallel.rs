@@ -203,3 +203,85 @@ fn ranks_with_other_settings_are_refused() {
     assert!(errors[0].contains("rank 1 has other settings than rank 0"), "{}", errors[0]);
     assert!(errors[1].contains("rank 0 has other settings than rank 1"), "{}", errors[1]);
 }
+
+/// Three held-out lines, none of them training data.
+fn held_out_file(dir: &Path) -> PathBuf {
+    let path = dir.join("held-out.jsonl");
+    std::fs::write(
+        &path,
+        "{\"input_ids\": [5, 77, 12, 190, 33, 8, 251], \"loss_mask\": [0, 0, 1, 1, 0, 1, 1]}\n\
+         {\"input_ids\": [300, 2, 2, 41, 199, 64, 17, 88, 120], \"loss_mask\": [0, 1, 1, 1, 1, 0, 0, 1, 1]}\n\
+         {\"input_ids\": [9, 10, 11, 12], \"loss_mask\": [0, 0, 0, 1]}\n",
+    )
+    .unwrap();
+    path
+}
+
+/// The held-out loss of the weights in `model_dir`, independently: each example's logits
+/// from the inference forward pass (the KV-cache path), log-softmax in f64 on the host,
+/// averaged over the target tokens.
+fn reference_held_out_loss(model_dir: &Path, held_out: &Path) -> f64 {
+    use artist_model::{Rows, SeqInput};
+    let model = Qwen2::load(model_dir).unwrap();
+    let (mut nll, mut count) = (0f64, 0usize);
+    for line in std::fs::read_to_string(held_out).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ids: Vec<u32> = v["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let mask: Vec<u64> = v["loss_mask"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+        let mut cache = model.new_cache(1, ids.len() + 1).unwrap();
+        let logits = model.forward(&[SeqInput { slot: 0, tokens: &ids }], &mut cache, Rows::All).unwrap();
+        let vocab = logits.dims()[1];
+        let logits = logits.to_vec::<f32>().unwrap();
+        for i in 1..ids.len() {
+            if mask[i] == 1 {
+                let row = &logits[(i - 1) * vocab..i * vocab];
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+                let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+                nll += lse - row[ids[i] as usize] as f64;
+                count += 1;
+            }
+        }
+    }
+    nll / count as f64
+}
+
+/// `eval_data` every 2 steps of 3: the held-out loss of the starting weights (a line of step
+/// 0), after step 2 and after step 3, the first and last equal to an independent
+/// computation; 2 ranks split the held-out examples and report the single process's figures.
+#[test]
+fn held_out_loss_is_logged_and_equals_the_inference_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let held_out = held_out_file(tmp.path());
+    let config = SftConfig { eval_data: Some(held_out.clone()), eval_every: 2, ..micro_config(2) };
+    let dir = tmp.path().join("single");
+    let single = train(&dir, config.clone(), &quiet()).unwrap();
+    let lines = artist_train::metrics::read(&dir.join("metrics.jsonl")).unwrap();
+    let evals: Vec<(f64, f64)> =
+        lines.iter().filter_map(|l| Some((l["step"].as_f64()?, l.get("eval_loss")?.as_f64()?))).collect();
+    assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), [0.0, 2.0, 3.0], "{lines:?}");
+    assert_eq!(lines[0].get("loss"), None, "the step-0 line holds the evaluation alone");
+    assert_eq!(lines[0]["eval_target_tokens"].as_u64(), Some(11));
+    let (start, end) =
+        (reference_held_out_loss(&config.model, &held_out), reference_held_out_loss(&single.final_model, &held_out));
+    eprintln!("held-out loss: {start} -> {end} (logged {} -> {})", evals[0].1, evals[2].1);
+    assert!((evals[0].1 - start).abs() <= 1e-5 * start, "step 0: {} vs {start}", evals[0].1);
+    assert!((evals[2].1 - end).abs() <= 1e-5 * end, "step 3: {} vs {end}", evals[2].1);
+    assert!((start - end).abs() > 1e-3, "training did not move the held-out loss: {start} {end}");
+    assert_eq!(single.eval_loss, Some(evals[2].1));
+
+    let ranks = tmp.path().join("ranks");
+    let summaries = run_ranks_with(&ranks, 2, &quiet(), &config);
+    let logged: Vec<f64> = artist_train::metrics::read(&ranks.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.get("eval_loss")?.as_f64())
+        .collect();
+    let want: Vec<f64> = evals.iter().map(|e| e.1).collect();
+    assert!(max_rel(&logged, &want) < 1e-5, "2 ranks: {logged:?} vs {want:?}");
+    assert!(summaries.iter().all(|s| s.eval_loss == Some(logged[2])), "every rank reports the global figure");
+
+    // A missing file is an error that names it.
+    let bad = SftConfig { eval_data: Some(tmp.path().join("nope.jsonl")), ..micro_config(2) };
+    let e = train(&tmp.path().join("bad"), bad, &quiet()).unwrap_err().to_string();
+    assert!(e.contains("nope.jsonl"), "{e}");
+}
