@@ -239,6 +239,8 @@ fn bad_input_is_a_clear_error() {
     assert_eq!(lines.len(), 3);
     assert_eq!(summary["eval_loss"], lines[2]["eval_loss"]);
     assert!(lines[0]["eval_loss"].as_f64().unwrap() > 0.0);
+    let svg = std::fs::read_to_string(out.join("curves.svg")).unwrap();
+    assert!(svg.contains("held-out loss") && svg.contains("gradient norm"));
     std::fs::write(&bad, "{\"input_ids\":[1,2,3]}\n{\"input_ids\": [1, 2,\n").unwrap();
     let eval: Vec<String> = base(&good, &tmp.path().join("r8"))
         .into_iter()

@@ -1,5 +1,6 @@
-//! `curves.svg`: a run's metrics as a grid of line charts, one per quantity, redrawn at
-//! every checkpoint and at the end (the reward rising is easier to see than to read).
+//! `curves.svg`: a run's metrics (GRPO or SFT) as a grid of line charts, one per quantity,
+//! redrawn at every checkpoint and at the end (the reward rising is easier to see than to
+//! read).
 
 use std::path::{Path, PathBuf};
 
@@ -27,8 +28,10 @@ const PANELS: &[(&str, &str)] = &[
     ("clip_fraction", "clip fraction"),
     ("sampler_logprob_gap", "sampler vs trainer |logprob gap|"),
     ("loss", "loss"),
+    ("eval_loss", "held-out loss"),
     ("grad_norm", "gradient norm"),
-    ("tokens_per_s", "rollout tokens/s"),
+    ("lr", "learning rate"),
+    ("tokens_per_s", "tokens/s (GRPO: rollouts)"),
 ];
 
 /// The series of `key` over steps from metrics lines (lines without it are skipped).

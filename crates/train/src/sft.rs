@@ -513,6 +513,7 @@ fn run(
         if lead && c.save_every > 0 && done % c.save_every == 0 && done < c.steps {
             let next_epoch = order.step(done).0;
             bar.suspend(|| save(done, next_epoch, &optimizer))?;
+            crate::plots::write_curves(run_dir)?;
         }
     }
     bar.finish_and_clear();
@@ -521,6 +522,7 @@ fn run(
         if (start < end || resume_from.is_none()) && !saved_at_end {
             save(end, order.step(end).0, &optimizer)?;
         }
+        crate::plots::write_curves(run_dir)?;
         if end == c.steps {
             checkpoint::export_atomic(run_dir, "final", &model, Some(&source))?
         } else {
