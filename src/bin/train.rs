@@ -498,7 +498,8 @@ fn run_fc(
     let template = artist_tokenizer::ChatTemplate::from_dir(&config.model)
         .unwrap_or_else(|_| artist_tokenizer::ChatTemplate::chatml());
     let entries = data.entries.len();
-    let mut trainer = FcTrainer { config, model, reference: None, tokenizer, template, data };
+    let held_out = config.eval.bfcl.as_ref().map(FcData::load).transpose()?;
+    let mut trainer = FcTrainer { config, model, reference: None, tokenizer, template, data, held_out };
     let steps = if env.world_size > 1 {
         let mut comm = join_group(env, opts.device, comm, timeout, ring_min)?;
         artist_train::grpo::train_data_parallel(run_dir, &mut trainer, opts, &mut *comm)?

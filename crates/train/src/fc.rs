@@ -31,7 +31,7 @@ use artist_tokenizer::{ChatTemplate, Message, Tokenizer};
 use artist_tools::{Tool, ToolCall, ToolResult};
 use serde::{Deserialize, Serialize};
 
-use crate::grpo::{GrpoRunConfig, GrpoTask, StepMetrics, combine_step_sums, update_sharded};
+use crate::grpo::{Evaluation, GrpoRunConfig, GrpoTask, StepMetrics, combine_step_sums, update_sharded};
 use crate::{Error, Result};
 use artist_dist::{Communicator, shard_range};
 
@@ -520,6 +520,8 @@ pub struct FcTrainer {
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
     pub data: FcData,
+    /// Held-out entries for `[eval.bfcl]` (none: no evaluation).
+    pub held_out: Option<FcData>,
 }
 
 impl FcTrainer {
@@ -555,12 +557,50 @@ impl GrpoTask for FcTrainer {
     }
 
     fn items_fingerprint(&self) -> u64 {
-        let ids: Vec<&str> = self.data.entries.iter().map(|e| e.id.as_str()).collect();
+        let held_out = self.held_out.iter().flat_map(|d| d.entries.iter().map(|e| e.id.as_str()));
+        let ids: Vec<&str> = self.data.entries.iter().map(|e| e.id.as_str()).chain(held_out).collect();
         crate::sft::fnv1a(ids.join("\n").as_bytes())
     }
 
     fn step(&mut self, step: u64, batch: &[usize], optimizer: &mut AdamW, lr: f64) -> Result<StepMetrics> {
         self.step_sharded(step, batch, optimizer, lr, None)
+    }
+
+    /// Each held-out entry played `eval.samples` times at `eval.temperature` (once when
+    /// greedy), the entries split over the ranks with one process's seeds: BFCL's verdict,
+    /// the mean reward, and the fraction of episodes that made a call.
+    fn evaluate_held_out(&mut self, comm: Option<&mut (dyn Communicator + '_)>) -> Result<Option<Evaluation>> {
+        let Some(data) = &self.held_out else { return Ok(None) };
+        let (c, e) = (&self.config, &self.config.eval);
+        let settings = e.bfcl.clone().unwrap_or_default();
+        let answers = e.answers_per_problem();
+        let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
+        let shard = shard_range(data.entries.len(), rank, world);
+        let mut sums = [0f64; 4];
+        if !shard.is_empty() {
+            let seed = c.seed.wrapping_add(crate::grpo::EVAL_SEED);
+            let s = EpisodeSettings {
+                first_episode: shard.start * answers,
+                max_steps_per_turn: settings.max_steps_per_turn,
+                ..self.episode_settings(answers, e.temperature, seed)
+            };
+            let entries: Vec<usize> = shard.collect();
+            let eps = run_episodes(&self.model, &self.tokenizer, &self.template, data, &entries, &s)?;
+            let opts = CheckOptions { irrelevance: settings.irrelevance };
+            for ep in &eps {
+                let scored = score_episode(&self.tokenizer, data, ep, &c.fc_rewards, opts)?;
+                sums[0] += scored.check.valid as u8 as f64;
+                sums[1] += scored.rewards.total;
+                sums[2] += (ep.tool_calls > 0) as u8 as f64;
+                sums[3] += 1.0;
+            }
+        }
+        if let Some(comm) = comm {
+            let mut buf: Vec<f32> = sums.iter().map(|&x| x as f32).collect();
+            comm.all_reduce_sum(&mut buf)?;
+            sums = [0, 1, 2, 3].map(|i| f64::from(buf[i]));
+        }
+        Ok(Some(Evaluation::from_sums(sums)))
     }
 
     /// The entries of `batch` split over the ranks of `comm` (an entry's whole group on one

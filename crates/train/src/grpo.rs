@@ -95,10 +95,10 @@ impl Default for RolloutSettings {
     }
 }
 
-/// Held-out evaluation during a run (`[eval]`; math task): the policy answers each
-/// problem of `data` as the rollouts do, tool in the loop, and `metrics.jsonl` gets
-/// `eval_accuracy`, `eval_reward`, `eval_tool_use` (and `eval_s`), as veRL's validation
-/// every `test_freq` steps.
+/// Held-out evaluation during a run (`[eval]`): the policy answers each held-out problem
+/// (math, `data`) or plays each held-out BFCL entry (`[eval.bfcl]`) as the rollouts do,
+/// tools in the loop, and `metrics.jsonl` gets `eval_accuracy`, `eval_reward`,
+/// `eval_tool_use` (and `eval_s`), as veRL's validation every `test_freq` steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalSettings {
@@ -117,6 +117,10 @@ pub struct EvalSettings {
     pub temperature: f32,
     /// Answers per problem at a temperature above 0; the accuracy is their mean (pass@1).
     pub samples: usize,
+    /// `task = "bfcl"`: held-out entries, e.g. the `bfcl.questions` a run does not train on
+    /// (`skip` = the training's `first`); played with these settings' `max_steps_per_turn`
+    /// and checked with their `irrelevance`. Accuracy is BFCL's verdict.
+    pub bfcl: Option<crate::fc::BfclSettings>,
 }
 
 impl Default for EvalSettings {
@@ -129,6 +133,7 @@ impl Default for EvalSettings {
             limit: 0,
             temperature: 0.0,
             samples: 1,
+            bfcl: None,
         }
     }
 }
@@ -369,12 +374,15 @@ impl GrpoRunConfig {
                 e.temperature, e.samples
             )));
         }
+        if self.task == Task::Bfcl && e.data.is_some() {
+            return Err(Error::Config("eval.data holds math problems: BFCL held-out entries go in [eval.bfcl]".into()));
+        }
+        if self.task == Task::Math && e.bfcl.is_some() {
+            return Err(Error::Config(
+                "[eval.bfcl] is for task = \"bfcl\": math held-out problems go in eval.data".into(),
+            ));
+        }
         if self.task == Task::Bfcl {
-            if e.data.is_some() {
-                return Err(Error::Config(
-                    "eval.data is for task = \"math\"; score BFCL checkpoints with `eval --dataset`".into(),
-                ));
-            }
             if self.bfcl.questions.is_empty() {
                 return Err(Error::Config("task = \"bfcl\" needs bfcl.questions (BFCL multi-turn files)".into()));
             }
@@ -724,7 +732,7 @@ impl GrpoTrainer<'_> {
 /// The held-out evaluation's seeds start here (plus the run's `seed`), apart from the
 /// steps' (`seed + step * 1_000_003`), and the same at every evaluation of a run, so that
 /// sampled evaluations compare the policies on the same draws.
-const EVAL_SEED: u64 = 0x5EED_0000_E7A1;
+pub(crate) const EVAL_SEED: u64 = 0x5EED_0000_E7A1;
 
 /// What the updates on one rollout batch measured (the last update's loss and norm).
 #[derive(Debug, Clone, Copy, Default)]
@@ -903,7 +911,7 @@ pub struct Evaluation {
 
 impl Evaluation {
     /// From (correct answers, reward sum, answers with a tool call, answers).
-    fn from_sums([correct, reward, tool_use, n]: [f64; 4]) -> Evaluation {
+    pub(crate) fn from_sums([correct, reward, tool_use, n]: [f64; 4]) -> Evaluation {
         let n = n.max(1.0);
         Evaluation { accuracy: correct / n, reward: reward / n, tool_use: tool_use / n }
     }

@@ -254,6 +254,7 @@ fn fc_trainer(bfcl: &Path, tmp: &Path, entries: usize, sets: &[&str]) -> FcTrain
         tokenizer: Tokenizer::from_dir(tiny()).unwrap(),
         template: ChatTemplate::from_dir(tiny()).unwrap(),
         data,
+        held_out: None,
         config: c,
     }
 }
@@ -333,6 +334,85 @@ fn two_ranks_play_and_train_as_one_process() {
         assert!(x.kl > 0.0 && (x.kl - m.kl).abs() <= 1e-6 * m.kl.abs().max(1.0), "kl {} vs {}", x.kl, m.kl);
     }
     assert_eq!(artist_train::metrics::read(&dir.join("metrics.jsonl")).unwrap().len(), 2);
+}
+
+/// `[eval.bfcl]`: two held-out entries (the two after the training's two) played greedily
+/// before the first step and after the last; the step-0 figures are those of playing and
+/// scoring the entries directly, and 2 ranks (one entry each) report one process's figures.
+#[test]
+fn held_out_entries_are_evaluated() {
+    let Some(bfcl) = bfcl_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let q = bfcl.join("questions/BFCL_v4_multi_turn_base.json");
+    let docs = tmp.path().join("func_doc");
+    let eval = [
+        format!("eval.bfcl.questions=[{:?}]", q.to_str().unwrap()),
+        format!("eval.bfcl.func_doc={:?}", docs.to_str().unwrap()),
+        "eval.bfcl.skip=2".into(),
+        "eval.bfcl.first=2".into(),
+        "eval.bfcl.max_steps_per_turn=2".into(),
+        "steps=1".into(),
+        "prompts_per_step=1".into(),
+    ];
+    let sets: Vec<&str> = eval.iter().map(String::as_str).collect();
+    let trainer = || {
+        let mut t = fc_trainer(&bfcl, tmp.path(), 2, &sets);
+        t.held_out = Some(FcData::load(t.config.eval.bfcl.as_ref().unwrap()).unwrap());
+        t
+    };
+    let mut t = trainer();
+    let held_out = t.held_out.as_ref().unwrap();
+    assert_eq!(held_out.entries.len(), 2);
+    assert!(
+        held_out.entries.iter().all(|e| !t.data.entries.iter().any(|d| d.id == e.id)),
+        "held-out entries trained on"
+    );
+    // Played and scored directly: BFCL's verdict, the reward, whether a call was made.
+    let s = EpisodeSettings {
+        max_steps_per_turn: 2,
+        ..t.episode_settings(1, 0.0, t.config.seed.wrapping_add(0x5EED_0000_E7A1))
+    };
+    let eps = run_episodes(&t.model, &t.tokenizer, &t.template, held_out, &[0, 1], &s).unwrap();
+    let scored: Vec<_> = eps
+        .iter()
+        .map(|ep| score_episode(&t.tokenizer, held_out, ep, &t.config.fc_rewards, Default::default()).unwrap())
+        .collect();
+    let want_reward = scored.iter().map(|x| x.rewards.total).sum::<f64>() / 2.0;
+    let want_accuracy = scored.iter().filter(|x| x.check.valid).count() as f64 / 2.0;
+    let run = tmp.path().join("run");
+    let m = train(&run, &mut t, &quiet()).unwrap();
+    let lines = artist_train::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["step"].as_u64(), Some(0));
+    assert_eq!(lines[0]["eval_accuracy"].as_f64(), Some(want_accuracy));
+    assert!((lines[0]["eval_reward"].as_f64().unwrap() - want_reward).abs() < 1e-12, "{:?} vs {want_reward}", lines[0]);
+    assert!(m[0].eval_accuracy.is_some() && m[0].eval_tool_use.is_some());
+
+    let dir = tmp.path().join("ranks");
+    let runs: Vec<Vec<artist_train::grpo::StepMetrics>> = std::thread::scope(|s| {
+        let handles: Vec<_> = artist_dist::InProcess::group_with_timeout(2, std::time::Duration::from_secs(300))
+            .into_iter()
+            .map(|mut comm| {
+                let (dir, trainer) = (&dir, &trainer);
+                s.spawn(move || {
+                    artist_train::grpo::train_data_parallel(dir, &mut trainer(), &quiet(), &mut comm).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ranks = artist_train::metrics::read(&dir.join("metrics.jsonl")).unwrap();
+    for key in ["eval_accuracy", "eval_reward", "eval_tool_use"] {
+        let (a, b) = (ranks[0][key].as_f64().unwrap(), lines[0][key].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-6, "{key}: 2 ranks {a}, one process {b}");
+    }
+    for r in &runs {
+        assert!((r[0].eval_reward.unwrap() - m[0].eval_reward.unwrap()).abs() < 1e-6);
+    }
+
+    // The held-out entries of a math run, or math problems in a BFCL run, are refused.
+    let e = t.config.clone().with_overrides(&["eval.data=\"x.jsonl\"".into()]).unwrap();
+    assert!(e.validate(Default::default()).unwrap_err().to_string().contains("[eval.bfcl]"));
 }
 
 fn strip(v: &mut serde_json::Value) {
