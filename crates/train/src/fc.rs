@@ -595,11 +595,7 @@ impl GrpoTask for FcTrainer {
                 sums[3] += 1.0;
             }
         }
-        if let Some(comm) = comm {
-            let mut buf: Vec<f32> = sums.iter().map(|&x| x as f32).collect();
-            comm.all_reduce_sum(&mut buf)?;
-            sums = [0, 1, 2, 3].map(|i| f64::from(buf[i]));
-        }
+        crate::grpo::sum_over_ranks(&mut sums, comm)?;
         Ok(Some(Evaluation::from_sums(sums)))
     }
 

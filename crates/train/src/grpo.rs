@@ -719,12 +719,7 @@ impl GrpoTrainer<'_> {
         let refs: Vec<&Problem> = self.held_out[shard.clone()].iter().collect();
         let seed = self.config.seed.wrapping_add(EVAL_SEED).wrapping_add((shard.start * answers) as u64);
         let mut sums = self.evaluation_sums(&refs, e.temperature, seed, answers)?;
-        if let Some(comm) = comm {
-            // Counts are exact in f32 up to 2^24; the reward sum is rounded once per rank.
-            let mut buf: Vec<f32> = sums.iter().map(|&x| x as f32).collect();
-            comm.all_reduce_sum(&mut buf)?;
-            sums = [0, 1, 2, 3].map(|i| f64::from(buf[i]));
-        }
+        sum_over_ranks(&mut sums, comm)?;
         Ok(Evaluation::from_sums(sums))
     }
 }
@@ -756,10 +751,22 @@ pub(crate) fn combine_step_sums<const N: usize>(
     comm: Option<&mut (dyn Communicator + '_)>,
 ) -> Result<()> {
     let Some(comm) = comm else { return Ok(()) };
+    let world = comm.world_size() as f64;
+    sum_over_ranks(sums, Some(comm))?;
+    sums[N - 1] /= world;
+    Ok(())
+}
+
+/// Per-rank sums (counts, exact in f32 up to 2^24, and sums of rewards) summed over the
+/// ranks of `comm`, carried as f32; nothing changes without a communicator.
+pub(crate) fn sum_over_ranks<const N: usize>(
+    sums: &mut [f64; N],
+    comm: Option<&mut (dyn Communicator + '_)>,
+) -> Result<()> {
+    let Some(comm) = comm else { return Ok(()) };
     let mut buf: Vec<f32> = sums.iter().map(|&x| x as f32).collect();
     comm.all_reduce_sum(&mut buf)?;
     sums.iter_mut().zip(buf).for_each(|(s, b)| *s = f64::from(b));
-    sums[N - 1] /= comm.world_size() as f64;
     Ok(())
 }
 
