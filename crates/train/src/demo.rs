@@ -200,6 +200,9 @@ fn grpo_config(base: &Path, cfg: &DemoConfig) -> GrpoRunConfig {
     c.rollout.deterministic = true;
     c.optim.lr = cfg.grpo_lr;
     c.optim.grad_clip = 1.0;
+    // The held-out accuracy every 20 steps, for grpo/curves.svg (greedy: the same figures
+    // as the summary's evaluations before and after).
+    c.eval.every = 20;
     c
 }
 
@@ -293,6 +296,7 @@ pub fn run(out: &Path, cfg: &DemoConfig, opts: &RunOptions) -> Result<DemoSummar
 
     let problems_train: Vec<Problem> = train_pairs[1000..].iter().copied().map(problem).collect();
     let mut trainer = trainer_for(&warmed, grpo_config(&warmed, cfg), problems_train, opts.device)?;
+    trainer.held_out = held_out.clone();
     let before: Evaluation = trainer.evaluate(&held_out, 0.0, 7)?;
     say(format!(
         "after SFT: held-out accuracy {:.1}%, tool used in {:.0}% of answers",
