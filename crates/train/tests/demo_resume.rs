@@ -15,15 +15,20 @@ fn config() -> DemoConfig {
     }
 }
 
-/// The quantities of metrics.jsonl that do not depend on timing.
+/// The quantities of metrics.jsonl that do not depend on timing: each step's, and the
+/// held-out evaluations' (step 0, before the first step, has only those).
 fn learning_curve(dir: &std::path::Path) -> Vec<Vec<f64>> {
     artist_train::metrics::read(&dir.join("grpo/metrics.jsonl"))
         .unwrap()
         .iter()
         .map(|l| {
-            ["step", "reward", "accuracy", "loss", "grad_norm", "response_tokens"]
-                .map(|k| l[k].as_f64().unwrap())
-                .to_vec()
+            let keys: &[&str] = if l["step"] == 0 {
+                &["step", "eval_accuracy", "eval_reward"]
+            } else {
+                &["step", "reward", "accuracy", "loss", "grad_norm", "response_tokens"]
+            };
+            let eval = l.get("eval_accuracy").and_then(|v| v.as_f64());
+            keys.iter().map(|k| l[k].as_f64().unwrap()).chain(eval).collect()
         })
         .collect()
 }
@@ -48,7 +53,10 @@ fn stopped_and_resumed_equals_straight() {
         std::fs::read(ckpt.join("model.safetensors")).unwrap()
     };
     assert!(weights(&a) == weights(&b), "resumed weights differ from the straight run's");
-    assert_eq!(learning_curve(&a), learning_curve(&b));
+    let curve = learning_curve(&a);
+    assert_eq!(curve.len(), 5, "a line for the evaluation before GRPO and one per step");
+    assert_eq!(curve[4].len(), 7, "the last step's line holds its held-out evaluation");
+    assert_eq!(curve, learning_curve(&b));
     assert_eq!(straight.accuracy_end, resumed.accuracy_end);
     assert_eq!(straight.accuracy_start, resumed.accuracy_start);
     assert!(b.join("grpo/curves.svg").is_file());
