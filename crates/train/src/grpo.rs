@@ -1110,7 +1110,10 @@ fn run<T: GrpoTask>(
     // Held-out evaluation: rank 0 reports it above the progress bar.
     let evaluate = |trainer: &mut T, dist: Option<&mut (dyn Communicator + '_)>, done: u64| {
         let t = Instant::now();
-        let e = trainer.evaluate_held_out(dist)?;
+        let e = {
+            let _range = artist_tensor::nvtx::range("eval");
+            trainer.evaluate_held_out(dist)?
+        };
         let secs = t.elapsed().as_secs_f64();
         if let Some(e) = e.filter(|_| lead) {
             bar.suspend(|| {

@@ -406,7 +406,10 @@ fn run(
     // The held-out loss after step `done` (0: the starting weights), as metrics fields.
     let evaluate = |dist: Option<&mut (dyn Communicator + '_)>, done: u64| -> Result<serde_json::Value> {
         let t = Instant::now();
-        let (nll, count) = held_out_nll(&model, c, &held_out, dist)?;
+        let (nll, count) = {
+            let _range = artist_tensor::nvtx::range("eval");
+            held_out_nll(&model, c, &held_out, dist)?
+        };
         let loss = nll / count.max(1) as f64;
         let secs = t.elapsed().as_secs_f64();
         if lead {
