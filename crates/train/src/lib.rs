@@ -23,6 +23,7 @@ pub mod grpo;
 pub mod metrics;
 pub mod plots;
 pub mod sft;
+pub mod tensorboard;
 
 pub use error::{Error, Result};
 

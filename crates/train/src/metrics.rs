@@ -1,5 +1,6 @@
 //! `metrics.jsonl`: one JSON object per optimiser step, flushed as it is written, so a
-//! run that dies loses no line it reported.
+//! run that dies loses no line it reported; each line also goes to TensorBoard's event
+//! file under `RUN_DIR/tensorboard/` ([`crate::tensorboard`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -7,12 +8,14 @@ use std::path::{Path, PathBuf};
 
 use crate::Result;
 use crate::error::io;
+use crate::tensorboard::{EventWriter, TENSORBOARD_DIR};
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
 pub struct Metrics {
     path: PathBuf,
     file: File,
+    events: EventWriter,
 }
 
 impl Metrics {
@@ -44,11 +47,13 @@ impl Metrics {
             opts.write(true).truncate(true)
         };
         let file = opts.open(&path).map_err(io(&path))?;
-        Ok(Metrics { path, file })
+        let events = EventWriter::create(&run_dir.join(TENSORBOARD_DIR))?;
+        Ok(Metrics { path, file, events })
     }
 
     pub fn write(&mut self, line: &serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{line}").and_then(|_| self.file.flush()).map_err(io(&self.path))
+        writeln!(self.file, "{line}").and_then(|_| self.file.flush()).map_err(io(&self.path))?;
+        self.events.line(line)
     }
 }
 
