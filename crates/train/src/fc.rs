@@ -576,7 +576,7 @@ impl GrpoTask for FcTrainer {
         let answers = e.answers_per_problem();
         let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
         let shard = shard_range(data.entries.len(), rank, world);
-        let mut sums = [0f64; 4];
+        let mut sums = [0f64; 6];
         if !shard.is_empty() {
             let seed = c.seed.wrapping_add(crate::grpo::EVAL_SEED);
             let s = EpisodeSettings {
@@ -587,13 +587,14 @@ impl GrpoTask for FcTrainer {
             let entries: Vec<usize> = shard.collect();
             let eps = run_episodes(&self.model, &self.tokenizer, &self.template, data, &entries, &s)?;
             let opts = CheckOptions { irrelevance: settings.irrelevance };
-            for ep in &eps {
-                let scored = score_episode(&self.tokenizer, data, ep, &c.fc_rewards, opts)?;
-                sums[0] += scored.check.valid as u8 as f64;
-                sums[1] += scored.rewards.total;
-                sums[2] += (ep.tool_calls > 0) as u8 as f64;
-                sums[3] += 1.0;
-            }
+            let scored: Vec<Scored> = eps
+                .iter()
+                .map(|ep| score_episode(&self.tokenizer, data, ep, &c.fc_rewards, opts))
+                .collect::<Result<_>>()?;
+            let valid: Vec<bool> = scored.iter().map(|x| x.check.valid).collect();
+            let rewards: Vec<f64> = scored.iter().map(|x| x.rewards.total).collect();
+            let tools: Vec<bool> = eps.iter().map(|ep| ep.tool_calls > 0).collect();
+            sums = Evaluation::sums(&valid, &rewards, &tools, answers);
         }
         crate::grpo::sum_over_ranks(&mut sums, comm)?;
         Ok(Some(Evaluation::from_sums(sums)))

@@ -452,12 +452,17 @@ pub struct StepMetrics {
     pub eval_reward: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_tool_use: Option<f64>,
+    /// With `eval.samples = k > 1` at a temperature above 0: the held-out problems with a
+    /// correct answer among their k.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_pass_at_k: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_s: Option<f64>,
 }
 
 impl StepMetrics {
-    fn set_eval(&mut self, e: &Evaluation, secs: f64) {
+    fn set_eval(&mut self, e: &Evaluation, k: usize, secs: f64) {
+        self.eval_pass_at_k = (k > 1).then_some(e.pass_at_k);
         self.eval_accuracy = Some(e.accuracy);
         self.eval_reward = Some(e.reward);
         self.eval_tool_use = Some(e.tool_use);
@@ -693,18 +698,15 @@ impl GrpoTrainer<'_> {
     /// `answers` rollouts of each problem (rollout k of problem p samples with seed
     /// `seed + p * answers + k`): correct answers, the sum of rewards, answers that
     /// called the tool, and how many answers.
-    fn evaluation_sums(&self, problems: &[&Problem], temperature: f32, seed: u64, answers: usize) -> Result<[f64; 4]> {
+    fn evaluation_sums(&self, problems: &[&Problem], temperature: f32, seed: u64, answers: usize) -> Result<EvalSums> {
         if problems.is_empty() {
-            return Ok([0.0; 4]);
+            return Ok([0.0; 6]);
         }
         let RolloutBatch { rollouts, rewards, correct, .. } =
             self.rollouts_with(problems, seed, temperature, answers)?;
-        Ok([
-            correct.iter().filter(|&&x| x).count() as f64,
-            rewards.iter().map(|r| r.total).sum::<f64>(),
-            rollouts.iter().filter(|r| !r.tool_calls.is_empty()).count() as f64,
-            correct.len() as f64,
-        ])
+        let rewards: Vec<f64> = rewards.iter().map(|r| r.total).collect();
+        let tools: Vec<bool> = rollouts.iter().map(|r| !r.tool_calls.is_empty()).collect();
+        Ok(Evaluation::sums(&correct, &rewards, &tools, answers))
     }
 
     /// [`GrpoTrainer::evaluate`] of the held-out problems with `[eval]`'s settings, split
@@ -911,18 +913,40 @@ pub struct RolloutBatch {
 /// What [`GrpoTrainer::evaluate`] measured.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Evaluation {
+    /// Correct answers over answers (pass@1, the mean over a problem's answers).
     pub accuracy: f64,
     pub reward: f64,
     pub tool_use: f64,
+    /// Problems with at least one correct answer among their `k` (pass@k; with one
+    /// answer a problem, the accuracy).
+    pub pass_at_k: f64,
 }
 
 impl Evaluation {
-    /// From (correct answers, reward sum, answers with a tool call, answers).
-    pub(crate) fn from_sums([correct, reward, tool_use, n]: [f64; 4]) -> Evaluation {
+    /// From [`EvalSums`] (summed over ranks).
+    pub(crate) fn from_sums([correct, reward, tool_use, n, passed, problems]: EvalSums) -> Evaluation {
         let n = n.max(1.0);
-        Evaluation { accuracy: correct / n, reward: reward / n, tool_use: tool_use / n }
+        Evaluation {
+            accuracy: correct / n,
+            reward: reward / n,
+            tool_use: tool_use / n,
+            pass_at_k: passed / problems.max(1.0),
+        }
+    }
+
+    /// The sums of answers `correct` (whether each is right), `reward` and `tool_use` (each
+    /// made a call), in groups of `k` answers a problem.
+    pub(crate) fn sums(correct: &[bool], reward: &[f64], tool_use: &[bool], k: usize) -> EvalSums {
+        let count = |v: &[bool]| v.iter().filter(|&&x| x).count() as f64;
+        let passed = correct.chunks(k.max(1)).filter(|c| c.contains(&true)).count() as f64;
+        let problems = correct.len().div_ceil(k.max(1)) as f64;
+        [count(correct), reward.iter().sum(), count(tool_use), correct.len() as f64, passed, problems]
     }
 }
+
+/// An evaluation's figures as sums, to add over ranks: correct answers, their rewards,
+/// answers with a tool call, answers, problems with a correct answer, problems.
+pub(crate) type EvalSums = [f64; 6];
 
 /// What [`train`] drives: a policy, its frozen reference, the run's settings, and one
 /// GRPO step on a batch of training items (math problems, BFCL entries).
@@ -1116,9 +1140,11 @@ fn run<T: GrpoTask>(
         };
         let secs = t.elapsed().as_secs_f64();
         if let Some(e) = e.filter(|_| lead) {
+            let k = c.eval.answers_per_problem();
+            let pass = if k > 1 { format!(", pass@{k} {:.1}%", 100.0 * e.pass_at_k) } else { String::new() };
             bar.suspend(|| {
                 eprintln!(
-                    "held-out after step {done}: accuracy {:.1}%, reward {:.3}, tool use {:.0}% ({secs:.1} s)",
+                    "held-out after step {done}: accuracy {:.1}%{pass}, reward {:.3}, tool use {:.0}% ({secs:.1} s)",
                     100.0 * e.accuracy,
                     e.reward,
                     100.0 * e.tool_use
@@ -1134,7 +1160,7 @@ fn run<T: GrpoTask>(
         && let Some(metrics) = metrics.as_mut()
     {
         let mut m = StepMetrics::default();
-        m.set_eval(&e, secs);
+        m.set_eval(&e, c.eval.answers_per_problem(), secs);
         let mut line = serde_json::to_value(&m).expect("JSON");
         // A line of the evaluation alone: keep its step and eval_* keys.
         if let Some(o) = line.as_object_mut() {
@@ -1148,7 +1174,7 @@ fn run<T: GrpoTask>(
         if c.eval.due_after(step + 1, c.steps)
             && let Some((e, secs)) = evaluate(trainer, dist.as_deref_mut(), step + 1)?
         {
-            m.set_eval(&e, secs);
+            m.set_eval(&e, c.eval.answers_per_problem(), secs);
         }
         if let Some(metrics) = metrics.as_mut() {
             metrics.write(&serde_json::to_value(&m).expect("JSON"))?;
@@ -1179,4 +1205,25 @@ fn run<T: GrpoTask>(
         comm.barrier()?;
     }
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evaluation_sums_count_answers_and_problems() {
+        // Three problems of two answers: one right once, one never, one twice.
+        let correct = [false, true, false, false, true, true];
+        let rewards = [0.5, 2.5, 0.0, 0.25, 2.0, 3.0];
+        let tools = [true, true, false, false, true, false];
+        let sums = Evaluation::sums(&correct, &rewards, &tools, 2);
+        assert_eq!(sums, [3.0, 8.25, 3.0, 6.0, 2.0, 3.0]);
+        let e = Evaluation::from_sums(sums);
+        assert_eq!((e.accuracy, e.reward, e.tool_use, e.pass_at_k), (0.5, 8.25 / 6.0, 0.5, 2.0 / 3.0));
+        // One answer a problem: pass@1 is the accuracy.
+        let e = Evaluation::from_sums(Evaluation::sums(&correct, &rewards, &tools, 1));
+        assert_eq!(e.pass_at_k, e.accuracy);
+        assert_eq!(Evaluation::from_sums([0.0; 6]), Evaluation::default());
+    }
 }
