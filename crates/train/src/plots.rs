@@ -18,6 +18,7 @@ const PANELS: &[(&str, &str)] = &[
     ("reward", "reward (mean)"),
     ("accuracy", "accuracy"),
     ("eval_accuracy", "held-out accuracy"),
+    ("eval_pass_at_k", "held-out pass@k"),
     ("eval_reward", "held-out reward"),
     ("reward_answer", "answer reward"),
     ("reward_tool_execution", "tool execution reward"),
