@@ -115,7 +115,8 @@ pub struct EvalSettings {
     pub limit: usize,
     /// Sampling temperature (0: greedy, one answer per problem whatever `samples` says).
     pub temperature: f32,
-    /// Answers per problem at a temperature above 0; the accuracy is their mean (pass@1).
+    /// Answers per problem at a temperature above 0; the accuracy is their mean (pass@1),
+    /// and with more than one `eval_pass_at_k` is logged too.
     pub samples: usize,
     /// `task = "bfcl"`: held-out entries, e.g. the `bfcl.questions` a run does not train on
     /// (`skip` = the training's `first`); played with these settings' `max_steps_per_turn`
@@ -247,7 +248,7 @@ pub struct GrpoRunConfig {
     /// Function-calling rewards (`task = "bfcl"`).
     pub fc_rewards: artist_rl::FcRewardWeights,
     pub optim: OptimSettings,
-    /// Held-out evaluation during the run (math).
+    /// Held-out evaluation during the run (math: `eval.data`; BFCL: `[eval.bfcl]`).
     pub eval: EvalSettings,
     pub seed: u64,
     /// Checkpoint every N steps (0: only at the end).
