@@ -41,8 +41,8 @@ const TAYLOR: [f64; 14] = [
 const LOW: f64 = -708.0;
 /// Inputs are clamped to this before the reduction; e^710 overflows to infinity.
 const HIGH: f64 = 710.0;
-/// `k + 1022` lands in the low mantissa bits of `k + MAGIC` (k is an integer in
-/// [-1021, 1025]), from where a shift makes it the exponent of 2^(k-1).
+/// `k + 1022` lands in the low mantissa bits of `k + MAGIC` (k is an integer, in [-1021,
+/// 1024] wherever the result is kept), from where a shift makes it the exponent of 2^(k-1).
 const MAGIC: f64 = (1u64 << 52) as f64 + 1022.0;
 
 /// e^x (see the module doc); the reference for the vector paths.
