@@ -14,5 +14,6 @@ pub use grpo::{
     Aggregation, GrpoConfig, GrpoStats, KlEstimator, TrainRollout, grpo_loss, token_weights, token_weights_global,
 };
 pub use rewards::{
-    FcRewardWeights, FcRewards, MathRewardWeights, MathRewards, fc_format_rewards, math_rewards, math_rewards_with_tool,
+    FcRewardWeights, FcRewards, MathRewardWeights, MathRewards, fc_format_rewards, math_rewards,
+    math_rewards_with_tool, overlong_penalty,
 };

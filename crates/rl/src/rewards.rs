@@ -125,6 +125,17 @@ pub struct FcRewards {
     pub total: f64,
 }
 
+/// DAPO's soft overlong punishment (Yu et al., 2025): 0 for a response of `len` tokens up
+/// to `max_len - buffer`, then falling linearly to `-penalty` at `max_len` (and below it
+/// past `max_len`, clamped to `-penalty`). 0 when `buffer` or `penalty` is 0.
+pub fn overlong_penalty(len: usize, max_len: usize, buffer: usize, penalty: f64) -> f64 {
+    let start = max_len.saturating_sub(buffer);
+    if buffer == 0 || penalty == 0.0 || len <= start {
+        return 0.0;
+    }
+    -penalty * ((len - start) as f64 / buffer as f64).min(1.0)
+}
+
 const FC_TAGS: [&str; 2] = ["reasoning", "tool"];
 
 /// Function-calling rewards from the model's turns and the environment's fractions of

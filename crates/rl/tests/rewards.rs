@@ -256,3 +256,19 @@ fn another_tool_tag() {
     let p = math_rewards(&segs, &[true], true, &w);
     assert_eq!((p.relaxed_format, p.strict_format), (0.375, 0.0));
 }
+
+/// DAPO's soft overlong punishment: nothing up to `max_len - buffer`, then linear to
+/// `-penalty` at `max_len`, clamped beyond; off with a buffer or penalty of 0.
+#[test]
+fn overlong_penalty_ramps_over_the_buffer() {
+    use artist_rl::overlong_penalty;
+    for (len, want) in [(0, 0.0), (700, 0.0), (768, 0.0), (769, -1.0 / 256.0), (896, -0.5), (1024, -1.0), (5000, -1.0)]
+    {
+        assert_eq!(overlong_penalty(len, 1024, 256, 1.0), want, "length {len}");
+    }
+    assert_eq!(overlong_penalty(896, 1024, 256, 0.5), -0.25);
+    assert_eq!(overlong_penalty(2000, 1024, 0, 1.0), 0.0);
+    assert_eq!(overlong_penalty(2000, 1024, 256, 0.0), 0.0);
+    // A buffer longer than the limit ramps from the first token.
+    assert_eq!(overlong_penalty(50, 100, 400, 1.0), -50.0 / 400.0);
+}

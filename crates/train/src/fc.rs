@@ -637,7 +637,7 @@ impl GrpoTask for FcTrainer {
                 continue;
             }
             for (i, ep) in group.iter().enumerate() {
-                if ep.mask.iter().all(|&m| m == 0) {
+                if ep.mask.iter().all(|&m| m == 0) || (c.overlong.mask_truncated && ep.truncated) {
                     continue;
                 }
                 train.push(TrainRollout {

@@ -151,6 +151,21 @@ impl EvalSettings {
     }
 }
 
+/// Rollouts that run long (`[overlong]`), after DAPO (Yu et al., 2025).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverlongSettings {
+    /// Leave rollouts that a limit ended (response, turn or context tokens, tool calls:
+    /// the `truncated` metric) out of the loss; they still count in their group's
+    /// advantages. DAPO's overlong filtering.
+    pub mask_truncated: bool,
+    /// Math: soft overlong punishment over the last `buffer` tokens before
+    /// `rollout.max_response_tokens` (0: off): the reward falls linearly to `-penalty`
+    /// at the limit (`reward_overlong` in the metrics).
+    pub buffer: usize,
+    pub penalty: f64,
+}
+
 /// AdamW and its schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -250,6 +265,8 @@ pub struct GrpoRunConfig {
     pub optim: OptimSettings,
     /// Held-out evaluation during the run (math: `eval.data`; BFCL: `[eval.bfcl]`).
     pub eval: EvalSettings,
+    /// Long rollouts: masked out of the loss, or their reward lowered near the limit.
+    pub overlong: OverlongSettings,
     pub seed: u64,
     /// Checkpoint every N steps (0: only at the end).
     pub save_every: u64,
@@ -284,6 +301,7 @@ impl Default for GrpoRunConfig {
             fc_rewards: Default::default(),
             optim: OptimSettings::default(),
             eval: EvalSettings::default(),
+            overlong: OverlongSettings::default(),
             seed: 0,
             save_every: 0,
             keep_last: 2,
@@ -368,6 +386,18 @@ impl GrpoRunConfig {
                 r.max_batch, r.group_size
             )));
         }
+        if !(self.overlong.penalty >= 0.0 && self.overlong.penalty.is_finite()) {
+            return Err(Error::Config(format!(
+                "overlong.penalty must be a finite number >= 0, got {}",
+                self.overlong.penalty
+            )));
+        }
+        if self.task == Task::Bfcl && self.overlong.buffer > 0 {
+            return Err(Error::Config(
+                "overlong.buffer (soft overlong punishment) is for math rollouts; BFCL runs can set overlong.mask_truncated"
+                    .into(),
+            ));
+        }
         let e = &self.eval;
         if !(e.temperature >= 0.0 && e.temperature.is_finite()) || e.samples == 0 {
             return Err(Error::Config(format!(
@@ -425,6 +455,9 @@ pub struct StepMetrics {
     pub reward_function: Option<f64>,
     pub reward_relaxed_format: f64,
     pub reward_strict_format: f64,
+    /// Math with `overlong.buffer > 0`: the mean soft overlong punishment (at most 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward_overlong: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reward_tool_execution: Option<f64>,
     pub accuracy: f64,
@@ -469,6 +502,11 @@ impl StepMetrics {
         self.eval_tool_use = Some(e.tool_use);
         self.eval_s = Some(secs);
     }
+}
+
+/// Whether a limit ended `r` (tokens, context, tool calls) rather than EOS or the stop text.
+fn ended_by_a_limit(r: &Rollout) -> bool {
+    !matches!(r.finish, artist_engine::Finish::Eos | artist_engine::Finish::Stop)
 }
 
 /// The segments of a rollout for reward parsing: model text and forced outputs.
@@ -600,7 +638,12 @@ impl GrpoTrainer<'_> {
         // first global prompt.
         let seed = c.seed.wrapping_add(step.wrapping_mul(1_000_003)).wrapping_add((shard.start * g) as u64);
         let RolloutBatch { rollouts, rewards, correct, seconds: rollout_s } = self.rollouts(&problems[shard], seed)?;
-        let totals: Vec<f64> = rewards.iter().map(|r| r.total).collect();
+        let o = &c.overlong;
+        let overlong: Vec<f64> = rollouts
+            .iter()
+            .map(|r| artist_rl::overlong_penalty(r.ids.len(), c.rollout.max_response_tokens, o.buffer, o.penalty))
+            .collect();
+        let totals: Vec<f64> = rewards.iter().zip(&overlong).map(|(r, p)| r.total + p).collect();
         let adv = group_advantages(&totals, g, &c.advantages);
         let t = Instant::now();
         let mut flat = 0;
@@ -611,7 +654,7 @@ impl GrpoTrainer<'_> {
                 continue;
             }
             for (i, ro) in group.iter().enumerate() {
-                if ro.sampled_tokens() == 0 {
+                if ro.sampled_tokens() == 0 || (o.mask_truncated && ended_by_a_limit(ro)) {
                     continue;
                 }
                 train.push(TrainRollout {
@@ -638,12 +681,10 @@ impl GrpoTrainer<'_> {
             rollouts.iter().map(|r| r.ids.len()).sum::<usize>() as f64,
             calls as f64,
             rollouts.iter().flat_map(|r| &r.tool_calls).filter(|t| t.result.success).count() as f64,
-            rollouts
-                .iter()
-                .filter(|r| !matches!(r.finish, artist_engine::Finish::Eos | artist_engine::Finish::Stop))
-                .count() as f64,
+            rollouts.iter().filter(|r| ended_by_a_limit(r)).count() as f64,
             flat as f64,
             rollouts.iter().map(|r| r.sampled_tokens()).sum::<usize>() as f64,
+            overlong.iter().sum::<f64>(),
             rollout_s,
         ];
         combine_step_sums(&mut sums, comm.as_deref_mut())?;
@@ -661,9 +702,11 @@ impl GrpoTrainer<'_> {
             truncated,
             flat,
             sampled,
+            overlong,
             rollout_s,
         ] = sums;
         let mut m = StepMetrics { step: step + 1, flat_groups: flat as usize, lr, rollout_s, ..Default::default() };
+        m.reward_overlong = (o.buffer > 0).then_some(overlong / n);
         m.reward = reward / n;
         m.reward_answer = Some(answer / n);
         m.reward_relaxed_format = relaxed / n;

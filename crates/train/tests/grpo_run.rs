@@ -239,6 +239,40 @@ fn held_out_evaluation_is_logged_as_configured() {
     }
 }
 
+/// `[overlong]` on the tiny model, whose every rollout a limit ends: masking them trains
+/// nothing (and moves no weight), and the soft punishment over the whole response range
+/// lowers each reward by `penalty * length / buffer`, on the same rollouts.
+#[test]
+fn overlong_rollouts_are_masked_or_punished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str, sets: &[&str]| {
+        let mut sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        sets.push("steps=1".into());
+        let mut t = common::math_trainer(tiny_config().with_overrides(&sets).unwrap(), &parity);
+        let before: Vec<Vec<f32>> = t.model.params().iter().map(|p| p.value().to_f32_vec().unwrap()).collect();
+        let m = train(&tmp.path().join(name), &mut t, &fresh()).unwrap().remove(0);
+        let after: Vec<Vec<f32>> = t.model.params().iter().map(|p| p.value().to_f32_vec().unwrap()).collect();
+        (m, before != after)
+    };
+    let (plain, moved) = run("plain", &[]);
+    assert_eq!(plain.truncated, 6, "every rollout of the tiny model should hit a limit");
+    assert!(moved && plain.reward_overlong.is_none());
+    let (masked, moved) = run("masked", &["overlong.mask_truncated=true"]);
+    assert!(!moved && masked.loss == 0.0, "masked rollouts trained: loss {}", masked.loss);
+    assert_eq!((masked.reward, masked.truncated), (plain.reward, 6));
+    let (punished, _) = run("punished", &["overlong.buffer=24", "overlong.penalty=0.5"]);
+    let p = punished.reward_overlong.unwrap();
+    assert!((p + 0.5 * punished.response_tokens / 24.0).abs() < 1e-12, "{p} for {} tokens", punished.response_tokens);
+    assert!(
+        p < 0.0 && (punished.reward - (plain.reward + p)).abs() < 1e-12,
+        "{} vs {} + {p}",
+        punished.reward,
+        plain.reward
+    );
+    let e = tiny_config().with_overrides(&["overlong.penalty=-1.0".into()]).unwrap().validate(Device::Cpu).unwrap_err();
+    assert!(e.to_string().contains("overlong.penalty"), "{e}");
+}
+
 #[test]
 fn configuration_errors_name_the_key() {
     let e = GrpoRunConfig::from_toml("stepz = 3", Path::new("c.toml")).unwrap_err().to_string();
