@@ -22,6 +22,7 @@ const PANELS: &[(&str, &str)] = &[
     ("eval_reward", "held-out reward"),
     ("reward_answer", "answer reward"),
     ("reward_tool_execution", "tool execution reward"),
+    ("reward_overlong", "overlong penalty (mean)"),
     ("tool_calls_per_rollout", "tool calls per rollout"),
     ("tool_success", "tool success"),
     ("response_tokens", "response tokens"),
