@@ -7,10 +7,10 @@
 //! compares against the trainer's recomputation.
 
 use artist_tensor::{SamplePick, Tensor};
-
-use crate::exp64;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::exp64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
