@@ -415,6 +415,50 @@ fn held_out_entries_are_evaluated() {
     assert!(e.validate(Default::default()).unwrap_err().to_string().contains("[eval.bfcl]"));
 }
 
+/// `overlong.mask_truncated` on episodes: with the context cut to half of what the step's
+/// shortest episode needs, every episode is truncated, and masking them leaves the weights
+/// where they were, while the same step unmasked moves them (a KL term to another tiny model
+/// gives the gradient; the tiny model's episodes all score alike).
+#[test]
+fn truncated_episodes_can_be_left_out_of_the_loss() {
+    let Some(bfcl) = bfcl_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = format!("reference_model={:?}", root().join("tests/fixtures/qwen2/tiny-bf16").to_str().unwrap());
+    let base = ["steps=1", "prompts_per_step=1", "grpo.beta=0.5", reference.as_str()];
+    // The episodes of step 0, played as the step plays them.
+    let t = fc_trainer(&bfcl, tmp.path(), 1, &base);
+    let c = &t.config;
+    let eps = run_episodes(
+        &t.model,
+        &t.tokenizer,
+        &t.template,
+        &t.data,
+        &[0],
+        &t.episode_settings(c.rollout.group_size, c.rollout.temperature, c.seed),
+    )
+    .unwrap();
+    assert!(eps.iter().all(|e| !e.truncated), "the full context should hold every episode");
+    let cut = eps.iter().map(|e| e.prompt_ids.len() + e.ids.len() / 2).min().unwrap();
+    let context = format!("rollout.max_context={cut}");
+    let run = |name: &str, mask: bool| {
+        let mask = format!("overlong.mask_truncated={mask}");
+        let mut sets = base.to_vec();
+        sets.extend([context.as_str(), mask.as_str()]);
+        let mut t = fc_trainer(&bfcl, tmp.path(), 1, &sets);
+        let weights = |t: &FcTrainer| -> Vec<Vec<f32>> {
+            t.model.params().iter().map(|p| p.value().to_f32_vec().unwrap()).collect()
+        };
+        let before = weights(&t);
+        let m = train(&tmp.path().join(name), &mut t, &quiet()).unwrap().remove(0);
+        (m, before != weights(&t))
+    };
+    let (masked, moved) = run("masked", true);
+    assert_eq!(masked.truncated, eps.len(), "every episode should be cut at {cut} tokens");
+    assert!(!moved && masked.loss == 0.0, "truncated episodes trained: loss {}", masked.loss);
+    let (unmasked, moved) = run("unmasked", false);
+    assert!(moved && unmasked.kl > 0.0 && unmasked.truncated == eps.len());
+}
+
 fn strip(v: &mut serde_json::Value) {
     if let Some(o) = v.as_object_mut() {
         o.remove("description");
