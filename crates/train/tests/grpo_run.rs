@@ -81,6 +81,12 @@ fn two_steps_then_resume() {
     // The curves are drawn from the whole run's metrics.
     let svg = std::fs::read_to_string(run.join("curves.svg")).unwrap();
     assert!(svg.contains("reward (mean)") && svg.contains("KL to reference"));
+    // TensorBoard's event files: one per invocation, each a header and a record per line.
+    let events: Vec<_> = std::fs::read_dir(run.join("tensorboard")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events.iter().all(|p| p.file_name().unwrap().to_str().unwrap().starts_with("events.out.tfevents.")));
+    let sizes: u64 = events.iter().map(|p| p.metadata().unwrap().len()).sum();
+    assert!(sizes > 3 * 200, "event files of {sizes} bytes for 3 steps of metrics");
 }
 
 /// beta > 0 loads the starting model as the frozen reference: the KL term is exactly 0
