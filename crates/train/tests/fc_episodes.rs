@@ -259,6 +259,17 @@ fn fc_trainer(bfcl: &Path, tmp: &Path, entries: usize, sets: &[&str]) -> FcTrain
     }
 }
 
+/// The `--set` that makes another tiny model (tiny-bf16, the same vocabulary) the KL
+/// reference: the tiny model's episodes all score alike, so the KL term is what gives a
+/// step a gradient.
+fn kl_reference() -> String {
+    format!("reference_model={:?}", root().join("tests/fixtures/qwen2/tiny-bf16").to_str().unwrap())
+}
+
+fn weights(m: &Qwen2) -> Vec<Vec<f32>> {
+    m.params().iter().map(|p| p.value().to_f32_vec().unwrap()).collect()
+}
+
 fn quiet() -> RunOptions {
     RunOptions { resume: false, progress: false, stop_after: None, device: Default::default() }
 }
@@ -290,9 +301,8 @@ fn two_grpo_steps_on_episodes() {
 fn two_ranks_play_and_train_as_one_process() {
     let Some(bfcl) = bfcl_dir() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let reference = format!("reference_model={:?}", root().join("tests/fixtures/qwen2/tiny-bf16").to_str().unwrap());
+    let reference = kl_reference();
     let sets = ["steps=2", "prompts_per_step=2", "grpo.beta=0.5", reference.as_str()];
-    let weights = |m: &Qwen2| -> Vec<Vec<f32>> { m.params().iter().map(|p| p.value().to_f32_vec().unwrap()).collect() };
     let max_diff = |a: &[Vec<f32>], b: &[Vec<f32>]| {
         a.iter()
             .flatten()
@@ -423,7 +433,7 @@ fn held_out_entries_are_evaluated() {
 fn truncated_episodes_can_be_left_out_of_the_loss() {
     let Some(bfcl) = bfcl_dir() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let reference = format!("reference_model={:?}", root().join("tests/fixtures/qwen2/tiny-bf16").to_str().unwrap());
+    let reference = kl_reference();
     let base = ["steps=1", "prompts_per_step=1", "grpo.beta=0.5", reference.as_str()];
     // The episodes of step 0, played as the step plays them.
     let t = fc_trainer(&bfcl, tmp.path(), 1, &base);
@@ -445,12 +455,9 @@ fn truncated_episodes_can_be_left_out_of_the_loss() {
         let mut sets = base.to_vec();
         sets.extend([context.as_str(), mask.as_str()]);
         let mut t = fc_trainer(&bfcl, tmp.path(), 1, &sets);
-        let weights = |t: &FcTrainer| -> Vec<Vec<f32>> {
-            t.model.params().iter().map(|p| p.value().to_f32_vec().unwrap()).collect()
-        };
-        let before = weights(&t);
+        let before = weights(&t.model);
         let m = train(&tmp.path().join(name), &mut t, &quiet()).unwrap().remove(0);
-        (m, before != weights(&t))
+        (m, before != weights(&t.model))
     };
     let (masked, moved) = run("masked", true);
     assert_eq!(masked.truncated, eps.len(), "every episode should be cut at {cut} tokens");
