@@ -11,12 +11,14 @@ mod lex;
 pub mod normalize;
 pub mod parse;
 pub mod rational;
+mod vote;
 
 pub use dataset::{AnswerField, BadRow, DatasetError, DatasetFormat, MathDataset, MathProblem};
 pub use equiv::{answers_equal, equivalent, parse_answer};
 pub use expr::Node;
 pub use extract::{ExtractOptions, extract_answer, extract_answer_with, last_boxed};
 pub use normalize::MAX_ANSWER_BYTES;
+pub use vote::majority;
 
 /// Why an answer string could not be read at all (such an answer equals nothing).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -576,7 +576,7 @@ impl GrpoTask for FcTrainer {
         let answers = e.answers_per_problem();
         let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
         let shard = shard_range(data.entries.len(), rank, world);
-        let mut sums = [0f64; 6];
+        let mut sums = [0f64; crate::grpo::EVAL_SUMS];
         if !shard.is_empty() {
             let seed = c.seed.wrapping_add(crate::grpo::EVAL_SEED);
             let s = EpisodeSettings {
@@ -594,10 +594,10 @@ impl GrpoTask for FcTrainer {
             let valid: Vec<bool> = scored.iter().map(|x| x.check.valid).collect();
             let rewards: Vec<f64> = scored.iter().map(|x| x.rewards.total).collect();
             let tools: Vec<bool> = eps.iter().map(|ep| ep.tool_calls > 0).collect();
-            sums = Evaluation::sums(&valid, &rewards, &tools, answers);
+            sums = Evaluation::sums(&valid, &rewards, &tools, answers, None);
         }
         crate::grpo::sum_over_ranks(&mut sums, comm)?;
-        Ok(Some(Evaluation::from_sums(sums)))
+        Ok(Some(Evaluation::from_sums(sums, false)))
     }
 
     /// The entries of `batch` split over the ranks of `comm` (an entry's whole group on one

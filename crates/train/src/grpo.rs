@@ -116,7 +116,8 @@ pub struct EvalSettings {
     /// Sampling temperature (0: greedy, one answer per problem whatever `samples` says).
     pub temperature: f32,
     /// Answers per problem at a temperature above 0; the accuracy is their mean (pass@1),
-    /// and with more than one `eval_pass_at_k` is logged too.
+    /// and with more than one `eval_pass_at_k` is logged too, and for math `eval_maj_at_k`
+    /// (the majority answer's accuracy).
     pub samples: usize,
     /// `task = "bfcl"`: held-out entries, e.g. the `bfcl.questions` a run does not train on
     /// (`skip` = the training's `first`); played with these settings' `max_steps_per_turn`
@@ -487,9 +488,11 @@ pub struct StepMetrics {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_tool_use: Option<f64>,
     /// With `eval.samples = k > 1` at a temperature above 0: the held-out problems with a
-    /// correct answer among their k.
+    /// correct answer among their k, and (math) those whose majority answer is correct.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_pass_at_k: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_maj_at_k: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_s: Option<f64>,
 }
@@ -497,6 +500,7 @@ pub struct StepMetrics {
 impl StepMetrics {
     fn set_eval(&mut self, e: &Evaluation, k: usize, secs: f64) {
         self.eval_pass_at_k = (k > 1).then_some(e.pass_at_k);
+        self.eval_maj_at_k = e.maj_at_k.filter(|_| k > 1);
         self.eval_accuracy = Some(e.accuracy);
         self.eval_reward = Some(e.reward);
         self.eval_tool_use = Some(e.tool_use);
@@ -600,16 +604,18 @@ impl GrpoTrainer<'_> {
         let secs = t.elapsed().as_secs_f64();
         let mut rewards = Vec::with_capacity(rollouts.len());
         let mut correct = Vec::with_capacity(rollouts.len());
+        let mut answers = Vec::with_capacity(rollouts.len());
         for ro in &rollouts {
             let gold = &problems[ro.prompt_index].answer;
             let text = self.tokenizer.decode(&ro.ids, true).unwrap_or_default();
             let ok = (self.verify)(&text, gold);
+            answers.push(artist_math::extract_answer(&text));
             let successes: Vec<bool> = ro.tool_calls.iter().map(|t| t.result.success).collect();
             let tag = self.tool.as_ref().map_or("python", |t| t.tag());
             rewards.push(math_rewards_with_tool(tag, &segments(&self.tokenizer, ro), &successes, ok, &c.rewards));
             correct.push(ok);
         }
-        Ok(RolloutBatch { rollouts, rewards, correct, seconds: secs })
+        Ok(RolloutBatch { rollouts, rewards, correct, answers, seconds: secs })
     }
 
     /// One GRPO step on `problems`: rollouts, rewards, advantages, updates.
@@ -637,7 +643,8 @@ impl GrpoTrainer<'_> {
         // Rollout k of prompt p samples with seed `seed + p * G + k`: offset by the shard's
         // first global prompt.
         let seed = c.seed.wrapping_add(step.wrapping_mul(1_000_003)).wrapping_add((shard.start * g) as u64);
-        let RolloutBatch { rollouts, rewards, correct, seconds: rollout_s } = self.rollouts(&problems[shard], seed)?;
+        let RolloutBatch { rollouts, rewards, correct, seconds: rollout_s, .. } =
+            self.rollouts(&problems[shard], seed)?;
         let o = &c.overlong;
         let overlong: Vec<f64> = rollouts
             .iter()
@@ -736,21 +743,22 @@ impl GrpoTrainer<'_> {
     pub fn evaluate(&self, problems: &[Problem], temperature: f32, seed: u64) -> Result<Evaluation> {
         let refs: Vec<&Problem> = problems.iter().collect();
         let sums = self.evaluation_sums(&refs, temperature, seed, 1)?;
-        Ok(Evaluation::from_sums(sums))
+        Ok(Evaluation::from_sums(sums, true))
     }
 
-    /// `answers` rollouts of each problem (rollout k of problem p samples with seed
-    /// `seed + p * answers + k`): correct answers, the sum of rewards, answers that
-    /// called the tool, and how many answers.
-    fn evaluation_sums(&self, problems: &[&Problem], temperature: f32, seed: u64, answers: usize) -> Result<EvalSums> {
+    /// `k` rollouts of each problem (rollout j of problem p samples with seed
+    /// `seed + p * k + j`), summed as [`EvalSums`]. A problem's majority answer
+    /// ([`artist_math::majority`] over the answers extracted from its rollouts) is correct
+    /// when the verifier judged the rollout it came from correct.
+    fn evaluation_sums(&self, problems: &[&Problem], temperature: f32, seed: u64, k: usize) -> Result<EvalSums> {
         if problems.is_empty() {
-            return Ok([0.0; 6]);
+            return Ok([0.0; EVAL_SUMS]);
         }
-        let RolloutBatch { rollouts, rewards, correct, .. } =
-            self.rollouts_with(problems, seed, temperature, answers)?;
+        let RolloutBatch { rollouts, rewards, correct, answers, .. } =
+            self.rollouts_with(problems, seed, temperature, k)?;
         let rewards: Vec<f64> = rewards.iter().map(|r| r.total).collect();
         let tools: Vec<bool> = rollouts.iter().map(|r| !r.tool_calls.is_empty()).collect();
-        Ok(Evaluation::sums(&correct, &rewards, &tools, answers))
+        Ok(Evaluation::sums(&correct, &rewards, &tools, k, Some(&majority_correct(&answers, &correct, k))))
     }
 
     /// [`GrpoTrainer::evaluate`] of the held-out problems with `[eval]`'s settings, split
@@ -766,7 +774,7 @@ impl GrpoTrainer<'_> {
         let seed = self.config.seed.wrapping_add(EVAL_SEED).wrapping_add((shard.start * answers) as u64);
         let mut sums = self.evaluation_sums(&refs, e.temperature, seed, answers)?;
         sum_over_ranks(&mut sums, comm)?;
-        Ok(Evaluation::from_sums(sums))
+        Ok(Evaluation::from_sums(sums, true))
     }
 }
 
@@ -946,11 +954,13 @@ pub fn update_sharded(
     Ok(out)
 }
 
-/// Rollouts with their rewards, whether each answer is correct, and the seconds taken.
+/// Rollouts with their rewards, whether each answer is correct, the answer read out of
+/// each ([`artist_math::extract_answer`]), and the seconds taken.
 pub struct RolloutBatch {
     pub rollouts: Vec<Rollout>,
     pub rewards: Vec<MathRewards>,
     pub correct: Vec<bool>,
+    pub answers: Vec<Option<String>>,
     pub seconds: f64,
 }
 
@@ -964,33 +974,61 @@ pub struct Evaluation {
     /// Problems with at least one correct answer among their `k` (pass@k; with one
     /// answer a problem, the accuracy).
     pub pass_at_k: f64,
+    /// Problems whose majority answer among their `k` is correct (maj@k, self-consistency;
+    /// [`artist_math::majority`]); `None` where answers do not vote (BFCL episodes).
+    pub maj_at_k: Option<f64>,
 }
 
 impl Evaluation {
-    /// From [`EvalSums`] (summed over ranks).
-    pub(crate) fn from_sums([correct, reward, tool_use, n, passed, problems]: EvalSums) -> Evaluation {
-        let n = n.max(1.0);
+    /// From [`EvalSums`] (summed over ranks); `voted` says whether they count majority
+    /// answers.
+    pub(crate) fn from_sums(
+        [correct, reward, tool_use, n, passed, problems, majority]: EvalSums,
+        voted: bool,
+    ) -> Evaluation {
+        let (n, problems) = (n.max(1.0), problems.max(1.0));
         Evaluation {
             accuracy: correct / n,
             reward: reward / n,
             tool_use: tool_use / n,
-            pass_at_k: passed / problems.max(1.0),
+            pass_at_k: passed / problems,
+            maj_at_k: voted.then_some(majority / problems),
         }
     }
 
     /// The sums of answers `correct` (whether each is right), `reward` and `tool_use` (each
-    /// made a call), in groups of `k` answers a problem.
-    pub(crate) fn sums(correct: &[bool], reward: &[f64], tool_use: &[bool], k: usize) -> EvalSums {
+    /// made a call), in groups of `k` answers a problem, with `majority` whether each
+    /// problem's majority answer is correct.
+    pub(crate) fn sums(
+        correct: &[bool],
+        reward: &[f64],
+        tool_use: &[bool],
+        k: usize,
+        majority: Option<&[bool]>,
+    ) -> EvalSums {
         let count = |v: &[bool]| v.iter().filter(|&&x| x).count() as f64;
         let passed = correct.chunks(k.max(1)).filter(|c| c.contains(&true)).count() as f64;
         let problems = correct.len().div_ceil(k.max(1)) as f64;
-        [count(correct), reward.iter().sum(), count(tool_use), correct.len() as f64, passed, problems]
+        let voted = majority.map_or(0.0, count);
+        [count(correct), reward.iter().sum(), count(tool_use), correct.len() as f64, passed, problems, voted]
     }
 }
 
+/// For each problem of `k` answers in a row, whether its majority answer
+/// ([`artist_math::majority`]) is correct: whether the answer that stands for its group was
+/// judged correct. A problem with no readable answer has none.
+fn majority_correct(answers: &[Option<String>], correct: &[bool], k: usize) -> Vec<bool> {
+    let k = k.max(1);
+    answers.chunks(k).zip(correct.chunks(k)).map(|(a, c)| artist_math::majority(a).is_some_and(|i| c[i])).collect()
+}
+
+/// How many figures [`EvalSums`] holds.
+pub(crate) const EVAL_SUMS: usize = 7;
+
 /// An evaluation's figures as sums, to add over ranks: correct answers, their rewards,
-/// answers with a tool call, answers, problems with a correct answer, problems.
-pub(crate) type EvalSums = [f64; 6];
+/// answers with a tool call, answers, problems with a correct answer, problems, problems
+/// whose majority answer is correct.
+pub(crate) type EvalSums = [f64; EVAL_SUMS];
 
 /// What [`train`] drives: a policy, its frozen reference, the run's settings, and one
 /// GRPO step on a batch of training items (math problems, BFCL entries).
@@ -1185,7 +1223,13 @@ fn run<T: GrpoTask>(
         let secs = t.elapsed().as_secs_f64();
         if let Some(e) = e.filter(|_| lead) {
             let k = c.eval.answers_per_problem();
-            let pass = if k > 1 { format!(", pass@{k} {:.1}%", 100.0 * e.pass_at_k) } else { String::new() };
+            let mut pass = String::new();
+            if k > 1 {
+                pass = format!(", pass@{k} {:.1}%", 100.0 * e.pass_at_k);
+                if let Some(m) = e.maj_at_k {
+                    pass += &format!(", maj@{k} {:.1}%", 100.0 * m);
+                }
+            }
             bar.suspend(|| {
                 eprintln!(
                     "held-out after step {done}: accuracy {:.1}%{pass}, reward {:.3}, tool use {:.0}% ({secs:.1} s)",
@@ -1261,13 +1305,37 @@ mod tests {
         let correct = [false, true, false, false, true, true];
         let rewards = [0.5, 2.5, 0.0, 0.25, 2.0, 3.0];
         let tools = [true, true, false, false, true, false];
-        let sums = Evaluation::sums(&correct, &rewards, &tools, 2);
-        assert_eq!(sums, [3.0, 8.25, 3.0, 6.0, 2.0, 3.0]);
-        let e = Evaluation::from_sums(sums);
+        // The majority answer of the first problem is right, of the others wrong.
+        let voted = [true, false, false];
+        let sums = Evaluation::sums(&correct, &rewards, &tools, 2, Some(&voted));
+        assert_eq!(sums, [3.0, 8.25, 3.0, 6.0, 2.0, 3.0, 1.0]);
+        let e = Evaluation::from_sums(sums, true);
         assert_eq!((e.accuracy, e.reward, e.tool_use, e.pass_at_k), (0.5, 8.25 / 6.0, 0.5, 2.0 / 3.0));
+        assert_eq!(e.maj_at_k, Some(1.0 / 3.0));
+        // Episodes that do not vote.
+        let sums = Evaluation::sums(&correct, &rewards, &tools, 2, None);
+        assert_eq!((sums[6], Evaluation::from_sums(sums, false).maj_at_k), (0.0, None));
         // One answer a problem: pass@1 is the accuracy.
-        let e = Evaluation::from_sums(Evaluation::sums(&correct, &rewards, &tools, 1));
-        assert_eq!(e.pass_at_k, e.accuracy);
-        assert_eq!(Evaluation::from_sums([0.0; 6]), Evaluation::default());
+        let e = Evaluation::from_sums(Evaluation::sums(&correct, &rewards, &tools, 1, Some(&correct)), true);
+        assert_eq!((e.pass_at_k, e.maj_at_k), (e.accuracy, Some(e.accuracy)));
+        assert_eq!(Evaluation::from_sums([0.0; EVAL_SUMS], false), Evaluation::default());
+    }
+
+    #[test]
+    fn the_majority_answer_is_judged_by_the_rollout_it_came_from() {
+        let some = |v: &[&str]| v.iter().map(|a| (!a.is_empty()).then(|| a.to_string())).collect::<Vec<_>>();
+        // Problem 1: 0.5 in three spellings (one judged wrong, say by a stricter judge)
+        // against 7 once; the group's first answer decides. Problem 2: the right answer
+        // once against 4 three times. Problem 3: no answer. Problem 4: a tie goes to the
+        // group seen first, 9, judged wrong.
+        let answers = some(&["0.5", "7", "\\frac12", "1/2", "3", "4", "4", "4", "", "", "", "", "9", "8", "8", "9"]);
+        let correct =
+            [true, false, false, true, true, false, false, false, false, false, false, false, false, true, true, false];
+        assert_eq!(majority_correct(&answers, &correct, 4), [true, false, false, false]);
+        // Judged by the first of the group, not by any member: 0.5's first answer wrong.
+        let wrong_first = [false, false, true, true];
+        assert_eq!(majority_correct(&answers[..4], &wrong_first, 4), [false]);
+        // One answer a problem: the majority is the answer.
+        assert_eq!(majority_correct(&answers[..4], &correct[..4], 1), [true, false, false, true]);
     }
 }

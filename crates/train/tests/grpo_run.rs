@@ -200,7 +200,7 @@ fn held_out_evaluation_is_logged_as_configured() {
     assert_eq!((get(3, "eval_accuracy"), get(3, "eval_reward")), (Some(end.accuracy), Some(end.reward)));
     assert_eq!(m[2].eval_accuracy, Some(end.accuracy));
     assert!(m[0].eval_accuracy.is_none() && m[1].eval_accuracy.is_some());
-    assert_eq!(m[1].eval_pass_at_k, None, "greedy: one answer a problem, no pass@k");
+    assert_eq!((m[1].eval_pass_at_k, m[1].eval_maj_at_k), (None, None), "greedy: one answer a problem");
     let svg = std::fs::read_to_string(run.join("curves.svg")).unwrap();
     assert!(svg.contains("held-out accuracy"));
 
@@ -231,6 +231,8 @@ fn held_out_evaluation_is_logged_as_configured() {
     assert_ne!(start, end, "training changed no sampled answer");
     assert!(end.pass_at_k >= end.accuracy && end.pass_at_k <= 1.0, "{end:?}");
     assert_eq!(m[2].eval_pass_at_k, Some(end.pass_at_k));
+    // Random text holds no answer to vote for: maj@2 is logged, and 0.
+    assert_eq!((m[2].eval_maj_at_k, end.maj_at_k), (Some(0.0), Some(0.0)));
     let lines = artist_train::metrics::read(&tmp.path().join("sampled/metrics.jsonl")).unwrap();
     assert_eq!(lines[0].get("eval_reward").and_then(|v| v.as_f64()), Some(start.reward));
     assert_eq!(
