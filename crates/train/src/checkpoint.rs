@@ -48,6 +48,11 @@ pub struct TrainerState {
     pub step: u64,
     /// The epoch the next step belongs to.
     pub epoch: u64,
+    /// GRPO: batches of training items drawn so far (more than `step` with
+    /// `max_sampling_rounds > 1`); absent from SFT's state and older checkpoints, where it
+    /// is `step`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batches_drawn: Option<u64>,
     /// The seed every random choice derives from (data order).
     pub seed: u64,
     /// FNV-1a of the training examples, hex.

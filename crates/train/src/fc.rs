@@ -31,7 +31,7 @@ use artist_tokenizer::{ChatTemplate, Message, Tokenizer};
 use artist_tools::{Tool, ToolCall, ToolResult};
 use serde::{Deserialize, Serialize};
 
-use crate::grpo::{Evaluation, GrpoRunConfig, GrpoTask, StepMetrics, combine_step_sums, update_sharded};
+use crate::grpo::{Evaluation, GroupQuota, GrpoRunConfig, GrpoTask, StepMetrics, combine_step_sums, update_sharded};
 use crate::{Error, Result};
 use artist_dist::{Communicator, shard_range};
 
@@ -540,6 +540,78 @@ impl FcTrainer {
             first_episode: 0,
         }
     }
+
+    /// The G episodes of each entry of `entries` (global episode numbers from
+    /// `first_entry * G`, their seeds), scored: per group with a learning signal (every
+    /// group unless `filter_flat_groups`), the episodes to train on, and the round's sums
+    /// for the step's metrics.
+    fn play_round(
+        &self,
+        step: u64,
+        first_entry: usize,
+        entries: &[usize],
+    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 14])> {
+        let c = &self.config;
+        let g = c.rollout.group_size;
+        let t0 = Instant::now();
+        let seed = c.seed.wrapping_add(step.wrapping_mul(1_000_003));
+        let s =
+            EpisodeSettings { first_episode: first_entry * g, ..self.episode_settings(g, c.rollout.temperature, seed) };
+        let eps = run_episodes(&self.model, &self.tokenizer, &self.template, &self.data, entries, &s)?;
+        let rollout_s = t0.elapsed().as_secs_f64();
+        let opts = CheckOptions { irrelevance: c.bfcl.irrelevance };
+        let scored: Vec<Scored> = eps
+            .iter()
+            .map(|ep| score_episode(&self.tokenizer, &self.data, ep, &c.fc_rewards, opts))
+            .collect::<Result<_>>()?;
+        let totals: Vec<f64> = scored.iter().map(|x| x.rewards.total).collect();
+        let adv = group_advantages(&totals, g, &c.advantages);
+        let mut flat = 0;
+        let mut groups = Vec::new();
+        for (k, group) in eps.chunks(g).enumerate() {
+            if c.filter_flat_groups && artist_rl::advantages::group_is_flat(&totals[k * g..(k + 1) * g]) {
+                flat += 1;
+                continue;
+            }
+            let train = group
+                .iter()
+                .enumerate()
+                .filter(|(_, ep)| ep.mask.iter().any(|&m| m != 0) && !(c.overlong.mask_truncated && ep.truncated));
+            groups.push(
+                train
+                    .map(|(i, ep)| TrainRollout {
+                        prompt_ids: ep.prompt_ids.clone(),
+                        ids: ep.ids.clone(),
+                        mask: ep.mask.clone(),
+                        old_logprobs: ep.logprobs.clone(),
+                        sampler_logprobs: None,
+                        ref_logprobs: None,
+                        advantage: adv[k * g + i] as f32,
+                    })
+                    .collect(),
+            );
+        }
+        let sum = |f: &dyn Fn(&Scored) -> f64| scored.iter().map(f).sum::<f64>();
+        let calls: usize = eps.iter().map(|e| e.tool_calls).sum();
+        let errors: usize = eps.iter().map(|e| e.tool_errors).sum();
+        let sums = [
+            eps.len() as f64,
+            sum(&|x| x.rewards.total),
+            sum(&|x| x.rewards.state),
+            sum(&|x| x.rewards.function),
+            sum(&|x| x.rewards.relaxed_format),
+            sum(&|x| x.rewards.strict_format),
+            sum(&|x| x.check.valid as u8 as f64),
+            eps.iter().map(|e| e.ids.len()).sum::<usize>() as f64,
+            calls as f64,
+            (calls - errors) as f64,
+            eps.iter().filter(|e| e.truncated).count() as f64,
+            flat as f64,
+            eps.iter().map(|e| e.mask.iter().filter(|&&x| x == 1).count()).sum::<usize>() as f64,
+            rollout_s,
+        ];
+        Ok((groups, sums))
+    }
 }
 
 impl GrpoTask for FcTrainer {
@@ -562,8 +634,8 @@ impl GrpoTask for FcTrainer {
         crate::sft::fnv1a(ids.join("\n").as_bytes())
     }
 
-    fn step(&mut self, step: u64, batch: &[usize], optimizer: &mut AdamW, lr: f64) -> Result<StepMetrics> {
-        self.step_sharded(step, batch, optimizer, lr, None)
+    fn step(&mut self, step: u64, batches: &[Vec<usize>], optimizer: &mut AdamW, lr: f64) -> Result<StepMetrics> {
+        self.step_sharded(step, batches, optimizer, lr, None)
     }
 
     /// Each held-out entry played `eval.samples` times at `eval.temperature` (once when
@@ -606,71 +678,32 @@ impl GrpoTask for FcTrainer {
     fn step_sharded(
         &mut self,
         step: u64,
-        batch: &[usize],
+        batches: &[Vec<usize>],
         optimizer: &mut AdamW,
         lr: f64,
         mut comm: Option<&mut (dyn Communicator + '_)>,
     ) -> Result<StepMetrics> {
         let c = self.config.clone();
-        let g = c.rollout.group_size;
         let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
-        let shard = shard_range(batch.len(), rank, world);
-        let t0 = Instant::now();
-        let seed = c.seed.wrapping_add(step.wrapping_mul(1_000_003));
-        let s =
-            EpisodeSettings { first_episode: shard.start * g, ..self.episode_settings(g, c.rollout.temperature, seed) };
-        let eps = run_episodes(&self.model, &self.tokenizer, &self.template, &self.data, &batch[shard], &s)?;
-        let rollout_s = t0.elapsed().as_secs_f64();
-        let opts = CheckOptions { irrelevance: c.bfcl.irrelevance };
-        let scored: Vec<Scored> = eps
-            .iter()
-            .map(|ep| score_episode(&self.tokenizer, &self.data, ep, &c.fc_rewards, opts))
-            .collect::<Result<_>>()?;
-        let totals: Vec<f64> = scored.iter().map(|x| x.rewards.total).collect();
-        let adv = group_advantages(&totals, g, &c.advantages);
-        let t = Instant::now();
-        let mut flat = 0;
-        let mut train = Vec::new();
-        for (k, group) in eps.chunks(g).enumerate() {
-            if c.filter_flat_groups && artist_rl::advantages::group_is_flat(&totals[k * g..(k + 1) * g]) {
-                flat += 1;
-                continue;
-            }
-            for (i, ep) in group.iter().enumerate() {
-                if ep.mask.iter().all(|&m| m == 0) || (c.overlong.mask_truncated && ep.truncated) {
-                    continue;
-                }
-                train.push(TrainRollout {
-                    prompt_ids: ep.prompt_ids.clone(),
-                    ids: ep.ids.clone(),
-                    mask: ep.mask.clone(),
-                    old_logprobs: ep.logprobs.clone(),
-                    sampler_logprobs: None,
-                    ref_logprobs: None,
-                    advantage: adv[k * g + i] as f32,
-                });
+        let mut quota = GroupQuota::new(c.prompts_per_step, batches.len() > 1);
+        let mut sums = [0f64; 14];
+        let mut signal: Vec<Vec<Vec<TrainRollout>>> = Vec::new();
+        for (r, batch) in batches.iter().enumerate() {
+            let shard = shard_range(batch.len(), rank, world);
+            // Round r's episodes are numbered after the earlier rounds' (their seeds).
+            let first = r * c.prompts_per_step + shard.start;
+            let (groups, round) = self.play_round(step, first, &batch[shard])?;
+            sums.iter_mut().zip(round).for_each(|(s, x)| *s += x);
+            let met = quota.record(groups.len(), comm.as_deref_mut())?;
+            signal.push(groups);
+            if met {
+                break;
             }
         }
-        let sum = |f: &dyn Fn(&Scored) -> f64| scored.iter().map(f).sum::<f64>();
-        let calls: usize = eps.iter().map(|e| e.tool_calls).sum();
-        let errors: usize = eps.iter().map(|e| e.tool_errors).sum();
-        // Sums over the batch, combined over ranks.
-        let mut sums = [
-            eps.len() as f64,
-            sum(&|x| x.rewards.total),
-            sum(&|x| x.rewards.state),
-            sum(&|x| x.rewards.function),
-            sum(&|x| x.rewards.relaxed_format),
-            sum(&|x| x.rewards.strict_format),
-            sum(&|x| x.check.valid as u8 as f64),
-            eps.iter().map(|e| e.ids.len()).sum::<usize>() as f64,
-            calls as f64,
-            (calls - errors) as f64,
-            eps.iter().filter(|e| e.truncated).count() as f64,
-            flat as f64,
-            eps.iter().map(|e| e.mask.iter().filter(|&&x| x == 1).count()).sum::<usize>() as f64,
-            rollout_s,
-        ];
+        let t = Instant::now();
+        let train: Vec<TrainRollout> = (signal.into_iter().enumerate())
+            .flat_map(|(r, groups)| groups.into_iter().take(quota.keep(r, rank)).flatten())
+            .collect();
         combine_step_sums(&mut sums, comm.as_deref_mut())?;
         let [
             n,
@@ -707,6 +740,7 @@ impl GrpoTask for FcTrainer {
             tokens_per_s: sampled / rollout_s.max(1e-9),
             ..Default::default()
         };
+        (m.sampling_rounds, m.trained_groups) = quota.counts();
         let u = update_sharded(&self.model, self.reference.as_ref(), train, &c, optimizer, lr, step, comm)?;
         (m.loss, m.grad_norm, m.clip_fraction, m.kl) = (u.loss, u.grad_norm, u.clip_fraction, u.kl);
         m.sampler_logprob_gap = u.sampler_logprob_gap;

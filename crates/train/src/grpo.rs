@@ -248,6 +248,11 @@ pub struct GrpoRunConfig {
     pub overlap_allreduce: Option<bool>,
     /// Leave out groups whose rewards are all equal (their advantage is 0).
     pub filter_flat_groups: bool,
+    /// DAPO's dynamic sampling (with `filter_flat_groups`): a step plays up to this many
+    /// batches of `prompts_per_step` prompts, one after another, until `prompts_per_step`
+    /// groups whose rewards differ are found, and trains on the first that many (veRL's
+    /// `max_num_gen_batches`). 1 (the default): one batch a step, however many are flat.
+    pub max_sampling_rounds: usize,
     /// The dtype attention computes in for the loss's forward and backward (`auto`, `f32`
     /// or `bf16`; see [`crate::ComputeDtype`]).
     pub attention_dtype: crate::ComputeDtype,
@@ -292,6 +297,7 @@ impl Default for GrpoRunConfig {
             micro_batch_rollouts: 0,
             overlap_allreduce: None,
             filter_flat_groups: false,
+            max_sampling_rounds: 1,
             attention_dtype: crate::ComputeDtype::Auto,
             matmul_dtype: crate::ComputeDtype::Auto,
             rollout: RolloutSettings::default(),
@@ -380,6 +386,16 @@ impl GrpoRunConfig {
             return Err(Error::Config(
                 "steps, prompts_per_step, rollout.group_size and optimizer_steps_per_batch must be >= 1".into(),
             ));
+        }
+        if self.max_sampling_rounds == 0 {
+            return Err(Error::Config("max_sampling_rounds must be >= 1 (1: one batch of prompts a step)".into()));
+        }
+        if self.max_sampling_rounds > 1 && !self.filter_flat_groups {
+            return Err(Error::Config(format!(
+                "max_sampling_rounds = {} samples more prompts to replace groups whose rewards are all equal: \
+                 it needs filter_flat_groups = true",
+                self.max_sampling_rounds
+            )));
         }
         if r.max_batch < r.group_size {
             return Err(Error::Config(format!(
@@ -475,6 +491,12 @@ pub struct StepMetrics {
     pub grad_norm: f64,
     pub lr: f64,
     pub flat_groups: usize,
+    /// With `max_sampling_rounds > 1`: the batches of prompts played this step, and the
+    /// groups trained on (`prompts_per_step` when enough had differing rewards).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampling_rounds: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trained_groups: Option<usize>,
     pub truncated: usize,
     pub rollout_s: f64,
     pub train_s: f64,
@@ -634,50 +656,51 @@ impl GrpoTrainer<'_> {
         problems: &[&Problem],
         optimizer: &mut AdamW,
         lr: f64,
-        mut comm: Option<&mut (dyn Communicator + '_)>,
+        comm: Option<&mut (dyn Communicator + '_)>,
     ) -> Result<StepMetrics> {
-        let c = self.config.clone();
-        let g = c.rollout.group_size;
-        let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
-        let shard = shard_range(problems.len(), rank, world);
-        // Rollout k of prompt p samples with seed `seed + p * G + k`: offset by the shard's
-        // first global prompt.
-        let seed = c.seed.wrapping_add(step.wrapping_mul(1_000_003)).wrapping_add((shard.start * g) as u64);
-        let RolloutBatch { rollouts, rewards, correct, seconds: rollout_s, .. } =
-            self.rollouts(&problems[shard], seed)?;
-        let o = &c.overlong;
+        self.step_rounds(step, &[problems.to_vec()], optimizer, lr, comm)
+    }
+
+    /// One round's rollouts scored: per group with a learning signal (every group unless
+    /// `filter_flat_groups`), the rollouts to train on, and the round's sums for the
+    /// step's metrics (in the order `step_rounds` reads them).
+    fn score_round(&self, batch: RolloutBatch) -> Result<(Vec<Vec<TrainRollout>>, [f64; 15])> {
+        let c = &self.config;
+        let (g, o) = (c.rollout.group_size, &c.overlong);
+        let RolloutBatch { rollouts, rewards, correct, seconds: rollout_s, .. } = batch;
         let overlong: Vec<f64> = rollouts
             .iter()
             .map(|r| artist_rl::overlong_penalty(r.ids.len(), c.rollout.max_response_tokens, o.buffer, o.penalty))
             .collect();
         let totals: Vec<f64> = rewards.iter().zip(&overlong).map(|(r, p)| r.total + p).collect();
         let adv = group_advantages(&totals, g, &c.advantages);
-        let t = Instant::now();
         let mut flat = 0;
-        let mut train: Vec<TrainRollout> = Vec::new();
+        let mut groups = Vec::new();
         for (k, group) in rollouts.chunks(g).enumerate() {
             if c.filter_flat_groups && artist_rl::advantages::group_is_flat(&totals[k * g..(k + 1) * g]) {
                 flat += 1;
                 continue;
             }
-            for (i, ro) in group.iter().enumerate() {
-                if ro.sampled_tokens() == 0 || (o.mask_truncated && ended_by_a_limit(ro)) {
-                    continue;
-                }
-                train.push(TrainRollout {
-                    prompt_ids: ro.prompt_ids.clone(),
-                    ids: ro.ids.clone(),
-                    mask: ro.mask.clone(),
-                    old_logprobs: ro.logprobs.clone(),
-                    sampler_logprobs: None,
-                    ref_logprobs: None,
-                    advantage: adv[k * g + i] as f32,
-                });
-            }
+            let train = group
+                .iter()
+                .enumerate()
+                .filter(|(_, ro)| ro.sampled_tokens() > 0 && !(o.mask_truncated && ended_by_a_limit(ro)));
+            groups.push(
+                train
+                    .map(|(i, ro)| TrainRollout {
+                        prompt_ids: ro.prompt_ids.clone(),
+                        ids: ro.ids.clone(),
+                        mask: ro.mask.clone(),
+                        old_logprobs: ro.logprobs.clone(),
+                        sampler_logprobs: None,
+                        ref_logprobs: None,
+                        advantage: adv[k * g + i] as f32,
+                    })
+                    .collect(),
+            );
         }
         let calls: usize = rollouts.iter().map(|r| r.tool_calls.len()).sum();
-        // Sums over the batch, combined over ranks.
-        let mut sums = [
+        let sums = [
             rollouts.len() as f64,
             totals.iter().sum::<f64>(),
             rewards.iter().map(|r| r.answer).sum::<f64>(),
@@ -694,6 +717,45 @@ impl GrpoTrainer<'_> {
             overlong.iter().sum::<f64>(),
             rollout_s,
         ];
+        Ok((groups, sums))
+    }
+
+    /// [`GrpoTrainer::step_sharded`] with DAPO's dynamic sampling: `rounds` are the global
+    /// batches the step may play (`max_sampling_rounds` of them), one after another until
+    /// [`GroupQuota`] is met. Round r's rollouts sample with the seeds of prompts
+    /// `r * prompts_per_step + p`, so the first round samples as a step without rounds.
+    fn step_rounds(
+        &mut self,
+        step: u64,
+        rounds: &[Vec<&Problem>],
+        optimizer: &mut AdamW,
+        lr: f64,
+        mut comm: Option<&mut (dyn Communicator + '_)>,
+    ) -> Result<StepMetrics> {
+        let c = self.config.clone();
+        let g = c.rollout.group_size;
+        let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
+        let mut quota = GroupQuota::new(c.prompts_per_step, rounds.len() > 1);
+        let mut sums = [0f64; 15];
+        let mut signal: Vec<Vec<Vec<TrainRollout>>> = Vec::new();
+        for (r, problems) in rounds.iter().enumerate() {
+            let shard = shard_range(problems.len(), rank, world);
+            // Rollout k of prompt p samples with seed `seed + p * G + k`: offset by the
+            // shard's first global prompt.
+            let first = r * c.prompts_per_step + shard.start;
+            let seed = c.seed.wrapping_add(step.wrapping_mul(1_000_003)).wrapping_add((first * g) as u64);
+            let (groups, round) = self.score_round(self.rollouts(&problems[shard], seed)?)?;
+            sums.iter_mut().zip(round).for_each(|(s, x)| *s += x);
+            let met = quota.record(groups.len(), comm.as_deref_mut())?;
+            signal.push(groups);
+            if met {
+                break;
+            }
+        }
+        let t = Instant::now();
+        let train: Vec<TrainRollout> = (signal.into_iter().enumerate())
+            .flat_map(|(r, groups)| groups.into_iter().take(quota.keep(r, rank)).flatten())
+            .collect();
         combine_step_sums(&mut sums, comm.as_deref_mut())?;
         let [
             n,
@@ -713,7 +775,8 @@ impl GrpoTrainer<'_> {
             rollout_s,
         ] = sums;
         let mut m = StepMetrics { step: step + 1, flat_groups: flat as usize, lr, rollout_s, ..Default::default() };
-        m.reward_overlong = (o.buffer > 0).then_some(overlong / n);
+        (m.sampling_rounds, m.trained_groups) = quota.counts();
+        m.reward_overlong = (c.overlong.buffer > 0).then_some(overlong / n);
         m.reward = reward / n;
         m.reward_answer = Some(answer / n);
         m.reward_relaxed_format = relaxed / n;
@@ -797,6 +860,59 @@ pub struct UpdateStats {
 }
 
 /// The updates on one rollout batch: reference logprobs when `grpo.beta > 0`, then
+/// DAPO's dynamic sampling (Yu et al., 2025), across ranks: how many groups with a
+/// learning signal (rewards that differ) each rank found in each round played so far, so
+/// that every rank stops after the same round and the step trains on the first
+/// `target` such groups in round, rank and group order, wherever they were played.
+pub(crate) struct GroupQuota {
+    target: usize,
+    /// Off: one round, every group kept, nothing exchanged.
+    on: bool,
+    /// Per round, per rank: groups with a signal.
+    found: Vec<Vec<usize>>,
+}
+
+impl GroupQuota {
+    pub(crate) fn new(target: usize, on: bool) -> GroupQuota {
+        GroupQuota { target, on, found: Vec::new() }
+    }
+
+    /// Records this rank's `groups` with a signal in the round just played (every rank
+    /// calls it, in step) and says whether the step has enough; always yes when off.
+    pub(crate) fn record(&mut self, groups: usize, comm: Option<&mut (dyn Communicator + '_)>) -> Result<bool> {
+        if !self.on {
+            return Ok(true);
+        }
+        let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
+        let mut counts = vec![0f32; world];
+        counts[rank] = groups as f32;
+        if let Some(comm) = comm {
+            comm.all_reduce_sum(&mut counts)?;
+        }
+        self.found.push(counts.iter().map(|&n| n as usize).collect());
+        Ok(self.found.iter().flatten().sum::<usize>() >= self.target)
+    }
+
+    /// How many of `rank`'s groups with a signal in `round` are trained on: the first ones,
+    /// until `target` is reached in round, rank and group order.
+    pub(crate) fn keep(&self, round: usize, rank: usize) -> usize {
+        if !self.on {
+            return usize::MAX;
+        }
+        let earlier =
+            self.found[..round].iter().flatten().sum::<usize>() + self.found[round][..rank].iter().sum::<usize>();
+        self.found[round][rank].min(self.target.saturating_sub(earlier))
+    }
+
+    /// When on: the rounds played and the groups trained on, over all ranks.
+    pub(crate) fn counts(&self) -> (Option<usize>, Option<usize>) {
+        if !self.on {
+            return (None, None);
+        }
+        (Some(self.found.len()), Some(self.found.iter().flatten().sum::<usize>().min(self.target)))
+    }
+}
+
 /// A step's per-rank sums (counts, reward sums, ..., and last the rollout seconds) made
 /// global: summed over the ranks of `comm` (carried as f32), the seconds then averaged.
 /// Nothing changes without a communicator.
@@ -1038,21 +1154,24 @@ pub trait GrpoTask {
     fn reference_mut(&mut self) -> &mut Option<Qwen2>;
     /// How many training items there are.
     fn items(&self) -> usize;
-    /// One step (rollouts, rewards, advantages, updates) on the items `batch` indexes.
-    fn step(&mut self, step: u64, batch: &[usize], optimizer: &mut AdamW, lr: f64) -> Result<StepMetrics>;
-    /// [`GrpoTask::step`] on the global batch `batch`, split over the ranks of `comm`.
-    /// Tasks that do not train data-parallel refuse more than one rank.
+    /// One step (rollouts, rewards, advantages, updates) on the items `batches[0]`
+    /// indexes; with `max_sampling_rounds > 1`, `batches` holds that many batches, played
+    /// in turn until enough groups have a learning signal (`StepMetrics::sampling_rounds`
+    /// says how many were).
+    fn step(&mut self, step: u64, batches: &[Vec<usize>], optimizer: &mut AdamW, lr: f64) -> Result<StepMetrics>;
+    /// [`GrpoTask::step`] on the global batches `batches`, each split over the ranks of
+    /// `comm`. Tasks that do not train data-parallel refuse more than one rank.
     fn step_sharded(
         &mut self,
         step: u64,
-        batch: &[usize],
+        batches: &[Vec<usize>],
         optimizer: &mut AdamW,
         lr: f64,
         comm: Option<&mut (dyn Communicator + '_)>,
     ) -> Result<StepMetrics> {
         match comm {
             Some(c) if c.world_size() > 1 => Err(Error::Config("this task does not train data-parallel".into())),
-            _ => self.step(step, batch, optimizer, lr),
+            _ => self.step(step, batches, optimizer, lr),
         }
     }
     /// A fingerprint of the training items, which every rank must share.
@@ -1080,22 +1199,21 @@ impl GrpoTask for GrpoTrainer<'_> {
     fn items(&self) -> usize {
         self.train.len()
     }
-    fn step(&mut self, step: u64, batch: &[usize], optimizer: &mut AdamW, lr: f64) -> Result<StepMetrics> {
-        let problems: Vec<Problem> = batch.iter().map(|&i| self.train[i].clone()).collect();
-        let refs: Vec<&Problem> = problems.iter().collect();
-        GrpoTrainer::step(self, step, &refs, optimizer, lr)
+    fn step(&mut self, step: u64, batches: &[Vec<usize>], optimizer: &mut AdamW, lr: f64) -> Result<StepMetrics> {
+        GrpoTask::step_sharded(self, step, batches, optimizer, lr, None)
     }
     fn step_sharded(
         &mut self,
         step: u64,
-        batch: &[usize],
+        batches: &[Vec<usize>],
         optimizer: &mut AdamW,
         lr: f64,
         comm: Option<&mut (dyn Communicator + '_)>,
     ) -> Result<StepMetrics> {
-        let problems: Vec<Problem> = batch.iter().map(|&i| self.train[i].clone()).collect();
-        let refs: Vec<&Problem> = problems.iter().collect();
-        GrpoTrainer::step_sharded(self, step, &refs, optimizer, lr, comm)
+        let problems: Vec<Vec<Problem>> =
+            batches.iter().map(|b| b.iter().map(|&i| self.train[i].clone()).collect()).collect();
+        let refs: Vec<Vec<&Problem>> = problems.iter().map(|b| b.iter().collect()).collect();
+        self.step_rounds(step, &refs, optimizer, lr, comm)
     }
     fn items_fingerprint(&self) -> u64 {
         let mut text = serde_json::to_string(&self.train).expect("JSON");
@@ -1178,6 +1296,8 @@ fn run<T: GrpoTask>(
         },
     )?;
     let mut start = 0;
+    // Batches of training items drawn so far: one a step, more with dynamic sampling.
+    let mut drawn = 0;
     if resume {
         let dir = checkpoint::latest(run_dir)?
             .ok_or_else(|| Error::Config(format!("{}: no checkpoint to resume from", run_dir.display())))?;
@@ -1188,6 +1308,7 @@ fn run<T: GrpoTask>(
         }
         checkpoint::load_optimizer(&dir, &mut optimizer, &state)?;
         start = state.step;
+        drawn = state.batches_drawn.unwrap_or(state.step);
     }
     let schedule = LrSchedule {
         base_lr: c.optim.lr,
@@ -1199,10 +1320,11 @@ fn run<T: GrpoTask>(
         crate::data::DataOrder { n: trainer.items(), batch_size: c.prompts_per_step, shuffle: true, seed: c.seed };
     let mut metrics = if lead { Some(Metrics::open(run_dir, resume.then_some(start))?) } else { None };
     let mut all = Vec::new();
-    let save = |trainer: &T, optimizer: &AdamW, step: u64| -> Result<PathBuf> {
+    let save = |trainer: &T, optimizer: &AdamW, step: u64, drawn: u64| -> Result<PathBuf> {
         let state = TrainerState {
             step,
-            epoch: order.step(step).0,
+            epoch: order.step(drawn).0,
+            batches_drawn: Some(drawn),
             seed: c.seed,
             data_fingerprint: String::new(),
             optimizer_steps: Default::default(),
@@ -1257,8 +1379,9 @@ fn run<T: GrpoTask>(
         metrics.write(&line)?;
     }
     for step in start..end {
-        let (_, idx) = order.step(step);
-        let mut m = trainer.step_sharded(step, &idx, &mut optimizer, schedule.lr(step), dist.as_deref_mut())?;
+        let batches: Vec<Vec<usize>> = (0..c.max_sampling_rounds as u64).map(|r| order.step(drawn + r).1).collect();
+        let mut m = trainer.step_sharded(step, &batches, &mut optimizer, schedule.lr(step), dist.as_deref_mut())?;
+        drawn += m.sampling_rounds.unwrap_or(1) as u64;
         if c.eval.due_after(step + 1, c.steps)
             && let Some((e, secs)) = evaluate(trainer, dist.as_deref_mut(), step + 1)?
         {
@@ -1277,14 +1400,14 @@ fn run<T: GrpoTask>(
         ));
         all.push(m);
         if lead && c.save_every > 0 && (step + 1) % c.save_every == 0 && step + 1 < end {
-            save(trainer, &optimizer, step + 1)?;
+            save(trainer, &optimizer, step + 1, drawn)?;
             crate::plots::write_curves(run_dir)?;
         }
     }
     bar.finish_and_clear();
     if lead {
         if start < end {
-            save(trainer, &optimizer, end)?;
+            save(trainer, &optimizer, end, drawn)?;
         }
         crate::plots::write_curves(run_dir)?;
     }
@@ -1319,6 +1442,27 @@ mod tests {
         let e = Evaluation::from_sums(Evaluation::sums(&correct, &rewards, &tools, 1, Some(&correct)), true);
         assert_eq!((e.pass_at_k, e.maj_at_k), (e.accuracy, Some(e.accuracy)));
         assert_eq!(Evaluation::from_sums([0.0; EVAL_SUMS], false), Evaluation::default());
+    }
+
+    #[test]
+    fn the_group_quota_keeps_the_first_groups_in_round_and_rank_order() {
+        // Three ranks, a quota of 5: 3 groups after the first round, 9 after the second.
+        let mut q = GroupQuota::new(5, true);
+        q.found = vec![vec![1, 2, 0]];
+        assert_eq!(q.counts(), (Some(1), Some(3)));
+        q.found.push(vec![2, 1, 3]);
+        let keep: Vec<Vec<usize>> = (0..2).map(|r| (0..3).map(|k| q.keep(r, k)).collect()).collect();
+        assert_eq!(keep, [vec![1, 2, 0], vec![2, 0, 0]]);
+        assert_eq!(q.counts(), (Some(2), Some(5)));
+        // One process records and stops as the ranks do.
+        let mut one = GroupQuota::new(5, true);
+        assert!(!one.record(3, None).unwrap());
+        assert!(one.record(2, None).unwrap());
+        assert_eq!((one.keep(0, 0), one.keep(1, 0), one.counts()), (3, 2, (Some(2), Some(5))));
+        // Off: one round, everything kept, nothing logged.
+        let mut off = GroupQuota::new(5, false);
+        assert!(off.record(0, None).unwrap());
+        assert_eq!((off.keep(0, 0), off.counts()), (usize::MAX, (None, None)));
     }
 
     #[test]

@@ -394,6 +394,7 @@ fn run(
         let state = TrainerState {
             step,
             epoch,
+            batches_drawn: None,
             seed: c.seed,
             data_fingerprint: fingerprint.clone(),
             optimizer_steps: Default::default(),

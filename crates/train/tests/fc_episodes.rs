@@ -517,3 +517,28 @@ fn the_context_limit_ends_an_episode() {
     let s = score_episode(&tok, &data, &none[0], &Default::default(), Default::default()).unwrap();
     assert!(!s.check.valid);
 }
+
+/// Dynamic sampling on episodes: the tiny model's episodes all score alike, so every
+/// group is flat; a step plays its three batches (every entry once), trains on nothing and
+/// moves no weight, KL term or not.
+#[test]
+fn dynamic_sampling_plays_every_round_when_all_groups_are_flat() {
+    let Some(bfcl) = bfcl_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = kl_reference();
+    let sets = [
+        "steps=1",
+        "prompts_per_step=1",
+        "filter_flat_groups=true",
+        "max_sampling_rounds=3",
+        "grpo.beta=0.5",
+        &reference,
+    ];
+    let mut t = fc_trainer(&bfcl, tmp.path(), 3, &sets);
+    let before = weights(&t.model);
+    let m = train(&tmp.path().join("run"), &mut t, &quiet()).unwrap().remove(0);
+    assert_eq!((m.sampling_rounds, m.trained_groups, m.flat_groups), (Some(3), Some(0), 3));
+    assert!(m.loss == 0.0 && before == weights(&t.model), "flat groups trained: loss {}", m.loss);
+    let state = artist_train::checkpoint::read_state(&tmp.path().join("run/checkpoints/step-00000001")).unwrap();
+    assert_eq!(state.batches_drawn, Some(3));
+}
