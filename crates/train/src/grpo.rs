@@ -859,7 +859,6 @@ pub struct UpdateStats {
     pub trained: bool,
 }
 
-/// The updates on one rollout batch: reference logprobs when `grpo.beta > 0`, then
 /// DAPO's dynamic sampling (Yu et al., 2025), across ranks: how many groups with a
 /// learning signal (rewards that differ) each rank found in each round played so far, so
 /// that every rank stops after the same round and the step trains on the first
