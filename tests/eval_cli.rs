@@ -151,6 +151,22 @@ fn evaluates_a_model_end_to_end() {
         }
         assert!(r["response_tokens"].as_u64().unwrap() <= 8 * 9);
     }
+    // maj@3 from the samples written out: per problem, the extracted answer with the most
+    // equal answers among the three (the lowest sample on a tie), graded as its sample was.
+    let mut voted = 0;
+    for p in 0..8 {
+        let mut mine: Vec<&Value> = rows.iter().filter(|r| r["problem_index"] == p).collect();
+        mine.sort_by_key(|r| r["sample"].as_u64());
+        let votes = |a: &str| {
+            mine.iter().filter_map(|r| r["extracted"].as_str()).filter(|b| artist_math::equivalent(a, b)).count()
+        };
+        let best = mine.iter().filter(|r| r["extracted"].is_string()).fold(None::<(&Value, usize)>, |best, r| {
+            let v = votes(r["extracted"].as_str().unwrap());
+            if best.is_none_or(|(_, b)| v > b) { Some((r, v)) } else { best }
+        });
+        voted += best.is_some_and(|(r, _)| r["correct"] == true) as usize;
+    }
+    assert_eq!(summary["maj_at_n"].as_f64(), Some(voted as f64 / 8.0), "{summary}");
 }
 
 /// pass@k against its definition on small cases, through the binary's summary: with

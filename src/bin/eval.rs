@@ -22,9 +22,11 @@
 //! [--k K] [--samples N] [--temperature T] [--tools python|calculator|none] [--out FILE.jsonl]
 //! [--json]` generates `N` answers per problem (default `K`) with the model in ARTIST's
 //! format, the tool live, and grades them. It prints pass@1 (the mean fraction correct),
-//! the unbiased pass@k (`1 - C(n-c, k) / C(n, k)` averaged over problems), the mean
-//! response length in tokens and the tool calls per answer; with `--json`, one object
-//! `{"pass_at_1", "pass_at_k", "k", "samples", "problems", "bad_rows", "mean_response_tokens",
+//! the unbiased pass@k (`1 - C(n-c, k) / C(n, k)` averaged over problems), maj@N (the
+//! problems whose answer most of the N samples agree on, grouped by the checker's
+//! equality, is correct), the mean response length in tokens and the tool calls per
+//! answer; with `--json`, one object
+//! `{"pass_at_1", "pass_at_k", "maj_at_n", "k", "samples", "problems", "bad_rows", "mean_response_tokens",
 //! "tool_calls_per_answer", "seconds"}`. `--out` gets one JSON line per sample:
 //! `{"problem_index", "problem", "gold", "sample", "completion", "extracted", "correct",
 //! "response_tokens", "tool_calls", "finish"}`. Malformed dataset rows are counted and
@@ -289,6 +291,8 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
         None => None,
     };
     let mut correct_per_problem = vec![0usize; prompts.len()];
+    // Per problem, (sample, extracted answer, correct), for the majority vote.
+    let mut answers: Vec<Vec<(usize, Option<String>, bool)>> = vec![Vec::new(); prompts.len()];
     let (mut tokens, mut calls) = (0usize, 0usize);
     for r in &rollouts {
         let p = &data.problems[r.prompt_index];
@@ -296,6 +300,7 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
         let extracted = artist_math::extract_answer(&completion);
         let correct = extracted.as_deref().is_some_and(|a| artist_math::equivalent(&p.answer, a));
         correct_per_problem[r.prompt_index] += correct as usize;
+        answers[r.prompt_index].push((r.sample_index, extracted.clone(), correct));
         tokens += r.ids.len();
         calls += r.tool_calls.len();
         if let Some(w) = out.as_mut() {
@@ -314,8 +319,16 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
     let problems = prompts.len() as f64;
     let pass_at_1 = correct_per_problem.iter().map(|&c| c as f64 / samples as f64).sum::<f64>() / problems;
     let pass_at_k = correct_per_problem.iter().map(|&c| pass_at(samples, c, cli.k)).sum::<f64>() / problems;
+    // maj@N: the answer most samples agree on (artist_math::majority, ties to the lowest
+    // sample), graded as that sample was.
+    answers.iter_mut().for_each(|a| a.sort_by_key(|x| x.0));
+    let majority_correct = answers.iter().filter(|a| {
+        let extracted: Vec<Option<&str>> = a.iter().map(|x| x.1.as_deref()).collect();
+        artist_math::majority(&extracted).is_some_and(|i| a[i].2)
+    });
+    let maj = majority_correct.count() as f64 / problems;
     let summary = json!({
-        "pass_at_1": pass_at_1, "pass_at_k": pass_at_k, "k": cli.k, "samples": samples,
+        "pass_at_1": pass_at_1, "pass_at_k": pass_at_k, "maj_at_n": maj, "k": cli.k, "samples": samples,
         "problems": prompts.len(), "bad_rows": data.bad_rows.len(),
         "mean_response_tokens": tokens as f64 / n, "tool_calls_per_answer": calls as f64 / n,
         "seconds": start.elapsed().as_secs_f64(),
@@ -324,11 +337,12 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
         println!("{summary}");
     } else {
         println!(
-            "{} problems x {samples} samples: pass@1 {:.1}%, pass@{} {:.1}%, {:.0} tokens and {:.2} tool calls per answer",
+            "{} problems x {samples} samples: pass@1 {:.1}%, pass@{} {:.1}%, maj@{samples} {:.1}%, {:.0} tokens and {:.2} tool calls per answer",
             prompts.len(),
             100.0 * pass_at_1,
             cli.k,
             100.0 * pass_at_k,
+            100.0 * maj,
             tokens as f64 / n,
             calls as f64 / n
         );
