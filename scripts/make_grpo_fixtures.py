@@ -25,6 +25,12 @@ The loss (the same formula artist implements, written here from its definition):
       token_mean:               w_t = 1 / N            N generated tokens in the batch
       seq_mean_token_sum_norm:  w_t = 1 / (S * L)      L a constant
 
+GSPO (``importance_sampling_level = "sequence"``, Zheng et al., 2025) replaces each
+token's ratio by its rollout's, the geometric mean of the token ratios, written as veRL
+writes it: ``log rho_t = lp_t - sg(lp_t) + sg(mean_i(lp - old))``, capped at 10 (``sg``:
+no gradient), so every token of rollout i has the value of its sequence ratio and the
+gradient of its own logprob scaled by it.
+
 Run from the repository root (float32, CPU, deterministic)::
 
     pip install torch transformers safetensors && python3 scripts/make_grpo_fixtures.py
@@ -47,6 +53,10 @@ CASES = [
      "kl": "k3", "temperature": 0.7, "norm_length": 64},
     {"name": "dr_grpo", "aggregation": "seq_mean_token_sum_norm", "clip_low": 0.2, "clip_high": 0.2, "beta": 0.1,
      "kl": "k1", "temperature": 1.0, "norm_length": 64},
+    # Sequence ratios 0.97, 1.05, 1.20, 1.05 on advantages 1.3, -0.6, 0.4, -1.1: the third
+    # rollout clips (1.20 > 1.15), the others do not.
+    {"name": "gspo", "aggregation": "seq_mean_token_mean", "clip_low": 0.1, "clip_high": 0.15, "beta": 0.04,
+     "kl": "k3", "temperature": 1.0, "norm_length": 64, "importance_sampling_level": "sequence"},
 ]
 
 
@@ -99,7 +109,11 @@ def loss_of(model, batch, case):
         old = torch.tensor(r["old_logprobs"])
         ref = torch.tensor(r["ref_logprobs"])
         a = float(r["advantage"])
-        ratio = torch.exp(lp - old)
+        if case.get("importance_sampling_level", "token") == "sequence":
+            seq = (lp - old)[m].mean()
+            ratio = torch.exp(torch.clamp(lp - lp.detach() + seq.detach(), max=10.0))
+        else:
+            ratio = torch.exp(lp - old)
         per = -torch.min(ratio * a, torch.clamp(ratio, 1 - case["clip_low"], 1 + case["clip_high"]) * a)
         if case["beta"] > 0:
             if case["kl"] == "k3":

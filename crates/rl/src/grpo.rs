@@ -13,6 +13,15 @@
 //! corrects for a sampler whose numerics differ from the trainer's (bf16 products or KV
 //! cache) while the ratio still starts at 1.
 //!
+//! GSPO (`importance_sampling_level = "sequence"`, Zheng et al., 2025) replaces each
+//! token's ratio by its rollout's, the geometric mean of the token ratios
+//! `s_i = exp(mean_t(lp_t - lp_old_t))` over the rollout's generated tokens, as veRL and
+//! TRL write it: `rho_t = exp(lp_t - sg(lp_t) + sg(log s_i))`, with `log s_i` capped at 10
+//! (`sg`: a constant). Every token then has the value `s_i`, so a rollout clips as a whole,
+//! and the gradient of its own logprob scaled by `s_i`; under `seq_mean_token_mean` that is
+//! the gradient of the sequence-level objective. GSPO's paper clips `s_i` far more tightly
+//! than token ratios (3e-4 and 4e-4).
+//!
 //! Aggregation is a weighted sum `sum_t w_t l_t` with constant weights from
 //! [`token_weights`] over the whole batch, so micro-batches add up to the full loss:
 //! * `seq_mean_token_mean` (GRPO): `w = 1 / (n_i S)`, `n_i` the rollout's generated
@@ -33,6 +42,18 @@ pub enum Aggregation {
     SeqMeanTokenMean,
     TokenMean,
     SeqMeanTokenSumNorm,
+}
+
+/// Which ratio the clipped policy-gradient term uses (`importance_sampling_level`, as TRL
+/// names it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportanceLevel {
+    /// Each token's own ratio (GRPO, DAPO).
+    #[default]
+    Token,
+    /// The rollout's geometric-mean ratio on every token (GSPO).
+    Sequence,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -61,7 +82,12 @@ pub struct GrpoConfig {
     /// `min(pi_old / pi_sampler, tis_cap)` (0: off). Needs each rollout's
     /// [`TrainRollout::sampler_logprobs`] (pi_old recomputed by the trainer).
     pub tis_cap: f64,
+    /// `token` (default) or `sequence` (GSPO): see the module doc.
+    pub importance_sampling_level: ImportanceLevel,
 }
+
+/// GSPO's cap on a rollout's log ratio (veRL's): beyond it the ratio is a constant.
+const MAX_SEQUENCE_LOG_RATIO: f64 = 10.0;
 
 impl Default for GrpoConfig {
     fn default() -> Self {
@@ -74,6 +100,7 @@ impl Default for GrpoConfig {
             norm_length: 8000,
             temperature: 1.0,
             tis_cap: 0.0,
+            importance_sampling_level: ImportanceLevel::Token,
         }
     }
 }
@@ -206,8 +233,30 @@ pub fn grpo_loss(
     let konst = |v: &[f32]| -> artist_model::Result<Var> {
         Ok(Var::constant(Tensor::from_vec(v.to_vec(), v.len(), model.device())?))
     };
-    let (old_v, adv_v, w_v) = (konst(&old)?, konst(&adv)?, konst(&w)?);
-    let ratio = lp.sub(&old_v)?.exp()?;
+    let (adv_v, w_v) = (konst(&adv)?, konst(&w)?);
+    let ratio = match c.importance_sampling_level {
+        ImportanceLevel::Token => lp.sub(&konst(&old)?)?.exp()?,
+        ImportanceLevel::Sequence => {
+            // lp_t + (log s_i - lp_t): the value log s_i, the gradient lp_t's. A rollout
+            // whose log ratio passes the cap gets a constant ratio (veRL's clamp).
+            let lpv = lp.value().to_vec::<f32>()?;
+            let (mut shift, mut capped) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let mut t = 0;
+            for r in batch {
+                let k = r.generated();
+                let log_s = (t..t + k).map(|i| lpv[i] as f64 - old[i] as f64).sum::<f64>() / k.max(1) as f64;
+                for &l in &lpv[t..t + k] {
+                    shift.push((log_s.min(MAX_SEQUENCE_LOG_RATIO) - l as f64) as f32);
+                    capped.push(if log_s > MAX_SEQUENCE_LOG_RATIO { 0.0 } else { 1.0 });
+                }
+                t += k;
+            }
+            let live = lp.add(&konst(&shift)?)?.mul(&konst(&capped)?)?;
+            let dead: Vec<f32> =
+                capped.iter().map(|&c| if c == 0.0 { MAX_SEQUENCE_LOG_RATIO as f32 } else { 0.0 }).collect();
+            live.add(&konst(&dead)?)?.exp()?
+        }
+    };
     let unclipped = ratio.mul(&adv_v)?;
     let clipped = ratio.clamp((1.0 - c.clip_low) as f32, (1.0 + c.clip_high) as f32)?.mul(&adv_v)?;
     let mut per_token = unclipped.minimum(&clipped)?.neg()?;

@@ -11,7 +11,8 @@ pub mod rewards;
 pub use advantages::{AdvantageConfig, group_advantages};
 pub use format::{Segment, TagEvent};
 pub use grpo::{
-    Aggregation, GrpoConfig, GrpoStats, KlEstimator, TrainRollout, grpo_loss, token_weights, token_weights_global,
+    Aggregation, GrpoConfig, GrpoStats, ImportanceLevel, KlEstimator, TrainRollout, grpo_loss, token_weights,
+    token_weights_global,
 };
 pub use rewards::{
     FcRewardWeights, FcRewards, MathRewardWeights, MathRewards, fc_format_rewards, math_rewards,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use artist_autograd::{Ctx, Gradients, Tape};
 use artist_model::Qwen2;
-use artist_rl::{Aggregation, GrpoConfig, KlEstimator, TrainRollout, grpo_loss, token_weights};
+use artist_rl::{Aggregation, GrpoConfig, ImportanceLevel, KlEstimator, TrainRollout, grpo_loss, token_weights};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen2").join(name)
@@ -59,11 +59,17 @@ fn reference_loss(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig) -> f64 {
     let mut loss = 0.0;
     for (r, w) in b.iter().zip(&w) {
         let lp = exact_logprobs(model, &r.prompt_ids, &r.ids, c.temperature);
+        // GSPO: the geometric mean of the rollout's token ratios, on every token.
+        let live: Vec<usize> = (0..r.ids.len()).filter(|&j| r.mask[j] == 1).collect();
+        let log_s = live.iter().map(|&j| lp[j] - r.old_logprobs[j] as f64).sum::<f64>() / live.len() as f64;
         for j in 0..r.ids.len() {
             if r.mask[j] == 0 {
                 continue;
             }
-            let ratio = (lp[j] - r.old_logprobs[j] as f64).exp();
+            let ratio = match c.importance_sampling_level {
+                ImportanceLevel::Token => (lp[j] - r.old_logprobs[j] as f64).exp(),
+                ImportanceLevel::Sequence => log_s.min(10.0).exp(),
+            };
             let a = r.advantage as f64;
             let clipped = ratio.clamp(1.0 - c.clip_low, 1.0 + c.clip_high);
             let mut l = -(ratio * a).min(clipped * a);
@@ -104,22 +110,27 @@ fn run(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig, micro: usize) -> (f64,
 #[test]
 fn loss_matches_the_formula_in_every_mode() {
     let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
-    for (agg, beta, kl, t, clip_high, tis_cap) in [
-        (Aggregation::SeqMeanTokenMean, 0.0, KlEstimator::K3, 1.0, 0.2, 0.0),
-        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, 0.28, 0.0),
-        (Aggregation::SeqMeanTokenSumNorm, 0.1, KlEstimator::K1, 1.0, 0.2, 0.0),
+    let (token, sequence) = (ImportanceLevel::Token, ImportanceLevel::Sequence);
+    for (agg, beta, kl, t, (clip_low, clip_high), tis_cap, level) in [
+        (Aggregation::SeqMeanTokenMean, 0.0, KlEstimator::K3, 1.0, (0.2, 0.2), 0.0, token),
+        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.28), 0.0, token),
+        (Aggregation::SeqMeanTokenSumNorm, 0.1, KlEstimator::K1, 1.0, (0.2, 0.2), 0.0, token),
         // Truncated importance sampling: weights from 0.67 to 1.49, capped at 1.2.
-        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, 0.28, 1.2),
+        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.28), 1.2, token),
+        // GSPO: sequence ratios 1.078, 1.042 and 1.051 on advantages 1.3, -0.6 and 0.4, so a
+        // range of 0.05 clips the first and the last rollout.
+        (Aggregation::SeqMeanTokenMean, 0.04, KlEstimator::K3, 1.0, (0.05, 0.05), 0.0, sequence),
     ] {
         let c = GrpoConfig {
             aggregation: agg,
             beta,
             kl,
             temperature: t,
+            clip_low,
             clip_high,
             norm_length: 32,
             tis_cap,
-            ..Default::default()
+            importance_sampling_level: level,
         };
         let mut b = batch(&model, t);
         if tis_cap > 0.0 {
@@ -157,6 +168,53 @@ fn loss_matches_the_formula_in_every_mode() {
                 a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, |m, x| if x.is_nan() || x > m { x } else { m });
             assert!(worst <= 1e-4 * scale, "{agg:?} {}: micro-batch gradients differ by {worst}", p.name());
         }
+    }
+}
+
+/// GSPO clips a rollout as a whole: the clipped tokens are exactly those of the rollouts
+/// whose sequence ratio (computed here in f64) leaves the range on its advantage's side.
+/// A rollout whose log ratio passes the cap of 10 gives the loss a constant and the
+/// gradient nothing: the same gradients as with its advantage set to 0.
+#[test]
+fn gspo_clips_whole_rollouts_and_caps_the_log_ratio() {
+    let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
+    let c = GrpoConfig {
+        beta: 0.04,
+        clip_low: 0.05,
+        clip_high: 0.05,
+        importance_sampling_level: ImportanceLevel::Sequence,
+        ..Default::default()
+    };
+    let b = batch(&model, 1.0);
+    let mut want = 0;
+    for r in &b {
+        let lp = exact_logprobs(&model, &r.prompt_ids, &r.ids, 1.0);
+        let live: Vec<usize> = (0..r.ids.len()).filter(|&j| r.mask[j] == 1).collect();
+        let s = (live.iter().map(|&j| lp[j] - r.old_logprobs[j] as f64).sum::<f64>() / live.len() as f64).exp();
+        eprintln!("advantage {}: sequence ratio {s}", r.advantage);
+        if (r.advantage > 0.0 && s > 1.05) || (r.advantage < 0.0 && s < 0.95) {
+            want += live.len();
+        }
+    }
+    let (_, _, clipped) = run(&model, &b, &c, usize::MAX);
+    assert!(want > 0 && want < b.iter().map(TrainRollout::generated).sum(), "the batch should clip some rollouts");
+    assert_eq!(clipped, want);
+
+    // Rollout 1 (advantage -0.6, so unclipped below the cap) made 12 nats more likely.
+    let mut far = b.clone();
+    far[1].old_logprobs.iter_mut().for_each(|x| *x -= 12.0);
+    let (loss, g_far, _) = run(&model, &far, &c, usize::MAX);
+    let want_loss = reference_loss(&model, &far, &c);
+    assert!((loss - want_loss).abs() <= 1e-4 * want_loss.abs(), "loss {loss} vs {want_loss}");
+    let mut zero = far.clone();
+    zero[1].advantage = 0.0;
+    let (_, g_zero, _) = run(&model, &zero, &c, usize::MAX);
+    for p in model.params() {
+        let (a, z) =
+            (g_far.get(p.id()).unwrap().to_f32_vec().unwrap(), g_zero.get(p.id()).unwrap().to_f32_vec().unwrap());
+        let scale = z.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+        let worst = a.iter().zip(&z).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-5 * scale, "{}: a capped rollout moved the gradient by {worst}", p.name());
     }
 }
 
@@ -250,6 +308,10 @@ fn loss_and_gradients_match_pytorch() {
             temperature: case["temperature"].as_f64().unwrap() as f32,
             norm_length: case["norm_length"].as_u64().unwrap() as usize,
             tis_cap: 0.0,
+            importance_sampling_level: serde_json::from_value(
+                case.get("importance_sampling_level").cloned().unwrap_or_else(|| "token".into()),
+            )
+            .unwrap(),
         };
         let (loss, grads, _) = run(&model, &batch, &c, usize::MAX);
         let want = case["loss"].as_f64().unwrap();
