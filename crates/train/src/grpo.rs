@@ -387,6 +387,7 @@ impl GrpoRunConfig {
                 "steps, prompts_per_step, rollout.group_size and optimizer_steps_per_batch must be >= 1".into(),
             ));
         }
+        self.advantages.check().map_err(Error::Config)?;
         if self.max_sampling_rounds == 0 {
             return Err(Error::Config("max_sampling_rounds must be >= 1 (1: one batch of prompts a step)".into()));
         }

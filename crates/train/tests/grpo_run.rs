@@ -295,4 +295,14 @@ fn configuration_errors_name_the_key() {
         .with_overrides(&["rollout.group_size=4".into(), "grpo.aggregation=token_mean".into()])
         .unwrap();
     assert_eq!((c.rollout.group_size, c.grpo.aggregation), (4, artist_rl::Aggregation::TokenMean));
+    // RLOO's baseline is not scaled by the group's deviation: asking for both is refused.
+    let rloo = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        tiny_config().with_overrides(&sets).unwrap().validate(Device::Cpu)
+    };
+    let e = rloo(&["advantages.estimator=\"rloo\""]).unwrap_err().to_string();
+    assert!(e.contains("rloo") && e.contains("scale_by_std"), "{e}");
+    rloo(&["advantages.estimator=\"rloo\"", "advantages.scale_by_std=false"]).unwrap();
+    let e = tiny_config().with_overrides(&["grpo.importance_sampling_level=\"tokens\"".into()]).unwrap_err();
+    assert!(e.to_string().contains("tokens"), "{e}");
 }
