@@ -26,12 +26,14 @@ use artist_bfcl::{LongContext, Session, ToolSet, parse_calls};
 use artist_engine::{KeptCache, Policy, RolloutConfig, RolloutEngine, SamplingParams};
 use artist_model::Qwen2;
 use artist_optim::AdamW;
-use artist_rl::{FcRewardWeights, FcRewards, TrainRollout, fc_format_rewards, group_advantages};
+use artist_rl::{FcRewardWeights, FcRewards, TrainRollout, fc_format_rewards};
 use artist_tokenizer::{ChatTemplate, Message, Tokenizer};
 use artist_tools::{Tool, ToolCall, ToolResult};
 use serde::{Deserialize, Serialize};
 
-use crate::grpo::{Evaluation, GroupQuota, GrpoRunConfig, GrpoTask, StepMetrics, combine_step_sums, update_sharded};
+use crate::grpo::{
+    Evaluation, GrpoRunConfig, GrpoTask, StepMetrics, combine_step_sums, groups_to_train, play_rounds, update_sharded,
+};
 use crate::{Error, Result};
 use artist_dist::{Communicator, shard_range};
 
@@ -565,32 +567,13 @@ impl FcTrainer {
             .map(|ep| score_episode(&self.tokenizer, &self.data, ep, &c.fc_rewards, opts))
             .collect::<Result<_>>()?;
         let totals: Vec<f64> = scored.iter().map(|x| x.rewards.total).collect();
-        let adv = group_advantages(&totals, g, &c.advantages);
-        let mut flat = 0;
-        let mut groups = Vec::new();
-        for (k, group) in eps.chunks(g).enumerate() {
-            if c.filter_flat_groups && artist_rl::advantages::group_is_flat(&totals[k * g..(k + 1) * g]) {
-                flat += 1;
-                continue;
-            }
-            let train = group
-                .iter()
-                .enumerate()
-                .filter(|(_, ep)| ep.mask.iter().any(|&m| m != 0) && !(c.overlong.mask_truncated && ep.truncated));
-            groups.push(
-                train
-                    .map(|(i, ep)| TrainRollout {
-                        prompt_ids: ep.prompt_ids.clone(),
-                        ids: ep.ids.clone(),
-                        mask: ep.mask.clone(),
-                        old_logprobs: ep.logprobs.clone(),
-                        sampler_logprobs: None,
-                        ref_logprobs: None,
-                        advantage: adv[k * g + i] as f32,
-                    })
-                    .collect(),
-            );
-        }
+        let (groups, flat) = groups_to_train(
+            c,
+            &eps,
+            &totals,
+            |ep| ep.mask.iter().any(|&m| m != 0) && !(c.overlong.mask_truncated && ep.truncated),
+            |ep| (&ep.prompt_ids, &ep.ids, &ep.mask, &ep.logprobs),
+        );
         let sum = |f: &dyn Fn(&Scored) -> f64| scored.iter().map(f).sum::<f64>();
         let calls: usize = eps.iter().map(|e| e.tool_calls).sum();
         let errors: usize = eps.iter().map(|e| e.tool_errors).sum();
@@ -684,26 +667,12 @@ impl GrpoTask for FcTrainer {
         mut comm: Option<&mut (dyn Communicator + '_)>,
     ) -> Result<StepMetrics> {
         let c = self.config.clone();
-        let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
-        let mut quota = GroupQuota::new(c.prompts_per_step, batches.len() > 1);
-        let mut sums = [0f64; 14];
-        let mut signal: Vec<Vec<Vec<TrainRollout>>> = Vec::new();
-        for (r, batch) in batches.iter().enumerate() {
-            let shard = shard_range(batch.len(), rank, world);
-            // Round r's episodes are numbered after the earlier rounds' (their seeds).
-            let first = r * c.prompts_per_step + shard.start;
-            let (groups, round) = self.play_round(step, first, &batch[shard])?;
-            sums.iter_mut().zip(round).for_each(|(s, x)| *s += x);
-            let met = quota.record(groups.len(), comm.as_deref_mut())?;
-            signal.push(groups);
-            if met {
-                break;
-            }
-        }
+        let lens: Vec<usize> = batches.iter().map(Vec::len).collect();
+        // Round r's episodes are numbered after the earlier rounds' (their seeds).
+        let (train, mut sums, quota) = play_rounds(&c, &lens, comm.as_deref_mut(), |r, shard, first| {
+            self.play_round(step, first, &batches[r][shard])
+        })?;
         let t = Instant::now();
-        let train: Vec<TrainRollout> = (signal.into_iter().enumerate())
-            .flat_map(|(r, groups)| groups.into_iter().take(quota.keep(r, rank)).flatten())
-            .collect();
         combine_step_sums(&mut sums, comm.as_deref_mut())?;
         let [
             n,

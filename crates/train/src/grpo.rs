@@ -4,6 +4,7 @@
 //! [`crate::fc::FcTrainer`] on BFCL episodes, both through [`train`]. Settings come from
 //! TOML ([`GrpoRunConfig`]), every field documented and overridable with `--set`.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -667,39 +668,20 @@ impl GrpoTrainer<'_> {
     /// step's metrics (in the order `step_rounds` reads them).
     fn score_round(&self, batch: RolloutBatch) -> Result<(Vec<Vec<TrainRollout>>, [f64; 15])> {
         let c = &self.config;
-        let (g, o) = (c.rollout.group_size, &c.overlong);
+        let o = &c.overlong;
         let RolloutBatch { rollouts, rewards, correct, seconds: rollout_s, .. } = batch;
         let overlong: Vec<f64> = rollouts
             .iter()
             .map(|r| artist_rl::overlong_penalty(r.ids.len(), c.rollout.max_response_tokens, o.buffer, o.penalty))
             .collect();
         let totals: Vec<f64> = rewards.iter().zip(&overlong).map(|(r, p)| r.total + p).collect();
-        let adv = group_advantages(&totals, g, &c.advantages);
-        let mut flat = 0;
-        let mut groups = Vec::new();
-        for (k, group) in rollouts.chunks(g).enumerate() {
-            if c.filter_flat_groups && artist_rl::advantages::group_is_flat(&totals[k * g..(k + 1) * g]) {
-                flat += 1;
-                continue;
-            }
-            let train = group
-                .iter()
-                .enumerate()
-                .filter(|(_, ro)| ro.sampled_tokens() > 0 && !(o.mask_truncated && ended_by_a_limit(ro)));
-            groups.push(
-                train
-                    .map(|(i, ro)| TrainRollout {
-                        prompt_ids: ro.prompt_ids.clone(),
-                        ids: ro.ids.clone(),
-                        mask: ro.mask.clone(),
-                        old_logprobs: ro.logprobs.clone(),
-                        sampler_logprobs: None,
-                        ref_logprobs: None,
-                        advantage: adv[k * g + i] as f32,
-                    })
-                    .collect(),
-            );
-        }
+        let (groups, flat) = groups_to_train(
+            c,
+            &rollouts,
+            &totals,
+            |ro| ro.sampled_tokens() > 0 && !(o.mask_truncated && ended_by_a_limit(ro)),
+            |ro| (&ro.prompt_ids, &ro.ids, &ro.mask, &ro.logprobs),
+        );
         let calls: usize = rollouts.iter().map(|r| r.tool_calls.len()).sum();
         let sums = [
             rollouts.len() as f64,
@@ -735,28 +717,14 @@ impl GrpoTrainer<'_> {
     ) -> Result<StepMetrics> {
         let c = self.config.clone();
         let g = c.rollout.group_size;
-        let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
-        let mut quota = GroupQuota::new(c.prompts_per_step, rounds.len() > 1);
-        let mut sums = [0f64; 15];
-        let mut signal: Vec<Vec<Vec<TrainRollout>>> = Vec::new();
-        for (r, problems) in rounds.iter().enumerate() {
-            let shard = shard_range(problems.len(), rank, world);
+        let lens: Vec<usize> = rounds.iter().map(Vec::len).collect();
+        let (train, mut sums, quota) = play_rounds(&c, &lens, comm.as_deref_mut(), |r, shard, first| {
             // Rollout k of prompt p samples with seed `seed + p * G + k`: offset by the
             // shard's first global prompt.
-            let first = r * c.prompts_per_step + shard.start;
             let seed = c.seed.wrapping_add(step.wrapping_mul(1_000_003)).wrapping_add((first * g) as u64);
-            let (groups, round) = self.score_round(self.rollouts(&problems[shard], seed)?)?;
-            sums.iter_mut().zip(round).for_each(|(s, x)| *s += x);
-            let met = quota.record(groups.len(), comm.as_deref_mut())?;
-            signal.push(groups);
-            if met {
-                break;
-            }
-        }
+            self.score_round(self.rollouts(&rounds[r][shard], seed)?)
+        })?;
         let t = Instant::now();
-        let train: Vec<TrainRollout> = (signal.into_iter().enumerate())
-            .flat_map(|(r, groups)| groups.into_iter().take(quota.keep(r, rank)).flatten())
-            .collect();
         combine_step_sums(&mut sums, comm.as_deref_mut())?;
         let [
             n,
@@ -858,6 +826,75 @@ pub struct UpdateStats {
     pub sampler_logprob_gap: Option<f64>,
     /// Whether any rollout was trained on.
     pub trained: bool,
+}
+
+/// A round's rollouts (math rollouts or BFCL episodes, in groups of G) as what to train
+/// on: advantages from `totals`; under `filter_flat_groups` the groups whose rewards are
+/// all equal left out and counted; the rest, one entry a group, holding the rollouts that
+/// `trainable` accepts. `parts` gives a rollout's prompt, ids, loss mask and logprobs.
+pub(crate) fn groups_to_train<R>(
+    c: &GrpoRunConfig,
+    played: &[R],
+    totals: &[f64],
+    trainable: impl Fn(&R) -> bool,
+    parts: impl Fn(&R) -> (&Vec<u32>, &Vec<u32>, &Vec<u8>, &Vec<f32>),
+) -> (Vec<Vec<TrainRollout>>, usize) {
+    let g = c.rollout.group_size;
+    let adv = group_advantages(totals, g, &c.advantages);
+    let mut flat = 0;
+    let mut groups = Vec::new();
+    for (k, group) in played.chunks(g).enumerate() {
+        if c.filter_flat_groups && artist_rl::advantages::group_is_flat(&totals[k * g..(k + 1) * g]) {
+            flat += 1;
+            continue;
+        }
+        let train = group.iter().enumerate().filter(|(_, r)| trainable(r)).map(|(i, r)| {
+            let (prompt_ids, ids, mask, logprobs) = parts(r);
+            TrainRollout {
+                prompt_ids: prompt_ids.clone(),
+                ids: ids.clone(),
+                mask: mask.clone(),
+                old_logprobs: logprobs.clone(),
+                sampler_logprobs: None,
+                ref_logprobs: None,
+                advantage: adv[k * g + i] as f32,
+            }
+        });
+        groups.push(train.collect());
+    }
+    (groups, flat)
+}
+
+/// A step's rounds (global batches of `lens[r]` items) played until [`GroupQuota`] is
+/// met: `play(r, shard, first)` plays this rank's `shard` of round r, whose first item is
+/// global item `first` (counting the earlier rounds as `prompts_per_step` each, for the
+/// seeds), and returns its groups with a learning signal and its metric sums. Returns the
+/// rollouts to train on, the sums of the rounds played and the quota (rounds, groups).
+pub(crate) fn play_rounds<const N: usize>(
+    c: &GrpoRunConfig,
+    lens: &[usize],
+    mut comm: Option<&mut (dyn Communicator + '_)>,
+    mut play: impl FnMut(usize, Range<usize>, usize) -> Result<(Vec<Vec<TrainRollout>>, [f64; N])>,
+) -> Result<(Vec<TrainRollout>, [f64; N], GroupQuota)> {
+    let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
+    let mut quota = GroupQuota::new(c.prompts_per_step, lens.len() > 1);
+    let mut sums = [0f64; N];
+    let mut signal = Vec::new();
+    for (r, &len) in lens.iter().enumerate() {
+        let shard = shard_range(len, rank, world);
+        let first = r * c.prompts_per_step + shard.start;
+        let (groups, round) = play(r, shard, first)?;
+        sums.iter_mut().zip(round).for_each(|(s, x)| *s += x);
+        let met = quota.record(groups.len(), comm.as_deref_mut())?;
+        signal.push(groups);
+        if met {
+            break;
+        }
+    }
+    let train = (signal.into_iter().enumerate())
+        .flat_map(|(r, groups)| groups.into_iter().take(quota.keep(r, rank)).flatten())
+        .collect();
+    Ok((train, sums, quota))
 }
 
 /// DAPO's dynamic sampling (Yu et al., 2025), across ranks: how many groups with a
