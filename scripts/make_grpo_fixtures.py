@@ -29,7 +29,8 @@ GSPO (``importance_sampling_level = "sequence"``, Zheng et al., 2025) replaces e
 token's ratio by its rollout's, the geometric mean of the token ratios, written as veRL
 writes it: ``log rho_t = lp_t - sg(lp_t) + sg(mean_i(lp - old))``, capped at 10 (``sg``:
 no gradient), so every token of rollout i has the value of its sequence ratio and the
-gradient of its own logprob scaled by it.
+gradient of its own logprob scaled by it. Dual-clip PPO (``clip_ratio_c = c``) bounds a
+token of negative advantage: ``l_t = min(l_t, -c A_i)`` before the KL term.
 
 Run from the repository root (float32, CPU, deterministic)::
 
@@ -57,6 +58,9 @@ CASES = [
     # rollout clips (1.20 > 1.15), the others do not.
     {"name": "gspo", "aggregation": "seq_mean_token_mean", "clip_low": 0.1, "clip_high": 0.15, "beta": 0.04,
      "kl": "k3", "temperature": 1.0, "norm_length": 64, "importance_sampling_level": "sequence"},
+    # Dual-clip PPO: on the rollouts of negative advantage, ratios above 1.3 are capped.
+    {"name": "dual_clip", "aggregation": "token_mean", "clip_low": 0.2, "clip_high": 0.2, "beta": 0.0,
+     "kl": "k3", "temperature": 1.0, "norm_length": 64, "clip_ratio_c": 1.3},
 ]
 
 
@@ -115,6 +119,8 @@ def loss_of(model, batch, case):
         else:
             ratio = torch.exp(lp - old)
         per = -torch.min(ratio * a, torch.clamp(ratio, 1 - case["clip_low"], 1 + case["clip_high"]) * a)
+        if case.get("clip_ratio_c", 0.0) > 0 and a < 0:
+            per = torch.min(per, torch.full_like(per, -case["clip_ratio_c"] * a))
         if case["beta"] > 0:
             if case["kl"] == "k3":
                 d = ref - lp

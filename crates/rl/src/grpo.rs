@@ -7,6 +7,11 @@
 //! `KL_t` is `k3 = exp(ref - lp) - (ref - lp) - 1` or `k1 = lp - ref`. `lp` is computed
 //! the way the sampler sampled: logits divided by the sampling temperature.
 //!
+//! With `clip_ratio_c = c > 1` (dual-clip PPO, Ye et al., 2020, as veRL applies it) a
+//! token of negative advantage loses at most `-c A_i`: `l_t = min(l_t, -c A_i)` before the
+//! KL term, so a ratio far above 1 on a token the policy should make rarer can no longer
+//! take an unbounded step.
+//!
 //! With `tis_cap > 0` (truncated importance sampling) the policy-gradient term of each
 //! token is weighted by `min(exp(lp_old_t - lp_sampler_t), tis_cap)`, a constant: pi_old
 //! recomputed by the trainer over the probability the sampler drew the token with, which
@@ -84,6 +89,9 @@ pub struct GrpoConfig {
     pub tis_cap: f64,
     /// `token` (default) or `sequence` (GSPO): see the module doc.
     pub importance_sampling_level: ImportanceLevel,
+    /// Dual-clip PPO's bound for negative advantages (veRL's `clip_ratio_c`, 3 there): a
+    /// token's policy-gradient loss is at most `-clip_ratio_c * A`. 0: off; else above 1.
+    pub clip_ratio_c: f64,
 }
 
 /// GSPO's cap on a rollout's log ratio (veRL's): beyond it the ratio is a constant.
@@ -101,6 +109,7 @@ impl Default for GrpoConfig {
             temperature: 1.0,
             tis_cap: 0.0,
             importance_sampling_level: ImportanceLevel::Token,
+            clip_ratio_c: 0.0,
         }
     }
 }
@@ -165,7 +174,8 @@ pub fn token_weights_global(
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct GrpoStats {
     pub tokens: usize,
-    /// Tokens whose ratio lay outside the clip range on the side that clips.
+    /// Tokens whose ratio lay outside the clip range on the side that clips, or (dual
+    /// clip) above `clip_ratio_c` with a negative advantage.
     pub clipped: usize,
     pub ratio_mean: f64,
     pub kl_mean: f64,
@@ -260,6 +270,11 @@ pub fn grpo_loss(
     let unclipped = ratio.mul(&adv_v)?;
     let clipped = ratio.clamp((1.0 - c.clip_low) as f32, (1.0 + c.clip_high) as f32)?.mul(&adv_v)?;
     let mut per_token = unclipped.minimum(&clipped)?.neg()?;
+    if c.clip_ratio_c > 0.0 {
+        let bound: Vec<f32> =
+            adv.iter().map(|&a| if a < 0.0 { -(c.clip_ratio_c as f32) * a } else { f32::INFINITY }).collect();
+        per_token = per_token.minimum(&konst(&bound)?)?;
+    }
     if c.tis_cap > 0.0 {
         per_token = per_token.mul(&konst(&tis)?)?;
     }
@@ -280,11 +295,13 @@ pub fn grpo_loss(
 
     // Statistics from the values.
     let (lpv, rv) = (lp.value().to_vec::<f32>()?, ratio.value().to_vec::<f32>()?);
+    let dual = if c.clip_ratio_c > 0.0 { c.clip_ratio_c as f32 } else { f32::INFINITY };
     let clipped_n = rv
         .iter()
         .zip(&adv)
         .filter(|(r, a)| {
-            (**a > 0.0 && **r > (1.0 + c.clip_high) as f32) || (**a < 0.0 && **r < (1.0 - c.clip_low) as f32)
+            (**a > 0.0 && **r > (1.0 + c.clip_high) as f32)
+                || (**a < 0.0 && (**r < (1.0 - c.clip_low) as f32 || **r > dual))
         })
         .count();
     let mut logprobs = Vec::with_capacity(batch.len());

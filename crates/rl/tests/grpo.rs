@@ -73,6 +73,9 @@ fn reference_loss(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig) -> f64 {
             let a = r.advantage as f64;
             let clipped = ratio.clamp(1.0 - c.clip_low, 1.0 + c.clip_high);
             let mut l = -(ratio * a).min(clipped * a);
+            if c.clip_ratio_c > 0.0 && a < 0.0 {
+                l = l.min(-c.clip_ratio_c * a);
+            }
             if c.tis_cap > 0.0 {
                 let sampled = r.sampler_logprobs.as_ref().unwrap()[j] as f64;
                 l *= (r.old_logprobs[j] as f64 - sampled).exp().min(c.tis_cap);
@@ -111,15 +114,17 @@ fn run(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig, micro: usize) -> (f64,
 fn loss_matches_the_formula_in_every_mode() {
     let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
     let (token, sequence) = (ImportanceLevel::Token, ImportanceLevel::Sequence);
-    for (agg, beta, kl, t, (clip_low, clip_high), tis_cap, level) in [
-        (Aggregation::SeqMeanTokenMean, 0.0, KlEstimator::K3, 1.0, (0.2, 0.2), 0.0, token),
-        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.28), 0.0, token),
-        (Aggregation::SeqMeanTokenSumNorm, 0.1, KlEstimator::K1, 1.0, (0.2, 0.2), 0.0, token),
+    for (agg, beta, kl, t, (clip_low, clip_high), tis_cap, level, clip_ratio_c) in [
+        (Aggregation::SeqMeanTokenMean, 0.0, KlEstimator::K3, 1.0, (0.2, 0.2), 0.0, token, 0.0),
+        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.28), 0.0, token, 0.0),
+        (Aggregation::SeqMeanTokenSumNorm, 0.1, KlEstimator::K1, 1.0, (0.2, 0.2), 0.0, token, 0.0),
         // Truncated importance sampling: weights from 0.67 to 1.49, capped at 1.2.
-        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.28), 1.2, token),
+        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.28), 1.2, token, 0.0),
         // GSPO: sequence ratios 1.078, 1.042 and 1.051 on advantages 1.3, -0.6 and 0.4, so a
         // range of 0.05 clips the first and the last rollout.
-        (Aggregation::SeqMeanTokenMean, 0.04, KlEstimator::K3, 1.0, (0.05, 0.05), 0.0, sequence),
+        (Aggregation::SeqMeanTokenMean, 0.04, KlEstimator::K3, 1.0, (0.05, 0.05), 0.0, sequence, 0.0),
+        // Dual clip: ratios reach 1.35, so a bound of 1.1 caps the negative rollout's largest.
+        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 1.0, (0.05, 0.05), 0.0, token, 1.1),
     ] {
         let c = GrpoConfig {
             aggregation: agg,
@@ -131,6 +136,7 @@ fn loss_matches_the_formula_in_every_mode() {
             norm_length: 32,
             tis_cap,
             importance_sampling_level: level,
+            clip_ratio_c,
         };
         let mut b = batch(&model, t);
         if tis_cap > 0.0 {
@@ -312,6 +318,7 @@ fn loss_and_gradients_match_pytorch() {
                 case.get("importance_sampling_level").cloned().unwrap_or_else(|| "token".into()),
             )
             .unwrap(),
+            clip_ratio_c: case.get("clip_ratio_c").map_or(0.0, |v| v.as_f64().unwrap()),
         };
         let (loss, grads, _) = run(&model, &batch, &c, usize::MAX);
         let want = case["loss"].as_f64().unwrap();

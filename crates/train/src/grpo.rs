@@ -376,6 +376,12 @@ impl GrpoRunConfig {
         if !(self.grpo.tis_cap >= 0.0 && self.grpo.tis_cap.is_finite()) {
             return Err(Error::Config(format!("grpo.tis_cap must be a finite number >= 0, got {}", self.grpo.tis_cap)));
         }
+        let cc = self.grpo.clip_ratio_c;
+        if !(cc == 0.0 || (cc > 1.0 && cc.is_finite())) {
+            return Err(Error::Config(format!(
+                "grpo.clip_ratio_c (dual-clip PPO) must be 0 (off) or a finite number above 1, got {cc}"
+            )));
+        }
         if self.grpo.tis_cap > 0.0 && !self.recomputes_old_logprobs(device) {
             return Err(Error::Config(
                 "grpo.tis_cap weighs pi_old recomputed by the trainer against the sampler's logprobs: \

@@ -303,6 +303,9 @@ fn configuration_errors_name_the_key() {
     let e = rloo(&["advantages.estimator=\"rloo\""]).unwrap_err().to_string();
     assert!(e.contains("rloo") && e.contains("scale_by_std"), "{e}");
     rloo(&["advantages.estimator=\"rloo\"", "advantages.scale_by_std=false"]).unwrap();
+    let e = rloo(&["grpo.clip_ratio_c=0.5"]).unwrap_err().to_string();
+    assert!(e.contains("clip_ratio_c") && e.contains("above 1"), "{e}");
+    rloo(&["grpo.clip_ratio_c=3.0"]).unwrap();
     let e = tiny_config().with_overrides(&["grpo.importance_sampling_level=\"tokens\"".into()]).unwrap_err();
     assert!(e.to_string().contains("tokens"), "{e}");
 }
