@@ -28,7 +28,7 @@ mod loss;
 mod ops;
 mod tape;
 
-pub use loss::{token_logprobs, token_logprobs_in};
+pub use loss::{token_logprobs, token_logprobs_in, token_logprobs_with_entropy_in};
 pub use tape::{Ctx, Gradients, Param, ParamId, Tape, Var, checkpoint};
 
 pub use artist_tensor::{Error, Result};

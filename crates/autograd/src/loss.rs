@@ -32,6 +32,35 @@ pub fn token_logprobs_in(
     chunk: Option<usize>,
     compute: Option<DType>,
 ) -> Result<Var> {
+    Ok(logprobs_and_entropy(hidden, weight, targets, scale, chunk, compute, false)?.0)
+}
+
+/// [`token_logprobs_in`], and with it the entropy `-sum_j p_ij log p_ij` of each row's
+/// distribution `p_i = softmax(scale * hidden_i @ weight^T)`, in nats, as values (nothing
+/// flows back through them): the policy's entropy at the sampling temperature, the
+/// quantity RL runs watch collapse. It costs three more element-wise passes over each
+/// chunk's logits. The logprobs and their gradients are those of [`token_logprobs_in`].
+pub fn token_logprobs_with_entropy_in(
+    hidden: &Var,
+    weight: &Var,
+    targets: &[u32],
+    scale: f32,
+    chunk: Option<usize>,
+    compute: Option<DType>,
+) -> Result<(Var, Vec<f32>)> {
+    let (lp, entropy) = logprobs_and_entropy(hidden, weight, targets, scale, chunk, compute, true)?;
+    Ok((lp, entropy.unwrap_or_default()))
+}
+
+fn logprobs_and_entropy(
+    hidden: &Var,
+    weight: &Var,
+    targets: &[u32],
+    scale: f32,
+    chunk: Option<usize>,
+    compute: Option<DType>,
+    entropy: bool,
+) -> Result<(Var, Option<Vec<f32>>)> {
     const OP: &str = "token_logprobs";
     let [n, h] = hidden.value().dims_n(OP)?;
     let [vocab, wh] = weight.value().dims_n(OP)?;
@@ -73,11 +102,16 @@ pub fn token_logprobs_in(
     // Forward keeps only log-sum-exp per row: backward rebuilds the softmax from it in the
     // same pass that forms the logit gradient.
     let (mut out, mut lse) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut entropies = entropy.then(|| Vec::with_capacity(n));
     for start in (0..n).step_by(chunk) {
         let len = chunk.min(n - start);
         let t = targets.narrow(0, start, len)?;
         let z = logits_of(&hv.narrow(0, start, len)?, &wc)?;
-        let lp = z.log_softmax(-1)?.gather(1, &t)?.to_vec::<f32>()?;
+        let ls = z.log_softmax(-1)?;
+        if let Some(e) = entropies.as_mut() {
+            e.extend(ls.exp()?.mul(&ls)?.sum_keepdim(-1)?.neg()?.to_vec::<f32>()?);
+        }
+        let lp = ls.gather(1, &t)?.to_vec::<f32>()?;
         let zt = z.gather(1, &t)?.to_vec::<f32>()?;
         lse.extend(zt.iter().zip(&lp).map(|(z, l)| z - l));
         out.extend(lp);
@@ -85,7 +119,7 @@ pub fn token_logprobs_in(
     let value = Tensor::from_vec(out, n, device)?;
     let target_ids: Vec<u32> = targets.to_vec()?;
 
-    Var::record(OP, &[hidden, weight], value, move |g, needs| {
+    let lp = Var::record(OP, &[hidden, weight], value, move |g, needs| {
         let g = g.to_dtype(DType::F32)?.to_vec::<f32>()?;
         // dh = dz @ W needs W as f32 rows of an [h, vocab] linear; widen half weights once.
         let w_t =
@@ -126,5 +160,6 @@ pub fn token_logprobs_in(
         }
         let dh = if needs[0] { Some(Tensor::cat(&dh_parts.iter().collect::<Vec<_>>(), 0)?) } else { None };
         Ok(vec![dh, dw])
-    })
+    })?;
+    Ok((lp, entropies))
 }

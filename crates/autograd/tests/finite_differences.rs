@@ -7,7 +7,9 @@
 //! (truncation error ~h^2, rounding ~1e-7 |L| / h). A wrong sign, a missing term or a
 //! transposed gradient is off by O(1) and fails.
 
-use artist_autograd::{Ctx, Param, Tape, Var, checkpoint, token_logprobs, token_logprobs_in};
+use artist_autograd::{
+    Ctx, Param, Tape, Var, checkpoint, token_logprobs, token_logprobs_in, token_logprobs_with_entropy_in,
+};
 use artist_tensor::{DType, Device, Result, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -379,6 +381,41 @@ fn chunked_token_logprobs() {
         assert!((a - b).abs() < 1e-6, "{a} vs {b}");
     }
     assert!(token_logprobs(&Var::constant(h), &Var::constant(w), &[11, 0, 0, 0, 0, 0, 0], 1.0, None).is_err());
+}
+
+/// The entropy beside the logprobs: each row's `-sum p log p` at the scale, against f64
+/// from the logits, for any chunking; the logprobs are the same bits as without it.
+#[test]
+fn token_entropies_match_f64() {
+    let mut g = rng();
+    let (h, w) = (rand_tensor(&mut g, &[7, 6], -2.0, 2.0), rand_tensor(&mut g, &[11, 6], -2.0, 2.0));
+    let targets = vec![3u32, 0, 10, 3, 7, 1, 5];
+    let logits = h.linear(&w, None).unwrap().to_vec2::<f32>().unwrap();
+    let scale = 1.0 / 0.7;
+    let want: Vec<f64> = logits
+        .iter()
+        .map(|row| {
+            let z: Vec<f64> = row.iter().map(|&x| x as f64 * scale as f64).collect();
+            let max = z.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = max + z.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+            -z.iter().map(|x| (x - lse).exp() * (x - lse)).sum::<f64>()
+        })
+        .collect();
+    let (hv, wv) = (Var::constant(h.clone()), Var::constant(w.clone()));
+    let plain = token_logprobs(&hv, &wv, &targets, scale, Some(3)).unwrap().value().to_f32_vec().unwrap();
+    for chunk in [1, 3, 100] {
+        let (lp, ent) = token_logprobs_with_entropy_in(&hv, &wv, &targets, scale, Some(chunk), None).unwrap();
+        assert_eq!(ent.len(), 7);
+        for (a, b) in ent.iter().zip(&want) {
+            assert!((*a as f64 - b).abs() < 1e-5 * b.max(1.0), "chunk {chunk}: entropy {a} vs {b}");
+        }
+        let lp = lp.value().to_f32_vec().unwrap();
+        assert!(lp.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "chunk {chunk}: logprobs moved");
+    }
+    // A uniform row has entropy ln(vocab); a one-hot one about 0.
+    let zero = Var::constant(Tensor::zeros((1, 6), DType::F32, Device::Cpu).unwrap());
+    let (_, e) = token_logprobs_with_entropy_in(&zero, &wv, &[2], 1.0, None, None).unwrap();
+    assert!((e[0] as f64 - 11f64.ln()).abs() < 1e-6, "{}", e[0]);
 }
 
 /// A block run under `checkpoint` gives the gradients of the same block run straight,

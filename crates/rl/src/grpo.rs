@@ -35,7 +35,7 @@
 //! * `seq_mean_token_sum_norm` (Dr. GRPO): `w = 1 / (S L)`, `L` a constant (the maximum
 //!   response length).
 
-use artist_autograd::{Ctx, Var, token_logprobs_in};
+use artist_autograd::{Ctx, Var, token_logprobs_in, token_logprobs_with_entropy_in};
 use artist_model::Qwen2;
 use artist_tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -179,6 +179,9 @@ pub struct GrpoStats {
     pub clipped: usize,
     pub ratio_mean: f64,
     pub kl_mean: f64,
+    /// The policy's mean entropy over the generated tokens, in nats, at the sampling
+    /// temperature (values only; nothing flows back through it).
+    pub entropy_mean: f64,
     /// Largest |lp - lp_old|: 0 up to float noise at the first step of a batch.
     pub max_abs_log_ratio: f64,
     /// The new logprobs, per rollout (masked positions hold the old ones).
@@ -239,7 +242,8 @@ pub fn grpo_loss(
     let seq_refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
     let hidden = model.hidden_states(ctx, &seq_refs, Some(&rows))?;
     let scale = if c.temperature > 0.0 { 1.0 / c.temperature } else { 1.0 };
-    let lp = token_logprobs_in(&hidden, &ctx.param(model.lm_head_param()), &targets, scale, None, ctx.matmul_dtype())?;
+    let head = ctx.param(model.lm_head_param());
+    let (lp, entropy) = token_logprobs_with_entropy_in(&hidden, &head, &targets, scale, None, ctx.matmul_dtype())?;
     let konst = |v: &[f32]| -> artist_model::Result<Var> {
         Ok(Var::constant(Tensor::from_vec(v.to_vec(), v.len(), model.device())?))
     };
@@ -327,6 +331,7 @@ pub fn grpo_loss(
         clipped: clipped_n,
         ratio_mean: rv.iter().map(|&x| x as f64).sum::<f64>() / n as f64,
         kl_mean: kl_values.iter().map(|&x| x as f64).sum::<f64>() / n as f64,
+        entropy_mean: entropy.iter().map(|&x| x as f64).sum::<f64>() / n as f64,
         max_abs_log_ratio: lpv
             .iter()
             .zip(&old)

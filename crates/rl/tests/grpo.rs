@@ -224,6 +224,37 @@ fn gspo_clips_whole_rollouts_and_caps_the_log_ratio() {
     }
 }
 
+/// The loss's statistics carry the policy's entropy: the mean over generated tokens (forced
+/// ones left out) of `-sum p log p` at the sampling temperature, against f64 from the
+/// logits.
+#[test]
+fn the_entropy_is_the_mean_over_generated_tokens() {
+    let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
+    let t = 0.7;
+    let b = batch(&model, t);
+    let (mut sum, mut n) = (0.0, 0);
+    for r in &b {
+        let full: Vec<u32> = r.prompt_ids.iter().chain(&r.ids).copied().collect();
+        let logits = model.logits(&full).unwrap().to_vec2::<f32>().unwrap();
+        for j in (0..r.ids.len()).filter(|&j| r.mask[j] == 1) {
+            let z: Vec<f64> = logits[r.prompt_ids.len() + j - 1].iter().map(|&x| x as f64 / t as f64).collect();
+            let max = z.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = max + z.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+            sum -= z.iter().map(|x| (x - lse).exp() * (x - lse)).sum::<f64>();
+            n += 1;
+        }
+    }
+    let want = sum / n as f64;
+    let c = GrpoConfig { temperature: t, ..Default::default() };
+    let refs: Vec<&TrainRollout> = b.iter().collect();
+    let w = token_weights(&refs, c.aggregation, c.norm_length);
+    let ws: Vec<&[f32]> = w.iter().map(Vec::as_slice).collect();
+    let (_, stats) = grpo_loss(&model, &Ctx::inference(), &refs, &ws, &c).unwrap();
+    assert_eq!(stats.tokens, n);
+    assert!((stats.entropy_mean - want).abs() < 1e-5 * want, "entropy {} vs {want}", stats.entropy_mean);
+    assert!(want > 1.0, "a random tiny model is far from certain: {want}");
+}
+
 /// Forced tokens take no part: garbage (NaN) in their logprobs, advantages or reference
 /// values changes neither the loss nor any gradient by a single bit.
 #[test]

@@ -713,6 +713,7 @@ impl GrpoTask for FcTrainer {
         let u = update_sharded(&self.model, self.reference.as_ref(), train, &c, optimizer, lr, step, comm)?;
         (m.loss, m.grad_norm, m.clip_fraction, m.kl) = (u.loss, u.grad_norm, u.clip_fraction, u.kl);
         m.sampler_logprob_gap = u.sampler_logprob_gap;
+        m.entropy = u.trained.then_some(u.entropy);
         m.train_s = t.elapsed().as_secs_f64();
         Ok(m)
     }

@@ -490,6 +490,10 @@ pub struct StepMetrics {
     pub tool_calls_per_rollout: f64,
     pub tool_success: f64,
     pub kl: f64,
+    /// The policy's mean token entropy (nats, at the sampling temperature) over the
+    /// trained tokens, before the step's first update.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<f64>,
     pub clip_fraction: f64,
     /// With pi_old recomputed: the mean |recomputed - sampler's| logprob of the generated
     /// tokens (how far the sampler's numerics are from the trainer's).
@@ -769,6 +773,7 @@ impl GrpoTrainer<'_> {
         let u = update_sharded(&self.model, self.reference.as_ref(), train, &c, optimizer, lr, step, comm)?;
         (m.loss, m.grad_norm, m.clip_fraction, m.kl) = (u.loss, u.grad_norm, u.clip_fraction, u.kl);
         m.sampler_logprob_gap = u.sampler_logprob_gap;
+        m.entropy = u.trained.then_some(u.entropy);
         m.train_s = t.elapsed().as_secs_f64();
         if u.trained {
             m.tokens_per_s = sampled / rollout_s.max(1e-9);
@@ -828,6 +833,8 @@ pub struct UpdateStats {
     pub grad_norm: f64,
     pub clip_fraction: f64,
     pub kl: f64,
+    /// The policy's mean entropy over the trained tokens before the first update.
+    pub entropy: f64,
     /// With pi_old recomputed: the mean |recomputed - sampler's| logprob.
     pub sampler_logprob_gap: Option<f64>,
     /// Whether any rollout was trained on.
@@ -1066,7 +1073,9 @@ pub fn update_sharded(
     let weights = token_weights_global(&refs, grpo.aggregation, grpo.norm_length, seqs, total);
     let params = model.params();
     let (mut clipped, mut tokens, mut kl) = (0usize, 0usize, 0f64);
-    for _ in 0..c.optimizer_steps_per_batch {
+    // Summed entropy and tokens of the first update's passes (the policy that sampled).
+    let mut entropy = [0f64; 2];
+    for update in 0..c.optimizer_steps_per_batch {
         let mut step_grads =
             StepGrads::new(comm.as_deref_mut().map(|c| c as &mut dyn Communicator), &params, c.overlap_allreduce);
         let mut loss = 0f64;
@@ -1080,6 +1089,10 @@ pub fn update_sharded(
             clipped += stats.clipped;
             tokens += stats.tokens;
             kl += stats.kl_mean * stats.tokens as f64;
+            if update == 0 {
+                entropy[0] += stats.entropy_mean * stats.tokens as f64;
+                entropy[1] += stats.tokens as f64;
+            }
             step_grads.backward(&tape, &l, j + 1 == n_micro)?;
         }
         let mut grads = step_grads.finish()?;
@@ -1100,13 +1113,15 @@ pub fn update_sharded(
         out.grad_norm = norm;
     }
     if let Some(comm) = comm {
-        let mut buf = [clipped as f32, tokens as f32, kl as f32, gap[0], gap[1]];
+        let mut buf = [clipped as f32, tokens as f32, kl as f32, gap[0], gap[1], entropy[0] as f32, entropy[1] as f32];
         comm.all_reduce_sum(&mut buf)?;
         (clipped, tokens, kl) = (buf[0] as usize, buf[1] as usize, f64::from(buf[2]));
         gap = [buf[3], buf[4]];
+        entropy = [f64::from(buf[5]), f64::from(buf[6])];
     }
     out.clip_fraction = clipped as f64 / tokens.max(1) as f64;
     out.kl = kl / tokens.max(1) as f64;
+    out.entropy = entropy[0] / entropy[1].max(1.0);
     if c.recomputes_old_logprobs(dev) {
         out.sampler_logprob_gap = Some(f64::from(gap[0]) / f64::from(gap[1]).max(1.0));
     }

@@ -27,6 +27,7 @@ const PANELS: &[(&str, &str)] = &[
     ("tool_calls_per_rollout", "tool calls per rollout"),
     ("tool_success", "tool success"),
     ("response_tokens", "response tokens"),
+    ("entropy", "policy entropy (nats)"),
     ("kl", "KL to reference"),
     ("clip_fraction", "clip fraction"),
     ("sampler_logprob_gap", "sampler vs trainer |logprob gap|"),

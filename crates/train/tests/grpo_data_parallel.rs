@@ -111,6 +111,8 @@ fn two_ranks_equal_one_process_on_the_global_batch() {
             assert!((x.accuracy - m.accuracy).abs() < 1e-9 && (x.response_tokens - m.response_tokens).abs() < 1e-6);
             assert!((x.tool_calls_per_rollout - m.tool_calls_per_rollout).abs() < 1e-6);
             assert!((x.loss - m.loss).abs() <= 1e-6, "loss {} vs {}", x.loss, m.loss);
+            let (xe, me) = (x.entropy.unwrap(), m.entropy.unwrap());
+            assert!((xe - me).abs() <= 1e-6 * me, "entropy {xe} vs {me}");
             assert!((x.grad_norm - m.grad_norm).abs() <= 1e-4 * m.grad_norm.max(1e-3));
             // The held-out evaluation after the last step, split over the ranks.
             assert_eq!(x.eval_accuracy.is_some(), m.eval_accuracy.is_some());

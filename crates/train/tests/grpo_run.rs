@@ -66,6 +66,7 @@ fn two_steps_then_resume() {
         "response_tokens",
         "tool_calls_per_rollout",
         "kl",
+        "entropy",
         "clip_fraction",
         "tokens_per_s",
     ] {
