@@ -552,7 +552,7 @@ impl FcTrainer {
         step: u64,
         first_entry: usize,
         entries: &[usize],
-    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 14])> {
+    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 15])> {
         let c = &self.config;
         let g = c.rollout.group_size;
         let t0 = Instant::now();
@@ -591,6 +591,8 @@ impl FcTrainer {
             eps.iter().filter(|e| e.truncated).count() as f64,
             flat as f64,
             eps.iter().map(|e| e.mask.iter().filter(|&&x| x == 1).count()).sum::<usize>() as f64,
+            eps.iter().filter(|e| e.tool_calls > 0).map(|e| e.mask.iter().filter(|&&x| x == 1).count()).sum::<usize>()
+                as f64,
             rollout_s,
         ];
         Ok((groups, sums))
@@ -688,6 +690,7 @@ impl GrpoTask for FcTrainer {
             truncated,
             flat,
             sampled,
+            calling_tokens,
             rollout_s,
         ] = sums;
         let n = n.max(1.0);
@@ -701,6 +704,7 @@ impl GrpoTask for FcTrainer {
             accuracy: valid / n,
             response_tokens: response / n,
             tool_calls_per_rollout: calls / n,
+            tokens_per_tool_call: (calls > 0.0).then(|| calling_tokens / calls),
             tool_success: if calls == 0.0 { 0.0 } else { successes / calls },
             flat_groups: flat as usize,
             truncated: truncated as usize,

@@ -488,6 +488,10 @@ pub struct StepMetrics {
     pub accuracy: f64,
     pub response_tokens: f64,
     pub tool_calls_per_rollout: f64,
+    /// Tokens the model wrote per tool call, over the rollouts that made one (ARTIST's
+    /// "reasoning length per tool call": how much thinking and code goes into a call).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_tool_call: Option<f64>,
     pub tool_success: f64,
     pub kl: f64,
     /// The policy's mean token entropy (nats, at the sampling temperature) over the
@@ -676,7 +680,7 @@ impl GrpoTrainer<'_> {
     /// One round's rollouts scored: per group with a learning signal (every group unless
     /// `filter_flat_groups`), the rollouts to train on, and the round's sums for the
     /// step's metrics (in the order `step_rounds` reads them).
-    fn score_round(&self, batch: RolloutBatch) -> Result<(Vec<Vec<TrainRollout>>, [f64; 15])> {
+    fn score_round(&self, batch: RolloutBatch) -> Result<(Vec<Vec<TrainRollout>>, [f64; 16])> {
         let c = &self.config;
         let o = &c.overlong;
         let RolloutBatch { rollouts, rewards, correct, seconds: rollout_s, .. } = batch;
@@ -708,6 +712,7 @@ impl GrpoTrainer<'_> {
             flat as f64,
             rollouts.iter().map(|r| r.sampled_tokens()).sum::<usize>() as f64,
             overlong.iter().sum::<f64>(),
+            rollouts.iter().filter(|r| !r.tool_calls.is_empty()).map(|r| r.sampled_tokens()).sum::<usize>() as f64,
             rollout_s,
         ];
         Ok((groups, sums))
@@ -751,6 +756,7 @@ impl GrpoTrainer<'_> {
             flat,
             sampled,
             overlong,
+            calling_tokens,
             rollout_s,
         ] = sums;
         let mut m = StepMetrics { step: step + 1, flat_groups: flat as usize, lr, rollout_s, ..Default::default() };
@@ -764,6 +770,7 @@ impl GrpoTrainer<'_> {
         m.accuracy = correct / n;
         m.response_tokens = response / n;
         m.tool_calls_per_rollout = calls / n;
+        m.tokens_per_tool_call = (calls > 0.0).then(|| calling_tokens / calls);
         m.tool_success = if calls == 0.0 { 0.0 } else { successes / calls };
         m.truncated = truncated as usize;
         if train.is_empty() && comm.is_none() {

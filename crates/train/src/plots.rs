@@ -25,6 +25,7 @@ const PANELS: &[(&str, &str)] = &[
     ("reward_tool_execution", "tool execution reward"),
     ("reward_overlong", "overlong penalty (mean)"),
     ("tool_calls_per_rollout", "tool calls per rollout"),
+    ("tokens_per_tool_call", "tokens written per tool call"),
     ("tool_success", "tool success"),
     ("response_tokens", "response tokens"),
     ("entropy", "policy entropy (nats)"),
