@@ -148,6 +148,73 @@ fn generate_from_text_with_the_chat_template_and_sampling() {
     }
 }
 
+/// `--prompts`: a file of prompts generated together. The transformers references' greedy
+/// prompts come out as transformers continues them (batched with each other and with a
+/// text and a chat prompt, two samples each), the text and chat prompts as a single
+/// `--prompt` run continues them, ids are carried through, bad lines are named and skipped.
+#[test]
+fn generate_a_file_of_prompts_together() {
+    let generate_bin = env!("CARGO_BIN_EXE_generate");
+    let dir = fixture("tiny-gqa");
+    let d = dir.to_str().unwrap();
+    let r = reference("tiny-gqa");
+    let tmp = tempfile::tempdir().unwrap();
+    let greedy = r["greedy"].as_array().unwrap();
+    let mut lines: Vec<String> =
+        greedy.iter().map(|g| serde_json::json!({"prompt_ids": g["prompt_ids"], "id": "ref"}).to_string()).collect();
+    lines.push(r#"{"prompt": "Hello, world", "id": 7}"#.into());
+    lines.push("not json".into());
+    lines.push(r#"{"messages": [{"role": "user", "content": "abc"}]}"#.into());
+    lines.push(r#"{"prompt": "x", "prompt_ids": [1]}"#.into());
+    lines.push(r#"{"prompt_ids": [1, 999999]}"#.into());
+    let file = tmp.path().join("prompts.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out_file = tmp.path().join("out.jsonl");
+    let args = ["--model", d, "--max-new-tokens", "32", "--ignore-eos", "--n", "2", "--max-batch", "3"];
+    let mut batch = args.to_vec();
+    batch.extend(["--prompts", file.to_str().unwrap(), "--out", out_file.to_str().unwrap()]);
+    let out = run(generate_bin, &batch);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "failed: {err}");
+    for bad in [":4: skipped: not JSON", ":6: skipped: needs exactly one of", ":7: skipped: token id 999999"] {
+        assert!(err.contains(bad), "stderr lacks {bad:?}: {err}");
+    }
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(&out_file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 8, "4 usable prompts x 2 samples");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!((row["index"].as_u64(), row["sample"].as_u64()), (Some(i as u64 / 2), Some(i as u64 % 2)));
+        assert_eq!(row["new_tokens"], 32);
+        assert_eq!(row["finish_reason"], "length");
+    }
+    for (g, pair) in greedy.iter().zip(rows.chunks(2)) {
+        for row in pair {
+            assert_eq!(ids(&row["token_ids"]), ids(&g["new_ids"]), "a reference prompt in the batch");
+            assert_eq!(row["id"], "ref");
+        }
+    }
+    // The text and chat prompts as single runs give them.
+    let single = |extra: &[&str]| {
+        let mut a = args[..5].to_vec();
+        a.extend(extra);
+        a.push("--json");
+        json(&run(generate_bin, &a))
+    };
+    let text = single(&["--prompt", "Hello, world"]);
+    let chat = single(&["--prompt", "abc", "--chat"]);
+    let k = greedy.len() * 2;
+    assert_eq!(rows[k]["id"], 7);
+    assert_eq!(rows[k]["token_ids"], text["token_ids"]);
+    assert_eq!(rows[k + 2]["token_ids"], chat["token_ids"]);
+    assert_eq!(rows[k + 2]["prompt_tokens"], chat["prompt_ids"].as_array().unwrap().len());
+    assert!(rows[k + 2].get("id").is_none());
+
+    // A file with nothing usable is an error that names it.
+    std::fs::write(&file, "{}\n").unwrap();
+    fails_cleanly(&run(generate_bin, &["--model", d, "--prompts", file.to_str().unwrap()]), "no usable prompt");
+    fails_cleanly(&run(generate_bin, &["--model", d, "--prompt-ids", "1,2", "--chat"]), "--chat");
+}
+
 #[test]
 fn score_matches_transformers() {
     let score = env!("CARGO_BIN_EXE_score");

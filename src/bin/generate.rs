@@ -1,6 +1,14 @@
 //! `generate`: continue a prompt with a Hugging Face Qwen2 / Qwen2.5 checkpoint.
 //!
 //!     cargo run --release --bin generate -- --model DIR --prompt "2+2=" [--chat] [--json]
+//!     cargo run --release --bin generate -- --model DIR --prompts FILE.jsonl [--n 4] [--out OUT.jsonl]
+//!
+//! `--prompts` generates a file of prompts together (continuous batching, each prompt's
+//! prefill shared by its `--n` samples), as vLLM's offline `generate` does: one JSON line
+//! per sample, in file order, `{"index", "sample", "id" (when the input line has one),
+//! "text", "token_ids", "logprobs", "finish_reason", "prompt_tokens", "new_tokens"}` (with
+//! --tools also `"mask"` and `"tool_calls"`), and a throughput line on stderr. A line that
+//! cannot be used is named (`FILE:LINE: skipped: why`) and the others go on.
 //!
 //! With `--json`, prints one object (a stable interface):
 //! `{"prompt_ids", "token_ids", "text", "logprobs", "finish_reason", "prompt_tokens",
@@ -27,13 +35,28 @@ struct Args {
     #[arg(long)]
     model: PathBuf,
     /// Prompt text (needs the model's tokenizer.json).
-    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    #[arg(long, conflicts_with_all = ["prompt_ids", "prompts"], required_unless_present_any = ["prompt_ids", "prompts"])]
     prompt: Option<String>,
     /// Prompt as token ids: 1,2,3.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prompts")]
     prompt_ids: Option<String>,
+    /// Many prompts, one JSON object a line: `{"prompt": TEXT}` (in the chat template with
+    /// --chat), `{"messages": [{"role", "content"}, ...]}` (always in the chat template) or
+    /// `{"prompt_ids": [IDS]}`; an `"id"` is copied to the output. They are generated
+    /// together with continuous batching; each sample becomes one JSON line (see --out).
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// With --prompts: samples per prompt (they share the prompt's prefill).
+    #[arg(long, default_value_t = 1, requires = "prompts")]
+    n: usize,
+    /// With --prompts: where the JSON lines go (default: stdout).
+    #[arg(long, requires = "prompts")]
+    out: Option<PathBuf>,
+    /// With --prompts: sequences decoded at once.
+    #[arg(long, default_value_t = 64, requires = "prompts")]
+    max_batch: usize,
     /// Wrap the prompt as a user message in the model's chat template.
-    #[arg(long, requires = "prompt")]
+    #[arg(long)]
     chat: bool,
     /// System message for --chat.
     #[arg(long, requires = "chat")]
@@ -105,7 +128,14 @@ fn run() -> Result<()> {
         seed: args.seed,
     };
     sampling.validate().map_err(anyhow::Error::msg)?;
+    if args.chat && args.prompt_ids.is_some() {
+        bail!("--chat wraps text: give --prompt (or --prompts), not --prompt-ids");
+    }
     let (model, tokenizer) = cli::open_model(&args.model, device)?;
+    if let Some(path) = &args.prompts {
+        let eos_ids = if args.ignore_eos { vec![] } else { cli::eos_ids(&args.model, &model)? };
+        return run_batch(&args, path, &model, tokenizer.as_ref(), sampling, eos_ids);
+    }
     let prompt_ids = match (&args.prompt, &args.prompt_ids) {
         (Some(text), _) => {
             let tok = tokenizer.as_ref().with_context(|| {
@@ -127,7 +157,7 @@ fn run() -> Result<()> {
             tok.encode(&text)?
         }
         (None, Some(ids)) => cli::parse_ids(ids)?,
-        (None, None) => unreachable!("clap requires one of --prompt, --prompt-ids"),
+        (None, None) => unreachable!("clap requires one of --prompt, --prompt-ids, --prompts"),
     };
     if prompt_ids.is_empty() {
         bail!("the prompt is empty: it encodes to no tokens");
@@ -190,6 +220,189 @@ fn run() -> Result<()> {
     Ok(())
 }
 
+/// The tool `--tools` names, started.
+fn start_tool(args: &Args, tool: &str) -> Result<std::sync::Arc<dyn artist_tools::Tool>> {
+    Ok(match tool {
+        "python" => {
+            let config = artist_tools::SandboxConfig { timeout_s: args.tool_timeout_s, ..Default::default() };
+            std::sync::Arc::new(artist_tools::PythonTool::new(config).context("starting the Python sandbox")?)
+        }
+        _ => std::sync::Arc::new(artist_tools::Calculator),
+    })
+}
+
+/// The prompt of one `--prompts` line, as token ids, with its `"id"` if it has one.
+fn batch_prompt(
+    line: &str,
+    args: &Args,
+    tok: Option<&artist_tokenizer::Tokenizer>,
+    template: &mut Option<ChatTemplate>,
+    model: &artist::model::Qwen2,
+) -> Result<(Vec<u32>, Option<serde_json::Value>)> {
+    let vocab = model.config.vocab_size;
+    let v: serde_json::Value = serde_json::from_str(line).context("not JSON")?;
+    let o = v.as_object().context("not a JSON object")?;
+    let given = ["prompt", "messages", "prompt_ids"].iter().filter(|k| o.contains_key(**k)).count();
+    if given != 1 {
+        bail!("needs exactly one of \"prompt\", \"messages\" and \"prompt_ids\"");
+    }
+    let mut chat = |messages: Vec<Message>| -> Result<String> {
+        if template.is_none() {
+            *template = Some(ChatTemplate::from_dir(&args.model)?);
+        }
+        let mut all = Vec::new();
+        let system = args.system.clone().or_else(|| args.tools.as_deref().map(artist_rl::prompts::math_system_prompt));
+        if let (Some(s), false) = (system, messages.iter().any(|m| m.role == "system")) {
+            all.push(Message::system(s));
+        }
+        all.extend(messages);
+        Ok(template.as_ref().expect("set above").render(&all, None, true)?)
+    };
+    let ids = if let Some(ids) = o.get("prompt_ids") {
+        let ids: Vec<u32> = serde_json::from_value(ids.clone()).context("\"prompt_ids\" must be token ids")?;
+        cli::check_ids(&ids, vocab)?;
+        ids
+    } else {
+        let tok = tok.with_context(|| format!("text prompts need {}/tokenizer.json", args.model.display()))?;
+        let text = match (o.get("prompt"), o.get("messages")) {
+            (Some(p), _) => {
+                let p = p.as_str().context("\"prompt\" must be a string")?;
+                if args.chat { chat(vec![Message::user(p)])? } else { p.to_string() }
+            }
+            (_, Some(m)) => {
+                let m: Vec<Message> =
+                    serde_json::from_value(m.clone()).context("\"messages\" must be [{\"role\", \"content\"}, ...]")?;
+                chat(m)?
+            }
+            _ => unreachable!("one key is present"),
+        };
+        tok.encode(&text)?
+    };
+    if ids.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
+    let context = model.config.max_position_embeddings;
+    if ids.len() >= context {
+        bail!("a prompt of {} tokens leaves no room in the model's context of {context}", ids.len());
+    }
+    Ok((ids, o.get("id").cloned()))
+}
+
+/// `--prompts`: every prompt of the file, `--n` samples each, through the rollout engine
+/// (continuous batching, a shared prefill per prompt, the tool live with --tools), one
+/// JSON line per sample in file order.
+fn run_batch(
+    args: &Args,
+    path: &std::path::Path,
+    model: &artist::model::Qwen2,
+    tok: Option<&artist_tokenizer::Tokenizer>,
+    sampling: SamplingParams,
+    eos_ids: Vec<u32>,
+) -> Result<()> {
+    use std::io::BufRead;
+
+    use artist_engine::{Finish, RolloutConfig, RolloutEngine};
+
+    if args.n == 0 || args.max_batch == 0 {
+        bail!("--n and --max-batch must be at least 1");
+    }
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (mut prompts, mut ids, mut template) = (Vec::new(), Vec::new(), None);
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{}:{}: reading", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match batch_prompt(&line, args, tok, &mut template, model) {
+            Ok((p, id)) => {
+                prompts.push(p);
+                ids.push(id);
+            }
+            Err(e) => eprintln!("{}:{}: skipped: {e:#}", path.display(), i + 1),
+        }
+    }
+    if prompts.is_empty() {
+        bail!("{}: no usable prompt", path.display());
+    }
+    let tools = match &args.tools {
+        Some(t) => vec![start_tool(args, t)?],
+        None => vec![],
+    };
+    let tok = tok.context("--prompts decodes its samples: it needs the model's tokenizer.json")?;
+    let turns = if tools.is_empty() { 1 } else { args.max_tool_calls + 1 };
+    let response = args.max_new_tokens * turns * if tools.is_empty() { 1 } else { 2 };
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let stop_text = args.stop.first().cloned().or_else(|| (!tools.is_empty()).then(|| "</answer>".into()));
+    if args.stop.len() > 1 {
+        eprintln!("note: --prompts stops at the first --stop string only");
+    }
+    let engine = RolloutEngine {
+        policy: model,
+        tokenizer: tok,
+        tools,
+        config: RolloutConfig {
+            group_size: args.n,
+            sampling,
+            max_turn_tokens: args.max_new_tokens,
+            max_response_tokens: response,
+            max_tool_calls: args.max_tool_calls,
+            max_context: model.config.max_position_embeddings.min(longest + response + 1),
+            max_batch: args.max_batch.max(args.n),
+            eos_ids,
+            stop_text,
+            matmul_dtype: args.matmul_dtype.dtype(model.device()),
+            kv_cache_dtype: args.kv_dtype.storage(model.device()),
+            ..Default::default()
+        },
+    };
+    let start = Instant::now();
+    let (mut rollouts, _) = engine.run(&prompts)?;
+    let seconds = start.elapsed().as_secs_f64();
+    rollouts.sort_by_key(|r| (r.prompt_index, r.sample_index));
+    let mut out: Box<dyn Write> = match &args.out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut new_tokens = 0;
+    for r in &rollouts {
+        new_tokens += r.sampled_tokens();
+        let finish = match r.finish {
+            Finish::Eos => "eos",
+            Finish::Stop => "stop",
+            Finish::ToolCalls => "tool_calls",
+            Finish::TurnTokens | Finish::ResponseTokens | Finish::Context => "length",
+        };
+        let mut line = serde_json::json!({
+            "index": r.prompt_index,
+            "sample": r.sample_index,
+            "text": cli::decode_known(tok, &r.ids, true)?,
+            "token_ids": r.ids,
+            "logprobs": r.logprobs,
+            "finish_reason": finish,
+            "prompt_tokens": r.prompt_ids.len(),
+            "new_tokens": r.ids.len(),
+        });
+        if let Some(id) = &ids[r.prompt_index] {
+            line["id"] = id.clone();
+        }
+        if !r.tool_calls.is_empty() || args.tools.is_some() {
+            line["mask"] = serde_json::json!(r.mask);
+            line["tool_calls"] = serde_json::json!(r.tool_calls);
+        }
+        writeln!(out, "{line}").context("writing the samples")?;
+    }
+    out.flush().context("writing the samples")?;
+    eprintln!(
+        "{} prompts x {} samples: {new_tokens} tokens sampled in {seconds:.2} s ({:.1} tokens/s)",
+        prompts.len(),
+        args.n,
+        new_tokens as f64 / seconds.max(1e-9)
+    );
+    Ok(())
+}
+
 /// One rollout through the rollout engine with `tool` live.
 fn run_with_tool(
     args: &Args,
@@ -200,18 +413,9 @@ fn run_with_tool(
     sampling: SamplingParams,
     eos_ids: Vec<u32>,
 ) -> Result<()> {
-    use std::sync::Arc;
-
     use artist_engine::{RolloutConfig, RolloutEngine};
-    use artist_tools::Tool;
 
-    let tool: Arc<dyn Tool> = match tool {
-        "python" => {
-            let config = artist_tools::SandboxConfig { timeout_s: args.tool_timeout_s, ..Default::default() };
-            Arc::new(artist_tools::PythonTool::new(config).context("starting the Python sandbox")?)
-        }
-        _ => Arc::new(artist_tools::Calculator),
-    };
+    let tool = start_tool(args, tool)?;
     let stop_text = args.stop.first().cloned().or_else(|| Some("</answer>".into()));
     let engine = RolloutEngine {
         policy: model,
