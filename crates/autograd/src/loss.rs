@@ -38,8 +38,8 @@ pub fn token_logprobs_in(
 /// [`token_logprobs_in`], and with it the entropy `-sum_j p_ij log p_ij` of each row's
 /// distribution `p_i = softmax(scale * hidden_i @ weight^T)`, in nats, as values (nothing
 /// flows back through them): the policy's entropy at the sampling temperature, the
-/// quantity RL runs watch collapse. It costs three more element-wise passes over each
-/// chunk's logits. The logprobs and their gradients are those of [`token_logprobs_in`].
+/// quantity RL runs watch collapse ([`Tensor::softmax_entropy`] of each chunk's logits).
+/// The logprobs and their gradients are those of [`token_logprobs_in`].
 pub fn token_logprobs_with_entropy_in(
     hidden: &Var,
     weight: &Var,
@@ -109,7 +109,7 @@ fn logprobs_and_entropy(
         let z = logits_of(&hv.narrow(0, start, len)?, &wc)?;
         let ls = z.log_softmax(-1)?;
         if let Some(e) = entropies.as_mut() {
-            e.extend(ls.exp()?.mul(&ls)?.sum_keepdim(-1)?.neg()?.to_vec::<f32>()?);
+            e.extend(z.softmax_entropy()?);
         }
         let lp = ls.gather(1, &t)?.to_vec::<f32>()?;
         let zt = z.gather(1, &t)?.to_vec::<f32>()?;

@@ -36,6 +36,26 @@ impl Tensor {
         self.softmax_impl("log_softmax", dim, true)
     }
 
+    /// The entropy `-sum_j p_j ln p_j` of `softmax(self)` along the last dimension: one
+    /// value per row, on the host. On the CPU one fused pass per row (f32 sums); on a GPU
+    /// composed of the log-softmax and element-wise ops.
+    pub fn softmax_entropy(&self) -> Result<Vec<f32>> {
+        const OP: &str = "softmax_entropy";
+        if !self.dtype().is_float() {
+            return Err(Error::UnsupportedDType { op: OP, dtype: self.dtype() });
+        }
+        if self.rank() == 0 {
+            return Err(crate::invalid!(OP, "a scalar has no rows"));
+        }
+        if self.device().is_cuda() {
+            let ls = self.to_dtype(crate::DType::F32)?.log_softmax(-1)?;
+            return ls.exp()?.mul(&ls)?.sum_keepdim(-1)?.neg()?.to_vec::<f32>();
+        }
+        let cols = self.dim(-1)?;
+        let s = self.cpu();
+        Ok(dispatch_float!(OP, &*s, |v| nn::softmax_entropy_rows(&contiguous(v, self.layout()), cols)))
+    }
+
     /// `self + residual` and the RMSNorm of that sum, `(sum, normed)`: a layer's residual
     /// add and the norm after it, one pass on a GPU (the bits of `add` then `rms_norm`).
     pub fn add_rms_norm(&self, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {

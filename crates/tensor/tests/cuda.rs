@@ -487,6 +487,12 @@ fn softmax_rmsnorm_rope_match() {
             let f = |t: &Tensor| if log { t.log_softmax(-1).unwrap() } else { t.softmax(-1).unwrap() };
             close(&format!("partly masked (log {log}) {d}"), &f(&pm.to_device(dev).unwrap()), &f(&pm), rt * 2.0, at);
         }
+        // Row entropies of the softmax (the GPU composes them from the log-softmax).
+        let z = randn(&[5, 300], 106).to_dtype(d).unwrap();
+        let (g, c) = (z.to_device(dev).unwrap().softmax_entropy().unwrap(), z.softmax_entropy().unwrap());
+        for (a, b) in g.iter().zip(&c) {
+            assert!((a - b).abs() <= rt * 4.0 * b.abs().max(1.0), "softmax_entropy {d}: {a} vs {b}");
+        }
         // RoPE with positions shared by the batch and per sequence; head dim 16 takes 8 pairs
         // per thread, 12 one.
         let x = randn(&[2, 5, 3, 16], 103).to_dtype(d).unwrap();

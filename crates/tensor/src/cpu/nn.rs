@@ -82,6 +82,39 @@ pub(crate) fn softmax_rows<T: WithDType>(data: &[T], cols: usize, log: bool) -> 
     unsafe { assume_init(out) }
 }
 
+/// The entropy `-sum_j p_j ln p_j` of the softmax of each contiguous row of `cols`
+/// elements, in one pass over the row and one over its exponentials: with `m` the row's
+/// maximum, `e_j = exp(x_j - m)` and `S = sum e_j`, it is `ln S - sum e_j (x_j - m) / S`.
+/// A row whose maximum is not finite gives NaN.
+pub(crate) fn softmax_entropy_rows<T: WithDType>(data: &[T], cols: usize) -> Vec<f32> {
+    if cols == 0 {
+        return vec![0.0; data.len()];
+    }
+    data.par_chunks(cols)
+        .with_min_len(min_items(cols))
+        .map_init(Vec::new, |scratch: &mut Vec<f32>, row| {
+            let m = row_max(row);
+            if !m.is_finite() {
+                return f32::NAN;
+            }
+            scratch.resize(cols, 0.0);
+            let s = exp_shifted(scratch, row, m);
+            // sum e_j (x_j - m) with eight independent sums (vectorised, fixed order); a -inf
+            // entry (e_j = 0) adds 0, not 0 * -inf.
+            let d = |x: &T| (x.to_f32() - m).max(f32::MIN);
+            let mut acc = [0f32; 8];
+            let (e8, x8) = (scratch.chunks_exact(8), row.chunks_exact(8));
+            let tail: f32 = e8.remainder().iter().zip(x8.remainder()).map(|(e, x)| e * d(x)).sum();
+            for (e, x) in e8.zip(x8) {
+                for l in 0..8 {
+                    acc[l] = e[l].mul_add(d(&x[l]), acc[l]);
+                }
+            }
+            s.ln() - (acc.iter().sum::<f32>() + tail) / s
+        })
+        .collect()
+}
+
 /// Hugging Face `Qwen2RMSNorm`: `weight * (x * rsqrt(mean(x^2) + eps))`, statistics in
 /// f32, the normalised value rounded to the input type before the weight multiplies it.
 pub(crate) fn rms_norm_rows<T: WithDType>(data: &[T], weight: &[T], eps: f32) -> Vec<T> {
@@ -250,6 +283,34 @@ pub(crate) fn rope<T: WithDType>(x: &[T], cos: &[f32], sin: &[f32], dims: [usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Against f64 from the definition on rows of every shape the kernel splits (eight
+    /// lanes and a tail), peaked and flat; a uniform row gives ln(cols), a row with -inf
+    /// entries ignores them, a row of -inf or NaN gives NaN.
+    #[test]
+    fn softmax_entropy_matches_f64() {
+        let mut x = 7u64;
+        let mut next = || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 40) as f32 / (1u64 << 24) as f32
+        };
+        for (cols, spread) in [(1usize, 1.0f32), (7, 3.0), (8, 0.1), (33, 8.0), (1000, 20.0), (4099, 2.0)] {
+            let data: Vec<f32> = (0..3 * cols).map(|_| (next() - 0.5) * spread + 40.0).collect();
+            let got = softmax_entropy_rows(&data, cols);
+            for (row, g) in data.chunks(cols).zip(&got) {
+                let m = row.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
+                let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+                let want = -row.iter().map(|&v| (v as f64 - lse).exp() * (v as f64 - lse)).sum::<f64>();
+                assert!((*g as f64 - want).abs() <= 2e-5 * want.max(1.0), "cols {cols}: {g} vs {want}");
+            }
+        }
+        assert!((softmax_entropy_rows(&[3.5f32; 50], 50)[0] - 50f32.ln()).abs() < 1e-5);
+        let inf = f32::NEG_INFINITY;
+        let partly = softmax_entropy_rows(&[0.0, inf, 0.0, inf], 4)[0];
+        assert!((partly - 2f32.ln()).abs() < 1e-6, "{partly}");
+        let bad = softmax_entropy_rows(&[inf, inf, f32::NAN, 1.0], 2);
+        assert!(bad[0].is_nan() && bad[1].is_nan());
+    }
 
     #[test]
     fn fast_exp_is_within_two_ulp_of_libm() {
