@@ -62,3 +62,63 @@ __device__ void softmax_impl(i64 rows, i64 cols, int log, int vec, const T* x, T
     }                                                                                                 \
     ARTIST_EXPORT(softmax_##S)
 FLOAT_TYPES(SOFTMAX)
+
+// The entropy -sum p ln p of each row's softmax, one value per row in f32, in one pass over
+// the row: each thread keeps a running maximum m, s = sum exp(x - m) and
+// u = sum exp(x - m) (x - m), both moved onto a larger maximum as it comes (with
+// r = exp(m - m'): s' = r s, u' = r (u + s (m - m'))); the block moves every thread's onto
+// the row's maximum M the same way and sums them, and the entropy is ln S - U / S (the host
+// backend's formula). -inf entries add nothing; a row whose maximum is -inf or NaN gives NaN.
+__device__ __forceinline__ void entropy_rescale(float to, float& m, float& s, float& u) {
+    if (m == -inf_f32()) {  // nothing yet: s and u are 0
+        m = to;
+        return;
+    }
+    float d = m - to, r = expf(d);
+    u = r * (u + s * d);
+    s = r * s;
+    m = to;
+}
+
+__device__ __forceinline__ void entropy_add(float x, float& m, float& s, float& u, float& any) {
+    any = max_nan(any, x);
+    if (x > m) {
+        entropy_rescale(x, m, s, u);
+        s += 1.0f;  // exp(x - m) = 1, (x - m) = 0
+    } else if (x != -inf_f32()) {
+        float d = x - m, e = expf(d);
+        s += e;
+        u += e * d;
+    }
+}
+
+template <class T>
+__device__ void softmax_entropy_impl(i64 rows, i64 cols, int vec, const T* x, float* h) {
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        const T* xr = x + row * cols;
+        float m = -inf_f32(), s = 0.0f, u = 0.0f, any = -inf_f32();
+        ROW_CHUNKS(c, cols) {
+            Vec8<T> xv;
+            chunk_load(xv, xr + 8 * c, vec);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) entropy_add(to_f32(xv.e[e]), m, s, u, any);
+        }
+        ROW_TAIL(j, cols) { entropy_add(to_f32(xr[j]), m, s, u, any); }
+        any = block_max(any);
+        if (any == -inf_f32() || is_nan(any)) {
+            if (threadIdx.x == 0) h[row] = nan_f32();
+            continue;
+        }
+        if (m != -inf_f32()) entropy_rescale(any, m, s, u);
+        float total_s = block_sum(s);
+        float total_u = block_sum(u);
+        if (threadIdx.x == 0) h[row] = logf(total_s) - total_u / total_s;
+    }
+}
+
+#define SOFTMAX_ENTROPY(T, S)                                                                         \
+    ROW_KERNEL softmax_entropy_##S(i64 rows, i64 cols, int vec, const T* x, float* h) {               \
+        softmax_entropy_impl<T>(rows, cols, vec, x, h);                                               \
+    }                                                                                                 \
+    ARTIST_EXPORT(softmax_entropy_##S)
+FLOAT_TYPES(SOFTMAX_ENTROPY)

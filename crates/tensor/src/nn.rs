@@ -37,8 +37,8 @@ impl Tensor {
     }
 
     /// The entropy `-sum_j p_j ln p_j` of `softmax(self)` along the last dimension: one
-    /// value per row, on the host. On the CPU one fused pass per row (f32 sums); on a GPU
-    /// composed of the log-softmax and element-wise ops.
+    /// value per row, on the host, in f32. One pass over each row on either backend (the
+    /// GPU kernel keeps the statistics online, kernels/softmax.cu).
     pub fn softmax_entropy(&self) -> Result<Vec<f32>> {
         const OP: &str = "softmax_entropy";
         if !self.dtype().is_float() {
@@ -48,8 +48,7 @@ impl Tensor {
             return Err(crate::invalid!(OP, "a scalar has no rows"));
         }
         if self.device().is_cuda() {
-            let ls = self.to_dtype(crate::DType::F32)?.log_softmax(-1)?;
-            return ls.exp()?.mul(&ls)?.sum_keepdim(-1)?.neg()?.to_vec::<f32>();
+            return crate::cuda::ops::softmax_entropy(self);
         }
         let cols = self.dim(-1)?;
         let s = self.cpu();

@@ -197,6 +197,7 @@ pub fn inventory() -> Vec<(&'static str, String)> {
             out.push(("reduce", format!("{k}_{s}")));
         }
         out.push(("softmax", format!("softmax_{s}")));
+        out.push(("softmax", format!("softmax_entropy_{s}")));
         out.push(("rmsnorm", format!("rms_norm_{s}")));
         out.push(("rmsnorm", format!("add_rms_norm_{s}")));
         out.push(("rmsnorm", format!("rms_norm_bwd_{s}")));

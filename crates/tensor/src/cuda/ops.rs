@@ -360,6 +360,24 @@ pub(crate) fn softmax_last(x: &Tensor, log: bool) -> Result<Tensor> {
     Ok(out)
 }
 
+/// [`Tensor::softmax_entropy`] on the GPU: one pass over each row, one f32 per row back.
+pub(crate) fn softmax_entropy(x: &Tensor) -> Result<Vec<f32>> {
+    let (x, xp) = contiguous(x)?;
+    let (dev, _) = raw(&x);
+    let cols = x.dims().last().copied().unwrap_or(1);
+    let rows = x.elem_count().checked_div(cols).unwrap_or(0);
+    let (out, dst) = empty(&dev, DType::F32, crate::Shape::from(rows))?;
+    if rows > 0 && cols > 0 {
+        let name = format!("softmax_entropy_{}", suffix(x.dtype()));
+        let vec = rows_vec(cols, &[(xp, x.dtype().size_in_bytes())]);
+        let args = Args::new().arg(rows as i64).arg(cols as i64).arg(vec).arg(xp).arg(dst);
+        dev.launch("softmax", name, row_cfg(&dev, rows, cols), args)?;
+    } else if rows > 0 {
+        return Ok(vec![0.0; rows]);
+    }
+    out.to_vec::<f32>()
+}
+
 pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     let (x, xp) = contiguous(x)?;
     let (w, wp) = contiguous(w)?;
