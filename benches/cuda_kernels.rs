@@ -159,6 +159,11 @@ fn bench_mem(c: &mut Criterion, dev: Device) {
     g.bench_function("log_softmax_f32_vocab", |b| {
         b.iter_custom(|n| timed(n, &mut || drop(black_box(logits.log_softmax(-1).unwrap()))))
     });
+    // One read of the logits, a float per row back (the GRPO loss's entropy metric).
+    g.throughput(Throughput::BytesDecimal((logits.elem_count() * 4) as u64));
+    g.bench_function("softmax_entropy_f32_vocab", |b| {
+        b.iter_custom(|n| timed(n, &mut || drop(black_box(logits.softmax_entropy().unwrap()))))
+    });
 
     let table = randn(&[s.vocab, h], bf, dev, 9);
     let ids = Tensor::from_vec((0..t as u32).map(|k| (k * 7919) % s.vocab as u32).collect(), t, Device::Cpu).unwrap();

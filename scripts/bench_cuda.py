@@ -90,6 +90,10 @@ def torch_cases():
     logits = r(ROWS, V, dtype=torch.float32)
     out["mem/softmax_f32_vocab"] = median_ms(lambda: torch.softmax(logits, -1))
     out["mem/log_softmax_f32_vocab"] = median_ms(lambda: torch.log_softmax(logits, -1))
+    def entropy(z):  # as the Python stacks compute it: softmax, then -sum p log p
+        lp = torch.log_softmax(z, -1)
+        return -(lp.exp() * lp).sum(-1)
+    out["mem/softmax_entropy_f32_vocab"] = median_ms(lambda: entropy(logits))
     table = r(V, H)
     ids = (torch.arange(T, device=dev) * 7919) % V
     out["mem/embedding_bf16"] = median_ms(lambda: F.embedding(ids, table))
