@@ -310,3 +310,46 @@ fn configuration_errors_name_the_key() {
     let e = tiny_config().with_overrides(&["grpo.importance_sampling_level=\"tokens\"".into()]).unwrap_err();
     assert!(e.to_string().contains("tokens"), "{e}");
 }
+
+/// Every TOML block of docs/TRAINING.md's recipes, laid over the math preset, loads and
+/// validates (the keys exist, the values parse and agree with each other).
+#[test]
+fn documented_recipes_are_valid_configs() {
+    let doc = std::fs::read_to_string(common::root().join("docs/TRAINING.md")).unwrap();
+    let start = doc.find("### Recipes").expect("the recipes section");
+    let section = &doc[start..start + doc[start..].find("\n## ").unwrap()];
+    let blocks: Vec<&str> = section.split("```toml\n").skip(1).map(|b| &b[..b.find("```").unwrap()]).collect();
+    assert_eq!(blocks.len(), 5, "Dr. GRPO, DAPO, GSPO, RLOO, off-policy safeguards");
+    let preset = std::fs::read_to_string(common::root().join("configs/artist-math.toml")).unwrap();
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+    for block in blocks {
+        let mut table: toml::Table = toml::from_str(&preset).unwrap();
+        let recipe: toml::Table = toml::from_str(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        merge(&mut table, recipe.clone());
+        let c = GrpoRunConfig::from_toml(&toml::to_string(&table).unwrap(), Path::new("recipe.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{block}"));
+        c.validate(Device::Cpu).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        // The recipe's values are the ones in force.
+        let in_force = toml::Value::try_from(&c).unwrap();
+        for (k, v) in &recipe {
+            let got = &in_force[k.as_str()];
+            match v {
+                toml::Value::Table(t) => {
+                    for (k2, v2) in t {
+                        assert_eq!(&got[k2.as_str()], v2, "{k}.{k2} in\n{block}");
+                    }
+                }
+                v => assert_eq!(got, v, "{k} in\n{block}"),
+            }
+        }
+    }
+}
