@@ -209,6 +209,20 @@ fn generate_a_file_of_prompts_together() {
     assert_eq!(rows[k + 2]["prompt_tokens"], chat["prompt_ids"].as_array().unwrap().len());
     assert!(rows[k + 2].get("id").is_none());
 
+    // `-` reads the prompts from standard input.
+    let mut child = std::process::Command::new(generate_bin)
+        .args(["--model", d, "--max-new-tokens", "4", "--prompts", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"{\"prompt_ids\": [5, 6, 7]}\n").unwrap();
+    let piped = child.wait_with_output().unwrap();
+    assert!(piped.status.success(), "{}", String::from_utf8_lossy(&piped.stderr));
+    let row: serde_json::Value = serde_json::from_slice(&piped.stdout).unwrap();
+    assert_eq!((row["index"].as_u64(), row["prompt_tokens"].as_u64()), (Some(0), Some(3)));
+
     // A file with nothing usable is an error that names it.
     std::fs::write(&file, "{}\n").unwrap();
     fails_cleanly(&run(generate_bin, &["--model", d, "--prompts", file.to_str().unwrap()]), "no usable prompt");

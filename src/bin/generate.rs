@@ -44,6 +44,7 @@ struct Args {
     /// --chat), `{"messages": [{"role", "content"}, ...]}` (always in the chat template) or
     /// `{"prompt_ids": [IDS]}`; an `"id"` is copied to the output. They are generated
     /// together with continuous batching; each sample becomes one JSON line (see --out).
+    /// `-` reads standard input.
     #[arg(long)]
     prompts: Option<PathBuf>,
     /// With --prompts: samples per prompt (they share the prompt's prefill).
@@ -306,9 +307,14 @@ fn run_batch(
     if args.n == 0 || args.max_batch == 0 {
         bail!("--n and --max-batch must be at least 1");
     }
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let input: Box<dyn BufRead> = if path == std::path::Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        Box::new(std::io::BufReader::new(file))
+    };
     let (mut prompts, mut ids, mut template) = (Vec::new(), Vec::new(), None);
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+    for (i, line) in input.lines().enumerate() {
         let line = line.with_context(|| format!("{}:{}: reading", path.display(), i + 1))?;
         if line.trim().is_empty() {
             continue;
