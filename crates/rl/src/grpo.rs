@@ -254,21 +254,23 @@ pub fn grpo_loss(
             // lp_t + (log s_i - lp_t): the value log s_i, the gradient lp_t's. A rollout
             // whose log ratio passes the cap gets a constant ratio (veRL's clamp).
             let lpv = lp.value().to_vec::<f32>()?;
-            let (mut shift, mut capped) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            // Per token: the shift to its rollout's log ratio, whether that is below the cap
+            // (1) or not (0), and the capped value (0 below it).
+            let (mut shift, mut below, mut cap) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
             let mut t = 0;
             for r in batch {
                 let k = r.generated();
                 let log_s = (t..t + k).map(|i| lpv[i] as f64 - old[i] as f64).sum::<f64>() / k.max(1) as f64;
+                let capped = log_s > MAX_SEQUENCE_LOG_RATIO;
                 for &l in &lpv[t..t + k] {
                     shift.push((log_s.min(MAX_SEQUENCE_LOG_RATIO) - l as f64) as f32);
-                    capped.push(if log_s > MAX_SEQUENCE_LOG_RATIO { 0.0 } else { 1.0 });
+                    below.push(if capped { 0.0 } else { 1.0 });
+                    cap.push(if capped { MAX_SEQUENCE_LOG_RATIO as f32 } else { 0.0 });
                 }
                 t += k;
             }
-            let live = lp.add(&konst(&shift)?)?.mul(&konst(&capped)?)?;
-            let dead: Vec<f32> =
-                capped.iter().map(|&c| if c == 0.0 { MAX_SEQUENCE_LOG_RATIO as f32 } else { 0.0 }).collect();
-            live.add(&konst(&dead)?)?.exp()?
+            let live = lp.add(&konst(&shift)?)?.mul(&konst(&below)?)?;
+            live.add(&konst(&cap)?)?.exp()?
         }
     };
     let unclipped = ratio.mul(&adv_v)?;
