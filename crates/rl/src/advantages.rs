@@ -1,6 +1,7 @@
 //! Advantages from each prompt's group of G rollouts: GRPO's (the group's mean
-//! subtracted, optionally divided by its standard deviation) or RLOO's (each rollout's
-//! reward less the mean of the other G - 1).
+//! subtracted, optionally divided by its standard deviation), RLOO's (each rollout's
+//! reward less the mean of the other G - 1), or REINFORCE++'s with a baseline (the group's
+//! mean subtracted, then whitened over all generated tokens of the batch: [`whiten`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,10 @@ pub enum AdvantageEstimator {
     /// REINFORCE leave-one-out (Kool et al., 2019; Ahmadian et al., 2024):
     /// `r_i - mean_{j != i} r_j`, which is `G / (G - 1)` times `r_i - mean`.
     Rloo,
+    /// REINFORCE++ with a baseline (Hu et al., 2025; veRL's `reinforce_plus_plus_baseline`):
+    /// `r_i - mean` within the group, then whitened over the batch's generated tokens
+    /// (their token-weighted mean subtracted, divided by their unbiased deviation).
+    ReinforcePlusPlusBaseline,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -42,6 +47,11 @@ impl AdvantageConfig {
                         set advantages.scale_by_std = false"
                 .into());
         }
+        if self.estimator == AdvantageEstimator::ReinforcePlusPlusBaseline && self.scale_by_std {
+            return Err("advantages.estimator = \"reinforce_plus_plus_baseline\" scales by the batch's deviation, \
+                        not the group's: set advantages.scale_by_std = false"
+                .into());
+        }
         if !(self.eps >= 0.0 && self.eps.is_finite()) {
             return Err(format!("advantages.eps must be a finite number >= 0, got {}", self.eps));
         }
@@ -59,6 +69,10 @@ pub fn group_advantages(rewards: &[f64], g: usize, c: &AdvantageConfig) -> Vec<f
     for group in rewards.chunks(g) {
         let n = group.len() as f64;
         let sum = group.iter().sum::<f64>();
+        if c.estimator == AdvantageEstimator::ReinforcePlusPlusBaseline {
+            out.extend(group.iter().map(|&r| r - sum / n));
+            continue;
+        }
         if c.estimator == AdvantageEstimator::Rloo {
             let others = |r: f64| if group.len() > 1 { (sum - r) / (n - 1.0) } else { r };
             out.extend(group.iter().map(|&r| r - others(r)));
@@ -70,6 +84,29 @@ pub fn group_advantages(rewards: &[f64], g: usize, c: &AdvantageConfig) -> Vec<f
         out.extend(group.iter().map(|r| (r - mean) / scale));
     }
     out
+}
+
+/// What [`whiten`] needs of a batch, summable over its parts (data-parallel ranks): the
+/// generated tokens `N`, and the sums over them of each token's advantage and its square
+/// (a rollout of `n` tokens and advantage `a` adds `n`, `n a`, `n a^2`).
+pub fn whitening_sums(rollouts: impl IntoIterator<Item = (f32, usize)>) -> [f64; 3] {
+    let mut sums = [0f64; 3];
+    for (a, n) in rollouts {
+        let (a, n) = (a as f64, n as f64);
+        sums[0] += n;
+        sums[1] += n * a;
+        sums[2] += n * a * a;
+    }
+    sums
+}
+
+/// REINFORCE++'s whitening of an advantage with the batch's [`whitening_sums`], as veRL's
+/// `masked_whiten` over response tokens: `(a - mean) / sqrt(var + 1e-8)`, `var` the
+/// unbiased variance (a batch of one token has variance 0).
+pub fn whiten(a: f32, [n, sum, sum_sq]: [f64; 3]) -> f32 {
+    let mean = sum / n.max(1.0);
+    let var = if n > 1.0 { ((sum_sq - n * mean * mean) / (n - 1.0)).max(0.0) } else { 0.0 };
+    ((a as f64 - mean) / (var + 1e-8).sqrt()) as f32
 }
 
 /// Whether every reward of the group is the same (such a group teaches nothing).
@@ -92,6 +129,36 @@ mod tests {
             group_advantages(&[1.0, 3.0], 2, &AdvantageConfig { scale_by_std: false, eps: 0.0, ..Default::default() });
         assert_eq!(c, vec![-1.0, 1.0]);
         assert!(group_is_flat(&[1.0, 1.0]) && !group_is_flat(&[1.0, 2.0]));
+    }
+
+    #[test]
+    fn reinforce_plus_plus_whitens_over_tokens() {
+        let c =
+            AdvantageConfig { estimator: AdvantageEstimator::ReinforcePlusPlusBaseline, scale_by_std: false, eps: 0.0 };
+        // The group's mean subtracted, nothing scaled yet.
+        let a = group_advantages(&[1.0, 3.0, 5.0, 0.0, 0.0, 4.0], 3, &c);
+        let want = [-2.0, 0.0, 2.0, -4.0 / 3.0, -4.0 / 3.0, 8.0 / 3.0];
+        assert!(a.iter().zip(want).all(|(x, y)| (x - y).abs() < 1e-12), "{a:?}");
+        // Token-weighted: rollouts of 3, 1 and 4 tokens with advantages 1, -2, 0.5 are the
+        // tokens [1, 1, 1, -2, 0.5, 0.5, 0.5, 0.5]: mean 3.0 / 8, unbiased variance over 7.
+        let rollouts = [(1.0f32, 3usize), (-2.0, 1), (0.5, 4)];
+        let sums = whitening_sums(rollouts);
+        assert_eq!(sums, [8.0, 3.0, 8.0]);
+        let tokens = [1.0, 1.0, 1.0, -2.0, 0.5, 0.5, 0.5, 0.5];
+        let mean = tokens.iter().sum::<f64>() / 8.0;
+        let var = tokens.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / 7.0;
+        for (a, _) in rollouts {
+            let want = ((a as f64 - mean) / (var + 1e-8).sqrt()) as f32;
+            assert!((whiten(a, sums) - want).abs() <= 1e-6, "{a}: {} vs {want}", whiten(a, sums));
+        }
+        // Whitened, the tokens have mean 0 and unbiased variance 1 (up to the 1e-8).
+        let w: Vec<f64> = rollouts.iter().flat_map(|&(a, n)| vec![whiten(a, sums) as f64; n]).collect();
+        let m = w.iter().sum::<f64>() / 8.0;
+        let v = w.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 7.0;
+        assert!(m.abs() < 1e-6 && (v - 1.0).abs() < 1e-5, "mean {m}, variance {v}");
+        // One token: no variance, the advantage less the mean (0 here).
+        assert_eq!(whiten(2.0, whitening_sums([(2.0, 1)])), 0.0);
+        assert!(AdvantageConfig { scale_by_std: true, ..c }.check().unwrap_err().contains("scale_by_std = false"));
     }
 
     #[test]

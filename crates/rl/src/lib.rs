@@ -8,7 +8,7 @@ pub mod grpo;
 pub mod prompts;
 pub mod rewards;
 
-pub use advantages::{AdvantageConfig, AdvantageEstimator, group_advantages};
+pub use advantages::{AdvantageConfig, AdvantageEstimator, group_advantages, whiten, whitening_sums};
 pub use format::{Segment, TagEvent};
 pub use grpo::{
     Aggregation, GrpoConfig, GrpoStats, ImportanceLevel, KlEstimator, TrainRollout, grpo_loss, token_weights,

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::grpo::{
     Evaluation, GrpoRunConfig, GrpoTask, StepMetrics, combine_step_sums, groups_to_train, play_rounds, update_sharded,
+    whiten_advantages,
 };
 use crate::{Error, Result};
 use artist_dist::{Communicator, shard_range};
@@ -671,9 +672,10 @@ impl GrpoTask for FcTrainer {
         let c = self.config.clone();
         let lens: Vec<usize> = batches.iter().map(Vec::len).collect();
         // Round r's episodes are numbered after the earlier rounds' (their seeds).
-        let (train, mut sums, quota) = play_rounds(&c, &lens, comm.as_deref_mut(), |r, shard, first| {
+        let (mut train, mut sums, quota) = play_rounds(&c, &lens, comm.as_deref_mut(), |r, shard, first| {
             self.play_round(step, first, &batches[r][shard])
         })?;
+        whiten_advantages(&mut train, &c, comm.as_deref_mut())?;
         let t = Instant::now();
         combine_step_sums(&mut sums, comm.as_deref_mut())?;
         let [

@@ -733,12 +733,13 @@ impl GrpoTrainer<'_> {
         let c = self.config.clone();
         let g = c.rollout.group_size;
         let lens: Vec<usize> = rounds.iter().map(Vec::len).collect();
-        let (train, mut sums, quota) = play_rounds(&c, &lens, comm.as_deref_mut(), |r, shard, first| {
+        let (mut train, mut sums, quota) = play_rounds(&c, &lens, comm.as_deref_mut(), |r, shard, first| {
             // Rollout k of prompt p samples with seed `seed + p * G + k`: offset by the
             // shard's first global prompt.
             let seed = c.seed.wrapping_add(step.wrapping_mul(1_000_003)).wrapping_add((first * g) as u64);
             self.score_round(self.rollouts(&rounds[r][shard], seed)?)
         })?;
+        whiten_advantages(&mut train, &c, comm.as_deref_mut())?;
         let t = Instant::now();
         combine_step_sums(&mut sums, comm.as_deref_mut())?;
         let [
@@ -915,6 +916,47 @@ pub(crate) fn play_rounds<const N: usize>(
         .flat_map(|(r, groups)| groups.into_iter().take(quota.keep(r, rank)).flatten())
         .collect();
     Ok((train, sums, quota))
+}
+
+/// REINFORCE++ with a baseline (`advantages.estimator = "reinforce_plus_plus_baseline"`):
+/// the advantages of the rollouts to train on whitened over the generated tokens of the
+/// global batch ([`artist_rl::whiten`]), before any update. Data-parallel ranks gather each
+/// other's f64 sums exactly ([`f64_as_f32s`]) and add them in rank order, so the whitening
+/// is what one process computes up to the order of f64 additions. Other estimators:
+/// nothing changes. Every rank calls it.
+pub(crate) fn whiten_advantages(
+    train: &mut [TrainRollout],
+    c: &GrpoRunConfig,
+    comm: Option<&mut (dyn Communicator + '_)>,
+) -> Result<()> {
+    if c.advantages.estimator != artist_rl::AdvantageEstimator::ReinforcePlusPlusBaseline {
+        return Ok(());
+    }
+    let mut sums = artist_rl::whitening_sums(train.iter().map(|r| (r.advantage, r.generated())));
+    if let Some(comm) = comm {
+        let mine: Vec<f32> = sums.iter().flat_map(|&x| f64_as_f32s(x)).collect();
+        let all = comm.all_gather(&mine)?;
+        sums = [0.0; 3];
+        for rank in all.chunks(9) {
+            for (s, parts) in sums.iter_mut().zip(rank.chunks(3)) {
+                *s += parts.iter().map(|&p| f64::from(p)).sum::<f64>();
+            }
+        }
+    }
+    for r in train {
+        r.advantage = artist_rl::whiten(r.advantage, sums);
+    }
+    Ok(())
+}
+
+/// `x` as three f32s whose sum (in f64, in order) is `x` exactly, for finite `x` from
+/// about 1e-21 in magnitude up (or 0): each part the rounding of what the earlier ones left.
+/// The communicators carry f32; this carries an f64.
+pub(crate) fn f64_as_f32s(x: f64) -> [f32; 3] {
+    let hi = x as f32;
+    let rest = x - f64::from(hi);
+    let mid = rest as f32;
+    [hi, mid, (rest - f64::from(mid)) as f32]
 }
 
 /// DAPO's dynamic sampling (Yu et al., 2025), across ranks: how many groups with a
@@ -1507,6 +1549,21 @@ mod tests {
         let e = Evaluation::from_sums(Evaluation::sums(&correct, &rewards, &tools, 1, Some(&correct)), true);
         assert_eq!((e.pass_at_k, e.maj_at_k), (e.accuracy, Some(e.accuracy)));
         assert_eq!(Evaluation::from_sums([0.0; EVAL_SUMS], false), Evaluation::default());
+    }
+
+    #[test]
+    fn an_f64_travels_exactly_as_three_f32s() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..100_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let mantissa = (x >> 11) as f64 / (1u64 << 53) as f64;
+            let v = (mantissa - 0.5) * 10f64.powi((x % 40) as i32 - 20);
+            let [a, b, c] = f64_as_f32s(v);
+            assert_eq!(f64::from(a) + f64::from(b) + f64::from(c), v, "{v:e}");
+        }
+        assert_eq!(f64_as_f32s(0.0), [0.0; 3]);
+        let big = 123_456_789.123_456_78;
+        assert_eq!(f64_as_f32s(big).iter().map(|&p| f64::from(p)).sum::<f64>(), big);
     }
 
     #[test]
