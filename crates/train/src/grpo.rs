@@ -252,7 +252,8 @@ pub struct GrpoRunConfig {
     /// DAPO's dynamic sampling (with `filter_flat_groups`): a step plays up to this many
     /// batches of `prompts_per_step` prompts, one after another, until `prompts_per_step`
     /// groups whose rewards differ are found, and trains on the first that many (veRL's
-    /// `max_num_gen_batches`). 1 (the default): one batch a step, however many are flat.
+    /// `max_num_gen_batches`). 1 (the default): one batch a step, however many are flat;
+    /// at most [`MAX_SAMPLING_ROUNDS`].
     pub max_sampling_rounds: usize,
     /// The dtype attention computes in for the loss's forward and backward (`auto`, `f32`
     /// or `bf16`; see [`crate::ComputeDtype`]).
@@ -395,8 +396,11 @@ impl GrpoRunConfig {
             ));
         }
         self.advantages.check().map_err(Error::Config)?;
-        if self.max_sampling_rounds == 0 {
-            return Err(Error::Config("max_sampling_rounds must be >= 1 (1: one batch of prompts a step)".into()));
+        if !(1..=MAX_SAMPLING_ROUNDS).contains(&self.max_sampling_rounds) {
+            return Err(Error::Config(format!(
+                "max_sampling_rounds must be 1 (one batch of prompts a step) to {MAX_SAMPLING_ROUNDS}, got {}",
+                self.max_sampling_rounds
+            )));
         }
         if self.max_sampling_rounds > 1 && !self.filter_flat_groups {
             return Err(Error::Config(format!(
@@ -451,6 +455,10 @@ impl GrpoRunConfig {
         Ok(())
     }
 }
+
+/// The most batches a step may play with dynamic sampling: the loop draws them all up front
+/// (veRL's runs use 10 to 20).
+pub const MAX_SAMPLING_ROUNDS: usize = 1000;
 
 /// Where GRPO's pi_old comes from (`old_logprobs` in a config).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

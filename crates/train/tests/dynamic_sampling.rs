@@ -97,8 +97,10 @@ fn steps_sample_until_enough_groups_differ() {
 
     let e = config(&["filter_flat_groups=false"]).validate(artist_tensor::Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("max_sampling_rounds") && e.contains("filter_flat_groups"), "{e}");
-    let e = config(&["max_sampling_rounds=0"]).validate(artist_tensor::Device::Cpu).unwrap_err().to_string();
-    assert!(e.contains("max_sampling_rounds"), "{e}");
+    for bad in ["max_sampling_rounds=0", "max_sampling_rounds=1000000"] {
+        let e = config(&[bad]).validate(artist_tensor::Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("max_sampling_rounds must be 1") && e.contains("1000"), "{e}");
+    }
 }
 
 /// The first step replayed by hand: the batches of the data order in turn, each group's
