@@ -221,6 +221,34 @@ fn run() -> Result<()> {
     Ok(())
 }
 
+/// The rollout engine's settings for `args`, one sample of each prompt a batch of one:
+/// prompts up to `longest` tokens; with `tools`, up to `--max-tool-calls` calls, each turn
+/// up to `--max-new-tokens`, stopping at `</answer>` unless `--stop` says otherwise.
+fn engine_config(
+    args: &Args,
+    model: &artist::model::Qwen2,
+    sampling: SamplingParams,
+    eos_ids: Vec<u32>,
+    longest: usize,
+    tools: bool,
+) -> artist_engine::RolloutConfig {
+    let response = if tools { args.max_new_tokens * (args.max_tool_calls + 1) * 2 } else { args.max_new_tokens };
+    artist_engine::RolloutConfig {
+        group_size: 1,
+        sampling,
+        max_turn_tokens: args.max_new_tokens,
+        max_response_tokens: response,
+        max_tool_calls: args.max_tool_calls,
+        max_context: model.config.max_position_embeddings.min(longest + response + 1),
+        max_batch: 1,
+        eos_ids,
+        stop_text: args.stop.first().cloned().or_else(|| tools.then(|| "</answer>".into())),
+        matmul_dtype: args.matmul_dtype.dtype(model.device()),
+        kv_cache_dtype: args.kv_dtype.storage(model.device()),
+        ..Default::default()
+    }
+}
+
 /// The tool `--tools` names, started.
 fn start_tool(args: &Args, tool: &str) -> Result<std::sync::Arc<dyn artist_tools::Tool>> {
     Ok(match tool {
@@ -335,32 +363,13 @@ fn run_batch(
         None => vec![],
     };
     let tok = tok.context("--prompts decodes its samples: it needs the model's tokenizer.json")?;
-    let turns = if tools.is_empty() { 1 } else { args.max_tool_calls + 1 };
-    let response = args.max_new_tokens * turns * if tools.is_empty() { 1 } else { 2 };
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let stop_text = args.stop.first().cloned().or_else(|| (!tools.is_empty()).then(|| "</answer>".into()));
     if args.stop.len() > 1 {
         eprintln!("note: --prompts stops at the first --stop string only");
     }
-    let engine = RolloutEngine {
-        policy: model,
-        tokenizer: tok,
-        tools,
-        config: RolloutConfig {
-            group_size: args.n,
-            sampling,
-            max_turn_tokens: args.max_new_tokens,
-            max_response_tokens: response,
-            max_tool_calls: args.max_tool_calls,
-            max_context: model.config.max_position_embeddings.min(longest + response + 1),
-            max_batch: args.max_batch.max(args.n),
-            eos_ids,
-            stop_text,
-            matmul_dtype: args.matmul_dtype.dtype(model.device()),
-            kv_cache_dtype: args.kv_dtype.storage(model.device()),
-            ..Default::default()
-        },
-    };
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let config = engine_config(args, model, sampling, eos_ids, longest, !tools.is_empty());
+    let config = RolloutConfig { group_size: args.n, max_batch: args.max_batch.max(args.n), ..config };
+    let engine = RolloutEngine { policy: model, tokenizer: tok, tools, config };
     let start = Instant::now();
     let (mut rollouts, _) = engine.run(&prompts)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -419,32 +428,11 @@ fn run_with_tool(
     sampling: SamplingParams,
     eos_ids: Vec<u32>,
 ) -> Result<()> {
-    use artist_engine::{RolloutConfig, RolloutEngine};
+    use artist_engine::RolloutEngine;
 
     let tool = start_tool(args, tool)?;
-    let stop_text = args.stop.first().cloned().or_else(|| Some("</answer>".into()));
-    let engine = RolloutEngine {
-        policy: model,
-        tokenizer: tok,
-        tools: vec![tool],
-        config: RolloutConfig {
-            group_size: 1,
-            sampling,
-            max_turn_tokens: args.max_new_tokens,
-            max_response_tokens: args.max_new_tokens * (args.max_tool_calls + 1) * 2,
-            max_tool_calls: args.max_tool_calls,
-            max_context: model
-                .config
-                .max_position_embeddings
-                .min(prompt_ids.len() + args.max_new_tokens * (args.max_tool_calls + 1) * 2 + 1),
-            max_batch: 1,
-            eos_ids,
-            stop_text,
-            matmul_dtype: args.matmul_dtype.dtype(model.device()),
-            kv_cache_dtype: args.kv_dtype.storage(model.device()),
-            ..Default::default()
-        },
-    };
+    let config = engine_config(args, model, sampling, eos_ids, prompt_ids.len(), true);
+    let engine = RolloutEngine { policy: model, tokenizer: tok, tools: vec![tool], config };
     let start = Instant::now();
     let (mut rollouts, stats) = engine.run(std::slice::from_ref(&prompt_ids))?;
     let r = rollouts.remove(0);

@@ -3,30 +3,15 @@
 //! group's mean subtracted, then whitened once over every trained token), and two ranks,
 //! each whitening with sums over both, train as one process.
 
-use std::time::Duration;
-
-use artist_dist::InProcess;
-use artist_model::Qwen2;
-use artist_optim::{AdamW, AdamWConfig};
 use artist_rl::{TrainRollout, group_advantages, whiten, whitening_sums};
 use artist_train::data::DataOrder;
 use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, Problem, train, train_data_parallel, update};
-use artist_train::sft::RunOptions;
 
 mod common;
-
-fn quiet() -> RunOptions {
-    RunOptions { resume: false, progress: false, stop_after: None, device: Default::default() }
-}
-
-/// Random tiny-model text never holds an answer: this judge passes about half the
-/// completions, so rewards differ.
-fn parity(completion: &str, _gold: &str) -> bool {
-    completion.len().is_multiple_of(2)
-}
+use common::{adamw, quiet, ranks, train_rollout, weights};
 
 fn trainer(config: GrpoRunConfig) -> GrpoTrainer<'static> {
-    common::math_trainer(config, &parity)
+    common::math_trainer(config, &common::parity)
 }
 
 fn config(steps: u64) -> GrpoRunConfig {
@@ -44,10 +29,6 @@ fn config(steps: u64) -> GrpoRunConfig {
         "advantages.estimator=\"reinforce_plus_plus_baseline\"",
         "advantages.scale_by_std=false",
     ])
-}
-
-fn weights(model: &Qwen2) -> Vec<Vec<f32>> {
-    model.params().iter().map(|p| p.value().to_f32_vec().unwrap()).collect()
 }
 
 #[test]
@@ -70,31 +51,15 @@ fn the_first_step_whitens_once_over_the_trained_tokens() {
     }
     let mut rollouts: Vec<TrainRollout> = (batch.rollouts.iter().enumerate())
         .filter(|(_, ro)| ro.sampled_tokens() > 0)
-        .map(|(i, ro)| TrainRollout {
-            prompt_ids: ro.prompt_ids.clone(),
-            ids: ro.ids.clone(),
-            mask: ro.mask.clone(),
-            old_logprobs: ro.logprobs.clone(),
-            sampler_logprobs: None,
-            ref_logprobs: None,
-            advantage: adv[i] as f32,
-        })
+        .map(|(i, ro)| train_rollout(ro, adv[i] as f32))
         .collect();
     assert!(rollouts.iter().any(|r| r.advantage != 0.0), "every group flat: the test shows nothing");
     let sums = whitening_sums(rollouts.iter().map(|r| (r.advantage, r.generated())));
     for r in &mut rollouts {
         r.advantage = whiten(r.advantage, sums);
     }
-    let o = &c.optim;
-    let adamw = AdamWConfig {
-        beta1: o.beta1,
-        beta2: o.beta2,
-        eps: o.eps,
-        weight_decay: o.weight_decay,
-        decay_matrices_only: false,
-    };
-    let mut optimizer = AdamW::new(&reference.model.params(), adamw).unwrap();
-    let u = update(&reference.model, None, rollouts, &c, &mut optimizer, o.lr, 0).unwrap();
+    let mut optimizer = adamw(&c, &reference.model);
+    let u = update(&reference.model, None, rollouts, &c, &mut optimizer, c.optim.lr, 0).unwrap();
     assert_eq!((u.loss, u.grad_norm), (m[0].loss, m[0].grad_norm));
     assert_eq!(weights(&reference.model), weights(&t.model), "the step trained on other advantages");
 
@@ -112,19 +77,10 @@ fn two_ranks_whiten_as_one_process() {
     let m1 = train(&tmp.path().join("single"), &mut single, &quiet()).unwrap();
     let w1 = weights(&single.model);
     let dir = tmp.path().join("ranks");
-    let runs: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = InProcess::group_with_timeout(2, Duration::from_secs(300))
-            .into_iter()
-            .map(|mut comm| {
-                let dir = &dir;
-                s.spawn(move || {
-                    let mut t = trainer(config(3));
-                    let m = train_data_parallel(dir, &mut t, &quiet(), &mut comm).unwrap();
-                    (m, weights(&t.model))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let runs = ranks(2, |comm| {
+        let mut t = trainer(config(3));
+        let m = train_data_parallel(&dir, &mut t, &quiet(), comm).unwrap();
+        (m, weights(&t.model))
     });
     assert_eq!(runs[0].1, runs[1].1, "the ranks' weights diverged");
     // The same steps up to float reassociation: rewards, and gradient norms to 1e-5.

@@ -4,30 +4,17 @@
 //! rollouts; a resumed run continues the data where it stopped; two ranks train as one
 //! process.
 
-use std::time::Duration;
-
-use artist_dist::InProcess;
-use artist_model::Qwen2;
-use artist_optim::{AdamW, AdamWConfig};
 use artist_rl::{TrainRollout, group_advantages};
 use artist_train::data::DataOrder;
 use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, Problem, StepMetrics, train, train_data_parallel, update};
 use artist_train::sft::RunOptions;
 
 mod common;
+use common::{adamw, max_diff, quiet, ranks, train_rollout, weights};
 
-fn quiet() -> RunOptions {
-    RunOptions { resume: false, progress: false, stop_after: None, device: Default::default() }
-}
-
-/// Random tiny-model text never holds an answer: this judge passes about half the
-/// completions, so with two rollouts a group about half the groups are flat.
-fn parity(completion: &str, _gold: &str) -> bool {
-    completion.len().is_multiple_of(2)
-}
-
+/// With two rollouts a group, about half the groups are flat under this judge.
 fn trainer(config: GrpoRunConfig) -> GrpoTrainer<'static> {
-    common::math_trainer(config, &parity)
+    common::math_trainer(config, &common::parity)
 }
 
 /// Two prompts a step of the six, groups of two, up to three batches a step.
@@ -49,10 +36,6 @@ fn config(sets: &[&str]) -> GrpoRunConfig {
     ];
     all.extend_from_slice(sets);
     common::tiny_math_config(&all)
-}
-
-fn weights(model: &Qwen2) -> Vec<Vec<f32>> {
-    model.params().iter().map(|p| p.value().to_f32_vec().unwrap()).collect()
 }
 
 /// The figures a step's metrics line must agree on whatever the timing.
@@ -125,19 +108,9 @@ fn the_first_step_trains_on_the_first_groups_that_differ() {
             if artist_rl::advantages::group_is_flat(&totals[k * g..(k + 1) * g]) {
                 continue;
             }
-            let rollouts: Vec<TrainRollout> = group
-                .iter()
-                .enumerate()
+            let rollouts: Vec<TrainRollout> = (group.iter().enumerate())
                 .filter(|(_, ro)| ro.sampled_tokens() > 0)
-                .map(|(i, ro)| TrainRollout {
-                    prompt_ids: ro.prompt_ids.clone(),
-                    ids: ro.ids.clone(),
-                    mask: ro.mask.clone(),
-                    old_logprobs: ro.logprobs.clone(),
-                    sampler_logprobs: None,
-                    ref_logprobs: None,
-                    advantage: adv[k * g + i] as f32,
-                })
+                .map(|(i, ro)| train_rollout(ro, adv[k * g + i] as f32))
                 .collect();
             groups.push(rollouts);
         }
@@ -146,16 +119,8 @@ fn the_first_step_trains_on_the_first_groups_that_differ() {
     assert_eq!(m[0].sampling_rounds, Some(rounds as usize));
     assert!(rounds > 1, "the first step needed one batch: pick a seed where it needs more");
     groups.truncate(2);
-    let o = &c.optim;
-    let config = AdamWConfig {
-        beta1: o.beta1,
-        beta2: o.beta2,
-        eps: o.eps,
-        weight_decay: o.weight_decay,
-        decay_matrices_only: false,
-    };
-    let mut optimizer = AdamW::new(&reference.model.params(), config).unwrap();
-    let u = update(&reference.model, None, groups.concat(), &c, &mut optimizer, o.lr, 0).unwrap();
+    let mut optimizer = adamw(&c, &reference.model);
+    let u = update(&reference.model, None, groups.concat(), &c, &mut optimizer, c.optim.lr, 0).unwrap();
     assert_eq!((u.loss, u.grad_norm), (m[0].loss, m[0].grad_norm));
     assert_eq!(weights(&reference.model), weights(&t.model), "the step trained on other rollouts");
 }
@@ -189,19 +154,10 @@ fn two_ranks_sample_and_train_as_one_process() {
     let m1 = train(&tmp.path().join("single"), &mut single, &quiet()).unwrap();
     let w1 = weights(&single.model);
     let dir = tmp.path().join("ranks");
-    let runs: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = InProcess::group_with_timeout(2, Duration::from_secs(300))
-            .into_iter()
-            .map(|mut comm| {
-                let dir = &dir;
-                s.spawn(move || {
-                    let mut t = trainer(config(&[]));
-                    let m = train_data_parallel(dir, &mut t, &quiet(), &mut comm).unwrap();
-                    (m, weights(&t.model))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let runs = ranks(2, |comm| {
+        let mut t = trainer(config(&[]));
+        let m = train_data_parallel(&dir, &mut t, &quiet(), comm).unwrap();
+        (m, weights(&t.model))
     });
     for (m, w) in &runs {
         for (a, b) in m.iter().zip(&m1) {
@@ -219,8 +175,4 @@ fn two_ranks_sample_and_train_as_one_process() {
     assert_eq!(runs[0].1, runs[1].1, "the ranks' weights diverged");
     let moved = max_diff(&w1, &weights(&trainer(config(&[])).model));
     assert!(moved > 1e-3, "training moved the weights by only {moved:e}");
-}
-
-fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }

@@ -1,14 +1,88 @@
 //! Shared pieces of the GRPO tests: the tiny Qwen2 fixture with the calculator, six
-//! `i+i?` problems, and the paper's math preset with overrides.
+//! `i+i?` problems, the paper's math preset with overrides, and what the tests that
+//! rebuild a step by hand or run several ranks share.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use artist_dist::InProcess;
+use artist_engine::Rollout;
 use artist_model::Qwen2;
+use artist_optim::{AdamW, AdamWConfig};
+use artist_rl::TrainRollout;
 use artist_tokenizer::{ChatTemplate, Tokenizer};
 use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, Problem, Verifier};
+use artist_train::sft::RunOptions;
+
+/// A fresh run: no resume, no progress bar.
+pub fn quiet() -> RunOptions {
+    RunOptions { resume: false, progress: false, stop_after: None, device: Default::default() }
+}
+
+/// Random tiny-model text never holds an answer: this judge passes about half the
+/// completions, so a group's rewards differ (with two rollouts, about half the groups are
+/// flat).
+pub fn parity(completion: &str, _gold: &str) -> bool {
+    completion.len().is_multiple_of(2)
+}
+
+/// Every parameter's values.
+pub fn weights(model: &Qwen2) -> Vec<Vec<f32>> {
+    model.params().iter().map(|p| p.value().to_f32_vec().unwrap()).collect()
+}
+
+/// The largest |a - b| over two models' weights (NaN wins).
+pub fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, |m, x| if x.is_nan() || x > m { x } else { m })
+}
+
+/// A rollout as the trainer trains on it, with `advantage`.
+pub fn train_rollout(ro: &Rollout, advantage: f32) -> TrainRollout {
+    TrainRollout {
+        prompt_ids: ro.prompt_ids.clone(),
+        ids: ro.ids.clone(),
+        mask: ro.mask.clone(),
+        old_logprobs: ro.logprobs.clone(),
+        sampler_logprobs: None,
+        ref_logprobs: None,
+        advantage,
+    }
+}
+
+/// The AdamW the training loop makes from `c.optim`, over `model`'s parameters.
+pub fn adamw(c: &GrpoRunConfig, model: &Qwen2) -> AdamW {
+    let o = &c.optim;
+    let config = AdamWConfig {
+        beta1: o.beta1,
+        beta2: o.beta2,
+        eps: o.eps,
+        weight_decay: o.weight_decay,
+        decay_matrices_only: false,
+    };
+    AdamW::new(&model.params(), config).unwrap()
+}
+
+/// `n` in-process ranks, each running `f` with its communicator on a thread of its own;
+/// their results in rank order.
+pub fn ranks<T: Send>(n: usize, f: impl Fn(&mut InProcess) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = InProcess::group_with_timeout(n, Duration::from_secs(300))
+            .into_iter()
+            .map(|mut comm| {
+                let f = &f;
+                s.spawn(move || f(&mut comm))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
 
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
