@@ -143,15 +143,7 @@ fn run() -> Result<()> {
                 format!("--prompt needs {}/tokenizer.json (or pass --prompt-ids)", args.model.display())
             })?;
             let text = if args.chat {
-                let template = ChatTemplate::from_dir(&args.model)?;
-                let mut messages = vec![];
-                let system =
-                    args.system.clone().or_else(|| args.tools.as_deref().map(artist_rl::prompts::math_system_prompt));
-                if let Some(s) = system {
-                    messages.push(Message::system(s));
-                }
-                messages.push(Message::user(text.clone()));
-                template.render(&messages, None, true)?
+                render_chat(&args, &ChatTemplate::from_dir(&args.model)?, vec![Message::user(text.clone())])?
             } else {
                 text.clone()
             };
@@ -260,6 +252,18 @@ fn start_tool(args: &Args, tool: &str) -> Result<std::sync::Arc<dyn artist_tools
     })
 }
 
+/// `messages` in the chat template, ready for the assistant's turn, after `--system` (or,
+/// with --tools, ARTIST's system prompt) unless they bring a system message of their own.
+fn render_chat(args: &Args, template: &ChatTemplate, messages: Vec<Message>) -> Result<String> {
+    let mut all = Vec::new();
+    let system = args.system.clone().or_else(|| args.tools.as_deref().map(artist_rl::prompts::math_system_prompt));
+    if let (Some(s), false) = (system, messages.iter().any(|m| m.role == "system")) {
+        all.push(Message::system(s));
+    }
+    all.extend(messages);
+    Ok(template.render(&all, None, true)?)
+}
+
 /// The prompt of one `--prompts` line, as token ids, with its `"id"` if it has one.
 fn batch_prompt(
     line: &str,
@@ -279,13 +283,7 @@ fn batch_prompt(
         if template.is_none() {
             *template = Some(ChatTemplate::from_dir(&args.model)?);
         }
-        let mut all = Vec::new();
-        let system = args.system.clone().or_else(|| args.tools.as_deref().map(artist_rl::prompts::math_system_prompt));
-        if let (Some(s), false) = (system, messages.iter().any(|m| m.role == "system")) {
-            all.push(Message::system(s));
-        }
-        all.extend(messages);
-        Ok(template.as_ref().expect("set above").render(&all, None, true)?)
+        render_chat(args, template.as_ref().expect("set above"), messages)
     };
     let ids = if let Some(ids) = o.get("prompt_ids") {
         let ids: Vec<u32> = serde_json::from_value(ids.clone()).context("\"prompt_ids\" must be token ids")?;

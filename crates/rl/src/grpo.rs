@@ -180,7 +180,8 @@ pub struct GrpoStats {
     pub ratio_mean: f64,
     pub kl_mean: f64,
     /// The policy's mean entropy over the generated tokens, in nats, at the sampling
-    /// temperature (values only; nothing flows back through it).
+    /// temperature (values only; nothing flows back through it); 0 when not measured
+    /// ([`grpo_loss_measuring`]).
     pub entropy_mean: f64,
     /// Largest |lp - lp_old|: 0 up to float noise at the first step of a batch.
     pub max_abs_log_ratio: f64,
@@ -196,6 +197,21 @@ pub fn grpo_loss(
     batch: &[&TrainRollout],
     weights: &[&[f32]],
     c: &GrpoConfig,
+) -> artist_model::Result<(Var, GrpoStats)> {
+    grpo_loss_measuring(model, ctx, batch, weights, c, true)
+}
+
+/// [`grpo_loss`], measuring the policy's entropy only when `entropy` (otherwise
+/// [`GrpoStats::entropy_mean`] is 0 and the vocabulary's rows are not read for it): a
+/// trainer that logs the entropy of the sampling policy needs it on the first update of a
+/// batch, not on the later ones.
+pub fn grpo_loss_measuring(
+    model: &Qwen2,
+    ctx: &Ctx,
+    batch: &[&TrainRollout],
+    weights: &[&[f32]],
+    c: &GrpoConfig,
+    entropy: bool,
 ) -> artist_model::Result<(Var, GrpoStats)> {
     let bad = |m: String| artist_model::Error::Input(m);
     let (mut rows, mut targets, mut old, mut adv, mut w, mut reference, mut tis) =
@@ -243,7 +259,11 @@ pub fn grpo_loss(
     let hidden = model.hidden_states(ctx, &seq_refs, Some(&rows))?;
     let scale = if c.temperature > 0.0 { 1.0 / c.temperature } else { 1.0 };
     let head = ctx.param(model.lm_head_param());
-    let (lp, entropy) = token_logprobs_with_entropy_in(&hidden, &head, &targets, scale, None, ctx.matmul_dtype())?;
+    let (lp, entropy) = if entropy {
+        token_logprobs_with_entropy_in(&hidden, &head, &targets, scale, None, ctx.matmul_dtype())?
+    } else {
+        (token_logprobs_in(&hidden, &head, &targets, scale, None, ctx.matmul_dtype())?, Vec::new())
+    };
     let konst = |v: &[f32]| -> artist_model::Result<Var> {
         Ok(Var::constant(Tensor::from_vec(v.to_vec(), v.len(), model.device())?))
     };

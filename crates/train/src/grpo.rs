@@ -18,8 +18,8 @@ use artist_model::Qwen2;
 use artist_optim::{AdamW, AdamWConfig, LrSchedule, Schedule, clip_grad_norm};
 use artist_rl::grpo::rollout_logprobs;
 use artist_rl::{
-    AdvantageConfig, GrpoConfig, MathRewardWeights, MathRewards, Segment, TrainRollout, group_advantages, grpo_loss,
-    math_rewards_with_tool, token_weights_global,
+    AdvantageConfig, GrpoConfig, MathRewardWeights, MathRewards, Segment, TrainRollout, group_advantages,
+    grpo_loss_measuring, math_rewards_with_tool, token_weights_global,
 };
 use artist_tokenizer::{ChatTemplate, Message, Tokenizer};
 use artist_tools::{SandboxConfig, Tool};
@@ -650,18 +650,18 @@ impl GrpoTrainer<'_> {
         let secs = t.elapsed().as_secs_f64();
         let mut rewards = Vec::with_capacity(rollouts.len());
         let mut correct = Vec::with_capacity(rollouts.len());
-        let mut answers = Vec::with_capacity(rollouts.len());
+        let mut texts = Vec::with_capacity(rollouts.len());
         for ro in &rollouts {
             let gold = &problems[ro.prompt_index].answer;
             let text = self.tokenizer.decode(&ro.ids, true).unwrap_or_default();
             let ok = (self.verify)(&text, gold);
-            answers.push(artist_math::extract_answer(&text));
             let successes: Vec<bool> = ro.tool_calls.iter().map(|t| t.result.success).collect();
             let tag = self.tool.as_ref().map_or("python", |t| t.tag());
             rewards.push(math_rewards_with_tool(tag, &segments(&self.tokenizer, ro), &successes, ok, &c.rewards));
             correct.push(ok);
+            texts.push(text);
         }
-        Ok(RolloutBatch { rollouts, rewards, correct, answers, seconds: secs })
+        Ok(RolloutBatch { rollouts, rewards, correct, texts, seconds: secs })
     }
 
     /// One GRPO step on `problems`: rollouts, rewards, advantages, updates.
@@ -813,8 +813,9 @@ impl GrpoTrainer<'_> {
         if problems.is_empty() {
             return Ok([0.0; EVAL_SUMS]);
         }
-        let RolloutBatch { rollouts, rewards, correct, answers, .. } =
+        let RolloutBatch { rollouts, rewards, correct, texts, .. } =
             self.rollouts_with(problems, seed, temperature, k)?;
+        let answers: Vec<Option<String>> = texts.iter().map(|t| artist_math::extract_answer(t)).collect();
         let rewards: Vec<f64> = rewards.iter().map(|r| r.total).collect();
         let tools: Vec<bool> = rollouts.iter().map(|r| !r.tool_calls.is_empty()).collect();
         Ok(Evaluation::sums(&correct, &rewards, &tools, k, Some(&majority_correct(&answers, &correct, k))))
@@ -1141,7 +1142,7 @@ pub fn update_sharded(
             let tape = Tape::new();
             let ws: Vec<&[f32]> = ws.iter().map(Vec::as_slice).collect();
             let ctx = numerics(Ctx::training(&tape));
-            let (l, stats) = grpo_loss(model, &ctx, rs, &ws, &grpo)?;
+            let (l, stats) = grpo_loss_measuring(model, &ctx, rs, &ws, &grpo, update == 0)?;
             loss += l.to_scalar()? as f64;
             clipped += stats.clipped;
             tokens += stats.tokens;
@@ -1185,13 +1186,13 @@ pub fn update_sharded(
     Ok(out)
 }
 
-/// Rollouts with their rewards, whether each answer is correct, the answer read out of
-/// each ([`artist_math::extract_answer`]), and the seconds taken.
+/// Rollouts with their rewards, whether each answer is correct, each response's decoded
+/// text (special tokens skipped), and the seconds taken.
 pub struct RolloutBatch {
     pub rollouts: Vec<Rollout>,
     pub rewards: Vec<MathRewards>,
     pub correct: Vec<bool>,
-    pub answers: Vec<Option<String>>,
+    pub texts: Vec<String>,
     pub seconds: f64,
 }
 

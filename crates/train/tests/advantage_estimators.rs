@@ -15,17 +15,9 @@ fn trainer(config: GrpoRunConfig) -> GrpoTrainer<'static> {
 }
 
 fn config(steps: u64) -> GrpoRunConfig {
-    common::tiny_math_config(&[
+    common::tiny_grpo_config(&[
         &format!("steps={steps}"),
-        "prompts_per_step=2",
-        "rollout.group_size=3",
-        "rollout.max_turn_tokens=12",
-        "rollout.max_response_tokens=24",
-        "rollout.max_context=120",
-        "rollout.max_batch=6",
         "rollout.deterministic=true",
-        "micro_batch_rollouts=2",
-        "optim.lr=1e-3",
         "advantages.estimator=\"reinforce_plus_plus_baseline\"",
         "advantages.scale_by_std=false",
     ])

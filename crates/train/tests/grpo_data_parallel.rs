@@ -38,19 +38,7 @@ fn trainer(config: GrpoRunConfig) -> GrpoTrainer<'static> {
 
 /// Three prompts a step (ranks of 2 and 1 prompts), groups of 3, two rollouts a pass.
 fn config() -> GrpoRunConfig {
-    common::tiny_math_config(&[
-        "steps=3",
-        "prompts_per_step=3",
-        "rollout.group_size=3",
-        "rollout.max_turn_tokens=12",
-        "rollout.max_response_tokens=24",
-        "rollout.max_context=120",
-        "rollout.max_batch=6",
-        "micro_batch_rollouts=2",
-        "optim.lr=1e-3",
-        "eval.temperature=1.0",
-        "eval.samples=2",
-    ])
+    common::tiny_grpo_config(&["steps=3", "prompts_per_step=3", "eval.temperature=1.0", "eval.samples=2"])
 }
 
 fn weights(model: &Qwen2) -> Vec<Vec<f32>> {

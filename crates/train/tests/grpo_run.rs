@@ -30,18 +30,7 @@ fn trainer(config: GrpoRunConfig) -> GrpoTrainer<'static> {
 }
 
 fn tiny_config() -> GrpoRunConfig {
-    common::tiny_math_config(&[
-        "steps=2",
-        "prompts_per_step=2",
-        "rollout.group_size=3",
-        "rollout.max_turn_tokens=12",
-        "rollout.max_response_tokens=24",
-        "rollout.max_context=120",
-        "rollout.max_batch=6",
-        "micro_batch_rollouts=2",
-        "optim.lr=1e-3",
-        "save_every=1",
-    ])
+    common::tiny_grpo_config(&["steps=2", "save_every=1"])
 }
 
 #[test]

@@ -119,3 +119,20 @@ pub fn tiny_math_config(sets: &[&str]) -> GrpoRunConfig {
     all.extend(sets.iter().map(|s| s.to_string()));
     c.with_overrides(&all).unwrap()
 }
+
+/// [`tiny_math_config`] shrunk to steps of two prompts in groups of three, short responses,
+/// two rollouts a pass and lr 1e-3; then `sets`.
+pub fn tiny_grpo_config(sets: &[&str]) -> GrpoRunConfig {
+    let mut all = vec![
+        "prompts_per_step=2",
+        "rollout.group_size=3",
+        "rollout.max_turn_tokens=12",
+        "rollout.max_response_tokens=24",
+        "rollout.max_context=120",
+        "rollout.max_batch=6",
+        "micro_batch_rollouts=2",
+        "optim.lr=1e-3",
+    ];
+    all.extend_from_slice(sets);
+    tiny_math_config(&all)
+}
