@@ -30,7 +30,9 @@ token's ratio by its rollout's, the geometric mean of the token ratios, written 
 writes it: ``log rho_t = lp_t - sg(lp_t) + sg(mean_i(lp - old))``, capped at 10 (``sg``:
 no gradient), so every token of rollout i has the value of its sequence ratio and the
 gradient of its own logprob scaled by it. Dual-clip PPO (``clip_ratio_c = c``) bounds a
-token of negative advantage: ``l_t = min(l_t, -c A_i)`` before the KL term.
+token of negative advantage: ``l_t = min(l_t, -c A_i)`` before the KL term. An entropy
+bonus (``entropy_coeff = e``) makes it ``l_t - e H_t``, ``H_t = -sum p log p`` of the
+token's distribution at temperature T, with its gradient.
 
 Run from the repository root (float32, CPU, deterministic)::
 
@@ -61,15 +63,25 @@ CASES = [
     # Dual-clip PPO: on the rollouts of negative advantage, ratios above 1.3 are capped.
     {"name": "dual_clip", "aggregation": "token_mean", "clip_low": 0.2, "clip_high": 0.2, "beta": 0.0,
      "kl": "k3", "temperature": 1.0, "norm_length": 64, "clip_ratio_c": 1.3},
+    # An entropy bonus: each token's loss less 0.05 times the entropy of its distribution at
+    # the temperature, differentiated.
+    {"name": "entropy_bonus", "aggregation": "seq_mean_token_mean", "clip_low": 0.2, "clip_high": 0.2,
+     "beta": 0.04, "kl": "k3", "temperature": 0.7, "norm_length": 64, "entropy_coeff": 0.05},
 ]
 
 
 def response_logprobs(model, prompt, ids, temperature):
+    return response_logprobs_and_entropies(model, prompt, ids, temperature)[0]
+
+
+def response_logprobs_and_entropies(model, prompt, ids, temperature):
     full = torch.tensor([prompt + ids])
     logits = model(full).logits[0].float() / temperature
     logp = torch.log_softmax(logits, dim=-1)
     p = len(prompt)
-    return torch.stack([logp[p + j - 1, ids[j]] for j in range(len(ids))])
+    rows = logp[p - 1:p - 1 + len(ids)]
+    entropy = -(rows.exp() * rows).sum(dim=-1)
+    return torch.stack([logp[p + j - 1, ids[j]] for j in range(len(ids))]), entropy
 
 
 def make_batch(model):
@@ -108,7 +120,7 @@ def loss_of(model, batch, case):
     w = weights(batch, case["aggregation"], case["norm_length"])
     loss = torch.zeros((), dtype=torch.float32)
     for r, wr in zip(batch, w):
-        lp = response_logprobs(model, r["prompt_ids"], r["ids"], case["temperature"])
+        lp, entropy = response_logprobs_and_entropies(model, r["prompt_ids"], r["ids"], case["temperature"])
         m = torch.tensor(r["mask"], dtype=torch.bool)
         old = torch.tensor(r["old_logprobs"])
         ref = torch.tensor(r["ref_logprobs"])
@@ -128,6 +140,7 @@ def loss_of(model, batch, case):
             else:
                 kl = lp - ref
             per = per + case["beta"] * kl
+        per = per - case.get("entropy_coeff", 0.0) * entropy
         loss = loss + (per[m] * torch.tensor(wr)[m]).sum()
     return loss
 

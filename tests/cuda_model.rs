@@ -17,6 +17,9 @@ use artist_train::data::{Example, Overlong, load_jsonl};
 use artist_train::sft::sft_loss;
 use serde::Deserialize;
 
+#[path = "../crates/rl/tests/support/pytorch_grpo.rs"]
+mod pytorch_grpo;
+
 const FIXTURES: [&str; 6] = ["tiny-gqa", "tiny-tied-mqa", "tiny-mha-odd", "tiny-bf16", "tiny-f16", "tiny-sharded"];
 const TOL: f32 = 1e-4;
 
@@ -221,6 +224,21 @@ fn whole_model_gradients_match_pytorch_on_the_gpu() {
             let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
             assert_close(&format!("{name} {n}"), &got, &want, 1e-4 * scale);
         }
+    }
+}
+
+/// The GRPO loss's PyTorch parity test (crates/rl/tests/grpo.rs), with the model on the
+/// GPU: every case (aggregations, KL, GSPO, dual clip, the entropy bonus through the logprob
+/// kernel's entropy term) within the CPU test's tolerances.
+#[test]
+fn grpo_loss_and_gradients_match_pytorch_on_the_gpu() {
+    let dev = gpu_or_skip!();
+    let root = pytorch_grpo::root(Path::new(env!("CARGO_MANIFEST_DIR")));
+    let model = Qwen2::load_on(&fixtures().join("qwen2/tiny-gqa"), dev).unwrap();
+    let (batch, cases) = pytorch_grpo::load(&root);
+    for case in &cases {
+        let (loss, grads) = pytorch_grpo::loss_and_grads(&model, &batch, &case.config);
+        pytorch_grpo::check(&root, &model, case, loss, &grads);
     }
 }
 

@@ -32,14 +32,16 @@ pub fn token_logprobs_in(
     chunk: Option<usize>,
     compute: Option<DType>,
 ) -> Result<Var> {
-    Ok(logprobs_and_entropy(hidden, weight, targets, scale, chunk, compute, false)?.0)
+    logprobs_and_entropy(hidden, weight, targets, scale, chunk, compute, false)
 }
 
 /// [`token_logprobs_in`], and with it the entropy `-sum_j p_ij log p_ij` of each row's
-/// distribution `p_i = softmax(scale * hidden_i @ weight^T)`, in nats, as values (nothing
-/// flows back through them): the policy's entropy at the sampling temperature, the
-/// quantity RL runs watch collapse ([`Tensor::softmax_entropy`] of each chunk's logits).
-/// The logprobs and their gradients are those of [`token_logprobs_in`].
+/// distribution `p_i = softmax(scale * hidden_i @ weight^T)`, in nats: the policy's entropy
+/// at the sampling temperature, the quantity RL runs watch collapse (and an entropy bonus
+/// in the loss keeps up). Both are differentiable: a gradient reaching the entropy flows
+/// back through the same recomputed chunks as the logprobs' (one pass over each chunk's
+/// logits, kernels/logprob.cu), and when none reaches it the backward is
+/// [`token_logprobs_in`]'s to the bit.
 pub fn token_logprobs_with_entropy_in(
     hidden: &Var,
     weight: &Var,
@@ -47,9 +49,10 @@ pub fn token_logprobs_with_entropy_in(
     scale: f32,
     chunk: Option<usize>,
     compute: Option<DType>,
-) -> Result<(Var, Vec<f32>)> {
-    let (lp, entropy) = logprobs_and_entropy(hidden, weight, targets, scale, chunk, compute, true)?;
-    Ok((lp, entropy.unwrap_or_default()))
+) -> Result<(Var, Var)> {
+    let n = targets.len();
+    let both = logprobs_and_entropy(hidden, weight, targets, scale, chunk, compute, true)?;
+    Ok((both.narrow(0, 0, n)?, both.narrow(0, n, n)?))
 }
 
 fn logprobs_and_entropy(
@@ -60,7 +63,7 @@ fn logprobs_and_entropy(
     chunk: Option<usize>,
     compute: Option<DType>,
     entropy: bool,
-) -> Result<(Var, Option<Vec<f32>>)> {
+) -> Result<Var> {
     const OP: &str = "token_logprobs";
     let [n, h] = hidden.value().dims_n(OP)?;
     let [vocab, wh] = weight.value().dims_n(OP)?;
@@ -116,11 +119,17 @@ fn logprobs_and_entropy(
         lse.extend(zt.iter().zip(&lp).map(|(z, l)| z - l));
         out.extend(lp);
     }
-    let value = Tensor::from_vec(out, n, device)?;
+    // `[lp; entropy]` when the entropy is asked for: the caller narrows it into two.
+    let entropies = entropies.unwrap_or_default();
+    out.extend(&entropies);
+    let value = Tensor::from_vec(out, n + entropies.len(), device)?;
     let target_ids: Vec<u32> = targets.to_vec()?;
 
-    let lp = Var::record(OP, &[hidden, weight], value, move |g, needs| {
-        let g = g.to_dtype(DType::F32)?.to_vec::<f32>()?;
+    Var::record(OP, &[hidden, weight], value, move |g, needs| {
+        let mut g = g.to_dtype(DType::F32)?.to_vec::<f32>()?;
+        // The entropy's gradient, unless none reached it (then the backward is the plain one).
+        let g_entropy = g.split_off(n);
+        let g_entropy = if g_entropy.iter().any(|&x| x != 0.0) { Some(g_entropy) } else { None };
         // dh = dz @ W needs W as f32 rows of an [h, vocab] linear; widen half weights once.
         let w_t =
             if needs[0] && compute.is_none() && wv.dtype() != DType::F32 { Some(wv.t()?.contiguous()?) } else { None };
@@ -129,14 +138,17 @@ fn logprobs_and_entropy(
         for start in (0..n).step_by(chunk) {
             let len = chunk.min(n - start);
             let hc = hv.narrow(0, start, len)?;
-            // d lp_i / d z_ij = scale * (onehot_ij - p_ij), p_ij = exp(scale z_ij - lse_i);
-            // the unscaled logits' buffer is overwritten with the gradient row by row.
+            // d lp_i / d z_ij = scale * (onehot_ij - p_ij), p_ij = exp(scale z_ij - lse_i), and
+            // d h_i / d z_ij = -scale p_ij (log p_ij + h_i); the unscaled logits' buffer is
+            // overwritten with the gradient row by row.
             let dz = project(&hc, &wc)?;
-            dz.token_logprob_grad_in_place(
-                &g[start..start + len],
-                &lse[start..start + len],
-                &target_ids[start..start + len],
+            let rows = start..start + len;
+            dz.token_logprob_entropy_grad_in_place(
+                &g[rows.clone()],
+                &lse[rows.clone()],
+                &target_ids[rows.clone()],
                 scale,
+                g_entropy.as_ref().map(|gh| (&gh[rows.clone()], &entropies[rows.clone()])),
             )?;
             // Under a compute dtype both products read the logit gradient rounded to it.
             let dzc = compute.map(|dt| dz.to_dtype(dt)).transpose()?;
@@ -160,6 +172,5 @@ fn logprobs_and_entropy(
         }
         let dh = if needs[0] { Some(Tensor::cat(&dh_parts.iter().collect::<Vec<_>>(), 0)?) } else { None };
         Ok(vec![dh, dw])
-    })?;
-    Ok((lp, entropies))
+    })
 }

@@ -405,6 +405,7 @@ fn token_entropies_match_f64() {
     let plain = token_logprobs(&hv, &wv, &targets, scale, Some(3)).unwrap().value().to_f32_vec().unwrap();
     for chunk in [1, 3, 100] {
         let (lp, ent) = token_logprobs_with_entropy_in(&hv, &wv, &targets, scale, Some(chunk), None).unwrap();
+        let ent = ent.value().to_f32_vec().unwrap();
         assert_eq!(ent.len(), 7);
         for (a, b) in ent.iter().zip(&want) {
             assert!((*a as f64 - b).abs() < 1e-5 * b.max(1.0), "chunk {chunk}: entropy {a} vs {b}");
@@ -415,7 +416,45 @@ fn token_entropies_match_f64() {
     // A uniform row has entropy ln(vocab); a one-hot one about 0.
     let zero = Var::constant(Tensor::zeros((1, 6), DType::F32, Device::Cpu).unwrap());
     let (_, e) = token_logprobs_with_entropy_in(&zero, &wv, &[2], 1.0, None, None).unwrap();
+    let e = e.value().to_f32_vec().unwrap();
     assert!((e[0] as f64 - 11f64.ln()).abs() < 1e-6, "{}", e[0]);
+}
+
+/// The entropy's gradient (an entropy bonus): finite differences of the entropy alone and of
+/// logprobs and entropy weighted together, for any chunking; with no gradient reaching the
+/// entropy, the logprobs' gradients are the plain op's to the bit.
+#[test]
+fn token_entropy_gradients() {
+    let mut g = rng();
+    let (h, w) = (rand_tensor(&mut g, &[7, 6], -1.0, 1.0), rand_tensor(&mut g, &[11, 6], -1.0, 1.0));
+    let targets = vec![3u32, 0, 10, 3, 7, 1, 5];
+    for chunk in [1, 3, 100] {
+        let t = targets.clone();
+        check(&format!("token entropy chunk {chunk}"), vec![h.clone(), w.clone()], move |v| {
+            Ok(token_logprobs_with_entropy_in(&v[0], &v[1], &t, 0.7, Some(chunk), None)?.1)
+        });
+        let t = targets.clone();
+        check(&format!("token logprobs and entropy chunk {chunk}"), vec![h.clone(), w.clone()], move |v| {
+            let (lp, ent) = token_logprobs_with_entropy_in(&v[0], &v[1], &t, 1.3, Some(chunk), None)?;
+            Var::cat(&[&lp, &ent], 0)
+        });
+    }
+    let grads_of = |with_entropy: bool| {
+        let (ph, pw) = (Param::new("h", h.copy().unwrap()), Param::new("w", w.copy().unwrap()));
+        let tape = Tape::new();
+        let (hv, wv) = (tape.param(&ph), tape.param(&pw));
+        let lp = if with_entropy {
+            token_logprobs_with_entropy_in(&hv, &wv, &targets, 0.7, Some(3), None).unwrap().0
+        } else {
+            token_logprobs(&hv, &wv, &targets, 0.7, Some(3)).unwrap()
+        };
+        let gr = tape.backward(&lp.sum_all().unwrap()).unwrap();
+        [gr.get(ph.id()).unwrap().to_f32_vec().unwrap(), gr.get(pw.id()).unwrap().to_f32_vec().unwrap()]
+    };
+    let (with, without) = (grads_of(true), grads_of(false));
+    for (a, b) in with.iter().zip(&without) {
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "an unused entropy moved the gradients");
+    }
 }
 
 /// A block run under `checkpoint` gives the gradients of the same block run straight,

@@ -27,6 +27,11 @@
 //! the gradient of the sequence-level objective. GSPO's paper clips `s_i` far more tightly
 //! than token ratios (3e-4 and 4e-4).
 //!
+//! With `entropy_coeff = e > 0` (an entropy bonus, veRL's `entropy_coeff`) each token's loss
+//! is `l_t - e H_t`, `H_t` the policy's entropy at the token's position at the sampling
+//! temperature, differentiated through the same chunked pass as `lp` (after the KL term and
+//! outside the truncated importance weight, as veRL adds it).
+//!
 //! Aggregation is a weighted sum `sum_t w_t l_t` with constant weights from
 //! [`token_weights`] over the whole batch, so micro-batches add up to the full loss:
 //! * `seq_mean_token_mean` (GRPO): `w = 1 / (n_i S)`, `n_i` the rollout's generated
@@ -92,6 +97,11 @@ pub struct GrpoConfig {
     /// Dual-clip PPO's bound for negative advantages (veRL's `clip_ratio_c`, 3 there): a
     /// token's policy-gradient loss is at most `-clip_ratio_c * A`. 0: off; else above 1.
     pub clip_ratio_c: f64,
+    /// Entropy bonus (veRL's `entropy_coeff`, OpenRLHF's `entropy_loss_coef`): each
+    /// generated token's loss less `entropy_coeff` times the policy's entropy at that
+    /// position (at the sampling temperature), aggregated with the same weights, so the
+    /// gradient pushes the entropy up. 0: off (the default, as in veRL).
+    pub entropy_coeff: f64,
 }
 
 /// GSPO's cap on a rollout's log ratio (veRL's): beyond it the ratio is a constant.
@@ -110,6 +120,7 @@ impl Default for GrpoConfig {
             tis_cap: 0.0,
             importance_sampling_level: ImportanceLevel::Token,
             clip_ratio_c: 0.0,
+            entropy_coeff: 0.0,
         }
     }
 }
@@ -180,8 +191,8 @@ pub struct GrpoStats {
     pub ratio_mean: f64,
     pub kl_mean: f64,
     /// The policy's mean entropy over the generated tokens, in nats, at the sampling
-    /// temperature (values only; nothing flows back through it); 0 when not measured
-    /// ([`grpo_loss_measuring`]).
+    /// temperature; 0 when not measured ([`grpo_loss_measuring`]; always measured with an
+    /// entropy bonus).
     pub entropy_mean: f64,
     /// Largest |lp - lp_old|: 0 up to float noise at the first step of a batch.
     pub max_abs_log_ratio: f64,
@@ -201,10 +212,10 @@ pub fn grpo_loss(
     grpo_loss_measuring(model, ctx, batch, weights, c, true)
 }
 
-/// [`grpo_loss`], measuring the policy's entropy only when `entropy` (otherwise
-/// [`GrpoStats::entropy_mean`] is 0 and the vocabulary's rows are not read for it): a
-/// trainer that logs the entropy of the sampling policy needs it on the first update of a
-/// batch, not on the later ones.
+/// [`grpo_loss`], measuring the policy's entropy only when `entropy` or when the loss has an
+/// entropy bonus (otherwise [`GrpoStats::entropy_mean`] is 0 and the vocabulary's rows are
+/// not read for it): a trainer that logs the entropy of the sampling policy needs it on the
+/// first update of a batch, not on the later ones.
 pub fn grpo_loss_measuring(
     model: &Qwen2,
     ctx: &Ctx,
@@ -259,10 +270,11 @@ pub fn grpo_loss_measuring(
     let hidden = model.hidden_states(ctx, &seq_refs, Some(&rows))?;
     let scale = if c.temperature > 0.0 { 1.0 / c.temperature } else { 1.0 };
     let head = ctx.param(model.lm_head_param());
-    let (lp, entropy) = if entropy {
-        token_logprobs_with_entropy_in(&hidden, &head, &targets, scale, None, ctx.matmul_dtype())?
+    let (lp, entropy) = if entropy || c.entropy_coeff > 0.0 {
+        let (lp, h) = token_logprobs_with_entropy_in(&hidden, &head, &targets, scale, None, ctx.matmul_dtype())?;
+        (lp, Some(h))
     } else {
-        (token_logprobs_in(&hidden, &head, &targets, scale, None, ctx.matmul_dtype())?, Vec::new())
+        (token_logprobs_in(&hidden, &head, &targets, scale, None, ctx.matmul_dtype())?, None)
     };
     let konst = |v: &[f32]| -> artist_model::Result<Var> {
         Ok(Var::constant(Tensor::from_vec(v.to_vec(), v.len(), model.device())?))
@@ -317,6 +329,9 @@ pub fn grpo_loss_measuring(
         kl_values = kl.value().to_vec::<f32>()?;
         per_token = per_token.add(&kl.mul_scalar(c.beta as f32)?)?;
     }
+    if let (true, Some(h)) = (c.entropy_coeff > 0.0, &entropy) {
+        per_token = per_token.sub(&h.mul_scalar(c.entropy_coeff as f32)?)?;
+    }
     let loss = per_token.mul(&w_v)?.sum_all()?;
 
     // Statistics from the values.
@@ -353,7 +368,10 @@ pub fn grpo_loss_measuring(
         clipped: clipped_n,
         ratio_mean: rv.iter().map(|&x| x as f64).sum::<f64>() / n as f64,
         kl_mean: kl_values.iter().map(|&x| x as f64).sum::<f64>() / n as f64,
-        entropy_mean: entropy.iter().map(|&x| x as f64).sum::<f64>() / n as f64,
+        entropy_mean: match &entropy {
+            Some(h) => h.value().to_vec::<f32>()?.iter().map(|&x| x as f64).sum::<f64>() / n as f64,
+            None => 0.0,
+        },
         max_abs_log_ratio: lpv
             .iter()
             .zip(&old)

@@ -8,6 +8,9 @@ use artist_autograd::{Ctx, Gradients, Tape};
 use artist_model::Qwen2;
 use artist_rl::{Aggregation, GrpoConfig, ImportanceLevel, KlEstimator, TrainRollout, grpo_loss, token_weights};
 
+mod support;
+use support::pytorch_grpo;
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen2").join(name)
 }
@@ -40,6 +43,12 @@ fn batch(model: &Qwen2, temperature: f32) -> Vec<TrainRollout> {
 
 /// log softmax(logits / T)[token] of every response token, in f64 from the logits.
 fn exact_logprobs(model: &Qwen2, prompt: &[u32], ids: &[u32], t: f32) -> Vec<f64> {
+    exact_logprobs_and_entropies(model, prompt, ids, t).0
+}
+
+/// [`exact_logprobs`], and the entropy `-sum p log p` of each response token's
+/// distribution at temperature `t`, in f64 from the logits.
+fn exact_logprobs_and_entropies(model: &Qwen2, prompt: &[u32], ids: &[u32], t: f32) -> (Vec<f64>, Vec<f64>) {
     let full: Vec<u32> = prompt.iter().chain(ids).copied().collect();
     let logits = model.logits(&full).unwrap().to_vec2::<f32>().unwrap();
     (0..ids.len())
@@ -47,9 +56,10 @@ fn exact_logprobs(model: &Qwen2, prompt: &[u32], ids: &[u32], t: f32) -> Vec<f64
             let row: Vec<f64> = logits[prompt.len() + j - 1].iter().map(|&z| z as f64 / t as f64).collect();
             let max = row.iter().cloned().fold(f64::MIN, f64::max);
             let lse = max + row.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
-            row[ids[j] as usize] - lse
+            let entropy = -row.iter().map(|z| (z - lse).exp() * (z - lse)).sum::<f64>();
+            (row[ids[j] as usize] - lse, entropy)
         })
-        .collect()
+        .unzip()
 }
 
 /// The loss in f64, straight from the formula.
@@ -58,7 +68,7 @@ fn reference_loss(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig) -> f64 {
     let w = token_weights(&refs, c.aggregation, c.norm_length);
     let mut loss = 0.0;
     for (r, w) in b.iter().zip(&w) {
-        let lp = exact_logprobs(model, &r.prompt_ids, &r.ids, c.temperature);
+        let (lp, entropy) = exact_logprobs_and_entropies(model, &r.prompt_ids, &r.ids, c.temperature);
         // GSPO: the geometric mean of the rollout's token ratios, on every token.
         let live: Vec<usize> = (0..r.ids.len()).filter(|&j| r.mask[j] == 1).collect();
         let log_s = live.iter().map(|&j| lp[j] - r.old_logprobs[j] as f64).sum::<f64>() / live.len() as f64;
@@ -88,6 +98,7 @@ fn reference_loss(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig) -> f64 {
                 };
                 l += c.beta * kl;
             }
+            l -= c.entropy_coeff * entropy[j];
             loss += w[j] as f64 * l;
         }
     }
@@ -114,17 +125,19 @@ fn run(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig, micro: usize) -> (f64,
 fn loss_matches_the_formula_in_every_mode() {
     let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
     let (token, sequence) = (ImportanceLevel::Token, ImportanceLevel::Sequence);
-    for (agg, beta, kl, t, (clip_low, clip_high), tis_cap, level, clip_ratio_c) in [
-        (Aggregation::SeqMeanTokenMean, 0.0, KlEstimator::K3, 1.0, (0.2, 0.2), 0.0, token, 0.0),
-        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.28), 0.0, token, 0.0),
-        (Aggregation::SeqMeanTokenSumNorm, 0.1, KlEstimator::K1, 1.0, (0.2, 0.2), 0.0, token, 0.0),
+    for (agg, beta, kl, t, (clip_low, clip_high), tis_cap, level, clip_ratio_c, entropy_coeff) in [
+        (Aggregation::SeqMeanTokenMean, 0.0, KlEstimator::K3, 1.0, (0.2, 0.2), 0.0, token, 0.0, 0.0),
+        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.28), 0.0, token, 0.0, 0.0),
+        (Aggregation::SeqMeanTokenSumNorm, 0.1, KlEstimator::K1, 1.0, (0.2, 0.2), 0.0, token, 0.0, 0.0),
         // Truncated importance sampling: weights from 0.67 to 1.49, capped at 1.2.
-        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.28), 1.2, token, 0.0),
+        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.28), 1.2, token, 0.0, 0.0),
         // GSPO: sequence ratios 1.078, 1.042 and 1.051 on advantages 1.3, -0.6 and 0.4, so a
         // range of 0.05 clips the first and the last rollout.
-        (Aggregation::SeqMeanTokenMean, 0.04, KlEstimator::K3, 1.0, (0.05, 0.05), 0.0, sequence, 0.0),
+        (Aggregation::SeqMeanTokenMean, 0.04, KlEstimator::K3, 1.0, (0.05, 0.05), 0.0, sequence, 0.0, 0.0),
         // Dual clip: ratios reach 1.35, so a bound of 1.1 caps the negative rollout's largest.
-        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 1.0, (0.05, 0.05), 0.0, token, 1.1),
+        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 1.0, (0.05, 0.05), 0.0, token, 1.1, 0.0),
+        // An entropy bonus (entropies of about 5.7 nats: -0.29 per token at 0.05), with TIS.
+        (Aggregation::SeqMeanTokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.2), 1.2, token, 0.0, 0.05),
     ] {
         let c = GrpoConfig {
             aggregation: agg,
@@ -137,6 +150,7 @@ fn loss_matches_the_formula_in_every_mode() {
             tis_cap,
             importance_sampling_level: level,
             clip_ratio_c,
+            entropy_coeff,
         };
         let mut b = batch(&model, t);
         if tis_cap > 0.0 {
@@ -234,13 +248,9 @@ fn the_entropy_is_the_mean_over_generated_tokens() {
     let b = batch(&model, t);
     let (mut sum, mut n) = (0.0, 0);
     for r in &b {
-        let full: Vec<u32> = r.prompt_ids.iter().chain(&r.ids).copied().collect();
-        let logits = model.logits(&full).unwrap().to_vec2::<f32>().unwrap();
+        let entropy = exact_logprobs_and_entropies(&model, &r.prompt_ids, &r.ids, t).1;
         for j in (0..r.ids.len()).filter(|&j| r.mask[j] == 1) {
-            let z: Vec<f64> = logits[r.prompt_ids.len() + j - 1].iter().map(|&x| x as f64 / t as f64).collect();
-            let max = z.iter().cloned().fold(f64::MIN, f64::max);
-            let lse = max + z.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
-            sum -= z.iter().map(|x| (x - lse).exp() * (x - lse)).sum::<f64>();
+            sum += entropy[j];
             n += 1;
         }
     }
@@ -307,61 +317,17 @@ fn aggregation_weights() {
     assert!((dr[1][9] - 1.0 / 200.0).abs() < 1e-9 && (sum(&dr) - 12.0 / 200.0).abs() < 1e-6);
 }
 
-/// Loss and gradients against PyTorch (scripts/make_grpo_fixtures.py) for each
-/// aggregation mode: the loss within 1e-4 relative; every gradient tensor within 1e-4 of
-/// its norm (L2 of the difference over L2 of PyTorch's).
+/// Loss and gradients against PyTorch (scripts/make_grpo_fixtures.py) for each case: the
+/// loss within 1e-4 relative; every gradient tensor within 1e-4 of its norm (L2 of the
+/// difference over L2 of PyTorch's).
 #[test]
 fn loss_and_gradients_match_pytorch() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/training/grpo");
+    let root = pytorch_grpo::root(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
     let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
-    let read = |name: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(root.join(name)).unwrap()).unwrap()
-    };
-    let (batch_json, reference) = (read("batch.json"), read("reference.json"));
-    let nums =
-        |v: &serde_json::Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
-    let batch: Vec<TrainRollout> = batch_json["rollouts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| TrainRollout {
-            prompt_ids: nums(&r["prompt_ids"]).iter().map(|&x| x as u32).collect(),
-            ids: nums(&r["ids"]).iter().map(|&x| x as u32).collect(),
-            mask: nums(&r["mask"]).iter().map(|&x| x as u8).collect(),
-            old_logprobs: nums(&r["old_logprobs"]).iter().map(|&x| x as f32).collect(),
-            sampler_logprobs: None,
-            ref_logprobs: Some(nums(&r["ref_logprobs"]).iter().map(|&x| x as f32).collect()),
-            advantage: r["advantage"].as_f64().unwrap() as f32,
-        })
-        .collect();
-    for case in reference["cases"].as_array().unwrap() {
-        let name = case["name"].as_str().unwrap();
-        let c = GrpoConfig {
-            aggregation: serde_json::from_value(case["aggregation"].clone()).unwrap(),
-            clip_low: case["clip_low"].as_f64().unwrap(),
-            clip_high: case["clip_high"].as_f64().unwrap(),
-            beta: case["beta"].as_f64().unwrap(),
-            kl: serde_json::from_value(case["kl"].clone()).unwrap(),
-            temperature: case["temperature"].as_f64().unwrap() as f32,
-            norm_length: case["norm_length"].as_u64().unwrap() as usize,
-            tis_cap: 0.0,
-            importance_sampling_level: serde_json::from_value(
-                case.get("importance_sampling_level").cloned().unwrap_or_else(|| "token".into()),
-            )
-            .unwrap(),
-            clip_ratio_c: case.get("clip_ratio_c").map_or(0.0, |v| v.as_f64().unwrap()),
-        };
-        let (loss, grads, _) = run(&model, &batch, &c, usize::MAX);
-        let want = case["loss"].as_f64().unwrap();
-        assert!((loss - want).abs() <= 1e-4 * want.abs(), "{name}: loss {loss} vs PyTorch {want}");
-        let ours = model.hf_named(|p| grads.get(p.id()).cloned()).unwrap();
-        let torch = artist_model::Weights::open_file(&root.join(format!("grads-{name}.safetensors"))).unwrap();
-        assert_eq!(ours.len(), torch.names().count(), "{name}: gradient count");
-        for (n, g) in &ours {
-            let (a, b) = (g.to_f32_vec().unwrap(), torch.get(n, g.dims()).unwrap().to_f32_vec().unwrap());
-            let diff = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
-            let norm = b.iter().map(|&y| (y as f64).powi(2)).sum::<f64>().sqrt();
-            assert!(diff <= 1e-4 * norm.max(1e-12), "{name} {n}: |diff| {diff:e} vs |grad| {norm:e}");
-        }
+    let (batch, cases) = pytorch_grpo::load(&root);
+    assert!(cases.len() >= 6, "{} cases", cases.len());
+    for case in &cases {
+        let (loss, grads) = pytorch_grpo::loss_and_grads(&model, &batch, &case.config);
+        pytorch_grpo::check(&root, &model, case, loss, &grads);
     }
 }

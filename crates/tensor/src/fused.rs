@@ -156,6 +156,22 @@ impl Tensor {
     /// `dz[i, j] = -g_i s exp(s z[i, j] - lse_i) + [j == t_i] g_i s`, with `lse` each row's
     /// log-sum-exp of the scaled logits.
     pub fn token_logprob_grad_in_place(&self, g: &[f32], lse: &[f32], targets: &[u32], scale: f32) -> Result<()> {
+        self.token_logprob_entropy_grad_in_place(g, lse, targets, scale, None)
+    }
+
+    /// [`Tensor::token_logprob_grad_in_place`] plus, when `entropy` is `(g_h, h)`, the
+    /// gradient of each row's entropy `h_i = -sum_j p_ij log p_ij` (its value, from the
+    /// forward pass) weighted by `g_h`: with `p = softmax(s z)` and `log p_ij = s z_ij - lse_i`,
+    /// `d h_i / d z_ij = -s p_ij (log p_ij + h_i)`, so
+    /// `dz[i, j] = -s p_ij (g_i + g_h_i (log p_ij + h_i)) + [j == t_i] g_i s`.
+    pub fn token_logprob_entropy_grad_in_place(
+        &self,
+        g: &[f32],
+        lse: &[f32],
+        targets: &[u32],
+        scale: f32,
+        entropy: Option<(&[f32], &[f32])>,
+    ) -> Result<()> {
         const OP: &str = "token_logprob_grad_in_place";
         f32_contiguous(OP, self)?;
         let [rows, vocab] = self.dims_n(OP)?;
@@ -168,17 +184,38 @@ impl Tensor {
                 targets.len()
             ));
         }
+        if let Some((gh, h)) = entropy
+            && (gh.len() != rows || h.len() != rows)
+        {
+            return Err(crate::invalid!(
+                OP,
+                "{rows} rows but {} entropy gradients and {} entropies",
+                gh.len(),
+                h.len()
+            ));
+        }
         if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::IndexOutOfRange { op: OP, index: t as usize, size: vocab });
         }
         if self.device().is_cuda() {
-            return crate::cuda::ops::logprob_grad(self, g, lse, targets, scale);
+            return crate::cuda::ops::logprob_grad(self, g, lse, targets, scale, entropy);
         }
         self.update_f32(|v| {
             v.par_chunks_mut(vocab.max(1)).enumerate().for_each(|(i, row)| {
                 let (gi, li) = (g[i] * scale, lse[i]);
-                for x in row.iter_mut() {
-                    *x = -gi * (*x * scale - li).exp();
+                match entropy {
+                    None => {
+                        for x in row.iter_mut() {
+                            *x = -gi * (*x * scale - li).exp();
+                        }
+                    }
+                    Some((gh, h)) => {
+                        let (ghi, hi) = (gh[i] * scale, h[i]);
+                        for x in row.iter_mut() {
+                            let lp = *x * scale - li;
+                            *x = -lp.exp() * (gi + ghi * (lp + hi));
+                        }
+                    }
                 }
                 row[targets[i] as usize] += gi;
             })

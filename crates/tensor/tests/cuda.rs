@@ -876,6 +876,25 @@ fn token_logprob_gradient_matches() {
         zc.token_logprob_grad_in_place(&g, &lse, &targets, scale).unwrap();
         zg.token_logprob_grad_in_place(&g, &lse, &targets, scale).unwrap();
         close("token logprob gradient", &zg, &zc, 1e-5, 1e-7);
+        // With the entropy's gradient and values (the forward pass's, from the CPU).
+        let h = z.mul_scalar(scale).unwrap().softmax_entropy().unwrap();
+        let gh = rand_vec(rows, 202, -1.0, 1.0);
+        let (zc, zg) = (z.copy().unwrap(), z.to_device(dev).unwrap());
+        zc.token_logprob_entropy_grad_in_place(&g, &lse, &targets, scale, Some((&gh, &h))).unwrap();
+        zg.token_logprob_entropy_grad_in_place(&g, &lse, &targets, scale, Some((&gh, &h))).unwrap();
+        close("token logprob and entropy gradient", &zg, &zc, 1e-5, 1e-7);
+        let (zp, zn) = (z.copy().unwrap(), z.copy().unwrap());
+        zp.token_logprob_grad_in_place(&g, &lse, &targets, scale).unwrap();
+        zn.token_logprob_entropy_grad_in_place(&g, &lse, &targets, scale, Some((&gh, &h))).unwrap();
+        let moved = zp
+            .to_f32_vec()
+            .unwrap()
+            .iter()
+            .zip(zn.to_f32_vec().unwrap())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(moved > 1e-4, "the entropy term changed nothing ({moved})");
+        assert!(zg.token_logprob_entropy_grad_in_place(&g, &lse, &targets, scale, Some((&gh[1..], &h))).is_err());
         assert!(zg.token_logprob_grad_in_place(&g, &lse, &[0, 0, 0, 0, vocab as u32], scale).is_err());
     }
 }

@@ -377,6 +377,12 @@ impl GrpoRunConfig {
         if !(self.grpo.tis_cap >= 0.0 && self.grpo.tis_cap.is_finite()) {
             return Err(Error::Config(format!("grpo.tis_cap must be a finite number >= 0, got {}", self.grpo.tis_cap)));
         }
+        if !(self.grpo.entropy_coeff >= 0.0 && self.grpo.entropy_coeff.is_finite()) {
+            return Err(Error::Config(format!(
+                "grpo.entropy_coeff (entropy bonus) must be a finite number >= 0, got {}",
+                self.grpo.entropy_coeff
+            )));
+        }
         let cc = self.grpo.clip_ratio_c;
         if !(cc == 0.0 || (cc > 1.0 && cc.is_finite())) {
             return Err(Error::Config(format!(

@@ -296,6 +296,9 @@ fn configuration_errors_name_the_key() {
     let e = rloo(&["grpo.clip_ratio_c=0.5"]).unwrap_err().to_string();
     assert!(e.contains("clip_ratio_c") && e.contains("above 1"), "{e}");
     rloo(&["grpo.clip_ratio_c=3.0"]).unwrap();
+    let e = rloo(&["grpo.entropy_coeff=-0.001"]).unwrap_err().to_string();
+    assert!(e.contains("entropy_coeff") && e.contains(">= 0"), "{e}");
+    rloo(&["grpo.entropy_coeff=0.001"]).unwrap();
     let e = tiny_config().with_overrides(&["grpo.importance_sampling_level=\"tokens\"".into()]).unwrap_err();
     assert!(e.to_string().contains("tokens"), "{e}");
 }
@@ -308,7 +311,7 @@ fn documented_recipes_are_valid_configs() {
     let start = doc.find("### Recipes").expect("the recipes section");
     let section = &doc[start..start + doc[start..].find("\n## ").unwrap()];
     let blocks: Vec<&str> = section.split("```toml\n").skip(1).map(|b| &b[..b.find("```").unwrap()]).collect();
-    assert_eq!(blocks.len(), 6, "Dr. GRPO, DAPO, GSPO, RLOO, REINFORCE++, off-policy safeguards");
+    assert_eq!(blocks.len(), 7, "Dr. GRPO, DAPO, GSPO, RLOO, REINFORCE++, entropy bonus, off-policy safeguards");
     let preset = std::fs::read_to_string(common::root().join("configs/artist-math.toml")).unwrap();
     fn merge(into: &mut toml::Table, from: toml::Table) {
         for (k, v) in from {
@@ -341,4 +344,23 @@ fn documented_recipes_are_valid_configs() {
             }
         }
     }
+}
+
+/// An entropy bonus trains on the policy's entropy: with a large coefficient the entropy
+/// each step measures before its update climbs, and stays above a run without the bonus
+/// from the same start and the same samples at step 1.
+#[test]
+fn an_entropy_bonus_raises_the_entropy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |coeff: f64, name: &str| {
+        let c = common::tiny_grpo_config(&["steps=3", "save_every=0"])
+            .with_overrides(&[format!("grpo.entropy_coeff={coeff}")])
+            .unwrap();
+        let m = train(&tmp.path().join(name), &mut trainer(c), &fresh()).unwrap();
+        m.iter().map(|s| s.entropy.expect("every GRPO step measures the entropy")).collect::<Vec<f64>>()
+    };
+    let (plain, bonus) = (run(0.0, "plain"), run(1.0, "bonus"));
+    eprintln!("entropy without the bonus {plain:?}, with it {bonus:?}");
+    assert_eq!(plain[0], bonus[0], "step 1 measures the same policy on the same samples");
+    assert!(bonus[2] > bonus[0] && bonus[2] > plain[2], "without {plain:?}, with {bonus:?}");
 }

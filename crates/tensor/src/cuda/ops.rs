@@ -1465,8 +1465,16 @@ pub(crate) fn adamw(p: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, s: &crate::f
 }
 
 /// In place over f32 logits `z: [rows, vocab]`: the gradient of the chosen tokens'
-/// log-probabilities (see kernels/logprob.cu).
-pub(crate) fn logprob_grad(z: &Tensor, g: &[f32], lse: &[f32], targets: &[u32], scale: f32) -> Result<()> {
+/// log-probabilities, and of each row's entropy when `entropy` is `(g_h, h)` (see
+/// kernels/logprob.cu).
+pub(crate) fn logprob_grad(
+    z: &Tensor,
+    g: &[f32],
+    lse: &[f32],
+    targets: &[u32],
+    scale: f32,
+    entropy: Option<(&[f32], &[f32])>,
+) -> Result<()> {
     let [rows, vocab] = z.dims_n("token_logprob_grad")?;
     let (dev, zp) = raw(z);
     if rows * vocab == 0 {
@@ -1475,6 +1483,11 @@ pub(crate) fn logprob_grad(z: &Tensor, g: &[f32], lse: &[f32], targets: &[u32], 
     let gv = CudaStorage::from_host(&dev, &CpuStorage::F32(g.to_vec()))?;
     let lv = CudaStorage::from_host(&dev, &CpuStorage::F32(lse.to_vec()))?;
     let tv = upload_ids(&dev, targets)?;
+    // The entropy's gradient and values in one buffer, `[g_h; h]` (unread without them).
+    let ev = match entropy {
+        Some((gh, h)) => Some(CudaStorage::from_host(&dev, &CpuStorage::F32([gh, h].concat()))?),
+        None => None,
+    };
     let zp = at(zp, DType::F32, z.layout().start());
     let vec = vocab.is_multiple_of(8) && vec8_aligned(zp, 4);
     let args = Args::new()
@@ -1485,6 +1498,8 @@ pub(crate) fn logprob_grad(z: &Tensor, g: &[f32], lse: &[f32], targets: &[u32], 
         .arg(gv.ptr())
         .arg(lv.ptr())
         .arg(tv.ptr())
+        .arg(ev.is_some() as i32)
+        .arg(ev.as_ref().map_or(gv.ptr(), |e| e.ptr()))
         .arg(zp);
     dev.launch("logprob", "logprob_grad_f32".into(), linear_cfg(&dev, vec_items(rows * vocab, vec)), args)
 }
