@@ -84,6 +84,15 @@ impl Tokenizer {
         self.inner.decode(ids, skip_special).map_err(Error::Decode)
     }
 
+    /// [`Tokenizer::decode`] that leaves out ids the tokenizer has no token for, as Hugging
+    /// Face's decoders do, instead of failing: a model's vocabulary is often padded past the
+    /// tokenizer's (Qwen2.5: 151,936 rows for 151,665 tokens) and a sampler may draw a padding
+    /// row. For judging and logging sampled text; [`Tokenizer::decode`] names such an id.
+    pub fn decode_lossy(&self, ids: &[u32], skip_special: bool) -> String {
+        let known: Vec<u32> = ids.iter().copied().filter(|&id| self.inner.id_to_token(id).is_some()).collect();
+        self.inner.decode(&known, skip_special).unwrap_or_default()
+    }
+
     /// A decoder that turns ids, fed one at a time, into text as soon as it is complete.
     pub fn stream_decoder(&self, skip_special: bool) -> StreamDecoder<'_> {
         StreamDecoder::new(self, skip_special)

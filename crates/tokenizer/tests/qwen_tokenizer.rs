@@ -128,6 +128,7 @@ fn ids_beyond_the_vocabulary_are_errors() {
         Err(Error::UnknownId { id: 151_900, vocab_size: 151_665 }) => {}
         other => panic!("expected UnknownId, got {other:?}"),
     }
+    assert_eq!(tok.decode_lossy(&[9707, 151_900, 1879], false), tok.decode(&[9707, 1879], false).unwrap());
     let mut decoder = tok.stream_decoder(false);
     assert_eq!(decoder.step(9707).unwrap(), "Hello");
     assert!(matches!(decoder.step(u32::MAX), Err(Error::UnknownId { .. })));

@@ -96,6 +96,9 @@ fn unknown_ids_are_errors() {
     let tok = sentencepiece_like();
     assert_eq!(tok.vocab_size(), 264);
     assert!(matches!(tok.decode(&[HELLO, 264], false), Err(Error::UnknownId { id: 264, vocab_size: 264 })));
+    // The lossy decode leaves the id out, as Hugging Face's decoders do.
+    assert_eq!(tok.decode_lossy(&[HELLO, 264, HELLO], false), tok.decode(&[HELLO, HELLO], false).unwrap());
+    assert_eq!(tok.decode_lossy(&[264, 10_000], false), "");
     let mut decoder = tok.stream_decoder(false);
     assert!(matches!(decoder.step(10_000), Err(Error::UnknownId { .. })));
     assert_eq!(decoder.step(HELLO).unwrap(), "Hello");

@@ -32,8 +32,8 @@ use artist_tools::{Tool, ToolCall, ToolResult};
 use serde::{Deserialize, Serialize};
 
 use crate::grpo::{
-    Evaluation, GrpoRunConfig, GrpoTask, StepMetrics, combine_step_sums, groups_to_train, play_rounds, update_sharded,
-    whiten_advantages,
+    Evaluation, GrpoRunConfig, GrpoTask, LogPlace, StepMetrics, combine_step_sums, groups_to_train, play_rounds,
+    update_sharded, whiten_advantages,
 };
 use crate::{Error, Result};
 use artist_dist::{Communicator, shard_range};
@@ -548,11 +548,15 @@ impl FcTrainer {
     /// `first_entry * G`, their seeds), scored: per group with a learning signal (every
     /// group unless `filter_flat_groups`), the episodes to train on, and the round's sums
     /// for the step's metrics.
+    /// Episodes are added to `log` ([`crate::grpo::GrpoTrainer`]'s `score_round` does the
+    /// same for math) until it holds `log_rollouts`.
     fn play_round(
         &self,
         step: u64,
         first_entry: usize,
         entries: &[usize],
+        at: LogPlace,
+        log: &mut Vec<serde_json::Value>,
     ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 15])> {
         let c = &self.config;
         let g = c.rollout.group_size;
@@ -568,6 +572,26 @@ impl FcTrainer {
             .map(|ep| score_episode(&self.tokenizer, &self.data, ep, &c.fc_rewards, opts))
             .collect::<Result<_>>()?;
         let totals: Vec<f64> = scored.iter().map(|x| x.rewards.total).collect();
+        // Episodes come in entry order, `group_size` of each.
+        for (i, (ep, s)) in eps.iter().zip(&scored).enumerate().take(c.log_rollouts.saturating_sub(log.len())) {
+            let mut line = at.line(i / g, ep.sample);
+            line.extend([
+                ("id".into(), self.data.entries[ep.entry].id.clone().into()),
+                ("prompt_text".into(), self.tokenizer.decode_lossy(&ep.prompt_ids, false).into()),
+                ("completion".into(), self.tokenizer.decode_lossy(&ep.ids, false).into()),
+                ("reward".into(), s.rewards.total.into()),
+                ("rewards".into(), serde_json::to_value(s.rewards).expect("JSON")),
+                ("valid".into(), s.check.valid.into()),
+                ("error_type".into(), s.check.error_type.clone().into()),
+                ("turns_played".into(), ep.turns_played.into()),
+                ("truncated".into(), ep.truncated.into()),
+                ("tool_calls".into(), ep.tool_calls.into()),
+                ("tool_errors".into(), ep.tool_errors.into()),
+                ("sampled_tokens".into(), ep.mask.iter().filter(|&&m| m == 1).count().into()),
+                ("response_tokens".into(), ep.ids.len().into()),
+            ]);
+            log.push(line.into());
+        }
         let (groups, flat) = groups_to_train(
             c,
             &eps,
@@ -672,8 +696,10 @@ impl GrpoTask for FcTrainer {
         let c = self.config.clone();
         let lens: Vec<usize> = batches.iter().map(Vec::len).collect();
         // Round r's episodes are numbered after the earlier rounds' (their seeds).
+        let mut log = Vec::new();
         let (mut train, mut sums, quota) = play_rounds(&c, &lens, comm.as_deref_mut(), |r, shard, first| {
-            self.play_round(step, first, &batches[r][shard])
+            let at = LogPlace { step: step + 1, round: r, first_prompt: shard.start };
+            self.play_round(step, first, &batches[r][shard], at, &mut log)
         })?;
         whiten_advantages(&mut train, &c, comm.as_deref_mut())?;
         let t = Instant::now();
@@ -698,6 +724,7 @@ impl GrpoTask for FcTrainer {
         let n = n.max(1.0);
         let mut m = StepMetrics {
             step: step + 1,
+            rollouts: log,
             reward: total / n,
             reward_state: Some(state / n),
             reward_function: Some(function / n),

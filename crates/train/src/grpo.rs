@@ -279,6 +279,10 @@ pub struct GrpoRunConfig {
     /// Checkpoint every N steps (0: only at the end).
     pub save_every: u64,
     pub keep_last: usize,
+    /// Rollouts of each step written to `RUN_DIR/rollouts.jsonl` (the first ones the lead
+    /// rank played, in prompt and sample order): the text with its rewards, tool calls and
+    /// token counts (0: none).
+    pub log_rollouts: usize,
 }
 
 impl Default for GrpoRunConfig {
@@ -314,6 +318,7 @@ impl Default for GrpoRunConfig {
             seed: 0,
             save_every: 0,
             keep_last: 2,
+            log_rollouts: 4,
         }
     }
 }
@@ -483,6 +488,10 @@ pub enum OldLogprobs {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StepMetrics {
     pub step: u64,
+    /// The step's first `log_rollouts` rollouts on this rank, one JSON object each, for
+    /// `rollouts.jsonl` (not a metrics key).
+    #[serde(skip)]
+    pub rollouts: Vec<serde_json::Value>,
     pub reward: f64,
     /// Math: the answer reward.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -576,7 +585,7 @@ pub fn segments_of(tok: &Tokenizer, ids: &[u32], mask: &[u8]) -> Vec<Segment> {
     let mut start = 0;
     for j in 1..=ids.len() {
         if j == ids.len() || mask[j] != mask[start] {
-            let text = tok.decode(&ids[start..j], true).unwrap_or_default();
+            let text = tok.decode_lossy(&ids[start..j], true);
             out.push(if mask[start] == 1 { Segment::Model(text) } else { Segment::Forced(text) });
             start = j;
         }
@@ -659,7 +668,7 @@ impl GrpoTrainer<'_> {
         let mut texts = Vec::with_capacity(rollouts.len());
         for ro in &rollouts {
             let gold = &problems[ro.prompt_index].answer;
-            let text = self.tokenizer.decode(&ro.ids, true).unwrap_or_default();
+            let text = self.tokenizer.decode_lossy(&ro.ids, true);
             let ok = (self.verify)(&text, gold);
             let successes: Vec<bool> = ro.tool_calls.iter().map(|t| t.result.success).collect();
             let tag = self.tool.as_ref().map_or("python", |t| t.tag());
@@ -694,15 +703,43 @@ impl GrpoTrainer<'_> {
     /// One round's rollouts scored: per group with a learning signal (every group unless
     /// `filter_flat_groups`), the rollouts to train on, and the round's sums for the
     /// step's metrics (in the order `step_rounds` reads them).
-    fn score_round(&self, batch: RolloutBatch) -> Result<(Vec<Vec<TrainRollout>>, [f64; 16])> {
+    ///
+    /// Rollouts of the round are added to `log` (the step's, each tagged with `step`, `round`
+    /// and its prompt's place in the step) until it holds `log_rollouts`.
+    fn score_round(
+        &self,
+        batch: RolloutBatch,
+        problems: &[&Problem],
+        at: LogPlace,
+        log: &mut Vec<serde_json::Value>,
+    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 16])> {
         let c = &self.config;
         let o = &c.overlong;
-        let RolloutBatch { rollouts, rewards, correct, seconds: rollout_s, .. } = batch;
+        let RolloutBatch { rollouts, rewards, correct, texts, seconds: rollout_s } = batch;
         let overlong: Vec<f64> = rollouts
             .iter()
             .map(|r| artist_rl::overlong_penalty(r.ids.len(), c.rollout.max_response_tokens, o.buffer, o.penalty))
             .collect();
         let totals: Vec<f64> = rewards.iter().zip(&overlong).map(|(r, p)| r.total + p).collect();
+        for (i, ro) in rollouts.iter().enumerate().take(c.log_rollouts.saturating_sub(log.len())) {
+            let p = problems[ro.prompt_index];
+            let mut line = at.line(ro.prompt_index, ro.sample_index);
+            line.extend([
+                ("problem".into(), p.problem.clone().into()),
+                ("gold".into(), p.answer.clone().into()),
+                ("completion".into(), texts[i].clone().into()),
+                ("reward".into(), totals[i].into()),
+                ("rewards".into(), serde_json::to_value(rewards[i]).expect("JSON")),
+                ("reward_overlong".into(), overlong[i].into()),
+                ("correct".into(), correct[i].into()),
+                ("finish".into(), serde_json::to_value(ro.finish).expect("JSON")),
+                ("tool_calls".into(), ro.tool_calls.len().into()),
+                ("tool_successes".into(), ro.tool_calls.iter().filter(|t| t.result.success).count().into()),
+                ("sampled_tokens".into(), ro.sampled_tokens().into()),
+                ("response_tokens".into(), ro.ids.len().into()),
+            ]);
+            log.push(line.into());
+        }
         let (groups, flat) = groups_to_train(
             c,
             &rollouts,
@@ -747,11 +784,14 @@ impl GrpoTrainer<'_> {
         let c = self.config.clone();
         let g = c.rollout.group_size;
         let lens: Vec<usize> = rounds.iter().map(Vec::len).collect();
+        let mut log = Vec::new();
         let (mut train, mut sums, quota) = play_rounds(&c, &lens, comm.as_deref_mut(), |r, shard, first| {
             // Rollout k of prompt p samples with seed `seed + p * G + k`: offset by the
             // shard's first global prompt.
             let seed = c.seed.wrapping_add(step.wrapping_mul(1_000_003)).wrapping_add((first * g) as u64);
-            self.score_round(self.rollouts(&rounds[r][shard], seed)?)
+            let problems = &rounds[r][shard.clone()];
+            let at = LogPlace { step: step + 1, round: r, first_prompt: shard.start };
+            self.score_round(self.rollouts(problems, seed)?, problems, at, &mut log)
         })?;
         whiten_advantages(&mut train, &c, comm.as_deref_mut())?;
         let t = Instant::now();
@@ -774,7 +814,14 @@ impl GrpoTrainer<'_> {
             calling_tokens,
             rollout_s,
         ] = sums;
-        let mut m = StepMetrics { step: step + 1, flat_groups: flat as usize, lr, rollout_s, ..Default::default() };
+        let mut m = StepMetrics {
+            step: step + 1,
+            flat_groups: flat as usize,
+            lr,
+            rollout_s,
+            rollouts: log,
+            ..Default::default()
+        };
         (m.sampling_rounds, m.trained_groups) = quota.counts();
         m.reward_overlong = (c.overlong.buffer > 0).then_some(overlong / n);
         m.reward = reward / n;
@@ -906,6 +953,27 @@ pub(crate) fn groups_to_train<R>(
 /// global item `first` (counting the earlier rounds as `prompts_per_step` each, for the
 /// seeds), and returns its groups with a learning signal and its metric sums. Returns the
 /// rollouts to train on, the sums of the rounds played and the quota (rounds, groups).
+/// Where a logged rollout was played: the step (as metrics number it, from 1), the sampling
+/// round, and the step batch's index of the shard's first prompt.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogPlace {
+    pub step: u64,
+    pub round: usize,
+    pub first_prompt: usize,
+}
+
+impl LogPlace {
+    /// The start of a `rollouts.jsonl` line for sample `sample` of the shard's prompt `prompt`.
+    pub fn line(&self, prompt: usize, sample: usize) -> serde_json::Map<String, serde_json::Value> {
+        let mut line = serde_json::Map::new();
+        line.insert("step".into(), self.step.into());
+        line.insert("round".into(), self.round.into());
+        line.insert("prompt".into(), (self.first_prompt + prompt).into());
+        line.insert("sample".into(), sample.into());
+        line
+    }
+}
+
 pub(crate) fn play_rounds<const N: usize>(
     c: &GrpoRunConfig,
     lens: &[usize],
@@ -1441,6 +1509,11 @@ fn run<T: GrpoTask>(
     let order =
         crate::data::DataOrder { n: trainer.items(), batch_size: c.prompts_per_step, shuffle: true, seed: c.seed };
     let mut metrics = if lead { Some(Metrics::open(run_dir, resume.then_some(start))?) } else { None };
+    let mut rollout_log = if lead && c.log_rollouts > 0 {
+        Some(crate::metrics::JsonLines::open(&run_dir.join(crate::metrics::ROLLOUTS_FILE), resume.then_some(start))?)
+    } else {
+        None
+    };
     let mut all = Vec::new();
     let save = |trainer: &T, optimizer: &AdamW, step: u64, drawn: u64| -> Result<PathBuf> {
         let state = TrainerState {
@@ -1511,6 +1584,9 @@ fn run<T: GrpoTask>(
         }
         if let Some(metrics) = metrics.as_mut() {
             metrics.write(&serde_json::to_value(&m).expect("JSON"))?;
+        }
+        if let Some(log) = rollout_log.as_mut() {
+            m.rollouts.iter().try_for_each(|line| log.write(line))?;
         }
         bar.set_position(step + 1);
         bar.set_message(format!(

@@ -289,6 +289,26 @@ fn two_grpo_steps_on_episodes() {
     let lines = artist_train::metrics::read(&run.join("metrics.jsonl")).unwrap();
     assert!(lines[1].get("reward_state").is_some() && lines[1].get("reward_answer").is_none());
     assert!(artist_train::checkpoint::latest(&run).unwrap().unwrap().ends_with("step-00000002"));
+    // rollouts.jsonl: the first `log_rollouts` (4) episodes of each step, whose rewards are
+    // the step's when they are all of them.
+    let g = t.config.rollout.group_size;
+    let logged = artist_train::metrics::read(&run.join(artist_train::metrics::ROLLOUTS_FILE)).unwrap();
+    assert_eq!(logged.len(), 2 * g.min(4));
+    for s in &m {
+        let step: Vec<_> = logged.iter().filter(|l| l["step"].as_u64() == Some(s.step)).collect();
+        assert_eq!(step.len(), g.min(4));
+        for (k, l) in step.iter().enumerate() {
+            assert_eq!((l["prompt"].as_u64(), l["sample"].as_u64()), (Some(0), Some(k as u64)), "{l}");
+            assert_eq!(l["id"], step[0]["id"], "one entry's group");
+            assert!(t.data.entries.iter().any(|e| l["id"] == e.id.as_str()), "{l}");
+            assert!(l["completion"].as_str().unwrap().contains("<|im_end|>"), "ChatML turns: {l}");
+            assert!(l["turns_played"].as_u64().unwrap() >= 1 && l["valid"].is_boolean());
+        }
+        if g <= 4 {
+            let mean = step.iter().map(|l| l["reward"].as_f64().unwrap()).sum::<f64>() / g as f64;
+            assert!((mean - s.reward).abs() < 1e-9, "step {}: logged reward {mean} vs {}", s.step, s.reward);
+        }
+    }
 }
 
 /// Data-parallel GRPO on episodes: 2 in-process ranks, each playing one of a step's two
