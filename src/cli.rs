@@ -62,12 +62,6 @@ pub fn known(tokenizer: &Tokenizer, id: u32) -> bool {
     tokenizer.id_to_token(id).is_some()
 }
 
-/// Decodes the ids the tokenizer knows, dropping the others as transformers does.
-pub fn decode_known(tokenizer: &Tokenizer, ids: &[u32], skip_special: bool) -> Result<String> {
-    let ids: Vec<u32> = ids.iter().copied().filter(|&i| known(tokenizer, i)).collect();
-    Ok(tokenizer.decode(&ids, skip_special)?)
-}
-
 /// Checks ids against the model's vocabulary before anything runs.
 pub fn check_ids(ids: &[u32], vocab_size: usize) -> Result<()> {
     if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab_size) {

@@ -296,7 +296,7 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
     let (mut tokens, mut calls) = (0usize, 0usize);
     for r in &rollouts {
         let p = &data.problems[r.prompt_index];
-        let completion = artist::cli::decode_known(&tok, &r.ids, true)?;
+        let completion = tok.decode_lossy(&r.ids, true);
         let extracted = artist_math::extract_answer(&completion);
         let correct = extracted.as_deref().is_some_and(|a| artist_math::equivalent(&p.answer, a));
         correct_per_problem[r.prompt_index] += correct as usize;

@@ -189,7 +189,7 @@ fn run() -> Result<()> {
         }
     }
     let text = match &tokenizer {
-        Some(t) => Some(cli::decode_known(t, &out.token_ids, true)?),
+        Some(t) => Some(t.decode_lossy(&out.token_ids, true)),
         None => None,
     };
     if args.json {
@@ -390,7 +390,7 @@ fn run_batch(
         let mut line = serde_json::json!({
             "index": r.prompt_index,
             "sample": r.sample_index,
-            "text": cli::decode_known(tok, &r.ids, true)?,
+            "text": tok.decode_lossy(&r.ids, true),
             "token_ids": r.ids,
             "logprobs": r.logprobs,
             "finish_reason": finish,
@@ -434,7 +434,7 @@ fn run_with_tool(
     let start = Instant::now();
     let (mut rollouts, stats) = engine.run(std::slice::from_ref(&prompt_ids))?;
     let r = rollouts.remove(0);
-    let text = cli::decode_known(tok, &r.ids, true)?;
+    let text = tok.decode_lossy(&r.ids, true);
     if args.json {
         println!(
             "{}",

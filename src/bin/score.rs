@@ -75,7 +75,7 @@ fn run() -> Result<()> {
     }
     println!("{:>6}  {:>8}  {:>10}  token", "pos", "id", "logprob");
     for (i, (&id, lp)) in ids.iter().skip(1).zip(&logprobs).enumerate() {
-        let piece = tokenizer.as_ref().and_then(|t| cli::decode_known(t, &[id], false).ok()).unwrap_or_default();
+        let piece = tokenizer.as_ref().map(|t| t.decode_lossy(&[id], false)).unwrap_or_default();
         println!("{:>6}  {:>8}  {:>10.4}  {:?}", i + 1, id, lp, piece);
     }
     println!("tokens {}  mean logprob {:.4}  perplexity {:.4}", ids.len(), mean, perplexity);
