@@ -119,7 +119,7 @@ fn run() -> BenchResult<()> {
                 max_batch: group * prompts,
                 share_prefix: share,
                 eos_ids: vec![],
-                stop_text: None,
+                stop_texts: Vec::new(),
                 matmul_dtype,
                 kv_cache_dtype,
                 ..Default::default()

@@ -234,7 +234,7 @@ fn engine_config(
         max_context: model.config.max_position_embeddings.min(longest + response + 1),
         max_batch: 1,
         eos_ids,
-        stop_text: args.stop.first().cloned().or_else(|| tools.then(|| "</answer>".into())),
+        stop_texts: if args.stop.is_empty() && tools { vec!["</answer>".into()] } else { args.stop.clone() },
         matmul_dtype: args.matmul_dtype.dtype(model.device()),
         kv_cache_dtype: args.kv_dtype.storage(model.device()),
         ..Default::default()
@@ -361,9 +361,6 @@ fn run_batch(
         None => vec![],
     };
     let tok = tok.context("--prompts decodes its samples: it needs the model's tokenizer.json")?;
-    if args.stop.len() > 1 {
-        eprintln!("note: --prompts stops at the first --stop string only");
-    }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let config = engine_config(args, model, sampling, eos_ids, longest, !tools.is_empty());
     let config = RolloutConfig { group_size: args.n, max_batch: args.max_batch.max(args.n), ..config };

@@ -53,8 +53,9 @@ pub struct RolloutConfig {
     pub deterministic: bool,
     /// Token ids that end a rollout (kept in it).
     pub eos_ids: Vec<u32>,
-    /// Text that ends a rollout once generated (`</answer>`), kept in it.
-    pub stop_text: Option<String>,
+    /// Texts that end a rollout once generated (`</answer>`), kept in it: any of them (as
+    /// vLLM's `stop`).
+    pub stop_texts: Vec<String>,
     /// How a tool's output is forced into the sequence; `{output}` is replaced.
     pub output_template: String,
     /// The dtype the policy's linear layers multiply in while rolling out (`Some(BF16)`:
@@ -79,7 +80,7 @@ impl Default for RolloutConfig {
             share_prefix: true,
             deterministic: false,
             eos_ids: vec![],
-            stop_text: Some("</answer>".into()),
+            stop_texts: vec!["</answer>".into()],
             output_template: "<output>\n{output}\n</output>\n".into(),
             matmul_dtype: None,
             kv_cache_dtype: DType::F32,
@@ -574,9 +575,7 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
         while !seq.text.is_char_boundary(tail) {
             tail -= 1;
         }
-        if let Some(stop) = &c.stop_text
-            && seq.text[tail..].contains(stop.as_str())
-        {
+        if c.stop_texts.iter().any(|stop| seq.text[tail..].contains(stop.as_str())) {
             return finish(seq, Finish::Stop);
         }
         if let Some((tool, call, end)) = self.find_call(&seq.text, seq.scan_from, tail) {
@@ -627,10 +626,10 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
         }
     }
 
-    /// The longest text the engine looks for (a closing tag, the stop text), in bytes.
+    /// The longest text the engine looks for (a closing tag, a stop text), in bytes.
     fn longest_marker(&self) -> usize {
         let tags = self.tools.iter().map(|t| t.tag().len() + 3);
-        tags.chain(self.config.stop_text.as_ref().map(String::len)).max().unwrap_or(0)
+        tags.chain(self.config.stop_texts.iter().map(String::len)).max().unwrap_or(0)
     }
 
     /// A call completed in `text[tail..]`: its tool, the text after the last opening tag

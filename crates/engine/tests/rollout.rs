@@ -135,6 +135,15 @@ fn every_limit_ends_a_rollout_and_is_recorded() {
     assert!(tok.decode(&r.ids, false).unwrap().ends_with("<python>b=2</python>"));
     let r = run(config(1), vec![2]);
     assert_eq!((r.finish, r.tool_calls.len()), (Finish::Stop, 2));
+    // Any of several stop texts ends it, as soon as it is written; none: only EOS or a limit.
+    let r = run(RolloutConfig { stop_texts: vec!["never".into(), "then".into()], ..config(1) }, vec![2]);
+    assert_eq!((r.finish, r.tool_calls.len()), (Finish::Stop, 1));
+    assert!(tok.decode(&r.ids, false).unwrap().ends_with("</output>\nthen"));
+    let r = run(RolloutConfig { stop_texts: vec!["three".into(), "never".into()], ..config(1) }, vec![1]);
+    assert_eq!(r.finish, Finish::Stop);
+    assert!(tok.decode(&r.ids, false).unwrap().ends_with("one two three"));
+    let r = run(RolloutConfig { stop_texts: Vec::new(), ..config(1) }, vec![2]);
+    assert_eq!((r.finish, r.tool_calls.len()), (Finish::Eos, 2));
     // The model's EOS (the scripted model emits it when its script runs out).
     let r = run(config(1), vec![3]);
     assert_eq!((r.finish, *r.ids.last().unwrap()), (Finish::Eos, EOS));

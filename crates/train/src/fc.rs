@@ -439,7 +439,7 @@ pub fn run_episodes<P: Policy>(
                 // nothing and makes episodes repeat to the bit.
                 deterministic: true,
                 eos_ids: s.eos_ids.clone(),
-                stop_text: None,
+                stop_texts: Vec::new(),
                 matmul_dtype: s.matmul_dtype,
                 kv_cache_dtype: s.kv_cache_dtype,
                 ..Default::default()

@@ -654,7 +654,7 @@ impl GrpoTrainer<'_> {
                 share_prefix: r.share_prefix,
                 deterministic: r.deterministic,
                 eos_ids: self.model.config.eos_token_ids.clone(),
-                stop_text: Some("</answer>".into()),
+                stop_texts: vec!["</answer>".into()],
                 matmul_dtype: r.matmul_dtype.dtype(self.model.device()),
                 kv_cache_dtype: r.kv_cache_dtype.storage(self.model.device()),
                 ..Default::default()
