@@ -114,7 +114,7 @@ fn evaluates_a_model_end_to_end() {
     text.push_str("{\"problem\": \"broken\"\n{\"problem\": \"no answer here\"}\n");
     std::fs::write(&data, text).unwrap();
     let model = root.join("tests/fixtures/qwen2/tiny-gqa");
-    let samples = tmp.path().join("samples.jsonl");
+    let (samples, kept) = (tmp.path().join("samples.jsonl"), tmp.path().join("kept.jsonl"));
     let out = eval(&[
         "--model",
         model.to_str().unwrap(),
@@ -134,6 +134,12 @@ fn evaluates_a_model_end_to_end() {
         "8",
         "--out",
         samples.to_str().unwrap(),
+        "--keep",
+        kept.to_str().unwrap(),
+        "--keep-above",
+        "-0.5",
+        "--keep-below",
+        "0.5",
         "--json",
     ]);
     let summary = &lines(&out)[0];
@@ -167,6 +173,39 @@ fn evaluates_a_model_end_to_end() {
         voted += best.is_some_and(|(r, _)| r["correct"] == true) as usize;
     }
     assert_eq!(summary["maj_at_n"].as_f64(), Some(voted as f64 / 8.0), "{summary}");
+    // --keep: the problems whose samples were right less than half the time, as the
+    // samples written out say, readable as a math500 data set with their pass rates.
+    let rate = |p: u64| {
+        let mine: Vec<&Value> = rows.iter().filter(|r| r["problem_index"] == p).collect();
+        mine.iter().filter(|r| r["correct"] == true).count() as f64 / mine.len() as f64
+    };
+    let want: Vec<u64> = (0..8).filter(|&p| rate(p) < 0.5).collect();
+    let written = artist_math::MathDataset::load(&kept, &"math500".parse().unwrap()).unwrap();
+    assert_eq!(written.problems.len(), want.len());
+    assert_eq!(summary["kept"].as_u64(), Some(want.len() as u64));
+    let kept_rows = std::fs::read_to_string(&kept).unwrap();
+    for ((p, line), row) in want.iter().zip(kept_rows.lines()).zip(&written.problems) {
+        let first = rows.iter().find(|r| r["problem_index"] == *p).unwrap();
+        assert_eq!(
+            (row.problem.as_str(), row.answer.as_str()),
+            (first["problem"].as_str().unwrap(), first["gold"].as_str().unwrap())
+        );
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["pass_rate"].as_f64(), Some(rate(*p)));
+    }
+    let bounds = eval(&[
+        "--model",
+        "m",
+        "--dataset",
+        "d.jsonl",
+        "--keep",
+        "k.jsonl",
+        "--keep-above",
+        "0.5",
+        "--keep-below",
+        "0.5",
+    ]);
+    fails_cleanly(&bounds, "--keep-above");
 }
 
 /// pass@k against its definition on small cases, through the binary's summary: with

@@ -30,7 +30,12 @@
 //! "tool_calls_per_answer", "seconds"}`. `--out` gets one JSON line per sample:
 //! `{"problem_index", "problem", "gold", "sample", "completion", "extracted", "correct",
 //! "response_tokens", "tool_calls", "finish"}`. Malformed dataset rows are counted and
-//! named (file:line) on stderr.
+//! named (file:line) on stderr. `--keep FILE.jsonl [--keep-above A] [--keep-below B]`
+//! filters the data set by difficulty, as RL recipes prepare theirs (DAPO, Polaris): the
+//! problems whose pass rate `p` (correct samples over `N`) has `A < p < B` (by default 0
+//! and 1: neither never nor always solved, the ones whose groups give GRPO a signal), one
+//! `{"problem", "answer", "pass_rate", "line"}` line each in file order (readable with the
+//! `math500` preset), and `"kept"` in the summary.
 //!
 //! `eval --dataset QUESTIONS.json --answers POSSIBLE_ANSWER.json (--replay-ground-truth
 //! [--replay-from FILE] | --model DIR) [--json]` scores BFCL multi-turn entries as BFCL
@@ -97,6 +102,15 @@ struct Cli {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Write the problems whose fraction of correct samples lies strictly between
+    /// --keep-above and --keep-below (by default: solved sometimes, not always) as
+    /// training data: one `{"problem", "answer", "pass_rate", "line"}` object per line.
+    #[arg(long, value_name = "FILE.jsonl")]
+    keep: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.0, requires = "keep", allow_negative_numbers = true)]
+    keep_above: f64,
+    #[arg(long, default_value_t = 1.0, requires = "keep", allow_negative_numbers = true)]
+    keep_below: f64,
 
     /// BFCL: the possible_answer file of `--dataset` (a BFCL multi-turn questions file).
     #[arg(long)]
@@ -228,6 +242,9 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
     if cli.k == 0 || samples < cli.k {
         bail!("--k must be at least 1 and --samples ({samples}) at least --k ({})", cli.k);
     }
+    if cli.keep_above.partial_cmp(&cli.keep_below) != Some(std::cmp::Ordering::Less) {
+        bail!("--keep-above ({}) must be below --keep-below ({})", cli.keep_above, cli.keep_below);
+    }
     let data = artist_math::MathDataset::load(dataset, &format)?;
     for bad in &data.bad_rows {
         eprintln!("{}:{}: skipped: {}", dataset.display(), bad.line, bad.reason);
@@ -327,12 +344,28 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
         artist_math::majority(&extracted).is_some_and(|i| a[i].2)
     });
     let maj = majority_correct.count() as f64 / problems;
-    let summary = json!({
+    let mut kept = None;
+    if let Some(path) = &cli.keep {
+        let rates: Vec<f64> = correct_per_problem.iter().map(|&c| c as f64 / samples as f64).collect();
+        let chosen = keep_between(&rates, cli.keep_above, cli.keep_below);
+        let mut w = BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
+        for &i in &chosen {
+            let p = &data.problems[i];
+            let line = json!({"problem": p.problem, "answer": p.answer, "pass_rate": rates[i], "line": p.line});
+            writeln!(w, "{line}").with_context(|| format!("writing {}", path.display()))?;
+        }
+        w.flush().with_context(|| format!("writing {}", path.display()))?;
+        kept = Some(chosen.len());
+    }
+    let mut summary = json!({
         "pass_at_1": pass_at_1, "pass_at_k": pass_at_k, "maj_at_n": maj, "k": cli.k, "samples": samples,
         "problems": prompts.len(), "bad_rows": data.bad_rows.len(),
         "mean_response_tokens": tokens as f64 / n, "tool_calls_per_answer": calls as f64 / n,
         "seconds": start.elapsed().as_secs_f64(),
     });
+    if let Some(k) = kept {
+        summary["kept"] = k.into();
+    }
     if cli.json {
         println!("{summary}");
     } else {
@@ -346,8 +379,22 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
             tokens as f64 / n,
             calls as f64 / n
         );
+        if let (Some(k), Some(path)) = (kept, &cli.keep) {
+            println!(
+                "{k} of {} problems with {} < pass rate < {} written to {}",
+                prompts.len(),
+                cli.keep_above,
+                cli.keep_below,
+                path.display()
+            );
+        }
     }
     Ok(())
+}
+
+/// The indices of the pass rates strictly between `above` and `below`, in order.
+fn keep_between(rates: &[f64], above: f64, below: f64) -> Vec<usize> {
+    (0..rates.len()).filter(|&i| above < rates[i] && rates[i] < below).collect()
 }
 
 /// The unbiased pass@k of a problem with `c` correct among `n` samples:
@@ -413,6 +460,19 @@ fn judge_line(text: &str) -> Result<Value, String> {
     };
     let shown = |a: &Result<artist_math::Node, artist_math::AnswerError>| a.as_ref().ok().map(ToString::to_string);
     Ok(json!({"equal": equal, "gold_normalized": shown(&g), "pred_normalized": shown(&p)}))
+}
+
+#[cfg(test)]
+mod keep_tests {
+    /// The bounds are strict: the default keeps what is solved sometimes, not always.
+    #[test]
+    fn pass_rates_strictly_between_the_bounds() {
+        let rates = [0.0, 0.25, 1.0, 0.5, 0.75, 1.0, 0.0];
+        assert_eq!(super::keep_between(&rates, 0.0, 1.0), vec![1, 3, 4]);
+        assert_eq!(super::keep_between(&rates, -0.5, 0.5), vec![0, 1, 6]);
+        assert_eq!(super::keep_between(&rates, 0.5, 1.5), vec![2, 4, 5]);
+        assert!(super::keep_between(&rates, 1.0, 0.0).is_empty());
+    }
 }
 
 #[cfg(test)]
