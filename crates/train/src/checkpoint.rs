@@ -29,6 +29,8 @@ pub const CHECKPOINTS_DIR: &str = "checkpoints";
 pub const LATEST_FILE: &str = "latest";
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// Inside a checkpoint: the KL reference a GRPO run has moved (`reference_sync`).
+pub const REFERENCE_DIR: &str = "reference";
 
 /// Files copied from the source model directory into every export, when present.
 const MODEL_SIDE_FILES: &[&str] = &[
@@ -168,6 +170,21 @@ pub fn save(
     source: Option<&Path>,
     keep_last: usize,
 ) -> Result<PathBuf> {
+    save_with_reference(run_dir, model, optimizer, state, source, keep_last, None)
+}
+
+/// [`save`], with a KL reference the run has moved (GRPO's `reference_sync`) as a Hugging
+/// Face model directory `REFERENCE_DIR` inside the checkpoint, written before the
+/// checkpoint is renamed into place like everything else in it.
+pub fn save_with_reference(
+    run_dir: &Path,
+    model: &Qwen2,
+    optimizer: &AdamW,
+    state: &TrainerState,
+    source: Option<&Path>,
+    keep_last: usize,
+    reference: Option<&Qwen2>,
+) -> Result<PathBuf> {
     let root = run_dir.join(CHECKPOINTS_DIR);
     std::fs::create_dir_all(&root).map_err(io(&root))?;
     let name = step_name(state.step);
@@ -190,6 +207,12 @@ pub fn save(
     let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
     fresh_dir(&tmp)?;
     write_hf_model(&tmp, model, source)?;
+    if let Some(reference) = reference {
+        let dir = tmp.join(REFERENCE_DIR);
+        fresh_dir(&dir)?;
+        write_hf_model(&dir, reference, source)?;
+        sync_dir(&dir)?;
+    }
     if std::env::var("ARTIST_FAULT_ABORT_IN_SAVE").ok().and_then(|v| v.parse::<u64>().ok()) == Some(state.step) {
         eprintln!("ARTIST_FAULT_ABORT_IN_SAVE: aborting in the middle of saving step {}", state.step);
         std::process::abort();

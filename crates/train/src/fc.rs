@@ -548,6 +548,7 @@ impl FcTrainer {
     /// `first_entry * G`, their seeds), scored: per group with a learning signal (every
     /// group unless `filter_flat_groups`), the episodes to train on, and the round's sums
     /// for the step's metrics.
+    ///
     /// Episodes are added to `log` ([`crate::grpo::GrpoTrainer`]'s `score_round` does the
     /// same for math) until it holds `log_rollouts`.
     fn play_round(
@@ -633,6 +634,9 @@ impl GrpoTask for FcTrainer {
     }
     fn reference_mut(&mut self) -> &mut Option<Qwen2> {
         &mut self.reference
+    }
+    fn reference(&self) -> Option<&Qwen2> {
+        self.reference.as_ref()
     }
     fn items(&self) -> usize {
         self.data.entries.len()

@@ -207,6 +207,25 @@ pub enum Task {
     Bfcl,
 }
 
+/// Moving the KL term's reference along with the policy (TRL's `sync_ref_model`, ProRL's
+/// reference resets): every `every` steps, `reference = alpha * policy + (1 - alpha) *
+/// reference`, so a long run is held near where it has got to rather than where it started.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReferenceSync {
+    /// Steps between updates of the reference (0: never; the reference stays frozen).
+    pub every: u64,
+    /// The policy's share in the new reference: 1 replaces it with the policy (ProRL's hard
+    /// reset); TRL's default mix-up is 0.6. In (0, 1].
+    pub alpha: f64,
+}
+
+impl Default for ReferenceSync {
+    fn default() -> Self {
+        ReferenceSync { every: 0, alpha: 1.0 }
+    }
+}
+
 /// A GRPO run: math problems with a tool, or BFCL function-calling episodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -219,6 +238,8 @@ pub struct GrpoRunConfig {
     /// The frozen reference model of the KL term (only loaded when `grpo.beta > 0`);
     /// unset: `model`, the policy as it starts.
     pub reference_model: Option<PathBuf>,
+    /// Updating the reference from the policy during the run (off by default).
+    pub reference_sync: ReferenceSync,
     /// Training problems (JSONL; see `data_preset`).
     pub data: PathBuf,
     /// Field names of `data`: numina, math500, aime, amc, olympiad, or a field map
@@ -291,6 +312,7 @@ impl Default for GrpoRunConfig {
             task: Task::Math,
             model: PathBuf::new(),
             reference_model: None,
+            reference_sync: ReferenceSync::default(),
             data: PathBuf::new(),
             data_preset: "math500".into(),
             tool: "python".into(),
@@ -387,6 +409,16 @@ impl GrpoRunConfig {
                 "grpo.entropy_coeff (entropy bonus) must be a finite number >= 0, got {}",
                 self.grpo.entropy_coeff
             )));
+        }
+        let sync = &self.reference_sync;
+        if sync.every > 0 && self.grpo.beta == 0.0 {
+            return Err(Error::Config(
+                "reference_sync.every moves the KL term's reference, and grpo.beta = 0 has none: set grpo.beta > 0"
+                    .into(),
+            ));
+        }
+        if !(sync.alpha > 0.0 && sync.alpha <= 1.0) {
+            return Err(Error::Config(format!("reference_sync.alpha must be in (0, 1], got {}", sync.alpha)));
         }
         let cc = self.grpo.clip_ratio_c;
         if !(cc == 0.0 || (cc > 1.0 && cc.is_finite())) {
@@ -948,11 +980,6 @@ pub(crate) fn groups_to_train<R>(
     (groups, flat)
 }
 
-/// A step's rounds (global batches of `lens[r]` items) played until [`GroupQuota`] is
-/// met: `play(r, shard, first)` plays this rank's `shard` of round r, whose first item is
-/// global item `first` (counting the earlier rounds as `prompts_per_step` each, for the
-/// seeds), and returns its groups with a learning signal and its metric sums. Returns the
-/// rollouts to train on, the sums of the rounds played and the quota (rounds, groups).
 /// Where a logged rollout was played: the step (as metrics number it, from 1), the sampling
 /// round, and the step batch's index of the shard's first prompt.
 #[derive(Debug, Clone, Copy)]
@@ -974,6 +1001,11 @@ impl LogPlace {
     }
 }
 
+/// A step's rounds (global batches of `lens[r]` items) played until [`GroupQuota`] is
+/// met: `play(r, shard, first)` plays this rank's `shard` of round r, whose first item is
+/// global item `first` (counting the earlier rounds as `prompts_per_step` each, for the
+/// seeds), and returns its groups with a learning signal and its metric sums. Returns the
+/// rollouts to train on, the sums of the rounds played and the quota (rounds, groups).
 pub(crate) fn play_rounds<const N: usize>(
     c: &GrpoRunConfig,
     lens: &[usize],
@@ -1342,6 +1374,8 @@ pub trait GrpoTask {
     fn config(&self) -> &GrpoRunConfig;
     fn model(&self) -> &Qwen2;
     fn reference_mut(&mut self) -> &mut Option<Qwen2>;
+    /// The KL term's reference, when one is loaded.
+    fn reference(&self) -> Option<&Qwen2>;
     /// How many training items there are.
     fn items(&self) -> usize;
     /// One step (rollouts, rewards, advantages, updates) on the items `batches[0]`
@@ -1386,6 +1420,9 @@ impl GrpoTask for GrpoTrainer<'_> {
     fn reference_mut(&mut self) -> &mut Option<Qwen2> {
         &mut self.reference
     }
+    fn reference(&self) -> Option<&Qwen2> {
+        self.reference.as_ref()
+    }
     fn items(&self) -> usize {
         self.train.len()
     }
@@ -1418,6 +1455,39 @@ impl GrpoTask for GrpoTrainer<'_> {
         }
         self.evaluate_held_out_sharded(comm).map(Some)
     }
+}
+
+/// `reference = alpha * policy + (1 - alpha) * reference`, parameter by parameter, in f32 and
+/// stored in the reference's dtype; `alpha = 1` copies the policy's weights exactly.
+pub fn move_reference(policy: &Qwen2, reference: &Qwen2, alpha: f64) -> Result<()> {
+    let (p, r) = (policy.params(), reference.params());
+    if p.len() != r.len() {
+        return Err(Error::Config(format!(
+            "reference_sync: the reference has {} parameters and the policy {}",
+            r.len(),
+            p.len()
+        )));
+    }
+    for (p, r) in p.iter().zip(r) {
+        let (pv, rv) = (p.value(), r.value());
+        if pv.dims() != rv.dims() {
+            return Err(Error::Config(format!(
+                "reference_sync: {} is {:?} in the policy and {:?} in the reference",
+                p.name(),
+                pv.dims(),
+                rv.dims()
+            )));
+        }
+        let mixed = if alpha == 1.0 {
+            pv.to_dtype(rv.dtype())?
+        } else {
+            let wide = artist_tensor::DType::F32;
+            let a = pv.to_dtype(wide)?.mul_scalar(alpha as f32)?;
+            a.add(&rv.to_dtype(wide)?.mul_scalar((1.0 - alpha) as f32)?)?.to_dtype(rv.dtype())?
+        };
+        rv.copy_from(&mixed)?;
+    }
+    Ok(())
 }
 
 /// Runs GRPO into `run_dir`: `opts.resume` continues from its newest checkpoint,
@@ -1499,6 +1569,11 @@ fn run<T: GrpoTask>(
         checkpoint::load_optimizer(&dir, &mut optimizer, &state)?;
         start = state.step;
         drawn = state.batches_drawn.unwrap_or(state.step);
+        // A reference the run has moved was saved with the checkpoint.
+        let moved = dir.join(checkpoint::REFERENCE_DIR);
+        if c.reference_sync.every > 0 && moved.is_dir() {
+            *trainer.reference_mut() = Some(Qwen2::load_on(&moved, trainer.model().device())?);
+        }
     }
     let schedule = LrSchedule {
         base_lr: c.optim.lr,
@@ -1526,7 +1601,18 @@ fn run<T: GrpoTask>(
             config: serde_json::to_value(&c).expect("JSON"),
         };
         let _range = artist_tensor::nvtx::range("checkpoint");
-        checkpoint::save(run_dir, trainer.model(), optimizer, &state, Some(&c.model), c.keep_last)
+        // Once the run has moved the reference, it travels with the checkpoint.
+        let sync = c.reference_sync.every;
+        let reference = trainer.reference().filter(|_| sync > 0 && step >= sync);
+        checkpoint::save_with_reference(
+            run_dir,
+            trainer.model(),
+            optimizer,
+            &state,
+            Some(&c.model),
+            c.keep_last,
+            reference,
+        )
     };
     let end = opts.stop_after.map_or(c.steps, |s| s.min(c.steps));
     let bar = crate::sft::progress_bar(opts.progress && lead, start, c.steps);
@@ -1577,6 +1663,14 @@ fn run<T: GrpoTask>(
         let batches: Vec<Vec<usize>> = (0..c.max_sampling_rounds as u64).map(|r| order.step(drawn + r).1).collect();
         let mut m = trainer.step_sharded(step, &batches, &mut optimizer, schedule.lr(step), dist.as_deref_mut())?;
         drawn += m.sampling_rounds.unwrap_or(1) as u64;
+        let sync = c.reference_sync;
+        if sync.every > 0
+            && (step + 1) % sync.every == 0
+            && let Some(reference) = trainer.reference()
+        {
+            let _range = artist_tensor::nvtx::range("reference sync");
+            move_reference(trainer.model(), reference, sync.alpha)?;
+        }
         if c.eval.due_after(step + 1, c.steps)
             && let Some((e, secs)) = evaluate(trainer, dist.as_deref_mut(), step + 1)?
         {

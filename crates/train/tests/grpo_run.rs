@@ -364,3 +364,54 @@ fn an_entropy_bonus_raises_the_entropy() {
     assert_eq!(plain[0], bonus[0], "step 1 measures the same policy on the same samples");
     assert!(bonus[2] > bonus[0] && bonus[2] > plain[2], "without {plain:?}, with {bonus:?}");
 }
+
+fn parity_trainer(config: GrpoRunConfig) -> GrpoTrainer<'static> {
+    common::math_trainer(config, &common::parity)
+}
+
+/// `reference_sync`: every 2 steps the reference becomes the policy (alpha 1), so the KL,
+/// exactly 0 at step 1, is exactly 0 again at step 3 and positive between; a run stopped at
+/// step 3 resumes with the moved reference (saved in the checkpoint) and ends as the
+/// uninterrupted run does. With alpha 0.5 the reference is the halfway mix. (The parity
+/// judge gives the groups differing rewards, so every step trains.)
+#[test]
+fn the_reference_follows_the_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = |sets: &[&str]| {
+        let mut all = vec!["steps=4", "save_every=1", "grpo.beta=0.04", "reference_sync.every=2"];
+        all.extend_from_slice(sets);
+        common::tiny_grpo_config(&all)
+    };
+    let mut t = parity_trainer(config(&[]));
+    let m = train(&tmp.path().join("run"), &mut t, &fresh()).unwrap();
+    let kl: Vec<f64> = m.iter().map(|s| s.kl).collect();
+    assert!(kl[0] == 0.0 && kl[2] == 0.0 && kl[1] > 0.0 && kl[3] > 0.0, "KL per step {kl:?}");
+    let weights = common::weights(&t.model);
+
+    // Stopped after step 3 (the reference moved at step 2), then resumed.
+    let run = tmp.path().join("stopped");
+    let mut first = parity_trainer(config(&[]));
+    train(&run, &mut first, &RunOptions { stop_after: Some(3), ..fresh() }).unwrap();
+    let saved = artist_train::checkpoint::latest(&run).unwrap().unwrap();
+    assert!(saved.join(artist_train::checkpoint::REFERENCE_DIR).join("model.safetensors").exists());
+    let mut resumed = parity_trainer(config(&[]));
+    let m2 = train(&run, &mut resumed, &RunOptions { resume: true, ..fresh() }).unwrap();
+    assert_eq!((m2.len(), m2[0].kl), (1, m[3].kl), "the resumed step's KL");
+    assert_eq!(common::weights(&resumed.model), weights, "the resumed run ended elsewhere");
+
+    // alpha 0.5, one sync at the end of step 2: the reference is the mean of the start and
+    // the policy after step 2.
+    let mut half = parity_trainer(config(&["steps=2", "reference_sync.alpha=0.5"]));
+    let start = common::weights(&half.model);
+    train(&tmp.path().join("half"), &mut half, &fresh()).unwrap();
+    let (policy, reference) = (common::weights(&half.model), common::weights(half.reference.as_ref().unwrap()));
+    let want: Vec<Vec<f32>> =
+        policy.iter().zip(&start).map(|(p, s)| p.iter().zip(s).map(|(p, s)| 0.5 * p + 0.5 * s).collect()).collect();
+    assert!(common::max_diff(&reference, &want) <= 1e-7, "{}", common::max_diff(&reference, &want));
+    assert!(common::max_diff(&policy, &start) > 1e-4, "the policy moved too little to show anything");
+
+    let e = common::tiny_grpo_config(&["reference_sync.every=2"]).validate(Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("reference_sync") && e.contains("grpo.beta"), "{e}");
+    let e = config(&["reference_sync.alpha=0"]).validate(Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("reference_sync.alpha"), "{e}");
+}
