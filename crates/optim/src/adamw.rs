@@ -143,6 +143,19 @@ impl AdamW {
         Ok(())
     }
 
+    /// Forgets the moments and step counts (ProRL resets them with its reference), keeping
+    /// the weights and their f32 masters: the next step is a first step from where the
+    /// weights are.
+    pub fn reset_moments(&mut self) -> Result<()> {
+        for s in &mut self.slots {
+            let v = s.param.value();
+            s.exp_avg = Tensor::zeros(v.shape().clone(), DType::F32, v.device())?;
+            s.exp_avg_sq = Tensor::zeros(v.shape().clone(), DType::F32, v.device())?;
+            s.step = 0;
+        }
+        Ok(())
+    }
+
     /// The f32 weights of every parameter (masters for half-precision ones): what a
     /// checkpoint must hold for a resumed run to continue bit for bit.
     pub fn master_weights(&self) -> impl Iterator<Item = (&Param, &Tensor)> {
@@ -162,4 +175,43 @@ pub fn clip_grad_norm(grads: &mut Gradients, max_norm: f64) -> Result<f64> {
         }
     }
     Ok(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use artist_autograd::Tape;
+    use artist_tensor::Device;
+
+    /// After `reset_moments`, a step is the step a fresh optimiser takes from the same
+    /// weights, to the bit; without the reset it is not.
+    #[test]
+    fn a_reset_optimiser_steps_as_a_fresh_one() {
+        let w0: Vec<f32> = (0..12).map(|i| (i as f32 * 0.37).sin()).collect();
+        let param = |name: &str| Param::new(name, Tensor::from_vec(w0.clone(), (3, 4), Device::Cpu).unwrap());
+        let grads = |p: &Param, k: f32| {
+            let tape = Tape::new();
+            let x = tape.param(p);
+            tape.backward(&x.mul(&x).unwrap().mul_scalar(k).unwrap().sum_all().unwrap()).unwrap()
+        };
+        let config = AdamWConfig::default();
+        // Two copies trained alike for three steps; then one forgets its moments.
+        let (reset, kept, fresh) = (param("w"), param("w"), param("w"));
+        let (mut opt_reset, mut opt_kept) =
+            (AdamW::new(&[&reset], config).unwrap(), AdamW::new(&[&kept], config).unwrap());
+        for k in [1.0, -0.5, 2.0] {
+            opt_reset.step(&grads(&reset, k), 1e-2).unwrap();
+            opt_kept.step(&grads(&kept, k), 1e-2).unwrap();
+        }
+        opt_reset.reset_moments().unwrap();
+        assert_eq!(opt_reset.state().1["w"], 0);
+        fresh.value().copy_from(reset.value()).unwrap();
+        let mut opt_fresh = AdamW::new(&[&fresh], config).unwrap();
+        for (p, opt) in [(&reset, &mut opt_reset), (&kept, &mut opt_kept), (&fresh, &mut opt_fresh)] {
+            opt.step(&grads(p, 0.7), 1e-2).unwrap();
+        }
+        let bits = |p: &Param| -> Vec<u32> { p.value().to_f32_vec().unwrap().iter().map(|x| x.to_bits()).collect() };
+        assert_eq!(bits(&reset), bits(&fresh));
+        assert_ne!(bits(&kept), bits(&fresh), "the moments made no difference: the test shows nothing");
+    }
 }

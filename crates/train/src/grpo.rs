@@ -218,11 +218,13 @@ pub struct ReferenceSync {
     /// The policy's share in the new reference: 1 replaces it with the policy (ProRL's hard
     /// reset); TRL's default mix-up is 0.6. In (0, 1].
     pub alpha: f64,
+    /// Also forget AdamW's moments at each move (ProRL resets them with the reference).
+    pub reset_optimizer: bool,
 }
 
 impl Default for ReferenceSync {
     fn default() -> Self {
-        ReferenceSync { every: 0, alpha: 1.0 }
+        ReferenceSync { every: 0, alpha: 1.0, reset_optimizer: false }
     }
 }
 
@@ -1670,6 +1672,9 @@ fn run<T: GrpoTask>(
         {
             let _range = artist_tensor::nvtx::range("reference sync");
             move_reference(trainer.model(), reference, sync.alpha)?;
+            if sync.reset_optimizer {
+                optimizer.reset_moments()?;
+            }
         }
         if c.eval.due_after(step + 1, c.steps)
             && let Some((e, secs)) = evaluate(trainer, dist.as_deref_mut(), step + 1)?

@@ -410,6 +410,15 @@ fn the_reference_follows_the_policy() {
     assert!(common::max_diff(&reference, &want) <= 1e-7, "{}", common::max_diff(&reference, &want));
     assert!(common::max_diff(&policy, &start) > 1e-4, "the policy moved too little to show anything");
 
+    // reset_optimizer: the checkpoint written just after the move holds fresh moments.
+    let mut reset = parity_trainer(config(&["steps=2", "reference_sync.reset_optimizer=true"]));
+    train(&tmp.path().join("reset"), &mut reset, &fresh()).unwrap();
+    let saved = artist_train::checkpoint::latest(&tmp.path().join("reset")).unwrap().unwrap();
+    let state = artist_train::checkpoint::read_state(&saved).unwrap();
+    assert!(!state.optimizer_steps.is_empty() && state.optimizer_steps.values().all(|&s| s == 0), "{state:?}");
+    let step1 = artist_train::checkpoint::read_state(&saved.with_file_name("step-00000001")).unwrap();
+    assert!(step1.optimizer_steps.values().all(|&s| s == 1));
+
     let e = common::tiny_grpo_config(&["reference_sync.every=2"]).validate(Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("reference_sync") && e.contains("grpo.beta"), "{e}");
     let e = config(&["reference_sync.alpha=0"]).validate(Device::Cpu).unwrap_err().to_string();
