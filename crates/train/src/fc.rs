@@ -558,7 +558,7 @@ impl FcTrainer {
         entries: &[usize],
         at: LogPlace,
         log: &mut Vec<serde_json::Value>,
-    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 15])> {
+    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 17])> {
         let c = &self.config;
         let g = c.rollout.group_size;
         let t0 = Instant::now();
@@ -590,6 +590,7 @@ impl FcTrainer {
                 ("tool_errors".into(), ep.tool_errors.into()),
                 ("sampled_tokens".into(), ep.mask.iter().filter(|&&m| m == 1).count().into()),
                 ("response_tokens".into(), ep.ids.len().into()),
+                ("model_turns".into(), crate::grpo::model_turns(&ep.mask).into()),
             ]);
             log.push(line.into());
         }
@@ -619,6 +620,8 @@ impl FcTrainer {
             eps.iter().map(|e| e.mask.iter().filter(|&&x| x == 1).count()).sum::<usize>() as f64,
             eps.iter().filter(|e| e.tool_calls > 0).map(|e| e.mask.iter().filter(|&&x| x == 1).count()).sum::<usize>()
                 as f64,
+            eps.iter().map(|e| e.turns_played).sum::<usize>() as f64,
+            eps.iter().map(|e| crate::grpo::model_turns(&e.mask)).sum::<usize>() as f64,
             rollout_s,
         ];
         Ok((groups, sums))
@@ -723,6 +726,8 @@ impl GrpoTask for FcTrainer {
             flat,
             sampled,
             calling_tokens,
+            turns_played,
+            model_steps,
             rollout_s,
         ] = sums;
         let n = n.max(1.0);
@@ -738,6 +743,7 @@ impl GrpoTask for FcTrainer {
             response_tokens: response / n,
             tool_calls_per_rollout: calls / n,
             tokens_per_tool_call: (calls > 0.0).then(|| calling_tokens / calls),
+            steps_per_turn: (turns_played > 0.0).then(|| model_steps / turns_played),
             tool_success: if calls == 0.0 { 0.0 } else { successes / calls },
             flat_groups: flat as usize,
             truncated: truncated as usize,

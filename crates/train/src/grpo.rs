@@ -549,6 +549,13 @@ pub struct StepMetrics {
     /// "reasoning length per tool call": how much thinking and code goes into a call).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_per_tool_call: Option<f64>,
+    /// Math: the model's turns (runs of its own tokens between tool outputs) per rollout,
+    /// over the rollouts that gave an answer (ARTIST's "steps to the answer").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps_to_answer: Option<f64>,
+    /// BFCL: the model's turns (each a call or a reply) per user turn played.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps_per_turn: Option<f64>,
     pub tool_success: f64,
     pub kl: f64,
     /// The policy's mean token entropy (nats, at the sampling temperature) over the
@@ -601,6 +608,12 @@ impl StepMetrics {
         self.eval_tool_use = Some(e.tool_use);
         self.eval_s = Some(secs);
     }
+}
+
+/// The model's turns in a response: the runs of its own tokens (mask 1), which tool
+/// outputs and other forced text (mask 0) separate.
+pub fn model_turns(mask: &[u8]) -> usize {
+    (0..mask.len()).filter(|&j| mask[j] == 1 && (j == 0 || mask[j - 1] != 1)).count()
 }
 
 /// Whether a limit ended `r` (tokens, context, tool calls) rather than EOS or the stop text.
@@ -746,7 +759,7 @@ impl GrpoTrainer<'_> {
         problems: &[&Problem],
         at: LogPlace,
         log: &mut Vec<serde_json::Value>,
-    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 16])> {
+    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 18])> {
         let c = &self.config;
         let o = &c.overlong;
         let RolloutBatch { rollouts, rewards, correct, texts, seconds: rollout_s } = batch;
@@ -755,6 +768,8 @@ impl GrpoTrainer<'_> {
             .map(|r| artist_rl::overlong_penalty(r.ids.len(), c.rollout.max_response_tokens, o.buffer, o.penalty))
             .collect();
         let totals: Vec<f64> = rewards.iter().zip(&overlong).map(|(r, p)| r.total + p).collect();
+        // Rollouts that gave an answer, for the steps it took.
+        let answered: Vec<bool> = texts.iter().map(|t| artist_math::extract_answer(t).is_some()).collect();
         for (i, ro) in rollouts.iter().enumerate().take(c.log_rollouts.saturating_sub(log.len())) {
             let p = problems[ro.prompt_index];
             let mut line = at.line(ro.prompt_index, ro.sample_index);
@@ -771,6 +786,8 @@ impl GrpoTrainer<'_> {
                 ("tool_successes".into(), ro.tool_calls.iter().filter(|t| t.result.success).count().into()),
                 ("sampled_tokens".into(), ro.sampled_tokens().into()),
                 ("response_tokens".into(), ro.ids.len().into()),
+                ("model_turns".into(), model_turns(&ro.mask).into()),
+                ("answered".into(), answered[i].into()),
             ]);
             log.push(line.into());
         }
@@ -798,6 +815,9 @@ impl GrpoTrainer<'_> {
             rollouts.iter().map(|r| r.sampled_tokens()).sum::<usize>() as f64,
             overlong.iter().sum::<f64>(),
             rollouts.iter().filter(|r| !r.tool_calls.is_empty()).map(|r| r.sampled_tokens()).sum::<usize>() as f64,
+            answered.iter().filter(|&&a| a).count() as f64,
+            rollouts.iter().zip(&answered).filter(|(_, a)| **a).map(|(r, _)| model_turns(&r.mask)).sum::<usize>()
+                as f64,
             rollout_s,
         ];
         Ok((groups, sums))
@@ -846,6 +866,8 @@ impl GrpoTrainer<'_> {
             sampled,
             overlong,
             calling_tokens,
+            answered,
+            answer_steps,
             rollout_s,
         ] = sums;
         let mut m = StepMetrics {
@@ -867,6 +889,7 @@ impl GrpoTrainer<'_> {
         m.response_tokens = response / n;
         m.tool_calls_per_rollout = calls / n;
         m.tokens_per_tool_call = (calls > 0.0).then(|| calling_tokens / calls);
+        m.steps_to_answer = (answered > 0.0).then(|| answer_steps / answered);
         m.tool_success = if calls == 0.0 { 0.0 } else { successes / calls };
         m.truncated = truncated as usize;
         if train.is_empty() && comm.is_none() {

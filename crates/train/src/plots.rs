@@ -26,6 +26,8 @@ const PANELS: &[(&str, &str)] = &[
     ("reward_overlong", "overlong penalty (mean)"),
     ("tool_calls_per_rollout", "tool calls per rollout"),
     ("tokens_per_tool_call", "tokens written per tool call"),
+    ("steps_to_answer", "model turns to the answer"),
+    ("steps_per_turn", "model steps per user turn"),
     ("tool_success", "tool success"),
     ("response_tokens", "response tokens"),
     ("entropy", "policy entropy (nats)"),

@@ -305,8 +305,11 @@ fn two_grpo_steps_on_episodes() {
             assert!(l["turns_played"].as_u64().unwrap() >= 1 && l["valid"].is_boolean());
         }
         if g <= 4 {
-            let mean = step.iter().map(|l| l["reward"].as_f64().unwrap()).sum::<f64>() / g as f64;
+            let sum = |key: &str| step.iter().map(|l| l[key].as_f64().unwrap()).sum::<f64>();
+            let mean = sum("reward") / g as f64;
             assert!((mean - s.reward).abs() < 1e-9, "step {}: logged reward {mean} vs {}", s.step, s.reward);
+            let steps = sum("model_turns") / sum("turns_played");
+            assert_eq!(s.steps_per_turn, Some(steps), "step {}", s.step);
         }
     }
 }

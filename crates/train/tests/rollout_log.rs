@@ -27,7 +27,7 @@ fn teach_the_calculator(t: &GrpoTrainer<'_>) {
         let n = p.answer.parse::<u32>().unwrap() / 2;
         for (text, m) in [
             (format!("<calculator>{n}+{n}</calculator>"), 1u8),
-            (format!("<output>{}</output>", p.answer), 0),
+            (format!("<output>\n{}\n</output>\n", p.answer), 0),
             (format!("<answer>{}</answer>", p.answer), 1),
         ] {
             let piece = t.tokenizer.encode(&text).unwrap();
@@ -61,8 +61,8 @@ fn logged_rollouts_add_up_to_the_step_metrics() {
             "save_every=1",
             "log_rollouts=1000",
             "rollout.max_turn_tokens=24",
-            "rollout.max_response_tokens=48",
-            "rollout.max_context=160",
+            "rollout.max_response_tokens=80",
+            "rollout.max_context=200",
         ])
     };
     let mut t = common::math_trainer(config(2), &answer_is_gold);
@@ -80,7 +80,13 @@ fn logged_rollouts_add_up_to_the_step_metrics() {
             assert_eq!((l["prompt"].as_u64(), l["sample"].as_u64()), (Some((i / 3) as u64), Some((i % 3) as u64)));
             let text = l["completion"].as_str().unwrap();
             // Each call ran and its output was forced in: as many outputs as calls.
-            assert_eq!(text.matches("<output>").count() as f64, num(l, "tool_calls"), "{text}");
+            let outputs = text.matches("<output>").count() as f64;
+            assert_eq!(outputs, num(l, "tool_calls"), "{text}");
+            // An answer comes in a turn of its own after the last output.
+            assert_eq!(l["answered"].as_bool().unwrap(), artist_math::extract_answer(text).is_some());
+            if l["answered"] == true {
+                assert_eq!(num(l, "model_turns"), outputs + 1.0, "{text}");
+            }
             assert!(num(l, "sampled_tokens") <= num(l, "response_tokens"));
             let rewards = &l["rewards"];
             assert!((num(rewards, "total") - num(l, "reward")).abs() < 1e-12, "no overlong penalty here: {l}");
@@ -95,6 +101,14 @@ fn logged_rollouts_add_up_to_the_step_metrics() {
         close("accuracy", sum(&|l| l["correct"].as_bool().unwrap() as u8 as f64) / n, m.accuracy);
         close("response tokens", sum(&|l| num(l, "response_tokens")) / n, m.response_tokens);
         close("tool calls per rollout", calls / n, m.tool_calls_per_rollout);
+        let answered: Vec<&&serde_json::Value> = step.iter().filter(|l| l["answered"] == true).collect();
+        match m.steps_to_answer {
+            Some(s) => {
+                let turns = answered.iter().map(|l| num(l, "model_turns")).sum::<f64>();
+                close("steps to the answer", turns / answered.len() as f64, s);
+            }
+            None => assert!(answered.is_empty()),
+        }
         if calls > 0.0 {
             let calling = sum(&|l| if num(l, "tool_calls") > 0.0 { num(l, "sampled_tokens") } else { 0.0 });
             close("tokens per tool call", calling / calls, m.tokens_per_tool_call.unwrap());
@@ -103,11 +117,10 @@ fn logged_rollouts_add_up_to_the_step_metrics() {
             assert_eq!(m.tokens_per_tool_call, None);
         }
     }
-    eprintln!(
-        "{calls_seen} calls in 2 steps; tokens per call {:?}",
-        metrics.iter().map(|m| m.tokens_per_tool_call).collect::<Vec<_>>()
-    );
+    let figures: Vec<_> = metrics.iter().map(|m| (m.tokens_per_tool_call, m.steps_to_answer)).collect();
+    eprintln!("{calls_seen} calls in 2 steps; tokens per call and steps to the answer {figures:?}");
     assert!(calls_seen >= 6.0, "the taught model should call the calculator: {calls_seen} calls in 2 steps");
+    assert!(metrics.iter().any(|m| m.steps_to_answer.is_some_and(|s| s >= 2.0)), "no answer after a call");
 
     // A run that died after logging step 3 but before its checkpoint: resuming from step 2
     // drops the line and logs step 3 once.
