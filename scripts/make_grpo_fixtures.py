@@ -18,7 +18,8 @@ The loss (the same formula artist implements, written here from its definition):
     lp_t  = log_softmax(logits / T)[token t]         (response tokens with mask 1 only)
     rho_t = exp(lp_t - old_t)
     l_t   = -min(rho_t A_i, clamp(rho_t, 1 - eps_low, 1 + eps_high) A_i) + beta KL_t
-    KL_t  = exp(ref_t - lp_t) - (ref_t - lp_t) - 1   (k3)   or   lp_t - ref_t   (k1)
+    KL_t  = exp(ref_t - lp_t) - (ref_t - lp_t) - 1   (k3),   (lp_t - ref_t)^2 / 2   (k2)
+            or   lp_t - ref_t   (k1)
     loss  = sum_t w_t l_t, with
       seq_mean_token_mean:      w_t = 1 / (n_i * S)    n_i generated tokens of rollout i,
                                                        S rollouts with any
@@ -67,6 +68,9 @@ CASES = [
     # the temperature, differentiated.
     {"name": "entropy_bonus", "aggregation": "seq_mean_token_mean", "clip_low": 0.2, "clip_high": 0.2,
      "beta": 0.04, "kl": "k3", "temperature": 0.7, "norm_length": 64, "entropy_coeff": 0.05},
+    # The k2 estimator (veRL's "mse"), with a large beta so the KL term shows.
+    {"name": "k2", "aggregation": "token_mean", "clip_low": 0.2, "clip_high": 0.2, "beta": 0.5,
+     "kl": "k2", "temperature": 1.0, "norm_length": 64},
 ]
 
 
@@ -137,6 +141,8 @@ def loss_of(model, batch, case):
             if case["kl"] == "k3":
                 d = ref - lp
                 kl = torch.exp(d) - d - 1
+            elif case["kl"] == "k2":
+                kl = 0.5 * (lp - ref) ** 2
             else:
                 kl = lp - ref
             per = per + case["beta"] * kl

@@ -4,7 +4,7 @@
 //!
 //! Per generated token `t` of rollout `i`, with `rho = exp(lp_t - lp_old_t)`:
 //! `l_t = -min(rho A_i, clip(rho, 1 - eps_low, 1 + eps_high) A_i) + beta KL_t`, where
-//! `KL_t` is `k3 = exp(ref - lp) - (ref - lp) - 1` or `k1 = lp - ref`. `lp` is computed
+//! `KL_t` is `k3 = exp(ref - lp) - (ref - lp) - 1`, `k2 = (lp - ref)^2 / 2` or `k1 = lp - ref`. `lp` is computed
 //! the way the sampler sampled: logits divided by the sampling temperature.
 //!
 //! With `clip_ratio_c = c > 1` (dual-clip PPO, Ye et al., 2020, as veRL applies it) a
@@ -66,12 +66,30 @@ pub enum ImportanceLevel {
     Sequence,
 }
 
+/// Estimators of `KL(pi || ref)` from one sampled token, with `d = lp - ref` (Schulman's
+/// k1, k2, k3; veRL's `kl`, `mse`, `low_var_kl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum KlEstimator {
+    /// `d`: unbiased, can be negative.
     K1,
+    /// `d^2 / 2`: biased, never negative, the gradient of k1's square.
+    K2,
+    /// `exp(-d) + d - 1`: unbiased and never negative (GRPO's).
     #[default]
     K3,
+}
+
+impl KlEstimator {
+    /// The estimate from a token's logprob under the policy and under the reference.
+    pub fn estimate(self, lp: f64, reference: f64) -> f64 {
+        let d = lp - reference;
+        match self {
+            KlEstimator::K1 => d,
+            KlEstimator::K2 => 0.5 * d * d,
+            KlEstimator::K3 => (-d).exp() + d - 1.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -325,6 +343,10 @@ pub fn grpo_loss_measuring(
                 d.exp()?.sub(&d)?.add_scalar(-1.0)?
             }
             KlEstimator::K1 => lp.sub(&ref_v)?,
+            KlEstimator::K2 => {
+                let d = lp.sub(&ref_v)?;
+                d.mul(&d)?.mul_scalar(0.5)?
+            }
         };
         kl_values = kl.value().to_vec::<f32>()?;
         per_token = per_token.add(&kl.mul_scalar(c.beta as f32)?)?;

@@ -95,6 +95,7 @@ fn reference_loss(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig) -> f64 {
                 let kl = match c.kl {
                     KlEstimator::K3 => (rf - lp[j]).exp() - (rf - lp[j]) - 1.0,
                     KlEstimator::K1 => lp[j] - rf,
+                    KlEstimator::K2 => 0.5 * (lp[j] - rf).powi(2),
                 };
                 l += c.beta * kl;
             }
@@ -129,6 +130,7 @@ fn loss_matches_the_formula_in_every_mode() {
         (Aggregation::SeqMeanTokenMean, 0.0, KlEstimator::K3, 1.0, (0.2, 0.2), 0.0, token, 0.0, 0.0),
         (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.28), 0.0, token, 0.0, 0.0),
         (Aggregation::SeqMeanTokenSumNorm, 0.1, KlEstimator::K1, 1.0, (0.2, 0.2), 0.0, token, 0.0, 0.0),
+        (Aggregation::SeqMeanTokenMean, 0.5, KlEstimator::K2, 1.0, (0.2, 0.2), 0.0, token, 0.0, 0.0),
         // Truncated importance sampling: weights from 0.67 to 1.49, capped at 1.2.
         (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.28), 1.2, token, 0.0, 0.0),
         // GSPO: sequence ratios 1.078, 1.042 and 1.051 on advantages 1.3, -0.6 and 0.4, so a

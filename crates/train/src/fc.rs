@@ -558,7 +558,7 @@ impl FcTrainer {
         entries: &[usize],
         at: LogPlace,
         log: &mut Vec<serde_json::Value>,
-    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 17])> {
+    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 18])> {
         let c = &self.config;
         let g = c.rollout.group_size;
         let t0 = Instant::now();
@@ -573,6 +573,13 @@ impl FcTrainer {
             .map(|ep| score_episode(&self.tokenizer, &self.data, ep, &c.fc_rewards, opts))
             .collect::<Result<_>>()?;
         let totals: Vec<f64> = scored.iter().map(|x| x.rewards.total).collect();
+        let items: Vec<_> = eps
+            .iter()
+            .map(|e| (e.prompt_ids.as_slice(), e.ids.as_slice(), e.mask.as_slice(), e.logprobs.as_slice()))
+            .collect();
+        let kls = crate::grpo::rollout_kls(self.reference.as_ref(), c, &items)?;
+        // What the advantages see: the reward less the KL penalty (nothing without one).
+        let scores: Vec<f64> = totals.iter().zip(&kls).map(|(t, k)| t - c.kl_reward.coef * k).collect();
         // Episodes come in entry order, `group_size` of each.
         for (i, (ep, s)) in eps.iter().zip(&scored).enumerate().take(c.log_rollouts.saturating_sub(log.len())) {
             let mut line = at.line(i / g, ep.sample);
@@ -592,12 +599,15 @@ impl FcTrainer {
                 ("response_tokens".into(), ep.ids.len().into()),
                 ("model_turns".into(), crate::grpo::model_turns(&ep.mask).into()),
             ]);
+            if c.kl_reward.coef > 0.0 {
+                line.insert("kl".into(), kls[i].into());
+            }
             log.push(line.into());
         }
         let (groups, flat) = groups_to_train(
             c,
             &eps,
-            &totals,
+            &scores,
             |ep| ep.mask.iter().any(|&m| m != 0) && !(c.overlong.mask_truncated && ep.truncated),
             |ep| (&ep.prompt_ids, &ep.ids, &ep.mask, &ep.logprobs),
         );
@@ -622,6 +632,7 @@ impl FcTrainer {
                 as f64,
             eps.iter().map(|e| e.turns_played).sum::<usize>() as f64,
             eps.iter().map(|e| crate::grpo::model_turns(&e.mask)).sum::<usize>() as f64,
+            kls.iter().sum::<f64>(),
             rollout_s,
         ];
         Ok((groups, sums))
@@ -728,6 +739,7 @@ impl GrpoTask for FcTrainer {
             calling_tokens,
             turns_played,
             model_steps,
+            kl_sum,
             rollout_s,
         ] = sums;
         let n = n.max(1.0);
@@ -744,6 +756,7 @@ impl GrpoTask for FcTrainer {
             tool_calls_per_rollout: calls / n,
             tokens_per_tool_call: (calls > 0.0).then(|| calling_tokens / calls),
             steps_per_turn: (turns_played > 0.0).then(|| model_steps / turns_played),
+            kl_reward: (c.kl_reward.coef > 0.0).then(|| kl_sum / n),
             tool_success: if calls == 0.0 { 0.0 } else { successes / calls },
             flat_groups: flat as usize,
             truncated: truncated as usize,

@@ -228,6 +228,26 @@ impl Default for ReferenceSync {
     }
 }
 
+/// The KL to the reference as a penalty on each rollout's reward (veRL's
+/// `use_kl_in_reward` with a fixed `kl_coef`; REINFORCE++'s form): the reward the
+/// advantages are computed from is `r - coef * sum_t KL_t`, summed over the rollout's
+/// generated tokens, with `KL_t` the estimator's value from the sampler's logprob and the
+/// reference's. Outcome estimators sum a token-level penalty this way (veRL's GRPO and
+/// REINFORCE++-baseline do), so it is a sequence-level one.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KlReward {
+    /// 0 (the default): off.
+    pub coef: f64,
+    pub estimator: artist_rl::KlEstimator,
+}
+
+impl Default for KlReward {
+    fn default() -> Self {
+        KlReward { coef: 0.0, estimator: artist_rl::KlEstimator::K1 }
+    }
+}
+
 /// A GRPO run: math problems with a tool, or BFCL function-calling episodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -237,8 +257,8 @@ pub struct GrpoRunConfig {
     pub task: Task,
     /// The Hugging Face model directory training starts from.
     pub model: PathBuf,
-    /// The frozen reference model of the KL term (only loaded when `grpo.beta > 0`);
-    /// unset: `model`, the policy as it starts.
+    /// The reference model of the KL terms (only loaded when one uses it: `grpo.beta > 0`
+    /// or `kl_reward.coef > 0`); unset: `model`, the policy as it starts.
     pub reference_model: Option<PathBuf>,
     /// Updating the reference from the policy during the run (off by default).
     pub reference_sync: ReferenceSync,
@@ -287,6 +307,9 @@ pub struct GrpoRunConfig {
     pub rollout: RolloutSettings,
     pub grpo: GrpoConfig,
     pub advantages: AdvantageConfig,
+    /// The KL to the reference taken off each rollout's reward before the advantages
+    /// (off by default; the loss's own KL term is `grpo.beta`).
+    pub kl_reward: KlReward,
     /// Math rewards (`task = "math"`).
     pub rewards: MathRewardWeights,
     /// BFCL episodes (`task = "bfcl"`).
@@ -333,6 +356,7 @@ impl Default for GrpoRunConfig {
             rollout: RolloutSettings::default(),
             grpo: GrpoConfig::default(),
             advantages: AdvantageConfig::default(),
+            kl_reward: KlReward::default(),
             rewards: MathRewardWeights::default(),
             bfcl: Default::default(),
             fc_rewards: Default::default(),
@@ -397,6 +421,11 @@ impl GrpoRunConfig {
         }
     }
 
+    /// Whether a KL term needs the reference model (`grpo.beta > 0` or `kl_reward.coef > 0`).
+    pub fn uses_reference(&self) -> bool {
+        self.grpo.beta > 0.0 || self.kl_reward.coef > 0.0
+    }
+
     /// Checks the settings for a model on `device`.
     pub fn validate(&self, device: artist_tensor::Device) -> Result<()> {
         let r = &self.rollout;
@@ -412,10 +441,15 @@ impl GrpoRunConfig {
                 self.grpo.entropy_coeff
             )));
         }
+        let kr = self.kl_reward.coef;
+        if !(kr >= 0.0 && kr.is_finite()) {
+            return Err(Error::Config(format!("kl_reward.coef must be a finite number >= 0, got {kr}")));
+        }
         let sync = &self.reference_sync;
-        if sync.every > 0 && self.grpo.beta == 0.0 {
+        if sync.every > 0 && !self.uses_reference() {
             return Err(Error::Config(
-                "reference_sync.every moves the KL term's reference, and grpo.beta = 0 has none: set grpo.beta > 0"
+                "reference_sync.every moves the KL reference, and with grpo.beta = 0 and kl_reward.coef = 0 there \
+                 is none: set grpo.beta > 0 or kl_reward.coef > 0"
                     .into(),
             ));
         }
@@ -558,6 +592,10 @@ pub struct StepMetrics {
     pub steps_per_turn: Option<f64>,
     pub tool_success: f64,
     pub kl: f64,
+    /// With `kl_reward`: the mean over rollouts of their summed KL to the reference (the
+    /// penalty is `kl_reward.coef` times it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl_reward: Option<f64>,
     /// The policy's mean token entropy (nats, at the sampling temperature) over the
     /// trained tokens, before the step's first update.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -608,6 +646,56 @@ impl StepMetrics {
         self.eval_tool_use = Some(e.tool_use);
         self.eval_s = Some(secs);
     }
+}
+
+/// A rollout as the KL penalty reads it: prompt ids, ids, mask and the sampler's logprobs.
+pub(crate) type RolloutView<'a> = (&'a [u32], &'a [u32], &'a [u8], &'a [f32]);
+
+/// Each rollout's KL to the reference summed over its generated tokens, with
+/// `kl_reward.estimator` from the sampler's logprobs and the reference's (computed with the
+/// loss's numerics, at the sampling temperature, nothing recorded for backward); zeros when
+/// `kl_reward.coef` is 0.
+pub(crate) fn rollout_kls(
+    reference: Option<&Qwen2>,
+    c: &GrpoRunConfig,
+    rollouts: &[RolloutView<'_>],
+) -> Result<Vec<f64>> {
+    if c.kl_reward.coef == 0.0 {
+        return Ok(vec![0.0; rollouts.len()]);
+    }
+    let _range = artist_tensor::nvtx::range("kl reward");
+    let reference = reference.ok_or_else(|| {
+        Error::Config("kl_reward.coef > 0 but no reference model is loaded (grpo::train loads one)".into())
+    })?;
+    let live: Vec<usize> = (0..rollouts.len()).filter(|&i| rollouts[i].2.contains(&1)).collect();
+    let train: Vec<TrainRollout> = live
+        .iter()
+        .map(|&i| {
+            let (prompt_ids, ids, mask, logprobs) = rollouts[i];
+            TrainRollout {
+                prompt_ids: prompt_ids.to_vec(),
+                ids: ids.to_vec(),
+                mask: mask.to_vec(),
+                old_logprobs: logprobs.to_vec(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let refs: Vec<&TrainRollout> = train.iter().collect();
+    let dev = reference.device();
+    let ctx = Ctx::inference()
+        .with_attention_dtype(c.attention_dtype.dtype(dev))
+        .with_matmul_dtype(c.matmul_dtype.dtype(dev));
+    let micro = if c.micro_batch_rollouts == 0 { refs.len().max(1) } else { c.micro_batch_rollouts };
+    let lps = rollout_logprobs(reference, &ctx, &refs, c.rollout.temperature, micro)?;
+    let mut out = vec![0.0; rollouts.len()];
+    for ((&i, r), lp) in live.iter().zip(&train).zip(&lps) {
+        out[i] = (0..r.ids.len())
+            .filter(|&j| r.mask[j] == 1)
+            .map(|j| c.kl_reward.estimator.estimate(r.old_logprobs[j] as f64, lp[j] as f64))
+            .sum();
+    }
+    Ok(out)
 }
 
 /// The model's turns in a response: the runs of its own tokens (mask 1), which tool
@@ -759,7 +847,7 @@ impl GrpoTrainer<'_> {
         problems: &[&Problem],
         at: LogPlace,
         log: &mut Vec<serde_json::Value>,
-    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 18])> {
+    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 19])> {
         let c = &self.config;
         let o = &c.overlong;
         let RolloutBatch { rollouts, rewards, correct, texts, seconds: rollout_s } = batch;
@@ -768,6 +856,13 @@ impl GrpoTrainer<'_> {
             .map(|r| artist_rl::overlong_penalty(r.ids.len(), c.rollout.max_response_tokens, o.buffer, o.penalty))
             .collect();
         let totals: Vec<f64> = rewards.iter().zip(&overlong).map(|(r, p)| r.total + p).collect();
+        let items: Vec<_> = rollouts
+            .iter()
+            .map(|r| (r.prompt_ids.as_slice(), r.ids.as_slice(), r.mask.as_slice(), r.logprobs.as_slice()))
+            .collect();
+        let kls = rollout_kls(self.reference.as_ref(), c, &items)?;
+        // What the advantages see: the reward less the KL penalty (nothing without one).
+        let scores: Vec<f64> = totals.iter().zip(&kls).map(|(t, k)| t - c.kl_reward.coef * k).collect();
         // Rollouts that gave an answer, for the steps it took.
         let answered: Vec<bool> = texts.iter().map(|t| artist_math::extract_answer(t).is_some()).collect();
         for (i, ro) in rollouts.iter().enumerate().take(c.log_rollouts.saturating_sub(log.len())) {
@@ -789,12 +884,15 @@ impl GrpoTrainer<'_> {
                 ("model_turns".into(), model_turns(&ro.mask).into()),
                 ("answered".into(), answered[i].into()),
             ]);
+            if c.kl_reward.coef > 0.0 {
+                line.insert("kl".into(), kls[i].into());
+            }
             log.push(line.into());
         }
         let (groups, flat) = groups_to_train(
             c,
             &rollouts,
-            &totals,
+            &scores,
             |ro| ro.sampled_tokens() > 0 && !(o.mask_truncated && ended_by_a_limit(ro)),
             |ro| (&ro.prompt_ids, &ro.ids, &ro.mask, &ro.logprobs),
         );
@@ -818,6 +916,7 @@ impl GrpoTrainer<'_> {
             answered.iter().filter(|&&a| a).count() as f64,
             rollouts.iter().zip(&answered).filter(|(_, a)| **a).map(|(r, _)| model_turns(&r.mask)).sum::<usize>()
                 as f64,
+            kls.iter().sum::<f64>(),
             rollout_s,
         ];
         Ok((groups, sums))
@@ -868,6 +967,7 @@ impl GrpoTrainer<'_> {
             calling_tokens,
             answered,
             answer_steps,
+            kl_sum,
             rollout_s,
         ] = sums;
         let mut m = StepMetrics {
@@ -890,6 +990,7 @@ impl GrpoTrainer<'_> {
         m.tool_calls_per_rollout = calls / n;
         m.tokens_per_tool_call = (calls > 0.0).then(|| calling_tokens / calls);
         m.steps_to_answer = (answered > 0.0).then(|| answer_steps / answered);
+        m.kl_reward = (c.kl_reward.coef > 0.0).then(|| kl_sum / n);
         m.tool_success = if calls == 0.0 { 0.0 } else { successes / calls };
         m.truncated = truncated as usize;
         if train.is_empty() && comm.is_none() {
@@ -1551,10 +1652,12 @@ fn run<T: GrpoTask>(
     if lead {
         std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
     }
-    if c.grpo.beta > 0.0 && trainer.reference_mut().is_none() {
+    if c.uses_reference() && trainer.reference_mut().is_none() {
         let path = c.reference_model.as_ref().unwrap_or(&c.model);
         if path.as_os_str().is_empty() {
-            return Err(Error::Config("grpo.beta > 0 needs a reference model: set reference_model (or model)".into()));
+            return Err(Error::Config(
+                "grpo.beta > 0 or kl_reward.coef > 0 needs a reference model: set reference_model (or model)".into(),
+            ));
         }
         *trainer.reference_mut() = Some(Qwen2::load_on(path, trainer.model().device())?);
     }

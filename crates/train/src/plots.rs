@@ -32,6 +32,7 @@ const PANELS: &[(&str, &str)] = &[
     ("response_tokens", "response tokens"),
     ("entropy", "policy entropy (nats)"),
     ("kl", "KL to reference"),
+    ("kl_reward", "KL in the reward (per rollout)"),
     ("clip_fraction", "clip fraction"),
     ("sampler_logprob_gap", "sampler vs trainer |logprob gap|"),
     ("loss", "loss"),

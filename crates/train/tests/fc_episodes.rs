@@ -317,15 +317,17 @@ fn two_grpo_steps_on_episodes() {
 /// Data-parallel GRPO on episodes: 2 in-process ranks, each playing one of a step's two
 /// entries (its whole group), end 2 steps with the weights (within float reassociation;
 /// see grpo_data_parallel.rs) and the per-step metrics of one process on the same batches.
-/// The tiny model's episodes all score alike, so the advantages are 0: a KL term to another
-/// tiny model (tiny-bf16, same vocabulary) is what moves the weights, through the same
-/// sharded loss and gradient sums.
+/// The tiny model's episodes all score alike, so the advantages come from the KL to another
+/// tiny model (tiny-bf16, same vocabulary) taken off the rewards (`kl_reward`), and the
+/// loss's KL term to it moves the weights too, through the same sharded loss and gradient
+/// sums.
 #[test]
 fn two_ranks_play_and_train_as_one_process() {
     let Some(bfcl) = bfcl_dir() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let reference = kl_reference();
-    let sets = ["steps=2", "prompts_per_step=2", "grpo.beta=0.5", reference.as_str()];
+    // The KL in the reward too, so its per-rank sums are checked against one process.
+    let sets = ["steps=2", "prompts_per_step=2", "grpo.beta=0.5", "kl_reward.coef=0.01", reference.as_str()];
     let max_diff = |a: &[Vec<f32>], b: &[Vec<f32>]| {
         a.iter()
             .flatten()
@@ -365,6 +367,8 @@ fn two_ranks_play_and_train_as_one_process() {
         assert!((x.tool_calls_per_rollout - m.tool_calls_per_rollout).abs() < 1e-6);
         assert!((x.loss - m.loss).abs() <= 1e-6 * m.loss.abs().max(1.0), "loss {} vs {}", x.loss, m.loss);
         assert!(x.kl > 0.0 && (x.kl - m.kl).abs() <= 1e-6 * m.kl.abs().max(1.0), "kl {} vs {}", x.kl, m.kl);
+        let (a, b) = (x.kl_reward.unwrap(), m.kl_reward.unwrap());
+        assert!(b.abs() > 1e-3 && (a - b).abs() <= 1e-5 * b.abs(), "kl_reward {a} vs {b}");
     }
     assert_eq!(artist_train::metrics::read(&dir.join("metrics.jsonl")).unwrap().len(), 2);
 }
