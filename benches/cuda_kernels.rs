@@ -181,6 +181,15 @@ fn bench_mem(c: &mut Criterion, dev: Device) {
     g.bench_function("token_logprob_grad_f32", |b| {
         b.iter_custom(|n| timed(n, &mut || z.token_logprob_grad_in_place(&gvals, &lse, &targets, 1.0).unwrap()))
     });
+    // With an entropy bonus: the same one read and one write of the logits.
+    let (gh, h) = (vec![0.25f32; rows], vec![3.0f32; rows]);
+    g.bench_function("token_logprob_entropy_grad_f32", |b| {
+        b.iter_custom(|n| {
+            timed(n, &mut || {
+                z.token_logprob_entropy_grad_in_place(&gvals, &lse, &targets, 1.0, Some((&gh, &h))).unwrap()
+            })
+        })
+    });
 
     let n = s.adam;
     let (p, m, v, gr) = (

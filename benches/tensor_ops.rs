@@ -503,6 +503,20 @@ fn mem_softmax(c: &mut Criterion) {
     g.throughput(Throughput::BytesDecimal((2 * n * F32) as u64));
     g.bench_function("softmax", |b| b.iter(|| x.softmax(-1).unwrap()));
     g.bench_function("log_softmax", |b| b.iter(|| x.log_softmax(-1).unwrap()));
+    g.bench_function("softmax_entropy", |b| b.iter(|| x.softmax_entropy().unwrap()));
+    // The token logprobs' backward pass over the recomputed logits, in place (the values
+    // it reads stay finite: each pass replaces them by gradients of a few units at most),
+    // without and with an entropy bonus's gradient.
+    let lse: Vec<f32> = (0..rows).map(|_| 12.0).collect();
+    let (gl, gh, h) = (vec![0.5f32; rows], vec![0.25f32; rows], vec![3.0f32; rows]);
+    let targets: Vec<u32> = (0..rows as u32).map(|k| k * 31 % VOCAB as u32).collect();
+    let z = x.copy().unwrap();
+    g.bench_function("token_logprob_grad", |b| {
+        b.iter(|| z.token_logprob_grad_in_place(&gl, &lse, &targets, 1.0).unwrap())
+    });
+    g.bench_function("token_logprob_entropy_grad", |b| {
+        b.iter(|| z.token_logprob_entropy_grad_in_place(&gl, &lse, &targets, 1.0, Some((&gh, &h))).unwrap())
+    });
     g.finish();
 }
 

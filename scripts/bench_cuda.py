@@ -108,6 +108,16 @@ def torch_cases():
         return d
 
     out["mem/token_logprob_grad_f32"] = median_ms(logprob_grad)
+    gh = torch.full((ROWS, 1), 0.25, device=dev)
+    h = torch.full((ROWS, 1), 3.0, device=dev)
+
+    def logprob_entropy_grad():  # the same with an entropy bonus's gradient, as eager ops
+        lp = z - lse
+        d = -torch.exp(lp) * (gv + gh * (lp + h))
+        d[torch.arange(ROWS, device=dev), tg] += gv[:, 0]
+        return d
+
+    out["mem/token_logprob_entropy_grad_f32"] = median_ms(logprob_entropy_grad)
     p = torch.nn.Parameter(r(ADAM, dtype=torch.float32))
     p.grad = r(ADAM, dtype=torch.float32)
     opt = torch.optim.AdamW([p], lr=1e-5, fused=True)
