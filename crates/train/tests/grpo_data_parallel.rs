@@ -120,4 +120,10 @@ fn two_ranks_equal_one_process_on_the_global_batch() {
         assert_eq!(lines[0].get(key), single[0].get(key), "{key}");
     }
     assert!(artist_train::checkpoint::latest(&dir).unwrap().unwrap().ends_with("step-00000003"));
+    // rollouts.jsonl: rank 0's first four rollouts of each step are the single process's
+    // first four (the same prompts, seeds and texts), tagged with the same places.
+    let logged = |d: &Path| artist_train::metrics::read(&d.join(artist_train::metrics::ROLLOUTS_FILE)).unwrap();
+    let (ours, theirs) = (logged(&dir), logged(&tmp.path().join("single")));
+    assert_eq!(ours.len(), 3 * 4);
+    assert_eq!(ours, theirs, "rank 0 logged other rollouts than one process");
 }
