@@ -677,6 +677,7 @@ impl GrpoTask for FcTrainer {
         let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
         let shard = shard_range(data.entries.len(), rank, world);
         let mut sums = [0f64; crate::grpo::EVAL_SUMS];
+        let mut samples = Vec::new();
         if !shard.is_empty() {
             let seed = c.seed.wrapping_add(crate::grpo::EVAL_SEED);
             let s = EpisodeSettings {
@@ -695,9 +696,19 @@ impl GrpoTask for FcTrainer {
             let rewards: Vec<f64> = scored.iter().map(|x| x.rewards.total).collect();
             let tools: Vec<bool> = eps.iter().map(|ep| ep.tool_calls > 0).collect();
             sums = Evaluation::sums(&valid, &rewards, &tools, answers, None);
+            samples = (eps.iter().zip(&scored).take(e.log_samples))
+                .map(|(ep, s)| {
+                    serde_json::json!({
+                        "id": data.entries[ep.entry].id, "sample": ep.sample,
+                        "completion": self.tokenizer.decode_lossy(&ep.ids, false), "valid": s.check.valid,
+                        "error_type": s.check.error_type, "reward": s.rewards.total, "tool_calls": ep.tool_calls,
+                        "turns_played": ep.turns_played, "response_tokens": ep.ids.len(),
+                    })
+                })
+                .collect();
         }
         crate::grpo::sum_over_ranks(&mut sums, comm)?;
-        Ok(Some(Evaluation::from_sums(sums, false)))
+        Ok(Some(Evaluation { samples, ..Evaluation::from_sums(sums, false) }))
     }
 
     /// The entries of `batch` split over the ranks of `comm` (an entry's whole group on one

@@ -124,6 +124,10 @@ pub struct EvalSettings {
     /// (`skip` = the training's `first`); played with these settings' `max_steps_per_turn`
     /// and checked with their `irrelevance`. Accuracy is BFCL's verdict.
     pub bfcl: Option<crate::fc::BfclSettings>,
+    /// Answers of each evaluation written to `RUN_DIR/eval_rollouts.jsonl` (the first ones
+    /// of the lead rank's share of the problems, with the step they follow; veRL's
+    /// `log_val_generations`). 0: none.
+    pub log_samples: usize,
 }
 
 impl Default for EvalSettings {
@@ -137,6 +141,7 @@ impl Default for EvalSettings {
             temperature: 0.0,
             samples: 1,
             bfcl: None,
+            log_samples: 4,
         }
     }
 }
@@ -1012,24 +1017,45 @@ impl GrpoTrainer<'_> {
     /// the fraction of rollouts that called the tool.
     pub fn evaluate(&self, problems: &[Problem], temperature: f32, seed: u64) -> Result<Evaluation> {
         let refs: Vec<&Problem> = problems.iter().collect();
-        let sums = self.evaluation_sums(&refs, temperature, seed, 1)?;
+        let (sums, _) = self.evaluation_sums(&refs, temperature, seed, 1, 0, 0)?;
         Ok(Evaluation::from_sums(sums, true))
     }
 
     /// `k` rollouts of each problem (rollout j of problem p samples with seed
     /// `seed + p * k + j`), summed as [`EvalSums`]. A problem's majority answer
     /// ([`artist_math::majority`] over the answers extracted from its rollouts) is correct
-    /// when the verifier judged the rollout it came from correct.
-    fn evaluation_sums(&self, problems: &[&Problem], temperature: f32, seed: u64, k: usize) -> Result<EvalSums> {
+    /// when the verifier judged the rollout it came from correct. Also the first `log`
+    /// answers as `eval_rollouts.jsonl` lines, problems numbered from `first`.
+    fn evaluation_sums(
+        &self,
+        problems: &[&Problem],
+        temperature: f32,
+        seed: u64,
+        k: usize,
+        log: usize,
+        first: usize,
+    ) -> Result<(EvalSums, Vec<serde_json::Value>)> {
         if problems.is_empty() {
-            return Ok([0.0; EVAL_SUMS]);
+            return Ok(([0.0; EVAL_SUMS], Vec::new()));
         }
         let RolloutBatch { rollouts, rewards, correct, texts, .. } =
             self.rollouts_with(problems, seed, temperature, k)?;
         let answers: Vec<Option<String>> = texts.iter().map(|t| artist_math::extract_answer(t)).collect();
+        let samples = (rollouts.iter().enumerate().take(log))
+            .map(|(i, ro)| {
+                let p = problems[ro.prompt_index];
+                serde_json::json!({
+                    "problem_index": first + ro.prompt_index, "sample": ro.sample_index, "problem": p.problem,
+                    "gold": p.answer, "completion": texts[i], "extracted": answers[i], "correct": correct[i],
+                    "reward": rewards[i].total, "tool_calls": ro.tool_calls.len(),
+                    "response_tokens": ro.ids.len(), "finish": ro.finish,
+                })
+            })
+            .collect();
         let rewards: Vec<f64> = rewards.iter().map(|r| r.total).collect();
         let tools: Vec<bool> = rollouts.iter().map(|r| !r.tool_calls.is_empty()).collect();
-        Ok(Evaluation::sums(&correct, &rewards, &tools, k, Some(&majority_correct(&answers, &correct, k))))
+        let sums = Evaluation::sums(&correct, &rewards, &tools, k, Some(&majority_correct(&answers, &correct, k)));
+        Ok((sums, samples))
     }
 
     /// [`GrpoTrainer::evaluate`] of the held-out problems with `[eval]`'s settings, split
@@ -1043,9 +1069,10 @@ impl GrpoTrainer<'_> {
         let shard = shard_range(self.held_out.len(), rank, world);
         let refs: Vec<&Problem> = self.held_out[shard.clone()].iter().collect();
         let seed = self.config.seed.wrapping_add(EVAL_SEED).wrapping_add((shard.start * answers) as u64);
-        let mut sums = self.evaluation_sums(&refs, e.temperature, seed, answers)?;
+        let (mut sums, samples) =
+            self.evaluation_sums(&refs, e.temperature, seed, answers, e.log_samples, shard.start)?;
         sum_over_ranks(&mut sums, comm)?;
-        Ok(Evaluation::from_sums(sums, true))
+        Ok(Evaluation { samples, ..Evaluation::from_sums(sums, true) })
     }
 }
 
@@ -1429,8 +1456,12 @@ pub struct RolloutBatch {
 }
 
 /// What [`GrpoTrainer::evaluate`] measured.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Evaluation {
+    /// The first `eval.log_samples` answers this rank played, one JSON object each, for
+    /// `eval_rollouts.jsonl` (not summed over ranks).
+    #[serde(skip)]
+    pub samples: Vec<serde_json::Value>,
     /// Correct answers over answers (pass@1, the mean over a problem's answers).
     pub accuracy: f64,
     pub reward: f64,
@@ -1452,6 +1483,7 @@ impl Evaluation {
     ) -> Evaluation {
         let (n, problems) = (n.max(1.0), problems.max(1.0));
         Evaluation {
+            samples: Vec::new(),
             accuracy: correct / n,
             reward: reward / n,
             tool_use: tool_use / n,
@@ -1717,6 +1749,25 @@ fn run<T: GrpoTask>(
     } else {
         None
     };
+    let mut eval_log = if lead && c.eval.log_samples > 0 {
+        let path = run_dir.join(crate::metrics::EVAL_ROLLOUTS_FILE);
+        Some(crate::metrics::JsonLines::open(&path, resume.then_some(start))?)
+    } else {
+        None
+    };
+    // An evaluation's logged answers, each tagged with the step it follows.
+    let log_eval = |log: &mut Option<crate::metrics::JsonLines>, e: &Evaluation, step: u64| -> Result<()> {
+        let Some(log) = log.as_mut() else { return Ok(()) };
+        for sample in &e.samples {
+            let mut line = serde_json::Map::new();
+            line.insert("step".into(), step.into());
+            if let Some(fields) = sample.as_object() {
+                line.extend(fields.clone());
+            }
+            log.write(&line.into())?;
+        }
+        Ok(())
+    };
     let mut all = Vec::new();
     let save = |trainer: &T, optimizer: &AdamW, step: u64, drawn: u64| -> Result<PathBuf> {
         let state = TrainerState {
@@ -1752,7 +1803,7 @@ fn run<T: GrpoTask>(
             trainer.evaluate_held_out(dist)?
         };
         let secs = t.elapsed().as_secs_f64();
-        if let Some(e) = e.filter(|_| lead) {
+        if let Some(e) = e.as_ref().filter(|_| lead) {
             let k = c.eval.answers_per_problem();
             let mut pass = String::new();
             if k > 1 {
@@ -1778,6 +1829,7 @@ fn run<T: GrpoTask>(
         && let Some((e, secs)) = evaluate(trainer, dist.as_deref_mut(), 0)?
         && let Some(metrics) = metrics.as_mut()
     {
+        log_eval(&mut eval_log, &e, 0)?;
         let mut m = StepMetrics::default();
         m.set_eval(&e, c.eval.answers_per_problem(), secs);
         let mut line = serde_json::to_value(&m).expect("JSON");
@@ -1805,6 +1857,7 @@ fn run<T: GrpoTask>(
         if c.eval.due_after(step + 1, c.steps)
             && let Some((e, secs)) = evaluate(trainer, dist.as_deref_mut(), step + 1)?
         {
+            log_eval(&mut eval_log, &e, step + 1)?;
             m.set_eval(&e, c.eval.answers_per_problem(), secs);
         }
         if let Some(metrics) = metrics.as_mut() {

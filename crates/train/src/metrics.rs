@@ -14,6 +14,8 @@ use crate::tensorboard::{EventWriter, TENSORBOARD_DIR};
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// The sampled rollouts a GRPO run logs (`log_rollouts` per step): [`JsonLines`].
 pub const ROLLOUTS_FILE: &str = "rollouts.jsonl";
+/// The answers of each held-out evaluation a GRPO run logs (`eval.log_samples`).
+pub const EVAL_ROLLOUTS_FILE: &str = "eval_rollouts.jsonl";
 
 pub struct Metrics {
     lines: JsonLines,

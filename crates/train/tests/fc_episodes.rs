@@ -416,6 +416,7 @@ fn held_out_entries_are_evaluated() {
         .collect();
     let want_reward = scored.iter().map(|x| x.rewards.total).sum::<f64>() / 2.0;
     let want_accuracy = scored.iter().filter(|x| x.check.valid).count() as f64 / 2.0;
+    let ids: Vec<String> = eps.iter().map(|ep| held_out.entries[ep.entry].id.clone()).collect();
     let run = tmp.path().join("run");
     let m = train(&run, &mut t, &quiet()).unwrap();
     let lines = artist_train::metrics::read(&run.join("metrics.jsonl")).unwrap();
@@ -423,6 +424,15 @@ fn held_out_entries_are_evaluated() {
     assert_eq!(lines[0]["step"].as_u64(), Some(0));
     assert_eq!(lines[0]["eval_accuracy"].as_f64(), Some(want_accuracy));
     assert!((lines[0]["eval_reward"].as_f64().unwrap() - want_reward).abs() < 1e-12, "{:?} vs {want_reward}", lines[0]);
+    // eval_rollouts.jsonl: both held-out episodes of the step-0 evaluation, as played above.
+    let logged = artist_train::metrics::read(&run.join("eval_rollouts.jsonl")).unwrap();
+    let at_start: Vec<_> = logged.iter().filter(|l| l["step"].as_u64() == Some(0)).collect();
+    assert_eq!(at_start.len(), 2);
+    for ((l, id), (ep, s)) in at_start.iter().zip(&ids).zip(eps.iter().zip(&scored)) {
+        assert_eq!(l["id"], id.as_str());
+        assert_eq!((l["valid"].as_bool(), l["reward"].as_f64()), (Some(s.check.valid), Some(s.rewards.total)));
+        assert_eq!(l["response_tokens"].as_u64(), Some(ep.ids.len() as u64));
+    }
     assert!(m[0].eval_accuracy.is_some() && m[0].eval_tool_use.is_some());
 
     let dir = tmp.path().join("ranks");

@@ -193,6 +193,18 @@ fn held_out_evaluation_is_logged_as_configured() {
     assert_eq!((m[1].eval_pass_at_k, m[1].eval_maj_at_k), (None, None), "greedy: one answer a problem");
     let svg = std::fs::read_to_string(run.join("curves.svg")).unwrap();
     assert!(svg.contains("held-out accuracy"));
+    // eval_rollouts.jsonl: the first four answers of each evaluation, tagged with the step
+    // they follow, judged as the judge says of their text.
+    let eval_lines = |run: &Path| artist_train::metrics::read(&run.join("eval_rollouts.jsonl")).unwrap();
+    let steps = |lines: &[serde_json::Value]| lines.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>();
+    let logged = eval_lines(&run);
+    assert_eq!(steps(&logged), [0, 0, 0, 0, 2, 2, 2, 2, 3, 3, 3, 3]);
+    for (i, l) in logged.iter().enumerate() {
+        let p = (i % 4) as u64;
+        assert_eq!((l["problem_index"].as_u64(), l["sample"].as_u64()), (Some(p), Some(0)));
+        assert_eq!(l["gold"], held_out[p as usize].answer.as_str());
+        assert_eq!(l["correct"].as_bool(), Some(parity(l["completion"].as_str().unwrap(), "")), "{l}");
+    }
 
     // Resuming at step 2 keeps the step-0 and step-2 evaluations and redoes step 3's.
     let mut t2 = common::math_trainer(
@@ -208,6 +220,7 @@ fn held_out_evaluation_is_logged_as_configured() {
     let evals: Vec<f64> =
         lines.iter().filter(|l| l.get("eval_accuracy").is_some()).map(|l| l["step"].as_f64().unwrap()).collect();
     assert_eq!(evals, [0.0, 2.0, 4.0]);
+    assert_eq!(steps(&eval_lines(&run)), [0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4], "step 3's answers were dropped");
 
     // Sampled, two answers a problem: the starting and the trained policy draw differently,
     // and each evaluation is what the trainer's own gives for those weights.
