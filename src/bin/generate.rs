@@ -328,7 +328,7 @@ fn run_batch(
 ) -> Result<()> {
     use std::io::BufRead;
 
-    use artist_engine::{Finish, RolloutConfig, RolloutEngine};
+    use artist_engine::{RolloutConfig, RolloutEngine};
 
     if args.n == 0 || args.max_batch == 0 {
         bail!("--n and --max-batch must be at least 1");
@@ -378,19 +378,13 @@ fn run_batch(
     let mut new_tokens = 0;
     for r in &rollouts {
         new_tokens += r.sampled_tokens();
-        let finish = match r.finish {
-            Finish::Eos => "eos",
-            Finish::Stop => "stop",
-            Finish::ToolCalls => "tool_calls",
-            Finish::TurnTokens | Finish::ResponseTokens | Finish::Context => "length",
-        };
         let mut line = serde_json::json!({
             "index": r.prompt_index,
             "sample": r.sample_index,
             "text": tok.decode_lossy(&r.ids, true),
             "token_ids": r.ids,
             "logprobs": r.logprobs,
-            "finish_reason": finish,
+            "finish_reason": r.finish.reason(),
             "prompt_tokens": r.prompt_ids.len(),
             "new_tokens": r.ids.len(),
         });

@@ -106,6 +106,19 @@ pub enum Finish {
     Context,
 }
 
+impl Finish {
+    /// The finish reason as vLLM and OpenAI's API name it: `eos`, `stop`, `tool_calls`, or
+    /// `length` for every token limit.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Finish::Eos => "eos",
+            Finish::Stop => "stop",
+            Finish::ToolCalls => "tool_calls",
+            Finish::TurnTokens | Finish::ResponseTokens | Finish::Context => "length",
+        }
+    }
+}
+
 /// One tool call of a rollout: the call text, the result, and where the forced output
 /// sits in the response (`output_start..output_start + output_len`).
 #[derive(Debug, Clone, Serialize)]

@@ -191,6 +191,13 @@ pub struct Episode {
     pub tool_errors: usize,
 }
 
+impl Episode {
+    /// The tokens the model wrote (mask 1), across all its turns.
+    pub fn sampled_tokens(&self) -> usize {
+        self.mask.iter().filter(|&&m| m == 1).count()
+    }
+}
+
 /// The live state of one episode's environments and tools.
 struct Live {
     session: Session,
@@ -577,9 +584,7 @@ impl FcTrainer {
             .iter()
             .map(|e| (e.prompt_ids.as_slice(), e.ids.as_slice(), e.mask.as_slice(), e.logprobs.as_slice()))
             .collect();
-        let kls = crate::grpo::rollout_kls(self.reference.as_ref(), c, &items)?;
-        // What the advantages see: the reward less the KL penalty (nothing without one).
-        let scores: Vec<f64> = totals.iter().zip(&kls).map(|(t, k)| t - c.kl_reward.coef * k).collect();
+        let (kls, scores) = crate::grpo::kl_scores(self.reference.as_ref(), c, &totals, &items)?;
         // Episodes come in entry order, `group_size` of each.
         for (i, (ep, s)) in eps.iter().zip(&scored).enumerate().take(c.log_rollouts.saturating_sub(log.len())) {
             let mut line = at.line(i / g, ep.sample);
@@ -595,7 +600,7 @@ impl FcTrainer {
                 ("truncated".into(), ep.truncated.into()),
                 ("tool_calls".into(), ep.tool_calls.into()),
                 ("tool_errors".into(), ep.tool_errors.into()),
-                ("sampled_tokens".into(), ep.mask.iter().filter(|&&m| m == 1).count().into()),
+                ("sampled_tokens".into(), ep.sampled_tokens().into()),
                 ("response_tokens".into(), ep.ids.len().into()),
                 ("model_turns".into(), crate::grpo::model_turns(&ep.mask).into()),
             ]);
@@ -627,9 +632,8 @@ impl FcTrainer {
             (calls - errors) as f64,
             eps.iter().filter(|e| e.truncated).count() as f64,
             flat as f64,
-            eps.iter().map(|e| e.mask.iter().filter(|&&x| x == 1).count()).sum::<usize>() as f64,
-            eps.iter().filter(|e| e.tool_calls > 0).map(|e| e.mask.iter().filter(|&&x| x == 1).count()).sum::<usize>()
-                as f64,
+            eps.iter().map(Episode::sampled_tokens).sum::<usize>() as f64,
+            eps.iter().filter(|e| e.tool_calls > 0).map(Episode::sampled_tokens).sum::<usize>() as f64,
             eps.iter().map(|e| e.turns_played).sum::<usize>() as f64,
             eps.iter().map(|e| crate::grpo::model_turns(&e.mask)).sum::<usize>() as f64,
             kls.iter().sum::<f64>(),

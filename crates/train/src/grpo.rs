@@ -426,6 +426,18 @@ impl GrpoRunConfig {
         }
     }
 
+    /// `ctx` with the loss's numerics on `device` (its attention and matmul dtypes): for the
+    /// loss itself and for everything it compares with (pi_old recomputed, the reference's
+    /// logprobs).
+    pub fn loss_numerics(&self, ctx: Ctx, device: artist_tensor::Device) -> Ctx {
+        ctx.with_attention_dtype(self.attention_dtype.dtype(device)).with_matmul_dtype(self.matmul_dtype.dtype(device))
+    }
+
+    /// Rollouts per forward/backward pass over a batch of `n` (`micro_batch_rollouts`, 0: all).
+    pub fn micro_batch(&self, n: usize) -> usize {
+        if self.micro_batch_rollouts == 0 { n.max(1) } else { self.micro_batch_rollouts }
+    }
+
     /// Whether a KL term needs the reference model (`grpo.beta > 0` or `kl_reward.coef > 0`).
     pub fn uses_reference(&self) -> bool {
         self.grpo.beta > 0.0 || self.kl_reward.coef > 0.0
@@ -656,6 +668,20 @@ impl StepMetrics {
 /// A rollout as the KL penalty reads it: prompt ids, ids, mask and the sampler's logprobs.
 pub(crate) type RolloutView<'a> = (&'a [u32], &'a [u32], &'a [u8], &'a [f32]);
 
+/// Each rollout's summed KL to the reference ([`rollout_kls`]) and the score its advantage
+/// is computed from: `totals` less `kl_reward.coef` times it (the totals themselves without
+/// a KL penalty).
+pub(crate) fn kl_scores(
+    reference: Option<&Qwen2>,
+    c: &GrpoRunConfig,
+    totals: &[f64],
+    rollouts: &[RolloutView<'_>],
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let kls = rollout_kls(reference, c, rollouts)?;
+    let scores = totals.iter().zip(&kls).map(|(t, k)| t - c.kl_reward.coef * k).collect();
+    Ok((kls, scores))
+}
+
 /// Each rollout's KL to the reference summed over its generated tokens, with
 /// `kl_reward.estimator` from the sampler's logprobs and the reference's (computed with the
 /// loss's numerics, at the sampling temperature, nothing recorded for backward); zeros when
@@ -687,12 +713,8 @@ pub(crate) fn rollout_kls(
         })
         .collect();
     let refs: Vec<&TrainRollout> = train.iter().collect();
-    let dev = reference.device();
-    let ctx = Ctx::inference()
-        .with_attention_dtype(c.attention_dtype.dtype(dev))
-        .with_matmul_dtype(c.matmul_dtype.dtype(dev));
-    let micro = if c.micro_batch_rollouts == 0 { refs.len().max(1) } else { c.micro_batch_rollouts };
-    let lps = rollout_logprobs(reference, &ctx, &refs, c.rollout.temperature, micro)?;
+    let ctx = c.loss_numerics(Ctx::inference(), reference.device());
+    let lps = rollout_logprobs(reference, &ctx, &refs, c.rollout.temperature, c.micro_batch(refs.len()))?;
     let mut out = vec![0.0; rollouts.len()];
     for ((&i, r), lp) in live.iter().zip(&train).zip(&lps) {
         out[i] = (0..r.ids.len())
@@ -865,9 +887,7 @@ impl GrpoTrainer<'_> {
             .iter()
             .map(|r| (r.prompt_ids.as_slice(), r.ids.as_slice(), r.mask.as_slice(), r.logprobs.as_slice()))
             .collect();
-        let kls = rollout_kls(self.reference.as_ref(), c, &items)?;
-        // What the advantages see: the reward less the KL penalty (nothing without one).
-        let scores: Vec<f64> = totals.iter().zip(&kls).map(|(t, k)| t - c.kl_reward.coef * k).collect();
+        let (kls, scores) = kl_scores(self.reference.as_ref(), c, &totals, &items)?;
         // Rollouts that gave an answer, for the steps it took.
         let answered: Vec<bool> = texts.iter().map(|t| artist_math::extract_answer(t).is_some()).collect();
         for (i, ro) in rollouts.iter().enumerate().take(c.log_rollouts.saturating_sub(log.len())) {
@@ -1352,12 +1372,11 @@ pub fn update_sharded(
     }
     out.trained = true;
     let (seqs, total) = (counts[0] as usize, counts[1] as usize);
-    let micro = if c.micro_batch_rollouts == 0 { train.len().max(1) } else { c.micro_batch_rollouts };
+    let micro = c.micro_batch(train.len());
     // The loss's numerics, for everything it compares with: pi_old recomputed and the
     // reference's logprobs.
     let dev = model.device();
-    let numerics =
-        |ctx: Ctx| ctx.with_attention_dtype(c.attention_dtype.dtype(dev)).with_matmul_dtype(c.matmul_dtype.dtype(dev));
+    let numerics = |ctx: Ctx| c.loss_numerics(ctx, dev);
     // Summed |recomputed - sampler's| over generated tokens, and their count.
     let mut gap = [0f32; 2];
     if c.recomputes_old_logprobs(dev) && !train.is_empty() {

@@ -1,7 +1,8 @@
 //! `metrics.jsonl`: one JSON object per optimiser step, flushed as it is written, so a
 //! run that dies loses no line it reported; each line also goes to TensorBoard's event
-//! file under `RUN_DIR/tensorboard/` ([`crate::tensorboard`]). `rollouts.jsonl`: the
-//! rollouts a GRPO run samples, as text with their rewards, in the same kind of file.
+//! file under `RUN_DIR/tensorboard/` ([`crate::tensorboard`]). `rollouts.jsonl` and
+//! `eval_rollouts.jsonl`: the rollouts a GRPO run samples and the answers of its held-out
+//! evaluations, as text with their rewards, in the same kind of file ([`JsonLines`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
