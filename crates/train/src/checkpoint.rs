@@ -55,6 +55,9 @@ pub struct TrainerState {
     /// is `step`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batches_drawn: Option<u64>,
+    /// GRPO with an adaptive `kl_reward` coefficient: its value for the next step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_reward_coef: Option<f64>,
     /// The seed every random choice derives from (data order).
     pub seed: u64,
     /// FNV-1a of the training examples, hex.

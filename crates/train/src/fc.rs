@@ -565,7 +565,7 @@ impl FcTrainer {
         entries: &[usize],
         at: LogPlace,
         log: &mut Vec<serde_json::Value>,
-    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 18])> {
+    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 19])> {
         let c = &self.config;
         let g = c.rollout.group_size;
         let t0 = Instant::now();
@@ -584,7 +584,8 @@ impl FcTrainer {
             .iter()
             .map(|e| (e.prompt_ids.as_slice(), e.ids.as_slice(), e.mask.as_slice(), e.logprobs.as_slice()))
             .collect();
-        let (kls, scores) = crate::grpo::kl_scores(self.reference.as_ref(), c, &totals, &items)?;
+        let crate::grpo::KlPenalty { kls, per_token, scores, ref_logprobs } =
+            crate::grpo::kl_scores(self.reference.as_ref(), c, &totals, &items)?;
         // Episodes come in entry order, `group_size` of each.
         for (i, (ep, s)) in eps.iter().zip(&scored).enumerate().take(c.log_rollouts.saturating_sub(log.len())) {
             let mut line = at.line(i / g, ep.sample);
@@ -613,6 +614,7 @@ impl FcTrainer {
             c,
             &eps,
             &scores,
+            ref_logprobs,
             |ep| ep.mask.iter().any(|&m| m != 0) && !(c.overlong.mask_truncated && ep.truncated),
             |ep| (&ep.prompt_ids, &ep.ids, &ep.mask, &ep.logprobs),
         );
@@ -637,6 +639,7 @@ impl FcTrainer {
             eps.iter().map(|e| e.turns_played).sum::<usize>() as f64,
             eps.iter().map(|e| crate::grpo::model_turns(&e.mask)).sum::<usize>() as f64,
             kls.iter().sum::<f64>(),
+            per_token.iter().sum::<f64>(),
             rollout_s,
         ];
         Ok((groups, sums))
@@ -655,6 +658,9 @@ impl GrpoTask for FcTrainer {
     }
     fn reference(&self) -> Option<&Qwen2> {
         self.reference.as_ref()
+    }
+    fn set_kl_reward_coef(&mut self, coef: f64) {
+        self.config.kl_reward.coef = coef;
     }
     fn items(&self) -> usize {
         self.data.entries.len()
@@ -755,6 +761,7 @@ impl GrpoTask for FcTrainer {
             turns_played,
             model_steps,
             kl_sum,
+            kl_per_token,
             rollout_s,
         ] = sums;
         let n = n.max(1.0);
@@ -771,7 +778,6 @@ impl GrpoTask for FcTrainer {
             tool_calls_per_rollout: calls / n,
             tokens_per_tool_call: (calls > 0.0).then(|| calling_tokens / calls),
             steps_per_turn: (turns_played > 0.0).then(|| model_steps / turns_played),
-            kl_reward: (c.kl_reward.coef > 0.0).then(|| kl_sum / n),
             tool_success: if calls == 0.0 { 0.0 } else { successes / calls },
             flat_groups: flat as usize,
             truncated: truncated as usize,
@@ -781,6 +787,7 @@ impl GrpoTask for FcTrainer {
             ..Default::default()
         };
         (m.sampling_rounds, m.trained_groups) = quota.counts();
+        m.set_kl_reward(&c.kl_reward, kl_sum, kl_per_token, n);
         let u = update_sharded(&self.model, self.reference.as_ref(), train, &c, optimizer, lr, step, comm)?;
         (m.loss, m.grad_norm, m.clip_fraction, m.kl) = (u.loss, u.grad_norm, u.clip_fraction, u.kl);
         m.sampler_logprob_gap = u.sampler_logprob_gap;

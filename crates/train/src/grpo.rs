@@ -234,22 +234,55 @@ impl Default for ReferenceSync {
 }
 
 /// The KL to the reference as a penalty on each rollout's reward (veRL's
-/// `use_kl_in_reward` with a fixed `kl_coef`; REINFORCE++'s form): the reward the
-/// advantages are computed from is `r - coef * sum_t KL_t`, summed over the rollout's
-/// generated tokens, with `KL_t` the estimator's value from the sampler's logprob and the
-/// reference's. Outcome estimators sum a token-level penalty this way (veRL's GRPO and
-/// REINFORCE++-baseline do), so it is a sequence-level one.
+/// `use_kl_in_reward`; REINFORCE++'s form): the reward the advantages are computed from is
+/// `r - coef * sum_t KL_t`, summed over the rollout's generated tokens, with `KL_t` the
+/// estimator's value from the sampler's logprob and the reference's. Outcome estimators
+/// sum a token-level penalty this way (veRL's GRPO and REINFORCE++-baseline do), so it is
+/// a sequence-level one.
+///
+/// The coefficient is fixed, or with `target > 0` adaptive (veRL's `kl_ctrl.type =
+/// "adaptive"`, TRL's and OpenRLHF's `AdaptiveKLController`, from Ziegler et al. 2019):
+/// after each step it is multiplied by `1 + e * n / horizon`, where `e` is the step's mean
+/// per-token KL over `target`, less 1, clipped to [-0.2, 0.2], and `n` the rollouts the
+/// step played ([`KlReward::adapted`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KlReward {
-    /// 0 (the default): off.
+    /// 0 (the default): off. With `target > 0`, the first step's coefficient.
     pub coef: f64,
     pub estimator: artist_rl::KlEstimator,
+    /// The mean per-token KL the adaptive coefficient steers toward (veRL's `target_kl`);
+    /// 0 (the default): the coefficient stays `coef`.
+    pub target: f64,
+    /// Rollouts over which the adaptive coefficient may change by a factor of about
+    /// e^0.2 (veRL's `kl_ctrl.horizon`; default 10000).
+    pub horizon: f64,
 }
 
 impl Default for KlReward {
     fn default() -> Self {
-        KlReward { coef: 0.0, estimator: artist_rl::KlEstimator::K1 }
+        KlReward { coef: 0.0, estimator: artist_rl::KlEstimator::K1, target: 0.0, horizon: 10_000.0 }
+    }
+}
+
+impl KlReward {
+    /// The largest relative error of the KL the adaptive controller acts on.
+    pub const MAX_ERROR: f64 = 0.2;
+
+    /// Whether the coefficient adapts (`target > 0`).
+    pub fn adaptive(&self) -> bool {
+        self.target > 0.0
+    }
+
+    /// The coefficient after a step whose `rollouts` rollouts had a mean per-token KL of
+    /// `per_token_kl`: `coef` itself when fixed, else `coef * (1 + e * rollouts / horizon)`
+    /// with `e = clip(per_token_kl / target - 1, -0.2, 0.2)`.
+    pub fn adapted(&self, per_token_kl: f64, rollouts: usize) -> f64 {
+        if !self.adaptive() {
+            return self.coef;
+        }
+        let e = (per_token_kl / self.target - 1.0).clamp(-Self::MAX_ERROR, Self::MAX_ERROR);
+        self.coef * (1.0 + e * rollouts as f64 / self.horizon)
     }
 }
 
@@ -458,9 +491,32 @@ impl GrpoRunConfig {
                 self.grpo.entropy_coeff
             )));
         }
-        let kr = self.kl_reward.coef;
-        if !(kr >= 0.0 && kr.is_finite()) {
-            return Err(Error::Config(format!("kl_reward.coef must be a finite number >= 0, got {kr}")));
+        let kr = &self.kl_reward;
+        if !(kr.coef >= 0.0 && kr.coef.is_finite()) {
+            return Err(Error::Config(format!("kl_reward.coef must be a finite number >= 0, got {}", kr.coef)));
+        }
+        if !(kr.target >= 0.0 && kr.target.is_finite()) {
+            return Err(Error::Config(format!(
+                "kl_reward.target (the adaptive coefficient's KL per token) must be a finite number >= 0, got {}",
+                kr.target
+            )));
+        }
+        if kr.adaptive() {
+            if kr.coef == 0.0 {
+                return Err(Error::Config(
+                    "kl_reward.target adapts kl_reward.coef, which is 0 (off): set kl_reward.coef > 0 to start from"
+                        .into(),
+                ));
+            }
+            // A step's factor, 1 - 0.2 n / horizon at the least, must stay positive.
+            let n = self.prompts_per_step * self.rollout.group_size * self.max_sampling_rounds.max(1);
+            if !(kr.horizon.is_finite() && KlReward::MAX_ERROR * n as f64 / kr.horizon < 1.0) {
+                return Err(Error::Config(format!(
+                    "kl_reward.horizon must be a finite number above 0.2 times the rollouts a step may play ({n}), \
+                     got {}",
+                    kr.horizon
+                )));
+            }
         }
         let sync = &self.reference_sync;
         if sync.every > 0 && !self.uses_reference() {
@@ -613,6 +669,13 @@ pub struct StepMetrics {
     /// penalty is `kl_reward.coef` times it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kl_reward: Option<f64>,
+    /// With `kl_reward`: the mean over rollouts of their KL per generated token (what an
+    /// adaptive coefficient steers to `kl_reward.target`; veRL's `reward_kl_penalty`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl_reward_per_token: Option<f64>,
+    /// With `kl_reward`: the coefficient this step's penalty used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl_reward_coef: Option<f64>,
     /// The policy's mean token entropy (nats, at the sampling temperature) over the
     /// trained tokens, before the step's first update.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -655,6 +718,15 @@ pub struct StepMetrics {
 }
 
 impl StepMetrics {
+    /// The KL penalty's figures from a step's sums over its `n` rollouts (none when off).
+    pub(crate) fn set_kl_reward(&mut self, k: &KlReward, kl_sum: f64, kl_per_token: f64, n: f64) {
+        if k.coef > 0.0 {
+            self.kl_reward = Some(kl_sum / n);
+            self.kl_reward_per_token = Some(kl_per_token / n);
+            self.kl_reward_coef = Some(k.coef);
+        }
+    }
+
     fn set_eval(&mut self, e: &Evaluation, k: usize, secs: f64) {
         self.eval_pass_at_k = (k > 1).then_some(e.pass_at_k);
         self.eval_maj_at_k = e.maj_at_k.filter(|_| k > 1);
@@ -668,31 +740,52 @@ impl StepMetrics {
 /// A rollout as the KL penalty reads it: prompt ids, ids, mask and the sampler's logprobs.
 pub(crate) type RolloutView<'a> = (&'a [u32], &'a [u32], &'a [u8], &'a [f32]);
 
-/// Each rollout's summed KL to the reference ([`rollout_kls`]) and the score its advantage
-/// is computed from: `totals` less `kl_reward.coef` times it (the totals themselves without
-/// a KL penalty).
+/// A round's KL penalty: per rollout the summed KL to the reference, its mean per
+/// generated token, the score its advantage is computed from (the task's total less
+/// `kl_reward.coef` times the summed KL), and, where the loss's own KL term will want them
+/// (`grpo.beta > 0`), the reference's logprobs, computed once for both.
+pub(crate) struct KlPenalty {
+    pub kls: Vec<f64>,
+    pub per_token: Vec<f64>,
+    pub scores: Vec<f64>,
+    pub ref_logprobs: RefLogprobs,
+}
+
+/// Per rollout, the reference's logprobs of its tokens where they were computed.
+pub(crate) type RefLogprobs = Vec<Option<Vec<f32>>>;
+
+/// [`KlPenalty`] of `rollouts` whose task rewards are `totals` (zeros and the totals
+/// themselves without a KL penalty).
 pub(crate) fn kl_scores(
     reference: Option<&Qwen2>,
     c: &GrpoRunConfig,
     totals: &[f64],
     rollouts: &[RolloutView<'_>],
-) -> Result<(Vec<f64>, Vec<f64>)> {
-    let kls = rollout_kls(reference, c, rollouts)?;
+) -> Result<KlPenalty> {
+    let (kls, mut ref_logprobs) = rollout_kls(reference, c, rollouts)?;
+    let per_token =
+        kls.iter().zip(rollouts).map(|(k, r)| k / r.2.iter().filter(|&&m| m == 1).count().max(1) as f64).collect();
     let scores = totals.iter().zip(&kls).map(|(t, k)| t - c.kl_reward.coef * k).collect();
-    Ok((kls, scores))
+    if c.grpo.beta == 0.0 {
+        ref_logprobs.iter_mut().for_each(|r| *r = None);
+    }
+    Ok(KlPenalty { kls, per_token, scores, ref_logprobs })
 }
 
 /// Each rollout's KL to the reference summed over its generated tokens, with
 /// `kl_reward.estimator` from the sampler's logprobs and the reference's (computed with the
-/// loss's numerics, at the sampling temperature, nothing recorded for backward); zeros when
+/// loss's numerics, at the sampling temperature, nothing recorded for backward), and those
+/// logprobs (none for a rollout without generated tokens); zeros and nones when
 /// `kl_reward.coef` is 0.
 pub(crate) fn rollout_kls(
     reference: Option<&Qwen2>,
     c: &GrpoRunConfig,
     rollouts: &[RolloutView<'_>],
-) -> Result<Vec<f64>> {
+) -> Result<(Vec<f64>, RefLogprobs)> {
+    let mut out = vec![0.0; rollouts.len()];
+    let mut ref_lps = vec![None; rollouts.len()];
     if c.kl_reward.coef == 0.0 {
-        return Ok(vec![0.0; rollouts.len()]);
+        return Ok((out, ref_lps));
     }
     let _range = artist_tensor::nvtx::range("kl reward");
     let reference = reference.ok_or_else(|| {
@@ -715,14 +808,14 @@ pub(crate) fn rollout_kls(
     let refs: Vec<&TrainRollout> = train.iter().collect();
     let ctx = c.loss_numerics(Ctx::inference(), reference.device());
     let lps = rollout_logprobs(reference, &ctx, &refs, c.rollout.temperature, c.micro_batch(refs.len()))?;
-    let mut out = vec![0.0; rollouts.len()];
-    for ((&i, r), lp) in live.iter().zip(&train).zip(&lps) {
+    for ((&i, r), lp) in live.iter().zip(&train).zip(lps) {
         out[i] = (0..r.ids.len())
             .filter(|&j| r.mask[j] == 1)
             .map(|j| c.kl_reward.estimator.estimate(r.old_logprobs[j] as f64, lp[j] as f64))
             .sum();
+        ref_lps[i] = Some(lp);
     }
-    Ok(out)
+    Ok((out, ref_lps))
 }
 
 /// The model's turns in a response: the runs of its own tokens (mask 1), which tool
@@ -874,7 +967,7 @@ impl GrpoTrainer<'_> {
         problems: &[&Problem],
         at: LogPlace,
         log: &mut Vec<serde_json::Value>,
-    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 19])> {
+    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 20])> {
         let c = &self.config;
         let o = &c.overlong;
         let RolloutBatch { rollouts, rewards, correct, texts, seconds: rollout_s } = batch;
@@ -887,7 +980,8 @@ impl GrpoTrainer<'_> {
             .iter()
             .map(|r| (r.prompt_ids.as_slice(), r.ids.as_slice(), r.mask.as_slice(), r.logprobs.as_slice()))
             .collect();
-        let (kls, scores) = kl_scores(self.reference.as_ref(), c, &totals, &items)?;
+        let KlPenalty { kls, per_token, scores, ref_logprobs } =
+            kl_scores(self.reference.as_ref(), c, &totals, &items)?;
         // Rollouts that gave an answer, for the steps it took.
         let answered: Vec<bool> = texts.iter().map(|t| artist_math::extract_answer(t).is_some()).collect();
         for (i, ro) in rollouts.iter().enumerate().take(c.log_rollouts.saturating_sub(log.len())) {
@@ -918,6 +1012,7 @@ impl GrpoTrainer<'_> {
             c,
             &rollouts,
             &scores,
+            ref_logprobs,
             |ro| ro.sampled_tokens() > 0 && !(o.mask_truncated && ended_by_a_limit(ro)),
             |ro| (&ro.prompt_ids, &ro.ids, &ro.mask, &ro.logprobs),
         );
@@ -942,6 +1037,7 @@ impl GrpoTrainer<'_> {
             rollouts.iter().zip(&answered).filter(|(_, a)| **a).map(|(r, _)| model_turns(&r.mask)).sum::<usize>()
                 as f64,
             kls.iter().sum::<f64>(),
+            per_token.iter().sum::<f64>(),
             rollout_s,
         ];
         Ok((groups, sums))
@@ -993,6 +1089,7 @@ impl GrpoTrainer<'_> {
             answered,
             answer_steps,
             kl_sum,
+            kl_per_token,
             rollout_s,
         ] = sums;
         let mut m = StepMetrics {
@@ -1015,7 +1112,7 @@ impl GrpoTrainer<'_> {
         m.tool_calls_per_rollout = calls / n;
         m.tokens_per_tool_call = (calls > 0.0).then(|| calling_tokens / calls);
         m.steps_to_answer = (answered > 0.0).then(|| answer_steps / answered);
-        m.kl_reward = (c.kl_reward.coef > 0.0).then(|| kl_sum / n);
+        m.set_kl_reward(&c.kl_reward, kl_sum, kl_per_token, n);
         m.tool_success = if calls == 0.0 { 0.0 } else { successes / calls };
         m.truncated = truncated as usize;
         if train.is_empty() && comm.is_none() {
@@ -1119,11 +1216,13 @@ pub struct UpdateStats {
 /// A round's rollouts (math rollouts or BFCL episodes, in groups of G) as what to train
 /// on: advantages from `totals`; under `filter_flat_groups` the groups whose rewards are
 /// all equal left out and counted; the rest, one entry a group, holding the rollouts that
-/// `trainable` accepts. `parts` gives a rollout's prompt, ids, loss mask and logprobs.
+/// `trainable` accepts. `parts` gives a rollout's prompt, ids, loss mask and logprobs;
+/// `ref_logprobs` the reference's logprobs where they are known (see [`KlPenalty`]).
 pub(crate) fn groups_to_train<R>(
     c: &GrpoRunConfig,
     played: &[R],
     totals: &[f64],
+    mut ref_logprobs: RefLogprobs,
     trainable: impl Fn(&R) -> bool,
     parts: impl Fn(&R) -> (&Vec<u32>, &Vec<u32>, &Vec<u8>, &Vec<f32>),
 ) -> (Vec<Vec<TrainRollout>>, usize) {
@@ -1144,7 +1243,7 @@ pub(crate) fn groups_to_train<R>(
                 mask: mask.clone(),
                 old_logprobs: logprobs.clone(),
                 sampler_logprobs: None,
-                ref_logprobs: None,
+                ref_logprobs: ref_logprobs.get_mut(k * g + i).and_then(Option::take),
                 advantage: adv[k * g + i] as f32,
             }
         });
@@ -1329,7 +1428,8 @@ pub(crate) fn sum_over_ranks<const N: usize>(
 
 /// `optimizer_steps_per_batch` AdamW steps on the masked GRPO loss, gradients accumulated
 /// over micro-batches of `micro_batch_rollouts`. A non-finite loss or norm refuses the
-/// update. Shared by the math and the function-calling trainers.
+/// update. With `grpo.beta > 0`, rollouts that carry `ref_logprobs` keep them and
+/// `reference` computes the others'. Shared by the math and the function-calling trainers.
 pub fn update(
     model: &Qwen2,
     reference: Option<&Qwen2>,
@@ -1393,14 +1493,16 @@ pub fn update_sharded(
             r.sampler_logprobs = Some(std::mem::replace(&mut r.old_logprobs, lp));
         }
     }
-    if c.grpo.beta > 0.0 && !train.is_empty() {
+    // The reference's logprobs, but where the KL penalty on the rewards computed them.
+    let missing: Vec<usize> = (0..train.len()).filter(|&i| train[i].ref_logprobs.is_none()).collect();
+    if c.grpo.beta > 0.0 && !missing.is_empty() {
         let reference = reference.ok_or_else(|| {
             Error::Config("grpo.beta > 0 but no reference model is loaded (grpo::train loads one)".into())
         })?;
-        let refs: Vec<&TrainRollout> = train.iter().collect();
+        let refs: Vec<&TrainRollout> = missing.iter().map(|&i| &train[i]).collect();
         let lps = rollout_logprobs(reference, &numerics(Ctx::inference()), &refs, c.rollout.temperature, micro)?;
-        for (r, lp) in train.iter_mut().zip(lps) {
-            r.ref_logprobs = Some(lp);
+        for (&i, lp) in missing.iter().zip(lps) {
+            train[i].ref_logprobs = Some(lp);
         }
     }
     let refs: Vec<&TrainRollout> = train.iter().collect();
@@ -1553,6 +1655,8 @@ pub trait GrpoTask {
     fn reference_mut(&mut self) -> &mut Option<Qwen2>;
     /// The KL term's reference, when one is loaded.
     fn reference(&self) -> Option<&Qwen2>;
+    /// Sets the `kl_reward` coefficient of the steps to come (the adaptive controller's).
+    fn set_kl_reward_coef(&mut self, coef: f64);
     /// How many training items there are.
     fn items(&self) -> usize;
     /// One step (rollouts, rewards, advantages, updates) on the items `batches[0]`
@@ -1599,6 +1703,9 @@ impl GrpoTask for GrpoTrainer<'_> {
     }
     fn reference(&self) -> Option<&Qwen2> {
         self.reference.as_ref()
+    }
+    fn set_kl_reward_coef(&mut self, coef: f64) {
+        self.config.kl_reward.coef = coef;
     }
     fn items(&self) -> usize {
         self.train.len()
@@ -1748,6 +1855,11 @@ fn run<T: GrpoTask>(
         checkpoint::load_optimizer(&dir, &mut optimizer, &state)?;
         start = state.step;
         drawn = state.batches_drawn.unwrap_or(state.step);
+        if c.kl_reward.adaptive()
+            && let Some(coef) = state.kl_reward_coef
+        {
+            trainer.set_kl_reward_coef(coef);
+        }
         // A reference the run has moved was saved with the checkpoint.
         let moved = dir.join(checkpoint::REFERENCE_DIR);
         if c.reference_sync.every > 0 && moved.is_dir() {
@@ -1793,6 +1905,7 @@ fn run<T: GrpoTask>(
             step,
             epoch: order.step(drawn).0,
             batches_drawn: Some(drawn),
+            kl_reward_coef: c.kl_reward.adaptive().then(|| trainer.config().kl_reward.coef),
             seed: c.seed,
             data_fingerprint: String::new(),
             optimizer_steps: Default::default(),
@@ -1862,6 +1975,14 @@ fn run<T: GrpoTask>(
         let batches: Vec<Vec<usize>> = (0..c.max_sampling_rounds as u64).map(|r| order.step(drawn + r).1).collect();
         let mut m = trainer.step_sharded(step, &batches, &mut optimizer, schedule.lr(step), dist.as_deref_mut())?;
         drawn += m.sampling_rounds.unwrap_or(1) as u64;
+        if c.kl_reward.adaptive()
+            && let Some(kl) = m.kl_reward_per_token
+        {
+            let rounds = m.sampling_rounds.unwrap_or(1);
+            let played = batches.iter().take(rounds).map(Vec::len).sum::<usize>() * c.rollout.group_size;
+            let k = trainer.config().kl_reward;
+            trainer.set_kl_reward_coef(k.adapted(kl, played));
+        }
         let sync = c.reference_sync;
         if sync.every > 0
             && (step + 1) % sync.every == 0
@@ -1916,6 +2037,26 @@ fn run<T: GrpoTask>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reference logprobs the KL penalty computed go with their own rollouts into the
+    /// groups trained on, past flat groups and rollouts left out.
+    #[test]
+    fn reference_logprobs_travel_with_their_rollouts() {
+        let c = GrpoRunConfig::default()
+            .with_overrides(&["rollout.group_size=2".into(), "filter_flat_groups=true".into()])
+            .unwrap();
+        let ids: Vec<Vec<u32>> = (0..6).map(|i| vec![i]).collect();
+        let played: Vec<_> = ids.iter().map(|i| (vec![9u32], i.clone(), vec![1u8], vec![-1f32])).collect();
+        // Group 0 is flat; rollout 3 is not trainable.
+        let totals = [1.0, 1.0, 0.0, 1.0, 1.0, 0.0];
+        let ref_logprobs: Vec<Option<Vec<f32>>> = (0..6).map(|i| Some(vec![-(i as f32)])).collect();
+        let (groups, flat) =
+            groups_to_train(&c, &played, &totals, ref_logprobs, |r| r.1 != [3], |r| (&r.0, &r.1, &r.2, &r.3));
+        assert_eq!(flat, 1);
+        let got: Vec<(u32, Vec<f32>)> =
+            groups.iter().flatten().map(|r| (r.ids[0], r.ref_logprobs.clone().unwrap())).collect();
+        assert_eq!(got, [(2, vec![-2.0]), (4, vec![-4.0]), (5, vec![-5.0])]);
+    }
 
     #[test]
     fn evaluation_sums_count_answers_and_problems() {

@@ -33,6 +33,8 @@ const PANELS: &[(&str, &str)] = &[
     ("entropy", "policy entropy (nats)"),
     ("kl", "KL to reference"),
     ("kl_reward", "KL in the reward (per rollout)"),
+    ("kl_reward_per_token", "KL in the reward (per token)"),
+    ("kl_reward_coef", "KL reward coefficient"),
     ("clip_fraction", "clip fraction"),
     ("sampler_logprob_gap", "sampler vs trainer |logprob gap|"),
     ("loss", "loss"),

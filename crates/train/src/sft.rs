@@ -395,6 +395,7 @@ fn run(
             step,
             epoch,
             batches_drawn: None,
+            kl_reward_coef: None,
             seed: c.seed,
             data_fingerprint: fingerprint.clone(),
             optimizer_steps: Default::default(),

@@ -8,6 +8,7 @@ use artist_model::Qwen2;
 use artist_rl::{TrainRollout, group_advantages};
 use artist_train::data::DataOrder;
 use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, Problem, train, update};
+use artist_train::sft::RunOptions;
 
 mod common;
 use common::{adamw, quiet, train_rollout, weights};
@@ -63,6 +64,13 @@ fn the_first_step_trains_on_rewards_less_the_kl() {
         let mean = kls.iter().sum::<f64>() / n;
         let got = m[0].kl_reward.unwrap();
         assert!((got - mean).abs() <= 1e-9 * mean.abs().max(1.0), "{estimator}: kl_reward {got} vs {mean}");
+        let per_token = (all.iter().zip(&kls))
+            .map(|(r, k)| k / r.mask.iter().filter(|&&x| x == 1).count().max(1) as f64)
+            .sum::<f64>()
+            / n;
+        let got = m[0].kl_reward_per_token.unwrap();
+        assert!((got - per_token).abs() <= 1e-9 * per_token.abs().max(1e-3), "{estimator}: {got} vs {per_token}");
+        assert_eq!(m[0].kl_reward_coef, Some(0.05), "a fixed coefficient");
         let totals: Vec<f64> = batch.rewards.iter().map(|r| r.total).collect();
         assert!((m[0].reward - totals.iter().sum::<f64>() / n).abs() < 1e-12, "the reward metric is the task's");
         let scores: Vec<f64> = totals.iter().zip(&kls).map(|(t, k)| t - 0.05 * k).collect();
@@ -84,4 +92,103 @@ fn the_first_step_trains_on_rewards_less_the_kl() {
     }
     let e = config(&["kl_reward.coef=-1"]).validate(artist_tensor::Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("kl_reward.coef"), "{e}");
+}
+
+/// With `grpo.beta > 0` too, the loss's KL term reads the reference logprobs the penalty
+/// computed: the first step rebuilt by hand from rollouts carrying them trains to the same
+/// bits with no reference model passed to the update.
+#[test]
+fn the_loss_kl_term_reuses_the_penalty_reference_logprobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = config(&["grpo.beta=0.1"]);
+    let mut t = trainer(c.clone());
+    let m = train(&tmp.path().join("run"), &mut t, &quiet()).unwrap();
+    assert!(m[0].kl > 1e-3, "a KL term near 0 shows nothing: {}", m[0].kl);
+
+    let by_hand = trainer(c.clone());
+    let reference = Qwen2::load(c.reference_model.as_ref().unwrap()).unwrap();
+    let order = DataOrder { n: by_hand.train.len(), batch_size: 2, shuffle: true, seed: c.seed };
+    let problems: Vec<&Problem> = order.step(0).1.iter().map(|&i| &by_hand.train[i]).collect();
+    let batch = by_hand.rollouts(&problems, c.seed).unwrap();
+    assert!(batch.rollouts.iter().all(|ro| ro.sampled_tokens() > 0), "the penalty and the loss see other rollouts");
+    let mut all: Vec<TrainRollout> = batch.rollouts.iter().map(|ro| train_rollout(ro, 0.0)).collect();
+    let refs: Vec<&TrainRollout> = all.iter().collect();
+    let ref_lps = artist_rl::grpo::rollout_logprobs(&reference, &Ctx::inference(), &refs, 1.0, 2).unwrap();
+    let kls: Vec<f64> = (all.iter().zip(&ref_lps))
+        .map(|(r, rl)| {
+            (0..r.ids.len()).filter(|&j| r.mask[j] == 1).map(|j| r.old_logprobs[j] as f64 - rl[j] as f64).sum()
+        })
+        .collect();
+    let scores: Vec<f64> = batch.rewards.iter().zip(&kls).map(|(r, k)| r.total - 0.05 * k).collect();
+    let adv = group_advantages(&scores, 3, &c.advantages);
+    for ((r, a), lp) in all.iter_mut().zip(adv).zip(ref_lps) {
+        r.advantage = a as f32;
+        r.ref_logprobs = Some(lp);
+    }
+    let mut optimizer = adamw(&c, &by_hand.model);
+    let u = update(&by_hand.model, None, all, &c, &mut optimizer, c.optim.lr, 0).unwrap();
+    assert_eq!((u.loss, u.grad_norm, u.kl), (m[0].loss, m[0].grad_norm, m[0].kl));
+    assert_eq!(weights(&by_hand.model), weights(&t.model));
+}
+
+/// `kl_reward.target`: after each step the coefficient is multiplied by
+/// `1 + clip(kl / target - 1, -0.2, 0.2) * n / horizon` (the adaptive controller of TRL,
+/// OpenRLHF and veRL), written out here from the logged per-token KL; it grows while the KL
+/// is above the target and shrinks below it; a target just above the first step's KL
+/// moves it by an unclipped error; and a run stopped and resumed carries it on.
+#[test]
+fn an_adaptive_coefficient_follows_the_kl_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let steps = |target: f64, dir: &str| {
+        let sets = ["steps=3".to_string(), format!("kl_reward.target={target}"), "kl_reward.horizon=12".into()];
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let c = config(&sets);
+        let mut t = trainer(c.clone());
+        (train(&tmp.path().join(dir), &mut t, &quiet()).unwrap(), t, c)
+    };
+    // n = 2 prompts x 3 rollouts, horizon 12: a step's factor is 1 + e / 2.
+    let expect = |m: &[artist_train::grpo::StepMetrics], target: f64| {
+        assert_eq!(m[0].kl_reward_coef, Some(0.05));
+        for w in m.windows(2) {
+            let (kl, coef) = (w[0].kl_reward_per_token.unwrap(), w[0].kl_reward_coef.unwrap());
+            let e = (kl / target - 1.0).clamp(-0.2, 0.2);
+            let next = coef * (1.0 + e * 6.0 / 12.0);
+            let got = w[1].kl_reward_coef.unwrap();
+            assert!((got - next).abs() <= 1e-15, "step {}: coefficient {got}, expected {next}", w[1].step);
+        }
+    };
+    let (high, _, _) = steps(1e-6, "above");
+    expect(&high, 1e-6);
+    assert!((high[2].kl_reward_coef.unwrap() - 0.05 * 1.1 * 1.1).abs() < 1e-15, "{:?}", high[2].kl_reward_coef);
+    let (low, _, _) = steps(1e6, "below");
+    expect(&low, 1e6);
+    assert!((low[1].kl_reward_coef.unwrap() - 0.05 * 0.9).abs() < 1e-15);
+    // The first step's KL is the same at any target (the coefficient moves after it).
+    let first = high[0].kl_reward_per_token.unwrap();
+    assert_eq!(low[0].kl_reward_per_token, Some(first));
+    let near = first * 1.05;
+    let (m, whole, c) = steps(near, "near");
+    expect(&m, near);
+    let moved = m[1].kl_reward_coef.unwrap() / 0.05 - 1.0;
+    assert!(moved < -0.02 && moved > -0.03, "an unclipped error of 1/1.05 - 1, halved: {moved}");
+
+    let run = tmp.path().join("parts");
+    let first = train(&run, &mut trainer(c.clone()), &RunOptions { stop_after: Some(2), ..quiet() }).unwrap();
+    let state = artist_train::checkpoint::read_state(&run.join("checkpoints/step-00000002")).unwrap();
+    assert_eq!(state.kl_reward_coef, m[2].kl_reward_coef, "the checkpoint holds the next step's coefficient");
+    let mut resumed = trainer(c.clone());
+    let rest = train(&run, &mut resumed, &RunOptions { resume: true, ..quiet() }).unwrap();
+    assert_eq!(first.len() + rest.len(), 3);
+    assert_eq!(rest[0].kl_reward_coef, m[2].kl_reward_coef);
+    assert_eq!((rest[0].loss, rest[0].grad_norm), (m[2].loss, m[2].grad_norm));
+    assert_eq!(weights(&resumed.model), weights(&whole.model));
+
+    for (sets, needle) in [
+        (&["kl_reward.coef=0", "kl_reward.target=0.1"][..], "set kl_reward.coef > 0"),
+        (&["kl_reward.target=0.1", "kl_reward.horizon=1.2"][..], "kl_reward.horizon"),
+        (&["kl_reward.target=-1"][..], "kl_reward.target"),
+    ] {
+        let e = config(sets).validate(artist_tensor::Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains(needle), "{sets:?}: {e}");
+    }
 }
