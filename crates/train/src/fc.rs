@@ -584,8 +584,8 @@ impl FcTrainer {
             .iter()
             .map(|e| (e.prompt_ids.as_slice(), e.ids.as_slice(), e.mask.as_slice(), e.logprobs.as_slice()))
             .collect();
-        let crate::grpo::KlPenalty { kls, per_token, scores, ref_logprobs } =
-            crate::grpo::kl_scores(self.reference.as_ref(), c, &totals, &items)?;
+        let crate::grpo::KlPenalty { kls, per_token, scores, known } =
+            crate::grpo::kl_scores(&self.model, self.reference.as_ref(), c, &totals, &items)?;
         // Episodes come in entry order, `group_size` of each.
         for (i, (ep, s)) in eps.iter().zip(&scored).enumerate().take(c.log_rollouts.saturating_sub(log.len())) {
             let mut line = at.line(i / g, ep.sample);
@@ -614,7 +614,7 @@ impl FcTrainer {
             c,
             &eps,
             &scores,
-            ref_logprobs,
+            known,
             |ep| ep.mask.iter().any(|&m| m != 0) && !(c.overlong.mask_truncated && ep.truncated),
             |ep| (&ep.prompt_ids, &ep.ids, &ep.mask, &ep.logprobs),
         );

@@ -742,56 +742,58 @@ pub(crate) type RolloutView<'a> = (&'a [u32], &'a [u32], &'a [u8], &'a [f32]);
 
 /// A round's KL penalty: per rollout the summed KL to the reference, its mean per
 /// generated token, the score its advantage is computed from (the task's total less
-/// `kl_reward.coef` times the summed KL), and, where the loss's own KL term will want them
-/// (`grpo.beta > 0`), the reference's logprobs, computed once for both.
+/// `kl_reward.coef` times the summed KL), and the logprobs it computed that the update
+/// would compute again ([`Known`]).
 pub(crate) struct KlPenalty {
     pub kls: Vec<f64>,
     pub per_token: Vec<f64>,
     pub scores: Vec<f64>,
-    pub ref_logprobs: RefLogprobs,
+    pub known: Known,
 }
 
-/// Per rollout, the reference's logprobs of its tokens where they were computed.
-pub(crate) type RefLogprobs = Vec<Option<Vec<f32>>>;
+/// Per rollout, logprobs of its tokens where they were computed before the update.
+pub(crate) type PerRollout = Vec<Option<Vec<f32>>>;
 
-/// [`KlPenalty`] of `rollouts` whose task rewards are `totals` (zeros and the totals
-/// themselves without a KL penalty).
+/// Logprobs computed while scoring a round that the update reads instead of computing
+/// them again: the reference's (kept when `grpo.beta > 0`) and pi_old recomputed (when the
+/// run recomputes it).
+#[derive(Debug, Default)]
+pub(crate) struct Known {
+    pub reference: PerRollout,
+    pub old: PerRollout,
+}
+
+/// [`KlPenalty`] of `rollouts` of `policy` whose task rewards are `totals` (zeros and the
+/// totals themselves without a KL penalty).
+///
+/// Each rollout's KL is summed over its generated tokens, with `kl_reward.estimator`, from
+/// pi_old and the reference's logprobs (both computed with the loss's numerics, at the
+/// sampling temperature, nothing recorded for backward). pi_old is what the loss will read
+/// as it (veRL's penalty reads its recomputed `old_log_prob` too): the sampler's logprobs,
+/// or the policy's recomputed where the run recomputes them
+/// ([`GrpoRunConfig::recomputes_old_logprobs`]).
 pub(crate) fn kl_scores(
+    policy: &Qwen2,
     reference: Option<&Qwen2>,
     c: &GrpoRunConfig,
     totals: &[f64],
     rollouts: &[RolloutView<'_>],
 ) -> Result<KlPenalty> {
-    let (kls, mut ref_logprobs) = rollout_kls(reference, c, rollouts)?;
-    let per_token =
-        kls.iter().zip(rollouts).map(|(k, r)| k / r.2.iter().filter(|&&m| m == 1).count().max(1) as f64).collect();
-    let scores = totals.iter().zip(&kls).map(|(t, k)| t - c.kl_reward.coef * k).collect();
-    if c.grpo.beta == 0.0 {
-        ref_logprobs.iter_mut().for_each(|r| *r = None);
-    }
-    Ok(KlPenalty { kls, per_token, scores, ref_logprobs })
-}
-
-/// Each rollout's KL to the reference summed over its generated tokens, with
-/// `kl_reward.estimator` from the sampler's logprobs and the reference's (computed with the
-/// loss's numerics, at the sampling temperature, nothing recorded for backward), and those
-/// logprobs (none for a rollout without generated tokens); zeros and nones when
-/// `kl_reward.coef` is 0.
-pub(crate) fn rollout_kls(
-    reference: Option<&Qwen2>,
-    c: &GrpoRunConfig,
-    rollouts: &[RolloutView<'_>],
-) -> Result<(Vec<f64>, RefLogprobs)> {
-    let mut out = vec![0.0; rollouts.len()];
-    let mut ref_lps = vec![None; rollouts.len()];
+    let n = rollouts.len();
+    let mut out = KlPenalty {
+        kls: vec![0.0; n],
+        per_token: vec![0.0; n],
+        scores: totals.to_vec(),
+        known: Known { reference: vec![None; n], old: vec![None; n] },
+    };
     if c.kl_reward.coef == 0.0 {
-        return Ok((out, ref_lps));
+        return Ok(out);
     }
     let _range = artist_tensor::nvtx::range("kl reward");
     let reference = reference.ok_or_else(|| {
         Error::Config("kl_reward.coef > 0 but no reference model is loaded (grpo::train loads one)".into())
     })?;
-    let live: Vec<usize> = (0..rollouts.len()).filter(|&i| rollouts[i].2.contains(&1)).collect();
+    let live: Vec<usize> = (0..n).filter(|&i| rollouts[i].2.contains(&1)).collect();
     let train: Vec<TrainRollout> = live
         .iter()
         .map(|&i| {
@@ -806,16 +808,28 @@ pub(crate) fn rollout_kls(
         })
         .collect();
     let refs: Vec<&TrainRollout> = train.iter().collect();
+    let (temperature, micro) = (c.rollout.temperature, c.micro_batch(refs.len()));
     let ctx = c.loss_numerics(Ctx::inference(), reference.device());
-    let lps = rollout_logprobs(reference, &ctx, &refs, c.rollout.temperature, c.micro_batch(refs.len()))?;
-    for ((&i, r), lp) in live.iter().zip(&train).zip(lps) {
-        out[i] = (0..r.ids.len())
-            .filter(|&j| r.mask[j] == 1)
-            .map(|j| c.kl_reward.estimator.estimate(r.old_logprobs[j] as f64, lp[j] as f64))
-            .sum();
-        ref_lps[i] = Some(lp);
+    let ref_lps = rollout_logprobs(reference, &ctx, &refs, temperature, micro)?;
+    let old_lps = if c.recomputes_old_logprobs(policy.device()) {
+        let _range = artist_tensor::nvtx::range("pi_old recompute");
+        let ctx = c.loss_numerics(Ctx::inference(), policy.device());
+        rollout_logprobs(policy, &ctx, &refs, temperature, micro)?.into_iter().map(Some).collect()
+    } else {
+        vec![None; live.len()]
+    };
+    for (((&i, r), rl), ol) in live.iter().zip(&train).zip(ref_lps).zip(old_lps) {
+        let old = ol.as_deref().unwrap_or(&r.old_logprobs);
+        let generated = (0..r.ids.len()).filter(|&j| r.mask[j] == 1);
+        out.kls[i] = generated.map(|j| c.kl_reward.estimator.estimate(old[j] as f64, rl[j] as f64)).sum();
+        out.per_token[i] = out.kls[i] / r.mask.iter().filter(|&&m| m == 1).count() as f64;
+        out.scores[i] -= c.kl_reward.coef * out.kls[i];
+        if c.grpo.beta > 0.0 {
+            out.known.reference[i] = Some(rl);
+        }
+        out.known.old[i] = ol;
     }
-    Ok((out, ref_lps))
+    Ok(out)
 }
 
 /// The model's turns in a response: the runs of its own tokens (mask 1), which tool
@@ -980,8 +994,8 @@ impl GrpoTrainer<'_> {
             .iter()
             .map(|r| (r.prompt_ids.as_slice(), r.ids.as_slice(), r.mask.as_slice(), r.logprobs.as_slice()))
             .collect();
-        let KlPenalty { kls, per_token, scores, ref_logprobs } =
-            kl_scores(self.reference.as_ref(), c, &totals, &items)?;
+        let KlPenalty { kls, per_token, scores, known } =
+            kl_scores(&self.model, self.reference.as_ref(), c, &totals, &items)?;
         // Rollouts that gave an answer, for the steps it took.
         let answered: Vec<bool> = texts.iter().map(|t| artist_math::extract_answer(t).is_some()).collect();
         for (i, ro) in rollouts.iter().enumerate().take(c.log_rollouts.saturating_sub(log.len())) {
@@ -1012,7 +1026,7 @@ impl GrpoTrainer<'_> {
             c,
             &rollouts,
             &scores,
-            ref_logprobs,
+            known,
             |ro| ro.sampled_tokens() > 0 && !(o.mask_truncated && ended_by_a_limit(ro)),
             |ro| (&ro.prompt_ids, &ro.ids, &ro.mask, &ro.logprobs),
         );
@@ -1217,12 +1231,12 @@ pub struct UpdateStats {
 /// on: advantages from `totals`; under `filter_flat_groups` the groups whose rewards are
 /// all equal left out and counted; the rest, one entry a group, holding the rollouts that
 /// `trainable` accepts. `parts` gives a rollout's prompt, ids, loss mask and logprobs;
-/// `ref_logprobs` the reference's logprobs where they are known (see [`KlPenalty`]).
+/// `known` the logprobs computed for them already (see [`KlPenalty`]).
 pub(crate) fn groups_to_train<R>(
     c: &GrpoRunConfig,
     played: &[R],
     totals: &[f64],
-    mut ref_logprobs: RefLogprobs,
+    mut known: Known,
     trainable: impl Fn(&R) -> bool,
     parts: impl Fn(&R) -> (&Vec<u32>, &Vec<u32>, &Vec<u8>, &Vec<f32>),
 ) -> (Vec<Vec<TrainRollout>>, usize) {
@@ -1237,13 +1251,15 @@ pub(crate) fn groups_to_train<R>(
         }
         let train = group.iter().enumerate().filter(|(_, r)| trainable(r)).map(|(i, r)| {
             let (prompt_ids, ids, mask, logprobs) = parts(r);
+            let take = |v: &mut PerRollout| v.get_mut(k * g + i).and_then(Option::take);
+            let recomputed = take(&mut known.old);
             TrainRollout {
                 prompt_ids: prompt_ids.clone(),
                 ids: ids.clone(),
                 mask: mask.clone(),
-                old_logprobs: logprobs.clone(),
-                sampler_logprobs: None,
-                ref_logprobs: ref_logprobs.get_mut(k * g + i).and_then(Option::take),
+                sampler_logprobs: recomputed.is_some().then(|| logprobs.clone()),
+                old_logprobs: recomputed.unwrap_or_else(|| logprobs.clone()),
+                ref_logprobs: take(&mut known.reference),
                 advantage: adv[k * g + i] as f32,
             }
         });
@@ -1428,8 +1444,10 @@ pub(crate) fn sum_over_ranks<const N: usize>(
 
 /// `optimizer_steps_per_batch` AdamW steps on the masked GRPO loss, gradients accumulated
 /// over micro-batches of `micro_batch_rollouts`. A non-finite loss or norm refuses the
-/// update. With `grpo.beta > 0`, rollouts that carry `ref_logprobs` keep them and
-/// `reference` computes the others'. Shared by the math and the function-calling trainers.
+/// update. Logprobs the rollouts carry are not computed again: with `grpo.beta > 0`, their
+/// `ref_logprobs` (`reference` computes the others'), and where pi_old is recomputed, the
+/// `old_logprobs` of those that carry `sampler_logprobs`. Shared by the math and the
+/// function-calling trainers.
 pub fn update(
     model: &Qwen2,
     reference: Option<&Qwen2>,
@@ -1480,17 +1498,26 @@ pub fn update_sharded(
     // Summed |recomputed - sampler's| over generated tokens, and their count.
     let mut gap = [0f32; 2];
     if c.recomputes_old_logprobs(dev) && !train.is_empty() {
-        let _range = artist_tensor::nvtx::range("pi_old recompute");
-        let refs: Vec<&TrainRollout> = train.iter().collect();
-        let lps = rollout_logprobs(model, &numerics(Ctx::inference()), &refs, c.rollout.temperature, micro)?;
-        for (r, lp) in train.iter_mut().zip(lps) {
-            for ((&m, a), b) in r.mask.iter().zip(&lp).zip(&r.old_logprobs) {
+        // Rollouts that carry their sampler's logprobs had pi_old recomputed already (by
+        // the KL penalty on the rewards).
+        let missing: Vec<usize> = (0..train.len()).filter(|&i| train[i].sampler_logprobs.is_none()).collect();
+        if !missing.is_empty() {
+            let _range = artist_tensor::nvtx::range("pi_old recompute");
+            let refs: Vec<&TrainRollout> = missing.iter().map(|&i| &train[i]).collect();
+            let lps = rollout_logprobs(model, &numerics(Ctx::inference()), &refs, c.rollout.temperature, micro)?;
+            for (&i, lp) in missing.iter().zip(lps) {
+                let r = &mut train[i];
+                r.sampler_logprobs = Some(std::mem::replace(&mut r.old_logprobs, lp));
+            }
+        }
+        for r in &train {
+            let sampled = r.sampler_logprobs.as_deref().unwrap_or_default();
+            for ((&m, a), b) in r.mask.iter().zip(&r.old_logprobs).zip(sampled) {
                 if m == 1 {
                     gap[0] += (a - b).abs();
                     gap[1] += 1.0;
                 }
             }
-            r.sampler_logprobs = Some(std::mem::replace(&mut r.old_logprobs, lp));
         }
     }
     // The reference's logprobs, but where the KL penalty on the rewards computed them.
@@ -2038,8 +2065,9 @@ fn run<T: GrpoTask>(
 mod tests {
     use super::*;
 
-    /// The reference logprobs the KL penalty computed go with their own rollouts into the
-    /// groups trained on, past flat groups and rollouts left out.
+    /// The logprobs the KL penalty computed (the reference's, pi_old recomputed) go with
+    /// their own rollouts into the groups trained on, past flat groups and rollouts left
+    /// out; a rollout with pi_old recomputed keeps its sampler's logprobs beside it.
     #[test]
     fn reference_logprobs_travel_with_their_rollouts() {
         let c = GrpoRunConfig::default()
@@ -2049,13 +2077,24 @@ mod tests {
         let played: Vec<_> = ids.iter().map(|i| (vec![9u32], i.clone(), vec![1u8], vec![-1f32])).collect();
         // Group 0 is flat; rollout 3 is not trainable.
         let totals = [1.0, 1.0, 0.0, 1.0, 1.0, 0.0];
-        let ref_logprobs: Vec<Option<Vec<f32>>> = (0..6).map(|i| Some(vec![-(i as f32)])).collect();
-        let (groups, flat) =
-            groups_to_train(&c, &played, &totals, ref_logprobs, |r| r.1 != [3], |r| (&r.0, &r.1, &r.2, &r.3));
+        let known = Known {
+            reference: (0..6).map(|i| Some(vec![-(i as f32)])).collect(),
+            // pi_old recomputed for all but rollout 4.
+            old: (0..6).map(|i| (i != 4).then(|| vec![-(i as f32) - 0.5])).collect(),
+        };
+        let (groups, flat) = groups_to_train(&c, &played, &totals, known, |r| r.1 != [3], |r| (&r.0, &r.1, &r.2, &r.3));
         assert_eq!(flat, 1);
-        let got: Vec<(u32, Vec<f32>)> =
-            groups.iter().flatten().map(|r| (r.ids[0], r.ref_logprobs.clone().unwrap())).collect();
-        assert_eq!(got, [(2, vec![-2.0]), (4, vec![-4.0]), (5, vec![-5.0])]);
+        let got: Vec<_> = (groups.iter().flatten())
+            .map(|r| (r.ids[0], r.ref_logprobs.clone().unwrap(), r.old_logprobs[0], r.sampler_logprobs.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (2, vec![-2.0], -2.5, Some(vec![-1.0])),
+                (4, vec![-4.0], -1.0, None),
+                (5, vec![-5.0], -5.5, Some(vec![-1.0]))
+            ]
+        );
     }
 
     #[test]

@@ -192,3 +192,59 @@ fn an_adaptive_coefficient_follows_the_kl_and_resumes() {
         assert!(e.contains(needle), "{sets:?}: {e}");
     }
 }
+
+/// Where the run recomputes pi_old (bf16 rollouts, an f32 loss), the penalty's KL is from
+/// the recomputed logprobs, as the loss's ratio is (veRL's penalty reads its recomputed
+/// `old_log_prob`), not from the sampler's: the step rebuilt by hand from rollouts carrying
+/// both trains to the same bits with the same gap metric.
+#[test]
+fn the_penalty_reads_pi_old_recomputed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = config(&["rollout.matmul_dtype=\"bf16\""]);
+    assert!(c.recomputes_old_logprobs(artist_tensor::Device::Cpu));
+    let mut t = trainer(c.clone());
+    let m = train(&tmp.path().join("run"), &mut t, &quiet()).unwrap();
+
+    let by_hand = trainer(c.clone());
+    let reference = Qwen2::load(c.reference_model.as_ref().unwrap()).unwrap();
+    let order = DataOrder { n: by_hand.train.len(), batch_size: 2, shuffle: true, seed: c.seed };
+    let problems: Vec<&Problem> = order.step(0).1.iter().map(|&i| &by_hand.train[i]).collect();
+    let batch = by_hand.rollouts(&problems, c.seed).unwrap();
+    assert!(batch.rollouts.iter().all(|ro| ro.sampled_tokens() > 0));
+    let mut all: Vec<TrainRollout> = batch.rollouts.iter().map(|ro| train_rollout(ro, 0.0)).collect();
+    let refs: Vec<&TrainRollout> = all.iter().collect();
+    let ref_lps = artist_rl::grpo::rollout_logprobs(&reference, &Ctx::inference(), &refs, 1.0, 2).unwrap();
+    let old_lps = artist_rl::grpo::rollout_logprobs(&by_hand.model, &Ctx::inference(), &refs, 1.0, 2).unwrap();
+    let kl = |old: &[Vec<f32>]| -> Vec<f64> {
+        (all.iter().zip(old).zip(&ref_lps))
+            .map(|((r, ol), rl)| {
+                (0..r.ids.len()).filter(|&j| r.mask[j] == 1).map(|j| ol[j] as f64 - rl[j] as f64).sum::<f64>()
+            })
+            .collect()
+    };
+    let kls = kl(&old_lps);
+    let sampler: Vec<Vec<f32>> = all.iter().map(|r| r.old_logprobs.clone()).collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let got = m[0].kl_reward.unwrap();
+    assert!((got - mean(&kls)).abs() <= 1e-9, "kl_reward {got} vs {}", mean(&kls));
+    let off = (got - mean(&kl(&sampler))).abs();
+    assert!(off > 1e-4, "the sampler's logprobs give the same KL ({off}): the test shows nothing");
+    let scores: Vec<f64> = batch.rewards.iter().zip(&kls).map(|(r, k)| r.total - 0.05 * k).collect();
+    let adv = group_advantages(&scores, 3, &c.advantages);
+    let mut gap = (0.0, 0);
+    for (((r, a), old), s) in all.iter_mut().zip(adv).zip(old_lps).zip(&sampler) {
+        for j in (0..r.ids.len()).filter(|&j| r.mask[j] == 1) {
+            gap = (gap.0 + (old[j] - s[j]).abs(), gap.1 + 1);
+        }
+        r.advantage = a as f32;
+        r.old_logprobs = old;
+        r.sampler_logprobs = Some(s.clone());
+    }
+    let gap = gap.0 as f64 / gap.1 as f64;
+    let got = m[0].sampler_logprob_gap.unwrap();
+    assert!((got - gap).abs() <= 1e-6 * gap, "sampler_logprob_gap {got} vs {gap}");
+    let mut optimizer = adamw(&c, &by_hand.model);
+    let u = update(&by_hand.model, None, all, &c, &mut optimizer, c.optim.lr, 0).unwrap();
+    assert_eq!((u.loss, u.grad_norm), (m[0].loss, m[0].grad_norm));
+    assert_eq!(weights(&by_hand.model), weights(&t.model));
+}
