@@ -325,6 +325,10 @@ pub struct GrpoRunConfig {
     pub old_logprobs: OldLogprobs,
     /// Rollouts per forward/backward pass; gradients accumulate over the batch (0: all).
     pub micro_batch_rollouts: usize,
+    /// Recompute each decoder layer's activations in the loss's backward instead of storing
+    /// them (veRL's `enable_gradient_checkpointing`): one saved tensor per layer, for a
+    /// second forward pass of the layers.
+    pub grad_checkpointing: bool,
     /// Data parallel: all-reduce gradient buckets during the last micro-batch's backward
     /// (true) or after it (false); unset, overlapped on a GPU and not on a CPU (as SFT's).
     pub overlap_allreduce: Option<bool>,
@@ -386,6 +390,7 @@ impl Default for GrpoRunConfig {
             optimizer_steps_per_batch: 1,
             old_logprobs: OldLogprobs::Auto,
             micro_batch_rollouts: 0,
+            grad_checkpointing: false,
             overlap_allreduce: None,
             filter_flat_groups: false,
             max_sampling_rounds: 1,
@@ -1225,6 +1230,9 @@ pub struct UpdateStats {
     pub sampler_logprob_gap: Option<f64>,
     /// Whether any rollout was trained on.
     pub trained: bool,
+    /// The most autograd ops one micro-batch recorded (fewer with `grad_checkpointing`,
+    /// whose layers record one op each).
+    pub tape_ops: usize,
 }
 
 /// A round's rollouts (math rollouts or BFCL episodes, in groups of G) as what to train
@@ -1548,7 +1556,7 @@ pub fn update_sharded(
         for (j, (rs, ws)) in refs.chunks(micro).zip(weights.chunks(micro)).enumerate() {
             let tape = Tape::new();
             let ws: Vec<&[f32]> = ws.iter().map(Vec::as_slice).collect();
-            let ctx = numerics(Ctx::training(&tape));
+            let ctx = numerics(Ctx::training(&tape)).with_checkpointing(c.grad_checkpointing);
             let (l, stats) = grpo_loss_measuring(model, &ctx, rs, &ws, &grpo, update == 0)?;
             loss += l.to_scalar()? as f64;
             clipped += stats.clipped;
@@ -1558,6 +1566,7 @@ pub fn update_sharded(
                 entropy[0] += stats.entropy_mean * stats.tokens as f64;
                 entropy[1] += stats.tokens as f64;
             }
+            out.tape_ops = out.tape_ops.max(tape.len());
             step_grads.backward(&tape, &l, j + 1 == n_micro)?;
         }
         let mut grads = step_grads.finish()?;
