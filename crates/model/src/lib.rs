@@ -9,11 +9,13 @@
 mod config;
 mod error;
 mod kv_cache;
+mod lora;
 mod qwen2;
 mod weights;
 
 pub use config::Qwen2Config;
 pub use error::{Error, Result};
 pub use kv_cache::{DEFAULT_BLOCK_SIZE, DecodeSteps, KvCache, KvUsage, MAX_GRAPH_BATCH, graph_batch_size};
+pub use lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LORA_MODULES, LoraSpec};
 pub use qwen2::{Qwen2, Rows, SeqInput};
 pub use weights::{RandomWeights, WeightSource, Weights, save_safetensors};

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use artist_autograd::{Ctx, Param, Var, checkpoint};
 use artist_tensor::{DType, Device, PagedBatch, Tensor, rope_tables};
 
+use crate::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LoraSpec};
 use crate::{DecodeSteps, Error, KvCache, Qwen2Config, Result, WeightSource, Weights, graph_batch_size};
 
 /// Tokens appended to the sequence held in cache slot `slot`.
@@ -35,17 +36,84 @@ pub enum Rows {
 struct Linear {
     weight: Param,       // [out, in], stored dtype
     bias: Option<Param>, // [out], stored dtype
+    /// LoRA: each part of the projection (one, or q/k/v and gate/up where fused) in row
+    /// order, with its adapter if it has one; empty without adapters.
+    lora: Vec<LoraPart>,
+    /// The adapters' factor `alpha / r`.
+    lora_scale: f32,
+}
+
+/// One part of a (fused) projection: its output rows and
+/// its adapter `(A: [r, in], B: [rows, r])`, f32, if targeted.
+#[derive(Clone)]
+struct LoraPart {
+    rows: usize,
+    adapter: Option<(Param, Param)>,
+}
+
+/// `x @ w^T` in the dtype `ctx` asks linear layers to multiply in.
+fn project(ctx: &Ctx, x: &Var, w: &Var, bias: Option<&Var>) -> Result<Var> {
+    Ok(match ctx.matmul_dtype() {
+        Some(dt) => x.linear_in(w, bias, dt)?,
+        None => x.linear(w, bias)?,
+    })
 }
 
 impl Linear {
-    /// `x @ weight^T + bias`, in the dtype `ctx` asks linear layers to multiply in.
+    fn new(weight: Param, bias: Option<Param>) -> Linear {
+        Linear { weight, bias, lora: Vec::new(), lora_scale: 0.0 }
+    }
+
+    /// `x @ weight^T + bias` (plus the adapters' update), in the dtype `ctx` asks linear
+    /// layers to multiply in.
     fn forward(&self, ctx: &Ctx, x: &Var) -> Result<Var> {
         let bias = self.bias.as_ref().map(|b| ctx.param(b).to_dtype(DType::F32)).transpose()?;
-        let w = ctx.param(&self.weight);
-        Ok(match ctx.matmul_dtype() {
-            Some(dt) => x.linear_in(&w, bias.as_ref(), dt)?,
-            None => x.linear(&w, bias.as_ref())?,
+        let y = project(ctx, x, &ctx.param(&self.weight), bias.as_ref())?;
+        Ok(match self.lora_delta(ctx, x)? {
+            Some(d) => y.add(&d)?,
+            None => y,
         })
+    }
+
+    /// The adapters' update `s (x A^T) B^T` of every part, side by side (zeros for parts
+    /// without one); `None` without adapters.
+    fn lora_delta(&self, ctx: &Ctx, x: &Var) -> Result<Option<Var>> {
+        if self.lora.iter().all(|p| p.adapter.is_none()) {
+            return Ok(None);
+        }
+        let total = x.dims()[0];
+        let parts = (self.lora.iter())
+            .map(|p| match &p.adapter {
+                Some((a, b)) => project(ctx, &project(ctx, x, &ctx.param(a), None)?, &ctx.param(b), None),
+                None => Ok(Var::constant(Tensor::zeros((total, p.rows), DType::F32, x.value().device())?)),
+            })
+            .collect::<Result<Vec<Var>>>()?;
+        let delta = match parts.as_slice() {
+            [one] => one.clone(),
+            _ => Var::cat(&parts.iter().collect::<Vec<_>>(), 1)?,
+        };
+        Ok(Some(delta.mul_scalar(self.lora_scale)?))
+    }
+
+    /// The weight with the adapters merged in, `W + s B A` per part (computed in f32,
+    /// stored in the weight's dtype); `None` without adapters.
+    fn merged_weight(&self) -> Result<Option<Tensor>> {
+        if self.lora.iter().all(|p| p.adapter.is_none()) {
+            return Ok(None);
+        }
+        let w = self.weight.value();
+        let mut rows = Vec::with_capacity(self.lora.len());
+        let mut row = 0;
+        for p in &self.lora {
+            let base = w.narrow(0, row, p.rows)?.to_dtype(DType::F32)?;
+            rows.push(match &p.adapter {
+                Some((a, b)) => base.add(&b.value().matmul(a.value())?.mul_scalar(self.lora_scale)?)?,
+                None => base,
+            });
+            row += p.rows;
+        }
+        let merged = Tensor::cat(&rows.iter().collect::<Vec<_>>(), 0)?;
+        Ok(Some(merged.to_dtype(w.dtype())?))
     }
 
     /// One projection computing all of `parts` (their outputs side by side), named `name`.
@@ -55,7 +123,7 @@ impl Linear {
             Some(b) => Some(Param::new(format!("{name}.bias"), Tensor::cat(&b, 0)?)),
             None => None,
         };
-        Ok(Linear { weight: Param::new(format!("{name}.weight"), Tensor::cat(&weights, 0)?), bias })
+        Ok(Linear::new(Param::new(format!("{name}.weight"), Tensor::cat(&weights, 0)?), bias))
     }
 }
 
@@ -190,10 +258,13 @@ impl Layer {
             None => (x.clone(), x.rms_norm(&w_in, eps)?),
         };
         // The projection's bias is added inside the fused split/RoPE/cache write.
-        let qkv = match ctx.matmul_dtype() {
+        let mut qkv = match ctx.matmul_dtype() {
             Some(dt) => h.linear_in(self.qkv_proj.weight.value(), None, dt)?,
             None => h.linear(self.qkv_proj.weight.value(), None)?,
         };
+        if let Some(d) = self.qkv_proj.lora_delta(ctx, &Var::constant(h.clone()))? {
+            qkv = qkv.add(d.value())?;
+        }
         let bias = self.qkv_proj.bias.as_ref().map(|b| b.value().to_dtype(DType::F32)).transpose()?;
         let q = cache.write_qkv_batch(l, &p.batch, &qkv, bias.as_ref(), heads, &p.cos, &p.sin)?;
         let attn = cache.attend_batch(l, &p.batch, &q, (d as f32).powf(-0.5))?.reshape((total, heads * d))?;
@@ -267,7 +338,18 @@ impl Layer {
             out.push(&l.weight);
             out.extend(&l.bias);
         }
+        for l in self.linears() {
+            for p in &l.lora {
+                if let Some((a, b)) = &p.adapter {
+                    out.extend([a, b]);
+                }
+            }
+        }
         out
+    }
+
+    fn linears(&self) -> [&Linear; 4] {
+        [&self.qkv_proj, &self.o_proj, &self.gate_up_proj, &self.down_proj]
     }
 }
 
@@ -275,6 +357,8 @@ pub struct Qwen2 {
     pub config: Qwen2Config,
     /// Where every parameter, activation and KV cache of this model lives.
     device: Device,
+    /// The LoRA adapters' settings, when the model has adapters.
+    lora: Option<LoraSpec>,
     embed_tokens: Param, // [vocab, hidden], stored dtype
     layers: Vec<Layer>,
     norm: Param,            // [hidden]
@@ -341,10 +425,10 @@ impl Qwen2 {
                     dims,
                     input_layernorm: param(format!("{p}.input_layernorm.weight"), &[h])?,
                     qkv_proj: Linear::stack(&format!("{p}.self_attn.qkv_proj"), &qkv)?,
-                    o_proj: Linear { weight: param(format!("{p}.self_attn.o_proj.weight"), &[h, q])?, bias: None },
+                    o_proj: Linear::new(param(format!("{p}.self_attn.o_proj.weight"), &[h, q])?, None),
                     post_attention_layernorm: param(format!("{p}.post_attention_layernorm.weight"), &[h])?,
                     gate_up_proj: Linear::stack(&format!("{p}.mlp.gate_up_proj"), &gate_up)?,
-                    down_proj: Linear { weight: param(format!("{p}.mlp.down_proj.weight"), &[h, i])?, bias: None },
+                    down_proj: Linear::new(param(format!("{p}.mlp.down_proj.weight"), &[h, i])?, None),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -353,7 +437,7 @@ impl Qwen2 {
         let lm_head =
             if c.tie_word_embeddings { None } else { Some(param("lm_head.weight".into(), &[c.vocab_size, h])?) };
         let norm = param("model.norm.weight".into(), &[h])?;
-        Ok(Qwen2 { config, device, embed_tokens, layers, norm, lm_head })
+        Ok(Qwen2 { config, device, lora: None, embed_tokens, layers, norm, lm_head })
     }
 
     /// The device this model's parameters live on.
@@ -370,6 +454,159 @@ impl Qwen2 {
         }
         out.push(&self.norm);
         out.extend(&self.lm_head);
+        out
+    }
+
+    /// The LoRA adapters' settings, when the model has adapters.
+    pub fn lora(&self) -> Option<&LoraSpec> {
+        self.lora.as_ref()
+    }
+
+    /// Gives the projections `spec` targets fresh LoRA adapters and freezes every other
+    /// parameter: `A` uniform in `±1/sqrt(in)` (seeded by `seed` and the adapter's name),
+    /// `B` zero, as PEFT starts them, so the model computes what it did.
+    pub fn add_lora(&mut self, spec: &LoraSpec, seed: u64) -> Result<()> {
+        use rand::{Rng, SeedableRng};
+        spec.validate()?;
+        if self.lora.is_some() {
+            return Err(Error::Input("the model has LoRA adapters already".into()));
+        }
+        let c = &self.config;
+        let d = c.head_dim;
+        let (h, q, kv, i) = (c.hidden_size, c.num_attention_heads * d, c.num_key_value_heads * d, c.intermediate_size);
+        let r = spec.rank;
+        let device = self.device;
+        let fresh = |name: String, rows: usize, inp: usize| -> Result<(Param, Param)> {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ crate::weights::fnv1a(name.as_bytes()));
+            let bound = 1.0 / (inp as f32).sqrt();
+            let a: Vec<f32> = (0..r * inp).map(|_| rng.random_range(-bound..bound)).collect();
+            Ok((
+                Param::new(format!("{name}.lora_A.weight"), Tensor::from_vec(a, (r, inp), device)?),
+                Param::new(format!("{name}.lora_B.weight"), Tensor::zeros((rows, r), DType::F32, device)?),
+            ))
+        };
+        for p in self.params_mut() {
+            p.set_trainable(false);
+        }
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            let projections: [(&mut Linear, &str, usize, Vec<(&'static str, usize)>); 4] = [
+                (&mut layer.qkv_proj, "self_attn", h, vec![("q_proj", q), ("k_proj", kv), ("v_proj", kv)]),
+                (&mut layer.o_proj, "self_attn", q, vec![("o_proj", h)]),
+                (&mut layer.gate_up_proj, "mlp", h, vec![("gate_proj", i), ("up_proj", i)]),
+                (&mut layer.down_proj, "mlp", i, vec![("down_proj", h)]),
+            ];
+            for (lin, block, inp, parts) in projections {
+                lin.lora_scale = spec.scale();
+                lin.lora = (parts.into_iter())
+                    .map(|(module, rows)| {
+                        let name = format!("model.layers.{l}.{block}.{module}");
+                        let adapter = spec.targets(&name).then(|| fresh(name, rows, inp)).transpose()?;
+                        Ok(LoraPart { rows, adapter })
+                    })
+                    .collect::<Result<_>>()?;
+            }
+        }
+        self.lora = Some(spec.clone());
+        Ok(())
+    }
+
+    /// Adds the adapters of a PEFT adapter directory (`adapter_config.json`,
+    /// `adapter_model.safetensors`), as [`Qwen2::add_lora`] does fresh ones.
+    pub fn load_lora(&mut self, dir: &Path) -> Result<()> {
+        let spec = LoraSpec::from_peft_config(&dir.join(ADAPTER_CONFIG_FILE))?;
+        self.add_lora(&spec, 0)?;
+        let path = dir.join(ADAPTER_WEIGHTS_FILE);
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::Safetensors { path: path.clone(), msg: e.to_string() })?;
+        let mut expected = std::collections::BTreeSet::new();
+        for (name, p) in self.lora_named() {
+            let view = st.tensor(&name).map_err(|_| Error::MissingTensor { name: format!("{}: {name}", path.display()) })?;
+            let dims = p.value().dims().to_vec();
+            if view.shape() != dims.as_slice() {
+                return Err(Error::TensorShape { name, expected: dims, got: view.shape().to_vec() });
+            }
+            let dtype = match view.dtype() {
+                safetensors::Dtype::F32 => DType::F32,
+                safetensors::Dtype::BF16 => DType::BF16,
+                safetensors::Dtype::F16 => DType::F16,
+                other => return Err(Error::TensorDType { name, dtype: format!("{other:?}") }),
+            };
+            let t = Tensor::from_bytes(view.data(), dtype, dims, Device::Cpu)?.to_dtype(DType::F32)?;
+            p.value().copy_from(&t.to_device(self.device)?)?;
+            expected.insert(name);
+        }
+        if let Some(extra) = st.names().into_iter().find(|n| !expected.contains(*n)) {
+            return Err(Error::Config {
+                path,
+                msg: format!("tensor {extra:?} is not an adapter of this model under adapter_config.json"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Each adapter parameter under PEFT's name
+    /// (`base_model.model.model.layers.L.self_attn.q_proj.lora_A.weight`).
+    fn lora_named(&self) -> Vec<(String, &Param)> {
+        let mut out = Vec::new();
+        for layer in &self.layers {
+            for lin in layer.linears() {
+                for part in &lin.lora {
+                    if let Some((a, b)) = &part.adapter {
+                        out.extend([a, b].map(|p| (format!("base_model.model.{}", p.name()), p)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The adapters' tensors under PEFT's names (none without adapters).
+    pub fn lora_tensors(&self) -> Vec<(String, Tensor)> {
+        self.lora_named().into_iter().map(|(n, p)| (n, p.value().clone())).collect()
+    }
+
+    /// Writes the adapters into `dir` as PEFT does (`adapter_config.json`, naming `base`
+    /// as the base model, and `adapter_model.safetensors`).
+    pub fn save_lora(&self, dir: &Path, base: &str) -> Result<()> {
+        let spec = self.lora.as_ref().ok_or_else(|| Error::Input("the model has no LoRA adapters to save".into()))?;
+        let path = dir.join(ADAPTER_CONFIG_FILE);
+        let text = serde_json::to_string_pretty(&spec.peft_config(base)).expect("JSON");
+        std::fs::write(&path, text).map_err(|source| Error::Io { path, source })?;
+        crate::weights::save_safetensors(&self.lora_tensors(), &dir.join(ADAPTER_WEIGHTS_FILE))
+    }
+
+    /// [`Qwen2::hf_tensors`] with the adapters merged into the weights they adapt
+    /// (`W + s B A`, in the weight's dtype): a plain model that computes what this one does.
+    pub fn hf_tensors_merged(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut merged = std::collections::HashMap::new();
+        for layer in &self.layers {
+            for lin in layer.linears() {
+                if let Some(w) = lin.merged_weight()? {
+                    merged.insert(lin.weight.id(), w);
+                }
+            }
+        }
+        self.hf_named(|p| Some(merged.get(&p.id()).cloned().unwrap_or_else(|| p.value().clone())))
+    }
+
+    /// Every parameter once, mutably (the adapters' too).
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut out = vec![&mut self.embed_tokens];
+        for l in &mut self.layers {
+            out.extend([&mut l.input_layernorm, &mut l.post_attention_layernorm]);
+            for lin in [&mut l.qkv_proj, &mut l.o_proj, &mut l.gate_up_proj, &mut l.down_proj] {
+                out.push(&mut lin.weight);
+                out.extend(&mut lin.bias);
+                for part in &mut lin.lora {
+                    if let Some((a, b)) = &mut part.adapter {
+                        out.extend([a, b]);
+                    }
+                }
+            }
+        }
+        out.push(&mut self.norm);
+        out.extend(&mut self.lm_head);
         out
     }
 

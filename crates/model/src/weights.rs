@@ -41,10 +41,14 @@ impl WeightSource for RandomWeights {
             return Ok(Tensor::ones(shape, self.dtype, Device::Cpu)?);
         }
         // FNV-1a of the name, mixed with the seed.
-        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(h ^ self.seed);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(fnv1a(name.as_bytes()) ^ self.seed);
         Ok(Tensor::randn(shape, 0.0, self.std, self.dtype, Device::Cpu, &mut rng)?)
     }
+}
+
+/// FNV-1a of `bytes` (seeds random tensors by their names).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 /// The tensors of a checkpoint directory, by name.
