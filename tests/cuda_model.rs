@@ -367,3 +367,56 @@ fn bf16_product_gradients_match_pytorch_on_the_gpu() {
         }
     }
 }
+
+/// LoRA adapters (PEFT's, `tests/fixtures/lora/r4-partial`: q/k/v and gate/up fused with
+/// parts unadapted) on the GPU: the paged, cached forward's logits against PEFT's (float64)
+/// and the CPU's, and the adapters' training gradients against the CPU's.
+#[test]
+fn lora_adapters_on_the_gpu_follow_peft_and_the_cpu() {
+    let dev = gpu_or_skip!();
+    let lora = fixtures().join("lora/r4-partial");
+    let text = std::fs::read_to_string(fixtures().join("lora/sequences.json")).unwrap();
+    let seqs: Vec<Vec<u32>> =
+        serde_json::from_value(serde_json::from_str::<serde_json::Value>(&text).unwrap()["sequences"].clone()).unwrap();
+    let expected = Weights::open_file(&lora.join("expected.safetensors")).unwrap();
+    let total: usize = seqs.iter().map(Vec::len).sum();
+    let want_logits = expected.get("logits", &[total, 311]).unwrap().to_vec::<f32>().unwrap();
+    let models: Vec<Qwen2> = [Device::Cpu, dev]
+        .into_iter()
+        .map(|d| {
+            let mut m = Qwen2::load_on(&fixtures().join("qwen2/tiny-gqa"), d).unwrap();
+            m.load_lora(&lora).unwrap();
+            m
+        })
+        .collect();
+    let mut grads = Vec::new();
+    for model in &models {
+        let mut cache = model.new_cache(2, 64).unwrap();
+        let inputs: Vec<SeqInput> = seqs.iter().enumerate().map(|(slot, t)| SeqInput { slot, tokens: t }).collect();
+        let logits = model.forward(&inputs, &mut cache, Rows::All).unwrap().to_vec::<f32>().unwrap();
+        assert_close(&format!("LoRA logits on {:?}", model.device()), &logits, &want_logits, TOL);
+        let tape = Tape::new();
+        let ctx = Ctx::training(&tape);
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let rows: Vec<u32> = (0..seqs[0].len() as u32 - 1).collect();
+        let hidden = model.hidden_states(&ctx, &refs, Some(&rows)).unwrap();
+        let targets: Vec<u32> = seqs[0][1..].to_vec();
+        let lp =
+            artist_autograd::token_logprobs_in(&hidden, &ctx.param(model.lm_head_param()), &targets, 1.0, None, None)
+                .unwrap();
+        let g = tape.backward(&lp.sum_all().unwrap()).unwrap();
+        grads.push(
+            model
+                .params()
+                .iter()
+                .filter(|p| p.trainable())
+                .map(|p| (p.name().to_string(), g.get(p.id()).unwrap().to_vec::<f32>().unwrap()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(grads[0].len(), 20, "two layers: q, v, o, gate, down; A and B");
+    for ((name, cpu), (_, gpu)) in grads[0].iter().zip(&grads[1]) {
+        let scale = cpu.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert_close(&format!("LoRA gradient {name}"), gpu, cpu, 1e-4 * scale.max(1.0));
+    }
+}

@@ -52,9 +52,9 @@ impl LoraSpec {
     /// gets an adapter: PEFT's rule for a list, a name equal to the path or ending it
     /// after a dot.
     pub fn targets(&self, path: &str) -> bool {
-        self.target_modules.iter().any(|t| {
-            t == "all-linear" || path == t || path.strip_suffix(t.as_str()).is_some_and(|p| p.ends_with('.'))
-        })
+        self.target_modules
+            .iter()
+            .any(|t| t == "all-linear" || path == t || path.strip_suffix(t.as_str()).is_some_and(|p| p.ends_with('.')))
     }
 
     /// Checks the rank, the scale and the module names.
@@ -112,7 +112,10 @@ impl LoraSpec {
             serde_json::from_str(&text).map_err(|source| Error::Json { path: path.to_path_buf(), source })?;
         let bad = |msg: String| Error::Config { path: path.to_path_buf(), msg };
         if v.get("peft_type").and_then(|t| t.as_str()) != Some("LORA") {
-            return Err(bad(format!("peft_type {} is not \"LORA\"", v.get("peft_type").unwrap_or(&serde_json::Value::Null))));
+            return Err(bad(format!(
+                "peft_type {} is not \"LORA\"",
+                v.get("peft_type").unwrap_or(&serde_json::Value::Null)
+            )));
         }
         let rank = v.get("r").and_then(|r| r.as_u64()).ok_or_else(|| bad("no integer r".into()))? as usize;
         let alpha = v.get("lora_alpha").and_then(|a| a.as_f64()).ok_or_else(|| bad("no number lora_alpha".into()))?;
@@ -122,9 +125,10 @@ impl LoraSpec {
             Some(serde_json::Value::String(s)) => {
                 return Err(bad(format!("target_modules {s:?}: a pattern is not supported (list the modules)")));
             }
-            Some(serde_json::Value::Array(a)) => {
-                a.iter().map(|m| m.as_str().map(String::from).ok_or_else(|| bad("a target module is not a string".into()))).collect::<Result<_>>()?
-            }
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|m| m.as_str().map(String::from).ok_or_else(|| bad("a target module is not a string".into())))
+                .collect::<Result<_>>()?,
             _ => return Err(bad("no target_modules".into())),
         };
         for (key, off) in [

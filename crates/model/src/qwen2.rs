@@ -51,6 +51,9 @@ struct LoraPart {
     adapter: Option<(Param, Param)>,
 }
 
+/// A part of a projection: its Hugging Face module name and output rows.
+type Part = (&'static str, usize);
+
 /// `x @ w^T` in the dtype `ctx` asks linear layers to multiply in.
 fn project(ctx: &Ctx, x: &Var, w: &Var, bias: Option<&Var>) -> Result<Var> {
     Ok(match ctx.matmul_dtype() {
@@ -372,11 +375,17 @@ impl Qwen2 {
     }
 
     /// Loads a Hugging Face model directory onto `device`: each tensor goes from the
-    /// memory-mapped file to the device as it is read.
+    /// memory-mapped file to the device as it is read. A directory that also holds PEFT
+    /// adapters (`adapter_config.json`, as a LoRA run's checkpoints do) loads with them, as
+    /// transformers loads such a directory.
     pub fn load_on(dir: &Path, device: Device) -> Result<Qwen2> {
         let config = Qwen2Config::from_file(&dir.join("config.json"))?;
         let weights = Weights::open(dir)?;
-        Qwen2::from_weights_on(config, &weights, device)
+        let mut model = Qwen2::from_weights_on(config, &weights, device)?;
+        if dir.join(ADAPTER_CONFIG_FILE).exists() {
+            model.load_lora(dir)?;
+        }
+        Ok(model)
     }
 
     /// Builds the model on the CPU from any source of named tensors (a checkpoint, random
@@ -489,16 +498,18 @@ impl Qwen2 {
             p.set_trainable(false);
         }
         for (l, layer) in self.layers.iter_mut().enumerate() {
-            let projections: [(&mut Linear, &str, usize, Vec<(&'static str, usize)>); 4] = [
-                (&mut layer.qkv_proj, "self_attn", h, vec![("q_proj", q), ("k_proj", kv), ("v_proj", kv)]),
-                (&mut layer.o_proj, "self_attn", q, vec![("o_proj", h)]),
-                (&mut layer.gate_up_proj, "mlp", h, vec![("gate_proj", i), ("up_proj", i)]),
-                (&mut layer.down_proj, "mlp", i, vec![("down_proj", h)]),
+            // Each projection: its block, input width, and parts (module name, rows).
+            let parts: [(&str, usize, &[Part]); 4] = [
+                ("self_attn", h, &[("q_proj", q), ("k_proj", kv), ("v_proj", kv)]),
+                ("self_attn", q, &[("o_proj", h)]),
+                ("mlp", h, &[("gate_proj", i), ("up_proj", i)]),
+                ("mlp", i, &[("down_proj", h)]),
             ];
-            for (lin, block, inp, parts) in projections {
+            let linears = [&mut layer.qkv_proj, &mut layer.o_proj, &mut layer.gate_up_proj, &mut layer.down_proj];
+            for (lin, (block, inp, parts)) in linears.into_iter().zip(parts) {
                 lin.lora_scale = spec.scale();
-                lin.lora = (parts.into_iter())
-                    .map(|(module, rows)| {
+                lin.lora = (parts.iter())
+                    .map(|&(module, rows)| {
                         let name = format!("model.layers.{l}.{block}.{module}");
                         let adapter = spec.targets(&name).then(|| fresh(name, rows, inp)).transpose()?;
                         Ok(LoraPart { rows, adapter })
@@ -521,7 +532,8 @@ impl Qwen2 {
             .map_err(|e| Error::Safetensors { path: path.clone(), msg: e.to_string() })?;
         let mut expected = std::collections::BTreeSet::new();
         for (name, p) in self.lora_named() {
-            let view = st.tensor(&name).map_err(|_| Error::MissingTensor { name: format!("{}: {name}", path.display()) })?;
+            let view =
+                st.tensor(&name).map_err(|_| Error::MissingTensor { name: format!("{}: {name}", path.display()) })?;
             let dims = p.value().dims().to_vec();
             if view.shape() != dims.as_slice() {
                 return Err(Error::TensorShape { name, expected: dims, got: view.shape().to_vec() });

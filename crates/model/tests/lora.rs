@@ -100,7 +100,9 @@ fn peft_adapters_match_peft() {
             worst = worst.max(d);
             assert!(d < (3.0 * torch_grads).max(1e-5), "{case}: {key} differs from float64's by {d:e} of its largest");
         }
-        eprintln!("{case}: gradients at worst {worst:e} of the largest from float64's (PyTorch float32: {torch_grads:e})");
+        eprintln!(
+            "{case}: gradients at worst {worst:e} of the largest from float64's (PyTorch float32: {torch_grads:e})"
+        );
         // Merged into plain weights, written as a Hugging Face model and read back.
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy(base().join("config.json"), dir.path().join("config.json")).unwrap();
@@ -124,7 +126,10 @@ fn fresh_adapters_change_nothing_and_train_alone() {
     let mut model = Qwen2::load(&base()).unwrap();
     let spec = LoraSpec { rank: 3, alpha: 6.0, target_modules: vec!["q_proj".into(), "up_proj".into()], rslora: false };
     model.add_lora(&spec, 7).unwrap();
-    assert_eq!(model.logits(&seqs[0]).unwrap().to_vec::<f32>().unwrap(), plain.logits(&seqs[0]).unwrap().to_vec::<f32>().unwrap());
+    assert_eq!(
+        model.logits(&seqs[0]).unwrap().to_vec::<f32>().unwrap(),
+        plain.logits(&seqs[0]).unwrap().to_vec::<f32>().unwrap()
+    );
     let names: Vec<String> = model.params().iter().filter(|p| p.trainable()).map(|p| p.name().to_string()).collect();
     // Two layers, q_proj and up_proj, A and B each.
     assert_eq!(names.len(), 8, "{names:?}");
@@ -163,7 +168,10 @@ fn fresh_adapters_change_nothing_and_train_alone() {
         m.lora_tensors().into_iter().map(|(n, t)| (n, t.to_vec::<f32>().unwrap())).collect()
     };
     assert_eq!(t(&again), t(&model));
-    assert_eq!(again.logits(&seqs[1]).unwrap().to_vec::<f32>().unwrap(), model.logits(&seqs[1]).unwrap().to_vec::<f32>().unwrap());
+    assert_eq!(
+        again.logits(&seqs[1]).unwrap().to_vec::<f32>().unwrap(),
+        model.logits(&seqs[1]).unwrap().to_vec::<f32>().unwrap()
+    );
     assert!(model.add_lora(&spec, 0).unwrap_err().to_string().contains("already"));
 }
 
@@ -208,7 +216,10 @@ fn bad_adapters_are_refused_by_name() {
     let e = try_load(&|_| {}, Some(bad));
     assert!(e.contains(&good[0].0) && e.contains("shape"), "{e}");
     let mut extra = good.clone();
-    extra.push(("base_model.model.lm_head.lora_A.weight".into(), Tensor::zeros((4, 64), DType::F32, Device::Cpu).unwrap()));
+    extra.push((
+        "base_model.model.lm_head.lora_A.weight".into(),
+        Tensor::zeros((4, 64), DType::F32, Device::Cpu).unwrap(),
+    ));
     let e = try_load(&|_| {}, Some(extra));
     assert!(e.contains("lm_head.lora_A"), "{e}");
 }

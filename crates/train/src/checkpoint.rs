@@ -93,11 +93,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Writes `model` as a Hugging Face model directory into `dir` (which must exist):
 /// weights in their stored dtype, `config.json` and tokenizer files from `source` when it
-/// has them (else a generated `config.json`).
+/// has them (else a generated `config.json`). A model with LoRA adapters is written as its
+/// frozen base weights and the adapters as PEFT writes them (`adapter_config.json` naming
+/// `source` as the base, `adapter_model.safetensors`), a directory that both
+/// [`Qwen2::load_on`] and transformers load with the adapters.
 pub fn write_hf_model(dir: &Path, model: &Qwen2, source: Option<&Path>) -> Result<()> {
     let weights = dir.join("model.safetensors");
     model.save_safetensors(&weights)?;
     sync_file(&weights)?;
+    if model.lora().is_some() {
+        let base = source.map(|s| s.display().to_string()).unwrap_or_default();
+        model.save_lora(dir, &base)?;
+        for name in [artist_model::ADAPTER_CONFIG_FILE, artist_model::ADAPTER_WEIGHTS_FILE] {
+            sync_file(&dir.join(name))?;
+        }
+    }
+    write_side_files(dir, model, source)
+}
+
+/// `config.json` and the tokenizer files of a model directory, from `source` when it has
+/// them (else a generated `config.json`).
+fn write_side_files(dir: &Path, model: &Qwen2, source: Option<&Path>) -> Result<()> {
     let config = dir.join("config.json");
     match source.map(|s| s.join("config.json")).filter(|p| p.exists()) {
         Some(src) => {
@@ -128,9 +144,25 @@ pub fn export_atomic(run_dir: &Path, name: &str, model: &Qwen2, source: Option<&
     let tmp = run_dir.join(format!(".tmp-{name}-{}", std::process::id()));
     fresh_dir(&tmp)?;
     write_hf_model(&tmp, model, source)?;
-    sync_dir(&tmp)?;
+    finish_export(run_dir, name, &tmp)
+}
+
+/// Writes `RUN_DIR/<name>/` atomically as a plain Hugging Face model directory of `model`
+/// with its LoRA adapters merged into the weights (`W + s B A`): what serving stacks load.
+pub fn export_merged(run_dir: &Path, name: &str, model: &Qwen2, source: Option<&Path>) -> Result<PathBuf> {
+    let tmp = run_dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    fresh_dir(&tmp)?;
+    let weights = tmp.join("model.safetensors");
+    artist_model::save_safetensors(&model.hf_tensors_merged()?, &weights)?;
+    sync_file(&weights)?;
+    write_side_files(&tmp, model, source)?;
+    finish_export(run_dir, name, &tmp)
+}
+
+fn finish_export(run_dir: &Path, name: &str, tmp: &Path) -> Result<PathBuf> {
+    sync_dir(tmp)?;
     let dst = run_dir.join(name);
-    replace_dir(&tmp, &dst)?;
+    replace_dir(tmp, &dst)?;
     sync_dir(run_dir)?;
     Ok(dst)
 }

@@ -653,6 +653,9 @@ impl GrpoTask for FcTrainer {
     fn model(&self) -> &Qwen2 {
         &self.model
     }
+    fn model_mut(&mut self) -> &mut Qwen2 {
+        &mut self.model
+    }
     fn reference_mut(&mut self) -> &mut Option<Qwen2> {
         &mut self.reference
     }

@@ -325,6 +325,11 @@ pub struct GrpoRunConfig {
     pub old_logprobs: OldLogprobs,
     /// Rollouts per forward/backward pass; gradients accumulate over the batch (0: all).
     pub micro_batch_rollouts: usize,
+    /// LoRA adapters (`[lora]`, PEFT's settings; `rank = 0`, the default: full
+    /// fine-tuning): the base weights frozen, the adapters alone trained, checkpoints
+    /// holding them as PEFT writes them and the run ending with the merged model in
+    /// `RUN_DIR/merged/`.
+    pub lora: artist_model::LoraSpec,
     /// Recompute each decoder layer's activations in the loss's backward instead of storing
     /// them (veRL's `enable_gradient_checkpointing`): one saved tensor per layer, for a
     /// second forward pass of the layers.
@@ -391,6 +396,7 @@ impl Default for GrpoRunConfig {
             old_logprobs: OldLogprobs::Auto,
             micro_batch_rollouts: 0,
             grad_checkpointing: false,
+            lora: Default::default(),
             overlap_allreduce: None,
             filter_flat_groups: false,
             max_sampling_rounds: 1,
@@ -530,6 +536,16 @@ impl GrpoRunConfig {
                  is none: set grpo.beta > 0 or kl_reward.coef > 0"
                     .into(),
             ));
+        }
+        if self.lora.rank > 0 {
+            self.lora.validate().map_err(|e| Error::Config(e.to_string()))?;
+            if sync.every > 0 {
+                return Err(Error::Config(
+                    "reference_sync with [lora] is not supported: the reference is the frozen base model (set \
+                     reference_sync.every = 0 or lora.rank = 0)"
+                        .into(),
+                ));
+            }
         }
         if !(sync.alpha > 0.0 && sync.alpha <= 1.0) {
             return Err(Error::Config(format!("reference_sync.alpha must be in (0, 1], got {}", sync.alpha)));
@@ -1688,6 +1704,7 @@ pub(crate) type EvalSums = [f64; EVAL_SUMS];
 pub trait GrpoTask {
     fn config(&self) -> &GrpoRunConfig;
     fn model(&self) -> &Qwen2;
+    fn model_mut(&mut self) -> &mut Qwen2;
     fn reference_mut(&mut self) -> &mut Option<Qwen2>;
     /// The KL term's reference, when one is loaded.
     fn reference(&self) -> Option<&Qwen2>;
@@ -1733,6 +1750,9 @@ impl GrpoTask for GrpoTrainer<'_> {
     }
     fn model(&self) -> &Qwen2 {
         &self.model
+    }
+    fn model_mut(&mut self) -> &mut Qwen2 {
+        &mut self.model
     }
     fn reference_mut(&mut self) -> &mut Option<Qwen2> {
         &mut self.reference
@@ -1855,6 +1875,7 @@ fn run<T: GrpoTask>(
         }
         *trainer.reference_mut() = Some(Qwen2::load_on(path, trainer.model().device())?);
     }
+    attach_lora(trainer.model_mut(), &c.lora, c.seed)?;
     let params = trainer.model().params();
     if let Some(comm) = dist.as_deref_mut() {
         crate::sft::check_agreement(
@@ -1885,7 +1906,18 @@ fn run<T: GrpoTask>(
             .ok_or_else(|| Error::Config(format!("{}: no checkpoint to resume from", run_dir.display())))?;
         let state = checkpoint::read_state(&dir)?;
         let saved = Qwen2::load_on(&dir, trainer.model().device())?;
-        for (p, s) in trainer.model().params().iter().zip(saved.params()) {
+        let (mine, theirs) = (trainer.model().params(), saved.params());
+        let names = |ps: &[&artist_autograd::Param]| ps.iter().map(|p| p.name().to_string()).collect::<Vec<_>>();
+        if names(&mine) != names(&theirs) {
+            return Err(Error::Config(format!(
+                "{}: the checkpoint's parameters are not the model's ({} against {}; LoRA adapters in one and not \
+                 the other?)",
+                dir.display(),
+                theirs.len(),
+                mine.len()
+            )));
+        }
+        for (p, s) in mine.iter().zip(theirs) {
             p.value().copy_from(s.value())?;
         }
         checkpoint::load_optimizer(&dir, &mut optimizer, &state)?;
@@ -2060,6 +2092,9 @@ fn run<T: GrpoTask>(
     if lead {
         if start < end {
             save(trainer, &optimizer, end, drawn)?;
+            if trainer.model().lora().is_some() {
+                checkpoint::export_merged(run_dir, MERGED_DIR, trainer.model(), Some(&c.model))?;
+            }
         }
         crate::plots::write_curves(run_dir)?;
     }
@@ -2068,6 +2103,23 @@ fn run<T: GrpoTask>(
         comm.barrier()?;
     }
     Ok(all)
+}
+
+/// Where a LoRA run writes its merged model when it ends (`RUN_DIR/merged/`).
+pub const MERGED_DIR: &str = "merged";
+
+/// Gives `model` the adapters `spec` asks for (`rank > 0`), seeded by `seed`; a model that
+/// has adapters already (loaded from a LoRA checkpoint) keeps them when they are the ones
+/// asked for, or when none are.
+pub(crate) fn attach_lora(model: &mut Qwen2, spec: &artist_model::LoraSpec, seed: u64) -> Result<()> {
+    match model.lora() {
+        Some(have) if spec.rank > 0 && have != spec => Err(Error::Config(format!(
+            "the model has LoRA adapters already ({have:?}), not those [lora] asks for ({spec:?})"
+        ))),
+        Some(_) => Ok(()),
+        None if spec.rank > 0 => Ok(model.add_lora(spec, seed)?),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
