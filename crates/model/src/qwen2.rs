@@ -521,6 +521,29 @@ impl Qwen2 {
         Ok(())
     }
 
+    /// The model without its adapters: the base weights, shared with this model (no copy),
+    /// as PEFT's `disable_adapter` computes. A LoRA run's KL reference.
+    pub fn without_lora(&self) -> Qwen2 {
+        let strip = |l: &Linear| Linear { lora: Vec::new(), lora_scale: 0.0, ..l.clone() };
+        Qwen2 {
+            config: self.config.clone(),
+            device: self.device,
+            lora: None,
+            embed_tokens: self.embed_tokens.clone(),
+            layers: (self.layers.iter())
+                .map(|l| Layer {
+                    qkv_proj: strip(&l.qkv_proj),
+                    o_proj: strip(&l.o_proj),
+                    gate_up_proj: strip(&l.gate_up_proj),
+                    down_proj: strip(&l.down_proj),
+                    ..l.clone()
+                })
+                .collect(),
+            norm: self.norm.clone(),
+            lm_head: self.lm_head.clone(),
+        }
+    }
+
     /// Adds the adapters of a PEFT adapter directory (`adapter_config.json`,
     /// `adapter_model.safetensors`), as [`Qwen2::add_lora`] does fresh ones.
     pub fn load_lora(&mut self, dir: &Path) -> Result<()> {

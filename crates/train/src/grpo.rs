@@ -296,7 +296,8 @@ pub struct GrpoRunConfig {
     /// The Hugging Face model directory training starts from.
     pub model: PathBuf,
     /// The reference model of the KL terms (only loaded when one uses it: `grpo.beta > 0`
-    /// or `kl_reward.coef > 0`); unset: `model`, the policy as it starts.
+    /// or `kl_reward.coef > 0`); unset: `model`, the policy as it starts (with fresh `[lora]`
+    /// adapters, the policy's own frozen base weights, shared rather than loaded again).
     pub reference_model: Option<PathBuf>,
     /// Updating the reference from the policy during the run (off by default).
     pub reference_sync: ReferenceSync,
@@ -1866,6 +1867,10 @@ fn run<T: GrpoTask>(
     if lead {
         std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
     }
+    // Fresh adapters leave the policy as it starts: its base weights, which they never
+    // change, are then the reference, shared rather than loaded again.
+    let fresh_lora = c.lora.rank > 0 && trainer.model().lora().is_none();
+    attach_lora(trainer.model_mut(), &c.lora, c.seed)?;
     if c.uses_reference() && trainer.reference_mut().is_none() {
         let path = c.reference_model.as_ref().unwrap_or(&c.model);
         if path.as_os_str().is_empty() {
@@ -1873,9 +1878,13 @@ fn run<T: GrpoTask>(
                 "grpo.beta > 0 or kl_reward.coef > 0 needs a reference model: set reference_model (or model)".into(),
             ));
         }
-        *trainer.reference_mut() = Some(Qwen2::load_on(path, trainer.model().device())?);
+        let reference = if fresh_lora && c.reference_model.is_none() {
+            trainer.model().without_lora()
+        } else {
+            Qwen2::load_on(path, trainer.model().device())?
+        };
+        *trainer.reference_mut() = Some(reference);
     }
-    attach_lora(trainer.model_mut(), &c.lora, c.seed)?;
     let params = trainer.model().params();
     if let Some(comm) = dist.as_deref_mut() {
         crate::sft::check_agreement(

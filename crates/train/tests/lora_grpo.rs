@@ -94,6 +94,26 @@ fn lora_trains_the_adapters_alone_and_resumes() {
     assert!(e.contains("LoRA adapters already") || e.contains("not the model's"), "{e}");
 }
 
+/// With a KL term the reference is the policy's own base, shared: the KL is exactly 0 at
+/// step 1 (fresh adapters change nothing) and grows as the adapters train.
+#[test]
+fn the_reference_is_the_shared_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = trainer(config(&["grpo.beta=0.04"]));
+    let m = train(&tmp.path().join("run"), &mut t, &quiet()).unwrap();
+    assert_eq!(m[0].kl, 0.0);
+    assert!(m[1].kl > 0.0 && m[2].kl > 0.0, "{:?}", m.iter().map(|s| s.kl).collect::<Vec<_>>());
+    let reference = t.reference.as_ref().unwrap();
+    assert!(reference.lora().is_none());
+    let policy = t.model.params();
+    let base: Vec<_> = policy.iter().filter(|p| !p.name().contains(".lora_")).collect();
+    assert_eq!(reference.params().len(), base.len());
+    for (r, p) in reference.params().iter().zip(base) {
+        assert_eq!(r.name(), p.name());
+        assert!(r.value().same_storage(p.value()), "{} was copied", r.name());
+    }
+}
+
 #[test]
 fn lora_settings_are_checked() {
     let cpu = artist_tensor::Device::Cpu;
