@@ -630,3 +630,23 @@ fn grpo_with_a_gpus_default_dtypes_on_the_cuda_backend() {
     eprintln!("bf16 on CUDA: sampler vs trainer mean |logprob gap| {gap:e}");
     assert!(gap < 0.1, "sampler vs trainer logprob gap {gap}");
 }
+
+/// `--lora-rank`: the run trains adapters on a bf16 model and exports them as PEFT does
+/// (`final/`) beside the merged model (`merged/`); a target that is not a projection is
+/// refused by name.
+#[test]
+fn sft_with_lora_adapters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut args = sft_args(&out);
+    args.extend(["--lora-rank", "2", "--lora-alpha", "4", "--lora-target-modules", "q_proj,v_proj"].map(String::from));
+    ok(&train(&args, &[]));
+    let config: serde_json::Value = serde_json::from_slice(&bytes(&out.join("final/adapter_config.json"))).unwrap();
+    assert_eq!(config["target_modules"], serde_json::json!(["q_proj", "v_proj"]));
+    assert_eq!((config["r"].as_u64(), config["lora_alpha"].as_f64()), (Some(2), Some(4.0)));
+    assert!(out.join("final/adapter_model.safetensors").exists() && out.join("merged/model.safetensors").exists());
+    assert!(!out.join("merged/adapter_config.json").exists());
+    let mut bad = sft_args(&tmp.path().join("bad"));
+    bad.extend(["--lora-rank", "2", "--lora-target-modules", "lm_head"].map(String::from));
+    fails_cleanly(&train(&bad, &[]), "lm_head");
+}

@@ -122,6 +122,17 @@ struct Args {
     /// [sft] Recompute decoder layers in backward instead of storing their activations.
     #[arg(long)]
     grad_checkpointing: bool,
+    /// [sft] LoRA adapters of this rank on the projections (default 0: full fine-tuning).
+    /// GRPO: the config's `[lora]` table.
+    #[arg(long, value_name = "R")]
+    lora_rank: Option<usize>,
+    /// [sft] The adapters' scale numerator: updates are alpha / R times B A (default 16).
+    #[arg(long, value_name = "ALPHA")]
+    lora_alpha: Option<f64>,
+    /// [sft] The projections adapted, comma-separated (q_proj, k_proj, v_proj, o_proj,
+    /// gate_proj, up_proj, down_proj; default all-linear).
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    lora_target_modules: Option<Vec<String>>,
     /// [sft] The dtype attention computes in: f32 (exact) or bf16 (rounded inputs; on a GPU
     /// with head dim 64 or 128, the tensor-core kernels); auto, the default: bf16 on a GPU,
     /// f32 on the CPU. GRPO: the config key `attention_dtype`.
@@ -190,6 +201,15 @@ impl Args {
         }
         if self.decay_matrices_only {
             c.decay_matrices_only = true;
+        }
+        if let Some(r) = self.lora_rank {
+            c.lora.rank = r;
+        }
+        if let Some(a) = self.lora_alpha {
+            c.lora.alpha = a;
+        }
+        if let Some(m) = &self.lora_target_modules {
+            c.lora.target_modules = m.clone();
         }
         c
     }

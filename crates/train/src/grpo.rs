@@ -2120,7 +2120,7 @@ pub const MERGED_DIR: &str = "merged";
 /// Gives `model` the adapters `spec` asks for (`rank > 0`), seeded by `seed`; a model that
 /// has adapters already (loaded from a LoRA checkpoint) keeps them when they are the ones
 /// asked for, or when none are.
-pub(crate) fn attach_lora(model: &mut Qwen2, spec: &artist_model::LoraSpec, seed: u64) -> Result<()> {
+pub fn attach_lora(model: &mut Qwen2, spec: &artist_model::LoraSpec, seed: u64) -> Result<()> {
     match model.lora() {
         Some(have) if spec.rank > 0 && have != spec => Err(Error::Config(format!(
             "the model has LoRA adapters already ({have:?}), not those [lora] asks for ({spec:?})"

@@ -64,6 +64,10 @@ pub struct SftConfig {
     pub overlong: Overlong,
     /// Recompute each decoder layer's activations in backward instead of storing them.
     pub grad_checkpointing: bool,
+    /// LoRA adapters (rank 0, the default: full fine-tuning): the base frozen, the adapters
+    /// alone trained; `final/` holds the base and the adapters (PEFT's files), `merged/`
+    /// the merged model.
+    pub lora: artist_model::LoraSpec,
     /// The dtype attention computes in (`auto`: bf16 on a GPU, f32 on the CPU; `f32`; `bf16`).
     pub attention_dtype: crate::ComputeDtype,
     /// The dtype linear layers and the LM head multiply in (`auto`, `f32` or `bf16`).
@@ -107,6 +111,7 @@ impl Default for SftConfig {
             max_seq_len: 4096,
             overlong: Overlong::Truncate,
             grad_checkpointing: false,
+            lora: Default::default(),
             attention_dtype: crate::ComputeDtype::Auto,
             matmul_dtype: crate::ComputeDtype::Auto,
             max_bad_steps: 10,
@@ -316,10 +321,12 @@ fn run(
     }
 
     let source = c.model.clone();
-    let model = match &resume_from {
+    let mut model = match &resume_from {
         Some(dir) => Qwen2::load_on(dir, opts.device)?,
         None => Qwen2::load_on(&source, opts.device)?,
     };
+    // A checkpoint of a LoRA run loads with its adapters; a fresh run gets them here.
+    crate::grpo::attach_lora(&mut model, &c.lora, c.seed)?;
     let tokenizer_dir =
         if source.join(artist_tokenizer::TOKENIZER_FILE).exists() { Some(source.clone()) } else { None };
     let tokenizer = tokenizer_dir.as_ref().map(Tokenizer::from_dir).transpose()?;
@@ -529,6 +536,9 @@ fn run(
         }
         crate::plots::write_curves(run_dir)?;
         if end == c.steps {
+            if model.lora().is_some() {
+                checkpoint::export_merged(run_dir, crate::grpo::MERGED_DIR, &model, Some(&source))?;
+            }
             checkpoint::export_atomic(run_dir, "final", &model, Some(&source))?
         } else {
             checkpoint::latest(run_dir)?.expect("a checkpoint was just saved")
