@@ -4,13 +4,14 @@
 //!
 //!     cargo bench --bench train_step -- [--batch 4] [--seq 128] [--steps 3] [--checkpointing]
 //!         [--ranks N] [--device cpu|cuda[:N]] [--model small|1.5b] [--weights f32|bf16]
-//!         [--matmul-dtype f32|bf16] [--attention-dtype f32|bf16]
+//!         [--matmul-dtype f32|bf16] [--attention-dtype f32|bf16] [--lora-rank R]
 //!
 //! `--model 1.5b` is the Qwen2.5-1.5B shape (1.54B parameters, tied embeddings), for a GPU;
 //! `--weights bf16` keeps the parameters in bf16 (AdamW's f32 masters beside them), and the
 //! two dtypes choose the products' and attention's precision as the trainers'
 //! `matmul_dtype` and `attention_dtype` do. On a GPU each phase ends with a synchronize, and
-//! the JSON adds the device memory's peak.
+//! the JSON adds the device memory's peak. `--lora-rank R` trains LoRA adapters of rank R
+//! (alpha 2R) on all seven projections instead of every weight.
 //!
 //! With `--ranks N` (N > 1) it runs N in-process data-parallel ranks instead, each with
 //! `--batch` sequences, and times a step with the gradient all-reduce after backward and
@@ -26,7 +27,7 @@ use std::time::Instant;
 
 use artist_autograd::{Ctx, Tape};
 use artist_dist::{Communicator, InProcess, Reduce, all_reduce_gradients_overlapped, all_reduce_gradients_sum};
-use artist_model::{Qwen2, Qwen2Config, RandomWeights};
+use artist_model::{LoraSpec, Qwen2, Qwen2Config, RandomWeights};
 use artist_optim::{AdamW, AdamWConfig, clip_grad_norm};
 use artist_tensor::{DType, Device, cuda};
 use artist_train::data::Example;
@@ -101,7 +102,13 @@ fn run() -> BenchResult<()> {
         }
         Ok(())
     };
-    let model = Qwen2::from_weights_on(config.clone(), &RandomWeights { dtype: weights, std: 0.02, seed: 0 }, device)?;
+    let mut model =
+        Qwen2::from_weights_on(config.clone(), &RandomWeights { dtype: weights, std: 0.02, seed: 0 }, device)?;
+    let lora_rank: usize = arg("--lora-rank", "0").parse()?;
+    if lora_rank > 0 {
+        let spec = LoraSpec { rank: lora_rank, alpha: 2.0 * lora_rank as f64, ..LoraSpec::default() };
+        model.add_lora(&spec, 0)?;
+    }
     let examples = examples(&config, batch, seq, 0);
     let refs: Vec<&Example> = examples.iter().collect();
     let n_targets: usize = examples.iter().map(|e| e.targets()).sum();
@@ -159,6 +166,8 @@ fn run() -> BenchResult<()> {
                 Device::Cpu => None,
             },
             "checkpointing": checkpointing,
+            "lora_rank": lora_rank,
+            "trainable_params": params.iter().filter(|p| p.trainable()).map(|p| p.value().elem_count()).sum::<usize>(),
             "step_s": step_s,
             "forward_s": phases.0, "backward_s": phases.1, "optimizer_s": phases.2,
             "tokens_per_s": tokens as f64 / step_s,
@@ -265,6 +274,8 @@ fn data_parallel(ranks: usize, batch: usize, seq: usize, steps: usize, checkpoin
                         "threads": rayon::current_num_threads(),
                         "params": config.num_parameters(), "batch_per_rank": batch, "seq": seq,
                         "checkpointing": checkpointing,
+            "lora_rank": lora_rank,
+            "trainable_params": params.iter().filter(|p| p.trainable()).map(|p| p.value().elem_count()).sum::<usize>(),
                         "step_allreduce_after_s": after, "step_allreduce_overlapped_s": during,
                         "allreduce_alone_s": alone,
                         "hidden_s": after - during, "hidden_fraction": (after - during) / alone,

@@ -19,7 +19,9 @@ CPU both use ``threads`` threads (``torch.set_num_threads``, ``RAYON_NUM_THREADS
 precision as the Python stacks train), artist keeps bf16 parameters with f32 AdamW masters
 and runs its products and attention in bf16 (``--weights bf16 --matmul-dtype bf16
 --attention-dtype bf16``); both accumulate in f32. Both time one warm-up step, then report
-the median of ``steps`` steps; on a GPU every phase ends with a synchronize.
+the median of ``steps`` steps; on a GPU every phase ends with a synchronize. With
+``--lora-rank R`` both train LoRA adapters of rank R (alpha 2R, no dropout) on all seven
+projections of every layer instead of every weight (PyTorch: PEFT's ``get_peft_model``).
 """
 import argparse
 import json
@@ -57,10 +59,15 @@ def torch_run(a):
     dev = a.device.split(":")[0] if a.device.startswith("cuda") else "cpu"
     with torch.device(a.device if dev == "cuda" else "cpu"):
         model = Qwen2ForCausalLM(cfg).float().train()
+    if a.lora_rank:
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(r=a.lora_rank, lora_alpha=2 * a.lora_rank, lora_dropout=0.0,
+                                                 target_modules="all-linear"))
+        model.train()
     vocab = shape["vocab_size"]
     ids = torch.tensor([[(i * 7919 + b * 104729) % vocab for i in range(a.seq)] for b in range(a.batch)],
                        device=model.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     autocast = lambda: torch.autocast(dev, dtype=torch.bfloat16, enabled=a.bf16)
     times, phases = [], [0.0, 0.0, 0.0]
@@ -77,7 +84,7 @@ def torch_run(a):
         loss.backward()
         sync()
         t2 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
         sync()
         t3 = time.perf_counter()
@@ -104,6 +111,8 @@ def artist_run(a, checkpointing=False):
         flags += ["--weights", "bf16", "--matmul-dtype", "bf16", "--attention-dtype", "bf16"]
     if checkpointing:
         flags.append("--checkpointing")
+    if a.lora_rank:
+        flags += ["--lora-rank", str(a.lora_rank)]
     cmd = [a.bench, "--bench"] + flags if a.bench else ["cargo", "bench", "-q", "--bench", "train_step", "--"] + flags
     out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads([l for l in out.splitlines() if l.startswith("{")][-1])
@@ -120,6 +129,7 @@ def main():
     ap.add_argument("--bf16", action="store_true", help="bf16 products and attention (PyTorch: autocast)")
     ap.add_argument("--bench", help="a prebuilt train_step bench binary (default: cargo bench)")
     ap.add_argument("--no-checkpointing", action="store_true", help="skip the run with gradient checkpointing")
+    ap.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (PyTorch: PEFT)")
     a = ap.parse_args()
     if not a.bench:
         subprocess.run(["cargo", "bench", "--no-run", "-q", "--bench", "train_step"], cwd=ROOT, check=True)
@@ -138,6 +148,7 @@ def main():
     print()
     where = a.device if a.device != "cpu" else f"{a.threads} threads"
     what = f"{a.model}, {a.batch} x {a.seq} tokens, {where}" + (", bf16" if a.bf16 else "")
+    what += f", LoRA r{a.lora_rank}" if a.lora_rank else ""
     print(f"| {what} | artist | PyTorch {theirs['torch']} | artist / PyTorch |")
     print("| --- | --- | --- | --- |")
     for key, label in [("step_s", "step (s)"), ("forward_s", "forward (s)"), ("backward_s", "backward (s)"),

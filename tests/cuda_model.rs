@@ -369,8 +369,9 @@ fn bf16_product_gradients_match_pytorch_on_the_gpu() {
 }
 
 /// LoRA adapters (PEFT's, `tests/fixtures/lora/r4-partial`: q/k/v and gate/up fused with
-/// parts unadapted) on the GPU: the paged, cached forward's logits against PEFT's (float64)
-/// and the CPU's, and the adapters' training gradients against the CPU's.
+/// parts unadapted) on the GPU: the paged, cached forward's logits against PEFT's (float64),
+/// as a batch and one graphed decode step at a time; greedy decoding against the CPU's
+/// tokens; and the adapters' training gradients against the CPU's.
 #[test]
 fn lora_adapters_on_the_gpu_follow_peft_and_the_cpu() {
     let dev = gpu_or_skip!();
@@ -414,6 +415,22 @@ fn lora_adapters_on_the_gpu_follow_peft_and_the_cpu() {
                 .collect::<Vec<_>>(),
         );
     }
+    // Decode steps through the cache (graphed where the backend captures them), and greedy
+    // decoding: PEFT's logits and the CPU's tokens.
+    let vocab = 311;
+    let mut cache = models[1].new_cache(1, 32).unwrap();
+    cache.set_cuda_graphs(true);
+    for (p, t) in seqs[0].iter().enumerate() {
+        let row = models[1].forward(&[SeqInput { slot: 0, tokens: &[*t] }], &mut cache, Rows::Last).unwrap();
+        let want = &want_logits[p * vocab..(p + 1) * vocab];
+        assert_close(&format!("LoRA decode step {p}"), &row.to_vec::<f32>().unwrap(), want, TOL);
+    }
+    let (captures, replays) = cache.graph_counts();
+    assert!(captures >= 1 && replays >= 1, "LoRA decode steps: {captures} graph captures, {replays} replays");
+    let opts = GenerateOptions::new(16, SamplingParams::greedy(), vec![]);
+    let tokens: Vec<Vec<u32>> =
+        models.iter().map(|m| generate(m, &seqs[1], &opts, |_| false).unwrap().token_ids).collect();
+    assert_eq!(tokens[1], tokens[0], "LoRA greedy decoding on the GPU");
     assert_eq!(grads[0].len(), 20, "two layers: q, v, o, gate, down; A and B");
     for ((name, cpu), (_, gpu)) in grads[0].iter().zip(&grads[1]) {
         let scale = cpu.iter().fold(0f32, |m, x| m.max(x.abs()));
