@@ -274,8 +274,6 @@ fn data_parallel(ranks: usize, batch: usize, seq: usize, steps: usize, checkpoin
                         "threads": rayon::current_num_threads(),
                         "params": config.num_parameters(), "batch_per_rank": batch, "seq": seq,
                         "checkpointing": checkpointing,
-            "lora_rank": lora_rank,
-            "trainable_params": params.iter().filter(|p| p.trainable()).map(|p| p.value().elem_count()).sum::<usize>(),
                         "step_allreduce_after_s": after, "step_allreduce_overlapped_s": during,
                         "allreduce_alone_s": alone,
                         "hidden_s": after - during, "hidden_fraction": (after - during) / alone,
