@@ -114,6 +114,32 @@ fn the_reference_is_the_shared_base() {
     }
 }
 
+/// Two in-process ranks, each with its share of the prompts, train the adapters one process
+/// trains (the ranks add the same seeded adapters; only float sums are reordered).
+#[test]
+fn two_ranks_train_the_adapters_one_process_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = config(&["prompts_per_step=3", "grpo.beta=0.04"]);
+    let mut single = trainer(c.clone());
+    let m1 = train(&tmp.path().join("single"), &mut single, &quiet()).unwrap();
+    let dir = tmp.path().join("ranks");
+    let runs = common::ranks(2, |comm| {
+        let mut t = trainer(c.clone());
+        let m = artist_train::grpo::train_data_parallel(&dir, &mut t, &quiet(), comm).unwrap();
+        (m, weights(&t.model))
+    });
+    let w1 = weights(&single.model);
+    for (r, (m, w)) in runs.iter().enumerate() {
+        assert_eq!(w.len(), w1.len());
+        let d = w.iter().flatten().zip(w1.iter().flatten()).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(d < 1e-4, "rank {r}: weights {d:e} from one process's");
+        for (a, b) in m.iter().zip(&m1) {
+            assert_eq!((a.reward, a.response_tokens), (b.reward, b.response_tokens), "rank {r}, step {}", a.step);
+            assert!((a.kl - b.kl).abs() < 1e-5, "rank {r}, step {}: KL {} against {}", a.step, a.kl, b.kl);
+        }
+    }
+}
+
 #[test]
 fn lora_settings_are_checked() {
     let cpu = artist_tensor::Device::Cpu;
