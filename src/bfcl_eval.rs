@@ -197,6 +197,8 @@ pub fn replay(paths: &BfclPaths, from: Option<&Path>, opts: CheckOptions, as_jso
 /// How `--model` plays the entries.
 pub struct ModelRun<'a> {
     pub model_dir: &'a Path,
+    /// PEFT LoRA adapters to add to the model (`--lora`).
+    pub lora: Option<&'a Path>,
     pub device: artist_tensor::Device,
     pub temperature: f32,
     pub top_p: f32,
@@ -235,7 +237,7 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
         irrelevance: opts.irrelevance,
     };
     let data = FcData::load(&settings)?;
-    let (model, tokenizer) = crate::cli::open_model(run.model_dir, run.device)?;
+    let (model, tokenizer) = crate::cli::open_model(run.model_dir, run.lora, run.device)?;
     let tokenizer = tokenizer.with_context(|| format!("{}: no tokenizer.json", run.model_dir.display()))?;
     let template = artist_tokenizer::ChatTemplate::from_dir(run.model_dir)
         .unwrap_or_else(|_| artist_tokenizer::ChatTemplate::chatml());

@@ -41,13 +41,17 @@ pub fn device(name: &str) -> Result<Device> {
     Ok(d)
 }
 
-/// The model on `device` and, when the directory has one, its tokenizer.
-pub fn open_model(dir: &Path, device: Device) -> Result<(Qwen2, Option<Tokenizer>)> {
+/// The model on `device` (with the PEFT LoRA adapters of the directory `lora`, as
+/// `--lora` asks) and, when the model directory has one, its tokenizer.
+pub fn open_model(dir: &Path, lora: Option<&Path>, device: Device) -> Result<(Qwen2, Option<Tokenizer>)> {
     if !dir.is_dir() {
         bail!("{}: not a model directory", dir.display());
     }
-    let model =
+    let mut model =
         Qwen2::load_on(dir, device).with_context(|| format!("loading the model in {} onto {device}", dir.display()))?;
+    if let Some(adapters) = lora {
+        model.load_lora(adapters).with_context(|| format!("--lora {}", adapters.display()))?;
+    }
     let tokenizer = if dir.join(artist_tokenizer::TOKENIZER_FILE).exists() {
         Some(Tokenizer::from_dir(dir).with_context(|| format!("loading the tokenizer in {}", dir.display()))?)
     } else {

@@ -315,3 +315,39 @@ fn generate_and_score_on_the_cuda_backend() {
         assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-4, "score {a} vs transformers {b}");
     }
 }
+
+/// `--lora DIR`: PEFT's adapter files on top of `--model`; the logprobs are those of PEFT's
+/// model (from its float64 logits, tests/fixtures/lora), and a directory that is not an
+/// adapter is named.
+#[test]
+fn score_with_peft_adapters() {
+    let score = env!("CARGO_BIN_EXE_score");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora");
+    let seqs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("sequences.json")).unwrap()).unwrap();
+    let seq = ids(&seqs["sequences"][0]);
+    let tokens: Vec<String> = seq.iter().map(u64::to_string).collect();
+    let (model, adapters) = (fixture("tiny-gqa"), root.join("r4-partial"));
+    let args = ["--model", model.to_str().unwrap(), "--token-ids", &tokens.join(","), "--json"];
+    let v = json(&run(score, &[&args[..], &["--lora", adapters.to_str().unwrap()]].concat()));
+    let got: Vec<f64> = v["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    // PEFT's logits of the sequence (its first rows of the packed batch), as log-softmax.
+    let vocab = 311;
+    let rows = ids(&seqs["sequences"][0]).len() + ids(&seqs["sequences"][1]).len();
+    let expected = artist::model::Weights::open_file(&adapters.join("expected.safetensors")).unwrap();
+    let logits = expected.get("logits", &[rows, vocab]).unwrap().to_vec::<f32>().unwrap();
+    let want: Vec<f64> = (0..seq.len() - 1)
+        .map(|t| {
+            let row: Vec<f64> = logits[t * vocab..(t + 1) * vocab].iter().map(|&x| x as f64).collect();
+            let max = row.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+            row[seq[t + 1] as usize] - lse
+        })
+        .collect();
+    assert_eq!(got.len(), want.len());
+    let worst = got.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst < 1e-4, "logprobs {worst:e} from PEFT's");
+    let plain = json(&run(score, &args));
+    assert_ne!(plain["logprobs"], v["logprobs"], "the adapters changed nothing");
+    fails_cleanly(&run(score, &[&args[..], &["--lora", model.to_str().unwrap()]].concat()), "adapter_config.json");
+}

@@ -59,6 +59,10 @@ struct Cli {
     /// Hugging Face model directory.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// PEFT LoRA adapters (a directory with adapter_config.json and
+    /// adapter_model.safetensors) added to --model.
+    #[arg(long, value_name = "DIR", requires = "model")]
+    lora: Option<PathBuf>,
     /// Device to run the model on: auto (a GPU when there is one, else the CPU), cpu, cuda
     /// or cuda:N.
     #[arg(long, default_value = "auto")]
@@ -201,6 +205,7 @@ fn evaluate_bfcl(cli: &Cli) -> Result<()> {
         let device = artist::cli::device(&cli.device)?;
         let run = bfcl_eval::ModelRun {
             model_dir,
+            lora: cli.lora.as_deref(),
             device,
             temperature: cli.temperature,
             top_p: cli.top_p,
@@ -252,7 +257,8 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
     if data.problems.is_empty() {
         bail!("{}: no usable problem", dataset.display());
     }
-    let (model, tokenizer) = artist::cli::open_model(model_dir, artist::cli::device(&cli.device)?)?;
+    let (model, tokenizer) =
+        artist::cli::open_model(model_dir, cli.lora.as_deref(), artist::cli::device(&cli.device)?)?;
     let tok = tokenizer.with_context(|| format!("{}: evaluation needs tokenizer.json", model_dir.display()))?;
     let template = ChatTemplate::from_dir(model_dir).unwrap_or_else(|_| ChatTemplate::chatml());
     let tool: Option<Arc<dyn Tool>> = match cli.tools.as_str() {

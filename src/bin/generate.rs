@@ -34,6 +34,10 @@ struct Args {
     /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
     #[arg(long)]
     model: PathBuf,
+    /// PEFT LoRA adapters (a directory with adapter_config.json and
+    /// adapter_model.safetensors) added to --model.
+    #[arg(long, value_name = "DIR")]
+    lora: Option<PathBuf>,
     /// Prompt text (needs the model's tokenizer.json).
     #[arg(long, conflicts_with_all = ["prompt_ids", "prompts"], required_unless_present_any = ["prompt_ids", "prompts"])]
     prompt: Option<String>,
@@ -132,7 +136,7 @@ fn run() -> Result<()> {
     if args.chat && args.prompt_ids.is_some() {
         bail!("--chat wraps text: give --prompt (or --prompts), not --prompt-ids");
     }
-    let (model, tokenizer) = cli::open_model(&args.model, device)?;
+    let (model, tokenizer) = cli::open_model(&args.model, args.lora.as_deref(), device)?;
     if let Some(path) = &args.prompts {
         let eos_ids = if args.ignore_eos { vec![] } else { cli::eos_ids(&args.model, &model)? };
         return run_batch(&args, path, &model, tokenizer.as_ref(), sampling, eos_ids);

@@ -19,6 +19,10 @@ struct Args {
     /// Hugging Face model directory.
     #[arg(long)]
     model: PathBuf,
+    /// PEFT LoRA adapters (a directory with adapter_config.json and
+    /// adapter_model.safetensors) added to --model.
+    #[arg(long, value_name = "DIR")]
+    lora: Option<PathBuf>,
     /// File whose text is scored (needs the model's tokenizer.json).
     #[arg(long, conflicts_with = "token_ids", required_unless_present = "token_ids")]
     text_file: Option<PathBuf>,
@@ -41,7 +45,7 @@ fn main() -> Result<()> {
 fn run() -> Result<()> {
     let args = Args::parse();
     let device = cli::device(&args.device)?;
-    let (model, tokenizer) = cli::open_model(&args.model, device)?;
+    let (model, tokenizer) = cli::open_model(&args.model, args.lora.as_deref(), device)?;
     let ids = match (&args.text_file, &args.token_ids) {
         (Some(path), _) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

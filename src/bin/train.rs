@@ -459,7 +459,7 @@ fn run_grpo(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Resul
             problems
         }
     };
-    let (model, tokenizer) = artist::cli::open_model(&config.model, device)?;
+    let (model, tokenizer) = artist::cli::open_model(&config.model, None, device)?;
     let tokenizer = tokenizer.with_context(|| format!("{}: GRPO needs tokenizer.json", config.model.display()))?;
     let template = artist_tokenizer::ChatTemplate::from_dir(&config.model)
         .unwrap_or_else(|_| artist_tokenizer::ChatTemplate::chatml());
@@ -513,7 +513,7 @@ fn run_fc(
 
     config.validate(opts.device)?;
     let data = FcData::load(&config.bfcl)?;
-    let (model, tokenizer) = artist::cli::open_model(&config.model, opts.device)?;
+    let (model, tokenizer) = artist::cli::open_model(&config.model, None, opts.device)?;
     let tokenizer = tokenizer.with_context(|| format!("{}: GRPO needs tokenizer.json", config.model.display()))?;
     let template = artist_tokenizer::ChatTemplate::from_dir(&config.model)
         .unwrap_or_else(|_| artist_tokenizer::ChatTemplate::chatml());
