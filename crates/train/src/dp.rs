@@ -55,3 +55,44 @@ impl<'a, 'c> StepGrads<'a, 'c> {
         Ok(self.grads)
     }
 }
+
+/// Every rank's `lines` (JSON values, as the logs hold them) on every rank, concatenated in
+/// rank order; `lines` itself without a communicator. The bytes travel two to an f32 (exact
+/// there), after an all-gather of their lengths.
+pub(crate) fn gather_json_lines(
+    lines: Vec<serde_json::Value>,
+    comm: Option<&mut (dyn Communicator + '_)>,
+) -> Result<Vec<serde_json::Value>> {
+    let Some(comm) = comm.filter(|c| c.world_size() > 1) else { return Ok(lines) };
+    let mut bytes = Vec::new();
+    for line in &lines {
+        serde_json::to_writer(&mut bytes, line).expect("JSON");
+        bytes.push(b'\n');
+    }
+    if bytes.len() >= 1 << 24 {
+        return Err(crate::Error::Config(format!(
+            "{} bytes of log lines on one rank: too many to gather",
+            bytes.len()
+        )));
+    }
+    let lens = comm.all_gather(&[bytes.len() as f32])?;
+    let most = lens.iter().fold(0f32, |m, &l| m.max(l)) as usize;
+    let mut packed = vec![0f32; most.div_ceil(2)];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        packed[i] = f32::from(u16::from_le_bytes([pair[0], pair.get(1).copied().unwrap_or(0)]));
+    }
+    let all = comm.all_gather(&packed)?;
+    let mut out = Vec::new();
+    for (rank, len) in lens.iter().enumerate() {
+        let words = &all[rank * packed.len()..(rank + 1) * packed.len()];
+        let mut text: Vec<u8> = words.iter().flat_map(|&w| (w as u16).to_le_bytes()).collect();
+        text.truncate(*len as usize);
+        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            out.push(
+                serde_json::from_slice(line)
+                    .map_err(|e| crate::Error::Config(format!("rank {rank}'s log line did not arrive whole: {e}")))?,
+            );
+        }
+    }
+    Ok(out)
+}

@@ -720,6 +720,9 @@ impl GrpoTask for FcTrainer {
                 })
                 .collect();
         }
+        let mut comm = comm;
+        let mut samples = crate::dp::gather_json_lines(samples, comm.as_deref_mut())?;
+        samples.truncate(e.log_samples);
         crate::grpo::sum_over_ranks(&mut sums, comm)?;
         Ok(Some(Evaluation { samples, ..Evaluation::from_sums(sums, false) }))
     }
@@ -744,6 +747,7 @@ impl GrpoTask for FcTrainer {
             self.play_round(step, first, &batches[r][shard], at, &mut log)
         })?;
         whiten_advantages(&mut train, &c, comm.as_deref_mut())?;
+        let log = crate::grpo::step_log(log, c.log_rollouts, comm.as_deref_mut())?;
         let t = Instant::now();
         combine_step_sums(&mut sums, comm.as_deref_mut())?;
         let [

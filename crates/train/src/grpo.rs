@@ -124,8 +124,8 @@ pub struct EvalSettings {
     /// (`skip` = the training's `first`); played with these settings' `max_steps_per_turn`
     /// and checked with their `irrelevance`. Accuracy is BFCL's verdict.
     pub bfcl: Option<crate::fc::BfclSettings>,
-    /// Answers of each evaluation written to `RUN_DIR/eval_rollouts.jsonl` (the first ones
-    /// of the lead rank's share of the problems, with the step they follow; veRL's
+    /// Answers of each evaluation written to `RUN_DIR/eval_rollouts.jsonl` (the first ones,
+    /// in problem order whatever the ranks, with the step they follow; veRL's
     /// `log_val_generations`). 0: none.
     pub log_samples: usize,
 }
@@ -373,9 +373,9 @@ pub struct GrpoRunConfig {
     /// Checkpoint every N steps (0: only at the end).
     pub save_every: u64,
     pub keep_last: usize,
-    /// Rollouts of each step written to `RUN_DIR/rollouts.jsonl` (the first ones the lead
-    /// rank played, in prompt and sample order): the text with its rewards, tool calls and
-    /// token counts (0: none).
+    /// Rollouts of each step written to `RUN_DIR/rollouts.jsonl` (the first ones in round,
+    /// prompt and sample order, gathered from every rank, so the file is one process's):
+    /// the text with its rewards, tool calls and token counts (0: none).
     pub log_rollouts: usize,
 }
 
@@ -1104,6 +1104,7 @@ impl GrpoTrainer<'_> {
             self.score_round(self.rollouts(problems, seed)?, problems, at, &mut log)
         })?;
         whiten_advantages(&mut train, &c, comm.as_deref_mut())?;
+        let log = step_log(log, c.log_rollouts, comm.as_deref_mut())?;
         let t = Instant::now();
         combine_step_sums(&mut sums, comm.as_deref_mut())?;
         let [
@@ -1224,6 +1225,9 @@ impl GrpoTrainer<'_> {
         let seed = self.config.seed.wrapping_add(EVAL_SEED).wrapping_add((shard.start * answers) as u64);
         let (mut sums, samples) =
             self.evaluation_sums(&refs, e.temperature, seed, answers, e.log_samples, shard.start)?;
+        let mut comm = comm;
+        let mut samples = crate::dp::gather_json_lines(samples, comm.as_deref_mut())?;
+        samples.truncate(e.log_samples);
         sum_over_ranks(&mut sums, comm)?;
         Ok(Evaluation { samples, ..Evaluation::from_sums(sums, true) })
     }
@@ -2111,6 +2115,20 @@ fn run<T: GrpoTask>(
     if let Some(comm) = dist {
         comm.barrier()?;
     }
+    Ok(all)
+}
+
+/// A step's logged rollouts from every rank (each rank's lines, in round, prompt and sample
+/// order), in the order one process logs them: by round, then by prompt (the ranks' shards
+/// in rank order), the first `limit`.
+pub(crate) fn step_log(
+    log: Vec<serde_json::Value>,
+    limit: usize,
+    comm: Option<&mut (dyn Communicator + '_)>,
+) -> Result<Vec<serde_json::Value>> {
+    let mut all = crate::dp::gather_json_lines(log, comm)?;
+    all.sort_by_key(|l| l["round"].as_u64());
+    all.truncate(limit);
     Ok(all)
 }
 

@@ -151,12 +151,14 @@ fn a_resumed_run_continues_the_data_where_it_stopped() {
 #[test]
 fn two_ranks_sample_and_train_as_one_process() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut single = trainer(config(&[]));
+    // Every rollout of every round logged.
+    let logged = ["log_rollouts=1000"];
+    let mut single = trainer(config(&logged));
     let m1 = train(&tmp.path().join("single"), &mut single, &quiet()).unwrap();
     let w1 = weights(&single.model);
     let dir = tmp.path().join("ranks");
     let runs = ranks(2, |comm| {
-        let mut t = trainer(config(&[]));
+        let mut t = trainer(config(&logged));
         let m = train_data_parallel(&dir, &mut t, &quiet(), comm).unwrap();
         (m, weights(&t.model))
     });
@@ -174,6 +176,14 @@ fn two_ranks_sample_and_train_as_one_process() {
         assert!(diff <= 1e-4, "2 ranks vs one process: max |weight difference| {diff:e}");
     }
     assert_eq!(runs[0].1, runs[1].1, "the ranks' weights diverged");
+    // rollouts.jsonl: the ranks' rollouts of every round, gathered, in one process's order.
+    let read =
+        |d: &std::path::Path| artist_train::metrics::read(&d.join(artist_train::metrics::ROLLOUTS_FILE)).unwrap();
+    let (ours, theirs) = (read(&dir), read(&tmp.path().join("single")));
+    let played: usize = m1.iter().map(|m| m.sampling_rounds.unwrap() * 2 * 2).sum();
+    assert!(m1.iter().any(|m| m.sampling_rounds.unwrap() > 1), "no step played a second round");
+    assert_eq!((ours.len(), theirs.len()), (played, played));
+    assert_eq!(ours, theirs, "the ranks logged other lines, or in another order, than one process");
     let moved = max_diff(&w1, &weights(&trainer(config(&[])).model));
     assert!(moved > 1e-3, "training moved the weights by only {moved:e}");
 }

@@ -38,7 +38,14 @@ fn trainer(config: GrpoRunConfig) -> GrpoTrainer<'static> {
 
 /// Three prompts a step (ranks of 2 and 1 prompts), groups of 3, two rollouts a pass.
 fn config() -> GrpoRunConfig {
-    common::tiny_grpo_config(&["steps=3", "prompts_per_step=3", "eval.temperature=1.0", "eval.samples=2"])
+    common::tiny_grpo_config(&[
+        "steps=3",
+        "prompts_per_step=3",
+        "eval.temperature=1.0",
+        "eval.samples=2",
+        "log_rollouts=8",
+        "eval.log_samples=5",
+    ])
 }
 
 fn weights(model: &Qwen2) -> Vec<Vec<f32>> {
@@ -120,10 +127,15 @@ fn two_ranks_equal_one_process_on_the_global_batch() {
         assert_eq!(lines[0].get(key), single[0].get(key), "{key}");
     }
     assert!(artist_train::checkpoint::latest(&dir).unwrap().unwrap().ends_with("step-00000003"));
-    // rollouts.jsonl: rank 0's first four rollouts of each step are the single process's
-    // first four (the same prompts, seeds and texts), tagged with the same places.
-    let logged = |d: &Path| artist_train::metrics::read(&d.join(artist_train::metrics::ROLLOUTS_FILE)).unwrap();
-    let (ours, theirs) = (logged(&dir), logged(&tmp.path().join("single")));
-    assert_eq!(ours.len(), 3 * 4);
-    assert_eq!(ours, theirs, "rank 0 logged other rollouts than one process");
+    // rollouts.jsonl: the first 8 of each step's 9 rollouts, 6 played by rank 0 and 2 by
+    // rank 1, gathered: the single process's lines (the same prompts, seeds and texts),
+    // tagged with the same places. eval_rollouts.jsonl: the first 5 of the 6 held-out
+    // answers (rank 0 played 4) at each of the two evaluations, the single process's.
+    for file in [artist_train::metrics::ROLLOUTS_FILE, artist_train::metrics::EVAL_ROLLOUTS_FILE] {
+        let logged = |d: &Path| artist_train::metrics::read(&d.join(file)).unwrap();
+        let (ours, theirs) = (logged(&dir), logged(&tmp.path().join("single")));
+        let want = if file == artist_train::metrics::ROLLOUTS_FILE { 3 * 8 } else { 2 * 5 };
+        assert_eq!(ours.len(), want, "{file}");
+        assert_eq!(ours, theirs, "{file}: the ranks logged other lines than one process");
+    }
 }
