@@ -6,7 +6,9 @@ scores a token sequence as artist's own `score` does.
 
 Loads the directory with ``AutoModelForCausalLM`` (float32, eager attention), computes
 ``log p(token_i | tokens_<i)`` for the ids, runs ``score --json`` on the same directory and
-ids, and prints the largest difference. Exits non-zero when it exceeds 1e-4.
+ids, and prints the largest difference. Exits non-zero when it exceeds 1e-4. A LoRA run's
+``final/`` (base weights and PEFT's adapter files) loads through transformers' PEFT
+integration (``pip install peft``), which applies the adapters as artist does.
 """
 
 import argparse
