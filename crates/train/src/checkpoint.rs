@@ -98,9 +98,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// `source` as the base, `adapter_model.safetensors`), a directory that both
 /// [`Qwen2::load_on`] and transformers load with the adapters.
 pub fn write_hf_model(dir: &Path, model: &Qwen2, source: Option<&Path>) -> Result<()> {
+    write_hf_model_linking(dir, model, source, None)
+}
+
+/// [`write_hf_model`]; for a model with LoRA adapters, the base weights are hard-linked
+/// from `frozen_base_from/model.safetensors` when given (a directory this process wrote
+/// for the same frozen base: the same bytes) instead of written again, falling back to
+/// writing them where the link cannot be made.
+fn write_hf_model_linking(
+    dir: &Path,
+    model: &Qwen2,
+    source: Option<&Path>,
+    frozen_base_from: Option<&Path>,
+) -> Result<()> {
     let weights = dir.join("model.safetensors");
-    model.save_safetensors(&weights)?;
-    sync_file(&weights)?;
+    let linked = match frozen_base_from.filter(|_| model.lora().is_some()) {
+        Some(prev) => std::fs::hard_link(prev.join("model.safetensors"), &weights).is_ok(),
+        None => false,
+    };
+    if !linked {
+        model.save_safetensors(&weights)?;
+        sync_file(&weights)?;
+    }
     if model.lora().is_some() {
         let base = source.map(|s| s.display().to_string()).unwrap_or_default();
         model.save_lora(dir, &base)?;
@@ -139,11 +158,17 @@ fn write_side_files(dir: &Path, model: &Qwen2, source: Option<&Path>) -> Result<
 }
 
 /// Writes `RUN_DIR/<name>/` as a Hugging Face model directory, atomically (the final
-/// export of a run).
-pub fn export_atomic(run_dir: &Path, name: &str, model: &Qwen2, source: Option<&Path>) -> Result<PathBuf> {
+/// export of a run). `frozen_base_from`: as [`SaveExtras::frozen_base_from`].
+pub fn export_atomic(
+    run_dir: &Path,
+    name: &str,
+    model: &Qwen2,
+    source: Option<&Path>,
+    frozen_base_from: Option<&Path>,
+) -> Result<PathBuf> {
     let tmp = run_dir.join(format!(".tmp-{name}-{}", std::process::id()));
     fresh_dir(&tmp)?;
-    write_hf_model(&tmp, model, source)?;
+    write_hf_model_linking(&tmp, model, source, frozen_base_from)?;
     finish_export(run_dir, name, &tmp)
 }
 
@@ -205,20 +230,31 @@ pub fn save(
     source: Option<&Path>,
     keep_last: usize,
 ) -> Result<PathBuf> {
-    save_with_reference(run_dir, model, optimizer, state, source, keep_last, None)
+    save_with(run_dir, model, optimizer, state, source, keep_last, SaveExtras::default())
 }
 
-/// [`save`], with a KL reference the run has moved (GRPO's `reference_sync`) as a Hugging
-/// Face model directory `REFERENCE_DIR` inside the checkpoint, written before the
-/// checkpoint is renamed into place like everything else in it.
-pub fn save_with_reference(
+/// What a checkpoint may hold or reuse besides the model, optimiser and state.
+#[derive(Default, Clone, Copy)]
+pub struct SaveExtras<'a> {
+    /// A KL reference the run has moved (GRPO's `reference_sync`), saved as a Hugging Face
+    /// model directory `REFERENCE_DIR` inside the checkpoint, written before the checkpoint
+    /// is renamed into place like everything else in it.
+    pub reference: Option<&'a Qwen2>,
+    /// For a model with LoRA adapters: a checkpoint this process saved of the same model.
+    /// Its `model.safetensors` holds the frozen base weights, byte for byte what would be
+    /// written, and is hard-linked instead (no second copy on disk, no time writing it).
+    pub frozen_base_from: Option<&'a Path>,
+}
+
+/// [`save`] with [`SaveExtras`].
+pub fn save_with(
     run_dir: &Path,
     model: &Qwen2,
     optimizer: &AdamW,
     state: &TrainerState,
     source: Option<&Path>,
     keep_last: usize,
-    reference: Option<&Qwen2>,
+    extras: SaveExtras<'_>,
 ) -> Result<PathBuf> {
     let root = run_dir.join(CHECKPOINTS_DIR);
     std::fs::create_dir_all(&root).map_err(io(&root))?;
@@ -241,8 +277,8 @@ pub fn save_with_reference(
     }
     let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
     fresh_dir(&tmp)?;
-    write_hf_model(&tmp, model, source)?;
-    if let Some(reference) = reference {
+    write_hf_model_linking(&tmp, model, source, extras.frozen_base_from)?;
+    if let Some(reference) = extras.reference {
         let dir = tmp.join(REFERENCE_DIR);
         fresh_dir(&dir)?;
         write_hf_model(&dir, reference, source)?;

@@ -1981,6 +1981,8 @@ fn run<T: GrpoTask>(
         Ok(())
     };
     let mut all = Vec::new();
+    // The last checkpoint this process saved: a LoRA run links its frozen base weights.
+    let last_saved = std::cell::RefCell::new(None::<PathBuf>);
     let save = |trainer: &T, optimizer: &AdamW, step: u64, drawn: u64| -> Result<PathBuf> {
         let state = TrainerState {
             step,
@@ -1996,15 +1998,12 @@ fn run<T: GrpoTask>(
         // Once the run has moved the reference, it travels with the checkpoint.
         let sync = c.reference_sync.every;
         let reference = trainer.reference().filter(|_| sync > 0 && step >= sync);
-        checkpoint::save_with_reference(
-            run_dir,
-            trainer.model(),
-            optimizer,
-            &state,
-            Some(&c.model),
-            c.keep_last,
-            reference,
-        )
+        let prev = last_saved.borrow().clone();
+        let extras = checkpoint::SaveExtras { reference, frozen_base_from: prev.as_deref() };
+        let dir =
+            checkpoint::save_with(run_dir, trainer.model(), optimizer, &state, Some(&c.model), c.keep_last, extras)?;
+        *last_saved.borrow_mut() = Some(dir.clone());
+        Ok(dir)
     };
     let end = opts.stop_after.map_or(c.steps, |s| s.min(c.steps));
     let bar = crate::sft::progress_bar(opts.progress && lead, start, c.steps);

@@ -397,6 +397,8 @@ fn run(
     let mut metrics = if lead { Some(Metrics::open(run_dir, resume_from.as_ref().map(|_| start))?) } else { None };
     let bar = progress_bar(opts.progress && lead, start, c.steps);
     let end = opts.stop_after.map_or(c.steps, |s| s.min(c.steps));
+    // The last checkpoint this process saved: a LoRA run links its frozen base weights.
+    let last_saved = std::cell::RefCell::new(None::<PathBuf>);
     let save = |step: u64, epoch: u64, optimizer: &AdamW| -> Result<PathBuf> {
         let state = TrainerState {
             step,
@@ -409,7 +411,11 @@ fn run(
             config: serde_json::to_value(c).expect("JSON"),
         };
         let _range = artist_tensor::nvtx::range("checkpoint");
-        checkpoint::save(run_dir, &model, optimizer, &state, Some(&source), c.keep_last)
+        let prev = last_saved.borrow().clone();
+        let extras = checkpoint::SaveExtras { frozen_base_from: prev.as_deref(), ..Default::default() };
+        let dir = checkpoint::save_with(run_dir, &model, optimizer, &state, Some(&source), c.keep_last, extras)?;
+        *last_saved.borrow_mut() = Some(dir.clone());
+        Ok(dir)
     };
 
     // The held-out loss after step `done` (0: the starting weights), as metrics fields.
@@ -539,7 +545,8 @@ fn run(
             if model.lora().is_some() {
                 checkpoint::export_merged(run_dir, crate::grpo::MERGED_DIR, &model, Some(&source))?;
             }
-            checkpoint::export_atomic(run_dir, "final", &model, Some(&source))?
+            let prev = last_saved.borrow().clone();
+            checkpoint::export_atomic(run_dir, "final", &model, Some(&source), prev.as_deref())?
         } else {
             checkpoint::latest(run_dir)?.expect("a checkpoint was just saved")
         }

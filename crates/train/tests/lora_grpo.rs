@@ -64,6 +64,13 @@ fn lora_trains_the_adapters_alone_and_resumes() {
     let config_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ckpt.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!((config_json["peft_type"].as_str(), config_json["r"].as_u64()), (Some("LORA"), Some(4)));
+    // The frozen base weights are one file on disk, hard-linked into each later checkpoint.
+    use std::os::unix::fs::MetadataExt;
+    let inode = |step: u64| {
+        let path = tmp.path().join(format!("run/checkpoints/step-{step:08}/model.safetensors"));
+        std::fs::metadata(path).unwrap().ino()
+    };
+    assert_eq!(inode(2), inode(3), "the base weights were written again");
     let loaded = Qwen2::load(&ckpt).unwrap();
     assert_eq!(weights(&loaded), weights(&t.model));
     let ids: Vec<u32> = (1..40).map(|i| (i * 7 % 300) as u32).collect();

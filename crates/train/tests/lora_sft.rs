@@ -54,6 +54,19 @@ fn sft_trains_adapters_and_exports_them() {
     assert_eq!(adapters.len(), 2 * 2 * 2, "two layers, q_proj and down_proj, A and B");
     assert!(adapters.iter().filter(|(n, _)| n.contains("lora_B")).all(|(_, v)| v.iter().any(|&x| x != 0.0)));
 
+    // The base weights are written once and hard-linked into later checkpoints and final/;
+    // without adapters every checkpoint's weights are a file of their own.
+    use std::os::unix::fs::MetadataExt;
+    let inode = |run: &str, dir: &str| {
+        std::fs::metadata(tmp.path().join(run).join(dir).join("model.safetensors")).unwrap().ino()
+    };
+    assert_eq!(inode("run", "checkpoints/step-00000003"), inode("run", "final"));
+    assert_eq!(inode("run", "checkpoints/step-00000002"), inode("run", "final"));
+    let full = SftConfig { lora: LoraSpec::default(), ..config() };
+    train(&tmp.path().join("full"), full, &quiet()).unwrap();
+    assert_ne!(inode("full", "checkpoints/step-00000002"), inode("full", "checkpoints/step-00000003"));
+    assert_ne!(inode("full", "checkpoints/step-00000003"), inode("full", "final"));
+
     let ids: Vec<u32> = (0..30).map(|i| (i * 11 % 300) as u32).collect();
     let want = trained.logits(&ids).unwrap().to_vec::<f32>().unwrap();
     let merged = Qwen2::load(&tmp.path().join("run/merged")).unwrap();
