@@ -6,12 +6,14 @@
 //!     cargo bench --bench rollout -- [--device cpu|cuda[:N]] [--model 0.5b|1.5b]
 //!         [--prompts 1] [--group 8] [--prompt-len 256] [--new 32] [--tool-ms 0]
 //!         [--decode 32] [--bandwidth-gbs B] [--matmul-dtype f32|bf16] [--kv-dtype f32|bf16]
+//!         [--lora-rank R]
 //!
 //! `--matmul-dtype bf16` runs the projections as bf16 products into f32
 //! (`RolloutConfig::matmul_dtype`: tensor-core GEMMs for prefills and decode batches), as
 //! vLLM serves a bf16 model; the default f32 widens the bf16 weights for each product.
 //! `--kv-dtype bf16` stores the KV cache as bf16 (`RolloutConfig::kv_cache_dtype`): half the
-//! memory (`kv_peak_mib`) and half the bytes each decode step reads.
+//! memory (`kv_peak_mib`) and half the bytes each decode step reads. `--lora-rank R` gives
+//! every projection LoRA adapters of rank R, applied unmerged as a LoRA run's rollouts are.
 //!
 //! With `--tool-ms T`, every rollout is steered (a logit bonus, the model's own numbers
 //! otherwise) to open with a `<python>...</python>` call that a stand-in tool answers after
@@ -98,8 +100,13 @@ fn run() -> BenchResult<()> {
         "" => (datasheet(device).map(|(gbs, _)| gbs), "datasheet"),
         b => (Some(b.parse()?), "--bandwidth-gbs"),
     };
-    let model =
+    let mut model =
         Qwen2::from_weights_on(config.clone(), &RandomWeights { dtype: DType::BF16, std: 0.02, seed: 0 }, device)?;
+    let lora_rank: usize = arg("--lora-rank", "0").parse()?;
+    if lora_rank > 0 {
+        let spec = artist_model::LoraSpec { rank: lora_rank, alpha: 2.0 * lora_rank as f64, ..Default::default() };
+        model.add_lora(&spec, 0)?;
+    }
     let batch: Vec<Vec<u32>> =
         (0..prompts).map(|p| (0..prompt_len).map(|i| ((i * 7919 + p * 104_729) % 150_000) as u32).collect()).collect();
     let script = if tool_ms > 0 { tokenizer.encode("<python>print(1+1)</python>")? } else { vec![] };
@@ -135,6 +142,7 @@ fn run() -> BenchResult<()> {
                 "share_prefix": share,
                 "matmul_dtype": arg("--matmul-dtype", "f32"),
                 "kv_cache_dtype": arg("--kv-dtype", "f32"),
+                "lora_rank": lora_rank,
                 "threads": rayon::current_num_threads(),
                 "prompts": prompts, "group": group, "prompt_len": prompt_len, "max_new": new, "tool_ms": tool_ms,
                 "sampled_tokens": sampled,

@@ -236,7 +236,8 @@ impl Default for ReferenceSync {
 /// The KL to the reference as a penalty on each rollout's reward (veRL's
 /// `use_kl_in_reward`; REINFORCE++'s form): the reward the advantages are computed from is
 /// `r - coef * sum_t KL_t`, summed over the rollout's generated tokens, with `KL_t` the
-/// estimator's value from the sampler's logprob and the reference's. Outcome estimators
+/// estimator's value from pi_old's logprob (the sampler's, or the policy's recomputed where
+/// the run recomputes pi_old) and the reference's. Outcome estimators
 /// sum a token-level penalty this way (veRL's GRPO and REINFORCE++-baseline do), so it is
 /// a sequence-level one.
 ///
