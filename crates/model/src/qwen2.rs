@@ -546,9 +546,32 @@ impl Qwen2 {
 
     /// Adds the adapters of a PEFT adapter directory (`adapter_config.json`,
     /// `adapter_model.safetensors`), as [`Qwen2::add_lora`] does fresh ones.
+    /// On an error the model is left as it was.
     pub fn load_lora(&mut self, dir: &Path) -> Result<()> {
         let spec = LoraSpec::from_peft_config(&dir.join(ADAPTER_CONFIG_FILE))?;
         self.add_lora(&spec, 0)?;
+        let filled = self.fill_lora(dir);
+        if filled.is_err() {
+            self.remove_lora();
+        }
+        filled
+    }
+
+    /// Takes the adapters off and makes every other parameter trainable again.
+    fn remove_lora(&mut self) {
+        for l in &mut self.layers {
+            for lin in [&mut l.qkv_proj, &mut l.o_proj, &mut l.gate_up_proj, &mut l.down_proj] {
+                (lin.lora, lin.lora_scale) = (Vec::new(), 0.0);
+            }
+        }
+        for p in self.params_mut() {
+            p.set_trainable(true);
+        }
+        self.lora = None;
+    }
+
+    /// Copies the adapters of `dir/adapter_model.safetensors` into the fresh ones.
+    fn fill_lora(&mut self, dir: &Path) -> Result<()> {
         let path = dir.join(ADAPTER_WEIGHTS_FILE);
         let bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         let st = safetensors::SafeTensors::deserialize(&bytes)

@@ -222,4 +222,19 @@ fn bad_adapters_are_refused_by_name() {
     ));
     let e = try_load(&|_| {}, Some(extra));
     assert!(e.contains("lm_head.lora_A"), "{e}");
+    // A truncated weights file, a config that is not JSON, a directory without adapters.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture.join("adapter_config.json"), dir.path().join("adapter_config.json")).unwrap();
+    let bytes = std::fs::read(fixture.join("adapter_model.safetensors")).unwrap();
+    std::fs::write(dir.path().join("adapter_model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let mut model = Qwen2::load(&base()).unwrap();
+    let e = model.load_lora(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("adapter_model.safetensors"), "{e}");
+    // The failed load left the model as it was: no adapters, every weight trainable.
+    assert!(model.lora().is_none() && model.params().iter().all(|p| p.trainable() && !p.name().contains("lora_")));
+    std::fs::write(dir.path().join("adapter_config.json"), "{ r: 4").unwrap();
+    let e = Qwen2::load(&base()).unwrap().load_lora(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("adapter_config.json") && e.contains("JSON"), "{e}");
+    let e = Qwen2::load(&base()).unwrap().load_lora(&base()).unwrap_err().to_string();
+    assert!(e.contains("adapter_config.json"), "{e}");
 }
