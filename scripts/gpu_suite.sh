@@ -33,7 +33,8 @@
 #      GRPO-shaped rollouts and batch-1 decode of a Qwen2.5-1.5B shape beside transformers'
 #      generate (benches/rollout.rs, scripts/bench_rollout_hf.py), then the rollouts again
 #      with bf16 products and a bf16 KV cache (--matmul-dtype bf16 --kv-dtype bf16), and
-#      those with one warp per query head in decode attention (ARTIST_ATTN_GROUP=0).
+#      those with one warp per query head in decode attention (ARTIST_ATTN_GROUP=0); the
+#      training step and the bf16 rollouts again with rank-16 LoRA adapters.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -152,6 +153,11 @@ if wants bench; then
     guarded train_step.log python3 scripts/bench_train_step.py --bench "$u/train_step" --device cuda \
         --model 1.5b --bf16 --batch "${TRAIN_BATCH:-4}" --seq "${TRAIN_SEQ:-1024}" --steps 3 --no-checkpointing
 
+    step "the same step with LoRA adapters of rank 16 (PyTorch through PEFT where it is installed)"
+    guarded train_step_lora.log python3 scripts/bench_train_step.py --bench "$u/train_step" --device cuda \
+        --model 1.5b --bf16 --batch "${TRAIN_BATCH:-4}" --seq "${TRAIN_SEQ:-1024}" --steps 3 --no-checkpointing \
+        --lora-rank 16
+
     step "rollouts beside transformers' generate"
     shape=(--model 1.5b --prompts "${ROLLOUT_PROMPTS:-4}" --group 8 --prompt-len 512 --new "${ROLLOUT_NEW:-128}" --decode 64)
     guarded rollout.jsonl "$u/rollout" --device cuda "${shape[@]}"
@@ -161,6 +167,9 @@ if wants bench; then
     step "the same with one warp per query head (ARTIST_ATTN_GROUP=0), for the ratio"
     guarded rollout_bf16_per_head.jsonl env ARTIST_ATTN_GROUP=0 \
         "$u/rollout" --device cuda "${shape[@]}" --decode 0 --matmul-dtype bf16 --kv-dtype bf16
+    step "bf16 rollouts with LoRA adapters of rank 16, applied unmerged, for the ratio"
+    guarded rollout_bf16_lora.jsonl "$u/rollout" --device cuda "${shape[@]}" --decode 0 --matmul-dtype bf16 \
+        --kv-dtype bf16 --lora-rank 16
 fi
 
 step "summary"
@@ -168,7 +177,7 @@ step "summary"
     cat "$out/device.txt"
     grep -hE "^test result|FAILED|SKIPPED" "$out"/*.log "$out/failures.txt" 2>/dev/null
     cat "$out/bench.md" 2>/dev/null
-    grep -E "^\|" "$out/train_step.log" 2>/dev/null
+    grep -E "^\|" "$out/train_step.log" "$out/train_step_lora.log" 2>/dev/null
     grep -E "x$" "$out/rollout_hf.log" 2>/dev/null
     grep -hE "sampled_tokens_per_s|batch1_decode|attention_tflops" "$out"/rollout.jsonl "$out"/rollout_bf16*.jsonl 2>/dev/null
 } | tee "$dest/summary.txt"
