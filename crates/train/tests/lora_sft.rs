@@ -1,8 +1,8 @@
 //! SFT with LoRA adapters: the base weights stay frozen, the adapters train; `final/`
 //! holds the base and PEFT's adapter files and loads as the trained model, `merged/` as a
 //! plain model computing the same; a run stopped and resumed ends where a straight one does;
-//! a model loaded from `final/` keeps its adapters where `[lora]` asks for them (or for
-//! none) and refuses others.
+//! checkpointed layers train the same adapters to the bit; a model loaded from `final/`
+//! keeps its adapters where `[lora]` asks for them (or for none) and refuses others.
 
 use std::path::{Path, PathBuf};
 
@@ -80,6 +80,11 @@ fn sft_trains_adapters_and_exports_them() {
     train(&run, config(), &RunOptions { stop_after: Some(1), ..quiet() }).unwrap();
     let r = train(&run, config(), &RunOptions { resume: true, ..quiet() }).unwrap();
     assert_eq!(values(&Qwen2::load(&r.final_model).unwrap()), values(&trained));
+
+    // Checkpointed layers recompute the adapters too: the same adapters to the bit.
+    let ckpt = SftConfig { grad_checkpointing: true, ..config() };
+    let c = train(&tmp.path().join("checkpointed"), ckpt, &quiet()).unwrap();
+    assert_eq!(values(&Qwen2::load(&c.final_model).unwrap()), values(&trained));
 
     // GRPO from final/: its adapters are kept when asked for, others refused.
     let mut g = artist_train::grpo::GrpoRunConfig::default()
