@@ -518,6 +518,13 @@ impl Qwen2 {
             }
         }
         self.lora = Some(spec.clone());
+        if self.lora_named().is_empty() {
+            self.remove_lora();
+            return Err(Error::Input(format!(
+                "lora.target_modules {:?} matches no projection of this {}-layer model",
+                spec.target_modules, self.config.num_hidden_layers
+            )));
+        }
         Ok(())
     }
 

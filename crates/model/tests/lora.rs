@@ -173,6 +173,23 @@ fn fresh_adapters_change_nothing_and_train_alone() {
         model.logits(&seqs[1]).unwrap().to_vec::<f32>().unwrap()
     );
     assert!(model.add_lora(&spec, 0).unwrap_err().to_string().contains("already"));
+    // One layer's projection by its path; a path past the last layer is refused.
+    let mut one = Qwen2::load(&base()).unwrap();
+    let path = LoraSpec { target_modules: vec!["model.layers.1.mlp.down_proj".into()], ..spec.clone() };
+    one.add_lora(&path, 0).unwrap();
+    let names: Vec<String> = one.lora_tensors().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        [
+            "base_model.model.model.layers.1.mlp.down_proj.lora_A.weight",
+            "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"
+        ]
+    );
+    let mut none = Qwen2::load(&base()).unwrap();
+    let past = LoraSpec { target_modules: vec!["model.layers.7.mlp.down_proj".into()], ..spec };
+    let e = none.add_lora(&past, 0).unwrap_err().to_string();
+    assert!(e.contains("matches no projection"), "{e}");
+    assert!(none.lora().is_none() && none.params().iter().all(|p| p.trainable()));
 }
 
 #[test]
