@@ -21,7 +21,8 @@
 //! Prints one JSON line; `scripts/bench_train_step.py` runs it beside PyTorch on the same
 //! shape, batch and thread count. Model FLOPs per step are counted as 6 x parameters x
 //! tokens (matrix products, forward and backward) plus attention's 6 x 2 x layers x
-//! sum(t^2/2) x hidden.
+//! sum(t^2/2) x hidden; with LoRA, 4 x the frozen parameters (no weight gradients) and 6 x
+//! the adapters'.
 
 use std::time::Instant;
 
@@ -149,7 +150,15 @@ fn run() -> BenchResult<()> {
     let c = &config;
     let attn = 6.0 * 2.0 * c.num_hidden_layers as f64 * batch as f64 * (seq * seq) as f64 / 2.0
         * (c.num_attention_heads * c.head_dim) as f64;
-    let flops = 6.0 * c.num_parameters() as f64 * tokens as f64 + attn;
+    // With LoRA the base weights are frozen: their forward and input-gradient products
+    // only (4 x parameters x tokens), the adapters' all three (6 x theirs).
+    let trainable = params.iter().filter(|p| p.trainable()).map(|p| p.value().elem_count()).sum::<usize>();
+    let products = if lora_rank > 0 {
+        4.0 * c.num_parameters() as f64 + 6.0 * trainable as f64
+    } else {
+        6.0 * c.num_parameters() as f64
+    };
+    let flops = products * tokens as f64 + attn;
     println!(
         "{}",
         serde_json::json!({
@@ -167,7 +176,7 @@ fn run() -> BenchResult<()> {
             },
             "checkpointing": checkpointing,
             "lora_rank": lora_rank,
-            "trainable_params": params.iter().filter(|p| p.trainable()).map(|p| p.value().elem_count()).sum::<usize>(),
+            "trainable_params": trainable,
             "step_s": step_s,
             "forward_s": phases.0, "backward_s": phases.1, "optimizer_s": phases.2,
             "tokens_per_s": tokens as f64 / step_s,
