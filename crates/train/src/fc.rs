@@ -721,7 +721,8 @@ impl GrpoTask for FcTrainer {
                 .collect();
         }
         let mut comm = comm;
-        let mut samples = crate::dp::gather_json_lines(samples, comm.as_deref_mut())?;
+        let mut samples =
+            if e.log_samples > 0 { crate::dp::gather_json_lines(samples, comm.as_deref_mut())? } else { samples };
         samples.truncate(e.log_samples);
         crate::grpo::sum_over_ranks(&mut sums, comm)?;
         Ok(Some(Evaluation { samples, ..Evaluation::from_sums(sums, false) }))

@@ -1227,7 +1227,8 @@ impl GrpoTrainer<'_> {
         let (mut sums, samples) =
             self.evaluation_sums(&refs, e.temperature, seed, answers, e.log_samples, shard.start)?;
         let mut comm = comm;
-        let mut samples = crate::dp::gather_json_lines(samples, comm.as_deref_mut())?;
+        let mut samples =
+            if e.log_samples > 0 { crate::dp::gather_json_lines(samples, comm.as_deref_mut())? } else { samples };
         samples.truncate(e.log_samples);
         sum_over_ranks(&mut sums, comm)?;
         Ok(Evaluation { samples, ..Evaluation::from_sums(sums, true) })
@@ -2126,6 +2127,10 @@ pub(crate) fn step_log(
     limit: usize,
     comm: Option<&mut (dyn Communicator + '_)>,
 ) -> Result<Vec<serde_json::Value>> {
+    // Every rank has the same limit: none gathers when nothing is logged.
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
     let mut all = crate::dp::gather_json_lines(log, comm)?;
     all.sort_by_key(|l| l["round"].as_u64());
     all.truncate(limit);
