@@ -67,6 +67,11 @@ impl Linear {
         Linear { weight, bias, lora: Vec::new(), lora_scale: 0.0 }
     }
 
+    /// Whether any part of the projection has an adapter.
+    fn has_lora(&self) -> bool {
+        self.lora.iter().any(|p| p.adapter.is_some())
+    }
+
     /// `x @ weight^T + bias` (plus the adapters' update), in the dtype `ctx` asks linear
     /// layers to multiply in.
     fn forward(&self, ctx: &Ctx, x: &Var) -> Result<Var> {
@@ -81,7 +86,7 @@ impl Linear {
     /// The adapters' update `s (x A^T) B^T` of every part, side by side (zeros for parts
     /// without one); `None` without adapters.
     fn lora_delta(&self, ctx: &Ctx, x: &Var) -> Result<Option<Var>> {
-        if self.lora.iter().all(|p| p.adapter.is_none()) {
+        if !self.has_lora() {
             return Ok(None);
         }
         let total = x.dims()[0];
@@ -101,7 +106,7 @@ impl Linear {
     /// The weight with the adapters merged in, `W + s B A` per part (computed in f32,
     /// stored in the weight's dtype); `None` without adapters.
     fn merged_weight(&self) -> Result<Option<Tensor>> {
-        if self.lora.iter().all(|p| p.adapter.is_none()) {
+        if !self.has_lora() {
             return Ok(None);
         }
         let w = self.weight.value();
@@ -354,6 +359,10 @@ impl Layer {
     fn linears(&self) -> [&Linear; 4] {
         [&self.qkv_proj, &self.o_proj, &self.gate_up_proj, &self.down_proj]
     }
+
+    fn linears_mut(&mut self) -> [&mut Linear; 4] {
+        [&mut self.qkv_proj, &mut self.o_proj, &mut self.gate_up_proj, &mut self.down_proj]
+    }
 }
 
 pub struct Qwen2 {
@@ -475,6 +484,12 @@ impl Qwen2 {
     /// parameter: `A` uniform in `±1/sqrt(in)` (seeded by `seed` and the adapter's name),
     /// `B` zero, as PEFT starts them, so the model computes what it did.
     pub fn add_lora(&mut self, spec: &LoraSpec, seed: u64) -> Result<()> {
+        self.attach_lora(spec, Some(seed))
+    }
+
+    /// [`Qwen2::add_lora`]; without a seed `A` starts at zero too (to be filled from a file,
+    /// so no random draws are spent on it).
+    fn attach_lora(&mut self, spec: &LoraSpec, seed: Option<u64>) -> Result<()> {
         use rand::{Rng, SeedableRng};
         spec.validate()?;
         if self.lora.is_some() {
@@ -486,11 +501,17 @@ impl Qwen2 {
         let r = spec.rank;
         let device = self.device;
         let fresh = |name: String, rows: usize, inp: usize| -> Result<(Param, Param)> {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ crate::weights::fnv1a(name.as_bytes()));
-            let bound = 1.0 / (inp as f32).sqrt();
-            let a: Vec<f32> = (0..r * inp).map(|_| rng.random_range(-bound..bound)).collect();
+            let a = match seed {
+                Some(seed) => {
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ crate::weights::fnv1a(name.as_bytes()));
+                    let bound = 1.0 / (inp as f32).sqrt();
+                    let a: Vec<f32> = (0..r * inp).map(|_| rng.random_range(-bound..bound)).collect();
+                    Tensor::from_vec(a, (r, inp), device)?
+                }
+                None => Tensor::zeros((r, inp), DType::F32, device)?,
+            };
             Ok((
-                Param::new(format!("{name}.lora_A.weight"), Tensor::from_vec(a, (r, inp), device)?),
+                Param::new(format!("{name}.lora_A.weight"), a),
                 Param::new(format!("{name}.lora_B.weight"), Tensor::zeros((rows, r), DType::F32, device)?),
             ))
         };
@@ -505,8 +526,7 @@ impl Qwen2 {
                 ("mlp", h, &[("gate_proj", i), ("up_proj", i)]),
                 ("mlp", i, &[("down_proj", h)]),
             ];
-            let linears = [&mut layer.qkv_proj, &mut layer.o_proj, &mut layer.gate_up_proj, &mut layer.down_proj];
-            for (lin, (block, inp, parts)) in linears.into_iter().zip(parts) {
+            for (lin, (block, inp, parts)) in layer.linears_mut().into_iter().zip(parts) {
                 lin.lora_scale = spec.scale();
                 lin.lora = (parts.iter())
                     .map(|&(module, rows)| {
@@ -556,7 +576,7 @@ impl Qwen2 {
     /// On an error the model is left as it was.
     pub fn load_lora(&mut self, dir: &Path) -> Result<()> {
         let spec = LoraSpec::from_peft_config(&dir.join(ADAPTER_CONFIG_FILE))?;
-        self.add_lora(&spec, 0)?;
+        self.attach_lora(&spec, None)?;
         let filled = self.fill_lora(dir);
         if filled.is_err() {
             self.remove_lora();
@@ -566,10 +586,8 @@ impl Qwen2 {
 
     /// Takes the adapters off and makes every other parameter trainable again.
     fn remove_lora(&mut self) {
-        for l in &mut self.layers {
-            for lin in [&mut l.qkv_proj, &mut l.o_proj, &mut l.gate_up_proj, &mut l.down_proj] {
-                (lin.lora, lin.lora_scale) = (Vec::new(), 0.0);
-            }
+        for lin in self.layers.iter_mut().flat_map(Layer::linears_mut) {
+            (lin.lora, lin.lora_scale) = (Vec::new(), 0.0);
         }
         for p in self.params_mut() {
             p.set_trainable(true);
@@ -660,6 +678,7 @@ impl Qwen2 {
         let mut out = vec![&mut self.embed_tokens];
         for l in &mut self.layers {
             out.extend([&mut l.input_layernorm, &mut l.post_attention_layernorm]);
+            // Field by field (not `linears_mut`): the norms above are borrowed too.
             for lin in [&mut l.qkv_proj, &mut l.o_proj, &mut l.gate_up_proj, &mut l.down_proj] {
                 out.push(&mut lin.weight);
                 out.extend(&mut lin.bias);

@@ -721,9 +721,7 @@ impl GrpoTask for FcTrainer {
                 .collect();
         }
         let mut comm = comm;
-        let mut samples =
-            if e.log_samples > 0 { crate::dp::gather_json_lines(samples, comm.as_deref_mut())? } else { samples };
-        samples.truncate(e.log_samples);
+        let samples = crate::grpo::gather_log(samples, e.log_samples, comm.as_deref_mut())?;
         crate::grpo::sum_over_ranks(&mut sums, comm)?;
         Ok(Some(Evaluation { samples, ..Evaluation::from_sums(sums, false) }))
     }
@@ -748,7 +746,7 @@ impl GrpoTask for FcTrainer {
             self.play_round(step, first, &batches[r][shard], at, &mut log)
         })?;
         whiten_advantages(&mut train, &c, comm.as_deref_mut())?;
-        let log = crate::grpo::step_log(log, c.log_rollouts, comm.as_deref_mut())?;
+        let log = crate::grpo::gather_log(log, c.log_rollouts, comm.as_deref_mut())?;
         let t = Instant::now();
         combine_step_sums(&mut sums, comm.as_deref_mut())?;
         let [

@@ -843,9 +843,9 @@ pub(crate) fn kl_scores(
     };
     for (((&i, r), rl), ol) in live.iter().zip(&train).zip(ref_lps).zip(old_lps) {
         let old = ol.as_deref().unwrap_or(&r.old_logprobs);
-        let generated = (0..r.ids.len()).filter(|&j| r.mask[j] == 1);
-        out.kls[i] = generated.map(|j| c.kl_reward.estimator.estimate(old[j] as f64, rl[j] as f64)).sum();
-        out.per_token[i] = out.kls[i] / r.mask.iter().filter(|&&m| m == 1).count() as f64;
+        let generated: Vec<usize> = (0..r.ids.len()).filter(|&j| r.mask[j] == 1).collect();
+        out.kls[i] = generated.iter().map(|&j| c.kl_reward.estimator.estimate(old[j] as f64, rl[j] as f64)).sum();
+        out.per_token[i] = out.kls[i] / generated.len() as f64;
         out.scores[i] -= c.kl_reward.coef * out.kls[i];
         if c.grpo.beta > 0.0 {
             out.known.reference[i] = Some(rl);
@@ -1105,7 +1105,7 @@ impl GrpoTrainer<'_> {
             self.score_round(self.rollouts(problems, seed)?, problems, at, &mut log)
         })?;
         whiten_advantages(&mut train, &c, comm.as_deref_mut())?;
-        let log = step_log(log, c.log_rollouts, comm.as_deref_mut())?;
+        let log = gather_log(log, c.log_rollouts, comm.as_deref_mut())?;
         let t = Instant::now();
         combine_step_sums(&mut sums, comm.as_deref_mut())?;
         let [
@@ -1227,9 +1227,7 @@ impl GrpoTrainer<'_> {
         let (mut sums, samples) =
             self.evaluation_sums(&refs, e.temperature, seed, answers, e.log_samples, shard.start)?;
         let mut comm = comm;
-        let mut samples =
-            if e.log_samples > 0 { crate::dp::gather_json_lines(samples, comm.as_deref_mut())? } else { samples };
-        samples.truncate(e.log_samples);
+        let samples = gather_log(samples, e.log_samples, comm.as_deref_mut())?;
         sum_over_ranks(&mut sums, comm)?;
         Ok(Evaluation { samples, ..Evaluation::from_sums(sums, true) })
     }
@@ -2119,10 +2117,10 @@ fn run<T: GrpoTask>(
     Ok(all)
 }
 
-/// A step's logged rollouts from every rank (each rank's lines, in round, prompt and sample
-/// order), in the order one process logs them: by round, then by prompt (the ranks' shards
-/// in rank order), the first `limit`.
-pub(crate) fn step_log(
+/// Logged lines (a step's rollouts, an evaluation's answers) from every rank, in the order
+/// one process logs them: by round where the lines have one, then by prompt or problem (the
+/// ranks' shards in rank order); the first `limit`, none gathered when `limit` is 0.
+pub(crate) fn gather_log(
     log: Vec<serde_json::Value>,
     limit: usize,
     comm: Option<&mut (dyn Communicator + '_)>,
