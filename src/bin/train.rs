@@ -76,6 +76,9 @@ struct Args {
     /// [sft] Examples per forward/backward pass; gradients accumulate over the batch (default: the batch).
     #[arg(long)]
     micro_batch_size: Option<usize>,
+    /// [sft] Tokens per forward/backward pass, at least --max-seq-len (default: no bound).
+    #[arg(long)]
+    micro_batch_tokens: Option<usize>,
     /// [sft] Peak learning rate (default 1e-5).
     #[arg(long)]
     lr: Option<f64>,
@@ -187,7 +190,20 @@ impl Args {
         macro_rules! set {
             ($($f:ident),*) => { $(if let Some(v) = self.$f.clone() { c.$f = v; })* };
         }
-        set!(model, data, steps, batch_size, micro_batch_size, lr, weight_decay, beta1, beta2, eps, grad_clip);
+        set!(
+            model,
+            data,
+            steps,
+            batch_size,
+            micro_batch_size,
+            micro_batch_tokens,
+            lr,
+            weight_decay,
+            beta1,
+            beta2,
+            eps,
+            grad_clip
+        );
         set!(warmup_steps, lr_schedule, seed, save_every, keep_last, max_seq_len, overlong, attention_dtype);
         set!(matmul_dtype, eval_every);
         if let Some(path) = &self.eval_data {

@@ -404,10 +404,60 @@ pub fn grpo_loss_measuring(
     Ok((loss, stats))
 }
 
+/// How a batch of packed sequences is cut into forward (and backward) passes: at most
+/// `sequences` sequences and at most `tokens` tokens a pass, each bound off at 0. A
+/// token bound keeps a pass's activations in proportion to what it holds whatever the
+/// lengths (veRL's `use_dynamic_bsz` with `ppo_max_token_len_per_gpu`), where a count of
+/// sequences lets one pass of long tool-use rollouts take many times another's memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MicroBatching {
+    /// Sequences a pass (0: any number).
+    pub sequences: usize,
+    /// Tokens a pass, each sequence counted whole as it is packed (prompt and response;
+    /// 0: any number).
+    pub tokens: usize,
+}
+
+impl From<usize> for MicroBatching {
+    /// At most `sequences` sequences a pass, whatever their length.
+    fn from(sequences: usize) -> MicroBatching {
+        MicroBatching { sequences, tokens: 0 }
+    }
+}
+
+impl MicroBatching {
+    /// Consecutive ranges of the sequences whose packed lengths are `lens`, in order and
+    /// covering all of them: a pass ends before the sequence that would take it past either
+    /// bound. A sequence longer than `tokens` takes a pass alone (the trainers' settings
+    /// refuse a token bound below the longest sequence they can make). Passes are kept in
+    /// order rather than balanced, so a run's micro-batches, and so its bits, follow from
+    /// its batch alone. Under a token bound `T` alone any two neighbouring passes hold more
+    /// than `T` together, so there are at most `2 total / T + 1` of them.
+    pub fn split(&self, lens: &[usize]) -> Vec<std::ops::Range<usize>> {
+        let (max_seqs, max_tokens) = (
+            if self.sequences == 0 { usize::MAX } else { self.sequences },
+            if self.tokens == 0 { usize::MAX } else { self.tokens },
+        );
+        let mut out = vec![];
+        let (mut start, mut tokens) = (0, 0usize);
+        for (i, &len) in lens.iter().enumerate() {
+            if i > start && (i - start == max_seqs || tokens.saturating_add(len) > max_tokens) {
+                out.push(start..i);
+                (start, tokens) = (i, 0);
+            }
+            tokens = tokens.saturating_add(len);
+        }
+        if start < lens.len() {
+            out.push(start..lens.len());
+        }
+        out
+    }
+}
+
 /// `model`'s logprobs of every rollout's generated tokens at the sampling temperature,
 /// computed as `ctx` says (its attention and matmul dtypes; an inference context records
-/// nothing for backward), `micro_batch` rollouts per forward pass, packed as
-/// [`grpo_loss`] packs them. The frozen reference's logprobs for the KL term
+/// nothing for backward), in passes cut by `micro_batch` (a count of rollouts, or a
+/// [`MicroBatching`]), packed as [`grpo_loss`] packs them. The frozen reference's logprobs for the KL term
 /// ([`TrainRollout::ref_logprobs`]), or pi_old recomputed by the trainer. Masked positions
 /// hold 0.
 pub fn rollout_logprobs(
@@ -415,11 +465,13 @@ pub fn rollout_logprobs(
     ctx: &Ctx,
     batch: &[&TrainRollout],
     temperature: f32,
-    micro_batch: usize,
+    micro_batch: impl Into<MicroBatching>,
 ) -> artist_model::Result<Vec<Vec<f32>>> {
     let scale = if temperature > 0.0 { 1.0 / temperature } else { 1.0 };
     let mut out = Vec::with_capacity(batch.len());
-    for chunk in batch.chunks(micro_batch.max(1)) {
+    let lens: Vec<usize> = batch.iter().map(|r| r.prompt_ids.len() + r.ids.len()).collect();
+    for range in micro_batch.into().split(&lens) {
+        let chunk = &batch[range];
         let (mut rows, mut targets) = (vec![], vec![]);
         let mut offset = 0u32;
         for r in chunk {

@@ -11,8 +11,8 @@ pub mod rewards;
 pub use advantages::{AdvantageConfig, AdvantageEstimator, group_advantages, whiten, whitening_sums};
 pub use format::{Segment, TagEvent};
 pub use grpo::{
-    Aggregation, GrpoConfig, GrpoStats, ImportanceLevel, KlEstimator, TrainRollout, grpo_loss, grpo_loss_measuring,
-    token_weights, token_weights_global,
+    Aggregation, GrpoConfig, GrpoStats, ImportanceLevel, KlEstimator, MicroBatching, TrainRollout, grpo_loss,
+    grpo_loss_measuring, token_weights, token_weights_global,
 };
 pub use rewards::{
     FcRewardWeights, FcRewards, MathRewardWeights, MathRewards, fc_format_rewards, math_rewards,

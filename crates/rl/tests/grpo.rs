@@ -333,3 +333,48 @@ fn loss_and_gradients_match_pytorch() {
         pytorch_grpo::check(&root, &model, case, loss, &grads);
     }
 }
+
+/// `MicroBatching::split`: passes in order that cover the batch, each within both bounds
+/// (a sequence longer than the token bound alone), each ended only by the sequence that
+/// would break a bound.
+#[test]
+fn micro_batches_follow_both_bounds_in_order() {
+    use artist_rl::MicroBatching;
+    let split = |sequences, tokens, lens: &[usize]| MicroBatching { sequences, tokens }.split(lens);
+    assert_eq!(split(0, 0, &[]), vec![]);
+    assert_eq!(split(0, 0, &[5, 5, 5]), vec![0..3]);
+    assert_eq!(split(2, 0, &[5, 5, 5]), vec![0..2, 2..3]);
+    assert_eq!(split(0, 10, &[5, 5, 5]), vec![0..2, 2..3]);
+    assert_eq!(split(0, 10, &[4, 6, 1]), vec![0..2, 2..3]);
+    assert_eq!(split(0, 10, &[3, 20, 3]), vec![0..1, 1..2, 2..3]);
+    assert_eq!(split(2, 3, &[1, 1, 1, 1, 1]), vec![0..2, 2..4, 4..5]);
+    assert_eq!(split(3, 3, &[2, 1, 1, 1, 1]), vec![0..2, 2..5]);
+    assert_eq!(MicroBatching::from(2), MicroBatching { sequences: 2, tokens: 0 });
+
+    // Pseudo-random batches against the rules themselves.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n) as usize
+    };
+    for _ in 0..2000 {
+        let lens: Vec<usize> = (0..next(12)).map(|_| 1 + next(40)).collect();
+        let (sequences, tokens) = (next(5), if next(3) == 0 { 0 } else { 1 + next(80) });
+        let passes = split(sequences, tokens, &lens);
+        let fits = |r: &std::ops::Range<usize>| {
+            (sequences == 0 || r.len() <= sequences) && (tokens == 0 || lens[r.clone()].iter().sum::<usize>() <= tokens)
+        };
+        let mut at = 0;
+        for p in &passes {
+            assert_eq!(p.start, at, "{lens:?} {sequences} {tokens}: {passes:?}");
+            assert!(!p.is_empty() && (fits(p) || p.len() == 1), "{lens:?} {sequences} {tokens}: {passes:?}");
+            if p.end < lens.len() {
+                assert!(!fits(&(p.start..p.end + 1)), "{lens:?} {sequences} {tokens}: {passes:?} ended early");
+            }
+            at = p.end;
+        }
+        assert_eq!(at, lens.len());
+    }
+}

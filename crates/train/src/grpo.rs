@@ -18,8 +18,8 @@ use artist_model::Qwen2;
 use artist_optim::{AdamW, AdamWConfig, LrSchedule, Schedule, clip_grad_norm};
 use artist_rl::grpo::rollout_logprobs;
 use artist_rl::{
-    AdvantageConfig, GrpoConfig, MathRewardWeights, MathRewards, Segment, TrainRollout, group_advantages,
-    grpo_loss_measuring, math_rewards_with_tool, token_weights_global,
+    AdvantageConfig, GrpoConfig, MathRewardWeights, MathRewards, MicroBatching, Segment, TrainRollout,
+    group_advantages, grpo_loss_measuring, math_rewards_with_tool, token_weights_global,
 };
 use artist_tokenizer::{ChatTemplate, Message, Tokenizer};
 use artist_tools::{SandboxConfig, Tool};
@@ -327,6 +327,13 @@ pub struct GrpoRunConfig {
     pub old_logprobs: OldLogprobs,
     /// Rollouts per forward/backward pass; gradients accumulate over the batch (0: all).
     pub micro_batch_rollouts: usize,
+    /// Tokens per forward/backward pass (prompt and response of each rollout, as packed; 0:
+    /// no bound): with `micro_batch_rollouts`, a pass ends before the rollout that would
+    /// take it past either bound (veRL's `use_dynamic_bsz` with `ppo_max_token_len_per_gpu`),
+    /// so a pass's activation memory follows the tokens it holds rather than the count of
+    /// rollouts. The forward passes computing pi_old and the reference's logprobs are cut
+    /// the same way. At least `rollout.max_context`.
+    pub micro_batch_tokens: usize,
     /// LoRA adapters (`[lora]`, PEFT's settings; `rank = 0`, the default: full
     /// fine-tuning): the base weights frozen, the adapters alone trained, checkpoints
     /// holding them as PEFT writes them and the run ending with the merged model in
@@ -397,6 +404,7 @@ impl Default for GrpoRunConfig {
             optimizer_steps_per_batch: 1,
             old_logprobs: OldLogprobs::Auto,
             micro_batch_rollouts: 0,
+            micro_batch_tokens: 0,
             grad_checkpointing: false,
             lora: Default::default(),
             overlap_allreduce: None,
@@ -479,9 +487,10 @@ impl GrpoRunConfig {
         ctx.with_attention_dtype(self.attention_dtype.dtype(device)).with_matmul_dtype(self.matmul_dtype.dtype(device))
     }
 
-    /// Rollouts per forward/backward pass over a batch of `n` (`micro_batch_rollouts`, 0: all).
-    pub fn micro_batch(&self, n: usize) -> usize {
-        if self.micro_batch_rollouts == 0 { n.max(1) } else { self.micro_batch_rollouts }
+    /// How a batch is cut into forward/backward passes (`micro_batch_rollouts`,
+    /// `micro_batch_tokens`).
+    pub fn micro_batching(&self) -> MicroBatching {
+        MicroBatching { sequences: self.micro_batch_rollouts, tokens: self.micro_batch_tokens }
     }
 
     /// Whether a KL term needs the reference model (`grpo.beta > 0` or `kl_reward.coef > 0`).
@@ -588,6 +597,12 @@ impl GrpoRunConfig {
             return Err(Error::Config(format!(
                 "rollout.max_batch ({}) must hold a group of {}",
                 r.max_batch, r.group_size
+            )));
+        }
+        if self.micro_batch_tokens > 0 && self.micro_batch_tokens < r.max_context {
+            return Err(Error::Config(format!(
+                "micro_batch_tokens ({}) must hold the longest rollout, rollout.max_context = {} tokens",
+                self.micro_batch_tokens, r.max_context
             )));
         }
         if !(self.overlong.penalty >= 0.0 && self.overlong.penalty.is_finite()) {
@@ -831,7 +846,7 @@ pub(crate) fn kl_scores(
         })
         .collect();
     let refs: Vec<&TrainRollout> = train.iter().collect();
-    let (temperature, micro) = (c.rollout.temperature, c.micro_batch(refs.len()));
+    let (temperature, micro) = (c.rollout.temperature, c.micro_batching());
     let ctx = c.loss_numerics(Ctx::inference(), reference.device());
     let ref_lps = rollout_logprobs(reference, &ctx, &refs, temperature, micro)?;
     let old_lps = if c.recomputes_old_logprobs(policy.device()) {
@@ -1254,6 +1269,11 @@ pub struct UpdateStats {
     /// The most autograd ops one micro-batch recorded (fewer with `grad_checkpointing`,
     /// whose layers record one op each).
     pub tape_ops: usize,
+    /// Forward/backward passes per optimiser step on this rank (`micro_batch_rollouts`,
+    /// `micro_batch_tokens`).
+    pub passes: usize,
+    /// The most tokens one of those passes packed (prompts and responses).
+    pub max_pass_tokens: usize,
 }
 
 /// A round's rollouts (math rollouts or BFCL episodes, in groups of G) as what to train
@@ -1472,7 +1492,7 @@ pub(crate) fn sum_over_ranks<const N: usize>(
 }
 
 /// `optimizer_steps_per_batch` AdamW steps on the masked GRPO loss, gradients accumulated
-/// over micro-batches of `micro_batch_rollouts`. A non-finite loss or norm refuses the
+/// over micro-batches cut by `micro_batch_rollouts` and `micro_batch_tokens`. A non-finite loss or norm refuses the
 /// update. Logprobs the rollouts carry are not computed again: with `grpo.beta > 0`, their
 /// `ref_logprobs` (`reference` computes the others'), and where pi_old is recomputed, the
 /// `old_logprobs` of those that carry `sampler_logprobs`. Shared by the math and the
@@ -1519,7 +1539,7 @@ pub fn update_sharded(
     }
     out.trained = true;
     let (seqs, total) = (counts[0] as usize, counts[1] as usize);
-    let micro = c.micro_batch(train.len());
+    let micro = c.micro_batching();
     // The loss's numerics, for everything it compares with: pi_old recomputed and the
     // reference's logprobs.
     let dev = model.device();
@@ -1565,6 +1585,10 @@ pub fn update_sharded(
     let mut grpo = c.grpo;
     grpo.temperature = c.rollout.temperature;
     let weights = token_weights_global(&refs, grpo.aggregation, grpo.norm_length, seqs, total);
+    let lens: Vec<usize> = refs.iter().map(|r| r.prompt_ids.len() + r.ids.len()).collect();
+    let passes = micro.split(&lens);
+    out.passes = passes.len();
+    out.max_pass_tokens = passes.iter().map(|p| lens[p.clone()].iter().sum::<usize>()).max().unwrap_or(0);
     let params = model.params();
     let (mut clipped, mut tokens, mut kl) = (0usize, 0usize, 0f64);
     // Summed entropy and tokens of the first update's passes (the policy that sampled).
@@ -1573,9 +1597,10 @@ pub fn update_sharded(
         let mut step_grads =
             StepGrads::new(comm.as_deref_mut().map(|c| c as &mut dyn Communicator), &params, c.overlap_allreduce);
         let mut loss = 0f64;
-        let n_micro = refs.len().div_ceil(micro);
-        for (j, (rs, ws)) in refs.chunks(micro).zip(weights.chunks(micro)).enumerate() {
+        let n_micro = passes.len();
+        for (j, range) in passes.iter().enumerate() {
             let tape = Tape::new();
+            let (rs, ws) = (&refs[range.clone()], &weights[range.clone()]);
             let ws: Vec<&[f32]> = ws.iter().map(Vec::as_slice).collect();
             let ctx = numerics(Ctx::training(&tape)).with_checkpointing(c.grad_checkpointing);
             let (l, stats) = grpo_loss_measuring(model, &ctx, rs, &ws, &grpo, update == 0)?;

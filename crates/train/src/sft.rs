@@ -40,6 +40,10 @@ pub struct SftConfig {
     /// Examples per forward/backward pass (gradients accumulate over a batch); 0 = the
     /// whole batch at once.
     pub micro_batch_size: usize,
+    /// Tokens per forward/backward pass (0: no bound): with `micro_batch_size`, a pass ends
+    /// before the example that would take it past either bound, so its activation memory
+    /// follows the tokens it holds. At least `max_seq_len`.
+    pub micro_batch_tokens: usize,
     pub lr: f64,
     pub weight_decay: f64,
     pub beta1: f64,
@@ -87,6 +91,14 @@ pub struct SftConfig {
     pub eval_every: u64,
 }
 
+impl SftConfig {
+    /// How a batch is cut into forward/backward passes (`micro_batch_size`,
+    /// `micro_batch_tokens`).
+    pub fn micro_batching(&self) -> artist_rl::MicroBatching {
+        artist_rl::MicroBatching { sequences: self.micro_batch_size, tokens: self.micro_batch_tokens }
+    }
+}
+
 impl Default for SftConfig {
     fn default() -> Self {
         SftConfig {
@@ -95,6 +107,7 @@ impl Default for SftConfig {
             steps: 100,
             batch_size: 8,
             micro_batch_size: 0,
+            micro_batch_tokens: 0,
             lr: 1e-5,
             weight_decay: 0.01,
             beta1: 0.9,
@@ -157,7 +170,7 @@ pub fn sft_loss(model: &Qwen2, ctx: &Ctx, batch: &[&Example], denominator: usize
 }
 
 /// The held-out loss: `-(sum of log p(target))` over the target tokens of `examples` and
-/// how many there are, in forward passes of `per_pass` examples with nothing recorded for
+/// how many there are, in forward passes cut as training's (a batch at most) with nothing recorded for
 /// backward, with the training's attention and matmul dtypes. With `comm`, each rank takes
 /// its share of the examples and the sums are combined (the count exactly, the loss in f32).
 fn held_out_nll(
@@ -168,13 +181,17 @@ fn held_out_nll(
 ) -> Result<(f64, usize)> {
     let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
     let mine: Vec<&Example> = examples[shard_range(examples.len(), rank, world)].iter().collect();
-    let per_pass = if c.micro_batch_size == 0 { c.batch_size } else { c.micro_batch_size };
     let ctx = Ctx::inference()
         .with_attention_dtype(c.attention_dtype.dtype(model.device()))
         .with_matmul_dtype(c.matmul_dtype.dtype(model.device()));
     let (mut nll, mut count) = (0f64, 0usize);
-    for chunk in mine.chunks(per_pass.max(1)) {
-        let (l, n) = sft_loss(model, &ctx, chunk, 1)?;
+    // Passes as training's, a batch's worth at most when training takes a batch at once.
+    let mut passes = c.micro_batching();
+    if passes.sequences == 0 {
+        passes.sequences = c.batch_size;
+    }
+    for range in passes.split(&mine.iter().map(|e| e.ids.len()).collect::<Vec<_>>()) {
+        let (l, n) = sft_loss(model, &ctx, &mine[range], 1)?;
         nll += l.to_scalar()? as f64;
         count += n;
     }
@@ -231,7 +248,7 @@ pub fn train(run_dir: &Path, config: SftConfig, opts: &RunOptions) -> Result<Sft
 ///   ranks begin identical whatever each loaded.
 /// * Each step's global batch is the one a single process draws (`batch_size` examples,
 ///   a function of the seed and the step); rank `r` takes `shard_range(batch_size, r, W)`
-///   of it, in micro-batches of `micro_batch_size`. Its loss is its shard's sum of target
+///   of it, in micro-batches cut by `micro_batch_size` and `micro_batch_tokens`. Its loss is its shard's sum of target
 ///   log-probabilities divided by the global batch's target count, so the gradients
 ///   summed over ranks are the global batch's gradient. Clipping and AdamW then run on
 ///   identical gradients on every rank, which stay bit-identical.
@@ -289,6 +306,12 @@ fn run(
     let resume = opts.resume;
     if c.steps == 0 || c.batch_size == 0 {
         return Err(Error::Config("steps and batch_size must be at least 1".into()));
+    }
+    if c.micro_batch_tokens > 0 && c.micro_batch_tokens < c.max_seq_len {
+        return Err(Error::Config(format!(
+            "micro_batch_tokens ({}) must hold the longest sequence, max_seq_len = {} tokens",
+            c.micro_batch_tokens, c.max_seq_len
+        )));
     }
     for (name, v) in [("lr", c.lr), ("eps", c.eps), ("weight_decay", c.weight_decay), ("grad_clip", c.grad_clip)] {
         if !v.is_finite() || v < 0.0 {
@@ -449,13 +472,14 @@ fn run(
         let batch: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
         let n_targets: usize = batch.iter().map(|e| e.targets()).sum();
         let tokens: usize = batch.iter().map(|e| e.ids.len()).sum();
-        let micro = if c.micro_batch_size == 0 { batch.len() } else { c.micro_batch_size };
         let mine = &batch[shard_range(batch.len(), rank, world)];
         let mut step_grads =
             StepGrads::new(dist.as_deref_mut().map(|c| c as &mut dyn Communicator), &params, c.overlap_allreduce);
         let mut loss = 0f64;
-        let n_micro = mine.len().div_ceil(micro);
-        for (j, mb) in mine.chunks(micro).enumerate() {
+        let passes = c.micro_batching().split(&mine.iter().map(|e| e.ids.len()).collect::<Vec<_>>());
+        let n_micro = passes.len();
+        for (j, range) in passes.into_iter().enumerate() {
+            let mb = &mine[range];
             let tape = Tape::new();
             let ctx = Ctx::training(&tape)
                 .with_checkpointing(c.grad_checkpointing)

@@ -481,3 +481,60 @@ fn checkpointed_layers_train_to_the_same_bits() {
     assert_eq!((plain.1, plain.2), (ckpt.1, ckpt.2));
     assert!(ckpt.0 < plain.0, "ops recorded: {} checkpointed, {} stored", ckpt.0, plain.0);
 }
+
+/// `micro_batch_tokens`: a bound no two neighbouring rollouts fit under makes a pass of
+/// each and trains to the bits of `micro_batch_rollouts = 1` (pi_old recomputed and the
+/// reference's logprobs in the same passes); a looser one packs several a pass, never past
+/// the bound, and trains as one pass of the whole batch does within f32's reassociation.
+/// A bound below `rollout.max_context` is refused by name.
+#[test]
+fn a_token_budget_cuts_the_passes() {
+    let config = |sets: &[&str]| {
+        common::tiny_grpo_config(&["grpo.beta=0.04", "old_logprobs=\"recompute\""])
+            .with_overrides(&sets.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap()
+    };
+    let t = parity_trainer(config(&[]));
+    let batch = t.rollouts(&[&t.train[0], &t.train[1]], 7).unwrap();
+    let rollouts: Vec<_> = (batch.rollouts.iter().enumerate())
+        .filter(|(_, ro)| ro.sampled_tokens() > 0)
+        .map(|(i, ro)| common::train_rollout(ro, if i % 2 == 0 { 1.0 } else { -1.0 }))
+        .collect();
+    let lens: Vec<usize> = rollouts.iter().map(|r| r.prompt_ids.len() + r.ids.len()).collect();
+    let total: usize = lens.iter().sum();
+    assert!(lens.len() >= 4, "{lens:?}");
+    let reference = Qwen2::load(&config(&[]).model).unwrap();
+    let run = |sets: &[&str]| {
+        let c = config(sets);
+        let model = Qwen2::load(&c.model).unwrap();
+        let mut optimizer = common::adamw(&c, &model);
+        let u = artist_train::grpo::update(&model, Some(&reference), rollouts.clone(), &c, &mut optimizer, 1e-3, 0)
+            .unwrap();
+        (u, common::weights(&model))
+    };
+
+    let apart = lens.windows(2).map(|w| w[0] + w[1]).min().unwrap() - 1;
+    assert!(apart >= *lens.iter().max().unwrap(), "{lens:?}");
+    let (one_each, w1) = run(&["micro_batch_rollouts=1"]);
+    let (budget, wb) = run(&["micro_batch_rollouts=0", &format!("micro_batch_tokens={apart}")]);
+    assert_eq!((budget.passes, one_each.passes), (lens.len(), lens.len()));
+    assert_eq!((budget.loss, budget.grad_norm, budget.kl), (one_each.loss, one_each.grad_norm, one_each.kl));
+    assert_eq!(wb, w1);
+
+    let (whole, ww) = run(&["micro_batch_rollouts=0"]);
+    assert_eq!((whole.passes, whole.max_pass_tokens), (1, total));
+    let bound = total / 2;
+    let (packed, wp) = run(&["micro_batch_rollouts=0", &format!("micro_batch_tokens={bound}")]);
+    assert!(
+        packed.max_pass_tokens <= bound && packed.passes >= 2 && packed.passes < lens.len(),
+        "{lens:?}: {packed:?}"
+    );
+    assert!((packed.loss - whole.loss).abs() <= 1e-6 * whole.loss.abs().max(1.0), "{packed:?} {whole:?}");
+    assert!((packed.grad_norm - whole.grad_norm).abs() <= 1e-5 * whole.grad_norm, "{packed:?} {whole:?}");
+    let diff = common::max_diff(&wp, &ww);
+    assert!(diff <= 1e-4, "{diff:e}");
+
+    let e = config(&["micro_batch_tokens=119"]).validate(Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("micro_batch_tokens (119)") && e.contains("max_context = 120"), "{e}");
+    config(&["micro_batch_tokens=120"]).validate(Device::Cpu).unwrap();
+}

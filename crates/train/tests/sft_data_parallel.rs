@@ -12,22 +12,14 @@ use artist_train::sft::{RunOptions, SftConfig, SftSummary, train, train_data_par
 /// Largest difference allowed between a data-parallel weight and the single-process one.
 /// The runs differ only in the order floats are added (per-shard forward passes, the sum
 /// of the shards' gradients over ranks): about 1e-7 relative in a gradient, 1e-6 in its
-/// norm. AdamW's first steps move a weight by about lr * sign(gradient) however small the
-/// gradient, so where a gradient is near zero that noise moves a weight by up to a few
-/// 1e-4 after three steps of lr 3e-3 (measured: 2.5e-4 at 2 of 126,400 weights, 4 ranks of
-/// one example against the whole batch in one pass). A single process shows the same: the
-/// whole batch in one forward pass against one example per pass (checked below).
-const TOLERANCE: f32 = 5e-4;
-/// Weights that may differ from the single process's by more than [`CLOSE`]: 0.1% (measured:
-/// at most 10 of 126,400). A gradient wrong anywhere moves thousands by about a step.
-const FAR_FRACTION: f64 = 1e-3;
-const CLOSE: f32 = 1e-5;
-
-/// How many weights of `a` differ from `b`'s by more than [`CLOSE`] (NaN counts), of how many.
-fn count_far(a: &[Vec<f32>], b: &[Vec<f32>]) -> (usize, usize) {
-    let pairs = || a.iter().flatten().zip(b.iter().flatten());
-    (pairs().filter(|&(x, y)| (x - y).is_nan() || (x - y).abs() > CLOSE).count(), pairs().count())
-}
+/// norm. AdamW moves a weight by `lr m / (sqrt(v) + eps)`, whose slope in the gradient is at
+/// most `lr / eps`: with torch's eps of 1e-8 a gradient near zero turns that noise into a
+/// move of up to `lr` a step, as large as training's own (measured: 1.4e-3 on an AVX2
+/// machine, 2.5e-4 on an AVX-512 one, after three steps of lr 3e-3). These runs take eps =
+/// 1e-3, so a weight moves at most 3 times its gradient's noise a step, while gradients
+/// above 1e-3 still move weights by about lr: a data-parallel gradient wrong anywhere shows
+/// (measured here: at most 1.5e-7, where weights moved up to 9.5e-3).
+const TOLERANCE: f32 = 2e-6;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -47,6 +39,7 @@ fn micro_config(micro_batch_size: usize) -> SftConfig {
         batch_size: 4,
         micro_batch_size,
         lr: 3e-3,
+        eps: 1e-3,
         grad_clip: 1.0,
         weight_decay: 0.1,
         seed: 7,
@@ -109,8 +102,6 @@ fn ranks_equal_one_process_on_the_global_batch() {
     let noise = max_diff(&ww, &ws);
     eprintln!("one process, whole batch vs one example per pass: max |weight difference| {noise:e}");
     assert!(noise <= TOLERANCE, "{noise:e}");
-    let (far, total) = count_far(&ww, &ws);
-    assert!(far as f64 <= FAR_FRACTION * total as f64, "{far} of {total} weights beyond {CLOSE:e}");
 }
 
 fn ranks_equal_one_process(micro: usize) {
@@ -139,8 +130,6 @@ fn ranks_equal_one_process(micro: usize) {
              max relative difference of gradient norms {norm_diff:e}, of losses {loss_diff:e}"
         );
         assert!(diff <= TOLERANCE, "{world} ranks: max weight difference {diff:e} > {TOLERANCE:e}");
-        let (far, total) = count_far(&w, &w1);
-        assert!(far as f64 <= FAR_FRACTION * total as f64, "{world} ranks: {far} of {total} weights beyond {CLOSE:e}");
         assert!(norm_diff < 1e-5 && loss_diff < 1e-5, "{world} ranks: {norm_diff:e} {loss_diff:e}");
         // Rank 0 alone wrote: one line per step, one final checkpoint.
         assert_eq!(metric(&dir, "step"), vec![1.0, 2.0, 3.0]);
@@ -284,4 +273,27 @@ fn held_out_loss_is_logged_and_equals_the_inference_pass() {
     let bad = SftConfig { eval_data: Some(tmp.path().join("nope.jsonl")), ..micro_config(2) };
     let e = train(&tmp.path().join("bad"), bad, &quiet()).unwrap_err().to_string();
     assert!(e.contains("nope.jsonl"), "{e}");
+}
+
+/// `micro_batch_tokens`: passes of at most 44 tokens (the longest example) train as the
+/// whole batch in one pass does, within the packing noise above, on one process and on two
+/// ranks; a bound below `max_seq_len` is refused by name.
+#[test]
+fn a_token_budget_trains_as_the_whole_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let budget = SftConfig { max_seq_len: 44, micro_batch_tokens: 44, ..micro_config(0) };
+    let whole = train(&tmp.path().join("whole"), SftConfig { max_seq_len: 44, ..micro_config(0) }, &quiet()).unwrap();
+    let cut = train(&tmp.path().join("cut"), budget.clone(), &quiet()).unwrap();
+    let (ww, wc) = (weights(&whole.final_model), weights(&cut.final_model));
+    let noise = max_diff(&ww, &wc);
+    assert!(noise <= TOLERANCE, "{noise:e}");
+    assert!(max_rel(&metric(&tmp.path().join("cut"), "loss"), &metric(&tmp.path().join("whole"), "loss")) < 1e-5);
+
+    let ranks = run_ranks_with(&tmp.path().join("ranks"), 2, &quiet(), &budget);
+    let noise = max_diff(&weights(&ranks[0].final_model), &wc);
+    assert!(noise <= TOLERANCE, "{noise:e}");
+
+    let short = SftConfig { micro_batch_tokens: 43, ..budget };
+    let e = train(&tmp.path().join("short"), short, &quiet()).unwrap_err().to_string();
+    assert!(e.contains("micro_batch_tokens (43)") && e.contains("max_seq_len = 44"), "{e}");
 }
