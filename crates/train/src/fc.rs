@@ -565,7 +565,7 @@ impl FcTrainer {
         entries: &[usize],
         at: LogPlace,
         log: &mut Vec<serde_json::Value>,
-    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 19])> {
+    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 20])> {
         let c = &self.config;
         let g = c.rollout.group_size;
         let t0 = Instant::now();
@@ -584,8 +584,9 @@ impl FcTrainer {
             .iter()
             .map(|e| (e.prompt_ids.as_slice(), e.ids.as_slice(), e.mask.as_slice(), e.logprobs.as_slice()))
             .collect();
-        let crate::grpo::KlPenalty { kls, per_token, scores, known } =
-            crate::grpo::kl_scores(&self.model, self.reference.as_ref(), c, &totals, &items)?;
+        let penalty = crate::grpo::kl_scores(&self.model, self.reference.as_ref(), c, &totals, &items)?;
+        let kl_count = penalty.count();
+        let crate::grpo::KlPenalty { kls, per_token, scores, measured, known } = penalty;
         // Episodes come in entry order, `group_size` of each.
         for (i, (ep, s)) in eps.iter().zip(&scored).enumerate().take(c.log_rollouts.saturating_sub(log.len())) {
             let mut line = at.line(i / g, ep.sample);
@@ -605,7 +606,7 @@ impl FcTrainer {
                 ("response_tokens".into(), ep.ids.len().into()),
                 ("model_turns".into(), crate::grpo::model_turns(&ep.mask).into()),
             ]);
-            if c.kl_reward.coef > 0.0 {
+            if c.kl_reward.coef > 0.0 && measured[i] {
                 line.insert("kl".into(), kls[i].into());
             }
             log.push(line.into());
@@ -613,7 +614,7 @@ impl FcTrainer {
         let (groups, flat) = groups_to_train(
             c,
             &eps,
-            &scores,
+            (&totals, &scores),
             known,
             |ep| ep.mask.iter().any(|&m| m != 0) && !(c.overlong.mask_truncated && ep.truncated),
             |ep| (&ep.prompt_ids, &ep.ids, &ep.mask, &ep.logprobs),
@@ -640,6 +641,7 @@ impl FcTrainer {
             eps.iter().map(|e| crate::grpo::model_turns(&e.mask)).sum::<usize>() as f64,
             kls.iter().sum::<f64>(),
             per_token.iter().sum::<f64>(),
+            kl_count,
             rollout_s,
         ];
         Ok((groups, sums))
@@ -768,6 +770,7 @@ impl GrpoTask for FcTrainer {
             model_steps,
             kl_sum,
             kl_per_token,
+            kl_count,
             rollout_s,
         ] = sums;
         let n = n.max(1.0);
@@ -793,7 +796,7 @@ impl GrpoTask for FcTrainer {
             ..Default::default()
         };
         (m.sampling_rounds, m.trained_groups) = quota.counts();
-        m.set_kl_reward(&c.kl_reward, kl_sum, kl_per_token, n);
+        m.set_kl_reward(&c.kl_reward, kl_sum, kl_per_token, kl_count);
         let u = update_sharded(&self.model, self.reference.as_ref(), train, &c, optimizer, lr, step, comm)?;
         (m.loss, m.grad_norm, m.clip_fraction, m.kl) = (u.loss, u.grad_norm, u.clip_fraction, u.kl);
         m.sampler_logprob_gap = u.sampler_logprob_gap;

@@ -346,7 +346,8 @@ pub struct GrpoRunConfig {
     /// Data parallel: all-reduce gradient buckets during the last micro-batch's backward
     /// (true) or after it (false); unset, overlapped on a GPU and not on a CPU (as SFT's).
     pub overlap_allreduce: Option<bool>,
-    /// Leave out groups whose rewards are all equal (their advantage is 0).
+    /// Leave out groups whose task rewards are all equal (their advantage is 0 but for a
+    /// `kl_reward` penalty, which is then not computed for them).
     pub filter_flat_groups: bool,
     /// DAPO's dynamic sampling (with `filter_flat_groups`): a step plays up to this many
     /// batches of `prompts_per_step` prompts, one after another, until `prompts_per_step`
@@ -756,9 +757,10 @@ pub struct StepMetrics {
 }
 
 impl StepMetrics {
-    /// The KL penalty's figures from a step's sums over its `n` rollouts (none when off).
+    /// The KL penalty's figures from a step's sums over the `n` rollouts it measured (none
+    /// when off, or when every group played was flat).
     pub(crate) fn set_kl_reward(&mut self, k: &KlReward, kl_sum: f64, kl_per_token: f64, n: f64) {
-        if k.coef > 0.0 {
+        if k.coef > 0.0 && n > 0.0 {
             self.kl_reward = Some(kl_sum / n);
             self.kl_reward_per_token = Some(kl_per_token / n);
             self.kl_reward_coef = Some(k.coef);
@@ -780,13 +782,30 @@ pub(crate) type RolloutView<'a> = (&'a [u32], &'a [u32], &'a [u8], &'a [f32]);
 
 /// A round's KL penalty: per rollout the summed KL to the reference, its mean per
 /// generated token, the score its advantage is computed from (the task's total less
-/// `kl_reward.coef` times the summed KL), and the logprobs it computed that the update
-/// would compute again ([`Known`]).
+/// `kl_reward.coef` times the summed KL), whether it was measured (the rollouts of groups
+/// that train), and the logprobs it computed that the update would compute again
+/// ([`Known`]).
 pub(crate) struct KlPenalty {
     pub kls: Vec<f64>,
     pub per_token: Vec<f64>,
     pub scores: Vec<f64>,
+    pub measured: Vec<bool>,
     pub known: Known,
+}
+
+impl KlPenalty {
+    /// How many rollouts were measured (the KL metrics' denominator).
+    pub fn count(&self) -> f64 {
+        self.measured.iter().filter(|&&m| m).count() as f64
+    }
+}
+
+/// Whether rollout `i`'s group leaves the step under `filter_flat_groups`: its task rewards
+/// `totals` (before any KL penalty, as DAPO filters on accuracy and veRL on `seq_reward`)
+/// are all equal.
+pub(crate) fn in_flat_group(c: &GrpoRunConfig, totals: &[f64], i: usize) -> bool {
+    let g = c.rollout.group_size;
+    c.filter_flat_groups && artist_rl::advantages::group_is_flat(&totals[i / g * g..(i / g + 1) * g])
 }
 
 /// Per rollout, logprobs of its tokens where they were computed before the update.
@@ -802,7 +821,8 @@ pub(crate) struct Known {
 }
 
 /// [`KlPenalty`] of `rollouts` of `policy` whose task rewards are `totals` (zeros and the
-/// totals themselves without a KL penalty).
+/// totals themselves without a KL penalty). Under `filter_flat_groups` the groups whose
+/// task rewards are all equal leave the step whatever their KL, so theirs is not computed.
 ///
 /// Each rollout's KL is summed over its generated tokens, with `kl_reward.estimator`, from
 /// pi_old and the reference's logprobs (both computed with the loss's numerics, at the
@@ -822,6 +842,7 @@ pub(crate) fn kl_scores(
         kls: vec![0.0; n],
         per_token: vec![0.0; n],
         scores: totals.to_vec(),
+        measured: (0..n).map(|i| !in_flat_group(c, totals, i)).collect(),
         known: Known { reference: vec![None; n], old: vec![None; n] },
     };
     if c.kl_reward.coef == 0.0 {
@@ -831,7 +852,7 @@ pub(crate) fn kl_scores(
     let reference = reference.ok_or_else(|| {
         Error::Config("kl_reward.coef > 0 but no reference model is loaded (grpo::train loads one)".into())
     })?;
-    let live: Vec<usize> = (0..n).filter(|&i| rollouts[i].2.contains(&1)).collect();
+    let live: Vec<usize> = (0..n).filter(|&i| out.measured[i] && rollouts[i].2.contains(&1)).collect();
     let train: Vec<TrainRollout> = live
         .iter()
         .map(|&i| {
@@ -1019,7 +1040,7 @@ impl GrpoTrainer<'_> {
         problems: &[&Problem],
         at: LogPlace,
         log: &mut Vec<serde_json::Value>,
-    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 20])> {
+    ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 21])> {
         let c = &self.config;
         let o = &c.overlong;
         let RolloutBatch { rollouts, rewards, correct, texts, seconds: rollout_s } = batch;
@@ -1032,8 +1053,9 @@ impl GrpoTrainer<'_> {
             .iter()
             .map(|r| (r.prompt_ids.as_slice(), r.ids.as_slice(), r.mask.as_slice(), r.logprobs.as_slice()))
             .collect();
-        let KlPenalty { kls, per_token, scores, known } =
-            kl_scores(&self.model, self.reference.as_ref(), c, &totals, &items)?;
+        let penalty = kl_scores(&self.model, self.reference.as_ref(), c, &totals, &items)?;
+        let kl_count = penalty.count();
+        let KlPenalty { kls, per_token, scores, measured, known } = penalty;
         // Rollouts that gave an answer, for the steps it took.
         let answered: Vec<bool> = texts.iter().map(|t| artist_math::extract_answer(t).is_some()).collect();
         for (i, ro) in rollouts.iter().enumerate().take(c.log_rollouts.saturating_sub(log.len())) {
@@ -1055,7 +1077,7 @@ impl GrpoTrainer<'_> {
                 ("model_turns".into(), model_turns(&ro.mask).into()),
                 ("answered".into(), answered[i].into()),
             ]);
-            if c.kl_reward.coef > 0.0 {
+            if c.kl_reward.coef > 0.0 && measured[i] {
                 line.insert("kl".into(), kls[i].into());
             }
             log.push(line.into());
@@ -1063,7 +1085,7 @@ impl GrpoTrainer<'_> {
         let (groups, flat) = groups_to_train(
             c,
             &rollouts,
-            &scores,
+            (&totals, &scores),
             known,
             |ro| ro.sampled_tokens() > 0 && !(o.mask_truncated && ended_by_a_limit(ro)),
             |ro| (&ro.prompt_ids, &ro.ids, &ro.mask, &ro.logprobs),
@@ -1090,6 +1112,7 @@ impl GrpoTrainer<'_> {
                 as f64,
             kls.iter().sum::<f64>(),
             per_token.iter().sum::<f64>(),
+            kl_count,
             rollout_s,
         ];
         Ok((groups, sums))
@@ -1143,6 +1166,7 @@ impl GrpoTrainer<'_> {
             answer_steps,
             kl_sum,
             kl_per_token,
+            kl_count,
             rollout_s,
         ] = sums;
         let mut m = StepMetrics {
@@ -1165,7 +1189,7 @@ impl GrpoTrainer<'_> {
         m.tool_calls_per_rollout = calls / n;
         m.tokens_per_tool_call = (calls > 0.0).then(|| calling_tokens / calls);
         m.steps_to_answer = (answered > 0.0).then(|| answer_steps / answered);
-        m.set_kl_reward(&c.kl_reward, kl_sum, kl_per_token, n);
+        m.set_kl_reward(&c.kl_reward, kl_sum, kl_per_token, kl_count);
         m.tool_success = if calls == 0.0 { 0.0 } else { successes / calls };
         m.truncated = truncated as usize;
         if train.is_empty() && comm.is_none() {
@@ -1277,24 +1301,25 @@ pub struct UpdateStats {
 }
 
 /// A round's rollouts (math rollouts or BFCL episodes, in groups of G) as what to train
-/// on: advantages from `totals`; under `filter_flat_groups` the groups whose rewards are
-/// all equal left out and counted; the rest, one entry a group, holding the rollouts that
-/// `trainable` accepts. `parts` gives a rollout's prompt, ids, loss mask and logprobs;
-/// `known` the logprobs computed for them already (see [`KlPenalty`]).
+/// on: advantages from `scores` (the task's rewards `totals`, less a KL penalty); under
+/// `filter_flat_groups` the groups whose task rewards are all equal left out and counted;
+/// the rest, one entry a group, holding the rollouts that `trainable` accepts. `parts`
+/// gives a rollout's prompt, ids, loss mask and logprobs; `known` the logprobs computed
+/// for them already (see [`KlPenalty`]).
 pub(crate) fn groups_to_train<R>(
     c: &GrpoRunConfig,
     played: &[R],
-    totals: &[f64],
+    (totals, scores): (&[f64], &[f64]),
     mut known: Known,
     trainable: impl Fn(&R) -> bool,
     parts: impl Fn(&R) -> (&Vec<u32>, &Vec<u32>, &Vec<u8>, &Vec<f32>),
 ) -> (Vec<Vec<TrainRollout>>, usize) {
     let g = c.rollout.group_size;
-    let adv = group_advantages(totals, g, &c.advantages);
+    let adv = group_advantages(scores, g, &c.advantages);
     let mut flat = 0;
     let mut groups = Vec::new();
     for (k, group) in played.chunks(g).enumerate() {
-        if c.filter_flat_groups && artist_rl::advantages::group_is_flat(&totals[k * g..(k + 1) * g]) {
+        if in_flat_group(c, totals, k * g) {
             flat += 1;
             continue;
         }
@@ -2198,7 +2223,10 @@ mod tests {
             // pi_old recomputed for all but rollout 4.
             old: (0..6).map(|i| (i != 4).then(|| vec![-(i as f32) - 0.5])).collect(),
         };
-        let (groups, flat) = groups_to_train(&c, &played, &totals, known, |r| r.1 != [3], |r| (&r.0, &r.1, &r.2, &r.3));
+        // Scores penalised by a KL (group 0 among them) leave the filter to the task's rewards.
+        let scores = [0.9, 0.8, -0.1, 0.9, 0.7, -0.2];
+        let (groups, flat) =
+            groups_to_train(&c, &played, (&totals, &scores), known, |r| r.1 != [3], |r| (&r.0, &r.1, &r.2, &r.3));
         assert_eq!(flat, 1);
         let got: Vec<_> = (groups.iter().flatten())
             .map(|r| (r.ids[0], r.ref_logprobs.clone().unwrap(), r.old_logprobs[0], r.sampler_logprobs.clone()))

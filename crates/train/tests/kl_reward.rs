@@ -248,3 +248,57 @@ fn the_penalty_reads_pi_old_recomputed() {
     assert_eq!((u.loss, u.grad_norm), (m[0].loss, m[0].grad_norm));
     assert_eq!(weights(&by_hand.model), weights(&t.model));
 }
+
+/// With `filter_flat_groups`, a group whose task rewards are all equal leaves the step
+/// whatever its rollouts' KL (as DAPO filters on accuracy, veRL on `seq_reward`), and its
+/// KL is never computed: the step (a seed whose batch holds one flat group of two) counts
+/// one flat group, logs no `kl` for its rollouts, reports the mean KL of the other
+/// group's, and trains to the bits of that group alone rebuilt by hand.
+#[test]
+fn flat_groups_leave_before_the_penalty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let found = (0..64u64).find_map(|seed| {
+        let c =
+            config(&["filter_flat_groups=true", "log_rollouts=6"]).with_overrides(&[format!("seed={seed}")]).unwrap();
+        let by_hand = trainer(c.clone());
+        let order = DataOrder { n: by_hand.train.len(), batch_size: 2, shuffle: true, seed };
+        let problems: Vec<&Problem> = order.step(0).1.iter().map(|&i| &by_hand.train[i]).collect();
+        let batch = by_hand.rollouts(&problems, seed).unwrap();
+        let totals: Vec<f64> = batch.rewards.iter().map(|r| r.total).collect();
+        let flat: Vec<bool> = totals.chunks(3).map(artist_rl::advantages::group_is_flat).collect();
+        let live = batch.rollouts.iter().all(|ro| ro.sampled_tokens() > 0);
+        (flat.iter().filter(|&&f| f).count() == 1 && live).then_some((c, by_hand, batch, totals, flat))
+    });
+    let (c, by_hand, batch, totals, flat) = found.expect("a seed whose first batch holds one flat group of two");
+    let kept = flat.iter().position(|&f| !f).unwrap();
+    let mut t = trainer(c.clone());
+    let m = train(&tmp.path().join("run"), &mut t, &quiet()).unwrap();
+    assert_eq!(m[0].flat_groups, 1, "the penalty's KL made the flat group differ");
+    let log = artist_train::metrics::read(&tmp.path().join("run").join(artist_train::metrics::ROLLOUTS_FILE)).unwrap();
+    assert_eq!(log.len(), 6);
+    for (i, line) in log.iter().enumerate() {
+        assert_eq!(line.get("kl").is_some(), i / 3 == kept, "rollout {i}: {line}");
+    }
+
+    let reference = Qwen2::load(c.reference_model.as_ref().unwrap()).unwrap();
+    let mut group: Vec<TrainRollout> =
+        batch.rollouts[kept * 3..kept * 3 + 3].iter().map(|ro| train_rollout(ro, 0.0)).collect();
+    let refs: Vec<&TrainRollout> = group.iter().collect();
+    let ref_lps = artist_rl::grpo::rollout_logprobs(&reference, &Ctx::inference(), &refs, 1.0, 2).unwrap();
+    let kls: Vec<f64> = (group.iter().zip(&ref_lps))
+        .map(|(r, rl)| {
+            (0..r.ids.len()).filter(|&j| r.mask[j] == 1).map(|j| r.old_logprobs[j] as f64 - rl[j] as f64).sum()
+        })
+        .collect();
+    let mean = kls.iter().sum::<f64>() / 3.0;
+    let got = m[0].kl_reward.unwrap();
+    assert!((got - mean).abs() <= 1e-9 * mean.abs().max(1.0), "kl_reward {got} vs the kept group's {mean}");
+    let scores: Vec<f64> = (totals[kept * 3..kept * 3 + 3].iter().zip(&kls)).map(|(t, k)| t - 0.05 * k).collect();
+    for (r, a) in group.iter_mut().zip(group_advantages(&scores, 3, &c.advantages)) {
+        r.advantage = a as f32;
+    }
+    let mut optimizer = adamw(&c, &by_hand.model);
+    let u = update(&by_hand.model, None, group, &c, &mut optimizer, c.optim.lr, 0).unwrap();
+    assert_eq!((u.loss, u.grad_norm), (m[0].loss, m[0].grad_norm));
+    assert_eq!(weights(&by_hand.model), weights(&t.model));
+}
