@@ -317,8 +317,14 @@ pub struct GrpoRunConfig {
     pub steps: u64,
     /// Prompts per rollout batch (each gives `group_size` rollouts).
     pub prompts_per_step: usize,
-    /// Optimiser steps on each rollout batch (pi_old stays what it was before the first).
+    /// Passes over each rollout batch (veRL's `ppo_epochs`, TRL's `num_iterations`); pi_old
+    /// stays what it was before the first.
     pub optimizer_steps_per_batch: usize,
+    /// AdamW steps per pass, each on its share of the batch's groups (group `q`, in the
+    /// order one process plays them, in mini-batch `q % mini_batches`), normalised over
+    /// that share: TRL's `steps_per_generation`, veRL's `train_batch_size /
+    /// ppo_mini_batch_size`. 1 (the default): one step on the whole batch.
+    pub mini_batches: usize,
     /// Where pi_old comes from: `sampler` (the logprobs the rollouts were drawn with),
     /// `recompute` (one forward pass of the policy over the batch before the updates, with
     /// the loss's attention and matmul dtypes, as veRL computes old_log_prob), or `auto`
@@ -403,6 +409,7 @@ impl Default for GrpoRunConfig {
             steps: 100,
             prompts_per_step: 8,
             optimizer_steps_per_batch: 1,
+            mini_batches: 1,
             old_logprobs: OldLogprobs::Auto,
             micro_batch_rollouts: 0,
             micro_batch_tokens: 0,
@@ -598,6 +605,12 @@ impl GrpoRunConfig {
             return Err(Error::Config(format!(
                 "rollout.max_batch ({}) must hold a group of {}",
                 r.max_batch, r.group_size
+            )));
+        }
+        if self.mini_batches == 0 || self.optimizer_steps_per_batch == 0 {
+            return Err(Error::Config(format!(
+                "mini_batches and optimizer_steps_per_batch must be at least 1, got {} and {}",
+                self.mini_batches, self.optimizer_steps_per_batch
             )));
         }
         if self.micro_batch_tokens > 0 && self.micro_batch_tokens < r.max_context {
@@ -1293,8 +1306,8 @@ pub struct UpdateStats {
     /// The most autograd ops one micro-batch recorded (fewer with `grad_checkpointing`,
     /// whose layers record one op each).
     pub tape_ops: usize,
-    /// Forward/backward passes per optimiser step on this rank (`micro_batch_rollouts`,
-    /// `micro_batch_tokens`).
+    /// Forward/backward passes over the batch (all its mini-batches, once) on this rank
+    /// (`micro_batch_rollouts`, `micro_batch_tokens`).
     pub passes: usize,
     /// The most tokens one of those passes packed (prompts and responses).
     pub max_pass_tokens: usize,
@@ -1335,6 +1348,7 @@ pub(crate) fn groups_to_train<R>(
                 old_logprobs: recomputed.unwrap_or_else(|| logprobs.clone()),
                 ref_logprobs: take(&mut known.reference),
                 advantage: adv[k * g + i] as f32,
+                group: 0,
             }
         });
         groups.push(train.collect());
@@ -1375,7 +1389,7 @@ pub(crate) fn play_rounds<const N: usize>(
     mut play: impl FnMut(usize, Range<usize>, usize) -> Result<(Vec<Vec<TrainRollout>>, [f64; N])>,
 ) -> Result<(Vec<TrainRollout>, [f64; N], GroupQuota)> {
     let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
-    let mut quota = GroupQuota::new(c.prompts_per_step, lens.len() > 1);
+    let mut quota = GroupQuota::new(c.prompts_per_step, lens.len() > 1, c.mini_batches > 1);
     let mut sums = [0f64; N];
     let mut signal = Vec::new();
     for (r, &len) in lens.iter().enumerate() {
@@ -1389,9 +1403,13 @@ pub(crate) fn play_rounds<const N: usize>(
             break;
         }
     }
-    let train = (signal.into_iter().enumerate())
-        .flat_map(|(r, groups)| groups.into_iter().take(quota.keep(r, rank)).flatten())
-        .collect();
+    let mut train = Vec::new();
+    for (r, groups) in signal.into_iter().enumerate() {
+        let first = quota.first_place(r, rank);
+        for (i, group) in groups.into_iter().take(quota.keep(r, rank)).enumerate() {
+            train.extend(group.into_iter().map(|ro| TrainRollout { group: first + i, ..ro }));
+        }
+    }
     Ok((train, sums, quota))
 }
 
@@ -1442,31 +1460,43 @@ pub(crate) fn f64_as_f32s(x: f64) -> [f32; 3] {
 /// `target` such groups in round, rank and group order, wherever they were played.
 pub(crate) struct GroupQuota {
     target: usize,
-    /// Off: one round, every group kept, nothing exchanged.
+    /// Off: one round, every group kept.
     on: bool,
-    /// Per round, per rank: groups with a signal.
+    /// Whether the ranks' counts are exchanged: when on, or when the groups' places in the
+    /// step's batch are needed ([`GroupQuota::first_place`]).
+    exchange: bool,
+    /// Per round, per rank: groups with a signal (other ranks' counts are 0 unless
+    /// exchanged).
     found: Vec<Vec<usize>>,
 }
 
 impl GroupQuota {
-    pub(crate) fn new(target: usize, on: bool) -> GroupQuota {
-        GroupQuota { target, on, found: Vec::new() }
+    pub(crate) fn new(target: usize, on: bool, places: bool) -> GroupQuota {
+        GroupQuota { target, on, exchange: on || places, found: Vec::new() }
     }
 
     /// Records this rank's `groups` with a signal in the round just played (every rank
     /// calls it, in step) and says whether the step has enough; always yes when off.
     pub(crate) fn record(&mut self, groups: usize, comm: Option<&mut (dyn Communicator + '_)>) -> Result<bool> {
-        if !self.on {
-            return Ok(true);
-        }
         let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
         let mut counts = vec![0f32; world];
         counts[rank] = groups as f32;
-        if let Some(comm) = comm {
+        if let Some(comm) = comm
+            && self.exchange
+        {
             comm.all_reduce_sum(&mut counts)?;
         }
         self.found.push(counts.iter().map(|&n| n as usize).collect());
-        Ok(self.found.iter().flatten().sum::<usize>() >= self.target)
+        Ok(!self.on || self.found.iter().flatten().sum::<usize>() >= self.target)
+    }
+
+    /// The place in the step's trained groups (round, rank and group order: one process's
+    /// order) of `rank`'s first group kept from `round`; meaningful where the counts were
+    /// exchanged or there is one rank.
+    pub(crate) fn first_place(&self, round: usize, rank: usize) -> usize {
+        let kept = |r: usize, k: usize| self.keep(r, k).min(self.found[r][k]);
+        let earlier: usize = (0..round).map(|r| (0..self.found[r].len()).map(|k| kept(r, k)).sum::<usize>()).sum();
+        earlier + (0..rank).map(|k| kept(round, k)).sum::<usize>()
     }
 
     /// How many of `rank`'s groups with a signal in `round` are trained on: the first ones,
@@ -1516,9 +1546,11 @@ pub(crate) fn sum_over_ranks<const N: usize>(
     Ok(())
 }
 
-/// `optimizer_steps_per_batch` AdamW steps on the masked GRPO loss, gradients accumulated
-/// over micro-batches cut by `micro_batch_rollouts` and `micro_batch_tokens`. A non-finite loss or norm refuses the
-/// update. Logprobs the rollouts carry are not computed again: with `grpo.beta > 0`, their
+/// `optimizer_steps_per_batch` passes over the batch of `mini_batches` AdamW steps each on
+/// the masked GRPO loss (mini-batch `j`: the rollouts whose `group % mini_batches == j`,
+/// normalised over its own rollouts and tokens on every rank), gradients accumulated over
+/// micro-batches cut by `micro_batch_rollouts` and `micro_batch_tokens`. A non-finite loss
+/// or norm refuses the update (steps already taken on earlier mini-batches stand). Logprobs the rollouts carry are not computed again: with `grpo.beta > 0`, their
 /// `ref_logprobs` (`reference` computes the others'), and where pi_old is recomputed, the
 /// `old_logprobs` of those that carry `sampler_logprobs`. Shared by the math and the
 /// function-calling trainers.
@@ -1551,19 +1583,23 @@ pub fn update_sharded(
 ) -> Result<UpdateStats> {
     let _range = artist_tensor::nvtx::range("policy update");
     let mut out = UpdateStats::default();
-    let mut counts = [
-        train.iter().filter(|r| r.generated() > 0).count() as f32,
-        train.iter().map(|r| r.generated()).sum::<usize>() as f32,
-        train.len() as f32,
-    ];
+    // Per mini-batch, over all ranks: rollouts with generated tokens, generated tokens,
+    // rollouts.
+    let minis = c.mini_batches.max(1);
+    let mut counts = vec![0f32; 3 * minis];
+    for r in &train {
+        let j = 3 * (r.group % minis);
+        counts[j] += (r.generated() > 0) as u8 as f32;
+        counts[j + 1] += r.generated() as f32;
+        counts[j + 2] += 1.0;
+    }
     if let Some(comm) = comm.as_deref_mut() {
         comm.all_reduce_sum(&mut counts)?;
     }
-    if counts[2] == 0.0 {
+    if counts.chunks(3).all(|c| c[2] == 0.0) {
         return Ok(out);
     }
     out.trained = true;
-    let (seqs, total) = (counts[0] as usize, counts[1] as usize);
     let micro = c.micro_batching();
     // The loss's numerics, for everything it compares with: pi_old recomputed and the
     // reference's logprobs.
@@ -1606,19 +1642,30 @@ pub fn update_sharded(
             train[i].ref_logprobs = Some(lp);
         }
     }
-    let refs: Vec<&TrainRollout> = train.iter().collect();
     let mut grpo = c.grpo;
     grpo.temperature = c.rollout.temperature;
-    let weights = token_weights_global(&refs, grpo.aggregation, grpo.norm_length, seqs, total);
-    let lens: Vec<usize> = refs.iter().map(|r| r.prompt_ids.len() + r.ids.len()).collect();
-    let passes = micro.split(&lens);
-    out.passes = passes.len();
-    out.max_pass_tokens = passes.iter().map(|p| lens[p.clone()].iter().sum::<usize>()).max().unwrap_or(0);
+    // Each mini-batch (the rollouts of its groups, in batch order, and the global counts it
+    // is normalised by; empty on every rank: none), its loss weights and its passes.
+    let mini_batches: Vec<_> = (counts.chunks(3).enumerate())
+        .filter(|(_, n)| n[2] > 0.0)
+        .map(|(j, n)| {
+            let refs: Vec<&TrainRollout> = train.iter().filter(|r| r.group % minis == j).collect();
+            let weights = token_weights_global(&refs, grpo.aggregation, grpo.norm_length, n[0] as usize, n[1] as usize);
+            let lens: Vec<usize> = refs.iter().map(|r| r.prompt_ids.len() + r.ids.len()).collect();
+            let passes = micro.split(&lens);
+            out.passes += passes.len();
+            let most = passes.iter().map(|p| lens[p.clone()].iter().sum::<usize>()).max().unwrap_or(0);
+            out.max_pass_tokens = out.max_pass_tokens.max(most);
+            (refs, weights, passes)
+        })
+        .collect();
     let params = model.params();
     let (mut clipped, mut tokens, mut kl) = (0usize, 0usize, 0f64);
     // Summed entropy and tokens of the first update's passes (the policy that sampled).
     let mut entropy = [0f64; 2];
-    for update in 0..c.optimizer_steps_per_batch {
+    for (update, (refs, weights, passes)) in
+        (0..c.optimizer_steps_per_batch).flat_map(|e| mini_batches.iter().map(move |m| (e, m)))
+    {
         let mut step_grads =
             StepGrads::new(comm.as_deref_mut().map(|c| c as &mut dyn Communicator), &params, c.overlap_allreduce);
         let mut loss = 0f64;
@@ -2281,22 +2328,28 @@ mod tests {
     #[test]
     fn the_group_quota_keeps_the_first_groups_in_round_and_rank_order() {
         // Three ranks, a quota of 5: 3 groups after the first round, 9 after the second.
-        let mut q = GroupQuota::new(5, true);
+        let mut q = GroupQuota::new(5, true, false);
         q.found = vec![vec![1, 2, 0]];
         assert_eq!(q.counts(), (Some(1), Some(3)));
         q.found.push(vec![2, 1, 3]);
         let keep: Vec<Vec<usize>> = (0..2).map(|r| (0..3).map(|k| q.keep(r, k)).collect()).collect();
         assert_eq!(keep, [vec![1, 2, 0], vec![2, 0, 0]]);
         assert_eq!(q.counts(), (Some(2), Some(5)));
+        // The kept groups' places: round 0's 1 + 2, then round 1's first rank's 2.
+        let first: Vec<Vec<usize>> = (0..2).map(|r| (0..3).map(|k| q.first_place(r, k)).collect()).collect();
+        assert_eq!(first, [vec![0, 1, 3], vec![3, 5, 5]]);
         // One process records and stops as the ranks do.
-        let mut one = GroupQuota::new(5, true);
+        let mut one = GroupQuota::new(5, true, false);
         assert!(!one.record(3, None).unwrap());
         assert!(one.record(2, None).unwrap());
         assert_eq!((one.keep(0, 0), one.keep(1, 0), one.counts()), (3, 2, (Some(2), Some(5))));
-        // Off: one round, everything kept, nothing logged.
-        let mut off = GroupQuota::new(5, false);
+        assert_eq!((one.first_place(0, 0), one.first_place(1, 0)), (0, 3));
+        // Off: one round, everything kept, nothing logged; places from the ranks' counts.
+        let mut off = GroupQuota::new(5, false, true);
         assert!(off.record(0, None).unwrap());
         assert_eq!((off.keep(0, 0), off.counts()), (usize::MAX, (None, None)));
+        off.found = vec![vec![2, 4, 1]];
+        assert_eq!((0..3).map(|k| off.first_place(0, k)).collect::<Vec<_>>(), [0, 2, 6]);
     }
 
     #[test]

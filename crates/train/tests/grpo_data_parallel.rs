@@ -156,3 +156,58 @@ fn two_ranks_equal_one_process_on_the_global_batch() {
         .collect();
     assert_eq!(after, last.samples, "the ranks logged other answers than one process on their weights");
 }
+
+/// `mini_batches = 3` over two ranks (groups 0 and 1 on rank 0, group 2 on rank 1; flat
+/// groups left out, so a group's place in the batch, and so its mini-batch, comes from
+/// both ranks' counts; a mini-batch empty on one rank): the same AdamW steps on the same
+/// groups as one process, up to the order of float sums (measured: the same bits, each
+/// mini-batch being one group). AdamW's eps is 1e-3 here, as in sft_data_parallel.rs, so
+/// that a gradient's last bits cannot move a weight by a whole step and send later
+/// rollouts elsewhere. Numbering each rank's groups from 0 instead fails it.
+#[test]
+fn mini_batches_hold_the_same_groups_on_two_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = config()
+        .with_overrides(&[
+            "mini_batches=3".into(),
+            "filter_flat_groups=true".into(),
+            "steps=3".into(),
+            "optim.eps=1e-3".into(),
+        ])
+        .unwrap();
+    let mut single = trainer(c.clone());
+    let m1 = train(&tmp.path().join("single"), &mut single, &quiet()).unwrap();
+    assert!(m1.iter().any(|m| m.flat_groups > 0) && m1.iter().any(|m| m.loss != 0.0), "{m1:?}");
+    let dir = tmp.path().join("ranks");
+    let runs: Vec<(Vec<StepMetrics>, Vec<Vec<f32>>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = InProcess::group_with_timeout(2, Duration::from_secs(300))
+            .into_iter()
+            .map(|mut comm| {
+                let (dir, c) = (&dir, c.clone());
+                s.spawn(move || {
+                    let mut t = trainer(c);
+                    let m = train_data_parallel(dir, &mut t, &quiet(), &mut comm).unwrap();
+                    (m, weights(&t.model))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (m, x) in m1.iter().zip(&runs[0].0) {
+        eprintln!(
+            "step {}: flat {} / {}, loss {} / {}, grad norm {} / {}",
+            m.step, m.flat_groups, x.flat_groups, m.loss, x.loss, m.grad_norm, x.grad_norm
+        );
+    }
+    let diff = max_diff(&runs[0].1, &weights(&single.model));
+    eprintln!("mini-batches, 2 ranks vs one process: max |weight difference| {diff:e}");
+    assert!(diff <= TOLERANCE, "max weight difference {diff:e} > {TOLERANCE:e}");
+    for (m, x) in m1.iter().zip(&runs[0].0) {
+        assert_eq!((x.flat_groups, x.reward), (m.flat_groups, m.reward), "step {}", m.step);
+        assert!((x.grad_norm - m.grad_norm).abs() <= 1e-4 * m.grad_norm.max(1e-3), "step {}", m.step);
+    }
+    // Without mini-batches the same run ends elsewhere.
+    let mut whole = trainer(config().with_overrides(&["filter_flat_groups=true".into()]).unwrap());
+    train(&tmp.path().join("whole"), &mut whole, &quiet()).unwrap();
+    assert!(max_diff(&weights(&whole.model), &weights(&single.model)) > 1e-5);
+}

@@ -538,3 +538,53 @@ fn a_token_budget_cuts_the_passes() {
     assert!(e.contains("micro_batch_tokens (119)") && e.contains("max_context = 120"), "{e}");
     config(&["micro_batch_tokens=120"]).validate(Device::Cpu).unwrap();
 }
+
+/// `mini_batches = 2`: a batch of four groups takes one AdamW step on groups 0 and 2, then
+/// one on groups 1 and 3, each normalised over its own rollouts, to the bits of the two
+/// updates made by hand on those halves; with `optimizer_steps_per_batch = 2`, four steps
+/// (the halves twice, pi_old the sampler's throughout); one step on the whole batch trains
+/// otherwise. Zero mini-batches are refused.
+#[test]
+fn mini_batches_step_on_each_share_in_turn() {
+    let config = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        common::tiny_grpo_config(&["prompts_per_step=4"]).with_overrides(&sets).unwrap()
+    };
+    let t = parity_trainer(config(&[]));
+    let problems: Vec<&Problem> = t.train[..4].iter().collect();
+    let batch = t.rollouts(&problems, 7).unwrap();
+    let rollouts: Vec<_> = (batch.rollouts.iter().enumerate())
+        .filter(|(_, ro)| ro.sampled_tokens() > 0)
+        .map(|(i, ro)| common::train_rollout(ro, if i % 2 == 0 { 1.0 } else { -0.5 }))
+        .collect();
+    let groups: Vec<usize> = rollouts.iter().map(|r| r.group).collect();
+    assert!((0..4).all(|g| groups.contains(&g)), "every group has a live rollout: {groups:?}");
+    let run = |sets: &[&str], updates: &[Vec<artist_rl::TrainRollout>]| {
+        let c = config(sets);
+        let model = Qwen2::load(&c.model).unwrap();
+        let mut optimizer = common::adamw(&c, &model);
+        let stats: Vec<_> = (updates.iter())
+            .map(|u| artist_train::grpo::update(&model, None, u.clone(), &c, &mut optimizer, 1e-3, 0).unwrap())
+            .collect();
+        let last = *stats.last().unwrap();
+        ((last.loss, last.grad_norm), common::weights(&model))
+    };
+    let half = |parity: usize| -> Vec<_> { rollouts.iter().filter(|r| r.group % 2 == parity).cloned().collect() };
+    let (even, odd) = (half(0), half(1));
+
+    let (mini, w_mini) = run(&["mini_batches=2"], std::slice::from_ref(&rollouts));
+    let (by_hand, w_by_hand) = run(&[], &[even.clone(), odd.clone()]);
+    assert_eq!(mini, by_hand);
+    assert_eq!(w_mini, w_by_hand);
+
+    let (twice, w_twice) = run(&["mini_batches=2", "optimizer_steps_per_batch=2"], std::slice::from_ref(&rollouts));
+    let (by_hand, w_by_hand) = run(&[], &[even.clone(), odd.clone(), even, odd]);
+    assert_eq!(twice, by_hand);
+    assert_eq!(w_twice, w_by_hand);
+
+    let (_, w_whole) = run(&[], std::slice::from_ref(&rollouts));
+    assert_ne!(w_whole, w_mini, "one step on the whole batch");
+
+    let e = config(&["mini_batches=0"]).validate(Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("mini_batches"), "{e}");
+}

@@ -43,7 +43,7 @@ pub fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .fold(0.0, |m, x| if x.is_nan() || x > m { x } else { m })
 }
 
-/// A rollout as the trainer trains on it, with `advantage`.
+/// A rollout as the trainer trains on it, with `advantage` (its group: its prompt's place).
 pub fn train_rollout(ro: &Rollout, advantage: f32) -> TrainRollout {
     TrainRollout {
         prompt_ids: ro.prompt_ids.clone(),
@@ -53,6 +53,7 @@ pub fn train_rollout(ro: &Rollout, advantage: f32) -> TrainRollout {
         sampler_logprobs: None,
         ref_logprobs: None,
         advantage,
+        group: ro.prompt_index,
     }
 }
 
