@@ -127,6 +127,7 @@ fn as_train(rollouts: &[artist_engine::Rollout]) -> Vec<TrainRollout> {
             sampler_logprobs: None,
             ref_logprobs: None,
             advantage: 1.0,
+            score: 0.0,
             group: 0,
         })
         .collect()

@@ -21,21 +21,50 @@ pub enum AdvantageEstimator {
     ReinforcePlusPlusBaseline,
 }
 
+/// Whose standard deviation GRPO's advantages are divided by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StdLevel {
+    /// The group's own rewards (GRPO).
+    #[default]
+    Group,
+    /// Every reward of the step's batch (the rollouts trained on, over all ranks): the
+    /// group's mean subtracted, the batch's deviation divided by (TRL's `scale_rewards =
+    /// "batch"`; "Lite PPO", Liu et al., 2025), so a group of nearly equal rewards is not
+    /// blown up to unit scale.
+    Batch,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdvantageConfig {
     /// `grpo` (the default) or `rloo`.
     pub estimator: AdvantageEstimator,
-    /// Divide by the group's standard deviation (GRPO); off, as Dr. GRPO does, leaves
-    /// `r - mean`. RLOO's baseline is not scaled: `rloo` needs it off.
+    /// Divide by a standard deviation (GRPO); off, as Dr. GRPO does, leaves `r - mean`.
+    /// RLOO's baseline is not scaled: `rloo` needs it off.
     pub scale_by_std: bool,
+    /// The group's deviation or the batch's ([`StdLevel`]).
+    pub std_level: StdLevel,
     /// Added to the standard deviation.
     pub eps: f64,
 }
 
 impl Default for AdvantageConfig {
     fn default() -> Self {
-        AdvantageConfig { estimator: AdvantageEstimator::Grpo, scale_by_std: true, eps: 1e-4 }
+        AdvantageConfig {
+            estimator: AdvantageEstimator::Grpo,
+            scale_by_std: true,
+            std_level: StdLevel::Group,
+            eps: 1e-4,
+        }
+    }
+}
+
+impl AdvantageConfig {
+    /// Whether the advantages [`group_advantages`] gives are divided afterwards by the
+    /// batch's deviation ([`batch_std_scale`]).
+    pub fn scales_by_batch(&self) -> bool {
+        self.estimator == AdvantageEstimator::Grpo && self.scale_by_std && self.std_level == StdLevel::Batch
     }
 }
 
@@ -52,6 +81,11 @@ impl AdvantageConfig {
                         not the group's: set advantages.scale_by_std = false"
                 .into());
         }
+        if self.std_level == StdLevel::Batch && !(self.estimator == AdvantageEstimator::Grpo && self.scale_by_std) {
+            return Err("advantages.std_level = \"batch\" divides GRPO's advantages by the batch's deviation: \
+                        it needs advantages.estimator = \"grpo\" and advantages.scale_by_std = true"
+                .into());
+        }
         if !(self.eps >= 0.0 && self.eps.is_finite()) {
             return Err(format!("advantages.eps must be a finite number >= 0, got {}", self.eps));
         }
@@ -61,8 +95,9 @@ impl AdvantageConfig {
 
 /// The advantages of each consecutive group of `g` rewards: GRPO's `(r_i - mean) / (std +
 /// eps)`, with the sample standard deviation (n - 1 in the denominator, as TRL computes
-/// it), or `r_i - mean` without `scale_by_std`; RLOO's `r_i - (sum - r_i) / (n - 1)` (0 in
-/// a group of one). A group whose rewards are all equal gets zero advantage everywhere.
+/// it), or `r_i - mean` without `scale_by_std` or with `std_level = "batch"` (which
+/// [`batch_std_scale`] divides afterwards); RLOO's `r_i - (sum - r_i) / (n - 1)` (0 in a
+/// group of one). A group whose rewards are all equal gets zero advantage everywhere.
 pub fn group_advantages(rewards: &[f64], g: usize, c: &AdvantageConfig) -> Vec<f64> {
     let g = g.max(1);
     let mut out = Vec::with_capacity(rewards.len());
@@ -80,7 +115,7 @@ pub fn group_advantages(rewards: &[f64], g: usize, c: &AdvantageConfig) -> Vec<f
         }
         let mean = sum / n;
         let var = if group.len() > 1 { group.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
-        let scale = if c.scale_by_std { var.sqrt() + c.eps } else { 1.0 };
+        let scale = if c.scale_by_std && c.std_level == StdLevel::Group { var.sqrt() + c.eps } else { 1.0 };
         out.extend(group.iter().map(|r| (r - mean) / scale));
     }
     out
@@ -109,6 +144,27 @@ pub fn whiten(a: f32, [n, sum, sum_sq]: [f64; 3]) -> f32 {
     ((a as f64 - mean) / (var + 1e-8).sqrt()) as f32
 }
 
+/// What [`batch_std_scale`] needs of a batch's rewards, summable over its parts (ranks):
+/// their count, sum and sum of squares.
+pub fn reward_sums(rewards: impl IntoIterator<Item = f64>) -> [f64; 3] {
+    let mut sums = [0f64; 3];
+    for r in rewards {
+        sums[0] += 1.0;
+        sums[1] += r;
+        sums[2] += r * r;
+    }
+    sums
+}
+
+/// `std_level = "batch"`: an advantage `r - mean` (the group's mean) divided by the batch's
+/// unbiased standard deviation of the rewards plus `eps` (0 for a batch of one), as TRL's
+/// `rewards.std()`.
+pub fn batch_std_scale(a: f32, [n, sum, sum_sq]: [f64; 3], eps: f64) -> f32 {
+    let mean = sum / n.max(1.0);
+    let var = if n > 1.0 { ((sum_sq - n * mean * mean) / (n - 1.0)).max(0.0) } else { 0.0 };
+    (a as f64 / (var.sqrt() + eps)) as f32
+}
+
 /// Whether every reward of the group is the same (such a group teaches nothing).
 pub fn group_is_flat(group: &[f64]) -> bool {
     group.windows(2).all(|w| w[0] == w[1])
@@ -133,8 +189,12 @@ mod tests {
 
     #[test]
     fn reinforce_plus_plus_whitens_over_tokens() {
-        let c =
-            AdvantageConfig { estimator: AdvantageEstimator::ReinforcePlusPlusBaseline, scale_by_std: false, eps: 0.0 };
+        let c = AdvantageConfig {
+            estimator: AdvantageEstimator::ReinforcePlusPlusBaseline,
+            scale_by_std: false,
+            eps: 0.0,
+            ..Default::default()
+        };
         // The group's mean subtracted, nothing scaled yet.
         let a = group_advantages(&[1.0, 3.0, 5.0, 0.0, 0.0, 4.0], 3, &c);
         let want = [-2.0, 0.0, 2.0, -4.0 / 3.0, -4.0 / 3.0, 8.0 / 3.0];
@@ -162,8 +222,43 @@ mod tests {
     }
 
     #[test]
+    fn batch_level_deviation() {
+        let c = AdvantageConfig { std_level: StdLevel::Batch, eps: 0.0, ..Default::default() };
+        assert!(c.scales_by_batch() && c.check().is_ok());
+        // The groups' means subtracted, nothing scaled yet.
+        let rewards = [1.0, 3.0, 2.0, 2.0, 2.5, 2.0];
+        let a = group_advantages(&rewards, 3, &c);
+        let want = [-1.0, 1.0, 0.0, -1.0 / 6.0, 1.0 / 3.0, -1.0 / 6.0];
+        assert!(a.iter().zip(want).all(|(x, y)| (x - y).abs() < 1e-12), "{a:?}");
+        // Divided by the batch's sample deviation.
+        let mean = rewards.iter().sum::<f64>() / 6.0;
+        let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / 5.0).sqrt();
+        let sums = reward_sums(rewards);
+        for &x in &a {
+            let want = (x / std) as f32;
+            assert!((batch_std_scale(x as f32, sums, 0.0) - want).abs() <= 1e-6 * want.abs().max(1.0));
+        }
+        // The second group, nearly flat, keeps its small scale (by its own deviation it
+        // would reach the first group's).
+        let own = group_advantages(&rewards, 3, &AdvantageConfig { eps: 0.0, ..Default::default() });
+        assert!((own[4] - 1.0 / 3.0f64.sqrt() * 2.0).abs() < 1e-12 && own[0] == -1.0);
+        assert_eq!(batch_std_scale(2.0, reward_sums([5.0]), 0.5), 4.0);
+        for bad in [
+            AdvantageConfig { scale_by_std: false, ..c },
+            AdvantageConfig { estimator: AdvantageEstimator::Rloo, scale_by_std: false, ..c },
+        ] {
+            assert!(bad.check().unwrap_err().contains("std_level"), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn leave_one_out() {
-        let c = AdvantageConfig { estimator: AdvantageEstimator::Rloo, scale_by_std: false, eps: 0.0 };
+        let c = AdvantageConfig {
+            estimator: AdvantageEstimator::Rloo,
+            scale_by_std: false,
+            eps: 0.0,
+            ..Default::default()
+        };
         // Each reward against the mean of the other two: 1 - 2.5, 3 - 1.5, 2 - 2; then a
         // flat group, and a group of one, which has no others.
         let a = group_advantages(&[1.0, 3.0, 2.0, 5.0, 5.0, 5.0, 7.0], 3, &c);

@@ -159,6 +159,8 @@ pub struct TrainRollout {
     /// The reference model's logprobs of `ids` (needed when beta > 0).
     pub ref_logprobs: Option<Vec<f32>>,
     pub advantage: f32,
+    /// The reward its advantage was computed from (the task's, less any KL penalty).
+    pub score: f64,
     /// Its group's place in the step's batch (0, 1, ... in the order one process plays
     /// them, whichever rank holds it): the trainer's `mini_batches` split by it.
     pub group: usize,

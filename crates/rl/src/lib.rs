@@ -8,7 +8,10 @@ pub mod grpo;
 pub mod prompts;
 pub mod rewards;
 
-pub use advantages::{AdvantageConfig, AdvantageEstimator, group_advantages, whiten, whitening_sums};
+pub use advantages::{
+    AdvantageConfig, AdvantageEstimator, StdLevel, batch_std_scale, group_advantages, reward_sums, whiten,
+    whitening_sums,
+};
 pub use format::{Segment, TagEvent};
 pub use grpo::{
     Aggregation, GrpoConfig, GrpoStats, ImportanceLevel, KlEstimator, MicroBatching, TrainRollout, grpo_loss,

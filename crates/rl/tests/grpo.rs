@@ -36,6 +36,7 @@ fn batch(model: &Qwen2, temperature: f32) -> Vec<TrainRollout> {
                 sampler_logprobs: None,
                 ref_logprobs: Some(reference),
                 advantage: adv,
+                score: 0.0,
                 group: 0,
             }
         })

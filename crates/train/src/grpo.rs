@@ -1348,6 +1348,7 @@ pub(crate) fn groups_to_train<R>(
                 old_logprobs: recomputed.unwrap_or_else(|| logprobs.clone()),
                 ref_logprobs: take(&mut known.reference),
                 advantage: adv[k * g + i] as f32,
+                score: scores[k * g + i],
                 group: 0,
             }
         });
@@ -1417,17 +1418,26 @@ pub(crate) fn play_rounds<const N: usize>(
 /// the advantages of the rollouts to train on whitened over the generated tokens of the
 /// global batch ([`artist_rl::whiten`]), before any update. Data-parallel ranks gather each
 /// other's f64 sums exactly ([`f64_as_f32s`]) and add them in rank order, so the whitening
-/// is what one process computes up to the order of f64 additions. Other estimators:
-/// nothing changes. Every rank calls it.
+/// is what one process computes up to the order of f64 additions.
+///
+/// `advantages.std_level = "batch"` takes the same path: each advantage (the group's mean
+/// already subtracted) divided by the deviation of the scores of every rollout trained on
+/// in the step, over all ranks ([`artist_rl::batch_std_scale`]). Otherwise nothing
+/// changes. Every rank calls it.
 pub(crate) fn whiten_advantages(
     train: &mut [TrainRollout],
     c: &GrpoRunConfig,
     comm: Option<&mut (dyn Communicator + '_)>,
 ) -> Result<()> {
-    if c.advantages.estimator != artist_rl::AdvantageEstimator::ReinforcePlusPlusBaseline {
+    let whitening = c.advantages.estimator == artist_rl::AdvantageEstimator::ReinforcePlusPlusBaseline;
+    if !whitening && !c.advantages.scales_by_batch() {
         return Ok(());
     }
-    let mut sums = artist_rl::whitening_sums(train.iter().map(|r| (r.advantage, r.generated())));
+    let mut sums = if whitening {
+        artist_rl::whitening_sums(train.iter().map(|r| (r.advantage, r.generated())))
+    } else {
+        artist_rl::reward_sums(train.iter().map(|r| r.score))
+    };
     if let Some(comm) = comm {
         let mine: Vec<f32> = sums.iter().flat_map(|&x| f64_as_f32s(x)).collect();
         let all = comm.all_gather(&mine)?;
@@ -1439,7 +1449,11 @@ pub(crate) fn whiten_advantages(
         }
     }
     for r in train {
-        r.advantage = artist_rl::whiten(r.advantage, sums);
+        r.advantage = if whitening {
+            artist_rl::whiten(r.advantage, sums)
+        } else {
+            artist_rl::batch_std_scale(r.advantage, sums, c.advantages.eps)
+        };
     }
     Ok(())
 }

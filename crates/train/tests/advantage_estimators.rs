@@ -91,3 +91,68 @@ fn two_ranks_whiten_as_one_process() {
     eprintln!("2 ranks vs one process: {beyond} of {} weights beyond 1e-5, max {max:e}", diffs.len());
     assert!(beyond <= 10 && max <= 3e-3, "{beyond} weights beyond 1e-5, max {max:e}");
 }
+
+/// `advantages.std_level = "batch"`: the first step equals one made by hand, each group's
+/// mean subtracted and every advantage divided by the sample deviation of all the trained
+/// rollouts' rewards (plus eps); GRPO's per-group deviation trains otherwise; two ranks,
+/// each dividing by the deviation over both, train as one process.
+#[test]
+fn batch_level_deviation_scales_every_group_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = |steps: u64| {
+        common::tiny_grpo_config(&[
+            &format!("steps={steps}"),
+            "rollout.deterministic=true",
+            "advantages.std_level=\"batch\"",
+            "optim.eps=1e-3",
+        ])
+    };
+    let c = config(1);
+    let mut t = trainer(c.clone());
+    let m = train(&tmp.path().join("run"), &mut t, &quiet()).unwrap();
+
+    let by_hand = trainer(c.clone());
+    let order = DataOrder { n: by_hand.train.len(), batch_size: 2, shuffle: true, seed: c.seed };
+    let problems: Vec<&Problem> = order.step(0).1.iter().map(|&i| &by_hand.train[i]).collect();
+    let batch = by_hand.rollouts(&problems, c.seed).unwrap();
+    let totals: Vec<f64> = batch.rewards.iter().map(|r| r.total).collect();
+    let live: Vec<usize> = (0..totals.len()).filter(|&i| batch.rollouts[i].sampled_tokens() > 0).collect();
+    let n = live.len() as f64;
+    let mean = live.iter().map(|&i| totals[i]).sum::<f64>() / n;
+    let std = (live.iter().map(|&i| (totals[i] - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    assert!(std > 0.1, "rewards all alike: the test shows nothing ({totals:?})");
+    let rollouts: Vec<TrainRollout> = live
+        .iter()
+        .map(|&i| {
+            let group = &totals[i / 3 * 3..i / 3 * 3 + 3];
+            let a = (totals[i] - group.iter().sum::<f64>() / 3.0) / (std + c.advantages.eps);
+            train_rollout(&batch.rollouts[i], a as f32)
+        })
+        .collect();
+    let mut optimizer = adamw(&c, &by_hand.model);
+    let u = update(&by_hand.model, None, rollouts, &c, &mut optimizer, c.optim.lr, 0).unwrap();
+    assert!((u.loss - m[0].loss).abs() <= 1e-6 * m[0].loss.abs().max(1e-3), "{} vs {}", u.loss, m[0].loss);
+    assert!((u.grad_norm - m[0].grad_norm).abs() <= 1e-5 * m[0].grad_norm, "{} vs {}", u.grad_norm, m[0].grad_norm);
+    let diff = common::max_diff(&weights(&by_hand.model), &weights(&t.model));
+    assert!(diff <= 1e-7, "{diff:e}");
+
+    // The groups' own deviations give other advantages, so another gradient (AdamW's step
+    // may not show it: it undoes a common scale, as when one group alone differs).
+    let mut own = trainer(c.with_overrides(&["advantages.std_level=\"group\"".into()]).unwrap());
+    let g = train(&tmp.path().join("group"), &mut own, &quiet()).unwrap();
+    assert!((g[0].grad_norm - m[0].grad_norm).abs() > 1e-3 * m[0].grad_norm, "{} {}", g[0].grad_norm, m[0].grad_norm);
+
+    let mut single = trainer(config(3));
+    let m1 = train(&tmp.path().join("single"), &mut single, &quiet()).unwrap();
+    let dir = tmp.path().join("ranks");
+    let runs = ranks(2, |comm| {
+        let mut t = trainer(config(3));
+        let m = train_data_parallel(&dir, &mut t, &quiet(), comm).unwrap();
+        (m, weights(&t.model))
+    });
+    for (a, b) in runs[0].0.iter().zip(&m1) {
+        assert!((a.grad_norm - b.grad_norm).abs() <= 1e-5 * b.grad_norm.max(1e-3), "{a:?}\n{b:?}");
+    }
+    let diff = common::max_diff(&runs[0].1, &weights(&single.model));
+    assert!(diff <= 1e-6, "2 ranks vs one process: {diff:e}");
+}

@@ -40,6 +40,7 @@ pub fn load(root: &Path) -> (Vec<TrainRollout>, Vec<Case>) {
             sampler_logprobs: None,
             ref_logprobs: Some(nums(&r["ref_logprobs"]).iter().map(|&x| x as f32).collect()),
             advantage: r["advantage"].as_f64().unwrap() as f32,
+            score: 0.0,
             group: 0,
         })
         .collect();

@@ -53,6 +53,7 @@ pub fn train_rollout(ro: &Rollout, advantage: f32) -> TrainRollout {
         sampler_logprobs: None,
         ref_logprobs: None,
         advantage,
+        score: 0.0,
         group: ro.prompt_index,
     }
 }
