@@ -128,6 +128,7 @@ fn as_train(rollouts: &[artist_engine::Rollout]) -> Vec<TrainRollout> {
             ref_logprobs: None,
             advantage: 1.0,
             score: 0.0,
+            pg_mask: None,
             group: 0,
         })
         .collect()

@@ -120,6 +120,13 @@ pub struct GrpoConfig {
     /// position (at the sampling temperature), aggregated with the same weights, so the
     /// gradient pushes the entropy up. 0: off (the default, as in veRL).
     pub entropy_coeff: f64,
+    /// Policy gradient on the high-entropy tokens only ("Beyond the 80/20 Rule", Wang et
+    /// al., 2025; TRL's `top_entropy_quantile`): the trainer keeps the policy-gradient term
+    /// of the generated tokens whose entropy under pi_old is at or above the batch's
+    /// `1 - top_entropy_quantile` quantile and drops the others' (their KL and entropy
+    /// terms stay, and the aggregation still counts them), through
+    /// [`TrainRollout::pg_mask`]. 1 (the default): every token; 0.2: the paper's.
+    pub top_entropy_quantile: f64,
 }
 
 /// GSPO's cap on a rollout's log ratio (veRL's): beyond it the ratio is a constant.
@@ -139,6 +146,7 @@ impl Default for GrpoConfig {
             importance_sampling_level: ImportanceLevel::Token,
             clip_ratio_c: 0.0,
             entropy_coeff: 0.0,
+            top_entropy_quantile: 1.0,
         }
     }
 }
@@ -161,6 +169,10 @@ pub struct TrainRollout {
     pub advantage: f32,
     /// The reward its advantage was computed from (the task's, less any KL penalty).
     pub score: f64,
+    /// Per token, whether its policy-gradient term counts (1) or not (0; the KL and
+    /// entropy terms count either way); `None`: every generated token's does. Set by the
+    /// trainer under [`GrpoConfig::top_entropy_quantile`].
+    pub pg_mask: Option<Vec<u8>>,
     /// Its group's place in the step's batch (0, 1, ... in the order one process plays
     /// them, whichever rank holds it): the trainer's `mini_batches` split by it.
     pub group: usize,
@@ -248,8 +260,8 @@ pub fn grpo_loss_measuring(
     entropy: bool,
 ) -> artist_model::Result<(Var, GrpoStats)> {
     let bad = |m: String| artist_model::Error::Input(m);
-    let (mut rows, mut targets, mut old, mut adv, mut w, mut reference, mut tis) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut rows, mut targets, mut old, mut adv, mut w, mut reference, mut tis, mut pg) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut offset = 0u32;
     for (r, wr) in batch.iter().zip(weights) {
         let n = r.ids.len();
@@ -260,6 +272,9 @@ pub fn grpo_loss_measuring(
         }
         if c.beta > 0.0 && r.ref_logprobs.as_ref().is_none_or(|v| v.len() != n) {
             return Err(bad("beta > 0 needs the reference logprobs of every rollout".into()));
+        }
+        if r.pg_mask.as_ref().is_some_and(|v| v.len() != n) {
+            return Err(bad(format!("a rollout's policy-gradient mask must have one entry per token ({n})")));
         }
         if c.tis_cap > 0.0 && r.sampler_logprobs.as_ref().is_none_or(|v| v.len() != n) {
             return Err(bad(
@@ -280,6 +295,7 @@ pub fn grpo_loss_measuring(
                 if let (true, Some(sampled)) = (c.tis_cap > 0.0, &r.sampler_logprobs) {
                     tis.push((r.old_logprobs[j] - sampled[j]).exp().min(c.tis_cap as f32));
                 }
+                pg.push(r.pg_mask.as_ref().map_or(1.0, |m| f32::from(m[j])));
             }
         }
         offset += p + n as u32;
@@ -338,6 +354,9 @@ pub fn grpo_loss_measuring(
     }
     if c.tis_cap > 0.0 {
         per_token = per_token.mul(&konst(&tis)?)?;
+    }
+    if pg.iter().any(|&m| m != 1.0) {
+        per_token = per_token.mul(&konst(&pg)?)?;
     }
     let mut kl_values = vec![0f32; n];
     if c.beta > 0.0 {
@@ -472,10 +491,50 @@ pub fn rollout_logprobs(
     temperature: f32,
     micro_batch: impl Into<MicroBatching>,
 ) -> artist_model::Result<Vec<Vec<f32>>> {
+    rollout_passes(model, ctx, batch, temperature, micro_batch.into(), false)
+}
+
+/// [`rollout_logprobs`]'s passes giving `model`'s entropy (in nats, at the sampling
+/// temperature) at every generated token's position instead of the token's logprob;
+/// masked positions hold 0.
+pub fn rollout_entropies(
+    model: &Qwen2,
+    ctx: &Ctx,
+    batch: &[&TrainRollout],
+    temperature: f32,
+    micro_batch: impl Into<MicroBatching>,
+) -> artist_model::Result<Vec<Vec<f32>>> {
+    rollout_passes(model, ctx, batch, temperature, micro_batch.into(), true)
+}
+
+/// The entropy at or above which a token's policy-gradient term is kept under
+/// [`GrpoConfig::top_entropy_quantile`] `top`: the `1 - top` quantile of `entropies` (every
+/// generated token's in the batch), interpolated linearly between neighbours as
+/// `torch.quantile` does (TRL's threshold). `None` for no tokens.
+pub fn entropy_threshold(entropies: &[f32], top: f64) -> Option<f64> {
+    if entropies.is_empty() {
+        return None;
+    }
+    let mut v: Vec<f64> = entropies.iter().map(|&x| f64::from(x)).collect();
+    v.sort_by(f64::total_cmp);
+    let at = (1.0 - top).clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (lo, frac) = (at.floor() as usize, at - at.floor());
+    let hi = (lo + 1).min(v.len() - 1);
+    Some(v[lo] + frac * (v[hi] - v[lo]))
+}
+
+fn rollout_passes(
+    model: &Qwen2,
+    ctx: &Ctx,
+    batch: &[&TrainRollout],
+    temperature: f32,
+    micro_batch: MicroBatching,
+    entropies: bool,
+) -> artist_model::Result<Vec<Vec<f32>>> {
     let scale = if temperature > 0.0 { 1.0 / temperature } else { 1.0 };
     let mut out = Vec::with_capacity(batch.len());
     let lens: Vec<usize> = batch.iter().map(|r| r.prompt_ids.len() + r.ids.len()).collect();
-    for range in micro_batch.into().split(&lens) {
+    for range in micro_batch.split(&lens) {
         let chunk = &batch[range];
         let (mut rows, mut targets) = (vec![], vec![]);
         let mut offset = 0u32;
@@ -499,8 +558,12 @@ pub fn rollout_logprobs(
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|r| r.prompt_ids.iter().chain(&r.ids).copied().collect()).collect();
         let seq_refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
         let hidden = model.hidden_states(ctx, &seq_refs, Some(&rows))?;
-        let lp =
-            token_logprobs_in(&hidden, &ctx.param(model.lm_head_param()), &targets, scale, None, ctx.matmul_dtype())?;
+        let head = ctx.param(model.lm_head_param());
+        let lp = if entropies {
+            token_logprobs_with_entropy_in(&hidden, &head, &targets, scale, None, ctx.matmul_dtype())?.1
+        } else {
+            token_logprobs_in(&hidden, &head, &targets, scale, None, ctx.matmul_dtype())?
+        };
         let lp = lp.value().to_vec::<f32>()?;
         let mut k = 0;
         for r in chunk {

@@ -37,6 +37,7 @@ fn batch(model: &Qwen2, temperature: f32) -> Vec<TrainRollout> {
                 ref_logprobs: Some(reference),
                 advantage: adv,
                 score: 0.0,
+                pg_mask: None,
                 group: 0,
             }
         })
@@ -91,6 +92,9 @@ fn reference_loss(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig) -> f64 {
             if c.tis_cap > 0.0 {
                 let sampled = r.sampler_logprobs.as_ref().unwrap()[j] as f64;
                 l *= (r.old_logprobs[j] as f64 - sampled).exp().min(c.tis_cap);
+            }
+            if r.pg_mask.as_ref().is_some_and(|m| m[j] == 0) {
+                l = 0.0;
             }
             if c.beta > 0.0 {
                 let rf = r.ref_logprobs.as_ref().unwrap()[j] as f64;
@@ -155,6 +159,7 @@ fn loss_matches_the_formula_in_every_mode() {
             importance_sampling_level: level,
             clip_ratio_c,
             entropy_coeff,
+            top_entropy_quantile: 1.0,
         };
         let mut b = batch(&model, t);
         if tis_cap > 0.0 {
@@ -379,4 +384,69 @@ fn micro_batches_follow_both_bounds_in_order() {
         }
         assert_eq!(at, lens.len());
     }
+}
+
+/// `pg_mask` (the high-entropy token selection): a masked token loses its policy-gradient
+/// term and keeps its KL and entropy terms and its place in the aggregation, against the
+/// f64 formula, in one pass or one rollout a pass; every term masked is the loss of zero
+/// advantages; a mask of the wrong length is refused.
+#[test]
+fn a_policy_gradient_mask_keeps_the_other_terms() {
+    let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
+    let c = GrpoConfig { beta: 0.04, entropy_coeff: 0.05, aggregation: Aggregation::TokenMean, ..Default::default() };
+    let mut b = batch(&model, 1.0);
+    for (i, r) in b.iter_mut().enumerate() {
+        r.pg_mask = Some((0..r.ids.len()).map(|j| u8::from((i + j) % 3 != 0)).collect());
+    }
+    let want = reference_loss(&model, &b, &c);
+    let unmasked =
+        reference_loss(&model, &b.iter().map(|r| TrainRollout { pg_mask: None, ..r.clone() }).collect::<Vec<_>>(), &c);
+    assert!((want - unmasked).abs() > 1e-3, "the mask changes nothing: {want} vs {unmasked}");
+    let (got, grads, _) = run(&model, &b, &c, usize::MAX);
+    assert!((got - want).abs() <= 1e-4 * want.abs().max(1e-3), "loss {got} vs {want}");
+    let (got1, grads1, _) = run(&model, &b, &c, 1);
+    assert!((got - got1).abs() <= 1e-6, "{got} vs {got1} one rollout a pass");
+    let close = |a: &Gradients, b: &Gradients, what: &str| {
+        for p in model.params() {
+            let (x, y) = (a.get(p.id()).unwrap().to_f32_vec().unwrap(), b.get(p.id()).unwrap().to_f32_vec().unwrap());
+            let scale = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+            let worst =
+                x.iter().zip(&y).map(|(u, v)| (u - v).abs()).fold(0f32, |m, v| if v.is_nan() || v > m { v } else { m });
+            assert!(worst <= 1e-4 * scale, "{what} {}: gradients differ by {worst}", p.name());
+        }
+    };
+    close(&grads, &grads1, "one rollout a pass");
+
+    let off: Vec<TrainRollout> =
+        b.iter().map(|r| TrainRollout { pg_mask: Some(vec![0; r.ids.len()]), ..r.clone() }).collect();
+    let zero: Vec<TrainRollout> =
+        b.iter().map(|r| TrainRollout { pg_mask: None, advantage: 0.0, ..r.clone() }).collect();
+    let ((l_off, g_off, _), (l_zero, g_zero, _)) =
+        (run(&model, &off, &c, usize::MAX), run(&model, &zero, &c, usize::MAX));
+    assert!((l_off - l_zero).abs() <= 1e-7 * l_zero.abs().max(1e-3), "{l_off} vs {l_zero}");
+    close(&g_off, &g_zero, "every term masked");
+
+    let short = TrainRollout { pg_mask: Some(vec![1]), ..b[0].clone() };
+    let refs = [&short];
+    let w = token_weights(&refs, c.aggregation, c.norm_length);
+    let ws: Vec<&[f32]> = w.iter().map(Vec::as_slice).collect();
+    let err = grpo_loss(&model, &Ctx::inference(), &refs, &ws, &c).unwrap_err().to_string();
+    assert!(err.contains("policy-gradient mask"), "{err}");
+}
+
+/// The high-entropy threshold is `torch.quantile`'s (linear between neighbours) at
+/// `1 - top`: values worked out by hand, whatever the order of the entropies.
+#[test]
+fn the_entropy_threshold_is_torch_quantile() {
+    use artist_rl::grpo::entropy_threshold;
+    let e = [0.5f32, 3.0, 1.0, 2.0, 0.0];
+    // Sorted 0, 0.5, 1, 2, 3; q = 0.8 sits at 3.2: 2 + 0.2 * 1.
+    assert!((entropy_threshold(&e, 0.2).unwrap() - 2.2).abs() < 1e-12);
+    // q = 0.5 at 2.0: 1; q = 0 at the least, q = 1 at the most.
+    assert_eq!(entropy_threshold(&e, 0.5), Some(1.0));
+    assert_eq!((entropy_threshold(&e, 1.0), entropy_threshold(&e, 0.0)), (Some(0.0), Some(3.0)));
+    assert_eq!(entropy_threshold(&[], 0.2), None);
+    // Kept: at or above it, so top = 0.2 of five distinct values keeps one.
+    let t = entropy_threshold(&e, 0.2).unwrap();
+    assert_eq!(e.iter().filter(|&&x| f64::from(x) >= t).count(), 1);
 }

@@ -59,6 +59,21 @@ impl<'a, 'c> StepGrads<'a, 'c> {
 /// Every rank's `lines` (JSON values, as the logs hold them) on every rank, concatenated in
 /// rank order; `lines` itself without a communicator. The bytes travel two to an f32 (exact
 /// there), after an all-gather of their lengths.
+/// Every rank's `values` (of any lengths, each under 2^24), concatenated in rank order; a
+/// single process's own without a communicator.
+pub(crate) fn gather_f32s(values: Vec<f32>, comm: Option<&mut (dyn Communicator + '_)>) -> Result<Vec<f32>> {
+    let Some(comm) = comm.filter(|c| c.world_size() > 1) else { return Ok(values) };
+    if values.len() >= 1 << 24 {
+        return Err(crate::Error::Config(format!("{} values on one rank: too many to gather", values.len())));
+    }
+    let lens = comm.all_gather(&[values.len() as f32])?;
+    let most = lens.iter().fold(0f32, |m, &l| m.max(l)) as usize;
+    let mut padded = values;
+    padded.resize(most, 0.0);
+    let all = comm.all_gather(&padded)?;
+    Ok(lens.iter().enumerate().flat_map(|(rank, &len)| all[rank * most..rank * most + len as usize].to_vec()).collect())
+}
+
 pub(crate) fn gather_json_lines(
     lines: Vec<serde_json::Value>,
     comm: Option<&mut (dyn Communicator + '_)>,

@@ -607,6 +607,12 @@ impl GrpoRunConfig {
                 r.max_batch, r.group_size
             )));
         }
+        let top = self.grpo.top_entropy_quantile;
+        if !(top > 0.0 && top <= 1.0) {
+            return Err(Error::Config(format!(
+                "grpo.top_entropy_quantile must lie in (0, 1] (the fraction of tokens whose policy gradient counts), got {top}"
+            )));
+        }
         if self.mini_batches == 0 || self.optimizer_steps_per_batch == 0 {
             return Err(Error::Config(format!(
                 "mini_batches and optimizer_steps_per_batch must be at least 1, got {} and {}",
@@ -1311,6 +1317,9 @@ pub struct UpdateStats {
     pub passes: usize,
     /// The most tokens one of those passes packed (prompts and responses).
     pub max_pass_tokens: usize,
+    /// With `grpo.top_entropy_quantile < 1`: the entropy at or above which a token's
+    /// policy-gradient term counted.
+    pub entropy_threshold: Option<f64>,
 }
 
 /// A round's rollouts (math rollouts or BFCL episodes, in groups of G) as what to train
@@ -1349,6 +1358,7 @@ pub(crate) fn groups_to_train<R>(
                 ref_logprobs: take(&mut known.reference),
                 advantage: adv[k * g + i] as f32,
                 score: scores[k * g + i],
+                pg_mask: None,
                 group: 0,
             }
         });
@@ -1654,6 +1664,31 @@ pub fn update_sharded(
         let lps = rollout_logprobs(reference, &numerics(Ctx::inference()), &refs, c.rollout.temperature, micro)?;
         for (&i, lp) in missing.iter().zip(lps) {
             train[i].ref_logprobs = Some(lp);
+        }
+    }
+    // The high-entropy tokens (`grpo.top_entropy_quantile`): pi_old's entropy at every
+    // generated token (the policy before its first update is pi_old), one threshold over
+    // the whole batch and every rank.
+    if c.grpo.top_entropy_quantile < 1.0 {
+        let _range = artist_tensor::nvtx::range("token entropies");
+        let refs: Vec<&TrainRollout> = train.iter().collect();
+        let h = artist_rl::grpo::rollout_entropies(
+            model,
+            &numerics(Ctx::inference()),
+            &refs,
+            c.rollout.temperature,
+            micro,
+        )?;
+        let mine: Vec<f32> = (train.iter().zip(&h))
+            .flat_map(|(r, h)| (0..r.ids.len()).filter(|&j| r.mask[j] == 1).map(|j| h[j]))
+            .collect();
+        let all = crate::dp::gather_f32s(mine, comm.as_deref_mut())?;
+        if let Some(threshold) = artist_rl::grpo::entropy_threshold(&all, c.grpo.top_entropy_quantile) {
+            out.entropy_threshold = Some(threshold);
+            for (r, h) in train.iter_mut().zip(&h) {
+                r.pg_mask =
+                    Some((0..r.ids.len()).map(|j| u8::from(r.mask[j] == 1 && f64::from(h[j]) >= threshold)).collect());
+            }
         }
     }
     let mut grpo = c.grpo;

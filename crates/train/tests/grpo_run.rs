@@ -591,3 +591,93 @@ fn mini_batches_step_on_each_share_in_turn() {
     let e = config(&["mini_batches=0"]).validate(Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("mini_batches"), "{e}");
 }
+
+/// `grpo.top_entropy_quantile = 0.2`: the update keeps the policy-gradient term of the
+/// generated tokens whose entropy under pi_old is at or above the batch's 0.8 quantile
+/// (computed here by sorting), a fifth of them, and trains to the bits of the same
+/// rollouts carrying those masks by hand; it trains otherwise than every token. Two ranks,
+/// each thresholding the entropies of both, train as one process. A quantile outside
+/// (0, 1] is refused.
+#[test]
+fn high_entropy_tokens_alone_carry_the_policy_gradient() {
+    let config = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        common::tiny_grpo_config(&["grpo.beta=0.04", "optim.eps=1e-3"]).with_overrides(&sets).unwrap()
+    };
+    let c = config(&["grpo.top_entropy_quantile=0.2"]);
+    let t = parity_trainer(c.clone());
+    let batch = t.rollouts(&[&t.train[0], &t.train[1]], 7).unwrap();
+    let rollouts: Vec<_> = (batch.rollouts.iter().enumerate())
+        .filter(|(_, ro)| ro.sampled_tokens() > 0)
+        .map(|(i, ro)| common::train_rollout(ro, if i % 2 == 0 { 1.0 } else { -1.0 }))
+        .collect();
+    let reference = Qwen2::load(&c.model).unwrap();
+    let refs: Vec<&artist_rl::TrainRollout> = rollouts.iter().collect();
+    let h = artist_rl::grpo::rollout_entropies(&t.model, &artist_autograd::Ctx::inference(), &refs, 1.0, 2).unwrap();
+    let mut all: Vec<f64> = (rollouts.iter().zip(&h))
+        .flat_map(|(r, h)| (0..r.ids.len()).filter(|&j| r.mask[j] == 1).map(|j| f64::from(h[j])))
+        .collect();
+    all.sort_by(f64::total_cmp);
+    let at = 0.8 * (all.len() - 1) as f64;
+    let (lo, frac) = (at.floor() as usize, at.fract());
+    let threshold = all[lo] + frac * (all[(lo + 1).min(all.len() - 1)] - all[lo]);
+    let masked: Vec<_> = (rollouts.iter().zip(&h))
+        .map(|(r, h)| artist_rl::TrainRollout {
+            pg_mask: Some((0..r.ids.len()).map(|j| u8::from(r.mask[j] == 1 && f64::from(h[j]) >= threshold)).collect()),
+            ..r.clone()
+        })
+        .collect();
+    let kept = masked.iter().flat_map(|r| r.pg_mask.as_ref().unwrap()).filter(|&&m| m == 1).count();
+    assert!(
+        kept as f64 >= 0.2 * all.len() as f64 && (kept as f64) < 0.25 * all.len() as f64,
+        "{kept} of {}",
+        all.len()
+    );
+
+    let run = |c: &GrpoRunConfig, rollouts: &[artist_rl::TrainRollout]| {
+        let model = Qwen2::load(&c.model).unwrap();
+        let mut optimizer = common::adamw(c, &model);
+        let u = artist_train::grpo::update(&model, Some(&reference), rollouts.to_vec(), c, &mut optimizer, 1e-3, 0)
+            .unwrap();
+        (u, common::weights(&model))
+    };
+    let (top, w_top) = run(&c, &rollouts);
+    assert_eq!(top.entropy_threshold, Some(threshold));
+    let (by_hand, w_by_hand) = run(&config(&[]), &masked);
+    assert_eq!((top.loss, top.grad_norm, top.kl), (by_hand.loss, by_hand.grad_norm, by_hand.kl));
+    assert_eq!(w_top, w_by_hand);
+    let (every, _) = run(&config(&[]), &rollouts);
+    assert!((every.grad_norm - top.grad_norm).abs() > 1e-3 * every.grad_norm, "{every:?} {top:?}");
+
+    let steps = |dir: &std::path::Path, ranks: usize| -> Vec<Vec<f32>> {
+        let c = config(&["grpo.top_entropy_quantile=0.2", "steps=2", "prompts_per_step=3"]);
+        if ranks == 1 {
+            let mut t = parity_trainer(c);
+            train(dir, &mut t, &fresh()).unwrap();
+            return common::weights(&t.model);
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> =
+                artist_dist::InProcess::group_with_timeout(ranks, std::time::Duration::from_secs(300))
+                    .into_iter()
+                    .map(|mut comm| {
+                        let c = c.clone();
+                        s.spawn(move || {
+                            let mut t = parity_trainer(c);
+                            artist_train::grpo::train_data_parallel(dir, &mut t, &fresh(), &mut comm).unwrap();
+                            common::weights(&t.model)
+                        })
+                    })
+                    .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).next().unwrap()
+        })
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let diff = common::max_diff(&steps(&tmp.path().join("one"), 1), &steps(&tmp.path().join("two"), 2));
+    assert!(diff <= 1e-6, "2 ranks vs one process: {diff:e}");
+
+    for bad in ["0.0", "1.5", "-0.2"] {
+        let e = config(&[&format!("grpo.top_entropy_quantile={bad}")]).validate(Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("top_entropy_quantile"), "{bad}: {e}");
+    }
+}

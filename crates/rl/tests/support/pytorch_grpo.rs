@@ -41,6 +41,7 @@ pub fn load(root: &Path) -> (Vec<TrainRollout>, Vec<Case>) {
             ref_logprobs: Some(nums(&r["ref_logprobs"]).iter().map(|&x| x as f32).collect()),
             advantage: r["advantage"].as_f64().unwrap() as f32,
             score: 0.0,
+            pg_mask: None,
             group: 0,
         })
         .collect();
@@ -66,6 +67,7 @@ pub fn load(root: &Path) -> (Vec<TrainRollout>, Vec<Case>) {
                 .unwrap(),
                 clip_ratio_c: optional(case, "clip_ratio_c"),
                 entropy_coeff: optional(case, "entropy_coeff"),
+                top_entropy_quantile: 1.0,
             },
             loss: case["loss"].as_f64().unwrap(),
         })

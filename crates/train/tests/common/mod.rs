@@ -54,6 +54,7 @@ pub fn train_rollout(ro: &Rollout, advantage: f32) -> TrainRollout {
         ref_logprobs: None,
         advantage,
         score: 0.0,
+        pg_mask: None,
         group: ro.prompt_index,
     }
 }
