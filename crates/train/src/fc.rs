@@ -801,6 +801,7 @@ impl GrpoTask for FcTrainer {
         (m.loss, m.grad_norm, m.clip_fraction, m.kl) = (u.loss, u.grad_norm, u.clip_fraction, u.kl);
         m.sampler_logprob_gap = u.sampler_logprob_gap;
         m.entropy = u.trained.then_some(u.entropy);
+        m.entropy_threshold = u.entropy_threshold;
         m.train_s = t.elapsed().as_secs_f64();
         Ok(m)
     }

@@ -734,6 +734,10 @@ pub struct StepMetrics {
     /// With `kl_reward`: the coefficient this step's penalty used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kl_reward_coef: Option<f64>,
+    /// With `grpo.top_entropy_quantile < 1`: the entropy at or above which a token's
+    /// policy gradient counted this step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entropy_threshold: Option<f64>,
     /// The policy's mean token entropy (nats, at the sampling temperature) over the
     /// trained tokens, before the step's first update.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1219,6 +1223,7 @@ impl GrpoTrainer<'_> {
         (m.loss, m.grad_norm, m.clip_fraction, m.kl) = (u.loss, u.grad_norm, u.clip_fraction, u.kl);
         m.sampler_logprob_gap = u.sampler_logprob_gap;
         m.entropy = u.trained.then_some(u.entropy);
+        m.entropy_threshold = u.entropy_threshold;
         m.train_s = t.elapsed().as_secs_f64();
         if u.trained {
             m.tokens_per_s = sampled / rollout_s.max(1e-9);

@@ -675,6 +675,8 @@ fn high_entropy_tokens_alone_carry_the_policy_gradient() {
     let tmp = tempfile::tempdir().unwrap();
     let diff = common::max_diff(&steps(&tmp.path().join("one"), 1), &steps(&tmp.path().join("two"), 2));
     assert!(diff <= 1e-6, "2 ranks vs one process: {diff:e}");
+    let logged = artist_train::metrics::read(&tmp.path().join("one/metrics.jsonl")).unwrap();
+    assert!(logged.iter().all(|l| l["entropy_threshold"].as_f64().is_some_and(|t| t > 0.0)), "{logged:?}");
 
     for bad in ["0.0", "1.5", "-0.2"] {
         let e = config(&[&format!("grpo.top_entropy_quantile={bad}")]).validate(Device::Cpu).unwrap_err().to_string();
