@@ -491,21 +491,24 @@ pub fn rollout_logprobs(
     temperature: f32,
     micro_batch: impl Into<MicroBatching>,
 ) -> artist_model::Result<Vec<Vec<f32>>> {
-    rollout_passes(model, ctx, batch, temperature, micro_batch.into(), false)
+    Ok(rollout_passes(model, ctx, batch, temperature, micro_batch.into(), false)?.0)
 }
 
-/// [`rollout_logprobs`]'s passes giving `model`'s entropy (in nats, at the sampling
-/// temperature) at every generated token's position instead of the token's logprob;
-/// masked positions hold 0.
-pub fn rollout_entropies(
+/// [`rollout_logprobs`], and from the same passes `model`'s entropy (in nats, at the
+/// sampling temperature) at every generated token's position; masked positions hold 0.
+pub fn rollout_logprobs_and_entropies(
     model: &Qwen2,
     ctx: &Ctx,
     batch: &[&TrainRollout],
     temperature: f32,
     micro_batch: impl Into<MicroBatching>,
-) -> artist_model::Result<Vec<Vec<f32>>> {
-    rollout_passes(model, ctx, batch, temperature, micro_batch.into(), true)
+) -> artist_model::Result<(PerToken, PerToken)> {
+    let (lp, h) = rollout_passes(model, ctx, batch, temperature, micro_batch.into(), true)?;
+    Ok((lp, h.unwrap_or_default()))
 }
+
+/// Per rollout, a value for each of its tokens (0 where masked).
+pub type PerToken = Vec<Vec<f32>>;
 
 /// The entropy at or above which a token's policy-gradient term is kept under
 /// [`GrpoConfig::top_entropy_quantile`] `top`: the `1 - top` quantile of `entropies` (every
@@ -530,9 +533,28 @@ fn rollout_passes(
     temperature: f32,
     micro_batch: MicroBatching,
     entropies: bool,
-) -> artist_model::Result<Vec<Vec<f32>>> {
+) -> artist_model::Result<(PerToken, Option<PerToken>)> {
     let scale = if temperature > 0.0 { 1.0 / temperature } else { 1.0 };
-    let mut out = Vec::with_capacity(batch.len());
+    let (mut out, mut out_h) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
+    // Per rollout, the values of its generated tokens in place, 0 elsewhere.
+    let spread = |chunk: &[&TrainRollout], v: &[f32], out: &mut Vec<Vec<f32>>| {
+        let mut k = 0;
+        for r in chunk {
+            out.push(
+                r.mask
+                    .iter()
+                    .map(|&m| {
+                        if m == 1 {
+                            k += 1;
+                            v[k - 1]
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    };
     let lens: Vec<usize> = batch.iter().map(|r| r.prompt_ids.len() + r.ids.len()).collect();
     for range in micro_batch.split(&lens) {
         let chunk = &batch[range];
@@ -553,34 +575,21 @@ fn rollout_passes(
         }
         if targets.is_empty() {
             out.extend(chunk.iter().map(|r| vec![0.0; r.ids.len()]));
+            out_h.extend(chunk.iter().map(|r| vec![0.0; r.ids.len()]));
             continue;
         }
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|r| r.prompt_ids.iter().chain(&r.ids).copied().collect()).collect();
         let seq_refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
         let hidden = model.hidden_states(ctx, &seq_refs, Some(&rows))?;
         let head = ctx.param(model.lm_head_param());
-        let lp = if entropies {
-            token_logprobs_with_entropy_in(&hidden, &head, &targets, scale, None, ctx.matmul_dtype())?.1
+        if entropies {
+            let (lp, h) = token_logprobs_with_entropy_in(&hidden, &head, &targets, scale, None, ctx.matmul_dtype())?;
+            spread(chunk, &lp.value().to_vec::<f32>()?, &mut out);
+            spread(chunk, &h.value().to_vec::<f32>()?, &mut out_h);
         } else {
-            token_logprobs_in(&hidden, &head, &targets, scale, None, ctx.matmul_dtype())?
-        };
-        let lp = lp.value().to_vec::<f32>()?;
-        let mut k = 0;
-        for r in chunk {
-            out.push(
-                r.mask
-                    .iter()
-                    .map(|&m| {
-                        if m == 1 {
-                            k += 1;
-                            lp[k - 1]
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect(),
-            );
+            let lp = token_logprobs_in(&hidden, &head, &targets, scale, None, ctx.matmul_dtype())?;
+            spread(chunk, &lp.value().to_vec::<f32>()?, &mut out);
         }
     }
-    Ok(out)
+    Ok((out, entropies.then_some(out_h)))
 }

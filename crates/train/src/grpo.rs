@@ -1636,6 +1636,9 @@ pub fn update_sharded(
     let numerics = |ctx: Ctx| c.loss_numerics(ctx, dev);
     // Summed |recomputed - sampler's| over generated tokens, and their count.
     let mut gap = [0f32; 2];
+    // pi_old's entropies at the generated tokens, for `grpo.top_entropy_quantile`.
+    let wants_entropies = c.grpo.top_entropy_quantile < 1.0;
+    let mut entropies = None;
     if c.recomputes_old_logprobs(dev) && !train.is_empty() {
         // Rollouts that carry their sampler's logprobs had pi_old recomputed already (by
         // the KL penalty on the rewards).
@@ -1643,7 +1646,15 @@ pub fn update_sharded(
         if !missing.is_empty() {
             let _range = artist_tensor::nvtx::range("pi_old recompute");
             let refs: Vec<&TrainRollout> = missing.iter().map(|&i| &train[i]).collect();
-            let lps = rollout_logprobs(model, &numerics(Ctx::inference()), &refs, c.rollout.temperature, micro)?;
+            let (t, ctx) = (c.rollout.temperature, numerics(Ctx::inference()));
+            // The same passes give the entropies when every rollout is in them.
+            let lps = if wants_entropies && missing.len() == train.len() {
+                let (lps, h) = artist_rl::grpo::rollout_logprobs_and_entropies(model, &ctx, &refs, t, micro)?;
+                entropies = Some(h);
+                lps
+            } else {
+                rollout_logprobs(model, &ctx, &refs, t, micro)?
+            };
             for (&i, lp) in missing.iter().zip(lps) {
                 let r = &mut train[i];
                 r.sampler_logprobs = Some(std::mem::replace(&mut r.old_logprobs, lp));
@@ -1674,16 +1685,16 @@ pub fn update_sharded(
     // The high-entropy tokens (`grpo.top_entropy_quantile`): pi_old's entropy at every
     // generated token (the policy before its first update is pi_old), one threshold over
     // the whole batch and every rank.
-    if c.grpo.top_entropy_quantile < 1.0 {
+    if wants_entropies {
         let _range = artist_tensor::nvtx::range("token entropies");
-        let refs: Vec<&TrainRollout> = train.iter().collect();
-        let h = artist_rl::grpo::rollout_entropies(
-            model,
-            &numerics(Ctx::inference()),
-            &refs,
-            c.rollout.temperature,
-            micro,
-        )?;
+        let h = match entropies {
+            Some(h) => h,
+            None => {
+                let refs: Vec<&TrainRollout> = train.iter().collect();
+                let ctx = numerics(Ctx::inference());
+                artist_rl::grpo::rollout_logprobs_and_entropies(model, &ctx, &refs, c.rollout.temperature, micro)?.1
+            }
+        };
         let mine: Vec<f32> = (train.iter().zip(&h))
             .flat_map(|(r, h)| (0..r.ids.len()).filter(|&j| r.mask[j] == 1).map(|j| h[j]))
             .collect();

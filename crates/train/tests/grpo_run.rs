@@ -613,7 +613,12 @@ fn high_entropy_tokens_alone_carry_the_policy_gradient() {
         .collect();
     let reference = Qwen2::load(&c.model).unwrap();
     let refs: Vec<&artist_rl::TrainRollout> = rollouts.iter().collect();
-    let h = artist_rl::grpo::rollout_entropies(&t.model, &artist_autograd::Ctx::inference(), &refs, 1.0, 2).unwrap();
+    let (lps, h) =
+        artist_rl::grpo::rollout_logprobs_and_entropies(&t.model, &artist_autograd::Ctx::inference(), &refs, 1.0, 2)
+            .unwrap();
+    // The entropies' passes give the logprobs rollout_logprobs gives.
+    let plain = artist_rl::grpo::rollout_logprobs(&t.model, &artist_autograd::Ctx::inference(), &refs, 1.0, 2).unwrap();
+    assert_eq!(lps, plain);
     let mut all: Vec<f64> = (rollouts.iter().zip(&h))
         .flat_map(|(r, h)| (0..r.ids.len()).filter(|&j| r.mask[j] == 1).map(|j| f64::from(h[j])))
         .collect();
@@ -643,6 +648,9 @@ fn high_entropy_tokens_alone_carry_the_policy_gradient() {
     };
     let (top, w_top) = run(&c, &rollouts);
     assert_eq!(top.entropy_threshold, Some(threshold));
+    // pi_old recomputed: the entropies come from its passes, the same threshold.
+    let recomputed = config(&["grpo.top_entropy_quantile=0.2", "old_logprobs=\"recompute\""]);
+    assert_eq!(run(&recomputed, &rollouts).0.entropy_threshold, Some(threshold));
     let (by_hand, w_by_hand) = run(&config(&[]), &masked);
     assert_eq!((top.loss, top.grad_norm, top.kl), (by_hand.loss, by_hand.grad_norm, by_hand.kl));
     assert_eq!(w_top, w_by_hand);
