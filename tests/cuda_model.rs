@@ -242,6 +242,45 @@ fn grpo_loss_and_gradients_match_pytorch_on_the_gpu() {
     }
 }
 
+/// The high-entropy selection's parts on the GPU: pi_old's logprobs and entropies from the
+/// shared passes, and the loss with a policy-gradient mask and its gradients, as the CPU
+/// computes them.
+#[test]
+fn entropies_and_a_policy_gradient_mask_on_the_gpu_follow_the_cpu() {
+    let dev = gpu_or_skip!();
+    let root = pytorch_grpo::root(Path::new(env!("CARGO_MANIFEST_DIR")));
+    let path = fixtures().join("qwen2/tiny-gqa");
+    let (cpu, gpu) = (Qwen2::load(&path).unwrap(), Qwen2::load_on(&path, dev).unwrap());
+    let (mut batch, cases) = pytorch_grpo::load(&root);
+    let refs: Vec<&artist_rl::TrainRollout> = batch.iter().collect();
+    let on = |m: &Qwen2| artist_rl::grpo::rollout_logprobs_and_entropies(m, &Ctx::inference(), &refs, 0.7, 2).unwrap();
+    let ((lc, hc), (lg, hg)) = (on(&cpu), on(&gpu));
+    assert_close("logprobs", &lg.concat(), &lc.concat(), 1e-4);
+    assert_close("entropies", &hg.concat(), &hc.concat(), 1e-4);
+    // Half the tokens, by the median of the CPU's entropies.
+    let mut live_h: Vec<f32> =
+        batch.iter().zip(&hc).flat_map(|(r, h)| h.iter().zip(&r.mask).filter(|p| *p.1 == 1).map(|p| *p.0)).collect();
+    live_h.sort_by(f32::total_cmp);
+    let median = live_h[live_h.len() / 2];
+    for (r, h) in batch.iter_mut().zip(&hc) {
+        r.pg_mask = Some(h.iter().zip(&r.mask).map(|(&h, &m)| u8::from(m == 1 && h >= median)).collect());
+    }
+    let kept = batch.iter().flat_map(|r| r.pg_mask.as_ref().unwrap()).filter(|&&m| m == 1).count();
+    let live = batch.iter().map(|r| r.generated()).sum::<usize>();
+    assert!(kept > 0 && kept < live, "{kept} of {live} tokens kept");
+    let c = &cases.iter().find(|c| c.config.beta > 0.0).unwrap().config;
+    let ((loss_c, grads_c), (loss_g, grads_g)) =
+        (pytorch_grpo::loss_and_grads(&cpu, &batch, c), pytorch_grpo::loss_and_grads(&gpu, &batch, c));
+    assert!((loss_c - loss_g).abs() <= 1e-5 * loss_c.abs().max(1e-3), "loss cpu {loss_c} gpu {loss_g}");
+    for (pc, pg) in cpu.params().iter().zip(gpu.params()) {
+        let (a, b) = (grads_c.get(pc.id()).unwrap(), grads_g.get(pg.id()).unwrap());
+        assert_eq!(b.device(), dev);
+        let (a, b) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+        assert_close(&format!("gradient {}", pc.name()), &b, &a, 1e-4 * scale);
+    }
+}
+
 /// Five AdamW steps with clipping, on the GPU and on the CPU from the same weights: the
 /// same losses and final weights within f32 reassociation (the GPU sums in another order).
 #[test]
