@@ -217,6 +217,11 @@ fn bad_input_is_a_clear_error() {
     let fp8: Vec<String> =
         base(&good, &tmp.path().join("r5")).into_iter().chain(["--attention-dtype".into(), "fp8".into()]).collect();
     fails_cleanly(&train(&fp8, &[]), "compute dtype \"fp8\" is none of auto, f32 and bf16");
+    let budget: Vec<String> = base(&good, &tmp.path().join("r5b"))
+        .into_iter()
+        .chain(["--max-seq-len", "64", "--micro-batch-tokens", "32"].map(String::from))
+        .collect();
+    fails_cleanly(&train(&budget, &[]), "micro_batch_tokens (32) must hold the longest sequence, max_seq_len = 64");
     // bf16 products and attention: the run trains and its settings keep the choice.
     let out = tmp.path().join("r6");
     let bf16: Vec<String> = base(&good, &out)

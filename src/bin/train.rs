@@ -190,20 +190,8 @@ impl Args {
         macro_rules! set {
             ($($f:ident),*) => { $(if let Some(v) = self.$f.clone() { c.$f = v; })* };
         }
-        set!(
-            model,
-            data,
-            steps,
-            batch_size,
-            micro_batch_size,
-            micro_batch_tokens,
-            lr,
-            weight_decay,
-            beta1,
-            beta2,
-            eps,
-            grad_clip
-        );
+        set!(model, data, steps, batch_size, micro_batch_size, micro_batch_tokens, lr, weight_decay);
+        set!(beta1, beta2, eps, grad_clip);
         set!(warmup_steps, lr_schedule, seed, save_every, keep_last, max_seq_len, overlong, attention_dtype);
         set!(matmul_dtype, eval_every);
         if let Some(path) = &self.eval_data {
