@@ -324,7 +324,12 @@ fn documented_recipes_are_valid_configs() {
     let start = doc.find("### Recipes").expect("the recipes section");
     let section = &doc[start..start + doc[start..].find("\n## ").unwrap()];
     let blocks: Vec<&str> = section.split("```toml\n").skip(1).map(|b| &b[..b.find("```").unwrap()]).collect();
-    assert_eq!(blocks.len(), 7, "Dr. GRPO, DAPO, GSPO, RLOO, REINFORCE++, entropy bonus, off-policy safeguards");
+    assert_eq!(
+        blocks.len(),
+        10,
+        "Dr. GRPO, DAPO, GSPO, RLOO, REINFORCE++, entropy bonus, off-policy safeguards, mini-batches, Lite PPO, \
+         high-entropy tokens"
+    );
     let preset = std::fs::read_to_string(common::root().join("configs/artist-math.toml")).unwrap();
     fn merge(into: &mut toml::Table, from: toml::Table) {
         for (k, v) in from {
