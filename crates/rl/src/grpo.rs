@@ -182,6 +182,11 @@ impl TrainRollout {
     pub fn generated(&self) -> usize {
         self.mask.iter().filter(|&&m| m == 1).count()
     }
+
+    /// Its tokens as a forward pass packs them: prompt and response.
+    pub fn packed_len(&self) -> usize {
+        self.prompt_ids.len() + self.ids.len()
+    }
 }
 
 /// The aggregation weight of every response token of every rollout (0 where masked),
@@ -535,7 +540,7 @@ fn rollout_passes(
     entropies: bool,
 ) -> artist_model::Result<(PerToken, Option<PerToken>)> {
     let scale = if temperature > 0.0 { 1.0 / temperature } else { 1.0 };
-    let (mut out, mut out_h) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
+    let (mut out, mut out_h) = (Vec::with_capacity(batch.len()), Vec::new());
     // Per rollout, the values of its generated tokens in place, 0 elsewhere.
     let spread = |chunk: &[&TrainRollout], v: &[f32], out: &mut Vec<Vec<f32>>| {
         let mut k = 0;
@@ -555,7 +560,7 @@ fn rollout_passes(
             );
         }
     };
-    let lens: Vec<usize> = batch.iter().map(|r| r.prompt_ids.len() + r.ids.len()).collect();
+    let lens: Vec<usize> = batch.iter().map(|r| r.packed_len()).collect();
     for range in micro_batch.split(&lens) {
         let chunk = &batch[range];
         let (mut rows, mut targets) = (vec![], vec![]);
@@ -575,7 +580,9 @@ fn rollout_passes(
         }
         if targets.is_empty() {
             out.extend(chunk.iter().map(|r| vec![0.0; r.ids.len()]));
-            out_h.extend(chunk.iter().map(|r| vec![0.0; r.ids.len()]));
+            if entropies {
+                out_h.extend(chunk.iter().map(|r| vec![0.0; r.ids.len()]));
+            }
             continue;
         }
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|r| r.prompt_ids.iter().chain(&r.ids).copied().collect()).collect();

@@ -1716,7 +1716,7 @@ pub fn update_sharded(
         .map(|(j, n)| {
             let refs: Vec<&TrainRollout> = train.iter().filter(|r| r.group % minis == j).collect();
             let weights = token_weights_global(&refs, grpo.aggregation, grpo.norm_length, n[0] as usize, n[1] as usize);
-            let lens: Vec<usize> = refs.iter().map(|r| r.prompt_ids.len() + r.ids.len()).collect();
+            let lens: Vec<usize> = refs.iter().map(|r| r.packed_len()).collect();
             let passes = micro.split(&lens);
             out.passes += passes.len();
             let most = passes.iter().map(|p| lens[p.clone()].iter().sum::<usize>()).max().unwrap_or(0);

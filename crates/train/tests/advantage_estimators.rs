@@ -4,8 +4,7 @@
 //! each whitening with sums over both, train as one process.
 
 use artist_rl::{TrainRollout, group_advantages, whiten, whitening_sums};
-use artist_train::data::DataOrder;
-use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, Problem, train, train_data_parallel, update};
+use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, train, train_data_parallel, update};
 
 mod common;
 use common::{adamw, quiet, ranks, train_rollout, weights};
@@ -31,9 +30,7 @@ fn the_first_step_whitens_once_over_the_trained_tokens() {
     let m = train(&tmp.path().join("run"), &mut t, &quiet()).unwrap();
 
     let reference = trainer(c.clone());
-    let order = DataOrder { n: reference.train.len(), batch_size: 2, shuffle: true, seed: c.seed };
-    let problems: Vec<&Problem> = order.step(0).1.iter().map(|&i| &reference.train[i]).collect();
-    let batch = reference.rollouts(&problems, c.seed).unwrap();
+    let batch = common::first_step_rollouts(&reference);
     let totals: Vec<f64> = batch.rewards.iter().map(|r| r.total).collect();
     // The group's mean subtracted, and nothing else yet.
     let adv = group_advantages(&totals, 3, &c.advantages);
@@ -112,9 +109,7 @@ fn batch_level_deviation_scales_every_group_alike() {
     let m = train(&tmp.path().join("run"), &mut t, &quiet()).unwrap();
 
     let by_hand = trainer(c.clone());
-    let order = DataOrder { n: by_hand.train.len(), batch_size: 2, shuffle: true, seed: c.seed };
-    let problems: Vec<&Problem> = order.step(0).1.iter().map(|&i| &by_hand.train[i]).collect();
-    let batch = by_hand.rollouts(&problems, c.seed).unwrap();
+    let batch = common::first_step_rollouts(&by_hand);
     let totals: Vec<f64> = batch.rewards.iter().map(|r| r.total).collect();
     let live: Vec<usize> = (0..totals.len()).filter(|&i| batch.rollouts[i].sampled_tokens() > 0).collect();
     let n = live.len() as f64;

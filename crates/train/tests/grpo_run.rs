@@ -508,7 +508,7 @@ fn a_token_budget_cuts_the_passes() {
         .filter(|(_, ro)| ro.sampled_tokens() > 0)
         .map(|(i, ro)| common::train_rollout(ro, if i % 2 == 0 { 1.0 } else { -1.0 }))
         .collect();
-    let lens: Vec<usize> = rollouts.iter().map(|r| r.prompt_ids.len() + r.ids.len()).collect();
+    let lens: Vec<usize> = rollouts.iter().map(|r| r.packed_len()).collect();
     let total: usize = lens.iter().sum();
     assert!(lens.len() >= 4, "{lens:?}");
     let reference = Qwen2::load(&config(&[]).model).unwrap();

@@ -6,8 +6,7 @@
 use artist_autograd::Ctx;
 use artist_model::Qwen2;
 use artist_rl::{TrainRollout, group_advantages};
-use artist_train::data::DataOrder;
-use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, Problem, train, update};
+use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, train, update};
 use artist_train::sft::RunOptions;
 
 mod common;
@@ -37,9 +36,7 @@ fn the_first_step_trains_on_rewards_less_the_kl() {
 
         let by_hand = trainer(c.clone());
         let reference = Qwen2::load(c.reference_model.as_ref().unwrap()).unwrap();
-        let order = DataOrder { n: by_hand.train.len(), batch_size: 2, shuffle: true, seed: c.seed };
-        let problems: Vec<&Problem> = order.step(0).1.iter().map(|&i| &by_hand.train[i]).collect();
-        let batch = by_hand.rollouts(&problems, c.seed).unwrap();
+        let batch = common::first_step_rollouts(&by_hand);
         // The reference's logprobs of every rollout, and the KL summed over its own tokens,
         // written out here from the estimators' definitions.
         let all: Vec<TrainRollout> = batch.rollouts.iter().map(|ro| train_rollout(ro, 0.0)).collect();
@@ -107,9 +104,7 @@ fn the_loss_kl_term_reuses_the_penalty_reference_logprobs() {
 
     let by_hand = trainer(c.clone());
     let reference = Qwen2::load(c.reference_model.as_ref().unwrap()).unwrap();
-    let order = DataOrder { n: by_hand.train.len(), batch_size: 2, shuffle: true, seed: c.seed };
-    let problems: Vec<&Problem> = order.step(0).1.iter().map(|&i| &by_hand.train[i]).collect();
-    let batch = by_hand.rollouts(&problems, c.seed).unwrap();
+    let batch = common::first_step_rollouts(&by_hand);
     assert!(batch.rollouts.iter().all(|ro| ro.sampled_tokens() > 0), "the penalty and the loss see other rollouts");
     let mut all: Vec<TrainRollout> = batch.rollouts.iter().map(|ro| train_rollout(ro, 0.0)).collect();
     let refs: Vec<&TrainRollout> = all.iter().collect();
@@ -207,9 +202,7 @@ fn the_penalty_reads_pi_old_recomputed() {
 
     let by_hand = trainer(c.clone());
     let reference = Qwen2::load(c.reference_model.as_ref().unwrap()).unwrap();
-    let order = DataOrder { n: by_hand.train.len(), batch_size: 2, shuffle: true, seed: c.seed };
-    let problems: Vec<&Problem> = order.step(0).1.iter().map(|&i| &by_hand.train[i]).collect();
-    let batch = by_hand.rollouts(&problems, c.seed).unwrap();
+    let batch = common::first_step_rollouts(&by_hand);
     assert!(batch.rollouts.iter().all(|ro| ro.sampled_tokens() > 0));
     let mut all: Vec<TrainRollout> = batch.rollouts.iter().map(|ro| train_rollout(ro, 0.0)).collect();
     let refs: Vec<&TrainRollout> = all.iter().collect();
@@ -261,9 +254,7 @@ fn flat_groups_leave_before_the_penalty() {
         let c =
             config(&["filter_flat_groups=true", "log_rollouts=6"]).with_overrides(&[format!("seed={seed}")]).unwrap();
         let by_hand = trainer(c.clone());
-        let order = DataOrder { n: by_hand.train.len(), batch_size: 2, shuffle: true, seed };
-        let problems: Vec<&Problem> = order.step(0).1.iter().map(|&i| &by_hand.train[i]).collect();
-        let batch = by_hand.rollouts(&problems, seed).unwrap();
+        let batch = common::first_step_rollouts(&by_hand);
         let totals: Vec<f64> = batch.rewards.iter().map(|r| r.total).collect();
         let flat: Vec<bool> = totals.chunks(3).map(artist_rl::advantages::group_is_flat).collect();
         let live = batch.rollouts.iter().all(|ro| ro.sampled_tokens() > 0);

@@ -14,7 +14,8 @@ use artist_model::Qwen2;
 use artist_optim::{AdamW, AdamWConfig};
 use artist_rl::TrainRollout;
 use artist_tokenizer::{ChatTemplate, Tokenizer};
-use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, Problem, Verifier};
+use artist_train::data::DataOrder;
+use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, Problem, RolloutBatch, Verifier};
 use artist_train::sft::RunOptions;
 
 /// A fresh run: no resume, no progress bar.
@@ -41,6 +42,15 @@ pub fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .zip(b.iter().flatten())
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, |m, x| if x.is_nan() || x > m { x } else { m })
+}
+
+/// The rollouts `t`'s first step plays: its first batch of the data order, sampled with the
+/// run's seed, as `train` plays them.
+pub fn first_step_rollouts(t: &GrpoTrainer) -> RolloutBatch {
+    let c = &t.config;
+    let order = DataOrder { n: t.train.len(), batch_size: c.prompts_per_step, shuffle: true, seed: c.seed };
+    let problems: Vec<&Problem> = order.step(0).1.iter().map(|&i| &t.train[i]).collect();
+    t.rollouts(&problems, c.seed).unwrap()
 }
 
 /// A rollout as the trainer trains on it, with `advantage` (its group: its prompt's place).
