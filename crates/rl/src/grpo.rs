@@ -455,18 +455,88 @@ impl From<usize> for MicroBatching {
 }
 
 impl MicroBatching {
+    /// The passes over the sequences whose packed lengths are `lens`: per pass the indices
+    /// of its sequences in increasing order, the passes ordered by their first index, every
+    /// sequence in exactly one. A sequence longer than `tokens` takes a pass alone (the
+    /// trainers' settings refuse a token bound below the longest sequence they can make).
+    ///
+    /// With a count bound alone, consecutive runs of `sequences` (fixed micro-batches, as
+    /// TRL's and veRL's without dynamic batch sizes). With a token bound, the passes are
+    /// packed, as veRL's dynamic batch sizes are: the fewest passes found by the in-order cut
+    /// ([`MicroBatching::in_order`]), first-fit over the sequences longest first, or the
+    /// sequences longest first each into the least-filled of k passes (tried from the least
+    /// k any packing could have), and among those the plan whose fullest pass holds the
+    /// fewest tokens (the in-order cut on a tie, so a batch that already cuts evenly keeps
+    /// its order). So there are never more passes than in order nor a fuller one, nearly
+    /// always the fewest possible (tests/grpo.rs), and the plan follows from `lens` alone:
+    /// a run's bits depend on nothing else.
+    pub fn passes(&self, lens: &[usize]) -> Vec<Vec<usize>> {
+        let in_order: Vec<Vec<usize>> = self.in_order(lens).into_iter().map(Vec::from_iter).collect();
+        if self.tokens == 0 || in_order.len() <= 1 {
+            return in_order;
+        }
+        let (max_seqs, max_tokens) = self.bounds();
+        let load = |pass: &[usize]| pass.iter().map(|&i| lens[i]).fold(0usize, usize::saturating_add);
+        // Longest first, the earlier on a tie.
+        let mut longest: Vec<usize> = (0..lens.len()).collect();
+        longest.sort_by_key(|&i| (std::cmp::Reverse(lens[i]), i));
+        let fits = |pass: &Vec<usize>, loads: usize, i: usize| {
+            pass.is_empty() || (pass.len() < max_seqs && loads.saturating_add(lens[i]) <= max_tokens)
+        };
+        let mut first_fit: Vec<Vec<usize>> = Vec::new();
+        let mut loads: Vec<usize> = Vec::new();
+        for &i in &longest {
+            match (0..first_fit.len()).find(|&p| fits(&first_fit[p], loads[p], i)) {
+                Some(p) => {
+                    first_fit[p].push(i);
+                    loads[p] = loads[p].saturating_add(lens[i]);
+                }
+                None => {
+                    first_fit.push(vec![i]);
+                    loads.push(lens[i]);
+                }
+            }
+        }
+        // Longest first into the least-filled of k passes with room (the lowest on a tie),
+        // for the fewest k it places every sequence at, from the least any packing needs.
+        let spread = |k: usize| {
+            let mut plan = vec![Vec::new(); k];
+            let mut loads = vec![0usize; k];
+            for &i in &longest {
+                let p = (0..k).filter(|&p| fits(&plan[p], loads[p], i)).min_by_key(|&p| (loads[p], p))?;
+                plan[p].push(i);
+                loads[p] = loads[p].saturating_add(lens[i]);
+            }
+            Some(plan)
+        };
+        // Each sequence over the token bound takes a pass alone; the rest need their tokens'
+        // worth of passes, and all of them their count's.
+        let over = lens.iter().filter(|&&l| l > max_tokens).count();
+        let rest = lens.iter().filter(|&&l| l <= max_tokens).fold(0usize, |t, &l| t.saturating_add(l));
+        let least = (over + rest.div_ceil(max_tokens)).max(lens.len().div_ceil(max_seqs));
+        let k = in_order.len().min(first_fit.len());
+        let spread = (least.clamp(1, k)..=k).find_map(spread);
+        let mut best = in_order;
+        for mut plan in [Some(first_fit), spread].into_iter().flatten() {
+            plan.retain(|pass| !pass.is_empty());
+            for pass in &mut plan {
+                pass.sort_unstable();
+            }
+            plan.sort_unstable_by_key(|pass| pass[0]);
+            let fullest = |plan: &[Vec<usize>]| plan.iter().map(|p| load(p)).max().unwrap_or(0);
+            if (plan.len(), fullest(&plan)) < (best.len(), fullest(&best)) {
+                best = plan;
+            }
+        }
+        best
+    }
+
     /// Consecutive ranges of the sequences whose packed lengths are `lens`, in order and
     /// covering all of them: a pass ends before the sequence that would take it past either
-    /// bound. A sequence longer than `tokens` takes a pass alone (the trainers' settings
-    /// refuse a token bound below the longest sequence they can make). Passes are kept in
-    /// order rather than balanced, so a run's micro-batches, and so its bits, follow from
-    /// its batch alone. Under a token bound `T` alone any two neighbouring passes hold more
-    /// than `T` together, so there are at most `2 total / T + 1` of them.
-    pub fn split(&self, lens: &[usize]) -> Vec<std::ops::Range<usize>> {
-        let (max_seqs, max_tokens) = (
-            if self.sequences == 0 { usize::MAX } else { self.sequences },
-            if self.tokens == 0 { usize::MAX } else { self.tokens },
-        );
+    /// bound. Under a token bound `T` alone any two neighbouring passes hold more than `T`
+    /// together, so there are at most `2 total / T + 1` of them.
+    pub fn in_order(&self, lens: &[usize]) -> Vec<std::ops::Range<usize>> {
+        let (max_seqs, max_tokens) = self.bounds();
         let mut out = vec![];
         let (mut start, mut tokens) = (0, 0usize);
         for (i, &len) in lens.iter().enumerate() {
@@ -480,6 +550,13 @@ impl MicroBatching {
             out.push(start..lens.len());
         }
         out
+    }
+
+    fn bounds(&self) -> (usize, usize) {
+        (
+            if self.sequences == 0 { usize::MAX } else { self.sequences },
+            if self.tokens == 0 { usize::MAX } else { self.tokens },
+        )
     }
 }
 
@@ -540,32 +617,32 @@ fn rollout_passes(
     entropies: bool,
 ) -> artist_model::Result<(PerToken, Option<PerToken>)> {
     let scale = if temperature > 0.0 { 1.0 / temperature } else { 1.0 };
-    let (mut out, mut out_h) = (Vec::with_capacity(batch.len()), Vec::new());
-    // Per rollout, the values of its generated tokens in place, 0 elsewhere.
-    let spread = |chunk: &[&TrainRollout], v: &[f32], out: &mut Vec<Vec<f32>>| {
+    let n = batch.len();
+    let (mut out, mut out_h) = (vec![Vec::new(); n], vec![Vec::new(); if entropies { n } else { 0 }]);
+    // Per rollout of the pass, the values of its generated tokens in place, 0 elsewhere.
+    let spread = |pass: &[usize], v: &[f32], out: &mut [Vec<f32>]| {
         let mut k = 0;
-        for r in chunk {
-            out.push(
-                r.mask
-                    .iter()
-                    .map(|&m| {
-                        if m == 1 {
-                            k += 1;
-                            v[k - 1]
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect(),
-            );
+        for &i in pass {
+            out[i] = batch[i]
+                .mask
+                .iter()
+                .map(|&m| {
+                    if m == 1 {
+                        k += 1;
+                        v[k - 1]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
         }
     };
     let lens: Vec<usize> = batch.iter().map(|r| r.packed_len()).collect();
-    for range in micro_batch.split(&lens) {
-        let chunk = &batch[range];
+    for pass in micro_batch.passes(&lens) {
+        let chunk: Vec<&TrainRollout> = pass.iter().map(|&i| batch[i]).collect();
         let (mut rows, mut targets) = (vec![], vec![]);
         let mut offset = 0u32;
-        for r in chunk {
+        for r in &chunk {
             let p = r.prompt_ids.len() as u32;
             if p == 0 || r.mask.len() != r.ids.len() {
                 return Err(artist_model::Error::Input("a rollout needs a prompt and one mask entry per token".into()));
@@ -579,9 +656,11 @@ fn rollout_passes(
             offset += p + r.ids.len() as u32;
         }
         if targets.is_empty() {
-            out.extend(chunk.iter().map(|r| vec![0.0; r.ids.len()]));
-            if entropies {
-                out_h.extend(chunk.iter().map(|r| vec![0.0; r.ids.len()]));
+            for &i in &pass {
+                out[i] = vec![0.0; batch[i].ids.len()];
+                if entropies {
+                    out_h[i] = vec![0.0; batch[i].ids.len()];
+                }
             }
             continue;
         }
@@ -591,11 +670,11 @@ fn rollout_passes(
         let head = ctx.param(model.lm_head_param());
         if entropies {
             let (lp, h) = token_logprobs_with_entropy_in(&hidden, &head, &targets, scale, None, ctx.matmul_dtype())?;
-            spread(chunk, &lp.value().to_vec::<f32>()?, &mut out);
-            spread(chunk, &h.value().to_vec::<f32>()?, &mut out_h);
+            spread(&pass, &lp.value().to_vec::<f32>()?, &mut out);
+            spread(&pass, &h.value().to_vec::<f32>()?, &mut out_h);
         } else {
             let lp = token_logprobs_in(&hidden, &head, &targets, scale, None, ctx.matmul_dtype())?;
-            spread(chunk, &lp.value().to_vec::<f32>()?, &mut out);
+            spread(&pass, &lp.value().to_vec::<f32>()?, &mut out);
         }
     }
     Ok((out, entropies.then_some(out_h)))

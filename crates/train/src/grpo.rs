@@ -334,10 +334,10 @@ pub struct GrpoRunConfig {
     /// Rollouts per forward/backward pass; gradients accumulate over the batch (0: all).
     pub micro_batch_rollouts: usize,
     /// Tokens per forward/backward pass (prompt and response of each rollout, as packed; 0:
-    /// no bound): with `micro_batch_rollouts`, a pass ends before the rollout that would
-    /// take it past either bound (veRL's `use_dynamic_bsz` with `ppo_max_token_len_per_gpu`),
-    /// so a pass's activation memory follows the tokens it holds rather than the count of
-    /// rollouts. The forward passes computing pi_old and the reference's logprobs are cut
+    /// no bound): the rollouts are packed into passes within it and `micro_batch_rollouts`
+    /// ([`MicroBatching::passes`], veRL's `use_dynamic_bsz` with
+    /// `ppo_max_token_len_per_gpu`), so a pass's activation memory follows the tokens it
+    /// holds rather than the count of rollouts. The forward passes computing pi_old and the reference's logprobs are cut
     /// the same way. At least `rollout.max_context`.
     pub micro_batch_tokens: usize,
     /// LoRA adapters (`[lora]`, PEFT's settings; `rank = 0`, the default: full
@@ -1717,9 +1717,9 @@ pub fn update_sharded(
             let refs: Vec<&TrainRollout> = train.iter().filter(|r| r.group % minis == j).collect();
             let weights = token_weights_global(&refs, grpo.aggregation, grpo.norm_length, n[0] as usize, n[1] as usize);
             let lens: Vec<usize> = refs.iter().map(|r| r.packed_len()).collect();
-            let passes = micro.split(&lens);
+            let passes = micro.passes(&lens);
             out.passes += passes.len();
-            let most = passes.iter().map(|p| lens[p.clone()].iter().sum::<usize>()).max().unwrap_or(0);
+            let most = passes.iter().map(|p| p.iter().map(|&i| lens[i]).sum::<usize>()).max().unwrap_or(0);
             out.max_pass_tokens = out.max_pass_tokens.max(most);
             (refs, weights, passes)
         })
@@ -1735,12 +1735,12 @@ pub fn update_sharded(
             StepGrads::new(comm.as_deref_mut().map(|c| c as &mut dyn Communicator), &params, c.overlap_allreduce);
         let mut loss = 0f64;
         let n_micro = passes.len();
-        for (j, range) in passes.iter().enumerate() {
+        for (j, pass) in passes.iter().enumerate() {
             let tape = Tape::new();
-            let (rs, ws) = (&refs[range.clone()], &weights[range.clone()]);
-            let ws: Vec<&[f32]> = ws.iter().map(Vec::as_slice).collect();
+            let rs: Vec<&TrainRollout> = pass.iter().map(|&i| refs[i]).collect();
+            let ws: Vec<&[f32]> = pass.iter().map(|&i| weights[i].as_slice()).collect();
             let ctx = numerics(Ctx::training(&tape)).with_checkpointing(c.grad_checkpointing);
-            let (l, stats) = grpo_loss_measuring(model, &ctx, rs, &ws, &grpo, update == 0)?;
+            let (l, stats) = grpo_loss_measuring(model, &ctx, &rs, &ws, &grpo, update == 0)?;
             loss += l.to_scalar()? as f64;
             clipped += stats.clipped;
             tokens += stats.tokens;

@@ -40,9 +40,9 @@ pub struct SftConfig {
     /// Examples per forward/backward pass (gradients accumulate over a batch); 0 = the
     /// whole batch at once.
     pub micro_batch_size: usize,
-    /// Tokens per forward/backward pass (0: no bound): with `micro_batch_size`, a pass ends
-    /// before the example that would take it past either bound, so its activation memory
-    /// follows the tokens it holds. At least `max_seq_len`.
+    /// Tokens per forward/backward pass (0: no bound): a rank's examples are packed into
+    /// passes within it and `micro_batch_size` ([`artist_rl::MicroBatching::passes`]), so
+    /// a pass's activation memory follows the tokens it holds. At least `max_seq_len`.
     pub micro_batch_tokens: usize,
     pub lr: f64,
     pub weight_decay: f64,
@@ -190,8 +190,9 @@ fn held_out_nll(
     if passes.sequences == 0 {
         passes.sequences = c.batch_size;
     }
-    for range in passes.split(&mine.iter().map(|e| e.ids.len()).collect::<Vec<_>>()) {
-        let (l, n) = sft_loss(model, &ctx, &mine[range], 1)?;
+    for pass in passes.passes(&mine.iter().map(|e| e.ids.len()).collect::<Vec<_>>()) {
+        let mb: Vec<&Example> = pass.iter().map(|&i| mine[i]).collect();
+        let (l, n) = sft_loss(model, &ctx, &mb, 1)?;
         nll += l.to_scalar()? as f64;
         count += n;
     }
@@ -476,16 +477,16 @@ fn run(
         let mut step_grads =
             StepGrads::new(dist.as_deref_mut().map(|c| c as &mut dyn Communicator), &params, c.overlap_allreduce);
         let mut loss = 0f64;
-        let passes = c.micro_batching().split(&mine.iter().map(|e| e.ids.len()).collect::<Vec<_>>());
+        let passes = c.micro_batching().passes(&mine.iter().map(|e| e.ids.len()).collect::<Vec<_>>());
         let n_micro = passes.len();
-        for (j, range) in passes.into_iter().enumerate() {
-            let mb = &mine[range];
+        for (j, pass) in passes.into_iter().enumerate() {
+            let mb: Vec<&Example> = pass.iter().map(|&i| mine[i]).collect();
             let tape = Tape::new();
             let ctx = Ctx::training(&tape)
                 .with_checkpointing(c.grad_checkpointing)
                 .with_attention_dtype(c.attention_dtype.dtype(model.device()))
                 .with_matmul_dtype(c.matmul_dtype.dtype(model.device()));
-            let (l, _) = sft_loss(&model, &ctx, mb, n_targets)?;
+            let (l, _) = sft_loss(&model, &ctx, &mb, n_targets)?;
             loss += l.to_scalar()? as f64;
             step_grads.backward(&tape, &l, j + 1 == n_micro)?;
         }

@@ -487,10 +487,11 @@ fn checkpointed_layers_train_to_the_same_bits() {
     assert!(ckpt.0 < plain.0, "ops recorded: {} checkpointed, {} stored", ckpt.0, plain.0);
 }
 
-/// `micro_batch_tokens`: a bound no two neighbouring rollouts fit under makes a pass of
-/// each and trains to the bits of `micro_batch_rollouts = 1` (pi_old recomputed and the
-/// reference's logprobs in the same passes); a looser one packs several a pass, never past
-/// the bound, and trains as one pass of the whole batch does within f32's reassociation.
+/// `micro_batch_tokens`: a bound no two rollouts fit under makes a pass of each and trains
+/// to the bits of `micro_batch_rollouts = 1` (pi_old recomputed and the reference's
+/// logprobs in the same passes); a looser one packs several a pass as
+/// `MicroBatching::passes` plans, never past the bound, and trains as one pass of the
+/// whole batch does within f32's reassociation.
 /// A bound below `rollout.max_context` is refused by name.
 #[test]
 fn a_token_budget_cuts_the_passes() {
@@ -521,8 +522,10 @@ fn a_token_budget_cuts_the_passes() {
         (u, common::weights(&model))
     };
 
-    let apart = lens.windows(2).map(|w| w[0] + w[1]).min().unwrap() - 1;
-    assert!(apart >= *lens.iter().max().unwrap(), "{lens:?}");
+    let mut sorted = lens.clone();
+    sorted.sort_unstable();
+    let apart = sorted[0] + sorted[1] - 1;
+    assert!(apart >= sorted[sorted.len() - 1], "{lens:?}");
     let (one_each, w1) = run(&["micro_batch_rollouts=1"]);
     let (budget, wb) = run(&["micro_batch_rollouts=0", &format!("micro_batch_tokens={apart}")]);
     assert_eq!((budget.passes, one_each.passes), (lens.len(), lens.len()));
@@ -537,6 +540,10 @@ fn a_token_budget_cuts_the_passes() {
         packed.max_pass_tokens <= bound && packed.passes >= 2 && packed.passes < lens.len(),
         "{lens:?}: {packed:?}"
     );
+    // The passes are the planner's.
+    let plan = artist_rl::MicroBatching { sequences: 0, tokens: bound }.passes(&lens);
+    let fullest = plan.iter().map(|p| p.iter().map(|&i| lens[i]).sum::<usize>()).max();
+    assert_eq!((packed.passes, Some(packed.max_pass_tokens)), (plan.len(), fullest));
     assert!((packed.loss - whole.loss).abs() <= 1e-6 * whole.loss.abs().max(1.0), "{packed:?} {whole:?}");
     assert!((packed.grad_norm - whole.grad_norm).abs() <= 1e-5 * whole.grad_norm, "{packed:?} {whole:?}");
     let diff = common::max_diff(&wp, &ww);
