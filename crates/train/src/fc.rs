@@ -565,6 +565,7 @@ impl FcTrainer {
         entries: &[usize],
         at: LogPlace,
         log: &mut Vec<serde_json::Value>,
+        record: crate::grpo::RecordRound<'_>,
     ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 20])> {
         let c = &self.config;
         let g = c.rollout.group_size;
@@ -584,7 +585,8 @@ impl FcTrainer {
             .iter()
             .map(|e| (e.prompt_ids.as_slice(), e.ids.as_slice(), e.mask.as_slice(), e.logprobs.as_slice()))
             .collect();
-        let penalty = crate::grpo::kl_scores(&self.model, self.reference.as_ref(), c, &totals, &items)?;
+        let kept = record(crate::grpo::signal_groups(c, &totals))?;
+        let penalty = crate::grpo::kl_scores(&self.model, self.reference.as_ref(), c, &totals, &items, kept)?;
         let kl_count = penalty.count();
         let crate::grpo::KlPenalty { kls, per_token, scores, measured, known } = penalty;
         // Episodes come in entry order, `group_size` of each.
@@ -743,9 +745,9 @@ impl GrpoTask for FcTrainer {
         let lens: Vec<usize> = batches.iter().map(Vec::len).collect();
         // Round r's episodes are numbered after the earlier rounds' (their seeds).
         let mut log = Vec::new();
-        let (mut train, mut sums, quota) = play_rounds(&c, &lens, comm.as_deref_mut(), |r, shard, first| {
+        let (mut train, mut sums, quota) = play_rounds(&c, &lens, comm.as_deref_mut(), |r, shard, first, record| {
             let at = LogPlace { step: step + 1, round: r, first_prompt: shard.start };
-            self.play_round(step, first, &batches[r][shard], at, &mut log)
+            self.play_round(step, first, &batches[r][shard], at, &mut log, record)
         })?;
         whiten_advantages(&mut train, &c, comm.as_deref_mut())?;
         let log = crate::grpo::gather_log(log, c.log_rollouts, comm.as_deref_mut())?;

@@ -831,6 +831,19 @@ pub(crate) fn in_flat_group(c: &GrpoRunConfig, totals: &[f64], i: usize) -> bool
     c.filter_flat_groups && artist_rl::advantages::group_is_flat(&totals[i / g * g..(i / g + 1) * g])
 }
 
+/// How many of a round's groups (rollouts in groups of G whose task rewards are `totals`)
+/// have a learning signal: all of them unless `filter_flat_groups` leaves the flat ones out
+/// ([`in_flat_group`]).
+pub(crate) fn signal_groups(c: &GrpoRunConfig, totals: &[f64]) -> usize {
+    let g = c.rollout.group_size;
+    (0..totals.len().div_ceil(g)).filter(|&k| !in_flat_group(c, totals, k * g)).count()
+}
+
+/// A round's record with the step's [`GroupQuota`]: given this rank's count of groups with
+/// a signal ([`signal_groups`]), how many of them the step keeps. Every rank calls it once
+/// a round, before any work that only kept groups need.
+pub(crate) type RecordRound<'r> = &'r mut dyn FnMut(usize) -> Result<usize>;
+
 /// Per rollout, logprobs of its tokens where they were computed before the update.
 pub(crate) type PerRollout = Vec<Option<Vec<f32>>>;
 
@@ -844,8 +857,11 @@ pub(crate) struct Known {
 }
 
 /// [`KlPenalty`] of `rollouts` of `policy` whose task rewards are `totals` (zeros and the
-/// totals themselves without a KL penalty). Under `filter_flat_groups` the groups whose
-/// task rewards are all equal leave the step whatever their KL, so theirs is not computed.
+/// totals themselves without a KL penalty), measured for the first `kept` groups with a
+/// learning signal only ([`signal_groups`]; `usize::MAX`: all): under `filter_flat_groups`
+/// the groups whose task rewards are all equal leave the step whatever their KL, and under
+/// dynamic sampling the groups past the step's quota leave it too, so theirs is not
+/// computed.
 ///
 /// Each rollout's KL is summed over its generated tokens, with `kl_reward.estimator`, from
 /// pi_old and the reference's logprobs (both computed with the loss's numerics, at the
@@ -859,13 +875,24 @@ pub(crate) fn kl_scores(
     c: &GrpoRunConfig,
     totals: &[f64],
     rollouts: &[RolloutView<'_>],
+    kept: usize,
 ) -> Result<KlPenalty> {
     let n = rollouts.len();
+    let g = c.rollout.group_size;
+    // Per group, whether it is among the first `kept` with a signal.
+    let mut signal = 0usize;
+    let kept_group: Vec<bool> = (0..n.div_ceil(g))
+        .map(|k| {
+            let live = !in_flat_group(c, totals, k * g);
+            signal += usize::from(live);
+            live && signal <= kept
+        })
+        .collect();
     let mut out = KlPenalty {
         kls: vec![0.0; n],
         per_token: vec![0.0; n],
         scores: totals.to_vec(),
-        measured: (0..n).map(|i| !in_flat_group(c, totals, i)).collect(),
+        measured: (0..n).map(|i| kept_group[i / g]).collect(),
         known: Known { reference: vec![None; n], old: vec![None; n] },
     };
     if c.kl_reward.coef == 0.0 {
@@ -1063,6 +1090,7 @@ impl GrpoTrainer<'_> {
         problems: &[&Problem],
         at: LogPlace,
         log: &mut Vec<serde_json::Value>,
+        record: RecordRound<'_>,
     ) -> Result<(Vec<Vec<TrainRollout>>, [f64; 21])> {
         let c = &self.config;
         let o = &c.overlong;
@@ -1076,7 +1104,8 @@ impl GrpoTrainer<'_> {
             .iter()
             .map(|r| (r.prompt_ids.as_slice(), r.ids.as_slice(), r.mask.as_slice(), r.logprobs.as_slice()))
             .collect();
-        let penalty = kl_scores(&self.model, self.reference.as_ref(), c, &totals, &items)?;
+        let kept = record(signal_groups(c, &totals))?;
+        let penalty = kl_scores(&self.model, self.reference.as_ref(), c, &totals, &items, kept)?;
         let kl_count = penalty.count();
         let KlPenalty { kls, per_token, scores, measured, known } = penalty;
         // Rollouts that gave an answer, for the steps it took.
@@ -1157,13 +1186,13 @@ impl GrpoTrainer<'_> {
         let g = c.rollout.group_size;
         let lens: Vec<usize> = rounds.iter().map(Vec::len).collect();
         let mut log = Vec::new();
-        let (mut train, mut sums, quota) = play_rounds(&c, &lens, comm.as_deref_mut(), |r, shard, first| {
+        let (mut train, mut sums, quota) = play_rounds(&c, &lens, comm.as_deref_mut(), |r, shard, first, record| {
             // Rollout k of prompt p samples with seed `seed + p * G + k`: offset by the
             // shard's first global prompt.
             let seed = c.seed.wrapping_add(step.wrapping_mul(1_000_003)).wrapping_add((first * g) as u64);
             let problems = &rounds[r][shard.clone()];
             let at = LogPlace { step: step + 1, round: r, first_prompt: shard.start };
-            self.score_round(self.rollouts(problems, seed)?, problems, at, &mut log)
+            self.score_round(self.rollouts(problems, seed)?, problems, at, &mut log, record)
         })?;
         whiten_advantages(&mut train, &c, comm.as_deref_mut())?;
         let log = gather_log(log, c.log_rollouts, comm.as_deref_mut())?;
@@ -1394,15 +1423,17 @@ impl LogPlace {
 }
 
 /// A step's rounds (global batches of `lens[r]` items) played until [`GroupQuota`] is
-/// met: `play(r, shard, first)` plays this rank's `shard` of round r, whose first item is
-/// global item `first` (counting the earlier rounds as `prompts_per_step` each, for the
-/// seeds), and returns its groups with a learning signal and its metric sums. Returns the
-/// rollouts to train on, the sums of the rounds played and the quota (rounds, groups).
+/// met: `play(r, shard, first, record)` plays this rank's `shard` of round r, whose first
+/// item is global item `first` (counting the earlier rounds as `prompts_per_step` each,
+/// for the seeds), calls `record` once with its count of groups with a learning signal
+/// (learning how many the step keeps), and returns those groups and its metric sums.
+/// Returns the rollouts to train on, the sums of the rounds played and the quota (rounds,
+/// groups).
 pub(crate) fn play_rounds<const N: usize>(
     c: &GrpoRunConfig,
     lens: &[usize],
     mut comm: Option<&mut (dyn Communicator + '_)>,
-    mut play: impl FnMut(usize, Range<usize>, usize) -> Result<(Vec<Vec<TrainRollout>>, [f64; N])>,
+    mut play: impl FnMut(usize, Range<usize>, usize, RecordRound<'_>) -> Result<(Vec<Vec<TrainRollout>>, [f64; N])>,
 ) -> Result<(Vec<TrainRollout>, [f64; N], GroupQuota)> {
     let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
     let mut quota = GroupQuota::new(c.prompts_per_step, lens.len() > 1, c.mini_batches > 1);
@@ -1411,9 +1442,22 @@ pub(crate) fn play_rounds<const N: usize>(
     for (r, &len) in lens.iter().enumerate() {
         let shard = shard_range(len, rank, world);
         let first = r * c.prompts_per_step + shard.start;
-        let (groups, round) = play(r, shard, first)?;
+        let mut recorded = None;
+        let (groups, round) = play(r, shard, first, &mut |found| {
+            if recorded.is_some() {
+                return Err(Error::Config(format!("round {r} recorded twice")));
+            }
+            let met = quota.record(found, comm.as_deref_mut())?;
+            recorded = Some((found, met));
+            Ok(quota.keep(r, rank))
+        })?;
+        let Some((found, met)) = recorded else {
+            return Err(Error::Config(format!("round {r} was played without recording its groups")));
+        };
+        if found != groups.len() {
+            return Err(Error::Config(format!("round {r} recorded {found} groups and returned {}", groups.len())));
+        }
         sums.iter_mut().zip(round).for_each(|(s, x)| *s += x);
-        let met = quota.record(groups.len(), comm.as_deref_mut())?;
         signal.push(groups);
         if met {
             break;

@@ -293,3 +293,44 @@ fn flat_groups_leave_before_the_penalty() {
     assert_eq!((u.loss, u.grad_norm), (m[0].loss, m[0].grad_norm));
     assert_eq!(weights(&by_hand.model), weights(&t.model));
 }
+
+/// Under dynamic sampling, a group with a signal past the step's quota leaves the step
+/// like a flat one, and its KL is not computed either: a step (a seed whose first round
+/// holds one flat group and one other, its second round two groups that differ, a quota
+/// of two) trains on the first round's group and the second round's first, logs `kl` for
+/// their rollouts alone, and reports the mean of those six KLs.
+#[test]
+fn groups_past_the_quota_leave_before_the_penalty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let found = (0..48u64).find_map(|seed| {
+        let c = config(&["filter_flat_groups=true", "max_sampling_rounds=2", "log_rollouts=12"])
+            .with_overrides(&[format!("seed={seed}")])
+            .unwrap();
+        let dir = tmp.path().join(format!("run{seed}"));
+        let m = train(&dir, &mut trainer(c), &quiet()).unwrap();
+        let log = artist_train::metrics::read(&dir.join(artist_train::metrics::ROLLOUTS_FILE)).unwrap();
+        let flat: Vec<bool> = (log.chunks(3))
+            .map(|g| {
+                artist_rl::advantages::group_is_flat(
+                    &g.iter().map(|l| l["reward"].as_f64().unwrap()).collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        (log.len() == 12 && flat == [true, false, false, false]
+            || log.len() == 12 && flat == [false, true, false, false])
+        .then_some((m, log, flat))
+    });
+    let (m, log, flat) = found.expect("a seed whose first round holds one flat group and whose second holds none");
+    assert_eq!((m[0].sampling_rounds, m[0].trained_groups, m[0].flat_groups), (Some(2), Some(2), 1));
+    // Trained: the first round's group with a signal and the second round's first group.
+    let trained = [!flat[0], !flat[1], true, false];
+    let mut kls = vec![];
+    for (i, line) in log.iter().enumerate() {
+        assert_eq!(line["round"].as_u64(), Some((i / 6) as u64), "{line}");
+        assert_eq!(line.get("kl").is_some(), trained[i / 3], "rollout {i}: {line}");
+        kls.extend(line.get("kl").and_then(|k| k.as_f64()));
+    }
+    let mean = kls.iter().sum::<f64>() / 6.0;
+    let got = m[0].kl_reward.unwrap();
+    assert!((got - mean).abs() <= 1e-9 * mean.abs().max(1.0), "kl_reward {got} vs the trained groups' {mean}");
+}
