@@ -319,3 +319,137 @@ fn bfcl_replay_interface() {
     let out = eval(&["--dataset", q, "--answers", a, "--replay-ground-truth", "--replay-from", file.to_str().unwrap()]);
     fails_cleanly(&out, "calls.json:2: invalid JSON");
 }
+
+/// A model that answers `\boxed{4}` or `\boxed{5}`, 3 : 2, whatever it is asked, written
+/// into `dir` from tiny-gqa's files: every layer's output projections are zero, so the last
+/// position's hidden state is its token's embedding; the embeddings are one-hot, each token
+/// of the chain `\ b o x e d { 4|5 }` on a dimension of its own and every other token on one
+/// shared "start" dimension; the LM head gives the next token of the chain a logit of 40
+/// (the end of turn after `}`) and every other token 0.
+fn scripted_model(dir: &std::path::Path) {
+    use artist_model::Weights;
+    use artist_tensor::{Device, Tensor};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("tests/fixtures/qwen2/tiny-gqa");
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let tok = artist_tokenizer::Tokenizer::from_file(src.join("tokenizer.json")).unwrap();
+    let id = |s: &str| {
+        let ids = tok.encode(s).unwrap();
+        assert_eq!(ids.len(), 1, "{s:?} is one token");
+        ids[0] as usize
+    };
+    let chain: Vec<usize> = ["\\", "b", "o", "x", "e", "d", "{", "4", "5", "}"].iter().map(|s| id(s)).collect();
+    let end_of_turn = 290; // <|im_end|>, the fixture's eos_token_id
+    let (vocab, hidden) = (311, 64);
+    // Dimension 0: every token off the chain; chain token i: dimension i + 1.
+    let dim = |t: usize| chain.iter().position(|&c| c == t).map_or(0, |i| i + 1);
+    let mut embed = vec![0f32; vocab * hidden];
+    for t in 0..vocab {
+        embed[t * hidden + dim(t)] = 1.0;
+    }
+    // RMSNorm makes a one-hot row sqrt(64) = 8 times the unit vector: a weight of 5 is a logit of 40.
+    let mut head = vec![0f32; vocab * hidden];
+    let mut next = |from_dim: usize, to: usize, logit: f32| head[to * hidden + from_dim] = logit / 8.0;
+    next(0, chain[0], 40.0);
+    for i in 0..6 {
+        next(i + 1, chain[i + 1], 40.0); // \ b o x e d -> b o x e d {
+    }
+    next(7, chain[7], 40.0 + 1.5f32.ln()); // { -> 4 (3 in 5) or 5 (2 in 5)
+    next(7, chain[8], 40.0);
+    next(8, chain[9], 40.0); // 4 -> }
+    next(9, chain[9], 40.0); // 5 -> }
+    next(10, end_of_turn, 40.0); // } -> end of turn
+    let w = Weights::open(&src).unwrap();
+    let tensors: Vec<(String, Tensor)> = w
+        .names()
+        .map(|name| {
+            let shape = w.shape(name).unwrap();
+            let t = match name {
+                "model.embed_tokens.weight" => Tensor::from_vec(embed.clone(), shape, Device::Cpu).unwrap(),
+                "lm_head.weight" => Tensor::from_vec(head.clone(), shape, Device::Cpu).unwrap(),
+                "model.norm.weight" => Tensor::from_vec(vec![1f32; hidden], shape, Device::Cpu).unwrap(),
+                n if n.ends_with("o_proj.weight") || n.ends_with("down_proj.weight") => {
+                    let len = shape.iter().product();
+                    Tensor::from_vec(vec![0f32; len], shape, Device::Cpu).unwrap()
+                }
+                _ => w.get(name, &shape).unwrap(),
+            };
+            (name.to_string(), t)
+        })
+        .collect();
+    artist_model::save_safetensors(&tensors, &dir.join("model.safetensors")).unwrap();
+}
+
+/// `--keep` on a model whose pass rates differ: the scripted model above answers 4 or 5,
+/// so problems whose answer is 4 or 5 are solved sometimes and the others never. The
+/// problems kept (solved sometimes, not always, by default) are those the samples written
+/// out say (some are and some are not), each with its line and rate, and pass@1 and
+/// pass@k are those of the same samples.
+#[test]
+fn keeps_the_problems_solved_sometimes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    scripted_model(&model);
+    let golds = ["4", "5", "7", "4", "9", "5", "4", "5"];
+    let data = tmp.path().join("data.jsonl");
+    let text: String = (golds.iter().enumerate())
+        .map(|(i, g)| format!("{{\"problem\": \"What is {i} + 1?\", \"answer\": \"{g}\"}}\n"))
+        .collect();
+    std::fs::write(&data, text).unwrap();
+    let (samples, kept) = (tmp.path().join("samples.jsonl"), tmp.path().join("kept.jsonl"));
+    let out = eval(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--dataset",
+        data.to_str().unwrap(),
+        "--preset",
+        "math500",
+        "--samples",
+        "4",
+        "--k",
+        "2",
+        "--temperature",
+        "1.0",
+        "--tools",
+        "none",
+        "--max-new-tokens",
+        "16",
+        "--out",
+        samples.to_str().unwrap(),
+        "--keep",
+        kept.to_str().unwrap(),
+        "--json",
+    ]);
+    let summary = &lines(&out)[0];
+    let rows: Vec<Value> =
+        std::fs::read_to_string(&samples).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 32);
+    for r in &rows {
+        let answer = r["extracted"].as_str().unwrap_or_default();
+        assert!(answer == "4" || answer == "5", "the scripted model answers 4 or 5: {r}");
+    }
+    let correct = |p: usize| rows.iter().filter(|r| r["problem_index"] == p && r["correct"] == true).count();
+    let rates: Vec<f64> = (0..8).map(|p| correct(p) as f64 / 4.0).collect();
+    for (p, g) in golds.iter().enumerate() {
+        assert!((*g == "4" || *g == "5") || rates[p] == 0.0, "problem {p}: {rates:?}");
+    }
+    let want: Vec<usize> = (0..8).filter(|&p| 0.0 < rates[p] && rates[p] < 1.0).collect();
+    assert!(!want.is_empty() && want.len() < 8, "the samples make the test show nothing: {rates:?}");
+    let kept_rows: Vec<Value> =
+        std::fs::read_to_string(&kept).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(kept_rows.len(), want.len(), "{rates:?}: {kept_rows:?}");
+    for (row, &p) in kept_rows.iter().zip(&want) {
+        assert_eq!(row["problem"].as_str(), Some(format!("What is {p} + 1?").as_str()));
+        assert_eq!((row["pass_rate"].as_f64(), row["line"].as_u64()), (Some(rates[p]), Some(p as u64 + 1)));
+    }
+    assert_eq!(summary["kept"].as_u64(), Some(want.len() as u64));
+    // pass@1 is the mean rate; pass@2 of c right in 4 is 1 - C(4 - c, 2) / C(4, 2).
+    let pass2 = |c: usize| 1.0 - [6.0, 3.0, 1.0, 0.0, 0.0][c] / 6.0;
+    let (p1, p2): (f64, f64) = (rates.iter().sum::<f64>() / 8.0, (0..8).map(|p| pass2(correct(p))).sum::<f64>() / 8.0);
+    assert!((summary["pass_at_1"].as_f64().unwrap() - p1).abs() < 1e-12, "{summary} vs {p1}");
+    assert!((summary["pass_at_k"].as_f64().unwrap() - p2).abs() < 1e-12, "{summary} vs {p2}");
+    assert!(p1 > 0.0 && p2 > p1, "{p1} {p2}");
+}
