@@ -16,7 +16,13 @@
 //! token is weighted by `min(exp(lp_old_t - lp_sampler_t), tis_cap)`, a constant: pi_old
 //! recomputed by the trainer over the probability the sampler drew the token with, which
 //! corrects for a sampler whose numerics differ from the trainer's (bf16 products or KV
-//! cache) while the ratio still starts at 1.
+//! cache) while the ratio still starts at 1. `tis_level` forms the weight from the
+//! rollout's whole ratio instead (`sequence`: `exp(sum_t d_t)`; `geometric`:
+//! `exp(mean_t d_t)`, `d_t = lp_old_t - lp_sampler_t`, on every token of the rollout), and
+//! `tis_mode = "mask"` zeroes a weight above `tis_cap` (or below `tis_cap_low`) instead of
+//! capping it (masked importance sampling, IcePop's and the Qwen team's Seq-MIS): veRL's
+//! `rollout_is_level` / `rollout_is_mode`, TRL's `vllm_importance_sampling_mode`. Log
+//! weights are bounded to +-20 first (veRL's safety bound), so no weight is infinite.
 //!
 //! GSPO (`importance_sampling_level = "sequence"`, Zheng et al., 2025) replaces each
 //! token's ratio by its rollout's, the geometric mean of the token ratios
@@ -66,6 +72,36 @@ pub enum ImportanceLevel {
     Sequence,
 }
 
+/// What a truncated importance weight is formed from (`tis_level`; veRL's
+/// `rollout_is_level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TisLevel {
+    /// Each token's own ratio pi_old / pi_sampler (TRL's and veRL's default).
+    #[default]
+    Token,
+    /// The rollout's ratio, the product of its tokens' (unbiased, high variance).
+    Sequence,
+    /// The geometric mean of the rollout's token ratios.
+    Geometric,
+}
+
+/// What a truncated importance weight past its bounds becomes (`tis_mode`; veRL's
+/// `rollout_is_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TisMode {
+    /// Capped at `tis_cap` (TIS).
+    #[default]
+    Truncate,
+    /// 0 above `tis_cap` or below `tis_cap_low`, so the token (or rollout) gives no policy
+    /// gradient (MIS).
+    Mask,
+}
+
+/// veRL's bound on a log importance weight: `exp(20)` is 4.9e8, beyond any cap.
+const MAX_TIS_LOG_WEIGHT: f64 = 20.0;
+
 /// Estimators of `KL(pi || ref)` from one sampled token, with `d = lp - ref` (Schulman's
 /// k1, k2, k3; veRL's `kl`, `mse`, `low_var_kl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -110,6 +146,14 @@ pub struct GrpoConfig {
     /// `min(pi_old / pi_sampler, tis_cap)` (0: off). Needs each rollout's
     /// [`TrainRollout::sampler_logprobs`] (pi_old recomputed by the trainer).
     pub tis_cap: f64,
+    /// `token` (default), `sequence` or `geometric`: the ratio the weight is formed from.
+    pub tis_level: TisLevel,
+    /// `truncate` (default): cap the weight at `tis_cap`; `mask`: zero it outside
+    /// `[tis_cap_low, tis_cap]`.
+    pub tis_mode: TisMode,
+    /// With `tis_mode = "mask"`: weights below it are zeroed too (0, the default: none,
+    /// as TRL; veRL's lower threshold is typically `1 / tis_cap`).
+    pub tis_cap_low: f64,
     /// `token` (default) or `sequence` (GSPO): see the module doc.
     pub importance_sampling_level: ImportanceLevel,
     /// Dual-clip PPO's bound for negative advantages (veRL's `clip_ratio_c`, 3 there): a
@@ -143,11 +187,44 @@ impl Default for GrpoConfig {
             norm_length: 8000,
             temperature: 1.0,
             tis_cap: 0.0,
+            tis_level: TisLevel::Token,
+            tis_mode: TisMode::Truncate,
+            tis_cap_low: 0.0,
             importance_sampling_level: ImportanceLevel::Token,
             clip_ratio_c: 0.0,
             entropy_coeff: 0.0,
             top_entropy_quantile: 1.0,
         }
+    }
+}
+
+impl GrpoConfig {
+    /// The truncated importance weights of `r`'s generated tokens, in order (`None` with
+    /// `tis_cap = 0`, without the sampler's logprobs, or with lengths that disagree): see
+    /// the module doc.
+    pub fn tis_weights(&self, r: &TrainRollout) -> Option<Vec<f32>> {
+        let n = r.ids.len();
+        let sampled = r.sampler_logprobs.as_ref().filter(|_| self.tis_cap > 0.0)?;
+        if sampled.len() != n || r.mask.len() != n || r.old_logprobs.len() != n {
+            return None;
+        }
+        let d: Vec<f64> =
+            (0..n).filter(|&j| r.mask[j] == 1).map(|j| f64::from(r.old_logprobs[j]) - f64::from(sampled[j])).collect();
+        let whole = match self.tis_level {
+            TisLevel::Token => None,
+            TisLevel::Sequence => Some(d.iter().sum::<f64>()),
+            TisLevel::Geometric => Some(d.iter().sum::<f64>() / d.len().max(1) as f64),
+        };
+        let weight = |log_w: f64| {
+            let w = log_w.clamp(-MAX_TIS_LOG_WEIGHT, MAX_TIS_LOG_WEIGHT).exp();
+            let w = match self.tis_mode {
+                TisMode::Truncate => w.min(self.tis_cap),
+                TisMode::Mask if w > self.tis_cap || w < self.tis_cap_low => 0.0,
+                TisMode::Mask => w,
+            };
+            w as f32
+        };
+        Some(d.iter().map(|&x| weight(whole.unwrap_or(x))).collect())
     }
 }
 
@@ -286,6 +363,9 @@ pub fn grpo_loss_measuring(
                 "tis_cap > 0 needs the sampler's logprobs of every rollout (pi_old recomputed by the trainer)".into(),
             ));
         }
+        if let Some(weights) = c.tis_weights(r) {
+            tis.extend(weights);
+        }
         let p = r.prompt_ids.len() as u32;
         for j in 0..n {
             if r.mask[j] == 1 {
@@ -296,9 +376,6 @@ pub fn grpo_loss_measuring(
                 w.push(wr[j]);
                 if let Some(rf) = &r.ref_logprobs {
                     reference.push(rf[j]);
-                }
-                if let (true, Some(sampled)) = (c.tis_cap > 0.0, &r.sampler_logprobs) {
-                    tis.push((r.old_logprobs[j] - sampled[j]).exp().min(c.tis_cap as f32));
                 }
                 pg.push(r.pg_mask.as_ref().map_or(1.0, |m| f32::from(m[j])));
             }

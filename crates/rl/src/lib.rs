@@ -14,8 +14,8 @@ pub use advantages::{
 };
 pub use format::{Segment, TagEvent};
 pub use grpo::{
-    Aggregation, GrpoConfig, GrpoStats, ImportanceLevel, KlEstimator, MicroBatching, TrainRollout, grpo_loss,
-    grpo_loss_measuring, token_weights, token_weights_global,
+    Aggregation, GrpoConfig, GrpoStats, ImportanceLevel, KlEstimator, MicroBatching, TisLevel, TisMode, TrainRollout,
+    grpo_loss, grpo_loss_measuring, token_weights, token_weights_global,
 };
 pub use rewards::{
     FcRewardWeights, FcRewards, MathRewardWeights, MathRewards, fc_format_rewards, math_rewards,

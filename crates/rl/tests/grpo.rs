@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use artist_autograd::{Ctx, Gradients, Tape};
 use artist_model::Qwen2;
-use artist_rl::{Aggregation, GrpoConfig, ImportanceLevel, KlEstimator, TrainRollout, grpo_loss, token_weights};
+use artist_rl::{
+    Aggregation, GrpoConfig, ImportanceLevel, KlEstimator, TisLevel, TisMode, TrainRollout, grpo_loss, token_weights,
+};
 
 mod support;
 use support::pytorch_grpo;
@@ -90,8 +92,20 @@ fn reference_loss(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig) -> f64 {
                 l = l.min(-c.clip_ratio_c * a);
             }
             if c.tis_cap > 0.0 {
-                let sampled = r.sampler_logprobs.as_ref().unwrap()[j] as f64;
-                l *= (r.old_logprobs[j] as f64 - sampled).exp().min(c.tis_cap);
+                // pi_old over the sampler, of this token or of the rollout as a whole.
+                let sampled = r.sampler_logprobs.as_ref().unwrap();
+                let d: Vec<f64> = live.iter().map(|&i| r.old_logprobs[i] as f64 - sampled[i] as f64).collect();
+                let log_w = match c.tis_level {
+                    TisLevel::Token => r.old_logprobs[j] as f64 - sampled[j] as f64,
+                    TisLevel::Sequence => d.iter().sum(),
+                    TisLevel::Geometric => d.iter().sum::<f64>() / d.len() as f64,
+                };
+                let w = log_w.exp();
+                l *= match c.tis_mode {
+                    TisMode::Truncate => w.min(c.tis_cap),
+                    TisMode::Mask if w > c.tis_cap || w < c.tis_cap_low => 0.0,
+                    TisMode::Mask => w,
+                };
             }
             if r.pg_mask.as_ref().is_some_and(|m| m[j] == 0) {
                 l = 0.0;
@@ -132,20 +146,68 @@ fn run(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig, micro: usize) -> (f64,
 fn loss_matches_the_formula_in_every_mode() {
     let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
     let (token, sequence) = (ImportanceLevel::Token, ImportanceLevel::Sequence);
-    for (agg, beta, kl, t, (clip_low, clip_high), tis_cap, level, clip_ratio_c, entropy_coeff) in [
-        (Aggregation::SeqMeanTokenMean, 0.0, KlEstimator::K3, 1.0, (0.2, 0.2), 0.0, token, 0.0, 0.0),
-        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.28), 0.0, token, 0.0, 0.0),
-        (Aggregation::SeqMeanTokenSumNorm, 0.1, KlEstimator::K1, 1.0, (0.2, 0.2), 0.0, token, 0.0, 0.0),
-        (Aggregation::SeqMeanTokenMean, 0.5, KlEstimator::K2, 1.0, (0.2, 0.2), 0.0, token, 0.0, 0.0),
+    let tis = (TisLevel::Token, TisMode::Truncate, 0.0);
+    for (
+        agg,
+        beta,
+        kl,
+        t,
+        (clip_low, clip_high),
+        (tis_cap, (tis_level, tis_mode, tis_cap_low)),
+        level,
+        clip_ratio_c,
+        entropy_coeff,
+    ) in [
+        (Aggregation::SeqMeanTokenMean, 0.0, KlEstimator::K3, 1.0, (0.2, 0.2), (0.0, tis), token, 0.0, 0.0),
+        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.28), (0.0, tis), token, 0.0, 0.0),
+        (Aggregation::SeqMeanTokenSumNorm, 0.1, KlEstimator::K1, 1.0, (0.2, 0.2), (0.0, tis), token, 0.0, 0.0),
+        (Aggregation::SeqMeanTokenMean, 0.5, KlEstimator::K2, 1.0, (0.2, 0.2), (0.0, tis), token, 0.0, 0.0),
         // Truncated importance sampling: weights from 0.67 to 1.49, capped at 1.2.
-        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.28), 1.2, token, 0.0, 0.0),
+        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.28), (1.2, tis), token, 0.0, 0.0),
         // GSPO: sequence ratios 1.078, 1.042 and 1.051 on advantages 1.3, -0.6 and 0.4, so a
         // range of 0.05 clips the first and the last rollout.
-        (Aggregation::SeqMeanTokenMean, 0.04, KlEstimator::K3, 1.0, (0.05, 0.05), 0.0, sequence, 0.0, 0.0),
+        (Aggregation::SeqMeanTokenMean, 0.04, KlEstimator::K3, 1.0, (0.05, 0.05), (0.0, tis), sequence, 0.0, 0.0),
         // Dual clip: ratios reach 1.35, so a bound of 1.1 caps the negative rollout's largest.
-        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 1.0, (0.05, 0.05), 0.0, token, 1.1, 0.0),
+        (Aggregation::TokenMean, 0.04, KlEstimator::K3, 1.0, (0.05, 0.05), (0.0, tis), token, 1.1, 0.0),
         // An entropy bonus (entropies of about 5.7 nats: -0.29 per token at 0.05), with TIS.
-        (Aggregation::SeqMeanTokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.2), 1.2, token, 0.0, 0.05),
+        (Aggregation::SeqMeanTokenMean, 0.04, KlEstimator::K3, 0.7, (0.2, 0.2), (1.2, tis), token, 0.0, 0.05),
+        // Masked importance sampling on tokens: of the weights 0.67, 0.88, 1.14 and 1.49, the
+        // first and the last are zeroed by the bounds [0.8, 1.2].
+        (
+            Aggregation::TokenMean,
+            0.04,
+            KlEstimator::K3,
+            0.7,
+            (0.2, 0.28),
+            (1.2, (TisLevel::Token, TisMode::Mask, 0.8)),
+            token,
+            0.0,
+            0.0,
+        ),
+        // The rollouts' whole ratios are 0.77, 0.67 and 0.59: capped at 0.7, the first is.
+        (
+            Aggregation::SeqMeanTokenMean,
+            0.04,
+            KlEstimator::K3,
+            1.0,
+            (0.2, 0.2),
+            (0.7, (TisLevel::Sequence, TisMode::Truncate, 0.0)),
+            token,
+            0.0,
+            0.0,
+        ),
+        // Their geometric means are 0.957, 0.964 and 0.915: below 0.95, the last is masked.
+        (
+            Aggregation::SeqMeanTokenMean,
+            0.0,
+            KlEstimator::K3,
+            1.0,
+            (0.2, 0.2),
+            (1.2, (TisLevel::Geometric, TisMode::Mask, 0.95)),
+            token,
+            0.0,
+            0.0,
+        ),
     ] {
         let c = GrpoConfig {
             aggregation: agg,
@@ -156,6 +218,9 @@ fn loss_matches_the_formula_in_every_mode() {
             clip_high,
             norm_length: 32,
             tis_cap,
+            tis_level,
+            tis_mode,
+            tis_cap_low,
             importance_sampling_level: level,
             clip_ratio_c,
             entropy_coeff,
@@ -174,13 +239,23 @@ fn loss_matches_the_formula_in_every_mode() {
                 let sampled = r.old_logprobs.iter().enumerate().map(|(j, &o)| o - 0.4 * ((j % 4) as f32 - 1.5) / 1.5);
                 r.sampler_logprobs = Some(sampled.collect());
             }
-            // Weights of 1 (sampler and trainer agree) give the plain loss.
+            // Weights of 1 (sampler and trainer agree) give the plain loss, within the bounds.
             let agree: Vec<TrainRollout> = b
                 .iter()
                 .map(|r| TrainRollout { sampler_logprobs: Some(r.old_logprobs.clone()), ..r.clone() })
                 .collect();
-            let (a, p) = (loss(&agree), run(&model, &agree, &plain, usize::MAX).0);
-            assert!((a - p).abs() <= 1e-6 * p.abs(), "TIS weights of 1: {a} vs {p}");
+            if c.tis_cap >= 1.0 && c.tis_cap_low <= 1.0 {
+                let (a, p) = (loss(&agree), run(&model, &agree, &plain, usize::MAX).0);
+                assert!((a - p).abs() <= 1e-6 * p.abs(), "TIS weights of 1: {a} vs {p}");
+            }
+            // The bounds change some weights and not others.
+            let unbounded = GrpoConfig { tis_cap: f64::INFINITY, tis_mode: TisMode::Truncate, ..c };
+            let (w, raw): (Vec<f32>, Vec<f32>) = b
+                .iter()
+                .flat_map(|r| c.tis_weights(r).unwrap().into_iter().zip(unbounded.tis_weights(r).unwrap()))
+                .unzip();
+            let changed = w.iter().zip(&raw).filter(|(a, b)| a != b).count();
+            assert!(changed > 0 && changed < w.len(), "{c:?}: the bounds change {changed} of {} weights", w.len());
         }
         let want = reference_loss(&model, &b, &c);
         let (got, grads, clipped) = run(&model, &b, &c, usize::MAX);

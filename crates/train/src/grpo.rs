@@ -515,6 +515,14 @@ impl GrpoRunConfig {
         if !(self.grpo.tis_cap >= 0.0 && self.grpo.tis_cap.is_finite()) {
             return Err(Error::Config(format!("grpo.tis_cap must be a finite number >= 0, got {}", self.grpo.tis_cap)));
         }
+        let low = self.grpo.tis_cap_low;
+        if low != 0.0 && !(self.grpo.tis_mode == artist_rl::TisMode::Mask && low > 0.0 && low < self.grpo.tis_cap) {
+            return Err(Error::Config(format!(
+                "grpo.tis_cap_low ({low}) is the lower bound of tis_mode = \"mask\": 0 (none) or between 0 and \
+                 tis_cap ({})",
+                self.grpo.tis_cap
+            )));
+        }
         if !(self.grpo.entropy_coeff >= 0.0 && self.grpo.entropy_coeff.is_finite()) {
             return Err(Error::Config(format!(
                 "grpo.entropy_coeff (entropy bonus) must be a finite number >= 0, got {}",
@@ -747,6 +755,14 @@ pub struct StepMetrics {
     /// tokens (how far the sampler's numerics are from the trainer's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sampler_logprob_gap: Option<f64>,
+    /// With `grpo.tis_cap > 0`: the mean truncated importance weight over the generated
+    /// tokens, after its bounds (veRL's `rollout_is_mean`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tis_weight_mean: Option<f64>,
+    /// With `grpo.tis_cap > 0`: the fraction of generated tokens whose weight the bounds
+    /// changed, capped (`truncate`) or zeroed (`mask`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tis_bounded_fraction: Option<f64>,
     pub loss: f64,
     pub grad_norm: f64,
     pub lr: f64,
@@ -1251,6 +1267,7 @@ impl GrpoTrainer<'_> {
         let u = update_sharded(&self.model, self.reference.as_ref(), train, &c, optimizer, lr, step, comm)?;
         (m.loss, m.grad_norm, m.clip_fraction, m.kl) = (u.loss, u.grad_norm, u.clip_fraction, u.kl);
         m.sampler_logprob_gap = u.sampler_logprob_gap;
+        (m.tis_weight_mean, m.tis_bounded_fraction) = (u.tis_weight_mean, u.tis_bounded_fraction);
         m.entropy = u.trained.then_some(u.entropy);
         m.entropy_threshold = u.entropy_threshold;
         m.train_s = t.elapsed().as_secs_f64();
@@ -1341,6 +1358,10 @@ pub struct UpdateStats {
     pub entropy: f64,
     /// With pi_old recomputed: the mean |recomputed - sampler's| logprob.
     pub sampler_logprob_gap: Option<f64>,
+    /// With `grpo.tis_cap > 0`: the mean truncated importance weight over the generated
+    /// tokens, and the fraction of them whose weight the bounds changed (capped or masked).
+    pub tis_weight_mean: Option<f64>,
+    pub tis_bounded_fraction: Option<f64>,
     /// Whether any rollout was trained on.
     pub trained: bool,
     /// The most autograd ops one micro-batch recorded (fewer with `grad_checkpointing`,
@@ -1714,6 +1735,19 @@ pub fn update_sharded(
             }
         }
     }
+    // The truncated importance weights the loss will apply: their sum, and how many the
+    // bounds changed (against the same weights unbounded).
+    let mut tis = [0f64; 2];
+    if c.grpo.tis_cap > 0.0 {
+        let unbounded =
+            artist_rl::GrpoConfig { tis_cap: f64::INFINITY, tis_mode: artist_rl::TisMode::Truncate, ..c.grpo };
+        for r in &train {
+            if let (Some(w), Some(raw)) = (c.grpo.tis_weights(r), unbounded.tis_weights(r)) {
+                tis[0] += w.iter().map(|&x| f64::from(x)).sum::<f64>();
+                tis[1] += w.iter().zip(&raw).filter(|(a, b)| a != b).count() as f64;
+            }
+        }
+    }
     // The reference's logprobs, but where the KL penalty on the rewards computed them.
     let missing: Vec<usize> = (0..train.len()).filter(|&i| train[i].ref_logprobs.is_none()).collect();
     if c.grpo.beta > 0.0 && !missing.is_empty() {
@@ -1814,8 +1848,19 @@ pub fn update_sharded(
         out.grad_norm = norm;
     }
     if let Some(comm) = comm {
-        let mut buf = [clipped as f32, tokens as f32, kl as f32, gap[0], gap[1], entropy[0] as f32, entropy[1] as f32];
+        let mut buf = [
+            clipped as f32,
+            tokens as f32,
+            kl as f32,
+            gap[0],
+            gap[1],
+            entropy[0] as f32,
+            entropy[1] as f32,
+            tis[0] as f32,
+            tis[1] as f32,
+        ];
         comm.all_reduce_sum(&mut buf)?;
+        tis = [f64::from(buf[7]), f64::from(buf[8])];
         (clipped, tokens, kl) = (buf[0] as usize, buf[1] as usize, f64::from(buf[2]));
         gap = [buf[3], buf[4]];
         entropy = [f64::from(buf[5]), f64::from(buf[6])];
@@ -1825,6 +1870,11 @@ pub fn update_sharded(
     out.entropy = entropy[0] / entropy[1].max(1.0);
     if c.recomputes_old_logprobs(dev) {
         out.sampler_logprob_gap = Some(f64::from(gap[0]) / f64::from(gap[1]).max(1.0));
+    }
+    if c.grpo.tis_cap > 0.0 {
+        // Every generated token of the batch has a weight: the gap's count is theirs.
+        let n = f64::from(gap[1]).max(1.0);
+        (out.tis_weight_mean, out.tis_bounded_fraction) = (Some(tis[0] / n), Some(tis[1] / n));
     }
     Ok(out)
 }

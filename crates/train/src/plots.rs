@@ -37,6 +37,8 @@ const PANELS: &[(&str, &str)] = &[
     ("kl_reward_coef", "KL reward coefficient"),
     ("clip_fraction", "clip fraction"),
     ("sampler_logprob_gap", "sampler vs trainer |logprob gap|"),
+    ("tis_weight_mean", "truncated importance weight (mean)"),
+    ("tis_bounded_fraction", "importance weights capped or masked"),
     ("loss", "loss"),
     ("eval_loss", "held-out loss"),
     ("grad_norm", "gradient norm"),

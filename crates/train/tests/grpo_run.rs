@@ -326,9 +326,9 @@ fn documented_recipes_are_valid_configs() {
     let blocks: Vec<&str> = section.split("```toml\n").skip(1).map(|b| &b[..b.find("```").unwrap()]).collect();
     assert_eq!(
         blocks.len(),
-        10,
-        "Dr. GRPO, DAPO, GSPO, RLOO, REINFORCE++, entropy bonus, off-policy safeguards, mini-batches, Lite PPO, \
-         high-entropy tokens"
+        11,
+        "Dr. GRPO, DAPO, GSPO, RLOO, REINFORCE++, entropy bonus, off-policy safeguards, Seq-MIS, mini-batches, \
+         Lite PPO, high-entropy tokens"
     );
     let preset = std::fs::read_to_string(common::root().join("configs/artist-math.toml")).unwrap();
     fn merge(into: &mut toml::Table, from: toml::Table) {
@@ -701,5 +701,58 @@ fn high_entropy_tokens_alone_carry_the_policy_gradient() {
     for bad in ["0.0", "1.5", "-0.2"] {
         let e = config(&[&format!("grpo.top_entropy_quantile={bad}")]).validate(Device::Cpu).unwrap_err().to_string();
         assert!(e.contains("top_entropy_quantile"), "{bad}: {e}");
+    }
+}
+
+/// Masked importance sampling in a run (bf16 rollouts, pi_old recomputed in f32): the step
+/// logs the mean weight and the fraction of tokens the bounds zeroed, as worked out here
+/// from the same rollouts (the weights `exp(pi_old - sampler)`, bounds placed between
+/// them so that about a quarter of the tokens fall outside); a lower bound without the
+/// mask mode, or not below the cap, is refused.
+#[test]
+fn masked_importance_sampling_logs_its_weights() {
+    let sets = ["steps=1", "rollout.deterministic=true", "rollout.matmul_dtype=\"bf16\""];
+    let c = common::tiny_grpo_config(&sets);
+    assert!(c.recomputes_old_logprobs(Device::Cpu));
+    let by_hand = trainer(c.clone());
+    let batch = common::first_step_rollouts(&by_hand);
+    let all: Vec<artist_rl::TrainRollout> = batch.rollouts.iter().map(|ro| common::train_rollout(ro, 0.0)).collect();
+    let refs: Vec<&artist_rl::TrainRollout> = all.iter().collect();
+    let ctx = artist_autograd::Ctx::inference();
+    let old = artist_rl::grpo::rollout_logprobs(&by_hand.model, &ctx, &refs, 1.0, 2).unwrap();
+    let weights: Vec<f64> = (all.iter().zip(&old))
+        .flat_map(|(r, o)| {
+            (0..r.ids.len()).filter(|&j| r.mask[j] == 1).map(|j| (o[j] as f64 - r.old_logprobs[j] as f64).exp())
+        })
+        .collect();
+    let mut sorted = weights.clone();
+    sorted.sort_by(f64::total_cmp);
+    let between = |q: f64| {
+        let i = (q * sorted.len() as f64) as usize;
+        (sorted[i - 1] + sorted[i]) / 2.0
+    };
+    let (low, cap) = (between(0.1), between(0.85));
+    assert!(low < 1.0 && cap > 1.0 && sorted[0] < low, "{sorted:?}");
+    let kept: Vec<f64> = weights.iter().map(|&w| if w < low || w > cap { 0.0 } else { w }).collect();
+    let masked = kept.iter().filter(|&&w| w == 0.0).count() as f64 / kept.len() as f64;
+    let mean = kept.iter().sum::<f64>() / kept.len() as f64;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let tis = [format!("grpo.tis_cap={cap}"), format!("grpo.tis_cap_low={low}"), "grpo.tis_mode=\"mask\"".into()];
+    let mut t = trainer(c.clone().with_overrides(&tis).unwrap());
+    let m = train(&tmp.path().join("run"), &mut t, &fresh()).unwrap();
+    let (got_mean, got_masked) = (m[0].tis_weight_mean.unwrap(), m[0].tis_bounded_fraction.unwrap());
+    assert!((got_mean - mean).abs() <= 1e-6 * mean, "tis_weight_mean {got_mean} vs {mean}");
+    assert!((got_masked - masked).abs() <= 1e-12 && masked > 0.1 && masked < 0.4, "{got_masked} vs {masked}");
+    let line = std::fs::read_to_string(tmp.path().join("run/metrics.jsonl")).unwrap();
+    assert!(line.contains("\"tis_weight_mean\"") && line.contains("\"tis_bounded_fraction\""), "{line}");
+
+    for (bad, needle) in [
+        (vec!["grpo.tis_cap=2.0", "grpo.tis_cap_low=0.5"], "tis_cap_low (0.5)"),
+        (vec!["grpo.tis_cap=2.0", "grpo.tis_mode=\"mask\"", "grpo.tis_cap_low=2.0"], "tis_cap_low (2)"),
+    ] {
+        let bad: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
+        let e = c.clone().with_overrides(&bad).unwrap().validate(Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains(needle) && e.contains("mask"), "{e}");
     }
 }

@@ -68,6 +68,7 @@ pub fn load(root: &Path) -> (Vec<TrainRollout>, Vec<Case>) {
                 clip_ratio_c: optional(case, "clip_ratio_c"),
                 entropy_coeff: optional(case, "entropy_coeff"),
                 top_entropy_quantile: 1.0,
+                ..Default::default()
             },
             loss: case["loss"].as_f64().unwrap(),
         })
