@@ -92,3 +92,12 @@ pub fn eos_ids(dir: &Path, model: &Qwen2) -> Result<Vec<u32>> {
     ids.dedup();
     Ok(ids)
 }
+
+/// The MCP server `--mcp-command` names (split at spaces), started and listed, for
+/// `--tools mcp`.
+pub fn start_mcp(command: Option<&str>) -> Result<artist_tools::McpTool> {
+    let command = command.context("--tools mcp needs --mcp-command, the server's command line")?;
+    let command: Vec<String> = command.split_whitespace().map(str::to_string).collect();
+    artist_tools::McpTool::spawn(artist_tools::McpConfig { command, ..Default::default() })
+        .context("starting the MCP server of --mcp-command")
+}

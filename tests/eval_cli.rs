@@ -102,6 +102,13 @@ fn bad_invocations_fail_cleanly() {
     fails_cleanly(&eval(&[]), "eval verify --jsonl");
     fails_cleanly(&eval(&["verify"]), "--jsonl");
     fails_cleanly(&eval(&["--model", "m", "--dataset", "d.jsonl", "--kv-dtype", "fp8"]), "none of auto, f32 and bf16");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (model, data) =
+        (root.join("tests/fixtures/qwen2/tiny-gqa"), root.join("tests/fixtures/math/mini-math500.jsonl"));
+    let (model, data) = (model.to_str().unwrap(), data.to_str().unwrap());
+    fails_cleanly(&eval(&["--model", model, "--dataset", data, "--tools", "mcp"]), "--tools mcp needs --mcp-command");
+    let absent = ["--model", model, "--dataset", data, "--tools", "mcp", "--mcp-command", "/nonexistent/server"];
+    fails_cleanly(&eval(&absent), "/nonexistent/server");
 }
 
 #[test]

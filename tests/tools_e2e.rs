@@ -64,3 +64,84 @@ fn a_fine_tuned_model_calls_python_through_generate() {
     let text = v["text"].as_str().unwrap();
     assert!(text.starts_with("<python>print(6*7)</python><output>\n42"), "{text}");
 }
+
+/// The same with an MCP server's function: a tiny model fine-tuned on one trace that calls
+/// `add` in `<tool>` JSON; `generate --tools mcp --mcp-command "python3 server.py"` starts
+/// the server, runs the model's call there and forces its result in with mask 0; `tool mcp`
+/// runs one call from the command line and lists the server's functions.
+#[test]
+fn a_fine_tuned_model_calls_an_mcp_server_through_generate() {
+    if !python_available() {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let server = format!("python3 {}", root.join("tests/fixtures/mcp/server.py").display());
+    let tmp = tempfile::tempdir().unwrap();
+    let base = fixture("tiny-gqa");
+    let tok = Tokenizer::from_dir(&base).unwrap();
+    let call = r#"{"name": "add", "arguments": {"a": 6, "b": 36}}"#;
+    let (prompt, tool_text, output, answer) =
+        ("Q: 6*7? A:", format!("<tool>{call}</tool>"), "<output>\n42\n</output>\n", "<answer>42</answer>");
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    for (text, m) in [(prompt, 0u8), (tool_text.as_str(), 1), (output, 0), (answer, 1)] {
+        let t = tok.encode(text).unwrap();
+        mask.extend(std::iter::repeat_n(m, t.len()));
+        ids.extend(t);
+    }
+    let data = tmp.path().join("trace.jsonl");
+    std::fs::write(&data, serde_json::json!({"input_ids": ids, "loss_mask": mask}).to_string()).unwrap();
+    let run = tmp.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(["--mode", "sft", "--model", base.to_str().unwrap(), "--data", data.to_str().unwrap()])
+        .args(["--out", run.to_str().unwrap(), "--steps", "60", "--lr", "1e-2", "--weight-decay", "0", "--no-progress"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "train: {}", String::from_utf8_lossy(&out.stderr));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_generate"))
+        .args(["--model", run.join("final").to_str().unwrap(), "--prompt", prompt, "--tools", "mcp"])
+        .args(["--mcp-command", &server, "--max-new-tokens", "60", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "generate: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let calls = v["tool_calls"].as_array().unwrap();
+    assert!(!calls.is_empty(), "no tool call: {}", v["text"]);
+    assert_eq!(calls[0]["call"], call);
+    assert_eq!(
+        (calls[0]["result"]["success"].as_bool(), calls[0]["result"]["output"].as_str()),
+        (Some(true), Some("42"))
+    );
+    let (start, len) =
+        (calls[0]["output_start"].as_u64().unwrap() as usize, calls[0]["output_len"].as_u64().unwrap() as usize);
+    let mask: Vec<u64> = v["mask"].as_array().unwrap().iter().map(|m| m.as_u64().unwrap()).collect();
+    assert!(mask[start..start + len].iter().all(|&m| m == 0) && mask[..start].iter().all(|&m| m == 1));
+    assert!(v["text"].as_str().unwrap().starts_with(&format!("{tool_text}<output>\n42\n</output>")), "{}", v["text"]);
+
+    // `tool mcp`: one call, the function list, and a server that cannot start.
+    let tool = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tool"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = tool(&["mcp", "--command", &server], r#"{"name": "echo", "arguments": {"text": "hi"}}"#);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["output"].as_str(), v["success"].as_bool(), v["sandbox"].as_str()),
+        (Some("hi"), Some(true), Some("none"))
+    );
+    let out = tool(&["mcp", "--command", &server, "--list"], "");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["name"], "add");
+    let out = tool(&["mcp", "--command", &format!("{server} bad-init")], "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not today") && !err.contains("panicked"), "{err}");
+}

@@ -87,9 +87,13 @@ struct Cli {
     temperature: f32,
     #[arg(long, default_value_t = 0.95)]
     top_p: f32,
-    /// The tool in the loop.
-    #[arg(long, default_value = "python", value_parser = ["python", "calculator", "none"])]
+    /// The tool in the loop (mcp: the functions of the server --mcp-command starts).
+    #[arg(long, default_value = "python", value_parser = ["python", "calculator", "mcp", "none"])]
     tools: String,
+    /// With --tools mcp: the MCP server's command line, split at spaces
+    /// ("python3 server.py --flag").
+    #[arg(long, value_name = "COMMAND")]
+    mcp_command: Option<String>,
     /// Model tokens per turn.
     #[arg(long, default_value_t = 1024)]
     max_new_tokens: usize,
@@ -266,10 +270,11 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
             Some(Arc::new(artist_tools::PythonTool::new(Default::default()).context("starting the Python sandbox")?))
         }
         "calculator" => Some(Arc::new(artist_tools::Calculator)),
+        "mcp" => Some(Arc::new(artist::cli::start_mcp(cli.mcp_command.as_deref())?)),
         _ => None,
     };
     let system = match &tool {
-        Some(t) => artist_rl::prompts::math_system_prompt(t.tag()),
+        Some(t) => artist_rl::prompts::math_prompt_for(t.tag(), t.describe().as_deref()),
         None => "Think step by step inside <think>...</think>, then give the final answer inside <answer>...</answer>."
             .into(),
     };

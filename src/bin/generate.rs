@@ -98,8 +98,12 @@ struct Args {
     /// `calculator`. Generation pauses at the tool's closing tag, the call runs, and its
     /// output is forced in as `<output>...</output>`. With --chat and no --system, the
     /// system prompt asks for ARTIST's format.
-    #[arg(long, value_parser = ["python", "calculator"])]
+    #[arg(long, value_parser = ["python", "calculator", "mcp"])]
     tools: Option<String>,
+    /// With --tools mcp: the MCP server's command line, split at spaces
+    /// ("python3 server.py --flag"); its functions are listed in ARTIST's system prompt.
+    #[arg(long, value_name = "COMMAND")]
+    mcp_command: Option<String>,
     /// Most tool calls with --tools.
     #[arg(long, default_value_t = 8)]
     max_tool_calls: usize,
@@ -137,9 +141,11 @@ fn run() -> Result<()> {
         bail!("--chat wraps text: give --prompt (or --prompts), not --prompt-ids");
     }
     let (model, tokenizer) = cli::open_model(&args.model, args.lora.as_deref(), device)?;
+    // Started before any prompt is rendered: an MCP server's functions go in the system prompt.
+    let tool = args.tools.as_deref().map(|t| start_tool(&args, t)).transpose()?;
     if let Some(path) = &args.prompts {
         let eos_ids = if args.ignore_eos { vec![] } else { cli::eos_ids(&args.model, &model)? };
-        return run_batch(&args, path, &model, tokenizer.as_ref(), sampling, eos_ids);
+        return run_batch(&args, path, &model, tokenizer.as_ref(), sampling, eos_ids, tool);
     }
     let prompt_ids = match (&args.prompt, &args.prompt_ids) {
         (Some(text), _) => {
@@ -147,7 +153,8 @@ fn run() -> Result<()> {
                 format!("--prompt needs {}/tokenizer.json (or pass --prompt-ids)", args.model.display())
             })?;
             let text = if args.chat {
-                render_chat(&args, &ChatTemplate::from_dir(&args.model)?, vec![Message::user(text.clone())])?
+                let template = ChatTemplate::from_dir(&args.model)?;
+                render_chat(&args, &template, vec![Message::user(text.clone())], tool.as_deref())?
             } else {
                 text.clone()
             };
@@ -161,7 +168,7 @@ fn run() -> Result<()> {
     }
     cli::check_ids(&prompt_ids, model.config.vocab_size)?;
     let eos_ids = if args.ignore_eos { vec![] } else { cli::eos_ids(&args.model, &model)? };
-    if let Some(tool) = &args.tools {
+    if let Some(tool) = tool {
         let tok = tokenizer.as_ref().context("--tools needs the model's tokenizer.json")?;
         return run_with_tool(&args, tool, &model, tok, prompt_ids, sampling, eos_ids);
     }
@@ -252,15 +259,23 @@ fn start_tool(args: &Args, tool: &str) -> Result<std::sync::Arc<dyn artist_tools
             let config = artist_tools::SandboxConfig { timeout_s: args.tool_timeout_s, ..Default::default() };
             std::sync::Arc::new(artist_tools::PythonTool::new(config).context("starting the Python sandbox")?)
         }
+        "mcp" => std::sync::Arc::new(artist::cli::start_mcp(args.mcp_command.as_deref())?),
         _ => std::sync::Arc::new(artist_tools::Calculator),
     })
 }
 
 /// `messages` in the chat template, ready for the assistant's turn, after `--system` (or,
-/// with --tools, ARTIST's system prompt) unless they bring a system message of their own.
-fn render_chat(args: &Args, template: &ChatTemplate, messages: Vec<Message>) -> Result<String> {
+/// with --tools, ARTIST's system prompt for `tool`) unless they bring a system message of
+/// their own.
+fn render_chat(
+    args: &Args,
+    template: &ChatTemplate,
+    messages: Vec<Message>,
+    tool: Option<&dyn artist_tools::Tool>,
+) -> Result<String> {
     let mut all = Vec::new();
-    let system = args.system.clone().or_else(|| args.tools.as_deref().map(artist_rl::prompts::math_system_prompt));
+    let artist = tool.map(|t| artist_rl::prompts::math_prompt_for(t.tag(), t.describe().as_deref()));
+    let system = args.system.clone().or(artist);
     if let (Some(s), false) = (system, messages.iter().any(|m| m.role == "system")) {
         all.push(Message::system(s));
     }
@@ -275,6 +290,7 @@ fn batch_prompt(
     tok: Option<&artist_tokenizer::Tokenizer>,
     template: &mut Option<ChatTemplate>,
     model: &artist::model::Qwen2,
+    tool: Option<&dyn artist_tools::Tool>,
 ) -> Result<(Vec<u32>, Option<serde_json::Value>)> {
     let vocab = model.config.vocab_size;
     let v: serde_json::Value = serde_json::from_str(line).context("not JSON")?;
@@ -287,7 +303,7 @@ fn batch_prompt(
         if template.is_none() {
             *template = Some(ChatTemplate::from_dir(&args.model)?);
         }
-        render_chat(args, template.as_ref().expect("set above"), messages)
+        render_chat(args, template.as_ref().expect("set above"), messages, tool)
     };
     let ids = if let Some(ids) = o.get("prompt_ids") {
         let ids: Vec<u32> = serde_json::from_value(ids.clone()).context("\"prompt_ids\" must be token ids")?;
@@ -329,6 +345,7 @@ fn run_batch(
     tok: Option<&artist_tokenizer::Tokenizer>,
     sampling: SamplingParams,
     eos_ids: Vec<u32>,
+    tool: Option<std::sync::Arc<dyn artist_tools::Tool>>,
 ) -> Result<()> {
     use std::io::BufRead;
 
@@ -349,7 +366,7 @@ fn run_batch(
         if line.trim().is_empty() {
             continue;
         }
-        match batch_prompt(&line, args, tok, &mut template, model) {
+        match batch_prompt(&line, args, tok, &mut template, model, tool.as_deref()) {
             Ok((p, id)) => {
                 prompts.push(p);
                 ids.push(id);
@@ -360,10 +377,7 @@ fn run_batch(
     if prompts.is_empty() {
         bail!("{}: no usable prompt", path.display());
     }
-    let tools = match &args.tools {
-        Some(t) => vec![start_tool(args, t)?],
-        None => vec![],
-    };
+    let tools: Vec<_> = tool.into_iter().collect();
     let tok = tok.context("--prompts decodes its samples: it needs the model's tokenizer.json")?;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let config = engine_config(args, model, sampling, eos_ids, longest, !tools.is_empty());
@@ -414,7 +428,7 @@ fn run_batch(
 /// One rollout through the rollout engine with `tool` live.
 fn run_with_tool(
     args: &Args,
-    tool: &str,
+    tool: std::sync::Arc<dyn artist_tools::Tool>,
     model: &artist::model::Qwen2,
     tok: &artist_tokenizer::Tokenizer,
     prompt_ids: Vec<u32>,
@@ -423,7 +437,6 @@ fn run_with_tool(
 ) -> Result<()> {
     use artist_engine::RolloutEngine;
 
-    let tool = start_tool(args, tool)?;
     let config = engine_config(args, model, sampling, eos_ids, prompt_ids.len(), true);
     let engine = RolloutEngine { policy: model, tokenizer: tok, tools: vec![tool], config };
     let start = Instant::now();

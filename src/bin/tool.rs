@@ -2,10 +2,13 @@
 //!
 //!     cargo run --release --bin tool -- python [--timeout-s N] [--persistent] < code.py
 //!     cargo run --release --bin tool -- calculator < expr.txt
+//!     cargo run --release --bin tool -- mcp --command "python3 server.py" < call.json
+//!     cargo run --release --bin tool -- mcp --command "python3 server.py" --list
 //!
 //! Prints one JSON object (a stable interface, see docs/SANDBOX.md):
 //! `{"output", "success", "timed_out", "truncated", "elapsed_ms", "sandbox"}` where `sandbox`
-//! is `bwrap`, `namespaces` or `rlimits-only` (`none` for the in-process calculator). Exits 0
+//! is `bwrap`, `namespaces` or `rlimits-only` (`none` for the in-process calculator and for an
+//! MCP server, which runs unsandboxed; `mcp --list` prints the server's tools instead). Exits 0
 //! whenever a result was produced, whatever the code did; non-zero only when no call could be
 //! made (bad arguments or config, no interpreter, no working isolation).
 //!
@@ -32,6 +35,21 @@ enum Which {
     Python(PythonArgs),
     /// The arithmetic calculator.
     Calculator,
+    /// A call (`{"name", "arguments"}` or a list of them) to an MCP server's tools.
+    Mcp(McpArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct McpArgs {
+    /// The server's command line, split at spaces ("python3 server.py --flag").
+    #[arg(long)]
+    command: String,
+    /// Seconds the call may take.
+    #[arg(long, default_value_t = 30.0)]
+    timeout_s: f64,
+    /// Print the server's tools (as the system prompt lists them) instead of calling one.
+    #[arg(long)]
+    list: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -151,6 +169,17 @@ fn main() -> Result<()> {
         Which::Python(args) => python(args),
         Which::Calculator => {
             let result = Calculator.execute(&ToolCall { text: read_stdin()?, rollout: 0, prompt: 0 });
+            print(&result, "none")
+        }
+        Which::Mcp(args) => {
+            let command = args.command.split_whitespace().map(str::to_string).collect();
+            let config = artist_tools::McpConfig { command, timeout_s: args.timeout_s, ..Default::default() };
+            let tool = artist_tools::McpTool::spawn(config).context("starting the MCP server of --command")?;
+            if args.list {
+                println!("{}", tool.describe().unwrap_or_default());
+                return Ok(());
+            }
+            let result = tool.execute(&ToolCall { text: read_stdin()?, rollout: 0, prompt: 0 });
             print(&result, "none")
         }
     }

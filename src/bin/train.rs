@@ -472,6 +472,9 @@ fn run_grpo(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Resul
             artist_tools::PythonTool::new(config.sandbox.clone()).context("starting the Python sandbox")?,
         )),
         "calculator" => Some(std::sync::Arc::new(artist_tools::Calculator)),
+        "mcp" => Some(std::sync::Arc::new(
+            artist_tools::McpTool::spawn(config.mcp.clone()).context("starting the MCP server of [mcp]")?,
+        )),
         _ => None,
     };
     let verify = |completion: &str, gold: &str| {

@@ -16,6 +16,30 @@ pub fn math_system_prompt(tag: &str) -> String {
     )
 }
 
+/// The system prompt for math with functions served by a tool (an MCP server's): calls go in
+/// `<{tag}>...</{tag}>` as a JSON object (or a list of them), `functions_json` lists the
+/// functions (name, description, JSON schema of the arguments).
+pub fn math_functions_prompt(tag: &str, functions_json: &str) -> String {
+    format!(
+        "You solve problems by reasoning step by step and calling functions. Think inside <think>...</think>. \
+         To call a function, write a JSON object inside <{tag}>...</{tag}>, for example \
+         <{tag}>{{\"name\": \"add\", \"arguments\": {{\"a\": 1, \"b\": 2}}}}</{tag}>, or a JSON list of \
+         such objects; the results will appear inside <output>...</output>. You may call several times, thinking \
+         between calls. Give the final answer, and nothing else, inside <answer>...</answer>.\n\n\
+         The functions:\n{functions_json}"
+    )
+}
+
+/// The system prompt for math with `tool` in the loop (`tag` its tag, `described` what
+/// the tool's `describe` says it offers): the functions' prompt when it
+/// lists functions, else [`math_system_prompt`].
+pub fn math_prompt_for(tag: &str, described: Option<&str>) -> String {
+    match described {
+        Some(functions) => math_functions_prompt(tag, functions),
+        None => math_system_prompt(tag),
+    }
+}
+
 /// The system prompt for multi-turn function calling: plan in `<reasoning>`, call
 /// functions in `<tool>` as JSON, read results in `<output>`, and answer the user in plain
 /// text when a request is done. `tools_json` lists the functions (JSON schemas).
@@ -38,6 +62,16 @@ mod tests {
         for t in ["<reasoning>", "<tool>", "<output>", "\"ls\""] {
             assert!(p.contains(t), "{t}");
         }
+    }
+
+    #[test]
+    fn functions_prompt_names_the_tag_and_lists_the_functions() {
+        let p = super::math_prompt_for("tool", Some("[{\"name\": \"add\"}]"));
+        for t in ["<think>", "<tool>{\"name\": \"add\", \"arguments\": {\"a\": 1", "</tool>", "<output>", "<answer>"] {
+            assert!(p.contains(t), "{t}: {p}");
+        }
+        assert!(p.ends_with("The functions:\n[{\"name\": \"add\"}]"));
+        assert_eq!(super::math_prompt_for("python", None), super::math_system_prompt("python"));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Tools a model calls in the middle of generation.
+//! Tools a model calls in the middle of generation: a sandboxed Python interpreter, a
+//! calculator, and the tools of any MCP server ([`McpTool`]).
 //!
 //! The rollout engine stops a sequence when it closes a tool's tag (`</python>`), hands
 //! the text between the tags to the tool as a [`ToolCall`], and forces the tool's output
@@ -9,10 +10,12 @@
 use serde::{Deserialize, Serialize};
 
 mod calculator;
+pub mod mcp;
 mod python;
 pub mod sandbox;
 
 pub use calculator::Calculator;
+pub use mcp::{McpConfig, McpError, McpTool};
 pub use python::PythonTool;
 pub use sandbox::{Isolation, SandboxConfig, SandboxError, SandboxKind};
 
@@ -51,4 +54,9 @@ pub trait Tool: Send + Sync {
     fn execute(&self, call: &ToolCall) -> ToolResult;
     /// The rollout is over: release anything kept for it.
     fn end_rollout(&self, _rollout: u64) {}
+    /// What it offers, for the system prompt (an MCP server's tools as a JSON list);
+    /// `None`: the prompt describes the tool by its tag alone.
+    fn describe(&self) -> Option<String> {
+        None
+    }
 }

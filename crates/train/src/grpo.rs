@@ -22,7 +22,7 @@ use artist_rl::{
     group_advantages, grpo_loss_measuring, math_rewards_with_tool, token_weights_global,
 };
 use artist_tokenizer::{ChatTemplate, Message, Tokenizer};
-use artist_tools::{SandboxConfig, Tool};
+use artist_tools::{McpConfig, SandboxConfig, Tool};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainerState};
@@ -307,10 +307,14 @@ pub struct GrpoRunConfig {
     /// Field names of `data`: numina, math500, aime, amc, olympiad, or a field map
     /// `problem=question,answer=final_answer`.
     pub data_preset: String,
-    /// The tool in the loop: python, calculator, or none.
+    /// The tool in the loop: python, calculator, mcp (the functions of the MCP server
+    /// `[mcp]` starts), or none.
     pub tool: String,
     /// The Python sandbox (with `tool = "python"`).
     pub sandbox: SandboxConfig,
+    /// The MCP server (with `tool = "mcp"`): its command line, the tag calls go in, the
+    /// call timeout.
+    pub mcp: McpConfig,
     /// Overrides ARTIST's system prompt for the tool.
     pub system_prompt: Option<String>,
     /// Optimiser steps of the whole run.
@@ -405,6 +409,7 @@ impl Default for GrpoRunConfig {
             data_preset: "math500".into(),
             tool: "python".into(),
             sandbox: SandboxConfig::default(),
+            mcp: McpConfig::default(),
             system_prompt: None,
             steps: 100,
             prompts_per_step: 8,
@@ -667,8 +672,13 @@ impl GrpoRunConfig {
             if self.bfcl.max_steps_per_turn == 0 {
                 return Err(Error::Config("bfcl.max_steps_per_turn must be >= 1".into()));
             }
-        } else if !["python", "calculator", "none"].contains(&self.tool.as_str()) {
-            return Err(Error::Config(format!("tool {:?}: expected python, calculator or none", self.tool)));
+        } else if !["python", "calculator", "mcp", "none"].contains(&self.tool.as_str()) {
+            return Err(Error::Config(format!("tool {:?}: expected python, calculator, mcp or none", self.tool)));
+        } else if self.tool == "mcp" && self.mcp.command.is_empty() {
+            return Err(Error::Config(
+                "tool = \"mcp\" needs mcp.command, the server's command line (e.g. [\"python3\", \"server.py\"])"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -1008,7 +1018,9 @@ impl GrpoTrainer<'_> {
     /// model's chat template, ready for the assistant's answer.
     pub fn prompt_ids(&self, problem: &str) -> Result<Vec<u32>> {
         let tag = self.tool.as_ref().map_or("python", |t| t.tag());
-        let system = self.config.system_prompt.clone().unwrap_or_else(|| artist_rl::prompts::math_system_prompt(tag));
+        let described = self.tool.as_ref().and_then(|t| t.describe());
+        let system = (self.config.system_prompt.clone())
+            .unwrap_or_else(|| artist_rl::prompts::math_prompt_for(tag, described.as_deref()));
         // An empty system prompt means none.
         let mut messages = vec![Message::user(problem)];
         if !system.is_empty() {

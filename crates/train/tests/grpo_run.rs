@@ -756,3 +756,32 @@ fn masked_importance_sampling_logs_its_weights() {
         assert!(e.contains(needle) && e.contains("mask"), "{e}");
     }
 }
+
+/// `tool = "mcp"`: the config needs the server's command line; with the server started,
+/// the prompt lists its functions, one JSON object a line, and asks for calls as `<tool>`
+/// JSON (tests/tools_e2e.rs runs a model's call through the server).
+#[test]
+fn an_mcp_server_s_functions_are_in_the_prompt() {
+    if !std::process::Command::new("python3").arg("-c").arg("pass").status().is_ok_and(|s| s.success()) {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let e = common::tiny_grpo_config(&["tool=\"mcp\""]).validate(Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("mcp.command"), "{e}");
+    let server = common::root().join("tests/fixtures/mcp/server.py");
+    let command = format!("mcp.command=[\"python3\", {:?}]", server.to_str().unwrap());
+    let mut c = common::tiny_grpo_config(&["tool=\"mcp\"", &command, "mcp.timeout_s=10"]);
+    c.system_prompt = None;
+    c.validate(Device::Cpu).unwrap();
+    let mut t = trainer(c.clone());
+    t.tool = Some(std::sync::Arc::new(artist_tools::McpTool::spawn(c.mcp.clone()).unwrap()));
+    let text = t.tokenizer.decode_lossy(&t.prompt_ids("What is 6 * 7?").unwrap(), false);
+    for needle in [
+        "<tool>{\"name\": \"add\"",
+        "</tool>",
+        "\n{\"name\":\"add\",\"description\":\"Adds two numbers.\"",
+        "What is 6 * 7?",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in {text}");
+    }
+}

@@ -1,0 +1,429 @@
+//! Tools served by an MCP server (the Model Context Protocol), over its stdio transport: the
+//! model writes `<tool>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool>` (or a JSON list
+//! of such calls), and each call goes to the server as `tools/call`.
+//!
+//! [`McpTool::spawn`] starts the server as a child process, makes the protocol's handshake
+//! (`initialize`, then the `notifications/initialized` notification) and reads its tools
+//! (`tools/list`, every page), which [`Tool::describe`] hands to the system prompt. Messages
+//! are JSON-RPC 2.0 objects, one per line, in both directions. One reader thread takes the
+//! server's lines and hands each response to the call waiting on its id, so calls from
+//! several rollouts are in flight at once and a slow one does not hold up the others; a
+//! call not answered within the timeout fails as timed out (its late answer is dropped).
+//! Requests from the server (`ping`, or anything a client may be asked) get an answer
+//! (`{}` to a ping, "method not found" otherwise); its notifications are ignored.
+//!
+//! Nothing a server or a model does makes this panic: a call that is not JSON, names a tool
+//! the server did not list, gets an error back, or outlives the server is a failed
+//! [`ToolResult`] that says so in words. The server is not sandboxed: it is the user's own
+//! program, run with the trainer's rights (docs/SANDBOX.md). All rollouts share it, so a
+//! stateful server's state is shared too.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{Tool, ToolCall, ToolResult};
+
+/// The protocol revision this client asks for (servers answer with the one they speak).
+pub const PROTOCOL_VERSION: &str = "2025-06-18";
+
+/// How to start and use an MCP server (`[mcp]` in a GRPO config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// The server's command line: the program, then its arguments.
+    pub command: Vec<String>,
+    /// Extra environment variables for the server.
+    pub env: HashMap<String, String>,
+    /// The tag the model writes its calls in.
+    pub tag: String,
+    /// Seconds a call (and the handshake) may take.
+    pub timeout_s: f64,
+    /// Output kept per call, in bytes; the rest is cut with a marker.
+    pub max_output_bytes: usize,
+    /// Calls in one `<tool>` block (a longer JSON list is refused).
+    pub max_calls: usize,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            command: Vec::new(),
+            env: HashMap::new(),
+            tag: "tool".into(),
+            timeout_s: 30.0,
+            max_output_bytes: 4096,
+            max_calls: 8,
+        }
+    }
+}
+
+/// Why a server could not be started or used.
+#[derive(Debug, thiserror::Error)]
+pub enum McpError {
+    #[error("mcp: {0}")]
+    Config(String),
+    #[error("mcp server {command:?}: {msg}")]
+    Server { command: String, msg: String },
+}
+
+/// One of the server's tools, as `tools/list` gave it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McpToolInfo {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(rename = "inputSchema", default)]
+    pub input_schema: Value,
+}
+
+/// A response, or why none will come.
+type Reply = std::result::Result<Value, String>;
+
+/// What the reader thread and the callers share.
+struct Link {
+    stdin: Mutex<Option<ChildStdin>>,
+    /// Calls waiting, by request id.
+    pending: Mutex<HashMap<u64, Sender<Reply>>>,
+    /// Set when the server's stdout closed: every later call fails with it.
+    gone: Mutex<Option<String>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Link {
+    fn send(&self, message: &Value) -> std::result::Result<(), String> {
+        let mut line = serde_json::to_string(message).expect("JSON");
+        line.push('\n');
+        let mut stdin = self.stdin.lock();
+        let pipe = stdin.as_mut().ok_or("the server's input is closed")?;
+        pipe.write_all(line.as_bytes()).and_then(|_| pipe.flush()).map_err(|e| format!("writing to the server: {e}"))
+    }
+
+    /// Sends request `method` and waits up to `timeout` for its response's `result`
+    /// (`Err` with the server's error, a timeout or the server's end).
+    fn request(&self, method: &str, params: Value, timeout: Duration) -> std::result::Result<Value, CallError> {
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx): (Sender<Reply>, Receiver<Reply>) = channel();
+        {
+            // Registered under the same lock the reader takes to mark the server gone, so a
+            // call is either refused here or answered there.
+            let mut pending = self.pending.lock();
+            if let Some(why) = self.gone.lock().clone() {
+                return Err(CallError::Failed(why));
+            }
+            pending.insert(id, tx);
+        }
+        let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        if let Err(e) = self.send(&message) {
+            self.pending.lock().remove(&id);
+            return Err(CallError::Failed(e));
+        }
+        match rx.recv_timeout(timeout) {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(e)) => Err(CallError::Failed(e)),
+            Err(RecvTimeoutError::Timeout) => {
+                self.pending.lock().remove(&id);
+                Err(CallError::TimedOut)
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(CallError::Failed("the server's reply was lost".into())),
+        }
+    }
+}
+
+enum CallError {
+    Failed(String),
+    TimedOut,
+}
+
+/// An MCP server's tools as one [`Tool`]: see the module doc.
+pub struct McpTool {
+    config: McpConfig,
+    tools: Vec<McpToolInfo>,
+    /// What the server said it is (`serverInfo`), for messages.
+    server: String,
+    link: Arc<Link>,
+    child: Mutex<Child>,
+}
+
+impl McpTool {
+    /// Starts the server and makes the handshake; fails with the server's command and what
+    /// went wrong (it would not start, closed, answered something else, took too long).
+    pub fn spawn(config: McpConfig) -> Result<McpTool, McpError> {
+        let (program, args) =
+            config.command.split_first().ok_or_else(|| McpError::Config("mcp.command is empty".into()))?;
+        if !(config.timeout_s > 0.0 && config.timeout_s.is_finite()) {
+            return Err(McpError::Config(format!("mcp.timeout_s must be a positive number, got {}", config.timeout_s)));
+        }
+        if config.tag.is_empty() || !config.tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(McpError::Config(format!("mcp.tag {:?} must be letters, digits, '_' or '-'", config.tag)));
+        }
+        if config.max_calls == 0 {
+            return Err(McpError::Config("mcp.max_calls must be >= 1".into()));
+        }
+        let command = config.command.join(" ");
+        let fail = |msg: String| McpError::Server { command: command.clone(), msg };
+        let mut child = Command::new(program)
+            .args(args)
+            .envs(&config.env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| fail(format!("cannot start it: {e}")))?;
+        let stdout = child.stdout.take().expect("piped");
+        let link = Arc::new(Link {
+            stdin: Mutex::new(child.stdin.take()),
+            pending: Mutex::new(HashMap::new()),
+            gone: Mutex::new(None),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        });
+        let reader = Arc::clone(&link);
+        std::thread::Builder::new()
+            .name("mcp-reader".into())
+            .spawn(move || read_server(stdout, &reader))
+            .map_err(|e| fail(format!("cannot start its reader thread: {e}")))?;
+        let mut tool = McpTool { config, tools: Vec::new(), server: String::new(), link, child: Mutex::new(child) };
+        let timeout = tool.timeout();
+        let request = |method: &str, params: Value| {
+            tool.link.request(method, params, timeout).map_err(|e| match e {
+                CallError::Failed(m) => fail(format!("{method}: {m}")),
+                CallError::TimedOut => fail(format!("{method}: no answer within {} s", tool.config.timeout_s)),
+            })
+        };
+        let hello = request(
+            "initialize",
+            json!({
+                "protocolVersion": PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "artist", "version": env!("CARGO_PKG_VERSION")},
+            }),
+        )?;
+        if hello.get("capabilities").and_then(|c| c.get("tools")).is_none() {
+            return Err(fail(format!("it offers no tools (initialize answered {hello})")));
+        }
+        let server = hello.get("serverInfo").and_then(|s| s.get("name")).and_then(Value::as_str).unwrap_or("?");
+        let server = server.to_string();
+        tool.link
+            .send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .map_err(|e| fail(format!("notifications/initialized: {e}")))?;
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let params = cursor.as_ref().map_or_else(|| json!({}), |c| json!({ "cursor": c }));
+            let page = request("tools/list", params)?;
+            let listed = page.get("tools").cloned().unwrap_or(Value::Null);
+            let listed: Vec<McpToolInfo> = serde_json::from_value(listed)
+                .map_err(|e| fail(format!("tools/list: not a list of tools ({e}): {page}")))?;
+            tools.extend(listed);
+            cursor = page.get("nextCursor").and_then(Value::as_str).map(str::to_string);
+            if cursor.is_none() || tools.len() > 10_000 {
+                break;
+            }
+        }
+        if tools.is_empty() {
+            return Err(fail("tools/list gave no tools".into()));
+        }
+        (tool.tools, tool.server) = (tools, server);
+        Ok(tool)
+    }
+
+    /// The server's tools, as listed.
+    pub fn tools(&self) -> &[McpToolInfo] {
+        &self.tools
+    }
+
+    /// The server's name (`serverInfo.name`).
+    pub fn server_name(&self) -> &str {
+        &self.server
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.config.timeout_s)
+    }
+
+    /// One `{"name", "arguments"}` call: the text the model reads, and whether it succeeded.
+    fn call_one(&self, call: &Value) -> (String, bool, bool) {
+        let Some(name) = call.get("name").and_then(Value::as_str) else {
+            return (format!("error: a call needs a \"name\": {call}"), false, false);
+        };
+        if !self.tools.iter().any(|t| t.name == name) {
+            let known: Vec<&str> = self.tools.iter().map(|t| t.name.as_str()).collect();
+            return (format!("error: no tool named {name:?} (the tools: {})", known.join(", ")), false, false);
+        }
+        let arguments = match call.get("arguments") {
+            None | Some(Value::Null) => json!({}),
+            Some(a @ Value::Object(_)) => a.clone(),
+            Some(other) => return (format!("error: \"arguments\" must be an object, got {other}"), false, false),
+        };
+        match self.link.request("tools/call", json!({"name": name, "arguments": arguments}), self.timeout()) {
+            Ok(result) => {
+                let text = content_text(&result);
+                let failed = result.get("isError").and_then(Value::as_bool).unwrap_or(false);
+                (if failed { format!("error: {text}") } else { text }, !failed, false)
+            }
+            Err(CallError::Failed(why)) => (format!("error: {why}"), false, false),
+            Err(CallError::TimedOut) => {
+                (format!("error: {name} gave no answer within {} s", self.config.timeout_s), false, true)
+            }
+        }
+    }
+}
+
+impl Drop for McpTool {
+    fn drop(&mut self) {
+        // Closing its input asks a stdio server to exit; it is killed if it does not.
+        self.link.stdin.lock().take();
+        let mut child = self.child.lock();
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Tool for McpTool {
+    fn name(&self) -> &str {
+        "mcp"
+    }
+
+    fn tag(&self) -> &str {
+        &self.config.tag
+    }
+
+    fn describe(&self) -> Option<String> {
+        // A JSON list, one function a line: compact, and still readable.
+        let lines: Vec<String> = self
+            .tools
+            .iter()
+            .map(|t| json!({"name": t.name, "description": t.description, "parameters": t.input_schema}).to_string())
+            .collect();
+        Some(format!("[\n{}\n]", lines.join(",\n")))
+    }
+
+    fn execute(&self, call: &ToolCall) -> ToolResult {
+        let start = Instant::now();
+        let (calls, list) = match serde_json::from_str::<Value>(call.text.trim()) {
+            Ok(Value::Array(calls)) => (calls, true),
+            Ok(one @ Value::Object(_)) => (vec![one], false),
+            Ok(other) => {
+                return failed(start, format!("error: expected a JSON call or a list of calls, got {other}"));
+            }
+            Err(e) => return failed(start, format!("error: the call is not JSON ({e})")),
+        };
+        if calls.is_empty() || calls.len() > self.config.max_calls {
+            return failed(
+                start,
+                format!("error: {} calls in one block; 1 to {} allowed", calls.len(), self.config.max_calls),
+            );
+        }
+        let mut texts = Vec::with_capacity(calls.len());
+        let (mut success, mut timed_out) = (true, false);
+        for c in &calls {
+            let (text, ok, late) = self.call_one(c);
+            texts.push(text);
+            success &= ok;
+            timed_out |= late;
+        }
+        // One call: its text; a list: a JSON list of the texts, in order.
+        let output = if list { serde_json::to_string(&texts).expect("JSON") } else { texts.pop().unwrap_or_default() };
+        let (output, truncated) = cut(output, self.config.max_output_bytes);
+        ToolResult { output, success, timed_out, truncated, elapsed_ms: start.elapsed().as_millis() as u64 }
+    }
+}
+
+fn failed(start: Instant, output: String) -> ToolResult {
+    ToolResult { output, success: false, elapsed_ms: start.elapsed().as_millis() as u64, ..Default::default() }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary) with a marker saying so.
+fn cut(text: String, max: usize) -> (String, bool) {
+    if text.len() <= max {
+        return (text, false);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (format!("{}\n[output cut at {max} bytes]", &text[..end]), true)
+}
+
+/// The text a `tools/call` result carries: its text items in order, other items named by
+/// their type, or its structured content when it has no items.
+fn content_text(result: &Value) -> String {
+    let items = result.get("content").and_then(Value::as_array).cloned().unwrap_or_default();
+    if items.is_empty() {
+        return result.get("structuredContent").map(Value::to_string).unwrap_or_default();
+    }
+    let parts: Vec<String> = items
+        .iter()
+        .map(|item| match item.get("type").and_then(Value::as_str) {
+            Some("text") => item.get("text").and_then(Value::as_str).unwrap_or_default().to_string(),
+            Some(other) => format!("[{other} content]"),
+            None => item.to_string(),
+        })
+        .collect();
+    parts.join("\n")
+}
+
+/// The reader thread: each line from the server is a response (handed to the call waiting
+/// on its id), a request (answered), or a notification (ignored). When the server's output
+/// ends, every waiting call and every later one fails with that.
+fn read_server(stdout: std::process::ChildStdout, link: &Link) {
+    let mut lines = BufReader::new(stdout).lines();
+    let why = loop {
+        let line = match lines.next() {
+            None => break "the server exited".to_string(),
+            Some(Err(e)) => break format!("reading from the server: {e}"),
+            Some(Ok(line)) => line,
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Ok(message) = serde_json::from_str::<Value>(&line) else {
+            // Not JSON-RPC (a server printing to stdout by mistake): skipped.
+            continue;
+        };
+        let id = message.get("id").cloned();
+        if let Some(method) = message.get("method").and_then(Value::as_str) {
+            if let Some(id) = id {
+                let answer = if method == "ping" {
+                    json!({"jsonrpc": "2.0", "id": id, "result": {}})
+                } else {
+                    json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("method not found: {method}")}})
+                };
+                let _ = link.send(&answer);
+            }
+            continue;
+        }
+        let Some(id) = id.as_ref().and_then(Value::as_u64) else { continue };
+        let reply = match (message.get("result"), message.get("error")) {
+            (Some(result), _) => Ok(result.clone()),
+            (None, Some(error)) => {
+                let text = error.get("message").and_then(Value::as_str).unwrap_or("an error without a message");
+                let code = error.get("code").map(Value::to_string).unwrap_or_default();
+                Err(format!("the server answered error {code}: {text}"))
+            }
+            (None, None) => Err(format!("the server answered neither a result nor an error: {line}")),
+        };
+        if let Some(waiting) = link.pending.lock().remove(&id) {
+            let _ = waiting.send(reply);
+        }
+    };
+    let mut pending = link.pending.lock();
+    *link.gone.lock() = Some(why.clone());
+    for (_, waiting) in pending.drain() {
+        let _ = waiting.send(Err(why.clone()));
+    }
+}

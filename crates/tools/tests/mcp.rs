@@ -1,0 +1,185 @@
+//! The MCP client against a real server process (tests/fixtures/mcp/server.py, standard
+//! library Python): the handshake and tool list, calls one at a time and as a list, every
+//! kind of failure as a failed result in words, calls in flight together from many
+//! threads, a timeout, a server that dies, a server that asks the client something, and
+//! servers that cannot be used refused at start with a message naming them.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use artist_tools::{McpConfig, McpTool, Tool, ToolCall};
+
+fn server() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mcp/server.py")
+}
+
+fn python_available() -> bool {
+    Command::new("python3").arg("-c").arg("pass").status().is_ok_and(|s| s.success())
+}
+
+fn config(mode: &str) -> McpConfig {
+    let mut command = vec!["python3".to_string(), server().to_string_lossy().into_owned()];
+    if !mode.is_empty() {
+        command.push(mode.into());
+    }
+    McpConfig { command, timeout_s: 10.0, ..Default::default() }
+}
+
+fn call(tool: &McpTool, text: &str) -> artist_tools::ToolResult {
+    tool.execute(&ToolCall { text: text.into(), rollout: 0, prompt: 0 })
+}
+
+macro_rules! need_python {
+    () => {
+        if !python_available() {
+            eprintln!("skipped: python3 is not installed");
+            return;
+        }
+    };
+}
+
+#[test]
+fn lists_the_tools_and_calls_them() {
+    need_python!();
+    let tool = McpTool::spawn(config("")).unwrap();
+    assert_eq!(tool.server_name(), "artist-test-server");
+    let names: Vec<&str> = tool.tools().iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["add", "echo", "fail", "sleep", "crash", "big", "counter", "ask"]);
+    assert_eq!((tool.name(), tool.tag()), ("mcp", "tool"));
+    let described: serde_json::Value = serde_json::from_str(&tool.describe().unwrap()).unwrap();
+    assert_eq!(described[0]["name"], "add");
+    assert_eq!(described[0]["parameters"]["properties"]["a"]["type"], "number");
+
+    let r = call(&tool, r#"{"name": "add", "arguments": {"a": 6, "b": 7}}"#);
+    assert_eq!((r.output.as_str(), r.success, r.timed_out, r.truncated), ("13", true, false, false));
+    // A list of calls: a JSON list of their texts, in order; one failure fails the block.
+    let r = call(
+        &tool,
+        r#"[{"name": "echo", "arguments": {"text": "hi"}}, {"name": "add", "arguments": {"a": 1, "b": 2}}]"#,
+    );
+    assert_eq!((r.output.as_str(), r.success), (r#"["hi","3"]"#, true));
+    let r = call(&tool, r#"[{"name": "echo", "arguments": {"text": "hi"}}, {"name": "fail"}]"#);
+    assert_eq!((r.output.as_str(), r.success), (r#"["hi","error: it failed on purpose"]"#, false));
+    // The server's state is one for every caller.
+    assert_eq!(call(&tool, r#"{"name": "counter"}"#).output, "1");
+    assert_eq!(call(&tool, r#"{"name": "counter", "arguments": {}}"#).output, "2");
+}
+
+#[test]
+fn bad_calls_fail_in_words() {
+    need_python!();
+    let tool = McpTool::spawn(McpConfig { max_output_bytes: 100, max_calls: 3, ..config("") }).unwrap();
+    for (text, needle) in [
+        ("add(1, 2)", "not JSON"),
+        ("42", "expected a JSON call"),
+        ("[]", "0 calls in one block"),
+        (r#"[{"name":"counter"},{"name":"counter"},{"name":"counter"},{"name":"counter"}]"#, "4 calls in one block"),
+        (r#"{"arguments": {}}"#, "needs a \"name\""),
+        (r#"{"name": "rm", "arguments": {}}"#, "no tool named \"rm\" (the tools: add, echo"),
+        (r#"{"name": "add", "arguments": [1, 2]}"#, "must be an object"),
+        (r#"{"name": "add", "arguments": {"a": 1}}"#, "the server answered error -32602: bad arguments"),
+        (r#"{"name": "fail"}"#, "error: it failed on purpose"),
+    ] {
+        let r = call(&tool, text);
+        assert!(!r.success && !r.timed_out && r.output.contains(needle), "{text}: {r:?}");
+    }
+    // Output past the cap is cut, on a character boundary, with a marker.
+    let r = call(&tool, r#"{"name": "big", "arguments": {"n": 5000}}"#);
+    assert!(r.success && r.truncated && r.output.starts_with(&"x".repeat(100)), "{r:?}");
+    assert!(r.output.ends_with("[output cut at 100 bytes]") && r.output.len() < 140, "{}", r.output);
+    let r = call(
+        &tool,
+        r#"{"name": "echo", "arguments": {"text": "ééééééééééééééééééééééééééééééééééééééééééééééééééééé"}}"#,
+    );
+    assert!(r.truncated && r.output.starts_with(&"é".repeat(50)), "{r:?}");
+    // The server is still there.
+    assert_eq!(call(&tool, r#"{"name": "add", "arguments": {"a": 1, "b": 1}}"#).output, "2");
+}
+
+/// Calls from 16 threads are in flight together (each sleeps 0.4 s on the server, which
+/// answers in whatever order they finish) and each gets its own answer.
+#[test]
+fn concurrent_calls_each_get_their_answer() {
+    need_python!();
+    let tool = Arc::new(McpTool::spawn(config("")).unwrap());
+    let start = std::time::Instant::now();
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let tool = Arc::clone(&tool);
+            std::thread::spawn(move || {
+                let text = format!(
+                    r#"[{{"name": "sleep", "arguments": {{"seconds": 0.4}}}}, {{"name": "echo", "arguments": {{"text": "call {i}"}}}}]"#
+                );
+                call(&tool, &text)
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let r = h.join().unwrap();
+        assert_eq!((r.output, r.success), (format!(r#"["slept","call {i}"]"#), true));
+    }
+    let took = start.elapsed().as_secs_f64();
+    assert!(took < 16.0 * 0.4 / 2.0, "the calls ran one after another: {took} s");
+}
+
+#[test]
+fn a_slow_call_times_out_and_the_server_goes_on() {
+    need_python!();
+    let tool = McpTool::spawn(McpConfig { timeout_s: 0.5, ..config("") }).unwrap();
+    let r = call(&tool, r#"{"name": "sleep", "arguments": {"seconds": 2}}"#);
+    assert!(!r.success && r.timed_out && r.output.contains("no answer within 0.5 s"), "{r:?}");
+    // Its late answer is dropped, not taken for the next call's.
+    let r = call(&tool, r#"{"name": "echo", "arguments": {"text": "next"}}"#);
+    assert_eq!((r.output.as_str(), r.success), ("next", true));
+    std::thread::sleep(std::time::Duration::from_millis(1800));
+    assert_eq!(call(&tool, r#"{"name": "echo", "arguments": {"text": "later"}}"#).output, "later");
+}
+
+#[test]
+fn a_server_that_dies_fails_every_call_after() {
+    need_python!();
+    let tool = McpTool::spawn(config("")).unwrap();
+    let r = call(&tool, r#"{"name": "crash"}"#);
+    assert!(!r.success && !r.timed_out && r.output.contains("the server exited"), "{r:?}");
+    for _ in 0..2 {
+        let r = call(&tool, r#"{"name": "add", "arguments": {"a": 1, "b": 2}}"#);
+        assert!(!r.success && r.output.contains("the server exited"), "{r:?}");
+    }
+}
+
+/// A server's request to the client (a ping in the middle of a call) is answered, and
+/// lines that are not JSON are skipped.
+#[test]
+fn server_requests_are_answered_and_noise_is_skipped() {
+    need_python!();
+    let tool = McpTool::spawn(config("")).unwrap();
+    let r = call(&tool, r#"{"name": "ask"}"#);
+    assert_eq!((r.output.as_str(), r.success), ("pong received", true));
+    let noisy = McpTool::spawn(config("noise")).unwrap();
+    assert_eq!(call(&noisy, r#"{"name": "add", "arguments": {"a": 2, "b": 2}}"#).output, "4");
+    let paged = McpTool::spawn(config("paged")).unwrap();
+    assert_eq!(paged.tools().len(), 8, "both pages of tools/list");
+}
+
+#[test]
+fn unusable_servers_are_refused_by_name() {
+    need_python!();
+    let err = |c: McpConfig| McpTool::spawn(c).err().expect("refused").to_string();
+    let e = err(McpConfig { command: vec!["/nonexistent/mcp-server".into()], ..Default::default() });
+    assert!(e.contains("/nonexistent/mcp-server") && e.contains("cannot start it"), "{e}");
+    let e = err(config("bad-init"));
+    assert!(e.contains("server.py bad-init") && e.contains("initialize") && e.contains("not today"), "{e}");
+    let e = err(config("no-tools"));
+    assert!(e.contains("tools/list gave no tools"), "{e}");
+    // A program that is not an MCP server: it exits at once.
+    let e = err(McpConfig { command: vec!["python3".into(), "-c".into(), "pass".into()], ..config("") });
+    assert!(e.contains("initialize") && e.contains("the server exited"), "{e}");
+    // One that never answers: the handshake times out.
+    let silent = vec!["python3".into(), "-c".into(), "import time; time.sleep(30)".into()];
+    let e = err(McpConfig { command: silent, timeout_s: 0.5, ..config("") });
+    assert!(e.contains("no answer within 0.5 s"), "{e}");
+    assert!(err(McpConfig::default()).contains("mcp.command is empty"));
+    assert!(err(McpConfig { tag: "a b".into(), ..config("") }).contains("mcp.tag"));
+    assert!(err(McpConfig { timeout_s: 0.0, ..config("") }).contains("timeout_s"));
+}
