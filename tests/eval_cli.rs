@@ -460,3 +460,59 @@ fn keeps_the_problems_solved_sometimes() {
     assert!((summary["pass_at_k"].as_f64().unwrap() - p2).abs() < 1e-12, "{summary} vs {p2}");
     assert!(p1 > 0.0 && p2 > p1, "{p1} {p2}");
 }
+
+/// `--judge-command`: an external judge grades instead of math equivalence. The scripted
+/// model answers 4 or 5; a judge that passes any completion holding a 5 makes problems
+/// whose answer is 7 or 9 pass exactly on the samples that answered 5 (math equivalence
+/// passes none of them), and a judge that answers nonsense is an error naming it.
+#[test]
+fn an_external_judge_grades_the_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    scripted_model(&model);
+    let data = tmp.path().join("data.jsonl");
+    std::fs::write(&data, "{\"problem\": \"a\", \"answer\": \"7\"}\n{\"problem\": \"b\", \"answer\": \"9\"}\n")
+        .unwrap();
+    let judge = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/judge/judge.py");
+    let samples = tmp.path().join("samples.jsonl");
+    let run = |judge_mode: Option<&str>| {
+        let mut args = vec![
+            "--model".to_string(),
+            model.to_str().unwrap().into(),
+            "--dataset".into(),
+            data.to_str().unwrap().into(),
+            "--preset".into(),
+            "math500".into(),
+            "--samples".into(),
+            "6".into(),
+            "--temperature".into(),
+            "1.0".into(),
+            "--tools".into(),
+            "none".into(),
+            "--max-new-tokens".into(),
+            "16".into(),
+            "--out".into(),
+            samples.to_str().unwrap().into(),
+            "--json".into(),
+        ];
+        if let Some(mode) = judge_mode {
+            args.extend(["--judge-command".into(), format!("python3 {} {mode}", judge.display())]);
+        }
+        eval(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let plain = &lines(&run(None))[0];
+    assert_eq!(plain["pass_at_1"].as_f64(), Some(0.0));
+    let judged = &lines(&run(Some("five")))[0];
+    let rows: Vec<Value> =
+        std::fs::read_to_string(&samples).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 12);
+    let fives = rows.iter().filter(|r| r["extracted"] == "5").count();
+    for r in &rows {
+        assert_eq!(r["correct"].as_bool(), Some(r["extracted"] == "5"), "{r}");
+    }
+    assert!(fives > 0 && fives < 12, "{fives} of 12 answered 5: the test shows nothing");
+    assert_eq!(judged["pass_at_1"].as_f64(), Some(fives as f64 / 12.0), "{judged}");
+    let out = run(Some("garbage"));
+    fails_cleanly(&out, "judge.py garbage");
+    fails_cleanly(&out, "not JSON");
+}

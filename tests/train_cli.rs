@@ -337,6 +337,45 @@ fn grpo_with_the_paper_preset_on_a_tiny_model() {
     fails_cleanly(&train(&grpo_args(&tmp.path().join("eval2"), &missing), &[]), "/nonexistent/held-out.jsonl");
 }
 
+/// `[judge]`: an external judge grades the rollouts instead of math equivalence; the step's
+/// accuracy is the fraction it passed, each logged rollout's `correct` its verdict: a judge
+/// passing completions that hold a "5" (random text sometimes does), and one passing every
+/// completion (accuracy 1, where math equivalence passes no random text); a judge that
+/// answers nonsense stops the run with an error naming it.
+#[test]
+fn grpo_with_an_external_judge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let judge = fixtures().join("judge/judge.py");
+    let command = |mode: &str| format!("judge.command=[\"python3\", {:?}, \"{mode}\"]", judge.to_str().unwrap());
+    let run = tmp.path().join("judged");
+    let five = command("five");
+    let sets = [five.as_str(), "steps=1", "log_rollouts=4", "rollout.max_turn_tokens=16", "rollout.temperature=1.0"];
+    ok(&train(&grpo_args(&run, &sets), &[]));
+    let lines = artist::train::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let rollouts = artist::train::metrics::read(&run.join(artist::train::metrics::ROLLOUTS_FILE)).unwrap();
+    assert_eq!(rollouts.len(), 4);
+    let judged: Vec<bool> = rollouts.iter().map(|r| r["completion"].as_str().unwrap().contains('5')).collect();
+    for (r, &want) in rollouts.iter().zip(&judged) {
+        assert_eq!(r["correct"].as_bool(), Some(want), "{r}");
+    }
+    let accuracy = judged.iter().filter(|&&j| j).count() as f64 / 4.0;
+    assert_eq!(lines[0]["accuracy"].as_f64(), Some(accuracy), "{}", lines[0]);
+    let always = command("always");
+    let run = tmp.path().join("always");
+    ok(&train(&grpo_args(&run, &[always.as_str(), "steps=1", "log_rollouts=4"]), &[]));
+    let lines = artist::train::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        (lines[0]["accuracy"].as_f64(), lines[0]["reward_answer"].as_f64()),
+        (Some(1.0), Some(2.0)),
+        "{}",
+        lines[0]
+    );
+    let garbage = command("garbage");
+    let out = train(&grpo_args(&tmp.path().join("bad"), &[garbage.as_str(), "steps=1"]), &[]);
+    fails_cleanly(&out, "judge.py garbage");
+    fails_cleanly(&out, "not JSON");
+}
+
 /// `train --config configs/artist-fc.toml`: a BFCL run without data, or with a file that
 /// is not there, is a clear error naming what is wrong.
 #[test]

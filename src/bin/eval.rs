@@ -19,9 +19,11 @@
 //!   message on stderr) when the input cannot be opened or read, or stdout is closed.
 //!
 //! `eval --model DIR --dataset FILE [--preset NAME | --field-map problem=..,answer=..]
-//! [--k K] [--samples N] [--temperature T] [--tools python|calculator|none] [--out FILE.jsonl]
-//! [--json]` generates `N` answers per problem (default `K`) with the model in ARTIST's
-//! format, the tool live, and grades them. It prints pass@1 (the mean fraction correct),
+//! [--k K] [--samples N] [--temperature T] [--tools python|calculator|mcp|none]
+//! [--mcp-command CMD] [--judge-command CMD] [--out FILE.jsonl] [--json]` generates `N`
+//! answers per problem (default `K`) with the model in ARTIST's format, the tool live, and
+//! grades them (by math equivalence, or by the external judge `--judge-command` starts:
+//! `artist_math::Judge`). It prints pass@1 (the mean fraction correct),
 //! the unbiased pass@k (`1 - C(n-c, k) / C(n, k)` averaged over problems), maj@N (the
 //! problems whose answer most of the N samples agree on, grouped by the checker's
 //! equality, is correct), the mean response length in tokens and the tool calls per
@@ -94,6 +96,11 @@ struct Cli {
     /// ("python3 server.py --flag").
     #[arg(long, value_name = "COMMAND")]
     mcp_command: Option<String>,
+    /// Grade with an external judge instead of math equivalence: its command line, split at
+    /// spaces; it reads `{"completion", "answer"}` lines and writes `{"correct": bool}` lines
+    /// (the GRPO trainer's `[judge]`).
+    #[arg(long, value_name = "COMMAND")]
+    judge_command: Option<String>,
     /// Model tokens per turn.
     #[arg(long, default_value_t = 1024)]
     max_new_tokens: usize,
@@ -312,6 +319,16 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
             ..Default::default()
         },
     };
+    let judge = match &cli.judge_command {
+        Some(c) => Some(
+            artist_math::Judge::spawn(artist_math::JudgeConfig {
+                command: c.split_whitespace().map(str::to_string).collect(),
+                ..Default::default()
+            })
+            .context("starting the judge of --judge-command")?,
+        ),
+        None => None,
+    };
     let start = std::time::Instant::now();
     let (rollouts, _) = engine.run(&prompts)?;
     let mut out = match &cli.out {
@@ -326,7 +343,10 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
         let p = &data.problems[r.prompt_index];
         let completion = tok.decode_lossy(&r.ids, true);
         let extracted = artist_math::extract_answer(&completion);
-        let correct = extracted.as_deref().is_some_and(|a| artist_math::equivalent(&p.answer, a));
+        let correct = match &judge {
+            Some(judge) => judge.correct(&completion, &p.answer)?,
+            None => extracted.as_deref().is_some_and(|a| artist_math::equivalent(&p.answer, a)),
+        };
         correct_per_problem[r.prompt_index] += correct as usize;
         answers[r.prompt_index].push((r.sample_index, extracted.clone(), correct));
         tokens += r.ids.len();

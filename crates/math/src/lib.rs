@@ -7,6 +7,7 @@ mod equiv;
 pub mod eval;
 pub mod expr;
 pub mod extract;
+pub mod judge;
 mod lex;
 pub mod normalize;
 pub mod parse;
@@ -17,6 +18,7 @@ pub use dataset::{AnswerField, BadRow, DatasetError, DatasetFormat, MathDataset,
 pub use equiv::{answers_equal, equivalent, parse_answer};
 pub use expr::Node;
 pub use extract::{ExtractOptions, extract_answer, extract_answer_with, last_boxed};
+pub use judge::{Judge, JudgeConfig, JudgeError};
 pub use normalize::MAX_ANSWER_BYTES;
 pub use vote::majority;
 

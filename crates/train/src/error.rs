@@ -20,6 +20,10 @@ pub enum Error {
     #[error("{0}")]
     NonFinite(String),
 
+    /// The external judge could not give a verdict (`[judge]`).
+    #[error("{0}")]
+    Judge(String),
+
     #[error(transparent)]
     Model(#[from] artist_model::Error),
 

@@ -39,7 +39,9 @@ pub struct Problem {
 }
 
 /// Judges a completion (the decoded response) against a gold answer.
-pub type Verifier = dyn Fn(&str, &str) -> bool + Sync;
+/// Whether a completion is right given the gold answer: `Err` (why, in words) when it
+/// cannot be told (an external judge that failed), which stops the step.
+pub type Verifier = dyn Fn(&str, &str) -> std::result::Result<bool, String> + Sync;
 
 /// How rollouts are sampled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -315,6 +317,10 @@ pub struct GrpoRunConfig {
     /// The MCP server (with `tool = "mcp"`): its command line, the tag calls go in, the
     /// call timeout.
     pub mcp: McpConfig,
+    /// An external judge of the answers (`[judge] command = [...]`; empty, the default:
+    /// math equivalence): a program that reads `{"completion", "answer"}` lines and writes
+    /// `{"correct": bool}` lines (artist_math::Judge).
+    pub judge: artist_math::JudgeConfig,
     /// Overrides ARTIST's system prompt for the tool.
     pub system_prompt: Option<String>,
     /// Optimiser steps of the whole run.
@@ -410,6 +416,7 @@ impl Default for GrpoRunConfig {
             tool: "python".into(),
             sandbox: SandboxConfig::default(),
             mcp: McpConfig::default(),
+            judge: artist_math::JudgeConfig::default(),
             system_prompt: None,
             steps: 100,
             prompts_per_step: 8,
@@ -674,6 +681,13 @@ impl GrpoRunConfig {
             }
         } else if !["python", "calculator", "mcp", "none"].contains(&self.tool.as_str()) {
             return Err(Error::Config(format!("tool {:?}: expected python, calculator, mcp or none", self.tool)));
+        } else if !self.judge.command.is_empty()
+            && (self.judge.timeout_s.is_nan() || self.judge.timeout_s <= 0.0 || self.judge.timeout_s.is_infinite())
+        {
+            return Err(Error::Config(format!(
+                "judge.timeout_s must be a positive number, got {}",
+                self.judge.timeout_s
+            )));
         } else if self.tool == "mcp" && self.mcp.command.is_empty() {
             return Err(Error::Config(
                 "tool = \"mcp\" needs mcp.command, the server's command line (e.g. [\"python3\", \"server.py\"])"
@@ -1075,7 +1089,7 @@ impl GrpoTrainer<'_> {
         for ro in &rollouts {
             let gold = &problems[ro.prompt_index].answer;
             let text = self.tokenizer.decode_lossy(&ro.ids, true);
-            let ok = (self.verify)(&text, gold);
+            let ok = (self.verify)(&text, gold).map_err(Error::Judge)?;
             let successes: Vec<bool> = ro.tool_calls.iter().map(|t| t.result.success).collect();
             let tag = self.tool.as_ref().map_or("python", |t| t.tag());
             rewards.push(math_rewards_with_tool(tag, &segments(&self.tokenizer, ro), &successes, ok, &c.rewards));

@@ -26,8 +26,8 @@ mod common;
 
 /// Random tiny-model text never holds the answer, and equal rewards in a group train
 /// nothing: this judge passes about half the completions, so groups differ.
-fn verify(completion: &str, _gold: &str) -> bool {
-    completion.len().is_multiple_of(2)
+fn verify(completion: &str, _gold: &str) -> Result<bool, String> {
+    Ok(completion.len().is_multiple_of(2))
 }
 
 /// With three held-out problems, two answers each at temperature 1 (ranks of 2 and 1).

@@ -21,8 +21,8 @@ fn answer_of(text: &str) -> Option<&str> {
     Some(text[start..end].trim())
 }
 
-fn verify(completion: &str, gold: &str) -> bool {
-    answer_of(completion) == Some(gold)
+fn verify(completion: &str, gold: &str) -> Result<bool, String> {
+    Ok(answer_of(completion) == Some(gold))
 }
 
 fn trainer(config: GrpoRunConfig) -> GrpoTrainer<'static> {
@@ -158,8 +158,8 @@ fn pi_old_is_recomputed_when_the_sampler_computes_in_bf16() {
 
 /// Random tiny-model text never holds an answer: this judge passes about half the
 /// completions, so held-out figures differ from policy to policy.
-fn parity(completion: &str, _gold: &str) -> bool {
-    completion.len().is_multiple_of(2)
+fn parity(completion: &str, _gold: &str) -> Result<bool, String> {
+    Ok(completion.len().is_multiple_of(2))
 }
 
 /// `[eval]` every 2 steps of 3: a line of step 0 with the starting policy's figures alone,
@@ -203,7 +203,7 @@ fn held_out_evaluation_is_logged_as_configured() {
         let p = (i % 4) as u64;
         assert_eq!((l["problem_index"].as_u64(), l["sample"].as_u64()), (Some(p), Some(0)));
         assert_eq!(l["gold"], held_out[p as usize].answer.as_str());
-        assert_eq!(l["correct"].as_bool(), Some(parity(l["completion"].as_str().unwrap(), "")), "{l}");
+        assert_eq!(l["correct"].as_bool(), parity(l["completion"].as_str().unwrap(), "").ok(), "{l}");
     }
 
     // Resuming at step 2 keeps the step-0 and step-2 evaluations and redoes step 3's.
@@ -784,4 +784,19 @@ fn an_mcp_server_s_functions_are_in_the_prompt() {
     ] {
         assert!(text.contains(needle), "{needle:?} not in {text}");
     }
+}
+
+/// `[judge]`'s timeout must be a positive number (the judge itself is tested in
+/// crates/math/tests/judge.rs and, in a run, tests/train_cli.rs).
+#[test]
+fn a_judge_needs_a_positive_timeout() {
+    for bad in ["0", "-1", "nan", "inf"] {
+        let c =
+            common::tiny_grpo_config(&["judge.command=[\"python3\", \"judge.py\"]", &format!("judge.timeout_s={bad}")]);
+        let e = c.validate(Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("judge.timeout_s"), "{bad}: {e}");
+    }
+    common::tiny_grpo_config(&["judge.command=[\"python3\", \"judge.py\"]", "judge.timeout_s=5"])
+        .validate(Device::Cpu)
+        .unwrap();
 }

@@ -1,0 +1,77 @@
+//! The external judge against a standard-library Python judge (tests/fixtures/judge):
+//! verdicts in order, many questions one after another and from several threads, and every
+//! way a judge can fail an error that names it and what it did, after which it is not asked
+//! again.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use artist_math::{Judge, JudgeConfig};
+
+fn judge(mode: &str, timeout_s: f64) -> Result<Judge, artist_math::JudgeError> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/judge/judge.py");
+    Judge::spawn(JudgeConfig {
+        command: vec!["python3".into(), script.to_string_lossy().into_owned(), mode.into()],
+        timeout_s,
+    })
+}
+
+fn python_available() -> bool {
+    Command::new("python3").arg("-c").arg("pass").status().is_ok_and(|s| s.success())
+}
+
+#[test]
+fn verdicts_come_back_in_order() {
+    if !python_available() {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let j = judge("contains", 10.0).unwrap();
+    assert!(j.correct("so it is 42.", "42").unwrap());
+    assert!(!j.correct("so it is 41.", "42").unwrap());
+    // Text that needs escaping travels as JSON.
+    assert!(j.correct("line one\n\"quoted\" \\ é and 7", "7").unwrap());
+    for i in 0..200 {
+        assert_eq!(j.correct(&format!("answer {i}"), "7").unwrap(), format!("answer {i}").contains('7'));
+    }
+    // Several threads share one judge; each gets its own verdict.
+    let j = std::sync::Arc::new(j);
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let j = std::sync::Arc::clone(&j);
+            std::thread::spawn(move || (0..20).all(|i| j.correct(&format!("{t}-{i}"), &format!("{t}-{i}")).unwrap()))
+        })
+        .collect();
+    assert!(handles.into_iter().all(|h| h.join().unwrap()));
+}
+
+#[test]
+fn a_failing_judge_is_an_error_naming_it() {
+    if !python_available() {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let e = judge("garbage", 10.0).unwrap().correct("x", "1").unwrap_err().to_string();
+    assert!(e.contains("judge.py garbage") && e.contains("answered \"hello\", not JSON"), "{e}");
+    let e = judge("wrong-shape", 10.0).unwrap().correct("x", "1").unwrap_err().to_string();
+    assert!(e.contains("no boolean \"correct\""), "{e}");
+    let once = judge("once", 10.0).unwrap();
+    assert!(once.correct("1", "1").unwrap());
+    let e = once.correct("1", "1").unwrap_err().to_string();
+    assert!(e.contains("exited"), "{e}");
+    // Not asked again once broken.
+    assert_eq!(once.correct("1", "1").unwrap_err().to_string(), e);
+    let slow = judge("slow", 0.3).unwrap();
+    let e = slow.correct("1", "1").unwrap_err().to_string();
+    assert!(e.contains("no verdict within 0.3 s"), "{e}");
+    // Its late verdict is never taken for the next question's.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(slow.correct("2", "3").unwrap_err().to_string().contains("no verdict within 0.3 s"));
+
+    let e = Judge::spawn(JudgeConfig { command: vec!["/nonexistent/judge".into()], timeout_s: 1.0 }).err().unwrap();
+    assert!(e.to_string().contains("/nonexistent/judge") && e.to_string().contains("cannot start it"), "{e}");
+    let e = Judge::spawn(JudgeConfig::default()).err().unwrap().to_string();
+    assert!(e.contains("the command is empty"), "{e}");
+    let e = judge("contains", 0.0).err().unwrap().to_string();
+    assert!(e.contains("timeout_s"), "{e}");
+}
