@@ -347,8 +347,8 @@ pub struct GrpoRunConfig {
     /// no bound): the rollouts are packed into passes within it and `micro_batch_rollouts`
     /// ([`MicroBatching::passes`], veRL's `use_dynamic_bsz` with
     /// `ppo_max_token_len_per_gpu`), so a pass's activation memory follows the tokens it
-    /// holds rather than the count of rollouts. The forward passes computing pi_old and the reference's logprobs are cut
-    /// the same way. At least `rollout.max_context`.
+    /// holds rather than the count of rollouts. The forward passes computing pi_old and the
+    /// reference's logprobs are cut the same way. At least `rollout.max_context`.
     pub micro_batch_tokens: usize,
     /// LoRA adapters (`[lora]`, PEFT's settings; `rank = 0`, the default: full
     /// fine-tuning): the base weights frozen, the adapters alone trained, checkpoints
@@ -1669,8 +1669,9 @@ pub(crate) fn sum_over_ranks<const N: usize>(
 /// `optimizer_steps_per_batch` passes over the batch of `mini_batches` AdamW steps each on
 /// the masked GRPO loss (mini-batch `j`: the rollouts whose `group % mini_batches == j`,
 /// normalised over its own rollouts and tokens on every rank), gradients accumulated over
-/// micro-batches cut by `micro_batch_rollouts` and `micro_batch_tokens`. A non-finite loss
-/// or norm refuses the update (steps already taken on earlier mini-batches stand). Logprobs the rollouts carry are not computed again: with `grpo.beta > 0`, their
+/// micro-batches cut by `micro_batch_rollouts` and packed under `micro_batch_tokens`. A
+/// non-finite loss or norm refuses the update (steps already taken on earlier mini-batches
+/// stand). Logprobs the rollouts carry are not computed again: with `grpo.beta > 0`, their
 /// `ref_logprobs` (`reference` computes the others'), and where pi_old is recomputed, the
 /// `old_logprobs` of those that carry `sampler_logprobs`. Shared by the math and the
 /// function-calling trainers.
