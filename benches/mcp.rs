@@ -1,0 +1,99 @@
+//! What an MCP call costs through the client: calls one after another against the test
+//! server (tests/fixtures/mcp/server.py, Python's standard library: a JSON-RPC round trip
+//! through two pipes and a thread per request on the server), and calls from many threads
+//! at once against a function that sleeps, which shows whether they overlap. The floor
+//! beside it: the same round trips written and read by hand on the server's pipes (no
+//! reader thread, no id map, no channel), so the difference is what the client adds.
+//!
+//!     cargo bench --bench mcp -- [--calls 2000] [--threads 16] [--sleep-ms 50]
+//!
+//! Prints one JSON line per measurement.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use artist_tools::{McpConfig, McpTool, Tool, ToolCall};
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.into())
+}
+
+fn main() {
+    let calls: usize = arg("--calls", "2000").parse().expect("--calls");
+    let threads: usize = arg("--threads", "16").parse().expect("--threads");
+    let sleep_ms: f64 = arg("--sleep-ms", "50").parse().expect("--sleep-ms");
+    let server = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp/server.py");
+    let config =
+        McpConfig { command: vec!["python3".into(), server.to_string_lossy().into_owned()], ..Default::default() };
+    let start = Instant::now();
+    let tool = Arc::new(McpTool::spawn(config).expect("the test server starts (python3 is needed)"));
+    let startup_ms = start.elapsed().as_secs_f64() * 1e3;
+    let call = |tool: &McpTool, text: &str| {
+        let r = tool.execute(&ToolCall { text: text.into(), rollout: 0, prompt: 0 });
+        assert!(r.success, "{r:?}");
+    };
+    let echo = r#"{"name": "echo", "arguments": {"text": "hello"}}"#;
+    for _ in 0..50 {
+        call(&tool, echo);
+    }
+    let start = Instant::now();
+    for _ in 0..calls {
+        call(&tool, echo);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"bench": "mcp_sequential", "calls": calls, "startup_ms": startup_ms,
+            "us_per_call": secs * 1e6 / calls as f64, "calls_per_s": calls as f64 / secs})
+    );
+    // The floor: the same server, the same requests, written and read by hand.
+    let mut child = std::process::Command::new("python3")
+        .arg(&server)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut round_trip = |id: usize, method: &str, params: serde_json::Value| {
+        use std::io::{BufRead, Write};
+        let line = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        writeln!(stdin, "{line}").and_then(|_| stdin.flush()).expect("write");
+        let mut reply = String::new();
+        stdout.read_line(&mut reply).expect("read");
+        assert!(reply.contains("\"result\""), "{reply}");
+    };
+    round_trip(0, "initialize", serde_json::json!({"protocolVersion": "2025-06-18", "capabilities": {}}));
+    let args = serde_json::json!({"name": "echo", "arguments": {"text": "hello"}});
+    for i in 0..50 {
+        round_trip(i + 1, "tools/call", args.clone());
+    }
+    let start = Instant::now();
+    for i in 0..calls {
+        round_trip(i + 100, "tools/call", args.clone());
+    }
+    let raw = start.elapsed().as_secs_f64();
+    drop(stdin);
+    let _ = child.wait();
+    println!(
+        "{}",
+        serde_json::json!({"bench": "mcp_raw_pipes", "calls": calls, "us_per_call": raw * 1e6 / calls as f64,
+            "client_over_raw": secs / raw})
+    );
+    let sleep = format!(r#"{{"name": "sleep", "arguments": {{"seconds": {}}}}}"#, sleep_ms / 1e3);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (tool, sleep) = (Arc::clone(&tool), sleep.clone());
+            s.spawn(move || call(&tool, &sleep));
+        }
+    });
+    let secs = start.elapsed().as_secs_f64();
+    let serial = threads as f64 * sleep_ms / 1e3;
+    println!(
+        "{}",
+        serde_json::json!({"bench": "mcp_concurrent", "threads": threads, "sleep_ms": sleep_ms,
+            "wall_ms": secs * 1e3, "one_after_another_ms": serial * 1e3, "overlap": serial / secs})
+    );
+}
