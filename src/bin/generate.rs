@@ -94,10 +94,11 @@ struct Args {
     /// auto (a GPU when there is one, else the CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Run with a tool live, in ARTIST's format: `python` (the sandboxed interpreter) or
-    /// `calculator`. Generation pauses at the tool's closing tag, the call runs, and its
+    /// Run with a tool live, in ARTIST's format: `python` (the sandboxed interpreter),
+    /// `calculator`, or `mcp` (the functions of the server --mcp-command starts, called as
+    /// `<tool>` JSON). Generation pauses at the tool's closing tag, the call runs, and its
     /// output is forced in as `<output>...</output>`. With --chat and no --system, the
-    /// system prompt asks for ARTIST's format.
+    /// system prompt asks for ARTIST's format (listing an MCP server's functions).
     #[arg(long, value_parser = ["python", "calculator", "mcp"])]
     tools: Option<String>,
     /// With --tools mcp: the MCP server's command line, split at spaces
