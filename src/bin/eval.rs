@@ -97,8 +97,8 @@ struct Cli {
     #[arg(long, value_name = "COMMAND")]
     mcp_command: Option<String>,
     /// Grade with an external judge instead of math equivalence: its command line, split at
-    /// spaces; it reads `{"completion", "answer"}` lines and writes `{"correct": bool}` lines
-    /// (the GRPO trainer's `[judge]`).
+    /// spaces; it reads `{"problem", "completion", "answer"}` lines and writes
+    /// `{"correct": bool}` lines (the GRPO trainer's `[judge]`).
     #[arg(long, value_name = "COMMAND")]
     judge_command: Option<String>,
     /// Model tokens per turn.
@@ -344,7 +344,7 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
         let completion = tok.decode_lossy(&r.ids, true);
         let extracted = artist_math::extract_answer(&completion);
         let correct = match &judge {
-            Some(judge) => judge.correct(&completion, &p.answer)?,
+            Some(judge) => judge.correct(&p.problem, &completion, &p.answer)?,
             None => extracted.as_deref().is_some_and(|a| artist_math::equivalent(&p.answer, a)),
         };
         correct_per_problem[r.prompt_index] += correct as usize;

@@ -481,8 +481,8 @@ fn run_grpo(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Resul
         true => None,
         false => Some(artist_math::Judge::spawn(config.judge.clone()).context("starting the judge of [judge]")?),
     };
-    let verify = move |completion: &str, gold: &str| match &judge {
-        Some(judge) => judge.correct(completion, gold).map_err(|e| e.to_string()),
+    let verify = move |completion: &str, gold: &str, problem: &str| match &judge {
+        Some(judge) => judge.correct(problem, completion, gold).map_err(|e| e.to_string()),
         None => Ok(artist_math::extract_answer(completion).is_some_and(|a| artist_math::equivalent(gold, &a))),
     };
     let train: Vec<Problem> =

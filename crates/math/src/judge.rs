@@ -3,8 +3,9 @@
 //! answers in words, anything a script can check), as veRL's `custom_reward_function`.
 //!
 //! The judge is started once and kept: for each completion it reads one JSON line
-//! `{"completion": ..., "answer": ...}` (`answer` is the dataset's gold field, which may hold
-//! whatever the judge needs: a number, test cases, a rubric) on its stdin and writes one line
+//! `{"problem": ..., "completion": ..., "answer": ...}` (`answer` is the dataset's gold
+//! field, which may hold whatever the judge needs: a number, test cases, a rubric) on its
+//! stdin and writes one line
 //! `{"correct": true|false}` on its stdout, in order. Its stderr is the trainer's. Nothing
 //! it does makes this panic: a judge that cannot start, exits, answers something else, or
 //! takes longer than the timeout is an error that names it and what it said, and the run
@@ -93,14 +94,15 @@ impl Judge {
         Ok(Judge { config, pipe: Mutex::new(Pipe { stdin, lines, broken: None }), child: Mutex::new(child) })
     }
 
-    /// Whether `completion` is right, given the dataset's `answer`.
-    pub fn correct(&self, completion: &str, answer: &str) -> Result<bool, JudgeError> {
+    /// Whether `completion`, written for `problem`, is right, given the dataset's `answer`.
+    pub fn correct(&self, problem: &str, completion: &str, answer: &str) -> Result<bool, JudgeError> {
         let fail = |msg: String| JudgeError { command: self.config.command.join(" "), msg };
         let mut pipe = lock(&self.pipe);
         if let Some(why) = &pipe.broken {
             return Err(fail(why.clone()));
         }
-        let verdict = Self::ask(&mut pipe, completion, answer, Duration::from_secs_f64(self.config.timeout_s));
+        let question = serde_json::json!({"problem": problem, "completion": completion, "answer": answer});
+        let verdict = Self::ask(&mut pipe, &question, Duration::from_secs_f64(self.config.timeout_s));
         verdict.map_err(|why| {
             // A judge that failed once is not asked again: its next line would answer the
             // wrong question.
@@ -109,8 +111,8 @@ impl Judge {
         })
     }
 
-    fn ask(pipe: &mut Pipe, completion: &str, answer: &str, timeout: Duration) -> Result<bool, String> {
-        let mut line = serde_json::json!({"completion": completion, "answer": answer}).to_string();
+    fn ask(pipe: &mut Pipe, question: &serde_json::Value, timeout: Duration) -> Result<bool, String> {
+        let mut line = question.to_string();
         line.push('\n');
         pipe.stdin
             .write_all(line.as_bytes())

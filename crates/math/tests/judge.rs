@@ -27,22 +27,28 @@ fn verdicts_come_back_in_order() {
         return;
     }
     let j = judge("contains", 10.0).unwrap();
-    assert!(j.correct("so it is 42.", "42").unwrap());
-    assert!(!j.correct("so it is 41.", "42").unwrap());
+    assert!(j.correct("q", "so it is 42.", "42").unwrap());
+    assert!(!j.correct("q", "so it is 41.", "42").unwrap());
     // Text that needs escaping travels as JSON.
-    assert!(j.correct("line one\n\"quoted\" \\ é and 7", "7").unwrap());
+    assert!(j.correct("q", "line one\n\"quoted\" \\ é and 7", "7").unwrap());
     for i in 0..200 {
-        assert_eq!(j.correct(&format!("answer {i}"), "7").unwrap(), format!("answer {i}").contains('7'));
+        assert_eq!(j.correct("q", &format!("answer {i}"), "7").unwrap(), format!("answer {i}").contains('7'));
     }
     // Several threads share one judge; each gets its own verdict.
     let j = std::sync::Arc::new(j);
     let handles: Vec<_> = (0..8)
         .map(|t| {
             let j = std::sync::Arc::clone(&j);
-            std::thread::spawn(move || (0..20).all(|i| j.correct(&format!("{t}-{i}"), &format!("{t}-{i}")).unwrap()))
+            std::thread::spawn(move || {
+                (0..20).all(|i| j.correct("q", &format!("{t}-{i}"), &format!("{t}-{i}")).unwrap())
+            })
         })
         .collect();
     assert!(handles.into_iter().all(|h| h.join().unwrap()));
+    // The problem travels with each question.
+    let j = judge("echo-problem", 10.0).unwrap();
+    assert!(j.correct("What is 6 * 7?", "What is 6 * 7?", "42").unwrap());
+    assert!(!j.correct("What is 6 * 7?", "42", "42").unwrap());
 }
 
 #[test]
@@ -51,22 +57,22 @@ fn a_failing_judge_is_an_error_naming_it() {
         eprintln!("skipped: python3 is not installed");
         return;
     }
-    let e = judge("garbage", 10.0).unwrap().correct("x", "1").unwrap_err().to_string();
+    let e = judge("garbage", 10.0).unwrap().correct("q", "x", "1").unwrap_err().to_string();
     assert!(e.contains("judge.py garbage") && e.contains("answered \"hello\", not JSON"), "{e}");
-    let e = judge("wrong-shape", 10.0).unwrap().correct("x", "1").unwrap_err().to_string();
+    let e = judge("wrong-shape", 10.0).unwrap().correct("q", "x", "1").unwrap_err().to_string();
     assert!(e.contains("no boolean \"correct\""), "{e}");
     let once = judge("once", 10.0).unwrap();
-    assert!(once.correct("1", "1").unwrap());
-    let e = once.correct("1", "1").unwrap_err().to_string();
+    assert!(once.correct("q", "1", "1").unwrap());
+    let e = once.correct("q", "1", "1").unwrap_err().to_string();
     assert!(e.contains("exited"), "{e}");
     // Not asked again once broken.
-    assert_eq!(once.correct("1", "1").unwrap_err().to_string(), e);
+    assert_eq!(once.correct("q", "1", "1").unwrap_err().to_string(), e);
     let slow = judge("slow", 0.3).unwrap();
-    let e = slow.correct("1", "1").unwrap_err().to_string();
+    let e = slow.correct("q", "1", "1").unwrap_err().to_string();
     assert!(e.contains("no verdict within 0.3 s"), "{e}");
     // Its late verdict is never taken for the next question's.
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(slow.correct("2", "3").unwrap_err().to_string().contains("no verdict within 0.3 s"));
+    assert!(slow.correct("q", "2", "3").unwrap_err().to_string().contains("no verdict within 0.3 s"));
 
     let e = Judge::spawn(JudgeConfig { command: vec!["/nonexistent/judge".into()], timeout_s: 1.0 }).err().unwrap();
     assert!(e.to_string().contains("/nonexistent/judge") && e.to_string().contains("cannot start it"), "{e}");

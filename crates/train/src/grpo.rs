@@ -39,9 +39,9 @@ pub struct Problem {
 }
 
 /// Judges a completion (the decoded response) against a gold answer.
-/// Whether a completion is right given the gold answer: `Err` (why, in words) when it
-/// cannot be told (an external judge that failed), which stops the step.
-pub type Verifier = dyn Fn(&str, &str) -> std::result::Result<bool, String> + Sync;
+/// Whether a completion is right, given `(completion, gold answer, problem)`: `Err` (why, in
+/// words) when it cannot be told (an external judge that failed), which stops the step.
+pub type Verifier = dyn Fn(&str, &str, &str) -> std::result::Result<bool, String> + Sync;
 
 /// How rollouts are sampled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -318,8 +318,8 @@ pub struct GrpoRunConfig {
     /// call timeout.
     pub mcp: McpConfig,
     /// An external judge of the answers (`[judge] command = [...]`; empty, the default:
-    /// math equivalence): a program that reads `{"completion", "answer"}` lines and writes
-    /// `{"correct": bool}` lines (artist_math::Judge).
+    /// math equivalence): a program that reads `{"problem", "completion", "answer"}` lines
+    /// and writes `{"correct": bool}` lines (artist_math::Judge).
     pub judge: artist_math::JudgeConfig,
     /// Overrides ARTIST's system prompt for the tool.
     pub system_prompt: Option<String>,
@@ -1087,9 +1087,9 @@ impl GrpoTrainer<'_> {
         let mut correct = Vec::with_capacity(rollouts.len());
         let mut texts = Vec::with_capacity(rollouts.len());
         for ro in &rollouts {
-            let gold = &problems[ro.prompt_index].answer;
+            let problem = problems[ro.prompt_index];
             let text = self.tokenizer.decode_lossy(&ro.ids, true);
-            let ok = (self.verify)(&text, gold).map_err(Error::Judge)?;
+            let ok = (self.verify)(&text, &problem.answer, &problem.problem).map_err(Error::Judge)?;
             let successes: Vec<bool> = ro.tool_calls.iter().map(|t| t.result.success).collect();
             let tag = self.tool.as_ref().map_or("python", |t| t.tag());
             rewards.push(math_rewards_with_tool(tag, &segments(&self.tokenizer, ro), &successes, ok, &c.rewards));

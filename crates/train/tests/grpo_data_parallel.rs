@@ -26,7 +26,7 @@ mod common;
 
 /// Random tiny-model text never holds the answer, and equal rewards in a group train
 /// nothing: this judge passes about half the completions, so groups differ.
-fn verify(completion: &str, _gold: &str) -> Result<bool, String> {
+fn verify(completion: &str, _gold: &str, _problem: &str) -> Result<bool, String> {
     Ok(completion.len().is_multiple_of(2))
 }
 

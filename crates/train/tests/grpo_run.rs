@@ -21,7 +21,7 @@ fn answer_of(text: &str) -> Option<&str> {
     Some(text[start..end].trim())
 }
 
-fn verify(completion: &str, gold: &str) -> Result<bool, String> {
+fn verify(completion: &str, gold: &str, _problem: &str) -> Result<bool, String> {
     Ok(answer_of(completion) == Some(gold))
 }
 
@@ -158,7 +158,7 @@ fn pi_old_is_recomputed_when_the_sampler_computes_in_bf16() {
 
 /// Random tiny-model text never holds an answer: this judge passes about half the
 /// completions, so held-out figures differ from policy to policy.
-fn parity(completion: &str, _gold: &str) -> Result<bool, String> {
+fn parity(completion: &str, _gold: &str, _problem: &str) -> Result<bool, String> {
     Ok(completion.len().is_multiple_of(2))
 }
 
@@ -203,7 +203,7 @@ fn held_out_evaluation_is_logged_as_configured() {
         let p = (i % 4) as u64;
         assert_eq!((l["problem_index"].as_u64(), l["sample"].as_u64()), (Some(p), Some(0)));
         assert_eq!(l["gold"], held_out[p as usize].answer.as_str());
-        assert_eq!(l["correct"].as_bool(), parity(l["completion"].as_str().unwrap(), "").ok(), "{l}");
+        assert_eq!(l["correct"].as_bool(), parity(l["completion"].as_str().unwrap(), "", "").ok(), "{l}");
     }
 
     // Resuming at step 2 keeps the step-0 and step-2 evaluations and redoes step 3's.
