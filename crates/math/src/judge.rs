@@ -3,10 +3,10 @@
 //! answers in words, anything a script can check), as veRL's `custom_reward_function`.
 //!
 //! The judge is started once and kept: for each completion it reads one JSON line
-//! `{"problem": ..., "completion": ..., "answer": ...}` (`answer` is the dataset's gold
-//! field, which may hold whatever the judge needs: a number, test cases, a rubric) on its
-//! stdin and writes one line
-//! `{"correct": true|false}` on its stdout, in order. Its stderr is the trainer's. Nothing
+//! `{"problem": ..., "completion": ..., "answer": ...}` on its stdin (`answer` is the
+//! dataset's gold field, which may hold whatever the judge needs: a number, test cases, a
+//! rubric) and writes one line `{"correct": true|false}` on its stdout, in order. Its
+//! stderr is the trainer's. Nothing
 //! it does makes this panic: a judge that cannot start, exits, answers something else, or
 //! takes longer than the timeout is an error that names it and what it said, and the run
 //! stops there, since a reward that silently turned to 0 would train the model on nothing.
@@ -135,7 +135,8 @@ impl Judge {
 
 impl Drop for Judge {
     fn drop(&mut self) {
-        // Its input closes when the pipe drops; a judge still running after that is killed.
+        // A judge keeps nothing worth saving: one still running is killed (its input would
+        // close only when the fields drop, after this).
         let mut child = lock(&self.child);
         if let Ok(None) = child.try_wait() {
             let _ = child.kill();
