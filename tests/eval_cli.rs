@@ -20,6 +20,11 @@ fn lines(out: &Output) -> Vec<Value> {
         .collect()
 }
 
+/// Every line of a JSON Lines file the binary wrote.
+fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 #[track_caller]
 fn fails_cleanly(out: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
@@ -155,8 +160,7 @@ fn evaluates_a_model_end_to_end() {
     assert_eq!((summary["problems"].as_u64(), summary["bad_rows"].as_u64()), (Some(8), Some(2)));
     let (p1, pk) = (summary["pass_at_1"].as_f64().unwrap(), summary["pass_at_k"].as_f64().unwrap());
     assert!((0.0..=1.0).contains(&p1) && pk >= p1 && pk <= 1.0, "{summary}");
-    let rows: Vec<Value> =
-        std::fs::read_to_string(&samples).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = read_jsonl(&samples);
     assert_eq!(rows.len(), 24);
     for r in &rows {
         for key in ["problem", "completion", "extracted", "correct", "gold"] {
@@ -431,8 +435,7 @@ fn keeps_the_problems_solved_sometimes() {
         "--json",
     ]);
     let summary = &lines(&out)[0];
-    let rows: Vec<Value> =
-        std::fs::read_to_string(&samples).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = read_jsonl(&samples);
     assert_eq!(rows.len(), 32);
     for r in &rows {
         let answer = r["extracted"].as_str().unwrap_or_default();
@@ -445,8 +448,7 @@ fn keeps_the_problems_solved_sometimes() {
     }
     let want: Vec<usize> = (0..8).filter(|&p| 0.0 < rates[p] && rates[p] < 1.0).collect();
     assert!(!want.is_empty() && want.len() < 8, "the samples make the test show nothing: {rates:?}");
-    let kept_rows: Vec<Value> =
-        std::fs::read_to_string(&kept).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kept_rows = read_jsonl(&kept);
     assert_eq!(kept_rows.len(), want.len(), "{rates:?}: {kept_rows:?}");
     for (row, &p) in kept_rows.iter().zip(&want) {
         assert_eq!(row["problem"].as_str(), Some(format!("What is {p} + 1?").as_str()));
@@ -503,8 +505,7 @@ fn an_external_judge_grades_the_samples() {
     let plain = &lines(&run(None))[0];
     assert_eq!(plain["pass_at_1"].as_f64(), Some(0.0));
     let judged = &lines(&run(Some("five")))[0];
-    let rows: Vec<Value> =
-        std::fs::read_to_string(&samples).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = read_jsonl(&samples);
     assert_eq!(rows.len(), 12);
     let fives = rows.iter().filter(|r| r["extracted"] == "5").count();
     for r in &rows {

@@ -16,6 +16,54 @@ fn python_available() -> bool {
     Command::new("python3").arg("-c").arg("pass").status().is_ok_and(|s| s.success())
 }
 
+const PROMPT: &str = "Q: 6*7? A:";
+
+/// tiny-gqa fine-tuned (`train --mode sft`, `steps` steps) on one trace: [`PROMPT`], the
+/// model's `call` block, the tool's output 42 (mask 0), the answer; returns the final model.
+fn fine_tuned_to_call(dir: &Path, call: &str, steps: &str) -> PathBuf {
+    let base = fixture("tiny-gqa");
+    let tok = Tokenizer::from_dir(&base).unwrap();
+    let (output, answer) = ("<output>\n42\n</output>\n", "<answer>42</answer>");
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    for (text, m) in [(PROMPT, 0u8), (call, 1), (output, 0), (answer, 1)] {
+        let t = tok.encode(text).unwrap();
+        mask.extend(std::iter::repeat_n(m, t.len()));
+        ids.extend(t);
+    }
+    let data = dir.join("trace.jsonl");
+    std::fs::write(&data, serde_json::json!({"input_ids": ids, "loss_mask": mask}).to_string()).unwrap();
+    let run = dir.join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(["--mode", "sft", "--model", base.to_str().unwrap(), "--data", data.to_str().unwrap()])
+        .args([
+            "--out",
+            run.to_str().unwrap(),
+            "--steps",
+            steps,
+            "--lr",
+            "1e-2",
+            "--weight-decay",
+            "0",
+            "--no-progress",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "train: {}", String::from_utf8_lossy(&out.stderr));
+    run.join("final")
+}
+
+/// `generate --json`'s first tool call, after checking that its output was forced in with
+/// mask 0 exactly where the call record says, after model tokens only.
+fn first_forced_call(v: &serde_json::Value) -> &serde_json::Value {
+    let calls = v["tool_calls"].as_array().unwrap();
+    assert!(!calls.is_empty(), "no tool call: {}", v["text"]);
+    let (start, len) =
+        (calls[0]["output_start"].as_u64().unwrap() as usize, calls[0]["output_len"].as_u64().unwrap() as usize);
+    let mask: Vec<u64> = v["mask"].as_array().unwrap().iter().map(|m| m.as_u64().unwrap()).collect();
+    assert!(mask[start..start + len].iter().all(|&m| m == 0) && mask[..start].iter().all(|&m| m == 1));
+    &calls[0]
+}
+
 #[test]
 fn a_fine_tuned_model_calls_python_through_generate() {
     if !python_available() {
@@ -23,44 +71,18 @@ fn a_fine_tuned_model_calls_python_through_generate() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let base = fixture("tiny-gqa");
-    let tok = Tokenizer::from_dir(&base).unwrap();
-    let (prompt, call, output, answer) =
-        ("Q: 6*7? A:", "<python>print(6*7)</python>", "<output>\n42\n</output>\n", "<answer>42</answer>");
-    let mut ids = Vec::new();
-    let mut mask = Vec::new();
-    for (text, m) in [(prompt, 0u8), (call, 1), (output, 0), (answer, 1)] {
-        let t = tok.encode(text).unwrap();
-        mask.extend(std::iter::repeat_n(m, t.len()));
-        ids.extend(t);
-    }
-    let data = tmp.path().join("trace.jsonl");
-    std::fs::write(&data, serde_json::json!({"input_ids": ids, "loss_mask": mask}).to_string()).unwrap();
-    let run = tmp.path().join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_train"))
-        .args(["--mode", "sft", "--model", base.to_str().unwrap(), "--data", data.to_str().unwrap()])
-        .args(["--out", run.to_str().unwrap(), "--steps", "40", "--lr", "1e-2", "--weight-decay", "0", "--no-progress"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "train: {}", String::from_utf8_lossy(&out.stderr));
-
+    let model = fine_tuned_to_call(tmp.path(), "<python>print(6*7)</python>", "40");
     let out = Command::new(env!("CARGO_BIN_EXE_generate"))
-        .args(["--model", run.join("final").to_str().unwrap(), "--prompt", prompt, "--tools", "python"])
+        .args(["--model", model.to_str().unwrap(), "--prompt", PROMPT, "--tools", "python"])
         .args(["--max-new-tokens", "40", "--tool-timeout-s", "10", "--json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "generate: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let calls = v["tool_calls"].as_array().unwrap();
-    assert!(!calls.is_empty(), "no tool call: {}", v["text"]);
-    assert_eq!(calls[0]["call"], "print(6*7)");
-    assert_eq!(calls[0]["result"]["success"], true, "{}", calls[0]);
-    assert_eq!(calls[0]["result"]["output"].as_str().unwrap().trim(), "42");
-    // The forced output has mask 0, exactly where the call record says.
-    let (start, len) =
-        (calls[0]["output_start"].as_u64().unwrap() as usize, calls[0]["output_len"].as_u64().unwrap() as usize);
-    let mask: Vec<u64> = v["mask"].as_array().unwrap().iter().map(|m| m.as_u64().unwrap()).collect();
-    assert!(mask[start..start + len].iter().all(|&m| m == 0) && mask[..start].iter().all(|&m| m == 1));
+    let call = first_forced_call(&v);
+    assert_eq!(call["call"], "print(6*7)");
+    assert_eq!(call["result"]["success"], true, "{call}");
+    assert_eq!(call["result"]["output"].as_str().unwrap().trim(), "42");
     let text = v["text"].as_str().unwrap();
     assert!(text.starts_with("<python>print(6*7)</python><output>\n42"), "{text}");
 }
@@ -78,45 +100,19 @@ fn a_fine_tuned_model_calls_an_mcp_server_through_generate() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let server = format!("python3 {}", root.join("tests/fixtures/mcp/server.py").display());
     let tmp = tempfile::tempdir().unwrap();
-    let base = fixture("tiny-gqa");
-    let tok = Tokenizer::from_dir(&base).unwrap();
     let call = r#"{"name": "add", "arguments": {"a": 6, "b": 36}}"#;
-    let (prompt, tool_text, output, answer) =
-        ("Q: 6*7? A:", format!("<tool>{call}</tool>"), "<output>\n42\n</output>\n", "<answer>42</answer>");
-    let (mut ids, mut mask) = (Vec::new(), Vec::new());
-    for (text, m) in [(prompt, 0u8), (tool_text.as_str(), 1), (output, 0), (answer, 1)] {
-        let t = tok.encode(text).unwrap();
-        mask.extend(std::iter::repeat_n(m, t.len()));
-        ids.extend(t);
-    }
-    let data = tmp.path().join("trace.jsonl");
-    std::fs::write(&data, serde_json::json!({"input_ids": ids, "loss_mask": mask}).to_string()).unwrap();
-    let run = tmp.path().join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_train"))
-        .args(["--mode", "sft", "--model", base.to_str().unwrap(), "--data", data.to_str().unwrap()])
-        .args(["--out", run.to_str().unwrap(), "--steps", "60", "--lr", "1e-2", "--weight-decay", "0", "--no-progress"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "train: {}", String::from_utf8_lossy(&out.stderr));
-
+    let tool_text = format!("<tool>{call}</tool>");
+    let model = fine_tuned_to_call(tmp.path(), &tool_text, "60");
     let out = Command::new(env!("CARGO_BIN_EXE_generate"))
-        .args(["--model", run.join("final").to_str().unwrap(), "--prompt", prompt, "--tools", "mcp"])
+        .args(["--model", model.to_str().unwrap(), "--prompt", PROMPT, "--tools", "mcp"])
         .args(["--mcp-command", &server, "--max-new-tokens", "60", "--json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "generate: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let calls = v["tool_calls"].as_array().unwrap();
-    assert!(!calls.is_empty(), "no tool call: {}", v["text"]);
-    assert_eq!(calls[0]["call"], call);
-    assert_eq!(
-        (calls[0]["result"]["success"].as_bool(), calls[0]["result"]["output"].as_str()),
-        (Some(true), Some("42"))
-    );
-    let (start, len) =
-        (calls[0]["output_start"].as_u64().unwrap() as usize, calls[0]["output_len"].as_u64().unwrap() as usize);
-    let mask: Vec<u64> = v["mask"].as_array().unwrap().iter().map(|m| m.as_u64().unwrap()).collect();
-    assert!(mask[start..start + len].iter().all(|&m| m == 0) && mask[..start].iter().all(|&m| m == 1));
+    let first = first_forced_call(&v);
+    assert_eq!(first["call"], call);
+    assert_eq!((first["result"]["success"].as_bool(), first["result"]["output"].as_str()), (Some(true), Some("42")));
     assert!(v["text"].as_str().unwrap().starts_with(&format!("{tool_text}<output>\n42\n</output>")), "{}", v["text"]);
 
     // `tool mcp`: one call, the function list, and a server that cannot start.

@@ -416,6 +416,16 @@ fn loss_and_gradients_match_pytorch() {
     }
 }
 
+/// Draws below `n` from a xorshift64 stream seeded with `state`.
+fn xorshift(mut state: u64) -> impl FnMut(u64) -> usize {
+    move |n| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n) as usize
+    }
+}
+
 /// `MicroBatching::in_order`: passes in order that cover the batch, each within both bounds
 /// (a sequence longer than the token bound alone), each ended only by the sequence that
 /// would break a bound.
@@ -434,13 +444,7 @@ fn micro_batches_follow_both_bounds_in_order() {
     assert_eq!(MicroBatching::from(2), MicroBatching { sequences: 2, tokens: 0 });
 
     // Pseudo-random batches against the rules themselves.
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n) as usize
-    };
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
     for _ in 0..2000 {
         let lens: Vec<usize> = (0..next(12)).map(|_| 1 + next(40)).collect();
         let (sequences, tokens) = (next(5), if next(3) == 0 { 0 } else { 1 + next(80) });
@@ -487,13 +491,7 @@ fn token_bounded_passes_are_packed() {
     assert_eq!(passes(0, 10, &[3, 20, 3]), vec![vec![0, 2], vec![1]]);
     assert_eq!(passes(2, 100, &[1, 1, 1, 1, 1]), vec![vec![0, 1], vec![2, 3], vec![4]]);
 
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n) as usize
-    };
+    let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
     // The fewest passes any packing of `lens` within the bounds has, by search.
     fn fewest(lens: &[usize], seqs: usize, tokens: usize) -> usize {
         fn go(i: usize, lens: &[usize], bins: &mut Vec<(usize, usize)>, seqs: usize, tokens: usize, best: &mut usize) {

@@ -146,6 +146,8 @@ enum CallError {
 pub struct McpTool {
     config: McpConfig,
     tools: Vec<McpToolInfo>,
+    /// The tools for the system prompt (made once: every prompt reads it).
+    description: String,
     /// What the server said it is (`serverInfo`), for messages.
     server: String,
     link: Arc<Link>,
@@ -189,7 +191,14 @@ impl McpTool {
             .name("mcp-reader".into())
             .spawn(move || read_server(stdout, &reader))
             .map_err(|e| fail(format!("cannot start its reader thread: {e}")))?;
-        let mut tool = McpTool { config, tools: Vec::new(), server: String::new(), link, child: Mutex::new(child) };
+        let mut tool = McpTool {
+            config,
+            tools: Vec::new(),
+            description: String::new(),
+            server: String::new(),
+            link,
+            child: Mutex::new(child),
+        };
         let timeout = tool.timeout();
         let request = |method: &str, params: Value| {
             tool.link.request(method, params, timeout).map_err(|e| match e {
@@ -230,6 +239,11 @@ impl McpTool {
         if tools.is_empty() {
             return Err(fail("tools/list gave no tools".into()));
         }
+        // A JSON list, one function a line: compact, and still readable.
+        let lines: Vec<String> = (tools.iter())
+            .map(|t| json!({"name": t.name, "description": t.description, "parameters": t.input_schema}).to_string())
+            .collect();
+        tool.description = format!("[\n{}\n]", lines.join(",\n"));
         (tool.tools, tool.server) = (tools, server);
         Ok(tool)
     }
@@ -303,13 +317,7 @@ impl Tool for McpTool {
     }
 
     fn describe(&self) -> Option<String> {
-        // A JSON list, one function a line: compact, and still readable.
-        let lines: Vec<String> = self
-            .tools
-            .iter()
-            .map(|t| json!({"name": t.name, "description": t.description, "parameters": t.input_schema}).to_string())
-            .collect();
-        Some(format!("[\n{}\n]", lines.join(",\n")))
+        Some(self.description.clone())
     }
 
     fn execute(&self, call: &ToolCall) -> ToolResult {
