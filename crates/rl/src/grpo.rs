@@ -23,6 +23,12 @@
 //! capping it (masked importance sampling, IcePop's and the Qwen team's Seq-MIS): veRL's
 //! `rollout_is_level` / `rollout_is_mode`, TRL's `vllm_importance_sampling_mode`. Log
 //! weights are bounded to +-20 first (veRL's safety bound), so no weight is infinite.
+//! `tis_veto = v > 0` (veRL's `rollout_is_veto_threshold`) zeroes every weight of a rollout
+//! with any token whose own ratio is below `v`, in either mode and at any level: one token
+//! the trainer finds thousands of times less likely than the sampler did marks a rollout
+//! the sampler's numerics broke. A zeroed weight removes the token's policy gradient, and
+//! the aggregation still counts it (TRL's convention; veRL drops rejected tokens from its
+//! denominator instead).
 //!
 //! GSPO (`importance_sampling_level = "sequence"`, Zheng et al., 2025) replaces each
 //! token's ratio by its rollout's, the geometric mean of the token ratios
@@ -154,6 +160,10 @@ pub struct GrpoConfig {
     /// With `tis_mode = "mask"`: weights below it are zeroed too (0, the default: none,
     /// as TRL; veRL's lower threshold is typically `1 / tis_cap`).
     pub tis_cap_low: f64,
+    /// Veto (veRL's `rollout_is_veto_threshold`, 1e-4 there): a rollout with any generated
+    /// token whose ratio pi_old / pi_sampler is below it gets weight 0 on every token.
+    /// 0 (the default): no veto.
+    pub tis_veto: f64,
     /// `token` (default) or `sequence` (GSPO): see the module doc.
     pub importance_sampling_level: ImportanceLevel,
     /// Dual-clip PPO's bound for negative advantages (veRL's `clip_ratio_c`, 3 there): a
@@ -190,6 +200,7 @@ impl Default for GrpoConfig {
             tis_level: TisLevel::Token,
             tis_mode: TisMode::Truncate,
             tis_cap_low: 0.0,
+            tis_veto: 0.0,
             importance_sampling_level: ImportanceLevel::Token,
             clip_ratio_c: 0.0,
             entropy_coeff: 0.0,
@@ -215,6 +226,9 @@ impl GrpoConfig {
             TisLevel::Sequence => Some(d.iter().sum::<f64>()),
             TisLevel::Geometric => Some(d.iter().sum::<f64>() / d.len().max(1) as f64),
         };
+        if self.tis_veto > 0.0 && d.iter().any(|&x| x < self.tis_veto.ln()) {
+            return Some(vec![0.0; d.len()]);
+        }
         let weight = |log_w: f64| {
             let w = log_w.clamp(-MAX_TIS_LOG_WEIGHT, MAX_TIS_LOG_WEIGHT).exp();
             let w = match self.tis_mode {
@@ -225,6 +239,19 @@ impl GrpoConfig {
             w as f32
         };
         Some(d.iter().map(|&x| weight(whole.unwrap_or(x))).collect())
+    }
+
+    /// Whether [`GrpoConfig::tis_veto`] zeroes the rollout's weights: some generated token's
+    /// ratio pi_old / pi_sampler is below it (`false` where no weights are formed).
+    pub fn tis_vetoed(&self, r: &TrainRollout) -> bool {
+        let Some(sampled) = r.sampler_logprobs.as_ref().filter(|_| self.tis_cap > 0.0 && self.tis_veto > 0.0) else {
+            return false;
+        };
+        let n = r.ids.len();
+        if sampled.len() != n || r.mask.len() != n || r.old_logprobs.len() != n {
+            return false;
+        }
+        (0..n).any(|j| r.mask[j] == 1 && f64::from(r.old_logprobs[j]) - f64::from(sampled[j]) < self.tis_veto.ln())
     }
 }
 

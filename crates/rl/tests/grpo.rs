@@ -101,7 +101,10 @@ fn reference_loss(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig) -> f64 {
                     TisLevel::Geometric => d.iter().sum::<f64>() / d.len() as f64,
                 };
                 let w = log_w.exp();
+                // One token far less likely to the trainer than to the sampler vetoes all.
+                let vetoed = c.tis_veto > 0.0 && d.iter().any(|&x| x.exp() < c.tis_veto);
                 l *= match c.tis_mode {
+                    _ if vetoed => 0.0,
                     TisMode::Truncate => w.min(c.tis_cap),
                     TisMode::Mask if w > c.tis_cap || w < c.tis_cap_low => 0.0,
                     TisMode::Mask => w,
@@ -146,14 +149,14 @@ fn run(model: &Qwen2, b: &[TrainRollout], c: &GrpoConfig, micro: usize) -> (f64,
 fn loss_matches_the_formula_in_every_mode() {
     let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
     let (token, sequence) = (ImportanceLevel::Token, ImportanceLevel::Sequence);
-    let tis = (TisLevel::Token, TisMode::Truncate, 0.0);
+    let tis = (TisLevel::Token, TisMode::Truncate, 0.0, 0.0);
     for (
         agg,
         beta,
         kl,
         t,
         (clip_low, clip_high),
-        (tis_cap, (tis_level, tis_mode, tis_cap_low)),
+        (tis_cap, (tis_level, tis_mode, tis_cap_low, tis_veto)),
         level,
         clip_ratio_c,
         entropy_coeff,
@@ -179,7 +182,7 @@ fn loss_matches_the_formula_in_every_mode() {
             KlEstimator::K3,
             0.7,
             (0.2, 0.28),
-            (1.2, (TisLevel::Token, TisMode::Mask, 0.8)),
+            (1.2, (TisLevel::Token, TisMode::Mask, 0.8, 0.0)),
             token,
             0.0,
             0.0,
@@ -191,7 +194,7 @@ fn loss_matches_the_formula_in_every_mode() {
             KlEstimator::K3,
             1.0,
             (0.2, 0.2),
-            (0.7, (TisLevel::Sequence, TisMode::Truncate, 0.0)),
+            (0.7, (TisLevel::Sequence, TisMode::Truncate, 0.0, 0.0)),
             token,
             0.0,
             0.0,
@@ -203,7 +206,21 @@ fn loss_matches_the_formula_in_every_mode() {
             KlEstimator::K3,
             1.0,
             (0.2, 0.2),
-            (1.2, (TisLevel::Geometric, TisMode::Mask, 0.95)),
+            (1.2, (TisLevel::Geometric, TisMode::Mask, 0.95, 0.0)),
+            token,
+            0.0,
+            0.0,
+        ),
+        // A veto of 1e-4 on the token weights capped at 1.2: the first rollout has one token
+        // the trainer finds e^12 times less likely than the sampler did, so it gives no
+        // policy gradient; the others keep their weights.
+        (
+            Aggregation::TokenMean,
+            0.04,
+            KlEstimator::K3,
+            0.7,
+            (0.2, 0.28),
+            (1.2, (TisLevel::Token, TisMode::Truncate, 0.0, 1e-4)),
             token,
             0.0,
             0.0,
@@ -221,6 +238,7 @@ fn loss_matches_the_formula_in_every_mode() {
             tis_level,
             tis_mode,
             tis_cap_low,
+            tis_veto,
             importance_sampling_level: level,
             clip_ratio_c,
             entropy_coeff,
@@ -238,6 +256,13 @@ fn loss_matches_the_formula_in_every_mode() {
             for r in &mut b {
                 let sampled = r.old_logprobs.iter().enumerate().map(|(j, &o)| o - 0.4 * ((j % 4) as f32 - 1.5) / 1.5);
                 r.sampler_logprobs = Some(sampled.collect());
+            }
+            if tis_veto > 0.0 {
+                let r = &mut b[0];
+                let j = r.mask.iter().position(|&m| m == 1).unwrap();
+                r.sampler_logprobs.as_mut().unwrap()[j] = r.old_logprobs[j] + 12.0;
+                assert!(c.tis_vetoed(r) && c.tis_weights(r).unwrap().iter().all(|&w| w == 0.0));
+                assert!(b[1..].iter().all(|r| !c.tis_vetoed(r) && c.tis_weights(r).unwrap().iter().any(|&w| w > 0.0)));
             }
             // Weights of 1 (sampler and trainer agree) give the plain loss, within the bounds.
             let agree: Vec<TrainRollout> = b

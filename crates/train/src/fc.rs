@@ -801,8 +801,7 @@ impl GrpoTask for FcTrainer {
         m.set_kl_reward(&c.kl_reward, kl_sum, kl_per_token, kl_count);
         let u = update_sharded(&self.model, self.reference.as_ref(), train, &c, optimizer, lr, step, comm)?;
         (m.loss, m.grad_norm, m.clip_fraction, m.kl) = (u.loss, u.grad_norm, u.clip_fraction, u.kl);
-        m.sampler_logprob_gap = u.sampler_logprob_gap;
-        (m.tis_weight_mean, m.tis_bounded_fraction) = (u.tis_weight_mean, u.tis_bounded_fraction);
+        m.set_importance_metrics(&u);
         m.entropy = u.trained.then_some(u.entropy);
         m.entropy_threshold = u.entropy_threshold;
         m.train_s = t.elapsed().as_secs_f64();

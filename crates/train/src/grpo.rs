@@ -535,6 +535,16 @@ impl GrpoRunConfig {
                 self.grpo.tis_cap
             )));
         }
+        let veto = self.grpo.tis_veto;
+        if !(veto == 0.0 || (veto > 0.0 && veto < 1.0)) {
+            return Err(Error::Config(format!(
+                "grpo.tis_veto ({veto}) is the token ratio below which a rollout's importance weights are \
+                 zeroed: 0 (none) or between 0 and 1 (veRL suggests 1e-4)"
+            )));
+        }
+        if veto > 0.0 && self.grpo.tis_cap == 0.0 {
+            return Err(Error::Config("grpo.tis_veto needs importance weights: set grpo.tis_cap".into()));
+        }
         if !(self.grpo.entropy_coeff >= 0.0 && self.grpo.entropy_coeff.is_finite()) {
             return Err(Error::Config(format!(
                 "grpo.entropy_coeff (entropy bonus) must be a finite number >= 0, got {}",
@@ -779,6 +789,11 @@ pub struct StepMetrics {
     /// tokens (how far the sampler's numerics are from the trainer's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sampler_logprob_gap: Option<f64>,
+    /// With pi_old recomputed: k3's estimate of KL(pi_sampler || pi_old), the mean of
+    /// `exp(d) - d - 1`, `d = recomputed - sampler's`, over the generated tokens (veRL's
+    /// `mismatch_k3_kl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampler_kl: Option<f64>,
     /// With `grpo.tis_cap > 0`: the mean truncated importance weight over the generated
     /// tokens, after its bounds (veRL's `rollout_is_mean`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -787,6 +802,16 @@ pub struct StepMetrics {
     /// changed, capped (`truncate`) or zeroed (`mask`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tis_bounded_fraction: Option<f64>,
+    /// With `grpo.tis_cap > 0`: the effective sample size of the weights the loss applies,
+    /// as a fraction of the generated tokens, `(sum w)^2 / (n sum w^2)` (1: all equal; near
+    /// 0: a few tokens carry the gradient). veRL's `rollout_is_eff_sample_size` is the same
+    /// formula on weights clamped to its bounds rather than zeroed by them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tis_ess: Option<f64>,
+    /// With `grpo.tis_veto > 0`: the fraction of rollouts (with generated tokens) the veto
+    /// zeroed (veRL's `rollout_is_veto_fraction`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tis_veto_fraction: Option<f64>,
     pub loss: f64,
     pub grad_norm: f64,
     pub lr: f64,
@@ -820,6 +845,14 @@ pub struct StepMetrics {
 }
 
 impl StepMetrics {
+    /// The update's figures on the sampler's numerics: its logprob gap and KL to pi_old and
+    /// the importance weights'.
+    pub(crate) fn set_importance_metrics(&mut self, u: &UpdateStats) {
+        (self.sampler_logprob_gap, self.sampler_kl) = (u.sampler_logprob_gap, u.sampler_kl);
+        (self.tis_weight_mean, self.tis_bounded_fraction) = (u.tis_weight_mean, u.tis_bounded_fraction);
+        (self.tis_ess, self.tis_veto_fraction) = (u.tis_ess, u.tis_veto_fraction);
+    }
+
     /// The KL penalty's figures from a step's sums over the `n` rollouts it measured (none
     /// when off, or when every group played was flat).
     pub(crate) fn set_kl_reward(&mut self, k: &KlReward, kl_sum: f64, kl_per_token: f64, n: f64) {
@@ -1292,8 +1325,7 @@ impl GrpoTrainer<'_> {
         }
         let u = update_sharded(&self.model, self.reference.as_ref(), train, &c, optimizer, lr, step, comm)?;
         (m.loss, m.grad_norm, m.clip_fraction, m.kl) = (u.loss, u.grad_norm, u.clip_fraction, u.kl);
-        m.sampler_logprob_gap = u.sampler_logprob_gap;
-        (m.tis_weight_mean, m.tis_bounded_fraction) = (u.tis_weight_mean, u.tis_bounded_fraction);
+        m.set_importance_metrics(&u);
         m.entropy = u.trained.then_some(u.entropy);
         m.entropy_threshold = u.entropy_threshold;
         m.train_s = t.elapsed().as_secs_f64();
@@ -1382,12 +1414,18 @@ pub struct UpdateStats {
     pub kl: f64,
     /// The policy's mean entropy over the trained tokens before the first update.
     pub entropy: f64,
-    /// With pi_old recomputed: the mean |recomputed - sampler's| logprob.
+    /// With pi_old recomputed: the mean |recomputed - sampler's| logprob, and k3's
+    /// KL(pi_sampler || pi_old) (see [`StepMetrics`]).
     pub sampler_logprob_gap: Option<f64>,
+    pub sampler_kl: Option<f64>,
     /// With `grpo.tis_cap > 0`: the mean truncated importance weight over the generated
-    /// tokens, and the fraction of them whose weight the bounds changed (capped or masked).
+    /// tokens, the fraction of them whose weight the bounds changed (capped or masked), the
+    /// weights' effective sample size, and (with `tis_veto`) the fraction of rollouts vetoed
+    /// (see [`StepMetrics`]).
     pub tis_weight_mean: Option<f64>,
     pub tis_bounded_fraction: Option<f64>,
+    pub tis_ess: Option<f64>,
+    pub tis_veto_fraction: Option<f64>,
     /// Whether any rollout was trained on.
     pub trained: bool,
     /// The most autograd ops one micro-batch recorded (fewer with `grad_checkpointing`,
@@ -1726,8 +1764,9 @@ pub fn update_sharded(
     // reference's logprobs.
     let dev = model.device();
     let numerics = |ctx: Ctx| c.loss_numerics(ctx, dev);
-    // Summed |recomputed - sampler's| over generated tokens, and their count.
-    let mut gap = [0f32; 2];
+    // Summed |recomputed - sampler's| over generated tokens, their count, and summed k3
+    // (`exp(d) - d - 1`, d = recomputed - sampler's).
+    let mut gap = [0f32; 3];
     // pi_old's entropies at the generated tokens, for `grpo.top_entropy_quantile`.
     let wants_entropies = c.grpo.top_entropy_quantile < 1.0;
     let mut entropies = None;
@@ -1756,22 +1795,28 @@ pub fn update_sharded(
             let sampled = r.sampler_logprobs.as_deref().unwrap_or_default();
             for ((&m, a), b) in r.mask.iter().zip(&r.old_logprobs).zip(sampled) {
                 if m == 1 {
+                    let d = f64::from(a - b);
                     gap[0] += (a - b).abs();
                     gap[1] += 1.0;
+                    gap[2] += (d.exp() - d - 1.0) as f32;
                 }
             }
         }
     }
-    // The truncated importance weights the loss will apply: their sum, and how many the
-    // bounds changed (against the same weights unbounded).
-    let mut tis = [0f64; 2];
+    // The truncated importance weights the loss will apply: their sum, how many the bounds
+    // changed (against the same weights unbounded, the veto kept), the sum of their
+    // squares, the rollouts vetoed and the rollouts weighed.
+    let mut tis = [0f64; 5];
     if c.grpo.tis_cap > 0.0 {
         let unbounded =
             artist_rl::GrpoConfig { tis_cap: f64::INFINITY, tis_mode: artist_rl::TisMode::Truncate, ..c.grpo };
-        for r in &train {
+        for r in train.iter().filter(|r| r.generated() > 0) {
             if let (Some(w), Some(raw)) = (c.grpo.tis_weights(r), unbounded.tis_weights(r)) {
                 tis[0] += w.iter().map(|&x| f64::from(x)).sum::<f64>();
                 tis[1] += w.iter().zip(&raw).filter(|(a, b)| a != b).count() as f64;
+                tis[2] += w.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
+                tis[3] += f64::from(u8::from(c.grpo.tis_vetoed(r)));
+                tis[4] += 1.0;
             }
         }
     }
@@ -1885,11 +1930,15 @@ pub fn update_sharded(
             entropy[1] as f32,
             tis[0] as f32,
             tis[1] as f32,
+            tis[2] as f32,
+            tis[3] as f32,
+            tis[4] as f32,
+            gap[2],
         ];
         comm.all_reduce_sum(&mut buf)?;
-        tis = [f64::from(buf[7]), f64::from(buf[8])];
+        tis = [buf[7], buf[8], buf[9], buf[10], buf[11]].map(f64::from);
         (clipped, tokens, kl) = (buf[0] as usize, buf[1] as usize, f64::from(buf[2]));
-        gap = [buf[3], buf[4]];
+        gap = [buf[3], buf[4], buf[12]];
         entropy = [f64::from(buf[5]), f64::from(buf[6])];
     }
     out.clip_fraction = clipped as f64 / tokens.max(1) as f64;
@@ -1897,11 +1946,17 @@ pub fn update_sharded(
     out.entropy = entropy[0] / entropy[1].max(1.0);
     if c.recomputes_old_logprobs(dev) {
         out.sampler_logprob_gap = Some(f64::from(gap[0]) / f64::from(gap[1]).max(1.0));
+        out.sampler_kl = Some(f64::from(gap[2]) / f64::from(gap[1]).max(1.0));
     }
     if c.grpo.tis_cap > 0.0 {
         // Every generated token of the batch has a weight: the gap's count is theirs.
         let n = f64::from(gap[1]).max(1.0);
         (out.tis_weight_mean, out.tis_bounded_fraction) = (Some(tis[0] / n), Some(tis[1] / n));
+        // All weights zero (every rollout masked or vetoed): no effective sample at all.
+        out.tis_ess = Some(if tis[2] > 0.0 { tis[0] * tis[0] / (n * tis[2]) } else { 0.0 });
+        if c.grpo.tis_veto > 0.0 {
+            out.tis_veto_fraction = Some(tis[3] / tis[4].max(1.0));
+        }
     }
     Ok(out)
 }

@@ -705,10 +705,12 @@ fn high_entropy_tokens_alone_carry_the_policy_gradient() {
 }
 
 /// Masked importance sampling in a run (bf16 rollouts, pi_old recomputed in f32): the step
-/// logs the mean weight and the fraction of tokens the bounds zeroed, as worked out here
-/// from the same rollouts (the weights `exp(pi_old - sampler)`, bounds placed between
-/// them so that about a quarter of the tokens fall outside); a lower bound without the
-/// mask mode, or not below the cap, is refused.
+/// logs the mean weight, the fraction of tokens the bounds zeroed, the weights' effective
+/// sample size and the sampler's k3 KL, as worked out here from the same rollouts (the
+/// weights `exp(pi_old - sampler)`, bounds placed between them so that about a quarter of
+/// the tokens fall outside); a veto placed between the rollouts' smallest token weights
+/// zeroes the rollouts below it and logs their fraction; a lower bound without the mask
+/// mode, or not below the cap, and a veto outside (0, 1) or without weights, are refused.
 #[test]
 fn masked_importance_sampling_logs_its_weights() {
     let sets = ["steps=1", "rollout.deterministic=true", "rollout.matmul_dtype=\"bf16\""];
@@ -720,11 +722,16 @@ fn masked_importance_sampling_logs_its_weights() {
     let refs: Vec<&artist_rl::TrainRollout> = all.iter().collect();
     let ctx = artist_autograd::Ctx::inference();
     let old = artist_rl::grpo::rollout_logprobs(&by_hand.model, &ctx, &refs, 1.0, 2).unwrap();
-    let weights: Vec<f64> = (all.iter().zip(&old))
-        .flat_map(|(r, o)| {
-            (0..r.ids.len()).filter(|&j| r.mask[j] == 1).map(|j| (o[j] as f64 - r.old_logprobs[j] as f64).exp())
+    let per_rollout: Vec<Vec<f64>> = (all.iter().zip(&old))
+        .map(|(r, o)| {
+            (0..r.ids.len())
+                .filter(|&j| r.mask[j] == 1)
+                .map(|j| (o[j] as f64 - r.old_logprobs[j] as f64).exp())
+                .collect()
         })
         .collect();
+    let weights: Vec<f64> = per_rollout.concat();
+    let kl = weights.iter().map(|w| w - w.ln() - 1.0).sum::<f64>() / weights.len() as f64;
     let mut sorted = weights.clone();
     sorted.sort_by(f64::total_cmp);
     let between = |q: f64| {
@@ -736,6 +743,7 @@ fn masked_importance_sampling_logs_its_weights() {
     let kept: Vec<f64> = weights.iter().map(|&w| if w < low || w > cap { 0.0 } else { w }).collect();
     let masked = kept.iter().filter(|&&w| w == 0.0).count() as f64 / kept.len() as f64;
     let mean = kept.iter().sum::<f64>() / kept.len() as f64;
+    let ess = |w: &[f64]| w.iter().sum::<f64>().powi(2) / (w.len() as f64 * w.iter().map(|x| x * x).sum::<f64>());
 
     let tmp = tempfile::tempdir().unwrap();
     let tis = [format!("grpo.tis_cap={cap}"), format!("grpo.tis_cap_low={low}"), "grpo.tis_mode=\"mask\"".into()];
@@ -744,16 +752,46 @@ fn masked_importance_sampling_logs_its_weights() {
     let (got_mean, got_masked) = (m[0].tis_weight_mean.unwrap(), m[0].tis_bounded_fraction.unwrap());
     assert!((got_mean - mean).abs() <= 1e-6 * mean, "tis_weight_mean {got_mean} vs {mean}");
     assert!((got_masked - masked).abs() <= 1e-12 && masked > 0.1 && masked < 0.4, "{got_masked} vs {masked}");
+    let (got_ess, got_kl) = (m[0].tis_ess.unwrap(), m[0].sampler_kl.unwrap());
+    assert!((got_ess - ess(&kept)).abs() <= 1e-6 && got_ess < 0.99, "tis_ess {got_ess} vs {}", ess(&kept));
+    assert!((got_kl - kl).abs() <= 1e-3 * kl && kl > 0.0, "sampler_kl {got_kl} vs {kl}");
+    assert_eq!(m[0].tis_veto_fraction, None, "no veto, no veto fraction");
     let line = std::fs::read_to_string(tmp.path().join("run/metrics.jsonl")).unwrap();
-    assert!(line.contains("\"tis_weight_mean\"") && line.contains("\"tis_bounded_fraction\""), "{line}");
+    for key in ["tis_weight_mean", "tis_bounded_fraction", "tis_ess", "sampler_kl"] {
+        assert!(line.contains(&format!("\"{key}\"")), "{key}: {line}");
+    }
+
+    // The veto between the two smallest of the rollouts' least weights: every rollout
+    // whose least weight is below it is zeroed, the others truncated at a cap above all.
+    let mut least: Vec<f64> = per_rollout.iter().map(|w| w.iter().cloned().fold(f64::MAX, f64::min)).collect();
+    let order = least.clone();
+    least.sort_by(f64::total_cmp);
+    let veto = (least[0] + least[1]) / 2.0;
+    let vetoed: Vec<bool> = order.iter().map(|&l| l < veto).collect();
+    let kept: Vec<f64> =
+        per_rollout.iter().zip(&vetoed).flat_map(|(w, &v)| w.iter().map(move |&x| if v { 0.0 } else { x })).collect();
+    let overrides = [format!("grpo.tis_cap={}", sorted[sorted.len() - 1] * 2.0), format!("grpo.tis_veto={veto}")];
+    let mut t = trainer(c.clone().with_overrides(&overrides).unwrap());
+    let m = train(&tmp.path().join("veto"), &mut t, &fresh()).unwrap();
+    let fraction = vetoed.iter().filter(|&&v| v).count() as f64 / vetoed.len() as f64;
+    assert_eq!(m[0].tis_veto_fraction, Some(fraction));
+    assert!(fraction > 0.0 && fraction < 1.0, "{fraction}");
+    let mean = kept.iter().sum::<f64>() / kept.len() as f64;
+    let got = m[0].tis_weight_mean.unwrap();
+    assert!((got - mean).abs() <= 1e-6 * mean, "tis_weight_mean under the veto {got} vs {mean}");
+    assert!((m[0].tis_ess.unwrap() - ess(&kept)).abs() <= 1e-6, "{:?} vs {}", m[0].tis_ess, ess(&kept));
+    assert_eq!(m[0].tis_bounded_fraction, Some(0.0), "the veto is not counted as the bounds'");
 
     for (bad, needle) in [
         (vec!["grpo.tis_cap=2.0", "grpo.tis_cap_low=0.5"], "tis_cap_low (0.5)"),
         (vec!["grpo.tis_cap=2.0", "grpo.tis_mode=\"mask\"", "grpo.tis_cap_low=2.0"], "tis_cap_low (2)"),
+        (vec!["grpo.tis_cap=2.0", "grpo.tis_veto=1.0"], "tis_veto (1)"),
+        (vec!["grpo.tis_cap=2.0", "grpo.tis_veto=-1e-4"], "tis_veto (-0.0001)"),
+        (vec!["grpo.tis_veto=1e-4"], "tis_veto needs importance weights"),
     ] {
         let bad: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
         let e = c.clone().with_overrides(&bad).unwrap().validate(Device::Cpu).unwrap_err().to_string();
-        assert!(e.contains(needle) && e.contains("mask"), "{e}");
+        assert!(e.contains(needle), "{e}");
     }
 }
 
