@@ -93,11 +93,22 @@ pub fn eos_ids(dir: &Path, model: &Qwen2) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-/// The MCP server `--mcp-command` names (split at spaces), started and listed, for
+/// A command line given as one argument (`--mcp-command "python3 'my server.py' --flag"`),
+/// split as a POSIX shell splits words: at spaces, with quotes and backslashes keeping
+/// spaces inside one word (nothing is expanded, no shell runs). `flag` names the argument
+/// in the error.
+pub fn split_command(command: &str, flag: &str) -> Result<Vec<String>> {
+    let words = shlex::split(command)
+        .with_context(|| format!("{flag} {command:?}: a quote is not closed (or a backslash ends it)"))?;
+    anyhow::ensure!(!words.is_empty(), "{flag} is empty: give the program to run and its arguments");
+    Ok(words)
+}
+
+/// The MCP server `--mcp-command` names ([`split_command`]), started and listed, for
 /// `--tools mcp`.
 pub fn start_mcp(command: Option<&str>) -> Result<artist_tools::McpTool> {
     let command = command.context("--tools mcp needs --mcp-command, the server's command line")?;
-    let command: Vec<String> = command.split_whitespace().map(str::to_string).collect();
+    let command = split_command(command, "--mcp-command")?;
     artist_tools::McpTool::spawn(artist_tools::McpConfig { command, ..Default::default() })
         .context("starting the MCP server of --mcp-command")
 }

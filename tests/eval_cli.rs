@@ -498,7 +498,9 @@ fn an_external_judge_grades_the_samples() {
             "--json".into(),
         ];
         if let Some(mode) = judge_mode {
-            args.extend(["--judge-command".into(), format!("python3 {} {mode}", judge.display())]);
+            // Quoted as a shell would quote it; two copies grade at once.
+            args.extend(["--judge-command".into(), format!("python3 '{}' {mode}", judge.display())]);
+            args.extend(["--judge-workers".into(), "2".into()]);
         }
         eval(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };

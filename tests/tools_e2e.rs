@@ -140,4 +140,16 @@ fn a_fine_tuned_model_calls_an_mcp_server_through_generate() {
     let out = tool(&["mcp", "--command", &format!("{server} bad-init")], "");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("not today") && !err.contains("panicked"), "{err}");
+    // The command line is split as a shell splits it: a quoted path keeps its space, and an
+    // unclosed quote is an error that says so.
+    let spaced = tempfile::tempdir().unwrap();
+    let script = spaced.path().join("my tools/server.py");
+    std::fs::create_dir(script.parent().unwrap()).unwrap();
+    std::fs::copy(root.join("tests/fixtures/mcp/server.py"), &script).unwrap();
+    let quoted = format!("python3 '{}'", script.display());
+    let out = tool(&["mcp", "--command", &quoted, "--list"], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tool(&["mcp", "--command", &format!("python3 '{}", script.display())], "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("a quote is not closed") && !err.contains("panicked"), "{err}");
 }

@@ -370,6 +370,20 @@ fn grpo_with_an_external_judge() {
         "{}",
         lines[0]
     );
+    // Four workers grade the step's rollouts at once: the "meet" judge answers only when
+    // four are asked together, long before its 10 s timeout.
+    let meet = tmp.path().join("meet");
+    std::fs::create_dir(&meet).unwrap();
+    let meeting = format!(
+        "judge.command=[\"python3\", {:?}, \"meet\", {:?}, \"4\"]",
+        judge.to_str().unwrap(),
+        meet.to_str().unwrap()
+    );
+    let sets = [meeting.as_str(), "judge.workers=4", "judge.timeout_s=10", "steps=1"];
+    ok(&train(&grpo_args(&tmp.path().join("met"), &sets), &[]));
+    assert_eq!(std::fs::read_dir(&meet).unwrap().count(), 4);
+    let out = train(&grpo_args(&tmp.path().join("none"), &[five.as_str(), "judge.workers=0", "steps=1"]), &[]);
+    fails_cleanly(&out, "judge.workers must be from 1 to 256, got 0");
     let garbage = command("garbage");
     let out = train(&grpo_args(&tmp.path().join("bad"), &[garbage.as_str(), "steps=1"]), &[]);
     fails_cleanly(&out, "judge.py garbage");

@@ -20,7 +20,7 @@
 //!
 //! `eval --model DIR --dataset FILE [--preset NAME | --field-map problem=..,answer=..]
 //! [--k K] [--samples N] [--temperature T] [--tools python|calculator|mcp|none]
-//! [--mcp-command CMD] [--judge-command CMD] [--out FILE.jsonl] [--json]` generates `N`
+//! [--mcp-command CMD] [--judge-command CMD [--judge-workers N]] [--out FILE.jsonl] [--json]` generates `N`
 //! answers per problem (default `K`) with the model in ARTIST's format, the tool live, and
 //! grades them (by math equivalence, or by the external judge `--judge-command` starts:
 //! `artist_math::Judge`). It prints pass@1 (the mean fraction correct),
@@ -92,15 +92,18 @@ struct Cli {
     /// The tool in the loop (mcp: the functions of the server --mcp-command starts).
     #[arg(long, default_value = "python", value_parser = ["python", "calculator", "mcp", "none"])]
     tools: String,
-    /// With --tools mcp: the MCP server's command line, split at spaces
-    /// ("python3 server.py --flag").
+    /// With --tools mcp: the MCP server's command line, split into words as a shell would
+    /// (quotes keep spaces: "python3 'my server.py' --flag"; nothing is expanded).
     #[arg(long, value_name = "COMMAND")]
     mcp_command: Option<String>,
-    /// Grade with an external judge instead of math equivalence: its command line, split at
-    /// spaces; it reads `{"problem", "completion", "answer"}` lines and writes
-    /// `{"correct": bool}` lines (the GRPO trainer's `[judge]`).
+    /// Grade with an external judge instead of math equivalence: its command line, split
+    /// into words as a shell would; it reads `{"problem", "completion", "answer"}` lines and
+    /// writes `{"correct": bool}` lines (the GRPO trainer's `[judge]`).
     #[arg(long, value_name = "COMMAND")]
     judge_command: Option<String>,
+    /// Copies of the judge started and asked at once.
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "judge_command")]
+    judge_workers: usize,
     /// Model tokens per turn.
     #[arg(long, default_value_t = 1024)]
     max_new_tokens: usize,
@@ -322,7 +325,8 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
     let judge = match &cli.judge_command {
         Some(c) => Some(
             artist_math::Judge::spawn(artist_math::JudgeConfig {
-                command: c.split_whitespace().map(str::to_string).collect(),
+                command: artist::cli::split_command(c, "--judge-command")?,
+                workers: cli.judge_workers,
                 ..Default::default()
             })
             .context("starting the judge of --judge-command")?,
@@ -339,14 +343,26 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
     // Per problem, (sample, extracted answer, correct), for the majority vote.
     let mut answers: Vec<Vec<(usize, Option<String>, bool)>> = vec![Vec::new(); prompts.len()];
     let (mut tokens, mut calls) = (0usize, 0usize);
-    for r in &rollouts {
+    let completions: Vec<String> = rollouts.iter().map(|r| tok.decode_lossy(&r.ids, true)).collect();
+    let extracted: Vec<Option<String>> = completions.iter().map(|c| artist_math::extract_answer(c)).collect();
+    let verdicts = match &judge {
+        Some(judge) => {
+            let questions: Vec<(&str, &str, &str)> = (rollouts.iter().zip(&completions))
+                .map(|(r, c)| {
+                    let p = &data.problems[r.prompt_index];
+                    (p.problem.as_str(), c.as_str(), p.answer.as_str())
+                })
+                .collect();
+            judge.correct_all(&questions)?
+        }
+        None => (rollouts.iter().zip(&extracted))
+            .map(|(r, e)| {
+                e.as_deref().is_some_and(|a| artist_math::equivalent(&data.problems[r.prompt_index].answer, a))
+            })
+            .collect(),
+    };
+    for (((r, completion), extracted), correct) in rollouts.iter().zip(completions).zip(extracted).zip(verdicts) {
         let p = &data.problems[r.prompt_index];
-        let completion = tok.decode_lossy(&r.ids, true);
-        let extracted = artist_math::extract_answer(&completion);
-        let correct = match &judge {
-            Some(judge) => judge.correct(&p.problem, &completion, &p.answer)?,
-            None => extracted.as_deref().is_some_and(|a| artist_math::equivalent(&p.answer, a)),
-        };
         correct_per_problem[r.prompt_index] += correct as usize;
         answers[r.prompt_index].push((r.sample_index, extracted.clone(), correct));
         tokens += r.ids.len();

@@ -41,7 +41,8 @@ enum Which {
 
 #[derive(clap::Args, Debug)]
 struct McpArgs {
-    /// The server's command line, split at spaces ("python3 server.py --flag").
+    /// The server's command line, split into words as a shell would (quotes keep spaces:
+    /// "python3 'my server.py' --flag"; nothing is expanded).
     #[arg(long)]
     command: String,
     /// Seconds the call may take.
@@ -172,7 +173,7 @@ fn main() -> Result<()> {
             print(&result, "none")
         }
         Which::Mcp(args) => {
-            let command = args.command.split_whitespace().map(str::to_string).collect();
+            let command = artist::cli::split_command(&args.command, "--command")?;
             let config = artist_tools::McpConfig { command, timeout_s: args.timeout_s, ..Default::default() };
             let tool = artist_tools::McpTool::spawn(config).context("starting the MCP server of --command")?;
             if args.list {

@@ -433,6 +433,8 @@ fn run_grpo(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Resul
             (args.comm, Duration::from_secs(args.dist_timeout), args.tcp_ring_min),
         );
     }
+    // Before the data is read and the tool and judge start: a bad value is reported first.
+    config.validate(device)?;
     let format: artist_math::DatasetFormat = config.data_preset.parse()?;
     let data = artist_math::MathDataset::load(&config.data, &format)?;
     for bad in &data.bad_rows {

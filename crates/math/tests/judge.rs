@@ -1,7 +1,7 @@
 //! The external judge against a standard-library Python judge (tests/fixtures/judge):
-//! verdicts in order, many questions one after another and from several threads, and every
-//! way a judge can fail an error that names it and what it did, after which it is not asked
-//! again.
+//! verdicts in order, many questions one after another and from several threads, several
+//! workers asked at once, and every way a judge can fail an error that names it and what it
+//! did, after which it is not asked again.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -9,11 +9,14 @@ use std::process::Command;
 use artist_math::{Judge, JudgeConfig};
 
 fn judge(mode: &str, timeout_s: f64) -> Result<Judge, artist_math::JudgeError> {
+    judges(&[mode], timeout_s, 1)
+}
+
+fn judges(mode: &[&str], timeout_s: f64, workers: usize) -> Result<Judge, artist_math::JudgeError> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/judge/judge.py");
-    Judge::spawn(JudgeConfig {
-        command: vec!["python3".into(), script.to_string_lossy().into_owned(), mode.into()],
-        timeout_s,
-    })
+    let mut command = vec!["python3".into(), script.to_string_lossy().into_owned()];
+    command.extend(mode.iter().map(|m| m.to_string()));
+    Judge::spawn(JudgeConfig { command, timeout_s, workers })
 }
 
 fn python_available() -> bool {
@@ -74,10 +77,54 @@ fn a_failing_judge_is_an_error_naming_it() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(slow.correct("q", "2", "3").unwrap_err().to_string().contains("no verdict within 0.3 s"));
 
-    let e = Judge::spawn(JudgeConfig { command: vec!["/nonexistent/judge".into()], timeout_s: 1.0 }).err().unwrap();
+    let e = Judge::spawn(JudgeConfig { command: vec!["/nonexistent/judge".into()], timeout_s: 1.0, workers: 1 })
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("/nonexistent/judge") && e.to_string().contains("cannot start it"), "{e}");
     let e = Judge::spawn(JudgeConfig::default()).err().unwrap().to_string();
     assert!(e.contains("the command is empty"), "{e}");
     let e = judge("contains", 0.0).err().unwrap().to_string();
     assert!(e.contains("timeout_s"), "{e}");
+}
+
+/// Four workers are asked at once: the "meet" judge answers only when all four have a
+/// question (one worker asked four times in turn would wait for the others and time out),
+/// each told its own number; verdicts of many questions come back in their order; a worker
+/// that fails names itself and fails every question after it.
+#[test]
+fn workers_answer_at_once() {
+    if !python_available() {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let meet = tempfile::tempdir().unwrap();
+    let dir = meet.path().to_str().unwrap();
+    let j = judges(&["meet", dir, "4"], 30.0, 4).unwrap();
+    assert_eq!(j.workers(), 4);
+    let questions: Vec<(&str, &str, &str)> = (0..4).map(|i| ("q", if i % 2 == 0 { "7" } else { "8" }, "7")).collect();
+    assert_eq!(j.correct_all(&questions).unwrap(), [true, false, true, false]);
+    let mut met: Vec<String> =
+        std::fs::read_dir(meet.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    met.sort();
+    assert_eq!(met, ["worker-0", "worker-1", "worker-2", "worker-3"]);
+    // One worker would have waited alone.
+    let alone = tempfile::tempdir().unwrap();
+    let one = judges(&["meet", alone.path().to_str().unwrap(), "2"], 1.0, 1).unwrap();
+    assert!(one.correct_all(&questions[..2]).unwrap_err().to_string().contains("no verdict within 1 s"));
+
+    let j = judges(&["contains"], 10.0, 3).unwrap();
+    let texts: Vec<String> = (0..300).map(|i| format!("answer {i}")).collect();
+    let questions: Vec<(&str, &str, &str)> = texts.iter().map(|t| ("q", t.as_str(), "7")).collect();
+    let want: Vec<bool> = texts.iter().map(|t| t.contains('7')).collect();
+    assert_eq!(j.correct_all(&questions).unwrap(), want);
+
+    let once = judges(&["once"], 10.0, 2).unwrap();
+    let e = once.correct_all(&questions[..6]).unwrap_err().to_string();
+    assert!(e.contains("judge.py once") && e.contains("worker ") && e.contains("exited"), "{e}");
+    assert_eq!(once.correct("q", "1", "1").unwrap_err().to_string(), e, "not asked again");
+
+    for bad in [0, artist_math::MAX_JUDGE_WORKERS + 1] {
+        let e = judges(&["contains"], 10.0, bad).err().unwrap().to_string();
+        assert!(e.contains("workers must be from 1 to 256"), "{e}");
+    }
 }

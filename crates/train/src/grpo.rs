@@ -38,7 +38,6 @@ pub struct Problem {
     pub answer: String,
 }
 
-/// Judges a completion (the decoded response) against a gold answer.
 /// Whether a completion is right, given `(completion, gold answer, problem)`: `Err` (why, in
 /// words) when it cannot be told (an external judge that failed), which stops the step.
 pub type Verifier = dyn Fn(&str, &str, &str) -> std::result::Result<bool, String> + Sync;
@@ -319,7 +318,8 @@ pub struct GrpoRunConfig {
     pub mcp: McpConfig,
     /// An external judge of the answers (`[judge] command = [...]`; empty, the default:
     /// math equivalence): a program that reads `{"problem", "completion", "answer"}` lines
-    /// and writes `{"correct": bool}` lines (artist_math::Judge).
+    /// and writes `{"correct": bool}` lines (artist_math::Judge); `workers = N` grades a
+    /// step's rollouts N at a time.
     pub judge: artist_math::JudgeConfig,
     /// Overrides ARTIST's system prompt for the tool.
     pub system_prompt: Option<String>,
@@ -697,6 +697,12 @@ impl GrpoRunConfig {
             return Err(Error::Config(format!(
                 "judge.timeout_s must be a positive number, got {}",
                 self.judge.timeout_s
+            )));
+        } else if !(1..=artist_math::MAX_JUDGE_WORKERS).contains(&self.judge.workers) {
+            return Err(Error::Config(format!(
+                "judge.workers must be from 1 to {}, got {}",
+                artist_math::MAX_JUDGE_WORKERS,
+                self.judge.workers
             )));
         } else if self.tool == "mcp" && self.mcp.command.is_empty() {
             return Err(Error::Config(
@@ -1116,18 +1122,21 @@ impl GrpoTrainer<'_> {
         let t = Instant::now();
         let (rollouts, _) = engine.run(&prompts).map_err(|e| Error::Config(format!("rollouts: {e}")))?;
         let secs = t.elapsed().as_secs_f64();
+        let texts: Vec<String> = rollouts.iter().map(|ro| self.tokenizer.decode_lossy(&ro.ids, true)).collect();
+        // An external judge's workers grade at once; equivalence is quick enough in turn.
+        let threads = if c.judge.command.is_empty() { 1 } else { c.judge.workers };
+        let correct = artist_math::judge::in_parallel(threads, rollouts.len(), |i| {
+            let problem = problems[rollouts[i].prompt_index];
+            (self.verify)(&texts[i], &problem.answer, &problem.problem)
+        })
+        .into_iter()
+        .collect::<std::result::Result<Vec<bool>, String>>()
+        .map_err(Error::Judge)?;
         let mut rewards = Vec::with_capacity(rollouts.len());
-        let mut correct = Vec::with_capacity(rollouts.len());
-        let mut texts = Vec::with_capacity(rollouts.len());
-        for ro in &rollouts {
-            let problem = problems[ro.prompt_index];
-            let text = self.tokenizer.decode_lossy(&ro.ids, true);
-            let ok = (self.verify)(&text, &problem.answer, &problem.problem).map_err(Error::Judge)?;
+        for (ro, &ok) in rollouts.iter().zip(&correct) {
             let successes: Vec<bool> = ro.tool_calls.iter().map(|t| t.result.success).collect();
             let tag = self.tool.as_ref().map_or("python", |t| t.tag());
             rewards.push(math_rewards_with_tool(tag, &segments(&self.tokenizer, ro), &successes, ok, &c.rewards));
-            correct.push(ok);
-            texts.push(text);
         }
         Ok(RolloutBatch { rollouts, rewards, correct, texts, seconds: secs })
     }
