@@ -3,16 +3,18 @@
 //! through two pipes and a thread per request on the server), and calls from many threads
 //! at once against a function that sleeps, which shows whether they overlap. The floor
 //! beside it: the same round trips written and read by hand on the server's pipes (no
-//! reader thread, no id map, no channel), so the difference is what the client adds.
+//! reader thread, no id map, no channel), so the difference is what the client adds. Then
+//! a server per rollout (`sessions = "rollout"`): a rollout's first call, which starts its
+//! server, its later calls, and rollouts starting theirs from many threads at once.
 //!
-//!     cargo bench --bench mcp -- [--calls 2000] [--threads 16] [--sleep-ms 50]
+//!     cargo bench --bench mcp -- [--calls 2000] [--threads 16] [--sleep-ms 50] [--rollouts 32]
 //!
 //! Prints one JSON line per measurement.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use artist_tools::{McpConfig, McpTool, Tool, ToolCall};
+use artist_tools::{McpConfig, McpSessions, McpTool, Tool, ToolCall};
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
@@ -23,11 +25,12 @@ fn main() {
     let calls: usize = arg("--calls", "2000").parse().expect("--calls");
     let threads: usize = arg("--threads", "16").parse().expect("--threads");
     let sleep_ms: f64 = arg("--sleep-ms", "50").parse().expect("--sleep-ms");
+    let rollouts: u64 = arg("--rollouts", "32").parse().expect("--rollouts");
     let server = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp/server.py");
     let config =
         McpConfig { command: vec!["python3".into(), server.to_string_lossy().into_owned()], ..Default::default() };
     let start = Instant::now();
-    let tool = Arc::new(McpTool::spawn(config).expect("the test server starts (python3 is needed)"));
+    let tool = Arc::new(McpTool::spawn(config.clone()).expect("the test server starts (python3 is needed)"));
     let startup_ms = start.elapsed().as_secs_f64() * 1e3;
     let call = |tool: &McpTool, text: &str| {
         let r = tool.execute(&ToolCall { text: text.into(), rollout: 0, prompt: 0 });
@@ -95,5 +98,38 @@ fn main() {
         "{}",
         serde_json::json!({"bench": "mcp_concurrent", "threads": threads, "sleep_ms": sleep_ms,
             "wall_ms": secs * 1e3, "one_after_another_ms": serial * 1e3, "overlap": serial / secs})
+    );
+
+    // A server per rollout: each rollout's first call starts one; ended rollouts close theirs.
+    let own = Arc::new(McpTool::spawn(McpConfig { sessions: McpSessions::Rollout, ..config }).expect("starts"));
+    let (mut first, mut later) = (0.0, 0.0);
+    for r in 0..rollouts {
+        let t = Instant::now();
+        assert!(own.execute(&ToolCall { text: echo.into(), rollout: r, prompt: 0 }).success);
+        first += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..10 {
+            assert!(own.execute(&ToolCall { text: echo.into(), rollout: r, prompt: 0 }).success);
+        }
+        later += t.elapsed().as_secs_f64() / 10.0;
+        own.end_rollout(r);
+    }
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads as u64 {
+            let own = Arc::clone(&own);
+            s.spawn(move || {
+                let r = 1_000 + t;
+                assert!(own.execute(&ToolCall { text: echo.into(), rollout: r, prompt: 0 }).success);
+                own.end_rollout(r);
+            });
+        }
+    });
+    let together = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"bench": "mcp_rollout_sessions", "rollouts": rollouts,
+            "first_call_ms": first * 1e3 / rollouts as f64, "later_call_us": later * 1e6 / rollouts as f64,
+            "threads": threads, "starts_at_once_ms": together * 1e3})
     );
 }

@@ -105,10 +105,15 @@ pub fn split_command(command: &str, flag: &str) -> Result<Vec<String>> {
 }
 
 /// The MCP server `--mcp-command` names ([`split_command`]), started and listed, for
-/// `--tools mcp`.
-pub fn start_mcp(command: Option<&str>) -> Result<artist_tools::McpTool> {
+/// `--tools mcp`; `sessions` is `--mcp-sessions` (`shared` or `rollout`).
+pub fn start_mcp(command: Option<&str>, sessions: &str) -> Result<artist_tools::McpTool> {
     let command = command.context("--tools mcp needs --mcp-command, the server's command line")?;
     let command = split_command(command, "--mcp-command")?;
-    artist_tools::McpTool::spawn(artist_tools::McpConfig { command, ..Default::default() })
+    let sessions = match sessions {
+        "rollout" => artist_tools::McpSessions::Rollout,
+        "shared" => artist_tools::McpSessions::Shared,
+        other => anyhow::bail!("--mcp-sessions {other:?}: expected shared or rollout"),
+    };
+    artist_tools::McpTool::spawn(artist_tools::McpConfig { command, sessions, ..Default::default() })
         .context("starting the MCP server of --mcp-command")
 }

@@ -96,6 +96,11 @@ struct Cli {
     /// (quotes keep spaces: "python3 'my server.py' --flag"; nothing is expanded).
     #[arg(long, value_name = "COMMAND")]
     mcp_command: Option<String>,
+    /// With --tools mcp: `shared`, one server for every sample, or `rollout`, a server per
+    /// sample, started at its first call and closed when it ends (a stateful server starts
+    /// fresh for each).
+    #[arg(long, default_value = "shared", value_parser = ["shared", "rollout"], requires = "mcp_command")]
+    mcp_sessions: String,
     /// Grade with an external judge instead of math equivalence: its command line, split
     /// into words as a shell would; it reads `{"problem", "completion", "answer"}` lines and
     /// writes `{"correct": bool}` lines (the GRPO trainer's `[judge]`).
@@ -280,7 +285,7 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
             Some(Arc::new(artist_tools::PythonTool::new(Default::default()).context("starting the Python sandbox")?))
         }
         "calculator" => Some(Arc::new(artist_tools::Calculator)),
-        "mcp" => Some(Arc::new(artist::cli::start_mcp(cli.mcp_command.as_deref())?)),
+        "mcp" => Some(Arc::new(artist::cli::start_mcp(cli.mcp_command.as_deref(), &cli.mcp_sessions)?)),
         _ => None,
     };
     let system = match &tool {

@@ -105,6 +105,11 @@ struct Args {
     /// ("python3 server.py --flag"); its functions are listed in ARTIST's system prompt.
     #[arg(long, value_name = "COMMAND")]
     mcp_command: Option<String>,
+    /// With --tools mcp: `shared`, one server for every sample, or `rollout`, a server per
+    /// sample, started at its first call and closed when it ends (a stateful server starts
+    /// fresh for each).
+    #[arg(long, default_value = "shared", value_parser = ["shared", "rollout"], requires = "mcp_command")]
+    mcp_sessions: String,
     /// Most tool calls with --tools.
     #[arg(long, default_value_t = 8)]
     max_tool_calls: usize,
@@ -260,7 +265,7 @@ fn start_tool(args: &Args, tool: &str) -> Result<std::sync::Arc<dyn artist_tools
             let config = artist_tools::SandboxConfig { timeout_s: args.tool_timeout_s, ..Default::default() };
             std::sync::Arc::new(artist_tools::PythonTool::new(config).context("starting the Python sandbox")?)
         }
-        "mcp" => std::sync::Arc::new(artist::cli::start_mcp(args.mcp_command.as_deref())?),
+        "mcp" => std::sync::Arc::new(artist::cli::start_mcp(args.mcp_command.as_deref(), &args.mcp_sessions)?),
         _ => std::sync::Arc::new(artist_tools::Calculator),
     })
 }

@@ -15,14 +15,21 @@
 //! Nothing a server or a model does makes this panic: a call that is not JSON, names a tool
 //! the server did not list, gets an error back, or outlives the server is a failed
 //! [`ToolResult`] that says so in words. The server is not sandboxed: it is the user's own
-//! program, run with the trainer's rights (docs/SANDBOX.md). All rollouts share it, so a
-//! stateful server's state is shared too.
+//! program, run with the trainer's rights (docs/SANDBOX.md).
+//!
+//! `sessions = "shared"` (the default): every rollout calls one server, so a stateful
+//! server's state is shared too. `sessions = "rollout"`: each rollout gets its own server,
+//! started at its first call (with `ARTIST_MCP_ROLLOUT` set to the rollout's id) and closed
+//! when the rollout ends ([`Tool::end_rollout`]), so a server that keeps state (a file
+//! system, a database, a game) starts fresh for every rollout, as a BFCL environment does.
+//! The tools for the prompt come from one server started and closed by [`McpTool::spawn`].
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -50,6 +57,19 @@ pub struct McpConfig {
     pub max_output_bytes: usize,
     /// Calls in one `<tool>` block (a longer JSON list is refused).
     pub max_calls: usize,
+    /// `shared` (one server for every rollout) or `rollout` (a server per rollout).
+    pub sessions: McpSessions,
+}
+
+/// Which rollouts a server serves (`mcp.sessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum McpSessions {
+    /// One server for the whole run: its state is every rollout's.
+    #[default]
+    Shared,
+    /// A server per rollout, started at its first call and closed when it ends.
+    Rollout,
 }
 
 impl Default for McpConfig {
@@ -61,6 +81,7 @@ impl Default for McpConfig {
             timeout_s: 30.0,
             max_output_bytes: 4096,
             max_calls: 8,
+            sessions: McpSessions::Shared,
         }
     }
 }
@@ -142,38 +163,26 @@ enum CallError {
     TimedOut,
 }
 
-/// An MCP server's tools as one [`Tool`]: see the module doc.
-pub struct McpTool {
-    config: McpConfig,
-    tools: Vec<McpToolInfo>,
-    /// The tools for the system prompt (made once: every prompt reads it).
-    description: String,
-    /// What the server said it is (`serverInfo`), for messages.
-    server: String,
+/// One running server: its link, its process, what it listed.
+struct Server {
     link: Arc<Link>,
     child: Mutex<Child>,
+    tools: Vec<McpToolInfo>,
+    /// What the server said it is (`serverInfo`), for messages.
+    name: String,
 }
 
-impl McpTool {
-    /// Starts the server and makes the handshake; fails with the server's command and what
-    /// went wrong (it would not start, closed, answered something else, took too long).
-    pub fn spawn(config: McpConfig) -> Result<McpTool, McpError> {
+impl Server {
+    /// Starts the server (with `env` besides the config's) and makes the handshake.
+    fn start(config: &McpConfig, env: &[(&str, String)]) -> Result<Server, McpError> {
         let (program, args) =
             config.command.split_first().ok_or_else(|| McpError::Config("mcp.command is empty".into()))?;
-        if !(config.timeout_s > 0.0 && config.timeout_s.is_finite()) {
-            return Err(McpError::Config(format!("mcp.timeout_s must be a positive number, got {}", config.timeout_s)));
-        }
-        if config.tag.is_empty() || !config.tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(McpError::Config(format!("mcp.tag {:?} must be letters, digits, '_' or '-'", config.tag)));
-        }
-        if config.max_calls == 0 {
-            return Err(McpError::Config("mcp.max_calls must be >= 1".into()));
-        }
         let command = config.command.join(" ");
         let fail = |msg: String| McpError::Server { command: command.clone(), msg };
         let mut child = Command::new(program)
             .args(args)
             .envs(&config.env)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -186,24 +195,18 @@ impl McpTool {
             gone: Mutex::new(None),
             next_id: std::sync::atomic::AtomicU64::new(1),
         });
-        let reader = Arc::clone(&link);
+        // Built before anything else can fail, so that dropping it ends the process.
+        let mut server = Server { link, child: Mutex::new(child), tools: Vec::new(), name: String::new() };
+        let reader = Arc::clone(&server.link);
         std::thread::Builder::new()
             .name("mcp-reader".into())
             .spawn(move || read_server(stdout, &reader))
             .map_err(|e| fail(format!("cannot start its reader thread: {e}")))?;
-        let mut tool = McpTool {
-            config,
-            tools: Vec::new(),
-            description: String::new(),
-            server: String::new(),
-            link,
-            child: Mutex::new(child),
-        };
-        let timeout = tool.timeout();
+        let timeout = Duration::from_secs_f64(config.timeout_s);
         let request = |method: &str, params: Value| {
-            tool.link.request(method, params, timeout).map_err(|e| match e {
+            server.link.request(method, params, timeout).map_err(|e| match e {
                 CallError::Failed(m) => fail(format!("{method}: {m}")),
-                CallError::TimedOut => fail(format!("{method}: no answer within {} s", tool.config.timeout_s)),
+                CallError::TimedOut => fail(format!("{method}: no answer within {} s", config.timeout_s)),
             })
         };
         let hello = request(
@@ -217,9 +220,10 @@ impl McpTool {
         if hello.get("capabilities").and_then(|c| c.get("tools")).is_none() {
             return Err(fail(format!("it offers no tools (initialize answered {hello})")));
         }
-        let server = hello.get("serverInfo").and_then(|s| s.get("name")).and_then(Value::as_str).unwrap_or("?");
-        let server = server.to_string();
-        tool.link
+        let name = hello.get("serverInfo").and_then(|s| s.get("name")).and_then(Value::as_str).unwrap_or("?");
+        let name = name.to_string();
+        server
+            .link
             .send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
             .map_err(|e| fail(format!("notifications/initialized: {e}")))?;
         let mut tools = Vec::new();
@@ -239,13 +243,111 @@ impl McpTool {
         if tools.is_empty() {
             return Err(fail("tools/list gave no tools".into()));
         }
+        (server.tools, server.name) = (tools, name);
+        Ok(server)
+    }
+
+    /// Closes its input: a stdio server's cue to exit.
+    fn close_input(&self) {
+        self.link.stdin.lock().take();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Closing its input asks a stdio server to exit; it is killed if it does not.
+        self.close_input();
+        let mut child = self.child.lock();
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A rollout's server once started, or why it could not be.
+type Session = Arc<OnceLock<Result<Arc<Server>, String>>>;
+
+/// An MCP server's tools as one [`Tool`]: see the module doc.
+pub struct McpTool {
+    config: McpConfig,
+    tools: Vec<McpToolInfo>,
+    /// The tools for the system prompt (made once: every prompt reads it).
+    description: String,
+    /// What the server said it is (`serverInfo`), for messages.
+    server: String,
+    /// The server every rollout calls (`sessions = "shared"`).
+    shared: Option<Server>,
+    /// Each live rollout's own server (`sessions = "rollout"`), by rollout id.
+    sessions: Mutex<HashMap<u64, Session>>,
+    /// Session servers started so far.
+    started: AtomicUsize,
+}
+
+impl McpTool {
+    /// Starts the server and makes the handshake; fails with the server's command and what
+    /// went wrong (it would not start, closed, answered something else, took too long).
+    /// With `sessions = "rollout"` that server is closed once it has listed its tools.
+    pub fn spawn(config: McpConfig) -> Result<McpTool, McpError> {
+        if config.command.is_empty() {
+            return Err(McpError::Config("mcp.command is empty".into()));
+        }
+        if !(config.timeout_s > 0.0 && config.timeout_s.is_finite()) {
+            return Err(McpError::Config(format!("mcp.timeout_s must be a positive number, got {}", config.timeout_s)));
+        }
+        if config.tag.is_empty() || !config.tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(McpError::Config(format!("mcp.tag {:?} must be letters, digits, '_' or '-'", config.tag)));
+        }
+        if config.max_calls == 0 {
+            return Err(McpError::Config("mcp.max_calls must be >= 1".into()));
+        }
+        let first = Server::start(&config, &[])?;
         // A JSON list, one function a line: compact, and still readable.
-        let lines: Vec<String> = (tools.iter())
+        let lines: Vec<String> = (first.tools.iter())
             .map(|t| json!({"name": t.name, "description": t.description, "parameters": t.input_schema}).to_string())
             .collect();
-        tool.description = format!("[\n{}\n]", lines.join(",\n"));
-        (tool.tools, tool.server) = (tools, server);
-        Ok(tool)
+        let (tools, server) = (first.tools.clone(), first.name.clone());
+        let shared = (config.sessions == McpSessions::Shared).then_some(first);
+        Ok(McpTool {
+            config,
+            tools,
+            description: format!("[\n{}\n]", lines.join(",\n")),
+            server,
+            shared,
+            sessions: Mutex::new(HashMap::new()),
+            started: AtomicUsize::new(0),
+        })
+    }
+
+    /// Rollout servers running now (`sessions = "rollout"`; 0 otherwise).
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.lock().values().filter(|s| s.get().is_some_and(Result::is_ok)).count()
+    }
+
+    /// Rollout servers started since [`McpTool::spawn`] (`sessions = "rollout"`).
+    pub fn sessions_started(&self) -> usize {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// The server `rollout`'s calls go to: the shared one, or its own, started now if this
+    /// is its first call (other rollouts' starts go on at the same time).
+    fn server_for(&self, rollout: u64) -> Result<ServerRef<'_>, String> {
+        if let Some(shared) = &self.shared {
+            return Ok(ServerRef::Shared(shared));
+        }
+        let slot = Arc::clone(self.sessions.lock().entry(rollout).or_default());
+        let started = slot.get_or_init(|| {
+            self.started.fetch_add(1, Ordering::Relaxed);
+            Server::start(&self.config, &[("ARTIST_MCP_ROLLOUT", rollout.to_string())])
+                .map(Arc::new)
+                .map_err(|e| format!("starting this rollout's server: {e}"))
+        });
+        started.clone().map(ServerRef::Own)
     }
 
     /// The server's tools, as listed.
@@ -263,12 +365,12 @@ impl McpTool {
     }
 
     /// One `{"name", "arguments"}` call: the text the model reads, and whether it succeeded.
-    fn call_one(&self, call: &Value) -> (String, bool, bool) {
+    fn call_one(&self, server: &Server, call: &Value) -> (String, bool, bool) {
         let Some(name) = call.get("name").and_then(Value::as_str) else {
             return (format!("error: a call needs a \"name\": {call}"), false, false);
         };
-        if !self.tools.iter().any(|t| t.name == name) {
-            let known: Vec<&str> = self.tools.iter().map(|t| t.name.as_str()).collect();
+        if !server.tools.iter().any(|t| t.name == name) {
+            let known: Vec<&str> = server.tools.iter().map(|t| t.name.as_str()).collect();
             return (format!("error: no tool named {name:?} (the tools: {})", known.join(", ")), false, false);
         }
         let arguments = match call.get("arguments") {
@@ -276,7 +378,7 @@ impl McpTool {
             Some(a @ Value::Object(_)) => a.clone(),
             Some(other) => return (format!("error: \"arguments\" must be an object, got {other}"), false, false),
         };
-        match self.link.request("tools/call", json!({"name": name, "arguments": arguments}), self.timeout()) {
+        match server.link.request("tools/call", json!({"name": name, "arguments": arguments}), self.timeout()) {
             Ok(result) => {
                 let text = content_text(&result);
                 let failed = result.get("isError").and_then(Value::as_bool).unwrap_or(false);
@@ -292,18 +394,29 @@ impl McpTool {
 
 impl Drop for McpTool {
     fn drop(&mut self) {
-        // Closing its input asks a stdio server to exit; it is killed if it does not.
-        self.link.stdin.lock().take();
-        let mut child = self.child.lock();
-        let deadline = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
+        // Every rollout server is asked to exit at once, then each is waited for.
+        let sessions: Vec<Session> = self.sessions.lock().drain().map(|(_, s)| s).collect();
+        for s in &sessions {
+            if let Some(Ok(server)) = s.get() {
+                server.close_input();
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = child.kill();
-        let _ = child.wait();
+    }
+}
+
+/// A server a call goes to: borrowed (shared) or held for the call (a rollout's).
+enum ServerRef<'a> {
+    Shared(&'a Server),
+    Own(Arc<Server>),
+}
+
+impl std::ops::Deref for ServerRef<'_> {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        match self {
+            ServerRef::Shared(s) => s,
+            ServerRef::Own(s) => s,
+        }
     }
 }
 
@@ -318,6 +431,16 @@ impl Tool for McpTool {
 
     fn describe(&self) -> Option<String> {
         Some(self.description.clone())
+    }
+
+    fn end_rollout(&self, rollout: u64) {
+        let Some(session) = self.sessions.lock().remove(&rollout) else { return };
+        // Waiting for the server to exit is left to a thread of its own: the engine that
+        // ended the rollout goes on decoding.
+        if let Some(Ok(server)) = session.get() {
+            server.close_input();
+            let _ = std::thread::Builder::new().name("mcp-close".into()).spawn(move || drop(session));
+        }
     }
 
     fn execute(&self, call: &ToolCall) -> ToolResult {
@@ -336,10 +459,14 @@ impl Tool for McpTool {
                 format!("error: {} calls in one block; 1 to {} allowed", calls.len(), self.config.max_calls),
             );
         }
+        let server = match self.server_for(call.rollout) {
+            Ok(server) => server,
+            Err(why) => return failed(start, format!("error: {why}")),
+        };
         let mut texts = Vec::with_capacity(calls.len());
         let (mut success, mut timed_out) = (true, false);
         for c in &calls {
-            let (text, ok, late) = self.call_one(c);
+            let (text, ok, late) = self.call_one(&server, c);
             texts.push(text);
             success &= ok;
             timed_out |= late;

@@ -1,14 +1,15 @@
 //! The MCP client against a real server process (tests/fixtures/mcp/server.py, standard
 //! library Python): the handshake and tool list, calls one at a time and as a list, every
 //! kind of failure as a failed result in words, calls in flight together from many
-//! threads, a timeout, a server that dies, a server that asks the client something, and
-//! servers that cannot be used refused at start with a message naming them.
+//! threads, a timeout, a server that dies, a server that asks the client something,
+//! servers that cannot be used refused at start with a message naming them, and a server
+//! per rollout, fresh for each and gone when it ends.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use artist_tools::{McpConfig, McpTool, Tool, ToolCall};
+use artist_tools::{McpConfig, McpSessions, McpTool, Tool, ToolCall};
 
 fn server() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mcp/server.py")
@@ -45,7 +46,7 @@ fn lists_the_tools_and_calls_them() {
     let tool = McpTool::spawn(config("")).unwrap();
     assert_eq!(tool.server_name(), "artist-test-server");
     let names: Vec<&str> = tool.tools().iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["add", "echo", "fail", "sleep", "crash", "big", "counter", "ask"]);
+    assert_eq!(names, ["add", "echo", "fail", "sleep", "crash", "big", "counter", "ask", "whoami"]);
     assert_eq!((tool.name(), tool.tag()), ("mcp", "tool"));
     let described: serde_json::Value = serde_json::from_str(&tool.describe().unwrap()).unwrap();
     assert_eq!(described[0]["name"], "add");
@@ -159,7 +160,7 @@ fn server_requests_are_answered_and_noise_is_skipped() {
     let noisy = McpTool::spawn(config("noise")).unwrap();
     assert_eq!(call(&noisy, r#"{"name": "add", "arguments": {"a": 2, "b": 2}}"#).output, "4");
     let paged = McpTool::spawn(config("paged")).unwrap();
-    assert_eq!(paged.tools().len(), 8, "both pages of tools/list");
+    assert_eq!(paged.tools().len(), 9, "both pages of tools/list");
 }
 
 #[test]
@@ -182,4 +183,77 @@ fn unusable_servers_are_refused_by_name() {
     assert!(err(McpConfig::default()).contains("mcp.command is empty"));
     assert!(err(McpConfig { tag: "a b".into(), ..config("") }).contains("mcp.tag"));
     assert!(err(McpConfig { timeout_s: 0.0, ..config("") }).contains("timeout_s"));
+}
+
+fn call_from(tool: &McpTool, rollout: u64, text: &str) -> artist_tools::ToolResult {
+    tool.execute(&ToolCall { text: text.into(), rollout, prompt: 0 })
+}
+
+/// Whether process `pid` still runs (Linux's /proc; zombies count as gone).
+fn running(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// `sessions = "rollout"`: each rollout's calls go to a server of its own, started at its
+/// first call and told its rollout, so a counter starts at 1 for every rollout (shared, it
+/// counts every rollout's calls); rollouts start theirs at the same time; ending a rollout
+/// ends its server's process, and a failed start is the call's failure, in words.
+#[test]
+fn a_server_per_rollout() {
+    need_python!();
+    const COUNT: &str = r#"{"name": "counter"}"#;
+    const WHO: &str = r#"{"name": "whoami"}"#;
+    let shared = McpTool::spawn(config("")).unwrap();
+    let counts: Vec<String> = [1, 2, 1].iter().map(|&r| call_from(&shared, r, COUNT).output).collect();
+    assert_eq!(counts, ["1", "2", "3"], "one server, one count");
+    assert_eq!((shared.open_sessions(), shared.sessions_started()), (0, 0));
+
+    let tool = Arc::new(McpTool::spawn(McpConfig { sessions: McpSessions::Rollout, ..config("") }).unwrap());
+    assert!(tool.describe().unwrap().contains("\"whoami\""), "the prompt's tools come from the first server");
+    assert_eq!(tool.open_sessions(), 0, "the first server closed once listed");
+    let counts: Vec<String> = [1, 2, 1, 1].iter().map(|&r| call_from(&tool, r, COUNT).output).collect();
+    assert_eq!(counts, ["1", "1", "2", "3"]);
+    assert_eq!((tool.open_sessions(), tool.sessions_started()), (2, 2));
+    let who = |r: u64| -> serde_json::Value { serde_json::from_str(&call_from(&tool, r, WHO).output).unwrap() };
+    let (one, two) = (who(1), who(2));
+    assert_eq!((one["rollout"].as_str(), two["rollout"].as_str()), (Some("1"), Some("2")));
+    let pid = one["pid"].as_u64().unwrap();
+    assert!(pid != two["pid"].as_u64().unwrap() && running(pid));
+    tool.end_rollout(1);
+    assert_eq!(tool.open_sessions(), 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while running(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(!running(pid), "rollout 1's server still runs after the rollout ended");
+    assert_eq!(who(2)["pid"], two["pid"], "rollout 2 keeps its server");
+    tool.end_rollout(7);
+
+    // Sixteen rollouts at once, each with its own count.
+    let handles: Vec<_> = (100..116u64)
+        .map(|r| {
+            let tool = Arc::clone(&tool);
+            std::thread::spawn(move || (0..3).map(|_| call_from(&tool, r, COUNT).output).collect::<Vec<_>>())
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), ["1", "2", "3"]);
+    }
+    assert_eq!((tool.open_sessions(), tool.sessions_started()), (17, 18));
+    let pids: Vec<u64> = (100..116).map(|r| who(r)["pid"].as_u64().unwrap()).collect();
+    drop(Arc::into_inner(tool).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(pids.iter().all(|&p| !running(p)), "the servers outlived the tool");
+
+    // A server that can no longer start (its script removed after the first start): the
+    // rollout's call fails, saying why.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("server.py");
+    std::fs::copy(server(), &script).unwrap();
+    let command = vec!["python3".to_string(), script.to_string_lossy().into_owned()];
+    let tool = McpTool::spawn(McpConfig { command, sessions: McpSessions::Rollout, ..config("") }).unwrap();
+    std::fs::remove_file(&script).unwrap();
+    let r = call_from(&tool, 5, COUNT);
+    assert!(!r.success && r.output.starts_with("error: starting this rollout's server:"), "{}", r.output);
+    assert_eq!(tool.open_sessions(), 0);
 }

@@ -822,6 +822,13 @@ fn an_mcp_server_s_functions_are_in_the_prompt() {
     ] {
         assert!(text.contains(needle), "{needle:?} not in {text}");
     }
+    // A server per rollout lists the same functions (from the server started to list them).
+    let own = c.clone().with_overrides(&["mcp.sessions=\"rollout\"".to_string()]).unwrap();
+    assert_eq!(own.mcp.sessions, artist_tools::McpSessions::Rollout);
+    t.tool = Some(std::sync::Arc::new(artist_tools::McpTool::spawn(own.mcp.clone()).unwrap()));
+    assert_eq!(t.tokenizer.decode_lossy(&t.prompt_ids("What is 6 * 7?").unwrap(), false), text);
+    let e = c.with_overrides(&["mcp.sessions=\"each\"".to_string()]).unwrap_err().to_string();
+    assert!(e.contains("each") && e.contains("rollout"), "{e}");
 }
 
 /// `[judge]`'s timeout must be a positive number (the judge itself is tested in
