@@ -515,6 +515,19 @@ fn an_external_judge_grades_the_samples() {
     }
     assert!(fives > 0 && fives < 12, "{fives} of 12 answered 5: the test shows nothing");
     assert_eq!(judged["pass_at_1"].as_f64(), Some(fives as f64 / 12.0), "{judged}");
+    assert_eq!(judged["mean_score"].as_f64(), Some(fives as f64 / 12.0), "{judged}");
+    // Partial credit: each sample's score written, their mean in the summary; "correct" as
+    // the judge said (0.5 with "correct": true counts, 0.25 alone does not).
+    let partial = &lines(&run(Some("partial")))[0];
+    let rows = read_jsonl(&samples);
+    for r in &rows {
+        let five = r["extracted"] == "5";
+        assert_eq!((r["correct"].as_bool(), r["score"].as_f64()), (Some(five), Some(if five { 0.5 } else { 0.25 })));
+    }
+    assert_eq!(partial["pass_at_1"].as_f64(), Some(fives as f64 / 12.0), "{partial}");
+    let mean = (0.5 * fives as f64 + 0.25 * (12 - fives) as f64) / 12.0;
+    assert!((partial["mean_score"].as_f64().unwrap() - mean).abs() < 1e-12, "{partial} vs {mean}");
+    fails_cleanly(&run(Some("bad-score")), "\"score\" is not a number from 0 to 1");
     let out = run(Some("garbage"));
     fails_cleanly(&out, "judge.py garbage");
     fails_cleanly(&out, "not JSON");

@@ -360,6 +360,17 @@ fn grpo_with_an_external_judge() {
     }
     let accuracy = judged.iter().filter(|&&j| j).count() as f64 / 4.0;
     assert_eq!(lines[0]["accuracy"].as_f64(), Some(accuracy), "{}", lines[0]);
+    // Partial credit: the answer reward is 2 x the judge's score, the accuracy its "correct".
+    let partial = command("partial");
+    let run = tmp.path().join("partial");
+    ok(&train(&grpo_args(&run, &[partial.as_str(), "steps=1", "log_rollouts=4", "rollout.max_turn_tokens=16"]), &[]));
+    let lines = artist::train::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let rollouts = artist::train::metrics::read(&run.join(artist::train::metrics::ROLLOUTS_FILE)).unwrap();
+    let fives: Vec<bool> = rollouts.iter().map(|r| r["completion"].as_str().unwrap().contains('5')).collect();
+    let n5 = fives.iter().filter(|&&f| f).count() as f64;
+    let reward_answer = (2.0 * 0.5 * n5 + 2.0 * 0.25 * (4.0 - n5)) / 4.0;
+    assert_eq!(lines[0]["accuracy"].as_f64(), Some(n5 / 4.0), "{}", lines[0]);
+    assert!((lines[0]["reward_answer"].as_f64().unwrap() - reward_answer).abs() < 1e-9, "{}", lines[0]);
     let always = command("always");
     let run = tmp.path().join("always");
     ok(&train(&grpo_args(&run, &[always.as_str(), "steps=1", "log_rollouts=4"]), &[]));

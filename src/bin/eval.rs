@@ -29,9 +29,10 @@
 //! equality, is correct), the mean response length in tokens and the tool calls per
 //! answer; with `--json`, one object
 //! `{"pass_at_1", "pass_at_k", "maj_at_n", "k", "samples", "problems", "bad_rows", "mean_response_tokens",
-//! "tool_calls_per_answer", "seconds"}`. `--out` gets one JSON line per sample:
-//! `{"problem_index", "problem", "gold", "sample", "completion", "extracted", "correct",
-//! "response_tokens", "tool_calls", "finish"}`. Malformed dataset rows are counted and
+//! "tool_calls_per_answer", "mean_score", "seconds"}` (`mean_score`: the judge's mean
+//! credit, from 0 to 1; without a judge, the fraction correct). `--out` gets one JSON line
+//! per sample: `{"problem_index", "problem", "gold", "sample", "completion", "extracted",
+//! "correct", "score", "response_tokens", "tool_calls", "finish"}`. Malformed dataset rows are counted and
 //! named (file:line) on stderr. `--keep FILE.jsonl [--keep-above A] [--keep-below B]`
 //! filters the data set by difficulty, as RL recipes prepare theirs (DAPO, Polaris): the
 //! problems whose pass rate `p` (correct samples over `N`) has `A < p < B` (by default 0
@@ -358,16 +359,17 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
                     (p.problem.as_str(), c.as_str(), p.answer.as_str())
                 })
                 .collect();
-            judge.correct_all(&questions)?
+            judge.verdicts(&questions)?
         }
         None => (rollouts.iter().zip(&extracted))
             .map(|(r, e)| {
-                e.as_deref().is_some_and(|a| artist_math::equivalent(&data.problems[r.prompt_index].answer, a))
+                e.as_deref().is_some_and(|a| artist_math::equivalent(&data.problems[r.prompt_index].answer, a)).into()
             })
             .collect(),
     };
-    for (((r, completion), extracted), correct) in rollouts.iter().zip(completions).zip(extracted).zip(verdicts) {
-        let p = &data.problems[r.prompt_index];
+    let mean_score = verdicts.iter().map(|v| v.score).sum::<f64>() / verdicts.len().max(1) as f64;
+    for (((r, completion), extracted), verdict) in rollouts.iter().zip(completions).zip(extracted).zip(verdicts) {
+        let (p, correct) = (&data.problems[r.prompt_index], verdict.correct);
         correct_per_problem[r.prompt_index] += correct as usize;
         answers[r.prompt_index].push((r.sample_index, extracted.clone(), correct));
         tokens += r.ids.len();
@@ -375,7 +377,7 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
         if let Some(w) = out.as_mut() {
             let line = json!({
                 "problem_index": r.prompt_index, "problem": p.problem, "gold": p.answer, "sample": r.sample_index,
-                "completion": completion, "extracted": extracted, "correct": correct,
+                "completion": completion, "extracted": extracted, "correct": correct, "score": verdict.score,
                 "response_tokens": r.ids.len(), "tool_calls": r.tool_calls.len(), "finish": r.finish,
             });
             writeln!(w, "{line}").context("writing --out")?;
@@ -413,7 +415,7 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
         "pass_at_1": pass_at_1, "pass_at_k": pass_at_k, "maj_at_n": maj, "k": cli.k, "samples": samples,
         "problems": prompts.len(), "bad_rows": data.bad_rows.len(),
         "mean_response_tokens": tokens as f64 / n, "tool_calls_per_answer": calls as f64 / n,
-        "seconds": start.elapsed().as_secs_f64(),
+        "mean_score": mean_score, "seconds": start.elapsed().as_secs_f64(),
     });
     if let Some(k) = kept {
         summary["kept"] = k.into();

@@ -5,11 +5,14 @@
 //! The judge is started once and kept: for each completion it reads one JSON line
 //! `{"problem": ..., "completion": ..., "answer": ...}` on its stdin (`answer` is the
 //! dataset's gold field, which may hold whatever the judge needs: a number, test cases, a
-//! rubric) and writes one line `{"correct": true|false}` on its stdout, in order. Its
+//! rubric) and writes one line on its stdout, in order: `{"correct": true|false}`, or
+//! partial credit `{"score": s}` with `s` from 0 to 1 (the fraction of tests passed, a
+//! rubric's grade; the answer reward is scaled by it, and the answer counts as correct at 1),
+//! or both (`{"score": 0.5, "correct": true}`: the judge says where "correct" begins). Its
 //! stderr is the trainer's. With `workers = N` N copies are started (each told its number
 //! in `ARTIST_JUDGE_WORKER`, 0 to N - 1) and asked at once, each one question at a time, so
 //! a slow judge (an LLM behind an API, tests that take seconds) grades a step's rollouts N
-//! at a time ([`Judge::correct_all`]). Nothing it does makes this panic: a judge that cannot
+//! at a time ([`Judge::verdicts`]). Nothing it does makes this panic: a judge that cannot
 //! start, exits, answers something else, or takes longer than the timeout is an error that
 //! names it and what it said, and the run stops there, since a reward that silently turned
 //! to 0 would train the model on nothing.
@@ -38,6 +41,50 @@ pub struct JudgeConfig {
 impl Default for JudgeConfig {
     fn default() -> Self {
         JudgeConfig { command: Vec::new(), timeout_s: 60.0, workers: 1 }
+    }
+}
+
+/// A judge's verdict on one answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    /// Whether the answer counts as right (accuracy, pass@k).
+    pub correct: bool,
+    /// The credit it earns, from 0 to 1 (the answer reward is scaled by it).
+    pub score: f64,
+}
+
+impl From<bool> for Verdict {
+    /// Right (score 1) or wrong (score 0).
+    fn from(correct: bool) -> Verdict {
+        Verdict { correct, score: if correct { 1.0 } else { 0.0 } }
+    }
+}
+
+impl Verdict {
+    /// A judge's answer line read as a verdict: see the module doc.
+    pub fn parse(reply: &str) -> Result<Verdict, String> {
+        let value: serde_json::Value = serde_json::from_str(reply).map_err(|e| {
+            format!("answered {reply:?}, not JSON ({e}); expected {{\"correct\": true|false}} or {{\"score\": 0..1}}")
+        })?;
+        let correct = match value.get("correct") {
+            None => None,
+            Some(c) => {
+                Some(c.as_bool().ok_or_else(|| format!("answered {reply}, whose \"correct\" is not a boolean"))?)
+            }
+        };
+        let score = match value.get("score") {
+            None => None,
+            Some(s) => match s.as_f64() {
+                Some(s) if (0.0..=1.0).contains(&s) => Some(s),
+                _ => return Err(format!("answered {reply}, whose \"score\" is not a number from 0 to 1")),
+            },
+        };
+        match (correct, score) {
+            (Some(correct), Some(score)) => Ok(Verdict { correct, score }),
+            (Some(correct), None) => Ok(Verdict::from(correct)),
+            (None, Some(score)) => Ok(Verdict { correct: score >= 1.0, score }),
+            (None, None) => Err(format!("answered {reply}, which has no boolean \"correct\" and no \"score\"")),
+        }
     }
 }
 
@@ -132,9 +179,15 @@ impl Judge {
         self.workers.len()
     }
 
-    /// Whether `completion`, written for `problem`, is right, given the dataset's `answer`.
-    /// Waits for a free worker when all are busy.
+    /// Whether `completion`, written for `problem`, is right, given the dataset's `answer`
+    /// ([`Judge::verdict`]'s `correct`).
     pub fn correct(&self, problem: &str, completion: &str, answer: &str) -> Result<bool, JudgeError> {
+        self.verdict(problem, completion, answer).map(|v| v.correct)
+    }
+
+    /// The judge's verdict on `completion`, written for `problem`, given the dataset's
+    /// `answer`. Waits for a free worker when all are busy.
+    pub fn verdict(&self, problem: &str, completion: &str, answer: &str) -> Result<Verdict, JudgeError> {
         let fail = |msg: String| JudgeError { command: self.config.command.join(" "), msg };
         let i = {
             let mut free = lock(&self.free);
@@ -176,16 +229,16 @@ impl Judge {
 
     /// Verdicts on `(problem, completion, answer)` questions, in their order, asked of the
     /// workers at once; the first failure, in that order, if any failed.
-    pub fn correct_all(&self, questions: &[(&str, &str, &str)]) -> Result<Vec<bool>, JudgeError> {
+    pub fn verdicts(&self, questions: &[(&str, &str, &str)]) -> Result<Vec<Verdict>, JudgeError> {
         in_parallel(self.workers(), questions.len(), |i| {
             let (problem, completion, answer) = questions[i];
-            self.correct(problem, completion, answer)
+            self.verdict(problem, completion, answer)
         })
         .into_iter()
         .collect()
     }
 
-    fn ask(pipe: &mut Pipe, question: &serde_json::Value, timeout: Duration) -> Result<bool, String> {
+    fn ask(pipe: &mut Pipe, question: &serde_json::Value, timeout: Duration) -> Result<Verdict, String> {
         let mut line = question.to_string();
         line.push('\n');
         pipe.stdin
@@ -198,12 +251,7 @@ impl Judge {
             Err(RecvTimeoutError::Timeout) => return Err(format!("no verdict within {} s", timeout.as_secs_f64())),
             Err(RecvTimeoutError::Disconnected) => return Err("it exited without a verdict".into()),
         };
-        let value: serde_json::Value = serde_json::from_str(&reply)
-            .map_err(|e| format!("answered {reply:?}, not JSON ({e}); expected {{\"correct\": true|false}}"))?;
-        value
-            .get("correct")
-            .and_then(serde_json::Value::as_bool)
-            .ok_or_else(|| format!("answered {reply}, which has no boolean \"correct\""))
+        Verdict::parse(&reply)
     }
 }
 

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use artist_math::{Judge, JudgeConfig};
+use artist_math::{Judge, JudgeConfig, Verdict};
 
 fn judge(mode: &str, timeout_s: f64) -> Result<Judge, artist_math::JudgeError> {
     judges(&[mode], timeout_s, 1)
@@ -17,6 +17,11 @@ fn judges(mode: &[&str], timeout_s: f64, workers: usize) -> Result<Judge, artist
     let mut command = vec!["python3".into(), script.to_string_lossy().into_owned()];
     command.extend(mode.iter().map(|m| m.to_string()));
     Judge::spawn(JudgeConfig { command, timeout_s, workers })
+}
+
+/// The verdicts' `correct`s, asked of the workers at once.
+fn corrects(j: &Judge, questions: &[(&str, &str, &str)]) -> Result<Vec<bool>, artist_math::JudgeError> {
+    Ok(j.verdicts(questions)?.iter().map(|v| v.correct).collect())
 }
 
 fn python_available() -> bool {
@@ -102,7 +107,7 @@ fn workers_answer_at_once() {
     let j = judges(&["meet", dir, "4"], 30.0, 4).unwrap();
     assert_eq!(j.workers(), 4);
     let questions: Vec<(&str, &str, &str)> = (0..4).map(|i| ("q", if i % 2 == 0 { "7" } else { "8" }, "7")).collect();
-    assert_eq!(j.correct_all(&questions).unwrap(), [true, false, true, false]);
+    assert_eq!(corrects(&j, &questions).unwrap(), [true, false, true, false]);
     let mut met: Vec<String> =
         std::fs::read_dir(meet.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     met.sort();
@@ -110,21 +115,47 @@ fn workers_answer_at_once() {
     // One worker would have waited alone.
     let alone = tempfile::tempdir().unwrap();
     let one = judges(&["meet", alone.path().to_str().unwrap(), "2"], 1.0, 1).unwrap();
-    assert!(one.correct_all(&questions[..2]).unwrap_err().to_string().contains("no verdict within 1 s"));
+    assert!(corrects(&one, &questions[..2]).unwrap_err().to_string().contains("no verdict within 1 s"));
 
     let j = judges(&["contains"], 10.0, 3).unwrap();
     let texts: Vec<String> = (0..300).map(|i| format!("answer {i}")).collect();
     let questions: Vec<(&str, &str, &str)> = texts.iter().map(|t| ("q", t.as_str(), "7")).collect();
     let want: Vec<bool> = texts.iter().map(|t| t.contains('7')).collect();
-    assert_eq!(j.correct_all(&questions).unwrap(), want);
+    assert_eq!(corrects(&j, &questions).unwrap(), want);
 
     let once = judges(&["once"], 10.0, 2).unwrap();
-    let e = once.correct_all(&questions[..6]).unwrap_err().to_string();
+    let e = corrects(&once, &questions[..6]).unwrap_err().to_string();
     assert!(e.contains("judge.py once") && e.contains("worker ") && e.contains("exited"), "{e}");
     assert_eq!(once.correct("q", "1", "1").unwrap_err().to_string(), e, "not asked again");
 
     for bad in [0, artist_math::MAX_JUDGE_WORKERS + 1] {
         let e = judges(&["contains"], 10.0, bad).err().unwrap().to_string();
         assert!(e.contains("workers must be from 1 to 256"), "{e}");
+    }
+}
+
+/// A verdict line: a boolean, a score from 0 to 1 (correct at 1), or both (the judge's
+/// "correct" stands); anything else is an error that quotes it.
+#[test]
+fn verdict_lines() {
+    let ok = |line: &str| Verdict::parse(line).unwrap();
+    assert_eq!(ok(r#"{"correct": true}"#), Verdict { correct: true, score: 1.0 });
+    assert_eq!(ok(r#"{"correct": false}"#), Verdict { correct: false, score: 0.0 });
+    assert_eq!(ok(r#"{"score": 0.75}"#), Verdict { correct: false, score: 0.75 });
+    assert_eq!(ok(r#"{"score": 1}"#), Verdict { correct: true, score: 1.0 });
+    assert_eq!(ok(r#"{"score": 0}"#), Verdict { correct: false, score: 0.0 });
+    assert_eq!(ok(r#"{"score": 0.5, "correct": true}"#), Verdict { correct: true, score: 0.5 });
+    assert_eq!(ok(r#"{"score": 1.0, "correct": false, "why": "style"}"#), Verdict { correct: false, score: 1.0 });
+    for (line, needle) in [
+        (r#"{"score": 1.5}"#, "not a number from 0 to 1"),
+        (r#"{"score": -0.1}"#, "not a number from 0 to 1"),
+        (r#"{"score": "1"}"#, "not a number from 0 to 1"),
+        (r#"{"correct": "yes"}"#, "not a boolean"),
+        (r#"{"ok": true}"#, "no boolean \"correct\" and no \"score\""),
+        ("[true]", "no boolean"),
+        ("yes", "not JSON"),
+    ] {
+        let e = Verdict::parse(line).unwrap_err();
+        assert!(e.contains(needle) && e.contains(line.trim_matches('"')), "{line}: {e}");
     }
 }

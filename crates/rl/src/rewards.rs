@@ -46,15 +46,17 @@ pub struct MathRewards {
 /// whether its answer is correct. The tool is Python (`<python>`); see
 /// [`math_rewards_with_tool`] for another tag.
 pub fn math_rewards(segments: &[Segment], tool_success: &[bool], correct: bool, w: &MathRewardWeights) -> MathRewards {
-    math_rewards_with_tool("python", segments, tool_success, correct, w)
+    math_rewards_with_tool("python", segments, tool_success, if correct { 1.0 } else { 0.0 }, w)
 }
 
-/// [`math_rewards`] with the tool's calls in `<tool_tag>` blocks (`calculator`, ...).
+/// [`math_rewards`] with the tool's calls in `<tool_tag>` blocks (`calculator`, ...) and the
+/// answer's credit as a score from 0 (wrong) to 1 (right): the answer reward is `score`
+/// times its weight (a judge's partial credit; 0 or 1 for equivalence).
 pub fn math_rewards_with_tool(
     tool_tag: &str,
     segments: &[Segment],
     tool_success: &[bool],
-    correct: bool,
+    answer_score: f64,
     w: &MathRewardWeights,
 ) -> MathRewards {
     let tags = ["think", tool_tag, "output", "answer"];
@@ -69,7 +71,7 @@ pub fn math_rewards_with_tool(
     } else {
         tool_success.iter().filter(|&&s| s).count() as f64 / tool_success.len() as f64 * w.tool_execution
     };
-    let answer = if correct { w.answer } else { 0.0 };
+    let answer = answer_score.clamp(0.0, 1.0) * w.answer;
     MathRewards {
         answer,
         relaxed_format: relaxed,

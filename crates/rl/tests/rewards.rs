@@ -250,8 +250,11 @@ fn function_calling_format_rewards_table() {
 fn another_tool_tag() {
     let w = MathRewardWeights::default();
     let segs = vec![m("<think>a</think><calculator>6*7</calculator>"), f("42"), m("<answer>42</answer>")];
-    let r = artist_rl::math_rewards_with_tool("calculator", &segs, &[true], true, &w);
-    assert_eq!((r.relaxed_format, r.strict_format, r.tool_execution), (0.5, 0.5, 1.0));
+    let r = artist_rl::math_rewards_with_tool("calculator", &segs, &[true], 1.0, &w);
+    assert_eq!((r.relaxed_format, r.strict_format, r.tool_execution, r.answer), (0.5, 0.5, 1.0, 2.0));
+    // Partial credit scales the answer reward alone.
+    let half = artist_rl::math_rewards_with_tool("calculator", &segs, &[true], 0.25, &w);
+    assert_eq!((half.answer, half.total), (0.5, r.total - 1.5));
     // Read as a Python rollout, the calculator block is not a tool call.
     let p = math_rewards(&segs, &[true], true, &w);
     assert_eq!((p.relaxed_format, p.strict_format), (0.375, 0.0));

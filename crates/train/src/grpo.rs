@@ -38,9 +38,10 @@ pub struct Problem {
     pub answer: String,
 }
 
-/// Whether a completion is right, given `(completion, gold answer, problem)`: `Err` (why, in
-/// words) when it cannot be told (an external judge that failed), which stops the step.
-pub type Verifier = dyn Fn(&str, &str, &str) -> std::result::Result<bool, String> + Sync;
+/// Whether a completion is right, and the credit it earns, given `(completion, gold answer,
+/// problem)`: `Err` (why, in words) when it cannot be told (an external judge that failed),
+/// which stops the step. `Verdict::from(bool)` for a plain right or wrong.
+pub type Verifier = dyn Fn(&str, &str, &str) -> std::result::Result<artist_math::Verdict, String> + Sync;
 
 /// How rollouts are sampled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1125,19 +1126,20 @@ impl GrpoTrainer<'_> {
         let texts: Vec<String> = rollouts.iter().map(|ro| self.tokenizer.decode_lossy(&ro.ids, true)).collect();
         // An external judge's workers grade at once; equivalence is quick enough in turn.
         let threads = if c.judge.command.is_empty() { 1 } else { c.judge.workers };
-        let correct = artist_math::judge::in_parallel(threads, rollouts.len(), |i| {
+        let verdicts = artist_math::judge::in_parallel(threads, rollouts.len(), |i| {
             let problem = problems[rollouts[i].prompt_index];
             (self.verify)(&texts[i], &problem.answer, &problem.problem)
         })
         .into_iter()
-        .collect::<std::result::Result<Vec<bool>, String>>()
+        .collect::<std::result::Result<Vec<artist_math::Verdict>, String>>()
         .map_err(Error::Judge)?;
         let mut rewards = Vec::with_capacity(rollouts.len());
-        for (ro, &ok) in rollouts.iter().zip(&correct) {
+        for (ro, v) in rollouts.iter().zip(&verdicts) {
             let successes: Vec<bool> = ro.tool_calls.iter().map(|t| t.result.success).collect();
             let tag = self.tool.as_ref().map_or("python", |t| t.tag());
-            rewards.push(math_rewards_with_tool(tag, &segments(&self.tokenizer, ro), &successes, ok, &c.rewards));
+            rewards.push(math_rewards_with_tool(tag, &segments(&self.tokenizer, ro), &successes, v.score, &c.rewards));
         }
+        let correct = verdicts.iter().map(|v| v.correct).collect();
         Ok(RolloutBatch { rollouts, rewards, correct, texts, seconds: secs })
     }
 

@@ -24,15 +24,10 @@ fn quiet() -> RunOptions {
 
 mod common;
 
-/// Random tiny-model text never holds the answer, and equal rewards in a group train
-/// nothing: this judge passes about half the completions, so groups differ.
-fn verify(completion: &str, _gold: &str, _problem: &str) -> Result<bool, String> {
-    Ok(completion.len().is_multiple_of(2))
-}
-
-/// With three held-out problems, two answers each at temperature 1 (ranks of 2 and 1).
+/// With three held-out problems, two answers each at temperature 1 (ranks of 2 and 1),
+/// judged by [`common::parity`] (random tiny-model text never holds the answer).
 fn trainer(config: GrpoRunConfig) -> GrpoTrainer<'static> {
-    let mut t = common::math_trainer(config, &verify);
+    let mut t = common::math_trainer(config, &common::parity);
     t.held_out = (0..3).map(|i| Problem { problem: format!("{i}*5?"), answer: (5 * i).to_string() }).collect();
     t
 }

@@ -9,10 +9,6 @@ use artist_tensor::Device;
 use artist_train::grpo::{GrpoRunConfig, GrpoTrainer, Problem, train};
 use artist_train::sft::RunOptions;
 
-fn fresh() -> RunOptions {
-    RunOptions { resume: false, progress: false, stop_after: None, device: Default::default() }
-}
-
 mod common;
 
 fn answer_of(text: &str) -> Option<&str> {
@@ -21,8 +17,8 @@ fn answer_of(text: &str) -> Option<&str> {
     Some(text[start..end].trim())
 }
 
-fn verify(completion: &str, gold: &str, _problem: &str) -> Result<bool, String> {
-    Ok(answer_of(completion) == Some(gold))
+fn verify(completion: &str, gold: &str, _problem: &str) -> Result<artist_math::Verdict, String> {
+    Ok((answer_of(completion) == Some(gold)).into())
 }
 
 fn trainer(config: GrpoRunConfig) -> GrpoTrainer<'static> {
@@ -39,7 +35,7 @@ fn two_steps_then_resume() {
     let run = tmp.path().join("run");
     let mut t = trainer(tiny_config());
     let before: Vec<f32> = t.model.params()[1].value().to_f32_vec().unwrap();
-    let m = train(&run, &mut t, &fresh()).unwrap();
+    let m = train(&run, &mut t, &common::quiet()).unwrap();
     assert_eq!(m.len(), 2);
     for s in &m {
         assert!(s.reward.is_finite() && s.response_tokens > 0.0);
@@ -64,7 +60,7 @@ fn two_steps_then_resume() {
     assert!(artist_train::checkpoint::latest(&run).unwrap().unwrap().ends_with("step-00000002"));
     // Resume to step 3.
     let mut t2 = trainer(GrpoRunConfig { steps: 3, ..tiny_config() });
-    let m2 = train(&run, &mut t2, &RunOptions { resume: true, ..fresh() }).unwrap();
+    let m2 = train(&run, &mut t2, &RunOptions { resume: true, ..common::quiet() }).unwrap();
     assert_eq!(m2.len(), 1);
     assert_eq!(m2[0].step, 3);
     assert_eq!(artist_train::metrics::read(&run.join("metrics.jsonl")).unwrap().len(), 3);
@@ -88,7 +84,7 @@ fn kl_to_a_frozen_reference() {
     let tmp = tempfile::tempdir().unwrap();
     let c = tiny_config().with_overrides(&["grpo.beta=0.04".into(), "grpo.kl=\"k3\"".into()]).unwrap();
     let mut t = trainer(c.clone());
-    let m = train(&tmp.path().join("run"), &mut t, &fresh()).unwrap();
+    let m = train(&tmp.path().join("run"), &mut t, &common::quiet()).unwrap();
     assert_eq!(m[0].kl, 0.0, "KL before any update");
 
     // A reference with perturbed weights.
@@ -107,7 +103,7 @@ fn kl_to_a_frozen_reference() {
     let c2 = c.with_overrides(&[format!("reference_model={:?}", reference_dir.to_str().unwrap())]).unwrap();
     let mut t = trainer(c2);
     let start: Vec<f32> = t.model.params()[1].value().to_f32_vec().unwrap();
-    let m = train(&tmp.path().join("run-perturbed"), &mut t, &fresh()).unwrap();
+    let m = train(&tmp.path().join("run-perturbed"), &mut t, &common::quiet()).unwrap();
     assert!(m[0].kl > 0.0 && m[1].kl > 0.0, "KL to a different reference: {} {}", m[0].kl, m[1].kl);
     let reference = t.reference.as_ref().expect("the reference was loaded");
     assert_eq!(reference.params()[1].value().to_f32_vec().unwrap(), reference_start, "the reference moved");
@@ -116,10 +112,10 @@ fn kl_to_a_frozen_reference() {
     // A missing reference path is a clear error.
     let c =
         tiny_config().with_overrides(&["grpo.beta=0.1".into(), "reference_model=\"/nonexistent/ref\"".into()]).unwrap();
-    let e = train(&tmp.path().join("run2"), &mut trainer(c), &fresh()).unwrap_err().to_string();
+    let e = train(&tmp.path().join("run2"), &mut trainer(c), &common::quiet()).unwrap_err().to_string();
     assert!(e.contains("/nonexistent/ref"), "{e}");
     let c = tiny_config().with_overrides(&["grpo.beta=-1".into()]).unwrap();
-    let e = train(&tmp.path().join("run3"), &mut trainer(c), &fresh()).unwrap_err().to_string();
+    let e = train(&tmp.path().join("run3"), &mut trainer(c), &common::quiet()).unwrap_err().to_string();
     assert!(e.contains("grpo.beta"), "{e}");
 }
 
@@ -139,14 +135,15 @@ fn pi_old_is_recomputed_when_the_sampler_computes_in_bf16() {
     // On a GPU the auto dtypes are bf16 (products, attention, KV cache): pi_old is recomputed.
     assert!(tiny_config().recomputes_old_logprobs(Device::Cuda(0)), "auto dtypes on a GPU recompute pi_old");
     let tmp = tempfile::tempdir().unwrap();
-    let auto = train(&tmp.path().join("auto"), &mut trainer(bf16(&[])), &fresh()).unwrap();
+    let auto = train(&tmp.path().join("auto"), &mut trainer(bf16(&[])), &common::quiet()).unwrap();
     let gap = auto[0].sampler_logprob_gap.expect("auto recomputes pi_old under bf16 sampling");
     assert!(gap > 0.0 && gap < 0.05, "mean |recomputed - sampler's| logprob {gap}");
     let line = std::fs::read_to_string(tmp.path().join("auto/metrics.jsonl")).unwrap();
     assert!(line.contains("sampler_logprob_gap"), "{line}");
-    let sampler = train(&tmp.path().join("s"), &mut trainer(bf16(&["old_logprobs=\"sampler\""])), &fresh()).unwrap();
+    let sampler =
+        train(&tmp.path().join("s"), &mut trainer(bf16(&["old_logprobs=\"sampler\""])), &common::quiet()).unwrap();
     assert_eq!(sampler[0].sampler_logprob_gap, None);
-    let tis = train(&tmp.path().join("tis"), &mut trainer(bf16(&["grpo.tis_cap=2.0"])), &fresh()).unwrap();
+    let tis = train(&tmp.path().join("tis"), &mut trainer(bf16(&["grpo.tis_cap=2.0"])), &common::quiet()).unwrap();
     assert!(tis[0].loss.is_finite() && tis[0].sampler_logprob_gap.is_some());
     let e = bf16(&["old_logprobs=\"sampler\"", "grpo.tis_cap=2.0"]).validate(Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("tis_cap") && e.contains("recompute"), "{e}");
@@ -154,12 +151,6 @@ fn pi_old_is_recomputed_when_the_sampler_computes_in_bf16() {
     assert!(e.contains("tis_cap"), "{e}");
     let e = tiny_config().with_overrides(&["old_logprobs=\"trainer\"".into()]).unwrap_err().to_string();
     assert!(e.contains("trainer"), "{e}");
-}
-
-/// Random tiny-model text never holds an answer: this judge passes about half the
-/// completions, so held-out figures differ from policy to policy.
-fn parity(completion: &str, _gold: &str, _problem: &str) -> Result<bool, String> {
-    Ok(completion.len().is_multiple_of(2))
 }
 
 /// `[eval]` every 2 steps of 3: a line of step 0 with the starting policy's figures alone,
@@ -170,11 +161,11 @@ fn held_out_evaluation_is_logged_as_configured() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     let config = tiny_config().with_overrides(&["steps=3".into(), "eval.every=2".into()]).unwrap();
-    let mut t = common::math_trainer(config, &parity);
+    let mut t = common::math_trainer(config, &common::parity);
     t.held_out = (0..5).map(|i| Problem { problem: format!("{i}*3?"), answer: (3 * i).to_string() }).collect();
     let held_out = t.held_out.clone();
     let start = t.evaluate(&held_out, 0.0, 0).unwrap();
-    let m = train(&run, &mut t, &fresh()).unwrap();
+    let m = train(&run, &mut t, &common::quiet()).unwrap();
     let end = t.evaluate(&held_out, 0.0, 0).unwrap();
     eprintln!("held out: start {start:?}, end {end:?}");
     assert!(start.accuracy > 0.0 && start.accuracy < 1.0, "{start:?}: the judge should split the answers");
@@ -203,18 +194,22 @@ fn held_out_evaluation_is_logged_as_configured() {
         let p = (i % 4) as u64;
         assert_eq!((l["problem_index"].as_u64(), l["sample"].as_u64()), (Some(p), Some(0)));
         assert_eq!(l["gold"], held_out[p as usize].answer.as_str());
-        assert_eq!(l["correct"].as_bool(), parity(l["completion"].as_str().unwrap(), "", "").ok(), "{l}");
+        assert_eq!(
+            l["correct"].as_bool(),
+            common::parity(l["completion"].as_str().unwrap(), "", "").ok().map(|v| v.correct),
+            "{l}"
+        );
     }
 
     // Resuming at step 2 keeps the step-0 and step-2 evaluations and redoes step 3's.
     let mut t2 = common::math_trainer(
         tiny_config().with_overrides(&["steps=4".into(), "eval.every=2".into()]).unwrap(),
-        &parity,
+        &common::parity,
     );
     t2.held_out = held_out.clone();
     std::fs::remove_dir_all(run.join("checkpoints/step-00000003")).unwrap();
     std::fs::write(run.join("checkpoints/latest"), "step-00000002").unwrap();
-    let m2 = train(&run, &mut t2, &RunOptions { resume: true, ..fresh() }).unwrap();
+    let m2 = train(&run, &mut t2, &RunOptions { resume: true, ..common::quiet() }).unwrap();
     assert_eq!(m2.iter().map(|m| (m.step, m.eval_accuracy.is_some())).collect::<Vec<_>>(), [(3, false), (4, true)]);
     let lines = artist_train::metrics::read(&run.join("metrics.jsonl")).unwrap();
     let evals: Vec<f64> =
@@ -225,10 +220,10 @@ fn held_out_evaluation_is_logged_as_configured() {
     // Sampled, two answers a problem: the starting and the trained policy draw differently,
     // and each evaluation is what the trainer's own gives for those weights.
     let sets = ["steps=3".into(), "eval.temperature=1.0".into(), "eval.samples=2".into()];
-    let mut t = common::math_trainer(tiny_config().with_overrides(&sets).unwrap(), &parity);
+    let mut t = common::math_trainer(tiny_config().with_overrides(&sets).unwrap(), &common::parity);
     t.held_out = held_out.clone();
     let start = t.evaluate_held_out_sharded(None).unwrap();
-    let m = train(&tmp.path().join("sampled"), &mut t, &fresh()).unwrap();
+    let m = train(&tmp.path().join("sampled"), &mut t, &common::quiet()).unwrap();
     let end = t.evaluate_held_out_sharded(None).unwrap();
     eprintln!("sampled held out: start {start:?}, end {end:?}");
     assert_ne!(start, end, "training changed no sampled answer");
@@ -259,9 +254,9 @@ fn overlong_rollouts_are_masked_or_punished() {
     let run = |name: &str, sets: &[&str]| {
         let mut sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         sets.push("steps=1".into());
-        let mut t = common::math_trainer(tiny_config().with_overrides(&sets).unwrap(), &parity);
+        let mut t = common::math_trainer(tiny_config().with_overrides(&sets).unwrap(), &common::parity);
         let before: Vec<Vec<f32>> = t.model.params().iter().map(|p| p.value().to_f32_vec().unwrap()).collect();
-        let m = train(&tmp.path().join(name), &mut t, &fresh()).unwrap().remove(0);
+        let m = train(&tmp.path().join(name), &mut t, &common::quiet()).unwrap().remove(0);
         let after: Vec<Vec<f32>> = t.model.params().iter().map(|p| p.value().to_f32_vec().unwrap()).collect();
         (m, before != after)
     };
@@ -374,7 +369,7 @@ fn an_entropy_bonus_raises_the_entropy() {
         let c = common::tiny_grpo_config(&["steps=3", "save_every=0"])
             .with_overrides(&[format!("grpo.entropy_coeff={coeff}")])
             .unwrap();
-        let m = train(&tmp.path().join(name), &mut trainer(c), &fresh()).unwrap();
+        let m = train(&tmp.path().join(name), &mut trainer(c), &common::quiet()).unwrap();
         m.iter().map(|s| s.entropy.expect("every GRPO step measures the entropy")).collect::<Vec<f64>>()
     };
     let (plain, bonus) = (run(0.0, "plain"), run(1.0, "bonus"));
@@ -401,7 +396,7 @@ fn the_reference_follows_the_policy() {
         common::tiny_grpo_config(&all)
     };
     let mut t = parity_trainer(config(&[]));
-    let m = train(&tmp.path().join("run"), &mut t, &fresh()).unwrap();
+    let m = train(&tmp.path().join("run"), &mut t, &common::quiet()).unwrap();
     let kl: Vec<f64> = m.iter().map(|s| s.kl).collect();
     assert!(kl[0] == 0.0 && kl[2] == 0.0 && kl[1] > 0.0 && kl[3] > 0.0, "KL per step {kl:?}");
     let weights = common::weights(&t.model);
@@ -409,11 +404,11 @@ fn the_reference_follows_the_policy() {
     // Stopped after step 3 (the reference moved at step 2), then resumed.
     let run = tmp.path().join("stopped");
     let mut first = parity_trainer(config(&[]));
-    train(&run, &mut first, &RunOptions { stop_after: Some(3), ..fresh() }).unwrap();
+    train(&run, &mut first, &RunOptions { stop_after: Some(3), ..common::quiet() }).unwrap();
     let saved = artist_train::checkpoint::latest(&run).unwrap().unwrap();
     assert!(saved.join(artist_train::checkpoint::REFERENCE_DIR).join("model.safetensors").exists());
     let mut resumed = parity_trainer(config(&[]));
-    let m2 = train(&run, &mut resumed, &RunOptions { resume: true, ..fresh() }).unwrap();
+    let m2 = train(&run, &mut resumed, &RunOptions { resume: true, ..common::quiet() }).unwrap();
     assert_eq!((m2.len(), m2[0].kl), (1, m[3].kl), "the resumed step's KL");
     assert_eq!(common::weights(&resumed.model), weights, "the resumed run ended elsewhere");
 
@@ -421,7 +416,7 @@ fn the_reference_follows_the_policy() {
     // the policy after step 2.
     let mut half = parity_trainer(config(&["steps=2", "reference_sync.alpha=0.5"]));
     let start = common::weights(&half.model);
-    train(&tmp.path().join("half"), &mut half, &fresh()).unwrap();
+    train(&tmp.path().join("half"), &mut half, &common::quiet()).unwrap();
     let (policy, reference) = (common::weights(&half.model), common::weights(half.reference.as_ref().unwrap()));
     let want: Vec<Vec<f32>> =
         policy.iter().zip(&start).map(|(p, s)| p.iter().zip(s).map(|(p, s)| 0.5 * p + 0.5 * s).collect()).collect();
@@ -430,7 +425,7 @@ fn the_reference_follows_the_policy() {
 
     // reset_optimizer: the checkpoint written just after the move holds fresh moments.
     let mut reset = parity_trainer(config(&["steps=2", "reference_sync.reset_optimizer=true"]));
-    train(&tmp.path().join("reset"), &mut reset, &fresh()).unwrap();
+    train(&tmp.path().join("reset"), &mut reset, &common::quiet()).unwrap();
     let saved = artist_train::checkpoint::latest(&tmp.path().join("reset")).unwrap().unwrap();
     let state = artist_train::checkpoint::read_state(&saved).unwrap();
     assert!(!state.optimizer_steps.is_empty() && state.optimizer_steps.values().all(|&s| s == 0), "{state:?}");
@@ -457,7 +452,7 @@ fn checkpointed_layers_train_to_the_same_bits() {
     };
     let run = |on: bool| {
         let mut t = parity_trainer(config(on));
-        let m = train(&tmp.path().join(format!("run-{on}")), &mut t, &fresh()).unwrap();
+        let m = train(&tmp.path().join(format!("run-{on}")), &mut t, &common::quiet()).unwrap();
         let figures: Vec<(f64, f64, f64)> = m.iter().map(|s| (s.loss, s.grad_norm, s.kl)).collect();
         (figures, common::weights(&t.model))
     };
@@ -673,7 +668,7 @@ fn high_entropy_tokens_alone_carry_the_policy_gradient() {
         let c = config(&["grpo.top_entropy_quantile=0.2", "steps=2", "prompts_per_step=3"]);
         if ranks == 1 {
             let mut t = parity_trainer(c);
-            train(dir, &mut t, &fresh()).unwrap();
+            train(dir, &mut t, &common::quiet()).unwrap();
             return common::weights(&t.model);
         }
         std::thread::scope(|s| {
@@ -684,7 +679,7 @@ fn high_entropy_tokens_alone_carry_the_policy_gradient() {
                         let c = c.clone();
                         s.spawn(move || {
                             let mut t = parity_trainer(c);
-                            artist_train::grpo::train_data_parallel(dir, &mut t, &fresh(), &mut comm).unwrap();
+                            artist_train::grpo::train_data_parallel(dir, &mut t, &common::quiet(), &mut comm).unwrap();
                             common::weights(&t.model)
                         })
                     })
@@ -748,7 +743,7 @@ fn masked_importance_sampling_logs_its_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let tis = [format!("grpo.tis_cap={cap}"), format!("grpo.tis_cap_low={low}"), "grpo.tis_mode=\"mask\"".into()];
     let mut t = trainer(c.clone().with_overrides(&tis).unwrap());
-    let m = train(&tmp.path().join("run"), &mut t, &fresh()).unwrap();
+    let m = train(&tmp.path().join("run"), &mut t, &common::quiet()).unwrap();
     let (got_mean, got_masked) = (m[0].tis_weight_mean.unwrap(), m[0].tis_bounded_fraction.unwrap());
     assert!((got_mean - mean).abs() <= 1e-6 * mean, "tis_weight_mean {got_mean} vs {mean}");
     assert!((got_masked - masked).abs() <= 1e-12 && masked > 0.1 && masked < 0.4, "{got_masked} vs {masked}");
@@ -772,7 +767,7 @@ fn masked_importance_sampling_logs_its_weights() {
         per_rollout.iter().zip(&vetoed).flat_map(|(w, &v)| w.iter().map(move |&x| if v { 0.0 } else { x })).collect();
     let overrides = [format!("grpo.tis_cap={}", sorted[sorted.len() - 1] * 2.0), format!("grpo.tis_veto={veto}")];
     let mut t = trainer(c.clone().with_overrides(&overrides).unwrap());
-    let m = train(&tmp.path().join("veto"), &mut t, &fresh()).unwrap();
+    let m = train(&tmp.path().join("veto"), &mut t, &common::quiet()).unwrap();
     let fraction = vetoed.iter().filter(|&&v| v).count() as f64 / vetoed.len() as f64;
     assert_eq!(m[0].tis_veto_fraction, Some(fraction));
     assert!(fraction > 0.0 && fraction < 1.0, "{fraction}");

@@ -13,8 +13,8 @@ use artist_train::sft::{RunOptions, sft_loss};
 
 mod common;
 
-fn answer_is_gold(completion: &str, gold: &str, _problem: &str) -> Result<bool, String> {
-    Ok(completion.contains(&format!("<answer>{gold}</answer>")))
+fn answer_is_gold(completion: &str, gold: &str, _problem: &str) -> Result<artist_math::Verdict, String> {
+    Ok(completion.contains(&format!("<answer>{gold}</answer>")).into())
 }
 
 /// Forty AdamW steps on one trace per problem: the chat prompt, then a calculator call, its
@@ -90,7 +90,10 @@ fn logged_rollouts_add_up_to_the_step_metrics() {
             assert!(num(l, "sampled_tokens") <= num(l, "response_tokens"));
             let rewards = &l["rewards"];
             assert!((num(rewards, "total") - num(l, "reward")).abs() < 1e-12, "no overlong penalty here: {l}");
-            assert_eq!(l["correct"].as_bool().unwrap(), answer_is_gold(text, l["gold"].as_str().unwrap(), "").unwrap());
+            assert_eq!(
+                l["correct"].as_bool().unwrap(),
+                answer_is_gold(text, l["gold"].as_str().unwrap(), "").unwrap().correct
+            );
         }
         let n = per_step as f64;
         let sum = |f: &dyn Fn(&serde_json::Value) -> f64| step.iter().map(|l| f(l)).sum::<f64>();
