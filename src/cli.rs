@@ -104,16 +104,37 @@ pub fn split_command(command: &str, flag: &str) -> Result<Vec<String>> {
     Ok(words)
 }
 
-/// The MCP server `--mcp-command` names ([`split_command`]), started and listed, for
-/// `--tools mcp`; `sessions` is `--mcp-sessions` (`shared` or `rollout`).
-pub fn start_mcp(command: Option<&str>, sessions: &str) -> Result<artist_tools::McpTool> {
-    let command = command.context("--tools mcp needs --mcp-command, the server's command line")?;
-    let command = split_command(command, "--mcp-command")?;
-    let sessions = match sessions {
-        "rollout" => artist_tools::McpSessions::Rollout,
-        "shared" => artist_tools::McpSessions::Shared,
-        other => anyhow::bail!("--mcp-sessions {other:?}: expected shared or rollout"),
-    };
-    artist_tools::McpTool::spawn(artist_tools::McpConfig { command, sessions, ..Default::default() })
-        .context("starting the MCP server of --mcp-command")
+/// The MCP server of `--tools mcp` (`generate`, `eval`): the GRPO config's `[mcp]` as flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct McpArgs {
+    /// With --tools mcp: the MCP server's command line, split into words as a shell would
+    /// (quotes keep spaces: "python3 'my server.py' --flag"; nothing is expanded); its
+    /// functions are listed in ARTIST's system prompt.
+    #[arg(long, value_name = "COMMAND")]
+    pub mcp_command: Option<String>,
+    /// `shared`, one server for every sample, or `rollout`, a server per sample, started
+    /// at its first call and closed when it ends (a stateful server starts fresh for each).
+    #[arg(long, default_value = "shared", value_parser = ["shared", "rollout"], requires = "mcp_command")]
+    pub mcp_sessions: String,
+    /// With --mcp-sessions rollout: a tool of the server (hidden from the model) read when a
+    /// sample ends; its text is the sample's final state, which the judge is given.
+    #[arg(long, value_name = "NAME", requires = "mcp_command")]
+    pub mcp_state_tool: Option<String>,
+}
+
+impl McpArgs {
+    /// Starts the server and lists its functions.
+    pub fn start(&self) -> Result<artist_tools::McpTool> {
+        let command = self.mcp_command.as_deref();
+        let command = command.context("--tools mcp needs --mcp-command, the server's command line")?;
+        let command = split_command(command, "--mcp-command")?;
+        let sessions = match self.mcp_sessions.as_str() {
+            "rollout" => artist_tools::McpSessions::Rollout,
+            "shared" => artist_tools::McpSessions::Shared,
+            other => bail!("--mcp-sessions {other:?}: expected shared or rollout"),
+        };
+        let state_tool = self.mcp_state_tool.clone();
+        artist_tools::McpTool::spawn(artist_tools::McpConfig { command, sessions, state_tool, ..Default::default() })
+            .context("starting the MCP server of --mcp-command")
+    }
 }

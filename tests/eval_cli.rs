@@ -477,7 +477,7 @@ fn an_external_judge_grades_the_samples() {
         .unwrap();
     let judge = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/judge/judge.py");
     let samples = tmp.path().join("samples.jsonl");
-    let run = |judge_mode: Option<&str>| {
+    let run_on = |data: &std::path::Path, judge_mode: Option<&str>, tools: &[&str]| {
         let mut args = vec![
             "--model".to_string(),
             model.to_str().unwrap().into(),
@@ -489,8 +489,6 @@ fn an_external_judge_grades_the_samples() {
             "6".into(),
             "--temperature".into(),
             "1.0".into(),
-            "--tools".into(),
-            "none".into(),
             "--max-new-tokens".into(),
             "16".into(),
             "--out".into(),
@@ -502,8 +500,10 @@ fn an_external_judge_grades_the_samples() {
             args.extend(["--judge-command".into(), format!("python3 '{}' {mode}", judge.display())]);
             args.extend(["--judge-workers".into(), "2".into()]);
         }
+        args.extend(tools.iter().map(|s| s.to_string()));
         eval(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
+    let run = |judge_mode: Option<&str>| run_on(&data, judge_mode, &["--tools", "none"]);
     let plain = &lines(&run(None))[0];
     assert_eq!(plain["pass_at_1"].as_f64(), Some(0.0));
     let judged = &lines(&run(Some("five")))[0];
@@ -531,4 +531,22 @@ fn an_external_judge_grades_the_samples() {
     let out = run(Some("garbage"));
     fails_cleanly(&out, "judge.py garbage");
     fails_cleanly(&out, "not JSON");
+
+    // An MCP server per sample with a state tool: each sample's final state (the initial
+    // one: the model makes no call) is written and given to the judge, which passes the
+    // answers it holds.
+    let stated = tmp.path().join("stated.jsonl");
+    std::fs::write(&stated, "{\"problem\": \"a\", \"answer\": \"count\"}\n{\"problem\": \"b\", \"answer\": \"7\"}\n")
+        .unwrap();
+    let server = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp/server.py");
+    let server = format!("python3 {}", server.display());
+    let mcp = ["--tools", "mcp", "--mcp-command", &server, "--mcp-sessions", "rollout", "--mcp-state-tool", "state"];
+    let summary = &lines(&run_on(&stated, Some("state"), &mcp))[0];
+    assert_eq!(summary["pass_at_1"].as_f64(), Some(0.5), "{summary}");
+    let rows = read_jsonl(&samples);
+    assert_eq!(rows.len(), 12);
+    for r in &rows {
+        assert_eq!(r["final_state"], r#"{"count": 0, "last": null}"#, "{r}");
+        assert_eq!(r["correct"], r["gold"] == "count", "{r}");
+    }
 }

@@ -114,16 +114,20 @@ fn a_fine_tuned_model_calls_an_mcp_server_through_generate() {
     assert_eq!(first["call"], call);
     assert_eq!((first["result"]["success"].as_bool(), first["result"]["output"].as_str()), (Some(true), Some("42")));
     assert!(v["text"].as_str().unwrap().starts_with(&format!("{tool_text}<output>\n42\n</output>")), "{}", v["text"]);
-    // The same call to a server of the rollout's own (`--mcp-sessions rollout`).
+    // The same call to a server of the rollout's own (`--mcp-sessions rollout`), whose state
+    // is read when the rollout ends: the sum the model's call left there.
     let out = Command::new(env!("CARGO_BIN_EXE_generate"))
         .args(["--model", model.to_str().unwrap(), "--prompt", PROMPT, "--tools", "mcp"])
-        .args(["--mcp-command", &server, "--mcp-sessions", "rollout", "--max-new-tokens", "60", "--json"])
+        .args(["--mcp-command", &server, "--mcp-sessions", "rollout", "--mcp-state-tool", "state"])
+        .args(["--max-new-tokens", "60", "--json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "generate: {}", String::from_utf8_lossy(&out.stderr));
     let own: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let result = &first_forced_call(&own)["result"];
     assert_eq!((result["success"].as_bool(), result["output"].as_str()), (Some(true), Some("42")), "{own}");
+    assert_eq!(own["final_state"], r#"{"count": 0, "last": 42}"#, "{own}");
+    assert!(v.get("final_state").is_none(), "no state tool, no state");
 
     // `tool mcp`: one call, the function list, and a server that cannot start.
     let tool = |args: &[&str], stdin: &str| {

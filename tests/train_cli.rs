@@ -371,6 +371,32 @@ fn grpo_with_an_external_judge() {
     let reward_answer = (2.0 * 0.5 * n5 + 2.0 * 0.25 * (4.0 - n5)) / 4.0;
     assert_eq!(lines[0]["accuracy"].as_f64(), Some(n5 / 4.0), "{}", lines[0]);
     assert!((lines[0]["reward_answer"].as_f64().unwrap() - reward_answer).abs() < 1e-9, "{}", lines[0]);
+    // A rollout's final state reaches the judge: with the MCP server's state tool read as
+    // each rollout ends (a fresh server each, since the tiny model makes no call), every
+    // answer carries one; without it, none does.
+    let server = fixtures().join("mcp/server.py");
+    let mcp = format!("mcp.command=[\"python3\", {:?}]", server.to_str().unwrap());
+    let has_state = command("has-state");
+    let with_state = |run: &str, state: bool| {
+        let mut sets = vec![has_state.as_str(), "tool=\"mcp\"", mcp.as_str(), "steps=1", "log_rollouts=4"];
+        sets.extend(["mcp.sessions=\"rollout\"", "rollout.max_turn_tokens=16", "rollout.max_context=2400"]);
+        if state {
+            sets.push("mcp.state_tool=\"state\"");
+        }
+        let run = tmp.path().join(run);
+        ok(&train(&grpo_args(&run, &sets), &[]));
+        let lines = artist::train::metrics::read(&run.join("metrics.jsonl")).unwrap();
+        let rollouts = artist::train::metrics::read(&run.join(artist::train::metrics::ROLLOUTS_FILE)).unwrap();
+        (lines[0]["accuracy"].as_f64(), rollouts)
+    };
+    let (accuracy, rollouts) = with_state("state", true);
+    assert_eq!(accuracy, Some(1.0));
+    for r in &rollouts {
+        assert_eq!(r["final_state"], r#"{"count": 0, "last": null}"#, "{r}");
+    }
+    let (accuracy, rollouts) = with_state("no-state", false);
+    assert_eq!(accuracy, Some(0.0));
+    assert!(rollouts.iter().all(|r| r.get("final_state").is_none()));
     let always = command("always");
     let run = tmp.path().join("always");
     ok(&train(&grpo_args(&run, &[always.as_str(), "steps=1", "log_rollouts=4"]), &[]));

@@ -20,7 +20,8 @@
 //!
 //! `eval --model DIR --dataset FILE [--preset NAME | --field-map problem=..,answer=..]
 //! [--k K] [--samples N] [--temperature T] [--tools python|calculator|mcp|none]
-//! [--mcp-command CMD] [--judge-command CMD [--judge-workers N]] [--out FILE.jsonl] [--json]` generates `N`
+//! [--mcp-command CMD [--mcp-sessions rollout [--mcp-state-tool NAME]]]
+//! [--judge-command CMD [--judge-workers N]] [--out FILE.jsonl] [--json]` generates `N`
 //! answers per problem (default `K`) with the model in ARTIST's format, the tool live, and
 //! grades them (by math equivalence, or by the external judge `--judge-command` starts:
 //! `artist_math::Judge`). It prints pass@1 (the mean fraction correct),
@@ -93,15 +94,8 @@ struct Cli {
     /// The tool in the loop (mcp: the functions of the server --mcp-command starts).
     #[arg(long, default_value = "python", value_parser = ["python", "calculator", "mcp", "none"])]
     tools: String,
-    /// With --tools mcp: the MCP server's command line, split into words as a shell would
-    /// (quotes keep spaces: "python3 'my server.py' --flag"; nothing is expanded).
-    #[arg(long, value_name = "COMMAND")]
-    mcp_command: Option<String>,
-    /// With --tools mcp: `shared`, one server for every sample, or `rollout`, a server per
-    /// sample, started at its first call and closed when it ends (a stateful server starts
-    /// fresh for each).
-    #[arg(long, default_value = "shared", value_parser = ["shared", "rollout"], requires = "mcp_command")]
-    mcp_sessions: String,
+    #[command(flatten)]
+    mcp: artist::cli::McpArgs,
     /// Grade with an external judge instead of math equivalence: its command line, split
     /// into words as a shell would; it reads `{"problem", "completion", "answer"}` lines and
     /// writes `{"correct": bool}` lines (the GRPO trainer's `[judge]`).
@@ -286,7 +280,7 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
             Some(Arc::new(artist_tools::PythonTool::new(Default::default()).context("starting the Python sandbox")?))
         }
         "calculator" => Some(Arc::new(artist_tools::Calculator)),
-        "mcp" => Some(Arc::new(artist::cli::start_mcp(cli.mcp_command.as_deref(), &cli.mcp_sessions)?)),
+        "mcp" => Some(Arc::new(cli.mcp.start()?)),
         _ => None,
     };
     let system = match &tool {
@@ -353,10 +347,15 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
     let extracted: Vec<Option<String>> = completions.iter().map(|c| artist_math::extract_answer(c)).collect();
     let verdicts = match &judge {
         Some(judge) => {
-            let questions: Vec<(&str, &str, &str)> = (rollouts.iter().zip(&completions))
+            let questions: Vec<artist_math::Question<'_>> = (rollouts.iter().zip(&completions))
                 .map(|(r, c)| {
                     let p = &data.problems[r.prompt_index];
-                    (p.problem.as_str(), c.as_str(), p.answer.as_str())
+                    artist_math::Question {
+                        problem: &p.problem,
+                        completion: c,
+                        answer: &p.answer,
+                        state: r.final_state.as_deref(),
+                    }
                 })
                 .collect();
             judge.verdicts(&questions)?
@@ -375,11 +374,14 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
         tokens += r.ids.len();
         calls += r.tool_calls.len();
         if let Some(w) = out.as_mut() {
-            let line = json!({
+            let mut line = json!({
                 "problem_index": r.prompt_index, "problem": p.problem, "gold": p.answer, "sample": r.sample_index,
                 "completion": completion, "extracted": extracted, "correct": correct, "score": verdict.score,
                 "response_tokens": r.ids.len(), "tool_calls": r.tool_calls.len(), "finish": r.finish,
             });
+            if let Some(state) = &r.final_state {
+                line["final_state"] = state.as_str().into();
+            }
             writeln!(w, "{line}").context("writing --out")?;
         }
     }

@@ -101,15 +101,8 @@ struct Args {
     /// system prompt asks for ARTIST's format (listing an MCP server's functions).
     #[arg(long, value_parser = ["python", "calculator", "mcp"])]
     tools: Option<String>,
-    /// With --tools mcp: the MCP server's command line, split at spaces
-    /// ("python3 server.py --flag"); its functions are listed in ARTIST's system prompt.
-    #[arg(long, value_name = "COMMAND")]
-    mcp_command: Option<String>,
-    /// With --tools mcp: `shared`, one server for every sample, or `rollout`, a server per
-    /// sample, started at its first call and closed when it ends (a stateful server starts
-    /// fresh for each).
-    #[arg(long, default_value = "shared", value_parser = ["shared", "rollout"], requires = "mcp_command")]
-    mcp_sessions: String,
+    #[command(flatten)]
+    mcp: artist::cli::McpArgs,
     /// Most tool calls with --tools.
     #[arg(long, default_value_t = 8)]
     max_tool_calls: usize,
@@ -265,7 +258,7 @@ fn start_tool(args: &Args, tool: &str) -> Result<std::sync::Arc<dyn artist_tools
             let config = artist_tools::SandboxConfig { timeout_s: args.tool_timeout_s, ..Default::default() };
             std::sync::Arc::new(artist_tools::PythonTool::new(config).context("starting the Python sandbox")?)
         }
-        "mcp" => std::sync::Arc::new(artist::cli::start_mcp(args.mcp_command.as_deref(), &args.mcp_sessions)?),
+        "mcp" => std::sync::Arc::new(args.mcp.start()?),
         _ => std::sync::Arc::new(artist_tools::Calculator),
     })
 }
@@ -419,6 +412,9 @@ fn run_batch(
             line["mask"] = serde_json::json!(r.mask);
             line["tool_calls"] = serde_json::json!(r.tool_calls);
         }
+        if let Some(state) = &r.final_state {
+            line["final_state"] = state.as_str().into();
+        }
         writeln!(out, "{line}").context("writing the samples")?;
     }
     out.flush().context("writing the samples")?;
@@ -450,22 +446,23 @@ fn run_with_tool(
     let r = rollouts.remove(0);
     let text = tok.decode_lossy(&r.ids, true);
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "prompt_ids": prompt_ids,
-                "token_ids": r.ids,
-                "text": text,
-                "logprobs": r.logprobs,
-                "mask": r.mask,
-                "finish_reason": r.finish,
-                "tool_calls": r.tool_calls,
-                "prompt_tokens": prompt_ids.len(),
-                "new_tokens": r.ids.len(),
-                "seconds": start.elapsed().as_secs_f64(),
-                "tool_wait_s": stats.tool_wait_s,
-            })
-        );
+        let mut line = serde_json::json!({
+            "prompt_ids": prompt_ids,
+            "token_ids": r.ids,
+            "text": text,
+            "logprobs": r.logprobs,
+            "mask": r.mask,
+            "finish_reason": r.finish,
+            "tool_calls": r.tool_calls,
+            "prompt_tokens": prompt_ids.len(),
+            "new_tokens": r.ids.len(),
+            "seconds": start.elapsed().as_secs_f64(),
+            "tool_wait_s": stats.tool_wait_s,
+        });
+        if let Some(state) = &r.final_state {
+            line["final_state"] = state.as_str().into();
+        }
+        println!("{line}");
     } else {
         println!("{text}");
         eprintln!("[{} tokens, {} tool calls, finish: {:?}]", r.ids.len(), r.tool_calls.len(), r.finish);

@@ -483,9 +483,11 @@ fn run_grpo(args: &Args, env: &DistEnv, device: artist::tensor::Device) -> Resul
         true => None,
         false => Some(artist_math::Judge::spawn(config.judge.clone()).context("starting the judge of [judge]")?),
     };
-    let verify = move |completion: &str, gold: &str, problem: &str| match &judge {
-        Some(judge) => judge.verdict(problem, completion, gold).map_err(|e| e.to_string()),
-        None => Ok(artist_math::extract_answer(completion).is_some_and(|a| artist_math::equivalent(gold, &a)).into()),
+    let verify = move |q: &artist_math::Question<'_>| match &judge {
+        Some(judge) => judge.verdict(q).map_err(|e| e.to_string()),
+        None => {
+            Ok(artist_math::extract_answer(q.completion).is_some_and(|a| artist_math::equivalent(q.answer, &a)).into())
+        }
     };
     let train: Vec<Problem> =
         data.problems.iter().map(|p| Problem { problem: p.problem.clone(), answer: p.answer.clone() }).collect();

@@ -144,6 +144,10 @@ pub struct Rollout {
     pub mask: Vec<u8>,
     pub finish: Finish,
     pub tool_calls: Vec<ToolCallRecord>,
+    /// What a tool reported when the rollout ended ([`Tool::final_state`]: an MCP
+    /// environment's final state), for the verifier; never shown to the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_state: Option<String>,
 }
 
 impl Rollout {
@@ -361,7 +365,8 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
         let mut free: Vec<usize> = (0..c.max_batch).rev().collect();
         let mut queue: VecDeque<usize> = (0..prompts.len()).collect();
         let mut seqs: Vec<Option<Seq>> = Vec::new();
-        let mut done: Vec<Option<Rollout>> = (0..prompts.len() * g).map(|_| None).collect();
+        // Each rollout with its id (the one its tool calls carried).
+        let mut done: Vec<Option<(u64, Rollout)>> = (0..prompts.len() * g).map(|_| None).collect();
         let (tx, rx) = mpsc::channel::<ToolDone>();
         let mut in_tool = 0usize;
 
@@ -389,6 +394,7 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
                             mask: vec![],
                             finish: Finish::Eos,
                             tool_calls: vec![],
+                            final_state: None,
                         },
                         id: NEXT_ROLLOUT_ID.fetch_add(1, Ordering::Relaxed),
                         slot,
@@ -504,7 +510,12 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
                 }
             }
         }
-        let rollouts: Vec<Rollout> = done.into_iter().map(|r| r.expect("every rollout finished")).collect();
+        let mut rollouts = Vec::with_capacity(done.len());
+        for (id, mut r) in done.into_iter().map(|r| r.expect("every rollout finished")) {
+            // Every rollout has ended, so each tool's report on it is in or on its way.
+            r.final_state = self.tools.iter().find_map(|t| t.final_state(id));
+            rollouts.push(r);
+        }
         stats.rollouts = rollouts.len();
         if let Some(u) = self.policy.cache_usage(&cache) {
             (stats.kv_block_size, stats.kv_peak_bytes, stats.kv_cow_copies) =
@@ -703,7 +714,7 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
         i: usize,
         cache: &mut P::Cache,
         free: &mut Vec<usize>,
-        done: &mut [Option<Rollout>],
+        done: &mut [Option<(u64, Rollout)>],
         kept: &mut KeptCache<P::Cache>,
         keep: bool,
     ) {
@@ -722,6 +733,6 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
             t.end_rollout(seq.id);
         }
         let at = seq.out.prompt_index * self.config.group_size + seq.out.sample_index;
-        done[at] = Some(seq.out);
+        done[at] = Some((seq.id, seq.out));
     }
 }

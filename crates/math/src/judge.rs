@@ -8,8 +8,10 @@
 //! rubric) and writes one line on its stdout, in order: `{"correct": true|false}`, or
 //! partial credit `{"score": s}` with `s` from 0 to 1 (the fraction of tests passed, a
 //! rubric's grade; the answer reward is scaled by it, and the answer counts as correct at 1),
-//! or both (`{"score": 0.5, "correct": true}`: the judge says where "correct" begins). Its
-//! stderr is the trainer's. With `workers = N` N copies are started (each told its number
+//! or both (`{"score": 0.5, "correct": true}`: the judge says where "correct" begins). When
+//! the rollout's tool left a final state (an MCP environment's `state_tool`), the question
+//! carries it too, as `"state"` (text, often JSON), so the judge can grade where the rollout
+//! left the environment. Its stderr is the trainer's. With `workers = N` N copies are started (each told its number
 //! in `ARTIST_JUDGE_WORKER`, 0 to N - 1) and asked at once, each one question at a time, so
 //! a slow judge (an LLM behind an API, tests that take seconds) grades a step's rollouts N
 //! at a time ([`Judge::verdicts`]). Nothing it does makes this panic: a judge that cannot
@@ -42,6 +44,17 @@ impl Default for JudgeConfig {
     fn default() -> Self {
         JudgeConfig { command: Vec::new(), timeout_s: 60.0, workers: 1 }
     }
+}
+
+/// One answer to grade: the problem, the completion written for it, the dataset's gold
+/// `answer`, and what a tool left when the rollout ended (an environment's final state,
+/// `Tool::final_state`), sent as `"state"` when there is one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Question<'a> {
+    pub problem: &'a str,
+    pub completion: &'a str,
+    pub answer: &'a str,
+    pub state: Option<&'a str>,
 }
 
 /// A judge's verdict on one answer.
@@ -182,12 +195,11 @@ impl Judge {
     /// Whether `completion`, written for `problem`, is right, given the dataset's `answer`
     /// ([`Judge::verdict`]'s `correct`).
     pub fn correct(&self, problem: &str, completion: &str, answer: &str) -> Result<bool, JudgeError> {
-        self.verdict(problem, completion, answer).map(|v| v.correct)
+        self.verdict(&Question { problem, completion, answer, state: None }).map(|v| v.correct)
     }
 
-    /// The judge's verdict on `completion`, written for `problem`, given the dataset's
-    /// `answer`. Waits for a free worker when all are busy.
-    pub fn verdict(&self, problem: &str, completion: &str, answer: &str) -> Result<Verdict, JudgeError> {
+    /// The judge's verdict on a question. Waits for a free worker when all are busy.
+    pub fn verdict(&self, q: &Question<'_>) -> Result<Verdict, JudgeError> {
         let fail = |msg: String| JudgeError { command: self.config.command.join(" "), msg };
         let i = {
             let mut free = lock(&self.free);
@@ -201,7 +213,10 @@ impl Judge {
                 }
             }
         };
-        let question = serde_json::json!({"problem": problem, "completion": completion, "answer": answer});
+        let mut question = serde_json::json!({"problem": q.problem, "completion": q.completion, "answer": q.answer});
+        if let Some(state) = q.state {
+            question["state"] = state.into();
+        }
         let verdict =
             Self::ask(&mut lock(&self.workers[i].pipe), &question, Duration::from_secs_f64(self.config.timeout_s));
         let verdict = verdict.map_err(|why| {
@@ -229,13 +244,8 @@ impl Judge {
 
     /// Verdicts on `(problem, completion, answer)` questions, in their order, asked of the
     /// workers at once; the first failure, in that order, if any failed.
-    pub fn verdicts(&self, questions: &[(&str, &str, &str)]) -> Result<Vec<Verdict>, JudgeError> {
-        in_parallel(self.workers(), questions.len(), |i| {
-            let (problem, completion, answer) = questions[i];
-            self.verdict(problem, completion, answer)
-        })
-        .into_iter()
-        .collect()
+    pub fn verdicts(&self, questions: &[Question<'_>]) -> Result<Vec<Verdict>, JudgeError> {
+        in_parallel(self.workers(), questions.len(), |i| self.verdict(&questions[i])).into_iter().collect()
     }
 
     fn ask(pipe: &mut Pipe, question: &serde_json::Value, timeout: Duration) -> Result<Verdict, String> {

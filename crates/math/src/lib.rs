@@ -18,7 +18,7 @@ pub use dataset::{AnswerField, BadRow, DatasetError, DatasetFormat, MathDataset,
 pub use equiv::{answers_equal, equivalent, parse_answer};
 pub use expr::Node;
 pub use extract::{ExtractOptions, extract_answer, extract_answer_with, last_boxed};
-pub use judge::{Judge, JudgeConfig, JudgeError, MAX_JUDGE_WORKERS, Verdict};
+pub use judge::{Judge, JudgeConfig, JudgeError, MAX_JUDGE_WORKERS, Question, Verdict};
 pub use normalize::MAX_ANSWER_BYTES;
 pub use vote::majority;
 

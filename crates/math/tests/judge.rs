@@ -21,7 +21,10 @@ fn judges(mode: &[&str], timeout_s: f64, workers: usize) -> Result<Judge, artist
 
 /// The verdicts' `correct`s, asked of the workers at once.
 fn corrects(j: &Judge, questions: &[(&str, &str, &str)]) -> Result<Vec<bool>, artist_math::JudgeError> {
-    Ok(j.verdicts(questions)?.iter().map(|v| v.correct).collect())
+    let questions: Vec<artist_math::Question<'_>> = (questions.iter())
+        .map(|&(problem, completion, answer)| artist_math::Question { problem, completion, answer, state: None })
+        .collect();
+    Ok(j.verdicts(&questions)?.iter().map(|v| v.correct).collect())
 }
 
 fn python_available() -> bool {

@@ -54,6 +54,12 @@ pub trait Tool: Send + Sync {
     fn execute(&self, call: &ToolCall) -> ToolResult;
     /// The rollout is over: release anything kept for it.
     fn end_rollout(&self, _rollout: u64) {}
+    /// What the rollout left behind, for its grading, once [`Tool::end_rollout`] was called
+    /// for it (an environment's final state; waits for it if it is still being read); asked
+    /// once per rollout. `None`: nothing (the default).
+    fn final_state(&self, _rollout: u64) -> Option<String> {
+        None
+    }
     /// What it offers, for the system prompt (an MCP server's tools as a JSON list);
     /// `None`: the prompt describes the tool by its tag alone.
     fn describe(&self) -> Option<String> {

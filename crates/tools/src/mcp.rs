@@ -23,6 +23,11 @@
 //! when the rollout ends ([`Tool::end_rollout`]), so a server that keeps state (a file
 //! system, a database, a game) starts fresh for every rollout, as a BFCL environment does.
 //! The tools for the prompt come from one server started and closed by [`McpTool::spawn`].
+//! With `state_tool = "name"` as well, that tool of the server (hidden from the model) is
+//! called with no arguments when a rollout ends, before its server closes, and its text is
+//! the rollout's [`Tool::final_state`], which an external judge reads beside the answer
+//! (veRL's tool `calc_reward`): a stateful environment graded by where the rollout left it.
+//! A rollout that made no call gets a server for that call alone (the initial state).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -59,6 +64,10 @@ pub struct McpConfig {
     pub max_calls: usize,
     /// `shared` (one server for every rollout) or `rollout` (a server per rollout).
     pub sessions: McpSessions,
+    /// With `sessions = "rollout"`: a tool of the server called with no arguments when a
+    /// rollout ends, whose text is the rollout's final state for grading (hidden from the
+    /// model). `None` (the default): none.
+    pub state_tool: Option<String>,
 }
 
 /// Which rollouts a server serves (`mcp.sessions`).
@@ -82,6 +91,7 @@ impl Default for McpConfig {
             max_output_bytes: 4096,
             max_calls: 8,
             sessions: McpSessions::Shared,
+            state_tool: None,
         }
     }
 }
@@ -270,6 +280,10 @@ impl Drop for Server {
     }
 }
 
+/// Rollouts' final states by rollout id, `None` while being read, and the signal that one
+/// came in.
+type States = (Mutex<HashMap<u64, Option<String>>>, parking_lot::Condvar);
+
 /// A rollout's server once started, or why it could not be.
 type Session = Arc<OnceLock<Result<Arc<Server>, String>>>;
 
@@ -287,6 +301,8 @@ pub struct McpTool {
     sessions: Mutex<HashMap<u64, Session>>,
     /// Session servers started so far.
     started: AtomicUsize,
+    /// Rollouts' final states (`state_tool`).
+    states: Arc<States>,
 }
 
 impl McpTool {
@@ -306,9 +322,27 @@ impl McpTool {
         if config.max_calls == 0 {
             return Err(McpError::Config("mcp.max_calls must be >= 1".into()));
         }
+        if let Some(state) = &config.state_tool
+            && config.sessions != McpSessions::Rollout
+        {
+            return Err(McpError::Config(format!(
+                "mcp.state_tool = {state:?} reads a rollout's own server: it needs sessions = \"rollout\""
+            )));
+        }
         let first = Server::start(&config, &[])?;
-        // A JSON list, one function a line: compact, and still readable.
+        if let Some(state) = &config.state_tool
+            && !first.tools.iter().any(|t| &t.name == state)
+        {
+            let known: Vec<&str> = first.tools.iter().map(|t| t.name.as_str()).collect();
+            return Err(McpError::Server {
+                command: config.command.join(" "),
+                msg: format!("mcp.state_tool {state:?} is not among its tools ({})", known.join(", ")),
+            });
+        }
+        // A JSON list, one function a line: compact, and still readable. The state tool is
+        // the grader's, not the model's.
         let lines: Vec<String> = (first.tools.iter())
+            .filter(|t| Some(&t.name) != config.state_tool.as_ref())
             .map(|t| json!({"name": t.name, "description": t.description, "parameters": t.input_schema}).to_string())
             .collect();
         let (tools, server) = (first.tools.clone(), first.name.clone());
@@ -321,6 +355,7 @@ impl McpTool {
             shared,
             sessions: Mutex::new(HashMap::new()),
             started: AtomicUsize::new(0),
+            states: Arc::new((Mutex::new(HashMap::new()), parking_lot::Condvar::new())),
         })
     }
 
@@ -369,8 +404,10 @@ impl McpTool {
         let Some(name) = call.get("name").and_then(Value::as_str) else {
             return (format!("error: a call needs a \"name\": {call}"), false, false);
         };
-        if !server.tools.iter().any(|t| t.name == name) {
-            let known: Vec<&str> = server.tools.iter().map(|t| t.name.as_str()).collect();
+        let hidden = self.config.state_tool.as_deref();
+        if !server.tools.iter().any(|t| t.name == name) || hidden == Some(name) {
+            let known: Vec<&str> =
+                server.tools.iter().map(|t| t.name.as_str()).filter(|&t| Some(t) != hidden).collect();
             return (format!("error: no tool named {name:?} (the tools: {})", known.join(", ")), false, false);
         }
         let arguments = match call.get("arguments") {
@@ -434,12 +471,69 @@ impl Tool for McpTool {
     }
 
     fn end_rollout(&self, rollout: u64) {
-        let Some(session) = self.sessions.lock().remove(&rollout) else { return };
-        // Waiting for the server to exit is left to a thread of its own: the engine that
-        // ended the rollout goes on decoding.
-        if let Some(Ok(server)) = session.get() {
-            server.close_input();
-            let _ = std::thread::Builder::new().name("mcp-close".into()).spawn(move || drop(session));
+        let session = self.sessions.lock().remove(&rollout);
+        let server = session.as_ref().and_then(|s| s.get()).and_then(|r| r.as_ref().ok()).cloned();
+        drop(session);
+        let Some(state_tool) = self.config.state_tool.clone() else {
+            // Waiting for the server to exit is left to a thread of its own: the engine
+            // that ended the rollout goes on decoding.
+            if let Some(server) = server {
+                server.close_input();
+                let _ = std::thread::Builder::new().name("mcp-close".into()).spawn(move || drop(server));
+            }
+            return;
+        };
+        // The state is read on a thread of its own too, then the server closes; the rollout
+        // that made no call gets a server for this call (the initial state).
+        self.states.0.lock().insert(rollout, None);
+        let (states, config) = (Arc::clone(&self.states), self.config.clone());
+        let read = move || {
+            let state = match server
+                .map(Ok)
+                .unwrap_or_else(|| Server::start(&config, &[("ARTIST_MCP_ROLLOUT", rollout.to_string())]).map(Arc::new))
+            {
+                Ok(server) => {
+                    let timeout = Duration::from_secs_f64(config.timeout_s);
+                    let read = server.link.request("tools/call", json!({"name": state_tool, "arguments": {}}), timeout);
+                    server.close_input();
+                    match read {
+                        Ok(result) if result.get("isError").and_then(Value::as_bool) == Some(true) => {
+                            format!("error: {}", content_text(&result))
+                        }
+                        Ok(result) => content_text(&result),
+                        Err(CallError::Failed(why)) => format!("error: {why}"),
+                        Err(CallError::TimedOut) => {
+                            format!("error: {state_tool} gave no answer within {} s", config.timeout_s)
+                        }
+                    }
+                }
+                Err(e) => format!("error: starting a server to read the state: {e}"),
+            };
+            states.0.lock().insert(rollout, Some(state));
+            states.1.notify_all();
+        };
+        if let Err(e) = std::thread::Builder::new().name("mcp-state".into()).spawn(read) {
+            self.states.0.lock().insert(rollout, Some(format!("error: cannot start a thread to read the state: {e}")));
+        }
+    }
+
+    fn final_state(&self, rollout: u64) -> Option<String> {
+        self.config.state_tool.as_ref()?;
+        // At most a server's start (two requests) and the call, each within the timeout.
+        let wait = 3.0 * self.config.timeout_s + 1.0;
+        let deadline = Instant::now() + Duration::from_secs_f64(wait);
+        let (lock, changed) = &*self.states;
+        let mut states = lock.lock();
+        loop {
+            match states.get(&rollout) {
+                None => return None,
+                Some(Some(_)) => return states.remove(&rollout).flatten(),
+                Some(None) => {}
+            }
+            if changed.wait_until(&mut states, deadline).timed_out() {
+                states.remove(&rollout);
+                return Some(format!("error: no final state within {wait} s"));
+            }
         }
     }
 

@@ -46,7 +46,7 @@ fn lists_the_tools_and_calls_them() {
     let tool = McpTool::spawn(config("")).unwrap();
     assert_eq!(tool.server_name(), "artist-test-server");
     let names: Vec<&str> = tool.tools().iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["add", "echo", "fail", "sleep", "crash", "big", "counter", "ask", "whoami"]);
+    assert_eq!(names, ["add", "echo", "fail", "sleep", "crash", "big", "counter", "ask", "whoami", "state"]);
     assert_eq!((tool.name(), tool.tag()), ("mcp", "tool"));
     let described: serde_json::Value = serde_json::from_str(&tool.describe().unwrap()).unwrap();
     assert_eq!(described[0]["name"], "add");
@@ -160,7 +160,7 @@ fn server_requests_are_answered_and_noise_is_skipped() {
     let noisy = McpTool::spawn(config("noise")).unwrap();
     assert_eq!(call(&noisy, r#"{"name": "add", "arguments": {"a": 2, "b": 2}}"#).output, "4");
     let paged = McpTool::spawn(config("paged")).unwrap();
-    assert_eq!(paged.tools().len(), 9, "both pages of tools/list");
+    assert_eq!(paged.tools().len(), 10, "both pages of tools/list");
 }
 
 #[test]
@@ -256,4 +256,42 @@ fn a_server_per_rollout() {
     let r = call_from(&tool, 5, COUNT);
     assert!(!r.success && r.output.starts_with("error: starting this rollout's server:"), "{}", r.output);
     assert_eq!(tool.open_sessions(), 0);
+}
+
+/// `state_tool`: when a rollout ends its server's state tool is read (hidden from the model:
+/// not in the prompt's list, refused if called) and handed over once as the rollout's final
+/// state; a rollout that made no call gets the initial state from a server of its own; a
+/// state tool needs a server per rollout and must be one of the server's tools.
+#[test]
+fn a_rollout_s_final_state() {
+    need_python!();
+    let state = || McpConfig { sessions: McpSessions::Rollout, state_tool: Some("state".into()), ..config("") };
+    let tool = McpTool::spawn(state()).unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&tool.describe().unwrap()).unwrap();
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"counter") && !names.contains(&"state"), "{names:?}");
+    let r = call_from(&tool, 1, r#"{"name": "state"}"#);
+    assert!(
+        !r.success && r.output.contains("no tool named \"state\"") && !r.output.contains(" state,"),
+        "{}",
+        r.output
+    );
+    call_from(&tool, 1, r#"{"name": "counter"}"#);
+    call_from(&tool, 1, r#"{"name": "add", "arguments": {"a": 6, "b": 36}}"#);
+    call_from(&tool, 2, r#"{"name": "counter"}"#);
+    for r in [1, 2, 3] {
+        tool.end_rollout(r);
+    }
+    assert_eq!(tool.final_state(1).as_deref(), Some(r#"{"count": 1, "last": 42}"#), "the refused call never ran");
+    assert_eq!(tool.final_state(2).as_deref(), Some(r#"{"count": 1, "last": null}"#));
+    assert_eq!(tool.final_state(3).as_deref(), Some(r#"{"count": 0, "last": null}"#), "no call: the initial state");
+    assert_eq!(tool.final_state(1), None, "handed over once");
+    assert_eq!(tool.final_state(4), None, "a rollout that has not ended");
+    assert_eq!(tool.open_sessions(), 0);
+
+    let shared = McpConfig { sessions: McpSessions::Shared, ..state() };
+    let e = McpTool::spawn(shared).err().unwrap().to_string();
+    assert!(e.contains("state_tool") && e.contains("sessions = \"rollout\""), "{e}");
+    let e = McpTool::spawn(McpConfig { state_tool: Some("snapshot".into()), ..state() }).err().unwrap().to_string();
+    assert!(e.contains("\"snapshot\" is not among its tools") && e.contains("counter"), "{e}");
 }

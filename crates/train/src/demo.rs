@@ -132,8 +132,8 @@ pub fn answer_of(text: &str) -> Option<&str> {
     Some(text[start..end].trim())
 }
 
-fn verify(completion: &str, gold: &str, _problem: &str) -> std::result::Result<artist_math::Verdict, String> {
-    Ok((answer_of(completion) == Some(gold)).into())
+fn verify(q: &artist_math::Question<'_>) -> std::result::Result<artist_math::Verdict, String> {
+    Ok((answer_of(q.completion) == Some(q.answer)).into())
 }
 
 /// Writes a random-init model directory (config, weights, tokenizer).

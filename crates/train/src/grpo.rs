@@ -38,10 +38,11 @@ pub struct Problem {
     pub answer: String,
 }
 
-/// Whether a completion is right, and the credit it earns, given `(completion, gold answer,
-/// problem)`: `Err` (why, in words) when it cannot be told (an external judge that failed),
-/// which stops the step. `Verdict::from(bool)` for a plain right or wrong.
-pub type Verifier = dyn Fn(&str, &str, &str) -> std::result::Result<artist_math::Verdict, String> + Sync;
+/// Whether a completion is right, and the credit it earns, given the question (the
+/// problem, the completion, the gold answer, and the final state a tool reported):
+/// `Err` (why, in words) when it cannot be told (an external judge that failed), which
+/// stops the step. `Verdict::from(bool)` for a plain right or wrong.
+pub type Verifier = dyn Fn(&artist_math::Question<'_>) -> std::result::Result<artist_math::Verdict, String> + Sync;
 
 /// How rollouts are sampled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1127,8 +1128,13 @@ impl GrpoTrainer<'_> {
         // An external judge's workers grade at once; equivalence is quick enough in turn.
         let threads = if c.judge.command.is_empty() { 1 } else { c.judge.workers };
         let verdicts = artist_math::judge::in_parallel(threads, rollouts.len(), |i| {
-            let problem = problems[rollouts[i].prompt_index];
-            (self.verify)(&texts[i], &problem.answer, &problem.problem)
+            let (ro, problem) = (&rollouts[i], problems[rollouts[i].prompt_index]);
+            (self.verify)(&artist_math::Question {
+                problem: &problem.problem,
+                completion: &texts[i],
+                answer: &problem.answer,
+                state: ro.final_state.as_deref(),
+            })
         })
         .into_iter()
         .collect::<std::result::Result<Vec<artist_math::Verdict>, String>>()
@@ -1217,6 +1223,9 @@ impl GrpoTrainer<'_> {
             ]);
             if c.kl_reward.coef > 0.0 && measured[i] {
                 line.insert("kl".into(), kls[i].into());
+            }
+            if let Some(state) = &ro.final_state {
+                line.insert("final_state".into(), state.clone().into());
             }
             log.push(line.into());
         }

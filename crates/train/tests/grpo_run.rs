@@ -17,8 +17,8 @@ fn answer_of(text: &str) -> Option<&str> {
     Some(text[start..end].trim())
 }
 
-fn verify(completion: &str, gold: &str, _problem: &str) -> Result<artist_math::Verdict, String> {
-    Ok((answer_of(completion) == Some(gold)).into())
+fn verify(q: &artist_math::Question<'_>) -> Result<artist_math::Verdict, String> {
+    Ok((answer_of(q.completion) == Some(q.answer)).into())
 }
 
 fn trainer(config: GrpoRunConfig) -> GrpoTrainer<'static> {
@@ -196,7 +196,12 @@ fn held_out_evaluation_is_logged_as_configured() {
         assert_eq!(l["gold"], held_out[p as usize].answer.as_str());
         assert_eq!(
             l["correct"].as_bool(),
-            common::parity(l["completion"].as_str().unwrap(), "", "").ok().map(|v| v.correct),
+            common::parity(&artist_math::Question {
+                completion: l["completion"].as_str().unwrap(),
+                ..Default::default()
+            })
+            .ok()
+            .map(|v| v.correct),
             "{l}"
         );
     }

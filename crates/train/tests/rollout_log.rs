@@ -13,8 +13,8 @@ use artist_train::sft::{RunOptions, sft_loss};
 
 mod common;
 
-fn answer_is_gold(completion: &str, gold: &str, _problem: &str) -> Result<artist_math::Verdict, String> {
-    Ok(completion.contains(&format!("<answer>{gold}</answer>")).into())
+fn answer_is_gold(q: &artist_math::Question<'_>) -> Result<artist_math::Verdict, String> {
+    Ok(q.completion.contains(&format!("<answer>{}</answer>", q.answer)).into())
 }
 
 /// Forty AdamW steps on one trace per problem: the chat prompt, then a calculator call, its
@@ -92,7 +92,13 @@ fn logged_rollouts_add_up_to_the_step_metrics() {
             assert!((num(rewards, "total") - num(l, "reward")).abs() < 1e-12, "no overlong penalty here: {l}");
             assert_eq!(
                 l["correct"].as_bool().unwrap(),
-                answer_is_gold(text, l["gold"].as_str().unwrap(), "").unwrap().correct
+                answer_is_gold(&artist_math::Question {
+                    completion: text,
+                    answer: l["gold"].as_str().unwrap(),
+                    ..Default::default()
+                })
+                .unwrap()
+                .correct
             );
         }
         let n = per_step as f64;

@@ -26,8 +26,8 @@ pub fn quiet() -> RunOptions {
 /// Random tiny-model text never holds an answer: this judge passes about half the
 /// completions, so a group's rewards differ (with two rollouts, about half the groups are
 /// flat).
-pub fn parity(completion: &str, _gold: &str, _problem: &str) -> Result<artist_math::Verdict, String> {
-    Ok(completion.len().is_multiple_of(2).into())
+pub fn parity(q: &artist_math::Question<'_>) -> Result<artist_math::Verdict, String> {
+    Ok(q.completion.len().is_multiple_of(2).into())
 }
 
 /// Every parameter's values.
