@@ -11,13 +11,13 @@
 //! or both (`{"score": 0.5, "correct": true}`: the judge says where "correct" begins). When
 //! the rollout's tool left a final state (an MCP environment's `state_tool`), the question
 //! carries it too, as `"state"` (text, often JSON), so the judge can grade where the rollout
-//! left the environment. Its stderr is the trainer's. With `workers = N` N copies are started (each told its number
-//! in `ARTIST_JUDGE_WORKER`, 0 to N - 1) and asked at once, each one question at a time, so
-//! a slow judge (an LLM behind an API, tests that take seconds) grades a step's rollouts N
-//! at a time ([`Judge::verdicts`]). Nothing it does makes this panic: a judge that cannot
-//! start, exits, answers something else, or takes longer than the timeout is an error that
-//! names it and what it said, and the run stops there, since a reward that silently turned
-//! to 0 would train the model on nothing.
+//! left the environment. Its stderr is the trainer's. With `workers = N` N copies are
+//! started (each told its number in `ARTIST_JUDGE_WORKER`, 0 to N - 1) and asked at once,
+//! each one question at a time, so a slow judge (an LLM behind an API, tests that take
+//! seconds) grades a step's rollouts N at a time ([`Judge::verdicts`]). Nothing it does
+//! makes this panic: a judge that cannot start, exits, answers something else, or takes
+//! longer than the timeout is an error that names it and what it said, and the run stops
+//! there, since a reward that silently turned to 0 would train the model on nothing.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
