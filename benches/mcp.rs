@@ -5,7 +5,8 @@
 //! beside it: the same round trips written and read by hand on the server's pipes (no
 //! reader thread, no id map, no channel), so the difference is what the client adds. Then
 //! a server per rollout (`sessions = "rollout"`): a rollout's first call, which starts its
-//! server, its later calls, and rollouts starting theirs from many threads at once.
+//! server, its later calls, and rollouts starting theirs from many threads at once; then the
+//! same first calls with four spare servers kept started.
 //!
 //!     cargo bench --bench mcp -- [--calls 2000] [--threads 16] [--sleep-ms 50] [--rollouts 32]
 //!
@@ -101,7 +102,7 @@ fn main() {
     );
 
     // A server per rollout: each rollout's first call starts one; ended rollouts close theirs.
-    let own = Arc::new(McpTool::spawn(McpConfig { sessions: McpSessions::Rollout, ..config }).expect("starts"));
+    let own = Arc::new(McpTool::spawn(McpConfig { sessions: McpSessions::Rollout, ..config.clone() }).expect("starts"));
     let (mut first, mut later) = (0.0, 0.0);
     for r in 0..rollouts {
         let t = Instant::now();
@@ -132,4 +133,28 @@ fn main() {
             "first_call_ms": first * 1e3 / rollouts as f64, "later_call_us": later * 1e6 / rollouts as f64,
             "threads": threads, "starts_at_once_ms": together * 1e3})
     );
+    drop(own);
+    // With spares: rollouts one after another, a pause between them (a rollout's decoding)
+    // long enough for the pool to refill, and without one.
+    let spares = McpConfig { sessions: McpSessions::Rollout, spare_servers: 4, ..config };
+    let pooled = McpTool::spawn(spares).expect("starts");
+    while pooled.spare_servers() < 4 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    for pause_ms in [300u64, 0] {
+        let mut first = 0.0;
+        for r in 0..rollouts {
+            let r = 10_000 + pause_ms * 1_000 + r;
+            std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+            let t = Instant::now();
+            assert!(pooled.execute(&ToolCall { text: echo.into(), rollout: r, prompt: 0 }).success);
+            first += t.elapsed().as_secs_f64();
+            pooled.end_rollout(r);
+        }
+        println!(
+            "{}",
+            serde_json::json!({"bench": "mcp_rollout_spares", "spare_servers": 4, "rollouts": rollouts,
+                "pause_ms": pause_ms, "first_call_ms": first * 1e3 / rollouts as f64})
+        );
+    }
 }

@@ -116,6 +116,10 @@ pub struct McpArgs {
     /// at its first call and closed when it ends (a stateful server starts fresh for each).
     #[arg(long, default_value = "shared", value_parser = ["shared", "rollout"], requires = "mcp_command")]
     pub mcp_sessions: String,
+    /// With --mcp-sessions rollout: servers kept started ahead of the samples that will take
+    /// them, so a sample's first call need not wait for a start.
+    #[arg(long, default_value_t = 0, value_name = "N", requires = "mcp_command")]
+    pub mcp_spare_servers: usize,
     /// With --mcp-sessions rollout: a tool of the server (hidden from the model) read when a
     /// sample ends; its text is the sample's final state, which the judge is given.
     #[arg(long, value_name = "NAME", requires = "mcp_command")]
@@ -133,8 +137,13 @@ impl McpArgs {
             "shared" => artist_tools::McpSessions::Shared,
             other => bail!("--mcp-sessions {other:?}: expected shared or rollout"),
         };
-        let state_tool = self.mcp_state_tool.clone();
-        artist_tools::McpTool::spawn(artist_tools::McpConfig { command, sessions, state_tool, ..Default::default() })
-            .context("starting the MCP server of --mcp-command")
+        let config = artist_tools::McpConfig {
+            command,
+            sessions,
+            spare_servers: self.mcp_spare_servers,
+            state_tool: self.mcp_state_tool.clone(),
+            ..Default::default()
+        };
+        artist_tools::McpTool::spawn(config).context("starting the MCP server of --mcp-command")
     }
 }

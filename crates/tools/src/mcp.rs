@@ -18,11 +18,14 @@
 //! program, run with the trainer's rights (docs/SANDBOX.md).
 //!
 //! `sessions = "shared"` (the default): every rollout calls one server, so a stateful
-//! server's state is shared too. `sessions = "rollout"`: each rollout gets its own server,
-//! started at its first call (with `ARTIST_MCP_ROLLOUT` set to the rollout's id) and closed
-//! when the rollout ends ([`Tool::end_rollout`]), so a server that keeps state (a file
-//! system, a database, a game) starts fresh for every rollout, as a BFCL environment does.
-//! The tools for the prompt come from one server started and closed by [`McpTool::spawn`].
+//! server's state is shared too. `sessions = "rollout"`: each rollout gets its own server at
+//! its first call, closed when the rollout ends ([`Tool::end_rollout`]), so a server that
+//! keeps state (a file system, a database, a game) starts fresh for every rollout, as a BFCL
+//! environment does. `spare_servers = N` keeps N more started and past their handshake,
+//! so that a rollout's first call takes one at once rather than waiting for a start (each
+//! taken is replaced in the background). Each server is told its number in
+//! `ARTIST_MCP_SESSION` (0 for the first, the one [`McpTool::spawn`] starts to list the
+//! tools for the prompt and then closes; 1, 2, ... in order of start).
 //! With `state_tool = "name"` as well, that tool of the server (hidden from the model) is
 //! called with no arguments when a rollout ends, before its server closes, and its text is
 //! the rollout's [`Tool::final_state`], which an external judge reads beside the answer
@@ -42,6 +45,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{Tool, ToolCall, ToolResult};
+
+/// The most spare servers `mcp.spare_servers` may keep.
+pub const MAX_SPARE_SERVERS: usize = 256;
 
 /// The protocol revision this client asks for (servers answer with the one they speak).
 pub const PROTOCOL_VERSION: &str = "2025-06-18";
@@ -64,6 +70,9 @@ pub struct McpConfig {
     pub max_calls: usize,
     /// `shared` (one server for every rollout) or `rollout` (a server per rollout).
     pub sessions: McpSessions,
+    /// With `sessions = "rollout"`: servers kept started ahead of the rollouts that will
+    /// take them (0, the default: each starts at its rollout's first call).
+    pub spare_servers: usize,
     /// With `sessions = "rollout"`: a tool of the server called with no arguments when a
     /// rollout ends, whose text is the rollout's final state for grading (hidden from the
     /// model). `None` (the default): none.
@@ -91,6 +100,7 @@ impl Default for McpConfig {
             max_output_bytes: 4096,
             max_calls: 8,
             sessions: McpSessions::Shared,
+            spare_servers: 0,
             state_tool: None,
         }
     }
@@ -287,6 +297,69 @@ type States = (Mutex<HashMap<u64, Option<String>>>, parking_lot::Condvar);
 /// A rollout's server once started, or why it could not be.
 type Session = Arc<OnceLock<Result<Arc<Server>, String>>>;
 
+/// The servers for rollouts (`sessions = "rollout"`): started on demand or kept spare.
+struct Pool {
+    config: McpConfig,
+    /// Started and idle, oldest first.
+    idle: Mutex<std::collections::VecDeque<Arc<Server>>>,
+    /// Spares being started in the background.
+    starting: AtomicUsize,
+    /// The next server's `ARTIST_MCP_SESSION` (the first, listing the tools, was 0).
+    next: std::sync::atomic::AtomicU64,
+    /// Servers started for rollouts (spares included).
+    started: AtomicUsize,
+    /// Set when the tool is dropped: no more spares.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Pool {
+    fn start(&self) -> Result<Server, McpError> {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        let session = self.next.fetch_add(1, Ordering::Relaxed);
+        Server::start(&self.config, &[("ARTIST_MCP_SESSION", session.to_string())])
+    }
+
+    /// A server for a rollout: the oldest spare, or one started now; then the spares are
+    /// topped up in the background.
+    fn take(self: &Arc<Self>) -> Result<Arc<Server>, McpError> {
+        let spare = self.idle.lock().pop_front();
+        let server = match spare {
+            Some(server) => Ok(server),
+            None => self.start().map(Arc::new),
+        };
+        self.refill();
+        server
+    }
+
+    /// Starts spares, each on a thread of its own, until idle and starting ones make
+    /// `spare_servers`. A spare that fails to start is dropped: the next rollout that finds
+    /// none starts its own and meets the error there.
+    fn refill(self: &Arc<Self>) {
+        loop {
+            let (idle, starting) = (self.idle.lock().len(), self.starting.load(Ordering::Relaxed));
+            if self.closed.load(Ordering::Relaxed) || idle + starting >= self.config.spare_servers {
+                return;
+            }
+            self.starting.fetch_add(1, Ordering::Relaxed);
+            let pool = Arc::clone(self);
+            let spawned = std::thread::Builder::new().name("mcp-spare".into()).spawn(move || {
+                if let Ok(server) = pool.start() {
+                    if pool.closed.load(Ordering::Relaxed) {
+                        server.close_input();
+                    } else {
+                        pool.idle.lock().push_back(Arc::new(server));
+                    }
+                }
+                pool.starting.fetch_sub(1, Ordering::Relaxed);
+            });
+            if spawned.is_err() {
+                self.starting.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
 /// An MCP server's tools as one [`Tool`]: see the module doc.
 pub struct McpTool {
     config: McpConfig,
@@ -299,8 +372,8 @@ pub struct McpTool {
     shared: Option<Server>,
     /// Each live rollout's own server (`sessions = "rollout"`), by rollout id.
     sessions: Mutex<HashMap<u64, Session>>,
-    /// Session servers started so far.
-    started: AtomicUsize,
+    /// Where rollouts' servers come from.
+    pool: Arc<Pool>,
     /// Rollouts' final states (`state_tool`).
     states: Arc<States>,
 }
@@ -329,7 +402,16 @@ impl McpTool {
                 "mcp.state_tool = {state:?} reads a rollout's own server: it needs sessions = \"rollout\""
             )));
         }
-        let first = Server::start(&config, &[])?;
+        if config.spare_servers > 0 && config.sessions != McpSessions::Rollout {
+            return Err(McpError::Config("mcp.spare_servers needs sessions = \"rollout\"".into()));
+        }
+        if config.spare_servers > MAX_SPARE_SERVERS {
+            return Err(McpError::Config(format!(
+                "mcp.spare_servers must be at most {MAX_SPARE_SERVERS}, got {}",
+                config.spare_servers
+            )));
+        }
+        let first = Server::start(&config, &[("ARTIST_MCP_SESSION", "0".into())])?;
         if let Some(state) = &config.state_tool
             && !first.tools.iter().any(|t| &t.name == state)
         {
@@ -347,6 +429,15 @@ impl McpTool {
             .collect();
         let (tools, server) = (first.tools.clone(), first.name.clone());
         let shared = (config.sessions == McpSessions::Shared).then_some(first);
+        let pool = Arc::new(Pool {
+            config: config.clone(),
+            idle: Mutex::new(Default::default()),
+            starting: AtomicUsize::new(0),
+            next: std::sync::atomic::AtomicU64::new(1),
+            started: AtomicUsize::new(0),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        });
+        pool.refill();
         Ok(McpTool {
             config,
             tools,
@@ -354,9 +445,14 @@ impl McpTool {
             server,
             shared,
             sessions: Mutex::new(HashMap::new()),
-            started: AtomicUsize::new(0),
+            pool,
             states: Arc::new((Mutex::new(HashMap::new()), parking_lot::Condvar::new())),
         })
+    }
+
+    /// Spare servers started and idle now (`spare_servers`).
+    pub fn spare_servers(&self) -> usize {
+        self.pool.idle.lock().len()
     }
 
     /// Rollout servers running now (`sessions = "rollout"`; 0 otherwise).
@@ -364,9 +460,10 @@ impl McpTool {
         self.sessions.lock().values().filter(|s| s.get().is_some_and(Result::is_ok)).count()
     }
 
-    /// Rollout servers started since [`McpTool::spawn`] (`sessions = "rollout"`).
+    /// Rollout servers started since [`McpTool::spawn`] (`sessions = "rollout"`; spares
+    /// included).
     pub fn sessions_started(&self) -> usize {
-        self.started.load(Ordering::Relaxed)
+        self.pool.started.load(Ordering::Relaxed)
     }
 
     /// The server `rollout`'s calls go to: the shared one, or its own, started now if this
@@ -376,12 +473,7 @@ impl McpTool {
             return Ok(ServerRef::Shared(shared));
         }
         let slot = Arc::clone(self.sessions.lock().entry(rollout).or_default());
-        let started = slot.get_or_init(|| {
-            self.started.fetch_add(1, Ordering::Relaxed);
-            Server::start(&self.config, &[("ARTIST_MCP_ROLLOUT", rollout.to_string())])
-                .map(Arc::new)
-                .map_err(|e| format!("starting this rollout's server: {e}"))
-        });
+        let started = slot.get_or_init(|| self.pool.take().map_err(|e| format!("starting this rollout's server: {e}")));
         started.clone().map(ServerRef::Own)
     }
 
@@ -431,12 +523,18 @@ impl McpTool {
 
 impl Drop for McpTool {
     fn drop(&mut self) {
-        // Every rollout server is asked to exit at once, then each is waited for.
+        // Every rollout server and spare is asked to exit at once, then each is waited for
+        // (a spare still starting closes when its start is done).
+        self.pool.closed.store(true, Ordering::Relaxed);
         let sessions: Vec<Session> = self.sessions.lock().drain().map(|(_, s)| s).collect();
+        let spares: Vec<Arc<Server>> = self.pool.idle.lock().drain(..).collect();
         for s in &sessions {
             if let Some(Ok(server)) = s.get() {
                 server.close_input();
             }
+        }
+        for server in &spares {
+            server.close_input();
         }
     }
 }
@@ -486,12 +584,9 @@ impl Tool for McpTool {
         // The state is read on a thread of its own too, then the server closes; the rollout
         // that made no call gets a server for this call (the initial state).
         self.states.0.lock().insert(rollout, None);
-        let (states, config) = (Arc::clone(&self.states), self.config.clone());
+        let (states, config, pool) = (Arc::clone(&self.states), self.config.clone(), Arc::clone(&self.pool));
         let read = move || {
-            let state = match server
-                .map(Ok)
-                .unwrap_or_else(|| Server::start(&config, &[("ARTIST_MCP_ROLLOUT", rollout.to_string())]).map(Arc::new))
-            {
+            let state = match server.map(Ok).unwrap_or_else(|| pool.take()) {
                 Ok(server) => {
                     let timeout = Duration::from_secs_f64(config.timeout_s);
                     let read = server.link.request("tools/call", json!({"name": state_tool, "arguments": {}}), timeout);

@@ -195,7 +195,7 @@ fn running(pid: u64) -> bool {
 }
 
 /// `sessions = "rollout"`: each rollout's calls go to a server of its own, started at its
-/// first call and told its rollout, so a counter starts at 1 for every rollout (shared, it
+/// first call and told its number, so a counter starts at 1 for every rollout (shared, it
 /// counts every rollout's calls); rollouts start theirs at the same time; ending a rollout
 /// ends its server's process, and a failed start is the call's failure, in words.
 #[test]
@@ -216,7 +216,7 @@ fn a_server_per_rollout() {
     assert_eq!((tool.open_sessions(), tool.sessions_started()), (2, 2));
     let who = |r: u64| -> serde_json::Value { serde_json::from_str(&call_from(&tool, r, WHO).output).unwrap() };
     let (one, two) = (who(1), who(2));
-    assert_eq!((one["rollout"].as_str(), two["rollout"].as_str()), (Some("1"), Some("2")));
+    assert_eq!((one["session"].as_str(), two["session"].as_str()), (Some("1"), Some("2")), "in order of start");
     let pid = one["pid"].as_u64().unwrap();
     assert!(pid != two["pid"].as_u64().unwrap() && running(pid));
     tool.end_rollout(1);
@@ -294,4 +294,41 @@ fn a_rollout_s_final_state() {
     assert!(e.contains("state_tool") && e.contains("sessions = \"rollout\""), "{e}");
     let e = McpTool::spawn(McpConfig { state_tool: Some("snapshot".into()), ..state() }).err().unwrap().to_string();
     assert!(e.contains("\"snapshot\" is not among its tools") && e.contains("counter"), "{e}");
+}
+
+/// `spare_servers`: servers started ahead of need, taken oldest first by rollouts' first
+/// calls and replaced in the background, each fresh; closed with the tool.
+#[test]
+fn spare_servers_wait_for_rollouts() {
+    need_python!();
+    let wait_for = |tool: &McpTool, spares: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while tool.spare_servers() < spares && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(tool.spare_servers(), spares);
+    };
+    let tool = McpTool::spawn(McpConfig { sessions: McpSessions::Rollout, spare_servers: 2, ..config("") }).unwrap();
+    wait_for(&tool, 2);
+    assert_eq!((tool.sessions_started(), tool.open_sessions()), (2, 0));
+    let who = |r: u64| -> serde_json::Value {
+        serde_json::from_str(&call_from(&tool, r, r#"{"name": "whoami"}"#).output).unwrap()
+    };
+    // Rollouts 1 and 2 take the spares (sessions 1 and 2, started before them, ready in
+    // either order); their places refill with sessions 3 and 4.
+    let mut taken = [who(1)["session"].clone(), who(2)["session"].clone()];
+    taken.sort_by_key(|s| s.to_string());
+    assert_eq!(taken, ["1", "2"]);
+    assert_eq!(call_from(&tool, 1, r#"{"name": "counter"}"#).output, "1");
+    wait_for(&tool, 2);
+    assert_eq!(tool.sessions_started(), 4);
+    assert_eq!(call_from(&tool, 3, r#"{"name": "counter"}"#).output, "1", "a spare is fresh");
+    let pids: Vec<u64> = (1..=3).map(|r| who(r)["pid"].as_u64().unwrap()).collect();
+    wait_for(&tool, 2);
+    drop(tool);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(pids.iter().all(|&p| !running(p)), "servers outlived the tool");
+
+    let e = McpTool::spawn(McpConfig { spare_servers: 1, ..config("") }).err().unwrap().to_string();
+    assert!(e.contains("spare_servers needs sessions = \"rollout\""), "{e}");
 }
