@@ -27,8 +27,10 @@
 //! with any token whose own ratio is below `v`, in either mode and at any level: one token
 //! the trainer finds thousands of times less likely than the sampler did marks a rollout
 //! the sampler's numerics broke. A zeroed weight removes the token's policy gradient, and
-//! the aggregation still counts it (TRL's convention; veRL drops rejected tokens from its
-//! denominator instead).
+//! the aggregation still counts it (TRL's convention); with `tis_drop_rejected` a rejected
+//! token leaves the loss altogether instead, its KL and entropy terms and its place in the
+//! aggregation's counts included (veRL's: its rejection edits the response mask), which
+//! [`GrpoConfig::drop_rejected`] does by taking it out of the rollout's mask.
 //!
 //! GSPO (`importance_sampling_level = "sequence"`, Zheng et al., 2025) replaces each
 //! token's ratio by its rollout's, the geometric mean of the token ratios
@@ -164,6 +166,10 @@ pub struct GrpoConfig {
     /// token whose ratio pi_old / pi_sampler is below it gets weight 0 on every token.
     /// 0 (the default): no veto.
     pub tis_veto: f64,
+    /// Whether tokens whose weight the mask mode or the veto zeroed leave the loss and its
+    /// aggregation's counts (veRL's) rather than only losing their policy gradient (TRL's,
+    /// the default).
+    pub tis_drop_rejected: bool,
     /// `token` (default) or `sequence` (GSPO): see the module doc.
     pub importance_sampling_level: ImportanceLevel,
     /// Dual-clip PPO's bound for negative advantages (veRL's `clip_ratio_c`, 3 there): a
@@ -201,6 +207,7 @@ impl Default for GrpoConfig {
             tis_mode: TisMode::Truncate,
             tis_cap_low: 0.0,
             tis_veto: 0.0,
+            tis_drop_rejected: false,
             importance_sampling_level: ImportanceLevel::Token,
             clip_ratio_c: 0.0,
             entropy_coeff: 0.0,
@@ -239,6 +246,28 @@ impl GrpoConfig {
             w as f32
         };
         Some(d.iter().map(|&x| weight(whole.unwrap_or(x))).collect())
+    }
+
+    /// With [`GrpoConfig::tis_drop_rejected`]: takes the generated tokens whose weight the
+    /// bounds or the veto zeroed out of the rollout's mask, so that no term of the loss and
+    /// no count of the aggregation includes them; how many it took. The weights are formed
+    /// first: a rollout-level weight (sequence, geometric, veto) rejects all of its tokens
+    /// or none, and a token-level one depends on its token alone, so the tokens left keep
+    /// the weights they had.
+    pub fn drop_rejected(&self, r: &mut TrainRollout) -> usize {
+        if !self.tis_drop_rejected {
+            return 0;
+        }
+        let Some(w) = self.tis_weights(r) else { return 0 };
+        let generated: Vec<usize> = (0..r.mask.len()).filter(|&j| r.mask[j] == 1).collect();
+        let mut dropped = 0;
+        for (&j, &w) in generated.iter().zip(&w) {
+            if w == 0.0 {
+                r.mask[j] = 0;
+                dropped += 1;
+            }
+        }
+        dropped
     }
 
     /// Whether [`GrpoConfig::tis_veto`] zeroes the rollout's weights: some generated token's

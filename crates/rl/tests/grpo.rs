@@ -239,6 +239,7 @@ fn loss_matches_the_formula_in_every_mode() {
             tis_mode,
             tis_cap_low,
             tis_veto,
+            tis_drop_rejected: false,
             importance_sampling_level: level,
             clip_ratio_c,
             entropy_coeff,
@@ -649,4 +650,61 @@ fn the_entropy_threshold_is_torch_quantile() {
     // Kept: at or above it, so top = 0.2 of five distinct values keeps one.
     let t = entropy_threshold(&e, 0.2).unwrap();
     assert_eq!(e.iter().filter(|&&x| f64::from(x) >= t).count(), 1);
+}
+
+/// `tis_drop_rejected`: the tokens the mask mode rejects leave the rollout's mask, so the
+/// aggregation divides by the tokens kept (counted here from the weights in f64) and the
+/// loss is the formula's over them, KL terms included only for them; a rollout the veto
+/// rejects leaves whole; without the option nothing changes.
+#[test]
+fn rejected_tokens_can_leave_the_loss() {
+    let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();
+    let c = GrpoConfig {
+        aggregation: Aggregation::TokenMean,
+        beta: 0.04,
+        tis_cap: 1.2,
+        tis_mode: TisMode::Mask,
+        tis_cap_low: 0.8,
+        tis_drop_rejected: true,
+        ..Default::default()
+    };
+    let mut b = batch(&model, 1.0);
+    for r in &mut b {
+        let sampled = r.old_logprobs.iter().enumerate().map(|(j, &o)| o - 0.4 * ((j % 4) as f32 - 1.5) / 1.5);
+        r.sampler_logprobs = Some(sampled.collect());
+    }
+    // The tokens kept: generated, with exp(old - sampler) within the bounds.
+    let keep = |r: &TrainRollout, j: usize| {
+        let w = (r.old_logprobs[j] as f64 - r.sampler_logprobs.as_ref().unwrap()[j] as f64).exp();
+        r.mask[j] == 1 && (0.8..=1.2).contains(&w)
+    };
+    let kept: Vec<Vec<bool>> = b.iter().map(|r| (0..r.ids.len()).map(|j| keep(r, j)).collect()).collect();
+    let n_kept = kept.iter().flatten().filter(|&&k| k).count();
+    let generated: usize = b.iter().map(TrainRollout::generated).sum();
+    assert!(n_kept > 0 && n_kept < generated, "{n_kept} of {generated} kept: the test shows nothing");
+    assert_eq!(GrpoConfig { tis_drop_rejected: false, ..c }.drop_rejected(&mut b[0].clone()), 0);
+    let mut dropped = b.clone();
+    let taken: usize = dropped.iter_mut().map(|r| c.drop_rejected(r)).sum();
+    assert_eq!(taken, generated - n_kept);
+    let refs: Vec<&TrainRollout> = dropped.iter().collect();
+    let w = token_weights(&refs, c.aggregation, c.norm_length);
+    for (wr, kr) in w.iter().zip(&kept) {
+        for (&wt, &k) in wr.iter().zip(kr) {
+            assert_eq!(wt, if k { (1.0 / n_kept as f64) as f32 } else { 0.0 });
+        }
+    }
+    let want = reference_loss(&model, &dropped, &c);
+    let (got, _, _) = run(&model, &dropped, &c, usize::MAX);
+    assert!((got - want).abs() <= 1e-4 * want.abs().max(1e-3), "loss {got} vs {want}");
+    let (kept_loss, _, _) = run(&model, &b, &GrpoConfig { tis_drop_rejected: false, ..c }, usize::MAX);
+    assert!((got - kept_loss).abs() > 1e-6, "dropping changed nothing: {got} vs {kept_loss}");
+
+    // The veto rejects a rollout whole.
+    let veto = GrpoConfig { tis_mode: TisMode::Truncate, tis_cap_low: 0.0, tis_veto: 1e-4, ..c };
+    let mut r = b[1].clone();
+    let j = r.mask.iter().position(|&m| m == 1).unwrap();
+    r.sampler_logprobs.as_mut().unwrap()[j] = r.old_logprobs[j] + 12.0;
+    let before = r.generated();
+    assert_eq!(veto.drop_rejected(&mut r), before);
+    assert_eq!(r.generated(), 0);
 }

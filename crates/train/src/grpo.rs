@@ -547,6 +547,15 @@ impl GrpoRunConfig {
         if veto > 0.0 && self.grpo.tis_cap == 0.0 {
             return Err(Error::Config("grpo.tis_veto needs importance weights: set grpo.tis_cap".into()));
         }
+        if self.grpo.tis_drop_rejected
+            && !(self.grpo.tis_cap > 0.0 && (self.grpo.tis_mode == artist_rl::TisMode::Mask || veto > 0.0))
+        {
+            return Err(Error::Config(
+                "grpo.tis_drop_rejected drops the tokens importance sampling rejects: set grpo.tis_cap with \
+                 tis_mode = \"mask\" or a tis_veto"
+                    .into(),
+            ));
+        }
         if !(self.grpo.entropy_coeff >= 0.0 && self.grpo.entropy_coeff.is_finite()) {
             return Err(Error::Config(format!(
                 "grpo.entropy_coeff (entropy bonus) must be a finite number >= 0, got {}",
@@ -1765,16 +1774,20 @@ pub fn update_sharded(
     // Per mini-batch, over all ranks: rollouts with generated tokens, generated tokens,
     // rollouts.
     let minis = c.mini_batches.max(1);
-    let mut counts = vec![0f32; 3 * minis];
-    for r in &train {
-        let j = 3 * (r.group % minis);
-        counts[j] += (r.generated() > 0) as u8 as f32;
-        counts[j + 1] += r.generated() as f32;
-        counts[j + 2] += 1.0;
-    }
-    if let Some(comm) = comm.as_deref_mut() {
-        comm.all_reduce_sum(&mut counts)?;
-    }
+    let count = |train: &[TrainRollout], comm: Option<&mut (dyn Communicator + '_)>| -> Result<Vec<f32>> {
+        let mut counts = vec![0f32; 3 * minis];
+        for r in train {
+            let j = 3 * (r.group % minis);
+            counts[j] += (r.generated() > 0) as u8 as f32;
+            counts[j + 1] += r.generated() as f32;
+            counts[j + 2] += 1.0;
+        }
+        if let Some(comm) = comm {
+            comm.all_reduce_sum(&mut counts)?;
+        }
+        Ok(counts)
+    };
+    let mut counts = count(&train, comm.as_deref_mut())?;
     if counts.chunks(3).all(|c| c[2] == 0.0) {
         return Ok(out);
     }
@@ -1839,6 +1852,14 @@ pub fn update_sharded(
                 tis[4] += 1.0;
             }
         }
+    }
+    // `tis_drop_rejected`: the rejected tokens leave every term and count of the loss, once
+    // the weights' figures above have counted them.
+    if c.grpo.tis_cap > 0.0 && c.grpo.tis_drop_rejected {
+        for r in &mut train {
+            c.grpo.drop_rejected(r);
+        }
+        counts = count(&train, comm.as_deref_mut())?;
     }
     // The reference's logprobs, but where the KL penalty on the rewards computed them.
     let missing: Vec<usize> = (0..train.len()).filter(|&i| train[i].ref_logprobs.is_none()).collect();

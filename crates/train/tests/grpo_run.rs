@@ -760,6 +760,19 @@ fn masked_importance_sampling_logs_its_weights() {
     for key in ["tis_weight_mean", "tis_bounded_fraction", "tis_ess", "sampler_kl"] {
         assert!(line.contains(&format!("\"{key}\"")), "{key}: {line}");
     }
+    // The rejected tokens dropped from the loss (veRL's): the same rollouts and weights'
+    // figures, another gradient (the kept tokens' mean; the first update's loss is 0 either
+    // way, the group's advantages summing to 0). The parity judge, so that groups differ and the gradient is not 0.
+    let drop: Vec<String> = tis.iter().cloned().chain(["grpo.tis_drop_rejected=true".to_string()]).collect();
+    let mut t = parity_trainer(c.clone().with_overrides(&tis).unwrap());
+    let m = train(&tmp.path().join("kept"), &mut t, &common::quiet()).unwrap();
+    let mut t = parity_trainer(c.clone().with_overrides(&drop).unwrap());
+    let d = train(&tmp.path().join("drop"), &mut t, &common::quiet()).unwrap();
+    assert_eq!((d[0].tis_bounded_fraction, d[0].tis_ess), (m[0].tis_bounded_fraction, m[0].tis_ess));
+    assert_eq!(d[0].reward, m[0].reward);
+    let (a, b) = (d[0].grad_norm, m[0].grad_norm);
+    assert!(b > 0.0, "no gradient: the test shows nothing");
+    assert!((a - b).abs() > 1e-6 * b, "dropping changed nothing: gradient norms {a} vs {b}");
 
     // The veto between the two smallest of the rollouts' least weights: every rollout
     // whose least weight is below it is zeroed, the others truncated at a cap above all.
@@ -788,6 +801,7 @@ fn masked_importance_sampling_logs_its_weights() {
         (vec!["grpo.tis_cap=2.0", "grpo.tis_veto=1.0"], "tis_veto (1)"),
         (vec!["grpo.tis_cap=2.0", "grpo.tis_veto=-1e-4"], "tis_veto (-0.0001)"),
         (vec!["grpo.tis_veto=1e-4"], "tis_veto needs importance weights"),
+        (vec!["grpo.tis_cap=2.0", "grpo.tis_drop_rejected=true"], "tis_drop_rejected drops"),
     ] {
         let bad: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
         let e = c.clone().with_overrides(&bad).unwrap().validate(Device::Cpu).unwrap_err().to_string();
