@@ -316,20 +316,29 @@ fn configuration_errors_name_the_key() {
     assert!(e.to_string().contains("tokens"), "{e}");
 }
 
-/// Every TOML block of docs/TRAINING.md's recipes, laid over the math preset, loads and
-/// validates (the keys exist, the values parse and agree with each other).
+/// The TOML blocks of the docs/TRAINING.md section headed `title`.
+fn documented_blocks(title: &str) -> Vec<String> {
+    let doc = std::fs::read_to_string(common::root().join("docs/TRAINING.md")).unwrap();
+    let start = doc.find(title).unwrap_or_else(|| panic!("the section {title:?}"));
+    let section = &doc[start..start + doc[start..].find("\n## ").unwrap()];
+    section.split("```toml\n").skip(1).map(|b| b[..b.find("```").unwrap()].to_string()).collect()
+}
+
+/// Every TOML block of docs/TRAINING.md's recipes, and the stateful environment's, laid
+/// over the math preset, loads and validates (the keys exist, the values parse and agree
+/// with each other).
 #[test]
 fn documented_recipes_are_valid_configs() {
-    let doc = std::fs::read_to_string(common::root().join("docs/TRAINING.md")).unwrap();
-    let start = doc.find("### Recipes").expect("the recipes section");
-    let section = &doc[start..start + doc[start..].find("\n## ").unwrap()];
-    let blocks: Vec<&str> = section.split("```toml\n").skip(1).map(|b| &b[..b.find("```").unwrap()]).collect();
+    let mut blocks = documented_blocks("### Recipes");
     assert_eq!(
         blocks.len(),
         11,
         "Dr. GRPO, DAPO, GSPO, RLOO, REINFORCE++, entropy bonus, off-policy safeguards, Seq-MIS, mini-batches, \
          Lite PPO, high-entropy tokens"
     );
+    let environment = documented_blocks("### A stateful environment of your own");
+    assert_eq!(environment.len(), 1);
+    blocks.extend(environment);
     let preset = std::fs::read_to_string(common::root().join("configs/artist-math.toml")).unwrap();
     fn merge(into: &mut toml::Table, from: toml::Table) {
         for (k, v) in from {
@@ -341,7 +350,7 @@ fn documented_recipes_are_valid_configs() {
             }
         }
     }
-    for block in blocks {
+    for block in &blocks {
         let mut table: toml::Table = toml::from_str(&preset).unwrap();
         let recipe: toml::Table = toml::from_str(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
         merge(&mut table, recipe.clone());
