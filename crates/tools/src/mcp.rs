@@ -302,7 +302,8 @@ struct Pool {
     config: McpConfig,
     /// Started and idle, oldest first.
     idle: Mutex<std::collections::VecDeque<Arc<Server>>>,
-    /// Spares being started in the background.
+    /// Spares being started in the background (changed only under `idle`'s lock, so that
+    /// idle and starting ones are counted together).
     starting: AtomicUsize,
     /// The next server's `ARTIST_MCP_SESSION` (the first, listing the tools, was 0).
     next: std::sync::atomic::AtomicU64,
@@ -335,22 +336,27 @@ impl Pool {
     /// `spare_servers`. A spare that fails to start is dropped: the next rollout that finds
     /// none starts its own and meets the error there.
     fn refill(self: &Arc<Self>) {
-        loop {
-            let (idle, starting) = (self.idle.lock().len(), self.starting.load(Ordering::Relaxed));
-            if self.closed.load(Ordering::Relaxed) || idle + starting >= self.config.spare_servers {
-                return;
-            }
+        let idle = self.idle.lock();
+        while !self.closed.load(Ordering::Relaxed)
+            && idle.len() + self.starting.load(Ordering::Relaxed) < self.config.spare_servers
+        {
             self.starting.fetch_add(1, Ordering::Relaxed);
             let pool = Arc::clone(self);
             let spawned = std::thread::Builder::new().name("mcp-spare".into()).spawn(move || {
-                if let Ok(server) = pool.start() {
-                    if pool.closed.load(Ordering::Relaxed) {
-                        server.close_input();
-                    } else {
-                        pool.idle.lock().push_back(Arc::new(server));
+                let started = pool.start();
+                let unwanted = {
+                    let mut idle = pool.idle.lock();
+                    pool.starting.fetch_sub(1, Ordering::Relaxed);
+                    match started {
+                        Ok(server) if !pool.closed.load(Ordering::Relaxed) => {
+                            idle.push_back(Arc::new(server));
+                            None
+                        }
+                        started => started.ok(),
                     }
-                }
-                pool.starting.fetch_sub(1, Ordering::Relaxed);
+                };
+                // Closed after the lock is let go: its exit may take a moment.
+                drop(unwanted);
             });
             if spawned.is_err() {
                 self.starting.fetch_sub(1, Ordering::Relaxed);
