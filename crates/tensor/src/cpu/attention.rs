@@ -9,9 +9,10 @@
 //! once for all of them. Every inner loop is one primitive, [`mul_add_rows`]
 //! (`acc += w^T x` over rows of `x`), written so that the compiler keeps its accumulators in
 //! vector registers. Each output row is summed by one task in a fixed order, so results do
-//! not depend on the number of threads; the backward's key gradients are summed per block of
-//! keys (one task each), its query gradients per block of queries (flash attention 2's
-//! split), both recomputing the probabilities from the forward's log-sum-exp.
+//! not depend on the number of threads; the backward computes each (keys, queries) block's
+//! probabilities once, from the forward's log-sum-exp, for the keys' and the queries'
+//! gradients alike (flash attention 2's single pass), the query gradients summed per lane of
+//! key blocks and the lanes added in a fixed order.
 
 use rayon::prelude::*;
 
@@ -194,8 +195,20 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], a: AttnDims, scale: f32) 
     (out, lse)
 }
 
+/// Lanes a KV head's key blocks are dealt to in the backward: each sums its own share of
+/// the query gradients, and the lanes' shares are added in lane order, so the result does
+/// not depend on the number of threads.
+const LANES: usize = 8;
+
 /// The gradients `(dq, dk, dv)` of [`forward`] given its output `out`, log-sum-exp `lse` and
 /// the output's gradient `dout`, all contiguous f32 as there.
+///
+/// One pass over the (block of keys, block of queries) pairs, flash attention 2's: each pair's
+/// probabilities and score gradients are computed once and give the block's key and value
+/// gradients and the queries' share of theirs. A task per (KV head, lane) takes every
+/// `LANES`-th block of keys (blocks near the start see the most queries, so dealing them
+/// round-robin evens the lanes out) and sums the query gradients of its blocks in a buffer
+/// of its own; the buffers of a head are added in lane order afterwards.
 pub(crate) fn backward(
     (q, k, v): (&[f32], &[f32], &[f32]),
     out: &[f32],
@@ -209,101 +222,82 @@ pub(crate) fn backward(
     let delta: Vec<f32> = dout.par_chunks(d).zip(out.par_chunks(d)).map(|(x, y)| dot(x, y)).collect();
     // The log-sum-exp and delta of query `i` of head `g * rep + r`.
     let stats = |g: usize, i: usize, r: usize| (lse[(g * rep + r) * a.t + i], delta[i * a.heads + g * rep + r]);
-
-    // dk, dv: a task per (KV head, block of keys), over every query that sees the block.
-    let key_tasks: Vec<(usize, usize)> =
-        (0..a.kv_heads).flat_map(|g| (0..a.len).step_by(KEYS).map(move |j0| (g, j0))).collect();
-    let kv_grads: Vec<(Vec<f32>, Vec<f32>)> = key_tasks
+    let blocks = a.len.div_ceil(KEYS);
+    let lanes = LANES.min(blocks.max(1));
+    let tasks: Vec<(usize, usize)> = (0..a.kv_heads).flat_map(|g| (0..lanes).map(move |l| (g, l))).collect();
+    // Per task: its query gradients (rows as `gather_rows` orders all of a head's queries)
+    // and each of its blocks' key and value gradients.
+    type Lane = (Vec<f32>, Vec<(usize, Vec<f32>, Vec<f32>)>);
+    let results: Vec<Lane> = tasks
         .par_iter()
-        .map(|&(g, j0)| {
-            let n = KEYS.min(a.len - j0);
+        .map(|&(g, lane)| {
+            let mut dq = vec![0f32; a.t * rep * d];
+            let mut done = Vec::new();
             let (mut kt, mut vt) = (vec![0f32; d * KEYS], vec![0f32; d * KEYS]);
-            transpose_block(k, &a, g, j0, n, &mut kt);
-            transpose_block(v, &a, g, j0, n, &mut vt);
-            let (mut dk, mut dv) = (vec![0f32; n * d], vec![0f32; n * d]);
-            // Queries from the first that sees key j0, QUERIES at a time; their rows' P and
-            // dS kept transposed ([KEYS, rows]) so that each key's sums are rows of it. The
-            // queries carry the scale, so dk = dS^T (scale q) needs none of its own.
-            let first = j0.saturating_sub(off);
             let (mut pt, mut dst) = (vec![0f32; KEYS * QUERIES * rep], vec![0f32; KEYS * QUERIES * rep]);
-            for i0 in (first..a.t).step_by(QUERIES) {
-                let i1 = (i0 + QUERIES).min(a.t);
-                let rows = (i1 - i0) * rep;
-                let qs = gather_rows(q, &a, g, (i0, i1), scale);
-                let dos = gather_rows(dout, &a, g, (i0, i1), 1.0);
-                // Each key's sums below read only rows that see it, whose entries this chunk
-                // writes; the rest of the buffers is stale and never read.
-                let (pt, dst) = (&mut pt[..KEYS * rows], &mut dst[..KEYS * rows]);
-                for row in 0..rows {
-                    let (i, r) = (i0 + row / rep, row % rep);
-                    let valid = n.min(off + i + 1 - j0);
-                    let (p, ds) = probs_and_grads(
-                        &qs[row * d..(row + 1) * d],
-                        &dos[row * d..(row + 1) * d],
-                        (&kt, &vt),
-                        stats(g, i, r),
-                    );
-                    for jj in 0..valid {
-                        pt[jj * rows + row] = p[jj];
-                        dst[jj * rows + row] = ds[jj];
+            for j0 in (lane * KEYS..a.len).step_by(lanes * KEYS) {
+                let n = KEYS.min(a.len - j0);
+                transpose_block(k, &a, g, j0, n, &mut kt);
+                transpose_block(v, &a, g, j0, n, &mut vt);
+                let (mut dk, mut dv) = (vec![0f32; n * d], vec![0f32; n * d]);
+                // Queries from the first that sees key j0, QUERIES at a time; their rows' P
+                // and dS kept transposed ([KEYS, rows]) so that each key's sums are rows of
+                // it. The queries carry the scale, so dk = dS^T (scale q) needs none of its
+                // own, and dq = dS k takes it at the end.
+                let first = j0.saturating_sub(off);
+                for i0 in (first..a.t).step_by(QUERIES) {
+                    let i1 = (i0 + QUERIES).min(a.t);
+                    let rows = (i1 - i0) * rep;
+                    let qs = gather_rows(q, &a, g, (i0, i1), scale);
+                    let dos = gather_rows(dout, &a, g, (i0, i1), 1.0);
+                    // Each key's sums below read only rows that see it, whose entries this
+                    // chunk writes; the rest of the buffers is stale and never read.
+                    let (pt, dst) = (&mut pt[..KEYS * rows], &mut dst[..KEYS * rows]);
+                    for row in 0..rows {
+                        let (i, r) = (i0 + row / rep, row % rep);
+                        let valid = n.min(off + i + 1 - j0);
+                        let (p, ds) = probs_and_grads(
+                            &qs[row * d..(row + 1) * d],
+                            &dos[row * d..(row + 1) * d],
+                            (&kt, &vt),
+                            stats(g, i, r),
+                        );
+                        let dq_row = &mut dq[(i0 * rep + row) * d..][..d];
+                        mul_add_rows(dq_row, &ds[..valid], &k[(j0 * a.kv_heads + g) * d..], kvd);
+                        for jj in 0..valid {
+                            pt[jj * rows + row] = p[jj];
+                            dst[jj * rows + row] = ds[jj];
+                        }
+                    }
+                    for jj in 0..n {
+                        // Rows go by query, so those that see key j0 + jj are a suffix.
+                        let from = (j0 + jj).saturating_sub(off + i0).min(i1 - i0) * rep;
+                        let (p, ds) =
+                            (&pt[jj * rows + from..(jj + 1) * rows], &dst[jj * rows + from..(jj + 1) * rows]);
+                        mul_add_rows(&mut dv[jj * d..(jj + 1) * d], p, &dos[from * d..], d);
+                        mul_add_rows(&mut dk[jj * d..(jj + 1) * d], ds, &qs[from * d..], d);
                     }
                 }
-                for jj in 0..n {
-                    // Rows go by query, so those that see key j0 + jj are a suffix.
-                    let from = (j0 + jj).saturating_sub(off + i0).min(i1 - i0) * rep;
-                    let (p, ds) = (&pt[jj * rows + from..(jj + 1) * rows], &dst[jj * rows + from..(jj + 1) * rows]);
-                    mul_add_rows(&mut dv[jj * d..(jj + 1) * d], p, &dos[from * d..], d);
-                    mul_add_rows(&mut dk[jj * d..(jj + 1) * d], ds, &qs[from * d..], d);
-                }
+                done.push((j0, dk, dv));
             }
-            (dk, dv)
+            (dq, done)
         })
         .collect();
     let (mut dk, mut dv) = (vec![0f32; a.len * kvd], vec![0f32; a.len * kvd]);
-    for (&(g, j0), (bk, bv)) in key_tasks.iter().zip(kv_grads) {
-        for (jj, (rk, rv)) in bk.chunks(d).zip(bv.chunks(d)).enumerate() {
-            dk[(j0 + jj) * kvd + g * d..][..d].copy_from_slice(rk);
-            dv[(j0 + jj) * kvd + g * d..][..d].copy_from_slice(rv);
-        }
-    }
-
-    // dq: a task per (KV head, block of queries), over the keys each query sees.
-    let tasks = query_tasks(&a);
-    let q_grads: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|&(g, i0, i1)| {
-            let qs = gather_rows(q, &a, g, (i0, i1), scale);
-            let dos = gather_rows(dout, &a, g, (i0, i1), 1.0);
-            let rows = (i1 - i0) * rep;
-            let mut dq = vec![0f32; rows * d];
-            let (mut kt, mut vt) = (vec![0f32; d * KEYS], vec![0f32; d * KEYS]);
-            let keys = off + i1;
-            for j0 in (0..keys).step_by(KEYS) {
-                let n = KEYS.min(keys - j0);
-                transpose_block(k, &a, g, j0, n, &mut kt);
-                transpose_block(v, &a, g, j0, n, &mut vt);
-                for row in 0..rows {
-                    let (i, r) = (i0 + row / rep, row % rep);
-                    if off + i < j0 {
-                        continue;
-                    }
-                    let valid = n.min(off + i + 1 - j0);
-                    let (_, ds) = probs_and_grads(
-                        &qs[row * d..(row + 1) * d],
-                        &dos[row * d..(row + 1) * d],
-                        (&kt, &vt),
-                        stats(g, i, r),
-                    );
-                    mul_add_rows(&mut dq[row * d..(row + 1) * d], &ds[..valid], &k[(j0 * a.kv_heads + g) * d..], kvd);
+    let mut dq = vec![0f32; a.t * a.heads * d];
+    for (g, head) in results.chunks(lanes).enumerate() {
+        let mut sum = vec![0f32; a.t * rep * d];
+        for (lane_dq, blocks) in head {
+            sum.iter_mut().zip(lane_dq).for_each(|(s, x)| *s += x);
+            for (j0, bk, bv) in blocks {
+                for (jj, (rk, rv)) in bk.chunks(d).zip(bv.chunks(d)).enumerate() {
+                    dk[(j0 + jj) * kvd + g * d..][..d].copy_from_slice(rk);
+                    dv[(j0 + jj) * kvd + g * d..][..d].copy_from_slice(rv);
                 }
             }
-            dq.iter_mut().for_each(|x| *x *= scale);
-            dq
-        })
-        .collect();
-    let mut dq = vec![0f32; a.t * a.heads * d];
-    for (&(g, i0, _), rows) in tasks.iter().zip(q_grads) {
-        scatter_rows(&mut dq, &rows, &a, g, i0);
+        }
+        sum.iter_mut().for_each(|x| *x *= scale);
+        scatter_rows(&mut dq, &sum, &a, g, 0);
     }
     (dq, dk, dv)
 }
