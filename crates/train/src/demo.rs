@@ -11,11 +11,12 @@
 //! is the paper's claim in small. Accuracy on held-out problems is measured (greedily)
 //! before and after GRPO.
 //!
-//! Measured on dev-cpu (2 cores, release, seed 0) with these defaults: the warm-up
-//! (1,200 SFT steps, 275 s) learns the format, copying the operands into the call, and the
-//! choice of mode (the tool in 30% of held-out answers, 14% correct); 80 GRPO steps (about
-//! 170 s) take tool use to 100% and held-out accuracy to 30%, reward 1.06 -> 2.60. With
-//! seed 1 the warm-up alone reaches 97% (GRPO: 99%). GRPO's rollouts are deterministic
+//! With these defaults, seed 0, on 2 cores (docs/TRAINING.md has every machine's figures):
+//! the warm-up (1,200 SFT steps, 86-128 s) learns the format, copying the operands into the
+//! call, and the choice of mode (the tool in 30% of held-out answers, 14% correct); 80 GRPO
+//! steps (42-73 s) take tool use to 100% and held-out accuracy to 23-40% (the machine's
+//! summation order decides where), reward 1.06 -> 2.46-2.80. With seed 1 the warm-up alone
+//! reaches 97% (GRPO: 99%). GRPO's rollouts are deterministic
 //! (`rollout.deterministic`), so a run repeats to the bit.
 //! GRPO learns *when* to call the tool, as in the paper, and gets better at copying the
 //! tool's output into the answer. The warm-up is the fragile part: copying emerges only
