@@ -272,8 +272,7 @@ pub(crate) fn backward(
                     for jj in 0..n {
                         // Rows go by query, so those that see key j0 + jj are a suffix.
                         let from = (j0 + jj).saturating_sub(off + i0).min(i1 - i0) * rep;
-                        let (p, ds) =
-                            (&pt[jj * rows + from..(jj + 1) * rows], &dst[jj * rows + from..(jj + 1) * rows]);
+                        let (p, ds) = (&pt[jj * rows + from..(jj + 1) * rows], &dst[jj * rows + from..(jj + 1) * rows]);
                         mul_add_rows(&mut dv[jj * d..(jj + 1) * d], p, &dos[from * d..], d);
                         mul_add_rows(&mut dk[jj * d..(jj + 1) * d], ds, &qs[from * d..], d);
                     }
