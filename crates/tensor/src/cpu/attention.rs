@@ -200,6 +200,10 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], a: AttnDims, scale: f32) 
 /// not depend on the number of threads.
 const LANES: usize = 8;
 
+/// The most bytes the lanes' query-gradient buffers may take together: fewer lanes for
+/// long sequences (the count follows the shape alone, never the threads).
+const LANE_BYTES: usize = 64 << 20;
+
 /// The gradients `(dq, dk, dv)` of [`forward`] given its output `out`, log-sum-exp `lse` and
 /// the output's gradient `dout`, all contiguous f32 as there.
 ///
@@ -223,7 +227,8 @@ pub(crate) fn backward(
     // The log-sum-exp and delta of query `i` of head `g * rep + r`.
     let stats = |g: usize, i: usize, r: usize| (lse[(g * rep + r) * a.t + i], delta[i * a.heads + g * rep + r]);
     let blocks = a.len.div_ceil(KEYS);
-    let lanes = LANES.min(blocks.max(1));
+    let per_lane = (a.t * a.heads * d * std::mem::size_of::<f32>()).max(1);
+    let lanes = LANES.min(LANE_BYTES / per_lane).min(blocks).max(1);
     let tasks: Vec<(usize, usize)> = (0..a.kv_heads).flat_map(|g| (0..lanes).map(move |l| (g, l))).collect();
     // Per task: its query gradients (rows as `gather_rows` orders all of a head's queries)
     // and each of its blocks' key and value gradients.
