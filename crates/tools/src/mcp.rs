@@ -267,6 +267,21 @@ impl Server {
         Ok(server)
     }
 
+    /// `tools/call` of `name`: the text the model reads (an error's explained), whether it
+    /// succeeded, and whether it timed out.
+    fn call(&self, name: &str, arguments: Value, timeout_s: f64) -> (String, bool, bool) {
+        let params = json!({"name": name, "arguments": arguments});
+        match self.link.request("tools/call", params, Duration::from_secs_f64(timeout_s)) {
+            Ok(result) => {
+                let text = content_text(&result);
+                let failed = result.get("isError").and_then(Value::as_bool).unwrap_or(false);
+                (if failed { format!("error: {text}") } else { text }, !failed, false)
+            }
+            Err(CallError::Failed(why)) => (format!("error: {why}"), false, false),
+            Err(CallError::TimedOut) => (format!("error: {name} gave no answer within {timeout_s} s"), false, true),
+        }
+    }
+
     /// Closes its input: a stdio server's cue to exit.
     fn close_input(&self) {
         self.link.stdin.lock().take();
@@ -493,10 +508,6 @@ impl McpTool {
         &self.server
     }
 
-    fn timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.config.timeout_s)
-    }
-
     /// One `{"name", "arguments"}` call: the text the model reads, and whether it succeeded.
     fn call_one(&self, server: &Server, call: &Value) -> (String, bool, bool) {
         let Some(name) = call.get("name").and_then(Value::as_str) else {
@@ -513,17 +524,7 @@ impl McpTool {
             Some(a @ Value::Object(_)) => a.clone(),
             Some(other) => return (format!("error: \"arguments\" must be an object, got {other}"), false, false),
         };
-        match server.link.request("tools/call", json!({"name": name, "arguments": arguments}), self.timeout()) {
-            Ok(result) => {
-                let text = content_text(&result);
-                let failed = result.get("isError").and_then(Value::as_bool).unwrap_or(false);
-                (if failed { format!("error: {text}") } else { text }, !failed, false)
-            }
-            Err(CallError::Failed(why)) => (format!("error: {why}"), false, false),
-            Err(CallError::TimedOut) => {
-                (format!("error: {name} gave no answer within {} s", self.config.timeout_s), false, true)
-            }
-        }
+        server.call(name, arguments, self.config.timeout_s)
     }
 }
 
@@ -594,19 +595,9 @@ impl Tool for McpTool {
         let read = move || {
             let state = match server.map(Ok).unwrap_or_else(|| pool.take()) {
                 Ok(server) => {
-                    let timeout = Duration::from_secs_f64(config.timeout_s);
-                    let read = server.link.request("tools/call", json!({"name": state_tool, "arguments": {}}), timeout);
+                    let (state, _, _) = server.call(&state_tool, json!({}), config.timeout_s);
                     server.close_input();
-                    match read {
-                        Ok(result) if result.get("isError").and_then(Value::as_bool) == Some(true) => {
-                            format!("error: {}", content_text(&result))
-                        }
-                        Ok(result) => content_text(&result),
-                        Err(CallError::Failed(why)) => format!("error: {why}"),
-                        Err(CallError::TimedOut) => {
-                            format!("error: {state_tool} gave no answer within {} s", config.timeout_s)
-                        }
-                    }
+                    state
                 }
                 Err(e) => format!("error: starting a server to read the state: {e}"),
             };
