@@ -216,11 +216,14 @@ pub struct ModelRun<'a> {
     pub first: usize,
     /// One JSON line per entry: id, verdict, fractions, and the calls that ran.
     pub out: Option<&'a Path>,
+    /// Play the entries on this MCP server's tools (a server per entry, its state compared
+    /// with the ground truth's after every turn) instead of BFCL's environments.
+    pub mcp: Option<std::sync::Arc<artist_tools::McpTool>>,
 }
 
 /// `--model DIR`: plays every selected entry once with the model and scores it.
 pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json: bool) -> Result<String> {
-    use artist_train::fc::{BfclSettings, EpisodeSettings, FcData, run_episodes};
+    use artist_train::fc::{BfclSettings, EpisodeSettings, FcData, FcEnvironment, run_episodes};
     use std::io::Write;
 
     let settings = BfclSettings {
@@ -235,8 +238,12 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
         skip: run.skip,
         max_steps_per_turn: run.max_steps_per_turn,
         irrelevance: opts.irrelevance,
+        environment: if run.mcp.is_some() { FcEnvironment::Mcp } else { FcEnvironment::Builtin },
     };
-    let data = FcData::load(&settings)?;
+    let data = match &run.mcp {
+        None => FcData::load(&settings)?,
+        Some(server) => FcData::load_mcp(&settings, std::sync::Arc::clone(server))?,
+    };
     let (model, tokenizer) = crate::cli::open_model(run.model_dir, run.lora, run.device)?;
     let tokenizer = tokenizer.with_context(|| format!("{}: no tokenizer.json", run.model_dir.display()))?;
     let template = artist_tokenizer::ChatTemplate::from_dir(run.model_dir)
@@ -263,8 +270,17 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
     let episodes = run_episodes(&model, &tokenizer, &template, &data, &indices, &s)?;
     let calls: BTreeMap<String, ModelCalls> =
         episodes.iter().map(|e| (data.entries[e.entry].id.clone(), e.calls.clone())).collect();
-    let (results, filler) =
-        score(paths, &data.entries, &data.truths, |e, _| calls.get(&e.id).cloned().unwrap_or_default(), opts)?;
+    let (results, filler) = if data.mcp.is_some() {
+        // Scored on the records of the entries' servers, against the ground truth played
+        // on servers of its own.
+        let weights = artist_rl::FcRewardWeights::default();
+        let checks = (episodes.iter())
+            .map(|e| Ok(artist_train::fc::score_episode(&tokenizer, &data, e, &weights, opts)?.check))
+            .collect::<Result<Vec<_>>>()?;
+        (checks, false)
+    } else {
+        score(paths, &data.entries, &data.truths, |e, _| calls.get(&e.id).cloned().unwrap_or_default(), opts)?
+    };
     if let Some(out) = run.out {
         let mut f =
             std::io::BufWriter::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?);

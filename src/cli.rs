@@ -124,11 +124,26 @@ pub struct McpArgs {
     /// sample ends; its text is the sample's final state, which the judge is given.
     #[arg(long, value_name = "NAME", requires = "mcp_command")]
     pub mcp_state_tool: Option<String>,
+    /// With --mcp-sessions rollout, multi-turn entries (`eval --answers`): a tool of the
+    /// server (hidden from the model) called with an entry's initial_config when the
+    /// entry's server starts.
+    #[arg(long, value_name = "NAME", requires = "mcp_command")]
+    pub mcp_setup_tool: Option<String>,
 }
 
 impl McpArgs {
-    /// Starts the server and lists its functions.
+    /// Starts the server for single-turn samples and lists its functions.
     pub fn start(&self) -> Result<artist_tools::McpTool> {
+        anyhow::ensure!(
+            self.mcp_setup_tool.is_none(),
+            "--mcp-setup-tool sets up multi-turn entries (eval --answers): a sample has no initial_config"
+        );
+        self.start_episodes()
+    }
+
+    /// Starts the server for multi-turn entries (`--mcp-setup-tool` allowed) and lists its
+    /// functions.
+    pub fn start_episodes(&self) -> Result<artist_tools::McpTool> {
         let command = self.mcp_command.as_deref();
         let command = command.context("--tools mcp needs --mcp-command, the server's command line")?;
         let command = split_command(command, "--mcp-command")?;
@@ -142,6 +157,7 @@ impl McpArgs {
             sessions,
             spare_servers: self.mcp_spare_servers,
             state_tool: self.mcp_state_tool.clone(),
+            setup_tool: self.mcp_setup_tool.clone(),
             ..Default::default()
         };
         artist_tools::McpTool::spawn(config).context("starting the MCP server of --mcp-command")

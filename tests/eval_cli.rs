@@ -550,3 +550,74 @@ fn an_external_judge_grades_the_samples() {
         assert_eq!(r["correct"], r["gold"] == "count", "{r}");
     }
 }
+
+/// `eval --answers` with `--mcp-command`: BFCL-format entries played on an MCP server's
+/// tools (tests/fixtures/mcp/episodes on the fixture server), one server per entry, scored
+/// by the states the servers were in after each turn against the ground truth's. The tiny
+/// model calls nothing, so no entry passes, and each fails for its empty first turn; the
+/// flags the environment needs are asked for by name.
+#[test]
+fn bfcl_format_entries_on_an_mcp_server() {
+    if !std::process::Command::new("python3").arg("-c").arg("pass").status().is_ok_and(|s| s.success()) {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/fixtures/mcp/episodes");
+    let (q, a) = (dir.join("questions.jsonl"), dir.join("answers.jsonl"));
+    let model = root.join("tests/fixtures/qwen2/tiny-gqa");
+    let server = format!("python3 {}", root.join("tests/fixtures/mcp/server.py").display());
+    let tmp = tempfile::tempdir().unwrap();
+    let out_file = tmp.path().join("entries.jsonl");
+    let mut args = vec![
+        "--model",
+        model.to_str().unwrap(),
+        "--dataset",
+        q.to_str().unwrap(),
+        "--answers",
+        a.to_str().unwrap(),
+        "--max-new-tokens",
+        "4",
+        "--mcp-command",
+        &server,
+    ];
+    fails_cleanly(&eval(&args), "--mcp-sessions rollout");
+    args.extend(["--mcp-sessions", "rollout"]);
+    fails_cleanly(&eval(&args), "--mcp-state-tool");
+    args.extend([
+        "--mcp-state-tool",
+        "state",
+        "--mcp-setup-tool",
+        "setup",
+        "--json",
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    let out = lines(&eval(&args));
+    assert_eq!(out[0]["accuracy"], 0.0);
+    let ids: Vec<&str> = out[0]["entries"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["counter_0", "counter_1", "counter_miss_0"]);
+    let written: Vec<Value> =
+        std::fs::read_to_string(&out_file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for e in &written {
+        assert_eq!(e["error_type"], "multi_turn:empty_turn_model_response", "{e}");
+        assert_eq!(e["tool_calls"], 0, "{e}");
+    }
+    // A setup tool has nothing to set up for single-turn samples.
+    let math = root.join("tests/fixtures/math/mini-math500.jsonl");
+    let out = eval(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--dataset",
+        math.to_str().unwrap(),
+        "--tools",
+        "mcp",
+        "--mcp-command",
+        &server,
+        "--mcp-sessions",
+        "rollout",
+        "--mcp-setup-tool",
+        "setup",
+    ]);
+    fails_cleanly(&out, "--mcp-setup-tool");
+}

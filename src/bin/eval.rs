@@ -20,7 +20,7 @@
 //!
 //! `eval --model DIR --dataset FILE [--preset NAME | --field-map problem=..,answer=..]
 //! [--k K] [--samples N] [--temperature T] [--tools python|calculator|mcp|none]
-//! [--mcp-command CMD [--mcp-sessions rollout [--mcp-state-tool NAME]]]
+//! [--mcp-command CMD [--mcp-sessions rollout [--mcp-state-tool NAME] [--mcp-setup-tool NAME]]]
 //! [--judge-command CMD [--judge-workers N]] [--out FILE.jsonl] [--json]` generates `N`
 //! answers per problem (default `K`) with the model in ARTIST's format, the tool live, and
 //! grades them (by math equivalence, or by the external judge `--judge-command` starts:
@@ -213,6 +213,21 @@ fn evaluate_bfcl(cli: &Cli) -> Result<()> {
         long_context: cli.long_context_data.clone(),
     };
     let opts = artist_bfcl::checker::CheckOptions { irrelevance: cli.irrelevance };
+    // --mcp-command: the entries play on that server's tools instead of BFCL's environments.
+    let mcp = match &cli.mcp.mcp_command {
+        None => None,
+        Some(_) if cli.replay_ground_truth => {
+            bail!("--replay-ground-truth replays on BFCL's environments; leave out --mcp-command")
+        }
+        Some(_) if cli.mcp.mcp_sessions != "rollout" => {
+            bail!("--answers with --mcp-command plays each entry on a server of its own: add --mcp-sessions rollout")
+        }
+        Some(_) if cli.mcp.mcp_state_tool.is_none() => bail!(
+            "--answers with --mcp-command compares the server's state with the ground truth's after every turn: \
+             name the tool that gives it with --mcp-state-tool"
+        ),
+        Some(_) => Some(std::sync::Arc::new(cli.mcp.start_episodes()?)),
+    };
     let out = if cli.replay_ground_truth {
         bfcl_eval::replay(&paths, cli.replay_from.as_deref(), opts, cli.json)?
     } else if let Some(model_dir) = &cli.model {
@@ -233,6 +248,7 @@ fn evaluate_bfcl(cli: &Cli) -> Result<()> {
             skip: cli.skip,
             first: cli.first,
             out: cli.out.as_deref(),
+            mcp,
         };
         bfcl_eval::run_model(&paths, &run, opts, cli.json)?
     } else {

@@ -528,13 +528,24 @@ fn run_fc(
     use artist_train::fc::{FcData, FcTrainer};
 
     config.validate(opts.device)?;
-    let data = FcData::load(&config.bfcl)?;
+    // BFCL's environments, or an MCP server's tools (a server per episode).
+    let server = match config.bfcl.environment {
+        artist_train::fc::FcEnvironment::Builtin => None,
+        artist_train::fc::FcEnvironment::Mcp => Some(std::sync::Arc::new(
+            artist_tools::McpTool::spawn(config.mcp.clone()).context("starting the MCP server of [mcp]")?,
+        )),
+    };
+    let load = |s: &artist_train::fc::BfclSettings| match &server {
+        None => FcData::load(s),
+        Some(server) => FcData::load_mcp(s, std::sync::Arc::clone(server)),
+    };
+    let data = load(&config.bfcl)?;
     let (model, tokenizer) = artist::cli::open_model(&config.model, None, opts.device)?;
     let tokenizer = tokenizer.with_context(|| format!("{}: GRPO needs tokenizer.json", config.model.display()))?;
     let template = artist_tokenizer::ChatTemplate::from_dir(&config.model)
         .unwrap_or_else(|_| artist_tokenizer::ChatTemplate::chatml());
     let entries = data.entries.len();
-    let held_out = config.eval.bfcl.as_ref().map(FcData::load).transpose()?;
+    let held_out = config.eval.bfcl.as_ref().map(load).transpose()?;
     let mut trainer = FcTrainer { config, model, reference: None, tokenizer, template, data, held_out };
     let steps = if env.world_size > 1 {
         let mut comm = join_group(env, opts.device, comm, timeout, ring_min)?;

@@ -114,10 +114,13 @@ pub fn load_questions(path: &Path) -> Result<Vec<Entry>, DataError> {
                 }
                 turns.push(texts);
             }
-            let involved_classes: Vec<String> = v
-                .get("involved_classes")
-                .and_then(|c| serde_json::from_value(c.clone()).ok())
-                .ok_or_else(|| err(format!("{id}: no \"involved_classes\" list of names")))?;
+            // BFCL's own environments need it (their tool sets say so when it is missing);
+            // an MCP server's episodes do not.
+            let involved_classes: Vec<String> = match v.get("involved_classes") {
+                None => Vec::new(),
+                Some(c) => serde_json::from_value(c.clone())
+                    .map_err(|_| err(format!("{id}: \"involved_classes\" is not a list of names")))?,
+            };
             let mut missed_function = BTreeMap::new();
             if let Some(m) = v.get("missed_function") {
                 let m = m.as_object().ok_or_else(|| err(format!("{id}: \"missed_function\" is not an object")))?;
@@ -141,7 +144,7 @@ pub fn load_questions(path: &Path) -> Result<Vec<Entry>, DataError> {
 }
 
 /// Reads a possible_answer file (JSON Lines of `{"id", "ground_truth": [[call, ..], ..]}`),
-/// parsing every call.
+/// parsing every call (`"f(a=1)"`, or `{"name": "f", "arguments": {"a": 1}}`).
 pub fn load_answers(path: &Path) -> Result<Vec<GroundTruth>, DataError> {
     read_lines(path)?
         .into_iter()
@@ -157,8 +160,13 @@ pub fn load_answers(path: &Path) -> Result<Vec<GroundTruth>, DataError> {
                 let calls = turn.as_array().ok_or_else(|| err(format!("{id}: turn {t} is not a list of calls")))?;
                 let mut parsed = Vec::new();
                 for c in calls {
-                    let text = c.as_str().ok_or_else(|| err(format!("{id}: turn {t}: a call is not a string")))?;
-                    let mut one = parse_calls(text).map_err(|e| err(format!("{id}: turn {t}: {text}: {e}")))?;
+                    // BFCL writes calls as Python text; a JSON call object is read as well.
+                    let text = match c {
+                        serde_json::Value::String(text) => text.clone(),
+                        serde_json::Value::Object(_) => c.to_string(),
+                        _ => return Err(err(format!("{id}: turn {t}: a call is neither text nor a JSON object: {c}"))),
+                    };
+                    let mut one = parse_calls(&text).map_err(|e| err(format!("{id}: turn {t}: {text}: {e}")))?;
                     if one.len() != 1 {
                         return Err(err(format!("{id}: turn {t}: {text:?} is not exactly one call")));
                     }
@@ -213,6 +221,112 @@ pub struct CheckResult {
     pub function_fraction: f64,
 }
 
+/// What the checker runs both sides' calls on and compares the states of: BFCL's own
+/// environments ([`check_entry`]), or the record of episodes played elsewhere, on an MCP
+/// server ([`Recorded`]).
+pub trait TurnEnvironments {
+    /// Runs one of the model's calls of turn `turn` on the model's side: its result.
+    fn run_model(&mut self, turn: usize, call: &Call) -> String;
+    /// Runs one of the ground truth's calls of turn `turn` on its side: its result.
+    fn run_truth(&mut self, turn: usize, call: &Call) -> String;
+    /// After turn `turn`'s calls on both sides: what differs between the model's state and
+    /// the ground truth's (empty: the same).
+    fn state_differences(&mut self, turn: usize) -> Vec<String>;
+}
+
+/// Both sides on BFCL's environments, from the same initial state.
+struct Sessions {
+    model: Session,
+    truth: Session,
+}
+
+impl TurnEnvironments for Sessions {
+    fn run_model(&mut self, _turn: usize, call: &Call) -> String {
+        self.model.execute(call)
+    }
+    fn run_truth(&mut self, _turn: usize, call: &Call) -> String {
+        self.truth.execute(call)
+    }
+    fn state_differences(&mut self, _turn: usize) -> Vec<String> {
+        self.model.state_differences(&self.truth).into_iter().map(|(c, a)| format!("{c}.{a}")).collect()
+    }
+}
+
+/// One side of an episode played on another environment (an MCP server): per turn, the
+/// results of the calls that ran, in order, and the state after the turn as text.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TurnRecord {
+    pub results: Vec<String>,
+    pub state: String,
+}
+
+/// Both sides of an episode as recorded while they ran ([`TurnRecord`]s): the checker
+/// replays the records instead of running the calls. `initial` is the state before any
+/// turn, which a side keeps through turns it did not play. States are compared as JSON
+/// where both parse (an object's differing top-level keys are named), else as text.
+pub struct Recorded<'a> {
+    pub initial: &'a str,
+    pub model: &'a [TurnRecord],
+    pub truth: &'a [TurnRecord],
+    /// The next result of each side: (turn, index in the turn).
+    model_at: (usize, usize),
+    truth_at: (usize, usize),
+}
+
+impl<'a> Recorded<'a> {
+    pub fn new(initial: &'a str, model: &'a [TurnRecord], truth: &'a [TurnRecord]) -> Self {
+        Recorded { initial, model, truth, model_at: (0, 0), truth_at: (0, 0) }
+    }
+
+    /// A side's state after `turn`: its record's, or the last one (a side that stopped
+    /// early), or the initial state.
+    fn state_after(&self, side: &'a [TurnRecord], turn: usize) -> &'a str {
+        side.get(turn).or(side.last()).map_or(self.initial, |r| r.state.as_str())
+    }
+}
+
+/// The next recorded result of a side whose calls are being replayed in order; a call the
+/// record does not hold (it never ran) gives an empty result.
+fn next_result(side: &[TurnRecord], at: &mut (usize, usize), turn: usize) -> String {
+    if at.0 != turn {
+        *at = (turn, 0);
+    }
+    let r = side.get(turn).and_then(|r| r.results.get(at.1)).cloned().unwrap_or_default();
+    at.1 += 1;
+    r
+}
+
+impl TurnEnvironments for Recorded<'_> {
+    fn run_model(&mut self, turn: usize, _call: &Call) -> String {
+        next_result(self.model, &mut self.model_at, turn)
+    }
+    fn run_truth(&mut self, turn: usize, _call: &Call) -> String {
+        next_result(self.truth, &mut self.truth_at, turn)
+    }
+    fn state_differences(&mut self, turn: usize) -> Vec<String> {
+        state_text_differences(self.state_after(self.model, turn), self.state_after(self.truth, turn))
+    }
+}
+
+/// Where two states given as text differ: the top-level keys whose values differ when both
+/// are JSON objects, `["state"]` when they differ otherwise (JSON compared as values, where
+/// `1` and `1.0` differ and key order does not; other text as text), nothing when they are
+/// the same.
+pub fn state_text_differences(model: &str, truth: &str) -> Vec<String> {
+    let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).ok();
+    match (parse(model), parse(truth)) {
+        (Some(serde_json::Value::Object(m)), Some(serde_json::Value::Object(t))) => {
+            let mut keys: Vec<&String> = t.keys().chain(m.keys().filter(|k| !t.contains_key(*k))).collect();
+            keys.retain(|k| m.get(*k) != t.get(*k));
+            keys.into_iter().cloned().collect()
+        }
+        (Some(m), Some(t)) if m == t => vec![],
+        (Some(_), Some(_)) => vec!["state".into()],
+        _ if model == truth => vec![],
+        _ => vec!["state".into()],
+    }
+}
+
 /// Scores one entry's model calls against its ground truth. `docs` (the entry's tools)
 /// normalises positional arguments before calls are compared for the function fraction.
 /// `long_context` is used for long-context entries. Errors only for an entry the
@@ -228,9 +342,22 @@ pub fn check_entry(
     // Without the filler a long-context entry runs on its plain scenario (both sides
     // alike); callers say so.
     let lc = if entry.long_context() { long_context } else { None };
-    let mut model_env = Session::new(&entry.involved_classes, &entry.initial_config, lc)?;
-    let mut truth_env = model_env.clone();
-    let mut result = CheckResult { id: entry.id.clone(), valid: true, ..Default::default() };
+    let model_env = Session::new(&entry.involved_classes, &entry.initial_config, lc)?;
+    let mut envs = Sessions { truth: model_env.clone(), model: model_env };
+    Ok(check_turns(&entry.id, truth, model, docs, opts, &mut envs))
+}
+
+/// BFCL's verdict and the reward fractions (see the module doc) with the calls run on
+/// `envs`.
+pub fn check_turns(
+    id: &str,
+    truth: &GroundTruth,
+    model: &[Vec<Vec<Call>>],
+    docs: Option<&ToolSet>,
+    opts: CheckOptions,
+    envs: &mut dyn TurnEnvironments,
+) -> CheckResult {
+    let mut result = CheckResult { id: id.to_owned(), valid: true, ..Default::default() };
     let fail = |result: &mut CheckResult, kind: &str, msg: String| {
         if result.valid {
             result.valid = false;
@@ -254,12 +381,12 @@ pub fn check_entry(
         let mut turn_model_calls = Vec::new();
         for step in steps {
             for call in step {
-                all_model_results.push(model_env.execute(call));
+                all_model_results.push(envs.run_model(t, call));
                 turn_model_calls.push(normalise(call));
             }
         }
         report.model_calls = turn_model_calls.len();
-        let truth_results: Vec<String> = truth_calls.iter().map(|c| truth_env.execute(c)).collect();
+        let truth_results: Vec<String> = truth_calls.iter().map(|c| envs.run_truth(t, c)).collect();
         // Function matching: each model call of the turn can match one expected call.
         let mut unused: Vec<&Call> = turn_model_calls.iter().collect();
         for c in truth_calls {
@@ -283,8 +410,7 @@ pub fn check_entry(
         if report.model_calls == 0 {
             fail(&mut result, "empty_turn_model_response", format!("Model response list is empty for turn {t}"));
         }
-        report.state_differences =
-            model_env.state_differences(&truth_env).into_iter().map(|(c, a)| format!("{c}.{a}")).collect();
+        report.state_differences = envs.state_differences(t);
         let state_ok = report.state_differences.is_empty();
         report.state_ok = Some(state_ok);
         if state_ok {
@@ -318,7 +444,7 @@ pub fn check_entry(
     }
     result.state_fraction = if checked == 0 { 1.0 } else { states_ok as f64 / checked as f64 };
     result.function_fraction = if expected == 0 { 1.0 } else { matched as f64 / expected as f64 };
-    Ok(result)
+    result
 }
 
 /// The ground truth's calls as model calls: one step per turn (the replay of

@@ -165,3 +165,53 @@ fn bad_data_lines_are_named() {
     let e = checker::load_answers(&p).unwrap_err().to_string();
     assert!(e.contains(":1: x_1: turn 0") && e.contains("literals"), "{e}");
 }
+
+/// The checker on recorded episodes (an MCP server's, [`checker::Recorded`]), worked out by
+/// hand: a turn without expected calls is not checked, a side that stopped early keeps its
+/// last state, states compare as JSON (key order aside) and results as a multiset over the
+/// turns so far.
+#[test]
+fn recorded_episodes_are_checked_as_live_ones() {
+    use checker::{Recorded, TurnRecord, check_turns, state_text_differences};
+    let call = |text: &str| artist_bfcl::parse_calls(text).unwrap().remove(0);
+    let truth =
+        GroundTruth { id: "rec_0".into(), turns: vec![vec![call("add(a=1, b=1)")], vec![], vec![call("counter()")]] };
+    let record = |results: &[&str], state: &str| TurnRecord {
+        results: results.iter().map(|r| r.to_string()).collect(),
+        state: state.into(),
+    };
+    let truth_records = [
+        record(&["2"], r#"{"last": 2, "count": 0}"#),
+        record(&[], r#"{"last": 2, "count": 0}"#),
+        record(&["1"], r#"{"count": 1, "last": 2}"#),
+    ];
+    // The model played two turns: the right call, then one where none was expected.
+    let model = vec![vec![vec![call("add(a=1, b=1)")]], vec![vec![call("echo(text='x')")]], vec![]];
+    let model_records = [record(&["2"], r#"{"count": 0, "last": 2}"#), record(&["x"], r#"{"count": 0, "last": 2}"#)];
+    let initial = r#"{"count": 0, "last": null}"#;
+    let mut envs = Recorded::new(initial, &model_records, &truth_records);
+    let r = check_turns("rec_0", &truth, &model, None, CheckOptions::default(), &mut envs);
+    assert!(!r.valid);
+    assert_eq!(r.error_type.as_deref(), Some("multi_turn:empty_turn_model_response"));
+    assert_eq!((r.turns[0].state_ok, r.turns[1].state_ok, r.turns[2].state_ok), (Some(true), None, Some(false)));
+    assert_eq!(r.turns[2].state_differences, ["count"]);
+    assert_eq!(r.turns[2].missing_results, ["1"]);
+    assert_eq!((r.state_fraction, r.function_fraction), (0.5, 0.5));
+    // With irrelevance on, the call in turn 1 fails it first.
+    let mut envs = Recorded::new(initial, &model_records, &truth_records);
+    let r = check_turns("rec_0", &truth, &model, None, CheckOptions { irrelevance: true }, &mut envs);
+    assert_eq!(r.error_type.as_deref(), Some("multi_turn:irrelevance_error"));
+    // A model that played nothing is in its initial state.
+    let mut envs = Recorded::new(initial, &[], &truth_records);
+    let r = check_turns("rec_0", &truth, &[vec![], vec![], vec![]], None, CheckOptions::default(), &mut envs);
+    assert_eq!(r.turns[0].state_differences, ["last"]);
+    assert_eq!(r.turns[2].state_differences, ["count", "last"]);
+    assert_eq!((r.state_fraction, r.function_fraction), (0.0, 0.0));
+
+    assert!(state_text_differences("[1, 2]", "[1,2]").is_empty());
+    assert_eq!(state_text_differences("[1, 2]", "[2, 1]"), ["state"]);
+    assert!(state_text_differences("at home", "at home").is_empty());
+    assert_eq!(state_text_differences("at home", "at work"), ["state"]);
+    assert_eq!(state_text_differences(r#"{"a": 1}"#, r#"{"a": 1, "b": 2}"#), ["b"]);
+    assert_eq!(state_text_differences(r#"{"a": 1, "c": 3}"#, r#"{"a": 1}"#), ["c"]);
+}

@@ -15,7 +15,7 @@ mod python;
 pub mod sandbox;
 
 pub use calculator::Calculator;
-pub use mcp::{McpConfig, McpError, McpSessions, McpTool};
+pub use mcp::{McpConfig, McpError, McpSession, McpSessions, McpTool};
 pub use python::PythonTool;
 pub use sandbox::{Isolation, SandboxConfig, SandboxError, SandboxKind};
 

@@ -77,6 +77,10 @@ pub struct McpConfig {
     /// rollout ends, whose text is the rollout's final state for grading (hidden from the
     /// model). `None` (the default): none.
     pub state_tool: Option<String>,
+    /// Multi-turn episodes (`bfcl.environment = "mcp"`): a tool of the server (hidden from
+    /// the model) called once when an episode's server starts, with the entry's
+    /// `initial_config` as its arguments, to set the environment up. `None`: none.
+    pub setup_tool: Option<String>,
 }
 
 /// Which rollouts a server serves (`mcp.sessions`).
@@ -102,7 +106,16 @@ impl Default for McpConfig {
             sessions: McpSessions::Shared,
             spare_servers: 0,
             state_tool: None,
+            setup_tool: None,
         }
+    }
+}
+
+impl McpConfig {
+    /// Whether `name` is one of the grader's tools (`state_tool`, `setup_tool`), which the
+    /// model is neither shown nor allowed to call.
+    pub fn hides(&self, name: &str) -> bool {
+        self.state_tool.as_deref() == Some(name) || self.setup_tool.as_deref() == Some(name)
     }
 }
 
@@ -423,6 +436,13 @@ impl McpTool {
                 "mcp.state_tool = {state:?} reads a rollout's own server: it needs sessions = \"rollout\""
             )));
         }
+        if let Some(setup) = &config.setup_tool
+            && config.sessions != McpSessions::Rollout
+        {
+            return Err(McpError::Config(format!(
+                "mcp.setup_tool = {setup:?} sets up an episode's own server: it needs sessions = \"rollout\""
+            )));
+        }
         if config.spare_servers > 0 && config.sessions != McpSessions::Rollout {
             return Err(McpError::Config("mcp.spare_servers needs sessions = \"rollout\"".into()));
         }
@@ -433,19 +453,21 @@ impl McpTool {
             )));
         }
         let first = Server::start(&config, &[("ARTIST_MCP_SESSION", "0".into())])?;
-        if let Some(state) = &config.state_tool
-            && !first.tools.iter().any(|t| &t.name == state)
-        {
-            let known: Vec<&str> = first.tools.iter().map(|t| t.name.as_str()).collect();
-            return Err(McpError::Server {
-                command: config.command.join(" "),
-                msg: format!("mcp.state_tool {state:?} is not among its tools ({})", known.join(", ")),
-            });
+        for (key, tool) in [("state_tool", &config.state_tool), ("setup_tool", &config.setup_tool)] {
+            if let Some(tool) = tool
+                && !first.tools.iter().any(|t| &t.name == tool)
+            {
+                let known: Vec<&str> = first.tools.iter().map(|t| t.name.as_str()).collect();
+                return Err(McpError::Server {
+                    command: config.command.join(" "),
+                    msg: format!("mcp.{key} {tool:?} is not among its tools ({})", known.join(", ")),
+                });
+            }
         }
-        // A JSON list, one function a line: compact, and still readable. The state tool is
-        // the grader's, not the model's.
+        // A JSON list, one function a line: compact, and still readable. The state and setup
+        // tools are the grader's, not the model's.
         let lines: Vec<String> = (first.tools.iter())
-            .filter(|t| Some(&t.name) != config.state_tool.as_ref())
+            .filter(|t| !config.hides(&t.name))
             .map(|t| json!({"name": t.name, "description": t.description, "parameters": t.input_schema}).to_string())
             .collect();
         let (tools, server) = (first.tools.clone(), first.name.clone());
@@ -498,9 +520,43 @@ impl McpTool {
         started.clone().map(ServerRef::Own)
     }
 
+    /// A server of its own for one multi-turn episode (`sessions = "rollout"`): a spare, or
+    /// one started now, set up with `setup` as the arguments of `setup_tool` when there is
+    /// one. It is closed when the session is dropped.
+    pub fn open_session(&self, setup: &Value) -> Result<McpSession, McpError> {
+        if self.config.sessions != McpSessions::Rollout {
+            return Err(McpError::Config("an episode's own server needs mcp.sessions = \"rollout\"".into()));
+        }
+        let session = McpSession { server: Some(self.pool.take()?), config: self.config.clone() };
+        if let Some(tool) = &self.config.setup_tool {
+            let arguments = match setup {
+                Value::Null => json!({}),
+                Value::Object(_) => setup.clone(),
+                other => {
+                    return Err(McpError::Config(format!(
+                        "the arguments of setup tool {tool:?} must be an object, got {other}"
+                    )));
+                }
+            };
+            let (text, ok, _) = session.server().call(tool, arguments, self.config.timeout_s);
+            if !ok {
+                return Err(McpError::Server {
+                    command: self.config.command.join(" "),
+                    msg: format!("setup tool {tool:?} failed: {text}"),
+                });
+            }
+        }
+        Ok(session)
+    }
+
     /// The server's tools, as listed.
     pub fn tools(&self) -> &[McpToolInfo] {
         &self.tools
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &McpConfig {
+        &self.config
     }
 
     /// The server's name (`serverInfo.name`).
@@ -513,10 +569,9 @@ impl McpTool {
         let Some(name) = call.get("name").and_then(Value::as_str) else {
             return (format!("error: a call needs a \"name\": {call}"), false, false);
         };
-        let hidden = self.config.state_tool.as_deref();
-        if !server.tools.iter().any(|t| t.name == name) || hidden == Some(name) {
+        if !server.tools.iter().any(|t| t.name == name) || self.config.hides(name) {
             let known: Vec<&str> =
-                server.tools.iter().map(|t| t.name.as_str()).filter(|&t| Some(t) != hidden).collect();
+                server.tools.iter().map(|t| t.name.as_str()).filter(|&t| !self.config.hides(t)).collect();
             return (format!("error: no tool named {name:?} (the tools: {})", known.join(", ")), false, false);
         }
         let arguments = match call.get("arguments") {
@@ -542,6 +597,46 @@ impl Drop for McpTool {
         }
         for server in &spares {
             server.close_input();
+        }
+    }
+}
+
+/// One episode's own server ([`McpTool::open_session`]): its calls, its state, and its
+/// end when dropped (on a thread of its own, so the caller does not wait for the exit).
+pub struct McpSession {
+    server: Option<Arc<Server>>,
+    config: McpConfig,
+}
+
+impl McpSession {
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("held until dropped")
+    }
+
+    /// `tools/call` of `name` with `arguments` (an object): the text the model reads (an
+    /// error's explained) and whether the call succeeded. The grader's tools are refused.
+    pub fn call(&self, name: &str, arguments: Value) -> (String, bool) {
+        if self.config.hides(name) || !self.server().tools.iter().any(|t| t.name == name) {
+            return (format!("error: no tool named {name:?}"), false);
+        }
+        let (text, ok, _) = self.server().call(name, arguments, self.config.timeout_s);
+        let (text, _) = cut(text, self.config.max_output_bytes);
+        (text, ok)
+    }
+
+    /// The text of `state_tool` called with no arguments (`None` without one; an error's
+    /// text starts with `error:`).
+    pub fn state(&self) -> Option<String> {
+        let tool = self.config.state_tool.as_ref()?;
+        Some(self.server().call(tool, json!({}), self.config.timeout_s).0)
+    }
+}
+
+impl Drop for McpSession {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.close_input();
+            let _ = std::thread::Builder::new().name("mcp-close".into()).spawn(move || drop(server));
         }
     }
 }

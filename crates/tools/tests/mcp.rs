@@ -46,7 +46,7 @@ fn lists_the_tools_and_calls_them() {
     let tool = McpTool::spawn(config("")).unwrap();
     assert_eq!(tool.server_name(), "artist-test-server");
     let names: Vec<&str> = tool.tools().iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["add", "echo", "fail", "sleep", "crash", "big", "counter", "ask", "whoami", "state"]);
+    assert_eq!(names, ["add", "echo", "fail", "sleep", "crash", "big", "counter", "ask", "whoami", "state", "setup"]);
     assert_eq!((tool.name(), tool.tag()), ("mcp", "tool"));
     let described: serde_json::Value = serde_json::from_str(&tool.describe().unwrap()).unwrap();
     assert_eq!(described[0]["name"], "add");
@@ -160,7 +160,7 @@ fn server_requests_are_answered_and_noise_is_skipped() {
     let noisy = McpTool::spawn(config("noise")).unwrap();
     assert_eq!(call(&noisy, r#"{"name": "add", "arguments": {"a": 2, "b": 2}}"#).output, "4");
     let paged = McpTool::spawn(config("paged")).unwrap();
-    assert_eq!(paged.tools().len(), 10, "both pages of tools/list");
+    assert_eq!(paged.tools().len(), 11, "both pages of tools/list");
 }
 
 #[test]
@@ -331,4 +331,50 @@ fn spare_servers_wait_for_rollouts() {
 
     let e = McpTool::spawn(McpConfig { spare_servers: 1, ..config("") }).err().unwrap().to_string();
     assert!(e.contains("spare_servers needs sessions = \"rollout\""), "{e}");
+}
+
+/// An episode's own server (`open_session`): set up through the setup tool with the given
+/// arguments, its calls and state its own, the grader's tools hidden from the model's calls
+/// and list; a refused setup, a setup tool the server lacks, or one without per-rollout
+/// servers is an error that says so.
+#[test]
+fn an_episode_s_session_is_set_up_and_read() {
+    need_python!();
+    let episodes = McpConfig {
+        sessions: McpSessions::Rollout,
+        state_tool: Some("state".into()),
+        setup_tool: Some("setup".into()),
+        ..config("")
+    };
+    let tool = McpTool::spawn(episodes.clone()).unwrap();
+    let described = tool.describe().unwrap();
+    assert!(!described.contains("\"setup\"") && !described.contains("\"state\""), "{described}");
+    let a = tool.open_session(&serde_json::json!({"count": 5})).unwrap();
+    let b = tool.open_session(&serde_json::Value::Null).unwrap();
+    assert_eq!(a.state().unwrap(), r#"{"count": 5, "last": null}"#);
+    assert_eq!(a.call("counter", serde_json::json!({})), ("6".to_string(), true));
+    assert_eq!(a.call("add", serde_json::json!({"a": 1, "b": 2})), ("3".to_string(), true));
+    assert_eq!(a.state().unwrap(), r#"{"count": 6, "last": 3}"#);
+    assert_eq!(b.state().unwrap(), r#"{"count": 0, "last": null}"#, "another server, set up with {{}}");
+    for hidden in ["setup", "state", "nosuch"] {
+        let (text, ok) = a.call(hidden, serde_json::json!({}));
+        assert!(!ok && text.contains("no tool named"), "{hidden}: {text}");
+    }
+    let (text, ok) = a.call("fail", serde_json::json!({}));
+    assert!(!ok && text.contains("it failed on purpose"), "{text}");
+    assert_eq!(tool.sessions_started(), 2);
+    // The model's own calls through the tool refuse the grader's tools too.
+    let r = call(&tool, r#"{"name": "setup", "arguments": {"count": 1}}"#);
+    assert!(!r.success && r.output.contains("no tool named \"setup\""), "{}", r.output);
+    let e = tool.open_session(&serde_json::json!({"fail": true})).err().unwrap().to_string();
+    assert!(e.contains("setup tool \"setup\" failed: error: cannot set that up"), "{e}");
+    let e = tool.open_session(&serde_json::json!([1])).err().unwrap().to_string();
+    assert!(e.contains("must be an object"), "{e}");
+    let e = McpTool::spawn(McpConfig { setup_tool: Some("prepare".into()), ..episodes.clone() }).err().unwrap();
+    assert!(e.to_string().contains("mcp.setup_tool \"prepare\" is not among its tools"), "{e}");
+    let e = McpTool::spawn(McpConfig { sessions: McpSessions::Shared, state_tool: None, ..episodes }).err().unwrap();
+    assert!(e.to_string().contains("sessions = \"rollout\""), "{e}");
+    let shared = McpTool::spawn(config("")).unwrap();
+    let e = shared.open_session(&serde_json::Value::Null).err().unwrap().to_string();
+    assert!(e.contains("mcp.sessions = \"rollout\""), "{e}");
 }

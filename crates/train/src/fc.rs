@@ -14,21 +14,30 @@
 //! of checked turns with the right state) and function (fraction of expected calls
 //! matched), 0.5 each, plus `<reasoning>`/`<tool>` format rewards.
 //!
-//! Every turn's prompt holds the whole conversation so far and is prefilled again (the
-//! model's own tokens are never re-tokenized: the conversation is kept as ids).
+//! Every turn's prompt holds the whole conversation so far, kept as ids (the model's own
+//! tokens are never re-tokenized); the engine's kept cache prefills only what is new.
+//!
+//! With `bfcl.environment = "mcp"` the functions are an MCP server's: each episode gets a
+//! server of its own (set up with the entry's `initial_config` through `mcp.setup_tool`),
+//! its calls' results and its state after every turn (`mcp.state_tool`) are recorded, and
+//! the checker replays those records against the ground truth's, played once per entry on
+//! a server of its own ([`checker::Recorded`]): the same verdict and fractions, with the
+//! states compared as the server reports them.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use artist_bfcl::checker::{self, CheckOptions, CheckResult, Entry, GroundTruth, ModelCalls};
-use artist_bfcl::{LongContext, Session, ToolSet, parse_calls};
+use std::collections::HashMap;
+
+use artist_bfcl::checker::{self, CheckOptions, CheckResult, Entry, GroundTruth, ModelCalls, TurnRecord};
+use artist_bfcl::{Call, FunctionDoc, LongContext, Session, ToolSet, parse_calls};
 use artist_engine::{KeptCache, Policy, RolloutConfig, RolloutEngine, SamplingParams};
 use artist_model::Qwen2;
 use artist_optim::AdamW;
 use artist_rl::{FcRewardWeights, FcRewards, TrainRollout, fc_format_rewards};
 use artist_tokenizer::{ChatTemplate, Message, Tokenizer};
-use artist_tools::{Tool, ToolCall, ToolResult};
+use artist_tools::{McpSession, McpTool, Tool, ToolCall, ToolResult};
 use serde::{Deserialize, Serialize};
 
 use crate::grpo::{
@@ -64,6 +73,22 @@ pub struct BfclSettings {
     pub max_steps_per_turn: usize,
     /// Calls where the ground truth expects none fail the turn.
     pub irrelevance: bool,
+    /// Where the episodes' functions run: `builtin` (BFCL's environments, in Rust) or `mcp`
+    /// (the `[mcp]` server's tools, a server of its own per episode; see the module doc).
+    pub environment: FcEnvironment,
+}
+
+/// Where an episode's function calls run (`bfcl.environment`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FcEnvironment {
+    /// BFCL's own environments (`involved_classes`, `func_doc`).
+    #[default]
+    Builtin,
+    /// The tools of the `[mcp]` server: each episode (and each ground-truth replay) gets a
+    /// server of its own, set up with the entry's `initial_config` (`mcp.setup_tool`), and
+    /// its state is read after every turn (`mcp.state_tool`).
+    Mcp,
 }
 
 impl Default for BfclSettings {
@@ -77,6 +102,7 @@ impl Default for BfclSettings {
             skip: 0,
             max_steps_per_turn: 20,
             irrelevance: false,
+            environment: FcEnvironment::Builtin,
         }
     }
 }
@@ -85,14 +111,158 @@ impl Default for BfclSettings {
 pub struct FcData {
     pub entries: Vec<Entry>,
     pub truths: Vec<GroundTruth>,
-    /// Each entry's functions (held-back ones hidden), read from `func_doc` once at load.
+    /// Each entry's functions (held-back ones hidden), read from `func_doc` once at load, or
+    /// from the MCP server's list.
     pub tools: Vec<ToolSet>,
     pub func_doc: PathBuf,
     pub long_context: Option<LongContext>,
+    /// `bfcl.environment = "mcp"`: the server the episodes' sessions come from.
+    pub mcp: Option<Arc<McpTool>>,
+    /// The ground truth played on the MCP server, per entry (played once, when an episode
+    /// of the entry is first scored: the server is taken to be deterministic).
+    truth_records: Mutex<HashMap<usize, Arc<TruthRecord>>>,
+}
+
+/// An entry's ground truth as played on an MCP server: the state before the first turn,
+/// then each turn's results and the state after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TruthRecord {
+    pub initial: String,
+    pub turns: Vec<TurnRecord>,
 }
 
 impl FcData {
+    /// BFCL's entries on its own environments (`bfcl.environment = "builtin"`): the
+    /// functions from `func_doc`.
     pub fn load(s: &BfclSettings) -> Result<FcData> {
+        if s.environment == FcEnvironment::Mcp {
+            return Err(Error::Config(
+                "bfcl.environment = \"mcp\": the entries are loaded with the server's tools (FcData::load_mcp)".into(),
+            ));
+        }
+        let (entries, truths) = load_entries(s)?;
+        let func_doc = s.func_doc.clone().unwrap_or_else(|| sibling(&s.questions[0], "func_doc"));
+        let long_context = match &s.long_context {
+            None => None,
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(crate::error::io(p))?;
+                Some(LongContext::from_json_str(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?)
+            }
+        };
+        let tools = entries
+            .iter()
+            .map(|e| ToolSet::for_entry(&func_doc, &e.raw).map_err(|err| Error::Config(format!("{}: {err}", e.id))))
+            .collect::<Result<_>>()?;
+        Ok(FcData { entries, truths, tools, func_doc, long_context, mcp: None, truth_records: Default::default() })
+    }
+
+    /// Entries in BFCL's format played on an MCP server's tools (`bfcl.environment =
+    /// "mcp"`): every entry is shown the server's functions (less the grader's tools and
+    /// those its `missed_function` holds back until their turn).
+    pub fn load_mcp(s: &BfclSettings, server: Arc<McpTool>) -> Result<FcData> {
+        if s.long_context.is_some() {
+            return Err(Error::Config("bfcl.long_context is for BFCL's own environments, not an MCP server's".into()));
+        }
+        let (entries, truths) = load_entries(s)?;
+        let all = mcp_tool_set(&server)?;
+        let tools = entries
+            .iter()
+            .map(|e| {
+                let mut set = all.clone();
+                for names in e.missed_function.values() {
+                    set.hold_back(names).map_err(|err| Error::Config(format!("{}: missed_function: {err}", e.id)))?;
+                }
+                Ok(set)
+            })
+            .collect::<Result<_>>()?;
+        Ok(FcData {
+            entries,
+            truths,
+            tools,
+            func_doc: PathBuf::new(),
+            long_context: None,
+            mcp: Some(server),
+            truth_records: Default::default(),
+        })
+    }
+
+    /// Entry `i`'s ground truth played on a server of its own (once; then kept).
+    pub fn truth_record(&self, i: usize) -> Result<Arc<TruthRecord>> {
+        let server = self.mcp.as_ref().ok_or_else(|| Error::Config("no MCP server for the ground truth".into()))?;
+        let mut records = self.truth_records.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = records.get(&i) {
+            return Ok(Arc::clone(r));
+        }
+        let entry = &self.entries[i];
+        let fail = |e: String| Error::Config(format!("{}: playing the ground truth on the MCP server: {e}", entry.id));
+        let session = server.open_session(&entry.initial_config).map_err(|e| fail(e.to_string()))?;
+        let initial = session.state().unwrap_or_default();
+        let mut turns = Vec::with_capacity(self.truths[i].turns.len());
+        for calls in &self.truths[i].turns {
+            let results = calls
+                .iter()
+                .map(|c| {
+                    let c = self.tools[i].validate(c).unwrap_or_else(|_| c.clone());
+                    match json_arguments(&c) {
+                        Ok(args) => session.call(&c.name, args).0,
+                        Err(e) => format!("error: {e}"),
+                    }
+                })
+                .collect();
+            turns.push(TurnRecord { results, state: session.state().unwrap_or_default() });
+        }
+        let record = Arc::new(TruthRecord { initial, turns });
+        records.insert(i, Arc::clone(&record));
+        Ok(record)
+    }
+}
+
+/// The server's functions as a tool set (the grader's tools left out). A tool whose input
+/// schema this checker cannot read is kept with its parameters' names and no types (the
+/// server checks them).
+fn mcp_tool_set(server: &McpTool) -> Result<ToolSet> {
+    let docs = (server.tools().iter())
+        .filter(|t| !server.config().hides(&t.name))
+        .map(|t| {
+            let doc = serde_json::json!({"name": t.name, "description": t.description.clone().unwrap_or_default(),
+                "parameters": t.input_schema});
+            FunctionDoc::from_json(&doc, "mcp").or_else(|_| {
+                let names: Vec<String> = (t.input_schema.get("properties").and_then(|p| p.as_object()))
+                    .map(|p| p.keys().cloned().collect())
+                    .unwrap_or_default();
+                let required: Vec<&String> = (t.input_schema.get("required").and_then(|r| r.as_array()))
+                    .map(|r| {
+                        r.iter().filter_map(|x| x.as_str()).filter_map(|x| names.iter().find(|n| *n == x)).collect()
+                    })
+                    .unwrap_or_default();
+                let properties: serde_json::Map<String, serde_json::Value> =
+                    names.iter().map(|n| (n.clone(), serde_json::json!({}))).collect();
+                let loose = serde_json::json!({"name": t.name, "description": t.description.clone().unwrap_or_default(),
+                    "parameters": {"type": "object", "properties": properties, "required": required}});
+                FunctionDoc::from_json(&loose, "mcp").map_err(|e| Error::Config(format!("mcp tool {}: {e}", t.name)))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    ToolSet::new(docs).map_err(|e| Error::Config(format!("the MCP server's tools: {e}")))
+}
+
+/// A call's arguments as the JSON object an MCP server takes (every argument by name).
+fn json_arguments(call: &Call) -> std::result::Result<serde_json::Value, String> {
+    if !call.args.is_empty() {
+        return Err(format!("{}: name every argument", call.name));
+    }
+    let mut map = serde_json::Map::new();
+    for (k, v) in &call.kwargs {
+        let text = artist_bfcl::value::json_dumps(v).and_then(|t| serde_json::from_str(&t).ok());
+        let value = text.ok_or_else(|| format!("argument {k:?} of {} cannot be written as JSON", call.name))?;
+        map.insert(k.clone(), value);
+    }
+    Ok(serde_json::Value::Object(map))
+}
+
+/// The entries and their ground truth from `bfcl.questions` and `bfcl.answers`.
+fn load_entries(s: &BfclSettings) -> Result<(Vec<Entry>, Vec<GroundTruth>)> {
+    {
         if s.questions.is_empty() {
             return Err(Error::Config("bfcl.questions: no questions file given".into()));
         }
@@ -124,19 +294,7 @@ impl FcData {
         if entries.is_empty() {
             return Err(Error::Config("bfcl: no entries selected (check first/skip)".into()));
         }
-        let func_doc = s.func_doc.clone().unwrap_or_else(|| sibling(&s.questions[0], "func_doc"));
-        let long_context = match &s.long_context {
-            None => None,
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(crate::error::io(p))?;
-                Some(LongContext::from_json_str(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?)
-            }
-        };
-        let tools = entries
-            .iter()
-            .map(|e| ToolSet::for_entry(&func_doc, &e.raw).map_err(|err| Error::Config(format!("{}: {err}", e.id))))
-            .collect::<Result<_>>()?;
-        Ok(FcData { entries, truths, tools, func_doc, long_context })
+        Ok((entries, truths))
     }
 }
 
@@ -189,6 +347,10 @@ pub struct Episode {
     pub tool_calls: usize,
     /// Calls refused (unparsable, unknown, bad arguments) or that raised.
     pub tool_errors: usize,
+    /// On an MCP server (`bfcl.environment = "mcp"`): the state before the first turn,
+    /// then per turn played the results of its calls and the state after it.
+    pub initial_state: Option<String>,
+    pub records: Vec<TurnRecord>,
 }
 
 impl Episode {
@@ -198,18 +360,27 @@ impl Episode {
     }
 }
 
+/// Where one episode's calls run.
+enum Env {
+    Bfcl(Session),
+    Mcp(McpSession),
+}
+
 /// The live state of one episode's environments and tools.
 struct Live {
-    session: Session,
+    env: Env,
     tools: ToolSet,
     steps: Vec<Vec<artist_bfcl::Call>>,
+    /// The results of this turn's calls that ran, in order.
+    results: Vec<String>,
     calls: usize,
     errors: usize,
 }
 
-/// The `<tool>` tool: per prompt of the current engine run, the episode it belongs to.
+/// The `<tool>` tool: per prompt of the current engine run, the episode it belongs to
+/// (each behind a lock of its own, so episodes' calls to servers overlap).
 struct BfclTool {
-    live: Mutex<Vec<Option<Live>>>,
+    live: Vec<Mutex<Option<Live>>>,
 }
 
 impl Tool for BfclTool {
@@ -221,8 +392,11 @@ impl Tool for BfclTool {
     }
     fn execute(&self, call: &ToolCall) -> ToolResult {
         let started = Instant::now();
-        let mut guard = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(Some(live)) = guard.get_mut(call.prompt) else {
+        let Some(slot) = self.live.get(call.prompt) else {
+            return ToolResult { output: "no environment for this rollout".into(), ..Default::default() };
+        };
+        let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(live) = guard.as_mut() else {
             return ToolResult { output: "no environment for this rollout".into(), ..Default::default() };
         };
         let (output, success) = run_block(live, &call.text);
@@ -261,11 +435,25 @@ fn run_block(live: &mut Live, text: &str) -> (String, bool) {
                 format!("Error: {e}")
             }
             Ok(normal) => {
-                let r = live.session.execute(&normal);
-                if r.starts_with("Error during execution") || r.starts_with("{\"error\"") {
+                let (r, failed) = match &mut live.env {
+                    Env::Bfcl(session) => {
+                        let r = session.execute(&normal);
+                        let failed = r.starts_with("Error during execution") || r.starts_with("{\"error\"");
+                        (r, failed)
+                    }
+                    Env::Mcp(session) => match json_arguments(&normal) {
+                        Ok(args) => {
+                            let (r, ok) = session.call(&normal.name, args);
+                            (r, !ok)
+                        }
+                        Err(e) => (format!("error: {e}"), true),
+                    },
+                };
+                if failed {
                     ok = false;
                     live.errors += 1;
                 }
+                live.results.push(r.clone());
                 ran.push(normal);
                 r
             }
@@ -314,6 +502,8 @@ struct Playing {
     live: Option<Live>,
     done: bool,
     truncated: bool,
+    initial_state: Option<String>,
+    records: Vec<TurnRecord>,
 }
 
 impl Playing {
@@ -340,14 +530,24 @@ pub fn run_episodes<P: Policy>(
         .token_to_id("<|im_end|>")
         .ok_or_else(|| Error::Config("multi-turn episodes need a ChatML tokenizer (no <|im_end|> token)".into()))?;
     let mut playing = Vec::with_capacity(entries.len() * s.group_size);
+    // On an MCP server: every episode's own server, started (and set up) all at once.
+    let mut sessions = match &data.mcp {
+        None => None,
+        Some(server) => Some(open_sessions(server, data, entries, s.group_size)?.into_iter()),
+    };
     for &i in entries {
         let entry = data.entries.get(i).ok_or_else(|| Error::Config(format!("no entry {i}")))?;
-        let session = Session::new(
-            &entry.involved_classes,
-            &entry.initial_config,
-            if entry.long_context() { data.long_context.as_ref() } else { None },
-        )
-        .map_err(|e| Error::Config(format!("{}: {e}", entry.id)))?;
+        let session = match sessions {
+            Some(_) => None,
+            None => Some(
+                Session::new(
+                    &entry.involved_classes,
+                    &entry.initial_config,
+                    if entry.long_context() { data.long_context.as_ref() } else { None },
+                )
+                .map_err(|e| Error::Config(format!("{}: {e}", entry.id)))?,
+            ),
+        };
         let tools = data.tools[i].clone();
         let tools_json = tool_lines(&tools.tools_json());
         let system = artist_rl::prompts::fc_system_prompt(&tools_json);
@@ -359,6 +559,11 @@ pub fn run_episodes<P: Policy>(
         }
         let prompt_ids = tokenizer.encode(&text)?;
         for sample in 0..s.group_size {
+            let (env, initial_state) = match (&session, sessions.as_mut().and_then(Iterator::next)) {
+                (Some(session), _) => (Env::Bfcl(session.clone()), None),
+                (None, Some((mcp, state))) => (Env::Mcp(mcp), Some(state)),
+                (None, None) => unreachable!("a session per episode"),
+            };
             playing.push(Playing {
                 entry: i,
                 sample,
@@ -368,14 +573,17 @@ pub fn run_episodes<P: Policy>(
                 logprobs: vec![],
                 calls: vec![],
                 live: Some(Live {
-                    session: session.clone(),
+                    env,
                     tools: first_tools.clone(),
                     steps: vec![],
+                    results: vec![],
                     calls: 0,
                     errors: 0,
                 }),
                 done: false,
                 truncated: false,
+                initial_state,
+                records: vec![],
             });
         }
     }
@@ -428,7 +636,7 @@ pub fn run_episodes<P: Policy>(
         if active.is_empty() {
             break;
         }
-        let tool = Arc::new(BfclTool { live: Mutex::new(active.iter().map(|&k| playing[k].live.take()).collect()) });
+        let tool = Arc::new(BfclTool { live: active.iter().map(|&k| Mutex::new(playing[k].live.take())).collect() });
         let engine = RolloutEngine {
             policy,
             tokenizer,
@@ -443,7 +651,8 @@ pub fn run_episodes<P: Policy>(
                 max_batch: s.max_batch.max(1),
                 share_prefix: false,
                 // BFCL's environments answer in microseconds: waiting for them costs
-                // nothing and makes episodes repeat to the bit.
+                // nothing and makes episodes repeat to the bit (an MCP server's answers
+                // take longer, but are waited for alike, for the same reason).
                 deterministic: true,
                 eos_ids: s.eos_ids.clone(),
                 stop_texts: Vec::new(),
@@ -455,7 +664,10 @@ pub fn run_episodes<P: Policy>(
         let (rollouts, _) = engine
             .run_keeping_seeded(&prompts, &seeds, &mut kept)
             .map_err(|e| Error::Config(format!("episode turn {t}: {e}")))?;
-        let mut lives = std::mem::take(&mut *tool.live.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut lives: Vec<Option<Live>> =
+            tool.live.iter().map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).take()).collect();
+        // On an MCP server: each episode's state after the turn, read from every server at once.
+        let states = turn_states(&lives);
         for r in rollouts {
             let k = active[r.prompt_index];
             let p = &mut playing[k];
@@ -464,6 +676,10 @@ pub fn run_episodes<P: Policy>(
             p.logprobs.extend(r.mask.iter().zip(&r.logprobs).map(|(&m, &l)| if m == 1 { l } else { 0.0 }));
             let mut live = lives[r.prompt_index].take().expect("each prompt's state comes back once");
             p.calls.push(std::mem::take(&mut live.steps));
+            if let Some(state) = states[r.prompt_index].clone() {
+                p.records.push(TurnRecord { results: std::mem::take(&mut live.results), state });
+            }
+            live.results.clear();
             (tool_calls[k], tool_errors[k]) = (live.calls, live.errors);
             p.live = Some(live);
             if matches!(r.finish, artist_engine::Finish::Context | artist_engine::Finish::ResponseTokens) {
@@ -491,9 +707,56 @@ pub fn run_episodes<P: Policy>(
                 truncated: p.truncated,
                 tool_calls: tool_calls[k],
                 tool_errors: tool_errors[k],
+                initial_state: p.initial_state,
+                records: p.records,
             }
         })
         .collect())
+}
+
+/// A server of its own for each of `group_size` episodes of every entry, in that order,
+/// set up with its entry's `initial_config`, with its state before the first turn; started
+/// all at once.
+fn open_sessions(server: &McpTool, data: &FcData, entries: &[usize], g: usize) -> Result<Vec<(McpSession, String)>> {
+    let wanted: Vec<usize> = entries.iter().flat_map(|&i| std::iter::repeat_n(i, g)).collect();
+    for &i in entries {
+        data.entries.get(i).ok_or_else(|| Error::Config(format!("no entry {i}")))?;
+    }
+    std::thread::scope(|scope| {
+        let started: Vec<_> = (wanted.iter())
+            .map(|&i| {
+                scope.spawn(move || {
+                    let entry = &data.entries[i];
+                    let session = server
+                        .open_session(&entry.initial_config)
+                        .map_err(|e| Error::Config(format!("{}: starting its MCP server: {e}", entry.id)))?;
+                    let state = session.state().unwrap_or_default();
+                    Ok((session, state))
+                })
+            })
+            .collect();
+        started
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(Error::Config("a server start panicked".into()))))
+            .collect()
+    })
+}
+
+/// The state of each episode's MCP server (`None` for BFCL's environments), read from every
+/// server at once.
+fn turn_states(lives: &[Option<Live>]) -> Vec<Option<String>> {
+    std::thread::scope(|scope| {
+        let reads: Vec<_> = (lives.iter())
+            .map(|l| match l.as_ref().map(|l| &l.env) {
+                Some(Env::Mcp(session)) => Some(scope.spawn(move || session.state().unwrap_or_default())),
+                _ => None,
+            })
+            .collect();
+        reads
+            .into_iter()
+            .map(|h| h.map(|h| h.join().unwrap_or_else(|_| "error: the state read panicked".into())))
+            .collect()
+    })
 }
 
 /// An episode scored: BFCL's verdict and ARTIST's rewards.
@@ -513,9 +776,18 @@ pub fn score_episode(
 ) -> Result<Scored> {
     let entry = &data.entries[ep.entry];
     let docs = &data.tools[ep.entry];
-    let check =
+    let check = if data.mcp.is_some() {
+        // The records of both sides, replayed: the model's calls' results and the states
+        // its server was in after each turn, against the ground truth's on a server of its
+        // own.
+        let truth = data.truth_record(ep.entry)?;
+        let initial = ep.initial_state.as_deref().unwrap_or(&truth.initial);
+        let mut records = checker::Recorded::new(initial, &ep.records, &truth.turns);
+        checker::check_turns(&entry.id, &data.truths[ep.entry], &ep.calls, Some(docs), opts, &mut records)
+    } else {
         checker::check_entry(entry, &data.truths[ep.entry], &ep.calls, data.long_context.as_ref(), Some(docs), opts)
-            .map_err(|e| Error::Config(format!("{}: {e}", entry.id)))?;
+            .map_err(|e| Error::Config(format!("{}: {e}", entry.id)))?
+    };
     let segments = crate::grpo::segments_of(tokenizer, &ep.ids, &ep.mask);
     let rewards = fc_format_rewards(&segments, check.state_fraction, check.function_fraction, weights);
     Ok(Scored { check, rewards })

@@ -700,6 +700,43 @@ impl GrpoRunConfig {
             if self.bfcl.max_steps_per_turn == 0 {
                 return Err(Error::Config("bfcl.max_steps_per_turn must be >= 1".into()));
             }
+            let mcp_env = |b: &crate::fc::BfclSettings| b.environment == crate::fc::FcEnvironment::Mcp;
+            // Held-out entries play where the training entries do.
+            if let Some(held_out) = &e.bfcl
+                && mcp_env(held_out)
+                && !mcp_env(&self.bfcl)
+            {
+                return Err(Error::Config(
+                    "eval.bfcl.environment = \"mcp\" but bfcl.environment is not: held-out entries play where \
+                     the training entries do"
+                        .into(),
+                ));
+            }
+            if mcp_env(&self.bfcl) {
+                if self.mcp.command.is_empty() {
+                    return Err(Error::Config(
+                        "bfcl.environment = \"mcp\" needs mcp.command, the server's command line".into(),
+                    ));
+                }
+                if self.mcp.sessions != artist_tools::McpSessions::Rollout {
+                    return Err(Error::Config(
+                        "bfcl.environment = \"mcp\" gives every episode a server of its own: set mcp.sessions = \"rollout\""
+                            .into(),
+                    ));
+                }
+                if self.mcp.state_tool.is_none() {
+                    return Err(Error::Config(
+                        "bfcl.environment = \"mcp\" needs mcp.state_tool, the tool whose answer is the environment's \
+                         state (compared with the ground truth's after every turn)"
+                            .into(),
+                    ));
+                }
+            }
+        } else if self.mcp.setup_tool.is_some() {
+            return Err(Error::Config(
+                "mcp.setup_tool is for task = \"bfcl\" with bfcl.environment = \"mcp\" (it takes an entry's initial_config)"
+                    .into(),
+            ));
         } else if !["python", "calculator", "mcp", "none"].contains(&self.tool.as_str()) {
             return Err(Error::Config(format!("tool {:?}: expected python, calculator, mcp or none", self.tool)));
         } else if !self.judge.command.is_empty()

@@ -579,3 +579,253 @@ fn dynamic_sampling_plays_every_round_when_all_groups_are_flat() {
     let state = artist_train::checkpoint::read_state(&tmp.path().join("run/checkpoints/step-00000001")).unwrap();
     assert_eq!(state.batches_drawn, Some(3));
 }
+
+// ---- Episodes on an MCP server (`bfcl.environment = "mcp"`) -----------------------------
+//
+// tests/fixtures/mcp/episodes holds three entries in BFCL's format for the fixture server
+// (tests/fixtures/mcp/server.py): its `setup` tool takes an entry's initial_config, its
+// `state` tool gives {"count", "last"}; `add` sets "last", `counter` adds one to "count".
+
+fn python3() -> bool {
+    let ok = std::process::Command::new("python3").arg("-c").arg("pass").status().is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: python3 is not installed");
+    }
+    ok
+}
+
+fn mcp_config() -> artist_tools::McpConfig {
+    let server = root().join("tests/fixtures/mcp/server.py");
+    artist_tools::McpConfig {
+        command: vec!["python3".into(), server.to_str().unwrap().into()],
+        timeout_s: 20.0,
+        sessions: artist_tools::McpSessions::Rollout,
+        state_tool: Some("state".into()),
+        setup_tool: Some("setup".into()),
+        ..Default::default()
+    }
+}
+
+fn mcp_settings() -> BfclSettings {
+    let dir = root().join("tests/fixtures/mcp/episodes");
+    BfclSettings {
+        questions: vec![dir.join("questions.jsonl")],
+        answers: vec![dir.join("answers.jsonl")],
+        environment: artist_train::fc::FcEnvironment::Mcp,
+        ..Default::default()
+    }
+}
+
+/// Plays every fixture entry `g` times on the fixture server, each turn written by
+/// `turn_text(entry, turn, expected calls)`.
+fn play_mcp(
+    g: usize,
+    turn_text: impl Fn(usize, usize, &[Call]) -> String,
+) -> (FcData, Vec<artist_train::fc::Episode>, Tokenizer, std::sync::Arc<artist_tools::McpTool>) {
+    let server = std::sync::Arc::new(artist_tools::McpTool::spawn(mcp_config()).unwrap());
+    let data = FcData::load_mcp(&mcp_settings(), server.clone()).unwrap();
+    let tok = Tokenizer::from_dir(tiny()).unwrap();
+    let template = ChatTemplate::from_dir(tiny()).unwrap();
+    let eos = tok.token_to_id("<|im_end|>").unwrap();
+    let mut eps = Vec::new();
+    // One entry at a time: the scripted model reads its turns from the entry's script.
+    for i in 0..data.entries.len() {
+        let turns: Vec<Vec<u32>> =
+            (data.truths[i].turns.iter().enumerate()).map(|(t, c)| tok.encode(&turn_text(i, t, c)).unwrap()).collect();
+        let policy = TurnScripted { vocab: 311, eos, im_start: tok.token_to_id("<|im_start|>").unwrap(), turns };
+        let s = EpisodeSettings { group_size: g, ..settings(eos) };
+        eps.extend(run_episodes(&policy, &tok, &template, &data, &[i], &s).unwrap());
+    }
+    (data, eps, tok, server)
+}
+
+fn state(count: i64, last: Option<i64>) -> String {
+    // The fixture server's `json.dumps(state, sort_keys=True)`.
+    format!("{{\"count\": {count}, \"last\": {}}}", last.map_or("null".to_string(), |l| l.to_string()))
+}
+
+/// The ground truth written by a model, on a server of each episode's own: every call runs
+/// there (set up from the entry's initial_config), the results come back as `<output>`,
+/// the state after each turn is recorded, and the episode passes with full rewards. The
+/// grader's tools are not shown; a held-back function appears at the hand-over.
+#[test]
+fn the_ground_truth_played_on_an_mcp_server_passes() {
+    if !python3() {
+        return;
+    }
+    let (data, eps, tok, server) = play_mcp(2, |_, _, c| oracle_text(c));
+    assert_eq!(eps.len(), 6);
+    // Each episode's own server, and one for each entry's ground truth once scored.
+    assert_eq!(server.sessions_started(), 6);
+    let weights = artist_rl::FcRewardWeights::default();
+    for ep in &eps {
+        let id = &data.entries[ep.entry].id;
+        let s = score_episode(&tok, &data, ep, &weights, Default::default()).unwrap();
+        assert!(s.check.valid, "{id}: {:?}", s.check);
+        assert_eq!((s.check.state_fraction, s.check.function_fraction), (1.0, 1.0), "{id}");
+        assert!((s.rewards.total - 1.2).abs() < 1e-12, "{id}: {:?}", s.rewards);
+        assert_eq!((ep.turns_played, ep.tool_errors), (2, 0), "{id}");
+    }
+    assert_eq!(server.sessions_started(), 6 + 3, "the ground truth is played once per entry");
+    // What the servers were in, by hand: counter_0 starts at count 5 (its setup), adds 2
+    // and 3, then counts; counter_1 starts at count 0 and last 1.
+    let (a, b) = (&eps[0], &eps[2]);
+    assert_eq!(a.initial_state.as_deref(), Some(state(5, None).as_str()));
+    let states: Vec<&str> = a.records.iter().map(|r| r.state.as_str()).collect();
+    assert_eq!(states, [state(5, Some(5)), state(6, Some(5))]);
+    assert_eq!(a.records[1].results, ["6"]);
+    assert_eq!(b.initial_state.as_deref(), Some(state(0, Some(1)).as_str()));
+    assert_eq!(b.records[0].results, ["hi"]);
+    assert_eq!(b.records[1].results, ["2", "1"]);
+    assert_eq!(data.truth_record(1).unwrap().turns, b.records);
+    let text = tok.decode(&a.ids, false).unwrap();
+    assert!(text.contains("<output>\n5\n</output>") && text.contains("<output>\n6\n</output>"), "{text}");
+    let system = tok.decode(&a.prompt_ids, false).unwrap();
+    assert!(system.contains("\"name\":\"add\"") && system.contains("\"name\":\"counter\""), "{system}");
+    assert!(!system.contains("\"name\":\"state\"") && !system.contains("\"name\":\"setup\""), "{system}");
+    // counter_miss_0 holds `counter` back until its hand-over turn.
+    let miss = &eps[4];
+    let system = tok.decode(&miss.prompt_ids, false).unwrap();
+    assert!(!system.contains("\"name\":\"counter\""), "{system}");
+    let text = tok.decode(&miss.ids, false).unwrap();
+    let at = text.find(artist_train::fc::HANDOVER_MESSAGE).expect("the hand-over message");
+    assert!(text[at..].contains("\"name\":\"counter\""), "{}", &text[at..]);
+    assert_eq!(miss.records[1].state, state(3, Some(8)));
+}
+
+/// A wrong call costs what BFCL's checker says it should, worked out by hand; calls to the
+/// grader's tools, to unknown functions or with arguments of the wrong type are refused
+/// with a message and never reach the server.
+#[test]
+fn wrong_calls_on_an_mcp_server_lose_their_rewards() {
+    if !python3() {
+        return;
+    }
+    let (data, eps, tok, _server) = play_mcp(1, |i, t, c| match (i, t) {
+        (0, 0) => "<reasoning>r</reasoning><tool>[state()]</tool><tool>[setup(count=100)]</tool>\
+                   <tool>[add(a='x', b=1)]</tool><tool>[nosuch()]</tool><tool>[add(a=2, b=4)]</tool>Ok.<|im_end|>"
+            .into(),
+        _ => oracle_text(c),
+    });
+    let ep = &eps[0];
+    let text = tok.decode(&ep.ids, false).unwrap();
+    assert_eq!(ep.tool_errors, 4, "{text}");
+    assert!(text.contains("argument 'a' must be a number"), "{text}");
+    assert_eq!(ep.calls[0].len(), 1, "only add(a=2, b=4) ran");
+    // Turn 0 left last = 6 (the ground truth: 5); turn 1 counted as it should, but last
+    // still differs. States right: 0 of 2 turns. Calls matched: counter() of add and
+    // counter, 1 of 2. Turn 0's expected result "5" is not among the model's ("6").
+    assert_eq!(ep.records[0].state, state(5, Some(6)));
+    assert_eq!(ep.records[1].state, state(6, Some(6)));
+    let s = score_episode(&tok, &data, ep, &Default::default(), Default::default()).unwrap();
+    assert!(!s.check.valid);
+    assert_eq!(s.check.error_type.as_deref(), Some("multi_turn:instance_state_mismatch"));
+    assert_eq!(s.check.turns[0].state_differences, ["last"]);
+    assert_eq!(s.check.turns[0].missing_results, ["5"]);
+    assert_eq!((s.check.state_fraction, s.check.function_fraction), (0.0, 0.5));
+    // 0.5 x 0 + 0.5 x 0.5 + the relaxed format's 0.1 (complete blocks, capped); no strict
+    // format reward, as the first turn's tool blocks follow one another without a
+    // `<reasoning>` before each.
+    assert_eq!((s.rewards.relaxed_format, s.rewards.strict_format), (0.1, 0.0));
+    assert!((s.rewards.total - 0.35).abs() < 1e-12, "{:?}", s.rewards);
+    // The other entries, played right, still pass.
+    for ep in &eps[1..] {
+        assert!(score_episode(&tok, &data, ep, &Default::default(), Default::default()).unwrap().check.valid);
+    }
+}
+
+/// GRPO on MCP episodes through `train`: a tiny Qwen2 plays two steps, and the metrics
+/// carry the state reward. A config that leaves out what the environment needs is refused
+/// by name; a setup tool that fails names the entry.
+#[test]
+fn grpo_on_an_mcp_environment() {
+    if !python3() {
+        return;
+    }
+    let server = root().join("tests/fixtures/mcp/server.py");
+    let dir = root().join("tests/fixtures/mcp/episodes");
+    let text = std::fs::read_to_string(root().join("configs/artist-fc.toml")).unwrap();
+    let base = GrpoRunConfig::from_toml(&text, Path::new("configs/artist-fc.toml")).unwrap();
+    let sets = |extra: &[&str]| {
+        let mut all = vec![
+            format!("model={:?}", tiny().to_str().unwrap()),
+            format!("bfcl.questions=[{:?}]", dir.join("questions.jsonl").to_str().unwrap()),
+            format!("bfcl.answers=[{:?}]", dir.join("answers.jsonl").to_str().unwrap()),
+            "bfcl.environment=\"mcp\"".into(),
+            format!("mcp.command=[\"python3\", {:?}]", server.to_str().unwrap()),
+            "mcp.timeout_s=20".into(),
+            "bfcl.max_steps_per_turn=2".into(),
+            "rollout.group_size=2".into(),
+            "rollout.max_turn_tokens=6".into(),
+            "rollout.max_context=3000".into(),
+            "steps=2".into(),
+            "prompts_per_step=1".into(),
+        ];
+        all.extend(extra.iter().map(|s| s.to_string()));
+        base.clone().with_overrides(&all).unwrap()
+    };
+    let dev = artist_tensor::Device::Cpu;
+    let e = sets(&["mcp.state_tool=\"state\""]).validate(dev).unwrap_err().to_string();
+    assert!(e.contains("mcp.sessions = \"rollout\""), "{e}");
+    let e = sets(&["mcp.sessions=\"rollout\""]).validate(dev).unwrap_err().to_string();
+    assert!(e.contains("mcp.state_tool"), "{e}");
+    let e = sets(&["task=\"math\"", "mcp.setup_tool=\"setup\""]).validate(dev).unwrap_err().to_string();
+    assert!(e.contains("mcp.setup_tool"), "{e}");
+    let c = sets(&["mcp.sessions=\"rollout\"", "mcp.state_tool=\"state\"", "mcp.setup_tool=\"setup\""]);
+    c.validate(dev).unwrap();
+    // docs/TRAINING.md's config block, laid over the preset, is one too.
+    let doc = std::fs::read_to_string(root().join("docs/TRAINING.md")).unwrap();
+    let start = doc.find("### Multi-turn environments of your own").expect("the section");
+    let section = &doc[start..start + doc[start..].find("\n## ").unwrap()];
+    let block = section.split("```toml\n").nth(1).map(|b| &b[..b.find("```").unwrap()]).expect("a TOML block");
+    let mut table: toml::Table = toml::from_str(&text).unwrap();
+    for (k, v) in toml::from_str::<toml::Table>(block).unwrap() {
+        match (table.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => a.extend(b),
+            (_, v) => {
+                table.insert(k, v);
+            }
+        }
+    }
+    let documented = GrpoRunConfig::from_toml(&toml::to_string(&table).unwrap(), Path::new("doc.toml")).unwrap();
+    documented.validate(dev).unwrap();
+    assert_eq!(documented.bfcl.environment, artist_train::fc::FcEnvironment::Mcp);
+    assert_eq!(documented.mcp.setup_tool.as_deref(), Some("load_scenario"));
+    let server = std::sync::Arc::new(artist_tools::McpTool::spawn(c.mcp.clone()).unwrap());
+    let data = FcData::load_mcp(&c.bfcl, server.clone()).unwrap();
+    let mut t = FcTrainer {
+        model: Qwen2::load(&tiny()).unwrap(),
+        reference: None,
+        tokenizer: Tokenizer::from_dir(tiny()).unwrap(),
+        template: ChatTemplate::from_dir(tiny()).unwrap(),
+        data,
+        held_out: None,
+        config: c.clone(),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = train(&tmp.path().join("run"), &mut t, &quiet()).unwrap();
+    assert_eq!(m.len(), 2);
+    for s in &m {
+        assert!(s.reward.is_finite() && s.reward_state.is_some() && s.response_tokens > 0.0, "{s:?}");
+    }
+    // Two steps of one entry's two episodes, and that entry's ground truth (once, or twice
+    // when the steps drew different entries).
+    assert!((5..=6).contains(&server.sessions_started()), "{}", server.sessions_started());
+    // A setup the server refuses: the episode cannot start, and the error names the entry.
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        r#"{"id": "broken_0", "initial_config": {"fail": 1}, "question": [[{"role": "user", "content": "Hi."}]]}"#,
+    )
+    .unwrap();
+    let answers = tmp.path().join("bad_answers.jsonl");
+    std::fs::write(&answers, r#"{"id": "broken_0", "ground_truth": [[]]}"#).unwrap();
+    let s = BfclSettings { questions: vec![bad], answers: vec![answers], ..mcp_settings() };
+    let data = FcData::load_mcp(&s, server).unwrap();
+    let tok = &t.tokenizer;
+    let e = match run_episodes(&t.model, tok, &t.template, &data, &[0], &settings(0)) {
+        Ok(_) => panic!("a failed setup should stop the episode"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("broken_0") && e.contains("cannot set that up"), "{e}");
+}
