@@ -6,9 +6,10 @@
 //! reader thread, no id map, no channel), so the difference is what the client adds. Then
 //! a server per rollout (`sessions = "rollout"`): a rollout's first call, which starts its
 //! server, its later calls, and rollouts starting theirs from many threads at once; then the
-//! same first calls with four spare servers kept started.
+//! same first calls with four spare servers kept started; then a step's multi-turn episodes
+//! opening their servers (set up, state read) all at once, with and without spares.
 //!
-//!     cargo bench --bench mcp -- [--calls 2000] [--threads 16] [--sleep-ms 50] [--rollouts 32]
+//!     cargo bench --bench mcp -- [--calls 2000] [--threads 16] [--sleep-ms 50] [--rollouts 32] [--episodes 16]
 //!
 //! Prints one JSON line per measurement.
 
@@ -27,6 +28,7 @@ fn main() {
     let threads: usize = arg("--threads", "16").parse().expect("--threads");
     let sleep_ms: f64 = arg("--sleep-ms", "50").parse().expect("--sleep-ms");
     let rollouts: u64 = arg("--rollouts", "32").parse().expect("--rollouts");
+    let episodes: usize = arg("--episodes", "16").parse().expect("--episodes");
     let server = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp/server.py");
     let config =
         McpConfig { command: vec!["python3".into(), server.to_string_lossy().into_owned()], ..Default::default() };
@@ -134,6 +136,49 @@ fn main() {
             "threads": threads, "starts_at_once_ms": together * 1e3})
     );
     drop(own);
+    // Multi-turn episodes (`bfcl.environment = "mcp"`): a step's `--episodes` servers
+    // opened at once, each set up and its state read, as the episode runner opens them;
+    // without spares, and with as many spares as episodes, started before the step.
+    for spare_servers in [0, episodes] {
+        let episode_config = McpConfig {
+            sessions: McpSessions::Rollout,
+            spare_servers,
+            state_tool: Some("state".into()),
+            setup_tool: Some("setup".into()),
+            ..config.clone()
+        };
+        let pool = McpTool::spawn(episode_config).expect("starts");
+        while pool.spare_servers() < spare_servers {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let start = Instant::now();
+        let sessions: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..episodes)
+                .map(|i| {
+                    let pool = &pool;
+                    s.spawn(move || {
+                        let session = pool.open_session(&serde_json::json!({"count": i})).expect("a session");
+                        assert_eq!(session.state().expect("a state"), format!("{{\"count\": {i}, \"last\": null}}"));
+                        session
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("opens")).collect()
+        });
+        let open_ms = start.elapsed().as_secs_f64() * 1e3;
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for session in &sessions {
+                s.spawn(move || session.state().expect("a state"));
+            }
+        });
+        let state_ms = start.elapsed().as_secs_f64() * 1e3;
+        println!(
+            "{}",
+            serde_json::json!({"bench": "mcp_episode_sessions", "episodes": episodes, "spare_servers": spare_servers,
+                "open_all_ms": open_ms, "read_all_states_ms": state_ms})
+        );
+    }
     // With spares: rollouts one after another, a pause between them (a rollout's decoding)
     // long enough for the pool to refill, and without one.
     let spares = McpConfig { sessions: McpSessions::Rollout, spare_servers: 4, ..config };

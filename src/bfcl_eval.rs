@@ -274,10 +274,8 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
         // Scored on the records of the entries' servers, against the ground truth played
         // on servers of its own.
         let weights = artist_rl::FcRewardWeights::default();
-        let checks = (episodes.iter())
-            .map(|e| Ok(artist_train::fc::score_episode(&tokenizer, &data, e, &weights, opts)?.check))
-            .collect::<Result<Vec<_>>>()?;
-        (checks, false)
+        let scored = artist_train::fc::score_episodes(&tokenizer, &data, &episodes, &weights, opts)?;
+        (scored.into_iter().map(|s| s.check).collect(), false)
     } else {
         score(paths, &data.entries, &data.truths, |e, _| calls.get(&e.id).cloned().unwrap_or_default(), opts)?
     };

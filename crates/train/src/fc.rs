@@ -188,11 +188,40 @@ impl FcData {
 
     /// Entry `i`'s ground truth played on a server of its own (once; then kept).
     pub fn truth_record(&self, i: usize) -> Result<Arc<TruthRecord>> {
-        let server = self.mcp.as_ref().ok_or_else(|| Error::Config("no MCP server for the ground truth".into()))?;
-        let mut records = self.truth_records.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = records.get(&i) {
-            return Ok(Arc::clone(r));
+        self.play_truths(&[i])?;
+        let records = self.truth_records.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Arc::clone(&records[&i]))
+    }
+
+    /// Plays the ground truth of those of `entries` not played yet, each on a server of
+    /// its own, all at once (`bfcl.environment = "mcp"`; nothing to do otherwise).
+    pub fn play_truths(&self, entries: &[usize]) -> Result<()> {
+        let Some(server) = &self.mcp else { return Ok(()) };
+        let mut missing: Vec<usize> = {
+            let records = self.truth_records.lock().unwrap_or_else(|p| p.into_inner());
+            entries.iter().copied().filter(|i| !records.contains_key(i)).collect()
+        };
+        missing.sort_unstable();
+        missing.dedup();
+        if let Some(&bad) = missing.iter().find(|&&i| i >= self.entries.len()) {
+            return Err(Error::Config(format!("no entry {bad}")));
         }
+        let played: Vec<Result<TruthRecord>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = missing.iter().map(|&i| scope.spawn(move || self.play_truth(server, i))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(Error::Config("a ground-truth replay panicked".into()))))
+                .collect()
+        });
+        let mut records = self.truth_records.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, record) in missing.into_iter().zip(played) {
+            records.insert(i, Arc::new(record?));
+        }
+        Ok(())
+    }
+
+    /// Entry `i`'s ground truth, turn by turn, on a server of its own.
+    fn play_truth(&self, server: &McpTool, i: usize) -> Result<TruthRecord> {
         let entry = &self.entries[i];
         let fail = |e: String| Error::Config(format!("{}: playing the ground truth on the MCP server: {e}", entry.id));
         let session = server.open_session(&entry.initial_config).map_err(|e| fail(e.to_string()))?;
@@ -211,9 +240,7 @@ impl FcData {
                 .collect();
             turns.push(TurnRecord { results, state: session.state().unwrap_or_default() });
         }
-        let record = Arc::new(TruthRecord { initial, turns });
-        records.insert(i, Arc::clone(&record));
-        Ok(record)
+        Ok(TruthRecord { initial, turns })
     }
 }
 
@@ -793,6 +820,20 @@ pub fn score_episode(
     Ok(Scored { check, rewards })
 }
 
+/// Scores episodes ([`score_episode`]), their entries' ground truth played first where an
+/// MCP server needs it (all at once).
+pub fn score_episodes(
+    tokenizer: &Tokenizer,
+    data: &FcData,
+    eps: &[Episode],
+    weights: &FcRewardWeights,
+    opts: CheckOptions,
+) -> Result<Vec<Scored>> {
+    let entries: Vec<usize> = eps.iter().map(|e| e.entry).collect();
+    data.play_truths(&entries)?;
+    eps.iter().map(|ep| score_episode(tokenizer, data, ep, weights, opts)).collect()
+}
+
 /// GRPO on BFCL episodes: the function-calling counterpart of
 /// [`GrpoTrainer`](crate::grpo::GrpoTrainer), driven by [`crate::grpo::train`].
 pub struct FcTrainer {
@@ -848,10 +889,7 @@ impl FcTrainer {
         let eps = run_episodes(&self.model, &self.tokenizer, &self.template, &self.data, entries, &s)?;
         let rollout_s = t0.elapsed().as_secs_f64();
         let opts = CheckOptions { irrelevance: c.bfcl.irrelevance };
-        let scored: Vec<Scored> = eps
-            .iter()
-            .map(|ep| score_episode(&self.tokenizer, &self.data, ep, &c.fc_rewards, opts))
-            .collect::<Result<_>>()?;
+        let scored = score_episodes(&self.tokenizer, &self.data, &eps, &c.fc_rewards, opts)?;
         let totals: Vec<f64> = scored.iter().map(|x| x.rewards.total).collect();
         let items: Vec<_> = eps
             .iter()
@@ -977,10 +1015,7 @@ impl GrpoTask for FcTrainer {
             let entries: Vec<usize> = shard.collect();
             let eps = run_episodes(&self.model, &self.tokenizer, &self.template, data, &entries, &s)?;
             let opts = CheckOptions { irrelevance: settings.irrelevance };
-            let scored: Vec<Scored> = eps
-                .iter()
-                .map(|ep| score_episode(&self.tokenizer, data, ep, &c.fc_rewards, opts))
-                .collect::<Result<_>>()?;
+            let scored = score_episodes(&self.tokenizer, data, &eps, &c.fc_rewards, opts)?;
             let valid: Vec<bool> = scored.iter().map(|x| x.check.valid).collect();
             let rewards: Vec<f64> = scored.iter().map(|x| x.rewards.total).collect();
             let tools: Vec<bool> = eps.iter().map(|ep| ep.tool_calls > 0).collect();
