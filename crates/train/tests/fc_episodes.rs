@@ -248,6 +248,11 @@ fn fc_trainer(bfcl: &Path, tmp: &Path, entries: usize, sets: &[&str]) -> FcTrain
     let c = c.with_overrides(&all).unwrap();
     let data = FcData::load(&c.bfcl).unwrap();
     assert_eq!(data.entries.len(), entries);
+    tiny_trainer(c, data)
+}
+
+/// The tiny Qwen2 as a trainer of `data` under `config`.
+fn tiny_trainer(config: GrpoRunConfig, data: FcData) -> FcTrainer {
     FcTrainer {
         model: Qwen2::load(&tiny()).unwrap(),
         reference: None,
@@ -255,7 +260,7 @@ fn fc_trainer(bfcl: &Path, tmp: &Path, entries: usize, sets: &[&str]) -> FcTrain
         template: ChatTemplate::from_dir(tiny()).unwrap(),
         data,
         held_out: None,
-        config: c,
+        config,
     }
 }
 
@@ -793,24 +798,24 @@ fn grpo_on_an_mcp_environment() {
     assert_eq!(documented.mcp.setup_tool.as_deref(), Some("load_scenario"));
     let server = std::sync::Arc::new(artist_tools::McpTool::spawn(c.mcp.clone()).unwrap());
     let data = FcData::load_mcp(&c.bfcl, server.clone()).unwrap();
-    let mut t = FcTrainer {
-        model: Qwen2::load(&tiny()).unwrap(),
-        reference: None,
-        tokenizer: Tokenizer::from_dir(tiny()).unwrap(),
-        template: ChatTemplate::from_dir(tiny()).unwrap(),
-        data,
-        held_out: None,
-        config: c.clone(),
-    };
+    let mut t = tiny_trainer(c.clone(), data);
+    // The same entries held out: evaluated before the first step and after the last.
+    t.held_out = Some(FcData::load_mcp(&c.bfcl, server.clone()).unwrap());
     let tmp = tempfile::tempdir().unwrap();
-    let m = train(&tmp.path().join("run"), &mut t, &quiet()).unwrap();
+    let run = tmp.path().join("run");
+    let m = train(&run, &mut t, &quiet()).unwrap();
     assert_eq!(m.len(), 2);
     for s in &m {
         assert!(s.reward.is_finite() && s.reward_state.is_some() && s.response_tokens > 0.0, "{s:?}");
     }
-    // Two steps of one entry's two episodes, and that entry's ground truth (once, or twice
-    // when the steps drew different entries).
-    assert!((5..=6).contains(&server.sessions_started()), "{}", server.sessions_started());
+    let lines = artist_train::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let evals = lines.iter().filter(|l| l["eval_reward"].as_f64().is_some_and(f64::is_finite)).count();
+    assert_eq!((evals, lines[0]["eval_accuracy"].as_f64()), (2, Some(0.0)), "{lines:?}");
+    // Servers: two steps of one entry's two episodes and that entry's ground truth (once,
+    // or twice when the steps drew different entries); two evaluations of the three
+    // entries once each, and their ground truth once.
+    let started = server.sessions_started();
+    assert!((4 + 1 + 2 * 3 + 3..=4 + 2 + 2 * 3 + 3).contains(&started), "{started}");
     // A setup the server refuses: the episode cannot start, and the error names the entry.
     let bad = tmp.path().join("bad.jsonl");
     std::fs::write(
