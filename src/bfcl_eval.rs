@@ -219,6 +219,11 @@ pub struct ModelRun<'a> {
     /// Play the entries on this MCP server's tools (a server per entry, its state compared
     /// with the ground truth's after every turn) instead of BFCL's environments.
     pub mcp: Option<std::sync::Arc<artist_tools::McpTool>>,
+    /// A program that plays the user after each entry's first turn (empty: the entries'
+    /// own turns), its copies, and the most user turns of an entry.
+    pub user_command: Vec<String>,
+    pub user_workers: usize,
+    pub max_user_turns: usize,
 }
 
 /// `--model DIR`: plays every selected entry once with the model and scores it.
@@ -239,11 +244,16 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
         max_steps_per_turn: run.max_steps_per_turn,
         irrelevance: opts.irrelevance,
         environment: if run.mcp.is_some() { FcEnvironment::Mcp } else { FcEnvironment::Builtin },
+        user_command: run.user_command.clone(),
+        user_workers: run.user_workers,
+        max_user_turns: run.max_user_turns,
+        ..Default::default()
     };
-    let data = match &run.mcp {
+    let mut data = match &run.mcp {
         None => FcData::load(&settings)?,
         Some(server) => FcData::load_mcp(&settings, std::sync::Arc::clone(server))?,
     };
+    data.users = artist_train::fc::Users::spawn(&settings)?.map(std::sync::Arc::new);
     let (model, tokenizer) = crate::cli::open_model(run.model_dir, run.lora, run.device)?;
     let tokenizer = tokenizer.with_context(|| format!("{}: no tokenizer.json", run.model_dir.display()))?;
     let template = artist_tokenizer::ChatTemplate::from_dir(run.model_dir)
@@ -270,12 +280,13 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
     let episodes = run_episodes(&model, &tokenizer, &template, &data, &indices, &s)?;
     let calls: BTreeMap<String, ModelCalls> =
         episodes.iter().map(|e| (data.entries[e.entry].id.clone(), e.calls.clone())).collect();
-    let (results, filler) = if data.mcp.is_some() {
-        // Scored on the records of the entries' servers, against the ground truth played
-        // on servers of its own.
+    let (results, filler) = if data.mcp.is_some() || data.users.is_some() {
+        // Scored as training scores them: on the records of the entries' servers, against
+        // the ground truth played on servers of its own, and a conversation the user
+        // program led as one turn.
         let weights = artist_rl::FcRewardWeights::default();
         let scored = artist_train::fc::score_episodes(&tokenizer, &data, &episodes, &weights, opts)?;
-        (scored.into_iter().map(|s| s.check).collect(), false)
+        (scored.into_iter().map(|s| s.check).collect(), data.long_context.is_some())
     } else {
         score(paths, &data.entries, &data.truths, |e, _| calls.get(&e.id).cloned().unwrap_or_default(), opts)?
     };

@@ -603,6 +603,18 @@ fn bfcl_format_entries_on_an_mcp_server() {
         assert_eq!(e["error_type"], "multi_turn:empty_turn_model_response", "{e}");
         assert_eq!(e["tool_calls"], 0, "{e}");
     }
+    // A user program writes the turns after the first (tests/fixtures/mcp/user.py, with
+    // talk_0's two-message script): three turns played, scored as one.
+    let user = format!("python3 {}", root.join("tests/fixtures/mcp/user.py").display());
+    let (tq, ta) = (dir.join("talk_questions.jsonl"), dir.join("talk_answers.jsonl"));
+    let mut talk = args.clone();
+    talk[3] = tq.to_str().unwrap();
+    talk[5] = ta.to_str().unwrap();
+    talk.extend(["--user-command", &user, "--user-workers", "2"]);
+    let out = lines(&eval(&talk));
+    assert_eq!(out[0]["entries"][0]["id"], "talk_0");
+    let written: Value = serde_json::from_str(std::fs::read_to_string(&out_file).unwrap().trim()).unwrap();
+    assert_eq!((written["turns_played"].as_u64(), written["calls"].as_array().map(Vec::len)), (Some(3), Some(3)));
     // A setup tool has nothing to set up for single-turn samples.
     let math = root.join("tests/fixtures/math/mini-math500.jsonl");
     let out = eval(&[

@@ -161,6 +161,16 @@ struct Cli {
     /// BFCL with --model: tool calls per user turn (BFCL's step limit).
     #[arg(long, default_value_t = 20)]
     max_steps_per_turn: usize,
+    /// BFCL with --model: a program that plays the user after each entry's first turn
+    /// (split into words as a shell would; see docs/TRAINING.md, bfcl.user_command).
+    #[arg(long, value_name = "COMMAND", requires = "answers")]
+    user_command: Option<String>,
+    /// With --user-command: copies of it started, each answering one entry at a time.
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "user_command")]
+    user_workers: usize,
+    /// With --user-command: the most user turns of an entry, its first included.
+    #[arg(long, default_value_t = 10, value_name = "N", requires = "user_command")]
+    max_user_turns: usize,
     /// The dtype the model's projections multiply in: f32 (exact) or bf16 (activations and
     /// weights rounded, f32 sums: tensor-core GEMMs on a GPU, as vLLM serves); auto: bf16
     /// on a GPU, f32 on the CPU.
@@ -249,6 +259,12 @@ fn evaluate_bfcl(cli: &Cli) -> Result<()> {
             first: cli.first,
             out: cli.out.as_deref(),
             mcp,
+            user_command: match &cli.user_command {
+                Some(c) => artist::cli::split_command(c, "--user-command")?,
+                None => Vec::new(),
+            },
+            user_workers: cli.user_workers,
+            max_user_turns: cli.max_user_turns,
         };
         bfcl_eval::run_model(&paths, &run, opts, cli.json)?
     } else {

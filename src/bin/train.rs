@@ -539,13 +539,19 @@ fn run_fc(
         None => FcData::load(s),
         Some(server) => FcData::load_mcp(s, std::sync::Arc::clone(server)),
     };
-    let data = load(&config.bfcl)?;
+    let mut data = load(&config.bfcl)?;
+    // The user program of bfcl.user_command, for the training and held-out entries alike.
+    let users = artist_train::fc::Users::spawn(&config.bfcl)?.map(std::sync::Arc::new);
+    data.users = users.clone();
     let (model, tokenizer) = artist::cli::open_model(&config.model, None, opts.device)?;
     let tokenizer = tokenizer.with_context(|| format!("{}: GRPO needs tokenizer.json", config.model.display()))?;
     let template = artist_tokenizer::ChatTemplate::from_dir(&config.model)
         .unwrap_or_else(|_| artist_tokenizer::ChatTemplate::chatml());
     let entries = data.entries.len();
-    let held_out = config.eval.bfcl.as_ref().map(load).transpose()?;
+    let mut held_out = config.eval.bfcl.as_ref().map(load).transpose()?;
+    if let Some(held_out) = &mut held_out {
+        held_out.users = users;
+    }
     let mut trainer = FcTrainer { config, model, reference: None, tokenizer, template, data, held_out };
     let steps = if env.world_size > 1 {
         let mut comm = join_group(env, opts.device, comm, timeout, ring_min)?;

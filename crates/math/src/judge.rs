@@ -19,13 +19,8 @@
 //! longer than the timeout is an error that names it and what it said, and the run stops
 //! there, since a reward that silently turned to 0 would train the model on nothing.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
-
+use artist_tools::workers::LineWorkers;
+pub use artist_tools::workers::in_parallel;
 use serde::{Deserialize, Serialize};
 
 /// How to start a judge (`[judge]` in a GRPO config).
@@ -102,7 +97,7 @@ impl Verdict {
 }
 
 /// The most judge processes one `Judge` starts.
-pub const MAX_JUDGE_WORKERS: usize = 256;
+pub const MAX_JUDGE_WORKERS: usize = artist_tools::workers::MAX_WORKERS;
 
 /// What went wrong with a judge, its command line included.
 #[derive(Debug, thiserror::Error)]
@@ -112,84 +107,24 @@ pub struct JudgeError {
     pub msg: String,
 }
 
-struct Pipe {
-    stdin: ChildStdin,
-    lines: Receiver<std::io::Result<String>>,
-}
-
-/// One judge process.
-struct Worker {
-    pipe: Mutex<Pipe>,
-    child: Mutex<Child>,
-}
-
-/// A running judge: see the module doc. Each worker is asked one question at a time (its
-/// lock keeps a question and its answer together); a caller takes whichever is free.
+/// A running judge: see the module doc. Each worker is asked one question at a time; a
+/// caller takes whichever is free.
 pub struct Judge {
-    config: JudgeConfig,
-    workers: Vec<Worker>,
-    /// The workers no caller holds.
-    free: Mutex<Vec<usize>>,
-    freed: Condvar,
-    /// Set once a verdict failed: every later one fails with it.
-    broken: Mutex<Option<String>>,
-}
-
-/// The lock's value even if a holder panicked (none does while holding it).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    workers: LineWorkers,
 }
 
 impl Judge {
     /// Starts the judge program, `config.workers` times.
     pub fn spawn(config: JudgeConfig) -> Result<Judge, JudgeError> {
-        let command = config.command.join(" ");
-        let fail = |msg: String| JudgeError { command: command.clone(), msg };
-        let (program, args) = config.command.split_first().ok_or_else(|| fail("the command is empty".into()))?;
-        if !(config.timeout_s > 0.0 && config.timeout_s.is_finite()) {
-            return Err(fail(format!("timeout_s must be a positive number, got {}", config.timeout_s)));
-        }
-        if !(1..=MAX_JUDGE_WORKERS).contains(&config.workers) {
-            return Err(fail(format!("workers must be from 1 to {MAX_JUDGE_WORKERS}, got {}", config.workers)));
-        }
-        let n = config.workers;
-        // Built as the workers start, so that a failure drops it and ends those started.
-        let mut judge = Judge {
-            config: config.clone(),
-            workers: Vec::with_capacity(n),
-            free: Mutex::new((0..n).rev().collect()),
-            freed: Condvar::new(),
-            broken: Mutex::new(None),
-        };
-        for i in 0..n {
-            let mut child = Command::new(program)
-                .args(args)
-                .env("ARTIST_JUDGE_WORKER", i.to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .map_err(|e| fail(format!("cannot start it: {e}")))?;
-            let (stdin, stdout) = (child.stdin.take().expect("piped"), child.stdout.take().expect("piped"));
-            let (tx, lines) = channel();
-            judge.workers.push(Worker { pipe: Mutex::new(Pipe { stdin, lines }), child: Mutex::new(child) });
-            std::thread::Builder::new()
-                .name(format!("judge-reader-{i}"))
-                .spawn(move || {
-                    for line in BufReader::new(stdout).lines() {
-                        if tx.send(line).is_err() {
-                            break;
-                        }
-                    }
-                })
-                .map_err(|e| fail(format!("cannot start its reader thread: {e}")))?;
-        }
-        Ok(judge)
+        let workers =
+            LineWorkers::spawn(&config.command, config.workers, "ARTIST_JUDGE_WORKER", config.timeout_s, "verdict")
+                .map_err(|msg| JudgeError { command: config.command.join(" "), msg })?;
+        Ok(Judge { workers })
     }
 
     /// How many questions it answers at once (`workers`).
     pub fn workers(&self) -> usize {
-        self.workers.len()
+        self.workers.workers()
     }
 
     /// Whether `completion`, written for `problem`, is right, given the dataset's `answer`
@@ -200,111 +135,16 @@ impl Judge {
 
     /// The judge's verdict on a question. Waits for a free worker when all are busy.
     pub fn verdict(&self, q: &Question<'_>) -> Result<Verdict, JudgeError> {
-        let fail = |msg: String| JudgeError { command: self.config.command.join(" "), msg };
-        let i = {
-            let mut free = lock(&self.free);
-            loop {
-                if let Some(why) = lock(&self.broken).clone() {
-                    return Err(fail(why));
-                }
-                match free.pop() {
-                    Some(i) => break i,
-                    None => free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner()),
-                }
-            }
-        };
         let mut question = serde_json::json!({"problem": q.problem, "completion": q.completion, "answer": q.answer});
         if let Some(state) = q.state {
             question["state"] = state.into();
         }
-        let verdict =
-            Self::ask(&mut lock(&self.workers[i].pipe), &question, Duration::from_secs_f64(self.config.timeout_s));
-        let verdict = verdict.map_err(|why| {
-            // A judge that failed once is not asked again: a worker's next line could
-            // answer the wrong question, and the run stops on the first failure anyway.
-            let why = match self.workers.len() {
-                1 => why,
-                _ => format!("worker {i}: {why}"),
-            };
-            lock(&self.broken).get_or_insert(why).clone()
-        });
-        lock(&self.free).push(i);
-        match verdict {
-            Ok(v) => {
-                self.freed.notify_one();
-                Ok(v)
-            }
-            Err(why) => {
-                // Every waiter returns the failure.
-                self.freed.notify_all();
-                Err(fail(why))
-            }
-        }
+        self.workers.ask(&question, Verdict::parse).map_err(|msg| JudgeError { command: self.workers.command(), msg })
     }
 
     /// Verdicts on `(problem, completion, answer)` questions, in their order, asked of the
     /// workers at once; the first failure, in that order, if any failed.
     pub fn verdicts(&self, questions: &[Question<'_>]) -> Result<Vec<Verdict>, JudgeError> {
         in_parallel(self.workers(), questions.len(), |i| self.verdict(&questions[i])).into_iter().collect()
-    }
-
-    fn ask(pipe: &mut Pipe, question: &serde_json::Value, timeout: Duration) -> Result<Verdict, String> {
-        let mut line = question.to_string();
-        line.push('\n');
-        pipe.stdin
-            .write_all(line.as_bytes())
-            .and_then(|_| pipe.stdin.flush())
-            .map_err(|e| format!("writing to it: {e} (has it exited?)"))?;
-        let reply = match pipe.lines.recv_timeout(timeout) {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => return Err(format!("reading from it: {e}")),
-            Err(RecvTimeoutError::Timeout) => return Err(format!("no verdict within {} s", timeout.as_secs_f64())),
-            Err(RecvTimeoutError::Disconnected) => return Err("it exited without a verdict".into()),
-        };
-        Verdict::parse(&reply)
-    }
-}
-
-/// `f(0), ..., f(n - 1)` on up to `threads` threads (the calling one among them), in
-/// order: for work that waits (a judge's verdict) rather than computes.
-pub fn in_parallel<R: Send>(threads: usize, n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
-    let threads = threads.clamp(1, n.max(1));
-    if threads == 1 {
-        return (0..n).map(f).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let work = || {
-        let mut done = Vec::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= n {
-                return done;
-            }
-            done.push((i, f(i)));
-        }
-    };
-    let mut all: Vec<(usize, R)> = std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
-        let mut all = work();
-        for h in helpers {
-            all.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-        }
-        all
-    });
-    all.sort_by_key(|&(i, _)| i);
-    all.into_iter().map(|(_, r)| r).collect()
-}
-
-impl Drop for Judge {
-    fn drop(&mut self) {
-        // A judge keeps nothing worth saving: one still running is killed (its input would
-        // close only when the fields drop, after this).
-        for w in &self.workers {
-            let mut child = lock(&w.child);
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
     }
 }

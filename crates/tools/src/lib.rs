@@ -13,6 +13,7 @@ mod calculator;
 pub mod mcp;
 mod python;
 pub mod sandbox;
+pub mod workers;
 
 pub use calculator::Calculator;
 pub use mcp::{McpConfig, McpError, McpSession, McpSessions, McpTool};

@@ -23,6 +23,10 @@
 //! the checker replays those records against the ground truth's, played once per entry on
 //! a server of its own ([`checker::Recorded`]): the same verdict and fractions, with the
 //! states compared as the server reports them.
+//!
+//! With `bfcl.user_command` a program writes the user's turns after the first ([`Users`],
+//! tau-bench's simulated user), and a conversation is scored as one turn: the final state
+//! and every call against the ground truth's calls of all turns.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -37,6 +41,7 @@ use artist_model::Qwen2;
 use artist_optim::AdamW;
 use artist_rl::{FcRewardWeights, FcRewards, TrainRollout, fc_format_rewards};
 use artist_tokenizer::{ChatTemplate, Message, Tokenizer};
+use artist_tools::workers::LineWorkers;
 use artist_tools::{McpSession, McpTool, Tool, ToolCall, ToolResult};
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +81,16 @@ pub struct BfclSettings {
     /// Where the episodes' functions run: `builtin` (BFCL's environments, in Rust) or `mcp`
     /// (the `[mcp]` server's tools, a server of its own per episode; see the module doc).
     pub environment: FcEnvironment,
+    /// A program that plays the user after the first turn (tau-bench's simulated user):
+    /// asked after each of the model's turns for the next message, or for the end of the
+    /// conversation (see [`Users`]). Empty (the default): the entry's own turns.
+    pub user_command: Vec<String>,
+    /// Copies of the user program started, each answering one episode at a time.
+    pub user_workers: usize,
+    /// Seconds the user program may take per message.
+    pub user_timeout_s: f64,
+    /// With `user_command`: the most user turns of an episode, the entry's first included.
+    pub max_user_turns: usize,
 }
 
 /// Where an episode's function calls run (`bfcl.environment`).
@@ -103,6 +118,10 @@ impl Default for BfclSettings {
             max_steps_per_turn: 20,
             irrelevance: false,
             environment: FcEnvironment::Builtin,
+            user_command: Vec::new(),
+            user_workers: 1,
+            user_timeout_s: 60.0,
+            max_user_turns: 10,
         }
     }
 }
@@ -118,6 +137,8 @@ pub struct FcData {
     pub long_context: Option<LongContext>,
     /// `bfcl.environment = "mcp"`: the server the episodes' sessions come from.
     pub mcp: Option<Arc<McpTool>>,
+    /// `bfcl.user_command`: the program that writes the user's turns after the first.
+    pub users: Option<Arc<Users>>,
     /// The ground truth played on the MCP server, per entry (played once, when an episode
     /// of the entry is first scored: the server is taken to be deterministic).
     truth_records: Mutex<HashMap<usize, Arc<TruthRecord>>>,
@@ -153,7 +174,16 @@ impl FcData {
             .iter()
             .map(|e| ToolSet::for_entry(&func_doc, &e.raw).map_err(|err| Error::Config(format!("{}: {err}", e.id))))
             .collect::<Result<_>>()?;
-        Ok(FcData { entries, truths, tools, func_doc, long_context, mcp: None, truth_records: Default::default() })
+        Ok(FcData {
+            entries,
+            truths,
+            tools,
+            func_doc,
+            long_context,
+            mcp: None,
+            users: None,
+            truth_records: Default::default(),
+        })
     }
 
     /// Entries in BFCL's format played on an MCP server's tools (`bfcl.environment =
@@ -182,6 +212,7 @@ impl FcData {
             func_doc: PathBuf::new(),
             long_context: None,
             mcp: Some(server),
+            users: None,
             truth_records: Default::default(),
         })
     }
@@ -241,6 +272,58 @@ impl FcData {
             turns.push(TurnRecord { results, state: session.state().unwrap_or_default() });
         }
         Ok(TruthRecord { initial, turns })
+    }
+}
+
+/// The user of multi-turn episodes as a program (`bfcl.user_command`), as tau-bench's
+/// simulated user: after each of the model's turns it reads one JSON line
+/// `{"id", "turn", "entry", "messages", "state"}` (the entry's id and whole line, the turn
+/// it is asked to write, the conversation so far as `{"role", "content"}` messages with the
+/// model's own text of each turn, and, on an MCP server, the environment's state) and
+/// writes `{"message": "..."}` for the next user turn or `{"done": true}` to end the
+/// conversation. The entry's first turn is its own. Scoring then compares the final state
+/// and every call made against the ground truth's calls, all turns as one.
+pub struct Users {
+    workers: LineWorkers,
+    /// The most user turns of an episode, the first included.
+    pub max_turns: usize,
+}
+
+impl Users {
+    /// Starts `bfcl.user_command` (`None` without one).
+    pub fn spawn(s: &BfclSettings) -> Result<Option<Users>> {
+        if s.user_command.is_empty() {
+            return Ok(None);
+        }
+        if s.max_user_turns == 0 {
+            return Err(Error::Config("bfcl.max_user_turns must be >= 1".into()));
+        }
+        let workers =
+            LineWorkers::spawn(&s.user_command, s.user_workers, "ARTIST_USER_WORKER", s.user_timeout_s, "reply")
+                .map_err(|e| Error::Config(format!("bfcl.user_command {:?}: {e}", s.user_command.join(" "))))?;
+        Ok(Some(Users { workers, max_turns: s.max_user_turns }))
+    }
+
+    /// How many episodes it answers at once.
+    pub fn workers(&self) -> usize {
+        self.workers.workers()
+    }
+
+    /// The next user message of an episode, or `None` when the user ends it.
+    pub fn next(&self, request: &serde_json::Value) -> Result<Option<String>> {
+        let read = |line: &str| -> std::result::Result<Option<String>, String> {
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|_| format!("answered {line:?}, not JSON"))?;
+            if v.get("done").and_then(serde_json::Value::as_bool) == Some(true) {
+                return Ok(None);
+            }
+            match v.get("message") {
+                Some(serde_json::Value::String(m)) => Ok(Some(m.clone())),
+                _ => Err(format!("answered {line}: neither a string \"message\" nor \"done\": true")),
+            }
+        };
+        (self.workers.ask(request, read))
+            .map_err(|e| Error::Config(format!("bfcl.user_command {:?}: {e}", self.workers.command())))
     }
 }
 
@@ -504,9 +587,13 @@ fn user_turn_text(content: &str) -> String {
     format!("\n<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n")
 }
 
-/// The user text of turn `t` of `entry`, releasing held-back functions at the hand-over.
-fn user_message(entry: &Entry, t: usize, tools: &mut ToolSet) -> Result<String> {
-    let mut text = entry.turns[t].join("\n");
+/// The user text of turn `t` of `entry` (or `written`, the user program's), releasing
+/// held-back functions at the hand-over.
+fn user_message(entry: &Entry, t: usize, written: Option<String>, tools: &mut ToolSet) -> Result<String> {
+    let mut text = match written {
+        Some(text) => text,
+        None => entry.turns[t].join("\n"),
+    };
     if let Some(names) = entry.missed_function.get(&t) {
         tools.release(names).map_err(|e| Error::Config(format!("{}: missed_function: {e}", entry.id)))?;
         let docs: Vec<serde_json::Value> = names.iter().filter_map(|n| tools.get(n)).map(|d| d.tool_json()).collect();
@@ -531,6 +618,10 @@ struct Playing {
     truncated: bool,
     initial_state: Option<String>,
     records: Vec<TurnRecord>,
+    /// The conversation as the user program reads it (`{"role", "content"}`).
+    messages: Vec<serde_json::Value>,
+    /// The user program's next message.
+    next_user: Option<String>,
 }
 
 impl Playing {
@@ -579,8 +670,8 @@ pub fn run_episodes<P: Policy>(
         let tools_json = tool_lines(&tools.tools_json());
         let system = artist_rl::prompts::fc_system_prompt(&tools_json);
         let mut first_tools = tools.clone();
-        let first = user_message(entry, 0, &mut first_tools)?;
-        let text = template.render(&[Message::system(system), Message::user(first)], None, true)?;
+        let first = user_message(entry, 0, None, &mut first_tools)?;
+        let text = template.render(&[Message::system(system), Message::user(first.clone())], None, true)?;
         if !text.contains("<|im_start|>") {
             return Err(Error::Config("multi-turn episodes need a ChatML chat template".into()));
         }
@@ -611,11 +702,14 @@ pub fn run_episodes<P: Policy>(
                 truncated: false,
                 initial_state,
                 records: vec![],
+                messages: vec![serde_json::json!({"role": "user", "content": first})],
+                next_user: None,
             });
         }
     }
     let (mut tool_calls, mut tool_errors) = (vec![0usize; playing.len()], vec![0usize; playing.len()]);
-    let turns = |p: &Playing| data.entries[p.entry].turns.len();
+    // The entry's turns, or as many as the user program asks for (up to its limit).
+    let turns = |p: &Playing| data.users.as_ref().map_or(data.entries[p.entry].turns.len(), |u| u.max_turns);
     let max_turns = playing.iter().map(turns).max().unwrap_or(0);
     // Across turns the cache keeps each conversation: a turn prefills only the new user
     // message (and the token that ended the last turn), not the whole conversation again.
@@ -633,8 +727,17 @@ pub fn run_episodes<P: Policy>(
                 if p.ids.last() != Some(&im_end) {
                     p.force(&[im_end]);
                 }
+                let written = match (&data.users, p.next_user.take()) {
+                    (None, _) => None,
+                    (Some(_), Some(m)) => Some(m),
+                    // The user ended the conversation.
+                    (Some(_), None) => {
+                        p.done = true;
+                        continue;
+                    }
+                };
                 let live = p.live.as_mut().expect("live while playing");
-                let msg = user_message(&data.entries[p.entry], t, &mut live.tools)?;
+                let msg = user_message(&data.entries[p.entry], t, written, &mut live.tools)?;
                 let ids = tokenizer.encode(&user_turn_text(&msg))?;
                 if p.context() + ids.len() + 8 > s.max_context {
                     p.done = true;
@@ -642,6 +745,7 @@ pub fn run_episodes<P: Policy>(
                     continue;
                 }
                 p.force(&ids);
+                p.messages.push(serde_json::json!({"role": "user", "content": msg}));
             }
             if t == 0 && p.context() + 8 > s.max_context {
                 // The system prompt and first turn alone fill the context: nothing to play.
@@ -713,6 +817,36 @@ pub fn run_episodes<P: Policy>(
                 p.done = true;
                 p.truncated = true;
             }
+            if data.users.is_some() {
+                // What the user reads of the turn: the model's own text, without the tools'
+                // outputs and the token that ends the turn.
+                let own: Vec<u32> =
+                    r.ids.iter().zip(&r.mask).filter(|&(&id, &m)| m == 1 && id != im_end).map(|(&id, _)| id).collect();
+                p.messages
+                    .push(serde_json::json!({"role": "assistant", "content": tokenizer.decode_lossy(&own, false)}));
+            }
+        }
+        if let Some(users) = &data.users
+            && t + 1 < users.max_turns
+        {
+            // The user program writes each live conversation's next turn, or ends it.
+            let asked: Vec<usize> = active.iter().copied().filter(|&k| !playing[k].done).collect();
+            let requests: Vec<serde_json::Value> = (asked.iter())
+                .map(|&k| {
+                    let p = &playing[k];
+                    let entry = &data.entries[p.entry];
+                    serde_json::json!({"id": entry.id, "turn": t + 1, "entry": entry.raw, "messages": p.messages,
+                        "state": p.records.last().map(|r| r.state.as_str()).or(p.initial_state.as_deref())})
+                })
+                .collect();
+            let replies =
+                artist_tools::workers::in_parallel(users.workers(), requests.len(), |i| users.next(&requests[i]));
+            for (&k, reply) in asked.iter().zip(replies) {
+                match reply? {
+                    Some(m) => playing[k].next_user = Some(m),
+                    None => playing[k].done = true,
+                }
+            }
         }
     }
     Ok(playing
@@ -721,7 +855,9 @@ pub fn run_episodes<P: Policy>(
         .map(|(k, p)| {
             let played = p.calls.len();
             let mut calls = p.calls;
-            calls.resize(data.entries[p.entry].turns.len(), vec![]);
+            if data.users.is_none() {
+                calls.resize(data.entries[p.entry].turns.len(), vec![]);
+            }
             Episode {
                 entry: p.entry,
                 sample: p.sample,
@@ -803,21 +939,40 @@ pub fn score_episode(
 ) -> Result<Scored> {
     let entry = &data.entries[ep.entry];
     let docs = &data.tools[ep.entry];
+    // A conversation the user program led has its own turns: it is scored as one turn, the
+    // final state and every call made against the ground truth's calls, all together.
+    let whole = data.users.is_some();
+    let one_turn = |truth: &GroundTruth| GroundTruth { id: truth.id.clone(), turns: vec![truth.turns.concat()] };
+    let truth = if whole { one_turn(&data.truths[ep.entry]) } else { data.truths[ep.entry].clone() };
+    let calls: ModelCalls = if whole { vec![ep.calls.concat()] } else { ep.calls.clone() };
     let check = if data.mcp.is_some() {
         // The records of both sides, replayed: the model's calls' results and the states
         // its server was in after each turn, against the ground truth's on a server of its
         // own.
-        let truth = data.truth_record(ep.entry)?;
-        let initial = ep.initial_state.as_deref().unwrap_or(&truth.initial);
-        let mut records = checker::Recorded::new(initial, &ep.records, &truth.turns);
-        checker::check_turns(&entry.id, &data.truths[ep.entry], &ep.calls, Some(docs), opts, &mut records)
+        let record = data.truth_record(ep.entry)?;
+        let initial = ep.initial_state.as_deref().unwrap_or(&record.initial);
+        let (model_records, truth_records) = if whole {
+            (vec![one_record(&ep.records, initial)], vec![one_record(&record.turns, &record.initial)])
+        } else {
+            (ep.records.clone(), record.turns.clone())
+        };
+        let mut records = checker::Recorded::new(initial, &model_records, &truth_records);
+        checker::check_turns(&entry.id, &truth, &calls, Some(docs), opts, &mut records)
     } else {
-        checker::check_entry(entry, &data.truths[ep.entry], &ep.calls, data.long_context.as_ref(), Some(docs), opts)
+        checker::check_entry(entry, &truth, &calls, data.long_context.as_ref(), Some(docs), opts)
             .map_err(|e| Error::Config(format!("{}: {e}", entry.id)))?
     };
     let segments = crate::grpo::segments_of(tokenizer, &ep.ids, &ep.mask);
     let rewards = fc_format_rewards(&segments, check.state_fraction, check.function_fraction, weights);
     Ok(Scored { check, rewards })
+}
+
+/// Turns' records as one: every result, in order, and the last state (`initial` if none).
+fn one_record(turns: &[TurnRecord], initial: &str) -> TurnRecord {
+    TurnRecord {
+        results: turns.iter().flat_map(|t| t.results.iter().cloned()).collect(),
+        state: turns.last().map_or(initial, |t| t.state.as_str()).to_string(),
+    }
 }
 
 /// Scores episodes ([`score_episode`]), their entries' ground truth played first where an

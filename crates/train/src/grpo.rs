@@ -700,6 +700,25 @@ impl GrpoRunConfig {
             if self.bfcl.max_steps_per_turn == 0 {
                 return Err(Error::Config("bfcl.max_steps_per_turn must be >= 1".into()));
             }
+            let b = &self.bfcl;
+            if !b.user_command.is_empty() {
+                if !(1..=artist_tools::workers::MAX_WORKERS).contains(&b.user_workers) {
+                    return Err(Error::Config(format!(
+                        "bfcl.user_workers must be from 1 to {}, got {}",
+                        artist_tools::workers::MAX_WORKERS,
+                        b.user_workers
+                    )));
+                }
+                if !(b.user_timeout_s > 0.0 && b.user_timeout_s.is_finite()) {
+                    return Err(Error::Config(format!(
+                        "bfcl.user_timeout_s must be a positive number, got {}",
+                        b.user_timeout_s
+                    )));
+                }
+                if b.max_user_turns == 0 {
+                    return Err(Error::Config("bfcl.max_user_turns must be >= 1".into()));
+                }
+            }
             let mcp_env = |b: &crate::fc::BfclSettings| b.environment == crate::fc::FcEnvironment::Mcp;
             // Held-out entries play where the training entries do.
             if let Some(held_out) = &e.bfcl

@@ -834,3 +834,220 @@ fn grpo_on_an_mcp_environment() {
     };
     assert!(e.contains("broken_0") && e.contains("cannot set that up"), "{e}");
 }
+
+// ---- A user program (`bfcl.user_command`) ------------------------------------------------
+//
+// tests/fixtures/mcp/user.py plays the user: an entry's "user_script" (with the model's last
+// message and the environment's state filled in), or, without one, the entry's own turns.
+
+fn users(mode: &str, timeout_s: f64, log: Option<&Path>) -> std::sync::Arc<artist_train::fc::Users> {
+    let mut command = vec!["python3".to_string(), root().join("tests/fixtures/mcp/user.py").to_str().unwrap().into()];
+    if !mode.is_empty() {
+        command.push(mode.into());
+    }
+    if let Some(log) = log {
+        command = [vec!["env".to_string(), format!("ARTIST_USER_LOG={}", log.display())], command].concat();
+    }
+    let s = BfclSettings { user_command: command, user_workers: 2, user_timeout_s: timeout_s, ..Default::default() };
+    std::sync::Arc::new(artist_train::fc::Users::spawn(&s).unwrap().unwrap())
+}
+
+/// The talk_0 entry on the fixture server, its turns written by `turn_text(turn)`, the user
+/// played by the fixture user in `mode`.
+fn talk(
+    mode: &str,
+    timeout_s: f64,
+    log: Option<&Path>,
+    turn_text: impl Fn(usize) -> String,
+) -> (FcData, Result<Vec<artist_train::fc::Episode>, String>, Tokenizer) {
+    let dir = root().join("tests/fixtures/mcp/episodes");
+    let s = BfclSettings {
+        questions: vec![dir.join("talk_questions.jsonl")],
+        answers: vec![dir.join("talk_answers.jsonl")],
+        ..mcp_settings()
+    };
+    let server = std::sync::Arc::new(artist_tools::McpTool::spawn(mcp_config()).unwrap());
+    let mut data = FcData::load_mcp(&s, server).unwrap();
+    data.users = Some(users(mode, timeout_s, log));
+    let tok = Tokenizer::from_dir(tiny()).unwrap();
+    let template = ChatTemplate::from_dir(tiny()).unwrap();
+    let eos = tok.token_to_id("<|im_end|>").unwrap();
+    let turns: Vec<Vec<u32>> = (0..4).map(|t| tok.encode(&turn_text(t)).unwrap()).collect();
+    let policy = TurnScripted { vocab: 311, eos, im_start: tok.token_to_id("<|im_start|>").unwrap(), turns };
+    let eps = run_episodes(&policy, &tok, &template, &data, &[0], &EpisodeSettings { group_size: 2, ..settings(eos) })
+        .map_err(|e| e.to_string());
+    (data, eps, tok)
+}
+
+/// The user program writes the turns after the first, reading the model's last message
+/// and the server's state, and ends the conversation when its script does; the episode is
+/// scored as one turn (final state, every call) and passes with full rewards.
+#[test]
+fn a_user_program_leads_the_conversation() {
+    if !python3() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("user.jsonl");
+    let (data, eps, tok) = talk("", 20.0, Some(&log), |t| match t {
+        0 => oracle_text(&[Call::new("add").kwarg("a", 2).kwarg("b", 3)]),
+        1 => oracle_text(&[Call::new("counter")]),
+        _ => "<reasoning>Nothing left.</reasoning>All done.<|im_end|>".into(),
+    });
+    let eps = eps.unwrap();
+    for ep in &eps {
+        // Three turns: the entry's, then the script's two; the third request ends it.
+        assert_eq!(ep.turns_played, 3);
+        let text = tok.decode(&ep.ids, false).unwrap();
+        assert!(
+            text.contains("You said: <reasoning>Plan.</reasoning><tool>[add(a=2, b=3)]</tool>Done. Now count once."),
+            "{text}"
+        );
+        assert!(text.contains("State: {\"count\": 6, \"last\": 5}. Thanks."), "{text}");
+        let s = score_episode(&tok, &data, ep, &Default::default(), Default::default()).unwrap();
+        assert!(s.check.valid, "{:?}", s.check);
+        assert_eq!((s.check.turns.len(), s.check.state_fraction, s.check.function_fraction), (1, 1.0, 1.0));
+        assert!((s.rewards.total - 1.2).abs() < 1e-12, "{:?}", s.rewards);
+    }
+    // What the user program read: turns 1, 2 and 3 of both episodes, the conversation so
+    // far (the model's own text, without the tool's output), the state, the whole entry.
+    let seen: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(seen.len(), 6);
+    for r in &seen {
+        let t = r["turn"].as_u64().unwrap() as usize;
+        assert_eq!(r["messages"].as_array().unwrap().len(), 2 * t, "{r}");
+        assert_eq!(r["entry"]["id"], "talk_0");
+        assert!(!r["messages"].to_string().contains("<output>"), "{r}");
+        assert!(r["worker"] == "0" || r["worker"] == "1", "{r}");
+    }
+    let last = seen.iter().find(|r| r["turn"] == 3).unwrap();
+    assert_eq!(last["state"], "{\"count\": 6, \"last\": 5}");
+}
+
+/// Under a user program, the conversation is scored as a whole, by hand: a model that never
+/// counts ends in the wrong state (state 0), matches one of the two expected calls
+/// (function 0.5) and fails the verdict.
+#[test]
+fn a_user_led_conversation_is_scored_by_its_end() {
+    if !python3() {
+        return;
+    }
+    let (data, eps, tok) = talk("", 20.0, None, |t| match t {
+        0 => oracle_text(&[Call::new("add").kwarg("a", 2).kwarg("b", 3)]),
+        _ => "<reasoning>No.</reasoning>I will not count.<|im_end|>".into(),
+    });
+    let ep = &eps.unwrap()[0];
+    assert_eq!(ep.records.last().unwrap().state, state(5, Some(5)));
+    let s = score_episode(&tok, &data, ep, &Default::default(), Default::default()).unwrap();
+    assert!(!s.check.valid);
+    assert_eq!(s.check.turns[0].state_differences, ["count"]);
+    assert_eq!((s.check.state_fraction, s.check.function_fraction), (0.0, 0.5));
+}
+
+/// A user program that answers nonsense, answers without a message, or does not answer in
+/// time stops the episodes with an error that names it and what went wrong.
+#[test]
+fn a_bad_user_program_is_named() {
+    if !python3() {
+        return;
+    }
+    let turn = |_: usize| "<reasoning>r</reasoning>Hello.<|im_end|>".to_string();
+    for (mode, timeout, needle) in [
+        ("garbage", 20.0, "answered \"hello\", not JSON"),
+        ("no-message", 20.0, "neither a string \"message\" nor \"done\": true"),
+        ("silent", 0.5, "no reply within 0.5 s"),
+    ] {
+        let (_, eps, _) = talk(mode, timeout, None, turn);
+        let e = eps.err().unwrap();
+        assert!(e.contains("bfcl.user_command") && e.contains("user.py") && e.contains(needle), "{mode}: {e}");
+    }
+    let bad = BfclSettings { user_command: vec!["python3".into()], max_user_turns: 0, ..Default::default() };
+    let e = artist_train::fc::Users::spawn(&bad).err().unwrap().to_string();
+    assert!(e.contains("max_user_turns"), "{e}");
+}
+
+/// On BFCL's own environments, a user program that replays an entry's turns leads the same
+/// conversation as the entry's scripted turns, and the model that writes the ground truth
+/// passes it scored as a whole.
+#[test]
+fn a_user_program_replaying_bfcl_turns_passes() {
+    if !python3() {
+        return;
+    }
+    let Some(bfcl) = bfcl_dir() else { return };
+    let data = FcData::load(&BfclSettings {
+        questions: vec![bfcl.join("questions").join("BFCL_v4_multi_turn_miss_func.json")],
+        first: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let (_, scripted, tok) = play("BFCL_v4_multi_turn_miss_func.json", 0, |_, c| oracle_text(c)).unwrap();
+    let mut led = data;
+    led.users = Some(users("", 20.0, None));
+    let template = ChatTemplate::from_dir(tiny()).unwrap();
+    let eos = tok.token_to_id("<|im_end|>").unwrap();
+    let turns: Vec<Vec<u32>> = led.truths[0].turns.iter().map(|c| tok.encode(&oracle_text(c)).unwrap()).collect();
+    let policy = TurnScripted { vocab: 311, eos, im_start: tok.token_to_id("<|im_start|>").unwrap(), turns };
+    let eps = run_episodes(&policy, &tok, &template, &led, &[0], &settings(eos)).unwrap();
+    assert_eq!(eps[0].ids, scripted[0].ids, "the same conversation");
+    let s = score_episode(&tok, &led, &eps[0], &Default::default(), Default::default()).unwrap();
+    assert!(s.check.valid && s.check.turns.len() == 1, "{:?}", s.check);
+}
+
+/// GRPO with a user program: its settings are checked by name, and a tiny Qwen2 trains a
+/// step on the conversations it leads.
+#[test]
+fn grpo_with_a_user_program() {
+    if !python3() {
+        return;
+    }
+    let dir = root().join("tests/fixtures/mcp/episodes");
+    let text = std::fs::read_to_string(root().join("configs/artist-fc.toml")).unwrap();
+    let base = GrpoRunConfig::from_toml(&text, Path::new("configs/artist-fc.toml")).unwrap();
+    let user = root().join("tests/fixtures/mcp/user.py");
+    let server = root().join("tests/fixtures/mcp/server.py");
+    let sets = |extra: &[&str]| {
+        let mut all = vec![
+            format!("model={:?}", tiny().to_str().unwrap()),
+            format!("bfcl.questions=[{:?}]", dir.join("talk_questions.jsonl").to_str().unwrap()),
+            format!("bfcl.answers=[{:?}]", dir.join("talk_answers.jsonl").to_str().unwrap()),
+            "bfcl.environment=\"mcp\"".into(),
+            format!("mcp.command=[\"python3\", {:?}]", server.to_str().unwrap()),
+            "mcp.sessions=\"rollout\"".into(),
+            "mcp.state_tool=\"state\"".into(),
+            "mcp.setup_tool=\"setup\"".into(),
+            format!("bfcl.user_command=[\"python3\", {:?}]", user.to_str().unwrap()),
+            "rollout.group_size=2".into(),
+            "rollout.max_turn_tokens=6".into(),
+            "rollout.max_context=3000".into(),
+            "steps=1".into(),
+            "prompts_per_step=1".into(),
+        ];
+        all.extend(extra.iter().map(|s| s.to_string()));
+        base.clone().with_overrides(&all).unwrap()
+    };
+    let dev = artist_tensor::Device::Cpu;
+    for (bad, needle) in [
+        ("bfcl.user_workers=0", "bfcl.user_workers must be from 1 to 256"),
+        ("bfcl.user_timeout_s=0", "bfcl.user_timeout_s"),
+        ("bfcl.max_user_turns=0", "bfcl.max_user_turns"),
+    ] {
+        let e = sets(&[bad]).validate(dev).unwrap_err().to_string();
+        assert!(e.contains(needle), "{bad}: {e}");
+    }
+    let c = sets(&[]);
+    c.validate(dev).unwrap();
+    let mcp = std::sync::Arc::new(artist_tools::McpTool::spawn(c.mcp.clone()).unwrap());
+    let mut data = FcData::load_mcp(&c.bfcl, mcp).unwrap();
+    data.users = artist_train::fc::Users::spawn(&c.bfcl).unwrap().map(std::sync::Arc::new);
+    let mut t = tiny_trainer(c, data);
+    let tmp = tempfile::tempdir().unwrap();
+    let m = train(&tmp.path().join("run"), &mut t, &quiet()).unwrap();
+    // The tiny model writes no calls: the user's script still runs its two more turns.
+    assert_eq!(m[0].steps_per_turn, Some(1.0));
+    assert!(m[0].reward.is_finite() && m[0].reward_state.is_some(), "{:?}", m[0]);
+    let logged =
+        artist_train::metrics::read(&tmp.path().join("run").join(artist_train::metrics::ROLLOUTS_FILE)).unwrap();
+    assert!(logged.iter().all(|l| l["turns_played"] == 3), "{logged:?}");
+}
