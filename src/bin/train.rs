@@ -535,9 +535,13 @@ fn run_fc(
             artist_tools::McpTool::spawn(config.mcp.clone()).context("starting the MCP server of [mcp]")?,
         )),
     };
-    let load = |s: &artist_train::fc::BfclSettings| match &server {
-        None => FcData::load(s),
-        Some(server) => FcData::load_mcp(s, std::sync::Arc::clone(server)),
+    // Held-out entries play as the training entries do (the same user program, if any).
+    let load = |s: &artist_train::fc::BfclSettings| {
+        let s = artist_train::fc::BfclSettings { user_command: config.bfcl.user_command.clone(), ..s.clone() };
+        match &server {
+            None => FcData::load(&s),
+            Some(server) => FcData::load_mcp(&s, std::sync::Arc::clone(server)),
+        }
     };
     let mut data = load(&config.bfcl)?;
     // The user program of bfcl.user_command, for the training and held-out entries alike.

@@ -31,6 +31,11 @@
 //! the rollout's [`Tool::final_state`], which an external judge reads beside the answer
 //! (veRL's tool `calc_reward`): a stateful environment graded by where the rollout left it.
 //! A rollout that made no call gets a server for that call alone (the initial state).
+//!
+//! Multi-turn episodes hold a server across several engine runs, one per user turn: they
+//! take one with [`McpTool::open_session`] (from the same pool and spares), set up through
+//! `setup_tool` (hidden from the model too) with the entry's `initial_config`, and call it
+//! and read its state through the [`McpSession`] until they drop it.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};

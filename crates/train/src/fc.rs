@@ -28,11 +28,10 @@
 //! tau-bench's simulated user), and a conversation is scored as one turn: the final state
 //! and every call against the ground truth's calls of all turns.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-use std::collections::HashMap;
 
 use artist_bfcl::checker::{self, CheckOptions, CheckResult, Entry, GroundTruth, ModelCalls, TurnRecord};
 use artist_bfcl::{Call, FunctionDoc, LongContext, Session, ToolSet, parse_calls};
@@ -372,40 +371,39 @@ fn json_arguments(call: &Call) -> std::result::Result<serde_json::Value, String>
 
 /// The entries and their ground truth from `bfcl.questions` and `bfcl.answers`.
 fn load_entries(s: &BfclSettings) -> Result<(Vec<Entry>, Vec<GroundTruth>)> {
-    {
-        if s.questions.is_empty() {
-            return Err(Error::Config("bfcl.questions: no questions file given".into()));
-        }
-        if !s.answers.is_empty() && s.answers.len() != s.questions.len() {
-            return Err(Error::Config(format!(
-                "bfcl.answers: {} files for {} questions files",
-                s.answers.len(),
-                s.questions.len()
-            )));
-        }
-        let data_err = |e: checker::DataError| Error::Config(e.to_string());
-        let (mut entries, mut truths) = (vec![], vec![]);
-        for (i, q) in s.questions.iter().enumerate() {
-            let a = s.answers.get(i).cloned().unwrap_or_else(|| sibling(q, "possible_answer"));
-            let es = checker::load_questions(q).map_err(data_err)?;
-            let ts = checker::load_answers(&a).map_err(data_err)?;
-            let take = if s.first == 0 { usize::MAX } else { s.first };
-            for e in es.into_iter().skip(s.skip).take(take) {
-                let t = ts.iter().find(|t| t.id == e.id).ok_or_else(|| {
-                    Error::Config(format!("{}: no ground truth for {} in {}", q.display(), e.id, a.display()))
-                })?;
-                if t.turns.len() != e.turns.len() {
-                    return Err(Error::Config(format!("{}: turn counts differ in {}", e.id, a.display())));
-                }
-                truths.push(t.clone());
-                entries.push(e);
-            }
-        }
-        if entries.is_empty() {
-            return Err(Error::Config("bfcl: no entries selected (check first/skip)".into()));
-        }
-        Ok((entries, truths))
+    if s.questions.is_empty() {
+        return Err(Error::Config("bfcl.questions: no questions file given".into()));
     }
+    if !s.answers.is_empty() && s.answers.len() != s.questions.len() {
+        return Err(Error::Config(format!(
+            "bfcl.answers: {} files for {} questions files",
+            s.answers.len(),
+            s.questions.len()
+        )));
+    }
+    let data_err = |e: checker::DataError| Error::Config(e.to_string());
+    let (mut entries, mut truths) = (vec![], vec![]);
+    for (i, q) in s.questions.iter().enumerate() {
+        let a = s.answers.get(i).cloned().unwrap_or_else(|| sibling(q, "possible_answer"));
+        let es = checker::load_questions(q).map_err(data_err)?;
+        let ts = checker::load_answers(&a).map_err(data_err)?;
+        let take = if s.first == 0 { usize::MAX } else { s.first };
+        for e in es.into_iter().skip(s.skip).take(take) {
+            let t = ts.iter().find(|t| t.id == e.id).ok_or_else(|| {
+                Error::Config(format!("{}: no ground truth for {} in {}", q.display(), e.id, a.display()))
+            })?;
+            // Under a user program the conversation has its own turns, scored as a whole.
+            if t.turns.len() != e.turns.len() && s.user_command.is_empty() {
+                return Err(Error::Config(format!("{}: turn counts differ in {}", e.id, a.display())));
+            }
+            truths.push(t.clone());
+            entries.push(e);
+        }
+    }
+    if entries.is_empty() {
+        return Err(Error::Config("bfcl: no entries selected (check first/skip)".into()));
+    }
+    Ok((entries, truths))
 }
 
 /// `DIR/questions/X.json` -> `DIR/<name>/X.json` (or `DIR/<name>` for a directory name).

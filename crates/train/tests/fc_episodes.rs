@@ -840,7 +840,8 @@ fn grpo_on_an_mcp_environment() {
 // tests/fixtures/mcp/user.py plays the user: an entry's "user_script" (with the model's last
 // message and the environment's state filled in), or, without one, the entry's own turns.
 
-fn users(mode: &str, timeout_s: f64, log: Option<&Path>) -> std::sync::Arc<artist_train::fc::Users> {
+/// The fixture user's command line in `mode`, logging its requests to `log`.
+fn user_command(mode: &str, log: Option<&Path>) -> Vec<String> {
     let mut command = vec!["python3".to_string(), root().join("tests/fixtures/mcp/user.py").to_str().unwrap().into()];
     if !mode.is_empty() {
         command.push(mode.into());
@@ -848,12 +849,17 @@ fn users(mode: &str, timeout_s: f64, log: Option<&Path>) -> std::sync::Arc<artis
     if let Some(log) = log {
         command = [vec!["env".to_string(), format!("ARTIST_USER_LOG={}", log.display())], command].concat();
     }
-    let s = BfclSettings { user_command: command, user_workers: 2, user_timeout_s: timeout_s, ..Default::default() };
-    std::sync::Arc::new(artist_train::fc::Users::spawn(&s).unwrap().unwrap())
+    command
+}
+
+fn users(s: &BfclSettings) -> std::sync::Arc<artist_train::fc::Users> {
+    std::sync::Arc::new(artist_train::fc::Users::spawn(s).unwrap().unwrap())
 }
 
 /// The talk_0 entry on the fixture server, its turns written by `turn_text(turn)`, the user
-/// played by the fixture user in `mode`.
+/// played by the fixture user in `mode`. Its ground truth gives one list of calls per
+/// turn the user's script leads to, though its question has one turn: under a user
+/// program the calls are taken together.
 fn talk(
     mode: &str,
     timeout_s: f64,
@@ -864,11 +870,14 @@ fn talk(
     let s = BfclSettings {
         questions: vec![dir.join("talk_questions.jsonl")],
         answers: vec![dir.join("talk_answers.jsonl")],
+        user_command: user_command(mode, log),
+        user_workers: 2,
+        user_timeout_s: timeout_s,
         ..mcp_settings()
     };
     let server = std::sync::Arc::new(artist_tools::McpTool::spawn(mcp_config()).unwrap());
     let mut data = FcData::load_mcp(&s, server).unwrap();
-    data.users = Some(users(mode, timeout_s, log));
+    data.users = Some(users(&s));
     let tok = Tokenizer::from_dir(tiny()).unwrap();
     let template = ChatTemplate::from_dir(tiny()).unwrap();
     let eos = tok.token_to_id("<|im_end|>").unwrap();
@@ -976,15 +985,15 @@ fn a_user_program_replaying_bfcl_turns_passes() {
         return;
     }
     let Some(bfcl) = bfcl_dir() else { return };
-    let data = FcData::load(&BfclSettings {
+    let s = BfclSettings {
         questions: vec![bfcl.join("questions").join("BFCL_v4_multi_turn_miss_func.json")],
         first: 1,
+        user_command: user_command("", None),
         ..Default::default()
-    })
-    .unwrap();
+    };
     let (_, scripted, tok) = play("BFCL_v4_multi_turn_miss_func.json", 0, |_, c| oracle_text(c)).unwrap();
-    let mut led = data;
-    led.users = Some(users("", 20.0, None));
+    let mut led = FcData::load(&s).unwrap();
+    led.users = Some(users(&s));
     let template = ChatTemplate::from_dir(tiny()).unwrap();
     let eos = tok.token_to_id("<|im_end|>").unwrap();
     let turns: Vec<Vec<u32>> = led.truths[0].turns.iter().map(|c| tok.encode(&oracle_text(c)).unwrap()).collect();
