@@ -333,6 +333,12 @@ fn two_ranks_play_and_train_as_one_process() {
     let reference = kl_reference();
     // The KL in the reward too, so its per-rank sums are checked against one process.
     let sets = ["steps=2", "prompts_per_step=2", "grpo.beta=0.5", "kl_reward.coef=0.01", reference.as_str()];
+    two_ranks_train_as_one_process(tmp.path(), || fc_trainer(&bfcl, tmp.path(), 4, &sets));
+}
+
+/// Trains `make()` for its steps in one process and as two in-process ranks, and checks
+/// that both end with the same weights (within float reassociation) and metrics.
+fn two_ranks_train_as_one_process(tmp: &Path, make: impl Fn() -> FcTrainer + Sync) {
     let max_diff = |a: &[Vec<f32>], b: &[Vec<f32>]| {
         a.iter()
             .flatten()
@@ -340,20 +346,20 @@ fn two_ranks_play_and_train_as_one_process() {
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, |m, x| if x.is_nan() || x > m { x } else { m })
     };
-    let mut single = fc_trainer(&bfcl, tmp.path(), 4, &sets);
+    let mut single = make();
     let start = weights(&single.model);
-    let m1 = train(&tmp.path().join("single"), &mut single, &quiet()).unwrap();
+    let m1 = train(&tmp.join("single"), &mut single, &quiet()).unwrap();
     let w1 = weights(&single.model);
     let moved = max_diff(&w1, &start);
     assert!(moved > 1e-4, "training moved the weights by only {moved:e}");
-    let dir = tmp.path().join("ranks");
+    let dir = tmp.join("ranks");
     let runs: Vec<(Vec<artist_train::grpo::StepMetrics>, Vec<Vec<f32>>)> = std::thread::scope(|s| {
         let handles: Vec<_> = artist_dist::InProcess::group_with_timeout(2, std::time::Duration::from_secs(300))
             .into_iter()
             .map(|mut comm| {
-                let (dir, bfcl, tmp) = (&dir, &bfcl, tmp.path());
+                let (dir, make) = (&dir, &make);
                 s.spawn(move || {
-                    let mut t = fc_trainer(bfcl, tmp, 4, &sets);
+                    let mut t = make();
                     let m = artist_train::grpo::train_data_parallel(dir, &mut t, &quiet(), &mut comm).unwrap();
                     (m, weights(&t.model))
                 })
@@ -739,6 +745,68 @@ fn wrong_calls_on_an_mcp_server_lose_their_rewards() {
     }
 }
 
+/// What the fixture server needs to serve episodes.
+const EPISODE_SERVERS: [&str; 3] = ["mcp.sessions=\"rollout\"", "mcp.state_tool=\"state\"", "mcp.setup_tool=\"setup\""];
+
+/// configs/artist-fc.toml for a tiny Qwen2 on tests/fixtures/mcp/episodes/`{name}`'s
+/// questions and answers (`questions` -> questions.jsonl and answers.jsonl, `talk` ->
+/// talk_questions.jsonl and talk_answers.jsonl) on the fixture server, with `extra` on top.
+fn mcp_fc_config(name: &str, extra: &[&str]) -> GrpoRunConfig {
+    let dir = root().join("tests/fixtures/mcp/episodes");
+    let (q, a) = match name {
+        "questions" => ("questions.jsonl".to_string(), "answers.jsonl".to_string()),
+        other => (format!("{other}_questions.jsonl"), format!("{other}_answers.jsonl")),
+    };
+    let text = std::fs::read_to_string(root().join("configs/artist-fc.toml")).unwrap();
+    let base = GrpoRunConfig::from_toml(&text, Path::new("configs/artist-fc.toml")).unwrap();
+    let server = root().join("tests/fixtures/mcp/server.py");
+    let mut all = vec![
+        format!("model={:?}", tiny().to_str().unwrap()),
+        format!("bfcl.questions=[{:?}]", dir.join(q).to_str().unwrap()),
+        format!("bfcl.answers=[{:?}]", dir.join(a).to_str().unwrap()),
+        "bfcl.environment=\"mcp\"".into(),
+        format!("mcp.command=[\"python3\", {:?}]", server.to_str().unwrap()),
+        "mcp.timeout_s=20".into(),
+        "bfcl.max_steps_per_turn=2".into(),
+        "rollout.group_size=2".into(),
+        "rollout.max_turn_tokens=6".into(),
+        "rollout.max_context=3000".into(),
+        "prompts_per_step=1".into(),
+    ];
+    all.extend(extra.iter().map(|s| s.to_string()));
+    base.with_overrides(&all).unwrap()
+}
+
+/// A tiny trainer on `config`, its data on a fresh fixture server (and user program).
+fn mcp_trainer(config: GrpoRunConfig) -> FcTrainer {
+    let server = std::sync::Arc::new(artist_tools::McpTool::spawn(config.mcp.clone()).unwrap());
+    let mut data = FcData::load_mcp(&config.bfcl, server).unwrap();
+    data.users = artist_train::fc::Users::spawn(&config.bfcl).unwrap().map(std::sync::Arc::new);
+    tiny_trainer(config, data)
+}
+
+/// Data-parallel GRPO on MCP episodes: two ranks, each with its own servers and ground-truth
+/// replays, end where one process does (the KL to another tiny model gives the steps a
+/// gradient, as in `two_ranks_play_and_train_as_one_process`).
+#[test]
+fn two_ranks_on_an_mcp_environment_train_as_one_process() {
+    if !python3() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = kl_reference();
+    let mut sets = vec![
+        "steps=2",
+        "prompts_per_step=2",
+        "optim.lr=1e-3",
+        "grpo.beta=0.5",
+        "kl_reward.coef=0.01",
+        reference.as_str(),
+    ];
+    sets.extend(EPISODE_SERVERS);
+    two_ranks_train_as_one_process(tmp.path(), || mcp_trainer(mcp_fc_config("questions", &sets)));
+}
+
 /// GRPO on MCP episodes through `train`: a tiny Qwen2 plays two steps, and the metrics
 /// carry the state reward. A config that leaves out what the environment needs is refused
 /// by name; a setup tool that fails names the entry.
@@ -747,28 +815,8 @@ fn grpo_on_an_mcp_environment() {
     if !python3() {
         return;
     }
-    let server = root().join("tests/fixtures/mcp/server.py");
-    let dir = root().join("tests/fixtures/mcp/episodes");
+    let sets = |extra: &[&str]| mcp_fc_config("questions", &[&["steps=2"], extra].concat());
     let text = std::fs::read_to_string(root().join("configs/artist-fc.toml")).unwrap();
-    let base = GrpoRunConfig::from_toml(&text, Path::new("configs/artist-fc.toml")).unwrap();
-    let sets = |extra: &[&str]| {
-        let mut all = vec![
-            format!("model={:?}", tiny().to_str().unwrap()),
-            format!("bfcl.questions=[{:?}]", dir.join("questions.jsonl").to_str().unwrap()),
-            format!("bfcl.answers=[{:?}]", dir.join("answers.jsonl").to_str().unwrap()),
-            "bfcl.environment=\"mcp\"".into(),
-            format!("mcp.command=[\"python3\", {:?}]", server.to_str().unwrap()),
-            "mcp.timeout_s=20".into(),
-            "bfcl.max_steps_per_turn=2".into(),
-            "rollout.group_size=2".into(),
-            "rollout.max_turn_tokens=6".into(),
-            "rollout.max_context=3000".into(),
-            "steps=2".into(),
-            "prompts_per_step=1".into(),
-        ];
-        all.extend(extra.iter().map(|s| s.to_string()));
-        base.clone().with_overrides(&all).unwrap()
-    };
     let dev = artist_tensor::Device::Cpu;
     let e = sets(&["mcp.state_tool=\"state\""]).validate(dev).unwrap_err().to_string();
     assert!(e.contains("mcp.sessions = \"rollout\""), "{e}");
@@ -776,7 +824,7 @@ fn grpo_on_an_mcp_environment() {
     assert!(e.contains("mcp.state_tool"), "{e}");
     let e = sets(&["task=\"math\"", "mcp.setup_tool=\"setup\""]).validate(dev).unwrap_err().to_string();
     assert!(e.contains("mcp.setup_tool"), "{e}");
-    let c = sets(&["mcp.sessions=\"rollout\"", "mcp.state_tool=\"state\"", "mcp.setup_tool=\"setup\""]);
+    let c = sets(&EPISODE_SERVERS);
     c.validate(dev).unwrap();
     // docs/TRAINING.md's config block, laid over the preset, is one too.
     let doc = std::fs::read_to_string(root().join("docs/TRAINING.md")).unwrap();
@@ -1011,31 +1059,9 @@ fn grpo_with_a_user_program() {
     if !python3() {
         return;
     }
-    let dir = root().join("tests/fixtures/mcp/episodes");
-    let text = std::fs::read_to_string(root().join("configs/artist-fc.toml")).unwrap();
-    let base = GrpoRunConfig::from_toml(&text, Path::new("configs/artist-fc.toml")).unwrap();
-    let user = root().join("tests/fixtures/mcp/user.py");
-    let server = root().join("tests/fixtures/mcp/server.py");
-    let sets = |extra: &[&str]| {
-        let mut all = vec![
-            format!("model={:?}", tiny().to_str().unwrap()),
-            format!("bfcl.questions=[{:?}]", dir.join("talk_questions.jsonl").to_str().unwrap()),
-            format!("bfcl.answers=[{:?}]", dir.join("talk_answers.jsonl").to_str().unwrap()),
-            "bfcl.environment=\"mcp\"".into(),
-            format!("mcp.command=[\"python3\", {:?}]", server.to_str().unwrap()),
-            "mcp.sessions=\"rollout\"".into(),
-            "mcp.state_tool=\"state\"".into(),
-            "mcp.setup_tool=\"setup\"".into(),
-            format!("bfcl.user_command=[\"python3\", {:?}]", user.to_str().unwrap()),
-            "rollout.group_size=2".into(),
-            "rollout.max_turn_tokens=6".into(),
-            "rollout.max_context=3000".into(),
-            "steps=1".into(),
-            "prompts_per_step=1".into(),
-        ];
-        all.extend(extra.iter().map(|s| s.to_string()));
-        base.clone().with_overrides(&all).unwrap()
-    };
+    let user = format!("bfcl.user_command=[\"python3\", {:?}]", root().join("tests/fixtures/mcp/user.py"));
+    let sets =
+        |extra: &[&str]| mcp_fc_config("talk", &[&EPISODE_SERVERS[..], &[user.as_str(), "steps=1"], extra].concat());
     let dev = artist_tensor::Device::Cpu;
     for (bad, needle) in [
         ("bfcl.user_workers=0", "bfcl.user_workers must be from 1 to 256"),
@@ -1047,10 +1073,7 @@ fn grpo_with_a_user_program() {
     }
     let c = sets(&[]);
     c.validate(dev).unwrap();
-    let mcp = std::sync::Arc::new(artist_tools::McpTool::spawn(c.mcp.clone()).unwrap());
-    let mut data = FcData::load_mcp(&c.bfcl, mcp).unwrap();
-    data.users = artist_train::fc::Users::spawn(&c.bfcl).unwrap().map(std::sync::Arc::new);
-    let mut t = tiny_trainer(c, data);
+    let mut t = mcp_trainer(c);
     let tmp = tempfile::tempdir().unwrap();
     let m = train(&tmp.path().join("run"), &mut t, &quiet()).unwrap();
     // The tiny model writes no calls: the user's script still runs its two more turns.
