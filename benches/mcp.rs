@@ -158,7 +158,10 @@ fn main() {
                     let pool = &pool;
                     s.spawn(move || {
                         let session = pool.open_session(&serde_json::json!({"count": i})).expect("a session");
-                        assert_eq!(session.state().expect("a state"), format!("{{\"count\": {i}, \"last\": null}}"));
+                        assert_eq!(
+                            session.state().expect("a state tool").expect("a state"),
+                            format!("{{\"count\": {i}, \"last\": null}}")
+                        );
                         session
                     })
                 })
@@ -169,7 +172,7 @@ fn main() {
         let start = Instant::now();
         std::thread::scope(|s| {
             for session in &sessions {
-                s.spawn(move || session.state().expect("a state"));
+                s.spawn(move || session.state().expect("a state tool").expect("a state"));
             }
         });
         let state_ms = start.elapsed().as_secs_f64() * 1e3;

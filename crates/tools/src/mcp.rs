@@ -629,11 +629,12 @@ impl McpSession {
         (text, ok)
     }
 
-    /// The text of `state_tool` called with no arguments (`None` without one; an error's
-    /// text starts with `error:`).
-    pub fn state(&self) -> Option<String> {
+    /// The text of `state_tool` called with no arguments (`None` without one), or why the
+    /// call failed: a state that cannot be read must not pass for one.
+    pub fn state(&self) -> Option<Result<String, String>> {
         let tool = self.config.state_tool.as_ref()?;
-        Some(self.server().call(tool, json!({}), self.config.timeout_s).0)
+        let (text, ok, _) = self.server().call(tool, json!({}), self.config.timeout_s);
+        Some(if ok { Ok(text) } else { Err(format!("state tool {tool:?}: {text}")) })
     }
 }
 

@@ -351,11 +351,15 @@ fn an_episode_s_session_is_set_up_and_read() {
     assert!(!described.contains("\"setup\"") && !described.contains("\"state\""), "{described}");
     let a = tool.open_session(&serde_json::json!({"count": 5})).unwrap();
     let b = tool.open_session(&serde_json::Value::Null).unwrap();
-    assert_eq!(a.state().unwrap(), r#"{"count": 5, "last": null}"#);
+    assert_eq!(a.state().unwrap().unwrap(), r#"{"count": 5, "last": null}"#);
     assert_eq!(a.call("counter", serde_json::json!({})), ("6".to_string(), true));
     assert_eq!(a.call("add", serde_json::json!({"a": 1, "b": 2})), ("3".to_string(), true));
-    assert_eq!(a.state().unwrap(), r#"{"count": 6, "last": 3}"#);
-    assert_eq!(b.state().unwrap(), r#"{"count": 0, "last": null}"#, "another server, set up with {{}}");
+    assert_eq!(a.state().unwrap().unwrap(), r#"{"count": 6, "last": 3}"#);
+    assert_eq!(b.state().unwrap().unwrap(), r#"{"count": 0, "last": null}"#, "another server, set up with {{}}");
+    // A state tool that fails is an error, not a state.
+    let failing = McpTool::spawn(McpConfig { state_tool: Some("fail".into()), ..episodes.clone() }).unwrap();
+    let e = failing.open_session(&serde_json::Value::Null).unwrap().state().unwrap().unwrap_err();
+    assert!(e.contains("state tool \"fail\"") && e.contains("it failed on purpose"), "{e}");
     for hidden in ["setup", "state", "nosuch"] {
         let (text, ok) = a.call(hidden, serde_json::json!({}));
         assert!(!ok && text.contains("no tool named"), "{hidden}: {text}");

@@ -255,7 +255,7 @@ impl FcData {
         let entry = &self.entries[i];
         let fail = |e: String| Error::Config(format!("{}: playing the ground truth on the MCP server: {e}", entry.id));
         let session = server.open_session(&entry.initial_config).map_err(|e| fail(e.to_string()))?;
-        let initial = session.state().unwrap_or_default();
+        let initial = read_state(&session).map_err(fail)?;
         let mut turns = Vec::with_capacity(self.truths[i].turns.len());
         for calls in &self.truths[i].turns {
             let results = calls
@@ -268,7 +268,7 @@ impl FcData {
                     }
                 })
                 .collect();
-            turns.push(TurnRecord { results, state: session.state().unwrap_or_default() });
+            turns.push(TurnRecord { results, state: read_state(&session).map_err(fail)? });
         }
         Ok(TruthRecord { initial, turns })
     }
@@ -891,7 +891,8 @@ fn open_sessions(server: &McpTool, data: &FcData, entries: &[usize], g: usize) -
                     let session = server
                         .open_session(&entry.initial_config)
                         .map_err(|e| Error::Config(format!("{}: starting its MCP server: {e}", entry.id)))?;
-                    let state = session.state().unwrap_or_default();
+                    let state = read_state(&session)
+                        .map_err(|e| Error::Config(format!("{}: reading its MCP server's state: {e}", entry.id)))?;
                     Ok((session, state))
                 })
             })
@@ -904,20 +905,32 @@ fn open_sessions(server: &McpTool, data: &FcData, entries: &[usize], g: usize) -
 }
 
 /// The state of each episode's MCP server (`None` for BFCL's environments), read from every
-/// server at once.
+/// server at once. A state that cannot be read (the model's calls may have ended its server)
+/// is recorded as `error: ...`, which matches no state the ground truth's replay gives (a
+/// replay whose state cannot be read stops the run instead).
 fn turn_states(lives: &[Option<Live>]) -> Vec<Option<String>> {
     std::thread::scope(|scope| {
         let reads: Vec<_> = (lives.iter())
             .map(|l| match l.as_ref().map(|l| &l.env) {
-                Some(Env::Mcp(session)) => Some(scope.spawn(move || session.state().unwrap_or_default())),
+                Some(Env::Mcp(session)) => Some(scope.spawn(move || read_state(session))),
                 _ => None,
             })
             .collect();
-        reads
-            .into_iter()
-            .map(|h| h.map(|h| h.join().unwrap_or_else(|_| "error: the state read panicked".into())))
+        (reads.into_iter())
+            .map(|h| {
+                h.map(|h| match h.join() {
+                    Ok(Ok(state)) => state,
+                    Ok(Err(e)) => format!("error: {e}"),
+                    Err(_) => "error: reading the state panicked".into(),
+                })
+            })
             .collect()
     })
+}
+
+/// A server's state (empty without a state tool), or why it could not be read.
+fn read_state(session: &McpSession) -> std::result::Result<String, String> {
+    session.state().unwrap_or(Ok(String::new()))
 }
 
 /// An episode scored: BFCL's verdict and ARTIST's rewards.

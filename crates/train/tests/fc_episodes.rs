@@ -881,6 +881,15 @@ fn grpo_on_an_mcp_environment() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("broken_0") && e.contains("cannot set that up"), "{e}");
+    // A state that cannot be read stops the episodes too: it must not pass for a state.
+    let failing = artist_tools::McpConfig { state_tool: Some("fail".into()), ..c.mcp.clone() };
+    let failing = std::sync::Arc::new(artist_tools::McpTool::spawn(failing).unwrap());
+    let data = FcData::load_mcp(&c.bfcl, failing).unwrap();
+    let e = match run_episodes(&t.model, tok, &t.template, &data, &[0], &settings(0)) {
+        Ok(_) => panic!("a state that cannot be read should stop the episode"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("counter_0") && e.contains("state tool \"fail\"") && e.contains("failed on purpose"), "{e}");
 }
 
 // ---- A user program (`bfcl.user_command`) ------------------------------------------------
@@ -1082,4 +1091,26 @@ fn grpo_with_a_user_program() {
     let logged =
         artist_train::metrics::read(&tmp.path().join("run").join(artist_train::metrics::ROLLOUTS_FILE)).unwrap();
     assert!(logged.iter().all(|l| l["turns_played"] == 3), "{logged:?}");
+}
+
+/// A model whose call ends its own server loses the state reward, and the run goes on: the
+/// later calls and state reads fail in words, recorded as errors, which match no state of
+/// the ground truth's.
+#[test]
+fn a_model_that_ends_its_server_loses_the_state() {
+    if !python3() {
+        return;
+    }
+    let (data, eps, tok, _server) = play_mcp(1, |i, t, c| match (i, t) {
+        (0, 0) => "<reasoning>r</reasoning><tool>[crash()]</tool>Oops.<|im_end|>".into(),
+        _ => oracle_text(c),
+    });
+    let ep = &eps[0];
+    assert_eq!(ep.turns_played, 2);
+    assert!(ep.records.iter().all(|r| r.state.starts_with("error: ")), "{:?}", ep.records);
+    let text = tok.decode(&ep.ids, false).unwrap();
+    assert!(text.contains("error:"), "{text}");
+    let s = score_episode(&tok, &data, ep, &Default::default(), Default::default()).unwrap();
+    assert_eq!((s.check.valid, s.check.state_fraction), (false, 0.0));
+    assert!(score_episode(&tok, &data, &eps[1], &Default::default(), Default::default()).unwrap().check.valid);
 }
