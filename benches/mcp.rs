@@ -36,7 +36,7 @@ fn main() {
     let tool = Arc::new(McpTool::spawn(config.clone()).expect("the test server starts (python3 is needed)"));
     let startup_ms = start.elapsed().as_secs_f64() * 1e3;
     let call = |tool: &McpTool, text: &str| {
-        let r = tool.execute(&ToolCall { text: text.into(), rollout: 0, prompt: 0 });
+        let r = tool.execute(&ToolCall { text: text.into(), rollout: 0, ..Default::default() });
         assert!(r.success, "{r:?}");
     };
     let echo = r#"{"name": "echo", "arguments": {"text": "hello"}}"#;
@@ -108,11 +108,11 @@ fn main() {
     let (mut first, mut later) = (0.0, 0.0);
     for r in 0..rollouts {
         let t = Instant::now();
-        assert!(own.execute(&ToolCall { text: echo.into(), rollout: r, prompt: 0 }).success);
+        assert!(own.execute(&ToolCall { text: echo.into(), rollout: r, ..Default::default() }).success);
         first += t.elapsed().as_secs_f64();
         let t = Instant::now();
         for _ in 0..10 {
-            assert!(own.execute(&ToolCall { text: echo.into(), rollout: r, prompt: 0 }).success);
+            assert!(own.execute(&ToolCall { text: echo.into(), rollout: r, ..Default::default() }).success);
         }
         later += t.elapsed().as_secs_f64() / 10.0;
         own.end_rollout(r);
@@ -123,7 +123,7 @@ fn main() {
             let own = Arc::clone(&own);
             s.spawn(move || {
                 let r = 1_000 + t;
-                assert!(own.execute(&ToolCall { text: echo.into(), rollout: r, prompt: 0 }).success);
+                assert!(own.execute(&ToolCall { text: echo.into(), rollout: r, ..Default::default() }).success);
                 own.end_rollout(r);
             });
         }
@@ -195,7 +195,7 @@ fn main() {
             let r = 10_000 + pause_ms * 1_000 + r;
             std::thread::sleep(std::time::Duration::from_millis(pause_ms));
             let t = Instant::now();
-            assert!(pooled.execute(&ToolCall { text: echo.into(), rollout: r, prompt: 0 }).success);
+            assert!(pooled.execute(&ToolCall { text: echo.into(), rollout: r, ..Default::default() }).success);
             first += t.elapsed().as_secs_f64();
             pooled.end_rollout(r);
         }

@@ -275,6 +275,7 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
         matmul_dtype: run.matmul_dtype,
         kv_cache_dtype: run.kv_cache_dtype,
         first_episode: 0,
+        share_first_turn: false,
     };
     let indices: Vec<usize> = (0..data.entries.len()).collect();
     let episodes = run_episodes(&model, &tokenizer, &template, &data, &indices, &s)?;

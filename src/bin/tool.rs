@@ -159,7 +159,7 @@ fn python(args: PythonArgs) -> Result<()> {
     let tool = PythonTool::new(config).context("starting the python tool")?;
     let mut last = ToolResult::default();
     for cell in cells {
-        last = tool.execute(&ToolCall { text: cell, rollout: 0, prompt: 0 });
+        last = tool.execute(&ToolCall { text: cell, rollout: 0, ..Default::default() });
     }
     tool.end_rollout(0);
     print(&last, tool.sandbox_kind().as_str())
@@ -169,7 +169,7 @@ fn main() -> Result<()> {
     match Args::parse().tool {
         Which::Python(args) => python(args),
         Which::Calculator => {
-            let result = Calculator.execute(&ToolCall { text: read_stdin()?, rollout: 0, prompt: 0 });
+            let result = Calculator.execute(&ToolCall { text: read_stdin()?, rollout: 0, ..Default::default() });
             print(&result, "none")
         }
         Which::Mcp(args) => {
@@ -180,7 +180,7 @@ fn main() -> Result<()> {
                 println!("{}", tool.describe().unwrap_or_default());
                 return Ok(());
             }
-            let result = tool.execute(&ToolCall { text: read_stdin()?, rollout: 0, prompt: 0 });
+            let result = tool.execute(&ToolCall { text: read_stdin()?, rollout: 0, ..Default::default() });
             print(&result, "none")
         }
     }

@@ -611,12 +611,12 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
             // The closing token goes into the cache with the output that follows it.
             seq.pending.push(id);
             stats.tool_calls += 1;
-            let (tx, rollout, prompt) = (tx.clone(), seq.id, seq.out.prompt_index);
+            let (tx, rollout, prompt, sample) = (tx.clone(), seq.id, seq.out.prompt_index, seq.out.sample_index);
             std::thread::spawn(move || {
                 let _range = artist_tensor::nvtx::range("tool call");
                 let started = Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    tool.execute(&ToolCall { text: call.clone(), rollout, prompt })
+                    tool.execute(&ToolCall { text: call.clone(), rollout, prompt, sample })
                 }))
                 .unwrap_or_else(|_| ToolResult {
                     output: "the tool failed internally".into(),

@@ -379,9 +379,9 @@ mod tests {
     #[test]
     fn the_tool_reports_success_and_errors() {
         let t = Calculator;
-        let r = t.execute(&ToolCall { text: " 6 * 7 \n".into(), rollout: 0, prompt: 0 });
+        let r = t.execute(&ToolCall { text: " 6 * 7 \n".into(), rollout: 0, ..Default::default() });
         assert_eq!((r.output.as_str(), r.success), ("42", true));
-        let r = t.execute(&ToolCall { text: "6 * ".into(), rollout: 0, prompt: 0 });
+        let r = t.execute(&ToolCall { text: "6 * ".into(), rollout: 0, ..Default::default() });
         assert!(!r.success && r.output.starts_with("error: "), "{r:?}");
     }
 

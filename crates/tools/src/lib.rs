@@ -31,6 +31,9 @@ pub struct ToolCall {
     /// tool whose state belongs to a prompt, such as a BFCL episode, looks it up here).
     #[serde(default)]
     pub prompt: usize,
+    /// The rollout's place in its prompt's group (0 to G - 1).
+    #[serde(default)]
+    pub sample: usize,
 }
 
 /// What a call gave back. `output` is what the model will read (an error is explained

@@ -204,7 +204,7 @@ fn kill_the_parent() {
     assert!(r.success && r.output.ends_with("still running\n"), "{}", r.output);
     assert!(r.output.contains("kill -1 refused"), "{}", r.output);
     // The caller is still here, and the tool still runs calls.
-    let again = tool.execute(&ToolCall { text: "print('fine')".into(), rollout: 0, prompt: 0 });
+    let again = tool.execute(&ToolCall { text: "print('fine')".into(), rollout: 0, ..Default::default() });
     assert_eq!(again.output, "fine\n");
 }
 
@@ -234,7 +234,7 @@ fn process_limit_counts_each_call_alone() {
     let threads: Vec<_> = (0..4)
         .map(|i| {
             let tool = Arc::clone(&tool);
-            std::thread::spawn(move || tool.execute(&ToolCall { text: ok.into(), rollout: i, prompt: 0 }))
+            std::thread::spawn(move || tool.execute(&ToolCall { text: ok.into(), rollout: i, ..Default::default() }))
         })
         .collect();
     for t in threads {
@@ -242,7 +242,7 @@ fn process_limit_counts_each_call_alone() {
         assert!(r.success && r.output == "ok\n", "{r:?}");
     }
     let over = "import subprocess\nps = [subprocess.Popen(['sleep', '1']) for _ in range(10)]";
-    let r = tool.execute(&ToolCall { text: over.into(), rollout: 9, prompt: 0 });
+    let r = tool.execute(&ToolCall { text: over.into(), rollout: 9, ..Default::default() });
     assert!(!r.success && r.output.contains("Resource temporarily unavailable"), "{}", r.output);
 }
 

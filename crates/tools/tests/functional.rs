@@ -6,7 +6,7 @@ use artist_tools::{Calculator, Isolation, PythonTool, SandboxConfig, Tool, ToolC
 use common::*;
 
 fn call(tool: &dyn Tool, text: &str, rollout: u64) -> artist_tools::ToolResult {
-    tool.execute(&ToolCall { text: text.into(), rollout, prompt: 0 })
+    tool.execute(&ToolCall { text: text.into(), rollout, ..Default::default() })
 }
 
 #[test]

@@ -28,7 +28,7 @@ fn config(mode: &str) -> McpConfig {
 }
 
 fn call(tool: &McpTool, text: &str) -> artist_tools::ToolResult {
-    tool.execute(&ToolCall { text: text.into(), rollout: 0, prompt: 0 })
+    tool.execute(&ToolCall { text: text.into(), rollout: 0, ..Default::default() })
 }
 
 macro_rules! need_python {
@@ -186,7 +186,7 @@ fn unusable_servers_are_refused_by_name() {
 }
 
 fn call_from(tool: &McpTool, rollout: u64, text: &str) -> artist_tools::ToolResult {
-    tool.execute(&ToolCall { text: text.into(), rollout, prompt: 0 })
+    tool.execute(&ToolCall { text: text.into(), rollout, ..Default::default() })
 }
 
 /// Whether process `pid` still runs (Linux's /proc; zombies count as gone).

@@ -431,6 +431,10 @@ pub struct EpisodeSettings {
     /// batch times `group_size`): episode `i` samples every turn with a seed made from
     /// `first_episode + i`, so a batch split over ranks plays what one process would.
     pub first_episode: usize,
+    /// Prefill the first turn's prompt (the system prompt, the functions and the first user
+    /// message: the same for an entry's `group_size` episodes) once per entry and fork it
+    /// into its episodes' slots (`rollout.share_prefix`); later turns differ per episode.
+    pub share_first_turn: bool,
 }
 
 /// One played episode.
@@ -485,10 +489,12 @@ struct Live {
     errors: usize,
 }
 
-/// The `<tool>` tool: per prompt of the current engine run, the episode it belongs to
-/// (each behind a lock of its own, so episodes' calls to servers overlap).
+/// The `<tool>` tool: per rollout of the current engine run (prompt `p`'s sample `k` at
+/// `p * group + k`), the episode it belongs to (each behind a lock of its own, so episodes'
+/// calls to servers overlap).
 struct BfclTool {
     live: Vec<Mutex<Option<Live>>>,
+    group: usize,
 }
 
 impl Tool for BfclTool {
@@ -500,7 +506,7 @@ impl Tool for BfclTool {
     }
     fn execute(&self, call: &ToolCall) -> ToolResult {
         let started = Instant::now();
-        let Some(slot) = self.live.get(call.prompt) else {
+        let Some(slot) = self.live.get(call.prompt * self.group + call.sample) else {
             return ToolResult { output: "no environment for this rollout".into(), ..Default::default() };
         };
         let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
@@ -765,20 +771,39 @@ pub fn run_episodes<P: Policy>(
         if active.is_empty() {
             break;
         }
-        let tool = Arc::new(BfclTool { live: active.iter().map(|&k| Mutex::new(playing[k].live.take())).collect() });
+        // The first turn: an entry's episodes share one prompt, prefilled once and forked
+        // (their seeds stay theirs: sample j of the group draws with its episode's seed).
+        let g = s.group_size.max(1);
+        let group = if t == 0
+            && s.share_first_turn
+            && g > 1
+            && active.len() % g == 0
+            && active
+                .chunks(g)
+                .all(|c| c.windows(2).all(|w| w[1] == w[0] + 1 && playing[w[0]].entry == playing[w[1]].entry))
+        {
+            prompts = prompts.into_iter().step_by(g).collect();
+            seeds = seeds.into_iter().step_by(g).collect();
+            g
+        } else {
+            1
+        };
+        let tool =
+            Arc::new(BfclTool { live: active.iter().map(|&k| Mutex::new(playing[k].live.take())).collect(), group });
         let engine = RolloutEngine {
             policy,
             tokenizer,
             tools: vec![tool.clone() as Arc<dyn Tool>],
             config: RolloutConfig {
-                group_size: 1,
+                group_size: group,
                 sampling: s.sampling.clone(),
                 max_turn_tokens: s.max_turn_tokens,
                 max_response_tokens: s.max_context,
                 max_tool_calls: s.max_steps_per_turn,
                 max_context: s.max_context,
-                max_batch: s.max_batch.max(1),
-                share_prefix: false,
+                // The same every turn, so the kept cache keeps its shape.
+                max_batch: s.max_batch.max(g),
+                share_prefix: group > 1,
                 // BFCL's environments answer in microseconds: waiting for them costs
                 // nothing and makes episodes repeat to the bit (an MCP server's answers
                 // take longer, but are waited for alike, for the same reason).
@@ -798,14 +823,15 @@ pub fn run_episodes<P: Policy>(
         // On an MCP server: each episode's state after the turn, read from every server at once.
         let states = turn_states(&lives);
         for r in rollouts {
-            let k = active[r.prompt_index];
+            let at = r.prompt_index * group + r.sample_index;
+            let k = active[at];
             let p = &mut playing[k];
             p.ids.extend_from_slice(&r.ids);
             p.mask.extend_from_slice(&r.mask);
             p.logprobs.extend(r.mask.iter().zip(&r.logprobs).map(|(&m, &l)| if m == 1 { l } else { 0.0 }));
-            let mut live = lives[r.prompt_index].take().expect("each prompt's state comes back once");
+            let mut live = lives[at].take().expect("each rollout's state comes back once");
             p.calls.push(std::mem::take(&mut live.steps));
-            if let Some(state) = states[r.prompt_index].clone() {
+            if let Some(state) = states[at].clone() {
                 p.records.push(TurnRecord { results: std::mem::take(&mut live.results), state });
             }
             live.results.clear();
@@ -1027,6 +1053,7 @@ impl FcTrainer {
             matmul_dtype: r.matmul_dtype.dtype(self.model.device()),
             kv_cache_dtype: r.kv_cache_dtype.storage(self.model.device()),
             first_episode: 0,
+            share_first_turn: r.share_prefix,
         }
     }
 

@@ -95,6 +95,7 @@ fn settings(eos: u32) -> EpisodeSettings {
         matmul_dtype: None,
         kv_cache_dtype: artist_tensor::DType::F32,
         first_episode: 0,
+        share_first_turn: false,
     }
 }
 
@@ -1113,4 +1114,88 @@ fn a_model_that_ends_its_server_loses_the_state() {
     let s = score_episode(&tok, &data, ep, &Default::default(), Default::default()).unwrap();
     assert_eq!((s.check.valid, s.check.state_fraction), (false, 0.0));
     assert!(score_episode(&tok, &data, &eps[1], &Default::default(), Default::default()).unwrap().check.valid);
+}
+
+/// The first turn's prompt prefilled once per entry and forked into its episodes
+/// (`rollout.share_prefix`) plays the same episodes, to the bit, as prefilling it for each:
+/// a tiny Qwen2 sampling at temperature 1 (so an entry's episodes differ), three episodes
+/// of each fixture entry, every turn.
+#[test]
+fn a_shared_first_turn_plays_the_same_episodes() {
+    if !python3() {
+        return;
+    }
+    let server = std::sync::Arc::new(artist_tools::McpTool::spawn(mcp_config()).unwrap());
+    let data = FcData::load_mcp(&mcp_settings(), server).unwrap();
+    let model = Qwen2::load(&tiny()).unwrap();
+    let tok = Tokenizer::from_dir(tiny()).unwrap();
+    let template = ChatTemplate::from_dir(tiny()).unwrap();
+    let play = |share: bool| {
+        let s = EpisodeSettings {
+            group_size: 3,
+            sampling: artist_engine::SamplingParams { temperature: 1.0, seed: 7, ..Default::default() },
+            max_turn_tokens: 12,
+            max_batch: 16,
+            first_episode: 6,
+            share_first_turn: share,
+            ..settings(tok.token_to_id("<|im_end|>").unwrap())
+        };
+        let counting = Counting { inner: &model, fed: Default::default() };
+        let eps = run_episodes(&counting, &tok, &template, &data, &[0, 1, 2], &s).unwrap();
+        (eps, counting.fed.into_inner())
+    };
+    let ((alone, fed_alone), (shared, fed_shared)) = (play(false), play(true));
+    // Each entry's first prompt fed once instead of three times; nothing else changes.
+    let first: usize = alone.iter().step_by(3).map(|e| e.prompt_ids.len()).sum();
+    assert_eq!(fed_alone - fed_shared, 2 * first);
+    assert_eq!(alone.len(), 9);
+    assert!(alone[0].ids != alone[1].ids, "an entry's episodes should differ at temperature 1");
+    for (a, b) in alone.iter().zip(&shared) {
+        assert_eq!((a.entry, a.sample, a.turns_played), (b.entry, b.sample, b.turns_played));
+        assert_eq!((&a.prompt_ids, &a.ids, &a.mask), (&b.prompt_ids, &b.ids, &b.mask));
+        let bits = |e: &artist_train::fc::Episode| e.logprobs.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(a), bits(b), "entry {} sample {}", a.entry, a.sample);
+        assert_eq!(a.records, b.records);
+    }
+}
+
+/// A policy that counts the tokens fed to it (prefills and decode steps alike).
+struct Counting<'m> {
+    inner: &'m Qwen2,
+    fed: std::sync::atomic::AtomicUsize,
+}
+
+impl Policy for Counting<'_> {
+    type Cache = artist_model::KvCache;
+    fn vocab_size(&self) -> usize {
+        <Qwen2 as Policy>::vocab_size(self.inner)
+    }
+    fn new_cache(&self, slots: usize, max_len: usize) -> artist_engine::Result<Self::Cache> {
+        <Qwen2 as Policy>::new_cache(self.inner, slots, max_len)
+    }
+    fn new_cache_in(
+        &self,
+        slots: usize,
+        max_len: usize,
+        dtype: artist_tensor::DType,
+    ) -> artist_engine::Result<Self::Cache> {
+        <Qwen2 as Policy>::new_cache_in(self.inner, slots, max_len, dtype)
+    }
+    fn step(&self, inputs: &[SeqInput], cache: &mut Self::Cache) -> artist_engine::Result<artist_engine::Logits> {
+        let n: usize = inputs.iter().map(|s| s.tokens.len()).sum();
+        self.fed.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        <Qwen2 as Policy>::step(self.inner, inputs, cache)
+    }
+    fn fork(&self, cache: &mut Self::Cache, from: usize, to: usize) -> artist_engine::Result<()> {
+        <Qwen2 as Policy>::fork(self.inner, cache, from, to)
+    }
+    fn clear(&self, cache: &mut Self::Cache, slot: usize) {
+        <Qwen2 as Policy>::clear(self.inner, cache, slot)
+    }
+    fn truncate(&self, cache: &mut Self::Cache, slot: usize, len: usize) -> artist_engine::Result<bool> {
+        <Qwen2 as Policy>::truncate(self.inner, cache, slot, len)
+    }
+    fn set_matmul_dtype(&self, cache: &mut Self::Cache, dtype: Option<artist_tensor::DType>) {
+        <Qwen2 as Policy>::set_matmul_dtype(self.inner, cache, dtype)
+    }
 }

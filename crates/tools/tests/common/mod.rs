@@ -103,7 +103,7 @@ pub fn processes_named(argv: &[&str]) -> Vec<String> {
 pub fn run_checked(tool: &PythonTool, name: &str, body: &str, limit: Duration) -> ToolResult {
     let mark = marker(name);
     let start = Instant::now();
-    let r = tool.execute(&ToolCall { text: marked(&mark, body), rollout: 0, prompt: 0 });
+    let r = tool.execute(&ToolCall { text: marked(&mark, body), rollout: 0, ..Default::default() });
     let took = start.elapsed();
     let left = leftovers(&mark);
     let head: String = r.output.chars().take(600).collect();
