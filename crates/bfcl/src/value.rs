@@ -294,6 +294,43 @@ impl Value {
         }
     }
 
+    /// A JSON view of the value for readers outside Python (a user program reading an
+    /// environment's state): tuples and sets as arrays, dict keys as text, an object as its
+    /// fields with its class under `"__class__"`, `...` as `"..."`, and a float JSON cannot
+    /// hold (`nan`, `inf`) as its repr.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        let dict = |d: &Dict| -> serde_json::Map<String, J> {
+            d.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Key::Str(s) => s.clone(),
+                        Key::Int(i) => i.to_string(),
+                    };
+                    (key, v.to_json())
+                })
+                .collect()
+        };
+        match self {
+            Value::None => J::Null,
+            Value::Ellipsis => J::String("...".into()),
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::Float(x) => serde_json::Number::from_f64(*x).map_or_else(|| J::String(float_repr(*x)), J::Number),
+            Value::Str(s) => J::String(s.clone()),
+            Value::List(items) | Value::Tuple(items) | Value::Set(items) => {
+                J::Array(items.iter().map(Value::to_json).collect())
+            }
+            Value::Dict(d) => J::Object(dict(d)),
+            Value::Object { class, fields } => {
+                let mut m = serde_json::Map::new();
+                m.insert("__class__".into(), J::String((*class).into()));
+                m.extend(dict(fields));
+                J::Object(m)
+            }
+        }
+    }
+
     /// Converts parsed JSON (a scenario, a tool call's arguments) as Python's `json.loads`
     /// does: integers stay `int`, numbers with a fraction or exponent become `float`.
     pub fn from_json(json: &serde_json::Value) -> Value {
@@ -729,5 +766,12 @@ mod tests {
         assert!(matches!(d[&Key::from("t")], Value::Tuple(ref t) if matches!(t[1], Value::Float(_))));
         assert!(matches!(d[&Key::from("d")], Value::Dict(ref m) if m.contains_key(&Key::Int(1))));
         assert!(matches!(d[&Key::from("o")], Value::Object { class: "File", .. }));
+        // The same value as plain JSON for outside readers.
+        let plain = v.to_json();
+        assert_eq!(plain["t"], serde_json::json!([1, 2.0]));
+        assert_eq!(plain["d"], serde_json::json!({"1": "x"}));
+        assert_eq!(plain["f"], "nan");
+        assert_eq!(plain["o"], serde_json::json!({"__class__": "File", "name": "a", "content": "b"}));
+        assert_eq!(Value::Set(vec![Value::None, Value::Ellipsis]).to_json(), serde_json::json!([null, "..."]));
     }
 }

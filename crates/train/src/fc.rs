@@ -278,7 +278,8 @@ impl FcData {
 /// simulated user: after each of the model's turns it reads one JSON line
 /// `{"id", "turn", "entry", "messages", "state"}` (the entry's id and whole line, the turn
 /// it is asked to write, the conversation so far as `{"role", "content"}` messages with the
-/// model's own text of each turn, and, on an MCP server, the environment's state) and
+/// model's own text of each turn, and the environment's state: an MCP server's last read,
+/// or BFCL's instances' attributes as JSON by class) and
 /// writes `{"message": "..."}` for the next user turn or `{"done": true}` to end the
 /// conversation. The entry's first turn is its own. Scoring then compares the final state
 /// and every call made against the ground truth's calls, all turns as one.
@@ -859,8 +860,14 @@ pub fn run_episodes<P: Policy>(
                 .map(|&k| {
                     let p = &playing[k];
                     let entry = &data.entries[p.entry];
+                    // The environment's state: the MCP server's last read, or BFCL's
+                    // instances' public attributes as JSON (`{"Class": {"attr": ...}}`).
+                    let state = match p.live.as_ref().map(|l| &l.env) {
+                        Some(Env::Bfcl(session)) => Some(bfcl_state_json(session)),
+                        _ => p.records.last().map(|r| r.state.clone()).or_else(|| p.initial_state.clone()),
+                    };
                     serde_json::json!({"id": entry.id, "turn": t + 1, "entry": entry.raw, "messages": p.messages,
-                        "state": p.records.last().map(|r| r.state.as_str()).or(p.initial_state.as_deref())})
+                        "state": state})
                 })
                 .collect();
             let replies =
@@ -952,6 +959,15 @@ fn turn_states(lives: &[Option<Live>]) -> Vec<Option<String>> {
             })
             .collect()
     })
+}
+
+/// BFCL's instances' public attributes as a JSON object by class name
+/// ([`artist_bfcl::Value::to_json`]'s view of each).
+fn bfcl_state_json(session: &Session) -> String {
+    let classes: serde_json::Map<String, serde_json::Value> = (session.state().into_iter())
+        .map(|(class, attrs)| (class.to_string(), artist_bfcl::Value::Dict(attrs).to_json()))
+        .collect();
+    serde_json::Value::Object(classes).to_string()
 }
 
 /// A server's state (empty without a state tool), or why it could not be read.

@@ -1043,10 +1043,12 @@ fn a_user_program_replaying_bfcl_turns_passes() {
         return;
     }
     let Some(bfcl) = bfcl_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("user.jsonl");
     let s = BfclSettings {
         questions: vec![bfcl.join("questions").join("BFCL_v4_multi_turn_miss_func.json")],
         first: 1,
-        user_command: user_command("", None),
+        user_command: user_command("", Some(&log)),
         ..Default::default()
     };
     let (_, scripted, tok) = play("BFCL_v4_multi_turn_miss_func.json", 0, |_, c| oracle_text(c)).unwrap();
@@ -1060,6 +1062,13 @@ fn a_user_program_replaying_bfcl_turns_passes() {
     assert_eq!(eps[0].ids, scripted[0].ids, "the same conversation");
     let s = score_episode(&tok, &led, &eps[0], &Default::default(), Default::default()).unwrap();
     assert!(s.check.valid && s.check.turns.len() == 1, "{:?}", s.check);
+    // The user program read BFCL's state as JSON, by class.
+    let first: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&log).unwrap().lines().next().unwrap()).unwrap();
+    let state: serde_json::Value = serde_json::from_str(first["state"].as_str().unwrap()).unwrap();
+    for class in &led.entries[0].involved_classes {
+        assert!(state.get(class).is_some_and(serde_json::Value::is_object), "{class} not in {state}");
+    }
 }
 
 /// GRPO with a user program: its settings are checked by name, and a tiny Qwen2 trains a
