@@ -5,7 +5,7 @@
 //!   results and state compare exactly as BFCL's checker compares them.
 //! - [`call`]: function calls parsed (never evaluated) from BFCL's Python-call syntax or
 //!   from JSON.
-//! - [`env`]: the [`Environment`] trait and Python-style argument binding.
+//! - [`env`](mod@env): the [`Environment`] trait and Python-style argument binding.
 //! - [`envs`]: the eight classes (`GorillaFileSystem`, `MathAPI`, `MessageAPI`,
 //!   `TwitterAPI`, `TicketAPI`, `TradingBot`, `TravelAPI`, `VehicleControlAPI`).
 //! - [`pyrandom`]: CPython's Mersenne Twister, for the IDs the environments draw.
