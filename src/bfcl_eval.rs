@@ -127,8 +127,31 @@ pub fn score(
     Ok((results, lc.is_some()))
 }
 
-/// The report: JSON (the stable interface) or a table.
-pub fn report(results: &[CheckResult], source: &str, filler: bool, as_json: bool) -> String {
+/// With several episodes per entry: `samples` of each, in a row, and the k of pass@k and
+/// pass^k.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampling {
+    pub samples: usize,
+    pub k: usize,
+}
+
+/// The report: JSON (the stable interface) or a table. With `sampling`, `accuracy` is over
+/// every episode (pass@1) and each entry's `samples` episodes give its pass@k and pass^k.
+pub fn report(
+    results: &[CheckResult],
+    source: &str,
+    filler: bool,
+    as_json: bool,
+    sampling: Option<Sampling>,
+) -> String {
+    // pass@k and pass^k, averaged over entries.
+    let passes = sampling.filter(|s| s.samples > 0).map(|s| {
+        let counts: Vec<usize> = results.chunks(s.samples).map(|c| c.iter().filter(|r| r.valid).count()).collect();
+        let mean = |f: &dyn Fn(usize) -> f64| counts.iter().map(|&c| f(c)).sum::<f64>() / counts.len().max(1) as f64;
+        let at = mean(&|c| crate::pass_k::pass_at_k(s.samples, c, s.k));
+        let hat = mean(&|c| crate::pass_k::pass_hat_k(s.samples, c, s.k));
+        (s, at, hat)
+    });
     let mut cats: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for r in results {
         let c = cats.entry(checker::category_of(&r.id)).or_default();
@@ -147,20 +170,40 @@ pub fn report(results: &[CheckResult], source: &str, filler: bool, as_json: bool
             .collect();
         let entries: Vec<serde_json::Value> = results
             .iter()
-            .map(|r| {
-                json!({"id": r.id, "correct": r.valid, "error_type": r.error_type, "error": r.error,
-                       "state_fraction": r.state_fraction, "function_fraction": r.function_fraction})
+            .enumerate()
+            .map(|(i, r)| {
+                let mut e = json!({"id": r.id, "correct": r.valid, "error_type": r.error_type, "error": r.error,
+                       "state_fraction": r.state_fraction, "function_fraction": r.function_fraction});
+                if let Some(s) = sampling {
+                    e["sample"] = (i % s.samples.max(1)).into();
+                }
+                e
             })
             .collect();
-        return json!({"accuracy": accuracy, "correct": correct, "total": total, "categories": categories,
-                      "entries": entries, "source": source, "long_context_filler": filler})
-        .to_string();
+        let mut out = json!({"accuracy": accuracy, "correct": correct, "total": total, "categories": categories,
+                      "entries": entries, "source": source, "long_context_filler": filler});
+        if let Some((s, at, hat)) = passes {
+            out["samples"] = s.samples.into();
+            out["k"] = s.k.into();
+            out["pass_at_k"] = at.into();
+            out["pass_hat_k"] = hat.into();
+        }
+        return out.to_string();
     }
     let mut out = format!("{:<32} {:>8} {:>7} {:>7}\n", "category", "accuracy", "correct", "total");
     for (c, (ok, n)) in &cats {
         out.push_str(&format!("{c:<32} {:>7.1}% {ok:>7} {n:>7}\n", 100.0 * *ok as f64 / *n as f64));
     }
     out.push_str(&format!("{:<32} {:>7.1}% {correct:>7} {total:>7}\n", "all", 100.0 * accuracy));
+    if let Some((s, at, hat)) = passes {
+        out.push_str(&format!(
+            "{} samples an entry: pass@{k} {:.1}%, pass^{k} {:.1}%\n",
+            s.samples,
+            100.0 * at,
+            100.0 * hat,
+            k = s.k
+        ));
+    }
     out
 }
 
@@ -191,7 +234,7 @@ pub fn replay(paths: &BfclPaths, from: Option<&Path>, opts: CheckOptions, as_jso
             ("file", r, f)
         }
     };
-    Ok(report(&results, source, filler, as_json))
+    Ok(report(&results, source, filler, as_json, None))
 }
 
 /// How `--model` plays the entries.
@@ -224,6 +267,9 @@ pub struct ModelRun<'a> {
     pub user_command: Vec<String>,
     pub user_workers: usize,
     pub max_user_turns: usize,
+    /// Episodes played per entry (at `temperature`), and the k of pass@k and pass^k.
+    pub samples: usize,
+    pub k: usize,
 }
 
 /// `--model DIR`: plays every selected entry once with the model and scores it.
@@ -259,7 +305,7 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
     let template = artist_tokenizer::ChatTemplate::from_dir(run.model_dir)
         .unwrap_or_else(|_| artist_tokenizer::ChatTemplate::chatml());
     let s = EpisodeSettings {
-        group_size: 1,
+        group_size: run.samples,
         sampling: artist_engine::SamplingParams {
             temperature: run.temperature,
             top_p: run.top_p,
@@ -275,13 +321,14 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
         matmul_dtype: run.matmul_dtype,
         kv_cache_dtype: run.kv_cache_dtype,
         first_episode: 0,
-        share_first_turn: false,
+        // An entry's samples share its first turn's prefill (the same episodes to the bit).
+        share_first_turn: true,
     };
     let indices: Vec<usize> = (0..data.entries.len()).collect();
     let episodes = run_episodes(&model, &tokenizer, &template, &data, &indices, &s)?;
     let calls: BTreeMap<String, ModelCalls> =
         episodes.iter().map(|e| (data.entries[e.entry].id.clone(), e.calls.clone())).collect();
-    let (results, filler) = if data.mcp.is_some() || data.users.is_some() {
+    let (results, filler) = if data.mcp.is_some() || data.users.is_some() || run.samples > 1 {
         // Scored as training scores them: on the records of the entries' servers, against
         // the ground truth played on servers of its own, and a conversation the user
         // program led as one turn.
@@ -297,12 +344,41 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
         for (r, e) in results.iter().zip(&episodes) {
             let turns: Vec<Vec<String>> =
                 e.calls.iter().map(|steps| steps.iter().flatten().map(|c| c.to_python()).collect()).collect();
-            let line = json!({"id": r.id, "correct": r.valid, "error_type": r.error_type,
+            let line = json!({"id": r.id, "sample": e.sample, "correct": r.valid, "error_type": r.error_type,
                               "state_fraction": r.state_fraction, "function_fraction": r.function_fraction,
                               "turns_played": e.turns_played, "truncated": e.truncated,
                               "tool_calls": e.tool_calls, "tool_errors": e.tool_errors, "calls": turns});
             writeln!(f, "{line}")?;
         }
     }
-    Ok(report(&results, "model", filler, as_json))
+    Ok(report(&results, "model", filler, as_json, Some(Sampling { samples: run.samples, k: run.k })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// pass@k and pass^k over entries of several episodes, worked out by hand: entry a
+    /// passes 2 of 3 (pass@2 1 - C(1,2)/C(3,2) = 1, pass^2 C(2,2)/C(3,2) = 1/3), entry b
+    /// none (0 and 0).
+    #[test]
+    fn samples_give_pass_at_k_and_pass_hat_k() {
+        let r = |id: &str, valid: bool| CheckResult { id: id.into(), valid, ..Default::default() };
+        let results =
+            [r("a_0", true), r("a_0", false), r("a_0", true), r("b_0", false), r("b_0", false), r("b_0", false)];
+        let out: serde_json::Value =
+            serde_json::from_str(&report(&results, "model", false, true, Some(Sampling { samples: 3, k: 2 }))).unwrap();
+        assert!((out["accuracy"].as_f64().unwrap() - 2.0 / 6.0).abs() < 1e-12);
+        assert!((out["pass_at_k"].as_f64().unwrap() - 0.5).abs() < 1e-12);
+        assert!((out["pass_hat_k"].as_f64().unwrap() - 1.0 / 6.0).abs() < 1e-12);
+        assert_eq!((out["samples"].as_u64(), out["k"].as_u64()), (Some(3), Some(2)));
+        let samples: Vec<u64> =
+            out["entries"].as_array().unwrap().iter().map(|e| e["sample"].as_u64().unwrap()).collect();
+        assert_eq!(samples, [0, 1, 2, 0, 1, 2]);
+        let table = report(&results, "model", false, false, Some(Sampling { samples: 3, k: 2 }));
+        assert!(table.contains("3 samples an entry: pass@2 50.0%, pass^2 16.7%"), "{table}");
+        // Without samples the report is as it was.
+        let plain: serde_json::Value = serde_json::from_str(&report(&results, "file", false, true, None)).unwrap();
+        assert!(plain.get("pass_at_k").is_none() && plain["entries"][0].get("sample").is_none());
+    }
 }

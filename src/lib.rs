@@ -23,6 +23,7 @@ pub use artist_train as train;
 
 pub mod bfcl_eval;
 pub mod cli;
+pub mod pass_k;
 
 /// `--version` of every binary: the package version and the commit it was built from.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ARTIST_GIT_COMMIT"), ")");

@@ -603,6 +603,28 @@ fn bfcl_format_entries_on_an_mcp_server() {
         assert_eq!(e["error_type"], "multi_turn:empty_turn_model_response", "{e}");
         assert_eq!(e["tool_calls"], 0, "{e}");
     }
+    // Three episodes of each entry at temperature 1: pass@2 and pass^2 beside accuracy,
+    // every episode a row with its sample number.
+    let mut sampled = args.clone();
+    sampled.extend(["--samples", "3", "--k", "2", "--temperature", "1"]);
+    let out = lines(&eval(&sampled));
+    assert_eq!(
+        (out[0]["samples"].as_u64(), out[0]["k"].as_u64(), out[0]["total"].as_u64()),
+        (Some(3), Some(2), Some(9))
+    );
+    assert_eq!((out[0]["pass_at_k"].as_f64(), out[0]["pass_hat_k"].as_f64()), (Some(0.0), Some(0.0)));
+    let rows: Vec<(String, u64)> = (out[0]["entries"].as_array().unwrap().iter())
+        .map(|e| (e["id"].as_str().unwrap().to_string(), e["sample"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        rows[..4],
+        [("counter_0".into(), 0), ("counter_0".into(), 1), ("counter_0".into(), 2), ("counter_1".into(), 0)]
+    );
+    let written = std::fs::read_to_string(&out_file).unwrap();
+    assert_eq!(written.lines().count(), 9);
+    let k = sampled.iter().position(|a| *a == "--k").unwrap();
+    sampled[k + 1] = "4";
+    fails_cleanly(&eval(&sampled), "--samples (3) at least --k (4)");
     // A user program writes the turns after the first (tests/fixtures/mcp/user.py, with
     // talk_0's two-message script): three turns played, scored as one.
     let user = format!("python3 {}", root.join("tests/fixtures/mcp/user.py").display());

@@ -265,7 +265,12 @@ fn evaluate_bfcl(cli: &Cli) -> Result<()> {
             },
             user_workers: cli.user_workers,
             max_user_turns: cli.max_user_turns,
+            samples: cli.samples.unwrap_or(cli.k),
+            k: cli.k,
         };
+        if run.k == 0 || run.samples < run.k {
+            bail!("--k must be at least 1 and --samples ({}) at least --k ({})", run.samples, run.k);
+        }
         bfcl_eval::run_model(&paths, &run, opts, cli.json)?
     } else {
         bail!("BFCL scoring needs --replay-ground-truth (or --model DIR to play the entries)")
@@ -423,7 +428,8 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
     let n = rollouts.len().max(1) as f64;
     let problems = prompts.len() as f64;
     let pass_at_1 = correct_per_problem.iter().map(|&c| c as f64 / samples as f64).sum::<f64>() / problems;
-    let pass_at_k = correct_per_problem.iter().map(|&c| pass_at(samples, c, cli.k)).sum::<f64>() / problems;
+    let pass_at_k =
+        correct_per_problem.iter().map(|&c| artist::pass_k::pass_at_k(samples, c, cli.k)).sum::<f64>() / problems;
     // maj@N: the answer most samples agree on (artist_math::majority, ties to the lowest
     // sample), graded as that sample was.
     answers.iter_mut().for_each(|a| a.sort_by_key(|x| x.0));
@@ -483,15 +489,6 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
 /// The indices of the pass rates strictly between `above` and `below`, in order.
 fn keep_between(rates: &[f64], above: f64, below: f64) -> Vec<usize> {
     (0..rates.len()).filter(|&i| above < rates[i] && rates[i] < below).collect()
-}
-
-/// The unbiased pass@k of a problem with `c` correct among `n` samples:
-/// `1 - C(n - c, k) / C(n, k)`, computed as a product to stay in range.
-fn pass_at(n: usize, c: usize, k: usize) -> f64 {
-    if n - c < k {
-        return 1.0;
-    }
-    1.0 - ((n - c + 1)..=n).map(|i| 1.0 - k as f64 / i as f64).product::<f64>()
 }
 
 fn verify(path: &Path) -> Result<()> {
@@ -560,26 +557,5 @@ mod keep_tests {
         assert_eq!(super::keep_between(&rates, -0.5, 0.5), vec![0, 1, 6]);
         assert_eq!(super::keep_between(&rates, 0.5, 1.5), vec![2, 4, 5]);
         assert!(super::keep_between(&rates, 1.0, 0.0).is_empty());
-    }
-}
-
-#[cfg(test)]
-mod pass_at_tests {
-    /// Against `1 - C(n - c, k) / C(n, k)` computed with binomials.
-    #[test]
-    fn matches_the_binomial_form() {
-        fn choose(n: usize, k: usize) -> f64 {
-            (0..k).map(|i| (n - i) as f64 / (i + 1) as f64).product()
-        }
-        for n in 1..9 {
-            for c in 0..=n {
-                for k in 1..=n {
-                    let want = if n - c < k { 1.0 } else { 1.0 - choose(n - c, k) / choose(n, k) };
-                    assert!((super::pass_at(n, c, k) - want).abs() < 1e-12, "n {n} c {c} k {k}");
-                }
-            }
-        }
-        assert_eq!(super::pass_at(5, 0, 1), 0.0);
-        assert!((super::pass_at(5, 2, 2) - 0.7).abs() < 1e-12);
     }
 }
