@@ -404,6 +404,9 @@ fn load_entries(s: &BfclSettings) -> Result<(Vec<Entry>, Vec<GroundTruth>)> {
     if entries.is_empty() {
         return Err(Error::Config("bfcl: no entries selected (check first/skip)".into()));
     }
+    for e in &entries {
+        required_outputs(e)?;
+    }
     Ok((entries, truths))
 }
 
@@ -1015,9 +1018,32 @@ pub fn score_episode(
         checker::check_entry(entry, &truth, &calls, data.long_context.as_ref(), Some(docs), opts)
             .map_err(|e| Error::Config(format!("{}: {e}", entry.id)))?
     };
+    // tau-bench's outputs: what the model must have told the user, found in its own text
+    // (both lowercased, commas dropped).
+    let mut check = check;
+    let outputs = required_outputs(entry)?;
+    if !outputs.is_empty() && check.valid {
+        let own: Vec<u32> = ep.ids.iter().zip(&ep.mask).filter(|&(_, &m)| m == 1).map(|(&id, _)| id).collect();
+        let said = tokenizer.decode_lossy(&own, false).to_lowercase().replace(',', "");
+        if let Some(missing) = outputs.iter().find(|o| !said.contains(&o.to_lowercase().replace(',', ""))) {
+            check.valid = false;
+            check.error_type = Some("multi_turn:missing_output".into());
+            check.error = Some(format!("the model never said {missing:?}"));
+        }
+    }
     let segments = crate::grpo::segments_of(tokenizer, &ep.ids, &ep.mask);
     let rewards = fc_format_rewards(&segments, check.state_fraction, check.function_fraction, weights);
     Ok(Scored { check, rewards })
+}
+
+/// An entry's `"outputs"`: the texts the model must say to the user for the episode to pass
+/// (tau-bench's outputs; none when absent).
+fn required_outputs(entry: &Entry) -> Result<Vec<String>> {
+    match entry.raw.get("outputs") {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|_| Error::Config(format!("{}: \"outputs\" must be a list of texts, got {v}", entry.id))),
+    }
 }
 
 /// Turns' records as one: every result, in order, and the last state (`initial` if none).

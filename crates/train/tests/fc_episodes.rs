@@ -959,7 +959,7 @@ fn a_user_program_leads_the_conversation() {
     let (data, eps, tok) = talk("", 20.0, Some(&log), |t| match t {
         0 => oracle_text(&[Call::new("add").kwarg("a", 2).kwarg("b", 3)]),
         1 => oracle_text(&[Call::new("counter")]),
-        _ => "<reasoning>Nothing left.</reasoning>All done.<|im_end|>".into(),
+        _ => "<reasoning>Nothing left.</reasoning>The count is 6, all done.<|im_end|>".into(),
     });
     let eps = eps.unwrap();
     for ep in &eps {
@@ -1010,6 +1010,40 @@ fn a_user_led_conversation_is_scored_by_its_end() {
     assert!(!s.check.valid);
     assert_eq!(s.check.turns[0].state_differences, ["count"]);
     assert_eq!((s.check.state_fraction, s.check.function_fraction), (0.0, 0.5));
+}
+
+/// tau-bench's outputs: talk_0 requires the model to tell the user "count is 6". A model
+/// whose calls and final state are right but never says it fails the verdict (its state
+/// and function rewards stay whole); saying it in other case and with a comma passes.
+#[test]
+fn an_entry_s_outputs_must_be_said() {
+    if !python3() {
+        return;
+    }
+    for (last, valid) in [("All done.", false), ("COUNT, IS 6 now.", true)] {
+        let (data, eps, tok) = talk("", 20.0, None, |t| match t {
+            0 => oracle_text(&[Call::new("add").kwarg("a", 2).kwarg("b", 3)]),
+            1 => oracle_text(&[Call::new("counter")]),
+            _ => format!("<reasoning>Nothing left.</reasoning>{last}<|im_end|>"),
+        });
+        let s = score_episode(&tok, &data, &eps.unwrap()[0], &Default::default(), Default::default()).unwrap();
+        assert_eq!(s.check.valid, valid, "{last}: {:?}", s.check);
+        assert_eq!((s.check.state_fraction, s.check.function_fraction), (1.0, 1.0));
+        if !valid {
+            assert_eq!(s.check.error_type.as_deref(), Some("multi_turn:missing_output"));
+            assert!(s.check.error.as_deref().unwrap().contains("count is 6"));
+        }
+    }
+    // Outputs that are not a list of texts are refused at load, naming the entry.
+    let tmp = tempfile::tempdir().unwrap();
+    let (q, a) = (tmp.path().join("q.jsonl"), tmp.path().join("a.jsonl"));
+    std::fs::write(&q, r#"{"id": "bad_0", "question": [[{"role": "user", "content": "Hi."}]], "outputs": [6]}"#)
+        .unwrap();
+    std::fs::write(&a, r#"{"id": "bad_0", "ground_truth": [[]]}"#).unwrap();
+    let s = BfclSettings { questions: vec![q], answers: vec![a], ..mcp_settings() };
+    let server = std::sync::Arc::new(artist_tools::McpTool::spawn(mcp_config()).unwrap());
+    let e = FcData::load_mcp(&s, server).err().unwrap().to_string();
+    assert!(e.contains("bad_0") && e.contains("\"outputs\" must be a list of texts"), "{e}");
 }
 
 /// A user program that answers nonsense, answers without a message, or does not answer in
