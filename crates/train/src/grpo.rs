@@ -913,6 +913,10 @@ pub struct StepMetrics {
     pub eval_pass_at_k: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_maj_at_k: Option<f64>,
+    /// With `eval.samples = k > 1`: the held-out problems whose k answers are all correct
+    /// (pass^k, tau-bench's consistency).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_pass_hat_k: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_s: Option<f64>,
 }
@@ -939,6 +943,7 @@ impl StepMetrics {
     fn set_eval(&mut self, e: &Evaluation, k: usize, secs: f64) {
         self.eval_pass_at_k = (k > 1).then_some(e.pass_at_k);
         self.eval_maj_at_k = e.maj_at_k.filter(|_| k > 1);
+        self.eval_pass_hat_k = (k > 1).then_some(e.pass_hat_k);
         self.eval_accuracy = Some(e.accuracy);
         self.eval_reward = Some(e.reward);
         self.eval_tool_use = Some(e.tool_use);
@@ -2085,13 +2090,16 @@ pub struct Evaluation {
     /// Problems whose majority answer among their `k` is correct (maj@k, self-consistency;
     /// [`artist_math::majority`]); `None` where answers do not vote (BFCL episodes).
     pub maj_at_k: Option<f64>,
+    /// Problems whose `k` answers are all correct (pass^k, tau-bench's consistency; with one
+    /// answer a problem, the accuracy).
+    pub pass_hat_k: f64,
 }
 
 impl Evaluation {
     /// From [`EvalSums`] (summed over ranks); `voted` says whether they count majority
     /// answers.
     pub(crate) fn from_sums(
-        [correct, reward, tool_use, n, passed, problems, majority]: EvalSums,
+        [correct, reward, tool_use, n, passed, problems, majority, all]: EvalSums,
         voted: bool,
     ) -> Evaluation {
         let (n, problems) = (n.max(1.0), problems.max(1.0));
@@ -2102,6 +2110,7 @@ impl Evaluation {
             tool_use: tool_use / n,
             pass_at_k: passed / problems,
             maj_at_k: voted.then_some(majority / problems),
+            pass_hat_k: all / problems,
         }
     }
 
@@ -2117,9 +2126,10 @@ impl Evaluation {
     ) -> EvalSums {
         let count = |v: &[bool]| v.iter().filter(|&&x| x).count() as f64;
         let passed = correct.chunks(k.max(1)).filter(|c| c.contains(&true)).count() as f64;
+        let all = correct.chunks(k.max(1)).filter(|c| c.iter().all(|&x| x)).count() as f64;
         let problems = correct.len().div_ceil(k.max(1)) as f64;
         let voted = majority.map_or(0.0, count);
-        [count(correct), reward.iter().sum(), count(tool_use), correct.len() as f64, passed, problems, voted]
+        [count(correct), reward.iter().sum(), count(tool_use), correct.len() as f64, passed, problems, voted, all]
     }
 }
 
@@ -2132,11 +2142,11 @@ fn majority_correct(answers: &[Option<String>], correct: &[bool], k: usize) -> V
 }
 
 /// How many figures [`EvalSums`] holds.
-pub(crate) const EVAL_SUMS: usize = 7;
+pub(crate) const EVAL_SUMS: usize = 8;
 
 /// An evaluation's figures as sums, to add over ranks: correct answers, their rewards,
 /// answers with a tool call, answers, problems with a correct answer, problems, problems
-/// whose majority answer is correct.
+/// whose majority answer is correct, problems whose answers are all correct.
 pub(crate) type EvalSums = [f64; EVAL_SUMS];
 
 /// What [`train`] drives: a policy, its frozen reference, the run's settings, and one
@@ -2454,7 +2464,7 @@ fn run<T: GrpoTask>(
             let k = c.eval.answers_per_problem();
             let mut pass = String::new();
             if k > 1 {
-                pass = format!(", pass@{k} {:.1}%", 100.0 * e.pass_at_k);
+                pass = format!(", pass@{k} {:.1}%, pass^{k} {:.1}%", 100.0 * e.pass_at_k, 100.0 * e.pass_hat_k);
                 if let Some(m) = e.maj_at_k {
                     pass += &format!(", maj@{k} {:.1}%", 100.0 * m);
                 }
@@ -2635,16 +2645,17 @@ mod tests {
         // The majority answer of the first problem is right, of the others wrong.
         let voted = [true, false, false];
         let sums = Evaluation::sums(&correct, &rewards, &tools, 2, Some(&voted));
-        assert_eq!(sums, [3.0, 8.25, 3.0, 6.0, 2.0, 3.0, 1.0]);
+        assert_eq!(sums, [3.0, 8.25, 3.0, 6.0, 2.0, 3.0, 1.0, 1.0]);
         let e = Evaluation::from_sums(sums, true);
         assert_eq!((e.accuracy, e.reward, e.tool_use, e.pass_at_k), (0.5, 8.25 / 6.0, 0.5, 2.0 / 3.0));
+        assert_eq!(e.pass_hat_k, 1.0 / 3.0, "only the third problem has both answers right");
         assert_eq!(e.maj_at_k, Some(1.0 / 3.0));
         // Episodes that do not vote.
         let sums = Evaluation::sums(&correct, &rewards, &tools, 2, None);
         assert_eq!((sums[6], Evaluation::from_sums(sums, false).maj_at_k), (0.0, None));
         // One answer a problem: pass@1 is the accuracy.
         let e = Evaluation::from_sums(Evaluation::sums(&correct, &rewards, &tools, 1, Some(&correct)), true);
-        assert_eq!((e.pass_at_k, e.maj_at_k), (e.accuracy, Some(e.accuracy)));
+        assert_eq!((e.pass_at_k, e.maj_at_k, e.pass_hat_k), (e.accuracy, Some(e.accuracy), e.accuracy));
         assert_eq!(Evaluation::from_sums([0.0; EVAL_SUMS], false), Evaluation::default());
     }
 

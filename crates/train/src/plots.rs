@@ -19,6 +19,7 @@ const PANELS: &[(&str, &str)] = &[
     ("accuracy", "accuracy"),
     ("eval_accuracy", "held-out accuracy"),
     ("eval_pass_at_k", "held-out pass@k"),
+    ("eval_pass_hat_k", "held-out pass^k"),
     ("eval_maj_at_k", "held-out maj@k"),
     ("eval_reward", "held-out reward"),
     ("reward_answer", "answer reward"),
