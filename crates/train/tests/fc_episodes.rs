@@ -1242,3 +1242,48 @@ impl Policy for Counting<'_> {
         <Qwen2 as Policy>::set_matmul_dtype(self.inner, cache, dtype)
     }
 }
+
+/// examples/bank, the template for an environment of one's own: its config validates, and a
+/// model that writes the ground truth's calls and tells the user what `outputs` asks for
+/// passes both entries with full state and function rewards on its server.
+#[test]
+fn the_bank_example_passes_its_own_ground_truth() {
+    if !python3() {
+        return;
+    }
+    let text = std::fs::read_to_string(root().join("examples/bank/config.toml")).unwrap();
+    let c = GrpoRunConfig::from_toml(&text, Path::new("examples/bank/config.toml")).unwrap();
+    let at_root = |p: &std::path::PathBuf| root().join(p);
+    let mut c =
+        c.with_overrides(&[format!("model={:?}", tiny().to_str().unwrap()), "mcp.spare_servers=0".into()]).unwrap();
+    c.validate(artist_tensor::Device::Cpu).unwrap();
+    c.bfcl.questions = c.bfcl.questions.iter().map(at_root).collect();
+    c.bfcl.answers = c.bfcl.answers.iter().map(at_root).collect();
+    c.mcp.command[1] = root().join(&c.mcp.command[1]).to_str().unwrap().into();
+    let server = std::sync::Arc::new(artist_tools::McpTool::spawn(c.mcp.clone()).unwrap());
+    let data = FcData::load_mcp(&c.bfcl, server).unwrap();
+    let tok = Tokenizer::from_dir(tiny()).unwrap();
+    let template = ChatTemplate::from_dir(tiny()).unwrap();
+    let eos = tok.token_to_id("<|im_end|>").unwrap();
+    for i in 0..data.entries.len() {
+        let turns: Vec<Vec<u32>> = (data.truths[i].turns.iter())
+            .map(|calls| {
+                let list: Vec<String> = calls.iter().map(Call::to_python).collect();
+                let text =
+                    format!("<reasoning>Plan.</reasoning><tool>[{}]</tool>Alice has 100.<|im_end|>", list.join(", "));
+                tok.encode(&text).unwrap()
+            })
+            .collect();
+        let policy = TurnScripted { vocab: 311, eos, im_start: tok.token_to_id("<|im_start|>").unwrap(), turns };
+        let eps = run_episodes(&policy, &tok, &template, &data, &[i], &settings(eos)).unwrap();
+        let s = score_episode(&tok, &data, &eps[0], &c.fc_rewards, Default::default()).unwrap();
+        assert!(s.check.valid, "{}: {:?}", data.entries[i].id, s.check);
+        // State 0.5, function 0.5, strict format 0.1, and 0.025 per complete block up to
+        // 0.1: two blocks a turn.
+        let blocks = 2 * data.truths[i].turns.len();
+        let want = 1.1 + (0.025 * blocks as f64).min(0.1);
+        assert!((s.rewards.total - want).abs() < 1e-12, "{:?} vs {want}", s.rewards);
+        let text = tok.decode(&eps[0].ids, false).unwrap();
+        assert!(!text.contains("error:"), "{text}");
+    }
+}
