@@ -42,8 +42,11 @@
 //! `math500` preset), and `"kept"` in the summary.
 //!
 //! `eval --dataset QUESTIONS.json --answers POSSIBLE_ANSWER.json (--replay-ground-truth
-//! [--replay-from FILE] | --model DIR) [--json]` scores BFCL multi-turn entries as BFCL
-//! does; the interface is documented in `artist::bfcl_eval` and docs/BFCL.md.
+//! [--replay-from FILE] | --model DIR [--samples N --k K] [--mcp-command CMD ...]
+//! [--user-command CMD]) [--json]` scores BFCL multi-turn entries as BFCL does (on BFCL's
+//! environments or an MCP server's tools, the user's turns from the entries or a program,
+//! with pass@k and pass^k over N episodes an entry); the interface is documented in
+//! `artist::bfcl_eval` and docs/BFCL.md.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
