@@ -295,10 +295,7 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
         max_user_turns: run.max_user_turns,
         ..Default::default()
     };
-    let mut data = match &run.mcp {
-        None => FcData::load(&settings)?,
-        Some(server) => FcData::load_mcp(&settings, std::sync::Arc::clone(server))?,
-    };
+    let mut data = FcData::load_on(&settings, run.mcp.as_ref())?;
     data.users = artist_train::fc::Users::spawn(&settings)?.map(std::sync::Arc::new);
     let (model, tokenizer) = crate::cli::open_model(run.model_dir, run.lora, run.device)?;
     let tokenizer = tokenizer.with_context(|| format!("{}: no tokenizer.json", run.model_dir.display()))?;
@@ -326,8 +323,6 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
     };
     let indices: Vec<usize> = (0..data.entries.len()).collect();
     let episodes = run_episodes(&model, &tokenizer, &template, &data, &indices, &s)?;
-    let calls: BTreeMap<String, ModelCalls> =
-        episodes.iter().map(|e| (data.entries[e.entry].id.clone(), e.calls.clone())).collect();
     let (results, filler) = if data.mcp.is_some() || data.users.is_some() || run.samples > 1 {
         // Scored as training scores them: on the records of the entries' servers, against
         // the ground truth played on servers of its own, and a conversation the user
@@ -336,7 +331,15 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
         let scored = artist_train::fc::score_episodes(&tokenizer, &data, &episodes, &weights, opts)?;
         (scored.into_iter().map(|s| s.check).collect(), data.long_context.is_some())
     } else {
-        score(paths, &data.entries, &data.truths, |e, _| calls.get(&e.id).cloned().unwrap_or_default(), opts)?
+        let calls: BTreeMap<&str, &ModelCalls> =
+            episodes.iter().map(|e| (data.entries[e.entry].id.as_str(), &e.calls)).collect();
+        score(
+            paths,
+            &data.entries,
+            &data.truths,
+            |e, _| calls.get(e.id.as_str()).map_or_else(Vec::new, |c| (*c).clone()),
+            opts,
+        )?
     };
     if let Some(out) = run.out {
         let mut f =

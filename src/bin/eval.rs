@@ -268,12 +268,9 @@ fn evaluate_bfcl(cli: &Cli) -> Result<()> {
             },
             user_workers: cli.user_workers,
             max_user_turns: cli.max_user_turns,
-            samples: cli.samples.unwrap_or(cli.k),
+            samples: samples_per_problem(cli)?,
             k: cli.k,
         };
-        if run.k == 0 || run.samples < run.k {
-            bail!("--k must be at least 1 and --samples ({}) at least --k ({})", run.samples, run.k);
-        }
         bfcl_eval::run_model(&paths, &run, opts, cli.json)?
     } else {
         bail!("BFCL scoring needs --replay-ground-truth (or --model DIR to play the entries)")
@@ -297,10 +294,7 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
         );
     };
     let format: artist_math::DatasetFormat = cli.field_map.as_deref().unwrap_or(&cli.preset).parse()?;
-    let samples = cli.samples.unwrap_or(cli.k);
-    if cli.k == 0 || samples < cli.k {
-        bail!("--k must be at least 1 and --samples ({samples}) at least --k ({})", cli.k);
-    }
+    let samples = samples_per_problem(cli)?;
     if cli.keep_above.partial_cmp(&cli.keep_below) != Some(std::cmp::Ordering::Less) {
         bail!("--keep-above ({}) must be below --keep-below ({})", cli.keep_above, cli.keep_below);
     }
@@ -492,6 +486,15 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
 /// The indices of the pass rates strictly between `above` and `below`, in order.
 fn keep_between(rates: &[f64], above: f64, below: f64) -> Vec<usize> {
     (0..rates.len()).filter(|&i| above < rates[i] && rates[i] < below).collect()
+}
+
+/// `--samples` (default `--k`), checked against `--k`.
+fn samples_per_problem(cli: &Cli) -> Result<usize> {
+    let samples = cli.samples.unwrap_or(cli.k);
+    if cli.k == 0 || samples < cli.k {
+        bail!("--k must be at least 1 and --samples ({samples}) at least --k ({})", cli.k);
+    }
+    Ok(samples)
 }
 
 fn verify(path: &Path) -> Result<()> {

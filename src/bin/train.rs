@@ -538,10 +538,7 @@ fn run_fc(
     // Held-out entries play as the training entries do (the same user program, if any).
     let load = |s: &artist_train::fc::BfclSettings| {
         let s = artist_train::fc::BfclSettings { user_command: config.bfcl.user_command.clone(), ..s.clone() };
-        match &server {
-            None => FcData::load(&s),
-            Some(server) => FcData::load_mcp(&s, std::sync::Arc::clone(server)),
-        }
+        FcData::load_on(&s, server.as_ref())
     };
     let mut data = load(&config.bfcl)?;
     // The user program of bfcl.user_command, for the training and held-out entries alike.

@@ -28,6 +28,7 @@
 //! tau-bench's simulated user), and a conversation is scored as one turn: the final state
 //! and every call against the ground truth's calls of all turns.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -138,6 +139,8 @@ pub struct FcData {
     pub mcp: Option<Arc<McpTool>>,
     /// `bfcl.user_command`: the program that writes the user's turns after the first.
     pub users: Option<Arc<Users>>,
+    /// Each entry's `"outputs"` (tau-bench's): what the model must tell the user to pass.
+    pub outputs: Vec<Vec<String>>,
     /// The ground truth played on the MCP server, per entry (played once, when an episode
     /// of the entry is first scored: the server is taken to be deterministic).
     truth_records: Mutex<HashMap<usize, Arc<TruthRecord>>>,
@@ -160,7 +163,7 @@ impl FcData {
                 "bfcl.environment = \"mcp\": the entries are loaded with the server's tools (FcData::load_mcp)".into(),
             ));
         }
-        let (entries, truths) = load_entries(s)?;
+        let Entries { entries, truths, outputs } = load_entries(s)?;
         let func_doc = s.func_doc.clone().unwrap_or_else(|| sibling(&s.questions[0], "func_doc"));
         let long_context = match &s.long_context {
             None => None,
@@ -181,8 +184,17 @@ impl FcData {
             long_context,
             mcp: None,
             users: None,
+            outputs,
             truth_records: Default::default(),
         })
+    }
+
+    /// [`FcData::load`] or, with a server, [`FcData::load_mcp`].
+    pub fn load_on(s: &BfclSettings, server: Option<&Arc<McpTool>>) -> Result<FcData> {
+        match server {
+            None => FcData::load(s),
+            Some(server) => FcData::load_mcp(s, Arc::clone(server)),
+        }
     }
 
     /// Entries in BFCL's format played on an MCP server's tools (`bfcl.environment =
@@ -192,7 +204,7 @@ impl FcData {
         if s.long_context.is_some() {
             return Err(Error::Config("bfcl.long_context is for BFCL's own environments, not an MCP server's".into()));
         }
-        let (entries, truths) = load_entries(s)?;
+        let Entries { entries, truths, outputs } = load_entries(s)?;
         let all = mcp_tool_set(&server)?;
         let tools = entries
             .iter()
@@ -212,6 +224,7 @@ impl FcData {
             long_context: None,
             mcp: Some(server),
             users: None,
+            outputs,
             truth_records: Default::default(),
         })
     }
@@ -371,7 +384,15 @@ fn json_arguments(call: &Call) -> std::result::Result<serde_json::Value, String>
 }
 
 /// The entries and their ground truth from `bfcl.questions` and `bfcl.answers`.
-fn load_entries(s: &BfclSettings) -> Result<(Vec<Entry>, Vec<GroundTruth>)> {
+/// What `bfcl.questions` and `bfcl.answers` give: the entries, their ground truth and their
+/// `"outputs"`.
+struct Entries {
+    entries: Vec<Entry>,
+    truths: Vec<GroundTruth>,
+    outputs: Vec<Vec<String>>,
+}
+
+fn load_entries(s: &BfclSettings) -> Result<Entries> {
     if s.questions.is_empty() {
         return Err(Error::Config("bfcl.questions: no questions file given".into()));
     }
@@ -404,10 +425,8 @@ fn load_entries(s: &BfclSettings) -> Result<(Vec<Entry>, Vec<GroundTruth>)> {
     if entries.is_empty() {
         return Err(Error::Config("bfcl: no entries selected (check first/skip)".into()));
     }
-    for e in &entries {
-        required_outputs(e)?;
-    }
-    Ok((entries, truths))
+    let outputs = entries.iter().map(required_outputs).collect::<Result<_>>()?;
+    Ok(Entries { entries, truths, outputs })
 }
 
 /// `DIR/questions/X.json` -> `DIR/<name>/X.json` (or `DIR/<name>` for a directory name).
@@ -710,7 +729,10 @@ pub fn run_episodes<P: Policy>(
                 truncated: false,
                 initial_state,
                 records: vec![],
-                messages: vec![serde_json::json!({"role": "user", "content": first})],
+                messages: match &data.users {
+                    Some(_) => vec![serde_json::json!({"role": "user", "content": first})],
+                    None => Vec::new(),
+                },
                 next_user: None,
             });
         }
@@ -753,7 +775,9 @@ pub fn run_episodes<P: Policy>(
                     continue;
                 }
                 p.force(&ids);
-                p.messages.push(serde_json::json!({"role": "user", "content": msg}));
+                if data.users.is_some() {
+                    p.messages.push(serde_json::json!({"role": "user", "content": msg}));
+                }
             }
             if t == 0 && p.context() + 8 > s.max_context {
                 // The system prompt and first turn alone fill the context: nothing to play.
@@ -998,19 +1022,26 @@ pub fn score_episode(
     // A conversation the user program led has its own turns: it is scored as one turn, the
     // final state and every call made against the ground truth's calls, all together.
     let whole = data.users.is_some();
-    let one_turn = |truth: &GroundTruth| GroundTruth { id: truth.id.clone(), turns: vec![truth.turns.concat()] };
-    let truth = if whole { one_turn(&data.truths[ep.entry]) } else { data.truths[ep.entry].clone() };
-    let calls: ModelCalls = if whole { vec![ep.calls.concat()] } else { ep.calls.clone() };
+    let truth = &data.truths[ep.entry];
+    let (truth, calls): (Cow<GroundTruth>, Cow<ModelCalls>) = if whole {
+        let one = GroundTruth { id: truth.id.clone(), turns: vec![truth.turns.concat()] };
+        (Cow::Owned(one), Cow::Owned(vec![ep.calls.concat()]))
+    } else {
+        (Cow::Borrowed(truth), Cow::Borrowed(&ep.calls))
+    };
     let check = if data.mcp.is_some() {
         // The records of both sides, replayed: the model's calls' results and the states
         // its server was in after each turn, against the ground truth's on a server of its
         // own.
         let record = data.truth_record(ep.entry)?;
         let initial = ep.initial_state.as_deref().unwrap_or(&record.initial);
-        let (model_records, truth_records) = if whole {
-            (vec![one_record(&ep.records, initial)], vec![one_record(&record.turns, &record.initial)])
+        let (model_records, truth_records): (Cow<[TurnRecord]>, Cow<[TurnRecord]>) = if whole {
+            (
+                Cow::Owned(vec![one_record(&ep.records, initial)]),
+                Cow::Owned(vec![one_record(&record.turns, &record.initial)]),
+            )
         } else {
-            (ep.records.clone(), record.turns.clone())
+            (Cow::Borrowed(&ep.records), Cow::Borrowed(&record.turns))
         };
         let mut records = checker::Recorded::new(initial, &model_records, &truth_records);
         checker::check_turns(&entry.id, &truth, &calls, Some(docs), opts, &mut records)
@@ -1021,7 +1052,7 @@ pub fn score_episode(
     // tau-bench's outputs: what the model must have told the user, found in its own text
     // (both lowercased, commas dropped).
     let mut check = check;
-    let outputs = required_outputs(entry)?;
+    let outputs = &data.outputs[ep.entry];
     if !outputs.is_empty() && check.valid {
         let own: Vec<u32> = ep.ids.iter().zip(&ep.mask).filter(|&(_, &m)| m == 1).map(|(&id, _)| id).collect();
         let said = tokenizer.decode_lossy(&own, false).to_lowercase().replace(',', "");
