@@ -7,7 +7,11 @@
 //! a server per rollout (`sessions = "rollout"`): a rollout's first call, which starts its
 //! server, its later calls, and rollouts starting theirs from many threads at once; then the
 //! same first calls with four spare servers kept started; then a step's multi-turn episodes
-//! opening their servers (set up, state read) all at once, with and without spares.
+//! opening their servers (set up, state read) all at once, with and without spares. Last,
+//! the same server over Streamable HTTP (`server.py http`, Python's `http.server`): calls
+//! one after another answered as JSON and as event streams, calls overlapping, a session
+//! per rollout (no process to start: a first call opens a session), and the episodes'
+//! sessions opened at once.
 //!
 //!     cargo bench --bench mcp -- [--calls 2000] [--threads 16] [--sleep-ms 50] [--rollouts 32] [--episodes 16]
 //!
@@ -205,4 +209,99 @@ fn main() {
                 "pause_ms": pause_ms, "first_call_ms": first * 1e3 / rollouts as f64})
         );
     }
+    drop(pooled);
+    for mode in ["json", "sse"] {
+        http(&server, mode, calls, threads, sleep_ms, rollouts, episodes);
+    }
+}
+
+/// The HTTP measurements against `server.py http` answering as JSON bodies or (`sse`) event
+/// streams.
+fn http(
+    script: &std::path::Path,
+    mode: &str,
+    calls: usize,
+    threads: usize,
+    sleep_ms: f64,
+    rollouts: u64,
+    episodes: usize,
+) {
+    use std::io::BufRead;
+    let mut command = std::process::Command::new("python3");
+    command.arg(script).arg("http");
+    if mode == "sse" {
+        command.arg("sse");
+    }
+    let mut child = command.stdout(std::process::Stdio::piped()).spawn().expect("python3");
+    let mut url = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut url).expect("the server's URL");
+    let config = McpConfig { url: Some(url.trim().to_string()), ..Default::default() };
+    let tool = Arc::new(McpTool::spawn(config.clone()).expect("the HTTP server answers"));
+    let echo = r#"{"name": "echo", "arguments": {"text": "hello"}}"#;
+    let call = |tool: &McpTool, rollout: u64, text: &str| {
+        let r = tool.execute(&ToolCall { text: text.into(), rollout, ..Default::default() });
+        assert!(r.success, "{r:?}");
+    };
+    for _ in 0..50 {
+        call(&tool, 0, echo);
+    }
+    let start = Instant::now();
+    for _ in 0..calls {
+        call(&tool, 0, echo);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let sleep = format!(r#"{{"name": "sleep", "arguments": {{"seconds": {}}}}}"#, sleep_ms / 1e3);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (tool, sleep) = (Arc::clone(&tool), sleep.clone());
+            s.spawn(move || call(&tool, 0, &sleep));
+        }
+    });
+    let together = start.elapsed().as_secs_f64();
+    let serial = threads as f64 * sleep_ms / 1e3;
+    println!(
+        "{}",
+        serde_json::json!({"bench": "mcp_http", "answers": mode, "calls": calls,
+            "us_per_call": secs * 1e6 / calls as f64, "calls_per_s": calls as f64 / secs,
+            "threads": threads, "sleep_ms": sleep_ms, "overlap": serial / together})
+    );
+    let own = McpTool::spawn(McpConfig { sessions: McpSessions::Rollout, ..config.clone() }).expect("opens");
+    let mut first = 0.0;
+    for r in 0..rollouts {
+        let t = Instant::now();
+        call(&own, r, echo);
+        first += t.elapsed().as_secs_f64();
+        own.end_rollout(r);
+    }
+    drop(own);
+    let episode_config = McpConfig {
+        sessions: McpSessions::Rollout,
+        state_tool: Some("state".into()),
+        setup_tool: Some("setup".into()),
+        ..config
+    };
+    let pool = McpTool::spawn(episode_config).expect("opens");
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for i in 0..episodes {
+            let pool = &pool;
+            s.spawn(move || {
+                let session = pool.open_session(&serde_json::json!({"count": i})).expect("a session");
+                assert_eq!(
+                    session.state().expect("a state tool").expect("a state"),
+                    format!("{{\"count\": {i}, \"last\": null}}")
+                );
+            });
+        }
+    });
+    let open_ms = start.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "{}",
+        serde_json::json!({"bench": "mcp_http_sessions", "answers": mode, "rollouts": rollouts,
+            "first_call_ms": first * 1e3 / rollouts as f64, "episodes": episodes, "open_all_ms": open_ms})
+    );
+    drop(pool);
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -110,24 +110,33 @@ pub struct McpArgs {
     /// With --tools mcp: the MCP server's command line, split into words as a shell would
     /// (quotes keep spaces: "python3 'my server.py' --flag"; nothing is expanded); its
     /// functions are listed in ARTIST's system prompt.
-    #[arg(long, value_name = "COMMAND")]
+    #[arg(long, value_name = "COMMAND", group = "mcp_server")]
     pub mcp_command: Option<String>,
+    /// With --tools mcp, instead of --mcp-command: the endpoint of an MCP server already
+    /// running, over Streamable HTTP (`http://127.0.0.1:8000/mcp`); each sample's own
+    /// server (--mcp-sessions rollout) is then a session of its own with it.
+    #[arg(long, value_name = "URL", group = "mcp_server")]
+    pub mcp_url: Option<String>,
+    /// With --mcp-url: a header sent with every message, `Name: value` (repeatable; each
+    /// `${NAME}` in the value is replaced by environment variable NAME).
+    #[arg(long, value_name = "HEADER", requires = "mcp_url")]
+    pub mcp_header: Vec<String>,
     /// `shared`, one server for every sample, or `rollout`, a server per sample, started
     /// at its first call and closed when it ends (a stateful server starts fresh for each).
-    #[arg(long, default_value = "shared", value_parser = ["shared", "rollout"], requires = "mcp_command")]
+    #[arg(long, default_value = "shared", value_parser = ["shared", "rollout"], requires = "mcp_server")]
     pub mcp_sessions: String,
     /// With --mcp-sessions rollout: servers kept started ahead of the samples that will take
     /// them, so a sample's first call need not wait for a start.
-    #[arg(long, default_value_t = 0, value_name = "N", requires = "mcp_command")]
+    #[arg(long, default_value_t = 0, value_name = "N", requires = "mcp_server")]
     pub mcp_spare_servers: usize,
     /// With --mcp-sessions rollout: a tool of the server (hidden from the model) read when a
     /// sample ends; its text is the sample's final state, which the judge is given.
-    #[arg(long, value_name = "NAME", requires = "mcp_command")]
+    #[arg(long, value_name = "NAME", requires = "mcp_server")]
     pub mcp_state_tool: Option<String>,
     /// With --mcp-sessions rollout, multi-turn entries (`eval --answers`): a tool of the
     /// server (hidden from the model) called with an entry's initial_config when the
     /// entry's server starts.
-    #[arg(long, value_name = "NAME", requires = "mcp_command")]
+    #[arg(long, value_name = "NAME", requires = "mcp_server")]
     pub mcp_setup_tool: Option<String>,
 }
 
@@ -144,9 +153,20 @@ impl McpArgs {
     /// Starts the server for multi-turn entries (`--mcp-setup-tool` allowed) and lists its
     /// functions.
     pub fn start_episodes(&self) -> Result<artist_tools::McpTool> {
-        let command = self.mcp_command.as_deref();
-        let command = command.context("--tools mcp needs --mcp-command, the server's command line")?;
-        let command = split_command(command, "--mcp-command")?;
+        let command = match (&self.mcp_command, &self.mcp_url) {
+            (Some(command), _) => split_command(command, "--mcp-command")?,
+            (None, Some(_)) => Vec::new(),
+            (None, None) => bail!(
+                "--tools mcp needs --mcp-command, the server's command line, or --mcp-url, the endpoint of one running"
+            ),
+        };
+        let mut headers = std::collections::HashMap::new();
+        for header in &self.mcp_header {
+            let (name, value) =
+                header.split_once(':').with_context(|| format!("--mcp-header {header:?}: expected `Name: value`"))?;
+            anyhow::ensure!(!name.trim().is_empty(), "--mcp-header {header:?}: the header's name is empty");
+            headers.insert(name.trim().to_string(), value.trim().to_string());
+        }
         let sessions = match self.mcp_sessions.as_str() {
             "rollout" => artist_tools::McpSessions::Rollout,
             "shared" => artist_tools::McpSessions::Shared,
@@ -154,12 +174,15 @@ impl McpArgs {
         };
         let config = artist_tools::McpConfig {
             command,
+            url: self.mcp_url.clone(),
+            headers,
             sessions,
             spare_servers: self.mcp_spare_servers,
             state_tool: self.mcp_state_tool.clone(),
             setup_tool: self.mcp_setup_tool.clone(),
             ..Default::default()
         };
-        artist_tools::McpTool::spawn(config).context("starting the MCP server of --mcp-command")
+        let flag = if self.mcp_url.is_some() { "--mcp-url" } else { "--mcp-command" };
+        artist_tools::McpTool::spawn(config).with_context(|| format!("starting the MCP server of {flag}"))
     }
 }

@@ -114,6 +114,10 @@ fn bad_invocations_fail_cleanly() {
     fails_cleanly(&eval(&["--model", model, "--dataset", data, "--tools", "mcp"]), "--tools mcp needs --mcp-command");
     let absent = ["--model", model, "--dataset", data, "--tools", "mcp", "--mcp-command", "/nonexistent/server"];
     fails_cleanly(&eval(&absent), "/nonexistent/server");
+    let url = ["--model", model, "--dataset", data, "--tools", "mcp", "--mcp-url", "http://127.0.0.1:9/mcp"];
+    fails_cleanly(&eval(&[&url[..], &["--mcp-header", "no colon"]].concat()), "expected `Name: value`");
+    fails_cleanly(&eval(&url), "connection refused");
+    fails_cleanly(&eval(&[&url[..], &["--mcp-command", "python3"]].concat()), "cannot be used with");
 }
 
 #[test]

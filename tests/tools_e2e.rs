@@ -166,4 +166,28 @@ fn a_fine_tuned_model_calls_an_mcp_server_through_generate() {
     let out = tool(&["mcp", "--command", &format!("python3 '{}", script.display())], "");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("a quote is not closed") && !err.contains("panicked"), "{err}");
+    // A server already running, over Streamable HTTP (`--url`).
+    let mut http = Command::new("python3")
+        .arg(root.join("tests/fixtures/mcp/server.py"))
+        .arg("http")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(http.stdout.take().unwrap()), &mut url).unwrap();
+    let url = url.trim();
+    let out = tool(&["mcp", "--url", url], r#"{"name": "add", "arguments": {"a": 2, "b": 40}}"#);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["output"].as_str(), v["success"].as_bool()), (Some("42"), Some(true)), "{v}");
+    let out = tool(&["mcp", "--url", url, "--list"], "");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["name"], "add");
+    let out = tool(&["mcp", "--url", url, "--command", &server], "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot be used with") && !err.contains("panicked"), "{err}");
+    let _ = http.kill();
+    let _ = http.wait();
+    let out = tool(&["mcp", "--url", url], r#"{"name": "echo"}"#);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("connection refused") && !err.contains("panicked"), "{err}");
 }

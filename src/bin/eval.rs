@@ -226,17 +226,19 @@ fn evaluate_bfcl(cli: &Cli) -> Result<()> {
         long_context: cli.long_context_data.clone(),
     };
     let opts = artist_bfcl::checker::CheckOptions { irrelevance: cli.irrelevance };
-    // --mcp-command: the entries play on that server's tools instead of BFCL's environments.
-    let mcp = match &cli.mcp.mcp_command {
+    // --mcp-command / --mcp-url: the entries play on that server's tools instead of BFCL's
+    // environments.
+    let server = cli.mcp.mcp_command.as_ref().or(cli.mcp.mcp_url.as_ref());
+    let mcp = match server {
         None => None,
         Some(_) if cli.replay_ground_truth => {
-            bail!("--replay-ground-truth replays on BFCL's environments; leave out --mcp-command")
+            bail!("--replay-ground-truth replays on BFCL's environments; leave out --mcp-command / --mcp-url")
         }
         Some(_) if cli.mcp.mcp_sessions != "rollout" => {
-            bail!("--answers with --mcp-command plays each entry on a server of its own: add --mcp-sessions rollout")
+            bail!("--answers with an MCP server plays each entry on a server of its own: add --mcp-sessions rollout")
         }
         Some(_) if cli.mcp.mcp_state_tool.is_none() => bail!(
-            "--answers with --mcp-command compares the server's state with the ground truth's after every turn: \
+            "--answers with an MCP server compares the server's state with the ground truth's after every turn: \
              name the tool that gives it with --mcp-state-tool"
         ),
         Some(_) => Some(std::sync::Arc::new(cli.mcp.start_episodes()?)),

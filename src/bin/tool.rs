@@ -4,6 +4,7 @@
 //!     cargo run --release --bin tool -- calculator < expr.txt
 //!     cargo run --release --bin tool -- mcp --command "python3 server.py" < call.json
 //!     cargo run --release --bin tool -- mcp --command "python3 server.py" --list
+//!     cargo run --release --bin tool -- mcp --url http://127.0.0.1:8000/mcp < call.json
 //!
 //! Prints one JSON object (a stable interface, see docs/SANDBOX.md):
 //! `{"output", "success", "timed_out", "truncated", "elapsed_ms", "sandbox"}` where `sandbox`
@@ -43,8 +44,12 @@ enum Which {
 struct McpArgs {
     /// The server's command line, split into words as a shell would (quotes keep spaces:
     /// "python3 'my server.py' --flag"; nothing is expanded).
+    #[arg(long, required_unless_present = "url", conflicts_with = "url")]
+    command: Option<String>,
+    /// Or the endpoint of a server already running, over Streamable HTTP
+    /// (`http://127.0.0.1:8000/mcp`).
     #[arg(long)]
-    command: String,
+    url: Option<String>,
     /// Seconds the call may take.
     #[arg(long, default_value_t = 30.0)]
     timeout_s: f64,
@@ -173,9 +178,15 @@ fn main() -> Result<()> {
             print(&result, "none")
         }
         Which::Mcp(args) => {
-            let command = artist::cli::split_command(&args.command, "--command")?;
-            let config = artist_tools::McpConfig { command, timeout_s: args.timeout_s, ..Default::default() };
-            let tool = artist_tools::McpTool::spawn(config).context("starting the MCP server of --command")?;
+            let command = match &args.command {
+                Some(command) => artist::cli::split_command(command, "--command")?,
+                None => Vec::new(),
+            };
+            let url = args.url.clone();
+            let flag = if url.is_some() { "--url" } else { "--command" };
+            let config = artist_tools::McpConfig { command, url, timeout_s: args.timeout_s, ..Default::default() };
+            let tool =
+                artist_tools::McpTool::spawn(config).with_context(|| format!("starting the MCP server of {flag}"))?;
             if args.list {
                 println!("{}", tool.describe().unwrap_or_default());
                 return Ok(());

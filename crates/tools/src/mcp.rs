@@ -1,5 +1,6 @@
-//! Tools served by an MCP server (the Model Context Protocol), over its stdio transport: the
-//! model writes `<tool>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool>` (or a JSON list
+//! Tools served by an MCP server (the Model Context Protocol), over its stdio transport (a
+//! program the client starts, `mcp.command`) or its Streamable HTTP one (a server already
+//! running at `mcp.url`, [`http`]'s doc): the model writes `<tool>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool>` (or a JSON list
 //! of such calls), and each call goes to the server as `tools/call`.
 //!
 //! [`McpTool::spawn`] starts the server as a child process, makes the protocol's handshake
@@ -36,6 +37,13 @@
 //! take one with [`McpTool::open_session`] (from the same pool and spares), set up through
 //! `setup_tool` (hidden from the model too) with the entry's `initial_config`, and call it
 //! and read its state through the [`McpSession`] until they drop it.
+//!
+//! Over HTTP a "server" above is a session of the one server at `mcp.url`: `initialize`
+//! opens it (the server names it in `Mcp-Session-Id`), a DELETE ends it, and a spare is a
+//! session opened ahead. `sessions = "rollout"` then needs a server that opens sessions
+//! (one that gives no `Mcp-Session-Id` is refused at start, as its state would be shared).
+
+mod http;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -61,10 +69,18 @@ pub const PROTOCOL_VERSION: &str = "2025-06-18";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct McpConfig {
-    /// The server's command line: the program, then its arguments.
+    /// The server's command line: the program, then its arguments (a server over stdio,
+    /// started by the client). Either this or `url`.
     pub command: Vec<String>,
-    /// Extra environment variables for the server.
+    /// Extra environment variables for the server (with `command`).
     pub env: HashMap<String, String>,
+    /// The endpoint of a server already running, over Streamable HTTP
+    /// (`http://127.0.0.1:8000/mcp`; `https://` with the `https` feature). Either this or
+    /// `command`.
+    pub url: Option<String>,
+    /// Headers sent with every message to `url` (`Authorization = "Bearer ${TOKEN}"`): each
+    /// `${NAME}` is replaced by environment variable NAME.
+    pub headers: HashMap<String, String>,
     /// The tag the model writes its calls in.
     pub tag: String,
     /// Seconds a call (and the handshake) may take.
@@ -104,6 +120,8 @@ impl Default for McpConfig {
         McpConfig {
             command: Vec::new(),
             env: HashMap::new(),
+            url: None,
+            headers: HashMap::new(),
             tag: "tool".into(),
             timeout_s: 30.0,
             max_output_bytes: 4096,
@@ -117,6 +135,19 @@ impl Default for McpConfig {
 }
 
 impl McpConfig {
+    /// The server in words, for messages: its command line or its URL.
+    pub fn server_label(&self) -> String {
+        match &self.url {
+            Some(url) => url.clone(),
+            None => self.command.join(" "),
+        }
+    }
+
+    /// Whether a server is named (`command` or `url`).
+    pub fn has_server(&self) -> bool {
+        !self.command.is_empty() || self.url.is_some()
+    }
+
     /// Whether `name` is one of the grader's tools (`state_tool`, `setup_tool`), which the
     /// model is neither shown nor allowed to call.
     pub fn hides(&self, name: &str) -> bool {
@@ -201,48 +232,34 @@ enum CallError {
     TimedOut,
 }
 
-/// One running server: its link, its process, what it listed.
+/// How messages reach a server.
+enum Transport {
+    /// A child process's stdin and stdout, with the reader thread behind `link`.
+    Stdio { link: Arc<Link>, child: Mutex<Child> },
+    /// POSTs to a URL, a session of their own.
+    Http(http::HttpLink),
+}
+
+/// One running server (over HTTP, one session with it): its transport, what it listed.
 struct Server {
-    link: Arc<Link>,
-    child: Mutex<Child>,
+    transport: Transport,
     tools: Vec<McpToolInfo>,
     /// What the server said it is (`serverInfo`), for messages.
     name: String,
 }
 
 impl Server {
-    /// Starts the server (with `env` besides the config's) and makes the handshake.
+    /// Starts the server (with `env` besides the config's) or opens a session with the one
+    /// at `url`, and makes the handshake.
     fn start(config: &McpConfig, env: &[(&str, String)]) -> Result<Server, McpError> {
-        let (program, args) =
-            config.command.split_first().ok_or_else(|| McpError::Config("mcp.command is empty".into()))?;
-        let command = config.command.join(" ");
-        let fail = |msg: String| McpError::Server { command: command.clone(), msg };
-        let mut child = Command::new(program)
-            .args(args)
-            .envs(&config.env)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| fail(format!("cannot start it: {e}")))?;
-        let stdout = child.stdout.take().expect("piped");
-        let link = Arc::new(Link {
-            stdin: Mutex::new(child.stdin.take()),
-            pending: Mutex::new(HashMap::new()),
-            gone: Mutex::new(None),
-            next_id: std::sync::atomic::AtomicU64::new(1),
-        });
-        // Built before anything else can fail, so that dropping it ends the process.
-        let mut server = Server { link, child: Mutex::new(child), tools: Vec::new(), name: String::new() };
-        let reader = Arc::clone(&server.link);
-        std::thread::Builder::new()
-            .name("mcp-reader".into())
-            .spawn(move || read_server(stdout, &reader))
-            .map_err(|e| fail(format!("cannot start its reader thread: {e}")))?;
+        let label = config.server_label();
+        let fail = |msg: String| McpError::Server { command: label.clone(), msg };
+        // Built before anything else can fail, so that dropping it ends the process (or
+        // the session).
+        let mut server = Server { transport: Self::connect(config, env)?, tools: Vec::new(), name: String::new() };
         let timeout = Duration::from_secs_f64(config.timeout_s);
         let request = |method: &str, params: Value| {
-            server.link.request(method, params, timeout).map_err(|e| match e {
+            server.request(method, params, timeout).map_err(|e| match e {
                 CallError::Failed(m) => fail(format!("{method}: {m}")),
                 CallError::TimedOut => fail(format!("{method}: no answer within {} s", config.timeout_s)),
             })
@@ -258,11 +275,21 @@ impl Server {
         if hello.get("capabilities").and_then(|c| c.get("tools")).is_none() {
             return Err(fail(format!("it offers no tools (initialize answered {hello})")));
         }
+        if let Transport::Http(link) = &server.transport
+            && link.session().is_none()
+            && config.sessions == McpSessions::Rollout
+        {
+            return Err(fail(
+                "mcp.sessions = \"rollout\" gives each rollout a session of its own, but the server opened none \
+                 (its answer to initialize had no Mcp-Session-Id header): its state would be every rollout's; \
+                 use sessions = \"shared\""
+                    .into(),
+            ));
+        }
         let name = hello.get("serverInfo").and_then(|s| s.get("name")).and_then(Value::as_str).unwrap_or("?");
         let name = name.to_string();
         server
-            .link
-            .send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .notify("notifications/initialized", timeout)
             .map_err(|e| fail(format!("notifications/initialized: {e}")))?;
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
@@ -285,11 +312,67 @@ impl Server {
         Ok(server)
     }
 
+    /// The server's transport: its process started (stdio), or a link to its URL.
+    fn connect(config: &McpConfig, env: &[(&str, String)]) -> Result<Transport, McpError> {
+        if let Some(url) = &config.url {
+            let mut headers = Vec::with_capacity(config.headers.len());
+            for (name, value) in &config.headers {
+                let value =
+                    http::expand_env(value).map_err(|e| McpError::Config(format!("mcp.headers.{name}: {e}")))?;
+                headers.push((name.clone(), value));
+            }
+            return Ok(Transport::Http(http::HttpLink::new(url, headers)));
+        }
+        let (program, args) =
+            config.command.split_first().ok_or_else(|| McpError::Config("mcp.command is empty".into()))?;
+        let fail = |msg: String| McpError::Server { command: config.server_label(), msg };
+        let mut child = Command::new(program)
+            .args(args)
+            .envs(&config.env)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| fail(format!("cannot start it: {e}")))?;
+        let stdout = child.stdout.take().expect("piped");
+        let link = Arc::new(Link {
+            stdin: Mutex::new(child.stdin.take()),
+            pending: Mutex::new(HashMap::new()),
+            gone: Mutex::new(None),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        });
+        let reader = Arc::clone(&link);
+        let transport = Transport::Stdio { link, child: Mutex::new(child) };
+        // On failure `transport` is dropped, which ends the process.
+        std::thread::Builder::new()
+            .name("mcp-reader".into())
+            .spawn(move || read_server(stdout, &reader))
+            .map_err(|e| fail(format!("cannot start its reader thread: {e}")))?;
+        Ok(transport)
+    }
+
+    /// Sends request `method` and waits up to `timeout` for its response's `result`.
+    fn request(&self, method: &str, params: Value, timeout: Duration) -> std::result::Result<Value, CallError> {
+        match &self.transport {
+            Transport::Stdio { link, .. } => link.request(method, params, timeout),
+            Transport::Http(link) => link.request(method, params, timeout),
+        }
+    }
+
+    /// Sends notification `method`.
+    fn notify(&self, method: &str, timeout: Duration) -> std::result::Result<(), String> {
+        match &self.transport {
+            Transport::Stdio { link, .. } => link.send(&json!({"jsonrpc": "2.0", "method": method})),
+            Transport::Http(link) => link.notify(method, timeout),
+        }
+    }
+
     /// `tools/call` of `name`: the text the model reads (an error's explained), whether it
     /// succeeded, and whether it timed out.
     fn call(&self, name: &str, arguments: Value, timeout_s: f64) -> (String, bool, bool) {
         let params = json!({"name": name, "arguments": arguments});
-        match self.link.request("tools/call", params, Duration::from_secs_f64(timeout_s)) {
+        match self.request("tools/call", params, Duration::from_secs_f64(timeout_s)) {
             Ok(result) => {
                 let text = content_text(&result);
                 let failed = result.get("isError").and_then(Value::as_bool).unwrap_or(false);
@@ -300,17 +383,24 @@ impl Server {
         }
     }
 
-    /// Closes its input: a stdio server's cue to exit.
+    /// Closes a stdio server's input, its cue to exit (an HTTP session ends when dropped,
+    /// which may wait for the server: that is left to whoever drops it).
     fn close_input(&self) {
-        self.link.stdin.lock().take();
+        if let Transport::Stdio { link, .. } = &self.transport {
+            link.stdin.lock().take();
+        }
     }
 }
 
-impl Drop for Server {
+impl Drop for Transport {
     fn drop(&mut self) {
+        let (link, child) = match self {
+            Transport::Http(link) => return link.end(),
+            Transport::Stdio { link, child } => (link, child),
+        };
         // Closing its input asks a stdio server to exit; it is killed if it does not.
-        self.close_input();
-        let mut child = self.child.lock();
+        link.stdin.lock().take();
+        let mut child = child.lock();
         let deadline = Instant::now() + Duration::from_millis(500);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -401,7 +491,7 @@ impl Pool {
 
 /// An MCP server's tools as one [`Tool`]: see the module doc.
 pub struct McpTool {
-    config: McpConfig,
+    config: Arc<McpConfig>,
     tools: Vec<McpToolInfo>,
     /// The tools for the system prompt (made once: every prompt reads it).
     description: String,
@@ -422,8 +512,26 @@ impl McpTool {
     /// went wrong (it would not start, closed, answered something else, took too long).
     /// With `sessions = "rollout"` that server is closed once it has listed its tools.
     pub fn spawn(config: McpConfig) -> Result<McpTool, McpError> {
-        if config.command.is_empty() {
-            return Err(McpError::Config("mcp.command is empty".into()));
+        match (&config.url, config.command.is_empty()) {
+            (None, true) => {
+                return Err(McpError::Config(
+                    "mcp.command is empty: give the server's command line (mcp.command) or the URL of one \
+                     running (mcp.url)"
+                        .into(),
+                ));
+            }
+            (Some(url), false) => {
+                return Err(McpError::Config(format!(
+                    "mcp.command and mcp.url = {url:?} are both set: a server is either started (command) or \
+                     reached (url)"
+                )));
+            }
+            (Some(url), true) => check_url(url, &config)?,
+            (None, false) => {
+                if !config.headers.is_empty() {
+                    return Err(McpError::Config("mcp.headers go with mcp.url (an HTTP server)".into()));
+                }
+            }
         }
         if !(config.timeout_s > 0.0 && config.timeout_s.is_finite()) {
             return Err(McpError::Config(format!("mcp.timeout_s must be a positive number, got {}", config.timeout_s)));
@@ -464,7 +572,7 @@ impl McpTool {
             {
                 let known: Vec<&str> = first.tools.iter().map(|t| t.name.as_str()).collect();
                 return Err(McpError::Server {
-                    command: config.command.join(" "),
+                    command: config.server_label(),
                     msg: format!("mcp.{key} {tool:?} is not among its tools ({})", known.join(", ")),
                 });
             }
@@ -487,7 +595,7 @@ impl McpTool {
         });
         pool.refill();
         Ok(McpTool {
-            config,
+            config: Arc::new(config),
             tools,
             description: format!("[\n{}\n]", lines.join(",\n")),
             server,
@@ -532,7 +640,7 @@ impl McpTool {
         if self.config.sessions != McpSessions::Rollout {
             return Err(McpError::Config("an episode's own server needs mcp.sessions = \"rollout\"".into()));
         }
-        let session = McpSession { server: Some(self.pool.take()?), config: self.config.clone() };
+        let session = McpSession { server: Some(self.pool.take()?), config: Arc::clone(&self.config) };
         if let Some(tool) = &self.config.setup_tool {
             let arguments = match setup {
                 Value::Null => json!({}),
@@ -546,7 +654,7 @@ impl McpTool {
             let (text, ok, _) = session.server().call(tool, arguments, self.config.timeout_s);
             if !ok {
                 return Err(McpError::Server {
-                    command: self.config.command.join(" "),
+                    command: self.config.server_label(),
                     msg: format!("setup tool {tool:?} failed: {text}"),
                 });
             }
@@ -603,6 +711,18 @@ impl Drop for McpTool {
         for server in &spares {
             server.close_input();
         }
+        // Then each is waited for (an HTTP session's DELETE sent) together: one that takes
+        // its time does not hold up the others.
+        let servers = (sessions.iter().filter_map(|s| s.get().and_then(|r| r.as_ref().ok()).cloned())).chain(spares);
+        let servers: Vec<Arc<Server>> = servers.collect();
+        drop(sessions);
+        std::thread::scope(|scope| {
+            for server in servers {
+                let builder = std::thread::Builder::new().name("mcp-close".into());
+                // Without a thread, it is closed here.
+                let _ = builder.spawn_scoped(scope, move || drop(server));
+            }
+        });
     }
 }
 
@@ -610,7 +730,7 @@ impl Drop for McpTool {
 /// end when dropped (on a thread of its own, so the caller does not wait for the exit).
 pub struct McpSession {
     server: Option<Arc<Server>>,
-    config: McpConfig,
+    config: Arc<McpConfig>,
 }
 
 impl McpSession {
@@ -692,7 +812,7 @@ impl Tool for McpTool {
         // The state is read on a thread of its own too, then the server closes; the rollout
         // that made no call gets a server for this call (the initial state).
         self.states.0.lock().insert(rollout, None);
-        let (states, config, pool) = (Arc::clone(&self.states), self.config.clone(), Arc::clone(&self.pool));
+        let (states, config, pool) = (Arc::clone(&self.states), Arc::clone(&self.config), Arc::clone(&self.pool));
         let read = move || {
             let state = match server.map(Ok).unwrap_or_else(|| pool.take()) {
                 Ok(server) => {
@@ -765,6 +885,30 @@ impl Tool for McpTool {
     }
 }
 
+/// Refuses a `url` the client cannot reach, and `command`-only settings beside it.
+fn check_url(url: &str, config: &McpConfig) -> Result<(), McpError> {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        if !cfg!(feature = "https") {
+            return Err(McpError::Config(format!(
+                "mcp.url = {url:?}: https:// needs artist built with the `https` feature \
+                 (cargo build --release --features https)"
+            )));
+        }
+    } else if !lower.starts_with("http://") {
+        return Err(McpError::Config(format!("mcp.url = {url:?} must start with http:// or https://")));
+    }
+    if !config.env.is_empty() {
+        return Err(McpError::Config(format!(
+            "mcp.env sets a started server's environment; the server at mcp.url = {url:?} runs on its own"
+        )));
+    }
+    if let Err(e) = url.parse::<ureq::http::Uri>() {
+        return Err(McpError::Config(format!("mcp.url = {url:?} is not a URL: {e}")));
+    }
+    Ok(())
+}
+
 fn failed(start: Instant, output: String) -> ToolResult {
     ToolResult { output, success: false, elapsed_ms: start.elapsed().as_millis() as u64, ..Default::default() }
 }
@@ -799,6 +943,29 @@ fn content_text(result: &Value) -> String {
     parts.join("\n")
 }
 
+/// The client's answer to request `method` (number `id`) from the server: `{}` to a ping,
+/// "method not found" to anything else.
+fn answer_to(method: &str, id: &Value) -> Value {
+    if method == "ping" {
+        json!({"jsonrpc": "2.0", "id": id, "result": {}})
+    } else {
+        json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("method not found: {method}")}})
+    }
+}
+
+/// A response's `result`, or its error in words.
+fn reply_of(message: &Value) -> Reply {
+    match (message.get("result"), message.get("error")) {
+        (Some(result), _) => Ok(result.clone()),
+        (None, Some(error)) => {
+            let text = error.get("message").and_then(Value::as_str).unwrap_or("an error without a message");
+            let code = error.get("code").map(Value::to_string).unwrap_or_default();
+            Err(format!("the server answered error {code}: {text}"))
+        }
+        (None, None) => Err(format!("the server answered neither a result nor an error: {message}")),
+    }
+}
+
 /// The reader thread: each line from the server is a response (handed to the call waiting
 /// on its id), a request (answered), or a notification (ignored). When the server's output
 /// ends, every waiting call and every later one fails with that.
@@ -820,25 +987,12 @@ fn read_server(stdout: std::process::ChildStdout, link: &Link) {
         let id = message.get("id").cloned();
         if let Some(method) = message.get("method").and_then(Value::as_str) {
             if let Some(id) = id {
-                let answer = if method == "ping" {
-                    json!({"jsonrpc": "2.0", "id": id, "result": {}})
-                } else {
-                    json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("method not found: {method}")}})
-                };
-                let _ = link.send(&answer);
+                let _ = link.send(&answer_to(method, &id));
             }
             continue;
         }
         let Some(id) = id.as_ref().and_then(Value::as_u64) else { continue };
-        let reply = match (message.get("result"), message.get("error")) {
-            (Some(result), _) => Ok(result.clone()),
-            (None, Some(error)) => {
-                let text = error.get("message").and_then(Value::as_str).unwrap_or("an error without a message");
-                let code = error.get("code").map(Value::to_string).unwrap_or_default();
-                Err(format!("the server answered error {code}: {text}"))
-            }
-            (None, None) => Err(format!("the server answered neither a result nor an error: {line}")),
-        };
+        let reply = reply_of(&message);
         if let Some(waiting) = link.pending.lock().remove(&id) {
             let _ = waiting.send(reply);
         }

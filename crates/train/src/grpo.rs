@@ -732,9 +732,11 @@ impl GrpoRunConfig {
                 ));
             }
             if mcp_env(&self.bfcl) {
-                if self.mcp.command.is_empty() {
+                if !self.mcp.has_server() {
                     return Err(Error::Config(
-                        "bfcl.environment = \"mcp\" needs mcp.command, the server's command line".into(),
+                        "bfcl.environment = \"mcp\" needs mcp.command, the server's command line (or mcp.url, the \
+                         endpoint of one running)"
+                            .into(),
                     ));
                 }
                 if self.mcp.sessions != artist_tools::McpSessions::Rollout {
@@ -771,9 +773,10 @@ impl GrpoRunConfig {
                 artist_math::MAX_JUDGE_WORKERS,
                 self.judge.workers
             )));
-        } else if self.tool == "mcp" && self.mcp.command.is_empty() {
+        } else if self.tool == "mcp" && !self.mcp.has_server() {
             return Err(Error::Config(
-                "tool = \"mcp\" needs mcp.command, the server's command line (e.g. [\"python3\", \"server.py\"])"
+                "tool = \"mcp\" needs mcp.command, the server's command line (e.g. [\"python3\", \"server.py\"]), \
+                 or mcp.url, the endpoint of one running (e.g. \"http://127.0.0.1:8000/mcp\")"
                     .into(),
             ));
         }

@@ -634,7 +634,16 @@ fn play_mcp(
     g: usize,
     turn_text: impl Fn(usize, usize, &[Call]) -> String,
 ) -> (FcData, Vec<artist_train::fc::Episode>, Tokenizer, std::sync::Arc<artist_tools::McpTool>) {
-    let server = std::sync::Arc::new(artist_tools::McpTool::spawn(mcp_config()).unwrap());
+    play_mcp_on(mcp_config(), g, turn_text)
+}
+
+/// [`play_mcp`] on the server `config` names.
+fn play_mcp_on(
+    config: artist_tools::McpConfig,
+    g: usize,
+    turn_text: impl Fn(usize, usize, &[Call]) -> String,
+) -> (FcData, Vec<artist_train::fc::Episode>, Tokenizer, std::sync::Arc<artist_tools::McpTool>) {
+    let server = std::sync::Arc::new(artist_tools::McpTool::spawn(config).unwrap());
     let data = FcData::load_mcp(&mcp_settings(), server.clone()).unwrap();
     let tok = Tokenizer::from_dir(tiny()).unwrap();
     let template = ChatTemplate::from_dir(tiny()).unwrap();
@@ -703,6 +712,38 @@ fn the_ground_truth_played_on_an_mcp_server_passes() {
     let at = text.find(artist_train::fc::HANDOVER_MESSAGE).expect("the hand-over message");
     assert!(text[at..].contains("\"name\":\"counter\""), "{}", &text[at..]);
     assert_eq!(miss.records[1].state, state(3, Some(8)));
+}
+
+/// The same episodes on one server reached over HTTP (the fixture server with `http`): each
+/// episode plays in a session of its own, set up, called and read as over stdio, and every
+/// one passes; the states are the same as on a process of the episode's own.
+#[test]
+fn episodes_on_an_mcp_server_over_http_pass() {
+    if !python3() {
+        return;
+    }
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("python3")
+        .arg(root().join("tests/fixtures/mcp/server.py"))
+        .arg("http")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut url).unwrap();
+    let config = artist_tools::McpConfig { command: Vec::new(), url: Some(url.trim().into()), ..mcp_config() };
+    let (data, eps, tok, server) = play_mcp_on(config, 2, |_, _, c| oracle_text(c));
+    let (_, on_processes, _, _) = play_mcp(2, |_, _, c| oracle_text(c));
+    for (ep, twin) in eps.iter().zip(&on_processes) {
+        let id = &data.entries[ep.entry].id;
+        let s = score_episode(&tok, &data, ep, &Default::default(), Default::default()).unwrap();
+        assert!(s.check.valid, "{id}: {:?}", s.check);
+        assert_eq!(ep.records, twin.records, "{id}");
+        assert_eq!(ep.initial_state, twin.initial_state, "{id}");
+    }
+    assert_eq!(server.sessions_started(), 6 + 3, "a session per episode and per entry's ground truth");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A wrong call costs what BFCL's checker says it should, worked out by hand; calls to the
