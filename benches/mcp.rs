@@ -11,7 +11,8 @@
 //! the same server over Streamable HTTP (`server.py http`, Python's `http.server`): calls
 //! one after another answered as JSON and as event streams, calls overlapping, a session
 //! per rollout (no process to start: a first call opens a session), and the episodes'
-//! sessions opened at once.
+//! sessions opened at once; the floor beside the JSON calls: the same POSTs written and read
+//! by hand on one kept-alive connection.
 //!
 //!     cargo bench --bench mcp -- [--calls 2000] [--threads 16] [--sleep-ms 50] [--rollouts 32] [--episodes 16]
 //!
@@ -250,6 +251,56 @@ fn http(
         call(&tool, 0, echo);
     }
     let secs = start.elapsed().as_secs_f64();
+    // The floor (JSON answers): the same POSTs written and read by hand on one kept-alive
+    // connection, in the session the tool opened.
+    let raw = (mode == "json").then(|| {
+        let session = serde_json::from_str::<serde_json::Value>(
+            &tool.execute(&ToolCall { text: r#"{"name": "whoami"}"#.into(), ..Default::default() }).output,
+        )
+        .expect("whoami")["session"]
+            .as_str()
+            .expect("a session")
+            .to_string();
+        let address = url.trim().trim_start_matches("http://").split('/').next().expect("host:port").to_string();
+        let mut stream = std::net::TcpStream::connect(&address).expect("connects");
+        stream.set_nodelay(true).expect("nodelay");
+        let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "hello"}}})
+        .to_string();
+        let request = format!(
+            "POST /mcp HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+             Accept: application/json, text/event-stream\r\nMcp-Session-Id: {session}\r\n\
+             MCP-Protocol-Version: 2025-06-18\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut round_trip = || {
+            use std::io::{Read, Write};
+            stream.write_all(request.as_bytes()).expect("write");
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("read");
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().expect("a length");
+                }
+            }
+            let mut reply = vec![0; length];
+            reader.read_exact(&mut reply).expect("the body");
+            assert!(reply.windows(5).any(|w| w == b"hello"));
+        };
+        for _ in 0..50 {
+            round_trip();
+        }
+        let start = Instant::now();
+        for _ in 0..calls {
+            round_trip();
+        }
+        start.elapsed().as_secs_f64()
+    });
     let sleep = format!(r#"{{"name": "sleep", "arguments": {{"seconds": {}}}}}"#, sleep_ms / 1e3);
     let start = Instant::now();
     std::thread::scope(|s| {
@@ -264,6 +315,7 @@ fn http(
         "{}",
         serde_json::json!({"bench": "mcp_http", "answers": mode, "calls": calls,
             "us_per_call": secs * 1e6 / calls as f64, "calls_per_s": calls as f64 / secs,
+            "raw_us_per_call": raw.map(|r| r * 1e6 / calls as f64), "client_over_raw": raw.map(|r| secs / r),
             "threads": threads, "sleep_ms": sleep_ms, "overlap": serial / together})
     );
     let own = McpTool::spawn(McpConfig { sessions: McpSessions::Rollout, ..config.clone() }).expect("opens");
