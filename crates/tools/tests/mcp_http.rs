@@ -242,7 +242,8 @@ fn unusable_http_servers_are_refused_by_name() {
     let mut server = HttpServer::start("");
     let tool = McpTool::spawn(server.config()).unwrap();
     let session = who(&tool, 0)["session"].as_str().unwrap().to_string();
-    let ended = ureq::delete(&server.url).header("Mcp-Session-Id", &session).call().unwrap();
+    let direct: ureq::Agent = ureq::Agent::config_builder().proxy(None).build().into();
+    let ended = direct.delete(&server.url).header("Mcp-Session-Id", &session).call().unwrap();
     assert_eq!(ended.status(), 200);
     let r = call(&tool, 0, r#"{"name": "whoami"}"#);
     assert!(!r.success && r.output.contains(&format!("no longer knows session {session} (HTTP 404)")), "{r:?}");

@@ -41,7 +41,12 @@ pub(super) struct HttpLink {
 
 impl HttpLink {
     pub(super) fn new(url: &str, headers: Vec<(String, String)>) -> HttpLink {
-        let agent = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder();
+        if is_loopback(url) {
+            // A server on this machine is reached directly, whatever HTTP_PROXY says.
+            config = config.proxy(None);
+        }
+        let agent = config
             // Statuses are read, not turned into errors: a 404 means the session is gone.
             .http_status_as_error(false)
             .user_agent(concat!("artist/", env!("CARGO_PKG_VERSION")))
@@ -243,6 +248,15 @@ impl HttpLink {
     }
 }
 
+/// Whether `url`'s host is this machine (`localhost`, `127.x.x.x`, `[::1]`).
+fn is_loopback(url: &str) -> bool {
+    let Some(host) = url.parse::<ureq::http::Uri>().ok().and_then(|u| u.host().map(str::to_ascii_lowercase)) else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// `value` with each `${NAME}` replaced by environment variable NAME (an unset one is an
 /// error naming it): a header can carry a token without the config holding it.
 pub(super) fn expand_env(value: &str) -> Result<String, String> {
@@ -263,7 +277,17 @@ pub(super) fn expand_env(value: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::expand_env;
+    use super::{expand_env, is_loopback};
+
+    #[test]
+    fn loopback_hosts_are_known() {
+        for url in ["http://127.0.0.1:8000/mcp", "http://localhost/mcp", "http://[::1]:9/mcp", "http://127.3.2.1/"] {
+            assert!(is_loopback(url), "{url}");
+        }
+        for url in ["http://10.0.0.1/mcp", "https://example.com/mcp", "not a url"] {
+            assert!(!is_loopback(url), "{url}");
+        }
+    }
 
     #[test]
     fn headers_take_environment_variables() {
