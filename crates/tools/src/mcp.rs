@@ -1,12 +1,14 @@
 //! Tools served by an MCP server (the Model Context Protocol), over its stdio transport (a
 //! program the client starts, `mcp.command`) or its Streamable HTTP one (a server already
-//! running at `mcp.url`, [`http`]'s doc): the model writes `<tool>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool>` (or a JSON list
-//! of such calls), and each call goes to the server as `tools/call`.
+//! running at `mcp.url`; see the `http` module): the model writes
+//! `<tool>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool>` (or a JSON list of such
+//! calls), and each call goes to the server as `tools/call`.
 //!
-//! [`McpTool::spawn`] starts the server as a child process, makes the protocol's handshake
-//! (`initialize`, then the `notifications/initialized` notification) and reads its tools
-//! (`tools/list`, every page), which [`Tool::describe`] hands to the system prompt. Messages
-//! are JSON-RPC 2.0 objects, one per line, in both directions. One reader thread takes the
+//! [`McpTool::spawn`] starts the server as a child process (or, over HTTP, opens a session
+//! with it; the last paragraph), makes the protocol's handshake (`initialize`, then the
+//! `notifications/initialized` notification) and reads its tools (`tools/list`, every page),
+//! which [`Tool::describe`] hands to the system prompt. Over stdio, messages are JSON-RPC 2.0
+//! objects, one per line, in both directions. One reader thread takes the
 //! server's lines and hands each response to the call waiting on its id, so calls from
 //! several rollouts are in flight at once and a slow one does not hold up the others; a
 //! call not answered within the timeout fails as timed out (its late answer is dropped).

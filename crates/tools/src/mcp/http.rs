@@ -120,6 +120,9 @@ impl HttpLink {
         let session = self.session();
         CallError::Failed(match (status.as_u16(), session) {
             (404, Some(id)) => format!("the server no longer knows session {id} (HTTP 404): {body}"),
+            (202, _) => "the server accepted the request without answering it (HTTP 202): answers sent on its \
+                         GET stream are not read"
+                .into(),
             (code, _) => format!("the server answered HTTP {code}: {body}"),
         })
     }
