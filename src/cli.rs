@@ -106,15 +106,17 @@ pub fn split_command(command: &str, flag: &str) -> Result<Vec<String>> {
 
 /// The MCP server of `--tools mcp` (`generate`, `eval`): the GRPO config's `[mcp]` as flags.
 #[derive(clap::Args, Debug, Clone)]
+#[command(group = clap::ArgGroup::new("mcp_server").multiple(true))]
 pub struct McpArgs {
     /// With --tools mcp: the MCP server's command line, split into words as a shell would
     /// (quotes keep spaces: "python3 'my server.py' --flag"; nothing is expanded); its
     /// functions are listed in ARTIST's system prompt.
     #[arg(long, value_name = "COMMAND", group = "mcp_server")]
     pub mcp_command: Option<String>,
-    /// With --tools mcp, instead of --mcp-command: the endpoint of an MCP server already
-    /// running, over Streamable HTTP (`http://127.0.0.1:8000/mcp`); each sample's own
-    /// server (--mcp-sessions rollout) is then a session of its own with it.
+    /// With --tools mcp: the endpoint of an MCP server over Streamable HTTP
+    /// (`http://127.0.0.1:8000/mcp`), one already running or, with --mcp-command too, the
+    /// one that command starts (once; stopped at the end); each sample's own server
+    /// (--mcp-sessions rollout) is then a session of its own with it.
     #[arg(long, value_name = "URL", group = "mcp_server")]
     pub mcp_url: Option<String>,
     /// With --mcp-url: a header sent with every message, `Name: value` (repeatable; each

@@ -117,7 +117,7 @@ fn bad_invocations_fail_cleanly() {
     let url = ["--model", model, "--dataset", data, "--tools", "mcp", "--mcp-url", "http://127.0.0.1:9/mcp"];
     fails_cleanly(&eval(&[&url[..], &["--mcp-header", "no colon"]].concat()), "expected `Name: value`");
     fails_cleanly(&eval(&url), "connection refused");
-    fails_cleanly(&eval(&[&url[..], &["--mcp-command", "python3"]].concat()), "cannot be used with");
+    fails_cleanly(&eval(&[&url[..], &["--mcp-command", "python3 -c pass"]].concat()), "before anything listened");
 }
 
 #[test]

@@ -44,10 +44,10 @@ enum Which {
 struct McpArgs {
     /// The server's command line, split into words as a shell would (quotes keep spaces:
     /// "python3 'my server.py' --flag"; nothing is expanded).
-    #[arg(long, required_unless_present = "url", conflicts_with = "url")]
+    #[arg(long, required_unless_present = "url")]
     command: Option<String>,
-    /// Or the endpoint of a server already running, over Streamable HTTP
-    /// (`http://127.0.0.1:8000/mcp`).
+    /// The endpoint of a server over Streamable HTTP (`http://127.0.0.1:8000/mcp`): one
+    /// already running, or with --command, the one that command starts (and stops after).
     #[arg(long)]
     url: Option<String>,
     /// Seconds the call may take.

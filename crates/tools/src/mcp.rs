@@ -40,7 +40,8 @@
 //! `setup_tool` (hidden from the model too) with the entry's `initial_config`, and call it
 //! and read its state through the [`McpSession`] until they drop it.
 //!
-//! Over HTTP a "server" above is a session of the one server at `mcp.url`: `initialize`
+//! Over HTTP (`mcp.url`; with `mcp.command` too, the client starts that server once and
+//! stops it at the end) a "server" above is a session of the one server at `mcp.url`: `initialize`
 //! opens it (the server names it in `Mcp-Session-Id`), a DELETE ends it, and a spare is a
 //! session opened ahead. `sessions = "rollout"` then needs a server that opens sessions
 //! (one that gives no `Mcp-Session-Id` is refused at start, as its state would be shared).
@@ -49,6 +50,7 @@ mod http;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
@@ -71,14 +73,15 @@ pub const PROTOCOL_VERSION: &str = "2025-06-18";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct McpConfig {
-    /// The server's command line: the program, then its arguments (a server over stdio,
-    /// started by the client). Either this or `url`.
+    /// The server's command line: the program, then its arguments. Alone: a server over
+    /// stdio, started by the client (per rollout with `sessions = "rollout"`). With `url`: an
+    /// HTTP server the client starts once and stops at the end, reached at `url`.
     pub command: Vec<String>,
     /// Extra environment variables for the server (with `command`).
     pub env: HashMap<String, String>,
-    /// The endpoint of a server already running, over Streamable HTTP
-    /// (`http://127.0.0.1:8000/mcp`; `https://` with the `https` feature). Either this or
-    /// `command`.
+    /// The endpoint of a server over Streamable HTTP (`http://127.0.0.1:8000/mcp`;
+    /// `https://` with the `https` feature): one already running, or the one `command`
+    /// starts.
     pub url: Option<String>,
     /// Headers sent with every message to `url` (`Authorization = "Bearer ${TOKEN}"`): each
     /// `${NAME}` is replaced by environment variable NAME.
@@ -507,6 +510,85 @@ pub struct McpTool {
     pool: Arc<Pool>,
     /// Rollouts' final states (`state_tool`).
     states: Arc<States>,
+    /// The HTTP server the client started (`command` and `url` both set): the last field,
+    /// so that it ends after every session with it.
+    launched: Option<Launched>,
+}
+
+/// An HTTP server started by the client (`command` beside `url`), stopped when dropped.
+struct Launched {
+    child: Child,
+}
+
+impl Launched {
+    /// Starts `config.command` and waits, up to `timeout_s`, until something accepts
+    /// connections at `url`'s host and port (where nothing may listen before it starts).
+    /// Its output goes to the trainer's stderr.
+    fn start(config: &McpConfig, url: &str) -> Result<Launched, McpError> {
+        let fail = |msg: String| McpError::Server { command: config.command.join(" "), msg };
+        let uri: ureq::http::Uri = url.parse().map_err(|e| McpError::Config(format!("mcp.url = {url:?}: {e}")))?;
+        let host = uri.host().unwrap_or("localhost").trim_start_matches('[').trim_end_matches(']').to_string();
+        let https = uri.scheme_str().is_some_and(|s| s.eq_ignore_ascii_case("https"));
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let listening = || {
+            let addresses = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port));
+            addresses
+                .into_iter()
+                .flatten()
+                .any(|address| std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok())
+        };
+        // Another server there would answer in its place.
+        if listening() {
+            return Err(fail(format!(
+                "something already listens at {url}: leave out mcp.command to use that server, or give the \
+                 command a free port"
+            )));
+        }
+        let (program, args) = config.command.split_first().expect("checked: not empty");
+        let stdout = std::io::stderr().as_fd().try_clone_to_owned().map(Stdio::from).unwrap_or_else(|_| Stdio::null());
+        let child = Command::new(program)
+            .args(args)
+            .envs(&config.env)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| fail(format!("cannot start it: {e}")))?;
+        let mut launched = Launched { child };
+        let deadline = Instant::now() + Duration::from_secs_f64(config.timeout_s);
+        loop {
+            if let Ok(Some(status)) = launched.child.try_wait() {
+                return Err(fail(format!("it exited ({status}) before anything listened at {url}")));
+            }
+            if listening() {
+                return Ok(launched);
+            }
+            if Instant::now() > deadline {
+                return Err(fail(format!("nothing listened at {url} within {} s of its start", config.timeout_s)));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Launched {
+    /// SIGTERM, two seconds to exit, then SIGKILL.
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: signals the child this struct started and has not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl McpTool {
@@ -522,13 +604,16 @@ impl McpTool {
                         .into(),
                 ));
             }
-            (Some(url), false) => {
-                return Err(McpError::Config(format!(
-                    "mcp.command and mcp.url = {url:?} are both set: a server is either started (command) or \
-                     reached (url)"
-                )));
+            (Some(url), false) => check_url(url)?,
+            (Some(url), true) => {
+                check_url(url)?;
+                if !config.env.is_empty() {
+                    return Err(McpError::Config(format!(
+                        "mcp.env sets the environment of a server the client starts (mcp.command); the one at \
+                         mcp.url = {url:?} runs on its own"
+                    )));
+                }
             }
-            (Some(url), true) => check_url(url, &config)?,
             (None, false) => {
                 if !config.headers.is_empty() {
                     return Err(McpError::Config("mcp.headers go with mcp.url (an HTTP server)".into()));
@@ -567,6 +652,11 @@ impl McpTool {
                 config.spare_servers
             )));
         }
+        // `command` and `url` both: the client starts the HTTP server itself, once.
+        let launched = match &config.url {
+            Some(url) if !config.command.is_empty() => Some(Launched::start(&config, url)?),
+            _ => None,
+        };
         let first = Server::start(&config, &[("ARTIST_MCP_SESSION", "0".into())])?;
         for (key, tool) in [("state_tool", &config.state_tool), ("setup_tool", &config.setup_tool)] {
             if let Some(tool) = tool
@@ -605,7 +695,13 @@ impl McpTool {
             sessions: Mutex::new(HashMap::new()),
             pool,
             states: Arc::new((Mutex::new(HashMap::new()), parking_lot::Condvar::new())),
+            launched,
         })
+    }
+
+    /// The process id of the HTTP server the client started (`command` beside `url`).
+    pub fn launched_pid(&self) -> Option<u32> {
+        self.launched.as_ref().map(|l| l.child.id())
     }
 
     /// Spare servers started and idle now (`spare_servers`).
@@ -887,8 +983,8 @@ impl Tool for McpTool {
     }
 }
 
-/// Refuses a `url` the client cannot reach, and `command`-only settings beside it.
-fn check_url(url: &str, config: &McpConfig) -> Result<(), McpError> {
+/// Refuses a `url` the client cannot reach.
+fn check_url(url: &str) -> Result<(), McpError> {
     let lower = url.to_ascii_lowercase();
     if lower.starts_with("https://") {
         if !cfg!(feature = "https") {
@@ -899,11 +995,6 @@ fn check_url(url: &str, config: &McpConfig) -> Result<(), McpError> {
         }
     } else if !lower.starts_with("http://") {
         return Err(McpError::Config(format!("mcp.url = {url:?} must start with http:// or https://")));
-    }
-    if !config.env.is_empty() {
-        return Err(McpError::Config(format!(
-            "mcp.env sets a started server's environment; the server at mcp.url = {url:?} runs on its own"
-        )));
     }
     if let Err(e) = url.parse::<ureq::http::Uri>() {
         return Err(McpError::Config(format!("mcp.url = {url:?} is not a URL: {e}")));

@@ -192,6 +192,54 @@ fn a_session_per_rollout_over_http() {
     assert!(!ok && text.contains("no tool named"), "{text}");
 }
 
+/// A port nothing listens on (one just freed).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Whether process `pid` still runs (Linux's /proc; zombies count as gone).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// `command` beside `url`: the client starts the HTTP server once, waits until it listens,
+/// gives each rollout a session of it, and stops it with the tool; a server that exits or
+/// never listens, or a URL where another server listens already, is refused at start.
+#[test]
+fn the_client_starts_the_http_server_it_names() {
+    need_python!();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let config = McpConfig {
+        command: vec!["python3".into(), script().to_string_lossy().into_owned(), "http".into()],
+        env: [("MCP_PORT".to_string(), port.to_string())].into(),
+        url: Some(url.clone()),
+        sessions: McpSessions::Rollout,
+        timeout_s: 10.0,
+        ..Default::default()
+    };
+    let tool = McpTool::spawn(config.clone()).unwrap();
+    let pid = tool.launched_pid().expect("started by the client");
+    let counts: Vec<String> = [1, 2, 1].iter().map(|&r| call(&tool, r, r#"{"name": "counter"}"#).output).collect();
+    assert_eq!(counts, ["1", "1", "2"], "a session per rollout");
+    let (one, two) = (who(&tool, 1), who(&tool, 2));
+    assert_eq!(one["pid"].as_u64(), Some(pid as u64), "one process for every session");
+    assert_eq!((two["pid"].as_u64(), two["live"].as_u64()), (Some(pid as u64), Some(2)));
+    drop(tool);
+    assert!(!running(pid), "the server outlived the tool");
+
+    let err = |c: McpConfig| McpTool::spawn(c).err().expect("refused").to_string();
+    let quits = vec!["python3".into(), "-c".into(), "import sys; sys.exit(3)".into()];
+    let e = err(McpConfig { command: quits, ..config.clone() });
+    assert!(e.contains("sys.exit(3)") && e.contains("exited (exit status: 3) before anything listened"), "{e}");
+    let running_already = HttpServer::start("");
+    let e = err(McpConfig { url: Some(running_already.url.clone()), ..config.clone() });
+    assert!(e.contains(&format!("something already listens at {}", running_already.url)), "{e}");
+    let idle = vec!["python3".into(), "-c".into(), "import time; time.sleep(30)".into()];
+    let e = err(McpConfig { command: idle, timeout_s: 0.5, ..config });
+    assert!(e.contains(&format!("nothing listened at {url} within 0.5 s")), "{e}");
+}
+
 /// Headers go with every message (`${VAR}` filled in); servers that cannot be used are
 /// refused at start, naming the URL and what was wrong.
 #[test]
@@ -199,7 +247,7 @@ fn unusable_http_servers_are_refused_by_name() {
     need_python!();
     let err = |c: McpConfig| McpTool::spawn(c).err().expect("refused").to_string();
     // Nothing listening (a port just freed).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}/mcp");
     let e = err(McpConfig { url: Some(url.clone()), ..Default::default() });
     assert!(e.contains(&url) && e.contains("initialize") && e.contains("connection refused"), "{e}");
@@ -209,14 +257,15 @@ fn unusable_http_servers_are_refused_by_name() {
         let e = err(McpConfig { url: Some("https://example.com/mcp".into()), ..Default::default() });
         assert!(e.contains("`https` feature"), "{e}");
     }
-    let e = err(McpConfig { url: Some(url.clone()), command: vec!["python3".into()], ..Default::default() });
-    assert!(e.contains("both set"), "{e}");
     let e = err(McpConfig {
         command: vec!["python3".into()],
         headers: [("A".into(), "b".into())].into(),
         ..Default::default()
     });
     assert!(e.contains("mcp.headers go with mcp.url"), "{e}");
+    let env = [("A".to_string(), "b".to_string())].into();
+    let e = err(McpConfig { url: Some(url.clone()), env, ..Default::default() });
+    assert!(e.contains("mcp.env sets the environment of a server the client starts"), "{e}");
     let unset = McpConfig {
         url: Some(url),
         headers: [("Authorization".into(), "Bearer ${ARTIST_NO_SUCH_TOKEN}".into())].into(),
