@@ -286,6 +286,13 @@ fn unusable_http_servers_are_refused_by_name() {
     let e = err(broken.config());
     assert!(e.contains(&broken.url) && e.contains("HTTP 500") && e.contains("broken on purpose"), "{e}");
 
+    // An answer that is not JSON: said so, with its start only.
+    let garbage = HttpServer::start("garbage");
+    let tool = McpTool::spawn(garbage.config()).unwrap();
+    let r = call(&tool, 0, r#"{"name": "echo", "arguments": {"text": "hi"}}"#);
+    assert!(!r.success && r.output.contains("the server's answer is not JSON"), "{}", &r.output[..200]);
+    assert!(r.output.ends_with("x...") && r.output.len() < 500, "{} bytes", r.output.len());
+
     // A server that forgot the session (ended by someone else): the call says so; one
     // that is gone: connection refused.
     let mut server = HttpServer::start("");

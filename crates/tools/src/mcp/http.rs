@@ -12,7 +12,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -115,8 +115,7 @@ impl HttpLink {
     fn refused(&self, response: &mut ureq::http::Response<ureq::Body>) -> CallError {
         let status = response.status();
         let body = response.body_mut().with_config().limit(4096).lossy_utf8(true).read_to_string();
-        let body = body.unwrap_or_default();
-        let body: String = body.chars().take(300).collect();
+        let body = head(&body.unwrap_or_default());
         let session = self.session();
         CallError::Failed(match (status.as_u16(), session) {
             (404, Some(id)) => format!("the server no longer knows session {id} (HTTP 404): {body}"),
@@ -131,6 +130,8 @@ impl HttpLink {
     pub(super) fn request(&self, method: &str, params: Value, timeout: Duration) -> Result<Value, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        // The answers to the server's own requests on the way count against the same time.
+        let deadline = Instant::now() + timeout;
         let mut response = self.post(&message, timeout)?;
         if response.status() != 200 {
             return Err(self.refused(&mut response));
@@ -144,18 +145,19 @@ impl HttpLink {
             "application/json" => {
                 let body = response.body_mut().with_config().limit(MAX_BODY_BYTES).read_to_string();
                 let body = body.map_err(|e| self.failed(e))?;
-                let value: Value = serde_json::from_str(&body)
-                    .map_err(|e| CallError::Failed(format!("the server's answer is not JSON ({e}): {body}")))?;
+                let value: Value = serde_json::from_str(&body).map_err(|e| {
+                    CallError::Failed(format!("the server's answer is not JSON ({e}): {}", head(&body)))
+                })?;
                 // One message, or a batch of them.
                 let messages = match value {
                     Value::Array(items) => items,
                     one => vec![one],
                 };
-                messages.into_iter().find_map(|m| self.take(&m, id, timeout)).unwrap_or_else(|| {
+                messages.into_iter().find_map(|m| self.take(&m, id, deadline)).unwrap_or_else(|| {
                     Err(CallError::Failed(format!("the server's answer holds no response to request {id}")))
                 })
             }
-            "text/event-stream" => self.read_stream(response, id, timeout),
+            "text/event-stream" => self.read_stream(response, id, deadline),
             other => Err(CallError::Failed(format!(
                 "the server answered with content type {other:?}, neither application/json nor text/event-stream"
             ))),
@@ -169,11 +171,15 @@ impl HttpLink {
 
     /// What message `m` means for request `id`: its reply (`Some`) when it is the response
     /// to it; a request from the server is answered, anything else passed over (`None`).
-    fn take(&self, m: &Value, id: u64, timeout: Duration) -> Option<Result<Value, CallError>> {
+    fn take(&self, m: &Value, id: u64, deadline: Instant) -> Option<Result<Value, CallError>> {
         if let Some(method) = m.get("method").and_then(Value::as_str) {
             if let Some(asked) = m.get("id") {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Some(Err(CallError::TimedOut));
+                }
                 // Its answer goes back as a POST of its own, which is answered 202.
-                if let Err(e) = self.post(&answer_to(method, asked), timeout) {
+                if let Err(e) = self.post(&answer_to(method, asked), left) {
                     let why = match e {
                         CallError::Failed(why) => why,
                         CallError::TimedOut => "no answer in time".into(),
@@ -191,7 +197,7 @@ impl HttpLink {
         &self,
         response: ureq::http::Response<ureq::Body>,
         id: u64,
-        timeout: Duration,
+        deadline: Instant,
     ) -> Result<Value, CallError> {
         let reader = response.into_body().into_with_config().limit(MAX_BODY_BYTES).reader();
         let mut data = String::new();
@@ -201,10 +207,10 @@ impl HttpLink {
                 // The end of an event: its data is one JSON-RPC message.
                 if !data.is_empty() {
                     let message: Value = serde_json::from_str(&data).map_err(|e| {
-                        CallError::Failed(format!("an event from the server is not JSON ({e}): {data}"))
+                        CallError::Failed(format!("an event from the server is not JSON ({e}): {}", head(&data)))
                     })?;
                     data.clear();
-                    if let Some(reply) = self.take(&message, id, timeout) {
+                    if let Some(reply) = self.take(&message, id, deadline) {
                         return reply;
                     }
                 }
@@ -249,6 +255,13 @@ impl HttpLink {
         }
         let _ = request.header("Mcp-Session-Id", id).call();
     }
+}
+
+/// The start of `text` (300 characters, "..." after a longer one), for messages.
+fn head(text: &str) -> String {
+    let mut chars = text.chars();
+    let start: String = chars.by_ref().take(300).collect();
+    if chars.next().is_some() { format!("{start}...") } else { start }
 }
 
 /// Whether `url`'s host is this machine (`localhost`, `127.x.x.x`, `[::1]`).
