@@ -157,22 +157,7 @@ fn main() {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let start = Instant::now();
-        let sessions: Vec<_> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..episodes)
-                .map(|i| {
-                    let pool = &pool;
-                    s.spawn(move || {
-                        let session = pool.open_session(&serde_json::json!({"count": i})).expect("a session");
-                        assert_eq!(
-                            session.state().expect("a state tool").expect("a state"),
-                            format!("{{\"count\": {i}, \"last\": null}}")
-                        );
-                        session
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("opens")).collect()
-        });
+        let sessions = open_episodes(&pool, episodes);
         let open_ms = start.elapsed().as_secs_f64() * 1e3;
         let start = Instant::now();
         std::thread::scope(|s| {
@@ -335,18 +320,7 @@ fn http(
     };
     let pool = McpTool::spawn(episode_config).expect("opens");
     let start = Instant::now();
-    std::thread::scope(|s| {
-        for i in 0..episodes {
-            let pool = &pool;
-            s.spawn(move || {
-                let session = pool.open_session(&serde_json::json!({"count": i})).expect("a session");
-                assert_eq!(
-                    session.state().expect("a state tool").expect("a state"),
-                    format!("{{\"count\": {i}, \"last\": null}}")
-                );
-            });
-        }
-    });
+    drop(open_episodes(&pool, episodes));
     let open_ms = start.elapsed().as_secs_f64() * 1e3;
     println!(
         "{}",
@@ -356,4 +330,22 @@ fn http(
     drop(pool);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A step's `episodes` multi-turn episodes opening their sessions at once, as the episode
+/// runner opens them: each set up with its own count through `setup`, its state read back.
+fn open_episodes(pool: &McpTool, episodes: usize) -> Vec<artist_tools::McpSession> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..episodes)
+            .map(|i| {
+                s.spawn(move || {
+                    let session = pool.open_session(&serde_json::json!({"count": i})).expect("a session");
+                    let state = session.state().expect("a state tool").expect("a state");
+                    assert_eq!(state, format!("{{\"count\": {i}, \"last\": null}}"));
+                    session
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("opens")).collect()
+    })
 }

@@ -148,6 +148,16 @@ impl McpConfig {
         }
     }
 
+    /// `command` as a process to start, with `env`, its stderr on the trainer's (the caller
+    /// wires its stdin and stdout).
+    fn server_command(&self) -> Result<Command, McpError> {
+        let (program, args) =
+            self.command.split_first().ok_or_else(|| McpError::Config("mcp.command is empty".into()))?;
+        let mut command = Command::new(program);
+        command.args(args).envs(&self.env).stderr(Stdio::inherit());
+        Ok(command)
+    }
+
     /// Whether a server is named (`command` or `url`).
     pub fn has_server(&self) -> bool {
         !self.command.is_empty() || self.url.is_some()
@@ -235,6 +245,16 @@ impl Link {
 enum CallError {
     Failed(String),
     TimedOut,
+}
+
+impl CallError {
+    /// Why the call failed, in words.
+    fn into_words(self) -> String {
+        match self {
+            CallError::Failed(why) => why,
+            CallError::TimedOut => "no answer in time".into(),
+        }
+    }
 }
 
 /// How messages reach a server.
@@ -328,16 +348,11 @@ impl Server {
             }
             return Ok(Transport::Http(http::HttpLink::new(url, headers)));
         }
-        let (program, args) =
-            config.command.split_first().ok_or_else(|| McpError::Config("mcp.command is empty".into()))?;
         let fail = |msg: String| McpError::Server { command: config.server_label(), msg };
-        let mut child = Command::new(program)
-            .args(args)
-            .envs(&config.env)
+        let mut child = (config.server_command()?)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| fail(format!("cannot start it: {e}")))?;
         let stdout = child.stdout.take().expect("piped");
@@ -544,14 +559,10 @@ impl Launched {
                  command a free port"
             )));
         }
-        let (program, args) = config.command.split_first().expect("checked: not empty");
         let stdout = std::io::stderr().as_fd().try_clone_to_owned().map(Stdio::from).unwrap_or_else(|_| Stdio::null());
-        let child = Command::new(program)
-            .args(args)
-            .envs(&config.env)
+        let child = (config.server_command()?)
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| fail(format!("cannot start it: {e}")))?;
         let mut launched = Launched { child };

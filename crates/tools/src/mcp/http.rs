@@ -180,10 +180,7 @@ impl HttpLink {
                 }
                 // Its answer goes back as a POST of its own, which is answered 202.
                 if let Err(e) = self.post(&answer_to(method, asked), left) {
-                    let why = match e {
-                        CallError::Failed(why) => why,
-                        CallError::TimedOut => "no answer in time".into(),
-                    };
+                    let why = e.into_words();
                     return Some(Err(CallError::Failed(format!("answering the server's {method}: {why}"))));
                 }
             }
@@ -233,10 +230,7 @@ impl HttpLink {
         let message = json!({"jsonrpc": "2.0", "method": method});
         match self.post(&message, timeout) {
             Ok(response) if response.status().is_success() => Ok(()),
-            Ok(mut response) => Err(match self.refused(&mut response) {
-                CallError::Failed(why) => why,
-                CallError::TimedOut => "no answer in time".into(),
-            }),
+            Ok(mut response) => Err(self.refused(&mut response).into_words()),
             Err(CallError::Failed(why)) => Err(why),
             Err(CallError::TimedOut) => Err(format!("no answer within {} s", timeout.as_secs_f64())),
         }
