@@ -21,6 +21,9 @@ use serde::Deserialize;
 mod pytorch_grpo;
 
 const FIXTURES: [&str; 6] = ["tiny-gqa", "tiny-tied-mqa", "tiny-mha-odd", "tiny-bf16", "tiny-f16", "tiny-sharded"];
+/// The Qwen3 fixtures (scripts/make_qwen3_fixtures.py): q/k norms, head_dim wider than
+/// hidden / heads; the second with q/k/v/o biases, tied, in bf16.
+const QWEN3: [&str; 2] = ["qwen3/tiny-qwen3", "qwen3/tiny-qwen3-bias-tied"];
 const TOL: f32 = 1e-4;
 
 fn gpu() -> Option<Device> {
@@ -65,8 +68,9 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// A fixture under `tests/fixtures/qwen2` by name, or under `tests/fixtures` by path.
 fn load(name: &str, device: Device) -> (Qwen2, Reference) {
-    let dir = fixtures().join("qwen2").join(name);
+    let dir = if name.contains('/') { fixtures().join(name) } else { fixtures().join("qwen2").join(name) };
     let model = Qwen2::load_on(&dir, device).unwrap_or_else(|e| panic!("{name}: {e}"));
     let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
     (model, serde_json::from_str(&text).unwrap())
@@ -84,7 +88,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 #[test]
 fn logprobs_and_logits_match_transformers_on_the_gpu() {
     let dev = gpu_or_skip!();
-    for name in FIXTURES {
+    for name in FIXTURES.into_iter().chain(QWEN3) {
         let (model, r) = load(name, dev);
         assert_eq!(model.device(), dev);
         for (i, case) in r.cases.iter().enumerate() {
@@ -102,7 +106,7 @@ fn logprobs_and_logits_match_transformers_on_the_gpu() {
 #[test]
 fn greedy_decoding_and_the_kv_cache_on_the_gpu() {
     let dev = gpu_or_skip!();
-    for name in ["tiny-gqa", "tiny-bf16"] {
+    for name in ["tiny-gqa", "tiny-bf16", "qwen3/tiny-qwen3"] {
         let (model, r) = load(name, dev);
         for (i, g) in r.greedy.iter().enumerate() {
             let opts = GenerateOptions::new(32, SamplingParams::greedy(), vec![]);
@@ -136,7 +140,7 @@ type Inputs = Vec<(usize, Vec<u32>)>;
 #[test]
 fn batched_prefill_and_decode_on_the_gpu_follow_the_cpu() {
     let dev = gpu_or_skip!();
-    for name in ["tiny-gqa", "tiny-bf16", "tiny-tied-mqa"] {
+    for name in ["tiny-gqa", "tiny-bf16", "tiny-tied-mqa"].into_iter().chain(QWEN3) {
         let (gpu_model, _) = load(name, dev);
         let (cpu_model, _) = load(name, Device::Cpu);
         let mut caches = [cpu_model.new_cache(5, 64).unwrap(), gpu_model.new_cache(5, 64).unwrap()];
@@ -206,11 +210,13 @@ fn loss_and_grads_in(
 #[test]
 fn whole_model_gradients_match_pytorch_on_the_gpu() {
     let dev = gpu_or_skip!();
-    for (name, checkpointing) in [("tiny-gqa", false), ("tiny-tied-mqa", true), ("tiny-mha-odd", false)] {
+    let cases = [("tiny-gqa", false), ("tiny-tied-mqa", true), ("tiny-mha-odd", false), ("tiny-qwen3", true)];
+    for (name, checkpointing) in cases {
         let dir = fixtures().join("training/grads").join(name);
-        let model = Qwen2::load_on(&fixtures().join("qwen2").join(name), dev).unwrap();
         let reference: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let model_dir = reference["model_dir"].as_str().map(String::from).unwrap_or(format!("qwen2/{name}"));
+        let model = Qwen2::load_on(&fixtures().join(model_dir), dev).unwrap();
         let (loss, grads) = loss_and_grads(&model, &batch(name, &model), checkpointing);
         let want_loss = reference["loss"].as_f64().unwrap();
         assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs(), "{name}: loss {loss} vs {want_loss}");

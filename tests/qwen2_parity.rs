@@ -1,5 +1,6 @@
 //! Our Qwen2 against Hugging Face transformers on the tiny checkpoints of
-//! `tests/fixtures/qwen2` (made by `scripts/make_qwen2_fixtures.py`): per-token logprobs and
+//! `tests/fixtures/qwen2` (made by `scripts/make_qwen2_fixtures.py`) and the Qwen3 ones of
+//! `tests/fixtures/qwen3` (`scripts/make_qwen3_fixtures.py`): per-token logprobs and
 //! last-position logits within 1e-4, identical 32-token greedy continuations, and KV-cache
 //! decoding (one token at a time, in chunks, and packed with other sequences) equal to a
 //! full forward at every position.
@@ -11,6 +12,9 @@ use artist_model::{Qwen2, Rows, SeqInput};
 use serde::Deserialize;
 
 const FIXTURES: [&str; 6] = ["tiny-gqa", "tiny-tied-mqa", "tiny-mha-odd", "tiny-bf16", "tiny-f16", "tiny-sharded"];
+/// Qwen3: head_dim wider than hidden / heads, q/k norms; unbiased untied f32, and biased
+/// (q, k, v and o) tied bf16 with the released checkpoints' config keys.
+const QWEN3: [&str; 2] = ["qwen3/tiny-qwen3", "qwen3/tiny-qwen3-bias-tied"];
 const TOL: f32 = 1e-4;
 
 #[derive(Deserialize)]
@@ -32,8 +36,11 @@ struct Greedy {
     new_ids: Vec<u32>,
 }
 
+/// A fixture directory: `name` under `tests/fixtures/qwen2`, or a path under
+/// `tests/fixtures` (`qwen3/...`).
 fn dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2").join(name)
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    if name.contains('/') { fixtures.join(name) } else { fixtures.join("qwen2").join(name) }
 }
 
 fn load(name: &str) -> (Qwen2, Reference) {
@@ -52,7 +59,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
 
 #[test]
 fn logprobs_and_logits_match_transformers() {
-    for name in FIXTURES {
+    for name in FIXTURES.into_iter().chain(QWEN3) {
         let (model, r) = load(name);
         for (i, case) in r.cases.iter().enumerate() {
             let lp = model.token_logprobs(&case.input_ids).unwrap();
@@ -67,7 +74,7 @@ fn logprobs_and_logits_match_transformers() {
 
 #[test]
 fn greedy_continuations_are_identical() {
-    for name in FIXTURES {
+    for name in FIXTURES.into_iter().chain(QWEN3) {
         let (model, r) = load(name);
         for (i, g) in r.greedy.iter().enumerate() {
             let opts = GenerateOptions::new(32, SamplingParams::greedy(), vec![]);
@@ -79,7 +86,7 @@ fn greedy_continuations_are_identical() {
 
 #[test]
 fn kv_cache_decoding_equals_full_forward() {
-    for name in FIXTURES {
+    for name in FIXTURES.into_iter().chain(QWEN3) {
         let (model, r) = load(name);
         let tokens = &r.cases.iter().max_by_key(|c| c.input_ids.len()).unwrap().input_ids;
         let n = tokens.len();
@@ -110,32 +117,34 @@ fn kv_cache_decoding_equals_full_forward() {
 
 #[test]
 fn packed_batches_of_different_lengths_match_single_sequences() {
-    let (model, r) = load("tiny-gqa");
-    let seqs: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
-    let mut cache = model.new_cache(seqs.len() + 1, 100).unwrap();
-    // Prefill all cases at once in slots 1.. (slot 0 stays unused), then decode them together.
-    let inputs: Vec<SeqInput> = seqs.iter().enumerate().map(|(i, s)| SeqInput { slot: i + 1, tokens: s }).collect();
-    let last = model.forward(&inputs, &mut cache, Rows::Last).unwrap().to_vec2::<f32>().unwrap();
-    for (i, c) in r.cases.iter().enumerate() {
-        assert_close(&format!("packed prefill {i}"), &last[i], &c.last_logits);
-    }
-    let next: Vec<u32> = (0..seqs.len() as u32).map(|i| 7 + i).collect();
-    let step: Vec<SeqInput> =
-        next.iter().enumerate().map(|(i, t)| SeqInput { slot: i + 1, tokens: std::slice::from_ref(t) }).collect();
-    let rows = model.forward(&step, &mut cache, Rows::Last).unwrap().to_vec2::<f32>().unwrap();
-    for (i, s) in seqs.iter().enumerate() {
-        let mut ext = s.to_vec();
-        ext.push(next[i]);
+    for name in ["tiny-gqa", "qwen3/tiny-qwen3"] {
+        let (model, r) = load(name);
+        let seqs: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
+        let mut cache = model.new_cache(seqs.len() + 1, 100).unwrap();
+        // Prefill all cases at once in slots 1.. (slot 0 stays unused), then decode them together.
+        let inputs: Vec<SeqInput> = seqs.iter().enumerate().map(|(i, s)| SeqInput { slot: i + 1, tokens: s }).collect();
+        let last = model.forward(&inputs, &mut cache, Rows::Last).unwrap().to_vec2::<f32>().unwrap();
+        for (i, c) in r.cases.iter().enumerate() {
+            assert_close(&format!("{name} packed prefill {i}"), &last[i], &c.last_logits);
+        }
+        let next: Vec<u32> = (0..seqs.len() as u32).map(|i| 7 + i).collect();
+        let step: Vec<SeqInput> =
+            next.iter().enumerate().map(|(i, t)| SeqInput { slot: i + 1, tokens: std::slice::from_ref(t) }).collect();
+        let rows = model.forward(&step, &mut cache, Rows::Last).unwrap().to_vec2::<f32>().unwrap();
+        for (i, s) in seqs.iter().enumerate() {
+            let mut ext = s.to_vec();
+            ext.push(next[i]);
+            let want = model.logits(&ext).unwrap().to_vec2::<f32>().unwrap();
+            assert_close(&format!("{name} packed decode {i}"), &rows[i], want.last().unwrap());
+        }
+        // Forking slot 1 (case 0 and its decoded token) into slot 0 continues the same sequence.
+        cache.fork(1, 0).unwrap();
+        let a = model.forward(&[SeqInput { slot: 0, tokens: &[3] }], &mut cache, Rows::Last).unwrap();
+        let mut ext = seqs[0].to_vec();
+        ext.extend([next[0], 3]);
         let want = model.logits(&ext).unwrap().to_vec2::<f32>().unwrap();
-        assert_close(&format!("packed decode {i}"), &rows[i], want.last().unwrap());
+        assert_close(&format!("{name} fork"), &a.to_vec::<f32>().unwrap(), want.last().unwrap());
     }
-    // Forking slot 1 (case 0 and its decoded token) into slot 0 continues the same sequence.
-    cache.fork(1, 0).unwrap();
-    let a = model.forward(&[SeqInput { slot: 0, tokens: &[3] }], &mut cache, Rows::Last).unwrap();
-    let mut ext = seqs[0].to_vec();
-    ext.extend([next[0], 3]);
-    let want = model.logits(&ext).unwrap().to_vec2::<f32>().unwrap();
-    assert_close("fork", &a.to_vec::<f32>().unwrap(), want.last().unwrap());
 }
 
 /// A prefill longer than the cache path's query chunk (512), starting mid-block after an

@@ -1,6 +1,6 @@
-//! `config.json` of a Qwen2 / Qwen2.5 checkpoint, with Hugging Face's field names. Both the
-//! classic keys (`rope_theta`, `torch_dtype`) and transformers 5's (`rope_parameters`,
-//! `dtype`) are accepted.
+//! `config.json` of a Qwen2 / Qwen2.5 or Qwen3 checkpoint, with Hugging Face's field names.
+//! Both the classic keys (`rope_theta`, `torch_dtype`) and transformers 5's
+//! (`rope_parameters`, `dtype`) are accepted.
 
 use std::path::Path;
 
@@ -8,8 +8,40 @@ use serde::Deserialize;
 
 use crate::{Error, Result};
 
+/// Which of the two decoder families a checkpoint is. They share everything but the
+/// attention block: Qwen2 / Qwen2.5 give q/k/v a bias; Qwen3 gives them none (unless
+/// `attention_bias` says so, then o too) and normalises each head of q and k (RMSNorm
+/// over `head_dim`, `q_norm` / `k_norm`) before RoPE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Qwen2,
+    Qwen3,
+}
+
+impl Family {
+    /// `model_type` in `config.json`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+        }
+    }
+
+    /// The transformers class that loads it.
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Family::Qwen2 => "Qwen2ForCausalLM",
+            Family::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Qwen2Config {
+    pub family: Family,
+    /// Whether q/k/v have a bias (always for Qwen2; `attention_bias` for Qwen3, where o
+    /// has one too).
+    pub attention_bias: bool,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -51,6 +83,7 @@ struct Raw {
     hidden_act: Option<String>,
     #[serde(default)]
     use_sliding_window: bool,
+    attention_bias: Option<bool>,
     bos_token_id: Option<u32>,
     eos_token_id: Option<OneOrMany>,
 }
@@ -82,11 +115,19 @@ impl Qwen2Config {
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
         let raw: Raw = serde_json::from_str(text).map_err(|source| Error::Json { path: path.into(), source })?;
         let bad = |msg: String| Error::Config { path: path.into(), msg };
-        match raw.model_type.as_deref() {
-            Some("qwen2") => {}
-            Some(other) => return Err(bad(format!("model_type {other:?} is not supported (expected \"qwen2\")"))),
-            None => return Err(bad("model_type is missing (expected \"qwen2\")".into())),
-        }
+        let family = match raw.model_type.as_deref() {
+            Some("qwen2") => Family::Qwen2,
+            Some("qwen3") => Family::Qwen3,
+            Some(other) => {
+                return Err(bad(format!("model_type {other:?} is not supported (expected \"qwen2\" or \"qwen3\")")));
+            }
+            None => return Err(bad("model_type is missing (expected \"qwen2\" or \"qwen3\")".into())),
+        };
+        // transformers' Qwen2 gives q/k/v a bias whatever the config says.
+        let attention_bias = match family {
+            Family::Qwen2 => true,
+            Family::Qwen3 => raw.attention_bias.unwrap_or(false),
+        };
         if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
             return Err(bad(format!("hidden_act {act:?} is not supported (Qwen2 uses \"silu\")")));
         }
@@ -128,6 +169,8 @@ impl Qwen2Config {
         }
         let rope_theta = raw.rope_parameters.and_then(|r| r.rope_theta).or(raw.rope_theta).unwrap_or(10_000.0);
         Ok(Qwen2Config {
+            family,
+            attention_bias,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
             intermediate_size: raw.intermediate_size,
@@ -153,6 +196,8 @@ impl Qwen2Config {
     /// heads, vocab 151,936, tied embeddings.
     pub fn qwen2_5_0_5b() -> Qwen2Config {
         Qwen2Config {
+            family: Family::Qwen2,
+            attention_bias: true,
             vocab_size: 151_936,
             hidden_size: 896,
             intermediate_size: 4864,
@@ -184,12 +229,40 @@ impl Qwen2Config {
         }
     }
 
-    /// A `config.json` transformers loads (`Qwen2ForCausalLM`, classic key names), for
-    /// models that were not loaded from one (random initialisation).
+    /// The shape of Qwen3-0.6B: 28 layers, hidden 1024, 16 heads of 128 (wider than
+    /// hidden / heads) over 8 KV heads, vocab 151,936, tied embeddings, q/k norms.
+    pub fn qwen3_0_6b() -> Qwen2Config {
+        Qwen2Config {
+            family: Family::Qwen3,
+            attention_bias: false,
+            hidden_size: 1024,
+            intermediate_size: 3072,
+            num_hidden_layers: 28,
+            num_attention_heads: 16,
+            num_key_value_heads: 8,
+            head_dim: 128,
+            max_position_embeddings: 40_960,
+            ..Qwen2Config::qwen2_5_0_5b()
+        }
+    }
+
+    /// Whether each head of q and k goes through its own RMSNorm before RoPE (Qwen3).
+    pub fn qk_norm(&self) -> bool {
+        self.family == Family::Qwen3
+    }
+
+    /// Whether o has a bias (Qwen3 with `attention_bias`).
+    pub fn o_bias(&self) -> bool {
+        self.family == Family::Qwen3 && self.attention_bias
+    }
+
+    /// A `config.json` transformers loads (`Qwen2ForCausalLM` or `Qwen3ForCausalLM`,
+    /// classic key names), for models that were not loaded from one (random
+    /// initialisation) and for exports.
     pub fn to_hf_json(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
-            "architectures": ["Qwen2ForCausalLM"],
-            "model_type": "qwen2",
+            "architectures": [self.family.architecture()],
+            "model_type": self.family.model_type(),
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -209,6 +282,9 @@ impl Qwen2Config {
             "use_cache": true,
         });
         let o = v.as_object_mut().expect("an object");
+        if self.family == Family::Qwen3 {
+            o.insert("attention_bias".into(), self.attention_bias.into());
+        }
         if let Some(d) = &self.dtype {
             o.insert("torch_dtype".into(), d.clone().into());
         }
@@ -231,7 +307,9 @@ impl Qwen2Config {
     pub fn num_parameters(&self) -> usize {
         let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let (q, kv) = (self.num_attention_heads * d, self.num_key_value_heads * d);
-        let attn = h * q + q + 2 * (h * kv + kv) + q * h;
+        let bias = if self.attention_bias { q + 2 * kv } else { 0 } + if self.o_bias() { h } else { 0 };
+        let norms = if self.qk_norm() { 2 * d } else { 0 };
+        let attn = h * q + 2 * h * kv + q * h + bias + norms;
         let layer = attn + 3 * h * i + 2 * h;
         let embed = self.vocab_size * h;
         embed + self.num_hidden_layers * layer + h + if self.tie_word_embeddings { 0 } else { embed }
@@ -273,6 +351,29 @@ mod tests {
         let c = Qwen2Config::qwen2_5_0_5b();
         let back = Qwen2Config::from_json(&c.to_hf_json().to_string(), Path::new("config.json")).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn qwen3() {
+        let c = Qwen2Config::from_json(
+            r#"{"model_type":"qwen3","vocab_size":151936,"hidden_size":1024,"intermediate_size":3072,
+            "num_hidden_layers":28,"num_attention_heads":16,"num_key_value_heads":8,"head_dim":128,
+            "rms_norm_eps":1e-6,"rope_theta":1000000,"max_position_embeddings":40960,"attention_bias":false,
+            "tie_word_embeddings":true,"torch_dtype":"bfloat16","bos_token_id":151643,"eos_token_id":151645,
+            "use_sliding_window":false,"sliding_window":null,"max_window_layers":28}"#,
+            Path::new("config.json"),
+        )
+        .unwrap();
+        let preset = Qwen2Config { eos_token_ids: vec![151645], ..Qwen2Config::qwen3_0_6b() };
+        assert_eq!(c, preset);
+        assert!(c.qk_norm() && !c.attention_bias && !c.o_bias());
+        // Qwen3-0.6B has 596M parameters (440M without the embedding).
+        assert_eq!(c.num_parameters() / 1_000_000, 596);
+        let back = Qwen2Config::from_json(&c.to_hf_json().to_string(), Path::new("config.json")).unwrap();
+        assert_eq!(back, c);
+        // A Qwen2 config's attention_bias is ignored, as transformers ignores it.
+        let q2 = parse(r#","attention_bias":false"#).unwrap();
+        assert!(q2.attention_bias && !q2.qk_norm());
     }
 
     #[test]

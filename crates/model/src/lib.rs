@@ -1,4 +1,4 @@
-//! Qwen2 / Qwen2.5, exact to Hugging Face transformers, loaded from a checkpoint directory
+//! Qwen2 / Qwen2.5 and Qwen3, exact to Hugging Face transformers, loaded from a checkpoint directory
 //! as downloaded: `config.json` and safetensors weights (bf16, f16 or f32; single file or
 //! sharded). Activations are f32; weights stay in their stored dtype and are widened on the
 //! fly. Linear layers can multiply in bf16 instead (`Ctx::with_matmul_dtype` in training,
@@ -13,7 +13,7 @@ mod lora;
 mod qwen2;
 mod weights;
 
-pub use config::Qwen2Config;
+pub use config::{Family, Qwen2Config};
 pub use error::{Error, Result};
 pub use kv_cache::{DEFAULT_BLOCK_SIZE, DecodeSteps, KvCache, KvUsage, MAX_GRAPH_BATCH, graph_batch_size};
 pub use lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LORA_MODULES, LoraSpec};

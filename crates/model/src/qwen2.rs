@@ -1,6 +1,8 @@
 //! The Qwen2 decoder, layer by layer as in transformers' `modeling_qwen2.py`:
 //! embedding -> N x [RMSNorm -> attention (q/k/v with bias, RoPE, GQA) -> residual ->
-//! RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> LM head (tied or not).
+//! RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> LM head (tied or not). Qwen3
+//! (`modeling_qwen3.py`) is the same decoder with q/k/v unbiased and each head of q and k
+//! through an RMSNorm of its own (`q_norm`, `k_norm`, over `head_dim`) before RoPE.
 //!
 //! A forward call takes a packed batch: any number of sequences, each appending any number
 //! of tokens to its own KV-cache slot. Projections and MLPs run over all tokens at once;
@@ -228,7 +230,10 @@ struct Layer {
     dims: Dims,
     input_layernorm: Param, // [hidden]
     qkv_proj: Linear,       // [(heads + 2 kv_heads) * head_dim, hidden] + bias: q, k, v rows
-    o_proj: Linear,         // [hidden, heads * head_dim], no bias
+    o_proj: Linear,         // [hidden, heads * head_dim], no bias (Qwen3: `attention_bias`)
+    /// Qwen3: the RMSNorm weights `[head_dim]` every head of q, and of k, goes through
+    /// before RoPE.
+    qk_norm: Option<(Param, Param)>,
     post_attention_layernorm: Param,
     gate_up_proj: Linear, // [2 * intermediate, hidden]: gate rows, then up rows
     down_proj: Linear,    // [hidden, intermediate]
@@ -237,6 +242,13 @@ struct Layer {
 /// A norm weight as f32 (it may be stored in a half type).
 fn norm_weight(ctx: &Ctx, p: &Param) -> Result<Var> {
     Ok(ctx.param(p).to_dtype(DType::F32)?)
+}
+
+/// `x: [total, heads * d]` with each head's `d` values through RMSNorm with weight `w`.
+fn head_norm(ctx: &Ctx, x: &Var, w: &Param, heads: usize, eps: f32) -> Result<Var> {
+    let (total, width) = (x.value().dim(0)?, x.value().dim(1)?);
+    let d = width / heads;
+    Ok(x.reshape((total, heads, d))?.rms_norm(&norm_weight(ctx, w)?, eps)?.reshape((total, width))?)
 }
 
 impl Layer {
@@ -273,7 +285,20 @@ impl Layer {
         if let Some(d) = self.qkv_proj.lora_delta(ctx, &Var::constant(h.clone()))? {
             qkv = qkv.add(d.value())?;
         }
-        let bias = self.qkv_proj.bias.as_ref().map(|b| b.value().to_dtype(DType::F32)).transpose()?;
+        let mut bias = self.qkv_proj.bias.as_ref().map(|b| b.value().to_dtype(DType::F32)).transpose()?;
+        if let Some((wq, wk)) = &self.qk_norm {
+            // Qwen3: the bias (if any) first, then each head of q and k normalised, all
+            // before the fused RoPE and cache write.
+            if let Some(b) = bias.take() {
+                qkv = qkv.add(&b)?;
+            }
+            let kv_heads = self.dims.kv_heads;
+            let c = Var::constant(qkv);
+            let q = head_norm(ctx, &c.narrow(1, 0, heads * d)?, wq, heads, eps)?;
+            let k = head_norm(ctx, &c.narrow(1, heads * d, kv_heads * d)?, wk, kv_heads, eps)?;
+            let v = c.narrow(1, (heads + kv_heads) * d, kv_heads * d)?;
+            qkv = Tensor::cat(&[q.value(), k.value(), v.value()], 1)?;
+        }
         let q = cache.write_qkv_batch(l, &p.batch, &qkv, bias.as_ref(), heads, &p.cos, &p.sin)?;
         let attn = cache.attend_batch(l, &p.batch, &q, (d as f32).powf(-0.5))?.reshape((total, heads * d))?;
         let o = self.o_proj.forward(ctx, &Var::constant(attn))?.into_value();
@@ -289,9 +314,13 @@ impl Layer {
         let Dims { heads, kv_heads, head_dim: d, eps, .. } = self.dims;
         let h = x.rms_norm(&norm_weight(ctx, &self.input_layernorm)?, eps)?;
         let qkv = self.qkv_proj.forward(ctx, &h)?; // [total, (heads + 2 kv_heads) * d]
-        let q = qkv.narrow(1, 0, heads * d)?;
-        let k = qkv.narrow(1, heads * d, kv_heads * d)?;
+        let mut q = qkv.narrow(1, 0, heads * d)?;
+        let mut k = qkv.narrow(1, heads * d, kv_heads * d)?;
         let v = qkv.narrow(1, (heads + kv_heads) * d, kv_heads * d)?;
+        if let Some((wq, wk)) = &self.qk_norm {
+            q = head_norm(ctx, &q, wq, heads, eps)?;
+            k = head_norm(ctx, &k, wk, kv_heads, eps)?;
+        }
         let mut outs = Vec::with_capacity(spans.len());
         for s in spans {
             let t = s.len;
@@ -340,6 +369,9 @@ impl Layer {
         for l in [&self.qkv_proj, &self.o_proj] {
             out.push(&l.weight);
             out.extend(&l.bias);
+        }
+        if let Some((q, k)) = &self.qk_norm {
+            out.extend([q, k]);
         }
         out.push(&self.post_attention_layernorm);
         for l in [&self.gate_up_proj, &self.down_proj] {
@@ -430,11 +462,21 @@ impl Qwen2 {
         let layers = (0..c.num_hidden_layers)
             .map(|l| {
                 let p = format!("model.layers.{l}");
+                let b = c.attention_bias;
                 let qkv = [
-                    part(&format!("{p}.self_attn.q_proj"), q, h, true)?,
-                    part(&format!("{p}.self_attn.k_proj"), kv, h, true)?,
-                    part(&format!("{p}.self_attn.v_proj"), kv, h, true)?,
+                    part(&format!("{p}.self_attn.q_proj"), q, h, b)?,
+                    part(&format!("{p}.self_attn.k_proj"), kv, h, b)?,
+                    part(&format!("{p}.self_attn.v_proj"), kv, h, b)?,
                 ];
+                let (o_weight, o_bias) = part(&format!("{p}.self_attn.o_proj"), h, q, c.o_bias())?;
+                let o_bias = o_bias.map(|t| Param::new(format!("{p}.self_attn.o_proj.bias"), t));
+                let qk_norm = match c.qk_norm() {
+                    true => Some((
+                        param(format!("{p}.self_attn.q_norm.weight"), &[d])?,
+                        param(format!("{p}.self_attn.k_norm.weight"), &[d])?,
+                    )),
+                    false => None,
+                };
                 let gate_up = [
                     part(&format!("{p}.mlp.gate_proj"), i, h, false)?,
                     part(&format!("{p}.mlp.up_proj"), i, h, false)?,
@@ -443,7 +485,8 @@ impl Qwen2 {
                     dims,
                     input_layernorm: param(format!("{p}.input_layernorm.weight"), &[h])?,
                     qkv_proj: Linear::stack(&format!("{p}.self_attn.qkv_proj"), &qkv)?,
-                    o_proj: Linear::new(param(format!("{p}.self_attn.o_proj.weight"), &[h, q])?, None),
+                    o_proj: Linear::new(Param::new(format!("{p}.self_attn.o_proj.weight"), o_weight), o_bias),
+                    qk_norm,
                     post_attention_layernorm: param(format!("{p}.post_attention_layernorm.weight"), &[h])?,
                     gate_up_proj: Linear::stack(&format!("{p}.mlp.gate_up_proj"), &gate_up)?,
                     down_proj: Linear::new(param(format!("{p}.mlp.down_proj.weight"), &[h, i])?, None),
@@ -678,6 +721,9 @@ impl Qwen2 {
         let mut out = vec![&mut self.embed_tokens];
         for l in &mut self.layers {
             out.extend([&mut l.input_layernorm, &mut l.post_attention_layernorm]);
+            if let Some((q, k)) = &mut l.qk_norm {
+                out.extend([q, k]);
+            }
             // Field by field (not `linears_mut`): the norms above are borrowed too.
             for lin in [&mut l.qkv_proj, &mut l.o_proj, &mut l.gate_up_proj, &mut l.down_proj] {
                 out.push(&mut lin.weight);
@@ -735,6 +781,13 @@ impl Qwen2 {
                 &[("self_attn.q_proj", q), ("self_attn.k_proj", kv), ("self_attn.v_proj", kv)],
             );
             out.push((format!("{p}.self_attn.o_proj.weight"), &layer.o_proj.weight, None));
+            if let Some(b) = &layer.o_proj.bias {
+                out.push((format!("{p}.self_attn.o_proj.bias"), b, None));
+            }
+            if let Some((q, k)) = &layer.qk_norm {
+                out.push((format!("{p}.self_attn.q_norm.weight"), q, None));
+                out.push((format!("{p}.self_attn.k_norm.weight"), k, None));
+            }
             out.push((format!("{p}.post_attention_layernorm.weight"), &layer.post_attention_layernorm, None));
             split(&mut out, &p, &layer.gate_up_proj, &[("mlp.gate_proj", i), ("mlp.up_proj", i)]);
             out.push((format!("{p}.mlp.down_proj.weight"), &layer.down_proj.weight, None));

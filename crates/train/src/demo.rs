@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use artist_model::{Qwen2, Qwen2Config, RandomWeights};
+use artist_model::{Family, Qwen2, Qwen2Config, RandomWeights};
 use artist_tensor::{DType, Device};
 use artist_tokenizer::{ChatTemplate, Tokenizer};
 use rand::{Rng, SeedableRng};
@@ -109,6 +109,8 @@ fn problem((a, b): (u32, u32)) -> Problem {
 /// The model: Qwen2.5's architecture at a size a CPU trains in minutes.
 pub fn model_config() -> Qwen2Config {
     Qwen2Config {
+        family: Family::Qwen2,
+        attention_bias: true,
         vocab_size: 296,
         hidden_size: 128,
         intermediate_size: 384,

@@ -49,7 +49,9 @@ fn grads_case(name: &str, checkpointing: bool, micro: usize) {
 /// a fraction of its tensor's largest element.
 fn grads_case_in(name: &str, checkpointing: bool, micro: usize, matmul: Option<artist_tensor::DType>) -> f32 {
     let dir = fixtures().join("training/grads").join(name);
-    let model = Qwen2::load(&fixtures().join("qwen2").join(name)).unwrap();
+    // The model is named by the case's reference (`model_dir`, Qwen3), else under qwen2/.
+    let model_dir = json(&dir.join("reference.json"))["model_dir"].as_str().map(String::from);
+    let model = Qwen2::load(&fixtures().join(model_dir.unwrap_or(format!("qwen2/{name}")))).unwrap();
     let (examples, _) =
         load_jsonl(&dir.join("batch.jsonl"), None, model.config.vocab_size, 1 << 20, Overlong::Truncate).unwrap();
     let (reference, grads_file, loss_tol, grad_tol) = match matmul {
@@ -85,7 +87,7 @@ fn grads_case_in(name: &str, checkpointing: bool, micro: usize, matmul: Option<a
 
 #[test]
 fn whole_model_gradients_match_pytorch() {
-    for name in ["tiny-gqa", "tiny-tied-mqa", "tiny-mha-odd"] {
+    for name in ["tiny-gqa", "tiny-tied-mqa", "tiny-mha-odd", "tiny-qwen3"] {
         grads_case(name, false, usize::MAX);
     }
 }
@@ -114,6 +116,7 @@ fn bf16_product_gradients_match_pytorch_with_rounded_linears() {
 fn checkpointing_and_micro_batches_give_the_same_gradients() {
     grads_case("tiny-gqa", true, 1);
     grads_case("tiny-tied-mqa", true, 3);
+    grads_case("tiny-qwen3", true, 2);
 }
 
 /// Runs a case and returns the final weights (HF name -> values) and its largest weight
