@@ -19,6 +19,12 @@ search and checks this script reuses):
                             widened weights), the classic keys Qwen3's checkpoints ship
                             (``rope_theta``, ``torch_dtype``, ``sliding_window: null``).
 
+``tests/fixtures/qwen3_chat.json``: Qwen3's chat template (the string a public copy gives
+for Qwen/Qwen3-4B-Base's tokenizer_config.json; its sha256 is asserted below) rendered by
+transformers for conversations that reach each of its branches: reasoning split out of an
+assistant's content, history turns' reasoning dropped, ``reasoning_content``, tool calls
+with arguments as objects and as strings, consecutive tool responses, tools, and the
+generation prompt with and without ``enable_thinking=False``;
 and ``tests/fixtures/training/grads/tiny-qwen3/``: a batch (``batch.jsonl``), its masked
 mean NLL (``reference.json``) and PyTorch's gradient of it for every parameter
 (``grads.safetensors``, q_norm and k_norm included), as ``scripts/make_training_fixtures.py``
@@ -64,6 +70,134 @@ import transformers  # noqa: E402
 from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 
 OUT_DIR = q2.REPO / "tests" / "fixtures" / "qwen3"
+CHAT_OUT = q2.REPO / "tests" / "fixtures" / "qwen3_chat.json"
+
+QWEN3_CHAT_TEMPLATE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\n\n' }}
+    {%- endif %}
+    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set content = message.content %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is defined and message.reasoning_content is not none %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in message.content %}
+                {%- set content = message.content.split('</think>')[-1].lstrip('\n') %}
+                {%- set reasoning_content = message.content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}"""
+QWEN3_CHAT_TEMPLATE_SHA256 = "87a2728cb8dc9fe424d624542f6060ec05a1d285ebbec578bb078900e33396b5"
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+# (name, messages, tools, add_generation_prompt, extra keyword arguments)
+CHAT_CASES = [
+    ("reasoning_in_content", [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 6 * 7?"},
+        {"role": "assistant", "content": "<think>\nSix sevens.\n</think>\n\n42"},
+    ], None, False, {}),
+    ("generation_prompt", [{"role": "user", "content": "What is 6 * 7?"}], None, True, {}),
+    ("thinking_off", [{"role": "user", "content": "What is 6 * 7?"}], None, True, {"enable_thinking": False}),
+    ("history_reasoning_dropped", [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "<think>\ngreet\n</think>\n\nHello!"},
+        {"role": "user", "content": "And 2 + 2?"},
+        {"role": "assistant", "content": "4", "reasoning_content": "add them"},
+    ], None, False, {}),
+    ("tools_multi_step", [
+        {"role": "system", "content": "Use tools."},
+        {"role": "user", "content": "Weather in Paris and Oslo?"},
+        {"role": "assistant", "content": "<think>\nTwo calls.\n</think>\n\nChecking.", "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+            {"type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}},
+        ]},
+        {"role": "tool", "content": "18 C"},
+        {"role": "tool", "content": "9 C"},
+        {"role": "assistant", "content": "", "reasoning_content": "Both in.", "tool_calls": [
+            {"name": "get_weather", "arguments": {"city": "Rome"}},
+        ]},
+        {"role": "tool", "content": "25 C"},
+    ], [WEATHER_TOOL], True, {}),
+]
 GRADS_DIR = q2.REPO / "tests" / "fixtures" / "training" / "grads"
 
 FIXTURES = [
@@ -287,7 +421,34 @@ def make_grads(fx: dict) -> None:
     q2.log(f"grads/{name}: loss {float(loss.detach()):.6f} over {n} targets, {len(grads)} tensors")
 
 
+def make_chat() -> dict:
+    import hashlib
+
+    assert hashlib.sha256(QWEN3_CHAT_TEMPLATE.encode()).hexdigest() == QWEN3_CHAT_TEMPLATE_SHA256
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), chat_template=QWEN3_CHAT_TEMPLATE)
+    cases = []
+    for name, messages, tools, gen, extra in CHAT_CASES:
+        rendered = hf.apply_chat_template(messages, tools=tools, add_generation_prompt=gen, tokenize=False, **extra)
+        cases.append({"name": name, "messages": messages, "tools": tools, "add_generation_prompt": gen,
+                      "extra": extra, "rendered": rendered})
+    by = {c["name"]: c["rendered"] for c in cases}
+    assert by["thinking_off"].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert "greet" not in by["history_reasoning_dropped"] and "<think>\nadd them\n</think>" in by["history_reasoning_dropped"]
+    assert '{"name": "get_weather", "arguments": {"city": "Oslo"}}' in by["tools_multi_step"]
+    return {
+        "transformers_version": transformers.__version__,
+        "chat_template": QWEN3_CHAT_TEMPLATE,
+        "chat_template_sha256": QWEN3_CHAT_TEMPLATE_SHA256,
+        "cases": cases,
+    }
+
+
 def main() -> None:
+    CHAT_OUT.write_text(json.dumps(make_chat(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    q2.log(f"wrote {CHAT_OUT.relative_to(q2.REPO)}")
     tok = q2.build_tiny_tokenizer()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     for fx in FIXTURES:

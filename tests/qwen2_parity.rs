@@ -300,3 +300,45 @@ fn a_bf16_kv_cache_matches_transformers_with_rounded_keys_and_values() {
     }
     assert!(Qwen2::load(&dir("tiny-gqa")).unwrap().new_cache_in(1, 8, DType::F16).is_err());
 }
+
+/// A Qwen3 model written back as Hugging Face files (what a run's export writes: the
+/// config as `Qwen3ForCausalLM`, every tensor under its checkpoint name, q/k norms and
+/// o's bias included) loads into the same model, with the checkpoint's tensor names.
+#[test]
+fn qwen3_checkpoints_round_trip() {
+    for name in QWEN3 {
+        let (model, r) = load(name);
+        let ours: std::collections::BTreeSet<String> =
+            model.hf_tensors().unwrap().into_iter().map(|(n, _)| n).collect();
+        let file = artist_model::Weights::open(&dir(name)).unwrap();
+        let theirs: std::collections::BTreeSet<String> = file.names().map(String::from).collect();
+        assert_eq!(ours, theirs, "{name}: tensor names");
+        let out = tempfile::tempdir().unwrap();
+        let config = model.config.to_hf_json();
+        assert_eq!(config["architectures"][0], "Qwen3ForCausalLM", "{name}");
+        std::fs::write(out.path().join("config.json"), config.to_string()).unwrap();
+        model.save_safetensors(&out.path().join("model.safetensors")).unwrap();
+        let back = Qwen2::load(out.path()).unwrap();
+        assert_eq!(back.config, model.config, "{name}: config");
+        let ids = &r.cases.last().unwrap().input_ids;
+        let (a, b) =
+            (model.logits(ids).unwrap().to_vec::<f32>().unwrap(), back.logits(ids).unwrap().to_vec::<f32>().unwrap());
+        assert_eq!(a, b, "{name}: the reloaded model computes other bits");
+    }
+}
+
+/// LoRA on Qwen3: every projection adapted, q/k norms frozen with the rest of the base,
+/// and fresh adapters (B = 0) leave the logits as they were.
+#[test]
+fn lora_adapters_on_qwen3_freeze_the_norms() {
+    let (mut model, r) = load("qwen3/tiny-qwen3");
+    let ids = &r.cases.last().unwrap().input_ids;
+    let before = model.logits(ids).unwrap().to_vec::<f32>().unwrap();
+    model.add_lora(&artist_model::LoraSpec { rank: 4, ..Default::default() }, 1).unwrap();
+    let trainable: Vec<&str> = model.params().into_iter().filter(|p| p.trainable()).map(|p| p.name()).collect();
+    assert!(!trainable.is_empty() && trainable.iter().all(|n| n.contains(".lora_")), "{trainable:?}");
+    let qk = ["self_attn.q_norm.weight", "self_attn.k_norm.weight"];
+    let norms = model.params().into_iter().filter(|p| qk.iter().any(|n| p.name().ends_with(n))).count();
+    assert_eq!(norms, 2 * model.config.num_hidden_layers, "a q and a k norm per layer");
+    assert_eq!(model.logits(ids).unwrap().to_vec::<f32>().unwrap(), before);
+}

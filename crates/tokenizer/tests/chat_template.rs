@@ -475,3 +475,25 @@ fn errors_are_values() {
     let template = ChatTemplate::new("{{ nothing | tojson }}", None, None).unwrap();
     assert!(matches!(template.render(&chat3(), None, false), Err(Error::TemplateRender(_))));
 }
+
+/// Qwen3's template (`tests/fixtures/qwen3_chat.json`, scripts/make_qwen3_fixtures.py)
+/// against transformers' renderings: reasoning split out of an assistant's content and
+/// dropped from history turns, `reasoning_content`, tool calls with object and string
+/// arguments, consecutive tool responses, tools, and `enable_thinking=False`.
+#[test]
+fn qwen3_renders_as_transformers() {
+    let path = fixtures().join("qwen3_chat.json");
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let template = ChatTemplate::new(str_of(&fixture, "chat_template"), None, Some("<|im_end|>")).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 5);
+    for case in cases {
+        let name = str_of(case, "name");
+        let messages = case["messages"].as_array().unwrap();
+        let tools = case["tools"].as_array().map(Vec::as_slice);
+        let generation = case["add_generation_prompt"].as_bool().unwrap();
+        let extra = case["extra"].as_object().unwrap();
+        let got = template.render_json(messages, tools, generation, extra).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(got, str_of(case, "rendered"), "{name}");
+    }
+}
