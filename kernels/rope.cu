@@ -177,6 +177,82 @@ __device__ void qkv_rope_cache_impl(i64 rows, i64 heads, i64 kv_heads, i64 d, in
     ARTIST_EXPORT(qkv_rope_cache_##S)
 FLOAT_TYPES(QKV_ROPE_CACHE)
 
+// qkv_rope_cache with Qwen3's per-head RMSNorm of queries and keys before RoPE, in one
+// launch: one block per (row, head) of rows * (heads + 2 kv_heads). A query or key head's
+// values (after the bias, rounded to T) are normalised as rms_norm_impl normalises a row of d
+// (the same threads, launched with as many as row_threads gives d, summing the same
+// elements in the same order, so the same bits), by qw or kw [d], each normalised value
+// rounded to T; then rotated and stored as qkv_rope_cache stores them. Value heads are
+// copied into v_pool.
+template <class T, class C>
+__device__ void qkv_norm_rope_cache_impl(i64 rows, i64 heads, i64 kv_heads, i64 d, float eps, const T* qkv,
+                                         const T* bias, const T* qw, const T* kw, const float* cosv,
+                                         const float* sinv, const u32* slots, T* q_out, C* k_pool, C* v_pool) {
+    const i64 all = heads + 2 * kv_heads, half = d / 2, width = all * d;
+    for (i64 b = blockIdx.x; b < rows * all; b += gridDim.x) {
+        const i64 r = b / all, hh = b - r * all, col = hh * d, at = r * width + col;
+        if (hh >= heads + kv_heads) {
+            C* y = v_pool + ((i64)slots[r] * kv_heads + (hh - heads - kv_heads)) * d;
+            for (i64 e = threadIdx.x; e < d; e += blockDim.x)
+                y[e] = from_f32<C>(to_f32(from_f32<T>(with_bias(qkv, bias, col + e, at + e))));
+            continue;  // the whole block: no barrier is skipped by part of it
+        }
+        float ss = 0.0f;
+        ROW_CHUNKS(c, d) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                float v = with_bias(qkv, bias, col + 8 * c + e, at + 8 * c + e);
+                ss += v * v;
+            }
+        }
+        ROW_TAIL(j, d) {
+            float v = with_bias(qkv, bias, col + j, at + j);
+            ss += v * v;
+        }
+        ss = block_sum(ss);
+        const float inv = 1.0f / sqrtf(ss / (float)d + eps);
+        const T* w = hh < heads ? qw : kw;
+        for (i64 i = threadIdx.x; i < half; i += blockDim.x) {
+            auto normed = [&](i64 e) {
+                T x = from_f32<T>(with_bias(qkv, bias, col + e, at + e));
+                float n = to_f32(from_f32<T>(__fmul_rn(to_f32(x), inv)));
+                return to_f32(from_f32<T>(__fmul_rn(to_f32(w[e]), n)));
+            };
+            float lo, hi;
+            rotate(normed(i), normed(i + half), cosv[r * half + i], sinv[r * half + i], &lo, &hi);
+            if (hh < heads) {
+                T* y = q_out + (r * heads + hh) * d;
+                y[i] = from_f32<T>(lo);
+                y[i + half] = from_f32<T>(hi);
+            } else {
+                C* y = k_pool + ((i64)slots[r] * kv_heads + (hh - heads)) * d;
+                y[i] = from_f32<C>(to_f32(from_f32<T>(lo)));
+                y[i + half] = from_f32<C>(to_f32(from_f32<T>(hi)));
+            }
+        }
+    }
+}
+
+#define QKV_NORM_ROPE_CACHE(T, S)                                                                         \
+    ROW_KERNEL qkv_norm_rope_cache_##S(i64 rows, i64 heads, i64 kv_heads, i64 d, float eps, const T* qkv, \
+                                       const T* bias, const T* qw, const T* kw, const float* cosv,        \
+                                       const float* sinv, const u32* slots, T* q_out, T* k_pool,          \
+                                       T* v_pool) {                                                       \
+        qkv_norm_rope_cache_impl<T, T>(rows, heads, kv_heads, d, eps, qkv, bias, qw, kw, cosv, sinv, slots, \
+                                       q_out, k_pool, v_pool);                                            \
+    }                                                                                                     \
+    ARTIST_EXPORT(qkv_norm_rope_cache_##S)
+FLOAT_TYPES(QKV_NORM_ROPE_CACHE)
+
+ROW_KERNEL qkv_norm_rope_cache_f32_bf16kv(i64 rows, i64 heads, i64 kv_heads, i64 d, float eps, const float* qkv,
+                                          const float* bias, const float* qw, const float* kw, const float* cosv,
+                                          const float* sinv, const u32* slots, float* q_out, bf16* k_pool,
+                                          bf16* v_pool) {
+    qkv_norm_rope_cache_impl<float, bf16>(rows, heads, kv_heads, d, eps, qkv, bias, qw, kw, cosv, sinv, slots, q_out,
+                                          k_pool, v_pool);
+}
+ARTIST_EXPORT(qkv_norm_rope_cache_f32_bf16kv)
+
 // f32 activations into a bf16 KV cache.
 extern "C" __global__ void qkv_rope_cache_f32_bf16kv(i64 rows, i64 heads, i64 kv_heads, i64 d, int vec,
                                                      const float* qkv, const float* bias, const float* cosv,

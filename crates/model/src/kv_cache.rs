@@ -429,7 +429,8 @@ impl KvCache {
     }
 
     /// From the fused projection `qkv: [rows, (heads + 2 kv_heads) * head_dim]` (before
-    /// its `bias`) of every sequence of `batch` (after [`KvCache::reserve`]): RoPE on queries and keys, the keys
+    /// its `bias`) of every sequence of `batch` (after [`KvCache::reserve`]): Qwen3's q/k
+    /// norms (`norm`) and RoPE on queries and keys, the keys
     /// and values written into layer `layer` (one launch on a GPU); returns the queries
     /// `[rows, heads, head_dim]`.
     #[allow(clippy::too_many_arguments)]
@@ -439,11 +440,12 @@ impl KvCache {
         batch: &PagedBatch,
         qkv: &Tensor,
         bias: Option<&Tensor>,
+        norm: Option<artist_tensor::QkNorm>,
         heads: usize,
         cos: &Tensor,
         sin: &Tensor,
     ) -> Result<Tensor> {
-        Ok(qkv.qkv_rope_paged(bias, heads, self.kv_heads, cos, sin, &self.k[layer], &self.v[layer], batch)?)
+        Ok(qkv.qkv_rope_paged(bias, norm, heads, self.kv_heads, cos, sin, &self.k[layer], &self.v[layer], batch)?)
     }
 
     /// Attention of every sequence of `batch`, `q: [rows, heads, head_dim]`, over layer

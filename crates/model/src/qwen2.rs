@@ -285,21 +285,14 @@ impl Layer {
         if let Some(d) = self.qkv_proj.lora_delta(ctx, &Var::constant(h.clone()))? {
             qkv = qkv.add(d.value())?;
         }
-        let mut bias = self.qkv_proj.bias.as_ref().map(|b| b.value().to_dtype(DType::F32)).transpose()?;
-        if let Some((wq, wk)) = &self.qk_norm {
-            // Qwen3: the bias (if any) first, then each head of q and k normalised, all
-            // before the fused RoPE and cache write.
-            if let Some(b) = bias.take() {
-                qkv = qkv.add(&b)?;
-            }
-            let kv_heads = self.dims.kv_heads;
-            let c = Var::constant(qkv);
-            let q = head_norm(ctx, &c.narrow(1, 0, heads * d)?, wq, heads, eps)?;
-            let k = head_norm(ctx, &c.narrow(1, heads * d, kv_heads * d)?, wk, kv_heads, eps)?;
-            let v = c.narrow(1, (heads + kv_heads) * d, kv_heads * d)?;
-            qkv = Tensor::cat(&[q.value(), k.value(), v.value()], 1)?;
-        }
-        let q = cache.write_qkv_batch(l, &p.batch, &qkv, bias.as_ref(), heads, &p.cos, &p.sin)?;
+        let bias = self.qkv_proj.bias.as_ref().map(|b| b.value().to_dtype(DType::F32)).transpose()?;
+        // Qwen3's q/k norms run inside the same launch, after the bias, before RoPE.
+        let norms = match &self.qk_norm {
+            Some((wq, wk)) => Some((norm_weight(ctx, wq)?.into_value(), norm_weight(ctx, wk)?.into_value())),
+            None => None,
+        };
+        let norm = norms.as_ref().map(|(q, k)| artist_tensor::QkNorm { q, k, eps });
+        let q = cache.write_qkv_batch(l, &p.batch, &qkv, bias.as_ref(), norm, heads, &p.cos, &p.sin)?;
         let attn = cache.attend_batch(l, &p.batch, &q, (d as f32).powf(-0.5))?.reshape((total, heads * d))?;
         let o = self.o_proj.forward(ctx, &Var::constant(attn))?.into_value();
         let w_post = norm_weight(ctx, &self.post_attention_layernorm)?.into_value();

@@ -354,6 +354,15 @@ fn paged_dims(pool: &Tensor, table: &[u32], len: usize, op: &'static str) -> Res
     Ok((bs, nb))
 }
 
+/// Qwen3's RMSNorm of each query and key head before RoPE, for
+/// [`Tensor::qkv_rope_paged`]: the weights `[head_dim]` of `q_norm` and `k_norm`.
+#[derive(Clone, Copy)]
+pub struct QkNorm<'a> {
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub eps: f32,
+}
+
 impl Tensor {
     /// Causal attention of one sequence: `self = q: [t, heads, d]` holds the last `t` of
     /// `len` positions, `k`, `v: [len, kv_heads, d]` (any strides, e.g. a KV-cache view);
@@ -491,15 +500,18 @@ impl Tensor {
 
     /// A cached forward pass's attention inputs from the fused projection `self = qkv:
     /// [rows, (heads + 2 kv_heads) * d]` (queries, keys, values side by side, as
-    /// `batch`'s rows) plus its `bias` (`[(heads + 2 kv_heads) * d]`, if any): RoPE with `cos`, `sin: [rows, d / 2]` on the queries and keys, the
-    /// keys and values written into the pools at the batch's new positions
-    /// ([`Tensor::write_paged`]); returns the queries `[rows, heads, d]`. On a GPU one
-    /// launch does it all; the CPU composes [`Tensor::rope`] and `write_paged`, with the
-    /// same bits.
+    /// `batch`'s rows) plus its `bias` (`[(heads + 2 kv_heads) * d]`, if any): with `norm`,
+    /// each query and key head through RMSNorm over its `d` values (Qwen3's q_norm and
+    /// k_norm, weights `[d]` of `self`'s dtype); RoPE with `cos`, `sin: [rows, d / 2]` on
+    /// the queries and keys, the keys and values written into the pools at the batch's new
+    /// positions ([`Tensor::write_paged`]); returns the queries `[rows, heads, d]`. On a
+    /// GPU one launch does it all, with the bits of `add`, `rms_norm`, `rope` and
+    /// `write_paged` on the GPU; the CPU composes those.
     #[allow(clippy::too_many_arguments)]
     pub fn qkv_rope_paged(
         &self,
         bias: Option<&Tensor>,
+        norm: Option<QkNorm>,
         heads: usize,
         kv_heads: usize,
         cos: &Tensor,
@@ -534,6 +546,19 @@ impl Tensor {
                 self.dtype()
             ));
         }
+        if let Some(n) = &norm {
+            for (what, w) in [("q", n.q), ("k", n.k)] {
+                if w.dims() != [d] || w.dtype() != self.dtype() || w.device() != self.device() {
+                    return Err(crate::invalid!(
+                        OP,
+                        "the {what} norm's weight {} {} should be [{d}] {}",
+                        w.shape(),
+                        w.dtype(),
+                        self.dtype()
+                    ));
+                }
+            }
+        }
         if cos.dims() != [rows, d / 2] || sin.dims() != cos.dims() {
             return Err(crate::invalid!(
                 OP,
@@ -558,6 +583,7 @@ impl Tensor {
             return crate::cuda::ops::qkv_rope_cache(
                 self,
                 bias,
+                norm.map(|n| (n.q, n.k, n.eps)),
                 [heads, kv_heads, d],
                 cos,
                 sin,
@@ -570,10 +596,17 @@ impl Tensor {
             Some(b) => self.add(b)?,
             None => self.clone(),
         };
-        let part = |from: usize, n: usize| qkv.narrow(1, from * d, n * d);
-        let q = part(0, heads)?.reshape((1, rows, heads, d))?.rope(cos, sin)?.reshape((rows, heads, d))?;
-        let k = part(heads, kv_heads)?.reshape((1, rows, kv_heads, d))?.rope(cos, sin)?.reshape((rows, kv_heads, d))?;
-        let v = part(heads + kv_heads, kv_heads)?.reshape((rows, kv_heads, d))?;
+        let part = |from: usize, n: usize, w: Option<&Tensor>| -> Result<Tensor> {
+            let x = qkv.narrow(1, from * d, n * d)?.reshape((rows, n, d))?;
+            let x = match (w, &norm) {
+                (Some(w), Some(norm)) => x.rms_norm(w, norm.eps)?,
+                _ => x,
+            };
+            x.reshape((1, rows, n, d))?.rope(cos, sin)?.reshape((rows, n, d))
+        };
+        let q = part(0, heads, norm.as_ref().map(|n| n.q))?;
+        let k = part(heads, kv_heads, norm.as_ref().map(|n| n.k))?;
+        let v = qkv.narrow(1, (heads + kv_heads) * d, kv_heads * d)?.reshape((rows, kv_heads, d))?;
         k_pool.write_paged(batch, &k.to_dtype(k_pool.dtype())?)?;
         v_pool.write_paged(batch, &v.to_dtype(v_pool.dtype())?)?;
         Ok(q)

@@ -33,7 +33,7 @@ mod reduce;
 mod shape;
 mod tensor;
 
-pub use attention::{BlockTable, CPU_FUSED_MIN_KEYS, PagedBatch, attention_composes};
+pub use attention::{BlockTable, CPU_FUSED_MIN_KEYS, PagedBatch, QkNorm, attention_composes};
 pub use device::Device;
 pub use dtype::{DType, WithDType};
 pub use error::{Error, Result};

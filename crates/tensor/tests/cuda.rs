@@ -9,7 +9,7 @@
 
 #![allow(clippy::needless_range_loop, clippy::type_complexity)]
 
-use artist_tensor::{AdamWScalars, BlockTable, CmpOp, DType, Device, PagedBatch, Tensor, cuda, rope_tables};
+use artist_tensor::{AdamWScalars, BlockTable, CmpOp, DType, Device, PagedBatch, QkNorm, Tensor, cuda, rope_tables};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -1171,8 +1171,11 @@ fn qkv_rope_paged_equals_rope_and_cache_writes() {
                 let batch = PagedBatch::new(&spec, bs, device).unwrap();
                 let (c, s) = (cos.to_device(device).unwrap(), sin.to_device(device).unwrap());
                 let b = bias.to_dtype(dt).unwrap().to_device(device).unwrap();
-                let q =
-                    qkv.to_device(device).unwrap().qkv_rope_paged(Some(&b), h, kv, &c, &s, &kp, &vp, &batch).unwrap();
+                let q = qkv
+                    .to_device(device)
+                    .unwrap()
+                    .qkv_rope_paged(Some(&b), None, h, kv, &c, &s, &kp, &vp, &batch)
+                    .unwrap();
                 out.push((q, kp, vp));
             }
             for (i, what) in ["queries", "key pool", "value pool"].iter().enumerate() {
@@ -1189,11 +1192,95 @@ fn qkv_rope_paged_equals_rope_and_cache_writes() {
         let bad = randn(&[rows, h * d], 2).to_device(dev).unwrap();
         let (c, s) = (cos.to_device(dev).unwrap(), sin.to_device(dev).unwrap());
         assert!(
-            bad.qkv_rope_paged(None, h, kv, &c, &s, &pool, &pool, &batch)
+            bad.qkv_rope_paged(None, None, h, kv, &c, &s, &pool, &pool, &batch)
                 .unwrap_err()
                 .to_string()
                 .contains("does not hold")
         );
+    }
+}
+
+/// With Qwen3's q/k norms the same launch normalises each query and key head before RoPE:
+/// the bits of `add`, `rms_norm` per head and the plain fused write on the GPU, and the
+/// CPU's composition within f32 (or bf16) rounding of its other summation order.
+#[test]
+fn qkv_rope_paged_with_qk_norms_equals_norm_then_rope() {
+    let dev = gpu_or_skip!();
+    let (h, kv, bs, blocks) = (4usize, 2usize, 4usize, 12usize);
+    // Head dim 128 (Qwen3's: 16 chunks of 8, one per thread), 16, and 12 (a chunk and a tail).
+    for d in [128usize, 16, 12] {
+        let seqs: Vec<(usize, usize, Vec<u32>)> = vec![(0, 5, vec![4, 9]), (9, 1, vec![3, 7, 1]), (2, 3, vec![6, 0])];
+        let spec: Vec<(usize, usize, &[u32])> = seqs.iter().map(|(a, t, b)| (*a, *t, b.as_slice())).collect();
+        let rows: usize = seqs.iter().map(|s| s.1).sum();
+        let pos: Vec<u32> = seqs.iter().flat_map(|(a, t, _)| (*a..a + t).map(|p| p as u32)).collect();
+        let (cos, sin) = rope_tables(&pos, d, 10_000.0, Device::Cpu).unwrap();
+        let width = (h + 2 * kv) * d;
+        for (dt, pool_dt, with_bias) in [
+            (DType::F32, DType::F32, false),
+            (DType::F32, DType::F32, true),
+            (DType::BF16, DType::BF16, true),
+            (DType::F32, DType::BF16, false),
+        ] {
+            let qkv = randn(&[rows, width], 250).affine(3.0, 0.5).unwrap().to_dtype(dt).unwrap();
+            let bias = randn(&[width], 251).to_dtype(dt).unwrap();
+            let qw = Tensor::from_vec(rand_vec(d, 252, 0.5, 1.5), d, Device::Cpu).unwrap().to_dtype(dt).unwrap();
+            let kw = Tensor::from_vec(rand_vec(d, 253, 0.5, 1.5), d, Device::Cpu).unwrap().to_dtype(dt).unwrap();
+            let pools = [
+                randn(&[blocks, bs, kv, d], 254).to_dtype(pool_dt).unwrap(),
+                randn(&[blocks, bs, kv, d], 255).to_dtype(pool_dt).unwrap(),
+            ];
+            let what = format!("d {d}, {dt} into {pool_dt} pools, bias {with_bias}");
+            // (fused, composed) on each device: queries, key pool, value pool.
+            let mut runs = Vec::new();
+            for device in [Device::Cpu, dev] {
+                let on = |t: &Tensor| t.to_device(device).unwrap();
+                let batch = PagedBatch::new(&spec, bs, device).unwrap();
+                let (c, s, x, qw, kw) = (on(&cos), on(&sin), on(&qkv), on(&qw), on(&kw));
+                let b = with_bias.then(|| on(&bias));
+                let norm = QkNorm { q: &qw, k: &kw, eps: 1e-6 };
+                let fresh = || (on(&pools[0].copy().unwrap()), on(&pools[1].copy().unwrap()));
+                let (kp, vp) = fresh();
+                let q = x.qkv_rope_paged(b.as_ref(), Some(norm), h, kv, &c, &s, &kp, &vp, &batch).unwrap();
+                // The composition: bias, each head's RMSNorm, then the plain fused write.
+                let x = match &b {
+                    Some(b) => x.add(b).unwrap(),
+                    None => x.clone(),
+                };
+                let head = |from: usize, n: usize, w: &Tensor| {
+                    x.narrow(1, from * d, n * d)
+                        .unwrap()
+                        .reshape((rows, n, d))
+                        .unwrap()
+                        .rms_norm(w, 1e-6)
+                        .unwrap()
+                        .reshape((rows, n * d))
+                        .unwrap()
+                };
+                let parts = [head(0, h, &qw), head(h, kv, &kw), x.narrow(1, (h + kv) * d, kv * d).unwrap()];
+                let normed = Tensor::cat(&[&parts[0], &parts[1], &parts[2]], 1).unwrap();
+                let (kp2, vp2) = fresh();
+                let q2 = normed.qkv_rope_paged(None, None, h, kv, &c, &s, &kp2, &vp2, &batch).unwrap();
+                runs.push(([q, kp, vp], [q2, kp2, vp2]));
+            }
+            let (rtol, atol) = match dt {
+                DType::F32 if pool_dt == DType::F32 => (2e-5, 2e-6),
+                _ => (1.6e-2, 1e-2),
+            };
+            for (i, part) in ["queries", "key pool", "value pool"].iter().enumerate() {
+                same(&format!("{what}: GPU {part}, fused against composed"), &runs[1].0[i], &runs[1].1[i]);
+                same(&format!("{what}: CPU {part}, fused against composed"), &runs[0].0[i], &runs[0].1[i]);
+                close(&format!("{what}: {part}, GPU against CPU"), &runs[1].0[i], &runs[0].0[i], rtol, atol);
+            }
+        }
+        // A weight of the wrong size is refused by name.
+        let batch = PagedBatch::new(&spec, bs, dev).unwrap();
+        let pool = randn(&[blocks, bs, kv, d], 1).to_device(dev).unwrap();
+        let x = randn(&[rows, width], 2).to_device(dev).unwrap();
+        let (c, s) = (cos.to_device(dev).unwrap(), sin.to_device(dev).unwrap());
+        let w = Tensor::ones(d + 1, DType::F32, dev).unwrap();
+        let norm = QkNorm { q: &w, k: &w, eps: 1e-6 };
+        let e = x.qkv_rope_paged(None, Some(norm), h, kv, &c, &s, &pool, &pool, &batch).unwrap_err().to_string();
+        assert!(e.contains("q norm's weight"), "{e}");
     }
 }
 

@@ -204,6 +204,7 @@ pub fn inventory() -> Vec<(&'static str, String)> {
         out.push(("rmsnorm", format!("rms_norm_bwd_dw_{s}")));
         out.push(("rope", format!("rope_{s}")));
         out.push(("rope", format!("qkv_rope_cache_{s}")));
+        out.push(("rope", format!("qkv_norm_rope_cache_{s}")));
         for k in ["scatter_add", "index_add", "topk"] {
             out.push(("index", format!("{k}_{s}")));
         }
@@ -268,6 +269,7 @@ pub fn inventory() -> Vec<(&'static str, String)> {
         }
     }
     out.push(("rope", "qkv_rope_cache_f32_bf16kv".into()));
+    out.push(("rope", "qkv_norm_rope_cache_f32_bf16kv".into()));
     for s in ["bf16", "f16"] {
         out.push(("gemv", format!("gemv_{s}")));
     }

@@ -1176,12 +1176,14 @@ fn group_kernel_dim(a: AttnDims) -> Option<usize> {
     }
 }
 
-/// RoPE on the queries and keys of `qkv: [rows, (heads + 2 kv_heads) * d]`; the keys and
-/// values written into rows `slots` of the pools; the queries returned `[rows, heads, d]`.
+/// RoPE on the queries and keys of `qkv: [rows, (heads + 2 kv_heads) * d]` (each head
+/// through RMSNorm first with `norm`'s weights and eps); the keys and values written into
+/// rows `slots` of the pools; the queries returned `[rows, heads, d]`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn qkv_rope_cache(
     qkv: &Tensor,
     bias: Option<&Tensor>,
+    norm: Option<(&Tensor, &Tensor, f32)>,
     [heads, kv_heads, d]: [usize; 3],
     cos: &Tensor,
     sin: &Tensor,
@@ -1203,6 +1205,38 @@ pub(crate) fn qkv_rope_cache(
     let kp = at(kb, k_pool.dtype(), k_pool.layout().start());
     let vp = at(vb, v_pool.dtype(), v_pool.layout().start());
     let (q, qp) = empty(&dev, qkv.dtype(), (rows, heads, d))?;
+    let pools = if k_pool.dtype() == qkv.dtype() {
+        suffix(qkv.dtype()).to_string()
+    } else {
+        format!("{}_{}kv", suffix(qkv.dtype()), suffix(k_pool.dtype()))
+    };
+    if let Some((qw, kw, eps)) = norm {
+        // One block per (row, head), as many threads as rms_norm gives a row of d.
+        let (qw, qwp) = contiguous(qw)?;
+        let (kw, kwp) = contiguous(kw)?;
+        let blocks = rows * (heads + 2 * kv_heads);
+        if blocks > 0 && d > 0 {
+            let args = Args::new()
+                .arg(rows as i64)
+                .arg(heads as i64)
+                .arg(kv_heads as i64)
+                .arg(d as i64)
+                .arg(eps)
+                .arg(xp)
+                .arg(bp)
+                .arg(qwp)
+                .arg(kwp)
+                .arg(cp)
+                .arg(sp)
+                .arg(slp)
+                .arg(qp)
+                .arg(kp)
+                .arg(vp);
+            dev.launch("rope", format!("qkv_norm_rope_cache_{pools}"), row_cfg(&dev, blocks, d), args)?;
+        }
+        drop((cos, sin, qw, kw));
+        return Ok(q);
+    }
     let n = rows * (heads + kv_heads) * (d / 2).max(1);
     if rows > 0 && d > 0 {
         let (es, ps) = (qkv.dtype().size_in_bytes(), k_pool.dtype().size_in_bytes());
@@ -1223,13 +1257,7 @@ pub(crate) fn qkv_rope_cache(
             .arg(qp)
             .arg(kp)
             .arg(vp);
-        let s = suffix(qkv.dtype());
-        let name = if k_pool.dtype() == qkv.dtype() {
-            format!("qkv_rope_cache_{s}")
-        } else {
-            format!("qkv_rope_cache_{s}_{}kv", suffix(k_pool.dtype()))
-        };
-        dev.launch("rope", name, linear_cfg(&dev, vec_items(n, vec == 1)), args)?;
+        dev.launch("rope", format!("qkv_rope_cache_{pools}"), linear_cfg(&dev, vec_items(n, vec == 1)), args)?;
     }
     drop((cos, sin));
     Ok(q)
