@@ -1,10 +1,12 @@
-//! Prefill and decode throughput of a Qwen2.5-0.5B-shaped model with random weights.
+//! Prefill and decode throughput of a Qwen2.5-0.5B-shaped model (or Qwen3-0.6B's, with
+//! `--model qwen3-0.6b`) with random weights.
 //!
-//!     cargo bench --bench qwen2_throughput -- [--dtype bf16|f32] [--prompt 512] [--decode 32]
+//!     cargo bench --bench qwen2_throughput -- [--model qwen2.5-0.5b|qwen3-0.6b] [--dtype bf16|f32] [--prompt 512] [--decode 32]
 //!
 //! Prints one JSON line; `scripts/bench_qwen2_cpu.py` runs it beside PyTorch on the same
 //! shapes and thread count. Decode is memory-bound: every token reads every weight once,
-//! so the bound printed beside it is (weight bytes) / (copy bandwidth measured here).
+//! so the bound printed beside it is (weight bytes) / (the read bandwidth of every thread,
+//! measured here); the one-thread copy bandwidth of earlier figures is printed too.
 
 use std::time::Instant;
 
@@ -42,7 +44,12 @@ fn run() -> BenchResult<()> {
     let dtype: DType = arg("--dtype", "bf16").parse()?;
     let prompt: usize = arg("--prompt", "512").parse()?;
     let decode: usize = arg("--decode", "32").parse()?;
-    let config = Qwen2Config::qwen2_5_0_5b();
+    let model_name = arg("--model", "qwen2.5-0.5b");
+    let config = match model_name.as_str() {
+        "qwen2.5-0.5b" => Qwen2Config::qwen2_5_0_5b(),
+        "qwen3-0.6b" => Qwen2Config::qwen3_0_6b(),
+        other => return Err(format!("--model {other:?}: expected qwen2.5-0.5b or qwen3-0.6b").into()),
+    };
     let weight_bytes = config.num_parameters() * dtype.size_in_bytes();
     let t = Instant::now();
     let model = Qwen2::from_weights(config.clone(), &RandomWeights { dtype, std: 0.02, seed: 0 })?;
@@ -61,10 +68,12 @@ fn run() -> BenchResult<()> {
     }
     let decode_s = t.elapsed().as_secs_f64();
     let bw = copy_bandwidth();
+    let read = artist_tensor::cpu::read_bandwidth_gbs() * 1e9;
     println!(
         "{}",
         serde_json::json!({
             "engine": "artist",
+            "model": model_name,
             "dtype": dtype.to_string(),
             "threads": rayon::current_num_threads(),
             "prompt_tokens": prompt,
@@ -74,7 +83,9 @@ fn run() -> BenchResult<()> {
             "decode_tokens_per_s": decode as f64 / decode_s,
             "weight_bytes": weight_bytes,
             "copy_bandwidth_gb_s": bw / 1e9,
-            "decode_bound_tokens_per_s": bw / weight_bytes as f64,
+            "copy_bound_tokens_per_s": bw / weight_bytes as f64,
+            "read_bandwidth_gb_s": read / 1e9,
+            "decode_bound_tokens_per_s": read / weight_bytes as f64,
         })
     );
     Ok(())

@@ -3,7 +3,7 @@
 //! without sharing each prompt's prefill (and its KV blocks) across its group; then
 //! batch-1 decode against the memory-bandwidth bound (every weight read once per token).
 //!
-//!     cargo bench --bench rollout -- [--device cpu|cuda[:N]] [--model 0.5b|1.5b]
+//!     cargo bench --bench rollout -- [--device cpu|cuda[:N]] [--model 0.5b|1.5b|qwen3-0.6b]
 //!         [--prompts 1] [--group 8] [--prompt-len 256] [--new 32] [--tool-ms 0]
 //!         [--decode 32] [--bandwidth-gbs B] [--matmul-dtype f32|bf16] [--kv-dtype f32|bf16]
 //!         [--lora-rank R]
@@ -82,7 +82,8 @@ fn run() -> BenchResult<()> {
     let config = match arg("--model", "0.5b").as_str() {
         "0.5b" => Qwen2Config::qwen2_5_0_5b(),
         "1.5b" => Qwen2Config::qwen2_5_1_5b(),
-        other => return Err(format!("--model {other}: expected 0.5b or 1.5b").into()),
+        "qwen3-0.6b" => Qwen2Config::qwen3_0_6b(),
+        other => return Err(format!("--model {other}: expected 0.5b, 1.5b or qwen3-0.6b").into()),
     };
     let decode: usize = arg("--decode", "32").parse()?;
     let matmul_dtype = match arg("--matmul-dtype", "f32").as_str() {
@@ -96,7 +97,9 @@ fn run() -> BenchResult<()> {
         other => return Err(format!("--kv-dtype {other}: expected f32 or bf16").into()),
     };
     let (bandwidth, bandwidth_source): (Option<f64>, &str) = match arg("--bandwidth-gbs", "").as_str() {
-        "" if device == Device::Cpu => (Some(cpu_read_bandwidth()), "measured: 1 GiB read on every thread"),
+        "" if device == Device::Cpu => {
+            (Some(artist_tensor::cpu::read_bandwidth_gbs()), "measured: 1 GiB read on every thread")
+        }
         "" => (datasheet(device).map(|(gbs, _)| gbs), "datasheet"),
         b => (Some(b.parse()?), "--bandwidth-gbs"),
     };
@@ -228,21 +231,6 @@ fn prefill_attention(config: &Qwen2Config, p: usize, device: Device) -> BenchRes
 fn launches(device: Device) -> Option<u64> {
     let Device::Cuda(i) = device else { return None };
     artist_tensor::cuda::launch_count(i).ok()
-}
-
-/// The CPU's bound for a decode step, which streams the weights once: the best of five
-/// reads of 1 GiB (far beyond any cache) summed in parallel on rayon's threads, in GB/s.
-fn cpu_read_bandwidth() -> f64 {
-    use rayon::prelude::*;
-    let data = vec![1u64; (1 << 30) / 8];
-    (0..5)
-        .map(|_| {
-            let t = std::time::Instant::now();
-            let sum: u64 = data.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).sum();
-            assert_eq!(sum, data.len() as u64);
-            (1u64 << 30) as f64 / t.elapsed().as_secs_f64() / 1e9
-        })
-        .fold(0.0, f64::max)
 }
 
 /// Datasheet memory bandwidth (GB/s) and dense bf16 tensor-core peak (TFLOP/s) of a GPU

@@ -6,7 +6,7 @@ P-token prompt, exactly N new tokens each (`min_new_tokens = max_new_tokens`, so
 generate the same count), multinomial sampling at temperature 1 with no top-k/top-p; then
 batch-1 decode of N tokens after the prompt, against the memory-bandwidth bound.
 
-    python scripts/bench_rollout_hf.py [--device cpu|cuda] [--model 0.5b|1.5b] [--prompts 1]
+    python scripts/bench_rollout_hf.py [--device cpu|cuda] [--model 0.5b|1.5b|qwen3-0.6b] [--prompts 1]
         [--group 8] [--prompt-len 256] [--new 32] [--decode 32] [--ours FILE]
 
 With `--ours FILE` (the JSON lines our bench printed), prints the ratios too. Needs torch
@@ -24,13 +24,15 @@ import torch
 # Packages carried to a machine that lacks them (scripts/gpu_wheels.sh), after its own.
 if os.environ.get("ARTIST_EXTRA_SITE"):
     sys.path.append(os.environ["ARTIST_EXTRA_SITE"])
-from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 
 SHAPES = {
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2),
     "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                  num_key_value_heads=2),
+    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, attention_bias=False),
 }
 BANDWIDTH = [("H200", 4800.0), ("H100", 3350.0), ("A100-SXM4-80GB", 2039.0), ("A100", 1555.0)]
 
@@ -57,9 +59,11 @@ def main():
 
     device = torch.device(a.device)
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=151_936, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                         max_position_embeddings=32_768, **SHAPES[a.model])
-    model = Qwen2ForCausalLM(config).to(getattr(torch, a.dtype)).to(device).eval()
+    qwen3 = a.model.startswith("qwen3")
+    config = (Qwen3Config if qwen3 else Qwen2Config)(
+        vocab_size=151_936, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        max_position_embeddings=32_768, **SHAPES[a.model])
+    model = (Qwen3ForCausalLM if qwen3 else Qwen2ForCausalLM)(config).to(getattr(torch, a.dtype)).to(device).eval()
     params = sum(p.numel() for p in model.parameters())
     # The prompts our bench uses.
     prompts = torch.tensor([[(i * 7919 + p * 104_729) % 150_000 for i in range(a.prompt_len)]

@@ -182,6 +182,35 @@ fn exported_model_scores_like_the_trained_weights() {
     }
 }
 
+/// SFT on a Qwen3 checkpoint (q/k norms trained with the rest): the export is a Qwen3
+/// checkpoint again, holding the last checkpoint's weights, and the q/k norms moved.
+#[test]
+fn sft_on_a_qwen3_model_exports_qwen3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let model = fixtures().join("qwen3/tiny-qwen3");
+    let data = fixtures().join("training/sft/gqa-cosine/data.jsonl");
+    let args: Vec<String> = ["--mode", "sft", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()]
+        .into_iter()
+        .chain(["--out", run.to_str().unwrap(), "--steps", "2", "--lr", "1e-2", "--no-shuffle"])
+        .map(String::from)
+        .collect();
+    ok(&train(&args, &[]));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("final/config.json")).unwrap()).unwrap();
+    assert_eq!((config["model_type"].as_str(), config["head_dim"].as_u64()), (Some("qwen3"), Some(32)), "{config}");
+    let (before, after) =
+        (artist::model::Qwen2::load(&model).unwrap(), artist::model::Qwen2::load(&run.join("final")).unwrap());
+    let ckpt = artist::model::Qwen2::load(&run.join("checkpoints/step-00000002")).unwrap();
+    let tensors = |m: &artist::model::Qwen2| -> Vec<(String, Vec<f32>)> {
+        m.hf_tensors().unwrap().into_iter().map(|(n, t)| (n, t.to_f32_vec().unwrap())).collect()
+    };
+    assert_eq!(tensors(&after), tensors(&ckpt), "the export and the last checkpoint");
+    let norm = "model.layers.1.self_attn.k_norm.weight";
+    let pick = |m: &artist::model::Qwen2| tensors(m).into_iter().find(|(n, _)| n == norm).unwrap().1;
+    assert_ne!(pick(&before), pick(&after), "{norm} is trained");
+}
+
 #[test]
 fn bad_input_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();

@@ -80,6 +80,31 @@ fn config_that_disagrees_with_the_weights() {
     assert!(load_err(d.path()).contains("invalid JSON"));
 }
 
+/// A Qwen2 checkpoint relabelled Qwen3 (or the reverse) fails on the first tensor the other
+/// family has and this one lacks, by name.
+#[test]
+fn a_checkpoint_of_the_other_family() {
+    let d = copy("tiny-gqa");
+    edit_config(d.path(), |v| v["model_type"] = "qwen3".into());
+    let e = load_err(d.path());
+    assert!(e.contains("model.layers.0.self_attn.q_norm.weight") && e.contains("missing"), "{e}");
+    let d = tempfile::tempdir().unwrap();
+    let qwen3 = fixture("../qwen3/tiny-qwen3");
+    for e in std::fs::read_dir(&qwen3).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), d.path().join(e.file_name())).unwrap();
+    }
+    edit_config(d.path(), |v| v["model_type"] = "qwen2".into());
+    let e = load_err(d.path());
+    assert!(e.contains("model.layers.0.self_attn.q_proj.bias") && e.contains("missing"), "{e}");
+    // A Qwen3 config that says its attention is biased when the weights are not.
+    edit_config(d.path(), |v| {
+        v["model_type"] = "qwen3".into();
+        v["attention_bias"] = true.into();
+    });
+    assert!(load_err(d.path()).contains("q_proj.bias"));
+}
+
 #[test]
 fn bad_inputs() {
     let model = Qwen2::load(&fixture("tiny-gqa")).unwrap();

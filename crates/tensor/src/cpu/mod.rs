@@ -135,6 +135,22 @@ pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_num_threads() > 1 { rayon::scope(|_| f()) } else { f() }
 }
 
+/// The memory read bandwidth of this machine in GB/s: 1 GiB summed on every thread of rayon's
+/// pool, the best of five. What a memory-bound decode step can at most stream its weights
+/// at; the benchmarks print their bounds with it.
+pub fn read_bandwidth_gbs() -> f64 {
+    use rayon::prelude::*;
+    let data = vec![1u64; (1 << 30) / 8];
+    (0..5)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let sum: u64 = data.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).sum();
+            assert_eq!(sum, data.len() as u64);
+            (1u64 << 30) as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
+}
+
 /// Work below this many elements runs on the calling thread; above, rows (or pieces of
 /// long rows) of about this size become rayon tasks.
 pub(crate) const GRAIN: usize = 1 << 15;
