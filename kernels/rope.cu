@@ -83,6 +83,22 @@ __device__ __forceinline__ void load_biased8(float r[8], const T* x, const T* bi
         r[e] = bias ? to_f32(from_f32<T>(__fadd_rn(to_f32(xv.e[e]), to_f32(bv.e[e])))) : to_f32(xv.e[e]);
 }
 
+// Element i's rotated pair (lo at i, hi at i + d/2) of head hh of row r: a query head's into
+// q_out (rounded to T), a key head's into row slots[r] of k_pool (rounded to T, then to C).
+template <class T, class C>
+__device__ __forceinline__ void store_rotated(float lo, float hi, i64 r, i64 hh, i64 i, i64 heads, i64 kv_heads,
+                                              i64 d, const u32* slots, T* q_out, C* k_pool) {
+    if (hh < heads) {
+        T* y = q_out + (r * heads + hh) * d;
+        y[i] = from_f32<T>(lo);
+        y[i + d / 2] = from_f32<T>(hi);
+    } else {
+        C* y = k_pool + ((i64)slots[r] * kv_heads + (hh - heads)) * d;
+        y[i] = from_f32<C>(to_f32(from_f32<T>(lo)));
+        y[i + d / 2] = from_f32<C>(to_f32(from_f32<T>(hi)));
+    }
+}
+
 template <class T, class C>
 __device__ void qkv_rope_cache_impl(i64 rows, i64 heads, i64 kv_heads, i64 d, int vec, const T* qkv, const T* bias,
                                     const float* cosv, const float* sinv, const u32* slots, T* q_out, C* k_pool,
@@ -147,15 +163,7 @@ __device__ void qkv_rope_cache_impl(i64 rows, i64 heads, i64 kv_heads, i64 d, in
         float bb = with_bias(qkv, bias, hh * d + i + half, r * width + hh * d + i + half);
         float lo, hi;
         rotate(a, bb, c, s, &lo, &hi);
-        if (hh < heads) {
-            T* y = q_out + (r * heads + hh) * d;
-            y[i] = from_f32<T>(lo);
-            y[i + half] = from_f32<T>(hi);
-        } else {
-            C* y = k_pool + ((i64)slots[r] * kv_heads + (hh - heads)) * d;
-            y[i] = from_f32<C>(to_f32(from_f32<T>(lo)));
-            y[i + half] = from_f32<C>(to_f32(from_f32<T>(hi)));
-        }
+        store_rotated(lo, hi, r, hh, i, heads, kv_heads, d, slots, q_out, k_pool);
     }
     GRID_STRIDE(idx, rows * kv_heads * d) {
         i64 e = idx % d, rg = idx / d;
@@ -220,15 +228,7 @@ __device__ void qkv_norm_rope_cache_impl(i64 rows, i64 heads, i64 kv_heads, i64 
             };
             float lo, hi;
             rotate(normed(i), normed(i + half), cosv[r * half + i], sinv[r * half + i], &lo, &hi);
-            if (hh < heads) {
-                T* y = q_out + (r * heads + hh) * d;
-                y[i] = from_f32<T>(lo);
-                y[i + half] = from_f32<T>(hi);
-            } else {
-                C* y = k_pool + ((i64)slots[r] * kv_heads + (hh - heads)) * d;
-                y[i] = from_f32<C>(to_f32(from_f32<T>(lo)));
-                y[i + half] = from_f32<C>(to_f32(from_f32<T>(hi)));
-            }
+            store_rotated(lo, hi, r, hh, i, heads, kv_heads, d, slots, q_out, k_pool);
         }
     }
 }

@@ -594,16 +594,9 @@ def make_fixture(fx: dict, tok: Tokenizer) -> dict:
         chat = chat_object(hf_tok, TINY_CHAT_MESSAGES)
         assert chat["ids"] == tok.encode(chat["rendered"]).ids
         assert len(chat["ids"]) <= 128, len(chat["ids"])
-        cases = [compute_case(ref_model, c) for c in case_inputs(tok, vocab, chat["ids"], seed)]
-        greedy_out = []
-        margins = []
-        for p in greedy_prompts(tok, vocab):
-            new, margin = greedy(ref_model, p, GREEDY_NEW_TOKENS)
-            margins.append(margin)
-            greedy_out.append({"prompt_ids": p, "new_ids": new})
-        gaps = [c.pop("_min_top6_gap") for c in cases]
-        if min(margins) < GREEDY_MIN_MARGIN or min(gaps) < TOP_GAP_MIN:
-            log(f"{name}: seed {seed} rejected (greedy margin {min(margins):.2e}, top gap {min(gaps):.2e})")
+        cases, greedy_out, margin, gap = sample_reference(ref_model, tok, vocab, chat, seed)
+        if margin < GREEDY_MIN_MARGIN or gap < TOP_GAP_MIN:
+            log(f"{name}: seed {seed} rejected (greedy margin {margin:.2e}, top gap {gap:.2e})")
             continue
         for g_ in greedy_out:
             assert greedy_generate(ref_model, g_["prompt_ids"], GREEDY_NEW_TOKENS) == g_["new_ids"]
@@ -620,25 +613,44 @@ def make_fixture(fx: dict, tok: Tokenizer) -> dict:
     else:
         assert "rope_parameters" in cfg_json and "dtype" in cfg_json and "rope_theta" not in cfg_json
 
-    ref = {
+    ref = reference_json(name, seed, fx["save_dtype"], tv, margin, gap, cases, greedy_out, chat)
+    (out / "reference.json").write_text(json.dumps(ref, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    log(f"{name}: seed {seed}, greedy margin {margin:.3g}, top gap {gap:.3g}")
+    return ref
+
+
+def sample_reference(ref_model, tok: Tokenizer, vocab: int, chat: dict, seed: int):
+    """What a model computes for the fixture's inputs: the cases (logprobs, last logits) and
+    greedy continuations, with the smallest greedy top-1 margin and top-6 logit gap."""
+    cases = [compute_case(ref_model, c) for c in case_inputs(tok, vocab, chat["ids"], seed)]
+    greedy_out = []
+    margins = []
+    for p in greedy_prompts(tok, vocab):
+        new, margin = greedy(ref_model, p, GREEDY_NEW_TOKENS)
+        margins.append(margin)
+        greedy_out.append({"prompt_ids": p, "new_ids": new})
+    gaps = [c.pop("_min_top6_gap") for c in cases]
+    return cases, greedy_out, min(margins), min(gaps)
+
+
+def reference_json(name, seed, save_dtype, tv, margin, gap, cases, greedy_out, chat) -> dict:
+    """reference.json of a fixture."""
+    return {
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
         "tokenizers_version": tokenizers.__version__,
         "fixture": name,
         "seed": seed,
-        "stored_dtype": str(fx["save_dtype"]).replace("torch.", ""),
+        "stored_dtype": str(save_dtype).replace("torch.", ""),
         "compute_dtype": "float32",
         "attn_implementation": "eager",
         "tokenizer_vocab_size": tv,
-        "min_greedy_top1_margin": min(margins),
-        "min_top6_logit_gap": min(gaps),
+        "min_greedy_top1_margin": margin,
+        "min_top6_logit_gap": gap,
         "cases": cases,
         "greedy": greedy_out,
         "chat": chat,
     }
-    (out / "reference.json").write_text(json.dumps(ref, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    log(f"{name}: seed {seed}, greedy margin {min(margins):.3g}, top gap {min(gaps):.3g}")
-    return ref
 
 
 # ---------------------------------------------------------------------------------------

@@ -277,15 +277,9 @@ def make_fixture(fx: dict, tok) -> dict:
         ref_model = load_f32(out, dtype)
         hf_tok = AutoTokenizer.from_pretrained(str(out))
         chat = q2.chat_object(hf_tok, q2.TINY_CHAT_MESSAGES)
-        cases = [q2.compute_case(ref_model, c) for c in q2.case_inputs(tok, vocab, chat["ids"], seed)]
-        greedy_out, margins = [], []
-        for p in q2.greedy_prompts(tok, vocab):
-            new, margin = q2.greedy(ref_model, p, q2.GREEDY_NEW_TOKENS)
-            margins.append(margin)
-            greedy_out.append({"prompt_ids": p, "new_ids": new})
-        gaps = [c.pop("_min_top6_gap") for c in cases]
-        if min(margins) < q2.GREEDY_MIN_MARGIN or min(gaps) < q2.TOP_GAP_MIN:
-            q2.log(f"{name}: seed {seed} rejected (greedy margin {min(margins):.2e}, top gap {min(gaps):.2e})")
+        cases, greedy_out, margin, gap = q2.sample_reference(ref_model, tok, vocab, chat, seed)
+        if margin < q2.GREEDY_MIN_MARGIN or gap < q2.TOP_GAP_MIN:
+            q2.log(f"{name}: seed {seed} rejected (greedy margin {margin:.2e}, top gap {gap:.2e})")
             continue
         for g_ in greedy_out:
             assert q2.greedy_generate(ref_model, g_["prompt_ids"], q2.GREEDY_NEW_TOKENS) == g_["new_ids"]
@@ -299,24 +293,9 @@ def make_fixture(fx: dict, tok) -> dict:
     if fx["style"] == "classic":
         cfg_path.write_text(json.dumps(to_classic_config(cfg_json), indent=2) + "\n")
 
-    ref = {
-        "transformers_version": transformers.__version__,
-        "torch_version": torch.__version__,
-        "tokenizers_version": tokenizers.__version__,
-        "fixture": name,
-        "seed": seed,
-        "stored_dtype": str(fx["save_dtype"]).replace("torch.", ""),
-        "compute_dtype": "float32",
-        "attn_implementation": "eager",
-        "tokenizer_vocab_size": tv,
-        "min_greedy_top1_margin": min(margins),
-        "min_top6_logit_gap": min(gaps),
-        "cases": cases,
-        "greedy": greedy_out,
-        "chat": chat,
-    }
+    ref = q2.reference_json(name, seed, fx["save_dtype"], tv, margin, gap, cases, greedy_out, chat)
     (out / "reference.json").write_text(json.dumps(ref, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    q2.log(f"{name}: seed {seed}, greedy margin {min(margins):.3g}, top gap {min(gaps):.3g}")
+    q2.log(f"{name}: seed {seed}, greedy margin {margin:.3g}, top gap {gap:.3g}")
     return ref
 
 
