@@ -725,11 +725,13 @@ def read_model_dir(path: Path) -> tuple[dict, dict]:
 
 @torch.no_grad()
 def manual_qwen2_logits(cfg: dict, w: dict, ids: list[int]) -> torch.Tensor:
-    """Textbook Qwen2 forward pass from config.json + safetensors only (no transformers
-    modelling code): what a from-scratch implementation has to compute."""
+    """Textbook Qwen2 (or Qwen3) forward pass from config.json + safetensors only (no
+    transformers modelling code): what a from-scratch implementation has to compute. A
+    projection is biased where the files hold its bias; Qwen3's q_norm / k_norm (each head
+    of q and k through RMSNorm over head_dim, before RoPE) apply where the files hold them."""
     theta = cfg["rope_parameters"]["rope_theta"] if "rope_parameters" in cfg else cfg["rope_theta"]
     h_, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    d = h_ // nh
+    d = cfg.get("head_dim") or h_ // nh
     eps = cfg["rms_norm_eps"]
     n = len(ids)
 
@@ -738,6 +740,14 @@ def manual_qwen2_logits(cfg: dict, w: dict, ids: list[int]) -> torch.Tensor:
 
     def rot_half(x):
         return torch.cat([-x[..., d // 2:], x[..., : d // 2]], dim=-1)
+
+    def lin(x, name):
+        y = x @ w[name + ".weight"].T
+        return y + w[name + ".bias"] if name + ".bias" in w else y
+
+    def heads(x, count, norm):
+        x = x.view(n, count, d)
+        return (rms(x, w[norm]) if norm in w else x).transpose(0, 1)
 
     inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
     freqs = torch.arange(n).float()[:, None] * inv_freq[None, :]
@@ -749,16 +759,16 @@ def manual_qwen2_logits(cfg: dict, w: dict, ids: list[int]) -> torch.Tensor:
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         h = rms(x, w[p + "input_layernorm.weight"])
-        q = (h @ w[p + "self_attn.q_proj.weight"].T + w[p + "self_attn.q_proj.bias"]).view(n, nh, d).transpose(0, 1)
-        k = (h @ w[p + "self_attn.k_proj.weight"].T + w[p + "self_attn.k_proj.bias"]).view(n, nkv, d).transpose(0, 1)
-        v = (h @ w[p + "self_attn.v_proj.weight"].T + w[p + "self_attn.v_proj.bias"]).view(n, nkv, d).transpose(0, 1)
+        q = heads(lin(h, p + "self_attn.q_proj"), nh, p + "self_attn.q_norm.weight")
+        k = heads(lin(h, p + "self_attn.k_proj"), nkv, p + "self_attn.k_norm.weight")
+        v = heads(lin(h, p + "self_attn.v_proj"), nkv, None)
         q = q * cos + rot_half(q) * sin
         k = k * cos + rot_half(k) * sin
         k = k.repeat_interleave(nh // nkv, dim=0)  # query head j uses KV head j // (nh / nkv)
         v = v.repeat_interleave(nh // nkv, dim=0)
         att = torch.softmax(q @ k.transpose(1, 2) / d**0.5 + mask, dim=-1)
         o = (att @ v).transpose(0, 1).reshape(n, nh * d)
-        x = x + o @ w[p + "self_attn.o_proj.weight"].T
+        x = x + lin(o, p + "self_attn.o_proj")
         h = rms(x, w[p + "post_attention_layernorm.weight"])
         g = h @ w[p + "mlp.gate_proj.weight"].T
         u = h @ w[p + "mlp.up_proj.weight"].T

@@ -35,7 +35,7 @@ What differs from Qwen2 is the attention block: q/k/v have no bias (unless
 RMSNorm of its own over ``head_dim`` (``q_norm``, ``k_norm``) before RoPE. Every weight is
 re-drawn from a seeded generator (matrices N(0, 0.2), biases N(0, 0.2), norm weights,
 q_norm and k_norm included, U(0.5, 1.5)), so a norm applied to the wrong axis, or
-skipped, changes the logits. The reference is checked against a plain re-implementation
+skipped, changes the logits. The reference is checked against the plain re-implementation
 of the forward pass that reads only config.json and the safetensors.
 
 How to run
@@ -299,55 +299,6 @@ def make_fixture(fx: dict, tok) -> dict:
     return ref
 
 
-@torch.no_grad()
-def plain_qwen3_logits(cfg: dict, w: dict, ids: list[int]) -> torch.Tensor:
-    """Textbook Qwen3 forward pass from config.json + safetensors only (no transformers
-    modelling code)."""
-    theta = cfg["rope_parameters"]["rope_theta"] if "rope_parameters" in cfg else cfg["rope_theta"]
-    nh, nkv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
-    eps = cfg["rms_norm_eps"]
-    n = len(ids)
-
-    def rms(x, wt):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * wt
-
-    def rot_half(x):
-        return torch.cat([-x[..., d // 2:], x[..., : d // 2]], dim=-1)
-
-    def lin(x, name):
-        y = x @ w[name + ".weight"].T
-        return y + w[name + ".bias"] if name + ".bias" in w else y
-
-    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
-    freqs = torch.arange(n).float()[:, None] * inv_freq[None, :]
-    emb = torch.cat([freqs, freqs], dim=-1)
-    cos, sin = emb.cos(), emb.sin()
-    mask = torch.full((n, n), float("-inf")).triu(1)
-
-    x = w["model.embed_tokens.weight"][torch.tensor(ids)]
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        h = rms(x, w[p + "input_layernorm.weight"])
-        # Each head of q and k through its own RMSNorm over head_dim, then RoPE.
-        q = rms(lin(h, p + "self_attn.q_proj").view(n, nh, d), w[p + "self_attn.q_norm.weight"]).transpose(0, 1)
-        k = rms(lin(h, p + "self_attn.k_proj").view(n, nkv, d), w[p + "self_attn.k_norm.weight"]).transpose(0, 1)
-        v = lin(h, p + "self_attn.v_proj").view(n, nkv, d).transpose(0, 1)
-        q = q * cos + rot_half(q) * sin
-        k = k * cos + rot_half(k) * sin
-        k = k.repeat_interleave(nh // nkv, dim=0)
-        v = v.repeat_interleave(nh // nkv, dim=0)
-        att = torch.softmax(q @ k.transpose(1, 2) / d**0.5 + mask, dim=-1)
-        o = (att @ v).transpose(0, 1).reshape(n, nh * d)
-        x = x + lin(o, p + "self_attn.o_proj")
-        h = rms(x, w[p + "post_attention_layernorm.weight"])
-        g = h @ w[p + "mlp.gate_proj.weight"].T
-        u = h @ w[p + "mlp.up_proj.weight"].T
-        x = x + (torch.nn.functional.silu(g) * u) @ w[p + "mlp.down_proj.weight"].T
-    x = rms(x, w["model.norm.weight"])
-    head = w["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else w["lm_head.weight"]
-    return x @ head.T
-
-
 def verify_fixture(fx: dict, tok) -> None:
     out = OUT_DIR / fx["name"]
     ref = json.loads((out / "reference.json").read_text(encoding="utf-8"))
@@ -365,7 +316,7 @@ def verify_fixture(fx: dict, tok) -> None:
     assert ("model.layers.0.self_attn.o_proj.bias" in raw_w) == fx["config"]["attention_bias"]
     plain = 0.0
     for c in ref["cases"]:
-        lg = plain_qwen3_logits(raw_cfg, raw_w, c["input_ids"])
+        lg = q2.manual_qwen2_logits(raw_cfg, raw_w, c["input_ids"])
         plain = max(plain, float((lg[-1] - torch.tensor(c["last_logits"])).abs().max()))
         lp = torch.log_softmax(lg.double(), -1)
         for i in range(1, len(c["input_ids"])):
@@ -374,7 +325,7 @@ def verify_fixture(fx: dict, tok) -> None:
     # Without the q/k norms the logits are far off: the fixture tells them apart.
     no_norm = {k: (torch.ones_like(v) if k.endswith(("q_norm.weight", "k_norm.weight")) else v) for k, v in raw_w.items()}
     c = max(ref["cases"], key=lambda c: len(c["input_ids"]))
-    off = float((plain_qwen3_logits(raw_cfg, no_norm, c["input_ids"])[-1] - torch.tensor(c["last_logits"])).abs().max())
+    off = float((q2.manual_qwen2_logits(raw_cfg, no_norm, c["input_ids"])[-1] - torch.tensor(c["last_logits"])).abs().max())
     assert off > 0.1, off
     q2.check_tiny_tokenizer(tok, out)
     q2.log(f"{fx['name']}: reloaded {worst:.3g}, plain re-implementation {plain:.3g}, unit q/k norms off by {off:.3g}")
