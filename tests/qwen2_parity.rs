@@ -342,3 +342,68 @@ fn lora_adapters_on_qwen3_freeze_the_norms() {
     assert_eq!(norms, 2 * model.config.num_hidden_layers, "a q and a k norm per layer");
     assert_eq!(model.logits(ids).unwrap().to_vec::<f32>().unwrap(), before);
 }
+
+/// A fixture of `tests/fixtures/rope_scaling` (scripts/make_rope_scaling_fixtures.py): a
+/// tiny checkpoint's weights under a config that stretches RoPE, with transformers'
+/// frequencies and outputs.
+#[derive(Deserialize)]
+struct RopeScalingCase {
+    base: String,
+    config: serde_json::Value,
+    inv_freq: Vec<f32>,
+    attention_scaling: f32,
+    cases: Vec<Case>,
+}
+
+/// Long-context RoPE as the model cards configure it (YaRN in the classic `rope_scaling`
+/// form on a Qwen2 model, YaRN with every optional key in transformers 5's
+/// `rope_parameters` on a Qwen3 model, linear interpolation): the frequencies and the cos/sin
+/// factor equal transformers' (frequencies within 1 ulp of f32), logprobs and last logits
+/// are within 1e-4, decoding through the KV cache equals the full forward, and an export
+/// reloads with the same scaling.
+#[test]
+fn scaled_rope_matches_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["qwen2-yarn", "qwen3-yarn-mscale", "qwen2-linear"] {
+        let path = dir(&format!("rope_scaling/{name}.json"));
+        let fx: RopeScalingCase = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let model_dir = tmp.path().join(name);
+        std::fs::create_dir(&model_dir).unwrap();
+        for f in std::fs::read_dir(dir(&fx.base)).unwrap() {
+            let f = f.unwrap().path();
+            let file = f.file_name().unwrap().to_str().unwrap();
+            if file != "config.json" && !file.starts_with("reference") {
+                std::fs::copy(&f, model_dir.join(file)).unwrap();
+            }
+        }
+        std::fs::write(model_dir.join("config.json"), fx.config.to_string()).unwrap();
+        let model = Qwen2::load(&model_dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_ne!(model.config.rope_scaling, artist_model::RopeScaling::None, "{name}");
+        let (inv_freq, scale) = model.config.rope_frequencies();
+        assert_eq!(scale, fx.attention_scaling, "{name} attention scaling");
+        for (i, (a, b)) in inv_freq.iter().zip(&fx.inv_freq).enumerate() {
+            assert!((a - b).abs() <= f32::EPSILON * b, "{name} inv_freq[{i}]: {a} against {b}");
+        }
+        assert_eq!(inv_freq.len(), fx.inv_freq.len());
+        for (i, case) in fx.cases.iter().enumerate() {
+            let lp = model.token_logprobs(&case.input_ids).unwrap();
+            assert_close(&format!("{name} case {i} logprobs"), &lp, &case.logprobs);
+            let logits = model.logits(&case.input_ids).unwrap();
+            let n = case.input_ids.len();
+            let last = logits.narrow(0, n - 1, 1).unwrap().to_vec::<f32>().unwrap();
+            assert_close(&format!("{name} case {i} last logits"), &last, &case.last_logits);
+        }
+        let tokens = &fx.cases.iter().max_by_key(|c| c.input_ids.len()).unwrap().input_ids;
+        let full = model.logits(tokens).unwrap().to_vec2::<f32>().unwrap();
+        let mut cache = model.new_cache(1, tokens.len()).unwrap();
+        for (p, t) in tokens.iter().enumerate() {
+            let row = model.forward(&[SeqInput { slot: 0, tokens: &[*t] }], &mut cache, Rows::Last).unwrap();
+            assert_close(&format!("{name} step {p}"), &row.to_vec::<f32>().unwrap(), &full[p]);
+        }
+        let out = tmp.path().join(format!("{name}-export"));
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("config.json"), model.config.to_hf_json().to_string()).unwrap();
+        model.save_safetensors(&out.join("model.safetensors")).unwrap();
+        assert_eq!(Qwen2::load(&out).unwrap().config, model.config, "{name} export");
+    }
+}

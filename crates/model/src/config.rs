@@ -1,6 +1,6 @@
 //! `config.json` of a Qwen2 / Qwen2.5 or Qwen3 checkpoint, with Hugging Face's field names.
-//! Both the classic keys (`rope_theta`, `torch_dtype`) and transformers 5's
-//! (`rope_parameters`, `dtype`) are accepted.
+//! Both the classic keys (`rope_theta`, `rope_scaling`, `torch_dtype`) and transformers
+//! 5's (`rope_parameters`, `dtype`) are accepted.
 
 use std::path::Path;
 
@@ -36,6 +36,40 @@ impl Family {
     }
 }
 
+/// How RoPE's frequencies are stretched for contexts longer than pretraining's
+/// (`rope_parameters` / `rope_scaling` in `config.json`), computed as transformers
+/// computes them. Dynamic NTK, Llama 3's and LongRoPE's schemes are refused at load.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum RopeScaling {
+    /// Plain RoPE: `theta^(-2i/d)`.
+    #[default]
+    None,
+    /// Position interpolation (Chen et al., 2023): every frequency divided by `factor`.
+    Linear { factor: f64 },
+    /// YaRN (Peng et al., 2023), the scheme Qwen2.5's and Qwen3's model cards give for
+    /// long contexts.
+    Yarn(Yarn),
+}
+
+/// YaRN's parameters as `config.json` holds them; `None` is a key left out (written back
+/// out as it came in). The frequencies whose wavelength fits more than `beta_fast`
+/// rotations in `original_max_position_embeddings` keep their value, those fitting fewer
+/// than `beta_slow` are divided by `factor`, and a linear ramp over the dimensions joins
+/// the two; cos and sin are multiplied by `attention_factor` (by default
+/// `0.1 ln(factor) + 1`, or the ratio of that with `mscale` and with `mscale_all_dim`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Yarn {
+    pub factor: f64,
+    pub original_max_position_embeddings: usize,
+    pub attention_factor: Option<f64>,
+    pub beta_fast: Option<f64>,
+    pub beta_slow: Option<f64>,
+    pub mscale: Option<f64>,
+    pub mscale_all_dim: Option<f64>,
+    /// Whether the ramp's ends are rounded to whole dimensions (default true).
+    pub truncate: Option<bool>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Qwen2Config {
     pub family: Family,
@@ -51,6 +85,7 @@ pub struct Qwen2Config {
     pub head_dim: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     /// The dtype the checkpoint says its weights are in (`"bfloat16"`, ...), if it says.
@@ -72,7 +107,7 @@ struct Raw {
     head_dim: Option<usize>,
     rms_norm_eps: f64,
     rope_theta: Option<f64>,
-    rope_parameters: Option<RopeParameters>,
+    rope_parameters: Option<serde_json::Value>,
     rope_scaling: Option<serde_json::Value>,
     #[serde(default = "default_max_pos")]
     max_position_embeddings: usize,
@@ -89,12 +124,6 @@ struct Raw {
 }
 
 #[derive(Deserialize)]
-struct RopeParameters {
-    rope_theta: Option<f64>,
-    rope_type: Option<String>,
-}
-
-#[derive(Deserialize)]
 #[serde(untagged)]
 enum OneOrMany {
     One(u32),
@@ -103,6 +132,101 @@ enum OneOrMany {
 
 fn default_max_pos() -> usize {
     32768
+}
+
+impl RopeScaling {
+    /// The `rope_scaling` value of a classic `config.json` (`null` for plain RoPE), with
+    /// the type under both its keys, as transformers 4 and 5 read it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (kind, mut keys) = match self {
+            RopeScaling::None => return serde_json::Value::Null,
+            RopeScaling::Linear { factor } => ("linear", serde_json::json!({ "factor": factor })),
+            RopeScaling::Yarn(y) => {
+                let mut v = serde_json::json!({
+                    "factor": y.factor,
+                    "original_max_position_embeddings": y.original_max_position_embeddings,
+                });
+                let o = v.as_object_mut().expect("an object");
+                for (key, x) in [
+                    ("attention_factor", y.attention_factor),
+                    ("beta_fast", y.beta_fast),
+                    ("beta_slow", y.beta_slow),
+                    ("mscale", y.mscale),
+                    ("mscale_all_dim", y.mscale_all_dim),
+                ] {
+                    if let Some(x) = x {
+                        o.insert(key.into(), x.into());
+                    }
+                }
+                if let Some(t) = y.truncate {
+                    o.insert("truncate".into(), t.into());
+                }
+                ("yarn", v)
+            }
+        };
+        let o = keys.as_object_mut().expect("an object");
+        o.insert("rope_type".into(), kind.into());
+        o.insert("type".into(), kind.into());
+        keys
+    }
+}
+
+/// RoPE's scaling from a `rope_parameters` or `rope_scaling` object; `max_pos` stands in
+/// for a missing `original_max_position_embeddings`, as transformers does.
+fn rope_scaling(
+    map: &serde_json::Map<String, serde_json::Value>,
+    max_pos: usize,
+) -> std::result::Result<RopeScaling, String> {
+    use serde_json::Value;
+    let present = |key: &str| map.get(key).filter(|v| !v.is_null());
+    let num = |key: &str| -> std::result::Result<Option<f64>, String> {
+        match present(key) {
+            None => Ok(None),
+            Some(v) => {
+                v.as_f64().filter(|x| x.is_finite()).map(Some).ok_or_else(|| format!("rope {key} {v} is not a number"))
+            }
+        }
+    };
+    let kind = match present("rope_type").or_else(|| present("type")) {
+        None => "default",
+        Some(Value::String(s)) => s.as_str(),
+        Some(v) => return Err(format!("rope type {v} is not a string")),
+    };
+    if let Some(p) = num("partial_rotary_factor")?.filter(|p| *p != 1.0) {
+        return Err(format!("partial_rotary_factor {p} is not supported (RoPE turns whole heads)"));
+    }
+    let factor = num("factor")?;
+    if let Some(f) = factor.filter(|f| *f <= 0.0) {
+        return Err(format!("rope factor {f} must be positive"));
+    }
+    match kind {
+        "default" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear { factor: factor.ok_or("linear RoPE scaling needs a factor")? }),
+        "yarn" => {
+            let original =
+                match present("original_max_position_embeddings") {
+                    None => max_pos,
+                    Some(v) => v.as_u64().filter(|n| *n > 0).map(|n| n as usize).ok_or_else(|| {
+                        format!("rope original_max_position_embeddings {v} is not a positive integer")
+                    })?,
+                };
+            let truncate = match present("truncate") {
+                None => None,
+                Some(v) => Some(v.as_bool().ok_or_else(|| format!("rope truncate {v} is not true or false"))?),
+            };
+            Ok(RopeScaling::Yarn(Yarn {
+                factor: factor.unwrap_or(max_pos as f64 / original as f64),
+                original_max_position_embeddings: original,
+                attention_factor: num("attention_factor")?,
+                beta_fast: num("beta_fast")?,
+                beta_slow: num("beta_slow")?,
+                mscale: num("mscale")?,
+                mscale_all_dim: num("mscale_all_dim")?,
+                truncate,
+            }))
+        }
+        other => Err(format!("rope type {other:?} is not supported (default, linear and yarn are)")),
+    }
 }
 
 impl Qwen2Config {
@@ -134,14 +258,15 @@ impl Qwen2Config {
         if raw.use_sliding_window {
             return Err(bad("use_sliding_window = true is not supported".into()));
         }
-        let rope_type = raw.rope_parameters.as_ref().and_then(|r| r.rope_type.clone()).or_else(|| {
-            raw.rope_scaling.as_ref().filter(|v| !v.is_null()).map(|v| {
-                v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("unknown").to_string()
-            })
-        });
-        if let Some(t) = rope_type.filter(|t| t != "default") {
-            return Err(bad(format!("rope type {t:?} is not supported (only the default RoPE)")));
-        }
+        // transformers 5 keeps RoPE's type, theta and scaling together in
+        // `rope_parameters`; older files have `rope_theta` and `rope_scaling` (with `type`
+        // or `rope_type`).
+        let rope =
+            [&raw.rope_parameters, &raw.rope_scaling].into_iter().find_map(|v| v.as_ref().and_then(|v| v.as_object()));
+        let rope_scaling = match rope {
+            Some(map) => rope_scaling(map, raw.max_position_embeddings).map_err(bad)?,
+            None => RopeScaling::None,
+        };
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
         if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
@@ -167,7 +292,13 @@ impl Qwen2Config {
                 return Err(bad(format!("{name} must be positive")));
             }
         }
-        let rope_theta = raw.rope_parameters.and_then(|r| r.rope_theta).or(raw.rope_theta).unwrap_or(10_000.0);
+        let rope_theta = match rope.and_then(|m| m.get("rope_theta")).filter(|v| !v.is_null()) {
+            Some(v) => v.as_f64().ok_or_else(|| bad(format!("rope_theta {v} is not a number")))?,
+            None => raw.rope_theta.unwrap_or(10_000.0),
+        };
+        if !(rope_theta.is_finite() && rope_theta > 1.0) {
+            return Err(bad(format!("rope_theta {rope_theta} must be a finite number above 1")));
+        }
         Ok(Qwen2Config {
             family,
             attention_bias,
@@ -180,6 +311,7 @@ impl Qwen2Config {
             head_dim,
             rms_norm_eps: raw.rms_norm_eps,
             rope_theta,
+            rope_scaling,
             max_position_embeddings: raw.max_position_embeddings,
             tie_word_embeddings: raw.tie_word_embeddings,
             dtype: raw.dtype.or(raw.torch_dtype),
@@ -207,6 +339,7 @@ impl Qwen2Config {
             head_dim: 64,
             rms_norm_eps: 1e-6,
             rope_theta: 1_000_000.0,
+            rope_scaling: RopeScaling::None,
             max_position_embeddings: 32_768,
             tie_word_embeddings: true,
             dtype: Some("bfloat16".into()),
@@ -246,6 +379,53 @@ impl Qwen2Config {
         }
     }
 
+    /// RoPE's inverse frequency for each pair of dimensions, `[head_dim / 2]`, and the
+    /// factor cos and sin are multiplied by: transformers' `inv_freq` and
+    /// `attention_scaling`, computed in the same precisions (f32 where it uses f32).
+    pub fn rope_frequencies(&self) -> (Vec<f32>, f32) {
+        let d = self.head_dim;
+        let theta = self.rope_theta as f32;
+        let pos_freqs = (0..d / 2).map(move |i| theta.powf((2 * i) as f32 / d as f32));
+        match &self.rope_scaling {
+            RopeScaling::None => (pos_freqs.map(|p| 1.0 / p).collect(), 1.0),
+            RopeScaling::Linear { factor } => (pos_freqs.map(|p| 1.0 / p / *factor as f32).collect(), 1.0),
+            RopeScaling::Yarn(y) => {
+                let s = y.factor;
+                let mscale = |m: f64| if s <= 1.0 { 1.0 } else { 0.1 * m * s.ln() + 1.0 };
+                let attention = match (y.attention_factor, y.mscale, y.mscale_all_dim) {
+                    (Some(a), _, _) => a,
+                    (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => mscale(m) / mscale(all),
+                    _ => mscale(1.0),
+                };
+                // The dimension whose wavelength fits `r` rotations in the original context.
+                let dim_of = |r: f64| {
+                    d as f64 * (y.original_max_position_embeddings as f64 / (r * 2.0 * std::f64::consts::PI)).ln()
+                        / (2.0 * self.rope_theta.ln())
+                };
+                let fast = y.beta_fast.filter(|b| *b != 0.0).unwrap_or(32.0);
+                let slow = y.beta_slow.filter(|b| *b != 0.0).unwrap_or(1.0);
+                let (mut lo, mut hi) = (dim_of(fast), dim_of(slow));
+                if y.truncate.unwrap_or(true) {
+                    (lo, hi) = (lo.floor(), hi.ceil());
+                }
+                let (lo, mut hi) = (lo.max(0.0), hi.min(d as f64 - 1.0));
+                if lo == hi {
+                    hi += 0.001;
+                }
+                let inv = pos_freqs
+                    .enumerate()
+                    .map(|(i, p)| {
+                        // 0 keeps the frequency (extrapolation), 1 divides it by the factor.
+                        let ramp = ((i as f32 - lo as f32) / (hi - lo) as f32).clamp(0.0, 1.0);
+                        let keep = 1.0 - ramp;
+                        1.0 / (s as f32 * p) * (1.0 - keep) + 1.0 / p * keep
+                    })
+                    .collect();
+                (inv, attention as f32)
+            }
+        }
+    }
+
     /// Whether each head of q and k goes through its own RMSNorm before RoPE (Qwen3).
     pub fn qk_norm(&self) -> bool {
         self.family == Family::Qwen3
@@ -273,7 +453,7 @@ impl Qwen2Config {
             "hidden_act": "silu",
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
-            "rope_scaling": null,
+            "rope_scaling": self.rope_scaling.to_json(),
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "use_sliding_window": false,
@@ -376,6 +556,63 @@ mod tests {
         assert!(q2.attention_bias && !q2.qk_norm());
     }
 
+    /// Both places a config keeps RoPE's scaling, both names of its type; what is left out
+    /// stays out when written back, and a missing original length is the model's own.
+    #[test]
+    fn rope_scaling() {
+        let classic = parse(
+            r#","rope_theta":1000000.0,"rope_scaling":{"type":"yarn","factor":4.0,"original_max_position_embeddings":32768}"#,
+        )
+        .unwrap();
+        let yarn = Yarn {
+            factor: 4.0,
+            original_max_position_embeddings: 32768,
+            attention_factor: None,
+            beta_fast: None,
+            beta_slow: None,
+            mscale: None,
+            mscale_all_dim: None,
+            truncate: None,
+        };
+        assert_eq!((classic.rope_theta, &classic.rope_scaling), (1e6, &RopeScaling::Yarn(yarn.clone())));
+        let v5 = parse(
+            r#","rope_parameters":{"rope_type":"yarn","rope_theta":1e6,"factor":4,"original_max_position_embeddings":32768,"beta_fast":16,"truncate":false}"#,
+        )
+        .unwrap();
+        let want = Yarn { beta_fast: Some(16.0), truncate: Some(false), ..yarn.clone() };
+        assert_eq!((v5.rope_theta, &v5.rope_scaling), (1e6, &RopeScaling::Yarn(want)));
+        let linear = parse(r#","rope_scaling":{"rope_type":"linear","factor":2}"#).unwrap();
+        assert_eq!(linear.rope_scaling, RopeScaling::Linear { factor: 2.0 });
+        for c in [&classic, &v5, &linear] {
+            let back = Qwen2Config::from_json(&c.to_hf_json().to_string(), Path::new("config.json")).unwrap();
+            assert_eq!(&back, c);
+        }
+        // No factor: the ratio of the lengths; no original length: max_position_embeddings.
+        let implicit = parse(
+            r#","max_position_embeddings":131072,"rope_scaling":{"type":"yarn","original_max_position_embeddings":32768}"#,
+        );
+        assert!(matches!(implicit.unwrap().rope_scaling, RopeScaling::Yarn(Yarn { factor: 4.0, .. })));
+        let own = parse(r#","max_position_embeddings":4096,"rope_scaling":{"type":"yarn","factor":2}"#).unwrap();
+        assert!(matches!(own.rope_scaling, RopeScaling::Yarn(Yarn { original_max_position_embeddings: 4096, .. })));
+        assert_eq!(
+            parse(r#","rope_parameters":{"rope_type":"default","rope_theta":5e5}"#).unwrap().rope_scaling,
+            RopeScaling::None
+        );
+        // YaRN keeps the fastest frequency and scales cos and sin by 0.1 ln 4 + 1.
+        let (inv, scale) = classic.rope_frequencies();
+        assert_eq!((inv.len(), inv[0], scale), (classic.head_dim / 2, 1.0, (1.0 + 0.1 * 4f64.ln()) as f32));
+        // Plain RoPE's tables are rope_tables' own, to the bit.
+        let plain = parse("").unwrap();
+        let (inv, scale) = plain.rope_frequencies();
+        let cpu = artist_tensor::Device::Cpu;
+        let a = artist_tensor::rope_tables(&[0, 7, 4095], 64, plain.rope_theta as f32, cpu).unwrap();
+        let b = artist_tensor::rope_tables_scaled(&[0, 7, 4095], &inv, scale, cpu).unwrap();
+        assert_eq!(
+            (a.0.to_f32_vec().unwrap(), a.1.to_f32_vec().unwrap()),
+            (b.0.to_f32_vec().unwrap(), b.1.to_f32_vec().unwrap())
+        );
+    }
+
     #[test]
     fn refuses_what_it_cannot_run() {
         let e =
@@ -384,7 +621,20 @@ mod tests {
         let llama = format!("{}}}", BASE.replace("qwen2", "llama"));
         let e = Qwen2Config::from_json(&llama, Path::new("config.json")).unwrap_err().to_string();
         assert!(e.contains("llama") && e.contains("not supported"), "{e}");
-        assert!(parse(r#","rope_scaling":{"type":"yarn","factor":4.0}"#).unwrap_err().to_string().contains("yarn"));
+        for (bad, names) in [
+            (r#","rope_scaling":{"type":"dynamic","factor":4.0}"#, "\"dynamic\""),
+            (r#","rope_parameters":{"rope_type":"llama3","factor":8.0}"#, "\"llama3\""),
+            (r#","rope_scaling":{"type":"linear"}"#, "needs a factor"),
+            (r#","rope_scaling":{"type":"yarn","factor":-2}"#, "factor -2"),
+            (r#","rope_scaling":{"type":"yarn","factor":4,"original_max_position_embeddings":0.5}"#, "original_max"),
+            (r#","rope_scaling":{"type":"yarn","factor":4,"beta_fast":"x"}"#, "beta_fast"),
+            (r#","rope_scaling":{"type":"yarn","factor":4,"truncate":1}"#, "truncate"),
+            (r#","rope_scaling":{"type":"linear","factor":2,"partial_rotary_factor":0.5}"#, "partial_rotary"),
+            (r#","rope_theta":-1"#, "rope_theta"),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(names), "{bad}: {e}");
+        }
         assert!(parse(r#","rope_scaling":null"#).is_ok());
         assert!(parse(r#","num_key_value_heads":3"#).is_err());
         assert!(parse(r#","use_sliding_window":true"#).is_err());

@@ -13,7 +13,7 @@ mod lora;
 mod qwen2;
 mod weights;
 
-pub use config::{Family, Qwen2Config};
+pub use config::{Family, Qwen2Config, RopeScaling, Yarn};
 pub use error::{Error, Result};
 pub use kv_cache::{DEFAULT_BLOCK_SIZE, DecodeSteps, KvCache, KvUsage, MAX_GRAPH_BATCH, graph_batch_size};
 pub use lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LORA_MODULES, LoraSpec};

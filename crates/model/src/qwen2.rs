@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use artist_autograd::{Ctx, Param, Var, checkpoint};
-use artist_tensor::{DType, Device, PagedBatch, Tensor, rope_tables};
+use artist_tensor::{DType, Device, PagedBatch, Tensor, rope_tables_scaled};
 
 use crate::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LoraSpec};
 use crate::{DecodeSteps, Error, KvCache, Qwen2Config, Result, WeightSource, Weights, graph_batch_size};
@@ -893,7 +893,8 @@ impl Qwen2 {
     fn spans(&self, seqs: &[(usize, usize, usize)]) -> Result<(Vec<Span>, Tensor, Tensor)> {
         let c = &self.config;
         let pos: Vec<u32> = seqs.iter().flat_map(|&(_, start, len)| (start..start + len).map(|p| p as u32)).collect();
-        let (cos, sin) = rope_tables(&pos, c.head_dim, c.rope_theta as f32, self.device)?;
+        let (inv_freq, scale) = c.rope_frequencies();
+        let (cos, sin) = rope_tables_scaled(&pos, &inv_freq, scale, self.device)?;
         let mut row = 0;
         let spans = seqs
             .iter()
@@ -957,7 +958,8 @@ impl Qwen2 {
         let mut ints: Vec<u32> = inputs.iter().map(|s| s.tokens[0]).collect();
         ints.resize(rows, 0);
         ints.extend(batch.device_arrays());
-        let (cos, sin) = rope_tables(&pos, c.head_dim, c.rope_theta as f32, Device::Cpu)?;
+        let (inv_freq, scale) = c.rope_frequencies();
+        let (cos, sin) = rope_tables_scaled(&pos, &inv_freq, scale, Device::Cpu)?;
         let mut rope = cos.to_vec::<f32>()?;
         rope.extend(sin.to_vec::<f32>()?);
         let out = if ready {

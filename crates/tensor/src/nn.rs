@@ -281,13 +281,24 @@ pub fn rope_tables(positions: &[u32], head_dim: usize, theta: f32, device: Devic
     }
     let half = head_dim / 2;
     let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+    rope_tables_scaled(positions, &inv_freq, 1.0, device)
+}
+
+/// [`rope_tables`] for any inverse frequencies (one per pair of dimensions, as scaled RoPE
+/// such as YaRN stretches them), cos and sin multiplied by `scale`:
+/// `cos[p, i] = cos(p inv_freq[i]) scale`, in f32 as transformers computes them.
+pub fn rope_tables_scaled(positions: &[u32], inv_freq: &[f32], scale: f32, device: Device) -> Result<(Tensor, Tensor)> {
+    if inv_freq.is_empty() {
+        return Err(crate::invalid!("rope_tables", "no frequencies"));
+    }
+    let half = inv_freq.len();
     let mut cos = Vec::with_capacity(positions.len() * half);
     let mut sin = Vec::with_capacity(positions.len() * half);
     for &p in positions {
-        for &f in &inv_freq {
+        for &f in inv_freq {
             let a = p as f32 * f;
-            cos.push(a.cos());
-            sin.push(a.sin());
+            cos.push(a.cos() * scale);
+            sin.push(a.sin() * scale);
         }
     }
     let n = positions.len();

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use artist_model::{Family, Qwen2, Qwen2Config, RandomWeights};
+use artist_model::{Family, Qwen2, Qwen2Config, RandomWeights, RopeScaling};
 use artist_tensor::{DType, Device};
 use artist_tokenizer::{ChatTemplate, Tokenizer};
 use rand::{Rng, SeedableRng};
@@ -120,6 +120,7 @@ pub fn model_config() -> Qwen2Config {
         head_dim: 32,
         rms_norm_eps: 1e-6,
         rope_theta: 10_000.0,
+        rope_scaling: RopeScaling::None,
         max_position_embeddings: 512,
         tie_word_embeddings: true,
         dtype: Some("float32".into()),

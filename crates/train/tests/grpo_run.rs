@@ -873,3 +873,43 @@ fn a_judge_needs_a_positive_timeout() {
         .validate(Device::Cpu)
         .unwrap();
 }
+
+/// GRPO on a Qwen3 checkpoint (unbiased attention, per-head q/k RMSNorms, heads wider than
+/// hidden / heads) with the KL and entropy terms: the update reaches every parameter, the
+/// q/k norms included, and a run stopped after step 1 and resumed ends on the uninterrupted
+/// run's bits, its checkpoints loading as Qwen3 again.
+#[test]
+fn grpo_trains_a_qwen3_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::root().join("tests/fixtures/qwen3/tiny-qwen3");
+    let config = || {
+        common::tiny_grpo_config(&["steps=2", "save_every=1", "grpo.beta=0.04", "grpo.entropy_coeff=0.01"])
+            .with_overrides(&[format!("model={:?}", model.to_str().unwrap())])
+            .unwrap()
+    };
+    let mut t = parity_trainer(config());
+    assert_eq!(t.model.config.family, artist_model::Family::Qwen3);
+    let tensors = |m: &Qwen2| -> Vec<(String, Vec<f32>)> {
+        m.hf_tensors().unwrap().into_iter().map(|(n, t)| (n, t.to_f32_vec().unwrap())).collect()
+    };
+    let start = tensors(&t.model);
+    let norms = start.iter().filter(|(n, _)| n.ends_with("q_norm.weight") || n.ends_with("k_norm.weight"));
+    assert_eq!(norms.count(), 4);
+    let m = train(&tmp.path().join("run"), &mut t, &common::quiet()).unwrap();
+    assert!(m.iter().all(|s| s.loss.is_finite()) && m.iter().any(|s| s.loss != 0.0), "{m:?}");
+    for ((name, a), (_, b)) in start.iter().zip(&tensors(&t.model)) {
+        assert!(a != b, "{name} did not move");
+    }
+
+    let run = tmp.path().join("stopped");
+    let mut first = parity_trainer(config());
+    train(&run, &mut first, &RunOptions { stop_after: Some(1), ..common::quiet() }).unwrap();
+    let mut resumed = parity_trainer(config());
+    let m2 = train(&run, &mut resumed, &RunOptions { resume: true, ..common::quiet() }).unwrap();
+    assert_eq!((m2.len(), m2[0].loss), (1, m[1].loss), "the resumed step's loss");
+    assert_eq!(common::weights(&resumed.model), common::weights(&t.model), "the resumed run ended elsewhere");
+    let saved = artist_train::checkpoint::latest(&run).unwrap().unwrap();
+    let reloaded = Qwen2::load(&saved).unwrap();
+    assert_eq!(reloaded.config.family, artist_model::Family::Qwen3);
+    assert_eq!(common::weights(&reloaded), common::weights(&t.model), "the last checkpoint");
+}
