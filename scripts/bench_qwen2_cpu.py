@@ -8,9 +8,14 @@ same shapes and thread count, in one run, printed as a markdown table with the r
 
 PyTorch runs the transformers model in eval mode under ``torch.inference_mode()`` with a
 KV cache (``past_key_values``), greedy, one token per step, ``torch.set_num_threads``.
-artist runs with ``RAYON_NUM_THREADS`` set to the same count. Decode is memory-bound; the
+artist runs with ``RAYON_NUM_THREADS`` set to the same count; a bf16 model runs twice,
+with its weights widened to f32 for the products (the CPU's default) and with bf16 products
+(``--matmul-dtype bf16``: AMX tiles or AVX512-BF16 where the CPU has them), which is what
+PyTorch's bf16 model computes. Decode is memory-bound; the
 bound column is (weight bytes) / (the read bandwidth of every thread, measured by the artist
-run: what streaming the weights once per token can at most reach).
+run: what streaming the weights once per token can at most reach); the next one also counts
+the KV cache each step reads (artist's cache dtype, f32 on the CPU, averaged over the
+steps' context lengths).
 """
 import argparse
 import inspect
@@ -70,10 +75,10 @@ def torch_run(model_name, dtype, prompt, decode, threads):
     return prompt / prefill, decode / dec
 
 
-def artist_run(model_name, dtype, prompt, decode, threads):
+def artist_run(model_name, dtype, prompt, decode, threads, matmul="f32"):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     cmd = ["cargo", "bench", "-q", "--bench", "qwen2_throughput", "--", "--model", model_name,
-           "--dtype", dtype, "--prompt", str(prompt), "--decode", str(decode)]
+           "--dtype", dtype, "--matmul-dtype", matmul, "--prompt", str(prompt), "--decode", str(decode)]
     out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -89,17 +94,25 @@ def main():
     subprocess.run(["cargo", "bench", "--no-run", "-q", "--bench", "qwen2_throughput"], cwd=ROOT, check=True)
     print(f"{a.model} shape, random weights, {a.threads} threads, prompt {a.prompt}, decode {a.decode}; "
           f"torch {torch.__version__}")
-    print("| dtype | engine | prefill tok/s | decode tok/s | decode bound tok/s | decode / bound |")
-    print("|---|---|---|---|---|---|")
+    print("| dtype | engine | prefill tok/s | decode tok/s | decode bound tok/s | decode / bound "
+          "| bound with KV tok/s | decode / bound with KV |")
+    print("|---|---|---|---|---|---|---|---|")
     for dt in a.dtypes.split(","):
-        r = artist_run(a.model, dt, a.prompt, a.decode, a.threads)
+        runs = [("artist", artist_run(a.model, dt, a.prompt, a.decode, a.threads))]
+        if dt == "bf16":
+            runs.append(("artist, bf16 products", artist_run(a.model, dt, a.prompt, a.decode, a.threads, "bf16")))
         tp, td = torch_run(a.model, dt, a.prompt, a.decode, a.threads)
-        bound = r["decode_bound_tokens_per_s"]
-        print(f"| {dt} | artist | {r['prefill_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.2f} | {bound:.1f} "
-              f"| {r['decode_tokens_per_s'] / bound:.0%} |")
-        print(f"| {dt} | PyTorch | {tp:.1f} | {td:.2f} | {bound:.1f} | {td / bound:.0%} |")
-        print(f"| {dt} | artist / PyTorch | {r['prefill_tokens_per_s'] / tp:.2f}x | "
-              f"{r['decode_tokens_per_s'] / td:.2f}x | | |")
+        r = runs[0][1]
+        bound, kv_bound = r["decode_bound_tokens_per_s"], r["decode_bound_with_kv_tokens_per_s"]
+        for name, r in runs:
+            ad = r["decode_tokens_per_s"]
+            print(f"| {dt} | {name} | {r['prefill_tokens_per_s']:.1f} | {ad:.2f} | {bound:.1f} "
+                  f"| {ad / bound:.0%} | {kv_bound:.1f} | {ad / kv_bound:.0%} |")
+        print(f"| {dt} | PyTorch | {tp:.1f} | {td:.2f} | {bound:.1f} | {td / bound:.0%} | {kv_bound:.1f} "
+              f"| {td / kv_bound:.0%} |")
+        for name, r in runs:
+            print(f"| {dt} | {name} / PyTorch | {r['prefill_tokens_per_s'] / tp:.2f}x | "
+                  f"{r['decode_tokens_per_s'] / td:.2f}x | | | | |")
         sys.stdout.flush()
 
 

@@ -182,7 +182,9 @@ struct ProductsCase {
 /// transformers run with the same rule (`scripts/make_bf16_products_fixtures.py`, products
 /// in f64), for a prefill and for decoding one token at a time (the decode-sized products,
 /// which round as they load): where no activation sits on a bf16 rounding boundary the
-/// logprobs agree to f32 rounding (tiny-gqa's prefill: within 1e-5); elsewhere another
+/// logprobs agree to f32 rounding (tiny-gqa's prefill: a median of 0 and a worst of 9.5e-7
+/// with the AVX512-BF16 or widened products, 5.6e-5 on AMX's tiles, whose order of sums
+/// moves one activation across a boundary; bound 1e-4); elsewhere another
 /// order of f32 sums rounds an activation to its neighbouring bf16 value and moves what
 /// follows, as it moves transformers' own f32-summed version of the rule (by up to 2.4e-2
 /// on tiny-mha-odd). Bounds: median 5e-3, worst 3e-2, and a median under a quarter of
@@ -235,7 +237,7 @@ fn bf16_products_match_transformers_with_rounded_linears() {
             assert!(m <= 5e-3 && w <= 3e-2 && m < em / 4.0, "{name} {what}: median {m}, worst {w}; f32 {em}");
         }
         if name == "tiny-gqa" {
-            assert!(pw <= 1e-5, "tiny-gqa prefill: {pw} from the reference");
+            assert!(pm == 0.0 && pw <= 1e-4, "tiny-gqa prefill: median {pm}, worst {pw} from the reference");
         }
     }
 }

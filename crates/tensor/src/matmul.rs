@@ -205,9 +205,18 @@ fn linear_dpbf16(x: &Tensor, w: &Tensor, m: usize, k: usize, n: usize, dims: &[u
         (x.layout().contiguous_range().expect("contiguous"), w.layout().contiguous_range().expect("contiguous"));
     let CpuStorage::BF16(wv) = &*ws else { return Ok(None) };
     let wv = &wv[wr];
+    // AMX's tiles where they run and the rows pay for packing the weights; else the
+    // AVX512-BF16 dot products.
+    use crate::cpu::{amx, dpbf16};
     let out = match &*xs {
-        CpuStorage::F32(xv) => crate::cpu::dpbf16::linear(&xv[xr], wv, m, k, n),
-        CpuStorage::BF16(xv) => crate::cpu::dpbf16::linear(&xv[xr], wv, m, k, n),
+        CpuStorage::F32(xv) => {
+            let xv = &xv[xr];
+            amx::linear(xv, wv, m, k, n).or_else(|| dpbf16::linear(xv, wv, m, k, n))
+        }
+        CpuStorage::BF16(xv) => {
+            let xv = &xv[xr];
+            amx::linear(xv, wv, m, k, n).or_else(|| dpbf16::linear(xv, wv, m, k, n))
+        }
         _ => None,
     };
     Ok(out.map(|o| Tensor::from_storage(o.into(), dims.to_vec())))

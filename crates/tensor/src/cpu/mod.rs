@@ -2,6 +2,7 @@
 //! the `gemm` crate for matrix products, and bf16 dot products (`dpbf16`) for
 //! `linear_in` in bf16 where the CPU has them.
 
+pub(crate) mod amx;
 pub(crate) mod attention;
 pub(crate) mod dpbf16;
 pub(crate) mod elementwise;
