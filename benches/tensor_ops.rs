@@ -190,7 +190,8 @@ fn matmul_lm_head(c: &mut Criterion) {
 /// shapes (the LM head only to 128: a prefill projects its last row alone). FLOP/s as
 /// above; no gemm peer (gemm has no bf16 operands: `matmul_*` above compares f32).
 /// `in_bf16`: `linear_in` with `x` rounded to bf16, on the CPU's bf16 dot products where it
-/// has them (AVX512-BF16; `ARTIST_CPU_DPBF16=0` measures the widening path instead).
+/// has them (AMX tiles from 32 rows, else AVX512-BF16; `ARTIST_CPU_AMX=0` measures the
+/// AVX512-BF16 kernel, `ARTIST_CPU_DPBF16=0` the widening path).
 fn linear_rows_bf16(c: &mut Criterion) {
     let mut g = c.benchmark_group("linear_rows_bf16");
     for (name, k, n) in

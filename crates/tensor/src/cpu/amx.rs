@@ -2,7 +2,7 @@
 //! on the AMX tiles of Intel CPUs from Sapphire Rapids on (`tdpbf16ps`): what PyTorch's
 //! oneDNN runs for a bf16 model there. Where AMX runs, the bf16 products of
 //! `Tensor::linear_in` (and the backward products that reach [`super::dpbf16`]) come here
-//! first, from [`MIN_ROWS`] rows up.
+//! first, from [`MIN_ROWS`] (32) rows up.
 //!
 //! A tile is 16 rows of 64 bytes. `tdpbf16ps` adds to a 16 x 16 f32 tile the products of a
 //! 16 x 32 bf16 tile of `x` and a 32 x 16 one of `w^T` laid out pair by pair (row `p`
@@ -31,8 +31,13 @@ use rayon::prelude::*;
 use super::dpbf16::ToBf16Bits;
 
 /// Fewer rows than this stay on the AVX512-BF16 kernel, which reads the weights in place:
-/// below it, packing the weights costs more than the tiles save.
-pub(crate) const MIN_ROWS: usize = 64;
+/// below it, packing the weights costs more than the tiles save (at Qwen2.5-0.5B's gate/up
+/// and down shapes, 16 rows ran at 112-113 GFLOP/s on the tiles against 121-142 in place,
+/// 32 rows at 209-215 against 145-161; docs/BENCHMARKS.md).
+pub(crate) const MIN_ROWS: usize = 32;
+
+/// The most packed bytes a thread keeps between calls.
+const KEEP_BYTES: usize = 64 << 20;
 
 /// Rows of `x` per task: 8 blocks of 32.
 const TASK_ROWS: usize = 256;
@@ -116,7 +121,10 @@ pub(crate) fn linear<X: ToBf16Bits>(x: &[X], w: &[bf16], m: usize, k: usize, n: 
     });
     // SAFETY: the tasks wrote every row below m of every column below n.
     unsafe { out.set_len(m * n) };
-    PACKED.with_borrow_mut(|slot| *slot = (xa, wb));
+    // Kept for the next call up to 64 MiB (a projection's; not an LM head's 270 MB).
+    if xa.capacity() * 2 + wb.capacity() * 4 <= KEEP_BYTES {
+        PACKED.with_borrow_mut(|slot| *slot = (xa, wb));
+    }
     Some(out)
 }
 
@@ -299,7 +307,7 @@ mod tests {
             eprintln!("skipped: this CPU has no AMX-BF16 granted to the process (or ARTIST_CPU_AMX=0)");
             return;
         }
-        let shapes = [(64, 32, 32), (65, 2, 1), (100, 30, 13), (257, 258, 47), (300, 896, 100), (64, 1000, 17)];
+        let shapes = [(32, 64, 40), (64, 32, 32), (65, 2, 1), (100, 30, 13), (257, 258, 47), (300, 896, 100)];
         for &(m, k, n) in &shapes {
             let x = values(m * k, 1 + m as u64);
             let w: Vec<bf16> = values(n * k, 2 + n as u64).into_iter().map(bf16::from_f32).collect();
@@ -324,6 +332,6 @@ mod tests {
             let xh: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
             assert_eq!(super::linear(&xh, &w, m, k, n).unwrap(), y, "bf16 activations");
         }
-        assert!(super::linear(&[0f32; 63 * 4], &[bf16::ZERO; 4], 63, 4, 1).is_none(), "too few rows");
+        assert!(super::linear(&[0f32; 31 * 4], &[bf16::ZERO; 4], 31, 4, 1).is_none(), "too few rows");
     }
 }
