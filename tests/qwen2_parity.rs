@@ -61,14 +61,20 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
 fn logprobs_and_logits_match_transformers() {
     for name in FIXTURES.into_iter().chain(QWEN3) {
         let (model, r) = load(name);
-        for (i, case) in r.cases.iter().enumerate() {
-            let lp = model.token_logprobs(&case.input_ids).unwrap();
-            assert_close(&format!("{name} case {i} logprobs"), &lp, &case.logprobs);
-            let logits = model.logits(&case.input_ids).unwrap();
-            let n = case.input_ids.len();
-            let last = logits.narrow(0, n - 1, 1).unwrap().to_vec::<f32>().unwrap();
-            assert_close(&format!("{name} case {i} last logits"), &last, &case.last_logits);
-        }
+        assert_cases(name, &model, &r.cases);
+    }
+}
+
+/// Every case's logprobs and last logits within [`TOL`].
+#[track_caller]
+fn assert_cases(name: &str, model: &Qwen2, cases: &[Case]) {
+    for (i, case) in cases.iter().enumerate() {
+        let lp = model.token_logprobs(&case.input_ids).unwrap();
+        assert_close(&format!("{name} case {i} logprobs"), &lp, &case.logprobs);
+        let logits = model.logits(&case.input_ids).unwrap();
+        let n = case.input_ids.len();
+        let last = logits.narrow(0, n - 1, 1).unwrap().to_vec::<f32>().unwrap();
+        assert_close(&format!("{name} case {i} last logits"), &last, &case.last_logits);
     }
 }
 
@@ -387,14 +393,7 @@ fn scaled_rope_matches_transformers() {
             assert!((a - b).abs() <= f32::EPSILON * b, "{name} inv_freq[{i}]: {a} against {b}");
         }
         assert_eq!(inv_freq.len(), fx.inv_freq.len());
-        for (i, case) in fx.cases.iter().enumerate() {
-            let lp = model.token_logprobs(&case.input_ids).unwrap();
-            assert_close(&format!("{name} case {i} logprobs"), &lp, &case.logprobs);
-            let logits = model.logits(&case.input_ids).unwrap();
-            let n = case.input_ids.len();
-            let last = logits.narrow(0, n - 1, 1).unwrap().to_vec::<f32>().unwrap();
-            assert_close(&format!("{name} case {i} last logits"), &last, &case.last_logits);
-        }
+        assert_cases(name, &model, &fx.cases);
         let tokens = &fx.cases.iter().max_by_key(|c| c.input_ids.len()).unwrap().input_ids;
         let full = model.logits(tokens).unwrap().to_vec2::<f32>().unwrap();
         let mut cache = model.new_cache(1, tokens.len()).unwrap();

@@ -187,6 +187,9 @@ fn rope_scaling(
             }
         }
     };
+    if let Some((key, _)) = map.iter().find(|(_, v)| v.is_object()) {
+        return Err(format!("RoPE parameters per layer type ({key:?}) are not supported"));
+    }
     let kind = match present("rope_type").or_else(|| present("type")) {
         None => "default",
         Some(Value::String(s)) => s.as_str(),
@@ -631,6 +634,7 @@ mod tests {
             (r#","rope_scaling":{"type":"yarn","factor":4,"truncate":1}"#, "truncate"),
             (r#","rope_scaling":{"type":"linear","factor":2,"partial_rotary_factor":0.5}"#, "partial_rotary"),
             (r#","rope_theta":-1"#, "rope_theta"),
+            (r#","rope_parameters":{"full_attention":{"rope_type":"default"}}"#, "per layer type"),
         ] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains(names), "{bad}: {e}");

@@ -286,21 +286,8 @@ mod imp {
 mod tests {
     use half::bf16;
 
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
-    /// Against f64 sums of the bf16-rounded operands: every result within the worst case of
-    /// `k` f32 additions of those products, `k * eps * sum |x_p w_p|`; rows, columns and
-    /// terms on and off the tiles' multiples, across tasks of rows.
+    /// Against f64 sums of the rounded operands (`dpbf16`'s check): rows, columns and terms
+    /// on and off the tiles' multiples, across tasks of rows.
     #[test]
     fn products_of_rounded_operands_summed_in_f32() {
         if !super::available() {
@@ -308,30 +295,10 @@ mod tests {
             return;
         }
         let shapes = [(32, 64, 40), (64, 32, 32), (65, 2, 1), (100, 30, 13), (257, 258, 47), (300, 896, 100)];
-        for &(m, k, n) in &shapes {
-            let x = values(m * k, 1 + m as u64);
-            let w: Vec<bf16> = values(n * k, 2 + n as u64).into_iter().map(bf16::from_f32).collect();
-            let y = super::linear(&x, &w, m, k, n).expect("runs from MIN_ROWS rows");
-            let xb: Vec<f64> = x.iter().map(|&v| bf16::from_f32(v).to_f64()).collect();
-            for i in 0..m {
-                for j in 0..n {
-                    let (mut exact, mut abs) = (0f64, 0f64);
-                    for p in 0..k {
-                        let t = xb[i * k + p] * w[j * k + p].to_f64();
-                        exact += t;
-                        abs += t.abs();
-                    }
-                    let got = y[i * n + j] as f64;
-                    let bound = k as f64 * f32::EPSILON as f64 * abs + 1e-30;
-                    assert!(
-                        (got - exact).abs() <= bound,
-                        "({m}, {k}, {n}) [{i}, {j}]: {got} vs {exact} (bound {bound})"
-                    );
-                }
-            }
-            let xh: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
-            assert_eq!(super::linear(&xh, &w, m, k, n).unwrap(), y, "bf16 activations");
-        }
+        crate::cpu::dpbf16::tests::check_rounded_products(
+            &shapes,
+            (&|x, w, m, k, n| super::linear(x, w, m, k, n), &|x, w, m, k, n| super::linear(x, w, m, k, n)),
+        );
         assert!(super::linear(&[0f32; 31 * 4], &[bf16::ZERO; 4], 31, 4, 1).is_none(), "too few rows");
     }
 }

@@ -388,7 +388,7 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use half::bf16;
 
     /// A deterministic spread of values in about [-2, 2].
@@ -404,23 +404,20 @@ mod tests {
             .collect()
     }
 
-    /// Against f64 sums of the bf16-rounded operands: every result within the worst case of
-    /// `k` f32 additions of those products, `k * eps * sum |x_p w_p|`.
-    #[test]
-    fn products_of_rounded_operands_summed_in_f32() {
-        if !super::available() {
-            eprintln!("skipped: this CPU has no AVX512-BF16 (or ARTIST_CPU_DPBF16=0)");
-            return;
-        }
-        // Rows across one and several blocks of 32 and a last block of 16; weight rows
-        // across one and several kernel calls and tasks; k across one and several passes;
-        // rows across two chunks of tasks (256 rows each).
-        let shapes =
-            [(9, 2, 1), (16, 30, 13), (17, 256, 12), (33, 258, 25), (48, 896, 100), (70, 1000, 300), (300, 64, 30)];
-        for &(m, k, n) in &shapes {
+    /// A kernel of `x @ w^T` with `x` rounded to bf16, for f32 and for bf16 activations.
+    pub(crate) type Products<'a> = (
+        &'a dyn Fn(&[f32], &[bf16], usize, usize, usize) -> Option<Vec<f32>>,
+        &'a dyn Fn(&[bf16], &[bf16], usize, usize, usize) -> Option<Vec<f32>>,
+    );
+
+    /// `linear` at each `(m, k, n)` against f64 sums of the bf16-rounded operands: every
+    /// result within the worst case of `k` f32 additions of those products,
+    /// `k * eps * sum |x_p w_p|`; bf16 activations give the bits of the f32 ones they round.
+    pub(crate) fn check_rounded_products(shapes: &[(usize, usize, usize)], (linear, linear_bf16): Products) {
+        for &(m, k, n) in shapes {
             let x = values(m * k, 1 + m as u64);
             let w: Vec<bf16> = values(n * k, 2 + n as u64).into_iter().map(bf16::from_f32).collect();
-            let y = super::linear(&x, &w, m, k, n).expect("runs for even k");
+            let y = linear(&x, &w, m, k, n).unwrap_or_else(|| panic!("({m}, {k}, {n}) did not run"));
             let xb: Vec<f64> = x.iter().map(|&v| bf16::from_f32(v).to_f64()).collect();
             for i in 0..m {
                 for j in 0..n {
@@ -438,10 +435,26 @@ mod tests {
                     );
                 }
             }
-            // bf16 activations give the same as the f32 ones they round.
             let xh: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
-            assert_eq!(super::linear(&xh, &w, m, k, n).unwrap(), y);
+            assert_eq!(linear_bf16(&xh, &w, m, k, n).unwrap(), y, "({m}, {k}, {n}): bf16 activations");
         }
+    }
+
+    #[test]
+    fn products_of_rounded_operands_summed_in_f32() {
+        if !super::available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16 (or ARTIST_CPU_DPBF16=0)");
+            return;
+        }
+        // Rows across one and several blocks of 32 and a last block of 16; weight rows
+        // across one and several kernel calls and tasks; k across one and several passes;
+        // rows across two chunks of tasks (256 rows each).
+        let shapes =
+            [(9, 2, 1), (16, 30, 13), (17, 256, 12), (33, 258, 25), (48, 896, 100), (70, 1000, 300), (300, 64, 30)];
+        check_rounded_products(
+            &shapes,
+            (&|x, w, m, k, n| super::linear(x, w, m, k, n), &|x, w, m, k, n| super::linear(x, w, m, k, n)),
+        );
         assert!(super::linear(&[0f32; 9 * 3], &[bf16::ZERO; 3], 9, 3, 1).is_none(), "odd k");
     }
 
