@@ -19,6 +19,8 @@ use serde::Deserialize;
 
 #[path = "../crates/rl/tests/support/pytorch_grpo.rs"]
 mod pytorch_grpo;
+#[path = "support/rope_scaling.rs"]
+mod rope_scaling;
 
 const FIXTURES: [&str; 6] = ["tiny-gqa", "tiny-tied-mqa", "tiny-mha-odd", "tiny-bf16", "tiny-f16", "tiny-sharded"];
 /// The Qwen3 fixtures (scripts/make_qwen3_fixtures.py): q/k norms, head_dim wider than
@@ -99,6 +101,33 @@ fn logprobs_and_logits_match_transformers_on_the_gpu() {
             let n = case.input_ids.len();
             let last = logits.narrow(0, n - 1, 1).unwrap().to_vec::<f32>().unwrap();
             assert_close(&format!("{name} case {i} last logits"), &last, &case.last_logits, TOL);
+        }
+    }
+}
+
+/// Long-context RoPE (YaRN, linear) on the GPU: the stretched tables reach the fused
+/// cache write, so logprobs and last logits match transformers' within 1e-4 and decoding
+/// one token at a time through the paged cache equals the full forward.
+#[test]
+fn scaled_rope_on_the_gpu_matches_transformers() {
+    let dev = gpu_or_skip!();
+    let tmp = tempfile::tempdir().unwrap();
+    for name in rope_scaling::CASES {
+        let (dir, fx) = rope_scaling::materialize::<Case>(&fixtures(), name, tmp.path());
+        let model = Qwen2::load_on(&dir, dev).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (i, case) in fx.cases.iter().enumerate() {
+            let lp = model.token_logprobs(&case.input_ids).unwrap();
+            assert_close(&format!("{name} case {i} logprobs"), &lp, &case.logprobs, TOL);
+            let n = case.input_ids.len();
+            let last = model.logits(&case.input_ids).unwrap().narrow(0, n - 1, 1).unwrap().to_vec::<f32>().unwrap();
+            assert_close(&format!("{name} case {i} last logits"), &last, &case.last_logits, TOL);
+        }
+        let tokens = &fx.cases.iter().max_by_key(|c| c.input_ids.len()).unwrap().input_ids;
+        let full = model.logits(tokens).unwrap().to_vec2::<f32>().unwrap();
+        let mut cache = model.new_cache(1, tokens.len()).unwrap();
+        for (p, t) in tokens.iter().enumerate() {
+            let row = model.forward(&[SeqInput { slot: 0, tokens: &[*t] }], &mut cache, Rows::Last).unwrap();
+            assert_close(&format!("{name} step {p}"), &row.to_vec::<f32>().unwrap(), &full[p], TOL);
         }
     }
 }

@@ -11,6 +11,9 @@ use artist_engine::{GenerateOptions, SamplingParams, generate};
 use artist_model::{Qwen2, Rows, SeqInput};
 use serde::Deserialize;
 
+#[path = "support/rope_scaling.rs"]
+mod rope_scaling;
+
 const FIXTURES: [&str; 6] = ["tiny-gqa", "tiny-tied-mqa", "tiny-mha-odd", "tiny-bf16", "tiny-f16", "tiny-sharded"];
 /// Qwen3: head_dim wider than hidden / heads, q/k norms; unbiased untied f32, and biased
 /// (q, k, v and o) tied bf16 with the released checkpoints' config keys.
@@ -39,8 +42,11 @@ struct Greedy {
 /// A fixture directory: `name` under `tests/fixtures/qwen2`, or a path under
 /// `tests/fixtures` (`qwen3/...`).
 fn dir(name: &str) -> PathBuf {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    if name.contains('/') { fixtures.join(name) } else { fixtures.join("qwen2").join(name) }
+    if name.contains('/') { fixtures().join(name) } else { fixtures().join("qwen2").join(name) }
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 fn load(name: &str) -> (Qwen2, Reference) {
@@ -351,18 +357,6 @@ fn lora_adapters_on_qwen3_freeze_the_norms() {
     assert_eq!(model.logits(ids).unwrap().to_vec::<f32>().unwrap(), before);
 }
 
-/// A fixture of `tests/fixtures/rope_scaling` (scripts/make_rope_scaling_fixtures.py): a
-/// tiny checkpoint's weights under a config that stretches RoPE, with transformers'
-/// frequencies and outputs.
-#[derive(Deserialize)]
-struct RopeScalingCase {
-    base: String,
-    config: serde_json::Value,
-    inv_freq: Vec<f32>,
-    attention_scaling: f32,
-    cases: Vec<Case>,
-}
-
 /// Long-context RoPE as the model cards configure it (YaRN in the classic `rope_scaling`
 /// form on a Qwen2 model, YaRN with every optional key in transformers 5's
 /// `rope_parameters` on a Qwen3 model, linear interpolation): the frequencies and the cos/sin
@@ -372,19 +366,8 @@ struct RopeScalingCase {
 #[test]
 fn scaled_rope_matches_transformers() {
     let tmp = tempfile::tempdir().unwrap();
-    for name in ["qwen2-yarn", "qwen3-yarn-mscale", "qwen2-linear"] {
-        let path = dir(&format!("rope_scaling/{name}.json"));
-        let fx: RopeScalingCase = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let model_dir = tmp.path().join(name);
-        std::fs::create_dir(&model_dir).unwrap();
-        for f in std::fs::read_dir(dir(&fx.base)).unwrap() {
-            let f = f.unwrap().path();
-            let file = f.file_name().unwrap().to_str().unwrap();
-            if file != "config.json" && !file.starts_with("reference") {
-                std::fs::copy(&f, model_dir.join(file)).unwrap();
-            }
-        }
-        std::fs::write(model_dir.join("config.json"), fx.config.to_string()).unwrap();
+    for name in rope_scaling::CASES {
+        let (model_dir, fx) = rope_scaling::materialize::<Case>(&fixtures(), name, tmp.path());
         let model = Qwen2::load(&model_dir).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_ne!(model.config.rope_scaling, artist_model::RopeScaling::None, "{name}");
         let (inv_freq, scale) = model.config.rope_frequencies();
