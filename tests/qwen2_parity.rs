@@ -71,6 +71,17 @@ fn logprobs_and_logits_match_transformers() {
     }
 }
 
+/// Decoding `tokens` one at a time through the KV cache gives the full forward's rows
+/// (`full`) within [`TOL`].
+#[track_caller]
+fn assert_one_token_decoding(name: &str, model: &Qwen2, tokens: &[u32], full: &[Vec<f32>]) {
+    let mut cache = model.new_cache(1, tokens.len()).unwrap();
+    for (p, t) in tokens.iter().enumerate() {
+        let row = model.forward(&[SeqInput { slot: 0, tokens: &[*t] }], &mut cache, Rows::Last).unwrap();
+        assert_close(&format!("{name} step {p}"), &row.to_vec::<f32>().unwrap(), &full[p]);
+    }
+}
+
 /// Every case's logprobs and last logits within [`TOL`].
 #[track_caller]
 fn assert_cases(name: &str, model: &Qwen2, cases: &[Case]) {
@@ -103,12 +114,7 @@ fn kv_cache_decoding_equals_full_forward() {
         let tokens = &r.cases.iter().max_by_key(|c| c.input_ids.len()).unwrap().input_ids;
         let n = tokens.len();
         let full = model.logits(tokens).unwrap().to_vec2::<f32>().unwrap();
-        // One token at a time.
-        let mut cache = model.new_cache(1, n).unwrap();
-        for (p, t) in tokens.iter().enumerate() {
-            let row = model.forward(&[SeqInput { slot: 0, tokens: &[*t] }], &mut cache, Rows::Last).unwrap();
-            assert_close(&format!("{name} step {p}"), &row.to_vec::<f32>().unwrap(), &full[p]);
-        }
+        assert_one_token_decoding(name, &model, tokens, &full);
         // Uneven chunks, every row returned.
         let mut cache = model.new_cache(1, n).unwrap();
         let mut p = 0;
@@ -379,11 +385,7 @@ fn scaled_rope_matches_transformers() {
         assert_cases(name, &model, &fx.cases);
         let tokens = &fx.cases.iter().max_by_key(|c| c.input_ids.len()).unwrap().input_ids;
         let full = model.logits(tokens).unwrap().to_vec2::<f32>().unwrap();
-        let mut cache = model.new_cache(1, tokens.len()).unwrap();
-        for (p, t) in tokens.iter().enumerate() {
-            let row = model.forward(&[SeqInput { slot: 0, tokens: &[*t] }], &mut cache, Rows::Last).unwrap();
-            assert_close(&format!("{name} step {p}"), &row.to_vec::<f32>().unwrap(), &full[p]);
-        }
+        assert_one_token_decoding(name, &model, tokens, &full);
         let out = tmp.path().join(format!("{name}-export"));
         std::fs::create_dir(&out).unwrap();
         std::fs::write(out.join("config.json"), model.config.to_hf_json().to_string()).unwrap();

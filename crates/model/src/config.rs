@@ -386,13 +386,14 @@ impl Qwen2Config {
     /// factor cos and sin are multiplied by: transformers' `inv_freq` and
     /// `attention_scaling`, computed in the same precisions (f32 where it uses f32).
     pub fn rope_frequencies(&self) -> (Vec<f32>, f32) {
-        let d = self.head_dim;
-        let theta = self.rope_theta as f32;
-        let pos_freqs = (0..d / 2).map(move |i| theta.powf((2 * i) as f32 / d as f32));
+        let (d, theta) = (self.head_dim, self.rope_theta as f32);
+        let plain = || artist_tensor::rope_inv_freq(d, theta);
         match &self.rope_scaling {
-            RopeScaling::None => (pos_freqs.map(|p| 1.0 / p).collect(), 1.0),
-            RopeScaling::Linear { factor } => (pos_freqs.map(|p| 1.0 / p / *factor as f32).collect(), 1.0),
+            RopeScaling::None => (plain(), 1.0),
+            RopeScaling::Linear { factor } => (plain().into_iter().map(|f| f / *factor as f32).collect(), 1.0),
             RopeScaling::Yarn(y) => {
+                // YaRN scales the powers before their reciprocal (1 / (s p)), as transformers does.
+                let pos_freqs = (0..d / 2).map(|i| theta.powf((2 * i) as f32 / d as f32));
                 let s = y.factor;
                 let mscale = |m: f64| if s <= 1.0 { 1.0 } else { 0.1 * m * s.ln() + 1.0 };
                 let attention = match (y.attention_factor, y.mscale, y.mscale_all_dim) {

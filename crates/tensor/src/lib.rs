@@ -39,7 +39,7 @@ pub use dtype::{DType, WithDType};
 pub use error::{Error, Result};
 pub use fused::{AdamWScalars, SamplePick};
 pub use layout::Layout;
-pub use nn::{rope_tables, rope_tables_scaled};
+pub use nn::{rope_inv_freq, rope_tables, rope_tables_scaled};
 pub use ops::CmpOp;
 pub use shape::Shape;
 pub use tensor::{Storage, Tensor};

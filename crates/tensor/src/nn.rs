@@ -279,9 +279,13 @@ pub fn rope_tables(positions: &[u32], head_dim: usize, theta: f32, device: Devic
     if !head_dim.is_multiple_of(2) || head_dim == 0 {
         return Err(crate::invalid!("rope_tables", "head_dim {head_dim} must be even and positive"));
     }
-    let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
-    rope_tables_scaled(positions, &inv_freq, 1.0, device)
+    rope_tables_scaled(positions, &rope_inv_freq(head_dim, theta), 1.0, device)
+}
+
+/// Plain RoPE's inverse frequencies, `1 / theta^(2i / head_dim)` for each pair of
+/// dimensions, in f32 as transformers computes them.
+pub fn rope_inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
+    (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect()
 }
 
 /// [`rope_tables`] for any inverse frequencies (one per pair of dimensions, as scaled RoPE
