@@ -216,22 +216,28 @@ fn linear_rows_bf16(c: &mut Criterion) {
 
 /// The CPU's multiply-add limit, the ceiling for the `matmul_*` and `linear_*` rates:
 /// independent f32 FMAs (`fma_f32`) and bf16 pair dot products (`dpbf16`, where the CPU
-/// has AVX512-BF16) on every rayon thread, operands in registers. FLOP/s as above.
+/// has AVX512-BF16) on every rayon thread, operands in registers; and AMX's `tdpbf16ps`
+/// (`amx_bf16`, where the tiles run) on four accumulator tiles, loading its two tiles of
+/// each operand from L1 every step as a product's kernel does. FLOP/s as above.
 fn peak_cpu(c: &mut Criterion) {
     const STEPS: usize = 1 << 18;
     let mut g = c.benchmark_group("peak_cpu");
     let threads = rayon::current_num_threads();
-    for (name, flops_per_op, available) in
-        [("fma_f32", 32, peak::fma_available()), ("dpbf16", 64, peak::dpbf16_available())]
-    {
+    let kinds: [(&str, usize, bool, fn(usize) -> f32); 3] = [
+        ("fma_f32", peak::CHAINS * 32, peak::fma_available(), peak::fma),
+        ("dpbf16", peak::CHAINS * 64, peak::dpbf16_available(), peak::dpbf16),
+        ("amx_bf16", 4 * 16 * 16 * 32 * 2, artist_tensor::cpu::amx_available(), peak::amx),
+    ];
+    for (name, flops_per_step, available, run) in kinds {
         if !available {
             eprintln!("peak_cpu/{name}: skipped, this CPU lacks the instructions");
             continue;
         }
-        g.throughput(Throughput::Elements((threads * STEPS * peak::CHAINS * flops_per_op) as u64));
+        let steps = if name == "amx_bf16" { STEPS / 16 } else { STEPS };
+        g.throughput(Throughput::Elements((threads * steps * flops_per_step) as u64));
         g.bench_function(name, |b| {
             b.iter(|| {
-                rayon::broadcast(|_| if name == "fma_f32" { peak::fma(STEPS) } else { peak::dpbf16(STEPS) });
+                rayon::broadcast(|_| run(steps));
             })
         });
     }
@@ -275,6 +281,19 @@ mod peak {
         unsafe { x86::dpbf16(steps) }
     }
 
+    /// `steps` rounds of four `tdpbf16ps`, each round loading its four tiles from L1.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    pub fn amx(steps: usize) -> f32 {
+        // SAFETY: called only where `artist_tensor::cpu::amx_available` (AMX-BF16, the
+        // tiles granted to the process).
+        unsafe { x86::amx(steps) }
+    }
+
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    pub fn amx(_: usize) -> f32 {
+        unreachable!()
+    }
+
     #[cfg(not(target_arch = "x86_64"))]
     pub fn fma(_: usize) -> f32 {
         unreachable!()
@@ -302,6 +321,58 @@ mod peak {
                 std::hint::black_box(());
             }
             acc.iter().fold(0.0, |s, v| s + _mm512_reduce_add_ps(*v))
+        }
+
+        /// Palette 1, tiles 0-7 each 16 rows of 64 bytes.
+        #[repr(C, align(64))]
+        struct TileConfig {
+            palette: u8,
+            start_row: u8,
+            reserved: [u8; 14],
+            colsb: [u16; 16],
+            rows: [u8; 16],
+        }
+
+        #[cfg(target_os = "linux")]
+        pub unsafe fn amx(steps: usize) -> f32 {
+            use std::arch::asm;
+            let config = TileConfig {
+                palette: 1,
+                start_row: 0,
+                reserved: [0; 14],
+                colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+                rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+            };
+            // Four 1 KiB tiles of bf16 ones.
+            let tiles = vec![0x3f80u16; 4 * 512];
+            let p = tiles.as_ptr();
+            let mut out = [0f32; 256];
+            // SAFETY: the caller's AMX; every tile read lies in `tiles`, the stored one in `out`.
+            unsafe {
+                asm!("ldtilecfg [{}]", in(reg) &config as *const TileConfig, options(nostack, readonly));
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+                for _ in 0..steps {
+                    asm!(
+                        "tileloadd tmm4, [{a} + {s} * 1]",
+                        "tileloadd tmm6, [{b} + {s} * 1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tileloadd tmm7, [{c} + {s} * 1]",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tileloadd tmm5, [{d} + {s} * 1]",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a = in(reg) p,
+                        b = in(reg) p.add(512),
+                        c = in(reg) p.add(1024),
+                        d = in(reg) p.add(1536),
+                        s = in(reg) 64usize,
+                        options(nostack, readonly),
+                    );
+                }
+                asm!("tilestored [{o} + {s} * 1], tmm0", o = in(reg) out.as_mut_ptr(), s = in(reg) 64usize, options(nostack));
+                asm!("tilerelease", options(nostack, nomem));
+            }
+            out[0]
         }
 
         #[target_feature(enable = "avx512f,avx512bf16")]

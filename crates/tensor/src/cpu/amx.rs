@@ -2,7 +2,7 @@
 //! on the AMX tiles of Intel CPUs from Sapphire Rapids on (`tdpbf16ps`): what PyTorch's
 //! oneDNN runs for a bf16 model there. Where AMX runs, the bf16 products of
 //! `Tensor::linear_in` (and the backward products that reach [`super::dpbf16`]) come here
-//! first, from [`MIN_ROWS`] (32) rows up.
+//! first, from [`MIN_ROWS`] (9) rows up: fewer take the matrix-vector path.
 //!
 //! A tile is 16 rows of 64 bytes. `tdpbf16ps` adds to a 16 x 16 f32 tile the products of a
 //! 16 x 32 bf16 tile of `x` and a 32 x 16 one of `w^T` laid out pair by pair (row `p`
@@ -12,12 +12,15 @@
 //! way the bf16 products run faster than widened ones.
 //!
 //! The kernel keeps a 32 x 32 block of the output in four accumulator tiles, loads two
-//! tiles of `x` and two of `w` per 32 terms of the sum, and writes the block out when the
-//! sum is done. Both operands are packed once per call: `x` rounded to bf16 row-major with
-//! rows and the sum's length padded with zeros (to 32), `w` into its pair-by-pair tiles
-//! (16 output columns by the whole sum, contiguous). Packing `w` is a pass over the weights
-//! like a matrix-vector product's, so few-row products stay on the other kernels.
-//!
+//! tiles of `x` and two of `w` per 32 terms of the sum, and stores the block straight into
+//! the output when the sum is done. `x` is packed once per call, rounded to bf16 row-major
+//! with rows and the sum's length padded with zeros (to 32). Each task packs the weights of
+//! its own 32 output columns into their pair-by-pair tiles (two panels of 16 columns by the
+//! whole sum, 57 KiB at 896 terms: a 16 x 16 transpose of u32 pairs in AVX-512 registers),
+//! so the packed weights never leave the core's caches, and runs them against every 32 rows
+//! of its range of `x`. The whole sum runs in the tiles: splitting it in chunks, to keep the
+//! packed weights in L1, stored and reloaded the accumulators and ran slower.
+
 //! Linux hands a process the tiles' 8 KiB of state only when asked
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), which [`available`] does once.
 //! Each task loads its tile configuration (`ldtilecfg`) and releases the tiles when done.
@@ -30,17 +33,18 @@ use rayon::prelude::*;
 
 use super::dpbf16::ToBf16Bits;
 
-/// Fewer rows than this stay on the AVX512-BF16 kernel, which reads the weights in place:
-/// below it, packing the weights costs more than the tiles save (at Qwen2.5-0.5B's gate/up
-/// and down shapes, 16 rows ran at 112-113 GFLOP/s on the tiles against 121-142 in place,
-/// 32 rows at 209-215 against 145-161; docs/BENCHMARKS.md).
-pub(crate) const MIN_ROWS: usize = 32;
+/// Fewer rows than this stay off the tiles. Above the matrix-vector path's 8 rows (bound by
+/// reading the weights, whichever kernel multiplies) the tiles win from the first row: at
+/// Qwen2.5-0.5B's shapes 9 rows ran at 103-177 GFLOP/s on them against 81-92 on AVX512-BF16
+/// (docs/BENCHMARKS.md).
+pub(crate) const MIN_ROWS: usize = 9;
 
-/// The most packed bytes a thread keeps between calls.
+/// Rows of `x` per task at most: 512 rows of Qwen2.5-0.5B's hidden size are 896 KiB of
+/// bf16, which stay in a core's L2 while its tasks run through the weights.
+const RANGE_ROWS: usize = 512;
+
+/// The most packed `x` a thread keeps between calls.
 const KEEP_BYTES: usize = 64 << 20;
-
-/// Rows of `x` per task: 8 blocks of 32.
-const TASK_ROWS: usize = 256;
 
 /// Whether [`linear`] runs here: an x86-64 Linux with AMX-BF16, the tiles enabled by the
 /// OS and granted to this process, unless the environment sets `ARTIST_CPU_AMX=0` (to
@@ -49,8 +53,16 @@ pub(crate) fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(|| {
         let wanted = std::env::var("ARTIST_CPU_AMX").map(|v| v != "0").unwrap_or(true);
-        wanted && imp::detected() && imp::request_permission()
+        wanted && imp::detected() && avx512f() && imp::request_permission()
     })
+}
+
+/// AVX-512F, which packs the weights (every AMX CPU has it).
+fn avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// `x @ w^T` for `x: [m, k]` (rounded to bf16) and `w: [n, k]` bf16, both contiguous, into
@@ -63,10 +75,10 @@ pub(crate) fn linear<X: ToBf16Bits>(x: &[X], w: &[bf16], m: usize, k: usize, n: 
     debug_assert!(x.len() >= m * k && w.len() >= n * k);
     let kk = k.div_ceil(32) * 32; // the sum's length, padded
     let (m_pad, n_pad) = (m.div_ceil(32) * 32, n.div_ceil(32) * 32);
-    // Both packed operands in buffers kept from call to call (taken out of the thread's
-    // slot, so a call nested in another's wait allocates its own), every value rewritten.
-    let (mut xa, mut wb) = PACKED.with_borrow_mut(std::mem::take);
-    // x: [m_pad, kk] bf16 bits, zeros past row m and column k.
+    // x: [m_pad, kk] bf16 bits, zeros past row m and column k, in a buffer kept from call to
+    // call (taken out of the thread's slot, so a call nested in another's wait allocates
+    // its own), every value rewritten.
+    let mut xa = PACKED_X.with_borrow_mut(std::mem::take);
     xa.resize(m_pad * kk, 0);
     xa.par_chunks_mut(kk).enumerate().for_each(|(i, row)| {
         let src = if i < m { &x[i * k..(i + 1) * k] } else { &x[..0] };
@@ -75,62 +87,93 @@ pub(crate) fn linear<X: ToBf16Bits>(x: &[X], w: &[bf16], m: usize, k: usize, n: 
         }
         row[src.len()..].fill(0);
     });
-    // w: n_pad / 16 panels of [kk / 2 pairs][16 columns] pairs (u32: the two bf16 of terms
-    // 2p, 2p + 1), zeros past column n and term k. Pair by pair, a panel reads its 16
-    // weight rows as 16 sequential streams and writes itself in order.
-    let (pairs, panel) = (kk / 2, kk * 8);
-    wb.resize(n_pad * kk / 2, 0);
-    wb.par_chunks_mut(panel).enumerate().for_each(|(c, p)| {
+    // The tiles write whole 32 x 32 blocks: into the output itself (its capacity holding
+    // m_pad rows) where n is a multiple of 32, else into a padded one copied out after.
+    let mut out: Vec<f32> = Vec::with_capacity(m_pad * n_pad);
+    let dst = Out(out.as_mut_ptr());
+    // Task t: 32 output columns (block t % blocks_n) of a range of rows (t / blocks_n): it
+    // packs its two panels of weights (32 columns by the whole sum, 57 KiB at 896 terms)
+    // once, and runs them against every 32 rows of its range, the panels from L1 and L2,
+    // the rows from L2. Rows split into ranges of at most RANGE_ROWS, and into as many as
+    // it takes for 4 tasks a thread (each range packs the weights again, so no more); range
+    // by range, so that a thread's run of tasks shares its rows of `x`.
+    let (blocks_m, blocks_n) = (m_pad / 32, n_pad / 32);
+    let ranges = (4 * rayon::current_num_threads()).div_ceil(blocks_n).max(m_pad.div_ceil(RANGE_ROWS)).min(blocks_m);
+    let range_blocks = blocks_m.div_ceil(ranges);
+    let ranges = blocks_m.div_ceil(range_blocks);
+    (0..blocks_n * ranges).into_par_iter().for_each(|t| {
+        let (c0, rb0) = (t % blocks_n * 32, t / blocks_n * range_blocks * 32);
+        let rows = (range_blocks * 32).min(m_pad - rb0);
+        PACKED_W.with_borrow_mut(|wb| {
+            pack_w(w, k, n, c0, kk, wb);
+            // SAFETY: the CPU has AMX-BF16 with the tiles granted (`available`); every tile
+            // read lies inside `xa` (rows rb0..rb0 + rows of m_pad, kk terms) or `wb` (two
+            // panels of kk / 2 pairs); every tile written lies inside the output's m_pad
+            // rows of n_pad columns, in this task's rows and columns.
+            unsafe {
+                imp::configure();
+                for rb in (rb0..rb0 + rows).step_by(32) {
+                    imp::block(
+                        xa.as_ptr().add(rb * kk),
+                        kk,
+                        wb.as_ptr() as *const u16,
+                        kk,
+                        dst.at(rb * n_pad + c0),
+                        n_pad,
+                    );
+                }
+                imp::release();
+            }
+        });
+    });
+    if n_pad != n {
+        // SAFETY: the tasks wrote every value of the m_pad x n_pad buffer; rows move down
+        // in place (row i's n values to i * n, never past where row i starts).
+        unsafe {
+            for i in 0..m {
+                std::ptr::copy(out.as_ptr().add(i * n_pad), out.as_mut_ptr().add(i * n), n);
+            }
+        }
+    }
+    // SAFETY: the tasks wrote every row below m of every column below n.
+    unsafe { out.set_len(m * n) };
+    if xa.capacity() * 2 <= KEEP_BYTES {
+        PACKED_X.with_borrow_mut(|slot| *slot = xa);
+    }
+    Some(out)
+}
+
+/// Packs columns `c0..c0 + 32` of `w^T` into two panels of `[kk / 2 pairs][16 columns]`
+/// (u32: the two bf16 of terms 2p, 2p + 1), zeros past column n and term k.
+fn pack_w(w: &[bf16], k: usize, n: usize, c0: usize, kk: usize, wb: &mut Vec<u32>) {
+    let pairs = kk / 2;
+    wb.resize(32 * pairs, 0);
+    for (panel, p) in wb.chunks_exact_mut(16 * pairs).enumerate() {
         // Columns past n read as empty rows, so as zeros.
         let rows: [&[bf16]; 16] = std::array::from_fn(|col| {
-            let j = c * 16 + col;
+            let j = c0 + panel * 16 + col;
             if j < n { &w[j * k..(j + 1) * k] } else { &[] }
         });
-        for (q, dst) in p.chunks_exact_mut(16).enumerate().take(pairs) {
+        // The whole 32-term groups of full rows transposed 16 x 16 pairs at a time, the
+        // rest (terms past the last whole group, columns past n) value by value.
+        let whole = if rows.iter().all(|r| r.len() == k) { k / 32 * 32 } else { 0 };
+        // SAFETY: AVX-512F is present where AMX is (`available`); 16 rows of at least
+        // `whole` values in, `8 * whole` pairs out.
+        unsafe { imp::transpose_pairs(&rows, whole, &mut p[..8 * whole]) };
+        for (q, dst) in p.chunks_exact_mut(16).enumerate().skip(whole / 2) {
             for (d, r) in dst.iter_mut().zip(&rows) {
                 let lo = r.get(2 * q).map_or(0, |v| v.to_bits() as u32);
                 *d = lo | r.get(2 * q + 1).map_or(0, |v| (v.to_bits() as u32) << 16);
             }
         }
-    });
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    let dst = Out(out.as_mut_ptr());
-    let row_tasks = m_pad.div_ceil(TASK_ROWS);
-    // Task t: the 32 output columns of pair t / row_tasks, rows of chunk t % row_tasks; a
-    // thread's run of tasks reuses the same panels of `w` from its L2.
-    (0..n_pad / 32 * row_tasks).into_par_iter().for_each(|t| {
-        let (cb, r0) = (t / row_tasks, t % row_tasks * TASK_ROWS);
-        let rows = TASK_ROWS.min(m_pad - r0);
-        let mut block = [0f32; 32 * 32];
-        // SAFETY: the CPU has AMX-BF16 with the tiles granted (`available`); every tile
-        // read lies inside `xa` (rows r0.. of m_pad, kk columns) or `wb` (panels 2 cb and
-        // 2 cb + 1 of n_pad / 16); `block` holds the 32 x 32 results.
-        unsafe {
-            imp::configure();
-            for rb in (r0..r0 + rows).step_by(32) {
-                imp::block(xa.as_ptr().add(rb * kk), wb.as_ptr().add(2 * cb * panel) as *const u16, kk, &mut block);
-                // The valid part of the block into the output.
-                let (cols, c0) = (32.min(n - (cb * 32).min(n)), cb * 32);
-                for i in 0..32.min(m.saturating_sub(rb)) {
-                    let d = dst.at((rb + i) * n + c0);
-                    std::ptr::copy_nonoverlapping(block.as_ptr().add(i * 32), d, cols);
-                }
-            }
-            imp::release();
-        }
-    });
-    // SAFETY: the tasks wrote every row below m of every column below n.
-    unsafe { out.set_len(m * n) };
-    // Kept for the next call up to 64 MiB (a projection's; not an LM head's 270 MB).
-    if xa.capacity() * 2 + wb.capacity() * 4 <= KEEP_BYTES {
-        PACKED.with_borrow_mut(|slot| *slot = (xa, wb));
     }
-    Some(out)
 }
 
 thread_local! {
-    /// The packed `x` and `w` of the thread's last call, for the next to reuse.
-    static PACKED: std::cell::RefCell<(Vec<u16>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// The packed `x` of the thread's last call, for the next to reuse.
+    static PACKED_X: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A task's packed weights.
+    static PACKED_W: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The output, shared by tasks that write disjoint blocks of it.
@@ -199,6 +242,51 @@ mod imp {
         unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
     }
 
+    /// The first `terms` (a multiple of 32) bf16 of 16 weight rows into a panel of
+    /// `[terms / 2][16]` pairs: a transpose of the rows read as u32, 16 x 16 at a time.
+    ///
+    /// # Safety
+    /// AVX-512F is present; every row holds `terms` values or more, `out` `8 * terms`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose_pairs(rows: &[&[half::bf16]; 16], terms: usize, out: &mut [u32]) {
+        use std::arch::x86_64::*;
+        debug_assert!(terms.is_multiple_of(32) && rows.iter().all(|r| r.len() >= terms) && out.len() == 8 * terms);
+        for g in 0..terms / 32 {
+            // SAFETY: 32 values (64 bytes) from term 32 g of each row; 16 x 64 bytes out.
+            unsafe {
+                let r: [__m512i; 16] =
+                    std::array::from_fn(|i| _mm512_loadu_si512(rows[i].as_ptr().add(32 * g) as *const _));
+                // Pairs of rows interleaved by pair, then by two pairs, then 128-bit lanes.
+                let a: [__m512i; 16] = std::array::from_fn(|i| {
+                    let (x, y) = (r[i & !1], r[i | 1]);
+                    if i & 1 == 0 { _mm512_unpacklo_epi32(x, y) } else { _mm512_unpackhi_epi32(x, y) }
+                });
+                let b: [__m512i; 16] = std::array::from_fn(|i| {
+                    let (j, h) = ((i & !3) | (i & 1), i & 2);
+                    let (x, y) = (a[j], a[j | 2]);
+                    if h == 0 { _mm512_unpacklo_epi64(x, y) } else { _mm512_unpackhi_epi64(x, y) }
+                });
+                let c: [__m512i; 16] = std::array::from_fn(|i| {
+                    let (j, h) = ((i & !7) | (i & 3), i & 4);
+                    let (x, y) = (b[j], b[j | 4]);
+                    if h == 0 { _mm512_shuffle_i32x4::<0x88>(x, y) } else { _mm512_shuffle_i32x4::<0xdd>(x, y) }
+                });
+                let d: [__m512i; 16] = std::array::from_fn(|i| {
+                    let (j, h) = (i & 7, i & 8);
+                    let (x, y) = (c[j], c[j | 8]);
+                    if h == 0 { _mm512_shuffle_i32x4::<0x88>(x, y) } else { _mm512_shuffle_i32x4::<0xdd>(x, y) }
+                });
+                // d[i] holds pair i of the 16 with bits 0 and 1 swapped (the first stage's
+                // halves went to the second's odd registers).
+                let dst = out.as_mut_ptr().add(256 * g);
+                for (i, v) in d.iter().enumerate() {
+                    let q = (i & !3) | (i & 1) << 1 | (i >> 1) & 1;
+                    _mm512_storeu_si512(dst.add(16 * q) as *mut _, *v);
+                }
+            }
+        }
+    }
+
     /// Loads the tile configuration on this thread.
     ///
     /// # Safety
@@ -217,50 +305,48 @@ mod imp {
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 
-    /// `out[32 x 32] = x[32 rows, stride kk] @ w^T` for the two pair-by-pair panels of 16
-    /// columns at `w` (each `kk * 16` values), over the padded sum of `kk` terms.
+    /// `c[32 x 32] = x[32 rows, stride sx] @ w^T` over `terms` terms (a multiple of 32), `w`
+    /// the two pair-by-pair panels of 16 columns (each `terms * 16` values), `c` f32 rows
+    /// `ldc` apart.
     ///
     /// # Safety
-    /// [`configure`] ran on this thread; `x` holds 32 rows of `kk` values and `w` two panels.
-    pub(super) unsafe fn block(x: *const u16, w: *const u16, kk: usize, out: &mut [f32; 1024]) {
-        let (sx, sw) = (kk * 2, 64usize); // bytes between tile rows
-        let w1 = unsafe { w.add(kk * 16) };
+    /// [`configure`] ran on this thread; `x` holds 32 rows of `terms` values `sx` apart, `w`
+    /// two panels, `c` 32 rows of 32 values `ldc` apart.
+    pub(super) unsafe fn block(x: *const u16, sx: usize, w: *const u16, terms: usize, c: *mut f32, ldc: usize) {
+        let (sxb, sw, sc) = (sx * 2, 64usize, ldc * 4); // bytes between tile rows
+        let w1 = unsafe { w.add(terms * 16) };
+        let (c0, c1, c2, c3) = unsafe { (c, c.add(16), c.add(16 * ldc), c.add(16 * ldc + 16)) };
         // SAFETY (all blocks below): the caller's bounds; tiles 0-3 accumulate, 4-7 load.
         unsafe {
             asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-            for kb in (0..kk).step_by(32) {
+            for kb in (0..terms).step_by(32) {
                 // Rows 0-15 and 16-31 of x's 32 terms; 16 pairs of each panel.
-                let (a0, a1) = (x.add(kb), x.add(16 * kk + kb));
+                let (a0, a1) = (x.add(kb), x.add(16 * sx + kb));
                 let (b0, b1) = (w.add(kb * 16), w1.add(kb * 16));
                 asm!(
                     "tileloadd tmm4, [{a0} + {sx} * 1]",
-                    "tileloadd tmm5, [{a1} + {sx} * 1]",
                     "tileloadd tmm6, [{b0} + {sw} * 1]",
-                    "tileloadd tmm7, [{b1} + {sw} * 1]",
                     "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{b1} + {sw} * 1]",
                     "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a1} + {sx} * 1]",
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
                     a0 = in(reg) a0,
                     a1 = in(reg) a1,
                     b0 = in(reg) b0,
                     b1 = in(reg) b1,
-                    sx = in(reg) sx,
+                    sx = in(reg) sxb,
                     sw = in(reg) sw,
                     options(nostack, readonly),
                 );
             }
-            let o = out.as_mut_ptr();
             asm!(
-                "tilestored [{o0} + {so} * 1], tmm0",
-                "tilestored [{o1} + {so} * 1], tmm1",
-                "tilestored [{o2} + {so} * 1], tmm2",
-                "tilestored [{o3} + {so} * 1], tmm3",
-                o0 = in(reg) o,
-                o1 = in(reg) o.add(16),
-                o2 = in(reg) o.add(16 * 32),
-                o3 = in(reg) o.add(16 * 32 + 16),
-                so = in(reg) 128usize,
+                "tilestored [{c0} + {sc} * 1], tmm0",
+                "tilestored [{c1} + {sc} * 1], tmm1",
+                "tilestored [{c2} + {sc} * 1], tmm2",
+                "tilestored [{c3} + {sc} * 1], tmm3",
+                c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, sc = in(reg) sc,
                 options(nostack),
             );
         }
@@ -277,7 +363,10 @@ mod imp {
     }
     pub(super) unsafe fn configure() {}
     pub(super) unsafe fn release() {}
-    pub(super) unsafe fn block(_: *const u16, _: *const u16, _: usize, _: &mut [f32; 1024]) {
+    pub(super) unsafe fn transpose_pairs(_: &[&[half::bf16]; 16], _: usize, _: &mut [u32]) {
+        unreachable!("AMX is never available here")
+    }
+    pub(super) unsafe fn block(_: *const u16, _: usize, _: *const u16, _: usize, _: *mut f32, _: usize) {
         unreachable!("AMX is never available here")
     }
 }
@@ -294,11 +383,25 @@ mod tests {
             eprintln!("skipped: this CPU has no AMX-BF16 granted to the process (or ARTIST_CPU_AMX=0)");
             return;
         }
-        let shapes = [(32, 64, 40), (64, 32, 32), (65, 2, 1), (100, 30, 13), (257, 258, 47), (300, 896, 100)];
+        // Rows: one block, a partial one, ranges of rows (more than 512); terms: whole groups
+        // of 32 (transposed 16 x 16 pairs), a tail, only a tail; columns: partial panels,
+        // past the last whole block, several blocks.
+        let shapes = [
+            (9, 64, 40),
+            (32, 64, 40),
+            (64, 32, 32),
+            (65, 2, 1),
+            (100, 30, 13),
+            (40, 100, 48),
+            (257, 258, 47),
+            (300, 896, 100),
+            (1100, 64, 80),
+        ];
         crate::cpu::dpbf16::tests::check_rounded_products(
             &shapes,
             (&|x, w, m, k, n| super::linear(x, w, m, k, n), &|x, w, m, k, n| super::linear(x, w, m, k, n)),
         );
-        assert!(super::linear(&[0f32; 31 * 4], &[bf16::ZERO; 4], 31, 4, 1).is_none(), "too few rows");
+        let m = super::MIN_ROWS - 1;
+        assert!(super::linear(&vec![0f32; m * 4], &[bf16::ZERO; 4], m, 4, 1).is_none(), "too few rows");
     }
 }

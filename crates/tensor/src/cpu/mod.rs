@@ -20,6 +20,13 @@ use rayon::prelude::*;
 use crate::layout::RowPlan;
 use crate::{DType, Layout, WithDType};
 
+/// Whether this CPU's AMX tiles run the bf16 products of `linear_in` here (AMX-BF16, the
+/// tiles granted to the process, `ARTIST_CPU_AMX` not `0`); asks Linux for the tiles the
+/// first time. For benchmarks that measure the tiles' own limit.
+pub fn amx_available() -> bool {
+    amx::available()
+}
+
 /// Runs `$body` with `$v` bound to the typed vector of any dtype.
 macro_rules! dispatch_all {
     ($s:expr, |$v:ident| $body:expr) => {
