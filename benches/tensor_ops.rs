@@ -26,7 +26,8 @@
 //! * `causal_attention_cpu`: one sequence's causal attention, forward and backward, through
 //!   the fused CPU kernels (`fused`) and through the composition of matrix products
 //!   (`reference`), at the embedded demo's shape (85 positions, 4 heads over 2 KV heads of
-//!   32) and Qwen2.5-0.5B's heads at 256 and 1024 positions. Throughput counts the causal
+//!   32), Qwen2.5-0.5B's heads at 256 and 1024 positions and Qwen3-0.6B's (16 heads of 128
+//!   over 8 KV heads) at 512. Throughput counts the causal
 //!   half's multiply-adds, 2 products of t (t + 1) / 2 scores x d per head forward and 4
 //!   backward (as FLOP: 2 per multiply-add), so "Gelem/s" is GFLOP/s done usefully.
 //! * `host_sampler`: one draw (`Sampler::sample`: log-sum-exp in f64, the candidates'
@@ -223,7 +224,9 @@ fn peak_cpu(c: &mut Criterion) {
     const STEPS: usize = 1 << 18;
     let mut g = c.benchmark_group("peak_cpu");
     let threads = rayon::current_num_threads();
-    let kinds: [(&str, usize, bool, fn(usize) -> f32); 3] = [
+    // (name, FLOP a step, whether it runs here, the stream of `steps` steps)
+    type Kind = (&'static str, usize, bool, fn(usize) -> f32);
+    let kinds: [Kind; 3] = [
         ("fma_f32", peak::CHAINS * 32, peak::fma_available(), peak::fma),
         ("dpbf16", peak::CHAINS * 64, peak::dpbf16_available(), peak::dpbf16),
         ("amx_bf16", 4 * 16 * 16 * 32 * 2, artist_tensor::cpu::amx_available(), peak::amx),
@@ -474,7 +477,13 @@ fn matmul_attention_scores(c: &mut Criterion) {
 fn causal_attention_cpu(c: &mut Criterion) {
     let mut g = c.benchmark_group("causal_attention_cpu");
     for (t, heads, kv_heads, d) in
-        [(85usize, 4usize, 2usize, 32usize), (256, HEADS, KV_HEADS, HEAD_DIM), (1024, HEADS, KV_HEADS, HEAD_DIM)]
+        // The last: Qwen3-0.6B's 16 heads of 128 over 8 KV heads at a 512-token prompt.
+        [
+            (85usize, 4usize, 2usize, 32usize),
+            (256, HEADS, KV_HEADS, HEAD_DIM),
+            (1024, HEADS, KV_HEADS, HEAD_DIM),
+            (512, 16, 8, 128),
+        ]
     {
         let (q, k, v) = (randn(&[t, heads, d], 31), randn(&[t, kv_heads, d], 32), randn(&[t, kv_heads, d], 33));
         let dout = randn(&[t, heads, d], 34);

@@ -30,9 +30,88 @@ const QUERIES: usize = 16;
 /// `x`. Columns are taken in chunks of 64, 32 and 8 held in registers across all the rows;
 /// the narrower chunks sum even and odd rows apart, so that eight chains of fused
 /// multiply-adds are in flight at once rather than waiting on each other.
+///
+/// Where the CPU has AVX-512 the columns go 128 and 64 at a time through its 16-lane
+/// registers (twice the lanes per load; the loads bound this loop), eight chains of
+/// multiply-adds in flight either way: a 128-column chunk sums its rows in order, as above,
+/// a 64-column one even and odd rows apart, as the narrower chunks do (so its results round
+/// otherwise than the AVX2 build's 64-column chunk).
 #[inline]
 fn mul_add_rows(acc: &mut [f32], w: &[f32], x: &[f32], stride: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: AVX-512F is present.
+        return unsafe { mul_add_rows_avx512(acc, w, x, stride) };
+    }
+    mul_add_rows_from(acc, w, x, stride, 0)
+}
+
+/// Whether AVX-512F is present (asked once).
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX512.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+}
+
+/// [`mul_add_rows`] on AVX-512: chunks of 128 and 64 columns in registers, the rest as
+/// [`mul_add_rows_from`] does.
+///
+/// # Safety
+/// AVX-512F is present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn mul_add_rows_avx512(acc: &mut [f32], w: &[f32], x: &[f32], stride: usize) {
+    use std::arch::x86_64::*;
+    let rows = w.len();
+    // Every row read below holds the chunk's columns: callers pass `x` with rows `stride`
+    // apart and at least `acc.len()` columns each.
+    assert!(rows == 0 || x.len() >= (rows - 1) * stride + acc.len(), "mul_add_rows: x too short");
     let mut c = 0;
+    // SAFETY (all blocks below): columns c..c + 128 (or 64) of acc, and of rows i < rows of
+    // x (asserted above).
+    while c + 128 <= acc.len() {
+        unsafe {
+            let mut a: [__m512; 8] = std::array::from_fn(|l| _mm512_loadu_ps(acc.as_ptr().add(c + 16 * l)));
+            for (i, &wi) in w.iter().enumerate() {
+                let (b, r) = (_mm512_set1_ps(wi), x.as_ptr().add(i * stride + c));
+                for (l, al) in a.iter_mut().enumerate() {
+                    *al = _mm512_fmadd_ps(b, _mm512_loadu_ps(r.add(16 * l)), *al);
+                }
+            }
+            for (l, al) in a.iter().enumerate() {
+                _mm512_storeu_ps(acc.as_mut_ptr().add(c + 16 * l), *al);
+            }
+        }
+        c += 128;
+    }
+    while c + 64 <= acc.len() {
+        unsafe {
+            let mut a: [__m512; 4] = std::array::from_fn(|l| _mm512_loadu_ps(acc.as_ptr().add(c + 16 * l)));
+            let mut o = [_mm512_setzero_ps(); 4];
+            for i in (0..rows).step_by(2) {
+                let (b, r) = (_mm512_set1_ps(w[i]), x.as_ptr().add(i * stride + c));
+                for (l, al) in a.iter_mut().enumerate() {
+                    *al = _mm512_fmadd_ps(b, _mm512_loadu_ps(r.add(16 * l)), *al);
+                }
+                if i + 1 < rows {
+                    let (b, r) = (_mm512_set1_ps(w[i + 1]), r.add(stride));
+                    for (l, ol) in o.iter_mut().enumerate() {
+                        *ol = _mm512_fmadd_ps(b, _mm512_loadu_ps(r.add(16 * l)), *ol);
+                    }
+                }
+            }
+            for l in 0..4 {
+                _mm512_storeu_ps(acc.as_mut_ptr().add(c + 16 * l), _mm512_add_ps(a[l], o[l]));
+            }
+        }
+        c += 64;
+    }
+    mul_add_rows_from(acc, w, x, stride, c)
+}
+
+/// [`mul_add_rows`] from column `c` on, as the build's target compiles it.
+#[inline(always)]
+fn mul_add_rows_from(acc: &mut [f32], w: &[f32], x: &[f32], stride: usize, mut c: usize) {
     while c + 64 <= acc.len() {
         let mut a: [f32; 64] = acc[c..c + 64].try_into().expect("64 columns");
         for (i, &wi) in w.iter().enumerate() {
@@ -55,7 +134,7 @@ fn mul_add_rows(acc: &mut [f32], w: &[f32], x: &[f32], stride: usize) {
 
 /// [`mul_add_rows`] for the columns `c..` in chunks of `W`, even and odd rows summed apart;
 /// returns the first column left.
-#[inline]
+#[inline(always)]
 fn paired<const W: usize>(acc: &mut [f32], w: &[f32], x: &[f32], stride: usize, mut c: usize) -> usize {
     while c + W <= acc.len() {
         let mut a: [f32; W] = acc[c..c + W].try_into().expect("W columns");
@@ -148,12 +227,18 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], a: AttnDims, scale: f32) 
             let rows = (i1 - i0) * rep;
             let mut acc = vec![0f32; rows * d];
             let (mut m, mut l) = (vec![f32::NEG_INFINITY; rows], vec![0f32; rows]);
-            let mut kt = vec![0f32; d * KEYS];
+            let (mut kt, mut vb) = (vec![0f32; d * KEYS], vec![0f32; KEYS * d]);
             let (mut s, mut p) = ([0f32; KEYS], [0f32; KEYS]);
             let keys = off + i1; // the last query sees keys 0..keys
             for j0 in (0..keys).step_by(KEYS) {
                 let n = KEYS.min(keys - j0);
                 transpose_block(k, &a, g, j0, n, &mut kt);
+                // The block's values side by side: read in place, their rows lie kv_heads * d
+                // floats apart (4 KiB for 8 heads of 128), and 64 of them fight over the same
+                // few sets of L1.
+                for (jj, dst) in vb.chunks_exact_mut(d).take(n).enumerate() {
+                    dst.copy_from_slice(&v[((j0 + jj) * a.kv_heads + g) * d..][..d]);
+                }
                 for row in 0..rows {
                     let pos = off + i0 + row / rep;
                     if pos < j0 {
@@ -173,7 +258,7 @@ pub(crate) fn forward(q: &[f32], k: &[f32], v: &[f32], a: AttnDims, scale: f32) 
                     }
                     l[row] += sum;
                     m[row] = m_new;
-                    mul_add_rows(acc_row, &p[..valid], &v[(j0 * a.kv_heads + g) * d..], a.kv_heads * d);
+                    mul_add_rows(acc_row, &p[..valid], &vb, d);
                 }
             }
             for (row, acc_row) in acc.chunks_mut(d).enumerate() {
