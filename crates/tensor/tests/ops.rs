@@ -900,6 +900,7 @@ fn fused_causal_attention_matches_its_reference() {
         (130, 300, 14, 2, 64),
         (1, 257, 12, 2, 128),
         (64, 64, 4, 4, 72),
+        (100, 130, 8, 4, 128),
     ] {
         let q = Tensor::randn((t, heads, d), 0.0, 1.0, DType::F32, CPU, &mut rng).unwrap();
         // K and V: every other column of a wider buffer, rows of a longer one (a cache).
