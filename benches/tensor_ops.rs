@@ -285,16 +285,8 @@ mod peak {
     }
 
     /// `steps` rounds of four `tdpbf16ps`, each round loading its four tiles from L1.
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     pub fn amx(steps: usize) -> f32 {
-        // SAFETY: called only where `artist_tensor::cpu::amx_available` (AMX-BF16, the
-        // tiles granted to the process).
-        unsafe { x86::amx(steps) }
-    }
-
-    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-    pub fn amx(_: usize) -> f32 {
-        unreachable!()
+        artist_tensor::cpu::amx_peak(steps).expect("called only where the tiles run")
     }
 
     #[cfg(not(target_arch = "x86_64"))]
@@ -324,58 +316,6 @@ mod peak {
                 std::hint::black_box(());
             }
             acc.iter().fold(0.0, |s, v| s + _mm512_reduce_add_ps(*v))
-        }
-
-        /// Palette 1, tiles 0-7 each 16 rows of 64 bytes.
-        #[repr(C, align(64))]
-        struct TileConfig {
-            palette: u8,
-            start_row: u8,
-            reserved: [u8; 14],
-            colsb: [u16; 16],
-            rows: [u8; 16],
-        }
-
-        #[cfg(target_os = "linux")]
-        pub unsafe fn amx(steps: usize) -> f32 {
-            use std::arch::asm;
-            let config = TileConfig {
-                palette: 1,
-                start_row: 0,
-                reserved: [0; 14],
-                colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
-                rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
-            };
-            // Four 1 KiB tiles of bf16 ones.
-            let tiles = vec![0x3f80u16; 4 * 512];
-            let p = tiles.as_ptr();
-            let mut out = [0f32; 256];
-            // SAFETY: the caller's AMX; every tile read lies in `tiles`, the stored one in `out`.
-            unsafe {
-                asm!("ldtilecfg [{}]", in(reg) &config as *const TileConfig, options(nostack, readonly));
-                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-                for _ in 0..steps {
-                    asm!(
-                        "tileloadd tmm4, [{a} + {s} * 1]",
-                        "tileloadd tmm6, [{b} + {s} * 1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tileloadd tmm7, [{c} + {s} * 1]",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tileloadd tmm5, [{d} + {s} * 1]",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        a = in(reg) p,
-                        b = in(reg) p.add(512),
-                        c = in(reg) p.add(1024),
-                        d = in(reg) p.add(1536),
-                        s = in(reg) 64usize,
-                        options(nostack, readonly),
-                    );
-                }
-                asm!("tilestored [{o} + {s} * 1], tmm0", o = in(reg) out.as_mut_ptr(), s = in(reg) 64usize, options(nostack));
-                asm!("tilerelease", options(nostack, nomem));
-            }
-            out[0]
         }
 
         #[target_feature(enable = "avx512f,avx512bf16")]

@@ -143,6 +143,20 @@ pub(crate) fn linear<X: ToBf16Bits>(x: &[X], w: &[bf16], m: usize, k: usize, n: 
     Some(out)
 }
 
+/// `steps` rounds of the kernel's inner step on every thread it is called from: two tiles of
+/// each operand loaded from L1 and four `tdpbf16ps` (65,536 FLOP a round), for benchmarks
+/// that measure the tiles' own limit. Returns one of the sums (so the work is kept), or
+/// `None` where the tiles do not run.
+pub(crate) fn peak(steps: usize) -> Option<f32> {
+    if !available() {
+        return None;
+    }
+    // Four 1 KiB tiles of bf16 ones.
+    let tiles = vec![0x3f80u16; 4 * 512];
+    // SAFETY: AMX present and granted (`available`); the four tiles lie in `tiles`.
+    Some(unsafe { imp::peak(tiles.as_ptr(), steps) })
+}
+
 /// Packs columns `c0..c0 + 32` of `w^T` into two panels of `[kk / 2 pairs][16 columns]`
 /// (u32: the two bf16 of terms 2p, 2p + 1), zeros past column n and term k.
 fn pack_w(w: &[bf16], k: usize, n: usize, c0: usize, kk: usize, wb: &mut Vec<u32>) {
@@ -287,6 +301,56 @@ mod imp {
         }
     }
 
+    /// One step of the kernel: tiles 4, 5 from the two `x` tiles at `a` (rows `sx` bytes
+    /// apart), 6, 7 from the two panels' tiles at `b` (rows 64 bytes apart), and their four
+    /// products added to tiles 0-3.
+    ///
+    /// # Safety
+    /// [`configure`] ran on this thread; each pointer starts 16 rows of 64 bytes.
+    #[inline(always)]
+    unsafe fn step(a: [*const u16; 2], b: [*const u16; 2], sx: usize) {
+        // SAFETY: the caller's bounds.
+        unsafe {
+            asm!(
+                "tileloadd tmm4, [{a0} + {sx} * 1]",
+                "tileloadd tmm6, [{b0} + {sw} * 1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {sw} * 1]",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {sx} * 1]",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a[0],
+                a1 = in(reg) a[1],
+                b0 = in(reg) b[0],
+                b1 = in(reg) b[1],
+                sx = in(reg) sx,
+                sw = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        }
+    }
+
+    /// `steps` rounds of four tile loads from `tiles` (four 1 KiB tiles) and four
+    /// `tdpbf16ps`, as [`block`]'s inner loop; returns the first sum.
+    ///
+    /// # Safety
+    /// The CPU has AMX and the process holds the tile permission; `tiles` holds 2,048 values.
+    pub(super) unsafe fn peak(tiles: *const u16, steps: usize) -> f32 {
+        let mut out = [0f32; 256];
+        // SAFETY: the caller's AMX; every tile read lies in `tiles`, the stored one in `out`.
+        unsafe {
+            configure();
+            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+            for _ in 0..steps {
+                step([tiles, tiles.add(512)], [tiles.add(1024), tiles.add(1536)], 64);
+            }
+            asm!("tilestored [{o} + {s} * 1], tmm0", o = in(reg) out.as_mut_ptr(), s = in(reg) 64usize, options(nostack));
+            release();
+        }
+        out[0]
+    }
+
     /// Loads the tile configuration on this thread.
     ///
     /// # Safety
@@ -313,7 +377,7 @@ mod imp {
     /// [`configure`] ran on this thread; `x` holds 32 rows of `terms` values `sx` apart, `w`
     /// two panels, `c` 32 rows of 32 values `ldc` apart.
     pub(super) unsafe fn block(x: *const u16, sx: usize, w: *const u16, terms: usize, c: *mut f32, ldc: usize) {
-        let (sxb, sw, sc) = (sx * 2, 64usize, ldc * 4); // bytes between tile rows
+        let (sxb, sc) = (sx * 2, ldc * 4); // bytes between tile rows
         let w1 = unsafe { w.add(terms * 16) };
         let (c0, c1, c2, c3) = unsafe { (c, c.add(16), c.add(16 * ldc), c.add(16 * ldc + 16)) };
         // SAFETY (all blocks below): the caller's bounds; tiles 0-3 accumulate, 4-7 load.
@@ -321,25 +385,7 @@ mod imp {
             asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
             for kb in (0..terms).step_by(32) {
                 // Rows 0-15 and 16-31 of x's 32 terms; 16 pairs of each panel.
-                let (a0, a1) = (x.add(kb), x.add(16 * sx + kb));
-                let (b0, b1) = (w.add(kb * 16), w1.add(kb * 16));
-                asm!(
-                    "tileloadd tmm4, [{a0} + {sx} * 1]",
-                    "tileloadd tmm6, [{b0} + {sw} * 1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tileloadd tmm7, [{b1} + {sw} * 1]",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tileloadd tmm5, [{a1} + {sx} * 1]",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a0,
-                    a1 = in(reg) a1,
-                    b0 = in(reg) b0,
-                    b1 = in(reg) b1,
-                    sx = in(reg) sxb,
-                    sw = in(reg) sw,
-                    options(nostack, readonly),
-                );
+                step([x.add(kb), x.add(16 * sx + kb)], [w.add(kb * 16), w1.add(kb * 16)], sxb);
             }
             asm!(
                 "tilestored [{c0} + {sc} * 1], tmm0",
@@ -363,6 +409,9 @@ mod imp {
     }
     pub(super) unsafe fn configure() {}
     pub(super) unsafe fn release() {}
+    pub(super) unsafe fn peak(_: *const u16, _: usize) -> f32 {
+        unreachable!("AMX is never available here")
+    }
     pub(super) unsafe fn transpose_pairs(_: &[&[half::bf16]; 16], _: usize, _: &mut [u32]) {
         unreachable!("AMX is never available here")
     }

@@ -27,6 +27,13 @@ pub fn amx_available() -> bool {
     amx::available()
 }
 
+/// `steps` rounds of four AMX tile loads from L1 and four `tdpbf16ps` (65,536 FLOP a round)
+/// on the calling thread, as the bf16 product kernel's inner loop: the tiles' own limit, for
+/// benchmarks. `None` where the tiles do not run ([`amx_available`]).
+pub fn amx_peak(steps: usize) -> Option<f32> {
+    amx::peak(steps)
+}
+
 /// Runs `$body` with `$v` bound to the typed vector of any dtype.
 macro_rules! dispatch_all {
     ($s:expr, |$v:ident| $body:expr) => {
