@@ -53,16 +53,9 @@ pub(crate) fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(|| {
         let wanted = std::env::var("ARTIST_CPU_AMX").map(|v| v != "0").unwrap_or(true);
-        wanted && imp::detected() && avx512f() && imp::request_permission()
+        // AVX-512F packs the weights (every AMX CPU has it).
+        wanted && imp::detected() && super::simd::avx512f() && imp::request_permission()
     })
-}
-
-/// AVX-512F, which packs the weights (every AMX CPU has it).
-fn avx512f() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx512f");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// `x @ w^T` for `x: [m, k]` (rounded to bf16) and `w: [n, k]` bf16, both contiguous, into
@@ -113,14 +106,7 @@ pub(crate) fn linear<X: ToBf16Bits>(x: &[X], w: &[bf16], m: usize, k: usize, n: 
             unsafe {
                 imp::configure();
                 for rb in (rb0..rb0 + rows).step_by(32) {
-                    imp::block(
-                        xa.as_ptr().add(rb * kk),
-                        kk,
-                        wb.as_ptr() as *const u16,
-                        kk,
-                        dst.at(rb * n_pad + c0),
-                        n_pad,
-                    );
+                    imp::block(xa.as_ptr().add(rb * kk), wb.as_ptr() as *const u16, kk, dst.at(rb * n_pad + c0), n_pad);
                 }
                 imp::release();
             }
@@ -369,23 +355,23 @@ mod imp {
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 
-    /// `c[32 x 32] = x[32 rows, stride sx] @ w^T` over `terms` terms (a multiple of 32), `w`
-    /// the two pair-by-pair panels of 16 columns (each `terms * 16` values), `c` f32 rows
-    /// `ldc` apart.
+    /// `c[32 x 32] = x[32 rows of kk] @ w^T` over the padded sum of `kk` terms (a multiple
+    /// of 32), `w` the two pair-by-pair panels of 16 columns (each `kk * 16` values), `c` f32
+    /// rows `ldc` apart.
     ///
     /// # Safety
-    /// [`configure`] ran on this thread; `x` holds 32 rows of `terms` values `sx` apart, `w`
-    /// two panels, `c` 32 rows of 32 values `ldc` apart.
-    pub(super) unsafe fn block(x: *const u16, sx: usize, w: *const u16, terms: usize, c: *mut f32, ldc: usize) {
-        let (sxb, sc) = (sx * 2, ldc * 4); // bytes between tile rows
-        let w1 = unsafe { w.add(terms * 16) };
+    /// [`configure`] ran on this thread; `x` holds 32 rows of `kk` values, `w` two panels,
+    /// `c` 32 rows of 32 values `ldc` apart.
+    pub(super) unsafe fn block(x: *const u16, w: *const u16, kk: usize, c: *mut f32, ldc: usize) {
+        let (sx, sc) = (kk * 2, ldc * 4); // bytes between tile rows
+        let w1 = unsafe { w.add(kk * 16) };
         let (c0, c1, c2, c3) = unsafe { (c, c.add(16), c.add(16 * ldc), c.add(16 * ldc + 16)) };
         // SAFETY (all blocks below): the caller's bounds; tiles 0-3 accumulate, 4-7 load.
         unsafe {
             asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-            for kb in (0..terms).step_by(32) {
+            for kb in (0..kk).step_by(32) {
                 // Rows 0-15 and 16-31 of x's 32 terms; 16 pairs of each panel.
-                step([x.add(kb), x.add(16 * sx + kb)], [w.add(kb * 16), w1.add(kb * 16)], sxb);
+                step([x.add(kb), x.add(16 * kk + kb)], [w.add(kb * 16), w1.add(kb * 16)], sx);
             }
             asm!(
                 "tilestored [{c0} + {sc} * 1], tmm0",
@@ -415,7 +401,7 @@ mod imp {
     pub(super) unsafe fn transpose_pairs(_: &[&[half::bf16]; 16], _: usize, _: &mut [u32]) {
         unreachable!("AMX is never available here")
     }
-    pub(super) unsafe fn block(_: *const u16, _: usize, _: *const u16, _: usize, _: *mut f32, _: usize) {
+    pub(super) unsafe fn block(_: *const u16, _: *const u16, _: usize, _: *mut f32, _: usize) {
         unreachable!("AMX is never available here")
     }
 }

@@ -40,18 +40,11 @@ const QUERIES: usize = 16;
 #[inline]
 fn mul_add_rows(acc: &mut [f32], w: &[f32], x: &[f32], stride: usize) {
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
+    if super::simd::avx512f() {
         // SAFETY: AVX-512F is present.
         return unsafe { mul_add_rows_avx512(acc, w, x, stride) };
     }
     mul_add_rows_from(acc, w, x, stride, 0)
-}
-
-/// Whether AVX-512F is present (asked once).
-#[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
-    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX512.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
 }
 
 /// [`mul_add_rows`] on AVX-512: chunks of 128 and 64 columns in registers, the rest as

@@ -66,6 +66,14 @@ fn avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
+/// Whether the CPU has AVX-512F (the build targets AVX2; kernels that use it check here).
+pub(crate) fn avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Eight independent accumulators; what the x86 kernels compute, in plain Rust.
 pub(crate) fn dot_portable<T: WithDType>(a: &[f32], b: &[T]) -> f32 {
     let mut acc = [0f32; 8];
