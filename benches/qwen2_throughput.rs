@@ -1,13 +1,11 @@
 //! Prefill and decode throughput of a Qwen2.5-0.5B-shaped model (or Qwen3-0.6B's, with
 //! `--model qwen3-0.6b`) with random weights.
 //!
-//!     cargo bench --bench qwen2_throughput -- [--model qwen2.5-0.5b|qwen3-0.6b] [--dtype bf16|f32] [--matmul-dtype f32|bf16] [--attention-dtype f32|bf16] [--prompt 512] [--decode 32]
+//!     cargo bench --bench qwen2_throughput -- [--model qwen2.5-0.5b|qwen3-0.6b] [--dtype bf16|f32] [--matmul-dtype f32|bf16] [--prompt 512] [--decode 32]
 //!
 //! `--matmul-dtype bf16` multiplies bf16 weights by activations rounded to bf16 (summed in
 //! f32), as PyTorch's bf16 model does and as `generate --matmul-dtype bf16` does; the
-//! default widens the weights and multiplies in f32. `--attention-dtype bf16` rounds
-//! attention's queries, keys and values to bf16 (on the AMX tiles where the CPU has them),
-//! as a bf16 model's attention reads them; the default attends in f32.
+//! default widens the weights and multiplies in f32.
 //!
 //! Prints one JSON line; `scripts/bench_qwen2_cpu.py` runs it beside PyTorch on the same
 //! shapes and thread count. Decode is memory-bound: every token reads every weight once,
@@ -55,7 +53,6 @@ fn run() -> BenchResult<()> {
     let prompt: usize = arg("--prompt", "512").parse()?;
     let decode: usize = arg("--decode", "32").parse()?;
     let matmul: DType = arg("--matmul-dtype", "f32").parse()?;
-    let attention: DType = arg("--attention-dtype", "f32").parse()?;
     let model_name = arg("--model", "qwen2.5-0.5b");
     let config = match model_name.as_str() {
         "qwen2.5-0.5b" => Qwen2Config::qwen2_5_0_5b(),
@@ -68,7 +65,6 @@ fn run() -> BenchResult<()> {
     let build_s = t.elapsed().as_secs_f64();
     let mut cache = model.new_cache(1, prompt + decode)?;
     cache.set_matmul_dtype(Some(matmul));
-    cache.set_attention_dtype(Some(attention));
     let tokens: Vec<u32> = (0..prompt as u32).map(|i| (i * 7919) % 151_000).collect();
 
     let t = Instant::now();
@@ -95,7 +91,6 @@ fn run() -> BenchResult<()> {
             "model": model_name,
             "dtype": dtype.to_string(),
             "matmul_dtype": matmul.to_string(),
-            "attention_dtype": attention.to_string(),
             "threads": rayon::current_num_threads(),
             "prompt_tokens": prompt,
             "decode_tokens": decode,

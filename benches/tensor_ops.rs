@@ -25,8 +25,7 @@
 //!   operands) at the down projection's shape.
 //! * `causal_attention_cpu`: one sequence's causal attention, forward and backward, through
 //!   the fused CPU kernels (`fused`) and through the composition of matrix products
-//!   (`reference`), the forward also in bf16 (`fused_fwd_bf16`: on the AMX tiles where the
-//!   CPU has them), at the embedded demo's shape (85 positions, 4 heads over 2 KV heads of
+//!   (`reference`), at the embedded demo's shape (85 positions, 4 heads over 2 KV heads of
 //!   32), Qwen2.5-0.5B's heads at 256 and 1024 positions and Qwen3-0.6B's (16 heads of 128
 //!   over 8 KV heads) at 512. Throughput counts the causal
 //!   half's multiply-adds, 2 products of t (t + 1) / 2 scores x d per head forward and 4
@@ -436,12 +435,6 @@ fn causal_attention_cpu(c: &mut Criterion) {
         let flop = |products: usize| (2 * products * heads * t * (t + 1) / 2 * d) as u64;
         g.throughput(Throughput::Elements(flop(2)));
         g.bench_function(format!("fused_fwd/{shape}"), |b| b.iter(|| q.causal_attention_fused(&k, &v, scale).unwrap()));
-        // The same in bf16: the AMX tiles where the CPU has them, else widened to f32.
-        let (qb, kb, vb) =
-            (q.to_dtype(DType::BF16).unwrap(), k.to_dtype(DType::BF16).unwrap(), v.to_dtype(DType::BF16).unwrap());
-        g.bench_function(format!("fused_fwd_bf16/{shape}"), |b| {
-            b.iter(|| qb.causal_attention_fused(&kb, &vb, scale).unwrap())
-        });
         g.bench_function(format!("reference_fwd/{shape}"), |b| {
             b.iter(|| q.causal_attention_reference(&k, &v, scale).unwrap())
         });

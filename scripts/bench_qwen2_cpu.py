@@ -11,9 +11,7 @@ KV cache (``past_key_values``), greedy, one token per step, ``torch.set_num_thre
 artist runs with ``RAYON_NUM_THREADS`` set to the same count; a bf16 model runs twice,
 with its weights widened to f32 for the products (the CPU's default) and with bf16 products
 (``--matmul-dtype bf16``: AMX tiles or AVX512-BF16 where the CPU has them), which is what
-PyTorch's bf16 model computes, and a third time with its attention's inputs in bf16 too
-(``--attention-dtype bf16``: AMX tiles where the CPU has them), as PyTorch's bf16 attention
-reads them. Decode is memory-bound; the
+PyTorch's bf16 model computes. Decode is memory-bound; the
 bound column is (weight bytes) / (the read bandwidth of every thread, measured by the artist
 run: what streaming the weights once per token can at most reach); the next one also counts
 the KV cache each step reads (artist's cache dtype, f32 on the CPU, averaged over the
@@ -77,11 +75,10 @@ def torch_run(model_name, dtype, prompt, decode, threads):
     return prompt / prefill, decode / dec
 
 
-def artist_run(model_name, dtype, prompt, decode, threads, matmul="f32", attention="f32"):
+def artist_run(model_name, dtype, prompt, decode, threads, matmul="f32"):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     cmd = ["cargo", "bench", "-q", "--bench", "qwen2_throughput", "--", "--model", model_name,
-           "--dtype", dtype, "--matmul-dtype", matmul, "--attention-dtype", attention,
-           "--prompt", str(prompt), "--decode", str(decode)]
+           "--dtype", dtype, "--matmul-dtype", matmul, "--prompt", str(prompt), "--decode", str(decode)]
     out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -104,8 +101,6 @@ def main():
         runs = [("artist", artist_run(a.model, dt, a.prompt, a.decode, a.threads))]
         if dt == "bf16":
             runs.append(("artist, bf16 products", artist_run(a.model, dt, a.prompt, a.decode, a.threads, "bf16")))
-            runs.append(("artist, bf16 products and attention",
-                         artist_run(a.model, dt, a.prompt, a.decode, a.threads, "bf16", "bf16")))
         tp, td = torch_run(a.model, dt, a.prompt, a.decode, a.threads)
         r = runs[0][1]
         bound, kv_bound = r["decode_bound_tokens_per_s"], r["decode_bound_with_kv_tokens_per_s"]

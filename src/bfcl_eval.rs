@@ -252,9 +252,6 @@ pub struct ModelRun<'a> {
     pub seed: u64,
     /// The dtype the projections multiply in (None: f32; see `RolloutConfig::matmul_dtype`).
     pub matmul_dtype: Option<artist_tensor::DType>,
-    /// The dtype attention's inputs are rounded to on the CPU (None: f32; see
-    /// `RolloutConfig::attention_dtype`).
-    pub attention_dtype: Option<artist_tensor::DType>,
     /// What the KV cache stores (see `RolloutConfig::kv_cache_dtype`).
     pub kv_cache_dtype: artist_tensor::DType,
     /// Entries skipped, then taken, from the file (0: all).
@@ -319,7 +316,6 @@ pub fn run_model(paths: &BfclPaths, run: &ModelRun, opts: CheckOptions, as_json:
         max_batch: run.batch,
         eos_ids: model.config.eos_token_ids.clone(),
         matmul_dtype: run.matmul_dtype,
-        attention_dtype: run.attention_dtype,
         kv_cache_dtype: run.kv_cache_dtype,
         first_episode: 0,
         // An entry's samples share its first turn's prefill (the same episodes to the bit).

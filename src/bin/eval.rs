@@ -179,12 +179,6 @@ struct Cli {
     /// on a GPU, f32 on the CPU.
     #[arg(long, value_name = "auto|f32|bf16", default_value = "auto")]
     matmul_dtype: artist::train::ComputeDtype,
-    /// The dtype attention's queries, keys and values are rounded to on the CPU: f32
-    /// (exact) or bf16 (as a bf16 model's attention reads them; on the AMX tiles where the
-    /// CPU has them); auto: f32 on the CPU (a GPU's cached attention reads the cache as
-    /// stored).
-    #[arg(long, value_name = "auto|f32|bf16", default_value = "auto")]
-    attention_dtype: artist::train::ComputeDtype,
     /// What the KV cache stores: f32 (exact) or bf16 (half the memory and decode bytes);
     /// auto: bf16 on a GPU, f32 on the CPU.
     #[arg(long, value_name = "auto|f32|bf16", default_value = "auto")]
@@ -265,7 +259,6 @@ fn evaluate_bfcl(cli: &Cli) -> Result<()> {
             batch: cli.batch,
             seed: cli.seed,
             matmul_dtype: cli.matmul_dtype.dtype(device),
-            attention_dtype: cli.attention_dtype.dtype(device),
             kv_cache_dtype: cli.kv_dtype.storage(device),
             skip: cli.skip,
             first: cli.first,
@@ -361,7 +354,6 @@ fn evaluate_model(cli: &Cli) -> Result<()> {
             max_batch: cli.batch.max(samples),
             eos_ids: artist::cli::eos_ids(model_dir, &model)?,
             matmul_dtype: cli.matmul_dtype.dtype(model.device()),
-            attention_dtype: cli.attention_dtype.dtype(model.device()),
             kv_cache_dtype: cli.kv_dtype.storage(model.device()),
             ..Default::default()
         },

@@ -114,12 +114,6 @@ struct Args {
     /// on a GPU, f32 on the CPU.
     #[arg(long, value_name = "auto|f32|bf16", default_value = "auto")]
     matmul_dtype: artist::train::ComputeDtype,
-    /// The dtype attention's queries, keys and values are rounded to on the CPU: f32
-    /// (exact) or bf16 (as a bf16 model's attention reads them; on the AMX tiles where the
-    /// CPU has them); auto: f32 on the CPU (a GPU's cached attention reads the cache as
-    /// stored).
-    #[arg(long, value_name = "auto|f32|bf16", default_value = "auto")]
-    attention_dtype: artist::train::ComputeDtype,
     /// What the KV cache stores: f32 (exact) or bf16 (half the memory and decode bytes);
     /// auto: bf16 on a GPU, f32 on the CPU.
     #[arg(long, value_name = "auto|f32|bf16", default_value = "auto")]
@@ -179,7 +173,6 @@ fn run() -> Result<()> {
     }
     let opts = GenerateOptions {
         matmul_dtype: args.matmul_dtype.dtype(device),
-        attention_dtype: args.attention_dtype.dtype(device),
         kv_cache_dtype: args.kv_dtype.storage(device),
         ..GenerateOptions::new(args.max_new_tokens, sampling, eos_ids)
     };
@@ -253,7 +246,6 @@ fn engine_config(
         eos_ids,
         stop_texts: if args.stop.is_empty() && tools { vec!["</answer>".into()] } else { args.stop.clone() },
         matmul_dtype: args.matmul_dtype.dtype(model.device()),
-        attention_dtype: args.attention_dtype.dtype(model.device()),
         kv_cache_dtype: args.kv_dtype.storage(model.device()),
         ..Default::default()
     }

@@ -381,24 +381,6 @@ impl Var {
     pub fn causal_attention(q: &Var, k: &Var, v: &Var, scale: f32) -> Result<Var> {
         if !q.value.device().is_cuda() {
             let dt = q.value.dtype();
-            if dt == DType::BF16 && !artist_tensor::attention_composes(&k.value) {
-                // bf16 on a CPU with AMX: the forward on the tiles over the bf16 values
-                // (`Tensor::causal_attention_fused`); the backward in f32 over their exact
-                // widening, as below, its gradients rounded back to the inputs' bf16.
-                let (out, lse) = q.value.causal_attention_fused(&k.value, &v.value, scale)?;
-                let (qv, kv, vv, ov) = (q.value.clone(), k.value.clone(), v.value.clone(), out.clone());
-                return Var::record("causal_attention", &[q, k, v], out, move |g, needs| {
-                    let w = |x: &artist_tensor::Tensor| x.to_dtype(DType::F32);
-                    let (dq, dk, dv) =
-                        w(&qv)?.causal_attention_backward(&w(&kv)?, &w(&vv)?, &w(&ov)?, &lse, &w(&g)?, scale)?;
-                    let back = |x: artist_tensor::Tensor| x.to_dtype(dt);
-                    Ok(vec![
-                        needs[0].then(|| back(dq)).transpose()?,
-                        needs[1].then(|| back(dk)).transpose()?,
-                        needs[2].then(|| back(dv)).transpose()?,
-                    ])
-                });
-            }
             if dt != DType::F32 {
                 // Half inputs: attention in f32 over their exact widening (the GPU kernels'
                 // f32 scores and softmax), so that the gradients are the widened values' and

@@ -14,9 +14,6 @@ pub struct GenerateOptions {
     pub eos_ids: Vec<u32>,
     /// The dtype the projections multiply in (`KvCache::set_matmul_dtype`); `None`: f32.
     pub matmul_dtype: Option<DType>,
-    /// The dtype attention's inputs are rounded to on the CPU
-    /// (`KvCache::set_attention_dtype`); `None`: f32.
-    pub attention_dtype: Option<DType>,
     /// What the KV cache stores: f32 or bf16 (`Qwen2::new_cache_in`).
     pub kv_cache_dtype: DType,
 }
@@ -24,14 +21,7 @@ pub struct GenerateOptions {
 impl GenerateOptions {
     /// f32 products and cache: exact to the reference model.
     pub fn new(max_new_tokens: usize, sampling: SamplingParams, eos_ids: Vec<u32>) -> GenerateOptions {
-        GenerateOptions {
-            max_new_tokens,
-            sampling,
-            eos_ids,
-            matmul_dtype: None,
-            attention_dtype: None,
-            kv_cache_dtype: DType::F32,
-        }
+        GenerateOptions { max_new_tokens, sampling, eos_ids, matmul_dtype: None, kv_cache_dtype: DType::F32 }
     }
 }
 
@@ -79,7 +69,6 @@ pub fn generate(
     opts.sampling.validate().map_err(Error::Input)?;
     let mut cache: KvCache = model.new_cache_in(1, prompt.len() + opts.max_new_tokens, opts.kv_cache_dtype)?;
     cache.set_matmul_dtype(opts.matmul_dtype);
-    cache.set_attention_dtype(opts.attention_dtype);
     let mut sampler = Sampler::new(opts.sampling.clone());
     let mut out = Generation { token_ids: vec![], logprobs: vec![], finish: FinishReason::Length };
     let mut next: Vec<u32> = prompt.to_vec();

@@ -46,10 +46,6 @@ pub trait Policy {
     /// Asks steps through `cache` to run their linear layers in `dtype` (see
     /// [`KvCache::set_matmul_dtype`]); a policy without the choice ignores it.
     fn set_matmul_dtype(&self, _cache: &mut Self::Cache, _dtype: Option<DType>) {}
-
-    /// Asks steps through `cache` to round attention's inputs to `dtype` (see
-    /// [`KvCache::set_attention_dtype`]); a policy without the choice ignores it.
-    fn set_attention_dtype(&self, _cache: &mut Self::Cache, _dtype: Option<DType>) {}
 }
 
 impl Policy for Qwen2 {
@@ -95,10 +91,6 @@ impl Policy for Qwen2 {
 
     fn set_matmul_dtype(&self, cache: &mut KvCache, dtype: Option<DType>) {
         cache.set_matmul_dtype(dtype);
-    }
-
-    fn set_attention_dtype(&self, cache: &mut KvCache, dtype: Option<DType>) {
-        cache.set_attention_dtype(dtype);
     }
 }
 
@@ -205,10 +197,6 @@ impl<P: Policy> Policy for SteeredPolicy<'_, P> {
 
     fn set_matmul_dtype(&self, cache: &mut P::Cache, dtype: Option<DType>) {
         self.inner.set_matmul_dtype(cache, dtype);
-    }
-
-    fn set_attention_dtype(&self, cache: &mut P::Cache, dtype: Option<DType>) {
-        self.inner.set_attention_dtype(cache, dtype);
     }
 
     fn step(&self, inputs: &[SeqInput], cache: &mut P::Cache) -> Result<Logits> {

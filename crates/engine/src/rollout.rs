@@ -62,10 +62,6 @@ pub struct RolloutConfig {
     /// tensor-core GEMMs for prefills and large decode batches; see
     /// `KvCache::set_matmul_dtype`); `None`: f32.
     pub matmul_dtype: Option<DType>,
-    /// The dtype attention's queries, keys and values are rounded to on the CPU while
-    /// rolling out (`Some(BF16)`: the AMX tiles where the CPU has them; see
-    /// `KvCache::set_attention_dtype`); `None`: f32.
-    pub attention_dtype: Option<DType>,
     /// What the KV cache stores keys and values as: f32 (exact), or bf16 (half the memory
     /// and the bytes each decode step reads; see `KvCache::paged_in`).
     pub kv_cache_dtype: DType,
@@ -87,7 +83,6 @@ impl Default for RolloutConfig {
             stop_texts: vec!["</answer>".into()],
             output_template: "<output>\n{output}\n</output>\n".into(),
             matmul_dtype: None,
-            attention_dtype: None,
             kv_cache_dtype: DType::F32,
         }
     }
@@ -367,7 +362,6 @@ impl<'a, P: Policy> RolloutEngine<'a, P> {
             }
         };
         self.policy.set_matmul_dtype(&mut cache, c.matmul_dtype);
-        self.policy.set_attention_dtype(&mut cache, c.attention_dtype);
         let mut free: Vec<usize> = (0..c.max_batch).rev().collect();
         let mut queue: VecDeque<usize> = (0..prompts.len()).collect();
         let mut seqs: Vec<Option<Seq>> = Vec::new();

@@ -119,9 +119,6 @@ pub struct KvCache {
     /// The dtype forward passes through this cache multiply in (see
     /// [`KvCache::set_matmul_dtype`]).
     matmul_dtype: Option<DType>,
-    /// The dtype attention's queries, keys and values are rounded to on the CPU (see
-    /// [`KvCache::set_attention_dtype`]).
-    attention_dtype: Option<DType>,
     /// What the pools hold: f32, or bf16 (see [`KvCache::paged_in`]).
     dtype: DType,
 }
@@ -203,7 +200,6 @@ impl KvCache {
             pad: None,
             graphs: Default::default(),
             matmul_dtype: None,
-            attention_dtype: None,
             dtype,
         };
         let alloc = || cache.pool(initial);
@@ -414,14 +410,12 @@ impl KvCache {
     }
 
     /// Keys and values of `slot`'s first `len` positions in layer `layer`: `[len, kv_heads,
-    /// head_dim]` each in the dtype attention reads (f32, or the attention dtype: see
-    /// [`KvCache::set_attention_dtype`]), a view when its blocks are consecutive and stored
-    /// in that dtype, a gather or a conversion otherwise.
+    /// head_dim]` f32 each, a view when its blocks are consecutive and a gather otherwise (a
+    /// bf16 cache's widened).
     pub(crate) fn read(&self, layer: usize, slot: usize, len: usize) -> Result<(Tensor, Tensor)> {
         let table = &self.tables[slot];
         let (k, v) = (self.k[layer].gather_blocks(table, len)?, self.v[layer].gather_blocks(table, len)?);
-        let dtype = self.attention_dtype.unwrap_or(DType::F32);
-        Ok((k.to_dtype(dtype)?, v.to_dtype(dtype)?))
+        Ok((k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?))
     }
 
     /// What the pools hold (see [`KvCache::paged_in`]).
@@ -497,19 +491,6 @@ impl KvCache {
 
     pub fn matmul_dtype(&self) -> Option<DType> {
         self.matmul_dtype
-    }
-
-    /// Asks forward passes through this cache on the CPU to round attention's queries, keys
-    /// and values to `dtype` (`Some(BF16)`: as a bf16 model's attention reads them; on CPUs
-    /// with AMX the scores and weighted sums then run on its tiles, the probabilities
-    /// rounded to bf16, see `Tensor::causal_attention_fused`), `None` (the default) in f32.
-    /// A GPU's cached attention reads the cache as it is stored and ignores this.
-    pub fn set_attention_dtype(&mut self, dtype: Option<DType>) {
-        self.attention_dtype = dtype.filter(|&d| d != DType::F32);
-    }
-
-    pub fn attention_dtype(&self) -> Option<DType> {
-        self.attention_dtype
     }
 
     /// Decode-step graphs captured, and replays of them, so far.

@@ -1026,7 +1026,7 @@ impl Qwen2 {
 
     /// The cached decoder on a GPU and the final norm: `[rows, hidden]`.
     fn decode_final(&self, ids: &Tensor, cache: &mut KvCache, paged: &Paged) -> Result<Tensor> {
-        let ctx = cache_numerics(cache);
+        let ctx = Ctx::inference().with_matmul_dtype(cache.matmul_dtype());
         let x = self.decode(&ctx, ids, Arc::new(Vec::new()), Some(cache), Some(paged))?;
         Ok(x.rms_norm(&norm_weight(&ctx, &self.norm)?, self.config.rms_norm_eps as f32)?.into_value())
     }
@@ -1051,7 +1051,7 @@ impl Qwen2 {
         };
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let total_tokens = ids.len();
-        let ctx = cache_numerics(cache);
+        let ctx = Ctx::inference().with_matmul_dtype(cache.matmul_dtype());
         let ids = Tensor::from_vec(ids, total_tokens, self.device)?;
         let x = self.decode(&ctx, &ids, Arc::new(spans), Some(cache), paged.as_ref())?;
         for s in inputs {
@@ -1139,12 +1139,6 @@ impl Qwen2 {
         )?;
         Ok(lp.into_value().to_vec::<f32>()?)
     }
-}
-
-/// The numerics forward passes through `cache` ask for: their products' and attention's
-/// dtypes.
-fn cache_numerics(cache: &KvCache) -> Ctx {
-    Ctx::inference().with_matmul_dtype(cache.matmul_dtype()).with_attention_dtype(cache.attention_dtype())
 }
 
 /// Queries per attention call when decoding against the CPU cache: a 12k-token prefill of

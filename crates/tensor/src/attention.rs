@@ -389,16 +389,6 @@ impl Tensor {
         if a.d == 0 {
             return self.causal_attention_reference(k, v, scale); // nothing to fuse
         }
-        // bf16 inputs on the AMX tiles where they run (the probabilities meet the values
-        // rounded to bf16, as a bf16 model's attention does); everything else in f32.
-        if [self, k, v].iter().all(|x| x.dtype() == DType::BF16) && crate::cpu::amx::attention::runs(a) {
-            let (q, k, v) = (self.contiguous()?, k.contiguous()?, v.contiguous()?);
-            let amx = crate::cpu::amx::attention::forward(&q.cpu_bf16(), &k.cpu_bf16(), &v.cpu_bf16(), a, scale);
-            if let Some((out, lse)) = amx {
-                let out = Tensor::from_vec(out, (a.t, a.heads, a.d), crate::Device::Cpu)?.to_dtype(self.dtype())?;
-                return Ok((out, Tensor::from_vec(lse, (a.heads, a.t), crate::Device::Cpu)?));
-            }
-        }
         let (q, k, v) = (host_f32(self)?, host_f32(k)?, host_f32(v)?);
         let (out, lse) = crate::cpu::attention::forward(&q.cpu_f32(), &k.cpu_f32(), &v.cpu_f32(), a, scale);
         let out = Tensor::from_vec(out, (a.t, a.heads, a.d), crate::Device::Cpu)?.to_dtype(self.dtype())?;
@@ -789,13 +779,9 @@ pub const CPU_FUSED_MIN_KEYS: usize = 512;
 
 /// Whether causal attention over the keys `k: [len, kv_heads, d]` runs as the composition of
 /// matrix products ([`Tensor::causal_attention_reference`]): on the CPU, below
-/// [`CPU_FUSED_MIN_KEYS`] keys, unless they are bf16 on a CPU with AMX (whose tiles run the
-/// fused forward at any length: the composition's agreement with transformers' f32
-/// attention means nothing for bf16 inputs). `Var::causal_attention` records the same choice.
+/// [`CPU_FUSED_MIN_KEYS`] keys. `Var::causal_attention` records the same choice.
 pub fn attention_composes(k: &Tensor) -> bool {
-    !k.device().is_cuda()
-        && k.dims().first().is_some_and(|&len| len < CPU_FUSED_MIN_KEYS)
-        && !(k.dtype() == DType::BF16 && crate::cpu::amx::available())
+    !k.device().is_cuda() && k.dims().first().is_some_and(|&len| len < CPU_FUSED_MIN_KEYS)
 }
 
 /// The checks of a backward call's operands; their sizes.

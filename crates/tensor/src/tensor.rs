@@ -281,15 +281,6 @@ impl Tensor {
         })
     }
 
-    /// The elements of a contiguous bf16 CPU tensor, borrowed (as [`Tensor::cpu_f32`]).
-    pub(crate) fn cpu_bf16(&self) -> MappedRwLockReadGuard<'_, [half::bf16]> {
-        let range = self.layout.contiguous_range().expect("a contiguous tensor");
-        MappedRwLockReadGuard::map(self.cpu(), |s| match s {
-            CpuStorage::BF16(v) => &v[range],
-            _ => unreachable!("a bf16 tensor"),
-        })
-    }
-
     /// `other` has this tensor's dtype and device, or the error (dtype first) that names `op`.
     pub(crate) fn check_like(&self, other: &Tensor, op: &'static str) -> Result<()> {
         if other.dtype() != self.dtype() {

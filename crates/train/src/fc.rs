@@ -448,9 +448,6 @@ pub struct EpisodeSettings {
     pub eos_ids: Vec<u32>,
     /// The dtype the policy's linear layers multiply in (see `RolloutConfig::matmul_dtype`).
     pub matmul_dtype: Option<artist_tensor::DType>,
-    /// The dtype attention's inputs are rounded to on the CPU (see
-    /// `RolloutConfig::attention_dtype`).
-    pub attention_dtype: Option<artist_tensor::DType>,
     /// What the KV cache stores (see `RolloutConfig::kv_cache_dtype`).
     pub kv_cache_dtype: artist_tensor::DType,
     /// The global index of the first episode played (its entry's position in the whole
@@ -842,7 +839,6 @@ pub fn run_episodes<P: Policy>(
                 eos_ids: s.eos_ids.clone(),
                 stop_texts: Vec::new(),
                 matmul_dtype: s.matmul_dtype,
-                attention_dtype: s.attention_dtype,
                 kv_cache_dtype: s.kv_cache_dtype,
                 ..Default::default()
             },
@@ -1128,7 +1124,6 @@ impl FcTrainer {
             max_batch: r.max_batch,
             eos_ids: self.model.config.eos_token_ids.clone(),
             matmul_dtype: r.matmul_dtype.dtype(self.model.device()),
-            attention_dtype: r.attention_dtype.dtype(self.model.device()),
             kv_cache_dtype: r.kv_cache_dtype.storage(self.model.device()),
             first_episode: 0,
             share_first_turn: r.share_prefix,

@@ -73,11 +73,6 @@ pub struct RolloutSettings {
     /// GPU, f32 on the CPU; `f32`; or `bf16`: tensor-core GEMMs for prefills and decode
     /// batches of more than 8 rollouts; see `KvCache::set_matmul_dtype`).
     pub matmul_dtype: crate::ComputeDtype,
-    /// The dtype attention's queries, keys and values are rounded to while sampling on the
-    /// CPU (`auto` and `f32`: f32; `bf16`: as a bf16 model's attention reads them, on the
-    /// AMX tiles where the CPU has them, see `KvCache::set_attention_dtype`). A GPU's
-    /// cached attention reads the cache as stored.
-    pub attention_dtype: crate::ComputeDtype,
     /// What the rollouts' KV cache stores keys and values as (`auto`: bf16 on a GPU, f32 on
     /// the CPU; `f32`; or `bf16`: half the memory and the bytes each decode step reads; see
     /// `KvCache::paged_in`).
@@ -99,7 +94,6 @@ impl Default for RolloutSettings {
             share_prefix: true,
             deterministic: false,
             matmul_dtype: crate::ComputeDtype::Auto,
-            attention_dtype: crate::ComputeDtype::Auto,
             kv_cache_dtype: crate::ComputeDtype::Auto,
         }
     }
@@ -503,7 +497,6 @@ impl GrpoRunConfig {
             OldLogprobs::Auto => {
                 self.rollout.matmul_dtype.on(device) != self.matmul_dtype.on(device)
                     || self.rollout.kv_cache_dtype.on(device) != f32
-                    || self.rollout.attention_dtype.dtype(device).is_some() && !device.is_cuda()
                     || self.attention_dtype.on(device) != f32
             }
         }
@@ -1197,7 +1190,6 @@ impl GrpoTrainer<'_> {
                 eos_ids: self.model.config.eos_token_ids.clone(),
                 stop_texts: vec!["</answer>".into()],
                 matmul_dtype: r.matmul_dtype.dtype(self.model.device()),
-                attention_dtype: r.attention_dtype.dtype(self.model.device()),
                 kv_cache_dtype: r.kv_cache_dtype.storage(self.model.device()),
                 ..Default::default()
             },

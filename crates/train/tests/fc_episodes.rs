@@ -93,7 +93,6 @@ fn settings(eos: u32) -> EpisodeSettings {
         max_batch: 4,
         eos_ids: vec![eos],
         matmul_dtype: None,
-        attention_dtype: None,
         kv_cache_dtype: artist_tensor::DType::F32,
         first_episode: 0,
         share_first_turn: false,

@@ -33,8 +33,6 @@ use rayon::prelude::*;
 
 use super::dpbf16::ToBf16Bits;
 
-pub(crate) mod attention;
-
 /// Fewer rows than this stay off the tiles. Above the matrix-vector path's 8 rows (bound by
 /// reading the weights, whichever kernel multiplies) the tiles win from the first row: at
 /// Qwen2.5-0.5B's shapes 9 rows ran at 103-177 GFLOP/s on them against 81-92 on AVX512-BF16
@@ -148,19 +146,16 @@ pub(crate) fn peak(steps: usize) -> Option<f32> {
 /// Packs columns `c0..c0 + 32` of `w^T` into two panels of `[kk / 2 pairs][16 columns]`
 /// (u32: the two bf16 of terms 2p, 2p + 1), zeros past column n and term k.
 fn pack_w(w: &[bf16], k: usize, n: usize, c0: usize, kk: usize, wb: &mut Vec<u32>) {
-    wb.resize(16 * kk, 0);
-    pack_pairs(|col| (c0 + col < n).then(|| &w[(c0 + col) * k..][..k]), k, kk, wb);
-}
-
-/// Packs 32 columns of a `w^T`, column `col` being the `k` values `row(col)` (`None`: zeros),
-/// into `out`: two panels of `[kk / 2 pairs][16 columns]`, zeros past term k.
-fn pack_pairs<'a>(row: impl Fn(usize) -> Option<&'a [bf16]>, k: usize, kk: usize, out: &mut [u32]) {
     let pairs = kk / 2;
-    for (panel, p) in out[..32 * pairs].chunks_exact_mut(16 * pairs).enumerate() {
-        // Missing columns read as empty rows, so as zeros.
-        let rows: [&[bf16]; 16] = std::array::from_fn(|col| row(panel * 16 + col).unwrap_or(&[]));
+    wb.resize(32 * pairs, 0);
+    for (panel, p) in wb.chunks_exact_mut(16 * pairs).enumerate() {
+        // Columns past n read as empty rows, so as zeros.
+        let rows: [&[bf16]; 16] = std::array::from_fn(|col| {
+            let j = c0 + panel * 16 + col;
+            if j < n { &w[j * k..(j + 1) * k] } else { &[] }
+        });
         // The whole 32-term groups of full rows transposed 16 x 16 pairs at a time, the
-        // rest (terms past the last whole group, missing columns) value by value.
+        // rest (terms past the last whole group, columns past n) value by value.
         let whole = if rows.iter().all(|r| r.len() == k) { k / 32 * 32 } else { 0 };
         // SAFETY: AVX-512F is present where AMX is (`available`); 16 rows of at least
         // `whole` values in, `8 * whole` pairs out.
@@ -368,43 +363,15 @@ mod imp {
     /// [`configure`] ran on this thread; `x` holds 32 rows of `kk` values, `w` two panels,
     /// `c` 32 rows of 32 values `ldc` apart.
     pub(super) unsafe fn block(x: *const u16, w: *const u16, kk: usize, c: *mut f32, ldc: usize) {
-        // SAFETY: the caller's bounds, round by round 32 terms of x and a tile of each panel.
-        unsafe { tiles((x, kk, 32), ([w, w.add(kk * 16)], 512), kk / 32, (c, ldc, false)) }
-    }
-
-    /// A 32 x 32 f32 block `c` (rows `ldc` apart; zeros first, or its own values where
-    /// `load`) plus `rounds` of [`step`]: round `r` takes 32 terms of the two 16-row tiles of
-    /// `a` (rows `lda` values apart) from value `r * a_step`, and a tile of each of `b`'s two
-    /// panels from value `r * b_step`.
-    ///
-    /// # Safety
-    /// [`configure`] ran on this thread; every tile read lies in its operand, and `c` holds
-    /// 32 rows of 32 values `ldc` apart.
-    pub(super) unsafe fn tiles(
-        (a, lda, a_step): (*const u16, usize, usize),
-        (b, b_step): ([*const u16; 2], usize),
-        rounds: usize,
-        (c, ldc, load): (*mut f32, usize, bool),
-    ) {
-        let sc = ldc * 4; // bytes between rows of c
+        let (sx, sc) = (kk * 2, ldc * 4); // bytes between tile rows
+        let w1 = unsafe { w.add(kk * 16) };
         let (c0, c1, c2, c3) = unsafe { (c, c.add(16), c.add(16 * ldc), c.add(16 * ldc + 16)) };
         // SAFETY (all blocks below): the caller's bounds; tiles 0-3 accumulate, 4-7 load.
         unsafe {
-            if load {
-                asm!(
-                    "tileloadd tmm0, [{c0} + {sc} * 1]",
-                    "tileloadd tmm1, [{c1} + {sc} * 1]",
-                    "tileloadd tmm2, [{c2} + {sc} * 1]",
-                    "tileloadd tmm3, [{c3} + {sc} * 1]",
-                    c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, sc = in(reg) sc,
-                    options(nostack, readonly),
-                );
-            } else {
-                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-            }
-            for r in 0..rounds {
-                let (ar, br) = (a.add(r * a_step), r * b_step);
-                step([ar, ar.add(16 * lda)], [b[0].add(br), b[1].add(br)], lda * 2);
+            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+            for kb in (0..kk).step_by(32) {
+                // Rows 0-15 and 16-31 of x's 32 terms; 16 pairs of each panel.
+                step([x.add(kb), x.add(16 * kk + kb)], [w.add(kb * 16), w1.add(kb * 16)], sx);
             }
             asm!(
                 "tilestored [{c0} + {sc} * 1], tmm0",
@@ -435,14 +402,6 @@ mod imp {
         unreachable!("AMX is never available here")
     }
     pub(super) unsafe fn block(_: *const u16, _: *const u16, _: usize, _: *mut f32, _: usize) {
-        unreachable!("AMX is never available here")
-    }
-    pub(super) unsafe fn tiles(
-        _: (*const u16, usize, usize),
-        _: ([*const u16; 2], usize),
-        _: usize,
-        _: (*mut f32, usize, bool),
-    ) {
         unreachable!("AMX is never available here")
     }
 }
